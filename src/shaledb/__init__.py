@@ -1,0 +1,49 @@
+"""ShaleDB: a durable, embedded LSM-tree key-value database.
+
+>>> import shaledb
+>>> with shaledb.open("/tmp/example-db") as db:   # doctest: +SKIP
+...     db.put(b"k", b"v")
+...     db.get(b"k")
+b'v'
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .db import DB, Snapshot, open  # noqa: A004 - shaledb.open is the documented entry point
+from .engine.batch import WriteBatch
+from .errors import (
+    ClosedError,
+    CorruptionError,
+    IncompatibleFormatError,
+    InvalidArgument,
+    LockedError,
+    ReadOnlyError,
+    ShaleError,
+    StorageError,
+    TransactionConflict,
+)
+from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
+from .transaction import Transaction
+
+__all__ = [
+    "DB",
+    "MAX_KEY_SIZE",
+    "MAX_VALUE_SIZE",
+    "ClosedError",
+    "CorruptionError",
+    "IncompatibleFormatError",
+    "InvalidArgument",
+    "LockedError",
+    "Options",
+    "ReadOnlyError",
+    "ShaleError",
+    "Snapshot",
+    "StorageError",
+    "Transaction",
+    "TransactionConflict",
+    "WriteBatch",
+    "__version__",
+    "open",
+]

@@ -1,0 +1,144 @@
+"""Write batches: the unit of atomic writes, and their encoding inside a WAL record.
+
+A batch is a flat list ``[kind, key, expire_at_ms, value, kind, key, ...]`` so that the WAL
+payload is one ``msgpack.packb`` call and recovery one ``msgpack.unpackb`` call.
+
+WAL payload layout: ``first_seq`` (8 bytes LE) + ``count`` (4 bytes LE) + msgpack(flat list).
+Operation *i* of the batch gets sequence number ``first_seq + i``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+
+from ..errors import CorruptionError, InvalidArgument
+from ..options import MAX_KEY_SIZE, MAX_VALUE_SIZE
+
+#: Entry kinds stored in WAL records and tables.
+DELETE = 0
+PUT = 1
+
+_HEAD = struct.Struct("<QI")
+#: Per-entry estimate of the memory Python objects cost beyond the raw key and value bytes
+#: (bytes objects, the version tuple and list, dict and sorted-list slots).
+ENTRY_OVERHEAD = 240
+
+Bytesish = bytes | bytearray | memoryview | str
+
+
+def to_key(key: object) -> bytes:
+    """Validate and normalize a key: bytes-like or str (UTF-8), at most MAX_KEY_SIZE bytes."""
+    if type(key) is bytes:
+        b = key
+    elif isinstance(key, str):
+        b = key.encode("utf-8")
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        b = bytes(key)
+    else:
+        raise TypeError(f"keys must be bytes or str, not {type(key).__name__}")
+    if len(b) > MAX_KEY_SIZE:
+        raise InvalidArgument(f"key of {len(b)} bytes exceeds the maximum of {MAX_KEY_SIZE} bytes")
+    return b
+
+
+def to_value(value: object) -> bytes:
+    """Validate and normalize a value: bytes-like or str (UTF-8), at most MAX_VALUE_SIZE bytes."""
+    if type(value) is bytes:
+        b = value
+    elif isinstance(value, str):
+        b = value.encode("utf-8")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+    else:
+        raise TypeError(f"values must be bytes or str, not {type(value).__name__}")
+    if len(b) > MAX_VALUE_SIZE:
+        raise InvalidArgument(
+            f"value of {len(b)} bytes exceeds the maximum of {MAX_VALUE_SIZE} bytes"
+        )
+    return b
+
+
+def ttl_to_ms(ttl: float | None, clock: Callable[[], float]) -> int:
+    """Turn a TTL in seconds into an absolute expiry in ms since the epoch (0 = none)."""
+    if ttl is None:
+        return 0
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__}")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise InvalidArgument(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
+    return max(1, math.ceil((clock() + ttl) * 1000))
+
+
+class WriteBatch:
+    """An ordered group of puts and deletes applied atomically by :meth:`shaledb.DB.write`.
+
+    Later operations on the same key win. A batch can be reused after :meth:`clear`.
+    """
+
+    __slots__ = ("_ops", "_bytes", "_clock")
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._ops: list[Any] = []
+        self._bytes = 0
+        self._clock = clock
+
+    def put(self, key: Bytesish, value: Bytesish, *, ttl: float | None = None) -> None:
+        """Add ``key = value`` (expiring after ``ttl`` seconds when given)."""
+        k = to_key(key)
+        v = to_value(value)
+        exp = 0
+        if ttl is not None:
+            import time
+
+            exp = ttl_to_ms(ttl, self._clock or time.time)
+        self._ops += (PUT, k, exp, v)
+        self._bytes += len(k) + len(v) + ENTRY_OVERHEAD
+
+    def delete(self, key: Bytesish) -> None:
+        """Add a deletion of ``key``."""
+        k = to_key(key)
+        self._ops += (DELETE, k, 0, b"")
+        self._bytes += len(k) + ENTRY_OVERHEAD
+
+    def clear(self) -> None:
+        """Drop every operation."""
+        self._ops = []
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._ops) // 4
+
+    @property
+    def approximate_size(self) -> int:
+        """Approximate memory the batch will occupy in the memtable."""
+        return self._bytes
+
+    def ops(self) -> Iterator[tuple[int, bytes, int, bytes]]:
+        """The operations as (kind, key, expire_at_ms, value) tuples."""
+        o = self._ops
+        return zip(o[0::4], o[1::4], o[2::4], o[3::4], strict=True)
+
+    def __repr__(self) -> str:
+        return f"WriteBatch({len(self)} ops)"
+
+
+def encode_batch(first_seq: int, flat_ops: list[Any]) -> bytes:
+    """The WAL payload for ``flat_ops`` starting at ``first_seq``."""
+    return _HEAD.pack(first_seq, len(flat_ops) // 4) + msgpack.packb(flat_ops, use_bin_type=True)
+
+
+def decode_batch(payload: bytes) -> tuple[int, list[Any]]:
+    """Inverse of :func:`encode_batch`; raises CorruptionError on a malformed payload."""
+    try:
+        first_seq, count = _HEAD.unpack_from(payload, 0)
+        ops = msgpack.unpackb(payload[_HEAD.size:], raw=True, use_list=True)
+    except (struct.error, ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise CorruptionError(f"malformed WAL batch: {exc}") from exc
+    if not isinstance(ops, list) or len(ops) != count * 4:
+        raise CorruptionError("malformed WAL batch: operation count does not match")
+    return first_seq, ops

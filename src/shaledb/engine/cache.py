@@ -1,0 +1,105 @@
+"""Caches: the block cache (decoded data blocks, LRU bounded by bytes) and the table cache
+(open table readers, LRU bounded by count)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """A thread-safe LRU map bounded by the sum of its entries' charges."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._map: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.usage = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        """The cached value (now most recently used), or None."""
+        with self._lock:
+            item = self._map.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._map.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def put(self, key: K, value: V, charge: int) -> list[V]:
+        """Insert ``value``; returns the values evicted to stay within capacity."""
+        evicted: list[V] = []
+        if charge > self.capacity:
+            return evicted
+        with self._lock:
+            old = self._map.pop(key, None)
+            if old is not None:
+                self.usage -= old[1]
+            self._map[key] = (value, charge)
+            self.usage += charge
+            while self.usage > self.capacity and self._map:
+                _, (v, c) = self._map.popitem(last=False)
+                self.usage -= c
+                evicted.append(v)
+        return evicted
+
+    def pop(self, key: K) -> V | None:
+        """Remove and return ``key``'s value."""
+        with self._lock:
+            item = self._map.pop(key, None)
+            if item is None:
+                return None
+            self.usage -= item[1]
+            return item[0]
+
+    def drain(self) -> list[V]:
+        """Remove everything; returns the values."""
+        with self._lock:
+            values = [v for v, _ in self._map.values()]
+            self._map.clear()
+            self.usage = 0
+            return values
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
+class TableCache(Generic[V]):
+    """Open table readers by file number, at most ``capacity`` at once. Evicted readers are
+    closed when the last user drops them (their file descriptors close on collection), so an
+    iterator never loses a file it is reading."""
+
+    def __init__(self, capacity: int, opener: Callable[[int], V]) -> None:
+        self._lru: LRUCache[int, V] = LRUCache(capacity)
+        self._opener = opener
+        self._open_lock = threading.Lock()
+
+    def get(self, number: int) -> V:
+        """The reader for table ``number``, opening it if needed."""
+        reader = self._lru.get(number)
+        if reader is None:
+            with self._open_lock:
+                reader = self._lru.get(number)
+                if reader is None:
+                    reader = self._opener(number)
+                    self._lru.put(number, reader, 1)
+        return reader
+
+    def evict(self, number: int) -> None:
+        """Forget table ``number`` (after it was deleted)."""
+        self._lru.pop(number)
+
+    def clear(self) -> list[V]:
+        """Forget every reader; returns them so the caller can close them."""
+        return self._lru.drain()
+
+    def __len__(self) -> int:
+        return len(self._lru)

@@ -1,0 +1,210 @@
+"""Leveled compaction: choosing the work, dropping what no reader can see, writing tables.
+
+Scores (LevelDB's): L0 by table count over ``l0_compaction_trigger``; Ln by bytes over its
+target ``max_bytes_for_level_base * level_size_multiplier**(n-1)``. The highest score >= 1 is
+compacted. An L0 compaction takes every L0 table (they may overlap, and a tombstone may only
+be dropped when no older version can hide below it) plus the overlapping L1 tables. An Ln
+compaction takes one table, round-robin after the level's compact pointer, plus the
+overlapping tables of Ln+1; a table with no overlap below is moved, not rewritten.
+
+Dropping rules (``smallest_snapshot`` is the oldest sequence any reader may still ask for):
+- a version is dropped when a newer version of the same key is visible to every reader
+  (its sequence <= smallest_snapshot);
+- an expired PUT is rewritten as a DELETE (same sequence), which every reader already sees
+  it as;
+- a DELETE at or below smallest_snapshot is dropped when the output is the bottom of the
+  tree for its key range (no deeper table overlaps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+from ..options import Options
+from .batch import DELETE, PUT
+from .fs import FileSystem
+from .manifest import Version
+from .sstable import FileMeta, TableBuilder
+
+Entry = tuple[bytes, int, int, int, bytes]
+
+
+@dataclasses.dataclass
+class Compaction:
+    """One unit of compaction work."""
+
+    level: int
+    inputs: list[FileMeta]  # tables at ``level``
+    below: list[FileMeta]  # overlapping tables at ``level + 1``
+    bottommost: bool = False
+    manual: bool = False
+
+    @property
+    def output_level(self) -> int:
+        return self.level + 1
+
+    @property
+    def is_trivial_move(self) -> bool:
+        return self.level > 0 and len(self.inputs) == 1 and not self.below and not self.manual
+
+    def all_inputs(self) -> list[tuple[int, FileMeta]]:
+        return [(self.level, f) for f in self.inputs] + [(self.level + 1, f) for f in self.below]
+
+    def key_range(self) -> tuple[bytes, bytes]:
+        files = self.inputs + self.below
+        return min(f.smallest for f in files), max(f.largest for f in files)
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(f.size for f in self.inputs + self.below)
+
+
+def max_bytes_for_level(options: Options, level: int) -> int:
+    """Target size of ``level`` (>= 1)."""
+    return int(options.max_bytes_for_level_base * options.level_size_multiplier ** (level - 1))
+
+
+def level_scores(version: Version, options: Options) -> list[float]:
+    """Compaction score per level (the last level never compacts further)."""
+    scores = [len(version.levels[0]) / options.l0_compaction_trigger]
+    for lvl in range(1, options.num_levels - 1):
+        scores.append(version.level_bytes(lvl) / max_bytes_for_level(options, lvl))
+    return scores
+
+
+def _is_bottommost(version: Version, c: Compaction) -> bool:
+    lo, hi = c.key_range()
+    return all(not version.overlapping(lvl, lo, hi)
+               for lvl in range(c.output_level + 1, len(version.levels)))
+
+
+def pick_compaction(version: Version, options: Options,
+                    pointers: dict[int, bytes]) -> Compaction | None:
+    """The most urgent compaction, or None when every level is within its target."""
+    scores = level_scores(version, options)
+    best = max(range(len(scores)), key=lambda i: scores[i])
+    if scores[best] < 1.0:
+        return None
+    if best == 0:
+        inputs = list(version.levels[0])
+        lo = min(f.smallest for f in inputs)
+        hi = max(f.largest for f in inputs)
+        c = Compaction(0, inputs, version.overlapping(1, lo, hi))
+    else:
+        files = version.levels[best]
+        ptr = pointers.get(best)
+        chosen = files[0]
+        if ptr is not None:
+            for f in files:
+                if f.largest > ptr:
+                    chosen = f
+                    break
+        c = Compaction(best, [chosen], version.overlapping(best + 1, chosen.smallest,
+                                                           chosen.largest))
+    c.bottommost = _is_bottommost(version, c)
+    return c
+
+
+def range_compaction(version: Version, level: int, lo: bytes | None,
+                     hi: bytes | None) -> Compaction | None:
+    """A manual compaction of ``level``'s tables meeting ``[lo, hi]`` into ``level + 1``."""
+    inputs = list(version.levels[0]) if level == 0 else version.overlapping(level, lo, hi)
+    if level == 0 and not any(f.overlaps(lo, hi) for f in inputs):
+        return None
+    if not inputs:
+        return None
+    smallest = min(f.smallest for f in inputs)
+    largest = max(f.largest for f in inputs)
+    c = Compaction(level, inputs, version.overlapping(level + 1, smallest, largest), manual=True)
+    c.bottommost = _is_bottommost(version, c)
+    return c
+
+
+def drop_obsolete(entries: Iterator[Entry], smallest_snapshot: int, now_ms: int,
+                  drop_tombstones: bool) -> Iterator[Entry]:
+    """Apply the dropping rules (module docstring) to a stream in table order."""
+    last_key: bytes | None = None
+    newer_seq = 0  # sequence of the previous (newer) version of the same key
+    for e in entries:
+        key, negseq, kind, expire, _ = e
+        seq = -negseq
+        if key != last_key:
+            last_key = key
+            newer_seq = 1 << 64
+        elif newer_seq == seq:
+            continue  # the same entry twice (replayed WAL data already in a table)
+        if newer_seq <= smallest_snapshot:
+            newer_seq = seq
+            continue
+        newer_seq = seq
+        if kind == PUT and expire and expire <= now_ms:
+            kind = DELETE
+            e = (key, negseq, DELETE, 0, b"")
+        if kind == DELETE and drop_tombstones and seq <= smallest_snapshot:
+            continue
+        yield e
+
+
+class TableWriter:
+    """Writes a stream of entries into one or more tables, cutting a new table after
+    ``target_size`` bytes at a user-key boundary."""
+
+    def __init__(self, fs: FileSystem, path_of: Callable[[int], str],
+                 new_number: Callable[[], int], options: Options,
+                 target_size: int | None) -> None:
+        self._fs = fs
+        self._path_of = path_of
+        self._new_number = new_number
+        self._options = options
+        self._target = target_size
+        self._builder: TableBuilder | None = None
+        self.outputs: list[FileMeta] = []
+        self.created: list[int] = []
+        self.bytes_written = 0
+
+    def write(self, entries: Iterator[Entry], should_stop: Callable[[], bool] | None = None
+              ) -> list[FileMeta]:
+        """Consume ``entries``; returns the finished tables."""
+        target = self._target
+        builder = self._builder
+        count = 0
+        for key, negseq, kind, expire, value in entries:
+            if builder is None:
+                builder = self._open()
+            elif (target is not None and builder.estimated_size >= target
+                  and builder.at_key_boundary(key)):
+                self._finish(builder)
+                builder = self._open()
+            builder.add(key, -negseq, kind, expire, value)
+            count += 1
+            if should_stop is not None and count % 4096 == 0 and should_stop():
+                raise CompactionAborted()
+        if builder is not None:
+            self._finish(builder)
+        self._builder = None
+        return self.outputs
+
+    def _open(self) -> TableBuilder:
+        number = self._new_number()
+        self.created.append(number)
+        self._builder = TableBuilder(self._fs, self._path_of(number), number,
+                                     block_size=self._options.block_size,
+                                     compression=self._options.compression)
+        return self._builder
+
+    def _finish(self, builder: TableBuilder) -> None:
+        meta = builder.finish()
+        self._builder = None
+        self.outputs.append(meta)
+        self.bytes_written += meta.size
+
+    def abandon(self) -> None:
+        """Close an unfinished table (the caller deletes every created file)."""
+        if self._builder is not None:
+            self._builder.abandon()
+            self._builder = None
+
+
+class CompactionAborted(Exception):
+    """Internal: the database is closing, so a running compaction stops early."""

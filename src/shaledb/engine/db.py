@@ -1,0 +1,891 @@
+"""The database: write path (group commit), read path, flush, compaction, recovery.
+
+Lock order (always acquire left to right; never call a method that takes a lock to the left
+of one you hold):
+
+    _compaction_lock  ->  _manifest_lock  ->  _mutex  ->  leaf locks
+    (one compaction)      (manifest writes)    (DB state)   (memtable, WAL sync, caches)
+
+- ``_mutex`` guards the mutable state: the memtables, the current WAL, the writer queue,
+  ``_last_seq``, snapshots, version pins, pending outputs and the background error. It is
+  never held across a table build, a compaction or a manifest write; WAL segment creation
+  (once per memtable) is the only I/O under it.
+- Exactly one thread, the leader of the writer queue, appends to the WAL and inserts into the
+  memtable, outside ``_mutex``; readers never wait for it.
+- Helpers named ``_locked_*`` expect ``_mutex`` held and never take it again.
+- Background threads (flusher, compactor, syncer) do their I/O without ``_mutex`` and take it
+  only to install results. Any I/O error on the write path is recorded once as the
+  background error: the database then refuses writes (ReadOnlyError) until reopened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import __version__ as _pkg_version
+from ..errors import (
+    ClosedError,
+    CorruptionError,
+    IncompatibleFormatError,
+    InvalidArgument,
+    ReadOnlyError,
+    ShaleError,
+    StorageError,
+)
+from ..options import Options
+from .batch import DELETE, PUT, encode_batch
+from .cache import LRUCache, TableCache
+from .compaction import (
+    Compaction,
+    CompactionAborted,
+    TableWriter,
+    drop_obsolete,
+    level_scores,
+    pick_compaction,
+    range_compaction,
+)
+from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_name
+from .fs import FileLock, FileSystem, default_fs
+from .iterator import concat, memtable_source, merge, visible
+from .manifest import Version, VersionEdit, VersionSet
+from .memtable import MemTable
+from .sstable import FORMAT_VERSION, FileMeta, TableReader
+from .sstable.block import DataBlock
+from .wal import WriteAheadLog, replay_segment
+
+#: Largest write group (bytes of memtable charge) the leader builds from queued writers.
+MAX_GROUP_BYTES = 1 << 20
+
+Record = tuple[int, int, int, bytes]  # (seq, kind, expire_at_ms, value)
+
+
+class _Once:
+    """Calls ``fn(arg)`` on the first call only."""
+
+    __slots__ = ("_fn", "_arg")
+
+    def __init__(self, fn: Callable[[Version], None], arg: Version) -> None:
+        self._fn: Callable[[Version], None] | None = fn
+        self._arg = arg
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn(self._arg)
+
+
+class _Writer:
+    __slots__ = ("ops", "nbytes", "sync", "check", "done", "error", "seq")
+
+    def __init__(self, ops: list[Any] | None, nbytes: int, sync: bool,
+                 check: Callable[[], None] | None) -> None:
+        self.ops = ops
+        self.nbytes = nbytes
+        self.sync = sync
+        self.check = check
+        self.done = False
+        self.error: BaseException | None = None
+        self.seq = 0
+
+
+class Engine:
+    """The storage engine behind :class:`shaledb.DB` (which adds the user-facing API)."""
+
+    def __init__(self, path: str, options: Options) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.options = options
+        self.fs: FileSystem = options.fs or default_fs()
+        self._clock = options.clock
+        self._mutex = threading.Lock()
+        self._bg_cv = threading.Condition(self._mutex)
+        self._writer_cv = threading.Condition(self._mutex)
+        self._manifest_lock = threading.Lock()
+        self._compaction_lock = threading.Lock()
+        self._writers: deque[_Writer] = deque()
+        self._mem = MemTable()
+        self._imm: MemTable | None = None
+        self._imm_last_seq = 0
+        self._imm_next_log = 0  # WAL number the memtable after ``_imm`` started in
+        self._mem_first_log = 0  # oldest WAL segment holding data of ``_mem``
+        self._wal: WriteAheadLog | None = None
+        self._last_seq = 0
+        self._snapshots: Counter[int] = Counter()
+        self._pinned: dict[int, Version] = {}
+        self._pending_outputs: set[int] = set()
+        self._bg_error: ShaleError | None = None
+        self._closed = False
+        self._closing = False
+        self._compaction_wanted = False
+        self._lock: FileLock | None = None
+        self._threads: list[threading.Thread] = []
+        self._block_cache: LRUCache[tuple[int, int], DataBlock] | None = (
+            LRUCache(options.block_cache_size) if options.block_cache_size > 0 else None)
+        self._tables: TableCache[TableReader] = TableCache(options.max_open_files,
+                                                           self._open_table)
+        self._versions = VersionSet(self.fs, self.path, options.num_levels)
+        self.counters: Counter[str] = Counter()
+        self.recovery_seconds = 0.0
+        try:
+            self._open()
+        except BaseException:
+            self._abandon_open()
+            raise
+
+    # ------------------------------------------------------------------------------------
+    # Open and recovery
+    def _open(self) -> None:
+        start = time.perf_counter()
+        opts = self.options
+        fs = self.fs
+        current = os.path.join(self.path, CURRENT)
+        if not fs.exists(self.path):
+            if not opts.create_if_missing or opts.read_only:
+                raise InvalidArgument(f"database {self.path!r} does not exist "
+                                      "(open it with create_if_missing=True to create it)")
+            fs.mkdirs(self.path)
+        elif not os.path.isdir(self.path):
+            raise InvalidArgument(f"{self.path!r} exists and is not a directory")
+        self._lock = fs.lock(os.path.join(self.path, LOCK))
+        if fs.exists(current):
+            if opts.error_if_exists:
+                raise InvalidArgument(f"database {self.path!r} already exists "
+                                      "(error_if_exists=True)")
+            self._check_options_file()
+            self._versions.recover()
+        else:
+            if not opts.create_if_missing or opts.read_only:
+                raise InvalidArgument(f"{self.path!r} holds no database (no CURRENT file); "
+                                      "open it with create_if_missing=True to create one")
+            if any(parse(n) for n in fs.listdir(self.path)):
+                raise CorruptionError(f"{self.path!r} holds database files but no CURRENT "
+                                      "file; refusing to overwrite them")
+            self._write_options_file()
+            self._versions.write_new_manifest()
+        self._recover_wal()
+        if not opts.read_only:
+            # A fresh manifest holding the recovered state, then a fresh WAL segment.
+            wal_number = self._versions.new_file_number()
+            if self._mem.entries == 0:
+                self._mem_first_log = wal_number
+            self._versions.log_number = self._mem_first_log
+            self._versions.last_seq = self._last_seq
+            self._versions.write_new_manifest()
+            self._wal = WriteAheadLog(fs, self.path, wal_number)
+            fs.sync_dir(self.path)
+            self._delete_obsolete_files()
+            self._start_threads()
+        self.recovery_seconds = time.perf_counter() - start
+
+    def _abandon_open(self) -> None:
+        self._closing = self._closed = True
+        with self._mutex:
+            self._bg_cv.notify_all()
+        for t in self._threads:
+            t.join()
+        for closer in (self._wal.close if self._wal else None, self._versions.close):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer()
+        if self._lock is not None:
+            self._lock.release()
+
+    def _check_options_file(self) -> None:
+        path = os.path.join(self.path, OPTIONS)
+        if not self.fs.exists(path):
+            return  # written at creation; its absence is survivable
+        try:
+            info = json.loads(self.fs.read_file(path))
+            version = int(info["format_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"OPTIONS file of {self.path!r} is damaged: {exc}") from exc
+        if version > FORMAT_VERSION:
+            raise IncompatibleFormatError(
+                f"database {self.path!r} was written with format version {version}; this "
+                f"ShaleDB supports up to {FORMAT_VERSION}: upgrade ShaleDB")
+
+    def _write_options_file(self) -> None:
+        info = {"format_version": FORMAT_VERSION, "created_by": f"shaledb {_pkg_version}",
+                "options": self.options.persistent()}
+        self.fs.write_file_atomic(os.path.join(self.path, OPTIONS),
+                                  (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+
+    def _recover_wal(self) -> None:
+        opts = self.options
+        versions = self._versions
+        found = [p for p in map(parse, self.fs.listdir(self.path)) if p is not None]
+        # A crash can leave files numbered past the manifest's counter: never reuse a number.
+        for _, n in found:
+            versions.next_file = max(versions.next_file, n + 1)
+        logs = sorted(n for kind, n in found if kind == "log" and n >= versions.log_number)
+        last_seq = versions.last_seq
+        mem = self._mem
+        self._mem_first_log = logs[0] if logs else versions.log_number
+        for idx, number in enumerate(logs):
+            seg = replay_segment(self.fs, self.path, number)
+            for first_seq, ops in seg.batches:
+                mem.apply(first_seq, ops)
+                last_seq = max(last_seq, first_seq + len(ops) // 4 - 1)
+                if mem.approximate_size >= opts.memtable_size and not opts.read_only:
+                    # Keep memory bounded while replaying a long log: write an L0 table.
+                    # This segment stays live (log_number = number): replaying it again later
+                    # only repeats entries the table already holds.
+                    self._last_seq = last_seq
+                    self._flush_during_recovery(mem, number, last_seq)
+                    mem = self._mem = MemTable()
+                    self._mem_first_log = number
+            if seg.damaged:
+                is_last = idx == len(logs) - 1
+                if opts.wal_recovery == "strict" and not (is_last and seg.torn_tail):
+                    raise CorruptionError(
+                        f"WAL segment {seg.path!r} is damaged at offset {seg.good_end} and "
+                        "valid records follow the damage; restore from a backup, or open with "
+                        "wal_recovery='point_in_time' to keep the data before the damage")
+                if not opts.read_only:
+                    self.fs.truncate(seg.path, seg.good_end)
+                    for later in logs[idx + 1:]:
+                        self.fs.remove(log_name(self.path, later))
+                break
+        self._last_seq = last_seq
+
+    def _flush_during_recovery(self, mem: MemTable, log_number: int, last_seq: int) -> None:
+        mem.frozen = True
+        writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
+                             self._versions.new_file_number, self.options, None)
+        outputs = writer.write(drop_obsolete(mem.iter_all(), last_seq, self._now_ms(), False))
+        # The manifest of this open is not written yet: use the previous one.
+        if self._versions._log is None:
+            self._versions.write_new_manifest()
+        edit = VersionEdit(log_number=log_number, last_seq=last_seq,
+                           added=[(0, m) for m in outputs])
+        self._versions.install(self._versions.log_and_apply(edit))
+        self.counters["flushes"] += 1
+
+    def _start_threads(self) -> None:
+        targets: list[tuple[str, Callable[[], None]]] = [
+            ("flush", self._flush_loop), ("compaction", self._compaction_loop)]
+        if self.options.fsync_interval is not None:
+            targets.append(("wal-sync", self._sync_loop))
+        for name, target in targets:
+            t = threading.Thread(target=target, name=f"shaledb-{name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        with self._mutex:
+            self._compaction_wanted = True
+            self._bg_cv.notify_all()
+
+    # ------------------------------------------------------------------------------------
+    # Helpers
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"database {self.path!r} is closed")
+
+    def _locked_check_writable(self) -> None:
+        self._check_open()
+        if self.options.read_only:
+            raise ReadOnlyError(f"database {self.path!r} was opened read-only")
+        if self._bg_error is not None:
+            raise ReadOnlyError(
+                f"database {self.path!r} refuses writes after an earlier error: "
+                f"{self._bg_error}. Fix the cause (disk space, hardware) and reopen it.")
+        if self._closing:
+            raise ClosedError(f"database {self.path!r} is closing")
+
+    def _locked_set_bg_error(self, exc: ShaleError) -> None:
+        if self._bg_error is None:
+            self._bg_error = exc
+        self._bg_cv.notify_all()
+        self._writer_cv.notify_all()
+
+    def _record_error(self, exc: ShaleError) -> None:
+        with self._mutex:
+            self._locked_set_bg_error(exc)
+
+    def _open_table(self, number: int) -> TableReader:
+        return TableReader(self.fs, table_name(self.path, number), number, self._block_cache)
+
+    def _table(self, number: int) -> TableReader:
+        if self._closed:
+            raise ClosedError(f"database {self.path!r} is closed")
+        return self._tables.get(number)
+
+    def _locked_smallest_snapshot(self) -> int:
+        return min(self._snapshots) if self._snapshots else self._last_seq
+
+    # ------------------------------------------------------------------------------------
+    # Write path
+    def write(self, ops: list[Any] | None, nbytes: int, sync: bool,
+              check: Callable[[], None] | None = None, force_flush: bool = False) -> int:
+        """Apply the flat op list atomically; returns the sequence of its last op.
+
+        ``check`` runs with no other write in flight and may raise to cancel the write
+        (optimistic transactions). ``ops=None`` with ``force_flush`` freezes the memtable.
+        """
+        w = _Writer(ops, nbytes, sync, check)
+        with self._mutex:
+            self._locked_check_writable()
+            writers = self._writers
+            writers.append(w)
+            while not w.done and writers[0] is not w:
+                self._writer_cv.wait()
+            if w.done:
+                if w.error is not None:
+                    raise w.error
+                return w.seq
+            try:
+                self._locked_check_writable()
+                self._locked_make_room(force_flush)
+            except BaseException:
+                writers.popleft()
+                self._writer_cv.notify_all()
+                raise
+            group = [w]
+            if w.check is None and ops is not None:
+                size = nbytes
+                for other in itertools.islice(writers, 1, None):
+                    if other.check is not None or other.ops is None:
+                        break
+                    size += other.nbytes
+                    if size > MAX_GROUP_BYTES:
+                        break
+                    group.append(other)
+            first_seq = self._last_seq + 1
+            wal = self._wal
+            mem = self._mem
+        error: BaseException | None = None
+        last = first_seq - 1
+        try:
+            if ops is not None:
+                assert wal is not None
+                if w.check is not None:
+                    w.check()
+                flat = ops if len(group) == 1 else [x for g in group for x in g.ops]  # type: ignore[union-attr]
+                if flat:
+                    wal.append(encode_batch(first_seq, flat))
+                    if any(g.sync for g in group):
+                        wal.sync()
+                    mem.apply(first_seq, flat)
+                    last = first_seq + len(flat) // 4 - 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            error = exc
+        with self._mutex:
+            if error is None:
+                self._last_seq = last
+                self.counters["writes"] += len(group)
+                self.counters["wal_records"] += 1
+                if len(group) > 1:
+                    self.counters["group_commits"] += 1
+            elif isinstance(error, StorageError):
+                self._locked_set_bg_error(error)
+            for g in group:
+                writers.popleft()
+                g.done = True
+                g.seq = last
+                if error is not None and g is not w:
+                    g.error = error
+            self._writer_cv.notify_all()
+        if error is not None:
+            raise error
+        return last
+
+    def _locked_make_room(self, force: bool) -> None:
+        opts = self.options
+        allow_delay = not force
+        while True:
+            if self._bg_error is not None:
+                self._locked_check_writable()
+            l0 = len(self._versions.current.levels[0])
+            if allow_delay and l0 >= opts.l0_slowdown_trigger:
+                # Back-pressure: one short delay per write while L0 is long.
+                self.counters["write_slowdowns"] += 1
+                self._mutex.release()
+                try:
+                    time.sleep(0.001)
+                finally:
+                    self._mutex.acquire()
+                allow_delay = False
+            elif not force and self._mem.approximate_size < opts.memtable_size:
+                return
+            elif force and self._mem.entries == 0:
+                return
+            elif self._imm is not None or l0 >= opts.l0_stop_trigger:
+                self.counters["write_stalls"] += 1
+                self._bg_cv.wait(timeout=1.0)
+                if self._closing:
+                    raise ClosedError(f"database {self.path!r} is closing")
+            else:
+                self._locked_switch_memtable()
+                force = False
+
+    def _locked_switch_memtable(self) -> None:
+        number = self._versions.new_file_number()
+        old = self._wal
+        assert old is not None
+        try:
+            old.sync()  # the frozen memtable's log is durable before a new one starts
+            new = WriteAheadLog(self.fs, self.path, number)
+        except StorageError as exc:
+            self._locked_set_bg_error(exc)
+            raise
+        old.close()
+        self.counters["wal_syncs_closed"] += old.syncs
+        self._wal = new
+        self._mem.frozen = True
+        self._imm = self._mem
+        self._imm_last_seq = self._last_seq
+        self._imm_next_log = number
+        self._mem = MemTable()
+        self._mem_first_log = number
+        self._bg_cv.notify_all()
+
+    def sync_wal(self) -> None:
+        """fsync the WAL now."""
+        with self._mutex:
+            self._check_open()
+            wal = self._wal
+        if wal is not None:
+            try:
+                wal.sync()
+            except StorageError as exc:
+                self._record_error(exc)
+                raise
+
+    # ------------------------------------------------------------------------------------
+    # Read path
+    def _pin(self, seq: int | None) -> tuple[MemTable, MemTable | None, Version, int]:
+        with self._mutex:
+            self._check_open()
+            v = self._versions.current
+            v.refs += 1
+            self._pinned[id(v)] = v
+            return self._mem, self._imm, v, self._last_seq if seq is None else seq
+
+    def _unpin(self, v: Version) -> None:
+        with self._mutex:
+            v.refs -= 1
+            if v.refs == 0:
+                self._pinned.pop(id(v), None)
+
+    def get_record(self, key: bytes, seq: int | None = None) -> Record | None:
+        """The newest version of ``key`` visible at ``seq`` (default: latest), or None."""
+        mem, imm, v, seq = self._pin(seq)
+        try:
+            r = mem.get(key, seq)
+            if r is None and imm is not None:
+                r = imm.get(key, seq)
+            if r is None:
+                for f in v.candidates(key):
+                    r = self._table(f.number).get(key, seq)
+                    if r is not None:
+                        break
+            return r
+        finally:
+            self._unpin(v)
+
+    def latest_seq(self, key: bytes) -> int:
+        """Sequence of the newest version of ``key`` (0 if none)."""
+        mem, imm, v, _ = self._pin(None)
+        try:
+            s = mem.latest_seq(key)
+            if s is None and imm is not None:
+                s = imm.latest_seq(key)
+            if s is None:
+                for f in v.candidates(key):
+                    s = self._table(f.number).latest_seq(key)
+                    if s is not None:
+                        break
+            return s or 0
+        finally:
+            self._unpin(v)
+
+    def live(self, r: Record | None) -> bool:
+        """Whether a record is a PUT that has not expired."""
+        return r is not None and r[1] == PUT and (r[2] == 0 or r[2] > self._now_ms())
+
+    def iterate(self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,
+                seq: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs with ``lo <= key < hi`` at ``seq``, consistent for its life."""
+        mem, imm, v, seq = self._pin(seq)
+        now_ms = self._now_ms()
+        release = _Once(self._unpin, v)
+        gen = self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit, release)
+        # A generator that is never started never runs its finally: unpin on collection too.
+        weakref.finalize(gen, release)
+        return gen
+
+    def _iterate(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
+                 lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,
+                 release: _Once) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            if limit is not None and limit <= 0:
+                return
+            sources = [memtable_source(mem, lo, hi, reverse, seq)]
+            if imm is not None:
+                sources.append(memtable_source(imm, lo, hi, reverse, seq))
+            for f in v.levels[0]:
+                if f.overlaps(lo, hi):
+                    sources.append(self._table(f.number).iter_range(lo, hi, reverse))
+            for lvl in range(1, len(v.levels)):
+                files = [f.number for f in v.levels[lvl] if f.overlaps(lo, hi)]
+                if not files:
+                    continue
+                if reverse:
+                    files.reverse()
+                sources.append(concat(files, lambda n: self._table(n).iter_range(lo, hi,
+                                                                                 reverse)))
+            it: Iterator[tuple[bytes, bytes]] = visible(merge(sources, reverse), seq, now_ms,
+                                                        reverse)
+            if limit is not None:
+                it = itertools.islice(it, limit)
+            for kv in it:
+                if self._closed:
+                    raise ClosedError(f"database {self.path!r} was closed during iteration")
+                yield kv
+        finally:
+            release()
+
+    # ------------------------------------------------------------------------------------
+    # Snapshots
+    def acquire_snapshot(self) -> int:
+        """Register a snapshot at the latest sequence and return it."""
+        with self._mutex:
+            self._check_open()
+            seq = self._last_seq
+            self._snapshots[seq] += 1
+            return seq
+
+    def release_snapshot(self, seq: int) -> None:
+        """Forget a snapshot so compaction may drop what only it could see."""
+        with self._mutex:
+            self._snapshots[seq] -= 1
+            if self._snapshots[seq] <= 0:
+                del self._snapshots[seq]
+
+    # ------------------------------------------------------------------------------------
+    # Flush
+    def flush(self) -> None:
+        """Freeze the memtable and wait until it is written to an L0 table."""
+        self.write(None, 0, False, force_flush=True)
+        with self._mutex:
+            while self._imm is not None and self._bg_error is None and not self._closed:
+                self._bg_cv.wait()
+            if self._bg_error is not None:
+                self._locked_check_writable()
+
+    def _flush_loop(self) -> None:
+        while True:
+            with self._mutex:
+                while self._imm is None and not self._closing:
+                    self._bg_cv.wait()
+                if self._closing:
+                    return
+                imm = self._imm
+                assert imm is not None
+                next_log = self._imm_next_log
+                last_seq = self._imm_last_seq
+                smallest = self._locked_smallest_snapshot()
+            try:
+                self._flush_memtable(imm, next_log, last_seq, smallest)
+            except ShaleError as exc:
+                self._record_error(exc)
+                return
+            except BaseException as exc:  # noqa: BLE001 - never die silently
+                self._record_error(StorageError(f"flush failed unexpectedly: {exc!r}"))
+                raise
+
+    def _new_output_number(self) -> int:
+        with self._mutex:
+            n = self._versions.new_file_number()
+            self._pending_outputs.add(n)
+            return n
+
+    def _flush_memtable(self, imm: MemTable, next_log: int, last_seq: int,
+                        smallest_snapshot: int) -> None:
+        writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
+                             self._new_output_number, self.options, None)
+        try:
+            outputs = writer.write(drop_obsolete(imm.iter_all(), smallest_snapshot,
+                                                 self._now_ms(), False))
+            edit = VersionEdit(log_number=next_log, last_seq=last_seq,
+                               added=[(0, m) for m in outputs])
+            with self._manifest_lock:
+                new = self._versions.log_and_apply(edit)
+                with self._mutex:
+                    self._versions.install(new)
+                    self._imm = None
+                    self._compaction_wanted = True
+                    self.counters["flushes"] += 1
+                    self.counters["flush_bytes_written"] += writer.bytes_written
+                    self._bg_cv.notify_all()
+        except BaseException:
+            writer.abandon()
+            raise
+        finally:
+            with self._mutex:
+                self._pending_outputs.difference_update(writer.created)
+        self._delete_obsolete_files()
+
+    # ------------------------------------------------------------------------------------
+    # Compaction
+    def _compaction_loop(self) -> None:
+        while True:
+            with self._mutex:
+                while not self._compaction_wanted and not self._closing:
+                    self._bg_cv.wait()
+                if self._closing or self._bg_error is not None:
+                    return
+                self._compaction_wanted = False
+            try:
+                with self._compaction_lock:
+                    while not self._closing:
+                        with self._mutex:
+                            c = pick_compaction(self._versions.current, self.options,
+                                                self._versions.compact_pointers)
+                        if c is None:
+                            break
+                        self._run_compaction(c)
+            except CompactionAborted:
+                return
+            except ShaleError as exc:
+                self._record_error(exc)
+                return
+            except BaseException as exc:  # noqa: BLE001 - never die silently
+                self._record_error(StorageError(f"compaction failed unexpectedly: {exc!r}"))
+                raise
+
+    def _run_compaction(self, c: Compaction) -> None:
+        edit = VersionEdit()
+        edit.deleted = [(lvl, f.number) for lvl, f in c.all_inputs()]
+        if c.level > 0 and c.inputs:
+            edit.compact_pointers = [(c.level, max(f.largest for f in c.inputs))]
+        if c.is_trivial_move:
+            f = c.inputs[0]
+            edit.added = [(c.output_level, f)]
+            self._install(edit)
+            self.counters["trivial_moves"] += 1
+            return
+        with self._mutex:
+            smallest = self._locked_smallest_snapshot()
+        writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
+                             self._new_output_number, self.options, self.options.target_file_size)
+        try:
+            sources = [self._table(f.number).iter_range(None, None, fill_cache=False)
+                       for f in (c.inputs if c.level == 0 else [])]
+            level_inputs = [] if c.level == 0 else [f.number for f in c.inputs]
+            if level_inputs:
+                sources.append(concat(level_inputs, lambda n: self._table(n).iter_range(
+                    None, None, fill_cache=False)))
+            if c.below:
+                sources.append(concat([f.number for f in c.below], lambda n: self._table(
+                    n).iter_range(None, None, fill_cache=False)))
+            entries = drop_obsolete(merge(sources, False), smallest, self._now_ms(),
+                                    c.bottommost)
+            outputs = writer.write(entries, lambda: self._closing)
+            edit.added = [(c.output_level, m) for m in outputs]
+            self._install(edit)
+        except BaseException:
+            writer.abandon()
+            for n in writer.created:
+                with contextlib.suppress(StorageError):
+                    self.fs.remove(table_name(self.path, n))
+            raise
+        finally:
+            with self._mutex:
+                self._pending_outputs.difference_update(writer.created)
+        self.counters["compactions"] += 1
+        self.counters["compaction_bytes_read"] += c.input_bytes
+        self.counters["compaction_bytes_written"] += writer.bytes_written
+        self._delete_obsolete_files()
+
+    def _install(self, edit: VersionEdit) -> None:
+        with self._manifest_lock:
+            new = self._versions.log_and_apply(edit)
+            with self._mutex:
+                self._versions.install(new)
+                self._bg_cv.notify_all()
+
+    def compact_range(self, lo: bytes | None, hi: bytes | None) -> None:
+        """Flush, then push every table meeting ``[lo, hi]`` down to the deepest level that
+        holds data in that range, dropping whatever no reader can see."""
+        self.flush()
+        with self._compaction_lock:
+            with self._mutex:
+                v = self._versions.current
+                deepest = max((lvl for lvl in range(len(v.levels))
+                               if v.overlapping(lvl, lo, hi)), default=0)
+            for level in range(0, deepest):
+                with self._mutex:
+                    self._locked_check_writable()
+                    c = range_compaction(self._versions.current, level, lo, hi)
+                if c is None:
+                    continue
+                try:
+                    self._run_compaction(c)
+                except CompactionAborted:
+                    raise ClosedError(f"database {self.path!r} closed during compaction"
+                                      ) from None
+                except StorageError as exc:
+                    self._record_error(exc)
+                    raise
+        with self._mutex:
+            self._compaction_wanted = True
+            self._bg_cv.notify_all()
+
+    # ------------------------------------------------------------------------------------
+    # Periodic WAL sync
+    def _sync_loop(self) -> None:
+        interval = self.options.fsync_interval
+        assert interval is not None
+        while True:
+            with self._mutex:
+                self._bg_cv.wait(timeout=interval)
+                if self._closing:
+                    return
+                wal = self._wal
+            if wal is None:
+                continue
+            try:
+                wal.sync()
+            except StorageError as exc:
+                # After a failed fsync the state of the log is unknown: stop writes.
+                self._record_error(exc)
+                return
+
+    # ------------------------------------------------------------------------------------
+    # Files
+    def _delete_obsolete_files(self) -> None:
+        # List first: a table number is registered as pending before its file is created, so
+        # every file in the listing is pending, live or truly obsolete by the time we look.
+        try:
+            names = self.fs.listdir(self.path)
+        except StorageError:
+            return
+        with self._mutex:
+            live = {f.number for _, f in self._versions.current.files()}
+            for v in self._pinned.values():
+                live.update(f.number for _, f in v.files())
+            live.update(self._pending_outputs)
+            log_number = self._versions.log_number
+            keep_log = self._wal.number if self._wal is not None else -1
+            manifest = self._versions.manifest_number
+        for name in names:
+            parsed = parse(name)
+            if parsed is None:
+                continue
+            kind, number = parsed
+            obsolete = ((kind == "sst" and number not in live)
+                        or (kind == "log" and number < log_number and number != keep_log)
+                        or (kind == "manifest" and number != manifest))
+            if obsolete:
+                if kind == "sst":
+                    self._tables.evict(number)
+                try:
+                    self.fs.remove(os.path.join(self.path, name))
+                except StorageError:
+                    pass  # retried after the next flush or compaction
+
+    # ------------------------------------------------------------------------------------
+    # Stats and close
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the engine's counters and shape."""
+        with self._mutex:
+            self._check_open()
+            v = self._versions.current
+            scores = level_scores(v, self.options)
+            levels = [{"level": i, "files": len(lvl), "bytes": sum(f.size for f in lvl),
+                       "score": round(scores[i], 3) if i < len(scores) else 0.0}
+                      for i, lvl in enumerate(v.levels)]
+            cache = self._block_cache
+            wal = self._wal
+            return {
+                "path": self.path,
+                "last_sequence": self._last_seq,
+                "memtable_bytes": self._mem.approximate_size,
+                "memtable_entries": self._mem.entries,
+                "immutable_memtables": 0 if self._imm is None else 1,
+                "levels": levels,
+                "total_table_bytes": sum(x["bytes"] for x in levels),
+                "flushes": self.counters["flushes"],
+                "compactions": self.counters["compactions"],
+                "trivial_moves": self.counters["trivial_moves"],
+                "compaction_bytes_read": self.counters["compaction_bytes_read"],
+                "compaction_bytes_written": self.counters["compaction_bytes_written"],
+                "flush_bytes_written": self.counters["flush_bytes_written"],
+                "writes": self.counters["writes"],
+                "group_commits": self.counters["group_commits"],
+                "wal_number": wal.number if wal is not None else None,
+                "wal_bytes": wal.size if wal is not None else 0,
+                "wal_records": self.counters["wal_records"],
+                "wal_syncs": self.counters["wal_syncs_closed"] + (wal.syncs if wal else 0),
+                "write_stalls": self.counters["write_stalls"],
+                "write_slowdowns": self.counters["write_slowdowns"],
+                "block_cache": {
+                    "hits": cache.hits if cache else 0,
+                    "misses": cache.misses if cache else 0,
+                    "bytes": cache.usage if cache else 0,
+                    "capacity": cache.capacity if cache else 0,
+                },
+                "open_tables": len(self._tables),
+                "live_snapshots": sum(self._snapshots.values()),
+                "background_error": None if self._bg_error is None else str(self._bg_error),
+                "read_only": self.options.read_only or self._bg_error is not None,
+                "recovery_seconds": round(self.recovery_seconds, 6),
+            }
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop background work, sync the WAL, release files and the lock. Idempotent.
+
+        Raises the first error met (after releasing everything)."""
+        with self._mutex:
+            if self._closed or self._closing:
+                return
+            self._closing = True
+            self._bg_cv.notify_all()
+            self._writer_cv.notify_all()
+        for t in self._threads:
+            t.join()
+        first: BaseException | None = None
+        with self._mutex:
+            # Wait for an in-flight write group to finish before closing its WAL.
+            while self._writers:
+                self._writer_cv.wait(timeout=0.1)
+            wal, self._wal = self._wal, None
+            self._closed = True
+        if wal is not None:
+            try:
+                if self._bg_error is None:
+                    wal.sync()
+            except ShaleError as exc:
+                first = exc
+            with contextlib.suppress(ShaleError):
+                wal.close()
+        with contextlib.suppress(ShaleError):
+            self._versions.close()
+        for reader in self._tables.clear():
+            reader.close()
+        if self._block_cache is not None:
+            self._block_cache.drain()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if first is not None:
+            raise first
+
+
+__all__ = ["DELETE", "PUT", "Engine", "FileMeta"]

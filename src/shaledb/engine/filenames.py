@@ -1,0 +1,39 @@
+"""Names of the files in a database directory (LevelDB's conventions)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+CURRENT = "CURRENT"
+LOCK = "LOCK"
+OPTIONS = "OPTIONS"
+
+_NUMBERED = re.compile(r"^(\d{6,})\.(log|sst)$")
+_MANIFEST = re.compile(r"^MANIFEST-(\d{6,})$")
+
+
+def log_name(dirpath: str, number: int) -> str:
+    """Path of WAL segment ``number``."""
+    return os.path.join(dirpath, f"{number:06d}.log")
+
+
+def table_name(dirpath: str, number: int) -> str:
+    """Path of table ``number``."""
+    return os.path.join(dirpath, f"{number:06d}.sst")
+
+
+def manifest_name(dirpath: str, number: int) -> str:
+    """Path of manifest ``number``."""
+    return os.path.join(dirpath, f"MANIFEST-{number:06d}")
+
+
+def parse(name: str) -> tuple[str, int] | None:
+    """Classify a file name: ("log"|"sst"|"manifest", number), or None for anything else."""
+    m = _NUMBERED.match(name)
+    if m:
+        return m.group(2), int(m.group(1))
+    m = _MANIFEST.match(name)
+    if m:
+        return "manifest", int(m.group(1))
+    return None

@@ -1,0 +1,263 @@
+"""The manifest: which tables make up the database, as a log of version edits.
+
+``CURRENT`` holds the name of the live ``MANIFEST-NNNNNN`` (replaced atomically: write temp,
+fsync, rename, fsync the directory). A manifest is a log (``logfile`` framing) of msgpack
+maps, each a :class:`VersionEdit`; its first record is a full snapshot of the version. On every
+open a new manifest is written, so a manifest never grows past one session's edits (and is
+rolled over when it passes ``MAX_MANIFEST_SIZE``).
+
+A :class:`Version` is an immutable list of tables per level. Readers pin the version they
+started on (``ref``/``unref``); a table file is deleted only when no live version lists it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from bisect import bisect_left
+from typing import Any
+
+import msgpack
+
+from ..errors import CorruptionError, IncompatibleFormatError
+from .filenames import CURRENT, manifest_name
+from .fs import FileSystem
+from .logfile import LogWriter, iter_records
+from .sstable.format import FileMeta
+
+MANIFEST_FORMAT_VERSION = 1
+MAX_MANIFEST_SIZE = 8 << 20
+
+
+@dataclasses.dataclass
+class VersionEdit:
+    """A change to the set of tables plus the counters recovery needs."""
+
+    log_number: int | None = None
+    next_file: int | None = None
+    last_seq: int | None = None
+    added: list[tuple[int, FileMeta]] = dataclasses.field(default_factory=list)
+    deleted: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (level, number)
+    compact_pointers: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
+
+    def encode(self) -> bytes:
+        d: dict[str, Any] = {"v": MANIFEST_FORMAT_VERSION}
+        if self.log_number is not None:
+            d["log"] = self.log_number
+        if self.next_file is not None:
+            d["next"] = self.next_file
+        if self.last_seq is not None:
+            d["seq"] = self.last_seq
+        if self.added:
+            d["add"] = [[lvl, *m.to_list()] for lvl, m in self.added]
+        if self.deleted:
+            d["del"] = [list(x) for x in self.deleted]
+        if self.compact_pointers:
+            d["ptr"] = [list(x) for x in self.compact_pointers]
+        return msgpack.packb(d, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, payload: bytes, path: str) -> VersionEdit:
+        try:
+            d = msgpack.unpackb(payload, raw=False)
+            if not isinstance(d, dict):
+                raise ValueError("not a map")
+            if d.get("v", 1) > MANIFEST_FORMAT_VERSION:
+                raise IncompatibleFormatError(
+                    f"manifest {path!r} has format version {d['v']}; upgrade ShaleDB")
+            return cls(
+                log_number=d.get("log"),
+                next_file=d.get("next"),
+                last_seq=d.get("seq"),
+                added=[(int(a[0]), FileMeta.from_list(a[1:])) for a in d.get("add", [])],
+                deleted=[(int(x[0]), int(x[1])) for x in d.get("del", [])],
+                compact_pointers=[(int(x[0]), bytes(x[1])) for x in d.get("ptr", [])],
+            )
+        except IncompatibleFormatError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+            raise CorruptionError(f"manifest {path!r} holds a malformed edit: {exc}") from exc
+
+
+class Version:
+    """An immutable set of tables: ``levels[0]`` newest first (may overlap), deeper levels
+    sorted by key and disjoint."""
+
+    __slots__ = ("levels", "refs", "_largest")
+
+    def __init__(self, levels: list[list[FileMeta]]) -> None:
+        self.levels = levels
+        self.refs = 0
+        self._largest = [[f.largest for f in lvl] for lvl in levels]
+
+    def files(self) -> list[tuple[int, FileMeta]]:
+        """Every (level, table)."""
+        return [(i, f) for i, lvl in enumerate(self.levels) for f in lvl]
+
+    def level_bytes(self, level: int) -> int:
+        """Total size of the tables at ``level``."""
+        return sum(f.size for f in self.levels[level])
+
+    def candidates(self, key: bytes) -> list[FileMeta]:
+        """Tables that may hold ``key``, newest data first."""
+        out = [f for f in self.levels[0] if f.smallest <= key <= f.largest]
+        for lvl in range(1, len(self.levels)):
+            files = self.levels[lvl]
+            if not files:
+                continue
+            i = bisect_left(self._largest[lvl], key)
+            if i < len(files) and files[i].smallest <= key:
+                out.append(files[i])
+        return out
+
+    def overlapping(self, level: int, lo: bytes | None, hi: bytes | None) -> list[FileMeta]:
+        """Tables at ``level`` whose range meets ``[lo, hi]`` (inclusive)."""
+        return [f for f in self.levels[level] if f.overlaps(lo, hi)]
+
+    def apply(self, edit: VersionEdit) -> Version:
+        """A new version with ``edit`` applied."""
+        deleted = set(edit.deleted)
+        levels = [[f for f in lvl if (i, f.number) not in deleted]
+                  for i, lvl in enumerate(self.levels)]
+        for lvl, meta in edit.added:
+            levels[lvl].append(meta)
+        levels[0].sort(key=lambda f: f.number, reverse=True)
+        for lvl in range(1, len(levels)):
+            levels[lvl].sort(key=lambda f: f.smallest)
+        return Version(levels)
+
+
+class VersionSet:
+    """The current version, the manifest that records it, and the file-number counter.
+
+    Only one thread at a time calls :meth:`log_and_apply` (the DB serializes it with its
+    manifest lock); the returned version is installed by the caller.
+    """
+
+    def __init__(self, fs: FileSystem, dirpath: str, num_levels: int) -> None:
+        self.fs = fs
+        self.dirpath = dirpath
+        self.num_levels = num_levels
+        self.current = Version([[] for _ in range(num_levels)])
+        self.next_file = 2
+        self.last_seq = 0
+        self.log_number = 0
+        self.compact_pointers: dict[int, bytes] = {}
+        self.manifest_number = 0
+        self._log: LogWriter | None = None
+
+    def new_file_number(self) -> int:
+        """Allocate a file number (caller holds the DB mutex)."""
+        n = self.next_file
+        self.next_file += 1
+        return n
+
+    # -- open ------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Load the version named by CURRENT. Raises CorruptionError on any damage."""
+        current_path = os.path.join(self.dirpath, CURRENT)
+        raw = self.fs.read_file(current_path)
+        name = raw.decode("utf-8", "replace").strip()
+        if not raw.endswith(b"\n") or not name.startswith("MANIFEST-") or "/" in name:
+            raise CorruptionError(f"CURRENT file is damaged (holds {raw[:40]!r})")
+        path = os.path.join(self.dirpath, name)
+        if not self.fs.exists(path):
+            raise CorruptionError(f"CURRENT names {name}, which does not exist")
+        version = Version([[] for _ in range(self.num_levels)])
+        seen_snapshot = False
+        # A torn last record is an edit whose write never completed: nothing acted on it.
+        for payload in iter_records(self.fs, path, allow_torn_tail=True):
+            edit = VersionEdit.decode(payload, path)
+            for lvl, _ in edit.added:
+                if lvl >= self.num_levels:
+                    raise CorruptionError(f"manifest {path!r} names level {lvl}, but the "
+                                          f"database has {self.num_levels} levels")
+            version = version.apply(edit)
+            seen_snapshot = True
+            if edit.log_number is not None:
+                self.log_number = edit.log_number
+            if edit.next_file is not None:
+                self.next_file = max(self.next_file, edit.next_file)
+            if edit.last_seq is not None:
+                self.last_seq = max(self.last_seq, edit.last_seq)
+            for lvl, key in edit.compact_pointers:
+                self.compact_pointers[lvl] = key
+        if not seen_snapshot:
+            raise CorruptionError(f"manifest {path!r} is empty")
+        numbers = [f.number for _, f in version.files()]
+        if len(numbers) != len(set(numbers)):
+            raise CorruptionError(f"manifest {path!r} lists a table twice")
+        if numbers:
+            self.next_file = max(self.next_file, max(numbers) + 1)
+        self.manifest_number = int(name.split("-", 1)[1])
+        self.next_file = max(self.next_file, self.manifest_number + 1, self.log_number + 1)
+        self.current = version
+
+    def write_new_manifest(self) -> None:
+        """Start a fresh manifest holding a snapshot of the current state, point CURRENT at
+        it and delete the previous one."""
+        old = self.manifest_number
+        number = self.new_file_number()
+        path = manifest_name(self.dirpath, number)
+        writer = LogWriter(self.fs.create(path))
+        try:
+            snap = VersionEdit(log_number=self.log_number, next_file=self.next_file,
+                               last_seq=self.last_seq, added=self.current.files(),
+                               compact_pointers=sorted(self.compact_pointers.items()))
+            writer.add(snap.encode())
+            writer.sync()
+            self.fs.write_file_atomic(os.path.join(self.dirpath, CURRENT),
+                                      f"MANIFEST-{number:06d}\n".encode())
+        except BaseException:
+            writer.close()
+            raise
+        if self._log is not None:
+            self._log.close()
+        self._log = writer
+        self.manifest_number = number
+        if old:
+            self.fs.remove(manifest_name(self.dirpath, old))
+
+    # -- changes ---------------------------------------------------------------------------
+    def log_and_apply(self, edit: VersionEdit) -> Version:
+        """Durably record ``edit`` and return the new version (the caller installs it with
+        :meth:`install`). On error nothing changes in memory."""
+        assert self._log is not None, "the manifest is not open"
+        edit.next_file = self.next_file
+        if edit.last_seq is None:
+            edit.last_seq = self.last_seq
+        new = self.current.apply(edit)
+        if self._log.size > MAX_MANIFEST_SIZE:
+            self.current, saved = new, self.current
+            saved_state = (self.log_number, self.compact_pointers.copy())
+            self._absorb(edit)
+            try:
+                self.write_new_manifest()
+            except BaseException:
+                self.current = saved
+                self.log_number, self.compact_pointers = saved_state
+                raise
+            self.current = saved
+            return new
+        self._log.add(edit.encode())
+        self._log.sync()
+        self._absorb(edit)
+        return new
+
+    def _absorb(self, edit: VersionEdit) -> None:
+        if edit.log_number is not None:
+            self.log_number = edit.log_number
+        if edit.last_seq is not None:
+            self.last_seq = max(self.last_seq, edit.last_seq)
+        for lvl, key in edit.compact_pointers:
+            self.compact_pointers[lvl] = key
+
+    def install(self, version: Version) -> None:
+        """Make ``version`` current (caller holds the DB mutex)."""
+        self.current = version
+
+    def close(self) -> None:
+        """Close the manifest file."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None

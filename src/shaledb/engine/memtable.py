@@ -1,0 +1,116 @@
+"""The memtable: recent writes, in memory, readable by key and in key order.
+
+A dict maps each user key to its versions, a list of ``(seq, kind, expire_at_ms, value)``
+tuples in ascending sequence order (appends only), so a point read is one dict lookup and,
+almost always, a look at the last version. A ``SortedList`` of the user keys serves ordered
+scans and the flush. Mutations and ordered reads of the active memtable take ``_lock`` (the
+sorted list must not change under an ordered read); a frozen (immutable) memtable is never
+mutated again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from .batch import ENTRY_OVERHEAD
+
+Version = tuple[int, int, int, bytes]  # (seq, kind, expire_at_ms, value)
+Entry = tuple[bytes, int, int, int, bytes]  # (key, -seq, kind, expire_at_ms, value)
+
+
+class MemTable:
+    """An in-memory, multi-version sorted map. Bounded by :attr:`approximate_size`."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, list[Version]] = {}
+        self._keys = SortedList()
+        self._lock = threading.Lock()
+        self.approximate_size = 0
+        self.entries = 0
+        self.frozen = False
+
+    def __len__(self) -> int:
+        return self.entries
+
+    def apply(self, first_seq: int, ops: list[Any]) -> None:
+        """Insert the flat ``[kind, key, expire, value, ...]`` list with sequences from
+        ``first_seq`` on."""
+        data = self._data
+        add_key = self._keys.add
+        size = 0
+        seq = first_seq
+        with self._lock:
+            for i in range(0, len(ops), 4):
+                key = ops[i + 1]
+                value = ops[i + 3]
+                versions = data.get(key)
+                if versions is None:
+                    data[key] = [(seq, ops[i], ops[i + 2], value)]
+                    add_key(key)
+                else:
+                    versions.append((seq, ops[i], ops[i + 2], value))
+                size += len(key) + len(value) + ENTRY_OVERHEAD
+                seq += 1
+            self.approximate_size += size
+            self.entries += len(ops) // 4
+
+    def get(self, key: bytes, seq: int) -> Version | None:
+        """The newest version of ``key`` with sequence <= ``seq``, or None."""
+        versions = self._data.get(key)
+        if versions is None:
+            return None
+        last = versions[-1]
+        if last[0] <= seq:
+            return last
+        for v in reversed(versions):
+            if v[0] <= seq:
+                return v
+        return None
+
+    def latest_seq(self, key: bytes) -> int | None:
+        """Sequence of the newest version of ``key`` here, or None."""
+        versions = self._data.get(key)
+        return None if versions is None else versions[-1][0]
+
+    def scan_chunk(self, lo: bytes | None, lo_inclusive: bool, hi: bytes | None,
+                   hi_inclusive: bool, reverse: bool, seq: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` keys of the range, each as its newest version visible at ``seq``
+        (keys with no visible version are skipped), in key order (descending if reverse)."""
+        out: list[Entry] = []
+        data = self._data
+        with self._lock:
+            it = self._keys.irange(lo, hi, (lo_inclusive, hi_inclusive), reverse=reverse)
+            for key in it:
+                versions = data[key]
+                v = versions[-1]
+                if v[0] > seq:
+                    for v in reversed(versions):  # noqa: B007
+                        if v[0] <= seq:
+                            break
+                    else:
+                        continue
+                out.append((key, -v[0], v[1], v[2], v[3]))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def iter_all(self) -> Iterator[Entry]:
+        """Every version in table order (key ascending, sequence descending). Only for a
+        frozen memtable."""
+        assert self.frozen, "iter_all needs a frozen memtable"
+        data = self._data
+        for key in self._keys:
+            versions = data[key]
+            if len(versions) == 1:
+                v = versions[0]
+                yield (key, -v[0], v[1], v[2], v[3])
+            else:
+                for v in reversed(versions):
+                    yield (key, -v[0], v[1], v[2], v[3])
+
+    def __repr__(self) -> str:
+        return f"MemTable(entries={self.entries}, bytes={self.approximate_size})"

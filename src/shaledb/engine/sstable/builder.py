@@ -1,0 +1,151 @@
+"""Writes a table from entries given in table order (see format.py for the layout)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import msgpack
+
+from ..fs import FileSystem
+from .block import encode_columns
+from .filter import build_filter
+from .format import FORMAT_VERSION, Footer, FileMeta, encode_block, require_codec
+
+_WRITE_CHUNK = 1 << 20
+
+
+class TableBuilder:
+    """Builds one table file. Call :meth:`add` in order, then :meth:`finish` (or
+    :meth:`abandon`). A block is cut only between user keys, never inside one key's versions.
+    """
+
+    def __init__(self, fs: FileSystem, path: str, number: int, *, block_size: int,
+                 compression: str) -> None:
+        self.path = path
+        self.number = number
+        self._file = fs.create(path)
+        self._block_size = block_size
+        self._code = require_codec(compression)
+        self._buf = bytearray()
+        self._offset = 0
+        self._cols: tuple[list[bytes], list[int], list[int], list[int], list[bytes]] = (
+            [], [], [], [], [])
+        self._block_bytes = 0
+        self._index_keys: list[bytes] = []
+        self._index_offsets: list[int] = []
+        self._index_sizes: list[int] = []
+        self._user_keys: list[bytes] = []
+        self._last_key: bytes | None = None
+        self.entries = 0
+        self.deletions = 0
+        self._smallest_seq = 1 << 64
+        self._largest_seq = 0
+        self._smallest: bytes | None = None
+        self.raw_bytes = 0
+
+    @property
+    def estimated_size(self) -> int:
+        """Bytes written so far plus the pending block."""
+        return self._offset + len(self._buf) + self._block_bytes
+
+    def add(self, key: bytes, seq: int, kind: int, expire: int, value: bytes) -> None:
+        """Append one entry; entries must come in (key ascending, seq descending) order."""
+        if key != self._last_key:
+            if self._block_bytes >= self._block_size:
+                self._flush_block()
+            self._user_keys.append(key)
+            self._last_key = key
+            if self._smallest is None:
+                self._smallest = key
+        keys, seqs, kinds, expires, values = self._cols
+        keys.append(key)
+        seqs.append(seq)
+        kinds.append(kind)
+        expires.append(expire)
+        values.append(value)
+        n = len(key) + len(value)
+        self._block_bytes += n + 12
+        self.raw_bytes += n
+        self.entries += 1
+        if kind == 0:
+            self.deletions += 1
+        if seq < self._smallest_seq:
+            self._smallest_seq = seq
+        if seq > self._largest_seq:
+            self._largest_seq = seq
+
+    def add_all(self, entries: Iterable[tuple[bytes, int, int, int, bytes]]) -> None:
+        """Add ``(key, -seq, kind, expire, value)`` entries (the iterator tuple shape)."""
+        add = self.add
+        for key, negseq, kind, expire, value in entries:
+            add(key, -negseq, kind, expire, value)
+
+    def at_key_boundary(self, key: bytes) -> bool:
+        """Whether adding ``key`` would start a new user key (a safe place to cut a file)."""
+        return key != self._last_key
+
+    def _write(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= _WRITE_CHUNK:
+            self._file.append(self._buf)
+            self._offset += len(self._buf)
+            self._buf = bytearray()
+
+    def _position(self) -> int:
+        return self._offset + len(self._buf)
+
+    def _add_block(self, payload: bytes, code: int) -> tuple[int, int]:
+        raw = encode_block(payload, code)
+        offset = self._position()
+        self._write(raw)
+        return offset, len(raw) - 5
+
+    def _flush_block(self) -> None:
+        keys = self._cols[0]
+        if not keys:
+            return
+        offset, size = self._add_block(encode_columns(list(self._cols)), self._code)
+        self._index_keys.append(keys[-1])
+        self._index_offsets.append(offset)
+        self._index_sizes.append(size)
+        self._cols = ([], [], [], [], [])
+        self._block_bytes = 0
+
+    def finish(self) -> FileMeta:
+        """Write filter, index, properties and footer; fsync; close. Returns the metadata."""
+        if self.entries == 0 or self._smallest is None or self._last_key is None:
+            raise ValueError("cannot finish an empty table")
+        self._flush_block()
+        filter_h = self._add_block(build_filter(self._user_keys), 0)
+        index_h = self._add_block(
+            encode_columns([self._index_keys, self._index_offsets, self._index_sizes]), 0)
+        props = {
+            "format_version": FORMAT_VERSION,
+            "entries": self.entries,
+            "deletions": self.deletions,
+            "data_blocks": len(self._index_keys),
+            "user_keys": len(self._user_keys),
+            "smallest_key": self._smallest,
+            "largest_key": self._last_key,
+            "smallest_seq": self._smallest_seq,
+            "largest_seq": self._largest_seq,
+            "raw_bytes": self.raw_bytes,
+            "created_at": int(time.time()),
+        }
+        props_h = self._add_block(msgpack.packb(props, use_bin_type=True), 0)
+        self._write(Footer(filter_h, index_h, props_h).encode())
+        self._file.append(self._buf)
+        self._offset += len(self._buf)
+        self._buf = bytearray()
+        self._file.sync()
+        self._file.close()
+        return FileMeta(self.number, self._offset, self._smallest, self._last_key,
+                        self._smallest_seq, self._largest_seq, self.entries)
+
+    def abandon(self) -> None:
+        """Close the file without finishing it (the caller deletes it)."""
+        try:
+            self._file.close()
+        except Exception:  # noqa: BLE001 - best effort on an error path
+            pass

@@ -1,0 +1,163 @@
+"""Byte-level pieces of the table format: block trailers, compression and the footer.
+
+Table layout (format version 1)::
+
+    data block 0 .. data block N-1
+    filter block        sorted unique xxh32 fingerprints of the user keys
+    index block         last key, offset and size of every data block
+    properties block    entry counts, key and sequence ranges, format version
+    footer              64 bytes, fixed
+
+Every block is stored as ``payload + type (1 byte) + crc32c (4 bytes, LE)``, where the CRC
+covers payload and type and ``type`` names the compression of the payload (0 none, 1 lz4,
+2 zstd). A block handle ``(offset, size)`` counts the payload only.
+
+Footer (little-endian): filter offset Q, filter size I, index offset Q, index size I,
+properties offset Q, properties size I, format version I, 12 zero bytes, crc32c of the first
+52 bytes I, magic 8 bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Any
+
+import crc32c as _crc32c
+import lz4.block
+
+from ...errors import CorruptionError, IncompatibleFormatError, InvalidArgument
+
+FORMAT_VERSION = 1
+MAGIC = b"SHALEsst"
+FOOTER = struct.Struct("<QIQIQII12xI8s")
+FOOTER_SIZE = FOOTER.size  # 64
+TRAILER_SIZE = 5
+
+NONE, LZ4, ZSTD = 0, 1, 2
+CODES = {"none": NONE, "lz4": LZ4, "zstd": ZSTD}
+
+crc32c = _crc32c.crc32c
+
+try:  # zstandard is an optional extra
+    import zstandard as _zstd
+
+    _zc = _zstd.ZstdCompressor(level=3)
+    _zd = _zstd.ZstdDecompressor()
+except ImportError:  # pragma: no cover - depends on the environment
+    _zstd = None
+
+
+def require_codec(name: str) -> int:
+    """The code for compression ``name``; InvalidArgument if its library is missing."""
+    code = CODES[name]
+    if code == ZSTD and _zstd is None:
+        raise InvalidArgument("compression='zstd' needs the zstandard package: "
+                              "pip install 'shaledb[zstd]'")
+    return code
+
+
+def encode_block(payload: bytes, code: int) -> bytes:
+    """Compress (when it pays off) and add the trailer."""
+    if code == LZ4:
+        packed = lz4.block.compress(payload, store_size=True)
+        if len(packed) < len(payload) - len(payload) // 8:
+            payload = packed
+        else:
+            code = NONE
+    elif code == ZSTD:
+        packed = _zc.compress(payload)
+        if len(packed) < len(payload) - len(payload) // 8:
+            payload = packed
+        else:
+            code = NONE
+    trailer = bytes((code,))
+    crc = crc32c(trailer, crc32c(payload))
+    return b"".join((payload, trailer, crc.to_bytes(4, "little")))
+
+
+def decode_block(raw: bytes, path: str, offset: int) -> bytes:
+    """Verify the trailer of a raw block (payload + trailer) and return the plain payload."""
+    if len(raw) < TRAILER_SIZE:
+        raise CorruptionError(f"table {path!r}: block at {offset} is truncated")
+    body = raw[:-4]
+    if crc32c(body) != int.from_bytes(raw[-4:], "little"):
+        raise CorruptionError(f"table {path!r}: checksum mismatch in block at offset {offset}")
+    code = body[-1]
+    payload = body[:-1]
+    try:
+        if code == NONE:
+            return payload
+        if code == LZ4:
+            return bytes(lz4.block.decompress(payload))
+        if code == ZSTD:
+            if _zstd is None:
+                raise InvalidArgument("this table is zstd-compressed: pip install 'shaledb[zstd]'")
+            return bytes(_zd.decompress(payload))
+    except (lz4.block.LZ4BlockError, ValueError) as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise CorruptionError(f"table {path!r}: block at {offset} does not decompress") from exc
+    raise CorruptionError(f"table {path!r}: block at {offset} has unknown compression {code}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Footer:
+    """The fixed-size end of a table."""
+
+    filter_handle: tuple[int, int]
+    index_handle: tuple[int, int]
+    props_handle: tuple[int, int]
+    format_version: int = FORMAT_VERSION
+
+    def encode(self) -> bytes:
+        head = FOOTER.pack(*self.filter_handle, *self.index_handle, *self.props_handle,
+                           self.format_version, 0, MAGIC)[:52]
+        return FOOTER.pack(*self.filter_handle, *self.index_handle, *self.props_handle,
+                           self.format_version, crc32c(head), MAGIC)
+
+    @classmethod
+    def decode(cls, raw: bytes, path: str, file_size: int) -> Footer:
+        if len(raw) != FOOTER_SIZE:
+            raise CorruptionError(f"table {path!r} is too short to hold a footer")
+        fo, fs, io, isz, po, ps, version, crc, magic = FOOTER.unpack(raw)
+        if magic != MAGIC:
+            raise CorruptionError(f"table {path!r}: bad magic number (not a ShaleDB table, "
+                                  "or its end is damaged)")
+        if crc32c(raw[:52]) != crc:
+            raise CorruptionError(f"table {path!r}: footer checksum mismatch")
+        if version > FORMAT_VERSION:
+            raise IncompatibleFormatError(
+                f"table {path!r} has format version {version}; this ShaleDB reads up to "
+                f"{FORMAT_VERSION}: upgrade ShaleDB")
+        limit = file_size - FOOTER_SIZE
+        for off, size in ((fo, fs), (io, isz), (po, ps)):
+            if off + size + TRAILER_SIZE > limit:
+                raise CorruptionError(f"table {path!r}: footer points past the end of the file")
+        return cls((fo, fs), (io, isz), (po, ps), version)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileMeta:
+    """What the manifest knows about a table."""
+
+    number: int
+    size: int
+    smallest: bytes
+    largest: bytes
+    smallest_seq: int
+    largest_seq: int
+    entries: int
+
+    def to_list(self) -> list[Any]:
+        return [self.number, self.size, self.smallest, self.largest, self.smallest_seq,
+                self.largest_seq, self.entries]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> FileMeta:
+        return cls(int(v[0]), int(v[1]), bytes(v[2]), bytes(v[3]), int(v[4]), int(v[5]),
+                   int(v[6]))
+
+    def overlaps(self, lo: bytes | None, hi: bytes | None) -> bool:
+        """Whether the file's key range meets ``[lo, hi]`` (inclusive; None is unbounded)."""
+        return (hi is None or self.smallest <= hi) and (lo is None or self.largest >= lo)

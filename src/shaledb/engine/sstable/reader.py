@@ -1,0 +1,146 @@
+"""Reads a table: point lookups (filter -> bisect index -> cached block -> bisect) and ordered
+iteration in both directions."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from operator import neg
+from typing import Any
+
+import msgpack
+
+from ...errors import CorruptionError
+from ..cache import LRUCache
+from ..fs import FileSystem, RandomAccessFile
+from .block import DataBlock, decode_data_block, decode_index_block
+from .filter import KeyFilter
+from .format import FOOTER_SIZE, TRAILER_SIZE, Footer, decode_block
+
+Entry = tuple[bytes, int, int, int, bytes]  # (key, -seq, kind, expire_at_ms, value)
+
+
+class TableReader:
+    """An open table. Thread-safe: reads use ``pread`` and the block cache locks itself."""
+
+    def __init__(self, fs: FileSystem, path: str, number: int,
+                 block_cache: LRUCache[tuple[int, int], DataBlock] | None) -> None:
+        self.path = path
+        self.number = number
+        self._cache = block_cache
+        self._file: RandomAccessFile = fs.open_read(path)
+        try:
+            size = self._file.size
+            if size < FOOTER_SIZE:
+                raise CorruptionError(f"table {path!r} is too short ({size} bytes)")
+            footer = Footer.decode(self._file.pread(FOOTER_SIZE, size - FOOTER_SIZE), path, size)
+            self.format_version = footer.format_version
+            self._last_keys, self._offsets, self._sizes = decode_index_block(
+                self._read_raw(*footer.index_handle), path)
+            self._filter = KeyFilter(self._read_raw(*footer.filter_handle))
+            try:
+                props = msgpack.unpackb(self._read_raw(*footer.props_handle), raw=False)
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise CorruptionError(f"table {path!r}: malformed properties block") from exc
+            if not isinstance(props, dict):
+                raise CorruptionError(f"table {path!r}: malformed properties block")
+            self.properties: dict[str, Any] = props
+        except BaseException:
+            self._file.close()
+            raise
+        self.nblocks = len(self._last_keys)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __del__(self) -> None:
+        try:
+            self._file.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _read_raw(self, offset: int, size: int) -> bytes:
+        raw = self._file.pread(size + TRAILER_SIZE, offset)
+        if len(raw) != size + TRAILER_SIZE:
+            raise CorruptionError(f"table {self.path!r}: block at {offset} is cut short")
+        return decode_block(raw, self.path, offset)
+
+    def _block(self, i: int, fill_cache: bool = True) -> DataBlock:
+        cache = self._cache
+        if cache is not None:
+            block = cache.get((self.number, i))
+            if block is not None:
+                return block
+        block = decode_data_block(self._read_raw(self._offsets[i], self._sizes[i]), self.path)
+        if cache is not None and fill_cache:
+            cache.put((self.number, i), block, block.charge)
+        return block
+
+    def may_contain(self, key: bytes) -> bool:
+        """Filter check: False means certainly absent."""
+        return self._filter.may_contain(key)
+
+    def get(self, key: bytes, seq: int) -> tuple[int, int, int, bytes] | None:
+        """The newest version of ``key`` with sequence <= ``seq``: (seq, kind, expire, value)."""
+        if not self._filter.may_contain(key):
+            return None
+        i = bisect_left(self._last_keys, key)
+        if i >= self.nblocks:
+            return None
+        block = self._block(i)
+        keys = block.keys
+        j = bisect_left(keys, key)
+        n = len(keys)
+        seqs = block.seqs
+        while j < n and keys[j] == key:
+            s = seqs[j]
+            if s <= seq:
+                return s, block.kinds[j], block.expires[j], block.values[j]
+            j += 1
+        return None
+
+    def latest_seq(self, key: bytes) -> int | None:
+        """Sequence of the newest version of ``key`` in this table, or None."""
+        if not self._filter.may_contain(key):
+            return None
+        i = bisect_left(self._last_keys, key)
+        if i >= self.nblocks:
+            return None
+        block = self._block(i)
+        j = bisect_left(block.keys, key)
+        if j < len(block.keys) and block.keys[j] == key:
+            return int(block.seqs[j])
+        return None
+
+    def iter_range(self, lo: bytes | None, hi: bytes | None, reverse: bool = False,
+                   fill_cache: bool = True) -> Iterator[Entry]:
+        """Entries with ``lo <= key < hi`` (None: unbounded), in table order or reversed."""
+        last_keys = self._last_keys
+        nblocks = self.nblocks
+        if nblocks == 0:
+            return
+        first = 0 if lo is None else bisect_left(last_keys, lo)
+        last = nblocks - 1 if hi is None else min(bisect_left(last_keys, hi), nblocks - 1)
+        if first > last:
+            return
+        order = range(last, first - 1, -1) if reverse else range(first, last + 1)
+        for i in order:
+            b = self._block(i, fill_cache)
+            keys = b.keys
+            a = 0 if lo is None or i != first else bisect_left(keys, lo)
+            e = len(keys) if hi is None or i != last else bisect_left(keys, hi)
+            if a >= e:
+                continue
+            if a == 0 and e == len(keys):
+                cols = (keys, b.seqs, b.kinds, b.expires, b.values)
+            else:
+                cols = (keys[a:e], b.seqs[a:e], b.kinds[a:e], b.expires[a:e], b.values[a:e])
+            if reverse:
+                yield from zip(reversed(cols[0]), map(neg, reversed(cols[1])),
+                               reversed(cols[2]), reversed(cols[3]), reversed(cols[4]))
+            else:
+                yield from zip(cols[0], map(neg, cols[1]), cols[2], cols[3], cols[4])
+
+    def __repr__(self) -> str:
+        return f"TableReader({self.path!r}, blocks={self.nblocks})"

@@ -1,0 +1,83 @@
+"""The write-ahead log: numbered segment files of framed records, one record per write group.
+
+Every write group (one or more batches) becomes one record, appended with one ``write()``
+call, so a crash can tear at most the last record. A segment is started whenever the
+memtable is frozen; a segment is deleted once the manifest records that every memtable it
+fed is in a table (``log_number`` moved past it). See docs/format.md for the bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .batch import decode_batch
+from .filenames import log_name
+from .fs import FileSystem
+from .logfile import LogWriter, read_log
+
+
+class WriteAheadLog:
+    """One open WAL segment. ``append`` is called only by the write-group leader; ``sync`` may
+    come from the leader or the periodic syncer, so it is serialized by a small lock."""
+
+    def __init__(self, fs: FileSystem, dirpath: str, number: int) -> None:
+        self.number = number
+        self.path = log_name(dirpath, number)
+        self._writer = LogWriter(fs.create(self.path))
+        self._sync_lock = threading.Lock()
+        self._synced_size = 0
+        self.syncs = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes written to this segment."""
+        return self._writer.size
+
+    @property
+    def dirty(self) -> bool:
+        """Whether bytes were written since the last fsync."""
+        return self._writer.size != self._synced_size
+
+    def append(self, payload: bytes) -> None:
+        """Append one record (one ``write()``)."""
+        self._writer.add(payload)
+
+    def sync(self) -> None:
+        """fsync everything appended so far (a no-op when nothing is new)."""
+        with self._sync_lock:
+            size = self._writer.size
+            if size == self._synced_size:
+                return
+            self._writer.sync()
+            self._synced_size = size
+            self.syncs += 1
+
+    def close(self) -> None:
+        """Close the segment without syncing."""
+        with self._sync_lock:
+            self._writer.close()
+
+
+class ReplayedSegment:
+    """The batches found in one segment and whether (and where) it was damaged."""
+
+    def __init__(self, path: str, batches: list[tuple[int, list[Any]]], good_end: int,
+                 damaged: bool, torn_tail: bool) -> None:
+        self.path = path
+        self.batches = batches
+        self.good_end = good_end
+        self.damaged = damaged
+        self.torn_tail = torn_tail
+
+    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
+        return iter(self.batches)
+
+
+def replay_segment(fs: FileSystem, dirpath: str, number: int) -> ReplayedSegment:
+    """Read every intact batch of segment ``number`` (damage is reported, not raised)."""
+    path = log_name(dirpath, number)
+    result = read_log(fs.read_file(path))
+    batches = [decode_batch(r) for r in result.records]
+    return ReplayedSegment(path, batches, result.good_end, result.damaged, result.torn_tail)

@@ -1,0 +1,68 @@
+"""Typed errors raised by ShaleDB.
+
+Every error ShaleDB raises on purpose derives from :class:`ShaleError`, so callers can catch
+the whole family with one clause. Messages say what happened and what to do about it.
+Wrong argument *types* raise the built-in :class:`TypeError`, as Python code expects.
+"""
+
+from __future__ import annotations
+
+
+class ShaleError(Exception):
+    """Base class of every ShaleDB error."""
+
+
+class InvalidArgument(ShaleError, ValueError):
+    """An argument has the right type but a value ShaleDB cannot accept (too large, negative
+    TTL, unknown option, ...). Nothing was written."""
+
+
+class CorruptionError(ShaleError):
+    """Stored data failed a checksum or a structural check. ShaleDB never returns data it
+    cannot verify; restore from a backup or open with a lenient recovery mode."""
+
+
+class IncompatibleFormatError(ShaleError):
+    """The database was written by a newer, unknown on-disk format version."""
+
+
+class LockedError(ShaleError):
+    """The database directory is already open (in this or another process)."""
+
+
+class ClosedError(ShaleError):
+    """The database, snapshot, iterator or transaction was used after it was closed."""
+
+
+class ReadOnlyError(ShaleError):
+    """The database refuses writes: it was opened read-only, or an earlier write error
+    (disk full, I/O error) left the write path in an unknown state. Reads still work; fix the
+    cause and reopen the database to write again."""
+
+
+class StorageError(ShaleError):
+    """The operating system reported an I/O error (EIO, ENOSPC, ...) while ShaleDB read or
+    wrote a file. The original ``OSError`` is chained as ``__cause__``."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class TransactionConflict(ShaleError):
+    """An optimistic transaction could not commit because a key it read or wrote was changed
+    by another writer after the transaction started. Nothing of the transaction was written;
+    retry it (see :meth:`shaledb.DB.run_transaction`)."""
+
+
+__all__ = [
+    "ClosedError",
+    "CorruptionError",
+    "IncompatibleFormatError",
+    "InvalidArgument",
+    "LockedError",
+    "ReadOnlyError",
+    "ShaleError",
+    "StorageError",
+    "TransactionConflict",
+]

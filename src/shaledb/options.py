@@ -1,0 +1,142 @@
+"""Validated database options: one frozen dataclass with documented defaults.
+
+Pass options as keyword arguments to :func:`shaledb.open`; unknown names and out-of-range
+values raise :class:`~shaledb.errors.InvalidArgument` before anything touches the disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from .engine.fs import FileSystem
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: Largest key accepted, in bytes. Keys are repeated in index blocks, so they stay small.
+MAX_KEY_SIZE = 64 * KiB
+#: Largest value accepted, in bytes (a value is one WAL record and lives in one data block).
+MAX_VALUE_SIZE = 64 * MiB
+
+COMPRESSIONS = ("none", "lz4", "zstd")
+WAL_RECOVERY_MODES = ("strict", "point_in_time")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Everything that tunes a database. Defaults suit a 1-100 GiB data set on a laptop."""
+
+    #: Create the directory and an empty database when the path holds none.
+    create_if_missing: bool = True
+    #: Refuse to open a database that already exists.
+    error_if_exists: bool = False
+    #: Open without taking writes: no WAL, no flush, no compaction. Every write raises
+    #: ReadOnlyError. The directory lock is still taken (one process per directory).
+    read_only: bool = False
+    #: Bytes of memtable (user bytes plus a per-entry estimate of Python's object overhead)
+    #: before it is frozen and flushed to an L0 table. Bounds recovery time: at most about
+    #: two memtables of WAL are replayed on open.
+    memtable_size: int = 32 * MiB
+    #: Target size of an uncompressed data block. A user key's versions never straddle blocks.
+    block_size: int = 16 * KiB
+    #: Bytes of decoded blocks kept in the LRU block cache (0 disables the cache).
+    block_cache_size: int = 64 * MiB
+    #: Block compression: "lz4" (default, fast), "zstd" (smaller; needs shaledb[zstd]), "none".
+    compression: str = "lz4"
+    #: In the default (non-sync) mode the WAL is fsynced at least this often, in seconds, by a
+    #: background thread, like Redis' ``appendfsync everysec``. ``None`` leaves it to the OS.
+    fsync_interval: float | None = 1.0
+    #: Number of L0 tables that triggers a compaction into L1.
+    l0_compaction_trigger: int = 4
+    #: Number of L0 tables at which every write is delayed by 1 ms (back-pressure).
+    l0_slowdown_trigger: int = 8
+    #: Number of L0 tables at which writes wait for compaction to catch up.
+    l0_stop_trigger: int = 12
+    #: Target total size of L1; each deeper level is ``level_size_multiplier`` times larger.
+    max_bytes_for_level_base: int = 64 * MiB
+    #: Size ratio between consecutive levels.
+    level_size_multiplier: int = 10
+    #: Compaction cuts output tables at about this many bytes.
+    target_file_size: int = 16 * MiB
+    #: Number of levels (L0 .. L{num_levels-1}).
+    num_levels: int = 7
+    #: Table files kept open (file descriptor + decoded index + filter) at once.
+    max_open_files: int = 512
+    #: "strict": a torn record at the end of the newest WAL segment is dropped (normal after a
+    #: crash); any other damaged WAL record raises CorruptionError on open. "point_in_time":
+    #: recovery stops at the first damaged record and keeps the consistent prefix before it.
+    wal_recovery: str = "strict"
+    #: Source of wall-clock time (seconds since the epoch) for TTLs; tests inject their own.
+    clock: Callable[[], float] = time.time
+    #: File-system layer; tests pass a fault-injecting one. ``None`` means the real one.
+    fs: FileSystem | None = None
+
+    def __post_init__(self) -> None:
+        def positive(name: str, minimum: int = 1) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise InvalidArgument(f"option {name} must be an integer >= {minimum}, got {value!r}")
+
+        positive("memtable_size", 64 * KiB)
+        positive("block_size", 256)
+        positive("block_cache_size", 0)
+        positive("l0_compaction_trigger", 1)
+        positive("l0_slowdown_trigger", 1)
+        positive("l0_stop_trigger", 1)
+        positive("max_bytes_for_level_base", 64 * KiB)
+        positive("level_size_multiplier", 2)
+        positive("target_file_size", 64 * KiB)
+        positive("num_levels", 2)
+        positive("max_open_files", 16)
+        if self.num_levels > 16:
+            raise InvalidArgument("option num_levels must be <= 16")
+        if not (self.l0_compaction_trigger <= self.l0_slowdown_trigger <= self.l0_stop_trigger):
+            raise InvalidArgument(
+                "options must satisfy l0_compaction_trigger <= l0_slowdown_trigger <= "
+                "l0_stop_trigger"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise InvalidArgument(
+                f"option compression must be one of {', '.join(COMPRESSIONS)}, "
+                f"got {self.compression!r}"
+            )
+        if self.wal_recovery not in WAL_RECOVERY_MODES:
+            raise InvalidArgument(
+                f"option wal_recovery must be one of {', '.join(WAL_RECOVERY_MODES)}, "
+                f"got {self.wal_recovery!r}"
+            )
+        if self.fsync_interval is not None and (
+            not isinstance(self.fsync_interval, (int, float))
+            or not math.isfinite(self.fsync_interval)
+            or self.fsync_interval <= 0
+        ):
+            raise InvalidArgument("option fsync_interval must be a positive number of seconds or None")
+        if not callable(self.clock):
+            raise InvalidArgument("option clock must be a callable returning seconds since the epoch")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> Options:
+        """Build options from keyword arguments, naming any unknown option in the error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise InvalidArgument(
+                f"unknown option(s): {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
+            )
+        return cls(**kwargs)
+
+    def persistent(self) -> dict[str, Any]:
+        """The options worth recording in the OPTIONS file (no callables, no fs)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("clock", "fs", "create_if_missing", "error_if_exists", "read_only")
+        }
