@@ -83,7 +83,8 @@ class Options:
         def positive(name: str, minimum: int = 1) -> None:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise InvalidArgument(f"option {name} must be an integer >= {minimum}, got {value!r}")
+                raise InvalidArgument(
+                    f"option {name} must be an integer >= {minimum}, got {value!r}")
 
         positive("memtable_size", 64 * KiB)
         positive("block_size", 256)
@@ -118,9 +119,11 @@ class Options:
             or not math.isfinite(self.fsync_interval)
             or self.fsync_interval <= 0
         ):
-            raise InvalidArgument("option fsync_interval must be a positive number of seconds or None")
+            raise InvalidArgument(
+                "option fsync_interval must be a positive number of seconds or None")
         if not callable(self.clock):
-            raise InvalidArgument("option clock must be a callable returning seconds since the epoch")
+            raise InvalidArgument(
+                "option clock must be a callable returning seconds since the epoch")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Options:
@@ -129,7 +132,8 @@ class Options:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise InvalidArgument(
-                f"unknown option(s): {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
+                f"unknown option(s): {', '.join(unknown)}; "
+                f"known options: {', '.join(sorted(known))}"
             )
         return cls(**kwargs)
 

@@ -93,12 +93,12 @@ class Transaction:
 
         def gen() -> Iterator[tuple[bytes, bytes]]:
             last: bytes | None = None
-            for k, tag, v in stream:
+            for k, _tag, v in stream:
                 if k == last:
                     continue
                 last = k
-                if tag == 0:
-                    kind, expire, value = v  # type: ignore[misc]
+                if isinstance(v, tuple):
+                    kind, expire, value = v
                     if self._live(kind, expire):
                         yield k, value
                 else:

@@ -129,7 +129,8 @@ class WriteBatch:
 
 def encode_batch(first_seq: int, flat_ops: list[Any]) -> bytes:
     """The WAL payload for ``flat_ops`` starting at ``first_seq``."""
-    return _HEAD.pack(first_seq, len(flat_ops) // 4) + msgpack.packb(flat_ops, use_bin_type=True)
+    packed: bytes = msgpack.packb(flat_ops, use_bin_type=True)
+    return _HEAD.pack(first_seq, len(flat_ops) // 4) + packed
 
 
 def decode_batch(payload: bytes) -> tuple[int, list[Any]]:

@@ -168,8 +168,7 @@ class TableWriter:
         """Consume ``entries``; returns the finished tables."""
         target = self._target
         builder = self._builder
-        count = 0
-        for key, negseq, kind, expire, value in entries:
+        for count, (key, negseq, kind, expire, value) in enumerate(entries, 1):
             if builder is None:
                 builder = self._open()
             elif (target is not None and builder.estimated_size >= target
@@ -177,7 +176,6 @@ class TableWriter:
                 self._finish(builder)
                 builder = self._open()
             builder.add(key, -negseq, kind, expire, value)
-            count += 1
             if should_stop is not None and count % 4096 == 0 and should_stop():
                 raise CompactionAborted()
         if builder is not None:

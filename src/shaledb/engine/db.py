@@ -415,9 +415,8 @@ class Engine:
                 finally:
                     self._mutex.acquire()
                 allow_delay = False
-            elif not force and self._mem.approximate_size < opts.memtable_size:
-                return
-            elif force and self._mem.entries == 0:
+            elif (self._mem.entries == 0 if force
+                  else self._mem.approximate_size < opts.memtable_size):
                 return
             elif self._imm is not None or l0 >= opts.l0_stop_trigger:
                 self.counters["write_stalls"] += 1

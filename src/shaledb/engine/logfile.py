@@ -69,7 +69,7 @@ def _valid_record_at(data: bytes, pos: int) -> int:
     if pos + HEADER_SIZE > len(data):
         return -1
     magic, rtype, length, crc = _HEADER.unpack_from(data, pos)
-    end = pos + HEADER_SIZE + length
+    end: int = pos + HEADER_SIZE + length
     if magic != MAGIC or rtype != RECORD_FULL or end > len(data):
         return -1
     if crc32c(data[pos + HEADER_SIZE:end], crc32c(data[pos + 2:pos + 7])) != crc:

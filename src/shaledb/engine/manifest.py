@@ -54,7 +54,8 @@ class VersionEdit:
             d["del"] = [list(x) for x in self.deleted]
         if self.compact_pointers:
             d["ptr"] = [list(x) for x in self.compact_pointers]
-        return msgpack.packb(d, use_bin_type=True)
+        packed: bytes = msgpack.packb(d, use_bin_type=True)
+        return packed
 
     @classmethod
     def decode(cls, payload: bytes, path: str) -> VersionEdit:

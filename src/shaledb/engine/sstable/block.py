@@ -42,7 +42,8 @@ class DataBlock:
 
 def encode_columns(columns: list[list[Any]]) -> bytes:
     """Payload of a data or index block."""
-    return msgpack.packb(columns, use_bin_type=True)
+    packed: bytes = msgpack.packb(columns, use_bin_type=True)
+    return packed
 
 
 def _unpack(payload: bytes, ncols: int, what: str, path: str) -> list[list[Any]]:

@@ -10,7 +10,7 @@ import msgpack
 from ..fs import FileSystem
 from .block import encode_columns
 from .filter import build_filter
-from .format import FORMAT_VERSION, Footer, FileMeta, encode_block, require_codec
+from .format import FORMAT_VERSION, FileMeta, Footer, encode_block, require_codec
 
 _WRITE_CHUNK = 1 << 20
 

@@ -45,7 +45,7 @@ try:  # zstandard is an optional extra
     _zc = _zstd.ZstdCompressor(level=3)
     _zd = _zstd.ZstdDecompressor()
 except ImportError:  # pragma: no cover - depends on the environment
-    _zstd = None
+    _zstd = None  # type: ignore[assignment]
 
 
 def require_codec(name: str) -> int:

@@ -138,9 +138,11 @@ class TableReader:
                 cols = (keys[a:e], b.seqs[a:e], b.kinds[a:e], b.expires[a:e], b.values[a:e])
             if reverse:
                 yield from zip(reversed(cols[0]), map(neg, reversed(cols[1])),
-                               reversed(cols[2]), reversed(cols[3]), reversed(cols[4]))
+                               reversed(cols[2]), reversed(cols[3]), reversed(cols[4]),
+                               strict=True)
             else:
-                yield from zip(cols[0], map(neg, cols[1]), cols[2], cols[3], cols[4])
+                yield from zip(cols[0], map(neg, cols[1]), cols[2], cols[3], cols[4],
+                               strict=True)
 
     def __repr__(self) -> str:
         return f"TableReader({self.path!r}, blocks={self.nblocks})"
