@@ -261,6 +261,7 @@ class Engine:
         writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
                              self._versions.new_file_number, self.options, None)
         outputs = writer.write(drop_obsolete(mem.iter_all(), last_seq, self._now_ms(), False))
+        self.fs.sync_dir(self.path)
         # The manifest of this open is not written yet: use the previous one.
         if self._versions._log is None:
             self._versions.write_new_manifest()
@@ -434,6 +435,8 @@ class Engine:
         try:
             old.sync()  # the frozen memtable's log is durable before a new one starts
             new = WriteAheadLog(self.fs, self.path, number)
+            # The new segment's directory entry must be durable before its first fsync counts.
+            self.fs.sync_dir(self.path)
         except StorageError as exc:
             self._locked_set_bg_error(exc)
             raise
@@ -618,6 +621,7 @@ class Engine:
                                                  self._now_ms(), False))
             edit = VersionEdit(log_number=next_log, last_seq=last_seq,
                                added=[(0, m) for m in outputs])
+            self.fs.sync_dir(self.path)  # new tables' names are durable before the manifest
             with self._manifest_lock:
                 new = self._versions.log_and_apply(edit)
                 with self._mutex:
@@ -678,6 +682,7 @@ class Engine:
             smallest = self._locked_smallest_snapshot()
         writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
                              self._new_output_number, self.options, self.options.target_file_size)
+        logged = False  # once the edit may be in the manifest, its outputs must stay
         try:
             sources = [self._table(f.number).iter_range(None, None, fill_cache=False)
                        for f in (c.inputs if c.level == 0 else [])]
@@ -692,12 +697,15 @@ class Engine:
                                     c.bottommost)
             outputs = writer.write(entries, lambda: self._closing)
             edit.added = [(c.output_level, m) for m in outputs]
+            self.fs.sync_dir(self.path)
+            logged = True
             self._install(edit)
         except BaseException:
             writer.abandon()
-            for n in writer.created:
-                with contextlib.suppress(StorageError):
-                    self.fs.remove(table_name(self.path, n))
+            if not logged:
+                for n in writer.created:
+                    with contextlib.suppress(StorageError):
+                        self.fs.remove(table_name(self.path, n))
             raise
         finally:
             with self._mutex:
@@ -771,6 +779,9 @@ class Engine:
         except StorageError:
             return
         with self._mutex:
+            if self._bg_error is not None:
+                # The manifest on disk may be ahead of memory (a failed fsync): delete nothing.
+                return
             live = {f.number for _, f in self._versions.current.files()}
             for v in self._pinned.values():
                 live.update(f.number for _, f in v.files())
