@@ -19,7 +19,7 @@ import os
 import random
 import threading
 
-from ..errors import LockedError, StorageError
+from ..errors import ClosedError, LockedError, StorageError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -81,7 +81,10 @@ class RandomAccessFile:
 
     def pread(self, length: int, offset: int) -> bytes:
         """Read up to ``length`` bytes at ``offset``."""
-        return self.fs._pread(self, self._fd, length, offset)
+        fd = self._fd
+        if fd < 0:
+            raise ClosedError(f"file {self.path!r} is closed (was the database closed?)")
+        return self.fs._pread(self, fd, length, offset)
 
     def close(self) -> None:
         """Close the descriptor. Idempotent."""

@@ -1,0 +1,223 @@
+"""Unit tests of the engine's pieces, below the public API: log framing, batches, the table
+format, the filter, the caches, the manifest and the compaction dropping rules."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from shaledb.engine import logfile
+from shaledb.engine.batch import DELETE, PUT, WriteBatch, decode_batch, encode_batch
+from shaledb.engine.cache import LRUCache
+from shaledb.engine.compaction import drop_obsolete
+from shaledb.engine.fs import FileSystem
+from shaledb.engine.manifest import Version, VersionEdit, VersionSet
+from shaledb.engine.memtable import MemTable
+from shaledb.engine.sstable import FileMeta, TableBuilder, TableReader
+from shaledb.engine.sstable.filter import KeyFilter, build_filter
+from shaledb.errors import CorruptionError, InvalidArgument
+
+
+# -- log framing ------------------------------------------------------------------------------
+def test_log_roundtrip_and_torn_tail_vs_corruption() -> None:
+    payloads = [os.urandom(n) for n in (0, 1, 100, 5000)]
+    data = b"".join(logfile.encode_record(p) for p in payloads)
+    assert logfile.read_log(data).records == payloads
+
+    # Every truncation point is a torn tail: the complete records before it survive.
+    for cut in range(len(data)):
+        r = logfile.read_log(data[:cut])
+        assert payloads[: len(r.records)] == r.records
+        assert not r.damaged or r.torn_tail
+
+    # A flipped byte in the first record, with valid records after it, is corruption.
+    bad = bytearray(data)
+    bad[logfile.HEADER_SIZE] ^= 0x01  # first byte of payload 0 is absent (empty): hits record 1
+    r = logfile.read_log(bytes(bad))
+    assert r.damaged and not r.torn_tail
+
+
+def test_log_zero_filled_tail_is_torn() -> None:
+    data = logfile.encode_record(b"abc") + b"\0" * 4096
+    r = logfile.read_log(data)
+    assert r.records == [b"abc"] and r.damaged and r.torn_tail
+
+
+# -- batches ----------------------------------------------------------------------------------
+def test_batch_encoding_roundtrip() -> None:
+    b = WriteBatch()
+    b.put(b"k", b"v")
+    b.delete("s")
+    b.put(bytearray(b"x"), memoryview(b"y"))
+    first, ops = decode_batch(encode_batch(42, b._ops))
+    assert first == 42
+    assert ops == [PUT, b"k", 0, b"v", DELETE, b"s", 0, b"", PUT, b"x", 0, b"y"]
+    with pytest.raises(CorruptionError):
+        decode_batch(encode_batch(1, b._ops)[:-3])
+    with pytest.raises(TypeError):
+        b.put(1, b"v")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        b.put(b"k", b"v", ttl=-1)
+
+
+# -- memtable ---------------------------------------------------------------------------------
+def test_memtable_versions_and_scan() -> None:
+    m = MemTable()
+    m.apply(1, [PUT, b"b", 0, b"1", PUT, b"a", 0, b"2", PUT, b"b", 0, b"3", DELETE, b"c", 0, b""])
+    assert m.get(b"b", 3) == (3, PUT, 0, b"3")
+    assert m.get(b"b", 2) == (1, PUT, 0, b"1")
+    assert m.get(b"a", 1) is None
+    chunk = m.scan_chunk(None, True, None, False, False, 4, 10)
+    assert [(e[0], -e[1]) for e in chunk] == [(b"a", 2), (b"b", 3), (b"c", 4)]
+    chunk = m.scan_chunk(None, True, b"c", False, True, 2, 10)
+    assert [(e[0], -e[1]) for e in chunk] == [(b"b", 1), (b"a", 2)]
+    m.frozen = True
+    assert [(e[0], -e[1]) for e in m.iter_all()] == [(b"a", 2), (b"b", 3), (b"b", 1), (b"c", 4)]
+
+
+# -- tables -----------------------------------------------------------------------------------
+def _build(tmp_path, entries, **kw):
+    fs = FileSystem()
+    path = str(tmp_path / "000007.sst")
+    b = TableBuilder(fs, path, 7, block_size=kw.get("block_size", 256),
+                     compression=kw.get("compression", "lz4"))
+    for e in entries:
+        b.add(*e)
+    meta = b.finish()
+    return fs, path, meta
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])
+def test_table_roundtrip(tmp_path, compression) -> None:
+    rnd = random.Random(5)
+    keys = sorted({rnd.randbytes(rnd.randint(0, 12)) for _ in range(2000)})
+    entries = []
+    seq = 10_000
+    for k in keys:
+        for _ in range(rnd.choice((1, 1, 1, 3))):  # some keys have several versions
+            entries.append((k, seq, PUT, 0, rnd.randbytes(rnd.randint(0, 40))))
+            seq -= 1
+    # table order: key ascending, seq descending within a key
+    entries.sort(key=lambda e: (e[0], -e[1]))
+    fs, path, meta = _build(tmp_path, entries, compression=compression)
+    assert meta.entries == len(entries)
+    assert meta.smallest == keys[0] and meta.largest == keys[-1]
+    r = TableReader(fs, path, 7, LRUCache(1 << 20))
+    got = [(k, -ns, kind, exp, v) for k, ns, kind, exp, v in r.iter_range(None, None)]
+    assert got == entries
+    rev = [(k, -ns, kind, exp, v) for k, ns, kind, exp, v in r.iter_range(None, None, True)]
+    assert rev == entries[::-1]
+    # Point reads: newest version <= seq.
+    newest = {}
+    for e in entries:
+        newest.setdefault(e[0], e)
+    for k, e in list(newest.items())[:300]:
+        assert r.get(k, 1 << 62) == (e[1], e[2], e[3], e[4])
+    assert r.get(b"\xff" * 20, 1 << 62) is None
+    # Bounded ranges agree with slicing the entry list.
+    for _ in range(50):
+        lo, hi = sorted(rnd.sample(keys, 2))
+        want = [e for e in entries if lo <= e[0] < hi]
+        assert [(k, -ns, kd, x, v) for k, ns, kd, x, v in r.iter_range(lo, hi)] == want
+    r.close()
+
+
+def test_table_versions_of_a_key_share_a_block(tmp_path) -> None:
+    entries = [(b"k", 100 - i, PUT, 0, b"x" * 100) for i in range(50)] + [(b"l", 1, PUT, 0, b"y")]
+    fs, path, _ = _build(tmp_path, entries, block_size=256)
+    r = TableReader(fs, path, 7, None)
+    assert r.nblocks == 2  # 50 versions of b"k" never split across blocks
+    assert r.get(b"k", 60) == (60, PUT, 0, b"x" * 100)
+
+
+def test_table_detects_every_flipped_byte_in_footer(tmp_path) -> None:
+    fs, path, meta = _build(tmp_path, [(b"a", 1, PUT, 0, b"1")])
+    raw = open(path, "rb").read()
+    for i in range(len(raw) - 64, len(raw)):
+        bad = bytearray(raw)
+        bad[i] ^= 0x10
+        with open(path, "wb") as f:
+            f.write(bad)
+        with pytest.raises(CorruptionError):
+            TableReader(fs, path, 7, None)
+
+
+# -- filter -----------------------------------------------------------------------------------
+def test_filter_has_no_false_negatives_and_few_false_positives() -> None:
+    rnd = random.Random(1)
+    keys = [rnd.randbytes(16) for _ in range(50_000)]
+    f = KeyFilter(build_filter(keys))
+    assert all(f.may_contain(k) for k in keys)
+    others = [rnd.randbytes(16) for _ in range(50_000)]
+    fp = sum(f.may_contain(k) for k in others)
+    assert fp < 10  # expected ~0.6 at n/2**32
+
+
+# -- cache ------------------------------------------------------------------------------------
+def test_lru_cache_bounded_by_charge() -> None:
+    c: LRUCache[int, str] = LRUCache(100)
+    for i in range(20):
+        c.put(i, str(i), 10)
+        assert c.usage <= 100
+    assert len(c) == 10 and c.get(0) is None and c.get(19) == "19"
+    c.get(10)  # now most recent: survives the next eviction
+    c.put(99, "x", 10)
+    assert c.get(10) == "10" and c.get(11) is None
+    assert c.put(5, "huge", 1000) == [] and c.get(5) is None  # larger than capacity: skipped
+
+
+# -- manifest ---------------------------------------------------------------------------------
+def _meta(n: int, lo: bytes, hi: bytes) -> FileMeta:
+    return FileMeta(n, 100, lo, hi, 1, 2, 3)
+
+
+def test_version_candidates_and_apply() -> None:
+    v = Version([[], [], []]).apply(VersionEdit(added=[
+        (0, _meta(9, b"a", b"z")), (0, _meta(10, b"m", b"n")),
+        (1, _meta(3, b"a", b"c")), (1, _meta(4, b"d", b"f")), (2, _meta(5, b"a", b"z"))]))
+    assert [f.number for f in v.levels[0]] == [10, 9]  # newest first
+    assert [f.number for f in v.candidates(b"e")] == [9, 4, 5]
+    assert [f.number for f in v.candidates(b"m")] == [10, 9, 5]
+    v2 = v.apply(VersionEdit(deleted=[(1, 3)]))
+    assert [f.number for f in v2.levels[1]] == [4]
+
+
+def test_manifest_roundtrip(tmp_path) -> None:
+    fs = FileSystem()
+    vs = VersionSet(fs, str(tmp_path), 4)
+    vs.write_new_manifest()
+    vs.install(vs.log_and_apply(VersionEdit(log_number=7, last_seq=55,
+                                            added=[(1, _meta(3, b"a", b"b"))])))
+    vs.install(vs.log_and_apply(VersionEdit(added=[(2, _meta(4, b"c", b"d"))],
+                                            deleted=[(1, 3)])))
+    vs.close()
+    again = VersionSet(fs, str(tmp_path), 4)
+    again.recover()
+    assert again.log_number == 7 and again.last_seq == 55
+    assert [(lvl, f.number) for lvl, f in again.current.files()] == [(2, 4)]
+    assert again.next_file > 4
+
+
+# -- compaction rules -------------------------------------------------------------------------
+def _e(key: bytes, seq: int, kind: int = PUT, exp: int = 0, v: bytes = b"v"):
+    return (key, -seq, kind, exp, v if kind == PUT else b"")
+
+
+def test_drop_obsolete_rules() -> None:
+    entries = [
+        _e(b"a", 9), _e(b"a", 5), _e(b"a", 2),     # a@5 and a@2 shadowed if snapshot >= 9
+        _e(b"b", 8, DELETE), _e(b"b", 3),          # tombstone over an older value
+        _e(b"c", 7, exp=1000),                     # expired at now=2000
+        _e(b"d", 20), _e(b"d", 6),                 # d@20 newer than the snapshot
+    ]
+    out = list(drop_obsolete(iter(entries), 10, 2000, drop_tombstones=False))
+    assert [(k, -s, kind) for k, s, kind, _, _ in out] == [
+        (b"a", 9, PUT), (b"b", 8, DELETE), (b"c", 7, DELETE), (b"d", 20, PUT), (b"d", 6, PUT)]
+    out = list(drop_obsolete(iter(entries), 10, 2000, drop_tombstones=True))
+    assert [(k, -s) for k, s, *_ in out] == [(b"a", 9), (b"d", 20), (b"d", 6)]
+    # A snapshot at 4 keeps what it can see: a@2, b@3.
+    out = list(drop_obsolete(iter(entries), 4, 0, drop_tombstones=True))
+    assert (b"a", -2) in [(k, s) for k, s, *_ in out]
+    assert (b"b", -3) in [(k, s) for k, s, *_ in out]
