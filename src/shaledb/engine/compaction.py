@@ -36,20 +36,22 @@ class Compaction:
 
     level: int
     inputs: list[FileMeta]  # tables at ``level``
-    below: list[FileMeta]  # overlapping tables at ``level + 1``
+    below: list[FileMeta]  # overlapping tables at ``level + 1`` (empty for an in-place rewrite)
     bottommost: bool = False
     manual: bool = False
+    in_place: bool = False  # rewrite ``level`` into itself (a manual bottom-level compaction)
 
     @property
     def output_level(self) -> int:
-        return self.level + 1
+        return self.level if self.in_place else self.level + 1
 
     @property
     def is_trivial_move(self) -> bool:
         return self.level > 0 and len(self.inputs) == 1 and not self.below and not self.manual
 
     def all_inputs(self) -> list[tuple[int, FileMeta]]:
-        return [(self.level, f) for f in self.inputs] + [(self.level + 1, f) for f in self.below]
+        return ([(self.level, f) for f in self.inputs]
+                + [(self.level + 1, f) for f in self.below])
 
     def key_range(self) -> tuple[bytes, bytes]:
         files = self.inputs + self.below
@@ -107,16 +109,19 @@ def pick_compaction(version: Version, options: Options,
 
 
 def range_compaction(version: Version, level: int, lo: bytes | None,
-                     hi: bytes | None) -> Compaction | None:
-    """A manual compaction of ``level``'s tables meeting ``[lo, hi]`` into ``level + 1``."""
+                     hi: bytes | None, in_place: bool = False) -> Compaction | None:
+    """A manual compaction of ``level``'s tables meeting ``[lo, hi]`` into ``level + 1``
+    (or, ``in_place``, back into ``level``: how the bottom level sheds tombstones and
+    expired values)."""
     inputs = list(version.levels[0]) if level == 0 else version.overlapping(level, lo, hi)
     if level == 0 and not any(f.overlaps(lo, hi) for f in inputs):
         return None
-    if not inputs:
+    if not inputs or (in_place and level == 0):
         return None
     smallest = min(f.smallest for f in inputs)
     largest = max(f.largest for f in inputs)
-    c = Compaction(level, inputs, version.overlapping(level + 1, smallest, largest), manual=True)
+    below = [] if in_place else version.overlapping(level + 1, smallest, largest)
+    c = Compaction(level, inputs, below, manual=True, in_place=in_place)
     c.bottommost = _is_bottommost(version, c)
     return c
 

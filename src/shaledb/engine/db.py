@@ -731,10 +731,13 @@ class Engine:
                 v = self._versions.current
                 deepest = max((lvl for lvl in range(len(v.levels))
                                if v.overlapping(lvl, lo, hi)), default=0)
-            for level in range(0, deepest):
+            # Push everything down to the deepest level, then rewrite that level in place so
+            # tombstones and expired values in the range are dropped too.
+            for level in range(0, deepest + 1):
                 with self._mutex:
                     self._locked_check_writable()
-                    c = range_compaction(self._versions.current, level, lo, hi)
+                    c = range_compaction(self._versions.current, level, lo, hi,
+                                         in_place=0 < level == deepest)
                 if c is None:
                     continue
                 try:
@@ -841,10 +844,10 @@ class Engine:
                 "write_stalls": self.counters["write_stalls"],
                 "write_slowdowns": self.counters["write_slowdowns"],
                 "block_cache": {
-                    "hits": cache.hits if cache else 0,
-                    "misses": cache.misses if cache else 0,
-                    "bytes": cache.usage if cache else 0,
-                    "capacity": cache.capacity if cache else 0,
+                    "hits": cache.hits if cache is not None else 0,
+                    "misses": cache.misses if cache is not None else 0,
+                    "bytes": cache.usage if cache is not None else 0,
+                    "capacity": cache.capacity if cache is not None else 0,
                 },
                 "open_tables": len(self._tables),
                 "live_snapshots": sum(self._snapshots.values()),

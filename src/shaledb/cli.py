@@ -1,0 +1,463 @@
+"""The ``shaledb`` command: a demo/smoke run and small administration commands.
+
+Subcommands::
+
+    shaledb demo PATH [--records N] [--value-size B] [--seed S]
+    shaledb stats PATH [--json]
+    shaledb get PATH KEY [--hex]
+    shaledb put PATH KEY VALUE [--ttl SECONDS] [--hex] [--no-sync]
+    shaledb delete PATH KEY [--hex]
+    shaledb scan PATH [--start K] [--stop K] [--prefix P] [--limit N] [--reverse] [--hex]
+
+Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
+Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
+Every :class:`~shaledb.errors.ShaleError` is reported as one line on stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+import shaledb
+from shaledb.errors import ShaleError
+
+#: Keys per write batch in the demo.
+DEMO_BATCH = 1000
+#: Operations between two progress-bar updates (keeps the bar's overhead out of the rates).
+PROGRESS_STEP = 1000
+#: Size of the random pool demo values are sliced from (values stay incompressible-ish
+#: without holding ``records * value_size`` bytes in memory).
+VALUE_POOL = 1 << 20
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def show(data: bytes, width: int | None = None) -> str:
+    """``data`` as printable text when it is printable UTF-8, else ``0x`` + hex.
+
+    With ``width``, the result is cut to at most ``width`` characters (ending in ``…``).
+    """
+    try:
+        text = data.decode("utf-8")
+        if not text.isprintable() or text.startswith("0x"):
+            raise ValueError("not plain text")
+    except ValueError:
+        text = "0x" + data.hex()
+    if width is not None and len(text) > width:
+        text = text[: max(width - 1, 0)] + "…"
+    return text
+
+
+def parse_bytes(value: str, as_hex: bool, what: str) -> bytes:
+    """A command-line argument as bytes: UTF-8 text, or hexadecimal when ``as_hex``."""
+    if not as_hex:
+        return value.encode("utf-8")
+    text = value[2:] if value.lower().startswith("0x") else value
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise click.BadParameter(f"{what} is not valid hexadecimal: {value!r}") from None
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as a short human-readable string (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as an error and exit with status 1."""
+    raise click.ClickException(message)
+
+
+def open_db(path: str, **options: Any) -> shaledb.DB:
+    """Open the database at ``path`` (errors surface as :class:`ShaleError`)."""
+    return shaledb.open(path, **options)
+
+
+def _format_stat(name: str, value: Any) -> str:
+    """One statistic as display text; byte counts are shown in human units."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int) and (name.endswith("bytes") or name.endswith("capacity")):
+        return f"{value:,} ({human_bytes(value)})"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def stats_tables(stats: dict[str, Any]) -> list[Table]:
+    """Render ``db.stats()`` as rich tables: scalar counters, then one table per list."""
+    main = Table(title="engine stats", show_header=True)
+    main.add_column("stat")
+    main.add_column("value", justify="right")
+    extra: list[Table] = []
+    for name, value in stats.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                main.add_row(Text(f"{name}.{sub}"), Text(_format_stat(sub, subvalue)))
+        elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
+            table = Table(title=name)
+            columns: list[str] = []
+            for row in value:
+                columns.extend(c for c in row if c not in columns)
+            for column in columns:
+                table.add_column(column, justify="right")
+            for row in value:
+                table.add_row(*(Text(_format_stat(c, row.get(c, ""))) for c in columns))
+            extra.append(table)
+        else:
+            main.add_row(Text(name), Text(_format_stat(name, value)))
+    return [main, *extra]
+
+
+def _progress() -> Progress:
+    """A progress bar with counts, rate-friendly timing and an ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description:<8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+# -- the command group ---------------------------------------------------------------------
+
+
+class ShaleGroup(click.Group):
+    """A click group that turns ShaleDB errors into clean one-line messages (exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; a :class:`ShaleError` becomes ``Error: <Type>: <message>``."""
+        try:
+            return super().invoke(ctx)
+        except ShaleError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=ShaleGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(shaledb.__version__, prog_name="shaledb")
+def cli() -> None:
+    """ShaleDB: an embedded LSM-tree key-value store. Administration and demo commands."""
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+class DemoData:
+    """The demo's records: random 16-byte keys and values sliced from a random pool.
+
+    Value ``i`` is a deterministic slice of the pool, so verification needs no copy of the
+    values and memory stays at about ``records * 50`` bytes for the key list.
+    """
+
+    def __init__(self, records: int, value_size: int, seed: int | None) -> None:
+        """Generate ``records`` distinct keys (random, 16 bytes) and the value pool."""
+        rng = random.Random(seed)
+        self.value_size = value_size
+        self.pool = rng.randbytes(VALUE_POOL + value_size)
+        raw = rng.randbytes(16 * records)
+        keys = [raw[i : i + 16] for i in range(0, len(raw), 16)]
+        if len(set(keys)) != len(keys):  # astronomically unlikely, but cheap to rule out
+            keys = list(dict.fromkeys(keys))
+        self.keys = keys
+        self.rng = rng
+
+    def value(self, i: int) -> bytes:
+        """The value stored under ``keys[i]``."""
+        off = (i * 104_729) % VALUE_POOL
+        return self.pool[off : off + self.value_size]
+
+
+class PhaseResult:
+    """Timing of one demo phase."""
+
+    def __init__(self, name: str, ops: int, seconds: float, nbytes: int = 0,
+                 note: str = "") -> None:
+        """Record that ``name`` did ``ops`` operations (``nbytes`` of payload) in ``seconds``."""
+        self.name = name
+        self.ops = ops
+        self.seconds = seconds
+        self.nbytes = nbytes
+        self.note = note
+
+    @property
+    def rate(self) -> float:
+        """Operations per second."""
+        return self.ops / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _timed(fn: Callable[[], int]) -> tuple[int, float]:
+    """Run ``fn`` and return ``(its result, elapsed seconds)``."""
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0
+
+
+def _demo_write(db: shaledb.DB, data: DemoData) -> int:
+    """Write every record in batches of :data:`DEMO_BATCH` (sync=False)."""
+    keys = data.keys
+    n = len(keys)
+    with _progress() as progress:
+        task = progress.add_task("write", total=n)
+        for start in range(0, n, DEMO_BATCH):
+            end = min(start + DEMO_BATCH, n)
+            with db.batch(sync=False) as batch:
+                for i in range(start, end):
+                    batch.put(keys[i], data.value(i))
+            progress.update(task, completed=end)
+    return n
+
+
+def _demo_read(db: shaledb.DB, data: DemoData) -> int:
+    """Read every record back in random order and verify its value."""
+    order = list(range(len(data.keys)))
+    data.rng.shuffle(order)
+    keys = data.keys
+    bad: list[bytes] = []
+    with _progress() as progress:
+        task = progress.add_task("read", total=len(order))
+        for done, i in enumerate(order, 1):
+            if db.get(keys[i]) != data.value(i):
+                bad.append(keys[i])
+            if done % PROGRESS_STEP == 0:
+                progress.update(task, completed=done)
+        progress.update(task, completed=len(order))
+    if bad:
+        fail(f"read verification failed for {len(bad)} of {len(order)} keys "
+             f"(first: {show(bad[0])})")
+    return len(order)
+
+
+def _count_ordered(items: Iterator[tuple[bytes, bytes]]) -> int:
+    """Count ``items``, checking that keys are strictly ascending."""
+    count = 0
+    previous: bytes | None = None
+    for key, _value in items:
+        if previous is not None and key <= previous:
+            fail(f"scan returned keys out of order: {show(previous)} then {show(key)}")
+        previous = key
+        count += 1
+    return count
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--records", "-n", default=300_000, show_default=True,
+              type=click.IntRange(min=1), help="Number of records to write.")
+@click.option("--value-size", default=100, show_default=True,
+              type=click.IntRange(min=0, max=shaledb.MAX_VALUE_SIZE), help="Bytes per value.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: random).")
+def demo(path: str, records: int, value_size: int, seed: int | None) -> None:
+    """Write, read back, scan and reopen a database at PATH, printing rates and stats.
+
+    Writes RECORDS random 16-byte keys in batches of 1000 (sync=False), reads them all back
+    in random order verifying every value, scans the whole database in order, scans one
+    prefix, then closes and reopens it, timing the recovery. PATH may hold an existing
+    database; its records are kept and counted by the scans.
+    """
+    console.print(f"[bold]ShaleDB {shaledb.__version__} demo[/]: {records:,} records of "
+                  f"16-byte keys and {value_size}-byte values in {Text(path)}")
+    data = DemoData(records, value_size, seed)
+    n = len(data.keys)
+    payload = n * (16 + value_size)
+    results: list[PhaseResult] = []
+
+    t0 = time.perf_counter()
+    db = open_db(path)
+    results.append(PhaseResult("open", 1, time.perf_counter() - t0))
+    try:
+        was_empty = next(iter(db), None) is None
+
+        _, secs = _timed(lambda: _demo_write(db, data))
+        results.append(PhaseResult("write (batch 1000)", n, secs, payload))
+
+        _, secs = _timed(lambda: _demo_read(db, data))
+        results.append(PhaseResult("random read", n, secs, payload))
+
+        with console.status("full ordered scan"):
+            count, secs = _timed(lambda: _count_ordered(db.range()))
+        note = "" if was_empty else "includes earlier data"
+        if was_empty and count != n:
+            fail(f"full scan found {count:,} keys, expected {n:,}")
+        results.append(PhaseResult("full scan", count, secs, note=note))
+
+        prefix = data.keys[0][:1]
+        with console.status("prefix scan"):
+            pcount, secs = _timed(lambda: _count_ordered(db.prefix(prefix)))
+        expected = sum(1 for k in data.keys if k[:1] == prefix)
+        if was_empty and pcount != expected:
+            fail(f"prefix scan found {pcount:,} keys, expected {expected:,}")
+        results.append(PhaseResult("prefix scan", pcount, secs,
+                                   note=f"prefix 0x{prefix.hex()}"))
+
+        workload_stats = db.stats()
+        t0 = time.perf_counter()
+        db.close()
+        results.append(PhaseResult("close", 1, time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        db = open_db(path)
+        reopen = time.perf_counter() - t0
+        recovered = db.stats().get("memtable_entries", "?")
+        results.append(PhaseResult("reopen (recovery)", 1, reopen,
+                                   note=f"{recovered} entries replayed"))
+        console.print(f"recovery: reopened in [bold]{reopen * 1000:.1f} ms[/]")
+
+        sample = data.rng.sample(range(n), min(n, 1000))
+        missing = [i for i in sample if db.get(data.keys[i]) != data.value(i)]
+        if missing:
+            fail(f"{len(missing)} of {len(sample)} sampled keys wrong after reopen")
+    finally:
+        db.close()
+
+    table = Table(title="demo results")
+    for column in ("phase", "ops", "seconds", "ops/s", "MiB/s", "note"):
+        table.add_column(column, justify="left" if column in ("phase", "note") else "right")
+    for r in results:
+        mib = f"{r.nbytes / r.seconds / 2**20:,.1f}" if r.nbytes and r.seconds > 0 else ""
+        table.add_row(r.name, f"{r.ops:,}", f"{r.seconds:.3f}",
+                      f"{r.rate:,.0f}" if r.ops > 1 else "", mib, Text(r.note))
+    console.print(table)
+    console.print("engine stats below were taken before the close, after the workload")
+    for t in stats_tables(workload_stats):
+        console.print(t)
+
+
+# -- admin commands ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw stats as JSON.")
+def stats(path: str, as_json: bool) -> None:
+    """Open the database at PATH read-only and print its engine statistics."""
+    with open_db(path, read_only=True, create_if_missing=False) as db:
+        data = db.stats()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return
+    for table in stats_tables(data):
+        console.print(table)
+
+
+_hex_option = click.option("--hex", "as_hex", is_flag=True,
+                           help="Keys and values on the command line are hexadecimal.")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("key")
+@_hex_option
+def get(path: str, key: str, as_hex: bool) -> None:
+    """Print the value of KEY; exit status 1 when it is missing (or expired)."""
+    k = parse_bytes(key, as_hex, "KEY")
+    with open_db(path, read_only=True, create_if_missing=False) as db:
+        value = db.get(k)
+        ttl = db.ttl(k) if value is not None else None
+    if value is None:
+        fail(f"key not found: {show(k)}")
+    click.echo(value.hex() if as_hex else show(value))
+    if ttl is not None:
+        err_console.print(f"(expires in {ttl:.3f} s)")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("key")
+@click.argument("value")
+@click.option("--ttl", type=float, default=None, help="Expire the key after this many seconds.")
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="fsync the write-ahead log before returning.")
+@_hex_option
+def put(path: str, key: str, value: str, ttl: float | None, sync: bool, as_hex: bool) -> None:
+    """Set KEY to VALUE (creates the database when PATH holds none)."""
+    k = parse_bytes(key, as_hex, "KEY")
+    v = parse_bytes(value, as_hex, "VALUE")
+    with open_db(path) as db:
+        db.put(k, v, sync=sync, ttl=ttl)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("key")
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="fsync the write-ahead log before returning.")
+@_hex_option
+def delete(path: str, key: str, sync: bool, as_hex: bool) -> None:
+    """Delete KEY (deleting a missing key is not an error)."""
+    k = parse_bytes(key, as_hex, "KEY")
+    with open_db(path, create_if_missing=False) as db:
+        db.delete(k, sync=sync)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--start", default=None, help="First key (inclusive).")
+@click.option("--stop", default=None, help="End key (exclusive).")
+@click.option("--prefix", default=None, help="Only keys starting with this prefix.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0),
+              help="At most this many entries (0: no limit).")
+@click.option("--reverse", is_flag=True, help="Descending key order.")
+@click.option("--width", default=60, show_default=True, type=click.IntRange(min=8),
+              help="Cut values longer than this many characters.")
+@_hex_option
+def scan(path: str, start: str | None, stop: str | None, prefix: str | None, limit: int,
+         reverse: bool, width: int, as_hex: bool) -> None:
+    """List keys and values in key order: a range [--start, --stop) or a --prefix."""
+    if prefix is not None and (start is not None or stop is not None):
+        raise click.UsageError("--prefix cannot be combined with --start/--stop")
+    lim = limit or None
+    table = Table(show_header=True)
+    table.add_column("key")
+    table.add_column("value")
+    rows = 0
+    with open_db(path, read_only=True, create_if_missing=False) as db:
+        if prefix is not None:
+            items = db.prefix(parse_bytes(prefix, as_hex, "--prefix"), reverse=reverse, limit=lim)
+        else:
+            lo = None if start is None else parse_bytes(start, as_hex, "--start")
+            hi = None if stop is None else parse_bytes(stop, as_hex, "--stop")
+            items = db.range(lo, hi, reverse=reverse, limit=lim)
+        for key, value in items:
+            table.add_row(Text(show(key)), Text(show(value, width)))
+            rows += 1
+    console.print(table)
+    console.print(f"{rows} entr{'y' if rows == 1 else 'ies'}")
+
+
+def main() -> None:
+    """Entry point of the ``shaledb`` console script."""
+    cli(prog_name="shaledb", auto_envvar_prefix="SHALEDB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Engine behaviours observable through stats(): the periodic WAL fsync, back-pressure when
+L0 grows, space reclaimed from expired and deleted keys, and bounded recovery."""
+
+from __future__ import annotations
+
+import time
+
+import shaledb
+from shaledb.engine.fs import FaultInjectionFS
+
+
+def test_background_fsync_happens_within_interval(db_path) -> None:
+    """Default durability: a plain put is fsynced by the background thread within
+    fsync_interval, without any call to sync()."""
+    fs = FaultInjectionFS()
+    with shaledb.open(db_path, fs=fs, fsync_interval=0.05) as db:
+        db.put(b"k", b"v")
+        before = fs.op_counts.get("fsync", 0)
+        deadline = time.monotonic() + 5
+        while fs.op_counts.get("fsync", 0) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fs.op_counts.get("fsync", 0) > before
+        assert db.stats()["wal_syncs"] >= 1
+
+
+def test_no_background_fsync_when_disabled(db_path) -> None:
+    fs = FaultInjectionFS()
+    with shaledb.open(db_path, fs=fs, fsync_interval=None) as db:
+        before = fs.op_counts.get("fsync", 0)
+        db.put(b"k", b"v")
+        time.sleep(0.2)
+        assert fs.op_counts.get("fsync", 0) == before
+        db.put(b"k2", b"v", sync=True)
+        assert fs.op_counts.get("fsync", 0) == before + 1
+
+
+def test_crash_after_background_fsync_keeps_writes(db_path) -> None:
+    """Power loss after the interval has passed loses nothing written before it."""
+    fs = FaultInjectionFS()
+    db = shaledb.open(db_path, fs=fs, fsync_interval=0.05)
+    for i in range(100):
+        db.put(b"k%d" % i, b"v")
+    time.sleep(0.5)
+    fs.crash()
+    try:
+        db.close()
+    except shaledb.ShaleError:
+        pass
+    with shaledb.open(db_path) as db:
+        assert all(db.get(b"k%d" % i) == b"v" for i in range(100))
+
+
+def test_l0_growth_slows_and_stops_writers(db_path, small_opts) -> None:
+    """With compaction unable to keep up (tiny triggers), writers are delayed and stalled,
+    L0 never grows past the stop trigger, and every write lands."""
+    opts = dict(small_opts, l0_compaction_trigger=1, l0_slowdown_trigger=2, l0_stop_trigger=3)
+    with shaledb.open(db_path, **opts) as db:
+        max_l0 = 0
+        for i in range(6000):
+            db.put(b"key%06d" % i, b"x" * 100)
+            if i % 200 == 0:
+                max_l0 = max(max_l0, db.stats()["levels"][0]["files"])
+        st = db.stats()
+        assert st["write_slowdowns"] + st["write_stalls"] > 0
+        assert max_l0 <= opts["l0_stop_trigger"]
+        assert sum(1 for _ in db.range()) == 6000
+
+
+def test_compaction_reclaims_expired_and_deleted_space(db_path, small_opts, fake_clock) -> None:
+    with shaledb.open(db_path, clock=fake_clock, **small_opts) as db:
+        for i in range(3000):
+            db.put(b"t%05d" % i, b"x" * 200, ttl=10)
+        for i in range(3000):
+            db.put(b"d%05d" % i, b"y" * 200)
+        db.compact_range()
+        full = db.stats()["total_table_bytes"]
+        for i in range(3000):
+            db.delete(b"d%05d" % i)
+        fake_clock.advance(11)
+        db.compact_range()
+        st = db.stats()
+        assert sum(1 for _ in db.range()) == 0
+        assert st["total_table_bytes"] < full / 20, (full, st["total_table_bytes"])
+
+
+def test_recovery_replays_at_most_a_memtable_or_two(db_path, small_opts) -> None:
+    """Recovery work is bounded by the memtable size, not by the data size."""
+    with shaledb.open(db_path, **small_opts) as db:
+        for i in range(20000):
+            db.put(b"k%06d" % i, b"v" * 50)
+    with shaledb.open(db_path, **small_opts) as db:
+        st = db.stats()
+        assert st["memtable_bytes"] <= 2 * small_opts["memtable_size"]
+        assert db.get(b"k019999") == b"v" * 50
