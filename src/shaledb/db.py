@@ -122,7 +122,8 @@ class DB(_Reader):
         if not isinstance(batch, WriteBatch):
             raise TypeError(f"write() takes a WriteBatch, not {type(batch).__name__}")
         if len(batch):
-            self._engine.write(list(batch._ops), batch.approximate_size, sync)
+            self._engine.write(batch.resolved_ops(self.options.clock), batch.approximate_size,
+                               sync)
 
     def batch(self, *, sync: bool = False) -> BatchContext:
         """A write batch committed atomically when the ``with`` block ends without an

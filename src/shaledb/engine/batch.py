@@ -63,6 +63,10 @@ def to_value(value: object) -> bytes:
     return b
 
 
+def _zero_clock() -> float:
+    return 0.0
+
+
 def ttl_to_ms(ttl: float | None, clock: Callable[[], float]) -> int:
     """Turn a TTL in seconds into an absolute expiry in ms since the epoch (0 = none)."""
     if ttl is None:
@@ -80,12 +84,15 @@ class WriteBatch:
     Later operations on the same key win. A batch can be reused after :meth:`clear`.
     """
 
-    __slots__ = ("_ops", "_bytes", "_clock")
+    __slots__ = ("_ops", "_bytes", "_clock", "_ttls")
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._ops: list[Any] = []
         self._bytes = 0
         self._clock = clock
+        # Without a clock (a free-standing batch), TTLs stay relative until the batch is
+        # written, then the database's clock turns them into expiry times.
+        self._ttls: list[tuple[int, float]] = []
 
     def put(self, key: Bytesish, value: Bytesish, *, ttl: float | None = None) -> None:
         """Add ``key = value`` (expiring after ``ttl`` seconds when given)."""
@@ -93,9 +100,11 @@ class WriteBatch:
         v = to_value(value)
         exp = 0
         if ttl is not None:
-            import time
-
-            exp = ttl_to_ms(ttl, self._clock or time.time)
+            if self._clock is not None:
+                exp = ttl_to_ms(ttl, self._clock)
+            else:
+                ttl_to_ms(ttl, _zero_clock)  # validate now, resolve at write time
+                self._ttls.append((len(self._ops) + 2, ttl))
         self._ops += (PUT, k, exp, v)
         self._bytes += len(k) + len(v) + ENTRY_OVERHEAD
 
@@ -109,6 +118,14 @@ class WriteBatch:
         """Drop every operation."""
         self._ops = []
         self._bytes = 0
+        self._ttls = []
+
+    def resolved_ops(self, clock: Callable[[], float]) -> list[Any]:
+        """A copy of the flat operation list with relative TTLs turned into expiry times."""
+        ops = list(self._ops)
+        for index, ttl in self._ttls:
+            ops[index] = ttl_to_ms(ttl, clock)
+        return ops
 
     def __len__(self) -> int:
         return len(self._ops) // 4

@@ -120,6 +120,7 @@ class Engine:
         self._last_seq = 0
         self._snapshots: Counter[int] = Counter()
         self._pinned: dict[int, Version] = {}
+        self._deferred: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._pending_outputs: set[int] = set()
         self._bg_error: ShaleError | None = None
         self._closed = False
@@ -322,6 +323,7 @@ class Engine:
         return self._tables.get(number)
 
     def _locked_smallest_snapshot(self) -> int:
+        self._locked_drain()
         return min(self._snapshots) if self._snapshots else self._last_seq
 
     # ------------------------------------------------------------------------------------
@@ -468,16 +470,41 @@ class Engine:
     def _pin(self, seq: int | None) -> tuple[MemTable, MemTable | None, Version, int]:
         with self._mutex:
             self._check_open()
+            if self._deferred:
+                self._locked_drain()
             v = self._versions.current
             v.refs += 1
             self._pinned[id(v)] = v
             return self._mem, self._imm, v, self._last_seq if seq is None else seq
 
     def _unpin(self, v: Version) -> None:
-        with self._mutex:
-            v.refs -= 1
-            if v.refs == 0:
-                self._pinned.pop(id(v), None)
+        self._release(self._locked_unpin, v)
+
+    def _locked_unpin(self, v: Version) -> None:
+        v.refs -= 1
+        if v.refs == 0:
+            self._pinned.pop(id(v), None)
+
+    def _release(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """Run ``fn(arg)`` under the mutex, or, when the mutex is busy, later.
+
+        Releases can come from garbage collection (an abandoned iterator or snapshot), which
+        may run inside a thread that already holds the mutex; blocking there would deadlock.
+        Deferred releases are applied by the next ``_locked_drain``."""
+        if self._mutex.acquire(blocking=False):
+            try:
+                self._locked_drain()
+                fn(arg)
+            finally:
+                self._mutex.release()
+        else:
+            self._deferred.append((fn, arg))
+
+    def _locked_drain(self) -> None:
+        deferred = self._deferred
+        while deferred:
+            fn, arg = deferred.popleft()
+            fn(arg)
 
     def get_record(self, key: bytes, seq: int | None = None) -> Record | None:
         """The newest version of ``key`` visible at ``seq`` (default: latest), or None."""
@@ -569,10 +596,12 @@ class Engine:
 
     def release_snapshot(self, seq: int) -> None:
         """Forget a snapshot so compaction may drop what only it could see."""
-        with self._mutex:
-            self._snapshots[seq] -= 1
-            if self._snapshots[seq] <= 0:
-                del self._snapshots[seq]
+        self._release(self._locked_release_snapshot, seq)
+
+    def _locked_release_snapshot(self, seq: int) -> None:
+        self._snapshots[seq] -= 1
+        if self._snapshots[seq] <= 0:
+            del self._snapshots[seq]
 
     # ------------------------------------------------------------------------------------
     # Flush
@@ -785,6 +814,7 @@ class Engine:
             if self._bg_error is not None:
                 # The manifest on disk may be ahead of memory (a failed fsync): delete nothing.
                 return
+            self._locked_drain()
             live = {f.number for _, f in self._versions.current.files()}
             for v in self._pinned.values():
                 live.update(f.number for _, f in v.files())
@@ -814,6 +844,7 @@ class Engine:
         """A snapshot of the engine's counters and shape."""
         with self._mutex:
             self._check_open()
+            self._locked_drain()
             v = self._versions.current
             scores = level_scores(v, self.options)
             levels = [{"level": i, "files": len(lvl), "bytes": sum(f.size for f in lvl),
