@@ -243,6 +243,10 @@ class Engine:
                     self._flush_during_recovery(mem, number, last_seq)
                     mem = self._mem = MemTable()
                     self._mem_first_log = number
+            if not seg.damaged and not opts.read_only:
+                # The segment may hold writes the OS never wrote back before the crash; make
+                # them durable before newer writes are, or a power loss could leave a hole.
+                self.fs.sync_file(seg.path)
             if seg.damaged:
                 is_last = idx == len(logs) - 1
                 if opts.wal_recovery == "strict" and not (is_last and seg.torn_tail):
@@ -788,7 +792,8 @@ class Engine:
         assert interval is not None
         while True:
             with self._mutex:
-                self._bg_cv.wait(timeout=interval)
+                if not self._closing:
+                    self._bg_cv.wait(timeout=interval)
                 if self._closing:
                     return
                 wal = self._wal

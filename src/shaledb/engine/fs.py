@@ -207,11 +207,24 @@ class FileSystem:
             raise _storage_error("list", path, exc) from exc
 
     def mkdirs(self, path: str) -> None:
-        """Create ``path`` and missing parents with mode 0700 (existing ones are left alone)."""
-        try:
-            os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-        except OSError as exc:
-            raise _storage_error("mkdir", path, exc) from exc
+        """Create ``path`` and missing parents with mode 0700 (existing ones are left alone).
+
+        ``os.makedirs`` applies its mode to the last directory only, so walk it ourselves."""
+        missing = []
+        p = os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise _storage_error("mkdir", d, exc) from exc
 
     def remove(self, path: str) -> None:
         """Unlink ``path``; a missing file is not an error."""
@@ -240,6 +253,17 @@ class FileSystem:
                 os.close(fd)
         except OSError as exc:
             raise _storage_error("truncate", path, exc) from exc
+
+    def sync_file(self, path: str) -> None:
+        """fsync an existing file (e.g. a WAL segment written before a crash)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _storage_error("fsync", path, exc) from exc
 
     def sync_dir(self, path: str) -> None:
         """fsync a directory so that creations, renames and removals in it are durable."""
@@ -444,6 +468,16 @@ class FaultInjectionFS(FileSystem):
             t = self._files.get(path)
             if t is not None:
                 t.written = t.synced = size
+
+    def sync_file(self, path: str) -> None:
+        fault = self._check("fsync", path)
+        if fault is not None:
+            self._raise(fault, "fsync", path)
+        super().sync_file(path)
+        with self._lock:
+            t = self._files.get(path)
+            if t is not None:
+                t.synced = t.written
 
     def mkdirs(self, path: str) -> None:
         fault = self._check("mkdir", path)

@@ -85,6 +85,10 @@ class LogReadResult:
         self.good_end = 0  # offset just past the last good record
         self.damaged = False  # damage found at good_end
         self.torn_tail = False  # the damage is a torn tail (no valid record follows)
+        # The damaged record is cut short: its header or payload runs past the end of the
+        # file, or everything from it on is zeros (never written). A complete record with a
+        # wrong checksum is not cut short.
+        self.cut_short = False
 
 
 def read_log(data: bytes) -> LogReadResult:
@@ -97,11 +101,19 @@ def read_log(data: bytes) -> LogReadResult:
         if end < 0:
             result.damaged = True
             result.torn_tail = not _any_valid_record_after(data, pos)
+            result.cut_short = _cut_short(data, pos)
             break
         result.records.append(data[pos + HEADER_SIZE:end])
         pos = end
     result.good_end = pos
     return result
+
+
+def _cut_short(data: bytes, pos: int) -> bool:
+    if pos + HEADER_SIZE > len(data) or not data[pos:].strip(b"\0"):
+        return True
+    _, _, length, _ = _HEADER.unpack_from(data, pos)
+    return bool(pos + HEADER_SIZE + length > len(data))
 
 
 def _any_valid_record_after(data: bytes, pos: int) -> bool:
@@ -115,12 +127,13 @@ def _any_valid_record_after(data: bytes, pos: int) -> bool:
         search += 1
 
 
-def iter_records(fs: FileSystem, path: str, *, allow_torn_tail: bool) -> Iterator[bytes]:
-    """Yield every record of the log at ``path``; damage raises CorruptionError, except a torn
-    tail when ``allow_torn_tail``."""
+def iter_records(fs: FileSystem, path: str, *, allow_cut_tail: bool) -> Iterator[bytes]:
+    """Yield every record of the log at ``path``; damage raises CorruptionError, except, when
+    ``allow_cut_tail``, a last record cut short by the end of the file (an append that a crash
+    interrupted). A complete last record with a bad checksum is always corruption."""
     result = read_log(fs.read_file(path))
     yield from result.records
-    if result.damaged and not (allow_torn_tail and result.torn_tail):
+    if result.damaged and not (allow_cut_tail and result.torn_tail and result.cut_short):
         raise CorruptionError(
             f"log {path!r} is damaged at offset {result.good_end}"
             + (" (a valid record follows, so this is not a torn write)" if not result.torn_tail

@@ -166,8 +166,9 @@ class VersionSet:
             raise CorruptionError(f"CURRENT names {name}, which does not exist")
         version = Version([[] for _ in range(self.num_levels)])
         seen_snapshot = False
-        # A torn last record is an edit whose write never completed: nothing acted on it.
-        for payload in iter_records(self.fs, path, allow_torn_tail=True):
+        # A last record cut short is an edit whose write never completed: nothing acted on
+        # it (edits are fsynced before they are relied on). Any other damage is corruption.
+        for payload in iter_records(self.fs, path, allow_cut_tail=True):
             edit = VersionEdit.decode(payload, path)
             for lvl, _ in edit.added:
                 if lvl >= self.num_levels:
