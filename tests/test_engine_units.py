@@ -134,7 +134,8 @@ def test_table_versions_of_a_key_share_a_block(tmp_path) -> None:
 
 def test_table_detects_every_flipped_byte_in_footer(tmp_path) -> None:
     fs, path, meta = _build(tmp_path, [(b"a", 1, PUT, 0, b"1")])
-    raw = open(path, "rb").read()
+    with open(path, "rb") as f:
+        raw = f.read()
     for i in range(len(raw) - 64, len(raw)):
         bad = bytearray(raw)
         bad[i] ^= 0x10
