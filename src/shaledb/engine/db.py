@@ -56,6 +56,7 @@ from .compaction import (
 from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_name
 from .fs import FileLock, FileSystem, default_fs
 from .iterator import concat, memtable_source, merge, visible
+from .logfile import HEADER_SIZE
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .sstable import FORMAT_VERSION, FileMeta, TableReader
@@ -372,6 +373,7 @@ class Engine:
             mem = self._mem
         error: BaseException | None = None
         last = first_seq - 1
+        wal_bytes = 0
         try:
             if ops is not None:
                 assert wal is not None
@@ -379,7 +381,9 @@ class Engine:
                     w.check()
                 flat = ops if len(group) == 1 else [x for g in group for x in g.ops]  # type: ignore[union-attr]
                 if flat:
-                    wal.append(encode_batch(first_seq, flat))
+                    payload = encode_batch(first_seq, flat)
+                    wal.append(payload)
+                    wal_bytes = len(payload) + HEADER_SIZE
                     if any(g.sync for g in group):
                         wal.sync()
                     mem.apply(first_seq, flat)
@@ -391,6 +395,7 @@ class Engine:
                 self._last_seq = last
                 self.counters["writes"] += len(group)
                 self.counters["wal_records"] += 1
+                self.counters["wal_bytes_written"] += wal_bytes
                 if len(group) > 1:
                     self.counters["group_commits"] += 1
             elif isinstance(error, StorageError):
@@ -876,6 +881,7 @@ class Engine:
                 "wal_number": wal.number if wal is not None else None,
                 "wal_bytes": wal.size if wal is not None else 0,
                 "wal_records": self.counters["wal_records"],
+                "wal_bytes_written": self.counters["wal_bytes_written"],
                 "wal_syncs": self.counters["wal_syncs_closed"] + (wal.syncs if wal else 0),
                 "write_stalls": self.counters["write_stalls"],
                 "write_slowdowns": self.counters["write_slowdowns"],
