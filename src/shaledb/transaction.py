@@ -147,7 +147,8 @@ class Transaction:
                     "began; nothing was written, retry the transaction")
 
     def commit(self) -> None:
-        """Apply the buffered writes atomically, or raise TransactionConflict."""
+        """Apply the buffered writes atomically, or raise TransactionConflict when a key this
+        transaction read or wrote changed since it began (also for a read-only one)."""
         self._check()
         try:
             if self._writes:
@@ -157,6 +158,10 @@ class Transaction:
                     ops += (kind, k, expire, value)
                     nbytes += len(k) + len(value) + ENTRY_OVERHEAD
                 self._engine.write(ops, nbytes, self.sync, check=self._validate)
+            elif self._reads:
+                # Nothing to write, but the caller may rely on commit() to confirm that what
+                # it read is still current.
+                self._validate()
         finally:
             self._finish()
 
