@@ -7,7 +7,16 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .engine.batch import DELETE, PUT, Bytesish, WriteBatch, to_key, to_value, ttl_to_ms
+from .engine.batch import (
+    DELETE,
+    ENTRY_OVERHEAD,
+    PUT,
+    Bytesish,
+    WriteBatch,
+    to_key,
+    to_value,
+    ttl_to_ms,
+)
 from .engine.db import Engine
 from .errors import ClosedError, InvalidArgument, TransactionConflict
 from .options import Options
@@ -110,12 +119,12 @@ class DB(_Reader):
         k = to_key(key)
         v = to_value(value)
         exp = ttl_to_ms(ttl, self.options.clock)
-        self._engine.write([PUT, k, exp, v], len(k) + len(v) + 240, sync)
+        self._engine.write([PUT, k, exp, v], len(k) + len(v) + ENTRY_OVERHEAD, sync)
 
     def delete(self, key: Bytesish, *, sync: bool = False) -> None:
         """Remove ``key`` (no error when it is missing)."""
         k = to_key(key)
-        self._engine.write([DELETE, k, 0, b""], len(k) + 240, sync)
+        self._engine.write([DELETE, k, 0, b""], len(k) + ENTRY_OVERHEAD, sync)
 
     def write(self, batch: WriteBatch, *, sync: bool = False) -> None:
         """Apply every operation of ``batch`` atomically."""

@@ -25,8 +25,9 @@ PUT = 1
 
 _HEAD = struct.Struct("<QI")
 #: Per-entry estimate of the memory Python objects cost beyond the raw key and value bytes
-#: (bytes objects, the version tuple and list, dict and sorted-list slots).
-ENTRY_OVERHEAD = 240
+#: (bytes object headers, the version tuple and list, dict and sorted-list slots). Measured
+#: with tracemalloc for 16-byte keys and 100-byte values: about 295 bytes.
+ENTRY_OVERHEAD = 300
 
 Bytesish = bytes | bytearray | memoryview | str
 
