@@ -44,9 +44,11 @@ class StorageError(ShaleError):
     """The operating system reported an I/O error (EIO, ENOSPC, ...) while ShaleDB read or
     wrote a file. The original ``OSError`` is chained as ``__cause__``."""
 
-    def __init__(self, message: str, errno: int | None = None) -> None:
+    def __init__(self, message: str, errno: int | None = None, op: str | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+        #: The failed operation ("read", "write", "fsync", "open", ...), when known.
+        self.op = op
 
 
 class TransactionConflict(ShaleError):

@@ -63,6 +63,10 @@ from .sstable import FORMAT_VERSION, FileMeta, TableReader
 from .sstable.block import DataBlock
 from .wal import WriteAheadLog, replay_segment
 
+#: Operations whose failure in a compaction is retried rather than fatal: nothing was written.
+_READ_OPS = frozenset({"read", "open", "stat"})
+_COMPACTION_RETRY_SECONDS = 1.0
+
 #: Largest write group (bytes of memtable charge) the leader builds from queued writers.
 MAX_GROUP_BYTES = 1 << 20
 
@@ -124,6 +128,7 @@ class Engine:
         self._deferred: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._pending_outputs: set[int] = set()
         self._bg_error: ShaleError | None = None
+        self._compaction_read_error: str | None = None
         self._closed = False
         self._closing = False
         self._compaction_wanted = False
@@ -698,6 +703,16 @@ class Engine:
                         self._run_compaction(c)
             except CompactionAborted:
                 return
+            except StorageError as exc:
+                if exc.op not in _READ_OPS:
+                    self._record_error(exc)
+                    return
+                # A failed read leaves nothing half-done: report it, back off, retry later.
+                with self._mutex:
+                    self.counters["compaction_read_errors"] += 1
+                    self._compaction_read_error = str(exc)
+                    self._bg_cv.wait(timeout=_COMPACTION_RETRY_SECONDS)
+                    self._compaction_wanted = True
             except ShaleError as exc:
                 self._record_error(exc)
                 return
@@ -784,7 +799,8 @@ class Engine:
                     raise ClosedError(f"database {self.path!r} closed during compaction"
                                       ) from None
                 except StorageError as exc:
-                    self._record_error(exc)
+                    if exc.op not in _READ_OPS:
+                        self._record_error(exc)
                     raise
         with self._mutex:
             self._compaction_wanted = True
@@ -894,6 +910,8 @@ class Engine:
                 "open_tables": len(self._tables),
                 "live_snapshots": sum(self._snapshots.values()),
                 "background_error": None if self._bg_error is None else str(self._bg_error),
+                "compaction_read_errors": self.counters["compaction_read_errors"],
+                "last_compaction_read_error": self._compaction_read_error,
                 "read_only": self.options.read_only or self._bg_error is not None,
                 "recovery_seconds": round(self.recovery_seconds, 6),
             }

@@ -18,6 +18,7 @@ import fcntl
 import os
 import random
 import threading
+from collections.abc import Callable
 
 from ..errors import ClosedError, LockedError, StorageError
 
@@ -26,7 +27,8 @@ DIR_MODE = 0o700
 
 
 def _storage_error(op: str, path: str, exc: OSError) -> StorageError:
-    err = StorageError(f"{op} {path!r} failed: {exc.strerror or exc}", exc.errno)
+    err = StorageError(f"{op} {path!r} failed: {exc.strerror or exc}", exc.errno,
+                       op.split(" ", 1)[0])
     err.__cause__ = exc
     return err
 
@@ -242,39 +244,30 @@ class FileSystem:
         except OSError as exc:
             raise _storage_error("rename", src, exc) from exc
 
-    def truncate(self, path: str, size: int) -> None:
-        """Cut ``path`` to ``size`` bytes and fsync it."""
+    @staticmethod
+    def _on_fd(op: str, path: str, flags: int, *actions: Callable[[int], object]) -> None:
+        """Open ``path`` with ``flags``, run ``actions`` on the descriptor, close it."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(path, flags | os.O_CLOEXEC)
             try:
-                os.ftruncate(fd, size)
-                os.fsync(fd)
+                for action in actions:
+                    action(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise _storage_error("truncate", path, exc) from exc
+            raise _storage_error(op, path, exc) from exc
+
+    def truncate(self, path: str, size: int) -> None:
+        """Cut ``path`` to ``size`` bytes and fsync it."""
+        self._on_fd("truncate", path, os.O_WRONLY, lambda fd: os.ftruncate(fd, size), os.fsync)
 
     def sync_file(self, path: str) -> None:
         """fsync an existing file (e.g. a WAL segment written before a crash)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _storage_error("fsync", path, exc) from exc
+        self._on_fd("fsync", path, os.O_RDONLY, os.fsync)
 
     def sync_dir(self, path: str) -> None:
         """fsync a directory so that creations, renames and removals in it are durable."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _storage_error("fsync directory", path, exc) from exc
+        self._on_fd("fsync directory", path, os.O_RDONLY | os.O_DIRECTORY, os.fsync)
 
     def lock(self, path: str) -> FileLock:
         """Take an exclusive, non-blocking lock on ``path``; LockedError names the holder."""
