@@ -19,7 +19,7 @@ from .engine.batch import (
 )
 from .engine.db import Engine
 from .errors import ClosedError, InvalidArgument, TransactionConflict
-from .options import Options
+from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
 
 T = TypeVar("T")
 
@@ -116,9 +116,9 @@ class DB(_Reader):
             ttl: float | None = None) -> None:
         """Set ``key`` to ``value``; with ``ttl`` (seconds) it expires after that long.
         ``sync=True`` returns only once the write is on stable storage (fsync)."""
-        k = to_key(key)
-        v = to_value(value)
-        exp = ttl_to_ms(ttl, self.options.clock)
+        k = key if type(key) is bytes and len(key) <= MAX_KEY_SIZE else to_key(key)
+        v = value if type(value) is bytes and len(value) <= MAX_VALUE_SIZE else to_value(value)
+        exp = 0 if ttl is None else ttl_to_ms(ttl, self.options.clock)
         self._engine.write([PUT, k, exp, v], len(k) + len(v) + ENTRY_OVERHEAD, sync)
 
     def delete(self, key: Bytesish, *, sync: bool = False) -> None:

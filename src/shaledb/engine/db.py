@@ -140,6 +140,10 @@ class Engine:
                                                            self._open_table)
         self._versions = VersionSet(self.fs, self.path, options.num_levels)
         self.counters: Counter[str] = Counter()
+        # Hot-path counters are plain attributes (a Counter update costs a dict round trip).
+        self._writes = self._wal_records = self._wal_bytes_written = self._group_commits = 0
+        self._memtable_size = options.memtable_size
+        self._l0_slowdown = options.l0_slowdown_trigger
         self.recovery_seconds = 0.0
         try:
             self._open()
@@ -347,24 +351,30 @@ class Engine:
         """
         w = _Writer(ops, nbytes, sync, check)
         with self._mutex:
-            self._locked_check_writable()
             writers = self._writers
             writers.append(w)
-            while not w.done and writers[0] is not w:
-                self._writer_cv.wait()
-            if w.done:
-                if w.error is not None:
-                    raise w.error
-                return w.seq
+            if len(writers) > 1:
+                while not w.done and writers[0] is not w:
+                    self._writer_cv.wait()
+                if w.done:
+                    if w.error is not None:
+                        raise w.error
+                    return w.seq
             try:
-                self._locked_check_writable()
-                self._locked_make_room(force_flush)
+                # The leader checks for the whole group (followers never run this part).
+                if self._closed or self._closing or self._bg_error is not None \
+                        or self.options.read_only:
+                    self._locked_check_writable()
+                if (force_flush or self._mem.approximate_size >= self._memtable_size
+                        or len(self._versions.current.levels[0]) >= self._l0_slowdown):
+                    self._locked_make_room(force_flush)
             except BaseException:
                 writers.popleft()
-                self._writer_cv.notify_all()
+                if writers:
+                    self._writer_cv.notify_all()
                 raise
             group = [w]
-            if w.check is None and ops is not None:
+            if len(writers) > 1 and w.check is None and ops is not None:
                 size = nbytes
                 for other in itertools.islice(writers, 1, None):
                     if other.check is not None or other.ops is None:
@@ -384,12 +394,16 @@ class Engine:
                 assert wal is not None
                 if w.check is not None:
                     w.check()
-                flat = ops if len(group) == 1 else [x for g in group for x in g.ops]  # type: ignore[union-attr]
+                if len(group) == 1:
+                    flat, sync = ops, w.sync
+                else:
+                    flat = [x for g in group for x in g.ops]  # type: ignore[union-attr]
+                    sync = any(g.sync for g in group)
                 if flat:
                     payload = encode_batch(first_seq, flat)
                     wal.append(payload)
                     wal_bytes = len(payload) + HEADER_SIZE
-                    if any(g.sync for g in group):
+                    if sync:
                         wal.sync()
                     mem.apply(first_seq, flat)
                     last = first_seq + len(flat) // 4 - 1
@@ -398,20 +412,26 @@ class Engine:
         with self._mutex:
             if error is None:
                 self._last_seq = last
-                self.counters["writes"] += len(group)
-                self.counters["wal_records"] += 1
-                self.counters["wal_bytes_written"] += wal_bytes
+                self._writes += len(group)
+                self._wal_records += 1
+                self._wal_bytes_written += wal_bytes
                 if len(group) > 1:
-                    self.counters["group_commits"] += 1
+                    self._group_commits += 1
             elif isinstance(error, StorageError):
                 self._locked_set_bg_error(error)
-            for g in group:
+            if len(group) == 1:
                 writers.popleft()
-                g.done = True
-                g.seq = last
-                if error is not None and g is not w:
-                    g.error = error
-            self._writer_cv.notify_all()
+                w.done = True
+                w.seq = last
+            else:
+                for g in group:
+                    writers.popleft()
+                    g.done = True
+                    g.seq = last
+                    if error is not None and g is not w:
+                        g.error = error
+            if writers or len(group) > 1:  # wake finished followers and the next leader
+                self._writer_cv.notify_all()
         if error is not None:
             raise error
         return last
@@ -892,12 +912,12 @@ class Engine:
                 "compaction_bytes_read": self.counters["compaction_bytes_read"],
                 "compaction_bytes_written": self.counters["compaction_bytes_written"],
                 "flush_bytes_written": self.counters["flush_bytes_written"],
-                "writes": self.counters["writes"],
-                "group_commits": self.counters["group_commits"],
+                "writes": self._writes,
+                "group_commits": self._group_commits,
                 "wal_number": wal.number if wal is not None else None,
                 "wal_bytes": wal.size if wal is not None else 0,
-                "wal_records": self.counters["wal_records"],
-                "wal_bytes_written": self.counters["wal_bytes_written"],
+                "wal_records": self._wal_records,
+                "wal_bytes_written": self._wal_bytes_written,
                 "wal_syncs": self.counters["wal_syncs_closed"] + (wal.syncs if wal else 0),
                 "write_stalls": self.counters["write_stalls"],
                 "write_slowdowns": self.counters["write_slowdowns"],

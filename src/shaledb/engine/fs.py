@@ -49,7 +49,11 @@ class WritableFile:
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the end of the file (loops over short writes)."""
-        view = memoryview(data)
+        n = self.fs._write(self, self._fd, data)
+        self._size += n
+        if n == len(data):
+            return
+        view = memoryview(data)[n:]
         while view:
             n = self.fs._write(self, self._fd, view)
             self._size += n
@@ -122,7 +126,7 @@ class FileSystem:
     """The real POSIX file system. Subclasses override the ``_``-prefixed primitives."""
 
     # -- primitives (the seam for fault injection) -------------------------------------------
-    def _write(self, f: WritableFile, fd: int, data: memoryview) -> int:
+    def _write(self, f: WritableFile, fd: int, data: bytes | bytearray | memoryview) -> int:
         try:
             return os.write(fd, data)
         except OSError as exc:
@@ -381,7 +385,7 @@ class FaultInjectionFS(FileSystem):
         exc = OSError(fault.errno, os.strerror(fault.errno), path)
         raise _storage_error(f"{op} (injected)", path, exc) from exc
 
-    def _write(self, f: WritableFile, fd: int, data: memoryview) -> int:
+    def _write(self, f: WritableFile, fd: int, data: bytes | bytearray | memoryview) -> int:
         fault = self._check("write", f.path)
         if fault is not None:
             if fault.torn and len(data) > 1:

@@ -15,7 +15,7 @@ from typing import Any
 from .batch import decode_batch
 from .filenames import log_name
 from .fs import FileSystem
-from .logfile import LogWriter, read_log
+from .logfile import LogWriter, encode_record, read_log
 
 
 class WriteAheadLog:
@@ -26,6 +26,7 @@ class WriteAheadLog:
         self.number = number
         self.path = log_name(dirpath, number)
         self._writer = LogWriter(fs.create(self.path))
+        self._file = self._writer.file
         self._sync_lock = threading.Lock()
         self._synced_size = 0
         self.syncs = 0
@@ -42,7 +43,7 @@ class WriteAheadLog:
 
     def append(self, payload: bytes) -> None:
         """Append one record (one ``write()``)."""
-        self._writer.add(payload)
+        self._file.append(encode_record(payload))
 
     def sync(self) -> None:
         """fsync everything appended so far (a no-op when nothing is new)."""
