@@ -17,7 +17,9 @@ from .memtable import MemTable
 
 Entry = tuple[bytes, int, int, int, bytes]
 
-_CHUNK = 512
+# Memtable chunks start small (a short seek reads a few keys) and grow for long scans.
+_FIRST_CHUNK = 16
+_MAX_CHUNK = 1024
 
 
 def memtable_source(mem: MemTable, lo: bytes | None, hi: bytes | None, reverse: bool,
@@ -27,14 +29,16 @@ def memtable_source(mem: MemTable, lo: bytes | None, hi: bytes | None, reverse: 
     Reads the memtable in chunks, each under the memtable lock, re-seeking after the last key
     returned, so concurrent inserts can never invalidate the iteration."""
     lo_inc = True
+    size = _FIRST_CHUNK
     while True:
         if reverse:
-            chunk = mem.scan_chunk(lo, True, hi, False, True, seq, _CHUNK)
+            chunk = mem.scan_chunk(lo, True, hi, False, True, seq, size)
         else:
-            chunk = mem.scan_chunk(lo, lo_inc, hi, False, False, seq, _CHUNK)
+            chunk = mem.scan_chunk(lo, lo_inc, hi, False, False, seq, size)
         yield from chunk
-        if len(chunk) < _CHUNK:
+        if len(chunk) < size:
             return
+        size = min(size * 4, _MAX_CHUNK)
         if reverse:
             hi = chunk[-1][0]
         else:
