@@ -35,3 +35,30 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# -- benchmarks (bench/; not part of `make test`) -------------------------------------------
+# make bench        1M keys, every store and workload; rewrites docs/benchmarks.md (20-40 min)
+# make bench-large  ShaleDB at 1M, 5M and 20M keys; the scale section of docs/benchmarks.md
+# make bench-quick  tiny smoke run of everything (under 2 minutes); report under bench-data/
+# Extra options: make bench BENCH_ARGS='--stores shaledb,lmdb --workloads fillrandom'
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS  ?=
+
+.PHONY: bench bench-large bench-quick
+
+BENCH_PEERS := zstandard lmdb rocksdict plyvel diskcache sqlitedict matplotlib pyinstrument
+
+# A peer that cannot be installed here is skipped by the harness (with a note), not fatal.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[bench]' || for p in $(BENCH_PEERS); do \
+	  $(BIN)/python -m pip install -q $$p || echo "bench: could not install $$p; skipped"; done
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench --keys 1000000 --stores all $(BENCH_ARGS)
+
+bench-large: $(BENCH_STAMP)
+	$(BIN)/python -m bench --scale --sizes 1M,5M,20M --timeout 7200 $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
