@@ -786,6 +786,10 @@ class Engine:
                 # for the input bytes, as merging never grows them by a table's worth.
                 count = c.input_bytes // opts.target_file_size + len(c.all_inputs()) + 2
                 created = [self._new_output_number() for _ in range(count)]
+                # Make the allocation durable first: should this process die, the worker
+                # may live on for a moment, and a reopened database must never hand out
+                # the same numbers again.
+                self._install(VersionEdit())
                 job = dataclasses.replace(job, numbers=tuple(created))
                 outputs, _, written = self._worker.run(job, lambda: self._closing)
                 self.counters["compactions_in_worker"] += 1
