@@ -35,7 +35,8 @@ from _helpers import (
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(shaledb.__file__)))
 
-CRASH_OPTS: dict[str, Any] = {**SMALL}
+# Every compaction runs in a worker process, so kills also land while workers run.
+CRASH_OPTS: dict[str, Any] = {**SMALL, "compaction_process_threshold": 0}
 KEYSPACE = 20_000
 
 CHILD = r"""

@@ -60,9 +60,9 @@ class AtomicCrashFS(FaultInjectionFS):
         with self._io:
             super()._fsync(f, fd)
 
-    def create(self, path: str) -> Any:
+    def create(self, path: str, *, exclusive: bool = False) -> Any:
         with self._io:
-            return super().create(path)
+            return super().create(path, exclusive=exclusive)
 
     def rename(self, src: str, dst: str) -> None:
         with self._io:

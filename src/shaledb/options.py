@@ -68,6 +68,10 @@ class Options:
     target_file_size: int = 16 * MiB
     #: Number of levels (L0 .. L{num_levels-1}).
     num_levels: int = 7
+    #: Compactions reading at least this many bytes run in a worker process, on another core
+    #: and outside this process' GIL; smaller ones run in a background thread. ``None``: never
+    #: use a worker; 0: always.
+    compaction_process_threshold: int | None = 4 * MiB
     #: Table files kept open (file descriptor + decoded index + filter) at once.
     max_open_files: int = 512
     #: "strict": a torn record at the end of the newest WAL segment is dropped (normal after a
@@ -97,6 +101,8 @@ class Options:
         positive("target_file_size", 64 * KiB)
         positive("num_levels", 2)
         positive("max_open_files", 16)
+        if self.compaction_process_threshold is not None:
+            positive("compaction_process_threshold", 0)
         if self.num_levels > 16:
             raise InvalidArgument("option num_levels must be <= 16")
         if not (self.l0_compaction_trigger <= self.l0_slowdown_trigger <= self.l0_stop_trigger):

@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator
 
 from ..options import Options
 from .batch import DELETE, PUT
+from .filenames import table_name
 from .fs import FileSystem
+from .iterator import merge
 from .manifest import Version
-from .sstable import FileMeta, TableBuilder
+from .sstable import FileMeta, TableBuilder, TableReader
 
 Entry = tuple[bytes, int, int, int, bytes]
 
@@ -156,13 +158,15 @@ class TableWriter:
     ``target_size`` bytes at a user-key boundary."""
 
     def __init__(self, fs: FileSystem, path_of: Callable[[int], str],
-                 new_number: Callable[[], int], options: Options,
-                 target_size: int | None) -> None:
+                 new_number: Callable[[], int], *, block_size: int, compression: str,
+                 target_size: int | None, max_outputs: int | None = None) -> None:
         self._fs = fs
         self._path_of = path_of
         self._new_number = new_number
-        self._options = options
+        self._block_size = block_size
+        self._compression = compression
         self._target = target_size
+        self._max_outputs = max_outputs
         self._builder: TableBuilder | None = None
         self.outputs: list[FileMeta] = []
         self.created: list[int] = []
@@ -177,7 +181,8 @@ class TableWriter:
             if builder is None:
                 builder = self._open()
             elif (target is not None and builder.estimated_size >= target
-                  and builder.at_key_boundary(key)):
+                  and builder.at_key_boundary(key)
+                  and (self._max_outputs is None or len(self.created) < self._max_outputs)):
                 self._finish(builder)
                 builder = self._open()
             builder.add(key, -negseq, kind, expire, value)
@@ -192,8 +197,8 @@ class TableWriter:
         number = self._new_number()
         self.created.append(number)
         self._builder = TableBuilder(self._fs, self._path_of(number), number,
-                                     block_size=self._options.block_size,
-                                     compression=self._options.compression)
+                                     block_size=self._block_size,
+                                     compression=self._compression)
         return self._builder
 
     def _finish(self, builder: TableBuilder) -> None:
@@ -207,6 +212,52 @@ class TableWriter:
         if self._builder is not None:
             self._builder.abandon()
             self._builder = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeJob:
+    """Everything a merge needs, as plain data (it may be sent to a worker process)."""
+
+    dirpath: str
+    l0_inputs: tuple[int, ...]  # L0 tables: each is its own source (they may overlap)
+    level_inputs: tuple[int, ...]  # one sorted run at the input level (level >= 1)
+    below: tuple[int, ...]  # one sorted run at the output level
+    smallest_snapshot: int
+    now_ms: int
+    drop_tombstones: bool
+    block_size: int
+    compression: str
+    target_file_size: int
+    numbers: tuple[int, ...] | None = None  # output numbers given in advance (worker)
+
+
+def merge_writer(job: MergeJob, fs: FileSystem, new_number: Callable[[], int]) -> TableWriter:
+    """The table writer for ``job``'s outputs."""
+    return TableWriter(fs, lambda n: table_name(job.dirpath, n), new_number,
+                       block_size=job.block_size, compression=job.compression,
+                       target_size=job.target_file_size,
+                       max_outputs=None if job.numbers is None else len(job.numbers))
+
+
+def run_merge(job: MergeJob, open_table: Callable[[int], TableReader], writer: TableWriter,
+              should_stop: Callable[[], bool]) -> None:
+    """Merge the job's tables into ``writer``. On error the caller removes the files in
+    ``writer.created`` that no manifest edit names."""
+    def run_of(numbers: tuple[int, ...]) -> Iterator[Entry]:
+        for n in numbers:
+            yield from open_table(n).iter_range(None, None, fill_cache=False)
+
+    sources = [open_table(n).iter_range(None, None, fill_cache=False) for n in job.l0_inputs]
+    for run in (job.level_inputs, job.below):
+        if run:
+            sources.append(run_of(run))
+    try:
+        entries = drop_obsolete(merge(sources, False), job.smallest_snapshot, job.now_ms,
+                                job.drop_tombstones)
+        writer.write(entries, should_stop)
+    except BaseException:
+        writer.abandon()
+        raise
 
 
 class CompactionAborted(Exception):

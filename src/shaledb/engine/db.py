@@ -21,6 +21,7 @@ of one you hold):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -47,12 +48,16 @@ from .cache import LRUCache, TableCache
 from .compaction import (
     Compaction,
     CompactionAborted,
+    MergeJob,
     TableWriter,
     drop_obsolete,
     level_scores,
+    merge_writer,
     pick_compaction,
     range_compaction,
+    run_merge,
 )
+from .compaction_worker import CompactionWorker
 from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_name
 from .fs import FileLock, FileSystem, default_fs
 from .iterator import concat, memtable_source, merge, visible
@@ -64,7 +69,7 @@ from .sstable.block import DataBlock
 from .wal import WriteAheadLog, replay_segment
 
 #: Operations whose failure in a compaction is retried rather than fatal: nothing was written.
-_READ_OPS = frozenset({"read", "open", "stat"})
+_READ_OPS = frozenset({"read", "open", "stat", "worker"})
 _COMPACTION_RETRY_SECONDS = 1.0
 
 #: Largest write group (bytes of memtable charge) the leader builds from queued writers.
@@ -139,6 +144,10 @@ class Engine:
         self._tables: TableCache[TableReader] = TableCache(options.max_open_files,
                                                            self._open_table)
         self._versions = VersionSet(self.fs, self.path, options.num_levels)
+        # Large compactions run in a worker process (another core, no GIL contention). Only
+        # with the real file system: a test's fault-injecting one lives in this process.
+        self._worker: CompactionWorker | None = (
+            CompactionWorker() if options.fs is None and not options.read_only else None)
         self.counters: Counter[str] = Counter()
         # Hot-path counters are plain attributes (a Counter update costs a dict round trip).
         self._writes = self._wal_records = self._wal_bytes_written = self._group_commits = 0
@@ -202,6 +211,8 @@ class Engine:
             self._bg_cv.notify_all()
         for t in self._threads:
             t.join()
+        if self._worker is not None:
+            self._worker.close()
         for closer in (self._wal.close if self._wal else None, self._versions.close):
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -274,7 +285,8 @@ class Engine:
     def _flush_during_recovery(self, mem: MemTable, log_number: int, last_seq: int) -> None:
         mem.frozen = True
         writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
-                             self._versions.new_file_number, self.options, None)
+                             self._versions.new_file_number, block_size=self.options.block_size,
+                             compression=self.options.compression, target_size=None)
         outputs = writer.write(drop_obsolete(mem.iter_all(), last_seq, self._now_ms(), False))
         self.fs.sync_dir(self.path)
         # The manifest of this open is not written yet: use the previous one.
@@ -678,7 +690,8 @@ class Engine:
     def _flush_memtable(self, imm: MemTable, next_log: int, last_seq: int,
                         smallest_snapshot: int) -> None:
         writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
-                             self._new_output_number, self.options, None)
+                             self._new_output_number, block_size=self.options.block_size,
+                             compression=self.options.compression, target_size=None)
         try:
             outputs = writer.write(drop_obsolete(imm.iter_all(), smallest_snapshot,
                                                  self._now_ms(), False))
@@ -753,39 +766,54 @@ class Engine:
             return
         with self._mutex:
             smallest = self._locked_smallest_snapshot()
-        writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
-                             self._new_output_number, self.options, self.options.target_file_size)
+        opts = self.options
+        job = MergeJob(
+            dirpath=self.path,
+            l0_inputs=tuple(f.number for f in c.inputs) if c.level == 0 else (),
+            level_inputs=() if c.level == 0 else tuple(f.number for f in c.inputs),
+            below=tuple(f.number for f in c.below),
+            smallest_snapshot=smallest, now_ms=self._now_ms(), drop_tombstones=c.bottommost,
+            block_size=opts.block_size, compression=opts.compression,
+            target_file_size=opts.target_file_size)
+        use_worker = (self._worker is not None and opts.compaction_process_threshold is not None
+                      and c.input_bytes >= opts.compaction_process_threshold)
+        created: list[int] = []
         logged = False  # once the edit may be in the manifest, its outputs must stay
         try:
-            sources = [self._table(f.number).iter_range(None, None, fill_cache=False)
-                       for f in (c.inputs if c.level == 0 else [])]
-            level_inputs = [] if c.level == 0 else [f.number for f in c.inputs]
-            if level_inputs:
-                sources.append(concat(level_inputs, lambda n: self._table(n).iter_range(
-                    None, None, fill_cache=False)))
-            if c.below:
-                sources.append(concat([f.number for f in c.below], lambda n: self._table(
-                    n).iter_range(None, None, fill_cache=False)))
-            entries = drop_obsolete(merge(sources, False), smallest, self._now_ms(),
-                                    c.bottommost)
-            outputs = writer.write(entries, lambda: self._closing)
+            if use_worker:
+                assert self._worker is not None
+                # Output numbers are handed out in advance (the worker cannot ask): enough
+                # for the input bytes, as merging never grows them by a table's worth.
+                count = c.input_bytes // opts.target_file_size + len(c.all_inputs()) + 2
+                created = [self._new_output_number() for _ in range(count)]
+                # Make the allocation durable first: should this process die, the worker
+                # may live on for a moment, and a reopened database must never hand out
+                # the same numbers again.
+                self._install(VersionEdit())
+                job = dataclasses.replace(job, numbers=tuple(created))
+                outputs, _, written = self._worker.run(job, lambda: self._closing)
+                self.counters["compactions_in_worker"] += 1
+            else:
+                writer = merge_writer(job, self.fs, self._new_output_number)
+                created = writer.created
+                run_merge(job, self._table, writer, lambda: self._closing)
+                outputs, written = writer.outputs, writer.bytes_written
             edit.added = [(c.output_level, m) for m in outputs]
             self.fs.sync_dir(self.path)
             logged = True
             self._install(edit)
         except BaseException:
-            writer.abandon()
             if not logged:
-                for n in writer.created:
+                for n in created:
                     with contextlib.suppress(StorageError):
                         self.fs.remove(table_name(self.path, n))
             raise
         finally:
             with self._mutex:
-                self._pending_outputs.difference_update(writer.created)
+                self._pending_outputs.difference_update(created)
         self.counters["compactions"] += 1
         self.counters["compaction_bytes_read"] += c.input_bytes
-        self.counters["compaction_bytes_written"] += writer.bytes_written
+        self.counters["compaction_bytes_written"] += written
         self._delete_obsolete_files()
 
     def _install(self, edit: VersionEdit) -> None:
@@ -909,6 +937,7 @@ class Engine:
                 "flushes": self.counters["flushes"],
                 "compactions": self.counters["compactions"],
                 "trivial_moves": self.counters["trivial_moves"],
+                "compactions_in_worker": self.counters["compactions_in_worker"],
                 "compaction_bytes_read": self.counters["compaction_bytes_read"],
                 "compaction_bytes_written": self.counters["compaction_bytes_written"],
                 "flush_bytes_written": self.counters["flush_bytes_written"],
@@ -953,6 +982,8 @@ class Engine:
             self._writer_cv.notify_all()
         for t in self._threads:
             t.join()
+        if self._worker is not None:
+            self._worker.close()
         first: BaseException | None = None
         with self._mutex:
             # Wait for an in-flight write group to finish before closing its WAL.

@@ -145,10 +145,13 @@ class FileSystem:
             raise _storage_error("read", f.path, exc) from exc
 
     # -- public operations -------------------------------------------------------------------
-    def create(self, path: str) -> WritableFile:
-        """Create (or truncate) ``path`` for appending, mode 0600."""
+    def create(self, path: str, *, exclusive: bool = False) -> WritableFile:
+        """Create (or truncate) ``path`` for appending, mode 0600. With ``exclusive``, an
+        existing file is an error (EEXIST) instead of being truncated: numbered files are
+        never reused, so a collision is a bug that must not destroy data."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(path, flags, FILE_MODE)
         except OSError as exc:
             raise _storage_error("create", path, exc) from exc
         return WritableFile(self, path, fd)
@@ -418,12 +421,12 @@ class FaultInjectionFS(FileSystem):
                 t = self._files[path] = _Tracked()
             return t
 
-    def create(self, path: str) -> WritableFile:
+    def create(self, path: str, *, exclusive: bool = False) -> WritableFile:
         fault = self._check("create", path)
         if fault is not None:
             self._raise(fault, "create", path)
         existed = os.path.exists(path)
-        f = super().create(path)
+        f = super().create(path, exclusive=exclusive)
         with self._lock:
             self._files[path] = _Tracked()
             if not existed:

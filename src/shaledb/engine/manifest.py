@@ -201,7 +201,7 @@ class VersionSet:
         old = self.manifest_number
         number = self.new_file_number()
         path = manifest_name(self.dirpath, number)
-        writer = LogWriter(self.fs.create(path))
+        writer = LogWriter(self.fs.create(path, exclusive=True))
         try:
             snap = VersionEdit(log_number=self.log_number, next_file=self.next_file,
                                last_seq=self.last_seq, added=self.current.files(),

@@ -25,7 +25,7 @@ class WriteAheadLog:
     def __init__(self, fs: FileSystem, dirpath: str, number: int) -> None:
         self.number = number
         self.path = log_name(dirpath, number)
-        self._writer = LogWriter(fs.create(self.path))
+        self._writer = LogWriter(fs.create(self.path, exclusive=True))
         self._file = self._writer.file
         self._sync_lock = threading.Lock()
         self._synced_size = 0

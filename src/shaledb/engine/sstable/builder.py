@@ -24,7 +24,7 @@ class TableBuilder:
                  compression: str) -> None:
         self.path = path
         self.number = number
-        self._file = fs.create(path)
+        self._file = fs.create(path, exclusive=True)
         self._block_size = block_size
         self._code = require_codec(compression)
         self._buf = bytearray()

@@ -1,0 +1,212 @@
+"""Compaction in a worker process, so that merging runs on another core, outside the GIL.
+
+The worker is a fresh interpreter (``python -m shaledb.engine._worker_main``, never a
+fork of a process that has database files and threads open, and never a
+``multiprocessing`` spawn, which would re-run the user's main module). It holds no directory
+lock, reads only the tables a job names and writes only the file numbers the job gives it;
+the parent alone decides what is installed in the manifest. It exits when its stdin closes
+(the parent closed it or died) or when its parent pid changes mid-job, so a SIGKILLed
+database leaves nothing behind that blocks a reopen.
+
+Messages on the worker's stdin and stdout are ``length (4 bytes LE) + pickle``. Both ends are
+this package, so pickle is safe here; nothing from a data file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+from ..errors import CorruptionError, StorageError
+from .compaction import CompactionAborted, MergeJob, merge_writer, run_merge
+from .filenames import table_name
+from .fs import FileSystem
+from .sstable import FileMeta, TableReader
+
+_LEN = struct.Struct("<I")
+
+MergeResult = tuple[list[FileMeta], list[int], int]  # outputs, created numbers, bytes
+
+
+def _send(f: IO[bytes], obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(_LEN.pack(len(data)) + data)
+    f.flush()
+
+
+def _recv(f: IO[bytes]) -> Any:
+    head = f.read(_LEN.size)
+    if len(head) < _LEN.size:
+        raise EOFError("compaction worker pipe closed")
+    (n,) = _LEN.unpack(head)
+    data = f.read(n)
+    if len(data) < n:
+        raise EOFError("compaction worker pipe closed")
+    return pickle.loads(data)
+
+
+class CompactionWorker:
+    """The parent's handle on the worker process (started on first use, restarted if it
+    dies). One job at a time."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self.jobs = 0
+        self.restarts = 0
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None:
+            self.restarts += 1
+        env = dict(os.environ)
+        # The worker must import this very package, wherever it was imported from.
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shaledb.engine._worker_main", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        self._proc = proc
+        return proc
+
+    def run(self, job: MergeJob, closing: Callable[[], bool]) -> MergeResult:
+        """Run ``job`` in the worker; raises what the merge raised (CompactionAborted when
+        ``closing()`` turned true, StorageError with op "worker" if the process died)."""
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                try:
+                    proc = self._start()
+                except OSError as exc:
+                    raise StorageError(f"cannot start the compaction worker: {exc}",
+                                       exc.errno, "worker") from exc
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                _send(proc.stdin, job)
+                aborted = False
+                while not select.select([proc.stdout], [], [], 0.05)[0]:
+                    if not aborted and closing():
+                        _send(proc.stdin, "abort")
+                        aborted = True
+                    if proc.poll() is not None:
+                        raise EOFError("compaction worker exited")
+                status, payload = _recv(proc.stdout)
+            except (EOFError, OSError) as exc:
+                self._kill()
+                raise StorageError(f"compaction worker process failed: {exc}", None,
+                                   "worker") from exc
+            self.jobs += 1
+        if status == "ok":
+            metas, created, nbytes = payload
+            return [FileMeta.from_list(m) for m in metas], created, nbytes
+        if status == "aborted":
+            raise CompactionAborted()
+        kind, message, errno, op = payload
+        if kind == "CorruptionError":
+            raise CorruptionError(message)
+        raise StorageError(message, errno, op)
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Ask the worker to exit and wait for it (killing it if it does not)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _run_job(job: MergeJob, fs: FileSystem, stdin: IO[bytes], parent_pid: int
+             ) -> tuple[str, Any]:
+    """Run one merge in the worker; returns the reply for the parent."""
+    readers: dict[int, TableReader] = {}
+
+    def open_table(n: int) -> TableReader:
+        r = readers.get(n)
+        if r is None:
+            r = readers[n] = TableReader(fs, table_name(job.dirpath, n), n, None)
+        return r
+
+    def should_stop() -> bool:
+        if os.getppid() != parent_pid:
+            os._exit(0)  # the database process is gone: leave at once
+        if select.select([stdin], [], [], 0)[0]:
+            try:
+                return bool(_recv(stdin) == "abort")
+            except EOFError:
+                os._exit(0)
+        return False
+
+    numbers = iter(job.numbers or ())
+    writer = merge_writer(job, fs, lambda: next(numbers))
+    try:
+        run_merge(job, open_table, writer, should_stop)
+        return "ok", ([m.to_list() for m in writer.outputs], writer.created,
+                      writer.bytes_written)
+    except CompactionAborted:
+        return "aborted", None
+    except StorageError as exc:
+        return "error", ("StorageError", str(exc), exc.errno, exc.op)
+    except CorruptionError as exc:
+        return "error", ("CorruptionError", str(exc), None, None)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+        return "error", ("StorageError", f"compaction worker failed: {exc!r}", None, "worker")
+    finally:
+        for r in readers.values():
+            r.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process the moment its parent dies (PR_SET_PDEATHSIG), so
+    an orphan never writes another byte; elsewhere the pid checks in each job remain."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before the request took effect
+
+
+def _serve(parent_pid: int) -> None:
+    """The worker's loop: one job at a time until stdin closes."""
+    _die_with_parent(parent_pid)
+    stdin = sys.stdin.buffer
+    stdout = sys.stdout.buffer
+    fs = FileSystem()
+    while True:
+        try:
+            job = _recv(stdin)
+        except EOFError:
+            return
+        if not isinstance(job, MergeJob):
+            continue  # a late "abort" for a job that already finished
+        reply = _run_job(job, fs, stdin, parent_pid)
+        try:
+            _send(stdout, reply)
+        except OSError:
+            return
