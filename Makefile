@@ -27,7 +27,7 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider --timeout=3600
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 typecheck: $(STAMP)

@@ -22,6 +22,7 @@ stores whose handle cannot be shared between threads return a per-thread handle 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import importlib
@@ -51,7 +52,7 @@ def _pkg_version(dist: str) -> str:
         return "?"
 
 
-class Store:
+class Store(abc.ABC):
     """Base class. Subclasses set the class attributes and implement :meth:`open`."""
 
     NAME: ClassVar[str] = ""
@@ -96,18 +97,20 @@ class Store:
         return cls.DURABILITY.get(mode, "not offered")
 
     # -- life cycle -------------------------------------------------------------------------
+    @abc.abstractmethod
     def open(self, path: str, mode: str) -> None:
-        raise NotImplementedError
+        """Open (creating) the store at ``path`` in durability ``mode``."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the store, making everything written durable as its mode promises."""
 
     def thread_view(self) -> Store:
         """A handle for use by one extra thread (the store itself when it is shareable)."""
         return self
 
-    def close_view(self, view: Store) -> None:
-        """Release a handle returned by :meth:`thread_view`."""
+    def close_view(self, view: Store) -> None:  # noqa: B027 - a no-op unless overridden
+        """Release a handle returned by :meth:`thread_view` (nothing to do by default)."""
 
     def stats(self) -> dict[str, Any] | None:
         """Engine counters, when the store exposes them in a form we use."""
