@@ -124,6 +124,25 @@ def _loop(n: int, op: Callable[[int], Any], every: int) -> tuple[float, array[in
     return (ns() - t0) / 1e9, lat
 
 
+def _run_threads(ths: list[threading.Thread], start: Any, store: Store, views: list[Store],
+                 lats: list[array]) -> tuple[float, array]:
+    """Start ``ths``, time them from the moment ``start`` is released until all have joined,
+    release the per-thread views, and return (seconds, all latencies)."""
+    for th in ths:
+        th.start()
+    start.wait()
+    t0 = time.perf_counter_ns()
+    for th in ths:
+        th.join()
+    secs = (time.perf_counter_ns() - t0) / 1e9
+    for v in views:
+        store.close_view(v)
+    all_lat = array("q")
+    for lat in lats:
+        all_lat.extend(lat)
+    return secs, all_lat
+
+
 def _result(ops: int, secs: float, nbytes: int, lat: array[int] | None = None,
             **extra: Any) -> dict[str, Any]:
     r: dict[str, Any] = {
@@ -335,18 +354,7 @@ def _threaded_sync_fill(store: Store, d: Dataset, p: dict[str, Any],
             errors.append(exc)
 
     ths = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    for th in ths:
-        th.start()
-    start.wait()
-    t0 = time.perf_counter_ns()
-    for th in ths:
-        th.join()
-    secs = (time.perf_counter_ns() - t0) / 1e9
-    for v in views:
-        store.close_view(v)
-    all_lat = array("q")
-    for lat in lats:
-        all_lat.extend(lat)
+    secs, all_lat = _run_threads(ths, start, store, views, lats)
     r = _result(total, secs, total * d.record_bytes, all_lat, threads=threads,
                 user_writes=total)
     if errors:
@@ -425,18 +433,7 @@ def readwhilewriting(store: Store, d: Dataset, p: dict[str, Any]) -> dict[str, A
         d.stream(f"rww{t}", min(limit, 1 << 20))
     ths = [threading.Thread(target=reader, args=(t,)) for t in range(readers)]
     ths.append(threading.Thread(target=writer))
-    for th in ths:
-        th.start()
-    start.wait()
-    t0 = time.perf_counter_ns()
-    for th in ths:
-        th.join()
-    secs = (time.perf_counter_ns() - t0) / 1e9
-    for v in views:
-        store.close_view(v)
-    all_lat = array("q")
-    for lat in rlat:
-        all_lat.extend(lat)
+    secs, all_lat = _run_threads(ths, start, store, views, rlat)
     reads = len(all_lat)
     r = _result(reads, secs, reads * d.record_bytes, all_lat, readers=readers,
                 writer_ops=written[0], writer_ops_per_sec=written[0] / secs if secs else 0.0,
