@@ -65,7 +65,7 @@ from .logfile import HEADER_SIZE
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .sstable import FORMAT_VERSION, FileMeta, TableReader
-from .sstable.block import DataBlock
+from .sstable.block import Block
 from .wal import WriteAheadLog, replay_segment
 
 #: Operations whose failure in a compaction is retried rather than fatal: nothing was written.
@@ -139,7 +139,7 @@ class Engine:
         self._compaction_wanted = False
         self._lock: FileLock | None = None
         self._threads: list[threading.Thread] = []
-        self._block_cache: LRUCache[tuple[int, int], DataBlock] | None = (
+        self._block_cache: LRUCache[tuple[int, int], Block] | None = (
             LRUCache(options.block_cache_size) if options.block_cache_size > 0 else None)
         self._tables: TableCache[TableReader] = TableCache(options.max_open_files,
                                                            self._open_table)
@@ -179,8 +179,11 @@ class Engine:
             if opts.error_if_exists:
                 raise InvalidArgument(f"database {self.path!r} already exists "
                                       "(error_if_exists=True)")
-            self._check_options_file()
+            stored_version = self._check_options_file()
             self._versions.recover()
+            if stored_version < FORMAT_VERSION and not opts.read_only:
+                # New tables are written in the current format: say so for older readers.
+                self._write_options_file()
         else:
             if not opts.create_if_missing or opts.read_only:
                 raise InvalidArgument(f"{self.path!r} holds no database (no CURRENT file); "
@@ -220,10 +223,11 @@ class Engine:
         if self._lock is not None:
             self._lock.release()
 
-    def _check_options_file(self) -> None:
+    def _check_options_file(self) -> int:
+        """The format version recorded in OPTIONS (refusing newer ones)."""
         path = os.path.join(self.path, OPTIONS)
         if not self.fs.exists(path):
-            return  # written at creation; its absence is survivable
+            return FORMAT_VERSION  # written at creation; its absence is survivable
         try:
             info = json.loads(self.fs.read_file(path))
             version = int(info["format_version"])
@@ -233,6 +237,7 @@ class Engine:
             raise IncompatibleFormatError(
                 f"database {self.path!r} was written with format version {version}; this "
                 f"ShaleDB supports up to {FORMAT_VERSION}: upgrade ShaleDB")
+        return version
 
     def _write_options_file(self) -> None:
         info = {"format_version": FORMAT_VERSION, "created_by": f"shaledb {_pkg_version}",

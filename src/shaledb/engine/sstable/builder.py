@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import msgpack
 
 from ..fs import FileSystem
-from .block import encode_columns
+from .block import encode_columns, encode_data_block
 from .filter import build_filter
 from .format import FORMAT_VERSION, FileMeta, Footer, encode_block, require_codec
 
@@ -105,7 +105,7 @@ class TableBuilder:
         keys = self._cols[0]
         if not keys:
             return
-        offset, size = self._add_block(encode_columns(list(self._cols)), self._code)
+        offset, size = self._add_block(encode_data_block(*self._cols), self._code)
         self._index_keys.append(keys[-1])
         self._index_offsets.append(offset)
         self._index_sizes.append(size)

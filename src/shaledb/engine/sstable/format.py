@@ -28,7 +28,7 @@ import lz4.block
 
 from ...errors import CorruptionError, IncompatibleFormatError, InvalidArgument
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"SHALEsst"
 FOOTER = struct.Struct("<QIQIQII12xI8s")
 FOOTER_SIZE = FOOTER.size  # 64

@@ -13,18 +13,29 @@ import msgpack
 from ...errors import CorruptionError
 from ..cache import LRUCache
 from ..fs import FileSystem, RandomAccessFile
-from .block import DataBlock, decode_data_block, decode_index_block
+from .block import Block, Columns, decode_data_block, decode_index_block
 from .filter import KeyFilter
 from .format import FOOTER_SIZE, TRAILER_SIZE, Footer, decode_block
 
 Entry = tuple[bytes, int, int, int, bytes]  # (key, -seq, kind, expire_at_ms, value)
+#: Entries decoded first when a range scan enters its first block.
+_HEAD_RUN = 16
+
+
+def _entries(cols: Columns) -> Iterator[Entry]:
+    return zip(cols[0], map(neg, cols[1]), cols[2], cols[3], cols[4], strict=True)
+
+
+def _reversed_entries(cols: Columns) -> Iterator[Entry]:
+    return zip(reversed(cols[0]), map(neg, reversed(cols[1])), reversed(cols[2]),
+               reversed(cols[3]), reversed(cols[4]), strict=True)
 
 
 class TableReader:
     """An open table. Thread-safe: reads use ``pread`` and the block cache locks itself."""
 
     def __init__(self, fs: FileSystem, path: str, number: int,
-                 block_cache: LRUCache[tuple[int, int], DataBlock] | None) -> None:
+                 block_cache: LRUCache[tuple[int, int], Block] | None) -> None:
         self.path = path
         self.number = number
         self._cache = block_cache
@@ -66,13 +77,14 @@ class TableReader:
             raise CorruptionError(f"table {self.path!r}: block at {offset} is cut short")
         return decode_block(raw, self.path, offset)
 
-    def _block(self, i: int, fill_cache: bool = True) -> DataBlock:
+    def _block(self, i: int, fill_cache: bool = True) -> Block:
         cache = self._cache
         if cache is not None:
             block = cache.get((self.number, i))
             if block is not None:
                 return block
-        block = decode_data_block(self._read_raw(self._offsets[i], self._sizes[i]), self.path)
+        block = decode_data_block(self._read_raw(self._offsets[i], self._sizes[i]), self.path,
+                                  self.format_version)
         if cache is not None and fill_cache:
             cache.put((self.number, i), block, block.charge)
         return block
@@ -88,17 +100,7 @@ class TableReader:
         i = bisect_left(self._last_keys, key)
         if i >= self.nblocks:
             return None
-        block = self._block(i)
-        keys = block.keys
-        j = bisect_left(keys, key)
-        n = len(keys)
-        seqs = block.seqs
-        while j < n and keys[j] == key:
-            s = seqs[j]
-            if s <= seq:
-                return s, block.kinds[j], block.expires[j], block.values[j]
-            j += 1
-        return None
+        return self._block(i).get(key, seq)
 
     def latest_seq(self, key: bytes) -> int | None:
         """Sequence of the newest version of ``key`` in this table, or None."""
@@ -107,15 +109,15 @@ class TableReader:
         i = bisect_left(self._last_keys, key)
         if i >= self.nblocks:
             return None
-        block = self._block(i)
-        j = bisect_left(block.keys, key)
-        if j < len(block.keys) and block.keys[j] == key:
-            return int(block.seqs[j])
-        return None
+        return self._block(i).latest_seq(key)
 
     def iter_range(self, lo: bytes | None, hi: bytes | None, reverse: bool = False,
                    fill_cache: bool = True) -> Iterator[Entry]:
-        """Entries with ``lo <= key < hi`` (None: unbounded), in table order or reversed."""
+        """Entries with ``lo <= key < hi`` (None: unbounded), in table order or reversed.
+
+        The first block is decoded in a short run first: a seek followed by a few ``next``
+        calls (the common short range scan) then decodes a few entries, not a whole block.
+        """
         last_keys = self._last_keys
         nblocks = self.nblocks
         if nblocks == 0:
@@ -125,24 +127,24 @@ class TableReader:
         if first > last:
             return
         order = range(last, first - 1, -1) if reverse else range(first, last + 1)
+        head = True
         for i in order:
             b = self._block(i, fill_cache)
-            keys = b.keys
-            a = 0 if lo is None or i != first else bisect_left(keys, lo)
-            e = len(keys) if hi is None or i != last else bisect_left(keys, hi)
+            a = 0 if lo is None or i != first else b.lower_bound(lo)
+            e = b.n if hi is None or i != last else b.lower_bound(hi)
             if a >= e:
                 continue
-            if a == 0 and e == len(keys):
-                cols = (keys, b.seqs, b.kinds, b.expires, b.values)
-            else:
-                cols = (keys[a:e], b.seqs[a:e], b.kinds[a:e], b.expires[a:e], b.values[a:e])
             if reverse:
-                yield from zip(reversed(cols[0]), map(neg, reversed(cols[1])),
-                               reversed(cols[2]), reversed(cols[3]), reversed(cols[4]),
-                               strict=True)
+                if head and e - a > _HEAD_RUN:
+                    yield from _reversed_entries(b.columns(e - _HEAD_RUN, e))
+                    e -= _HEAD_RUN
+                yield from _reversed_entries(b.columns(a, e))
             else:
-                yield from zip(cols[0], map(neg, cols[1]), cols[2], cols[3], cols[4],
-                               strict=True)
+                if head and e - a > _HEAD_RUN:
+                    yield from _entries(b.columns(a, a + _HEAD_RUN))
+                    a += _HEAD_RUN
+                yield from _entries(b.columns(a, e))
+            head = False
 
     def __repr__(self) -> str:
         return f"TableReader({self.path!r}, blocks={self.nblocks})"
