@@ -24,15 +24,22 @@ class LRUCache(Generic[K, V]):
         self.misses = 0
 
     def get(self, key: K) -> V | None:
-        """The cached value (now most recently used), or None."""
-        with self._lock:
-            item = self._map.get(key)
-            if item is None:
-                self.misses += 1
-                return None
+        """The cached value (now most recently used), or None.
+
+        Lock-free: ``OrderedDict.get`` and ``move_to_end`` are single C calls, atomic under
+        the GIL, and the lock guards only the compound updates of :meth:`put` and :meth:`pop`
+        (an entry evicted between the two calls is simply not moved). The hit and miss
+        counters may lose an increment when threads race; they are statistics."""
+        item = self._map.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        try:
             self._map.move_to_end(key)
-            self.hits += 1
-            return item[0]
+        except KeyError:
+            pass
+        self.hits += 1
+        return item[0]
 
     def put(self, key: K, value: V, charge: int) -> list[V]:
         """Insert ``value``; returns the values evicted to stay within capacity."""

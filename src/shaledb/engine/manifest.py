@@ -84,12 +84,14 @@ class Version:
     """An immutable set of tables: ``levels[0]`` newest first (may overlap), deeper levels
     sorted by key and disjoint."""
 
-    __slots__ = ("levels", "refs", "_largest")
+    __slots__ = ("levels", "refs", "_largest", "_deep")
 
     def __init__(self, levels: list[list[FileMeta]]) -> None:
         self.levels = levels
         self.refs = 0
         self._largest = [[f.largest for f in lvl] for lvl in levels]
+        # The non-empty sorted levels with their search keys: a point lookup visits only these.
+        self._deep = [(lvl, self._largest[i]) for i, lvl in enumerate(levels) if i and lvl]
 
     def files(self) -> list[tuple[int, FileMeta]]:
         """Every (level, table)."""
@@ -102,11 +104,8 @@ class Version:
     def candidates(self, key: bytes) -> list[FileMeta]:
         """Tables that may hold ``key``, newest data first."""
         out = [f for f in self.levels[0] if f.smallest <= key <= f.largest]
-        for lvl in range(1, len(self.levels)):
-            files = self.levels[lvl]
-            if not files:
-                continue
-            i = bisect_left(self._largest[lvl], key)
+        for files, largest in self._deep:
+            i = bisect_left(largest, key)
             if i < len(files) and files[i].smallest <= key:
                 out.append(files[i])
         return out

@@ -74,12 +74,12 @@ def _array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def _uints(payload: bytes, offset: int, count: int, width: int) -> Sequence[int]:
+def _uints(view: memoryview, offset: int, count: int, width: int) -> Sequence[int]:
     """``count`` little-endian unsigned ints of ``width`` bytes at ``offset``, indexable."""
     code: Literal["H", "I", "Q"] = "H" if width == 2 else "I" if width == 4 else "Q"
     if _LITTLE:
-        return memoryview(payload)[offset:offset + count * width].cast(code)
-    a = array(code, payload[offset:offset + count * width])  # pragma: no cover
+        return view[offset:offset + count * width].cast(code)
+    a = array(code, view[offset:offset + count * width])  # pragma: no cover
     a.byteswap()  # pragma: no cover
     return a  # pragma: no cover
 
@@ -167,10 +167,11 @@ class RawBlock:
         self.n = n
         self.charge = len(payload) + VIEW_OVERHEAD
         self._kinds = kinds
-        self._seqs = _uints(payload, seqs, n, seq_width)
-        self._expires = _uints(payload, expires, n, 8) if flags & _EXPIRES else None
-        self._koffs = _uints(payload, koffs, n + 1, off_width)
-        self._voffs = _uints(payload, voffs, n + 1, off_width)
+        view = memoryview(payload)
+        self._seqs = _uints(view, seqs, n, seq_width)
+        self._expires = _uints(view, expires, n, 8) if flags & _EXPIRES else None
+        self._koffs = _uints(view, koffs, n + 1, off_width)
+        self._voffs = _uints(view, voffs, n + 1, off_width)
         if n and (self._koffs[0] != end or self._koffs[n] != self._voffs[0]
                   or self._voffs[n] != len(payload)):
             raise CorruptionError(f"table {path!r}: malformed data block offsets")

@@ -80,20 +80,19 @@ def decode_block(raw: bytes, path: str, offset: int) -> bytes:
     """Verify the trailer of a raw block (payload + trailer) and return the plain payload."""
     if len(raw) < TRAILER_SIZE:
         raise CorruptionError(f"table {path!r}: block at {offset} is truncated")
-    body = raw[:-4]
-    if crc32c(body) != int.from_bytes(raw[-4:], "little"):
+    view = memoryview(raw)  # no copies until the payload itself
+    if crc32c(view[:-4]) != int.from_bytes(raw[-4:], "little"):
         raise CorruptionError(f"table {path!r}: checksum mismatch in block at offset {offset}")
-    code = body[-1]
-    payload = body[:-1]
+    code = raw[-5]
     try:
         if code == NONE:
-            return payload
+            return raw[:-5]
         if code == LZ4:
-            return bytes(lz4.block.decompress(payload))
+            return bytes(lz4.block.decompress(view[:-5]))
         if code == ZSTD:
             if _zstd is None:
                 raise InvalidArgument("this table is zstd-compressed: pip install 'shaledb[zstd]'")
-            return bytes(_zd.decompress(payload))
+            return bytes(_zd.decompress(view[:-5]))
     except (lz4.block.LZ4BlockError, ValueError) as exc:
         if isinstance(exc, InvalidArgument):
             raise
