@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno as errno_mod
 import fcntl
+import mmap
 import os
 import random
 import threading
@@ -24,6 +25,8 @@ from ..errors import ClosedError, LockedError, StorageError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+#: A mapped file grows by at least this much at a time (allocated on disk when it grows).
+MAP_CHUNK = 1 << 20
 
 
 def _storage_error(op: str, path: str, exc: OSError) -> StorageError:
@@ -76,6 +79,56 @@ class WritableFile:
         return f"WritableFile({self.path!r}, size={self._size})"
 
 
+class MappedFile:
+    """An append-only file written through a shared memory map.
+
+    An append is a ``memcpy`` into the page cache: no system call, so the writing thread keeps
+    the GIL (a ``write()`` releases it, and with CPU-bound threads about, getting it back can
+    take a switch interval). The bytes are in the kernel's page cache as soon as the copy is
+    done, so they survive a crash of the process exactly as written bytes do; ``sync`` makes
+    them durable. Space is allocated on disk before it is mapped, so a full disk is an
+    ENOSPC error when the file grows, never a SIGBUS on a copy. The file ends in zeros up to
+    its allocated size until :meth:`close` cuts it to the bytes appended.
+    """
+
+    def __init__(self, fs: FileSystem, path: str, fd: int) -> None:
+        self.fs = fs
+        self.path = path
+        self._fd = fd
+        self._size = 0
+        self.capacity = 0
+        self.map: mmap.mmap | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes appended so far."""
+        return self._size
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` to the end of the file (growing it when needed)."""
+        end = self._size + len(data)
+        if end > self.capacity:
+            self.fs._map_grow(self, self._fd, end)
+        self.fs._map_write(self, self._size, data)
+        self._size = end
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync also writes back the pages
+        dirtied through the map)."""
+        self.fs._fsync(self, self._fd)
+
+    def close(self) -> None:
+        """Unmap, cut the file to the bytes appended and close it (does not sync).
+        Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        self.fs._map_close(self, fd)
+
+    def __repr__(self) -> str:
+        return f"MappedFile({self.path!r}, size={self._size})"
+
+
 class RandomAccessFile:
     """A read-only file read with ``pread`` (thread-safe: no shared file offset)."""
 
@@ -122,6 +175,25 @@ class FileLock:
                 os.close(fd)
 
 
+def _allocate(fd: int, offset: int, length: int) -> None:
+    """Reserve disk blocks for ``[offset, offset + length)`` (extending the file), so that
+    later writes through a map cannot fail for lack of space."""
+    if length <= 0:
+        return
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, offset, length)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno_mod.EOPNOTSUPP, errno_mod.EINVAL, errno_mod.ENOSYS):
+                raise
+    zeros = bytes(min(length, MAP_CHUNK))  # no fallocate here: write the zeros ourselves
+    end = offset + length
+    while offset < end:
+        offset += os.pwrite(fd, zeros[:end - offset], offset)
+
+
 class FileSystem:
     """The real POSIX file system. Subclasses override the ``_``-prefixed primitives."""
 
@@ -132,11 +204,39 @@ class FileSystem:
         except OSError as exc:
             raise _storage_error("write", f.path, exc) from exc
 
-    def _fsync(self, f: WritableFile, fd: int) -> None:
+    def _fsync(self, f: WritableFile | MappedFile, fd: int) -> None:
         try:
             os.fsync(fd)
         except OSError as exc:
             raise _storage_error("fsync", f.path, exc) from exc
+
+    def _map_write(self, f: MappedFile, offset: int, data: bytes | bytearray | memoryview) -> None:
+        assert f.map is not None
+        f.map[offset:offset + len(data)] = data
+
+    def _map_close(self, f: MappedFile, fd: int) -> None:
+        m, f.map = f.map, None
+        try:
+            if m is not None:
+                m.close()
+            os.ftruncate(fd, f.size)
+        except OSError as exc:
+            raise _storage_error("truncate", f.path, exc) from exc
+        finally:
+            os.close(fd)
+
+    def _map_grow(self, f: MappedFile, fd: int, needed: int) -> None:
+        """Allocate disk space for at least ``needed`` bytes and map all of it."""
+        # Grow linearly, in whole chunks: the unused tail stays small (it is allocated space).
+        capacity = -(-max(needed, f.capacity + MAP_CHUNK) // MAP_CHUNK) * MAP_CHUNK
+        try:
+            _allocate(fd, f.capacity, capacity - f.capacity)
+            m = mmap.mmap(fd, capacity)
+        except OSError as exc:
+            raise _storage_error("write", f.path, exc) from exc
+        old, f.map, f.capacity = f.map, m, capacity
+        if old is not None:
+            old.close()
 
     def _pread(self, f: RandomAccessFile, fd: int, length: int, offset: int) -> bytes:
         try:
@@ -155,6 +255,15 @@ class FileSystem:
         except OSError as exc:
             raise _storage_error("create", path, exc) from exc
         return WritableFile(self, path, fd)
+
+    def create_mapped(self, path: str) -> MappedFile:
+        """Create ``path`` (it must not exist) for appending through a memory map, mode 0600.
+        See :class:`MappedFile`."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise _storage_error("create", path, exc) from exc
+        return MappedFile(self, path, fd)
 
     def open_read(self, path: str) -> RandomAccessFile:
         """Open an existing file for random reads."""
@@ -400,13 +509,60 @@ class FaultInjectionFS(FileSystem):
         self._track(f.path).written += n
         return n
 
-    def _fsync(self, f: WritableFile, fd: int) -> None:
+    def _fsync(self, f: WritableFile | MappedFile, fd: int) -> None:
         fault = self._check("fsync", f.path)
         if fault is not None:
             self._raise(fault, "fsync", f.path)
         super()._fsync(f, fd)
         t = self._track(f.path)
         t.synced = t.written
+
+    def _map_write(self, f: MappedFile, offset: int, data: bytes | bytearray | memoryview) -> None:
+        # Under the lock: crash() truncates files, and a copy into a mapped page past the new
+        # end of the file would be a SIGBUS.
+        with self._lock:
+            self.op_counts["write"] = self.op_counts.get("write", 0) + 1
+            if self.crashed:
+                raise StorageError(f"write {f.path!r}: simulated crash, the process is gone",
+                                   errno_mod.EIO)
+            fault = next((x for x in self.faults if x.matches("write", f.path)), None)
+            t = self._files.setdefault(f.path, _Tracked())
+            if fault is not None and fault.torn and len(data) > 1:
+                half = len(data) // 2
+                super()._map_write(f, offset, memoryview(data)[:half])
+                t.written = offset + half
+            if fault is None:
+                super()._map_write(f, offset, data)
+                t.written = offset + len(data)
+        if fault is not None:
+            self._raise(fault, "write", f.path)
+
+    def _map_grow(self, f: MappedFile, fd: int, needed: int) -> None:
+        fault = self._check("write", f.path)
+        if fault is not None:
+            self._raise(fault, "write", f.path)
+        with self._lock:  # see _map_write
+            if self.crashed:
+                raise StorageError(f"write {f.path!r}: simulated crash", errno_mod.EIO)
+            super()._map_grow(f, fd, needed)
+
+    def _map_close(self, f: MappedFile, fd: int) -> None:
+        with self._lock:
+            if self.crashed:  # the process is gone: leave the file as the crash left it
+                f.map = None
+                os.close(fd)
+                return
+        super()._map_close(f, fd)
+
+    def create_mapped(self, path: str) -> MappedFile:
+        fault = self._check("create", path)
+        if fault is not None:
+            self._raise(fault, "create", path)
+        f = super().create_mapped(path)
+        with self._lock:
+            self._files[path] = _Tracked()
+            self._new_entries.add(path)
+        return f
 
     def _pread(self, f: RandomAccessFile, fd: int, length: int, offset: int) -> bytes:
         fault = self._check("read", f.path)
@@ -537,6 +693,7 @@ __all__ = [
     "FaultInjectionFS",
     "FileLock",
     "FileSystem",
+    "MappedFile",
     "RandomAccessFile",
     "WritableFile",
     "default_fs",

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import crc32c as _crc32c
 
 from ..errors import CorruptionError
-from .fs import FileSystem, WritableFile
+from .fs import FileSystem, MappedFile, WritableFile
 
 MAGIC = b"\xdb\x5a"
 RECORD_FULL = 1
@@ -43,7 +43,7 @@ def encode_record(payload: bytes, rtype: int = RECORD_FULL) -> bytes:
 class LogWriter:
     """Appends framed records to a :class:`WritableFile`."""
 
-    def __init__(self, file: WritableFile) -> None:
+    def __init__(self, file: WritableFile | MappedFile) -> None:
         self.file = file
 
     @property

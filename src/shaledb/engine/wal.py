@@ -1,9 +1,13 @@
 """The write-ahead log: numbered segment files of framed records, one record per write group.
 
-Every write group (one or more batches) becomes one record, appended with one ``write()``
-call, so a crash can tear at most the last record. A segment is started whenever the
-memtable is frozen; a segment is deleted once the manifest records that every memtable it
-fed is in a table (``log_number`` moved past it). See docs/format.md for the bytes.
+Every write group (one or more batches) becomes one record, copied into the segment's shared
+memory map (:class:`~shaledb.engine.fs.MappedFile`: in the page cache at once, so it survives
+a process crash, without a system call that would give up the GIL). A power loss can tear at
+most the records after the last fsync. A segment is started whenever the memtable is
+frozen; a segment is deleted once the manifest records that every memtable it fed is in a
+table (``log_number`` moved past it). A segment that was open during a crash ends in zeros
+(space allocated but never written): replay treats an all-zero tail as the end of the
+segment. See docs/format.md for the bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class WriteAheadLog:
     def __init__(self, fs: FileSystem, dirpath: str, number: int) -> None:
         self.number = number
         self.path = log_name(dirpath, number)
-        self._writer = LogWriter(fs.create(self.path, exclusive=True))
+        self._writer = LogWriter(fs.create_mapped(self.path))
         self._file = self._writer.file
         self._sync_lock = threading.Lock()
         self._synced_size = 0
@@ -42,7 +46,7 @@ class WriteAheadLog:
         return self._writer.size != self._synced_size
 
     def append(self, payload: bytes) -> None:
-        """Append one record (one ``write()``)."""
+        """Append one record."""
         self._file.append(encode_record(payload))
 
     def sync(self) -> None:
@@ -79,6 +83,10 @@ class ReplayedSegment:
 def replay_segment(fs: FileSystem, dirpath: str, number: int) -> ReplayedSegment:
     """Read every intact batch of segment ``number`` (damage is reported, not raised)."""
     path = log_name(dirpath, number)
-    result = read_log(fs.read_file(path))
+    data = fs.read_file(path)
+    result = read_log(data)
     batches = [decode_batch(r) for r in result.records]
-    return ReplayedSegment(path, batches, result.good_end, result.damaged, result.torn_tail)
+    end = result.good_end
+    # Allocated-but-unwritten space (zeros to the end of the file) is not damage.
+    damaged = result.damaged and data.count(0, end) != len(data) - end
+    return ReplayedSegment(path, batches, end, damaged, result.torn_tail)
