@@ -116,3 +116,27 @@ def test_compaction_read_error_is_retried_not_fatal(db_path, small_opts) -> None
         db.compact_range()
         assert db.get(b"after") == b"ok" and db.get(b"k00599") == b"v" * 100
         assert db.stats()["levels"][0]["files"] == 0
+
+
+def test_table_metadata_is_charged_to_the_block_cache(db_path, small_opts) -> None:
+    """Filters and indexes of open tables count against block_cache_size, so blocks plus
+    metadata stay within it; the charge goes when tables are dropped."""
+    import os as _os
+
+    opts = {**small_opts, "block_cache_size": 256 * 1024}
+    db = shaledb.open(db_path, **opts)
+    try:
+        for i in range(20_000):
+            db.put(b"k%08d" % i, _os.urandom(50))
+        db.flush()
+        for i in range(0, 20_000, 7):  # reads open every table and fill the cache
+            assert db.get(b"k%08d" % i) is not None
+        cache = db.stats()["block_cache"]
+        engine = db._engine
+        readers = [engine._tables.get(f.number) for _, f in engine._versions.current.files()]
+        assert cache["pinned_bytes"] >= sum(r.meta_bytes for r in readers) > 0
+        assert cache["bytes"] + cache["pinned_bytes"] <= cache["capacity"]
+        assert cache["bytes"] > 0  # blocks still fit next to the metadata
+    finally:
+        db.close()
+    assert engine._block_cache is not None and engine._block_cache.pinned == 0

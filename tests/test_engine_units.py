@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import os
 import random
+from array import array
 
 import pytest
+import xxhash
 
 from shaledb.engine import logfile
 from shaledb.engine.batch import DELETE, PUT, WriteBatch, decode_batch, encode_batch
@@ -152,9 +154,23 @@ def test_filter_has_no_false_negatives_and_few_false_positives() -> None:
     keys = [rnd.randbytes(16) for _ in range(50_000)]
     f = KeyFilter(build_filter(keys))
     assert all(f.may_contain(k) for k in keys)
+    assert f.nbytes < 2.2 * len(keys)  # ~2.1 bytes per key
     others = [rnd.randbytes(16) for _ in range(50_000)]
     fp = sum(f.may_contain(k) for k in others)
-    assert fp < 10  # expected ~0.6 at n/2**32
+    assert fp < 60  # ~24 keys per bucket / 65536 remainders: ~18 expected
+    # Format 1 (one sorted array of 32-bit hashes) is still read.
+    v1 = array("I", sorted({xxhash.xxh32_intdigest(k) for k in keys}))
+    f1 = KeyFilter(v1.tobytes(), version=1)
+    assert all(f1.may_contain(k) for k in keys)
+    assert sum(f1.may_contain(k) for k in others) < 10
+    # Every size, including the empty filter and a single key.
+    for n in (0, 1, 2, 33, 1000, 70_000):
+        ks = keys[:n]
+        g = KeyFilter(build_filter(ks))
+        assert all(g.may_contain(k) for k in ks)
+        assert sum(map(g.may_contain, others[:20_000])) < 30  # ~0.05%: ~10 expected
+    with pytest.raises(CorruptionError):
+        KeyFilter(build_filter(keys[:100])[:-2])
 
 
 # -- cache ------------------------------------------------------------------------------------
@@ -273,3 +289,17 @@ def test_mapped_file_fault_injection_and_crash(tmp_path) -> None:
     fs.crash()
     f.close()  # after the crash, close leaves the file as the crash left it
     assert (tmp_path / "m.log").read_bytes() == b"a" * 100
+
+
+def test_lru_cache_pinned_bytes_share_the_budget() -> None:
+    c: LRUCache[int, str] = LRUCache(100)
+    for i in range(10):
+        c.put(i, str(i), 10)
+    assert c.usage == 100
+    c.pin(35)  # table metadata arrives: blocks make room for it
+    assert c.usage + c.pinned <= 100 and c.usage == 60 and c.get(0) is None
+    assert c.put(99, "big", 70) == []  # larger than what pinned bytes leave: not cached
+    assert c.get(99) is None
+    c.pin(-35)
+    c.put(50, "x", 40)
+    assert c.usage == 100 and c.pinned == 0

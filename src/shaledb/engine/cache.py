@@ -1,5 +1,10 @@
-"""Caches: the block cache (decoded data blocks, LRU bounded by bytes) and the table cache
-(open table readers, LRU bounded by count)."""
+"""Caches: the block cache (data blocks, LRU bounded by bytes) and the table cache (open
+table readers, LRU bounded by count).
+
+The block cache's byte budget also covers the filters and indexes of the open tables: they
+are *pinned* (charged, never evicted while their table is open), and the cache evicts blocks
+to make room for them. So the memory of blocks and table metadata together stays within the
+one ``block_cache_size`` however large the data set grows."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ class LRUCache(Generic[K, V]):
         self._map: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.usage = 0
+        self.pinned = 0
         self.hits = 0
         self.misses = 0
 
@@ -44,7 +50,7 @@ class LRUCache(Generic[K, V]):
     def put(self, key: K, value: V, charge: int) -> list[V]:
         """Insert ``value``; returns the values evicted to stay within capacity."""
         evicted: list[V] = []
-        if charge > self.capacity:
+        if charge > self.capacity - self.pinned:
             return evicted
         with self._lock:
             old = self._map.pop(key, None)
@@ -52,11 +58,21 @@ class LRUCache(Generic[K, V]):
                 self.usage -= old[1]
             self._map[key] = (value, charge)
             self.usage += charge
-            while self.usage > self.capacity and self._map:
-                _, (v, c) = self._map.popitem(last=False)
-                self.usage -= c
-                evicted.append(v)
+            self._locked_shrink(evicted)
         return evicted
+
+    def pin(self, charge: int) -> None:
+        """Charge ``charge`` bytes held outside the cache (negative: release them); entries
+        are evicted to keep entries + pinned bytes within the capacity."""
+        with self._lock:
+            self.pinned += charge
+            self._locked_shrink([])
+
+    def _locked_shrink(self, evicted: list[V]) -> None:
+        while self.usage + self.pinned > self.capacity and self._map:
+            _, (v, c) = self._map.popitem(last=False)
+            self.usage -= c
+            evicted.append(v)
 
     def pop(self, key: K) -> V | None:
         """Remove and return ``key``'s value."""
@@ -84,9 +100,11 @@ class TableCache(Generic[V]):
     closed when the last user drops them (their file descriptors close on collection), so an
     iterator never loses a file it is reading."""
 
-    def __init__(self, capacity: int, opener: Callable[[int], V]) -> None:
+    def __init__(self, capacity: int, opener: Callable[[int], V],
+                 on_drop: Callable[[V], None] | None = None) -> None:
         self._lru: LRUCache[int, V] = LRUCache(capacity)
         self._opener = opener
+        self._on_drop = on_drop
         self._open_lock = threading.Lock()
 
     def get(self, number: int) -> V:
@@ -97,16 +115,26 @@ class TableCache(Generic[V]):
                 reader = self._lru.get(number)
                 if reader is None:
                     reader = self._opener(number)
-                    self._lru.put(number, reader, 1)
+                    for old in self._lru.put(number, reader, 1):
+                        self._dropped(old)
         return reader
+
+    def _dropped(self, reader: V) -> None:
+        if self._on_drop is not None:
+            self._on_drop(reader)
 
     def evict(self, number: int) -> None:
         """Forget table ``number`` (after it was deleted)."""
-        self._lru.pop(number)
+        reader = self._lru.pop(number)
+        if reader is not None:
+            self._dropped(reader)
 
     def clear(self) -> list[V]:
         """Forget every reader; returns them so the caller can close them."""
-        return self._lru.drain()
+        readers = self._lru.drain()
+        for reader in readers:
+            self._dropped(reader)
+        return readers
 
     def __len__(self) -> int:
         return len(self._lru)

@@ -142,7 +142,8 @@ class Engine:
         self._block_cache: LRUCache[tuple[int, int], Block] | None = (
             LRUCache(options.block_cache_size) if options.block_cache_size > 0 else None)
         self._tables: TableCache[TableReader] = TableCache(options.max_open_files,
-                                                           self._open_table)
+                                                           self._open_table,
+                                                           self._table_dropped)
         self._versions = VersionSet(self.fs, self.path, options.num_levels)
         # Large compactions run in a worker process (another core, no GIL contention). Only
         # with the real file system: a test's fault-injecting one lives in this process.
@@ -346,7 +347,14 @@ class Engine:
             self._locked_set_bg_error(exc)
 
     def _open_table(self, number: int) -> TableReader:
-        return TableReader(self.fs, table_name(self.path, number), number, self._block_cache)
+        reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache)
+        if self._block_cache is not None:
+            self._block_cache.pin(reader.meta_bytes)
+        return reader
+
+    def _table_dropped(self, reader: TableReader) -> None:
+        if self._block_cache is not None:
+            self._block_cache.pin(-reader.meta_bytes)
 
     def _table(self, number: int) -> TableReader:
         if self._closed:
@@ -959,6 +967,8 @@ class Engine:
                     "hits": cache.hits if cache is not None else 0,
                     "misses": cache.misses if cache is not None else 0,
                     "bytes": cache.usage if cache is not None else 0,
+                    # Filters and indexes of open tables, charged to the same budget.
+                    "pinned_bytes": cache.pinned if cache is not None else 0,
                     "capacity": cache.capacity if cache is not None else 0,
                 },
                 "open_tables": len(self._tables),

@@ -3,6 +3,7 @@ iteration in both directions."""
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from operator import neg
@@ -18,6 +19,8 @@ from .filter import KeyFilter
 from .format import FOOTER_SIZE, TRAILER_SIZE, Footer, decode_block
 
 Entry = tuple[bytes, int, int, int, bytes]  # (key, -seq, kind, expire_at_ms, value)
+#: Python memory per index key beyond its bytes (the bytes object header and a list slot).
+_KEY_OVERHEAD = 41
 #: Entries decoded first when a range scan enters its first block.
 _HEAD_RUN = 16
 
@@ -46,9 +49,14 @@ class TableReader:
                 raise CorruptionError(f"table {path!r} is too short ({size} bytes)")
             footer = Footer.decode(self._file.pread(FOOTER_SIZE, size - FOOTER_SIZE), path, size)
             self.format_version = footer.format_version
-            self._last_keys, self._offsets, self._sizes = decode_index_block(
+            last_keys, offsets, sizes = decode_index_block(
                 self._read_raw(*footer.index_handle), path)
-            self._filter = KeyFilter(self._read_raw(*footer.filter_handle))
+            self._last_keys = last_keys
+            # Compact arrays: 12 bytes per block instead of two int objects and list slots.
+            self._offsets = array("Q", offsets)
+            self._sizes = array("I", sizes)
+            self._filter = KeyFilter(self._read_raw(*footer.filter_handle),
+                                     footer.format_version, path)
             try:
                 props = msgpack.unpackb(self._read_raw(*footer.props_handle), raw=False)
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -60,6 +68,9 @@ class TableReader:
             self._file.close()
             raise
         self.nblocks = len(self._last_keys)
+        #: Memory this reader holds while open (filter and index), charged to the block cache.
+        self.meta_bytes = (self._filter.nbytes + 12 * self.nblocks
+                           + sum(map(len, self._last_keys)) + _KEY_OVERHEAD * self.nblocks)
 
     def close(self) -> None:
         """Close the file."""
