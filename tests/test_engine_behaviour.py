@@ -140,3 +140,40 @@ def test_table_metadata_is_charged_to_the_block_cache(db_path, small_opts) -> No
     finally:
         db.close()
     assert engine._block_cache is not None and engine._block_cache.pinned == 0
+
+
+def test_slowdown_throttles_writes_to_the_delayed_write_rate(db_path, small_opts) -> None:
+    """While L0 is at or past l0_slowdown_trigger, writes go at most at delayed_write_rate
+    bytes/s (memtable charge), falling as L0 grows; the delay is counted in slowdown_ms."""
+    import time as _time
+
+    rate = 1 << 20
+    opts = dict(small_opts, l0_compaction_trigger=1, l0_slowdown_trigger=1,
+                l0_stop_trigger=100, delayed_write_rate=rate)
+    with shaledb.open(db_path, **opts) as db:
+        engine = db._engine
+        with engine._compaction_lock:  # hold compactions off: L0 only grows
+            i = 0
+            while db.stats()["levels"][0]["files"] < 1:
+                db.put(b"a%06d" % i, b"x" * 1000)
+                i += 1
+                if i % 500 == 0:
+                    db.flush()
+            before = db.stats()["slowdown_ms"]
+            value = b"y" * 1000
+            charge = 300_000  # bytes of memtable charge to write under the throttle
+            per_put = len(value) + 7 + engine_overhead()
+            t0 = _time.monotonic()
+            for j in range(charge // per_put):
+                db.put(b"b%06d" % j, value)
+            elapsed = _time.monotonic() - t0
+            slowed = db.stats()["slowdown_ms"] - before
+        # At most the full rate (L0 >= 1 of 99 steps): 300 KB at 1 MiB/s >= ~0.28 s.
+        assert elapsed >= 0.25 and slowed >= 250, (elapsed, slowed)
+        assert sum(1 for _ in db.range()) == i + charge // per_put
+
+
+def engine_overhead() -> int:
+    from shaledb.engine.batch import ENTRY_OVERHEAD
+
+    return ENTRY_OVERHEAD

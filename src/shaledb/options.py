@@ -56,10 +56,14 @@ class Options:
     fsync_interval: float | None = 1.0
     #: Number of L0 tables that triggers a compaction into L1.
     l0_compaction_trigger: int = 4
-    #: Number of L0 tables at which every write is delayed by 1 ms (back-pressure).
+    #: Number of L0 tables at which writes are throttled to ``delayed_write_rate``.
     l0_slowdown_trigger: int = 8
     #: Number of L0 tables at which writes wait for compaction to catch up.
     l0_stop_trigger: int = 12
+    #: Bytes per second (memtable charge) writes may go at ``l0_slowdown_trigger`` L0 tables;
+    #: with each further L0 table the rate falls by an equal step (defaults: 16, 12, 8 and
+    #: 4 MiB/s at 8, 9, 10 and 11 tables), so compaction catches up before writes must stop.
+    delayed_write_rate: int = 16 * MiB
     #: Target total size of L1; each deeper level is ``level_size_multiplier`` times larger.
     max_bytes_for_level_base: int = 64 * MiB
     #: Size ratio between consecutive levels.
@@ -101,6 +105,7 @@ class Options:
         positive("target_file_size", 64 * KiB)
         positive("num_levels", 2)
         positive("max_open_files", 16)
+        positive("delayed_write_rate", 64 * KiB)
         if self.compaction_process_threshold is not None:
             positive("compaction_process_threshold", 0)
         if self.num_levels > 16:

@@ -150,6 +150,9 @@ class Engine:
         self._worker: CompactionWorker | None = (
             CompactionWorker() if options.fs is None and not options.read_only else None)
         self.counters: Counter[str] = Counter()
+        self._delay_debt = 0.0  # seconds of write throttling owed (see _locked_make_room)
+        self._delay_ms = 0.0  # total time writes were throttled, and stalled
+        self._stall_ms = 0.0
         # Hot-path counters are plain attributes (a Counter update costs a dict round trip).
         self._writes = self._wal_records = self._wal_bytes_written = self._group_commits = 0
         self._memtable_size = options.memtable_size
@@ -392,7 +395,7 @@ class Engine:
                     self._locked_check_writable()
                 if (force_flush or self._mem.approximate_size >= self._memtable_size
                         or len(self._versions.current.levels[0]) >= self._l0_slowdown):
-                    self._locked_make_room(force_flush)
+                    self._locked_make_room(force_flush, nbytes)
             except BaseException:
                 writers.popleft()
                 if writers:
@@ -461,7 +464,7 @@ class Engine:
             raise error
         return last
 
-    def _locked_make_room(self, force: bool) -> None:
+    def _locked_make_room(self, force: bool, nbytes: int = 0) -> None:
         opts = self.options
         allow_delay = not force
         while True:
@@ -469,20 +472,30 @@ class Engine:
                 self._locked_check_writable()
             l0 = len(self._versions.current.levels[0])
             if allow_delay and l0 >= opts.l0_slowdown_trigger:
-                # Back-pressure: one short delay per write while L0 is long.
-                self.counters["write_slowdowns"] += 1
-                self._mutex.release()
-                try:
-                    time.sleep(0.001)
-                finally:
-                    self._mutex.acquire()
+                # Back-pressure: throttle writes to a rate that falls as L0 grows, so that
+                # compaction catches up in many short delays rather than one long stop.
                 allow_delay = False
+                steps = max(1, opts.l0_stop_trigger - opts.l0_slowdown_trigger)
+                rate = opts.delayed_write_rate * max(1, opts.l0_stop_trigger - l0) / steps
+                self._delay_debt += nbytes / rate
+                if self._delay_debt >= 0.001:  # sleep in steps of at least 1 ms
+                    delay = min(self._delay_debt, 1.0)
+                    self._delay_debt = 0.0
+                    self.counters["write_slowdowns"] += 1
+                    self._delay_ms += delay * 1000
+                    self._mutex.release()
+                    try:
+                        time.sleep(delay)
+                    finally:
+                        self._mutex.acquire()
             elif (self._mem.entries == 0 if force
                   else self._mem.approximate_size < opts.memtable_size):
                 return
             elif self._imm is not None or l0 >= opts.l0_stop_trigger:
                 self.counters["write_stalls"] += 1
+                t0 = time.monotonic()
                 self._bg_cv.wait(timeout=1.0)
+                self._stall_ms += (time.monotonic() - t0) * 1000
                 if self._closing:
                     raise ClosedError(f"database {self.path!r} is closing")
             else:
@@ -963,6 +976,8 @@ class Engine:
                 "wal_syncs": self.counters["wal_syncs_closed"] + (wal.syncs if wal else 0),
                 "write_stalls": self.counters["write_stalls"],
                 "write_slowdowns": self.counters["write_slowdowns"],
+                "slowdown_ms": int(self._delay_ms),
+                "stall_ms": int(self._stall_ms),
                 "block_cache": {
                     "hits": cache.hits if cache is not None else 0,
                     "misses": cache.misses if cache is not None else 0,
