@@ -229,9 +229,18 @@ def stdout_tables(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _count_secs(eng: dict[str, Any], count: str, ms: str) -> str:
+    """``count (seconds)`` for an engine counter and its time counter."""
+    if count not in eng:
+        return "-"
+    if ms not in eng:
+        return str(eng[count])
+    return f"{eng[count]} ({eng[ms] / 1000:.1f})"
+
+
 def scale_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["store", "keys", "fill ops/s", "readrandom ops/s", "peak RSS", "RSS over start",
-              "L0 files max", "write stalls", "slowdowns", "slowest write ms", "W-amp",
+              "L0 files max", "stalls (s)", "slowdowns (s)", "slowest write ms", "W-amp",
               "catch-up s", "disk"]
     rows = []
     for store, runs in data["results"].items():
@@ -246,8 +255,8 @@ def scale_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 store, f"{r.get('keys', 0):,}", fmt_rate(f.get("ops_per_sec")),
                 fmt_rate(rr.get("ops_per_sec")), fmt_bytes(peak),
                 fmt_bytes(r.get("rss_over_baseline_max_bytes")),
-                str(f.get("l0_files_max", "-")), str(eng.get("write_stalls", "-")),
-                str(eng.get("write_slowdowns", "-")),
+                str(f.get("l0_files_max", "-")), _count_secs(eng, "write_stalls", "stall_ms"),
+                _count_secs(eng, "write_slowdowns", "slowdown_ms"),
                 fmt_rate((f.get("latency_us") or {}).get("max", 0) / 1000) if f.get("latency_us")
                 else "-",
                 f"{f['write_amp']:.2f}" if f.get("write_amp") else "-",
@@ -663,14 +672,16 @@ def write_docs(suite_json: Path | None, scale_json: Path | None, docs_dir: Path)
                 r = suite["results"]["shaledb"].get(w) or {}
                 if "engine" in r and r.get("user_writes"):
                     e = r["engine"]
-                    rows.append([w, f"{r.get('write_amp', 0):.2f}", str(e.get("write_stalls")),
-                                 str(e.get("write_slowdowns")), str(r.get("l0_files_max", "-")),
+                    rows.append([w, f"{r.get('write_amp', 0):.2f}",
+                                 _count_secs(e, "write_stalls", "stall_ms"),
+                                 _count_secs(e, "write_slowdowns", "slowdown_ms"),
+                                 str(r.get("l0_files_max", "-")),
                                  str(e.get("flushes")), str(e.get("compactions")),
                                  " ".join(map(str, r.get("levels", [])))])
             if rows:
                 md += ["## ShaleDB engine counters", "",
                        "From `db.stats()` before and after each writing workload.", "",
-                       _table(["workload", "write amp", "write stalls", "slowdowns",
+                       _table(["workload", "write amp", "stalls (s)", "slowdowns (s)",
                                "L0 files max", "flushes", "compactions",
                                "files per level after"], rows, md=True), ""]
     md += ["## Scale (ShaleDB against data-set size)", ""]
@@ -684,9 +695,10 @@ def write_docs(suite_json: Path | None, scale_json: Path | None, docs_dir: Path)
                   f"{sm.get('python')}). Each size: a fresh directory, a fill "
                   f"({sm.get('fill')}), waiting for compaction to catch up (catch-up s), close, "
                   f"page cache dropped, reopen, {sm.get('reads', 0):,} random reads. "
-                  f"{sm.get('value_size')}-byte values. \"write stalls\" and \"slowdowns\" "
-                  "are the engine's counters (writes that waited for L0 to drain below "
-                  "l0_stop_trigger, and writes delayed 1 ms at l0_slowdown_trigger); "
+                  f"{sm.get('value_size')}-byte values. \"stalls\" and \"slowdowns\" "
+                  "are the engine's counters with their total time in seconds (waits for L0 "
+                  "to drain below l0_stop_trigger or for a memtable flush, and throttling "
+                  "sleeps from l0_slowdown_trigger on); "
                   "\"slowest write\" is the longest single fill call (a batch of 1000, or a "
                   "put), so the longest stall.")
         md.append("")

@@ -148,7 +148,8 @@ def _engine_counters(st: dict[str, Any] | None) -> dict[str, Any]:
     if not st:
         return {}
     keys = ("wal_bytes_written", "flush_bytes_written", "compaction_bytes_written",
-            "write_stalls", "write_slowdowns", "flushes", "compactions", "trivial_moves")
+            "write_stalls", "write_slowdowns", "stall_ms", "slowdown_ms", "flushes",
+            "compactions", "trivial_moves")
     return {k: int(st.get(k, 0) or 0) for k in keys}
 
 
@@ -302,8 +303,9 @@ def run_scale(spec: dict[str, Any]) -> dict[str, Any]:
     out["fill"].update(engine_delta({}, store.stats(), n * data.record_bytes))
     if st is not None:
         out["fill"]["stats_at_end_of_fill"] = {
-            k: st.get(k) for k in ("write_stalls", "write_slowdowns", "flushes", "compactions",
-                                   "immutable_memtables", "memtable_bytes")}
+            k: st.get(k) for k in ("write_stalls", "write_slowdowns", "stall_ms", "slowdown_ms",
+                                   "flushes", "compactions", "immutable_memtables",
+                                   "memtable_bytes")}
         out["fill"]["levels_at_end_of_fill"] = [lv.get("files") for lv in st.get("levels", [])]
         out["fill"]["settle_wall_seconds"] = round(time.perf_counter() - t1, 2)
     out["timeline"] = sampler.timeline
