@@ -145,10 +145,12 @@ class ShaleDBStore(Store):
                    "(concurrent writers share one fsync: group commit)"
         fi = cls._fsync_interval(cfg)
         if fi is None:
-            return "put/batch(sync=False), fsync_interval=None: one WAL append per commit " \
-                   "(a copy into the memory-mapped segment, in the page cache), never fsynced by ShaleDB (the OS writes it back)"
+            return ("put/batch(sync=False), fsync_interval=None: one WAL append per commit "
+                    "(a copy into the memory-mapped segment, in the page cache), never "
+                    "fsynced by ShaleDB (the OS writes it back)")
         return (f"put/batch(sync=False), fsync_interval={fi:g} (the default): one WAL append "
-                f"per commit (a copy into the memory-mapped segment, in the page cache), plus a background fsync of the WAL every {fi:g} s (so also at "
+                f"per commit (a copy into the memory-mapped segment, in the page cache), "
+                f"plus a background fsync of the WAL every {fi:g} s (so also at "
                 f"most ~{fi:g} s lost on power loss: stronger than the peers in this mode)")
 
     def open(self, path: str, mode: str) -> None:
