@@ -268,3 +268,28 @@ def test_close_while_background_work(db_path, small_opts):
             db.put(b"k%05d" % i, PAD)
     with shaledb.open(db_path, **small_opts) as db:
         assert sum(1 for _ in db.range()) == 3000
+
+
+def test_concurrent_sync_writers_share_fsyncs(db_path):
+    """Group commit: 8 threads of durable puts need far fewer fsyncs than puts, and every
+    put is durable and visible."""
+    per, nthreads = 150, 8
+    with shaledb.open(db_path, fsync_interval=None) as db:
+        before = db.stats()["wal_syncs"]
+        barrier = threading.Barrier(nthreads)
+
+        def run(t: int) -> None:
+            barrier.wait()
+            for i in range(per):
+                db.put(b"t%02d-%06d" % (t, i), b"v" * 100, sync=True)
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        st = db.stats()
+        syncs = st["wal_syncs"] - before
+        assert sum(1 for _ in db.range()) == per * nthreads
+        assert 0 < syncs <= per * nthreads // 2, st
+        assert st["group_commits"] > 0

@@ -94,7 +94,7 @@ class _Once:
 
 
 class _Writer:
-    __slots__ = ("ops", "nbytes", "sync", "check", "done", "error", "seq")
+    __slots__ = ("ops", "nbytes", "sync", "check", "done", "error", "seq", "cv")
 
     def __init__(self, ops: list[Any] | None, nbytes: int, sync: bool,
                  check: Callable[[], None] | None) -> None:
@@ -105,6 +105,9 @@ class _Writer:
         self.done = False
         self.error: BaseException | None = None
         self.seq = 0
+        # Created (on the DB mutex) only when this writer has to wait: each waiting writer
+        # is woken by name, the next leader first, instead of all of them contending.
+        self.cv: threading.Condition | None = None
 
 
 class Engine:
@@ -151,6 +154,7 @@ class Engine:
             CompactionWorker() if options.fs is None and not options.read_only else None)
         self.counters: Counter[str] = Counter()
         self._delay_debt = 0.0  # seconds of write throttling owed (see _locked_make_room)
+        self._last_sync_group = 0  # writers in the last group that fsynced
         self._delay_ms = 0.0  # total time writes were throttled, and stalled
         self._stall_ms = 0.0
         # Hot-path counters are plain attributes (a Counter update costs a dict round trip).
@@ -382,8 +386,9 @@ class Engine:
             writers = self._writers
             writers.append(w)
             if len(writers) > 1:
+                cv = w.cv = threading.Condition(self._mutex)
                 while not w.done and writers[0] is not w:
-                    self._writer_cv.wait()
+                    cv.wait()
                 if w.done:
                     if w.error is not None:
                         raise w.error
@@ -398,9 +403,17 @@ class Engine:
                     self._locked_make_room(force_flush, nbytes)
             except BaseException:
                 writers.popleft()
-                if writers:
-                    self._writer_cv.notify_all()
+                self._locked_wake_next_leader()
                 raise
+            if sync and len(writers) < self._last_sync_group:
+                # Concurrent durable writers were just woken from the previous group and are
+                # on their way back: give them the GIL once so they join this fsync instead
+                # of the next (a commit delay of one thread switch, only under concurrency).
+                self._mutex.release()
+                try:
+                    time.sleep(0)
+                finally:
+                    self._mutex.acquire()
             group = [w]
             if len(writers) > 1 and w.check is None and ops is not None:
                 size = nbytes
@@ -415,6 +428,7 @@ class Engine:
             wal = self._wal
             mem = self._mem
         error: BaseException | None = None
+        any_sync = False
         last = first_seq - 1
         wal_bytes = 0
         try:
@@ -423,15 +437,15 @@ class Engine:
                 if w.check is not None:
                     w.check()
                 if len(group) == 1:
-                    flat, sync = ops, w.sync
+                    flat, any_sync = ops, w.sync
                 else:
                     flat = [x for g in group for x in g.ops]  # type: ignore[union-attr]
-                    sync = any(g.sync for g in group)
+                    any_sync = any(g.sync for g in group)
                 if flat:
                     payload = encode_batch(first_seq, flat)
                     wal.append(payload)
                     wal_bytes = len(payload) + HEADER_SIZE
-                    if sync:
+                    if any_sync:
                         wal.sync()
                     mem.apply(first_seq, flat)
                     last = first_seq + len(flat) // 4 - 1
@@ -445,12 +459,15 @@ class Engine:
                 self._wal_bytes_written += wal_bytes
                 if len(group) > 1:
                     self._group_commits += 1
+                if any_sync:
+                    self._last_sync_group = len(group)
             elif isinstance(error, StorageError):
                 self._locked_set_bg_error(error)
             if len(group) == 1:
                 writers.popleft()
                 w.done = True
                 w.seq = last
+                self._locked_wake_next_leader()
             else:
                 for g in group:
                     writers.popleft()
@@ -458,11 +475,21 @@ class Engine:
                     g.seq = last
                     if error is not None and g is not w:
                         g.error = error
-            if writers or len(group) > 1:  # wake finished followers and the next leader
-                self._writer_cv.notify_all()
+                self._locked_wake_next_leader()  # first: it starts the next group's I/O
+                for g in group:
+                    if g.cv is not None:
+                        g.cv.notify()
         if error is not None:
             raise error
         return last
+
+    def _locked_wake_next_leader(self) -> None:
+        if self._writers:
+            cv = self._writers[0].cv
+            if cv is not None:
+                cv.notify()
+        elif self._closing:
+            self._writer_cv.notify_all()  # close() waits for the queue to drain
 
     def _locked_make_room(self, force: bool, nbytes: int = 0) -> None:
         opts = self.options
