@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    ?= ./data
 
-.PHONY: run test soak lint typecheck clean venv
+.PHONY: run demo test soak lint typecheck clean venv redis-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,10 +17,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
+# The server on 127.0.0.1:6380 with its data in $(DATA); stop it with Ctrl-C.
 run: $(STAMP)
-	$(BIN)/shaledb demo $(DATA)
+	$(BIN)/shaledb serve --host 127.0.0.1 --port 6380 --dir $(DATA)
 
-test: $(STAMP) lint
+# The embedded-engine demo (300k records; its own directory, not the server's).
+demo: $(STAMP)
+	$(BIN)/shaledb demo $(DATA)-demo
+
+# redis-cli for the server tests (apt-get as root; otherwise those tests skip, saying why).
+redis-tools:
+	@scripts/ensure-redis-tools.sh
+
+test: $(STAMP) lint redis-tools
 	$(BIN)/python -m pytest -q
 
 soak: $(STAMP)
