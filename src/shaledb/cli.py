@@ -480,11 +480,9 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
     """
     import logging
 
-    try:
-        from shaledb.server import ServerConfig
-        from shaledb.server import serve as run_server
-    except ImportError as exc:  # hiredis is an optional dependency
-        fail(f"the server needs the 'server' extra: pip install 'shaledb[server]' ({exc})")
+    from shaledb.server import ServerConfig
+    from shaledb.server import serve as run_server
+
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig.load(config_path, {"host": host, "port": port, "dir": data_dir,

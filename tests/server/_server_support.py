@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shaledb.server import Server, ServerConfig
 
@@ -72,6 +74,8 @@ class ServerThread:
     def client(self, **kwargs: Any) -> redis.Redis:
         """A redis-py client of this server."""
         kwargs.setdefault("socket_timeout", 10)
+        # No silent retries: a test must see the server's first answer.
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         return redis.Redis(host=HOST, port=self.port, **kwargs)
 
     def stop(self) -> None:

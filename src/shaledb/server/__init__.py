@@ -10,7 +10,7 @@ table, one module per family), :mod:`.dispatch` (request -> reply), :mod:`.keysp
 databases and values on the engine), :mod:`.connection` (per-client state and I/O),
 :mod:`.server` (listening, limits, shutdown), :mod:`.durability` (fsync groups),
 :mod:`.watch`, :mod:`.cursors`, :mod:`.glob`, :mod:`.config`, :mod:`.errors`.
-Needs the ``server`` extra (hiredis; uvloop optional): ``pip install shaledb[server]``.
+Pure Python; with the ``server`` extra (``pip install shaledb[server]``) it runs on uvloop.
 """
 
 from __future__ import annotations

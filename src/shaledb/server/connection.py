@@ -30,6 +30,9 @@ log = logging.getLogger("shaledb.server")
 
 #: Held replies (waiting for an fsync) after which the connection stops reading.
 MAX_HELD_BYTES: Final = 1 << 20
+#: Reply bytes produced before they are handed to the transport; if the transport then
+#: reports a full send buffer, the connection stops running requests until it drains.
+OUTPUT_BATCH: Final = 256 * 1024
 
 
 class ClientState:
@@ -78,6 +81,9 @@ class ClientConnection(asyncio.Protocol):
         self._held_bytes = 0
         self._waiting: asyncio.Future[None] | None = None
         self._pause: set[str] = set()
+        #: Requests read but not yet run (at most one read's worth: reading stops meanwhile).
+        self._requests: collections.deque[list[bytes]] = collections.deque()
+        self._error: ProtocolError | None = None
         self.closing = False
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -117,29 +123,43 @@ class ClientConnection(asyncio.Protocol):
         if self.closing or client is None:
             return
         client.last_active = time.monotonic()
-        server = self.server
-        requests: list[list[bytes]] = []
-        error: ProtocolError | None = None
         try:
-            self.reader.feed(data, requests)
+            self.reader.feed(data, self._requests)
         except ProtocolError as exc:
-            error = exc
-        out: list[bytes] = []
+            self._error = exc
+        self._process()
+
+    def _process(self) -> None:
+        """Run queued requests in order until none is left, or until the replies waiting to
+        be sent pass OUTPUT_BATCH (then reading stops until the client takes them)."""
+        client = self.client
+        assert client is not None
+        requests = self._requests
+        server = self.server
         ks = server.keyspace
-        writes_before = ks.writes
         execute = server.dispatcher.execute
-        for argv in requests:
-            reply = execute(client, argv)
-            encode(reply, client.resp, out)
-            if client.close_after_reply:
-                break
-        server.stats["total_commands_processed"] += len(requests)
-        if error is not None:
-            out.append(error.reply())
+        while requests and not self._blocked() and not client.close_after_reply:
+            out: list[bytes] = []
+            size = 0
+            writes_before = ks.writes
+            while requests and size < OUTPUT_BATCH:
+                argv = requests.popleft()
+                n = len(out)
+                encode(execute(client, argv), client.resp, out)
+                size += sum(len(b) for b in out[n:])
+                server.stats["total_commands_processed"] += 1
+                if self._quitting():  # QUIT: nothing after it runs
+                    break
+            if out:
+                self._send(b"".join(out), ks.writes != writes_before)
+        if requests and not client.close_after_reply:
+            self._set_paused("backlog", True)  # a bounded backlog: stop reading more
+            return
+        self._set_paused("backlog", False)
+        if self._error is not None and not client.close_after_reply:
+            log.info("closing client %s: %s", client.addr, self._error)
+            self._send(self._error.reply(), False)
             client.close_after_reply = True
-            log.info("closing client %s: %s", client.addr, error)
-        if out:
-            self._send(b"".join(out), ks.writes != writes_before)
         if client.close_after_reply:
             self.close_when_sent()
 
@@ -186,7 +206,16 @@ class ClientConnection(asyncio.Protocol):
         if self.client is not None and self.client.close_after_reply:
             transport.close()
 
+    def _quitting(self) -> bool:
+        return self.client is not None and self.client.close_after_reply
+
+    def _blocked(self) -> bool:
+        """Whether replies must drain before more requests run."""
+        return "write" in self._pause or "fsync" in self._pause
+
     def _set_paused(self, reason: str, paused: bool) -> None:
+        """Reading stops while any reason holds: "write" (send buffer full), "fsync"
+        (held replies), "backlog" (requests read but not run)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -200,6 +229,8 @@ class ClientConnection(asyncio.Protocol):
                 transport.pause_reading()
             else:
                 transport.resume_reading()
+        if not paused and reason != "backlog" and self._requests and self.client is not None:
+            self._process()
 
     @property
     def holding(self) -> bool:

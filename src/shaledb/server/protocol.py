@@ -1,25 +1,27 @@
-"""RESP: reading requests (hiredis' C reader plus inline commands) and encoding replies.
+"""RESP: reading requests (multibulk and inline) and encoding replies.
 
-Requests. A client sends either a *multibulk* request, ``*<n>\\r\\n`` followed by ``n`` bulk
-strings ``$<len>\\r\\n<bytes>\\r\\n``, or an *inline* command, one line of space-separated
-words (what a person types into telnet). Multibulk frames are parsed by hiredis; inline lines
-are split here with the quoting rules of Redis' ``sdssplitargs``. A new request is inline when
-its first byte is not ``*``.
+Requests. A client sends either a *multibulk* request, ``*<n>\r\n`` followed by ``n`` bulk
+strings ``$<len>\r\n<bytes>\r\n``, or an *inline* command, one line of space-separated
+words (what a person types into telnet), split with the quoting rules of Redis'
+``sdssplitargs``. A new request is inline when its first byte is not ``*``. The reader is a
+small state machine like Redis' ``processMultibulkBuffer``: it checks every header as soon as
+its line is complete, before buffering what the header announces, so a bad or oversized
+length is refused at once.
 
-To know where one request ends and the next begins without copying the input, the reader
-counts the bytes fed to hiredis and subtracts the encoded size of each request it returns.
-hiredis only accepts canonical lengths, so that size is exact for every frame made of bulk
-strings. Frames with integer, null, nested or RESP3 elements are refused and close the
-connection. A simple-string element (``+x``) cannot be told from a bulk string in hiredis'
-output, so such a frame is accepted, and the bytes after it are then read from a wrong offset:
-they fail as unknown commands or as a protocol error (no real client sends such frames).
+Why not hiredis' C reader here: it is a reply parser. It accepts any RESP type inside a
+request (integers, nested arrays, maps) and allocates an array of the announced element count
+before any element arrives: ``*2000000000\r\n`` costs it 16 GB of address space and seconds of
+CPU to free, and a nested array header cannot be refused before hiredis allocates it. Parsing
+requests in Python (about 2 us per argument) keeps every limit enforceable. Clients still
+parse *replies* with hiredis (redis-py uses it when installed).
 
 Limits (all enforced here, before a request reaches a command):
 
 - ``max_query_buffer``: bytes of a request not yet complete. Past it the connection is closed:
-  a client can never make the server buffer more than this per connection (plus up to one
-  read of 64 KiB).
-- ``max_bulk_len``: the length of one argument (``proto-max-bulk-len``).
+  a client can never make the server buffer more than this per connection (plus one read).
+- ``max_bulk_len``: the length of one argument (``proto-max-bulk-len``), checked when its
+  ``$<len>`` header arrives.
+- ``MAX_MULTIBULK``: arguments per request (1,048,576), checked when ``*<n>`` arrives.
 - ``MAX_INLINE``: the length of an inline line (64 KiB, as in Redis).
 
 Replies. :func:`encode` turns Python values into RESP2 or RESP3: ``bytes``/``str`` -> bulk
@@ -32,14 +34,17 @@ string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dic
 from __future__ import annotations
 
 import math
+from collections.abc import MutableSequence
 from typing import Any, Final
-
-import hiredis
 
 from .errors import CommandError, ProtocolError
 
 #: Longest inline command line accepted, in bytes (Redis' PROTO_INLINE_MAX_SIZE).
 MAX_INLINE: Final = 64 * 1024
+#: Most arguments in one multibulk request.
+MAX_MULTIBULK: Final = 1024 * 1024
+#: Longest ``*<n>`` or ``$<len>`` header line.
+_MAX_HEADER: Final = 32
 
 
 class Status(bytes):
@@ -66,16 +71,12 @@ NULL_ARRAY: Final = _NullArray()
 # -- requests --------------------------------------------------------------------------------
 
 
-def _frame_size(request: list[Any]) -> int:
-    """Bytes of ``request`` encoded canonically as a multibulk frame; raises ProtocolError
-    for an element that is not a bulk string."""
-    size = 3 + len(str(len(request)))
-    for arg in request:
-        if type(arg) is not bytes:
-            raise ProtocolError(f"expected '$', got a {type(arg).__name__} element")
-        n = len(arg)
-        size += 5 + len(str(n)) + n
-    return size
+def _number(line: bytes | bytearray, what: str) -> int:
+    """A header's decimal number: digits only, no leading zero, an optional leading minus."""
+    digits = line[1:] if line[:1] == b"-" else line
+    if not digits.isdigit() or len(digits) > 18 or (digits[0] == 48 and len(digits) > 1):
+        raise ProtocolError(f"invalid {what}")
+    return int(line)
 
 
 _ESCAPES: Final = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
@@ -149,95 +150,112 @@ class RequestReader:
     """Turns the bytes a client sends into requests (lists of bytes arguments).
 
     Feed every chunk read from the socket to :meth:`feed`; it appends the requests completed
-    by that chunk, in order. Any malformed input or broken limit raises
-    :class:`~shaledb.server.errors.ProtocolError`; the caller then answers with it and closes
-    the connection (the reader's state is undefined afterwards).
+    by that chunk, in order. Malformed input or a broken limit raises
+    :class:`~shaledb.server.errors.ProtocolError` after the valid requests before it were
+    appended; the caller answers them, then the error, and closes the connection.
     """
 
-    __slots__ = ("_reader", "_pending", "_inline", "max_bulk_len", "max_query_buffer")
+    __slots__ = ("_buf", "_args", "_left", "_bulk", "_partial", "max_bulk_len",
+                 "max_query_buffer")
 
     def __init__(self, max_bulk_len: int, max_query_buffer: int) -> None:
-        self._reader = hiredis.Reader()
-        #: Bytes fed to hiredis that no returned request accounts for yet.
-        self._pending = 0
-        #: The start of an inline line whose end has not arrived.
-        self._inline = bytearray()
+        #: Bytes received and not yet consumed.
+        self._buf = bytearray()
+        #: Arguments of the multibulk request being read (None between requests).
+        self._args: list[bytes] | None = None
+        #: Arguments still to read, and the length of the next one (-1: header not read).
+        self._left = 0
+        self._bulk = -1
+        #: Bytes held in ``_args``.
+        self._partial = 0
         self.max_bulk_len = max_bulk_len
         self.max_query_buffer = max_query_buffer
 
     @property
     def buffered(self) -> int:
         """Bytes of incomplete requests held (the client's query buffer)."""
-        return self._pending + len(self._inline)
+        return len(self._buf) + self._partial
 
-    def feed(self, data: bytes, out: list[list[bytes]]) -> None:
+    def feed(self, data: bytes, out: MutableSequence[list[bytes]]) -> None:
         """Append the requests completed by ``data`` to ``out`` (an empty request is skipped,
-        as in Redis). On a ProtocolError, ``out`` holds the valid requests before it."""
-        view = memoryview(data)
-        while len(view):
-            if self._inline or (self._pending == 0 and view[0] != 42):  # 42 = '*'
-                view = self._feed_inline(view, out)
-            else:
-                view = self._feed_multibulk(view, out)
+        as in Redis)."""
+        buf = self._buf
+        buf += data
+        pos = 0
+        try:
+            pos = self._parse(buf, out)
+        finally:
+            del buf[:pos]
         if self.buffered > self.max_query_buffer:
             raise ProtocolError(
                 f"client query buffer of {self.buffered} bytes exceeds the limit of "
                 f"{self.max_query_buffer} bytes")
 
-    def _feed_inline(self, view: memoryview, out: list[list[bytes]]) -> memoryview:
-        nl = bytes(view[:MAX_INLINE + 1]).find(b"\n")
-        if nl < 0:
-            if len(self._inline) + len(view) > MAX_INLINE:
-                raise ProtocolError("too big inline request")
-            self._inline += view
-            return view[len(view):]
-        line = bytes(self._inline) + bytes(view[:nl])
-        self._inline.clear()
-        if len(line) > MAX_INLINE:
-            raise ProtocolError("too big inline request")
-        args = split_inline(line)
-        for arg in args:
-            if len(arg) > self.max_bulk_len:
-                raise ProtocolError("invalid bulk length")
-        if args:
-            out.append(args)
-        return view[nl + 1:]
-
-    def _feed_multibulk(self, view: memoryview, out: list[list[bytes]]) -> memoryview:
-        reader = self._reader
-        reader.feed(view)  # type: ignore[arg-type]  # hiredis takes any buffer
-        self._pending += len(view)
+    def _parse(self, buf: bytearray, out: MutableSequence[list[bytes]]) -> int:
+        """Consume complete requests and headers from ``buf``; returns the bytes consumed."""
+        pos, n = 0, len(buf)
         max_bulk = self.max_bulk_len
-        while True:
-            try:
-                request = reader.gets()
-            except hiredis.ProtocolError as exc:
-                raise ProtocolError(str(exc)) from None
-            if request is False:
-                return view[len(view):]
-            if request is None:  # "*-1\r\n": a null array, ignored like Redis does
-                self._pending -= 5
-            elif type(request) is not list:
-                raise ProtocolError(f"expected '*', got a {type(request).__name__}")
-            else:
-                self._pending -= _frame_size(request)
-                for arg in request:
-                    if len(arg) > max_bulk:
+        while pos < n:
+            args = self._args
+            if args is None:
+                if buf[pos] != 42:  # not '*': an inline command
+                    nl = buf.find(b"\n", pos, pos + MAX_INLINE + 1)
+                    if nl < 0:
+                        if n - pos > MAX_INLINE:
+                            raise ProtocolError("too big inline request")
+                        return pos
+                    line = bytes(buf[pos:nl])
+                    pos = nl + 1
+                    words = split_inline(line)
+                    for w in words:
+                        if len(w) > max_bulk:
+                            raise ProtocolError("invalid bulk length")
+                    if words:
+                        out.append(words)
+                    continue
+                nl = buf.find(b"\r\n", pos, pos + _MAX_HEADER)
+                if nl < 0:
+                    if n - pos >= _MAX_HEADER:
+                        raise ProtocolError("invalid multibulk length")
+                    return pos
+                count = _number(buf[pos + 1:nl], "multibulk length")
+                if count > MAX_MULTIBULK:
+                    raise ProtocolError("invalid multibulk length")
+                pos = nl + 2
+                if count <= 0:
+                    continue  # "*0" and "*-1" are ignored, as in Redis
+                args = self._args = []
+                self._left = count
+            while self._left:
+                if self._bulk < 0:
+                    if pos >= n:
+                        return pos
+                    if buf[pos] != 36:  # '$'
+                        raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
+                    nl = buf.find(b"\r\n", pos, pos + _MAX_HEADER)
+                    if nl < 0:
+                        if n - pos >= _MAX_HEADER:
+                            raise ProtocolError("invalid bulk length")
+                        return pos
+                    size = _number(buf[pos + 1:nl], "bulk length")
+                    if size < 0 or size > max_bulk:
                         raise ProtocolError("invalid bulk length")
-                if request:
-                    out.append(request)
-            if self._pending < 0:
-                raise ProtocolError("malformed multibulk frame")
-            if self._pending == 0:
-                if reader.has_data():
-                    raise ProtocolError("malformed multibulk frame")
-                return view[len(view):]
-            if self._pending <= len(view) and view[len(view) - self._pending] != 42:
-                # The rest of this chunk starts an inline command: take it back from hiredis.
-                rest = view[len(view) - self._pending:]
-                self._reader = reader = hiredis.Reader()
-                self._pending = 0
-                return rest
+                    self._bulk = size
+                    pos = nl + 2
+                size = self._bulk
+                if n - pos < size + 2:
+                    return pos
+                if buf[pos + size:pos + size + 2] != b"\r\n":
+                    raise ProtocolError("bulk string not terminated by CRLF")
+                args.append(bytes(buf[pos:pos + size]))
+                self._partial += size
+                pos += size + 2
+                self._bulk = -1
+                self._left -= 1
+            out.append(args)
+            self._args = None
+            self._partial = 0
+        return pos
 
 
 # -- replies ---------------------------------------------------------------------------------
