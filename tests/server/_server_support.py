@@ -21,6 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import shaledb
 from shaledb.server import Server, ServerConfig
 
 HOST = "127.0.0.1"
@@ -29,8 +30,9 @@ HOST = "127.0.0.1"
 class ServerThread:
     """A server running on its own event loop in a daemon thread."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, db: shaledb.DB | None = None) -> None:
         self.config = config
+        self.db = db
         self.server: Server | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -45,7 +47,7 @@ class ServerThread:
     def _run(self) -> None:
         async def main() -> None:
             try:
-                self.server = Server(self.config)
+                self.server = Server(self.config, self.db)
                 await self.server.start()
                 self.loop = asyncio.get_running_loop()
             except BaseException as exc:  # reported to the starting thread
