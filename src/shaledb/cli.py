@@ -487,7 +487,10 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig.load(config_path, {"host": host, "port": port, "dir": data_dir,
                                              "appendfsync": appendfsync})
-    run_server(config)
+    try:
+        run_server(config)
+    except OSError as exc:  # the address is taken, or not ours to bind
+        fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
 
 
 def main() -> None:

@@ -213,6 +213,24 @@ def test_serve_cli_help_and_bad_config(tmp_path) -> None:
     assert b"maxclients" in proc.stderr
 
 
+def test_serve_refuses_a_taken_port_and_a_locked_directory(tmp_path) -> None:
+    port = free_port()
+    proc = run_server_process(tmp_path / "db", port)
+    try:
+        base = [sys.executable, "-m", "shaledb.cli", "serve", "--host", HOST]
+        taken = subprocess.run([*base, "--port", str(port), "--dir", str(tmp_path / "other")],
+                               capture_output=True, timeout=30)
+        assert taken.returncode == 1
+        assert f"cannot listen on {HOST}:{port}".encode() in taken.stderr
+        locked = subprocess.run([*base, "--port", str(free_port()), "--dir",
+                                 str(tmp_path / "db")], capture_output=True, timeout=30)
+        assert locked.returncode == 1
+        assert b"LockedError" in locked.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
 def test_serve_reads_config_file(tmp_path) -> None:
     port = free_port()
     cfg = tmp_path / "shaledb.toml"
