@@ -20,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
 from .protocol import RequestReader, encode
 
@@ -139,17 +140,22 @@ class ClientConnection(asyncio.Protocol):
         ks = server.keyspace
         execute = server.dispatcher.execute
         while requests and not self._blocked() and not client.close_after_reply:
-            out: list[bytes] = []
+            group = WriteGroup(ks.begin())
+            replies = group.replies
             size = 0
             writes_before = ks.writes
             while requests and size < OUTPUT_BATCH:
-                argv = requests.popleft()
-                n = len(out)
-                encode(execute(client, argv), client.resp, out)
-                size += sum(len(b) for b in out[n:])
+                execute(client, requests.popleft(), group)
+                reply = replies[-1]
+                # Only bulk replies can be large; the rest count as a few bytes.
+                size += len(reply) if type(reply) is bytes else 16
                 server.stats["total_commands_processed"] += 1
                 if self._quitting():  # QUIT: nothing after it runs
                     break
+            group.commit()
+            out: list[bytes] = []
+            for reply, resp in zip(replies, group.protocols, strict=True):
+                encode(reply, resp, out)
             if out:
                 self._send(b"".join(out), ks.writes != writes_before)
         if requests and not client.close_after_reply:

@@ -2,8 +2,14 @@
 
 For every request, in this order: look the command up (``-ERR unknown command``), check its
 arity, check authentication (``-NOAUTH``), queue it when the client is inside MULTI, else run
-its handler inside a fresh keyspace transaction and commit that transaction's writes as one
-batch. An error raised by a handler discards every write the command buffered.
+its handler in the keyspace transaction the connection passes in. A handler error takes back
+every write the command buffered.
+
+Consecutive write commands of one read share that transaction, so a pipeline of writes
+becomes one write batch (one WAL record). Before any command without the ``write`` flag runs,
+the buffered writes are committed: reads, EXEC and WATCH only ever see committed state, and
+if a commit fails, only the replies of the writes in it are turned into errors
+(:class:`WriteGroup`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..errors import InvalidArgument, ReadOnlyError, ShaleError, StorageError
 from .commands import Command, Context, build_table, wrong_arity
 from .errors import AuthRequiredError, CommandError
+from .keyspace import KeyspaceTxn
 from .protocol import QUEUED
 
 if TYPE_CHECKING:
@@ -39,6 +46,32 @@ def engine_error(exc: ShaleError) -> CommandError:
     return CommandError(f"{type(exc).__name__}: {exc}")
 
 
+class WriteGroup:
+    """The keyspace transaction shared by the commands of one read, and the positions of
+    the replies that depend on its commit."""
+
+    __slots__ = ("txn", "pending", "replies", "protocols")
+
+    def __init__(self, txn: KeyspaceTxn) -> None:
+        self.txn = txn
+        #: Indexes in ``replies`` of commands whose writes are buffered in ``txn``.
+        self.pending: list[int] = []
+        self.replies: list[Any] = []
+        #: The RESP version each reply is encoded in (HELLO changes it mid-pipeline).
+        self.protocols: list[int] = []
+
+    def commit(self) -> None:
+        """Commit the buffered writes; when that fails, the commands that made them answer
+        the engine's error instead of their reply."""
+        try:
+            self.txn.commit()
+        except ShaleError as exc:
+            error = engine_error(exc)
+            for i in self.pending:
+                self.replies[i] = error
+        self.pending.clear()
+
+
 class Dispatcher:
     """Runs requests for one server against its command table."""
 
@@ -46,8 +79,10 @@ class Dispatcher:
         self.server = server
         self.table: dict[bytes, Command] = build_table()
 
-    def execute(self, client: ClientState, argv: list[bytes]) -> Any:
-        """The reply to ``argv`` (an error reply is a CommandError instance)."""
+    def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
+        """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
+        CommandError instance)."""
+        replies = group.replies
         cmd = self.table.get(argv[0].lower())
         in_multi = client.multi is not None
         error: CommandError | None = None
@@ -60,20 +95,31 @@ class Dispatcher:
         if error is not None:
             if in_multi:
                 client.multi_error = True
-            return error
+            replies.append(error)
+            group.protocols.append(client.resp)
+            return
         assert cmd is not None
         if in_multi and cmd.name.encode() not in _NOT_QUEUED:
-            return self._queue(client, argv)
-        server = self.server
-        txn = server.keyspace.begin()
+            replies.append(self._queue(client, argv))
+            group.protocols.append(client.resp)
+            return
+        txn = group.txn
+        # FLUSHDB/FLUSHALL (@dangerous) commit by themselves: settle the group before them.
+        if group.pending and ("write" not in cmd.flags or "dangerous" in cmd.categories):
+            group.commit()
+        mark = txn.mark()
         try:
-            reply = cmd.handler(Context(client, server, txn), argv)
-            txn.commit()
+            reply = cmd.handler(Context(client, self.server, txn), argv)
         except CommandError as exc:
-            return exc
+            txn.undo(mark)
+            reply = exc
         except ShaleError as exc:
-            return engine_error(exc)
-        return reply
+            txn.undo(mark)
+            reply = engine_error(exc)
+        if txn.wrote_since(mark):
+            group.pending.append(len(replies))
+        replies.append(reply)
+        group.protocols.append(client.resp)
 
     def _queue(self, client: ClientState, argv: list[bytes]) -> Any:
         assert client.multi is not None
@@ -92,9 +138,9 @@ class Dispatcher:
         """Run one queued command inside EXEC, in EXEC's keyspace transaction. A failing
         command's own buffered writes are dropped; the others' stay."""
         cmd = self.table[argv[0].lower()]
-        mark = ctx.txn.savepoint()
+        mark = ctx.txn.mark()
         try:
             return cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
         except CommandError as exc:
-            ctx.txn.restore(mark)
+            ctx.txn.undo(mark)
             return exc

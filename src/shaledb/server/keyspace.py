@@ -15,9 +15,11 @@ exactly (:func:`_exact_ttl`).
 
 Commands read and write through a :class:`KeyspaceTxn`: its writes are buffered (reads see
 them) and :meth:`KeyspaceTxn.commit` applies them as one :class:`shaledb.WriteBatch`, so a
-multi-key command or a whole ``EXEC`` is atomic, also across a crash. All of this runs on the
-event-loop thread, one command at a time, which is what makes read-modify-write commands
-atomic with respect to other clients.
+multi-key command or a whole ``EXEC`` is atomic, also across a crash. The connection lets the
+consecutive write commands of one read (a pipeline) share one transaction and so one WAL
+record; :meth:`KeyspaceTxn.mark` and :meth:`KeyspaceTxn.undo` take back the writes of one
+command that fails. All of this runs on the event-loop thread, one command at a time, which
+is what makes read-modify-write commands atomic with respect to other clients.
 """
 
 from __future__ import annotations
@@ -131,13 +133,15 @@ class KeyspaceTxn:
     """Reads and buffered writes of one command (or one EXEC). Not thread-safe: the event
     loop owns it."""
 
-    __slots__ = ("_ks", "_writes", "now")
+    __slots__ = ("_ks", "_writes", "_undo", "now")
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
         #: engine key -> new entry, or _DELETED.
         self._writes: dict[bytes, Entry] = {}
-        #: The time this transaction judges expiry by (fixed, like Redis within a command).
+        #: (engine key, its previous buffered entry or None), for undo().
+        self._undo: list[tuple[bytes, Entry | None]] = []
+        #: The time this transaction judges expiry by (fixed within a command, like Redis).
         self.now = now_ms()
 
     # -- reads ---------------------------------------------------------------------------
@@ -205,22 +209,37 @@ class KeyspaceTxn:
             return
         if len(value) > MAX_USER_VALUE:
             raise CommandError("string exceeds maximum allowed size")
-        self._writes[engine_key(db, key)] = Entry(value, expire_ms)
+        ek = engine_key(db, key)
+        self._undo.append((ek, self._writes.get(ek)))
+        self._writes[ek] = Entry(value, expire_ms)
 
     def delete(self, db: int, key: bytes) -> bool:
         """Buffer the deletion of ``key``; whether it was live."""
         existed = self.get(db, key) is not None
-        self._writes[engine_key(db, key)] = _DELETED
+        ek = engine_key(db, key)
+        self._undo.append((ek, self._writes.get(ek)))
+        self._writes[ek] = _DELETED
         return existed
 
-    def savepoint(self) -> dict[bytes, Entry]:
-        """A copy of the buffered writes, to :meth:`restore` when a command inside EXEC
-        fails after buffering some (a failed command leaves no trace, as in Redis)."""
-        return dict(self._writes)
+    def mark(self) -> int:
+        """Start a command: refresh the clock and return a mark to :meth:`undo` to."""
+        self.now = now_ms()
+        return len(self._undo)
 
-    def restore(self, savepoint: dict[bytes, Entry]) -> None:
-        """Drop the writes buffered since ``savepoint`` was taken."""
-        self._writes = savepoint
+    def wrote_since(self, mark: int) -> bool:
+        """Whether writes were buffered since ``mark``."""
+        return len(self._undo) > mark
+
+    def undo(self, mark: int) -> None:
+        """Take back the writes buffered since ``mark`` (a failed command leaves no trace,
+        as in Redis)."""
+        undo, writes = self._undo, self._writes
+        while len(undo) > mark:
+            ek, previous = undo.pop()
+            if previous is None:
+                del writes[ek]
+            else:
+                writes[ek] = previous
 
     @property
     def dirty(self) -> bool:
@@ -240,10 +259,12 @@ class KeyspaceTxn:
             else:
                 batch.put(ek, encode_value(e.value, 0))
         ks = self._ks
+        changed = {(ek[0], ek[1:]) for ek in self._writes}
+        # Committed or failed, these writes are settled: never apply them twice.
+        self._writes = {}
+        self._undo = []
         ks.db.write(batch)
         ks.writes += 1
-        changed = {(ek[0], ek[1:]) for ek in self._writes}
-        self._writes = {}
         if ks._on_write is not None:
             ks._on_write(changed)
 
