@@ -205,3 +205,18 @@ def test_krange_pages_and_sees_exec_writes(r: redis.Redis) -> None:
     pipe.set("k0005", "new").delete("k001")
     pipe.execute_command("KRANGE", "[k000", "[k002")
     assert pipe.execute()[2] == [b"k000", b"0", b"k0005", b"new", b"k002", b"2"]
+
+
+def test_krange_helpers_for_redis_py(r: redis.Redis) -> None:
+    from shaledb.server.krange import iter_krange, krange
+
+    r.mset({f"user:{i:03d}": f"name{i}" for i in range(25)})
+    r.mset({"other": "x", "zzz": "y"})
+    assert krange(r, "[user:", "(user;", limit=2) == [
+        (b"user:000", b"name0"), (b"user:001", b"name1")]
+    assert krange(r, "[user:", "(user;", limit=1, rev=True) == [(b"user:024", b"name24")]
+    keys = [k for k, _ in iter_krange(r, "[user:", "(user;", page=4)]
+    assert keys == [f"user:{i:03d}".encode() for i in range(25)]
+    back = [k for k, _ in iter_krange(r, "[user:", "(user;", page=7, rev=True)]
+    assert back == keys[::-1]
+    assert len(list(iter_krange(r))) == 27

@@ -136,6 +136,9 @@ class ClientConnection(asyncio.Protocol):
         client = self.client
         assert client is not None
         requests = self._requests
+        if self.transport is None or self.transport.is_closing():
+            requests.clear()  # the client is gone: nobody would read the replies
+            return
         server = self.server
         ks = server.keyspace
         execute = server.dispatcher.execute
