@@ -4,6 +4,7 @@ connection, the server keeps serving everyone else and buffers no more than the 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -239,3 +240,31 @@ def test_config_file_and_password_env(tmp_path, monkeypatch) -> None:
     path.write_text("port = [")
     with pytest.raises(InvalidArgument, match="not valid TOML"):
         ServerConfig.load(str(path))
+
+
+def test_shutdown_answers_a_paused_backlog(server_factory) -> None:
+    """Requests read but not yet run (the client was slow to read) are still answered by a
+    graceful shutdown before the connection closes."""
+    st = server_factory()
+    c = st.client()
+    c.set("big", b"b" * (256 * 1024))
+    c.close()
+    s = raw_connect(st.port)
+    n = 200
+    s.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * n)
+    time.sleep(0.3)
+    assert st.call(lambda: st.server.stats["total_commands_processed"]) < n + 1
+    stopper = threading.Thread(target=st.stop)
+    stopper.start()
+    time.sleep(0.2)
+    reply_size = len(b"$262144\r\n") + 256 * 1024 + 2
+    s.settimeout(10)
+    got = 0
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    stopper.join(30)
+    assert got == reply_size * n
+    s.close()

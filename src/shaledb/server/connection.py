@@ -36,6 +36,18 @@ MAX_HELD_BYTES: Final = 1 << 20
 OUTPUT_BATCH: Final = 256 * 1024
 
 
+def reply_size(reply: Any) -> int:
+    """About how many bytes ``reply`` takes on the wire (strings and arrays of them)."""
+    t = type(reply)
+    if t is bytes:
+        return len(reply) + 16
+    if t is list or t is tuple:
+        return 16 + sum(reply_size(r) for r in reply)
+    if t is dict:
+        return 16 + sum(reply_size(k) + reply_size(v) for k, v in reply.items())
+    return 16
+
+
 class ClientState:
     """Everything the server knows about one client: selected database, protocol version,
     authentication, MULTI queue, watched keys, name."""
@@ -149,9 +161,7 @@ class ClientConnection(asyncio.Protocol):
             writes_before = ks.writes
             while requests and size < OUTPUT_BATCH:
                 execute(client, requests.popleft(), group)
-                reply = replies[-1]
-                # Only bulk replies can be large; the rest count as a few bytes.
-                size += len(reply) if type(reply) is bytes else 16
+                size += reply_size(replies[-1])
                 server.stats["total_commands_processed"] += 1
                 if self._quitting():  # QUIT: nothing after it runs
                     break
@@ -169,7 +179,7 @@ class ClientConnection(asyncio.Protocol):
             log.info("closing client %s: %s", client.addr, self._error)
             self._send(self._error.reply(), False)
             client.close_after_reply = True
-        if client.close_after_reply:
+        if client.close_after_reply or self.closing:
             self.close_when_sent()
 
     # -- output --------------------------------------------------------------------------
@@ -212,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
             if not transport.is_closing():
                 transport.write(data)
         self._set_paused("fsync", False)
-        if self.client is not None and self.client.close_after_reply:
+        if self._quitting() or (self.closing and not self._requests):
             transport.close()
 
     def _quitting(self) -> bool:
@@ -247,9 +257,12 @@ class ClientConnection(asyncio.Protocol):
         return bool(self._held)
 
     def close_when_sent(self) -> None:
-        """Close once every reply (held ones included) has been written."""
+        """Read nothing more; close once every request already read has been answered and
+        every reply (held ones included) handed to the transport, which sends it before
+        closing."""
         self.closing = True
-        if self.transport is not None and not self._held:
+        if self.transport is not None and not self._held and (
+                not self._requests or self._quitting()):
             self.transport.close()
 
     def abort(self, message: bytes | None = None) -> None:
