@@ -41,9 +41,10 @@ DATABASES: Final = 16
 MAX_USER_KEY: Final = MAX_KEY_SIZE - 1
 #: Longest Redis string value: the engine's limit minus the largest header.
 MAX_USER_VALUE: Final = MAX_VALUE_SIZE - 9
-#: Largest expiry accepted, in ms since the epoch: beyond 2**53 a float TTL cannot express the
-#: exact millisecond (about the year 287,000).
-MAX_EXPIRE_MS: Final = 2**53
+#: Largest expiry accepted, in ms since the epoch (about the year 33,658): up to here a float
+#: TTL in seconds can name every millisecond exactly (test_server_units.py checks it), which
+#: stops being true around 2**42 seconds.
+MAX_EXPIRE_MS: Final = 10**15
 
 TAG_STRING: Final = 0x00
 TAG_EXPIRES: Final = 0x80

@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import signal
 import time
@@ -129,6 +130,10 @@ class Server:
             self._tasks.append(loop.create_task(self._idle_sweeper()))
         log.info("ShaleDB %s serving %s on %s:%d (appendfsync %s)", shaledb.__version__,
                  db.path, cfg.host, self.port, cfg.appendfsync)
+        if self.password_digest is None and not _is_loopback(cfg.host):
+            # Protected mode (refusing such clients) is not implemented yet: say it loudly.
+            log.warning("listening on %s without a password: any host that can reach this "
+                        "port can read and change every key; set requirepass", cfg.host)
 
     async def _idle_sweeper(self) -> None:
         timeout = self.config.timeout
@@ -179,6 +184,13 @@ class Server:
     async def wait_stopped(self) -> None:
         """Wait until a shutdown has completed."""
         await self._stopped.wait()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
