@@ -36,7 +36,7 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider --timeout=3600
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/mypy
 
 typecheck: $(STAMP)
@@ -53,7 +53,7 @@ clean:
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS  ?=
 
-.PHONY: bench bench-large bench-quick
+.PHONY: bench bench-large bench-quick bench-server
 
 BENCH_PEERS := zstandard lmdb rocksdict plyvel diskcache sqlitedict matplotlib pyinstrument
 
@@ -71,3 +71,9 @@ bench-large: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+# make bench-server  redis-benchmark (SET/GET, -c 50, -d 100, with and without -P 16) against
+#                    `shaledb serve` and a real redis-server (AOF everysec) on loopback ports,
+#                    printing the ratio (installs redis-tools/redis-server with apt as root)
+bench-server: $(STAMP)
+	$(BIN)/python scripts/bench_server.py $(BENCH_ARGS)

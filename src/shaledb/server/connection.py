@@ -1,15 +1,20 @@
 """One client connection: its state and the asyncio protocol that serves it.
 
 Flow: bytes arrive -> :class:`~shaledb.server.protocol.RequestReader` cuts them into
-requests -> each runs at once, in order (pipelining), on the event loop -> the replies of one
-read go out in one ``write``. With ``appendfsync always`` the replies of a read that wrote
-are held until an fsync covering those writes is done (:mod:`shaledb.server.durability`);
-later replies queue behind them, so a client always sees its replies in order.
+requests -> they run in order (pipelining) on the event loop, the write commands among them
+sharing one write batch (:class:`~shaledb.server.dispatch.WriteGroup`) -> their replies go
+out in one ``write`` per batch of up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
+replies of a batch that wrote are held until an fsync covering those writes is done
+(:mod:`shaledb.server.durability`); later replies queue behind them, so a client always sees
+its replies in order.
 
-Bounds: the reader limits the buffered request bytes; when the socket's send buffer is full
-(the client does not read its replies) or held replies pile up, the connection stops reading
-until they drain, so a pipelining client cannot make the server buffer without limit. A
-malformed request gets ``-ERR Protocol error: ...`` and the connection is closed.
+Bounds: the reader limits the buffered request bytes; the requests of one read run until
+OUTPUT_BATCH bytes of replies are produced, and when the socket's send buffer is then full
+(the client does not read its replies), or held replies pile up, the connection stops running
+requests and reading until they drain. So a pipelining client cannot make the server buffer
+without limit. A malformed request gets ``-ERR Protocol error: ...`` after the replies to the
+requests before it, and the connection is closed. Shutdown answers every request already
+read before closing (:meth:`ClientConnection.close_when_sent`).
 """
 
 from __future__ import annotations
