@@ -228,6 +228,16 @@ def test_config_validation() -> None:
         ServerConfig.from_mapping({"maxclient": 5})
 
 
+def test_engine_settings_reach_the_database(server_factory) -> None:
+    st = server_factory(memtable_size=256 * 1024, appendfsync="no")
+    opts = st.call(lambda: st.server.db.options)
+    assert opts.memtable_size == 256 * 1024
+    assert opts.fsync_interval is None  # appendfsync no: no background fsync
+    assert st.call(lambda: st.server.sync_group) is None
+    default = server_factory()
+    assert default.call(lambda: default.server.db.options.fsync_interval) == 1.0
+
+
 def test_config_file_and_password_env(tmp_path, monkeypatch) -> None:
     path = tmp_path / "shaledb.toml"
     path.write_text('[server]\nport = 7000\nmaxclients = 50\nproto-max-bulk-len = 2048\n')

@@ -1,7 +1,7 @@
 """Errors the server turns into RESP error replies.
 
 Redis clients map a reply to an exception class by the first word of the error message (the
-*prefix*: ``ERR``, ``WRONGTYPE``, ``NOAUTH``, ...), so every error carries the prefix Redis
+*prefix*: ``ERR``, ``NOAUTH``, ``WRONGPASS``, ...), so every error carries the prefix Redis
 would use for the same situation. :class:`ProtocolError` additionally closes the connection,
 as Redis does after a malformed request.
 """
@@ -27,15 +27,6 @@ class CommandError(ShaleError):
         cannot contain them."""
         text = f"{self.prefix} {self}".replace("\r", " ").replace("\n", " ")
         return b"-" + text.encode("utf-8", "replace") + b"\r\n"
-
-
-class WrongTypeError(CommandError):
-    """The key holds a value of another type than the command works on."""
-
-    prefix = "WRONGTYPE"
-
-    def __init__(self) -> None:
-        super().__init__("Operation against a key holding the wrong kind of value")
 
 
 class AuthRequiredError(CommandError):
@@ -66,5 +57,4 @@ __all__ = [
     "CommandError",
     "ProtocolError",
     "WrongPassError",
-    "WrongTypeError",
 ]
