@@ -106,6 +106,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the client, or refuse it (maxclients reached, or shutting down)."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
@@ -125,18 +126,22 @@ class ClientConnection(asyncio.Protocol):
         server.stats["total_connections_received"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the client and its watched keys."""
         self.closing = True
         if self.client is not None:
             self.server.watches.unwatch_all(self.client)
             self.server.connections.pop(self.client.id, None)
 
     def pause_writing(self) -> None:
+        """The send buffer is full: stop running requests and reading."""
         self._set_paused("write", True)
 
     def resume_writing(self) -> None:
+        """The send buffer drained: run what is queued, read again."""
         self._set_paused("write", False)
 
     def data_received(self, data: bytes) -> None:
+        """Cut ``data`` into requests and run them."""
         client = self.client
         if self.closing or client is None:
             return
