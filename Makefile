@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    ?= ./data
 
-.PHONY: run test soak lint typecheck clean venv
+.PHONY: run demo test soak lint typecheck clean venv redis-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,17 +17,26 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
+# The server on 127.0.0.1:6380 with its data in $(DATA); stop it with Ctrl-C.
 run: $(STAMP)
-	$(BIN)/shaledb demo $(DATA)
+	$(BIN)/shaledb serve --host 127.0.0.1 --port 6380 --dir $(DATA)
 
-test: $(STAMP) lint
+# The embedded-engine demo (300k records; its own directory, not the server's).
+demo: $(STAMP)
+	$(BIN)/shaledb demo $(DATA)-demo
+
+# redis-cli for the server tests (apt-get as root; otherwise those tests skip, saying why).
+redis-tools:
+	@scripts/ensure-redis-tools.sh
+
+test: $(STAMP) lint redis-tools
 	$(BIN)/python -m pytest -q
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider --timeout=3600
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/mypy
 
 typecheck: $(STAMP)
@@ -44,7 +53,7 @@ clean:
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS  ?=
 
-.PHONY: bench bench-large bench-quick
+.PHONY: bench bench-large bench-quick bench-server
 
 BENCH_PEERS := zstandard lmdb rocksdict plyvel diskcache sqlitedict matplotlib pyinstrument
 
@@ -62,3 +71,9 @@ bench-large: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+# make bench-server  redis-benchmark (SET/GET, -c 50, -d 100, with and without -P 16) against
+#                    `shaledb serve` and a real redis-server (AOF everysec) on loopback ports,
+#                    printing the ratio (installs redis-tools/redis-server with apt as root)
+bench-server: $(STAMP)
+	$(BIN)/python scripts/bench_server.py $(BENCH_ARGS)

@@ -8,6 +8,7 @@ Subcommands::
     shaledb put PATH KEY VALUE [--ttl SECONDS] [--hex] [--no-sync]
     shaledb delete PATH KEY [--hex]
     shaledb scan PATH [--start K] [--stop K] [--prefix P] [--limit N] [--reverse] [--hex]
+    shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
 
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
 Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
@@ -452,6 +453,44 @@ def scan(path: str, start: str | None, stop: str | None, prefix: str | None, lim
             rows += 1
     console.print(table)
     console.print(f"{rows} entr{'y' if rows == 1 else 'ies'}")
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="TCP port (default 6380).")
+@click.option("--dir", "data_dir", default=None, type=click.Path(file_okay=False),
+              help="Database directory (default ./data).")
+@click.option("--appendfsync", type=click.Choice(["always", "everysec", "no"]), default=None,
+              help="When replies to writes are sent: after an fsync (always), or with the "
+                   "WAL fsynced every second (everysec, default) or by the OS (no).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="TOML file of server settings (flags override it).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
+          config_path: str | None, log_level: str) -> None:
+    """Serve a database over the Redis protocol until SIGTERM or SIGINT.
+
+    Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
+    the config file's requirepass or from the SHALEDB_REQUIREPASS environment variable.
+    """
+    import logging
+
+    from shaledb.server import ServerConfig
+    from shaledb.server import serve as run_server
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig.load(config_path, {"host": host, "port": port, "dir": data_dir,
+                                             "appendfsync": appendfsync})
+    try:
+        run_server(config)
+    except OSError as exc:  # the address is taken, or not ours to bind
+        fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
 
 
 def main() -> None:

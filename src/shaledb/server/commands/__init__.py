@@ -1,0 +1,156 @@
+"""The command table: name, arity, flags, ACL categories and key positions of every command,
+and the handler that runs it. One module per command family registers its commands; the
+dispatcher, ``COMMAND`` and (later) ACL checks all read this one table, as in Redis.
+
+Arity follows Redis: a positive number is the exact argument count (command name included),
+a negative one the minimum. Key positions are ``(first, last, step)`` with ``last = -1``
+meaning "up to the last argument" and ``(0, 0, 0)`` meaning "no keys".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import CommandError
+from ..keyspace import KeyspaceTxn
+from ..protocol import Status
+
+if TYPE_CHECKING:
+    from ..connection import ClientState
+    from ..server import Server
+
+
+class Context:
+    """What a handler gets besides its arguments: the calling client, the server and the
+    keyspace transaction its reads and writes go through."""
+
+    __slots__ = ("client", "server", "txn")
+
+    def __init__(self, client: ClientState, server: Server, txn: KeyspaceTxn) -> None:
+        self.client = client
+        self.server = server
+        self.txn = txn
+
+    @property
+    def db(self) -> int:
+        """The client's selected logical database."""
+        return self.client.db
+
+
+Handler = Callable[[Context, list[bytes]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One entry of the command table."""
+
+    name: str
+    arity: int
+    flags: frozenset[str]
+    categories: tuple[str, ...]
+    first_key: int
+    last_key: int
+    step: int
+    handler: Handler = dataclasses.field(repr=False, compare=False)
+
+    def arity_ok(self, argc: int) -> bool:
+        """Whether ``argc`` arguments (name included) fit the arity."""
+        return argc == self.arity if self.arity >= 0 else argc >= -self.arity
+
+    def keys(self, argv: list[bytes]) -> list[bytes]:
+        """The key arguments of ``argv``."""
+        if self.first_key == 0:
+            return []
+        last = self.last_key if self.last_key >= 0 else len(argv) + self.last_key
+        return argv[self.first_key:last + 1:self.step]
+
+    def info(self) -> list[Any]:
+        """This command's ``COMMAND INFO`` entry."""
+        return [self.name, self.arity, {Status(f.encode()) for f in sorted(self.flags)},
+                self.first_key, self.last_key, self.step,
+                {Status(b"@" + c.encode()) for c in self.categories}, [], [], []]
+
+
+class CommandFamily:
+    """The commands of one family module, collected by the :meth:`command` decorator."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def command(self, name: str, arity: int, flags: str, categories: str,
+                keys: tuple[int, int, int] = (0, 0, 0)) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of ``name``. ``flags`` and
+        ``categories`` are space-separated words."""
+
+        def register(fn: Handler) -> Handler:
+            self.commands.append(Command(name, arity, frozenset(flags.split()),
+                                         tuple(categories.split()), *keys, handler=fn))
+            return fn
+
+        return register
+
+
+def build_table() -> dict[bytes, Command]:
+    """Every command by lower-case name."""
+    from . import connection, keys, ranges, strings, transactions
+
+    table: dict[bytes, Command] = {}
+    for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
+                   ranges.FAMILY):
+        for cmd in family.commands:
+            table[cmd.name.encode()] = cmd
+    return table
+
+
+# -- argument helpers shared by the families -------------------------------------------------
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+NOT_INTEGER: Final = "value is not an integer or out of range"
+SYNTAX: Final = "syntax error"
+
+
+def parse_int(arg: bytes, message: str = NOT_INTEGER) -> int:
+    """A signed 64-bit integer written the way Redis' ``string2ll`` accepts it: no spaces,
+    no ``+``, no leading zeros."""
+    n = len(arg)
+    if 0 < n <= 20 and (arg.isdigit() or (arg[0] == 45 and arg[1:].isdigit())):
+        digits = arg[1:] if arg[0] == 45 else arg
+        if digits and (digits[0] != 48 or arg == b"0"):
+            value = int(arg)
+            if INT64_MIN <= value <= INT64_MAX:
+                return value
+    raise CommandError(message)
+
+
+def parse_float(arg: bytes) -> float:
+    """A finite or infinite double as Redis' ``strtold`` parsing accepts it."""
+    try:
+        text = arg.decode("ascii")
+        if not text or text != text.strip():
+            raise ValueError(text)
+        value = float(text)
+    except (UnicodeDecodeError, ValueError):
+        raise CommandError("value is not a valid float") from None
+    if value != value:
+        raise CommandError("value is not a valid float")
+    return value
+
+
+def wrong_arity(name: str) -> CommandError:
+    """The error Redis gives for a wrong number of arguments."""
+    return CommandError(f"wrong number of arguments for '{name}' command")
+
+
+__all__ = [
+    "Command",
+    "CommandFamily",
+    "Context",
+    "Handler",
+    "build_table",
+    "parse_float",
+    "parse_int",
+    "wrong_arity",
+]

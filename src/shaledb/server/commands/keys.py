@@ -1,0 +1,278 @@
+"""Generic key commands: DEL UNLINK EXISTS TYPE KEYS SCAN RENAME RENAMENX EXPIRE PEXPIRE
+EXPIREAT PEXPIREAT TTL PTTL EXPIRETIME PEXPIRETIME PERSIST TOUCH DBSIZE FLUSHDB FLUSHALL.
+
+KEYS, SCAN and DBSIZE walk the keys in order (the engine keeps no per-database count), so
+they cost O(keys in the database); KEYS with a pattern that starts with literal bytes walks
+only the keys with that prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CommandError
+from ..glob import compile_glob, literal_prefix
+from ..keyspace import MAX_EXPIRE_MS
+from ..protocol import OK, Status
+from . import SYNTAX, CommandFamily, Context, parse_int
+
+FAMILY = CommandFamily()
+command = FAMILY.command
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    p = prefix.rstrip(b"\xff")
+    return None if not p else p[:-1] + bytes((p[-1] + 1,))
+
+
+@command("del", -2, "write", "keyspace write slow", (1, -1, 1))
+def del_(ctx: Context, argv: list[bytes]) -> Any:
+    """DEL key [key ...] -> keys removed (atomic: one write batch)"""
+    return sum(ctx.txn.delete(ctx.db, key) for key in dict.fromkeys(argv[1:]))
+
+
+@command("unlink", -2, "write fast", "keyspace write fast", (1, -1, 1))
+def unlink(ctx: Context, argv: list[bytes]) -> Any:
+    """UNLINK key [key ...]: DEL (an LSM delete is already O(1) per key)"""
+    return del_(ctx, argv)
+
+
+@command("exists", -2, "readonly fast", "keyspace read fast", (1, -1, 1))
+def exists(ctx: Context, argv: list[bytes]) -> Any:
+    """EXISTS key [key ...] -> how many of the arguments exist (repeats count)"""
+    return sum(ctx.txn.exists(ctx.db, key) for key in argv[1:])
+
+
+@command("touch", -2, "readonly fast", "keyspace read fast", (1, -1, 1))
+def touch(ctx: Context, argv: list[bytes]) -> Any:
+    """TOUCH key [key ...] -> how many exist (ShaleDB keeps no access times)"""
+    return exists(ctx, argv)
+
+
+@command("type", 2, "readonly fast", "keyspace read fast", (1, 1, 1))
+def type_(ctx: Context, argv: list[bytes]) -> Any:
+    """TYPE key -> string | none"""
+    return Status(b"string" if ctx.txn.exists(ctx.db, argv[1]) else b"none")
+
+
+@command("keys", 2, "readonly", "keyspace read slow dangerous")
+def keys(ctx: Context, argv: list[bytes]) -> Any:
+    """KEYS pattern"""
+    pattern = argv[1]
+    match = compile_glob(pattern)
+    prefix = literal_prefix(pattern)
+    return [k for k, _ in ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix
+                                       else None) if match(k)]
+
+
+@command("scan", -2, "readonly", "keyspace read slow")
+def scan(ctx: Context, argv: list[bytes]) -> Any:
+    """SCAN cursor [MATCH pattern] [COUNT count] [TYPE type] -> [next cursor, keys]
+
+    The cursor names a position in key order kept by the server (0 starts and ends an
+    iteration). Every key present for the whole iteration is returned exactly once.
+    """
+    try:
+        cursor = int(argv[1])
+        if cursor < 0 or argv[1] != b"%d" % cursor:
+            raise ValueError
+    except ValueError:
+        raise CommandError("invalid cursor") from None
+    count, match, want_type = 10, None, None
+    i = 2
+    while i < len(argv):
+        opt = argv[i].upper()
+        if i + 1 >= len(argv):
+            raise CommandError(SYNTAX)
+        if opt == b"COUNT":
+            count = parse_int(argv[i + 1])
+            if count < 1:
+                raise CommandError(SYNTAX)
+        elif opt == b"MATCH":
+            match = compile_glob(argv[i + 1])
+        elif opt == b"TYPE":
+            want_type = argv[i + 1].lower()
+        else:
+            raise CommandError(SYNTAX)
+        i += 2
+    cursors = ctx.server.scan_cursors
+    start = b""
+    if cursor:
+        position = cursors.get(cursor)
+        if position is None:
+            raise CommandError("invalid cursor")
+        start = position
+    found: list[bytes] = []
+    last: bytes | None = None
+    for seen, (k, _) in enumerate(ctx.txn.scan(ctx.db, start)):
+        if seen == count:
+            break
+        last = k
+        if (match is None or match(k)) and want_type in (None, b"string"):
+            found.append(k)
+    else:
+        return [b"0", found]
+    assert last is not None
+    return [b"%d" % cursors.put(last + b"\x00"), found]
+
+
+def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
+    src, dst = argv[1], argv[2]
+    e = ctx.txn.get(ctx.db, src)
+    if e is None:
+        raise CommandError("no such key")
+    if src == dst:
+        return 0 if nx else OK
+    if nx and ctx.txn.exists(ctx.db, dst):
+        return 0
+    ctx.txn.delete(ctx.db, src)
+    ctx.txn.set(ctx.db, dst, e.value, e.expire_ms)
+    return 1 if nx else OK
+
+
+@command("rename", 3, "write", "keyspace write slow", (1, 2, 1))
+def rename(ctx: Context, argv: list[bytes]) -> Any:
+    """RENAME key newkey (keeps the TTL; atomic)"""
+    return _rename(ctx, argv, False)
+
+
+@command("renamenx", 3, "write fast", "keyspace write fast", (1, 2, 1))
+def renamenx(ctx: Context, argv: list[bytes]) -> Any:
+    """RENAMENX key newkey -> 1, or 0 when newkey exists"""
+    return _rename(ctx, argv, True)
+
+
+def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> Any:
+    name = argv[0].decode("ascii", "replace").lower()
+    n = parse_int(argv[2])
+    nx = xx = gt = lt = False
+    for opt in argv[3:]:
+        o = opt.upper()
+        if o == b"NX":
+            nx = True
+        elif o == b"XX":
+            xx = True
+        elif o == b"GT":
+            gt = True
+        elif o == b"LT":
+            lt = True
+        else:
+            raise CommandError(f"Unsupported option {opt.decode('utf-8', 'replace')}")
+    if nx and (xx or gt or lt):
+        raise CommandError("NX and XX, GT or LT options at the same time are not compatible")
+    if gt and lt:
+        raise CommandError("GT and LT options at the same time are not compatible")
+    when = n * unit_ms + (0 if absolute else ctx.txn.now)
+    if not -MAX_EXPIRE_MS < when < MAX_EXPIRE_MS:
+        raise CommandError(f"invalid expire time in '{name}' command")
+    e = ctx.txn.get(ctx.db, argv[1])
+    if e is None:
+        return 0
+    current = e.expire_ms  # 0: no expiry, which GT/LT treat as infinite
+    if (nx and current) or (xx and not current):
+        return 0
+    if gt and (not current or when <= current):
+        return 0
+    if lt and current and when >= current:
+        return 0
+    if when <= ctx.txn.now:
+        ctx.txn.delete(ctx.db, argv[1])
+    else:
+        ctx.txn.set(ctx.db, argv[1], e.value, when)
+    return 1
+
+
+@command("expire", -3, "write fast", "keyspace write fast", (1, 1, 1))
+def expire(ctx: Context, argv: list[bytes]) -> Any:
+    """EXPIRE key seconds [NX | XX | GT | LT]"""
+    return _expire(ctx, argv, 1000, False)
+
+
+@command("pexpire", -3, "write fast", "keyspace write fast", (1, 1, 1))
+def pexpire(ctx: Context, argv: list[bytes]) -> Any:
+    """PEXPIRE key milliseconds [NX | XX | GT | LT]"""
+    return _expire(ctx, argv, 1, False)
+
+
+@command("expireat", -3, "write fast", "keyspace write fast", (1, 1, 1))
+def expireat(ctx: Context, argv: list[bytes]) -> Any:
+    """EXPIREAT key unix-seconds [NX | XX | GT | LT]"""
+    return _expire(ctx, argv, 1000, True)
+
+
+@command("pexpireat", -3, "write fast", "keyspace write fast", (1, 1, 1))
+def pexpireat(ctx: Context, argv: list[bytes]) -> Any:
+    """PEXPIREAT key unix-milliseconds [NX | XX | GT | LT]"""
+    return _expire(ctx, argv, 1, True)
+
+
+def _ttl(ctx: Context, key: bytes, ms: bool, absolute: bool) -> int:
+    e = ctx.txn.get(ctx.db, key)
+    if e is None:
+        return -2
+    if not e.expire_ms:
+        return -1
+    value = e.expire_ms if absolute else max(e.expire_ms - ctx.txn.now, 0)
+    return value if ms else (value + 500) // 1000
+
+
+@command("ttl", 2, "readonly fast", "keyspace read fast", (1, 1, 1))
+def ttl(ctx: Context, argv: list[bytes]) -> Any:
+    """TTL key -> seconds left (rounded), -1 without expiry, -2 missing"""
+    return _ttl(ctx, argv[1], False, False)
+
+
+@command("pttl", 2, "readonly fast", "keyspace read fast", (1, 1, 1))
+def pttl(ctx: Context, argv: list[bytes]) -> Any:
+    """PTTL key -> milliseconds left"""
+    return _ttl(ctx, argv[1], True, False)
+
+
+@command("expiretime", 2, "readonly fast", "keyspace read fast", (1, 1, 1))
+def expiretime(ctx: Context, argv: list[bytes]) -> Any:
+    """EXPIRETIME key -> the expiry as unix seconds"""
+    return _ttl(ctx, argv[1], False, True)
+
+
+@command("pexpiretime", 2, "readonly fast", "keyspace read fast", (1, 1, 1))
+def pexpiretime(ctx: Context, argv: list[bytes]) -> Any:
+    """PEXPIRETIME key -> the expiry as unix milliseconds"""
+    return _ttl(ctx, argv[1], True, True)
+
+
+@command("persist", 2, "write fast", "keyspace write fast", (1, 1, 1))
+def persist(ctx: Context, argv: list[bytes]) -> Any:
+    """PERSIST key -> 1 when an expiry was removed"""
+    e = ctx.txn.get(ctx.db, argv[1])
+    if e is None or not e.expire_ms:
+        return 0
+    ctx.txn.set(ctx.db, argv[1], e.value, 0)
+    return 1
+
+
+@command("dbsize", 1, "readonly fast", "keyspace read fast")
+def dbsize(ctx: Context, argv: list[bytes]) -> Any:
+    """DBSIZE -> keys in the selected database (counted: O(n))"""
+    return sum(1 for _ in ctx.txn.scan(ctx.db))
+
+
+def _flush_mode(argv: list[bytes]) -> None:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise CommandError(SYNTAX)
+
+
+@command("flushdb", -1, "write", "keyspace write slow dangerous")
+def flushdb(ctx: Context, argv: list[bytes]) -> Any:
+    """FLUSHDB [ASYNC | SYNC]: delete every key of the selected database"""
+    _flush_mode(argv)
+    ctx.txn.flush(ctx.db)
+    return OK
+
+
+@command("flushall", -1, "write", "keyspace write slow dangerous")
+def flushall(ctx: Context, argv: list[bytes]) -> Any:
+    """FLUSHALL [ASYNC | SYNC]: delete every key of every database"""
+    _flush_mode(argv)
+    ctx.txn.flush(None)
+    return OK
+

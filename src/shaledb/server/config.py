@@ -1,0 +1,151 @@
+"""Server settings: one validated, frozen dataclass, loadable from a TOML file.
+
+Names follow redis.conf where Redis has the setting (``maxclients``, ``timeout``,
+``proto-max-bulk-len``, ``client-query-buffer-limit``, ``appendfsync``, ``requirepass``);
+in TOML either spelling works (``proto-max-bulk-len`` or ``proto_max_bulk_len``). The
+password can also come from the environment variable ``SHALEDB_REQUIREPASS``, so it never has
+to be written into a file or a command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tomllib
+from typing import Any, Final
+
+from ..errors import InvalidArgument
+from .keyspace import MAX_USER_VALUE
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+
+APPENDFSYNC_MODES: Final = ("always", "everysec", "no")
+#: Environment variable read for the password when the config sets none.
+PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Everything that configures ``shaledb serve``. Every limit is on by default."""
+
+    #: Address to listen on. The default accepts only local clients.
+    host: str = "127.0.0.1"
+    #: TCP port (0 = pick a free one; the server reports which).
+    port: int = 6380
+    #: Database directory (created when missing).
+    dir: str = "./data"
+    #: Most client connections at once; one more gets ``-ERR max number of clients reached``.
+    maxclients: int = 10_000
+    #: Seconds a client may stay idle before the server closes its connection (0 = never).
+    timeout: float = 300.0
+    #: Longest single argument (key or value) in bytes; longer closes the connection with
+    #: ``-ERR Protocol error: invalid bulk length``. Also the largest string a command may
+    #: build (APPEND, SETRANGE).
+    proto_max_bulk_len: int = 32 * MiB
+    #: Most bytes of not-yet-complete requests buffered per client; past it the connection
+    #: is closed. Must exceed proto_max_bulk_len.
+    client_query_buffer_limit: int = 64 * MiB
+    #: Most keys one client may WATCH at once (``-ERR`` beyond it).
+    max_watched_keys: int = 10_000
+    #: Most bytes of commands queued by one MULTI (the transaction is aborted beyond it).
+    max_multi_bytes: int = 64 * MiB
+    #: Most SCAN cursors remembered for the whole server (least recently used are dropped;
+    #: using a dropped cursor gives ``-ERR invalid cursor``).
+    max_scan_cursors: int = 10_000
+    #: Largest and default LIMIT of KRANGE (bounds the size of one reply).
+    krange_max_limit: int = 10_000
+    #: "always": every reply to a write waits for the WAL fsync (one fsync for all writes
+    #: of one event-loop turn); "everysec": the engine fsyncs at least once a second;
+    #: "no": the OS decides. Writes always reach the OS before the reply, so all three
+    #: survive a crash of the server process; only "always" survives power loss.
+    appendfsync: str = "everysec"
+    #: Password of the ``default`` user; None: no authentication.
+    requirepass: str | None = dataclasses.field(default=None, repr=False)
+    #: Memtable size handed to the engine (None: the engine's default).
+    memtable_size: int | None = None
+
+    def __post_init__(self) -> None:
+        def integer(name: str, minimum: int, maximum: int | None = None) -> None:
+            value = getattr(self, name)
+            if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
+                    or (maximum is not None and value > maximum)):
+                bound = f" and <= {maximum}" if maximum is not None else ""
+                raise InvalidArgument(
+                    f"server setting {name} must be an integer >= {minimum}{bound}, "
+                    f"got {value!r}")
+
+        if not isinstance(self.host, str) or not self.host:
+            raise InvalidArgument("server setting host must be a non-empty string")
+        if not isinstance(self.dir, str) or not self.dir:
+            raise InvalidArgument("server setting dir must be a non-empty path")
+        integer("port", 0, 65535)
+        integer("maxclients", 1)
+        integer("proto_max_bulk_len", 1, MAX_USER_VALUE)
+        integer("client_query_buffer_limit", 1024)
+        integer("max_watched_keys", 1)
+        integer("max_multi_bytes", 1)
+        integer("max_scan_cursors", 1)
+        integer("krange_max_limit", 1)
+        if self.memtable_size is not None:
+            integer("memtable_size", 64 * KiB)
+        if self.client_query_buffer_limit <= self.proto_max_bulk_len:
+            raise InvalidArgument(
+                "server setting client_query_buffer_limit must exceed proto_max_bulk_len")
+        if (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
+                or not 0 <= self.timeout < float("inf")):
+            raise InvalidArgument("server setting timeout must be a number of seconds >= 0")
+        if self.appendfsync not in APPENDFSYNC_MODES:
+            raise InvalidArgument(
+                f"server setting appendfsync must be one of {', '.join(APPENDFSYNC_MODES)}, "
+                f"got {self.appendfsync!r}")
+        if self.requirepass is not None and (
+                not isinstance(self.requirepass, str) or not self.requirepass):
+            raise InvalidArgument("server setting requirepass must be a non-empty string")
+
+    def password_digest(self) -> bytes | None:
+        """SHA-256 of the password (the server keeps only this), or None."""
+        if self.requirepass is None:
+            return None
+        return hashlib.sha256(self.requirepass.encode("utf-8")).digest()
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> ServerConfig:
+        """Build a config from a mapping (TOML table, CLI flags) naming unknown keys in the
+        error; dashes in names are accepted for underscores."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise InvalidArgument(
+                f"unknown server setting(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}")
+        if clean.get("requirepass") is None and os.environ.get(PASSWORD_ENV):
+            clean["requirepass"] = os.environ[PASSWORD_ENV]
+        return cls(**clean)
+
+    @classmethod
+    def load(cls, path: str | None, overrides: dict[str, Any] | None = None) -> ServerConfig:
+        """Read the TOML file ``path`` (optional; its settings may sit at the top level or
+        in a ``[server]`` table) and apply ``overrides`` (None values are ignored)."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read config file {path!r}: {exc}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidArgument(f"config file {path!r} is not valid TOML: {exc}") from exc
+            table = data.get("server", data)
+            if not isinstance(table, dict):
+                raise InvalidArgument(f"config file {path!r}: [server] must be a table")
+            values.update(table)
+        for k, v in (overrides or {}).items():
+            if v is not None:
+                values[k] = v
+        return cls.from_mapping(values)
+
+
+__all__ = ["APPENDFSYNC_MODES", "PASSWORD_ENV", "ServerConfig"]

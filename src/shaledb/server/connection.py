@@ -1,0 +1,291 @@
+"""One client connection: its state and the asyncio protocol that serves it.
+
+Flow: bytes arrive -> :class:`~shaledb.server.protocol.RequestReader` cuts them into
+requests -> they run in order (pipelining) on the event loop, the write commands among them
+sharing one write batch (:class:`~shaledb.server.dispatch.WriteGroup`) -> their replies go
+out in one ``write`` per batch of up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
+replies of a batch that wrote are held until an fsync covering those writes is done
+(:mod:`shaledb.server.durability`); later replies queue behind them, so a client always sees
+its replies in order.
+
+Bounds: the reader limits the buffered request bytes; the requests of one read run until
+OUTPUT_BATCH bytes of replies are produced, and when the socket's send buffer is then full
+(the client does not read its replies), or held replies pile up, the connection stops running
+requests and reading until they drain. So a pipelining client cannot make the server buffer
+without limit. A malformed request gets ``-ERR Protocol error: ...`` after the replies to the
+requests before it, and the connection is closed. Shutdown answers every request already
+read before closing (:meth:`ClientConnection.close_when_sent`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from .dispatch import WriteGroup
+from .errors import CommandError, ProtocolError
+from .protocol import RequestReader, encode
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("shaledb.server")
+
+#: Held replies (waiting for an fsync) after which the connection stops reading.
+MAX_HELD_BYTES: Final = 1 << 20
+#: Reply bytes produced before they are handed to the transport; if the transport then
+#: reports a full send buffer, the connection stops running requests until it drains.
+OUTPUT_BATCH: Final = 256 * 1024
+
+
+def reply_size(reply: Any) -> int:
+    """About how many bytes ``reply`` takes on the wire (strings and arrays of them)."""
+    t = type(reply)
+    if t is bytes:
+        return len(reply) + 16
+    if t is list or t is tuple:
+        return 16 + sum(reply_size(r) for r in reply)
+    if t is dict:
+        return 16 + sum(reply_size(k) + reply_size(v) for k, v in reply.items())
+    return 16
+
+
+class ClientState:
+    """Everything the server knows about one client: selected database, protocol version,
+    authentication, MULTI queue, watched keys, name."""
+
+    __slots__ = ("id", "addr", "name", "db", "resp", "authenticated", "multi", "multi_bytes",
+                 "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
+                 "created", "last_active", "__weakref__")
+
+    def __init__(self, client_id: int, addr: str, authenticated: bool) -> None:
+        self.id = client_id
+        self.addr = addr
+        self.name = b""
+        self.db = 0
+        self.resp = 2
+        self.authenticated = authenticated
+        #: Queued requests between MULTI and EXEC; None outside MULTI.
+        self.multi: list[list[bytes]] | None = None
+        self.multi_bytes = 0
+        #: A command failed to queue: EXEC answers EXECABORT.
+        self.multi_error = False
+        self.watched: dict[tuple[int, bytes], int] = {}
+        self.dirty_cas = False
+        self.close_after_reply = False
+        self.lib: dict[str, bytes] = {}
+        self.created = time.monotonic()
+        self.last_active = self.created
+
+    def __repr__(self) -> str:
+        return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"
+
+
+class ClientConnection(asyncio.Protocol):
+    """The asyncio protocol of one client connection."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientState | None = None
+        cfg = server.config
+        self.reader = RequestReader(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit)
+        #: Replies waiting for an fsync: (bytes, future or None), in order.
+        self._held: collections.deque[tuple[bytes, asyncio.Future[None] | None]] = \
+            collections.deque()
+        self._held_bytes = 0
+        self._waiting: asyncio.Future[None] | None = None
+        self._pause: set[str] = set()
+        #: Requests read but not yet run (at most one read's worth: reading stops meanwhile).
+        self._requests: collections.deque[list[bytes]] = collections.deque()
+        self._error: ProtocolError | None = None
+        self.closing = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the client, or refuse it (maxclients reached, or shutting down)."""
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        server = self.server
+        if not server.accepting or len(server.connections) >= server.config.maxclients:
+            self.closing = True
+            transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
+                            else b"-ERR server is shutting down\r\n")
+            transport.close()
+            server.stats["rejected_connections"] += 1
+            return
+        self.client = ClientState(server.new_client_id(), addr,
+                                  server.password_digest is None)
+        server.connections[self.client.id] = self
+        server.stats["total_connections_received"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the client and its watched keys."""
+        self.closing = True
+        if self.client is not None:
+            self.server.watches.unwatch_all(self.client)
+            self.server.connections.pop(self.client.id, None)
+
+    def pause_writing(self) -> None:
+        """The send buffer is full: stop running requests and reading."""
+        self._set_paused("write", True)
+
+    def resume_writing(self) -> None:
+        """The send buffer drained: run what is queued, read again."""
+        self._set_paused("write", False)
+
+    def data_received(self, data: bytes) -> None:
+        """Cut ``data`` into requests and run them."""
+        client = self.client
+        if self.closing or client is None:
+            return
+        client.last_active = time.monotonic()
+        try:
+            self.reader.feed(data, self._requests)
+        except ProtocolError as exc:
+            self._error = exc
+        self._process()
+
+    def _process(self) -> None:
+        """Run queued requests in order until none is left, or until the replies waiting to
+        be sent pass OUTPUT_BATCH (then reading stops until the client takes them)."""
+        client = self.client
+        assert client is not None
+        requests = self._requests
+        if self.transport is None or self.transport.is_closing():
+            requests.clear()  # the client is gone: nobody would read the replies
+            return
+        server = self.server
+        ks = server.keyspace
+        execute = server.dispatcher.execute
+        while requests and not self._blocked() and not client.close_after_reply:
+            group = WriteGroup(ks.begin())
+            replies = group.replies
+            size = 0
+            writes_before = ks.writes
+            while requests and size < OUTPUT_BATCH:
+                execute(client, requests.popleft(), group)
+                size += reply_size(replies[-1])
+                server.stats["total_commands_processed"] += 1
+                if self._quitting():  # QUIT: nothing after it runs
+                    break
+            group.commit()
+            out: list[bytes] = []
+            for reply, resp in zip(replies, group.protocols, strict=True):
+                encode(reply, resp, out)
+            if out:
+                self._send(b"".join(out), ks.writes != writes_before)
+        if requests and not client.close_after_reply:
+            self._set_paused("backlog", True)  # a bounded backlog: stop reading more
+            return
+        self._set_paused("backlog", False)
+        if self._error is not None and not client.close_after_reply:
+            log.info("closing client %s: %s", client.addr, self._error)
+            self._send(self._error.reply(), False)
+            client.close_after_reply = True
+        if client.close_after_reply or self.closing:
+            self.close_when_sent()
+
+    # -- output --------------------------------------------------------------------------
+    def _send(self, data: bytes, wrote: bool) -> None:
+        sync = self.server.sync_group
+        if sync is None or (not wrote and not self._held):
+            assert self.transport is not None
+            self.transport.write(data)
+            return
+        self._held.append((data, sync.barrier() if wrote else None))
+        self._held_bytes += len(data)
+        if self._held_bytes > MAX_HELD_BYTES:
+            self._set_paused("fsync", True)
+        self._release()
+
+    def _release(self, _: object = None) -> None:
+        transport = self.transport
+        assert transport is not None
+        while self._held:
+            data, fut = self._held[0]
+            if fut is not None:
+                if not fut.done():
+                    if self._waiting is not fut:
+                        self._waiting = fut
+                        fut.add_done_callback(self._release)
+                    return
+                exc = fut.exception()
+                if exc is not None:
+                    # The writes are not known to be durable: never acknowledge them.
+                    self._held.clear()
+                    self._held_bytes = 0
+                    if not transport.is_closing():
+                        transport.write(CommandError(
+                            f"fsync failed, writes not acknowledged: {exc}",
+                            prefix="MISCONF").reply())
+                        transport.close()
+                    return
+            self._held.popleft()
+            self._held_bytes -= len(data)
+            if not transport.is_closing():
+                transport.write(data)
+        self._set_paused("fsync", False)
+        if self._quitting() or (self.closing and not self._requests):
+            transport.close()
+
+    def _quitting(self) -> bool:
+        return self.client is not None and self.client.close_after_reply
+
+    def _blocked(self) -> bool:
+        """Whether replies must drain before more requests run."""
+        return "write" in self._pause or "fsync" in self._pause
+
+    def _set_paused(self, reason: str, paused: bool) -> None:
+        """Reading stops while any reason holds: "write" (send buffer full), "fsync"
+        (held replies), "backlog" (requests read but not run)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        before = bool(self._pause)
+        if paused:
+            self._pause.add(reason)
+        else:
+            self._pause.discard(reason)
+        if bool(self._pause) != before:
+            if self._pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        if not paused and reason != "backlog" and self._requests and self.client is not None:
+            self._process()
+
+    @property
+    def holding(self) -> bool:
+        """Whether replies are waiting for an fsync."""
+        return bool(self._held)
+
+    def close_when_sent(self) -> None:
+        """Read nothing more; close once every request already read has been answered and
+        every reply (held ones included) handed to the transport, which sends it before
+        closing."""
+        self.closing = True
+        if self.transport is not None and not self._held and (
+                not self._requests or self._quitting()):
+            self.transport.close()
+
+    def abort(self, message: bytes | None = None) -> None:
+        """Close now, after an optional last error line (idle timeout, shutdown)."""
+        self.closing = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if message:
+                transport.write(message)
+            transport.close()
+
+    def info(self) -> dict[str, Any]:
+        """A summary for logs and tests."""
+        c = self.client
+        return {"id": c.id if c else None, "addr": c.addr if c else None,
+                "buffered": self.reader.buffered, "held": len(self._held)}

@@ -1,0 +1,146 @@
+"""Dispatch: from a request (a list of byte strings) to a reply.
+
+For every request, in this order: look the command up (``-ERR unknown command``), check its
+arity, check authentication (``-NOAUTH``), queue it when the client is inside MULTI, else run
+its handler in the keyspace transaction the connection passes in. A handler error takes back
+every write the command buffered.
+
+Consecutive write commands of one read share that transaction, so a pipeline of writes
+becomes one write batch (one WAL record). Before any command without the ``write`` flag runs,
+the buffered writes are committed: reads, EXEC and WATCH only ever see committed state, and
+if a commit fails, only the replies of the writes in it are turned into errors
+(:class:`WriteGroup`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import InvalidArgument, ReadOnlyError, ShaleError, StorageError
+from .commands import Command, Context, build_table, wrong_arity
+from .errors import AuthRequiredError, CommandError
+from .keyspace import KeyspaceTxn
+from .protocol import QUEUED
+
+if TYPE_CHECKING:
+    from .connection import ClientState
+    from .server import Server
+
+#: Commands that run at once even inside MULTI (they control the transaction itself).
+_NOT_QUEUED: Final = frozenset((b"exec", b"discard", b"multi", b"watch", b"quit", b"reset"))
+
+
+def unknown_command(argv: list[bytes]) -> CommandError:
+    """Redis' error for a command it does not know."""
+    name = argv[0][:128].decode("utf-8", "replace")
+    args = "".join(f"'{a[:128].decode('utf-8', 'replace')}' " for a in argv[1:20])
+    return CommandError(f"unknown command '{name}', with args beginning with: {args}")
+
+
+def engine_error(exc: ShaleError) -> CommandError:
+    """The reply for an engine error met while running a command."""
+    if isinstance(exc, (ReadOnlyError, StorageError)):
+        return CommandError(f"the database refuses writes: {exc}", prefix="MISCONF")
+    if isinstance(exc, InvalidArgument):
+        return CommandError(str(exc))
+    return CommandError(f"{type(exc).__name__}: {exc}")
+
+
+class WriteGroup:
+    """The keyspace transaction shared by the commands of one read, and the positions of
+    the replies that depend on its commit."""
+
+    __slots__ = ("txn", "pending", "replies", "protocols")
+
+    def __init__(self, txn: KeyspaceTxn) -> None:
+        self.txn = txn
+        #: Indexes in ``replies`` of commands whose writes are buffered in ``txn``.
+        self.pending: list[int] = []
+        self.replies: list[Any] = []
+        #: The RESP version each reply is encoded in (HELLO changes it mid-pipeline).
+        self.protocols: list[int] = []
+
+    def commit(self) -> None:
+        """Commit the buffered writes; when that fails, the commands that made them answer
+        the engine's error instead of their reply."""
+        try:
+            self.txn.commit()
+        except ShaleError as exc:
+            error = engine_error(exc)
+            for i in self.pending:
+                self.replies[i] = error
+        self.pending.clear()
+
+
+class Dispatcher:
+    """Runs requests for one server against its command table."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.table: dict[bytes, Command] = build_table()
+
+    def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
+        """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
+        CommandError instance)."""
+        replies = group.replies
+        cmd = self.table.get(argv[0].lower())
+        in_multi = client.multi is not None
+        error: CommandError | None = None
+        if cmd is None:
+            error = unknown_command(argv)
+        elif not cmd.arity_ok(len(argv)):
+            error = wrong_arity(cmd.name)
+        elif not client.authenticated and "no-auth" not in cmd.flags:
+            error = AuthRequiredError("Authentication required.")
+        if error is not None:
+            if in_multi:
+                client.multi_error = True
+            replies.append(error)
+            group.protocols.append(client.resp)
+            return
+        assert cmd is not None
+        if in_multi and cmd.name.encode() not in _NOT_QUEUED:
+            replies.append(self._queue(client, argv))
+            group.protocols.append(client.resp)
+            return
+        txn = group.txn
+        # FLUSHDB/FLUSHALL (@dangerous) commit by themselves: settle the group before them.
+        if group.pending and ("write" not in cmd.flags or "dangerous" in cmd.categories):
+            group.commit()
+        mark = txn.mark()
+        try:
+            reply = cmd.handler(Context(client, self.server, txn), argv)
+        except CommandError as exc:
+            txn.undo(mark)
+            reply = exc
+        except ShaleError as exc:
+            txn.undo(mark)
+            reply = engine_error(exc)
+        if txn.wrote_since(mark):
+            group.pending.append(len(replies))
+        replies.append(reply)
+        group.protocols.append(client.resp)
+
+    def _queue(self, client: ClientState, argv: list[bytes]) -> Any:
+        assert client.multi is not None
+        client.multi_bytes += sum(len(a) for a in argv) + 32 * len(argv)
+        limit = self.server.config.max_multi_bytes
+        if client.multi_bytes > limit:
+            client.multi_error = True
+            client.multi.clear()  # the transaction is aborted: free what it held
+            return CommandError(
+                f"MULTI queue exceeds max-multi-bytes ({limit}); the transaction will abort")
+        if not client.multi_error:
+            client.multi.append(argv)
+        return QUEUED
+
+    def run_in_exec(self, ctx: Context, argv: list[bytes]) -> Any:
+        """Run one queued command inside EXEC, in EXEC's keyspace transaction. A failing
+        command's own buffered writes are dropped; the others' stay."""
+        cmd = self.table[argv[0].lower()]
+        mark = ctx.txn.mark()
+        try:
+            return cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
+        except CommandError as exc:
+            ctx.txn.undo(mark)
+            return exc

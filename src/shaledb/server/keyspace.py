@@ -1,0 +1,311 @@
+"""The server's keyspace: Redis' numbered databases and string values on one ShaleDB.
+
+Mapping (documented byte by byte in docs/format.md, "Server keyspace"):
+
+- engine key = one byte, the logical database number (0-15), followed by the Redis key;
+- engine value = one tag byte, then, when the tag's bit 7 is set, the absolute expiry as an
+  8-byte big-endian count of milliseconds since the epoch, then the value's bytes. Tag 0x00
+  is a string without expiry, 0x80 a string with one.
+
+The expiry is also handed to the engine as the entry's TTL, so the engine hides expired keys
+from every read and compaction removes them. It is repeated in the value because the public
+API takes a TTL in (float) seconds and cannot return a key's exact expiry; the header keeps the
+millisecond value that PEXPIRETIME must return. The engine's TTL is made to equal the header
+exactly (:func:`_exact_ttl`).
+
+Commands read and write through a :class:`KeyspaceTxn`: its writes are buffered (reads see
+them) and :meth:`KeyspaceTxn.commit` applies them as one :class:`shaledb.WriteBatch`, so a
+multi-key command or a whole ``EXEC`` is atomic, also across a crash. The connection lets the
+consecutive write commands of one read (a pipeline) share one transaction and so one WAL
+record; :meth:`KeyspaceTxn.mark` and :meth:`KeyspaceTxn.undo` take back the writes of one
+command that fails. All of this runs on the event-loop thread, one command at a time, which
+is what makes read-modify-write commands atomic with respect to other clients.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Final, NamedTuple
+
+import shaledb
+from shaledb.options import MAX_KEY_SIZE, MAX_VALUE_SIZE
+
+from .errors import CommandError
+
+#: Number of logical databases (SELECT 0-15).
+DATABASES: Final = 16
+#: Longest Redis key: the engine's limit minus the database byte.
+MAX_USER_KEY: Final = MAX_KEY_SIZE - 1
+#: Longest Redis string value: the engine's limit minus the largest header.
+MAX_USER_VALUE: Final = MAX_VALUE_SIZE - 9
+#: Largest expiry accepted, in ms since the epoch (about the year 33,658): up to here a float
+#: TTL in seconds can name every millisecond exactly (test_server_units.py checks it), which
+#: stops being true around 2**42 seconds.
+MAX_EXPIRE_MS: Final = 10**15
+
+TAG_STRING: Final = 0x00
+TAG_EXPIRES: Final = 0x80
+_EXP: Final = struct.Struct(">Q")
+#: Keys deleted per write batch by FLUSHDB / FLUSHALL.
+FLUSH_CHUNK: Final = 10_000
+
+
+class Entry(NamedTuple):
+    """A live string value and its absolute expiry in ms (0 = none)."""
+
+    value: bytes
+    expire_ms: int
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch (the clock TTLs are judged by)."""
+    return int(time.time() * 1000)
+
+
+def _zero_clock() -> float:
+    return 0.0
+
+
+def _exact_ttl(expire_ms: int) -> float:
+    """A TTL in seconds that the engine, with a clock reading 0.0, turns into exactly
+    ``expire_ms`` (it computes ``ceil(ttl * 1000)``)."""
+    ttl = expire_ms / 1000
+    while math.ceil(ttl * 1000) > expire_ms:
+        ttl = math.nextafter(ttl, 0.0)
+    while math.ceil(ttl * 1000) < expire_ms:
+        ttl = math.nextafter(ttl, math.inf)
+    return ttl
+
+
+def engine_key(db: int, key: bytes) -> bytes:
+    """The engine key of Redis key ``key`` in logical database ``db``."""
+    if len(key) > MAX_USER_KEY:
+        raise CommandError(f"key of {len(key)} bytes exceeds the maximum of {MAX_USER_KEY}")
+    return bytes((db,)) + key
+
+
+def encode_value(value: bytes, expire_ms: int) -> bytes:
+    """The engine value of a string with an absolute expiry (0 = none)."""
+    if len(value) > MAX_USER_VALUE:
+        raise CommandError("string exceeds maximum allowed size")
+    if expire_ms:
+        return b"\x80" + _EXP.pack(expire_ms) + value
+    return b"\x00" + value
+
+
+def decode_value(raw: bytes) -> Entry:
+    """Inverse of :func:`encode_value`."""
+    tag = raw[0] if raw else -1
+    if tag == TAG_STRING:
+        return Entry(raw[1:], 0)
+    if tag == TAG_EXPIRES and len(raw) >= 9:
+        return Entry(raw[9:], _EXP.unpack_from(raw, 1)[0])
+    raise CommandError("the stored value has an unknown encoding (written by a newer ShaleDB?)")
+
+
+class Keyspace:
+    """The logical databases of one open :class:`shaledb.DB`.
+
+    ``on_write(keys)`` is called after every successful commit with the ``(db, key)`` pairs
+    it changed (WATCH uses it); ``on_flush(db)`` after a database was emptied (``None``: all).
+    """
+
+    def __init__(self, db: shaledb.DB,
+                 on_write: Callable[[set[tuple[int, bytes]]], None] | None = None,
+                 on_flush: Callable[[int | None], None] | None = None) -> None:
+        self.db = db
+        self._on_write = on_write
+        self._on_flush = on_flush
+        #: Writes committed since the server last waited for an fsync (appendfsync always).
+        self.writes = 0
+
+    def begin(self) -> KeyspaceTxn:
+        """A new buffered transaction (commit it, or drop it to discard its writes)."""
+        return KeyspaceTxn(self)
+
+
+_DELETED: Final = Entry(b"", -1)
+
+
+class KeyspaceTxn:
+    """Reads and buffered writes of one command (or one EXEC). Not thread-safe: the event
+    loop owns it."""
+
+    __slots__ = ("_ks", "_writes", "_undo", "now")
+
+    def __init__(self, keyspace: Keyspace) -> None:
+        self._ks = keyspace
+        #: engine key -> new entry, or _DELETED.
+        self._writes: dict[bytes, Entry] = {}
+        #: (engine key, its previous buffered entry or None), for undo().
+        self._undo: list[tuple[bytes, Entry | None]] = []
+        #: The time this transaction judges expiry by (fixed within a command, like Redis).
+        self.now = now_ms()
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, db: int, key: bytes) -> Entry | None:
+        """The live entry of ``key``, or None when it is missing or expired."""
+        ek = engine_key(db, key)
+        e = self._writes.get(ek)
+        if e is None:
+            raw = self._ks.db.get(ek)
+            if raw is None:
+                return None
+            e = decode_value(raw)
+        elif e is _DELETED:
+            return None
+        if e.expire_ms and e.expire_ms <= self.now:
+            return None
+        return e
+
+    def exists(self, db: int, key: bytes) -> bool:
+        """Whether ``key`` is live."""
+        return self.get(db, key) is not None
+
+    def scan(self, db: int, lo: bytes | None = None, hi: bytes | None = None, *,
+             reverse: bool = False) -> Iterator[tuple[bytes, Entry]]:
+        """Live ``(key, entry)`` pairs of database ``db`` with ``lo <= key < hi`` (None: no
+        bound), in key order, this transaction's own writes included."""
+        start = bytes((db,)) + (lo or b"")
+        stop = bytes((db,)) + hi if hi is not None else bytes((db + 1,))
+        if start >= stop:
+            return iter(())
+        own = sorted((k for k in self._writes if start <= k < stop), reverse=reverse)
+        return self._merged(self._ks.db.range(start, stop, reverse=reverse), own, reverse)
+
+    def _merged(self, base: Iterator[tuple[bytes, bytes]], own: list[bytes],
+                reverse: bool) -> Iterator[tuple[bytes, Entry]]:
+        writes, now, i = self._writes, self.now, 0
+
+        def live(e: Entry) -> bool:
+            return e is not _DELETED and not (e.expire_ms and e.expire_ms <= now)
+
+        for ek, raw in base:
+            while i < len(own) and (own[i] > ek if reverse else own[i] < ek):
+                e = writes[own[i]]
+                if live(e):
+                    yield own[i][1:], e
+                i += 1
+            if i < len(own) and own[i] == ek:
+                e = writes[ek]
+                i += 1
+            else:
+                e = decode_value(raw)
+            if live(e):
+                yield ek[1:], e
+        for k in own[i:]:
+            e = writes[k]
+            if live(e):
+                yield k[1:], e
+
+    # -- writes --------------------------------------------------------------------------
+    def set(self, db: int, key: bytes, value: bytes, expire_ms: int = 0) -> None:
+        """Buffer ``key = value`` with an absolute expiry in ms (0 = none). An expiry that
+        has already passed deletes the key, as in Redis."""
+        if expire_ms and expire_ms <= self.now:
+            self.delete(db, key)
+            return
+        if len(value) > MAX_USER_VALUE:
+            raise CommandError("string exceeds maximum allowed size")
+        ek = engine_key(db, key)
+        self._undo.append((ek, self._writes.get(ek)))
+        self._writes[ek] = Entry(value, expire_ms)
+
+    def delete(self, db: int, key: bytes) -> bool:
+        """Buffer the deletion of ``key``; whether it was live."""
+        existed = self.get(db, key) is not None
+        ek = engine_key(db, key)
+        self._undo.append((ek, self._writes.get(ek)))
+        self._writes[ek] = _DELETED
+        return existed
+
+    def mark(self) -> int:
+        """Start a command: refresh the clock and return a mark to :meth:`undo` to."""
+        self.now = now_ms()
+        return len(self._undo)
+
+    def wrote_since(self, mark: int) -> bool:
+        """Whether writes were buffered since ``mark``."""
+        return len(self._undo) > mark
+
+    def undo(self, mark: int) -> None:
+        """Take back the writes buffered since ``mark`` (a failed command leaves no trace,
+        as in Redis)."""
+        undo, writes = self._undo, self._writes
+        while len(undo) > mark:
+            ek, previous = undo.pop()
+            if previous is None:
+                del writes[ek]
+            else:
+                writes[ek] = previous
+
+    @property
+    def dirty(self) -> bool:
+        """Whether writes are buffered."""
+        return bool(self._writes)
+
+    def commit(self) -> None:
+        """Apply the buffered writes as one atomic batch, then tell the watchers."""
+        if not self._writes:
+            return
+        batch = shaledb.WriteBatch(_zero_clock)
+        for ek, e in self._writes.items():
+            if e is _DELETED:
+                batch.delete(ek)
+            elif e.expire_ms:
+                batch.put(ek, encode_value(e.value, e.expire_ms), ttl=_exact_ttl(e.expire_ms))
+            else:
+                batch.put(ek, encode_value(e.value, 0))
+        ks = self._ks
+        changed = {(ek[0], ek[1:]) for ek in self._writes}
+        # Committed or failed, these writes are settled: never apply them twice.
+        self._writes = {}
+        self._undo = []
+        ks.db.write(batch)
+        ks.writes += 1
+        if ks._on_write is not None:
+            ks._on_write(changed)
+
+    def flush(self, db: int | None) -> int:
+        """Commit what is buffered, then delete every key of database ``db`` (every database
+        when None), in batches of FLUSH_CHUNK keys; returns the number of keys deleted.
+        Other clients never see a half-flushed database (the event loop runs nothing else
+        meanwhile), but a crash in the middle of a large flush can leave part of it."""
+        self.commit()
+        ks = self._ks
+        start = bytes((db,)) if db is not None else b""
+        stop = bytes((db + 1,)) if db is not None else bytes((DATABASES,))
+        deleted = 0
+        while True:
+            batch = shaledb.WriteBatch()
+            last = None
+            for ek, _ in ks.db.range(start, stop, limit=FLUSH_CHUNK):
+                batch.delete(ek)
+                last = ek
+            if last is None:
+                break
+            ks.db.write(batch)
+            ks.writes += 1
+            deleted += len(batch)
+            start = last + b"\x00"
+        if ks._on_flush is not None:
+            ks._on_flush(db)
+        return deleted
+
+
+__all__ = [
+    "DATABASES",
+    "MAX_EXPIRE_MS",
+    "MAX_USER_KEY",
+    "MAX_USER_VALUE",
+    "Entry",
+    "Keyspace",
+    "KeyspaceTxn",
+    "decode_value",
+    "encode_value",
+    "engine_key",
+    "now_ms",
+]

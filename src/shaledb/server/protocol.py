@@ -1,0 +1,341 @@
+"""RESP: reading requests (multibulk and inline) and encoding replies.
+
+Requests. A client sends either a *multibulk* request, ``*<n>\r\n`` followed by ``n`` bulk
+strings ``$<len>\r\n<bytes>\r\n``, or an *inline* command, one line of space-separated
+words (what a person types into telnet), split with the quoting rules of Redis'
+``sdssplitargs``. A new request is inline when its first byte is not ``*``. The reader is a
+small state machine like Redis' ``processMultibulkBuffer``: it checks every header as soon as
+its line is complete, before buffering what the header announces, so a bad or oversized
+length is refused at once.
+
+Why not hiredis' C reader here: it is a reply parser. It accepts any RESP type inside a
+request (integers, nested arrays, maps) and allocates an array of the announced element count
+before any element arrives: ``*2000000000\r\n`` costs it 16 GB of address space and seconds of
+CPU to free, and a nested array header cannot be refused before hiredis allocates it. Parsing
+requests in Python (about 2 us per argument) keeps every limit enforceable. Clients still
+parse *replies* with hiredis (redis-py uses it when installed).
+
+Limits (all enforced here, before a request reaches a command):
+
+- ``max_query_buffer``: bytes of a request not yet complete. Past it the connection is closed:
+  a client can never make the server buffer more than this per connection (plus one read).
+- ``max_bulk_len``: the length of one argument (``proto-max-bulk-len``), checked when its
+  ``$<len>`` header arrives.
+- ``MAX_MULTIBULK``: arguments per request (1,048,576), checked when ``*<n>`` arrives.
+- ``MAX_INLINE``: the length of an inline line (64 KiB, as in Redis).
+
+Replies. :func:`encode` turns Python values into RESP2 or RESP3: ``bytes``/``str`` -> bulk
+string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dict`` -> map
+(flat array in RESP2), ``set``/``frozenset`` -> set (array in RESP2), ``float`` -> double
+(bulk string in RESP2), :class:`Status` -> simple string, :class:`CommandError` -> error,
+``NULL_ARRAY`` -> null array (``*-1`` in RESP2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableSequence
+from typing import Any, Final
+
+from .errors import CommandError, ProtocolError
+
+#: Longest inline command line accepted, in bytes (Redis' PROTO_INLINE_MAX_SIZE).
+MAX_INLINE: Final = 64 * 1024
+#: Most arguments in one multibulk request.
+MAX_MULTIBULK: Final = 1024 * 1024
+#: Longest ``*<n>`` or ``$<len>`` header line.
+_MAX_HEADER: Final = 32
+
+
+class Status(bytes):
+    """A RESP simple string reply (``+OK``)."""
+
+    __slots__ = ()
+
+
+class _NullArray:
+    """The null array reply: ``*-1`` in RESP2, ``_`` in RESP3 (EXEC of an aborted MULTI)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NULL_ARRAY"
+
+
+OK: Final = Status(b"OK")
+QUEUED: Final = Status(b"QUEUED")
+PONG: Final = Status(b"PONG")
+NULL_ARRAY: Final = _NullArray()
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def _number(line: bytes | bytearray, what: str) -> int:
+    """A header's decimal number: digits only, no leading zero, an optional leading minus."""
+    digits = line[1:] if line[:1] == b"-" else line
+    if not digits.isdigit() or len(digits) > 18 or (digits[0] == 48 and len(digits) > 1):
+        raise ProtocolError(f"invalid {what}")
+    return int(line)
+
+
+_ESCAPES: Final = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX: Final = b"0123456789abcdefABCDEF"
+
+
+def split_inline(line: bytes) -> list[bytes]:
+    """Split an inline command line into arguments, with the quoting of Redis'
+    ``sdssplitargs``: ``"..."`` understands ``\\n \\r \\t \\b \\a \\xHH`` and escaped
+    characters, ``'...'`` only ``\\'``; a closing quote must be followed by a space or the
+    end of the line. Raises ProtocolError("unbalanced quotes in request")."""
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \t\r\n\v\f":
+            i += 1
+        if i >= n:
+            return args
+        cur = bytearray()
+        in_double = in_single = False
+        while True:
+            if in_double:
+                if i >= n:
+                    raise ProtocolError("unbalanced quotes in request")
+                c = line[i]
+                if (c == 92 and i + 3 < n and line[i + 1] in b"xX"
+                        and line[i + 2] in _HEX and line[i + 3] in _HEX):
+                    cur.append(int(line[i + 2:i + 4], 16))
+                    i += 3
+                elif c == 92 and i + 1 < n:
+                    i += 1
+                    cur.append(_ESCAPES.get(line[i], line[i]))
+                elif c == 34:
+                    if i + 1 < n and line[i + 1] not in b" \t\r\n\v\f":
+                        raise ProtocolError("unbalanced quotes in request")
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif in_single:
+                if i >= n:
+                    raise ProtocolError("unbalanced quotes in request")
+                c = line[i]
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    i += 1
+                    cur.append(39)
+                elif c == 39:
+                    if i + 1 < n and line[i + 1] not in b" \t\r\n\v\f":
+                        raise ProtocolError("unbalanced quotes in request")
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            else:
+                if i >= n:
+                    break
+                c = line[i]
+                if c in b" \t\r\n\v\f":
+                    break
+                if c == 34:
+                    in_double = True
+                elif c == 39:
+                    in_single = True
+                else:
+                    cur.append(c)
+            i += 1
+        args.append(bytes(cur))
+
+
+class RequestReader:
+    """Turns the bytes a client sends into requests (lists of bytes arguments).
+
+    Feed every chunk read from the socket to :meth:`feed`; it appends the requests completed
+    by that chunk, in order. Malformed input or a broken limit raises
+    :class:`~shaledb.server.errors.ProtocolError` after the valid requests before it were
+    appended; the caller answers them, then the error, and closes the connection.
+    """
+
+    __slots__ = ("_buf", "_args", "_left", "_bulk", "_partial", "max_bulk_len",
+                 "max_query_buffer")
+
+    def __init__(self, max_bulk_len: int, max_query_buffer: int) -> None:
+        #: Bytes received and not yet consumed.
+        self._buf = bytearray()
+        #: Arguments of the multibulk request being read (None between requests).
+        self._args: list[bytes] | None = None
+        #: Arguments still to read, and the length of the next one (-1: header not read).
+        self._left = 0
+        self._bulk = -1
+        #: Bytes held in ``_args``.
+        self._partial = 0
+        self.max_bulk_len = max_bulk_len
+        self.max_query_buffer = max_query_buffer
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of incomplete requests held (the client's query buffer)."""
+        return len(self._buf) + self._partial
+
+    def feed(self, data: bytes, out: MutableSequence[list[bytes]]) -> None:
+        """Append the requests completed by ``data`` to ``out`` (an empty request is skipped,
+        as in Redis)."""
+        buf = self._buf
+        buf += data
+        pos = 0
+        try:
+            pos = self._parse(buf, out)
+        finally:
+            del buf[:pos]
+        if self.buffered > self.max_query_buffer:
+            raise ProtocolError(
+                f"client query buffer of {self.buffered} bytes exceeds the limit of "
+                f"{self.max_query_buffer} bytes")
+
+    def _parse(self, buf: bytearray, out: MutableSequence[list[bytes]]) -> int:
+        """Consume complete requests and headers from ``buf``; returns the bytes consumed."""
+        pos, n = 0, len(buf)
+        max_bulk = self.max_bulk_len
+        while pos < n:
+            args = self._args
+            if args is None:
+                if buf[pos] != 42:  # not '*': an inline command
+                    nl = buf.find(b"\n", pos, pos + MAX_INLINE + 1)
+                    if nl < 0:
+                        if n - pos > MAX_INLINE:
+                            raise ProtocolError("too big inline request")
+                        return pos
+                    line = bytes(buf[pos:nl])
+                    pos = nl + 1
+                    words = split_inline(line)
+                    for w in words:
+                        if len(w) > max_bulk:
+                            raise ProtocolError("invalid bulk length")
+                    if words:
+                        out.append(words)
+                    continue
+                nl = buf.find(b"\r\n", pos, pos + _MAX_HEADER)
+                if nl < 0:
+                    if n - pos >= _MAX_HEADER:
+                        raise ProtocolError("invalid multibulk length")
+                    return pos
+                count = _number(buf[pos + 1:nl], "multibulk length")
+                if count > MAX_MULTIBULK:
+                    raise ProtocolError("invalid multibulk length")
+                pos = nl + 2
+                if count <= 0:
+                    continue  # "*0" and "*-1" are ignored, as in Redis
+                args = self._args = []
+                self._left = count
+            while self._left:
+                if self._bulk < 0:
+                    if pos >= n:
+                        return pos
+                    if buf[pos] != 36:  # '$'
+                        raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
+                    nl = buf.find(b"\r\n", pos, pos + _MAX_HEADER)
+                    if nl < 0:
+                        if n - pos >= _MAX_HEADER:
+                            raise ProtocolError("invalid bulk length")
+                        return pos
+                    size = _number(buf[pos + 1:nl], "bulk length")
+                    if size < 0 or size > max_bulk:
+                        raise ProtocolError("invalid bulk length")
+                    self._bulk = size
+                    pos = nl + 2
+                size = self._bulk
+                if n - pos < size + 2:
+                    return pos
+                if buf[pos + size:pos + size + 2] != b"\r\n":
+                    raise ProtocolError("bulk string not terminated by CRLF")
+                args.append(bytes(buf[pos:pos + size]))
+                self._partial += size
+                pos += size + 2
+                self._bulk = -1
+                self._left -= 1
+            out.append(args)
+            self._args = None
+            self._partial = 0
+        return pos
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+_CRLF: Final = b"\r\n"
+_NULL2: Final = b"$-1\r\n"
+_NULL3: Final = b"_\r\n"
+_SMALL_INTS: Final = [b":%d\r\n" % i for i in range(1024)]
+
+
+def format_double(value: float) -> bytes:
+    """A double the way Redis prints it in replies (``inf``, ``-inf``, ``nan``, shortest
+    round-trip digits otherwise)."""
+    if math.isinf(value):
+        return b"inf" if value > 0 else b"-inf"
+    if math.isnan(value):
+        return b"nan"
+    return repr(value).encode()
+
+
+def encode(value: Any, resp: int, out: list[bytes]) -> None:
+    """Append the RESP ``resp`` (2 or 3) encoding of ``value`` to ``out``."""
+    t = type(value)
+    if t is bytes:
+        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    elif t is Status:
+        out.append(b"+%s\r\n" % value)
+    elif t is int:
+        out.append(_SMALL_INTS[value] if 0 <= value < 1024 else b":%d\r\n" % value)
+    elif value is None:
+        out.append(_NULL3 if resp == 3 else _NULL2)
+    elif t is list or t is tuple:
+        out.append(b"*%d\r\n" % len(value))
+        for item in value:
+            encode(item, resp, out)
+    elif t is str:
+        data = value.encode("utf-8")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    elif t is bool:
+        if resp == 3:
+            out.append(b"#t\r\n" if value else b"#f\r\n")
+        else:
+            out.append(b":1\r\n" if value else b":0\r\n")
+    elif t is dict:
+        out.append(b"%c%d\r\n" % ((37, len(value)) if resp == 3 else (42, 2 * len(value))))
+        for k, v in value.items():
+            encode(k, resp, out)
+            encode(v, resp, out)
+    elif t is set or t is frozenset:
+        out.append(b"%c%d\r\n" % (126 if resp == 3 else 42, len(value)))
+        for item in value:
+            encode(item, resp, out)
+    elif t is float:
+        text = format_double(value)
+        out.append(b",%s\r\n" % text if resp == 3 else b"$%d\r\n%s\r\n" % (len(text), text))
+    elif isinstance(value, CommandError):
+        out.append(value.reply())
+    elif value is NULL_ARRAY:
+        out.append(_NULL3 if resp == 3 else b"*-1\r\n")
+    else:
+        raise TypeError(f"cannot encode a {t.__name__} as a RESP reply")
+
+
+def encode_one(value: Any, resp: int) -> bytes:
+    """The RESP encoding of one reply."""
+    out: list[bytes] = []
+    encode(value, resp, out)
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
+__all__ = [
+    "MAX_INLINE",
+    "NULL_ARRAY",
+    "OK",
+    "PONG",
+    "QUEUED",
+    "RequestReader",
+    "Status",
+    "encode",
+    "encode_one",
+    "format_double",
+    "split_inline",
+]

@@ -1,0 +1,219 @@
+"""The asyncio server: listening socket, connections, limits, durability mode, shutdown.
+
+Everything that touches the keyspace runs on the event loop thread, one command at a time;
+that is what makes each command, and each EXEC, atomic for other clients. Only fsyncs
+(``appendfsync always``) and closing the database run in a worker thread. uvloop is used
+when it is installed (``pip install shaledb[server]``).
+
+Shutdown (SIGTERM, SIGINT, :meth:`Server.shutdown`): stop accepting; every request already
+read has been answered (commands run synchronously as they arrive), so wait for replies
+still held for an fsync, close the connections once their replies are written, then close
+the database (which fsyncs the WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import shaledb
+
+from .config import ServerConfig
+from .connection import ClientConnection, ClientState
+from .cursors import ScanCursors
+from .dispatch import Dispatcher
+from .durability import SyncGroup
+from .errors import WrongPassError
+from .keyspace import Keyspace
+from .watch import WatchRegistry
+
+log = logging.getLogger("shaledb.server")
+
+
+class Server:
+    """A ShaleDB server speaking the Redis protocol.
+
+    ``db`` may be an already open database (the server then leaves closing it to the
+    caller); by default the server opens ``config.dir`` itself and closes it on shutdown.
+    """
+
+    def __init__(self, config: ServerConfig, db: shaledb.DB | None = None) -> None:
+        self.config = config
+        self._own_db = db is None
+        self._db = db
+        self.password_digest = config.password_digest()
+        self.watches = WatchRegistry()
+        self.scan_cursors = ScanCursors(config.max_scan_cursors)
+        self.dispatcher = Dispatcher(self)
+        self.connections: dict[int, ClientConnection] = {}
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.accepting = False
+        self.sync_group: SyncGroup | None = None
+        self.port: int | None = None
+        self._keyspace: Keyspace | None = None
+        self._next_id = 0
+        self._listener: asyncio.Server | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="shaledb-server-io")
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def keyspace(self) -> Keyspace:
+        """The keyspace (available once started)."""
+        if self._keyspace is None:
+            raise RuntimeError("the server is not started")
+        return self._keyspace
+
+    @property
+    def db(self) -> shaledb.DB:
+        """The database the server serves (available once started)."""
+        if self._db is None:
+            raise RuntimeError("the server is not started")
+        return self._db
+
+    def new_client_id(self) -> int:
+        """A new connection id (CLIENT ID)."""
+        self._next_id += 1
+        return self._next_id
+
+    def authenticate(self, client: ClientState, user: bytes, password: bytes) -> None:
+        """Log ``client`` in as ``user`` or raise WrongPassError. Only the ``default`` user
+        exists; without a password it accepts any password. The password is compared as a
+        SHA-256 digest in constant time and never stored or logged."""
+        digest = self.password_digest
+        ok = user == b"default" and (
+            digest is None or hmac.compare_digest(hashlib.sha256(password).digest(), digest))
+        if not ok:
+            self.stats["auth_failures"] += 1
+            raise WrongPassError()
+        client.authenticated = True
+
+    # -- life cycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the database (unless given one) and start listening."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        if self._db is None:
+            options: dict[str, Any] = {
+                "fsync_interval": None if cfg.appendfsync == "no" else 1.0}
+            if cfg.memtable_size is not None:
+                options["memtable_size"] = cfg.memtable_size
+            self._db = await loop.run_in_executor(
+                self._executor, lambda: shaledb.open(cfg.dir, **options))
+        db = self._db
+        self._keyspace = Keyspace(db, on_write=self.watches.touch, on_flush=self.watches.touch_db)
+        if cfg.appendfsync == "always":
+            self.sync_group = SyncGroup(db, loop, self._executor)
+        try:
+            self._listener = await loop.create_server(
+                lambda: ClientConnection(self), cfg.host, cfg.port, reuse_address=True,
+                backlog=511)
+        except BaseException:
+            if self._own_db:
+                db.close()
+            raise
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self.accepting = True
+        if cfg.timeout:
+            self._tasks.append(loop.create_task(self._idle_sweeper()))
+        log.info("ShaleDB %s serving %s on %s:%d (appendfsync %s)", shaledb.__version__,
+                 db.path, cfg.host, self.port, cfg.appendfsync)
+        if self.password_digest is None and not _is_loopback(cfg.host):
+            # Protected mode (refusing such clients) is not implemented yet: say it loudly.
+            log.warning("listening on %s without a password: any host that can reach this "
+                        "port can read and change every key; set requirepass", cfg.host)
+
+    async def _idle_sweeper(self) -> None:
+        timeout = self.config.timeout
+        interval = min(1.0, timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                c = conn.client
+                if c is not None and now - c.last_active > timeout and not conn.holding:
+                    self.stats["idle_timeouts"] += 1
+                    log.info("closing idle client %s", c.addr)
+                    conn.abort()
+
+    def request_shutdown(self) -> None:
+        """Start a graceful shutdown (safe to call from a signal handler, more than once)."""
+        if not self._stopping:
+            self._stopping = True
+            asyncio.get_running_loop().create_task(self.shutdown())
+
+    async def shutdown(self) -> None:
+        """Stop accepting, answer what was read, close connections and the database."""
+        self._stopping = True
+        self.accepting = False
+        if self._listener is not None:
+            self._listener.close()
+        for task in self._tasks:
+            task.cancel()
+        if self.sync_group is not None:
+            with contextlib.suppress(Exception):
+                await self.sync_group.wait_idle()
+        for conn in list(self.connections.values()):
+            conn.close_when_sent()
+        deadline = time.monotonic() + 5.0
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections.values()):
+            conn.abort()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.wait_closed(), 1.0)
+        if self._own_db and self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
+        self._executor.shutdown(wait=True)
+        log.info("ShaleDB server stopped")
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until a shutdown has completed."""
+        await self._stopped.wait()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def serve(config: ServerConfig) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut it down gracefully."""
+
+    async def main() -> None:
+        server = Server(config)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.request_shutdown)
+        await server.wait_stopped()
+
+    _run(main())
+
+
+__all__ = ["Server", "serve"]

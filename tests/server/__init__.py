@@ -1,0 +1,1 @@
+"""Tests of the network server (shaledb.server) over real loopback sockets."""
