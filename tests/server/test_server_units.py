@@ -126,9 +126,11 @@ def test_parse_and_format_float() -> None:
     assert format_float(-0.0) == b"0"
 
 
-def test_loopback_detection_for_the_no_password_warning() -> None:
-    from shaledb.server.server import _is_loopback
+def test_loopback_detection() -> None:
+    from shaledb.server.security import is_loopback_address as lo
 
-    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
-    assert not _is_loopback("0.0.0.0") and not _is_loopback("::")
-    assert not _is_loopback("192.0.2.7") and not _is_loopback("example.org")
+    assert lo("127.0.0.1") and lo("127.8.9.10") and lo("::1") and lo("localhost")
+    assert lo("::ffff:127.0.0.1")  # IPv4-mapped, as a dual-stack socket reports it
+    assert not lo("0.0.0.0") and not lo("::") and not lo("::ffff:192.0.2.7")
+    assert not lo("192.0.2.7") and not lo("10.0.0.1") and not lo("example.org")
+    assert not lo("fe80::1%eth0") and not lo("2001:db8::1") and not lo("")

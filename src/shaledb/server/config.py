@@ -65,6 +65,9 @@ class ServerConfig:
     requirepass: str | None = dataclasses.field(default=None, repr=False)
     #: Memtable size handed to the engine (None: the engine's default).
     memtable_size: int | None = None
+    #: Refuse clients from non-loopback addresses while the default user needs no password
+    #: (``-DENIED``, connection closed). Turn off only on a trusted network.
+    protected_mode: bool = True
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -100,6 +103,8 @@ class ServerConfig:
             raise InvalidArgument(
                 f"server setting appendfsync must be one of {', '.join(APPENDFSYNC_MODES)}, "
                 f"got {self.appendfsync!r}")
+        if not isinstance(self.protected_mode, bool):
+            raise InvalidArgument("server setting protected_mode must be true or false")
         if self.requirepass is not None and (
                 not isinstance(self.requirepass, str) or not self.requirepass):
             raise InvalidArgument("server setting requirepass must be a non-empty string")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
 from .protocol import RequestReader, encode
+from .security import PROTECTED_MODE_DENIED
 
 if TYPE_CHECKING:
     from .server import Server
@@ -39,6 +40,15 @@ MAX_HELD_BYTES: Final = 1 << 20
 #: Reply bytes produced before they are handed to the transport; if the transport then
 #: reports a full send buffer, the connection stops running requests until it drains.
 OUTPUT_BATCH: Final = 256 * 1024
+
+
+def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
+    """The client's (IP, port), or None for a peer without an IP address (Unix socket).
+    Protected mode decides on the IP; tests replace this function to play a remote peer."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), int(peer[1])
+    return None
 
 
 def reply_size(reply: Any) -> int:
@@ -57,13 +67,16 @@ class ClientState:
     """Everything the server knows about one client: selected database, protocol version,
     authentication, MULTI queue, watched keys, name."""
 
-    __slots__ = ("id", "addr", "name", "db", "resp", "authenticated", "multi", "multi_bytes",
-                 "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
+    __slots__ = ("id", "addr", "host", "name", "db", "resp", "authenticated", "multi",
+                 "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "__weakref__")
 
-    def __init__(self, client_id: int, addr: str, authenticated: bool) -> None:
+    def __init__(self, client_id: int, addr: str, authenticated: bool,
+                 host: str | None = None) -> None:
         self.id = client_id
+        #: "ip:port" for display; ``host`` is the IP alone (None for a Unix socket).
         self.addr = addr
+        self.host = host
         self.name = b""
         self.db = 0
         self.resp = 2
@@ -106,13 +119,24 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the client, or refuse it (maxclients reached, or shutting down)."""
+        """Register the client, or refuse it (protected mode, maxclients reached, or
+        shutting down)."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        peer = peer_address(transport)
+        host = peer[0] if peer is not None else None
+        addr = f"{peer[0]}:{peer[1]}" if peer is not None else str(
+            transport.get_extra_info("peername"))
         server = self.server
+        if server.refuses_peer(host):
+            self.closing = True
+            log.warning("refused client %s: protected mode (no password is set)", addr)
+            transport.write(PROTECTED_MODE_DENIED)
+            transport.close()
+            server.stats["rejected_connections"] += 1
+            server.stats["protected_mode_refusals"] += 1
+            return
         if not server.accepting or len(server.connections) >= server.config.maxclients:
             self.closing = True
             transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
@@ -121,7 +145,7 @@ class ClientConnection(asyncio.Protocol):
             server.stats["rejected_connections"] += 1
             return
         self.client = ClientState(server.new_client_id(), addr,
-                                  server.password_digest is None)
+                                  server.password_digest is None, host)
         server.connections[self.client.id] = self
         server.stats["total_connections_received"] += 1
 

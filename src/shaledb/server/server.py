@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import logging
 import signal
 import time
@@ -35,6 +34,7 @@ from .dispatch import Dispatcher
 from .durability import SyncGroup
 from .errors import WrongPassError
 from .keyspace import Keyspace
+from .security import is_loopback_address, protected_mode_refuses
 from .watch import WatchRegistry
 
 log = logging.getLogger("shaledb.server")
@@ -88,6 +88,11 @@ class Server:
         self._next_id += 1
         return self._next_id
 
+    def refuses_peer(self, host: str | None) -> bool:
+        """Whether protected mode refuses a new client from IP ``host``."""
+        return protected_mode_refuses(host, self.config.protected_mode,
+                                      self.password_digest is None)
+
     def authenticate(self, client: ClientState, user: bytes, password: bytes) -> None:
         """Log ``client`` in as ``user`` or raise WrongPassError. Only the ``default`` user
         exists; without a password it accepts any password. The password is compared as a
@@ -130,10 +135,14 @@ class Server:
             self._tasks.append(loop.create_task(self._idle_sweeper()))
         log.info("ShaleDB %s serving %s on %s:%d (appendfsync %s)", shaledb.__version__,
                  db.path, cfg.host, self.port, cfg.appendfsync)
-        if self.password_digest is None and not _is_loopback(cfg.host):
-            # Protected mode (refusing such clients) is not implemented yet: say it loudly.
-            log.warning("listening on %s without a password: any host that can reach this "
-                        "port can read and change every key; set requirepass", cfg.host)
+        if self.password_digest is None and not is_loopback_address(cfg.host):
+            if cfg.protected_mode:
+                log.warning("listening on %s without a password: protected mode refuses "
+                            "every non-loopback client until a password is set", cfg.host)
+            else:
+                log.warning("listening on %s without a password and without protected "
+                            "mode: any host that can reach this port can read and change "
+                            "every key", cfg.host)
 
     async def _idle_sweeper(self) -> None:
         timeout = self.config.timeout
@@ -184,13 +193,6 @@ class Server:
     async def wait_stopped(self) -> None:
         """Wait until a shutdown has completed."""
         await self._stopped.wait()
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

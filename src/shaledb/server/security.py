@@ -1,0 +1,52 @@
+"""Connection-level security decisions: protected mode.
+
+Protected mode (on by default, as in Redis) refuses every client that does not connect from
+a loopback address while the ``default`` user would let a new connection in without a
+password. Such a server is open to anyone who can reach the port, so until a password is
+set it only serves the local machine, whatever address it listens on. A refused client gets
+:data:`PROTECTED_MODE_DENIED` and the connection is closed before any request is read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+#: The line a refused client gets (Redis' ``-DENIED`` reply, with ShaleDB's settings).
+PROTECTED_MODE_DENIED: Final = (
+    b"-DENIED ShaleDB is running in protected mode because protected mode is enabled and no "
+    b"password is set for the default user. In this mode connections are only accepted from "
+    b"the loopback interface. If you want to connect from other hosts, either 1) set a "
+    b"password: requirepass in the config file, the SHALEDB_REQUIREPASS environment "
+    b"variable, or ACL SETUSER default >password from a local client (and ACL SAVE with an "
+    b"aclfile to keep it), or 2) if the network is trusted, set protected-mode = false in "
+    b"the config file (or start with --no-protected-mode) and restart the server.\r\n")
+
+
+def is_loopback_address(host: str) -> bool:
+    """Whether ``host`` (an IP address as a socket reports it, or ``localhost``) is a
+    loopback address. IPv4 addresses mapped into IPv6 (``::ffff:127.0.0.1``) count by their
+    IPv4 address; anything that is not an address (a host name) is not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
+                           default_user_open: bool) -> bool:
+    """Whether a new connection from ``peer_host`` must be refused. ``peer_host`` is None
+    for a socket without an IP peer (a Unix socket), which is local by definition.
+    ``default_user_open``: the default user is enabled and needs no password, so the new
+    connection would be authenticated without one."""
+    if not protected_mode or not default_user_open or peer_host is None:
+        return False
+    return not is_loopback_address(peer_host)
+
+
+__all__ = ["PROTECTED_MODE_DENIED", "is_loopback_address", "protected_mode_refuses"]
