@@ -9,7 +9,7 @@ Subcommands::
     shaledb delete PATH KEY [--hex]
     shaledb scan PATH [--start K] [--stop K] [--prefix P] [--limit N] [--reverse] [--hex]
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
-                  [--[no-]protected-mode]
+                  [--aclfile FILE] [--[no-]protected-mode]
 
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
 Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
@@ -470,12 +470,15 @@ def scan(path: str, start: str | None, stop: str | None, prefix: str | None, lim
                    "WAL fsynced every second (everysec, default) or by the OS (no).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               default=None, help="TOML file of server settings (flags override it).")
+@click.option("--aclfile", default=None, type=click.Path(dir_okay=False),
+              help="ACL file of users: read at start when present, written by ACL SAVE.")
 @click.option("--protected-mode/--no-protected-mode", default=None,
               help="Refuse non-loopback clients while no password is set (default on).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
-          config_path: str | None, protected_mode: bool | None, log_level: str) -> None:
+          config_path: str | None, aclfile: str | None, protected_mode: bool | None,
+          log_level: str) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -490,7 +493,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig.load(config_path, {"host": host, "port": port, "dir": data_dir,
                                              "appendfsync": appendfsync,
-                                             "protected_mode": protected_mode})
+                                             "protected_mode": protected_mode,
+                                             "aclfile": aclfile})
     try:
         run_server(config)
     except OSError as exc:  # the address is taken, or not ours to bind

@@ -68,6 +68,18 @@ class ServerConfig:
     #: Refuse clients from non-loopback addresses while the default user needs no password
     #: (``-DENIED``, connection closed). Turn off only on a trusted network.
     protected_mode: bool = True
+    #: ACL file: read at start when it exists, written by ACL SAVE, read by ACL LOAD
+    #: (None: ACL users live only until shutdown). Its users override requirepass.
+    aclfile: str | None = None
+    #: Most entries of ACL LOG (the oldest are dropped).
+    acllog_max_len: int = 128
+    #: Failed AUTH attempts per client IP: this many at once ...
+    auth_fail_burst: int = 10
+    #: ... then this many per second (token bucket); beyond it AUTH answers an error
+    #: without checking the password.
+    auth_fail_rate: float = 1.0
+    #: Most client IPs whose failed attempts are remembered (least recently used dropped).
+    auth_fail_max_hosts: int = 10_000
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -103,6 +115,15 @@ class ServerConfig:
             raise InvalidArgument(
                 f"server setting appendfsync must be one of {', '.join(APPENDFSYNC_MODES)}, "
                 f"got {self.appendfsync!r}")
+        integer("acllog_max_len", 1)
+        integer("auth_fail_burst", 1)
+        integer("auth_fail_max_hosts", 1)
+        if (isinstance(self.auth_fail_rate, bool)
+                or not isinstance(self.auth_fail_rate, (int, float))
+                or not 0 < self.auth_fail_rate < float("inf")):
+            raise InvalidArgument("server setting auth_fail_rate must be a number > 0")
+        if self.aclfile is not None and (not isinstance(self.aclfile, str) or not self.aclfile):
+            raise InvalidArgument("server setting aclfile must be a non-empty path")
         if not isinstance(self.protected_mode, bool):
             raise InvalidArgument("server setting protected_mode must be true or false")
         if self.requirepass is not None and (

@@ -31,6 +31,7 @@ from .protocol import RequestReader, encode
 from .security import PROTECTED_MODE_DENIED
 
 if TYPE_CHECKING:
+    from .acl import User
     from .server import Server
 
 log = logging.getLogger("shaledb.server")
@@ -67,11 +68,11 @@ class ClientState:
     """Everything the server knows about one client: selected database, protocol version,
     authentication, MULTI queue, watched keys, name."""
 
-    __slots__ = ("id", "addr", "host", "name", "db", "resp", "authenticated", "multi",
+    __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "__weakref__")
 
-    def __init__(self, client_id: int, addr: str, authenticated: bool,
+    def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
         self.id = client_id
         #: "ip:port" for display; ``host`` is the IP alone (None for a Unix socket).
@@ -80,6 +81,8 @@ class ClientState:
         self.name = b""
         self.db = 0
         self.resp = 2
+        #: The ACL user whose permissions apply; commands need ``authenticated`` too.
+        self.user = user
         self.authenticated = authenticated
         #: Queued requests between MULTI and EXEC; None outside MULTI.
         self.multi: list[list[bytes]] | None = None
@@ -144,8 +147,8 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             server.stats["rejected_connections"] += 1
             return
-        self.client = ClientState(server.new_client_id(), addr,
-                                  server.password_digest is None, host)
+        self.client = ClientState(server.new_client_id(), addr, server.acl.default,
+                                  server.acl.default_open(), host)
         server.connections[self.client.id] = self
         server.stats["total_connections_received"] += 1
 

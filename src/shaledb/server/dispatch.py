@@ -1,9 +1,11 @@
 """Dispatch: from a request (a list of byte strings) to a reply.
 
 For every request, in this order: look the command up (``-ERR unknown command``), check its
-arity, check authentication (``-NOAUTH``), queue it when the client is inside MULTI, else run
-its handler in the keyspace transaction the connection passes in. A handler error takes back
-every write the command buffered.
+arity, check authentication (``-NOAUTH``) and the user's ACL permissions for the command and
+its keys (``-NOPERM``; commands flagged ``no-auth`` -- AUTH, HELLO, QUIT, RESET -- are open
+to every user, so a client can always log in as someone else), queue it when the client is
+inside MULTI, else run its handler in the keyspace transaction the connection passes in. A
+handler error takes back every write the command buffered.
 
 Consecutive write commands of one read share that transaction, so a pipeline of writes
 becomes one write batch (one WAL record). Before any command without the ``write`` flag runs,
@@ -90,8 +92,11 @@ class Dispatcher:
             error = unknown_command(argv)
         elif not cmd.arity_ok(len(argv)):
             error = wrong_arity(cmd.name)
-        elif not client.authenticated and "no-auth" not in cmd.flags:
-            error = AuthRequiredError("Authentication required.")
+        elif "no-auth" not in cmd.flags:
+            if not client.authenticated:
+                error = AuthRequiredError("Authentication required.")
+            elif not client.user.unrestricted:
+                error = self.server.acl.check(client, cmd, argv, "toplevel")
         if error is not None:
             if in_multi:
                 client.multi_error = True
@@ -138,6 +143,11 @@ class Dispatcher:
         """Run one queued command inside EXEC, in EXEC's keyspace transaction. A failing
         command's own buffered writes are dropped; the others' stay."""
         cmd = self.table[argv[0].lower()]
+        # Checked again: an ACL change between queueing and EXEC applies, as in Redis.
+        if not ctx.client.user.unrestricted and "no-auth" not in cmd.flags:
+            denied = self.server.acl.check(ctx.client, cmd, argv, "multi")
+            if denied is not None:
+                return denied
         mark = ctx.txn.mark()
         try:
             return cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)

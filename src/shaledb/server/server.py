@@ -17,9 +17,8 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import hashlib
-import hmac
 import logging
+import os
 import signal
 import time
 from collections.abc import Coroutine
@@ -27,12 +26,14 @@ from typing import Any
 
 import shaledb
 
+from ..errors import InvalidArgument
+from .acl import Acl, AclRuleError, AuthRateLimiter, User
 from .config import ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
 from .dispatch import Dispatcher
 from .durability import SyncGroup
-from .errors import WrongPassError
+from .errors import CommandError, WrongPassError
 from .keyspace import Keyspace
 from .security import is_loopback_address, protected_mode_refuses
 from .watch import WatchRegistry
@@ -51,10 +52,14 @@ class Server:
         self.config = config
         self._own_db = db is None
         self._db = db
-        self.password_digest = config.password_digest()
         self.watches = WatchRegistry()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
         self.dispatcher = Dispatcher(self)
+        self.acl = Acl(self.dispatcher.table, password_digest=config.password_digest(),
+                       log_max_len=config.acllog_max_len,
+                       auth_limiter=AuthRateLimiter(config.auth_fail_burst,
+                                                    config.auth_fail_rate,
+                                                    config.auth_fail_max_hosts))
         self.connections: dict[int, ClientConnection] = {}
         self.stats: collections.Counter[str] = collections.Counter()
         self.accepting = False
@@ -91,25 +96,68 @@ class Server:
     def refuses_peer(self, host: str | None) -> bool:
         """Whether protected mode refuses a new client from IP ``host``."""
         return protected_mode_refuses(host, self.config.protected_mode,
-                                      self.password_digest is None)
+                                      self.acl.default_open())
 
     def authenticate(self, client: ClientState, user: bytes, password: bytes) -> None:
-        """Log ``client`` in as ``user`` or raise WrongPassError. Only the ``default`` user
-        exists; without a password it accepts any password. The password is compared as a
-        SHA-256 digest in constant time and never stored or logged."""
-        digest = self.password_digest
-        ok = user == b"default" and (
-            digest is None or hmac.compare_digest(hashlib.sha256(password).digest(), digest))
-        if not ok:
+        """Log ``client`` in as ``user`` or raise: WrongPassError for an unknown or disabled
+        user or a wrong password, CommandError when the client's IP used up its failed
+        attempts (checked, and one attempt consumed, before the password is looked at). The
+        password is compared as a SHA-256 digest in constant time and never stored or
+        logged."""
+        host = client.host or "local"
+        wait = self.acl.limiter.take(host)
+        if wait > 0:
+            self.stats["auth_rate_limited"] += 1
+            self.acl.record("auth", "toplevel", b"AUTH", user, client)
+            raise CommandError(f"too many failed authentication attempts from this address; "
+                               f"retry in {wait:.1f} s")
+        found = self.acl.authenticate(user, password)
+        if found is None:
             self.stats["auth_failures"] += 1
+            self.acl.record("auth", "toplevel", b"AUTH", user, client)
             raise WrongPassError()
+        self.acl.limiter.refund(host)
+        client.user = found
         client.authenticated = True
+
+    def disconnect_users(self, users: list[User], caller: ClientState) -> None:
+        """Close the connections logged in as one of ``users`` (deleted users); the caller's
+        own connection closes after its reply."""
+        gone = {id(u) for u in users}
+        for conn in list(self.connections.values()):
+            c = conn.client
+            if c is not None and id(c.user) in gone:
+                if c is caller:
+                    c.close_after_reply = True
+                else:
+                    conn.abort()
+
+    def install_users(self, users: dict[bytes, User], caller: ClientState) -> None:
+        """Replace every user (ACL LOAD). Connections move to the new user of the same name;
+        those whose user no longer exists are closed."""
+        self.acl.users = users
+        gone = []
+        for conn in list(self.connections.values()):
+            c = conn.client
+            if c is not None:
+                new = users.get(c.user.name)
+                if new is None:
+                    gone.append(c.user)
+                else:
+                    c.user = new
+        self.disconnect_users(gone, caller)
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the database (unless given one) and start listening."""
+        """Load the ACL file (when set and present), open the database (unless given one)
+        and start listening."""
         cfg = self.config
         loop = asyncio.get_running_loop()
+        if cfg.aclfile is not None and os.path.exists(cfg.aclfile):
+            try:
+                self.acl.users = self.acl.load_file(cfg.aclfile)
+            except AclRuleError as exc:
+                raise InvalidArgument(f"invalid ACL file: {exc}") from None
         if self._db is None:
             options: dict[str, Any] = {
                 "fsync_interval": None if cfg.appendfsync == "no" else 1.0}
@@ -135,7 +183,7 @@ class Server:
             self._tasks.append(loop.create_task(self._idle_sweeper()))
         log.info("ShaleDB %s serving %s on %s:%d (appendfsync %s)", shaledb.__version__,
                  db.path, cfg.host, self.port, cfg.appendfsync)
-        if self.password_digest is None and not is_loopback_address(cfg.host):
+        if self.acl.default_open() and not is_loopback_address(cfg.host):
             if cfg.protected_mode:
                 log.warning("listening on %s without a password: protected mode refuses "
                             "every non-loopback client until a password is set", cfg.host)

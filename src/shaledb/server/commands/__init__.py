@@ -1,6 +1,6 @@
 """The command table: name, arity, flags, ACL categories and key positions of every command,
 and the handler that runs it. One module per command family registers its commands; the
-dispatcher, ``COMMAND`` and (later) ACL checks all read this one table, as in Redis.
+dispatcher, ``COMMAND`` and the ACL checks all read this one table, as in Redis.
 
 Arity follows Redis: a positive number is the exact argument count (command name included),
 a negative one the minimum. Key positions are ``(first, last, step)`` with ``last = -1``
@@ -54,6 +54,9 @@ class Command:
     last_key: int
     step: int
     handler: Handler = dataclasses.field(repr=False, compare=False)
+    #: Subcommands with categories of their own (``acl whoami`` is @slow, ``acl setuser``
+    #: @admin): ACL rules and checks treat them as ``name|sub``.
+    subcommands: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def arity_ok(self, argc: int) -> bool:
         """Whether ``argc`` arguments (name included) fit the arity."""
@@ -80,13 +83,17 @@ class CommandFamily:
         self.commands: list[Command] = []
 
     def command(self, name: str, arity: int, flags: str, categories: str,
-                keys: tuple[int, int, int] = (0, 0, 0)) -> Callable[[Handler], Handler]:
+                keys: tuple[int, int, int] = (0, 0, 0),
+                subcommands: dict[str, str] | None = None) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``name``. ``flags`` and
-        ``categories`` are space-separated words."""
+        ``categories`` are space-separated words; ``subcommands`` maps a subcommand to its
+        own categories."""
+        subs = tuple((sub, tuple(cats.split())) for sub, cats in (subcommands or {}).items())
 
         def register(fn: Handler) -> Handler:
             self.commands.append(Command(name, arity, frozenset(flags.split()),
-                                         tuple(categories.split()), *keys, handler=fn))
+                                         tuple(categories.split()), *keys, handler=fn,
+                                         subcommands=subs))
             return fn
 
         return register
@@ -94,11 +101,11 @@ class CommandFamily:
 
 def build_table() -> dict[bytes, Command]:
     """Every command by lower-case name."""
-    from . import connection, keys, ranges, strings, transactions
+    from . import acl, connection, keys, ranges, strings, transactions
 
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
-                   ranges.FAMILY):
+                   ranges.FAMILY, acl.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

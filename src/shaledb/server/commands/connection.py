@@ -42,15 +42,16 @@ def quit_(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("reset", 1, _CONN + " no-auth allow-busy", "fast connection")
 def reset(ctx: Context, argv: list[bytes]) -> Any:
-    """RESET: leave MULTI, forget WATCHes, select db 0, RESP2, drop the name, log out when a
-    password is set"""
+    """RESET: leave MULTI, forget WATCHes, select db 0, RESP2, drop the name, become the
+    default user (logged out when it needs a password)"""
     client = ctx.client
     client.multi = None
     ctx.server.watches.unwatch_all(client)
     client.db = 0
     client.resp = 2
     client.name = b""
-    client.authenticated = ctx.server.password_digest is None
+    client.user = ctx.server.acl.default
+    client.authenticated = ctx.server.acl.default_open()
     return Status(b"RESET")
 
 
@@ -114,7 +115,7 @@ def auth(ctx: Context, argv: list[bytes]) -> Any:
     """AUTH [username] password"""
     if len(argv) > 3:
         raise CommandError(SYNTAX)
-    if len(argv) == 2 and ctx.server.password_digest is None:
+    if len(argv) == 2 and ctx.server.acl.default.nopass:
         raise CommandError(
             "AUTH <password> called without any password configured for the default user. "
             "Are you sure your configuration is correct?")

@@ -1,0 +1,111 @@
+"""ACL: SETUSER GETUSER DELUSER LIST USERS WHOAMI CAT LOG SAVE LOAD GENPASS (Redis 7)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from ..acl import CATEGORIES, DEFAULT_USER, AclRuleError
+from ..errors import CommandError
+from ..protocol import OK, Status
+from . import CommandFamily, Context, parse_int, wrong_arity
+
+FAMILY = CommandFamily()
+
+_ADMIN = "admin slow dangerous"
+_SUBCOMMANDS = {
+    "cat": "slow", "deluser": _ADMIN, "genpass": "slow", "getuser": _ADMIN, "list": _ADMIN,
+    "load": _ADMIN, "log": _ADMIN, "save": _ADMIN, "setuser": _ADMIN, "users": _ADMIN,
+    "whoami": "slow",
+}
+#: Most bits ACL GENPASS hands out at once.
+GENPASS_MAX_BITS = 4096
+
+
+def _no_aclfile() -> CommandError:
+    return CommandError("This ShaleDB server is not configured to use an ACL file. Set "
+                        "aclfile in the config file (or --aclfile) to save and load users.")
+
+
+@FAMILY.command("acl", -2, "noscript loading stale", _ADMIN, subcommands=_SUBCOMMANDS)
+def acl(ctx: Context, argv: list[bytes]) -> Any:
+    """ACL SETUSER | GETUSER | DELUSER | LIST | USERS | WHOAMI | CAT | LOG | SAVE | LOAD |
+    GENPASS"""
+    sub = argv[1].lower()
+    n = len(argv)
+    server = ctx.server
+    store = server.acl
+    if sub == b"setuser" and n >= 3:
+        try:
+            store.set_user(argv[2], argv[3:])
+        except AclRuleError as exc:
+            raise CommandError(str(exc)) from None
+        return OK
+    if sub == b"getuser" and n == 3:
+        user = store.users.get(argv[2])
+        if user is None:
+            return None
+        return {
+            "flags": [Status(f.encode()) for f in user.flags()],
+            "passwords": [d.hex().encode() for d in user.passwords],
+            "commands": " ".join(user.command_rules).encode(),
+            "keys": user.keys_text().encode("latin-1"),
+            "channels": user.channels_text().encode("latin-1"),
+            "selectors": [],
+        }
+    if sub == b"deluser" and n >= 3:
+        if DEFAULT_USER in argv[2:]:
+            raise CommandError("The 'default' user cannot be removed")
+        deleted = [store.users.pop(name) for name in dict.fromkeys(argv[2:])
+                   if name in store.users]
+        server.disconnect_users(deleted, ctx.client)
+        return len(deleted)
+    if sub == b"list" and n == 2:
+        return [u.describe() for u in store.users.values()]
+    if sub == b"users" and n == 2:
+        return list(store.users)
+    if sub == b"whoami" and n == 2:
+        return ctx.client.user.name
+    if sub == b"cat" and n in (2, 3):
+        if n == 2:
+            return [c.encode() for c in CATEGORIES]
+        units = store.index.by_category.get(argv[2].lower().decode("latin-1"))
+        if units is None:
+            raise CommandError(
+                f"Unknown category '{argv[2][:128].decode('utf-8', 'replace')}'")
+        return [u.encode() for u in sorted(units)]
+    if sub == b"log" and n in (2, 3):
+        if n == 3 and argv[2].lower() == b"reset":
+            store.log.clear()
+            return OK
+        count = 10 if n == 2 else parse_int(argv[2])
+        if count < 0:
+            raise CommandError("value is out of range, must be positive")
+        return store.log_reply(count)
+    if sub in (b"save", b"load") and n == 2:
+        path = server.config.aclfile
+        if path is None:
+            raise _no_aclfile()
+        if sub == b"save":
+            try:
+                store.save_file(path)
+            except OSError as exc:
+                raise CommandError(f"There was an error trying to save the ACLs: "
+                                   f"{exc.strerror}") from None
+            return OK
+        try:
+            users = store.load_file(path)
+        except AclRuleError as exc:
+            raise CommandError(str(exc)) from None
+        server.install_users(users, ctx.client)
+        return OK
+    if sub == b"genpass" and n in (2, 3):
+        bits = 256 if n == 2 else parse_int(argv[2])
+        if not 0 < bits <= GENPASS_MAX_BITS:
+            raise CommandError(f"ACL GENPASS argument must be the number of bits for the "
+                               f"output password, a positive number up to {GENPASS_MAX_BITS}")
+        return secrets.token_hex((bits + 7) // 8)[:(bits + 3) // 4].encode()
+    if sub.decode("latin-1") in _SUBCOMMANDS:
+        raise wrong_arity("acl|" + sub.decode("latin-1"))
+    raise CommandError(f"unknown subcommand '{argv[1][:128].decode('utf-8', 'replace')}'. "
+                       "Try ACL HELP.")

@@ -1,0 +1,345 @@
+"""ACL users against a real server with redis-py: rules, enforcement on commands and keys
+(a denied command changes nothing), the ACL log, the ACL file, the failed-AUTH limit."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+
+import pytest
+import redis
+
+from shaledb.errors import InvalidArgument
+from shaledb.server import ServerConfig
+from shaledb.server import connection as connection_module
+from shaledb.server.acl import LOG_FIELD_MAX, AuthRateLimiter
+
+from ._server_support import RawClient, free_port, run_server_process
+
+
+def _sha(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+@pytest.fixture
+def admin(server):
+    c = server.client(decode_responses=True)
+    yield c
+    c.close()
+
+
+def _as(st, user: str, password: str, **kw) -> redis.Redis:
+    return st.client(username=user, password=password, decode_responses=True, **kw)
+
+
+def test_default_user_and_introspection(admin) -> None:
+    assert admin.acl_whoami() == "default"
+    assert admin.acl_users() == ["default"]
+    assert admin.acl_list() == ["user default on nopass ~* &* +@all"]
+    info = admin.acl_getuser("default")
+    assert info["flags"] == ["on", "nopass"] and info["passwords"] == []
+    assert info["categories"] == ["+@all"] and info["keys"] == ["~*"]
+    assert admin.acl_getuser("nobody") is None
+    cats = admin.acl_cat()
+    assert {"read", "write", "string", "keyspace", "dangerous", "admin"} <= set(cats)
+    assert "get" in admin.acl_cat("string") and "set" not in admin.acl_cat("read")
+    assert "acl|whoami" in admin.acl_cat("slow") and "acl|setuser" in admin.acl_cat("admin")
+    with pytest.raises(redis.ResponseError, match="Unknown category 'nosuch'"):
+        admin.acl_cat("nosuch")
+    with pytest.raises(redis.ResponseError, match="unknown subcommand 'NOSUCH'"):
+        admin.execute_command("ACL", "NOSUCH")
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments for 'acl|whoami'"):
+        admin.execute_command("ACL", "WHOAMI", "extra")
+
+
+def test_command_categories_and_key_patterns_are_enforced(server, admin) -> None:
+    admin.set("secret", "s")
+    admin.acl_setuser("alice", enabled=True, passwords=["+pw"], keys=["app:*"],
+                      categories=["+@read", "+@write", "-@dangerous"], commands=["+ping"])
+    alice = _as(server, "alice", "pw")
+    assert alice.set("app:1", "v") is True and alice.get("app:1") == "v"
+    assert alice.ping() is True
+    with pytest.raises(redis.exceptions.NoPermissionError, match="No permissions to access a key"):
+        alice.set("secret", "overwritten")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        alice.get("secret")
+    with pytest.raises(redis.exceptions.NoPermissionError):  # one bad key refuses all
+        alice.mset({"app:2": "x", "secret": "y"})
+    with pytest.raises(redis.exceptions.NoPermissionError,
+                       match="User alice has no permissions to run the 'flushall' command"):
+        alice.flushall()
+    with pytest.raises(redis.exceptions.NoPermissionError,
+                       match="no permissions to run the 'acl|whoami' command"):
+        alice.acl_whoami()
+    with pytest.raises(redis.exceptions.NoPermissionError):  # reads outside key positions
+        alice.execute_command("KRANGE", "-", "+")
+    # Nothing a denied command tried happened.
+    assert admin.get("secret") == "s" and admin.get("app:2") is None and admin.dbsize() == 2
+    admin.acl_setuser("alice", enabled=True, commands=["+acl|whoami"])  # rules add up
+    assert alice.acl_whoami() == "alice"
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        alice.acl_list()  # only the subcommand was granted
+    admin.acl_setuser("alice", enabled=True, keys=["secret"])
+    assert alice.get("secret") == "s"  # changes apply to logged-in connections at once
+    alice.close()
+
+
+def test_allkeys_user_may_krange_and_nocommands_user_may_only_log_in(server, admin) -> None:
+    admin.set("k", "v")
+    admin.execute_command("ACL", "SETUSER", "bob", "on", ">pw", "allkeys", "+krange")
+    bob = _as(server, "bob", "pw")
+    assert bob.execute_command("KRANGE", "-", "+") == ["k", "v"]
+    admin.execute_command("ACL", "SETUSER", "bob", "nocommands")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        bob.execute_command("KRANGE", "-", "+")
+    assert bob.execute_command("AUTH", "bob", "pw") is True  # AUTH is open to everyone
+    bob.close()
+
+
+def test_password_rules(server, admin) -> None:
+    c = RawClient(server.port)
+    admin.execute_command("ACL", "SETUSER", "u", "on", ">one", ">two")
+    assert c("AUTH", "u", "one") == b"OK" and c("AUTH", "u", "two") == b"OK"
+    admin.execute_command("ACL", "SETUSER", "u", "<one")
+    assert str(c("AUTH", "u", "one")).startswith("WRONGPASS")
+    with pytest.raises(redis.ResponseError, match="does not exist") as err:
+        admin.execute_command("ACL", "SETUSER", "u", "<never-set")
+    assert "never-set" not in str(err.value)  # password rules are never echoed
+    admin.execute_command("ACL", "SETUSER", "u", "resetpass", "#" + _sha("hashed"))
+    assert admin.acl_getuser("u")["passwords"] == [_sha("hashed")]
+    assert str(c("AUTH", "u", "two")).startswith("WRONGPASS")
+    assert c("AUTH", "u", "hashed") == b"OK"
+    admin.execute_command("ACL", "SETUSER", "u", "!" + _sha("hashed"), "nopass")
+    assert c("AUTH", "u", "anything") == b"OK"
+    admin.execute_command("ACL", "SETUSER", "u", "off")
+    assert str(c("AUTH", "u", "anything")).startswith("WRONGPASS")  # disabled
+    assert str(c("AUTH", "ghost", "x")).startswith("WRONGPASS")
+    with pytest.raises(redis.ResponseError, match="exactly 64 characters"):
+        admin.execute_command("ACL", "SETUSER", "u", "#abc")
+    hello = c("HELLO", "3", "AUTH", "default", "whatever")
+    assert hello[b"proto"] == 3
+    c.close()
+
+
+def test_invalid_setuser_changes_nothing(admin) -> None:
+    admin.execute_command("ACL", "SETUSER", "carol", "on", "nopass", "+get")
+    before = admin.acl_list()
+    for bad in (["+set", "bogus"], ["+nosuchcmd"], ["-@nosuchcat"], ["allkeys", "~more"],
+                ["~has space"]):
+        with pytest.raises(redis.ResponseError, match="Error in ACL SETUSER modifier"):
+            admin.execute_command("ACL", "SETUSER", "carol", *bad)
+    with pytest.raises(redis.ResponseError) as err:
+        admin.execute_command("ACL", "SETUSER", "dave", ">topsecret", "bogus")
+    assert "topsecret" not in str(err.value)
+    assert admin.acl_list() == before  # neither carol changed nor dave created
+    with pytest.raises(redis.ResponseError, match="user name cannot be empty or contain"):
+        admin.execute_command("ACL", "SETUSER", "a b", "on")
+
+
+def test_reset_and_list_format(admin) -> None:
+    admin.execute_command("ACL", "SETUSER", "e", "on", ">pw", "~a:*", "~b:*", "&chan",
+                          "+@all", "-@dangerous", "+flushdb")
+    line = admin.acl_list()[1]
+    assert line == (f"user e on #{_sha('pw')} ~a:* ~b:* &chan +@all -@dangerous +flushdb")
+    assert "pw " not in line
+    admin.execute_command("ACL", "SETUSER", "e", "reset")
+    assert admin.acl_list()[1] == "user e off resetkeys resetchannels -@all"
+
+
+def test_deluser_disconnects_and_default_cannot_go(server, admin) -> None:
+    admin.execute_command("ACL", "SETUSER", "f", "on", ">pw", "+@all", "allkeys")
+    f = RawClient(server.port)
+    assert f("AUTH", "f", "pw") == b"OK"
+    with pytest.raises(redis.ResponseError, match="'default' user cannot be removed"):
+        admin.acl_deluser("default")
+    assert admin.acl_deluser("f", "nobody") == 1
+    with pytest.raises(ConnectionError):
+        f("PING")
+    assert admin.acl_users() == ["default"]
+
+
+def test_multi_checks_at_queue_time_and_again_at_exec(server, admin) -> None:
+    admin.execute_command("ACL", "SETUSER", "g", "on", ">pw", "~g:*", "+@all")
+    c = RawClient(server.port)
+    assert c("AUTH", "g", "pw") == b"OK"
+    assert c("MULTI") == b"OK"
+    assert c("SET", "g:1", "x") == b"QUEUED"
+    assert str(c("SET", "other", "x")).startswith("NOPERM")
+    assert str(c("EXEC")).startswith("EXECABORT")
+    assert c("MULTI") == b"OK" and c("SET", "g:1", "x") == b"QUEUED"
+    assert c("GET", "g:1") == b"QUEUED"
+    admin.execute_command("ACL", "SETUSER", "g", "-get")  # revoked before EXEC
+    replies = c("EXEC")
+    assert replies[0] == b"OK" and str(replies[1]).startswith("NOPERM")
+    assert admin.get("g:1") == "x" and admin.get("other") is None
+    entries = admin.acl_log()
+    assert entries[0]["context"] == "multi" and entries[0]["object"] == "get"
+    c.close()
+
+
+def test_acl_log_records_denials_and_is_bounded(server_factory) -> None:
+    st = server_factory(acllog_max_len=3)
+    admin = st.client(decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", "h", "on", ">pw", "~h:*", "+get")
+    h = RawClient(st.port)
+    assert str(h("AUTH", "h", "wrong")).startswith("WRONGPASS")
+    assert str(h("AUTH", "h", "wrong")).startswith("WRONGPASS")
+    assert h("AUTH", "h", "pw") == b"OK"
+    assert str(h("SET", "h:1", "v")).startswith("NOPERM")
+    assert str(h("GET", "x")).startswith("NOPERM")
+    log = admin.acl_log()
+    assert [(e["reason"], e["object"], e["count"]) for e in log] == [
+        ("key", "x", 1), ("command", "set", 1), ("auth", "AUTH", 2)]
+    assert all(e["username"] == "h" and e["context"] == "toplevel" for e in log)
+    assert log[0]["client-info"]["addr"].startswith("127.0.0.1:")
+    assert admin.acl_log(count=1)[0]["object"] == "x"
+    assert "wrong" not in str(log) and "pw" not in str(log)
+    assert str(h("GET", "y")).startswith("NOPERM")  # a 4th kind: the oldest is dropped
+    assert [e["object"] for e in admin.acl_log()] == ["y", "x", "set"]
+    long_name = "n" * 10_000
+    assert str(h("AUTH", long_name, "x")).startswith("WRONGPASS")
+    assert len(admin.acl_log()[0]["username"]) == LOG_FIELD_MAX
+    assert admin.acl_log_reset() is True and admin.acl_log() == []
+    with pytest.raises(redis.ResponseError, match="must be positive"):
+        admin.execute_command("ACL", "LOG", "-1")
+    h.close()
+    admin.close()
+
+
+def test_requirepass_is_the_default_users_password(server_factory, monkeypatch) -> None:
+    st = server_factory(requirepass="pw")
+    admin = _as(st, "default", "pw")
+    assert admin.acl_getuser("default")["passwords"] == [_sha("pw")]
+    admin.execute_command("ACL", "SETUSER", "default", ">new")
+    assert _as(st, "default", "new").ping() is True
+    monkeypatch.setattr(connection_module, "peer_address", lambda t: ("198.51.100.4", 1))
+    remote = RawClient(st.port)
+    assert remote("AUTH", "new") == b"OK"  # a password is set: remote clients may log in
+    remote.close()
+    admin.execute_command("ACL", "SETUSER", "default", "nopass")
+    refused = RawClient(st.port)  # no password any more: protected mode refuses again
+    assert str(refused.read()).startswith("DENIED")
+    refused.close()
+    admin.close()
+
+
+def test_failed_auth_is_rate_limited_per_ip(server_factory, monkeypatch) -> None:
+    st = server_factory(requirepass="pw", auth_fail_burst=2, auth_fail_rate=0.01)
+    c = RawClient(st.port)
+    assert str(c("AUTH", "bad")).startswith("WRONGPASS")
+    assert str(c("AUTH", "bad")).startswith("WRONGPASS")
+    limited = c("AUTH", "pw")  # even the right password: the limit is checked first
+    assert str(limited).startswith("ERR too many failed authentication attempts")
+    assert str(c("GET", "k")).startswith("NOAUTH")
+    other_local = RawClient(st.port)  # the limit is per IP: same IP, same bucket
+    assert str(other_local("AUTH", "pw")).startswith("ERR too many failed")
+    monkeypatch.setattr(connection_module, "peer_address", lambda t: ("192.0.2.50", 1))
+    remote = RawClient(st.port)
+    assert remote("AUTH", "pw") == b"OK"
+    assert st.call(lambda: st.server.stats["auth_rate_limited"]) == 2
+    for x in (c, other_local, remote):
+        x.close()
+
+
+def test_rate_limiter_refills_refunds_and_is_bounded() -> None:
+    now = [0.0]
+    lim = AuthRateLimiter(burst=3, rate=2.0, max_hosts=2, clock=lambda: now[0])
+    assert [lim.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert lim.take("a") == pytest.approx(0.5)  # empty: 1 token needs 0.5 s at 2/s
+    now[0] = 0.5
+    assert lim.take("a") == 0.0
+    lim.refund("a")  # a success gives its attempt back
+    assert lim.take("a") == 0.0
+    assert lim.take("a") > 0
+    lim.take("b")
+    lim.take("c")  # a third host: the least recently used ("a") is forgotten
+    assert len(lim) == 2
+    assert lim.take("a") == 0.0  # forgotten means a full bucket again
+
+
+def test_acl_save_and_load(server_factory, tmp_path) -> None:
+    path = tmp_path / "users.acl"
+    st = server_factory(aclfile=str(path))
+    admin = st.client(decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", "i", "on", ">clear-text-pw", "~i:*", "+@read")
+    assert admin.acl_save() is True
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = path.read_text()
+    assert "clear-text-pw" not in text and f"#{_sha('clear-text-pw')}" in text
+    assert os.listdir(tmp_path).count("users.acl") == 1
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+    admin.execute_command("ACL", "SETUSER", "j", "on", "nopass")
+    assert admin.acl_load() is True
+    assert admin.acl_users() == ["default", "i"]  # j was never saved
+    good = path.read_text()
+    path.write_text(good + "user k on +nosuch\n")
+    with pytest.raises(redis.ResponseError, match=r"users.acl:3: .*Unknown command"):
+        admin.acl_load()
+    assert admin.acl_users() == ["default", "i"]  # a bad file changes nothing
+    path.write_text(good)
+    admin.close()
+    st.stop()
+    st2 = server_factory(aclfile=str(path), dir=st.config.dir)
+    i = _as(st2, "i", "clear-text-pw")
+    assert i.get("i:x") is None  # reads allowed after the restart, with the saved password
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        i.set("i:x", "v")
+    i.close()
+
+
+def test_acl_save_without_aclfile_is_an_error(admin) -> None:
+    with pytest.raises(redis.ResponseError, match="not configured to use an ACL file"):
+        admin.acl_save()
+    with pytest.raises(redis.ResponseError, match="not configured to use an ACL file"):
+        admin.acl_load()
+
+
+def test_invalid_aclfile_stops_the_start(server_factory, tmp_path) -> None:
+    path = tmp_path / "bad.acl"
+    path.write_text("usr x on\n")
+    with pytest.raises(InvalidArgument, match="bad.acl:1: line should start with user"):
+        server_factory(aclfile=str(path))
+
+
+def test_acl_settings_are_validated() -> None:
+    for bad in ({"acllog_max_len": 0}, {"auth_fail_burst": 0}, {"auth_fail_rate": 0},
+                {"auth_fail_max_hosts": 0}, {"aclfile": ""}):
+        with pytest.raises(InvalidArgument):
+            ServerConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_genpass(admin) -> None:
+    assert len(admin.acl_genpass()) == 64
+    assert len(admin.acl_genpass(bits=10)) == 3
+    with pytest.raises(redis.ResponseError, match="number of bits"):
+        admin.acl_genpass(bits=0)
+
+
+def test_passwords_never_reach_the_logs(server_factory, tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="shaledb")
+    st = server_factory(aclfile=str(tmp_path / "u.acl"))
+    c = RawClient(st.port)
+    c("ACL", "SETUSER", "l", "on", ">pass-in-clear")
+    c("AUTH", "l", "wrong-pass-in-clear")
+    c("ACL", "SETUSER", "l", "<pass-in-clear", "bogus")
+    c("ACL", "SAVE")
+    c.close()
+    st.stop()
+    assert "in-clear" not in caplog.text
+
+
+def test_serve_aclfile_flag(tmp_path) -> None:
+    acl = tmp_path / "users.acl"
+    acl.write_text(f"user m on #{_sha('pw')} ~* +@all\n")
+    port = free_port()
+    proc = run_server_process(tmp_path / "db", port, "--aclfile", str(acl))
+    try:
+        c = redis.Redis(host="127.0.0.1", port=port, username="m", password="pw",
+                        socket_timeout=10)
+        assert c.acl_whoami() == "m"
+        c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
