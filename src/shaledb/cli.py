@@ -9,7 +9,8 @@ Subcommands::
     shaledb delete PATH KEY [--hex]
     shaledb scan PATH [--start K] [--stop K] [--prefix P] [--limit N] [--reverse] [--hex]
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
-                  [--aclfile FILE] [--[no-]protected-mode]
+                  [--aclfile FILE] [--[no-]protected-mode] [--tls-port P --tls-cert-file F
+                  --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
 
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
 Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
@@ -472,13 +473,25 @@ def scan(path: str, start: str | None, stop: str | None, prefix: str | None, lim
               default=None, help="TOML file of server settings (flags override it).")
 @click.option("--aclfile", default=None, type=click.Path(dir_okay=False),
               help="ACL file of users: read at start when present, written by ACL SAVE.")
+@click.option("--tls-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve TLS on this port (needs --tls-cert-file, --tls-key-file).")
+@click.option("--tls-cert-file", default=None, type=click.Path(dir_okay=False),
+              help="Server certificate chain (PEM).")
+@click.option("--tls-key-file", default=None, type=click.Path(dir_okay=False),
+              help="Server private key (PEM).")
+@click.option("--tls-ca-cert-file", default=None, type=click.Path(dir_okay=False),
+              help="CA certificates that client certificates must chain to (PEM).")
+@click.option("--tls-auth-clients", type=click.Choice(["yes", "no", "optional"]),
+              default=None, help="Client certificates: required (yes, default), optional, "
+                                 "or not asked for (no).")
 @click.option("--protected-mode/--no-protected-mode", default=None,
               help="Refuse non-loopback clients while no password is set (default on).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
-          config_path: str | None, aclfile: str | None, protected_mode: bool | None,
-          log_level: str) -> None:
+          config_path: str | None, aclfile: str | None, tls_port: int | None,
+          tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None,
+          tls_auth_clients: str | None, protected_mode: bool | None, log_level: str) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -494,7 +507,11 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
     config = ServerConfig.load(config_path, {"host": host, "port": port, "dir": data_dir,
                                              "appendfsync": appendfsync,
                                              "protected_mode": protected_mode,
-                                             "aclfile": aclfile})
+                                             "aclfile": aclfile, "tls_port": tls_port,
+                                             "tls_cert_file": tls_cert_file,
+                                             "tls_key_file": tls_key_file,
+                                             "tls_ca_cert_file": tls_ca_cert_file,
+                                             "tls_auth_clients": tls_auth_clients})
     try:
         run_server(config)
     except OSError as exc:  # the address is taken, or not ours to bind

@@ -22,6 +22,7 @@ KiB: Final = 1024
 MiB: Final = 1024 * KiB
 
 APPENDFSYNC_MODES: Final = ("always", "everysec", "no")
+TLS_AUTH_CLIENTS_MODES: Final = ("yes", "no", "optional")
 #: Environment variable read for the password when the config sets none.
 PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 
@@ -80,6 +81,18 @@ class ServerConfig:
     auth_fail_rate: float = 1.0
     #: Most client IPs whose failed attempts are remembered (least recently used dropped).
     auth_fail_max_hosts: int = 10_000
+    #: TLS port on ``host`` (None: no TLS; 0: pick a free one). Needs the two files below.
+    tls_port: int | None = None
+    #: Server certificate chain (PEM) and its private key (PEM, not encrypted).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: CA certificates (PEM) that client certificates must chain to.
+    tls_ca_cert_file: str | None = None
+    #: Client certificates: "yes" required (the default, as in Redis), "optional" (checked
+    #: when sent), "no" (not asked for). "yes" and "optional" need tls_ca_cert_file.
+    tls_auth_clients: str = "yes"
+    #: Serve only the TLS port: no plain-text listener at all.
+    tls_only: bool = False
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -124,11 +137,41 @@ class ServerConfig:
             raise InvalidArgument("server setting auth_fail_rate must be a number > 0")
         if self.aclfile is not None and (not isinstance(self.aclfile, str) or not self.aclfile):
             raise InvalidArgument("server setting aclfile must be a non-empty path")
+        self._check_tls()
         if not isinstance(self.protected_mode, bool):
             raise InvalidArgument("server setting protected_mode must be true or false")
         if self.requirepass is not None and (
                 not isinstance(self.requirepass, str) or not self.requirepass):
             raise InvalidArgument("server setting requirepass must be a non-empty string")
+
+    def _check_tls(self) -> None:
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_cert_file"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidArgument(f"server setting {name} must be a non-empty path")
+        if self.tls_auth_clients not in TLS_AUTH_CLIENTS_MODES:
+            raise InvalidArgument(
+                f"server setting tls_auth_clients must be one of "
+                f"{', '.join(TLS_AUTH_CLIENTS_MODES)}, got {self.tls_auth_clients!r}")
+        if not isinstance(self.tls_only, bool):
+            raise InvalidArgument("server setting tls_only must be true or false")
+        if self.tls_port is None:
+            if self.tls_only:
+                raise InvalidArgument("server setting tls_only needs tls_port")
+            return
+        if (not isinstance(self.tls_port, int) or isinstance(self.tls_port, bool)
+                or not 0 <= self.tls_port <= 65535):
+            raise InvalidArgument(
+                f"server setting tls_port must be an integer >= 0 and <= 65535, "
+                f"got {self.tls_port!r}")
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            raise InvalidArgument("server setting tls_port needs tls_cert_file and "
+                                  "tls_key_file")
+        if self.tls_auth_clients != "no" and self.tls_ca_cert_file is None:
+            raise InvalidArgument(
+                f"server setting tls_auth_clients = {self.tls_auth_clients!r} needs "
+                f"tls_ca_cert_file (the CA that signs client certificates), or set "
+                f"tls_auth_clients = \"no\"")
 
     def password_digest(self) -> bytes | None:
         """SHA-256 of the password (the server keeps only this), or None."""
@@ -174,4 +217,4 @@ class ServerConfig:
         return cls.from_mapping(values)
 
 
-__all__ = ["APPENDFSYNC_MODES", "PASSWORD_ENV", "ServerConfig"]
+__all__ = ["APPENDFSYNC_MODES", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES", "ServerConfig"]

@@ -36,6 +36,7 @@ from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .keyspace import Keyspace
 from .security import is_loopback_address, protected_mode_refuses
+from .tls import HANDSHAKE_TIMEOUT, server_context
 from .watch import WatchRegistry
 
 log = logging.getLogger("shaledb.server")
@@ -64,10 +65,12 @@ class Server:
         self.stats: collections.Counter[str] = collections.Counter()
         self.accepting = False
         self.sync_group: SyncGroup | None = None
+        #: The ports listened on (None when not listening; 0 in the config picks one).
         self.port: int | None = None
+        self.tls_port: int | None = None
         self._keyspace: Keyspace | None = None
         self._next_id = 0
-        self._listener: asyncio.Server | None = None
+        self._listeners: list[asyncio.Server] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="shaledb-server-io")
         self._stopped = asyncio.Event()
@@ -158,6 +161,7 @@ class Server:
                 self.acl.users = self.acl.load_file(cfg.aclfile)
             except AclRuleError as exc:
                 raise InvalidArgument(f"invalid ACL file: {exc}") from None
+        ssl_context = server_context(cfg) if cfg.tls_port is not None else None
         if self._db is None:
             options: dict[str, Any] = {
                 "fsync_interval": None if cfg.appendfsync == "no" else 1.0}
@@ -170,19 +174,31 @@ class Server:
         if cfg.appendfsync == "always":
             self.sync_group = SyncGroup(db, loop, self._executor)
         try:
-            self._listener = await loop.create_server(
-                lambda: ClientConnection(self), cfg.host, cfg.port, reuse_address=True,
-                backlog=511)
+            if not cfg.tls_only:
+                plain = await loop.create_server(
+                    lambda: ClientConnection(self), cfg.host, cfg.port, reuse_address=True,
+                    backlog=511)
+                self._listeners.append(plain)
+                self.port = plain.sockets[0].getsockname()[1]
+            if ssl_context is not None:
+                tls = await loop.create_server(
+                    lambda: ClientConnection(self), cfg.host, cfg.tls_port,
+                    reuse_address=True, backlog=511, ssl=ssl_context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                self._listeners.append(tls)
+                self.tls_port = tls.sockets[0].getsockname()[1]
         except BaseException:
+            for listener in self._listeners:
+                listener.close()
             if self._own_db:
                 db.close()
             raise
-        self.port = self._listener.sockets[0].getsockname()[1]
         self.accepting = True
         if cfg.timeout:
             self._tasks.append(loop.create_task(self._idle_sweeper()))
-        log.info("ShaleDB %s serving %s on %s:%d (appendfsync %s)", shaledb.__version__,
-                 db.path, cfg.host, self.port, cfg.appendfsync)
+        log.info("ShaleDB %s serving %s on %s port %s, TLS port %s (appendfsync %s)",
+                 shaledb.__version__, db.path, cfg.host, self.port, self.tls_port,
+                 cfg.appendfsync)
         if self.acl.default_open() and not is_loopback_address(cfg.host):
             if cfg.protected_mode:
                 log.warning("listening on %s without a password: protected mode refuses "
@@ -215,8 +231,8 @@ class Server:
         """Stop accepting, answer what was read, close connections and the database."""
         self._stopping = True
         self.accepting = False
-        if self._listener is not None:
-            self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         for task in self._tasks:
             task.cancel()
         if self.sync_group is not None:
@@ -229,9 +245,9 @@ class Server:
             await asyncio.sleep(0.01)
         for conn in list(self.connections.values()):
             conn.abort()
-        if self._listener is not None:
+        for listener in self._listeners:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._listener.wait_closed(), 1.0)
+                await asyncio.wait_for(listener.wait_closed(), 1.0)
         if self._own_db and self._db is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
         self._executor.shutdown(wait=True)

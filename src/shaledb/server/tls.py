@@ -1,0 +1,44 @@
+"""TLS for the server: the ``ssl`` context built from the ``tls-*`` settings.
+
+The context is TLS 1.2 or newer with the ``ssl`` module's default (secure) ciphers. Client
+certificates follow ``tls-auth-clients`` as in Redis: ``yes`` requires one that chains to
+``tls-ca-cert-file``, ``optional`` checks one when the client sends it, ``no`` does not ask.
+A client that fails the handshake is dropped by asyncio before a connection object exists,
+so it never reaches the command path.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final
+
+from ..errors import InvalidArgument
+from .config import ServerConfig
+
+_VERIFY: Final = {"yes": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "no": ssl.CERT_NONE}
+#: Seconds a client gets to finish the TLS handshake before it is dropped.
+HANDSHAKE_TIMEOUT: Final = 10.0
+
+
+def server_context(config: ServerConfig) -> ssl.SSLContext:
+    """The server's SSL context; InvalidArgument when a file is missing or invalid."""
+    assert config.tls_cert_file is not None and config.tls_key_file is not None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(
+            f"cannot load tls_cert_file {config.tls_cert_file!r} / tls_key_file "
+            f"{config.tls_key_file!r}: {exc}") from None
+    ctx.verify_mode = _VERIFY[config.tls_auth_clients]
+    if config.tls_ca_cert_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=config.tls_ca_cert_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidArgument(
+                f"cannot load tls_ca_cert_file {config.tls_ca_cert_file!r}: {exc}") from None
+    return ctx
+
+
+__all__ = ["HANDSHAKE_TIMEOUT", "server_context"]
