@@ -304,8 +304,8 @@ def test_invalid_aclfile_stops_the_start(server_factory, tmp_path) -> None:
 
 
 def test_acl_settings_are_validated() -> None:
-    for bad in ({"acllog_max_len": 0}, {"auth_fail_burst": 0}, {"auth_fail_rate": 0},
-                {"auth_fail_max_hosts": 0}, {"aclfile": ""}):
+    for bad in ({"acllog_max_len": 0}, {"acllog_max_len": 100_001}, {"auth_fail_burst": 0},
+                {"auth_fail_rate": 0}, {"auth_fail_max_hosts": 0}, {"aclfile": ""}):
         with pytest.raises(InvalidArgument):
             ServerConfig(**bad)  # type: ignore[arg-type]
 
@@ -313,8 +313,10 @@ def test_acl_settings_are_validated() -> None:
 def test_genpass(admin) -> None:
     assert len(admin.acl_genpass()) == 64
     assert len(admin.acl_genpass(bits=10)) == 3
-    with pytest.raises(redis.ResponseError, match="number of bits"):
-        admin.acl_genpass(bits=0)
+    assert len(admin.acl_genpass(bits=4096)) == 1024
+    for bits in (0, 4097):
+        with pytest.raises(redis.ResponseError, match="number of bits"):
+            admin.execute_command("ACL", "GENPASS", bits)
 
 
 def test_passwords_never_reach_the_logs(server_factory, tmp_path, caplog) -> None:

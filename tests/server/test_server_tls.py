@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 import warnings
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def test_plain_text_client_on_the_tls_port_is_dropped(server_factory, pki: Pki) 
     c.close()
 
 
+def test_silent_client_is_dropped_after_the_handshake_timeout(server_factory,
+                                                             pki: Pki) -> None:
+    st = _tls_server(server_factory, pki, "no", tls_handshake_timeout=0.3)
+    s = socket.create_connection((HOST, st.server.tls_port), timeout=10)
+    start = time.monotonic()
+    assert s.recv(1) == b""  # closed by the server, not by our 10 s timeout
+    assert time.monotonic() - start < 5
+    s.close()
+
+
 def test_server_refuses_tls_1_1(server_factory, pki: Pki) -> None:
     st = _tls_server(server_factory, pki, "no")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -133,6 +144,8 @@ def test_tls_settings_are_validated(tmp_path, pki: Pki) -> None:
         ServerConfig(tls_port=0, tls_auth_clients="maybe", **files)
     with pytest.raises(InvalidArgument, match="tls_only needs tls_port"):
         ServerConfig(tls_only=True)
+    with pytest.raises(InvalidArgument, match="tls_handshake_timeout"):
+        ServerConfig(tls_handshake_timeout=0)
     with pytest.raises(InvalidArgument, match="tls_port must be"):
         ServerConfig(tls_port=70000, tls_auth_clients="no", **files)
 

@@ -93,6 +93,8 @@ class ServerConfig:
     tls_auth_clients: str = "yes"
     #: Serve only the TLS port: no plain-text listener at all.
     tls_only: bool = False
+    #: Seconds a client gets to complete the TLS handshake before it is dropped.
+    tls_handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -128,7 +130,7 @@ class ServerConfig:
             raise InvalidArgument(
                 f"server setting appendfsync must be one of {', '.join(APPENDFSYNC_MODES)}, "
                 f"got {self.appendfsync!r}")
-        integer("acllog_max_len", 1)
+        integer("acllog_max_len", 1, 100_000)  # each denial scans the log to group it
         integer("auth_fail_burst", 1)
         integer("auth_fail_max_hosts", 1)
         if (isinstance(self.auth_fail_rate, bool)
@@ -155,6 +157,11 @@ class ServerConfig:
                 f"{', '.join(TLS_AUTH_CLIENTS_MODES)}, got {self.tls_auth_clients!r}")
         if not isinstance(self.tls_only, bool):
             raise InvalidArgument("server setting tls_only must be true or false")
+        if (isinstance(self.tls_handshake_timeout, bool)
+                or not isinstance(self.tls_handshake_timeout, (int, float))
+                or not 0 < self.tls_handshake_timeout < float("inf")):
+            raise InvalidArgument("server setting tls_handshake_timeout must be a number of "
+                                  "seconds > 0")
         if self.tls_port is None:
             if self.tls_only:
                 raise InvalidArgument("server setting tls_only needs tls_port")

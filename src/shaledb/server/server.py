@@ -36,7 +36,7 @@ from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .keyspace import Keyspace
 from .security import is_loopback_address, protected_mode_refuses
-from .tls import HANDSHAKE_TIMEOUT, server_context
+from .tls import server_context
 from .watch import WatchRegistry
 
 log = logging.getLogger("shaledb.server")
@@ -184,7 +184,7 @@ class Server:
                 tls = await loop.create_server(
                     lambda: ClientConnection(self), cfg.host, cfg.tls_port,
                     reuse_address=True, backlog=511, ssl=ssl_context,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                    ssl_handshake_timeout=cfg.tls_handshake_timeout)
                 self._listeners.append(tls)
                 self.tls_port = tls.sockets[0].getsockname()[1]
         except BaseException:

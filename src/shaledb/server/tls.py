@@ -3,8 +3,9 @@
 The context is TLS 1.2 or newer with the ``ssl`` module's default (secure) ciphers. Client
 certificates follow ``tls-auth-clients`` as in Redis: ``yes`` requires one that chains to
 ``tls-ca-cert-file``, ``optional`` checks one when the client sends it, ``no`` does not ask.
-A client that fails the handshake is dropped by asyncio before a connection object exists,
-so it never reaches the command path.
+A client that fails the handshake, or does not finish it within ``tls-handshake-timeout``,
+is dropped by asyncio before a connection object exists, so it never reaches the command
+path (nor counts against ``maxclients``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from ..errors import InvalidArgument
 from .config import ServerConfig
 
 _VERIFY: Final = {"yes": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "no": ssl.CERT_NONE}
-#: Seconds a client gets to finish the TLS handshake before it is dropped.
-HANDSHAKE_TIMEOUT: Final = 10.0
 
 
 def server_context(config: ServerConfig) -> ssl.SSLContext:
@@ -41,4 +40,4 @@ def server_context(config: ServerConfig) -> ssl.SSLContext:
     return ctx
 
 
-__all__ = ["HANDSHAKE_TIMEOUT", "server_context"]
+__all__ = ["server_context"]
