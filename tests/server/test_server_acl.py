@@ -120,6 +120,10 @@ def test_password_rules(server, admin) -> None:
         admin.execute_command("ACL", "SETUSER", "u", "#abc")
     hello = c("HELLO", "3", "AUTH", "default", "whatever")
     assert hello[b"proto"] == 3
+    admin.execute_command("ACL", "SETUSER", "u", "on", "resetpass", ">h", "+acl|whoami")
+    assert str(c("HELLO", "3", "AUTH", "u", "nope")).startswith("WRONGPASS")
+    assert c("HELLO", "3", "AUTH", "u", "h")[b"proto"] == 3
+    assert c("ACL", "WHOAMI") == b"u"
     c.close()
 
 

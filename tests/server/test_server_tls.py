@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from redis.retry import Retry
 from shaledb.errors import InvalidArgument
 from shaledb.server import ServerConfig
 
-from ._server_support import HOST, RawClient, free_port, run_server_process
+from ._server_support import HOST, RawClient, free_port, redis_cli, run_server_process
 from ._tls_support import Pki, make_test_pki
 
 
@@ -58,6 +59,18 @@ def test_client_certificate_required(server_factory, pki: Pki) -> None:
     plain = st.client()  # the plain-text port still serves (loopback by default)
     assert plain.get("k") == b"over tls"
     plain.close()
+
+
+def test_redis_cli_over_tls(server_factory, pki: Pki) -> None:
+    st = _tls_server(server_factory, pki, "yes")
+    base = [redis_cli(), "-h", HOST, "-p", str(st.server.tls_port), "--tls", "--cacert",
+            str(pki.ca_cert)]
+    ok = subprocess.run([*base, "--cert", str(pki.client_cert), "--key",
+                         str(pki.client_key), "SET", "cli", "tls"],
+                        capture_output=True, timeout=30)
+    assert ok.stdout.strip() == b"OK", ok.stderr
+    refused = subprocess.run([*base, "GET", "cli"], capture_output=True, timeout=30)
+    assert b"tls" not in refused.stdout  # no client certificate: no answer
 
 
 def test_client_certificate_optional(server_factory, pki: Pki) -> None:
