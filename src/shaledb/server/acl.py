@@ -19,7 +19,8 @@ Invariants:
   values outside their key positions (KRANGE) need ``allkeys``.
 * Bounded: the ACL log keeps ``acllog-max-len`` entries (oldest dropped) with ``object``
   and ``username`` cut to :data:`LOG_FIELD_MAX` bytes; the AUTH limiter keeps
-  ``auth-fail-max-hosts`` buckets (least recently used dropped).
+  ``auth-fail-max-hosts`` buckets (least recently used dropped). The user table is not
+  bounded: only @admin users (ACL SETUSER, ACL LOAD) add to it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import CommandError
+from .errors import CommandError, NoPermissionError
 from .glob import compile_glob
 
 if TYPE_CHECKING:
@@ -53,12 +54,6 @@ LOG_FIELD_MAX: Final = 128
 #: Denials of the same kind within this many seconds are one log entry with a count.
 LOG_GROUP_SECONDS: Final = 60.0
 DEFAULT_USER: Final = b"default"
-
-
-class NoPermissionError(CommandError):
-    """The user may not run this command, or not on these keys (``-NOPERM``)."""
-
-    prefix = "NOPERM"
 
 
 class AclRuleError(CommandError):
@@ -248,7 +243,7 @@ class User:
         return " ".join("~" + p.decode("latin-1") for p in self.key_patterns)
 
     def channels_text(self) -> str:
-        """The channel patterns as Redis writes them (``&a``, or ``resetchannels``)."""
+        """The channel patterns as Redis writes them (``&a &b``; empty when none)."""
         if not self.channel_patterns:
             return ""
         return " ".join("&" + p.decode("latin-1") for p in self.channel_patterns)
@@ -542,7 +537,6 @@ __all__ = [
     "AuthRateLimiter",
     "CommandIndex",
     "LogEntry",
-    "NoPermissionError",
     "User",
     "client_info",
     "hash_password",

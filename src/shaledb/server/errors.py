@@ -44,6 +44,12 @@ class WrongPassError(CommandError):
         super().__init__("invalid username-password pair or user is disabled.")
 
 
+class NoPermissionError(CommandError):
+    """The client's ACL user may not run this command, or not on these keys."""
+
+    prefix = "NOPERM"
+
+
 class ProtocolError(CommandError):
     """The client sent bytes that are not a valid request, or broke a size limit of the
     request reader. The server replies with this error and closes the connection."""
@@ -55,6 +61,7 @@ class ProtocolError(CommandError):
 __all__ = [
     "AuthRequiredError",
     "CommandError",
+    "NoPermissionError",
     "ProtocolError",
     "WrongPassError",
 ]
