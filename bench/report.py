@@ -646,8 +646,10 @@ def write_docs(suite_json: Path | None, scale_json: Path | None, docs_dir: Path)
         md += ["## Memory and disk", "",
                "Peak RSS of the subprocess during the workload (\"RSS before open\": the "
                "interpreter, the libraries and the harness's data, before the store is opened), "
-               "and the allocated size of the store's directory after it (raw key + value bytes: "
-               f"{fmt_bytes(m['keys'] * (16 + m['value_size']))}).", ""]
+               "and the allocated size of the store's directory: right after the workload (an "
+               "LSM store may be mid-compaction then, holding inputs and outputs at once) and "
+               "after the store was closed at the end of the workload's group (raw key + value "
+               f"bytes: {fmt_bytes(m['keys'] * (16 + m['value_size']))}).", ""]
         mem_w = [w for w in ("fillrandom", "overwrite", "fillbatch", "readrandom", "scan")
                  if w in _workloads(suite)]
         rows = []
@@ -659,13 +661,15 @@ def write_docs(suite_json: Path | None, scale_json: Path | None, docs_dir: Path)
                 r = suite["results"][s].get(w) or {}
                 row.append(fmt_bytes(r.get("peak_rss_bytes")) if "ops_per_sec" in r
                            else ("n/a" if "skipped" in r else "-"))
-            for w in ("overwrite", "fillbatch"):
+            for w, group in (("overwrite", "fillrandom"), ("fillbatch", "fillbatch")):
                 r = suite["results"][s].get(w) or {}
                 row.append(fmt_bytes(r.get("disk_bytes")) if "disk_bytes" in r else "-")
+                closed = (g.get(group) or {}).get("final_disk_bytes")
+                row.append(fmt_bytes(closed) if closed else "-")
             rows.append(row)
         md += [_table(["store", "RSS before open", *(f"RSS {w}" for w in mem_w),
-                       "disk after overwrite",
-                       "disk after fillbatch"], rows, md=True), ""]
+                       "disk after overwrite", "closed", "disk after fillbatch", "closed"],
+                      rows, md=True), ""]
         if "shaledb" in stores:
             rows = []
             for w in _workloads(suite):
