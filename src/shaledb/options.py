@@ -61,9 +61,9 @@ class Options:
     #: Number of L0 tables at which writes wait for compaction to catch up.
     l0_stop_trigger: int = 12
     #: Bytes per second (memtable charge) writes may go at ``l0_slowdown_trigger`` L0 tables;
-    #: with each further L0 table the rate falls by an equal step (defaults: 32, 24, 16 and
-    #: 8 MiB/s at 8, 9, 10 and 11 tables), so compaction catches up before writes must stop.
-    delayed_write_rate: int = 32 * MiB
+    #: with each further L0 table the rate falls by an equal step (defaults: 16, 12, 8 and
+    #: 4 MiB/s at 8, 9, 10 and 11 tables), so compaction catches up before writes must stop.
+    delayed_write_rate: int = 16 * MiB
     #: Target total size of L1; each deeper level is ``level_size_multiplier`` times larger.
     max_bytes_for_level_base: int = 64 * MiB
     #: Size ratio between consecutive levels.
