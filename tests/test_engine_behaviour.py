@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import shaledb
 from shaledb.engine.fs import FaultInjectionFS
 
@@ -179,3 +181,28 @@ def engine_overhead() -> int:
     from shaledb.engine.batch import ENTRY_OVERHEAD
 
     return ENTRY_OVERHEAD
+
+
+def test_compaction_write_rate_limits_compaction_output(db_path, small_opts) -> None:
+    """With compaction_write_rate, a compaction writing N bytes takes at least about
+    (N - one second's burst) / rate: the limiter really throttles the output."""
+    import os as _os
+    import time as _time
+
+    rate = 1 << 20
+    opts = {**small_opts, "memtable_size": 4 << 20, "target_file_size": 4 << 20,
+            "compaction_write_rate": rate, "compaction_process_threshold": None}
+    with shaledb.open(db_path, **opts) as db:
+        for i in range(30_000):
+            db.put(b"k%08d" % i, _os.urandom(100))
+        db.flush()
+        before = db.stats()["compaction_bytes_written"]
+        t0 = _time.monotonic()
+        db.compact_range()
+        elapsed = _time.monotonic() - t0
+        written = db.stats()["compaction_bytes_written"] - before
+        assert written > 2 * rate  # enough output that the burst does not cover it
+        assert elapsed >= (written - rate) / rate * 0.9, (written, elapsed)
+        assert sum(1 for _ in db.range()) == 30_000
+    with pytest.raises(shaledb.InvalidArgument):
+        shaledb.open(db_path, compaction_write_rate=10)

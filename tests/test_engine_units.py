@@ -303,3 +303,27 @@ def test_lru_cache_pinned_bytes_share_the_budget() -> None:
     c.pin(-35)
     c.put(50, "x", 40)
     assert c.usage == 100 and c.pinned == 0
+
+
+# -- compaction write rate limiter -----------------------------------------------------------
+def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
+    from shaledb.engine.ratelimit import RateLimiter
+
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    lim = RateLimiter(1000, clock=lambda: now[0], sleep=sleep)
+    lim.request(1000)  # the one-second burst
+    assert slept == []
+    lim.request(500)  # half a second of debt
+    assert slept == [pytest.approx(0.5)]
+    now[0] += 10.0  # idle time refills at most one burst
+    lim.request(1000)
+    lim.request(2000)
+    assert slept[-1] == pytest.approx(2.0) and lim.waited == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        RateLimiter(0)

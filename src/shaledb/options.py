@@ -76,6 +76,9 @@ class Options:
     #: and outside this process' GIL; smaller ones run in a background thread. ``None``: never
     #: use a worker; 0: always.
     compaction_process_threshold: int | None = 4 * MiB
+    #: Bytes per second compactions may write (a token bucket; flushes are not limited, as
+    #: writers wait for them). ``None``: unlimited, the compaction keeps up as fast as it can.
+    compaction_write_rate: int | None = None
     #: Table files kept open (file descriptor + decoded index + filter) at once.
     max_open_files: int = 512
     #: "strict": a torn record at the end of the newest WAL segment is dropped (normal after a
@@ -108,6 +111,8 @@ class Options:
         positive("delayed_write_rate", 64 * KiB)
         if self.compaction_process_threshold is not None:
             positive("compaction_process_threshold", 0)
+        if self.compaction_write_rate is not None:
+            positive("compaction_write_rate", 64 * KiB)
         if self.num_levels > 16:
             raise InvalidArgument("option num_levels must be <= 16")
         if not (self.l0_compaction_trigger <= self.l0_slowdown_trigger <= self.l0_stop_trigger):

@@ -19,6 +19,7 @@ Dropping rules (``smallest_snapshot`` is the oldest sequence any reader may stil
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
 
 from ..options import Options
@@ -27,6 +28,7 @@ from .filenames import table_name
 from .fs import FileSystem
 from .iterator import merge
 from .manifest import Version
+from .ratelimit import RateLimiter
 from .sstable import FileMeta, TableBuilder, TableReader
 
 Entry = tuple[bytes, int, int, int, bytes]
@@ -159,8 +161,10 @@ class TableWriter:
 
     def __init__(self, fs: FileSystem, path_of: Callable[[int], str],
                  new_number: Callable[[], int], *, block_size: int, compression: str,
-                 target_size: int | None, max_outputs: int | None = None) -> None:
+                 target_size: int | None, max_outputs: int | None = None,
+                 rate_limiter: RateLimiter | None = None) -> None:
         self._fs = fs
+        self._limiter = rate_limiter
         self._path_of = path_of
         self._new_number = new_number
         self._block_size = block_size
@@ -198,7 +202,8 @@ class TableWriter:
         self.created.append(number)
         self._builder = TableBuilder(self._fs, self._path_of(number), number,
                                      block_size=self._block_size,
-                                     compression=self._compression)
+                                     compression=self._compression,
+                                     rate_limiter=self._limiter)
         return self._builder
 
     def _finish(self, builder: TableBuilder) -> None:
@@ -229,6 +234,27 @@ class MergeJob:
     compression: str
     target_file_size: int
     numbers: tuple[int, ...] | None = None  # output numbers given in advance (worker)
+    write_rate: int | None = None  # bytes/s cap on the outputs (None: unlimited)
+
+
+#: One limiter per (database, rate) and process, shared by that database's compactions, so
+#: the cap holds across jobs (a limiter per job would grant each a fresh burst). Bounded.
+_limiters: dict[tuple[str, int], RateLimiter] = {}
+_limiters_lock = threading.Lock()
+_MAX_LIMITERS = 64
+
+
+def _limiter(dirpath: str, rate: int | None) -> RateLimiter | None:
+    if not rate:
+        return None
+    key = (dirpath, rate)
+    with _limiters_lock:
+        lim = _limiters.get(key)
+        if lim is None:
+            if len(_limiters) >= _MAX_LIMITERS:
+                _limiters.pop(next(iter(_limiters)))
+            lim = _limiters[key] = RateLimiter(rate)
+        return lim
 
 
 def merge_writer(job: MergeJob, fs: FileSystem, new_number: Callable[[], int]) -> TableWriter:
@@ -236,7 +262,8 @@ def merge_writer(job: MergeJob, fs: FileSystem, new_number: Callable[[], int]) -
     return TableWriter(fs, lambda n: table_name(job.dirpath, n), new_number,
                        block_size=job.block_size, compression=job.compression,
                        target_size=job.target_file_size,
-                       max_outputs=None if job.numbers is None else len(job.numbers))
+                       max_outputs=None if job.numbers is None else len(job.numbers),
+                       rate_limiter=_limiter(job.dirpath, job.write_rate))
 
 
 def run_merge(job: MergeJob, open_table: Callable[[int], TableReader], writer: TableWriter,

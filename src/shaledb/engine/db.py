@@ -827,7 +827,7 @@ class Engine:
             below=tuple(f.number for f in c.below),
             smallest_snapshot=smallest, now_ms=self._now_ms(), drop_tombstones=c.bottommost,
             block_size=opts.block_size, compression=opts.compression,
-            target_file_size=opts.target_file_size)
+            target_file_size=opts.target_file_size, write_rate=opts.compaction_write_rate)
         use_worker = (self._worker is not None and opts.compaction_process_threshold is not None
                       and c.input_bytes >= opts.compaction_process_threshold)
         created: list[int] = []

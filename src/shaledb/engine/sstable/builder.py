@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import msgpack
 
 from ..fs import FileSystem
+from ..ratelimit import RateLimiter
 from .block import encode_columns, encode_data_block
 from .filter import build_filter
 from .format import FORMAT_VERSION, FileMeta, Footer, encode_block, require_codec
@@ -21,8 +22,9 @@ class TableBuilder:
     """
 
     def __init__(self, fs: FileSystem, path: str, number: int, *, block_size: int,
-                 compression: str) -> None:
+                 compression: str, rate_limiter: RateLimiter | None = None) -> None:
         self.path = path
+        self._limiter = rate_limiter
         self.number = number
         self._file = fs.create(path, exclusive=True)
         self._block_size = block_size
@@ -88,6 +90,8 @@ class TableBuilder:
     def _write(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) >= _WRITE_CHUNK:
+            if self._limiter is not None:
+                self._limiter.request(len(self._buf))
             self._file.append(self._buf)
             self._offset += len(self._buf)
             self._buf = bytearray()
@@ -135,6 +139,8 @@ class TableBuilder:
         }
         props_h = self._add_block(msgpack.packb(props, use_bin_type=True), 0)
         self._write(Footer(filter_h, index_h, props_h).encode())
+        if self._limiter is not None:
+            self._limiter.request(len(self._buf))
         self._file.append(self._buf)
         self._offset += len(self._buf)
         self._buf = bytearray()
