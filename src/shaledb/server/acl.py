@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .errors import CommandError, NoPermissionError
 from .glob import compile_glob
+from .ratelimit import TokenBuckets
 
 if TYPE_CHECKING:
     from .commands import Command
@@ -299,50 +300,14 @@ class LogEntry:
         }
 
 
-class AuthRateLimiter:
+class AuthRateLimiter(TokenBuckets):
     """Failed-AUTH token buckets per client IP: ``burst`` attempts at once, refilled at
-    ``rate`` per second. At most ``max_hosts`` buckets are kept; when one more is needed,
-    the least recently used goes (that host starts again from a full bucket).
+    ``rate`` per second, at most ``max_hosts`` IPs remembered (least recently used dropped).
 
     :meth:`take` checks and consumes one token in the same call, before the password is
     checked; a successful login gives it back (:meth:`refund`). So a flood of pipelined
     attempts cannot all pass a check made before any of them failed.
     """
-
-    def __init__(self, burst: int, rate: float, max_hosts: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.burst = burst
-        self.rate = rate
-        self.max_hosts = max_hosts
-        self._clock = clock
-        #: host -> (tokens, time of that count), least recently used first.
-        self._buckets: collections.OrderedDict[str, tuple[float, float]] = \
-            collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def take(self, host: str) -> float:
-        """Consume one attempt for ``host``: 0.0 when allowed, else the seconds until the
-        next attempt will be."""
-        now = self._clock()
-        tokens, then = self._buckets.pop(host, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
-        if tokens >= 1.0:
-            wait = 0.0
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.rate if self.rate > 0 else float("inf")
-        self._buckets[host] = (tokens, now)
-        while len(self._buckets) > self.max_hosts:
-            self._buckets.popitem(last=False)
-        return wait
-
-    def refund(self, host: str) -> None:
-        """Give back the attempt of a successful login."""
-        entry = self._buckets.get(host)
-        if entry is not None:
-            self._buckets[host] = (min(float(self.burst), entry[0] + 1.0), entry[1])
 
 
 class Acl:

@@ -27,6 +27,11 @@ TLS_AUTH_CLIENTS_MODES: Final = ("yes", "no", "optional")
 PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 
 
+def _positive_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value < float("inf"))
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything that configures ``shaledb serve``. Every limit is on by default."""
@@ -95,6 +100,18 @@ class ServerConfig:
     tls_only: bool = False
     #: Seconds a client gets to complete the TLS handshake before it is dropped.
     tls_handshake_timeout: float = 10.0
+    #: Most bytes of replies waiting to be sent to one client (the transport's buffer plus
+    #: the reply being queued); past it the client is disconnected, as by Redis'
+    #: ``client-output-buffer-limit`` hard limit. KEYS stops building its reply at this size.
+    #: 0 disables it. 256 MiB: eight replies of the largest value (proto_max_bulk_len).
+    client_output_buffer_limit: int = 256 * MiB
+    #: Commands per second per client IP (None: no limit). A client over it is slowed down
+    #: (the server stops reading from it until a token is due), never sent an error.
+    rate_limit_per_ip: float | None = None
+    #: Commands per second per ACL user name (users not listed are not limited).
+    rate_limit_users: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Most client IPs whose command rate is tracked (least recently used dropped).
+    rate_limit_max_hosts: int = 10_000
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -140,11 +157,33 @@ class ServerConfig:
         if self.aclfile is not None and (not isinstance(self.aclfile, str) or not self.aclfile):
             raise InvalidArgument("server setting aclfile must be a non-empty path")
         self._check_tls()
+        self._check_output_and_rates()
         if not isinstance(self.protected_mode, bool):
             raise InvalidArgument("server setting protected_mode must be true or false")
         if self.requirepass is not None and (
                 not isinstance(self.requirepass, str) or not self.requirepass):
             raise InvalidArgument("server setting requirepass must be a non-empty string")
+
+    def _check_output_and_rates(self) -> None:
+        limit = self.client_output_buffer_limit
+        if (not isinstance(limit, int) or isinstance(limit, bool)
+                or not (limit == 0 or limit >= KiB)):
+            raise InvalidArgument(
+                f"server setting client_output_buffer_limit must be 0 (no limit) or an "
+                f"integer >= {KiB} bytes, got {limit!r}")
+        if self.rate_limit_per_ip is not None and not _positive_number(self.rate_limit_per_ip):
+            raise InvalidArgument(
+                f"server setting rate_limit_per_ip must be a number of commands per second "
+                f"> 0, or unset for no limit; got {self.rate_limit_per_ip!r}")
+        users = self.rate_limit_users
+        if not isinstance(users, dict) or not all(
+                isinstance(k, str) and k and _positive_number(v) for k, v in users.items()):
+            raise InvalidArgument(
+                "server setting rate_limit_users must map user names to commands per second "
+                f"> 0 (TOML: [server.rate-limit-users] alice = 100); got {users!r}")
+        if (not isinstance(self.rate_limit_max_hosts, int)
+                or isinstance(self.rate_limit_max_hosts, bool) or self.rate_limit_max_hosts < 1):
+            raise InvalidArgument("server setting rate_limit_max_hosts must be an integer >= 1")
 
     def _check_tls(self) -> None:
         for name in ("tls_cert_file", "tls_key_file", "tls_ca_cert_file"):

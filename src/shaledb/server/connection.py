@@ -12,9 +12,14 @@ Bounds: the reader limits the buffered request bytes; the requests of one read r
 OUTPUT_BATCH bytes of replies are produced, and when the socket's send buffer is then full
 (the client does not read its replies), or held replies pile up, the connection stops running
 requests and reading until they drain. So a pipelining client cannot make the server buffer
-without limit. A malformed request gets ``-ERR Protocol error: ...`` after the replies to the
-requests before it, and the connection is closed. Shutdown answers every request already
-read before closing (:meth:`ClientConnection.close_when_sent`).
+without limit. One reply can still be huge (KEYS, MGET of many keys): a client whose queued
+replies would pass ``client_output_buffer_limit`` is disconnected at once, its pending
+output dropped, as Redis does at its hard limit. With command rate limits, a client without
+a token stops being run and read until one is due (no error). A handler may return a
+:class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
+for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
+the replies to the requests before it, and the connection is closed. Shutdown answers every
+request already read before closing (:meth:`ClientConnection.close_when_sent`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
-from .protocol import RequestReader, encode
+from .protocol import RequestReader, encode, encode_one
 from .security import PROTECTED_MODE_DENIED
 
 if TYPE_CHECKING:
@@ -41,6 +47,8 @@ MAX_HELD_BYTES: Final = 1 << 20
 #: Reply bytes produced before they are handed to the transport; if the transport then
 #: reports a full send buffer, the connection stops running requests until it drains.
 OUTPUT_BATCH: Final = 256 * 1024
+#: Pause reasons that stop running requests (the others only stop reading).
+_BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred"))
 
 
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
@@ -70,7 +78,8 @@ class ClientState:
 
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
-                 "created", "last_active", "__weakref__")
+                 "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
+                 "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -95,6 +104,13 @@ class ClientState:
         self.lib: dict[str, bytes] = {}
         self.created = time.monotonic()
         self.last_active = self.created
+        #: Local "ip:port" and socket file descriptor (CLIENT LIST).
+        self.laddr = ""
+        self.fd = -1
+        #: The last command run, as CLIENT LIST shows it (``client|list``).
+        self.cmd = "NULL"
+        #: A reply passed client_output_buffer_limit while being built: disconnect.
+        self.output_overflow = False
 
     def __repr__(self) -> str:
         return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"
@@ -149,6 +165,12 @@ class ClientConnection(asyncio.Protocol):
             return
         self.client = ClientState(server.new_client_id(), addr, server.acl.default,
                                   server.acl.default_open(), host)
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.client.laddr = f"{local[0]}:{local[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.client.fd = sock.fileno()
         server.connections[self.client.id] = self
         server.stats["total_connections_received"] += 1
 
@@ -191,36 +213,125 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         ks = server.keyspace
         execute = server.dispatcher.execute
+        limits = server.rate_limits if server.rate_limits.active else None
         while requests and not self._blocked() and not client.close_after_reply:
             group = WriteGroup(ks.begin())
             replies = group.replies
             size = 0
             writes_before = ks.writes
+            deferred: Deferred | None = None
+            deferred_resp = 2
             while requests and size < OUTPUT_BATCH:
+                if limits is not None:
+                    wait = limits.wait(client)
+                    if wait > 0:
+                        self._throttle(wait)
+                        break
                 execute(client, requests.popleft(), group)
-                size += reply_size(replies[-1])
+                reply = replies[-1]
                 server.stats["total_commands_processed"] += 1
+                if type(reply) is Deferred:
+                    deferred = replies.pop()
+                    deferred_resp = group.protocols.pop()
+                    break
+                size += reply_size(reply)
                 if self._quitting():  # QUIT: nothing after it runs
                     break
             group.commit()
             out: list[bytes] = []
             for reply, resp in zip(replies, group.protocols, strict=True):
                 encode(reply, resp, out)
-            if out:
+            if out or client.output_overflow:
                 self._send(b"".join(out), ks.writes != writes_before)
+                if self.closing and client.output_overflow:
+                    return
+            if deferred is not None:
+                self._await(deferred, deferred_resp)
         if requests and not client.close_after_reply:
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
         self._set_paused("backlog", False)
-        if self._error is not None and not client.close_after_reply:
+        if self._error is not None and not client.close_after_reply and (
+                "deferred" not in self._pause):
             log.info("closing client %s: %s", client.addr, self._error)
             self._send(self._error.reply(), False)
             client.close_after_reply = True
         if client.close_after_reply or self.closing:
             self.close_when_sent()
 
+    def _throttle(self, wait: float) -> None:
+        """Out of rate-limit tokens: run and read nothing for ``wait`` seconds."""
+        self.server.stats["rate_limited_waits"] += 1
+        self._set_paused("throttle", True)
+        asyncio.get_running_loop().call_later(wait, self._set_paused, "throttle", False)
+
+    def _await(self, deferred: Deferred, resp: int) -> None:
+        """Send ``deferred``'s reply when it is ready; run nothing of this client until
+        then."""
+        self._set_paused("deferred", True)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            client = self.client
+            assert client is not None
+            if fut.cancelled():
+                reply: Any = CommandError("the command was cancelled (server shutting down)")
+            elif fut.exception() is not None:
+                exc = fut.exception()
+                reply = exc if isinstance(exc, CommandError) else CommandError(
+                    f"{type(exc).__name__}: {exc}")
+            else:
+                reply = fut.result()
+            if reply is CLOSE:
+                client.close_after_reply = True
+                self._requests.clear()
+            elif self.transport is not None and not self.transport.is_closing():
+                self._send(encode_one(reply, resp), False)
+            self._set_paused("deferred", False)
+            if self._error is not None and not self._requests:
+                self._process()  # the protocol error read after this request
+            elif client.close_after_reply or self.closing:
+                self.close_when_sent()
+
+        deferred.future.add_done_callback(done)
+
     # -- output --------------------------------------------------------------------------
+    @property
+    def output_bytes(self) -> int:
+        """Reply bytes not yet handed to the kernel: the transport's buffer plus replies
+        held for an fsync."""
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return buffered + self._held_bytes
+
+    def _over_limit(self, size: int) -> bool:
+        limit = self.server.config.client_output_buffer_limit
+        client = self.client
+        return (client is not None and client.output_overflow) or (
+            limit > 0 and self.output_bytes + size > limit)
+
+    def _disconnect_overflow(self, size: int) -> None:
+        """The client's output passed client_output_buffer_limit: drop everything it has
+        pending and close, as Redis does at the hard limit."""
+        client = self.client
+        assert client is not None
+        log.warning("closing client %s (id %d, cmd %s): output buffer limit of %d bytes "
+                    "exceeded (%d bytes pending, reply of %d)", client.addr, client.id,
+                    client.cmd, self.server.config.client_output_buffer_limit,
+                    self.output_bytes, size)
+        self.server.stats["client_output_buffer_limit_disconnections"] += 1
+        client.output_overflow = True
+        client.close_after_reply = True
+        self._requests.clear()
+        self._held.clear()
+        self._held_bytes = 0
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()  # frees the buffered output now, unlike close()
+
     def _send(self, data: bytes, wrote: bool) -> None:
+        if self._over_limit(len(data)):
+            self._disconnect_overflow(len(data))
+            return
         sync = self.server.sync_group
         if sync is None or (not wrote and not self._held):
             assert self.transport is not None
@@ -266,12 +377,14 @@ class ClientConnection(asyncio.Protocol):
         return self.client is not None and self.client.close_after_reply
 
     def _blocked(self) -> bool:
-        """Whether replies must drain before more requests run."""
-        return "write" in self._pause or "fsync" in self._pause
+        """Whether requests must wait: replies must drain, a rate-limit token is not due
+        yet, or a deferred reply is not ready."""
+        return not self._pause.isdisjoint(_BLOCKING)
 
     def _set_paused(self, reason: str, paused: bool) -> None:
         """Reading stops while any reason holds: "write" (send buffer full), "fsync"
-        (held replies), "backlog" (requests read but not run)."""
+        (held replies), "backlog" (requests read but not run), "throttle" (rate limit),
+        "deferred" (a reply being prepared)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -298,7 +411,7 @@ class ClientConnection(asyncio.Protocol):
         every reply (held ones included) handed to the transport, which sends it before
         closing."""
         self.closing = True
-        if self.transport is not None and not self._held and (
+        if self.transport is not None and not self._held and "deferred" not in self._pause and (
                 not self._requests or self._quitting()):
             self.transport.close()
 
@@ -310,6 +423,20 @@ class ClientConnection(asyncio.Protocol):
             if message:
                 transport.write(message)
             transport.close()
+
+    def memory(self) -> dict[str, int]:
+        """The CLIENT LIST sizes this connection knows: query buffer (qbuf), requests read
+        but not run (argv-mem), held replies (oll) and reply bytes not yet sent (omem)."""
+        return {"qbuf": self.reader.buffered,
+                "argv-mem": sum(len(a) for r in self._requests for a in r),
+                "oll": len(self._held), "omem": self.output_bytes}
+
+    def events(self) -> str:
+        """What the connection waits for, as CLIENT LIST shows it: r (reading), w (output
+        to send)."""
+        transport = self.transport
+        reading = transport is not None and not transport.is_closing() and not self._pause
+        return ("r" if reading else "") + ("w" if self.output_bytes else "")
 
     def info(self) -> dict[str, Any]:
         """A summary for logs and tests."""

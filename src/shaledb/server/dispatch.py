@@ -104,8 +104,9 @@ class Dispatcher:
             group.protocols.append(client.resp)
             return
         assert cmd is not None
+        client.cmd = cmd.name if not cmd.subcommands else self.server.acl.index.unit(cmd, argv)
         if in_multi and cmd.name.encode() not in _NOT_QUEUED:
-            replies.append(self._queue(client, argv))
+            replies.append(self._queue(client, cmd, argv))
             group.protocols.append(client.resp)
             return
         txn = group.txn
@@ -126,8 +127,11 @@ class Dispatcher:
         replies.append(reply)
         group.protocols.append(client.resp)
 
-    def _queue(self, client: ClientState, argv: list[bytes]) -> Any:
+    def _queue(self, client: ClientState, cmd: Command, argv: list[bytes]) -> Any:
         assert client.multi is not None
+        if "no-multi" in cmd.flags:  # SAVE, SHUTDOWN: their reply cannot wait inside EXEC
+            client.multi_error = True
+            return CommandError("Command not allowed inside a transaction")
         client.multi_bytes += sum(len(a) for a in argv) + 32 * len(argv)
         limit = self.server.config.max_multi_bytes
         if client.multi_bytes > limit:

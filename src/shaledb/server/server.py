@@ -28,13 +28,16 @@ import shaledb
 
 from ..errors import InvalidArgument
 from .acl import Acl, AclRuleError, AuthRateLimiter, User
+from .checkpoint import Checkpointer
 from .config import ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
+from .deferred import CLOSE
 from .dispatch import Dispatcher
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .keyspace import Keyspace
+from .ratelimit import CommandRateLimits
 from .security import is_loopback_address, protected_mode_refuses
 from .tls import server_context
 from .watch import WatchRegistry
@@ -76,6 +79,18 @@ class Server:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._idle_task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        #: Whether the engine fsyncs the WAL every second by itself (opened with an
+        #: fsync_interval); if not, ``everysec`` is done by :meth:`_periodic_sync`.
+        self._engine_fsyncs = False
+        #: Unix time of the last successful SAVE/BGSAVE (LASTSAVE); the start time at first.
+        self.last_save_time = int(time.time())
+        #: Whether a BGSAVE is running.
+        self.bgsave_in_progress = False
+        self.checkpoints = Checkpointer(self)
+        self.rate_limits = CommandRateLimits(config.rate_limit_per_ip, config.rate_limit_users,
+                                             config.rate_limit_max_hosts)
 
     @property
     def keyspace(self) -> Keyspace:
@@ -170,9 +185,9 @@ class Server:
             self._db = await loop.run_in_executor(
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db
+        self._engine_fsyncs = db.options.fsync_interval is not None
         self._keyspace = Keyspace(db, on_write=self.watches.touch, on_flush=self.watches.touch_db)
-        if cfg.appendfsync == "always":
-            self.sync_group = SyncGroup(db, loop, self._executor)
+        self.set_appendfsync(cfg.appendfsync)
         try:
             if not cfg.tls_only:
                 plain = await loop.create_server(
@@ -194,8 +209,7 @@ class Server:
                 db.close()
             raise
         self.accepting = True
-        if cfg.timeout:
-            self._tasks.append(loop.create_task(self._idle_sweeper()))
+        self.restart_idle_sweeper()
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s (appendfsync %s)",
                  shaledb.__version__, db.path, cfg.host, self.port, self.tls_port,
                  cfg.appendfsync)
@@ -207,6 +221,46 @@ class Server:
                 log.warning("listening on %s without a password and without protected "
                             "mode: any host that can reach this port can read and change "
                             "every key", cfg.host)
+
+    def set_appendfsync(self, mode: str) -> None:
+        """Switch the durability mode (at start, and live by CONFIG SET appendfsync).
+
+        ``always`` holds write replies for a group fsync; the replies already held keep
+        their fsync when leaving it. ``everysec`` relies on the engine's own 1-second WAL
+        sync when the database was opened with one, else on a server task doing the same.
+        ``no`` stops that task; an engine opened with its own sync thread keeps it (it
+        cannot be stopped without reopening), which only makes ``no`` safer.
+        """
+        loop = asyncio.get_running_loop()
+        if mode == "always":
+            if self.sync_group is None:
+                self.sync_group = SyncGroup(self.db, loop, self._executor)
+        else:
+            self.sync_group = None
+        wants_task = mode == "everysec" and not self._engine_fsyncs
+        if wants_task and self._sync_task is None:
+            self._sync_task = loop.create_task(self._periodic_sync())
+        elif not wants_task and self._sync_task is not None:
+            self._sync_task.cancel()
+            self._sync_task = None
+
+    async def _periodic_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await loop.run_in_executor(self._executor, self.db.sync)
+            except Exception as exc:  # noqa: BLE001 - the engine now refuses writes
+                log.error("periodic WAL fsync failed: %s", exc)
+                return
+
+    def restart_idle_sweeper(self) -> None:
+        """(Re)start closing idle clients after ``timeout`` seconds (stop when 0)."""
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            self._idle_task = None
+        if self.config.timeout and not self._stopping:
+            self._idle_task = asyncio.get_running_loop().create_task(self._idle_sweeper())
 
     async def _idle_sweeper(self) -> None:
         timeout = self.config.timeout
@@ -225,7 +279,32 @@ class Server:
         """Start a graceful shutdown (safe to call from a signal handler, more than once)."""
         if not self._stopping:
             self._stopping = True
-            asyncio.get_running_loop().create_task(self.shutdown())
+            self._tasks.append(asyncio.get_running_loop().create_task(self.shutdown()))
+
+    def shutdown_on_request(self, save: bool, force: bool) -> asyncio.Future[Any]:
+        """SHUTDOWN from a client: checkpoint first when ``save``, then shut down as
+        SIGTERM does. The future's result is :data:`~shaledb.server.deferred.CLOSE` (the
+        client gets no reply, as from Redis); it raises CommandError when the checkpoint
+        failed and not ``force``, and the server then keeps running."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+
+        async def run() -> None:
+            if save and not self._stopping:
+                try:
+                    await self.checkpoints.save()
+                except CommandError as exc:
+                    if not force:
+                        log.warning("SHUTDOWN refused: %s", exc)
+                        result.set_exception(
+                            CommandError("Errors trying to SHUTDOWN. Check logs."))
+                        return
+            log.warning("shutdown requested by a client")
+            result.set_result(CLOSE)
+            self.request_shutdown()
+
+        self._tasks.append(loop.create_task(run()))
+        return result
 
     async def shutdown(self) -> None:
         """Stop accepting, answer what was read, close connections and the database."""
@@ -233,8 +312,10 @@ class Server:
         self.accepting = False
         for listener in self._listeners:
             listener.close()
-        for task in self._tasks:
-            task.cancel()
+        current = asyncio.current_task()
+        for task in (*self._tasks, self._idle_task, self._sync_task):
+            if task is not None and task is not current:
+                task.cancel()
         if self.sync_group is not None:
             with contextlib.suppress(Exception):
                 await self.sync_group.wait_idle()
@@ -248,6 +329,7 @@ class Server:
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
+        await self.checkpoints.close()
         if self._own_db and self._db is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
         self._executor.shutdown(wait=True)

@@ -3,8 +3,9 @@ TIME."""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import shaledb
 
@@ -12,6 +13,12 @@ from ..errors import AuthRequiredError, CommandError
 from ..keyspace import DATABASES
 from ..protocol import OK, PONG, Status
 from . import SYNTAX, CommandFamily, Context, parse_int, wrong_arity
+
+if TYPE_CHECKING:
+    from ..connection import ClientState
+    from ..server import Server
+
+log = logging.getLogger("shaledb.server")
 
 FAMILY = CommandFamily()
 command = FAMILY.command
@@ -141,9 +148,196 @@ def time_(ctx: Context, argv: list[bytes]) -> Any:
     return [b"%d" % (now // 1_000_000), b"%d" % (now % 1_000_000)]
 
 
-@command("client", -2, "noscript loading stale", "slow connection")
+_CLIENT_ADMIN = "admin slow dangerous connection"
+_CLIENT_SUBCOMMANDS = {
+    "id": "slow connection", "getname": "slow connection", "setname": "slow connection",
+    "setinfo": "slow connection", "info": "slow connection", "list": _CLIENT_ADMIN,
+    "kill": _CLIENT_ADMIN, "no-evict": _CLIENT_ADMIN, "no-touch": "slow connection",
+    "help": "slow connection",
+}
+
+CLIENT_HELP = (
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GETNAME", "    Return the name of the current connection.",
+    "ID", "    Return the ID of the current connection.",
+    "INFO", "    Return information about the current client connection.",
+    "KILL <ip:port>", "    Kill connection made from <ip:port>.",
+    "KILL <option> <value> [<option> <value> [...]]",
+    "    Kill connections. Options are:",
+    "    * ADDR (<ip:port>|<unixsocket>:0)", "      Kill connections made from the given address",
+    "    * LADDR (<ip:port>|<unixsocket>:0)", "      Kill connections made to the given address",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)", "      Kill connections by type.",
+    "    * USER <username>", "      Kill connections authenticated by <username>.",
+    "    * ID <client-id>", "      Kill connections by client id.",
+    "    * MAXAGE <maxage>", "      Kill connections older than the specified age.",
+    "    * SKIPME (YES|NO)", "      Skip killing current connection (default: yes).",
+    "LIST [options ...]", "    Return information about client connections. Options:",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)", "      Return clients of specified type.",
+    "    * ID <client-id> [<client-id> ...]", "      Return clients of specified IDs only.",
+    "NO-EVICT (ON|OFF)", "    Accepted; ShaleDB evicts no clients (it has no maxmemory).",
+    "NO-TOUCH (ON|OFF)", "    Accepted; ShaleDB keeps no access times (no LRU/LFU).",
+    "SETINFO <option> <value>", "    Set client meta attr. Options are:",
+    "    * LIB-NAME: the client lib name.", "    * LIB-VER: the client lib version.",
+    "SETNAME <name>", "    Assign the name <name> to the current connection.",
+    "HELP", "    Print this help.",
+)
+
+_CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
+
+
+def _flags(c: ClientState) -> str:
+    flags = ("x" if c.multi is not None else "") + ("d" if c.dirty_cas else "") + (
+        "c" if c.close_after_reply else "")
+    return flags or "N"
+
+
+def client_line(server: Server, c: ClientState) -> bytes:
+    """One CLIENT LIST line (Redis 7's fields, in Redis' order; without the newline).
+    Fields ShaleDB has no counterpart for are 0 (or -1 for redir, as in Redis)."""
+    conn = server.connections.get(c.id)
+    mem = conn.memory() if conn is not None else {"qbuf": 0, "argv-mem": 0, "oll": 0, "omem": 0}
+    events = conn.events() if conn is not None else ""
+    now = time.monotonic()
+    multi_mem = c.multi_bytes if c.multi is not None else 0
+    tot = mem["qbuf"] + mem["argv-mem"] + mem["omem"] + multi_mem
+    fields = (
+        ("id", c.id), ("addr", c.addr), ("laddr", c.laddr), ("fd", c.fd),
+        ("name", c.name.decode("utf-8", "replace")), ("age", int(now - c.created)),
+        ("idle", int(now - c.last_active)), ("flags", _flags(c)), ("db", c.db),
+        ("sub", 0), ("psub", 0), ("ssub", 0),
+        ("multi", len(c.multi) if c.multi is not None else -1), ("qbuf", mem["qbuf"]),
+        ("qbuf-free", 0), ("argv-mem", mem["argv-mem"]), ("multi-mem", multi_mem),
+        ("obl", 0), ("oll", mem["oll"]), ("omem", mem["omem"]), ("tot-mem", tot),
+        ("events", events), ("cmd", c.cmd),
+        ("user", c.user.name.decode("utf-8", "replace")), ("redir", -1), ("resp", c.resp),
+        ("lib-name", c.lib.get("lib-name", b"").decode("utf-8", "replace")),
+        ("lib-ver", c.lib.get("lib-ver", b"").decode("utf-8", "replace")),
+    )
+    return " ".join(f"{k}={v}" for k, v in fields).encode()
+
+
+def _clients(server: Server) -> list[ClientState]:
+    return [conn.client for conn in server.connections.values()
+            if conn.client is not None and not conn.closing]
+
+
+def _client_list(ctx: Context, argv: list[bytes]) -> bytes:
+    clients = _clients(ctx.server)
+    i = 2
+    while i < len(argv):
+        opt = argv[i].lower()
+        if opt == b"type" and i + 1 < len(argv):
+            kind = argv[i + 1].lower()
+            if kind not in _CLIENT_TYPES:
+                raise CommandError(
+                    f"Unknown client type '{argv[i + 1].decode('utf-8', 'replace')}'")
+            if kind != b"normal":
+                clients = []  # no replicas, masters or pub/sub clients
+            i += 2
+        elif opt == b"id" and i + 1 < len(argv):
+            ids = set()
+            for arg in argv[i + 1:]:
+                try:
+                    ids.add(parse_int(arg))
+                except CommandError:
+                    raise CommandError("Invalid client ID") from None
+            clients = [c for c in clients if c.id in ids]
+            i = len(argv)
+        else:
+            raise CommandError(SYNTAX)
+    return b"".join(client_line(ctx.server, c) + b"\n" for c in clients)
+
+
+def _client_kill(ctx: Context, argv: list[bytes]) -> Any:
+    server = ctx.server
+    me = ctx.client
+    if len(argv) == 3:  # the old form: CLIENT KILL addr:port
+        for c in _clients(server):
+            if c.addr.encode() == argv[2]:
+                _kill(server, c, me)
+                return OK
+        raise CommandError("No such client")
+    if len(argv) % 2:
+        raise CommandError(SYNTAX)
+    want = _KillFilter()
+    for opt, value in zip(argv[2::2], argv[3::2], strict=True):
+        want.add(server, opt.lower(), value)
+    killed = 0
+    for c in _clients(server):
+        if (c is me and want.skipme) or not want.matches(c):
+            continue
+        _kill(server, c, me)
+        killed += 1
+    return killed
+
+
+class _KillFilter:
+    """The filters of one CLIENT KILL (all must match)."""
+
+    def __init__(self) -> None:
+        self.skipme = True
+        self.id: int | None = None
+        self.normal = True
+        self.addr: bytes | None = None
+        self.laddr: bytes | None = None
+        self.user: object | None = None
+        self.born_before: float | None = None
+
+    def add(self, server: Server, opt: bytes, value: bytes) -> None:
+        if opt == b"id":
+            try:
+                self.id = parse_int(value)
+            except CommandError:
+                self.id = 0
+            if self.id <= 0:
+                raise CommandError("client-id should be greater than 0")
+        elif opt == b"type":
+            if value.lower() not in _CLIENT_TYPES:
+                raise CommandError(f"Unknown client type '{value.decode('utf-8', 'replace')}'")
+            self.normal = value.lower() == b"normal"
+        elif opt == b"addr":
+            self.addr = value
+        elif opt == b"laddr":
+            self.laddr = value
+        elif opt == b"user":
+            self.user = server.acl.users.get(value)
+            if self.user is None:
+                raise CommandError(f"No such user '{value.decode('utf-8', 'replace')}'")
+        elif opt == b"skipme":
+            if value.lower() not in (b"yes", b"no"):
+                raise CommandError(SYNTAX)
+            self.skipme = value.lower() == b"yes"
+        elif opt == b"maxage":
+            self.born_before = time.monotonic() - parse_int(value)
+        else:
+            raise CommandError(SYNTAX)
+
+    def matches(self, c: ClientState) -> bool:
+        return (self.normal and (self.id is None or c.id == self.id)
+                and (self.addr is None or c.addr.encode() == self.addr)
+                and (self.laddr is None or c.laddr.encode() == self.laddr)
+                and (self.user is None or c.user is self.user)
+                and (self.born_before is None or c.created <= self.born_before))
+
+
+def _kill(server: Server, c: ClientState, me: ClientState) -> None:
+    if c is me:
+        c.close_after_reply = True  # after this reply, as in Redis
+        return
+    conn = server.connections.get(c.id)
+    if conn is not None:
+        log.info("client %s (id %d) killed by client %s (id %d)", c.addr, c.id, me.addr,
+                 me.id)
+        server.stats["clients_killed"] += 1
+        conn.abort()
+
+
+@command("client", -2, "noscript loading stale", "slow connection",
+         subcommands=_CLIENT_SUBCOMMANDS)
 def client_(ctx: Context, argv: list[bytes]) -> Any:
-    """CLIENT ID | GETNAME | SETNAME name | SETINFO LIB-NAME|LIB-VER value"""
+    """CLIENT ID | GETNAME | SETNAME name | SETINFO LIB-NAME|LIB-VER value | INFO | LIST
+    [TYPE type] [ID id ...] | KILL addr | KILL filter value ... | NO-EVICT on|off |
+    NO-TOUCH on|off | HELP"""
     sub = argv[1].lower()
     client = ctx.client
     n = len(argv)
@@ -162,7 +356,22 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
         value = _check_name(argv[3]) if argv[3] else b""
         client.lib[attr.decode()] = value
         return OK
-    if sub in (b"id", b"getname", b"setname", b"setinfo"):
+    if sub == b"info" and n == 2:
+        return client_line(ctx.server, client) + b"\n"
+    if sub == b"list":
+        return _client_list(ctx, argv)
+    if sub == b"kill" and n >= 3:
+        return _client_kill(ctx, argv)
+    if sub in (b"no-evict", b"no-touch") and n == 3:
+        # Accepted for clients that send them: ShaleDB never evicts clients (no maxmemory)
+        # and keeps no access times (nothing for NO-TOUCH to preserve).
+        if argv[2].lower() not in (b"on", b"off"):
+            raise CommandError(SYNTAX)
+        return OK
+    if sub == b"help" and n == 2:
+        return [Status(line.encode()) for line in CLIENT_HELP]
+    if sub in (b"id", b"getname", b"setname", b"setinfo", b"info", b"kill", b"no-evict",
+               b"no-touch", b"help"):
         raise wrong_arity("client|" + sub.decode())
     raise CommandError(f"unknown subcommand '{argv[1].decode('utf-8', 'replace')}'. "
                        "Try CLIENT HELP.")

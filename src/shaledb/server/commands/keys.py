@@ -57,12 +57,26 @@ def type_(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("keys", 2, "readonly", "keyspace read slow dangerous")
 def keys(ctx: Context, argv: list[bytes]) -> Any:
-    """KEYS pattern"""
+    """KEYS pattern
+
+    The reply is built in memory; once it passes client_output_buffer_limit the walk stops
+    and the client is disconnected (as Redis would at its hard limit, but before the whole
+    reply exists), so KEYS * over millions of keys cannot exhaust the server's memory.
+    """
     pattern = argv[1]
     match = compile_glob(pattern)
     prefix = literal_prefix(pattern)
-    return [k for k, _ in ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix
-                                       else None) if match(k)]
+    limit = ctx.server.config.client_output_buffer_limit or float("inf")
+    out: list[bytes] = []
+    size = 0
+    for k, _ in ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None):
+        if match(k):
+            out.append(k)
+            size += len(k) + 16  # as connection.reply_size counts it
+            if size > limit:
+                ctx.client.output_overflow = True
+                return []
+    return out
 
 
 @command("scan", -2, "readonly", "keyspace read slow")

@@ -1,0 +1,119 @@
+"""Server administration: CONFIG SAVE BGSAVE LASTSAVE SHUTDOWN (all @admin, as in Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..deferred import Deferred
+from ..errors import CommandError
+from ..protocol import OK, Status
+from ..settings import config_get, config_set
+from . import SYNTAX, CommandFamily, Context, wrong_arity
+
+FAMILY = CommandFamily()
+command = FAMILY.command
+
+_ADMIN = "admin slow dangerous"
+
+CONFIG_HELP = (
+    "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GET <pattern>",
+    "    Return parameters matching the glob-like <pattern> and their values.",
+    "SET <directive> <value>",
+    "    Set the configuration <directive> to <value> (several pairs: all or none).",
+    "RESETSTAT",
+    "    Reset statistics reported by the INFO command.",
+    "REWRITE",
+    "    Not supported: edit the TOML config file (see the error for why).",
+    "HELP",
+    "    Print this help.",
+)
+
+#: Why CONFIG REWRITE is refused (Redis rewrites redis.conf in place).
+REWRITE_UNSUPPORTED = (
+    "CONFIG REWRITE is not supported: ShaleDB's config file is TOML written by you "
+    "(comments, tables, the password kept in SHALEDB_REQUIREPASS), and the server does not "
+    "rewrite it. Copy the settings you changed (CONFIG GET) into the file yourself.")
+
+
+@command("config", -2, "noscript loading stale", _ADMIN, subcommands={
+    "get": _ADMIN, "set": _ADMIN, "resetstat": _ADMIN, "rewrite": _ADMIN, "help": "slow"})
+def config(ctx: Context, argv: list[bytes]) -> Any:
+    """CONFIG GET pattern [pattern ...] | SET name value [name value ...] | RESETSTAT |
+    REWRITE | HELP"""
+    sub = argv[1].lower()
+    n = len(argv)
+    if sub == b"get" and n >= 3:
+        return config_get(ctx.server, argv[2:])
+    if sub == b"set" and n >= 4 and n % 2 == 0:
+        config_set(ctx.server, list(zip(argv[2::2], argv[3::2], strict=True)))
+        return OK
+    if sub == b"resetstat" and n == 2:
+        ctx.server.stats.clear()
+        return OK
+    if sub == b"rewrite" and n == 2:
+        raise CommandError(REWRITE_UNSUPPORTED)
+    if sub == b"help" and n == 2:
+        return [Status(line.encode()) for line in CONFIG_HELP]
+    if sub in (b"get", b"set", b"resetstat", b"rewrite", b"help"):
+        raise wrong_arity("config|" + sub.decode())
+    raise CommandError(f"unknown subcommand '{argv[1].decode('utf-8', 'replace')}'. "
+                       "Try CONFIG HELP.")
+
+
+@command("save", 1, "noscript no-multi", _ADMIN)
+def save(ctx: Context, argv: list[bytes]) -> Any:
+    """SAVE: checkpoint (memtable flushed to a table, WAL fsynced); the reply waits for it,
+    other clients do not"""
+    server = ctx.server
+    if server.bgsave_in_progress:
+        raise CommandError("Background save already in progress")
+    done = server.checkpoints.save()
+    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def finished(job: asyncio.Future[None]) -> None:
+        exc = job.exception()
+        if exc is not None:
+            result.set_exception(exc)
+        else:
+            result.set_result(OK)
+
+    done.add_done_callback(finished)
+    return Deferred(result)
+
+
+@command("bgsave", -1, "noscript", _ADMIN)
+def bgsave(ctx: Context, argv: list[bytes]) -> Any:
+    """BGSAVE [SCHEDULE]: start a checkpoint in the background"""
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].lower() != b"schedule"):
+        raise CommandError(SYNTAX)
+    return Status(ctx.server.checkpoints.bgsave(schedule=len(argv) == 2))
+
+
+@command("lastsave", 1, "loading stale fast", "admin fast dangerous")
+def lastsave(ctx: Context, argv: list[bytes]) -> Any:
+    """LASTSAVE -> unix time of the last successful checkpoint"""
+    return ctx.server.last_save_time
+
+
+@command("shutdown", -1, "admin noscript loading stale no-multi allow-busy", _ADMIN)
+def shutdown(ctx: Context, argv: list[bytes]) -> Any:
+    """SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE] [ABORT]: graceful shutdown (as SIGTERM); SAVE
+    checkpoints first and refuses to stop if that fails (unless FORCE). No reply on
+    success: the connection closes."""
+    opts = {a.lower() for a in argv[1:]}
+    if len(opts) != len(argv) - 1 or not opts <= {b"nosave", b"save", b"now", b"force",
+                                                  b"abort"}:
+        raise CommandError(SYNTAX)
+    if b"abort" in opts:
+        if len(opts) > 1:
+            raise CommandError(SYNTAX)
+        # Redis' ABORT cancels a shutdown waiting for replicas; ours never waits.
+        raise CommandError("No shutdown in progress.")
+    if {b"save", b"nosave"} <= opts:
+        raise CommandError(SYNTAX)
+    # Without SAVE nothing is lost either: closing the database fsyncs the WAL (the
+    # equivalent of Redis' AOF), so NOSAVE only skips the memtable flush.
+    return Deferred(ctx.server.shutdown_on_request(save=b"save" in opts,
+                                                   force=b"force" in opts))

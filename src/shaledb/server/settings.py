@@ -1,0 +1,370 @@
+"""The run-time view of the server settings: CONFIG GET and CONFIG SET.
+
+Every parameter is one :class:`Setting` line in :data:`SETTINGS`: its Redis name (dashes),
+the :class:`~shaledb.server.config.ServerConfig` field behind it, a parser that turns the
+CONFIG SET argument into the field's value (None: the parameter is immutable at run time),
+and an optional apply hook for a change that needs more than the new config (appendfsync
+switches the durability mode, timeout restarts the idle sweeper, ...). Settings whose value
+lives elsewhere (``databases``, ``requirepass``) have a getter instead of a field.
+
+CONFIG SET of several parameters is atomic, as in Redis 7: every argument is parsed, then
+the whole new config is validated by building it (``ServerConfig.__post_init__``, so rules
+between settings -- the query buffer must exceed the bulk length -- hold too); only then is
+it installed and are the hooks run. Settings read per use (``maxclients``,
+``protected-mode``, ``krange-max-limit``, ...) need no hook.
+
+To add a parameter: add the ServerConfig field, then one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import InvalidArgument
+from .config import APPENDFSYNC_MODES
+from .errors import CommandError
+from .glob import compile_glob
+from .keyspace import DATABASES
+from .ratelimit import CommandRateLimits
+
+if TYPE_CHECKING:
+    from .server import Server
+
+Parser = Callable[[bytes], Any]
+Hook = Callable[["Server", Any], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One CONFIG parameter."""
+
+    #: The name CONFIG GET/SET use (Redis' spelling, lower case with dashes).
+    name: str
+    #: The ServerConfig field that holds it (None: see ``get``).
+    field: str | None
+    #: CONFIG SET argument -> field value, raising ValueError with the reason; None: the
+    #: parameter cannot change while the server runs.
+    parse: Parser | None = None
+    #: Run after the new config is installed, with the parsed value.
+    apply: Hook | None = None
+    #: The value for CONFIG GET when it is not simply the field's.
+    get: Callable[[Server], Any] | None = None
+
+    @property
+    def mutable(self) -> bool:
+        """Whether CONFIG SET may change it."""
+        return self.parse is not None
+
+    def value(self, server: Server) -> bytes:
+        """The CONFIG GET value."""
+        if self.get is not None:
+            return show(self.get(server))
+        assert self.field is not None
+        return show(getattr(server.config, self.field))
+
+
+def show(value: Any) -> bytes:
+    """A setting's value as redis.conf writes it: yes/no, integers without a fraction,
+    ``""`` for unset, mappings as ``key value key value``."""
+    if isinstance(value, bytes):
+        return value
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"yes" if value else b"no"
+    if isinstance(value, float):
+        return b"%d" % value if value.is_integer() else repr(value).encode()
+    if isinstance(value, dict):
+        return b" ".join(show(k) + b" " + show(v) for k, v in value.items())
+    return str(value).encode("utf-8")
+
+
+# -- parsers -----------------------------------------------------------------------------------
+
+_MEMORY = re.compile(rb"(\d+)(k|kb|m|mb|g|gb)?", re.IGNORECASE)
+_UNITS: Final = {b"": 1, b"k": 1000, b"kb": 1024, b"m": 1000**2, b"mb": 1024**2,
+                 b"g": 1000**3, b"gb": 1024**3}
+
+
+def integer(minimum: int, maximum: int = 2**63 - 1) -> Parser:
+    """An integer in [minimum, maximum]."""
+
+    def parse(raw: bytes) -> int:
+        if not re.fullmatch(rb"-?\d+", raw):
+            raise ValueError("argument couldn't be parsed into an integer")
+        value = int(raw)
+        if not minimum <= value <= maximum:
+            raise ValueError(f"argument must be between {minimum} and {maximum} inclusive")
+        return value
+
+    return parse
+
+
+def memory(minimum: int = 0) -> Parser:
+    """A byte count with Redis' optional unit (``k`` = 1000, ``kb`` = 1024, ``m``, ``mb``,
+    ``g``, ``gb``)."""
+
+    def parse(raw: bytes) -> int:
+        m = _MEMORY.fullmatch(raw)
+        if m is None:
+            raise ValueError("argument must be a memory value")
+        value = int(m.group(1)) * _UNITS[(m.group(2) or b"").lower()]
+        if value < minimum:
+            raise ValueError(f"argument must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def number(raw: bytes) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("argument couldn't be parsed into a number") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError("argument must be a number >= 0")
+    return value
+
+
+def optional_rate(raw: bytes) -> float | None:
+    """Commands per second > 0; ``""`` or ``0`` means no limit."""
+    value = number(raw) if raw else 0.0
+    return value or None
+
+
+def user_rates(raw: bytes) -> dict[str, float]:
+    """``user rate [user rate ...]`` (``""``: nobody is limited)."""
+    words = raw.split()
+    if len(words) % 2:
+        raise ValueError("argument must be pairs of user name and commands per second")
+    rates: dict[str, float] = {}
+    for name, rate in zip(words[::2], words[1::2], strict=True):
+        value = number(rate)
+        if value <= 0:
+            raise ValueError("a user's rate must be > 0 commands per second")
+        rates[name.decode("utf-8", "replace")] = value
+    return rates
+
+
+def yes_no(raw: bytes) -> bool:
+    """``yes`` or ``no``."""
+    low = raw.lower()
+    if low not in (b"yes", b"no"):
+        raise ValueError("argument must be 'yes' or 'no'")
+    return low == b"yes"
+
+
+def choice(*values: str) -> Parser:
+    """One of ``values`` (case-insensitive)."""
+
+    def parse(raw: bytes) -> str:
+        text = raw.decode("utf-8", "replace").lower()
+        if text not in values:
+            raise ValueError("argument(s) must be one of the following: " + ", ".join(values))
+        return text
+
+    return parse
+
+
+def output_buffer_limit(raw: bytes) -> int:
+    """A byte count, or Redis' ``normal <hard> <soft> <seconds>`` form for the normal
+    client class (soft limits are not implemented: they must be 0)."""
+    words = raw.split()
+    if len(words) == 1:
+        return int(memory()(words[0]))
+    if len(words) == 4 and words[0].lower() == b"normal":
+        if memory()(words[2]) or integer(0)(words[3]):
+            raise ValueError("only a hard limit is supported: soft limit and seconds must be 0")
+        return int(memory()(words[1]))
+    raise ValueError("argument must be a byte count or 'normal <hard> 0 0' (ShaleDB has no "
+                     "replica or pubsub clients)")
+
+
+def password(raw: bytes) -> bytes:
+    """Any password; ``""`` removes it."""
+    return raw
+
+
+# -- apply hooks -------------------------------------------------------------------------------
+
+def _readers(server: Server, _: Any) -> None:
+    cfg = server.config
+    for conn in server.connections.values():
+        conn.reader.max_bulk_len = cfg.proto_max_bulk_len
+        conn.reader.max_query_buffer = cfg.client_query_buffer_limit
+
+
+def _requirepass(server: Server, value: bytes) -> None:
+    # As in Redis: the default user's password; existing connections stay logged in.
+    user = server.acl.default
+    index = server.acl.index
+    user.apply(b"resetpass", index)
+    user.apply(b">" + value if value else b"nopass", index)
+    # Keep only the digest (in the ACL user), not the clear text, from now on.
+    server.config = dataclasses.replace(server.config, requirepass=None)
+
+
+def _show_requirepass(server: Server) -> bytes:
+    # Redis returns the password itself. ShaleDB keeps only its SHA-256, and shows that in
+    # the form ACL GETUSER / ACL LIST already show it to the same admins.
+    user = server.acl.default
+    if user.nopass or not user.passwords:
+        return b""
+    return b"#" + user.passwords[0].hex().encode()
+
+
+def _acllog(server: Server, n: int) -> None:
+    server.acl.log = type(server.acl.log)(server.acl.log, maxlen=n)
+
+
+def _scan_cursors(server: Server, n: int) -> None:
+    server.scan_cursors.limit = n
+
+
+def _auth_limiter(server: Server, _: Any) -> None:
+    cfg, limiter = server.config, server.acl.limiter
+    limiter.burst, limiter.rate = cfg.auth_fail_burst, cfg.auth_fail_rate
+    limiter.max_hosts = cfg.auth_fail_max_hosts
+
+
+def _rate_limits(server: Server, _: Any) -> None:
+    cfg = server.config
+    server.rate_limits = CommandRateLimits(cfg.rate_limit_per_ip, cfg.rate_limit_users,
+                                           cfg.rate_limit_max_hosts)
+
+
+def _constant(value: Any) -> Callable[[Server], Any]:
+    return lambda server: value
+
+
+def _port(server: Server) -> int:
+    return server.port if server.port is not None else server.config.port
+
+
+def _dir(server: Server) -> str:
+    return os.path.abspath(server.config.dir)
+
+
+def _output_limit(server: Server) -> str:
+    return f"normal {server.config.client_output_buffer_limit} 0 0"
+
+
+def _tls_port(server: Server) -> int:
+    return server.tls_port or server.config.tls_port or 0
+
+
+def _appendfsync(server: Server, mode: str) -> None:
+    server.set_appendfsync(mode)
+
+
+def _timeout(server: Server, _: Any) -> None:
+    server.restart_idle_sweeper()
+
+
+# -- the registry: one line per parameter ----------------------------------------------------
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("bind", "host"),
+    Setting("port", "port", get=_port),
+    Setting("dir", "dir", get=_dir),
+    Setting("databases", None, get=_constant(DATABASES)),
+    Setting("save", None, get=_constant("")),  # no snapshots: the WAL is always on
+    Setting("appendonly", None, get=_constant(True)),
+    Setting("maxmemory", None, get=_constant(0)),  # data lives on disk, not in memory
+    Setting("appendfsync", "appendfsync", choice(*APPENDFSYNC_MODES), _appendfsync),
+    Setting("maxclients", "maxclients", integer(1)),
+    Setting("timeout", "timeout", number, _timeout),
+    Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(1), _readers),
+    Setting("client-query-buffer-limit", "client_query_buffer_limit", memory(1024), _readers),
+    Setting("client-output-buffer-limit", "client_output_buffer_limit", output_buffer_limit,
+            get=_output_limit),
+    Setting("requirepass", None, password, _requirepass, get=_show_requirepass),
+    Setting("protected-mode", "protected_mode", yes_no),
+    Setting("max-watched-keys", "max_watched_keys", integer(1)),
+    Setting("max-multi-bytes", "max_multi_bytes", memory(1)),
+    Setting("max-scan-cursors", "max_scan_cursors", integer(1), _scan_cursors),
+    Setting("krange-max-limit", "krange_max_limit", integer(1)),
+    Setting("memtable-size", "memtable_size"),
+    Setting("aclfile", "aclfile"),
+    Setting("acllog-max-len", "acllog_max_len", integer(1, 100_000), _acllog),
+    Setting("auth-fail-burst", "auth_fail_burst", integer(1), _auth_limiter),
+    Setting("auth-fail-rate", "auth_fail_rate", number, _auth_limiter),
+    Setting("auth-fail-max-hosts", "auth_fail_max_hosts", integer(1), _auth_limiter),
+    Setting("rate-limit-per-ip", "rate_limit_per_ip", optional_rate, _rate_limits),
+    Setting("rate-limit-users", "rate_limit_users", user_rates, _rate_limits),
+    Setting("rate-limit-max-hosts", "rate_limit_max_hosts", integer(1), _rate_limits),
+    Setting("tls-port", "tls_port", get=_tls_port),
+    Setting("tls-cert-file", "tls_cert_file"),
+    Setting("tls-key-file", "tls_key_file"),
+    Setting("tls-ca-cert-file", "tls_ca_cert_file"),
+    Setting("tls-auth-clients", "tls_auth_clients"),
+    Setting("tls-only", "tls_only"),
+    Setting("tls-handshake-timeout", "tls_handshake_timeout"),
+)
+
+BY_NAME: Final = {s.name: s for s in SETTINGS}
+
+
+# -- CONFIG GET / SET ----------------------------------------------------------------------
+
+def config_get(server: Server, patterns: list[bytes]) -> dict[bytes, bytes]:
+    """The parameters matching any of the glob ``patterns`` (case-insensitive), by name."""
+    found: dict[bytes, bytes] = {}
+    for pattern in patterns:
+        low = pattern.lower()
+        exact = BY_NAME.get(low.decode("utf-8", "replace"))
+        if exact is not None:
+            found[exact.name.encode()] = exact.value(server)
+            continue
+        match = compile_glob(low)
+        for s in SETTINGS:
+            name = s.name.encode()
+            if name not in found and match(name):
+                found[name] = s.value(server)
+    return found
+
+
+def _failed(name: bytes, reason: str) -> CommandError:
+    return CommandError(f"CONFIG SET failed (possibly related to argument "
+                        f"'{name.decode('utf-8', 'replace')}') - {reason}")
+
+
+def config_set(server: Server, pairs: list[tuple[bytes, bytes]]) -> None:
+    """Set every ``(name, value)`` pair or none: all are parsed and the new config is
+    validated as a whole before it is installed and the apply hooks run."""
+    changes: dict[str, Any] = {}
+    hooks: list[tuple[Setting, Any]] = []
+    seen: set[str] = set()
+    for raw_name, raw in pairs:
+        setting = BY_NAME.get(raw_name.lower().decode("utf-8", "replace"))
+        if setting is None:
+            raise CommandError(f"Unknown option or number of arguments for CONFIG SET - "
+                               f"'{raw_name.decode('utf-8', 'replace')}'")
+        if setting.name in seen:
+            raise _failed(raw_name, "duplicate parameter")
+        seen.add(setting.name)
+        if setting.parse is None:
+            raise _failed(raw_name, "can't set immutable config")
+        try:
+            value = setting.parse(raw)
+        except ValueError as exc:
+            raise _failed(raw_name, str(exc)) from None
+        if setting.field is not None:
+            changes[setting.field] = value
+        hooks.append((setting, value))
+    try:
+        new = dataclasses.replace(server.config, **changes)
+    except InvalidArgument as exc:
+        raise _failed(pairs[0][0], str(exc)) from None
+    server.config = new
+    for setting, value in hooks:
+        if setting.apply is not None:
+            setting.apply(server, value)
+
+
+__all__ = ["BY_NAME", "SETTINGS", "Setting", "config_get", "config_set", "show"]
