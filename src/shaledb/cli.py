@@ -11,6 +11,7 @@ Subcommands::
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
                   [--aclfile FILE] [--[no-]protected-mode] [--tls-port P --tls-cert-file F
                   --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
+    shaledb cli [--host H] [--port P] [--config FILE] [--user U] [--tls] [ARGS...]
 
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
 Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
@@ -516,6 +517,81 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
         run_server(config)
     except OSError as exc:  # the address is taken, or not ours to bind
         fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+
+
+# -- cli (redis-cli) -------------------------------------------------------------------------
+
+#: Environment variable redis-cli reads its password from (never put it on a command line,
+#: where every local user can read it in ps).
+REDISCLI_AUTH = "REDISCLI_AUTH"
+
+
+def redis_cli_command(config: Any, redis_cli: str, *, tls: bool, user: str | None,
+                      cacert: str | None, cert: str | None, key: str | None,
+                      args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """The redis-cli command line and environment that reach the server of ``config`` (a
+    ServerConfig): its host (loopback when it listens on every address), its port or TLS
+    port, and its password in REDISCLI_AUTH, never in the arguments."""
+    import os
+
+    host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if tls and config.tls_port is None:
+        raise click.UsageError("--tls needs tls_port in the config file")
+    port = config.tls_port if tls else config.port
+    argv = [redis_cli, "-h", host, "-p", str(port)]
+    if user is not None:
+        argv += ["--user", user]
+    if tls:
+        argv.append("--tls")
+        ca = cacert or config.tls_ca_cert_file
+        if ca is not None:
+            argv += ["--cacert", ca]
+        if cert is not None:
+            argv += ["--cert", cert]
+        if key is not None:
+            argv += ["--key", key]
+    env = dict(os.environ)
+    if config.requirepass is not None:
+        env[REDISCLI_AUTH] = config.requirepass
+    return argv + list(args), env
+
+
+@cli.command("cli", context_settings={"ignore_unknown_options": True,
+                                      "allow_interspersed_args": False})
+@click.option("--host", default=None, help="Server address (default: the config's host).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Server port (default: the config's port, 6380).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="The server's TOML config file (host, port, TLS, password).")
+@click.option("--user", default=None, help="ACL user to log in as (password from "
+                                           "SHALEDB_REQUIREPASS or the config).")
+@click.option("--tls", is_flag=True, help="Connect to the TLS port.")
+@click.option("--cacert", default=None, help="CA to verify the server (default: the "
+                                             "config's tls_ca_cert_file).")
+@click.option("--cert", default=None, help="Client certificate (PEM).")
+@click.option("--key", default=None, help="Client private key (PEM).")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def cli_command(host: str | None, port: int | None, config_path: str | None,
+                user: str | None, tls: bool, cacert: str | None, cert: str | None,
+                key: str | None, args: tuple[str, ...]) -> None:
+    """Run redis-cli against the configured server (interactive without ARGS).
+
+    The password (requirepass in the config, or SHALEDB_REQUIREPASS) reaches redis-cli in
+    its REDISCLI_AUTH environment variable, never on its command line.
+    """
+    import os
+    import shutil
+
+    from shaledb.server import ServerConfig
+
+    path = shutil.which("redis-cli")
+    if path is None:
+        fail("redis-cli is not installed or not on PATH; install it (Debian/Ubuntu: "
+             "apt-get install redis-tools) or use any other Redis client")
+    config = ServerConfig.load(config_path, {"host": host, "port": port})
+    argv, env = redis_cli_command(config, path, tls=tls, user=user, cacert=cacert,
+                                  cert=cert, key=key, args=args)
+    os.execve(path, argv, env)
 
 
 def main() -> None:
