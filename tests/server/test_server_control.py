@@ -205,9 +205,9 @@ def test_config_resetstat_and_admin_category(server) -> None:
 
 # -- CLIENT ----------------------------------------------------------------------------------
 
-FIELDS = ("id addr laddr fd name age idle flags db sub psub ssub multi qbuf qbuf-free "
-          "argv-mem multi-mem obl oll omem tot-mem events cmd user redir resp lib-name "
-          "lib-ver").split()
+FIELDS = ["id", "addr", "laddr", "fd", "name", "age", "idle", "flags", "db", "sub", "psub",
+          "ssub", "multi", "qbuf", "qbuf-free", "argv-mem", "multi-mem", "obl", "oll", "omem",
+          "tot-mem", "events", "cmd", "user", "redir", "resp", "lib-name", "lib-ver"]
 
 
 def test_client_list_fields_parse_with_redis_py(server) -> None:
