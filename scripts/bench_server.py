@@ -22,10 +22,10 @@ import io
 import json
 import os
 import platform
-import statistics
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
