@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 HOST = "127.0.0.1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,8 +183,8 @@ def main() -> None:
         from bench import report
         results = os.path.join(ROOT, "bench-results")
         md = report.write_docs(
-            report.Path(results, "latest.json"), report.Path(results, "scale.json"),
-            report.ROOT / "docs", server_json=report.Path(args.json))
+            Path(results, "latest.json"), Path(results, "scale.json"),
+            report.ROOT / "docs", server_json=Path(args.json))
         print(f"bench-server: wrote {md}", file=sys.stderr)
 
 
