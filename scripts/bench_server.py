@@ -62,7 +62,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"bench-server: a server exited early ({proc.args})")
+            sys.exit(f"bench-server: a server exited early ({proc.args!r})")
         try:
             socket.create_connection((HOST, port), timeout=0.5).close()
             return
