@@ -31,7 +31,7 @@ from .acl import Acl, AclRuleError, AuthRateLimiter, User
 from .config import ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, TurnCommit
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .keyspace import Keyspace
@@ -65,10 +65,14 @@ class Server:
         self.stats: collections.Counter[str] = collections.Counter()
         self.accepting = False
         self.sync_group: SyncGroup | None = None
+        #: True while a connection runs commands (guards against running two at once).
+        self.executing = False
         #: The ports listened on (None when not listening; 0 in the config picks one).
         self.port: int | None = None
         self.tls_port: int | None = None
         self._keyspace: Keyspace | None = None
+        self._turn: TurnCommit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 0
         self._listeners: list[asyncio.Server] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -83,6 +87,20 @@ class Server:
         if self._keyspace is None:
             raise RuntimeError("the server is not started")
         return self._keyspace
+
+    @property
+    def turn(self) -> TurnCommit:
+        """The shared write transaction of the current event-loop turn (once started)."""
+        if self._turn is None:
+            raise RuntimeError("the server is not started")
+        return self._turn
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on (once started)."""
+        if self._loop is None:
+            raise RuntimeError("the server is not started")
+        return self._loop
 
     @property
     def db(self) -> shaledb.DB:
@@ -171,6 +189,8 @@ class Server:
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db
         self._keyspace = Keyspace(db, on_write=self.watches.touch, on_flush=self.watches.touch_db)
+        self._loop = loop
+        self._turn = TurnCommit(self._keyspace, loop)
         if cfg.appendfsync == "always":
             self.sync_group = SyncGroup(db, loop, self._executor)
         try:
@@ -235,6 +255,8 @@ class Server:
             listener.close()
         for task in self._tasks:
             task.cancel()
+        if self._turn is not None:
+            self._turn.commit()  # writes parked for the end of this turn
         if self.sync_group is not None:
             with contextlib.suppress(Exception):
                 await self.sync_group.wait_idle()
