@@ -256,13 +256,13 @@ def test_client_list_shows_query_and_output_buffers(server) -> None:
         for c in r.client_list():
             if c.get("name") == name:
                 return c
-        raise AssertionError(name)
+        return {}  # its CLIENT SETNAME has not run yet
 
     def partial_qbuf() -> bool:
         return any(int(c["qbuf"]) >= 50_000 for c in r.client_list())
 
     _wait(partial_qbuf)
-    _wait(lambda: int(fields("slowreader")["omem"]) > 0)
+    _wait(lambda: int(fields("slowreader").get("omem", 0)) > 0)
     slow = fields("slowreader")
     assert "w" in slow["events"]
     assert int(slow["tot-mem"]) >= int(slow["omem"])

@@ -74,7 +74,8 @@ def test_backpressure_keeps_pipelines_under_the_limit(server_factory) -> None:
     stalled.sendall(b"CLIENT SETNAME stalled\r\n" + b"GET big\r\n" * 200)
 
     def omem() -> int:
-        return next(int(c["omem"]) for c in r.client_list() if c["name"] == "stalled")
+        # 0 until the connection has run its CLIENT SETNAME.
+        return next((int(c["omem"]) for c in r.client_list() if c["name"] == "stalled"), 0)
 
     _wait(lambda: omem() > 0)
     time.sleep(0.3)

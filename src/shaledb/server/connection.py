@@ -2,8 +2,10 @@
 
 Flow: bytes arrive -> :class:`~shaledb.server.protocol.RequestReader` cuts them into
 requests -> they run in order (pipelining) on the event loop, the write commands among them
-sharing one write batch (:class:`~shaledb.server.dispatch.WriteGroup`) -> their replies go
-out in one ``write`` per batch of up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
+buffered in the transaction shared by every client of this loop turn
+(:class:`~shaledb.server.dispatch.TurnCommit`) -> a batch of replies that depends on those
+writes is parked until the turn's commit -> the replies go out in one ``write`` per batch of
+up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
 replies of a batch that wrote are held until an fsync covering those writes is done
 (:mod:`shaledb.server.durability`); later replies queue behind them, so a client always sees
 its replies in order.
@@ -134,6 +136,9 @@ class ClientConnection(asyncio.Protocol):
         #: Requests read but not yet run (at most one read's worth: reading stops meanwhile).
         self._requests: collections.deque[list[bytes]] = collections.deque()
         self._error: ProtocolError | None = None
+        #: Reply batches waiting for the commit at the end of this turn (a WriteGroup, or
+        #: bytes queued behind one), in order.
+        self._parked: list[WriteGroup | bytes] = []
         self.closing = False
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -211,42 +216,58 @@ class ClientConnection(asyncio.Protocol):
             requests.clear()  # the client is gone: nobody would read the replies
             return
         server = self.server
+        if server.executing:
+            # Called back while another client's command runs (a turn commit released our
+            # replies and unpaused us): never interleave two clients' commands.
+            server.loop.call_soon(self._process)
+            return
         ks = server.keyspace
+        turn = server.turn
         execute = server.dispatcher.execute
         limits = server.rate_limits if server.rate_limits.active else None
-        while requests and not self._blocked() and not client.close_after_reply:
-            group = WriteGroup(ks.begin())
-            replies = group.replies
-            size = 0
-            writes_before = ks.writes
-            deferred: Deferred | None = None
-            deferred_resp = 2
-            while requests and size < OUTPUT_BATCH:
-                if limits is not None:
-                    wait = limits.wait(client)
-                    if wait > 0:
-                        self._throttle(wait)
+        server.executing = True
+        try:
+            while requests and not self._blocked() and not client.close_after_reply:
+                group = WriteGroup(turn)
+                replies = group.replies
+                size = 0
+                writes_before = ks.writes
+                deferred: Deferred | None = None
+                deferred_resp = 2
+                while requests and size < OUTPUT_BATCH:
+                    if limits is not None:
+                        wait = limits.wait(client)
+                        if wait > 0:
+                            self._throttle(wait)
+                            break
+                    execute(client, requests.popleft(), group)
+                    reply = replies[-1]
+                    server.stats["total_commands_processed"] += 1
+                    if type(reply) is Deferred:
+                        deferred = replies.pop()
+                        deferred_resp = group.protocols.pop()
                         break
-                execute(client, requests.popleft(), group)
-                reply = replies[-1]
-                server.stats["total_commands_processed"] += 1
-                if type(reply) is Deferred:
-                    deferred = replies.pop()
-                    deferred_resp = group.protocols.pop()
-                    break
-                size += reply_size(reply)
-                if self._quitting():  # QUIT: nothing after it runs
-                    break
-            group.commit()
-            out: list[bytes] = []
-            for reply, resp in zip(replies, group.protocols, strict=True):
-                encode(reply, resp, out)
-            if out or client.output_overflow:
-                self._send(b"".join(out), ks.writes != writes_before)
-                if self.closing and client.output_overflow:
+                    size += reply_size(reply)
+                    if self._quitting():  # QUIT: nothing after it runs
+                        break
+                if client.output_overflow:  # KEYS stopped building its reply at the limit
+                    self._disconnect_overflow(0)
                     return
-            if deferred is not None:
-                self._await(deferred, deferred_resp)
+                if ks.writes != writes_before:  # FLUSHDB, or a commit this batch forced
+                    group.wrote = True
+                if group.pending or self._parked:
+                    # Sent after the commit at the end of this turn, in order.
+                    if not self._parked:
+                        turn.hold(self)
+                    self._parked.append(group)
+                else:
+                    self._send(self._encode(group), group.wrote)
+                    if self._overflowed():
+                        return
+                if deferred is not None:
+                    self._await(deferred, deferred_resp)
+        finally:
+            server.executing = False
         if requests and not client.close_after_reply:
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
@@ -294,6 +315,28 @@ class ClientConnection(asyncio.Protocol):
 
         deferred.future.add_done_callback(done)
 
+    @staticmethod
+    def _encode(group: WriteGroup) -> bytes:
+        out: list[bytes] = []
+        for reply, resp in zip(group.replies, group.protocols, strict=True):
+            encode(reply, resp, out)
+        return b"".join(out)
+
+    def turn_committed(self) -> None:
+        """The turn's writes are committed: send the parked replies (each batch waits for an
+        fsync under ``appendfsync always`` when its writes were committed)."""
+        parked, self._parked = self._parked, []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for item in parked:
+            if isinstance(item, WriteGroup):
+                self._send(self._encode(item), item.wrote)
+            else:
+                self._send(item, False)
+        if not self._held and (self._quitting() or (self.closing and not self._requests)):
+            transport.close()
+
     # -- output --------------------------------------------------------------------------
     @property
     def output_bytes(self) -> int:
@@ -302,6 +345,10 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
         return buffered + self._held_bytes
+
+    def _overflowed(self) -> bool:
+        """Whether the client was disconnected for passing the output buffer limit."""
+        return self.client is not None and self.client.output_overflow
 
     def _over_limit(self, size: int) -> bool:
         limit = self.server.config.client_output_buffer_limit
@@ -323,12 +370,16 @@ class ClientConnection(asyncio.Protocol):
         client.close_after_reply = True
         self._requests.clear()
         self._held.clear()
+        self._parked.clear()
         self._held_bytes = 0
         self.closing = True
         if self.transport is not None:
             self.transport.abort()  # frees the buffered output now, unlike close()
 
     def _send(self, data: bytes, wrote: bool) -> None:
+        if self._parked:  # behind replies that wait for the turn's commit
+            self._parked.append(data)
+            return
         if self._over_limit(len(data)):
             self._disconnect_overflow(len(data))
             return
@@ -370,7 +421,7 @@ class ClientConnection(asyncio.Protocol):
             if not transport.is_closing():
                 transport.write(data)
         self._set_paused("fsync", False)
-        if self._quitting() or (self.closing and not self._requests):
+        if not self._parked and (self._quitting() or (self.closing and not self._requests)):
             transport.close()
 
     def _quitting(self) -> bool:
@@ -403,16 +454,16 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def holding(self) -> bool:
-        """Whether replies are waiting for an fsync."""
-        return bool(self._held)
+        """Whether replies are waiting for a commit or an fsync."""
+        return bool(self._held or self._parked)
 
     def close_when_sent(self) -> None:
         """Read nothing more; close once every request already read has been answered and
         every reply (held ones included) handed to the transport, which sends it before
         closing."""
         self.closing = True
-        if self.transport is not None and not self._held and "deferred" not in self._pause and (
-                not self._requests or self._quitting()):
+        if (self.transport is not None and not self._held and not self._parked
+                and "deferred" not in self._pause and (not self._requests or self._quitting())):
             self.transport.close()
 
     def abort(self, message: bytes | None = None) -> None:

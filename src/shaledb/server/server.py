@@ -33,7 +33,7 @@ from .config import ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
 from .deferred import CLOSE
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, TurnCommit
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .keyspace import Keyspace
@@ -68,10 +68,14 @@ class Server:
         self.stats: collections.Counter[str] = collections.Counter()
         self.accepting = False
         self.sync_group: SyncGroup | None = None
+        #: True while a connection runs commands (guards against running two at once).
+        self.executing = False
         #: The ports listened on (None when not listening; 0 in the config picks one).
         self.port: int | None = None
         self.tls_port: int | None = None
         self._keyspace: Keyspace | None = None
+        self._turn: TurnCommit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 0
         self._listeners: list[asyncio.Server] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -98,6 +102,20 @@ class Server:
         if self._keyspace is None:
             raise RuntimeError("the server is not started")
         return self._keyspace
+
+    @property
+    def turn(self) -> TurnCommit:
+        """The shared write transaction of the current event-loop turn (once started)."""
+        if self._turn is None:
+            raise RuntimeError("the server is not started")
+        return self._turn
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on (once started)."""
+        if self._loop is None:
+            raise RuntimeError("the server is not started")
+        return self._loop
 
     @property
     def db(self) -> shaledb.DB:
@@ -187,6 +205,8 @@ class Server:
         db = self._db
         self._engine_fsyncs = db.options.fsync_interval is not None
         self._keyspace = Keyspace(db, on_write=self.watches.touch, on_flush=self.watches.touch_db)
+        self._loop = loop
+        self._turn = TurnCommit(self._keyspace, loop)
         self.set_appendfsync(cfg.appendfsync)
         try:
             if not cfg.tls_only:
@@ -316,6 +336,8 @@ class Server:
         for task in (*self._tasks, self._idle_task, self._sync_task):
             if task is not None and task is not current:
                 task.cancel()
+        if self._turn is not None:
+            self._turn.commit()  # writes parked for the end of this turn
         if self.sync_group is not None:
             with contextlib.suppress(Exception):
                 await self.sync_group.wait_idle()
