@@ -95,6 +95,11 @@ class ServerConfig:
     tls_only: bool = False
     #: Seconds a client gets to complete the TLS handshake before it is dropped.
     tls_handshake_timeout: float = 10.0
+    #: Ticks per second of the background active-expiry sweeper (1-500, as Redis' hz).
+    hz: int = 10
+    #: Active-expiry effort (1-10, as Redis'): each tick reads up to 2,000 x effort entries
+    #: and spends at most 25 + 2 x (effort - 1) percent of the tick's period.
+    active_expire_effort: int = 1
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -118,6 +123,8 @@ class ServerConfig:
         integer("max_multi_bytes", 1)
         integer("max_scan_cursors", 1)
         integer("krange_max_limit", 1)
+        integer("hz", 1, 500)
+        integer("active_expire_effort", 1, 10)
         if self.memtable_size is not None:
             integer("memtable_size", 64 * KiB)
         if self.client_query_buffer_limit <= self.proto_max_bulk_len:

@@ -28,13 +28,16 @@ import shaledb
 
 from ..errors import InvalidArgument
 from .acl import Acl, AclRuleError, AuthRateLimiter, User
+from .clock import ServerClock
 from .config import ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
 from .dispatch import Dispatcher
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
+from .expiry import run_active_expire
 from .keyspace import Keyspace
+from .purge import run_purger
 from .security import is_loopback_address, protected_mode_refuses
 from .tls import server_context
 from .watch import WatchRegistry
@@ -163,14 +166,22 @@ class Server:
                 raise InvalidArgument(f"invalid ACL file: {exc}") from None
         ssl_context = server_context(cfg) if cfg.tls_port is not None else None
         if self._db is None:
+            # The ServerClock lets the sweeper and the purger see expired entries too.
             options: dict[str, Any] = {
-                "fsync_interval": None if cfg.appendfsync == "no" else 1.0}
+                "fsync_interval": None if cfg.appendfsync == "no" else 1.0,
+                "clock": ServerClock()}
             if cfg.memtable_size is not None:
                 options["memtable_size"] = cfg.memtable_size
             self._db = await loop.run_in_executor(
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db
-        self._keyspace = Keyspace(db, on_write=self.watches.touch, on_flush=self.watches.touch_db)
+        try:
+            self._keyspace = Keyspace(db, on_write=self.watches.touch,
+                                      on_flush=self.watches.touch_db)
+        except BaseException:
+            if self._own_db:
+                db.close()
+            raise
         if cfg.appendfsync == "always":
             self.sync_group = SyncGroup(db, loop, self._executor)
         try:
@@ -196,6 +207,9 @@ class Server:
         self.accepting = True
         if cfg.timeout:
             self._tasks.append(loop.create_task(self._idle_sweeper()))
+        self._tasks.append(loop.create_task(run_purger(self._keyspace)))
+        self._tasks.append(loop.create_task(
+            run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s (appendfsync %s)",
                  shaledb.__version__, db.path, cfg.host, self.port, self.tls_port,
                  cfg.appendfsync)
