@@ -23,7 +23,7 @@ _INT_MIN: Final = -(2**31)
 _INT_MAX: Final = 2**31 - 1
 _SAME_OBJECT: Final = "source and destination objects are the same"
 _OUT_OF_RANGE: Final = "DB index is out of range"
-#: Bytes of the keys' first differing position that RANDOMKEY draws between.
+#: Bytes RANDOMKEY draws after the first and last keys' common prefix.
 _PROBE_BYTES: Final = 8
 
 
@@ -53,10 +53,12 @@ def _check_db(index: int) -> int:
 
 def random_key(txn: KeyspaceTxn, db: int) -> bytes | None:
     """A random live key of ``db``, or None when it has none. Not uniform (neither is
-    Redis'): draws a byte string between the first and the last key, as an integer over
-    their first differing bytes, and returns the first key at or after it. Keys after a
-    wide gap in key order are drawn more often. Costs three seeks (plus the deleted and
-    expired entries skipped), never O(keys)."""
+    Redis'): it draws a byte string between the first and the last key and returns the first
+    key at or after it (wrapping round to the first key). After their common prefix, the
+    first byte is drawn between the two keys' bytes there and the next ones between the
+    smallest and largest byte value the two keys use (so keys of digits, letters or hex are
+    drawn about evenly); keys after a wide gap in key order are drawn more often. Costs
+    three seeks (plus the deleted and expired entries skipped), never O(keys)."""
     first = next(txn.scan(db), None)
     if first is None:
         return None
@@ -67,9 +69,12 @@ def random_key(txn: KeyspaceTxn, db: int) -> bytes | None:
     common = 0
     while common < min(len(lo), len(hi)) and lo[common] == hi[common]:
         common += 1
-    a = int.from_bytes(lo[common:common + _PROBE_BYTES].ljust(_PROBE_BYTES, b"\0"))
-    b = int.from_bytes(hi[common:common + _PROBE_BYTES].ljust(_PROBE_BYTES, b"\0"))
-    probe = lo[:common] + txn.random.randint(a, b).to_bytes(_PROBE_BYTES)
+    rng = txn.random
+    tail = lo[common:] + hi[common:]  # not empty: lo != hi
+    smallest, largest = min(tail), max(tail)
+    head = rng.randint(lo[common] if common < len(lo) else smallest, hi[common])
+    probe = lo[:common] + bytes((head, *(rng.randint(smallest, largest)
+                                         for _ in range(_PROBE_BYTES - 1))))
     found = next(txn.scan(db, probe[:MAX_USER_KEY]), None)
     return lo if found is None else found[0]
 
