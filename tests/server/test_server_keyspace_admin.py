@@ -347,14 +347,13 @@ def test_restart_purges_unmapped_ids_left_by_a_crash(tmp_path: Path,
     path = tmp_path / "crashed"
     mapping = identity_map()
     mapping[0] = 20  # logical 0 was flushed (old id 0) and now lives in id 20
-    with shaledb.open(path) as db:
-        with db.batch() as b:
-            b.put(MAP_KEY, encode_map(mapping))
-            for i in range(500):
-                b.put(b"\x00flushed%03d" % i, encode_value(b"old", 0))
-                b.put(b"\x64stray%03d" % i, encode_value(b"old", 0))
-            b.put(b"\x14live", encode_value(b"new", 0))
-            b.put(b"\x03three", encode_value(b"3", 0))
+    with shaledb.open(path) as db, db.batch() as b:
+        b.put(MAP_KEY, encode_map(mapping))
+        for i in range(500):
+            b.put(b"\x00flushed%03d" % i, encode_value(b"old", 0))
+            b.put(b"\x64stray%03d" % i, encode_value(b"old", 0))
+        b.put(b"\x14live", encode_value(b"new", 0))
+        b.put(b"\x03three", encode_value(b"3", 0))
     st = server_factory(dir=str(path))
     r = st.client()
     assert r.keys() == [b"live"]
