@@ -7,23 +7,34 @@ one request per round trip and pipelines of 16. Redis runs with AOF and
 Both servers get fresh data directories in a temporary folder and are stopped at the end.
 Needs redis-benchmark (redis-tools) and redis-server: installed with apt-get when run as
 root, else the script says what is missing.
+
+Each (test, pipeline) pair runs ``--repeat`` times, alternating ShaleDB and Redis so that both
+see the same drift of a shared machine; the medians and their ratio are printed, written to
+``bench-results/server.json`` and, unless ``--no-docs``, into docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import io
+import json
 import os
+import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 HOST = "127.0.0.1"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench-results", "server.json")
 
 
 def ensure(tool: str, package: str) -> str:
@@ -51,7 +62,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"bench-server: a server exited early ({proc.args})")
+            sys.exit(f"bench-server: a server exited early ({proc.args!r})")
         try:
             socket.create_connection((HOST, port), timeout=0.5).close()
             return
@@ -73,15 +84,39 @@ def bench(tool: str, port: int, requests: int, pipeline: int) -> dict[str, float
     return result
 
 
+def _version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=30).stdout.decode().strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100_000,
                         help="requests per test (default 100000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each test per server; medians are reported (default 3)")
+    parser.add_argument("--json", default=RESULTS, help=f"results file (default {RESULTS})")
+    parser.add_argument("--no-docs", action="store_true",
+                        help="do not regenerate docs/benchmarks.md")
     args = parser.parse_args()
     benchmark = ensure("redis-benchmark", "redis-tools")
     redis_server = ensure("redis-server", "redis-server")
     tmp = tempfile.mkdtemp(prefix="bench-server-")
     procs: list[subprocess.Popen[bytes]] = []
+    rows: list[dict[str, object]] = []
     try:
         shale_port, redis_port = free_port(), free_port()
         procs.append(subprocess.Popen(
@@ -97,16 +132,24 @@ def main() -> None:
         wait_port(redis_port, procs[1])
         print(f"redis-benchmark -c 50 -d 100 -r 100000 -n {args.requests}, loopback, "
               f"{os.cpu_count()} cores; ShaleDB and redis-server {redis_server} "
-              "(AOF, appendfsync everysec)")
+              f"(AOF, appendfsync everysec); medians of {args.repeat} runs")
         print(f"{'test':<6} {'pipeline':>8} {'ShaleDB req/s':>14} {'Redis req/s':>12} "
               f"{'ratio':>6}")
         for pipeline in (1, 16):
-            shale = bench(benchmark, shale_port, args.requests, pipeline)
-            redis = bench(benchmark, redis_port, args.requests, pipeline)
+            runs: dict[str, dict[str, list[float]]] = {"shaledb": {}, "redis": {}}
+            for _ in range(args.repeat):
+                for name, port in (("shaledb", shale_port), ("redis", redis_port)):
+                    for test, rate in bench(benchmark, port, args.requests, pipeline).items():
+                        runs[name].setdefault(test, []).append(rate)
             for test in ("SET", "GET"):
-                ratio = shale[test] / redis[test] if redis.get(test) else float("nan")
-                print(f"{test:<6} {pipeline:>8} {shale[test]:>14,.0f} {redis[test]:>12,.0f} "
-                      f"{ratio:>6.2f}")
+                shale = statistics.median(runs["shaledb"][test])
+                redis = statistics.median(runs["redis"][test])
+                ratio = shale / redis if redis else float("nan")
+                print(f"{test:<6} {pipeline:>8} {shale:>14,.0f} {redis:>12,.0f} {ratio:>6.2f}")
+                rows.append({"test": test, "pipeline": pipeline, "shaledb": shale,
+                             "redis": redis, "ratio": ratio,
+                             "shaledb_runs": runs["shaledb"][test],
+                             "redis_runs": runs["redis"][test]})
     finally:
         for p in procs:
             if p.poll() is None:
@@ -117,6 +160,32 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    data = {
+        "meta": {
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(["scripts/bench_server.py", *sys.argv[1:]]),
+            "requests": args.requests, "repeat": args.repeat, "clients": 50,
+            "value_size": 100, "keyspace": 100_000, "cores": os.cpu_count(),
+            "cpu": _cpu_model(), "python": platform.python_version(),
+            "redis_server": _version([redis_server, "--version"]).split(" sha=")[0],
+            "redis_benchmark": _version([benchmark, "--version"]),
+            "shaledb_commit": _version(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+            "durability": "both: AOF/WAL appended before the reply, fsync every second",
+        },
+        "results": rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(data, f, indent=1)
+    print(f"bench-server: results in {args.json}", file=sys.stderr)
+    if not args.no_docs:
+        sys.path.insert(0, ROOT)
+        from bench import report
+        results = os.path.join(ROOT, "bench-results")
+        md = report.write_docs(
+            Path(results, "latest.json"), Path(results, "scale.json"),
+            report.ROOT / "docs", server_json=Path(args.json))
+        print(f"bench-server: wrote {md}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Flow: bytes arrive -> :class:`~shaledb.server.protocol.RequestReader` cuts them into
 requests -> they run in order (pipelining) on the event loop, the write commands among them
-sharing one write batch (:class:`~shaledb.server.dispatch.WriteGroup`) -> their replies go
-out in one ``write`` per batch of up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
+buffered in the transaction shared by every client of this loop turn
+(:class:`~shaledb.server.dispatch.TurnCommit`) -> a batch of replies that depends on those
+writes is parked until the turn's commit -> the replies go out in one ``write`` per batch of
+up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
 replies of a batch that wrote are held until an fsync covering those writes is done
 (:mod:`shaledb.server.durability`); later replies queue behind them, so a client always sees
 its replies in order.
@@ -118,6 +120,9 @@ class ClientConnection(asyncio.Protocol):
         #: Requests read but not yet run (at most one read's worth: reading stops meanwhile).
         self._requests: collections.deque[list[bytes]] = collections.deque()
         self._error: ProtocolError | None = None
+        #: Reply batches waiting for the commit at the end of this turn (a WriteGroup, or
+        #: bytes queued behind one), in order.
+        self._parked: list[WriteGroup | bytes] = []
         self.closing = False
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -189,25 +194,38 @@ class ClientConnection(asyncio.Protocol):
             requests.clear()  # the client is gone: nobody would read the replies
             return
         server = self.server
+        if server.executing:
+            # Called back while another client's command runs (a turn commit released our
+            # replies and unpaused us): never interleave two clients' commands.
+            server.loop.call_soon(self._process)
+            return
         ks = server.keyspace
+        turn = server.turn
         execute = server.dispatcher.execute
-        while requests and not self._blocked() and not client.close_after_reply:
-            group = WriteGroup(ks.begin())
-            replies = group.replies
-            size = 0
-            writes_before = ks.writes
-            while requests and size < OUTPUT_BATCH:
-                execute(client, requests.popleft(), group)
-                size += reply_size(replies[-1])
-                server.stats["total_commands_processed"] += 1
-                if self._quitting():  # QUIT: nothing after it runs
-                    break
-            group.commit()
-            out: list[bytes] = []
-            for reply, resp in zip(replies, group.protocols, strict=True):
-                encode(reply, resp, out)
-            if out:
-                self._send(b"".join(out), ks.writes != writes_before)
+        server.executing = True
+        try:
+            while requests and not self._blocked() and not client.close_after_reply:
+                group = WriteGroup(turn)
+                replies = group.replies
+                size = 0
+                writes_before = ks.writes
+                while requests and size < OUTPUT_BATCH:
+                    execute(client, requests.popleft(), group)
+                    size += reply_size(replies[-1])
+                    server.stats["total_commands_processed"] += 1
+                    if self._quitting():  # QUIT: nothing after it runs
+                        break
+                if ks.writes != writes_before:  # FLUSHDB, or a commit this batch forced
+                    group.wrote = True
+                if group.pending or self._parked:
+                    # Sent after the commit at the end of this turn, in order.
+                    if not self._parked:
+                        turn.hold(self)
+                    self._parked.append(group)
+                else:
+                    self._send(self._encode(group), group.wrote)
+        finally:
+            server.executing = False
         if requests and not client.close_after_reply:
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
@@ -219,8 +237,33 @@ class ClientConnection(asyncio.Protocol):
         if client.close_after_reply or self.closing:
             self.close_when_sent()
 
+    @staticmethod
+    def _encode(group: WriteGroup) -> bytes:
+        out: list[bytes] = []
+        for reply, resp in zip(group.replies, group.protocols, strict=True):
+            encode(reply, resp, out)
+        return b"".join(out)
+
+    def turn_committed(self) -> None:
+        """The turn's writes are committed: send the parked replies (each batch waits for an
+        fsync under ``appendfsync always`` when its writes were committed)."""
+        parked, self._parked = self._parked, []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for item in parked:
+            if isinstance(item, WriteGroup):
+                self._send(self._encode(item), item.wrote)
+            else:
+                self._send(item, False)
+        if not self._held and (self._quitting() or (self.closing and not self._requests)):
+            transport.close()
+
     # -- output --------------------------------------------------------------------------
     def _send(self, data: bytes, wrote: bool) -> None:
+        if self._parked:  # behind replies that wait for the turn's commit
+            self._parked.append(data)
+            return
         sync = self.server.sync_group
         if sync is None or (not wrote and not self._held):
             assert self.transport is not None
@@ -259,7 +302,7 @@ class ClientConnection(asyncio.Protocol):
             if not transport.is_closing():
                 transport.write(data)
         self._set_paused("fsync", False)
-        if self._quitting() or (self.closing and not self._requests):
+        if not self._parked and (self._quitting() or (self.closing and not self._requests)):
             transport.close()
 
     def _quitting(self) -> bool:
@@ -290,15 +333,15 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def holding(self) -> bool:
-        """Whether replies are waiting for an fsync."""
-        return bool(self._held)
+        """Whether replies are waiting for a commit or an fsync."""
+        return bool(self._held or self._parked)
 
     def close_when_sent(self) -> None:
         """Read nothing more; close once every request already read has been answered and
         every reply (held ones included) handed to the transport, which sends it before
         closing."""
         self.closing = True
-        if self.transport is not None and not self._held and (
+        if self.transport is not None and not self._held and not self._parked and (
                 not self._requests or self._quitting()):
             self.transport.close()
 

@@ -7,25 +7,26 @@ to every user, so a client can always log in as someone else), queue it when the
 inside MULTI, else run its handler in the keyspace transaction the connection passes in. A
 handler error takes back every write the command buffered.
 
-Consecutive write commands of one read share that transaction, so a pipeline of writes
-becomes one write batch (one WAL record). Before any command without the ``write`` flag runs,
-the buffered writes are committed: reads, EXEC and WATCH only ever see committed state, and
-if a commit fails, only the replies of the writes in it are turned into errors
-(:class:`WriteGroup`).
+The write commands of every client served in one event-loop turn share that transaction, so
+they become one write batch (one WAL record) committed at the end of the turn
+(:class:`TurnCommit`). Before any command without the ``write`` flag runs, the buffered
+writes are committed: reads, EXEC and WATCH only ever see committed state, and if a commit
+fails, only the replies of the writes in it are turned into errors (:class:`WriteGroup`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import InvalidArgument, ReadOnlyError, ShaleError, StorageError
 from .commands import Command, Context, build_table, wrong_arity
 from .errors import AuthRequiredError, CommandError
-from .keyspace import KeyspaceTxn
+from .keyspace import Keyspace
 from .protocol import QUEUED
 
 if TYPE_CHECKING:
-    from .connection import ClientState
+    from .connection import ClientConnection, ClientState
     from .server import Server
 
 #: Commands that run at once even inside MULTI (they control the transaction itself).
@@ -48,27 +49,96 @@ def engine_error(exc: ShaleError) -> CommandError:
     return CommandError(f"{type(exc).__name__}: {exc}")
 
 
+class TurnCommit:
+    """The writes of one event-loop turn, from every client, as one keyspace transaction.
+
+    Redis appends the writes of all clients served in one loop iteration to its AOF before
+    it sends their replies; this is the same shape. Each connection runs its requests into
+    the one shared keyspace transaction; a batch of requests that buffered writes parks its
+    replies here (:meth:`hold`) and the first one schedules :meth:`commit` at the end of the
+    turn (``loop.call_soon`` runs after the I/O callbacks of this turn). One commit -- one
+    write batch, one WAL record -- then settles every parked batch and their connections
+    send the replies. A command that must see committed state (anything without the
+    ``write`` flag) commits the turn first, at once.
+    """
+
+    __slots__ = ("txn", "_loop", "_open", "_waiting", "_scheduled", "commits")
+
+    def __init__(self, keyspace: Keyspace, loop: asyncio.AbstractEventLoop) -> None:
+        self.txn = keyspace.begin()
+        self._loop = loop
+        #: Groups with writes buffered in ``txn`` (their pending replies await the commit).
+        self._open: list[WriteGroup] = []
+        #: Connections whose replies wait for the commit, in the order they parked them.
+        self._waiting: list[ClientConnection] = []
+        self._scheduled = False
+        #: Commits that wrote (for tests and stats).
+        self.commits = 0
+
+    def opened(self, group: WriteGroup) -> None:
+        """``group`` buffered its first write in the shared transaction."""
+        self._open.append(group)
+
+    def hold(self, conn: ClientConnection) -> None:
+        """Send ``conn``'s parked replies after the commit at the end of this turn."""
+        self._waiting.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.commit)
+
+    def commit(self) -> None:
+        """Commit the buffered writes of every client as one batch; when that fails, the
+        commands that made them answer the engine's error instead of their reply. Then
+        release the parked replies."""
+        self._scheduled = False
+        groups, self._open = self._open, []
+        error: CommandError | None = None
+        if self.txn.dirty:
+            try:
+                self.txn.commit()
+                self.commits += 1
+            except ShaleError as exc:
+                error = engine_error(exc)
+        for group in groups:
+            group.settle(error)
+        waiting, self._waiting = self._waiting, []
+        for conn in waiting:
+            conn.turn_committed()
+
+
 class WriteGroup:
-    """The keyspace transaction shared by the commands of one read, and the positions of
-    the replies that depend on its commit."""
+    """The replies of one batch of requests of one connection, and the positions of those
+    that depend on the commit of the shared transaction."""
 
-    __slots__ = ("txn", "pending", "replies", "protocols")
+    __slots__ = ("turn", "txn", "pending", "replies", "protocols", "wrote")
 
-    def __init__(self, txn: KeyspaceTxn) -> None:
-        self.txn = txn
+    def __init__(self, turn: TurnCommit) -> None:
+        self.turn = turn
+        self.txn = turn.txn
         #: Indexes in ``replies`` of commands whose writes are buffered in ``txn``.
         self.pending: list[int] = []
         self.replies: list[Any] = []
         #: The RESP version each reply is encoded in (HELLO changes it mid-pipeline).
         self.protocols: list[int] = []
+        #: Whether writes of this group were committed (their replies wait for an fsync
+        #: under ``appendfsync always``).
+        self.wrote = False
+
+    def add_pending(self, index: int) -> None:
+        """Reply ``index`` depends on writes buffered in the shared transaction."""
+        if not self.pending:
+            self.turn.opened(self)
+        self.pending.append(index)
 
     def commit(self) -> None:
-        """Commit the buffered writes; when that fails, the commands that made them answer
-        the engine's error instead of their reply."""
-        try:
-            self.txn.commit()
-        except ShaleError as exc:
-            error = engine_error(exc)
+        """Commit the shared transaction now (settling this group and every other)."""
+        self.turn.commit()
+
+    def settle(self, error: CommandError | None) -> None:
+        """The shared transaction was committed (``error`` None) or failed."""
+        if error is None:
+            self.wrote = self.wrote or bool(self.pending)
+        else:
             for i in self.pending:
                 self.replies[i] = error
         self.pending.clear()
@@ -109,8 +179,9 @@ class Dispatcher:
             group.protocols.append(client.resp)
             return
         txn = group.txn
-        # FLUSHDB/FLUSHALL (@dangerous) commit by themselves: settle the group before them.
-        if group.pending and ("write" not in cmd.flags or "dangerous" in cmd.categories):
+        # Reads see only committed state, and FLUSHDB/FLUSHALL (@dangerous) commit by
+        # themselves: settle the buffered writes (of every client) before them.
+        if txn.dirty and ("write" not in cmd.flags or "dangerous" in cmd.categories):
             group.commit()
         mark = txn.mark()
         try:
@@ -122,7 +193,7 @@ class Dispatcher:
             txn.undo(mark)
             reply = engine_error(exc)
         if txn.wrote_since(mark):
-            group.pending.append(len(replies))
+            group.add_pending(len(replies))
         replies.append(reply)
         group.protocols.append(client.resp)
 

@@ -32,7 +32,7 @@ from .clock import ServerClock
 from .config import ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, TurnCommit
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .expiry import run_active_expire
@@ -68,10 +68,14 @@ class Server:
         self.stats: collections.Counter[str] = collections.Counter()
         self.accepting = False
         self.sync_group: SyncGroup | None = None
+        #: True while a connection runs commands (guards against running two at once).
+        self.executing = False
         #: The ports listened on (None when not listening; 0 in the config picks one).
         self.port: int | None = None
         self.tls_port: int | None = None
         self._keyspace: Keyspace | None = None
+        self._turn: TurnCommit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 0
         self._listeners: list[asyncio.Server] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -86,6 +90,20 @@ class Server:
         if self._keyspace is None:
             raise RuntimeError("the server is not started")
         return self._keyspace
+
+    @property
+    def turn(self) -> TurnCommit:
+        """The shared write transaction of the current event-loop turn (once started)."""
+        if self._turn is None:
+            raise RuntimeError("the server is not started")
+        return self._turn
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on (once started)."""
+        if self._loop is None:
+            raise RuntimeError("the server is not started")
+        return self._loop
 
     @property
     def db(self) -> shaledb.DB:
@@ -182,6 +200,8 @@ class Server:
             if self._own_db:
                 db.close()
             raise
+        self._loop = loop
+        self._turn = TurnCommit(self._keyspace, loop)
         if cfg.appendfsync == "always":
             self.sync_group = SyncGroup(db, loop, self._executor)
         try:
@@ -249,6 +269,8 @@ class Server:
             listener.close()
         for task in self._tasks:
             task.cancel()
+        if self._turn is not None:
+            self._turn.commit()  # writes parked for the end of this turn
         if self.sync_group is not None:
             with contextlib.suppress(Exception):
                 await self.sync_group.wait_idle()
