@@ -558,6 +558,20 @@ def test_sweeper_slice_budget_and_resave(tmp_path: Path) -> None:
         assert ks.expired_keys == 1
         assert ks.key_counts() == {1: (1000, 0)}
         assert b"\x01zdies" not in [k for k, _ in ks.raw_range(b"\x01", b"\x02")]
+        # A SET buffered (not yet committed) while the sweeper deletes the expired key is
+        # committed after the delete, so it wins.
+        txn = ks.begin()
+        txn.set(1, b"zdies", b"v", txn.now + 20)
+        txn.commit()
+        time.sleep(0.05)
+        pending = ks.begin()
+        pending.set(1, b"zdies", b"reborn")
+        passes = sweeper.passes
+        while sweeper.passes == passes:
+            sweeper.step(100, 10.0)
+        assert ks.expired_keys == 2
+        pending.commit()
+        assert ks.begin().get(1, b"zdies") == (b"reborn", 0)
 
 
 def test_expiry_settings() -> None:

@@ -8,8 +8,11 @@ scan of the mapped physical databases from a cursor that goes round the whole ke
 reads at most ``keys_per_tick`` entries, and stops early when it used its time budget
 (``25 + 2 * (effort - 1)`` percent of the tick's period, Redis' formula). The expired entries
 it met are deleted with one write batch. The scan and the write happen in the same
-synchronous step on the loop, where no command can run in between, so a key SET again
-meanwhile cannot be deleted by mistake (and expiry only moves forward in time).
+synchronous step on the loop, where no command can run in between, and expiry only moves
+forward in time, so only keys still expired when the batch is written are deleted. A SET of
+such a key that a client already made but that waits in the turn's shared transaction
+(:class:`~shaledb.server.dispatch.TurnCommit`) is committed after the sweeper's delete, so
+the SET wins, as it must.
 
 The scan sees expired entries because it creates its iterator with the engine's clock
 turned back (:class:`~shaledb.server.clock.ServerClock`). Watchers are not told: a key
