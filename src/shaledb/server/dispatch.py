@@ -12,10 +12,14 @@ becomes one write batch (one WAL record). Before any command without the ``write
 the buffered writes are committed: reads, EXEC and WATCH only ever see committed state, and
 if a commit fails, only the replies of the writes in it are turned into errors
 (:class:`WriteGroup`).
+
+Every command that runs is timed and counted (:mod:`shaledb.server.stats`, one call) and,
+when slow enough, logged (:mod:`shaledb.server.slowlog`); a refused one counts as rejected.
 """
 
 from __future__ import annotations
 
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import InvalidArgument, ReadOnlyError, ShaleError, StorageError
@@ -23,6 +27,7 @@ from .commands import Command, Context, build_table, wrong_arity
 from .errors import AuthRequiredError, CommandError
 from .keyspace import KeyspaceTxn
 from .protocol import QUEUED
+from .stats import ServerStats
 
 if TYPE_CHECKING:
     from .connection import ClientState
@@ -52,10 +57,12 @@ class WriteGroup:
     """The keyspace transaction shared by the commands of one read, and the positions of
     the replies that depend on its commit."""
 
-    __slots__ = ("txn", "pending", "replies", "protocols")
+    __slots__ = ("txn", "pending", "replies", "protocols", "stats")
 
-    def __init__(self, txn: KeyspaceTxn) -> None:
+    def __init__(self, txn: KeyspaceTxn, stats: ServerStats | None = None) -> None:
         self.txn = txn
+        #: Where the error replies of a failed commit are counted.
+        self.stats = stats
         #: Indexes in ``replies`` of commands whose writes are buffered in ``txn``.
         self.pending: list[int] = []
         self.replies: list[Any] = []
@@ -71,6 +78,8 @@ class WriteGroup:
             error = engine_error(exc)
             for i in self.pending:
                 self.replies[i] = error
+            if self.stats is not None:
+                self.stats.error_reply(error.prefix, len(self.pending))
         self.pending.clear()
 
 
@@ -80,6 +89,7 @@ class Dispatcher:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.table: dict[bytes, Command] = build_table()
+        self.stats = server.command_stats
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
@@ -98,6 +108,7 @@ class Dispatcher:
             elif not client.user.unrestricted:
                 error = self.server.acl.check(client, cmd, argv, "toplevel")
         if error is not None:
+            self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
                 client.multi_error = True
             replies.append(error)
@@ -105,7 +116,10 @@ class Dispatcher:
             return
         assert cmd is not None
         if in_multi and cmd.name.encode() not in _NOT_QUEUED:
-            replies.append(self._queue(client, argv))
+            queued = self._queue(client, argv)
+            if queued is not QUEUED:
+                self.stats.error_reply(queued.prefix)
+            replies.append(queued)
             group.protocols.append(client.resp)
             return
         txn = group.txn
@@ -113,6 +127,7 @@ class Dispatcher:
         if group.pending and ("write" not in cmd.flags or "dangerous" in cmd.categories):
             group.commit()
         mark = txn.mark()
+        start = perf_counter_ns()
         try:
             reply = cmd.handler(Context(client, self.server, txn), argv)
         except CommandError as exc:
@@ -121,10 +136,21 @@ class Dispatcher:
         except ShaleError as exc:
             txn.undo(mark)
             reply = engine_error(exc)
+        self._account(client, cmd, argv, perf_counter_ns() - start, reply)
         if txn.wrote_since(mark):
             group.pending.append(len(replies))
         replies.append(reply)
         group.protocols.append(client.resp)
+
+    def _account(self, client: ClientState, cmd: Command, argv: list[bytes], nanos: int,
+                 reply: Any) -> None:
+        """Count one call; log it in the slow log when it took long enough."""
+        self.stats.record(cmd, argv, nanos,
+                          reply.prefix if isinstance(reply, CommandError) else None)
+        slower = self.server.config.slowlog_log_slower_than
+        if 0 <= slower <= nanos // 1000 and "skip-slowlog" not in cmd.flags:
+            self.server.slowlog.add(argv, nanos // 1000, client.addr, client.name,
+                                    self.server.config.slowlog_max_len)
 
     def _queue(self, client: ClientState, argv: list[bytes]) -> Any:
         assert client.multi is not None
@@ -147,10 +173,14 @@ class Dispatcher:
         if not ctx.client.user.unrestricted and "no-auth" not in cmd.flags:
             denied = self.server.acl.check(ctx.client, cmd, argv, "multi")
             if denied is not None:
+                self.stats.reject(cmd, argv, denied.prefix)
                 return denied
         mark = ctx.txn.mark()
+        start = perf_counter_ns()
         try:
-            return cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
+            reply = cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
         except CommandError as exc:
             ctx.txn.undo(mark)
-            return exc
+            reply = exc
+        self._account(ctx.client, cmd, argv, perf_counter_ns() - start, reply)
+        return reply

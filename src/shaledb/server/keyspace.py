@@ -113,6 +113,8 @@ class Keyspace:
     it changed (WATCH uses it); ``on_flush(db)`` after a database was emptied (``None``: all).
     """
 
+    expired_keys: int = 0
+
     def __init__(self, db: shaledb.DB,
                  on_write: Callable[[set[tuple[int, bytes]]], None] | None = None,
                  on_flush: Callable[[int | None], None] | None = None) -> None:
@@ -121,6 +123,9 @@ class Keyspace:
         self._on_flush = on_flush
         #: Writes committed since the server last waited for an fsync (appendfsync always).
         self.writes = 0
+        #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
+        self.hits = 0
+        self.misses = 0
 
     def begin(self) -> KeyspaceTxn:
         """A new buffered transaction (commit it, or drop it to discard its writes)."""
@@ -150,15 +155,20 @@ class KeyspaceTxn:
         """The live entry of ``key``, or None when it is missing or expired."""
         ek = engine_key(db, key)
         e = self._writes.get(ek)
+        ks = self._ks
         if e is None:
-            raw = self._ks.db.get(ek)
+            raw = ks.db.get(ek)
             if raw is None:
+                ks.misses += 1
                 return None
             e = decode_value(raw)
         elif e is _DELETED:
+            ks.misses += 1
             return None
         if e.expire_ms and e.expire_ms <= self.now:
+            ks.misses += 1
             return None
+        ks.hits += 1
         return e
 
     def exists(self, db: int, key: bytes) -> bool:
