@@ -18,7 +18,6 @@ import redis
 import shaledb
 from shaledb.errors import CorruptionError, IncompatibleFormatError, InvalidArgument
 from shaledb.server import ServerConfig
-from shaledb.server.clock import ServerClock
 from shaledb.server.dbmap import (
     MAP_KEY,
     PHYSICAL_DATABASES,
@@ -215,7 +214,7 @@ def test_swapdb_and_flush_inside_exec_are_one_transaction(server: ServerThread,
 
 
 def test_map_changes_are_undone_with_a_failed_command(tmp_path: Path) -> None:
-    with shaledb.open(tmp_path / "db", clock=ServerClock()) as db:
+    with shaledb.open(tmp_path / "db") as db:
         ks = Keyspace(db)
         txn = ks.begin()
         txn.set(0, b"k", b"v")
@@ -315,7 +314,7 @@ def db_writes(st: ServerThread) -> int:
 def test_running_out_of_free_ids_purges_synchronously(tmp_path: Path) -> None:
     """Without the background purger, each flush of a non-empty database takes a free id;
     once none is left, the oldest queued id is purged inside the flush."""
-    with shaledb.open(tmp_path / "db", clock=ServerClock()) as db:
+    with shaledb.open(tmp_path / "db") as db:
         ks = Keyspace(db)
         spare = PHYSICAL_DATABASES - 16
         assert len(ks.purger.free) == spare
@@ -341,7 +340,7 @@ def test_running_out_of_free_ids_purges_synchronously(tmp_path: Path) -> None:
 
 
 def test_purge_steps_are_bounded(tmp_path: Path) -> None:
-    with shaledb.open(tmp_path / "db", clock=ServerClock()) as db:
+    with shaledb.open(tmp_path / "db") as db:
         ks = Keyspace(db)
         txn = ks.begin()
         for i in range(2 * PURGE_CHUNK + 5):
@@ -478,7 +477,7 @@ def test_swapdb_and_flushdb_survive_sigkill(tmp_path: Path) -> None:
             time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
-            with shaledb.open(data, clock=ServerClock()) as db:
+            with shaledb.open(data) as db:
                 mapping = decode_map(db.get(MAP_KEY))
                 stray = {k[0] for k, _ in db.range() if k[0] not in mapping and k[0] != 0xFF}
             if not stray or time.monotonic() > deadline:
@@ -525,7 +524,7 @@ def test_active_expiry_deletes_keys_nobody_reads(server_factory: Callable[..., S
 
 
 def test_sweeper_slice_budget_and_resave(tmp_path: Path) -> None:
-    with shaledb.open(tmp_path / "db", clock=ServerClock()) as db:
+    with shaledb.open(tmp_path / "db") as db:
         ks = Keyspace(db)
         sweeper = ks.sweeper
         assert ks.key_counts() == {} and ks.last_sweep_ms() == 0

@@ -14,9 +14,8 @@ such a key that a client already made but that waits in the turn's shared transa
 (:class:`~shaledb.server.dispatch.TurnCommit`) is committed after the sweeper's delete, so
 the SET wins, as it must.
 
-The scan sees expired entries because it creates its iterator with the engine's clock
-turned back (:class:`~shaledb.server.clock.ServerClock`). Watchers are not told: a key
-watched while live already fails EXEC once expired, and one watched after it expired was
+The scan sees expired entries through ``DB.range(include_expired=True)``. Watchers are not
+told: a key watched while live already fails EXEC once expired, and one watched after it expired was
 absent then and is absent now (Redis 7 treats both alike).
 
 While it walks, the sweeper counts the live keys and those with an expiry per physical

@@ -40,7 +40,6 @@ from typing import Any, Final, NamedTuple
 import shaledb
 from shaledb.options import MAX_KEY_SIZE, MAX_VALUE_SIZE
 
-from .clock import ServerClock
 from .dbmap import LOGICAL_DATABASES, MAP_KEY, decode_map, encode_map
 from .errors import CommandError
 from .expiry import ActiveExpiry
@@ -130,10 +129,6 @@ class Keyspace:
     it changed (WATCH uses it); ``on_flush(db)`` after a database was emptied or swapped
     (``None``: all). Opening reads the database map (the identity map when none is stored)
     and queues for purging every unmapped physical id that still holds entries.
-
-    When the engine runs on a :class:`~shaledb.server.clock.ServerClock` (the server opens
-    it so), background work also sees expired entries (:meth:`raw_range`); otherwise the
-    active-expiry sweeper can only count keys, and expired ones wait for compaction.
     """
 
     def __init__(self, db: shaledb.DB,
@@ -142,8 +137,6 @@ class Keyspace:
         self.db = db
         self._on_write = on_write
         self._on_flush = on_flush
-        clock = db.options.clock
-        self.clock: ServerClock | None = clock if isinstance(clock, ServerClock) else None
         #: Logical database -> physical id (committed state).
         self.map: list[int] = decode_map(db.get(MAP_KEY))
         #: Writes committed since the server last waited for an fsync (appendfsync always).
@@ -153,6 +146,9 @@ class Keyspace:
         self.random = random.Random()
         self.purger = Purger(self)
         self.sweeper = ActiveExpiry(self)
+        #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
+        self.hits = 0
+        self.misses = 0
 
     def begin(self) -> KeyspaceTxn:
         """A new buffered transaction (commit it, or drop it to discard its writes)."""
@@ -160,12 +156,9 @@ class Keyspace:
 
     def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
                   ) -> Iterator[tuple[bytes, bytes]]:
-        """Engine entries with ``lo <= key < hi``, expired ones included when the engine
-        runs on a ServerClock (deleted ones never)."""
-        if self.clock is None:
-            return self.db.range(lo, hi, limit=limit)
-        with self.clock.all_versions():
-            return self.db.range(lo, hi, limit=limit)
+        """Engine entries with ``lo <= key < hi``, expired ones not yet compacted included
+        (deleted ones never)."""
+        return self.db.range(lo, hi, limit=limit, include_expired=True)
 
     def physical_empty(self, phys: int) -> bool:
         """Whether physical database ``phys`` holds no entry at all."""
@@ -228,15 +221,20 @@ class KeyspaceTxn:
         """The live entry of ``key``, or None when it is missing or expired."""
         ek = engine_key(self._phys(db), key)
         e = self._writes.get(ek)
+        ks = self._ks
         if e is None:
-            raw = self._ks.db.get(ek)
+            raw = ks.db.get(ek)
             if raw is None:
+                ks.misses += 1
                 return None
             e = decode_value(raw)
         elif e is _DELETED:
+            ks.misses += 1
             return None
         if e.expire_ms and e.expire_ms <= self.now:
+            ks.misses += 1
             return None
+        ks.hits += 1
         return e
 
     def exists(self, db: int, key: bytes) -> bool:

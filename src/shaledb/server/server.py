@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Coroutine
@@ -28,7 +29,6 @@ import shaledb
 
 from ..errors import InvalidArgument
 from .acl import Acl, AclRuleError, AuthRateLimiter, User
-from .clock import ServerClock
 from .config import ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
@@ -36,9 +36,12 @@ from .dispatch import Dispatcher, TurnCommit
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .expiry import run_active_expire
+from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
 from .purge import run_purger
 from .security import is_loopback_address, protected_mode_refuses
+from .slowlog import SlowLog
+from .stats import ServerStats
 from .tls import server_context
 from .watch import WatchRegistry
 
@@ -52,10 +55,28 @@ class Server:
     caller); by default the server opens ``config.dir`` itself and closes it on shutdown.
     """
 
-    def __init__(self, config: ServerConfig, db: shaledb.DB | None = None) -> None:
+    #: Unix time of the last successful save (INFO rdb_last_save_time; 0: never). The
+    #: server has no RDB snapshot: SAVE, when it exists, sets this.
+    last_save_time: int = 0
+    #: Whether a background save runs (INFO rdb_bgsave_in_progress).
+    bgsave_in_progress: bool = False
+
+    def __init__(self, config: ServerConfig, db: shaledb.DB | None = None,
+                 config_file: str | None = None) -> None:
         self.config = config
+        #: The TOML file the config came from (INFO config_file), if any.
+        self.config_file = config_file
         self._own_db = db is None
         self._db = db
+        #: Random id of this run (INFO run_id), as Redis makes one at every start.
+        self.run_id = secrets.token_hex(20)
+        self.started = time.time()
+        self.started_monotonic = time.monotonic()
+        self.command_stats = ServerStats()
+        self.slowlog = SlowLog()
+        self.metrics: MetricsEndpoint | None = None
+        #: The metrics endpoint's port (None when off; 0 in the config picks one).
+        self.metrics_port: int | None = None
         self.watches = WatchRegistry()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
         self.dispatcher = Dispatcher(self)
@@ -184,10 +205,8 @@ class Server:
                 raise InvalidArgument(f"invalid ACL file: {exc}") from None
         ssl_context = server_context(cfg) if cfg.tls_port is not None else None
         if self._db is None:
-            # The ServerClock lets the sweeper and the purger see expired entries too.
             options: dict[str, Any] = {
-                "fsync_interval": None if cfg.appendfsync == "no" else 1.0,
-                "clock": ServerClock()}
+                "fsync_interval": None if cfg.appendfsync == "no" else 1.0}
             if cfg.memtable_size is not None:
                 options["memtable_size"] = cfg.memtable_size
             self._db = await loop.run_in_executor(
@@ -201,7 +220,7 @@ class Server:
                 db.close()
             raise
         self._loop = loop
-        self._turn = TurnCommit(self._keyspace, loop)
+        self._turn = TurnCommit(self._keyspace, loop, self.command_stats)
         if cfg.appendfsync == "always":
             self.sync_group = SyncGroup(db, loop, self._executor)
         try:
@@ -224,15 +243,27 @@ class Server:
             if self._own_db:
                 db.close()
             raise
+        if cfg.metrics_port is not None:
+            try:
+                self.metrics = MetricsEndpoint(self)
+                self.metrics_port = await self.metrics.start(cfg.metrics_host,
+                                                             cfg.metrics_port)
+            except BaseException:
+                for listener in self._listeners:
+                    listener.close()
+                if self._own_db:
+                    db.close()
+                raise
         self.accepting = True
         if cfg.timeout:
             self._tasks.append(loop.create_task(self._idle_sweeper()))
         self._tasks.append(loop.create_task(run_purger(self._keyspace)))
         self._tasks.append(loop.create_task(
             run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
-        log.info("ShaleDB %s serving %s on %s port %s, TLS port %s (appendfsync %s)",
-                 shaledb.__version__, db.path, cfg.host, self.port, self.tls_port,
-                 cfg.appendfsync)
+        self._tasks.append(loop.create_task(self._sample_ops()))
+        log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
+                 "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
+                 self.tls_port, self.metrics_port, cfg.appendfsync)
         if self.acl.default_open() and not is_loopback_address(cfg.host):
             if cfg.protected_mode:
                 log.warning("listening on %s without a password: protected mode refuses "
@@ -241,6 +272,17 @@ class Server:
                 log.warning("listening on %s without a password and without protected "
                             "mode: any host that can reach this port can read and change "
                             "every key", cfg.host)
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the server was created."""
+        return time.monotonic() - self.started_monotonic
+
+    async def _sample_ops(self) -> None:
+        # Once a second: the samples behind INFO's instantaneous_ops_per_sec.
+        while True:
+            self.command_stats.sample(self.stats["total_commands_processed"])
+            await asyncio.sleep(1.0)
 
     async def _idle_sweeper(self) -> None:
         timeout = self.config.timeout
@@ -267,6 +309,8 @@ class Server:
         self.accepting = False
         for listener in self._listeners:
             listener.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for task in self._tasks:
             task.cancel()
         if self._turn is not None:
@@ -304,11 +348,12 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
-def serve(config: ServerConfig) -> None:
-    """Run a server until SIGTERM or SIGINT, then shut it down gracefully."""
+def serve(config: ServerConfig, config_file: str | None = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut it down gracefully. ``config_file``
+    names the file ``config`` was read from (shown by INFO)."""
 
     async def main() -> None:
-        server = Server(config)
+        server = Server(config, config_file=config_file)
         await server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
