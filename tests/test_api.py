@@ -424,6 +424,28 @@ def test_ttl_expiry_hides_key_everywhere(cdb, clock):
     assert cdb.ttl(b"t") is None
 
 
+def test_range_include_expired_shows_expired_until_compaction(cdb, clock):
+    """``range(include_expired=True)`` also yields expired PUTs (for tools that delete them
+    eagerly) from the memtable and from tables, never deleted keys, and nothing once a
+    flush or compaction has dropped them; plain reads never see them."""
+    cdb.put(b"t", b"table", ttl=5)
+    cdb.flush()  # in a table, not yet expired
+    cdb.put(b"a", b"1", ttl=5)
+    cdb.put(b"b", b"2")
+    cdb.put(b"c", b"3", ttl=5)
+    cdb.delete(b"c")
+    clock.advance(6)
+    assert list(cdb.range()) == [(b"b", b"2")]
+    assert list(cdb.range(include_expired=True)) == [(b"a", b"1"), (b"b", b"2"),
+                                                     (b"t", b"table")]
+    assert list(cdb.range(include_expired=True, reverse=True)) == [
+        (b"t", b"table"), (b"b", b"2"), (b"a", b"1")]
+    cdb.flush()  # a flush drops what has expired by then
+    assert list(cdb.range(include_expired=True)) == [(b"b", b"2"), (b"t", b"table")]
+    cdb.compact_range()  # and so does compaction
+    assert list(cdb.range(include_expired=True)) == [(b"b", b"2")]
+
+
 def test_ttl_expiry_after_flush_and_compaction(cdb, clock):
     """Expiry also applies to keys stored in tables, and an expired newer version never
     resurrects an older one after flush or compaction."""

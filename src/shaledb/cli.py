@@ -11,6 +11,8 @@ Subcommands::
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
                   [--aclfile FILE] [--[no-]protected-mode] [--tls-port P --tls-cert-file F
                   --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
+                  [--metrics-host H] [--metrics-port P|off] [--log-format text|json]
+                  [--log-level L] [--slowlog-log-slower-than US] [--slowlog-max-len N]
     shaledb cli [--host H] [--port P] [--config FILE] [--user U] [--tls] [ARGS...]
 
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
@@ -487,24 +489,37 @@ def scan(path: str, start: str | None, stop: str | None, prefix: str | None, lim
                                  "or not asked for (no).")
 @click.option("--protected-mode/--no-protected-mode", default=None,
               help="Refuse non-loopback clients while no password is set (default on).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", default=None,
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Least severe log level written (default info).")
+@click.option("--log-format", default=None, type=click.Choice(["text", "json"]),
+              help="Log lines as text (default) or one JSON object per line.")
+@click.option("--metrics-host", default=None,
+              help="Address of the HTTP endpoint of /metrics and /health (default 127.0.0.1).")
+@click.option("--metrics-port", default=None, metavar="PORT|off",
+              help="Port of /metrics and /health (default 9380; 0 picks a free one; "
+                   "-1 or off disables it).")
+@click.option("--slowlog-log-slower-than", type=click.IntRange(min=-1), default=None,
+              metavar="MICROSECONDS",
+              help="Log commands at least this slow in SLOWLOG (default 10000; 0 logs every "
+                   "command, -1 none).")
+@click.option("--slowlog-max-len", type=click.IntRange(0, 100_000), default=None,
+              help="Most SLOWLOG entries kept (default 128).")
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
           config_path: str | None, aclfile: str | None, tls_port: int | None,
           tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None,
-          tls_auth_clients: str | None, protected_mode: bool | None, log_level: str) -> None:
+          tls_auth_clients: str | None, protected_mode: bool | None, log_level: str | None,
+          log_format: str | None, metrics_host: str | None, metrics_port: str | None,
+          slowlog_log_slower_than: int | None, slowlog_max_len: int | None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
     the config file's requirepass or from the SHALEDB_REQUIREPASS environment variable.
     """
-    import logging
-
     from shaledb.server import ServerConfig
     from shaledb.server import serve as run_server
+    from shaledb.server.logs import configure_logging
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig.load(config_path, {"host": host, "port": port, "dir": data_dir,
                                              "appendfsync": appendfsync,
                                              "protected_mode": protected_mode,
@@ -512,9 +527,17 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                              "tls_cert_file": tls_cert_file,
                                              "tls_key_file": tls_key_file,
                                              "tls_ca_cert_file": tls_ca_cert_file,
-                                             "tls_auth_clients": tls_auth_clients})
+                                             "tls_auth_clients": tls_auth_clients,
+                                             "log_level": log_level,
+                                             "log_format": log_format,
+                                             "metrics_host": metrics_host,
+                                             "metrics_port": metrics_port,
+                                             "slowlog_log_slower_than":
+                                                 slowlog_log_slower_than,
+                                             "slowlog_max_len": slowlog_max_len})
+    configure_logging(config.log_format, config.log_level)
     try:
-        run_server(config)
+        run_server(config, config_path)
     except OSError as exc:  # the address is taken, or not ours to bind
         fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
 

@@ -70,13 +70,18 @@ class _Reader:
         return max(0.0, r[2] / 1000.0 - self._engine.options.clock())
 
     def range(self, start: Bytesish | None = None, stop: Bytesish | None = None, *,
-              reverse: bool = False, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+              reverse: bool = False, limit: int | None = None,
+              include_expired: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Iterate ``(key, value)`` for ``start <= key < stop`` in key order (descending when
         ``reverse``), at most ``limit`` pairs. The iterator sees the state of the moment it
-        was created, whatever is written meanwhile."""
+        was created, whatever is written meanwhile.
+
+        ``include_expired`` also yields entries whose TTL has passed but that no flush or
+        compaction has removed yet: for tools that delete expired keys eagerly (the server's
+        active expiry), never for answering reads."""
         _check_limit(limit)
         return self._engine.iterate(_bound(start), _bound(stop), bool(reverse), limit,
-                                    self._seq())
+                                    self._seq(), bool(include_expired))
 
     def prefix(self, prefix: Bytesish, *, reverse: bool = False,
                limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:

@@ -5,6 +5,7 @@ sockets, redis-cli. All traffic stays on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -23,6 +24,7 @@ from redis.retry import Retry
 
 import shaledb
 from shaledb.server import Server, ServerConfig
+from shaledb.server.config import DEFAULT_METRICS_PORT
 
 HOST = "127.0.0.1"
 
@@ -31,6 +33,10 @@ class ServerThread:
     """A server running on its own event loop in a daemon thread."""
 
     def __init__(self, config: ServerConfig, db: shaledb.DB | None = None) -> None:
+        if config.metrics_port == DEFAULT_METRICS_PORT:
+            # Tests run servers side by side: none may take the fixed metrics port. A test
+            # of the endpoint asks for port 0.
+            config = dataclasses.replace(config, metrics_port=None)
         self.config = config
         self.db = db
         self.server: Server | None = None
@@ -109,9 +115,10 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None,
 
 
 def run_server_process(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """``shaledb serve`` in a subprocess (with uvloop when installed), listening on ``port``."""
+    """``shaledb serve`` in a subprocess (with uvloop when installed), listening on ``port``.
+    The metrics endpoint is off unless ``extra`` turns it on (the last flag wins)."""
     cmd = [sys.executable, "-m", "shaledb.cli", "serve", "--host", HOST, "--port", str(port),
-           "--dir", str(data_dir), "--log-level", "warning", *extra]
+           "--dir", str(data_dir), "--log-level", "warning", "--metrics-port", "off", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -191,9 +191,13 @@ def test_config_resetstat_and_admin_category(server) -> None:
     r = server.client(decode_responses=True)
     r.ping()
     assert server.call(lambda: server.server.stats["total_commands_processed"]) > 0
+    r.get("missing")
+    assert r.info("stats")["keyspace_misses"] >= 1
     assert r.config_resetstat() is True
     # CONFIG RESETSTAT itself is counted after the reset.
     assert server.call(lambda: server.server.stats["total_commands_processed"]) <= 1
+    assert r.info("stats")["keyspace_misses"] == 0
+    assert "cmdstat_get" not in r.info("commandstats")
     r.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-@admin")
     app = server.client(username="app", password="pw")
     with pytest.raises(redis.exceptions.NoPermissionError):

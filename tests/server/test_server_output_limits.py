@@ -42,6 +42,7 @@ def test_pipelined_gets_past_the_limit_disconnect_a_client_that_never_reads(
     assert read_until_closed(greedy) == b""
     greedy.close()
     assert any("output buffer limit" in rec.getMessage() for rec in caplog.records)
+    assert r.info("stats")["client_output_buffer_limit_disconnections"] == 1
     assert r.get("big") == b"v" * (100 * KiB)  # everyone else is served as before
     assert len(r.client_list()) == 1
 

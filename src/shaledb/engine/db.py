@@ -642,10 +642,12 @@ class Engine:
         return r is not None and r[1] == PUT and (r[2] == 0 or r[2] > self._now_ms())
 
     def iterate(self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,
-                seq: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) pairs with ``lo <= key < hi`` at ``seq``, consistent for its life."""
+                seq: int | None = None, include_expired: bool = False
+                ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs with ``lo <= key < hi`` at ``seq``, consistent for its life;
+        with ``include_expired``, also PUTs whose expiry has passed (not yet compacted)."""
         mem, imm, v, seq = self._pin(seq)
-        now_ms = self._now_ms()
+        now_ms = 0 if include_expired else self._now_ms()
         release = _Once(self._unpin, v)
         gen = self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit, release)
         # A generator that is never started never runs its finally: unpin on collection too.

@@ -23,6 +23,12 @@ MiB: Final = 1024 * KiB
 
 APPENDFSYNC_MODES: Final = ("always", "everysec", "no")
 TLS_AUTH_CLIENTS_MODES: Final = ("yes", "no", "optional")
+LOG_FORMATS: Final = ("text", "json")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: Default port of the HTTP endpoint of /metrics and /health.
+DEFAULT_METRICS_PORT: Final = 9380
+#: metrics_port values (in a TOML file or on the command line) that turn the endpoint off.
+METRICS_OFF: Final = (-1, "-1", "off", "no", "none")
 #: Environment variable read for the password when the config sets none.
 PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 
@@ -100,6 +106,27 @@ class ServerConfig:
     tls_only: bool = False
     #: Seconds a client gets to complete the TLS handshake before it is dropped.
     tls_handshake_timeout: float = 10.0
+    #: Ticks per second of the background active-expiry sweeper (1-500, as Redis' hz).
+    hz: int = 10
+    #: Active-expiry effort (1-10, as Redis'): each tick reads up to 2,000 x effort entries
+    #: and spends at most 25 + 2 x (effort - 1) percent of the tick's period.
+    active_expire_effort: int = 1
+    #: Commands that run at least this many microseconds go to the slow log (SLOWLOG GET);
+    #: 0 logs every command, -1 none. Read at each command, so it can change at run time.
+    slowlog_log_slower_than: int = 10_000
+    #: Most slow-log entries kept (the oldest are dropped); each is at most ~5 KiB.
+    slowlog_max_len: int = 128
+    #: Address and port of the HTTP endpoint serving GET /metrics (Prometheus) and GET
+    #: /health. Port None turns it off (-1 or "off" in the TOML file or on the command
+    #: line); 0 picks a free port, which the server reports.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    #: Seconds an HTTP client of the metrics endpoint gets to send its request head.
+    metrics_header_timeout: float = 5.0
+    #: Server log lines: "text" (human readable) or "json" (one object per line).
+    log_format: str = "text"
+    #: Least severe log level written: debug, info, warning, error.
+    log_level: str = "info"
     #: Most bytes of replies waiting to be sent to one client (the transport's buffer plus
     #: the reply being queued); past it the client is disconnected, as by Redis'
     #: ``client-output-buffer-limit`` hard limit. KEYS stops building its reply at this size.
@@ -135,6 +162,8 @@ class ServerConfig:
         integer("max_multi_bytes", 1)
         integer("max_scan_cursors", 1)
         integer("krange_max_limit", 1)
+        integer("hz", 1, 500)
+        integer("active_expire_effort", 1, 10)
         if self.memtable_size is not None:
             integer("memtable_size", 64 * KiB)
         if self.client_query_buffer_limit <= self.proto_max_bulk_len:
@@ -157,6 +186,7 @@ class ServerConfig:
         if self.aclfile is not None and (not isinstance(self.aclfile, str) or not self.aclfile):
             raise InvalidArgument("server setting aclfile must be a non-empty path")
         self._check_tls()
+        self._check_observability()
         self._check_output_and_rates()
         if not isinstance(self.protected_mode, bool):
             raise InvalidArgument("server setting protected_mode must be true or false")
@@ -184,6 +214,38 @@ class ServerConfig:
         if (not isinstance(self.rate_limit_max_hosts, int)
                 or isinstance(self.rate_limit_max_hosts, bool) or self.rate_limit_max_hosts < 1):
             raise InvalidArgument("server setting rate_limit_max_hosts must be an integer >= 1")
+
+    def _check_observability(self) -> None:
+        if (not isinstance(self.slowlog_log_slower_than, int)
+                or isinstance(self.slowlog_log_slower_than, bool)
+                or self.slowlog_log_slower_than < -1):
+            raise InvalidArgument(
+                f"server setting slowlog_log_slower_than must be an integer >= -1 "
+                f"(microseconds; -1 disables the slow log), got {self.slowlog_log_slower_than!r}")
+        if (not isinstance(self.slowlog_max_len, int) or isinstance(self.slowlog_max_len, bool)
+                or not 0 <= self.slowlog_max_len <= 100_000):
+            raise InvalidArgument(
+                f"server setting slowlog_max_len must be an integer >= 0 and <= 100000, "
+                f"got {self.slowlog_max_len!r}")
+        if not isinstance(self.metrics_host, str) or not self.metrics_host:
+            raise InvalidArgument("server setting metrics_host must be a non-empty string")
+        if self.metrics_port is not None and (
+                not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
+                or not 0 <= self.metrics_port <= 65535):
+            raise InvalidArgument(
+                f"server setting metrics_port must be an integer >= 0 and <= 65535, or "
+                f"\"off\" (-1) to disable the endpoint, got {self.metrics_port!r}")
+        if (isinstance(self.metrics_header_timeout, bool)
+                or not isinstance(self.metrics_header_timeout, (int, float))
+                or not 0 < self.metrics_header_timeout < float("inf")):
+            raise InvalidArgument("server setting metrics_header_timeout must be a number of "
+                                  "seconds > 0")
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidArgument(f"server setting log_format must be one of "
+                                  f"{', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise InvalidArgument(f"server setting log_level must be one of "
+                                  f"{', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
     def _check_tls(self) -> None:
         for name in ("tls_cert_file", "tls_key_file", "tls_ca_cert_file"):
@@ -236,6 +298,12 @@ class ServerConfig:
             raise InvalidArgument(
                 f"unknown server setting(s): {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known))}")
+        port = clean.get("metrics_port")
+        if isinstance(port, (int, str)) and not isinstance(port, bool) and (
+                port in METRICS_OFF or (isinstance(port, str) and port.lower() in METRICS_OFF)):
+            clean["metrics_port"] = None
+        elif isinstance(port, str) and port.isdigit():
+            clean["metrics_port"] = int(port)
         if clean.get("requirepass") is None and os.environ.get(PASSWORD_ENV):
             clean["requirepass"] = os.environ[PASSWORD_ENV]
         return cls(**clean)
@@ -263,4 +331,5 @@ class ServerConfig:
         return cls.from_mapping(values)
 
 
-__all__ = ["APPENDFSYNC_MODES", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES", "ServerConfig"]
+__all__ = ["APPENDFSYNC_MODES", "DEFAULT_METRICS_PORT", "LOG_FORMATS", "LOG_LEVELS",
+           "METRICS_OFF", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES", "ServerConfig"]

@@ -155,7 +155,8 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server.refuses_peer(host):
             self.closing = True
-            log.warning("refused client %s: protected mode (no password is set)", addr)
+            log.warning("refused client %s: protected mode (no password is set)", addr,
+                        extra={"client": addr})
             transport.write(PROTECTED_MODE_DENIED)
             transport.close()
             server.stats["rejected_connections"] += 1
@@ -200,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closing or client is None:
             return
         client.last_active = time.monotonic()
+        self.server.stats["total_net_input_bytes"] += len(data)
         try:
             self.reader.feed(data, self._requests)
         except ProtocolError as exc:
@@ -274,7 +276,9 @@ class ClientConnection(asyncio.Protocol):
         self._set_paused("backlog", False)
         if self._error is not None and not client.close_after_reply and (
                 "deferred" not in self._pause):
-            log.info("closing client %s: %s", client.addr, self._error)
+            log.info("closing client %s: %s", client.addr, self._error,
+                     extra={"client": client.addr})
+            server.command_stats.error_reply(self._error.prefix)
             self._send(self._error.reply(), False)
             client.close_after_reply = True
         if client.close_after_reply or self.closing:
@@ -383,6 +387,7 @@ class ClientConnection(asyncio.Protocol):
         if self._over_limit(len(data)):
             self._disconnect_overflow(len(data))
             return
+        self.server.stats["total_net_output_bytes"] += len(data)
         sync = self.server.sync_group
         if sync is None or (not wrote and not self._held):
             assert self.transport is not None

@@ -12,11 +12,15 @@ they become one write batch (one WAL record) committed at the end of the turn
 (:class:`TurnCommit`). Before any command without the ``write`` flag runs, the buffered
 writes are committed: reads, EXEC and WATCH only ever see committed state, and if a commit
 fails, only the replies of the writes in it are turned into errors (:class:`WriteGroup`).
+
+Every command that runs is timed and counted (:mod:`shaledb.server.stats`, one call) and,
+when slow enough, logged (:mod:`shaledb.server.slowlog`); a refused one counts as rejected.
 """
 
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import InvalidArgument, ReadOnlyError, ShaleError, StorageError
@@ -24,6 +28,7 @@ from .commands import Command, Context, build_table, wrong_arity
 from .errors import AuthRequiredError, CommandError
 from .keyspace import Keyspace
 from .protocol import QUEUED
+from .stats import ServerStats
 
 if TYPE_CHECKING:
     from .connection import ClientConnection, ClientState
@@ -62,10 +67,13 @@ class TurnCommit:
     ``write`` flag) commits the turn first, at once.
     """
 
-    __slots__ = ("txn", "_loop", "_open", "_waiting", "_scheduled", "commits")
+    __slots__ = ("txn", "stats", "_loop", "_open", "_waiting", "_scheduled", "commits")
 
-    def __init__(self, keyspace: Keyspace, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, keyspace: Keyspace, loop: asyncio.AbstractEventLoop,
+                 stats: ServerStats | None = None) -> None:
         self.txn = keyspace.begin()
+        #: Where the error replies of a failed commit are counted.
+        self.stats = stats
         self._loop = loop
         #: Groups with writes buffered in ``txn`` (their pending replies await the commit).
         self._open: list[WriteGroup] = []
@@ -141,6 +149,8 @@ class WriteGroup:
         else:
             for i in self.pending:
                 self.replies[i] = error
+            if self.turn.stats is not None and self.pending:
+                self.turn.stats.error_reply(error.prefix, len(self.pending))
         self.pending.clear()
 
 
@@ -150,6 +160,7 @@ class Dispatcher:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.table: dict[bytes, Command] = build_table()
+        self.stats = server.command_stats
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
@@ -168,6 +179,7 @@ class Dispatcher:
             elif not client.user.unrestricted:
                 error = self.server.acl.check(client, cmd, argv, "toplevel")
         if error is not None:
+            self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
                 client.multi_error = True
             replies.append(error)
@@ -176,7 +188,10 @@ class Dispatcher:
         assert cmd is not None
         client.cmd = cmd.name if not cmd.subcommands else self.server.acl.index.unit(cmd, argv)
         if in_multi and cmd.name.encode() not in _NOT_QUEUED:
-            replies.append(self._queue(client, cmd, argv))
+            queued = self._queue(client, cmd, argv)
+            if queued is not QUEUED:
+                self.stats.error_reply(queued.prefix)
+            replies.append(queued)
             group.protocols.append(client.resp)
             return
         txn = group.txn
@@ -185,6 +200,7 @@ class Dispatcher:
         if txn.dirty and ("write" not in cmd.flags or "dangerous" in cmd.categories):
             group.commit()
         mark = txn.mark()
+        start = perf_counter_ns()
         try:
             reply = cmd.handler(Context(client, self.server, txn), argv)
         except CommandError as exc:
@@ -193,10 +209,21 @@ class Dispatcher:
         except ShaleError as exc:
             txn.undo(mark)
             reply = engine_error(exc)
+        self._account(client, cmd, argv, perf_counter_ns() - start, reply)
         if txn.wrote_since(mark):
             group.add_pending(len(replies))
         replies.append(reply)
         group.protocols.append(client.resp)
+
+    def _account(self, client: ClientState, cmd: Command, argv: list[bytes], nanos: int,
+                 reply: Any) -> None:
+        """Count one call; log it in the slow log when it took long enough."""
+        self.stats.record(cmd, argv, nanos,
+                          reply.prefix if isinstance(reply, CommandError) else None)
+        slower = self.server.config.slowlog_log_slower_than
+        if 0 <= slower <= nanos // 1000 and "skip-slowlog" not in cmd.flags:
+            self.server.slowlog.add(argv, nanos // 1000, client.addr, client.name,
+                                    self.server.config.slowlog_max_len)
 
     def _queue(self, client: ClientState, cmd: Command, argv: list[bytes]) -> Any:
         assert client.multi is not None
@@ -222,10 +249,14 @@ class Dispatcher:
         if not ctx.client.user.unrestricted and "no-auth" not in cmd.flags:
             denied = self.server.acl.check(ctx.client, cmd, argv, "multi")
             if denied is not None:
+                self.stats.reject(cmd, argv, denied.prefix)
                 return denied
         mark = ctx.txn.mark()
+        start = perf_counter_ns()
         try:
-            return cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
+            reply = cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
         except CommandError as exc:
             ctx.txn.undo(mark)
-            return exc
+            reply = exc
+        self._account(ctx.client, cmd, argv, perf_counter_ns() - start, reply)
+        return reply

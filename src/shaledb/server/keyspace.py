@@ -2,7 +2,9 @@
 
 Mapping (documented byte by byte in docs/format.md, "Server keyspace"):
 
-- engine key = one byte, the logical database number (0-15), followed by the Redis key;
+- engine key = one byte, the *physical* database id (0x00-0xEF) that the logical database
+  (SELECT 0-15) currently maps to (:mod:`shaledb.server.dbmap`), followed by the Redis key.
+  Callers speak logical numbers only; this module translates;
 - engine value = one tag byte, then, when the tag's bit 7 is set, the absolute expiry as an
   8-byte big-endian count of milliseconds since the epoch, then the value's bytes. Tag 0x00
   is a string without expiry, 0x80 a string with one.
@@ -20,23 +22,31 @@ consecutive write commands of one read (a pipeline) share one transaction and so
 record; :meth:`KeyspaceTxn.mark` and :meth:`KeyspaceTxn.undo` take back the writes of one
 command that fails. All of this runs on the event-loop thread, one command at a time, which
 is what makes read-modify-write commands atomic with respect to other clients.
+
+FLUSHDB, FLUSHALL and SWAPDB change the database map inside the transaction too, so the
+map record and the data written around them are one batch; a flushed physical id is queued
+for the background purger (:mod:`shaledb.server.purge`) once the commit succeeded.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import struct
 import time
 from collections.abc import Callable, Iterator
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import shaledb
 from shaledb.options import MAX_KEY_SIZE, MAX_VALUE_SIZE
 
+from .dbmap import LOGICAL_DATABASES, MAP_KEY, decode_map, encode_map
 from .errors import CommandError
+from .expiry import ActiveExpiry
+from .purge import Purger
 
 #: Number of logical databases (SELECT 0-15).
-DATABASES: Final = 16
+DATABASES: Final = LOGICAL_DATABASES
 #: Longest Redis key: the engine's limit minus the database byte.
 MAX_USER_KEY: Final = MAX_KEY_SIZE - 1
 #: Longest Redis string value: the engine's limit minus the largest header.
@@ -49,8 +59,6 @@ MAX_EXPIRE_MS: Final = 10**15
 TAG_STRING: Final = 0x00
 TAG_EXPIRES: Final = 0x80
 _EXP: Final = struct.Struct(">Q")
-#: Keys deleted per write batch by FLUSHDB / FLUSHALL.
-FLUSH_CHUNK: Final = 10_000
 
 
 class Entry(NamedTuple):
@@ -80,11 +88,19 @@ def _exact_ttl(expire_ms: int) -> float:
     return ttl
 
 
-def engine_key(db: int, key: bytes) -> bytes:
-    """The engine key of Redis key ``key`` in logical database ``db``."""
+def engine_key(phys: int, key: bytes) -> bytes:
+    """The engine key of Redis key ``key`` in physical database ``phys``."""
     if len(key) > MAX_USER_KEY:
         raise CommandError(f"key of {len(key)} bytes exceeds the maximum of {MAX_USER_KEY}")
-    return bytes((db,)) + key
+    return bytes((phys,)) + key
+
+
+def expiry_of(raw: bytes) -> int:
+    """The absolute expiry (ms, 0 = none) in an engine value's header, without copying the
+    value (the sweeper reads only this)."""
+    if raw and raw[0] & 0x80 and len(raw) >= 9:
+        return int(_EXP.unpack_from(raw, 1)[0])
+    return 0
 
 
 def encode_value(value: bytes, expire_ms: int) -> bytes:
@@ -110,7 +126,9 @@ class Keyspace:
     """The logical databases of one open :class:`shaledb.DB`.
 
     ``on_write(keys)`` is called after every successful commit with the ``(db, key)`` pairs
-    it changed (WATCH uses it); ``on_flush(db)`` after a database was emptied (``None``: all).
+    it changed (WATCH uses it); ``on_flush(db)`` after a database was emptied or swapped
+    (``None``: all). Opening reads the database map (the identity map when none is stored)
+    and queues for purging every unmapped physical id that still holds entries.
     """
 
     def __init__(self, db: shaledb.DB,
@@ -119,12 +137,47 @@ class Keyspace:
         self.db = db
         self._on_write = on_write
         self._on_flush = on_flush
+        #: Logical database -> physical id (committed state).
+        self.map: list[int] = decode_map(db.get(MAP_KEY))
         #: Writes committed since the server last waited for an fsync (appendfsync always).
         self.writes = 0
+        #: Keys deleted by the active-expiry sweeper since the server started.
+        self.expired_keys = 0
+        self.random = random.Random()
+        self.purger = Purger(self)
+        self.sweeper = ActiveExpiry(self)
+        #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
+        self.hits = 0
+        self.misses = 0
 
     def begin(self) -> KeyspaceTxn:
         """A new buffered transaction (commit it, or drop it to discard its writes)."""
         return KeyspaceTxn(self)
+
+    def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
+                  ) -> Iterator[tuple[bytes, bytes]]:
+        """Engine entries with ``lo <= key < hi``, expired ones not yet compacted included
+        (deleted ones never)."""
+        return self.db.range(lo, hi, limit=limit, include_expired=True)
+
+    def physical_empty(self, phys: int) -> bool:
+        """Whether physical database ``phys`` holds no entry at all."""
+        return next(self.raw_range(bytes((phys,)), bytes((phys + 1,)), limit=1), None) is None
+
+    def logical_of(self) -> dict[int, int]:
+        """Physical id -> logical database, for the mapped ids."""
+        return {p: d for d, p in enumerate(self.map)}
+
+    # -- what the INFO command reports -----------------------------------------------------
+    def key_counts(self) -> dict[int, tuple[int, int]]:
+        """Logical database -> (keys, keys with an expiry), as counted by the last complete
+        pass of the active-expiry sweeper (databases without keys are left out). Approximate
+        for databases flushed or swapped during that pass."""
+        return self.sweeper.key_counts()
+
+    def last_sweep_ms(self) -> int:
+        """When the last complete sweeper pass ended (ms since the epoch; 0: none yet)."""
+        return self.sweeper.last_pass_ms
 
 
 _DELETED: Final = Entry(b"", -1)
@@ -134,31 +187,54 @@ class KeyspaceTxn:
     """Reads and buffered writes of one command (or one EXEC). Not thread-safe: the event
     loop owns it."""
 
-    __slots__ = ("_ks", "_writes", "_undo", "now")
+    __slots__ = ("_ks", "_writes", "_undo", "now", "_map", "_taken", "_released", "_touched")
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
         #: engine key -> new entry, or _DELETED.
         self._writes: dict[bytes, Entry] = {}
-        #: (engine key, its previous buffered entry or None), for undo().
-        self._undo: list[tuple[bytes, Entry | None]] = []
+        #: (engine key, its previous buffered entry or None), for undo(); an empty engine key
+        #: marks a saved map state instead (see _save_map_state).
+        self._undo: list[tuple[bytes, Any]] = []
         #: The time this transaction judges expiry by (fixed within a command, like Redis).
         self.now = now_ms()
+        #: The database map as changed by this transaction (None: unchanged).
+        self._map: list[int] | None = None
+        #: Free physical ids this transaction maps (the purger's first len(_taken) free ids).
+        self._taken: list[int] = []
+        #: Physical ids this transaction unmaps; queued for purging after the commit.
+        self._released: list[int] = []
+        #: Logical databases flushed or swapped (their watchers are told after the commit).
+        self._touched: set[int] = set()
+
+    @property
+    def random(self) -> random.Random:
+        """The keyspace's random number generator (RANDOMKEY draws from it)."""
+        return self._ks.random
+
+    def _phys(self, db: int) -> int:
+        m = self._map
+        return (m if m is not None else self._ks.map)[db]
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, db: int, key: bytes) -> Entry | None:
         """The live entry of ``key``, or None when it is missing or expired."""
-        ek = engine_key(db, key)
+        ek = engine_key(self._phys(db), key)
         e = self._writes.get(ek)
+        ks = self._ks
         if e is None:
-            raw = self._ks.db.get(ek)
+            raw = ks.db.get(ek)
             if raw is None:
+                ks.misses += 1
                 return None
             e = decode_value(raw)
         elif e is _DELETED:
+            ks.misses += 1
             return None
         if e.expire_ms and e.expire_ms <= self.now:
+            ks.misses += 1
             return None
+        ks.hits += 1
         return e
 
     def exists(self, db: int, key: bytes) -> bool:
@@ -169,8 +245,9 @@ class KeyspaceTxn:
              reverse: bool = False) -> Iterator[tuple[bytes, Entry]]:
         """Live ``(key, entry)`` pairs of database ``db`` with ``lo <= key < hi`` (None: no
         bound), in key order, this transaction's own writes included."""
-        start = bytes((db,)) + (lo or b"")
-        stop = bytes((db,)) + hi if hi is not None else bytes((db + 1,))
+        phys = self._phys(db)
+        start = bytes((phys,)) + (lo or b"")
+        stop = bytes((phys,)) + hi if hi is not None else bytes((phys + 1,))
         if start >= stop:
             return iter(())
         own = sorted((k for k in self._writes if start <= k < stop), reverse=reverse)
@@ -210,17 +287,53 @@ class KeyspaceTxn:
             return
         if len(value) > MAX_USER_VALUE:
             raise CommandError("string exceeds maximum allowed size")
-        ek = engine_key(db, key)
+        ek = engine_key(self._phys(db), key)
         self._undo.append((ek, self._writes.get(ek)))
         self._writes[ek] = Entry(value, expire_ms)
 
     def delete(self, db: int, key: bytes) -> bool:
         """Buffer the deletion of ``key``; whether it was live."""
         existed = self.get(db, key) is not None
-        ek = engine_key(db, key)
+        ek = engine_key(self._phys(db), key)
         self._undo.append((ek, self._writes.get(ek)))
         self._writes[ek] = _DELETED
         return existed
+
+    def _save_map_state(self) -> list[int]:
+        """Push the map state on the undo log and return the map to change."""
+        m = self._map
+        self._undo.append((b"", (None if m is None else list(m), len(self._taken),
+                                 len(self._released), set(self._touched))))
+        if m is None:
+            m = self._map = list(self._ks.map)
+        return m
+
+    def flush(self, db: int | None) -> None:
+        """Empty database ``db`` (every database when None), atomically with the rest of
+        this transaction: a database with entries on disk is pointed at a fresh, empty
+        physical id (one small write; the old id is purged in the background after the
+        commit); this transaction's own buffered writes to it are dropped."""
+        m = self._save_map_state()
+        purger = self._ks.purger
+        for d in range(DATABASES) if db is None else (db,):
+            self._touched.add(d)
+            phys = m[d]
+            for ek in [k for k in self._writes if k[0] == phys]:
+                self._undo.append((ek, self._writes.pop(ek)))
+            if phys in self._taken or self._ks.physical_empty(phys):
+                continue  # nothing on disk: no new id needed
+            m[d] = purger.reserve(len(self._taken))
+            self._taken.append(m[d])
+            self._released.append(phys)
+
+    def swap(self, a: int, b: int) -> None:
+        """Swap logical databases ``a`` and ``b`` (SWAPDB), atomically with the rest of this
+        transaction. Swapping a database with itself changes nothing, as in Redis."""
+        if a == b:
+            return
+        m = self._save_map_state()
+        m[a], m[b] = m[b], m[a]
+        self._touched.update((a, b))
 
     def mark(self) -> int:
         """Start a command: refresh the clock and return a mark to :meth:`undo` to."""
@@ -237,22 +350,34 @@ class KeyspaceTxn:
         undo, writes = self._undo, self._writes
         while len(undo) > mark:
             ek, previous = undo.pop()
-            if previous is None:
-                del writes[ek]
+            if not ek:
+                m, taken, released, touched = previous
+                self._map = m
+                del self._taken[taken:]
+                del self._released[released:]
+                self._touched = touched
+            elif previous is None:
+                writes.pop(ek, None)
             else:
                 writes[ek] = previous
 
     @property
     def dirty(self) -> bool:
         """Whether writes are buffered."""
-        return bool(self._writes)
+        return bool(self._writes) or self._map is not None or bool(self._touched)
 
     def commit(self) -> None:
-        """Apply the buffered writes as one atomic batch, then tell the watchers."""
-        if not self._writes:
+        """Apply the buffered writes, and the database map when it changed, as one atomic
+        batch, then tell the watchers."""
+        if not self.dirty:
             return
+        writes, new_map = self._writes, self._map
+        taken, released, touched = self._taken, self._released, self._touched
+        # Committed or failed, these writes are settled: never apply them twice.
+        self._writes, self._map, self._undo = {}, None, []
+        self._taken, self._released, self._touched = [], [], set()
         batch = shaledb.WriteBatch(_zero_clock)
-        for ek, e in self._writes.items():
+        for ek, e in writes.items():
             if e is _DELETED:
                 batch.delete(ek)
             elif e.expire_ms:
@@ -260,40 +385,25 @@ class KeyspaceTxn:
             else:
                 batch.put(ek, encode_value(e.value, 0))
         ks = self._ks
-        changed = {(ek[0], ek[1:]) for ek in self._writes}
-        # Committed or failed, these writes are settled: never apply them twice.
-        self._writes = {}
-        self._undo = []
-        ks.db.write(batch)
-        ks.writes += 1
-        if ks._on_write is not None:
-            ks._on_write(changed)
-
-    def flush(self, db: int | None) -> int:
-        """Commit what is buffered, then delete every key of database ``db`` (every database
-        when None), in batches of FLUSH_CHUNK keys; returns the number of keys deleted.
-        Other clients never see a half-flushed database (the event loop runs nothing else
-        meanwhile), but a crash in the middle of a large flush can leave part of it."""
-        self.commit()
-        ks = self._ks
-        start = bytes((db,)) if db is not None else b""
-        stop = bytes((db + 1,)) if db is not None else bytes((DATABASES,))
-        deleted = 0
-        while True:
-            batch = shaledb.WriteBatch()
-            last = None
-            for ek, _ in ks.db.range(start, stop, limit=FLUSH_CHUNK):
-                batch.delete(ek)
-                last = ek
-            if last is None:
-                break
+        if new_map is not None and new_map != ks.map:
+            batch.put(MAP_KEY, encode_map(new_map))
+        else:
+            new_map = None
+        if len(batch):
             ks.db.write(batch)
             ks.writes += 1
-            deleted += len(batch)
-            start = last + b"\x00"
-        if ks._on_flush is not None:
-            ks._on_flush(db)
-        return deleted
+        if new_map is not None:
+            ks.map = new_map
+            ks.purger.committed(taken, released)
+        if ks._on_write is not None and writes:
+            logical = ks.logical_of()
+            ks._on_write({(logical[ek[0]], ek[1:]) for ek in writes if ek[0] in logical})
+        if ks._on_flush is not None and touched:
+            if len(touched) == DATABASES:
+                ks._on_flush(None)
+            else:
+                for d in sorted(touched):
+                    ks._on_flush(d)
 
 
 __all__ = [
@@ -307,5 +417,6 @@ __all__ = [
     "decode_value",
     "encode_value",
     "engine_key",
+    "expiry_of",
     "now_ms",
 ]

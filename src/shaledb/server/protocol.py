@@ -28,7 +28,8 @@ Replies. :func:`encode` turns Python values into RESP2 or RESP3: ``bytes``/``str
 string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dict`` -> map
 (flat array in RESP2), ``set``/``frozenset`` -> set (array in RESP2), ``float`` -> double
 (bulk string in RESP2), :class:`Status` -> simple string, :class:`CommandError` -> error,
-``NULL_ARRAY`` -> null array (``*-1`` in RESP2).
+``NULL_ARRAY`` -> null array (``*-1`` in RESP2), :class:`Verbatim` -> verbatim string
+(bulk string in RESP2).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ _MAX_HEADER: Final = 32
 
 class Status(bytes):
     """A RESP simple string reply (``+OK``)."""
+
+    __slots__ = ()
+
+
+class Verbatim(bytes):
+    """A text reply: a RESP3 verbatim string of format ``txt`` (INFO), a bulk string in
+    RESP2, as Redis sends it."""
 
     __slots__ = ()
 
@@ -313,6 +321,11 @@ def encode(value: Any, resp: int, out: list[bytes]) -> None:
         out.append(b",%s\r\n" % text if resp == 3 else b"$%d\r\n%s\r\n" % (len(text), text))
     elif isinstance(value, CommandError):
         out.append(value.reply())
+    elif t is Verbatim:
+        if resp == 3:
+            out.append(b"=%d\r\ntxt:%s\r\n" % (len(value) + 4, value))
+        else:
+            out.append(b"$%d\r\n%s\r\n" % (len(value), value))
     elif value is NULL_ARRAY:
         out.append(_NULL3 if resp == 3 else b"*-1\r\n")
     else:
@@ -334,6 +347,7 @@ __all__ = [
     "QUEUED",
     "RequestReader",
     "Status",
+    "Verbatim",
     "encode",
     "encode_one",
     "format_double",

@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Coroutine
@@ -36,9 +37,14 @@ from .deferred import CLOSE
 from .dispatch import Dispatcher, TurnCommit
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
+from .expiry import run_active_expire
+from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
+from .purge import run_purger
 from .ratelimit import CommandRateLimits
 from .security import is_loopback_address, protected_mode_refuses
+from .slowlog import SlowLog
+from .stats import ServerStats
 from .tls import server_context
 from .watch import WatchRegistry
 
@@ -52,10 +58,22 @@ class Server:
     caller); by default the server opens ``config.dir`` itself and closes it on shutdown.
     """
 
-    def __init__(self, config: ServerConfig, db: shaledb.DB | None = None) -> None:
+    def __init__(self, config: ServerConfig, db: shaledb.DB | None = None,
+                 config_file: str | None = None) -> None:
         self.config = config
+        #: The TOML file the config came from (INFO config_file), if any.
+        self.config_file = config_file
         self._own_db = db is None
         self._db = db
+        #: Random id of this run (INFO run_id), as Redis makes one at every start.
+        self.run_id = secrets.token_hex(20)
+        self.started = time.time()
+        self.started_monotonic = time.monotonic()
+        self.command_stats = ServerStats()
+        self.slowlog = SlowLog()
+        self.metrics: MetricsEndpoint | None = None
+        #: The metrics endpoint's port (None when off; 0 in the config picks one).
+        self.metrics_port: int | None = None
         self.watches = WatchRegistry()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
         self.dispatcher = Dispatcher(self)
@@ -204,9 +222,15 @@ class Server:
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db
         self._engine_fsyncs = db.options.fsync_interval is not None
-        self._keyspace = Keyspace(db, on_write=self.watches.touch, on_flush=self.watches.touch_db)
+        try:
+            self._keyspace = Keyspace(db, on_write=self.watches.touch,
+                                      on_flush=self.watches.touch_db)
+        except BaseException:
+            if self._own_db:
+                db.close()
+            raise
         self._loop = loop
-        self._turn = TurnCommit(self._keyspace, loop)
+        self._turn = TurnCommit(self._keyspace, loop, self.command_stats)
         self.set_appendfsync(cfg.appendfsync)
         try:
             if not cfg.tls_only:
@@ -228,11 +252,26 @@ class Server:
             if self._own_db:
                 db.close()
             raise
+        if cfg.metrics_port is not None:
+            try:
+                self.metrics = MetricsEndpoint(self)
+                self.metrics_port = await self.metrics.start(cfg.metrics_host,
+                                                             cfg.metrics_port)
+            except BaseException:
+                for listener in self._listeners:
+                    listener.close()
+                if self._own_db:
+                    db.close()
+                raise
         self.accepting = True
         self.restart_idle_sweeper()
-        log.info("ShaleDB %s serving %s on %s port %s, TLS port %s (appendfsync %s)",
-                 shaledb.__version__, db.path, cfg.host, self.port, self.tls_port,
-                 cfg.appendfsync)
+        self._tasks.append(loop.create_task(run_purger(self._keyspace)))
+        self._tasks.append(loop.create_task(
+            run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
+        self._tasks.append(loop.create_task(self._sample_ops()))
+        log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
+                 "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
+                 self.tls_port, self.metrics_port, cfg.appendfsync)
         if self.acl.default_open() and not is_loopback_address(cfg.host):
             if cfg.protected_mode:
                 log.warning("listening on %s without a password: protected mode refuses "
@@ -241,6 +280,17 @@ class Server:
                 log.warning("listening on %s without a password and without protected "
                             "mode: any host that can reach this port can read and change "
                             "every key", cfg.host)
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the server was created."""
+        return time.monotonic() - self.started_monotonic
+
+    async def _sample_ops(self) -> None:
+        # Once a second: the samples behind INFO's instantaneous_ops_per_sec.
+        while True:
+            self.command_stats.sample(self.stats["total_commands_processed"])
+            await asyncio.sleep(1.0)
 
     def set_appendfsync(self, mode: str) -> None:
         """Switch the durability mode (at start, and live by CONFIG SET appendfsync).
@@ -332,6 +382,8 @@ class Server:
         self.accepting = False
         for listener in self._listeners:
             listener.close()
+        if self.metrics is not None:
+            self.metrics.close()
         current = asyncio.current_task()
         for task in (*self._tasks, self._idle_task, self._sync_task):
             if task is not None and task is not current:
@@ -372,11 +424,12 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
-def serve(config: ServerConfig) -> None:
-    """Run a server until SIGTERM or SIGINT, then shut it down gracefully."""
+def serve(config: ServerConfig, config_file: str | None = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut it down gracefully. ``config_file``
+    names the file ``config`` was read from (shown by INFO)."""
 
     async def main() -> None:
-        server = Server(config)
+        server = Server(config, config_file=config_file)
         await server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

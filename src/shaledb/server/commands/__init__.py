@@ -101,11 +101,22 @@ class CommandFamily:
 
 def build_table() -> dict[bytes, Command]:
     """Every command by lower-case name."""
-    from . import acl, connection, keys, ranges, server, strings, transactions
+    from . import (
+        acl,
+        connection,
+        databases,
+        keys,
+        observability,
+        ranges,
+        server,
+        strings,
+        transactions,
+    )
 
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
-                   ranges.FAMILY, acl.FAMILY, server.FAMILY):
+                   ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
+                   server.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -3,7 +3,9 @@ EXPIREAT PEXPIREAT TTL PTTL EXPIRETIME PEXPIRETIME PERSIST TOUCH DBSIZE FLUSHDB 
 
 KEYS, SCAN and DBSIZE walk the keys in order (the engine keeps no per-database count), so
 they cost O(keys in the database); KEYS with a pattern that starts with literal bytes walks
-only the keys with that prefix.
+only the keys with that prefix. FLUSHDB and FLUSHALL are O(1) and atomic: they point the
+database at a fresh physical id and the old keys are purged in the background
+(:mod:`shaledb.server.purge`); ASYNC and SYNC are accepted and mean the same.
 """
 
 from __future__ import annotations
@@ -277,7 +279,7 @@ def _flush_mode(argv: list[bytes]) -> None:
 
 @command("flushdb", -1, "write", "keyspace write slow dangerous")
 def flushdb(ctx: Context, argv: list[bytes]) -> Any:
-    """FLUSHDB [ASYNC | SYNC]: delete every key of the selected database"""
+    """FLUSHDB [ASYNC | SYNC]: empty the selected database (O(1), atomic)"""
     _flush_mode(argv)
     ctx.txn.flush(ctx.db)
     return OK
@@ -285,7 +287,7 @@ def flushdb(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("flushall", -1, "write", "keyspace write slow dangerous")
 def flushall(ctx: Context, argv: list[bytes]) -> Any:
-    """FLUSHALL [ASYNC | SYNC]: delete every key of every database"""
+    """FLUSHALL [ASYNC | SYNC]: empty every database (O(1), atomic)"""
     _flush_mode(argv)
     ctx.txn.flush(None)
     return OK

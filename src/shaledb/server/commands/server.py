@@ -50,7 +50,11 @@ def config(ctx: Context, argv: list[bytes]) -> Any:
         config_set(ctx.server, list(zip(argv[2::2], argv[3::2], strict=True)))
         return OK
     if sub == b"resetstat" and n == 2:
-        ctx.server.stats.clear()
+        server = ctx.server
+        server.stats.clear()
+        server.command_stats.reset()
+        ks = server.keyspace
+        ks.hits = ks.misses = ks.expired_keys = 0
         return OK
     if sub == b"rewrite" and n == 2:
         raise CommandError(REWRITE_UNSUPPORTED)

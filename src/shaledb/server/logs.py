@@ -1,0 +1,57 @@
+"""Server logging: human-readable text lines or one JSON object per line.
+
+``log_format = "json"`` writes each record as ``{"ts": ..., "level": ..., "logger": ...,
+"msg": ...}`` plus any extra fields the call passed (``extra={"client": "ip:port"}``) and the
+formatted traceback of an exception, so log shippers need no parsing rules. ``ts`` is UTC in
+RFC 3339 form with milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any, Final, TextIO
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one line of JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a JSON object on one line."""
+        ts = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        out: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def configure_logging(log_format: str, level: str, stream: TextIO | None = None) -> None:
+    """Send the root logger's records to ``stream`` (stderr) as ``log_format`` ("text" or
+    "json") from ``level`` ("debug", "info", "warning", "error") up, replacing earlier
+    handlers."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json"
+                         else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+__all__ = ["JsonFormatter", "TEXT_FORMAT", "configure_logging"]
