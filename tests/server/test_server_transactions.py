@@ -220,3 +220,67 @@ def test_krange_helpers_for_redis_py(r: redis.Redis) -> None:
     back = [k for k, _ in iter_krange(r, "[user:", "(user;", page=7, rev=True)]
     assert back == keys[::-1]
     assert len(list(iter_krange(r))) == 27
+
+
+def test_kdelrange(r: redis.Redis) -> None:
+    r.mset({f"k{i:02d}": str(i) for i in range(20)})
+    r.mset({"a": "x", "z": "y"})
+    assert r.execute_command("KDELRANGE", "[k05", "(k10") == 5
+    assert r.execute_command("KDELRANGE", "[k05", "(k10") == 0
+    assert r.execute_command("KDELRANGE", "[k", "(l", "LIMIT", "4") == 4
+    # The first four keys of the range went (k00-k03); k05-k09 were gone already.
+    left = [f"k{i:02d}".encode() for i in (4, *range(10, 20))]
+    assert sorted(r.keys()) == [b"a", *left, b"z"]
+    assert r.execute_command("KDELRANGE", "+", "-") == 0
+    assert r.execute_command("KDELRANGE", "-", "+", "LIMIT", "0") == 0
+    with pytest.raises(redis.ResponseError, match="syntax error"):
+        r.execute_command("KDELRANGE", "-", "+", "LIMIT")
+    with pytest.raises(redis.ResponseError, match="krange-max-limit"):
+        r.execute_command("KDELRANGE", "-", "+", "LIMIT", "1000000")
+    with pytest.raises(redis.ResponseError, match="not valid string range item"):
+        r.execute_command("KDELRANGE", "k", "+")
+    # One atomic write: a watcher of a deleted key sees it, keys outside stay.
+    w = r.pipeline(transaction=True)
+    w.watch("k15")
+    assert r.execute_command("KDELRANGE", "-", "+") == 13
+    w.multi()
+    w.set("k15", "again")
+    with pytest.raises(redis.WatchError):
+        w.execute()
+    assert r.keys() == []
+
+
+def test_kdelrange_is_one_atomic_batch_and_pages_large_ranges(server, r: redis.Redis) -> None:
+    from shaledb.server.krange import kdelrange
+
+    r.mset({f"u:{i:05d}": "v" for i in range(2500)})
+    r.set("w", "keep")
+    before = server.call(lambda: server.server.db.stats()["wal_records"])
+    assert r.execute_command("KDELRANGE", "[u:", "(u;", "LIMIT", "1000") == 1000
+    assert server.call(lambda: server.server.db.stats()["wal_records"]) - before == 1
+    assert kdelrange(r, "[u:", "(u;", limit=600) == 1500
+    assert r.keys() == [b"w"]
+
+
+def test_kbatch(server, r: redis.Redis) -> None:
+    from shaledb.server.krange import kbatch
+
+    r.set("gone", "1")
+    before = server.call(lambda: server.server.db.stats()["wal_records"])
+    assert r.execute_command("KBATCH", "SET", "a", "1", "SET", "b", "2", "PX", "60000",
+                             "DEL", "gone", "SET", "px", "3") == 4
+    assert server.call(lambda: server.server.db.stats()["wal_records"]) - before == 1
+    assert r.mget("a", "b", "gone", "px") == [b"1", b"2", None, b"3"]
+    assert r.ttl("a") == -1 and 0 < r.pttl("b") <= 60000
+    # Any bad operation rejects the whole batch: nothing is written.
+    for bad in (["SET", "c", "1", "FOO", "x"], ["SET", "c"], ["DEL"], ["SET", "c", "1", "PX", "-5"],
+                ["SET", "c", "1", "PX", "abc"], ["SET", "c", "1", "DEL", "k" * 70_000]):
+        with pytest.raises(redis.ResponseError):
+            r.execute_command("KBATCH", *bad)
+        assert r.get("c") is None
+    assert r.get("a") == b"1"
+    assert kbatch(r, [("set", "c", "3"), ("del", "a"), ("set", "d", "4", 5000)]) == 3
+    assert r.mget("a", "c", "d") == [None, b"3", b"4"]
+    assert kbatch(r, []) == 0
+    with pytest.raises(ValueError):
+        kbatch(r, [("incr", "a")])

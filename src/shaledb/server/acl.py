@@ -48,8 +48,9 @@ CATEGORIES: Final = (
     "keyspace", "read", "write", "set", "sortedset", "list", "hash", "string", "bitmap",
     "hyperloglog", "geo", "stream", "pubsub", "admin", "fast", "slow", "blocking",
     "dangerous", "connection", "transaction", "scripting")
-#: Commands that return values of keys outside their key positions: only ``allkeys`` users.
-NEEDS_ALL_KEYS: Final = frozenset(("krange",))
+#: Commands that read or write keys outside their key positions (ranges, KBATCH's op list):
+#: only ``allkeys`` users.
+NEEDS_ALL_KEYS: Final = frozenset(("krange", "kdelrange", "kbatch"))
 #: Longest ``object``/``username`` kept in an ACL log entry (they come from clients).
 LOG_FIELD_MAX: Final = 128
 #: Denials of the same kind within this many seconds are one log entry with a count.
