@@ -590,3 +590,44 @@ def test_expiry_settings_from_toml(tmp_path: Path) -> None:
     path.write_text("[server]\nhz = 25\nactive-expire-effort = 3\n")
     cfg = ServerConfig.load(str(path))
     assert (cfg.hz, cfg.active_expire_effort) == (25, 3)
+
+
+def _full_pass(sweeper: Any) -> None:
+    passes = sweeper.passes
+    while sweeper.passes == passes:
+        sweeper.step(100, 10.0)
+
+
+def test_sweeper_goes_idle_without_expiring_keys(tmp_path: Path) -> None:
+    with shaledb.open(tmp_path / "db") as db:
+        ks = Keyspace(db)
+        sweeper = ks.sweeper
+        assert sweeper.idle()  # starts idle
+        txn = ks.begin()
+        for i in range(300):
+            txn.set(0, b"k%03d" % i, b"v")
+        txn.commit()
+        _full_pass(sweeper)
+        assert sweeper.idle() and ks.key_counts() == {0: (300, 0)}
+        # A key written with an expiry wakes it at once, even mid-pass.
+        sweeper.step(50, 10.0)
+        txn = ks.begin()
+        txn.set(0, b"k000", b"v", txn.now + 20)
+        txn.commit()
+        assert not sweeper.idle()
+        _full_pass(sweeper)  # started before that write: proves nothing, stays awake
+        assert not sweeper.idle()
+        time.sleep(0.05)
+        _full_pass(sweeper)  # meets the expiring key (deletes it): still awake
+        assert ks.expired_keys == 1 and not sweeper.idle()
+        _full_pass(sweeper)  # no expiring key left and none written: idle again
+        assert sweeper.idle() and ks.key_counts() == {0: (299, 0)}
+        # An expiring key already on disk (a restart) wakes it as soon as a tick meets it.
+        txn = ks.begin()
+        txn.set(0, b"k001", b"v", txn.now + 60_000)
+        txn.commit()
+    with shaledb.open(tmp_path / "db") as db:
+        sweeper = Keyspace(db).sweeper
+        assert sweeper.idle()
+        sweeper.step(10, 10.0)
+        assert not sweeper.idle()

@@ -34,7 +34,7 @@ import math
 import random
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, NamedTuple
 
 import shaledb
@@ -132,7 +132,7 @@ class Keyspace:
     """
 
     def __init__(self, db: shaledb.DB,
-                 on_write: Callable[[set[tuple[int, bytes]]], None] | None = None,
+                 on_write: Callable[[Iterable[tuple[int, bytes]]], None] | None = None,
                  on_flush: Callable[[int | None], None] | None = None) -> None:
         self.db = db
         self._on_write = on_write
@@ -141,6 +141,8 @@ class Keyspace:
         self.map: list[int] = decode_map(db.get(MAP_KEY))
         #: Writes committed since the server last waited for an fsync (appendfsync always).
         self.writes = 0
+        #: Keys written with an expiry (the active-expiry sweeper slows down without any).
+        self.expiring_writes = 0
         #: Keys deleted by the active-expiry sweeper since the server started.
         self.expired_keys = 0
         self.random = random.Random()
@@ -181,6 +183,13 @@ class Keyspace:
 
 
 _DELETED: Final = Entry(b"", -1)
+
+
+def _logical_keys(ks: Keyspace, engine_keys: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    logical = ks.logical_of()
+    for ek in engine_keys:
+        if ek[0] in logical:
+            yield logical[ek[0]], ek[1:]
 
 
 class KeyspaceTxn:
@@ -377,11 +386,13 @@ class KeyspaceTxn:
         self._writes, self._map, self._undo = {}, None, []
         self._taken, self._released, self._touched = [], [], set()
         batch = shaledb.WriteBatch(_zero_clock)
+        expiring = 0
         for ek, e in writes.items():
             if e is _DELETED:
                 batch.delete(ek)
             elif e.expire_ms:
                 batch.put(ek, encode_value(e.value, e.expire_ms), ttl=_exact_ttl(e.expire_ms))
+                expiring += 1
             else:
                 batch.put(ek, encode_value(e.value, 0))
         ks = self._ks
@@ -392,12 +403,13 @@ class KeyspaceTxn:
         if len(batch):
             ks.db.write(batch)
             ks.writes += 1
+            ks.expiring_writes += expiring
         if new_map is not None:
             ks.map = new_map
             ks.purger.committed(taken, released)
         if ks._on_write is not None and writes:
-            logical = ks.logical_of()
-            ks._on_write({(logical[ek[0]], ek[1:]) for ek in writes if ek[0] in logical})
+            # A generator: WATCH's registry looks at it only when someone watches.
+            ks._on_write(_logical_keys(ks, writes))
         if ks._on_flush is not None and touched:
             if len(touched) == DATABASES:
                 ks._on_flush(None)
