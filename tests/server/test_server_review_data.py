@@ -1,0 +1,163 @@
+"""Data-safety review of the shared turn commit, held replies and the keyspace: each test
+pins down a defect found in review (a reply that depended on another client's uncommitted
+write, replies reordered by a live switch of appendfsync, commands run after an output
+buffer disconnection). Real servers on 127.0.0.1, raw sockets and redis-py."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import pytest
+
+import shaledb
+from shaledb.engine.fs import FaultInjectionFS
+from shaledb.server import ServerConfig
+
+from ._server_support import HOST, ServerThread, raw_connect, read_reply, read_until_closed
+
+
+def _cmd(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def _line(s: Any) -> bytes:
+    """One reply line (status, error, integer, or a bulk string's header and body)."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    if data.startswith(b"$") and not data.startswith(b"$-1"):
+        n = int(data[1:-2])
+        body = read_reply(s, n + 2)
+        data += body
+    return data
+
+
+def _hold_loop(st: ServerThread, seconds: float) -> None:
+    """Block the server's event loop for ``seconds``: requests sent meanwhile are all served
+    by the next turn, in the order they arrived."""
+    assert st.loop is not None
+    st.loop.call_soon_threadsafe(time.sleep, seconds)
+    time.sleep(0.05)
+
+
+def _connected(st: ServerThread, n: int) -> list[Any]:
+    socks = [raw_connect(st.port) for _ in range(n)]
+    for s in socks:
+        s.sendall(_cmd(b"PING"))
+        assert read_reply(s, 7) == b"+PONG\r\n"
+    return socks
+
+
+# -- a write command's reply must not depend on another client's uncommitted write ---------
+
+@pytest.mark.parametrize("probe", [
+    (b"SETNX", b"k", b"mine"),      # answers 0 (exists) without writing
+    (b"GETEX", b"k"),               # a write command that reads only
+    (b"SET", b"k", b"x", b"NX"),    # nil without writing
+    (b"INCR", b"k"),                # an error computed from the other client's value
+])
+def test_a_write_command_that_read_an_uncommitted_write_waits_for_its_commit(
+        tmp_path, probe) -> None:
+    """Client A's SET is buffered in the turn's shared transaction; client B's command (a
+    write command that ends up writing nothing) reads A's value in the same turn. When the
+    commit then fails, A's write never existed: B must not have been told it did."""
+    path = str(tmp_path / "db")
+    fs = FaultInjectionFS()
+    db = shaledb.open(path, fs=fs)
+    st = ServerThread(ServerConfig(port=0, host=HOST, dir=path), db)
+    try:
+        a, b = _connected(st, 2)
+        fs.inject("write", ".log", count=None)
+        _hold_loop(st, 0.4)
+        a.sendall(_cmd(b"SET", b"k", b"uncommitted"))
+        time.sleep(0.1)  # A's request is served first in the turn
+        b.sendall(_cmd(*probe))
+        assert _line(a).startswith(b"-MISCONF")
+        got = _line(b)
+        assert got.startswith(b"-MISCONF"), got
+        c = st.client()
+        assert c.get("k") is None  # the write A's value came from never happened
+        c.close()
+    finally:
+        st.stop()
+        with contextlib.suppress(shaledb.ShaleError):
+            db.close()
+
+
+def test_a_write_command_that_read_an_uncommitted_write_waits_for_the_fsync(
+        server_factory) -> None:
+    """appendfsync always: B's SETNX found A's key (written in the same turn, fsync not
+    done): its reply waits for that fsync like A's OK."""
+    st = server_factory(appendfsync="always")
+    a, b = _connected(st, 2)
+    release = st.call(lambda: _block_executor(st))
+    try:
+        _hold_loop(st, 0.3)
+        a.sendall(_cmd(b"SET", b"k", b"v"))
+        time.sleep(0.1)
+        b.sendall(_cmd(b"SETNX", b"k", b"mine"))
+        time.sleep(0.5)  # the turn is over; the fsync waits behind the blocked executor
+        for s in (a, b):
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(100)  # nothing acknowledged before the fsync
+            s.setblocking(True)
+    finally:
+        release()
+    assert _line(a) == b"+OK\r\n"
+    assert _line(b) == b":0\r\n"
+
+
+def _block_executor(st: ServerThread) -> Any:
+    """Occupy the server's I/O thread (where fsyncs run) until the returned function is
+    called."""
+    import threading
+
+    gate = threading.Event()
+    assert st.server is not None
+    st.server._executor.submit(gate.wait, 30)
+    return gate.set
+
+
+# -- a live switch of appendfsync must not reorder held replies ---------------------------
+
+@pytest.mark.parametrize("mode", ["everysec", "no"])
+def test_switching_appendfsync_keeps_held_replies_in_order(server_factory, mode) -> None:
+    st = server_factory(appendfsync="always")
+    a, admin = _connected(st, 2)
+    release = st.call(lambda: _block_executor(st))
+    try:
+        a.sendall(_cmd(b"SET", b"k", b"v"))  # held: its fsync waits behind the executor
+        time.sleep(0.2)
+        admin.sendall(_cmd(b"CONFIG", b"SET", b"appendfsync", mode.encode()))
+        assert _line(admin) == b"+OK\r\n"
+        a.sendall(_cmd(b"PING") + _cmd(b"SET", b"k2", b"v2"))
+        time.sleep(0.2)
+        a.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            a.recv(100)  # the PING's and SET's replies queue behind the held OK
+        a.setblocking(True)
+    finally:
+        release()
+    assert read_reply(a, 15) == b"+OK\r\n+PONG\r\n+OK\r\n"
+
+
+# -- nothing runs after an output buffer disconnection ----------------------------------
+
+def test_commands_after_an_overflowing_reply_do_not_run(server_factory) -> None:
+    st = server_factory(client_output_buffer_limit=64 * 1024)
+    c = st.client()
+    c.mset({b"key%06d" % i: b"v" for i in range(10_000)})
+    s = raw_connect(st.port)
+    s.sendall(_cmd(b"KEYS", b"*") + _cmd(b"SET", b"after", b"1")
+              + _cmd(b"INCR", b"counter"))
+    read_until_closed(s)
+    s.close()
+    # The client was disconnected at KEYS: like Redis, the server runs nothing after it.
+    assert c.get("after") is None and c.get("counter") is None
+    c.close()
