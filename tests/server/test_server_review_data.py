@@ -161,3 +161,19 @@ def test_commands_after_an_overflowing_reply_do_not_run(server_factory) -> None:
     # The client was disconnected at KEYS: like Redis, the server runs nothing after it.
     assert c.get("after") is None and c.get("counter") is None
     c.close()
+
+
+def test_parked_replies_past_the_output_limit_disconnect_once(server_factory) -> None:
+    """Several reply batches parked for one commit, the first already past
+    client_output_buffer_limit: the client is disconnected once (and counted once)."""
+    st = server_factory(client_output_buffer_limit=300_000)
+    c = st.client()
+    c.set("big", b"x" * 200_000)
+    s = raw_connect(st.port)
+    # SET makes the turn's transaction dirty, so each GETEX reply (200 kB) is parked until
+    # the commit; they fill two batches of OUTPUT_BATCH bytes.
+    s.sendall(_cmd(b"SET", b"x", b"1") + _cmd(b"GETEX", b"big") * 4)
+    read_until_closed(s, limit=1 << 24)
+    s.close()
+    assert c.info("stats")["client_output_buffer_limit_disconnections"] == 1
+    c.close()

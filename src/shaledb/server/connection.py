@@ -340,6 +340,8 @@ class ClientConnection(asyncio.Protocol):
                 self._send(self._encode(item), item.wrote)
             else:
                 self._send(item, False)
+            if self._overflowed():  # disconnected: the rest is dropped, counted once
+                return
         if not self._held and (self._quitting() or (self.closing and not self._requests)):
             transport.close()
 
