@@ -177,3 +177,67 @@ def test_parked_replies_past_the_output_limit_disconnect_once(server_factory) ->
     s.close()
     assert c.info("stats")["client_output_buffer_limit_disconnections"] == 1
     c.close()
+
+
+# -- crash: flushed keys never come back, reused physical ids never lose live keys ---------
+
+def test_flush_cycles_reusing_every_physical_id_survive_sigkill(tmp_path) -> None:
+    """More flushes of non-empty databases than there are spare physical ids, so ids are
+    purged and mapped again (across restarts too), with expiring keys for the sweeper and
+    a SIGKILL after each round: no flushed key comes back, no live key is lost."""
+    import os
+    import signal
+
+    import redis
+
+    from shaledb.server.dbmap import MAP_KEY, PHYSICAL_DATABASES, decode_map
+
+    from ._server_support import free_port, run_server_process
+
+    data = tmp_path / "db"
+    port = free_port()
+    keep: dict[bytes, bytes] = {}
+    rounds, flushes = 3, 110  # 330 flushes > 224 spare ids
+    proc = run_server_process(data, port)
+    try:
+        for rnd in range(rounds):
+            c = redis.Redis(host=HOST, port=port, socket_timeout=10)
+            for i in range(flushes):
+                db = i % 3
+                c.execute_command("SELECT", db)
+                c.mset({b"f%d:%d:%d" % (rnd, i, j): b"gone" for j in range(3)})
+                c.set(b"e%d:%d" % (rnd, i), b"gone", px=1)  # expired: swept or flushed
+                assert c.flushdb() is True
+                c.execute_command("SELECT", 5)
+                key = b"keep%d:%d" % (rnd, i)
+                c.set(key, b"v%d" % i, px=3_600_000 if i % 2 else None)
+                keep[key] = b"v%d" % i
+            c.close()
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            proc = run_server_process(data, port)
+            c = redis.Redis(host=HOST, port=port, socket_timeout=10)
+            for db in range(3):
+                c.execute_command("SELECT", db)
+                assert c.dbsize() == 0 and c.keys() == []
+            c.execute_command("SELECT", 5)
+            keys = list(keep)
+            assert c.dbsize() == len(keep)
+            assert c.mget(keys) == [keep[k] for k in keys]
+            c.close()
+        # The raw directory: the mapped ids hold exactly the live keys.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        with shaledb.open(data) as db:
+            mapping = decode_map(db.get(MAP_KEY))
+            phys5 = mapping[5]
+            live = {k[1:] for k, _ in db.range(bytes((phys5,)), bytes((phys5 + 1,)))}
+            assert live == set(keep)
+            for d in range(3):
+                p = mapping[d]
+                assert list(db.range(bytes((p,)), bytes((p + 1,)))) == []
+            assert all(p < PHYSICAL_DATABASES for p in mapping)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
