@@ -1,7 +1,9 @@
-"""Data-safety review of the shared turn commit, held replies and the keyspace: each test
-pins down a defect found in review (a reply that depended on another client's uncommitted
+"""Data-safety review of the shared turn commit, held replies and the keyspace. Most tests
+pin down a defect found in review (a reply that depended on another client's uncommitted
 write, replies reordered by a live switch of appendfsync, commands run after an output
-buffer disconnection). Real servers on 127.0.0.1, raw sockets and redis-py."""
+buffer disconnection, a disconnection counted twice); two guard what review found sound
+(flush cycles reusing every physical id across SIGKILLs, WATCH under concurrent writers).
+Real servers on 127.0.0.1, raw sockets and redis-py."""
 
 from __future__ import annotations
 
@@ -241,3 +243,52 @@ def test_flush_cycles_reusing_every_physical_id_survive_sigkill(tmp_path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+# -- WATCH under concurrency: no lost update --------------------------------------------
+
+def test_optimistic_increments_from_many_clients_lose_no_update(server) -> None:
+    """Clients increment one counter with WATCH/GET/MULTI/SET/EXEC while others write it
+    blindly (INCR) in the same turns: every EXEC that succeeded is counted exactly once."""
+    import threading
+
+    import redis
+
+    done = {"exec": 0, "incr": 0}
+    lock = threading.Lock()
+
+    def optimistic() -> None:
+        c = server.client()
+        for _ in range(60):
+            while True:
+                with c.pipeline() as p:
+                    try:
+                        p.watch("n")
+                        value = int(p.get("n") or 0)
+                        p.multi()
+                        p.set("n", value + 1)
+                        p.execute()
+                        break
+                    except redis.WatchError:
+                        continue
+            with lock:
+                done["exec"] += 1
+        c.close()
+
+    def blind() -> None:
+        c = server.client()
+        for _ in range(200):
+            c.incr("n")
+            with lock:
+                done["incr"] += 1
+        c.close()
+
+    threads = [threading.Thread(target=optimistic) for _ in range(4)]
+    threads += [threading.Thread(target=blind) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    c = server.client()
+    assert int(c.get("n")) == done["exec"] + done["incr"] == 4 * 60 + 2 * 200
+    c.close()
