@@ -250,7 +250,9 @@ class ClientConnection(asyncio.Protocol):
                         deferred_resp = group.protocols.pop()
                         break
                     size += reply_size(reply)
-                    if self._quitting():  # QUIT: nothing after it runs
+                    # QUIT, or KEYS passed the output limit (the client is disconnected):
+                    # nothing after it runs, as in Redis.
+                    if self._quitting() or client.output_overflow:
                         break
                 if client.output_overflow:  # KEYS stopped building its reply at the limit
                     self._disconnect_overflow(0)
@@ -338,6 +340,8 @@ class ClientConnection(asyncio.Protocol):
                 self._send(self._encode(item), item.wrote)
             else:
                 self._send(item, False)
+            if self._overflowed():  # disconnected: the rest is dropped, counted once
+                return
         if not self._held and (self._quitting() or (self.closing and not self._requests)):
             transport.close()
 
@@ -389,11 +393,13 @@ class ClientConnection(asyncio.Protocol):
             return
         self.server.stats["total_net_output_bytes"] += len(data)
         sync = self.server.sync_group
-        if sync is None or (not wrote and not self._held):
+        if not self._held and (sync is None or not wrote):
             assert self.transport is not None
             self.transport.write(data)
             return
-        self._held.append((data, sync.barrier() if wrote else None))
+        # Behind held replies even when appendfsync left ``always`` since they were held
+        # (they keep their fsync): a client sees its replies in order.
+        self._held.append((data, sync.barrier() if wrote and sync is not None else None))
         self._held_bytes += len(data)
         if self._held_bytes > MAX_HELD_BYTES:
             self._set_paused("fsync", True)

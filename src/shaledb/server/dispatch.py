@@ -10,8 +10,10 @@ handler error takes back every write the command buffered.
 The write commands of every client served in one event-loop turn share that transaction, so
 they become one write batch (one WAL record) committed at the end of the turn
 (:class:`TurnCommit`). Before any command without the ``write`` flag runs, the buffered
-writes are committed: reads, EXEC and WATCH only ever see committed state, and if a commit
-fails, only the replies of the writes in it are turned into errors (:class:`WriteGroup`).
+writes are committed: reads, EXEC and WATCH only ever see committed state. A write command
+may read buffered writes (SETNX, INCR), so every command run while writes are buffered --
+whether it wrote or not -- has its reply wait for their commit; if the commit fails, those
+replies, and only those, are turned into errors (:class:`WriteGroup`).
 
 Every command that runs is timed and counted (:mod:`shaledb.server.stats`, one call) and,
 when slow enough, logged (:mod:`shaledb.server.slowlog`); a refused one counts as rejected.
@@ -210,7 +212,10 @@ class Dispatcher:
             txn.undo(mark)
             reply = engine_error(exc)
         self._account(client, cmd, argv, perf_counter_ns() - start, reply)
-        if txn.wrote_since(mark):
+        # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
+        # may still have read writes of other clients buffered in the turn: its reply waits
+        # for their commit (and fsync) like theirs, and turns into the commit's error.
+        if txn.dirty:
             group.add_pending(len(replies))
         replies.append(reply)
         group.protocols.append(client.resp)
