@@ -389,11 +389,13 @@ class ClientConnection(asyncio.Protocol):
             return
         self.server.stats["total_net_output_bytes"] += len(data)
         sync = self.server.sync_group
-        if sync is None or (not wrote and not self._held):
+        if not self._held and (sync is None or not wrote):
             assert self.transport is not None
             self.transport.write(data)
             return
-        self._held.append((data, sync.barrier() if wrote else None))
+        # Behind held replies even when appendfsync left `always` meanwhile (no sync group):
+        # they keep their fsync, and this reply must not overtake them.
+        self._held.append((data, sync.barrier() if wrote and sync is not None else None))
         self._held_bytes += len(data)
         if self._held_bytes > MAX_HELD_BYTES:
             self._set_paused("fsync", True)
