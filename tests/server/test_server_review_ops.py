@@ -3,6 +3,11 @@ metrics endpoint, glob patterns), each shown on a real server over a socket on 1
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -15,7 +20,7 @@ import shaledb
 from shaledb.server import ServerConfig
 from shaledb.server.slowlog import SLOWLOG_MAX_STRING
 
-from ._server_support import HOST, RawClient, ServerThread
+from ._server_support import HOST, RawClient, ServerThread, free_port, wait_for_port
 
 
 def _wait(predicate, timeout: float = 10.0) -> None:
@@ -159,3 +164,62 @@ def test_metrics_endpoint_answers_500_when_building_a_page_fails(server_factory)
         db.stats = real_stats  # type: ignore[method-assign]
     assert _http_get(port, "/metrics")[0] == 200
     assert _http_get(port, "/health")[0] == 200
+
+
+def test_a_connection_flood_cannot_starve_the_engine_of_file_descriptors(tmp_path: Path) -> None:
+    # maxclients (10,000) was not fitted to the open files limit: with `ulimit -n 700`, a
+    # few hundred bare TCP connections (no AUTH needed) used every descriptor, the engine's
+    # next WAL or table file failed with EMFILE, and the engine refused every write from
+    # then on (MISCONF) until a restart. As Redis does, the server now raises the soft limit
+    # when it may, else lowers maxclients so the engine keeps its descriptors.
+    port = free_port()
+    limit = 700
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shaledb.cli", "serve", "--host", HOST, "--port", str(port),
+         "--dir", str(tmp_path / "db"), "--metrics-port", "off", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=low_fd_limit,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    socks: list[socket.socket] = []
+    try:
+        wait_for_port(port, proc)
+        r = redis.Redis(host=HOST, port=port, socket_timeout=10)
+        fitted = int(r.config_get("maxclients")["maxclients"])
+        assert 1 <= fitted <= limit - 512  # the engine keeps max_open_files (512) and more
+        for i in range(2000):
+            r.set(f"k{i}", "v" * 100)
+        refused = 0
+        for _ in range(limit):
+            s = socket.create_connection((HOST, port), timeout=10)
+            socks.append(s)
+        for s in socks:  # each got its answer once accepted: nothing, or refused
+            s.sendall(b"PING\r\n")
+            reply = s.recv(100)
+            refused += reply.startswith(b"-ERR max number of clients reached")
+        assert refused >= limit - fitted
+        for s in socks:
+            s.close()
+        socks.clear()
+        _wait(lambda: r.info("clients")["connected_clients"] == 1)
+        assert r.execute_command("SAVE") is True  # a new WAL and a new table: files open
+        assert r.set("after", "flood") and r.get("after") == b"flood"
+        assert r.info("shaledb")["read_only"] == 0
+        # CONFIG SET cannot raise maxclients past what the descriptors allow.
+        try:
+            r.config_set("maxclients", 100_000)
+        except redis.ResponseError as exc:
+            assert "not able to handle the specified number of clients" in str(exc)
+        else:
+            raise AssertionError("CONFIG SET maxclients 100000 was accepted")
+        assert int(r.config_get("maxclients")["maxclients"]) == fitted
+        r.close()
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    assert b"maxclients" in err  # the lowered limit is logged
