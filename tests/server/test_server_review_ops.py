@@ -223,3 +223,13 @@ def test_a_connection_flood_cannot_starve_the_engine_of_file_descriptors(tmp_pat
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode(errors="replace")
     assert b"maxclients" in err  # the lowered limit is logged
+
+
+def test_info_hz_is_the_configured_hz(server_factory) -> None:
+    # INFO said hz:1 (from before the active-expiry sweeper existed) while CONFIG GET hz and
+    # the sweeper use the `hz` setting.
+    st = server_factory(hz=25)
+    r = st.client(decode_responses=True)
+    info = r.info("server")
+    assert r.config_get("hz") == {"hz": "25"}
+    assert info["hz"] == 25 and info["configured_hz"] == 25
