@@ -4,6 +4,12 @@ The rules of Redis' ``stringmatchlen``: ``*`` matches any run of bytes, ``?`` on
 ``[abc]`` / ``[^abc]`` / ``[a-z]`` a byte in (or not in) a set, ``\\x`` the byte ``x`` itself.
 One difference: an unclosed ``[`` is a literal ``[`` here (Redis matches it against the rest
 of the pattern as a set).
+
+Every atom but ``*`` matches exactly one byte, so a pattern is its star-separated segments,
+and taking the leftmost match of each middle segment never loses a match. The regex says so
+with atomic groups (``seg0 (?>.*?seg1) ... .*segN``): matching is O(len(key) x
+len(pattern)). A plain ``.*`` per star backtracks exponentially (``*a*a*a...*b`` against a
+long key ran for hours: Redis' CVE-2022-36021), and SCAN MATCH is open to every reader.
 """
 
 from __future__ import annotations
@@ -20,17 +26,18 @@ def compile_glob(pattern: bytes) -> Callable[[bytes], bool]:
     """A predicate telling whether a key matches ``pattern``."""
     if pattern == b"*":
         return lambda key: True
-    out = bytearray()
+    # One regex per byte-matching atom; None for a star.
+    atoms: list[bytes | None] = []
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
         if c == 42:  # *
-            out += b".*"
+            atoms.append(None)
         elif c == 63:  # ?
-            out += b"."
+            atoms.append(b".")
         elif c == 92 and i + 1 < n:  # backslash
             i += 1
-            out += _byte(pattern[i])
+            atoms.append(_byte(pattern[i]))
         elif c == 91 and b"]" in pattern[i + 1:]:  # [
             j = i + 1
             negate = j < n and pattern[j] == 94  # ^
@@ -49,15 +56,25 @@ def compile_glob(pattern: bytes) -> Callable[[bytes], bool]:
                     items += _byte(pattern[j])
                 j += 1
             if j >= n:  # the "]" was escaped: no closing bracket after all
-                out += _byte(c)
+                atoms.append(_byte(c))
             else:
-                out += b"[" + (b"^" if negate else b"") + bytes(items) + b"]" if items else (
-                    b"[\\x00-\\xff]" if negate else b"(?!)")
+                atoms.append(b"[" + (b"^" if negate else b"") + bytes(items) + b"]" if items
+                             else (b"[\\x00-\\xff]" if negate else b"(?!)"))
                 i = j
         else:
-            out += _byte(c)
+            atoms.append(_byte(c))
         i += 1
-    regex = re.compile(bytes(out) + b"\\Z", re.DOTALL)
+    segments: list[bytes] = [b""]
+    for atom in atoms:
+        if atom is None:
+            segments.append(b"")
+        else:
+            segments[-1] += atom
+    out = segments[0]
+    if len(segments) > 1:
+        out += b"".join(b"(?>.*?" + seg + b")" for seg in segments[1:-1] if seg)
+        out += b".*" + segments[-1]
+    regex = re.compile(out + b"\\Z", re.DOTALL)
     return lambda key: regex.match(key) is not None
 
 

@@ -7,8 +7,9 @@ line and headers, no body. Bounds: the request head must arrive within
 ``metrics_header_timeout`` seconds (408 otherwise) and fit in MAX_REQUEST_BYTES (431), at
 most MAX_CONNECTIONS requests are served at once (503 beyond), and a response not taken by
 the client within SEND_TIMEOUT is dropped. Methods other than GET and HEAD get 405, other
-paths 404. The page is built on the loop, like any command, so a scrape costs the clients the
-time of one ``db.stats()`` and some string formatting.
+paths 404, and a failure while building the answer 500 (logged). The page is built on the
+loop, like any command, so a scrape costs the clients the time of one ``db.stats()`` and
+some string formatting.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ SEND_TIMEOUT: Final = 10.0
 
 _REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found",
                    405: "Method Not Allowed", 408: "Request Timeout",
-                   431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+                   431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                   503: "Service Unavailable"}
 
 
 def response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
@@ -79,7 +81,14 @@ class MetricsEndpoint:
                 await self._send(writer, response(503, b"too many metrics requests at once\n"))
                 return
             self._active.add(task)
-            await self._send(writer, await self._answer(reader))
+            try:
+                answer = await self._answer(reader)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                raise
+            except Exception:  # noqa: BLE001 - a scraper must get an answer, not a reset
+                log.exception("building the metrics endpoint's response failed")
+                answer = response(500, b"internal error; see the server log\n")
+            await self._send(writer, answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

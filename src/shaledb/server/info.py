@@ -113,9 +113,10 @@ def _server(s: Server) -> Fields:
         ("server_time_usec", time.time_ns() // 1000),
         ("uptime_in_seconds", uptime),
         ("uptime_in_days", uptime // 86400),
-        # Our periodic work (ops sampling, idle sweep) runs once a second.
-        ("hz", 1),
-        ("configured_hz", 1),
+        # The active-expiry sweeper's ticks per second (the other periodic work, ops
+        # sampling and the idle sweep, runs once a second).
+        ("hz", s.config.hz),
+        ("configured_hz", s.config.hz),
         ("executable", sys.executable),
         ("config_file", s.config_file or ""),
     ]

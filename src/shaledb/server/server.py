@@ -17,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -38,6 +39,7 @@ from .dispatch import Dispatcher, TurnCommit
 from .durability import SyncGroup
 from .errors import CommandError, WrongPassError
 from .expiry import run_active_expire
+from .fdlimit import fit_maxclients
 from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
 from .purge import run_purger
@@ -222,6 +224,13 @@ class Server:
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db
         self._engine_fsyncs = db.options.fsync_interval is not None
+        fitted = fit_maxclients(cfg.maxclients, db.options.max_open_files)
+        if fitted < cfg.maxclients:
+            log.warning("maxclients lowered from %d to %d: the open files limit (ulimit -n) "
+                        "leaves no more descriptors next to the engine's %d table files; "
+                        "raise the limit to serve more clients", cfg.maxclients, fitted,
+                        db.options.max_open_files)
+            self.config = cfg = dataclasses.replace(cfg, maxclients=fitted)
         try:
             self._keyspace = Keyspace(db, on_write=self.watches.touch,
                                       on_flush=self.watches.touch_db)

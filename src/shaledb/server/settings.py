@@ -4,7 +4,8 @@ Every parameter is one :class:`Setting` line in :data:`SETTINGS`: its Redis name
 the :class:`~shaledb.server.config.ServerConfig` field behind it, a parser that turns the
 CONFIG SET argument into the field's value (None: the parameter is immutable at run time),
 and an optional apply hook for a change that needs more than the new config (appendfsync
-switches the durability mode, timeout restarts the idle sweeper, ...). Settings whose value
+switches the durability mode, timeout restarts the idle sweeper, ...) and an optional check
+against the running server (maxclients must fit the open files limit). Settings whose value
 lives elsewhere (``databases``, ``requirepass``) have a getter instead of a field.
 
 CONFIG SET of several parameters is atomic, as in Redis 7: every argument is parsed, then
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..errors import InvalidArgument
 from .config import APPENDFSYNC_MODES
 from .errors import CommandError
+from .fdlimit import fit_maxclients
 from .glob import compile_glob
 from .keyspace import DATABASES
 from .ratelimit import CommandRateLimits
@@ -53,6 +55,9 @@ class Setting:
     apply: Hook | None = None
     #: The value for CONFIG GET when it is not simply the field's.
     get: Callable[[Server], Any] | None = None
+    #: A check of the parsed value against the running server, before anything changes
+    #: (raises ValueError with the reason).
+    check: Hook | None = None
 
     @property
     def mutable(self) -> bool:
@@ -258,6 +263,13 @@ def _tls_port(server: Server) -> int:
     return server.tls_port or server.config.tls_port or 0
 
 
+def _maxclients_fit(server: Server, n: int) -> None:
+    fitted = fit_maxclients(n, server.db.options.max_open_files)
+    if fitted < n:
+        raise ValueError(f"The operating system is not able to handle the specified number "
+                         f"of clients, try with {fitted}")
+
+
 def _appendfsync(server: Server, mode: str) -> None:
     server.set_appendfsync(mode)
 
@@ -277,7 +289,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("appendonly", None, get=_constant(True)),
     Setting("maxmemory", None, get=_constant(0)),  # data lives on disk, not in memory
     Setting("appendfsync", "appendfsync", choice(*APPENDFSYNC_MODES), _appendfsync),
-    Setting("maxclients", "maxclients", integer(1)),
+    Setting("maxclients", "maxclients", integer(1), check=_maxclients_fit),
     Setting("timeout", "timeout", number, _timeout),
     Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(1), _readers),
     Setting("client-query-buffer-limit", "client_query_buffer_limit", memory(1024), _readers),
@@ -361,6 +373,8 @@ def config_set(server: Server, pairs: list[tuple[bytes, bytes]]) -> None:
             raise _failed(raw_name, "can't set immutable config")
         try:
             value = setting.parse(raw)
+            if setting.check is not None:
+                setting.check(server, value)
         except ValueError as exc:
             raise _failed(raw_name, str(exc)) from None
         if setting.field is not None:

@@ -4,7 +4,9 @@
 Both settings are read from the server's config at each use, so changing them at run time
 (CONFIG SET) applies to the next command. An entry keeps at most SLOWLOG_MAX_ARGC arguments
 and at most SLOWLOG_MAX_STRING bytes of each, with Redis' markers for what was cut, so a
-huge request cannot make the log large. Secrets are replaced by ``(redacted)`` before an
+huge request cannot make the log large; the client name is cut the same way (CLIENT SETNAME
+takes up to proto-max-bulk-len bytes, and a client may rename itself before every slow
+command). Secrets are replaced by ``(redacted)`` before an
 entry is made, as Redis does: the passwords of AUTH, HELLO ... AUTH and MIGRATE ... AUTH, the
 rules of ACL SETUSER, the values of CONFIG SET requirepass / masterauth.
 """
@@ -74,6 +76,12 @@ def redact(argv: list[bytes]) -> list[bytes]:
     return out
 
 
+def _cut(arg: bytes) -> bytes:
+    if len(arg) <= SLOWLOG_MAX_STRING:
+        return arg
+    return arg[:SLOWLOG_MAX_STRING] + b"... (%d more bytes)" % (len(arg) - SLOWLOG_MAX_STRING)
+
+
 def truncate(argv: list[bytes]) -> list[bytes]:
     """Redis' shortened copy of ``argv`` for a log entry."""
     argc = len(argv)
@@ -82,11 +90,8 @@ def truncate(argv: list[bytes]) -> list[bytes]:
     for j in range(kept):
         if kept != argc and j == kept - 1:
             out.append(b"... (%d more arguments)" % (argc - kept + 1))
-        elif len(argv[j]) > SLOWLOG_MAX_STRING:
-            out.append(argv[j][:SLOWLOG_MAX_STRING]
-                       + b"... (%d more bytes)" % (len(argv[j]) - SLOWLOG_MAX_STRING))
         else:
-            out.append(argv[j])
+            out.append(_cut(argv[j]))
     return out
 
 
@@ -102,7 +107,7 @@ class SlowLog:
         """Log one command that ran for ``micros`` microseconds, keeping at most ``max_len``
         entries."""
         entry = [self.next_id, int(time.time()), micros, truncate(redact(argv)),
-                 addr.encode(), name]
+                 addr.encode(), _cut(name)]
         self.next_id += 1
         self.entries.appendleft(entry)
         while len(self.entries) > max_len:

@@ -163,7 +163,9 @@ class ServerStats:
         return round((total_commands - n0) / elapsed, 2) if elapsed > 0 else 0.0
 
     def reset(self) -> None:
-        """Forget the command and error statistics (CONFIG RESETSTAT)."""
+        """Forget the command and error statistics and the ops/s samples (CONFIG
+        RESETSTAT, which also zeroes the command count the samples are compared with)."""
+        self._samples.clear()
         self.commands.clear()
         self._by_command.clear()
         self.errors.clear()
