@@ -172,3 +172,19 @@ def test_a_failed_turn_commit_answers_errors_to_every_client_in_it(tmp_path) -> 
         st.stop()
         with contextlib.suppress(shaledb.ShaleError):
             db.close()
+
+
+def test_a_pipeline_with_megabytes_of_replies_is_answered_in_order(server) -> None:
+    # Replies are parked until the end of a turn, at most OUTPUT_BATCH bytes of them per
+    # connection; the rest of the pipeline runs after they are sent, in order.
+    value = b"x" * 1000
+    s = raw_connect(server.port)
+    s.sendall(_cmd(b"SET", b"v", value))
+    assert read_reply(s, 5) == b"+OK\r\n"
+    n = 3000
+    s.sendall(b"".join(_cmd(b"GET", b"v") + _cmd(b"INCR", b"n") for _ in range(n)))
+    one = b"$1000\r\n" + value + b"\r\n"
+    expected = b"".join(one + b":%d\r\n" % (i + 1) for i in range(n))
+    assert len(expected) > 3 * 256 * 1024
+    assert read_reply(s, len(expected)) == expected
+    s.close()

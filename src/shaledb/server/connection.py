@@ -3,15 +3,16 @@
 Flow: bytes arrive -> :class:`~shaledb.server.protocol.RequestReader` cuts them into
 requests -> they run in order (pipelining) on the event loop, the write commands among them
 buffered in the transaction shared by every client of this loop turn
-(:class:`~shaledb.server.dispatch.TurnCommit`) -> a batch of replies that depends on those
-writes is parked until the turn's commit -> the replies go out in one ``write`` per batch of
+(:class:`~shaledb.server.dispatch.TurnCommit`) -> the replies are parked until the end of
+the turn, when those writes are committed -> the replies go out, one ``write`` per batch of
 up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
 replies of a batch that wrote are held until an fsync covering those writes is done
 (:mod:`shaledb.server.durability`); later replies queue behind them, so a client always sees
 its replies in order.
 
 Bounds: the reader limits the buffered request bytes; the requests of one read run until
-OUTPUT_BATCH bytes of replies are produced, and when the socket's send buffer is then full
+OUTPUT_BATCH bytes of replies are parked (the rest runs after the turn's replies are sent),
+and when the socket's send buffer is then full
 (the client does not read its replies), or held replies pile up, the connection stops running
 requests and reading until they drain. So a pipelining client cannot make the server buffer
 without limit. One reply can still be huge (KEYS, MGET of many keys): a client whose queued
@@ -136,9 +137,10 @@ class ClientConnection(asyncio.Protocol):
         #: Requests read but not yet run (at most one read's worth: reading stops meanwhile).
         self._requests: collections.deque[list[bytes]] = collections.deque()
         self._error: ProtocolError | None = None
-        #: Reply batches waiting for the commit at the end of this turn (a WriteGroup, or
-        #: bytes queued behind one), in order.
+        #: Reply batches waiting for the end of this event-loop turn (a WriteGroup, or bytes
+        #: queued behind one), in order, and about how many bytes they hold.
         self._parked: list[WriteGroup | bytes] = []
+        self._parked_bytes = 0
         self.closing = False
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -229,7 +231,8 @@ class ClientConnection(asyncio.Protocol):
         limits = server.rate_limits if server.rate_limits.active else None
         server.executing = True
         try:
-            while requests and not self._blocked() and not client.close_after_reply:
+            while (requests and not self._blocked() and not client.close_after_reply
+                   and self._parked_bytes < OUTPUT_BATCH):
                 group = WriteGroup(turn)
                 replies = group.replies
                 size = 0
@@ -259,15 +262,14 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if ks.writes != writes_before:  # FLUSHDB, or a commit this batch forced
                     group.wrote = True
-                if group.pending or self._parked:
-                    # Sent after the commit at the end of this turn, in order.
-                    if not self._parked:
-                        turn.hold(self)
-                    self._parked.append(group)
-                else:
-                    self._send(self._encode(group), group.wrote)
-                    if self._overflowed():
-                        return
+                # Every reply is sent at the end of the turn, after its commit, as Redis
+                # writes replies before it sleeps: one send per client per turn, and the
+                # clients' requests are all read first. (Sending at once halved GET -P 1
+                # throughput: every write woke the benchmark client mid-turn.)
+                if not self._parked:
+                    turn.hold(self)
+                self._parked.append(group)
+                self._parked_bytes += size
                 if deferred is not None:
                     self._await(deferred, deferred_resp)
         finally:
@@ -332,6 +334,7 @@ class ClientConnection(asyncio.Protocol):
         """The turn's writes are committed: send the parked replies (each batch waits for an
         fsync under ``appendfsync always`` when its writes were committed)."""
         parked, self._parked = self._parked, []
+        self._parked_bytes = 0
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -344,6 +347,9 @@ class ClientConnection(asyncio.Protocol):
                 return
         if not self._held and (self._quitting() or (self.closing and not self._requests)):
             transport.close()
+        elif self._requests and not self._blocked() and self.client is not None \
+                and not self.client.close_after_reply:
+            self._process()  # stopped at OUTPUT_BATCH of parked replies: go on
 
     # -- output --------------------------------------------------------------------------
     @property
@@ -379,14 +385,16 @@ class ClientConnection(asyncio.Protocol):
         self._requests.clear()
         self._held.clear()
         self._parked.clear()
+        self._parked_bytes = 0
         self._held_bytes = 0
         self.closing = True
         if self.transport is not None:
             self.transport.abort()  # frees the buffered output now, unlike close()
 
     def _send(self, data: bytes, wrote: bool) -> None:
-        if self._parked:  # behind replies that wait for the turn's commit
+        if self._parked:  # behind replies that wait for the end of the turn
             self._parked.append(data)
+            self._parked_bytes += len(data)
             return
         if self._over_limit(len(data)):
             self._disconnect_overflow(len(data))

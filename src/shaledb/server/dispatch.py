@@ -61,11 +61,11 @@ class TurnCommit:
 
     Redis appends the writes of all clients served in one loop iteration to its AOF before
     it sends their replies; this is the same shape. Each connection runs its requests into
-    the one shared keyspace transaction; a batch of requests that buffered writes parks its
-    replies here (:meth:`hold`) and the first one schedules :meth:`commit` at the end of the
-    turn (``loop.call_soon`` runs after the I/O callbacks of this turn). One commit -- one
-    write batch, one WAL record -- then settles every parked batch and their connections
-    send the replies. A command that must see committed state (anything without the
+    the one shared keyspace transaction and parks its replies here (:meth:`hold`); the first
+    one schedules :meth:`commit` at the end of the turn (``loop.call_soon`` runs after the
+    I/O callbacks of this turn). One commit -- one write batch, one WAL record -- then
+    settles every parked batch and their connections send the replies, one send per
+    connection. A command that must see committed state (anything without the
     ``write`` flag) commits the turn first, at once.
     """
 
