@@ -292,3 +292,33 @@ def test_optimistic_increments_from_many_clients_lose_no_update(server) -> None:
     c = server.client()
     assert int(c.get("n")) == done["exec"] + done["incr"] == 4 * 60 + 2 * 200
     c.close()
+
+
+def test_reads_do_not_wait_for_an_fsync_unless_they_committed_writes(server_factory) -> None:
+    """appendfsync always: a read in a later turn is answered while an fsync it does not
+    need is still pending; a read that itself committed another client's write of its
+    turn (and may return it) is answered only after that write's fsync."""
+    st = server_factory(appendfsync="always")
+    a, b = _connected(st, 2)
+    b.sendall(_cmd(b"SET", b"durable", b"1"))
+    assert _line(b) == b"+OK\r\n"
+    release = st.call(lambda: _block_executor(st))
+    try:
+        a.sendall(_cmd(b"SET", b"k", b"v"))  # held: its fsync waits behind the executor
+        time.sleep(0.2)
+        b.sendall(_cmd(b"GET", b"durable"))
+        assert _line(b) == b"$1\r\n1\r\n"  # answered although A's fsync has not run
+        _hold_loop(st, 0.3)
+        a.sendall(_cmd(b"SET", b"k2", b"v2"))
+        time.sleep(0.1)  # A's request is served first in the turn
+        b.sendall(_cmd(b"GET", b"k2"))
+        time.sleep(0.5)
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(100)  # B's GET returned A's non-durable write: it waits
+        b.setblocking(True)
+    finally:
+        release()
+    assert _line(a) == b"+OK\r\n"
+    assert _line(a) == b"+OK\r\n"
+    assert _line(b) == b"$2\r\nv2\r\n"
