@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shaledb.server.errors import ProtocolError
 from shaledb.server.protocol import RequestReader
 
 from ._server_support import RawClient, raw_connect
@@ -140,3 +141,37 @@ def test_reader_same_requests_whatever_the_chunking(data: list[bytes], cut: int)
         assert whole[0][:n] == pieces[0][:n]
         assert (whole[1] is None) == (pieces[1] is None) or "too big" in str(whole[1]) + str(
             pieces[1]) or "buffer" in str(whole[1]) + str(pieces[1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests=st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=6),
+                         min_size=1, max_size=8))
+def test_fast_and_byte_by_byte_parsing_agree(requests: list[list[bytes]]) -> None:
+    """Whole requests in the buffer take the reader's fast path (regex headers); fed one
+    byte at a time they take the incremental one: both give the same requests, values with
+    CR LF inside included."""
+    stream = b"".join(b"*%d\r\n" % len(r) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in r)
+                      for r in requests)
+    whole: list[list[bytes]] = []
+    RequestReader(LIMIT_BULK, LIMIT_QUERY).feed(stream, whole)
+    reader, single = RequestReader(LIMIT_BULK, LIMIT_QUERY), []
+    for i in range(len(stream)):
+        reader.feed(stream[i:i + 1], single)
+    assert whole == single == requests
+
+
+@pytest.mark.parametrize("frame", [
+    b"*1\r\n$03\r\nabc\r\n",          # a leading zero in a bulk length
+    b"*01\r\n$3\r\nabc\r\n",          # ... and in a request header
+    b"*1\r\n$+3\r\nabc\r\n",
+    b"*1\r\n$3\r\nabcd\r\n",          # longer than announced
+    b"*1\r\n$5000\r\n" + b"x" * 5000 + b"\r\n",  # over proto-max-bulk-len
+    b"*2000000\r\n$1\r\na\r\n",       # over the argument limit
+])
+def test_malformed_frames_are_refused_whole_and_in_pieces(frame: bytes) -> None:
+    for chunks in ([frame], [frame[i:i + 1] for i in range(len(frame))]):
+        reader, out = RequestReader(LIMIT_BULK, LIMIT_QUERY), []
+        with pytest.raises(ProtocolError):
+            for c in chunks:
+                reader.feed(c, out)
+        assert out == []

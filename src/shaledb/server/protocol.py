@@ -35,6 +35,7 @@ string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dic
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import MutableSequence
 from typing import Any, Final
 
@@ -86,6 +87,11 @@ def _number(line: bytes | bytearray, what: str) -> int:
         raise ProtocolError(f"invalid {what}")
     return int(line)
 
+
+#: A request header and a bulk header in canonical form (no sign, no leading zero), for
+#: the fast path of :meth:`RequestReader._parse`; MAX_MULTIBULK has 7 digits.
+_REQUEST_HEADER: Final = re.compile(rb"\*([1-9][0-9]{0,6})\r\n")
+_BULK_HEADER: Final = re.compile(rb"\$(0|[1-9][0-9]{0,17})\r\n")
 
 _ESCAPES: Final = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
 _HEX: Final = b"0123456789abcdefABCDEF"
@@ -203,9 +209,34 @@ class RequestReader:
         """Consume complete requests and headers from ``buf``; returns the bytes consumed."""
         pos, n = 0, len(buf)
         max_bulk = self.max_bulk_len
+        request, bulk = _REQUEST_HEADER.match, _BULK_HEADER.match
         while pos < n:
             args = self._args
             if args is None:
+                # Fast path: a whole, well-formed request already in the buffer, headers
+                # matched in C. Anything else (incomplete, malformed, over a limit) falls
+                # through to the byte-by-byte reader below, which says what is wrong.
+                m = request(buf, pos)
+                if m is not None and int(m[1]) <= MAX_MULTIBULK:
+                    count = int(m[1])
+                    p = m.end()
+                    fast: list[bytes] = []
+                    while count:
+                        h = bulk(buf, p)
+                        if h is None:
+                            break
+                        start = h.end()
+                        end = start + int(h[1])
+                        if end + 2 > n or buf[end] != 13 or buf[end + 1] != 10 \
+                                or end - start > max_bulk:
+                            break
+                        fast.append(bytes(buf[start:end]))
+                        p = end + 2
+                        count -= 1
+                    if not count:
+                        out.append(fast)
+                        pos = p
+                        continue
                 if buf[pos] != 42:  # not '*': an inline command
                     nl = buf.find(b"\n", pos, pos + MAX_INLINE + 1)
                     if nl < 0:
