@@ -322,3 +322,38 @@ def test_reads_do_not_wait_for_an_fsync_unless_they_committed_writes(server_fact
     assert _line(a) == b"+OK\r\n"
     assert _line(a) == b"+OK\r\n"
     assert _line(b) == b"$2\r\nv2\r\n"
+
+
+def test_a_bug_in_a_command_takes_back_its_writes_and_keeps_the_connection(server) -> None:
+    """A handler that raises something unexpected after buffering a write: its write is
+    taken back (it must not be committed with the other clients' writes of the turn), the
+    client gets an error, the connection and the server go on, also inside EXEC."""
+    import dataclasses
+
+    def broken(ctx: Any, argv: list[bytes]) -> Any:
+        ctx.txn.set(ctx.db, b"half", b"written")
+        raise RuntimeError("a bug")
+
+    assert server.server is not None
+    table = server.server.dispatcher.table
+    server.call(lambda: table.__setitem__(b"touch", dataclasses.replace(
+        table[b"touch"], handler=broken)))
+    s = raw_connect(server.port)
+    s.sendall(_cmd(b"SET", b"before", b"1") + _cmd(b"TOUCH", b"x") + _cmd(b"SET", b"after", b"2")
+              + _cmd(b"MULTI") + _cmd(b"SET", b"in-exec", b"3") + _cmd(b"TOUCH", b"y")
+              + _cmd(b"EXEC") + _cmd(b"GET", b"half"))
+    assert _line(s) == b"+OK\r\n"
+    assert _line(s).startswith(b"-ERR internal error in 'touch' (RuntimeError)")
+    assert _line(s) == b"+OK\r\n"
+    assert _line(s) == b"+OK\r\n"  # MULTI
+    assert _line(s) == b"+QUEUED\r\n"
+    assert _line(s) == b"+QUEUED\r\n"
+    assert _line(s) == b"*2\r\n"
+    assert _line(s) == b"+OK\r\n"
+    assert _line(s).startswith(b"-ERR internal error in 'touch'")
+    assert _line(s) == b"$-1\r\n"  # the broken command's write never happened
+    c = server.client()
+    assert c.mget("before", "after", "in-exec", "half") == [b"1", b"2", b"3", None]
+    assert c.ping()
+    c.close()
+    s.close()

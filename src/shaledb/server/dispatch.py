@@ -22,6 +22,7 @@ when slow enough, logged (:mod:`shaledb.server.slowlog`); a refused one counts a
 from __future__ import annotations
 
 import asyncio
+import logging
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,6 +36,8 @@ from .stats import ServerStats
 if TYPE_CHECKING:
     from .connection import ClientConnection, ClientState
     from .server import Server
+
+log = logging.getLogger("shaledb.server")
 
 #: Commands that run at once even inside MULTI (they control the transaction itself).
 _NOT_QUEUED: Final = frozenset((b"exec", b"discard", b"multi", b"watch", b"quit", b"reset"))
@@ -54,6 +57,17 @@ def engine_error(exc: ShaleError) -> CommandError:
     if isinstance(exc, InvalidArgument):
         return CommandError(str(exc))
     return CommandError(f"{type(exc).__name__}: {exc}")
+
+
+def internal_error(cmd: Command, argv: list[bytes], exc: Exception) -> CommandError:
+    """The reply for a bug in a command handler. Caught at this boundary on purpose: the
+    command's buffered writes are taken back (they would otherwise be committed with the
+    other clients' writes of the turn), the client gets an error instead of a dropped
+    connection, and the traceback goes to the log."""
+    log.error("internal error in command %r (%d arguments)", cmd.name, len(argv),
+              exc_info=exc)
+    return CommandError(f"internal error in '{cmd.name}' ({type(exc).__name__}); the "
+                        "command had no effect, see the server log")
 
 
 class TurnCommit:
@@ -211,6 +225,9 @@ class Dispatcher:
         except ShaleError as exc:
             txn.undo(mark)
             reply = engine_error(exc)
+        except Exception as exc:  # noqa: BLE001 - see internal_error
+            txn.undo(mark)
+            reply = internal_error(cmd, argv, exc)
         self._account(client, cmd, argv, perf_counter_ns() - start, reply)
         # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
         # may still have read writes of other clients buffered in the turn: its reply waits
@@ -263,5 +280,10 @@ class Dispatcher:
         except CommandError as exc:
             ctx.txn.undo(mark)
             reply = exc
+        except ShaleError:
+            raise  # the engine refused: EXEC as a whole fails (Dispatcher.execute)
+        except Exception as exc:  # noqa: BLE001 - see internal_error
+            ctx.txn.undo(mark)
+            reply = internal_error(cmd, argv, exc)
         self._account(ctx.client, cmd, argv, perf_counter_ns() - start, reply)
         return reply
