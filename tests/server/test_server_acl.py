@@ -327,13 +327,16 @@ def test_passwords_never_reach_the_logs(server_factory, tmp_path, caplog) -> Non
     caplog.set_level(logging.DEBUG, logger="shaledb")
     st = server_factory(aclfile=str(tmp_path / "u.acl"))
     c = RawClient(st.port)
-    c("ACL", "SETUSER", "l", "on", ">pass-in-clear")
-    c("AUTH", "l", "wrong-pass-in-clear")
-    c("ACL", "SETUSER", "l", "<pass-in-clear", "bogus")
-    c("ACL", "SAVE")
+    replies = [c("ACL", "SETUSER", "l", "on", ">pass-in-clear"),
+               c("AUTH", "l", "wrong-pass-in-clear"),             # an error reply
+               c("ACL", "SETUSER", "l", "<pass-in-clear", "bogus"),  # an error reply
+               c("ACL", "GETUSER", "l"), c("ACL", "LIST"), c("ACL", "LOG"),
+               c("CONFIG", "GET", "requirepass"), c("ACL", "SAVE")]
     c.close()
     st.stop()
     assert "in-clear" not in caplog.text
+    assert "in-clear" not in repr(replies)  # nor in replies or errors
+    assert "in-clear" not in (tmp_path / "u.acl").read_text()
 
 
 def test_serve_aclfile_flag(tmp_path) -> None:

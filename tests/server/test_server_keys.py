@@ -116,10 +116,15 @@ def test_expire_family_and_options(r: redis.Redis) -> None:
 
 
 def test_expired_keys_disappear_from_every_read(r: redis.Redis) -> None:
-    r.set("e1", "v", px=100)
+    at = int(time.time() * 1000) + 150
+    r.set("e1", "v", pxat=at)
     r.set("stay", "v")
-    time.sleep(0.2)
+    assert r.pexpiretime("e1") == at  # kept to the millisecond
+    while time.time() * 1000 < at + 1:  # just past it: hidden from then on, not rounded up
+        time.sleep(0.001)
     assert r.get("e1") is None
+    assert r.exists("e1") == 0 and r.mget("e1", "stay") == [None, b"v"]
+    assert r.pttl("e1") == -2 and r.strlen("e1") == 0
     assert r.keys("*") == [b"stay"]
     assert r.dbsize() == 1
     assert list(r.scan_iter()) == [b"stay"]

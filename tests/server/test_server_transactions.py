@@ -188,6 +188,13 @@ def test_krange(r: redis.Redis) -> None:
         r.execute_command("KRANGE", "-", "+", "LIMIT")
     with pytest.raises(redis.ResponseError, match="krange-max-limit"):
         r.execute_command("KRANGE", "-", "+", "LIMIT", "1000000")
+    # LIMIT defaults to krange-max-limit (10,000) and may not exceed it.
+    assert r.config_get("krange-max-limit") == {"krange-max-limit": "10000"}
+    r.config_set("krange-max-limit", 3)
+    assert r.execute_command("KRANGE", "-", "+") == [b"a", b"1", b"b", b"2", b"c", b"3"]
+    assert len(r.execute_command("KRANGE", "-", "+", "LIMIT", "3")) == 6
+    with pytest.raises(redis.ResponseError, match="krange-max-limit"):
+        r.execute_command("KRANGE", "-", "+", "LIMIT", "4")
 
 
 def test_krange_pages_and_sees_exec_writes(r: redis.Redis) -> None:
@@ -248,6 +255,13 @@ def test_kdelrange(r: redis.Redis) -> None:
     with pytest.raises(redis.WatchError):
         w.execute()
     assert r.keys() == []
+    # Without LIMIT at most krange-max-limit keys go, as KRANGE returns.
+    r.mset({f"m{i}": "v" for i in range(5)})
+    r.config_set("krange-max-limit", 3)
+    assert r.execute_command("KDELRANGE", "-", "+") == 3
+    assert r.keys() == [b"m3", b"m4"]
+    with pytest.raises(redis.ResponseError, match="krange-max-limit"):
+        r.execute_command("KDELRANGE", "-", "+", "LIMIT", "4")
 
 
 def test_kdelrange_is_one_atomic_batch_and_pages_large_ranges(server, r: redis.Redis) -> None:
