@@ -243,7 +243,15 @@ def test_failed_auth_is_rate_limited_per_ip(server_factory, monkeypatch) -> None
     remote = RawClient(st.port)
     assert remote("AUTH", "pw") == b"OK"
     assert st.call(lambda: st.server.stats["auth_rate_limited"]) == 2
-    for x in (c, other_local, remote):
+    # Pipelined guesses take their tokens one by one: the third is refused unchecked.
+    monkeypatch.setattr(connection_module, "peer_address", lambda t: ("192.0.2.51", 1))
+    guesser = RawClient(st.port)
+    for _ in range(3):
+        guesser.send("AUTH", "guess")
+    got = [str(guesser.read()) for _ in range(3)]
+    assert [g.split()[0] for g in got[:2]] == ["WRONGPASS", "WRONGPASS"]
+    assert got[2].startswith("ERR too many failed authentication attempts")
+    for x in (c, other_local, remote, guesser):
         x.close()
 
 
