@@ -21,6 +21,10 @@ PROTECTED_MODE_DENIED: Final = (
     b"variable, or ACL SETUSER default >password from a local client (and ACL SAVE with an "
     b"aclfile to keep it), or 2) if the network is trusted, set protected-mode = false in "
     b"the config file (or start with --no-protected-mode) and restart the server.\r\n")
+#: Most arguments of a request from a client that has not authenticated (Redis' limit).
+UNAUTHENTICATED_MAX_ARGS: Final = 10
+#: Longest argument of a request from a client that has not authenticated (Redis' limit).
+UNAUTHENTICATED_MAX_BULK: Final = 16384
 
 
 def is_loopback_address(host: str) -> bool:
