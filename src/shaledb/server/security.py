@@ -1,4 +1,5 @@
-"""Connection-level security decisions: protected mode.
+"""Connection-level security decisions: protected mode, the request limits of a client that
+has not authenticated, the key of the failed-AUTH limiter.
 
 Protected mode (on by default, as in Redis) refuses every client that does not connect from
 a loopback address while the ``default`` user would let a new connection in without a
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Final
+
+from .errors import ProtocolError
 
 #: The line a refused client gets (Redis' ``-DENIED`` reply, with ShaleDB's settings).
 PROTECTED_MODE_DENIED: Final = (
@@ -42,6 +45,20 @@ def is_loopback_address(host: str) -> bool:
     return addr.is_loopback
 
 
+def unauthenticated_request_error(args: int, bulk: int) -> ProtocolError | None:
+    """The error that closes a client that has not authenticated when the request it is
+    sending announces more than UNAUTHENTICATED_MAX_ARGS arguments (``args``) or an argument
+    longer than UNAUTHENTICATED_MAX_BULK bytes (``bulk``), as Redis does since
+    CVE-2021-32675: without it, anyone who can reach the port makes the server buffer up to
+    ``client-query-buffer-limit`` per connection before giving a password. None when the
+    request fits."""
+    if args > UNAUTHENTICATED_MAX_ARGS:
+        return ProtocolError("unauthenticated multibulk length")
+    if bulk > UNAUTHENTICATED_MAX_BULK:
+        return ProtocolError("unauthenticated bulk length")
+    return None
+
+
 def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
                            default_user_open: bool) -> bool:
     """Whether a new connection from ``peer_host`` must be refused. ``peer_host`` is None
@@ -53,4 +70,5 @@ def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
     return not is_loopback_address(peer_host)
 
 
-__all__ = ["PROTECTED_MODE_DENIED", "is_loopback_address", "protected_mode_refuses"]
+__all__ = ["PROTECTED_MODE_DENIED", "UNAUTHENTICATED_MAX_ARGS", "UNAUTHENTICATED_MAX_BULK",
+           "is_loopback_address", "protected_mode_refuses", "unauthenticated_request_error"]
