@@ -45,6 +45,26 @@ def is_loopback_address(host: str) -> bool:
     return addr.is_loopback
 
 
+def auth_limit_key(host: str | None) -> str:
+    """The failed-AUTH limiter's bucket for a client IP. An IPv6 client is counted per /64,
+    the block one host or one customer link routinely gets: per address, every fresh address
+    of it would bring a fresh burst of guesses, and enough of them would push every other
+    bucket out of the bounded table. An IPv4 address, also when mapped into IPv6
+    (``::ffff:192.0.2.1`` on a dual-stack listener), is counted on its own. None (a Unix
+    socket) is ``local``; anything that does not parse is its own key."""
+    if host is None:
+        return "local"
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
 def unauthenticated_request_error(args: int, bulk: int) -> ProtocolError | None:
     """The error that closes a client that has not authenticated when the request it is
     sending announces more than UNAUTHENTICATED_MAX_ARGS arguments (``args``) or an argument
@@ -71,4 +91,4 @@ def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
 
 
 __all__ = ["PROTECTED_MODE_DENIED", "UNAUTHENTICATED_MAX_ARGS", "UNAUTHENTICATED_MAX_BULK",
-           "is_loopback_address", "protected_mode_refuses", "unauthenticated_request_error"]
+           "auth_limit_key", "is_loopback_address", "protected_mode_refuses", "unauthenticated_request_error"]

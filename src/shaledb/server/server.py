@@ -44,7 +44,7 @@ from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
 from .purge import run_purger
 from .ratelimit import CommandRateLimits
-from .security import is_loopback_address, protected_mode_refuses
+from .security import auth_limit_key, is_loopback_address, protected_mode_refuses
 from .slowlog import SlowLog
 from .stats import ServerStats
 from .tls import server_context
@@ -156,11 +156,11 @@ class Server:
 
     def authenticate(self, client: ClientState, user: bytes, password: bytes) -> None:
         """Log ``client`` in as ``user`` or raise: WrongPassError for an unknown or disabled
-        user or a wrong password, CommandError when the client's IP used up its failed
-        attempts (checked, and one attempt consumed, before the password is looked at). The
+        user or a wrong password, CommandError when the client's IP (its /64 for IPv6) used
+        up its failed attempts (checked, and one attempt consumed, before the password is looked at). The
         password is compared as a SHA-256 digest in constant time and never stored or
         logged."""
-        host = client.host or "local"
+        host = auth_limit_key(client.host)  # IPv6: per /64
         wait = self.acl.limiter.take(host)
         if wait > 0:
             self.stats["auth_rate_limited"] += 1
