@@ -8,7 +8,6 @@ import socket
 import time
 
 import pytest
-import redis
 
 from shaledb.server import connection as connection_module
 from shaledb.server.security import UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK

@@ -91,4 +91,5 @@ def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
 
 
 __all__ = ["PROTECTED_MODE_DENIED", "UNAUTHENTICATED_MAX_ARGS", "UNAUTHENTICATED_MAX_BULK",
-           "auth_limit_key", "is_loopback_address", "protected_mode_refuses", "unauthenticated_request_error"]
+           "auth_limit_key", "is_loopback_address", "protected_mode_refuses",
+           "unauthenticated_request_error"]

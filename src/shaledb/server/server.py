@@ -157,9 +157,9 @@ class Server:
     def authenticate(self, client: ClientState, user: bytes, password: bytes) -> None:
         """Log ``client`` in as ``user`` or raise: WrongPassError for an unknown or disabled
         user or a wrong password, CommandError when the client's IP (its /64 for IPv6) used
-        up its failed attempts (checked, and one attempt consumed, before the password is looked at). The
-        password is compared as a SHA-256 digest in constant time and never stored or
-        logged."""
+        up its failed attempts (checked, and one attempt consumed, before the password is
+        looked at). The password is compared as a SHA-256 digest in constant time and never
+        stored or logged."""
         host = auth_limit_key(client.host)  # IPv6: per /64
         wait = self.acl.limiter.take(host)
         if wait > 0:
@@ -178,11 +178,15 @@ class Server:
 
     def disconnect_users(self, users: list[User], caller: ClientState) -> None:
         """Close the connections logged in as one of ``users`` (deleted users); the caller's
-        own connection closes after its reply."""
+        own connection closes after its reply. Each is logged out at once, as the default
+        user (as Redis does): what the caller still runs -- the rest of its EXEC -- gets
+        NOAUTH instead of the deleted user's permissions."""
         gone = {id(u) for u in users}
         for conn in list(self.connections.values()):
             c = conn.client
             if c is not None and id(c.user) in gone:
+                c.user = self.acl.default
+                c.authenticated = False
                 if c is caller:
                     c.close_after_reply = True
                 else:
