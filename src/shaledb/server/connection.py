@@ -21,8 +21,8 @@ output dropped, as Redis does at its hard limit. Until a client has authenticate
 request it is sending may have at most 10 arguments of at most 16 KiB each, as in Redis
 (:func:`~shaledb.server.security.unauthenticated_request_error`). With command rate limits,
 a client without a token stops being run and read until one is due (no error). A handler
-may return a :class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
-for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
+may return a :class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later
+requests wait for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
 request already read before closing (:meth:`ClientConnection.close_when_sent`).
 """
