@@ -17,14 +17,14 @@ and when the socket's send buffer is then full
 requests and reading until they drain. So a pipelining client cannot make the server buffer
 without limit. One reply can still be huge (KEYS, MGET of many keys): a client whose queued
 replies would pass ``client_output_buffer_limit`` is disconnected at once, its pending
-output dropped, as Redis does at its hard limit. Until a client has authenticated, the
-request it is sending may have at most 10 arguments of at most 16 KiB each, as in Redis
-(:func:`~shaledb.server.security.unauthenticated_request_error`). With command rate limits,
-a client without a token stops being run and read until one is due (no error). A handler
-may return a :class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later
-requests wait for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
+output dropped, as Redis does at its hard limit. With command rate limits, a client without
+a token stops being run and read until one is due (no error). A handler may return a
+:class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
+for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
-request already read before closing (:meth:`ClientConnection.close_when_sent`).
+request already read before closing (:meth:`ClientConnection.close_when_sent`). Until a
+client has authenticated, the request it is sending may have at most 10 arguments of at most
+16 KiB each, as in Redis (:func:`~shaledb.server.security.unauthenticated_request_error`).
 """
 
 from __future__ import annotations
