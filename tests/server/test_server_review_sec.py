@@ -173,3 +173,30 @@ def test_deleting_your_own_user_inside_exec_revokes_the_rest(server_factory) -> 
     e.close()
     assert admin.get("after") is None
     admin.close()
+
+
+# -- 5. protected mode was lifted by turning the password-less default user off -------------
+
+def test_protected_mode_holds_while_the_default_user_has_no_password(server_factory,
+                                                                     monkeypatch) -> None:
+    # Protected mode asked whether the default user was *enabled* and password-less. With
+    # `ACL SETUSER default off` (no password) remote clients were admitted, and could then
+    # log in as any other password-less user. Redis refuses them while the default user is
+    # `nopass`, enabled or not; a password on it is what lifts protected mode.
+    st = server_factory()
+    admin = st.client(decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", "guest", "on", "nopass", "~*", "+@all")
+    admin.execute_command("ACL", "SETUSER", "default", "off")
+    monkeypatch.setattr(connection_module, "peer_address", lambda t: ("203.0.113.9", 40000))
+    refused = RawClient(st.port)
+    assert str(refused.read()).startswith("DENIED")
+    with pytest.raises(ConnectionError):
+        refused("AUTH", "guest", "anything")
+    refused.close()
+    admin.execute_command("ACL", "SETUSER", "default", ">pw")  # a password: admitted
+    remote = RawClient(st.port)
+    assert str(remote("PING")).startswith("NOAUTH")  # default is still off
+    assert remote("AUTH", "guest", "anything") == b"OK"
+    remote.close()
+    monkeypatch.undo()
+    admin.close()

@@ -2,9 +2,10 @@
 has not authenticated, the key of the failed-AUTH limiter.
 
 Protected mode (on by default, as in Redis) refuses every client that does not connect from
-a loopback address while the ``default`` user would let a new connection in without a
-password. Such a server is open to anyone who can reach the port, so until a password is
-set it only serves the local machine, whatever address it listens on. A refused client gets
+a loopback address while the ``default`` user has no password (``nopass``; also when it is
+``off``, as in Redis: turning it off does not secure the server, other users may be
+password-less too). Such a server is open to anyone who can reach the port, so until a
+password is set it only serves the local machine, whatever address it listens on. A refused client gets
 :data:`PROTECTED_MODE_DENIED` and the connection is closed before any request is read.
 """
 
@@ -80,12 +81,12 @@ def unauthenticated_request_error(args: int, bulk: int) -> ProtocolError | None:
 
 
 def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
-                           default_user_open: bool) -> bool:
+                           default_user_nopass: bool) -> bool:
     """Whether a new connection from ``peer_host`` must be refused. ``peer_host`` is None
     for a socket without an IP peer (a Unix socket), which is local by definition.
-    ``default_user_open``: the default user is enabled and needs no password, so the new
-    connection would be authenticated without one."""
-    if not protected_mode or not default_user_open or peer_host is None:
+    ``default_user_nopass``: the default user has no password (enabled or not), Redis'
+    test for "no password is set"."""
+    if not protected_mode or not default_user_nopass or peer_host is None:
         return False
     return not is_loopback_address(peer_host)
 

@@ -152,7 +152,7 @@ class Server:
     def refuses_peer(self, host: str | None) -> bool:
         """Whether protected mode refuses a new client from IP ``host``."""
         return protected_mode_refuses(host, self.config.protected_mode,
-                                      self.acl.default_open())
+                                      self.acl.default.nopass)
 
     def authenticate(self, client: ClientState, user: bytes, password: bytes) -> None:
         """Log ``client`` in as ``user`` or raise: WrongPassError for an unknown or disabled
@@ -285,7 +285,7 @@ class Server:
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
                  "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
                  self.tls_port, self.metrics_port, cfg.appendfsync)
-        if self.acl.default_open() and not is_loopback_address(cfg.host):
+        if self.acl.default.nopass and not is_loopback_address(cfg.host):
             if cfg.protected_mode:
                 log.warning("listening on %s without a password: protected mode refuses "
                             "every non-loopback client until a password is set", cfg.host)
