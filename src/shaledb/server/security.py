@@ -5,8 +5,9 @@ Protected mode (on by default, as in Redis) refuses every client that does not c
 a loopback address while the ``default`` user has no password (``nopass``; also when it is
 ``off``, as in Redis: turning it off does not secure the server, other users may be
 password-less too). Such a server is open to anyone who can reach the port, so until a
-password is set it only serves the local machine, whatever address it listens on. A refused client gets
-:data:`PROTECTED_MODE_DENIED` and the connection is closed before any request is read.
+password is set it only serves the local machine, whatever address it listens on. A refused
+client gets :data:`PROTECTED_MODE_DENIED` and the connection is closed before any request is
+read.
 """
 
 from __future__ import annotations
