@@ -22,7 +22,9 @@ a token stops being run and read until one is due (no error). A handler may retu
 :class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
 for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
-request already read before closing (:meth:`ClientConnection.close_when_sent`).
+request already read before closing (:meth:`ClientConnection.close_when_sent`). Until a
+client has authenticated, the request it is sending may have at most 10 arguments of at most
+16 KiB each, as in Redis (:func:`~shaledb.server.security.unauthenticated_request_error`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
 from .protocol import RequestReader, encode, encode_one
-from .security import PROTECTED_MODE_DENIED
+from .security import PROTECTED_MODE_DENIED, unauthenticated_request_error
 
 if TYPE_CHECKING:
     from .acl import User
@@ -209,6 +211,14 @@ class ClientConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._error = exc
         self._process()
+        if not client.authenticated and self._error is None and not self._requests \
+                and not self.closing:
+            # Checked once the requests before it ran, so an AUTH pipelined ahead of a
+            # large request logs in first, as in Redis (which runs AUTH before parsing on).
+            # Requests left to run mean reading is paused: the buffer cannot grow meanwhile.
+            self._error = unauthenticated_request_error(*self.reader.pending())
+            if self._error is not None:
+                self._process()
 
     def _process(self) -> None:
         """Run queued requests in order until none is left, or until the replies waiting to

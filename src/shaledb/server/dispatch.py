@@ -267,9 +267,14 @@ class Dispatcher:
         """Run one queued command inside EXEC, in EXEC's keyspace transaction. A failing
         command's own buffered writes are dropped; the others' stay."""
         cmd = self.table[argv[0].lower()]
-        # Checked again: an ACL change between queueing and EXEC applies, as in Redis.
-        if not ctx.client.user.unrestricted and "no-auth" not in cmd.flags:
-            denied = self.server.acl.check(ctx.client, cmd, argv, "multi")
+        client = ctx.client
+        # Checked again: an ACL change between queueing and EXEC applies, as in Redis; and a
+        # command queued after the ACL DELUSER that logged this client out does not run.
+        if "no-auth" not in cmd.flags and not (client.authenticated
+                                               and client.user.unrestricted):
+            denied = (self.server.acl.check(client, cmd, argv, "multi")
+                      if client.authenticated
+                      else AuthRequiredError("Authentication required."))
             if denied is not None:
                 self.stats.reject(cmd, argv, denied.prefix)
                 return denied

@@ -190,6 +190,14 @@ class RequestReader:
         """Bytes of incomplete requests held (the client's query buffer)."""
         return len(self._buf) + self._partial
 
+    def pending(self) -> tuple[int, int]:
+        """The request being read: the arguments its ``*<n>`` header announced (0 between
+        requests) and the length of the argument being read (-1 when no ``$<len>`` header
+        is pending). The connection holds a client that has not authenticated to smaller
+        limits than the reader's (``security.unauthenticated_request_error``)."""
+        count = 0 if self._args is None else len(self._args) + self._left
+        return count, self._bulk
+
     def feed(self, data: bytes, out: MutableSequence[list[bytes]]) -> None:
         """Append the requests completed by ``data`` to ``out`` (an empty request is skipped,
         as in Redis)."""

@@ -1,16 +1,21 @@
-"""Connection-level security decisions: protected mode.
+"""Connection-level security decisions: protected mode, the request limits of a client that
+has not authenticated, the key of the failed-AUTH limiter.
 
 Protected mode (on by default, as in Redis) refuses every client that does not connect from
-a loopback address while the ``default`` user would let a new connection in without a
-password. Such a server is open to anyone who can reach the port, so until a password is
-set it only serves the local machine, whatever address it listens on. A refused client gets
-:data:`PROTECTED_MODE_DENIED` and the connection is closed before any request is read.
+a loopback address while the ``default`` user has no password (``nopass``; also when it is
+``off``, as in Redis: turning it off does not secure the server, other users may be
+password-less too). Such a server is open to anyone who can reach the port, so until a
+password is set it only serves the local machine, whatever address it listens on. A refused
+client gets :data:`PROTECTED_MODE_DENIED` and the connection is closed before any request is
+read.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Final
+
+from .errors import ProtocolError
 
 #: The line a refused client gets (Redis' ``-DENIED`` reply, with ShaleDB's settings).
 PROTECTED_MODE_DENIED: Final = (
@@ -21,6 +26,10 @@ PROTECTED_MODE_DENIED: Final = (
     b"variable, or ACL SETUSER default >password from a local client (and ACL SAVE with an "
     b"aclfile to keep it), or 2) if the network is trusted, set protected-mode = false in "
     b"the config file (or start with --no-protected-mode) and restart the server.\r\n")
+#: Most arguments of a request from a client that has not authenticated (Redis' limit).
+UNAUTHENTICATED_MAX_ARGS: Final = 10
+#: Longest argument of a request from a client that has not authenticated (Redis' limit).
+UNAUTHENTICATED_MAX_BULK: Final = 16384
 
 
 def is_loopback_address(host: str) -> bool:
@@ -38,15 +47,51 @@ def is_loopback_address(host: str) -> bool:
     return addr.is_loopback
 
 
+def auth_limit_key(host: str | None) -> str:
+    """The failed-AUTH limiter's bucket for a client IP. An IPv6 client is counted per /64,
+    the block one host or one customer link routinely gets: per address, every fresh address
+    of it would bring a fresh burst of guesses, and enough of them would push every other
+    bucket out of the bounded table. An IPv4 address, also when mapped into IPv6
+    (``::ffff:192.0.2.1`` on a dual-stack listener), is counted on its own. None (a Unix
+    socket) is ``local``; anything that does not parse is its own key."""
+    if host is None:
+        return "local"
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+def unauthenticated_request_error(args: int, bulk: int) -> ProtocolError | None:
+    """The error that closes a client that has not authenticated when the request it is
+    sending announces more than UNAUTHENTICATED_MAX_ARGS arguments (``args``) or an argument
+    longer than UNAUTHENTICATED_MAX_BULK bytes (``bulk``), as Redis does since
+    CVE-2021-32675: without it, anyone who can reach the port makes the server buffer up to
+    ``client-query-buffer-limit`` per connection before giving a password. None when the
+    request fits."""
+    if args > UNAUTHENTICATED_MAX_ARGS:
+        return ProtocolError("unauthenticated multibulk length")
+    if bulk > UNAUTHENTICATED_MAX_BULK:
+        return ProtocolError("unauthenticated bulk length")
+    return None
+
+
 def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
-                           default_user_open: bool) -> bool:
+                           default_user_nopass: bool) -> bool:
     """Whether a new connection from ``peer_host`` must be refused. ``peer_host`` is None
     for a socket without an IP peer (a Unix socket), which is local by definition.
-    ``default_user_open``: the default user is enabled and needs no password, so the new
-    connection would be authenticated without one."""
-    if not protected_mode or not default_user_open or peer_host is None:
+    ``default_user_nopass``: the default user has no password (enabled or not), Redis'
+    test for "no password is set"."""
+    if not protected_mode or not default_user_nopass or peer_host is None:
         return False
     return not is_loopback_address(peer_host)
 
 
-__all__ = ["PROTECTED_MODE_DENIED", "is_loopback_address", "protected_mode_refuses"]
+__all__ = ["PROTECTED_MODE_DENIED", "UNAUTHENTICATED_MAX_ARGS", "UNAUTHENTICATED_MAX_BULK",
+           "auth_limit_key", "is_loopback_address", "protected_mode_refuses",
+           "unauthenticated_request_error"]

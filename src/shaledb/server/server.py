@@ -44,7 +44,7 @@ from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
 from .purge import run_purger
 from .ratelimit import CommandRateLimits
-from .security import is_loopback_address, protected_mode_refuses
+from .security import auth_limit_key, is_loopback_address, protected_mode_refuses
 from .slowlog import SlowLog
 from .stats import ServerStats
 from .tls import server_context
@@ -152,15 +152,15 @@ class Server:
     def refuses_peer(self, host: str | None) -> bool:
         """Whether protected mode refuses a new client from IP ``host``."""
         return protected_mode_refuses(host, self.config.protected_mode,
-                                      self.acl.default_open())
+                                      self.acl.default.nopass)
 
     def authenticate(self, client: ClientState, user: bytes, password: bytes) -> None:
         """Log ``client`` in as ``user`` or raise: WrongPassError for an unknown or disabled
-        user or a wrong password, CommandError when the client's IP used up its failed
-        attempts (checked, and one attempt consumed, before the password is looked at). The
-        password is compared as a SHA-256 digest in constant time and never stored or
-        logged."""
-        host = client.host or "local"
+        user or a wrong password, CommandError when the client's IP (its /64 for IPv6) used
+        up its failed attempts (checked, and one attempt consumed, before the password is
+        looked at). The password is compared as a SHA-256 digest in constant time and never
+        stored or logged."""
+        host = auth_limit_key(client.host)  # IPv6: per /64
         wait = self.acl.limiter.take(host)
         if wait > 0:
             self.stats["auth_rate_limited"] += 1
@@ -178,11 +178,15 @@ class Server:
 
     def disconnect_users(self, users: list[User], caller: ClientState) -> None:
         """Close the connections logged in as one of ``users`` (deleted users); the caller's
-        own connection closes after its reply."""
+        own connection closes after its reply. Each is logged out at once, as the default
+        user (as Redis does): what the caller still runs -- the rest of its EXEC -- gets
+        NOAUTH instead of the deleted user's permissions."""
         gone = {id(u) for u in users}
         for conn in list(self.connections.values()):
             c = conn.client
             if c is not None and id(c.user) in gone:
+                c.user = self.acl.default
+                c.authenticated = False
                 if c is caller:
                     c.close_after_reply = True
                 else:
@@ -281,7 +285,7 @@ class Server:
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
                  "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
                  self.tls_port, self.metrics_port, cfg.appendfsync)
-        if self.acl.default_open() and not is_loopback_address(cfg.host):
+        if self.acl.default.nopass and not is_loopback_address(cfg.host):
             if cfg.protected_mode:
                 log.warning("listening on %s without a password: protected mode refuses "
                             "every non-loopback client until a password is set", cfg.host)

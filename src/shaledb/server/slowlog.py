@@ -50,10 +50,7 @@ def redact(argv: list[bytes]) -> list[bytes]:
     if name == b"auth":
         secret = list(range(1, n))
     elif name == b"hello":
-        for i in range(2, n - 2):
-            if argv[i].lower() == b"auth":
-                secret = [i + 1, i + 2]
-                break
+        secret = _hello_secrets(argv)
     elif name == b"acl" and n > 2 and argv[1].lower() == b"setuser":
         secret = list(range(2, n))
     elif name == b"config" and n > 3 and argv[1].lower() == b"set":
@@ -74,6 +71,24 @@ def redact(argv: list[bytes]) -> list[bytes]:
         if i < n:
             out[i] = REDACTED
     return out
+
+
+def _hello_secrets(argv: list[bytes]) -> list[int]:
+    """The positions of every ``AUTH user password`` of a HELLO, found by walking its
+    options as the handler does: a client named ``AUTH`` (``SETNAME AUTH``) is not an
+    option, and a repeated AUTH option (the last one is used) is a secret too."""
+    secret: list[int] = []
+    i, n = 2, len(argv)
+    while i < n:
+        opt = argv[i].lower()
+        if opt == b"auth":
+            secret += [i + 1, i + 2]  # even when cut short: whatever follows is secret
+            i += 3
+        elif opt == b"setname":
+            i += 2
+        else:
+            i += 1  # a syntax error (HELLO ran nothing): still hide a later AUTH's password
+    return secret
 
 
 def _cut(arg: bytes) -> bytes:
