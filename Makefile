@@ -73,7 +73,8 @@ bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 # make bench-server  redis-benchmark (SET/GET, -c 50, -d 100, with and without -P 16) against
-#                    `shaledb serve` and a real redis-server (AOF everysec) on loopback ports,
-#                    printing the ratio (installs redis-tools/redis-server with apt as root)
+#                    `shaledb serve` and a real redis-server (AOF everysec; then SET with
+#                    appendfsync always on both) on loopback ports, printing the ratio
+#                    (installs redis-tools/redis-server with apt as root)
 bench-server: $(STAMP)
 	$(BIN)/python scripts/bench_server.py $(BENCH_ARGS)

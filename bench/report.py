@@ -562,17 +562,17 @@ def server_section(data: dict[str, Any] | None) -> list[str]:
            f"Python {m.get('python')}, ShaleDB {m.get('shaledb_commit')}, "
            f"{m.get('redis_server')}). redis-benchmark (`{m.get('redis_benchmark')}`) on "
            f"loopback: {m.get('clients')} clients, {m.get('value_size')}-byte values, random "
-           f"keys from {m.get('keyspace'):,}, {m.get('requests'):,} requests per test, one "
-           "request per round trip (pipeline 1) and pipelines of 16. Redis runs with AOF and "
-           "`appendfsync everysec`, ShaleDB with its default `appendfsync everysec` (the same "
-           f"durability: {m.get('durability')}). Medians of {m.get('repeat')} runs, the two "
-           "servers alternating, so both see the same drift of the shared machine.", ""]
-    rows = [[r["test"], str(r["pipeline"]), fmt_rate(r["shaledb"]), fmt_rate(r["redis"]),
-             f"{r['ratio']:.2f}x",
+           f"keys from {m.get('keyspace'):,}, one request per round trip (pipeline 1) and "
+           "pipelines of 16. Redis runs with AOF, ShaleDB with its WAL, both with the same "
+           f"`appendfsync` ({m.get('durability')}). Medians of {m.get('repeat')} runs, the "
+           "two servers alternating, so both see the same drift of the shared machine.", ""]
+    rows = [[r["test"], str(r["pipeline"]), r.get("appendfsync", "everysec"),
+             f"{r.get('requests', m.get('requests')):,}", fmt_rate(r["shaledb"]),
+             fmt_rate(r["redis"]), f"{r['ratio']:.2f}x",
              " / ".join(fmt_rate(x) for x in r.get("shaledb_runs", []))]
             for r in data["results"]]
-    md += [_table(["test", "pipeline", "ShaleDB req/s", "Redis req/s", "ShaleDB / Redis",
-                   "ShaleDB runs"], rows, md=True), ""]
+    md += [_table(["test", "pipeline", "appendfsync", "requests", "ShaleDB req/s",
+                   "Redis req/s", "ShaleDB / Redis", "ShaleDB runs"], rows, md=True), ""]
     return md
 
 

@@ -4,6 +4,8 @@ same run, on loopback ports, printing requests/s and the ShaleDB/Redis ratio.
 Workload (issue 4): SET and GET, 50 clients, 100-byte values, random keys from 100,000,
 one request per round trip and pipelines of 16. Redis runs with AOF and
 `appendfsync everysec`, ShaleDB with its default `appendfsync everysec`: the same durability.
+Then SET again with `appendfsync always` on both (every reply waits for an fsync; both
+servers share one fsync among the writes of an event-loop iteration).
 Both servers get fresh data directories in a temporary folder and are stopped at the end.
 Needs redis-benchmark (redis-tools) and redis-server: installed with apt-get when run as
 root, else the script says what is missing.
@@ -71,9 +73,9 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     sys.exit(f"bench-server: nothing listens on {HOST}:{port}")
 
 
-def bench(tool: str, port: int, requests: int, pipeline: int) -> dict[str, float]:
+def bench(tool: str, port: int, tests: str, requests: int, pipeline: int) -> dict[str, float]:
     out = subprocess.run(
-        [tool, "-h", HOST, "-p", str(port), "-t", "set,get", "-n", str(requests), "-c", "50",
+        [tool, "-h", HOST, "-p", str(port), "-t", tests, "-n", str(requests), "-c", "50",
          "-d", "100", "-r", "100000", "-P", str(pipeline), "--csv"],
         capture_output=True, check=True, timeout=600).stdout.decode()
     rows = csv.reader(io.StringIO(out))
@@ -102,18 +104,11 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=100_000,
-                        help="requests per test (default 100000)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each test per server; medians are reported (default 3)")
-    parser.add_argument("--json", default=RESULTS, help=f"results file (default {RESULTS})")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="do not regenerate docs/benchmarks.md")
-    args = parser.parse_args()
-    benchmark = ensure("redis-benchmark", "redis-tools")
-    redis_server = ensure("redis-server", "redis-server")
+def run_mode(benchmark: str, redis_server: str, mode: str, tests: str, requests: int,
+             repeat: int) -> list[dict[str, object]]:
+    """Start ShaleDB and Redis with ``appendfsync mode`` on fresh directories, run
+    redis-benchmark ``tests`` against both (alternating, ``repeat`` times, pipelines of 1
+    and 16), stop them; one row per (test, pipeline) with the medians."""
     tmp = tempfile.mkdtemp(prefix="bench-server-")
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, object]] = []
@@ -121,34 +116,32 @@ def main() -> None:
         shale_port, redis_port = free_port(), free_port()
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "shaledb.cli", "serve", "--host", HOST, "--port",
-             str(shale_port), "--dir", os.path.join(tmp, "shaledb"), "--log-level", "warning"]))
+             str(shale_port), "--dir", os.path.join(tmp, "shaledb"), "--log-level", "warning",
+             "--metrics-port", "off", "--appendfsync", mode]))
         os.makedirs(os.path.join(tmp, "redis"))
         procs.append(subprocess.Popen(
             [redis_server, "--bind", HOST, "--port", str(redis_port), "--dir",
-             os.path.join(tmp, "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
+             os.path.join(tmp, "redis"), "--appendonly", "yes", "--appendfsync", mode,
              "--save", "", "--protected-mode", "yes", "--logfile", ""],
             stdout=subprocess.DEVNULL))
         wait_port(shale_port, procs[0])
         wait_port(redis_port, procs[1])
-        print(f"redis-benchmark -c 50 -d 100 -r 100000 -n {args.requests}, loopback, "
-              f"{os.cpu_count()} cores; ShaleDB and redis-server {redis_server} "
-              f"(AOF, appendfsync everysec); medians of {args.repeat} runs")
-        print(f"{'test':<6} {'pipeline':>8} {'ShaleDB req/s':>14} {'Redis req/s':>12} "
-              f"{'ratio':>6}")
         for pipeline in (1, 16):
             runs: dict[str, dict[str, list[float]]] = {"shaledb": {}, "redis": {}}
-            for _ in range(args.repeat):
+            for _ in range(repeat):
                 for name, port in (("shaledb", shale_port), ("redis", redis_port)):
-                    for test, rate in bench(benchmark, port, args.requests, pipeline).items():
+                    for test, rate in bench(benchmark, port, tests, requests,
+                                            pipeline).items():
                         runs[name].setdefault(test, []).append(rate)
-            for test in ("SET", "GET"):
+            for test in tests.upper().split(","):
                 shale = statistics.median(runs["shaledb"][test])
                 redis = statistics.median(runs["redis"][test])
                 ratio = shale / redis if redis else float("nan")
-                print(f"{test:<6} {pipeline:>8} {shale:>14,.0f} {redis:>12,.0f} {ratio:>6.2f}")
-                rows.append({"test": test, "pipeline": pipeline, "shaledb": shale,
-                             "redis": redis, "ratio": ratio,
-                             "shaledb_runs": runs["shaledb"][test],
+                print(f"{test:<6} {pipeline:>8} {mode:>10} {shale:>14,.0f} {redis:>12,.0f} "
+                      f"{ratio:>6.2f}", flush=True)
+                rows.append({"test": test, "pipeline": pipeline, "appendfsync": mode,
+                             "requests": requests, "shaledb": shale, "redis": redis,
+                             "ratio": ratio, "shaledb_runs": runs["shaledb"][test],
                              "redis_runs": runs["redis"][test]})
     finally:
         for p in procs:
@@ -160,6 +153,34 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100_000,
+                        help="requests per test (default 100000)")
+    parser.add_argument("--always-requests", type=int, default=20_000,
+                        help="requests per SET test with appendfsync always (default 20000; "
+                             "0 skips those tests)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each test per server; medians are reported (default 3)")
+    parser.add_argument("--json", default=RESULTS, help=f"results file (default {RESULTS})")
+    parser.add_argument("--no-docs", action="store_true",
+                        help="do not regenerate docs/benchmarks.md")
+    args = parser.parse_args()
+    benchmark = ensure("redis-benchmark", "redis-tools")
+    redis_server = ensure("redis-server", "redis-server")
+    print(f"redis-benchmark -c 50 -d 100 -r 100000, loopback, {os.cpu_count()} cores; "
+          f"ShaleDB and redis-server {redis_server} (AOF) with the same appendfsync; "
+          f"medians of {args.repeat} runs")
+    print(f"{'test':<6} {'pipeline':>8} {'appendfsync':>10} {'ShaleDB req/s':>14} "
+          f"{'Redis req/s':>12} {'ratio':>6}")
+    rows = run_mode(benchmark, redis_server, "everysec", "set,get", args.requests,
+                    args.repeat)
+    if args.always_requests:
+        rows += run_mode(benchmark, redis_server, "always", "set", args.always_requests,
+                         args.repeat)
     data = {
         "meta": {
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -170,7 +191,9 @@ def main() -> None:
             "redis_server": _version([redis_server, "--version"]).split(" sha=")[0],
             "redis_benchmark": _version([benchmark, "--version"]),
             "shaledb_commit": _version(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
-            "durability": "both: AOF/WAL appended before the reply, fsync every second",
+            "durability": "both servers run with the same appendfsync: everysec (the log is "
+                          "appended before the reply, fsync every second) or always (the "
+                          "reply waits for the fsync)",
         },
         "results": rows,
     }
