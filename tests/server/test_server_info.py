@@ -236,6 +236,29 @@ def test_keyspace_section(server, r) -> None:
         ("db0", "keys=5,expires=2,avg_ttl=0"), ("db7", "keys=1,expires=1,avg_ttl=0")]
 
 
+def test_keyspace_section_is_exact_at_once_for_a_small_keyspace(server, r) -> None:
+    # No waiting for the sweeper: up to EXACT_COUNT_LIMIT keys are counted on the spot.
+    r.mset({f"k{i}": "v" for i in range(7)})
+    r.set("t", "v", px=60_000)
+    assert r.info("keyspace")["db0"] == {"keys": 8, "expires": 1, "avg_ttl": 0}
+    r.delete("k0")
+    assert r.info("keyspace")["db0"]["keys"] == 7 == r.dbsize()
+
+
+def test_keyspace_section_of_a_large_keyspace_comes_from_the_sweeper(server, r,
+                                                                    monkeypatch) -> None:
+    from shaledb.server import info as info_module
+
+    r.mset({f"k{i}": "v" for i in range(20)})
+    ks = server.server.keyspace
+    monkeypatch.setattr(ks, "key_counts", lambda: {0: (999, 3)})  # "the last full pass"
+    assert r.info("keyspace")["db0"]["keys"] == 20  # small: counted on the spot
+    monkeypatch.setattr(info_module, "EXACT_COUNT_LIMIT", 5)
+    assert r.info("keyspace")["db0"] == {"keys": 999, "expires": 3, "avg_ttl": 0}
+    monkeypatch.setattr(ks, "key_counts", lambda: {})  # no full pass yet, keyspace grew
+    assert "db0" not in r.info("keyspace")  # the scan stops at the limit: nothing exact
+
+
 def test_persistence_and_memory_sections_follow_the_server(server, r) -> None:
     assert server.server is not None
     server.call(lambda: setattr(server.server, "last_save_time", 1_700_000_000))

@@ -63,17 +63,29 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def scan_key_counts(keyspace: Keyspace) -> dict[int, tuple[int, int]]:
-    """``{db: (keys, keys with an expiry)}`` of the non-empty databases, by reading every
-    key: exact, but O(keys). ``Keyspace.key_counts()`` (same shape, maintained counters)
-    replaces it where available."""
+#: Up to this many keys, INFO keyspace counts them on the spot (a few ms); above it, it
+#: reports the counts of the active-expiry sweeper's last full pass.
+EXACT_COUNT_LIMIT = 10_000
+
+
+def key_counts(keyspace: Keyspace) -> dict[int, tuple[int, int]]:
+    """``{db: (keys, keys with an expiry)}`` of the non-empty databases: exact for a
+    keyspace of at most EXACT_COUNT_LIMIT keys (read now, so INFO agrees with DBSIZE right
+    after a write), else ``Keyspace.key_counts()`` from the sweeper's last full pass."""
+    swept = keyspace.key_counts()
+    if sum(keys for keys, _ in swept.values()) > EXACT_COUNT_LIMIT:
+        return swept
     counts: dict[int, tuple[int, int]] = {}
     txn = keyspace.begin()
+    seen = 0
     for db in range(DATABASES):
         keys = expires = 0
         for _, entry in txn.scan(db):
             keys += 1
             expires += entry.expire_ms != 0
+            seen += 1
+            if seen > EXACT_COUNT_LIMIT:  # grew since the last pass: do not read on
+                return swept
         if keys:
             counts[db] = (keys, expires)
     return counts
@@ -324,7 +336,7 @@ _SECTIONS: Final[dict[str, tuple[str, Callable[..., Fields], bool]]] = {
     "errorstats": ("Errorstats", _errorstats, False),
     "latencystats": ("Latencystats", _latencystats, False),
     "cluster": ("Cluster", lambda s: [("cluster_enabled", 0)], False),
-    "keyspace": ("Keyspace", lambda s: keyspace_fields(s.keyspace.key_counts()), False),
+    "keyspace": ("Keyspace", lambda s: keyspace_fields(key_counts(s.keyspace)), False),
     "shaledb": ("Shaledb", _shaledb, True),
 }
 DEFAULT_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats",
@@ -367,6 +379,6 @@ def info_text(server: Server, args: Iterable[str] = ()) -> str:
     return "\r\n".join(parts)
 
 
-__all__ = ["ALL_SECTIONS", "DEFAULT_SECTIONS", "LATENCY_PERCENTILES", "REDIS_VERSION",
-           "human_bytes", "info_text", "keyspace_fields", "peak_rss_bytes", "rss_bytes",
-           "scan_key_counts", "select_sections"]
+__all__ = ["ALL_SECTIONS", "DEFAULT_SECTIONS", "EXACT_COUNT_LIMIT", "LATENCY_PERCENTILES",
+           "REDIS_VERSION", "human_bytes", "info_text", "key_counts", "keyspace_fields",
+           "peak_rss_bytes", "rss_bytes", "select_sections"]
