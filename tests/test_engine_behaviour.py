@@ -8,7 +8,7 @@ import time
 import pytest
 
 import shaledb
-from shaledb.engine.fs import FaultInjectionFS
+from shaledb.testing import FaultInjectionFS
 
 
 def test_background_fsync_happens_within_interval(db_path) -> None:

@@ -15,11 +15,11 @@ from shaledb.engine import logfile
 from shaledb.engine.batch import DELETE, PUT, WriteBatch, decode_batch, encode_batch
 from shaledb.engine.cache import LRUCache
 from shaledb.engine.compaction import drop_obsolete
-from shaledb.engine.fs import FileSystem
 from shaledb.engine.manifest import Version, VersionEdit, VersionSet
 from shaledb.engine.memtable import MemTable
 from shaledb.engine.sstable import FileMeta, TableBuilder, TableReader
 from shaledb.engine.sstable.filter import KeyFilter, build_filter
+from shaledb.engine.vfs import PosixFileSystem as FileSystem
 from shaledb.errors import CorruptionError, InvalidArgument
 
 
@@ -243,7 +243,7 @@ def test_drop_obsolete_rules() -> None:
 
 # -- memory-mapped append files (the WAL) ------------------------------------------------------
 def test_mapped_file_grows_in_chunks_and_close_cuts_the_zero_tail(tmp_path) -> None:
-    from shaledb.engine.fs import MAP_CHUNK
+    from shaledb.engine.vfs import MAP_CHUNK
     from shaledb.errors import StorageError
 
     fs = FileSystem()
@@ -269,8 +269,8 @@ def test_mapped_file_grows_in_chunks_and_close_cuts_the_zero_tail(tmp_path) -> N
 
 
 def test_mapped_file_fault_injection_and_crash(tmp_path) -> None:
-    from shaledb.engine.fs import FaultInjectionFS
     from shaledb.errors import StorageError
+    from shaledb.testing import FaultInjectionFS
 
     fs = FaultInjectionFS()
     path = str(tmp_path / "m.log")

@@ -33,7 +33,7 @@ from _helpers import (
     value,
     wait_for,
 )
-from shaledb.engine.fs import FaultInjectionFS
+from shaledb.testing import FaultInjectionFS
 
 pytestmark = pytest.mark.timeout(120)
 

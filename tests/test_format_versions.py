@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shaledb
-from shaledb.engine.fs import FileSystem
 from shaledb.engine.sstable import TableReader
 from shaledb.engine.sstable.block import ColumnBlock, RawBlock, encode_columns, encode_data_block
+from shaledb.engine.vfs import PosixFileSystem as FileSystem
 
 V1_DIR = Path(__file__).parent / "data" / "format_v1"
 V1_NOW = 1_000_000.0  # the clock the v1 fixture was written with

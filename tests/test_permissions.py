@@ -106,7 +106,7 @@ def test_existing_directory_is_not_loosened_or_required_private(tmp_path: Path,
 def test_crash_recovery_files_are_private(tmp_path: Path, umask_zero: None) -> None:
     """Files written during recovery (replayed WAL flushed to a table, truncated WAL,
     new manifest) are private too."""
-    from shaledb.engine.fs import FaultInjectionFS
+    from shaledb.testing import FaultInjectionFS
 
     path = tmp_path / "db"
     fs = FaultInjectionFS()

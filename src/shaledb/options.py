@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from .engine.fs import FileSystem
+    from .engine.vfs import FileSystem
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -7,8 +7,8 @@ import contextlib
 import time
 
 import shaledb
-from shaledb.engine.fs import FaultInjectionFS
 from shaledb.server import ServerConfig
+from shaledb.testing import FaultInjectionFS
 
 from ._server_support import HOST, ServerThread, raw_connect, read_reply
 

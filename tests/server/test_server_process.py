@@ -19,8 +19,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import shaledb
-from shaledb.engine.fs import FaultInjectionFS
 from shaledb.server import ServerConfig
+from shaledb.testing import FaultInjectionFS
 
 from ._server_support import HOST, ServerThread, free_port, raw_connect, run_server_process
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import shaledb
-from shaledb.engine.fs import FaultInjectionFS
 from shaledb.server import ServerConfig
+from shaledb.testing import FaultInjectionFS
 
 from ._server_support import HOST, ServerThread, raw_connect, read_reply, read_until_closed
 

@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterator
 from ..options import Options
 from .batch import DELETE, PUT
 from .filenames import table_name
-from .fs import FileSystem
 from .iterator import merge
 from .manifest import Version
 from .ratelimit import RateLimiter
 from .sstable import FileMeta, TableBuilder, TableReader
+from .vfs import FileSystem
 
 Entry = tuple[bytes, int, int, int, bytes]
 

@@ -28,8 +28,8 @@ from typing import IO, Any
 from ..errors import CorruptionError, StorageError
 from .compaction import CompactionAborted, MergeJob, merge_writer, run_merge
 from .filenames import table_name
-from .fs import FileSystem
 from .sstable import FileMeta, TableReader
+from .vfs import FileSystem, default_fs
 
 _LEN = struct.Struct("<I")
 
@@ -197,7 +197,7 @@ def _serve(parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     stdin = sys.stdin.buffer
     stdout = sys.stdout.buffer
-    fs = FileSystem()
+    fs = default_fs()
     while True:
         try:
             job = _recv(stdin)

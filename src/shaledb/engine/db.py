@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import threading
 import time
 import weakref
@@ -43,6 +42,7 @@ from ..errors import (
     StorageError,
 )
 from ..options import Options
+from . import vfs
 from .batch import DELETE, PUT, encode_batch
 from .cache import LRUCache, TableCache
 from .compaction import (
@@ -59,13 +59,13 @@ from .compaction import (
 )
 from .compaction_worker import CompactionWorker
 from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_name
-from .fs import FileLock, FileSystem, default_fs
 from .iterator import concat, memtable_source, merge, visible
 from .logfile import HEADER_SIZE
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .sstable import FORMAT_VERSION, FileMeta, TableReader
 from .sstable.block import Block
+from .vfs import FileSystem, Lock, default_fs
 from .wal import WriteAheadLog, replay_segment
 
 #: Operations whose failure in a compaction is retried rather than fatal: nothing was written.
@@ -114,7 +114,7 @@ class Engine:
     """The storage engine behind :class:`shaledb.DB` (which adds the user-facing API)."""
 
     def __init__(self, path: str, options: Options) -> None:
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = vfs.absolute(path)
         self.options = options
         self.fs: FileSystem = options.fs or default_fs()
         self._clock = options.clock
@@ -140,7 +140,7 @@ class Engine:
         self._closed = False
         self._closing = False
         self._compaction_wanted = False
-        self._lock: FileLock | None = None
+        self._lock: Lock | None = None
         self._threads: list[threading.Thread] = []
         self._block_cache: LRUCache[tuple[int, int], Block] | None = (
             LRUCache(options.block_cache_size) if options.block_cache_size > 0 else None)
@@ -174,15 +174,15 @@ class Engine:
         start = time.perf_counter()
         opts = self.options
         fs = self.fs
-        current = os.path.join(self.path, CURRENT)
+        current = vfs.join(self.path, CURRENT)
         if not fs.exists(self.path):
             if not opts.create_if_missing or opts.read_only:
                 raise InvalidArgument(f"database {self.path!r} does not exist "
                                       "(open it with create_if_missing=True to create it)")
             fs.mkdirs(self.path)
-        elif not os.path.isdir(self.path):
+        elif not fs.is_dir(self.path):
             raise InvalidArgument(f"{self.path!r} exists and is not a directory")
-        self._lock = fs.lock(os.path.join(self.path, LOCK))
+        self._lock = fs.lock(vfs.join(self.path, LOCK))
         if fs.exists(current):
             if opts.error_if_exists:
                 raise InvalidArgument(f"database {self.path!r} already exists "
@@ -233,7 +233,7 @@ class Engine:
 
     def _check_options_file(self) -> int:
         """The format version recorded in OPTIONS (refusing newer ones)."""
-        path = os.path.join(self.path, OPTIONS)
+        path = vfs.join(self.path, OPTIONS)
         if not self.fs.exists(path):
             return FORMAT_VERSION  # written at creation; its absence is survivable
         try:
@@ -250,7 +250,7 @@ class Engine:
     def _write_options_file(self) -> None:
         info = {"format_version": FORMAT_VERSION, "created_by": f"shaledb {_pkg_version}",
                 "options": self.options.persistent()}
-        self.fs.write_file_atomic(os.path.join(self.path, OPTIONS),
+        self.fs.write_file_atomic(vfs.join(self.path, OPTIONS),
                                   (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
 
     def _recover_wal(self) -> None:
@@ -963,7 +963,7 @@ class Engine:
                 if kind == "sst":
                     self._tables.evict(number)
                 try:
-                    self.fs.remove(os.path.join(self.path, name))
+                    self.fs.remove(vfs.join(self.path, name))
                 except StorageError:
                     pass  # retried after the next flush or compaction
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
+
+from .vfs import join
 
 CURRENT = "CURRENT"
 LOCK = "LOCK"
@@ -15,17 +16,17 @@ _MANIFEST = re.compile(r"^MANIFEST-(\d{6,})$")
 
 def log_name(dirpath: str, number: int) -> str:
     """Path of WAL segment ``number``."""
-    return os.path.join(dirpath, f"{number:06d}.log")
+    return join(dirpath, f"{number:06d}.log")
 
 
 def table_name(dirpath: str, number: int) -> str:
     """Path of table ``number``."""
-    return os.path.join(dirpath, f"{number:06d}.sst")
+    return join(dirpath, f"{number:06d}.sst")
 
 
 def manifest_name(dirpath: str, number: int) -> str:
     """Path of manifest ``number``."""
-    return os.path.join(dirpath, f"MANIFEST-{number:06d}")
+    return join(dirpath, f"MANIFEST-{number:06d}")
 
 
 def parse(name: str) -> tuple[str, int] | None:

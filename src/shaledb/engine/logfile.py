@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import crc32c as _crc32c
 
 from ..errors import CorruptionError
-from .fs import FileSystem, MappedFile, WritableFile
+from .vfs import AppendFile, FileSystem
 
 MAGIC = b"\xdb\x5a"
 RECORD_FULL = 1
@@ -41,9 +41,9 @@ def encode_record(payload: bytes, rtype: int = RECORD_FULL) -> bytes:
 
 
 class LogWriter:
-    """Appends framed records to a :class:`WritableFile`."""
+    """Appends framed records to an append-only file."""
 
-    def __init__(self, file: WritableFile | MappedFile) -> None:
+    def __init__(self, file: AppendFile) -> None:
         self.file = file
 
     @property

@@ -13,7 +13,6 @@ started on (``ref``/``unref``); a table file is deleted only when no live versio
 from __future__ import annotations
 
 import dataclasses
-import os
 from bisect import bisect_left
 from typing import Any
 
@@ -21,9 +20,9 @@ import msgpack
 
 from ..errors import CorruptionError, IncompatibleFormatError
 from .filenames import CURRENT, manifest_name
-from .fs import FileSystem
 from .logfile import LogWriter, iter_records
 from .sstable.format import FileMeta
+from .vfs import FileSystem, join
 
 MANIFEST_FORMAT_VERSION = 1
 MAX_MANIFEST_SIZE = 8 << 20
@@ -155,12 +154,12 @@ class VersionSet:
     # -- open ------------------------------------------------------------------------------
     def recover(self) -> None:
         """Load the version named by CURRENT. Raises CorruptionError on any damage."""
-        current_path = os.path.join(self.dirpath, CURRENT)
+        current_path = join(self.dirpath, CURRENT)
         raw = self.fs.read_file(current_path)
         name = raw.decode("utf-8", "replace").strip()
         if not raw.endswith(b"\n") or not name.startswith("MANIFEST-") or "/" in name:
             raise CorruptionError(f"CURRENT file is damaged (holds {raw[:40]!r})")
-        path = os.path.join(self.dirpath, name)
+        path = join(self.dirpath, name)
         if not self.fs.exists(path):
             raise CorruptionError(f"CURRENT names {name}, which does not exist")
         version = Version([[] for _ in range(self.num_levels)])
@@ -207,7 +206,7 @@ class VersionSet:
                                compact_pointers=sorted(self.compact_pointers.items()))
             writer.add(snap.encode())
             writer.sync()
-            self.fs.write_file_atomic(os.path.join(self.dirpath, CURRENT),
+            self.fs.write_file_atomic(join(self.dirpath, CURRENT),
                                       f"MANIFEST-{number:06d}\n".encode())
         except BaseException:
             writer.close()

@@ -18,8 +18,8 @@ from typing import Any
 
 from .batch import decode_batch
 from .filenames import log_name
-from .fs import FileSystem
 from .logfile import LogWriter, encode_record, read_log
+from .vfs import FileSystem
 
 
 class WriteAheadLog:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import msgpack
 
-from ..fs import FileSystem
 from ..ratelimit import RateLimiter
+from ..vfs import FileSystem
 from .block import encode_columns, encode_data_block
 from .filter import build_filter
 from .format import FORMAT_VERSION, FileMeta, Footer, encode_block, require_codec

@@ -13,7 +13,7 @@ import msgpack
 
 from ...errors import CorruptionError
 from ..cache import LRUCache
-from ..fs import FileSystem, RandomAccessFile
+from ..vfs import FileSystem, ReadFile
 from .block import Block, Columns, decode_data_block, decode_index_block
 from .filter import KeyFilter
 from .format import FOOTER_SIZE, TRAILER_SIZE, Footer, decode_block
@@ -42,7 +42,7 @@ class TableReader:
         self.path = path
         self.number = number
         self._cache = block_cache
-        self._file: RandomAccessFile = fs.open_read(path)
+        self._file: ReadFile = fs.open_read(path)
         try:
             size = self._file.size
             if size < FOOTER_SIZE:

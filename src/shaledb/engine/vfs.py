@@ -1,25 +1,25 @@
-"""The file-system layer: every file operation of the engine goes through here.
+"""The file-system seam: every file operation of the engine goes through a :class:`FileSystem`.
 
-Invariants:
+:class:`FileSystem` is a small Protocol; :class:`PosixFileSystem` is the real implementation,
+and ``shaledb.testing.FaultInjectionFS`` wraps it for tests (injected errors, simulated power
+loss). The engine never calls ``os`` or ``os.path`` on its files directly.
+
+Invariants of the POSIX implementation:
 - Files are created 0600 and directories 0700; nothing ShaleDB creates is readable by others.
-- Every ``OSError`` is turned into :class:`~shaledb.errors.StorageError` (with the errno), so the
-  engine handles one error type and tests can inject any errno.
-- :class:`FaultInjectionFS` wraps the real layer for tests: it fails chosen operations with
-  chosen errnos (ENOSPC, EIO, ...), can tear a write in half, and can "crash": every byte not
-  fsynced and every directory entry not made durable by a directory fsync is lost, like
-  LevelDB's ``FaultInjectionTestEnv`` and Pebble's crash clones.
+- Every ``OSError`` is turned into :class:`~shaledb.errors.StorageError` (with the errno and
+  the operation), so the engine handles one error type and tests can inject any errno.
+- Creating, renaming and removing a file is durable only after :meth:`FileSystem.sync_dir`
+  of its directory; :meth:`FileSystem.mkdirs` makes the directories it creates durable itself.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno as errno_mod
 import fcntl
 import mmap
 import os
-import random
-import threading
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import ClosedError, LockedError, StorageError
 
@@ -27,6 +27,120 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 #: A mapped file grows by at least this much at a time (allocated on disk when it grows).
 MAP_CHUNK = 1 << 20
+
+
+def join(dirpath: str, name: str) -> str:
+    """``dirpath/name`` (a string operation; touches no file)."""
+    return os.path.join(dirpath, name)
+
+
+def absolute(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute (a string operation; touches no file)."""
+    return os.path.abspath(os.fspath(path))
+
+
+def parent(path: str) -> str:
+    """The directory holding ``path`` (a string operation)."""
+    return os.path.dirname(path) or "."
+
+
+class AppendFile(Protocol):
+    """A file written front to back."""
+
+    path: str
+
+    @property
+    def size(self) -> int:
+        """Bytes appended so far."""
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` at the end of the file, or raise StorageError."""
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync)."""
+
+    def close(self) -> None:
+        """Close (without syncing). Idempotent."""
+
+
+class ReadFile(Protocol):
+    """A file read at offsets; thread-safe."""
+
+    path: str
+    size: int
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``."""
+
+    def close(self) -> None:
+        """Close. Idempotent."""
+
+
+class Lock(Protocol):
+    """An exclusive lock on a database directory."""
+
+    def release(self) -> None:
+        """Drop the lock. Idempotent."""
+
+
+class FileSystem(Protocol):
+    """What the engine needs from a file system. Every method raises StorageError on
+    failure (LockedError from :meth:`lock` when another holder has the lock)."""
+
+    def create(self, path: str, *, exclusive: bool = False) -> AppendFile:
+        """Create (or, unless ``exclusive``, truncate) ``path`` for appending, mode 0600."""
+
+    def create_mapped(self, path: str) -> AppendFile:
+        """Create ``path`` (it must not exist) for appending through a memory map."""
+
+    def open_read(self, path: str) -> ReadFile:
+        """Open an existing file for reads at offsets."""
+
+    def read_file(self, path: str) -> bytes:
+        """The whole content of a (small) file."""
+
+    def write_file_atomic(self, path: str, data: bytes) -> None:
+        """Replace ``path`` with ``data`` durably: temp file, fsync, rename, fsync(dir)."""
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists."""
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory."""
+
+    def file_size(self, path: str) -> int:
+        """Size of ``path`` in bytes."""
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory ``path``."""
+
+    def mkdirs(self, path: str) -> None:
+        """Create ``path`` and missing parents (0700), durably."""
+
+    def remove(self, path: str) -> None:
+        """Unlink ``path`` (not durable until :meth:`sync_dir`); a missing file is fine."""
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically rename ``src`` over ``dst`` (not durable until :meth:`sync_dir`)."""
+
+    def truncate(self, path: str, size: int) -> None:
+        """Cut ``path`` to ``size`` bytes and fsync it."""
+
+    def sync_file(self, path: str) -> None:
+        """fsync an existing file."""
+
+    def sync_dir(self, path: str) -> None:
+        """fsync a directory: creations, renames and removals in it become durable."""
+
+    def lock(self, path: str) -> Lock:
+        """Take an exclusive, non-blocking lock on ``path``."""
+
+    def worker_state(self) -> Any:
+        """What a compaction worker process needs to rebuild this file system (picklable;
+        see :func:`worker_fs`), or None for the plain POSIX file system."""
+
+    def adopt_worker_report(self, report: Any) -> None:
+        """Take in what a worker's file system did (its report), after a job."""
 
 
 def _storage_error(op: str, path: str, exc: OSError) -> StorageError:
@@ -39,7 +153,7 @@ def _storage_error(op: str, path: str, exc: OSError) -> StorageError:
 class WritableFile:
     """An append-only file. ``append`` writes all bytes or raises; ``sync`` is fsync."""
 
-    def __init__(self, fs: FileSystem, path: str, fd: int) -> None:
+    def __init__(self, fs: PosixFileSystem, path: str, fd: int) -> None:
         self.fs = fs
         self.path = path
         self._fd = fd
@@ -91,7 +205,7 @@ class MappedFile:
     its allocated size until :meth:`close` cuts it to the bytes appended.
     """
 
-    def __init__(self, fs: FileSystem, path: str, fd: int) -> None:
+    def __init__(self, fs: PosixFileSystem, path: str, fd: int) -> None:
         self.fs = fs
         self.path = path
         self._fd = fd
@@ -132,7 +246,7 @@ class MappedFile:
 class RandomAccessFile:
     """A read-only file read with ``pread`` (thread-safe: no shared file offset)."""
 
-    def __init__(self, fs: FileSystem, path: str, fd: int, size: int) -> None:
+    def __init__(self, fs: PosixFileSystem, path: str, fd: int, size: int) -> None:
         self.fs = fs
         self.path = path
         self._fd = fd
@@ -194,8 +308,9 @@ def _allocate(fd: int, offset: int, length: int) -> None:
         offset += os.pwrite(fd, zeros[:end - offset], offset)
 
 
-class FileSystem:
-    """The real POSIX file system. Subclasses override the ``_``-prefixed primitives."""
+class PosixFileSystem:
+    """The real POSIX file system. ``shaledb.testing.FaultInjectionFS`` overrides the
+    ``_``-prefixed primitives."""
 
     # -- primitives (the seam for fault injection) -------------------------------------------
     def _write(self, f: WritableFile, fd: int, data: bytes | bytearray | memoryview) -> int:
@@ -304,11 +419,15 @@ class FileSystem:
         finally:
             f.close()
         self.rename(tmp, path)
-        self.sync_dir(os.path.dirname(path) or ".")
+        self.sync_dir(parent(path))
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists."""
         return os.path.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory."""
+        return os.path.isdir(path)
 
     def file_size(self, path: str) -> int:
         """Size of ``path`` in bytes."""
@@ -385,6 +504,13 @@ class FileSystem:
         """fsync a directory so that creations, renames and removals in it are durable."""
         self._on_fd("fsync directory", path, os.O_RDONLY | os.O_DIRECTORY, os.fsync)
 
+    def worker_state(self) -> Any:
+        """None: a worker uses the plain POSIX file system."""
+        return None
+
+    def adopt_worker_report(self, report: Any) -> None:
+        """Nothing to take in."""
+
     def lock(self, path: str) -> FileLock:
         """Take an exclusive, non-blocking lock on ``path``; LockedError names the holder."""
         try:
@@ -415,287 +541,41 @@ class FileSystem:
         return FileLock(path, fd)
 
 
-# ---------------------------------------------------------------------------------------------
-# Fault injection for tests
-
-
-@dataclasses.dataclass
-class Fault:
-    """One injection rule: fail the matching operation with ``errno``.
-
-    ``op`` is one of create, write, fsync, read, rename, remove, sync_dir, truncate, mkdir.
-    ``path`` matches when it is a substring of the file path (``""`` matches all). The first
-    ``skip`` matching calls succeed; then ``count`` calls fail (``None``: all later ones).
-    ``torn`` (writes only) writes the first half of the data before failing.
-    """
-
-    op: str
-    path: str = ""
-    errno: int = errno_mod.EIO
-    skip: int = 0
-    count: int | None = 1
-    torn: bool = False
-    hits: int = 0
-
-    def matches(self, op: str, path: str) -> bool:
-        if op != self.op or self.path not in path:
-            return False
-        self.hits += 1
-        if self.hits <= self.skip:
-            return False
-        return self.count is None or self.hits - self.skip <= self.count
-
-
-@dataclasses.dataclass
-class _Tracked:
-    synced: int = 0  # bytes known durable
-    written: int = 0
-
-
-class FaultInjectionFS(FileSystem):
-    """A :class:`FileSystem` that fails on command and can simulate a power loss.
-
-    After :meth:`crash` every operation fails with EIO (the "process" is dead); open the
-    database again with a fresh file system to "reboot".
-    """
-
-    def __init__(self) -> None:
-        self.faults: list[Fault] = []
-        self._lock = threading.Lock()
-        self._files: dict[str, _Tracked] = {}
-        # Directory entries not yet made durable: created paths and (src, dst, old) renames.
-        self._new_entries: set[str] = set()
-        self._renames: list[tuple[str, str, bytes | None]] = []
-        self.crashed = False
-        self.op_counts: dict[str, int] = {}
-
-    def inject(self, op: str, path: str = "", errno: int = errno_mod.EIO, *, skip: int = 0,
-               count: int | None = 1, torn: bool = False) -> Fault:
-        """Add a rule (see :class:`Fault`) and return it."""
-        fault = Fault(op, path, errno, skip, count, torn)
-        with self._lock:
-            self.faults.append(fault)
-        return fault
-
-    def clear(self) -> None:
-        """Remove all rules."""
-        with self._lock:
-            self.faults.clear()
-
-    def _check(self, op: str, path: str) -> Fault | None:
-        with self._lock:
-            self.op_counts[op] = self.op_counts.get(op, 0) + 1
-            if self.crashed:
-                raise StorageError(f"{op} {path!r}: simulated crash, the process is gone",
-                                   errno_mod.EIO)
-            for fault in self.faults:
-                if fault.matches(op, path):
-                    return fault
-        return None
-
-    def _raise(self, fault: Fault, op: str, path: str) -> None:
-        exc = OSError(fault.errno, os.strerror(fault.errno), path)
-        raise _storage_error(f"{op} (injected)", path, exc) from exc
-
-    def _write(self, f: WritableFile, fd: int, data: bytes | bytearray | memoryview) -> int:
-        fault = self._check("write", f.path)
-        if fault is not None:
-            if fault.torn and len(data) > 1:
-                half = len(data) // 2
-                os.write(fd, data[:half])
-                self._track(f.path).written += half
-            self._raise(fault, "write", f.path)
-        n = super()._write(f, fd, data)
-        self._track(f.path).written += n
-        return n
-
-    def _fsync(self, f: WritableFile | MappedFile, fd: int) -> None:
-        fault = self._check("fsync", f.path)
-        if fault is not None:
-            self._raise(fault, "fsync", f.path)
-        super()._fsync(f, fd)
-        t = self._track(f.path)
-        t.synced = t.written
-
-    def _map_write(self, f: MappedFile, offset: int, data: bytes | bytearray | memoryview) -> None:
-        # Under the lock: crash() truncates files, and a copy into a mapped page past the new
-        # end of the file would be a SIGBUS.
-        with self._lock:
-            self.op_counts["write"] = self.op_counts.get("write", 0) + 1
-            if self.crashed:
-                raise StorageError(f"write {f.path!r}: simulated crash, the process is gone",
-                                   errno_mod.EIO)
-            fault = next((x for x in self.faults if x.matches("write", f.path)), None)
-            t = self._files.setdefault(f.path, _Tracked())
-            if fault is not None and fault.torn and len(data) > 1:
-                half = len(data) // 2
-                super()._map_write(f, offset, memoryview(data)[:half])
-                t.written = offset + half
-            if fault is None:
-                super()._map_write(f, offset, data)
-                t.written = offset + len(data)
-        if fault is not None:
-            self._raise(fault, "write", f.path)
-
-    def _map_grow(self, f: MappedFile, fd: int, needed: int) -> None:
-        fault = self._check("write", f.path)
-        if fault is not None:
-            self._raise(fault, "write", f.path)
-        with self._lock:  # see _map_write
-            if self.crashed:
-                raise StorageError(f"write {f.path!r}: simulated crash", errno_mod.EIO)
-            super()._map_grow(f, fd, needed)
-
-    def _map_close(self, f: MappedFile, fd: int) -> None:
-        with self._lock:
-            if self.crashed:  # the process is gone: leave the file as the crash left it
-                f.map = None
-                os.close(fd)
-                return
-        super()._map_close(f, fd)
-
-    def create_mapped(self, path: str) -> MappedFile:
-        fault = self._check("create", path)
-        if fault is not None:
-            self._raise(fault, "create", path)
-        f = super().create_mapped(path)
-        with self._lock:
-            self._files[path] = _Tracked()
-            self._new_entries.add(path)
-        return f
-
-    def _pread(self, f: RandomAccessFile, fd: int, length: int, offset: int) -> bytes:
-        fault = self._check("read", f.path)
-        if fault is not None:
-            self._raise(fault, "read", f.path)
-        return super()._pread(f, fd, length, offset)
-
-    def _track(self, path: str) -> _Tracked:
-        with self._lock:
-            t = self._files.get(path)
-            if t is None:
-                t = self._files[path] = _Tracked()
-            return t
-
-    def create(self, path: str, *, exclusive: bool = False) -> WritableFile:
-        fault = self._check("create", path)
-        if fault is not None:
-            self._raise(fault, "create", path)
-        existed = os.path.exists(path)
-        f = super().create(path, exclusive=exclusive)
-        with self._lock:
-            self._files[path] = _Tracked()
-            if not existed:
-                self._new_entries.add(path)
-        return f
-
-    def rename(self, src: str, dst: str) -> None:
-        fault = self._check("rename", src)
-        if fault is not None:
-            self._raise(fault, "rename", src)
-        old = None
-        if os.path.exists(dst):
-            with open(dst, "rb") as fh:
-                old = fh.read()
-        super().rename(src, dst)
-        with self._lock:
-            self._renames.append((src, dst, old))
-            if src in self._files:
-                self._files[dst] = self._files.pop(src)
-            if src in self._new_entries:
-                self._new_entries.discard(src)
-                self._new_entries.add(dst)
-
-    def remove(self, path: str) -> None:
-        fault = self._check("remove", path)
-        if fault is not None:
-            self._raise(fault, "remove", path)
-        super().remove(path)
-        with self._lock:
-            self._files.pop(path, None)
-            self._new_entries.discard(path)
-
-    def truncate(self, path: str, size: int) -> None:
-        fault = self._check("truncate", path)
-        if fault is not None:
-            self._raise(fault, "truncate", path)
-        super().truncate(path, size)
-        with self._lock:
-            t = self._files.get(path)
-            if t is not None:
-                t.written = t.synced = size
-
-    def sync_file(self, path: str) -> None:
-        fault = self._check("fsync", path)
-        if fault is not None:
-            self._raise(fault, "fsync", path)
-        super().sync_file(path)
-        with self._lock:
-            t = self._files.get(path)
-            if t is not None:
-                t.synced = t.written
-
-    def mkdirs(self, path: str) -> None:
-        fault = self._check("mkdir", path)
-        if fault is not None:
-            self._raise(fault, "mkdir", path)
-        super().mkdirs(path)
-
-    def sync_dir(self, path: str) -> None:
-        fault = self._check("sync_dir", path)
-        if fault is not None:
-            self._raise(fault, "sync_dir", path)
-        super().sync_dir(path)
-        prefix = os.path.join(path, "")
-        with self._lock:
-            self._new_entries = {p for p in self._new_entries if not p.startswith(prefix)}
-            self._renames = [r for r in self._renames if not r[1].startswith(prefix)]
-
-    def crash(self, rng: random.Random | None = None) -> None:
-        """Simulate power loss: drop unsynced bytes and non-durable directory entries.
-
-        With ``rng``, a random prefix of each file's unsynced bytes survives (as a real disk
-        may have written part of the page cache), which produces torn records.
-        Afterwards every operation on this file system fails.
-        """
-        with self._lock:
-            self.crashed = True
-            for path, t in self._files.items():
-                if not os.path.exists(path):
-                    continue
-                keep = t.synced
-                if rng is not None and t.written > t.synced:
-                    keep += rng.randint(0, t.written - t.synced)
-                if os.path.getsize(path) > keep:
-                    os.truncate(path, keep)
-            for src, dst, old in reversed(self._renames):
-                if os.path.exists(dst):
-                    os.replace(dst, src)
-                if old is not None:
-                    with open(dst, "wb") as fh:
-                        fh.write(old)
-            for path in self._new_entries:
-                if os.path.exists(path):
-                    os.unlink(path)
-            self._renames.clear()
-            self._new_entries.clear()
-
-
 def default_fs() -> FileSystem:
     """The real file system."""
-    return FileSystem()
+    return PosixFileSystem()
+
+
+def worker_fs(state: Any) -> FileSystem:
+    """The file system a compaction worker uses, rebuilt from ``worker_state()`` of its
+    parent's: the plain POSIX one for None; otherwise ``state`` names an importable class
+    (``module:Class``) and its arguments (a test's fault injector)."""
+    if state is None:
+        return PosixFileSystem()
+    import importlib
+
+    spec, args = state
+    module, _, name = spec.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    fs: FileSystem = cls.from_worker_state(args)
+    return fs
 
 
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
-    "Fault",
-    "FaultInjectionFS",
+    "AppendFile",
     "FileLock",
     "FileSystem",
+    "Lock",
     "MappedFile",
+    "PosixFileSystem",
     "RandomAccessFile",
+    "ReadFile",
     "WritableFile",
+    "absolute",
     "default_fs",
+    "join",
+    "parent",
+    "worker_fs",
 ]
-
