@@ -178,7 +178,7 @@ def test_slowdown_throttles_writes_to_the_delayed_write_rate(db_path, small_opts
 
 
 def engine_overhead() -> int:
-    from shaledb.engine.batch import ENTRY_OVERHEAD
+    from shaledb.engine.dbformat import ENTRY_OVERHEAD
 
     return ENTRY_OVERHEAD
 

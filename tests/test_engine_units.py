@@ -12,9 +12,10 @@ import pytest
 import xxhash
 
 from shaledb.engine import logfile
-from shaledb.engine.batch import DELETE, PUT, WriteBatch, decode_batch, encode_batch
+from shaledb.engine.batch import WriteBatch, decode_batch, encode_batch
 from shaledb.engine.cache import LRUCache
 from shaledb.engine.compaction import drop_obsolete
+from shaledb.engine.dbformat import DELETE, PUT
 from shaledb.engine.manifest import Version, VersionEdit, VersionSet
 from shaledb.engine.memtable import MemTable
 from shaledb.engine.sstable import FileMeta, TableBuilder, TableReader

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .db import DB, Snapshot, open  # noqa: A004 - shaledb.open is the documented entry point
+from .db import DB, open  # noqa: A004 - shaledb.open is the documented entry point
 from .engine.batch import WriteBatch
 from .errors import (
     ClosedError,
@@ -25,6 +25,7 @@ from .errors import (
     TransactionConflict,
 )
 from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
+from .snapshot import Snapshot
 from .transaction import Transaction
 
 __all__ = [

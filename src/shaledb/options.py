@@ -26,6 +26,9 @@ MAX_KEY_SIZE = 64 * KiB
 #: Largest value accepted, in bytes (a value is one WAL record and lives in one data block).
 MAX_VALUE_SIZE = 64 * MiB
 
+#: Largest absolute expiry accepted, in ms since the Unix epoch (about the year 33,658).
+MAX_EXPIRE_AT_MS = 10**15
+
 COMPRESSIONS = ("none", "lz4", "zstd")
 WAL_RECOVERY_MODES = ("strict", "point_in_time")
 

@@ -15,24 +15,21 @@ import heapq
 import itertools
 from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from .engine.batch import DELETE, ENTRY_OVERHEAD, PUT, Bytesish, to_key, to_value, ttl_to_ms
+from .engine.batch import Bytesish, to_key, to_value, ttl_to_ms
+from .engine.db import Engine
+from .engine.dbformat import DELETE, PUT, charge, is_live
 from .errors import ClosedError, TransactionConflict
-
-if TYPE_CHECKING:
-    from .db import DB, Snapshot
+from .snapshot import Snapshot, prefix_end
 
 
 class Transaction:
     """An optimistic transaction; use ``with db.transaction() as txn:`` (commits on normal
     exit, rolls back when the block raises) or call :meth:`commit` / :meth:`rollback`."""
 
-    def __init__(self, db: DB, *, sync: bool = False) -> None:
-        from .db import Snapshot
-
-        self._db = db
-        self._engine = db._engine
+    def __init__(self, engine: Engine, *, sync: bool = False) -> None:
+        self._engine = engine
+        self._clock = engine.options.clock
         self._snapshot: Snapshot = Snapshot(self._engine)
         self._seq = self._snapshot.sequence
         self._writes: dict[bytes, tuple[int, int, bytes]] = {}
@@ -56,7 +53,7 @@ class Transaction:
         return self._snapshot.get(k, default)
 
     def _live(self, kind: int, expire: int) -> bool:
-        return kind == PUT and (expire == 0 or expire > int(self._db.options.clock() * 1000))
+        return is_live(kind, expire, int(self._clock() * 1000))
 
     def range(self, start: Bytesish | None = None, stop: Bytesish | None = None, *,
               reverse: bool = False, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
@@ -72,10 +69,8 @@ class Transaction:
                limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Like :meth:`shaledb.DB.prefix`, with the transaction's own writes merged in."""
         self._check()
-        from .db import _prefix_end
-
         p = to_key(prefix)
-        return self._merged(self._snapshot.prefix(p, reverse=reverse), p, _prefix_end(p),
+        return self._merged(self._snapshot.prefix(p, reverse=reverse), p, prefix_end(p),
                             reverse, limit)
 
     def _merged(self, base: Iterator[tuple[bytes, bytes]], lo: bytes | None, hi: bytes | None,
@@ -114,7 +109,7 @@ class Transaction:
         self._check()
         k = to_key(key)
         self._writes.pop(k, None)  # keep the buffer in last-write order
-        self._writes[k] = (PUT, ttl_to_ms(ttl, self._db.options.clock), to_value(value))
+        self._writes[k] = (PUT, ttl_to_ms(ttl, self._clock), to_value(value))
 
     def delete(self, key: Bytesish) -> None:
         """Buffer a deletion of ``key`` until commit."""
@@ -156,7 +151,7 @@ class Transaction:
                 nbytes = 0
                 for k, (kind, expire, value) in self._writes.items():
                     ops += (kind, k, expire, value)
-                    nbytes += len(k) + len(value) + ENTRY_OVERHEAD
+                    nbytes += charge(k, value)
                 self._engine.write(ops, nbytes, self.sync, check=self._validate)
             elif self._reads:
                 # Nothing to write, but the caller may rely on commit() to confirm that what

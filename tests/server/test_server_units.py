@@ -3,36 +3,41 @@ encoding, glob matching, inline splitting, number parsing and formatting."""
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+import shaledb
 from shaledb.server.commands import parse_float, parse_int
 from shaledb.server.commands.strings import format_float
 from shaledb.server.errors import CommandError, ProtocolError
 from shaledb.server.glob import compile_glob, literal_prefix
-from shaledb.server.keyspace import MAX_EXPIRE_MS, Entry, _exact_ttl, decode_value, encode_value
+from shaledb.server.keyspace import MAX_EXPIRE_MS, Entry, decode_value, encode_value
 from shaledb.server.protocol import split_inline
-
-
-def _engine_expiry(ttl: float) -> int:
-    # What the engine computes with the server's zero clock (engine/batch.py ttl_to_ms).
-    return max(1, math.ceil((0.0 + ttl) * 1000))
 
 
 @given(st.integers(1, MAX_EXPIRE_MS))
 @example(1)
 @example(MAX_EXPIRE_MS)
-def test_exact_ttl_gives_the_engine_the_exact_millisecond(expire_ms: int) -> None:
-    assert _engine_expiry(_exact_ttl(expire_ms)) == expire_ms
+def test_the_engine_gets_the_exact_millisecond(expire_ms: int) -> None:
+    # The server hands the header's expiry to the engine as an absolute expire_at_ms.
+    batch = shaledb.WriteBatch()
+    batch.put(b"k", encode_value(b"v", expire_ms), expire_at_ms=expire_ms)
+    assert [op[2] for op in batch.ops()] == [expire_ms]
 
 
-def test_exact_ttl_at_the_top_of_the_range() -> None:
-    for expire_ms in range(MAX_EXPIRE_MS - 20_000, MAX_EXPIRE_MS + 1):
-        assert _engine_expiry(_exact_ttl(expire_ms)) == expire_ms
+def test_expire_at_ms_is_validated() -> None:
+    batch = shaledb.WriteBatch()
+    for bad in (0, -1, 10**15 + 1):
+        with pytest.raises(shaledb.InvalidArgument):
+            batch.put(b"k", b"v", expire_at_ms=bad)
+    with pytest.raises(TypeError):
+        batch.put(b"k", b"v", expire_at_ms=1.5)  # type: ignore[arg-type]
+    with pytest.raises(shaledb.InvalidArgument):
+        batch.put(b"k", b"v", ttl=1, expire_at_ms=5)
+    assert len(batch) == 0
 
 
 @given(st.binary(max_size=64), st.one_of(st.just(0), st.integers(1, MAX_EXPIRE_MS)))

@@ -17,17 +17,10 @@ from typing import Any
 import msgpack
 
 from ..errors import CorruptionError, InvalidArgument
-from ..options import MAX_KEY_SIZE, MAX_VALUE_SIZE
-
-#: Entry kinds stored in WAL records and tables.
-DELETE = 0
-PUT = 1
+from ..options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE, MAX_VALUE_SIZE
+from .dbformat import DELETE, PUT, charge
 
 _HEAD = struct.Struct("<QI")
-#: Per-entry estimate of the memory Python objects cost beyond the raw key and value bytes
-#: (bytes object headers, the version tuple and list, dict and sorted-list slots). Measured
-#: with tracemalloc for 16-byte keys and 100-byte values: about 295 bytes.
-ENTRY_OVERHEAD = 300
 
 Bytesish = bytes | bytearray | memoryview | str
 
@@ -64,6 +57,17 @@ def to_value(value: object) -> bytes:
     return b
 
 
+def check_expire_at_ms(expire_at_ms: object) -> int:
+    """Validate an absolute expiry in ms since the epoch (1 .. MAX_EXPIRE_AT_MS)."""
+    if isinstance(expire_at_ms, bool) or not isinstance(expire_at_ms, int):
+        raise TypeError("expire_at_ms must be an int (milliseconds since the Unix epoch), not "
+                        f"{type(expire_at_ms).__name__}")
+    if not 0 < expire_at_ms <= MAX_EXPIRE_AT_MS:
+        raise InvalidArgument(
+            f"expire_at_ms must be in 1..{MAX_EXPIRE_AT_MS}, got {expire_at_ms}")
+    return expire_at_ms
+
+
 def _zero_clock() -> float:
     return 0.0
 
@@ -95,25 +99,31 @@ class WriteBatch:
         # written, then the database's clock turns them into expiry times.
         self._ttls: list[tuple[int, float]] = []
 
-    def put(self, key: Bytesish, value: Bytesish, *, ttl: float | None = None) -> None:
-        """Add ``key = value`` (expiring after ``ttl`` seconds when given)."""
+    def put(self, key: Bytesish, value: Bytesish, *, ttl: float | None = None,
+            expire_at_ms: int | None = None) -> None:
+        """Add ``key = value``, expiring after ``ttl`` seconds, or at the absolute time
+        ``expire_at_ms`` (milliseconds since the Unix epoch), when given (not both)."""
         k = to_key(key)
         v = to_value(value)
         exp = 0
-        if ttl is not None:
+        if expire_at_ms is not None:
+            if ttl is not None:
+                raise InvalidArgument("give ttl or expire_at_ms, not both")
+            exp = check_expire_at_ms(expire_at_ms)
+        elif ttl is not None:
             if self._clock is not None:
                 exp = ttl_to_ms(ttl, self._clock)
             else:
                 ttl_to_ms(ttl, _zero_clock)  # validate now, resolve at write time
                 self._ttls.append((len(self._ops) + 2, ttl))
         self._ops += (PUT, k, exp, v)
-        self._bytes += len(k) + len(v) + ENTRY_OVERHEAD
+        self._bytes += charge(k, v)
 
     def delete(self, key: Bytesish) -> None:
         """Add a deletion of ``key``."""
         k = to_key(key)
         self._ops += (DELETE, k, 0, b"")
-        self._bytes += len(k) + ENTRY_OVERHEAD
+        self._bytes += charge(k, b"")
 
     def clear(self) -> None:
         """Drop every operation."""

@@ -23,15 +23,13 @@ import threading
 from collections.abc import Callable, Iterator
 
 from ..options import Options
-from .batch import DELETE, PUT
+from .dbformat import DELETE, PUT, Entry
 from .filenames import table_name
 from .iterator import merge
 from .manifest import Version
 from .ratelimit import RateLimiter
 from .sstable import FileMeta, TableBuilder, TableReader
 from .vfs import FileSystem
-
-Entry = tuple[bytes, int, int, int, bytes]
 
 
 @dataclasses.dataclass

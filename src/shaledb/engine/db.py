@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..options import Options
 from . import vfs
-from .batch import DELETE, PUT, encode_batch
+from .batch import encode_batch
 from .cache import LRUCache, TableCache
 from .compaction import (
     Compaction,
@@ -58,6 +58,7 @@ from .compaction import (
     run_merge,
 )
 from .compaction_worker import CompactionWorker
+from .dbformat import DELETE, PUT, Record, record_is_live
 from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_name
 from .iterator import concat, memtable_source, merge, visible
 from .logfile import HEADER_SIZE
@@ -74,8 +75,6 @@ _COMPACTION_RETRY_SECONDS = 1.0
 
 #: Largest write group (bytes of memtable charge) the leader builds from queued writers.
 MAX_GROUP_BYTES = 1 << 20
-
-Record = tuple[int, int, int, bytes]  # (seq, kind, expire_at_ms, value)
 
 
 class _Once:
@@ -328,12 +327,12 @@ class Engine:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"database {self.path!r} is closed")
 
     def _locked_check_writable(self) -> None:
-        self._check_open()
+        self.check_open()
         if self.options.read_only:
             raise ReadOnlyError(f"database {self.path!r} was opened read-only")
         if self._bg_error is not None:
@@ -555,7 +554,7 @@ class Engine:
     def sync_wal(self) -> None:
         """fsync the WAL now."""
         with self._mutex:
-            self._check_open()
+            self.check_open()
             wal = self._wal
         if wal is not None:
             try:
@@ -568,7 +567,7 @@ class Engine:
     # Read path
     def _pin(self, seq: int | None) -> tuple[MemTable, MemTable | None, Version, int]:
         with self._mutex:
-            self._check_open()
+            self.check_open()
             if self._deferred:
                 self._locked_drain()
             v = self._versions.current
@@ -639,7 +638,7 @@ class Engine:
 
     def live(self, r: Record | None) -> bool:
         """Whether a record is a PUT that has not expired."""
-        return r is not None and r[1] == PUT and (r[2] == 0 or r[2] > self._now_ms())
+        return record_is_live(r, self._now_ms())
 
     def iterate(self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,
                 seq: int | None = None, include_expired: bool = False
@@ -690,7 +689,7 @@ class Engine:
     def acquire_snapshot(self) -> int:
         """Register a snapshot at the latest sequence and return it."""
         with self._mutex:
-            self._check_open()
+            self.check_open()
             seq = self._last_seq
             self._snapshots[seq] += 1
             return seq
@@ -972,7 +971,7 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """A snapshot of the engine's counters and shape."""
         with self._mutex:
-            self._check_open()
+            self.check_open()
             self._locked_drain()
             v = self._versions.current
             scores = level_scores(v, self.options)

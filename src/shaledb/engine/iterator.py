@@ -12,10 +12,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Iterator
 
-from .batch import PUT
+from .dbformat import PUT, Entry
 from .memtable import MemTable
-
-Entry = tuple[bytes, int, int, int, bytes]
 
 # Memtable chunks start small (a short seek reads a few keys) and grow for long scans.
 _FIRST_CHUNK = 16
@@ -62,7 +60,7 @@ def visible(entries: Iterable[Entry], seq: int, now_ms: int, reverse: bool
             if key == last or -negseq > seq:
                 continue
             last = key
-            if kind == PUT and (expire == 0 or expire > now_ms):
+            if kind == PUT and (expire == 0 or expire > now_ms):  # is_live, inlined
                 yield key, value
         return
     # Reversed: a key's versions arrive oldest first, so the last visible one wins.

@@ -16,17 +16,14 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from .batch import ENTRY_OVERHEAD
-
-Version = tuple[int, int, int, bytes]  # (seq, kind, expire_at_ms, value)
-Entry = tuple[bytes, int, int, int, bytes]  # (key, -seq, kind, expire_at_ms, value)
+from .dbformat import Entry, Record, charge
 
 
 class MemTable:
     """An in-memory, multi-version sorted map. Bounded by :attr:`approximate_size`."""
 
     def __init__(self) -> None:
-        self._data: dict[bytes, list[Version]] = {}
+        self._data: dict[bytes, list[Record]] = {}
         self._keys = SortedList()
         self._lock = threading.Lock()
         self.approximate_size = 0
@@ -53,12 +50,12 @@ class MemTable:
                     add_key(key)
                 else:
                     versions.append((seq, ops[i], ops[i + 2], value))
-                size += len(key) + len(value) + ENTRY_OVERHEAD
+                size += charge(key, value)
                 seq += 1
             self.approximate_size += size
             self.entries += len(ops) // 4
 
-    def get(self, key: bytes, seq: int) -> Version | None:
+    def get(self, key: bytes, seq: int) -> Record | None:
         """The newest version of ``key`` with sequence <= ``seq``, or None."""
         versions = self._data.get(key)
         if versions is None:

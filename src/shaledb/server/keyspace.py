@@ -9,11 +9,10 @@ Mapping (documented byte by byte in docs/format.md, "Server keyspace"):
   8-byte big-endian count of milliseconds since the epoch, then the value's bytes. Tag 0x00
   is a string without expiry, 0x80 a string with one.
 
-The expiry is also handed to the engine as the entry's TTL, so the engine hides expired keys
-from every read and compaction removes them. It is repeated in the value because the public
-API takes a TTL in (float) seconds and cannot return a key's exact expiry; the header keeps the
-millisecond value that PEXPIRETIME must return. The engine's TTL is made to equal the header
-exactly (:func:`_exact_ttl`).
+The expiry is also handed to the engine as the entry's absolute expiry (``expire_at_ms``), so
+the engine hides expired keys from every read and compaction removes them. It is repeated in
+the value because engine reads do not return a key's exact expiry; the header keeps the
+millisecond value that PEXPIRETIME must return.
 
 Commands read and write through a :class:`KeyspaceTxn`: its writes are buffered (reads see
 them) and :meth:`KeyspaceTxn.commit` applies them as one :class:`shaledb.WriteBatch`, so a
@@ -30,7 +29,6 @@ for the background purger (:mod:`shaledb.server.purge`) once the commit succeede
 
 from __future__ import annotations
 
-import math
 import random
 import struct
 import time
@@ -38,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, NamedTuple
 
 import shaledb
-from shaledb.options import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from shaledb.options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE, MAX_VALUE_SIZE
 
 from .dbmap import LOGICAL_DATABASES, MAP_KEY, decode_map, encode_map
 from .errors import CommandError
@@ -51,10 +49,9 @@ DATABASES: Final = LOGICAL_DATABASES
 MAX_USER_KEY: Final = MAX_KEY_SIZE - 1
 #: Longest Redis string value: the engine's limit minus the largest header.
 MAX_USER_VALUE: Final = MAX_VALUE_SIZE - 9
-#: Largest expiry accepted, in ms since the epoch (about the year 33,658): up to here a float
-#: TTL in seconds can name every millisecond exactly (test_server_units.py checks it), which
-#: stops being true around 2**42 seconds.
-MAX_EXPIRE_MS: Final = 10**15
+#: Largest expiry accepted, in ms since the epoch (about the year 33,658): the engine's limit
+#: for an absolute expiry.
+MAX_EXPIRE_MS: Final = MAX_EXPIRE_AT_MS
 
 TAG_STRING: Final = 0x00
 TAG_EXPIRES: Final = 0x80
@@ -75,17 +72,6 @@ def now_ms() -> int:
 
 def _zero_clock() -> float:
     return 0.0
-
-
-def _exact_ttl(expire_ms: int) -> float:
-    """A TTL in seconds that the engine, with a clock reading 0.0, turns into exactly
-    ``expire_ms`` (it computes ``ceil(ttl * 1000)``)."""
-    ttl = expire_ms / 1000
-    while math.ceil(ttl * 1000) > expire_ms:
-        ttl = math.nextafter(ttl, 0.0)
-    while math.ceil(ttl * 1000) < expire_ms:
-        ttl = math.nextafter(ttl, math.inf)
-    return ttl
 
 
 def engine_key(phys: int, key: bytes) -> bytes:
@@ -391,7 +377,7 @@ class KeyspaceTxn:
             if e is _DELETED:
                 batch.delete(ek)
             elif e.expire_ms:
-                batch.put(ek, encode_value(e.value, e.expire_ms), ttl=_exact_ttl(e.expire_ms))
+                batch.put(ek, encode_value(e.value, e.expire_ms), expire_at_ms=e.expire_ms)
                 expiring += 1
             else:
                 batch.put(ek, encode_value(e.value, 0))

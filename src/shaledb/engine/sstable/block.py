@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import msgpack
 
 from ...errors import CorruptionError
+from ..dbformat import Record
 
 #: Estimated Python memory per decoded entry beyond its key and value bytes (list slots,
 #: int objects, bytes headers); used to charge the block cache honestly for v1 blocks.
@@ -52,7 +53,7 @@ class Block(Protocol):
     def lower_bound(self, key: bytes) -> int:
         """Index of the first entry whose key is >= ``key``."""
 
-    def get(self, key: bytes, seq: int) -> tuple[int, int, int, bytes] | None:
+    def get(self, key: bytes, seq: int) -> Record | None:
         """The newest version of ``key`` with sequence <= ``seq``."""
 
     def latest_seq(self, key: bytes) -> int | None:
@@ -201,7 +202,7 @@ class RawBlock:
                 hi = mid
         return lo
 
-    def get(self, key: bytes, seq: int) -> tuple[int, int, int, bytes] | None:
+    def get(self, key: bytes, seq: int) -> Record | None:
         """The newest version of ``key`` with sequence <= ``seq``: (seq, kind, expire, value)."""
         j = self.lower_bound(key)
         n = self.n
@@ -263,7 +264,7 @@ class ColumnBlock:
         """Index of the first entry whose key is >= ``key``."""
         return bisect_left(self.keys, key)
 
-    def get(self, key: bytes, seq: int) -> tuple[int, int, int, bytes] | None:
+    def get(self, key: bytes, seq: int) -> Record | None:
         """The newest version of ``key`` with sequence <= ``seq``: (seq, kind, expire, value)."""
         keys = self.keys
         j = bisect_left(keys, key)

@@ -13,12 +13,12 @@ import msgpack
 
 from ...errors import CorruptionError
 from ..cache import LRUCache
+from ..dbformat import Entry, Record
 from ..vfs import FileSystem, ReadFile
 from .block import Block, Columns, decode_data_block, decode_index_block
 from .filter import KeyFilter
 from .format import FOOTER_SIZE, TRAILER_SIZE, Footer, decode_block
 
-Entry = tuple[bytes, int, int, int, bytes]  # (key, -seq, kind, expire_at_ms, value)
 #: Python memory per index key beyond its bytes (the bytes object header and a list slot).
 _KEY_OVERHEAD = 41
 #: Entries decoded first when a range scan enters its first block.
@@ -104,7 +104,7 @@ class TableReader:
         """Filter check: False means certainly absent."""
         return self._filter.may_contain(key)
 
-    def get(self, key: bytes, seq: int) -> tuple[int, int, int, bytes] | None:
+    def get(self, key: bytes, seq: int) -> Record | None:
         """The newest version of ``key`` with sequence <= ``seq``: (seq, kind, expire, value)."""
         if not self._filter.may_contain(key):
             return None
