@@ -84,6 +84,9 @@ class Options:
     compaction_write_rate: int | None = None
     #: Table files kept open (file descriptor + decoded index + filter) at once.
     max_open_files: int = 512
+    #: A MANIFEST is rolled over (a new one holding a snapshot of the version, CURRENT switched
+    #: to it) once it passes this many bytes of edits.
+    max_manifest_size: int = 8 * MiB
     #: "strict": a torn record at the end of the newest WAL segment is dropped (normal after a
     #: crash); any other damaged WAL record raises CorruptionError on open. "point_in_time":
     #: recovery stops at the first damaged record and keeps the consistent prefix before it.
@@ -111,6 +114,7 @@ class Options:
         positive("target_file_size", 64 * KiB)
         positive("num_levels", 2)
         positive("max_open_files", 16)
+        positive("max_manifest_size", 1 * KiB)
         positive("delayed_write_rate", 64 * KiB)
         if self.compaction_process_threshold is not None:
             positive("compaction_process_threshold", 0)

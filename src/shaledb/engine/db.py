@@ -49,7 +49,6 @@ from .compaction import (
     Compaction,
     CompactionAborted,
     MergeJob,
-    TableWriter,
     drop_obsolete,
     level_scores,
     merge_writer,
@@ -66,6 +65,7 @@ from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .sstable import FORMAT_VERSION, FileMeta, TableReader
 from .sstable.block import Block
+from .sstable.writer import TableWriter
 from .vfs import FileSystem, Lock, default_fs
 from .wal import WriteAheadLog, replay_segment
 
@@ -146,7 +146,8 @@ class Engine:
         self._tables: TableCache[TableReader] = TableCache(options.max_open_files,
                                                            self._open_table,
                                                            self._table_dropped)
-        self._versions = VersionSet(self.fs, self.path, options.num_levels)
+        self._versions = VersionSet(self.fs, self.path, options.num_levels,
+                                    options.max_manifest_size)
         # Large compactions run in a worker process (another core, no GIL contention). Only
         # with the real file system: a test's fault-injecting one lives in this process.
         self._worker: CompactionWorker | None = (

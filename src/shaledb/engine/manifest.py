@@ -4,7 +4,7 @@
 fsync, rename, fsync the directory). A manifest is a log (``logfile`` framing) of msgpack
 maps, each a :class:`VersionEdit`; its first record is a full snapshot of the version. On every
 open a new manifest is written, so a manifest never grows past one session's edits (and is
-rolled over when it passes ``MAX_MANIFEST_SIZE``).
+rolled over when it passes ``max_manifest_size`` bytes).
 
 A :class:`Version` is an immutable list of tables per level. Readers pin the version they
 started on (``ref``/``unref``); a table file is deleted only when no live version lists it.
@@ -25,7 +25,6 @@ from .sstable.format import FileMeta
 from .vfs import FileSystem, join
 
 MANIFEST_FORMAT_VERSION = 1
-MAX_MANIFEST_SIZE = 8 << 20
 
 
 @dataclasses.dataclass
@@ -133,8 +132,10 @@ class VersionSet:
     manifest lock); the returned version is installed by the caller.
     """
 
-    def __init__(self, fs: FileSystem, dirpath: str, num_levels: int) -> None:
+    def __init__(self, fs: FileSystem, dirpath: str, num_levels: int,
+                 max_manifest_size: int = 8 << 20) -> None:
         self.fs = fs
+        self.max_manifest_size = max_manifest_size
         self.dirpath = dirpath
         self.num_levels = num_levels
         self.current = Version([[] for _ in range(num_levels)])
@@ -227,7 +228,7 @@ class VersionSet:
         if edit.last_seq is None:
             edit.last_seq = self.last_seq
         new = self.current.apply(edit)
-        if self._log.size > MAX_MANIFEST_SIZE:
+        if self._log.size > self.max_manifest_size:
             self.current, saved = new, self.current
             saved_state = (self.log_number, self.compact_pointers.copy())
             self._absorb(edit)
