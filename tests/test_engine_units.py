@@ -203,18 +203,25 @@ def test_version_candidates_and_apply() -> None:
     assert [f.number for f in v2.levels[1]] == [4]
 
 
-def test_manifest_roundtrip(tmp_path) -> None:
+@pytest.mark.parametrize("max_size", [8 << 20, 1], ids=["append", "rollover"])
+def test_manifest_roundtrip(tmp_path, max_size: int) -> None:
     fs = FileSystem()
-    vs = VersionSet(fs, str(tmp_path), 4)
+    vs = VersionSet(fs, str(tmp_path), 4, max_size)
     vs.write_new_manifest()
-    vs.install(vs.log_and_apply(VersionEdit(log_number=7, last_seq=55,
-                                            added=[(1, _meta(3, b"a", b"b"))])))
-    vs.install(vs.log_and_apply(VersionEdit(added=[(2, _meta(4, b"c", b"d"))],
-                                            deleted=[(1, 3)])))
+    for edit in (VersionEdit(log_number=7, last_seq=55, added=[(1, _meta(3, b"a", b"b"))],
+                             compact_pointers=[(1, b"a")]),
+                 VersionEdit(added=[(2, _meta(4, b"c", b"d"))], deleted=[(1, 3)])):
+        new = vs.log_and_apply(edit)
+        # Nothing is published before install (the engine installs under its mutex).
+        assert vs.current is not new
+        vs.install(new, edit)
     vs.close()
+    manifests = [n for n in os.listdir(tmp_path) if n.startswith("MANIFEST-")]
+    assert len(manifests) == 1, manifests
     again = VersionSet(fs, str(tmp_path), 4)
     again.recover()
     assert again.log_number == 7 and again.last_seq == 55
+    assert again.compact_pointers == {1: b"a"}
     assert [(lvl, f.number) for lvl, f in again.current.files()] == [(2, 4)]
     assert again.next_file > 4
 

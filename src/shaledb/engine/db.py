@@ -58,7 +58,7 @@ from .compaction import (
 )
 from .compaction_worker import CompactionWorker
 from .dbformat import DELETE, PUT, Record, record_is_live
-from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_name
+from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_file, table_name
 from .iterator import concat, memtable_source, merge, visible
 from .logfile import HEADER_SIZE
 from .manifest import Version, VersionEdit, VersionSet
@@ -147,7 +147,7 @@ class Engine:
                                                            self._open_table,
                                                            self._table_dropped)
         self._versions = VersionSet(self.fs, self.path, options.num_levels,
-                                    options.max_manifest_size)
+                                    options.max_manifest_size, self._mutex)
         # Large compactions run in a worker process (another core, no GIL contention). Only
         # with the real file system: a test's fault-injecting one lives in this process.
         self._worker: CompactionWorker | None = (
@@ -189,6 +189,7 @@ class Engine:
                                       "(error_if_exists=True)")
             stored_version = self._check_options_file()
             self._versions.recover()
+            self._check_tables_present()
             if stored_version < FORMAT_VERSION and not opts.read_only:
                 # New tables are written in the current format: say so for older readers.
                 self._write_options_file()
@@ -215,6 +216,26 @@ class Engine:
             self._delete_obsolete_files()
             self._start_threads()
         self.recovery_seconds = time.perf_counter() - start
+
+    def _check_tables_present(self) -> None:
+        """Refuse to open when a table the manifest lists is missing or has another size than
+        the manifest recorded: serving the rest would return holes as missing keys."""
+        present = set(self.fs.listdir(self.path))
+        problems = []
+        for _, f in self._versions.current.files():
+            name = table_file(f.number)
+            if name not in present:
+                problems.append(f"{name} is missing")
+                continue
+            size = self.fs.file_size(table_name(self.path, f.number))
+            if size != f.size:
+                problems.append(f"{name} has {size} bytes, the manifest recorded {f.size}")
+        if problems:
+            shown = "; ".join(problems[:20]) + ("; ..." if len(problems) > 20 else "")
+            raise CorruptionError(
+                f"database {self.path!r}: {len(problems)} table(s) the manifest lists are "
+                f"damaged: {shown}. Restore them from a backup, or salvage the rest with "
+                f"`shaledb repair {self.path} DEST`")
 
     def _abandon_open(self) -> None:
         self._closing = self._closed = True
@@ -303,11 +324,11 @@ class Engine:
         outputs = writer.write(drop_obsolete(mem.iter_all(), last_seq, self._now_ms(), False))
         self.fs.sync_dir(self.path)
         # The manifest of this open is not written yet: use the previous one.
-        if self._versions._log is None:
+        if not self._versions.manifest_size:
             self._versions.write_new_manifest()
         edit = VersionEdit(log_number=log_number, last_seq=last_seq,
                            added=[(0, m) for m in outputs])
-        self._versions.install(self._versions.log_and_apply(edit))
+        self._versions.install(self._versions.log_and_apply(edit), edit)
         self.counters["flushes"] += 1
 
     def _start_threads(self) -> None:
@@ -756,7 +777,7 @@ class Engine:
             with self._manifest_lock:
                 new = self._versions.log_and_apply(edit)
                 with self._mutex:
-                    self._versions.install(new)
+                    self._versions.install(new, edit)
                     self._imm = None
                     self._compaction_wanted = True
                     self.counters["flushes"] += 1
@@ -875,7 +896,7 @@ class Engine:
         with self._manifest_lock:
             new = self._versions.log_and_apply(edit)
             with self._mutex:
-                self._versions.install(new)
+                self._versions.install(new, edit)
                 self._bg_cv.notify_all()
 
     def compact_range(self, lo: bytes | None, hi: bytes | None) -> None:
@@ -958,7 +979,8 @@ class Engine:
             kind, number = parsed
             obsolete = ((kind == "sst" and number not in live)
                         or (kind == "log" and number < log_number and number != keep_log)
-                        or (kind == "manifest" and number != manifest))
+                        # Never one newer than the live one: a rollover may be writing it.
+                        or (kind == "manifest" and number < manifest))
             if obsolete:
                 if kind == "sst":
                     self._tables.evict(number)

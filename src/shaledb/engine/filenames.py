@@ -19,9 +19,14 @@ def log_name(dirpath: str, number: int) -> str:
     return join(dirpath, f"{number:06d}.log")
 
 
+def table_file(number: int) -> str:
+    """File name of table ``number``."""
+    return f"{number:06d}.sst"
+
+
 def table_name(dirpath: str, number: int) -> str:
     """Path of table ``number``."""
-    return join(dirpath, f"{number:06d}.sst")
+    return join(dirpath, table_file(number))
 
 
 def manifest_name(dirpath: str, number: int) -> str:

@@ -13,6 +13,7 @@ started on (``ref``/``unref``); a table file is deleted only when no live versio
 from __future__ import annotations
 
 import dataclasses
+import threading
 from bisect import bisect_left
 from typing import Any
 
@@ -128,16 +129,25 @@ class Version:
 class VersionSet:
     """The current version, the manifest that records it, and the file-number counter.
 
-    Only one thread at a time calls :meth:`log_and_apply` (the DB serializes it with its
-    manifest lock); the returned version is installed by the caller.
+    Publication rule: a version becomes :attr:`current` only in :meth:`install`, which the
+    engine calls under its mutex *after* :meth:`log_and_apply` returned, i.e. after the edit
+    that makes the version durable is fsynced (in the current manifest, or in a new one that
+    CURRENT durably names). Until then no reader, and no obsolete-file deletion, can see it.
+    The counters the engine reads under its mutex (``log_number``, ``last_seq``,
+    ``compact_pointers``) change in :meth:`install` too. File numbers are allocated under
+    ``mutex`` (the engine's), by whoever asks.
+
+    Only one thread at a time calls :meth:`log_and_apply` (the engine's manifest lock).
     """
 
     def __init__(self, fs: FileSystem, dirpath: str, num_levels: int,
-                 max_manifest_size: int = 8 << 20) -> None:
+                 max_manifest_size: int = 8 << 20,
+                 mutex: threading.Lock | None = None) -> None:
         self.fs = fs
-        self.max_manifest_size = max_manifest_size
         self.dirpath = dirpath
         self.num_levels = num_levels
+        self.max_manifest_size = max_manifest_size
+        self._mutex = mutex if mutex is not None else threading.Lock()
         self.current = Version([[] for _ in range(num_levels)])
         self.next_file = 2
         self.last_seq = 0
@@ -147,10 +157,15 @@ class VersionSet:
         self._log: LogWriter | None = None
 
     def new_file_number(self) -> int:
-        """Allocate a file number (caller holds the DB mutex)."""
+        """Allocate a file number (caller holds the mutex, or is alone: open)."""
         n = self.next_file
         self.next_file += 1
         return n
+
+    @property
+    def manifest_size(self) -> int:
+        """Bytes in the live manifest (0 when none is open)."""
+        return 0 if self._log is None else self._log.size
 
     # -- open ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -195,18 +210,28 @@ class VersionSet:
         self.current = version
 
     def write_new_manifest(self) -> None:
-        """Start a fresh manifest holding a snapshot of the current state, point CURRENT at
-        it and delete the previous one."""
+        """Start a fresh manifest holding a snapshot of the current state, durably name it in
+        CURRENT and delete the previous one (open, and single-threaded callers only)."""
+        with self._mutex:
+            number = self.new_file_number()
+            next_file = self.next_file
+        self._switch_manifest(number, VersionEdit(
+            log_number=self.log_number, next_file=next_file, last_seq=self.last_seq,
+            added=self.current.files(), compact_pointers=sorted(self.compact_pointers.items())))
+
+    def _switch_manifest(self, number: int, snapshot: VersionEdit) -> None:
+        """Write manifest ``number`` holding ``snapshot``, make it durable, point CURRENT at it
+        (durably), then retire the old one. On error the old manifest stays the live one in
+        memory and is never deleted (CURRENT may name either after a failed rename; both
+        describe tables that are all still on disk, since nothing is deleted after an error)."""
         old = self.manifest_number
-        number = self.new_file_number()
         path = manifest_name(self.dirpath, number)
         writer = LogWriter(self.fs.create(path, exclusive=True))
         try:
-            snap = VersionEdit(log_number=self.log_number, next_file=self.next_file,
-                               last_seq=self.last_seq, added=self.current.files(),
-                               compact_pointers=sorted(self.compact_pointers.items()))
-            writer.add(snap.encode())
+            writer.add(snapshot.encode())
             writer.sync()
+            # The manifest's directory entry must be durable before CURRENT names it.
+            self.fs.sync_dir(self.dirpath)
             self.fs.write_file_atomic(join(self.dirpath, CURRENT),
                                       f"MANIFEST-{number:06d}\n".encode())
         except BaseException:
@@ -221,41 +246,40 @@ class VersionSet:
 
     # -- changes ---------------------------------------------------------------------------
     def log_and_apply(self, edit: VersionEdit) -> Version:
-        """Durably record ``edit`` and return the new version (the caller installs it with
-        :meth:`install`). On error nothing changes in memory."""
+        """Durably record ``edit`` and return the version it makes; the caller publishes it
+        with :meth:`install` (under the mutex). Nothing in memory changes here, also on error
+        (but the manifest file in use may have changed: see :meth:`_switch_manifest`)."""
         assert self._log is not None, "the manifest is not open"
-        edit.next_file = self.next_file
         if edit.last_seq is None:
             edit.last_seq = self.last_seq
         new = self.current.apply(edit)
         if self._log.size > self.max_manifest_size:
-            self.current, saved = new, self.current
-            saved_state = (self.log_number, self.compact_pointers.copy())
-            self._absorb(edit)
-            try:
-                self.write_new_manifest()
-            except BaseException:
-                self.current = saved
-                self.log_number, self.compact_pointers = saved_state
-                raise
-            self.current = saved
+            with self._mutex:
+                number = self.new_file_number()
+                next_file = self.next_file
+            pointers = dict(self.compact_pointers)
+            pointers.update(edit.compact_pointers)
+            self._switch_manifest(number, VersionEdit(
+                log_number=self.log_number if edit.log_number is None else edit.log_number,
+                next_file=next_file, last_seq=max(self.last_seq, edit.last_seq),
+                added=new.files(), compact_pointers=sorted(pointers.items())))
             return new
+        with self._mutex:
+            edit.next_file = self.next_file
         self._log.add(edit.encode())
         self._log.sync()
-        self._absorb(edit)
         return new
 
-    def _absorb(self, edit: VersionEdit) -> None:
+    def install(self, version: Version, edit: VersionEdit) -> None:
+        """Make ``version`` (what :meth:`log_and_apply` returned for ``edit``) current and
+        take in the edit's counters. The caller holds the mutex."""
+        self.current = version
         if edit.log_number is not None:
             self.log_number = edit.log_number
         if edit.last_seq is not None:
             self.last_seq = max(self.last_seq, edit.last_seq)
         for lvl, key in edit.compact_pointers:
             self.compact_pointers[lvl] = key
-
-    def install(self, version: Version) -> None:
-        """Make ``version`` current (caller holds the DB mutex)."""
-        self.current = version
 
     def close(self) -> None:
         """Close the manifest file."""
