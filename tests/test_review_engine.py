@@ -195,3 +195,37 @@ def test_open_refuses_when_a_listed_table_is_missing_or_resized(tmp_path: Path,
     for name in victims:
         assert name in message
     assert "repair" in message
+
+
+@pytest.mark.parametrize("op,pattern", [("rename", "CURRENT"), ("write", "CURRENT"),
+                                        ("fsync", "CURRENT"), ("create", "CURRENT"),
+                                        ("write", "MANIFEST"), ("fsync", "MANIFEST"),
+                                        ("create", "MANIFEST"), ("sync_dir", ""),
+                                        ("write", "OPTIONS"), ("rename", "OPTIONS")])
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
+def test_failed_first_open_leaves_a_directory_a_later_open_accepts(
+        tmp_path: Path, op: str, pattern: str, err: int) -> None:
+    """3. A failed CURRENT install (or any other failure) during the *first* open left a
+    directory that no later open accepted ("holds database files but no CURRENT")."""
+    path = str(tmp_path / "db")
+    fs = FaultInjectionFS()
+    fault = fs.inject(op, path=pattern, errno=err, count=None)
+    with pytest.raises(shaledb.StorageError):
+        shaledb.open(path, fs=fs)
+    assert fault.hits > 0
+    with shaledb.open(path) as db:
+        db.put(b"k", b"v", sync=True)
+    with shaledb.open(path) as db:
+        assert db.get(b"k") == b"v"
+
+
+def test_a_directory_with_data_but_no_current_is_still_refused(tmp_path: Path) -> None:
+    """The leftovers of an interrupted creation are cleaned up, but never a directory that
+    holds tables or WAL segments: that is a database whose CURRENT was lost."""
+    path = str(tmp_path / "db")
+    with shaledb.open(path) as db:
+        db.put(b"k", b"v")
+    os.unlink(os.path.join(path, "CURRENT"))
+    with pytest.raises(shaledb.CorruptionError, match="repair"):
+        shaledb.open(path)
+    assert any(n.endswith(".log") for n in os.listdir(path))

@@ -197,9 +197,7 @@ class Engine:
             if not opts.create_if_missing or opts.read_only:
                 raise InvalidArgument(f"{self.path!r} holds no database (no CURRENT file); "
                                       "open it with create_if_missing=True to create one")
-            if any(parse(n) for n in fs.listdir(self.path)):
-                raise CorruptionError(f"{self.path!r} holds database files but no CURRENT "
-                                      "file; refusing to overwrite them")
+            self._clear_interrupted_creation()
             self._write_options_file()
             self._versions.write_new_manifest()
         self._recover_wal()
@@ -216,6 +214,25 @@ class Engine:
             self._delete_obsolete_files()
             self._start_threads()
         self.recovery_seconds = time.perf_counter() - start
+
+    def _clear_interrupted_creation(self) -> None:
+        """Before creating a database where no CURRENT exists: a creation that failed before
+        CURRENT was durable leaves OPTIONS, a MANIFEST and temporary files, but never a table
+        or a WAL segment (those come after CURRENT). Remove such leftovers; refuse anything
+        that holds data (a database that lost its CURRENT)."""
+        names = self.fs.listdir(self.path)
+        data = sorted(n for n in names if (parse(n) or ("", 0))[0] in ("sst", "log"))
+        if data:
+            shown = ", ".join(data[:5]) + (", ..." if len(data) > 5 else "")
+            raise CorruptionError(
+                f"{self.path!r} holds database files ({shown}) but no CURRENT file; refusing "
+                f"to overwrite them. Salvage the data with `shaledb repair {self.path} DEST`")
+        leftovers = [n for n in names if (parse(n) or ("", 0))[0] == "manifest"
+                     or n in (OPTIONS, CURRENT + ".tmp", OPTIONS + ".tmp")]
+        for name in leftovers:
+            self.fs.remove(vfs.join(self.path, name))
+        if leftovers:
+            self.fs.sync_dir(self.path)
 
     def _check_tables_present(self) -> None:
         """Refuse to open when a table the manifest lists is missing or has another size than
