@@ -229,3 +229,74 @@ def test_a_directory_with_data_but_no_current_is_still_refused(tmp_path: Path) -
     with pytest.raises(shaledb.CorruptionError, match="repair"):
         shaledb.open(path)
     assert any(n.endswith(".log") for n in os.listdir(path))
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
+def test_error_closing_the_old_wal_segment_is_the_background_error(tmp_path: Path,
+                                                                   err: int) -> None:
+    """4. An I/O error while closing the old WAL segment at a memtable switch was not recorded
+    as the background error; the engine kept pointing at the closed segment and every later
+    write failed with a bare AssertionError. Every write-path error must become the typed
+    background error."""
+    path = str(tmp_path / "db")
+    fs = FaultInjectionFS()
+    db = shaledb.open(path, fs=fs, **{**SMALL, "fsync_interval": None})
+    model: dict[bytes, bytes] = {}
+    try:
+        fault = fs.inject("close", path=".log", errno=err)
+        failed = None
+        for i in range(2000):
+            try:
+                db.put(key(i), value(i))
+            except shaledb.ShaleError as exc:
+                failed = exc
+                break
+            model[key(i)] = value(i)
+        assert fault.hits == 1, "no memtable switch happened"
+        assert isinstance(failed, (shaledb.StorageError, shaledb.ReadOnlyError)), repr(failed)
+        assert db.stats()["background_error"] is not None
+        for _ in range(3):
+            with pytest.raises(shaledb.ReadOnlyError):
+                db.put(b"later", b"x")
+        with pytest.raises(shaledb.ReadOnlyError):
+            db.flush()
+        assert db.get(key(0)) == value(0)
+    finally:
+        close_quietly(db)
+    _check(path, model)
+
+
+def test_unexpected_error_after_the_wal_append_is_the_typed_background_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4. Any failure once a write group's record may be in the WAL (here a MemoryError while
+    inserting into the memtable) leaves the log and the sequence numbers in an unknown state:
+    it becomes the typed background error, and the next write cannot reuse the sequence
+    numbers the failed record already took."""
+    from shaledb.engine.memtable import MemTable
+
+    path = str(tmp_path / "db")
+    db = shaledb.open(path)
+    try:
+        db.put(b"a", b"1")
+        real_apply = MemTable.apply
+        calls = {"n": 0}
+
+        def failing_apply(self: MemTable, first_seq: int, ops: list[Any]) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise MemoryError("injected")
+            real_apply(self, first_seq, ops)
+
+        monkeypatch.setattr(MemTable, "apply", failing_apply)
+        with pytest.raises(shaledb.StorageError) as info:
+            db.put(b"b", b"2")
+        assert isinstance(info.value.__cause__, MemoryError)
+        with pytest.raises(shaledb.ReadOnlyError):
+            db.put(b"c", b"3")
+        assert "MemoryError" in str(db.stats()["background_error"])
+    finally:
+        monkeypatch.undo()
+        close_quietly(db)
+    with shaledb.open(path) as db:
+        assert db.get(b"a") == b"1"
+        assert db.get(b"c") is None

@@ -381,15 +381,26 @@ class Engine:
         if self._closing:
             raise ClosedError(f"database {self.path!r} is closing")
 
-    def _locked_set_bg_error(self, exc: ShaleError) -> None:
+    def _locked_fail(self, exc: BaseException, what: str) -> ShaleError:
+        """The one background-error handler: record ``exc`` (from ``what``: "write", "flush",
+        "compaction", "WAL sync", ...) as the error that stops all writes until the database
+        is reopened, wake everyone who waits on the engine, and return the typed error to
+        raise. A ShaleError is kept as it is; anything else (a bug, MemoryError) becomes a
+        StorageError chained to it: after it the state of the files is unknown."""
+        err = exc if isinstance(exc, ShaleError) else StorageError(
+            f"{what} failed unexpectedly: {exc!r}", None, "internal")
+        if err is not exc:
+            err.__cause__ = exc
         if self._bg_error is None:
-            self._bg_error = exc
+            self._bg_error = err
         self._bg_cv.notify_all()
         self._writer_cv.notify_all()
+        return err
 
-    def _record_error(self, exc: ShaleError) -> None:
+    def _fail(self, exc: BaseException, what: str) -> ShaleError:
+        """:meth:`_locked_fail` for callers that do not hold the mutex."""
         with self._mutex:
-            self._locked_set_bg_error(exc)
+            return self._locked_fail(exc, what)
 
     def _open_table(self, number: int) -> TableReader:
         reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache)
@@ -466,6 +477,7 @@ class Engine:
             wal = self._wal
             mem = self._mem
         error: BaseException | None = None
+        fatal = False
         any_sync = False
         last = first_seq - 1
         wal_bytes = 0
@@ -473,13 +485,16 @@ class Engine:
             if ops is not None:
                 assert wal is not None
                 if w.check is not None:
-                    w.check()
+                    w.check()  # may raise: cancels this write only (a transaction conflict)
                 if len(group) == 1:
                     flat, any_sync = ops, w.sync
                 else:
                     flat = [x for g in group for x in g.ops]  # type: ignore[union-attr]
                     any_sync = any(g.sync for g in group)
                 if flat:
+                    # From here on a failure leaves the WAL and the memtable in an unknown
+                    # state (the record may be in the log, its sequence numbers used): fatal.
+                    fatal = True
                     payload = encode_batch(first_seq, flat)
                     wal.append(payload)
                     wal_bytes = len(payload) + HEADER_SIZE
@@ -490,6 +505,8 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             error = exc
         with self._mutex:
+            if error is not None and fatal:
+                error = self._locked_fail(error, "write")
             if error is None:
                 self._last_seq = last
                 self._writes += len(group)
@@ -499,8 +516,6 @@ class Engine:
                     self._group_commits += 1
                 if any_sync:
                     self._last_sync_group = len(group)
-            elif isinstance(error, StorageError):
-                self._locked_set_bg_error(error)
             if len(group) == 1:
                 writers.popleft()
                 w.done = True
@@ -571,17 +586,32 @@ class Engine:
         number = self._versions.new_file_number()
         old = self._wal
         assert old is not None
+        new: WriteAheadLog | None = None
         try:
             old.sync()  # the frozen memtable's log is durable before a new one starts
             new = WriteAheadLog(self.fs, self.path, number)
             # The new segment's directory entry must be durable before its first fsync counts.
             self.fs.sync_dir(self.path)
-        except StorageError as exc:
-            self._locked_set_bg_error(exc)
-            raise
-        old.close()
-        self.counters["wal_syncs_closed"] += old.syncs
+        except BaseException as exc:
+            if new is not None:
+                with contextlib.suppress(Exception):
+                    new.close()
+            raise self._locked_fail(exc, "starting a new WAL segment") from None
+        # From here on the engine writes to the new segment, whatever happens to the old one.
         self._wal = new
+        self.counters["wal_syncs_closed"] += old.syncs
+        try:
+            old.close()
+        except BaseException as exc:
+            # The old segment is synced, so nothing written is at risk, but an I/O error on
+            # the write path stops writes all the same: the disk is misbehaving.
+            raise self._locked_fail(exc, "closing a WAL segment") from None
+        finally:
+            self._locked_freeze_memtable(number)
+
+    def _locked_freeze_memtable(self, number: int) -> None:
+        """The memtable becomes the immutable one (the flush thread writes it to L0); a new
+        one starts, fed by WAL segment ``number``."""
         self._mem.frozen = True
         self._imm = self._mem
         self._imm_last_seq = self._last_seq
@@ -598,9 +628,8 @@ class Engine:
         if wal is not None:
             try:
                 wal.sync()
-            except StorageError as exc:
-                self._record_error(exc)
-                raise
+            except BaseException as exc:
+                raise self._fail(exc, "WAL sync")  # noqa: B904 - the same error, or chained
 
     # ------------------------------------------------------------------------------------
     # Read path
@@ -758,7 +787,9 @@ class Engine:
             with self._mutex:
                 while self._imm is None and not self._closing:
                     self._bg_cv.wait()
-                if self._closing:
+                if self._closing or self._bg_error is not None:
+                    # After an error the manifest may end in a half-written edit: appending
+                    # another would bury it mid-log. The frozen memtable is in the WAL.
                     return
                 imm = self._imm
                 assert imm is not None
@@ -767,12 +798,11 @@ class Engine:
                 smallest = self._locked_smallest_snapshot()
             try:
                 self._flush_memtable(imm, next_log, last_seq, smallest)
-            except ShaleError as exc:
-                self._record_error(exc)
-                return
             except BaseException as exc:  # noqa: BLE001 - never die silently
-                self._record_error(StorageError(f"flush failed unexpectedly: {exc!r}"))
-                raise
+                self._fail(exc, "flush")
+                if not isinstance(exc, ShaleError):
+                    raise  # a bug: let the thread's traceback show it too
+                return
 
     def _new_output_number(self) -> int:
         with self._mutex:
@@ -831,7 +861,7 @@ class Engine:
                 return
             except StorageError as exc:
                 if exc.op not in _READ_OPS:
-                    self._record_error(exc)
+                    self._fail(exc, "compaction")
                     return
                 # A failed read leaves nothing half-done: report it, back off, retry later.
                 with self._mutex:
@@ -839,12 +869,11 @@ class Engine:
                     self._compaction_read_error = str(exc)
                     self._bg_cv.wait(timeout=_COMPACTION_RETRY_SECONDS)
                     self._compaction_wanted = True
-            except ShaleError as exc:
-                self._record_error(exc)
-                return
             except BaseException as exc:  # noqa: BLE001 - never die silently
-                self._record_error(StorageError(f"compaction failed unexpectedly: {exc!r}"))
-                raise
+                self._fail(exc, "compaction")
+                if not isinstance(exc, ShaleError):
+                    raise  # a bug: let the thread's traceback show it too
+                return
 
     def _run_compaction(self, c: Compaction) -> None:
         edit = VersionEdit()
@@ -941,7 +970,7 @@ class Engine:
                                       ) from None
                 except StorageError as exc:
                     if exc.op not in _READ_OPS:
-                        self._record_error(exc)
+                        self._fail(exc, "compaction")
                     raise
         with self._mutex:
             self._compaction_wanted = True
@@ -963,9 +992,9 @@ class Engine:
                 continue
             try:
                 wal.sync()
-            except StorageError as exc:
+            except BaseException as exc:
                 # After a failed fsync the state of the log is unknown: stop writes.
-                self._record_error(exc)
+                self._fail(exc, "WAL sync")
                 return
 
     # ------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from ..errors import StorageError
 class Fault:
     """One injection rule: fail the matching operation with ``errno``.
 
-    ``op`` is one of create, write, fsync, read, rename, remove, sync_dir, truncate, mkdir.
+    ``op`` is one of create, write, fsync, read, rename, remove, sync_dir, truncate, mkdir,
+    close (closing a mapped file: its unmap and final truncate).
     ``path`` matches when it is a substring of the file path (``""`` matches all). The first
     ``skip`` matching calls succeed; then ``count`` calls fail (``None``: all later ones).
     ``torn`` (writes only) writes the first half of the data before failing.
@@ -152,6 +153,13 @@ class FaultInjectionFS(PosixFileSystem):
                 f.map = None
                 os.close(fd)
                 return
+        fault = self._check("close", f.path)
+        if fault is not None:  # as if munmap or the final ftruncate failed
+            m, f.map = f.map, None
+            if m is not None:
+                m.close()
+            os.close(fd)
+            self._raise(fault, "close", f.path)
         super()._map_close(f, fd)
 
     def create_mapped(self, path: str) -> MappedFile:
