@@ -300,3 +300,27 @@ def test_unexpected_error_after_the_wal_append_is_the_typed_background_error(
     with shaledb.open(path) as db:
         assert db.get(b"a") == b"1"
         assert db.get(b"c") is None
+
+
+class _SyncDirSpy(FaultInjectionFS):
+    def __init__(self) -> None:
+        super().__init__()
+        self.synced_dirs: list[str] = []
+
+    def sync_dir(self, path: str) -> None:
+        self.synced_dirs.append(os.path.abspath(path))
+        super().sync_dir(path)
+
+
+def test_creating_the_database_directory_is_durable(tmp_path: Path) -> None:
+    """6. mkdirs never fsynced the parent of a directory it created: after a power loss the
+    new database directory (and everything in it) could vanish, synced writes included."""
+    root = tmp_path / "a"
+    path = root / "b" / "db"
+    fs = _SyncDirSpy()
+    with shaledb.open(str(path), fs=fs) as db:
+        db.put(b"k", b"v", sync=True)
+    for created in (path, path.parent, root):
+        assert str(created.parent) in fs.synced_dirs, (
+            f"{created} was created but its parent {created.parent} never fsynced")
+    assert all(os.stat(p).st_mode & 0o777 == 0o700 for p in (path, path.parent, root))

@@ -444,24 +444,27 @@ class PosixFileSystem:
             raise _storage_error("list", path, exc) from exc
 
     def mkdirs(self, path: str) -> None:
-        """Create ``path`` and missing parents with mode 0700 (existing ones are left alone).
+        """Create ``path`` and missing parents with mode 0700 (existing ones are left alone),
+        fsyncing the parent of each one created.
 
         ``os.makedirs`` applies its mode to the last directory only, so walk it ourselves."""
         missing = []
         p = os.path.abspath(path)
         while not os.path.isdir(p):
             missing.append(p)
-            parent = os.path.dirname(p)
-            if parent == p:
+            up = os.path.dirname(p)
+            if up == p:
                 break
-            p = parent
+            p = up
         for d in reversed(missing):
             try:
                 os.mkdir(d, DIR_MODE)
             except FileExistsError:
-                pass
+                continue
             except OSError as exc:
                 raise _storage_error("mkdir", d, exc) from exc
+            # The new entry is durable only once its parent directory is fsynced.
+            self.sync_dir(parent(d))
 
     def remove(self, path: str) -> None:
         """Unlink ``path``; a missing file is not an error."""
