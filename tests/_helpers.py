@@ -182,7 +182,10 @@ def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.01) -> bool:
 # On-disk files
 
 LOG_MAGIC = b"\xdb\x5a"
-LOG_HEADER = struct.Struct("<2sBII")  # magic, type, length, crc32c
+LOG_FILE_MAGIC = b"SHALElog"
+LOG_FILE_HEADER_SIZE = 32  # magic(8) version(4) number(8) salt(8) crc32c(4)
+LOG_HEADER = struct.Struct("<2sBIQI")  # magic, type, length, synced, crc32c (log format 2)
+LOG_HEADER_V1 = struct.Struct("<2sBII")  # magic, type, length, crc32c (log format 1)
 SST_FOOTER = struct.Struct("<QIQIQII12xI8s")
 SST_FOOTER_SIZE = 64
 SST_TRAILER = 5  # 1-byte compression type + 4-byte crc32c
@@ -195,19 +198,33 @@ def files(path: str | os.PathLike[str], suffix: str = "", prefix: str = "") -> l
                   if n.endswith(suffix) and n.startswith(prefix) and not n.endswith(".tmp"))
 
 
-def log_records(path: str) -> list[tuple[int, int]]:
-    """``(offset, total_size)`` of every well-framed record of a WAL segment or manifest."""
+def log_records(path: str, *, seals: bool = False) -> list[tuple[int, int]]:
+    """``(offset, total_size)`` of every well-framed full record (and seal, with ``seals``)
+    of a WAL segment or manifest, in log format 2 (or 1, for files without a header)."""
     with open(path, "rb") as fh:
         data = fh.read()
     out = []
+    header = LOG_HEADER
     pos = 0
-    while pos + LOG_HEADER.size <= len(data):
-        magic, _type, length, _crc = LOG_HEADER.unpack_from(data, pos)
-        if magic != LOG_MAGIC or pos + LOG_HEADER.size + length > len(data):
+    if data.startswith(LOG_FILE_MAGIC):
+        pos = LOG_FILE_HEADER_SIZE
+    else:
+        header = LOG_HEADER_V1
+    while pos + header.size <= len(data):
+        magic, rtype, length = header.unpack_from(data, pos)[:3]
+        if magic != LOG_MAGIC or pos + header.size + length > len(data):
             break
-        out.append((pos, LOG_HEADER.size + length))
-        pos += LOG_HEADER.size + length
+        if rtype == 1 or seals:
+            out.append((pos, header.size + length))
+        pos += header.size + length
     return out
+
+
+def current_manifest(path: str | os.PathLike[str]) -> str:
+    """Path of the manifest CURRENT names (its first line)."""
+    with open(os.path.join(path, "CURRENT"), "rb") as fh:
+        name = fh.read().split(b"\n", 1)[0].decode()
+    return os.path.join(path, name)
 
 
 def flip(path: str, offset: int, mask: int = 0xFF) -> None:

@@ -1,9 +1,10 @@
 """Damage real files on disk (flip bytes, truncate) and check that ShaleDB notices: it raises
 CorruptionError, or keeps exactly the consistent part, and never returns wrong data.
 
-Offsets come from the documented formats (see _helpers): WAL/MANIFEST records are
-``magic(2) type(1) length(4) crc32c(4) payload``; a table ends in a 64-byte footer and every
-block is ``payload + type(1) + crc32c(4)``.
+Offsets come from the documented formats (see _helpers): a WAL segment or MANIFEST starts
+with a 32-byte file header, then records ``magic(2) type(1) length(4) synced(8) crc32c(4)
+payload``; a table ends in a 64-byte footer and every block is ``payload + type(1) +
+crc32c(4)``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from _helpers import (
     SST_TRAILER,
     SstLayout,
     check_gets,
+    current_manifest,
     diff,
     files,
     flip,
@@ -44,15 +46,20 @@ pytestmark = pytest.mark.timeout(120)
 N_WAL = 40
 
 
-def _wal_db(path: str) -> tuple[str, list[dict[bytes, bytes]]]:
+def _wal_db(path: str, crash: bool = False,
+            sync: bool = False) -> tuple[str, list[dict[bytes, bytes]]]:
     """N_WAL single-put records in the WAL only (no flush: the default memtable is large,
-    and close does not flush). Returns the segment and the model after each prefix."""
-    db = shaledb.open(path)
+    and close does not flush). With ``crash``, the database is left as a power loss right
+    after the writes would leave it once every page had reached the disk (a copy taken while
+    it is open: no seal, a zero tail). Returns the segment and the model after each prefix."""
+    db = shaledb.open(path + ".live" if crash else path, fsync_interval=None)
     models: list[dict[bytes, bytes]] = [{}]
     for i in range(N_WAL):
-        db.put(key(i), value(i, size=200))
+        db.put(key(i), value(i, size=200), sync=sync)
         models.append({**models[-1], key(i): value(i, size=200)})
     assert db.stats()["flushes"] == 0
+    if crash:
+        shutil.copytree(db.path, path, ignore=shutil.ignore_patterns("LOCK"))
     db.close()
     logs = [p for p in files(path, ".log") if os.path.getsize(p) > 0]
     assert len(logs) == 1, logs
@@ -62,17 +69,22 @@ def _wal_db(path: str) -> tuple[str, list[dict[bytes, bytes]]]:
 
 WAL_SPOTS = {  # where in a record to flip a byte: offset from the record start
     "payload": lambda size: LOG_HEADER.size + (size - LOG_HEADER.size) // 2,
-    "crc": lambda size: 8,
+    "crc": lambda size: 16,
+    "synced": lambda size: 8,
     "length": lambda size: 3,
     "type": lambda size: 2,
     "magic": lambda size: 0,
 }
 
 
+@pytest.mark.parametrize("crash", [False, True], ids=["closed", "crashed-sync-writes"])
 @pytest.mark.parametrize("spot", list(WAL_SPOTS))
-def test_wal_middle_record_strict_raises(tmp_path: Path, spot: str) -> None:
+def test_wal_middle_record_strict_raises(tmp_path: Path, spot: str, crash: bool) -> None:
+    """Damage with valid records after it that vouch for it (written after it was synced:
+    the seal of a clean close, or the sync watermark of the records after a sync write) hit
+    durable data: strict refuses."""
     path = str(tmp_path / "db")
-    seg, models = _wal_db(path)
+    seg, models = _wal_db(path, crash, sync=crash)
     r = N_WAL // 2
     off, size = log_records(seg)[r]
     flip(seg, off + WAL_SPOTS[spot](size))
@@ -109,9 +121,10 @@ def test_wal_middle_record_point_in_time(tmp_path: Path, spot: str) -> None:
 
 @pytest.mark.parametrize("cut", ["header", "payload", "one-byte-short", "zeroed-tail"])
 def test_wal_torn_tail_is_dropped(tmp_path: Path, cut: str) -> None:
-    """A torn last record (a crash mid-write) is normal: strict open drops only it."""
+    """A torn last record (a crash mid-write) is normal: strict open drops only it (and keeps
+    its bytes under lost/)."""
     path = str(tmp_path / "db")
-    seg, models = _wal_db(path)
+    seg, models = _wal_db(path, crash=True)
     off, size = log_records(seg)[-1]
     if cut == "header":
         truncate(seg, off + 5)
@@ -119,10 +132,11 @@ def test_wal_torn_tail_is_dropped(tmp_path: Path, cut: str) -> None:
         truncate(seg, off + size // 2)
     elif cut == "one-byte-short":
         truncate(seg, off + size - 1)
-    else:
+    else:  # the record's last sector never reached the disk (zeros, as allocated)
+        start = max(off + 1, (off + size - 1) // 512 * 512)
         with open(seg, "r+b") as fh:
-            fh.seek(off + size // 2)
-            fh.write(b"\0" * (size - size // 2))
+            fh.seek(start)
+            fh.write(b"\0" * (off + size - start))
     db = shaledb.open(path)
     try:
         state = scan(db)
@@ -138,13 +152,25 @@ def test_wal_torn_tail_is_dropped(tmp_path: Path, cut: str) -> None:
 
 
 def _two_segment_db(path: str) -> tuple[list[str], list[dict[bytes, bytes]]]:
-    """Two live WAL segments: one written before a reopen (replayed, kept), one after."""
+    """Two live WAL segments: the memtable was switched (the older segment sealed), then the
+    flush of the frozen memtable failed, so both segments stay live."""
+    from shaledb.testing import FaultInjectionFS
+
+    fs = FaultInjectionFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=None)
     models: list[dict[bytes, bytes]] = [{}]
-    for life in range(2):
-        db = shaledb.open(path)
-        for i in range(life * 20, life * 20 + 20):
-            db.put(key(i), value(i, size=200))
+    try:
+        fs.inject("create", path=".sst", count=None)
+        for i in range(40):
+            if i == 20:
+                with pytest.raises(shaledb.ReadOnlyError):
+                    db.flush()  # switches the memtable; its flush then fails
+            db_put = db.put if i < 20 else None
+            if db_put is None:
+                break
+            db_put(key(i), value(i, size=200))
             models.append({**models[-1], key(i): value(i, size=200)})
+    finally:
         db.close()
     segs = [p for p in files(path, ".log") if os.path.getsize(p) > 0]
     assert len(segs) == 2, segs
@@ -153,8 +179,9 @@ def _two_segment_db(path: str) -> tuple[list[str], list[dict[bytes, bytes]]]:
 
 @pytest.mark.parametrize("damage", ["flip-last-record", "truncate-last-record"])
 def test_wal_damage_at_end_of_older_segment(tmp_path: Path, damage: str) -> None:
-    """Only the newest segment may have a torn tail: damage at the end of an older one, with
-    newer records after it, is corruption in strict mode; point_in_time keeps the prefix."""
+    """Only the newest segment may have a torn tail: an older one was sealed and synced
+    before the next one started, so damage in it is corruption in strict mode;
+    point_in_time keeps the prefix and saves the rest (the newer segment too) under lost/."""
     path = str(tmp_path / "db")
     segs, models = _two_segment_db(path)
     off, size = log_records(segs[0])[-1]
@@ -168,6 +195,9 @@ def test_wal_damage_at_end_of_older_segment(tmp_path: Path, damage: str) -> None
     try:
         state = scan(db)
         assert state == models[19], diff(state, models[19])
+        cut = db.stats()["wal_recovery"]["cut"]
+        assert [c["file"] for c in cut] == [os.path.basename(p) for p in segs]
+        assert all(os.path.exists(os.path.join(path, c["saved_to"])) for c in cut)
     finally:
         db.close()
 
@@ -479,8 +509,7 @@ def _manifest_db(path: str) -> tuple[str, dict[bytes, bytes]]:
             model[k] = v
         db.flush()
     db.close()
-    current = (Path(path) / "CURRENT").read_text().strip()
-    manifest = os.path.join(path, current)
+    manifest = current_manifest(path)
     assert len(log_records(manifest)) >= 4, "expected a snapshot plus one edit per flush"
     return manifest, model
 
@@ -492,7 +521,7 @@ def test_manifest_flip_raises(tmp_path: Path, which: str, spot: str) -> None:
     manifest, _model = _manifest_db(path)
     recs = log_records(manifest)
     off, size = recs[0] if which == "first" else recs[len(recs) // 2]
-    rel = {"payload": LOG_HEADER.size + (size - LOG_HEADER.size) // 2, "crc": 7,
+    rel = {"payload": LOG_HEADER.size + (size - LOG_HEADER.size) // 2, "crc": 16,
            "length": 4}[spot]
     flip(manifest, off + rel, 0x02)
     for mode in ("strict", "point_in_time"):  # the WAL mode does not relax the manifest

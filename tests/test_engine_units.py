@@ -25,28 +25,64 @@ from shaledb.errors import CorruptionError, InvalidArgument
 
 
 # -- log framing ------------------------------------------------------------------------------
+def _log(payloads: list[bytes], salt: bytes = b"12345678", sync_after: int = -1) -> bytes:
+    out = [logfile.encode_file_header(9, salt)]
+    size = len(out[0])
+    for i, p in enumerate(payloads):
+        out.append(logfile.encode_record_v2(p, salt, size if i > sync_after else 0))
+        if i == sync_after:
+            size = sum(map(len, out))
+    return b"".join(out)
+
+
 def test_log_roundtrip_and_torn_tail_vs_corruption() -> None:
-    payloads = [os.urandom(n) for n in (0, 1, 100, 5000)]
-    data = b"".join(logfile.encode_record(p) for p in payloads)
-    assert logfile.read_log(data).records == payloads
+    payloads = [b"", b"a", b"hello" * 100, bytes(range(256))]
+    data = _log(payloads)
+    scan = logfile.scan_log(data)
+    assert scan.records == payloads and scan.damage is None and scan.number == 9
 
-    # Every truncation point is a torn tail: the complete records before it survive.
-    for cut in range(len(data)):
-        r = logfile.read_log(data[:cut])
+    # Every truncation point is a tear no later record vouches for: the complete records
+    # before it survive.
+    for cut in range(logfile.FILE_HEADER_SIZE, len(data)):
+        r = logfile.scan_log(data[:cut])
         assert payloads[: len(r.records)] == r.records
-        assert not r.damaged or r.torn_tail
+        assert r.damage is None or not r.damage.vouched
 
-    # A flipped byte in the first record, with valid records after it, is corruption.
+    # A flipped byte in the first record, with records after it that say it was synced
+    # (written after an fsync covered it), is damage to durable data.
+    synced = _log(payloads, sync_after=0)
+    bad = bytearray(synced)
+    bad[logfile.FILE_HEADER_SIZE + logfile.HEADER_SIZE - 1] ^= 0x01  # record 0's crc
+    r = logfile.scan_log(bytes(bad))
+    assert r.records == [] and r.damage is not None and r.damage.vouched
+    assert r.damage.resumes_at is not None
+    # Without that claim (nothing was synced), the same damage is an unsynced tear.
     bad = bytearray(data)
-    bad[logfile.HEADER_SIZE] ^= 0x01  # first byte of payload 0 is absent (empty): hits record 1
-    r = logfile.read_log(bytes(bad))
-    assert r.damaged and not r.torn_tail
+    bad[logfile.FILE_HEADER_SIZE + logfile.HEADER_SIZE - 1] ^= 0x01
+    r = logfile.scan_log(bytes(bad))
+    assert r.damage is not None and not r.damage.vouched
 
 
-def test_log_zero_filled_tail_is_torn() -> None:
-    data = logfile.encode_record(b"abc") + b"\0" * 4096
-    r = logfile.read_log(data)
-    assert r.records == [b"abc"] and r.damaged and r.torn_tail
+def test_log_records_need_the_salt() -> None:
+    """A record framed with another salt (bytes a client wrote inside a value) is never taken
+    for one of the log's records, even right after damage."""
+    fake = logfile.encode_record_v2(b"evil", b"otherslt", 10**9)
+    data = _log([b"x" * 50 + fake + b"y" * 50])
+    r = logfile.scan_log(data[:-20])  # torn inside the value, after the fake record
+    assert r.records == [] and r.damage is not None
+    assert r.damage.resumes_at is None and not r.damage.vouched
+
+
+def test_log_zero_filled_tail_is_the_end() -> None:
+    data = _log([b"abc"]) + b"\0" * 4096
+    r = logfile.scan_log(data)
+    assert r.records == [b"abc"] and r.damage is None
+
+
+def test_legacy_log_format_is_read() -> None:
+    data = b"".join(logfile.encode_record(p) for p in (b"a", b"bc"))
+    r = logfile.scan_log(data + b"\0" * 100)
+    assert r.version == 1 and r.records == [b"a", b"bc"] and r.damage is None
 
 
 # -- batches ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shaledb
+from shaledb.engine.optionsfile import DB_FORMAT_VERSION
 from shaledb.engine.sstable import TableReader
 from shaledb.engine.sstable.block import ColumnBlock, RawBlock, encode_columns, encode_data_block
 from shaledb.engine.vfs import PosixFileSystem as FileSystem
@@ -135,7 +136,7 @@ def test_reads_a_format_v1_database_and_upgrades_it(tmp_path) -> None:
     finally:
         db.close()
     assert _table_versions(path) == {2}
-    assert json.loads((path / "OPTIONS").read_text())["format_version"] == 2
+    assert json.loads((path / "OPTIONS").read_text())["format_version"] == DB_FORMAT_VERSION
     clock[0] += 101.0  # the TTL'd keys of the fixture have expired by now
     for i in range(0, 2000, 11):
         want.pop(b"k%05d" % i, None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
+import logging
 import threading
 import time
 import weakref
@@ -35,7 +35,6 @@ from .. import __version__ as _pkg_version
 from ..errors import (
     ClosedError,
     CorruptionError,
-    IncompatibleFormatError,
     InvalidArgument,
     ReadOnlyError,
     ShaleError,
@@ -58,16 +57,28 @@ from .compaction import (
 )
 from .compaction_worker import CompactionWorker
 from .dbformat import DELETE, PUT, Record, record_is_live
-from .filenames import CURRENT, LOCK, OPTIONS, log_name, parse, table_file, table_name
+from .filenames import (
+    CURRENT,
+    LOCK,
+    LOST_DIR,
+    OPTIONS,
+    log_file,
+    log_name,
+    parse,
+    table_file,
+    table_name,
+)
 from .iterator import concat, memtable_source, merge, visible
-from .logfile import HEADER_SIZE
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
-from .sstable import FORMAT_VERSION, FileMeta, TableReader
+from .optionsfile import DB_FORMAT_VERSION, decode_options, encode_options
+from .sstable import FileMeta, TableReader
 from .sstable.block import Block
 from .sstable.writer import TableWriter
 from .vfs import FileSystem, Lock, default_fs
-from .wal import WriteAheadLog, replay_segment
+from .wal import SegmentScan, WriteAheadLog, scan_segment
+
+_log = logging.getLogger("shaledb")
 
 #: Operations whose failure in a compaction is retried rather than fatal: nothing was written.
 _READ_OPS = frozenset({"read", "open", "stat", "worker"})
@@ -162,6 +173,9 @@ class Engine:
         self._memtable_size = options.memtable_size
         self._l0_slowdown = options.l0_slowdown_trigger
         self.recovery_seconds = 0.0
+        #: What the last open's WAL recovery replayed and cut (see stats()["wal_recovery"]).
+        self._cuts: list[dict[str, Any]] = []
+        self._recovery: dict[str, Any] = {"segments": 0, "records": 0, "cut": self._cuts}
         try:
             self._open()
         except BaseException:
@@ -190,8 +204,9 @@ class Engine:
             stored_version = self._check_options_file()
             self._versions.recover()
             self._check_tables_present()
-            if stored_version < FORMAT_VERSION and not opts.read_only:
-                # New tables are written in the current format: say so for older readers.
+            if stored_version < DB_FORMAT_VERSION and not opts.read_only:
+                # New files are written in the current format: say so first, so that an
+                # older ShaleDB refuses the directory instead of misreading them.
                 self._write_options_file()
         else:
             if not opts.create_if_missing or opts.read_only:
@@ -200,15 +215,23 @@ class Engine:
             self._clear_interrupted_creation()
             self._write_options_file()
             self._versions.write_new_manifest()
-        self._recover_wal()
+        recovered = self._recover_wal()
         if not opts.read_only:
-            # A fresh manifest holding the recovered state, then a fresh WAL segment.
+            self._save_lost()
+            # The recovered writes go to new files (fsyncgate: the pages the WAL was read
+            # from may never have reached the disk, and a later fsync of the same file would
+            # not tell), then one new manifest makes the new tables, the new WAL segment and
+            # the retirement of every old segment durable at once.
+            if self._mem.entries:
+                recovered.extend(self._write_level0(self._mem, self._last_seq))
             wal_number = self._versions.new_file_number()
-            if self._mem.entries == 0:
-                self._mem_first_log = wal_number
-            self._versions.log_number = self._mem_first_log
-            self._versions.last_seq = self._last_seq
-            self._versions.write_new_manifest()
+            v = self._versions
+            v.current = v.current.apply(VersionEdit(added=[(0, m) for m in recovered]))
+            v.log_number = wal_number
+            v.last_seq = max(v.last_seq, self._last_seq)
+            self._mem = MemTable()
+            self._mem_first_log = wal_number
+            v.write_new_manifest()
             self._wal = WriteAheadLog(fs, self.path, wal_number)
             fs.sync_dir(self.path)
             self._delete_obsolete_files()
@@ -270,28 +293,24 @@ class Engine:
             self._lock.release()
 
     def _check_options_file(self) -> int:
-        """The format version recorded in OPTIONS (refusing newer ones)."""
+        """The database format version recorded in OPTIONS (refusing newer ones, and a
+        missing or damaged file: a database always has one, written before its CURRENT)."""
         path = vfs.join(self.path, OPTIONS)
         if not self.fs.exists(path):
-            return FORMAT_VERSION  # written at creation; its absence is survivable
-        try:
-            info = json.loads(self.fs.read_file(path))
-            version = int(info["format_version"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptionError(f"OPTIONS file of {self.path!r} is damaged: {exc}") from exc
-        if version > FORMAT_VERSION:
-            raise IncompatibleFormatError(
-                f"database {self.path!r} was written with format version {version}; this "
-                f"ShaleDB supports up to {FORMAT_VERSION}: upgrade ShaleDB")
-        return version
+            raise CorruptionError(
+                f"database {self.path!r} has no OPTIONS file (it records the format the "
+                f"database was written in); restore it from a backup, or salvage the data "
+                f"with `shaledb repair {self.path} DEST`")
+        return int(decode_options(self.fs.read_file(path), self.path)["format_version"])
 
     def _write_options_file(self) -> None:
-        info = {"format_version": FORMAT_VERSION, "created_by": f"shaledb {_pkg_version}",
-                "options": self.options.persistent()}
-        self.fs.write_file_atomic(vfs.join(self.path, OPTIONS),
-                                  (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        self.fs.write_file_atomic(vfs.join(self.path, OPTIONS), encode_options(
+            f"shaledb {_pkg_version}", self.options.persistent()))
 
-    def _recover_wal(self) -> None:
+    def _recover_wal(self) -> list[FileMeta]:
+        """Replay the live WAL segments into the memtable, in order, up to the first damage
+        (docs/format.md, "WAL recovery"). Returns the L0 tables written on the way when the
+        memtable filled up (not yet in any manifest: orphans if this open fails)."""
         opts = self.options
         versions = self._versions
         found = [p for p in map(parse, self.fs.listdir(self.path)) if p is not None]
@@ -301,52 +320,130 @@ class Engine:
         logs = sorted(n for kind, n in found if kind == "log" and n >= versions.log_number)
         last_seq = versions.last_seq
         mem = self._mem
-        self._mem_first_log = logs[0] if logs else versions.log_number
+        tables: list[FileMeta] = []
+        records = 0
+        cut_at: int | None = None  # index in ``logs`` of the segment where replay stopped
         for idx, number in enumerate(logs):
-            seg = replay_segment(self.fs, self.path, number)
-            for first_seq, ops in seg.batches:
+            seg = scan_segment(self.fs, self.path, number)
+            problem: tuple[int, str, bool] | None = None  # offset, reason, synced
+            for i, (first_seq, ops) in enumerate(seg.batches):
+                if first_seq > last_seq + 1 or (records and first_seq != last_seq + 1):
+                    # Checksums fine, numbers not: records are missing (or repeated).
+                    del seg.batches[i:]
+                    problem = (seg.offsets[i], f"sequence {first_seq} follows {last_seq}: "
+                               "records are missing", True)
+                    break
                 mem.apply(first_seq, ops)
+                records += 1
                 last_seq = max(last_seq, first_seq + len(ops) // 4 - 1)
                 if mem.approximate_size >= opts.memtable_size and not opts.read_only:
-                    # Keep memory bounded while replaying a long log: write an L0 table.
-                    # This segment stays live (log_number = number): replaying it again later
-                    # only repeats entries the table already holds.
-                    self._last_seq = last_seq
-                    self._flush_during_recovery(mem, number, last_seq)
+                    # Keep memory bounded while replaying a long log.
+                    tables.extend(self._write_level0(mem, last_seq))
                     mem = self._mem = MemTable()
-                    self._mem_first_log = number
-            if not seg.damaged and not opts.read_only:
-                # The segment may hold writes the OS never wrote back before the crash; make
-                # them durable before newer writes are, or a power loss could leave a hole.
-                self.fs.sync_file(seg.path)
-            if seg.damaged:
-                is_last = idx == len(logs) - 1
-                if opts.wal_recovery == "strict" and not (is_last and seg.torn_tail):
-                    raise CorruptionError(
-                        f"WAL segment {seg.path!r} is damaged at offset {seg.good_end} and "
-                        "valid records follow the damage; restore from a backup, or open with "
-                        "wal_recovery='point_in_time' to keep the data before the damage")
-                if not opts.read_only:
-                    self.fs.truncate(seg.path, seg.good_end)
-                    for later in logs[idx + 1:]:
-                        self.fs.remove(log_name(self.path, later))
+            if problem is None and seg.malformed is not None:
+                problem = (seg.malformed, "a record with a good checksum does not decode", True)
+            damage = seg.scan.damage
+            if problem is None and damage is not None:
+                # Only the newest segment can hold unsynced writes: an older one was sealed
+                # (synced) before the next one started.
+                synced = idx < len(logs) - 1 or damage.vouched
+                problem = (damage.offset, damage.reason, synced)
+            if problem is not None:
+                self._cut_wal(seg, problem, logs[idx + 1:])
+                cut_at = idx
                 break
         self._last_seq = last_seq
+        self._recovery = {"segments": len(logs) if cut_at is None else cut_at + 1,
+                          "records": records, "cut": self._cuts}
+        return tables
 
-    def _flush_during_recovery(self, mem: MemTable, log_number: int, last_seq: int) -> None:
+    def _cut_wal(self, seg: SegmentScan, problem: tuple[int, str, bool],
+                        later: list[int]) -> None:
+        """Recovery stops at ``problem`` in ``seg``: refuse (strict, synced damage) or cut
+        there, keeping what is cut for :meth:`_save_lost`."""
+        offset, reason, synced = problem
+        name = log_file(seg.number)
+        if synced and self.options.wal_recovery == "strict":
+            raise CorruptionError(
+                f"WAL segment {seg.path!r} is damaged at offset {offset} ({reason}), in data "
+                f"that had been synced: this is corruption, not a crash. Restore from a "
+                f"backup, or open with wal_recovery='point_in_time' to keep the "
+                f"{len(seg.batches)} records before it in this segment (the rest is saved "
+                f"under lost/)")
+        data = self.fs.read_file(seg.path)
+        end = len(data.rstrip(b"\0"))
+        self._cuts.append({"file": name, "offset": offset, "bytes": max(0, end - offset),
+                           "synced": synced, "reason": reason, "saved_to": None,
+                           "_data": data[offset:end]})
+        for number in later:
+            whole = self.fs.read_file(log_name(self.path, number)).rstrip(b"\0")
+            self._cuts.append({"file": log_file(number), "offset": 0, "bytes": len(whole),
+                               "synced": True, "reason": "follows a cut segment",
+                               "saved_to": None, "_data": whole})
+
+    def _save_lost(self) -> None:
+        """Write what recovery cut (WAL bytes, a torn manifest edit) under ``lost/``,
+        durably, before anything deletes the files it came from; log each cut."""
+        cut = self._versions.cut
+        if cut is not None:
+            name, offset, data = cut
+            self._cuts.append({"file": name, "offset": offset, "bytes": len(data),
+                               "synced": False, "reason": "torn last manifest edit",
+                               "saved_to": None, "_data": data})
+            self._versions.cut = None
+        if not self._cuts:
+            return
+        lost = vfs.join(self.path, LOST_DIR)
+        self.fs.mkdirs(lost)
+        present = set(self.fs.listdir(lost))
+        for c in self._cuts:
+            data = c.pop("_data")
+            if not data:
+                continue
+            base = f"{c['file']}.at-{c['offset']}"
+            name, n = base, 1
+            while name in present:  # an earlier recovery cut the same spot
+                n += 1
+                name = f"{base}.{n}"
+            present.add(name)
+            f = self.fs.create(vfs.join(lost, name), exclusive=True)
+            try:
+                f.append(data)
+                f.sync()
+            finally:
+                f.close()
+            c["saved_to"] = f"{LOST_DIR}/{name}"
+        self.fs.sync_dir(lost)
+        for c in self._cuts:
+            level = logging.WARNING if c["synced"] else logging.INFO
+            _log.log(level, "recovery of %s cut %d bytes of %s at offset %d (%s; %s); "
+                     "they are kept in %s", self.path, c["bytes"], c["file"], c["offset"],
+                     c["reason"], "damage in synced data" if c["synced"]
+                     else "unsynced writes a crash tore", c["saved_to"] or "(all zeros)")
+
+    def _write_level0(self, mem: MemTable, smallest_snapshot: int) -> list[FileMeta]:
+        """Write a frozen memtable to new L0 tables (fsynced, their names durable): the one
+        path for a runtime flush and a recovery flush. The caller records them in the
+        manifest; until then they are pending outputs (or, at open, orphans)."""
         mem.frozen = True
         writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
-                             self._versions.new_file_number, block_size=self.options.block_size,
+                             self._new_output_number, block_size=self.options.block_size,
                              compression=self.options.compression, target_size=None)
-        outputs = writer.write(drop_obsolete(mem.iter_all(), last_seq, self._now_ms(), False))
-        self.fs.sync_dir(self.path)
-        # The manifest of this open is not written yet: use the previous one.
-        if not self._versions.manifest_size:
-            self._versions.write_new_manifest()
-        edit = VersionEdit(log_number=log_number, last_seq=last_seq,
-                           added=[(0, m) for m in outputs])
-        self._versions.install(self._versions.log_and_apply(edit), edit)
+        try:
+            outputs = writer.write(drop_obsolete(mem.iter_all(), smallest_snapshot,
+                                                 self._now_ms(), False))
+            self.fs.sync_dir(self.path)  # new tables' names are durable before the manifest
+        except BaseException:
+            writer.abandon()
+            with self._mutex:
+                self._pending_outputs.difference_update(writer.created)
+            for n in writer.created:
+                with contextlib.suppress(ShaleError):
+                    self.fs.remove(table_name(self.path, n))
+            raise
         self.counters["flushes"] += 1
+        self.counters["flush_bytes_written"] += writer.bytes_written
+        return outputs
 
     def _start_threads(self) -> None:
         targets: list[tuple[str, Callable[[], None]]] = [
@@ -496,10 +593,9 @@ class Engine:
                     # state (the record may be in the log, its sequence numbers used): fatal.
                     fatal = True
                     payload = encode_batch(first_seq, flat)
-                    wal.append(payload)
-                    wal_bytes = len(payload) + HEADER_SIZE
+                    wal_bytes = wal.append(payload)
                     if any_sync:
-                        wal.sync()
+                        wal.sync(mark=True)
                     mem.apply(first_seq, flat)
                     last = first_seq + len(flat) // 4 - 1
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
@@ -588,7 +684,7 @@ class Engine:
         assert old is not None
         new: WriteAheadLog | None = None
         try:
-            old.sync()  # the frozen memtable's log is durable before a new one starts
+            old.seal()  # the frozen memtable's log is complete and durable before a new one
             new = WriteAheadLog(self.fs, self.path, number)
             # The new segment's directory entry must be durable before its first fsync counts.
             self.fs.sync_dir(self.path)
@@ -812,30 +908,20 @@ class Engine:
 
     def _flush_memtable(self, imm: MemTable, next_log: int, last_seq: int,
                         smallest_snapshot: int) -> None:
-        writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
-                             self._new_output_number, block_size=self.options.block_size,
-                             compression=self.options.compression, target_size=None)
+        outputs = self._write_level0(imm, smallest_snapshot)
+        edit = VersionEdit(log_number=next_log, last_seq=last_seq,
+                           added=[(0, m) for m in outputs])
         try:
-            outputs = writer.write(drop_obsolete(imm.iter_all(), smallest_snapshot,
-                                                 self._now_ms(), False))
-            edit = VersionEdit(log_number=next_log, last_seq=last_seq,
-                               added=[(0, m) for m in outputs])
-            self.fs.sync_dir(self.path)  # new tables' names are durable before the manifest
             with self._manifest_lock:
                 new = self._versions.log_and_apply(edit)
                 with self._mutex:
                     self._versions.install(new, edit)
                     self._imm = None
                     self._compaction_wanted = True
-                    self.counters["flushes"] += 1
-                    self.counters["flush_bytes_written"] += writer.bytes_written
                     self._bg_cv.notify_all()
-        except BaseException:
-            writer.abandon()
-            raise
         finally:
             with self._mutex:
-                self._pending_outputs.difference_update(writer.created)
+                self._pending_outputs.difference_update(m.number for m in outputs)
         self._delete_obsolete_files()
 
     # ------------------------------------------------------------------------------------
@@ -1090,6 +1176,8 @@ class Engine:
                 "last_compaction_read_error": self._compaction_read_error,
                 "read_only": self.options.read_only or self._bg_error is not None,
                 "recovery_seconds": round(self.recovery_seconds, 6),
+                "wal_recovery": {**self._recovery,
+                                 "cut": [dict(c) for c in self._recovery["cut"]]},
             }
 
     @property
@@ -1121,7 +1209,7 @@ class Engine:
         if wal is not None:
             try:
                 if self._bg_error is None:
-                    wal.sync()
+                    wal.seal()  # durable, and marked complete: a clean close
             except ShaleError as exc:
                 first = exc
             with contextlib.suppress(ShaleError):

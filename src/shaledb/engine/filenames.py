@@ -9,14 +9,21 @@ from .vfs import join
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 OPTIONS = "OPTIONS"
+#: Subdirectory where recovery keeps the bytes it cut from a damaged WAL or manifest tail.
+LOST_DIR = "lost"
 
 _NUMBERED = re.compile(r"^(\d{6,})\.(log|sst)$")
 _MANIFEST = re.compile(r"^MANIFEST-(\d{6,})$")
 
 
+def log_file(number: int) -> str:
+    """File name of WAL segment ``number``."""
+    return f"{number:06d}.log"
+
+
 def log_name(dirpath: str, number: int) -> str:
     """Path of WAL segment ``number``."""
-    return join(dirpath, f"{number:06d}.log")
+    return join(dirpath, log_file(number))
 
 
 def table_file(number: int) -> str:

@@ -1,21 +1,40 @@
-"""Record framing shared by the WAL and the MANIFEST: a log is a sequence of records.
+"""Record framing shared by the WAL and the MANIFEST: a log is a header and a run of records.
 
-Layout of one record (little-endian)::
+Log format 2 (database format 3; docs/format.md has every byte)::
 
-    magic   2 bytes  b"\\xdb\\x5a"   lets recovery find record starts after damage
-    type    1 byte   RECORD_FULL (1); other values are reserved
-    length  4 bytes  payload length
-    crc     4 bytes  CRC32C of type + length + payload
-    payload length bytes
+    file header (32 bytes, once)
+        magic    8  b"SHALElog"
+        version  4  2
+        number   8  the file number (WAL segment or manifest)
+        salt     8  random, chosen when the file is created
+        crc      4  CRC32C of the 28 bytes before it
+    record (19-byte header + payload, each written with one append)
+        magic    2  b"\\xdb\\x5a"
+        type     1  1 = a full record; 2 = a seal (empty: the log was closed cleanly);
+                    3 = a sync mark (empty: everything before it was just fsynced)
+        length   4  payload length
+        synced   8  bytes of this file known durable when the record was written
+        crc      4  CRC32C of salt + type + length + synced + payload
 
-A record is written with one ``write()`` call. After a crash the last record may be torn
-(cut short, or partly zeros). The reader tells a torn tail (nothing valid follows the damage)
-from corruption in the middle (a valid record follows the damage) by scanning forward for
-the next magic that starts a record with a good checksum.
+Why the salt: recovery looks for valid records after damage to tell what the damage was, and
+a checksum any writer can compute would let bytes inside a client's value pass for a record.
+Nobody outside the file knows its salt, so a record found there was written as a record.
+
+Why ``synced``: a record vouches that everything before ``synced`` had been fsynced when it was
+written, and a seal or a sync mark vouches for everything before it. Damage that a valid
+record after it vouches for hit data that was synced: real corruption, not a crash. Damage no
+later record vouches for lies in writes that were never confirmed durable: what a crash tears
+(a power loss that kept some pages and not others, a process killed in the middle of a copy
+into the mapped file), whatever the torn bytes look like. The rules that decide what recovery
+keeps are in :mod:`shaledb.engine.wal` and the manifest.
+
+Log format 1 (no file header, 11-byte record headers without salt or ``synced``, CRC of type +
+length + payload) is still read, so that databases written before format 3 open.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 
@@ -24,118 +43,283 @@ import crc32c as _crc32c
 from ..errors import CorruptionError
 from .vfs import AppendFile, FileSystem
 
+FILE_MAGIC = b"SHALElog"
+LOG_VERSION = 2
+FILE_HEADER = struct.Struct("<8sIQ8sI")  # magic, version, number, salt, crc
+FILE_HEADER_SIZE = FILE_HEADER.size  # 32
+
 MAGIC = b"\xdb\x5a"
 RECORD_FULL = 1
-_HEADER = struct.Struct("<2sBII")  # magic, type, length, crc
-HEADER_SIZE = _HEADER.size  # 11
-_TYPE_LEN = struct.Struct("<BI")
+RECORD_SEAL = 2
+RECORD_SYNC = 3
+_TYPES = (RECORD_FULL, RECORD_SEAL, RECORD_SYNC)
+_HEADER = struct.Struct("<2sBIQI")  # magic, type, length, synced, crc
+HEADER_SIZE = _HEADER.size  # 19
+_TYPE_LEN_SYNCED = struct.Struct("<BIQ")
+
+_HEADER_V1 = struct.Struct("<2sBII")  # magic, type, length, crc
+HEADER_SIZE_V1 = _HEADER_V1.size  # 11
+_TYPE_LEN_V1 = struct.Struct("<BI")
 
 crc32c = _crc32c.crc32c
 
 
-def encode_record(payload: bytes, rtype: int = RECORD_FULL) -> bytes:
-    """Frame ``payload`` as one record."""
-    head = _TYPE_LEN.pack(rtype, len(payload))
+def new_salt() -> bytes:
+    """A fresh random salt for a new log file."""
+    return os.urandom(8)
+
+
+def encode_file_header(number: int, salt: bytes) -> bytes:
+    """The 32-byte header of log file ``number``."""
+    head = FILE_HEADER.pack(FILE_MAGIC, LOG_VERSION, number, salt, 0)[:28]
+    return head + crc32c(head).to_bytes(4, "little")
+
+
+def encode_record_v2(payload: bytes, salt: bytes, synced: int,
+                     rtype: int = RECORD_FULL) -> bytes:
+    """Frame ``payload`` as one format-2 record of a log whose salt is ``salt``."""
+    head = _TYPE_LEN_SYNCED.pack(rtype, len(payload), synced)
+    crc = crc32c(payload, crc32c(head, crc32c(salt)))
+    return b"".join((MAGIC, head, crc.to_bytes(4, "little"), payload))
+
+
+def encode_record(payload: bytes) -> bytes:
+    """Frame ``payload`` as one format-1 record (legacy logs; tests)."""
+    head = _TYPE_LEN_V1.pack(RECORD_FULL, len(payload))
     crc = crc32c(payload, crc32c(head))
     return b"".join((MAGIC, head, crc.to_bytes(4, "little"), payload))
 
 
 class LogWriter:
-    """Appends framed records to an append-only file."""
+    """Appends format-2 records to a new log file (writing its header first)."""
 
-    def __init__(self, file: AppendFile) -> None:
+    def __init__(self, file: AppendFile, number: int, salt: bytes | None = None) -> None:
         self.file = file
+        self.salt = new_salt() if salt is None else salt
+        #: Bytes known durable (set by :meth:`sync`); records written later vouch for them.
+        self.synced = 0
+        file.append(encode_file_header(number, self.salt))
 
     @property
     def size(self) -> int:
         """Bytes written to the log file."""
         return self.file.size
 
-    def add(self, payload: bytes) -> None:
-        """Append one record (one write call)."""
-        self.file.append(encode_record(payload))
+    def add(self, payload: bytes, synced: int | None = None) -> None:
+        """Append one record (one append call). ``synced`` is the durable size it vouches for
+        (default: what the last :meth:`sync` made durable)."""
+        self.file.append(encode_record_v2(payload, self.salt,
+                                          self.synced if synced is None else synced))
 
-    def sync(self) -> None:
-        """fsync the log file."""
+    def seal(self) -> None:
+        """Append a seal record and sync: everything before it is durable and the log is
+        complete (a clean close)."""
+        self.file.append(encode_record_v2(b"", self.salt, self.file.size, RECORD_SEAL))
+        self.sync(mark=False)
+
+    def sync(self, mark: bool = True) -> None:
+        """fsync the log file; then, with ``mark``, append a sync mark (not itself synced)
+        that vouches for what the fsync made durable, should a later record never come."""
+        size = self.file.size
         self.file.sync()
+        self.synced = size
+        if mark:
+            self.file.append(encode_record_v2(b"", self.salt, size, RECORD_SYNC))
 
     def close(self) -> None:
         """Close the file (without syncing)."""
         self.file.close()
 
 
-def _valid_record_at(data: bytes, pos: int) -> int:
-    """Return the end offset of a valid record starting at ``pos``, or -1."""
+class Damage:
+    """Where a log stops being readable, and what can be said about it."""
+
+    __slots__ = ("offset", "reason", "vouched", "resumes_at")
+
+    def __init__(self, offset: int, reason: str, vouched: bool,
+                 resumes_at: int | None) -> None:
+        self.offset = offset
+        self.reason = reason
+        #: A valid record after the damage says the damaged bytes had been synced (its
+        #: ``synced`` claim, a sync mark or a seal): the damage hit durable data.
+        self.vouched = vouched
+        #: Offset of the first valid record after the damage, if any (format 2 only: only
+        #: there can a record found by searching be trusted).
+        self.resumes_at = resumes_at
+
+    def __repr__(self) -> str:
+        return (f"Damage(offset={self.offset}, {self.reason!r}, vouched={self.vouched}, "
+                f"resumes_at={self.resumes_at})")
+
+
+class LogScan:
+    """What reading a whole log found."""
+
+    __slots__ = ("version", "number", "records", "offsets", "good_end", "end", "sealed",
+                 "damage")
+
+    def __init__(self, version: int, number: int | None) -> None:
+        self.version = version
+        self.number = number
+        self.records: list[bytes] = []  # full records before any damage, in order
+        self.offsets: list[int] = []  # their offsets
+        self.good_end = 0  # offset just past the last good record (or the file header)
+        self.end = 0  # offset past the last non-zero byte of the file
+        self.sealed = False  # a seal record was read before any damage
+        self.damage: Damage | None = None
+
+    @property
+    def cut_bytes(self) -> int:
+        """Bytes between the last good record and the end of the non-zero data."""
+        return max(0, self.end - self.good_end)
+
+
+def _nonzero_end(data: bytes | memoryview, start: int) -> int:
+    """Offset past the last non-zero byte at or after ``start`` (``start`` if none)."""
+    end = len(data)
+    view = memoryview(data)
+    while end > start:
+        chunk = max(start, end - 65536)
+        piece = bytes(view[chunk:end]).rstrip(b"\0")
+        if piece:
+            return chunk + len(piece)
+        end = chunk
+    return start
+
+
+def _record_at(data: bytes, pos: int, salt: bytes) -> tuple[int, int, int]:
+    """``(end, type, synced)`` of a valid format-2 record at ``pos``, or ``(-1, 0, 0)``."""
     if pos + HEADER_SIZE > len(data):
-        return -1
-    magic, rtype, length, crc = _HEADER.unpack_from(data, pos)
+        return -1, 0, 0
+    magic, rtype, length, synced, crc = _HEADER.unpack_from(data, pos)
     end: int = pos + HEADER_SIZE + length
+    if magic != MAGIC or rtype not in _TYPES or end > len(data):
+        return -1, 0, 0
+    body = memoryview(data)[pos + 2:pos + 15]
+    if crc32c(memoryview(data)[pos + HEADER_SIZE:end], crc32c(body, crc32c(salt))) != crc:
+        return -1, 0, 0
+    return end, rtype, synced
+
+
+def _record_at_v1(data: bytes, pos: int) -> int:
+    if pos + HEADER_SIZE_V1 > len(data):
+        return -1
+    magic, rtype, length, crc = _HEADER_V1.unpack_from(data, pos)
+    end: int = pos + HEADER_SIZE_V1 + length
     if magic != MAGIC or rtype != RECORD_FULL or end > len(data):
         return -1
-    if crc32c(data[pos + HEADER_SIZE:end], crc32c(data[pos + 2:pos + 7])) != crc:
+    if crc32c(memoryview(data)[pos + HEADER_SIZE_V1:end], crc32c(data[pos + 2:pos + 7])) != crc:
         return -1
     return end
 
 
-class LogReadResult:
-    """What reading a log found: the good records and where (if anywhere) damage began."""
-
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-        self.good_end = 0  # offset just past the last good record
-        self.damaged = False  # damage found at good_end
-        self.torn_tail = False  # the damage is a torn tail (no valid record follows)
-        # The damaged record is cut short: its header or payload runs past the end of the
-        # file, or everything from it on is zeros (never written). A complete record with a
-        # wrong checksum is not cut short.
-        self.cut_short = False
+def _reason(data: bytes, pos: int, header: struct.Struct) -> str:
+    """Words for what is wrong with the record at ``pos`` (for messages)."""
+    if data[pos:pos + 2] != MAGIC:
+        return "bad record header" if data[pos:pos + 2].strip(b"\0") else "zeros in the log"
+    if pos + header.size > len(data):
+        return "record cut short by the end of the file"
+    length: int = struct.unpack_from("<I", data, pos + 3)[0]
+    if pos + header.size + length > len(data):
+        return "record cut short by the end of the file"
+    return "checksum mismatch"
 
 
-def read_log(data: bytes) -> LogReadResult:
-    """Parse all records in ``data`` (the whole log file), stopping at the first damage."""
-    result = LogReadResult()
+def scan_log(data: bytes, path: str = "") -> LogScan:
+    """Read a whole log file (format 1 or 2), stopping the good records at the first damage
+    and describing that damage (never raises for damage; see :class:`Damage`)."""
+    if data[:len(FILE_MAGIC)] == FILE_MAGIC:
+        return _scan_v2(data, path)
+    if len(data) >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0"):
+        # A format-2 file whose header never reached the disk (zeros): empty, or a crash
+        # right after creation.
+        scan = LogScan(LOG_VERSION, None)
+        scan.good_end = 0
+        scan.end = _nonzero_end(data, 0)
+        if scan.end:
+            scan.damage = Damage(0, "file header never written", False, None)
+        return scan
+    return _scan_v1(data)
+
+
+def _scan_v2(data: bytes, path: str) -> LogScan:
+    magic, version, number, salt, crc = FILE_HEADER.unpack_from(data, 0) if len(
+        data) >= FILE_HEADER_SIZE else (b"", 0, 0, b"", 0)
+    scan = LogScan(LOG_VERSION, None)
+    if len(data) < FILE_HEADER_SIZE or crc32c(data[:28]) != crc:
+        scan.end = _nonzero_end(data, 0)
+        scan.damage = Damage(0, "damaged file header", False, None)
+        return scan
+    if version != LOG_VERSION:
+        raise CorruptionError(f"log {path!r} has log format version {version}; this ShaleDB "
+                              f"reads up to {LOG_VERSION}: upgrade ShaleDB")
+    scan.number = number
+    pos = FILE_HEADER_SIZE
+    n = len(data)
+    records = scan.records
+    offsets = scan.offsets
+    while pos < n:
+        end, rtype, _ = _record_at(data, pos, salt)
+        if end < 0:
+            break
+        if rtype == RECORD_FULL:
+            records.append(data[pos + HEADER_SIZE:end])
+            offsets.append(pos)
+        elif rtype == RECORD_SEAL:
+            scan.sealed = True
+        pos = end
+    scan.good_end = pos
+    scan.end = _nonzero_end(data, pos)
+    if scan.end == pos:
+        return scan  # zeros from here on: space allocated, never written
+    # Damage at ``pos``. Look for valid records after it: their ``synced`` claims, sync marks
+    # and seals say whether the damaged bytes had been made durable.
+    vouched = False
+    resumes_at = None
+    search = pos + 1
+    while True:
+        search = data.find(MAGIC, search, scan.end)
+        if search < 0:
+            break
+        end, rtype, synced = _record_at(data, search, salt)
+        if end >= 0:
+            if resumes_at is None:
+                resumes_at = search
+            if synced > pos or rtype != RECORD_FULL:
+                vouched = True
+                break
+            search = end
+        else:
+            search += 1
+    scan.damage = Damage(pos, _reason(data, pos, _HEADER), vouched, resumes_at)
+    return scan
+
+
+def _scan_v1(data: bytes) -> LogScan:
+    scan = LogScan(1, None)
     pos = 0
     n = len(data)
     while pos < n:
-        end = _valid_record_at(data, pos)
+        end = _record_at_v1(data, pos)
         if end < 0:
-            result.damaged = True
-            result.torn_tail = not _any_valid_record_after(data, pos)
-            result.cut_short = _cut_short(data, pos)
             break
-        result.records.append(data[pos + HEADER_SIZE:end])
+        scan.records.append(data[pos + HEADER_SIZE_V1:end])
+        scan.offsets.append(pos)
         pos = end
-    result.good_end = pos
-    return result
+    scan.good_end = pos
+    scan.end = _nonzero_end(data, pos)
+    if scan.end == pos:
+        return scan
+    # Format 1 has no salt: a record found after the damage may be bytes of a value, so it
+    # proves nothing either way.
+    scan.damage = Damage(pos, _reason(data, pos, _HEADER_V1), False, None)
+    return scan
 
 
-def _cut_short(data: bytes, pos: int) -> bool:
-    if pos + HEADER_SIZE > len(data) or not data[pos:].strip(b"\0"):
-        return True
-    _, _, length, _ = _HEADER.unpack_from(data, pos)
-    return bool(pos + HEADER_SIZE + length > len(data))
-
-
-def _any_valid_record_after(data: bytes, pos: int) -> bool:
-    search = pos + 1
-    while True:
-        search = data.find(MAGIC, search)
-        if search < 0:
-            return False
-        if _valid_record_at(data, search) >= 0:
-            return True
-        search += 1
-
-
-def iter_records(fs: FileSystem, path: str, *, allow_cut_tail: bool) -> Iterator[bytes]:
-    """Yield every record of the log at ``path``; damage raises CorruptionError, except, when
-    ``allow_cut_tail``, a last record cut short by the end of the file (an append that a crash
-    interrupted). A complete last record with a bad checksum is always corruption."""
-    result = read_log(fs.read_file(path))
-    yield from result.records
-    if result.damaged and not (allow_cut_tail and result.torn_tail and result.cut_short):
-        raise CorruptionError(
-            f"log {path!r} is damaged at offset {result.good_end}"
-            + (" (a valid record follows, so this is not a torn write)" if not result.torn_tail
-               else "")
-        )
+def iter_records(fs: FileSystem, path: str) -> Iterator[bytes]:
+    """Yield every record of a log that must be intact; any damage raises CorruptionError."""
+    scan = scan_log(fs.read_file(path), path)
+    yield from scan.records
+    if scan.damage is not None:
+        raise CorruptionError(f"log {path!r} is damaged at offset {scan.damage.offset} "
+                              f"({scan.damage.reason})")

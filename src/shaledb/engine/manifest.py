@@ -1,10 +1,15 @@
 """The manifest: which tables make up the database, as a log of version edits.
 
-``CURRENT`` holds the name of the live ``MANIFEST-NNNNNN`` (replaced atomically: write temp,
-fsync, rename, fsync the directory). A manifest is a log (``logfile`` framing) of msgpack
-maps, each a :class:`VersionEdit`; its first record is a full snapshot of the version. On every
-open a new manifest is written, so a manifest never grows past one session's edits (and is
-rolled over when it passes ``max_manifest_size`` bytes).
+``CURRENT`` holds the name of the live ``MANIFEST-NNNNNN`` and its checksum (replaced
+atomically: write temp, fsync, rename, fsync the directory). A manifest is a log (``logfile``
+framing) of msgpack maps, each a :class:`VersionEdit`; its first record is a full snapshot of
+the version. On every open a new manifest is written, so a manifest never grows past one
+session's edits (and is rolled over when it passes ``max_manifest_size`` bytes).
+
+Every edit is fsynced, then followed by a sync mark, before anything relies on it, so only
+the last one can be torn by a crash; a damaged last edit that no later record vouches for was
+never relied on: it is ignored, and its bytes are handed to the engine to keep under
+``lost/``. Any other damage is corruption.
 
 A :class:`Version` is an immutable list of tables per level. Readers pin the version they
 started on (``ref``/``unref``); a table file is deleted only when no live version lists it.
@@ -21,11 +26,32 @@ import msgpack
 
 from ..errors import CorruptionError, IncompatibleFormatError
 from .filenames import CURRENT, manifest_name
-from .logfile import LogWriter, iter_records
+from .logfile import LogWriter, crc32c, scan_log
 from .sstable.format import FileMeta
 from .vfs import FileSystem, join
 
 MANIFEST_FORMAT_VERSION = 1
+
+
+def encode_current(number: int) -> bytes:
+    """The content of CURRENT naming manifest ``number``: the name, then its checksum."""
+    name = f"MANIFEST-{number:06d}"
+    return f"{name}\ncrc32c {crc32c(name.encode()):08x}\n".encode()
+
+
+def decode_current(raw: bytes) -> str:
+    """The manifest name in CURRENT; CorruptionError when it is damaged. The one-line form
+    without a checksum (database format 2 and older) is still accepted."""
+    lines = raw.split(b"\n")
+    if not raw.endswith(b"\n") or len(lines) not in (2, 3):
+        raise CorruptionError(f"CURRENT file is damaged (holds {raw[:60]!r})")
+    name = lines[0].decode("ascii", "replace")
+    if not name.startswith("MANIFEST-") or not name[9:].isdigit() or len(name) < 15:
+        raise CorruptionError(f"CURRENT file is damaged (holds {raw[:60]!r})")
+    if len(lines) == 3 and lines[1] != f"crc32c {crc32c(lines[0]):08x}".encode():
+        raise CorruptionError(f"CURRENT file is damaged: its checksum does not match "
+                              f"(holds {raw[:60]!r})")
+    return name
 
 
 @dataclasses.dataclass
@@ -155,6 +181,8 @@ class VersionSet:
         self.compact_pointers: dict[int, bytes] = {}
         self.manifest_number = 0
         self._log: LogWriter | None = None
+        #: A torn last edit ignored by :meth:`recover`: (manifest file name, offset, bytes).
+        self.cut: tuple[str, int, bytes] | None = None
 
     def new_file_number(self) -> int:
         """Allocate a file number (caller holds the mutex, or is alone: open)."""
@@ -170,19 +198,24 @@ class VersionSet:
     # -- open ------------------------------------------------------------------------------
     def recover(self) -> None:
         """Load the version named by CURRENT. Raises CorruptionError on any damage."""
-        current_path = join(self.dirpath, CURRENT)
-        raw = self.fs.read_file(current_path)
-        name = raw.decode("utf-8", "replace").strip()
-        if not raw.endswith(b"\n") or not name.startswith("MANIFEST-") or "/" in name:
-            raise CorruptionError(f"CURRENT file is damaged (holds {raw[:40]!r})")
+        name = decode_current(self.fs.read_file(join(self.dirpath, CURRENT)))
         path = join(self.dirpath, name)
         if not self.fs.exists(path):
             raise CorruptionError(f"CURRENT names {name}, which does not exist")
+        data = self.fs.read_file(path)
+        scan = scan_log(data, path)
+        damage = scan.damage
+        if damage is not None:
+            if damage.vouched:
+                raise CorruptionError(
+                    f"manifest {path!r} is damaged at offset {damage.offset} "
+                    f"({damage.reason}); restore the database from a backup, or salvage it "
+                    f"with `shaledb repair {self.dirpath} DEST`")
+            # A last edit torn by a crash: it was never fsynced, so nothing acted on it.
+            self.cut = (name, damage.offset, data[damage.offset:scan.end])
         version = Version([[] for _ in range(self.num_levels)])
         seen_snapshot = False
-        # A last record cut short is an edit whose write never completed: nothing acted on
-        # it (edits are fsynced before they are relied on). Any other damage is corruption.
-        for payload in iter_records(self.fs, path, allow_cut_tail=True):
+        for payload in scan.records:
             edit = VersionEdit.decode(payload, path)
             for lvl, _ in edit.added:
                 if lvl >= self.num_levels:
@@ -226,16 +259,16 @@ class VersionSet:
         describe tables that are all still on disk, since nothing is deleted after an error)."""
         old = self.manifest_number
         path = manifest_name(self.dirpath, number)
-        writer = LogWriter(self.fs.create(path, exclusive=True))
+        file = self.fs.create(path, exclusive=True)
         try:
+            writer = LogWriter(file, number)
             writer.add(snapshot.encode())
             writer.sync()
             # The manifest's directory entry must be durable before CURRENT names it.
             self.fs.sync_dir(self.dirpath)
-            self.fs.write_file_atomic(join(self.dirpath, CURRENT),
-                                      f"MANIFEST-{number:06d}\n".encode())
+            self.fs.write_file_atomic(join(self.dirpath, CURRENT), encode_current(number))
         except BaseException:
-            writer.close()
+            file.close()
             raise
         if self._log is not None:
             self._log.close()

@@ -1,13 +1,19 @@
 """The write-ahead log: numbered segment files of framed records, one record per write group.
 
 Every write group (one or more batches) becomes one record, copied into the segment's shared
-memory map (:class:`~shaledb.engine.fs.MappedFile`: in the page cache at once, so it survives
-a process crash, without a system call that would give up the GIL). A power loss can tear at
-most the records after the last fsync. A segment is started whenever the memtable is
-frozen; a segment is deleted once the manifest records that every memtable it fed is in a
-table (``log_number`` moved past it). A segment that was open during a crash ends in zeros
-(space allocated but never written): replay treats an all-zero tail as the end of the
-segment. See docs/format.md for the bytes.
+memory map (:class:`~shaledb.engine.vfs.MappedFile`: in the page cache at once, so it survives
+a process crash, without a system call that would give up the GIL). A segment is started
+whenever the memtable is frozen (the old one is sealed and fsynced first) and sealed at a clean
+close; it is deleted once the manifest records that every memtable it fed is in a table
+(``log_number`` moved past it). A segment that was open during a crash ends in zeros (space
+allocated but never written): the reader takes an all-zero tail as the end of the segment.
+
+What recovery keeps (docs/format.md, "WAL recovery"): the records up to the first damage. The
+damage is *unsynced* (what a crash tears) when it is in the newest segment and no valid record
+after it vouches that it had been synced (a ``synced`` claim past it, a sync mark, a seal).
+Anything else is *synced* damage: corruption, which ``wal_recovery="strict"`` refuses to open
+and ``"point_in_time"`` cuts like unsynced damage. Cut bytes are never just dropped: the
+engine saves them under ``lost/``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import CorruptionError
 from .batch import decode_batch
 from .filenames import log_name
-from .logfile import LogWriter, encode_record, read_log
+from .logfile import LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
 
@@ -29,10 +36,10 @@ class WriteAheadLog:
     def __init__(self, fs: FileSystem, dirpath: str, number: int) -> None:
         self.number = number
         self.path = log_name(dirpath, number)
-        self._writer = LogWriter(fs.create_mapped(self.path))
+        self._writer = LogWriter(fs.create_mapped(self.path), number)
         self._file = self._writer.file
+        self._salt = self._writer.salt
         self._sync_lock = threading.Lock()
-        self._synced_size = 0
         self.syncs = 0
 
     @property
@@ -43,20 +50,29 @@ class WriteAheadLog:
     @property
     def dirty(self) -> bool:
         """Whether bytes were written since the last fsync."""
-        return self._writer.size != self._synced_size
+        return self._writer.size != self._writer.synced
 
-    def append(self, payload: bytes) -> None:
-        """Append one record."""
-        self._file.append(encode_record(payload))
+    def append(self, payload: bytes) -> int:
+        """Append one record; returns its size in bytes."""
+        record = encode_record_v2(payload, self._salt, self._writer.synced)
+        self._file.append(record)
+        return len(record)
 
-    def sync(self) -> None:
-        """fsync everything appended so far (a no-op when nothing is new)."""
+    def sync(self, mark: bool = False) -> None:
+        """fsync everything appended so far (a no-op when nothing is new). With ``mark``
+        (only the write-group leader, the one thread that appends), append a sync mark after
+        it, so that a synced last record stays vouched for even if no record follows."""
         with self._sync_lock:
-            size = self._writer.size
-            if size == self._synced_size:
+            if self._writer.size == self._writer.synced:
                 return
-            self._writer.sync()
-            self._synced_size = size
+            self._writer.sync(mark)
+            self.syncs += 1
+
+    def seal(self) -> None:
+        """Mark the segment complete (a seal record) and fsync it: recovery then knows that
+        every record before the seal was durable."""
+        with self._sync_lock:
+            self._writer.seal()
             self.syncs += 1
 
     def close(self) -> None:
@@ -65,28 +81,33 @@ class WriteAheadLog:
             self._writer.close()
 
 
-class ReplayedSegment:
-    """The batches found in one segment and whether (and where) it was damaged."""
+class SegmentScan:
+    """The batches of one segment, and the damage (if any) that ends them."""
 
-    def __init__(self, path: str, batches: list[tuple[int, list[Any]]], good_end: int,
-                 damaged: bool, torn_tail: bool) -> None:
+    __slots__ = ("path", "number", "batches", "offsets", "scan", "malformed")
+
+    def __init__(self, path: str, number: int, scan: LogScan) -> None:
         self.path = path
-        self.batches = batches
-        self.good_end = good_end
-        self.damaged = damaged
-        self.torn_tail = torn_tail
+        self.number = number
+        self.scan = scan
+        self.batches: list[tuple[int, list[Any]]] = []
+        self.offsets: list[int] = []
+        #: A record whose checksum is right but whose batch does not decode: written that way
+        #: (a bug), never a crash. Its offset, or None.
+        self.malformed: int | None = None
+        for payload, offset in zip(scan.records, scan.offsets, strict=True):
+            try:
+                self.batches.append(decode_batch(payload))
+            except CorruptionError:
+                self.malformed = offset
+                break
+            self.offsets.append(offset)
 
     def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
         return iter(self.batches)
 
 
-def replay_segment(fs: FileSystem, dirpath: str, number: int) -> ReplayedSegment:
-    """Read every intact batch of segment ``number`` (damage is reported, not raised)."""
+def scan_segment(fs: FileSystem, dirpath: str, number: int) -> SegmentScan:
+    """Read every intact batch of segment ``number`` (damage is described, not raised)."""
     path = log_name(dirpath, number)
-    data = fs.read_file(path)
-    result = read_log(data)
-    batches = [decode_batch(r) for r in result.records]
-    end = result.good_end
-    # Allocated-but-unwritten space (zeros to the end of the file) is not damage.
-    damaged = result.damaged and data.count(0, end) != len(data) - end
-    return ReplayedSegment(path, batches, end, damaged, result.torn_tail)
+    return SegmentScan(path, number, scan_log(fs.read_file(path), path))
