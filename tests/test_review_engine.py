@@ -563,3 +563,28 @@ def test_recovery_after_a_failed_fsync_rewrites_the_data(tmp_path: Path) -> None
     assert state.get(b"after") == b"reopen", "an acknowledged sync write was lost"
     del state[b"after"]
     assert state == history[-1], "writes read before the crash vanished under a later one"
+
+
+def test_read_only_open_of_a_torn_wal_changes_nothing(tmp_path: Path) -> None:
+    """A read-only open recovers the same prefix, reports the cut, and writes nothing (no
+    lost/ directory, no table, the segment untouched)."""
+    db = shaledb.open(str(tmp_path / "db"), **WAL_OPTS)
+    try:
+        for i in range(10):
+            db.put(key(i), value(i), sync=True)
+        db.put(b"torn", b"t" * 5000)
+        copy = _power_loss_copy(db, tmp_path / "copy")
+    finally:
+        db.close()
+    seg = _segment(copy)
+    size = os.path.getsize(seg)
+    with open(seg, "rb") as fh:
+        data = fh.read().rstrip(b"\0")
+    os.truncate(seg, len(data) - 100)
+    before = sorted(os.listdir(copy))
+    with shaledb.open(copy, read_only=True) as ro:
+        assert ro.get(b"torn") is None and ro.get(key(9)) == value(9)
+        cut = ro.stats()["wal_recovery"]["cut"]
+        assert len(cut) == 1 and cut[0]["saved_to"] is None and "_data" not in cut[0]
+    assert sorted(set(os.listdir(copy)) - {"LOCK"}) == before  # the lock is taken, as documented
+    assert os.path.getsize(seg) == len(data) - 100 < size

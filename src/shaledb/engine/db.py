@@ -1176,8 +1176,9 @@ class Engine:
                 "last_compaction_read_error": self._compaction_read_error,
                 "read_only": self.options.read_only or self._bg_error is not None,
                 "recovery_seconds": round(self.recovery_seconds, 6),
-                "wal_recovery": {**self._recovery,
-                                 "cut": [dict(c) for c in self._recovery["cut"]]},
+                "wal_recovery": {**self._recovery, "cut": [
+                    {k: v for k, v in c.items() if not k.startswith("_")}
+                    for c in self._recovery["cut"]]},
             }
 
     @property
