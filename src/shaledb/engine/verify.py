@@ -629,6 +629,17 @@ class Checker:
                              "be live (the manifest is damaged): checked below; `shaledb "
                              "repair` salvages it", length=self._size(name))
                 self.check_table(number, None, None, None)
+        if log_number is not None and log_number not in logs:
+            if live_logs:  # newer segments exist, so this one was created and is now gone
+                self._damage(ProblemKind.MISSING_FILE, f"{log_number:06d}.log",
+                             f"the manifest's log number is {log_number}, but that WAL segment "
+                             "is gone while newer ones exist: the writes it held since the "
+                             "last flush are lost; `shaledb repair` keeps the rest")
+            else:
+                self._notice(ProblemKind.MISSING_FILE, f"{log_number:06d}.log",
+                             f"no WAL segment at the manifest's log number {log_number}: "
+                             "normal only if a crash came right after the manifest was "
+                             "written, before the first write")
         for number in sorted(set(logs) - set(live_logs)):
             self._notice(ProblemKind.LEFTOVER_FILE, logs[number],
                          f"a WAL segment below the manifest's log number {log_number}: its "
