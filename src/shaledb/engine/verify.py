@@ -615,7 +615,8 @@ class Checker:
             self.check_levels(manifest.levels)
             for lvl, files in enumerate(manifest.levels):
                 for meta in files:
-                    self.check_table(meta.number, meta, lvl, manifest.last_seq)
+                    self.check_table(meta.number, meta, lvl,
+                                     manifest.last_seq if manifest.intact else None)
         for number in unlisted:
             name = tables[number]
             if manifest.intact:
