@@ -220,6 +220,50 @@ def log_records(path: str, *, seals: bool = False) -> list[tuple[int, int]]:
     return out
 
 
+def append_log_record(path: str, payload: bytes, rtype: int = 1) -> None:
+    """Append a valid log-format-2 record to the log at ``path`` (written from docs/format.md:
+    the salt is in the file header), vouching that everything before it was synced."""
+    import crc32c
+
+    with open(path, "r+b") as fh:
+        data = fh.read()
+        assert data.startswith(LOG_FILE_MAGIC), "not a log format 2 file"
+        salt = data[20:28]
+        head = struct.pack("<BIQ", rtype, len(payload), len(data))
+        crc = crc32c.crc32c(payload, crc32c.crc32c(head, crc32c.crc32c(salt)))
+        fh.write(LOG_MAGIC + head + crc.to_bytes(4, "little") + payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def two_live_segments(path: str) -> tuple[list[str], list[dict[bytes, bytes]]]:
+    """A database with two live WAL segments: the memtable was switched (the older segment
+    sealed), then the flush of the frozen memtable failed, so both segments stay live. The
+    first 20 puts are in the older segment; returns the segments and the model after each
+    put."""
+    from shaledb.testing import FaultInjectionFS
+
+    fs = FaultInjectionFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=None)
+    models: list[dict[bytes, bytes]] = [{}]
+    try:
+        fs.inject("create", path=".sst", count=None)
+        for i in range(20):
+            db.put(key(i), value(i, size=200))
+            models.append({**models[-1], key(i): value(i, size=200)})
+        try:
+            db.flush()  # switches the memtable; its flush then fails
+        except shaledb.ReadOnlyError:
+            pass
+        else:
+            raise AssertionError("the flush was expected to fail")
+    finally:
+        db.close()
+    segs = files(path, ".log")
+    assert len(segs) == 2, segs
+    return segs, models
+
+
 def current_manifest(path: str | os.PathLike[str]) -> str:
     """Path of the manifest CURRENT names (its first line)."""
     with open(os.path.join(path, "CURRENT"), "rb") as fh:

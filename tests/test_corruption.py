@@ -35,6 +35,7 @@ from _helpers import (
     log_records,
     scan,
     truncate,
+    two_live_segments,
     value,
 )
 
@@ -151,39 +152,13 @@ def test_wal_torn_tail_is_dropped(tmp_path: Path, cut: str) -> None:
         db.close()
 
 
-def _two_segment_db(path: str) -> tuple[list[str], list[dict[bytes, bytes]]]:
-    """Two live WAL segments: the memtable was switched (the older segment sealed), then the
-    flush of the frozen memtable failed, so both segments stay live."""
-    from shaledb.testing import FaultInjectionFS
-
-    fs = FaultInjectionFS()
-    db = shaledb.open(path, fs=fs, fsync_interval=None)
-    models: list[dict[bytes, bytes]] = [{}]
-    try:
-        fs.inject("create", path=".sst", count=None)
-        for i in range(40):
-            if i == 20:
-                with pytest.raises(shaledb.ReadOnlyError):
-                    db.flush()  # switches the memtable; its flush then fails
-            db_put = db.put if i < 20 else None
-            if db_put is None:
-                break
-            db_put(key(i), value(i, size=200))
-            models.append({**models[-1], key(i): value(i, size=200)})
-    finally:
-        db.close()
-    segs = [p for p in files(path, ".log") if os.path.getsize(p) > 0]
-    assert len(segs) == 2, segs
-    return segs, models
-
-
 @pytest.mark.parametrize("damage", ["flip-last-record", "truncate-last-record"])
 def test_wal_damage_at_end_of_older_segment(tmp_path: Path, damage: str) -> None:
     """Only the newest segment may have a torn tail: an older one was sealed and synced
     before the next one started, so damage in it is corruption in strict mode;
     point_in_time keeps the prefix and saves the rest (the newer segment too) under lost/."""
     path = str(tmp_path / "db")
-    segs, models = _two_segment_db(path)
+    segs, models = two_live_segments(path)
     off, size = log_records(segs[0])[-1]
     if damage == "flip-last-record":
         flip(segs[0], off + size - 3)

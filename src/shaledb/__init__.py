@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 from .db import DB, open  # noqa: A004 - shaledb.open is the documented entry point
 from .engine.batch import WriteBatch
+from .engine.repair import RepairReport, repair
+from .engine.verify import VerifyReport, verify
 from .errors import (
     ClosedError,
     CorruptionError,
@@ -39,12 +41,16 @@ __all__ = [
     "LockedError",
     "Options",
     "ReadOnlyError",
+    "RepairReport",
     "ShaleError",
     "Snapshot",
     "StorageError",
     "Transaction",
     "TransactionConflict",
+    "VerifyReport",
     "WriteBatch",
     "__version__",
     "open",
+    "repair",
+    "verify",
 ]

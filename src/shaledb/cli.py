@@ -8,6 +8,8 @@ Subcommands::
     shaledb put PATH KEY VALUE [--ttl SECONDS] [--hex] [--no-sync]
     shaledb delete PATH KEY [--hex]
     shaledb scan PATH [--start K] [--stop K] [--prefix P] [--limit N] [--reverse] [--hex]
+    shaledb verify PATH [--json]
+    shaledb repair PATH DEST [--json]
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
                   [--aclfile FILE] [--[no-]protected-mode] [--tls-port P --tls-cert-file F
                   --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
@@ -18,6 +20,7 @@ Subcommands::
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
 Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
 Every :class:`~shaledb.errors.ShaleError` is reported as one line on stderr with exit code 1.
+``verify`` exits 2 when it finds damage and ``repair`` exits 2 when something was lost.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -55,6 +58,8 @@ VALUE_POOL = 1 << 20
 
 console = Console()
 err_console = Console(stderr=True)
+
+T = TypeVar("T")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -458,6 +463,134 @@ def scan(path: str, start: str | None, stop: str | None, prefix: str | None, lim
             rows += 1
     console.print(table)
     console.print(f"{rows} entr{'y' if rows == 1 else 'ies'}")
+
+
+# -- verify and repair ---------------------------------------------------------------------
+
+#: Exit status of ``verify`` on damage and of ``repair`` when something was lost.
+EXIT_DAMAGE = 2
+
+
+def _checked_progress(as_json: bool) -> Progress | None:
+    """A progress bar when stdout is a terminal and the output is for people."""
+    return None if as_json or not console.is_terminal else _progress()
+
+
+def _run_with_progress(label: str, as_json: bool, fn: Callable[[Any], T]) -> T:
+    bar = _checked_progress(as_json)
+    if bar is None:
+        return fn(None)
+    with bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return fn(update)
+
+
+def _locked_hint(exc: ShaleError) -> NoReturn:
+    fail(f"{type(exc).__name__}: {exc}. To check a database while it is open, call db.verify() "
+         "inside the process that has it open")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def verify(path: str, as_json: bool) -> None:
+    """Check every file of the closed database at PATH: checksums of every block and record,
+    the manifest's references (missing and unreferenced files), key order within tables and
+    across the tables of a level, sequence numbers. Writes nothing.
+
+    Exit status: 0 when no damage was found (notices are allowed), 2 on damage, 1 when the
+    check could not run (no database there, or it is open in another process).
+    """
+    from shaledb.engine.verify import verify as run_verify
+    from shaledb.errors import LockedError
+
+    try:
+        report = _run_with_progress("verify", as_json,
+                                    lambda progress: run_verify(path, progress=progress))
+    except LockedError as exc:
+        _locked_hint(exc)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        t = report.totals
+        table = Table(title=f"verify {report.path}", show_header=False)
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        for name, value in (("result", "OK" if report.ok else "DAMAGED"),
+                            ("damage", f"{len(report.damage):,}"),
+                            ("notices", f"{len(report.notices):,}"),
+                            ("files", f"{t.files:,}"),
+                            ("bytes", f"{t.bytes:,} ({human_bytes(t.bytes)})"),
+                            ("tables", f"{t.tables:,}"), ("blocks", f"{t.blocks:,}"),
+                            ("entries", f"{t.entries:,}"),
+                            ("WAL segments", f"{t.wal_segments:,}"),
+                            ("WAL records", f"{t.wal_records:,}"),
+                            ("seconds", f"{t.seconds:.2f}"),
+                            ("MB/s", f"{t.mb_per_s:,.0f}")):
+            table.add_row(name, value)
+        console.print(table)
+        for problem in report.problems:
+            console.print(Text(str(problem),
+                               style="red" if problem.severity.value == "damage" else "yellow"),
+                          soft_wrap=True)
+    if not report.ok:
+        raise SystemExit(EXIT_DAMAGE)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def repair(path: str, dest: str, as_json: bool) -> None:
+    """Salvage every readable record of the database at PATH into a new database at DEST
+    (which must not exist, or be empty). PATH is only read, never written.
+
+    Uses the manifest's table list when the manifest reads, every table otherwise; every
+    intact data block; every intact WAL record. The newest version of each key wins; deleted
+    and expired keys stay deleted. Exit status: 0 when nothing was lost, 2 when something
+    was (the report names the files, offsets, key ranges and counts), 1 on error.
+    """
+    from shaledb.engine.repair import repair as run_repair
+    from shaledb.errors import LockedError
+
+    try:
+        report = _run_with_progress("repair", as_json,
+                                    lambda progress: run_repair(path, dest, progress=progress))
+    except LockedError as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        table = Table(title=f"repair {report.source} -> {report.dest}", show_header=False)
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        for name, value in (("result", "nothing lost" if report.lossless else "DATA LOST"),
+                            ("manifest used", "yes" if report.manifest_used else "no"),
+                            ("files read", f"{report.files_read:,}"),
+                            ("bytes read", f"{report.bytes_read:,}"),
+                            ("tables read", f"{report.tables_read:,}"),
+                            ("blocks read", f"{report.blocks_read:,}"),
+                            ("blocks lost", f"{report.blocks_lost:,}"),
+                            ("WAL records read", f"{report.wal_records:,}"),
+                            ("WAL records lost", f"{report.wal_records_lost:,}"),
+                            ("versions read", f"{report.entries_read:,}"),
+                            ("keys written", f"{report.keys_written:,}"),
+                            ("deleted (not written)", f"{report.deleted:,}"),
+                            ("expired (not written)", f"{report.expired:,}"),
+                            ("damaged files", ", ".join(report.damaged_files) or "none"),
+                            ("seconds", f"{report.seconds:.2f}")):
+            table.add_row(name, value)
+        console.print(table)
+        for loss in report.losses:
+            console.print(Text(str(loss), style="red"), soft_wrap=True)
+        for note in report.notices:
+            console.print(Text(f"NOTICE  {note}", style="yellow"), soft_wrap=True)
+    if not report.lossless:
+        raise SystemExit(EXIT_DAMAGE)
 
 
 # -- serve ---------------------------------------------------------------------------------

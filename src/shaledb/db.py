@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from .engine.batch import Bytesish, WriteBatch, check_expire_at_ms, to_key, to_value, ttl_to_ms
 from .engine.db import Engine
 from .engine.dbformat import DELETE, PUT, charge
+from .engine.verify import ProgressFn, VerifyReport
 from .errors import InvalidArgument, TransactionConflict
 from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
 from .snapshot import Reader, Snapshot, bound
@@ -109,6 +110,14 @@ class DB(Reader):
     def sync(self) -> None:
         """fsync the write-ahead log: every write so far survives power loss."""
         self._engine.sync_wal()
+
+    def verify(self, *, progress: ProgressFn | None = None) -> VerifyReport:
+        """Check every file of the open database (checksums, manifest references, key order,
+        sequence numbers; see ``shaledb.engine.verify``) while it stays open: writes,
+        flushes and compactions go on meanwhile. Damage is reported in the result (``.ok``,
+        ``.problems``), not raised. ``progress(done, total)`` is called as bytes are read.
+        For a closed database use :func:`shaledb.verify` (or ``shaledb verify PATH``)."""
+        return self._engine.verify(progress)
 
     def stats(self) -> dict[str, Any]:
         """Engine statistics (memtable, levels, compaction, cache, WAL, errors)."""

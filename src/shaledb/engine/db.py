@@ -64,6 +64,7 @@ from .filenames import (
     OPTIONS,
     log_file,
     log_name,
+    manifest_name,
     parse,
     table_file,
     table_name,
@@ -75,6 +76,7 @@ from .optionsfile import DB_FORMAT_VERSION, decode_options, encode_options
 from .sstable import FileMeta, TableReader
 from .sstable.block import Block
 from .sstable.writer import TableWriter
+from .verify import LiveState, ProgressFn, VerifyReport, verify_live
 from .vfs import FileSystem, Lock, default_fs
 from .wal import SegmentScan, WriteAheadLog, scan_segment
 
@@ -1120,6 +1122,37 @@ class Engine:
                     self.fs.remove(vfs.join(self.path, name))
                 except StorageError:
                     pass  # retried after the next flush or compaction
+
+    # ------------------------------------------------------------------------------------
+    # Verification (the checks are in verify.py; this only pins what they read)
+    def verify(self, progress: ProgressFn | None = None) -> VerifyReport:
+        """Check every file of the open database without blocking writes: the current
+        version is pinned (its tables are not deleted while read), the manifest is read under
+        the manifest lock (which only flushes and compactions take, for a few milliseconds),
+        and the WAL is read up to where it was at the pin. No lock is held while tables are
+        read."""
+        with self._manifest_lock:
+            with self._mutex:
+                self.check_open()
+                self._locked_drain()
+                v = self._versions.current
+                v.refs += 1
+                self._pinned[id(v)] = v
+                wal = self._wal
+                number = self._versions.manifest_number
+                log_number = self._versions.log_number
+                wal_number, wal_size = (wal.number, wal.size) if wal is not None else (None, 0)
+            try:
+                manifest = self.fs.read_file(manifest_name(self.path, number))
+            except BaseException:
+                self._unpin(v)
+                raise
+        try:
+            state = LiveState(levels=v.levels, manifest_number=number, manifest=manifest,
+                              log_number=log_number, wal_number=wal_number, wal_size=wal_size)
+            return verify_live(self.fs, self.path, state, progress)
+        finally:
+            self._unpin(v)
 
     # ------------------------------------------------------------------------------------
     # Stats and close

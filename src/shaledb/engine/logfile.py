@@ -316,6 +316,79 @@ def _scan_v1(data: bytes) -> LogScan:
     return scan
 
 
+class Salvage:
+    """Everything readable in a damaged log (for ``verify`` and ``repair``): every valid
+    record, including those after damage, and the damaged ranges between them."""
+
+    __slots__ = ("version", "header_size", "records", "damaged", "zeros_from")
+
+    def __init__(self, version: int, header_size: int) -> None:
+        self.version = version
+        self.header_size = header_size  # of one record: 19 (format 2) or 11 (format 1)
+        #: (offset, type, synced, payload) of every valid record, in file order; ``synced``
+        #: is None in format 1.
+        self.records: list[tuple[int, int, int | None, bytes]] = []
+        #: [start, end) of each damaged range: up to the next valid record, or to the last
+        #: non-zero byte.
+        self.damaged: list[tuple[int, int]] = []
+        self.zeros_from: int | None = None  # zeros from here to the end (allocated space)
+
+    def vouched(self, start: int) -> bool:
+        """Whether a valid record after ``start`` says the bytes at ``start`` were synced."""
+        return any(off > start and synced is not None and (synced > start or rtype != 1)
+                   for off, rtype, synced, _ in self.records)
+
+
+def salvage_log(data: bytes) -> Salvage:
+    """Read every valid record of a log file, resynchronizing after damage at the next valid
+    record (format 2: by the salted checksum, which bytes inside values cannot pass; format 1:
+    by magic and checksum, best effort)."""
+    n = len(data)
+    if data[:len(FILE_MAGIC)] == FILE_MAGIC or (
+            n >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0")):
+        out = Salvage(LOG_VERSION, HEADER_SIZE)
+        end = _nonzero_end(data, 0)
+        if end == 0:
+            out.zeros_from = 0
+            return out
+        if n < FILE_HEADER_SIZE or crc32c(data[:28]) != int.from_bytes(data[28:32], "little"):
+            out.damaged.append((0, end))  # without the salt nothing can be trusted
+            return out
+        salt = data[20:28]
+
+        def at(pos: int) -> tuple[int, int, int | None]:
+            return _record_at(data, pos, salt)
+        pos = FILE_HEADER_SIZE
+    else:
+        out = Salvage(1, HEADER_SIZE_V1)
+
+        def at(pos: int) -> tuple[int, int, int | None]:
+            return _record_at_v1(data, pos), RECORD_FULL, None
+        pos = 0
+    hsize = out.header_size
+    end_data = _nonzero_end(data, pos)
+    while pos < n:
+        end, rtype, synced = at(pos)
+        if end >= 0:
+            out.records.append((pos, rtype, synced, data[pos + hsize:end]))
+            pos = end
+            continue
+        stop = _nonzero_end(data, pos)
+        if stop == pos:
+            out.zeros_from = pos
+            break
+        nxt = data.find(MAGIC, pos + 1, end_data)
+        while nxt >= 0 and at(nxt)[0] < 0:
+            nxt = data.find(MAGIC, nxt + 1, end_data)
+        if nxt < 0:
+            out.damaged.append((pos, stop))
+            out.zeros_from = stop if stop < n else None
+            break
+        out.damaged.append((pos, nxt))
+        pos = nxt
+    return out
+
+
 def iter_records(fs: FileSystem, path: str) -> Iterator[bytes]:
     """Yield every record of a log that must be intact; any damage raises CorruptionError."""
     scan = scan_log(fs.read_file(path), path)

@@ -132,8 +132,9 @@ class FileSystem(Protocol):
     def sync_dir(self, path: str) -> None:
         """fsync a directory: creations, renames and removals in it become durable."""
 
-    def lock(self, path: str) -> Lock:
-        """Take an exclusive, non-blocking lock on ``path``."""
+    def lock(self, path: str, *, readonly: bool = False) -> Lock:
+        """Take an exclusive, non-blocking lock on ``path``. With ``readonly``, ``path`` must
+        exist and is neither created nor written (for tools that only read a database)."""
 
     def worker_state(self) -> Any:
         """What a compaction worker process needs to rebuild this file system (picklable;
@@ -514,10 +515,17 @@ class PosixFileSystem:
     def adopt_worker_report(self, report: Any) -> None:
         """Nothing to take in."""
 
-    def lock(self, path: str) -> FileLock:
-        """Take an exclusive, non-blocking lock on ``path``; LockedError names the holder."""
+    def lock(self, path: str, *, readonly: bool = False) -> FileLock:
+        """Take an exclusive, non-blocking lock on ``path``; LockedError names the holder.
+
+        The lock file is created if missing and gets this process' pid, unless ``readonly``:
+        then it must exist, and it is opened read-only and left unchanged (``shaledb verify``
+        and ``repair`` write nothing into the database they read)."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            if readonly:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             raise _storage_error("open lock file", path, exc) from exc
         try:
@@ -536,11 +544,12 @@ class PosixFileSystem:
                     f"first (one process, one DB object per directory)"
                 ) from None
             raise _storage_error("lock", path, exc) from exc
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass  # the pid is only a courtesy for the error message
+        if not readonly:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass  # the pid is only a courtesy for the error message
         return FileLock(path, fd)
 
 

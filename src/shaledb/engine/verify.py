@@ -1,0 +1,1326 @@
+"""Checking a database: every file, every checksum, every cross-reference (``shaledb verify``).
+
+What is checked, file by file (docs/format.md describes the bytes):
+
+- ``CURRENT`` names a manifest that exists; every manifest record has a good checksum and
+  decodes as a version edit; the edits replay into a version (levels within range, no table
+  listed twice).
+- Every table the version lists exists and has the size the manifest recorded; its footer,
+  index, filter and properties blocks pass their checksums and decode; the index covers the
+  data region block after block; every data block passes its checksum, decompresses and
+  decodes; keys ascend (and one key's versions descend by sequence) inside a block, across the
+  blocks of a table, and the index names each block's last key; the filter answers "may
+  contain" for every key; entry counts, key range and sequence range agree with the
+  properties block and with the manifest.
+- Levels 1 and deeper are sorted and their tables do not overlap; overlapping level-0 tables
+  hold newer data in higher-numbered tables (reads take level 0 newest number first); no table
+  holds a sequence number past the manifest's last sequence.
+- WAL segments at or above the manifest's log number: every record passes its checksum and
+  decodes as a write batch, and sequence numbers run on without a gap from the tables' last
+  sequence through every segment. A torn last record in the newest segment is what a crash
+  leaves (open drops it): a notice, not damage. Zeros at the end of a segment are space
+  allocated ahead, not damage.
+- ``OPTIONS`` is present and parses. Notices (not damage): tables no manifest lists (deleted
+  on the next open), WAL segments below the log number and manifests other than the current
+  one (leftovers, deleted on the next open), ``*.tmp`` files, and files in ``lost/`` (bytes
+  that recovery cut from a damaged log; a person should look at them).
+
+Invariants:
+
+- Reads go through the :class:`~shaledb.engine.vfs.FileSystem` seam only, and nothing is ever
+  written: not even the ``LOCK`` file is created (:func:`verify` locks an existing one
+  without writing to it).
+- Damage never stops the check: each problem becomes a :class:`Problem` naming the file, the
+  offset and the key range (or sequence range) it affects, and the check goes on with the
+  next block, table or file.
+- Memory is bounded: one table's index and filter, one chunk of data blocks (at most
+  :data:`READ_CHUNK` bytes or one block) and one WAL segment or manifest at a time.
+- The WAL and manifest framing is read only through :func:`scan_log`, the one adapter onto
+  ``logfile``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate, compress
+from operator import eq, lt, neg
+from typing import Any
+
+import msgpack
+
+from ..errors import (
+    CorruptionError,
+    IncompatibleFormatError,
+    InvalidArgument,
+    ShaleError,
+    StorageError,
+)
+from ..options import Options
+from .batch import decode_batch
+from .filenames import CURRENT, LOCK, OPTIONS, parse
+from .logfile import MAGIC, salvage_log
+from .manifest import Version, VersionEdit, decode_current
+from .optionsfile import decode_options
+from .sstable.block import decode_data_block, decode_index_block
+from .sstable.filter import KeyFilter
+from .sstable.format import (
+    FOOTER,
+    FOOTER_SIZE,
+    TRAILER_SIZE,
+    FileMeta,
+    Footer,
+    crc32c,
+    decode_block,
+)
+from .sstable.format import MAGIC as TABLE_MAGIC
+from .vfs import FileSystem, Lock, ReadFile, default_fs, join
+
+#: Data blocks are read in runs of about this many bytes (one ``pread`` per run).
+READ_CHUNK = 4 << 20
+#: The progress callback is called at most once per this many bytes read (and per file).
+PROGRESS_STEP = 4 << 20
+#: Name of the directory recovery saves bytes it cuts from a damaged log into.
+LOST_DIR = "lost"
+
+#: ``progress(bytes_done, bytes_total)``.
+ProgressFn = Callable[[int, int], None]
+
+
+def key_text(key: bytes) -> str:
+    """``key`` as printable text when it is printable UTF-8 (not starting with ``0x``), else
+    ``0x`` + hex: unambiguous, and what the CLI's ``--hex``-less arguments accept."""
+    try:
+        text = key.decode("utf-8")
+        if text.isprintable() and not text.startswith("0x"):
+            return text
+    except UnicodeDecodeError:
+        pass
+    return "0x" + key.hex()
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+class Severity(enum.StrEnum):
+    """DAMAGE: data is (or may be) unreadable or wrong. NOTICE: worth a look, not damage."""
+
+    DAMAGE = "damage"
+    NOTICE = "notice"
+
+
+class ProblemKind(enum.StrEnum):
+    """What is wrong (the ``kind`` of a :class:`Problem`)."""
+
+    CHECKSUM = "checksum"  # bytes do not match their CRC
+    MALFORMED = "malformed"  # passes its checksum (or has none) but does not decode
+    TRUNCATED = "truncated"  # shorter than its structure says
+    MISSING_FILE = "missing_file"  # referenced but absent
+    SIZE_MISMATCH = "size_mismatch"  # table size differs from the manifest's
+    KEY_ORDER = "key_order"  # keys out of order in a table (or its index)
+    LEVEL_OVERLAP = "level_overlap"  # tables of a level >= 1 overlap or are unsorted
+    SEQUENCE = "sequence"  # sequence numbers out of range, out of order or with a gap
+    METADATA = "metadata_mismatch"  # properties block or manifest disagree with the data
+    FILTER = "filter"  # the filter denies a key the table holds
+    INCOMPATIBLE = "incompatible_format"  # written by a newer format version
+    IO_ERROR = "io_error"  # the operating system failed a read
+    UNREFERENCED_FILE = "unreferenced_file"  # a table no manifest lists (notice)
+    LEFTOVER_FILE = "leftover_file"  # obsolete log, manifest or temp file (notice)
+    TORN_TAIL = "torn_tail"  # the newest log ends in a record cut short by a crash (notice)
+    LOST_FILE = "lost_file"  # a file in lost/ (notice)
+    MISSING_OPTIONS = "missing_options"  # no OPTIONS file (notice)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRange:
+    """User keys from ``start`` to ``end`` (``None``: unbounded); ``end`` is inclusive and
+    ``start`` is exclusive when ``start_exclusive`` (a data block's range starts just after the
+    previous block's last key)."""
+
+    start: bytes | None
+    end: bytes | None
+    start_exclusive: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": None if self.start is None else key_text(self.start),
+                "start_inclusive": not self.start_exclusive and self.start is not None,
+                "end": None if self.end is None else key_text(self.end),
+                "end_inclusive": self.end is not None}
+
+    def contains(self, key: bytes) -> bool:
+        """Whether ``key`` lies in the range."""
+        if self.start is not None and (key <= self.start if self.start_exclusive
+                                       else key < self.start):
+            return False
+        return self.end is None or key <= self.end
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.start is None else key_text(self.start)
+        hi = "+inf" if self.end is None else key_text(self.end)
+        return f"{'(' if self.start_exclusive or self.start is None else '['}{lo}, {hi}" \
+               f"{']' if self.end is not None else ')'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing found wrong (or worth a look) in one file."""
+
+    severity: Severity
+    kind: ProblemKind
+    file: str  # name relative to the database directory ("" for the directory itself)
+    message: str  # what is wrong, what it means for reads, and what to do
+    offset: int | None = None  # byte offset in ``file`` where the problem starts
+    length: int | None = None  # bytes affected from ``offset``
+    level: int | None = None  # the table's level, when the manifest lists it
+    keys: KeyRange | None = None  # user keys whose data is affected
+    seqs: tuple[int, int] | None = None  # sequence numbers affected (inclusive)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"severity": self.severity.value, "kind": self.kind.value, "file": self.file,
+                "offset": self.offset, "length": self.length, "level": self.level,
+                "keys": None if self.keys is None else self.keys.to_json(),
+                "seqs": None if self.seqs is None else list(self.seqs),
+                "message": self.message}
+
+    def __str__(self) -> str:
+        where = self.file or "."
+        if self.offset is not None:
+            where += f" @ {self.offset}"
+        parts = [f"{self.severity.value.upper():7}", where, self.kind.value]
+        if self.keys is not None:
+            parts.append(f"keys {self.keys}")
+        if self.seqs is not None:
+            parts.append(f"seqs {self.seqs[0]}..{self.seqs[1]}")
+        return "  ".join(parts) + f": {self.message}"
+
+
+@dataclasses.dataclass
+class Totals:
+    """What was read."""
+
+    files: int = 0
+    bytes: int = 0
+    tables: int = 0
+    blocks: int = 0
+    entries: int = 0
+    wal_segments: int = 0
+    wal_records: int = 0
+    seconds: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        """Bytes read per second, in MB (10^6 bytes)."""
+        return self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = dataclasses.asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        d["mb_per_s"] = round(self.mb_per_s, 1)
+        return d
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """The result of :func:`verify` (a closed database) or ``DB.verify()`` (an open one)."""
+
+    path: str
+    live: bool  # checked while open (the pinned version; the WAL up to the moment of the pin)
+    problems: list[Problem]
+    totals: Totals
+
+    @property
+    def damage(self) -> list[Problem]:
+        """Problems of severity DAMAGE."""
+        return [p for p in self.problems if p.severity is Severity.DAMAGE]
+
+    @property
+    def notices(self) -> list[Problem]:
+        """Problems of severity NOTICE."""
+        return [p for p in self.problems if p.severity is Severity.NOTICE]
+
+    @property
+    def ok(self) -> bool:
+        """No damage found (notices allowed)."""
+        return not self.damage
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "live": self.live,
+                "damage": len(self.damage), "notices": len(self.notices),
+                "totals": self.totals.to_json(),
+                "problems": [p.to_json() for p in self.problems]}
+
+    def __str__(self) -> str:
+        t = self.totals
+        head = (f"{self.path}: {'OK' if self.ok else 'DAMAGED'} ({len(self.damage)} damage, "
+                f"{len(self.notices)} notices; {t.files} files, {t.bytes:,} bytes, "
+                f"{t.tables} tables, {t.blocks} blocks, {t.entries:,} entries in "
+                f"{t.seconds:.2f} s)")
+        return "\n".join([head, *map(str, self.problems)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The log adapter: the one place that reads WAL and manifest framing
+
+
+@dataclasses.dataclass
+class LogScan:
+    """Every intact record of a log file, and where it is damaged."""
+
+    records: list[tuple[int, bytes]]  # (offset, payload) of the full records
+    #: Damaged byte ranges ``[start, end)`` followed by an intact record.
+    gaps: list[tuple[int, int]]
+    #: Offset where a damaged tail starts that no intact record follows, or None.
+    tail: int | None
+    #: Offsets of damage (gap or tail starts) that a later record vouches for: it says the
+    #: damaged bytes had been synced (docs/format.md, "WAL recovery").
+    vouched: set[int]
+    #: Offset from which the file holds only zeros (allocated ahead), or None.
+    zeros_from: int | None
+    #: Size of one record header (19 in log format 2, 11 in format 1).
+    header_size: int
+
+
+def scan_log(data: bytes) -> LogScan:
+    """Read ``data`` (a whole WAL segment or manifest), resynchronizing after damage at the
+    next intact record. The only reader of log framing in this module (and repair's)."""
+    sal = salvage_log(data)
+    records = [(off, payload) for off, rtype, _, payload in sal.records if rtype == 1]
+    gaps: list[tuple[int, int]] = []
+    tail = None
+    vouched = set()
+    last = sal.records[-1][0] if sal.records else -1
+    for start, end in sal.damaged:
+        if start < last:
+            gaps.append((start, end))
+        else:
+            tail = start
+        if sal.vouched(start):
+            vouched.add(start)
+    return LogScan(records, gaps, tail, vouched, sal.zeros_from, sal.header_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# What an open database hands the checker
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveState:
+    """What ``Engine.verify`` pinned: the current version's levels (its tables are not deleted
+    while pinned), the manifest bytes read under the manifest lock (they describe exactly that
+    version) and the WAL position at the moment of the pin."""
+
+    levels: list[list[FileMeta]]
+    manifest_number: int
+    manifest: bytes
+    log_number: int
+    wal_number: int | None  # the segment being written, read only up to ``wal_size``
+    wal_size: int
+
+
+@dataclasses.dataclass
+class ManifestState:
+    """What the manifest says, and whether it could be read completely."""
+
+    name: str | None = None
+    levels: list[list[FileMeta]] | None = None
+    log_number: int | None = None
+    last_seq: int | None = None
+    intact: bool = False
+
+
+def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[Problem], None],
+                  data: bytes | None = None, name: str | None = None) -> ManifestState:
+    """CURRENT -> MANIFEST -> the version it describes. Damage is reported, never raised;
+    ``intact`` says whether every edit was read (only then is the table list authoritative)."""
+    state = ManifestState()
+    if name is None:
+        try:
+            raw = fs.read_file(join(path, CURRENT))
+        except StorageError as exc:
+            missing = not fs.exists(join(path, CURRENT))
+            report(Problem(Severity.DAMAGE,
+                           ProblemKind.MISSING_FILE if missing else ProblemKind.IO_ERROR,
+                           CURRENT, f"cannot read CURRENT ({exc}): the database cannot be "
+                           "opened; `shaledb repair` rebuilds it from the tables and logs"))
+            return state
+        try:
+            name = decode_current(raw)
+        except CorruptionError as exc:
+            report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, CURRENT,
+                           f"{exc}: the database cannot be opened; `shaledb repair` rebuilds "
+                           "it from the tables and logs", offset=0))
+            return state
+    state.name = name
+    if data is None:
+        try:
+            data = fs.read_file(join(path, name))
+        except StorageError as exc:
+            missing = not fs.exists(join(path, name))
+            report(Problem(Severity.DAMAGE,
+                           ProblemKind.MISSING_FILE if missing else ProblemKind.IO_ERROR,
+                           name, f"CURRENT names {name}, which cannot be read ({exc}): the "
+                           "database cannot be opened; `shaledb repair` rebuilds it"))
+            return state
+    scan = scan_log(data)
+    intact = True
+    version = Version([[] for _ in range(num_levels)])
+    seen: dict[int, int] = {}
+    for gap_start, gap_end in scan.gaps:
+        intact = False
+        report(Problem(Severity.DAMAGE, _log_damage_kind(data, gap_start, scan), name,
+                       "manifest record damaged (intact records follow): the database cannot "
+                       "be opened, and the tables it lists are unknown; `shaledb repair` "
+                       "salvages every table", offset=gap_start, length=gap_end - gap_start))
+    if scan.tail is not None:
+        if scan.tail not in scan.vouched:
+            report(Problem(Severity.NOTICE, ProblemKind.TORN_TAIL, name,
+                           "the last manifest edit was torn by a crash before its fsync "
+                           "returned; open ignores it (nothing acted on it) and keeps its "
+                           "bytes under lost/", offset=scan.tail, length=len(data) - scan.tail))
+        else:
+            intact = False
+            report(Problem(Severity.DAMAGE, _log_damage_kind(data, scan.tail, scan), name,
+                           "the last manifest edit fails its checksum, and the sync mark after "
+                           "it says it was durable: it may have been acted on, so open refuses "
+                           "the database; `shaledb repair` salvages every table",
+                           offset=scan.tail, length=len(data) - scan.tail))
+    edits = 0
+    for offset, payload in scan.records:
+        try:
+            edit = VersionEdit.decode(payload, name)
+        except (CorruptionError, IncompatibleFormatError) as exc:
+            intact = False
+            report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED if isinstance(
+                exc, CorruptionError) else ProblemKind.INCOMPATIBLE, name,
+                f"manifest record does not decode ({exc}); the database cannot be opened",
+                offset=offset, length=scan.header_size + len(payload)))
+            continue
+        edits += 1
+        bad_levels = [(lvl, f) for lvl, f in edit.added if not 0 <= lvl < num_levels]
+        if bad_levels:
+            intact = False
+            report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, name,
+                           f"manifest edit names level {bad_levels[0][0]} but the database has "
+                           f"{num_levels} levels; the database cannot be opened",
+                           offset=offset))
+            edit.added = [(lvl, f) for lvl, f in edit.added if 0 <= lvl < num_levels]
+        version = version.apply(edit)
+        if edit.log_number is not None:
+            state.log_number = edit.log_number
+        if edit.last_seq is not None:
+            state.last_seq = max(state.last_seq or 0, edit.last_seq)
+    if not edits:
+        intact = False
+        report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, name,
+                       "the manifest holds no readable edit; the database cannot be opened"))
+    for lvl, f in version.files():
+        if f.number in seen:
+            intact = False
+            report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, name,
+                           f"the manifest lists table {f.number:06d}.sst twice (levels "
+                           f"{seen[f.number]} and {lvl}); the database cannot be opened",
+                           level=lvl))
+        seen[f.number] = lvl
+    state.levels = version.levels
+    state.intact = intact
+    return state
+
+
+def _log_damage_kind(data: bytes, offset: int, scan: LogScan) -> ProblemKind:
+    """CHECKSUM when a record header is there (magic, and a length that fits), else
+    MALFORMED (the header itself is damaged)."""
+    if data[offset:offset + 2] != MAGIC:
+        return ProblemKind.MALFORMED
+    end = offset + scan.header_size + int.from_bytes(data[offset + 3:offset + 7], "little")
+    if end > len(data):
+        return ProblemKind.TRUNCATED
+    return ProblemKind.CHECKSUM
+
+
+def read_options(fs: FileSystem, path: str, report: Callable[[Problem], None]
+                 ) -> dict[str, Any] | None:
+    """The options the OPTIONS file records (None when it is missing or damaged: reported)."""
+    p = join(path, OPTIONS)
+    if not fs.exists(p):
+        report(Problem(Severity.DAMAGE, ProblemKind.MISSING_OPTIONS, OPTIONS,
+                       "no OPTIONS file (it is written before CURRENT when a database is "
+                       "created): open refuses the database; restore it from a backup or run "
+                       "`shaledb repair`"))
+        return None
+    try:
+        info = decode_options(fs.read_file(p), path)
+        options = info.get("options", {})
+        if not isinstance(options, dict):
+            raise CorruptionError("options is not an object")
+    except StorageError as exc:
+        report(Problem(Severity.DAMAGE, ProblemKind.IO_ERROR, OPTIONS, f"cannot read: {exc}"))
+        return None
+    except IncompatibleFormatError as exc:
+        report(Problem(Severity.DAMAGE, ProblemKind.INCOMPATIBLE, OPTIONS, str(exc)))
+        return None
+    except CorruptionError as exc:
+        report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, OPTIONS,
+                       f"{exc} (open refuses the database)"))
+        return None
+    return options
+
+
+def num_levels_of(options: dict[str, Any] | None) -> int:
+    """The number of levels the database was created with (the default when unknown)."""
+    default = Options.num_levels
+    if options is None:
+        return default
+    n = options.get("num_levels", default)
+    return n if isinstance(n, int) and 2 <= n <= 16 else default
+
+
+# ---------------------------------------------------------------------------------------------
+# The checker
+
+
+class _Progress:
+    def __init__(self, fn: ProgressFn | None, total: int) -> None:
+        self.fn = fn
+        self.total = total
+        self.done = 0
+        self._next = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.fn is not None and self.done >= self._next:
+            self._next = self.done + PROGRESS_STEP
+            self.fn(min(self.done, self.total), self.total)
+
+    def finish(self) -> None:
+        if self.fn is not None:
+            self.fn(self.total, self.total)
+
+
+class _TableFacts:
+    """What one table holds, as found (for the cross-checks after the blocks)."""
+
+    __slots__ = ("entries", "deletions", "user_keys", "smallest", "largest", "min_seq",
+                 "max_seq", "intact")
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.deletions = 0
+        self.user_keys = 0
+        self.smallest: bytes | None = None
+        self.largest: bytes | None = None
+        self.min_seq = 1 << 64
+        self.max_seq = -1
+        self.intact = True
+
+
+class Checker:
+    """Checks the files of one database directory; collects :class:`Problem` objects."""
+
+    def __init__(self, fs: FileSystem, path: str, progress: ProgressFn | None = None) -> None:
+        self.fs = fs
+        self.path = path
+        self.problems: list[Problem] = []
+        self.totals = Totals()
+        self._progress_fn = progress
+        self._progress = _Progress(None, 0)
+
+    def report(self, problem: Problem) -> None:
+        self.problems.append(problem)
+
+    def _damage(self, kind: ProblemKind, file: str, message: str, **kw: Any) -> None:
+        self.problems.append(Problem(Severity.DAMAGE, kind, file, message, **kw))
+
+    def _notice(self, kind: ProblemKind, file: str, message: str, **kw: Any) -> None:
+        self.problems.append(Problem(Severity.NOTICE, kind, file, message, **kw))
+
+    def _size(self, name: str) -> int:
+        try:
+            return self.fs.file_size(join(self.path, name))
+        except StorageError:
+            return 0
+
+    # -- whole database ----------------------------------------------------------------------
+    def run_closed(self) -> VerifyReport:
+        """Check a database no process has open."""
+        start = time.perf_counter()
+        names = self.fs.listdir(self.path)
+        options = read_options(self.fs, self.path, self.report)
+        num_levels = num_levels_of(options)
+        manifest = read_manifest(self.fs, self.path, num_levels, self.report)
+        tables: dict[int, str] = {}
+        logs: dict[int, str] = {}
+        for name in names:
+            parsed = parse(name)
+            if parsed is None:
+                if name.endswith(".tmp"):
+                    self._notice(ProblemKind.LEFTOVER_FILE, name,
+                                 "a file an interrupted atomic replace left behind; harmless "
+                                 "(delete it while the database is closed)")
+                continue
+            kind, number = parsed
+            if kind == "sst":
+                tables[number] = name
+            elif kind == "log":
+                logs[number] = name
+            elif name != manifest.name:
+                self._notice(ProblemKind.LEFTOVER_FILE, name,
+                             "a manifest CURRENT does not name (left by an interrupted "
+                             "switch); deleted on the next open")
+        listed = {f.number for lvl in manifest.levels or [] for f in lvl}
+        unlisted = sorted(set(tables) - listed)
+        # With an incomplete manifest, a table it does not list may well be live: read it.
+        read_unlisted = not manifest.intact
+        log_number = manifest.log_number if manifest.intact else None
+        live_logs = sorted(n for n in logs if log_number is None or n >= log_number)
+        total = sum(self._size(tables[n]) for n in listed if n in tables)
+        total += sum(self._size(logs[n]) for n in live_logs)
+        if manifest.name is not None:
+            total += self._size(manifest.name)
+        if read_unlisted:
+            total += sum(self._size(tables[n]) for n in unlisted)
+        self._progress = _Progress(self._progress_fn, total)
+        if manifest.name is not None:
+            self.totals.files += 1
+            self.totals.bytes += self._size(manifest.name)
+            self._progress.add(self._size(manifest.name))
+        if manifest.levels is not None:
+            self.check_levels(manifest.levels)
+            for lvl, files in enumerate(manifest.levels):
+                for meta in files:
+                    self.check_table(meta.number, meta, lvl,
+                                     manifest.last_seq if manifest.intact else None)
+        for number in unlisted:
+            name = tables[number]
+            if manifest.intact:
+                self._notice(ProblemKind.UNREFERENCED_FILE, name,
+                             "a table no manifest lists (left by an interrupted flush or "
+                             "compaction); it is deleted on the next open, not read",
+                             length=self._size(name))
+            else:
+                self._notice(ProblemKind.UNREFERENCED_FILE, name,
+                             "a table the readable part of the manifest does not list; it may "
+                             "be live (the manifest is damaged): checked below; `shaledb "
+                             "repair` salvages it", length=self._size(name))
+                self.check_table(number, None, None, None)
+        if log_number is not None and log_number not in logs:
+            if live_logs:  # newer segments exist, so this one was created and is now gone
+                self._damage(ProblemKind.MISSING_FILE, f"{log_number:06d}.log",
+                             f"the manifest's log number is {log_number}, but that WAL segment "
+                             "is gone while newer ones exist: the writes it held since the "
+                             "last flush are lost; `shaledb repair` keeps the rest")
+            else:
+                self._notice(ProblemKind.MISSING_FILE, f"{log_number:06d}.log",
+                             f"no WAL segment at the manifest's log number {log_number}: "
+                             "normal only if a crash came right after the manifest was "
+                             "written, before the first write")
+        for number in sorted(set(logs) - set(live_logs)):
+            self._notice(ProblemKind.LEFTOVER_FILE, logs[number],
+                         f"a WAL segment below the manifest's log number {log_number}: its "
+                         "writes are all in tables; deleted on the next open",
+                         length=self._size(logs[number]))
+        self.check_wal(live_logs, manifest.last_seq if manifest.intact else None,
+                       log_number, live_limit=None)
+        self.check_lost()
+        self._progress.finish()
+        self.totals.seconds = time.perf_counter() - start
+        return VerifyReport(self.path, False, self.problems, self.totals)
+
+    def run_live(self, state: LiveState) -> VerifyReport:
+        """Check an open database: the pinned version, the manifest bytes read with it, and
+        the WAL up to the position at the pin. Tables nobody lists are the engine's to delete
+        and are not reported."""
+        start = time.perf_counter()
+        options = read_options(self.fs, self.path, self.report)
+        num_levels = max(num_levels_of(options), len(state.levels))
+        name = f"MANIFEST-{state.manifest_number:06d}"
+        manifest = read_manifest(self.fs, self.path, num_levels, self.report,
+                                 data=state.manifest, name=name)
+        self.totals.files += 1
+        self.totals.bytes += len(state.manifest)
+        if manifest.levels is not None and manifest.intact:
+            on_disk = {(lvl, f) for lvl, files in enumerate(manifest.levels) for f in files}
+            in_memory = {(lvl, f) for lvl, files in enumerate(state.levels) for f in files}
+            for lvl, f in sorted(in_memory ^ on_disk, key=lambda x: (x[0], x[1].number)):
+                where = "memory only" if (lvl, f) in in_memory else "manifest only"
+                self._damage(ProblemKind.METADATA, name,
+                             f"table {f.number:06d}.sst at level {lvl} is in the {where}: the "
+                             "manifest on disk does not describe the open version; reopening "
+                             "would lose or resurrect it", level=lvl)
+        logs = sorted(n for kind, n in filter(None, map(parse, self.fs.listdir(self.path)))
+                      if kind == "log" and n >= state.log_number
+                      and (state.wal_number is None or n <= state.wal_number))
+        total = sum(f.size for lvl in state.levels for f in lvl)
+        total += sum(self._size(f"{n:06d}.log") for n in logs)
+        self._progress = _Progress(self._progress_fn, total)
+        self.check_levels(state.levels)
+        for lvl, files in enumerate(state.levels):
+            for meta in files:
+                self.check_table(meta.number, meta, lvl, manifest.last_seq)
+        self.check_wal(logs, manifest.last_seq if manifest.intact else None,
+                       state.log_number, live_limit=(state.wal_number, state.wal_size))
+        self.check_lost()
+        self._progress.finish()
+        self.totals.seconds = time.perf_counter() - start
+        return VerifyReport(self.path, True, self.problems, self.totals)
+
+    # -- levels ------------------------------------------------------------------------------
+    def check_levels(self, levels: Sequence[Sequence[FileMeta]]) -> None:
+        """Levels >= 1 sorted and disjoint; overlapping L0 tables ordered by number; each
+        table's own key and sequence ranges well-formed."""
+        for lvl, files in enumerate(levels):
+            for f in files:
+                name = f"{f.number:06d}.sst"
+                if f.smallest > f.largest or f.smallest_seq > f.largest_seq:
+                    self._damage(ProblemKind.METADATA, name,
+                                 f"the manifest records an inverted range (keys "
+                                 f"{key_text(f.smallest)}..{key_text(f.largest)}, seqs "
+                                 f"{f.smallest_seq}..{f.largest_seq}); reads of this table "
+                                 "may miss keys", level=lvl)
+        for lvl, files in enumerate(levels):
+            if lvl == 0:
+                by_number = sorted(files, key=lambda f: f.number)
+                for i, older in enumerate(by_number):
+                    for newer in by_number[i + 1:]:
+                        if (older.smallest <= newer.largest and newer.smallest <= older.largest
+                                and (newer.largest_seq < older.largest_seq
+                                     or newer.smallest_seq < older.smallest_seq)):
+                            self._damage(
+                                ProblemKind.SEQUENCE, f"{newer.number:06d}.sst",
+                                f"level-0 table {newer.number:06d}.sst holds older data "
+                                f"(seqs {newer.smallest_seq}..{newer.largest_seq}) than the "
+                                f"lower-numbered {older.number:06d}.sst (seqs "
+                                f"{older.smallest_seq}..{older.largest_seq}) whose keys it "
+                                "overlaps; reads take level 0 by number and may return an "
+                                "old value: run `shaledb repair`", level=0,
+                                keys=KeyRange(max(older.smallest, newer.smallest),
+                                              min(older.largest, newer.largest)))
+                continue
+            for a, b in zip(files, files[1:], strict=False):
+                if a.largest >= b.smallest:
+                    self._damage(
+                        ProblemKind.LEVEL_OVERLAP, f"{b.number:06d}.sst",
+                        f"level {lvl}: {a.number:06d}.sst (keys {key_text(a.smallest)}.."
+                        f"{key_text(a.largest)}) and {b.number:06d}.sst (keys "
+                        f"{key_text(b.smallest)}..{key_text(b.largest)}) overlap or are out of "
+                        "order; reads look in one table per level and may miss keys or "
+                        "return old values: run `shaledb repair`", level=lvl,
+                        keys=KeyRange(b.smallest, min(a.largest, b.largest)))
+
+    # -- one table ---------------------------------------------------------------------------
+    def check_table(self, number: int, meta: FileMeta | None, level: int | None,
+                    last_seq: int | None) -> None:
+        """Every block of table ``number`` and its agreement with ``meta`` (the manifest's
+        record, None for a table no manifest lists)."""
+        name = f"{number:06d}.sst"
+        whole = None if meta is None else KeyRange(meta.smallest, meta.largest)
+        try:
+            f = self.fs.open_read(join(self.path, name))
+        except StorageError as exc:
+            if not self.fs.exists(join(self.path, name)):
+                self._damage(ProblemKind.MISSING_FILE, name,
+                             "the manifest lists this table but it does not exist: its keys "
+                             "are lost (reads of them fail); restore it from a backup, or run "
+                             "`shaledb repair` to rebuild a database without it",
+                             level=level, keys=whole)
+            else:
+                self._damage(ProblemKind.IO_ERROR, name, f"cannot open: {exc}", level=level,
+                             keys=whole)
+            return
+        self.totals.files += 1
+        self.totals.tables += 1
+        try:
+            size = f.size
+            self.totals.bytes += size
+            _TableCheck(self, f, name, size, meta, level, last_seq).run()
+        finally:
+            f.close()
+
+    # -- WAL ---------------------------------------------------------------------------------
+    def check_wal(self, numbers: list[int], last_seq: int | None, log_number: int | None,
+                  live_limit: tuple[int | None, int] | None) -> None:
+        """Segments ``numbers`` (ascending): records intact and decodable, sequences running
+        on from ``last_seq`` (the manifest's) without a gap. ``live_limit`` = (segment being
+        written, bytes of it written at the pin) on an open database, whose older segments
+        may also vanish (a flush made them obsolete) while they are read."""
+        expected: int | None = None  # the next sequence number the WAL should hold
+        # Whether the first record read must continue the tables' sequence: only when the
+        # segment at the manifest's log number is the first one read.
+        check_start = last_seq is not None and (live_limit is None or (
+            bool(numbers) and numbers[0] == log_number))
+        first_record = True
+        for idx, number in enumerate(numbers):
+            name = f"{number:06d}.log"
+            p = join(self.path, name)
+            try:
+                if live_limit is not None and number == live_limit[0]:
+                    f = self.fs.open_read(p)
+                    try:
+                        data = f.pread(live_limit[1], 0)
+                    finally:
+                        f.close()
+                else:
+                    data = self.fs.read_file(p)
+            except StorageError as exc:
+                if live_limit is not None and not self.fs.exists(p):
+                    check_start = False  # flushed and deleted meanwhile
+                    expected = None
+                    continue
+                self._damage(ProblemKind.IO_ERROR, name, f"cannot read: {exc}")
+                expected = None
+                continue
+            self.totals.files += 1
+            self.totals.wal_segments += 1
+            self.totals.bytes += len(data)
+            self._progress.add(len(data))
+            scan = scan_log(data)
+            events: list[tuple[int, int, Any]] = sorted(
+                [(off, 1, payload) for off, payload in scan.records]
+                + [(start, 0, end) for start, end in scan.gaps], key=lambda e: e[0])
+            prev_end: int | None = None  # last sequence of the previous intact record
+            pending_gap: tuple[int, int] | None = None
+            for offset, what, item in events:
+                if what == 0:
+                    pending_gap = (offset, item)
+                    continue
+                self.totals.wal_records += 1
+                try:
+                    first, ops = decode_batch(item)
+                except CorruptionError as exc:
+                    self._damage(ProblemKind.MALFORMED, name,
+                                 f"WAL record passes its checksum but does not decode ({exc}); "
+                                 "open fails: run `shaledb repair`", offset=offset,
+                                 length=scan.header_size + len(item))
+                    expected = prev_end = None
+                    continue
+                end = first + len(ops) // 4 - 1
+                if pending_gap is not None:
+                    self._wal_gap(name, data, scan, pending_gap, prev_end, first,
+                                  idx == len(numbers) - 1)
+                    pending_gap = None
+                elif first_record:
+                    if check_start and last_seq is not None and first > last_seq + 1:
+                        self._damage(ProblemKind.SEQUENCE, name,
+                                     f"the WAL starts at sequence {first} but the tables end at "
+                                     f"{last_seq}: the writes between are missing (a segment "
+                                     "was lost?)", offset=offset, seqs=(last_seq + 1, first - 1))
+                elif expected is not None and first != expected:
+                    self._damage(ProblemKind.SEQUENCE, name,
+                                 f"WAL record starts at sequence {first}, expected {expected} "
+                                 + ("(writes are missing)" if first > expected else
+                                    "(sequence numbers repeat: reads may see the wrong "
+                                    "version)"), offset=offset,
+                                 seqs=(expected, first - 1) if first > expected
+                                 else (first, expected - 1))
+                first_record = False
+                expected = end + 1
+                prev_end = end
+            if pending_gap is not None:
+                self._wal_gap(name, data, scan, pending_gap, prev_end, None,
+                              idx == len(numbers) - 1)
+            if scan.tail is not None:
+                tail_len = len(data) - scan.tail
+                if idx == len(numbers) - 1 and scan.tail not in scan.vouched:
+                    self._notice(ProblemKind.TORN_TAIL, name,
+                                 "the newest WAL segment ends in writes torn by a crash "
+                                 f"({tail_len} bytes) that were never confirmed durable; open "
+                                 "cuts them and keeps the bytes under lost/",
+                                 offset=scan.tail, length=tail_len)
+                else:
+                    self._damage(_log_damage_kind(data, scan.tail, scan), name,
+                                 "damaged WAL record in data that had been synced (a later "
+                                 "segment, a sync mark or a seal vouches for it): corruption, "
+                                 "not a crash; open raises CorruptionError "
+                                 "(wal_recovery='point_in_time' keeps the writes before it); "
+                                 "`shaledb repair` salvages the rest",
+                                 offset=scan.tail, length=tail_len)
+                    expected = None
+
+    def _wal_gap(self, name: str, data: bytes, scan: LogScan, gap: tuple[int, int],
+                 prev_end: int | None, next_first: int | None, newest: bool) -> None:
+        seqs = None
+        if prev_end is not None and next_first is not None and next_first > prev_end + 1:
+            seqs = (prev_end + 1, next_first - 1)
+        if newest and gap[0] not in scan.vouched:
+            self._notice(ProblemKind.TORN_TAIL, name,
+                         "a hole in the newest WAL segment's unsynced writes (a power loss "
+                         "kept some pages and not others): none of it was confirmed durable; "
+                         "open cuts the segment here, keeping the rest of it under lost/",
+                         offset=gap[0], length=gap[1] - gap[0], seqs=seqs)
+            return
+        self._damage(_log_damage_kind(data, gap[0], scan), name,
+                     "WAL record damaged in data that had been synced, and intact records "
+                     "follow: open raises CorruptionError (wal_recovery='point_in_time' keeps "
+                     "only the writes before it); `shaledb repair` salvages the records on "
+                     "both sides" + ("" if seqs is None else "; the writes with these "
+                                     "sequence numbers are lost"),
+                     offset=gap[0], length=gap[1] - gap[0], seqs=seqs)
+
+    # -- lost/ -------------------------------------------------------------------------------
+    def check_lost(self) -> None:
+        """Report each file in ``lost/``."""
+        lost = join(self.path, LOST_DIR)
+        if not self.fs.is_dir(lost):
+            return
+        try:
+            names = sorted(self.fs.listdir(lost))
+        except StorageError as exc:
+            self._damage(ProblemKind.IO_ERROR, LOST_DIR, f"cannot list: {exc}")
+            return
+        for n in names:
+            rel = f"{LOST_DIR}/{n}"
+            try:
+                size: int | None = self.fs.file_size(join(lost, n))
+            except StorageError:
+                size = None
+            self._notice(ProblemKind.LOST_FILE, rel,
+                         "bytes recovery cut from a damaged log and saved here; they may hold "
+                         "writes that were not replayed: inspect them, then delete the file",
+                         length=size)
+
+
+class _TableCheck:
+    """The checks of one open table file."""
+
+    def __init__(self, checker: Checker, f: ReadFile, name: str, size: int,
+                 meta: FileMeta | None, level: int | None, last_seq: int | None) -> None:
+        self.c = checker
+        self.f = f
+        self.name = name
+        self.size = size
+        self.meta = meta
+        self.level = level
+        self.last_seq = last_seq
+        self.whole = None if meta is None else KeyRange(meta.smallest, meta.largest)
+
+    def damage(self, kind: ProblemKind, message: str, *, offset: int | None = None,
+               length: int | None = None, keys: KeyRange | None = None,
+               whole: bool = False) -> None:
+        self.c._damage(kind, self.name, message, offset=offset, length=length, level=self.level,
+                       keys=self.whole if whole else keys)
+
+    def run(self) -> None:
+        meta = self.meta
+        size = self.size
+        if meta is not None and size != meta.size:
+            self.damage(ProblemKind.SIZE_MISMATCH,
+                        f"the file has {size} bytes but the manifest recorded {meta.size}: it "
+                        "was cut or extended after it was written" +
+                        (" (the bytes past the recorded size are ignored by nothing: the "
+                         "footer is read at the end)" if size > meta.size else ""),
+                        offset=min(size, meta.size), length=abs(size - meta.size), whole=True)
+        footer = self.footer()
+        if footer is None:
+            self.c._progress.add(size)
+            return
+        props = self.properties(footer)
+        kf = self.filter(footer)
+        index = self.index(footer)
+        if index is None:
+            self.c._progress.add(size)
+            return
+        facts = self.data_blocks(footer, index, kf)
+        if facts.intact:
+            self.cross_check(facts, props, len(index[0]))
+        elif props is not None and meta is not None:
+            self.compare_meta_props(props)
+        if self.last_seq is not None and facts.max_seq > self.last_seq:
+            self.damage(ProblemKind.SEQUENCE,
+                        f"the table holds sequence {facts.max_seq}, past the manifest's last "
+                        f"sequence {self.last_seq}: new writes after a reopen would reuse "
+                        "its sequence numbers and be hidden by it", whole=True)
+        self.c._progress.add(max(0, size - footer.filter_handle[0]))
+
+    # -- fixed parts -------------------------------------------------------------------------
+    def footer(self) -> Footer | None:
+        size = self.size
+        if size < FOOTER_SIZE:
+            self.damage(ProblemKind.TRUNCATED,
+                        f"{size} bytes: too short to hold a table footer; the table is "
+                        "unreadable (every read of its keys fails): run `shaledb repair`",
+                        offset=0, length=size, whole=True)
+            return None
+        at = size - FOOTER_SIZE
+        try:
+            raw = self.f.pread(FOOTER_SIZE, at)
+        except StorageError as exc:
+            self.damage(ProblemKind.IO_ERROR, f"cannot read the footer: {exc}", offset=at,
+                        whole=True)
+            return None
+        fields = FOOTER.unpack(raw)
+        unreadable = ("; the table is unreadable (every read of its keys fails): run "
+                      "`shaledb repair` to salvage its data blocks")
+        if fields[-1] != TABLE_MAGIC:
+            self.damage(ProblemKind.MALFORMED,
+                        "bad magic number at the end: not a table, or its end was cut or "
+                        "overwritten" + unreadable, offset=at, length=FOOTER_SIZE, whole=True)
+            return None
+        if crc32c(raw[:52]) != fields[-2]:
+            self.damage(ProblemKind.CHECKSUM, "footer checksum mismatch" + unreadable,
+                        offset=at, length=FOOTER_SIZE, whole=True)
+            return None
+        try:
+            return Footer.decode(raw, self.f.path, size)
+        except IncompatibleFormatError as exc:
+            self.damage(ProblemKind.INCOMPATIBLE, f"{exc}", offset=at, whole=True)
+        except CorruptionError as exc:
+            self.damage(ProblemKind.MALFORMED, f"{exc}" + unreadable, offset=at,
+                        length=FOOTER_SIZE, whole=True)
+        return None
+
+    def read_block(self, offset: int, size: int, what: str) -> bytes | None:
+        """The verified payload of the block at ``offset`` (None: reported)."""
+        try:
+            raw = self.f.pread(size + TRAILER_SIZE, offset)
+        except StorageError as exc:
+            self.damage(ProblemKind.IO_ERROR, f"cannot read the {what} block: {exc}",
+                        offset=offset, whole=True)
+            return None
+        consequence = ("; the table cannot be opened, so every read of its keys fails: run "
+                       "`shaledb repair` to salvage its data blocks")
+        if len(raw) != size + TRAILER_SIZE:
+            self.damage(ProblemKind.TRUNCATED, f"the {what} block is cut short" + consequence,
+                        offset=offset, length=size + TRAILER_SIZE, whole=True)
+            return None
+        try:
+            return decode_block(raw, self.f.path, offset)
+        except CorruptionError as exc:
+            kind = (ProblemKind.CHECKSUM if crc32c(memoryview(raw)[:-4])
+                    != int.from_bytes(raw[-4:], "little") else ProblemKind.MALFORMED)
+            self.damage(kind, f"{what} block: {_strip_path(exc)}" + consequence,
+                        offset=offset, length=size + TRAILER_SIZE, whole=True)
+        except ShaleError as exc:  # zstd missing
+            self.damage(ProblemKind.INCOMPATIBLE, f"{what} block: {exc}", offset=offset,
+                        whole=True)
+        return None
+
+    def properties(self, footer: Footer) -> dict[str, Any] | None:
+        off, size = footer.props_handle
+        payload = self.read_block(off, size, "properties")
+        if payload is None:
+            return None
+        try:
+            props = msgpack.unpackb(payload, raw=False)
+            if not isinstance(props, dict):
+                raise ValueError("not a map")
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            self.damage(ProblemKind.MALFORMED,
+                        f"properties block does not decode ({exc}); the table cannot be "
+                        "opened: run `shaledb repair`", offset=off, whole=True)
+            return None
+        return props
+
+    def filter(self, footer: Footer) -> KeyFilter | None:
+        off, size = footer.filter_handle
+        payload = self.read_block(off, size, "filter")
+        if payload is None:
+            return None
+        try:
+            return KeyFilter(payload, footer.format_version, self.f.path)
+        except CorruptionError as exc:
+            self.damage(ProblemKind.MALFORMED,
+                        f"filter block: {_strip_path(exc)}; the table cannot be opened: run "
+                        "`shaledb repair`", offset=off, whole=True)
+            return None
+
+    def index(self, footer: Footer) -> tuple[list[bytes], list[int], list[int]] | None:
+        off, size = footer.index_handle
+        payload = self.read_block(off, size, "index")
+        if payload is None:
+            return None
+        try:
+            last_keys, offsets, sizes = decode_index_block(payload, self.f.path)
+            if not (all(type(k) is bytes for k in last_keys)
+                    and all(type(x) is int and x >= 0 for x in offsets)
+                    and all(type(x) is int and x >= 0 for x in sizes)):
+                raise CorruptionError("index entries of the wrong type")
+        except CorruptionError as exc:
+            self.damage(ProblemKind.MALFORMED,
+                        f"index block: {_strip_path(exc)}; the table cannot be opened: run "
+                        "`shaledb repair` (it finds the data blocks without the index)",
+                        offset=off, whole=True)
+            return None
+        data_end = footer.filter_handle[0]
+        if not last_keys:
+            self.damage(ProblemKind.MALFORMED, "the index lists no data block", offset=off,
+                        whole=True)
+            return None
+        ends = list(accumulate(s + TRAILER_SIZE for s in sizes))
+        if offsets != [0, *ends[:-1]] or ends[-1] != data_end:
+            self.damage(ProblemKind.MALFORMED,
+                        "the index does not describe the data region block after block (a "
+                        "handle overlaps another or leaves a hole); blocks are checked by "
+                        "their handles", offset=off, whole=True)
+        if not all(map(lt, last_keys, last_keys[1:])):
+            j = next(i for i, ok in enumerate(map(lt, last_keys, last_keys[1:])) if not ok)
+            self.damage(ProblemKind.KEY_ORDER,
+                        f"index keys out of order at block {j + 1} ({key_text(last_keys[j])} "
+                        f"then {key_text(last_keys[j + 1])}): lookups search the wrong block",
+                        offset=off, whole=True)
+        return last_keys, offsets, sizes
+
+    # -- data blocks -------------------------------------------------------------------------
+    def _runs(self, offsets: list[int], sizes: list[int]) -> Iterator[tuple[int, bytes | None]]:
+        """(block number, raw block or None when unreadable) for every block, reading
+        consecutive blocks in runs of about READ_CHUNK bytes."""
+        n = len(offsets)
+        i = 0
+        while i < n:
+            start = offsets[i]
+            j = i
+            end = start + sizes[i] + TRAILER_SIZE
+            while (j + 1 < n and offsets[j + 1] == end
+                   and end + sizes[j + 1] + TRAILER_SIZE - start <= READ_CHUNK):
+                j += 1
+                end += sizes[j] + TRAILER_SIZE
+            try:
+                chunk = self.f.pread(end - start, start)
+            except StorageError as exc:
+                for k in range(i, j + 1):
+                    self.damage(ProblemKind.IO_ERROR, f"cannot read data block {k}: {exc}",
+                                offset=offsets[k])
+                    yield k, None
+                i = j + 1
+                continue
+            self.c._progress.add(len(chunk))
+            for k in range(i, j + 1):
+                a = offsets[k] - start
+                yield k, chunk[a:a + sizes[k] + TRAILER_SIZE]
+            i = j + 1
+
+    def data_blocks(self, footer: Footer, index: tuple[list[bytes], list[int], list[int]],
+                    kf: KeyFilter | None) -> _TableFacts:
+        last_keys, offsets, sizes = index
+        facts = _TableFacts()
+        totals = self.c.totals
+        path = self.f.path
+        version = footer.format_version
+        meta_smallest = None if self.meta is None else self.meta.smallest
+        prev_last: bytes | None = None  # last key of the previous block, by the index
+        prev_key: bytes | None = None  # last key actually read from the previous block
+        may_contain = kf.may_contain if kf is not None else None
+        for i, raw in self._runs(offsets, sizes):
+            offset, last = offsets[i], last_keys[i]
+            keys_range = (KeyRange(prev_last, last, True) if prev_last is not None
+                          else KeyRange(meta_smallest, last))
+            prev_last = last
+            totals.blocks += 1
+            if raw is None:
+                facts.intact = False
+                continue
+            if len(raw) < sizes[i] + TRAILER_SIZE:
+                self.damage(ProblemKind.TRUNCATED,
+                            f"data block {i} is cut short" + _block_lost(keys_range),
+                            offset=offset, length=sizes[i] + TRAILER_SIZE, keys=keys_range)
+                facts.intact = False
+                prev_key = None
+                continue
+            try:
+                block = decode_data_block(decode_block(raw, path, offset), path, version)
+                keys, seqs, kinds, _expires, _values = block.columns(0, block.n)
+            except Exception as exc:  # noqa: BLE001 - any decoding failure is damage here
+                if crc32c(memoryview(raw)[:-4]) != int.from_bytes(raw[-4:], "little"):
+                    kind, what = ProblemKind.CHECKSUM, "checksum mismatch"
+                else:
+                    kind, what = ProblemKind.MALFORMED, f"does not decode ({_strip_path(exc)})"
+                self.damage(kind, f"data block {i}: {what}" + _block_lost(keys_range),
+                            offset=offset,
+                            length=sizes[i] + TRAILER_SIZE, keys=keys_range)
+                facts.intact = False
+                prev_key = None
+                continue
+            n = len(keys)
+            if n == 0:
+                self.damage(ProblemKind.MALFORMED, f"data block {i} is empty", offset=offset,
+                            keys=keys_range)
+                facts.intact = False
+                continue
+            totals.entries += n
+            facts.entries += n
+            if isinstance(kinds, bytes):
+                bad_kinds = list(kinds.translate(None, b"\x00\x01"))
+                facts.deletions += kinds.count(0)
+            else:
+                bad_kinds = [k for k in kinds if k not in (0, 1)]
+                facts.deletions += list(kinds).count(0)
+            if bad_kinds:
+                self.damage(ProblemKind.MALFORMED,
+                            f"data block {i} holds an entry of unknown kind {bad_kinds[0]}",
+                            offset=offset, keys=keys_range)
+            lo, hi = min(seqs), max(seqs)
+            if lo < facts.min_seq:
+                facts.min_seq = lo
+            if hi > facts.max_seq:
+                facts.max_seq = hi
+            if all(map(lt, keys, keys[1:])):
+                facts.user_keys += n
+            else:
+                facts.user_keys += n - sum(map(eq, keys, keys[1:]))
+                pairs = list(zip(keys, map(neg, seqs), strict=True))
+                if not all(map(lt, pairs, pairs[1:])):
+                    j = next(k for k, ok in enumerate(map(lt, pairs, pairs[1:])) if not ok)
+                    what = ("keys out of order" if keys[j] != keys[j + 1] else
+                            f"versions of one key out of order (seq {-pairs[j][1]} then "
+                            f"{-pairs[j + 1][1]})")
+                    self.damage(ProblemKind.KEY_ORDER,
+                                f"data block {i}: {what} at entry {j + 1} "
+                                f"({key_text(keys[j])} then {key_text(keys[j + 1])}); "
+                                "lookups may miss keys or return old versions: run `shaledb "
+                                "repair`", offset=offset, keys=keys_range)
+                    facts.intact = False
+            first_key, last_key = keys[0], keys[-1]
+            if prev_key is not None and first_key <= prev_key:
+                self.damage(ProblemKind.KEY_ORDER,
+                            f"data block {i} starts with {key_text(first_key)}, not after the "
+                            f"previous block's last key {key_text(prev_key)}; lookups may miss "
+                            "keys: run `shaledb repair`", offset=offset, keys=keys_range)
+                facts.intact = False
+            if last_key != last:
+                self.damage(ProblemKind.KEY_ORDER,
+                            f"the index says data block {i} ends with {key_text(last)}, but it "
+                            f"ends with {key_text(last_key)}: lookups of keys near it search "
+                            "the wrong block", offset=offset, keys=keys_range)
+                facts.intact = False
+            prev_key = last_key
+            if facts.smallest is None and i == 0:
+                facts.smallest = first_key
+            facts.largest = last_key
+            if may_contain is not None and not all(map(may_contain, keys)):
+                missing = next(compress(keys, (not x for x in map(may_contain, keys))))
+                self.damage(ProblemKind.FILTER,
+                            f"the filter says the table cannot hold {key_text(missing)}, which "
+                            f"data block {i} holds: point reads of it skip this table and "
+                            "return an older value or nothing: run `shaledb repair`",
+                            offset=footer.filter_handle[0], keys=KeyRange(missing, missing))
+        return facts
+
+    # -- agreement ---------------------------------------------------------------------------
+    def cross_check(self, facts: _TableFacts, props: dict[str, Any] | None,
+                    nblocks: int) -> None:
+        found: dict[str, Any] = {
+            "entries": facts.entries, "deletions": facts.deletions,
+            "data_blocks": nblocks, "user_keys": facts.user_keys,
+            "smallest_key": facts.smallest, "largest_key": facts.largest,
+            "smallest_seq": facts.min_seq, "largest_seq": facts.max_seq}
+        if props is not None:
+            wrong = [f"{k} {_show(props.get(k))} (holds {_show(v)})" for k, v in found.items()
+                     if k in props and props[k] != v]
+            if wrong:
+                self.damage(ProblemKind.METADATA,
+                            "the properties block disagrees with the data: " + ", ".join(wrong)
+                            + "; reads are unaffected, statistics are wrong",
+                            whole=True)
+        meta = self.meta
+        if meta is not None:
+            recorded = {"entries": meta.entries, "smallest_key": meta.smallest,
+                        "largest_key": meta.largest, "smallest_seq": meta.smallest_seq,
+                        "largest_seq": meta.largest_seq}
+            wrong = [f"{k} {_show(v)} (holds {_show(found[k])})" for k, v in recorded.items()
+                     if found[k] != v]
+            if wrong:
+                self.damage(ProblemKind.METADATA,
+                            "the manifest's record of this table disagrees with its data: "
+                            + ", ".join(wrong) + "; reads choose tables by the manifest's key "
+                            "range and may miss keys: run `shaledb repair`", whole=True)
+
+    def compare_meta_props(self, props: dict[str, Any]) -> None:
+        meta = self.meta
+        assert meta is not None
+        recorded = {"entries": meta.entries, "smallest_key": meta.smallest,
+                    "largest_key": meta.largest, "smallest_seq": meta.smallest_seq,
+                    "largest_seq": meta.largest_seq}
+        wrong = [f"{k} {_show(v)} (properties: {_show(props[k])})"
+                 for k, v in recorded.items() if k in props and props[k] != v]
+        if wrong:
+            self.damage(ProblemKind.METADATA,
+                        "the manifest's record of this table disagrees with its properties "
+                        "block: " + ", ".join(wrong), whole=True)
+
+
+def _block_lost(keys: KeyRange) -> str:
+    return (f"; reads of the keys in {keys} fail: restore the table from a backup, or run "
+            "`shaledb repair` (which loses this block's entries)")
+
+
+def _show(v: Any) -> str:
+    return key_text(v) if isinstance(v, bytes) else repr(v)
+
+
+def _strip_path(exc: BaseException) -> str:
+    """An engine error message without its ``table '/long/path':`` prefix (the problem
+    already names the file)."""
+    text = str(exc)
+    if text.startswith("table '") and "': " in text:
+        return text.split("': ", 1)[1]
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def lock_for_reading(fs: FileSystem, path: str) -> Lock | None:
+    """Take the directory lock without creating or writing anything: None when there is no
+    LOCK file (no process ever opened the directory as a database, or it was deleted);
+    LockedError when a process has the database open."""
+    lock_path = join(path, LOCK)
+    if not fs.exists(lock_path):
+        return None
+    return fs.lock(lock_path, readonly=True)
+
+
+def check_database_dir(fs: FileSystem, path: str) -> None:
+    """InvalidArgument unless ``path`` is a directory holding database files."""
+    if not fs.exists(path):
+        raise InvalidArgument(f"{path!r} does not exist")
+    if not fs.is_dir(path):
+        raise InvalidArgument(f"{path!r} is not a directory")
+    if not fs.exists(join(path, CURRENT)) and not any(map(parse, fs.listdir(path))):
+        raise InvalidArgument(f"{path!r} holds no database (no CURRENT, manifest, table or "
+                              "log file)")
+
+
+def verify(path: str, *, progress: ProgressFn | None = None,
+           fs: FileSystem | None = None) -> VerifyReport:
+    """Check the closed database at ``path`` (see the module docstring for what is checked).
+
+    Takes the directory lock (LockedError when a process has the database open: call
+    ``DB.verify()`` in that process instead) and writes nothing. Damage is reported in the
+    result, never raised. ``progress(done, total)`` is called as bytes are read."""
+    from .vfs import absolute
+
+    fs = fs or default_fs()
+    path = absolute(path)
+    check_database_dir(fs, path)
+    lock = lock_for_reading(fs, path)
+    try:
+        return Checker(fs, path, progress).run_closed()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def verify_live(fs: FileSystem, path: str, state: LiveState,
+                progress: ProgressFn | None = None) -> VerifyReport:
+    """Check an open database from what ``Engine.verify`` pinned (no engine lock is held)."""
+    return Checker(fs, path, progress).run_live(state)
+
+
+__all__ = [
+    "Checker",
+    "KeyRange",
+    "LiveState",
+    "LogScan",
+    "Problem",
+    "ProblemKind",
+    "Severity",
+    "Totals",
+    "VerifyReport",
+    "key_text",
+    "read_manifest",
+    "scan_log",
+    "verify",
+    "verify_live",
+]
