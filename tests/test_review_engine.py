@@ -588,3 +588,21 @@ def test_read_only_open_of_a_torn_wal_changes_nothing(tmp_path: Path) -> None:
         assert len(cut) == 1 and cut[0]["saved_to"] is None and "_data" not in cut[0]
     assert sorted(set(os.listdir(copy)) - {"LOCK"}) == before  # the lock is taken, as documented
     assert os.path.getsize(seg) == len(data) - 100 < size
+
+
+def test_wal_records_already_in_the_manifests_sequence_range_replay(tmp_path: Path) -> None:
+    """Databases of format 2 kept replayed records in the WAL after an open, so the live
+    segment starts below the manifest's last sequence: they replay (duplicates are harmless),
+    and only a real gap or repeat inside the WAL is damage."""
+    from _helpers import append_log_record, current_manifest
+    from shaledb.engine.manifest import VersionEdit
+
+    path = str(tmp_path / "db")
+    with shaledb.open(path, **WAL_OPTS) as db:
+        for i in range(30):
+            db.put(key(i), value(i))
+    # As a format-2 open left it: the manifest's last sequence covers records in the WAL.
+    append_log_record(current_manifest(path), VersionEdit(last_seq=20).encode())
+    with shaledb.open(path) as db:
+        assert dict(db.range()) == {key(i): value(i) for i in range(30)}
+        assert db.stats()["wal_recovery"]["cut"] == []

@@ -234,6 +234,7 @@ class Engine:
             self._mem = MemTable()
             self._mem_first_log = wal_number
             v.write_new_manifest()
+            self._pending_outputs.clear()  # the recovered tables are in the manifest now
             self._wal = WriteAheadLog(fs, self.path, wal_number)
             fs.sync_dir(self.path)
             self._delete_obsolete_files()
@@ -321,6 +322,7 @@ class Engine:
             versions.next_file = max(versions.next_file, n + 1)
         logs = sorted(n for kind, n in found if kind == "log" and n >= versions.log_number)
         last_seq = versions.last_seq
+        prev_end: int | None = None  # last sequence of the previous record replayed
         mem = self._mem
         tables: list[FileMeta] = []
         records = 0
@@ -329,15 +331,20 @@ class Engine:
             seg = scan_segment(self.fs, self.path, number)
             problem: tuple[int, str, bool] | None = None  # offset, reason, synced
             for i, (first_seq, ops) in enumerate(seg.batches):
-                if first_seq > last_seq + 1 or (records and first_seq != last_seq + 1):
+                # The first record may start at or below the manifest's last sequence (a
+                # database of format 2 kept replayed records in the WAL); each next one
+                # continues the previous one exactly.
+                expected = last_seq + 1 if prev_end is None else prev_end + 1
+                if first_seq > expected or (prev_end is not None and first_seq != expected):
                     # Checksums fine, numbers not: records are missing (or repeated).
                     del seg.batches[i:]
-                    problem = (seg.offsets[i], f"sequence {first_seq} follows {last_seq}: "
-                               "records are missing", True)
+                    problem = (seg.offsets[i], f"sequence {first_seq} where {expected} was "
+                               "expected: records are missing or repeated", True)
                     break
                 mem.apply(first_seq, ops)
                 records += 1
-                last_seq = max(last_seq, first_seq + len(ops) // 4 - 1)
+                prev_end = first_seq + len(ops) // 4 - 1
+                last_seq = max(last_seq, prev_end)
                 if mem.approximate_size >= opts.memtable_size and not opts.read_only:
                     # Keep memory bounded while replaying a long log.
                     tables.extend(self._write_level0(mem, last_seq))
