@@ -1,5 +1,7 @@
-"""The data block format (version 2) against a model, and reading files written by the
-previous format version.
+"""The data block format (version 2) against a model, reading files written by the previous
+format versions, the refusal of the short-lived packed filter of table format 2 and of newer
+log formats. (The golden files of the current format and of database format 2:
+tests/test_format_golden.py; the document against the engine: tests/test_format_reader.py.)
 
 tests/data/format_v1 was written by ShaleDB 0.1.0 (table format 1) with the options in its
 OPTIONS file and a clock fixed at 1,000,000 s: three passes put keys k00000..k01999 (value
@@ -12,17 +14,23 @@ from __future__ import annotations
 
 import json
 import shutil
+from array import array
 from pathlib import Path
 
+import crc32c
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shaledb
 from shaledb.engine.optionsfile import DB_FORMAT_VERSION
-from shaledb.engine.sstable import TableReader
+from shaledb.engine.sstable import TableBuilder, TableReader
+from shaledb.engine.sstable import builder as builder_module
 from shaledb.engine.sstable.block import ColumnBlock, RawBlock, encode_columns, encode_data_block
+from shaledb.engine.sstable.filter import KeyFilter
 from shaledb.engine.vfs import PosixFileSystem as FileSystem
+from shaledb.errors import CorruptionError, IncompatibleFormatError
 
 V1_DIR = Path(__file__).parent / "data" / "format_v1"
 V1_NOW = 1_000_000.0  # the clock the v1 fixture was written with
@@ -142,3 +150,74 @@ def test_reads_a_format_v1_database_and_upgrades_it(tmp_path) -> None:
         want.pop(b"k%05d" % i, None)
     with shaledb.open(path, clock=lambda: clock[0]) as db:
         assert dict(db.range()) == want
+
+
+# -- the short-lived packed filter of table format 2 (docs/format.md, "Tables written between
+# two commits") --------------------------------------------------------------------------------
+
+def _packed_filter(keys) -> bytes:
+    """The filter block of commit 14e7eca: sorted distinct xxh32 hashes as packed uint32."""
+    return array("I", sorted(set(map(xxhash.xxh32_intdigest, keys)))).tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.binary(max_size=12), min_size=1, max_size=300))
+def test_a_packed_filter_never_passes_for_a_bucketed_one(keys) -> None:
+    """Its length is even, a bucketed filter's odd: the reader refuses every such block (a
+    one-key one is shorter than the bucketed header)."""
+    with pytest.raises(CorruptionError, match="malformed filter block|filter block too short"):
+        KeyFilter(_packed_filter(keys), 2, "t")
+
+
+def test_a_table_with_the_packed_filter_is_refused(tmp_path, monkeypatch) -> None:
+    """A table written between commits 14e7eca and 8197b5e (footer version 2, packed filter)
+    raises CorruptionError, as a table and through the database: never a wrong answer."""
+    monkeypatch.setattr(builder_module, "build_filter", _packed_filter)
+    fs = FileSystem()
+    b = TableBuilder(fs, str(tmp_path / "000007.sst"), 7, block_size=1024, compression="lz4")
+    for i in range(1000):
+        b.add(b"k%05d" % i, i + 1, 1, 0, b"v%d" % i)
+    b.finish()
+    with pytest.raises(CorruptionError, match="malformed filter block"):
+        TableReader(fs, str(tmp_path / "000007.sst"), 7, None)
+
+    path = tmp_path / "db"
+    with shaledb.open(path) as db:
+        for i in range(1000):
+            db.put(b"k%05d" % i, b"v%d" % i)
+        db.flush()  # an L0 table with the packed filter
+    monkeypatch.undo()
+    with shaledb.open(path, read_only=True) as db:
+        for key in (b"k00000", b"k00999", b"k00500-absent"):  # (in the table's key range)
+            with pytest.raises(CorruptionError, match="malformed filter block"):
+                db.get(key)
+        with pytest.raises(CorruptionError):
+            list(db.range())
+
+
+# -- log file header versions -------------------------------------------------------------
+
+def _rewrite_log_version(path: Path, version: int) -> None:
+    data = bytearray(path.read_bytes())
+    assert data[:8] == b"SHALElog"
+    data[8:12] = version.to_bytes(4, "little")
+    data[28:32] = crc32c.crc32c(bytes(data[:28])).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("what", ["wal", "manifest"])
+def test_a_newer_log_format_is_refused_as_incompatible(tmp_path, what) -> None:
+    path = tmp_path / "db"
+    with shaledb.open(path) as db:
+        db.put(b"k", b"v")
+    name = (path / "CURRENT").read_text().split("\n")[0]
+    target = path / name if what == "manifest" else next(path.glob("*.log"))
+    _rewrite_log_version(target, 3)
+    with pytest.raises(IncompatibleFormatError, match="log format version 3"):
+        shaledb.open(path, read_only=True)
+    _rewrite_log_version(target, 1)  # a header that no version writes
+    with pytest.raises(CorruptionError, match="log format version 1"):
+        shaledb.open(path, read_only=True)
+    _rewrite_log_version(target, 2)
+    with shaledb.open(path, read_only=True) as db:
+        assert db.get(b"k") == b"v"

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 
 import crc32c as _crc32c
 
-from ..errors import CorruptionError
+from ..errors import CorruptionError, IncompatibleFormatError
 from .vfs import AppendFile, FileSystem
 
 FILE_MAGIC = b"SHALElog"
@@ -250,9 +250,13 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
         scan.end = _nonzero_end(data, 0)
         scan.damage = Damage(0, "damaged file header", False, None)
         return scan
+    if version > LOG_VERSION:
+        raise IncompatibleFormatError(
+            f"log {path!r} has log format version {version}; this ShaleDB reads up to "
+            f"{LOG_VERSION}: upgrade ShaleDB")
     if version != LOG_VERSION:
-        raise CorruptionError(f"log {path!r} has log format version {version}; this ShaleDB "
-                              f"reads up to {LOG_VERSION}: upgrade ShaleDB")
+        raise CorruptionError(f"log {path!r}: its file header says log format version "
+                              f"{version}, but only version 2 logs have a file header")
     scan.number = number
     pos = FILE_HEADER_SIZE
     n = len(data)

@@ -1,16 +1,18 @@
 """Byte-level pieces of the table format: block trailers, compression and the footer.
 
-Table layout (format version 1)::
+Table layout (format version 2; docs/format.md has every byte)::
 
     data block 0 .. data block N-1
-    filter block        sorted unique xxh32 fingerprints of the user keys
+    filter block        xxh32 remainders of the user keys, bucketed (filter.py; format 1:
+                        the sorted unique hashes)
     index block         last key, offset and size of every data block
     properties block    entry counts, key and sequence ranges, format version
     footer              64 bytes, fixed
 
 Every block is stored as ``payload + type (1 byte) + crc32c (4 bytes, LE)``, where the CRC
-covers payload and type and ``type`` names the compression of the payload (0 none, 1 lz4,
-2 zstd). A block handle ``(offset, size)`` counts the payload only.
+covers payload and type and ``type`` names the compression of the payload (0 none, 1 lz4:
+a 4-byte LE uncompressed size, then an LZ4 block, 2 zstd: a frame with the content size).
+A block handle ``(offset, size)`` counts the stored payload only.
 
 Footer (little-endian): filter offset Q, filter size I, index offset Q, index size I,
 properties offset Q, properties size I, format version I, 12 zero bytes, crc32c of the first

@@ -1,0 +1,257 @@
+"""The format contract: golden files of the current on-disk format, regenerated and compared
+byte for byte, and the golden files of older formats still read (docs/format.md, "How the
+contract is held").
+
+tests/data/format_v3 is written by scripts/make_golden.py (fixed keys, values, clock, salts and
+table creation time); VERSIONS.json next to it records the format versions it was made with.
+tests/data/format_v2 was written by commit 884e496 (database format 2: format-2 tables,
+log format 1, one-line CURRENT, OPTIONS without a checksum); see its README.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import format_reader as fr
+import shaledb
+from shaledb.errors import ReadOnlyError
+
+ROOT = Path(__file__).parent.parent
+DATA = Path(__file__).parent / "data"
+SCRIPT = ROOT / "scripts" / "make_golden.py"
+
+_spec = importlib.util.spec_from_file_location("make_golden", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+mg: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mg)
+
+CURRENT_VERSIONS: dict[str, int] = mg.versions()
+GOLDEN = DATA / f"format_v{CURRENT_VERSIONS['database_format']}"
+NOW = float(mg.NOW)
+BUMP = ("on-disk bytes changed without a format version bump: bump the version, document the "
+        "change in docs/format.md, regenerate with scripts/make_golden.py into a new "
+        "tests/data/format_vN and keep the old one readable")
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*mg.NOT_DATABASE))
+    dest.chmod(0o700)
+    for f in dest.iterdir():
+        f.chmod(0o600)
+    return dest
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(path.iterdir())
+            if f.is_file() and f.name != "LOCK"}
+
+
+def _check_content(db: shaledb.DB, state: dict[bytes, tuple[bytes, int]], now: float) -> None:
+    want = mg.live(state, now)
+    assert dict(db.range()) == want
+    assert list(db.range(reverse=True)) == sorted(want.items(), reverse=True)
+    for key, (_, exp) in state.items():
+        if key in want:
+            ttl = db.ttl(key)
+            assert (ttl is None) if exp == 0 else ttl == pytest.approx(exp / 1000 - now)
+        else:
+            assert db.get(key) is None
+    assert db.get(b"never written") is None
+
+
+# -- the current format ------------------------------------------------------------------------
+
+def test_golden_database_holds_what_the_steps_wrote(tmp_path) -> None:
+    """(a) The committed golden database opens (read-only, then read-write, then again) and
+    holds exactly what scripts/make_golden.py wrote, also once the short TTLs expire."""
+    path = _copy(GOLDEN, tmp_path / "db")
+    state = mg.model(mg.steps())
+    before = _snapshot(path)
+    with shaledb.open(path, clock=lambda: NOW, read_only=True) as db:
+        _check_content(db, state, NOW)
+        with pytest.raises(ReadOnlyError):
+            db.put(b"x", b"y")
+    assert _snapshot(path) == before  # a read-only open writes nothing
+    with shaledb.open(path, clock=lambda: NOW) as db:
+        _check_content(db, state, NOW)
+    later = NOW + mg.SHORT_TTL + 1
+    assert mg.live(state, later) != mg.live(state, NOW)
+    with shaledb.open(path, clock=lambda: later) as db:
+        _check_content(db, state, later)
+        db.compact_range()
+        _check_content(db, state, later)
+
+
+def test_golden_database_covers_the_format() -> None:
+    """The golden files exercise what they are meant to pin (so that a change to the script
+    that loses coverage fails here rather than silently)."""
+    rd = fr.read_database(str(GOLDEN))
+    assert rd.current_checksummed and rd.options["format_version"] == 3
+    assert {m.level for m in rd.manifest.tables.values()} == {0, 1}
+    assert sum(m.level == 1 for m in rd.manifest.tables.values()) >= 2
+    assert {t.version for t in rd.tables.values()} == {CURRENT_VERSIONS["table_format"]}
+    assert {t for table in rd.tables.values() for t in table.block_types} == {0, 1}
+    flags = {p[4] for table in rd.tables.values() for p in table.block_payloads}
+    assert {f & 1 for f in flags} == {0, 1} and {f & 4 for f in flags} == {0, 4}
+    headers = {p[off] for table in rd.tables.values() for p in table.block_payloads
+               for off in _element_offsets(p)}
+    assert headers == {0xC4, 0xC5, 0xC6}  # bin8, bin16 and bin32 elements
+    assert {table.filter.k for table in rd.tables.values()} >= {0, 2, 5}
+    kinds = {e[2] for table in rd.tables.values() for e in table.entries}
+    assert kinds == {0, 1}
+    assert any(e[3] for table in rd.tables.values() for e in table.entries)
+    (wal,) = rd.wal.values()
+    assert wal.version == 2 and wal.damage is None and wal.zero_tail == 0
+    types = [r.type for r in wal.records]
+    assert types[-2:] == [fr.SYNC, fr.SEAL] and types.count(fr.FULL) > 40
+    assert len(rd.live_wal_ops()) > 40
+    assert any(len(fr.decode_wal_payload(p)) > 1 for p in wal.payloads)  # a batch
+    edits = rd.manifest.edits
+    assert {a[0] for a in edits[0]["add"]} == {0, 1}  # the snapshot lists both levels
+    assert any("del" in e and "ptr" in e for e in edits)
+
+
+def _element_offsets(payload: bytes) -> list[int]:
+    """Start offsets of every key and value element of a format-2 data block."""
+    m, flags = payload[0] | payload[1] << 8 | payload[2] << 16 | payload[3] << 24, payload[4]
+    width = 4 if flags & 1 else 2
+    pos = 8 + (m + 7) // 8 * 8 + (m * (8 if flags & 2 else 4) + 7) // 8 * 8
+    pos += 8 * m if flags & 4 else 0
+    offsets = []
+    for _ in range(2):
+        offsets += [int.from_bytes(payload[pos + j * width:pos + (j + 1) * width], "little")
+                    for j in range(m)]
+        pos += ((m + 1) * width + 7) // 8 * 8
+    return offsets
+
+
+def _normalized_options(raw: bytes) -> bytes:
+    """OPTIONS without what names the package version (``created_by``, and the checksum,
+    which covers it)."""
+    raw = re.sub(rb'"created_by": "[^"]*"', b'"created_by": "-"', raw)
+    return re.sub(rb'"crc32c": "[0-9a-f]{8}"', b'"crc32c": "-"', raw)
+
+
+def _describe(name: str, golden: bytes, new: bytes) -> str:
+    """Where two versions of a file first differ, in the format's words."""
+    at = next((i for i, (a, b) in enumerate(zip(golden, new, strict=False)) if a != b),
+              min(len(golden), len(new)))
+    what = f"{name}: {len(golden)} -> {len(new)} bytes, first difference at offset {at}"
+    try:
+        if name.endswith(".sst"):
+            old_t, new_t = fr.read_table(golden), fr.read_table(new)
+            fo = int.from_bytes(golden[-64:-56], "little")
+            if at >= len(golden) - 64:
+                what += " (footer)"
+            elif at >= fo:
+                what += " (filter, index or properties block)"
+            else:
+                what += " (data blocks)"
+            if old_t.block_payloads == new_t.block_payloads and old_t.entries == new_t.entries:
+                what += (": the plain payloads are identical, only compressed bytes differ: "
+                         "did the LZ4 library change its output? (golden files made with "
+                         f"{_libraries()})")
+        elif name.endswith(".log") or name.startswith("MANIFEST-"):
+            log = fr.read_log(golden)
+            rec = [r for r in log.records if r.offset <= at]
+            what += f" (record {len(rec) - 1} at {rec[-1].offset})" if rec else " (header)"
+    except fr.FormatError as exc:
+        what += f" (the new file does not read as docs/format.md says: {exc})"
+    return what
+
+
+def _libraries() -> str:
+    info = json.loads((GOLDEN / "VERSIONS.json").read_text())
+    return str(info.get("libraries (informational)"))
+
+
+def test_golden_files_are_reproduced_byte_for_byte(tmp_path) -> None:
+    """(b) Regenerating the golden database gives the committed bytes, unless the format
+    versions moved on (then the current versions need their own golden directory)."""
+    assert GOLDEN.is_dir(), (
+        f"no golden files for database format {CURRENT_VERSIONS['database_format']}: write "
+        f"them with `python scripts/make_golden.py` (into {GOLDEN.relative_to(ROOT)}) and "
+        f"keep the older tests/data/format_v* directories readable")
+    recorded = json.loads((GOLDEN / "VERSIONS.json").read_text())["versions"]
+    assert recorded == CURRENT_VERSIONS, (
+        f"the format versions changed ({recorded} -> {CURRENT_VERSIONS}) but "
+        f"{GOLDEN.relative_to(ROOT)} holds files of the old ones: a new database format "
+        f"version needs its own tests/data/format_vN, written with scripts/make_golden.py; "
+        f"keep the old directory and a test that reads it")
+    dest = tmp_path / "regenerated"
+    env = dict(os.environ)
+    src = str(Path(shaledb.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, str(SCRIPT), str(dest)], check=True, env=env,
+                   capture_output=True, timeout=120)
+    committed = {n: b for n, b in _snapshot(GOLDEN).items() if n not in mg.NOT_DATABASE}
+    regenerated = {n: b for n, b in _snapshot(dest).items() if n not in mg.NOT_DATABASE}
+    problems = []
+    if set(committed) != set(regenerated):
+        problems.append(f"files {sorted(committed)} -> {sorted(regenerated)}")
+    for name in sorted(set(committed) & set(regenerated)):
+        old, new = committed[name], regenerated[name]
+        if name == "OPTIONS":
+            old, new = _normalized_options(old), _normalized_options(new)
+        if old != new:
+            problems.append(_describe(name, old, new))
+    assert not problems, BUMP + ".\n" + "\n".join(problems)
+
+
+# -- database format 2 ---------------------------------------------------------------------
+
+V2_STEPS = mg.steps(nk=200, nr=60, legacy=True)
+
+
+@pytest.mark.parametrize("which", ["clean", "crashed"])
+def test_reads_and_upgrades_a_format_v2_database(tmp_path, which) -> None:
+    """A database written by commit 884e496 (format 2): log format 1 WAL and MANIFEST, a
+    one-line CURRENT, OPTIONS without checksum; ``crashed`` is a copy taken while it was open
+    (its WAL segment ends in the zeros of the mapped space)."""
+    src = DATA / "format_v2" / which
+    path = _copy(src, tmp_path / "db")
+    state = mg.model(V2_STEPS, stop_at_crash_copy=which == "crashed")
+    before = _snapshot(path)
+    assert json.loads(before["OPTIONS"])["format_version"] == 2
+    assert re.fullmatch(rb"MANIFEST-[0-9]{6}\n", before["CURRENT"])
+    (log,) = [n for n in before if n.endswith(".log")]
+    assert fr.read_log(before[log]).version == 1
+    assert (fr.read_log(before[log]).zero_tail > 0) == (which == "crashed")
+
+    with shaledb.open(path, clock=lambda: NOW, read_only=True) as db:
+        _check_content(db, state, NOW)
+    assert _snapshot(path) == before
+
+    with shaledb.open(path, clock=lambda: NOW) as db:
+        _check_content(db, state, NOW)
+        db.put(b"after the upgrade", b"new")
+    state[b"after the upgrade"] = (b"new", 0)
+    after = _snapshot(path)
+    options = fr.read_options(after["OPTIONS"])  # checks its checksum
+    assert options["format_version"] == 3
+    assert options["table_format_version"] == 2 and options["log_format_version"] == 2
+    name, checksummed = fr.read_current(after["CURRENT"])
+    assert checksummed and fr.read_log(after[name]).version == 2
+    assert log not in after  # the format-1 segment was replayed into a table and retired
+    assert {fr.read_log(after[n]).version for n in after if n.endswith(".log")} == {2}
+
+    for read_only in (False, True):
+        with shaledb.open(path, clock=lambda: NOW, read_only=read_only) as db:
+            _check_content(db, state, NOW)
+    rd = fr.read_database(str(path))
+    assert {k: v for k, (v, _) in rd.state(int(NOW * 1000)).items()} == mg.live(state, NOW)
+    later = NOW + mg.SHORT_TTL + 1
+    with shaledb.open(path, clock=lambda: later) as db:
+        db.compact_range()
+        _check_content(db, state, later)
+    assert {t.version for t in fr.read_database(str(path)).tables.values()} == {2}
