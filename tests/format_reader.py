@@ -66,9 +66,17 @@ def read_current(raw: bytes) -> tuple[str, bool]:
 
 
 def read_options(raw: bytes) -> dict[str, Any]:
-    """The OPTIONS object; its checksum checked for format 3."""
+    """The OPTIONS object; for format 3 its last line is ``crc32c`` and the CRC32C of every
+    byte before that line."""
+    body = raw
+    crc_line = None
+    cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
+    if raw.endswith(b"\n") and raw[cut:].startswith(b"crc32c "):
+        body, crc_line = raw[:cut], raw[cut:]
+        if crc_line != b"crc32c %08x\n" % crc32c(body):
+            raise FormatError("OPTIONS checksum does not match")
     try:
-        info = json.loads(raw)
+        info = json.loads(body)
     except ValueError as exc:
         raise FormatError(f"OPTIONS is not JSON: {exc}") from exc
     if not isinstance(info, dict) or not isinstance(info.get("format_version"), int):
@@ -77,11 +85,9 @@ def read_options(raw: bytes) -> dict[str, Any]:
     if version > 3:
         raise NewerFormatError(f"OPTIONS format_version {version}")
     if version == 3:
-        rest = {k: v for k, v in info.items() if k != "crc32c"}
-        canonical = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
-        if info.get("crc32c") != f"{crc32c(canonical):08x}":
-            raise FormatError("OPTIONS checksum does not match")
-        if raw != (json.dumps(info, indent=2, sort_keys=True) + "\n").encode():
+        if crc_line is None:
+            raise FormatError("OPTIONS of format 3 lacks its checksum line")
+        if body != (json.dumps(info, indent=2, sort_keys=True) + "\n").encode():
             raise FormatError("OPTIONS is not laid out as json.dumps(indent=2, sort_keys)")
         for key in ("table_format_version", "log_format_version", "created_by", "options"):
             if key not in info:

@@ -12,7 +12,6 @@ flushed; then compact_range(); then every 7th key deleted, ``big`` put
 
 from __future__ import annotations
 
-import json
 import shutil
 from array import array
 from pathlib import Path
@@ -24,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shaledb
-from shaledb.engine.optionsfile import DB_FORMAT_VERSION
+from shaledb.engine.optionsfile import DB_FORMAT_VERSION, decode_options
 from shaledb.engine.sstable import TableBuilder, TableReader
 from shaledb.engine.sstable import builder as builder_module
 from shaledb.engine.sstable.block import ColumnBlock, RawBlock, encode_columns, encode_data_block
@@ -144,7 +143,8 @@ def test_reads_a_format_v1_database_and_upgrades_it(tmp_path) -> None:
     finally:
         db.close()
     assert _table_versions(path) == {2}
-    assert json.loads((path / "OPTIONS").read_text())["format_version"] == DB_FORMAT_VERSION
+    assert decode_options((path / "OPTIONS").read_bytes(), str(path))["format_version"] == (
+        DB_FORMAT_VERSION)
     clock[0] += 101.0  # the TTL'd keys of the fixture have expired by now
     for i in range(0, 2000, 11):
         want.pop(b"k%05d" % i, None)

@@ -606,3 +606,136 @@ def test_wal_records_already_in_the_manifests_sequence_range_replay(tmp_path: Pa
     with shaledb.open(path) as db:
         assert dict(db.range()) == {key(i): value(i) for i in range(30)}
         assert db.stats()["wal_recovery"]["cut"] == []
+
+
+# -- 4. the format contract: review of database format 3 -------------------------------------
+
+
+def _closed_db(tmp_path: Path) -> str:
+    path = str(tmp_path / "db")
+    with shaledb.open(path, **WAL_OPTS) as db:
+        for i in range(20):
+            db.put(key(i), value(i))
+        db.flush()
+        db.put(b"in-wal", b"x")
+    return path
+
+
+def test_options_edited_to_an_older_version_fails_its_checksum(tmp_path: Path) -> None:
+    """A format-3 OPTIONS edited to claim format 2 must not skip its checksum."""
+    path = _closed_db(tmp_path)
+    p = os.path.join(path, "OPTIONS")
+    with open(p, "rb") as fh:
+        raw = fh.read()
+    assert b'"format_version": 3' in raw
+    with open(p, "wb") as fh:
+        fh.write(raw.replace(b'"format_version": 3', b'"format_version": 2'))
+    with pytest.raises(shaledb.CorruptionError, match="checksum"):
+        shaledb.open(path)
+
+
+def test_options_newer_part_version_is_refused(tmp_path: Path) -> None:
+    from shaledb.engine.logfile import crc32c
+
+    path = _closed_db(tmp_path)
+    p = os.path.join(path, "OPTIONS")
+    with open(p, "rb") as fh:
+        raw = fh.read()
+    body = raw[:raw.rindex(b"crc32c ")].replace(b'"log_format_version": 2',
+                                                b'"log_format_version": 9')
+    with open(p, "wb") as fh:
+        fh.write(body + b"crc32c %08x\n" % crc32c(body))
+    with pytest.raises(shaledb.IncompatibleFormatError, match="log format version 9"):
+        shaledb.open(path)
+
+
+def test_one_line_current_is_refused_for_a_format_3_manifest(tmp_path: Path) -> None:
+    """The one-line CURRENT of formats 1 and 2 is accepted only with a manifest of those
+    formats: a format-3 CURRENT that lost its checksum line is damaged."""
+    path = _closed_db(tmp_path)
+    p = os.path.join(path, "CURRENT")
+    with open(p, "rb") as fh:
+        first = fh.read().split(b"\n")[0]
+    with open(p, "wb") as fh:
+        fh.write(first + b"\n")
+    with pytest.raises(shaledb.CorruptionError, match="checksum"):
+        shaledb.open(path)
+
+
+def test_a_log_file_under_another_number_is_refused(tmp_path: Path) -> None:
+    """A WAL segment copied or renamed under another number (its header names the real one)
+    is not replayed as if it belonged there."""
+    path = _closed_db(tmp_path)
+    [seg] = [n for n in os.listdir(path) if n.endswith(".log")]
+    number = int(seg[:-4])
+    os.rename(os.path.join(path, seg), os.path.join(path, f"{number + 1:06d}.log"))
+    with pytest.raises(shaledb.CorruptionError, match="header says it is segment"):
+        shaledb.open(path)
+
+
+def test_damage_inside_a_legacy_manifest_is_not_taken_for_a_torn_edit(tmp_path: Path) -> None:
+    """In a log-format-1 manifest (databases of formats 1 and 2), damage with valid edits
+    after it is corruption: taking it for a torn last edit dropped the later edits, and the
+    tables they added were then deleted as orphans."""
+    import shutil
+
+    from _helpers import current_manifest, flip, log_records
+
+    src = os.path.join(os.path.dirname(__file__), "data", "format_v2", "clean")
+    path = str(tmp_path / "db")
+    shutil.copytree(src, path)
+    manifest = current_manifest(path)
+    recs = log_records(manifest)
+    assert len(recs) >= 3, recs
+    off, size = recs[1]  # a snapshot before it, edits after it
+    flip(manifest, off + size - 2)
+    # Without its WAL, nothing else gives the damage away (no sequence gap to notice).
+    for name in os.listdir(path):
+        if name.endswith(".log"):
+            os.unlink(os.path.join(path, name))
+    before = sorted(os.listdir(path))
+    with pytest.raises(shaledb.CorruptionError):
+        shaledb.open(path)
+    assert sorted(set(os.listdir(path)) - {"LOCK"}) == sorted(set(before) - {"LOCK"})
+
+
+def test_filter_with_bucket_starts_out_of_order_is_corruption() -> None:
+    import struct as _struct
+
+    from shaledb.engine.sstable.filter import KeyFilter, build_filter
+
+    good = build_filter([b"k%05d" % i for i in range(200)])
+    k, n = _struct.unpack_from("<BI", good)
+    assert k > 0
+    starts = list(_struct.unpack_from(f"<{(1 << k) + 1}I", good, 5))
+    starts[1] = n + 5  # past the end, so a lookup would index outside the remainders
+    bad = good[:5] + _struct.pack(f"<{len(starts)}I", *starts) + good[5 + 4 * len(starts):]
+    with pytest.raises(shaledb.CorruptionError):
+        f = KeyFilter(bad, 2)
+        for i in range(200):
+            f.may_contain(b"k%05d" % i)
+
+
+def test_table_footer_version_zero_is_corruption(tmp_path: Path) -> None:
+    from _helpers import SST_FOOTER
+    from shaledb.engine.logfile import crc32c
+    from shaledb.engine.sstable import TableBuilder, TableReader
+    from shaledb.engine.vfs import PosixFileSystem
+
+    fs = PosixFileSystem()
+    p = str(tmp_path / "000001.sst")
+    b = TableBuilder(fs, p, 1, block_size=1024, compression="none")
+    b.add(b"k", 1, 1, 0, b"v")
+    b.finish()
+    with open(p, "r+b") as fh:
+        fh.seek(-64, 2)
+        footer = bytearray(fh.read())
+        fields = list(SST_FOOTER.unpack(bytes(footer)))
+        fields[6] = 0  # format version
+        fields[7] = 0
+        raw = bytearray(SST_FOOTER.pack(*fields))
+        raw[52:56] = crc32c(bytes(raw[:52])).to_bytes(4, "little")
+        fh.seek(-64, 2)
+        fh.write(bytes(raw))
+    with pytest.raises(shaledb.CorruptionError, match="format version 0"):
+        TableReader(fs, p, 1, None)

@@ -330,6 +330,10 @@ class Engine:
         for idx, number in enumerate(logs):
             seg = scan_segment(self.fs, self.path, number)
             problem: tuple[int, str, bool] | None = None  # offset, reason, synced
+            if seg.scan.number is not None and seg.scan.number != number:
+                del seg.batches[:]
+                problem = (0, f"its header says it is segment {seg.scan.number} (a file copied "
+                           "or renamed into the database?)", True)
             for i, (first_seq, ops) in enumerate(seg.batches):
                 # The first record may start at or below the manifest's last sequence (a
                 # database of format 2 kept replayed records in the WAL); each next one
@@ -367,7 +371,7 @@ class Engine:
         return tables
 
     def _cut_wal(self, seg: SegmentScan, problem: tuple[int, str, bool],
-                        later: list[int]) -> None:
+                 later: list[int]) -> None:
         """Recovery stops at ``problem`` in ``seg``: refuse (strict, synced damage) or cut
         there, keeping what is cut for :meth:`_save_lost`."""
         offset, reason, synced = problem

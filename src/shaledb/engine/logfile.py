@@ -225,9 +225,14 @@ def _reason(data: bytes, pos: int, header: struct.Struct) -> str:
     return "checksum mismatch"
 
 
-def scan_log(data: bytes, path: str = "") -> LogScan:
+def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False) -> LogScan:
     """Read a whole log file (format 1 or 2), stopping the good records at the first damage
-    and describing that damage (never raises for damage; see :class:`Damage`)."""
+    and describing that damage (never raises for damage; see :class:`Damage`).
+
+    ``legacy_resync``: in a format-1 log, a valid record found after the damage vouches for
+    it (the only evidence format 1 has). Right for a MANIFEST, whose edits were each fsynced
+    before the next was written (dropping later edits would lose tables they added); wrong
+    for a WAL, where out-of-order write-back and bytes inside values fake that evidence."""
     if data[:len(FILE_MAGIC)] == FILE_MAGIC:
         return _scan_v2(data, path)
     if len(data) >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0"):
@@ -239,7 +244,7 @@ def scan_log(data: bytes, path: str = "") -> LogScan:
         if scan.end:
             scan.damage = Damage(0, "file header never written", False, None)
         return scan
-    return _scan_v1(data)
+    return _scan_v1(data, legacy_resync)
 
 
 def _scan_v2(data: bytes, path: str) -> LogScan:
@@ -299,7 +304,7 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
     return scan
 
 
-def _scan_v1(data: bytes) -> LogScan:
+def _scan_v1(data: bytes, resync: bool = False) -> LogScan:
     scan = LogScan(1, None)
     pos = 0
     n = len(data)
@@ -314,9 +319,14 @@ def _scan_v1(data: bytes) -> LogScan:
     scan.end = _nonzero_end(data, pos)
     if scan.end == pos:
         return scan
-    # Format 1 has no salt: a record found after the damage may be bytes of a value, so it
-    # proves nothing either way.
-    scan.damage = Damage(pos, _reason(data, pos, _HEADER_V1), False, None)
+    resumes_at = None
+    if resync:
+        search = data.find(MAGIC, pos + 1, scan.end)
+        while search >= 0 and _record_at_v1(data, search) < 0:
+            search = data.find(MAGIC, search + 1, scan.end)
+        resumes_at = None if search < 0 else search
+    scan.damage = Damage(pos, _reason(data, pos, _HEADER_V1), resumes_at is not None,
+                         resumes_at)
     return scan
 
 

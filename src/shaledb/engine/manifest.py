@@ -39,9 +39,11 @@ def encode_current(number: int) -> bytes:
     return f"{name}\ncrc32c {crc32c(name.encode()):08x}\n".encode()
 
 
-def decode_current(raw: bytes) -> str:
-    """The manifest name in CURRENT; CorruptionError when it is damaged. The one-line form
-    without a checksum (database format 2 and older) is still accepted."""
+def decode_current(raw: bytes) -> tuple[str, bool]:
+    """The manifest name in CURRENT, and whether a checksum line vouched for it;
+    CorruptionError when it is damaged. The one-line form without a checksum (database
+    formats 1 and 2) is accepted here; the caller accepts it only for a manifest of log
+    format 1 (which is what such databases have)."""
     lines = raw.split(b"\n")
     if not raw.endswith(b"\n") or len(lines) not in (2, 3):
         raise CorruptionError(f"CURRENT file is damaged (holds {raw[:60]!r})")
@@ -51,7 +53,7 @@ def decode_current(raw: bytes) -> str:
     if len(lines) == 3 and lines[1] != f"crc32c {crc32c(lines[0]):08x}".encode():
         raise CorruptionError(f"CURRENT file is damaged: its checksum does not match "
                               f"(holds {raw[:60]!r})")
-    return name
+    return name, len(lines) == 3
 
 
 @dataclasses.dataclass
@@ -198,12 +200,21 @@ class VersionSet:
     # -- open ------------------------------------------------------------------------------
     def recover(self) -> None:
         """Load the version named by CURRENT. Raises CorruptionError on any damage."""
-        name = decode_current(self.fs.read_file(join(self.dirpath, CURRENT)))
+        name, checksummed = decode_current(self.fs.read_file(join(self.dirpath, CURRENT)))
         path = join(self.dirpath, name)
         if not self.fs.exists(path):
             raise CorruptionError(f"CURRENT names {name}, which does not exist")
         data = self.fs.read_file(path)
-        scan = scan_log(data, path)
+        scan = scan_log(data, path, legacy_resync=True)
+        number = int(name.split("-", 1)[1])
+        if scan.version >= 2 and not checksummed:
+            raise CorruptionError(f"CURRENT lacks its checksum line, but names a manifest of "
+                                  f"database format 3: CURRENT is damaged; salvage the data "
+                                  f"with `shaledb repair {self.dirpath} DEST`")
+        if scan.number is not None and scan.number != number:
+            raise CorruptionError(
+                f"manifest {path!r} says it is MANIFEST-{scan.number:06d} (a file copied or "
+                f"renamed into the database?); restore the database from a backup")
         damage = scan.damage
         if damage is not None:
             if damage.vouched:

@@ -1,10 +1,15 @@
-"""The ``OPTIONS`` file: the database format version, who created the database, and the
-options it was created with (JSON, with a checksum since database format 3).
+"""The ``OPTIONS`` file: the database format version, who last wrote the file, and the options
+the database was opened with then (JSON), followed by a checksum line since database format 3.
 
 Database format versions (docs/format.md): 1 and 2 differ in their tables (a table carries its
-own version in its footer); 3 adds the log file header, salted records with a sync watermark
-and seals (WAL and MANIFEST), the checksum in CURRENT and in OPTIONS, and ``lost/``. A
-ShaleDB refuses a database whose version is newer than :data:`DB_FORMAT_VERSION`.
+own version in its footer); 3 adds the log file header, salted records with a sync watermark,
+sync marks and seals (WAL and MANIFEST), the checksums of CURRENT and OPTIONS, and ``lost/``.
+A ShaleDB refuses a database whose version is newer than :data:`DB_FORMAT_VERSION`.
+
+Layout (format 3): the JSON object as ``json.dumps(info, indent=2, sort_keys=True)``, a
+newline, then the line ``crc32c XXXXXXXX`` (the CRC32C of every byte before that line, as 8
+lowercase hex digits) and a newline. The checksum covers the bytes as they are, so a reader
+in any language checks it before parsing.
 """
 
 from __future__ import annotations
@@ -18,9 +23,7 @@ from .sstable import FORMAT_VERSION as TABLE_FORMAT_VERSION
 
 DB_FORMAT_VERSION = 3
 
-
-def _canonical(info: dict[str, Any]) -> bytes:
-    return json.dumps(info, sort_keys=True, separators=(",", ":")).encode()
+_CRC_PREFIX = b"crc32c "
 
 
 def encode_options(created_by: str, options: dict[str, Any]) -> bytes:
@@ -29,33 +32,48 @@ def encode_options(created_by: str, options: dict[str, Any]) -> bytes:
                             "table_format_version": TABLE_FORMAT_VERSION,
                             "log_format_version": LOG_VERSION,
                             "created_by": created_by, "options": options}
-    info["crc32c"] = f"{crc32c(_canonical(info)):08x}"
-    return (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    body = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    return body + b"%s%08x\n" % (_CRC_PREFIX, crc32c(body))
+
+
+def _damaged(dirpath: str, why: str) -> CorruptionError:
+    return CorruptionError(f"OPTIONS file of {dirpath!r} is damaged ({why}); restore it from "
+                           f"a backup, or salvage the data with `shaledb repair {dirpath} DEST`")
 
 
 def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
     """Parse and check OPTIONS; CorruptionError when damaged, IncompatibleFormatError when
     written by a newer format than this ShaleDB knows."""
+    body, checked = raw, False
+    cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
+    if raw.endswith(b"\n") and raw[cut:].startswith(_CRC_PREFIX):
+        body = raw[:cut]
+        if raw[cut:] != b"%s%08x\n" % (_CRC_PREFIX, crc32c(body)):
+            raise _damaged(dirpath, "its checksum does not match")
+        checked = True
     try:
-        info = json.loads(raw)
+        info = json.loads(body)
         if not isinstance(info, dict):
             raise TypeError("not a JSON object")
         version = int(info["format_version"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptionError(f"OPTIONS file of {dirpath!r} is damaged ({exc}); restore it "
-                              f"from a backup, or salvage the data with `shaledb repair "
-                              f"{dirpath} DEST`") from exc
+        raise _damaged(dirpath, str(exc)) from exc
     if version > DB_FORMAT_VERSION:
         raise IncompatibleFormatError(
             f"database {dirpath!r} was written with format version {version}; this ShaleDB "
             f"supports up to {DB_FORMAT_VERSION}: upgrade ShaleDB")
     if version >= 3:
-        stored = info.pop("crc32c", None)
-        if stored != f"{crc32c(_canonical(info)):08x}":
-            raise CorruptionError(
-                f"OPTIONS file of {dirpath!r} is damaged (its checksum does not match); "
-                f"restore it from a backup, or salvage the data with `shaledb repair "
-                f"{dirpath} DEST`")
+        if not checked:
+            raise _damaged(dirpath, "its checksum line is missing")
+        for key, known in (("table_format_version", TABLE_FORMAT_VERSION),
+                           ("log_format_version", LOG_VERSION)):
+            part = info.get(key)
+            if not isinstance(part, int):
+                raise _damaged(dirpath, f"{key} is missing")
+            if part > known:
+                raise IncompatibleFormatError(
+                    f"database {dirpath!r} uses {key.replace('_', ' ')} {part}; this "
+                    f"ShaleDB supports up to {known}: upgrade ShaleDB")
     return info
 
 

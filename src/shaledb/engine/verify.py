@@ -347,7 +347,7 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
                            "opened; `shaledb repair` rebuilds it from the tables and logs"))
             return state
         try:
-            name = decode_current(raw)
+            name, _ = decode_current(raw)
         except CorruptionError as exc:
             report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, CURRENT,
                            f"{exc}: the database cannot be opened; `shaledb repair` rebuilds "

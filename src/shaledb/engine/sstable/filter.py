@@ -82,7 +82,8 @@ class KeyFilter:
         if _BIG_ENDIAN:  # pragma: no cover
             starts.byteswap()
             fp.byteswap()
-        if starts[-1] != n:
+        # Bucket starts ascend from 0 to n (a lookup indexes the remainders with them).
+        if starts[0] != 0 or starts[-1] != n or list(starts) != sorted(starts):
             raise CorruptionError(f"table {path!r}: malformed filter block")
         self._fp = fp
         self._starts = starts

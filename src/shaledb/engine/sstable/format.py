@@ -127,6 +127,8 @@ class Footer:
                                   "or its end is damaged)")
         if crc32c(raw[:52]) != crc:
             raise CorruptionError(f"table {path!r}: footer checksum mismatch")
+        if version < 1:
+            raise CorruptionError(f"table {path!r}: format version {version} does not exist")
         if version > FORMAT_VERSION:
             raise IncompatibleFormatError(
                 f"table {path!r} has format version {version}; this ShaleDB reads up to "
