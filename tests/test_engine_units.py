@@ -371,3 +371,25 @@ def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
     assert slept[-1] == pytest.approx(2.0) and lim.waited == pytest.approx(2.5)
     with pytest.raises(ValueError):
         RateLimiter(0)
+
+
+def test_sync_write_is_vouched_even_when_the_background_sync_got_there_first(tmp_path) -> None:
+    """A sync write's leader appends a sync mark after its fsync; when the periodic syncer
+    made the record durable first (the leader's fsync is then a no-op), the mark is still
+    appended, so a later bit flip in that record is seen as damage to synced data."""
+    from shaledb.engine.wal import WriteAheadLog
+
+    wal = WriteAheadLog(FileSystem(), str(tmp_path), 7)
+    wal.append(b"record")
+    wal.sync()  # the periodic syncer: no mark (it does not append)
+    wal.sync(mark=True)  # the leader of the sync write
+    size = wal.size
+    wal.close()
+    with open(tmp_path / "000007.log", "rb") as fh:
+        data = fh.read()[:size]
+    sal = logfile.salvage_log(data)
+    assert [r[1] for r in sal.records] == [logfile.RECORD_FULL, logfile.RECORD_SYNC]
+    bad = bytearray(data)
+    bad[logfile.FILE_HEADER_SIZE + logfile.HEADER_SIZE + 2] ^= 1  # inside the record
+    scan = logfile.scan_log(bytes(bad))
+    assert scan.damage is not None and scan.damage.vouched

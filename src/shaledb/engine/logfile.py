@@ -98,6 +98,8 @@ class LogWriter:
         self.salt = new_salt() if salt is None else salt
         #: Bytes known durable (set by :meth:`sync`); records written later vouch for them.
         self.synced = 0
+        #: What the last sync mark claimed (-1: none yet).
+        self.marked = -1
         file.append(encode_file_header(number, self.salt))
 
     @property
@@ -124,7 +126,12 @@ class LogWriter:
         self.file.sync()
         self.synced = size
         if mark:
-            self.file.append(encode_record_v2(b"", self.salt, size, RECORD_SYNC))
+            self.mark()
+
+    def mark(self) -> None:
+        """Append a sync mark claiming what the last :meth:`sync` made durable."""
+        self.file.append(encode_record_v2(b"", self.salt, self.synced, RECORD_SYNC))
+        self.marked = self.synced
 
     def close(self) -> None:
         """Close the file (without syncing)."""

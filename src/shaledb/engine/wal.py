@@ -63,10 +63,12 @@ class WriteAheadLog:
         (only the write-group leader, the one thread that appends), append a sync mark after
         it, so that a synced last record stays vouched for even if no record follows."""
         with self._sync_lock:
-            if self._writer.size == self._writer.synced:
-                return
-            self._writer.sync(mark)
-            self.syncs += 1
+            w = self._writer
+            if w.size != w.synced:
+                w.sync(mark)
+                self.syncs += 1
+            elif mark and w.marked != w.synced:
+                w.mark()  # the periodic syncer already made it durable: still say so
 
     def seal(self) -> None:
         """Mark the segment complete (a seal record) and fsync it: recovery then knows that
