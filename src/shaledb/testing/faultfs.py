@@ -202,8 +202,10 @@ class FaultInjectionFS(PosixFileSystem):
             self._renames.append((src, dst, old))
             if src in self._files:
                 self._files[dst] = self._files.pop(src)
-            if src in self._new_entries:
-                self._new_entries.discard(src)
+            # A lost rename puts src back (crash() undoes renames before it drops new entries,
+            # so a non-durable src stays marked) and dst back to what it was: a new entry only
+            # if it did not exist before (an existing dst gets its old content back).
+            if src in self._new_entries and old is None:
                 self._new_entries.add(dst)
 
     def remove(self, path: str) -> None:
