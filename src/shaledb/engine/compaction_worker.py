@@ -9,7 +9,10 @@ the parent alone decides what is installed in the manifest. It exits when its st
 database leaves nothing behind that blocks a reopen.
 
 Messages on the worker's stdin and stdout are ``length (4 bytes LE) + pickle``. Both ends are
-this package, so pickle is safe here; nothing from a data file is ever unpickled.
+this package, so pickle is safe here; nothing from a data file is ever unpickled. A job is
+``(MergeJob, fs.worker_state())``: the worker rebuilds the engine's file system from the
+state (:func:`~shaledb.engine.vfs.worker_fs`; the plain POSIX one for None), so a test's
+fault injector governs the worker's I/O too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..errors import CorruptionError, StorageError
 from .compaction import CompactionAborted, MergeJob, merge_writer, run_merge
 from .filenames import table_name
 from .sstable import FileMeta, TableReader
-from .vfs import FileSystem, default_fs
+from .vfs import FileSystem, worker_fs
 
 _LEN = struct.Struct("<I")
 
@@ -76,10 +79,14 @@ class CompactionWorker:
         self._proc = proc
         return proc
 
-    def run(self, job: MergeJob, closing: Callable[[], bool]) -> MergeResult:
-        """Run ``job`` in the worker; raises what the merge raised (CompactionAborted when
-        ``closing()`` turned true, StorageError with op "worker" if the process died)."""
+    def run(self, job: MergeJob, closing: Callable[[], bool], fs: FileSystem) -> MergeResult:
+        """Run ``job`` in the worker on the file system ``fs.worker_state()`` describes (the
+        engine's own: a test's fault injector applies its rules in the worker too); raises
+        what the merge raised (CompactionAborted when ``closing()`` turned true, StorageError
+        with op "worker" if the process died). ``fs.adopt_worker_report`` takes in what the
+        worker did before anything else happens, also when the job failed."""
         with self._lock:
+            state = fs.worker_state()
             proc = self._proc
             if proc is None or proc.poll() is not None:
                 try:
@@ -89,7 +96,7 @@ class CompactionWorker:
                                        exc.errno, "worker") from exc
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                _send(proc.stdin, job)
+                _send(proc.stdin, (job, state))
                 aborted = False
                 while not select.select([proc.stdout], [], [], 0.05)[0]:
                     if not aborted and closing():
@@ -100,8 +107,10 @@ class CompactionWorker:
                 status, payload = _recv(proc.stdout)
             except (EOFError, OSError) as exc:
                 self._kill()
+                fs.adopt_worker_report(state)
                 raise StorageError(f"compaction worker process failed: {exc}", None,
                                    "worker") from exc
+            fs.adopt_worker_report(state)
             self.jobs += 1
         if status == "ok":
             metas, created, nbytes = payload
@@ -197,15 +206,22 @@ def _serve(parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     stdin = sys.stdin.buffer
     stdout = sys.stdout.buffer
-    fs = default_fs()
     while True:
         try:
-            job = _recv(stdin)
+            message = _recv(stdin)
         except EOFError:
             return
-        if not isinstance(job, MergeJob):
+        if not isinstance(message, tuple):
             continue  # a late "abort" for a job that already finished
-        reply = _run_job(job, fs, stdin, parent_pid)
+        job, state = message
+        try:
+            fs = worker_fs(state)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            reply: tuple[str, Any] = (
+                "error", ("StorageError", f"compaction worker: no file system: {exc!r}", None,
+                          "worker"))
+        else:
+            reply = _run_job(job, fs, stdin, parent_pid)
         try:
             _send(stdout, reply)
         except OSError:

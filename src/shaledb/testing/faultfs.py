@@ -215,6 +215,8 @@ class FaultInjectionFS(PosixFileSystem):
         #: With ``trace = True``: (number, op, path) of every mutating operation.
         self.trace = False
         self.traced: list[tuple[int, str, str]] = []
+        #: Numbers of the mutating operations that compaction workers did.
+        self.worker_ops: list[int] = []
         self._cv = threading.Condition(threading.Lock())
         self._inflight: dict[int, int] = {}  # thread -> depth of operations in the gate
         self._inodes: dict[str, _Inode] = {}  # by current path
@@ -690,7 +692,8 @@ class FaultInjectionFS(PosixFileSystem):
             self._journals.append(journal)
             args = {"journal": journal, "mutations": self.mutations, "crash_at": self.crash_at,
                     "faults": [dataclasses.asdict(f) for f in self.faults]}
-        return (f"{__name__}:{type(self).__name__}", args)
+        # The worker runs this class itself (a test's subclass may not be importable there).
+        return (f"{__name__}:FaultInjectionFS", args)
 
     @classmethod
     def from_worker_state(cls, args: dict[str, Any]) -> FaultInjectionFS:
@@ -751,6 +754,7 @@ class FaultInjectionFS(PosixFileSystem):
             if kind == "op":
                 _, n, op, path = r
                 self.mutations = max(self.mutations, n)
+                self.worker_ops.append(n)
                 self.op_counts[op] = self.op_counts.get(op, 0) + 1
                 if self.trace:
                     self.traced.append((n, op, path))
