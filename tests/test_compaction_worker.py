@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -126,3 +127,38 @@ def test_close_stops_the_worker(db_path, small_opts) -> None:
     _fill(db, 20000)
     db.close()
     assert _worker_pids(os.getpid()) == []
+
+
+def test_worker_outlives_the_thread_that_started_it(db_path, small_opts) -> None:
+    """PR_SET_PDEATHSIG fires when the *thread* that spawned the worker exits (Linux): a
+    worker first used from a short-lived thread must not die when that thread ends."""
+    opts = dict(small_opts, l0_compaction_trigger=30, l0_slowdown_trigger=30,
+                l0_stop_trigger=36)  # no background compaction: the thread starts the worker
+    with shaledb.open(db_path, **opts, **WORKER) as db:
+        _fill(db, 3000)
+        worker = db._engine._worker
+        assert worker is not None and worker._proc is None  # not started yet
+        t = threading.Thread(target=db.compact_range)
+        t.start()
+        t.join()
+        assert worker.jobs >= 1 and worker._proc is not None
+        pid = worker._proc.pid
+        time.sleep(0.3)  # the starting thread is gone
+        assert worker._proc.poll() is None, "the worker died with the thread that started it"
+        _fill(db, 3000, b"second")
+        db.compact_range()
+        assert worker.restarts == 0 and worker._proc.pid == pid
+        assert db.stats()["background_error"] is None
+
+
+def test_worker_watchdog_exits_when_the_parent_pid_changes() -> None:
+    """The backstop of PR_SET_PDEATHSIG: the worker's watchdog thread polls its parent pid
+    and exits when it is not the pid it was started by."""
+    code = ("import os, threading\n"
+            "from shaledb.engine.compaction_worker import _watch_parent\n"
+            "threading.Thread(target=_watch_parent, args=(os.getppid() + 1,)).start()\n"
+            "threading.Event().wait(30)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=20)
+    assert proc.returncode == 0 and time.monotonic() - t0 < 10

@@ -13,6 +13,7 @@ import errno
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -769,5 +770,167 @@ def test_power_loss_with_concurrent_sync_writers(tmp_path: Path, seed: int) -> N
     db = shaledb.open(path, **_base_opts())
     try:
         _check_concurrent_state(scan(db), acked, failed)
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The compaction worker process under fault injection (compaction_process_threshold=0: every
+# compaction takes the worker path, the default for compactions of 4 MiB and more)
+
+
+def _worker_opts(**extra: Any) -> dict[str, Any]:
+    return _base_opts(compaction_process_threshold=0, l0_compaction_trigger=8,
+                      l0_slowdown_trigger=8, l0_stop_trigger=12, **extra)
+
+
+def _worker_db(path: str, fs: FaultInjectionFS) -> tuple[Any, Workload]:
+    db = shaledb.open(path, fs=fs, **_worker_opts())
+    w = Workload(db, seed=41)
+    for _ in range(3):
+        w.run(80)
+        db.flush()
+    w.run(30, sync=True)
+    db.flush()  # compact_range's own flush has nothing to do: faults hit the compaction
+    return db, w
+
+
+def test_compaction_worker_runs_under_fault_injection(tmp_path: Path) -> None:
+    """With a fault-injecting file system the worker path runs (it used to be disabled), and
+    the worker's operations are counted and modelled by the parent's file system."""
+    path = str(tmp_path / "db")
+    fs = FaultInjectionFS()
+    db, w = _worker_db(path, fs)
+    try:
+        before = fs.mutations
+        db.compact_range()
+        st = db.stats()
+        assert st["compactions_in_worker"] > 0, "the worker never ran under FaultInjectionFS"
+        assert fs.worker_ops and min(fs.worker_ops) > before
+        assert scan(db) == w.model
+    finally:
+        db.close()
+    db = shaledb.open(path, **_base_opts())
+    try:
+        assert scan(db) == w.model
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("err", ERRNOS)
+@pytest.mark.parametrize("op", ["write", "fsync", "create"])
+def test_compaction_worker_fault_sets_read_only(tmp_path: Path, op: str, err: int) -> None:
+    """ENOSPC/EIO on the worker's table writes: the fault fires in the worker process, the
+    compaction fails with the typed error, the database becomes read-only (ReadOnlyError on
+    later writes), and a reopen on a healthy disk loses nothing acknowledged."""
+    path = str(tmp_path / "db")
+    fs = FaultInjectionFS()
+    db, w = _worker_db(path, fs)
+    try:
+        fault = fs.inject(op, path=".sst", errno=err, count=None)
+        with pytest.raises(shaledb.StorageError) as info:
+            db.compact_range()
+        assert info.value.errno == err, info.value
+        assert fault.hits > 0, "the fault never fired"
+        assert fs.worker_ops, "the compaction did not run in the worker"
+        _assert_read_only(db, [w.model])
+    finally:
+        close_quietly(db)
+    _reopen_and_check(path, [w.model], _base_opts())
+
+
+def test_power_loss_inside_the_compaction_worker(tmp_path: Path) -> None:
+    """The power fails at an operation of the worker (crash_at): the worker writes nothing
+    more, the parent simulates the loss with what the worker had written, and the database
+    reopens with every synced write."""
+    path = str(tmp_path / "clean")
+    fs = FaultInjectionFS()
+    db, w = _worker_db(path, fs)
+    start = fs.mutations
+    db.compact_range()
+    db.close()
+    inside = [n for n in fs.worker_ops if n > start]
+    assert len(inside) >= 3, "the worker did too little to crash inside it"
+    for i, k in enumerate(sorted({inside[0], inside[len(inside) // 2], inside[-1]})):
+        path = str(tmp_path / f"k{k}")
+        fs = FaultInjectionFS(crash_at=k, crash_rng=random.Random(i) if i else None)
+        db, w = _worker_db(path, fs)
+        with pytest.raises((shaledb.StorageError, shaledb.ReadOnlyError)):
+            db.compact_range()
+        assert fs.crashed and fs.crash_point is not None and fs.crash_point[0] == k
+        close_quietly(db)
+        db = shaledb.open(path, **_base_opts())
+        try:
+            assert scan(db) == w.model, diff(scan(db), w.model)  # every write was synced
+        finally:
+            db.close()
+
+
+def _dead(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def test_crash_kills_a_running_compaction_worker(tmp_path: Path) -> None:
+    """crash() while a worker job runs (slowed down by the write rate limit): the worker is
+    SIGKILLed first, so no file changes after the power loss."""
+    path = str(tmp_path / "db")
+    fs = FaultInjectionFS()
+    db = shaledb.open(path, fs=fs, **_worker_opts(compaction_write_rate=64 * 1024))
+    rng = random.Random(43)
+    model: dict[bytes, bytes] = {}
+    for t in range(3):  # 300 KiB that do not compress: a job of seconds at 64 KiB/s
+        for i in range(100):
+            k, v = key(i * 3 + t), rng.randbytes(1000)
+            db.put(k, v, sync=i == 99)
+            model[k] = v
+        db.flush()
+    errors: list[BaseException] = []
+
+    def compact() -> None:
+        try:
+            db.compact_range()
+        except shaledb.ShaleError as exc:
+            errors.append(exc)
+
+    th = threading.Thread(target=compact)
+    th.start()
+    try:
+        def worker_writing() -> bool:
+            # The worker's journal (see faultfs) records each table write before it happens.
+            for j in list(fs._journals):
+                try:
+                    with open(j, "rb") as fh:
+                        if b'["write"' in fh.read():
+                            return True
+                except OSError:
+                    pass
+            return False
+
+        assert wait_for(worker_writing, timeout=20), "the worker never started writing"
+        proc = db._engine._worker._proc
+        assert proc is not None
+        fs.crash()
+        assert fs.worker_ops, "the crash did not account for the worker's operations"
+        assert _dead(proc.pid), "the worker was still running after the power loss"
+
+        def listing() -> dict[str, int]:
+            return {n: os.path.getsize(os.path.join(path, n)) for n in os.listdir(path)}
+
+        after = listing()
+        time.sleep(0.5)
+        assert listing() == after, "a file changed after the power loss"
+    finally:
+        th.join(30)
+        close_quietly(db)
+    assert not th.is_alive()
+    assert errors, "compact_range did not fail after the power loss"
+    db = shaledb.open(path, **_base_opts())
+    try:
+        assert scan(db) == model
     finally:
         db.close()

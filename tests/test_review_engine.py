@@ -243,7 +243,7 @@ def test_error_closing_the_old_wal_segment_is_the_background_error(tmp_path: Pat
     db = shaledb.open(path, fs=fs, **{**SMALL, "fsync_interval": None})
     model: dict[bytes, bytes] = {}
     try:
-        fault = fs.inject("close", path=".log", errno=err)
+        fault = fs.inject("truncate", path=".log", errno=err)  # closing a mapped segment
         failed = None
         for i in range(2000):
             try:

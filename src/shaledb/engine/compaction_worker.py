@@ -5,23 +5,29 @@ fork of a process that has database files and threads open, and never a
 ``multiprocessing`` spawn, which would re-run the user's main module). It holds no directory
 lock, reads only the tables a job names and writes only the file numbers the job gives it;
 the parent alone decides what is installed in the manifest. It exits when its stdin closes
-(the parent closed it or died) or when its parent pid changes mid-job, so a SIGKILLed
-database leaves nothing behind that blocks a reopen.
+(the parent closed it or died), when its parent dies (PR_SET_PDEATHSIG on Linux, the worker
+being started from a dedicated spawner thread; and a watchdog thread) or when its parent pid
+changes mid-job, so a SIGKILLed database leaves nothing behind that blocks a reopen.
 
 Messages on the worker's stdin and stdout are ``length (4 bytes LE) + pickle``. Both ends are
-this package, so pickle is safe here; nothing from a data file is ever unpickled.
+this package, so pickle is safe here; nothing from a data file is ever unpickled. A job is
+``(MergeJob, fs.worker_state())``: the worker rebuilds the engine's file system from the
+state (:func:`~shaledb.engine.vfs.worker_fs`; the plain POSIX one for None), so a test's
+fault injector governs the worker's I/O too.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import queue
 import select
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -29,9 +35,11 @@ from ..errors import CorruptionError, StorageError
 from .compaction import CompactionAborted, MergeJob, merge_writer, run_merge
 from .filenames import table_name
 from .sstable import FileMeta, TableReader
-from .vfs import FileSystem, default_fs
+from .vfs import FileSystem, worker_fs
 
 _LEN = struct.Struct("<I")
+#: How often the worker's watchdog checks that its parent is alive.
+_WATCHDOG_SECONDS = 0.25
 
 MergeResult = tuple[list[FileMeta], list[int], int]  # outputs, created numbers, bytes
 
@@ -53,6 +61,29 @@ def _recv(f: IO[bytes]) -> Any:
     return pickle.loads(data)
 
 
+_SpawnRequest = tuple[list[str], dict[str, str], list[Any], threading.Event]
+
+
+def _spawn_loop(requests: queue.SimpleQueue[_SpawnRequest | None]) -> None:
+    """The spawner thread: starts worker processes until told to stop (None).
+
+    On Linux the worker's PR_SET_PDEATHSIG fires when the *thread* that forked it exits, not
+    the process: workers are therefore started from this thread, which lives as long as the
+    :class:`CompactionWorker`, never from a caller's thread that may end any time."""
+    while True:
+        request = requests.get()
+        if request is None:
+            return
+        argv, env, box, done = request
+        try:
+            box.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env=env, close_fds=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box.append(exc)
+        finally:
+            done.set()
+
+
 class CompactionWorker:
     """The parent's handle on the worker process (started on first use, restarted if it
     dies). One job at a time."""
@@ -60,6 +91,8 @@ class CompactionWorker:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._spawner: threading.Thread | None = None
+        self._requests: queue.SimpleQueue[_SpawnRequest | None] = queue.SimpleQueue()
         self.jobs = 0
         self.restarts = 0
 
@@ -70,16 +103,30 @@ class CompactionWorker:
         # The worker must import this very package, wherever it was imported from.
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shaledb.engine._worker_main", str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        argv = [sys.executable, "-m", "shaledb.engine._worker_main", str(os.getpid())]
+        if self._spawner is None or not self._spawner.is_alive():
+            self._spawner = threading.Thread(target=_spawn_loop, args=(self._requests,),
+                                             name="shaledb-worker-spawner", daemon=True)
+            self._spawner.start()
+        box: list[Any] = []
+        done = threading.Event()
+        self._requests.put((argv, env, box, done))
+        done.wait()
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        proc: subprocess.Popen[bytes] = result
         self._proc = proc
         return proc
 
-    def run(self, job: MergeJob, closing: Callable[[], bool]) -> MergeResult:
-        """Run ``job`` in the worker; raises what the merge raised (CompactionAborted when
-        ``closing()`` turned true, StorageError with op "worker" if the process died)."""
+    def run(self, job: MergeJob, closing: Callable[[], bool], fs: FileSystem) -> MergeResult:
+        """Run ``job`` in the worker on the file system ``fs.worker_state()`` describes (the
+        engine's own: a test's fault injector applies its rules in the worker too); raises
+        what the merge raised (CompactionAborted when ``closing()`` turned true, StorageError
+        with op "worker" if the process died). ``fs.adopt_worker_report`` takes in what the
+        worker did before anything else happens, also when the job failed."""
         with self._lock:
+            state = fs.worker_state()
             proc = self._proc
             if proc is None or proc.poll() is not None:
                 try:
@@ -89,7 +136,7 @@ class CompactionWorker:
                                        exc.errno, "worker") from exc
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                _send(proc.stdin, job)
+                _send(proc.stdin, (job, state))
                 aborted = False
                 while not select.select([proc.stdout], [], [], 0.05)[0]:
                     if not aborted and closing():
@@ -100,8 +147,10 @@ class CompactionWorker:
                 status, payload = _recv(proc.stdout)
             except (EOFError, OSError) as exc:
                 self._kill()
+                fs.adopt_worker_report(state)
                 raise StorageError(f"compaction worker process failed: {exc}", None,
                                    "worker") from exc
+            fs.adopt_worker_report(state)
             self.jobs += 1
         if status == "ok":
             metas, created, nbytes = payload
@@ -120,9 +169,15 @@ class CompactionWorker:
             proc.wait()
 
     def close(self) -> None:
-        """Ask the worker to exit and wait for it (killing it if it does not)."""
+        """Ask the worker to exit and wait for it (killing it if it does not); stop the
+        spawner thread."""
         with self._lock:
             proc, self._proc = self._proc, None
+            spawner, self._spawner = self._spawner, None
+            if spawner is not None:
+                self._requests.put(None)
+        if spawner is not None:
+            spawner.join()
         if proc is None:
             return
         try:
@@ -177,9 +232,22 @@ def _run_job(job: MergeJob, fs: FileSystem, stdin: IO[bytes], parent_pid: int
             r.close()
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """The backstop of PR_SET_PDEATHSIG (and its stand-in elsewhere): exit as soon as the
+    parent is gone, even between jobs."""
+    while True:
+        time.sleep(_WATCHDOG_SECONDS)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process the moment its parent dies (PR_SET_PDEATHSIG), so
-    an orphan never writes another byte; elsewhere the pid checks in each job remain."""
+    """Ask Linux to SIGKILL this process the moment its parent dies (PR_SET_PDEATHSIG; the
+    parent starts workers from a thread that lives as long as the database's handle on them,
+    as the signal follows the spawning thread), so an orphan never writes another byte; a
+    watchdog thread polling the parent pid is the backstop, and each job checks it too."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="watchdog",
+                     daemon=True).start()
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -197,15 +265,22 @@ def _serve(parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     stdin = sys.stdin.buffer
     stdout = sys.stdout.buffer
-    fs = default_fs()
     while True:
         try:
-            job = _recv(stdin)
+            message = _recv(stdin)
         except EOFError:
             return
-        if not isinstance(job, MergeJob):
+        if not isinstance(message, tuple):
             continue  # a late "abort" for a job that already finished
-        reply = _run_job(job, fs, stdin, parent_pid)
+        job, state = message
+        try:
+            fs = worker_fs(state)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            reply: tuple[str, Any] = (
+                "error", ("StorageError", f"compaction worker: no file system: {exc!r}", None,
+                          "worker"))
+        else:
+            reply = _run_job(job, fs, stdin, parent_pid)
         try:
             _send(stdout, reply)
         except OSError:

@@ -161,10 +161,10 @@ class Engine:
                                                            self._table_dropped)
         self._versions = VersionSet(self.fs, self.path, options.num_levels,
                                     options.max_manifest_size, self._mutex)
-        # Large compactions run in a worker process (another core, no GIL contention). Only
-        # with the real file system: a test's fault-injecting one lives in this process.
+        # Large compactions run in a worker process (another core, no GIL contention), on
+        # the file system fs.worker_state() describes (a test's fault injector too).
         self._worker: CompactionWorker | None = (
-            CompactionWorker() if options.fs is None and not options.read_only else None)
+            CompactionWorker() if not options.read_only else None)
         self.counters: Counter[str] = Counter()
         self._delay_debt = 0.0  # seconds of write throttling owed (see _locked_make_room)
         self._last_sync_group = 0  # writers in the last group that fsynced
@@ -1012,7 +1012,7 @@ class Engine:
                 # the same numbers again.
                 self._install(VersionEdit())
                 job = dataclasses.replace(job, numbers=tuple(created))
-                outputs, _, written = self._worker.run(job, lambda: self._closing)
+                outputs, _, written = self._worker.run(job, lambda: self._closing, self.fs)
                 self.counters["compactions_in_worker"] += 1
             else:
                 writer = merge_writer(job, self.fs, self._new_output_number)
