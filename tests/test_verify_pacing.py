@@ -20,6 +20,7 @@ import pytest
 import shaledb
 from _helpers import files, key
 from shaledb.engine.verify import (
+    MAX_PACED_CHUNK,
     MIN_PACED_CHUNK,
     READ_CHUNK,
     STOP_POLL,
@@ -95,6 +96,7 @@ def test_budget_follows_a_changed_rate_and_unlimited() -> None:
     assert clock.now == start
     assert ReadBudget(None).chunk() == READ_CHUNK
     assert ReadBudget(1 << 20).chunk() == (1 << 20) // 8
+    assert ReadBudget(1 << 30).chunk() == MAX_PACED_CHUNK
     assert ReadBudget(1000).chunk() == MIN_PACED_CHUNK
     with pytest.raises(shaledb.InvalidArgument):
         ReadBudget(-1)

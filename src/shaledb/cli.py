@@ -646,7 +646,7 @@ def repair(path: str, dest: str, as_json: bool) -> None:
 @click.option("--scrub-rate", default=None, metavar="BYTES",
               callback=lambda ctx, param, value: _byte_count(value, "--scrub-rate"),
               help="Most bytes per second a scrub pass reads, with Redis' units (32mb, 1gb; "
-                   "default 32mb; 0: no limit).")
+                   "default 16mb; 0: no limit).")
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
           config_path: str | None, aclfile: str | None, tls_port: int | None,
           tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None,

@@ -219,7 +219,7 @@ def test_settings_change_live_also_for_a_running_pass(server_factory) -> None:
     st = server_factory(metrics_port=0)
     r = st.client(decode_responses=True)
     _fill(r, n=1000)
-    assert r.config_get("scrub-*") == {"scrub-interval": "0", "scrub-rate": "33554432"}
+    assert r.config_get("scrub-*") == {"scrub-interval": "0", "scrub-rate": "16777216"}
     info = _scrub(r)
     assert info["scrub_enabled"] == 0 and info["scrub_next_time"] == 0
     time.sleep(0.3)
@@ -348,3 +348,27 @@ def test_shutdown_during_a_slow_pass_returns_promptly(tmp_path: Path) -> None:
     assert any(x["logger"] == "shaledb.server.scrub" and "stopped" in x["msg"]
                and "shutdown" in x["msg"] for x in lines), lines
     assert shaledb.verify(str(data)).ok  # closed cleanly, nothing damaged
+
+
+def test_scrub_settings_in_the_toml_file_flags_and_validation(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from shaledb.cli import cli
+    from shaledb.server import ServerConfig
+
+    defaults = ServerConfig()
+    assert defaults.scrub_interval == 0 and defaults.scrub_rate == 16 << 20
+    path = tmp_path / "shaledb.toml"
+    path.write_text('[server]\nscrub-interval = 86400\nscrub_rate = 8388608\n')
+    cfg = ServerConfig.load(str(path))
+    assert cfg.scrub_interval == 86400 and cfg.scrub_rate == 8 << 20
+    assert ServerConfig.load(str(path), {"scrub_rate": 1000}).scrub_rate == 1000
+    for bad in ({"scrub_interval": -1}, {"scrub_interval": True}, {"scrub_interval": "1h"},
+                {"scrub_interval": float("inf")}, {"scrub_rate": -1}, {"scrub_rate": 1.5},
+                {"scrub_rate": "32mb"}):
+        with pytest.raises(shaledb.InvalidArgument, match="scrub"):
+            ServerConfig(**bad)  # type: ignore[arg-type]
+    for flags, message in ((["--scrub-rate", "banana"], "memory value"),
+                           (["--scrub-interval", "-3"], "scrub-interval")):
+        done = CliRunner().invoke(cli, ["serve", "--dir", str(tmp_path / "db"), *flags])
+        assert done.exit_code == 2 and message in done.output, done.output

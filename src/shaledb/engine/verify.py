@@ -42,7 +42,8 @@ Invariants:
   pass, which also asks ``should_stop`` before each read and while it waits (every
   :data:`STOP_POLL` seconds); a stop ends the check with :class:`VerifyStopped`, which
   carries what the part read so far found. Paced, data blocks are read in runs of about an
-  eighth of a second's worth (:meth:`ReadBudget.chunk`) and WAL segments in such runs too.
+  eighth of a second's worth, at most :data:`MAX_PACED_CHUNK` (:meth:`ReadBudget.chunk`), and
+  WAL segments in such runs too.
 """
 
 from __future__ import annotations
@@ -90,8 +91,12 @@ READ_CHUNK = 4 << 20
 PROGRESS_STEP = 4 << 20
 #: Name of the directory recovery saves bytes it cuts from a damaged log into.
 LOST_DIR = "lost"
-#: Smallest run of a paced check's reads (one block is always read whole).
+#: Smallest and largest run of a rate-limited check's reads (one block is always read
+#: whole). Small runs keep each stretch of checking short (256 KiB is about a millisecond of
+#: CPU), so a thread sharing the GIL with the check (a server's event loop) waits at most
+#: about that long before the check sleeps off its rate again.
 MIN_PACED_CHUNK = 64 << 10
+MAX_PACED_CHUNK = 256 << 10
 #: Longest a paced check sleeps before it asks ``should_stop`` again, in seconds.
 STOP_POLL = 0.05
 
@@ -332,11 +337,12 @@ class ReadBudget:
         return self._rate is not None or self._should_stop is not None
 
     def chunk(self) -> int:
-        """Bytes to read at once: READ_CHUNK, or an eighth of a second's worth when paced."""
+        """Bytes to read at once: READ_CHUNK, or with a rate an eighth of a second's worth
+        within [MIN_PACED_CHUNK, MAX_PACED_CHUNK]."""
         rate = self.rate
         if rate is None:
             return READ_CHUNK
-        return max(MIN_PACED_CHUNK, min(READ_CHUNK, rate // 8))
+        return max(MIN_PACED_CHUNK, min(MAX_PACED_CHUNK, rate // 8))
 
     def check(self) -> None:
         """Raise _Stop when ``should_stop`` answers true."""

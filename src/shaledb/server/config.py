@@ -145,9 +145,9 @@ class ServerConfig:
     #: bandwidth, CPU shared with the event loop and page cache for hours on a large
     #: database, and only the operator knows when and how often that is worth it.
     scrub_interval: float = 0.0
-    #: Most bytes per second a scrub pass reads (0: no limit). 32 MiB/s takes ~55 min per
-    #: 100 GiB and about an eighth of one core.
-    scrub_rate: int = 32 * MiB
+    #: Most bytes per second a scrub pass reads (0: no limit). 16 MiB/s: ~1.8 h per 100 GiB,
+    #: about a tenth of a core (measured: README, "Operating the server").
+    scrub_rate: int = 16 * MiB
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
