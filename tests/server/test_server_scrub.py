@@ -98,7 +98,7 @@ def test_scheduled_passes_report_clean(server_factory) -> None:
     assert info["scrub_last_status"] == "ok" and info["scrub_last_trigger"] == "schedule"
     assert info["scrub_damage_count"] == 0 and info["scrub_notice_count"] == 0
     assert info["scrub_last_bytes"] > 100_000  # the table of 500 x 200 random bytes
-    assert info["scrub_bytes_read"] >= info["scrub_last_bytes"] * 2
+    assert info["scrub_bytes_read"] > info["scrub_last_bytes"] and info["scrub_passes"] >= 2
     assert abs(info["scrub_last_start_time"] - time.time()) < 10
     assert info["scrub_next_time"] >= info["scrub_last_start_time"]
     assert info["scrub_last_problem"] == "" and info["scrub_passes_failed"] == 0
@@ -163,6 +163,24 @@ def test_a_flipped_byte_is_found_and_reported_while_serving(server_factory, capl
     assert info["scrub_last_status"] == "ok" and info["scrub_damage_count"] == 0
     assert info["scrub_damage_found"] == 1  # the counter keeps what was found
     assert _health(st)[0] == 200
+
+
+def test_a_stopped_pass_still_reports_the_damage_it_found(server_factory) -> None:
+    st = server_factory(metrics_port=0, scrub_rate=40_000)
+    r = st.client()
+    _fill(r)
+    assert st.server is not None
+    (sst,) = files(st.server.db.path, ".sst")
+    _, offset, size = SstLayout(sst).data_blocks[1]
+    flip(sst, offset + size // 2)
+    r.execute_command("SCRUB", "NOW")  # 600 KB at 40 KB/s: 15 s; block 1 within ~2 s
+    time.sleep(3.5)
+    assert _scrub(r)["scrub_in_progress"] == 1
+    r.execute_command("SCRUB", "STOP")
+    info = _pass_done(r, 1, key="scrub_passes_stopped")
+    assert info["scrub_passes"] == 0 and info["scrub_last_partial"] == 1
+    assert info["scrub_last_status"] == "damaged" and info["scrub_damage_count"] == 1
+    assert _health(st)[0] == 503
 
 
 def test_notices_show_but_do_not_degrade_health(server_factory) -> None:
@@ -338,7 +356,7 @@ def test_shutdown_during_a_slow_pass_returns_promptly(tmp_path: Path) -> None:
         started = time.monotonic()
         r.shutdown()
         assert proc.wait(10) == 0
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 5.0  # the pass alone would take a minute
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

@@ -291,8 +291,12 @@ class Scrubber:
 
     def _main(self) -> None:
         try:
-            while not self._closing.is_set():
+            while True:
+                # Clear first, then look: a close(), request() or reschedule() sets its
+                # state before it sets the event, so no wake-up is lost in between.
                 self._wake.clear()
+                if self._closing.is_set():
+                    return
                 with self._lock:
                     due = self._due()
                     now = time.monotonic()
