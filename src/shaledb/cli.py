@@ -15,6 +15,7 @@ Subcommands::
                   --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
                   [--metrics-host H] [--metrics-port P|off] [--log-format text|json]
                   [--log-level L] [--slowlog-log-slower-than US] [--slowlog-max-len N]
+                  [--scrub-interval SECONDS] [--scrub-rate BYTES]
     shaledb cli [--host H] [--port P] [--config FILE] [--user U] [--tls] [ARGS...]
 
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
@@ -638,12 +639,21 @@ def repair(path: str, dest: str, as_json: bool) -> None:
                    "command, -1 none).")
 @click.option("--slowlog-max-len", type=click.IntRange(0, 100_000), default=None,
               help="Most SLOWLOG entries kept (default 128).")
+@click.option("--scrub-interval", type=click.FloatRange(min=0), default=None,
+              metavar="SECONDS",
+              help="Seconds between the starts of background scrub passes, which re-read and "
+                   "check the whole database (default 0: none scheduled; SCRUB NOW runs one).")
+@click.option("--scrub-rate", default=None, metavar="BYTES",
+              callback=lambda ctx, param, value: _byte_count(value, "--scrub-rate"),
+              help="Most bytes per second a scrub pass reads, with Redis' units (32mb, 1gb; "
+                   "default 16mb; 0: no limit).")
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
           config_path: str | None, aclfile: str | None, tls_port: int | None,
           tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None,
           tls_auth_clients: str | None, protected_mode: bool | None, log_level: str | None,
           log_format: str | None, metrics_host: str | None, metrics_port: str | None,
-          slowlog_log_slower_than: int | None, slowlog_max_len: int | None) -> None:
+          slowlog_log_slower_than: int | None, slowlog_max_len: int | None,
+          scrub_interval: float | None, scrub_rate: int | None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -667,12 +677,27 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                              "metrics_port": metrics_port,
                                              "slowlog_log_slower_than":
                                                  slowlog_log_slower_than,
-                                             "slowlog_max_len": slowlog_max_len})
+                                             "slowlog_max_len": slowlog_max_len,
+                                             "scrub_interval": scrub_interval,
+                                             "scrub_rate": scrub_rate})
     configure_logging(config.log_format, config.log_level)
     try:
         run_server(config, config_path)
     except OSError as exc:  # the address is taken, or not ours to bind
         fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+
+
+def _byte_count(value: str | None, flag: str) -> int | None:
+    """A byte count with Redis' optional unit (``32mb``), as CONFIG SET takes it."""
+    if value is None:
+        return None
+    from shaledb.server.settings import memory
+
+    try:
+        return int(memory()(value.encode()))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc} (e.g. 33554432, 32mb, 1gb)",
+                                 param_hint=flag) from None
 
 
 # -- cli (redis-cli) -------------------------------------------------------------------------

@@ -111,13 +111,24 @@ class DB(Reader):
         """fsync the write-ahead log: every write so far survives power loss."""
         self._engine.sync_wal()
 
-    def verify(self, *, progress: ProgressFn | None = None) -> VerifyReport:
+    def verify(self, *, progress: ProgressFn | None = None,
+               rate: int | Callable[[], int | None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> VerifyReport:
         """Check every file of the open database (checksums, manifest references, key order,
         sequence numbers; see ``shaledb.engine.verify``) while it stays open: writes,
         flushes and compactions go on meanwhile. Damage is reported in the result (``.ok``,
         ``.problems``), not raised. ``progress(done, total)`` is called as bytes are read.
-        For a closed database use :func:`shaledb.verify` (or ``shaledb verify PATH``)."""
-        return self._engine.verify(progress)
+        For a closed database use :func:`shaledb.verify` (or ``shaledb verify PATH``).
+
+        ``rate`` caps the reads at that many bytes per second over the whole pass (a token
+        bucket that starts empty: N bytes take at least N / rate seconds); it may be a
+        callable, asked before every read, so a running check follows a changed setting.
+        ``should_stop()`` is asked before every read and while waiting for the rate (at least
+        every 50 ms); when it answers true the check ends with
+        :class:`shaledb.engine.verify.VerifyStopped`, whose ``report`` holds what was found
+        so far. The version read is pinned until the check ends, so tables compactions
+        replace meanwhile stay on disk until then (as with a long-lived iterator)."""
+        return self._engine.verify(progress, rate=rate, should_stop=should_stop)
 
     def stats(self) -> dict[str, Any]:
         """Engine statistics (memtable, levels, compaction, cache, WAL, errors)."""

@@ -1136,12 +1136,15 @@ class Engine:
 
     # ------------------------------------------------------------------------------------
     # Verification (the checks are in verify.py; this only pins what they read)
-    def verify(self, progress: ProgressFn | None = None) -> VerifyReport:
+    def verify(self, progress: ProgressFn | None = None, *,
+               rate: int | Callable[[], int | None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> VerifyReport:
         """Check every file of the open database without blocking writes: the current
         version is pinned (its tables are not deleted while read), the manifest is read under
         the manifest lock (which only flushes and compactions take, for a few milliseconds),
         and the WAL is read up to where it was at the pin. No lock is held while tables are
-        read."""
+        read. ``rate`` (bytes per second, or a callable giving it) paces the reads;
+        ``should_stop`` ends the check early with ``verify.VerifyStopped``."""
         with self._manifest_lock:
             with self._mutex:
                 self.check_open()
@@ -1161,7 +1164,8 @@ class Engine:
         try:
             state = LiveState(levels=v.levels, manifest_number=number, manifest=manifest,
                               log_number=log_number, wal_number=wal_number, wal_size=wal_size)
-            return verify_live(self.fs, self.path, state, progress)
+            return verify_live(self.fs, self.path, state, progress, rate=rate,
+                               should_stop=should_stop)
         finally:
             self._unpin(v)
 

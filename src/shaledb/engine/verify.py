@@ -37,6 +37,13 @@ Invariants:
   :data:`READ_CHUNK` bytes or one block) and one WAL segment or manifest at a time.
 - The WAL and manifest framing is read only through :func:`scan_log`, the one adapter onto
   ``logfile``.
+- A check can be paced and stopped (a server's background scrub): every read asks one
+  :class:`ReadBudget` first, a token bucket of ``rate`` bytes per second shared by the whole
+  pass, which also asks ``should_stop`` before each read and while it waits (every
+  :data:`STOP_POLL` seconds); a stop ends the check with :class:`VerifyStopped`, which
+  carries what the part read so far found. Paced, data blocks are read in runs of about an
+  eighth of a second's worth, at most :data:`MAX_PACED_CHUNK` (:meth:`ReadBudget.chunk`), and
+  WAL segments in such runs too.
 """
 
 from __future__ import annotations
@@ -84,9 +91,20 @@ READ_CHUNK = 4 << 20
 PROGRESS_STEP = 4 << 20
 #: Name of the directory recovery saves bytes it cuts from a damaged log into.
 LOST_DIR = "lost"
+#: Smallest and largest run of a rate-limited check's reads (one block is always read
+#: whole). Small runs keep each stretch of checking short (256 KiB is about a millisecond of
+#: CPU), so a thread sharing the GIL with the check (a server's event loop) waits at most
+#: about that long before the check sleeps off its rate again.
+MIN_PACED_CHUNK = 64 << 10
+MAX_PACED_CHUNK = 256 << 10
+#: Longest a paced check sleeps before it asks ``should_stop`` again, in seconds.
+STOP_POLL = 0.05
 
 #: ``progress(bytes_done, bytes_total)``.
 ProgressFn = Callable[[int, int], None]
+#: A read rate in bytes per second: a number, or a callable read before every read (so a
+#: running check follows a changed setting); None or 0: unlimited.
+ReadRate = int | Callable[[], int | None] | None
 
 
 def key_text(key: bytes) -> str:
@@ -259,6 +277,119 @@ class VerifyReport:
                 f"{t.tables} tables, {t.blocks} blocks, {t.entries:,} entries in "
                 f"{t.seconds:.2f} s)")
         return "\n".join([head, *map(str, self.problems)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pacing and stopping
+
+
+class VerifyStopped(ShaleError):
+    """A check ended early because its ``should_stop`` said so. ``report`` holds what the part
+    read before the stop found: its problems are real, but its ``ok`` says nothing about the
+    files it did not reach."""
+
+    def __init__(self, report: VerifyReport) -> None:
+        super().__init__(f"verify of {report.path} stopped after {report.totals.bytes:,} "
+                         f"bytes ({len(report.damage)} damage found so far)")
+        self.report = report
+
+
+class _Stop(Exception):
+    """Raised inside the checker when ``should_stop`` answers true (never a ShaleError, so no
+    handler of read errors can swallow it); the entry points turn it into VerifyStopped."""
+
+
+class ReadBudget:
+    """The reads of one check: a token bucket of ``rate`` bytes per second shared by every
+    read of the pass (None or 0: unlimited), and the stop check.
+
+    The bucket starts empty and holds at most one second's worth, so a pass over N bytes takes
+    at least N / rate seconds and never reads more than ``rate`` bytes in any second plus one
+    second's burst after a pause (CPU-bound work on big blocks). Reads are charged before they
+    are made; a debt is slept off in slices of :data:`STOP_POLL` seconds, asking
+    ``should_stop`` after each and re-reading ``rate`` (a callable rate may change while a
+    pass runs). Used by one thread at a time."""
+
+    def __init__(self, rate: ReadRate = None, should_stop: Callable[[], bool] | None = None,
+                 *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate is not None and not callable(rate) and rate < 0:
+            raise InvalidArgument(f"rate must be >= 0 bytes per second, got {rate}")
+        self._rate = rate
+        self._should_stop = should_stop
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = 0.0
+        self._last = clock()
+        #: Seconds spent waiting for the rate, and bytes charged.
+        self.waited = 0.0
+        self.charged = 0
+
+    @property
+    def rate(self) -> int | None:
+        """The rate now (None: unlimited)."""
+        rate = self._rate() if callable(self._rate) else self._rate
+        return rate if rate else None
+
+    @property
+    def paced(self) -> bool:
+        """Whether reads are rate-limited or stoppable (then they are made in chunks)."""
+        return self._rate is not None or self._should_stop is not None
+
+    def chunk(self) -> int:
+        """Bytes to read at once: READ_CHUNK, or with a rate an eighth of a second's worth
+        within [MIN_PACED_CHUNK, MAX_PACED_CHUNK]."""
+        rate = self.rate
+        if rate is None:
+            return READ_CHUNK
+        return max(MIN_PACED_CHUNK, min(MAX_PACED_CHUNK, rate // 8))
+
+    def check(self) -> None:
+        """Raise _Stop when ``should_stop`` answers true."""
+        if self._should_stop is not None and self._should_stop():
+            raise _Stop
+
+    def charge(self, nbytes: int) -> None:
+        """Account for ``nbytes`` about to be read: wait until the bucket covers them."""
+        self.check()
+        self.charged += nbytes
+        rate = self.rate
+        if rate is None:
+            return
+        self._refill(rate)
+        self._tokens -= nbytes
+        while self._tokens < -0.5:  # (half a byte: float rounding must not loop forever)
+            wait = min(-self._tokens / rate, STOP_POLL)
+            self._sleep(wait)
+            self.waited += wait
+            self.check()
+            rate = self.rate
+            if rate is None:  # the limit was lifted meanwhile
+                self._tokens = 0.0
+                return
+            self._refill(rate)
+
+    def _refill(self, rate: int) -> None:
+        now = self._clock()
+        self._tokens = min(float(rate), self._tokens + (now - self._last) * rate)
+        self._last = now
+
+
+class _PacedFile:
+    """A table file whose reads are charged to a :class:`ReadBudget` first."""
+
+    def __init__(self, f: ReadFile, budget: ReadBudget) -> None:
+        self._f = f
+        self._budget = budget
+        self.path = f.path
+        self.size = f.size
+
+    def pread(self, length: int, offset: int) -> bytes:
+        self._budget.charge(max(0, min(length, self.size - offset)))
+        return self._f.pread(length, offset)
+
+    def close(self) -> None:
+        self._f.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,13 +650,15 @@ class _TableFacts:
 class Checker:
     """Checks the files of one database directory; collects :class:`Problem` objects."""
 
-    def __init__(self, fs: FileSystem, path: str, progress: ProgressFn | None = None) -> None:
+    def __init__(self, fs: FileSystem, path: str, progress: ProgressFn | None = None, *,
+                 rate: ReadRate = None, should_stop: Callable[[], bool] | None = None) -> None:
         self.fs = fs
         self.path = path
         self.problems: list[Problem] = []
         self.totals = Totals()
         self._progress_fn = progress
         self._progress = _Progress(None, 0)
+        self.budget = ReadBudget(rate, should_stop)
 
     def report(self, problem: Problem) -> None:
         self.problems.append(problem)
@@ -545,11 +678,35 @@ class Checker:
     # -- whole database ----------------------------------------------------------------------
     def run_closed(self) -> VerifyReport:
         """Check a database no process has open."""
+        return self._run(False, self._check_closed)
+
+    def run_live(self, state: LiveState) -> VerifyReport:
+        """Check an open database: the pinned version, the manifest bytes read with it, and
+        the WAL up to the position at the pin. Tables nobody lists are the engine's to delete
+        and are not reported."""
+        return self._run(True, lambda: self._check_live(state))
+
+    def _run(self, live: bool, body: Callable[[], None]) -> VerifyReport:
+        """Run ``body``; VerifyStopped (with the report so far) when asked to stop."""
         start = time.perf_counter()
+        try:
+            self.budget.check()
+            body()
+        except _Stop:
+            self.totals.seconds = time.perf_counter() - start
+            raise VerifyStopped(VerifyReport(self.path, live, self.problems,
+                                             self.totals)) from None
+        self._progress.finish()
+        self.totals.seconds = time.perf_counter() - start
+        return VerifyReport(self.path, live, self.problems, self.totals)
+
+    def _check_closed(self) -> None:
         names = self.fs.listdir(self.path)
         options = read_options(self.fs, self.path, self.report)
         num_levels = num_levels_of(options)
         manifest = read_manifest(self.fs, self.path, num_levels, self.report)
+        if manifest.name is not None:
+            self.budget.charge(self._size(manifest.name))  # read already: paid afterwards
         tables: dict[int, str] = {}
         logs: dict[int, str] = {}
         for name in names:
@@ -624,15 +781,9 @@ class Checker:
         self.check_wal(live_logs, manifest.last_seq if manifest.intact else None,
                        log_number, live_limit=None)
         self.check_lost()
-        self._progress.finish()
-        self.totals.seconds = time.perf_counter() - start
-        return VerifyReport(self.path, False, self.problems, self.totals)
 
-    def run_live(self, state: LiveState) -> VerifyReport:
-        """Check an open database: the pinned version, the manifest bytes read with it, and
-        the WAL up to the position at the pin. Tables nobody lists are the engine's to delete
-        and are not reported."""
-        start = time.perf_counter()
+    def _check_live(self, state: LiveState) -> None:
+        self.budget.charge(len(state.manifest))  # read by Engine.verify: paid afterwards
         options = read_options(self.fs, self.path, self.report)
         num_levels = max(num_levels_of(options), len(state.levels))
         name = f"MANIFEST-{state.manifest_number:06d}"
@@ -662,9 +813,6 @@ class Checker:
         self.check_wal(logs, manifest.last_seq if manifest.intact else None,
                        state.log_number, live_limit=(state.wal_number, state.wal_size))
         self.check_lost()
-        self._progress.finish()
-        self.totals.seconds = time.perf_counter() - start
-        return VerifyReport(self.path, True, self.problems, self.totals)
 
     # -- levels ------------------------------------------------------------------------------
     def check_levels(self, levels: Sequence[Sequence[FileMeta]]) -> None:
@@ -716,8 +864,9 @@ class Checker:
         record, None for a table no manifest lists)."""
         name = f"{number:06d}.sst"
         whole = None if meta is None else KeyRange(meta.smallest, meta.largest)
+        self.budget.check()
         try:
-            f = self.fs.open_read(join(self.path, name))
+            f: ReadFile = self.fs.open_read(join(self.path, name))
         except StorageError as exc:
             if not self.fs.exists(join(self.path, name)):
                 self._damage(ProblemKind.MISSING_FILE, name,
@@ -731,6 +880,8 @@ class Checker:
             return
         self.totals.files += 1
         self.totals.tables += 1
+        if self.budget.paced:
+            f = _PacedFile(f, self.budget)
         try:
             size = f.size
             self.totals.bytes += size
@@ -754,8 +905,12 @@ class Checker:
         for idx, number in enumerate(numbers):
             name = f"{number:06d}.log"
             p = join(self.path, name)
+            self.budget.check()
             try:
-                if live_limit is not None and number == live_limit[0]:
+                if self.budget.paced:
+                    data = self._read_paced(p, live_limit[1] if live_limit is not None
+                                            and number == live_limit[0] else None)
+                elif live_limit is not None and number == live_limit[0]:
                     f = self.fs.open_read(p)
                     try:
                         data = f.pread(live_limit[1], 0)
@@ -837,6 +992,26 @@ class Checker:
                                  "`shaledb repair` salvages the rest",
                                  offset=scan.tail, length=tail_len)
                     expected = None
+
+    def _read_paced(self, p: str, limit: int | None) -> bytes:
+        """The first ``limit`` bytes of file ``p`` (all of it when None), read in chunks
+        charged to the budget."""
+        f = self.fs.open_read(p)
+        try:
+            size = f.size if limit is None else limit
+            parts: list[bytes] = []
+            offset = 0
+            while offset < size:
+                n = min(self.budget.chunk(), size - offset)
+                self.budget.charge(n)
+                part = f.pread(n, offset)
+                parts.append(part)
+                offset += len(part)
+                if len(part) < n:
+                    break
+            return b"".join(parts)
+        finally:
+            f.close()
 
     def _wal_gap(self, name: str, data: bytes, scan: LogScan, gap: tuple[int, int],
                  prev_end: int | None, next_first: int | None, newest: bool) -> None:
@@ -1064,15 +1239,17 @@ class _TableCheck:
     # -- data blocks -------------------------------------------------------------------------
     def _runs(self, offsets: list[int], sizes: list[int]) -> Iterator[tuple[int, bytes | None]]:
         """(block number, raw block or None when unreadable) for every block, reading
-        consecutive blocks in runs of about READ_CHUNK bytes."""
+        consecutive blocks in runs of about READ_CHUNK bytes (less when paced)."""
         n = len(offsets)
         i = 0
+        budget = self.c.budget
         while i < n:
             start = offsets[i]
             j = i
             end = start + sizes[i] + TRAILER_SIZE
+            limit = budget.chunk()
             while (j + 1 < n and offsets[j + 1] == end
-                   and end + sizes[j + 1] + TRAILER_SIZE - start <= READ_CHUNK):
+                   and end + sizes[j + 1] + TRAILER_SIZE - start <= limit):
                 j += 1
                 end += sizes[j] + TRAILER_SIZE
             try:
@@ -1283,12 +1460,16 @@ def check_database_dir(fs: FileSystem, path: str) -> None:
 
 
 def verify(path: str, *, progress: ProgressFn | None = None,
-           fs: FileSystem | None = None) -> VerifyReport:
+           fs: FileSystem | None = None, rate: ReadRate = None,
+           should_stop: Callable[[], bool] | None = None) -> VerifyReport:
     """Check the closed database at ``path`` (see the module docstring for what is checked).
 
     Takes the directory lock (LockedError when a process has the database open: call
     ``DB.verify()`` in that process instead) and writes nothing. Damage is reported in the
-    result, never raised. ``progress(done, total)`` is called as bytes are read."""
+    result, never raised. ``progress(done, total)`` is called as bytes are read. ``rate``
+    limits the reads to that many bytes per second (see :class:`ReadBudget`);
+    ``should_stop()`` is asked before every read, and a true answer ends the check with
+    :class:`VerifyStopped`."""
     from .vfs import absolute
 
     fs = fs or default_fs()
@@ -1296,16 +1477,18 @@ def verify(path: str, *, progress: ProgressFn | None = None,
     check_database_dir(fs, path)
     lock = lock_for_reading(fs, path)
     try:
-        return Checker(fs, path, progress).run_closed()
+        return Checker(fs, path, progress, rate=rate, should_stop=should_stop).run_closed()
     finally:
         if lock is not None:
             lock.release()
 
 
 def verify_live(fs: FileSystem, path: str, state: LiveState,
-                progress: ProgressFn | None = None) -> VerifyReport:
-    """Check an open database from what ``Engine.verify`` pinned (no engine lock is held)."""
-    return Checker(fs, path, progress).run_live(state)
+                progress: ProgressFn | None = None, *, rate: ReadRate = None,
+                should_stop: Callable[[], bool] | None = None) -> VerifyReport:
+    """Check an open database from what ``Engine.verify`` pinned (no engine lock is held);
+    ``rate`` and ``should_stop`` as for :func:`verify`."""
+    return Checker(fs, path, progress, rate=rate, should_stop=should_stop).run_live(state)
 
 
 __all__ = [
@@ -1315,9 +1498,12 @@ __all__ = [
     "LogScan",
     "Problem",
     "ProblemKind",
+    "ReadBudget",
+    "ReadRate",
     "Severity",
     "Totals",
     "VerifyReport",
+    "VerifyStopped",
     "key_text",
     "read_manifest",
     "scan_log",

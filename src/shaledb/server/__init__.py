@@ -9,7 +9,8 @@ Layout: :mod:`.protocol` (reading requests, encoding replies), :mod:`.commands` 
 table, one module per family), :mod:`.dispatch` (request -> reply), :mod:`.keyspace` (Redis
 databases and values on the engine), :mod:`.connection` (per-client state and I/O),
 :mod:`.server` (listening, limits, shutdown), :mod:`.durability` (fsync groups),
-:mod:`.watch`, :mod:`.cursors`, :mod:`.glob`, :mod:`.config`, :mod:`.errors`, and
+:mod:`.scrub` (the background scrub), :mod:`.watch`, :mod:`.cursors`, :mod:`.glob`,
+:mod:`.config`, :mod:`.errors`, and
 :mod:`.krange` (client-side KRANGE helpers for redis-py).
 Pure Python; with the ``server`` extra (``pip install shaledb[server]``) it runs on uvloop.
 """

@@ -139,6 +139,15 @@ class ServerConfig:
     rate_limit_users: dict[str, float] = dataclasses.field(default_factory=dict)
     #: Most client IPs whose command rate is tracked (least recently used dropped).
     rate_limit_max_hosts: int = 10_000
+    #: Seconds between the starts of background scrub passes (a rate-limited re-read and
+    #: check of every table, the manifest and the WAL; findings in INFO, /metrics, /health).
+    #: 0, the default, schedules none (SCRUB NOW still runs one): a pass costs disk
+    #: bandwidth, CPU shared with the event loop and page cache for hours on a large
+    #: database, and only the operator knows when and how often that is worth it.
+    scrub_interval: float = 0.0
+    #: Most bytes per second a scrub pass reads (0: no limit). 16 MiB/s: ~1.8 h per 100 GiB,
+    #: about a tenth of a core (measured: README, "Operating the server").
+    scrub_rate: int = 16 * MiB
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -214,6 +223,17 @@ class ServerConfig:
         if (not isinstance(self.rate_limit_max_hosts, int)
                 or isinstance(self.rate_limit_max_hosts, bool) or self.rate_limit_max_hosts < 1):
             raise InvalidArgument("server setting rate_limit_max_hosts must be an integer >= 1")
+        if (isinstance(self.scrub_interval, bool)
+                or not isinstance(self.scrub_interval, (int, float))
+                or not 0 <= self.scrub_interval < float("inf")):
+            raise InvalidArgument(
+                f"server setting scrub_interval must be a number of seconds >= 0 (0: no "
+                f"scheduled scrub), got {self.scrub_interval!r}")
+        if (not isinstance(self.scrub_rate, int) or isinstance(self.scrub_rate, bool)
+                or self.scrub_rate < 0):
+            raise InvalidArgument(
+                f"server setting scrub_rate must be an integer number of bytes per second "
+                f">= 0 (0: no limit), got {self.scrub_rate!r}")
 
     def _check_observability(self) -> None:
         if (not isinstance(self.slowlog_log_slower_than, int)

@@ -8,7 +8,7 @@ backlog, allocator fragmentation) are reported with the value an idle standalone
 or left out. Our own quantities start with ``shaledb_`` or live in the ``shaledb`` section.
 
 Sections: ``default`` = server clients memory persistence stats replication cpu modules
-errorstats cluster keyspace shaledb; ``all`` adds commandstats and latencystats;
+errorstats cluster keyspace scrub shaledb; ``all`` adds commandstats and latencystats;
 ``everything`` is ``all`` (there are no modules).
 """
 
@@ -274,6 +274,11 @@ def _latencystats(s: Server) -> Fields:
     return out
 
 
+def _scrub(s: Server) -> Fields:
+    # The background scrub (scrub.py): settings, the running pass, the last completed one.
+    return [(f"scrub_{name}", value) for name, value in s.scrubber.status().fields()]
+
+
 def _shaledb(s: Server, engine: dict[str, Any]) -> Fields:
     cache = engine["block_cache"]
     lookups = cache["hits"] + cache["misses"]
@@ -337,14 +342,15 @@ _SECTIONS: Final[dict[str, tuple[str, Callable[..., Fields], bool]]] = {
     "latencystats": ("Latencystats", _latencystats, False),
     "cluster": ("Cluster", lambda s: [("cluster_enabled", 0)], False),
     "keyspace": ("Keyspace", lambda s: keyspace_fields(key_counts(s.keyspace)), False),
+    "scrub": ("Scrub", _scrub, False),
     "shaledb": ("Shaledb", _shaledb, True),
 }
 DEFAULT_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats",
                            "replication", "cpu", "modules", "errorstats", "cluster",
-                           "keyspace", "shaledb")
+                           "keyspace", "scrub", "shaledb")
 ALL_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats", "replication",
                        "cpu", "modules", "commandstats", "errorstats", "latencystats",
-                       "cluster", "keyspace", "shaledb")
+                       "cluster", "keyspace", "scrub", "shaledb")
 
 
 def select_sections(args: Iterable[str]) -> list[str]:

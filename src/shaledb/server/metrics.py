@@ -8,7 +8,9 @@ the bounds are still exact. Engine metrics come from one ``db.stats()`` call per
 
 :func:`health` is what ``GET /health`` answers: 200 while the engine accepts writes, 503 once
 it refuses them (a background I/O error, or a read-only database; ``db.stats()["read_only"]``
-and ``["background_error"]``).
+and ``["background_error"]``), and 503 ``degraded`` while the last completed scrub pass found
+damage or failed, or the scrub thread died (:meth:`ScrubStatus.health_reason`); notices of a
+pass do not degrade it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import shaledb
 
 from .info import REDIS_VERSION, rss_bytes
+from .scrub import RESULTS, ScrubStatus
 from .stats import BUCKET_BOUNDS_NS
 
 if TYPE_CHECKING:
@@ -151,6 +154,42 @@ def _engine_families(page: _Page, engine: dict[str, Any]) -> None:
                 "Time writers spent stalled.", engine["stall_ms"] / 1000)
 
 
+def _scrub_families(page: _Page, scrub: ScrubStatus) -> None:
+    last = scrub.last
+    page.simple("shaledb_scrub_enabled", "gauge",
+                "1 when scrub passes are scheduled (scrub-interval > 0).", int(scrub.enabled))
+    page.simple("shaledb_scrub_in_progress", "gauge", "1 while a scrub pass runs.",
+                int(scrub.in_progress))
+    page.family("shaledb_scrub_passes_total", "counter",
+                "Scrub passes, by result (ok, damaged, error, stopped early).",
+                [("", {"result": r}, scrub.passes[r]) for r in RESULTS])
+    page.simple("shaledb_scrub_read_bytes_total", "counter", "Bytes read by scrub passes.",
+                scrub.bytes_read)
+    page.simple("shaledb_scrub_damage_found_total", "counter",
+                "Damage found by scrub passes (problems, summed over passes).",
+                scrub.damage_found)
+    page.simple("shaledb_scrub_last_damage", "gauge",
+                "Damage found by the last completed scrub pass (problems).",
+                last.damage if last is not None else 0)
+    page.simple("shaledb_scrub_last_notices", "gauge",
+                "Notices of the last completed scrub pass (files in lost/ ...).",
+                last.notices if last is not None else 0)
+    page.simple("shaledb_scrub_last_failed", "gauge",
+                "1 when the last scrub pass could not run to the end (an error).",
+                int(last is not None and last.status == "error"))
+    page.simple("shaledb_scrub_last_start_timestamp_seconds", "gauge",
+                "Start of the last completed scrub pass, seconds since the epoch (0: none).",
+                round(last.started, 3) if last is not None else 0)
+    page.simple("shaledb_scrub_last_completion_timestamp_seconds", "gauge",
+                "End of the last completed scrub pass, seconds since the epoch (0: none).",
+                round(last.ended, 3) if last is not None else 0)
+    page.simple("shaledb_scrub_last_duration_seconds", "gauge",
+                "Length of the last completed scrub pass.",
+                round(last.duration, 3) if last is not None else 0)
+    page.simple("shaledb_scrub_last_bytes", "gauge", "Bytes read by the last completed pass.",
+                last.bytes if last is not None else 0)
+
+
 def exposition(server: Server) -> str:
     """The Prometheus text page of ``server``."""
     page = _Page()
@@ -183,6 +222,7 @@ def exposition(server: Server) -> str:
                 len(server.slowlog))
     _command_families(page, server)
     _engine_families(page, server.db.stats())
+    _scrub_families(page, server.scrubber.status())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     page.simple("process_cpu_seconds_total", "counter", "User and system CPU time.",
                 usage.ru_utime + usage.ru_stime)
@@ -207,6 +247,17 @@ def health(server: Server) -> tuple[int, bytes]:
         body["reason"] = engine["background_error"] or "the database was opened read-only"
         return 503, json.dumps(body).encode()
     body["time"] = int(time.time())
+    scrub = server.scrubber.status()
+    reason = scrub.health_reason()
+    if reason is not None:
+        last = scrub.last
+        body.update(status="degraded", reason=reason)
+        if last is not None:
+            body["scrub"] = {"status": last.status, "started": int(last.started),
+                             "damage": last.damage, "notices": last.notices,
+                             "damaged_files": list(last.damaged_files),
+                             "first_problem": last.first_problem, "error": last.error}
+        return 503, json.dumps(body).encode()
     return 200, json.dumps(body).encode()
 
 

@@ -2,13 +2,15 @@
 
 Everything that touches the keyspace runs on the event loop thread, one command at a time;
 that is what makes each command, and each EXEC, atomic for other clients. Only fsyncs
-(``appendfsync always``) and closing the database run in a worker thread. uvloop is used
+(``appendfsync always``), checkpoints, closing the database and the background scrub
+(:mod:`shaledb.server.scrub`) run in worker threads. uvloop is used
 when it is installed (``pip install shaledb[server]``).
 
 Shutdown (SIGTERM, SIGINT, :meth:`Server.shutdown`): stop accepting; every request already
 read has been answered (commands run synchronously as they arrive), so wait for replies
 still held for an fsync, close the connections once their replies are written, then close
-the database (which fsyncs the WAL).
+the database (which fsyncs the WAL). A running scrub pass is told to stop at the start of
+the shutdown and waited for before the database closes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
 from .purge import run_purger
 from .ratelimit import CommandRateLimits
+from .scrub import Scrubber
 from .security import auth_limit_key, is_loopback_address, protected_mode_refuses
 from .slowlog import SlowLog
 from .stats import ServerStats
@@ -115,6 +118,7 @@ class Server:
         self.checkpoints = Checkpointer(self)
         self.rate_limits = CommandRateLimits(config.rate_limit_per_ip, config.rate_limit_users,
                                              config.rate_limit_max_hosts)
+        self.scrubber = Scrubber(self)
 
     @property
     def keyspace(self) -> Keyspace:
@@ -282,6 +286,7 @@ class Server:
         self._tasks.append(loop.create_task(
             run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
         self._tasks.append(loop.create_task(self._sample_ops()))
+        self.scrubber.start()
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
                  "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
                  self.tls_port, self.metrics_port, cfg.appendfsync)
@@ -393,6 +398,7 @@ class Server:
         """Stop accepting, answer what was read, close connections and the database."""
         self._stopping = True
         self.accepting = False
+        self.scrubber.close()  # a running pass stops at its next read (within 50 ms)
         for listener in self._listeners:
             listener.close()
         if self.metrics is not None:
@@ -417,6 +423,7 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
         await self.checkpoints.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.scrubber.join)
         if self._own_db and self._db is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
         self._executor.shutdown(wait=True)

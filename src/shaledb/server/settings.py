@@ -278,6 +278,10 @@ def _timeout(server: Server, _: Any) -> None:
     server.restart_idle_sweeper()
 
 
+def _scrub_interval(server: Server, interval: float) -> None:
+    server.scrubber.reschedule(interval)
+
+
 # -- the registry: one line per parameter ----------------------------------------------------
 
 SETTINGS: Final[tuple[Setting, ...]] = (
@@ -312,6 +316,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("rate-limit-max-hosts", "rate_limit_max_hosts", integer(1), _rate_limits),
     Setting("slowlog-log-slower-than", "slowlog_log_slower_than", integer(-1)),
     Setting("slowlog-max-len", "slowlog_max_len", integer(0, 100_000)),
+    Setting("scrub-interval", "scrub_interval", number, _scrub_interval),
+    Setting("scrub-rate", "scrub_rate", memory(0)),  # read before every read of a pass
     Setting("hz", "hz"),  # the active-expiry task takes it at start
     Setting("active-expire-effort", "active_expire_effort"),
     Setting("metrics-host", "metrics_host"),

@@ -1,4 +1,5 @@
-"""Server administration: CONFIG SAVE BGSAVE LASTSAVE SHUTDOWN (all @admin, as in Redis)."""
+"""Server administration: CONFIG SAVE BGSAVE LASTSAVE SHUTDOWN (all @admin, as in Redis), and
+ShaleDB's SCRUB (@admin too: a pass reads the whole database)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,59 @@ def shutdown(ctx: Context, argv: list[bytes]) -> Any:
     # equivalent of Redis' AOF), so NOSAVE only skips the memtable flush.
     return Deferred(ctx.server.shutdown_on_request(save=b"save" in opts,
                                                    force=b"force" in opts))
+
+
+SCRUB_HELP = (
+    "SCRUB <subcommand> [<arg> ...]. Subcommands are:",
+    "NOW",
+    "    Start a background scrub pass (a rate-limited re-read and check of the whole",
+    "    database) now, whatever scrub-interval says.",
+    "STATUS",
+    "    Return the state of the scrub and what the last completed pass found.",
+    "STOP",
+    "    Stop the running pass (the schedule goes on).",
+    "HELP",
+    "    Print this help.",
+)
+
+
+@command("scrub", -2, "admin noscript loading stale", _ADMIN, subcommands={
+    "now": _ADMIN, "status": _ADMIN, "stop": _ADMIN, "help": "slow"})
+def scrub(ctx: Context, argv: list[bytes]) -> Any:
+    """SCRUB NOW | STATUS | STOP | HELP: the background scrub (scrub.py)"""
+    sub = argv[1].lower()
+    n = len(argv)
+    scrubber = ctx.server.scrubber
+    if sub == b"now" and n == 2:
+        if not scrubber.alive:
+            raise CommandError("the scrub thread is not running"
+                               + (f" ({scrubber.status().thread_error}); restart the server"
+                                  if scrubber.status().thread_error else ""))
+        if not scrubber.request():
+            raise CommandError("Scrub already in progress")
+        return Status(b"Scrub started")
+    if sub == b"status" and n == 2:
+        status = scrubber.status()
+        reply: dict[bytes, Any] = {name.encode(): _reply_value(value)
+                                   for name, value in status.fields()}
+        last = status.last
+        reply[b"problems"] = [p.encode("utf-8", "replace")
+                              for p in (last.problems if last is not None else ())]
+        return reply
+    if sub == b"stop" and n == 2:
+        if not scrubber.stop_pass():
+            raise CommandError("No scrub in progress")
+        return OK
+    if sub == b"help" and n == 2:
+        return [Status(line.encode()) for line in SCRUB_HELP]
+    if sub in (b"now", b"status", b"stop", b"help"):
+        raise wrong_arity("scrub|" + sub.decode())
+    raise CommandError(f"unknown subcommand '{argv[1].decode('utf-8', 'replace')}'. "
+                       "Try SCRUB HELP.")
+
+
+def _reply_value(value: Any) -> Any:
+    """An INFO field value as a reply: integers stay integers, the rest is text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value).encode("utf-8", "replace")
