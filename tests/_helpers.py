@@ -264,6 +264,15 @@ def two_live_segments(path: str) -> tuple[list[str], list[dict[bytes, bytes]]]:
     return segs, models
 
 
+def copy_db(src: str, tmp_path: str | os.PathLike[str]) -> tuple[str, str]:
+    """Copy database ``src`` to ``tmp_path/db``; returns it and its (first) table."""
+    import shutil
+
+    dst = os.path.join(tmp_path, "db")
+    shutil.copytree(src, dst)
+    return dst, files(dst, ".sst")[0]
+
+
 def current_manifest(path: str | os.PathLike[str]) -> str:
     """Path of the manifest CURRENT names (its first line)."""
     with open(os.path.join(path, "CURRENT"), "rb") as fh:

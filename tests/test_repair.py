@@ -23,6 +23,7 @@ from _helpers import (
     SMALL,
     SST_TRAILER,
     SstLayout,
+    copy_db,
     current_manifest,
     diff,
     files,
@@ -87,9 +88,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _copy(src: str, tmp_path: Path) -> tuple[str, str]:
-    dst = str(tmp_path / "db")
-    shutil.copytree(src, dst)
-    return dst, files(dst, ".sst")[0]
+    return copy_db(src, tmp_path)
 
 
 EXPECTED = {key(i): value(i, size=60 + i % 50) for i in range(N_SST)}

@@ -29,6 +29,7 @@ from _helpers import (
     SST_TRAILER,
     SstLayout,
     append_log_record,
+    copy_db,
     current_manifest,
     files,
     flip,
@@ -73,9 +74,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _copy(src: str, tmp_path: Path) -> tuple[str, str]:
-    dst = str(tmp_path / "db")
-    shutil.copytree(src, dst)
-    return dst, files(dst, ".sst")[0]
+    return copy_db(src, tmp_path)
 
 
 def _only_damage(report: shaledb.VerifyReport) -> Problem:

@@ -65,6 +65,7 @@ from .verify import (
     ProblemKind,
     ProgressFn,
     check_database_dir,
+    describe,
     key_text,
     lock_for_reading,
     num_levels_of,
@@ -106,15 +107,9 @@ class Loss:
                 "entries": self.entries, "message": self.message}
 
     def __str__(self) -> str:
-        where = self.file + ("" if self.offset is None else f" @ {self.offset}")
-        parts = ["LOST   ", where, self.kind.value]
-        if self.keys is not None:
-            parts.append(f"keys {self.keys}")
-        if self.seqs is not None:
-            parts.append(f"seqs {self.seqs[0]}..{self.seqs[1]}")
-        if self.entries is not None:
-            parts.append(f"{self.entries} entries")
-        return "  ".join(parts) + f": {self.message}"
+        return describe("LOST   ", self.file, self.offset, self.kind.value, self.keys,
+                        self.seqs, self.message,
+                        *(() if self.entries is None else (f"{self.entries} entries",)))
 
 
 @dataclasses.dataclass

@@ -204,15 +204,20 @@ class Problem:
                 "message": self.message}
 
     def __str__(self) -> str:
-        where = self.file or "."
-        if self.offset is not None:
-            where += f" @ {self.offset}"
-        parts = [f"{self.severity.value.upper():7}", where, self.kind.value]
-        if self.keys is not None:
-            parts.append(f"keys {self.keys}")
-        if self.seqs is not None:
-            parts.append(f"seqs {self.seqs[0]}..{self.seqs[1]}")
-        return "  ".join(parts) + f": {self.message}"
+        return describe(f"{self.severity.value.upper():7}", self.file, self.offset,
+                        self.kind.value, self.keys, self.seqs, self.message)
+
+
+def describe(head: str, file: str, offset: int | None, kind: str, keys: KeyRange | None,
+             seqs: tuple[int, int] | None, message: str, *extra: str) -> str:
+    """One line of a report (verify's problems, repair's losses)."""
+    parts = [head, (file or ".") + ("" if offset is None else f" @ {offset}"), kind]
+    if keys is not None:
+        parts.append(f"keys {keys}")
+    if seqs is not None:
+        parts.append(f"seqs {seqs[0]}..{seqs[1]}")
+    parts.extend(extra)
+    return "  ".join(parts) + f": {message}"
 
 
 @dataclasses.dataclass

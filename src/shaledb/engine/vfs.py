@@ -449,15 +449,7 @@ class PosixFileSystem:
         fsyncing the parent of each one created.
 
         ``os.makedirs`` applies its mode to the last directory only, so walk it ourselves."""
-        missing = []
-        p = os.path.abspath(path)
-        while not os.path.isdir(p):
-            missing.append(p)
-            up = os.path.dirname(p)
-            if up == p:
-                break
-            p = up
-        for d in reversed(missing):
+        for d in missing_dirs(path):
             try:
                 os.mkdir(d, DIR_MODE)
             except FileExistsError:
@@ -553,6 +545,19 @@ class PosixFileSystem:
         return FileLock(path, fd)
 
 
+def missing_dirs(path: str) -> list[str]:
+    """The directories ``mkdirs(path)`` would create, outermost first (absolute paths)."""
+    missing = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        up = os.path.dirname(p)
+        if up == p:
+            break
+        p = up
+    return missing[::-1]
+
+
 def default_fs() -> FileSystem:
     """The real file system."""
     return PosixFileSystem()
@@ -588,6 +593,7 @@ __all__ = [
     "absolute",
     "default_fs",
     "join",
+    "missing_dirs",
     "parent",
     "worker_fs",
 ]

@@ -75,6 +75,7 @@ from ..engine.vfs import (
     RandomAccessFile,
     WritableFile,
     _storage_error,
+    missing_dirs,
 )
 from ..errors import StorageError
 
@@ -647,17 +648,9 @@ class FaultInjectionFS(PosixFileSystem):
         with self._op("mkdir", _abs(path)) as fault:
             if fault is not None:
                 self._raise(fault, "mkdir", path)
-            missing = []
-            p = _abs(path)
-            while not os.path.isdir(p):
-                missing.append(p)
-                up = os.path.dirname(p)
-                if up == p:
-                    break
-                p = up
             # Accounted for before they exist: a directory fsync inside mkdirs (of a parent
             # it created a directory in) must find them.
-            for d in reversed(missing):
+            for d in missing_dirs(_abs(path)):
                 if self._in_worker:
                     self._journal(("mkdir", d))
                 else:
