@@ -506,28 +506,30 @@ def test_torn_tail_is_cut_but_kept_and_reported(tmp_path: Path,
 class _FsyncgateFS(FaultInjectionFS):
     """After a failed fsync the kernel may have dropped the dirty pages, yet they stay
     readable from the page cache and a later fsync of the same file succeeds: model it by
-    never counting the bytes unsynced at the failure as durable."""
+    never counting the bytes unsynced at the failure as durable, whatever fsync follows."""
 
     def __init__(self) -> None:
         super().__init__()
         self.poisoned: dict[str, int] = {}
 
-    def _fsync(self, f: Any, fd: int) -> None:
+    def _sync(self, path: str, do: Any) -> None:
         try:
-            super()._fsync(f, fd)
+            super()._sync(path, do)
         except shaledb.StorageError:
-            self.poisoned.setdefault(f.path, self._track(f.path).synced)
+            with self._cv:
+                self.poisoned.setdefault(path, self._locked_known(path).durable_end)
             raise
-        self._cap(f.path)
 
-    def sync_file(self, path: str) -> None:
-        super().sync_file(path)
-        self._cap(path)
+    def _locked_apply(self, r: tuple[Any, ...]) -> None:
+        super()._locked_apply(r)
+        if r[0] == "fsync" and r[1] in self.poisoned:
+            from shaledb.testing.faultfs import SECTOR as FS_SECTOR
 
-    def _cap(self, path: str) -> None:
-        if path in self.poisoned:
-            t = self._track(path)
-            t.synced = min(t.synced, self.poisoned[path])
+            ino = self._locked_known(r[1])
+            start = self.poisoned[r[1]]
+            ino.durable_end = min(ino.durable_end, start)
+            for sector in range(start // FS_SECTOR, -(-ino.data_end // FS_SECTOR)):
+                ino.dirty[sector] = 1 << 62  # no fsync ever covers these again
 
 
 def test_recovery_after_a_failed_fsync_rewrites_the_data(tmp_path: Path) -> None:
@@ -739,3 +741,50 @@ def test_table_footer_version_zero_is_corruption(tmp_path: Path) -> None:
         fh.write(bytes(raw))
     with pytest.raises(shaledb.CorruptionError, match="format version 0"):
         TableReader(fs, p, 1, None)
+
+
+def _seal_trial(path: str, crash_at: int | None, seed: int,
+                closing: bool) -> tuple[FaultInjectionFS, dict[bytes, bytes], int]:
+    fs = FaultInjectionFS(crash_at=crash_at, crash_rng=random.Random(seed))
+    fs.trace = crash_at is None
+    model: dict[bytes, bytes] = {}
+    db = None
+    try:
+        db = shaledb.open(path, fs=fs, **WAL_OPTS)
+        for i in range(10):
+            db.put(key(i), value(i), sync=True)
+            model[key(i)] = value(i)
+        for i in range(10, 40):  # unsynced: only the seal's fsync would make them durable
+            db.put(key(i), value(i))
+        before = fs.mutations
+        if closing:
+            db.close()
+        else:
+            db.flush()  # the memtable switch seals the old segment
+    except shaledb.StorageError:
+        pass
+    finally:
+        if crash_at is not None:
+            close_quietly(db)
+    if crash_at is None and db is not None:
+        db.close()
+    return fs, model, before
+
+
+@pytest.mark.parametrize("closing", [False, True], ids=["memtable-switch", "close"])
+def test_power_loss_in_the_fsync_of_a_seal_opens(tmp_path: Path, closing: bool) -> None:
+    """Found by the crash-point enumeration (soak): a seal was appended *before* the fsync
+    that made its claim ("everything before me is durable") true. A power loss instead of
+    that fsync could keep the seal's page but not the earlier unsynced ones, and the open then
+    refused the database as "damage in synced data"."""
+    fs, _, before = _seal_trial(str(tmp_path / "clean"), None, 0, closing)
+    seal_fsyncs = [n for n, op, p in fs.traced
+                   if op == "fsync" and p.endswith(".log") and n > before]
+    assert seal_fsyncs, "no WAL fsync after the unsynced writes"
+    k = seal_fsyncs[0]
+    for seed in range(12):
+        path = str(tmp_path / f"s{seed}")
+        _, model, _ = _seal_trial(path, k, seed, closing)
+        with shaledb.open(path) as db:
+            state = dict(db.range())
+        assert all(state.get(kk) == v for kk, v in model.items()), f"seed {seed}: lost"

@@ -114,9 +114,12 @@ class LogWriter:
                                           self.synced if synced is None else synced))
 
     def seal(self) -> None:
-        """Append a seal record and sync: everything before it is durable and the log is
-        complete (a clean close)."""
-        self.file.append(encode_record_v2(b"", self.salt, self.file.size, RECORD_SEAL))
+        """Make everything durable, then append a seal saying so (the log is complete: a
+        clean close) and make the seal durable too. The order matters: a seal written before
+        the fsync that makes its claim true could reach the disk without the records it
+        vouches for, and turn a crash into "corruption"."""
+        self.sync(mark=False)
+        self.file.append(encode_record_v2(b"", self.salt, self.synced, RECORD_SEAL))
         self.sync(mark=False)
 
     def sync(self, mark: bool = True) -> None:
@@ -301,7 +304,7 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
         if end >= 0:
             if resumes_at is None:
                 resumes_at = search
-            if synced > pos or rtype != RECORD_FULL:
+            if synced > pos:  # a record, mark or seal written after ``pos`` was durable
                 vouched = True
                 break
             search = end
@@ -356,7 +359,7 @@ class Salvage:
 
     def vouched(self, start: int) -> bool:
         """Whether a valid record after ``start`` says the bytes at ``start`` were synced."""
-        return any(off > start and synced is not None and (synced > start or rtype != 1)
+        return any(off > start and synced is not None and synced > start
                    for off, rtype, synced, _ in self.records)
 
 
