@@ -56,7 +56,9 @@ def _synced_then_closed(path: str, n: int = 10) -> dict[bytes, bytes]:
 # 1. One flipped bit in a WAL segment's 32-byte file header loses every synced write in it.
 
 
-def test_bit_flip_in_wal_file_header_silently_drops_synced_sealed_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offset", [0, 20, 28], ids=["magic", "salt", "crc"])
+def test_bit_flip_in_wal_file_header_silently_drops_synced_sealed_writes(tmp_path: Path,
+                                                                         offset: int) -> None:
     """Ten writes acknowledged with sync=True, then a clean close (the segment ends in a seal
     and was fsynced). One bit of the segment's header CRC flips (bit rot, a bad sector). The
     header fails its CRC, scan_log reports Damage(0, "damaged file header", vouched=False),
@@ -65,10 +67,15 @@ def test_bit_flip_in_wal_file_header_silently_drops_synced_sealed_writes(tmp_pat
     at INFO as "unsynced writes a crash tore"). A crash cannot leave a bad non-zero header on
     a segment that was ever fsynced (the header is durable from the first fsync on; an
     unwritten one reads as zeros, handled apart), and here the seal and the sync marks after
-    it, whose salt is intact in the header, say the records were durable."""
+    it, whose salt is intact in the header, say the records were durable.
+
+    A flip in the magic (offset 0) goes another way to the same end: the file is then read
+    as a log-format-1 file (scan_log: "anything else is log format 1"), damaged at offset 0
+    with nothing vouching (format 1 never resyncs a WAL), and cut the same way. A flip in the
+    salt fails the header CRC."""
     path = str(tmp_path / "db")
     model = _synced_then_closed(path)
-    _xor_byte(_newest_log(path), 28)  # first byte of the header's CRC
+    _xor_byte(_newest_log(path), offset)
     try:
         db = shaledb.open(path)  # wal_recovery="strict"
     except shaledb.CorruptionError:
@@ -487,3 +494,47 @@ def test_faultfs_remove_racing_a_concurrent_remove_raises_raw_filenotfounderror(
         pytest.fail(f"FaultInjectionFS.remove raised a raw {exc!r}")
     finally:
         shutil.rmtree(str(tmp_path / "side"), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. A client's value makes the next recovery take time quadratic in the segment size.
+
+
+def test_crafted_value_in_a_torn_record_makes_recovery_scan_quadratic(tmp_path: Path) -> None:
+    """A client writes one 128 KiB value made of fake record headers (magic DB 5A, type 1, a
+    length of 16 MiB), then 18 MiB of ordinary values; the process dies and a power loss
+    (here: one zeroed 512-byte sector) tears the record holding that value. _scan_v2 then
+    searches the rest of the segment for a record that vouches for the damage: it tries
+    every magic in the damaged bytes and, since the record header has no checksum of its
+    own, computes the salted CRC over the *claimed* length for each candidate before it can
+    reject it: 7,000 candidates x 16 MiB. Open takes ~9 s here instead of ~0.1 s for the
+    same segment with a random value; the cost grows with value size x segment size (a
+    64 MiB value in a segment of ~100 MiB would keep every open busy for hours), against
+    README's "recovery time is bounded by the memtable size" and the rule "bound the work
+    per request" (LESSONS). salvage_log (verify, repair, the server's scrub) searches the
+    same way."""
+    path = str(tmp_path / "db")
+    code = (
+        "import os, struct, shaledb\n"
+        f"db = shaledb.open({path!r}, fsync_interval=None, memtable_size=64 << 20)\n"
+        "db.put(b'a', b'synced', sync=True)\n"
+        "unit = struct.pack('<2sBIQI', bytes([0xdb, 0x5a]), 1, 16 << 20, 0, 0)\n"
+        "db.put(b'evil', unit * ((128 << 10) // len(unit)))\n"
+        "for i in range(18):\n"
+        "    db.put(b'big%d' % i, os.urandom(1 << 20))\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    seg = _newest_log(path)
+    data = Path(seg).read_bytes()
+    at = data.find(bytes([0xdb, 0x5a, 1]) + (16 << 20).to_bytes(4, "little"))
+    assert at > 0
+    with open(seg, "r+b") as f:  # one sector of that record did not reach the disk
+        f.seek((at // 512 + 4) * 512)
+        f.write(bytes(512))
+    t0 = time.perf_counter()
+    with shaledb.open(path) as db:
+        seconds = time.perf_counter() - t0
+        assert db.get(b"a") == b"synced"
+    assert seconds < 3, (
+        f"recovering one {len(data) >> 20} MiB WAL segment took {seconds:.1f} s, driven by "
+        "the bytes of one client value")
