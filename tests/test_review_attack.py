@@ -538,3 +538,28 @@ def test_crafted_value_in_a_torn_record_makes_recovery_scan_quadratic(tmp_path: 
     assert seconds < 3, (
         f"recovering one {len(data) >> 20} MiB WAL segment took {seconds:.1f} s, driven by "
         "the bytes of one client value")
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. A caller's bad argument becomes the database's fatal background error.
+
+
+def test_huge_ttl_makes_the_whole_database_read_only(tmp_path: Path) -> None:
+    """ttl_to_ms checks that a TTL is finite and positive but not that the expiry it makes
+    fits (expire_at_ms is checked against MAX_EXPIRE_AT_MS = 10**15; a TTL is not). With
+    ttl=1e17 the expiry (~1e20 ms) does not fit msgpack's uint64: encode_batch raises
+    OverflowError inside Engine.write *after* ``fatal = True`` (the point from which a
+    failure "leaves the WAL and the memtable in an unknown state"), so _locked_fail records
+    it as the background error: every later write of every caller raises ReadOnlyError
+    until the database is reopened. Nothing was written; the argument was simply invalid.
+    (A 4.2 GB batch, 65 values of 64 MiB, does the same through struct.error on the record
+    length: seen by hand, 27 s and several GB of memory, so not a test here.) And a TTL
+    between ~1e12 s and ~1.8e16 s is accepted with an expiry above MAX_EXPIRE_AT_MS, which
+    expire_at_ms= refuses."""
+    with shaledb.open(str(tmp_path / "db"), fsync_interval=None) as db:
+        with pytest.raises(shaledb.ShaleError) as info:
+            db.put(b"k", b"v", ttl=1e17)
+        assert isinstance(info.value, shaledb.InvalidArgument), (
+            f"an out-of-range TTL raised {type(info.value).__name__}: {info.value}")
+        db.put(b"other", b"writes go on")  # ReadOnlyError on the current code
+        assert db.stats()["background_error"] is None
