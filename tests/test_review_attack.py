@@ -485,7 +485,7 @@ def test_faultfs_remove_racing_a_concurrent_remove_raises_raw_filenotfounderror(
         os.unlink(p)  # the concurrent fs.remove(p) of the other thread
         return real_side_link(p)
 
-    fs._side_link = other_thread_removed_it_first  # type: ignore[method-assign]
+    fs._side_link = other_thread_removed_it_first  # type: ignore[method-assign,assignment]
     try:
         fs.remove(path)
     except shaledb.StorageError:
