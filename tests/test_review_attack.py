@@ -572,3 +572,51 @@ def test_huge_ttl_makes_the_whole_database_read_only(tmp_path: Path) -> None:
             f"an out-of-range TTL raised {type(info.value).__name__}: {info.value}")
         db.put(b"other", b"writes go on")  # ReadOnlyError on the current code
         assert db.stats()["background_error"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Tables carry no identity: swapped tables of equal size open and answer wrongly.
+
+
+def test_swapped_tables_of_equal_size_open_and_point_reads_miss_existing_keys(
+        tmp_path: Path) -> None:
+    """Two flushes of the same shape (fixed-size keys and values: common) give two L0 tables
+    of exactly the same size. Swap their names (a misdirected rename, a restore that put
+    files back under the wrong names). _check_tables_present compares only names and sizes,
+    and a table, unlike a log file (whose header names its number since log format 2), says
+    nothing about which number it is: the open succeeds, and get() of keys that exist
+    returns None (the manifest's key range sends each lookup to the other table), silently,
+    while a range scan still returns them. verify does notice (metadata mismatch); open and
+    reads do not, against "ShaleDB raises CorruptionError rather than return data it cannot
+    verify"."""
+    path = str(tmp_path / "db")
+    with shaledb.open(path, compression="none", fsync_interval=None) as db:
+        for i in range(300):
+            db.put(b"c%05d" % i, b"z")  # later sequence numbers all take 3 msgpack bytes
+        db.flush()
+        for i in range(100):
+            db.put(b"a%05d" % i, b"x" * 50)
+        db.flush()
+        for i in range(100):
+            db.put(b"b%05d" % i, b"y" * 50)
+        db.flush()
+    tables = sorted(glob.glob(os.path.join(path, "*.sst")))
+    a, b = tables[-2], tables[-1]
+    assert os.path.getsize(a) == os.path.getsize(b)
+    os.rename(a, a + ".x")
+    os.rename(b, a)
+    os.rename(a + ".x", b)
+    try:
+        db = shaledb.open(path)
+    except shaledb.CorruptionError:
+        return
+    try:
+        try:
+            got = (db.get(b"a00001"), db.get(b"b00001"))
+        except shaledb.CorruptionError:
+            return
+        assert got == (b"x" * 50, b"y" * 50), (
+            f"open accepted swapped tables and get() answers {got} for keys that exist "
+            f"(a range scan returns {len(list(db.range()))} keys)")
+    finally:
+        db.close()
