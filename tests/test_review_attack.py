@@ -470,11 +470,11 @@ def test_lost_copy_omits_trailing_zero_bytes_of_an_intact_cut_record(tmp_path: P
     assert len(full) == 3
     second = full[1][0]
     _xor_byte(seg, second + 25)
+    damaged = Path(seg).read_bytes()  # the open retires the segment
     with shaledb.open(path, wal_recovery="point_in_time") as db:
         assert db.get(b"a") == b"first"
         cut = db.stats()["wal_recovery"]["cut"]
     saved = Path(path, cut[0]["saved_to"]).read_bytes()
-    damaged = Path(seg).read_bytes()
     assert saved == damaged[second:pos], (
         f"recovery cut {pos - second} bytes of records at offset {second} (the last one "
         f"intact), but lost/ holds {len(saved)} bytes (stats says {cut[0]['bytes']})")
