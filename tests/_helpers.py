@@ -184,7 +184,7 @@ def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.01) -> bool:
 LOG_MAGIC = b"\xdb\x5a"
 LOG_FILE_MAGIC = b"SHALElog"
 LOG_FILE_HEADER_SIZE = 32  # magic(8) version(4) number(8) salt(8) crc32c(4)
-LOG_HEADER = struct.Struct("<2sBIQI")  # magic, type, length, synced, crc32c (log format 2)
+LOG_HEADER = struct.Struct("<2sBIQII")  # magic, type, length, synced, hcrc, crc (log format 2)
 LOG_HEADER_V1 = struct.Struct("<2sBII")  # magic, type, length, crc32c (log format 1)
 SST_FOOTER = struct.Struct("<QIQIQII12xI8s")
 SST_FOOTER_SIZE = 64
@@ -230,8 +230,10 @@ def append_log_record(path: str, payload: bytes, rtype: int = 1) -> None:
         assert data.startswith(LOG_FILE_MAGIC), "not a log format 2 file"
         salt = data[20:28]
         head = struct.pack("<BIQ", rtype, len(payload), len(data))
-        crc = crc32c.crc32c(payload, crc32c.crc32c(head, crc32c.crc32c(salt)))
-        fh.write(LOG_MAGIC + head + crc.to_bytes(4, "little") + payload)
+        hcrc = crc32c.crc32c(head, crc32c.crc32c(salt))
+        crc = crc32c.crc32c(payload, hcrc)
+        fh.write(LOG_MAGIC + head + hcrc.to_bytes(4, "little") + crc.to_bytes(4, "little")
+                 + payload)
         fh.flush()
         os.fsync(fh.fileno())
 

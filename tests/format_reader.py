@@ -124,21 +124,26 @@ class LogFile:
         return [r.payload for r in self.records if r.type == FULL]
 
 
+HEADER_V2 = 23  # magic 2, type 1, length 4, synced 8, hcrc 4, crc 4
+
+
 def _record_v2(data: bytes, pos: int, salt: bytes) -> LogRecord | None:
-    if pos + 19 > len(data) or data[pos:pos + 2] != b"\xdb\x5a":
+    if pos + HEADER_V2 > len(data) or data[pos:pos + 2] != b"\xdb\x5a":
         return None
     rtype = data[pos + 2]
     length = _u32(data, pos + 3)
     synced = int(struct.unpack_from("<Q", data, pos + 7)[0])
-    crc = _u32(data, pos + 15)
-    if rtype not in (FULL, SEAL, SYNC) or pos + 19 + length > len(data):
+    hcrc = _u32(data, pos + 15)
+    crc = _u32(data, pos + 19)
+    if rtype not in (FULL, SEAL, SYNC) or pos + HEADER_V2 + length > len(data):
         return None
-    if crc32c(data[pos + 19:pos + 19 + length], crc32c(data[pos + 2:pos + 15],
-                                                        crc32c(salt))) != crc:
+    if crc32c(data[pos + 2:pos + 15], crc32c(salt)) != hcrc:
+        return None
+    if crc32c(data[pos + HEADER_V2:pos + HEADER_V2 + length], hcrc) != crc:
         return None
     if rtype != FULL and length != 0:
         raise FormatError(f"seal or sync mark at {pos} has a payload")
-    return LogRecord(pos, rtype, synced, data[pos + 19:pos + 19 + length])
+    return LogRecord(pos, rtype, synced, data[pos + HEADER_V2:pos + HEADER_V2 + length])
 
 
 def _record_v1(data: bytes, pos: int) -> LogRecord | None:
@@ -185,14 +190,14 @@ def read_log(data: bytes, number: int | None = None) -> LogFile:
             if rec is None:
                 break
             log.records.append(rec)
-            pos += 19 + len(rec.payload)
+            pos += HEADER_V2 + len(rec.payload)
         _finish(log, data, pos)
         if log.damage is not None:
             last = len(data.rstrip(b"\0"))
             search = data.find(b"\xdb\x5a", pos + 1, last)
             while search >= 0:
                 rec = _record_v2(data, search, salt)
-                if rec is not None and (rec.synced > pos or rec.type != FULL):
+                if rec is not None and rec.synced > pos:
                     log.vouched = True
                     break
                 search = data.find(b"\xdb\x5a", search + 1, last)

@@ -70,7 +70,8 @@ def _wal_db(path: str, crash: bool = False,
 
 WAL_SPOTS = {  # where in a record to flip a byte: offset from the record start
     "payload": lambda size: LOG_HEADER.size + (size - LOG_HEADER.size) // 2,
-    "crc": lambda size: 16,
+    "hcrc": lambda size: 16,
+    "crc": lambda size: 20,
     "synced": lambda size: 8,
     "length": lambda size: 3,
     "type": lambda size: 2,
@@ -496,7 +497,7 @@ def test_manifest_flip_raises(tmp_path: Path, which: str, spot: str) -> None:
     manifest, _model = _manifest_db(path)
     recs = log_records(manifest)
     off, size = recs[0] if which == "first" else recs[len(recs) // 2]
-    rel = {"payload": LOG_HEADER.size + (size - LOG_HEADER.size) // 2, "crc": 16,
+    rel = {"payload": LOG_HEADER.size + (size - LOG_HEADER.size) // 2, "crc": 20,
            "length": 4}[spot]
     flip(manifest, off + rel, 0x02)
     for mode in ("strict", "point_in_time"):  # the WAL mode does not relax the manifest

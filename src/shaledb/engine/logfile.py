@@ -8,17 +8,20 @@ Log format 2 (database format 3; docs/format.md has every byte)::
         number   8  the file number (WAL segment or manifest)
         salt     8  random, chosen when the file is created
         crc      4  CRC32C of the 28 bytes before it
-    record (19-byte header + payload, each written with one append)
+    record (23-byte header + payload, each written with one append)
         magic    2  b"\\xdb\\x5a"
         type     1  1 = a full record; 2 = a seal (empty: the log was closed cleanly);
                     3 = a sync mark (empty: everything before it was just fsynced)
         length   4  payload length
         synced   8  bytes of this file known durable when the record was written
-        crc      4  CRC32C of salt + type + length + synced + payload
+        hcrc     4  CRC32C of salt + type + length + synced
+        crc      4  CRC32C of salt + type + length + synced + payload (continues hcrc)
 
 Why the salt: recovery looks for valid records after damage to tell what the damage was, and
 a checksum any writer can compute would let bytes inside a client's value pass for a record.
-Nobody outside the file knows its salt, so a record found there was written as a record.
+Nobody outside the file knows its salt, so a record found there was written as a record. The
+header has a checksum of its own so that searching damaged bytes costs O(1) per candidate
+position: a value full of fake headers claiming long lengths cannot make recovery quadratic.
 
 Why ``synced``: a record vouches that everything before ``synced`` had been fsynced when it was
 written, and a seal or a sync mark vouches for everything before it. Damage that a valid
@@ -40,7 +43,7 @@ from collections.abc import Iterator
 
 import crc32c as _crc32c
 
-from ..errors import CorruptionError, IncompatibleFormatError
+from ..errors import CorruptionError, IncompatibleFormatError, InvalidArgument
 from .vfs import AppendFile, FileSystem
 
 FILE_MAGIC = b"SHALElog"
@@ -52,9 +55,11 @@ MAGIC = b"\xdb\x5a"
 RECORD_FULL = 1
 RECORD_SEAL = 2
 RECORD_SYNC = 3
+#: Largest payload a record frames (its length field is 4 bytes).
+MAX_RECORD = 0xFFFFFFFF
 _TYPES = (RECORD_FULL, RECORD_SEAL, RECORD_SYNC)
-_HEADER = struct.Struct("<2sBIQI")  # magic, type, length, synced, crc
-HEADER_SIZE = _HEADER.size  # 19
+_HEADER = struct.Struct("<2sBIQII")  # magic, type, length, synced, hcrc, crc
+HEADER_SIZE = _HEADER.size  # 23
 _TYPE_LEN_SYNCED = struct.Struct("<BIQ")
 
 _HEADER_V1 = struct.Struct("<2sBII")  # magic, type, length, crc
@@ -78,9 +83,13 @@ def encode_file_header(number: int, salt: bytes) -> bytes:
 def encode_record_v2(payload: bytes, salt: bytes, synced: int,
                      rtype: int = RECORD_FULL) -> bytes:
     """Frame ``payload`` as one format-2 record of a log whose salt is ``salt``."""
+    if len(payload) > MAX_RECORD:
+        raise InvalidArgument(f"a write group of {len(payload)} bytes is larger than a log "
+                              f"record can hold ({MAX_RECORD} bytes): write smaller batches")
     head = _TYPE_LEN_SYNCED.pack(rtype, len(payload), synced)
-    crc = crc32c(payload, crc32c(head, crc32c(salt)))
-    return b"".join((MAGIC, head, crc.to_bytes(4, "little"), payload))
+    hcrc = crc32c(head, crc32c(salt))
+    return b"".join((MAGIC, head, hcrc.to_bytes(4, "little"),
+                     crc32c(payload, hcrc).to_bytes(4, "little"), payload))
 
 
 def encode_record(payload: bytes) -> bytes:
@@ -201,12 +210,13 @@ def _record_at(data: bytes, pos: int, salt: bytes) -> tuple[int, int, int]:
     """``(end, type, synced)`` of a valid format-2 record at ``pos``, or ``(-1, 0, 0)``."""
     if pos + HEADER_SIZE > len(data):
         return -1, 0, 0
-    magic, rtype, length, synced, crc = _HEADER.unpack_from(data, pos)
+    magic, rtype, length, synced, hcrc, crc = _HEADER.unpack_from(data, pos)
     end: int = pos + HEADER_SIZE + length
     if magic != MAGIC or rtype not in _TYPES or end > len(data):
         return -1, 0, 0
-    body = memoryview(data)[pos + 2:pos + 15]
-    if crc32c(memoryview(data)[pos + HEADER_SIZE:end], crc32c(body, crc32c(salt))) != crc:
+    if crc32c(memoryview(data)[pos + 2:pos + 15], crc32c(salt)) != hcrc:
+        return -1, 0, 0  # O(1): only a real header makes us read the payload
+    if crc32c(memoryview(data)[pos + HEADER_SIZE:end], hcrc) != crc:
         return -1, 0, 0
     return end, rtype, synced
 
@@ -245,6 +255,10 @@ def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False) -> Log
     for a WAL, where out-of-order write-back and bytes inside values fake that evidence."""
     if data[:len(FILE_MAGIC)] == FILE_MAGIC:
         return _scan_v2(data, path)
+    if data[:2] not in (MAGIC, b"", b"\0\0", b"\0") and data[:1] != b"\0":
+        # Neither a format-2 header nor a format-1 record nor never-written space: the
+        # start of the file is damaged (a flipped bit in the magic, say).
+        return _damaged_start(data)
     if len(data) >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0"):
         # A format-2 file whose header never reached the disk (zeros): empty, or a crash
         # right after creation.
@@ -262,9 +276,7 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
         data) >= FILE_HEADER_SIZE else (b"", 0, 0, b"", 0)
     scan = LogScan(LOG_VERSION, None)
     if len(data) < FILE_HEADER_SIZE or crc32c(data[:28]) != crc:
-        scan.end = _nonzero_end(data, 0)
-        scan.damage = Damage(0, "damaged file header", False, None)
-        return scan
+        return _damaged_start(data)
     if version > LOG_VERSION:
         raise IncompatibleFormatError(
             f"log {path!r} has log format version {version}; this ShaleDB reads up to "
@@ -314,6 +326,18 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
     return scan
 
 
+def _damaged_start(data: bytes) -> LogScan:
+    """A log whose first bytes (the file header) are damaged. The header is the first thing
+    written to a new log, in one copy before any record, and made durable by the log's first
+    fsync; a crash can leave it torn only when nothing follows it. So with anything after it,
+    the damage hit durable bytes (a bit flip, a bad sector): vouched for."""
+    scan = LogScan(LOG_VERSION, None)
+    scan.end = _nonzero_end(data, 0)
+    after = _nonzero_end(data, FILE_HEADER_SIZE) > FILE_HEADER_SIZE
+    scan.damage = Damage(0, "damaged file header", after, None)
+    return scan
+
+
 def _scan_v1(data: bytes, resync: bool = False) -> LogScan:
     scan = LogScan(1, None)
     pos = 0
@@ -344,11 +368,12 @@ class Salvage:
     """Everything readable in a damaged log (for ``verify`` and ``repair``): every valid
     record, including those after damage, and the damaged ranges between them."""
 
-    __slots__ = ("version", "header_size", "records", "damaged", "zeros_from")
+    __slots__ = ("version", "header_size", "records", "damaged", "zeros_from",
+                 "header_damaged")
 
     def __init__(self, version: int, header_size: int) -> None:
         self.version = version
-        self.header_size = header_size  # of one record: 19 (format 2) or 11 (format 1)
+        self.header_size = header_size  # of one record: 23 (format 2) or 11 (format 1)
         #: (offset, type, synced, payload) of every valid record, in file order; ``synced``
         #: is None in format 1.
         self.records: list[tuple[int, int, int | None, bytes]] = []
@@ -356,9 +381,13 @@ class Salvage:
         #: non-zero byte.
         self.damaged: list[tuple[int, int]] = []
         self.zeros_from: int | None = None  # zeros from here to the end (allocated space)
+        #: The file header is damaged and bytes follow it (so it had been durable).
+        self.header_damaged = False
 
     def vouched(self, start: int) -> bool:
         """Whether a valid record after ``start`` says the bytes at ``start`` were synced."""
+        if start == 0 and self.header_damaged:
+            return True
         return any(off > start and synced is not None and synced > start
                    for off, rtype, synced, _ in self.records)
 
@@ -368,7 +397,9 @@ def salvage_log(data: bytes) -> Salvage:
     record (format 2: by the salted checksum, which bytes inside values cannot pass; format 1:
     by magic and checksum, best effort)."""
     n = len(data)
-    if data[:len(FILE_MAGIC)] == FILE_MAGIC or (
+    damaged_start = (data[:len(FILE_MAGIC)] != FILE_MAGIC and data[:1] not in (b"", b"\0")
+                     and data[:2] != MAGIC)
+    if data[:len(FILE_MAGIC)] == FILE_MAGIC or damaged_start or (
             n >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0")):
         out = Salvage(LOG_VERSION, HEADER_SIZE)
         end = _nonzero_end(data, 0)
@@ -376,8 +407,10 @@ def salvage_log(data: bytes) -> Salvage:
             out.zeros_from = 0
             return out
         if n < FILE_HEADER_SIZE or crc32c(data[:28]) != int.from_bytes(data[28:32], "little"):
-            out.damaged.append((0, end))  # without the salt nothing can be trusted
-            return out
+            # The header is damaged; its salt may not be: records that pass their checksums
+            # with it are genuine. The damage is durable when anything follows the header.
+            out.damaged.append((0, FILE_HEADER_SIZE))
+            out.header_damaged = _nonzero_end(data, FILE_HEADER_SIZE) > FILE_HEADER_SIZE
         salt = data[20:28]
 
         def at(pos: int) -> tuple[int, int, int | None]:

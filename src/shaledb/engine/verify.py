@@ -415,7 +415,7 @@ class LogScan:
     vouched: set[int]
     #: Offset from which the file holds only zeros (allocated ahead), or None.
     zeros_from: int | None
-    #: Size of one record header (19 in log format 2, 11 in format 1).
+    #: Size of one record header (23 in log format 2, 11 in format 1).
     header_size: int
 
 
