@@ -1044,3 +1044,13 @@ def test_many_memtables_of_data(db_path, small_opts):
             assert d.get(k) == exp.get(k)
         assert list(d.prefix(b"key0001", limit=5)) == [kv for kv in ordered
                                                         if kv[0].startswith(b"key0001")][:5]
+
+
+def test_empty_batch_with_sync_makes_earlier_writes_durable(tmp_path) -> None:
+    """db.write(WriteBatch(), sync=True) is a durability barrier (as in LevelDB): it fsyncs
+    the WAL even though it writes nothing (review)."""
+    with shaledb.open(str(tmp_path / "db"), fsync_interval=None) as db:
+        db.put(b"k", b"v")
+        before = db.stats()["wal_syncs"]
+        db.write(shaledb.WriteBatch(), sync=True)
+        assert db.stats()["wal_syncs"] == before + 1

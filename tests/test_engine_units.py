@@ -393,3 +393,16 @@ def test_sync_write_is_vouched_even_when_the_background_sync_got_there_first(tmp
     bad[logfile.FILE_HEADER_SIZE + logfile.HEADER_SIZE + 2] ^= 1  # inside the record
     scan = logfile.scan_log(bytes(bad))
     assert scan.damage is not None and scan.damage.vouched
+
+
+def test_only_canonical_ascii_file_names_are_database_files() -> None:
+    """A name with Unicode digits or a non-canonical number is not a database file: the
+    engine must never replay or delete it (review)."""
+    from shaledb.engine.filenames import parse
+
+    assert parse("000012.log") == ("log", 12)
+    assert parse("1234567.sst") == ("sst", 1234567)
+    assert parse("MANIFEST-000003") == ("manifest", 3)
+    for name in ("\u0660\u0660\u0660\u0660\u0660\u0663.log", "0000012.log", "00012.sst",
+                 "MANIFEST-0000003", "MANIFEST-\uff10\uff10\uff10\uff10\uff10\uff11"):
+        assert parse(name) is None, name

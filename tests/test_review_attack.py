@@ -280,7 +280,16 @@ def test_flush_in_another_thread_hangs_forever_when_close_runs(tmp_path: Path) -
         db.flush()  # returns; the flush thread then pauses in _delete_obsolete_files
         assert fs.arrived.wait(10)
         db.put(b"b", b"2")
-        flusher = threading.Thread(target=db.flush, name="user-flush", daemon=True)
+        outcome: list[BaseException | None] = []
+
+        def flush() -> None:
+            try:
+                db.flush()
+                outcome.append(None)
+            except shaledb.ShaleError as exc:
+                outcome.append(exc)
+
+        flusher = threading.Thread(target=flush, name="user-flush", daemon=True)
         flusher.start()
         deadline = time.monotonic() + 10
         while db.stats()["immutable_memtables"] == 0 and time.monotonic() < deadline:
@@ -295,6 +304,8 @@ def test_flush_in_another_thread_hangs_forever_when_close_runs(tmp_path: Path) -
         flusher.join(10)
         assert not flusher.is_alive(), (
             "db.flush() is still blocked 10 s after db.close() returned (it never will be)")
+        # Interrupted by the close, it says so (its writes are in the WAL, not lost).
+        assert len(outcome) == 1 and isinstance(outcome[0], shaledb.ClosedError), outcome
     finally:
         gate.set()
         close_quietly(db)
@@ -465,7 +476,7 @@ def test_lost_copy_omits_trailing_zero_bytes_of_an_intact_cut_record(tmp_path: P
     while data[pos:pos + 2] == b"\xdb\x5a":
         length = int.from_bytes(data[pos + 3:pos + 7], "little")
         records.append((pos, data[pos + 2], length))
-        pos += 19 + length
+        pos += 23 + length  # record header: magic, type, length, synced, hcrc, crc
     full = [r for r in records if r[1] == 1]
     assert len(full) == 3
     second = full[1][0]
@@ -556,7 +567,8 @@ def _torn_segment_with_value(path: str, crafted: bool) -> tuple[int, float]:
     """A database whose process died after a synced write, one 128 KiB value (``crafted``:
     fake record headers claiming 16 MiB; else random bytes) and 18 MiB of other values, one
     512-byte sector of the value's record lost; returns (segment size, seconds to open)."""
-    value = ("struct.pack('<2sBIQI', bytes([0xdb, 0x5a]), 1, 16 << 20, 0, 0) * (131072 // 19)"
+    value = ("struct.pack('<2sBIQII', bytes([0xdb, 0x5a]), 1, 16 << 20, 0, 0, 0)"
+             " * (131072 // 23)"
              if crafted else "os.urandom(131072)")
     code = (
         "import os, struct, shaledb\n"

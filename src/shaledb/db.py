@@ -55,6 +55,8 @@ class DB(Reader):
         if len(batch):
             self._engine.write(batch.resolved_ops(self.options.clock), batch.approximate_size,
                                sync)
+        elif sync:
+            self._engine.sync_wal()  # an empty durable batch still makes earlier writes durable
 
     def batch(self, *, sync: bool = False) -> BatchContext:
         """A write batch committed atomically when the ``with`` block ends without an

@@ -41,8 +41,10 @@ class Options:
     create_if_missing: bool = True
     #: Refuse to open a database that already exists.
     error_if_exists: bool = False
-    #: Open without taking writes: no WAL, no flush, no compaction. Every write raises
-    #: ReadOnlyError. The directory lock is still taken (one process per directory).
+    #: Open without taking writes: no WAL, no flush, no compaction, nothing written to the
+    #: directory. Every write raises ReadOnlyError. The directory lock is still taken when
+    #: the directory has a LOCK file (any database ever opened for writing has one), without
+    #: writing to it: one process per directory.
     read_only: bool = False
     #: Bytes of memtable (user bytes plus a per-entry estimate of Python's object overhead)
     #: before it is frozen and flushed to an L0 table. Bounds recovery time: at most about

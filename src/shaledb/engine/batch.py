@@ -80,7 +80,11 @@ def ttl_to_ms(ttl: float | None, clock: Callable[[], float]) -> int:
         raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__}")
     if not math.isfinite(ttl) or ttl <= 0:
         raise InvalidArgument(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-    return max(1, math.ceil((clock() + ttl) * 1000))
+    expire = max(1, math.ceil((clock() + ttl) * 1000))
+    if expire > MAX_EXPIRE_AT_MS:
+        raise InvalidArgument(f"ttl of {ttl!r} s expires after the latest time ShaleDB stores "
+                              f"({MAX_EXPIRE_AT_MS} ms since the epoch)")
+    return expire
 
 
 class WriteBatch:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -100,21 +100,22 @@ class TableCache(Generic[V]):
     closed when the last user drops them (their file descriptors close on collection), so an
     iterator never loses a file it is reading."""
 
-    def __init__(self, capacity: int, opener: Callable[[int], V],
+    def __init__(self, capacity: int, opener: Callable[[int, Any], V],
                  on_drop: Callable[[V], None] | None = None) -> None:
         self._lru: LRUCache[int, V] = LRUCache(capacity)
         self._opener = opener
         self._on_drop = on_drop
         self._open_lock = threading.Lock()
 
-    def get(self, number: int) -> V:
-        """The reader for table ``number``, opening it if needed."""
+    def get(self, number: int, meta: Any = None) -> V:
+        """The reader for table ``number``, opening it (with ``meta``, what the manifest says
+        of it) if needed."""
         reader = self._lru.get(number)
         if reader is None:
             with self._open_lock:
                 reader = self._lru.get(number)
                 if reader is None:
-                    reader = self._opener(number)
+                    reader = self._opener(number, meta)
                     for old in self._lru.put(number, reader, 1):
                         self._dropped(old)
         return reader

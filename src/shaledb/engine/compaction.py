@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..options import Options
 from .dbformat import DELETE, PUT, Entry
@@ -173,6 +174,9 @@ class MergeJob:
     target_file_size: int
     numbers: tuple[int, ...] | None = None  # output numbers given in advance (worker)
     write_rate: int | None = None  # bytes/s cap on the outputs (None: unlimited)
+    #: What the manifest says of each input (``FileMeta.to_list()``): a table that holds
+    #: something else is refused (see ``TableReader.check_identity``).
+    inputs: tuple[tuple[Any, ...], ...] = ()
 
 
 #: One limiter per (database, rate) and process, shared by that database's compactions, so

@@ -196,11 +196,14 @@ def _run_job(job: MergeJob, fs: FileSystem, stdin: IO[bytes], parent_pid: int
              ) -> tuple[str, Any]:
     """Run one merge in the worker; returns the reply for the parent."""
     readers: dict[int, TableReader] = {}
+    metas = {int(m[0]): FileMeta.from_list(list(m)) for m in job.inputs}
 
     def open_table(n: int) -> TableReader:
         r = readers.get(n)
         if r is None:
             r = readers[n] = TableReader(fs, table_name(job.dirpath, n), n, None)
+            if n in metas:
+                r.check_identity(metas[n])
         return r
 
     def should_stop() -> bool:

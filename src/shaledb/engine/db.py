@@ -8,8 +8,9 @@ of one you hold):
 
 - ``_mutex`` guards the mutable state: the memtables, the current WAL, the writer queue,
   ``_last_seq``, snapshots, version pins, pending outputs and the background error. It is
-  never held across a table build, a compaction or a manifest write; WAL segment creation
-  (once per memtable) is the only I/O under it.
+  never held across I/O: a table build, a compaction, a manifest write, or the seal and
+  creation of WAL segments at a memtable switch (the leader lets go of it for those;
+  ``_locked_switch_memtable``). ``stats()`` and ``_delete_obsolete_files`` only list.
 - Exactly one thread, the leader of the writer queue, appends to the WAL and inserts into the
   memtable, outside ``_mutex``; readers never wait for it.
 - Helpers named ``_locked_*`` expect ``_mutex`` held and never take it again.
@@ -70,6 +71,7 @@ from .filenames import (
     table_name,
 )
 from .iterator import concat, memtable_source, merge, visible
+from .logfile import content_end
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .optionsfile import DB_FORMAT_VERSION, decode_options, encode_options
@@ -198,7 +200,11 @@ class Engine:
             fs.mkdirs(self.path)
         elif not fs.is_dir(self.path):
             raise InvalidArgument(f"{self.path!r} exists and is not a directory")
-        self._lock = fs.lock(vfs.join(self.path, LOCK))
+        lock_path = vfs.join(self.path, LOCK)
+        if not opts.read_only:
+            self._lock = fs.lock(lock_path)
+        elif fs.exists(lock_path):  # a read-only open writes nothing, not even LOCK
+            self._lock = fs.lock(lock_path, readonly=True)
         if fs.exists(current):
             if opts.error_if_exists:
                 raise InvalidArgument(f"database {self.path!r} already exists "
@@ -384,12 +390,13 @@ class Engine:
                 f"{len(seg.batches)} records before it in this segment (the rest is saved "
                 f"under lost/)")
         data = self.fs.read_file(seg.path)
-        end = len(data.rstrip(b"\0"))
+        end = content_end(data)
         self._cuts.append({"file": name, "offset": offset, "bytes": max(0, end - offset),
                            "synced": synced, "reason": reason, "saved_to": None,
                            "_data": data[offset:end]})
         for number in later:
-            whole = self.fs.read_file(log_name(self.path, number)).rstrip(b"\0")
+            whole = self.fs.read_file(log_name(self.path, number))
+            whole = whole[:content_end(whole)]
             self._cuts.append({"file": log_file(number), "offset": 0, "bytes": len(whole),
                                "synced": True, "reason": "follows a cut segment",
                                "saved_to": None, "_data": whole})
@@ -512,8 +519,14 @@ class Engine:
         with self._mutex:
             return self._locked_fail(exc, what)
 
-    def _open_table(self, number: int) -> TableReader:
+    def _open_table(self, number: int, meta: FileMeta | None) -> TableReader:
         reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache)
+        if meta is not None:
+            try:
+                reader.check_identity(meta)
+            except BaseException:
+                reader.close()
+                raise
         if self._block_cache is not None:
             self._block_cache.pin(reader.meta_bytes)
         return reader
@@ -522,10 +535,10 @@ class Engine:
         if self._block_cache is not None:
             self._block_cache.pin(-reader.meta_bytes)
 
-    def _table(self, number: int) -> TableReader:
+    def _table(self, meta: FileMeta) -> TableReader:
         if self._closed:
             raise ClosedError(f"database {self.path!r} is closed")
-        return self._tables.get(number)
+        return self._tables.get(meta.number, meta)
 
     def _locked_smallest_snapshot(self) -> int:
         self._locked_drain()
@@ -602,11 +615,11 @@ class Engine:
                     flat = [x for g in group for x in g.ops]  # type: ignore[union-attr]
                     any_sync = any(g.sync for g in group)
                 if flat:
+                    record = wal.frame(encode_batch(first_seq, flat))  # may refuse: harmless
                     # From here on a failure leaves the WAL and the memtable in an unknown
                     # state (the record may be in the log, its sequence numbers used): fatal.
                     fatal = True
-                    payload = encode_batch(first_seq, flat)
-                    wal_bytes = wal.append(payload)
+                    wal_bytes = wal.append_framed(record)
                     if any_sync:
                         wal.sync(mark=True)
                     mem.apply(first_seq, flat)
@@ -696,16 +709,25 @@ class Engine:
         old = self._wal
         assert old is not None
         new: WriteAheadLog | None = None
+        error: BaseException | None = None
+        # The fsyncs below run without the mutex, so readers never wait for them; this thread
+        # leads the writer queue, so nobody else appends to the WAL meanwhile.
+        self._mutex.release()
         try:
             old.seal()  # the frozen memtable's log is complete and durable before a new one
             new = WriteAheadLog(self.fs, self.path, number)
             # The new segment's directory entry must be durable before its first fsync counts.
             self.fs.sync_dir(self.path)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - recorded below, under the mutex
+            error = exc
+        finally:
+            self._mutex.acquire()
+        if error is not None:
             if new is not None:
                 with contextlib.suppress(Exception):
                     new.close()
-            raise self._locked_fail(exc, "starting a new WAL segment") from None
+            raise self._locked_fail(error, "starting a new WAL segment") from None
+        assert new is not None
         # From here on the engine writes to the new segment, whatever happens to the old one.
         self._wal = new
         self.counters["wal_syncs_closed"] += old.syncs
@@ -790,7 +812,7 @@ class Engine:
                 r = imm.get(key, seq)
             if r is None:
                 for f in v.candidates(key):
-                    r = self._table(f.number).get(key, seq)
+                    r = self._table(f).get(key, seq)
                     if r is not None:
                         break
             return r
@@ -806,7 +828,7 @@ class Engine:
                 s = imm.latest_seq(key)
             if s is None:
                 for f in v.candidates(key):
-                    s = self._table(f.number).latest_seq(key)
+                    s = self._table(f).latest_seq(key)
                     if s is not None:
                         break
             return s or 0
@@ -841,14 +863,14 @@ class Engine:
                 sources.append(memtable_source(imm, lo, hi, reverse, seq))
             for f in v.levels[0]:
                 if f.overlaps(lo, hi):
-                    sources.append(self._table(f.number).iter_range(lo, hi, reverse))
+                    sources.append(self._table(f).iter_range(lo, hi, reverse))
             for lvl in range(1, len(v.levels)):
-                files = [f.number for f in v.levels[lvl] if f.overlaps(lo, hi)]
+                files = [f for f in v.levels[lvl] if f.overlaps(lo, hi)]
                 if not files:
                     continue
                 if reverse:
                     files.reverse()
-                sources.append(concat(files, lambda n: self._table(n).iter_range(lo, hi,
+                sources.append(concat(files, lambda f: self._table(f).iter_range(lo, hi,
                                                                                  reverse)))
             it: Iterator[tuple[bytes, bytes]] = visible(merge(sources, reverse), seq, now_ms,
                                                         reverse)
@@ -886,10 +908,13 @@ class Engine:
         """Freeze the memtable and wait until it is written to an L0 table."""
         self.write(None, 0, False, force_flush=True)
         with self._mutex:
-            while self._imm is not None and self._bg_error is None and not self._closed:
+            while (self._imm is not None and self._bg_error is None and not self._closed
+                   and not self._closing):
                 self._bg_cv.wait()
             if self._bg_error is not None:
                 self._locked_check_writable()
+            if self._imm is not None:  # closed before the flush thread got to it (in the WAL)
+                raise ClosedError(f"database {self.path!r} was closed before the flush ended")
 
     def _flush_loop(self) -> None:
         while True:
@@ -926,6 +951,9 @@ class Engine:
                            added=[(0, m) for m in outputs])
         try:
             with self._manifest_lock:
+                with self._mutex:
+                    if self._bg_error is not None:  # never an edit after it
+                        raise self._bg_error
                 new = self._versions.log_and_apply(edit)
                 with self._mutex:
                     self._versions.install(new, edit)
@@ -995,7 +1023,8 @@ class Engine:
             below=tuple(f.number for f in c.below),
             smallest_snapshot=smallest, now_ms=self._now_ms(), drop_tombstones=c.bottommost,
             block_size=opts.block_size, compression=opts.compression,
-            target_file_size=opts.target_file_size, write_rate=opts.compaction_write_rate)
+            target_file_size=opts.target_file_size, write_rate=opts.compaction_write_rate,
+            inputs=tuple(tuple(f.to_list()) for _, f in c.all_inputs()))
         use_worker = (self._worker is not None and opts.compaction_process_threshold is not None
                       and c.input_bytes >= opts.compaction_process_threshold)
         created: list[int] = []
@@ -1017,7 +1046,9 @@ class Engine:
             else:
                 writer = merge_writer(job, self.fs, self._new_output_number)
                 created = writer.created
-                run_merge(job, self._table, writer, lambda: self._closing)
+                metas = {f.number: f for _, f in c.all_inputs()}
+                run_merge(job, lambda n: self._table(metas[n]), writer,
+                          lambda: self._closing)
                 outputs, written = writer.outputs, writer.bytes_written
             edit.added = [(c.output_level, m) for m in outputs]
             self.fs.sync_dir(self.path)
@@ -1039,6 +1070,8 @@ class Engine:
 
     def _install(self, edit: VersionEdit) -> None:
         with self._manifest_lock:
+            with self._mutex:
+                self._locked_check_writable()  # never an edit after a background error
             new = self._versions.log_and_apply(edit)
             with self._mutex:
                 self._versions.install(new, edit)
@@ -1101,6 +1134,10 @@ class Engine:
     def _delete_obsolete_files(self) -> None:
         # List first: a table number is registered as pending before its file is created, so
         # every file in the listing is pending, live or truly obsolete by the time we look.
+        if self._closing or self._closed:
+            # After close the directory may belong to someone else. (Every caller runs in a
+            # thread close() joins, or under the compaction lock close() waits for.)
+            return
         try:
             names = self.fs.listdir(self.path)
         except StorageError:
@@ -1246,6 +1283,10 @@ class Engine:
             self._writer_cv.notify_all()
         for t in self._threads:
             t.join()
+        # A compact_range() in a caller's thread sees _closing and stops; wait for it, so that
+        # nothing of this object touches the directory once its lock is released.
+        with self._compaction_lock:
+            pass
         if self._worker is not None:
             self._worker.close()
         first: BaseException | None = None
@@ -1255,6 +1296,7 @@ class Engine:
                 self._writer_cv.wait(timeout=0.1)
             wal, self._wal = self._wal, None
             self._closed = True
+            self._bg_cv.notify_all()  # a flush() waiting in another thread gives up
         if wal is not None:
             try:
                 if self._bg_error is None:

@@ -12,8 +12,10 @@ OPTIONS = "OPTIONS"
 #: Subdirectory where recovery keeps the bytes it cut from a damaged WAL or manifest tail.
 LOST_DIR = "lost"
 
-_NUMBERED = re.compile(r"^(\d{6,})\.(log|sst)$")
-_MANIFEST = re.compile(r"^MANIFEST-(\d{6,})$")
+# ASCII digits only (``\d`` would take any Unicode digit), and the canonical spelling: what
+# f"{n:06d}" writes. Anything else is not a database file and is never touched.
+_NUMBERED = re.compile(r"^([0-9]{6,})\.(log|sst)$")
+_MANIFEST = re.compile(r"^MANIFEST-([0-9]{6,})$")
 
 
 def log_file(number: int) -> str:
@@ -44,9 +46,9 @@ def manifest_name(dirpath: str, number: int) -> str:
 def parse(name: str) -> tuple[str, int] | None:
     """Classify a file name: ("log"|"sst"|"manifest", number), or None for anything else."""
     m = _NUMBERED.match(name)
-    if m:
+    if m and f"{int(m.group(1)):06d}" == m.group(1):
         return m.group(2), int(m.group(1))
     m = _MANIFEST.match(name)
-    if m:
+    if m and f"{int(m.group(1)):06d}" == m.group(1):
         return "manifest", int(m.group(1))
     return None

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from .dbformat import PUT, Entry
 from .memtable import MemTable
+
+T = TypeVar("T")
 
 # Memtable chunks start small (a short seek reads a few keys) and grow for long scans.
 _FIRST_CHUNK = 16
@@ -79,7 +82,7 @@ def visible(entries: Iterable[Entry], seq: int, now_ms: int, reverse: bool
         yield best[0], best[4]
 
 
-def concat(files: list[int], open_iter: Callable[[int], Iterator[Entry]]) -> Iterator[Entry]:
+def concat(files: list[T], open_iter: Callable[[T], Iterator[Entry]]) -> Iterator[Entry]:
     """Chain the iterators of disjoint, ordered tables, opening each only when reached."""
-    for number in files:
-        yield from open_iter(number)
+    for f in files:
+        yield from open_iter(f)

@@ -369,7 +369,7 @@ class Salvage:
     record, including those after damage, and the damaged ranges between them."""
 
     __slots__ = ("version", "header_size", "records", "damaged", "zeros_from",
-                 "header_damaged")
+                 "header_damaged", "number")
 
     def __init__(self, version: int, header_size: int) -> None:
         self.version = version
@@ -383,6 +383,8 @@ class Salvage:
         self.zeros_from: int | None = None  # zeros from here to the end (allocated space)
         #: The file header is damaged and bytes follow it (so it had been durable).
         self.header_damaged = False
+        #: The file number the (intact) header names, None otherwise.
+        self.number: int | None = None
 
     def vouched(self, start: int) -> bool:
         """Whether a valid record after ``start`` says the bytes at ``start`` were synced."""
@@ -411,6 +413,8 @@ def salvage_log(data: bytes) -> Salvage:
             # with it are genuine. The damage is durable when anything follows the header.
             out.damaged.append((0, FILE_HEADER_SIZE))
             out.header_damaged = _nonzero_end(data, FILE_HEADER_SIZE) > FILE_HEADER_SIZE
+        else:
+            out.number = int.from_bytes(data[12:20], "little")
         salt = data[20:28]
 
         def at(pos: int) -> tuple[int, int, int | None]:
@@ -444,6 +448,17 @@ def salvage_log(data: bytes) -> Salvage:
         out.damaged.append((pos, nxt))
         pos = nxt
     return out
+
+
+def content_end(data: bytes) -> int:
+    """Where a log's content ends: past its last non-zero byte, or past its last valid record
+    when that ends in zeros (a value's own zero bytes are content, not allocated space)."""
+    end = _nonzero_end(data, 0)
+    sal = salvage_log(data)
+    if sal.records:
+        off, _, _, payload = sal.records[-1]
+        end = max(end, off + sal.header_size + len(payload))
+    return end
 
 
 def iter_records(fs: FileSystem, path: str) -> Iterator[bytes]:

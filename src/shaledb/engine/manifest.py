@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import CorruptionError, IncompatibleFormatError
+from ..errors import CorruptionError, IncompatibleFormatError, StorageError
 from .filenames import CURRENT, manifest_name
 from .logfile import LogWriter, crc32c, scan_log
 from .sstable.format import FileMeta
@@ -185,6 +185,9 @@ class VersionSet:
         self._log: LogWriter | None = None
         #: A torn last edit ignored by :meth:`recover`: (manifest file name, offset, bytes).
         self.cut: tuple[str, int, bytes] | None = None
+        #: The error that left the manifest in an unknown state (a half-written edit, a switch
+        #: that may or may not have happened); no edit is appended after it.
+        self._failed: BaseException | None = None
 
     def new_file_number(self) -> int:
         """Allocate a file number (caller holds the mutex, or is alone: open)."""
@@ -294,8 +297,21 @@ class VersionSet:
         with :meth:`install` (under the mutex). Nothing in memory changes here, also on error
         (but the manifest file in use may have changed: see :meth:`_switch_manifest`)."""
         assert self._log is not None, "the manifest is not open"
+        if self._failed is not None:
+            raise StorageError(
+                f"the manifest of {self.dirpath!r} is in an unknown state after an earlier "
+                f"error ({self._failed}); no edit is written after it: reopen the database",
+                getattr(self._failed, "errno", None), "manifest")
         if edit.last_seq is None:
             edit.last_seq = self.last_seq
+        try:
+            return self._log_and_apply(edit)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _log_and_apply(self, edit: VersionEdit) -> Version:
+        assert self._log is not None
         new = self.current.apply(edit)
         if self._log.size > self.max_manifest_size:
             with self._mutex:
@@ -305,7 +321,7 @@ class VersionSet:
             pointers.update(edit.compact_pointers)
             self._switch_manifest(number, VersionEdit(
                 log_number=self.log_number if edit.log_number is None else edit.log_number,
-                next_file=next_file, last_seq=max(self.last_seq, edit.last_seq),
+                next_file=next_file, last_seq=max(self.last_seq, edit.last_seq or 0),
                 added=new.files(), compact_pointers=sorted(pointers.items())))
             return new
         with self._mutex:

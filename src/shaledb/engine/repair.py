@@ -73,7 +73,7 @@ from .verify import (
     read_options,
     scan_log,
 )
-from .vfs import FileSystem, ReadFile, absolute, default_fs, join
+from .vfs import FileSystem, ReadFile, absolute, default_fs, join, resolved
 
 if TYPE_CHECKING:
     from ..db import DB
@@ -558,7 +558,9 @@ def _dest_options(options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _check_dest(fs: FileSystem, src: str, dest: str) -> None:
-    if dest == src or dest.startswith(src.rstrip("/") + "/"):
+    # Compare where the paths really lead: a symbolic link must not route DEST into PATH.
+    real_src, real_dest = resolved(src), resolved(dest)
+    if real_dest == real_src or real_dest.startswith(real_src.rstrip("/") + "/"):
         raise InvalidArgument(f"DEST {dest!r} must be outside the database being repaired "
                               f"({src!r}): repair never writes there")
     if fs.exists(dest):

@@ -417,6 +417,9 @@ class LogScan:
     zeros_from: int | None
     #: Size of one record header (23 in log format 2, 11 in format 1).
     header_size: int
+    #: Log format (1 or 2), and the file number an intact format-2 header names.
+    version: int = 2
+    number: int | None = None
 
 
 def scan_log(data: bytes) -> LogScan:
@@ -435,7 +438,8 @@ def scan_log(data: bytes) -> LogScan:
             tail = start
         if sal.vouched(start):
             vouched.add(start)
-    return LogScan(records, gaps, tail, vouched, sal.zeros_from, sal.header_size)
+    return LogScan(records, gaps, tail, vouched, sal.zeros_from, sal.header_size,
+                   sal.version, sal.number)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +476,7 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
     """CURRENT -> MANIFEST -> the version it describes. Damage is reported, never raised;
     ``intact`` says whether every edit was read (only then is the table list authoritative)."""
     state = ManifestState()
+    checksummed = True
     if name is None:
         try:
             raw = fs.read_file(join(path, CURRENT))
@@ -483,7 +488,7 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
                            "opened; `shaledb repair` rebuilds it from the tables and logs"))
             return state
         try:
-            name, _ = decode_current(raw)
+            name, checksummed = decode_current(raw)
         except CorruptionError as exc:
             report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, CURRENT,
                            f"{exc}: the database cannot be opened; `shaledb repair` rebuilds "
@@ -501,6 +506,20 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
                            "database cannot be opened; `shaledb repair` rebuilds it"))
             return state
     scan = scan_log(data)
+    if scan.version >= 2 and not checksummed:
+        report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, CURRENT,
+                       "CURRENT lacks its checksum line but names a manifest of database "
+                       "format 3: it is damaged, and open refuses the database; `shaledb "
+                       "repair` rebuilds it from the tables and logs", offset=0))
+        return state
+    number = int(name.split("-", 1)[1])
+    if scan.number is not None and scan.number != number:
+        report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, name,
+                       f"its header says it is MANIFEST-{scan.number:06d} (copied or renamed "
+                       "into the database?): open refuses the database; restore it from a "
+                       "backup, or `shaledb repair` rebuilds it from the tables and logs",
+                       offset=0))
+        return state
     intact = True
     version = Version([[] for _ in range(num_levels)])
     seen: dict[int, int] = {}
@@ -707,6 +726,14 @@ class Checker:
 
     def _check_closed(self) -> None:
         names = self.fs.listdir(self.path)
+        if CURRENT not in names and not any(
+                (parse(n) or ("", 0))[0] in ("sst", "log") for n in names):
+            # What a first open that failed before CURRENT was durable leaves (OPTIONS, a
+            # MANIFEST, temporary files): the next open clears it and creates the database.
+            self._notice(ProblemKind.LEFTOVER_FILE, ".",
+                         "no CURRENT and no data: a creation interrupted before the database "
+                         "existed; the next open removes the leftovers and creates it")
+            return
         options = read_options(self.fs, self.path, self.report)
         num_levels = num_levels_of(options)
         manifest = read_manifest(self.fs, self.path, num_levels, self.report)

@@ -39,6 +39,11 @@ def absolute(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
 
 
+def resolved(path: str) -> str:
+    """``path`` absolute, with every symbolic link in it followed (as far as it exists)."""
+    return os.path.realpath(path)
+
+
 def parent(path: str) -> str:
     """The directory holding ``path`` (a string operation)."""
     return os.path.dirname(path) or "."
@@ -595,5 +600,6 @@ __all__ = [
     "join",
     "missing_dirs",
     "parent",
+    "resolved",
     "worker_fs",
 ]

@@ -54,7 +54,15 @@ class WriteAheadLog:
 
     def append(self, payload: bytes) -> int:
         """Append one record; returns its size in bytes."""
-        record = encode_record_v2(payload, self._salt, self._writer.synced)
+        return self.append_framed(self.frame(payload))
+
+    def frame(self, payload: bytes) -> bytes:
+        """``payload`` framed as this segment's next record (InvalidArgument when too large;
+        nothing is written)."""
+        return encode_record_v2(payload, self._salt, self._writer.synced)
+
+    def append_framed(self, record: bytes) -> int:
+        """Append a record :meth:`frame` made; returns its size in bytes."""
         self._file.append(record)
         return len(record)
 

@@ -439,11 +439,17 @@ class FaultInjectionFS(PosixFileSystem):
         return self._side
 
     def _side_link(self, path: str) -> str:
-        """Keep the file at ``path`` alive under a side name (a hard link); returns it."""
+        """Keep the file at ``path`` alive under a side name (a hard link); returns it, or ""
+        when the file is gone (another thread removed it first: nothing to bring back)."""
         with self._cv:
             self._side_n += 1
             side = os.path.join(self._side_dir(), f"{os.getpid()}-{self._side_n}")
-        _link_or_copy(path, side)
+        try:
+            _link_or_copy(path, side)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                os.unlink(side)
+            return ""
         return side
 
     def _save_synced(self, path: str, offset: int, length: int) -> None:

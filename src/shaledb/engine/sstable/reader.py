@@ -17,7 +17,7 @@ from ..dbformat import Entry, Record
 from ..vfs import FileSystem, ReadFile
 from .block import Block, Columns, decode_data_block, decode_index_block
 from .filter import KeyFilter
-from .format import FOOTER_SIZE, TRAILER_SIZE, Footer, decode_block
+from .format import FOOTER_SIZE, TRAILER_SIZE, FileMeta, Footer, decode_block
 
 #: Python memory per index key beyond its bytes (the bytes object header and a list slot).
 _KEY_OVERHEAD = 41
@@ -71,6 +71,22 @@ class TableReader:
         #: Memory this reader holds while open (filter and index), charged to the block cache.
         self.meta_bytes = (self._filter.nbytes + 12 * self.nblocks
                            + sum(map(len, self._last_keys)) + _KEY_OVERHEAD * self.nblocks)
+
+    def check_identity(self, meta: FileMeta) -> None:
+        """CorruptionError unless this table holds what the manifest says table
+        ``meta.number`` holds (key range, sequence range, entries): a table put back under
+        another table's name would otherwise send reads to the wrong file."""
+        props = self.properties
+        pairs = (("smallest_key", meta.smallest), ("largest_key", meta.largest),
+                 ("smallest_seq", meta.smallest_seq), ("largest_seq", meta.largest_seq),
+                 ("entries", meta.entries))
+        wrong = [name for name, want in pairs if name in props and props[name] != want]
+        if wrong:
+            raise CorruptionError(
+                f"table {self.path!r} does not hold what the manifest records for table "
+                f"{meta.number} ({', '.join(wrong)} differ: a table renamed, swapped or "
+                f"restored under the wrong name?); restore it from a backup, or salvage the "
+                f"data with `shaledb repair`")
 
     def close(self) -> None:
         """Close the file."""
