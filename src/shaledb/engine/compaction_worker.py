@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from ..errors import CorruptionError, StorageError
+from . import vfs
 from .compaction import CompactionAborted, MergeJob, merge_writer, run_merge
 from .filenames import table_name
 from .sstable import FileMeta, TableReader
@@ -101,7 +102,7 @@ class CompactionWorker:
             self.restarts += 1
         env = dict(os.environ)
         # The worker must import this very package, wherever it was imported from.
-        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        pkg_root = vfs.parent(vfs.parent(vfs.parent(vfs.absolute(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
         argv = [sys.executable, "-m", "shaledb.engine._worker_main", str(os.getpid())]
         if self._spawner is None or not self._spawner.is_alive():
