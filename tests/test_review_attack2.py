@@ -1,0 +1,261 @@
+"""Adversarial review, round two (branch ``review2``): one test per defect found, each
+failing on the code it was written against (main at e3cc4c1). Nothing here is marked xfail:
+a test that passes means its defect is fixed. Round one's findings are in
+tests/test_review_attack.py and are not repeated here.
+
+Thread-timing hooks (a file-system subclass that pauses one named thread at one operation)
+only make a real interleaving deterministic; each test says which interleaving it forces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shaledb
+from _helpers import close_quietly, key, value
+from shaledb.testing import FaultInjectionFS
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _newest_log(path: str) -> str:
+    return sorted(glob.glob(os.path.join(path, "*.log")))[-1]
+
+
+def _synced_then_closed(path: str, n: int = 200) -> dict[bytes, bytes]:
+    """``n`` writes acknowledged with sync=True, then a clean close (the segment is sealed
+    and fsynced; its writes are in no table yet)."""
+    model = {}
+    db = shaledb.open(path, fsync_interval=None)
+    for i in range(n):
+        db.put(key(i), value(i), sync=True)
+        model[key(i)] = value(i)
+    db.close()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. A zeroed WAL file header (a lost or zeroed first sector) drops every synced write.
+
+
+@pytest.mark.parametrize("zeroed", [8, 512, 4096], ids=["magic", "sector", "page"])
+def test_zeroed_header_of_a_sealed_wal_segment_silently_drops_its_synced_writes(
+        tmp_path: Path, zeroed: int) -> None:
+    """Round one fixed a *flipped* bit in the 32-byte log file header ("a damaged log file
+    header with data after it counts as durable damage"), but not a *zeroed* one, the most
+    common shape of storage damage (a lost or misdirected write, a zeroed sector or page):
+
+    - the first sector or page zeroed: scan_log sees an all-zero header and takes it for
+      "file header never written" (a crash right after creation), Damage(0, vouched=False);
+    - only the magic zeroed (first byte 0, the rest of the header intact): scan_log takes the
+      file for log format 1 (it does not start with the format-2 magic, and not every one of
+      its first 32 bytes is zero), finds "zeros in the log" at offset 0, nothing vouching.
+
+    Either way _recover_wal calls it unsynced damage in the newest segment: the strict open
+    cuts the whole segment and succeeds without any of the writes acknowledged with
+    sync=True (logged at INFO as "unsynced writes a crash tore"), and verify says ok
+    (a NOTICE: "never confirmed durable"). A crash cannot produce this once the segment has
+    been fsynced (the header is then durable); the header is simply never fsynced on its
+    own when a segment is created, so the reader cannot tell."""
+    path = str(tmp_path / "db")
+    model = _synced_then_closed(path)
+    seg = _newest_log(path)
+    with open(seg, "r+b") as f:
+        f.write(bytes(zeroed))
+    report = shaledb.verify(path)
+    try:
+        db = shaledb.open(path)  # wal_recovery="strict"
+    except shaledb.CorruptionError:
+        db = None
+    if db is not None:
+        try:
+            got = dict(db.range())
+            cut = db.stats()["wal_recovery"]["cut"]
+        finally:
+            db.close()
+        missing = sum(got.get(k) != v for k, v in model.items())
+        assert missing == 0, (
+            f"strict open accepted damage to synced data: {missing} of "
+            f"{len(model)} writes acknowledged with sync=True are gone; cut={cut}; verify "
+            f"said ok={report.ok}")
+    assert not report.ok, "verify says ok for a sealed segment whose synced writes are lost"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. After a failed WAL fsync, db.sync() and an empty durable batch retry it and succeed.
+
+
+class _FsyncgateFS(FaultInjectionFS):
+    """After a failed fsync the kernel may have dropped the dirty pages, yet they stay
+    readable from the page cache and a later fsync of the same file succeeds: the bytes
+    unsynced at the failure never count as durable, whatever fsync follows (the model of
+    tests/test_review_engine.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poisoned: dict[str, int] = {}
+
+    def _sync(self, path: str, do: Any) -> None:
+        try:
+            super()._sync(path, do)
+        except shaledb.StorageError:
+            with self._cv:
+                self.poisoned.setdefault(path, self._locked_known(path).durable_end)
+            raise
+
+    def _locked_apply(self, r: tuple[Any, ...]) -> None:
+        super()._locked_apply(r)
+        if r[0] == "fsync" and r[1] in self.poisoned:
+            from shaledb.testing.faultfs import SECTOR
+
+            ino = self._locked_known(r[1])
+            start = self.poisoned[r[1]]
+            ino.durable_end = min(ino.durable_end, start)
+            for sector in range(start // SECTOR, -(-ino.data_end // SECTOR)):
+                ino.dirty[sector] = 1 << 62
+
+
+@pytest.mark.parametrize("how", ["db.sync", "empty-durable-batch"])
+def test_sync_after_a_failed_wal_fsync_reports_success_for_lost_writes(
+        tmp_path: Path, how: str) -> None:
+    """Ten writes without sync; db.sync() fails with EIO (the database turns read-only, as
+    documented: "after a failed WAL sync the DB refuses writes ... retrying a failed fsync in
+    place is unsafe"). The caller asks again, with db.sync() or with the round-one fix "an
+    empty durable batch syncs" (db.write(WriteBatch(), sync=True)): Engine.sync_wal checks
+    only that the database is open, not the background error, and fsyncs the same segment
+    again; the kernel reports success (fsyncgate: the pages were dropped and marked clean),
+    and the call returns normally, telling the caller that "every write so far survives
+    power loss" (DB.sync's docstring). A put(sync=True) at the same moment raises
+    ReadOnlyError. The power then fails and the ten writes are gone."""
+    path = str(tmp_path / "db")
+    fs = _FsyncgateFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=None)
+    try:
+        db.put(b"base", b"1", sync=True)
+        for i in range(10):
+            db.put(key(i), value(i))
+        fs.inject("fsync", path=".log", errno=errno.EIO)
+        with pytest.raises(shaledb.StorageError):
+            db.sync()
+        with pytest.raises(shaledb.ReadOnlyError):
+            db.put(b"x", b"y", sync=True)
+        acknowledged = True
+        try:
+            if how == "db.sync":
+                db.sync()
+            else:
+                db.write(shaledb.WriteBatch(), sync=True)
+        except shaledb.ShaleError:
+            acknowledged = False
+    finally:
+        fs.crash()
+        close_quietly(db)
+    if not acknowledged:
+        return
+    with shaledb.open(path) as db:
+        survived = [db.get(key(i)) is not None for i in range(10)]
+    assert all(survived), (
+        f"{how} returned success after the WAL fsync had failed (the database was already "
+        f"read-only); after a power loss {survived.count(False)} of the 10 writes it "
+        f"vouched for are gone")
+
+
+class _HeldFailingFsyncFS(_FsyncgateFS):
+    """The first WAL fsync after :meth:`arm` waits for ``gate``, then fails with EIO (and
+    poisons the pages it should have written, as above)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.arrived = threading.Event()
+        self.gate = threading.Event()
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def _sync(self, path: str, do: Any) -> None:
+        if self.armed and path.endswith(".log"):
+            self.armed = False
+            self.arrived.set()
+            self.gate.wait(20)
+            self.inject("fsync", ".log", errno.EIO)
+        super()._sync(path, do)
+
+
+def test_appendfsync_always_acknowledges_a_write_whose_fsync_failed(tmp_path: Path) -> None:
+    """The server's strongest mode. With ``appendfsync always`` a SET is written without
+    fsync and its +OK waits for the next group fsync (SyncGroup: one db.sync() in a worker
+    thread). Client A's SET starts a group fsync, which fails with EIO; client B's SET,
+    written to the WAL while that fsync ran, waits for the next one. SyncGroup._done hands
+    A the error and starts that next db.sync() at once; Engine.sync_wal does not look at the
+    background error the first failure set, fsyncs the same segment again, the kernel says
+    yes (fsyncgate), and B gets +OK. The power fails: B's acknowledged write is gone.
+
+    Forced interleaving: the first fsync is held (inside the file system) until B's SET was
+    applied and is waiting for its fsync."""
+    from shaledb.server import ServerConfig
+
+    from server._server_support import HOST, ServerThread
+
+    path = str(tmp_path / "db")
+    fs = _HeldFailingFsyncFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=None)
+    st = ServerThread(ServerConfig(port=0, host=HOST, dir=path, appendfsync="always"), db)
+    a = b = None
+    replies: dict[str, Any] = {}
+    try:
+        a, b = st.client(), st.client()
+        a.set("before", "1")
+        fs.arm()
+
+        def set_a() -> None:
+            try:
+                replies["a"] = a.set("a", "1")
+            except Exception as exc:  # noqa: BLE001 - recorded
+                replies["a"] = exc
+
+        ta = threading.Thread(target=set_a, daemon=True)
+        ta.start()
+        assert fs.arrived.wait(10), "A's fsync never started"
+
+        def set_b() -> None:
+            try:
+                replies["b"] = b.set("b", "2")
+            except Exception as exc:  # noqa: BLE001 - recorded
+                replies["b"] = exc
+
+        tb = threading.Thread(target=set_b, daemon=True)
+        tb.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and st.call(
+                lambda: st.server.db.get(b"\x00b")) is None:
+            time.sleep(0.01)
+        time.sleep(0.1)  # B's reply is held for the next fsync
+        fs.gate.set()
+        ta.join(10)
+        tb.join(10)
+    finally:
+        fs.gate.set()
+        fs.crash()
+        for c in (a, b):
+            if c is not None:
+                c.close()
+        with contextlib.suppress(Exception):
+            st.stop()
+        close_quietly(db)
+    assert isinstance(replies.get("a"), Exception), replies
+    with shaledb.open(path) as db2:
+        b_after = db2.get(b"\x00b")
+    shown = {k: f"{type(v).__name__}: {v}" for k, v in replies.items()}
+    assert replies.get("b") is not True or b_after is not None, (
+        f"client B got +OK for SET b (replies: {shown}) after the first group fsync had "
+        "failed; after the power loss its write is gone")
