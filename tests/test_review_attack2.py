@@ -259,3 +259,123 @@ def test_appendfsync_always_acknowledges_a_write_whose_fsync_failed(tmp_path: Pa
     assert replies.get("b") is not True or b_after is not None, (
         f"client B got +OK for SET b (replies: {shown}) after the first group fsync had "
         "failed; after the power loss its write is gone")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A long scrub-interval kills the scrub thread and makes /health report degraded.
+
+
+def _health(st: Any) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{st.server.metrics_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize("how", ["config-set", "at-start"])
+def test_a_long_scrub_interval_kills_the_scrub_thread_and_degrades_health(
+        tmp_path: Path, how: str) -> None:
+    """scrub-interval accepts any finite number >= 0 (settings.number; ServerConfig checks
+    the same). An operator who wants "practically never, SCRUB NOW from cron" sets
+    1e10 seconds: Scrubber._main then calls self._wake.wait(due - now) with ~1e10 s, above
+    threading.TIMEOUT_MAX (~9.2e9 on Linux), and Event.wait raises OverflowError
+    ("timestamp out of range for platform time_t"). The thread records it as
+    thread_error and ends: /health answers 503 "degraded" (the scrub thread stopped) on a
+    healthy server, and SCRUB NOW is refused until the server restarts."""
+    from shaledb.server import ServerConfig
+
+    from server._server_support import HOST, ServerThread
+
+    settings: dict[str, Any] = {"port": 0, "host": HOST, "dir": str(tmp_path / "db"),
+                                "metrics_port": 0}
+    if how == "at-start":
+        settings["scrub_interval"] = 1e10
+    st = ServerThread(ServerConfig(**settings))
+    try:
+        r = st.client()
+        if how == "config-set":
+            assert r.config_set("scrub-interval", "10000000000")
+        time.sleep(0.3)
+        code, body = _health(st)
+        error = r.info("scrub")["scrub_thread_error"]
+        r.close()
+    finally:
+        st.stop()
+    assert code == 200 and not error, (
+        f"scrub-interval 1e10: /health {code} {body.get('reason')!r}; INFO "
+        f"scrub_thread_error={error!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A read-only open of a directory without LOCK takes no lock: a writer opens beside it.
+
+
+def test_read_only_open_without_a_lock_file_lets_a_writer_open_beside_it(
+        tmp_path: Path) -> None:
+    """Round one's fix for "a read-only open writes LOCK": with no LOCK file (a backup or
+    restore copied without it) the read-only open now takes no lock at all, so the README's
+    "a second shaledb.open of the same path, in this process or another, raises LockedError"
+    no longer holds: a writable open next to it succeeds (creating LOCK), recovers, compacts
+    and deletes the tables the read-only handle's version lists; the read-only handle's
+    reads then fail (StorageError: No such file or directory). With a LOCK file present the
+    same two opens raise LockedError, so whether the guarantee holds depends on a file the
+    documentation says "carries no data the engine relies on"."""
+    path = str(tmp_path / "db")
+    with shaledb.open(path, fsync_interval=None) as db:
+        for i in range(100):
+            db.put(key(i), value(i))
+        db.flush()
+        for i in range(100):
+            db.put(key(i), b"new")
+        db.flush()
+    os.remove(os.path.join(path, "LOCK"))
+    ro = shaledb.open(path, read_only=True)
+    writer = None
+    try:
+        try:
+            writer = shaledb.open(path, fsync_interval=None)
+        except shaledb.LockedError:
+            return
+        writer.compact_range()
+        try:
+            got = ro.get(key(1))
+            outcome = f"it reads {got!r}"
+        except shaledb.ShaleError as exc:
+            outcome = f"its reads fail: {type(exc).__name__}: {exc}"
+        pytest.fail("a writable open succeeded while a read-only handle was open (no "
+                    f"LockedError); after the writer's compaction {outcome}")
+    finally:
+        close_quietly(writer)
+        close_quietly(ro)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. verify says ok for a WAL segment copied under another number; open refuses.
+
+
+def test_verify_says_ok_for_a_wal_segment_whose_header_names_another_number(
+        tmp_path: Path) -> None:
+    """Round one made verify mirror open for a manifest whose header names another number,
+    not for WAL segments. A WAL segment copied into the database under a higher number (here
+    the empty, sealed segment of the last session: a clean close after an open with no
+    writes): open refuses the database ("its header says it is segment 6 (a file copied or
+    renamed into the database?) ... corruption, not a crash"); verify (and the server's
+    scrub, db.verify) never compares the header's number with the name: ok=True, exit 0."""
+    import shutil
+
+    path = str(tmp_path / "db")
+    _synced_then_closed(path, 10)
+    shaledb.open(path).close()  # the writes go to a table; the new segment stays empty
+    seg = _newest_log(path)
+    n = int(os.path.basename(seg)[:-4])
+    shutil.copy(seg, os.path.join(path, f"{n + 50:06d}.log"))
+    with pytest.raises(shaledb.CorruptionError):
+        shaledb.open(path).close()
+    report = shaledb.verify(path)
+    assert not report.ok, "verify says ok for a database whose WAL open refuses"
