@@ -47,35 +47,44 @@ def _synced_then_closed(path: str, n: int = 200) -> dict[bytes, bytes]:
 # 1. A zeroed WAL file header (a lost or zeroed first sector) drops every synced write.
 
 
-@pytest.mark.parametrize("zeroed", [8, 512, 4096], ids=["magic", "sector", "page"])
+@pytest.mark.parametrize("zeroed", [1, 8, 512, 4096],
+                         ids=["first-byte", "magic", "sector", "page"])
 def test_zeroed_header_of_a_sealed_wal_segment_silently_drops_its_synced_writes(
         tmp_path: Path, zeroed: int) -> None:
     """Round one fixed a *flipped* bit in the 32-byte log file header ("a damaged log file
-    header with data after it counts as durable damage"), but not a *zeroed* one, the most
-    common shape of storage damage (a lost or misdirected write, a zeroed sector or page):
+    header with data after it counts as durable damage"), but not *zeroed* bytes at the start
+    of the file, the most common shape of storage damage (a lost or misdirected write, a
+    zeroed sector or page, a leading run of zeros):
 
     - the first sector or page zeroed: scan_log sees an all-zero header and takes it for
       "file header never written" (a crash right after creation), Damage(0, vouched=False);
-    - only the magic zeroed (first byte 0, the rest of the header intact): scan_log takes the
-      file for log format 1 (it does not start with the format-2 magic, and not every one of
-      its first 32 bytes is zero), finds "zeros in the log" at offset 0, nothing vouching.
+    - only the first byte or the magic zeroed (the salt and the records intact): the file
+      does not start with the format-2 magic and its first byte is 0, so scan_log and
+      salvage_log take it for a log-format-1 file: "zeros in the log" at offset 0, nothing
+      vouching, no record found (they are looked for without the salt, as format 1).
 
     Either way _recover_wal calls it unsynced damage in the newest segment: the strict open
     cuts the whole segment and succeeds without any of the writes acknowledged with
-    sync=True (logged at INFO as "unsynced writes a crash tore"), and verify says ok
-    (a NOTICE: "never confirmed durable"). A crash cannot produce this once the segment has
-    been fsynced (the header is then durable); the header is simply never fsynced on its
-    own when a segment is created, so the reader cannot tell."""
+    sync=True (logged at INFO as "unsynced writes a crash tore"); verify says ok (a NOTICE,
+    "never confirmed durable"); and repair writes none of them and reports "nothing lost"
+    (exit status 0), even where the salt and every record are intact (first byte, magic).
+    A crash cannot produce this once the segment has been fsynced (its header is then
+    durable); a new segment's header is simply never fsynced on its own, so the reader has
+    nothing to tell the two apart."""
     path = str(tmp_path / "db")
     model = _synced_then_closed(path)
     seg = _newest_log(path)
     with open(seg, "r+b") as f:
         f.write(bytes(zeroed))
     report = shaledb.verify(path)
+    repaired = shaledb.repair(path, str(tmp_path / "repaired"))
+    with shaledb.open(str(tmp_path / "repaired")) as rdb:
+        salvaged = len(list(rdb.range()))
     try:
         db = shaledb.open(path)  # wal_recovery="strict"
     except shaledb.CorruptionError:
         db = None
+    failures = []
     if db is not None:
         try:
             got = dict(db.range())
@@ -83,11 +92,17 @@ def test_zeroed_header_of_a_sealed_wal_segment_silently_drops_its_synced_writes(
         finally:
             db.close()
         missing = sum(got.get(k) != v for k, v in model.items())
-        assert missing == 0, (
-            f"strict open accepted damage to synced data: {missing} of "
-            f"{len(model)} writes acknowledged with sync=True are gone; cut={cut}; verify "
-            f"said ok={report.ok}")
-    assert not report.ok, "verify says ok for a sealed segment whose synced writes are lost"
+        if missing:
+            failures.append(f"strict open accepted damage to synced data: {missing} of "
+                            f"{len(model)} writes acknowledged with sync=True are gone "
+                            f"(cut: {cut[0]['reason']!r}, synced={cut[0]['synced']})")
+    if report.ok:
+        failures.append("verify says ok (" + "; ".join(
+            f"{p.severity} {p.kind}" for p in report.problems) + ")")
+    if repaired.lossless and salvaged < len(model):
+        failures.append(f"repair says nothing was lost but salvaged {salvaged} of "
+                        f"{len(model)} keys")
+    assert not failures, "; ".join(failures)
 
 
 # ---------------------------------------------------------------------------------------------
