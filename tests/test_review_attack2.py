@@ -394,3 +394,40 @@ def test_verify_says_ok_for_a_wal_segment_whose_header_names_another_number(
         shaledb.open(path).close()
     report = shaledb.verify(path)
     assert not report.ok, "verify says ok for a database whose WAL open refuses"
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. repair writes under PATH when DEST reaches it through a bind mount.
+
+
+def test_repair_writes_into_the_source_through_a_bind_mount(tmp_path: Path) -> None:
+    """Round one made _check_dest compare os.path.realpath of PATH and DEST (a symlink no
+    longer routes DEST into PATH). A bind mount of the database directory (a container
+    volume mounted twice, /data and /mnt/data) is not a symlink: realpath leaves it alone,
+    the path strings differ, the check passes, and repair creates its new database inside
+    the directory it salvages, against README's "It never writes under PATH". Comparing
+    (st_dev, st_ino) of DEST's existing ancestors with PATH would catch it.
+
+    Needs root (mount --bind); skipped where the sandbox forbids mounting."""
+    import subprocess
+
+    src = tmp_path / "db"
+    with shaledb.open(str(src)) as db:
+        for i in range(10):
+            db.put(key(i), value(i))
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(src), str(alias)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("mount --bind is not permitted here")
+    before = sorted(os.listdir(src))
+    try:
+        try:
+            shaledb.repair(str(src), str(alias / "salvaged"))
+        except shaledb.ShaleError:
+            pass  # refusing is fine
+        after = sorted(os.listdir(src))
+    finally:
+        subprocess.run(["umount", str(alias)], check=False)
+    assert after == before, f"repair wrote {sorted(set(after) - set(before))} under PATH"
