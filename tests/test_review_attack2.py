@@ -217,9 +217,8 @@ def test_appendfsync_always_acknowledges_a_write_whose_fsync_failed(tmp_path: Pa
 
     Forced interleaving: the first fsync is held (inside the file system) until B's SET was
     applied and is waiting for its fsync."""
-    from shaledb.server import ServerConfig
-
     from server._server_support import HOST, ServerThread
+    from shaledb.server import ServerConfig
 
     path = str(tmp_path / "db")
     fs = _HeldFailingFsyncFS()
@@ -303,9 +302,8 @@ def test_a_long_scrub_interval_kills_the_scrub_thread_and_degrades_health(
     ("timestamp out of range for platform time_t"). The thread records it as
     thread_error and ends: /health answers 503 "degraded" (the scrub thread stopped) on a
     healthy server, and SCRUB NOW is refused until the server restarts."""
-    from shaledb.server import ServerConfig
-
     from server._server_support import HOST, ServerThread
+    from shaledb.server import ServerConfig
 
     settings: dict[str, Any] = {"port": 0, "host": HOST, "dir": str(tmp_path / "db"),
                                 "metrics_port": 0}
