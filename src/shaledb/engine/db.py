@@ -74,7 +74,13 @@ from .iterator import concat, memtable_source, merge, visible
 from .logfile import content_end
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
-from .optionsfile import DB_FORMAT_VERSION, decode_options, encode_options
+from .optionsfile import (
+    DB_FORMAT_VERSION,
+    decode_options,
+    encode_options,
+    expected_log_format,
+    log_format_2_from,
+)
 from .sstable import FileMeta, TableReader
 from .sstable.block import Block
 from .sstable.writer import TableWriter
@@ -155,6 +161,7 @@ class Engine:
         self._closing = False
         self._compaction_wanted = False
         self._lock: Lock | None = None
+        self._dir_lock: Lock | None = None
         self._threads: list[threading.Thread] = []
         self._block_cache: LRUCache[tuple[int, int], Block] | None = (
             LRUCache(options.block_cache_size) if options.block_cache_size > 0 else None)
@@ -177,6 +184,8 @@ class Engine:
         self._memtable_size = options.memtable_size
         self._l0_slowdown = options.l0_slowdown_trigger
         self.recovery_seconds = 0.0
+        #: The first file number whose logs are of log format 2 (OPTIONS).
+        self._log_since = 0
         #: What the last open's WAL recovery replayed and cut (see stats()["wal_recovery"]).
         self._cuts: list[dict[str, Any]] = []
         self._recovery: dict[str, Any] = {"segments": 0, "records": 0, "cut": self._cuts}
@@ -200,27 +209,38 @@ class Engine:
             fs.mkdirs(self.path)
         elif not fs.is_dir(self.path):
             raise InvalidArgument(f"{self.path!r} exists and is not a directory")
+        # The directory itself is locked by every open (read-only ones too, writing nothing),
+        # then LOCK, which a writer creates and stamps with its pid (and which older ShaleDB
+        # versions lock alone). A read-only open locks an existing LOCK without writing it.
+        self._dir_lock = fs.lock_dir(self.path)
         lock_path = vfs.join(self.path, LOCK)
         if not opts.read_only:
             self._lock = fs.lock(lock_path)
-        elif fs.exists(lock_path):  # a read-only open writes nothing, not even LOCK
+        elif fs.exists(lock_path):
             self._lock = fs.lock(lock_path, readonly=True)
         if fs.exists(current):
             if opts.error_if_exists:
                 raise InvalidArgument(f"database {self.path!r} already exists "
                                       "(error_if_exists=True)")
-            stored_version = self._check_options_file()
-            self._versions.recover()
+            info = self._check_options_file()
+            since = log_format_2_from(info)
+            assert since is not None
+            self._log_since = since
+            self._versions.recover(since)
             self._check_tables_present()
-            if stored_version < DB_FORMAT_VERSION and not opts.read_only:
+            if int(info["format_version"]) < DB_FORMAT_VERSION and not opts.read_only:
                 # New files are written in the current format: say so first, so that an
-                # older ShaleDB refuses the directory instead of misreading them.
+                # older ShaleDB refuses the directory instead of misreading them. Logs from
+                # the next number on are of format 2.
+                numbers = [n for _, n in filter(None, map(parse, fs.listdir(self.path)))]
+                self._log_since = max([self._versions.next_file, *[n + 1 for n in numbers]])
                 self._write_options_file()
         else:
             if not opts.create_if_missing or opts.read_only:
                 raise InvalidArgument(f"{self.path!r} holds no database (no CURRENT file); "
                                       "open it with create_if_missing=True to create one")
             self._clear_interrupted_creation()
+            self._log_since = 0
             self._write_options_file()
             self._versions.write_new_manifest()
         recovered = self._recover_wal()
@@ -298,23 +318,28 @@ class Engine:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer()
-        if self._lock is not None:
-            self._lock.release()
+        self._release_locks()
 
-    def _check_options_file(self) -> int:
-        """The database format version recorded in OPTIONS (refusing newer ones, and a
-        missing or damaged file: a database always has one, written before its CURRENT)."""
+    def _release_locks(self) -> None:
+        for lock in (self._lock, self._dir_lock):
+            if lock is not None:
+                lock.release()
+        self._lock = self._dir_lock = None
+
+    def _check_options_file(self) -> dict[str, Any]:
+        """What OPTIONS records (refusing newer formats, and a missing or damaged file: a
+        database always has one, written before its CURRENT)."""
         path = vfs.join(self.path, OPTIONS)
         if not self.fs.exists(path):
             raise CorruptionError(
                 f"database {self.path!r} has no OPTIONS file (it records the format the "
                 f"database was written in); restore it from a backup, or salvage the data "
                 f"with `shaledb repair {self.path} DEST`")
-        return int(decode_options(self.fs.read_file(path), self.path)["format_version"])
+        return decode_options(self.fs.read_file(path), self.path)
 
     def _write_options_file(self) -> None:
         self.fs.write_file_atomic(vfs.join(self.path, OPTIONS), encode_options(
-            f"shaledb {_pkg_version}", self.options.persistent()))
+            f"shaledb {_pkg_version}", self.options.persistent(), self._log_since))
 
     def _recover_wal(self) -> list[FileMeta]:
         """Replay the live WAL segments into the memtable, in order, up to the first damage
@@ -334,7 +359,8 @@ class Engine:
         records = 0
         cut_at: int | None = None  # index in ``logs`` of the segment where replay stopped
         for idx, number in enumerate(logs):
-            seg = scan_segment(self.fs, self.path, number)
+            seg = scan_segment(self.fs, self.path, number,
+                               expected_log_format(self._log_since, number))
             problem: tuple[int, str, bool] | None = None  # offset, reason, synced
             if seg.scan.number is not None and seg.scan.number != number:
                 del seg.batches[:]
@@ -390,13 +416,13 @@ class Engine:
                 f"{len(seg.batches)} records before it in this segment (the rest is saved "
                 f"under lost/)")
         data = self.fs.read_file(seg.path)
-        end = content_end(data)
+        end = content_end(data, expected_log_format(self._log_since, seg.number))
         self._cuts.append({"file": name, "offset": offset, "bytes": max(0, end - offset),
                            "synced": synced, "reason": reason, "saved_to": None,
                            "_data": data[offset:end]})
         for number in later:
             whole = self.fs.read_file(log_name(self.path, number))
-            whole = whole[:content_end(whole)]
+            whole = whole[:content_end(whole, expected_log_format(self._log_since, number))]
             self._cuts.append({"file": log_file(number), "offset": 0, "bytes": len(whole),
                                "synced": True, "reason": "follows a cut segment",
                                "saved_to": None, "_data": whole})
@@ -752,9 +778,13 @@ class Engine:
         self._bg_cv.notify_all()
 
     def sync_wal(self) -> None:
-        """fsync the WAL now."""
+        """fsync the WAL now. After a background error it raises ReadOnlyError: a failed
+        fsync may have lost pages a second fsync would not write, so it cannot vouch for
+        anything any more."""
         with self._mutex:
             self.check_open()
+            if self._bg_error is not None:
+                self._locked_check_writable()
             wal = self._wal
         if wal is not None:
             try:
@@ -1311,9 +1341,7 @@ class Engine:
             reader.close()
         if self._block_cache is not None:
             self._block_cache.drain()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._release_locks()
         if first is not None:
             raise first
 

@@ -245,16 +245,27 @@ def _reason(data: bytes, pos: int, header: struct.Struct) -> str:
     return "checksum mismatch"
 
 
-def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False) -> LogScan:
+def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False,
+             expect: int | None = None) -> LogScan:
     """Read a whole log file (format 1 or 2), stopping the good records at the first damage
     and describing that damage (never raises for damage; see :class:`Damage`).
 
     ``legacy_resync``: in a format-1 log, a valid record found after the damage vouches for
     it (the only evidence format 1 has). Right for a MANIFEST, whose edits were each fsynced
     before the next was written (dropping later edits would lose tables they added); wrong
-    for a WAL, where out-of-order write-back and bytes inside values fake that evidence."""
+    for a WAL, where out-of-order write-back and bytes inside values fake that evidence.
+
+    ``expect``: the log format the database says the file has (``log_format_2_from`` in
+    OPTIONS), None when unknown (then the first bytes decide). A file expected in format 2
+    that does not start with a valid header has a damaged header, never "log format 1"."""
+    if expect == 1:
+        return _scan_v1(data, legacy_resync)
     if data[:len(FILE_MAGIC)] == FILE_MAGIC:
         return _scan_v2(data, path)
+    if expect == LOG_VERSION:
+        if _nonzero_end(data, 0) == 0:
+            return LogScan(LOG_VERSION, None)  # created, nothing ever written back
+        return _damaged_start(data)
     if data[:2] not in (MAGIC, b"", b"\0\0", b"\0") and data[:1] != b"\0":
         # Neither a format-2 header nor a format-1 record nor never-written space: the
         # start of the file is damaged (a flipped bit in the magic, say).
@@ -327,10 +338,10 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
 
 
 def _damaged_start(data: bytes) -> LogScan:
-    """A log whose first bytes (the file header) are damaged. The header is the first thing
-    written to a new log, in one copy before any record, and made durable by the log's first
-    fsync; a crash can leave it torn only when nothing follows it. So with anything after it,
-    the damage hit durable bytes (a bit flip, a bad sector): vouched for."""
+    """A log whose first bytes (the file header) are damaged (flipped, or zeroed). The header
+    is the first thing written to a new log, in one copy, and fsynced before any record is
+    written; a crash can leave it torn only when nothing follows it. So with anything after
+    it, the damage hit durable bytes (a bit flip, a bad sector): vouched for."""
     scan = LogScan(LOG_VERSION, None)
     scan.end = _nonzero_end(data, 0)
     after = _nonzero_end(data, FILE_HEADER_SIZE) > FILE_HEADER_SIZE
@@ -388,21 +399,22 @@ class Salvage:
 
     def vouched(self, start: int) -> bool:
         """Whether a valid record after ``start`` says the bytes at ``start`` were synced."""
-        if start == 0 and self.header_damaged:
-            return True
+        if self.header_damaged:
+            return True  # the header was durable: nothing after it can be told unsynced
         return any(off > start and synced is not None and synced > start
                    for off, rtype, synced, _ in self.records)
 
 
-def salvage_log(data: bytes) -> Salvage:
+def salvage_log(data: bytes, expect: int | None = None) -> Salvage:
     """Read every valid record of a log file, resynchronizing after damage at the next valid
     record (format 2: by the salted checksum, which bytes inside values cannot pass; format 1:
     by magic and checksum, best effort)."""
     n = len(data)
-    damaged_start = (data[:len(FILE_MAGIC)] != FILE_MAGIC and data[:1] not in (b"", b"\0")
-                     and data[:2] != MAGIC)
-    if data[:len(FILE_MAGIC)] == FILE_MAGIC or damaged_start or (
-            n >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0")):
+    damaged_start = expect == LOG_VERSION or (
+        data[:len(FILE_MAGIC)] != FILE_MAGIC and data[:1] not in (b"", b"\0")
+        and data[:2] != MAGIC)
+    if expect != 1 and (data[:len(FILE_MAGIC)] == FILE_MAGIC or damaged_start or (
+            n >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0"))):
         out = Salvage(LOG_VERSION, HEADER_SIZE)
         end = _nonzero_end(data, 0)
         if end == 0:
@@ -450,11 +462,11 @@ def salvage_log(data: bytes) -> Salvage:
     return out
 
 
-def content_end(data: bytes) -> int:
+def content_end(data: bytes, expect: int | None = None) -> int:
     """Where a log's content ends: past its last non-zero byte, or past its last valid record
     when that ends in zeros (a value's own zero bytes are content, not allocated space)."""
     end = _nonzero_end(data, 0)
-    sal = salvage_log(data)
+    sal = salvage_log(data, expect)
     if sal.records:
         off, _, _, payload = sal.records[-1]
         end = max(end, off + sal.header_size + len(payload))

@@ -201,15 +201,17 @@ class VersionSet:
         return 0 if self._log is None else self._log.size
 
     # -- open ------------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Load the version named by CURRENT. Raises CorruptionError on any damage."""
+    def recover(self, log_format_2_from: int = 0) -> None:
+        """Load the version named by CURRENT (log files numbered from ``log_format_2_from``
+        on are of log format 2). Raises CorruptionError on any damage."""
         name, checksummed = decode_current(self.fs.read_file(join(self.dirpath, CURRENT)))
         path = join(self.dirpath, name)
         if not self.fs.exists(path):
             raise CorruptionError(f"CURRENT names {name}, which does not exist")
         data = self.fs.read_file(path)
-        scan = scan_log(data, path, legacy_resync=True)
         number = int(name.split("-", 1)[1])
+        scan = scan_log(data, path, legacy_resync=True,
+                        expect=2 if number >= log_format_2_from else 1)
         if scan.version >= 2 and not checksummed:
             raise CorruptionError(f"CURRENT lacks its checksum line, but names a manifest of "
                                   f"database format 3: CURRENT is damaged; salvage the data "

@@ -26,11 +26,15 @@ DB_FORMAT_VERSION = 3
 _CRC_PREFIX = b"crc32c "
 
 
-def encode_options(created_by: str, options: dict[str, Any]) -> bytes:
-    """The content of a new OPTIONS file."""
+def encode_options(created_by: str, options: dict[str, Any], log_format_2_from: int) -> bytes:
+    """The content of a new OPTIONS file. ``log_format_2_from``: the first file number that
+    may be a log of format 2 (0 for a database created in format 3; the next file number when
+    an older database is upgraded): every WAL segment and MANIFEST numbered from it has a
+    format-2 header, so one that does not start with a valid header is damaged."""
     info: dict[str, Any] = {"format_version": DB_FORMAT_VERSION,
                             "table_format_version": TABLE_FORMAT_VERSION,
                             "log_format_version": LOG_VERSION,
+                            "log_format_2_from": log_format_2_from,
                             "created_by": created_by, "options": options}
     body = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     return body + b"%s%08x\n" % (_CRC_PREFIX, crc32c(body))
@@ -65,6 +69,9 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
     if version >= 3:
         if not checked:
             raise _damaged(dirpath, "its checksum line is missing")
+        since = info.get("log_format_2_from")
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise _damaged(dirpath, "log_format_2_from is missing or not a file number")
         for key, known in (("table_format_version", TABLE_FORMAT_VERSION),
                            ("log_format_version", LOG_VERSION)):
             part = info.get(key)
@@ -77,4 +84,27 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
     return info
 
 
-__all__ = ["DB_FORMAT_VERSION", "decode_options", "encode_options"]
+#: ``log_format_2_from`` of a database of format 1 or 2: none of its logs is of format 2.
+NO_FORMAT_2_LOGS = 1 << 62
+
+
+def log_format_2_from(info: dict[str, Any] | None) -> int | None:
+    """From decoded OPTIONS: the first file number whose logs are of format 2
+    (:data:`NO_FORMAT_2_LOGS` for a database of format 1 or 2; None when OPTIONS is unknown)."""
+    if info is None:
+        return None
+    since = info.get("log_format_2_from")
+    if isinstance(since, int) and not isinstance(since, bool):
+        return since
+    return NO_FORMAT_2_LOGS if int(info.get("format_version", 0)) < 3 else None
+
+
+def expected_log_format(since: int | None, number: int) -> int | None:
+    """The log format of file ``number``, as far as OPTIONS tells (None: unknown)."""
+    if since is None:
+        return None
+    return LOG_VERSION if number >= since else 1
+
+
+__all__ = ["DB_FORMAT_VERSION", "NO_FORMAT_2_LOGS", "decode_options", "encode_options",
+           "expected_log_format", "log_format_2_from"]

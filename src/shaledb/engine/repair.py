@@ -68,12 +68,14 @@ from .verify import (
     describe,
     key_text,
     lock_for_reading,
+    log_format_of,
     num_levels_of,
+    read_log_since,
     read_manifest,
     read_options,
     scan_log,
 )
-from .vfs import FileSystem, ReadFile, absolute, default_fs, join, resolved
+from .vfs import FileSystem, ReadFile, absolute, default_fs, fs_inside, join, resolved
 
 if TYPE_CHECKING:
     from ..db import DB
@@ -192,6 +194,7 @@ class _Salvager:
                  progress: ProgressFn | None) -> None:
         self.fs = fs
         self.src = src
+        self.log_since: int | None = None  # log_format_2_from of OPTIONS (None: unknown)
         self.r = report
         self._progress = progress
         self._total = 0
@@ -446,7 +449,7 @@ class _Salvager:
             r.wal_segments += 1
             r.bytes_read += len(data)
             self.advance(len(data))
-            scan = scan_log(data)
+            scan = scan_log(data, log_format_of(self.log_since, name))
             events: list[tuple[int, int, Any]] = sorted(
                 [(o, 1, p) for o, p in scan.records] + [(s, 0, e) for s, e in scan.gaps],
                 key=lambda x: x[0])
@@ -477,15 +480,17 @@ class _Salvager:
             if gap is not None:
                 self._wal_gap(name, gap, prev_end, None)
             if scan.tail is not None:
-                if idx == len(numbers) - 1:
+                if idx == len(numbers) - 1 and scan.tail not in scan.vouched:
                     r.notices.append(f"{name}: the newest WAL segment ends in a record torn by "
                                      f"a crash at offset {scan.tail} ({len(data) - scan.tail} "
                                      "bytes); like open, repair drops it")
                 else:
                     r.wal_records_lost += 1
                     self.lose(Loss(ProblemKind.CHECKSUM, name,
-                                   "a WAL segment older than the newest ends in a damaged "
-                                   "record; its writes are lost", offset=scan.tail,
+                                   "WAL bytes that had been synced are damaged (an older "
+                                   "segment's end, a durable header, or damage a later "
+                                   "record vouches for); their writes are lost",
+                                   offset=scan.tail,
                                    length=len(data) - scan.tail,
                                    seqs=None if prev_end is None else (prev_end + 1,
                                                                        prev_end + 1)))
@@ -558,9 +563,11 @@ def _dest_options(options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _check_dest(fs: FileSystem, src: str, dest: str) -> None:
-    # Compare where the paths really lead: a symbolic link must not route DEST into PATH.
+    # Compare where the paths really lead: a symbolic link or a bind mount must not route
+    # DEST into PATH (the same directory, by device and inode, anywhere above DEST).
     real_src, real_dest = resolved(src), resolved(dest)
-    if real_dest == real_src or real_dest.startswith(real_src.rstrip("/") + "/"):
+    if (real_dest == real_src or real_dest.startswith(real_src.rstrip("/") + "/")
+            or fs_inside(real_dest, real_src)):
         raise InvalidArgument(f"DEST {dest!r} must be outside the database being repaired "
                               f"({src!r}): repair never writes there")
     if fs.exists(dest):
@@ -592,7 +599,10 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
         s = _Salvager(fs, src, report, progress)
         problems: list[Any] = []
         options = read_options(fs, src, problems.append)
-        manifest = read_manifest(fs, src, num_levels_of(options), problems.append)
+        since = read_log_since(fs, src)
+        s.log_since = since
+        manifest = read_manifest(fs, src, num_levels_of(options), problems.append,
+                                 since=since)
         names = fs.listdir(src)
         tables = sorted(n for kind, n in filter(None, map(parse, names)) if kind == "sst")
         logs = sorted(n for kind, n in filter(None, map(parse, names)) if kind == "log")

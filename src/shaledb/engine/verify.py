@@ -70,7 +70,7 @@ from .batch import decode_batch
 from .filenames import CURRENT, LOCK, OPTIONS, parse
 from .logfile import MAGIC, salvage_log
 from .manifest import Version, VersionEdit, decode_current
-from .optionsfile import decode_options
+from .optionsfile import decode_options, expected_log_format, log_format_2_from
 from .sstable.block import decode_data_block, decode_index_block
 from .sstable.filter import KeyFilter
 from .sstable.format import (
@@ -422,10 +422,11 @@ class LogScan:
     number: int | None = None
 
 
-def scan_log(data: bytes) -> LogScan:
-    """Read ``data`` (a whole WAL segment or manifest), resynchronizing after damage at the
-    next intact record. The only reader of log framing in this module (and repair's)."""
-    sal = salvage_log(data)
+def scan_log(data: bytes, expect: int | None = None) -> LogScan:
+    """Read ``data`` (a whole WAL segment or manifest; ``expect``: its log format when the
+    database says, see :func:`log_format_of`), resynchronizing after damage at the next
+    intact record. The only reader of log framing in this module (and repair's)."""
+    sal = salvage_log(data, expect)
     records = [(off, payload) for off, rtype, _, payload in sal.records if rtype == 1]
     gaps: list[tuple[int, int]] = []
     tail = None
@@ -434,8 +435,8 @@ def scan_log(data: bytes) -> LogScan:
     for start, end in sal.damaged:
         if start < last:
             gaps.append((start, end))
-        else:
-            tail = start
+        elif tail is None:
+            tail = start  # damage no valid record follows: from here to the end
         if sal.vouched(start):
             vouched.add(start)
     return LogScan(records, gaps, tail, vouched, sal.zeros_from, sal.header_size,
@@ -471,8 +472,25 @@ class ManifestState:
     intact: bool = False
 
 
+def read_log_since(fs: FileSystem, path: str) -> int | None:
+    """``log_format_2_from`` of the database's OPTIONS (None when it cannot be read; then
+    each log's first bytes decide its format). Problems with OPTIONS are reported by
+    :func:`read_options`."""
+    try:
+        return log_format_2_from(decode_options(fs.read_file(join(path, OPTIONS)), path))
+    except ShaleError:
+        return None
+
+
+def log_format_of(since: int | None, name: str) -> int | None:
+    """The log format of the WAL segment or manifest ``name`` (None: unknown)."""
+    parsed = parse(name)
+    return None if parsed is None else expected_log_format(since, parsed[1])
+
+
 def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[Problem], None],
-                  data: bytes | None = None, name: str | None = None) -> ManifestState:
+                  data: bytes | None = None, name: str | None = None,
+                  since: int | None = None) -> ManifestState:
     """CURRENT -> MANIFEST -> the version it describes. Damage is reported, never raised;
     ``intact`` says whether every edit was read (only then is the table list authoritative)."""
     state = ManifestState()
@@ -505,7 +523,7 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
                            name, f"CURRENT names {name}, which cannot be read ({exc}): the "
                            "database cannot be opened; `shaledb repair` rebuilds it"))
             return state
-    scan = scan_log(data)
+    scan = scan_log(data, log_format_of(since, name))
     if scan.version >= 2 and not checksummed:
         report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, CURRENT,
                        "CURRENT lacks its checksum line but names a manifest of database "
@@ -683,6 +701,8 @@ class Checker:
         self._progress_fn = progress
         self._progress = _Progress(None, 0)
         self.budget = ReadBudget(rate, should_stop)
+        #: ``log_format_2_from`` of OPTIONS (None: unknown), set when the check starts.
+        self.log_since: int | None = None
 
     def report(self, problem: Problem) -> None:
         self.problems.append(problem)
@@ -736,7 +756,9 @@ class Checker:
             return
         options = read_options(self.fs, self.path, self.report)
         num_levels = num_levels_of(options)
-        manifest = read_manifest(self.fs, self.path, num_levels, self.report)
+        self.log_since = read_log_since(self.fs, self.path)
+        manifest = read_manifest(self.fs, self.path, num_levels, self.report,
+                                 since=self.log_since)
         if manifest.name is not None:
             self.budget.charge(self._size(manifest.name))  # read already: paid afterwards
         tables: dict[int, str] = {}
@@ -818,9 +840,10 @@ class Checker:
         self.budget.charge(len(state.manifest))  # read by Engine.verify: paid afterwards
         options = read_options(self.fs, self.path, self.report)
         num_levels = max(num_levels_of(options), len(state.levels))
+        self.log_since = read_log_since(self.fs, self.path)
         name = f"MANIFEST-{state.manifest_number:06d}"
         manifest = read_manifest(self.fs, self.path, num_levels, self.report,
-                                 data=state.manifest, name=name)
+                                 data=state.manifest, name=name, since=self.log_since)
         self.totals.files += 1
         self.totals.bytes += len(state.manifest)
         if manifest.levels is not None and manifest.intact:
@@ -962,7 +985,14 @@ class Checker:
             self.totals.wal_segments += 1
             self.totals.bytes += len(data)
             self._progress.add(len(data))
-            scan = scan_log(data)
+            scan = scan_log(data, expected_log_format(self.log_since, number))
+            if scan.number is not None and scan.number != number:
+                self._damage(ProblemKind.MALFORMED, name,
+                             f"its header says it is segment {scan.number} (copied or renamed "
+                             "into the database?): open refuses the database; remove it if "
+                             "it does not belong here", offset=0)
+                expected = None
+                continue
             events: list[tuple[int, int, Any]] = sorted(
                 [(off, 1, payload) for off, payload in scan.records]
                 + [(start, 0, end) for start, end in scan.gaps], key=lambda e: e[0])
@@ -1471,12 +1501,12 @@ def _strip_path(exc: BaseException) -> str:
 
 
 def lock_for_reading(fs: FileSystem, path: str) -> Lock | None:
-    """Take the directory lock without creating or writing anything: None when there is no
-    LOCK file (no process ever opened the directory as a database, or it was deleted);
+    """Lock the database without creating or writing anything: an existing LOCK file (a
+    writer holds it), else the directory itself (every open, read-only ones too, holds it);
     LockedError when a process has the database open."""
     lock_path = join(path, LOCK)
     if not fs.exists(lock_path):
-        return None
+        return fs.lock_dir(path)  # still excludes a read-only open (it locks the directory)
     return fs.lock(lock_path, readonly=True)
 
 

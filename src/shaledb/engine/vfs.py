@@ -44,6 +44,28 @@ def resolved(path: str) -> str:
     return os.path.realpath(path)
 
 
+def fs_inside(path: str, directory: str) -> bool:
+    """Whether ``path`` (existing or not) lies inside ``directory`` or is it, judged by
+    device and inode of ``path``'s existing ancestors (a bind mount shows the same directory
+    under two names)."""
+    try:
+        target = os.stat(directory)
+    except OSError:
+        return False
+    p = os.path.realpath(path)
+    while True:
+        try:
+            st = os.stat(p)
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                return True
+        except OSError:
+            pass
+        up = os.path.dirname(p)
+        if up == p:
+            return False
+        p = up
+
+
 def parent(path: str) -> str:
     """The directory holding ``path`` (a string operation)."""
     return os.path.dirname(path) or "."
@@ -140,6 +162,9 @@ class FileSystem(Protocol):
     def lock(self, path: str, *, readonly: bool = False) -> Lock:
         """Take an exclusive, non-blocking lock on ``path``. With ``readonly``, ``path`` must
         exist and is neither created nor written (for tools that only read a database)."""
+
+    def lock_dir(self, path: str) -> Lock:
+        """Take an exclusive, non-blocking lock on the directory ``path`` itself."""
 
     def worker_state(self) -> Any:
         """What a compaction worker process needs to rebuild this file system (picklable;
@@ -505,6 +530,17 @@ class PosixFileSystem:
         """fsync a directory so that creations, renames and removals in it are durable."""
         self._on_fd("fsync directory", path, os.O_RDONLY | os.O_DIRECTORY, os.fsync)
 
+    def lock_dir(self, path: str) -> FileLock:
+        """Take an exclusive, non-blocking lock on the directory ``path`` itself (writing
+        nothing): every open of a database takes it, read-only ones too, so a read-only
+        open and a writer exclude each other even where there is no LOCK file."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _storage_error("open directory", path, exc) from exc
+        _flock(fd, path, path)
+        return FileLock(path, fd)
+
     def worker_state(self) -> Any:
         """None: a worker uses the plain POSIX file system."""
         return None
@@ -525,22 +561,7 @@ class PosixFileSystem:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             raise _storage_error("open lock file", path, exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = ""
-            try:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            except OSError:
-                pass
-            os.close(fd)
-            if exc.errno in (errno_mod.EWOULDBLOCK, errno_mod.EAGAIN, errno_mod.EACCES):
-                who = f" by process {holder}" if holder else ""
-                raise LockedError(
-                    f"database {os.path.dirname(path)!r} is already open{who}; close it there "
-                    f"first (one process, one DB object per directory)"
-                ) from None
-            raise _storage_error("lock", path, exc) from exc
+        _flock(fd, path, os.path.dirname(path))
         if not readonly:
             try:
                 os.ftruncate(fd, 0)
@@ -548,6 +569,27 @@ class PosixFileSystem:
             except OSError:
                 pass  # the pid is only a courtesy for the error message
         return FileLock(path, fd)
+
+
+def _flock(fd: int, path: str, database: str) -> None:
+    """An exclusive, non-blocking flock on ``fd`` (closed on failure); LockedError names
+    the holder's pid when the file holds one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = ""
+        try:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        except OSError:
+            pass  # a directory, or unreadable: no pid to name
+        os.close(fd)
+        if exc.errno in (errno_mod.EWOULDBLOCK, errno_mod.EAGAIN, errno_mod.EACCES):
+            who = f" by process {holder}" if holder else ""
+            raise LockedError(
+                f"database {database!r} is already open{who}; close it there "
+                f"first (one process, one DB object per directory)"
+            ) from None
+        raise _storage_error("lock", path, exc) from exc
 
 
 def missing_dirs(path: str) -> list[str]:
@@ -596,6 +638,7 @@ __all__ = [
     "ReadFile",
     "WritableFile",
     "absolute",
+    "fs_inside",
     "default_fs",
     "join",
     "missing_dirs",

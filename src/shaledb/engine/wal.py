@@ -37,6 +37,9 @@ class WriteAheadLog:
         self.number = number
         self.path = log_name(dirpath, number)
         self._writer = LogWriter(fs.create_mapped(self.path), number)
+        # The header is durable before any record is written: a damaged header with records
+        # after it is then damage to durable data, never something a crash left.
+        self._writer.sync(mark=False)
         self._file = self._writer.file
         self._salt = self._writer.salt
         self._sync_lock = threading.Lock()
@@ -117,7 +120,9 @@ class SegmentScan:
         return iter(self.batches)
 
 
-def scan_segment(fs: FileSystem, dirpath: str, number: int) -> SegmentScan:
-    """Read every intact batch of segment ``number`` (damage is described, not raised)."""
+def scan_segment(fs: FileSystem, dirpath: str, number: int,
+                 expect: int | None = None) -> SegmentScan:
+    """Read every intact batch of segment ``number`` (damage is described, not raised);
+    ``expect``: its log format, when the database knows it."""
     path = log_name(dirpath, number)
-    return SegmentScan(path, number, scan_log(fs.read_file(path), path))
+    return SegmentScan(path, number, scan_log(fs.read_file(path), path, expect=expect))

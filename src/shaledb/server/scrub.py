@@ -313,7 +313,9 @@ class Scrubber:
                 if trigger:
                     self._pass(trigger)
                     continue
-                self._wake.wait(None if due is None else max(0.0, due - now))
+                # (capped: Event.wait refuses timeouts past threading.TIMEOUT_MAX, and a
+                # long interval simply waits in several steps)
+                self._wake.wait(None if due is None else min(max(0.0, due - now), 86400.0))
         except BaseException as exc:  # noqa: BLE001 - recorded: /health says the scrub is dead
             log.exception("the scrub thread failed")
             with self._lock:

@@ -615,6 +615,10 @@ class FaultInjectionFS(PosixFileSystem):
         self._check_alive("lock", path)
         return super().lock(path, readonly=readonly)
 
+    def lock_dir(self, path: str) -> FileLock:
+        self._check_alive("lock", path)
+        return super().lock_dir(path)
+
     def rename(self, src: str, dst: str) -> None:
         asrc, adst = _abs(src), _abs(dst)
         with self._op("rename", asrc) as fault:
