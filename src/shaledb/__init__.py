@@ -9,8 +9,6 @@ b'v'
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .db import DB, open  # noqa: A004 - shaledb.open is the documented entry point
 from .engine.batch import WriteBatch
 from .engine.repair import RepairReport, repair
@@ -29,6 +27,7 @@ from .errors import (
 from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
 from .snapshot import Snapshot
 from .transaction import Transaction
+from .version import __version__
 
 __all__ = [
     "DB",

@@ -32,7 +32,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import __version__ as _pkg_version
 from ..errors import (
     ClosedError,
     CorruptionError,
@@ -42,6 +41,7 @@ from ..errors import (
     StorageError,
 )
 from ..options import Options
+from ..version import __version__ as _pkg_version
 from . import vfs
 from .batch import encode_batch
 from .cache import LRUCache, TableCache

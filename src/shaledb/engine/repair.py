@@ -39,13 +39,14 @@ import time
 from collections.abc import Callable, Iterator
 from itertools import chain
 from operator import lt, neg
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 from ..errors import CorruptionError, InvalidArgument, ShaleError, StorageError
 from ..options import Options
 from .batch import WriteBatch, decode_batch
+from .db import Engine
 from .dbformat import PUT, Entry
 from .filenames import parse
 from .sstable.block import decode_data_block, decode_index_block
@@ -76,9 +77,6 @@ from .verify import (
     scan_log,
 )
 from .vfs import FileSystem, ReadFile, absolute, default_fs, fs_inside, join, resolved
-
-if TYPE_CHECKING:
-    from ..db import DB
 
 #: Bytes of keys and values per write batch into DEST.
 BATCH_BYTES = 1 << 20
@@ -585,8 +583,6 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
     ``dest`` (which must not exist or be empty), never writing under ``path``. Returns what
     was read, written and lost (see the module docstring for what is trusted). ``now`` is
     the clock expiry is judged by."""
-    from ..db import DB
-
     fs = fs or default_fs()
     src = absolute(path)
     dest = absolute(dest)
@@ -653,7 +649,8 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
             chain.from_iterable(s.table_entries(p, keep_open) for p in group)
             for group in plans]
         streams.append(iter(wal))
-        db = DB(dest, Options.from_kwargs(**_dest_options(options)))
+        # The engine itself writes DEST (the engine layer never calls up into shaledb.DB).
+        db = Engine(dest, Options.from_kwargs(**_dest_options(options)))
         try:
             _write_merged(db, heapq.merge(*streams), report, int(now() * 1000))
             db.flush()
@@ -668,7 +665,8 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
     return report
 
 
-def _write_merged(db: DB, entries: Iterator[Entry], report: RepairReport, now_ms: int) -> None:
+def _write_merged(db: Engine, entries: Iterator[Entry], report: RepairReport,
+                  now_ms: int) -> None:
     batch = WriteBatch()
     nbytes = 0
     last: bytes | None = None
@@ -687,12 +685,12 @@ def _write_merged(db: DB, entries: Iterator[Entry], report: RepairReport, now_ms
         written += 1
         nbytes += len(key) + len(value)
         if nbytes >= BATCH_BYTES:
-            db.write(batch)
+            db.write(batch.resolved_ops(db.options.clock), batch.approximate_size, False)
             batch = WriteBatch()
             nbytes = 0
     if len(batch):
-        db.write(batch)
-    db.sync()
+        db.write(batch.resolved_ops(db.options.clock), batch.approximate_size, False)
+    db.sync_wal()
     report.keys_written += written
     report.deleted += deleted
     report.expired += expired
