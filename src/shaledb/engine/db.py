@@ -186,6 +186,8 @@ class Engine:
         self.recovery_seconds = 0.0
         #: The first file number whose logs are of log format 2 (OPTIONS).
         self._log_since = 0
+        #: Payloads of the WAL records replayed into the memtable (copied at open).
+        self._replayed: list[bytes] = []
         #: What the last open's WAL recovery replayed and cut (see stats()["wal_recovery"]).
         self._cuts: list[dict[str, Any]] = []
         self._recovery: dict[str, Any] = {"segments": 0, "records": 0, "cut": self._cuts}
@@ -248,21 +250,31 @@ class Engine:
             self._save_lost()
             # The recovered writes go to new files (fsyncgate: the pages the WAL was read
             # from may never have reached the disk, and a later fsync of the same file would
-            # not tell), then one new manifest makes the new tables, the new WAL segment and
-            # the retirement of every old segment durable at once.
-            if self._mem.entries:
-                recovered.extend(self._write_level0(self._mem, self._last_seq))
+            # not tell): the records still only in the memtable are copied into a new WAL
+            # segment, fsynced, and one new manifest then records the tables replay wrote and
+            # retires every old segment at once. (The memtable stays: reads after a reopen
+            # are as fast as before it.)
             wal_number = self._versions.new_file_number()
+            wal = WriteAheadLog(fs, self.path, wal_number)
+            try:
+                for payload in self._replayed:
+                    wal.append(payload)
+                if self._replayed:
+                    wal.sync()
+                fs.sync_dir(self.path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    wal.close()
+                raise
+            self._wal = wal
+            self._replayed = []
             v = self._versions
             v.current = v.current.apply(VersionEdit(added=[(0, m) for m in recovered]))
             v.log_number = wal_number
             v.last_seq = max(v.last_seq, self._last_seq)
-            self._mem = MemTable()
             self._mem_first_log = wal_number
             v.write_new_manifest()
             self._pending_outputs.clear()  # the recovered tables are in the manifest now
-            self._wal = WriteAheadLog(fs, self.path, wal_number)
-            fs.sync_dir(self.path)
             self._delete_obsolete_files()
             self._start_threads()
         self.recovery_seconds = time.perf_counter() - start
@@ -371,6 +383,11 @@ class Engine:
                 # database of format 2 kept replayed records in the WAL); each next one
                 # continues the previous one exactly.
                 expected = last_seq + 1 if prev_end is None else prev_end + 1
+                end = first_seq + len(ops) // 4 - 1
+                if prev_end is not None and end <= prev_end and first_seq <= expected - 1:
+                    # A copy of records already replayed: an open that copied them into a
+                    # new segment died before its manifest retired the old ones.
+                    continue
                 if first_seq > expected or (prev_end is not None and first_seq != expected):
                     # Checksums fine, numbers not: records are missing (or repeated).
                     del seg.batches[i:]
@@ -378,13 +395,15 @@ class Engine:
                                "expected: records are missing or repeated", True)
                     break
                 mem.apply(first_seq, ops)
+                self._replayed.append(seg.scan.records[i])
                 records += 1
-                prev_end = first_seq + len(ops) // 4 - 1
+                prev_end = end
                 last_seq = max(last_seq, prev_end)
                 if mem.approximate_size >= opts.memtable_size and not opts.read_only:
                     # Keep memory bounded while replaying a long log.
                     tables.extend(self._write_level0(mem, last_seq))
                     mem = self._mem = MemTable()
+                    self._replayed = []
             if problem is None and seg.malformed is not None:
                 problem = (seg.malformed, "a record with a good checksum does not decode", True)
             damage = seg.scan.damage
