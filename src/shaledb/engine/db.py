@@ -395,7 +395,8 @@ class Engine:
                                "expected: records are missing or repeated", True)
                     break
                 mem.apply(first_seq, ops)
-                self._replayed.append(seg.scan.records[i])
+                if not opts.read_only:  # to be copied into the new segment
+                    self._replayed.append(seg.scan.records[i])
                 records += 1
                 prev_end = end
                 last_seq = max(last_seq, prev_end)
