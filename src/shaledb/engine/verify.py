@@ -488,6 +488,20 @@ def log_format_of(since: int | None, name: str) -> int | None:
     return None if parsed is None else expected_log_format(since, parsed[1])
 
 
+def _read_or_report(fs: FileSystem, path: str, name: str, report: Callable[[Problem], None],
+                    message: str) -> bytes | None:
+    """The bytes of ``name``; None after reporting it missing or unreadable (``message``
+    with ``{exc}`` replaced by the error)."""
+    try:
+        return fs.read_file(join(path, name))
+    except StorageError as exc:
+        missing = not fs.exists(join(path, name))
+        report(Problem(Severity.DAMAGE,
+                       ProblemKind.MISSING_FILE if missing else ProblemKind.IO_ERROR,
+                       name, message.replace("{exc}", str(exc))))
+        return None
+
+
 def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[Problem], None],
                   data: bytes | None = None, name: str | None = None,
                   since: int | None = None) -> ManifestState:
@@ -496,14 +510,10 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
     state = ManifestState()
     checksummed = True
     if name is None:
-        try:
-            raw = fs.read_file(join(path, CURRENT))
-        except StorageError as exc:
-            missing = not fs.exists(join(path, CURRENT))
-            report(Problem(Severity.DAMAGE,
-                           ProblemKind.MISSING_FILE if missing else ProblemKind.IO_ERROR,
-                           CURRENT, f"cannot read CURRENT ({exc}): the database cannot be "
-                           "opened; `shaledb repair` rebuilds it from the tables and logs"))
+        raw = _read_or_report(fs, path, CURRENT, report, "cannot read CURRENT ({exc}): the "
+                              "database cannot be opened; `shaledb repair` rebuilds it from "
+                              "the tables and logs")
+        if raw is None:
             return state
         try:
             name, checksummed = decode_current(raw)
@@ -514,14 +524,10 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
             return state
     state.name = name
     if data is None:
-        try:
-            data = fs.read_file(join(path, name))
-        except StorageError as exc:
-            missing = not fs.exists(join(path, name))
-            report(Problem(Severity.DAMAGE,
-                           ProblemKind.MISSING_FILE if missing else ProblemKind.IO_ERROR,
-                           name, f"CURRENT names {name}, which cannot be read ({exc}): the "
-                           "database cannot be opened; `shaledb repair` rebuilds it"))
+        data = _read_or_report(fs, path, name, report, f"CURRENT names {name}, which cannot "
+                               "be read ({exc}): the database cannot be opened; `shaledb "
+                               "repair` rebuilds it")
+        if data is None:
             return state
     scan = scan_log(data, log_format_of(since, name))
     if scan.version >= 2 and not checksummed:
