@@ -1,7 +1,8 @@
 """An independent reader of ShaleDB's on-disk format, written from docs/format.md alone.
 
-It imports no ShaleDB code (only crc32c, lz4, msgpack, xxhash, zstandard when present, json and
-struct), so that a test can hold the engine's files against the document: when the engine
+It imports no ShaleDB code (only crc32c, lz4, msgpack, xxhash, zstandard when present, json,
+struct, hmac and, for encrypted databases, the AES-GCM and HKDF primitives of ``cryptography``),
+so that a test can hold the engine's files against the document: when the engine
 writes a byte the document does not describe, this reader fails or reads something else, and
 the test comparing it with the engine fails. Keep it that way: when the format changes,
 change docs/format.md first and this reader from the document, never from the engine's code.
@@ -12,6 +13,8 @@ Everything here raises :class:`FormatError` for bytes that break the document.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -23,6 +26,10 @@ import crc32c as _crc32c
 import lz4.block
 import msgpack
 import xxhash
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 try:
     import zstandard
@@ -82,9 +89,17 @@ def read_options(raw: bytes) -> dict[str, Any]:
     if not isinstance(info, dict) or not isinstance(info.get("format_version"), int):
         raise FormatError("OPTIONS has no format_version")
     version = info["format_version"]
-    if version > 3:
+    if version > 4:
         raise NewerFormatError(f"OPTIONS format_version {version}")
-    if version == 3:
+    if version == 4:
+        if info.get("encryption") != {"cipher": "AES-256-GCM", "keyring": "KEYRING"}:
+            raise FormatError("OPTIONS of format 4 without its encryption object")
+        if (info.get("table_format_version"), info.get("log_format_version"),
+                info.get("log_format_2_from")) != (3, 3, 0):
+            raise FormatError("OPTIONS of format 4 with other part versions than 3, 3, 0")
+    elif "encryption" in info:
+        raise FormatError(f"OPTIONS of format {version} with an encryption object")
+    if version >= 3:
         if crc_line is None:
             raise FormatError("OPTIONS of format 3 lacks its checksum line")
         if body != (json.dumps(info, indent=2, sort_keys=True) + "\n").encode():
@@ -93,6 +108,91 @@ def read_options(raw: bytes) -> dict[str, Any]:
             if key not in info:
                 raise FormatError(f"OPTIONS lacks {key}")
     return info
+
+
+# -- encryption (format 4) ------------------------------------------------------------------
+
+WAL_FILE, MANIFEST_FILE, TABLE_FILE = 1, 2, 3
+SEALED = {"wal": 1, "manifest": 2, "data": 3, "filter": 4, "index": 5, "properties": 6}
+
+
+def hkdf(ikm: bytes, info: bytes, n: int = 32, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=n, salt=salt, info=info).derive(ikm)
+
+
+@dataclasses.dataclass
+class Keys:
+    """The data keys of an encrypted database, from KEYRING and the master key."""
+
+    key_id: str
+    active: int
+    data_keys: dict[int, bytes]
+
+    def file_key(self, key_id: int, salt: bytes, kind: int, number: int) -> bytes:
+        if key_id not in self.data_keys:
+            raise FormatError(f"file {number} names data key {key_id}, KEYRING holds "
+                              f"{sorted(self.data_keys)}")
+        info = b"shaledb file key" + bytes([kind]) + struct.pack("<Q", number)
+        return hkdf(self.data_keys[key_id], info, salt=salt)
+
+
+def read_keyring(raw: bytes, master: bytes) -> Keys:
+    """KEYRING, checked (CRC, key id, check value) and unwrapped with ``master``."""
+    cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
+    body = raw[:cut]
+    if raw[cut:] != b"crc32c %08x\n" % crc32c(body):
+        raise FormatError("KEYRING checksum line")
+    info = json.loads(body)
+    if body != (json.dumps(info, indent=2, sort_keys=True) + "\n").encode():
+        raise FormatError("KEYRING is not laid out as json.dumps(indent=2, sort_keys)")
+    if list(info) != sorted(["format", "cipher", "key_id", "active", "data_keys", "check"]):
+        raise FormatError(f"KEYRING keys {list(info)}")
+    if info["format"] > 1:
+        raise NewerFormatError(f"KEYRING format {info['format']}")
+    if info["cipher"] != "AES-256-GCM":
+        raise FormatError("KEYRING cipher")
+    if info["key_id"] != hkdf(master, b"shaledb master key id", 8).hex():
+        raise FormatError("KEYRING names another master key")
+    rest = {k: v for k, v in info.items() if k != "check"}
+    check = hmac.new(hkdf(master, b"shaledb keyring check"),
+                     json.dumps(rest, sort_keys=True, separators=(",", ":")).encode(),
+                     hashlib.sha256).digest()[:16].hex()
+    if info["check"] != check:
+        raise FormatError("KEYRING check value")
+    wrap = AESGCM(hkdf(master, b"shaledb key wrapping"))
+    keys = {}
+    ids = [e["id"] for e in info["data_keys"]]
+    if ids != sorted(ids) or info["active"] not in ids:
+        raise FormatError("KEYRING data keys not by id, or the active one missing")
+    for e in info["data_keys"]:
+        blob = bytes.fromhex(e["wrapped"])
+        if len(blob) != 60 or list(e) != ["id", "wrapped"]:
+            raise FormatError("KEYRING wrapped key shape")
+        keys[e["id"]] = wrap.decrypt(blob[:12], blob[12:], b"shaledb data key"
+                                     + struct.pack("<I", e["id"]))
+    return Keys(info["key_id"], info["active"], keys)
+
+
+def open_sealed(file_key: bytes, number: int, offset: int, what: int, code: int,
+                sealed: bytes) -> bytes:
+    """The plain bytes of a sealed record or block (FormatError when it does not
+    authenticate)."""
+    nonce = struct.pack("<Q", offset) + bytes(4)
+    aad = struct.pack("<QQBB", number, offset, what, code)
+    try:
+        return AESGCM(file_key).decrypt(nonce, sealed, aad)
+    except InvalidTag:
+        raise FormatError(f"sealed bytes at {offset} of file {number} do not "
+                          "authenticate") from None
+
+
+def _encryption_header(data: bytes, magic: bytes) -> tuple[int, int, bytes, int]:
+    """(version, number, salt, data key id) of a 48-byte log or table header."""
+    if len(data) < 48 or data[:8] != magic or crc32c(data[:44]) != _u32(data, 44):
+        raise FormatError(f"encrypted file header ({magic!r}) damaged")
+    if data[40:44] != bytes(4):
+        raise FormatError("encrypted file header: bytes 40..43 are not zero")
+    return _u32(data, 8), int(struct.unpack_from("<Q", data, 12)[0]), data[20:36], _u32(data, 36)
 
 
 # -- log files ------------------------------------------------------------------------------
@@ -105,12 +205,13 @@ class LogRecord:
     offset: int
     type: int
     synced: int  # 0 in log format 1 (it has no such field)
-    payload: bytes
+    payload: bytes  # decrypted in log format 3
+    size: int = 0  # bytes of the record in the file (header + stored payload)
 
 
 @dataclasses.dataclass
 class LogFile:
-    version: int  # 1 or 2
+    version: int  # 1, 2 or 3
     number: int | None  # from the file header (format 2)
     salt: bytes | None
     records: list[LogRecord]  # every valid record before the end of the log or the damage
@@ -143,7 +244,8 @@ def _record_v2(data: bytes, pos: int, salt: bytes) -> LogRecord | None:
         return None
     if rtype != FULL and length != 0:
         raise FormatError(f"seal or sync mark at {pos} has a payload")
-    return LogRecord(pos, rtype, synced, data[pos + HEADER_V2:pos + HEADER_V2 + length])
+    return LogRecord(pos, rtype, synced, data[pos + HEADER_V2:pos + HEADER_V2 + length],
+                     HEADER_V2 + length)
 
 
 def _record_v1(data: bytes, pos: int) -> LogRecord | None:
@@ -155,7 +257,7 @@ def _record_v1(data: bytes, pos: int) -> LogRecord | None:
     if crc32c(data[pos + 11:pos + 11 + length], crc32c(data[pos + 2:pos + 7])) != _u32(
             data, pos + 7):
         return None
-    return LogRecord(pos, FULL, 0, data[pos + 11:pos + 11 + length])
+    return LogRecord(pos, FULL, 0, data[pos + 11:pos + 11 + length], 11 + length)
 
 
 def _finish(log: LogFile, data: bytes, pos: int) -> LogFile:
@@ -168,29 +270,42 @@ def _finish(log: LogFile, data: bytes, pos: int) -> LogFile:
     return log
 
 
-def read_log(data: bytes, number: int | None = None) -> LogFile:
-    """Read a WAL segment or a MANIFEST (log format 1 or 2). ``number``: the number in the
-    file's name, checked against a format-2 header."""
+def read_log(data: bytes, number: int | None = None, keys: Keys | None = None,
+             kind: int = WAL_FILE) -> LogFile:
+    """Read a WAL segment or a MANIFEST (log format 1, 2 or 3). ``number``: the number in the
+    file's name, checked against a format-2 or 3 header. Format 3 needs ``keys`` and
+    ``kind`` (1 WAL, 2 MANIFEST): its full records are decrypted."""
     if data[:8] == b"SHALElog":
-        if len(data) < 32 or crc32c(data[:28]) != _u32(data, 28):
-            return LogFile(2, None, None, [], 0, 0, 0, False)
-        version = _u32(data, 8)
-        if version > 2:
-            raise NewerFormatError(f"log format version {version}")
-        if version != 2:
-            raise FormatError(f"log header with version {version}")
-        file_number = int(struct.unpack_from("<Q", data, 12)[0])
+        version = _u32(data, 8) if len(data) >= 12 else 0
+        file_key = None
+        if version == 3:
+            version, file_number, salt, key_id = _encryption_header(data, b"SHALElog")
+            if keys is None:
+                raise FormatError("an encrypted log: the reader needs the keys")
+            file_key = keys.file_key(key_id, salt, kind, file_number)
+            start = 48
+        else:
+            if len(data) < 32 or crc32c(data[:28]) != _u32(data, 28):
+                return LogFile(2, None, None, [], 0, 0, 0, False)
+            if version > 3:
+                raise NewerFormatError(f"log format version {version}")
+            if version != 2:
+                raise FormatError(f"log header with version {version}")
+            file_number = int(struct.unpack_from("<Q", data, 12)[0])
+            salt = data[20:28]
+            start = 32
         if number is not None and file_number != number:
             raise FormatError(f"log header names file {file_number}, the name says {number}")
-        salt = data[20:28]
-        log = LogFile(2, file_number, salt, [], 0, 0, None, False)
-        pos = 32
+        log = LogFile(version, file_number, salt, [], 0, 0, None, False)
+        pos = start
         while True:
             rec = _record_v2(data, pos, salt)
             if rec is None:
                 break
+            if file_key is not None and rec.type == FULL:
+                rec.payload = open_sealed(file_key, file_number, pos, kind, FULL, rec.payload)
             log.records.append(rec)
-            pos += HEADER_V2 + len(rec.payload)
+            pos += rec.size
         _finish(log, data, pos)
         if log.damage is not None:
             last = len(data.rstrip(b"\0"))
@@ -216,7 +331,7 @@ def read_log(data: bytes, number: int | None = None) -> LogFile:
         if rec is None:
             break
         log.records.append(rec)
-        pos += 11 + len(rec.payload)
+        pos += rec.size
     return _finish(log, data, pos)
 
 
@@ -256,14 +371,18 @@ def decode_wal_payload(payload: bytes) -> list[Op]:
 
 # -- tables ---------------------------------------------------------------------------------
 
-def decode_block(data: bytes, offset: int, size: int) -> tuple[bytes, int]:
-    """The plain payload of the block at ``(offset, size)`` and its compression type."""
+def decode_block(data: bytes, offset: int, size: int,
+                 sealed: tuple[bytes, int, int] | None = None) -> tuple[bytes, int]:
+    """The plain payload of the block at ``(offset, size)`` and its compression type;
+    ``sealed``: (file key, table number, block kind) of an encrypted table's block."""
     raw = data[offset:offset + size + 5]
     if len(raw) != size + 5:
         raise FormatError(f"block at {offset} runs past the end of the file")
     stored, code = raw[:size], raw[size]
     if crc32c(raw[:size + 1]) != _u32(raw, size + 1):
         raise FormatError(f"block at {offset}: checksum mismatch")
+    if sealed is not None:
+        stored = open_sealed(sealed[0], sealed[1], offset, sealed[2], code, stored)
     if code == 0:
         return stored, code
     if code == 1:
@@ -465,8 +584,9 @@ PROPERTY_KEYS = ["format_version", "entries", "deletions", "data_blocks", "user_
                  "created_at"]
 
 
-def read_table(data: bytes) -> Table:
-    """Read a whole table and check its structure against the document."""
+def read_table(data: bytes, number: int | None = None, keys: Keys | None = None) -> Table:
+    """Read a whole table and check its structure against the document (a format-3 table
+    needs ``keys``; ``number``: the one in its name, checked against its header)."""
     if len(data) < 64:
         raise FormatError("table shorter than its footer")
     footer = data[-64:]
@@ -477,17 +597,34 @@ def read_table(data: bytes) -> Table:
     fo, fs, io, isz, po, ps, version = struct.unpack_from("<QIQIQII", footer, 0)
     if footer[40:52] != bytes(12):
         raise FormatError("table footer: bytes 40..51 are not zero")
-    if version > 2:
+    if version > 3:
         raise NewerFormatError(f"table format {version}")
     if version < 1:
         raise FormatError(f"table format {version}")
+    start = 0
+    file_key = None
+    if version == 3:
+        header_version, table_number, salt, key_id = _encryption_header(data, b"SHALEenc")
+        if header_version != 3 or (number is not None and table_number != number):
+            raise FormatError(f"table header: version {header_version}, number "
+                              f"{table_number} (named {number})")
+        if keys is None:
+            raise FormatError("an encrypted table: the reader needs the keys")
+        file_key = keys.file_key(key_id, salt, TABLE_FILE, table_number)
+        start = 48
+
+    def block(offset: int, size: int, what: str) -> tuple[bytes, int]:
+        if file_key is None:
+            return decode_block(data, offset, size)
+        return decode_block(data, offset, size, (file_key, table_number, SEALED[what]))
+
     limit = len(data) - 64
     for off, size in ((fo, fs), (io, isz), (po, ps)):
         if off + size + 5 > limit:
             raise FormatError("table footer points past the footer")
-    filter_payload, ftype = decode_block(data, fo, fs)
-    index_payload, itype = decode_block(data, io, isz)
-    props_payload, ptype = decode_block(data, po, ps)
+    filter_payload, ftype = block(fo, fs, "filter")
+    index_payload, itype = block(io, isz, "index")
+    props_payload, ptype = block(po, ps, "properties")
     if (ftype, itype, ptype) != (0, 0, 0):
         raise FormatError("filter, index or properties block compressed")
     if not (fo + fs + 5 == io and io + isz + 5 == po and po + ps + 5 == limit):
@@ -499,12 +636,13 @@ def read_table(data: bytes) -> Table:
     if not isinstance(props, dict) or list(props) != PROPERTY_KEYS:
         raise FormatError(f"properties keys {list(props) if isinstance(props, dict) else props}")
     blocks, types, payloads = [], [], []
-    pos = 0
+    pos = start
     for last_key, off, size in zip(*index, strict=True):
         if off != pos:
             raise FormatError(f"data block at {off}, expected at {pos}")
-        payload, code = decode_block(data, off, size)
-        entries = decode_data_block_v2(payload) if version == 2 else decode_data_block_v1(payload)
+        payload, code = block(off, size, "data")
+        entries = (decode_data_block_v2(payload) if version >= 2
+                   else decode_data_block_v1(payload))
         if not entries or entries[-1][0] != last_key:
             raise FormatError(f"index names {last_key!r} as the last key of block at {off}")
         blocks.append(entries)
@@ -656,8 +794,9 @@ class Database:
                 if kind == 1 and (exp == 0 or exp > now_ms)}
 
 
-def read_database(path: str) -> Database:
-    """Read every file of a (closed, or copied) database directory."""
+def read_database(path: str, master: bytes | None = None) -> Database:
+    """Read every file of a (closed, or copied) database directory; an encrypted one (format
+    4) with its master key."""
 
     def read(name: str) -> bytes:
         with open(os.path.join(path, name), "rb") as f:
@@ -666,9 +805,16 @@ def read_database(path: str) -> Database:
     names = os.listdir(path)
     current, checksummed = read_current(read("CURRENT"))
     options = read_options(read("OPTIONS"))
-    mlog = read_log(read(current), int(current.split("-")[1]))
+    keys = None
+    if options["format_version"] == 4:
+        if master is None:
+            raise FormatError("an encrypted database: the reader needs the master key")
+        keys = read_keyring(read("KEYRING"), master)
+    mlog = read_log(read(current), int(current.split("-")[1]), keys, MANIFEST_FILE)
     if mlog.damage is not None:
         raise FormatError(f"{current} is damaged at {mlog.damage}")
+    if keys is not None and mlog.version != 3:
+        raise FormatError(f"{current} of log format {mlog.version} in an encrypted database")
     levels = options.get("options", {}).get("num_levels", 7)
     manifest = replay_manifest(mlog, levels)
     tables, table_files, wal = {}, set(), {}
@@ -680,12 +826,18 @@ def read_database(path: str) -> Database:
         if m.group(2) == "sst":
             table_files.add(number)
         else:
-            wal[number] = read_log(read(name), number)
+            wal[number] = read_log(read(name), number, keys, WAL_FILE)
+            if keys is not None and wal[number].version != 3:
+                raise FormatError(f"WAL segment {number} of log format "
+                                  f"{wal[number].version} in an encrypted database")
     for number, meta in manifest.tables.items():
         data = read(f"{number:06d}.sst")
         if len(data) != meta.size:
             raise FormatError(f"table {number} has {len(data)} bytes, manifest says {meta.size}")
-        t = read_table(data)
+        t = read_table(data, number, keys)
+        if (keys is not None) != (t.version == 3):
+            raise FormatError(f"table {number} of format {t.version} in a database of "
+                              f"format {options['format_version']}")
         e = t.entries
         got = (e[0][0], e[-1][0], min(x[1] for x in e), max(x[1] for x in e), len(e))
         if got != (meta.smallest, meta.largest, meta.smallest_seq, meta.largest_seq,

@@ -187,7 +187,7 @@ def test_reader_refuses_what_the_document_does_not_describe(tmp_path) -> None:
     with pytest.raises(fr.FormatError):
         fr.read_options(options.replace(b'"block_size": 1024', b'"block_size": 2048'))
     footer = bytearray(table[-64:])
-    footer[36:40] = (3).to_bytes(4, "little")
+    footer[36:40] = (4).to_bytes(4, "little")  # (3 is the encrypted table format)
     footer[52:56] = fr.crc32c(bytes(footer[:52])).to_bytes(4, "little")
     with pytest.raises(fr.NewerFormatError):
         fr.read_table(table[:-64] + bytes(footer))

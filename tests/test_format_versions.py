@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shaledb
+from shaledb.engine.logfile import ENCRYPTED_LOG_VERSION
 from shaledb.engine.optionsfile import DB_FORMAT_VERSION, decode_options
 from shaledb.engine.sstable import TableBuilder, TableReader
 from shaledb.engine.sstable import builder as builder_module
@@ -212,8 +213,12 @@ def test_a_newer_log_format_is_refused_as_incompatible(tmp_path, what) -> None:
         db.put(b"k", b"v")
     name = (path / "CURRENT").read_text().split("\n")[0]
     target = path / name if what == "manifest" else next(path.glob("*.log"))
-    _rewrite_log_version(target, 3)
-    with pytest.raises(IncompatibleFormatError, match="log format version 3"):
+    newer = ENCRYPTED_LOG_VERSION + 1  # (3 is the encrypted log format since format 4)
+    _rewrite_log_version(target, newer)
+    with pytest.raises(IncompatibleFormatError, match=f"log format version {newer}"):
+        shaledb.open(path, read_only=True)
+    _rewrite_log_version(target, ENCRYPTED_LOG_VERSION)  # claims "encrypted" in a plain db
+    with pytest.raises(CorruptionError):
         shaledb.open(path, read_only=True)
     _rewrite_log_version(target, 1)  # a header that no version writes
     with pytest.raises(CorruptionError, match="log format version 1"):

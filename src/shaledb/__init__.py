@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from .db import DB, open  # noqa: A004 - shaledb.open is the documented entry point
 from .engine.batch import WriteBatch
+from .engine.rekey import KeyChange, decrypt, encrypt, reencrypt, rotate_key
 from .engine.repair import RepairReport, repair
 from .engine.verify import VerifyReport, verify
 from .errors import (
     ClosedError,
     CorruptionError,
+    EncryptionError,
     IncompatibleFormatError,
     InvalidArgument,
     LockedError,
@@ -35,8 +37,10 @@ __all__ = [
     "MAX_VALUE_SIZE",
     "ClosedError",
     "CorruptionError",
+    "EncryptionError",
     "IncompatibleFormatError",
     "InvalidArgument",
+    "KeyChange",
     "LockedError",
     "Options",
     "ReadOnlyError",
@@ -49,7 +53,11 @@ __all__ = [
     "VerifyReport",
     "WriteBatch",
     "__version__",
+    "decrypt",
+    "encrypt",
     "open",
+    "reencrypt",
     "repair",
+    "rotate_key",
     "verify",
 ]

@@ -10,6 +10,10 @@ Subcommands::
     shaledb scan PATH [--start K] [--stop K] [--prefix P] [--limit N] [--reverse] [--hex]
     shaledb verify PATH [--json]
     shaledb repair PATH DEST [--json]
+    shaledb rotate-key PATH --key-file OLD --new-key-file NEW [--new-data-key]
+    shaledb reencrypt PATH --key-file K
+    shaledb encrypt PATH DEST --key-file K
+    shaledb decrypt PATH DEST --key-file K
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
                   [--aclfile FILE] [--[no-]protected-mode] [--tls-port P --tls-cert-file F
                   --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
@@ -17,6 +21,11 @@ Subcommands::
                   [--log-level L] [--slowlog-log-slower-than US] [--slowlog-max-len N]
                   [--scrub-interval SECONDS] [--scrub-rate BYTES]
     shaledb cli [--host H] [--port P] [--config FILE] [--user U] [--tls] [ARGS...]
+
+Every command that opens a database takes ``--encryption-key-file FILE`` (or the environment
+variable ``SHALEDB_ENCRYPTION_KEY_FILE``) for an encrypted one: a file of 32 raw bytes or 64
+hexadecimal characters that only its owner may read. Keys are never printed; messages name
+a key by its id.
 
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
 Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
@@ -107,8 +116,21 @@ def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
-def open_db(path: str, **options: Any) -> shaledb.DB:
-    """Open the database at ``path`` (errors surface as :class:`ShaleError`)."""
+#: Environment variable of the key file (every command that opens a database, and serve).
+KEY_FILE_ENV = "SHALEDB_ENCRYPTION_KEY_FILE"
+
+_key_file_option = click.option(
+    "--encryption-key-file", "key_file", envvar=KEY_FILE_ENV, default=None,
+    type=click.Path(dir_okay=False),
+    help="Key file of an encrypted database (32 raw bytes or 64 hex characters, mode 0600; "
+         f"also ${KEY_FILE_ENV}). A new database is created encrypted with it.")
+
+
+def open_db(path: str, key_file: str | None = None, **options: Any) -> shaledb.DB:
+    """Open the database at ``path``, encrypted with the key in ``key_file`` when given
+    (errors surface as :class:`ShaleError`)."""
+    if key_file is not None:
+        options["encryption_key_file"] = key_file
     return shaledb.open(path, **options)
 
 
@@ -289,7 +311,9 @@ def _count_ordered(items: Iterator[tuple[bytes, bytes]]) -> int:
 @click.option("--value-size", default=100, show_default=True,
               type=click.IntRange(min=0, max=shaledb.MAX_VALUE_SIZE), help="Bytes per value.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: random).")
-def demo(path: str, records: int, value_size: int, seed: int | None) -> None:
+@_key_file_option
+def demo(path: str, records: int, value_size: int, seed: int | None,
+         key_file: str | None) -> None:
     """Write, read back, scan and reopen a database at PATH, printing rates and stats.
 
     Writes RECORDS random 16-byte keys in batches of 1000 (sync=False), reads them all back
@@ -305,7 +329,7 @@ def demo(path: str, records: int, value_size: int, seed: int | None) -> None:
     results: list[PhaseResult] = []
 
     t0 = time.perf_counter()
-    db = open_db(path)
+    db = open_db(path, key_file)
     results.append(PhaseResult("open", 1, time.perf_counter() - t0))
     try:
         was_empty = next(iter(db), None) is None
@@ -337,7 +361,7 @@ def demo(path: str, records: int, value_size: int, seed: int | None) -> None:
         db.close()
         results.append(PhaseResult("close", 1, time.perf_counter() - t0))
         t0 = time.perf_counter()
-        db = open_db(path)
+        db = open_db(path, key_file)
         reopen = time.perf_counter() - t0
         recovered = db.stats().get("memtable_entries", "?")
         results.append(PhaseResult("reopen (recovery)", 1, reopen,
@@ -370,9 +394,10 @@ def demo(path: str, records: int, value_size: int, seed: int | None) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw stats as JSON.")
-def stats(path: str, as_json: bool) -> None:
+@_key_file_option
+def stats(path: str, as_json: bool, key_file: str | None) -> None:
     """Open the database at PATH read-only and print its engine statistics."""
-    with open_db(path, read_only=True, create_if_missing=False) as db:
+    with open_db(path, key_file, read_only=True, create_if_missing=False) as db:
         data = db.stats()
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -389,10 +414,11 @@ _hex_option = click.option("--hex", "as_hex", is_flag=True,
 @click.argument("path", type=click.Path(file_okay=False))
 @click.argument("key")
 @_hex_option
-def get(path: str, key: str, as_hex: bool) -> None:
+@_key_file_option
+def get(path: str, key: str, as_hex: bool, key_file: str | None) -> None:
     """Print the value of KEY; exit status 1 when it is missing (or expired)."""
     k = parse_bytes(key, as_hex, "KEY")
-    with open_db(path, read_only=True, create_if_missing=False) as db:
+    with open_db(path, key_file, read_only=True, create_if_missing=False) as db:
         value = db.get(k)
         ttl = db.ttl(k) if value is not None else None
     if value is None:
@@ -410,11 +436,14 @@ def get(path: str, key: str, as_hex: bool) -> None:
 @click.option("--sync/--no-sync", default=True, show_default=True,
               help="fsync the write-ahead log before returning.")
 @_hex_option
-def put(path: str, key: str, value: str, ttl: float | None, sync: bool, as_hex: bool) -> None:
-    """Set KEY to VALUE (creates the database when PATH holds none)."""
+@_key_file_option
+def put(path: str, key: str, value: str, ttl: float | None, sync: bool, as_hex: bool,
+        key_file: str | None) -> None:
+    """Set KEY to VALUE (creates the database when PATH holds none, encrypted with
+    --encryption-key-file when given)."""
     k = parse_bytes(key, as_hex, "KEY")
     v = parse_bytes(value, as_hex, "VALUE")
-    with open_db(path) as db:
+    with open_db(path, key_file) as db:
         db.put(k, v, sync=sync, ttl=ttl)
 
 
@@ -424,10 +453,11 @@ def put(path: str, key: str, value: str, ttl: float | None, sync: bool, as_hex: 
 @click.option("--sync/--no-sync", default=True, show_default=True,
               help="fsync the write-ahead log before returning.")
 @_hex_option
-def delete(path: str, key: str, sync: bool, as_hex: bool) -> None:
+@_key_file_option
+def delete(path: str, key: str, sync: bool, as_hex: bool, key_file: str | None) -> None:
     """Delete KEY (deleting a missing key is not an error)."""
     k = parse_bytes(key, as_hex, "KEY")
-    with open_db(path, create_if_missing=False) as db:
+    with open_db(path, key_file, create_if_missing=False) as db:
         db.delete(k, sync=sync)
 
 
@@ -442,8 +472,9 @@ def delete(path: str, key: str, sync: bool, as_hex: bool) -> None:
 @click.option("--width", default=60, show_default=True, type=click.IntRange(min=8),
               help="Cut values longer than this many characters.")
 @_hex_option
+@_key_file_option
 def scan(path: str, start: str | None, stop: str | None, prefix: str | None, limit: int,
-         reverse: bool, width: int, as_hex: bool) -> None:
+         reverse: bool, width: int, as_hex: bool, key_file: str | None) -> None:
     """List keys and values in key order: a range [--start, --stop) or a --prefix."""
     if prefix is not None and (start is not None or stop is not None):
         raise click.UsageError("--prefix cannot be combined with --start/--stop")
@@ -452,7 +483,7 @@ def scan(path: str, start: str | None, stop: str | None, prefix: str | None, lim
     table.add_column("key")
     table.add_column("value")
     rows = 0
-    with open_db(path, read_only=True, create_if_missing=False) as db:
+    with open_db(path, key_file, read_only=True, create_if_missing=False) as db:
         if prefix is not None:
             items = db.prefix(parse_bytes(prefix, as_hex, "--prefix"), reverse=reverse, limit=lim)
         else:
@@ -498,7 +529,8 @@ def _locked_hint(exc: ShaleError) -> NoReturn:
 @cli.command()
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-def verify(path: str, as_json: bool) -> None:
+@_key_file_option
+def verify(path: str, as_json: bool, key_file: str | None) -> None:
     """Check every file of the closed database at PATH: checksums of every block and record,
     the manifest's references (missing and unreferenced files), key order within tables and
     across the tables of a level, sequence numbers. Writes nothing.
@@ -511,7 +543,8 @@ def verify(path: str, as_json: bool) -> None:
 
     try:
         report = _run_with_progress("verify", as_json,
-                                    lambda progress: run_verify(path, progress=progress))
+                                    lambda progress: run_verify(
+                                        path, progress=progress, encryption_key_file=key_file))
     except LockedError as exc:
         _locked_hint(exc)
     if as_json:
@@ -546,21 +579,25 @@ def verify(path: str, as_json: bool) -> None:
 @click.argument("path", type=click.Path(file_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-def repair(path: str, dest: str, as_json: bool) -> None:
+@_key_file_option
+def repair(path: str, dest: str, as_json: bool, key_file: str | None) -> None:
     """Salvage every readable record of the database at PATH into a new database at DEST
     (which must not exist, or be empty). PATH is only read, never written.
 
     Uses the manifest's table list when the manifest reads, every table otherwise; every
     intact data block; every intact WAL record. The newest version of each key wins; deleted
-    and expired keys stay deleted. Exit status: 0 when nothing was lost, 2 when something
-    was (the report names the files, offsets, key ranges and counts), 1 on error.
+    and expired keys stay deleted. An encrypted database needs its key; DEST is encrypted
+    with the same key. Exit status: 0 when nothing was lost, 2 when something was (the
+    report names the files, offsets, key ranges and counts), 1 on error.
     """
     from shaledb.engine.repair import repair as run_repair
     from shaledb.errors import LockedError
 
     try:
         report = _run_with_progress("repair", as_json,
-                                    lambda progress: run_repair(path, dest, progress=progress))
+                                    lambda progress: run_repair(
+                                        path, dest, progress=progress,
+                                        encryption_key_file=key_file))
     except LockedError as exc:
         fail(f"{type(exc).__name__}: {exc}")
     if as_json:
@@ -592,6 +629,64 @@ def repair(path: str, dest: str, as_json: bool) -> None:
             console.print(Text(f"NOTICE  {note}", style="yellow"), soft_wrap=True)
     if not report.lossless:
         raise SystemExit(EXIT_DAMAGE)
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+_old_key_option = click.option("--key-file", "key_file", required=True,
+                               type=click.Path(dir_okay=False),
+                               help="The database's key file (mode 0600).")
+
+
+@cli.command("rotate-key")
+@click.argument("path", type=click.Path(file_okay=False))
+@_old_key_option
+@click.option("--new-key-file", required=True, type=click.Path(dir_okay=False),
+              help="The new key file (mode 0600; make one with `openssl rand -hex 32`).")
+@click.option("--new-data-key", is_flag=True,
+              help="Also start a fresh data key for the files written from now on "
+                   "(`shaledb reencrypt` rewrites the older files with it).")
+def rotate_key(path: str, key_file: str, new_key_file: str, new_data_key: bool) -> None:
+    """Re-wrap the data keys of the closed, encrypted database at PATH under a new master
+    key. Only KEYRING is rewritten (atomically); afterwards only the new key opens PATH."""
+    change = shaledb.rotate_key(path, old_key_file=key_file, new_key_file=new_key_file,
+                                new_data_key=new_data_key)
+    console.print(f"{Text(change.path)}: key {change.old_key_id} -> {change.new_key_id}; "
+                  f"data keys {list(change.data_keys)}, active {change.active_data_key}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@_old_key_option
+def reencrypt(path: str, key_file: str) -> None:
+    """Rewrite every file of the closed, encrypted database at PATH with a fresh data key
+    (a full compaction), then drop the data keys no file uses from KEYRING."""
+    change = shaledb.reencrypt(path, key_file=key_file)
+    console.print(f"{Text(change.path)}: every file under data key {change.active_data_key}; "
+                  f"KEYRING holds data keys {list(change.data_keys)}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--key-file", "key_file", required=True, type=click.Path(dir_okay=False),
+              help="Key file of the new, encrypted database (mode 0600).")
+def encrypt(path: str, dest: str, key_file: str) -> None:
+    """Copy the plain database at PATH into a new encrypted database at DEST (every live
+    key, with its expiry). PATH is only read; DEST must not exist or be empty."""
+    n = shaledb.encrypt(path, dest, key_file=key_file)
+    console.print(f"{n:,} keys copied into the encrypted database {Text(dest)}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@_old_key_option
+def decrypt(path: str, dest: str, key_file: str) -> None:
+    """Copy the encrypted database at PATH into a new plain database at DEST (every live
+    key, with its expiry). PATH is only read; DEST must not exist or be empty."""
+    n = shaledb.decrypt(path, dest, key_file=key_file)
+    console.print(f"{n:,} keys copied into the plain database {Text(dest)}")
 
 
 # -- serve ---------------------------------------------------------------------------------

@@ -141,6 +141,11 @@ class DB(Reader):
         """Whether the database was closed."""
         return self._engine.closed
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether the database is encrypted at rest (opened with its key)."""
+        return self._engine.encrypted
+
     def close(self) -> None:
         """Sync the WAL, stop background work and release the directory. Idempotent."""
         self._engine.close()
@@ -181,7 +186,10 @@ class BatchContext(WriteBatch):
 
 def open(path: str | os.PathLike[str], **options: Any) -> DB:  # noqa: A001
     """Open (creating if missing) the database at ``path``. Keyword arguments are
-    :class:`shaledb.Options` fields; unknown ones raise InvalidArgument."""
+    :class:`shaledb.Options` fields; unknown ones raise InvalidArgument.
+
+    ``encryption_key=<32 bytes>`` or ``encryption_key_file=PATH`` opens (or creates) an
+    encrypted database (docs/security.md); EncryptionError when the key does not fit it."""
     return DB(path, Options.from_kwargs(**options))
 
 

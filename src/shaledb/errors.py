@@ -26,6 +26,13 @@ class IncompatibleFormatError(ShaleError):
     """The database was written by a newer, unknown on-disk format version."""
 
 
+class EncryptionError(ShaleError):
+    """The encryption key does not fit the database: an encrypted database opened without a
+    key or with another one, a plain database opened with a key, or a key file that cannot
+    be used (wrong length, readable by others). Nothing was read or written; the message
+    says which key the database needs (by its key id, never the key)."""
+
+
 class LockedError(ShaleError):
     """The database directory is already open (in this or another process)."""
 
@@ -60,6 +67,7 @@ class TransactionConflict(ShaleError):
 __all__ = [
     "ClosedError",
     "CorruptionError",
+    "EncryptionError",
     "IncompatibleFormatError",
     "InvalidArgument",
     "LockedError",

@@ -30,6 +30,10 @@ MAX_VALUE_SIZE = 64 * MiB
 MAX_EXPIRE_AT_MS = 10**15
 
 COMPRESSIONS = ("none", "lz4", "zstd")
+#: Options never written to OPTIONS: callables, the file system, what only one open means,
+#: and everything about keys.
+NOT_PERSISTED = ("clock", "fs", "create_if_missing", "error_if_exists", "read_only",
+                 "encryption_key", "encryption_key_file", "rotate_data_key")
 WAL_RECOVERY_MODES = ("strict", "point_in_time")
 
 
@@ -97,6 +101,19 @@ class Options:
     clock: Callable[[], float] = time.time
     #: File-system layer; tests pass a fault-injecting one. ``None`` means the real one.
     fs: FileSystem | None = None
+    #: The 32-byte master key of an encrypted database (AES-256-GCM; docs/security.md). A new
+    #: database opened with a key is created encrypted; an encrypted one opens only with its
+    #: key, a plain one only without (EncryptionError otherwise). The engine takes what it
+    #: needs at open and keeps no copy (nor does this object's repr, nor OPTIONS).
+    encryption_key: bytes | bytearray | None = dataclasses.field(default=None, repr=False,
+                                                                  compare=False)
+    #: A file holding the master key: 32 raw bytes or 64 hexadecimal characters, readable
+    #: by its owner only (refused otherwise, as ssh refuses a loose private key).
+    encryption_key_file: str | None = None
+    #: At open, make a fresh data key the one new files are encrypted with (tables written by
+    #: flushes and compactions, WAL segments, manifests), so compaction re-encrypts the data
+    #: as it rewrites it (``compact_range()`` rewrites all of it). Needs the master key.
+    rotate_data_key: bool = False
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -149,6 +166,19 @@ class Options:
         if not callable(self.clock):
             raise InvalidArgument(
                 "option clock must be a callable returning seconds since the epoch")
+        if self.encryption_key is not None and self.encryption_key_file is not None:
+            raise InvalidArgument("give encryption_key or encryption_key_file, not both")
+        if self.encryption_key is not None and not isinstance(self.encryption_key,
+                                                              (bytes, bytearray)):
+            raise TypeError("option encryption_key must be bytes (32 of them), not "
+                            f"{type(self.encryption_key).__name__}")
+        if self.encryption_key_file is not None and (
+                not isinstance(self.encryption_key_file, str) or not self.encryption_key_file):
+            raise InvalidArgument("option encryption_key_file must be a path")
+        if self.rotate_data_key and (self.encryption_key is None
+                                     and self.encryption_key_file is None):
+            raise InvalidArgument("option rotate_data_key needs the master key "
+                                  "(encryption_key or encryption_key_file)")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Options:
@@ -167,5 +197,12 @@ class Options:
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("clock", "fs", "create_if_missing", "error_if_exists", "read_only")
+            if f.name not in NOT_PERSISTED
         }
+
+    def without_key(self) -> Options:
+        """These options without the key bytes (what an open engine keeps: a key file's
+        path stays, key bytes do not; see ``DB.encrypted``)."""
+        if self.encryption_key is None:
+            return self
+        return dataclasses.replace(self, encryption_key=None, rotate_data_key=False)

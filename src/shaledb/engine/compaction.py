@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..options import Options
+from .crypto import Keyring
 from .dbformat import DELETE, PUT, Entry
 from .filenames import table_name
 from .iterator import merge
@@ -199,13 +200,15 @@ def _limiter(dirpath: str, rate: int | None) -> RateLimiter | None:
         return lim
 
 
-def merge_writer(job: MergeJob, fs: FileSystem, new_number: Callable[[], int]) -> TableWriter:
-    """The table writer for ``job``'s outputs."""
+def merge_writer(job: MergeJob, fs: FileSystem, new_number: Callable[[], int],
+                 keyring: Keyring | None = None) -> TableWriter:
+    """The table writer for ``job``'s outputs (encrypted with ``keyring``'s active data key
+    when the database is encrypted)."""
     return TableWriter(fs, lambda n: table_name(job.dirpath, n), new_number,
                        block_size=job.block_size, compression=job.compression,
                        target_size=job.target_file_size,
                        max_outputs=None if job.numbers is None else len(job.numbers),
-                       rate_limiter=_limiter(job.dirpath, job.write_rate))
+                       rate_limiter=_limiter(job.dirpath, job.write_rate), keyring=keyring)
 
 
 def run_merge(job: MergeJob, open_table: Callable[[int], TableReader], writer: TableWriter,

@@ -11,9 +11,11 @@ changes mid-job, so a SIGKILLed database leaves nothing behind that blocks a reo
 
 Messages on the worker's stdin and stdout are ``length (4 bytes LE) + pickle``. Both ends are
 this package, so pickle is safe here; nothing from a data file is ever unpickled. A job is
-``(MergeJob, fs.worker_state())``: the worker rebuilds the engine's file system from the
-state (:func:`~shaledb.engine.vfs.worker_fs`; the plain POSIX one for None), so a test's
-fault injector governs the worker's I/O too.
+``(MergeJob, fs.worker_state(), keys)``: the worker rebuilds the engine's file system from
+the state (:func:`~shaledb.engine.vfs.worker_fs`; the plain POSIX one for None), so a test's
+fault injector governs the worker's I/O too. ``keys`` are the data keys of an encrypted
+database (None for a plain one): they travel only over this pipe, never on the worker's
+command line or in its environment, and the worker zeroes its copy after each job.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import IO, Any
 from ..errors import CorruptionError, StorageError
 from . import vfs
 from .compaction import CompactionAborted, MergeJob, merge_writer, run_merge
+from .crypto import Keyring
 from .filenames import table_name
 from .sstable import FileMeta, TableReader
 from .vfs import FileSystem, worker_fs
@@ -120,12 +123,14 @@ class CompactionWorker:
         self._proc = proc
         return proc
 
-    def run(self, job: MergeJob, closing: Callable[[], bool], fs: FileSystem) -> MergeResult:
+    def run(self, job: MergeJob, closing: Callable[[], bool], fs: FileSystem,
+            keyring: Keyring | None = None) -> MergeResult:
         """Run ``job`` in the worker on the file system ``fs.worker_state()`` describes (the
         engine's own: a test's fault injector applies its rules in the worker too); raises
         what the merge raised (CompactionAborted when ``closing()`` turned true, StorageError
         with op "worker" if the process died). ``fs.adopt_worker_report`` takes in what the
-        worker did before anything else happens, also when the job failed."""
+        worker did before anything else happens, also when the job failed. ``keyring``: the
+        database's data keys, sent with the job (encrypted databases)."""
         with self._lock:
             state = fs.worker_state()
             proc = self._proc
@@ -137,7 +142,7 @@ class CompactionWorker:
                                        exc.errno, "worker") from exc
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                _send(proc.stdin, (job, state))
+                _send(proc.stdin, (job, state, None if keyring is None else keyring.export()))
                 aborted = False
                 while not select.select([proc.stdout], [], [], 0.05)[0]:
                     if not aborted and closing():
@@ -193,8 +198,8 @@ class CompactionWorker:
                 proc.stdout.close()
 
 
-def _run_job(job: MergeJob, fs: FileSystem, stdin: IO[bytes], parent_pid: int
-             ) -> tuple[str, Any]:
+def _run_job(job: MergeJob, fs: FileSystem, stdin: IO[bytes], parent_pid: int,
+             keyring: Keyring | None = None) -> tuple[str, Any]:
     """Run one merge in the worker; returns the reply for the parent."""
     readers: dict[int, TableReader] = {}
     metas = {int(m[0]): FileMeta.from_list(list(m)) for m in job.inputs}
@@ -202,7 +207,7 @@ def _run_job(job: MergeJob, fs: FileSystem, stdin: IO[bytes], parent_pid: int
     def open_table(n: int) -> TableReader:
         r = readers.get(n)
         if r is None:
-            r = readers[n] = TableReader(fs, table_name(job.dirpath, n), n, None)
+            r = readers[n] = TableReader(fs, table_name(job.dirpath, n), n, None, keyring)
             if n in metas:
                 r.check_identity(metas[n])
         return r
@@ -218,7 +223,7 @@ def _run_job(job: MergeJob, fs: FileSystem, stdin: IO[bytes], parent_pid: int
         return False
 
     numbers = iter(job.numbers or ())
-    writer = merge_writer(job, fs, lambda: next(numbers))
+    writer = merge_writer(job, fs, lambda: next(numbers), keyring)
     try:
         run_merge(job, open_table, writer, should_stop)
         return "ok", ([m.to_list() for m in writer.outputs], writer.created,
@@ -276,7 +281,9 @@ def _serve(parent_pid: int) -> None:
             return
         if not isinstance(message, tuple):
             continue  # a late "abort" for a job that already finished
-        job, state = message
+        job, state, keys = message
+        keyring = None if keys is None else Keyring.imported(keys)
+        del keys, message
         try:
             fs = worker_fs(state)
         except Exception as exc:  # noqa: BLE001 - reported to the parent
@@ -284,7 +291,10 @@ def _serve(parent_pid: int) -> None:
                 "error", ("StorageError", f"compaction worker: no file system: {exc!r}", None,
                           "worker"))
         else:
-            reply = _run_job(job, fs, stdin, parent_pid)
+            reply = _run_job(job, fs, stdin, parent_pid, keyring)
+        finally:
+            if keyring is not None:
+                keyring.close()
         try:
             _send(stdout, reply)
         except OSError:

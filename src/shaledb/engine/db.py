@@ -35,6 +35,7 @@ from typing import Any
 from ..errors import (
     ClosedError,
     CorruptionError,
+    EncryptionError,
     InvalidArgument,
     ReadOnlyError,
     ShaleError,
@@ -57,9 +58,19 @@ from .compaction import (
     run_merge,
 )
 from .compaction_worker import CompactionWorker
+from .crypto import (
+    Keyring,
+    MasterKey,
+    keyring_info,
+    master_key,
+    new_keyring,
+    open_keyring,
+    rewrap_keyring,
+)
 from .dbformat import DELETE, PUT, Record, record_is_live
 from .filenames import (
     CURRENT,
+    KEYRING,
     LOCK,
     LOST_DIR,
     OPTIONS,
@@ -71,7 +82,7 @@ from .filenames import (
     table_name,
 )
 from .iterator import concat, memtable_source, merge, visible
-from .logfile import content_end
+from .logfile import content_end, lost_bytes
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .optionsfile import (
@@ -79,6 +90,7 @@ from .optionsfile import (
     decode_options,
     encode_options,
     expected_log_format,
+    is_encrypted,
     log_format_2_from,
 )
 from .sstable import FileMeta, TableReader
@@ -135,7 +147,8 @@ class Engine:
 
     def __init__(self, path: str, options: Options) -> None:
         self.path = vfs.absolute(path)
-        self.options = options
+        # The key bytes are not kept: the open below takes what it needs from them.
+        self.options = options.without_key()
         self.fs: FileSystem = options.fs or default_fs()
         self._clock = options.clock
         self._mutex = threading.Lock()
@@ -191,15 +204,22 @@ class Engine:
         #: What the last open's WAL recovery replayed and cut (see stats()["wal_recovery"]).
         self._cuts: list[dict[str, Any]] = []
         self._recovery: dict[str, Any] = {"segments": 0, "records": 0, "cut": self._cuts}
+        #: The data keys of an encrypted database (None: a plain one); zeroed at close.
+        self._keyring: Keyring | None = None
         try:
-            self._open()
+            master = master_key(options.encryption_key, options.encryption_key_file)
+            try:
+                self._open(master, options.rotate_data_key)
+            finally:
+                if master is not None:
+                    master.close()
         except BaseException:
             self._abandon_open()
             raise
 
     # ------------------------------------------------------------------------------------
     # Open and recovery
-    def _open(self) -> None:
+    def _open(self, master: MasterKey | None, rotate_data_key: bool) -> None:
         start = time.perf_counter()
         opts = self.options
         fs = self.fs
@@ -225,6 +245,7 @@ class Engine:
                 raise InvalidArgument(f"database {self.path!r} already exists "
                                       "(error_if_exists=True)")
             info = self._check_options_file()
+            self._use_keyring(self._load_keyring(info, master, rotate_data_key))
             since = log_format_2_from(info)
             assert since is not None
             self._log_since = since
@@ -243,6 +264,12 @@ class Engine:
                                       "open it with create_if_missing=True to create one")
             self._clear_interrupted_creation()
             self._log_since = 0
+            if master is not None:
+                # KEYRING before OPTIONS: a database whose OPTIONS say "encrypted" always has
+                # its keys (a creation cut short before CURRENT is cleared on the next open).
+                keyring, raw = new_keyring(master)
+                self._use_keyring(keyring)
+                fs.write_file_atomic(vfs.join(self.path, KEYRING), raw)
             self._write_options_file()
             self._versions.write_new_manifest()
         recovered = self._recover_wal()
@@ -255,7 +282,7 @@ class Engine:
             # retires every old segment at once. (The memtable stays: reads after a reopen
             # are as fast as before it.)
             wal_number = self._versions.new_file_number()
-            wal = WriteAheadLog(fs, self.path, wal_number)
+            wal = WriteAheadLog(fs, self.path, wal_number, self._keyring)
             try:
                 for payload in self._replayed:
                     wal.append(payload)
@@ -292,7 +319,8 @@ class Engine:
                 f"{self.path!r} holds database files ({shown}) but no CURRENT file; refusing "
                 f"to overwrite them. Salvage the data with `shaledb repair {self.path} DEST`")
         leftovers = [n for n in names if (parse(n) or ("", 0))[0] == "manifest"
-                     or n in (OPTIONS, CURRENT + ".tmp", OPTIONS + ".tmp")]
+                     or n in (OPTIONS, CURRENT + ".tmp", OPTIONS + ".tmp", KEYRING,
+                              KEYRING + ".tmp")]
         for name in leftovers:
             self.fs.remove(vfs.join(self.path, name))
         if leftovers:
@@ -330,6 +358,8 @@ class Engine:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer()
+        if self._keyring is not None:
+            self._keyring.close()
         self._release_locks()
 
     def _release_locks(self) -> None:
@@ -351,7 +381,49 @@ class Engine:
 
     def _write_options_file(self) -> None:
         self.fs.write_file_atomic(vfs.join(self.path, OPTIONS), encode_options(
-            f"shaledb {_pkg_version}", self.options.persistent(), self._log_since))
+            f"shaledb {_pkg_version}", self.options.persistent(), self._log_since,
+            encrypted=self._keyring is not None))
+
+    def _use_keyring(self, keyring: Keyring | None) -> None:
+        self._keyring = keyring
+        self._versions.keyring = keyring
+
+    def _load_keyring(self, info: dict[str, Any], master: MasterKey | None,
+                      rotate_data_key: bool) -> Keyring | None:
+        """The data keys of an existing database, checked against the key given: an
+        encrypted database needs its key, a plain one takes none (EncryptionError)."""
+        path = vfs.join(self.path, KEYRING)
+        if not is_encrypted(info):
+            if master is not None:
+                raise EncryptionError(
+                    f"database {self.path!r} is not encrypted, but a key was given: open it "
+                    f"without one, or write an encrypted copy with `shaledb encrypt "
+                    f"{self.path} DEST --key-file KEY`")
+            return None
+        if not self.fs.exists(path):
+            raise CorruptionError(
+                f"database {self.path!r} is encrypted but its KEYRING file is missing: "
+                f"nothing in it can be decrypted without it; restore it from a backup of "
+                f"the database")
+        raw = self.fs.read_file(path)
+        if master is None:
+            info_k = keyring_info(raw, self.path)
+            raise EncryptionError(
+                f"database {self.path!r} is encrypted (key id {info_k['key_id']}): open it "
+                f"with its key (encryption_key_file=..., or --encryption-key-file)")
+        if rotate_data_key:
+            if self.options.read_only:
+                raise InvalidArgument("rotate_data_key needs a database opened for writing")
+            # A fresh data key for every file written from now on; the old ones stay (the
+            # files written with them still need them) until compaction has replaced them.
+            raw = rewrap_keyring(raw, master, master, self.path, new_data_key=True)
+            self.fs.write_file_atomic(path, raw)
+        return open_keyring(raw, master, self.path)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the database is encrypted."""
+        return self._keyring is not None
 
     def _recover_wal(self) -> list[FileMeta]:
         """Replay the live WAL segments into the memtable, in order, up to the first damage
@@ -372,7 +444,8 @@ class Engine:
         cut_at: int | None = None  # index in ``logs`` of the segment where replay stopped
         for idx, number in enumerate(logs):
             seg = scan_segment(self.fs, self.path, number,
-                               expected_log_format(self._log_since, number))
+                               expected_log_format(self._log_since, number, self.encrypted),
+                               self._keyring)
             problem: tuple[int, str, bool] | None = None  # offset, reason, synced
             if seg.scan.number is not None and seg.scan.number != number:
                 del seg.batches[:]
@@ -436,13 +509,15 @@ class Engine:
                 f"{len(seg.batches)} records before it in this segment (the rest is saved "
                 f"under lost/)")
         data = self.fs.read_file(seg.path)
-        end = content_end(data, expected_log_format(self._log_since, seg.number))
+        expect = expected_log_format(self._log_since, seg.number, self.encrypted)
+        end = content_end(data, expect)
         self._cuts.append({"file": name, "offset": offset, "bytes": max(0, end - offset),
                            "synced": synced, "reason": reason, "saved_to": None,
-                           "_data": data[offset:end]})
+                           "_data": lost_bytes(data, offset, end, seg.scan.version)})
         for number in later:
             whole = self.fs.read_file(log_name(self.path, number))
-            whole = whole[:content_end(whole, expected_log_format(self._log_since, number))]
+            whole = whole[:content_end(whole, expected_log_format(self._log_since, number,
+                                                                  self.encrypted))]
             self._cuts.append({"file": log_file(number), "offset": 0, "bytes": len(whole),
                                "synced": True, "reason": "follows a cut segment",
                                "saved_to": None, "_data": whole})
@@ -494,7 +569,8 @@ class Engine:
         mem.frozen = True
         writer = TableWriter(self.fs, lambda n: table_name(self.path, n),
                              self._new_output_number, block_size=self.options.block_size,
-                             compression=self.options.compression, target_size=None)
+                             compression=self.options.compression, target_size=None,
+                             keyring=self._keyring)
         try:
             outputs = writer.write(drop_obsolete(mem.iter_all(), smallest_snapshot,
                                                  self._now_ms(), False))
@@ -566,7 +642,8 @@ class Engine:
             return self._locked_fail(exc, what)
 
     def _open_table(self, number: int, meta: FileMeta | None) -> TableReader:
-        reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache)
+        reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache,
+                             self._keyring)
         if meta is not None:
             try:
                 reader.check_identity(meta)
@@ -761,7 +838,7 @@ class Engine:
         self._mutex.release()
         try:
             old.seal()  # the frozen memtable's log is complete and durable before a new one
-            new = WriteAheadLog(self.fs, self.path, number)
+            new = WriteAheadLog(self.fs, self.path, number, self._keyring)
             # The new segment's directory entry must be durable before its first fsync counts.
             self.fs.sync_dir(self.path)
         except BaseException as exc:  # noqa: BLE001 - recorded below, under the mutex
@@ -902,26 +979,57 @@ class Engine:
         weakref.finalize(gen, release)
         return gen
 
+    def _sources(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
+                 lo: bytes | None, hi: bytes | None, reverse: bool) -> list[Iterator[Any]]:
+        sources = [memtable_source(mem, lo, hi, reverse, seq)]
+        if imm is not None:
+            sources.append(memtable_source(imm, lo, hi, reverse, seq))
+        for f in v.levels[0]:
+            if f.overlaps(lo, hi):
+                sources.append(self._table(f).iter_range(lo, hi, reverse))
+        for lvl in range(1, len(v.levels)):
+            files = [f for f in v.levels[lvl] if f.overlaps(lo, hi)]
+            if not files:
+                continue
+            if reverse:
+                files.reverse()
+            sources.append(concat(files, lambda f: self._table(f).iter_range(lo, hi,
+                                                                             reverse)))
+        return sources
+
+    def live_records(self) -> Iterator[tuple[bytes, int, bytes]]:
+        """``(key, expire_at_ms, value)`` of every live key, in key order, at the moment of
+        the call (for copying a database: ``shaledb encrypt`` and ``decrypt``)."""
+        mem, imm, v, seq = self._pin(None)
+        release = _Once(self._unpin, v)
+        now_ms = self._now_ms()
+
+        def gen() -> Iterator[tuple[bytes, int, bytes]]:
+            try:
+                last = None
+                for key, negseq, kind, expire, value in merge(
+                        self._sources(mem, imm, v, seq, None, None, False), False):
+                    if key == last or -negseq > seq:
+                        continue
+                    last = key
+                    if self._closed:
+                        raise ClosedError(f"database {self.path!r} was closed during a copy")
+                    if kind == PUT and (expire == 0 or expire > now_ms):
+                        yield key, expire, value
+            finally:
+                release()
+
+        it = gen()
+        weakref.finalize(it, release)
+        return it
+
     def _iterate(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,
                  release: _Once) -> Iterator[tuple[bytes, bytes]]:
         try:
             if limit is not None and limit <= 0:
                 return
-            sources = [memtable_source(mem, lo, hi, reverse, seq)]
-            if imm is not None:
-                sources.append(memtable_source(imm, lo, hi, reverse, seq))
-            for f in v.levels[0]:
-                if f.overlaps(lo, hi):
-                    sources.append(self._table(f).iter_range(lo, hi, reverse))
-            for lvl in range(1, len(v.levels)):
-                files = [f for f in v.levels[lvl] if f.overlaps(lo, hi)]
-                if not files:
-                    continue
-                if reverse:
-                    files.reverse()
-                sources.append(concat(files, lambda f: self._table(f).iter_range(lo, hi,
-                                                                                 reverse)))
+            sources = self._sources(mem, imm, v, seq, lo, hi, reverse)
             it: Iterator[tuple[bytes, bytes]] = visible(merge(sources, reverse), seq, now_ms,
                                                         reverse)
             if limit is not None:
@@ -1091,10 +1199,11 @@ class Engine:
                 # the same numbers again.
                 self._install(VersionEdit())
                 job = dataclasses.replace(job, numbers=tuple(created))
-                outputs, _, written = self._worker.run(job, lambda: self._closing, self.fs)
+                outputs, _, written = self._worker.run(job, lambda: self._closing, self.fs,
+                                                       self._keyring)
                 self.counters["compactions_in_worker"] += 1
             else:
-                writer = merge_writer(job, self.fs, self._new_output_number)
+                writer = merge_writer(job, self.fs, self._new_output_number, self._keyring)
                 created = writer.created
                 metas = {f.number: f for _, f in c.all_inputs()}
                 run_merge(job, lambda n: self._table(metas[n]), writer,
@@ -1251,7 +1360,8 @@ class Engine:
         try:
             state = LiveState(levels=v.levels, manifest_number=number, manifest=manifest,
                               log_number=log_number, wal_number=wal_number, wal_size=wal_size)
-            return verify_live(self.fs, self.path, state, progress, rate=rate,
+            return verify_live(self.fs, self.path, state, progress, keyring=self._keyring,
+                               rate=rate,
                                should_stop=should_stop)
         finally:
             self._unpin(v)
@@ -1310,6 +1420,7 @@ class Engine:
                 "compaction_read_errors": self.counters["compaction_read_errors"],
                 "last_compaction_read_error": self._compaction_read_error,
                 "read_only": self.options.read_only or self._bg_error is not None,
+                "encrypted": self.encrypted,
                 "recovery_seconds": round(self.recovery_seconds, 6),
                 "wal_recovery": {**self._recovery, "cut": [
                     {k: v for k, v in c.items() if not k.startswith("_")}
@@ -1361,6 +1472,8 @@ class Engine:
             reader.close()
         if self._block_cache is not None:
             self._block_cache.drain()
+        if self._keyring is not None:
+            self._keyring.close()  # zero the data keys (docs/security.md: what this covers)
         self._release_locks()
         if first is not None:
             raise first

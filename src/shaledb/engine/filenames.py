@@ -9,6 +9,8 @@ from .vfs import join
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 OPTIONS = "OPTIONS"
+#: The wrapped data keys of an encrypted database (docs/format.md, "KEYRING").
+KEYRING = "KEYRING"
 #: Subdirectory where recovery keeps the bytes it cut from a damaged WAL or manifest tail.
 LOST_DIR = "lost"
 

@@ -31,6 +31,14 @@ later record vouches for lies in writes that were never confirmed durable: what 
 into the mapped file), whatever the torn bytes look like. The rules that decide what recovery
 keeps are in :mod:`shaledb.engine.wal` and the manifest.
 
+Log format 3 (encrypted databases, database format 4) is log format 2 with a 48-byte file
+header (a 16-byte salt and the id of the data key the file's key derives from; see
+:mod:`shaledb.engine.crypto`) and the payload of every full record sealed with AES-256-GCM
+(ciphertext + 16-byte tag) under the file's key, at the record's offset. The checksums cover
+the sealed bytes, so framing, torn tails and vouching work as in format 2 without the key; a
+record whose checksums pass but which fails authentication was changed on purpose (or moved)
+and is damage that nothing can excuse as a crash (vouched for).
+
 Log format 1 (no file header, 11-byte record headers without salt or ``synced``, CRC of type +
 length + payload) is still read, so that databases written before format 3 open.
 """
@@ -43,13 +51,26 @@ from collections.abc import Iterator
 
 import crc32c as _crc32c
 
-from ..errors import CorruptionError, IncompatibleFormatError, InvalidArgument
+from ..errors import CorruptionError, EncryptionError, IncompatibleFormatError, InvalidArgument
+from .crypto import (
+    MANIFEST_RECORD,
+    TAG_SIZE,
+    WAL_FILE,
+    WAL_RECORD,
+    FileCipher,
+    Keyring,
+    Unauthentic,
+)
 from .vfs import AppendFile, FileSystem
 
 FILE_MAGIC = b"SHALElog"
 LOG_VERSION = 2
+#: Log format of encrypted databases (database format 4).
+ENCRYPTED_LOG_VERSION = 3
 FILE_HEADER = struct.Struct("<8sIQ8sI")  # magic, version, number, salt, crc
 FILE_HEADER_SIZE = FILE_HEADER.size  # 32
+FILE_HEADER_V3 = struct.Struct("<8sIQ16sI4xI")  # magic, version, number, salt, key id, crc
+FILE_HEADER_SIZE_V3 = FILE_HEADER_V3.size  # 48
 
 MAGIC = b"\xdb\x5a"
 RECORD_FULL = 1
@@ -80,12 +101,32 @@ def encode_file_header(number: int, salt: bytes) -> bytes:
     return head + crc32c(head).to_bytes(4, "little")
 
 
+def encode_file_header_v3(number: int, salt: bytes, key_id: int) -> bytes:
+    """The 48-byte header of encrypted log file ``number`` (log format 3)."""
+    head = FILE_HEADER_V3.pack(FILE_MAGIC, ENCRYPTED_LOG_VERSION, number, salt, key_id, 0)[:44]
+    return head + crc32c(head).to_bytes(4, "little")
+
+
+def file_header_size(version: int | None) -> int:
+    """Size of the file header of a log of format ``version`` (0 for format 1)."""
+    return FILE_HEADER_SIZE_V3 if version == ENCRYPTED_LOG_VERSION else (
+        0 if version == 1 else FILE_HEADER_SIZE)
+
+
+def _record_kind(cipher: FileCipher) -> int:
+    return WAL_RECORD if cipher.file_kind == WAL_FILE else MANIFEST_RECORD
+
+
+def _too_large(n: int) -> InvalidArgument:
+    return InvalidArgument(f"a write group of {n} bytes is larger than a log record can hold "
+                           f"({MAX_RECORD} bytes): write smaller batches")
+
+
 def encode_record_v2(payload: bytes, salt: bytes, synced: int,
                      rtype: int = RECORD_FULL) -> bytes:
     """Frame ``payload`` as one format-2 record of a log whose salt is ``salt``."""
     if len(payload) > MAX_RECORD:
-        raise InvalidArgument(f"a write group of {len(payload)} bytes is larger than a log "
-                              f"record can hold ({MAX_RECORD} bytes): write smaller batches")
+        raise _too_large(len(payload))
     head = _TYPE_LEN_SYNCED.pack(rtype, len(payload), synced)
     hcrc = crc32c(head, crc32c(salt))
     return b"".join((MAGIC, head, hcrc.to_bytes(4, "little"),
@@ -100,16 +141,34 @@ def encode_record(payload: bytes) -> bytes:
 
 
 class LogWriter:
-    """Appends format-2 records to a new log file (writing its header first)."""
+    """Appends format-2 records to a new log file (writing its header first); with a
+    ``cipher``, format-3 records (encrypted payloads) after a format-3 header."""
 
-    def __init__(self, file: AppendFile, number: int, salt: bytes | None = None) -> None:
+    def __init__(self, file: AppendFile, number: int, salt: bytes | None = None,
+                 cipher: FileCipher | None = None) -> None:
         self.file = file
-        self.salt = new_salt() if salt is None else salt
+        self.cipher = cipher
         #: Bytes known durable (set by :meth:`sync`); records written later vouch for them.
         self.synced = 0
         #: What the last sync mark claimed (-1: none yet).
         self.marked = -1
-        file.append(encode_file_header(number, self.salt))
+        if cipher is None:
+            self.salt = new_salt() if salt is None else salt
+            file.append(encode_file_header(number, self.salt))
+        else:
+            self.salt = cipher.salt
+            self._kind = _record_kind(cipher)
+            file.append(encode_file_header_v3(number, cipher.salt, cipher.key_id))
+
+    def frame(self, payload: bytes, synced: int | None = None) -> bytes:
+        """``payload`` framed (and sealed, when encrypted) as the next record of this log,
+        which starts where the file ends now: append it before anything else is appended.
+        InvalidArgument when it is too large (nothing is sealed or written then)."""
+        if self.cipher is not None:
+            if len(payload) > MAX_RECORD - TAG_SIZE:
+                raise _too_large(len(payload) + TAG_SIZE)
+            payload = self.cipher.seal(payload, self.file.size, self._kind, RECORD_FULL)
+        return encode_record_v2(payload, self.salt, self.synced if synced is None else synced)
 
     @property
     def size(self) -> int:
@@ -119,8 +178,7 @@ class LogWriter:
     def add(self, payload: bytes, synced: int | None = None) -> None:
         """Append one record (one append call). ``synced`` is the durable size it vouches for
         (default: what the last :meth:`sync` made durable)."""
-        self.file.append(encode_record_v2(payload, self.salt,
-                                          self.synced if synced is None else synced))
+        self.file.append(self.frame(payload, synced))
 
     def seal(self) -> None:
         """Make everything durable, then append a seal saying so (the log is complete: a
@@ -245,9 +303,23 @@ def _reason(data: bytes, pos: int, header: struct.Struct) -> str:
     return "checksum mismatch"
 
 
+def _header_version(data: bytes) -> int:
+    """The version field of a log file header (unchecked: the header CRC covers it)."""
+    return int.from_bytes(data[8:12], "little") if len(data) >= 12 else 0
+
+
+def _file_cipher(keyring: Keyring | None, file_kind: int, number: int, key_id: int,
+                 salt: bytes, path: str) -> FileCipher:
+    if keyring is None:
+        raise EncryptionError(f"log {path!r} is encrypted: open the database with its key "
+                              "(encryption_key_file / --encryption-key-file)")
+    return keyring.reader(file_kind, number, key_id, salt)
+
+
 def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False,
-             expect: int | None = None) -> LogScan:
-    """Read a whole log file (format 1 or 2), stopping the good records at the first damage
+             expect: int | None = None, keyring: Keyring | None = None,
+             file_kind: int = WAL_FILE) -> LogScan:
+    """Read a whole log file (format 1, 2 or 3), stopping the good records at the first damage
     and describing that damage (never raises for damage; see :class:`Damage`).
 
     ``legacy_resync``: in a format-1 log, a valid record found after the damage vouches for
@@ -256,20 +328,25 @@ def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False,
     for a WAL, where out-of-order write-back and bytes inside values fake that evidence.
 
     ``expect``: the log format the database says the file has (``log_format_2_from`` in
-    OPTIONS), None when unknown (then the first bytes decide). A file expected in format 2
-    that does not start with a valid header has a damaged header, never "log format 1"."""
+    OPTIONS, and 3 in an encrypted database), None when unknown (then the first bytes decide).
+    A file expected in format 2 or 3 that does not start with a valid header has a damaged
+    header, never "log format 1"; a valid header of the other of the two is damage too (a
+    plain log in an encrypted database, or the reverse).
+
+    Format 3 needs ``keyring`` (EncryptionError without it) and ``file_kind`` (whose key):
+    the records it returns are decrypted."""
     if expect == 1:
         return _scan_v1(data, legacy_resync)
     if data[:len(FILE_MAGIC)] == FILE_MAGIC:
-        return _scan_v2(data, path)
-    if expect == LOG_VERSION:
+        return _scan_v2(data, path, expect, keyring, file_kind)
+    if expect in (LOG_VERSION, ENCRYPTED_LOG_VERSION):
         if _nonzero_end(data, 0) == 0:
-            return LogScan(LOG_VERSION, None)  # created, nothing ever written back
-        return _damaged_start(data)
+            return LogScan(expect, None)  # created, nothing ever written back
+        return _damaged_start(data, file_header_size(expect), expect)
     if data[:2] not in (MAGIC, b"", b"\0\0", b"\0") and data[:1] != b"\0":
         # Neither a format-2 header nor a format-1 record nor never-written space: the
         # start of the file is damaged (a flipped bit in the magic, say).
-        return _damaged_start(data)
+        return _damaged_start(data, FILE_HEADER_SIZE, LOG_VERSION)
     if len(data) >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0"):
         # A format-2 file whose header never reached the disk (zeros): empty, or a crash
         # right after creation.
@@ -282,21 +359,37 @@ def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False,
     return _scan_v1(data, legacy_resync)
 
 
-def _scan_v2(data: bytes, path: str) -> LogScan:
-    magic, version, number, salt, crc = FILE_HEADER.unpack_from(data, 0) if len(
-        data) >= FILE_HEADER_SIZE else (b"", 0, 0, b"", 0)
-    scan = LogScan(LOG_VERSION, None)
-    if len(data) < FILE_HEADER_SIZE or crc32c(data[:28]) != crc:
-        return _damaged_start(data)
-    if version > LOG_VERSION:
+def _scan_v2(data: bytes, path: str, expect: int | None = None,
+             keyring: Keyring | None = None, file_kind: int = WAL_FILE) -> LogScan:
+    version = _header_version(data)
+    encrypted = version == ENCRYPTED_LOG_VERSION
+    header = FILE_HEADER_V3 if encrypted else FILE_HEADER
+    hsize = header.size
+    if len(data) < hsize or crc32c(data[:hsize - 4]) != int.from_bytes(
+            data[hsize - 4:hsize], "little"):
+        return _damaged_start(data, file_header_size(expect or version), expect or LOG_VERSION)
+    if version > ENCRYPTED_LOG_VERSION:
         raise IncompatibleFormatError(
             f"log {path!r} has log format version {version}; this ShaleDB reads up to "
-            f"{LOG_VERSION}: upgrade ShaleDB")
-    if version != LOG_VERSION:
+            f"{ENCRYPTED_LOG_VERSION}: upgrade ShaleDB")
+    if version not in (LOG_VERSION, ENCRYPTED_LOG_VERSION):
         raise CorruptionError(f"log {path!r}: its file header says log format version "
-                              f"{version}, but only version 2 logs have a file header")
-    scan.number = number
-    pos = FILE_HEADER_SIZE
+                              f"{version}, but only versions 2 and 3 have a file header")
+    fields = header.unpack_from(data, 0)
+    number, salt = fields[2], fields[3]
+    scan = LogScan(version, number)
+    if expect in (LOG_VERSION, ENCRYPTED_LOG_VERSION) and version != expect:
+        scan.good_end = 0
+        scan.end = _nonzero_end(data, 0)
+        scan.damage = Damage(0, "an encrypted log in a plain database" if encrypted else
+                             "a plain log in an encrypted database", True, None)
+        return scan
+    cipher = None
+    kind = 0
+    if encrypted:
+        cipher = _file_cipher(keyring, file_kind, number, fields[4], salt, path)
+        kind = _record_kind(cipher)
+    pos = hsize
     n = len(data)
     records = scan.records
     offsets = scan.offsets
@@ -305,7 +398,19 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
         if end < 0:
             break
         if rtype == RECORD_FULL:
-            records.append(data[pos + HEADER_SIZE:end])
+            payload = data[pos + HEADER_SIZE:end]
+            if cipher is not None:
+                try:
+                    payload = cipher.open(payload, pos, kind, RECORD_FULL)
+                except Unauthentic:
+                    # Checksums right, authentication wrong: changed on purpose (or moved),
+                    # never what a crash leaves.
+                    scan.good_end = pos
+                    scan.end = _nonzero_end(data, pos)
+                    scan.damage = Damage(pos, "record fails authentication (changed after "
+                                         "it was written, or moved from elsewhere)", True, None)
+                    return scan
+            records.append(payload)
             offsets.append(pos)
         elif rtype == RECORD_SEAL:
             scan.sealed = True
@@ -337,14 +442,15 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
     return scan
 
 
-def _damaged_start(data: bytes) -> LogScan:
+def _damaged_start(data: bytes, header_size: int = FILE_HEADER_SIZE,
+                   version: int = LOG_VERSION) -> LogScan:
     """A log whose first bytes (the file header) are damaged (flipped, or zeroed). The header
     is the first thing written to a new log, in one copy, and fsynced before any record is
     written; a crash can leave it torn only when nothing follows it. So with anything after
     it, the damage hit durable bytes (a bit flip, a bad sector): vouched for."""
-    scan = LogScan(LOG_VERSION, None)
+    scan = LogScan(version, None)
     scan.end = _nonzero_end(data, 0)
-    after = _nonzero_end(data, FILE_HEADER_SIZE) > FILE_HEADER_SIZE
+    after = _nonzero_end(data, header_size) > header_size
     scan.damage = Damage(0, "damaged file header", after, None)
     return scan
 
@@ -380,7 +486,7 @@ class Salvage:
     record, including those after damage, and the damaged ranges between them."""
 
     __slots__ = ("version", "header_size", "records", "damaged", "zeros_from",
-                 "header_damaged", "number")
+                 "header_damaged", "number", "unauthentic")
 
     def __init__(self, version: int, header_size: int) -> None:
         self.version = version
@@ -396,6 +502,9 @@ class Salvage:
         self.header_damaged = False
         #: The file number the (intact) header names, None otherwise.
         self.number: int | None = None
+        #: Starts of damaged ranges whose checksums pass but whose authentication fails
+        #: (format 3: changed on purpose, moved, or sealed with another key).
+        self.unauthentic: set[int] = set()
 
     def vouched(self, start: int) -> bool:
         """Whether a valid record after ``start`` says the bytes at ``start`` were synced."""
@@ -405,45 +514,86 @@ class Salvage:
                    for off, rtype, synced, _ in self.records)
 
 
-def salvage_log(data: bytes, expect: int | None = None) -> Salvage:
+def salvage_log(data: bytes, expect: int | None = None, keyring: Keyring | None = None,
+                file_kind: int = WAL_FILE, number: int | None = None, *,
+                raw: bool = False) -> Salvage:
     """Read every valid record of a log file, resynchronizing after damage at the next valid
-    record (format 2: by the salted checksum, which bytes inside values cannot pass; format 1:
-    by magic and checksum, best effort)."""
+    record (formats 2 and 3: by the salted checksum, which bytes inside values cannot pass;
+    format 1: by magic and checksum, best effort).
+
+    Format 3: records are decrypted with ``keyring`` (EncryptionError without it) under the
+    key of file ``file_kind``/``number`` (the number in the header when it is intact, else
+    ``number``, the one in the file's name); a record that fails authentication is a damaged
+    range. With ``raw``, format-3 payloads are returned sealed (framing only, no key)."""
     n = len(data)
-    damaged_start = expect == LOG_VERSION or (
+    damaged_start = expect in (LOG_VERSION, ENCRYPTED_LOG_VERSION) or (
         data[:len(FILE_MAGIC)] != FILE_MAGIC and data[:1] not in (b"", b"\0")
         and data[:2] != MAGIC)
+    cipher: FileCipher | None = None
+    kind = 0
     if expect != 1 and (data[:len(FILE_MAGIC)] == FILE_MAGIC or damaged_start or (
             n >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0"))):
-        out = Salvage(LOG_VERSION, HEADER_SIZE)
+        version = _header_version(data)
+        if version != ENCRYPTED_LOG_VERSION and expect == ENCRYPTED_LOG_VERSION:
+            version = ENCRYPTED_LOG_VERSION  # a damaged version field: trust the database
+        encrypted = version == ENCRYPTED_LOG_VERSION
+        hsize = FILE_HEADER_SIZE_V3 if encrypted else FILE_HEADER_SIZE
+        out = Salvage(ENCRYPTED_LOG_VERSION if encrypted else LOG_VERSION, HEADER_SIZE)
         end = _nonzero_end(data, 0)
         if end == 0:
             out.zeros_from = 0
             return out
-        if n < FILE_HEADER_SIZE or crc32c(data[:28]) != int.from_bytes(data[28:32], "little"):
+        if n < hsize or crc32c(data[:hsize - 4]) != int.from_bytes(data[hsize - 4:hsize],
+                                                                      "little"):
             # The header is damaged; its salt may not be: records that pass their checksums
             # with it are genuine. The damage is durable when anything follows the header.
-            out.damaged.append((0, FILE_HEADER_SIZE))
-            out.header_damaged = _nonzero_end(data, FILE_HEADER_SIZE) > FILE_HEADER_SIZE
+            out.damaged.append((0, hsize))
+            out.header_damaged = _nonzero_end(data, hsize) > hsize
         else:
             out.number = int.from_bytes(data[12:20], "little")
-        salt = data[20:28]
+        salt = data[20:36] if encrypted else data[20:28]
+        if encrypted and not raw:
+            if keyring is None:
+                raise EncryptionError("an encrypted log: give the database's key "
+                                      "(--encryption-key-file) to read it")
+            file_number = out.number if out.number is not None else number
+            try:
+                if file_number is None:
+                    raise CorruptionError("the file number is unknown")
+                cipher = keyring.reader(file_kind, file_number,
+                                        int.from_bytes(data[36:40], "little"), salt)
+            except CorruptionError:
+                # No key for it (a damaged header, a file from elsewhere): nothing decrypts.
+                out.damaged = [(0, end)]
+                out.header_damaged = True
+                out.zeros_from = end if end < n else None
+                return out
+            kind = _record_kind(cipher)
 
         def at(pos: int) -> tuple[int, int, int | None]:
             return _record_at(data, pos, salt)
-        pos = FILE_HEADER_SIZE
+        pos = hsize
     else:
         out = Salvage(1, HEADER_SIZE_V1)
 
         def at(pos: int) -> tuple[int, int, int | None]:
             return _record_at_v1(data, pos), RECORD_FULL, None
         pos = 0
-    hsize = out.header_size
+    rsize = out.header_size
     end_data = _nonzero_end(data, pos)
     while pos < n:
         end, rtype, synced = at(pos)
         if end >= 0:
-            out.records.append((pos, rtype, synced, data[pos + hsize:end]))
+            payload = data[pos + rsize:end]
+            if cipher is not None and rtype == RECORD_FULL:
+                try:
+                    payload = cipher.open(payload, pos, kind, RECORD_FULL)
+                except Unauthentic:
+                    out.damaged.append((pos, end))
+                    out.unauthentic.add(pos)
+                    pos = end
+                    continue
+            out.records.append((pos, rtype, synced, payload))
             pos = end
             continue
         stop = _nonzero_end(data, pos)
@@ -462,11 +612,20 @@ def salvage_log(data: bytes, expect: int | None = None) -> Salvage:
     return out
 
 
+def lost_bytes(data: bytes, offset: int, end: int, version: int) -> bytes:
+    """What recovery keeps under ``lost/`` of a log it cuts at ``offset``: the bytes up to
+    ``end``, after the file's 48-byte header when it is encrypted (format 3), whose salt and
+    data key id the records need to be decrypted (docs/format.md, "lost/")."""
+    if version == ENCRYPTED_LOG_VERSION and offset >= FILE_HEADER_SIZE_V3 and end > offset:
+        return data[:FILE_HEADER_SIZE_V3] + data[offset:end]
+    return data[offset:end]
+
+
 def content_end(data: bytes, expect: int | None = None) -> int:
     """Where a log's content ends: past its last non-zero byte, or past its last valid record
     when that ends in zeros (a value's own zero bytes are content, not allocated space)."""
     end = _nonzero_end(data, 0)
-    sal = salvage_log(data, expect)
+    sal = salvage_log(data, expect, raw=True)
     if sal.records:
         off, _, _, payload = sal.records[-1]
         end = max(end, off + sal.header_size + len(payload))

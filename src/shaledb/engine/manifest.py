@@ -25,8 +25,9 @@ from typing import Any
 import msgpack
 
 from ..errors import CorruptionError, IncompatibleFormatError, StorageError
+from .crypto import MANIFEST_FILE, Keyring
 from .filenames import CURRENT, manifest_name
-from .logfile import LogWriter, crc32c, scan_log
+from .logfile import ENCRYPTED_LOG_VERSION, LOG_VERSION, LogWriter, crc32c, lost_bytes, scan_log
 from .sstable.format import FileMeta
 from .vfs import FileSystem, join
 
@@ -188,6 +189,9 @@ class VersionSet:
         #: The error that left the manifest in an unknown state (a half-written edit, a switch
         #: that may or may not have happened); no edit is appended after it.
         self._failed: BaseException | None = None
+        #: The data keys of an encrypted database (set by the engine before anything is read
+        #: or written): manifests are then of log format 3, their edits encrypted.
+        self.keyring: Keyring | None = None
 
     def new_file_number(self) -> int:
         """Allocate a file number (caller holds the mutex, or is alone: open)."""
@@ -210,8 +214,10 @@ class VersionSet:
             raise CorruptionError(f"CURRENT names {name}, which does not exist")
         data = self.fs.read_file(path)
         number = int(name.split("-", 1)[1])
+        encrypted = ENCRYPTED_LOG_VERSION if self.keyring is not None else LOG_VERSION
         scan = scan_log(data, path, legacy_resync=True,
-                        expect=2 if number >= log_format_2_from else 1)
+                        expect=encrypted if number >= log_format_2_from else 1,
+                        keyring=self.keyring, file_kind=MANIFEST_FILE)
         if scan.version >= 2 and not checksummed:
             raise CorruptionError(f"CURRENT lacks its checksum line, but names a manifest of "
                                   f"database format 3: CURRENT is damaged; salvage the data "
@@ -228,7 +234,8 @@ class VersionSet:
                     f"({damage.reason}); restore the database from a backup, or salvage it "
                     f"with `shaledb repair {self.dirpath} DEST`")
             # A last edit torn by a crash: it was never fsynced, so nothing acted on it.
-            self.cut = (name, damage.offset, data[damage.offset:scan.end])
+            self.cut = (name, damage.offset, lost_bytes(data, damage.offset, scan.end,
+                                                        scan.version))
         version = Version([[] for _ in range(self.num_levels)])
         seen_snapshot = False
         for payload in scan.records:
@@ -277,7 +284,8 @@ class VersionSet:
         path = manifest_name(self.dirpath, number)
         file = self.fs.create(path, exclusive=True)
         try:
-            writer = LogWriter(file, number)
+            writer = LogWriter(file, number, cipher=None if self.keyring is None
+                               else self.keyring.writer(MANIFEST_FILE, number))
             writer.add(snapshot.encode())
             writer.sync()
             # The manifest's directory entry must be durable before CURRENT names it.

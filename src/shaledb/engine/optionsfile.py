@@ -3,8 +3,12 @@ the database was opened with then (JSON), followed by a checksum line since data
 
 Database format versions (docs/format.md): 1 and 2 differ in their tables (a table carries its
 own version in its footer); 3 adds the log file header, salted records with a sync watermark,
-sync marks and seals (WAL and MANIFEST), the checksums of CURRENT and OPTIONS, and ``lost/``.
-A ShaleDB refuses a database whose version is newer than :data:`DB_FORMAT_VERSION`.
+sync marks and seals (WAL and MANIFEST), the checksums of CURRENT and OPTIONS, and ``lost/``;
+4 is format 3 encrypted (``KEYRING``, log format 3, table format 3, an ``encryption`` object
+here). A plain database is written in format 3 (:data:`DB_FORMAT_VERSION`), an encrypted one
+in format 4 (:data:`ENCRYPTED_DB_FORMAT_VERSION`): a database is encrypted exactly when its
+OPTIONS say format 4, and a ShaleDB that knows only format 3 refuses it rather than misread it.
+A ShaleDB refuses a database whose version is newer than :data:`MAX_DB_FORMAT_VERSION`.
 
 Layout (format 3): the JSON object as ``json.dumps(info, indent=2, sort_keys=True)``, a
 newline, then the line ``crc32c XXXXXXXX`` (the CRC32C of every byte before that line, as 8
@@ -18,24 +22,39 @@ import json
 from typing import Any
 
 from ..errors import CorruptionError, IncompatibleFormatError
-from .logfile import LOG_VERSION, crc32c
-from .sstable import FORMAT_VERSION as TABLE_FORMAT_VERSION
+from .crypto import CIPHER
+from .filenames import KEYRING
+from .logfile import ENCRYPTED_LOG_VERSION, LOG_VERSION, crc32c
+from .sstable.format import ENCRYPTED_FORMAT_VERSION as ENCRYPTED_TABLE_FORMAT_VERSION
+from .sstable.format import FORMAT_VERSION as TABLE_FORMAT_VERSION
 
+#: The format a plain database is written in.
 DB_FORMAT_VERSION = 3
+#: The format an encrypted database is written in.
+ENCRYPTED_DB_FORMAT_VERSION = 4
+#: The newest format this ShaleDB reads.
+MAX_DB_FORMAT_VERSION = ENCRYPTED_DB_FORMAT_VERSION
 
 _CRC_PREFIX = b"crc32c "
 
 
-def encode_options(created_by: str, options: dict[str, Any], log_format_2_from: int) -> bytes:
+def encode_options(created_by: str, options: dict[str, Any], log_format_2_from: int,
+                   encrypted: bool = False) -> bytes:
     """The content of a new OPTIONS file. ``log_format_2_from``: the first file number that
     may be a log of format 2 (0 for a database created in format 3; the next file number when
     an older database is upgraded): every WAL segment and MANIFEST numbered from it has a
-    format-2 header, so one that does not start with a valid header is damaged."""
+    format-2 header, so one that does not start with a valid header is damaged. ``encrypted``:
+    database format 4 (every log of format 3, every table of format 3)."""
     info: dict[str, Any] = {"format_version": DB_FORMAT_VERSION,
                             "table_format_version": TABLE_FORMAT_VERSION,
                             "log_format_version": LOG_VERSION,
                             "log_format_2_from": log_format_2_from,
                             "created_by": created_by, "options": options}
+    if encrypted:
+        info.update({"format_version": ENCRYPTED_DB_FORMAT_VERSION,
+                     "table_format_version": ENCRYPTED_TABLE_FORMAT_VERSION,
+                     "log_format_version": ENCRYPTED_LOG_VERSION,
+                     "encryption": {"cipher": CIPHER, "keyring": KEYRING}})
     body = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     return body + b"%s%08x\n" % (_CRC_PREFIX, crc32c(body))
 
@@ -62,18 +81,18 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
         version = int(info["format_version"])
     except (ValueError, KeyError, TypeError) as exc:
         raise _damaged(dirpath, str(exc)) from exc
-    if version > DB_FORMAT_VERSION:
+    if version > MAX_DB_FORMAT_VERSION:
         raise IncompatibleFormatError(
             f"database {dirpath!r} was written with format version {version}; this ShaleDB "
-            f"supports up to {DB_FORMAT_VERSION}: upgrade ShaleDB")
+            f"supports up to {MAX_DB_FORMAT_VERSION}: upgrade ShaleDB")
     if version >= 3:
         if not checked:
             raise _damaged(dirpath, "its checksum line is missing")
         since = info.get("log_format_2_from")
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise _damaged(dirpath, "log_format_2_from is missing or not a file number")
-        for key, known in (("table_format_version", TABLE_FORMAT_VERSION),
-                           ("log_format_version", LOG_VERSION)):
+        for key, known in (("table_format_version", ENCRYPTED_TABLE_FORMAT_VERSION),
+                           ("log_format_version", ENCRYPTED_LOG_VERSION)):
             part = info.get(key)
             if not isinstance(part, int):
                 raise _damaged(dirpath, f"{key} is missing")
@@ -81,7 +100,18 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
                 raise IncompatibleFormatError(
                     f"database {dirpath!r} uses {key.replace('_', ' ')} {part}; this "
                     f"ShaleDB supports up to {known}: upgrade ShaleDB")
+    if version >= ENCRYPTED_DB_FORMAT_VERSION:
+        enc = info.get("encryption")
+        if not isinstance(enc, dict) or enc.get("cipher") != CIPHER:
+            raise _damaged(dirpath, f"format {version} without its encryption object")
+    elif "encryption" in info:
+        raise _damaged(dirpath, f"format {version} with an encryption object")
     return info
+
+
+def is_encrypted(info: dict[str, Any]) -> bool:
+    """Whether decoded OPTIONS describe an encrypted database (format 4)."""
+    return int(info.get("format_version", 0)) >= ENCRYPTED_DB_FORMAT_VERSION
 
 
 #: ``log_format_2_from`` of a database of format 1 or 2: none of its logs is of format 2.
@@ -99,12 +129,17 @@ def log_format_2_from(info: dict[str, Any] | None) -> int | None:
     return NO_FORMAT_2_LOGS if int(info.get("format_version", 0)) < 3 else None
 
 
-def expected_log_format(since: int | None, number: int) -> int | None:
-    """The log format of file ``number``, as far as OPTIONS tells (None: unknown)."""
+def expected_log_format(since: int | None, number: int, encrypted: bool = False
+                        ) -> int | None:
+    """The log format of file ``number``, as far as OPTIONS tells (None: unknown); in an
+    encrypted database every log is of format 3."""
     if since is None:
         return None
-    return LOG_VERSION if number >= since else 1
+    if number < since:
+        return 1
+    return ENCRYPTED_LOG_VERSION if encrypted else LOG_VERSION
 
 
-__all__ = ["DB_FORMAT_VERSION", "NO_FORMAT_2_LOGS", "decode_options", "encode_options",
-           "expected_log_format", "log_format_2_from"]
+__all__ = ["DB_FORMAT_VERSION", "ENCRYPTED_DB_FORMAT_VERSION", "MAX_DB_FORMAT_VERSION",
+           "NO_FORMAT_2_LOGS", "decode_options", "encode_options", "expected_log_format",
+           "is_encrypted", "log_format_2_from"]

@@ -22,6 +22,11 @@ What is read, and what is trusted:
   segments when the manifest is not used), resynchronizing at the next intact record after
   damage (reported with the sequence numbers lost).
 
+An encrypted database needs its key (as for an open); DEST is then encrypted with the same
+master key (fresh data keys). A block or record whose checksum passes but which fails
+authentication is lost like a damaged one (reported as such); a table whose header (salt and
+data key id) is damaged cannot be decrypted and is lost whole.
+
 Everything is merged by (key, sequence) with ``heapq.merge`` over sorted streams (tables
 block by block, the WAL sorted in memory: it is bounded by about two memtables), so the
 newest version of each key wins, and a key whose newest version is a deletion or has
@@ -46,19 +51,32 @@ import msgpack
 from ..errors import CorruptionError, InvalidArgument, ShaleError, StorageError
 from ..options import Options
 from .batch import WriteBatch, decode_batch
+from .crypto import (
+    DATA_BLOCK,
+    INDEX_BLOCK,
+    PROPERTIES_BLOCK,
+    TABLE_FILE,
+    WAL_FILE,
+    FileCipher,
+    Keyring,
+    Unauthentic,
+)
 from .db import Engine
 from .dbformat import PUT, Entry
 from .filenames import parse
 from .sstable.block import decode_data_block, decode_index_block
 from .sstable.format import (
+    ENCRYPTED_FORMAT_VERSION,
     FOOTER,
     FOOTER_SIZE,
     FORMAT_VERSION,
+    HEADER_SIZE,
     TRAILER_SIZE,
     FileMeta,
     Footer,
     crc32c,
     decode_block,
+    decode_header,
 )
 from .sstable.format import MAGIC as TABLE_MAGIC
 from .verify import (
@@ -68,6 +86,7 @@ from .verify import (
     check_database_dir,
     describe,
     key_text,
+    load_keyring,
     lock_for_reading,
     log_format_of,
     num_levels_of,
@@ -185,6 +204,7 @@ class _TablePlan:
     level: int | None
     entries: int | None  # the properties block's entry count, when readable
     bytes: int
+    cipher: FileCipher | None = None  # an encrypted table's
 
 
 class _Salvager:
@@ -193,6 +213,7 @@ class _Salvager:
         self.fs = fs
         self.src = src
         self.log_since: int | None = None  # log_format_2_from of OPTIONS (None: unknown)
+        self.keyring: Keyring | None = None  # the data keys of an encrypted source
         self.r = report
         self._progress = progress
         self._total = 0
@@ -241,11 +262,27 @@ class _Salvager:
                     footer = Footer.decode(raw, path, size)
                 except ShaleError:
                     footer = None
-        version = footer.format_version if footer is not None else FORMAT_VERSION
+        cipher: FileCipher | None = None
+        if self.keyring is not None or (footer is not None and
+                                         footer.format_version == ENCRYPTED_FORMAT_VERSION):
+            try:
+                if self.keyring is None:
+                    raise CorruptionError("an encrypted table in a plain database")
+                if footer is not None and footer.format_version != ENCRYPTED_FORMAT_VERSION:
+                    raise CorruptionError("a plain table in an encrypted database")
+                key_id, salt = decode_header(f.pread(HEADER_SIZE, 0), path, number)
+                cipher = self.keyring.reader(TABLE_FILE, number, key_id, salt)
+            except CorruptionError as exc:
+                self.lose(Loss(ProblemKind.MALFORMED, name, f"{exc}: its blocks cannot be "
+                               "decrypted, all of its entries are lost", keys=whole,
+                               entries=None if meta is None else meta.entries))
+                return None
+        version = footer.format_version if footer is not None else (
+            ENCRYPTED_FORMAT_VERSION if cipher is not None else FORMAT_VERSION)
         entries: int | None = None
         hints: list[tuple[int, int]] = []
         if footer is not None:
-            props = self._meta_block(f, *footer.props_handle)
+            props = self._meta_block(f, *footer.props_handle, cipher)
             if props is not None:
                 try:
                     p = msgpack.unpackb(props, raw=False)
@@ -254,7 +291,7 @@ class _Salvager:
                 except (ValueError, TypeError, msgpack.UnpackException):
                     pass
             data_end = footer.filter_handle[0]
-            index, damaged_index = self._index(f, *footer.index_handle)
+            index, damaged_index = self._index(f, *footer.index_handle, cipher)
             if index is not None and not damaged_index:
                 last_keys, offsets, sizes = index
                 if all(o + s + TRAILER_SIZE <= data_end for o, s in zip(offsets, sizes,
@@ -267,7 +304,7 @@ class _Salvager:
                         blocks.append(_Block(o, s, keys))
                         prev = last
                     return _TablePlan(number, name, path, version, blocks, level, entries,
-                                      data_end)
+                                      data_end, cipher)
             if index is not None:
                 hints = list(zip(index[1], index[2], strict=True))
             self.r.notices.append(f"{name}: the index block is damaged; data blocks were "
@@ -277,25 +314,32 @@ class _Salvager:
             self.r.notices.append(f"{name}: the footer is damaged; data blocks were found by "
                                   "their checksums instead")
         data = f.pread(data_end, 0)
-        blocks = self._scan_blocks(data, name, version, hints, footer is not None, whole)
+        blocks = self._scan_blocks(data, name, version, hints, footer is not None, whole,
+                                   cipher)
         self.advance(0)
-        return _TablePlan(number, name, path, version, blocks, level, entries, data_end)
+        return _TablePlan(number, name, path, version, blocks, level, entries, data_end,
+                          cipher)
 
-    def _meta_block(self, f: ReadFile, offset: int, size: int) -> bytes | None:
+    def _meta_block(self, f: ReadFile, offset: int, size: int,
+                    cipher: FileCipher | None = None) -> bytes | None:
         try:
-            return decode_block(f.pread(size + TRAILER_SIZE, offset), f.path, offset)
+            return decode_block(f.pread(size + TRAILER_SIZE, offset), f.path, offset, cipher,
+                                PROPERTIES_BLOCK)
         except ShaleError:
             return None
 
-    def _index(self, f: ReadFile, offset: int, size: int
+    def _index(self, f: ReadFile, offset: int, size: int, cipher: FileCipher | None = None
                ) -> tuple[tuple[list[bytes], list[int], list[int]] | None, bool]:
         """The decoded index and whether it is damaged (a damaged index that still decodes
-        is returned too: its handles serve as hints)."""
+        is returned too: its handles serve as hints; not in an encrypted table, whose
+        damaged index is ciphertext)."""
         raw = f.pread(size + TRAILER_SIZE, offset)
         damaged = False
         try:
-            payload = decode_block(raw, f.path, offset)
+            payload = decode_block(raw, f.path, offset, cipher, INDEX_BLOCK)
         except ShaleError:
+            if cipher is not None:
+                return None, True
             damaged = True
             payload = raw[:-TRAILER_SIZE]
         try:
@@ -309,16 +353,18 @@ class _Salvager:
         return index, damaged
 
     def _scan_blocks(self, data: bytes, name: str, version: int, hints: list[tuple[int, int]],
-                     data_only: bool, whole: KeyRange | None) -> list[_Block]:
+                     data_only: bool, whole: KeyRange | None,
+                     cipher: FileCipher | None = None) -> list[_Block]:
         """Find the data blocks of ``data`` (a table's data region, or the whole file before
-        its footer when ``data_only`` is False) block after block by their trailers."""
+        its footer when ``data_only`` is False) block after block by their trailers (after
+        the header of an encrypted table)."""
         view = memoryview(data)
         end = len(data)
         hint_size = dict(hints)
         hint_offsets = sorted(hint_size)
         found: list[tuple[int, int, bytes | None, bytes | None]] = []  # offset, size, keys
         lost: list[tuple[int, int]] = []
-        pos = 0
+        pos = 0 if cipher is None else HEADER_SIZE
         while pos < end:
             size = hint_size.get(pos)
             if size is None or not _trailer_ok(data, view, pos, size):
@@ -329,7 +375,7 @@ class _Salvager:
                 pos = nxt
                 continue
             first, last = _block_keys(view[pos:pos + size + TRAILER_SIZE].tobytes(), name,
-                                      version)
+                                      version, cipher, pos)
             found.append((pos, size, first, last))
             pos += size + TRAILER_SIZE
         data_found = [b for b in found if b[2] is not None]
@@ -392,16 +438,22 @@ class _Salvager:
                 self.advance(len(raw))
                 r.blocks_read += 1
                 try:
-                    block = decode_data_block(decode_block(raw, plan.path, b.offset), plan.path,
+                    block = decode_data_block(decode_block(raw, plan.path, b.offset,
+                                                           plan.cipher), plan.path,
                                               plan.version)
                     keys, seqs, kinds, expires, values = block.columns(0, block.n)
                     negseqs = list(map(neg, seqs))
                 except Exception as exc:  # noqa: BLE001 - any decoding failure loses the block
                     r.blocks_lost += 1
                     checksum = crc32c(memoryview(raw)[:-4]) != int.from_bytes(raw[-4:], "little")
-                    self.lose(Loss(ProblemKind.CHECKSUM if checksum else ProblemKind.MALFORMED,
-                                   plan.name, "data block " + ("fails its checksum" if checksum
-                                                               else f"does not decode ({exc})")
+                    unauthentic = isinstance(exc, Unauthentic)
+                    self.lose(Loss(ProblemKind.CHECKSUM if checksum else
+                                   ProblemKind.AUTHENTICATION if unauthentic else
+                                   ProblemKind.MALFORMED,
+                                   plan.name, "data block " + (
+                                       "fails its checksum" if checksum else
+                                       "fails authentication" if unauthentic
+                                       else f"does not decode ({exc})")
                                    + ": its entries are lost; older versions of its keys from "
                                    "other tables, if any, show through", offset=b.offset,
                                    length=b.size + TRAILER_SIZE, keys=b.keys))
@@ -447,7 +499,8 @@ class _Salvager:
             r.wal_segments += 1
             r.bytes_read += len(data)
             self.advance(len(data))
-            scan = scan_log(data, log_format_of(self.log_since, name))
+            scan = scan_log(data, log_format_of(self.log_since, name, self.keyring is not None),
+                            self.keyring, WAL_FILE, number)
             events: list[tuple[int, int, Any]] = sorted(
                 [(o, 1, p) for o, p in scan.records] + [(s, 0, e) for s, e in scan.gaps],
                 key=lambda x: x[0])
@@ -529,11 +582,19 @@ def _find_trailer(data: bytes, view: memoryview, start: int) -> int | None:
     return None
 
 
-def _block_keys(raw: bytes, name: str, version: int) -> tuple[bytes | None, bytes | None]:
-    """First and last key of a raw block when it is a data block, else (None, None)."""
-    for v in (version, 1) if version >= 2 else (version,):
+def _block_keys(raw: bytes, name: str, version: int, cipher: FileCipher | None = None,
+                offset: int = 0) -> tuple[bytes | None, bytes | None]:
+    """First and last key of a raw block (at ``offset``) when it is a data block, else
+    (None, None)."""
+    if cipher is not None:
         try:
-            block = decode_data_block(decode_block(raw, name, 0), name, v)
+            payload = decode_block(raw, name, offset, cipher, DATA_BLOCK)
+        except ShaleError:  # not a data block (or damaged): it does not authenticate as one
+            return None, None
+    for v in (version, 1) if version == 2 else (version,):
+        try:
+            block = decode_data_block(payload if cipher is not None
+                                      else decode_block(raw, name, 0), name, v)
             keys = block.columns(0, block.n)[0]
             if block.n > 0:
                 return keys[0], keys[-1]
@@ -577,12 +638,15 @@ def _check_dest(fs: FileSystem, src: str, dest: str) -> None:
 
 
 def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
-           fs: FileSystem | None = None, now: Callable[[], float] = time.time
-           ) -> RepairReport:
+           fs: FileSystem | None = None, now: Callable[[], float] = time.time,
+           encryption_key: bytes | bytearray | None = None,
+           encryption_key_file: str | None = None) -> RepairReport:
     """Salvage every readable record of the database at ``path`` into a new database at
     ``dest`` (which must not exist or be empty), never writing under ``path``. Returns what
     was read, written and lost (see the module docstring for what is trusted). ``now`` is
-    the clock expiry is judged by."""
+    the clock expiry is judged by. An encrypted database needs its key (``encryption_key``
+    or ``encryption_key_file``; EncryptionError without it or with another one); DEST is
+    encrypted with the same key."""
     fs = fs or default_fs()
     src = absolute(path)
     dest = absolute(dest)
@@ -591,14 +655,19 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
     start = time.perf_counter()
     report = RepairReport(src, dest)
     lock = lock_for_reading(fs, src)
+    keyring: Keyring | None = None
     try:
+        keyring, keyring_problem = load_keyring(fs, src, encryption_key, encryption_key_file)
+        if keyring_problem is not None:
+            raise CorruptionError(f"cannot repair {src!r}: {keyring_problem}")
         s = _Salvager(fs, src, report, progress)
+        s.keyring = keyring
         problems: list[Any] = []
         options = read_options(fs, src, problems.append)
         since = read_log_since(fs, src)
         s.log_since = since
         manifest = read_manifest(fs, src, num_levels_of(options), problems.append,
-                                 since=since)
+                                 since=since, keyring=keyring)
         names = fs.listdir(src)
         tables = sorted(n for kind, n in filter(None, map(parse, names)) if kind == "sst")
         logs = sorted(n for kind, n in filter(None, map(parse, names)) if kind == "log")
@@ -649,14 +718,21 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
             chain.from_iterable(s.table_entries(p, keep_open) for p in group)
             for group in plans]
         streams.append(iter(wal))
-        # The engine itself writes DEST (the engine layer never calls up into shaledb.DB).
-        db = Engine(dest, Options.from_kwargs(**_dest_options(options)))
+        # The engine itself writes DEST (the engine layer never calls up into shaledb.DB),
+        # encrypted with the source's master key when the source is encrypted.
+        dest_options = _dest_options(options)
+        if keyring is not None:
+            dest_options.update(encryption_key=encryption_key,
+                                encryption_key_file=encryption_key_file)
+        db = Engine(dest, Options.from_kwargs(**dest_options))
         try:
             _write_merged(db, heapq.merge(*streams), report, int(now() * 1000))
             db.flush()
         finally:
             db.close()
     finally:
+        if keyring is not None:
+            keyring.close()
         if lock is not None:
             lock.release()
     if progress is not None:

@@ -60,6 +60,7 @@ import msgpack
 
 from ..errors import (
     CorruptionError,
+    EncryptionError,
     IncompatibleFormatError,
     InvalidArgument,
     ShaleError,
@@ -67,20 +68,38 @@ from ..errors import (
 )
 from ..options import Options
 from .batch import decode_batch
-from .filenames import CURRENT, LOCK, OPTIONS, parse
+from .crypto import (
+    DATA_BLOCK,
+    FILTER_BLOCK,
+    INDEX_BLOCK,
+    MANIFEST_FILE,
+    PROPERTIES_BLOCK,
+    TABLE_FILE,
+    WAL_FILE,
+    FileCipher,
+    Keyring,
+    Unauthentic,
+    keyring_info,
+    master_key,
+    open_keyring,
+)
+from .filenames import CURRENT, KEYRING, LOCK, OPTIONS, parse
 from .logfile import MAGIC, salvage_log
 from .manifest import Version, VersionEdit, decode_current
-from .optionsfile import decode_options, expected_log_format, log_format_2_from
+from .optionsfile import decode_options, expected_log_format, is_encrypted, log_format_2_from
 from .sstable.block import decode_data_block, decode_index_block
 from .sstable.filter import KeyFilter
 from .sstable.format import (
+    ENCRYPTED_FORMAT_VERSION,
     FOOTER,
     FOOTER_SIZE,
+    HEADER_SIZE,
     TRAILER_SIZE,
     FileMeta,
     Footer,
     crc32c,
     decode_block,
+    decode_header,
 )
 from .sstable.format import MAGIC as TABLE_MAGIC
 from .vfs import FileSystem, Lock, ReadFile, default_fs, join
@@ -150,6 +169,10 @@ class ProblemKind(enum.StrEnum):
     TORN_TAIL = "torn_tail"  # the newest log ends in a record cut short by a crash (notice)
     LOST_FILE = "lost_file"  # a file in lost/ (notice)
     MISSING_OPTIONS = "missing_options"  # no OPTIONS file (notice)
+    #: checksums pass but authentication fails (encrypted databases): changed on purpose,
+    #: moved from another place or file, or sealed with another key
+    AUTHENTICATION = "authentication"
+    KEYRING = "keyring"  # KEYRING missing or damaged: nothing can be decrypted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,16 +440,20 @@ class LogScan:
     zeros_from: int | None
     #: Size of one record header (23 in log format 2, 11 in format 1).
     header_size: int
-    #: Log format (1 or 2), and the file number an intact format-2 header names.
+    #: Log format (1, 2 or 3), and the file number an intact format-2 or 3 header names.
     version: int = 2
     number: int | None = None
+    #: Starts of damaged ranges that pass their checksums but fail authentication.
+    unauthentic: frozenset[int] = frozenset()
 
 
-def scan_log(data: bytes, expect: int | None = None) -> LogScan:
+def scan_log(data: bytes, expect: int | None = None, keyring: Keyring | None = None,
+             file_kind: int = WAL_FILE, number: int | None = None) -> LogScan:
     """Read ``data`` (a whole WAL segment or manifest; ``expect``: its log format when the
     database says, see :func:`log_format_of`), resynchronizing after damage at the next
-    intact record. The only reader of log framing in this module (and repair's)."""
-    sal = salvage_log(data, expect)
+    intact record. The only reader of log framing in this module (and repair's). Encrypted
+    logs are decrypted with ``keyring`` (the key of file ``file_kind``, ``number``)."""
+    sal = salvage_log(data, expect, keyring, file_kind, number)
     records = [(off, payload) for off, rtype, _, payload in sal.records if rtype == 1]
     gaps: list[tuple[int, int]] = []
     tail = None
@@ -440,7 +467,7 @@ def scan_log(data: bytes, expect: int | None = None) -> LogScan:
         if sal.vouched(start):
             vouched.add(start)
     return LogScan(records, gaps, tail, vouched, sal.zeros_from, sal.header_size,
-                   sal.version, sal.number)
+                   sal.version, sal.number, frozenset(sal.unauthentic))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,10 +509,10 @@ def read_log_since(fs: FileSystem, path: str) -> int | None:
         return None
 
 
-def log_format_of(since: int | None, name: str) -> int | None:
+def log_format_of(since: int | None, name: str, encrypted: bool = False) -> int | None:
     """The log format of the WAL segment or manifest ``name`` (None: unknown)."""
     parsed = parse(name)
-    return None if parsed is None else expected_log_format(since, parsed[1])
+    return None if parsed is None else expected_log_format(since, parsed[1], encrypted)
 
 
 def _read_or_report(fs: FileSystem, path: str, name: str, report: Callable[[Problem], None],
@@ -504,7 +531,7 @@ def _read_or_report(fs: FileSystem, path: str, name: str, report: Callable[[Prob
 
 def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[Problem], None],
                   data: bytes | None = None, name: str | None = None,
-                  since: int | None = None) -> ManifestState:
+                  since: int | None = None, keyring: Keyring | None = None) -> ManifestState:
     """CURRENT -> MANIFEST -> the version it describes. Damage is reported, never raised;
     ``intact`` says whether every edit was read (only then is the table list authoritative)."""
     state = ManifestState()
@@ -529,14 +556,15 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
                                "repair` rebuilds it")
         if data is None:
             return state
-    scan = scan_log(data, log_format_of(since, name))
+    number = int(name.split("-", 1)[1])
+    scan = scan_log(data, log_format_of(since, name, keyring is not None), keyring,
+                    MANIFEST_FILE, number)
     if scan.version >= 2 and not checksummed:
         report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, CURRENT,
                        "CURRENT lacks its checksum line but names a manifest of database "
                        "format 3: it is damaged, and open refuses the database; `shaledb "
                        "repair` rebuilds it from the tables and logs", offset=0))
         return state
-    number = int(name.split("-", 1)[1])
     if scan.number is not None and scan.number != number:
         report(Problem(Severity.DAMAGE, ProblemKind.MALFORMED, name,
                        f"its header says it is MANIFEST-{scan.number:06d} (copied or renamed "
@@ -610,7 +638,10 @@ def read_manifest(fs: FileSystem, path: str, num_levels: int, report: Callable[[
 
 def _log_damage_kind(data: bytes, offset: int, scan: LogScan) -> ProblemKind:
     """CHECKSUM when a record header is there (magic, and a length that fits), else
-    MALFORMED (the header itself is damaged)."""
+    MALFORMED (the header itself is damaged); AUTHENTICATION when the checksums pass but the
+    record does not authenticate."""
+    if offset in scan.unauthentic:
+        return ProblemKind.AUTHENTICATION
     if data[offset:offset + 2] != MAGIC:
         return ProblemKind.MALFORMED
     end = offset + scan.header_size + int.from_bytes(data[offset + 3:offset + 7], "little")
@@ -699,8 +730,13 @@ class Checker:
     """Checks the files of one database directory; collects :class:`Problem` objects."""
 
     def __init__(self, fs: FileSystem, path: str, progress: ProgressFn | None = None, *,
-                 rate: ReadRate = None, should_stop: Callable[[], bool] | None = None) -> None:
+                 rate: ReadRate = None, should_stop: Callable[[], bool] | None = None,
+                 keyring: Keyring | None = None) -> None:
         self.fs = fs
+        #: The data keys of an encrypted database (None: plain, or the check cannot decrypt).
+        self.keyring = keyring
+        #: Why an encrypted database cannot be checked (KEYRING missing or damaged).
+        self.keyring_problem: str | None = None
         self.path = path
         self.problems: list[Problem] = []
         self.totals = Totals()
@@ -761,10 +797,13 @@ class Checker:
                          "existed; the next open removes the leftovers and creates it")
             return
         options = read_options(self.fs, self.path, self.report)
+        if self.keyring_problem is not None:
+            self._damage(ProblemKind.KEYRING, KEYRING, self.keyring_problem)
+            return
         num_levels = num_levels_of(options)
         self.log_since = read_log_since(self.fs, self.path)
         manifest = read_manifest(self.fs, self.path, num_levels, self.report,
-                                 since=self.log_since)
+                                 since=self.log_since, keyring=self.keyring)
         if manifest.name is not None:
             self.budget.charge(self._size(manifest.name))  # read already: paid afterwards
         tables: dict[int, str] = {}
@@ -849,7 +888,8 @@ class Checker:
         self.log_since = read_log_since(self.fs, self.path)
         name = f"MANIFEST-{state.manifest_number:06d}"
         manifest = read_manifest(self.fs, self.path, num_levels, self.report,
-                                 data=state.manifest, name=name, since=self.log_since)
+                                 data=state.manifest, name=name, since=self.log_since,
+                                 keyring=self.keyring)
         self.totals.files += 1
         self.totals.bytes += len(state.manifest)
         if manifest.levels is not None and manifest.intact:
@@ -991,7 +1031,9 @@ class Checker:
             self.totals.wal_segments += 1
             self.totals.bytes += len(data)
             self._progress.add(len(data))
-            scan = scan_log(data, expected_log_format(self.log_since, number))
+            scan = scan_log(data, expected_log_format(self.log_since, number,
+                                                      self.keyring is not None),
+                            self.keyring, WAL_FILE, number)
             if scan.number is not None and scan.number != number:
                 self._damage(ProblemKind.MALFORMED, name,
                              f"its header says it is segment {scan.number} (copied or renamed "
@@ -1137,6 +1179,8 @@ class _TableCheck:
         self.level = level
         self.last_seq = last_seq
         self.whole = None if meta is None else KeyRange(meta.smallest, meta.largest)
+        self.cipher: FileCipher | None = None
+        self.number = int(name.split(".", 1)[0])
 
     def damage(self, kind: ProblemKind, message: str, *, offset: int | None = None,
                length: int | None = None, keys: KeyRange | None = None,
@@ -1155,7 +1199,7 @@ class _TableCheck:
                          "footer is read at the end)" if size > meta.size else ""),
                         offset=min(size, meta.size), length=abs(size - meta.size), whole=True)
         footer = self.footer()
-        if footer is None:
+        if footer is None or not self.encryption(footer):
             self.c._progress.add(size)
             return
         props = self.properties(footer)
@@ -1213,7 +1257,41 @@ class _TableCheck:
                         length=FOOTER_SIZE, whole=True)
         return None
 
-    def read_block(self, offset: int, size: int, what: str) -> bytes | None:
+    def encryption(self, footer: Footer) -> bool:
+        """Set up the table's cipher (encrypted databases); False after reporting why the
+        table cannot be read (a plain table in an encrypted database or the reverse, a
+        damaged table header, a data key KEYRING does not hold)."""
+        keyring = self.c.keyring
+        encrypted = footer.format_version == ENCRYPTED_FORMAT_VERSION
+        unreadable = ("; the table cannot be read (every read of its keys fails): restore it "
+                      "from a backup, or run `shaledb repair`")
+        if keyring is None:
+            if encrypted:
+                self.damage(ProblemKind.MALFORMED, "an encrypted table in a plain database (a "
+                            "table from another database?)" + unreadable, whole=True)
+                return False
+            return True
+        if not encrypted:
+            self.damage(ProblemKind.MALFORMED, "a plain table in an encrypted database (from "
+                        "another database, or its footer was changed)" + unreadable,
+                        whole=True)
+            return False
+        try:
+            key_id, salt = decode_header(self.f.pread(HEADER_SIZE, 0), self.f.path,
+                                         self.number)
+            self.cipher = keyring.reader(TABLE_FILE, self.number, key_id, salt)
+        except CorruptionError as exc:
+            self.damage(ProblemKind.MALFORMED, f"{_strip_path(exc)}" + unreadable, offset=0,
+                        length=HEADER_SIZE, whole=True)
+            return False
+        except StorageError as exc:
+            self.damage(ProblemKind.IO_ERROR, f"cannot read the table header: {exc}",
+                        offset=0, whole=True)
+            return False
+        return True
+
+    def read_block(self, offset: int, size: int, what: str,
+                   kind: int = DATA_BLOCK) -> bytes | None:
         """The verified payload of the block at ``offset`` (None: reported)."""
         try:
             raw = self.f.pread(size + TRAILER_SIZE, offset)
@@ -1228,11 +1306,12 @@ class _TableCheck:
                         offset=offset, length=size + TRAILER_SIZE, whole=True)
             return None
         try:
-            return decode_block(raw, self.f.path, offset)
+            return decode_block(raw, self.f.path, offset, self.cipher, kind)
         except CorruptionError as exc:
-            kind = (ProblemKind.CHECKSUM if crc32c(memoryview(raw)[:-4])
-                    != int.from_bytes(raw[-4:], "little") else ProblemKind.MALFORMED)
-            self.damage(kind, f"{what} block: {_strip_path(exc)}" + consequence,
+            problem = (ProblemKind.AUTHENTICATION if isinstance(exc, Unauthentic) else
+                       ProblemKind.CHECKSUM if crc32c(memoryview(raw)[:-4])
+                       != int.from_bytes(raw[-4:], "little") else ProblemKind.MALFORMED)
+            self.damage(problem, f"{what} block: {_strip_path(exc)}" + consequence,
                         offset=offset, length=size + TRAILER_SIZE, whole=True)
         except ShaleError as exc:  # zstd missing
             self.damage(ProblemKind.INCOMPATIBLE, f"{what} block: {exc}", offset=offset,
@@ -1241,7 +1320,7 @@ class _TableCheck:
 
     def properties(self, footer: Footer) -> dict[str, Any] | None:
         off, size = footer.props_handle
-        payload = self.read_block(off, size, "properties")
+        payload = self.read_block(off, size, "properties", PROPERTIES_BLOCK)
         if payload is None:
             return None
         try:
@@ -1257,7 +1336,7 @@ class _TableCheck:
 
     def filter(self, footer: Footer) -> KeyFilter | None:
         off, size = footer.filter_handle
-        payload = self.read_block(off, size, "filter")
+        payload = self.read_block(off, size, "filter", FILTER_BLOCK)
         if payload is None:
             return None
         try:
@@ -1270,7 +1349,7 @@ class _TableCheck:
 
     def index(self, footer: Footer) -> tuple[list[bytes], list[int], list[int]] | None:
         off, size = footer.index_handle
-        payload = self.read_block(off, size, "index")
+        payload = self.read_block(off, size, "index", INDEX_BLOCK)
         if payload is None:
             return None
         try:
@@ -1290,8 +1369,9 @@ class _TableCheck:
             self.damage(ProblemKind.MALFORMED, "the index lists no data block", offset=off,
                         whole=True)
             return None
-        ends = list(accumulate(s + TRAILER_SIZE for s in sizes))
-        if offsets != [0, *ends[:-1]] or ends[-1] != data_end:
+        first = HEADER_SIZE if self.cipher is not None else 0
+        ends = list(accumulate((s + TRAILER_SIZE for s in sizes), initial=first))[1:]
+        if offsets != [first, *ends[:-1]] or ends[-1] != data_end:
             self.damage(ProblemKind.MALFORMED,
                         "the index does not describe the data region block after block (a "
                         "handle overlaps another or leaves a hole); blocks are checked by "
@@ -1363,11 +1443,16 @@ class _TableCheck:
                 prev_key = None
                 continue
             try:
-                block = decode_data_block(decode_block(raw, path, offset), path, version)
+                block = decode_data_block(decode_block(raw, path, offset, self.cipher),
+                                          path, version)
                 keys, seqs, kinds, _expires, _values = block.columns(0, block.n)
             except Exception as exc:  # noqa: BLE001 - any decoding failure is damage here
                 if crc32c(memoryview(raw)[:-4]) != int.from_bytes(raw[-4:], "little"):
                     kind, what = ProblemKind.CHECKSUM, "checksum mismatch"
+                elif isinstance(exc, Unauthentic):
+                    kind, what = ProblemKind.AUTHENTICATION, (
+                        "fails authentication (its checksum passes: changed on purpose, or "
+                        "moved from another place or table)")
                 else:
                     kind, what = ProblemKind.MALFORMED, f"does not decode ({_strip_path(exc)})"
                 self.damage(kind, f"data block {i}: {what}" + _block_lost(keys_range),
@@ -1527,9 +1612,49 @@ def check_database_dir(fs: FileSystem, path: str) -> None:
                               "log file)")
 
 
+def load_keyring(fs: FileSystem, path: str, encryption_key: bytes | bytearray | None,
+                 encryption_key_file: str | None) -> tuple[Keyring | None, str | None]:
+    """The data keys a tool (verify, repair) needs to read the database at ``path``, and why
+    none could be had from a damaged or missing KEYRING (reported, not raised). Raises
+    EncryptionError as an open does: an encrypted database without its key or with another
+    one, a plain database with a key. Decides by OPTIONS, or by KEYRING when OPTIONS cannot
+    be read."""
+    master = master_key(encryption_key, encryption_key_file)
+    try:
+        try:
+            info: dict[str, Any] | None = decode_options(fs.read_file(join(path, OPTIONS)),
+                                                         path)
+        except ShaleError:
+            info = None
+        has_keyring = fs.exists(join(path, KEYRING))
+        encrypted = is_encrypted(info) if info is not None else has_keyring
+        if not encrypted:
+            if master is not None:
+                raise EncryptionError(f"database {path!r} is not encrypted, but a key was "
+                                      "given: check it without one")
+            return None, None
+        if not has_keyring:
+            return None, ("the database is encrypted but KEYRING is missing: nothing in it "
+                          "can be decrypted or checked; restore KEYRING from a backup")
+        try:
+            raw = fs.read_file(join(path, KEYRING))
+            if master is None:
+                raise EncryptionError(
+                    f"database {path!r} is encrypted (key id {keyring_info(raw, path)['key_id']}"
+                    "): give its key (--encryption-key-file)")
+            return open_keyring(raw, master, path), None
+        except (CorruptionError, StorageError) as exc:
+            return None, f"{exc}; nothing else was checked"
+    finally:
+        if master is not None:
+            master.close()
+
+
 def verify(path: str, *, progress: ProgressFn | None = None,
            fs: FileSystem | None = None, rate: ReadRate = None,
-           should_stop: Callable[[], bool] | None = None) -> VerifyReport:
+           should_stop: Callable[[], bool] | None = None,
+           encryption_key: bytes | bytearray | None = None,
+           encryption_key_file: str | None = None) -> VerifyReport:
     """Check the closed database at ``path`` (see the module docstring for what is checked).
 
     Takes the directory lock (LockedError when a process has the database open: call
@@ -1537,7 +1662,8 @@ def verify(path: str, *, progress: ProgressFn | None = None,
     result, never raised. ``progress(done, total)`` is called as bytes are read. ``rate``
     limits the reads to that many bytes per second (see :class:`ReadBudget`);
     ``should_stop()`` is asked before every read, and a true answer ends the check with
-    :class:`VerifyStopped`."""
+    :class:`VerifyStopped`. An encrypted database needs its key (``encryption_key`` or
+    ``encryption_key_file``): without it, or with another one, EncryptionError says so."""
     from .vfs import absolute
 
     fs = fs or default_fs()
@@ -1545,18 +1671,29 @@ def verify(path: str, *, progress: ProgressFn | None = None,
     check_database_dir(fs, path)
     lock = lock_for_reading(fs, path)
     try:
-        return Checker(fs, path, progress, rate=rate, should_stop=should_stop).run_closed()
+        keyring, problem = load_keyring(fs, path, encryption_key, encryption_key_file)
+        try:
+            checker = Checker(fs, path, progress, rate=rate, should_stop=should_stop,
+                              keyring=keyring)
+            checker.keyring_problem = problem
+            return checker.run_closed()
+        finally:
+            if keyring is not None:
+                keyring.close()
     finally:
         if lock is not None:
             lock.release()
 
 
 def verify_live(fs: FileSystem, path: str, state: LiveState,
-                progress: ProgressFn | None = None, *, rate: ReadRate = None,
+                progress: ProgressFn | None = None, *, keyring: Keyring | None = None,
+                rate: ReadRate = None,
                 should_stop: Callable[[], bool] | None = None) -> VerifyReport:
     """Check an open database from what ``Engine.verify`` pinned (no engine lock is held);
-    ``rate`` and ``should_stop`` as for :func:`verify`."""
-    return Checker(fs, path, progress, rate=rate, should_stop=should_stop).run_live(state)
+    ``keyring``: the engine's data keys (encrypted databases); ``rate`` and ``should_stop``
+    as for :func:`verify`."""
+    return Checker(fs, path, progress, rate=rate, should_stop=should_stop,
+                   keyring=keyring).run_live(state)
 
 
 __all__ = [

@@ -18,6 +18,7 @@ import errno as errno_mod
 import fcntl
 import mmap
 import os
+import stat as stat_mod
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -592,6 +593,44 @@ def _flock(fd: int, path: str, database: str) -> None:
         raise _storage_error("lock", path, exc) from exc
 
 
+def read_secret_file(path: str, limit: int) -> bytearray:
+    """The content of a small secret file outside the database (an encryption key file), at
+    most ``limit`` bytes, into a bytearray the caller can zero. Like ssh with a private key,
+    it refuses a file that anyone but its owner may read or write (any group or other
+    permission bit), and anything but a regular file; symbolic links are followed (secret
+    mounts use them) and the file they lead to is judged. Raises ``PermissionError`` with
+    the mode, ``ValueError`` for a file that is not regular or too long, ``OSError``
+    otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise ValueError(f"{path!r} is not a regular file")
+        if st.st_mode & 0o077:
+            raise PermissionError(
+                f"key file {path!r} is accessible by group or others (mode "
+                f"{stat_mod.S_IMODE(st.st_mode):04o}); refusing it, as ssh refuses a loose "
+                f"private key: run `chmod 600 {path}`")
+        buf = bytearray(limit + 1)
+        n = 0
+        view = memoryview(buf)
+        while n <= limit:
+            got = os.readv(fd, [view[n:]])
+            if got == 0:
+                break
+            n += got
+        view.release()
+        if n > limit:
+            buf[:] = bytes(len(buf))
+            raise ValueError(f"{path!r} is longer than {limit} bytes: not a key file")
+        tail = buf[n:]
+        del buf[n:]
+        tail[:] = bytes(len(tail))
+        return buf
+    finally:
+        os.close(fd)
+
+
 def missing_dirs(path: str) -> list[str]:
     """The directories ``mkdirs(path)`` would create, outermost first (absolute paths)."""
     missing = []
@@ -643,6 +682,7 @@ __all__ = [
     "join",
     "missing_dirs",
     "parent",
+    "read_secret_file",
     "resolved",
     "worker_fs",
 ]

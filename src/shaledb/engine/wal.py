@@ -24,8 +24,9 @@ from typing import Any
 
 from ..errors import CorruptionError
 from .batch import decode_batch
+from .crypto import WAL_FILE, Keyring
 from .filenames import log_name
-from .logfile import LogScan, LogWriter, encode_record_v2, scan_log
+from .logfile import LogScan, LogWriter, scan_log
 from .vfs import FileSystem
 
 
@@ -33,15 +34,18 @@ class WriteAheadLog:
     """One open WAL segment. ``append`` is called only by the write-group leader; ``sync`` may
     come from the leader or the periodic syncer, so it is serialized by a small lock."""
 
-    def __init__(self, fs: FileSystem, dirpath: str, number: int) -> None:
+    def __init__(self, fs: FileSystem, dirpath: str, number: int,
+                 keyring: Keyring | None = None) -> None:
         self.number = number
         self.path = log_name(dirpath, number)
-        self._writer = LogWriter(fs.create_mapped(self.path), number)
+        # Encrypted: a new file key (fresh salt) for every segment, never reused.
+        self._writer = LogWriter(fs.create_mapped(self.path), number,
+                                 cipher=None if keyring is None else keyring.writer(WAL_FILE,
+                                                                                    number))
         # The header is durable before any record is written: a damaged header with records
         # after it is then damage to durable data, never something a crash left.
         self._writer.sync(mark=False)
         self._file = self._writer.file
-        self._salt = self._writer.salt
         self._sync_lock = threading.Lock()
         self.syncs = 0
 
@@ -60,9 +64,10 @@ class WriteAheadLog:
         return self.append_framed(self.frame(payload))
 
     def frame(self, payload: bytes) -> bytes:
-        """``payload`` framed as this segment's next record (InvalidArgument when too large;
-        nothing is written)."""
-        return encode_record_v2(payload, self._salt, self._writer.synced)
+        """``payload`` framed (and sealed, when encrypted, for the offset where the file ends
+        now) as this segment's next record (InvalidArgument when too large; nothing is
+        written). Only the write-group leader calls it, and appends the record right after."""
+        return self._writer.frame(payload)
 
     def append_framed(self, record: bytes) -> int:
         """Append a record :meth:`frame` made; returns its size in bytes."""
@@ -121,8 +126,10 @@ class SegmentScan:
 
 
 def scan_segment(fs: FileSystem, dirpath: str, number: int,
-                 expect: int | None = None) -> SegmentScan:
+                 expect: int | None = None, keyring: Keyring | None = None) -> SegmentScan:
     """Read every intact batch of segment ``number`` (damage is described, not raised);
-    ``expect``: its log format, when the database knows it."""
+    ``expect``: its log format, when the database knows it; ``keyring``: the database's
+    data keys, when it is encrypted."""
     path = log_name(dirpath, number)
-    return SegmentScan(path, number, scan_log(fs.read_file(path), path, expect=expect))
+    return SegmentScan(path, number, scan_log(fs.read_file(path), path, expect=expect,
+                                              keyring=keyring, file_kind=WAL_FILE))

@@ -7,11 +7,28 @@ from collections.abc import Iterable
 
 import msgpack
 
+from ..crypto import (
+    DATA_BLOCK,
+    FILTER_BLOCK,
+    INDEX_BLOCK,
+    PROPERTIES_BLOCK,
+    TABLE_FILE,
+    FileCipher,
+    Keyring,
+)
 from ..ratelimit import RateLimiter
 from ..vfs import FileSystem
 from .block import encode_columns, encode_data_block
 from .filter import build_filter
-from .format import FORMAT_VERSION, FileMeta, Footer, encode_block, require_codec
+from .format import (
+    ENCRYPTED_FORMAT_VERSION,
+    FORMAT_VERSION,
+    FileMeta,
+    Footer,
+    encode_block,
+    encode_header,
+    require_codec,
+)
 
 _WRITE_CHUNK = 1 << 20
 
@@ -22,15 +39,23 @@ class TableBuilder:
     """
 
     def __init__(self, fs: FileSystem, path: str, number: int, *, block_size: int,
-                 compression: str, rate_limiter: RateLimiter | None = None) -> None:
+                 compression: str, rate_limiter: RateLimiter | None = None,
+                 keyring: Keyring | None = None) -> None:
         self.path = path
         self._limiter = rate_limiter
         self.number = number
-        self._file = fs.create(path, exclusive=True)
         self._block_size = block_size
         self._code = require_codec(compression)
+        # Encrypted (format 3): a new file key (fresh salt) for this table; blocks are sealed
+        # at their offsets, after the header.
+        self._cipher: FileCipher | None = (None if keyring is None
+                                           else keyring.writer(TABLE_FILE, number))
+        self._version = FORMAT_VERSION if keyring is None else ENCRYPTED_FORMAT_VERSION
+        self._file = fs.create(path, exclusive=True)
         self._buf = bytearray()
         self._offset = 0
+        if self._cipher is not None:
+            self._buf += encode_header(number, self._cipher.salt, self._cipher.key_id)
         self._cols: tuple[list[bytes], list[int], list[int], list[int], list[bytes]] = (
             [], [], [], [], [])
         self._block_bytes = 0
@@ -99,9 +124,9 @@ class TableBuilder:
     def _position(self) -> int:
         return self._offset + len(self._buf)
 
-    def _add_block(self, payload: bytes, code: int) -> tuple[int, int]:
-        raw = encode_block(payload, code)
+    def _add_block(self, payload: bytes, code: int, kind: int = DATA_BLOCK) -> tuple[int, int]:
         offset = self._position()
+        raw = encode_block(payload, code, self._cipher, offset, kind)
         self._write(raw)
         return offset, len(raw) - 5
 
@@ -121,11 +146,12 @@ class TableBuilder:
         if self.entries == 0 or self._smallest is None or self._last_key is None:
             raise ValueError("cannot finish an empty table")
         self._flush_block()
-        filter_h = self._add_block(build_filter(self._user_keys), 0)
+        filter_h = self._add_block(build_filter(self._user_keys), 0, FILTER_BLOCK)
         index_h = self._add_block(
-            encode_columns([self._index_keys, self._index_offsets, self._index_sizes]), 0)
+            encode_columns([self._index_keys, self._index_offsets, self._index_sizes]), 0,
+            INDEX_BLOCK)
         props = {
-            "format_version": FORMAT_VERSION,
+            "format_version": self._version,
             "entries": self.entries,
             "deletions": self.deletions,
             "data_blocks": len(self._index_keys),
@@ -137,8 +163,8 @@ class TableBuilder:
             "raw_bytes": self.raw_bytes,
             "created_at": int(time.time()),
         }
-        props_h = self._add_block(msgpack.packb(props, use_bin_type=True), 0)
-        self._write(Footer(filter_h, index_h, props_h).encode())
+        props_h = self._add_block(msgpack.packb(props, use_bin_type=True), 0, PROPERTIES_BLOCK)
+        self._write(Footer(filter_h, index_h, props_h, self._version).encode())
         if self._limiter is not None:
             self._limiter.request(len(self._buf))
         self._file.append(self._buf)

@@ -17,6 +17,13 @@ A block handle ``(offset, size)`` counts the stored payload only.
 Footer (little-endian): filter offset Q, filter size I, index offset Q, index size I,
 properties offset Q, properties size I, format version I, 12 zero bytes, crc32c of the first
 52 bytes I, magic 8 bytes.
+
+Format 3 (encrypted databases): the same, after a 48-byte table header at offset 0 (magic
+``SHALEenc``, version, table number, a random 16-byte salt, the data key id, crc32c), and every
+block's stored payload sealed with AES-256-GCM after compression (ciphertext + 16-byte tag;
+nonce and associated data from the block's offset, kind and compression byte, see
+:mod:`shaledb.engine.crypto`). The trailer's CRC covers the sealed bytes: damage is told from
+tampering (a good CRC, a failed authentication) without the key.
 """
 
 from __future__ import annotations
@@ -29,12 +36,19 @@ import crc32c as _crc32c
 import lz4.block
 
 from ...errors import CorruptionError, IncompatibleFormatError, InvalidArgument
+from ..crypto import DATA_BLOCK, FileCipher, Unauthentic
 
+#: The format of the tables of a plain database.
 FORMAT_VERSION = 2
+#: The format of the tables of an encrypted database (database format 4).
+ENCRYPTED_FORMAT_VERSION = 3
 MAGIC = b"SHALEsst"
 FOOTER = struct.Struct("<QIQIQII12xI8s")
 FOOTER_SIZE = FOOTER.size  # 64
 TRAILER_SIZE = 5
+HEADER_MAGIC = b"SHALEenc"
+HEADER = struct.Struct("<8sIQ16sI4xI")  # magic, version, number, salt, data key id, crc
+HEADER_SIZE = HEADER.size  # 48
 
 NONE, LZ4, ZSTD = 0, 1, 2
 CODES = {"none": NONE, "lz4": LZ4, "zstd": ZSTD}
@@ -59,8 +73,34 @@ def require_codec(name: str) -> int:
     return code
 
 
-def encode_block(payload: bytes, code: int) -> bytes:
-    """Compress (when it pays off) and add the trailer."""
+def encode_header(number: int, salt: bytes, key_id: int) -> bytes:
+    """The 48-byte header of encrypted table ``number``."""
+    head = HEADER.pack(HEADER_MAGIC, ENCRYPTED_FORMAT_VERSION, number, salt, key_id, 0)[:44]
+    return head + crc32c(head).to_bytes(4, "little")
+
+
+def decode_header(raw: bytes, path: str, number: int) -> tuple[int, bytes]:
+    """``(data key id, salt)`` of an encrypted table's header; CorruptionError when it is
+    damaged or names another table."""
+    if len(raw) < HEADER_SIZE or raw[:8] != HEADER_MAGIC:
+        raise CorruptionError(f"table {path!r}: the header of an encrypted table is missing "
+                              "or damaged")
+    magic, version, file_number, salt, key_id, crc = HEADER.unpack_from(raw, 0)
+    if crc32c(raw[:44]) != crc:
+        raise CorruptionError(f"table {path!r}: header checksum mismatch")
+    if version != ENCRYPTED_FORMAT_VERSION:
+        raise CorruptionError(f"table {path!r}: its header says format {version}, its "
+                              f"footer {ENCRYPTED_FORMAT_VERSION}")
+    if file_number != number:
+        raise CorruptionError(f"table {path!r}: its header says it is table {file_number} (a "
+                              "table renamed, swapped or restored under the wrong name?)")
+    return key_id, salt
+
+
+def encode_block(payload: bytes, code: int, cipher: FileCipher | None = None,
+                 offset: int = 0, kind: int = DATA_BLOCK) -> bytes:
+    """Compress (when it pays off), seal (with ``cipher``: the block starts at ``offset``
+    and is a ``kind`` block) and add the trailer."""
     if code == LZ4:
         packed = lz4.block.compress(payload, store_size=True)
         if len(packed) < len(payload) - len(payload) // 8:
@@ -73,28 +113,40 @@ def encode_block(payload: bytes, code: int) -> bytes:
             payload = packed
         else:
             code = NONE
+    if cipher is not None:
+        payload = cipher.seal(payload, offset, kind, code)
     trailer = bytes((code,))
     crc = crc32c(trailer, crc32c(payload))
     return b"".join((payload, trailer, crc.to_bytes(4, "little")))
 
 
-def decode_block(raw: bytes, path: str, offset: int) -> bytes:
-    """Verify the trailer of a raw block (payload + trailer) and return the plain payload."""
+def decode_block(raw: bytes, path: str, offset: int, cipher: FileCipher | None = None,
+                 kind: int = DATA_BLOCK) -> bytes:
+    """Verify the trailer of a raw block (payload + trailer) and return the plain payload
+    (opened with ``cipher`` first, for an encrypted table: a ``kind`` block at ``offset``)."""
     if len(raw) < TRAILER_SIZE:
         raise CorruptionError(f"table {path!r}: block at {offset} is truncated")
     view = memoryview(raw)  # no copies until the payload itself
     if crc32c(view[:-4]) != int.from_bytes(raw[-4:], "little"):
         raise CorruptionError(f"table {path!r}: checksum mismatch in block at offset {offset}")
     code = raw[-5]
+    stored: bytes | memoryview = view[:-5]
+    if cipher is not None:
+        try:
+            stored = cipher.open(stored, offset, kind, code)
+        except Unauthentic as exc:
+            raise Unauthentic(f"table {path!r}: block at offset {offset} fails authentication "
+                              "(changed after it was written, or moved from another place or "
+                              "table)") from exc
     try:
         if code == NONE:
-            return raw[:-5]
+            return stored if isinstance(stored, bytes) else raw[:-5]
         if code == LZ4:
-            return bytes(lz4.block.decompress(view[:-5]))
+            return bytes(lz4.block.decompress(stored))
         if code == ZSTD:
             if _zstd is None:
                 raise InvalidArgument("this table is zstd-compressed: pip install 'shaledb[zstd]'")
-            return bytes(_zd.decompress(view[:-5]))
+            return bytes(_zd.decompress(stored))
     except (lz4.block.LZ4BlockError, ValueError) as exc:
         if isinstance(exc, InvalidArgument):
             raise
@@ -129,10 +181,10 @@ class Footer:
             raise CorruptionError(f"table {path!r}: footer checksum mismatch")
         if version < 1:
             raise CorruptionError(f"table {path!r}: format version {version} does not exist")
-        if version > FORMAT_VERSION:
+        if version > ENCRYPTED_FORMAT_VERSION:
             raise IncompatibleFormatError(
                 f"table {path!r} has format version {version}; this ShaleDB reads up to "
-                f"{FORMAT_VERSION}: upgrade ShaleDB")
+                f"{ENCRYPTED_FORMAT_VERSION}: upgrade ShaleDB")
         limit = file_size - FOOTER_SIZE
         for off, size in ((fo, fs), (io, isz), (po, ps)):
             if off + size + TRAILER_SIZE > limit:

@@ -13,11 +13,29 @@ import msgpack
 
 from ...errors import CorruptionError
 from ..cache import LRUCache
+from ..crypto import (
+    DATA_BLOCK,
+    FILTER_BLOCK,
+    INDEX_BLOCK,
+    PROPERTIES_BLOCK,
+    TABLE_FILE,
+    FileCipher,
+    Keyring,
+)
 from ..dbformat import Entry, Record
 from ..vfs import FileSystem, ReadFile
 from .block import Block, Columns, decode_data_block, decode_index_block
 from .filter import KeyFilter
-from .format import FOOTER_SIZE, TRAILER_SIZE, FileMeta, Footer, decode_block
+from .format import (
+    ENCRYPTED_FORMAT_VERSION,
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    TRAILER_SIZE,
+    FileMeta,
+    Footer,
+    decode_block,
+    decode_header,
+)
 
 #: Python memory per index key beyond its bytes (the bytes object header and a list slot).
 _KEY_OVERHEAD = 41
@@ -34,14 +52,34 @@ def _reversed_entries(cols: Columns) -> Iterator[Entry]:
                reversed(cols[3]), reversed(cols[4]), strict=True)
 
 
+def table_cipher(f: ReadFile, path: str, number: int, footer: Footer,
+                 keyring: Keyring | None) -> FileCipher | None:
+    """The cipher of table ``number`` (None for a plain table). A plain table in an encrypted
+    database, or the reverse, is CorruptionError: nothing in an encrypted database is ever
+    read without authentication (a footer changed to say "plain" would otherwise pass)."""
+    encrypted = footer.format_version == ENCRYPTED_FORMAT_VERSION
+    if keyring is None:
+        if encrypted:
+            raise CorruptionError(f"table {path!r} is encrypted, and the database is not (a "
+                                  "table from another database?)")
+        return None
+    if not encrypted:
+        raise CorruptionError(f"table {path!r} is not encrypted, and the database is (a "
+                              f"table from another database, or its footer was changed?)")
+    key_id, salt = decode_header(f.pread(HEADER_SIZE, 0), path, number)
+    return keyring.reader(TABLE_FILE, number, key_id, salt)
+
+
 class TableReader:
     """An open table. Thread-safe: reads use ``pread`` and the block cache locks itself."""
 
     def __init__(self, fs: FileSystem, path: str, number: int,
-                 block_cache: LRUCache[tuple[int, int], Block] | None) -> None:
+                 block_cache: LRUCache[tuple[int, int], Block] | None,
+                 keyring: Keyring | None = None) -> None:
         self.path = path
         self.number = number
         self._cache = block_cache
+        self._cipher: FileCipher | None = None
         self._file: ReadFile = fs.open_read(path)
         try:
             size = self._file.size
@@ -49,16 +87,18 @@ class TableReader:
                 raise CorruptionError(f"table {path!r} is too short ({size} bytes)")
             footer = Footer.decode(self._file.pread(FOOTER_SIZE, size - FOOTER_SIZE), path, size)
             self.format_version = footer.format_version
+            self._cipher = table_cipher(self._file, path, number, footer, keyring)
             last_keys, offsets, sizes = decode_index_block(
-                self._read_raw(*footer.index_handle), path)
+                self._read_raw(*footer.index_handle, INDEX_BLOCK), path)
             self._last_keys = last_keys
             # Compact arrays: 12 bytes per block instead of two int objects and list slots.
             self._offsets = array("Q", offsets)
             self._sizes = array("I", sizes)
-            self._filter = KeyFilter(self._read_raw(*footer.filter_handle),
+            self._filter = KeyFilter(self._read_raw(*footer.filter_handle, FILTER_BLOCK),
                                      footer.format_version, path)
             try:
-                props = msgpack.unpackb(self._read_raw(*footer.props_handle), raw=False)
+                props = msgpack.unpackb(self._read_raw(*footer.props_handle, PROPERTIES_BLOCK),
+                                        raw=False)
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
                 raise CorruptionError(f"table {path!r}: malformed properties block") from exc
             if not isinstance(props, dict):
@@ -98,11 +138,11 @@ class TableReader:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    def _read_raw(self, offset: int, size: int) -> bytes:
+    def _read_raw(self, offset: int, size: int, kind: int = DATA_BLOCK) -> bytes:
         raw = self._file.pread(size + TRAILER_SIZE, offset)
         if len(raw) != size + TRAILER_SIZE:
             raise CorruptionError(f"table {self.path!r}: block at {offset} is cut short")
-        return decode_block(raw, self.path, offset)
+        return decode_block(raw, self.path, offset, self._cipher, kind)
 
     def _block(self, i: int, fill_cache: bool = True) -> Block:
         cache = self._cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from ..crypto import Keyring
 from ..dbformat import Entry
 from ..ratelimit import RateLimiter
 from ..vfs import FileSystem
@@ -23,8 +24,10 @@ class TableWriter:
     def __init__(self, fs: FileSystem, path_of: Callable[[int], str],
                  new_number: Callable[[], int], *, block_size: int, compression: str,
                  target_size: int | None, max_outputs: int | None = None,
-                 rate_limiter: RateLimiter | None = None) -> None:
+                 rate_limiter: RateLimiter | None = None,
+                 keyring: Keyring | None = None) -> None:
         self._fs = fs
+        self._keyring = keyring
         self._limiter = rate_limiter
         self._path_of = path_of
         self._new_number = new_number
@@ -64,7 +67,7 @@ class TableWriter:
         self._builder = TableBuilder(self._fs, self._path_of(number), number,
                                      block_size=self._block_size,
                                      compression=self._compression,
-                                     rate_limiter=self._limiter)
+                                     rate_limiter=self._limiter, keyring=self._keyring)
         return self._builder
 
     def _finish(self, builder: TableBuilder) -> None:
