@@ -5,6 +5,11 @@
         tests/data/format_v{DB_FORMAT_VERSION}), byte for byte reproducibly, with the format
         versions it was made with in DEST/VERSIONS.json.
 
+    python scripts/make_golden.py --encrypted [DEST]
+        The same steps in an encrypted database (database format 4; default
+        tests/data/format_v{ENCRYPTED_DB_FORMAT_VERSION}), under the master key
+        :data:`GOLDEN_KEY`.
+
     PYTHONPATH=<checkout of commit 884e496>/src python scripts/make_golden.py --legacy-v2 DEST
         Write the database-format-2 fixtures (tests/data/format_v2) with the code of that
         commit: DEST/clean (closed cleanly, unflushed writes in the WAL) and DEST/crashed (a
@@ -22,7 +27,9 @@ clean close. :func:`model` is what a reader must see, for the tests.
 Reproducibility: the clock is fixed (:data:`NOW`); the salts of new log files come from a
 counter instead of ``os.urandom`` (``shaledb.engine.logfile.new_salt`` is replaced while the
 script runs); the tables' ``created_at`` comes from a fixed clock (the ``time`` module the
-table builder sees is replaced); background WAL fsyncs are off (their timing would show in
+table builder sees is replaced); encrypted: the master key is :data:`GOLDEN_KEY`, and the
+data key, the files' salts and the key-wrapping nonces come from a counter too
+(``shaledb.engine.crypto.random_bytes`` is replaced); background WAL fsyncs are off (their timing would show in
 the records' ``synced`` field) and compactions run only when asked, in this process. Nothing
 in ShaleDB itself changes for this.
 
@@ -67,6 +74,10 @@ OPTIONS: dict[str, Any] = {
 
 #: Files of a golden directory that are not database files.
 NOT_DATABASE = {"VERSIONS.json", "README.md", "LOCK"}
+
+#: The master key of the encrypted golden database (format 4). Not a secret: it is here, in
+#: tests/data/format_v4/README.md and in the tests.
+GOLDEN_KEY = hashlib.sha256(b"shaledb golden master key").digest()
 
 Step = tuple[Any, ...]
 
@@ -196,30 +207,44 @@ def _clock() -> float:
 
 @contextlib.contextmanager
 def _fixed_sources() -> Iterator[None]:
-    """Deterministic salts and table creation times while the golden database is written."""
-    from shaledb.engine import logfile
+    """Deterministic salts, keys and table creation times while the golden database is
+    written."""
+    from shaledb.engine import crypto, logfile
     from shaledb.engine.sstable import builder
 
     counter = itertools.count()
+    random_counter = itertools.count()
 
     def salt() -> bytes:
         return hashlib.sha256(b"shaledb golden salt %d" % next(counter)).digest()[:8]
 
-    old_salt, old_time = logfile.new_salt, builder.time
+    def random_bytes(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(b"shaledb golden random %d" % next(random_counter)).digest()
+        return out[:n]
+
+    old_salt, old_time, old_random = logfile.new_salt, builder.time, crypto.random_bytes
     logfile.new_salt = salt
+    crypto.random_bytes = random_bytes
     builder.time = types.SimpleNamespace(time=lambda: float(CREATED_AT))  # type: ignore
     try:
         yield
     finally:
         logfile.new_salt = old_salt
+        crypto.random_bytes = old_random
         builder.time = old_time
 
 
-def _run(path: str, all_steps: list[Step], crash_copy: Any = None) -> None:
-    """Open (creating) ``path``, run the steps, close."""
+def _run(path: str, all_steps: list[Step], crash_copy: Any = None,
+         key: bytes | None = None) -> None:
+    """Open (creating) ``path``, run the steps, close (encrypted with ``key`` when given)."""
     import shaledb
 
-    db = shaledb.open(path, clock=_clock, **OPTIONS)
+    options: dict[str, Any] = dict(OPTIONS)
+    if key is not None:
+        options["encryption_key"] = key
+    db = shaledb.open(path, clock=_clock, **options)
     try:
         for st in all_steps:
             if st[0] == "put":
@@ -240,7 +265,7 @@ def _run(path: str, all_steps: list[Step], crash_copy: Any = None) -> None:
                 db.compact_range(*st[1:])
             elif st[0] == "reopen":
                 db.close()
-                db = shaledb.open(path, clock=_clock, **OPTIONS)
+                db = shaledb.open(path, clock=_clock, **options)
             elif st[0] == "crash_copy":
                 crash_copy()
             else:  # pragma: no cover
@@ -249,19 +274,28 @@ def _run(path: str, all_steps: list[Step], crash_copy: Any = None) -> None:
         db.close()
 
 
-def versions() -> dict[str, int]:
-    """The format versions of the code that runs (what VERSIONS.json records)."""
-    from shaledb.engine.logfile import LOG_VERSION
+def versions(encrypted: bool = False) -> dict[str, int]:
+    """The format versions of the code that runs (what VERSIONS.json records), of a plain
+    database or, with ``encrypted``, of an encrypted one."""
+    from shaledb.engine.logfile import ENCRYPTED_LOG_VERSION, LOG_VERSION
     from shaledb.engine.manifest import MANIFEST_FORMAT_VERSION
-    from shaledb.engine.optionsfile import DB_FORMAT_VERSION
-    from shaledb.engine.sstable.format import FORMAT_VERSION
+    from shaledb.engine.optionsfile import DB_FORMAT_VERSION, ENCRYPTED_DB_FORMAT_VERSION
+    from shaledb.engine.sstable.format import ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION
 
+    if encrypted:
+        from shaledb.engine.crypto import KEYRING_FORMAT
+
+        return {"database_format": ENCRYPTED_DB_FORMAT_VERSION,
+                "table_format": ENCRYPTED_FORMAT_VERSION, "log_format": ENCRYPTED_LOG_VERSION,
+                "manifest_edit_format": MANIFEST_FORMAT_VERSION,
+                "keyring_format": KEYRING_FORMAT}
     return {"database_format": DB_FORMAT_VERSION, "table_format": FORMAT_VERSION,
             "log_format": LOG_VERSION, "manifest_edit_format": MANIFEST_FORMAT_VERSION}
 
 
-def generate(dest: str) -> None:
-    """Write the golden database of the current format into ``dest`` (must not exist)."""
+def generate(dest: str, encrypted: bool = False) -> None:
+    """Write the golden database of the current format into ``dest`` (must not exist);
+    with ``encrypted``, encrypted under :data:`GOLDEN_KEY` (database format 4)."""
     import lz4
     import msgpack
     import xxhash
@@ -272,9 +306,9 @@ def generate(dest: str) -> None:
         raise SystemExit(f"{dest} exists: remove it first (golden files are never "
                          f"overwritten by accident)")
     with _fixed_sources():
-        _run(dest, steps())
+        _run(dest, steps(), key=GOLDEN_KEY if encrypted else None)
     os.remove(os.path.join(dest, "LOCK"))
-    info = {"versions": versions(), "written_by": f"shaledb {shaledb.__version__}",
+    info = {"versions": versions(encrypted), "written_by": f"shaledb {shaledb.__version__}",
             "generator": "scripts/make_golden.py", "clock": NOW,
             "libraries (informational)": {
                 "lz4": f"{lz4.__version__} (liblz4 {lz4.library_version_string()})",
@@ -322,16 +356,20 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--legacy-v2"] and len(argv) == 2:
         generate_legacy_v2(argv[1])
         return
-    if len(argv) > 1 or argv[:1] == ["--help"]:
+    encrypted = argv[:1] == ["--encrypted"]
+    if encrypted:
+        argv = argv[1:]
+    if len(argv) > 1 or argv[:1] == ["--help"] or any(a.startswith("-") for a in argv):
         raise SystemExit(__doc__)
     if argv:
         dest = argv[0]
     else:
-        from shaledb.engine.optionsfile import DB_FORMAT_VERSION
+        from shaledb.engine.optionsfile import DB_FORMAT_VERSION, ENCRYPTED_DB_FORMAT_VERSION
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        dest = os.path.join(root, "tests", "data", f"format_v{DB_FORMAT_VERSION}")
-    generate(dest)
+        version = ENCRYPTED_DB_FORMAT_VERSION if encrypted else DB_FORMAT_VERSION
+        dest = os.path.join(root, "tests", "data", f"format_v{version}")
+    generate(dest, encrypted)
     total = sum(os.path.getsize(os.path.join(dest, n)) for n in os.listdir(dest))
     print(f"wrote {dest}: {len(os.listdir(dest))} files, {total} bytes")
 

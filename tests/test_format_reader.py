@@ -37,12 +37,18 @@ def _key(i: int) -> bytes:
     return b"key:%06d" % i
 
 
-def _write_database(path: Path) -> tuple[shaledb.DB, int]:
+#: The master key of the encrypted variants.
+KEY = bytes(range(32))
+
+
+def _write_database(path: Path, key: bytes | None = None) -> tuple[shaledb.DB, int]:
     """An engine-written database: several tables on two levels, lz4 and uncompressed
-    blocks, deletes, TTLs, and writes left in the WAL. Returns the open database (the caller
-    closes it) and how many operations are only in the WAL."""
+    blocks, deletes, TTLs, and writes left in the WAL (encrypted with ``key`` when given).
+    Returns the open database (the caller closes it) and how many operations are only in
+    the WAL."""
     rng = random.Random(7)
-    db = shaledb.open(path, clock=lambda: NOW, compression="lz4", **OPTS)
+    opts = {**OPTS, "encryption_key": key}
+    db = shaledb.open(path, clock=lambda: NOW, compression="lz4", **opts)
     try:
         for i in range(1200):
             db.put(_key(i), _value(i, rng), ttl=500.0 if i % 13 == 0 else None)
@@ -58,7 +64,7 @@ def _write_database(path: Path) -> tuple[shaledb.DB, int]:
         db.flush()
     finally:
         db.close()
-    db = shaledb.open(path, clock=lambda: NOW, compression="none", **OPTS)
+    db = shaledb.open(path, clock=lambda: NOW, compression="none", **opts)
     for i in range(1100, 1400):
         db.put(_key(i), _value(i, rng))
     db.delete(_key(1))
@@ -85,9 +91,10 @@ def _engine_state(db: shaledb.DB) -> dict[bytes, tuple[bytes, int]]:
     return out
 
 
-def _check_against_engine(path: Path, db: shaledb.DB, wal_ops: int | None) -> fr.Database:
+def _check_against_engine(path: Path, db: shaledb.DB, wal_ops: int | None,
+                          key: bytes | None = None) -> fr.Database:
     """Every check of the independent reader against the (open) engine."""
-    rd = fr.read_database(str(path))
+    rd = fr.read_database(str(path), key)
     engine = db._engine
     # The manifest's tables are the engine's, and exactly the tables in the directory.
     engine_tables = {(lvl, f.number, f.size) for lvl, f in engine._versions.current.files()}
@@ -97,7 +104,8 @@ def _check_against_engine(path: Path, db: shaledb.DB, wal_ops: int | None) -> fr
     fs = PosixFileSystem()
     probes = [b"absent:%d" % i for i in range(3000)]
     for number, table in rd.tables.items():
-        reader = TableReader(fs, str(path / f"{number:06d}.sst"), number, None)
+        reader = TableReader(fs, str(path / f"{number:06d}.sst"), number, None,
+                             engine._keyring)
         try:
             # Every key of the table passes its filter, read as the document says; absent
             # keys get the same answer from the document's lookup as from the engine's.
@@ -147,6 +155,29 @@ def test_independent_reader_reads_what_the_engine_writes(tmp_path) -> None:
     assert rd.manifest_log.version == 2 and rd.manifest_log.records[-1].type == fr.SYNC
 
 
+def test_independent_reader_reads_what_the_engine_writes_encrypted(tmp_path) -> None:
+    """The same for an encrypted database: with the master key, the document alone (log
+    format 3, table format 3, KEYRING) reads what the engine wrote and reads."""
+    path = tmp_path / "db"
+    db, wal_ops = _write_database(path, KEY)
+    try:
+        copy = tmp_path / "copy"
+        shutil.copytree(path, copy)
+        rd = _check_against_engine(copy, db, wal_ops, KEY)
+        seg = rd.wal[max(rd.wal)]
+        assert seg.version == 3 and seg.zero_tail > 0 and seg.damage is None
+        assert {t.version for t in rd.tables.values()} == {3}
+        assert {t for table in rd.tables.values() for t in table.block_types} == {0, 1}
+    finally:
+        db.close()
+    with shaledb.open(path, clock=lambda: NOW, read_only=True, encryption_key=KEY,
+                      **OPTS) as db:
+        rd = _check_against_engine(path, db, wal_ops, KEY)
+    assert rd.options["format_version"] == 4 and rd.manifest_log.version == 3
+    with pytest.raises(fr.FormatError):
+        fr.read_database(str(path), bytes(32))  # another key: the reader refuses too
+
+
 def _load_make_golden():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location(
         "make_golden", Path(__file__).parent.parent / "scripts" / "make_golden.py")
@@ -158,19 +189,22 @@ def _load_make_golden():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name,now", [("format_v1", 1_000_000.0),
                                       ("format_v2/clean", None), ("format_v2/crashed", None),
-                                      ("format_v3", None)])
+                                      ("format_v3", None), ("format_v4", None)])
 def test_independent_reader_reads_every_committed_format(tmp_path, name, now) -> None:
     """The document describes the older formats too: the reader reads each committed
-    fixture to the state the engine returns for it."""
-    now = now if now is not None else float(_load_make_golden().NOW)
-    rd = fr.read_database(str(DATA / name))
+    fixture to the state the engine returns for it (format 4 with its golden key)."""
+    mg = _load_make_golden()
+    now = now if now is not None else float(mg.NOW)
+    key = mg.GOLDEN_KEY if name == "format_v4" else None
+    rd = fr.read_database(str(DATA / name), key)
     path = tmp_path / "db"
     shutil.copytree(DATA / name, path)
-    with shaledb.open(path, clock=lambda: now, read_only=True) as db:
+    with shaledb.open(path, clock=lambda: now, read_only=True, encryption_key=key) as db:
         assert rd.state(int(now * 1000)) == _engine_state(db)
     versions = {t.version for t in rd.tables.values()}
-    assert versions == ({1} if name == "format_v1" else {2})
-    assert {log.version for log in rd.wal.values()} <= ({2} if name == "format_v3" else {1})
+    assert versions == ({1} if name == "format_v1" else {3} if key else {2})
+    assert {log.version for log in rd.wal.values()} <= (
+        {3} if key else {2} if name == "format_v3" else {1})
 
 
 def test_reader_refuses_what_the_document_does_not_describe(tmp_path) -> None:
