@@ -29,9 +29,9 @@ counter instead of ``os.urandom`` (``shaledb.engine.logfile.new_salt`` is replac
 script runs); the tables' ``created_at`` comes from a fixed clock (the ``time`` module the
 table builder sees is replaced); encrypted: the master key is :data:`GOLDEN_KEY`, and the
 data key, the files' salts and the key-wrapping nonces come from a counter too
-(``shaledb.engine.crypto.random_bytes`` is replaced); background WAL fsyncs are off (their timing would show in
-the records' ``synced`` field) and compactions run only when asked, in this process. Nothing
-in ShaleDB itself changes for this.
+(``shaledb.engine.crypto.random_bytes`` is replaced); background WAL fsyncs are off (their
+timing would show in the records' ``synced`` field) and compactions run only when asked, in
+this process. Nothing in ShaleDB itself changes for this.
 
 This module imports only the standard library at the top, so that tests can import it for
 :func:`steps` and :func:`model`, and so that ``--legacy-v2`` runs with old code.

@@ -399,3 +399,32 @@ def test_crash_points_all(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     """Every crash point (make soak)."""
     _enumerate(tmp_path, capsys, f"crash points (all, {_model_name(seed)})", [seed],
                sample=False)
+
+
+#: The master key of the encrypted variants (the workload and every reopen use it).
+ENCRYPTION_KEY = bytes(range(1, 33))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", [_model_param(None), _model_param(1)])
+def test_crash_points_sample_encrypted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       seed: int | None) -> None:
+    """The representative crash points with encryption on (make test): KEYRING written at
+    the first open, encrypted WAL records, manifest edits and tables, keys sent to the
+    compaction worker over its pipe."""
+    monkeypatch.setitem(OPTS, "encryption_key", ENCRYPTION_KEY)
+    _enumerate(tmp_path, capsys, f"crash points (sample, encrypted, {_model_name(seed)})",
+               [seed], sample=True)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("seed", [_model_param(None), _model_param(1), _model_param(2)])
+def test_crash_points_all_encrypted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    seed: int | None) -> None:
+    """Every crash point with encryption on (make soak)."""
+    monkeypatch.setitem(OPTS, "encryption_key", ENCRYPTION_KEY)
+    _enumerate(tmp_path, capsys, f"crash points (all, encrypted, {_model_name(seed)})",
+               [seed], sample=False)

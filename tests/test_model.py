@@ -76,12 +76,15 @@ def expire_at(now: float, ttl: float | None) -> int:
 
 
 class ShaleDBModel(RuleBasedStateMachine):
+    #: The options of every open (the encrypted variant adds its key).
+    OPEN_OPTS: dict = OPTS
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="shaledb-model-")
         self.path = os.path.join(self.tmp, "db")
         self.clock = FakeClock()
-        self.db = shaledb.open(self.path, **OPTS, clock=self.clock)
+        self.db = shaledb.open(self.path, **self.OPEN_OPTS, clock=self.clock)
         self.model: dict[bytes, tuple[bytes, int]] = {}
         self.snaps: list[tuple[shaledb.Snapshot, dict[bytes, tuple[bytes, int]]]] = []
         self.counter = 0
@@ -309,7 +312,7 @@ class ShaleDBModel(RuleBasedStateMachine):
             snap.close()
         self.snaps.clear()
         self.db.close()
-        self.db = shaledb.open(self.path, **OPTS, clock=self.clock)
+        self.db = shaledb.open(self.path, **self.OPEN_OPTS, clock=self.clock)
 
     @invariant()
     def healthy(self):
@@ -324,9 +327,37 @@ class ShaleDBModel(RuleBasedStateMachine):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class EncryptedShaleDBModel(ShaleDBModel):
+    """The same machine on an encrypted database; at the end no value's bytes (every value
+    holds ``x`` * size, sizes up to 12,000) appear in any file."""
+
+    OPEN_OPTS = {**OPTS, "encryption_key": bytes(range(32))}
+
+    def teardown(self):
+        try:
+            for snap, _ in self.snaps:
+                snap.close()
+            self.snaps.clear()
+            self.db.close()
+            for root, _, names in os.walk(self.path):
+                for n in names:
+                    with open(os.path.join(root, n), "rb") as f:
+                        assert b"x" * 8 not in f.read(), f"plaintext in {n}"
+        finally:
+            super().teardown()
+
+
 TestShaleDBModel = ShaleDBModel.TestCase
 TestShaleDBModel.settings = settings(
     max_examples=int(os.environ.get("SHALEDB_MODEL_EXAMPLES", "500")),
+    stateful_step_count=int(os.environ.get("SHALEDB_MODEL_STEPS", "50")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+TestEncryptedShaleDBModel = EncryptedShaleDBModel.TestCase
+TestEncryptedShaleDBModel.settings = settings(
+    max_examples=int(os.environ.get("SHALEDB_MODEL_EXAMPLES_ENCRYPTED", "100")),
     stateful_step_count=int(os.environ.get("SHALEDB_MODEL_STEPS", "50")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

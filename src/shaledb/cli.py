@@ -742,17 +742,23 @@ def decrypt(path: str, dest: str, key_file: str) -> None:
               callback=lambda ctx, param, value: _byte_count(value, "--scrub-rate"),
               help="Most bytes per second a scrub pass reads, with Redis' units (32mb, 1gb; "
                    "default 16mb; 0: no limit).")
+@click.option("--encryption-key-file", "key_file", default=None,
+              type=click.Path(dir_okay=False),
+              help="Key file of an encrypted database (32 raw bytes or 64 hex characters, "
+                   f"mode 0600; also encryption_key_file in the config, or ${KEY_FILE_ENV}).")
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
           config_path: str | None, aclfile: str | None, tls_port: int | None,
           tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None,
           tls_auth_clients: str | None, protected_mode: bool | None, log_level: str | None,
           log_format: str | None, metrics_host: str | None, metrics_port: str | None,
           slowlog_log_slower_than: int | None, slowlog_max_len: int | None,
-          scrub_interval: float | None, scrub_rate: int | None) -> None:
+          scrub_interval: float | None, scrub_rate: int | None, key_file: str | None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
-    the config file's requirepass or from the SHALEDB_REQUIREPASS environment variable.
+    the config file's requirepass or from the SHALEDB_REQUIREPASS environment variable. An
+    encrypted database needs --encryption-key-file (or the config's encryption_key_file, or
+    SHALEDB_ENCRYPTION_KEY_FILE).
     """
     from shaledb.server import ServerConfig
     from shaledb.server import serve as run_server
@@ -774,7 +780,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                                  slowlog_log_slower_than,
                                              "slowlog_max_len": slowlog_max_len,
                                              "scrub_interval": scrub_interval,
-                                             "scrub_rate": scrub_rate})
+                                             "scrub_rate": scrub_rate,
+                                             "encryption_key_file": key_file})
     configure_logging(config.log_format, config.log_level)
     try:
         run_server(config, config_path)

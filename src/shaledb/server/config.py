@@ -4,7 +4,9 @@ Names follow redis.conf where Redis has the setting (``maxclients``, ``timeout``
 ``proto-max-bulk-len``, ``client-query-buffer-limit``, ``appendfsync``, ``requirepass``);
 in TOML either spelling works (``proto-max-bulk-len`` or ``proto_max_bulk_len``). The
 password can also come from the environment variable ``SHALEDB_REQUIREPASS``, so it never has
-to be written into a file or a command line.
+to be written into a file or a command line; the path of the database's encryption key file
+from ``SHALEDB_ENCRYPTION_KEY_FILE`` (the key itself is never a setting: only the path of a
+file only its owner may read).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ DEFAULT_METRICS_PORT: Final = 9380
 METRICS_OFF: Final = (-1, "-1", "off", "no", "none")
 #: Environment variable read for the password when the config sets none.
 PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
+#: Environment variable read for the encryption key file when the config sets none.
+KEY_FILE_ENV: Final = "SHALEDB_ENCRYPTION_KEY_FILE"
 
 
 def _positive_number(value: object) -> bool:
@@ -77,6 +81,10 @@ class ServerConfig:
     requirepass: str | None = dataclasses.field(default=None, repr=False)
     #: Memtable size handed to the engine (None: the engine's default).
     memtable_size: int | None = None
+    #: Key file of an encrypted database (32 raw bytes or 64 hex characters, mode 0600):
+    #: ``dir`` is opened, or created, encrypted with it (docs/security.md). None: a plain
+    #: database (an encrypted one then refuses to open). The key is read once at start.
+    encryption_key_file: str | None = None
     #: Refuse clients from non-loopback addresses while the default user needs no password
     #: (``-DENIED``, connection closed). Turn off only on a trusted network.
     protected_mode: bool = True
@@ -194,6 +202,10 @@ class ServerConfig:
             raise InvalidArgument("server setting auth_fail_rate must be a number > 0")
         if self.aclfile is not None and (not isinstance(self.aclfile, str) or not self.aclfile):
             raise InvalidArgument("server setting aclfile must be a non-empty path")
+        if self.encryption_key_file is not None and (
+                not isinstance(self.encryption_key_file, str) or not self.encryption_key_file):
+            raise InvalidArgument("server setting encryption_key_file must be a non-empty "
+                                  "path (of a key file, never the key itself)")
         self._check_tls()
         self._check_observability()
         self._check_output_and_rates()
@@ -326,6 +338,8 @@ class ServerConfig:
             clean["metrics_port"] = int(port)
         if clean.get("requirepass") is None and os.environ.get(PASSWORD_ENV):
             clean["requirepass"] = os.environ[PASSWORD_ENV]
+        if clean.get("encryption_key_file") is None and os.environ.get(KEY_FILE_ENV):
+            clean["encryption_key_file"] = os.environ[KEY_FILE_ENV]
         return cls(**clean)
 
     @classmethod
@@ -351,5 +365,6 @@ class ServerConfig:
         return cls.from_mapping(values)
 
 
-__all__ = ["APPENDFSYNC_MODES", "DEFAULT_METRICS_PORT", "LOG_FORMATS", "LOG_LEVELS",
-           "METRICS_OFF", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES", "ServerConfig"]
+__all__ = ["APPENDFSYNC_MODES", "DEFAULT_METRICS_PORT", "KEY_FILE_ENV", "LOG_FORMATS",
+           "LOG_LEVELS", "METRICS_OFF", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES",
+           "ServerConfig"]

@@ -228,6 +228,8 @@ class Server:
                 "fsync_interval": None if cfg.appendfsync == "no" else 1.0}
             if cfg.memtable_size is not None:
                 options["memtable_size"] = cfg.memtable_size
+            if cfg.encryption_key_file is not None:
+                options["encryption_key_file"] = cfg.encryption_key_file
             self._db = await loop.run_in_executor(
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db

@@ -306,6 +306,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("max-scan-cursors", "max_scan_cursors", integer(1), _scan_cursors),
     Setting("krange-max-limit", "krange_max_limit", integer(1)),
     Setting("memtable-size", "memtable_size"),
+    Setting("encryption-key-file", "encryption_key_file"),  # the path; never the key
     Setting("aclfile", "aclfile"),
     Setting("acllog-max-len", "acllog_max_len", integer(1, 100_000), _acllog),
     Setting("auth-fail-burst", "auth_fail_burst", integer(1), _auth_limiter),
