@@ -731,3 +731,23 @@ def test_rotate_key_survives_a_power_loss_at_every_step(tmp_path) -> None:
         assert len(works) == 1, (k, works)
         opened[works[0]] += 1
     assert opened[KEY] > 0  # (a power loss before the rename keeps the old key)
+
+
+def test_a_write_group_too_large_for_a_record_is_refused_before_sealing(tmp_path,
+                                                                         monkeypatch) -> None:
+    """InvalidArgument before anything is sealed or written (records limited to 4 KiB here):
+    the database stays writable, and the next record seals at the same offset for the first
+    time."""
+    from shaledb.engine import logfile, wal
+
+    monkeypatch.setattr(logfile, "MAX_RECORD", 4096)
+    monkeypatch.setattr(wal, "MAX_RECORD", 4096)
+    path = tmp_path / "db"
+    with shaledb.open(path, encryption_key=KEY) as db:
+        db.put(b"a", b"1")
+        with pytest.raises(InvalidArgument, match="larger than a log record can hold"):
+            db.put(b"big", b"x" * 5000)
+        db.put(b"b", b"2", sync=True)
+        assert db.stats()["background_error"] is None
+    with shaledb.open(path, encryption_key=KEY) as db:
+        assert dict(db.range()) == {b"a": b"1", b"b": b"2"}

@@ -66,6 +66,7 @@ WAL_FILE, MANIFEST_FILE, TABLE_FILE = 1, 2, 3
 WAL_RECORD, MANIFEST_RECORD, DATA_BLOCK, FILTER_BLOCK, INDEX_BLOCK, PROPERTIES_BLOCK = range(1, 7)
 
 _AAD = struct.Struct("<QQBB")  # file number, offset, kind, compression byte
+_pack_aad = _AAD.pack
 _FILE_INFO = struct.Struct("<BQ")  # file kind, file number
 _CRC_PREFIX = b"crc32c "
 crc32c = _crc32c.crc32c
@@ -201,11 +202,15 @@ class FileCipher:
     offset where they start. A cipher made for writing refuses an offset that is not past the
     last one it sealed (a nonce is never used twice)."""
 
-    __slots__ = ("_aead", "number", "file_kind", "key_id", "salt", "_next", "_fingerprint")
+    __slots__ = ("_aead", "_encrypt", "_decrypt", "number", "file_kind", "key_id", "salt",
+                 "_next", "_fingerprint")
 
     def __init__(self, file_key: bytes, file_kind: int, number: int, key_id: int,
                  salt: bytes) -> None:
         self._aead = AESGCM(file_key)
+        # Bound once: a WAL record is sealed per write, and every lookup shows in a put.
+        self._encrypt = self._aead.encrypt
+        self._decrypt = self._aead.decrypt
         self.file_kind = file_kind
         self.number = number
         self.key_id = key_id
@@ -225,8 +230,7 @@ class FileCipher:
         nonce = offset.to_bytes(12, "little")
         if nonce_observer is not None:
             nonce_observer(self._fingerprint, nonce)
-        sealed: bytes = self._aead.encrypt(nonce, plain, _AAD.pack(self.number, offset, kind,
-                                                                     code))
+        sealed: bytes = self._encrypt(nonce, plain, _pack_aad(self.number, offset, kind, code))
         return sealed
 
     def open(self, sealed: bytes | bytearray | memoryview, offset: int, kind: int,
@@ -234,8 +238,8 @@ class FileCipher:
         """The plain bytes of what :meth:`seal` made; :class:`Unauthentic` when they were
         changed, moved or sealed with another key."""
         try:
-            plain: bytes = self._aead.decrypt(offset.to_bytes(12, "little"), sealed,
-                                              _AAD.pack(self.number, offset, kind, code))
+            plain: bytes = self._decrypt(offset.to_bytes(12, "little"), sealed,
+                                         _pack_aad(self.number, offset, kind, code))
         except InvalidTag:
             raise Unauthentic(f"bytes at offset {offset} of file {self.number} fail "
                               "authentication (changed, moved from another place or file, "

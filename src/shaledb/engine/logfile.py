@@ -553,11 +553,13 @@ def salvage_log(data: bytes, expect: int | None = None, keyring: Keyring | None 
             out.number = int.from_bytes(data[12:20], "little")
         salt = data[20:36] if encrypted else data[20:28]
         if encrypted and not raw:
-            if keyring is None:
+            if keyring is None and expect != LOG_VERSION:
                 raise EncryptionError("an encrypted log: give the database's key "
                                       "(--encryption-key-file) to read it")
             file_number = out.number if out.number is not None else number
             try:
+                if keyring is None:
+                    raise CorruptionError("an encrypted log in a plain database")
                 if file_number is None:
                     raise CorruptionError("the file number is unknown")
                 cipher = keyring.reader(file_kind, file_number,

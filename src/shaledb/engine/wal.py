@@ -24,9 +24,9 @@ from typing import Any
 
 from ..errors import CorruptionError
 from .batch import decode_batch
-from .crypto import WAL_FILE, Keyring
+from .crypto import TAG_SIZE, WAL_FILE, WAL_RECORD, Keyring
 from .filenames import log_name
-from .logfile import LogScan, LogWriter, scan_log
+from .logfile import MAX_RECORD, RECORD_FULL, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
 
@@ -46,6 +46,9 @@ class WriteAheadLog:
         # after it is then damage to durable data, never something a crash left.
         self._writer.sync(mark=False)
         self._file = self._writer.file
+        self._salt = self._writer.salt
+        # The sealing of one record, bound once: it runs on every write (the hot path).
+        self._seal = None if self._writer.cipher is None else self._writer.cipher.seal
         self._sync_lock = threading.Lock()
         self.syncs = 0
 
@@ -67,7 +70,11 @@ class WriteAheadLog:
         """``payload`` framed (and sealed, when encrypted, for the offset where the file ends
         now) as this segment's next record (InvalidArgument when too large; nothing is
         written). Only the write-group leader calls it, and appends the record right after."""
-        return self._writer.frame(payload)
+        if self._seal is not None:
+            if len(payload) > MAX_RECORD - TAG_SIZE:
+                return self._writer.frame(payload)  # refuses it, sealing nothing
+            payload = self._seal(payload, self._file.size, WAL_RECORD, RECORD_FULL)
+        return encode_record_v2(payload, self._salt, self._writer.synced)
 
     def append_framed(self, record: bytes) -> int:
         """Append a record :meth:`frame` made; returns its size in bytes."""
