@@ -152,7 +152,7 @@ def parse_key_bytes(raw: bytearray, where: str) -> bytearray:
         start += 1
     while end > start and raw[end - 1] in b" \t\r\n":
         end -= 1
-    if end - start == 2 * KEY_SIZE and all(c in _HEX for c in raw[start:end]):
+    if end - start == 2 * KEY_SIZE and all(raw[i] in _HEX for i in range(start, end)):
         out = bytearray(KEY_SIZE)
         for i in range(KEY_SIZE):
             out[i] = _HEX[raw[start + 2 * i]] << 4 | _HEX[raw[start + 2 * i + 1]]

@@ -611,21 +611,21 @@ def read_secret_file(path: str, limit: int) -> bytearray:
                 f"key file {path!r} is accessible by group or others (mode "
                 f"{stat_mod.S_IMODE(st.st_mode):04o}); refusing it, as ssh refuses a loose "
                 f"private key: run `chmod 600 {path}`")
-        buf = bytearray(limit + 1)
+        if st.st_size > limit:
+            raise ValueError(f"{path!r} is longer than {limit} bytes: not a key file")
+        # Sized once (no resize that could leave a copy behind), read in place.
+        buf = bytearray(st.st_size)
         n = 0
         view = memoryview(buf)
-        while n <= limit:
+        while n < len(buf):
             got = os.readv(fd, [view[n:]])
             if got == 0:
                 break
             n += got
         view.release()
-        if n > limit:
+        if n < len(buf):
             buf[:] = bytes(len(buf))
-            raise ValueError(f"{path!r} is longer than {limit} bytes: not a key file")
-        tail = buf[n:]
-        del buf[n:]
-        tail[:] = bytes(len(tail))
+            raise ValueError(f"{path!r} changed while it was read")
         return buf
     finally:
         os.close(fd)
