@@ -113,7 +113,7 @@ def read_options(raw: bytes) -> dict[str, Any]:
 # -- encryption (format 4) ------------------------------------------------------------------
 
 WAL_FILE, MANIFEST_FILE, TABLE_FILE = 1, 2, 3
-SEALED = {"wal": 1, "manifest": 2, "data": 3, "filter": 4, "index": 5, "properties": 6}
+SEALED = {"data": 3, "filter": 4, "index": 5, "properties": 6}  # table blocks' kind bytes
 
 
 def hkdf(ikm: bytes, info: bytes, n: int = 32, salt: bytes | None = None) -> bytes:
@@ -173,12 +173,12 @@ def read_keyring(raw: bytes, master: bytes) -> Keys:
     return Keys(info["key_id"], info["active"], keys)
 
 
-def open_sealed(file_key: bytes, number: int, offset: int, what: int, code: int,
+def open_sealed(file_key: bytes, number: int, offset: int, what: int | None, code: int,
                 sealed: bytes) -> bytes:
-    """The plain bytes of a sealed record or block (FormatError when it does not
-    authenticate)."""
+    """The plain bytes of a sealed table block (``what``: its kind byte) or, with ``what``
+    None, log record (no associated data); FormatError when it does not authenticate."""
     nonce = struct.pack("<Q", offset) + bytes(4)
-    aad = struct.pack("<QQBB", number, offset, what, code)
+    aad = None if what is None else struct.pack("<QQBB", number, offset, what, code)
     try:
         return AESGCM(file_key).decrypt(nonce, sealed, aad)
     except InvalidTag:
@@ -303,7 +303,7 @@ def read_log(data: bytes, number: int | None = None, keys: Keys | None = None,
             if rec is None:
                 break
             if file_key is not None and rec.type == FULL:
-                rec.payload = open_sealed(file_key, file_number, pos, kind, FULL, rec.payload)
+                rec.payload = open_sealed(file_key, file_number, pos, None, FULL, rec.payload)
             log.records.append(rec)
             pos += rec.size
         _finish(log, data, pos)

@@ -694,8 +694,8 @@ def test_what_recovery_cuts_is_kept_encrypted_and_decryptable(tmp_path) -> None:
         pos += nxt.size
         nxt = fr._record_v2(data, pos, salt)
     assert nxt is not None
-    plain = fr.open_sealed(file_key, number, cut["offset"] + pos - 48, fr.SEALED["wal"],
-                           fr.FULL, nxt.payload)
+    plain = fr.open_sealed(file_key, number, cut["offset"] + pos - 48, None, fr.FULL,
+                           nxt.payload)
     (op,) = fr.decode_wal_payload(plain)
     assert op.key == _key(3021) and op.value == model[_key(3021)]
 

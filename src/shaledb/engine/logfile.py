@@ -52,15 +52,7 @@ from collections.abc import Iterator
 import crc32c as _crc32c
 
 from ..errors import CorruptionError, EncryptionError, IncompatibleFormatError, InvalidArgument
-from .crypto import (
-    MANIFEST_RECORD,
-    TAG_SIZE,
-    WAL_FILE,
-    WAL_RECORD,
-    FileCipher,
-    Keyring,
-    Unauthentic,
-)
+from .crypto import TAG_SIZE, WAL_FILE, FileCipher, Keyring, Unauthentic
 from .vfs import AppendFile, FileSystem
 
 FILE_MAGIC = b"SHALElog"
@@ -113,10 +105,6 @@ def file_header_size(version: int | None) -> int:
         0 if version == 1 else FILE_HEADER_SIZE)
 
 
-def _record_kind(cipher: FileCipher) -> int:
-    return WAL_RECORD if cipher.file_kind == WAL_FILE else MANIFEST_RECORD
-
-
 def _too_large(n: int) -> InvalidArgument:
     return InvalidArgument(f"a write group of {n} bytes is larger than a log record can hold "
                            f"({MAX_RECORD} bytes): write smaller batches")
@@ -157,7 +145,6 @@ class LogWriter:
             file.append(encode_file_header(number, self.salt))
         else:
             self.salt = cipher.salt
-            self._kind = _record_kind(cipher)
             file.append(encode_file_header_v3(number, cipher.salt, cipher.key_id))
 
     def frame(self, payload: bytes, synced: int | None = None) -> bytes:
@@ -167,7 +154,7 @@ class LogWriter:
         if self.cipher is not None:
             if len(payload) > MAX_RECORD - TAG_SIZE:
                 raise _too_large(len(payload) + TAG_SIZE)
-            payload = self.cipher.seal(payload, self.file.size, self._kind, RECORD_FULL)
+            payload = self.cipher.seal_record(payload, self.file.size)
         return encode_record_v2(payload, self.salt, self.synced if synced is None else synced)
 
     @property
@@ -385,10 +372,8 @@ def _scan_v2(data: bytes, path: str, expect: int | None = None,
                              "a plain log in an encrypted database", True, None)
         return scan
     cipher = None
-    kind = 0
     if encrypted:
         cipher = _file_cipher(keyring, file_kind, number, fields[4], salt, path)
-        kind = _record_kind(cipher)
     pos = hsize
     n = len(data)
     records = scan.records
@@ -401,7 +386,7 @@ def _scan_v2(data: bytes, path: str, expect: int | None = None,
             payload = data[pos + HEADER_SIZE:end]
             if cipher is not None:
                 try:
-                    payload = cipher.open(payload, pos, kind, RECORD_FULL)
+                    payload = cipher.open_record(payload, pos)
                 except Unauthentic:
                     # Checksums right, authentication wrong: changed on purpose (or moved),
                     # never what a crash leaves.
@@ -530,7 +515,6 @@ def salvage_log(data: bytes, expect: int | None = None, keyring: Keyring | None 
         data[:len(FILE_MAGIC)] != FILE_MAGIC and data[:1] not in (b"", b"\0")
         and data[:2] != MAGIC)
     cipher: FileCipher | None = None
-    kind = 0
     if expect != 1 and (data[:len(FILE_MAGIC)] == FILE_MAGIC or damaged_start or (
             n >= len(FILE_MAGIC) and not data[:FILE_HEADER_SIZE].strip(b"\0"))):
         version = _header_version(data)
@@ -570,7 +554,6 @@ def salvage_log(data: bytes, expect: int | None = None, keyring: Keyring | None 
                 out.header_damaged = True
                 out.zeros_from = end if end < n else None
                 return out
-            kind = _record_kind(cipher)
 
         def at(pos: int) -> tuple[int, int, int | None]:
             return _record_at(data, pos, salt)
@@ -589,7 +572,7 @@ def salvage_log(data: bytes, expect: int | None = None, keyring: Keyring | None 
             payload = data[pos + rsize:end]
             if cipher is not None and rtype == RECORD_FULL:
                 try:
-                    payload = cipher.open(payload, pos, kind, RECORD_FULL)
+                    payload = cipher.open_record(payload, pos)
                 except Unauthentic:
                     out.damaged.append((pos, end))
                     out.unauthentic.add(pos)

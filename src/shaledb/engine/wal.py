@@ -24,9 +24,9 @@ from typing import Any
 
 from ..errors import CorruptionError
 from .batch import decode_batch
-from .crypto import TAG_SIZE, WAL_FILE, WAL_RECORD, Keyring
+from .crypto import TAG_SIZE, WAL_FILE, Keyring
 from .filenames import log_name
-from .logfile import MAX_RECORD, RECORD_FULL, LogScan, LogWriter, encode_record_v2, scan_log
+from .logfile import MAX_RECORD, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
 
@@ -48,7 +48,7 @@ class WriteAheadLog:
         self._file = self._writer.file
         self._salt = self._writer.salt
         # The sealing of one record, bound once: it runs on every write (the hot path).
-        self._seal = None if self._writer.cipher is None else self._writer.cipher.seal
+        self._seal = None if self._writer.cipher is None else self._writer.cipher.seal_record
         self._sync_lock = threading.Lock()
         self.syncs = 0
 
@@ -73,7 +73,7 @@ class WriteAheadLog:
         if self._seal is not None:
             if len(payload) > MAX_RECORD - TAG_SIZE:
                 return self._writer.frame(payload)  # refuses it, sealing nothing
-            payload = self._seal(payload, self._file.size, WAL_RECORD, RECORD_FULL)
+            payload = self._seal(payload, self._file.size)
         return encode_record_v2(payload, self._salt, self._writer.synced)
 
     def append_framed(self, record: bytes) -> int:
