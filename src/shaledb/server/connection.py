@@ -57,8 +57,10 @@ _BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred"))
 
 
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
-    """The client's (IP, port), or None for a peer without an IP address (Unix socket).
-    Protected mode decides on the IP; tests replace this function to play a remote peer."""
+    """The client's (IP, port), or None when it is unknown: uvloop asks the socket
+    (getpeername) only now, and a client that reset its connection before it was accepted
+    has none any more. The server listens only on TCP, so None never means "local": such a
+    connection is refused. Tests replace this function to play a remote peer."""
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return str(peer[0]), int(peer[1])
@@ -153,10 +155,19 @@ class ClientConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = peer_address(transport)
-        host = peer[0] if peer is not None else None
-        addr = f"{peer[0]}:{peer[1]}" if peer is not None else str(
-            transport.get_extra_info("peername"))
         server = self.server
+        if peer is None:
+            # Fail closed: without an address neither protected mode nor the per-IP limits
+            # can decide, and the client is gone anyway (reset before the accept).
+            self.closing = True
+            log.warning("refused a client with an unknown address (the connection was reset "
+                        "before it was accepted)")
+            transport.abort()
+            server.stats["rejected_connections"] += 1
+            server.stats["unknown_peer_refusals"] += 1
+            return
+        host = peer[0]
+        addr = f"{peer[0]}:{peer[1]}"
         if server.refuses_peer(host):
             self.closing = True
             log.warning("refused client %s: protected mode (no password is set)", addr,

@@ -26,6 +26,8 @@ PROTECTED_MODE_DENIED: Final = (
     b"variable, or ACL SETUSER default >password from a local client (and ACL SAVE with an "
     b"aclfile to keep it), or 2) if the network is trusted, set protected-mode = false in "
     b"the config file (or start with --no-protected-mode) and restart the server.\r\n")
+#: The limiters' key for a client whose address is unknown (never exempt, never "local").
+UNKNOWN_PEER: Final = "unknown"
 #: Most arguments of a request from a client that has not authenticated (Redis' limit).
 UNAUTHENTICATED_MAX_ARGS: Final = 10
 #: Longest argument of a request from a client that has not authenticated (Redis' limit).
@@ -52,10 +54,11 @@ def auth_limit_key(host: str | None) -> str:
     the block one host or one customer link routinely gets: per address, every fresh address
     of it would bring a fresh burst of guesses, and enough of them would push every other
     bucket out of the bounded table. An IPv4 address, also when mapped into IPv6
-    (``::ffff:192.0.2.1`` on a dual-stack listener), is counted on its own. None (a Unix
-    socket) is ``local``; anything that does not parse is its own key."""
+    (``::ffff:192.0.2.1`` on a dual-stack listener), is counted on its own. None (an unknown
+    address; the connection path refuses those) shares one bucket, ``unknown``: never an
+    exemption. Anything that does not parse is its own key."""
     if host is None:
-        return "local"
+        return UNKNOWN_PEER
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
@@ -84,14 +87,16 @@ def unauthenticated_request_error(args: int, bulk: int) -> ProtocolError | None:
 def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
                            default_user_nopass: bool) -> bool:
     """Whether a new connection from ``peer_host`` must be refused. ``peer_host`` is None
-    for a socket without an IP peer (a Unix socket), which is local by definition.
+    when the address is unknown (a TCP client that reset before the accept): that is a
+    remote client, never a local one -- the server has no Unix socket listener.
     ``default_user_nopass``: the default user has no password (enabled or not), Redis'
     test for "no password is set"."""
-    if not protected_mode or not default_user_nopass or peer_host is None:
+    if not protected_mode or not default_user_nopass:
         return False
-    return not is_loopback_address(peer_host)
+    return peer_host is None or not is_loopback_address(peer_host)
 
 
 __all__ = ["PROTECTED_MODE_DENIED", "UNAUTHENTICATED_MAX_ARGS", "UNAUTHENTICATED_MAX_BULK",
+           "UNKNOWN_PEER",
            "auth_limit_key", "is_loopback_address", "protected_mode_refuses",
            "unauthenticated_request_error"]

@@ -1,0 +1,132 @@
+"""Issue 10, "Server hardening": the connection, security and limits findings of a review that
+attacked the server as a hostile client and as a careless operator. Each test talks to a real
+server over a real socket and failed before its fix. Traffic stays on this machine: loopback,
+or the machine's own non-loopback address (a test that needs one binds the server to it, and
+skips when the machine has none)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+import shaledb
+
+from ._server_support import RawClient, wait_for_port
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def own_address() -> str:
+    """A non-loopback IPv4 address of this machine that a server can bind, or skip. Found by
+    asking the kernel which source address it would use toward a documentation address (a
+    UDP connect sends nothing)."""
+    candidates: list[str] = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("203.0.113.1", 9))
+        candidates.append(s.getsockname()[0])
+    with contextlib.suppress(OSError):
+        candidates += [ai[4][0] for ai in socket.getaddrinfo(socket.gethostname(), None,
+                                                              socket.AF_INET)]
+    for addr in candidates:
+        if addr.startswith("127.") or addr == "0.0.0.0":
+            continue
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind((addr, 0))
+            return str(addr)
+    pytest.skip("this machine has no non-loopback IPv4 address to bind")
+
+
+def _port_on(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served_on(host: str, data_dir: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``shaledb serve`` (uvloop when installed, as in production) listening on ``host``."""
+    port = _port_on(host)
+    cmd = [sys.executable, "-m", "shaledb.cli", "serve", "--host", host, "--port", str(port),
+           "--dir", str(data_dir), "--log-level", "info", "--metrics-port", "off", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.port = port  # type: ignore[attr-defined]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")
+            try:
+                socket.create_connection((host, port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with an RST instead of a FIN."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def _request(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+# -- 1. protected mode was bypassed by a reset before accept -----------------------------------
+
+def test_a_connection_reset_before_accept_is_not_taken_for_a_local_one(tmp_path: Path) -> None:
+    # A client that reset its connection before the server read the peer address had none:
+    # `peer_address()` returned None, and protected mode took None for a Unix socket (local),
+    # although the server only listens on TCP. The requests already sent were then read and
+    # run as `default`: from a non-loopback address, SET and CONFIG SET ran on a server that
+    # refuses every remote client. Played for real: the server listens on this machine's own
+    # non-loopback address and is stopped (SIGSTOP) while the clients connect, send and
+    # reset, so that it accepts them only after the reset.
+    host = own_address()
+    data = tmp_path / "db"
+    with served_on(host, data) as proc:
+        port = proc.port  # type: ignore[attr-defined]
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            for i in range(20):
+                s = socket.socket()
+                s.bind((host, 0))
+                s.connect((host, port))  # the kernel completes the handshake
+                s.sendall(_request(b"SET", b"k%d" % i, b"v")
+                          + _request(b"CONFIG", b"SET", b"maxclients", b"77"))
+                _reset(s)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        # A connection still refused from that address, after the reset ones were handled.
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.settimeout(10)
+            assert s.recv(100).startswith(b"-DENIED")
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    with shaledb.open(str(data)) as db:
+        assert list(db.keys()) == []  # not one SET ran
+    assert b"unknown address" in err  # the refusals are logged
