@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 import shaledb
 
-from ._server_support import RawClient, wait_for_port
+from ._server_support import RawClient
 
 
 def _wait(predicate, timeout: float = 10.0) -> None:
@@ -130,3 +129,45 @@ def test_a_connection_reset_before_accept_is_not_taken_for_a_local_one(tmp_path:
     with shaledb.open(str(data)) as db:
         assert list(db.keys()) == []  # not one SET ran
     assert b"unknown address" in err  # the refusals are logged
+
+
+# -- 11. the unauthenticated request limits were checked only on incomplete requests --------
+
+def _read_all(s: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_unauthenticated_limits_hold_for_a_request_complete_in_one_read(server_factory) -> None:
+    # Until a client authenticates its requests may have 10 arguments of 16 KiB (Redis'
+    # limits, CVE-2021-32675). The check looked only at the request still incomplete after
+    # a read: a whole request arriving in one read was parsed, buffered and answered. Now
+    # the reader refuses it at its header.
+    from shaledb.server.security import UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK
+
+    st = server_factory(requirepass="pw")
+    too_many = _request(*[b"a"] * (UNAUTHENTICATED_MAX_ARGS + 1))
+    too_long = _request(b"SET", b"k", b"v" * (UNAUTHENTICATED_MAX_BULK + 1))
+    for request, error in ((too_many, b"unauthenticated multibulk length"),
+                           (too_long, b"unauthenticated bulk length")):
+        with socket.create_connection(("127.0.0.1", st.port), timeout=10) as s:
+            s.sendall(request)  # one send: one read on the server's side
+            assert _read_all(s) == b"-ERR Protocol error: " + error + b"\r\n"
+    # Also behind smaller requests in the same read (they are answered first).
+    with socket.create_connection(("127.0.0.1", st.port), timeout=10) as s:
+        s.sendall(_request(b"PING") + too_many)
+        assert _read_all(s) == (b"-NOAUTH Authentication required.\r\n"
+                                b"-ERR Protocol error: unauthenticated multibulk length\r\n")
+    # AUTH first in the same read: the large request after it is served.
+    with socket.create_connection(("127.0.0.1", st.port), timeout=10) as s:
+        s.sendall(_request(b"AUTH", b"pw") + too_long + too_many + _request(b"QUIT"))
+        assert _read_all(s) == b"+OK\r\n+OK\r\n-ERR unknown command 'a', with args beginning " \
+            b"with: 'a' 'a' 'a' 'a' 'a' 'a' 'a' 'a' 'a' 'a' \r\n+OK\r\n"
+    # Within the limits, the client is answered and stays connected.
+    c = RawClient(st.port)
+    assert str(c("SET", "k", "v" * UNAUTHENTICATED_MAX_BULK)).startswith("NOAUTH")
+    assert c("AUTH", "pw") == b"OK"
+    c.close()

@@ -23,8 +23,10 @@ a token stops being run and read until one is due (no error). A handler may retu
 for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
 request already read before closing (:meth:`ClientConnection.close_when_sent`). Until a
-client has authenticated, the request it is sending may have at most 10 arguments of at most
-16 KiB each, as in Redis (:func:`~shaledb.server.security.unauthenticated_request_error`).
+client has authenticated, each request may have at most 10 arguments of at most 16 KiB
+each, as in Redis (:data:`~shaledb.server.security.UNAUTHENTICATED_LIMITS`): the reader
+checks them at every header, so a whole request that came in one read is refused as surely
+as one still arriving.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
 from .protocol import RequestReader, encode, encode_one
-from .security import PROTECTED_MODE_DENIED, unauthenticated_request_error
+from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
     from .acl import User
@@ -217,19 +219,22 @@ class ClientConnection(asyncio.Protocol):
             return
         client.last_active = time.monotonic()
         self.server.stats["total_net_input_bytes"] += len(data)
+        self._feed(data)
+        self._process()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` (and what the reader holds) into requests, with the limits of a
+        client that has not authenticated while that is the case. The reader stops before
+        a request over those limits while requests before it wait to run (one may be an
+        AUTH, which Redis runs before it parses on); :meth:`_process` feeds it again once
+        they ran."""
+        client = self.client
+        assert client is not None
+        self.reader.unauthenticated = None if client.authenticated else UNAUTHENTICATED_LIMITS
         try:
             self.reader.feed(data, self._requests)
         except ProtocolError as exc:
             self._error = exc
-        self._process()
-        if not client.authenticated and self._error is None and not self._requests \
-                and not self.closing:
-            # Checked once the requests before it ran, so an AUTH pipelined ahead of a
-            # large request logs in first, as in Redis (which runs AUTH before parsing on).
-            # Requests left to run mean reading is paused: the buffer cannot grow meanwhile.
-            self._error = unauthenticated_request_error(*self.reader.pending())
-            if self._error is not None:
-                self._process()
 
     def _process(self) -> None:
         """Run queued requests in order until none is left, or until the replies waiting to
@@ -299,6 +304,12 @@ class ClientConnection(asyncio.Protocol):
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
         self._set_paused("backlog", False)
+        if self.reader.held and self._error is None and not self.closing \
+                and not client.close_after_reply:
+            self._feed(b"")  # the requests before a large one ran: parse on
+            if requests:
+                self._process()
+                return
         if self._error is not None and not client.close_after_reply and (
                 "deferred" not in self._pause):
             log.info("closing client %s: %s", client.addr, self._error,

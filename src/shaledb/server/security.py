@@ -15,8 +15,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-from .errors import ProtocolError
-
 #: The line a refused client gets (Redis' ``-DENIED`` reply, with ShaleDB's settings).
 PROTECTED_MODE_DENIED: Final = (
     b"-DENIED ShaleDB is running in protected mode because protected mode is enabled and no "
@@ -32,6 +30,12 @@ UNKNOWN_PEER: Final = "unknown"
 UNAUTHENTICATED_MAX_ARGS: Final = 10
 #: Longest argument of a request from a client that has not authenticated (Redis' limit).
 UNAUTHENTICATED_MAX_BULK: Final = 16384
+#: Both, as the request reader takes them (``RequestReader.unauthenticated``): exceeding
+#: either closes the connection with ``-ERR Protocol error: unauthenticated multibulk
+#: length`` / ``bulk length``, as Redis does since CVE-2021-32675. Without them anyone who
+#: can reach the port makes the server buffer up to ``client-query-buffer-limit`` per
+#: connection before giving a password.
+UNAUTHENTICATED_LIMITS: Final = (UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK)
 
 
 def is_loopback_address(host: str) -> bool:
@@ -70,20 +74,6 @@ def auth_limit_key(host: str | None) -> str:
     return str(addr)
 
 
-def unauthenticated_request_error(args: int, bulk: int) -> ProtocolError | None:
-    """The error that closes a client that has not authenticated when the request it is
-    sending announces more than UNAUTHENTICATED_MAX_ARGS arguments (``args``) or an argument
-    longer than UNAUTHENTICATED_MAX_BULK bytes (``bulk``), as Redis does since
-    CVE-2021-32675: without it, anyone who can reach the port makes the server buffer up to
-    ``client-query-buffer-limit`` per connection before giving a password. None when the
-    request fits."""
-    if args > UNAUTHENTICATED_MAX_ARGS:
-        return ProtocolError("unauthenticated multibulk length")
-    if bulk > UNAUTHENTICATED_MAX_BULK:
-        return ProtocolError("unauthenticated bulk length")
-    return None
-
-
 def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
                            default_user_nopass: bool) -> bool:
     """Whether a new connection from ``peer_host`` must be refused. ``peer_host`` is None
@@ -96,7 +86,6 @@ def protected_mode_refuses(peer_host: str | None, protected_mode: bool,
     return peer_host is None or not is_loopback_address(peer_host)
 
 
-__all__ = ["PROTECTED_MODE_DENIED", "UNAUTHENTICATED_MAX_ARGS", "UNAUTHENTICATED_MAX_BULK",
-           "UNKNOWN_PEER",
-           "auth_limit_key", "is_loopback_address", "protected_mode_refuses",
-           "unauthenticated_request_error"]
+__all__ = ["PROTECTED_MODE_DENIED", "UNAUTHENTICATED_LIMITS", "UNAUTHENTICATED_MAX_ARGS",
+           "UNAUTHENTICATED_MAX_BULK", "UNKNOWN_PEER", "auth_limit_key", "is_loopback_address",
+           "protected_mode_refuses"]
