@@ -171,3 +171,34 @@ def test_unauthenticated_limits_hold_for_a_request_complete_in_one_read(server_f
     assert str(c("SET", "k", "v" * UNAUTHENTICATED_MAX_BULK)).startswith("NOAUTH")
     assert c("AUTH", "pw") == b"OK"
     c.close()
+
+
+# -- 10. CLIENT SETNAME checked a name byte by byte, whatever its length ----------------------
+
+def test_client_names_are_bounded_and_checked_quickly(server_factory) -> None:
+    # A 32 MiB name took 2.4 s of the event loop to check (one Python comparison per byte),
+    # and was then kept for the life of the connection. Names (and CLIENT SETINFO values)
+    # are now at most MAX_CLIENT_NAME bytes and checked by one regular expression.
+    from shaledb.server.commands.connection import MAX_CLIENT_NAME
+
+    st = server_factory()
+    c = RawClient(st.port)
+    longest = b"n" * MAX_CLIENT_NAME
+    assert c("CLIENT", "SETNAME", longest) == b"OK"
+    assert c("CLIENT", "GETNAME") == longest
+    too_long = b"n" * (MAX_CLIENT_NAME + 1)
+    for request in (("CLIENT", "SETNAME", too_long), ("HELLO", "2", "SETNAME", too_long),
+                    ("CLIENT", "SETINFO", "LIB-NAME", too_long)):
+        reply = c(*request)
+        assert str(reply).startswith(f"ERR Client names are limited to {MAX_CLIENT_NAME} bytes")
+    assert c("CLIENT", "GETNAME") == longest  # unchanged
+    huge = b"x" * (8 << 20) + b" "
+    started = time.monotonic()
+    assert str(c("CLIENT", "SETNAME", huge)).startswith("ERR Client names are limited")
+    assert time.monotonic() - started < 1.0
+    assert str(c("CLIENT", "SETNAME", b"bad name")).startswith(
+        "ERR Client names cannot contain spaces")
+    assert str(c("CLIENT", "SETNAME", b"bad\x7f")).startswith("ERR Client names cannot contain")
+    assert c("CLIENT", "SETNAME", b"") == b"OK"  # an empty name clears it, as in Redis
+    assert c("CLIENT", "GETNAME") is None
+    c.close()

@@ -4,8 +4,9 @@ TIME."""
 from __future__ import annotations
 
 import logging
+import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import shaledb
 
@@ -24,6 +25,12 @@ FAMILY = CommandFamily()
 command = FAMILY.command
 
 _CONN = "noscript loading stale fast"
+#: Longest client name (CLIENT SETNAME, HELLO SETNAME) and CLIENT SETINFO value, in bytes.
+#: Redis has no limit; a name lives as long as its connection and appears in every CLIENT
+#: LIST line, the slow log and the ACL log, so it is kept to what names are for.
+MAX_CLIENT_NAME: Final = 1024
+#: Printable ASCII without space (what Redis allows in a name).
+_NAME: Final = re.compile(rb"[!-~]*")
 
 
 @command("ping", -1, "fast sentinel", "fast connection")
@@ -63,7 +70,11 @@ def reset(ctx: Context, argv: list[bytes]) -> Any:
 
 
 def _check_name(name: bytes) -> bytes:
-    if any(c < 33 or c > 126 for c in name):
+    # Length first, then one regular expression (C speed): a byte-by-byte check in Python
+    # spent 2.4 s of the event loop on a 32 MiB name.
+    if len(name) > MAX_CLIENT_NAME:
+        raise CommandError(f"Client names are limited to {MAX_CLIENT_NAME} bytes")
+    if _NAME.fullmatch(name) is None:
         raise CommandError(
             "Client names cannot contain spaces, newlines or special characters.")
     return name
