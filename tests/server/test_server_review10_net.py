@@ -202,3 +202,47 @@ def test_client_names_are_bounded_and_checked_quickly(server_factory) -> None:
     assert c("CLIENT", "SETNAME", b"") == b"OK"  # an empty name clears it, as in Redis
     assert c("CLIENT", "GETNAME") is None
     c.close()
+
+
+# -- 7. CONFIG SET rate-limit-per-ip 1e-300 locked every local client out --------------------
+
+def test_rate_limits_cannot_lock_out_the_admin(server_factory) -> None:
+    # `CONFIG SET rate-limit-per-ip 1e-300` was accepted: after one command every client of
+    # the IP (loopback: the admin too) waited 1e300 s for its next one, and only SIGTERM
+    # recovered. Rates are now at least MIN_COMMAND_RATE commands per second, and a CONFIG
+    # command of a user allowed to run it is never held back by a rate limit, so whoever
+    # can undo a limit always can.
+    from shaledb.server.config import MIN_COMMAND_RATE
+
+    st = server_factory()
+    admin = RawClient(st.port)
+    for name, value in (("rate-limit-per-ip", "1e-300"), ("rate-limit-per-ip", "0.5"),
+                        ("rate-limit-per-ip", "inf"), ("rate-limit-users", "default 1e-300")):
+        reply = admin("CONFIG", "SET", name, value)
+        assert str(reply).startswith("ERR CONFIG SET failed"), (name, value, reply)
+        assert value == "inf" or f"at least {MIN_COMMAND_RATE:g}" in str(reply)
+    assert admin("CONFIG", "GET", "rate-limit-per-ip") == [b"rate-limit-per-ip", b""]
+    assert admin("CONFIG", "SET", "rate-limit-per-ip", str(MIN_COMMAND_RATE),
+                 "rate-limit-users", f"default {MIN_COMMAND_RATE}") == b"OK"
+    admin("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-config")
+    # Another local client empties the bucket of 127.0.0.1 and keeps it empty.
+    hog = RawClient(st.port)
+    for _ in range(20):
+        hog.send("PING")
+    time.sleep(0.3)
+    # A user who may not run CONFIG gets no pass: its CONFIG waits for a token like any
+    # command (then NOPERM).
+    app = RawClient(st.port)
+    app.send("AUTH", "app", "pw")
+    app.send("CONFIG", "SET", "rate-limit-per-ip", "")
+    started = time.monotonic()
+    assert app.read() == b"OK"
+    assert str(app.read()).startswith("NOPERM")
+    assert time.monotonic() - started > 0.5
+    fixer = RawClient(st.port)  # a fresh connection of the admin: CONFIG runs at once
+    started = time.monotonic()
+    assert fixer("CONFIG", "SET", "rate-limit-per-ip", "", "rate-limit-users", "") == b"OK"
+    assert time.monotonic() - started < 0.5
+    assert [hog.read() for _ in range(20)] == [b"PONG"] * 20  # and the hog is free again
+    for c in (admin, hog, fixer, app):
+        c.close()

@@ -69,6 +69,15 @@ def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
     return None
 
 
+def may_reconfigure(client: ClientState, argv: list[bytes]) -> bool:
+    """Whether ``argv`` is a CONFIG command its user may run. Rate limits never hold those
+    back: whoever may undo a limit always can, however many commands the same IP sends."""
+    if argv[0].lower() != b"config" or not client.authenticated or len(argv) < 2:
+        return False
+    user = client.user
+    return user.unrestricted or "config|" + argv[1].lower().decode("latin-1") in user.allowed
+
+
 def reply_size(reply: Any) -> int:
     """About how many bytes ``reply`` takes on the wire (strings and arrays of them)."""
     t = type(reply)
@@ -266,7 +275,7 @@ class ClientConnection(asyncio.Protocol):
                 deferred: Deferred | None = None
                 deferred_resp = 2
                 while requests and size < OUTPUT_BATCH:
-                    if limits is not None:
+                    if limits is not None and not may_reconfigure(client, requests[0]):
                         wait = limits.wait(client)
                         if wait > 0:
                             self._throttle(wait)

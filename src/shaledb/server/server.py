@@ -352,7 +352,7 @@ class Server:
 
     async def _idle_sweeper(self) -> None:
         timeout = self.config.timeout
-        interval = min(1.0, timeout / 4)
+        interval = max(0.01, min(1.0, timeout / 4))  # a tiny timeout must not spin the loop
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
