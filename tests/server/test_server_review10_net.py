@@ -246,3 +246,37 @@ def test_rate_limits_cannot_lock_out_the_admin(server_factory) -> None:
     assert [hog.read() for _ in range(20)] == [b"PONG"] * 20  # and the hog is free again
     for c in (admin, hog, fixer, app):
         c.close()
+
+
+# -- 8. idle connections held /health at 503 ------------------------------------------------
+
+def _http(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        return _read_all(s)
+
+
+def test_idle_connections_cannot_starve_health_probes(server_factory) -> None:
+    # The metrics endpoint served MAX_CONNECTIONS requests at once and answered 503 beyond:
+    # 16 connections that never sent a request (no authentication needed) held /health at
+    # 503 for metrics-header-timeout each, again and again -- a liveness probe would have
+    # restarted a healthy server. Now a new connection takes the place of the oldest one
+    # still waiting for its request head (that one gets 408), so probes always get in.
+    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+
+    st = server_factory(metrics_port=0, metrics_header_timeout=60)
+    port = st.server.metrics_port
+    idle = []
+    try:
+        for _ in range(3 * MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            time.sleep(0.002)
+        _wait(lambda: st.call(lambda: st.server.metrics.evicted) >= 2 * MAX_CONNECTIONS - 1)
+        for _ in range(5):
+            reply = _http(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 200 "), reply
+        assert st.call(lambda: len(st.server.metrics._active)) <= MAX_CONNECTIONS  # bounded
+        assert _read_all(idle[0]).startswith(b"HTTP/1.1 408 ")  # the oldest were dropped
+    finally:
+        for s in idle:
+            s.close()
