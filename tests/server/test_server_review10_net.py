@@ -280,3 +280,73 @@ def test_idle_connections_cannot_starve_health_probes(server_factory) -> None:
     finally:
         for s in idle:
             s.close()
+
+
+# -- 12. an ACL file's password-less default user replaced SHALEDB_REQUIREPASS silently;
+#        the failed-AUTH limit per IP could not spare a NAT or a local admin ---------------
+
+def test_an_acl_file_that_drops_the_password_is_logged(server_factory, tmp_path, caplog,
+                                                       monkeypatch) -> None:
+    # SHALEDB_REQUIREPASS set, and an ACL file with `user default on nopass ...`: the file
+    # wins (as documented), so the server needed no password at all, and nothing said so.
+    import logging
+
+    from shaledb.server import ServerConfig
+
+    acl = tmp_path / "users.acl"
+    acl.write_text("user default on nopass ~* &* +@all\n")
+    monkeypatch.setenv("SHALEDB_REQUIREPASS", "from-the-environment")
+    config = ServerConfig.from_mapping({"aclfile": str(acl)})
+    assert config.requirepass == "from-the-environment"
+    caplog.set_level(logging.WARNING, logger="shaledb.server")
+    st = server_factory(aclfile=str(acl), requirepass=config.requirepass)
+    c = RawClient(st.port)
+    assert c("PING") == b"PONG"  # the ACL file's default user: no password
+    c.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("requirepass" in w and "no password" in w and str(acl) in w
+               for w in warnings), warnings
+    assert "from-the-environment" not in caplog.text
+
+
+def test_failed_auth_limit_exempts_the_configured_networks(server_factory) -> None:
+    # Failed AUTH attempts are limited per client IP: behind a NAT (or on one host) one
+    # client's typos lock out every other client of that address, the admin too. An operator
+    # may now list networks that the limit spares (auth-fail-exempt-networks, CIDRs).
+    st = server_factory(requirepass="pw", auth_fail_burst=2, auth_fail_rate=0.001)
+    c = RawClient(st.port)
+    for _ in range(2):
+        assert str(c("AUTH", "bad")).startswith("WRONGPASS")
+    assert str(c("AUTH", "pw")).startswith("ERR too many failed")  # locked out
+    # Exempt networks are validated: a typo must not exempt the wrong hosts.
+    from shaledb.errors import InvalidArgument
+    from shaledb.server import ServerConfig
+    from shaledb.server.security import MAX_EXEMPT_NETWORKS
+
+    for bad in (["10.0.0.1/8"], ["nope"], "10.0.0.0/8",
+                [f"10.{i // 256}.{i % 256}.0/24" for i in range(MAX_EXEMPT_NETWORKS + 1)]):
+        with pytest.raises(InvalidArgument, match="auth_fail_exempt_networks"):
+            ServerConfig(auth_fail_exempt_networks=bad)  # type: ignore[arg-type]
+    assert ServerConfig(auth_fail_exempt_networks=["10.0.0.0/8", "2001:db8::1"]
+                        ).auth_fail_exempt_networks == ("10.0.0.0/8", "2001:db8::1/128")
+    st2 = server_factory(requirepass="pw", auth_fail_burst=2, auth_fail_rate=0.001,
+                         auth_fail_exempt_networks=["127.0.0.0/8", "::1/128"])
+    c2 = RawClient(st2.port)
+    for _ in range(20):
+        assert str(c2("AUTH", "bad")).startswith("WRONGPASS")  # never refused unchecked
+    assert c2("AUTH", "pw") == b"OK"
+    assert c2("CONFIG", "GET", "auth-fail-exempt-networks") == [
+        b"auth-fail-exempt-networks", b"127.0.0.0/8 ::1/128"]
+    for bad in ("10.0.0.1/8", "not-a-network", "10.0.0.0/33"):
+        reply = c2("CONFIG", "SET", "auth-fail-exempt-networks", bad)
+        assert str(reply).startswith("ERR CONFIG SET failed"), reply
+    assert c2("CONFIG", "SET", "auth-fail-exempt-networks", "") == b"OK"  # none exempt
+    c3 = RawClient(st2.port)
+    for _ in range(2):
+        assert str(c3("AUTH", "bad")).startswith("WRONGPASS")
+    assert str(c3("AUTH", "pw")).startswith("ERR too many failed")
+    # A locked-out admin's fix, from an authenticated connection: exempt loopback again.
+    assert c2("CONFIG", "SET", "auth-fail-exempt-networks", "127.0.0.1/32") == b"OK"
+    assert c3("AUTH", "pw") == b"OK"
+    for x in (c, c2, c3):
+        x.close()

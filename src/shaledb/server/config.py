@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from ..errors import InvalidArgument
 from .keyspace import MAX_USER_VALUE
+from .security import parse_networks
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -102,6 +103,10 @@ class ServerConfig:
     auth_fail_rate: float = 1.0
     #: Most client IPs whose failed attempts are remembered (least recently used dropped).
     auth_fail_max_hosts: int = 10_000
+    #: Networks (CIDRs, at most 256) whose clients the failed-AUTH limit spares: a NAT
+    #: gateway many good clients share, the admin's own host. None by default: a shared IP
+    #: shares its bucket, so one client's failures can lock out the others behind it.
+    auth_fail_exempt_networks: tuple[str, ...] = ()
     #: TLS port on ``host`` (None: no TLS; 0: pick a free one). Needs the two files below.
     tls_port: int | None = None
     #: Server certificate chain (PEM) and its private key (PEM, not encrypted).
@@ -203,6 +208,17 @@ class ServerConfig:
                 or not MIN_AUTH_FAIL_RATE <= self.auth_fail_rate < float("inf")):
             raise InvalidArgument(f"server setting auth_fail_rate must be a number of "
                                   f"attempts per second >= {MIN_AUTH_FAIL_RATE:g}")
+        nets: object = self.auth_fail_exempt_networks  # a list from TOML, a tuple here
+        try:
+            if isinstance(nets, str) or not isinstance(nets, (list, tuple)):
+                raise ValueError(f"expected a list of networks, got {nets!r}")
+            parsed = parse_networks(nets)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"server setting auth_fail_exempt_networks must list networks as CIDRs "
+                f"(TOML: auth-fail-exempt-networks = [\"10.0.0.0/8\", \"::1/128\"]): "
+                f"{exc}") from None
+        object.__setattr__(self, "auth_fail_exempt_networks", tuple(str(n) for n in parsed))
         if self.aclfile is not None and (not isinstance(self.aclfile, str) or not self.aclfile):
             raise InvalidArgument("server setting aclfile must be a non-empty path")
         self._check_tls()

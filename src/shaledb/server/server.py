@@ -33,7 +33,7 @@ import shaledb
 from ..errors import InvalidArgument
 from .acl import Acl, AclRuleError, AuthRateLimiter, User
 from .checkpoint import Checkpointer
-from .config import ServerConfig
+from .config import PASSWORD_ENV, ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
 from .deferred import CLOSE
@@ -47,7 +47,13 @@ from .keyspace import Keyspace
 from .purge import run_purger
 from .ratelimit import CommandRateLimits
 from .scrub import Scrubber
-from .security import auth_limit_key, is_loopback_address, protected_mode_refuses
+from .security import (
+    auth_limit_key,
+    in_networks,
+    is_loopback_address,
+    parse_networks,
+    protected_mode_refuses,
+)
 from .slowlog import SlowLog
 from .stats import ServerStats
 from .tls import server_context
@@ -87,6 +93,8 @@ class Server:
                        auth_limiter=AuthRateLimiter(config.auth_fail_burst,
                                                     config.auth_fail_rate,
                                                     config.auth_fail_max_hosts))
+        #: Networks the failed-AUTH limit spares (auth-fail-exempt-networks).
+        self.auth_exempt = parse_networks(config.auth_fail_exempt_networks)
         self.connections: dict[int, ClientConnection] = {}
         self.stats: collections.Counter[str] = collections.Counter()
         self.accepting = False
@@ -165,7 +173,8 @@ class Server:
         looked at). The password is compared as a SHA-256 digest in constant time and never
         stored or logged."""
         host = auth_limit_key(client.host)  # IPv6: per /64
-        wait = self.acl.limiter.take(host)
+        limited = not in_networks(client.host, self.auth_exempt)
+        wait = self.acl.limiter.take(host) if limited else 0.0
         if wait > 0:
             self.stats["auth_rate_limited"] += 1
             self.acl.record("auth", "toplevel", b"AUTH", user, client)
@@ -176,7 +185,8 @@ class Server:
             self.stats["auth_failures"] += 1
             self.acl.record("auth", "toplevel", b"AUTH", user, client)
             raise WrongPassError()
-        self.acl.limiter.refund(host)
+        if limited:
+            self.acl.limiter.refund(host)
         client.user = found
         client.authenticated = True
 
@@ -218,10 +228,23 @@ class Server:
         cfg = self.config
         loop = asyncio.get_running_loop()
         if cfg.aclfile is not None and os.path.exists(cfg.aclfile):
+            configured = self.acl.default
             try:
                 self.acl.users = self.acl.load_file(cfg.aclfile)
             except AclRuleError as exc:
                 raise InvalidArgument(f"invalid ACL file: {exc}") from None
+            if cfg.requirepass is not None and self.acl.default is not configured:
+                # The file's users override requirepass (documented), but a password set
+                # for a reason must not vanish without a word.
+                if self.acl.default.nopass:
+                    log.warning("the ACL file %s defines the default user without a "
+                                "password (nopass): requirepass / %s is ignored and clients "
+                                "need no password. Set one in the file's 'user default' line "
+                                "(>password or #sha256) or remove that line", cfg.aclfile,
+                                PASSWORD_ENV)
+                else:
+                    log.warning("the ACL file %s defines the default user: its passwords "
+                                "replace requirepass / %s", cfg.aclfile, PASSWORD_ENV)
         ssl_context = server_context(cfg) if cfg.tls_port is not None else None
         if self._db is None:
             options: dict[str, Any] = {

@@ -38,6 +38,7 @@ from .fdlimit import fit_maxclients
 from .glob import compile_glob
 from .keyspace import DATABASES
 from .ratelimit import CommandRateLimits
+from .security import parse_networks
 
 if TYPE_CHECKING:
     from .server import Server
@@ -91,6 +92,8 @@ def show(value: Any) -> bytes:
         return b"%d" % value if value.is_integer() else repr(value).encode()
     if isinstance(value, dict):
         return b" ".join(show(k) + b" " + show(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return b" ".join(show(v) for v in value)
     return str(value).encode("utf-8")
 
 
@@ -179,6 +182,12 @@ def user_rates(raw: bytes) -> dict[str, float]:
     return rates
 
 
+def networks(raw: bytes) -> tuple[str, ...]:
+    """Space-separated CIDRs (``""``: none)."""
+    words = raw.decode("utf-8", "replace").split()
+    return tuple(str(n) for n in parse_networks(words))
+
+
 def yes_no(raw: bytes) -> bool:
     """``yes`` or ``no``."""
     low = raw.lower()
@@ -258,6 +267,7 @@ def _auth_limiter(server: Server, _: Any) -> None:
     cfg, limiter = server.config, server.acl.limiter
     limiter.burst, limiter.rate = cfg.auth_fail_burst, cfg.auth_fail_rate
     limiter.max_hosts = cfg.auth_fail_max_hosts
+    server.auth_exempt = parse_networks(cfg.auth_fail_exempt_networks)
 
 
 def _rate_limits(server: Server, _: Any) -> None:
@@ -334,6 +344,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("auth-fail-burst", "auth_fail_burst", integer(1, MAX_TRACKED_HOSTS), _auth_limiter),
     Setting("auth-fail-rate", "auth_fail_rate", at_least(MIN_AUTH_FAIL_RATE), _auth_limiter),
     Setting("auth-fail-max-hosts", "auth_fail_max_hosts", integer(1, MAX_TRACKED_HOSTS),
+            _auth_limiter),
+    Setting("auth-fail-exempt-networks", "auth_fail_exempt_networks", networks,
             _auth_limiter),
     Setting("rate-limit-per-ip", "rate_limit_per_ip", optional_rate, _rate_limits),
     Setting("rate-limit-users", "rate_limit_users", user_rates, _rate_limits),
