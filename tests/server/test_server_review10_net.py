@@ -350,3 +350,44 @@ def test_failed_auth_limit_exempts_the_configured_networks(server_factory) -> No
     assert c3("AUTH", "pw") == b"OK"
     for x in (c, c2, c3):
         x.close()
+
+
+# -- 13. protocol-error log lines carried raw client bytes; a 0755 data directory was kept --
+
+def test_protocol_error_log_lines_escape_client_bytes(server_factory, caplog) -> None:
+    # "closing client ...: Protocol error: expected '$', got '<byte>'" put the client's byte
+    # into the log as it was: an escape sequence (ESC [ ...) reached the operator's terminal,
+    # a newline forged a second log line.
+    import logging
+
+    caplog.set_level(logging.INFO, logger="shaledb.server")
+    st = server_factory()
+    for byte in (b"\x1b", b"\n", b"\x00"):
+        with socket.create_connection(("127.0.0.1", st.port), timeout=10) as s:
+            s.sendall(b"*1\r\n" + byte + b"[31mred")
+            assert _read_all(s).startswith(b"-ERR Protocol error: expected '$'")
+    _wait(lambda: sum("Protocol error" in r.getMessage() for r in caplog.records) >= 3)
+    lines = [r.getMessage() for r in caplog.records if "Protocol error" in r.getMessage()]
+    for line in lines:
+        assert line.isprintable(), repr(line)
+    assert any("\\x1b" in line for line in lines) and any("\\x0a" in line for line in lines)
+
+
+def test_a_data_directory_open_to_other_users_is_tightened(tmp_path, server_factory,
+                                                          caplog) -> None:
+    # An existing data directory with mode 0755 was used as it was: every local user could
+    # list it and read whatever file is not 0600. It is now tightened to 0700, with a
+    # warning.
+    import logging
+    import stat
+
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(data, 0o755)
+    caplog.set_level(logging.WARNING, logger="shaledb.server")
+    st = server_factory(dir=str(data))
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    assert any("0755" in r.getMessage() and "0700" in r.getMessage() for r in caplog.records)
+    c = RawClient(st.port)
+    assert c("SET", "k", "v") == b"OK"
+    c.close()

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
+from .logs import printable
 from .protocol import RequestReader, encode, encode_one
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
@@ -321,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self._error is not None and not client.close_after_reply and (
                 "deferred" not in self._pause):
-            log.info("closing client %s: %s", client.addr, self._error,
+            log.info("closing client %s: %s", client.addr, printable(str(self._error)),
                      extra={"client": client.addr})
             server.command_stats.error_reply(self._error.prefix)
             self._send(self._error.reply(), False)

@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -254,6 +255,7 @@ class Server:
             self._db = await loop.run_in_executor(
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db
+        _tighten_data_dir(db.path)
         self._engine_fsyncs = db.options.fsync_interval is not None
         fitted = fit_maxclients(cfg.maxclients, db.options.max_open_files)
         if fitted < cfg.maxclients:
@@ -456,6 +458,23 @@ class Server:
     async def wait_stopped(self) -> None:
         """Wait until a shutdown has completed."""
         await self._stopped.wait()
+
+
+def _tighten_data_dir(path: str) -> None:
+    """Make the data directory 0700 if other users may enter or list it: the engine creates
+    its files 0600 and new directories 0700, but an existing directory (made by hand, by a
+    package, with a loose umask) was used as it was. Logged either way."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if not mode & 0o077:
+            return
+        os.chmod(path, mode & 0o700)
+    except OSError as exc:
+        log.warning("the data directory %s is open to other users and could not be made "
+                    "0700 (%s): chmod 700 it", path, exc.strerror or exc)
+        return
+    log.warning("the data directory %s was mode %04o (open to other users); made it %04o",
+                path, mode, mode & 0o700)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
