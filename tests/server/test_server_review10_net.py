@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 import shaledb
 
-from ._server_support import RawClient
+from ._server_support import RawClient, wait_for_port
 
 
 def _wait(predicate, timeout: float = 10.0) -> None:
@@ -391,3 +392,59 @@ def test_a_data_directory_open_to_other_users_is_tightened(tmp_path, server_fact
     c = RawClient(st.port)
     assert c("SET", "k", "v") == b"OK"
     c.close()
+
+
+# -- 4. connections in the TLS handshake were not counted and used up the descriptors -------
+
+def test_tls_handshakes_count_against_maxclients(tmp_path) -> None:
+    # Connections still in the TLS handshake did not count against maxclients (asyncio made
+    # the connection object only after the handshake) but each held a descriptor: with the
+    # open files limit used up, the WAL's next mmap (which dups a descriptor) failed with
+    # EMFILE and the engine refused every write until a restart (MISCONF, /health 503).
+    # They now count from the accept, as in Redis.
+    import resource
+
+    from ._tls_support import make_test_pki
+
+    pki = make_test_pki(tmp_path / "pki")
+    limit = 700
+    port, tls_port = _port_on("127.0.0.1"), _port_on("127.0.0.1")
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ntls-port = {tls_port}\ntls-cert-file = "{pki.server_cert}"\n'
+        f'tls-key-file = "{pki.server_key}"\ntls-auth-clients = "no"\n'
+        f'tls-handshake-timeout = 60\nmemtable-size = 65536\n')
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shaledb.cli", "serve", "--config", str(config), "--host",
+         "127.0.0.1", "--port", str(port), "--dir", str(tmp_path / "db"), "--metrics-port",
+         "off", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=low_fd_limit,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    socks: list[socket.socket] = []
+    try:
+        wait_for_port(port, proc)
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=20)
+        fitted = int(r.config_get("maxclients")["maxclients"])
+        for _ in range(limit):  # TCP connections to the TLS port that never say hello
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", tls_port), timeout=10))
+            except OSError:
+                break
+        time.sleep(1.0)  # let the server accept what it will
+        clients = r.info("clients")["connected_clients"]
+        assert clients <= fitted, (clients, fitted)
+        for i in range(3000):  # several memtables: new WAL segments and tables
+            r.set(f"k{i}", "v" * 100)
+        assert r.execute_command("SAVE") is True
+        assert r.info("shaledb")["read_only"] == 0
+        r.close()
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode(errors="replace")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -138,9 +139,17 @@ class ClientState:
 class ClientConnection(asyncio.Protocol):
     """The asyncio protocol of one client connection."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, tls: ssl.SSLContext | None = None) -> None:
         self.server = server
+        #: The raw TCP transport until a TLS handshake is done, then the TLS one.
         self.transport: asyncio.Transport | None = None
+        #: A connection to the TLS port: the handshake runs after the accept, on a connection
+        #: already counted against maxclients (None once it is done, and for plain TCP).
+        self._tls = tls
+        #: Bytes the TLS layer delivered before the handshake task resumed (None: none
+        #: expected).
+        self._early: list[bytes] | None = None
+        self._handshake: asyncio.Task[None] | None = None
         self.client: ClientState | None = None
         cfg = server.config
         self.reader = RequestReader(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit)
@@ -161,8 +170,11 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the client, or refuse it (protected mode, maxclients reached, or
-        shutting down)."""
+        """Register the client, or refuse it (unknown address, protected mode, maxclients
+        reached, or shutting down). A connection to the TLS port is counted from here, as
+        in Redis, and then does its handshake (:meth:`_tls_handshake`): connections stuck
+        in a handshake hold descriptors, and uncounted they used up those the engine
+        needs."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
@@ -180,19 +192,14 @@ class ClientConnection(asyncio.Protocol):
             return
         host = peer[0]
         addr = f"{peer[0]}:{peer[1]}"
-        if server.refuses_peer(host):
-            self.closing = True
-            log.warning("refused client %s: protected mode (no password is set)", addr,
-                        extra={"client": addr})
-            transport.write(PROTECTED_MODE_DENIED)
-            transport.close()
-            server.stats["rejected_connections"] += 1
-            server.stats["protected_mode_refusals"] += 1
+        # A TLS client can only read the DENIED line after its handshake (as in Redis).
+        if self._tls is None and self._refuse_protected(transport, host, addr):
             return
         if not server.accepting or len(server.connections) >= server.config.maxclients:
             self.closing = True
-            transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
-                            else b"-ERR server is shutting down\r\n")
+            if self._tls is None:  # a TLS client could not read a plain-text line
+                transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
+                                else b"-ERR server is shutting down\r\n")
             transport.close()
             server.stats["rejected_connections"] += 1
             return
@@ -206,6 +213,59 @@ class ClientConnection(asyncio.Protocol):
             self.client.fd = sock.fileno()
         server.connections[self.client.id] = self
         server.stats["total_connections_received"] += 1
+        if self._tls is not None:
+            transport.pause_reading()  # start_tls takes the transport over
+            self._early = []
+            self._handshake = server.loop.create_task(
+                self._tls_handshake(transport, host, addr))
+
+    def _refuse_protected(self, transport: asyncio.Transport, host: str, addr: str) -> bool:
+        """Refuse the client when protected mode says so (DENIED, then close)."""
+        server = self.server
+        if not server.refuses_peer(host):
+            return False
+        self.closing = True
+        log.warning("refused client %s: protected mode (no password is set)", addr,
+                    extra={"client": addr})
+        transport.write(PROTECTED_MODE_DENIED)
+        transport.close()
+        server.stats["rejected_connections"] += 1
+        server.stats["protected_mode_refusals"] += 1
+        return True
+
+    async def _tls_handshake(self, raw: asyncio.Transport, host: str, addr: str) -> None:
+        """Run the TLS handshake of an accepted, counted connection, within
+        tls-handshake-timeout; a failure forgets the connection."""
+        server = self.server
+        assert self._tls is not None
+        try:
+            tls = await server.loop.start_tls(
+                raw, self, self._tls, server_side=True,
+                ssl_handshake_timeout=server.config.tls_handshake_timeout)
+        except Exception as exc:  # noqa: BLE001 - a bad or silent client: drop it
+            server.stats["tls_handshake_failures"] += 1
+            reason = str(exc) or type(exc).__name__
+            log.info("TLS handshake with %s failed: %s", addr, printable(reason))
+            raw.abort()
+            self.connection_lost(None)
+            return
+        except BaseException:
+            raw.abort()
+            self.connection_lost(None)
+            raise
+        tls = cast(asyncio.Transport, tls)
+        self._tls = None
+        self.transport = tls
+        early, self._early = self._early or [], None
+        if self.closing or tls.is_closing():  # closed during the handshake
+            tls.abort()
+            self.connection_lost(None)
+            return
+        if self._refuse_protected(tls, host, addr):
+            self.connection_lost(None)
+            return
+        for data in early:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the client and its watched keys."""
@@ -226,6 +286,9 @@ class ClientConnection(asyncio.Protocol):
         """Cut ``data`` into requests and run them."""
         client = self.client
         if self.closing or client is None:
+            return
+        if self._early is not None:  # the TLS layer, before _tls_handshake resumed
+            self._early.append(data)
             return
         client.last_active = time.monotonic()
         self.server.stats["total_net_input_bytes"] += len(data)

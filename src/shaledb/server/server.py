@@ -282,10 +282,12 @@ class Server:
                 self._listeners.append(plain)
                 self.port = plain.sockets[0].getsockname()[1]
             if ssl_context is not None:
+                # A plain TCP listener: each connection is counted at the accept, then does
+                # its handshake (ClientConnection._tls_handshake), as Redis does.
+                context = ssl_context
                 tls = await loop.create_server(
-                    lambda: ClientConnection(self), cfg.host, cfg.tls_port,
-                    reuse_address=True, backlog=511, ssl=ssl_context,
-                    ssl_handshake_timeout=cfg.tls_handshake_timeout)
+                    lambda: ClientConnection(self, context), cfg.host, cfg.tls_port,
+                    reuse_address=True, backlog=511)
                 self._listeners.append(tls)
                 self.tls_port = tls.sockets[0].getsockname()[1]
         except BaseException:
