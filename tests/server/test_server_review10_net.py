@@ -448,3 +448,58 @@ def test_tls_handshakes_count_against_maxclients(tmp_path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode(errors="replace")
+
+
+# -- 4 (engine side). EMFILE on a new WAL segment or table made the database read-only -------
+
+_HOG_SCRIPT = r"""
+import os, sys, time
+import shaledb
+path = sys.argv[1]
+db = shaledb.open(path, memtable_size=4 << 20)
+hog = []
+def take_all():
+    try:
+        while True:
+            hog.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+def give_back(n):
+    for _ in range(min(n, len(hog))):
+        os.close(hog.pop())
+written, refused = [], 0
+value = b"v" * 1000
+take_all()
+i = 0
+while len(written) < 12000:
+    key = b"k%06d" % i
+    i += 1
+    try:
+        db.put(key, value)
+        written.append(key)
+    except shaledb.DescriptorsExhaustedError:
+        refused += 1
+        give_back(64)   # the operator frees descriptors; the next write tries again
+    if i % 997 == 0:
+        take_all()      # and something takes them again
+give_back(len(hog))
+stats = db.stats()
+db.close()
+with shaledb.open(path) as again:
+    missing = [k for k in written if again.get(k) is None]
+print(refused, stats["read_only"], stats["descriptor_shortages"], len(missing))
+"""
+
+
+def test_emfile_from_a_real_descriptor_limit_is_retryable(tmp_path) -> None:
+    # The same with real EMFILEs: a process that uses up its descriptors (os.open until it
+    # fails) while writing, then frees some. The WAL's map grows every MiB (mmap dups the
+    # descriptor), segments and tables are created: each EMFILE fails one write, never all.
+    result = subprocess.run([sys.executable, "-c", _HOG_SCRIPT, str(tmp_path / "db")],
+                            capture_output=True, timeout=300,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+    refused, read_only, shortages, missing = result.stdout.split()
+    assert int(refused) > 0  # the limit was really hit
+    assert read_only == b"False" and int(shortages) >= int(refused)
+    assert int(missing) == 0
