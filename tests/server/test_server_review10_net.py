@@ -452,6 +452,81 @@ def test_tls_handshakes_count_against_maxclients(tmp_path) -> None:
 
 # -- 4 (engine side). EMFILE on a new WAL segment or table made the database read-only -------
 
+def _send_all(s: socket.socket, *requests: bytes) -> None:
+    s.sendall(b"".join(requests))
+
+
+def test_no_descriptor_for_a_new_wal_segment_or_table_is_retryable(tmp_path) -> None:
+    # An EMFILE from creating the next WAL segment or an L0 table became the engine's
+    # background error: every later write answered MISCONF until a restart, though nothing
+    # had been written. Now the write that met it answers -TRYAGAIN, the next one tries
+    # again, and a flush retries by itself. A real I/O error (EIO) still stops writes.
+    import errno
+
+    from shaledb.server import ServerConfig
+    from shaledb.testing import FaultInjectionFS
+
+    from ._server_support import ServerThread
+
+    path = str(tmp_path / "db")
+    fs = FaultInjectionFS()
+    db = shaledb.open(path, fs=fs, memtable_size=64 * 1024)
+    st = ServerThread(ServerConfig(port=0, host="127.0.0.1", dir=path, metrics_port=None), db)
+    ok: set[bytes] = set()
+    try:
+        c = RawClient(st.port)
+        value = b"v" * 1000
+
+        def write_until(prefix: str, predicate, limit: int = 2000) -> list:
+            replies = []
+            for i in range(limit):
+                key = f"{prefix}{i}".encode()
+                reply = c("SET", key, value)
+                replies.append(reply)
+                if reply == b"OK":
+                    ok.add(key)
+                if predicate(reply):
+                    break
+            return replies
+
+        fs.inject("create", ".log", errno=errno.EMFILE, count=2)  # the next two segments
+        replies = write_until("a", lambda r: r == b"OK" and fs.faults[0].hits >= 3)
+        tryagain = [r for r in replies if r != b"OK"]
+        assert len(tryagain) == 2, replies[-5:]
+        assert all(str(r).startswith("TRYAGAIN the server is out of file descriptors; "
+                                     "nothing was written") for r in tryagain), tryagain
+        assert c("SET", "after-wal", "x") == b"OK"
+        ok.add(b"after-wal")
+        fs.clear()
+        fs.inject("create", ".sst", errno=errno.EMFILE, count=3)  # the flush: 3 attempts
+        replies = write_until("b", lambda r: fs.faults[0].hits >= 4, limit=5000)
+        assert all(r == b"OK" or str(r).startswith("TRYAGAIN") for r in replies)
+        deadline = time.monotonic() + 10  # the flush retries by itself: so may the client
+        while (reply := c("SET", "after-sst", "y")) != b"OK":
+            assert str(reply).startswith("TRYAGAIN") and time.monotonic() < deadline, reply
+            time.sleep(0.05)
+        ok.add(b"after-sst")
+        stats = st.call(db.stats)
+        assert stats["read_only"] is False and stats["background_error"] is None
+        assert stats["descriptor_shortages"] >= 5
+        for key in sorted(ok)[:50] + [b"after-wal", b"after-sst"]:
+            assert c("EXISTS", key) == 1, key
+        # EIO is no shortage of descriptors: the engine stops writes as before.
+        fs.clear()
+        fs.inject("create", ".log", errno=errno.EIO)
+        replies = write_until("c", lambda r: r != b"OK")
+        assert str(replies[-1]).startswith("MISCONF")
+        assert str(c("SET", "z", "z")).startswith("MISCONF")
+        c.close()
+    finally:
+        st.stop()
+        with contextlib.suppress(shaledb.ShaleError):
+            db.close()
+    with shaledb.open(path) as reopened:  # nothing acknowledged was lost on the way
+        for key in ok:
+            assert reopened.get(b"\x00" + key) is not None, key
+
+
 _HOG_SCRIPT = r"""
 import os, sys, time
 import shaledb
