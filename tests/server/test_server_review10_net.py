@@ -578,3 +578,37 @@ def test_emfile_from_a_real_descriptor_limit_is_retryable(tmp_path) -> None:
     assert int(refused) > 0  # the limit was really hit
     assert read_only == b"False" and int(shortages) >= int(refused)
     assert int(missing) == 0
+
+
+# -- compatibility with Redis 7 ----------------------------------------------------------------
+
+def test_idle_clients_are_kept_as_by_redis_but_unauthenticated_ones_are_not(server_factory
+                                                                           ) -> None:
+    # `timeout` defaulted to 300: pooled connections idle for 5 minutes were dropped, where
+    # Redis (default 0) keeps them. Now 0 like Redis; a connection that never authenticated
+    # (the default user needs a password) is closed after auth-timeout seconds instead, so
+    # silent connections still cannot hold client slots.
+    from shaledb.server import ServerConfig
+
+    assert ServerConfig().timeout == 0
+    assert ServerConfig().auth_timeout > 0
+    st = server_factory(requirepass="pw", auth_timeout=0.5)
+    silent = socket.create_connection(("127.0.0.1", st.port), timeout=10)
+    logged_in = RawClient(st.port)
+    assert logged_in("AUTH", "pw") == b"OK"
+    assert logged_in("CONFIG", "GET", "timeout") == [b"timeout", b"0"]
+    assert logged_in("CONFIG", "GET", "auth-timeout") == [b"auth-timeout", b"0.5"]
+    started = time.monotonic()
+    assert _read_all(silent) == b""  # closed by the server
+    assert time.monotonic() - started < 5
+    time.sleep(1.0)
+    assert logged_in("PING") == b"PONG"  # authenticated: kept however idle
+    assert logged_in("RESET") == b"RESET"
+    time.sleep(1.0)
+    assert str(logged_in("PING")).startswith("NOAUTH")  # once logged in, never timed out
+    logged_in.close()
+    silent.close()
+    from shaledb.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="auth_timeout"):
+        ServerConfig(auth_timeout=-1)

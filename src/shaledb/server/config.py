@@ -61,8 +61,13 @@ class ServerConfig:
     dir: str = "./data"
     #: Most client connections at once; one more gets ``-ERR max number of clients reached``.
     maxclients: int = 10_000
-    #: Seconds a client may stay idle before the server closes its connection (0 = never).
-    timeout: float = 300.0
+    #: Seconds a client may stay idle before the server closes its connection (0 = never,
+    #: the default, as in Redis: pooled connections may idle for hours).
+    timeout: float = 0.0
+    #: Seconds a connection may stay without ever authenticating, while the default user
+    #: needs a password, before the server closes it (0 = never). Bounds what silent
+    #: connections (slowloris) can hold of maxclients, whatever ``timeout`` is.
+    auth_timeout: float = 30.0
     #: Longest single argument (key or value) in bytes; longer closes the connection with
     #: ``-ERR Protocol error: invalid bulk length``. Also the largest string a command may
     #: build (APPEND, SETRANGE).
@@ -193,9 +198,12 @@ class ServerConfig:
         if self.client_query_buffer_limit <= self.proto_max_bulk_len:
             raise InvalidArgument(
                 "server setting client_query_buffer_limit must exceed proto_max_bulk_len")
-        if (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
-                or not 0 <= self.timeout < float("inf")):
-            raise InvalidArgument("server setting timeout must be a number of seconds >= 0")
+        for name in ("timeout", "auth_timeout"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 <= value < float("inf")):
+                raise InvalidArgument(f"server setting {name} must be a number of seconds "
+                                      f">= 0 (0: never)")
         if self.appendfsync not in APPENDFSYNC_MODES:
             raise InvalidArgument(
                 f"server setting appendfsync must be one of {', '.join(APPENDFSYNC_MODES)}, "

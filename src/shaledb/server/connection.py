@@ -99,7 +99,7 @@ class ClientState:
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "__weakref__")
+                 "ever_authenticated", "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -113,6 +113,9 @@ class ClientState:
         #: The ACL user whose permissions apply; commands need ``authenticated`` too.
         self.user = user
         self.authenticated = authenticated
+        #: Authenticated at some point: auth-timeout no longer applies (RESET logs out a
+        #: client that has shown its password; it is not a silent connection).
+        self.ever_authenticated = authenticated
         #: Queued requests between MULTI and EXEC; None outside MULTI.
         self.multi: list[list[bytes]] | None = None
         self.multi_bytes = 0

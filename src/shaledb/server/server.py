@@ -190,6 +190,7 @@ class Server:
             self.acl.limiter.refund(host)
         client.user = found
         client.authenticated = True
+        client.ever_authenticated = True
 
     def disconnect_users(self, users: list[User], caller: ClientState) -> None:
         """Close the connections logged in as one of ``users`` (deleted users); the caller's
@@ -370,24 +371,34 @@ class Server:
                 return
 
     def restart_idle_sweeper(self) -> None:
-        """(Re)start closing idle clients after ``timeout`` seconds (stop when 0)."""
+        """(Re)start closing clients idle for ``timeout`` seconds, and those that never
+        authenticated within ``auth_timeout`` (stop when both are 0)."""
         if self._idle_task is not None:
             self._idle_task.cancel()
             self._idle_task = None
-        if self.config.timeout and not self._stopping:
+        cfg = self.config
+        if (cfg.timeout or cfg.auth_timeout) and not self._stopping:
             self._idle_task = asyncio.get_running_loop().create_task(self._idle_sweeper())
 
     async def _idle_sweeper(self) -> None:
-        timeout = self.config.timeout
-        interval = max(0.01, min(1.0, timeout / 4))  # a tiny timeout must not spin the loop
+        timeout, auth_timeout = self.config.timeout, self.config.auth_timeout
+        shortest = min(t for t in (timeout, auth_timeout) if t)
+        interval = max(0.01, min(1.0, shortest / 4))  # a tiny timeout must not spin the loop
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for conn in list(self.connections.values()):
                 c = conn.client
-                if c is not None and now - c.last_active > timeout and not conn.holding:
+                if c is None or conn.holding:
+                    continue
+                if timeout and now - c.last_active > timeout:
                     self.stats["idle_timeouts"] += 1
                     log.info("closing idle client %s", c.addr)
+                    conn.abort()
+                elif auth_timeout and not c.ever_authenticated and now - c.created > auth_timeout:
+                    self.stats["auth_timeouts"] += 1
+                    log.info("closing client %s: not authenticated within %g s", c.addr,
+                             auth_timeout)
                     conn.abort()
 
     def request_shutdown(self) -> None:

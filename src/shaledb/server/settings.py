@@ -328,6 +328,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("appendfsync", "appendfsync", choice(*APPENDFSYNC_MODES), _appendfsync),
     Setting("maxclients", "maxclients", integer(1), check=_maxclients_fit),
     Setting("timeout", "timeout", number, _timeout),
+    Setting("auth-timeout", "auth_timeout", number, _timeout),
     Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(MIN_BULK_LEN), _readers),
     Setting("client-query-buffer-limit", "client_query_buffer_limit", memory(1024), _readers),
     Setting("client-output-buffer-limit", "client_output_buffer_limit", output_buffer_limit,
