@@ -612,3 +612,50 @@ def test_idle_clients_are_kept_as_by_redis_but_unauthenticated_ones_are_not(serv
 
     with pytest.raises(InvalidArgument, match="auth_timeout"):
         ServerConfig(auth_timeout=-1)
+
+
+def _raw_reply(c: RawClient, *args: bytes) -> bytes:
+    """The bytes of the reply to one request (complete, as hiredis sees it)."""
+    import hiredis
+
+    c.send(*args)
+    reader, data = hiredis.Reader(), b""
+    while True:
+        chunk = c.sock.recv(65536)
+        assert chunk, data
+        data += chunk
+        reader.feed(chunk)
+        if reader.gets() is not False:
+            return data
+
+
+def test_hello_client_info_and_acl_getuser_look_like_redis_7(server_factory) -> None:
+    # HELLO said server=shaledb version=0.1.0 while INFO said redis_version:7.2.0; CLIENT
+    # INFO / LIST were bulk strings in RESP3 (Redis 7 sends verbatim strings: `=N txt:`);
+    # ACL GETUSER's flags were simple strings (Redis 7: bulk strings, a set in RESP3).
+    # Compared with redis-server 7 over redis-cli -3 and a raw socket.
+    from shaledb.server.info import REDIS_VERSION
+
+    st = server_factory()
+    c = RawClient(st.port)
+    version = REDIS_VERSION.encode()
+    assert _raw_reply(c, b"HELLO", b"3").startswith(
+        b"%%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$%d\r\n%s\r\n"
+        % (len(version), version))
+    for request in ((b"CLIENT", b"INFO"), (b"CLIENT", b"LIST")):
+        reply = _raw_reply(c, *request)
+        header, body = reply.split(b"\r\n", 1)
+        assert header[:1] == b"=" and body.startswith(b"txt:id=")
+        assert int(header[1:]) == len(body) - 2
+    flags = b"$5\r\nflags\r\n%c2\r\n$2\r\non\r\n$6\r\nnopass\r\n"
+    assert flags % b"~" in _raw_reply(c, b"ACL", b"GETUSER", b"default")  # a set of bulks
+    _raw_reply(c, b"HELLO", b"2")
+    assert _raw_reply(c, b"CLIENT", b"INFO").startswith(b"$")  # RESP2: a bulk string
+    assert flags % b"*" in _raw_reply(c, b"ACL", b"GETUSER", b"default")  # an array
+    c.close()
+    r = st.client(protocol=3, decode_responses=True)  # redis-py reads all of it
+    assert r.execute_command("HELLO", "3")["server"] == "redis"
+    assert r.client_info()["cmd"] == "client|info"
+    assert r.acl_getuser("default")["flags"] in (["on", "nopass"], {"on", "nopass"})
+    assert r.info("server")["shaledb_version"] == shaledb.__version__
+    r.close()

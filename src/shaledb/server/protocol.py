@@ -29,7 +29,7 @@ string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dic
 (flat array in RESP2), ``set``/``frozenset`` -> set (array in RESP2), ``float`` -> double
 (bulk string in RESP2), :class:`Status` -> simple string, :class:`CommandError` -> error,
 ``NULL_ARRAY`` -> null array (``*-1`` in RESP2), :class:`Verbatim` -> verbatim string
-(bulk string in RESP2).
+(bulk string in RESP2), :class:`SetReply` -> set in its own order (array in RESP2).
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ class Status(bytes):
 class Verbatim(bytes):
     """A text reply: a RESP3 verbatim string of format ``txt`` (INFO), a bulk string in
     RESP2, as Redis sends it."""
+
+    __slots__ = ()
+
+
+class SetReply(tuple[Any, ...]):
+    """A set reply in a fixed order (ACL GETUSER's flags): a RESP3 set, an array in RESP2."""
 
     __slots__ = ()
 
@@ -373,7 +379,7 @@ def encode(value: Any, resp: int, out: list[bytes]) -> None:
         for k, v in value.items():
             encode(k, resp, out)
             encode(v, resp, out)
-    elif t is set or t is frozenset:
+    elif t is set or t is frozenset or t is SetReply:
         out.append(b"%c%d\r\n" % (126 if resp == 3 else 42, len(value)))
         for item in value:
             encode(item, resp, out)
@@ -407,6 +413,7 @@ __all__ = [
     "PONG",
     "QUEUED",
     "RequestReader",
+    "SetReply",
     "Status",
     "Verbatim",
     "encode",

@@ -8,11 +8,10 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-import shaledb
-
 from ..errors import AuthRequiredError, CommandError
+from ..info import REDIS_VERSION
 from ..keyspace import DATABASES
-from ..protocol import OK, PONG, Status
+from ..protocol import OK, PONG, Status, Verbatim
 from . import SYNTAX, CommandFamily, Context, parse_int, wrong_arity
 
 if TYPE_CHECKING:
@@ -117,9 +116,12 @@ def hello(ctx: Context, argv: list[bytes]) -> Any:
     if name is not None:
         client.name = name
     client.resp = version
+    # The Redis whose protocol and commands are served, as INFO's redis_version says;
+    # ShaleDB's own version is INFO's shaledb_version (clients that pick features by
+    # version, like Lettuce, read HELLO's).
     return {
-        "server": "shaledb",
-        "version": shaledb.__version__,
+        "server": "redis",
+        "version": REDIS_VERSION,
         "proto": version,
         "id": client.id,
         "mode": "standalone",
@@ -368,9 +370,9 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
         client.lib[attr.decode()] = value
         return OK
     if sub == b"info" and n == 2:
-        return client_line(ctx.server, client) + b"\n"
+        return Verbatim(client_line(ctx.server, client) + b"\n")
     if sub == b"list":
-        return _client_list(ctx, argv)
+        return Verbatim(_client_list(ctx, argv))  # verbatim in RESP3, as in Redis 7
     if sub == b"kill" and n >= 3:
         return _client_kill(ctx, argv)
     if sub in (b"no-evict", b"no-touch") and n == 3:
