@@ -659,3 +659,59 @@ def test_hello_client_info_and_acl_getuser_look_like_redis_7(server_factory) -> 
     assert r.acl_getuser("default")["flags"] in (["on", "nopass"], {"on", "nopass"})
     assert r.info("server")["shaledb_version"] == shaledb.__version__
     r.close()
+
+
+def test_a_half_made_wal_segment_that_cannot_be_removed_stops_writes(tmp_path) -> None:
+    # The retry after an EMFILE on a new WAL segment is only safe once the half-made segment
+    # is gone: left between the sealed segment and the next one, it reads as damage to
+    # synced data at the next open (strict recovery refuses to open). When removing it
+    # fails too, the switch fail-stops as before. And an EMFILE met where a failure is
+    # fatal (while a record is copied) is reported as a plain StorageError, not retryable.
+    import errno
+
+    from shaledb.engine.vfs import _storage_error
+    from shaledb.testing import FaultInjectionFS
+
+    class Fs(FaultInjectionFS):
+        fail_new_maps = 0
+        doomed: str | None = None
+
+        def _map_grow(self, f, fd, needed):  # type: ignore[no-untyped-def]
+            super()._map_grow(f, fd, needed)
+            if f.size == 0 and f.path.endswith(".log") and self.fail_new_maps:
+                self.fail_new_maps -= 1  # a new segment's first map: allocated, then EMFILE
+                self.doomed = f.path
+                raise _storage_error("write", f.path, OSError(errno.EMFILE, "no fd"))
+
+        def remove(self, path: str) -> None:
+            if path == self.doomed:
+                raise _storage_error("remove", path, OSError(errno.EIO, "I/O error"))
+            super().remove(path)
+
+    path = str(tmp_path / "db")
+    fs = Fs()
+    db = shaledb.open(path, fs=fs, memtable_size=64 * 1024)
+    acknowledged = []
+    fs.fail_new_maps = 1
+    with pytest.raises(shaledb.StorageError) as info:
+        for i in range(1000):
+            db.put(b"k%d" % i, b"v" * 1000, sync=True)
+            acknowledged.append(b"k%d" % i)
+    assert not isinstance(info.value, shaledb.DescriptorsExhaustedError)
+    assert db.stats()["read_only"]
+    fs.crash()
+    with contextlib.suppress(shaledb.ShaleError):
+        db.close()
+    with shaledb.open(path) as again:  # strict recovery: no damage to synced data
+        assert all(again.get(k) is not None for k in acknowledged)
+    # EMFILE while a record is being copied (after the point of no return): fail-stop, and
+    # typed as what it is, not as retryable.
+    fs2 = FaultInjectionFS()
+    db2 = shaledb.open(str(tmp_path / "db2"), fs=fs2)
+    db2.put(b"a", b"1")
+    fs2.inject("write", ".log", errno=errno.EMFILE)
+    with pytest.raises(shaledb.StorageError) as info:
+        db2.put(b"b", b"2")
+    assert not isinstance(info.value, shaledb.DescriptorsExhaustedError)
+    assert db2.stats()["read_only"]
+    db2.close()

@@ -37,7 +37,7 @@ import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from ..errors import (
     ClosedError,
@@ -565,6 +565,9 @@ class Engine:
         StorageError chained to it: after it the state of the files is unknown."""
         err = exc if isinstance(exc, ShaleError) else StorageError(
             f"{what} failed unexpectedly: {exc!r}", None, "internal")
+        if isinstance(exc, DescriptorsExhaustedError):
+            # Met where a failure is fatal (after the WAL append began): not retryable.
+            err = StorageError(str(exc), exc.errno, exc.op)
         if err is not exc:
             err.__cause__ = exc
         if self._bg_error is None:
@@ -796,6 +799,7 @@ class Engine:
         assert old is not None
         new: WriteAheadLog | None = None
         error: BaseException | None = None
+        retryable = False
         # The fsyncs below run without the mutex, so readers never wait for them; this thread
         # leads the writer queue, so nobody else appends to the WAL meanwhile.
         self._mutex.release()
@@ -806,20 +810,21 @@ class Engine:
             self.fs.sync_dir(self.path)
         except BaseException as exc:  # noqa: BLE001 - recorded below, under the mutex
             error = exc
-        finally:
-            self._mutex.acquire()
-        if error is not None:
             if new is not None:
                 with contextlib.suppress(Exception):
                     new.close()
-            if isinstance(error, DescriptorsExhaustedError):
-                # Nothing is lost: the old segment is sealed (complete and durable) and stays
-                # the current one; the half-made new one goes. The next write switches again
-                # (a sealed segment forces it) and seals nothing twice.
+            # No descriptor for the new segment: nothing is lost (the old one is sealed,
+            # complete and durable, and stays current) once the half-made one is gone.
+            retryable = (isinstance(exc, DescriptorsExhaustedError)
+                         and self._remove_log(number))
+        finally:
+            self._mutex.acquire()
+        if error is not None:
+            if retryable:
+                # The next write switches again (a sealed segment forces it); the seal is
+                # not written twice.
                 self.counters["descriptor_shortages"] += 1
-                with contextlib.suppress(ShaleError):
-                    self.fs.remove(log_name(self.path, number))
-                raise self._retryable(error) from None
+                raise self._retryable(cast(DescriptorsExhaustedError, error)) from None
             raise self._locked_fail(error, "starting a new WAL segment") from None
         assert new is not None
         # From here on the engine writes to the new segment, whatever happens to the old one.
@@ -833,6 +838,16 @@ class Engine:
             raise self._locked_fail(exc, "closing a WAL segment") from None
         finally:
             self._locked_freeze_memtable(number)
+
+    def _remove_log(self, number: int) -> bool:
+        """Remove a WAL segment that failed to start; False if that failed too. It must go,
+        or the switch fail-stops: left behind an older segment, an empty or half-made
+        segment would read as damage to synced data at the next open."""
+        try:
+            self.fs.remove(log_name(self.path, number))
+        except ShaleError:
+            return False
+        return True
 
     def _locked_freeze_memtable(self, number: int) -> None:
         """The memtable becomes the immutable one (the flush thread writes it to L0); a new
