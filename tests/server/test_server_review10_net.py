@@ -249,6 +249,45 @@ def test_rate_limits_cannot_lock_out_the_admin(server_factory) -> None:
         c.close()
 
 
+def test_numeric_settings_are_range_checked_so_no_value_locks_anyone_out(server_factory
+                                                                         ) -> None:
+    # The audit that came with item 7: every numeric CONFIG parameter whose extreme values
+    # could lock clients out or grow memory without bound is range-checked, the same way
+    # in the TOML file (ServerConfig) and by CONFIG SET; the bounds themselves are accepted.
+    from shaledb.errors import InvalidArgument
+    from shaledb.server import ServerConfig
+    from shaledb.server.config import (
+        MAX_TRACKED_HOSTS,
+        MIN_AUTH_FAIL_RATE,
+        MIN_BULK_LEN,
+        MIN_COMMAND_RATE,
+    )
+
+    too_far = {"proto-max-bulk-len": MIN_BULK_LEN - 1, "auth-fail-rate": MIN_AUTH_FAIL_RATE / 2,
+               "auth-fail-burst": MAX_TRACKED_HOSTS + 1,
+               "auth-fail-max-hosts": MAX_TRACKED_HOSTS + 1,
+               "rate-limit-max-hosts": MAX_TRACKED_HOSTS + 1,
+               "max-watched-keys": MAX_TRACKED_HOSTS + 1,
+               "rate-limit-per-ip": MIN_COMMAND_RATE / 2}
+    at_bound = {"proto-max-bulk-len": MIN_BULK_LEN, "auth-fail-rate": MIN_AUTH_FAIL_RATE,
+                "auth-fail-burst": MAX_TRACKED_HOSTS, "auth-fail-max-hosts": MAX_TRACKED_HOSTS,
+                "rate-limit-max-hosts": MAX_TRACKED_HOSTS, "max-watched-keys": MAX_TRACKED_HOSTS,
+                "rate-limit-per-ip": MIN_COMMAND_RATE}
+    for name, value in too_far.items():
+        with pytest.raises(InvalidArgument, match=name.replace("-", "_")):
+            ServerConfig.from_mapping({name: value})
+        ServerConfig.from_mapping({name: at_bound[name]})
+    st = server_factory()
+    c = RawClient(st.port)
+    for name, value in too_far.items():
+        reply = c("CONFIG", "SET", name, repr(value))
+        assert str(reply).startswith("ERR CONFIG SET failed"), (name, reply)
+    for name, value in at_bound.items():
+        assert c("CONFIG", "SET", name, repr(value)) == b"OK", name
+    assert c("PING") == b"PONG"  # the admin is still served at every bound
+    c.close()
+
+
 # -- 8. idle connections held /health at 503 ------------------------------------------------
 
 def _http(port: int, request: bytes) -> bytes:
