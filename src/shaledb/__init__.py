@@ -16,6 +16,7 @@ from .engine.verify import VerifyReport, verify
 from .errors import (
     ClosedError,
     CorruptionError,
+    DescriptorsExhaustedError,
     IncompatibleFormatError,
     InvalidArgument,
     LockedError,
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_VALUE_SIZE",
     "ClosedError",
     "CorruptionError",
+    "DescriptorsExhaustedError",
     "IncompatibleFormatError",
     "InvalidArgument",
     "LockedError",

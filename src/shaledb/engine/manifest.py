@@ -24,7 +24,12 @@ from typing import Any
 
 import msgpack
 
-from ..errors import CorruptionError, IncompatibleFormatError, StorageError
+from ..errors import (
+    CorruptionError,
+    DescriptorsExhaustedError,
+    IncompatibleFormatError,
+    StorageError,
+)
 from .filenames import CURRENT, manifest_name
 from .logfile import LogWriter, crc32c, scan_log
 from .sstable.format import FileMeta
@@ -188,6 +193,9 @@ class VersionSet:
         #: The error that left the manifest in an unknown state (a half-written edit, a switch
         #: that may or may not have happened); no edit is appended after it.
         self._failed: BaseException | None = None
+        #: The current edit wrote something (a new manifest file, an append): after that a
+        #: failure leaves the manifest in an unknown state, whatever the error.
+        self._touched = False
 
     def new_file_number(self) -> int:
         """Allocate a file number (caller holds the mutex, or is alone: open)."""
@@ -276,6 +284,7 @@ class VersionSet:
         old = self.manifest_number
         path = manifest_name(self.dirpath, number)
         file = self.fs.create(path, exclusive=True)
+        self._touched = True
         try:
             writer = LogWriter(file, number)
             writer.add(snapshot.encode())
@@ -306,8 +315,15 @@ class VersionSet:
                 getattr(self._failed, "errno", None), "manifest")
         if edit.last_seq is None:
             edit.last_seq = self.last_seq
+        self._touched = False
         try:
             return self._log_and_apply(edit)
+        except DescriptorsExhaustedError as exc:
+            if not self._touched:
+                raise  # a new manifest could not even be created: nothing changed, retryable
+            # Past that point the files may be ahead of memory: fail-stop as for any error.
+            self._failed = exc
+            raise StorageError(str(exc), exc.errno, exc.op) from exc
         except BaseException as exc:
             self._failed = exc
             raise
@@ -328,6 +344,7 @@ class VersionSet:
             return new
         with self._mutex:
             edit.next_file = self.next_file
+        self._touched = True
         self._log.add(edit.encode())
         self._log.sync()
         return new

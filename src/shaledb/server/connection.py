@@ -23,8 +23,10 @@ a token stops being run and read until one is due (no error). A handler may retu
 for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
 request already read before closing (:meth:`ClientConnection.close_when_sent`). Until a
-client has authenticated, the request it is sending may have at most 10 arguments of at most
-16 KiB each, as in Redis (:func:`~shaledb.server.security.unauthenticated_request_error`).
+client has authenticated, each request may have at most 10 arguments of at most 16 KiB
+each, as in Redis (:data:`~shaledb.server.security.UNAUTHENTICATED_LIMITS`): the reader
+checks them at every header, so a whole request that came in one read is refused as surely
+as one still arriving.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
+from .logs import printable
 from .protocol import RequestReader, encode, encode_one
-from .security import PROTECTED_MODE_DENIED, unauthenticated_request_error
+from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
     from .acl import User
@@ -57,12 +61,23 @@ _BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred"))
 
 
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
-    """The client's (IP, port), or None for a peer without an IP address (Unix socket).
-    Protected mode decides on the IP; tests replace this function to play a remote peer."""
+    """The client's (IP, port), or None when it is unknown: uvloop asks the socket
+    (getpeername) only now, and a client that reset its connection before it was accepted
+    has none any more. The server listens only on TCP, so None never means "local": such a
+    connection is refused. Tests replace this function to play a remote peer."""
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return str(peer[0]), int(peer[1])
     return None
+
+
+def may_reconfigure(client: ClientState, argv: list[bytes]) -> bool:
+    """Whether ``argv`` is a CONFIG command its user may run. Rate limits never hold those
+    back: whoever may undo a limit always can, however many commands the same IP sends."""
+    if argv[0].lower() != b"config" or not client.authenticated or len(argv) < 2:
+        return False
+    user = client.user
+    return user.unrestricted or "config|" + argv[1].lower().decode("latin-1") in user.allowed
 
 
 def reply_size(reply: Any) -> int:
@@ -84,7 +99,7 @@ class ClientState:
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "__weakref__")
+                 "ever_authenticated", "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -98,6 +113,9 @@ class ClientState:
         #: The ACL user whose permissions apply; commands need ``authenticated`` too.
         self.user = user
         self.authenticated = authenticated
+        #: Authenticated at some point: auth-timeout no longer applies (RESET logs out a
+        #: client that has shown its password; it is not a silent connection).
+        self.ever_authenticated = authenticated
         #: Queued requests between MULTI and EXEC; None outside MULTI.
         self.multi: list[list[bytes]] | None = None
         self.multi_bytes = 0
@@ -124,9 +142,17 @@ class ClientState:
 class ClientConnection(asyncio.Protocol):
     """The asyncio protocol of one client connection."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, tls: ssl.SSLContext | None = None) -> None:
         self.server = server
+        #: The raw TCP transport until a TLS handshake is done, then the TLS one.
         self.transport: asyncio.Transport | None = None
+        #: A connection to the TLS port: the handshake runs after the accept, on a connection
+        #: already counted against maxclients (None once it is done, and for plain TCP).
+        self._tls = tls
+        #: Bytes the TLS layer delivered before the handshake task resumed (None: none
+        #: expected).
+        self._early: list[bytes] | None = None
+        self._handshake: asyncio.Task[None] | None = None
         self.client: ClientState | None = None
         cfg = server.config
         self.reader = RequestReader(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit)
@@ -147,29 +173,36 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the client, or refuse it (protected mode, maxclients reached, or
-        shutting down)."""
+        """Register the client, or refuse it (unknown address, protected mode, maxclients
+        reached, or shutting down). A connection to the TLS port is counted from here, as
+        in Redis, and then does its handshake (:meth:`_tls_handshake`): connections stuck
+        in a handshake hold descriptors, and uncounted they used up those the engine
+        needs."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = peer_address(transport)
-        host = peer[0] if peer is not None else None
-        addr = f"{peer[0]}:{peer[1]}" if peer is not None else str(
-            transport.get_extra_info("peername"))
         server = self.server
-        if server.refuses_peer(host):
+        if peer is None:
+            # Fail closed: without an address neither protected mode nor the per-IP limits
+            # can decide, and the client is gone anyway (reset before the accept).
             self.closing = True
-            log.warning("refused client %s: protected mode (no password is set)", addr,
-                        extra={"client": addr})
-            transport.write(PROTECTED_MODE_DENIED)
-            transport.close()
+            log.warning("refused a client with an unknown address (the connection was reset "
+                        "before it was accepted)")
+            transport.abort()
             server.stats["rejected_connections"] += 1
-            server.stats["protected_mode_refusals"] += 1
+            server.stats["unknown_peer_refusals"] += 1
+            return
+        host = peer[0]
+        addr = f"{peer[0]}:{peer[1]}"
+        # A TLS client can only read the DENIED line after its handshake (as in Redis).
+        if self._tls is None and self._refuse_protected(transport, host, addr):
             return
         if not server.accepting or len(server.connections) >= server.config.maxclients:
             self.closing = True
-            transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
-                            else b"-ERR server is shutting down\r\n")
+            if self._tls is None:  # a TLS client could not read a plain-text line
+                transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
+                                else b"-ERR server is shutting down\r\n")
             transport.close()
             server.stats["rejected_connections"] += 1
             return
@@ -183,6 +216,59 @@ class ClientConnection(asyncio.Protocol):
             self.client.fd = sock.fileno()
         server.connections[self.client.id] = self
         server.stats["total_connections_received"] += 1
+        if self._tls is not None:
+            transport.pause_reading()  # start_tls takes the transport over
+            self._early = []
+            self._handshake = server.loop.create_task(
+                self._tls_handshake(transport, host, addr))
+
+    def _refuse_protected(self, transport: asyncio.Transport, host: str, addr: str) -> bool:
+        """Refuse the client when protected mode says so (DENIED, then close)."""
+        server = self.server
+        if not server.refuses_peer(host):
+            return False
+        self.closing = True
+        log.warning("refused client %s: protected mode (no password is set)", addr,
+                    extra={"client": addr})
+        transport.write(PROTECTED_MODE_DENIED)
+        transport.close()
+        server.stats["rejected_connections"] += 1
+        server.stats["protected_mode_refusals"] += 1
+        return True
+
+    async def _tls_handshake(self, raw: asyncio.Transport, host: str, addr: str) -> None:
+        """Run the TLS handshake of an accepted, counted connection, within
+        tls-handshake-timeout; a failure forgets the connection."""
+        server = self.server
+        assert self._tls is not None
+        try:
+            tls = await server.loop.start_tls(
+                raw, self, self._tls, server_side=True,
+                ssl_handshake_timeout=server.config.tls_handshake_timeout)
+        except Exception as exc:  # noqa: BLE001 - a bad or silent client: drop it
+            server.stats["tls_handshake_failures"] += 1
+            reason = str(exc) or type(exc).__name__
+            log.info("TLS handshake with %s failed: %s", addr, printable(reason))
+            raw.abort()
+            self.connection_lost(None)
+            return
+        except BaseException:
+            raw.abort()
+            self.connection_lost(None)
+            raise
+        tls = cast(asyncio.Transport, tls)
+        self._tls = None
+        self.transport = tls
+        early, self._early = self._early or [], None
+        if self.closing or tls.is_closing():  # closed during the handshake
+            tls.abort()
+            self.connection_lost(None)
+            return
+        if self._refuse_protected(tls, host, addr):
+            self.connection_lost(None)
+            return
+        for data in early:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the client and its watched keys."""
@@ -204,21 +290,27 @@ class ClientConnection(asyncio.Protocol):
         client = self.client
         if self.closing or client is None:
             return
+        if self._early is not None:  # the TLS layer, before _tls_handshake resumed
+            self._early.append(data)
+            return
         client.last_active = time.monotonic()
         self.server.stats["total_net_input_bytes"] += len(data)
+        self._feed(data)
+        self._process()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` (and what the reader holds) into requests, with the limits of a
+        client that has not authenticated while that is the case. The reader stops before
+        a request over those limits while requests before it wait to run (one may be an
+        AUTH, which Redis runs before it parses on); :meth:`_process` feeds it again once
+        they ran."""
+        client = self.client
+        assert client is not None
+        self.reader.unauthenticated = None if client.authenticated else UNAUTHENTICATED_LIMITS
         try:
             self.reader.feed(data, self._requests)
         except ProtocolError as exc:
             self._error = exc
-        self._process()
-        if not client.authenticated and self._error is None and not self._requests \
-                and not self.closing:
-            # Checked once the requests before it ran, so an AUTH pipelined ahead of a
-            # large request logs in first, as in Redis (which runs AUTH before parsing on).
-            # Requests left to run mean reading is paused: the buffer cannot grow meanwhile.
-            self._error = unauthenticated_request_error(*self.reader.pending())
-            if self._error is not None:
-                self._process()
 
     def _process(self) -> None:
         """Run queued requests in order until none is left, or until the replies waiting to
@@ -250,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
                 deferred: Deferred | None = None
                 deferred_resp = 2
                 while requests and size < OUTPUT_BATCH:
-                    if limits is not None:
+                    if limits is not None and not may_reconfigure(client, requests[0]):
                         wait = limits.wait(client)
                         if wait > 0:
                             self._throttle(wait)
@@ -288,9 +380,15 @@ class ClientConnection(asyncio.Protocol):
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
         self._set_paused("backlog", False)
+        if self.reader.held and self._error is None and not self.closing \
+                and not client.close_after_reply:
+            self._feed(b"")  # the requests before a large one ran: parse on
+            if requests:
+                self._process()
+                return
         if self._error is not None and not client.close_after_reply and (
                 "deferred" not in self._pause):
-            log.info("closing client %s: %s", client.addr, self._error,
+            log.info("closing client %s: %s", client.addr, printable(str(self._error)),
                      extra={"client": client.addr})
             server.command_stats.error_reply(self._error.prefix)
             self._send(self._error.reply(), False)

@@ -26,7 +26,13 @@ import logging
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import InvalidArgument, ReadOnlyError, ShaleError, StorageError
+from ..errors import (
+    DescriptorsExhaustedError,
+    InvalidArgument,
+    ReadOnlyError,
+    ShaleError,
+    StorageError,
+)
 from .commands import Command, Context, build_table, wrong_arity
 from .errors import AuthRequiredError, CommandError
 from .keyspace import Keyspace
@@ -52,6 +58,10 @@ def unknown_command(argv: list[bytes]) -> CommandError:
 
 def engine_error(exc: ShaleError) -> CommandError:
     """The reply for an engine error met while running a command."""
+    if isinstance(exc, DescriptorsExhaustedError):
+        # Nothing was written and the database stays writable: the client may retry.
+        return CommandError(f"the server is out of file descriptors; nothing was written, "
+                            f"retry the command ({exc})", prefix="TRYAGAIN")
     if isinstance(exc, (ReadOnlyError, StorageError)):
         return CommandError(f"the database refuses writes: {exc}", prefix="MISCONF")
     if isinstance(exc, InvalidArgument):

@@ -320,6 +320,7 @@ def _shaledb(s: Server, engine: dict[str, Any]) -> Fields:
         ("block_cache_hit_ratio", f"{cache['hits'] / lookups:.4f}" if lookups else "0"),
         ("live_snapshots", engine["live_snapshots"]),
         ("compaction_read_errors", engine["compaction_read_errors"]),
+        ("descriptor_shortages", engine["descriptor_shortages"]),
         ("read_only", int(engine["read_only"])),
         ("background_error", engine["background_error"] or ""),
     ]

@@ -40,6 +40,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a log line: characters that are not printable (controls, escape
+    sequences, newlines, bidirectional overrides) and backslashes become ``\\xNN`` /
+    ``\\uNNNN`` escapes. Anything that came from a client goes through it: a raw ESC would
+    reach the operator's terminal, a newline would forge a log line."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        ch if ch.isprintable() and ch != "\\" else
+        (f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}") for ch in text)
+
+
 def configure_logging(log_format: str, level: str, stream: TextIO | None = None) -> None:
     """Send the root logger's records to ``stream`` (stderr) as ``log_format`` ("text" or
     "json") from ``level`` ("debug", "info", "warning", "error") up, replacing earlier
@@ -54,4 +66,4 @@ def configure_logging(log_format: str, level: str, stream: TextIO | None = None)
     root.setLevel(level.upper())
 
 
-__all__ = ["JsonFormatter", "TEXT_FORMAT", "configure_logging"]
+__all__ = ["JsonFormatter", "TEXT_FORMAT", "configure_logging", "printable"]

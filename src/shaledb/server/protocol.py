@@ -29,7 +29,7 @@ string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dic
 (flat array in RESP2), ``set``/``frozenset`` -> set (array in RESP2), ``float`` -> double
 (bulk string in RESP2), :class:`Status` -> simple string, :class:`CommandError` -> error,
 ``NULL_ARRAY`` -> null array (``*-1`` in RESP2), :class:`Verbatim` -> verbatim string
-(bulk string in RESP2).
+(bulk string in RESP2), :class:`SetReply` -> set in its own order (array in RESP2).
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ class Status(bytes):
 class Verbatim(bytes):
     """A text reply: a RESP3 verbatim string of format ``txt`` (INFO), a bulk string in
     RESP2, as Redis sends it."""
+
+    __slots__ = ()
+
+
+class SetReply(tuple[Any, ...]):
+    """A set reply in a fixed order (ACL GETUSER's flags): a RESP3 set, an array in RESP2."""
 
     __slots__ = ()
 
@@ -170,7 +176,7 @@ class RequestReader:
     """
 
     __slots__ = ("_buf", "_args", "_left", "_bulk", "_partial", "max_bulk_len",
-                 "max_query_buffer")
+                 "max_query_buffer", "unauthenticated", "held")
 
     def __init__(self, max_bulk_len: int, max_query_buffer: int) -> None:
         #: Bytes received and not yet consumed.
@@ -184,19 +190,19 @@ class RequestReader:
         self._partial = 0
         self.max_bulk_len = max_bulk_len
         self.max_query_buffer = max_query_buffer
+        #: (most arguments, longest argument) while the client has not authenticated, set by
+        #: the connection before each feed; None: only the limits above. Checked at each
+        #: ``*<n>`` and ``$<len>`` header, complete request or not.
+        self.unauthenticated: tuple[int, int] | None = None
+        #: Parsing stopped at a header over the ``unauthenticated`` limits because requests
+        #: before it are still to run (one may be an AUTH): feed again (``b""`` will do)
+        #: once they ran, with the limits that then apply.
+        self.held = False
 
     @property
     def buffered(self) -> int:
         """Bytes of incomplete requests held (the client's query buffer)."""
         return len(self._buf) + self._partial
-
-    def pending(self) -> tuple[int, int]:
-        """The request being read: the arguments its ``*<n>`` header announced (0 between
-        requests) and the length of the argument being read (-1 when no ``$<len>`` header
-        is pending). The connection holds a client that has not authenticated to smaller
-        limits than the reader's (``security.unauthenticated_request_error``)."""
-        count = 0 if self._args is None else len(self._args) + self._left
-        return count, self._bulk
 
     def feed(self, data: bytes, out: MutableSequence[list[bytes]]) -> None:
         """Append the requests completed by ``data`` to ``out`` (an empty request is skipped,
@@ -204,6 +210,7 @@ class RequestReader:
         buf = self._buf
         buf += data
         pos = 0
+        self.held = False
         try:
             pos = self._parse(buf, out)
         finally:
@@ -217,6 +224,10 @@ class RequestReader:
         """Consume complete requests and headers from ``buf``; returns the bytes consumed."""
         pos, n = 0, len(buf)
         max_bulk = self.max_bulk_len
+        guest = self.unauthenticated
+        max_count, fast_bulk = MAX_MULTIBULK, max_bulk
+        if guest is not None:
+            max_count, fast_bulk = guest[0], min(max_bulk, guest[1])
         request, bulk = _REQUEST_HEADER.match, _BULK_HEADER.match
         while pos < n:
             args = self._args
@@ -225,7 +236,7 @@ class RequestReader:
                 # matched in C. Anything else (incomplete, malformed, over a limit) falls
                 # through to the byte-by-byte reader below, which says what is wrong.
                 m = request(buf, pos)
-                if m is not None and int(m[1]) <= MAX_MULTIBULK:
+                if m is not None and int(m[1]) <= max_count:
                     count = int(m[1])
                     p = m.end()
                     fast: list[bytes] = []
@@ -236,7 +247,7 @@ class RequestReader:
                         start = h.end()
                         end = start + int(h[1])
                         if end + 2 > n or buf[end] != 13 or buf[end + 1] != 10 \
-                                or end - start > max_bulk:
+                                or end - start > fast_bulk:
                             break
                         fast.append(bytes(buf[start:end]))
                         p = end + 2
@@ -251,12 +262,19 @@ class RequestReader:
                         if n - pos > MAX_INLINE:
                             raise ProtocolError("too big inline request")
                         return pos
-                    line = bytes(buf[pos:nl])
-                    pos = nl + 1
-                    words = split_inline(line)
+                    words = split_inline(bytes(buf[pos:nl]))
                     for w in words:
                         if len(w) > max_bulk:
                             raise ProtocolError("invalid bulk length")
+                    if guest is not None and words and (
+                            len(words) > guest[0] or max(map(len, words)) > guest[1]):
+                        if out:
+                            self.held = True
+                            return pos
+                        raise ProtocolError("unauthenticated multibulk length"
+                                            if len(words) > guest[0]
+                                            else "unauthenticated bulk length")
+                    pos = nl + 1
                     if words:
                         out.append(words)
                     continue
@@ -268,6 +286,11 @@ class RequestReader:
                 count = _number(buf[pos + 1:nl], "multibulk length")
                 if count > MAX_MULTIBULK:
                     raise ProtocolError("invalid multibulk length")
+                if guest is not None and count > guest[0]:
+                    if out:  # the requests before it run first: one may log in
+                        self.held = True
+                        return pos
+                    raise ProtocolError("unauthenticated multibulk length")
                 pos = nl + 2
                 if count <= 0:
                     continue  # "*0" and "*-1" are ignored, as in Redis
@@ -287,6 +310,11 @@ class RequestReader:
                     size = _number(buf[pos + 1:nl], "bulk length")
                     if size < 0 or size > max_bulk:
                         raise ProtocolError("invalid bulk length")
+                    if guest is not None and size > guest[1]:
+                        if out:
+                            self.held = True
+                            return pos
+                        raise ProtocolError("unauthenticated bulk length")
                     self._bulk = size
                     pos = nl + 2
                 size = self._bulk
@@ -351,7 +379,7 @@ def encode(value: Any, resp: int, out: list[bytes]) -> None:
         for k, v in value.items():
             encode(k, resp, out)
             encode(v, resp, out)
-    elif t is set or t is frozenset:
+    elif t is set or t is frozenset or t is SetReply:
         out.append(b"%c%d\r\n" % (126 if resp == 3 else 42, len(value)))
         for item in value:
             encode(item, resp, out)
@@ -385,6 +413,7 @@ __all__ = [
     "PONG",
     "QUEUED",
     "RequestReader",
+    "SetReply",
     "Status",
     "Verbatim",
     "encode",
