@@ -10,7 +10,8 @@ database at a fresh physical id and the old keys are purged in the background
 
 from __future__ import annotations
 
-from typing import Any
+from time import perf_counter
+from typing import Any, Final
 
 from ..errors import CommandError
 from ..glob import compile_glob, literal_prefix
@@ -20,6 +21,11 @@ from . import SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()
 command = FAMILY.command
+
+#: Seconds of work after which a SCAN call answers with the keys found so far and a cursor to
+#: go on from (COUNT is a hint, as in Redis): walking COUNT keys, or matching a pattern
+#: against long keys, must not hold the event loop for long.
+SCAN_TIME_BUDGET: Final = 0.05
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -66,7 +72,7 @@ def keys(ctx: Context, argv: list[bytes]) -> Any:
     reply exists), so KEYS * over millions of keys cannot exhaust the server's memory.
     """
     pattern = argv[1]
-    match = compile_glob(pattern)
+    match = compile_glob(pattern, bounded=True)
     prefix = literal_prefix(pattern)
     limit = ctx.server.config.client_output_buffer_limit or float("inf")
     out: list[bytes] = []
@@ -86,7 +92,9 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     """SCAN cursor [MATCH pattern] [COUNT count] [TYPE type] -> [next cursor, keys]
 
     The cursor names a position in key order kept by the server (0 starts and ends an
-    iteration). Every key present for the whole iteration is returned exactly once.
+    iteration). Every key present for the whole iteration is returned exactly once. A call
+    walks at most COUNT keys, and stops after SCAN_TIME_BUDGET seconds of work (having
+    walked at least one).
     """
     try:
         cursor = int(argv[1])
@@ -105,7 +113,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
             if count < 1:
                 raise CommandError(SYNTAX)
         elif opt == b"MATCH":
-            match = compile_glob(argv[i + 1])
+            match = compile_glob(argv[i + 1], bounded=True)
         elif opt == b"TYPE":
             want_type = argv[i + 1].lower()
         else:
@@ -120,8 +128,9 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
         start = position
     found: list[bytes] = []
     last: bytes | None = None
+    deadline = perf_counter() + SCAN_TIME_BUDGET
     for seen, (k, _) in enumerate(ctx.txn.scan(ctx.db, start)):
-        if seen == count:
+        if seen == count or (seen and perf_counter() > deadline):
             break
         last = k
         if (match is None or match(k)) and want_type in (None, b"string"):
