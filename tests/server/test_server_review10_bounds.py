@@ -6,6 +6,7 @@ against a port of Redis' ``stringmatchlen``."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -227,3 +228,210 @@ def test_matching_long_keys_is_bounded(tmp_path: Path) -> None:
         assert calls > 1  # the time budget cut the walk
         assert pinger.stop() < 0.5
         r.close()
+
+
+# -- item 3: replies charged to the output limit as they are built ---------------------------
+
+MiB = 1 << 20
+
+
+def vm_hwm(pid: int) -> int:
+    """The peak resident set size of process ``pid``, in bytes."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def wait_closed(s: socket.socket, timeout: float = 60) -> None:
+    """Wait (reading nothing but the close) until the server closes ``s``."""
+    s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not s.recv(1 << 16):
+                return
+        except ConnectionResetError:
+            return
+    raise AssertionError("the server did not close the connection")
+
+
+def send_unread(port: int, *requests: list[bytes]) -> socket.socket:
+    """A connection that sends ``requests`` and does not read (a tiny receive buffer)."""
+    s = socket.create_connection((HOST, port), timeout=60)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    s.sendall(b"".join(b"*%d\r\n" % len(r) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in r)
+                       for r in requests))
+    return s
+
+
+def disconnections(r: redis.Redis) -> int:
+    return int(r.info("stats")["client_output_buffer_limit_disconnections"])
+
+
+LIMIT = 32 * MiB
+VALUE = 4 * MiB
+#: What one amplifying request may add to the server's peak RSS: the limit, a few values in
+#: flight (the one over the limit, the engine's copy) and allocator slack.
+RSS_BOUND = LIMIT + 3 * VALUE + 16 * MiB
+
+
+def test_mget_of_one_big_value_many_times_stays_within_the_output_limit(
+        tmp_path: Path) -> None:
+    # A 2 KB `MGET big big ... big` (200 times a 4 MiB value) built the whole 800 MB reply
+    # about three times over (values, encoded list, joined bytes) before the output limit
+    # was checked: 2.4 GB of RSS and the loop blocked for 15 s. Redis peaks at +256 MiB
+    # (its limit). The reply is now charged value by value and abandoned at the limit.
+    with server_process(tmp_path, client_output_buffer_limit=LIMIT) as (port, pid):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=60)
+        r.set("big", b"v" * VALUE)
+        before = vm_hwm(pid)
+        pinger = Pinger(port)
+        t = time.perf_counter()
+        s = send_unread(port, [b"MGET"] + [b"big"] * 200)
+        wait_closed(s)
+        took = time.perf_counter() - t
+        s.close()
+        assert pinger.stop() < 0.5
+        grown = vm_hwm(pid) - before
+        assert grown < RSS_BOUND, f"peak RSS grew by {grown / MiB:.0f} MiB"
+        assert took < 5, took
+        assert disconnections(r) == 1
+        # Within the limit, MGET answers as before (RESP2 and RESP3 nulls).
+        assert r.mget("big", "missing", "big") == [b"v" * VALUE, None, b"v" * VALUE]
+        c3 = RawClient(port)
+        c3("HELLO", "3")
+        assert c3("MGET", "missing", "big") == [None, b"v" * VALUE]
+        c3.close()
+        r.close()
+
+
+def test_exec_replies_are_charged_as_they_come_and_its_writes_still_apply(
+        tmp_path: Path) -> None:
+    # EXEC gathered every queued command's reply (200 GETs of a 4 MiB value: 800 MB) and
+    # then encoded them. Past the limit it now keeps no reply and the client is
+    # disconnected, but the transaction's writes all apply, as in Redis.
+    with server_process(tmp_path, client_output_buffer_limit=LIMIT) as (port, pid):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=60)
+        r.set("big", b"v" * VALUE)
+        before = vm_hwm(pid)
+        s = send_unread(port, [b"MULTI"], *([b"GET", b"big"] for _ in range(200)),
+                        [b"SET", b"after", b"1"], [b"INCR", b"n"], [b"EXEC"])
+        wait_closed(s)
+        s.close()
+        grown = vm_hwm(pid) - before
+        assert grown < RSS_BOUND, f"peak RSS grew by {grown / MiB:.0f} MiB"
+        assert disconnections(r) == 1
+        assert r.get("after") == b"1" and r.get("n") == b"1"
+        # Within the limit EXEC answers as before, nested replies included.
+        p = r.pipeline(transaction=True)
+        p.get("big").mget("n", "nope").incr("n")
+        assert p.execute() == [b"v" * VALUE, [b"1", None], 2]
+        r.close()
+
+
+def test_krange_is_charged_pair_by_pair(tmp_path: Path) -> None:
+    # KRANGE built its whole [key, value, ...] list (up to krange-max-limit pairs of values
+    # up to 32 MiB) before the limit was checked.
+    limit = 8 * MiB
+    with server_process(tmp_path, client_output_buffer_limit=limit) as (port, pid):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=60)
+        value = b"w" * MiB
+        for i in range(64):
+            r.set(b"k%02d" % i, value)
+        before = vm_hwm(pid)
+        s = send_unread(port, [b"KRANGE", b"-", b"+"])
+        wait_closed(s)
+        s.close()
+        grown = vm_hwm(pid) - before
+        assert grown < limit + 3 * MiB + 16 * MiB, f"peak RSS grew by {grown / MiB:.0f} MiB"
+        assert disconnections(r) == 1
+        assert r.execute_command("KRANGE", "[k01", "[k02") == [b"k01", value, b"k02", value]
+        r.close()
+
+
+def test_pipelined_big_replies_are_bounded_too(tmp_path: Path) -> None:
+    # Many small requests each with a big reply (200 GETs of a 4 MiB value, not read): the
+    # connection stops running them while its replies wait in the transport, so the server
+    # holds about one reply batch, whatever the pipeline.
+    with server_process(tmp_path, client_output_buffer_limit=LIMIT) as (port, pid):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=60)
+        r.set("big", b"v" * VALUE)
+        before = vm_hwm(pid)
+        s = send_unread(port, *([b"GET", b"big"] for _ in range(200)))
+        time.sleep(2)
+        grown = vm_hwm(pid) - before
+        assert grown < RSS_BOUND, f"peak RSS grew by {grown / MiB:.0f} MiB"
+        assert disconnections(r) == 0  # slow, not over the limit: it is just paused
+        s.close()
+        r.close()
+
+
+def test_keys_over_a_big_keyspace_does_not_stop_other_clients(tmp_path: Path) -> None:
+    # KEYS walked the whole keyspace in one go: 1,000,000 keys held the event loop 7.4 s
+    # (every other client waited that long). It now walks a snapshot 20 ms per loop turn;
+    # its client waits for the reply, the others are served in between.
+    with server_process(tmp_path) as (port, _):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=60)
+        n = 200_000
+        for start in range(0, n, 10_000):
+            r.mset({b"key:%09d" % i: b"v" for i in range(start, start + 10_000)})
+        expected = [b"key:%09d" % i for i in range(n)]
+        pinger = Pinger(port)
+        walker = RawClient(port, timeout=60)
+        walker_id = walker("CLIENT", "ID")
+        walker.send("KEYS", "key:*")
+        # Writes once the walk began are not in its reply: it reads the state of the moment
+        # KEYS ran, as if it had run at once.
+        deadline = time.monotonic() + 30
+        while not any(c["id"] == str(walker_id) and c["cmd"] == "keys"
+                      for c in r.client_list()):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        r.set("key:zzz", "new")
+        r.delete(b"key:%09d" % 7)
+        assert walker.read() == expected
+        assert pinger.stop() < 0.5
+        assert walker("KEYS", "key:00000000?") == expected[:7] + expected[8:10]
+        # Inside EXEC the walk runs whole (a reply inside EXEC's must be ready at once).
+        assert walker("MULTI") == b"OK"
+        assert walker("KEYS", "key:00000000[12]") == b"QUEUED"
+        assert walker("EXEC") == [expected[1:3]]
+        # A client that leaves in the middle of a walk stops it.
+        walker.send("KEYS", "*")
+        walker.close()
+        assert r.ping() and r.get("key:zzz") == b"new"
+        r.close()
+
+
+def test_big_replies_go_out_whole_over_tls_too(server_factory, tmp_path: Path) -> None:
+    # Big values now reach the transport as separate buffers (writelines): check the TLS
+    # transports of asyncio (in-process server) and uvloop (subprocess) send them intact.
+    from ._tls_support import make_test_pki
+
+    pki = make_test_pki(tmp_path / "pki")
+    tls = {"tls_cert_file": str(pki.server_cert), "tls_key_file": str(pki.server_key),
+           "tls_ca_cert_file": str(pki.ca_cert), "tls_auth_clients": "no"}
+    st = server_factory(tls_port=0, **tls)
+    tls_port = st.call(lambda: st.server.tls_port)
+    proc_tls_port = free_port()
+    proc = run_server_process(tmp_path / "db2", free_port(), "--tls-port", str(proc_tls_port),
+                              "--tls-cert-file", tls["tls_cert_file"], "--tls-key-file",
+                              tls["tls_key_file"], "--tls-auth-clients", "no")
+    try:
+        for port in (tls_port, proc_tls_port):
+            r = redis.Redis(host=HOST, port=port, ssl=True, ssl_ca_certs=str(pki.ca_cert),
+                            socket_timeout=30)
+            values = [bytes([65 + i]) * (MiB + i) for i in range(3)]
+            r.mset({f"k{i}": v for i, v in enumerate(values)})
+            r.set("small", "s")
+            want = [values[0], b"s", None, values[1], values[2], b"s"]
+            assert r.mget("k0", "small", "none", "k1", "k2", "small") == want
+            p = r.pipeline(transaction=True)
+            p.get("k2").mget("small", "k0")
+            assert p.execute() == [values[2], [b"s", values[0]]]
+            r.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import CommandError
 from ..keyspace import KeyspaceTxn
-from ..protocol import Status
+from ..protocol import ArrayBuilder, Status
 
 if TYPE_CHECKING:
     from ..connection import ClientState
@@ -26,17 +26,32 @@ class Context:
     """What a handler gets besides its arguments: the calling client, the server and the
     keyspace transaction its reads and writes go through."""
 
-    __slots__ = ("client", "server", "txn")
+    __slots__ = ("client", "server", "txn", "in_exec")
 
-    def __init__(self, client: ClientState, server: Server, txn: KeyspaceTxn) -> None:
+    def __init__(self, client: ClientState, server: Server, txn: KeyspaceTxn,
+                 in_exec: bool = False) -> None:
         self.client = client
         self.server = server
         self.txn = txn
+        #: The command runs inside EXEC: its reply must be ready when it returns (no
+        #: :class:`~shaledb.server.deferred.Deferred`).
+        self.in_exec = in_exec
 
     @property
     def db(self) -> int:
         """The client's selected logical database."""
         return self.client.db
+
+    def array(self) -> ArrayBuilder:
+        """A builder for an array reply, charged to what is left of the client's output
+        buffer limit: when :meth:`ArrayBuilder.add` returns False, return
+        :meth:`overflow` at once."""
+        return ArrayBuilder(self.client.resp, self.client.output_budget)
+
+    def overflow(self) -> None:
+        """The reply being built passed the client's output buffer limit: the connection
+        disconnects the client after this command (its reply, None, is never sent)."""
+        self.client.output_overflow = True
 
 
 Handler = Callable[[Context, list[bytes]], Any]

@@ -10,9 +10,11 @@ database at a fresh physical id and the old keys are purged in the background
 
 from __future__ import annotations
 
+import asyncio
 from time import perf_counter
 from typing import Any, Final
 
+from ..deferred import Deferred
 from ..errors import CommandError
 from ..glob import compile_glob, literal_prefix
 from ..keyspace import MAX_EXPIRE_MS
@@ -26,6 +28,8 @@ command = FAMILY.command
 #: go on from (COUNT is a hint, as in Redis): walking COUNT keys, or matching a pattern
 #: against long keys, must not hold the event loop for long.
 SCAN_TIME_BUDGET: Final = 0.05
+#: Seconds of KEYS' walk per event-loop turn (it goes on in the next turns).
+KEYS_SLICE: Final = 0.02
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -67,24 +71,43 @@ def type_(ctx: Context, argv: list[bytes]) -> Any:
 def keys(ctx: Context, argv: list[bytes]) -> Any:
     """KEYS pattern
 
-    The reply is built in memory; once it passes client_output_buffer_limit the walk stops
-    and the client is disconnected (as Redis would at its hard limit, but before the whole
-    reply exists), so KEYS * over millions of keys cannot exhaust the server's memory.
+    The walk reads a snapshot (the state when KEYS started, as if it ran at once, like
+    Redis), KEYS_SLICE seconds per event-loop turn: other clients are served in between
+    and this one waits for its reply (inside EXEC the walk runs whole). The reply is encoded
+    as the walk goes; once it passes client_output_buffer_limit the walk stops and the client
+    is disconnected (as Redis would at its hard limit, but before the whole reply exists),
+    so KEYS * over millions of keys cannot exhaust the server's memory.
     """
     pattern = argv[1]
     match = compile_glob(pattern, bounded=True)
     prefix = literal_prefix(pattern)
-    limit = ctx.server.config.client_output_buffer_limit or float("inf")
-    out: list[bytes] = []
-    size = 0
-    for k, _ in ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None):
-        if match(k):
-            out.append(k)
-            size += len(k) + 16  # as connection.reply_size counts it
-            if size > limit:
-                ctx.client.output_overflow = True
-                return []
-    return out
+    out = ctx.array()
+    walk = ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None)
+    client, server = ctx.client, ctx.server
+    if ctx.in_exec:
+        for k, _ in walk:
+            if match(k) and not out.add(k):
+                return ctx.overflow()
+        return out.done()
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def step() -> None:
+        if server.connections.get(client.id) is None:  # the client left: stop walking
+            future.cancel()
+            return
+        deadline = perf_counter() + KEYS_SLICE
+        for n, (k, _) in enumerate(walk):
+            if match(k) and not out.add(k):
+                ctx.overflow()
+                future.set_result(None)
+                return
+            if not n % 64 and perf_counter() > deadline:
+                asyncio.get_running_loop().call_soon(step)
+                return
+        future.set_result(out.done())
+
+    step()
+    return future.result() if future.done() else Deferred(future)
 
 
 @command("scan", -2, "readonly", "keyspace read slow")
@@ -126,19 +149,20 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
         if position is None:
             raise CommandError("invalid cursor")
         start = position
-    found: list[bytes] = []
+    found = ctx.array()
     last: bytes | None = None
     deadline = perf_counter() + SCAN_TIME_BUDGET
     for seen, (k, _) in enumerate(ctx.txn.scan(ctx.db, start)):
         if seen == count or (seen and perf_counter() > deadline):
             break
         last = k
-        if (match is None or match(k)) and want_type in (None, b"string"):
-            found.append(k)
+        if (match is None or match(k)) and want_type in (None, b"string") \
+                and not found.add(k):
+            return ctx.overflow()
     else:
-        return [b"0", found]
+        return [b"0", found.done()]
     assert last is not None
-    return [b"%d" % cursors.put(last + b"\x00"), found]
+    return [b"%d" % cursors.put(last + b"\x00"), found.done()]
 
 
 def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:

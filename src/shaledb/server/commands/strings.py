@@ -123,13 +123,14 @@ def psetex(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("mget", -2, _R, "read string fast", (1, -1, 1))
 def mget(ctx: Context, argv: list[bytes]) -> Any:
-    """MGET key [key ...]"""
+    """MGET key [key ...] (the reply is charged to the output limit value by value)"""
     txn, db = ctx.txn, ctx.db
-    out: list[Any] = []
+    out = ctx.array()
     for key in argv[1:]:
         e = txn.get(db, key)
-        out.append(None if e is None else e.value)
-    return out
+        if not out.add(None if e is None else e.value):
+            return ctx.overflow()
+    return out.done()
 
 
 @command("mset", -3, _W, "write string slow", (1, -1, 2))
