@@ -435,3 +435,25 @@ def test_big_replies_go_out_whole_over_tls_too(server_factory, tmp_path: Path) -
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_a_pipeline_of_slow_commands_lets_other_clients_in(tmp_path: Path) -> None:
+    # A client's pipelined requests all ran in one event-loop turn unless their replies
+    # filled a batch: 40 SCANs of ~0.1 s each (small replies) held every other client for
+    # seconds. A client now runs at most 50 ms of commands per turn.
+    with server_process(tmp_path) as (port, _):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=60)
+        for i in range(24):
+            r.set(b"a" * 65000 + b"%02d" % i, "v")
+        pattern = b"*" + b"?" * 1000 + b"xb*"
+        pinger = Pinger(port)
+        slow = RawClient(port, timeout=60)
+        t = time.perf_counter()
+        for _ in range(40):
+            slow.send("SCAN", "0", "MATCH", pattern, "COUNT", "30")
+        replies = [slow.read() for _ in range(40)]
+        took = time.perf_counter() - t
+        assert all(keys == [] for _, keys in replies)
+        assert pinger.stop() < 0.5, f"the pipeline took {took:.1f} s"
+        slow.close()
+        r.close()

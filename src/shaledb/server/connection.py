@@ -11,7 +11,8 @@ replies of a batch that wrote are held until an fsync covering those writes is d
 its replies in order.
 
 Bounds: the reader limits the buffered request bytes; the requests of one read run until
-OUTPUT_BATCH bytes of replies are parked (the rest runs after the turn's replies are sent),
+OUTPUT_BATCH bytes of replies are parked or for RUN_SLICE seconds (the rest runs after the
+turn's replies are sent, other clients' requests in between),
 and when the socket's send buffer is then full
 (the client does not read its replies), or held replies pile up, the connection stops running
 requests and reading until they drain. So a pipelining client cannot make the server buffer
@@ -37,6 +38,7 @@ import collections
 import logging
 import sys
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .deferred import CLOSE, Deferred
@@ -56,6 +58,10 @@ MAX_HELD_BYTES: Final = 1 << 20
 #: Reply bytes produced before they are handed to the transport; if the transport then
 #: reports a full send buffer, the connection stops running requests until it drains.
 OUTPUT_BATCH: Final = 256 * 1024
+#: Seconds of commands one client runs per event-loop turn: a pipeline of slow commands
+#: (each SCAN may take 50 ms) goes on after the turn's replies are sent, and the other
+#: clients are served in between.
+RUN_SLICE: Final = 0.05
 #: The output budget of a client when client_output_buffer_limit is 0 (no limit).
 NO_LIMIT: Final = sys.maxsize
 #: Pause reasons that stop running requests (the others only stop reading).
@@ -285,9 +291,10 @@ class ClientConnection(asyncio.Protocol):
         execute = server.dispatcher.execute
         limits = server.rate_limits if server.rate_limits.active else None
         server.executing = True
+        deadline = perf_counter() + RUN_SLICE
         try:
             while (requests and not self._blocked() and not client.close_after_reply
-                   and self._parked_bytes < OUTPUT_BATCH):
+                   and self._parked_bytes < OUTPUT_BATCH and perf_counter() < deadline):
                 group = WriteGroup(turn)
                 replies = group.replies
                 size = 0
@@ -320,7 +327,7 @@ class ClientConnection(asyncio.Protocol):
                     size += reply_bytes
                     # QUIT, or a reply passed the output limit (the client is disconnected):
                     # nothing after it runs, as in Redis.
-                    if self._quitting() or client.output_overflow:
+                    if self._quitting() or client.output_overflow or perf_counter() > deadline:
                         break
                 if client.output_overflow:
                     waiting = bool(self._parked)
