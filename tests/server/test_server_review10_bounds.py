@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -457,3 +458,141 @@ def test_a_pipeline_of_slow_commands_lets_other_clients_in(tmp_path: Path) -> No
         assert pinger.stop() < 0.5, f"the pipeline took {took:.1f} s"
         slow.close()
         r.close()
+
+
+# -- item 9: SCAN cursors no client can disturb ----------------------------------------------
+
+
+def _scan_all(r: redis.Redis, count: int = 3) -> list[bytes]:
+    out: list[bytes] = []
+    cursor = 0
+    while True:
+        cursor, keys = r.scan(cursor, count=count)
+        out += keys
+        if cursor == 0:
+            return out
+
+
+def test_another_client_flooding_scan_cannot_break_my_iteration(server_factory) -> None:
+    # The cursor table was shared by all clients (10,000, least recently used dropped): a
+    # client calling SCAN 0 in a loop dropped everyone's cursors, so their scan_iter failed
+    # with "invalid cursor". Each client's cursors are now bounded separately.
+    st = server_factory(max_scan_cursors=50)
+    me, flooder = st.client(), st.client()
+    keys = [f"k{i:03d}".encode() for i in range(30)]
+    me.mset({k: b"v" for k in keys})
+    found: list[bytes] = []
+    cursor, page = me.scan(0, count=3)
+    found += page
+    for _ in range(500):
+        flooder.scan(0, count=1)
+    while cursor:
+        cursor, page = me.scan(cursor, count=3)
+        found += page
+    assert found == keys
+    # The flooder's own table stays at its bound, the server's at the sum of the two.
+    flooder_id = flooder.client_id()
+    assert st.call(lambda: st.server.scan_cursors.owned_by(flooder_id)) == 50
+    assert st.call(lambda: len(st.server.scan_cursors)) <= 100
+    me.close()
+    flooder.close()
+
+
+def test_cursors_cannot_be_guessed_and_belong_to_their_database(server_factory) -> None:
+    # Cursors counted 1, 2, 3...: any client could resume (and so learn the position of)
+    # another's walk by guessing, and a cursor used in another database silently walked
+    # that one from the middle.
+    st = server_factory()
+    a, b = st.client(), st.client()
+    a.mset({f"k{i:03d}": "v" for i in range(30)})
+    cursors = {a.scan(0, count=1)[0] for _ in range(20)}
+    assert len(cursors) == 20 and min(cursors) > 2**32  # random 63-bit numbers
+    for guess in range(1, 200):
+        with pytest.raises(redis.ResponseError, match="invalid cursor"):
+            b.scan(guess)
+    cursor = a.scan(0, count=2)[0]
+    b.select(1)
+    b.mset({f"k{i:03d}": "v" for i in range(30)})
+    with pytest.raises(redis.ResponseError, match="invalid cursor .*start the scan again"):
+        b.scan(cursor, count=2)
+    b.select(0)
+    # Handed over, a cursor goes on (a pooled client may send the next SCAN on another
+    # connection), also once the connection that got it has closed.
+    cursor, first = a.scan(0, count=10)
+    a.close()
+    rest = []
+    while cursor:
+        cursor, page = b.scan(cursor, count=10)
+        rest += page
+    assert first + rest == [f"k{i:03d}".encode() for i in range(30)]
+    b.close()
+
+
+def test_a_cursor_from_before_a_restart_is_refused(tmp_path: Path) -> None:
+    # After a restart the numbers counted from 1 again: an old cursor named some other
+    # client's new walk and resumed it silently at the wrong key.
+    port = free_port()
+    proc = run_server_process(tmp_path / "db", port)
+    try:
+        r = redis.Redis(host=HOST, port=port, socket_timeout=30)
+        r.mset({f"k{i:03d}": "v" for i in range(30)})
+        old = r.scan(0, count=25)[0]
+        r.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    proc = run_server_process(tmp_path / "db", port)
+    try:
+        r = redis.Redis(host=HOST, port=port, socket_timeout=30)
+        other = redis.Redis(host=HOST, port=port, socket_timeout=30)
+        for _ in range(5):
+            other.scan(0, count=1)
+        with pytest.raises(redis.ResponseError, match="invalid cursor"):
+            r.scan(old, count=25)
+        assert _scan_all(r) == [f"k{i:03d}".encode() for i in range(30)]
+        r.close()
+        other.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_cursor_memory_is_bounded_per_client(server_factory) -> None:
+    # The table held max-scan-cursors positions of up to 64 KiB each (10,000: 640 MB)
+    # whatever their size. Each client's cursors now hold at most 4 MiB of positions
+    # (64 KiB keys: 64 cursors); a disconnected client's join a pool with the same bounds.
+    st = server_factory(max_scan_cursors=10_000)
+    r = st.client()
+    for i in range(100):
+        r.set(b"%03d" % i + b"x" * 65000, "v")
+    per_client = (4 << 20) // (65004 + 160)
+    for _ in range(3):
+        c = st.client()
+        cursor = 0
+        for _ in range(100):
+            cursor = c.scan(cursor, count=1)[0] or 0
+        assert st.call(lambda: len(st.server.scan_cursors)) <= 2 * per_client
+        c.close()
+    deadline = time.monotonic() + 10
+    while st.call(lambda: len(st.server.connections)) > 1:  # the closes were handled
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert st.call(lambda: len(st.server.scan_cursors)) == per_client
+    r.close()
+
+
+def test_redis_cli_scan_walks_many_pages(server_factory) -> None:
+    # redis-cli --scan reads the cursor with strtoull: cursors must stay 64-bit numbers
+    # (a stateless cursor encoding the key would come back as 18446744073709551615).
+    import subprocess
+
+    from ._server_support import redis_cli
+
+    st = server_factory()
+    r = st.client()
+    keys = sorted(f"key:{i:04d}" for i in range(250))
+    r.mset(dict.fromkeys(keys, "v"))
+    out = subprocess.run([redis_cli(), "-p", str(st.port), "--scan", "--count", "7"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == keys
+    r.close()

@@ -236,11 +236,12 @@ class ClientConnection(asyncio.Protocol):
         server.stats["total_connections_received"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the client and its watched keys."""
+        """Forget the client and its watched keys; its SCAN cursors join the orphans."""
         self.closing = True
         if self.client is not None:
             self.server.watches.unwatch_all(self.client)
             self.server.connections.pop(self.client.id, None)
+            self.server.scan_cursors.release(self.client.id)
 
     def pause_writing(self) -> None:
         """The send buffer is full: stop running requests and reading."""

@@ -114,8 +114,9 @@ def keys(ctx: Context, argv: list[bytes]) -> Any:
 def scan(ctx: Context, argv: list[bytes]) -> Any:
     """SCAN cursor [MATCH pattern] [COUNT count] [TYPE type] -> [next cursor, keys]
 
-    The cursor names a position in key order kept by the server (0 starts and ends an
-    iteration). Every key present for the whole iteration is returned exactly once. A call
+    The cursor names a position in key order, kept by the server for the client that got
+    it (:mod:`shaledb.server.cursors`); 0 starts and ends an iteration. Every key present
+    for the whole iteration is returned exactly once. A call
     walks at most COUNT keys, and stops after SCAN_TIME_BUDGET seconds of work (having
     walked at least one).
     """
@@ -145,9 +146,10 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     cursors = ctx.server.scan_cursors
     start = b""
     if cursor:
-        position = cursors.get(cursor)
+        position = cursors.get(cursor, ctx.db)
         if position is None:
-            raise CommandError("invalid cursor")
+            raise CommandError("invalid cursor (unknown, dropped, or of another database): "
+                               "start the scan again from 0")
         start = position
     found = ctx.array()
     last: bytes | None = None
@@ -162,7 +164,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     else:
         return [b"0", found.done()]
     assert last is not None
-    return [b"%d" % cursors.put(last + b"\x00"), found.done()]
+    return [b"%d" % cursors.put(ctx.client.id, ctx.db, last + b"\x00"), found.done()]
 
 
 def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
