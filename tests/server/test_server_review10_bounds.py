@@ -592,7 +592,7 @@ def test_redis_cli_scan_walks_many_pages(server_factory) -> None:
     r = st.client()
     keys = sorted(f"key:{i:04d}" for i in range(250))
     r.mset(dict.fromkeys(keys, "v"))
-    out = subprocess.run([redis_cli(), "-p", str(st.port), "--scan", "--count", "7"],
+    out = subprocess.run([redis_cli(), "-p", str(st.port), "--scan"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == keys
     r.close()
