@@ -596,3 +596,131 @@ def test_redis_cli_scan_walks_many_pages(server_factory) -> None:
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == keys
     r.close()
+
+
+# -- item 13: INCRBYFLOAT and the EXPIRE family at the extremes, as Redis ---------------------
+
+
+def test_incrbyfloat_reads_numbers_as_redis_does(server_factory) -> None:
+    # Python's float() took `1_000` (Redis: not a valid float) and refused the hexadecimal
+    # floats C's strtold reads.
+    r = server_factory().client()
+    for bad in ("1_000", "1_0.5", " 1", "1 ", "nan", "1e", "0x", "", "1" * 5120):
+        with pytest.raises(redis.ResponseError, match="not a valid float"):
+            r.incrbyfloat("k", bad)
+        r.set("s", bad)
+        with pytest.raises(redis.ResponseError, match="not a valid float"):
+            r.incrbyfloat("s", 1)
+    assert r.exists("k") == 0
+    for text, value in (("0x10", 16.0), ("0x1p3", 8.0), ("-0X1A", -26.0), ("1e3", 1000.0),
+                        (".5", 0.5), ("5.", 5.0), ("+.5e-1", 0.05)):
+        r.delete("k")
+        assert r.incrbyfloat("k", text) == value, text
+        r.set("s", text)
+        assert r.incrbyfloat("s", 0) == value, text
+    with pytest.raises(redis.ResponseError, match="NaN or Infinity"):
+        r.incrbyfloat("k", "inf")
+
+
+def test_expire_family_takes_every_64_bit_time_as_redis_does(server_factory) -> None:
+    # `PEXPIREAT k -9223372036854775808` was an error where Redis deletes the key; any time
+    # past 10**15 ms was refused where Redis takes it.
+    r = server_factory().client()
+    int64_min, int64_max = -(2**63), 2**63 - 1
+    for cmd, past in (("PEXPIREAT", int64_min), ("PEXPIRE", int64_min),
+                      ("EXPIREAT", -(int64_max // 1000)), ("EXPIRE", -(int64_max // 1000))):
+        r.set("k", "v")
+        assert r.execute_command(cmd, "k", past) == 1, cmd
+        assert r.exists("k") == 0
+        assert r.execute_command(cmd, "missing", past) == 0
+    for cmd, far in (("PEXPIREAT", int64_max), ("PEXPIRE", int64_max - 10**13),
+                     ("EXPIREAT", int64_max // 1000), ("EXPIRE", int64_max // 1000 - 10**10)):
+        r.set("k", "v")
+        assert r.execute_command(cmd, "k", far) == 1, cmd
+        # Kept as the engine's latest expiry, the year 33658.
+        assert r.execute_command("PEXPIRETIME", "k") == 10**15
+        assert r.execute_command(cmd, "k", far, "GT") == 0  # not later than itself
+    # Overflow is an error, before the key is looked up (as in Redis).
+    for cmd, bad in (("EXPIRE", int64_max // 1000 + 1), ("EXPIRE", -(int64_max // 1000) - 1),
+                     ("EXPIREAT", int64_min), ("PEXPIRE", int64_max)):
+        for key in ("k", "missing"):
+            with pytest.raises(redis.ResponseError, match="invalid expire time"):
+                r.execute_command(cmd, key, bad)
+    # SET and GETEX: positive times up to what fits in 64 bits.
+    assert r.set("k", "v", pxat=int64_max)
+    assert r.execute_command("PEXPIRETIME", "k") == 10**15
+    assert r.set("k", "v", ex=int64_max // 1000 - 10**10)
+    assert r.execute_command("GETEX", "k", "EXAT", int64_max // 1000) == b"v"
+    for opt, bad in (("EX", int64_max // 1000 + 1), ("PX", int64_max), ("PX", 0),
+                     ("EXAT", -1)):
+        with pytest.raises(redis.ResponseError, match="invalid expire time"):
+            r.execute_command("SET", "k", "v", opt, bad)
+        with pytest.raises(redis.ResponseError, match="invalid expire time"):
+            r.execute_command("GETEX", "k", opt, bad)
+
+
+_EXTREMES = ["-9223372036854775808", "9223372036854775807", "-1", "0", "9223372036854775",
+             "9223372036854776", "-9223372036854775", "-9223372036854776", "4611686018427387",
+             "100000000000000", "-100000000000000", "9223372036854775806",
+             "-9223372036854775807", "1000000000000000", "999999999999999",
+             "10000000000000000", "1e3"]
+
+
+def test_expire_family_replies_like_redis_server(server_factory, tmp_path: Path) -> None:
+    # Every EXPIRE-family command, option and extreme time against a real redis-server 7:
+    # the same reply, and the key left (or not) with an expiry the same way.
+    import shutil
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", HOST, "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        from ._server_support import wait_for_port
+
+        wait_for_port(port, proc)
+        real = redis.Redis(host=HOST, port=port)
+        ours = server_factory().client()
+
+        def outcome(c: redis.Redis, args: tuple[Any, ...], present: bool) -> Any:
+            c.delete("k")
+            if present:
+                c.set("k", "v")
+            try:
+                reply = c.execute_command(*args)
+            except redis.ResponseError as exc:
+                reply = f"error: {exc}"
+            return reply, c.exists("k"), c.pttl("k") > 10**6 if c.exists("k") else None
+
+        mismatches = []
+        for cmd in ("EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"):
+            for n in _EXTREMES:
+                for opts in ((), ("GT",), ("LT",), ("NX",), ("XX",)):
+                    for present in (True, False):
+                        args = (cmd, "k", n, *opts)
+                        want, got = outcome(real, args, present), outcome(ours, args, present)
+                        if want != got:
+                            mismatches.append((args, present, want, got))
+        for cmd in ("SET", "GETEX"):
+            for unit in ("EX", "PX", "EXAT", "PXAT"):
+                for n in _EXTREMES:
+                    args = (("SET", "k", "v") if cmd == "SET" else ("GETEX", "k")) + (unit, n)
+                    want, got = outcome(real, args, True), outcome(ours, args, True)
+                    if want != got:
+                        mismatches.append((args, True, want, got))
+        for cmd in ("SETEX", "PSETEX"):
+            for n in _EXTREMES:
+                args = (cmd, "k", n, "v")
+                want, got = outcome(real, args, False), outcome(ours, args, False)
+                if want != got:
+                    mismatches.append((args, False, want, got))
+        assert mismatches == []
+        real.close()
+        ours.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -19,7 +19,7 @@ from ..errors import CommandError
 from ..glob import compile_glob, literal_prefix
 from ..keyspace import MAX_EXPIRE_MS
 from ..protocol import OK, Status
-from . import SYNTAX, CommandFamily, Context, parse_int
+from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()
 command = FAMILY.command
@@ -28,6 +28,9 @@ command = FAMILY.command
 #: go on from (COUNT is a hint, as in Redis): walking COUNT keys, or matching a pattern
 #: against long keys, must not hold the event loop for long.
 SCAN_TIME_BUDGET: Final = 0.05
+#: The largest number of seconds that converts to 64-bit milliseconds (Redis' LLONG_MAX/1000;
+#: LLONG_MIN/1000 rounds to its negative).
+_MAX_SECONDS: Final = INT64_MAX // 1000
 #: Seconds of KEYS' walk per event-loop turn (it goes on in the next turns).
 KEYS_SLICE: Final = 0.02
 
@@ -213,9 +216,19 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
         raise CommandError("NX and XX, GT or LT options at the same time are not compatible")
     if gt and lt:
         raise CommandError("GT and LT options at the same time are not compatible")
-    when = n * unit_ms + (0 if absolute else ctx.txn.now)
-    if not -MAX_EXPIRE_MS < when < MAX_EXPIRE_MS:
+    # Redis' checks, in its order (before the key is looked up): only a unit conversion or a
+    # base time that overflows 64 bits is an error; any other time is taken, a past one
+    # (even -2**63) deletes the key.
+    base = 0 if absolute else ctx.txn.now
+    if unit_ms == 1000:
+        if not -_MAX_SECONDS <= n <= _MAX_SECONDS:
+            raise CommandError(f"invalid expire time in '{name}' command")
+        n *= 1000
+    if n > INT64_MAX - base:
         raise CommandError(f"invalid expire time in '{name}' command")
+    # The engine keeps expiries up to the year 33658 (MAX_EXPIRE_MS): a later one is kept as
+    # that (Redis takes up to 2**63 - 1 ms), and compared as that by GT and LT.
+    when = min(n + base, MAX_EXPIRE_MS)
     e = ctx.txn.get(ctx.db, argv[1])
     if e is None:
         return 0
