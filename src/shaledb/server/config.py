@@ -79,8 +79,9 @@ class ServerConfig:
     max_watched_keys: int = 10_000
     #: Most bytes of commands queued by one MULTI (the transaction is aborted beyond it).
     max_multi_bytes: int = 64 * MiB
-    #: Most SCAN cursors remembered for the whole server (least recently used are dropped;
-    #: using a dropped cursor gives ``-ERR invalid cursor``).
+    #: Most SCAN cursors remembered per client (and for the clients that disconnected,
+    #: together), within 4 MiB of positions each; that client's least recently used are
+    #: dropped (using a dropped cursor gives ``-ERR invalid cursor``).
     max_scan_cursors: int = 10_000
     #: Largest and default LIMIT of KRANGE (bounds the size of one reply).
     krange_max_limit: int = 10_000

@@ -11,13 +11,17 @@ replies of a batch that wrote are held until an fsync covering those writes is d
 its replies in order.
 
 Bounds: the reader limits the buffered request bytes; the requests of one read run until
-OUTPUT_BATCH bytes of replies are parked (the rest runs after the turn's replies are sent),
+OUTPUT_BATCH bytes of replies are parked or for RUN_SLICE seconds (the rest runs after the
+turn's replies are sent, other clients' requests in between),
 and when the socket's send buffer is then full
 (the client does not read its replies), or held replies pile up, the connection stops running
 requests and reading until they drain. So a pipelining client cannot make the server buffer
-without limit. One reply can still be huge (KEYS, MGET of many keys): a client whose queued
-replies would pass ``client_output_buffer_limit`` is disconnected at once, its pending
-output dropped, as Redis does at its hard limit. With command rate limits, a client without
+without limit. One reply can still ask for a lot (KEYS, MGET of many big values): every
+reply is charged to ``client_output_buffer_limit`` as it is produced (``output_budget``,
+set before each command; MGET, KRANGE, KEYS, SCAN and EXEC build theirs with an
+:class:`~shaledb.server.protocol.ArrayBuilder` and stop the moment it passes), and a client
+past the limit is disconnected at once, its pending output dropped, as Redis does at its
+hard limit. With command rate limits, a client without
 a token stops being run and read until one is due (no error). A handler may return a
 :class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
 for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
@@ -35,14 +39,16 @@ import asyncio
 import collections
 import logging
 import ssl
+import sys
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
 from .logs import printable
-from .protocol import RequestReader, encode, encode_one
+from .protocol import SPLIT_BULK, Encoded, RequestReader, encode
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
@@ -56,8 +62,48 @@ MAX_HELD_BYTES: Final = 1 << 20
 #: Reply bytes produced before they are handed to the transport; if the transport then
 #: reports a full send buffer, the connection stops running requests until it drains.
 OUTPUT_BATCH: Final = 256 * 1024
+#: Seconds of commands one client runs per event-loop turn: a pipeline of slow commands
+#: (each SCAN may take 50 ms) goes on after the turn's replies are sent, and the other
+#: clients are served in between.
+RUN_SLICE: Final = 0.05
+#: The output budget of a client when client_output_buffer_limit is 0 (no limit).
+NO_LIMIT: Final = sys.maxsize
 #: Pause reasons that stop running requests (the others only stop reading).
 _BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred"))
+
+
+#: Reply bytes for the transport: one string, or several (big values kept apart).
+Output = bytes | list[bytes]
+
+
+def _write(transport: asyncio.Transport, data: Output) -> None:
+    if isinstance(data, bytes):
+        transport.write(data)
+    else:
+        transport.writelines(data)
+
+
+def _coalesce(parts: list[bytes]) -> Output:
+    """``parts`` for the transport: small ones joined, big values left apart (uvloop's
+    writelines keeps a reference instead of a copy: a 200 MiB MGET reply then costs the
+    server 200 MiB, not twice that)."""
+    if len(parts) == 1:
+        return parts[0]
+    if max(map(len, parts), default=0) < SPLIT_BULK:
+        return b"".join(parts)
+    chunks: list[bytes] = []
+    small: list[bytes] = []
+    for part in parts:
+        if len(part) < SPLIT_BULK:
+            small.append(part)
+            continue
+        if small:
+            chunks.append(b"".join(small))
+            small = []
+        chunks.append(part)
+    if small:
+        chunks.append(b"".join(small))
+    return chunks
 
 
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
@@ -85,6 +131,8 @@ def reply_size(reply: Any) -> int:
     t = type(reply)
     if t is bytes:
         return len(reply) + 16
+    if t is Encoded:
+        return cast(Encoded, reply).size
     if t is list or t is tuple:
         return 16 + sum(reply_size(r) for r in reply)
     if t is dict:
@@ -99,7 +147,7 @@ class ClientState:
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "ever_authenticated", "__weakref__")
+                 "ever_authenticated", "output_budget", "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -134,6 +182,9 @@ class ClientState:
         self.cmd = "NULL"
         #: A reply passed client_output_buffer_limit while being built: disconnect.
         self.output_overflow = False
+        #: Reply bytes the running command may still produce before the client passes
+        #: client_output_buffer_limit (set by the connection before each command).
+        self.output_budget = NO_LIMIT
 
     def __repr__(self) -> str:
         return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"
@@ -156,8 +207,8 @@ class ClientConnection(asyncio.Protocol):
         self.client: ClientState | None = None
         cfg = server.config
         self.reader = RequestReader(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit)
-        #: Replies waiting for an fsync: (bytes, future or None), in order.
-        self._held: collections.deque[tuple[bytes, asyncio.Future[None] | None]] = \
+        #: Replies waiting for an fsync: (bytes, size, future or None), in order.
+        self._held: collections.deque[tuple[Output, int, asyncio.Future[None] | None]] = \
             collections.deque()
         self._held_bytes = 0
         self._waiting: asyncio.Future[None] | None = None
@@ -167,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
         self._error: ProtocolError | None = None
         #: Reply batches waiting for the end of this event-loop turn (a WriteGroup, or bytes
         #: queued behind one), in order, and about how many bytes they hold.
-        self._parked: list[WriteGroup | bytes] = []
+        self._parked: list[WriteGroup | Output] = []
         self._parked_bytes = 0
         self.closing = False
 
@@ -271,11 +322,12 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the client and its watched keys."""
+        """Forget the client and its watched keys; its SCAN cursors join the orphans."""
         self.closing = True
         if self.client is not None:
             self.server.watches.unwatch_all(self.client)
             self.server.connections.pop(self.client.id, None)
+            self.server.scan_cursors.release(self.client.id)
 
     def pause_writing(self) -> None:
         """The send buffer is full: stop running requests and reading."""
@@ -332,21 +384,29 @@ class ClientConnection(asyncio.Protocol):
         execute = server.dispatcher.execute
         limits = server.rate_limits if server.rate_limits.active else None
         server.executing = True
+        deadline = perf_counter() + RUN_SLICE
         try:
             while (requests and not self._blocked() and not client.close_after_reply
-                   and self._parked_bytes < OUTPUT_BATCH):
+                   and self._parked_bytes < OUTPUT_BATCH and perf_counter() < deadline):
                 group = WriteGroup(turn)
                 replies = group.replies
                 size = 0
                 writes_before = ks.writes
                 deferred: Deferred | None = None
                 deferred_resp = 2
+                # What the client may still be sent before client_output_buffer_limit: every
+                # reply is charged to it as it is produced (by an ArrayBuilder while it is
+                # being built), so no request makes the server hold more than the limit.
+                limit = server.config.client_output_buffer_limit
+                room = (limit - self.output_bytes - self._parked_bytes) if limit > 0 \
+                    else NO_LIMIT
                 while requests and size < OUTPUT_BATCH:
                     if limits is not None and not may_reconfigure(client, requests[0]):
                         wait = limits.wait(client)
                         if wait > 0:
                             self._throttle(wait)
                             break
+                    client.output_budget = room - size
                     execute(client, requests.popleft(), group)
                     reply = replies[-1]
                     server.stats["total_commands_processed"] += 1
@@ -354,13 +414,19 @@ class ClientConnection(asyncio.Protocol):
                         deferred = replies.pop()
                         deferred_resp = group.protocols.pop()
                         break
-                    size += reply_size(reply)
-                    # QUIT, or KEYS passed the output limit (the client is disconnected):
+                    reply_bytes = reply_size(reply)
+                    if reply_bytes > client.output_budget:
+                        client.output_overflow = True
+                    size += reply_bytes
+                    # QUIT, or a reply passed the output limit (the client is disconnected):
                     # nothing after it runs, as in Redis.
-                    if self._quitting() or client.output_overflow:
+                    if self._quitting() or client.output_overflow or perf_counter() > deadline:
                         break
-                if client.output_overflow:  # KEYS stopped building its reply at the limit
-                    self._disconnect_overflow(0)
+                if client.output_overflow:
+                    waiting = bool(self._parked)
+                    self._disconnect_overflow(size)
+                    if group.pending and not waiting:
+                        turn.hold(self)  # the writes it ran (EXEC's) are committed still
                     return
                 if ks.writes != writes_before:  # FLUSHDB, or a commit this batch forced
                     group.wrote = True
@@ -422,7 +488,9 @@ class ClientConnection(asyncio.Protocol):
                 client.close_after_reply = True
                 self._requests.clear()
             elif self.transport is not None and not self.transport.is_closing():
-                self._send(encode_one(reply, resp), False)
+                out: list[bytes] = []
+                encode(reply, resp, out)
+                self._send(_coalesce(out), False)
             self._set_paused("deferred", False)
             if self._error is not None and not self._requests:
                 self._process()  # the protocol error read after this request
@@ -432,11 +500,11 @@ class ClientConnection(asyncio.Protocol):
         deferred.future.add_done_callback(done)
 
     @staticmethod
-    def _encode(group: WriteGroup) -> bytes:
+    def _encode(group: WriteGroup) -> Output:
         out: list[bytes] = []
         for reply, resp in zip(group.replies, group.protocols, strict=True):
             encode(reply, resp, out)
-        return b"".join(out)
+        return _coalesce(out)
 
     def turn_committed(self) -> None:
         """The turn's writes are committed: send the parked replies (each batch waits for an
@@ -499,24 +567,25 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()  # frees the buffered output now, unlike close()
 
-    def _send(self, data: bytes, wrote: bool) -> None:
+    def _send(self, data: Output, wrote: bool) -> None:
+        size = len(data) if isinstance(data, bytes) else sum(map(len, data))
         if self._parked:  # behind replies that wait for the end of the turn
             self._parked.append(data)
-            self._parked_bytes += len(data)
+            self._parked_bytes += size
             return
-        if self._over_limit(len(data)):
-            self._disconnect_overflow(len(data))
+        if self._over_limit(size):
+            self._disconnect_overflow(size)
             return
-        self.server.stats["total_net_output_bytes"] += len(data)
+        self.server.stats["total_net_output_bytes"] += size
         sync = self.server.sync_group
         if not self._held and (sync is None or not wrote):
             assert self.transport is not None
-            self.transport.write(data)
+            _write(self.transport, data)
             return
         # Behind held replies even when appendfsync left ``always`` since they were held
         # (they keep their fsync): a client sees its replies in order.
-        self._held.append((data, sync.barrier() if wrote and sync is not None else None))
-        self._held_bytes += len(data)
+        self._held.append((data, size, sync.barrier() if wrote and sync is not None else None))
+        self._held_bytes += size
         if self._held_bytes > MAX_HELD_BYTES:
             self._set_paused("fsync", True)
         self._release()
@@ -525,7 +594,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         while self._held:
-            data, fut = self._held[0]
+            data, size, fut = self._held[0]
             if fut is not None:
                 if not fut.done():
                     if self._waiting is not fut:
@@ -544,9 +613,9 @@ class ClientConnection(asyncio.Protocol):
                         transport.close()
                     return
             self._held.popleft()
-            self._held_bytes -= len(data)
+            self._held_bytes -= size
             if not transport.is_closing():
-                transport.write(data)
+                _write(transport, data)
         self._set_paused("fsync", False)
         if not self._parked and (self._quitting() or (self.closing and not self._requests)):
             transport.close()

@@ -273,6 +273,10 @@ class Dispatcher:
             client.multi.append(argv)
         return QUEUED
 
+    def writes(self, argv: list[bytes]) -> bool:
+        """Whether the (queued, so known) command ``argv`` may write."""
+        return "write" in self.table[argv[0].lower()].flags
+
     def run_in_exec(self, ctx: Context, argv: list[bytes]) -> Any:
         """Run one queued command inside EXEC, in EXEC's keyspace transaction. A failing
         command's own buffered writes are dropped; the others' stay."""
@@ -291,7 +295,7 @@ class Dispatcher:
         mark = ctx.txn.mark()
         start = perf_counter_ns()
         try:
-            reply = cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
+            reply = cmd.handler(Context(ctx.client, self.server, ctx.txn, True), argv)
         except CommandError as exc:
             ctx.txn.undo(mark)
             reply = exc

@@ -10,16 +10,29 @@ database at a fresh physical id and the old keys are purged in the background
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from time import perf_counter
+from typing import Any, Final
 
+from ..deferred import Deferred
 from ..errors import CommandError
 from ..glob import compile_glob, literal_prefix
 from ..keyspace import MAX_EXPIRE_MS
 from ..protocol import OK, Status
-from . import SYNTAX, CommandFamily, Context, parse_int
+from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()
 command = FAMILY.command
+
+#: Seconds of work after which a SCAN call answers with the keys found so far and a cursor to
+#: go on from (COUNT is a hint, as in Redis): walking COUNT keys, or matching a pattern
+#: against long keys, must not hold the event loop for long.
+SCAN_TIME_BUDGET: Final = 0.05
+#: The largest number of seconds that converts to 64-bit milliseconds (Redis' LLONG_MAX/1000;
+#: LLONG_MIN/1000 rounds to its negative).
+_MAX_SECONDS: Final = INT64_MAX // 1000
+#: Seconds of KEYS' walk per event-loop turn (it goes on in the next turns).
+KEYS_SLICE: Final = 0.02
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -61,32 +74,54 @@ def type_(ctx: Context, argv: list[bytes]) -> Any:
 def keys(ctx: Context, argv: list[bytes]) -> Any:
     """KEYS pattern
 
-    The reply is built in memory; once it passes client_output_buffer_limit the walk stops
-    and the client is disconnected (as Redis would at its hard limit, but before the whole
-    reply exists), so KEYS * over millions of keys cannot exhaust the server's memory.
+    The walk reads a snapshot (the state when KEYS started, as if it ran at once, like
+    Redis), KEYS_SLICE seconds per event-loop turn: other clients are served in between
+    and this one waits for its reply (inside EXEC the walk runs whole). The reply is encoded
+    as the walk goes; once it passes client_output_buffer_limit the walk stops and the client
+    is disconnected (as Redis would at its hard limit, but before the whole reply exists),
+    so KEYS * over millions of keys cannot exhaust the server's memory.
     """
     pattern = argv[1]
-    match = compile_glob(pattern)
+    match = compile_glob(pattern, bounded=True)
     prefix = literal_prefix(pattern)
-    limit = ctx.server.config.client_output_buffer_limit or float("inf")
-    out: list[bytes] = []
-    size = 0
-    for k, _ in ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None):
-        if match(k):
-            out.append(k)
-            size += len(k) + 16  # as connection.reply_size counts it
-            if size > limit:
-                ctx.client.output_overflow = True
-                return []
-    return out
+    out = ctx.array()
+    walk = ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None)
+    client, server = ctx.client, ctx.server
+    if ctx.in_exec:
+        for k, _ in walk:
+            if match(k) and not out.add(k):
+                return ctx.overflow()
+        return out.done()
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def step() -> None:
+        if server.connections.get(client.id) is None:  # the client left: stop walking
+            future.cancel()
+            return
+        deadline = perf_counter() + KEYS_SLICE
+        for n, (k, _) in enumerate(walk):
+            if match(k) and not out.add(k):
+                ctx.overflow()
+                future.set_result(None)
+                return
+            if not n % 64 and perf_counter() > deadline:
+                asyncio.get_running_loop().call_soon(step)
+                return
+        future.set_result(out.done())
+
+    step()
+    return future.result() if future.done() else Deferred(future)
 
 
 @command("scan", -2, "readonly", "keyspace read slow")
 def scan(ctx: Context, argv: list[bytes]) -> Any:
     """SCAN cursor [MATCH pattern] [COUNT count] [TYPE type] -> [next cursor, keys]
 
-    The cursor names a position in key order kept by the server (0 starts and ends an
-    iteration). Every key present for the whole iteration is returned exactly once.
+    The cursor names a position in key order, kept by the server for the client that got
+    it (:mod:`shaledb.server.cursors`); 0 starts and ends an iteration. Every key present
+    for the whole iteration is returned exactly once. A call
+    walks at most COUNT keys, and stops after SCAN_TIME_BUDGET seconds of work (having
+    walked at least one).
     """
     try:
         cursor = int(argv[1])
@@ -105,7 +140,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
             if count < 1:
                 raise CommandError(SYNTAX)
         elif opt == b"MATCH":
-            match = compile_glob(argv[i + 1])
+            match = compile_glob(argv[i + 1], bounded=True)
         elif opt == b"TYPE":
             want_type = argv[i + 1].lower()
         else:
@@ -114,22 +149,25 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     cursors = ctx.server.scan_cursors
     start = b""
     if cursor:
-        position = cursors.get(cursor)
+        position = cursors.get(cursor, ctx.db)
         if position is None:
-            raise CommandError("invalid cursor")
+            raise CommandError("invalid cursor (unknown, dropped, or of another database): "
+                               "start the scan again from 0")
         start = position
-    found: list[bytes] = []
+    found = ctx.array()
     last: bytes | None = None
+    deadline = perf_counter() + SCAN_TIME_BUDGET
     for seen, (k, _) in enumerate(ctx.txn.scan(ctx.db, start)):
-        if seen == count:
+        if seen == count or (seen and perf_counter() > deadline):
             break
         last = k
-        if (match is None or match(k)) and want_type in (None, b"string"):
-            found.append(k)
+        if (match is None or match(k)) and want_type in (None, b"string") \
+                and not found.add(k):
+            return ctx.overflow()
     else:
-        return [b"0", found]
+        return [b"0", found.done()]
     assert last is not None
-    return [b"%d" % cursors.put(last + b"\x00"), found]
+    return [b"%d" % cursors.put(ctx.client.id, ctx.db, last + b"\x00"), found.done()]
 
 
 def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
@@ -178,9 +216,19 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
         raise CommandError("NX and XX, GT or LT options at the same time are not compatible")
     if gt and lt:
         raise CommandError("GT and LT options at the same time are not compatible")
-    when = n * unit_ms + (0 if absolute else ctx.txn.now)
-    if not -MAX_EXPIRE_MS < when < MAX_EXPIRE_MS:
+    # Redis' checks, in its order (before the key is looked up): only a unit conversion or a
+    # base time that overflows 64 bits is an error; any other time is taken, a past one
+    # (even -2**63) deletes the key.
+    base = 0 if absolute else ctx.txn.now
+    if unit_ms == 1000:
+        if not -_MAX_SECONDS <= n <= _MAX_SECONDS:
+            raise CommandError(f"invalid expire time in '{name}' command")
+        n *= 1000
+    if n > INT64_MAX - base:
         raise CommandError(f"invalid expire time in '{name}' command")
+    # The engine keeps expiries up to the year 33658 (MAX_EXPIRE_MS): a later one is kept as
+    # that (Redis takes up to 2**63 - 1 ms), and compared as that by GT and LT.
+    when = min(n + base, MAX_EXPIRE_MS)
     e = ctx.txn.get(ctx.db, argv[1])
     if e is None:
         return 0

@@ -33,17 +33,20 @@ _R = "readonly fast"
 
 
 def expire_at(ctx: Context, unit: bytes, arg: bytes, command_name: str) -> int:
-    """The absolute expiry in ms for an EX/PX/EXAT/PXAT option value."""
+    """The absolute expiry in ms for an EX/PX/EXAT/PXAT option value, with Redis' checks:
+    positive, and no 64-bit overflow converting seconds or adding the time now. The engine
+    keeps expiries up to the year 33658 (MAX_EXPIRE_MS): a later one is kept as that."""
     n = parse_int(arg)
-    if n <= 0:
-        raise CommandError(f"invalid expire time in '{command_name}' command")
     unit = unit.upper()
-    ms = n * 1000 if unit in (b"EX", b"EXAT") else n
+    seconds = unit in (b"EX", b"EXAT")
+    if n <= 0 or (seconds and n > INT64_MAX // 1000):
+        raise CommandError(f"invalid expire time in '{command_name}' command")
+    ms = n * 1000 if seconds else n
     if unit in (b"EX", b"PX"):
         ms += ctx.txn.now
-    if ms > MAX_EXPIRE_MS:
+    if ms > INT64_MAX:
         raise CommandError(f"invalid expire time in '{command_name}' command")
-    return ms
+    return min(ms, MAX_EXPIRE_MS)
 
 
 def check_size(ctx: Context, size: int) -> None:
@@ -123,13 +126,14 @@ def psetex(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("mget", -2, _R, "read string fast", (1, -1, 1))
 def mget(ctx: Context, argv: list[bytes]) -> Any:
-    """MGET key [key ...]"""
+    """MGET key [key ...] (the reply is charged to the output limit value by value)"""
     txn, db = ctx.txn, ctx.db
-    out: list[Any] = []
+    out = ctx.array()
     for key in argv[1:]:
         e = txn.get(db, key)
-        out.append(None if e is None else e.value)
-    return out
+        if not out.add(None if e is None else e.value):
+            return ctx.overflow()
+    return out.done()
 
 
 @command("mset", -3, _W, "write string slow", (1, -1, 2))

@@ -64,7 +64,22 @@ def exec_(ctx: Context, argv: list[bytes]) -> Any:
                            prefix="EXECABORT")
     if dirty:
         return NULL_ARRAY
-    return [server.dispatcher.run_in_exec(ctx, request) for request in queued]
+    # The replies are charged to the output limit one by one. Past it the client is
+    # disconnected and gets none, but every queued write still runs, as in Redis (EXEC runs
+    # whole before the limit is enforced): the transaction stays all-or-nothing.
+    out = ctx.array()
+    dispatcher = server.dispatcher
+    for request in queued:
+        if client.output_overflow:
+            if dispatcher.writes(request):
+                dispatcher.run_in_exec(ctx, request)
+            continue
+        client.output_budget = out.budget - out.size
+        reply = dispatcher.run_in_exec(ctx, request)
+        if not client.output_overflow and not out.add(reply):
+            ctx.overflow()
+    client.output_budget = out.budget
+    return None if client.output_overflow else out.done()
 
 
 @command("watch", -2, _FLAGS, "fast transaction", (1, -1, 1))
