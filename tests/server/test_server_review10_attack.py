@@ -1,0 +1,121 @@
+"""Issue 10, "Server hardening", reviewed again: attacks on the fixes of items 1-13, as a
+hostile client and a careless operator would make them, over real sockets against the real
+server (loopback only). Each test says what it breaks; each failed before its fix."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from shaledb.errors import InvalidArgument
+from shaledb.server import ServerConfig
+
+from ._server_support import HOST
+from .test_server_review10_bounds import Pinger, server_process, timed
+
+KiB = 1024
+
+
+def _idle_then_ping(port: int, idle: float) -> bytes:
+    """PING, stay idle ``idle`` seconds, PING again on the same connection: the second
+    answer, or b'' when the server closed the connection meanwhile."""
+    s = socket.create_connection((HOST, port), timeout=5)
+    try:
+        s.sendall(b"PING\r\n")
+        assert s.recv(64) == b"+PONG\r\n"
+        time.sleep(idle)
+        try:
+            s.sendall(b"PING\r\n")
+            return s.recv(64)
+        except OSError:
+            return b""
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("name", ["timeout", "auth-timeout"])
+def test_a_tiny_idle_or_auth_timeout_is_refused(server_factory: Any, name: str) -> None:
+    """BREAKS item 7's audit of numeric CONFIG ranges: `CONFIG SET timeout 1e-300` (and
+    0.0000001, or auth-timeout alike) was accepted, and the idle sweeper (every 10 ms) then
+    closed every connection as soon as it was idle: of 10 raw connections, 10 were closed
+    between two PINGs 0.15 s apart -- pooled clients, redis-cli, replicas of the admin's
+    session all dropped (Redis' timeout is whole seconds). A nonzero timeout below the
+    floor is refused now, by CONFIG SET and in the config file."""
+    st = server_factory(requirepass="pw" if name == "auth-timeout" else None)
+    r = st.client(password="pw" if name == "auth-timeout" else None)
+    for value in ("1e-300", "0.0000001", "0.01"):
+        with pytest.raises(redis.ResponseError, match="at least"):
+            r.config_set(name, value)
+    if name == "timeout":
+        assert _idle_then_ping(st.port, 0.2) == b"+PONG\r\n"
+    else:  # a client gets time to send its AUTH
+        s = socket.create_connection((HOST, st.port), timeout=5)
+        time.sleep(0.2)
+        s.sendall(b"AUTH pw\r\n")
+        assert s.recv(64) == b"+OK\r\n"
+        s.close()
+    assert r.config_set(name, "0")
+    assert r.config_set(name, "1")
+    attr = name.replace("-", "_")
+    with pytest.raises(InvalidArgument, match="at least"):
+        ServerConfig(**{attr: 1e-300})
+    r.close()
+
+
+def test_exec_of_many_scans_shares_one_time_budget(tmp_path: Path) -> None:
+    """BREAKS the 50 ms bounds of SCAN and of a client's turn: each SCAN stops after 50 ms
+    of work, but EXEC runs any number of them back to back in one command: MULTI, 100 x
+    `SCAN 0 MATCH nomatch*x COUNT 1000000000`, EXEC over 200,000 keys held the event loop
+    5.0 s (another client's PING waited 5.01 s); max-multi-bytes lets one client queue a
+    million of them. The SCANs of one EXEC now share one 50 ms budget: past it each walks
+    a single key (COUNT is a hint; the cursor goes on)."""
+    with server_process(tmp_path) as (port, _):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=120)
+        p = r.pipeline(transaction=False)
+        for i in range(0, 100_000, 1000):
+            p.mset({b"key:%07d" % j: b"v" for j in range(i, i + 1000)})
+        p.execute()
+        pinger = Pinger(port)
+        tx = r.pipeline(transaction=True)
+        for _ in range(60):
+            tx.scan(0, match=b"nomatch*x", count=10**9)
+        replies, took = timed(tx.execute)
+        worst = pinger.stop()
+        assert isinstance(replies, list) and len(replies) == 60
+        assert all(cursor != 0 for cursor, _ in replies)  # every SCAN stopped early...
+        # ... and its cursor goes on: the walk from the last one still finds every key.
+        cursor, seen = replies[-1][0], 0
+        while cursor:
+            cursor, keys = r.scan(cursor, count=10**9)
+            seen += len(keys)
+        assert 0 < seen < 100_000
+        assert took < 1.0, f"EXEC of 60 SCANs took {took:.2f} s"
+        assert worst < 0.5, f"another client waited {worst:.2f} s"
+        r.close()
+
+
+def test_one_key_matched_against_the_heaviest_accepted_pattern_stays_short(
+        tmp_path: Path) -> None:
+    """BREAKS item 2's per-key bound: a pattern is accepted with up to 1024 key bytes of
+    `?`/`[...]` between two stars, and the docs promise ~0.1 s for matching a 64 KiB key;
+    but a class is 10-20 times slower per regex step than `?`: `*[ba]...[ba]c*` (1023
+    classes, a 4 KiB pattern) took 0.4-1.1 s per 64 KiB key (in-process), and KEYS with it
+    over three such keys kept another client's PING waiting 1.26 s (KEYS and SCAN only look
+    at the clock between keys)."""
+    with server_process(tmp_path) as (port, _):
+        r = redis.Redis(host=HOST, port=port, socket_timeout=120)
+        for i in range(3):
+            r.set(b"a" * (64 * KiB - 4) + b"%03d" % i, "v")
+        pattern = b"*" + b"[ba]" * 1023 + b"c*"
+        pinger = Pinger(port)
+        reply, took = timed(lambda: r.keys(pattern))
+        worst = pinger.stop()
+        assert reply == [] or isinstance(reply, redis.ResponseError)
+        assert worst < 0.5, f"another client waited {worst:.2f} s (KEYS took {took:.2f} s)"
+        r.close()
+
