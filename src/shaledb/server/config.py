@@ -42,6 +42,11 @@ MAX_TRACKED_HOSTS: Final = 1_000_000
 #: Smallest proto-max-bulk-len: below it the admin could not even send the CONFIG SET that
 #: undoes it (Redis' own minimum is 1 MB).
 MIN_BULK_LEN: Final = 1024
+#: Smallest nonzero timeout / auth-timeout, in seconds: the idle sweeper looks every
+#: timeout/4 (at least every 10 ms), so 1e-300 closed every connection as soon as it was
+#: idle -- pooled clients, redis-cli between two commands, the admin who would undo it.
+#: (Redis' timeout is whole seconds.)
+MIN_TIMEOUT: Final = 0.5
 
 
 def _rate(value: object) -> bool:
@@ -202,9 +207,9 @@ class ServerConfig:
         for name in ("timeout", "auth_timeout"):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not 0 <= value < float("inf")):
-                raise InvalidArgument(f"server setting {name} must be a number of seconds "
-                                      f">= 0 (0: never)")
+                    or not (value == 0 or MIN_TIMEOUT <= value < float("inf"))):
+                raise InvalidArgument(f"server setting {name} must be 0 (never) or a number "
+                                      f"of seconds at least {MIN_TIMEOUT:g}")
         if self.appendfsync not in APPENDFSYNC_MODES:
             raise InvalidArgument(
                 f"server setting appendfsync must be one of {', '.join(APPENDFSYNC_MODES)}, "
@@ -392,4 +397,5 @@ class ServerConfig:
 
 __all__ = ["APPENDFSYNC_MODES", "DEFAULT_METRICS_PORT", "LOG_FORMATS", "LOG_LEVELS",
            "MAX_TRACKED_HOSTS", "METRICS_OFF", "MIN_AUTH_FAIL_RATE", "MIN_BULK_LEN",
-           "MIN_COMMAND_RATE", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES", "ServerConfig"]
+           "MIN_COMMAND_RATE", "MIN_TIMEOUT", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES",
+           "ServerConfig"]

@@ -32,6 +32,7 @@ from .config import (
     MIN_AUTH_FAIL_RATE,
     MIN_BULK_LEN,
     MIN_COMMAND_RATE,
+    MIN_TIMEOUT,
 )
 from .errors import CommandError
 from .fdlimit import fit_maxclients
@@ -155,6 +156,15 @@ def at_least(minimum: float) -> Parser:
         return value
 
     return parse
+
+
+def _timeout_seconds(raw: bytes) -> float:
+    """0 (never) or a number of seconds >= MIN_TIMEOUT (a tiny one drops every idle
+    connection at once, the admin's too)."""
+    value = number(raw)
+    if value and value < MIN_TIMEOUT:
+        raise ValueError(f"argument must be 0 (never) or at least {MIN_TIMEOUT:g} seconds")
+    return value
 
 
 def _command_rate(raw: bytes) -> float:
@@ -327,8 +337,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("maxmemory", None, get=_constant(0)),  # data lives on disk, not in memory
     Setting("appendfsync", "appendfsync", choice(*APPENDFSYNC_MODES), _appendfsync),
     Setting("maxclients", "maxclients", integer(1), check=_maxclients_fit),
-    Setting("timeout", "timeout", number, _timeout),
-    Setting("auth-timeout", "auth_timeout", number, _timeout),
+    Setting("timeout", "timeout", _timeout_seconds, _timeout),
+    Setting("auth-timeout", "auth_timeout", _timeout_seconds, _timeout),
     Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(MIN_BULK_LEN), _readers),
     Setting("client-query-buffer-limit", "client_query_buffer_limit", memory(1024), _readers),
     Setting("client-output-buffer-limit", "client_output_buffer_limit", output_buffer_limit,
