@@ -147,7 +147,7 @@ class ClientState:
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "ever_authenticated", "output_budget", "__weakref__")
+                 "ever_authenticated", "output_budget", "exec_started", "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -185,6 +185,9 @@ class ClientState:
         #: Reply bytes the running command may still produce before the client passes
         #: client_output_buffer_limit (set by the connection before each command).
         self.output_budget = NO_LIMIT
+        #: perf_counter() when the running EXEC started (None outside EXEC): the SCANs it
+        #: queued share one time budget, counted from there.
+        self.exec_started: float | None = None
 
     def __repr__(self) -> str:
         return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"

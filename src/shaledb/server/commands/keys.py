@@ -121,7 +121,8 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     it (:mod:`shaledb.server.cursors`); 0 starts and ends an iteration. Every key present
     for the whole iteration is returned exactly once. A call
     walks at most COUNT keys, and stops after SCAN_TIME_BUDGET seconds of work (having
-    walked at least one).
+    walked at least one); inside EXEC, after SCAN_TIME_BUDGET seconds of the EXEC, so that
+    its SCANs together stop there.
     """
     try:
         cursor = int(argv[1])
@@ -156,7 +157,10 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
         start = position
     found = ctx.array()
     last: bytes | None = None
-    deadline = perf_counter() + SCAN_TIME_BUDGET
+    started = perf_counter()
+    if ctx.in_exec and ctx.client.exec_started is not None:
+        started = min(started, ctx.client.exec_started)  # one budget for EXEC's SCANs
+    deadline = started + SCAN_TIME_BUDGET
     for seen, (k, _) in enumerate(ctx.txn.scan(ctx.db, start)):
         if seen == count or (seen and perf_counter() > deadline):
             break
