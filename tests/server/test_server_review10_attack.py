@@ -128,3 +128,20 @@ def test_one_key_matched_against_the_heaviest_accepted_pattern_stays_short(
         assert took < 1.0, took
         r.close()
 
+
+
+def test_numeric_settings_take_only_plain_decimal_numbers(server_factory: Any) -> None:
+    """Python's float() spellings that Redis refuses (``1_0``, `` 5``, ``nan``, ``inf``,
+    ``0x10``) were accepted by CONFIG SET for timeout, rate-limit-per-ip, auth-fail-rate and
+    scrub-interval; plain decimals with an optional exponent still are."""
+    st = server_factory()
+    r = st.client()
+    for name in ("timeout", "rate-limit-per-ip", "auth-fail-rate", "scrub-interval"):
+        for bad in ("1_0", " 5", "5 ", "nan", "inf", "0x10", "+-1", "", "1e", "."):
+            if bad == "" and name == "rate-limit-per-ip":
+                continue  # "" means no limit there
+            with pytest.raises(redis.ResponseError):
+                r.config_set(name, bad)
+        for good in ("10", "10.5", "1e1", ".5e2", "25."):
+            assert r.config_set(name, good)
+    r.close()

@@ -135,12 +135,16 @@ def memory(minimum: int = 0) -> Parser:
     return parse
 
 
+#: A plain decimal number with an optional exponent: float() alone also takes "1_0",
+#: surrounding blanks, "nan" and "inf", which Redis refuses.
+_DECIMAL = re.compile(rb"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
 def number(raw: bytes) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("argument couldn't be parsed into a number") from None
+    """A finite number >= 0, written as a plain decimal."""
+    if not _DECIMAL.fullmatch(raw):
+        raise ValueError("argument couldn't be parsed into a number")
+    value = float(raw)
     if not 0 <= value < float("inf"):
         raise ValueError("argument must be a number >= 0")
     return value
