@@ -13,7 +13,7 @@ at the end; peak RSS (VmHWM) <= :func:`bench.hostile.rss_bound` (the RSS after t
 the engine's block cache and two memtables + 64 KiB per client slot + a full query and
 output buffer, twice, for each of the 7 attack connections that move big data: 380 MiB here,
 where one unbounded MGET alone builds gigabytes); worst PING latency <= 500 ms and p99 <=
-100 ms, on a persistent and on new connections; the well-behaved client saw only right
+200 ms, on a persistent and on new connections; the well-behaved client saw only right
 values and no error (a refusal at maxclients while reconnecting is the one documented
 error); every GET /health answered 200; every unauthenticated oversized request was refused;
 every MGET amplification was cut off by the output limit; and every attack really ran.
