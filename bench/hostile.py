@@ -422,7 +422,8 @@ class Attacks:
 
     async def drain_until_closed(self, reader: asyncio.StreamReader, cap: int,
                                  timeout: float) -> tuple[int, bool]:
-        """Read up to ``cap`` bytes; (bytes read, whether the server closed)."""
+        """Read up to ``cap`` bytes; (bytes read, whether the server closed or answered an
+        error instead: either way the reply was cut off)."""
         got = 0
         end = time.monotonic() + timeout
         try:
@@ -431,7 +432,12 @@ class Attacks:
                                                max(0.1, end - time.monotonic()))
                 if not chunk:
                     return got, True
+                if got == 0 and chunk.startswith(b"-"):
+                    self.note("mget.error_reply", chunk[:120].decode("latin-1"))
+                    return len(chunk), True
                 got += len(chunk)
+        except (ConnectionResetError, BrokenPipeError):
+            return got, True  # an abort with our bytes unread: an RST
         except (TimeoutError, ConnectionError, OSError):
             return got, False
         return got, False
@@ -731,7 +737,9 @@ class Attacks:
                 jobs.extend(self.guarded(name, fn) for _ in range(count))
 
         add("reset", 4, self.reset_storm)
-        plain_opening = resp("AUTH", "slowloris-guess") + resp("SET", "slow", "x" * 100)
+        # No AUTH in it: failed logins from 127.0.0.1 would use up the failed-AUTH budget
+        # that every local client shares, and the probes could not log in.
+        plain_opening = resp("SET", "slowloris", "x" * 200)
         add("slowloris", mix.slowloris,
             lambda: self.slowloris(self.port, plain_opening, "slowloris"))
         if self.tls_port is not None:
