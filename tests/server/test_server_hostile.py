@@ -11,7 +11,7 @@ client-output-buffer-limit 8 MiB, proto-max-bulk-len 4 MiB, client-query-buffer-
 Asserted (:func:`bench.hostile.verdict`): the process is alive and a fresh client can write
 at the end; peak RSS (VmHWM) <= :func:`bench.hostile.rss_bound` (the RSS after the warm-up +
 the engine's block cache and two memtables + 64 KiB per client slot + a full query and
-output buffer, twice, for each of the 7 attack connections that move big data: 380 MiB here,
+output buffer, twice, for each of the 7 attack connections that move big data: ~380 MiB,
 where one unbounded MGET alone builds gigabytes); worst PING latency <= 500 ms and p99 <=
 200 ms, on a persistent and on new connections; the well-behaved client saw only right
 values and no error (a refusal at maxclients while reconnecting is the one documented
