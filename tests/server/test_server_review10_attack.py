@@ -162,3 +162,62 @@ def test_acl_key_patterns_are_bounded_like_keys_patterns(server_factory: Any) ->
     assert r.execute_command("ACL", "GETUSER", "bob") is None
     assert r.execute_command("ACL", "SETUSER", "bob", "on", ">pw", "+@all", "~user:*?[0-9]")
     r.close()
+
+
+def test_a_flood_of_bad_clients_cannot_flood_the_log(server_factory: Any, caplog: Any) -> None:
+    """Every protocol error, refusal, TLS failure and output-limit closure was logged, one
+    line per connection: the hostile soak's 20 s made 100,000 log lines (formatted on the
+    event loop). Now each kind logs at most LogBudget.burst lines a second and then says how
+    many it left out."""
+    import logging
+
+    from shaledb.server.logs import CLIENT_LOG
+
+    caplog.set_level(logging.INFO, logger="shaledb.server")
+    st = server_factory()
+    before = CLIENT_LOG.suppressed
+    t0 = time.monotonic()
+    for _ in range(200):
+        with socket.create_connection((HOST, st.port), timeout=10) as s:
+            s.sendall(b"*1\r\nx")
+            s.recv(256)
+    elapsed = time.monotonic() - t0
+    time.sleep(0.2)
+    lines = [r for r in caplog.records if "Protocol error" in r.getMessage()]
+    allowed = CLIENT_LOG.burst * (int(elapsed / CLIENT_LOG.interval) + 2)
+    assert len(lines) <= allowed, (len(lines), elapsed)
+    assert CLIENT_LOG.suppressed - before >= 200 - allowed
+    time.sleep(CLIENT_LOG.interval)
+    with socket.create_connection((HOST, st.port), timeout=10) as s:
+        s.sendall(b"*1\r\nx")
+        s.recv(256)
+    time.sleep(0.2)
+    assert "similar lines left out" in caplog.records[-1].getMessage()
+
+
+def test_evicted_metrics_connections_end_quietly(server_factory: Any, caplog: Any) -> None:
+    """Making room on the metrics endpoint cancelled the oldest idle connection's task, and
+    asyncio's stream callback logged a traceback for each (6,504 in the hostile soak's
+    20 s): now an evicted connection ends without a log line."""
+    import logging
+
+    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+
+    caplog.set_level(logging.INFO)
+    st = server_factory(metrics_port=0, metrics_header_timeout=60)
+    port = st.server.metrics_port
+    idle = []
+    try:
+        for _ in range(3 * MAX_CONNECTIONS):
+            idle.append(socket.create_connection((HOST, port), timeout=10))
+            time.sleep(0.002)
+        deadline = time.monotonic() + 10
+        while st.call(lambda: st.server.metrics.evicted) < 2 * MAX_CONNECTIONS - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+    finally:
+        for s in idle:
+            s.close()
+    noisy = [r for r in caplog.records if r.exc_info or "Exception in callback" in r.getMessage()]
+    assert not noisy, noisy[0].getMessage()

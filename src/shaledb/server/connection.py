@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
-from .logs import printable
+from .logs import CLIENT_LOG, printable
 from .protocol import SPLIT_BULK, Encoded, RequestReader, encode
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
@@ -241,8 +241,8 @@ class ClientConnection(asyncio.Protocol):
             # Fail closed: without an address neither protected mode nor the per-IP limits
             # can decide, and the client is gone anyway (reset before the accept).
             self.closing = True
-            log.warning("refused a client with an unknown address (the connection was reset "
-                        "before it was accepted)")
+            CLIENT_LOG.log(log, logging.WARNING, "unknown-peer", "refused a client with an "
+                           "unknown address (the connection was reset before it was accepted)")
             transport.abort()
             server.stats["rejected_connections"] += 1
             server.stats["unknown_peer_refusals"] += 1
@@ -282,8 +282,9 @@ class ClientConnection(asyncio.Protocol):
         if not server.refuses_peer(host):
             return False
         self.closing = True
-        log.warning("refused client %s: protected mode (no password is set)", addr,
-                    extra={"client": addr})
+        CLIENT_LOG.log(log, logging.WARNING, "protected-mode",
+                       "refused client %s: protected mode (no password is set)", addr,
+                       extra={"client": addr})
         transport.write(PROTECTED_MODE_DENIED)
         transport.close()
         server.stats["rejected_connections"] += 1
@@ -302,7 +303,8 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - a bad or silent client: drop it
             server.stats["tls_handshake_failures"] += 1
             reason = str(exc) or type(exc).__name__
-            log.info("TLS handshake with %s failed: %s", addr, printable(reason))
+            CLIENT_LOG.log(log, logging.INFO, "tls-handshake", "TLS handshake with %s failed: %s",
+                           addr, printable(reason))
             raw.abort()
             self.connection_lost(None)
             return
@@ -457,8 +459,8 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self._error is not None and not client.close_after_reply and (
                 "deferred" not in self._pause):
-            log.info("closing client %s: %s", client.addr, printable(str(self._error)),
-                     extra={"client": client.addr})
+            CLIENT_LOG.log(log, logging.INFO, "protocol-error", "closing client %s: %s",
+                           client.addr, printable(str(self._error)), extra={"client": client.addr})
             server.command_stats.error_reply(self._error.prefix)
             self._send(self._error.reply(), False)
             client.close_after_reply = True
@@ -554,10 +556,11 @@ class ClientConnection(asyncio.Protocol):
         pending and close, as Redis does at the hard limit."""
         client = self.client
         assert client is not None
-        log.warning("closing client %s (id %d, cmd %s): output buffer limit of %d bytes "
-                    "exceeded (%d bytes pending, reply of %d)", client.addr, client.id,
-                    client.cmd, self.server.config.client_output_buffer_limit,
-                    self.output_bytes, size)
+        CLIENT_LOG.log(log, logging.WARNING, "output-limit",
+                       "closing client %s (id %d, cmd %s): output buffer limit of %d bytes "
+                       "exceeded (%d bytes pending, reply of %d)", client.addr, client.id,
+                       client.cmd, self.server.config.client_output_buffer_limit,
+                       self.output_bytes, size)
         self.server.stats["client_output_buffer_limit_disconnections"] += 1
         client.output_overflow = True
         client.close_after_reply = True

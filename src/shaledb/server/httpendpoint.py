@@ -102,6 +102,11 @@ class MetricsEndpoint:
             await self._send(writer, answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Evicted to make room, or the server is stopping: end quietly (a cancelled
+            # handler task makes asyncio's stream callback log a traceback: under a
+            # connection flood, thousands of lines a second on the event loop).
+            pass
         finally:
             self._active.discard(task)
             self._idle.pop(task, None)

@@ -45,6 +45,7 @@ from .expiry import run_active_expire
 from .fdlimit import fit_maxclients
 from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
+from .logs import CLIENT_LOG
 from .purge import run_purger
 from .ratelimit import CommandRateLimits
 from .scrub import Scrubber
@@ -393,12 +394,14 @@ class Server:
                     continue
                 if timeout and now - c.last_active > timeout:
                     self.stats["idle_timeouts"] += 1
-                    log.info("closing idle client %s", c.addr)
+                    CLIENT_LOG.log(log, logging.INFO, "idle-timeout", "closing idle client %s",
+                                   c.addr)
                     conn.abort()
                 elif auth_timeout and not c.ever_authenticated and now - c.created > auth_timeout:
                     self.stats["auth_timeouts"] += 1
-                    log.info("closing client %s: not authenticated within %g s", c.addr,
-                             auth_timeout)
+                    CLIENT_LOG.log(log, logging.INFO, "auth-timeout",
+                                   "closing client %s: not authenticated within %g s", c.addr,
+                                   auth_timeout)
                     conn.abort()
 
     def request_shutdown(self) -> None:
