@@ -11,7 +11,7 @@ no client can disturb another's iteration through it:
 - each client's cursors are bounded separately (``max-scan-cursors`` per client, and
   CLIENT_BYTES of positions), least recently used dropped first: a client flooding SCAN
   only drops its own cursors (it used to drop everyone's from one shared 10,000);
-- a cursor is a random 63-bit number: it cannot be guessed (to resume, or to learn the key
+- a cursor is an unguessable 63-bit number (a keyed hash of a counter): it cannot be guessed (to resume, or to learn the key
   another client's walk is at), and a cursor from before a restart is unknown (numbers
   counting from 1 again made it silently resume another walk) -- any client may use a
   cursor it was handed, so a pooled client that sends the next SCAN on another connection
@@ -28,6 +28,7 @@ from 0.
 from __future__ import annotations
 
 import collections
+import hashlib
 import secrets
 from typing import Final
 
@@ -59,12 +60,22 @@ class ScanCursors:
         self.client_bytes = client_bytes
         self._entries: dict[int, tuple[int, int, bytes]] = {}
         self._owned: dict[int, _Owned] = {}
+        # Cursor numbers: a keyed hash of a counter, as unguessable as random numbers
+        # without a getrandom() system call per SCAN (a SCAN flood made thousands a second).
+        self._secret = secrets.token_bytes(32)
+        self._counter = 0
+
+    def _next_number(self) -> int:
+        self._counter += 1
+        digest = hashlib.blake2b(self._counter.to_bytes(8, "big"), key=self._secret,
+                                 digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
 
     def put(self, owner: int, db: int, position: bytes) -> int:
         """Remember ``position`` in ``db`` for client ``owner``; its new cursor (never 0)."""
         cursor = 0
         while not cursor or cursor in self._entries:
-            cursor = secrets.randbits(63)
+            cursor = self._next_number()
         self._entries[cursor] = (owner, db, position)
         owned = self._owned.get(owner)
         if owned is None:
