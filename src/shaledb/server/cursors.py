@@ -12,10 +12,10 @@ no client can disturb another's iteration through it:
   CLIENT_BYTES of positions), least recently used dropped first: a client flooding SCAN
   only drops its own cursors (it used to drop everyone's from one shared 10,000);
 - a cursor is an unguessable 63-bit number (a keyed hash of a counter): it cannot be
-  guessed (to resume, or to learn the key another client's walk is at), and a cursor from before a restart is unknown (numbers
-  counting from 1 again made it silently resume another walk) -- any client may use a
-  cursor it was handed, so a pooled client that sends the next SCAN on another connection
-  goes on;
+  guessed (to resume, or to learn the key another client's walk is at), and a cursor from
+  before a restart is unknown (numbers counting from 1 again made it silently resume
+  another walk) -- any client may use a cursor it was handed, so a pooled client that
+  sends the next SCAN on another connection goes on;
 - a cursor names its database: used in another one it is an error, not a walk that skips
   that database's first keys;
 - the cursors of a client that disconnects are kept in a shared pool of the same bounds (a
