@@ -66,6 +66,11 @@ class ServerConfig:
     dir: str = "./data"
     #: Most client connections at once; one more gets ``-ERR max number of clients reached``.
     maxclients: int = 10_000
+    #: Length of each listening socket's queue of connections not yet accepted (the kernel
+    #: caps it at net.core.somaxconn). Larger than Redis' 511: a burst of connections (a
+    #: reset storm, a pool reconnecting) that arrives while the event loop is busy would
+    #: otherwise overflow it, and each dropped SYN costs a client a 1 s retransmission.
+    tcp_backlog: int = 4096
     #: Seconds a client may stay idle before the server closes its connection (0 = never,
     #: the default, as in Redis: pooled connections may idle for hours).
     timeout: float = 0.0
@@ -191,6 +196,7 @@ class ServerConfig:
             raise InvalidArgument("server setting dir must be a non-empty path")
         integer("port", 0, 65535)
         integer("maxclients", 1)
+        integer("tcp_backlog", 1, 65535)
         integer("proto_max_bulk_len", MIN_BULK_LEN, MAX_USER_VALUE)
         integer("client_query_buffer_limit", 1024)
         integer("max_watched_keys", 1, MAX_TRACKED_HOSTS)

@@ -68,7 +68,8 @@ class MetricsEndpoint:
         """Listen on ``host``:``port`` (0: any free port); return the port."""
         try:
             self._listener = await asyncio.start_server(
-                self._serve, host, port, limit=MAX_REQUEST_BYTES, reuse_address=True)
+                self._serve, host, port, limit=MAX_REQUEST_BYTES, reuse_address=True,
+                backlog=self.server.config.tcp_backlog)
         except OSError as exc:  # name the endpoint: the server listens on other ports too
             raise OSError(exc.errno, f"metrics endpoint {host}:{port}: "
                                      f"{exc.strerror or exc}") from exc

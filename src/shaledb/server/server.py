@@ -280,7 +280,7 @@ class Server:
             if not cfg.tls_only:
                 plain = await loop.create_server(
                     lambda: ClientConnection(self), cfg.host, cfg.port, reuse_address=True,
-                    backlog=511)
+                    backlog=cfg.tcp_backlog)
                 self._listeners.append(plain)
                 self.port = plain.sockets[0].getsockname()[1]
             if ssl_context is not None:
@@ -289,7 +289,7 @@ class Server:
                 context = ssl_context
                 tls = await loop.create_server(
                     lambda: ClientConnection(self, context), cfg.host, cfg.tls_port,
-                    reuse_address=True, backlog=511)
+                    reuse_address=True, backlog=cfg.tcp_backlog)
                 self._listeners.append(tls)
                 self.tls_port = tls.sockets[0].getsockname()[1]
         except BaseException:

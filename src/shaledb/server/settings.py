@@ -341,6 +341,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("maxmemory", None, get=_constant(0)),  # data lives on disk, not in memory
     Setting("appendfsync", "appendfsync", choice(*APPENDFSYNC_MODES), _appendfsync),
     Setting("maxclients", "maxclients", integer(1), check=_maxclients_fit),
+    Setting("tcp-backlog", "tcp_backlog"),
     Setting("timeout", "timeout", _timeout_seconds, _timeout),
     Setting("auth-timeout", "auth_timeout", _timeout_seconds, _timeout),
     Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(MIN_BULK_LEN), _readers),
