@@ -782,6 +782,7 @@ class Engine:
                     # The flush this write waits for cannot open its table now: fail fast
                     # (retryable) instead of holding the writer, maybe the server's event
                     # loop, until descriptors come back.
+                    self.counters["descriptor_shortages"] += 1
                     raise self._retryable(self._flush_shortage)
                 self.counters["write_stalls"] += 1
                 t0 = time.monotonic()
