@@ -105,16 +105,15 @@ class ActiveExpiry:
         batch = shaledb.WriteBatch()
         deltas: dict[int, list[int]] = {}
         deleted: set[bytes] = set()
-        garbage = False
+        garbage: list[int] = []
 
         def delete(ek: bytes, raw: bytes) -> None:
-            nonlocal garbage
             batch.delete(ek)
             deleted.add(ek)
             ref = chunk_ref_of(raw)
             if ref is not None:
                 batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
-                garbage = True
+                garbage.append(ref.id)
             d = deltas.setdefault(ek[0], [0, 0])
             d[0] -= 1
             d[1] -= 1

@@ -12,15 +12,15 @@ Mapping (documented byte by byte in docs/format.md, "Server keyspace", version 3
 
 A string longer than :data:`INLINE_MAX` is chunked: its bytes live in chunk records
 (``0xF0`` + chunk-set id + chunk index, :data:`CHUNK_SIZE` bytes each, the last one
-shorter), outside every database's key range. Key walks (KEYS, SCAN, RANDOMKEY, DBSIZE's
-old count, the expiry sweeper, the purger) therefore read at most a small header per key,
-never a large value; APPEND rewrites only the last, partial chunk and adds new ones,
-SETRANGE only the chunks it touches, GETRANGE reads only the chunks it needs. Each chunk set
-belongs to exactly one header: RENAME and MOVE keep the id, COPY copies the chunks to a new
-one. A header that is overwritten, deleted, expired or purged leaves a *garbage* record
-(``0xF1`` + id -> number of chunks) in the same write batch, and the purger
-(:mod:`shaledb.server.purge`) deletes those chunks in bounded steps, so nothing leaks, also
-across a crash.
+shorter), outside every database's key range. Key walks (KEYS, SCAN, RANDOMKEY, the expiry
+sweeper, the purger) therefore read at most a small header per key, never a large value,
+and copy no value at all (:class:`Entry` slices one out only when asked). APPEND rewrites
+only the last, partial chunk and adds new ones, SETRANGE only the chunks it touches,
+GETRANGE reads only the chunks it needs. Each chunk set belongs to exactly one header:
+RENAME and MOVE keep the id, COPY copies the chunks to a new one. A header that is
+overwritten, deleted, expired or purged leaves a *garbage* record (``0xF1`` + id -> number
+of chunks) in the same write batch, and the purger (:mod:`shaledb.server.purge`) deletes
+those chunks in bounded steps, so nothing leaks, also across a crash.
 
 The server judges expiry itself, from the header, on every read and walk; the engine is
 *not* given the expiry. An entry the engine dropped by itself at compaction would leak a
@@ -55,6 +55,7 @@ for the background purger once the commit succeeded.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import time
@@ -83,6 +84,7 @@ from .expiry import ActiveExpiry
 from .purge import Purger
 from .values import (
     CHUNK_SIZE,
+    GARBAGE_LIST_MAX,
     INLINE_MAX,
     MAX_STRING,
     TAG_CHUNKED,
@@ -274,8 +276,13 @@ class Keyspace:
         #: The next chunk-set id: one past the largest in use (ids of chunk sets that are
         #: entirely gone may be used again; nothing references them).
         self._next_chunk_id = self._largest_chunk_id() + 1
-        #: Whether garbage records may exist (the purger deletes their chunks).
-        self.garbage_pending = self._first(GARBAGE_PREFIX) is not None
+        #: Chunk-set ids whose garbage record was written since the start, oldest first:
+        #: the purger works through them with point reads (scanning the garbage range
+        #: would skip the tombstones of every record deleted before it, again and again).
+        self.garbage_ids: collections.deque[int] = collections.deque()
+        #: Whether garbage records may exist that garbage_ids does not list (found at open,
+        #: or the list was full): the purger then scans the garbage range for them.
+        self.garbage_unlisted = self._first(GARBAGE_PREFIX) is not None
         #: Commits pending writes of the turn's shared transaction (the server sets it);
         #: background writers call it first.
         self.settle: Callable[[], None] = _nothing
@@ -379,14 +386,20 @@ class Keyspace:
         self._next_chunk_id += 1
         return cid
 
+    @property
+    def garbage_pending(self) -> bool:
+        """Whether garbage records may exist (the purger deletes their chunks)."""
+        return bool(self.garbage_ids) or self.garbage_unlisted
+
     def write(self, batch: shaledb.WriteBatch,
               deltas: dict[int, list[int]] | None = None, *,
-              reset: Iterable[int] = (), garbage: bool = False,
+              reset: Iterable[int] = (), garbage: Iterable[int] = (),
               map_written: bool = False) -> None:
         """Write ``batch`` plus the count records it changes: ids in ``reset`` start from
         zero, then ``deltas`` (physical id -> [keys, expires] change) apply; plus the map
-        record while it is pending, unless ``batch`` writes it already. Memory follows the
-        durable write: the counts change only once the batch is written."""
+        record while it is pending, unless ``batch`` writes it already; ``garbage`` lists
+        the chunk sets it writes garbage records for. Memory follows the durable write: the
+        counts change only once the batch is written."""
         pending_map = self.map_pending and not map_written
         if pending_map:
             batch.put(MAP_KEY, encode_map(self.map))
@@ -411,8 +424,12 @@ class Keyspace:
         self.counts.update(new)
         if pending_map or map_written:
             self.map_pending = False
-        if garbage:
-            self.garbage_pending = True
+        ids = self.garbage_ids
+        for cid in garbage:
+            if len(ids) < GARBAGE_LIST_MAX:
+                ids.append(cid)
+            else:
+                self.garbage_unlisted = True
 
     def note_expired(self, ek: bytes) -> None:
         """A read met ``ek`` expired (committed): leave it out of the counts from now on and
@@ -878,7 +895,7 @@ class KeyspaceTxn:
                                           "nothing was written (a bug: please report it)")
                 named[e.chunks.id] = e.chunks.length
         deltas: dict[int, list[int]] = {}
-        garbage = False
+        garbage: list[int] = []
         expiring = 0
         for ek, e in writes.items():
             raw = old[ek]
@@ -887,7 +904,7 @@ class KeyspaceTxn:
                 if ref is not None and ref.id not in named:
                     # Its header goes; nothing else names it (a chunk set has one header).
                     batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
-                    garbage = True
+                    garbage.append(ref.id)
             if e is _DELETED:
                 if raw is None:
                     continue  # nothing to delete
@@ -940,6 +957,7 @@ class KeyspaceTxn:
 __all__ = [
     "CHUNK_SIZE",
     "DATABASES",
+    "GARBAGE_LIST_MAX",
     "INLINE_MAX",
     "MAX_EXPIRE_MS",
     "LAZY_EXPIRED_MAX",

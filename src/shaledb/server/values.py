@@ -33,6 +33,9 @@ CHUNK_SIZE: Final = 64 * 1024
 #: Strings up to this length are stored inline in their key's entry; longer ones are
 #: chunked. Key walks read at most this much of a value.
 INLINE_MAX: Final = 64 * 1024
+#: Most garbage chunk-set ids the keyspace lists in memory for the purger; past it, the
+#: purger finds the others by scanning the garbage range.
+GARBAGE_LIST_MAX: Final = 100_000
 
 TAG_STRING: Final = 0x00
 TAG_EXPIRES: Final = 0x80
@@ -136,6 +139,7 @@ def encode_header(ref: ChunkRef, expire_ms: int) -> bytes:
 
 __all__ = [
     "CHUNK_SIZE",
+    "GARBAGE_LIST_MAX",
     "INLINE_MAX",
     "MAX_STRING",
     "TAG_CHUNKED",
