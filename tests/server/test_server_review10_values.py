@@ -390,6 +390,20 @@ def test_no_chunk_leaks_after_overwrite_delete_expire_flush_and_moves(server) ->
     assert sorted(named.values()) == [6, 6, 6]
 
 
+def test_krange_kbatch_and_kdelrange_on_chunked_values(server) -> None:
+    r = server.client()
+    big = random.Random(5).randbytes(3 * CHUNK + 99)
+    assert r.execute_command("KBATCH", "SET", "a", big, "SET", "b", b"small",
+                             "SET", "c", big + b"c") == 3
+    assert r.execute_command("KRANGE", "-", "+") == [b"a", big, b"b", b"small",
+                                                    b"c", big + b"c"]
+    assert r.execute_command("KRANGE", "-", "+", "REV", "LIMIT", 1) == [b"c", big + b"c"]
+    assert r.execute_command("KDELRANGE", "[a", "[b") == 2
+    assert r.keys() == [b"c"] and r.dbsize() == 1
+    _assert_no_leak(server)
+    assert sorted(_chunk_audit(server)[1].values()) == [4]
+
+
 def test_the_sweeper_settles_the_turn_before_freeing_chunks(server) -> None:
     """A write buffered in the turn's shared transaction (here a PERSIST of a chunked string
     about to expire, made while it was live) must be committed before the sweeper judges the
