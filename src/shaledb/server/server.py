@@ -275,6 +275,15 @@ class Server:
             raise
         self._loop = loop
         self._turn = TurnCommit(self._keyspace, loop, self.command_stats)
+        turn = self._turn
+
+        def settle() -> None:
+            # Background writers (the expiry sweeper) commit the turn's writes first: a
+            # buffered header may name a chunk set they would free (keyspace.py).
+            if turn.txn.dirty:
+                turn.commit()
+
+        self._keyspace.settle = settle
         self.set_appendfsync(cfg.appendfsync)
         try:
             if not cfg.tls_only:

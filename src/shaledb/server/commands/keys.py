@@ -1,9 +1,10 @@
 """Generic key commands: DEL UNLINK EXISTS TYPE KEYS SCAN RENAME RENAMENX EXPIRE PEXPIRE
 EXPIREAT PEXPIREAT TTL PTTL EXPIRETIME PEXPIRETIME PERSIST TOUCH DBSIZE FLUSHDB FLUSHALL.
 
-KEYS, SCAN and DBSIZE walk the keys in order (the engine keeps no per-database count), so
-they cost O(keys in the database); KEYS with a pattern that starts with literal bytes walks
-only the keys with that prefix. FLUSHDB and FLUSHALL are O(1) and atomic: they point the
+KEYS and SCAN walk the keys in order, reading only each key's header (a large value's bytes
+are chunks outside the database's range); KEYS with a pattern that starts with literal bytes
+walks only the keys with that prefix. DBSIZE is O(1): every write batch keeps the database's
+key count record. FLUSHDB and FLUSHALL are O(1) and atomic: they point the
 database at a fresh physical id and the old keys are purged in the background
 (:mod:`shaledb.server.purge`); ASYNC and SYNC are accepted and mean the same.
 """
@@ -184,7 +185,7 @@ def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
     if nx and ctx.txn.exists(ctx.db, dst):
         return 0
     ctx.txn.delete(ctx.db, src)
-    ctx.txn.set(ctx.db, dst, e.value, e.expire_ms)
+    ctx.txn.set_entry(ctx.db, dst, e, e.expire_ms)  # a chunked string keeps its chunks
     return 1 if nx else OK
 
 
@@ -246,7 +247,7 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
     if when <= ctx.txn.now:
         ctx.txn.delete(ctx.db, argv[1])
     else:
-        ctx.txn.set(ctx.db, argv[1], e.value, when)
+        ctx.txn.set_entry(ctx.db, argv[1], e, when)
     return 1
 
 
@@ -314,14 +315,15 @@ def persist(ctx: Context, argv: list[bytes]) -> Any:
     e = ctx.txn.get(ctx.db, argv[1])
     if e is None or not e.expire_ms:
         return 0
-    ctx.txn.set(ctx.db, argv[1], e.value, 0)
+    ctx.txn.set_entry(ctx.db, argv[1], e, 0)
     return 1
 
 
 @command("dbsize", 1, "readonly fast", "keyspace read fast")
 def dbsize(ctx: Context, argv: list[bytes]) -> Any:
-    """DBSIZE -> keys in the selected database (counted: O(n))"""
-    return sum(1 for _ in ctx.txn.scan(ctx.db))
+    """DBSIZE -> keys in the selected database: O(1), from its count record (expired keys
+    the sweeper has not deleted yet count, as in Redis)"""
+    return ctx.txn.key_count(ctx.db)
 
 
 def _flush_mode(argv: list[bytes]) -> None:
