@@ -513,13 +513,18 @@ class Attacks:
         finally:
             writer.transport.abort()
 
+    async def enter_big_db(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        """AUTH and SELECT the database of the big values, reading both replies."""
+        writer.write(self.auth_big)
+        await self.read_reply(reader)
+        await self.read_reply(reader)
+
     # amplification
     async def mget_amplifier(self) -> None:
         reader, writer = await self.connect(self.port)
         try:
-            writer.write(self.auth_big)
-            await self.read_reply(reader)
-            await self.read_reply(reader)
+            await self.enter_big_db(reader, writer)
             keys = ["big:0"] * self.mix.mget_repeat
             writer.write(resp("MGET", *keys))
             await writer.drain()
@@ -549,9 +554,7 @@ class Attacks:
         chunk = b"a" * self.mix.append_chunk
         key = f"append:{random.randrange(1 << 30)}"
         try:
-            writer.write(self.auth_big)
-            await self.read_reply(reader)
-            await self.read_reply(reader)
+            await self.enter_big_db(reader, writer)
             length = 0
             while not self.over() and length + len(chunk) <= self.limits.proto_max_bulk_len:
                 writer.write(resp("APPEND", key, chunk))
