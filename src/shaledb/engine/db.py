@@ -716,6 +716,11 @@ class Engine:
                     self._group_commits += 1
                 if any_sync:
                     self._last_sync_group = len(group)
+                elif mem.approximate_size >= self._memtable_size:
+                    # The next write switches memtables and seals this segment with an
+                    # fsync on the writer's thread (the server's event loop): have the
+                    # background syncer (fsync_interval) start writing it back now.
+                    self._bg_cv.notify_all()
             if len(group) == 1:
                 writers.popleft()
                 w.done = True
