@@ -53,7 +53,7 @@ clean:
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS  ?=
 
-.PHONY: bench bench-large bench-quick bench-server
+.PHONY: bench bench-large bench-quick bench-server bench-hostile
 
 BENCH_PEERS := zstandard lmdb rocksdict plyvel diskcache sqlitedict matplotlib pyinstrument
 
@@ -78,3 +78,16 @@ bench-quick: $(BENCH_STAMP)
 #                    (installs redis-tools/redis-server with apt as root)
 bench-server: $(STAMP)
 	$(BIN)/python scripts/bench_server.py $(BENCH_ARGS)
+
+# make bench-hostile  the hostile-client mix (bench/hostile.py: reset storms, slowloris,
+#                     amplification, pattern bombs, fd floods, ...) for HOSTILE_SECONDS (300)
+#                     against `shaledb serve` and then a real redis-server with the same limits,
+#                     printing peak RSS, PING latency and what each got wrong (installs
+#                     redis-server with apt as root)
+HOSTILE_SECONDS ?= 300
+bench-hostile: $(STAMP)
+	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null 2>&1; } || \
+	  echo "bench-hostile: redis-server not installed (Debian package redis-server)"
+	$(BIN)/python -m bench.hostile --target both --duration $(HOSTILE_SECONDS) \
+	  --json bench-results/hostile.json $(BENCH_ARGS)

@@ -206,3 +206,20 @@ def test_compaction_write_rate_limits_compaction_output(db_path, small_opts) -> 
         assert sum(1 for _ in db.range()) == 30_000
     with pytest.raises(shaledb.InvalidArgument):
         shaledb.open(db_path, compaction_write_rate=10)
+
+
+def test_a_full_memtable_starts_its_wal_writeback_before_the_switch(db_path) -> None:
+    """The write that fills the memtable wakes the background syncer at once, so the next
+    write's memtable switch, which seals the segment with an fsync on the writer's thread
+    (the server's event loop), finds it written back: under the hostile soak the seal's
+    fsync held the loop up to 1,057 ms, and 200 ms once the syncer starts early."""
+    with shaledb.open(db_path, fsync_interval=30, memtable_size=1 << 20) as db:
+        time.sleep(0.1)  # the syncer's first wait begins
+        db.put(b"small", b"v")
+        time.sleep(0.3)
+        assert db.stats()["wal_syncs"] == 0  # nothing wakes it before the memtable is full
+        db.put(b"big", b"x" * (1 << 20))  # fills the memtable
+        deadline = time.monotonic() + 5
+        while db.stats()["wal_syncs"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert db.stats()["wal_syncs"] >= 1, "the WAL waited for the 30 s fsync_interval"

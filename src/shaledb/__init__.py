@@ -17,6 +17,7 @@ from .engine.verify import VerifyReport, verify
 from .errors import (
     ClosedError,
     CorruptionError,
+    DescriptorsExhaustedError,
     EncryptionError,
     IncompatibleFormatError,
     InvalidArgument,
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_VALUE_SIZE",
     "ClosedError",
     "CorruptionError",
+    "DescriptorsExhaustedError",
     "EncryptionError",
     "IncompatibleFormatError",
     "InvalidArgument",

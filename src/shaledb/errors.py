@@ -58,6 +58,14 @@ class StorageError(ShaleError):
         self.op = op
 
 
+class DescriptorsExhaustedError(StorageError):
+    """The process (EMFILE) or the system (ENFILE) had no file descriptor left to open or
+    map a new file (a WAL segment, a table, a manifest). Unlike other storage errors this
+    one is *retryable*: it is raised before anything was written, the database stays
+    writable, and the same write succeeds once descriptors are free again (fewer client
+    connections, a higher ``ulimit -n``)."""
+
+
 class TransactionConflict(ShaleError):
     """An optimistic transaction could not commit because a key it read or wrote was changed
     by another writer after the transaction started. Nothing of the transaction was written;
@@ -67,6 +75,7 @@ class TransactionConflict(ShaleError):
 __all__ = [
     "ClosedError",
     "CorruptionError",
+    "DescriptorsExhaustedError",
     "EncryptionError",
     "IncompatibleFormatError",
     "InvalidArgument",

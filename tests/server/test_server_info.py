@@ -245,18 +245,18 @@ def test_keyspace_section_is_exact_at_once_for_a_small_keyspace(server, r) -> No
     assert r.info("keyspace")["db0"]["keys"] == 7 == r.dbsize()
 
 
-def test_keyspace_section_of_a_large_keyspace_comes_from_the_sweeper(server, r,
-                                                                    monkeypatch) -> None:
-    from shaledb.server import info as info_module
-
-    r.mset({f"k{i}": "v" for i in range(20)})
-    ks = server.server.keyspace
-    monkeypatch.setattr(ks, "key_counts", lambda: {0: (999, 3)})  # "the last full pass"
-    assert r.info("keyspace")["db0"]["keys"] == 20  # small: counted on the spot
-    monkeypatch.setattr(info_module, "EXACT_COUNT_LIMIT", 5)
-    assert r.info("keyspace")["db0"] == {"keys": 999, "expires": 3, "avg_ttl": 0}
-    monkeypatch.setattr(ks, "key_counts", lambda: {})  # no full pass yet, keyspace grew
-    assert "db0" not in r.info("keyspace")  # the scan stops at the limit: nothing exact
+def test_keyspace_section_of_a_large_keyspace_is_exact_at_once(server, r) -> None:
+    # Replaces the test of the sweeper-counted keyspace section: INFO and DBSIZE read the
+    # count records every write batch keeps, so a large keyspace is exact at once too.
+    with r.pipeline(transaction=False) as p:
+        for i in range(0, 30_000, 1000):
+            p.mset({f"k{j}": "v" for j in range(i, i + 1000)})
+        p.execute()
+    r.set("t", "v", px=60_000)
+    assert r.info("keyspace")["db0"] == {"keys": 30_001, "expires": 1, "avg_ttl": 0}
+    r.delete("k0", "t", "missing")
+    assert r.info("keyspace")["db0"] == {"keys": 29_999, "expires": 0, "avg_ttl": 0}
+    assert r.dbsize() == 29_999
 
 
 def test_persistence_and_memory_sections_follow_the_server(server, r) -> None:

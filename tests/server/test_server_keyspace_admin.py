@@ -224,7 +224,9 @@ def test_map_changes_are_undone_with_a_failed_command(tmp_path: Path) -> None:
         txn.undo(mark)
         txn.commit()
         assert ks.map == identity_map()
-        assert db.get(MAP_KEY) is None
+        # The first write of a fresh directory records the (version 2) identity map; the
+        # undone swap and flush left no trace in it.
+        assert db.get(MAP_KEY) == encode_map(identity_map())
         assert ks.begin().get(0, b"k") is not None
 
 
@@ -407,7 +409,10 @@ def test_directory_without_a_map_opens_with_the_identity_layout(
     assert r.get("edge") == b"last db"
     ks = st.server.keyspace  # type: ignore[union-attr]
     assert st.call(lambda: ks.map) == identity_map()
-    assert st.call(lambda: st.server.db.get(MAP_KEY)) is None  # type: ignore[union-attr]
+    # Upgraded to server keyspace version 3 at open: the identity map, now written down
+    # (version 2 map), so an older server refuses the directory.
+    assert st.call(lambda: st.server.db.get(MAP_KEY)) == (  # type: ignore[union-attr]
+        b"\x02\x10" + bytes(range(16)))
     r.swapdb(0, 15)
     r.select(3)
     r.flushdb()
@@ -423,15 +428,18 @@ def test_directory_without_a_map_opens_with_the_identity_layout(
 
 def test_map_record_encoding_and_damage(tmp_path: Path,
                                         server_factory: Callable[..., ServerThread]) -> None:
-    assert encode_map(identity_map()) == b"\x01\x10" + bytes(range(16))
+    assert encode_map(identity_map()) == b"\x02\x10" + bytes(range(16))
     assert decode_map(None) == identity_map()
     m = identity_map()
     m[0], m[5] = 200, 0
     assert decode_map(encode_map(m)) == m
-    with pytest.raises(IncompatibleFormatError, match="version 2"):
-        decode_map(b"\x02\x10" + bytes(range(16)))
+    # Version 1 (server keyspace version 2) is still read, to upgrade it.
+    assert decode_map(b"\x01\x10" + bytes(range(16))) == identity_map()
+    with pytest.raises(IncompatibleFormatError, match="version 3"):
+        decode_map(b"\x03\x10" + bytes(range(16)))
     for bad in (b"", b"\x01\x10" + bytes(range(15)), b"\x01\x10" + bytes(15) + b"\x01",
-                b"\x01\x10" + bytes(range(15)) + b"\xf0"):
+                b"\x01\x10" + bytes(range(15)) + b"\xf0", b"\x02\x10" + bytes(range(15)),
+                b"\x02\x10" + bytes(15) + b"\x01", b"\x02\x10" + bytes(range(15)) + b"\xf0"):
         with pytest.raises(CorruptionError):
             decode_map(bad)
     path = tmp_path / "damaged"

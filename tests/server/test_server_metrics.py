@@ -181,8 +181,12 @@ def test_concurrent_request_limit(server_factory) -> None:
         while (st.call(lambda: len(st.server.metrics._active)) < MAX_CONNECTIONS
                and time.monotonic() < deadline):
             time.sleep(0.01)
+        # Full of idle connections: the oldest makes room for the probe (issue 10, item 8:
+        # this answered 503, so idle connections could hold /health down).
         assert _raw_http(port, b"GET /health HTTP/1.1\r\n\r\n").startswith(
-            b"HTTP/1.1 503 ")
+            b"HTTP/1.1 200 ")
+        assert st.call(lambda: len(st.server.metrics._active)) <= MAX_CONNECTIONS
+        assert st.call(lambda: st.server.metrics.evicted) == 1
     finally:
         for s in idle:
             s.close()

@@ -24,9 +24,15 @@ def test_protected_mode_refuses_remote_hosts_without_password(host: str) -> None
     assert not protected_mode_refuses(host, False, True)  # protected mode off
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", None])
-def test_protected_mode_admits_loopback_and_unix_sockets(host: str | None) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"])
+def test_protected_mode_admits_loopback(host: str) -> None:
     assert not protected_mode_refuses(host, True, True)
+
+
+def test_protected_mode_refuses_an_unknown_address() -> None:
+    # None is a TCP client whose address is unknown (reset before the accept): remote, not
+    # a Unix socket (the server has no Unix socket listener). Issue 10, item 1.
+    assert protected_mode_refuses(None, True, True)
 
 
 def _play_remote(monkeypatch: pytest.MonkeyPatch, host: str = REMOTE) -> None:

@@ -20,6 +20,7 @@ command line or in its environment, and the worker zeroes its copy after each jo
 
 from __future__ import annotations
 
+import errno as errno_mod
 import os
 import pickle
 import queue
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from ..errors import CorruptionError, StorageError
+from ..errors import CorruptionError, DescriptorsExhaustedError, StorageError
 from . import vfs
 from .compaction import CompactionAborted, MergeJob, merge_writer, run_merge
 from .crypto import Keyring
@@ -166,6 +167,8 @@ class CompactionWorker:
         kind, message, errno, op = payload
         if kind == "CorruptionError":
             raise CorruptionError(message)
+        if errno in (errno_mod.EMFILE, errno_mod.ENFILE):  # retryable, as in this process
+            raise DescriptorsExhaustedError(message, errno, op)
         raise StorageError(message, errno, op)
 
     def _kill(self) -> None:

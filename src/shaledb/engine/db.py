@@ -17,6 +17,13 @@ of one you hold):
 - Background threads (flusher, compactor, syncer) do their I/O without ``_mutex`` and take it
   only to install results. Any I/O error on the write path is recorded once as the
   background error: the database then refuses writes (ReadOnlyError) until reopened.
+- Except running out of file descriptors (EMFILE/ENFILE: DescriptorsExhaustedError), which
+  only ever happens while opening or mapping a file, before anything is written: a new WAL
+  segment, a table, the map of a growing WAL segment (taken before the record is copied,
+  ``WriteAheadLog.reserve``), a manifest. The write that met it fails with that retryable
+  error and the next one tries again; a flush or compaction backs off and retries. The
+  server's clients hold descriptors too, so this is a condition to ride out, not a reason
+  to stop writing until a restart.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from ..errors import (
     ClosedError,
     CorruptionError,
+    DescriptorsExhaustedError,
     EncryptionError,
     InvalidArgument,
     ReadOnlyError,
@@ -104,6 +112,8 @@ _log = logging.getLogger("shaledb")
 
 #: Operations whose failure in a compaction is retried rather than fatal: nothing was written.
 _READ_OPS = frozenset({"read", "open", "stat", "worker"})
+#: Seconds between retries of a flush that found no file descriptor free.
+_DESCRIPTOR_RETRY_SECONDS = 0.2
 _COMPACTION_RETRY_SECONDS = 1.0
 
 #: Largest write group (bytes of memtable charge) the leader builds from queued writers.
@@ -169,6 +179,9 @@ class Engine:
         self._deferred: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._pending_outputs: set[int] = set()
         self._bg_error: ShaleError | None = None
+        #: The last flush attempt found no descriptor free (cleared by the next flush that
+        #: works); writers that would wait for that flush fail with it instead.
+        self._flush_shortage: DescriptorsExhaustedError | None = None
         self._compaction_read_error: str | None = None
         self._closed = False
         self._closing = False
@@ -628,12 +641,22 @@ class Engine:
         StorageError chained to it: after it the state of the files is unknown."""
         err = exc if isinstance(exc, ShaleError) else StorageError(
             f"{what} failed unexpectedly: {exc!r}", None, "internal")
+        if isinstance(exc, DescriptorsExhaustedError):
+            # Met where a failure is fatal (after the WAL append began): not retryable.
+            err = StorageError(str(exc), exc.errno, exc.op)
         if err is not exc:
             err.__cause__ = exc
         if self._bg_error is None:
             self._bg_error = err
         self._bg_cv.notify_all()
         self._writer_cv.notify_all()
+        return err
+
+    @staticmethod
+    def _retryable(exc: DescriptorsExhaustedError) -> DescriptorsExhaustedError:
+        """A fresh error for one caller (several threads may raise the same condition)."""
+        err = DescriptorsExhaustedError(str(exc), exc.errno, exc.op)
+        err.__cause__ = exc.__cause__
         return err
 
     def _fail(self, exc: BaseException, what: str) -> ShaleError:
@@ -694,7 +717,8 @@ class Engine:
                         or self.options.read_only:
                     self._locked_check_writable()
                 if (force_flush or self._mem.approximate_size >= self._memtable_size
-                        or len(self._versions.current.levels[0]) >= self._l0_slowdown):
+                        or len(self._versions.current.levels[0]) >= self._l0_slowdown
+                        or self._locked_wal_sealed()):
                     self._locked_make_room(force_flush, nbytes)
             except BaseException:
                 writers.popleft()
@@ -739,6 +763,14 @@ class Engine:
                     any_sync = any(g.sync for g in group)
                 if flat:
                     record = wal.frame(encode_batch(first_seq, flat))  # may refuse: harmless
+                    try:
+                        wal.reserve(len(record))  # the map it needs, before any byte
+                    except DescriptorsExhaustedError:
+                        self.counters["descriptor_shortages"] += 1
+                        raise  # nothing written: retryable
+                    except BaseException:
+                        fatal = True  # as if the append had failed (ENOSPC, EIO)
+                        raise
                     # From here on a failure leaves the WAL and the memtable in an unknown
                     # state (the record may be in the log, its sequence numbers used): fatal.
                     fatal = True
@@ -761,6 +793,11 @@ class Engine:
                     self._group_commits += 1
                 if any_sync:
                     self._last_sync_group = len(group)
+                elif mem.approximate_size >= self._memtable_size:
+                    # The next write switches memtables and seals this segment with an
+                    # fsync on the writer's thread (the server's event loop): have the
+                    # background syncer (fsync_interval) start writing it back now.
+                    self._bg_cv.notify_all()
             if len(group) == 1:
                 writers.popleft()
                 w.done = True
@@ -789,12 +826,18 @@ class Engine:
         elif self._closing:
             self._writer_cv.notify_all()  # close() waits for the queue to drain
 
+    def _locked_wal_sealed(self) -> bool:
+        """A memtable switch sealed the WAL segment but could not open the next one (no
+        descriptor left): nothing may be appended before a switch succeeds."""
+        return self._wal is not None and self._wal.sealed
+
     def _locked_make_room(self, force: bool, nbytes: int = 0) -> None:
         opts = self.options
         allow_delay = not force
         while True:
             if self._bg_error is not None:
                 self._locked_check_writable()
+            sealed = self._locked_wal_sealed()
             l0 = len(self._versions.current.levels[0])
             if allow_delay and l0 >= opts.l0_slowdown_trigger:
                 # Back-pressure: throttle writes to a rate that falls as L0 grows, so that
@@ -813,10 +856,16 @@ class Engine:
                         time.sleep(delay)
                     finally:
                         self._mutex.acquire()
-            elif (self._mem.entries == 0 if force
-                  else self._mem.approximate_size < opts.memtable_size):
+            elif not sealed and (self._mem.entries == 0 if force
+                                 else self._mem.approximate_size < opts.memtable_size):
                 return
             elif self._imm is not None or l0 >= opts.l0_stop_trigger:
+                if self._imm is not None and self._flush_shortage is not None:
+                    # The flush this write waits for cannot open its table now: fail fast
+                    # (retryable) instead of holding the writer, maybe the server's event
+                    # loop, until descriptors come back.
+                    self.counters["descriptor_shortages"] += 1
+                    raise self._retryable(self._flush_shortage)
                 self.counters["write_stalls"] += 1
                 t0 = time.monotonic()
                 self._bg_cv.wait(timeout=1.0)
@@ -833,6 +882,7 @@ class Engine:
         assert old is not None
         new: WriteAheadLog | None = None
         error: BaseException | None = None
+        retryable = False
         # The fsyncs below run without the mutex, so readers never wait for them; this thread
         # leads the writer queue, so nobody else appends to the WAL meanwhile.
         self._mutex.release()
@@ -843,12 +893,21 @@ class Engine:
             self.fs.sync_dir(self.path)
         except BaseException as exc:  # noqa: BLE001 - recorded below, under the mutex
             error = exc
-        finally:
-            self._mutex.acquire()
-        if error is not None:
             if new is not None:
                 with contextlib.suppress(Exception):
                     new.close()
+            # No descriptor for the new segment: nothing is lost (the old one is sealed,
+            # complete and durable, and stays current) once the half-made one is gone.
+            retryable = (isinstance(exc, DescriptorsExhaustedError)
+                         and self._remove_log(number))
+        finally:
+            self._mutex.acquire()
+        if error is not None:
+            if retryable:
+                # The next write switches again (a sealed segment forces it); the seal is
+                # not written twice.
+                self.counters["descriptor_shortages"] += 1
+                raise self._retryable(cast(DescriptorsExhaustedError, error)) from None
             raise self._locked_fail(error, "starting a new WAL segment") from None
         assert new is not None
         # From here on the engine writes to the new segment, whatever happens to the old one.
@@ -862,6 +921,16 @@ class Engine:
             raise self._locked_fail(exc, "closing a WAL segment") from None
         finally:
             self._locked_freeze_memtable(number)
+
+    def _remove_log(self, number: int) -> bool:
+        """Remove a WAL segment that failed to start; False if that failed too. It must go,
+        or the switch fail-stops: left behind an older segment, an empty or half-made
+        segment would read as damage to synced data at the next open."""
+        try:
+            self.fs.remove(log_name(self.path, number))
+        except ShaleError:
+            return False
+        return True
 
     def _locked_freeze_memtable(self, number: int) -> None:
         """The memtable becomes the immutable one (the flush thread writes it to L0); a new
@@ -1068,6 +1137,8 @@ class Engine:
         with self._mutex:
             while (self._imm is not None and self._bg_error is None and not self._closed
                    and not self._closing):
+                if self._flush_shortage is not None:
+                    raise self._retryable(self._flush_shortage)
                 self._bg_cv.wait()
             if self._bg_error is not None:
                 self._locked_check_writable()
@@ -1090,6 +1161,16 @@ class Engine:
                 smallest = self._locked_smallest_snapshot()
             try:
                 self._flush_memtable(imm, next_log, last_seq, smallest)
+            except DescriptorsExhaustedError as exc:
+                # Nothing was recorded (the tables it wrote are removed, or orphans the next
+                # obsolete-file pass deletes): wake the writers waiting for this flush (they
+                # fail, retryable), wait a little and try again.
+                with self._mutex:
+                    self.counters["descriptor_shortages"] += 1
+                    self._flush_shortage = exc
+                    self._bg_cv.notify_all()
+                    self._bg_cv.wait(timeout=_DESCRIPTOR_RETRY_SECONDS)
+                continue
             except BaseException as exc:  # noqa: BLE001 - never die silently
                 self._fail(exc, "flush")
                 if not isinstance(exc, ShaleError):
@@ -1116,6 +1197,7 @@ class Engine:
                 with self._mutex:
                     self._versions.install(new, edit)
                     self._imm = None
+                    self._flush_shortage = None
                     self._compaction_wanted = True
                     self._bg_cv.notify_all()
         finally:
@@ -1145,13 +1227,17 @@ class Engine:
             except CompactionAborted:
                 return
             except StorageError as exc:
-                if exc.op not in _READ_OPS:
+                if exc.op not in _READ_OPS and not isinstance(exc, DescriptorsExhaustedError):
                     self._fail(exc, "compaction")
                     return
-                # A failed read leaves nothing half-done: report it, back off, retry later.
+                # A failed read, or a file that could not be opened for lack of descriptors,
+                # leaves nothing half-done: report it, back off, retry later.
                 with self._mutex:
-                    self.counters["compaction_read_errors"] += 1
-                    self._compaction_read_error = str(exc)
+                    if isinstance(exc, DescriptorsExhaustedError):
+                        self.counters["descriptor_shortages"] += 1
+                    else:
+                        self.counters["compaction_read_errors"] += 1
+                        self._compaction_read_error = str(exc)
                     self._bg_cv.wait(timeout=_COMPACTION_RETRY_SECONDS)
                     self._compaction_wanted = True
             except BaseException as exc:  # noqa: BLE001 - never die silently
@@ -1260,7 +1346,8 @@ class Engine:
                     raise ClosedError(f"database {self.path!r} closed during compaction"
                                       ) from None
                 except StorageError as exc:
-                    if exc.op not in _READ_OPS:
+                    if exc.op not in _READ_OPS and not isinstance(
+                            exc, DescriptorsExhaustedError):
                         self._fail(exc, "compaction")
                     raise
         with self._mutex:
@@ -1418,6 +1505,9 @@ class Engine:
                 "live_snapshots": sum(self._snapshots.values()),
                 "background_error": None if self._bg_error is None else str(self._bg_error),
                 "compaction_read_errors": self.counters["compaction_read_errors"],
+                # Files that could not be opened or mapped for lack of descriptors (each
+                # failed one write, or delayed a flush or compaction; never read-only).
+                "descriptor_shortages": self.counters["descriptor_shortages"],
                 "last_compaction_read_error": self._compaction_read_error,
                 "read_only": self.options.read_only or self._bg_error is not None,
                 "encrypted": self.encrypted,

@@ -24,7 +24,12 @@ from typing import Any
 
 import msgpack
 
-from ..errors import CorruptionError, IncompatibleFormatError, StorageError
+from ..errors import (
+    CorruptionError,
+    DescriptorsExhaustedError,
+    IncompatibleFormatError,
+    StorageError,
+)
 from .crypto import MANIFEST_FILE, Keyring
 from .filenames import CURRENT, manifest_name
 from .logfile import ENCRYPTED_LOG_VERSION, LOG_VERSION, LogWriter, crc32c, lost_bytes, scan_log
@@ -192,6 +197,9 @@ class VersionSet:
         #: The data keys of an encrypted database (set by the engine before anything is read
         #: or written): manifests are then of log format 3, their edits encrypted.
         self.keyring: Keyring | None = None
+        #: The current edit wrote something (a new manifest file, an append): after that a
+        #: failure leaves the manifest in an unknown state, whatever the error.
+        self._touched = False
 
     def new_file_number(self) -> int:
         """Allocate a file number (caller holds the mutex, or is alone: open)."""
@@ -283,6 +291,7 @@ class VersionSet:
         old = self.manifest_number
         path = manifest_name(self.dirpath, number)
         file = self.fs.create(path, exclusive=True)
+        self._touched = True
         try:
             writer = LogWriter(file, number, cipher=None if self.keyring is None
                                else self.keyring.writer(MANIFEST_FILE, number))
@@ -314,8 +323,15 @@ class VersionSet:
                 getattr(self._failed, "errno", None), "manifest")
         if edit.last_seq is None:
             edit.last_seq = self.last_seq
+        self._touched = False
         try:
             return self._log_and_apply(edit)
+        except DescriptorsExhaustedError as exc:
+            if not self._touched:
+                raise  # a new manifest could not even be created: nothing changed, retryable
+            # Past that point the files may be ahead of memory: fail-stop as for any error.
+            self._failed = exc
+            raise StorageError(str(exc), exc.errno, exc.op) from exc
         except BaseException as exc:
             self._failed = exc
             raise
@@ -336,6 +352,7 @@ class VersionSet:
             return new
         with self._mutex:
             edit.next_file = self.next_file
+        self._touched = True
         self._log.add(edit.encode())
         self._log.sync()
         return new

@@ -22,7 +22,7 @@ import stat as stat_mod
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import ClosedError, LockedError, StorageError
+from ..errors import ClosedError, DescriptorsExhaustedError, LockedError, StorageError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -83,6 +83,10 @@ class AppendFile(Protocol):
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at the end of the file, or raise StorageError."""
+
+    def reserve(self, nbytes: int) -> None:
+        """Take now whatever appending ``nbytes`` more will need (a bigger map), so that a
+        failure to get it (EMFILE) comes before anything is written."""
 
     def sync(self) -> None:
         """Make everything appended so far durable (fsync)."""
@@ -176,8 +180,11 @@ class FileSystem(Protocol):
 
 
 def _storage_error(op: str, path: str, exc: OSError) -> StorageError:
-    err = StorageError(f"{op} {path!r} failed: {exc.strerror or exc}", exc.errno,
-                       op.split(" ", 1)[0])
+    # No descriptor left: opening or mapping failed before anything was written, so the
+    # engine may retry instead of stopping writes (DescriptorsExhaustedError).
+    cls = (DescriptorsExhaustedError if exc.errno in (errno_mod.EMFILE, errno_mod.ENFILE)
+           else StorageError)
+    err = cls(f"{op} {path!r} failed: {exc.strerror or exc}", exc.errno, op.split(" ", 1)[0])
     err.__cause__ = exc
     return err
 
@@ -195,6 +202,9 @@ class WritableFile:
     def size(self) -> int:
         """Bytes appended so far."""
         return self._size
+
+    def reserve(self, nbytes: int) -> None:
+        """Nothing to take in advance: ``write`` needs no new descriptor."""
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the end of the file (loops over short writes)."""
@@ -257,6 +267,13 @@ class MappedFile:
             self.fs._map_grow(self, self._fd, end)
         self.fs._map_write(self, self._size, data)
         self._size = end
+
+    def reserve(self, nbytes: int) -> None:
+        """Make room for ``nbytes`` more bytes now (growing and remapping the file when
+        needed), so that appending them needs no new map: a failure here writes nothing."""
+        end = self._size + nbytes
+        if end > self.capacity:
+            self.fs._map_grow(self, self._fd, end)
 
     def sync(self) -> None:
         """Make everything appended so far durable (fsync also writes back the pages

@@ -18,6 +18,7 @@ engine saves them under ``lost/``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -26,8 +27,11 @@ from ..errors import CorruptionError
 from .batch import decode_batch
 from .crypto import TAG_SIZE, WAL_FILE, Keyring
 from .filenames import log_name
-from .logfile import MAX_RECORD, LogScan, LogWriter, encode_record_v2, scan_log
+from .logfile import HEADER_SIZE, MAX_RECORD, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
+
+#: Bytes of a sync mark (an empty format-2 record), reserved behind each record.
+SYNC_MARK_SIZE = HEADER_SIZE
 
 
 class WriteAheadLog:
@@ -38,19 +42,27 @@ class WriteAheadLog:
                  keyring: Keyring | None = None) -> None:
         self.number = number
         self.path = log_name(dirpath, number)
-        # Encrypted: a new file key (fresh salt) for every segment, never reused.
-        self._writer = LogWriter(fs.create_mapped(self.path), number,
-                                 cipher=None if keyring is None else keyring.writer(WAL_FILE,
-                                                                                    number))
-        # The header is durable before any record is written: a damaged header with records
-        # after it is then damage to durable data, never something a crash left.
-        self._writer.sync(mark=False)
+        file = fs.create_mapped(self.path)
+        try:
+            # Encrypted: a new file key (fresh salt) for every segment, never reused.
+            self._writer = LogWriter(file, number,
+                                     cipher=None if keyring is None
+                                     else keyring.writer(WAL_FILE, number))
+            # The header is durable before any record is written: a damaged header with
+            # records after it is then damage to durable data, never something a crash left.
+            self._writer.sync(mark=False)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                file.close()  # no descriptor left behind (its map may have failed: EMFILE)
+            raise
         self._file = self._writer.file
         self._salt = self._writer.salt
         # The sealing of one record, bound once: it runs on every write (the hot path).
         self._seal = None if self._writer.cipher is None else self._writer.cipher.seal_record
         self._sync_lock = threading.Lock()
         self.syncs = 0
+        #: A seal was written: nothing may be appended any more.
+        self.sealed = False
 
     @property
     def size(self) -> int:
@@ -76,8 +88,15 @@ class WriteAheadLog:
             payload = self._seal(payload, self._file.size)
         return encode_record_v2(payload, self._salt, self._writer.synced)
 
+    def reserve(self, nbytes: int) -> None:
+        """Make room for a record of ``nbytes`` and the sync mark that may follow it, so that
+        appending them maps nothing new. Raises before anything is written (an EMFILE from
+        the map is then harmless: DescriptorsExhaustedError, the write may be retried)."""
+        self._file.reserve(nbytes + SYNC_MARK_SIZE)
+
     def append_framed(self, record: bytes) -> int:
         """Append a record :meth:`frame` made; returns its size in bytes."""
+        assert not self.sealed, "append to a sealed WAL segment"
         self._file.append(record)
         return len(record)
 
@@ -95,9 +114,13 @@ class WriteAheadLog:
 
     def seal(self) -> None:
         """Mark the segment complete (a seal record) and fsync it: recovery then knows that
-        every record before the seal was durable."""
+        every record before the seal was durable. Once only: a memtable switch that could
+        not open the next segment (no descriptor left) seals again when it is retried."""
         with self._sync_lock:
+            if self.sealed:
+                return
             self._writer.seal()
+            self.sealed = True
             self.syncs += 1
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from ..errors import InvalidArgument
 from .keyspace import MAX_USER_VALUE
+from .security import parse_networks
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -35,11 +36,26 @@ METRICS_OFF: Final = (-1, "-1", "off", "no", "none")
 PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 #: Environment variable read for the encryption key file when the config sets none.
 KEY_FILE_ENV: Final = "SHALEDB_ENCRYPTION_KEY_FILE"
+#: Lowest command rate limit (per IP, per user), in commands per second: a lower one held a
+#: client (the admin among them) for up to 1/rate seconds per command -- 1e-300 for ever.
+MIN_COMMAND_RATE: Final = 1.0
+#: Lowest failed-AUTH refill rate: a client over its burst waits at most 1/rate seconds.
+MIN_AUTH_FAIL_RATE: Final = 0.001
+#: Most client IPs a limiter remembers (each ~200 bytes), and the largest AUTH burst.
+MAX_TRACKED_HOSTS: Final = 1_000_000
+#: Smallest proto-max-bulk-len: below it the admin could not even send the CONFIG SET that
+#: undoes it (Redis' own minimum is 1 MB).
+MIN_BULK_LEN: Final = 1024
+#: Smallest nonzero timeout / auth-timeout, in seconds: the idle sweeper looks every
+#: timeout/4 (at least every 10 ms), so 1e-300 closed every connection as soon as it was
+#: idle -- pooled clients, redis-cli between two commands, the admin who would undo it.
+#: (Redis' timeout is whole seconds.)
+MIN_TIMEOUT: Final = 0.5
 
 
-def _positive_number(value: object) -> bool:
+def _rate(value: object) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and 0 < value < float("inf"))
+            and MIN_COMMAND_RATE <= value < float("inf"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +70,18 @@ class ServerConfig:
     dir: str = "./data"
     #: Most client connections at once; one more gets ``-ERR max number of clients reached``.
     maxclients: int = 10_000
-    #: Seconds a client may stay idle before the server closes its connection (0 = never).
-    timeout: float = 300.0
+    #: Length of each listening socket's queue of connections not yet accepted (the kernel
+    #: caps it at net.core.somaxconn). Larger than Redis' 511: a burst of connections (a
+    #: reset storm, a pool reconnecting) that arrives while the event loop is busy would
+    #: otherwise overflow it, and each dropped SYN costs a client a 1 s retransmission.
+    tcp_backlog: int = 4096
+    #: Seconds a client may stay idle before the server closes its connection (0 = never,
+    #: the default, as in Redis: pooled connections may idle for hours).
+    timeout: float = 0.0
+    #: Seconds a connection may stay without ever authenticating, while the default user
+    #: needs a password, before the server closes it (0 = never). Bounds what silent
+    #: connections (slowloris) can hold of maxclients, whatever ``timeout`` is.
+    auth_timeout: float = 30.0
     #: Longest single argument (key or value) in bytes; longer closes the connection with
     #: ``-ERR Protocol error: invalid bulk length``. Also the largest string a command may
     #: build (APPEND, SETRANGE).
@@ -67,8 +93,9 @@ class ServerConfig:
     max_watched_keys: int = 10_000
     #: Most bytes of commands queued by one MULTI (the transaction is aborted beyond it).
     max_multi_bytes: int = 64 * MiB
-    #: Most SCAN cursors remembered for the whole server (least recently used are dropped;
-    #: using a dropped cursor gives ``-ERR invalid cursor``).
+    #: Most SCAN cursors remembered per client (and for the clients that disconnected,
+    #: together), within 4 MiB of positions each; that client's least recently used are
+    #: dropped (using a dropped cursor gives ``-ERR invalid cursor``).
     max_scan_cursors: int = 10_000
     #: Largest and default LIMIT of KRANGE (bounds the size of one reply).
     krange_max_limit: int = 10_000
@@ -100,6 +127,10 @@ class ServerConfig:
     auth_fail_rate: float = 1.0
     #: Most client IPs whose failed attempts are remembered (least recently used dropped).
     auth_fail_max_hosts: int = 10_000
+    #: Networks (CIDRs, at most 256) whose clients the failed-AUTH limit spares: a NAT
+    #: gateway many good clients share, the admin's own host. None by default: a shared IP
+    #: shares its bucket, so one client's failures can lock out the others behind it.
+    auth_fail_exempt_networks: tuple[str, ...] = ()
     #: TLS port on ``host`` (None: no TLS; 0: pick a free one). Needs the two files below.
     tls_port: int | None = None
     #: Server certificate chain (PEM) and its private key (PEM, not encrypted).
@@ -173,9 +204,10 @@ class ServerConfig:
             raise InvalidArgument("server setting dir must be a non-empty path")
         integer("port", 0, 65535)
         integer("maxclients", 1)
-        integer("proto_max_bulk_len", 1, MAX_USER_VALUE)
+        integer("tcp_backlog", 1, 65535)
+        integer("proto_max_bulk_len", MIN_BULK_LEN, MAX_USER_VALUE)
         integer("client_query_buffer_limit", 1024)
-        integer("max_watched_keys", 1)
+        integer("max_watched_keys", 1, MAX_TRACKED_HOSTS)
         integer("max_multi_bytes", 1)
         integer("max_scan_cursors", 1)
         integer("krange_max_limit", 1)
@@ -186,20 +218,35 @@ class ServerConfig:
         if self.client_query_buffer_limit <= self.proto_max_bulk_len:
             raise InvalidArgument(
                 "server setting client_query_buffer_limit must exceed proto_max_bulk_len")
-        if (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
-                or not 0 <= self.timeout < float("inf")):
-            raise InvalidArgument("server setting timeout must be a number of seconds >= 0")
+        for name in ("timeout", "auth_timeout"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not (value == 0 or MIN_TIMEOUT <= value < float("inf"))):
+                raise InvalidArgument(f"server setting {name} must be 0 (never) or a number "
+                                      f"of seconds at least {MIN_TIMEOUT:g}")
         if self.appendfsync not in APPENDFSYNC_MODES:
             raise InvalidArgument(
                 f"server setting appendfsync must be one of {', '.join(APPENDFSYNC_MODES)}, "
                 f"got {self.appendfsync!r}")
         integer("acllog_max_len", 1, 100_000)  # each denial scans the log to group it
-        integer("auth_fail_burst", 1)
-        integer("auth_fail_max_hosts", 1)
+        integer("auth_fail_burst", 1, MAX_TRACKED_HOSTS)
+        integer("auth_fail_max_hosts", 1, MAX_TRACKED_HOSTS)
         if (isinstance(self.auth_fail_rate, bool)
                 or not isinstance(self.auth_fail_rate, (int, float))
-                or not 0 < self.auth_fail_rate < float("inf")):
-            raise InvalidArgument("server setting auth_fail_rate must be a number > 0")
+                or not MIN_AUTH_FAIL_RATE <= self.auth_fail_rate < float("inf")):
+            raise InvalidArgument(f"server setting auth_fail_rate must be a number of "
+                                  f"attempts per second >= {MIN_AUTH_FAIL_RATE:g}")
+        nets: object = self.auth_fail_exempt_networks  # a list from TOML, a tuple here
+        try:
+            if isinstance(nets, str) or not isinstance(nets, (list, tuple)):
+                raise ValueError(f"expected a list of networks, got {nets!r}")
+            parsed = parse_networks(nets)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"server setting auth_fail_exempt_networks must list networks as CIDRs "
+                f"(TOML: auth-fail-exempt-networks = [\"10.0.0.0/8\", \"::1/128\"]): "
+                f"{exc}") from None
+        object.__setattr__(self, "auth_fail_exempt_networks", tuple(str(n) for n in parsed))
         if self.aclfile is not None and (not isinstance(self.aclfile, str) or not self.aclfile):
             raise InvalidArgument("server setting aclfile must be a non-empty path")
         if self.encryption_key_file is not None and (
@@ -222,19 +269,22 @@ class ServerConfig:
             raise InvalidArgument(
                 f"server setting client_output_buffer_limit must be 0 (no limit) or an "
                 f"integer >= {KiB} bytes, got {limit!r}")
-        if self.rate_limit_per_ip is not None and not _positive_number(self.rate_limit_per_ip):
+        if self.rate_limit_per_ip is not None and not _rate(self.rate_limit_per_ip):
             raise InvalidArgument(
                 f"server setting rate_limit_per_ip must be a number of commands per second "
-                f"> 0, or unset for no limit; got {self.rate_limit_per_ip!r}")
+                f">= {MIN_COMMAND_RATE:g}, or unset for no limit; got {self.rate_limit_per_ip!r}")
         users = self.rate_limit_users
         if not isinstance(users, dict) or not all(
-                isinstance(k, str) and k and _positive_number(v) for k, v in users.items()):
+                isinstance(k, str) and k and _rate(v) for k, v in users.items()):
             raise InvalidArgument(
-                "server setting rate_limit_users must map user names to commands per second "
-                f"> 0 (TOML: [server.rate-limit-users] alice = 100); got {users!r}")
+                f"server setting rate_limit_users must map user names to commands per second "
+                f">= {MIN_COMMAND_RATE:g} (TOML: [server.rate-limit-users] alice = 100); "
+                f"got {users!r}")
         if (not isinstance(self.rate_limit_max_hosts, int)
-                or isinstance(self.rate_limit_max_hosts, bool) or self.rate_limit_max_hosts < 1):
-            raise InvalidArgument("server setting rate_limit_max_hosts must be an integer >= 1")
+                or isinstance(self.rate_limit_max_hosts, bool)
+                or not 1 <= self.rate_limit_max_hosts <= MAX_TRACKED_HOSTS):
+            raise InvalidArgument(f"server setting rate_limit_max_hosts must be an integer "
+                                  f">= 1 and <= {MAX_TRACKED_HOSTS}")
         if (isinstance(self.scrub_interval, bool)
                 or not isinstance(self.scrub_interval, (int, float))
                 or not 0 <= self.scrub_interval < float("inf")):
@@ -366,5 +416,7 @@ class ServerConfig:
 
 
 __all__ = ["APPENDFSYNC_MODES", "DEFAULT_METRICS_PORT", "KEY_FILE_ENV", "LOG_FORMATS",
-           "LOG_LEVELS", "METRICS_OFF", "PASSWORD_ENV", "TLS_AUTH_CLIENTS_MODES",
+           "LOG_LEVELS", "MAX_TRACKED_HOSTS", "METRICS_OFF", "MIN_AUTH_FAIL_RATE",
+           "MIN_BULK_LEN", "MIN_COMMAND_RATE", "MIN_TIMEOUT", "PASSWORD_ENV",
+           "TLS_AUTH_CLIENTS_MODES",
            "ServerConfig"]

@@ -11,20 +11,26 @@ replies of a batch that wrote are held until an fsync covering those writes is d
 its replies in order.
 
 Bounds: the reader limits the buffered request bytes; the requests of one read run until
-OUTPUT_BATCH bytes of replies are parked (the rest runs after the turn's replies are sent),
+OUTPUT_BATCH bytes of replies are parked or for RUN_SLICE seconds (the rest runs after the
+turn's replies are sent, other clients' requests in between),
 and when the socket's send buffer is then full
 (the client does not read its replies), or held replies pile up, the connection stops running
 requests and reading until they drain. So a pipelining client cannot make the server buffer
-without limit. One reply can still be huge (KEYS, MGET of many keys): a client whose queued
-replies would pass ``client_output_buffer_limit`` is disconnected at once, its pending
-output dropped, as Redis does at its hard limit. With command rate limits, a client without
+without limit. One reply can still ask for a lot (KEYS, MGET of many big values): every
+reply is charged to ``client_output_buffer_limit`` as it is produced (``output_budget``,
+set before each command; MGET, KRANGE, KEYS, SCAN and EXEC build theirs with an
+:class:`~shaledb.server.protocol.ArrayBuilder` and stop the moment it passes), and a client
+past the limit is disconnected at once, its pending output dropped, as Redis does at its
+hard limit. With command rate limits, a client without
 a token stops being run and read until one is due (no error). A handler may return a
 :class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
 for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
 request already read before closing (:meth:`ClientConnection.close_when_sent`). Until a
-client has authenticated, the request it is sending may have at most 10 arguments of at most
-16 KiB each, as in Redis (:func:`~shaledb.server.security.unauthenticated_request_error`).
+client has authenticated, each request may have at most 10 arguments of at most 16 KiB
+each, as in Redis (:data:`~shaledb.server.security.UNAUTHENTICATED_LIMITS`): the reader
+checks them at every header, so a whole request that came in one read is refused as surely
+as one still arriving.
 """
 
 from __future__ import annotations
@@ -32,14 +38,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
+import sys
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .deferred import CLOSE, Deferred
 from .dispatch import WriteGroup
 from .errors import CommandError, ProtocolError
-from .protocol import RequestReader, encode, encode_one
-from .security import PROTECTED_MODE_DENIED, unauthenticated_request_error
+from .logs import CLIENT_LOG, printable
+from .protocol import SPLIT_BULK, Encoded, RequestReader, encode
+from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
     from .acl import User
@@ -52,17 +62,68 @@ MAX_HELD_BYTES: Final = 1 << 20
 #: Reply bytes produced before they are handed to the transport; if the transport then
 #: reports a full send buffer, the connection stops running requests until it drains.
 OUTPUT_BATCH: Final = 256 * 1024
+#: Seconds of commands one client runs per event-loop turn: a pipeline of slow commands
+#: (each SCAN may take 50 ms) goes on after the turn's replies are sent, and the other
+#: clients are served in between.
+RUN_SLICE: Final = 0.05
+#: The output budget of a client when client_output_buffer_limit is 0 (no limit).
+NO_LIMIT: Final = sys.maxsize
 #: Pause reasons that stop running requests (the others only stop reading).
 _BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred"))
 
 
+#: Reply bytes for the transport: one string, or several (big values kept apart).
+Output = bytes | list[bytes]
+
+
+def _write(transport: asyncio.Transport, data: Output) -> None:
+    if isinstance(data, bytes):
+        transport.write(data)
+    else:
+        transport.writelines(data)
+
+
+def _coalesce(parts: list[bytes]) -> Output:
+    """``parts`` for the transport: small ones joined, big values left apart (uvloop's
+    writelines keeps a reference instead of a copy: a 200 MiB MGET reply then costs the
+    server 200 MiB, not twice that)."""
+    if len(parts) == 1:
+        return parts[0]
+    if max(map(len, parts), default=0) < SPLIT_BULK:
+        return b"".join(parts)
+    chunks: list[bytes] = []
+    small: list[bytes] = []
+    for part in parts:
+        if len(part) < SPLIT_BULK:
+            small.append(part)
+            continue
+        if small:
+            chunks.append(b"".join(small))
+            small = []
+        chunks.append(part)
+    if small:
+        chunks.append(b"".join(small))
+    return chunks
+
+
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
-    """The client's (IP, port), or None for a peer without an IP address (Unix socket).
-    Protected mode decides on the IP; tests replace this function to play a remote peer."""
+    """The client's (IP, port), or None when it is unknown: uvloop asks the socket
+    (getpeername) only now, and a client that reset its connection before it was accepted
+    has none any more. The server listens only on TCP, so None never means "local": such a
+    connection is refused. Tests replace this function to play a remote peer."""
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return str(peer[0]), int(peer[1])
     return None
+
+
+def may_reconfigure(client: ClientState, argv: list[bytes]) -> bool:
+    """Whether ``argv`` is a CONFIG command its user may run. Rate limits never hold those
+    back: whoever may undo a limit always can, however many commands the same IP sends."""
+    if argv[0].lower() != b"config" or not client.authenticated or len(argv) < 2:
+        return False
+    user = client.user
+    return user.unrestricted or "config|" + argv[1].lower().decode("latin-1") in user.allowed
 
 
 def reply_size(reply: Any) -> int:
@@ -70,6 +131,8 @@ def reply_size(reply: Any) -> int:
     t = type(reply)
     if t is bytes:
         return len(reply) + 16
+    if t is Encoded:
+        return cast(Encoded, reply).size
     if t is list or t is tuple:
         return 16 + sum(reply_size(r) for r in reply)
     if t is dict:
@@ -84,7 +147,7 @@ class ClientState:
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "__weakref__")
+                 "ever_authenticated", "output_budget", "exec_started", "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -98,6 +161,9 @@ class ClientState:
         #: The ACL user whose permissions apply; commands need ``authenticated`` too.
         self.user = user
         self.authenticated = authenticated
+        #: Authenticated at some point: auth-timeout no longer applies (RESET logs out a
+        #: client that has shown its password; it is not a silent connection).
+        self.ever_authenticated = authenticated
         #: Queued requests between MULTI and EXEC; None outside MULTI.
         self.multi: list[list[bytes]] | None = None
         self.multi_bytes = 0
@@ -116,6 +182,12 @@ class ClientState:
         self.cmd = "NULL"
         #: A reply passed client_output_buffer_limit while being built: disconnect.
         self.output_overflow = False
+        #: Reply bytes the running command may still produce before the client passes
+        #: client_output_buffer_limit (set by the connection before each command).
+        self.output_budget = NO_LIMIT
+        #: perf_counter() when the running EXEC started (None outside EXEC): the SCANs it
+        #: queued share one time budget, counted from there.
+        self.exec_started: float | None = None
 
     def __repr__(self) -> str:
         return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"
@@ -124,14 +196,22 @@ class ClientState:
 class ClientConnection(asyncio.Protocol):
     """The asyncio protocol of one client connection."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, tls: ssl.SSLContext | None = None) -> None:
         self.server = server
+        #: The raw TCP transport until a TLS handshake is done, then the TLS one.
         self.transport: asyncio.Transport | None = None
+        #: A connection to the TLS port: the handshake runs after the accept, on a connection
+        #: already counted against maxclients (None once it is done, and for plain TCP).
+        self._tls = tls
+        #: Bytes the TLS layer delivered before the handshake task resumed (None: none
+        #: expected).
+        self._early: list[bytes] | None = None
+        self._handshake: asyncio.Task[None] | None = None
         self.client: ClientState | None = None
         cfg = server.config
         self.reader = RequestReader(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit)
-        #: Replies waiting for an fsync: (bytes, future or None), in order.
-        self._held: collections.deque[tuple[bytes, asyncio.Future[None] | None]] = \
+        #: Replies waiting for an fsync: (bytes, size, future or None), in order.
+        self._held: collections.deque[tuple[Output, int, asyncio.Future[None] | None]] = \
             collections.deque()
         self._held_bytes = 0
         self._waiting: asyncio.Future[None] | None = None
@@ -141,35 +221,42 @@ class ClientConnection(asyncio.Protocol):
         self._error: ProtocolError | None = None
         #: Reply batches waiting for the end of this event-loop turn (a WriteGroup, or bytes
         #: queued behind one), in order, and about how many bytes they hold.
-        self._parked: list[WriteGroup | bytes] = []
+        self._parked: list[WriteGroup | Output] = []
         self._parked_bytes = 0
         self.closing = False
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the client, or refuse it (protected mode, maxclients reached, or
-        shutting down)."""
+        """Register the client, or refuse it (unknown address, protected mode, maxclients
+        reached, or shutting down). A connection to the TLS port is counted from here, as
+        in Redis, and then does its handshake (:meth:`_tls_handshake`): connections stuck
+        in a handshake hold descriptors, and uncounted they used up those the engine
+        needs."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = peer_address(transport)
-        host = peer[0] if peer is not None else None
-        addr = f"{peer[0]}:{peer[1]}" if peer is not None else str(
-            transport.get_extra_info("peername"))
         server = self.server
-        if server.refuses_peer(host):
+        if peer is None:
+            # Fail closed: without an address neither protected mode nor the per-IP limits
+            # can decide, and the client is gone anyway (reset before the accept).
             self.closing = True
-            log.warning("refused client %s: protected mode (no password is set)", addr,
-                        extra={"client": addr})
-            transport.write(PROTECTED_MODE_DENIED)
-            transport.close()
+            CLIENT_LOG.log(log, logging.WARNING, "unknown-peer", "refused a client with an "
+                           "unknown address (the connection was reset before it was accepted)")
+            transport.abort()
             server.stats["rejected_connections"] += 1
-            server.stats["protected_mode_refusals"] += 1
+            server.stats["unknown_peer_refusals"] += 1
+            return
+        host = peer[0]
+        addr = f"{peer[0]}:{peer[1]}"
+        # A TLS client can only read the DENIED line after its handshake (as in Redis).
+        if self._tls is None and self._refuse_protected(transport, host, addr):
             return
         if not server.accepting or len(server.connections) >= server.config.maxclients:
             self.closing = True
-            transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
-                            else b"-ERR server is shutting down\r\n")
+            if self._tls is None:  # a TLS client could not read a plain-text line
+                transport.write(b"-ERR max number of clients reached\r\n" if server.accepting
+                                else b"-ERR server is shutting down\r\n")
             transport.close()
             server.stats["rejected_connections"] += 1
             return
@@ -183,13 +270,69 @@ class ClientConnection(asyncio.Protocol):
             self.client.fd = sock.fileno()
         server.connections[self.client.id] = self
         server.stats["total_connections_received"] += 1
+        if self._tls is not None:
+            transport.pause_reading()  # start_tls takes the transport over
+            self._early = []
+            self._handshake = server.loop.create_task(
+                self._tls_handshake(transport, host, addr))
+
+    def _refuse_protected(self, transport: asyncio.Transport, host: str, addr: str) -> bool:
+        """Refuse the client when protected mode says so (DENIED, then close)."""
+        server = self.server
+        if not server.refuses_peer(host):
+            return False
+        self.closing = True
+        CLIENT_LOG.log(log, logging.WARNING, "protected-mode",
+                       "refused client %s: protected mode (no password is set)", addr,
+                       extra={"client": addr})
+        transport.write(PROTECTED_MODE_DENIED)
+        transport.close()
+        server.stats["rejected_connections"] += 1
+        server.stats["protected_mode_refusals"] += 1
+        return True
+
+    async def _tls_handshake(self, raw: asyncio.Transport, host: str, addr: str) -> None:
+        """Run the TLS handshake of an accepted, counted connection, within
+        tls-handshake-timeout; a failure forgets the connection."""
+        server = self.server
+        assert self._tls is not None
+        try:
+            tls = await server.loop.start_tls(
+                raw, self, self._tls, server_side=True,
+                ssl_handshake_timeout=server.config.tls_handshake_timeout)
+        except Exception as exc:  # noqa: BLE001 - a bad or silent client: drop it
+            server.stats["tls_handshake_failures"] += 1
+            reason = str(exc) or type(exc).__name__
+            CLIENT_LOG.log(log, logging.INFO, "tls-handshake", "TLS handshake with %s failed: %s",
+                           addr, printable(reason))
+            raw.abort()
+            self.connection_lost(None)
+            return
+        except BaseException:
+            raw.abort()
+            self.connection_lost(None)
+            raise
+        tls = cast(asyncio.Transport, tls)
+        self._tls = None
+        self.transport = tls
+        early, self._early = self._early or [], None
+        if self.closing or tls.is_closing():  # closed during the handshake
+            tls.abort()
+            self.connection_lost(None)
+            return
+        if self._refuse_protected(tls, host, addr):
+            self.connection_lost(None)
+            return
+        for data in early:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the client and its watched keys."""
+        """Forget the client and its watched keys; its SCAN cursors join the orphans."""
         self.closing = True
         if self.client is not None:
             self.server.watches.unwatch_all(self.client)
             self.server.connections.pop(self.client.id, None)
+            self.server.scan_cursors.release(self.client.id)
 
     def pause_writing(self) -> None:
         """The send buffer is full: stop running requests and reading."""
@@ -204,21 +347,27 @@ class ClientConnection(asyncio.Protocol):
         client = self.client
         if self.closing or client is None:
             return
+        if self._early is not None:  # the TLS layer, before _tls_handshake resumed
+            self._early.append(data)
+            return
         client.last_active = time.monotonic()
         self.server.stats["total_net_input_bytes"] += len(data)
+        self._feed(data)
+        self._process()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` (and what the reader holds) into requests, with the limits of a
+        client that has not authenticated while that is the case. The reader stops before
+        a request over those limits while requests before it wait to run (one may be an
+        AUTH, which Redis runs before it parses on); :meth:`_process` feeds it again once
+        they ran."""
+        client = self.client
+        assert client is not None
+        self.reader.unauthenticated = None if client.authenticated else UNAUTHENTICATED_LIMITS
         try:
             self.reader.feed(data, self._requests)
         except ProtocolError as exc:
             self._error = exc
-        self._process()
-        if not client.authenticated and self._error is None and not self._requests \
-                and not self.closing:
-            # Checked once the requests before it ran, so an AUTH pipelined ahead of a
-            # large request logs in first, as in Redis (which runs AUTH before parsing on).
-            # Requests left to run mean reading is paused: the buffer cannot grow meanwhile.
-            self._error = unauthenticated_request_error(*self.reader.pending())
-            if self._error is not None:
-                self._process()
 
     def _process(self) -> None:
         """Run queued requests in order until none is left, or until the replies waiting to
@@ -240,21 +389,29 @@ class ClientConnection(asyncio.Protocol):
         execute = server.dispatcher.execute
         limits = server.rate_limits if server.rate_limits.active else None
         server.executing = True
+        deadline = perf_counter() + RUN_SLICE
         try:
             while (requests and not self._blocked() and not client.close_after_reply
-                   and self._parked_bytes < OUTPUT_BATCH):
+                   and self._parked_bytes < OUTPUT_BATCH and perf_counter() < deadline):
                 group = WriteGroup(turn)
                 replies = group.replies
                 size = 0
                 writes_before = ks.writes
                 deferred: Deferred | None = None
                 deferred_resp = 2
+                # What the client may still be sent before client_output_buffer_limit: every
+                # reply is charged to it as it is produced (by an ArrayBuilder while it is
+                # being built), so no request makes the server hold more than the limit.
+                limit = server.config.client_output_buffer_limit
+                room = (limit - self.output_bytes - self._parked_bytes) if limit > 0 \
+                    else NO_LIMIT
                 while requests and size < OUTPUT_BATCH:
-                    if limits is not None:
+                    if limits is not None and not may_reconfigure(client, requests[0]):
                         wait = limits.wait(client)
                         if wait > 0:
                             self._throttle(wait)
                             break
+                    client.output_budget = room - size
                     execute(client, requests.popleft(), group)
                     reply = replies[-1]
                     server.stats["total_commands_processed"] += 1
@@ -262,13 +419,19 @@ class ClientConnection(asyncio.Protocol):
                         deferred = replies.pop()
                         deferred_resp = group.protocols.pop()
                         break
-                    size += reply_size(reply)
-                    # QUIT, or KEYS passed the output limit (the client is disconnected):
+                    reply_bytes = reply_size(reply)
+                    if reply_bytes > client.output_budget:
+                        client.output_overflow = True
+                    size += reply_bytes
+                    # QUIT, or a reply passed the output limit (the client is disconnected):
                     # nothing after it runs, as in Redis.
-                    if self._quitting() or client.output_overflow:
+                    if self._quitting() or client.output_overflow or perf_counter() > deadline:
                         break
-                if client.output_overflow:  # KEYS stopped building its reply at the limit
-                    self._disconnect_overflow(0)
+                if client.output_overflow:
+                    waiting = bool(self._parked)
+                    self._disconnect_overflow(size)
+                    if group.pending and not waiting:
+                        turn.hold(self)  # the writes it ran (EXEC's) are committed still
                     return
                 if ks.writes != writes_before:  # FLUSHDB, or a commit this batch forced
                     group.wrote = True
@@ -288,10 +451,16 @@ class ClientConnection(asyncio.Protocol):
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
         self._set_paused("backlog", False)
+        if self.reader.held and self._error is None and not self.closing \
+                and not client.close_after_reply:
+            self._feed(b"")  # the requests before a large one ran: parse on
+            if requests:
+                self._process()
+                return
         if self._error is not None and not client.close_after_reply and (
                 "deferred" not in self._pause):
-            log.info("closing client %s: %s", client.addr, self._error,
-                     extra={"client": client.addr})
+            CLIENT_LOG.log(log, logging.INFO, "protocol-error", "closing client %s: %s",
+                           client.addr, printable(str(self._error)), extra={"client": client.addr})
             server.command_stats.error_reply(self._error.prefix)
             self._send(self._error.reply(), False)
             client.close_after_reply = True
@@ -324,7 +493,9 @@ class ClientConnection(asyncio.Protocol):
                 client.close_after_reply = True
                 self._requests.clear()
             elif self.transport is not None and not self.transport.is_closing():
-                self._send(encode_one(reply, resp), False)
+                out: list[bytes] = []
+                encode(reply, resp, out)
+                self._send(_coalesce(out), False)
             self._set_paused("deferred", False)
             if self._error is not None and not self._requests:
                 self._process()  # the protocol error read after this request
@@ -334,11 +505,11 @@ class ClientConnection(asyncio.Protocol):
         deferred.future.add_done_callback(done)
 
     @staticmethod
-    def _encode(group: WriteGroup) -> bytes:
+    def _encode(group: WriteGroup) -> Output:
         out: list[bytes] = []
         for reply, resp in zip(group.replies, group.protocols, strict=True):
             encode(reply, resp, out)
-        return b"".join(out)
+        return _coalesce(out)
 
     def turn_committed(self) -> None:
         """The turn's writes are committed: send the parked replies (each batch waits for an
@@ -385,10 +556,11 @@ class ClientConnection(asyncio.Protocol):
         pending and close, as Redis does at the hard limit."""
         client = self.client
         assert client is not None
-        log.warning("closing client %s (id %d, cmd %s): output buffer limit of %d bytes "
-                    "exceeded (%d bytes pending, reply of %d)", client.addr, client.id,
-                    client.cmd, self.server.config.client_output_buffer_limit,
-                    self.output_bytes, size)
+        CLIENT_LOG.log(log, logging.WARNING, "output-limit",
+                       "closing client %s (id %d, cmd %s): output buffer limit of %d bytes "
+                       "exceeded (%d bytes pending, reply of %d)", client.addr, client.id,
+                       client.cmd, self.server.config.client_output_buffer_limit,
+                       self.output_bytes, size)
         self.server.stats["client_output_buffer_limit_disconnections"] += 1
         client.output_overflow = True
         client.close_after_reply = True
@@ -401,24 +573,25 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()  # frees the buffered output now, unlike close()
 
-    def _send(self, data: bytes, wrote: bool) -> None:
+    def _send(self, data: Output, wrote: bool) -> None:
+        size = len(data) if isinstance(data, bytes) else sum(map(len, data))
         if self._parked:  # behind replies that wait for the end of the turn
             self._parked.append(data)
-            self._parked_bytes += len(data)
+            self._parked_bytes += size
             return
-        if self._over_limit(len(data)):
-            self._disconnect_overflow(len(data))
+        if self._over_limit(size):
+            self._disconnect_overflow(size)
             return
-        self.server.stats["total_net_output_bytes"] += len(data)
+        self.server.stats["total_net_output_bytes"] += size
         sync = self.server.sync_group
         if not self._held and (sync is None or not wrote):
             assert self.transport is not None
-            self.transport.write(data)
+            _write(self.transport, data)
             return
         # Behind held replies even when appendfsync left ``always`` since they were held
         # (they keep their fsync): a client sees its replies in order.
-        self._held.append((data, sync.barrier() if wrote and sync is not None else None))
-        self._held_bytes += len(data)
+        self._held.append((data, size, sync.barrier() if wrote and sync is not None else None))
+        self._held_bytes += size
         if self._held_bytes > MAX_HELD_BYTES:
             self._set_paused("fsync", True)
         self._release()
@@ -427,7 +600,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         while self._held:
-            data, fut = self._held[0]
+            data, size, fut = self._held[0]
             if fut is not None:
                 if not fut.done():
                     if self._waiting is not fut:
@@ -446,9 +619,9 @@ class ClientConnection(asyncio.Protocol):
                         transport.close()
                     return
             self._held.popleft()
-            self._held_bytes -= len(data)
+            self._held_bytes -= size
             if not transport.is_closing():
-                transport.write(data)
+                _write(transport, data)
         self._set_paused("fsync", False)
         if not self._parked and (self._quitting() or (self.closing and not self._requests)):
             transport.close()

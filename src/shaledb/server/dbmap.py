@@ -10,19 +10,29 @@ later, in the background, see :mod:`shaledb.server.purge`). Both are therefore a
 across a crash.
 
 A directory without a map entry (written before the map existed) uses the identity map,
-which is exactly the old layout (database byte = SELECT index), so it opens unchanged.
+which is exactly the old layout (database byte = SELECT index); the keyspace upgrades it at
+its first open and writes the map down.
 
 Invariant: a physical id is either *mapped* (to exactly one logical database), *queued* for
 purging (it may hold keys), or *free* (known to hold no entry). Only free ids are mapped by a
 flush. Free and queued are not stored: on open, every unmapped id is checked, and any that
 holds an entry is queued again, so a crash mid-purge loses nothing and resurrects nothing.
 
-Record layout (docs/format.md, "Server keyspace"): version byte ``0x01``, count byte (16),
-then one physical id byte per logical database, in logical order.
+Record layout (docs/format.md, "Server keyspace"): version byte ``0x02``, count byte (16),
+then one physical id byte per logical database, in logical order. The map's version is the
+server keyspace's: version 2 maps (server keyspace version 3) come with chunked strings and
+per-database key counts, so a server that knows only version 1 refuses the directory
+instead of writing keys its counts and chunk garbage collection would not see. A version 1
+map (or none) is read for the upgrade (:meth:`shaledb.server.keyspace.Keyspace`).
+
+The other reserved first bytes (docs/format.md): ``0xF0`` chunks of large strings,
+``0xF1`` garbage records (chunk sets to delete), and under ``0xFF`` one key-count record
+per physical id (:func:`count_key`).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 from ..errors import CorruptionError, IncompatibleFormatError
@@ -36,8 +46,18 @@ PHYSICAL_DATABASES: Final = 240
 META_PREFIX: Final = 0xFF
 #: The engine key of the map record.
 MAP_KEY: Final = b"\xffdbmap"
-#: Version byte of the map record this code writes and reads.
-MAP_VERSION: Final = 1
+#: Version byte of the map record this code writes (server keyspace version 3).
+MAP_VERSION: Final = 2
+#: The version written before chunked strings and key counts (server keyspace version 2, or
+#: 1 when no map record exists): read once, to upgrade the directory.
+LEGACY_MAP_VERSION: Final = 1
+#: First byte of the chunk records of large strings (docs/format.md, "Chunked strings").
+CHUNK_PREFIX: Final = 0xF0
+#: First byte of the garbage records: chunk sets no header references any more.
+GARBAGE_PREFIX: Final = 0xF1
+#: Engine key prefix of the per-physical-id key count records.
+COUNT_PREFIX: Final = b"\xffcount"
+_COUNTS: Final = struct.Struct(">QQ")
 
 
 def identity_map() -> list[int]:
@@ -50,18 +70,26 @@ def encode_map(mapping: list[int]) -> bytes:
     return bytes((MAP_VERSION, len(mapping), *mapping))
 
 
+def map_version(raw: bytes | None) -> int:
+    """The version of a map record (None, no record: the legacy layout)."""
+    if raw is None:
+        return LEGACY_MAP_VERSION
+    if not raw:
+        raise CorruptionError("the server's database map record is empty")
+    return raw[0]
+
+
 def decode_map(raw: bytes | None) -> list[int]:
     """The mapping stored in a map record (None: no record, the identity map). Raises
     IncompatibleFormatError for a version this code does not know and CorruptionError for a
     record that breaks the invariants (so the server refuses to start rather than guess)."""
     if raw is None:
         return identity_map()
-    if not raw:
-        raise CorruptionError("the server's database map record is empty")
-    if raw[0] != MAP_VERSION:
+    if map_version(raw) not in (MAP_VERSION, LEGACY_MAP_VERSION):
         raise IncompatibleFormatError(
-            f"the server's database map has version {raw[0]}; this ShaleDB reads version "
-            f"{MAP_VERSION} (open the directory with the ShaleDB that wrote it)")
+            f"the server's database map has version {raw[0]}; this ShaleDB reads versions "
+            f"{LEGACY_MAP_VERSION} and {MAP_VERSION} (open the directory with the ShaleDB "
+            "that wrote it)")
     if len(raw) != 2 + LOGICAL_DATABASES or raw[1] != LOGICAL_DATABASES:
         raise CorruptionError(
             f"the server's database map record has {len(raw)} bytes, expected "
@@ -74,13 +102,42 @@ def decode_map(raw: bytes | None) -> list[int]:
     return mapping
 
 
+def count_key(phys: int) -> bytes:
+    """The engine key of physical id ``phys``'s key count record."""
+    return COUNT_PREFIX + bytes((phys,))
+
+
+def encode_counts(keys: int, expires: int) -> bytes:
+    """A count record: keys present, and how many of them have an expiry."""
+    return _COUNTS.pack(keys, expires)
+
+
+def decode_counts(raw: bytes | None) -> tuple[int, int]:
+    """Inverse of :func:`encode_counts` (None, no record: an empty id)."""
+    if raw is None:
+        return 0, 0
+    if len(raw) != _COUNTS.size:
+        raise CorruptionError(f"a key count record of the server has {len(raw)} bytes, "
+                              f"expected {_COUNTS.size}")
+    keys, expires = _COUNTS.unpack(raw)
+    return keys, expires
+
+
 __all__ = [
+    "CHUNK_PREFIX",
+    "COUNT_PREFIX",
+    "GARBAGE_PREFIX",
+    "LEGACY_MAP_VERSION",
     "LOGICAL_DATABASES",
     "MAP_KEY",
     "MAP_VERSION",
     "META_PREFIX",
     "PHYSICAL_DATABASES",
+    "count_key",
+    "decode_counts",
     "decode_map",
+    "encode_counts",
     "encode_map",
     "identity_map",
+    "map_version",
 ]

@@ -26,7 +26,13 @@ import logging
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import InvalidArgument, ReadOnlyError, ShaleError, StorageError
+from ..errors import (
+    DescriptorsExhaustedError,
+    InvalidArgument,
+    ReadOnlyError,
+    ShaleError,
+    StorageError,
+)
 from .commands import Command, Context, build_table, wrong_arity
 from .errors import AuthRequiredError, CommandError
 from .keyspace import Keyspace
@@ -52,6 +58,10 @@ def unknown_command(argv: list[bytes]) -> CommandError:
 
 def engine_error(exc: ShaleError) -> CommandError:
     """The reply for an engine error met while running a command."""
+    if isinstance(exc, DescriptorsExhaustedError):
+        # Nothing was written and the database stays writable: the client may retry.
+        return CommandError(f"the server is out of file descriptors; nothing was written, "
+                            f"retry the command ({exc})", prefix="TRYAGAIN")
     if isinstance(exc, (ReadOnlyError, StorageError)):
         return CommandError(f"the database refuses writes: {exc}", prefix="MISCONF")
     if isinstance(exc, InvalidArgument):
@@ -263,6 +273,10 @@ class Dispatcher:
             client.multi.append(argv)
         return QUEUED
 
+    def writes(self, argv: list[bytes]) -> bool:
+        """Whether the (queued, so known) command ``argv`` may write."""
+        return "write" in self.table[argv[0].lower()].flags
+
     def run_in_exec(self, ctx: Context, argv: list[bytes]) -> Any:
         """Run one queued command inside EXEC, in EXEC's keyspace transaction. A failing
         command's own buffered writes are dropped; the others' stay."""
@@ -281,7 +295,7 @@ class Dispatcher:
         mark = ctx.txn.mark()
         start = perf_counter_ns()
         try:
-            reply = cmd.handler(Context(ctx.client, self.server, ctx.txn), argv)
+            reply = cmd.handler(Context(ctx.client, self.server, ctx.txn, True), argv)
         except CommandError as exc:
             ctx.txn.undo(mark)
             reply = exc

@@ -1,37 +1,41 @@
-"""Active expiry: a background sweeper that deletes expired keys nobody reads.
+"""Active expiry: a background sweeper that deletes expired keys.
 
-The engine already hides an expired entry from every read (to the millisecond) and
-compaction drops it, but a key that is never read and sits in a table compaction does not
-reach stays on disk. Like Redis' active expire cycle, :func:`run_active_expire` runs
-``hz`` times a second on the event loop; each tick (:meth:`ActiveExpiry.step`) continues a
-scan of the mapped physical databases from a cursor that goes round the whole keyspace,
-reads at most ``keys_per_tick`` entries, and stops early when it used its time budget
-(``25 + 2 * (effort - 1)`` percent of the tick's period, Redis' formula). The expired entries
-it met are deleted with one write batch. The scan and the write happen in the same
-synchronous step on the loop, where no command can run in between, and expiry only moves
-forward in time, so only keys still expired when the batch is written are deleted. A SET of
-such a key that a client already made but that waits in the turn's shared transaction
-(:class:`~shaledb.server.dispatch.TurnCommit`) is committed after the sweeper's delete, so
-the SET wins, as it must.
+The server judges expiry itself (the engine is not told, see
+:mod:`shaledb.server.keyspace`): reads hide an expired key, and this sweeper deletes it.
+Like Redis' active expire cycle, :func:`run_active_expire` runs ``hz`` times a second on the
+event loop; each tick (:meth:`ActiveExpiry.step`) continues a scan of the mapped physical
+databases from a cursor that goes round the whole keyspace, reads at most ``keys_per_tick``
+entries, and stops early when it used its time budget (``25 + 2 * (effort - 1)`` percent of
+the tick's period, Redis' formula). The expired entries it met are deleted with one write
+batch, which also lowers the key counts and, for a chunked string, writes the garbage record
+of its chunks. The scan reads only each key's header (an inline string's at most 64 KiB,
+and it never copies them): a large string's bytes are in chunks outside the databases'
+ranges.
 
-The scan sees expired entries through ``DB.range(include_expired=True)``. Watchers are not
-told: a key watched while live already fails EXEC once expired, and one watched after it expired was
-absent then and is absent now (Redis 7 treats both alike).
+A tick first commits the writes buffered in the turn's shared transaction
+(``Keyspace.settle``): such a write may rename, persist or append to a chunked string the
+sweeper would find expired and free, and its header would then name deleted chunks. It then
+deletes the expired keys a read met (``Keyspace.lazy_expired``: Redis deletes those on
+access, and the key counts already leave them out), then continues the walk. The reads and
+the write happen in the same synchronous step on the loop, where no command can run in
+between, and expiry only moves forward in time, so only keys still expired when the batch is
+written are deleted.
 
-While it walks, the sweeper counts the live keys and those with an expiry per physical
-database; a completed pass publishes them (:meth:`ActiveExpiry.key_counts`, for INFO's
-keyspace section) and its end time.
+The scan sees every entry through ``DB.range(include_expired=True)`` (directories upgraded
+from version 2 may hold entries the engine was told the expiry of). Watchers are not told: a
+key watched while live already fails EXEC once expired, and one watched after it expired
+was absent then and is absent now (Redis 7 treats both alike).
 
-A keyspace without expiring keys needs no sweeping, only counting: until the sweeper meets
-a key with an expiry or one is written, and again after a full pass that met none, ticks
-get a twelfth of the time budget (about 2% of the loop at effort 1;
-:meth:`ActiveExpiry.idle`). At full speed the sweeper cost about 4% of the server's CPU under
-redis-benchmark GETs of keys without TTLs.
+A keyspace without expiring keys needs no sweeping: until the sweeper meets a key with an
+expiry or one is written, and again after a full pass that met none, ticks get a twelfth of
+the time budget (:meth:`ActiveExpiry.idle`), and none at all while the key counts say no
+mapped database holds a key with an expiry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Final
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Final
 import shaledb
 
 from ..errors import ShaleError
+from .values import chunk_count, chunk_ref_of, encode_garbage, expiry_of, garbage_key, now_ms
 
 if TYPE_CHECKING:
     from .keyspace import Keyspace
@@ -60,15 +65,13 @@ def tick_budget(hz: int, effort: int) -> tuple[int, float]:
 
 
 class ActiveExpiry:
-    """The sweeper's cursor, the counts of the pass in progress and of the last full one."""
+    """The sweeper's cursor and what its passes met."""
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
         #: Engine key the scan continues after (b"": the start of a pass). When its first
         #: byte names no mapped id, the scan continues at the next mapped id.
         self._cursor = b""
-        self._counts: dict[int, list[int]] = {}
-        self._done: dict[int, tuple[int, int]] = {}
         #: When the last full pass ended (ms since the epoch; 0: none yet), and how many.
         self.last_pass_ms = 0
         self.passes = 0
@@ -83,30 +86,44 @@ class ActiveExpiry:
 
     def idle(self) -> bool:
         """Whether no key with an expiry was met by the last full pass or the current one,
-        and none was written since the last full pass started (then ticks only keep the
-        counts fresh, slowly)."""
+        and none was written since the last full pass started (then ticks get a twelfth of
+        the time)."""
         return (self._quiet and not self._pass_expiring
                 and self._ks.expiring_writes == self._quiet_mark)
-
-    def key_counts(self) -> dict[int, tuple[int, int]]:
-        """Logical database -> (keys, keys with an expiry) of the last full pass."""
-        logical = self._ks.logical_of()
-        return {logical[p]: c for p, c in sorted(self._done.items(), key=lambda pc: pc[0])
-                if p in logical and c[0]}
 
     def step(self, max_keys: int, budget: float) -> int:
         """One tick: read up to ``max_keys`` entries (at least ``_CHECK_EVERY`` unless the
         keyspace ends first) within about ``budget`` seconds, delete the expired ones; the
         number of entries read."""
-        from .keyspace import expiry_of, now_ms
-
         ks = self._ks
+        ks.settle()
         deadline = time.perf_counter() + budget
         now = now_ms()
         if not self._cursor:
             self._pass_mark = ks.expiring_writes
             self._pass_expiring = False
         batch = shaledb.WriteBatch()
+        deltas: dict[int, list[int]] = {}
+        deleted: set[bytes] = set()
+        garbage: list[int] = []
+
+        def delete(ek: bytes, raw: bytes) -> None:
+            batch.delete(ek)
+            deleted.add(ek)
+            ref = chunk_ref_of(raw)
+            if ref is not None:
+                batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
+                garbage.append(ref.id)
+            d = deltas.setdefault(ek[0], [0, 0])
+            d[0] -= 1
+            d[1] -= 1
+
+        # First the expired keys reads met (Redis would have deleted them on access).
+        for ek in itertools.islice(ks.lazy_expired, max_keys):
+            for found, raw in ks.raw_range(ek, ek + b"\x00", limit=1):
+                expire = expiry_of(raw)
+                if found == ek and expire and expire <= now:
+                    delete(ek, raw)
         scanned = 0
         mapped = sorted(ks.map)
         while scanned < max_keys:
@@ -118,7 +135,6 @@ class ActiveExpiry:
                 break
             resume = bool(cursor) and cursor[0] == phys and len(cursor) > 1
             lo = cursor if resume else bytes((phys,))
-            counts = self._counts.setdefault(phys, [0, 0])
             out_of_budget = False
             last = None
             for ek, raw in ks.raw_range(lo, bytes((phys + 1,))):
@@ -133,24 +149,21 @@ class ActiveExpiry:
                 expire = expiry_of(raw)
                 if expire:
                     self._pass_expiring = True
-                    if expire <= now:
-                        batch.delete(ek)
-                        continue
-                    counts[1] += 1
-                counts[0] += 1
+                    if expire <= now and ek not in deleted:
+                        delete(ek, raw)
             if out_of_budget:
                 if last is not None:
                     self._cursor = last
                 break
             self._cursor = bytes((phys + 1,))
         if len(batch):
-            ks.db.write(batch)
-            ks.expired_keys += len(batch)
+            ks.write(batch, deltas, garbage=garbage)
+            ks.expired_keys += len(deleted)
+            for ek in deleted:
+                ks.forget_expired(ek)
         return scanned
 
     def _finish_pass(self) -> None:
-        self._done = {p: (c[0], c[1]) for p, c in self._counts.items()}
-        self._counts = {}
         self._cursor = b""
         self.last_pass_ms = int(time.time() * 1000)
         self.passes += 1
@@ -166,6 +179,8 @@ async def run_active_expire(keyspace: Keyspace, hz: int, effort: int) -> None:
     sweeper = keyspace.sweeper
     while True:
         await asyncio.sleep(1 / hz)
+        if sweeper.idle() and not keyspace.expiring_keys():
+            continue  # nothing can expire: no tick at all (the counts are exact)
         try:
             sweeper.step(max_keys, idle_budget if sweeper.idle() else budget)
             failed = False

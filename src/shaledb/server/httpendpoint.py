@@ -5,8 +5,12 @@ One request per connection (every response says ``Connection: close``). Only wha
 Prometheus scraper, a load balancer's health check or curl sends is understood: a request
 line and headers, no body. Bounds: the request head must arrive within
 ``metrics_header_timeout`` seconds (408 otherwise) and fit in MAX_REQUEST_BYTES (431), at
-most MAX_CONNECTIONS requests are served at once (503 beyond), and a response not taken by
-the client within SEND_TIMEOUT is dropped. Methods other than GET and HEAD get 405, other
+most MAX_CONNECTIONS connections are open at once, and a response not taken by the client
+within SEND_TIMEOUT is dropped. When a new connection finds the table full, the oldest
+connection still waiting for its request head is closed with 408 to make room (503 only
+when every connection is past its head, i.e. sending): connections that send nothing --
+no authentication is needed to open one -- can never keep a health probe out, which sends
+its request at once. Methods other than GET and HEAD get 405, other
 paths 404, and a failure while building the answer 500 (logged). The page is built on the
 loop, like any command, so a scrape costs the clients the time of one ``db.stats()`` and
 some string formatting.
@@ -28,7 +32,7 @@ log = logging.getLogger("shaledb.server.metrics")
 
 #: Largest request head (request line and headers) accepted, in bytes.
 MAX_REQUEST_BYTES: Final = 8 * 1024
-#: Most requests served at once; one more is answered 503 at once.
+#: Most connections open at once (the oldest idle one makes room for a new one).
 MAX_CONNECTIONS: Final = 16
 #: Seconds a client gets to take a response.
 SEND_TIMEOUT: Final = 10.0
@@ -54,13 +58,18 @@ class MetricsEndpoint:
         self.server = server
         self._listener: asyncio.Server | None = None
         self._active: set[asyncio.Task[None]] = set()
+        #: The connections still waiting for their request head, oldest first.
+        self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.requests = 0
+        #: Idle connections closed to make room for a new one.
+        self.evicted = 0
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host``:``port`` (0: any free port); return the port."""
         try:
             self._listener = await asyncio.start_server(
-                self._serve, host, port, limit=MAX_REQUEST_BYTES, reuse_address=True)
+                self._serve, host, port, limit=MAX_REQUEST_BYTES, reuse_address=True,
+                backlog=self.server.config.tcp_backlog)
         except OSError as exc:  # name the endpoint: the server listens on other ports too
             raise OSError(exc.errno, f"metrics endpoint {host}:{port}: "
                                      f"{exc.strerror or exc}") from exc
@@ -77,10 +86,11 @@ class MetricsEndpoint:
         task = asyncio.current_task()
         assert task is not None
         try:
-            if len(self._active) >= MAX_CONNECTIONS:
+            if len(self._active) >= MAX_CONNECTIONS and not self._evict_idle():
                 await self._send(writer, response(503, b"too many metrics requests at once\n"))
                 return
             self._active.add(task)
+            self._idle[task] = writer
             try:
                 answer = await self._answer(reader)
             except (ConnectionError, asyncio.IncompleteReadError):
@@ -88,12 +98,35 @@ class MetricsEndpoint:
             except Exception:  # noqa: BLE001 - a scraper must get an answer, not a reset
                 log.exception("building the metrics endpoint's response failed")
                 answer = response(500, b"internal error; see the server log\n")
+            finally:
+                self._idle.pop(task, None)
             await self._send(writer, answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Evicted to make room, or the server is stopping: end quietly (a cancelled
+            # handler task makes asyncio's stream callback log a traceback: under a
+            # connection flood, thousands of lines a second on the event loop).
+            pass
         finally:
             self._active.discard(task)
+            self._idle.pop(task, None)
             writer.close()
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest connection still waiting for its request head (408); False when
+        there is none."""
+        if not self._idle:
+            return False
+        task, writer = next(iter(self._idle.items()))
+        del self._idle[task]
+        self._active.discard(task)
+        self.evicted += 1
+        with contextlib.suppress(Exception):
+            writer.write(response(408, b"request head not received; closed to make room\n"))
+            writer.close()
+        task.cancel()
+        return True
 
     async def _answer(self, reader: asyncio.StreamReader) -> bytes:
         timeout = self.server.config.metrics_header_timeout

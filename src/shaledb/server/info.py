@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import shaledb
 
-from .keyspace import DATABASES, Keyspace
+from .keyspace import Keyspace
 
 if TYPE_CHECKING:
     from .server import Server
@@ -63,32 +63,10 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-#: Up to this many keys, INFO keyspace counts them on the spot (a few ms); above it, it
-#: reports the counts of the active-expiry sweeper's last full pass.
-EXACT_COUNT_LIMIT = 10_000
-
-
 def key_counts(keyspace: Keyspace) -> dict[int, tuple[int, int]]:
-    """``{db: (keys, keys with an expiry)}`` of the non-empty databases: exact for a
-    keyspace of at most EXACT_COUNT_LIMIT keys (read now, so INFO agrees with DBSIZE right
-    after a write), else ``Keyspace.key_counts()`` from the sweeper's last full pass."""
-    swept = keyspace.key_counts()
-    if sum(keys for keys, _ in swept.values()) > EXACT_COUNT_LIMIT:
-        return swept
-    counts: dict[int, tuple[int, int]] = {}
-    txn = keyspace.begin()
-    seen = 0
-    for db in range(DATABASES):
-        keys = expires = 0
-        for _, entry in txn.scan(db):
-            keys += 1
-            expires += entry.expire_ms != 0
-            seen += 1
-            if seen > EXACT_COUNT_LIMIT:  # grew since the last pass: do not read on
-                return swept
-        if keys:
-            counts[db] = (keys, expires)
-    return counts
+    """``{db: (keys, keys with an expiry)}`` of the non-empty databases: the keyspace's
+    count records, exact and O(databases) (kept in the same write batches as the writes)."""
+    return keyspace.key_counts()
 
 
 def keyspace_fields(counts: dict[int, tuple[int, int]]) -> Fields:
@@ -288,9 +266,14 @@ def _shaledb(s: Server, engine: dict[str, Any]) -> Fields:
         ("memtable_bytes", engine["memtable_bytes"]),
         ("memtable_entries", engine["memtable_entries"]),
         ("immutable_memtables", engine["immutable_memtables"]),
-        # INFO keyspace counts come from the active-expiry sweeper's last full pass.
+        # When the active-expiry sweeper's last full pass ended (INFO keyspace's counts
+        # are the exact count records now, whatever the sweeper did).
         ("keyspace_counted_at_ms", s.keyspace.last_sweep_ms()),
         ("expire_sweep_passes", s.keyspace.sweeper.passes),
+        # Chunks of large strings no key names any more, deleted by the purger; whether
+        # some wait to be deleted.
+        ("purged_chunks", s.keyspace.purger.purged_chunks),
+        ("chunk_garbage_pending", int(s.keyspace.garbage_pending)),
     ]
     for level in engine["levels"]:
         fields.append((f"level{level['level']}",
@@ -320,6 +303,7 @@ def _shaledb(s: Server, engine: dict[str, Any]) -> Fields:
         ("block_cache_hit_ratio", f"{cache['hits'] / lookups:.4f}" if lookups else "0"),
         ("live_snapshots", engine["live_snapshots"]),
         ("compaction_read_errors", engine["compaction_read_errors"]),
+        ("descriptor_shortages", engine["descriptor_shortages"]),
         ("read_only", int(engine["read_only"])),
         ("background_error", engine["background_error"] or ""),
     ]
@@ -385,6 +369,6 @@ def info_text(server: Server, args: Iterable[str] = ()) -> str:
     return "\r\n".join(parts)
 
 
-__all__ = ["ALL_SECTIONS", "DEFAULT_SECTIONS", "EXACT_COUNT_LIMIT", "LATENCY_PERCENTILES",
+__all__ = ["ALL_SECTIONS", "DEFAULT_SECTIONS", "LATENCY_PERCENTILES",
            "REDIS_VERSION", "human_bytes", "info_text", "key_counts", "keyspace_fields",
            "peak_rss_bytes", "rss_bytes", "select_sections"]

@@ -1,77 +1,136 @@
 """The server's keyspace: Redis' numbered databases and string values on one ShaleDB.
 
-Mapping (documented byte by byte in docs/format.md, "Server keyspace"):
+Mapping (documented byte by byte in docs/format.md, "Server keyspace", version 3):
 
 - engine key = one byte, the *physical* database id (0x00-0xEF) that the logical database
   (SELECT 0-15) currently maps to (:mod:`shaledb.server.dbmap`), followed by the Redis key.
   Callers speak logical numbers only; this module translates;
 - engine value = one tag byte, then, when the tag's bit 7 is set, the absolute expiry as an
-  8-byte big-endian count of milliseconds since the epoch, then the value's bytes. Tag 0x00
-  is a string without expiry, 0x80 a string with one.
+  8-byte big-endian count of milliseconds since the epoch, then: for an *inline* string (tag
+  0x00 / 0x80) the value's bytes; for a *chunked* string (tag 0x01 / 0x81) its length and
+  its chunk-set id (8 bytes each, big-endian).
 
-The expiry is also handed to the engine as the entry's absolute expiry (``expire_at_ms``), so
-the engine hides expired keys from every read and compaction removes them. It is repeated in
-the value because engine reads do not return a key's exact expiry; the header keeps the
-millisecond value that PEXPIRETIME must return.
+A string longer than :data:`INLINE_MAX` is chunked: its bytes live in chunk records
+(``0xF0`` + chunk-set id + chunk index, :data:`CHUNK_SIZE` bytes each, the last one
+shorter), outside every database's key range. Key walks (KEYS, SCAN, RANDOMKEY, the expiry
+sweeper, the purger) therefore read at most a small header per key, never a large value,
+and copy no value at all (:class:`Entry` slices one out only when asked). APPEND rewrites
+only the last, partial chunk and adds new ones, SETRANGE only the chunks it touches,
+GETRANGE reads only the chunks it needs. Each chunk set belongs to exactly one header:
+RENAME and MOVE keep the id, COPY copies the chunks to a new one. A header that is
+overwritten, deleted, expired or purged leaves a *garbage* record (``0xF1`` + id -> number
+of chunks) in the same write batch, and the purger (:mod:`shaledb.server.purge`) deletes
+those chunks in bounded steps, so nothing leaks, also across a crash.
+
+The server judges expiry itself, from the header, on every read and walk; the engine is
+*not* given the expiry. An entry the engine dropped by itself at compaction would leak a
+chunked string's chunks and make the key counts wrong; instead the active-expiry sweeper
+deletes expired keys (:mod:`shaledb.server.expiry`), with their garbage record.
+
+Key counts: each physical id has a count record (keys present, and how many have an
+expiry) under the metadata prefix, updated in the same write batch as the writes that change
+it, so DBSIZE and INFO keyspace are O(1) and exact. A key is counted from its write to its
+deletion. As in Redis, an expired key nobody looked at still counts until the sweeper
+deletes it, and one a command met is gone at once: Redis deletes it on access; here the
+read remembers it (:meth:`Keyspace.note_expired`), the counts leave it out, and the
+sweeper's next tick deletes it. To know whether a write creates a key or replaces one, and
+whether it orphans a chunk set, the commit reads the committed entry of every key it writes
+that the transaction did not read already (one point read per blind SET).
 
 Commands read and write through a :class:`KeyspaceTxn`: its writes are buffered (reads see
-them) and :meth:`KeyspaceTxn.commit` applies them as one :class:`shaledb.WriteBatch`, so a
-multi-key command or a whole ``EXEC`` is atomic, also across a crash. The connection lets the
-consecutive write commands of one read (a pipeline) share one transaction and so one WAL
-record; :meth:`KeyspaceTxn.mark` and :meth:`KeyspaceTxn.undo` take back the writes of one
-command that fails. All of this runs on the event-loop thread, one command at a time, which
-is what makes read-modify-write commands atomic with respect to other clients.
+them, chunks included) and :meth:`KeyspaceTxn.commit` applies them as one
+:class:`shaledb.WriteBatch`, so a multi-key command or a whole ``EXEC`` is atomic, also
+across a crash. The connection lets the consecutive write commands of one read (a pipeline)
+share one transaction and so one WAL record; :meth:`KeyspaceTxn.mark` and
+:meth:`KeyspaceTxn.undo` take back the writes of one command that fails. All of this runs on
+the event-loop thread, one command at a time, which is what makes read-modify-write
+commands atomic with respect to other clients. Background writers (the sweeper) first
+settle the turn's shared transaction (:attr:`Keyspace.settle`): a header it buffered may
+reference a chunk set the sweeper would otherwise free.
 
 FLUSHDB, FLUSHALL and SWAPDB change the database map inside the transaction too, so the
 map record and the data written around them are one batch; a flushed physical id is queued
-for the background purger (:mod:`shaledb.server.purge`) once the commit succeeded.
+for the background purger once the commit succeeded.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import random
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import shaledb
-from shaledb.options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE, MAX_VALUE_SIZE
+from shaledb.errors import CorruptionError, IncompatibleFormatError
+from shaledb.options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE
 
-from .dbmap import LOGICAL_DATABASES, MAP_KEY, decode_map, encode_map
+from .dbmap import (
+    CHUNK_PREFIX,
+    GARBAGE_PREFIX,
+    LOGICAL_DATABASES,
+    MAP_KEY,
+    MAP_VERSION,
+    count_key,
+    decode_counts,
+    decode_map,
+    encode_counts,
+    encode_map,
+    map_version,
+)
 from .errors import CommandError
 from .expiry import ActiveExpiry
 from .purge import Purger
+from .values import (
+    CHUNK_SIZE,
+    GARBAGE_LIST_MAX,
+    INLINE_MAX,
+    MAX_STRING,
+    TAG_CHUNKED,
+    TAG_EXPIRES,
+    TAG_STRING,
+    ChunkRef,
+    chunk_count,
+    chunk_key,
+    chunk_key_parts,
+    chunk_ref_of,
+    decode_garbage,
+    encode_garbage,
+    encode_header,
+    encode_value,
+    expiry_of,
+    garbage_id,
+    garbage_key,
+    now_ms,
+)
+
+log = logging.getLogger("shaledb.server")
 
 #: Number of logical databases (SELECT 0-15).
 DATABASES: Final = LOGICAL_DATABASES
 #: Longest Redis key: the engine's limit minus the database byte.
 MAX_USER_KEY: Final = MAX_KEY_SIZE - 1
-#: Longest Redis string value: the engine's limit minus the largest header.
-MAX_USER_VALUE: Final = MAX_VALUE_SIZE - 9
+#: Longest Redis string value (see values.MAX_STRING).
+MAX_USER_VALUE: Final = MAX_STRING
 #: Largest expiry accepted, in ms since the epoch (about the year 33,658): the engine's limit
 #: for an absolute expiry.
 MAX_EXPIRE_MS: Final = MAX_EXPIRE_AT_MS
-
-TAG_STRING: Final = 0x00
-TAG_EXPIRES: Final = 0x80
-_EXP: Final = struct.Struct(">Q")
-
-
-class Entry(NamedTuple):
-    """A live string value and its absolute expiry in ms (0 = none)."""
-
-    value: bytes
-    expire_ms: int
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch (the clock TTLs are judged by)."""
-    return int(time.time() * 1000)
-
+#: Up to this many chunks missing from the transaction's buffer are read with point reads;
+#: more with one range scan.
+_POINT_READS: Final = 4
+#: Entries rewritten per write batch while upgrading a version 2 directory.
+_UPGRADE_BATCH: Final = 2_000
+#: Most expired keys remembered for deletion after a read met them (:meth:`Keyspace.
+#: note_expired`); past it, such keys count in DBSIZE until the sweeper reaches them.
+LAZY_EXPIRED_MAX: Final = 100_000
 
 def _zero_clock() -> float:
     return 0.0
+
+
+def _nothing() -> None:
+    return None
 
 
 def engine_key(phys: int, key: bytes) -> bytes:
@@ -81,31 +140,98 @@ def engine_key(phys: int, key: bytes) -> bytes:
     return bytes((phys,)) + key
 
 
-def expiry_of(raw: bytes) -> int:
-    """The absolute expiry (ms, 0 = none) in an engine value's header, without copying the
-    value (the sweeper reads only this)."""
-    if raw and raw[0] & 0x80 and len(raw) >= 9:
-        return int(_EXP.unpack_from(raw, 1)[0])
-    return 0
+class Entry:
+    """A string value and its absolute expiry in ms (0 = none).
+
+    An inline string keeps the engine value it was decoded from and slices its bytes out
+    only when :attr:`value` is read, so walks that only look at keys or expiries never copy
+    values. A chunked string (:attr:`chunks` set) reads its chunks through the transaction
+    it was read from when :attr:`value` or :meth:`read` is called.
+    """
+
+    __slots__ = ("_raw", "_start", "expire_ms", "chunks", "_txn")
+
+    def __init__(self, value: bytes, expire_ms: int = 0, start: int = 0,
+                 chunks: ChunkRef | None = None, txn: KeyspaceTxn | None = None) -> None:
+        self._raw = value
+        self._start = start
+        self.expire_ms = expire_ms
+        self.chunks = chunks
+        self._txn = txn
+
+    @property
+    def value(self) -> bytes:
+        """The string's bytes (a chunked string is assembled from its chunks)."""
+        if self.chunks is None:
+            return self._raw[self._start:] if self._start else self._raw
+        return self._reader().read_chunks(self.chunks, 0, self.chunks.length)
+
+    @property
+    def length(self) -> int:
+        """The string's length, without reading it."""
+        if self.chunks is None:
+            return len(self._raw) - self._start
+        return self.chunks.length
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Bytes ``start`` to ``stop`` (exclusive, ``0 <= start <= stop <= length``); a
+        chunked string reads only the chunks they lie in."""
+        if self.chunks is None:
+            s = self._start
+            return self._raw[s + start:s + stop]
+        if start >= stop:
+            return b""
+        return self._reader().read_chunks(self.chunks, start, stop)
+
+    def _reader(self) -> KeyspaceTxn:
+        if self._txn is None:
+            raise RuntimeError("a chunked string read outside of a keyspace transaction")
+        return self._txn
+
+    def __iter__(self) -> Iterator[Any]:
+        """``value, expire_ms = entry`` (the shape of the named tuple it once was)."""
+        return iter((self.value, self.expire_ms))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, tuple) and len(other) == 2:
+            return bool(self.expire_ms == other[1] and self.value == other[0])
+        if not isinstance(other, Entry):
+            return NotImplemented
+        if self.expire_ms != other.expire_ms or self.chunks != other.chunks:
+            return False
+        return self.chunks is not None or self.value == other.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        what = (f"chunks={self.chunks}" if self.chunks is not None
+                else f"{self.length} bytes")
+        return f"Entry({what}, expire_ms={self.expire_ms})"
 
 
-def encode_value(value: bytes, expire_ms: int) -> bytes:
-    """The engine value of a string with an absolute expiry (0 = none)."""
-    if len(value) > MAX_USER_VALUE:
-        raise CommandError("string exceeds maximum allowed size")
-    if expire_ms:
-        return b"\x80" + _EXP.pack(expire_ms) + value
-    return b"\x00" + value
-
-
-def decode_value(raw: bytes) -> Entry:
-    """Inverse of :func:`encode_value`."""
+def decode_value(raw: bytes, txn: KeyspaceTxn | None = None) -> Entry:
+    """The entry an engine value encodes (see :func:`encode_value`, :func:`encode_header`);
+    chunked strings read their chunks through ``txn``."""
     tag = raw[0] if raw else -1
     if tag == TAG_STRING:
-        return Entry(raw[1:], 0)
+        return Entry(raw, 0, 1)
     if tag == TAG_EXPIRES and len(raw) >= 9:
-        return Entry(raw[9:], _EXP.unpack_from(raw, 1)[0])
+        return Entry(raw, expiry_of(raw), 9)
+    if tag & 0x7F == TAG_CHUNKED:
+        ref = chunk_ref_of(raw)
+        return Entry(b"", expiry_of(raw), 0, ref, txn)
     raise CommandError("the stored value has an unknown encoding (written by a newer ShaleDB?)")
+
+
+def _encode_entry(e: Entry) -> bytes:
+    if e.chunks is not None:
+        return encode_header(e.chunks, e.expire_ms)
+    raw, start = e._raw, e._start
+    # Decoded from an engine value (start > 0) and the expiry unchanged (RENAME, MOVE):
+    # that engine value is the encoding, no copy needed.
+    if start and start == (9 if e.expire_ms else 1) and expiry_of(raw) == e.expire_ms:
+        return raw
+    return encode_value(e.value, e.expire_ms)
 
 
 class Keyspace:
@@ -113,8 +239,9 @@ class Keyspace:
 
     ``on_write(keys)`` is called after every successful commit with the ``(db, key)`` pairs
     it changed (WATCH uses it); ``on_flush(db)`` after a database was emptied or swapped
-    (``None``: all). Opening reads the database map (the identity map when none is stored)
-    and queues for purging every unmapped physical id that still holds entries.
+    (``None``: all). Opening reads the database map (upgrading a directory of server
+    keyspace version 1 or 2 first), the key counts of the mapped ids, and queues for purging
+    every unmapped physical id that still holds entries.
     """
 
     def __init__(self, db: shaledb.DB,
@@ -123,8 +250,42 @@ class Keyspace:
         self.db = db
         self._on_write = on_write
         self._on_flush = on_flush
+        raw_map = db.get(MAP_KEY)
         #: Logical database -> physical id (committed state).
-        self.map: list[int] = decode_map(db.get(MAP_KEY))
+        self.map: list[int] = decode_map(raw_map)
+        #: Whether the version 2 map record still has to be written (a directory without any
+        #: server entry yet: the first write records it, so older servers refuse the
+        #: directory from then on).
+        self.map_pending = False
+        if map_version(raw_map) != MAP_VERSION:
+            if raw_map is None and self._first_server_key() is None:
+                self.map_pending = True
+            else:
+                self._upgrade()
+        #: Physical id -> (keys, keys with an expiry), committed, for every mapped id (and
+        #: ids unmapped since, until purged).
+        self.counts: dict[int, tuple[int, int]] = {
+            p: decode_counts(db.get(count_key(p))) for p in self.map}
+        #: Incremented by every write; a transaction's cached committed reads are valid only
+        #: for the generation they were read at.
+        self.generation = 0
+        #: Engine keys of expired entries a read met, not deleted yet (the sweeper deletes
+        #: them), and how many per physical id (the counts leave them out).
+        self.lazy_expired: set[bytes] = set()
+        self._lazy_per_phys: dict[int, int] = {}
+        #: The next chunk-set id: one past the largest in use (ids of chunk sets that are
+        #: entirely gone may be used again; nothing references them).
+        self._next_chunk_id = self._largest_chunk_id() + 1
+        #: Chunk-set ids whose garbage record was written since the start, oldest first:
+        #: the purger works through them with point reads (scanning the garbage range
+        #: would skip the tombstones of every record deleted before it, again and again).
+        self.garbage_ids: collections.deque[int] = collections.deque()
+        #: Whether garbage records may exist that garbage_ids does not list (found at open,
+        #: or the list was full): the purger then scans the garbage range for them.
+        self.garbage_unlisted = self._first(GARBAGE_PREFIX) is not None
+        #: Commits pending writes of the turn's shared transaction (the server sets it);
+        #: background writers call it first.
+        self.settle: Callable[[], None] = _nothing
         #: Writes committed since the server last waited for an fsync (appendfsync always).
         self.writes = 0
         #: Keys written with an expiry (the active-expiry sweeper slows down without any).
@@ -138,14 +299,77 @@ class Keyspace:
         self.hits = 0
         self.misses = 0
 
+    def _first(self, prefix: int, reverse: bool = False) -> bytes | None:
+        """The first (last) engine key starting with byte ``prefix``."""
+        for k, _ in self.db.range(bytes((prefix,)), bytes((prefix + 1,)), reverse=reverse,
+                                  limit=1):
+            return k
+        return None
+
+    def _first_server_key(self) -> bytes | None:
+        """The first engine key the server wrote, if any (a database, chunk, garbage or
+        metadata entry)."""
+        for k, _ in self.raw_range(b"", b"\xff\xff", limit=1):
+            return k
+        return None
+
+    def _largest_chunk_id(self) -> int:
+        last_chunk = self._first(CHUNK_PREFIX, reverse=True)
+        last_garbage = self._first(GARBAGE_PREFIX, reverse=True)
+        return max(chunk_key_parts(last_chunk)[0] if last_chunk else 0,
+                   garbage_id(last_garbage) if last_garbage else 0)
+
+    def _upgrade(self) -> None:
+        """Turn a directory of server keyspace version 1 or 2 into version 3, once: rewrite
+        every value that has an expiry without the engine's copy of it, count the keys of
+        every mapped id, then write the count records and the version 2 map record in one
+        batch. A crash before that batch redoes the upgrade at the next open (rewriting a
+        value is idempotent). O(keys), at the first open by this version only."""
+        db = self.db
+        if db.options.read_only:
+            raise IncompatibleFormatError(
+                "this database was written by an older ShaleDB server (server keyspace "
+                "version 2 or older); open it writable once to upgrade it")
+        t0 = time.monotonic()
+        counts: dict[int, tuple[int, int]] = {}
+        total = 0
+        for phys in self.map:
+            keys = expires = 0
+            batch = shaledb.WriteBatch()
+            for ek, raw in self.raw_range(bytes((phys,)), bytes((phys + 1,))):
+                if not raw or raw[0] not in (TAG_STRING, TAG_EXPIRES):
+                    raise IncompatibleFormatError(
+                        f"a value of an older server keyspace has tag {raw[:1].hex()}, which "
+                        "that version did not write: refusing to upgrade a damaged directory")
+                keys += 1
+                if expiry_of(raw):
+                    expires += 1
+                    batch.put(ek, raw)  # the same value, without an engine expiry
+                    if len(batch) >= _UPGRADE_BATCH:
+                        db.write(batch)
+                        batch = shaledb.WriteBatch()
+            if len(batch):
+                db.write(batch)
+            counts[phys] = (keys, expires)
+            total += keys
+        final = shaledb.WriteBatch()
+        for phys, (keys, expires) in counts.items():
+            final.put(count_key(phys), encode_counts(keys, expires))
+        final.put(MAP_KEY, encode_map(self.map))
+        db.write(final)
+        if total:
+            log.warning("upgraded the server keyspace of %s to version 3 (chunked strings, "
+                        "key counts): %d keys in %.1f s", db.path, total,
+                        time.monotonic() - t0)
+
     def begin(self) -> KeyspaceTxn:
         """A new buffered transaction (commit it, or drop it to discard its writes)."""
         return KeyspaceTxn(self)
 
     def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
                   ) -> Iterator[tuple[bytes, bytes]]:
-        """Engine entries with ``lo <= key < hi``, expired ones not yet compacted included
-        (deleted ones never)."""
+        """Engine entries with ``lo <= key < hi``, expired ones included (deleted ones
+        never)."""
         return self.db.range(lo, hi, limit=limit, include_expired=True)
 
     def physical_empty(self, phys: int) -> bool:
@@ -156,12 +380,99 @@ class Keyspace:
         """Physical id -> logical database, for the mapped ids."""
         return {p: d for d, p in enumerate(self.map)}
 
-    # -- what the INFO command reports -----------------------------------------------------
+    def new_chunk_id(self) -> int:
+        """A chunk-set id no header or garbage record uses."""
+        cid = self._next_chunk_id
+        self._next_chunk_id += 1
+        return cid
+
+    @property
+    def garbage_pending(self) -> bool:
+        """Whether garbage records may exist (the purger deletes their chunks)."""
+        return bool(self.garbage_ids) or self.garbage_unlisted
+
+    def write(self, batch: shaledb.WriteBatch,
+              deltas: dict[int, list[int]] | None = None, *,
+              reset: Iterable[int] = (), garbage: Iterable[int] = (),
+              map_written: bool = False) -> None:
+        """Write ``batch`` plus the count records it changes: ids in ``reset`` start from
+        zero, then ``deltas`` (physical id -> [keys, expires] change) apply; plus the map
+        record while it is pending, unless ``batch`` writes it already; ``garbage`` lists
+        the chunk sets it writes garbage records for. Memory follows the durable write: the
+        counts change only once the batch is written."""
+        pending_map = self.map_pending and not map_written
+        if pending_map:
+            batch.put(MAP_KEY, encode_map(self.map))
+        new: dict[int, tuple[int, int]] = {}
+        for phys in reset:
+            new[phys] = (0, 0)
+        for phys, (dk, de) in (deltas or {}).items():
+            if not dk and not de:
+                continue
+            keys, expires = new.get(phys, self.counts.get(phys, (0, 0)))
+            keys, expires = keys + dk, expires + de
+            if keys < 0 or expires < 0 or expires > keys:
+                log.error("key count of physical database %d went to (%d, %d); clamped "
+                          "(a bug: please report it)", phys, keys, expires)
+                keys = max(keys, 0)
+                expires = min(max(expires, 0), keys)
+            new[phys] = (keys, expires)
+        for phys, (keys, expires) in new.items():
+            batch.put(count_key(phys), encode_counts(keys, expires))
+        self.db.write(batch)
+        self.generation += 1
+        self.counts.update(new)
+        if pending_map or map_written:
+            self.map_pending = False
+        ids = self.garbage_ids
+        for cid in garbage:
+            if len(ids) < GARBAGE_LIST_MAX:
+                ids.append(cid)
+            else:
+                self.garbage_unlisted = True
+
+    def note_expired(self, ek: bytes) -> None:
+        """A read met ``ek`` expired (committed): leave it out of the counts from now on and
+        have the sweeper delete it (Redis deletes a key its lookup finds expired)."""
+        lazy = self.lazy_expired
+        if ek not in lazy and len(lazy) < LAZY_EXPIRED_MAX:
+            lazy.add(ek)
+            self._lazy_per_phys[ek[0]] = self._lazy_per_phys.get(ek[0], 0) + 1
+
+    def forget_expired(self, ek: bytes) -> None:
+        """``ek`` was written or deleted: no longer a remembered expired key."""
+        lazy = self.lazy_expired
+        if lazy and ek in lazy:
+            lazy.remove(ek)
+            self._lazy_per_phys[ek[0]] -= 1
+
+    def _forget_physical(self, phys: int) -> None:
+        """Physical id ``phys`` was unmapped: its remembered expired keys go with it."""
+        if self._lazy_per_phys.pop(phys, 0):
+            self.lazy_expired = {ek for ek in self.lazy_expired if ek[0] != phys}
+
+    # -- what DBSIZE and INFO report -------------------------------------------------------
+    def live_counts(self, phys: int) -> tuple[int, int]:
+        """(keys, keys with an expiry) of physical id ``phys``, committed, without the
+        expired keys a read already met."""
+        keys, expires = self.counts.get(phys, (0, 0))
+        lazy = self._lazy_per_phys.get(phys, 0)
+        return keys - lazy, expires - lazy
+
     def key_counts(self) -> dict[int, tuple[int, int]]:
-        """Logical database -> (keys, keys with an expiry), as counted by the last complete
-        pass of the active-expiry sweeper (databases without keys are left out). Approximate
-        for databases flushed or swapped during that pass."""
-        return self.sweeper.key_counts()
+        """Logical database -> (keys, keys with an expiry), exact and committed (databases
+        without keys are left out)."""
+        out: dict[int, tuple[int, int]] = {}
+        for d, p in enumerate(self.map):
+            c = self.live_counts(p)
+            if c[0]:
+                out[d] = c
+        return out
+
+    def expiring_keys(self) -> int:
+        """Keys with an expiry in the mapped databases (committed)."""
+        counts = self.counts
+        return sum(counts.get(p, (0, 0))[1] for p in self.map)
 
     def last_sweep_ms(self) -> int:
         """When the last complete sweeper pass ended (ms since the epoch; 0: none yet)."""
@@ -169,6 +480,7 @@ class Keyspace:
 
 
 _DELETED: Final = Entry(b"", -1)
+_MISSING: Final = object()
 
 
 def _logical_keys(ks: Keyspace, engine_keys: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -182,14 +494,22 @@ class KeyspaceTxn:
     """Reads and buffered writes of one command (or one EXEC). Not thread-safe: the event
     loop owns it."""
 
-    __slots__ = ("_ks", "_writes", "_undo", "now", "_map", "_taken", "_released", "_touched")
+    __slots__ = ("_ks", "_writes", "_chunks", "_base", "_base_gen", "_undo", "now", "_map",
+                 "_taken", "_released", "_touched")
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
-        #: engine key -> new entry, or _DELETED.
+        #: engine key -> new entry, or _DELETED (entries of chunked strings are stored
+        #: without a transaction and bound to one when read).
         self._writes: dict[bytes, Entry] = {}
+        #: chunk key -> the chunk's new bytes.
+        self._chunks: dict[bytes, bytes] = {}
+        #: engine key -> its committed engine value (None: none), as read at generation
+        #: ``_base_gen``: the commit needs the old entry of every key it writes.
+        self._base: dict[bytes, bytes | None] = {}
+        self._base_gen = keyspace.generation
         #: (engine key, its previous buffered entry or None), for undo(); an empty engine key
-        #: marks a saved map state instead (see _save_map_state).
+        #: marks a saved map state instead (see _save_map_state), a chunk key a chunk.
         self._undo: list[tuple[bytes, Any]] = []
         #: The time this transaction judges expiry by (fixed within a command, like Redis).
         self.now = now_ms()
@@ -211,6 +531,18 @@ class KeyspaceTxn:
         m = self._map
         return (m if m is not None else self._ks.map)[db]
 
+    def _committed(self, ek: bytes) -> bytes | None:
+        """The committed engine value of ``ek`` (cached until the next write of anyone)."""
+        base = self._base
+        gen = self._ks.generation
+        if self._base_gen != gen:
+            base.clear()
+            self._base_gen = gen
+        raw = base.get(ek, _MISSING)
+        if raw is _MISSING:
+            raw = base[ek] = self._ks.db.get(ek)
+        return raw  # type: ignore[return-value]
+
     # -- reads ---------------------------------------------------------------------------
     def get(self, db: int, key: bytes) -> Entry | None:
         """The live entry of ``key``, or None when it is missing or expired."""
@@ -218,14 +550,20 @@ class KeyspaceTxn:
         e = self._writes.get(ek)
         ks = self._ks
         if e is None:
-            raw = ks.db.get(ek)
+            raw = self._committed(ek)
             if raw is None:
                 ks.misses += 1
                 return None
-            e = decode_value(raw)
+            e = decode_value(raw, self)
+            if e.expire_ms and e.expire_ms <= self.now:
+                ks.misses += 1
+                ks.note_expired(ek)
+                return None
         elif e is _DELETED:
             ks.misses += 1
             return None
+        elif e.chunks is not None:
+            e = Entry(b"", e.expire_ms, 0, e.chunks, self)
         if e.expire_ms and e.expire_ms <= self.now:
             ks.misses += 1
             return None
@@ -239,7 +577,8 @@ class KeyspaceTxn:
     def scan(self, db: int, lo: bytes | None = None, hi: bytes | None = None, *,
              reverse: bool = False) -> Iterator[tuple[bytes, Entry]]:
         """Live ``(key, entry)`` pairs of database ``db`` with ``lo <= key < hi`` (None: no
-        bound), in key order, this transaction's own writes included."""
+        bound), in key order, this transaction's own writes included. Values are not copied
+        unless read (:attr:`Entry.value`)."""
         phys = self._phys(db)
         start = bytes((phys,)) + (lo or b"")
         stop = bytes((phys,)) + hi if hi is not None else bytes((phys + 1,))
@@ -252,28 +591,111 @@ class KeyspaceTxn:
                 reverse: bool) -> Iterator[tuple[bytes, Entry]]:
         writes, now, i = self._writes, self.now, 0
 
-        def live(e: Entry) -> bool:
-            return e is not _DELETED and not (e.expire_ms and e.expire_ms <= now)
+        def live(e: Entry) -> Entry | None:
+            if e is _DELETED or (e.expire_ms and e.expire_ms <= now):
+                return None
+            if e.chunks is not None and e._txn is None:
+                return Entry(b"", e.expire_ms, 0, e.chunks, self)
+            return e
 
         for ek, raw in base:
             while i < len(own) and (own[i] > ek if reverse else own[i] < ek):
-                e = writes[own[i]]
-                if live(e):
+                e = live(writes[own[i]])
+                if e is not None:
                     yield own[i][1:], e
                 i += 1
             if i < len(own) and own[i] == ek:
                 e = writes[ek]
                 i += 1
             else:
-                e = decode_value(raw)
-            if live(e):
-                yield ek[1:], e
+                e = decode_value(raw, self)
+                if e.expire_ms and e.expire_ms <= now:
+                    self._ks.note_expired(ek)
+                    continue
+            found = live(e)
+            if found is not None:
+                yield ek[1:], found
         for k in own[i:]:
-            e = writes[k]
-            if live(e):
-                yield k[1:], e
+            found = live(writes[k])
+            if found is not None:
+                yield k[1:], found
+
+    def key_count(self, db: int) -> int:
+        """Keys of database ``db`` (as Redis' DBSIZE: expired keys no command met yet
+        included), this transaction's writes included: O(1) plus O(its writes)."""
+        phys = self._phys(db)
+        ks = self._ks
+        keys = 0 if phys in self._taken else ks.live_counts(phys)[0]
+        lazy = ks.lazy_expired
+        for ek, e in self._writes.items():
+            if ek[0] == phys:
+                keys += ((e is not _DELETED) - (self._committed(ek) is not None)
+                         + (ek in lazy))
+        return keys
+
+    def read_chunks(self, ref: ChunkRef, start: int, stop: int) -> bytes:
+        """Bytes ``start`` to ``stop`` (exclusive, within the string) of chunked string
+        ``ref``: only the chunks they lie in are read, this transaction's own first."""
+        first, last = start // CHUNK_SIZE, (stop - 1) // CHUNK_SIZE
+        parts = self._fetch_chunks(ref, first, last)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        offset = first * CHUNK_SIZE
+        if start == offset and stop - offset == len(data):
+            return data
+        return data[start - offset:stop - offset]
+
+    def _fetch_chunks(self, ref: ChunkRef, first: int, last: int) -> list[bytes]:
+        """Chunks ``first`` .. ``last`` of ``ref``, each checked against the header's
+        length (a missing or short chunk is damage, never returned as data)."""
+        own = self._chunks
+        parts: list[bytes | None] = []
+        missing: list[int] = []
+        for i in range(first, last + 1):
+            data = own.get(chunk_key(ref.id, i)) if own else None
+            if data is None:
+                missing.append(i - first)
+            parts.append(data)
+        if missing:
+            db = self._ks.db
+            if len(missing) <= _POINT_READS:
+                for j in missing:
+                    parts[j] = db.get(chunk_key(ref.id, first + j))
+            else:
+                lo = chunk_key(ref.id, first + missing[0])
+                hi = chunk_key(ref.id, first + missing[-1] + 1)
+                for ck, data in db.range(lo, hi):
+                    j = chunk_key_parts(ck)[1] - first
+                    if parts[j] is None:
+                        parts[j] = data
+        out: list[bytes] = []
+        for j, data in enumerate(parts):
+            i = first + j
+            expected = min(CHUNK_SIZE, ref.length - i * CHUNK_SIZE)
+            if data is None or len(data) != expected:
+                raise CorruptionError(
+                    f"chunk {i} of a {ref.length}-byte string (chunk set {ref.id:#x}) is "
+                    + ("missing" if data is None else f"{len(data)} bytes long")
+                    + f", expected {expected} bytes: the database is damaged")
+            out.append(data)
+        return out
 
     # -- writes --------------------------------------------------------------------------
+    def _put(self, ek: bytes, e: Entry) -> None:
+        self._undo.append((ek, self._writes.get(ek)))
+        self._writes[ek] = e
+
+    def _put_chunk(self, cid: int, index: int, data: bytes) -> None:
+        ck = chunk_key(cid, index)
+        self._undo.append((ck, self._chunks.get(ck)))
+        self._chunks[ck] = data
+
+    def _new_chunks(self, value: bytes) -> ChunkRef:
+        """Buffer ``value`` as the chunks of a new chunk set."""
+        cid = self._ks.new_chunk_id()
+        for i in range(chunk_count(len(value))):
+            self._put_chunk(cid, i, value[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE])
+        return ChunkRef(cid, len(value))
+
     def set(self, db: int, key: bytes, value: bytes, expire_ms: int = 0) -> None:
         """Buffer ``key = value`` with an absolute expiry in ms (0 = none). An expiry that
         has already passed deletes the key, as in Redis."""
@@ -283,15 +705,92 @@ class KeyspaceTxn:
         if len(value) > MAX_USER_VALUE:
             raise CommandError("string exceeds maximum allowed size")
         ek = engine_key(self._phys(db), key)
-        self._undo.append((ek, self._writes.get(ek)))
-        self._writes[ek] = Entry(value, expire_ms)
+        if len(value) > INLINE_MAX:
+            self._put(ek, Entry(b"", expire_ms, 0, self._new_chunks(value)))
+        else:
+            self._put(ek, Entry(value, expire_ms))
+
+    def set_entry(self, db: int, key: bytes, e: Entry, expire_ms: int, *,
+                  copy: bool = False) -> None:
+        """Buffer ``key`` = the string of ``e`` (an entry read from this transaction) with an
+        absolute expiry (0 = none; a past one deletes). A chunked string keeps its chunks
+        (RENAME, MOVE, EXPIRE, PERSIST, GETEX: the caller drops or rewrites the key that
+        named them) unless ``copy`` (COPY), which copies them to a new chunk set."""
+        if expire_ms and expire_ms <= self.now:
+            self.delete(db, key)
+            return
+        ek = engine_key(self._phys(db), key)
+        ref = e.chunks
+        if ref is None:
+            self._put(ek, Entry(e._raw, expire_ms, e._start))
+            return
+        if copy:
+            cid = self._ks.new_chunk_id()
+            chunks = self._fetch_chunks(ref, 0, chunk_count(ref.length) - 1)  # one scan
+            for i, chunk in enumerate(chunks):
+                self._put_chunk(cid, i, chunk)
+            ref = ChunkRef(cid, ref.length)
+        self._put(ek, Entry(b"", expire_ms, 0, ref))
+
+    def append(self, db: int, key: bytes, e: Entry | None, data: bytes) -> int:
+        """APPEND ``data`` to ``e`` (``key``'s live entry, or None) keeping its expiry; the
+        new length. A chunked string gets its last, partial chunk rewritten and new chunks:
+        what the command writes is at most one chunk more than what it appends."""
+        if e is None:
+            self.set(db, key, data)
+            return len(data)
+        length = e.length + len(data)
+        if length > MAX_USER_VALUE:
+            raise CommandError("string exceeds maximum allowed size")
+        ref = e.chunks
+        if ref is None:
+            self.set(db, key, e.value + data, e.expire_ms)
+            return length
+        first, kept = divmod(ref.length, CHUNK_SIZE)
+        tail = self._fetch_chunks(ref, first, first)[0] + data if kept else data
+        for j in range(chunk_count(len(tail))):
+            self._put_chunk(ref.id, first + j, tail[j * CHUNK_SIZE:(j + 1) * CHUNK_SIZE])
+        self._put(engine_key(self._phys(db), key),
+                  Entry(b"", e.expire_ms, 0, ChunkRef(ref.id, length)))
+        return length
+
+    def setrange(self, db: int, key: bytes, e: Entry | None, offset: int,
+                 patch: bytes) -> int:
+        """SETRANGE: overwrite ``e``'s bytes from ``offset`` with ``patch`` (not empty),
+        zero-padding a gap, keeping the expiry; the new length. A chunked string gets only
+        the chunks the patch (and the gap) touch rewritten."""
+        old = 0 if e is None else e.length
+        end = offset + len(patch)
+        length = max(old, end)
+        if length > MAX_USER_VALUE:
+            raise CommandError("string exceeds maximum allowed size")
+        ref = None if e is None else e.chunks
+        if ref is None:
+            value = b"" if e is None else e.value
+            if len(value) < offset:
+                value += bytes(offset - len(value))
+            value = value[:offset] + patch + value[end:]
+            self.set(db, key, value, 0 if e is None else e.expire_ms)
+            return length
+        assert e is not None
+        for i in range(min(offset, old) // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1):
+            lo = i * CHUNK_SIZE
+            size = min(CHUNK_SIZE, length - lo)
+            chunk = bytearray(self._fetch_chunks(ref, i, i)[0] if lo < old else b"")
+            chunk += bytes(size - len(chunk))
+            a, b = max(offset, lo), min(end, lo + size)
+            if a < b:
+                chunk[a - lo:b - lo] = patch[a - offset:b - offset]
+            self._put_chunk(ref.id, i, bytes(chunk))
+        self._put(engine_key(self._phys(db), key),
+                  Entry(b"", e.expire_ms, 0, ChunkRef(ref.id, length)))
+        return length
 
     def delete(self, db: int, key: bytes) -> bool:
         """Buffer the deletion of ``key``; whether it was live."""
         existed = self.get(db, key) is not None
         ek = engine_key(self._phys(db), key)
-        self._undo.append((ek, self._writes.get(ek)))
-        self._writes[ek] = _DELETED
+        self._put(ek, _DELETED)
         return existed
 
     def _save_map_state(self) -> list[int]:
@@ -307,7 +806,8 @@ class KeyspaceTxn:
         """Empty database ``db`` (every database when None), atomically with the rest of
         this transaction: a database with entries on disk is pointed at a fresh, empty
         physical id (one small write; the old id is purged in the background after the
-        commit); this transaction's own buffered writes to it are dropped."""
+        commit); this transaction's own buffered writes to it are dropped (their chunks are
+        then referenced by nothing and not written)."""
         m = self._save_map_state()
         purger = self._ks.purger
         for d in range(DATABASES) if db is None else (db,):
@@ -333,6 +833,8 @@ class KeyspaceTxn:
     def mark(self) -> int:
         """Start a command: refresh the clock and return a mark to :meth:`undo` to."""
         self.now = now_ms()
+        if not self._writes and self._base:
+            self._base.clear()  # only the keys written since the last commit stay cached
         return len(self._undo)
 
     def wrote_since(self, mark: int) -> bool:
@@ -342,7 +844,7 @@ class KeyspaceTxn:
     def undo(self, mark: int) -> None:
         """Take back the writes buffered since ``mark`` (a failed command leaves no trace,
         as in Redis)."""
-        undo, writes = self._undo, self._writes
+        undo, writes, chunks = self._undo, self._writes, self._chunks
         while len(undo) > mark:
             ek, previous = undo.pop()
             if not ek:
@@ -351,6 +853,11 @@ class KeyspaceTxn:
                 del self._taken[taken:]
                 del self._released[released:]
                 self._touched = touched
+            elif ek[0] == CHUNK_PREFIX:
+                if previous is None:
+                    chunks.pop(ek, None)
+                else:
+                    chunks[ek] = previous
             elif previous is None:
                 writes.pop(ek, None)
             else:
@@ -359,40 +866,83 @@ class KeyspaceTxn:
     @property
     def dirty(self) -> bool:
         """Whether writes are buffered."""
-        return bool(self._writes) or self._map is not None or bool(self._touched)
+        return (bool(self._writes) or bool(self._chunks) or self._map is not None
+                or bool(self._touched))
 
     def commit(self) -> None:
-        """Apply the buffered writes, and the database map when it changed, as one atomic
-        batch, then tell the watchers."""
+        """Apply the buffered writes, their chunks, the garbage records of the chunk sets
+        they orphan, the key counts they change and the database map when it changed, as
+        one atomic batch, then tell the watchers."""
         if not self.dirty:
             return
-        writes, new_map = self._writes, self._map
+        ks = self._ks
+        writes, chunks, new_map = self._writes, self._chunks, self._map
         taken, released, touched = self._taken, self._released, self._touched
+        # The committed entry of every written key (read before the buffers are reset: the
+        # cache lives in this transaction).
+        old = {ek: self._committed(ek) for ek in writes}
         # Committed or failed, these writes are settled: never apply them twice.
-        self._writes, self._map, self._undo = {}, None, []
+        self._writes, self._chunks, self._map, self._undo = {}, {}, None, []
         self._taken, self._released, self._touched = [], [], set()
+        self._base = {}
         batch = shaledb.WriteBatch(_zero_clock)
+        # Chunk sets named by the headers this batch writes (id -> length).
+        named: dict[int, int] = {}
+        for e in writes.values():
+            if e.chunks is not None:
+                if e.chunks.id in named:
+                    raise CorruptionError(f"two keys would name chunk set {e.chunks.id:#x}; "
+                                          "nothing was written (a bug: please report it)")
+                named[e.chunks.id] = e.chunks.length
+        deltas: dict[int, list[int]] = {}
+        garbage: list[int] = []
         expiring = 0
         for ek, e in writes.items():
+            raw = old[ek]
+            if raw is not None:
+                ref = chunk_ref_of(raw)
+                if ref is not None and ref.id not in named:
+                    # Its header goes; nothing else names it (a chunk set has one header).
+                    batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
+                    garbage.append(ref.id)
             if e is _DELETED:
+                if raw is None:
+                    continue  # nothing to delete
                 batch.delete(ek)
-            elif e.expire_ms:
-                batch.put(ek, encode_value(e.value, e.expire_ms), expire_at_ms=e.expire_ms)
-                expiring += 1
             else:
-                batch.put(ek, encode_value(e.value, 0))
-        ks = self._ks
+                batch.put(ek, _encode_entry(e))
+                expiring += e.expire_ms != 0
+            d = deltas.get(ek[0])
+            if d is None:
+                d = deltas[ek[0]] = [0, 0]
+            if raw is not None:
+                d[0] -= 1
+                d[1] -= expiry_of(raw) != 0
+            if e is not _DELETED:
+                d[0] += 1
+                d[1] += e.expire_ms != 0
+        for ck, data in chunks.items():
+            cid, index = chunk_key_parts(ck)
+            length = named.get(cid)
+            # Chunks of sets no written header names were orphaned in this transaction.
+            if length is not None and index < chunk_count(length):
+                batch.put(ck, data)
         if new_map is not None and new_map != ks.map:
             batch.put(MAP_KEY, encode_map(new_map))
         else:
             new_map = None
         if len(batch):
-            ks.db.write(batch)
+            ks.write(batch, deltas, reset=taken if new_map is not None else (),
+                     garbage=garbage, map_written=new_map is not None)
             ks.writes += 1
             ks.expiring_writes += expiring
+        for ek in writes:
+            ks.forget_expired(ek)
         if new_map is not None:
             ks.map = new_map
             ks.purger.committed(taken, released)
+            for phys in released:
+                ks._forget_physical(phys)
         if ks._on_write is not None and writes:
             # A generator: WATCH's registry looks at it only when someone watches.
             ks._on_write(_logical_keys(ks, writes))
@@ -400,21 +950,35 @@ class KeyspaceTxn:
             if len(touched) == DATABASES:
                 ks._on_flush(None)
             else:
-                for d in sorted(touched):
-                    ks._on_flush(d)
+                for db in sorted(touched):
+                    ks._on_flush(db)
 
 
 __all__ = [
+    "CHUNK_SIZE",
     "DATABASES",
+    "GARBAGE_LIST_MAX",
+    "INLINE_MAX",
     "MAX_EXPIRE_MS",
+    "LAZY_EXPIRED_MAX",
     "MAX_USER_KEY",
     "MAX_USER_VALUE",
+    "ChunkRef",
     "Entry",
     "Keyspace",
     "KeyspaceTxn",
+    "chunk_count",
+    "chunk_key",
+    "chunk_key_parts",
+    "chunk_ref_of",
+    "decode_garbage",
     "decode_value",
+    "encode_garbage",
+    "encode_header",
     "encode_value",
     "engine_key",
     "expiry_of",
+    "garbage_id",
+    "garbage_key",
     "now_ms",
 ]

@@ -145,6 +145,9 @@ def _engine_families(page: _Page, engine: dict[str, Any]) -> None:
         ("block_cache_misses", "Block cache misses.", cache["misses"]),
         ("compaction_read_errors", "Compactions retried after a read error.",
          engine["compaction_read_errors"]),
+        ("descriptor_shortages", "Files the engine could not open or map for lack of file "
+         "descriptors (EMFILE/ENFILE): one write failed (TRYAGAIN) or a flush or compaction "
+         "was retried.", engine["descriptor_shortages"]),
     ]
     for name, help_text, value in counters:
         page.simple(f"shaledb_engine_{name}_total", "counter", help_text, value)

@@ -29,7 +29,9 @@ string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dic
 (flat array in RESP2), ``set``/``frozenset`` -> set (array in RESP2), ``float`` -> double
 (bulk string in RESP2), :class:`Status` -> simple string, :class:`CommandError` -> error,
 ``NULL_ARRAY`` -> null array (``*-1`` in RESP2), :class:`Verbatim` -> verbatim string
-(bulk string in RESP2).
+(bulk string in RESP2), :class:`SetReply` -> set in its own order (array in RESP2),
+:class:`Encoded` -> itself (a reply encoded as it was built, by an
+:class:`ArrayBuilder` charging it to the client's output budget).
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class Status(bytes):
 class Verbatim(bytes):
     """A text reply: a RESP3 verbatim string of format ``txt`` (INFO), a bulk string in
     RESP2, as Redis sends it."""
+
+    __slots__ = ()
+
+
+class SetReply(tuple[Any, ...]):
+    """A set reply in a fixed order (ACL GETUSER's flags): a RESP3 set, an array in RESP2."""
 
     __slots__ = ()
 
@@ -170,7 +178,7 @@ class RequestReader:
     """
 
     __slots__ = ("_buf", "_args", "_left", "_bulk", "_partial", "max_bulk_len",
-                 "max_query_buffer")
+                 "max_query_buffer", "unauthenticated", "held")
 
     def __init__(self, max_bulk_len: int, max_query_buffer: int) -> None:
         #: Bytes received and not yet consumed.
@@ -184,19 +192,19 @@ class RequestReader:
         self._partial = 0
         self.max_bulk_len = max_bulk_len
         self.max_query_buffer = max_query_buffer
+        #: (most arguments, longest argument) while the client has not authenticated, set by
+        #: the connection before each feed; None: only the limits above. Checked at each
+        #: ``*<n>`` and ``$<len>`` header, complete request or not.
+        self.unauthenticated: tuple[int, int] | None = None
+        #: Parsing stopped at a header over the ``unauthenticated`` limits because requests
+        #: before it are still to run (one may be an AUTH): feed again (``b""`` will do)
+        #: once they ran, with the limits that then apply.
+        self.held = False
 
     @property
     def buffered(self) -> int:
         """Bytes of incomplete requests held (the client's query buffer)."""
         return len(self._buf) + self._partial
-
-    def pending(self) -> tuple[int, int]:
-        """The request being read: the arguments its ``*<n>`` header announced (0 between
-        requests) and the length of the argument being read (-1 when no ``$<len>`` header
-        is pending). The connection holds a client that has not authenticated to smaller
-        limits than the reader's (``security.unauthenticated_request_error``)."""
-        count = 0 if self._args is None else len(self._args) + self._left
-        return count, self._bulk
 
     def feed(self, data: bytes, out: MutableSequence[list[bytes]]) -> None:
         """Append the requests completed by ``data`` to ``out`` (an empty request is skipped,
@@ -204,6 +212,7 @@ class RequestReader:
         buf = self._buf
         buf += data
         pos = 0
+        self.held = False
         try:
             pos = self._parse(buf, out)
         finally:
@@ -217,6 +226,10 @@ class RequestReader:
         """Consume complete requests and headers from ``buf``; returns the bytes consumed."""
         pos, n = 0, len(buf)
         max_bulk = self.max_bulk_len
+        guest = self.unauthenticated
+        max_count, fast_bulk = MAX_MULTIBULK, max_bulk
+        if guest is not None:
+            max_count, fast_bulk = guest[0], min(max_bulk, guest[1])
         request, bulk = _REQUEST_HEADER.match, _BULK_HEADER.match
         while pos < n:
             args = self._args
@@ -225,7 +238,7 @@ class RequestReader:
                 # matched in C. Anything else (incomplete, malformed, over a limit) falls
                 # through to the byte-by-byte reader below, which says what is wrong.
                 m = request(buf, pos)
-                if m is not None and int(m[1]) <= MAX_MULTIBULK:
+                if m is not None and int(m[1]) <= max_count:
                     count = int(m[1])
                     p = m.end()
                     fast: list[bytes] = []
@@ -236,7 +249,7 @@ class RequestReader:
                         start = h.end()
                         end = start + int(h[1])
                         if end + 2 > n or buf[end] != 13 or buf[end + 1] != 10 \
-                                or end - start > max_bulk:
+                                or end - start > fast_bulk:
                             break
                         fast.append(bytes(buf[start:end]))
                         p = end + 2
@@ -251,12 +264,19 @@ class RequestReader:
                         if n - pos > MAX_INLINE:
                             raise ProtocolError("too big inline request")
                         return pos
-                    line = bytes(buf[pos:nl])
-                    pos = nl + 1
-                    words = split_inline(line)
+                    words = split_inline(bytes(buf[pos:nl]))
                     for w in words:
                         if len(w) > max_bulk:
                             raise ProtocolError("invalid bulk length")
+                    if guest is not None and words and (
+                            len(words) > guest[0] or max(map(len, words)) > guest[1]):
+                        if out:
+                            self.held = True
+                            return pos
+                        raise ProtocolError("unauthenticated multibulk length"
+                                            if len(words) > guest[0]
+                                            else "unauthenticated bulk length")
+                    pos = nl + 1
                     if words:
                         out.append(words)
                     continue
@@ -268,6 +288,11 @@ class RequestReader:
                 count = _number(buf[pos + 1:nl], "multibulk length")
                 if count > MAX_MULTIBULK:
                     raise ProtocolError("invalid multibulk length")
+                if guest is not None and count > guest[0]:
+                    if out:  # the requests before it run first: one may log in
+                        self.held = True
+                        return pos
+                    raise ProtocolError("unauthenticated multibulk length")
                 pos = nl + 2
                 if count <= 0:
                     continue  # "*0" and "*-1" are ignored, as in Redis
@@ -287,6 +312,11 @@ class RequestReader:
                     size = _number(buf[pos + 1:nl], "bulk length")
                     if size < 0 or size > max_bulk:
                         raise ProtocolError("invalid bulk length")
+                    if guest is not None and size > guest[1]:
+                        if out:
+                            self.held = True
+                            return pos
+                        raise ProtocolError("unauthenticated bulk length")
                     self._bulk = size
                     pos = nl + 2
                 size = self._bulk
@@ -323,11 +353,101 @@ def format_double(value: float) -> bytes:
     return repr(value).encode()
 
 
+#: Bulk strings at least this long are encoded as three parts (header, the value itself,
+#: CRLF) instead of being copied into one: the value is then copied only once, when the
+#: batch of replies is joined for the transport.
+SPLIT_BULK: Final = 16 * 1024
+
+
+#: Bytes of small elements an ArrayBuilder packs into one part.
+_CHUNK: Final = 64 * 1024
+
+
+class Encoded:
+    """A reply already encoded in RESP (:class:`ArrayBuilder`): its byte strings in order,
+    and their total size."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes], size: int) -> None:
+        self.parts = parts
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"<Encoded {self.size} bytes>"
+
+
+class ArrayBuilder:
+    """An array reply encoded element by element and charged to a byte budget as it grows
+    (MGET, KRANGE, KEYS, SCAN, EXEC). :meth:`add` returns False once the array passed
+    ``budget``; the caller then stops -- the client is past its output buffer limit and is
+    disconnected -- so a reply never grows far beyond the limit, whatever the request asked
+    for (a 2 KB MGET asked for 800 MB and used to build it, three times over, first).
+
+    Small elements are packed into chunks of about _CHUNK bytes (a million keys are a few
+    hundred byte strings, not a million); big values stay parts of their own, uncopied."""
+
+    __slots__ = ("resp", "budget", "parts", "size", "count", "_buf")
+
+    def __init__(self, resp: int, budget: int) -> None:
+        self.resp = resp
+        self.budget = budget
+        self.parts: list[bytes] = [b""]  # [0]: the header, once the count is known
+        self.size = 0
+        self.count = 0
+        self._buf = bytearray()
+
+    def add(self, value: Any) -> bool:
+        """Append one element; False when the array is now over its budget."""
+        buf = self._buf
+        before = len(buf)
+        if type(value) is bytes and len(value) < SPLIT_BULK:
+            buf += b"$%d\r\n" % len(value)
+            buf += value
+            buf += _CRLF
+            self.size += len(buf) - before
+        elif type(value) is Encoded:
+            self._flush()
+            self.parts += value.parts
+            self.size += value.size
+        else:
+            tmp: list[bytes] = []
+            encode(value, self.resp, tmp)
+            for part in tmp:
+                self.size += len(part)
+                if len(part) < SPLIT_BULK:
+                    buf += part
+                else:
+                    self._flush()
+                    self.parts.append(part)
+        if len(buf) >= _CHUNK:
+            self._flush()
+        self.count += 1
+        return self.size <= self.budget
+
+    def _flush(self) -> None:
+        if self._buf:
+            self.parts.append(bytes(self._buf))
+            self._buf.clear()
+
+    def done(self) -> Encoded:
+        """The encoded array."""
+        self._flush()
+        header = b"*%d\r\n" % self.count
+        self.parts[0] = header
+        return Encoded(self.parts, self.size + len(header))
+
+
 def encode(value: Any, resp: int, out: list[bytes]) -> None:
     """Append the RESP ``resp`` (2 or 3) encoding of ``value`` to ``out``."""
     t = type(value)
     if t is bytes:
-        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+        if len(value) < SPLIT_BULK:
+            out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+        else:
+            out += (b"$%d\r\n" % len(value), value, _CRLF)
+    elif t is Encoded:
+        out += value.parts
     elif t is Status:
         out.append(b"+%s\r\n" % value)
     elif t is int:
@@ -351,7 +471,7 @@ def encode(value: Any, resp: int, out: list[bytes]) -> None:
         for k, v in value.items():
             encode(k, resp, out)
             encode(v, resp, out)
-    elif t is set or t is frozenset:
+    elif t is set or t is frozenset or t is SetReply:
         out.append(b"%c%d\r\n" % (126 if resp == 3 else 42, len(value)))
         for item in value:
             encode(item, resp, out)
@@ -379,12 +499,16 @@ def encode_one(value: Any, resp: int) -> bytes:
 
 
 __all__ = [
+    "SPLIT_BULK",
+    "ArrayBuilder",
+    "Encoded",
     "MAX_INLINE",
     "NULL_ARRAY",
     "OK",
     "PONG",
     "QUEUED",
     "RequestReader",
+    "SetReply",
     "Status",
     "Verbatim",
     "encode",

@@ -1,16 +1,34 @@
-"""Purging flushed physical databases in the background.
+"""Purging in the background: flushed physical databases, and the chunks of large strings
+nothing references any more.
 
 FLUSHDB and FLUSHALL do not delete keys: they point the logical database at a free physical
 id (:mod:`shaledb.server.dbmap`) and hand the old id to the :class:`Purger`, which deletes
 its entries in batches of at most ``PURGE_CHUNK`` keys, one batch per step of
 :func:`run_purger` on the event loop, so no client waits long behind it. A purged id becomes
-free again (reused oldest-first, which gives compaction time to drop its tombstones).
+free again (reused oldest-first, which gives compaction time to drop its tombstones). A
+chunked string's header deleted by the purge gets a garbage record in the same batch, and
+the id's key count record goes with its last batch.
 
-Nothing here is persisted: on open, every unmapped id is checked (one seek each) and those
-that still hold entries are queued again, so a crash in the middle of a purge just resumes
-it. When a flush needs a free id and none is left (about 200 flushes of non-empty databases
-faster than the purger), the oldest queued id is purged at once, inside that command: the
-command then costs what FLUSHDB cost before the map existed.
+Garbage records (``0xF1`` + chunk-set id -> chunks left, written in the same batch as the
+deletion or overwrite of the header that named the chunk set) are the other work
+(:meth:`Purger.collect`): each step deletes up to ``PURGE_CHUNK`` chunks, from the last one
+down, and in the same batch lowers the record's count, or deletes the record with the last
+chunk. A crash at any point leaves a record that names exactly the chunks still to delete.
+The purger finds the records through the ids the writes listed (``Keyspace.garbage_ids``,
+point reads), not by scanning the garbage range: records come and go like a queue, and a
+scan would skip the tombstones of every record deleted before it until compaction: 6,000
+garbage records (as many overwrites of chunked strings) took 20.6 s to purge that way, 0.3 s
+this way. Records not
+listed (found at open, or past ``GARBAGE_LIST_MAX``) are found by one scan.
+Nothing can name a chunk set once its garbage record exists (the header that named it is
+gone in the same batch, and chunk sets have one header), so these steps need no
+coordination with commands.
+
+Nothing else here is persisted: on open, every unmapped id is checked (one seek each) and
+those that still hold entries are queued again, so a crash in the middle of a purge just
+resumes it. When a flush needs a free id and none is left (about 200 flushes of non-empty
+databases faster than the purger), the oldest queued id is purged at once, inside that
+command: the command then costs what FLUSHDB cost before the map existed.
 """
 
 from __future__ import annotations
@@ -24,7 +42,17 @@ from typing import TYPE_CHECKING, Final
 import shaledb
 
 from ..errors import ShaleError
-from .dbmap import PHYSICAL_DATABASES
+from .dbmap import GARBAGE_PREFIX, PHYSICAL_DATABASES, count_key
+from .values import (
+    GARBAGE_LIST_MAX,
+    chunk_count,
+    chunk_key,
+    chunk_ref_of,
+    decode_garbage,
+    encode_garbage,
+    garbage_id,
+    garbage_key,
+)
 
 if TYPE_CHECKING:
     from .keyspace import Keyspace
@@ -56,6 +84,13 @@ class Purger:
         self._cursor: bytes | None = None
         #: Entries deleted by purging since start.
         self.purged_keys = 0
+        #: Chunks of orphaned chunk sets deleted since start.
+        self.purged_chunks = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether a flushed id or garbage waits to be purged."""
+        return bool(self.queue) or self._ks.garbage_pending
 
     def reserve(self, index: int) -> int:
         """The free id a transaction that already took ``index`` free ids maps next. When
@@ -83,33 +118,85 @@ class Purger:
         lo = self._cursor if self._cursor is not None else bytes((phys,))
         batch = shaledb.WriteBatch()
         last = None
-        for ek, _ in ks.raw_range(lo, bytes((phys + 1,)), limit=max_keys):
+        deleted = 0
+        garbage: list[int] = []
+        for ek, raw in ks.raw_range(lo, bytes((phys + 1,)), limit=max_keys):
             batch.delete(ek)
+            ref = chunk_ref_of(raw)
+            if ref is not None:
+                batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
+                garbage.append(ref.id)
+            deleted += 1
             last = ek
-        if last is not None:
-            ks.db.write(batch)
-            self.purged_keys += len(batch)
-        if last is None or len(batch) < max_keys:
+        done = last is None or deleted < max_keys
+        if done:
+            batch.delete(count_key(phys))  # a free id has no count record
+        ks.write(batch, garbage=garbage)
+        self.purged_keys += deleted
+        if done:
             self.queue.popleft()
             self.free.append(phys)
+            ks.counts.pop(phys, None)
             self._cursor = None
         else:
             self._cursor = last
         return bool(self.queue)
 
+    def collect(self, max_chunks: int) -> bool:
+        """Delete up to ``max_chunks`` chunks of orphaned chunk sets (one write batch, with
+        the garbage records updated to match); whether garbage remains. Works through the
+        ids the keyspace listed with point reads; scans the garbage range only for records
+        it did not list (found at open, or past the list's bound)."""
+        ks = self._ks
+        ids = ks.garbage_ids
+        if not ids and ks.garbage_unlisted:
+            for gk, _ in ks.raw_range(bytes((GARBAGE_PREFIX,)), bytes((GARBAGE_PREFIX + 1,)),
+                                      limit=GARBAGE_LIST_MAX):
+                ids.append(garbage_id(gk))
+            ks.garbage_unlisted = len(ids) >= GARBAGE_LIST_MAX
+        batch = shaledb.WriteBatch()
+        budget = max_chunks
+        done = 0
+        while done < len(ids) and budget > 0:
+            cid = ids[done]
+            gk = garbage_key(cid)
+            raw = ks.db.get(gk)
+            if raw is None:
+                done += 1  # finished already (listed twice)
+                continue
+            left = decode_garbage(raw)
+            n = min(left, budget)
+            for index in range(left - n, left):
+                batch.delete(chunk_key(cid, index))
+            budget -= n
+            if n < left:
+                batch.put(gk, encode_garbage(left - n))
+                break
+            batch.delete(gk)
+            done += 1
+        if len(batch):
+            ks.write(batch)
+            self.purged_chunks += max_chunks - budget
+        for _ in range(done):
+            ids.popleft()
+        return ks.garbage_pending
+
 
 async def run_purger(keyspace: Keyspace) -> None:
-    """Purge queued ids step by step on the event loop until cancelled, pausing after each
-    step so the purger takes a bounded share of the loop."""
+    """Purge queued ids, then garbage chunk sets, step by step on the event loop until
+    cancelled, pausing after each step so the purger takes a bounded share of the loop."""
     purger = keyspace.purger
     failed = False
     while True:
-        if not purger.queue:
+        if not purger.busy:
             await asyncio.sleep(PURGE_IDLE_SECONDS)
             continue
         t0 = time.perf_counter()
         try:
-            purger.step(PURGE_CHUNK)
+            if purger.queue:
+                purger.step(PURGE_CHUNK)
+            else:
+                purger.collect(PURGE_CHUNK)
             failed = False
         except ShaleError as exc:
             if not failed:  # a read-only database fails every step: say it once

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from .security import UNKNOWN_PEER
+
 if TYPE_CHECKING:
     from .connection import ClientState
 
@@ -97,7 +99,7 @@ class CommandRateLimits:
         when it may run now, else the seconds to wait before trying again. A token taken
         from the IP bucket is given back when the user bucket refuses, so a wait costs
         nothing."""
-        host = client.host or "local"
+        host = client.host or UNKNOWN_PEER
         if self.ip is not None:
             wait = self.ip.take(host)
             if wait > 0:

@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -33,7 +34,7 @@ import shaledb
 from ..errors import InvalidArgument
 from .acl import Acl, AclRuleError, AuthRateLimiter, User
 from .checkpoint import Checkpointer
-from .config import ServerConfig
+from .config import PASSWORD_ENV, ServerConfig
 from .connection import ClientConnection, ClientState
 from .cursors import ScanCursors
 from .deferred import CLOSE
@@ -44,10 +45,17 @@ from .expiry import run_active_expire
 from .fdlimit import fit_maxclients
 from .httpendpoint import MetricsEndpoint
 from .keyspace import Keyspace
+from .logs import CLIENT_LOG
 from .purge import run_purger
 from .ratelimit import CommandRateLimits
 from .scrub import Scrubber
-from .security import auth_limit_key, is_loopback_address, protected_mode_refuses
+from .security import (
+    auth_limit_key,
+    in_networks,
+    is_loopback_address,
+    parse_networks,
+    protected_mode_refuses,
+)
 from .slowlog import SlowLog
 from .stats import ServerStats
 from .tls import server_context
@@ -87,6 +95,8 @@ class Server:
                        auth_limiter=AuthRateLimiter(config.auth_fail_burst,
                                                     config.auth_fail_rate,
                                                     config.auth_fail_max_hosts))
+        #: Networks the failed-AUTH limit spares (auth-fail-exempt-networks).
+        self.auth_exempt = parse_networks(config.auth_fail_exempt_networks)
         self.connections: dict[int, ClientConnection] = {}
         self.stats: collections.Counter[str] = collections.Counter()
         self.accepting = False
@@ -165,7 +175,8 @@ class Server:
         looked at). The password is compared as a SHA-256 digest in constant time and never
         stored or logged."""
         host = auth_limit_key(client.host)  # IPv6: per /64
-        wait = self.acl.limiter.take(host)
+        limited = not in_networks(client.host, self.auth_exempt)
+        wait = self.acl.limiter.take(host) if limited else 0.0
         if wait > 0:
             self.stats["auth_rate_limited"] += 1
             self.acl.record("auth", "toplevel", b"AUTH", user, client)
@@ -176,9 +187,11 @@ class Server:
             self.stats["auth_failures"] += 1
             self.acl.record("auth", "toplevel", b"AUTH", user, client)
             raise WrongPassError()
-        self.acl.limiter.refund(host)
+        if limited:
+            self.acl.limiter.refund(host)
         client.user = found
         client.authenticated = True
+        client.ever_authenticated = True
 
     def disconnect_users(self, users: list[User], caller: ClientState) -> None:
         """Close the connections logged in as one of ``users`` (deleted users); the caller's
@@ -218,10 +231,23 @@ class Server:
         cfg = self.config
         loop = asyncio.get_running_loop()
         if cfg.aclfile is not None and os.path.exists(cfg.aclfile):
+            configured = self.acl.default
             try:
                 self.acl.users = self.acl.load_file(cfg.aclfile)
             except AclRuleError as exc:
                 raise InvalidArgument(f"invalid ACL file: {exc}") from None
+            if cfg.requirepass is not None and self.acl.default is not configured:
+                # The file's users override requirepass (documented), but a password set
+                # for a reason must not vanish without a word.
+                if self.acl.default.nopass:
+                    log.warning("the ACL file %s defines the default user without a "
+                                "password (nopass): requirepass / %s is ignored and clients "
+                                "need no password. Set one in the file's 'user default' line "
+                                "(>password or #sha256) or remove that line", cfg.aclfile,
+                                PASSWORD_ENV)
+                else:
+                    log.warning("the ACL file %s defines the default user: its passwords "
+                                "replace requirepass / %s", cfg.aclfile, PASSWORD_ENV)
         ssl_context = server_context(cfg) if cfg.tls_port is not None else None
         if self._db is None:
             options: dict[str, Any] = {
@@ -233,6 +259,7 @@ class Server:
             self._db = await loop.run_in_executor(
                 self._executor, lambda: shaledb.open(cfg.dir, **options))
         db = self._db
+        _tighten_data_dir(db.path)
         self._engine_fsyncs = db.options.fsync_interval is not None
         fitted = fit_maxclients(cfg.maxclients, db.options.max_open_files)
         if fitted < cfg.maxclients:
@@ -250,19 +277,30 @@ class Server:
             raise
         self._loop = loop
         self._turn = TurnCommit(self._keyspace, loop, self.command_stats)
+        turn = self._turn
+
+        def settle() -> None:
+            # Background writers (the expiry sweeper) commit the turn's writes first: a
+            # buffered header may name a chunk set they would free (keyspace.py).
+            if turn.txn.dirty:
+                turn.commit()
+
+        self._keyspace.settle = settle
         self.set_appendfsync(cfg.appendfsync)
         try:
             if not cfg.tls_only:
                 plain = await loop.create_server(
                     lambda: ClientConnection(self), cfg.host, cfg.port, reuse_address=True,
-                    backlog=511)
+                    backlog=cfg.tcp_backlog)
                 self._listeners.append(plain)
                 self.port = plain.sockets[0].getsockname()[1]
             if ssl_context is not None:
+                # A plain TCP listener: each connection is counted at the accept, then does
+                # its handshake (ClientConnection._tls_handshake), as Redis does.
+                context = ssl_context
                 tls = await loop.create_server(
-                    lambda: ClientConnection(self), cfg.host, cfg.tls_port,
-                    reuse_address=True, backlog=511, ssl=ssl_context,
-                    ssl_handshake_timeout=cfg.tls_handshake_timeout)
+                    lambda: ClientConnection(self, context), cfg.host, cfg.tls_port,
+                    reuse_address=True, backlog=cfg.tcp_backlog)
                 self._listeners.append(tls)
                 self.tls_port = tls.sockets[0].getsockname()[1]
         except BaseException:
@@ -345,24 +383,36 @@ class Server:
                 return
 
     def restart_idle_sweeper(self) -> None:
-        """(Re)start closing idle clients after ``timeout`` seconds (stop when 0)."""
+        """(Re)start closing clients idle for ``timeout`` seconds, and those that never
+        authenticated within ``auth_timeout`` (stop when both are 0)."""
         if self._idle_task is not None:
             self._idle_task.cancel()
             self._idle_task = None
-        if self.config.timeout and not self._stopping:
+        cfg = self.config
+        if (cfg.timeout or cfg.auth_timeout) and not self._stopping:
             self._idle_task = asyncio.get_running_loop().create_task(self._idle_sweeper())
 
     async def _idle_sweeper(self) -> None:
-        timeout = self.config.timeout
-        interval = min(1.0, timeout / 4)
+        timeout, auth_timeout = self.config.timeout, self.config.auth_timeout
+        shortest = min(t for t in (timeout, auth_timeout) if t)
+        interval = max(0.01, min(1.0, shortest / 4))  # a tiny timeout must not spin the loop
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for conn in list(self.connections.values()):
                 c = conn.client
-                if c is not None and now - c.last_active > timeout and not conn.holding:
+                if c is None or conn.holding:
+                    continue
+                if timeout and now - c.last_active > timeout:
                     self.stats["idle_timeouts"] += 1
-                    log.info("closing idle client %s", c.addr)
+                    CLIENT_LOG.log(log, logging.INFO, "idle-timeout", "closing idle client %s",
+                                   c.addr)
+                    conn.abort()
+                elif auth_timeout and not c.ever_authenticated and now - c.created > auth_timeout:
+                    self.stats["auth_timeouts"] += 1
+                    CLIENT_LOG.log(log, logging.INFO, "auth-timeout",
+                                   "closing client %s: not authenticated within %g s", c.addr,
+                                   auth_timeout)
                     conn.abort()
 
     def request_shutdown(self) -> None:
@@ -435,6 +485,23 @@ class Server:
     async def wait_stopped(self) -> None:
         """Wait until a shutdown has completed."""
         await self._stopped.wait()
+
+
+def _tighten_data_dir(path: str) -> None:
+    """Make the data directory 0700 if other users may enter or list it: the engine creates
+    its files 0600 and new directories 0700, but an existing directory (made by hand, by a
+    package, with a loose umask) was used as it was. Logged either way."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if not mode & 0o077:
+            return
+        os.chmod(path, mode & 0o700)
+    except OSError as exc:
+        log.warning("the data directory %s is open to other users and could not be made "
+                    "0700 (%s): chmod 700 it", path, exc.strerror or exc)
+        return
+    log.warning("the data directory %s was mode %04o (open to other users); made it %04o",
+                path, mode, mode & 0o700)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

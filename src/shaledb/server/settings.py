@@ -26,12 +26,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import InvalidArgument
-from .config import APPENDFSYNC_MODES
+from .config import (
+    APPENDFSYNC_MODES,
+    MAX_TRACKED_HOSTS,
+    MIN_AUTH_FAIL_RATE,
+    MIN_BULK_LEN,
+    MIN_COMMAND_RATE,
+    MIN_TIMEOUT,
+)
 from .errors import CommandError
 from .fdlimit import fit_maxclients
 from .glob import compile_glob
 from .keyspace import DATABASES
 from .ratelimit import CommandRateLimits
+from .security import parse_networks
 
 if TYPE_CHECKING:
     from .server import Server
@@ -85,6 +93,8 @@ def show(value: Any) -> bytes:
         return b"%d" % value if value.is_integer() else repr(value).encode()
     if isinstance(value, dict):
         return b" ".join(show(k) + b" " + show(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return b" ".join(show(v) for v in value)
     return str(value).encode("utf-8")
 
 
@@ -125,21 +135,54 @@ def memory(minimum: int = 0) -> Parser:
     return parse
 
 
+#: A plain decimal number with an optional exponent: float() alone also takes "1_0",
+#: surrounding blanks, "nan" and "inf", which Redis refuses.
+_DECIMAL = re.compile(rb"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
 def number(raw: bytes) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("argument couldn't be parsed into a number") from None
+    """A finite number >= 0, written as a plain decimal."""
+    if not _DECIMAL.fullmatch(raw):
+        raise ValueError("argument couldn't be parsed into a number")
+    value = float(raw)
     if not 0 <= value < float("inf"):
         raise ValueError("argument must be a number >= 0")
     return value
 
 
+def at_least(minimum: float) -> Parser:
+    """A finite number >= ``minimum``."""
+
+    def parse(raw: bytes) -> float:
+        value = number(raw)
+        if value < minimum:
+            raise ValueError(f"argument must be a number >= {minimum:g}")
+        return value
+
+    return parse
+
+
+def _timeout_seconds(raw: bytes) -> float:
+    """0 (never) or a number of seconds >= MIN_TIMEOUT (a tiny one drops every idle
+    connection at once, the admin's too)."""
+    value = number(raw)
+    if value and value < MIN_TIMEOUT:
+        raise ValueError(f"argument must be 0 (never) or at least {MIN_TIMEOUT:g} seconds")
+    return value
+
+
+def _command_rate(raw: bytes) -> float:
+    value = number(raw)
+    if value < MIN_COMMAND_RATE:
+        raise ValueError(f"a rate must be at least {MIN_COMMAND_RATE:g} command(s) per second")
+    return value
+
+
 def optional_rate(raw: bytes) -> float | None:
-    """Commands per second > 0; ``""`` or ``0`` means no limit."""
-    value = number(raw) if raw else 0.0
-    return value or None
+    """Commands per second >= MIN_COMMAND_RATE; ``""`` or ``0`` means no limit."""
+    if not raw or number(raw) == 0:
+        return None
+    return _command_rate(raw)
 
 
 def user_rates(raw: bytes) -> dict[str, float]:
@@ -149,11 +192,14 @@ def user_rates(raw: bytes) -> dict[str, float]:
         raise ValueError("argument must be pairs of user name and commands per second")
     rates: dict[str, float] = {}
     for name, rate in zip(words[::2], words[1::2], strict=True):
-        value = number(rate)
-        if value <= 0:
-            raise ValueError("a user's rate must be > 0 commands per second")
-        rates[name.decode("utf-8", "replace")] = value
+        rates[name.decode("utf-8", "replace")] = _command_rate(rate)
     return rates
+
+
+def networks(raw: bytes) -> tuple[str, ...]:
+    """Space-separated CIDRs (``""``: none)."""
+    words = raw.decode("utf-8", "replace").split()
+    return tuple(str(n) for n in parse_networks(words))
 
 
 def yes_no(raw: bytes) -> bool:
@@ -235,6 +281,7 @@ def _auth_limiter(server: Server, _: Any) -> None:
     cfg, limiter = server.config, server.acl.limiter
     limiter.burst, limiter.rate = cfg.auth_fail_burst, cfg.auth_fail_rate
     limiter.max_hosts = cfg.auth_fail_max_hosts
+    server.auth_exempt = parse_networks(cfg.auth_fail_exempt_networks)
 
 
 def _rate_limits(server: Server, _: Any) -> None:
@@ -294,14 +341,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("maxmemory", None, get=_constant(0)),  # data lives on disk, not in memory
     Setting("appendfsync", "appendfsync", choice(*APPENDFSYNC_MODES), _appendfsync),
     Setting("maxclients", "maxclients", integer(1), check=_maxclients_fit),
-    Setting("timeout", "timeout", number, _timeout),
-    Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(1), _readers),
+    Setting("tcp-backlog", "tcp_backlog"),
+    Setting("timeout", "timeout", _timeout_seconds, _timeout),
+    Setting("auth-timeout", "auth_timeout", _timeout_seconds, _timeout),
+    Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(MIN_BULK_LEN), _readers),
     Setting("client-query-buffer-limit", "client_query_buffer_limit", memory(1024), _readers),
     Setting("client-output-buffer-limit", "client_output_buffer_limit", output_buffer_limit,
             get=_output_limit),
     Setting("requirepass", None, password, _requirepass, get=_show_requirepass),
     Setting("protected-mode", "protected_mode", yes_no),
-    Setting("max-watched-keys", "max_watched_keys", integer(1)),
+    Setting("max-watched-keys", "max_watched_keys", integer(1, MAX_TRACKED_HOSTS)),
     Setting("max-multi-bytes", "max_multi_bytes", memory(1)),
     Setting("max-scan-cursors", "max_scan_cursors", integer(1), _scan_cursors),
     Setting("krange-max-limit", "krange_max_limit", integer(1)),
@@ -309,12 +358,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("encryption-key-file", "encryption_key_file"),  # the path; never the key
     Setting("aclfile", "aclfile"),
     Setting("acllog-max-len", "acllog_max_len", integer(1, 100_000), _acllog),
-    Setting("auth-fail-burst", "auth_fail_burst", integer(1), _auth_limiter),
-    Setting("auth-fail-rate", "auth_fail_rate", number, _auth_limiter),
-    Setting("auth-fail-max-hosts", "auth_fail_max_hosts", integer(1), _auth_limiter),
+    Setting("auth-fail-burst", "auth_fail_burst", integer(1, MAX_TRACKED_HOSTS), _auth_limiter),
+    Setting("auth-fail-rate", "auth_fail_rate", at_least(MIN_AUTH_FAIL_RATE), _auth_limiter),
+    Setting("auth-fail-max-hosts", "auth_fail_max_hosts", integer(1, MAX_TRACKED_HOSTS),
+            _auth_limiter),
+    Setting("auth-fail-exempt-networks", "auth_fail_exempt_networks", networks,
+            _auth_limiter),
     Setting("rate-limit-per-ip", "rate_limit_per_ip", optional_rate, _rate_limits),
     Setting("rate-limit-users", "rate_limit_users", user_rates, _rate_limits),
-    Setting("rate-limit-max-hosts", "rate_limit_max_hosts", integer(1), _rate_limits),
+    Setting("rate-limit-max-hosts", "rate_limit_max_hosts", integer(1, MAX_TRACKED_HOSTS),
+            _rate_limits),
     Setting("slowlog-log-slower-than", "slowlog_log_slower_than", integer(-1)),
     Setting("slowlog-max-len", "slowlog_max_len", integer(0, 100_000)),
     Setting("scrub-interval", "scrub_interval", number, _scrub_interval),

@@ -3,9 +3,11 @@
 The context is TLS 1.2 or newer with the ``ssl`` module's default (secure) ciphers. Client
 certificates follow ``tls-auth-clients`` as in Redis: ``yes`` requires one that chains to
 ``tls-ca-cert-file``, ``optional`` checks one when the client sends it, ``no`` does not ask.
-A client that fails the handshake, or does not finish it within ``tls-handshake-timeout``,
-is dropped by asyncio before a connection object exists, so it never reaches the command
-path (nor counts against ``maxclients``).
+The TLS port is a plain TCP listener: each connection is counted against ``maxclients``
+from its accept (as in Redis: connections in a handshake hold descriptors too), then runs
+its handshake (``loop.start_tls``, ``connection.ClientConnection._tls_handshake``). A client
+that fails the handshake, or does not finish it within ``tls-handshake-timeout``, is
+dropped and forgotten before it reaches the command path.
 """
 
 from __future__ import annotations

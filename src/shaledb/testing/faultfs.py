@@ -181,6 +181,16 @@ def _move_back(src: str, dst: str) -> None:
         shutil.move(src, dst)
 
 
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` is a zombie or gone (reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in (b"Z", b"X")
+
+
 def _worker_alive(pid: int) -> bool:
     """Whether ``pid`` is a live (not zombie) compaction worker started by this process."""
     try:
@@ -733,8 +743,10 @@ class FaultInjectionFS(PosixFileSystem):
             if kill and pid is not None and _worker_alive(pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+                # Wait for the zombie, not for "no longer a worker": while a killed process
+                # exits its cmdline already reads empty, and a write in progress may finish.
                 deadline = time.monotonic() + 10
-                while _worker_alive(pid) and time.monotonic() < deadline:
+                while not _exited(pid) and time.monotonic() < deadline:
                     time.sleep(0.002)
                 records = _read_journal(journal)  # all it did before it died
             with contextlib.suppress(OSError):

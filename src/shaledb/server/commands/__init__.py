@@ -10,12 +10,13 @@ meaning "up to the last argument" and ``(0, 0, 0)`` meaning "no keys".
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import CommandError
 from ..keyspace import KeyspaceTxn
-from ..protocol import Status
+from ..protocol import ArrayBuilder, Status
 
 if TYPE_CHECKING:
     from ..connection import ClientState
@@ -26,17 +27,32 @@ class Context:
     """What a handler gets besides its arguments: the calling client, the server and the
     keyspace transaction its reads and writes go through."""
 
-    __slots__ = ("client", "server", "txn")
+    __slots__ = ("client", "server", "txn", "in_exec")
 
-    def __init__(self, client: ClientState, server: Server, txn: KeyspaceTxn) -> None:
+    def __init__(self, client: ClientState, server: Server, txn: KeyspaceTxn,
+                 in_exec: bool = False) -> None:
         self.client = client
         self.server = server
         self.txn = txn
+        #: The command runs inside EXEC: its reply must be ready when it returns (no
+        #: :class:`~shaledb.server.deferred.Deferred`).
+        self.in_exec = in_exec
 
     @property
     def db(self) -> int:
         """The client's selected logical database."""
         return self.client.db
+
+    def array(self) -> ArrayBuilder:
+        """A builder for an array reply, charged to what is left of the client's output
+        buffer limit: when :meth:`ArrayBuilder.add` returns False, return
+        :meth:`overflow` at once."""
+        return ArrayBuilder(self.client.resp, self.client.output_budget)
+
+    def overflow(self) -> None:
+        """The reply being built passed the client's output buffer limit: the connection
+        disconnects the client after this command (its reply, None, is never sent)."""
+        self.client.output_overflow = True
 
 
 Handler = Callable[[Context, list[bytes]], Any]
@@ -143,18 +159,29 @@ def parse_int(arg: bytes, message: str = NOT_INTEGER) -> int:
     raise CommandError(message)
 
 
+#: What C's ``strtold`` reads whole: a decimal or hexadecimal float, or an infinity (NaN is
+#: refused after it). Python's float() also takes ``1_000`` and surrounding spaces, and no
+#: hexadecimal: matched first, so that both agree with Redis.
+_DECIMAL_FLOAT: Final = re.compile(
+    rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.I)
+_HEX_FLOAT: Final = re.compile(
+    rb"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?")
+#: Redis' string2ld refuses strings this long or longer (MAX_LONG_DOUBLE_CHARS).
+_MAX_FLOAT_CHARS: Final = 5 * 1024
+
+
 def parse_float(arg: bytes) -> float:
-    """A finite or infinite double as Redis' ``strtold`` parsing accepts it."""
-    try:
-        text = arg.decode("ascii")
-        if not text or text != text.strip():
-            raise ValueError(text)
-        value = float(text)
-    except (UnicodeDecodeError, ValueError):
-        raise CommandError("value is not a valid float") from None
-    if value != value:
+    """A finite or infinite double as Redis' ``string2ld`` accepts it (``strtold`` reading
+    the whole string, no leading space, not NaN): ``1.5``, ``.5``, ``5.``, ``1e3``,
+    ``0x1p3``, ``inf``; not ``1_000``, `` 1``, ``nan``. (Redis computes in long double: a
+    number past a double's range is infinite here.)"""
+    if len(arg) >= _MAX_FLOAT_CHARS:
         raise CommandError("value is not a valid float")
-    return value
+    if _DECIMAL_FLOAT.fullmatch(arg):
+        return float(arg)
+    if _HEX_FLOAT.fullmatch(arg):
+        return float.fromhex(arg.decode("ascii"))
+    raise CommandError("value is not a valid float")
 
 
 def wrong_arity(name: str) -> CommandError:

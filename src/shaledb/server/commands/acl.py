@@ -7,7 +7,7 @@ from typing import Any
 
 from ..acl import CATEGORIES, DEFAULT_USER, AclRuleError
 from ..errors import CommandError
-from ..protocol import OK, Status
+from ..protocol import OK, SetReply
 from . import CommandFamily, Context, parse_int, wrong_arity
 
 FAMILY = CommandFamily()
@@ -46,7 +46,7 @@ def acl(ctx: Context, argv: list[bytes]) -> Any:
         if user is None:
             return None
         return {
-            "flags": [Status(f.encode()) for f in user.flags()],
+            "flags": SetReply(f.encode() for f in user.flags()),  # as Redis 7 sends them
             "passwords": [d.hex().encode() for d in user.passwords],
             "commands": " ".join(user.command_rules).encode(),
             "keys": user.keys_text().encode("latin-1"),

@@ -4,14 +4,14 @@ TIME."""
 from __future__ import annotations
 
 import logging
+import re
 import time
-from typing import TYPE_CHECKING, Any
-
-import shaledb
+from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import AuthRequiredError, CommandError
+from ..info import REDIS_VERSION
 from ..keyspace import DATABASES
-from ..protocol import OK, PONG, Status
+from ..protocol import OK, PONG, Status, Verbatim
 from . import SYNTAX, CommandFamily, Context, parse_int, wrong_arity
 
 if TYPE_CHECKING:
@@ -24,6 +24,12 @@ FAMILY = CommandFamily()
 command = FAMILY.command
 
 _CONN = "noscript loading stale fast"
+#: Longest client name (CLIENT SETNAME, HELLO SETNAME) and CLIENT SETINFO value, in bytes.
+#: Redis has no limit; a name lives as long as its connection and appears in every CLIENT
+#: LIST line, the slow log and the ACL log, so it is kept to what names are for.
+MAX_CLIENT_NAME: Final = 1024
+#: Printable ASCII without space (what Redis allows in a name).
+_NAME: Final = re.compile(rb"[!-~]*")
 
 
 @command("ping", -1, "fast sentinel", "fast connection")
@@ -63,7 +69,11 @@ def reset(ctx: Context, argv: list[bytes]) -> Any:
 
 
 def _check_name(name: bytes) -> bytes:
-    if any(c < 33 or c > 126 for c in name):
+    # Length first, then one regular expression (C speed): a byte-by-byte check in Python
+    # spent 2.4 s of the event loop on a 32 MiB name.
+    if len(name) > MAX_CLIENT_NAME:
+        raise CommandError(f"Client names are limited to {MAX_CLIENT_NAME} bytes")
+    if _NAME.fullmatch(name) is None:
         raise CommandError(
             "Client names cannot contain spaces, newlines or special characters.")
     return name
@@ -106,9 +116,12 @@ def hello(ctx: Context, argv: list[bytes]) -> Any:
     if name is not None:
         client.name = name
     client.resp = version
+    # The Redis whose protocol and commands are served, as INFO's redis_version says;
+    # ShaleDB's own version is INFO's shaledb_version (clients that pick features by
+    # version, like Lettuce, read HELLO's).
     return {
-        "server": "shaledb",
-        "version": shaledb.__version__,
+        "server": "redis",
+        "version": REDIS_VERSION,
         "proto": version,
         "id": client.id,
         "mode": "standalone",
@@ -357,9 +370,9 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
         client.lib[attr.decode()] = value
         return OK
     if sub == b"info" and n == 2:
-        return client_line(ctx.server, client) + b"\n"
+        return Verbatim(client_line(ctx.server, client) + b"\n")
     if sub == b"list":
-        return _client_list(ctx, argv)
+        return Verbatim(_client_list(ctx, argv))  # verbatim in RESP3, as in Redis 7
     if sub == b"kill" and n >= 3:
         return _client_kill(ctx, argv)
     if sub in (b"no-evict", b"no-touch") and n == 3:

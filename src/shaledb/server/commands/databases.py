@@ -1,7 +1,9 @@
 """Commands across databases and on whole databases: RANDOMKEY COPY MOVE SWAPDB.
 
 COPY and MOVE are ordinary reads and writes of the keyspace transaction (so WATCH sees
-their writes, and inside EXEC they are part of the one batch). SWAPDB swaps two entries of
+their writes, and inside EXEC they are part of the one batch). MOVE keeps a chunked
+string's chunks (only its header moves); COPY copies them to a new chunk set, as Redis
+copies the value. SWAPDB swaps two entries of
 the database map (:mod:`shaledb.server.dbmap`): one small write, atomic across a crash,
 whatever the databases hold; clients that selected either database see the other's keys
 from their next command on, as in Redis. Error texts are Redis 7's.
@@ -110,7 +112,7 @@ def copy(ctx: Context, argv: list[bytes]) -> Any:
         return 0
     if not replace and txn.exists(dst_db, dst):
         return 0
-    txn.set(dst_db, dst, e.value, e.expire_ms)
+    txn.set_entry(dst_db, dst, e, e.expire_ms, copy=True)  # a chunked string: new chunks
     return 1
 
 
@@ -124,7 +126,7 @@ def move(ctx: Context, argv: list[bytes]) -> Any:
     e = txn.get(ctx.db, key)
     if e is None or txn.exists(dst_db, key):
         return 0
-    txn.set(dst_db, key, e.value, e.expire_ms)
+    txn.set_entry(dst_db, key, e, e.expire_ms)  # a chunked string keeps its chunks
     txn.delete(ctx.db, key)
     return 1
 

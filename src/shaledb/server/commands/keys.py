@@ -1,25 +1,39 @@
 """Generic key commands: DEL UNLINK EXISTS TYPE KEYS SCAN RENAME RENAMENX EXPIRE PEXPIRE
 EXPIREAT PEXPIREAT TTL PTTL EXPIRETIME PEXPIRETIME PERSIST TOUCH DBSIZE FLUSHDB FLUSHALL.
 
-KEYS, SCAN and DBSIZE walk the keys in order (the engine keeps no per-database count), so
-they cost O(keys in the database); KEYS with a pattern that starts with literal bytes walks
-only the keys with that prefix. FLUSHDB and FLUSHALL are O(1) and atomic: they point the
+KEYS and SCAN walk the keys in order, reading only each key's header (a large value's bytes
+are chunks outside the database's range); KEYS with a pattern that starts with literal bytes
+walks only the keys with that prefix. DBSIZE is O(1): every write batch keeps the database's
+key count record. FLUSHDB and FLUSHALL are O(1) and atomic: they point the
 database at a fresh physical id and the old keys are purged in the background
 (:mod:`shaledb.server.purge`); ASYNC and SYNC are accepted and mean the same.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from time import perf_counter
+from typing import Any, Final
 
+from ..deferred import Deferred
 from ..errors import CommandError
 from ..glob import compile_glob, literal_prefix
 from ..keyspace import MAX_EXPIRE_MS
 from ..protocol import OK, Status
-from . import SYNTAX, CommandFamily, Context, parse_int
+from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()
 command = FAMILY.command
+
+#: Seconds of work after which a SCAN call answers with the keys found so far and a cursor to
+#: go on from (COUNT is a hint, as in Redis): walking COUNT keys, or matching a pattern
+#: against long keys, must not hold the event loop for long.
+SCAN_TIME_BUDGET: Final = 0.05
+#: The largest number of seconds that converts to 64-bit milliseconds (Redis' LLONG_MAX/1000;
+#: LLONG_MIN/1000 rounds to its negative).
+_MAX_SECONDS: Final = INT64_MAX // 1000
+#: Seconds of KEYS' walk per event-loop turn (it goes on in the next turns).
+KEYS_SLICE: Final = 0.02
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -61,32 +75,55 @@ def type_(ctx: Context, argv: list[bytes]) -> Any:
 def keys(ctx: Context, argv: list[bytes]) -> Any:
     """KEYS pattern
 
-    The reply is built in memory; once it passes client_output_buffer_limit the walk stops
-    and the client is disconnected (as Redis would at its hard limit, but before the whole
-    reply exists), so KEYS * over millions of keys cannot exhaust the server's memory.
+    The walk reads a snapshot (the state when KEYS started, as if it ran at once, like
+    Redis), KEYS_SLICE seconds per event-loop turn: other clients are served in between
+    and this one waits for its reply (inside EXEC the walk runs whole). The reply is encoded
+    as the walk goes; once it passes client_output_buffer_limit the walk stops and the client
+    is disconnected (as Redis would at its hard limit, but before the whole reply exists),
+    so KEYS * over millions of keys cannot exhaust the server's memory.
     """
     pattern = argv[1]
-    match = compile_glob(pattern)
+    match = compile_glob(pattern, bounded=True)
     prefix = literal_prefix(pattern)
-    limit = ctx.server.config.client_output_buffer_limit or float("inf")
-    out: list[bytes] = []
-    size = 0
-    for k, _ in ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None):
-        if match(k):
-            out.append(k)
-            size += len(k) + 16  # as connection.reply_size counts it
-            if size > limit:
-                ctx.client.output_overflow = True
-                return []
-    return out
+    out = ctx.array()
+    walk = ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None)
+    client, server = ctx.client, ctx.server
+    if ctx.in_exec:
+        for k, _ in walk:
+            if match(k) and not out.add(k):
+                return ctx.overflow()
+        return out.done()
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def step() -> None:
+        if server.connections.get(client.id) is None:  # the client left: stop walking
+            future.cancel()
+            return
+        deadline = perf_counter() + KEYS_SLICE
+        for n, (k, _) in enumerate(walk):
+            if match(k) and not out.add(k):
+                ctx.overflow()
+                future.set_result(None)
+                return
+            if not n % 64 and perf_counter() > deadline:
+                asyncio.get_running_loop().call_soon(step)
+                return
+        future.set_result(out.done())
+
+    step()
+    return future.result() if future.done() else Deferred(future)
 
 
 @command("scan", -2, "readonly", "keyspace read slow")
 def scan(ctx: Context, argv: list[bytes]) -> Any:
     """SCAN cursor [MATCH pattern] [COUNT count] [TYPE type] -> [next cursor, keys]
 
-    The cursor names a position in key order kept by the server (0 starts and ends an
-    iteration). Every key present for the whole iteration is returned exactly once.
+    The cursor names a position in key order, kept by the server for the client that got
+    it (:mod:`shaledb.server.cursors`); 0 starts and ends an iteration. Every key present
+    for the whole iteration is returned exactly once. A call
+    walks at most COUNT keys, and stops after SCAN_TIME_BUDGET seconds of work (having
+    walked at least one); inside EXEC, after SCAN_TIME_BUDGET seconds of the EXEC, so that
+    its SCANs together stop there.
     """
     try:
         cursor = int(argv[1])
@@ -105,7 +142,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
             if count < 1:
                 raise CommandError(SYNTAX)
         elif opt == b"MATCH":
-            match = compile_glob(argv[i + 1])
+            match = compile_glob(argv[i + 1], bounded=True)
         elif opt == b"TYPE":
             want_type = argv[i + 1].lower()
         else:
@@ -114,22 +151,28 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     cursors = ctx.server.scan_cursors
     start = b""
     if cursor:
-        position = cursors.get(cursor)
+        position = cursors.get(cursor, ctx.db)
         if position is None:
-            raise CommandError("invalid cursor")
+            raise CommandError("invalid cursor (unknown, dropped, or of another database): "
+                               "start the scan again from 0")
         start = position
-    found: list[bytes] = []
+    found = ctx.array()
     last: bytes | None = None
+    started = perf_counter()
+    if ctx.in_exec and ctx.client.exec_started is not None:
+        started = min(started, ctx.client.exec_started)  # one budget for EXEC's SCANs
+    deadline = started + SCAN_TIME_BUDGET
     for seen, (k, _) in enumerate(ctx.txn.scan(ctx.db, start)):
-        if seen == count:
+        if seen == count or (seen and perf_counter() > deadline):
             break
         last = k
-        if (match is None or match(k)) and want_type in (None, b"string"):
-            found.append(k)
+        if (match is None or match(k)) and want_type in (None, b"string") \
+                and not found.add(k):
+            return ctx.overflow()
     else:
-        return [b"0", found]
+        return [b"0", found.done()]
     assert last is not None
-    return [b"%d" % cursors.put(last + b"\x00"), found]
+    return [b"%d" % cursors.put(ctx.client.id, ctx.db, last + b"\x00"), found.done()]
 
 
 def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
@@ -142,7 +185,7 @@ def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
     if nx and ctx.txn.exists(ctx.db, dst):
         return 0
     ctx.txn.delete(ctx.db, src)
-    ctx.txn.set(ctx.db, dst, e.value, e.expire_ms)
+    ctx.txn.set_entry(ctx.db, dst, e, e.expire_ms)  # a chunked string keeps its chunks
     return 1 if nx else OK
 
 
@@ -178,9 +221,19 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
         raise CommandError("NX and XX, GT or LT options at the same time are not compatible")
     if gt and lt:
         raise CommandError("GT and LT options at the same time are not compatible")
-    when = n * unit_ms + (0 if absolute else ctx.txn.now)
-    if not -MAX_EXPIRE_MS < when < MAX_EXPIRE_MS:
+    # Redis' checks, in its order (before the key is looked up): only a unit conversion or a
+    # base time that overflows 64 bits is an error; any other time is taken, a past one
+    # (even -2**63) deletes the key.
+    base = 0 if absolute else ctx.txn.now
+    if unit_ms == 1000:
+        if not -_MAX_SECONDS <= n <= _MAX_SECONDS:
+            raise CommandError(f"invalid expire time in '{name}' command")
+        n *= 1000
+    if n > INT64_MAX - base:
         raise CommandError(f"invalid expire time in '{name}' command")
+    # The engine keeps expiries up to the year 33658 (MAX_EXPIRE_MS): a later one is kept as
+    # that (Redis takes up to 2**63 - 1 ms), and compared as that by GT and LT.
+    when = min(n + base, MAX_EXPIRE_MS)
     e = ctx.txn.get(ctx.db, argv[1])
     if e is None:
         return 0
@@ -194,7 +247,7 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
     if when <= ctx.txn.now:
         ctx.txn.delete(ctx.db, argv[1])
     else:
-        ctx.txn.set(ctx.db, argv[1], e.value, when)
+        ctx.txn.set_entry(ctx.db, argv[1], e, when)
     return 1
 
 
@@ -262,14 +315,15 @@ def persist(ctx: Context, argv: list[bytes]) -> Any:
     e = ctx.txn.get(ctx.db, argv[1])
     if e is None or not e.expire_ms:
         return 0
-    ctx.txn.set(ctx.db, argv[1], e.value, 0)
+    ctx.txn.set_entry(ctx.db, argv[1], e, 0)
     return 1
 
 
 @command("dbsize", 1, "readonly fast", "keyspace read fast")
 def dbsize(ctx: Context, argv: list[bytes]) -> Any:
-    """DBSIZE -> keys in the selected database (counted: O(n))"""
-    return sum(1 for _ in ctx.txn.scan(ctx.db))
+    """DBSIZE -> keys in the selected database: O(1), from its count record (expired keys
+    the sweeper has not deleted yet count, as in Redis)"""
+    return ctx.txn.key_count(ctx.db)
 
 
 def _flush_mode(argv: list[bytes]) -> None:

@@ -85,16 +85,17 @@ def krange(ctx: Context, argv: list[bytes]) -> Any:
         else:
             raise CommandError(SYNTAX)
     bounds = scan_bounds(argv[1], argv[2])
-    out: list[bytes] = []
     if limit == 0 or bounds is None:
-        return out
+        return []
     lo, hi = bounds
+    out = ctx.array()  # charged to the output limit pair by pair
     for key, entry in ctx.txn.scan(ctx.db, lo, hi, reverse=reverse):
-        out.append(key)
-        out.append(entry.value)
-        if len(out) >= 2 * limit:
+        out.add(key)
+        if not out.add(entry.value):
+            return ctx.overflow()
+        if out.count >= 2 * limit:
             break
-    return out
+    return out.done()
 
 
 @command("kdelrange", -3, "write", "write keyspace slow")

@@ -3,6 +3,8 @@ STRLEN INCR INCRBY DECR DECRBY INCRBYFLOAT GETRANGE SETRANGE.
 
 Replies and error messages are Redis 7's. Each command runs as one keyspace transaction on
 the event loop, so its read and its write are atomic with respect to every other client.
+Strings longer than 64 KiB are chunked (:mod:`shaledb.server.keyspace`): APPEND, SETRANGE,
+GETRANGE and STRLEN touch only the chunks they need, GETEX only the header.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import math
 from typing import Any
 
 from ..errors import CommandError
-from ..keyspace import MAX_EXPIRE_MS
+from ..keyspace import MAX_EXPIRE_MS, Entry
 from ..protocol import OK
 from . import (
     INT64_MAX,
     INT64_MIN,
+    NOT_INTEGER,
     SYNTAX,
     CommandFamily,
     Context,
@@ -28,22 +31,28 @@ from . import (
 FAMILY = CommandFamily()
 command = FAMILY.command
 
+#: parse_float's error (Redis' for a string that is no double).
+NOT_FLOAT = "value is not a valid float"
+
 _W = "write denyoom"
 _R = "readonly fast"
 
 
 def expire_at(ctx: Context, unit: bytes, arg: bytes, command_name: str) -> int:
-    """The absolute expiry in ms for an EX/PX/EXAT/PXAT option value."""
+    """The absolute expiry in ms for an EX/PX/EXAT/PXAT option value, with Redis' checks:
+    positive, and no 64-bit overflow converting seconds or adding the time now. The engine
+    keeps expiries up to the year 33658 (MAX_EXPIRE_MS): a later one is kept as that."""
     n = parse_int(arg)
-    if n <= 0:
-        raise CommandError(f"invalid expire time in '{command_name}' command")
     unit = unit.upper()
-    ms = n * 1000 if unit in (b"EX", b"EXAT") else n
+    seconds = unit in (b"EX", b"EXAT")
+    if n <= 0 or (seconds and n > INT64_MAX // 1000):
+        raise CommandError(f"invalid expire time in '{command_name}' command")
+    ms = n * 1000 if seconds else n
     if unit in (b"EX", b"PX"):
         ms += ctx.txn.now
-    if ms > MAX_EXPIRE_MS:
+    if ms > INT64_MAX:
         raise CommandError(f"invalid expire time in '{command_name}' command")
-    return ms
+    return min(ms, MAX_EXPIRE_MS)
 
 
 def check_size(ctx: Context, size: int) -> None:
@@ -123,13 +132,14 @@ def psetex(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("mget", -2, _R, "read string fast", (1, -1, 1))
 def mget(ctx: Context, argv: list[bytes]) -> Any:
-    """MGET key [key ...]"""
+    """MGET key [key ...] (the reply is charged to the output limit value by value)"""
     txn, db = ctx.txn, ctx.db
-    out: list[Any] = []
+    out = ctx.array()
     for key in argv[1:]:
         e = txn.get(db, key)
-        out.append(None if e is None else e.value)
-    return out
+        if not out.add(None if e is None else e.value):
+            return ctx.overflow()
+    return out.done()
 
 
 @command("mset", -3, _W, "write string slow", (1, -1, 2))
@@ -192,36 +202,41 @@ def getex(ctx: Context, argv: list[bytes]) -> Any:
     e = ctx.txn.get(ctx.db, argv[1])
     if e is None:
         return None
+    value = e.value
     if expire is not None:
-        ctx.txn.set(ctx.db, argv[1], e.value, expire)
+        ctx.txn.set_entry(ctx.db, argv[1], e, expire)
     elif persist and e.expire_ms:
-        ctx.txn.set(ctx.db, argv[1], e.value, 0)
-    return e.value
+        ctx.txn.set_entry(ctx.db, argv[1], e, 0)
+    return value
 
 
 @command("append", 3, _W + " fast", "write string fast", (1, 1, 1))
 def append(ctx: Context, argv: list[bytes]) -> Any:
     """APPEND key value -> the new length"""
     e = ctx.txn.get(ctx.db, argv[1])
-    if e is None:
-        ctx.txn.set(ctx.db, argv[1], argv[2])
-        return len(argv[2])
-    check_size(ctx, len(e.value) + len(argv[2]))
-    value = e.value + argv[2]
-    ctx.txn.set(ctx.db, argv[1], value, e.expire_ms)
-    return len(value)
+    if e is not None:
+        check_size(ctx, e.length + len(argv[2]))
+    return ctx.txn.append(ctx.db, argv[1], e, argv[2])
 
 
 @command("strlen", 2, _R, "read string fast", (1, 1, 1))
 def strlen(ctx: Context, argv: list[bytes]) -> Any:
     """STRLEN key"""
     e = ctx.txn.get(ctx.db, argv[1])
-    return 0 if e is None else len(e.value)
+    return 0 if e is None else e.length
+
+
+def _number_text(e: Entry, error: str) -> bytes:
+    """The bytes of a string INCR* parses: a chunked one (over 64 KiB) is no number, and is
+    not read to find that out."""
+    if e.chunks is not None:
+        raise CommandError(error)
+    return e.value
 
 
 def _incr(ctx: Context, key: bytes, delta: int) -> int:
     e = ctx.txn.get(ctx.db, key)
-    current = 0 if e is None else parse_int(e.value)
+    current = 0 if e is None else parse_int(_number_text(e, NOT_INTEGER))
     new = current + delta
     if not INT64_MIN <= new <= INT64_MAX:
         raise CommandError("increment or decrement would overflow")
@@ -270,7 +285,7 @@ def incrbyfloat(ctx: Context, argv: list[bytes]) -> Any:
     """INCRBYFLOAT key increment -> the new value as a bulk string"""
     delta = parse_float(argv[2])
     e = ctx.txn.get(ctx.db, argv[1])
-    current = 0.0 if e is None else parse_float(e.value)
+    current = 0.0 if e is None else parse_float(_number_text(e, NOT_FLOAT))
     new = current + delta
     if math.isinf(new) or math.isnan(new) or math.isinf(delta):
         raise CommandError("increment would produce NaN or Infinity")
@@ -284,8 +299,7 @@ def getrange(ctx: Context, argv: list[bytes]) -> Any:
     """GETRANGE key start end (inclusive, negative counts from the end)"""
     start, end = parse_int(argv[2]), parse_int(argv[3])
     e = ctx.txn.get(ctx.db, argv[1])
-    value = b"" if e is None else e.value
-    n = len(value)
+    n = 0 if e is None else e.length
     if start < 0 and end < 0 and start > end:
         return b""
     if start < 0:
@@ -293,9 +307,9 @@ def getrange(ctx: Context, argv: list[bytes]) -> Any:
     if end < 0:
         end = max(n + end, 0)
     end = min(end, n - 1)
-    if n == 0 or start > end:
+    if e is None or n == 0 or start > end:
         return b""
-    return value[start:end + 1]
+    return e.read(start, end + 1)
 
 
 @command("setrange", 4, _W, "write string slow", (1, 1, 1))
@@ -306,12 +320,7 @@ def setrange(ctx: Context, argv: list[bytes]) -> Any:
         raise CommandError("offset is out of range")
     patch = argv[3]
     e = ctx.txn.get(ctx.db, argv[1])
-    value = b"" if e is None else e.value
     if not patch:
-        return len(value)
+        return 0 if e is None else e.length
     check_size(ctx, offset + len(patch))
-    if len(value) < offset:
-        value += b"\x00" * (offset - len(value))
-    value = value[:offset] + patch + value[offset + len(patch):]
-    ctx.txn.set(ctx.db, argv[1], value, 0 if e is None else e.expire_ms)
-    return len(value)
+    return ctx.txn.setrange(ctx.db, argv[1], e, offset, patch)
