@@ -122,3 +122,57 @@ def test_in_process_server_opens_the_database_with_the_configured_key(tmp_path) 
     finally:
         st.stop()
     assert not any(b"plaintext-never-on-disk" in f for f in _files(data))
+
+
+def test_a_write_refused_for_lack_of_descriptors_can_be_retried_when_encrypted(tmp_path
+                                                                             ) -> None:
+    # A write seals its WAL record (the nonce is the offset where it will start), then
+    # reserves the map it needs; an EMFILE there answers -TRYAGAIN with nothing written. The
+    # retry seals a record for the same offset again, which the cipher's nonce guard refused
+    # (AssertionError): once one map growth met EMFILE, every later write of the segment
+    # failed, as ERR, until a restart. The discarded record never reached the file, so
+    # sealing that offset again reuses no nonce in anything written.
+    import errno
+
+    import shaledb
+    from shaledb.engine.vfs import _storage_error
+    from shaledb.testing import FaultInjectionFS
+
+    class Fs(FaultInjectionFS):
+        fail_grows = 0
+
+        def _map_grow(self, f, fd, needed):  # type: ignore[no-untyped-def]
+            if self.fail_grows and f.path.endswith(".log") and f.size > 0:
+                self.fail_grows -= 1  # a live segment's next MiB: no descriptor for the map
+                raise _storage_error("write", f.path, OSError(errno.EMFILE, "no fd"))
+            super()._map_grow(f, fd, needed)
+
+    path = str(tmp_path / "db")
+    fs = Fs()
+    db = shaledb.open(path, fs=fs, encryption_key=KEY, memtable_size=8 << 20)
+    st = ServerThread(ServerConfig(port=0, host=HOST, dir=path, metrics_port=None), db)
+    written: list[bytes] = []
+    try:
+        c = st.client()
+        fs.fail_grows = 1
+        refused = []
+        for i in range(3000):  # 3 MB: the segment's map grows past its first MiB
+            key = b"secret-key-%05d" % i
+            try:
+                assert c.set(key, b"secret-value-" + b"z" * 1000)
+                written.append(key)
+            except redis.ResponseError as exc:  # TryAgainError: -TRYAGAIN
+                refused.append(f"{type(exc).__name__}: {exc}")
+        assert fs.fail_grows == 0, "the map never grew"
+        assert len(refused) == 1, refused[:3]
+        assert refused[0].startswith("TryAgainError: the server is out of file descriptors"), \
+            refused
+        stats = st.call(db.stats)
+        assert stats["read_only"] is False and stats["descriptor_shortages"] == 1
+        assert c.get(written[-1]).startswith(b"secret-value-")
+    finally:
+        st.stop()
+        db.close()
+    assert not any(b"secret-key" in f or b"secret-value" in f for f in _files(tmp_path / "db"))
+    with shaledb.open(path, encryption_key=KEY) as again:  # every acknowledged write is back
+        assert all(again.get(b"\x00" + k) is not None for k in written)

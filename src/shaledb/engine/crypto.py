@@ -251,6 +251,16 @@ class FileCipher:
         sealed: bytes = self._encrypt(nonce, plain, None)
         return sealed
 
+    def discard(self, offset: int) -> None:
+        """The bytes last sealed, for ``offset``, were dropped before any of them was written
+        (the write that framed them failed first: no descriptor for the map): that offset
+        may be sealed again. Only ciphertext that reaches the file counts as a nonce's use,
+        and at most one record sealed for an offset ever does."""
+        if offset != self._next - 1:
+            raise AssertionError(f"discarding offset {offset} of file {self.number}, but the "
+                                 f"last one sealed was {self._next - 1} (a bug)")
+        self._next = offset
+
     def open_record(self, sealed: bytes | bytearray | memoryview, offset: int) -> bytes:
         """The plain payload of what :meth:`seal_record` made (:class:`Unauthentic` when it
         was changed or moved)."""

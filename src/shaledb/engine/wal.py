@@ -92,7 +92,14 @@ class WriteAheadLog:
         """Make room for a record of ``nbytes`` and the sync mark that may follow it, so that
         appending them maps nothing new. Raises before anything is written (an EMFILE from
         the map is then harmless: DescriptorsExhaustedError, the write may be retried)."""
-        self._file.reserve(nbytes + SYNC_MARK_SIZE)
+        try:
+            self._file.reserve(nbytes + SYNC_MARK_SIZE)
+        except BaseException:
+            if self._writer.cipher is not None:
+                # The record sealed for this offset is dropped unwritten; the retry seals its
+                # write group for the same offset again (the nonce guard would refuse it).
+                self._writer.cipher.discard(self._file.size)
+            raise
 
     def append_framed(self, record: bytes) -> int:
         """Append a record :meth:`frame` made; returns its size in bytes."""
