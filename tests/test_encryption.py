@@ -738,10 +738,9 @@ def test_a_write_group_too_large_for_a_record_is_refused_before_sealing(tmp_path
     """InvalidArgument before anything is sealed or written (records limited to 4 KiB here):
     the database stays writable, and the next record seals at the same offset for the first
     time."""
-    from shaledb.engine import logfile, wal
+    from shaledb.engine import logfile
 
-    monkeypatch.setattr(logfile, "MAX_RECORD", 4096)
-    monkeypatch.setattr(wal, "MAX_RECORD", 4096)
+    monkeypatch.setattr(logfile, "MAX_RECORD", 4096)  # the WAL's framer reads it at creation
     path = tmp_path / "db"
     with shaledb.open(path, encryption_key=KEY) as db:
         db.put(b"a", b"1")
@@ -751,3 +750,38 @@ def test_a_write_group_too_large_for_a_record_is_refused_before_sealing(tmp_path
         assert db.stats()["background_error"] is None
     with shaledb.open(path, encryption_key=KEY) as db:
         assert dict(db.range()) == {b"a": b"1", b"b": b"2"}
+
+
+def test_the_wals_sealed_framer_frames_exactly_as_the_log_writer(tmp_path) -> None:
+    """``LogWriter.sealed_framer`` (the WAL's per-write path) makes the same bytes as
+    ``LogWriter.frame``: two writers of one file key (same salt), records of several sizes
+    (empty, small, a write group of 70 KB), after syncs that change the ``synced`` claim;
+    the independent reader decrypts them all."""
+    from shaledb.engine.logfile import LogWriter
+    from shaledb.engine.vfs import default_fs
+
+    ring, raw = crypto.new_keyring(crypto.MasterKey(KEY))
+    first = ring.writer(crypto.WAL_FILE, 9)
+    second = ring.reader(crypto.WAL_FILE, 9, first.key_id, first.salt)
+    fs = default_fs()
+    a = LogWriter(fs.create_mapped(str(tmp_path / "a")), 9, cipher=first)
+    b = LogWriter(fs.create_mapped(str(tmp_path / "b")), 9, cipher=second)
+    framer = b.sealed_framer()
+    rng = random.Random(5)
+    payloads = [rng.randbytes(size) for size in (0, 1, 100, 70_000, 37, 0, 4096)]
+    try:
+        for payload in payloads:
+            x, y = a.frame(payload), framer(payload)
+            assert x == y
+            a.file.append(x)
+            b.file.append(y)
+            if len(payload) % 2:
+                a.sync()
+                b.sync()
+    finally:
+        a.close()
+        b.close()
+    data = (tmp_path / "b").read_bytes()
+    assert (tmp_path / "a").read_bytes() == data
+    log = fr.read_log(data, 9, fr.read_keyring(raw, KEY))
+    assert log.payloads == payloads and log.damage is None

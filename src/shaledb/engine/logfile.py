@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import crc32c as _crc32c
 
@@ -156,6 +156,27 @@ class LogWriter:
                 raise _too_large(len(payload) + TAG_SIZE)
             payload = self.cipher.seal_record(payload, self.file.size)
         return encode_record_v2(payload, self.salt, self.synced if synced is None else synced)
+
+    def sealed_framer(self) -> Callable[[bytes], bytes]:
+        """:meth:`frame` of an encrypted log, with the default ``synced``, as one closure:
+        the same bytes for the WAL's write path (one call per write group) with a third
+        less Python work (the salt's CRC is computed once, no method or property lookups).
+        Like :meth:`frame`, it seals the record for the offset where the file ends now."""
+        cipher = self.cipher
+        assert cipher is not None, "sealed_framer of a plain log"
+        seal, file, salt_crc = cipher.seal_record, self.file, crc32c(self.salt)
+        limit, pack, join = MAX_RECORD - TAG_SIZE, _TYPE_LEN_SYNCED.pack, b"".join
+
+        def frame(payload: bytes) -> bytes:
+            if len(payload) > limit:
+                raise _too_large(len(payload) + TAG_SIZE)  # nothing sealed
+            sealed = seal(payload, file.size)
+            head = pack(RECORD_FULL, len(sealed), self.synced)
+            hcrc = crc32c(head, salt_crc)  # = crc32c(salt + head), as encode_record_v2
+            return join((MAGIC, head, hcrc.to_bytes(4, "little"),
+                         crc32c(sealed, hcrc).to_bytes(4, "little"), sealed))
+
+        return frame
 
     @property
     def size(self) -> int:

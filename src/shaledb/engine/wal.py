@@ -25,9 +25,9 @@ from typing import Any
 
 from ..errors import CorruptionError
 from .batch import decode_batch
-from .crypto import TAG_SIZE, WAL_FILE, Keyring
+from .crypto import WAL_FILE, Keyring
 from .filenames import log_name
-from .logfile import HEADER_SIZE, MAX_RECORD, LogScan, LogWriter, encode_record_v2, scan_log
+from .logfile import HEADER_SIZE, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
 #: Bytes of a sync mark (an empty format-2 record), reserved behind each record.
@@ -57,8 +57,9 @@ class WriteAheadLog:
             raise
         self._file = self._writer.file
         self._salt = self._writer.salt
-        # The sealing of one record, bound once: it runs on every write (the hot path).
-        self._seal = None if self._writer.cipher is None else self._writer.cipher.seal_record
+        # Sealing and framing of one record, bound once: it runs on every write (hot path).
+        self._frame_sealed = (None if self._writer.cipher is None
+                              else self._writer.sealed_framer())
         self._sync_lock = threading.Lock()
         self.syncs = 0
         #: A seal was written: nothing may be appended any more.
@@ -82,10 +83,8 @@ class WriteAheadLog:
         """``payload`` framed (and sealed, when encrypted, for the offset where the file ends
         now) as this segment's next record (InvalidArgument when too large; nothing is
         written). Only the write-group leader calls it, and appends the record right after."""
-        if self._seal is not None:
-            if len(payload) > MAX_RECORD - TAG_SIZE:
-                return self._writer.frame(payload)  # refuses it, sealing nothing
-            payload = self._seal(payload, self._file.size)
+        if self._frame_sealed is not None:
+            return self._frame_sealed(payload)
         return encode_record_v2(payload, self._salt, self._writer.synced)
 
     def reserve(self, nbytes: int) -> None:
