@@ -372,6 +372,42 @@ def test_a_flipped_bit_in_a_table_block_is_detected(tmp_path, fix_crc) -> None:
     assert kinds == {"authentication" if fix_crc else "checksum"}, report.problems
 
 
+def test_reads_authenticate_blocks_and_read_the_crc_only_to_name_a_failure(tmp_path) -> None:
+    """Reads of an encrypted table skip the block CRC (the GCM tag covers every stored byte)
+    and check it only when authentication fails, to say which it was: damage (checksum
+    mismatch) or a change made with the CRC recomputed (authentication). A block whose CRC
+    field alone is damaged still authenticates: reads return its data, verify reports the
+    checksum."""
+    path = tmp_path / "db"
+    model = _encrypted_db(path)
+    table = sorted(path.glob("*.sst"))[0]
+    original = table.read_bytes()
+    off, size = _table_blocks(path, table)[1]
+
+    def first_error() -> str:
+        with shaledb.open(path, encryption_key=KEY, read_only=True) as db:
+            try:
+                for k, v in model.items():
+                    assert db.get(k) == v
+            except CorruptionError as exc:
+                return str(exc)
+        return ""
+
+    data = bytearray(original)
+    data[off + 3] ^= 0x01  # damage: the CRC no longer matches
+    table.write_bytes(bytes(data))
+    assert f"checksum mismatch in block at offset {off}" in first_error()
+    _rewrite_block(data, off, size, bytes(data[off:off + size]))  # tampering: CRC recomputed
+    table.write_bytes(bytes(data))
+    assert f"block at offset {off} fails authentication" in first_error()
+    data = bytearray(original)
+    data[off + size + 2] ^= 0x01  # the CRC field alone
+    table.write_bytes(bytes(data))
+    assert first_error() == ""
+    report = shaledb.verify(str(path), encryption_key=KEY)
+    assert {p.kind.value for p in report.damage} == {"checksum"}, report.problems
+
+
 @pytest.mark.parametrize("what", ["within-table", "across-tables", "role"])
 def test_a_block_moved_is_detected(tmp_path, what) -> None:
     """Equal-sized sealed blocks swapped inside a table, moved into another table at the same

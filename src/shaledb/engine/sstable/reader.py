@@ -142,7 +142,8 @@ class TableReader:
         raw = self._file.pread(size + TRAILER_SIZE, offset)
         if len(raw) != size + TRAILER_SIZE:
             raise CorruptionError(f"table {self.path!r}: block at {offset} is cut short")
-        return decode_block(raw, self.path, offset, self._cipher, kind)
+        # Encrypted: the tag authenticates the block, the CRC is read only if it does not.
+        return decode_block(raw, self.path, offset, self._cipher, kind, check_crc=False)
 
     def _block(self, i: int, fill_cache: bool = True) -> Block:
         cache = self._cache
