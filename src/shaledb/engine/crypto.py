@@ -29,7 +29,10 @@ Why a (key, nonce) pair never repeats: a file key belongs to one file (a fresh r
 per file, and its number and kind in the derivation), a file is written once, front to back,
 by one writer, and never reopened for appending (recovery copies records into a *new* WAL
 segment, compaction writes new tables), and within a file no two records or blocks start at
-the same offset. :class:`FileCipher` enforces the last point: a writer's offsets must grow.
+the same offset. :class:`FileCipher` enforces the last point: a writer's offsets must grow
+(except after :meth:`FileCipher.discard`: a WAL record sealed for a write that failed before
+any byte of it was written may be sealed again; only one ciphertext per offset reaches the
+file).
 
 Key material: keys are held in ``bytearray`` objects that :meth:`close` zeroes. What Python
 cannot promise (docs/security.md): the ``cryptography`` objects (AESGCM, HKDF) keep their own
