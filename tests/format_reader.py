@@ -66,7 +66,7 @@ def read_current(raw: bytes) -> tuple[str, bool]:
 
 
 def read_options(raw: bytes) -> dict[str, Any]:
-    """The OPTIONS object; for format 3 its last line is ``crc32c`` and the CRC32C of every
+    """The OPTIONS object; for formats 3 and 4 its last line is ``crc32c`` and the CRC32C of every
     byte before that line."""
     body = raw
     crc_line = None
@@ -82,14 +82,16 @@ def read_options(raw: bytes) -> dict[str, Any]:
     if not isinstance(info, dict) or not isinstance(info.get("format_version"), int):
         raise FormatError("OPTIONS has no format_version")
     version = info["format_version"]
-    if version > 3:
+    if version > 4:
         raise NewerFormatError(f"OPTIONS format_version {version}")
-    if version == 3:
+    if version >= 3:
         if crc_line is None:
-            raise FormatError("OPTIONS of format 3 lacks its checksum line")
+            raise FormatError(f"OPTIONS of format {version} lacks its checksum line")
         if body != (json.dumps(info, indent=2, sort_keys=True) + "\n").encode():
             raise FormatError("OPTIONS is not laid out as json.dumps(indent=2, sort_keys)")
-        for key in ("table_format_version", "log_format_version", "created_by", "options"):
+        keys = ["table_format_version", "log_format_version", "created_by", "options",
+                "log_format_2_from"] + (["wal_async_seal_from"] if version >= 4 else [])
+        for key in keys:
             if key not in info:
                 raise FormatError(f"OPTIONS lacks {key}")
     return info

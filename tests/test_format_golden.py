@@ -2,8 +2,10 @@
 byte for byte, and the golden files of older formats still read (docs/format.md, "How the
 contract is held").
 
-tests/data/format_v3 is written by scripts/make_golden.py (fixed keys, values, clock, salts and
+tests/data/format_v4 is written by scripts/make_golden.py (fixed keys, values, clock, salts and
 table creation time); VERSIONS.json next to it records the format versions it was made with.
+tests/data/format_v3 was written the same way by the code before database format 4 (which
+changed when a WAL segment is sealed, and adds a sync mark after a memtable switch).
 tests/data/format_v2 was written by commit 884e496 (database format 2: format-2 tables,
 log format 1, one-line CURRENT, OPTIONS without a checksum); see its README.md.
 """
@@ -96,7 +98,8 @@ def test_golden_database_covers_the_format() -> None:
     """The golden files exercise what they are meant to pin (so that a change to the script
     that loses coverage fails here rather than silently)."""
     rd = fr.read_database(str(GOLDEN))
-    assert rd.current_checksummed and rd.options["format_version"] == 3
+    assert rd.current_checksummed
+    assert rd.options["format_version"] == CURRENT_VERSIONS["database_format"]
     assert {m.level for m in rd.manifest.tables.values()} == {0, 1}
     assert sum(m.level == 1 for m in rd.manifest.tables.values()) >= 2
     assert {t.version for t in rd.tables.values()} == {CURRENT_VERSIONS["table_format"]}
@@ -238,7 +241,7 @@ def test_reads_and_upgrades_a_format_v2_database(tmp_path, which) -> None:
     state[b"after the upgrade"] = (b"new", 0)
     after = _snapshot(path)
     options = fr.read_options(after["OPTIONS"])  # checks its checksum
-    assert options["format_version"] == 3
+    assert options["format_version"] == CURRENT_VERSIONS["database_format"]
     assert options["table_format_version"] == 2 and options["log_format_version"] == 2
     name, checksummed = fr.read_current(after["CURRENT"])
     assert checksummed and fr.read_log(after[name]).version == 2
@@ -255,3 +258,29 @@ def test_reads_and_upgrades_a_format_v2_database(tmp_path, which) -> None:
         db.compact_range()
         _check_content(db, state, later)
     assert {t.version for t in fr.read_database(str(path)).tables.values()} == {2}
+
+
+# -- database format 3 ---------------------------------------------------------------------
+
+def test_reads_and_upgrades_a_format_v3_database(tmp_path) -> None:
+    """The golden files of database format 3 (written before the WAL seal moved to the flush
+    thread): read as they are, read-only without a byte changed; a writable open upgrades
+    OPTIONS to format 4, keeps ``log_format_2_from`` and starts ``wal_async_seal_from`` past
+    every existing file, so the segments format 3 wrote keep the stricter recovery rule."""
+    path = _copy(DATA / "format_v3", tmp_path / "db")
+    state = mg.model(mg.steps())
+    before = _snapshot(path)
+    assert json.loads(before["OPTIONS"].split(b"\ncrc32c")[0])["format_version"] == 3
+    with shaledb.open(path, clock=lambda: NOW, read_only=True) as db:
+        _check_content(db, state, NOW)
+    assert _snapshot(path) == before
+    numbers = [int(n.split(".")[0].split("-")[-1]) for n in before if n[0] in "0M"]
+    with shaledb.open(path, clock=lambda: NOW) as db:
+        _check_content(db, state, NOW)
+        db.put(b"after the upgrade", b"new", sync=True)
+    state[b"after the upgrade"] = (b"new", 0)
+    options = fr.read_options(_snapshot(path)["OPTIONS"])
+    assert options["format_version"] == 4 and options["log_format_2_from"] == 0
+    assert options["wal_async_seal_from"] > max(numbers)
+    with shaledb.open(path, clock=lambda: NOW, read_only=True) as db:
+        _check_content(db, state, NOW)

@@ -143,7 +143,7 @@ def test_independent_reader_reads_what_the_engine_writes(tmp_path) -> None:
     seg = rd.wal[max(rd.wal)]
     assert seg.zero_tail == 0 and seg.records[-1].type == fr.SEAL
     assert seg.records[-1].synced == seg.records[-1].offset
-    assert rd.current_checksummed and rd.options["format_version"] == 3
+    assert rd.current_checksummed and rd.options["format_version"] == 4
     assert rd.manifest_log.version == 2 and rd.manifest_log.records[-1].type == fr.SYNC
 
 
@@ -158,7 +158,7 @@ def _load_make_golden():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name,now", [("format_v1", 1_000_000.0),
                                       ("format_v2/clean", None), ("format_v2/crashed", None),
-                                      ("format_v3", None)])
+                                      ("format_v3", None), ("format_v4", None)])
 def test_independent_reader_reads_every_committed_format(tmp_path, name, now) -> None:
     """The document describes the older formats too: the reader reads each committed
     fixture to the state the engine returns for it."""
@@ -170,7 +170,8 @@ def test_independent_reader_reads_every_committed_format(tmp_path, name, now) ->
         assert rd.state(int(now * 1000)) == _engine_state(db)
     versions = {t.version for t in rd.tables.values()}
     assert versions == ({1} if name == "format_v1" else {2})
-    assert {log.version for log in rd.wal.values()} <= ({2} if name == "format_v3" else {1})
+    assert {log.version for log in rd.wal.values()} <= (
+        {2} if name in ("format_v3", "format_v4") else {1})
 
 
 def test_reader_refuses_what_the_document_does_not_describe(tmp_path) -> None:

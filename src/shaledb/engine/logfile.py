@@ -175,7 +175,7 @@ class LogScan:
     """What reading a whole log found."""
 
     __slots__ = ("version", "number", "records", "offsets", "good_end", "end", "sealed",
-                 "damage")
+                 "vouches_prior", "damage")
 
     def __init__(self, version: int, number: int | None) -> None:
         self.version = version
@@ -185,6 +185,10 @@ class LogScan:
         self.good_end = 0  # offset just past the last good record (or the file header)
         self.end = 0  # offset past the last non-zero byte of the file
         self.sealed = False  # a seal record was read before any damage
+        #: A valid record says this file was fsynced past its header (a ``synced`` claim, a
+        #: sync mark, a seal). A WAL segment is fsynced only after the one before it is
+        #: sealed, so this vouches for every older segment as a whole.
+        self.vouches_prior = False
         self.damage: Damage | None = None
 
     @property
@@ -300,16 +304,22 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
     n = len(data)
     records = scan.records
     offsets = scan.offsets
+    synced_max = 0
     while pos < n:
-        end, rtype, _ = _record_at(data, pos, salt)
+        end, rtype, synced = _record_at(data, pos, salt)
         if end < 0:
             break
         if rtype == RECORD_FULL:
             records.append(data[pos + HEADER_SIZE:end])
             offsets.append(pos)
-        elif rtype == RECORD_SEAL:
-            scan.sealed = True
+            synced_max = max(synced_max, synced)
+        else:  # a seal or a sync mark: written only after an fsync
+            scan.vouches_prior = True
+            if rtype == RECORD_SEAL:
+                scan.sealed = True
         pos = end
+    if synced_max > FILE_HEADER_SIZE:
+        scan.vouches_prior = True
     scan.good_end = pos
     scan.end = _nonzero_end(data, pos)
     if scan.end == pos:
@@ -327,6 +337,8 @@ def _scan_v2(data: bytes, path: str) -> LogScan:
         if end >= 0:
             if resumes_at is None:
                 resumes_at = search
+            if rtype != RECORD_FULL or synced > FILE_HEADER_SIZE:
+                scan.vouches_prior = True
             if synced > pos:  # a record, mark or seal written after ``pos`` was durable
                 vouched = True
                 break

@@ -3,10 +3,13 @@ the database was opened with then (JSON), followed by a checksum line since data
 
 Database format versions (docs/format.md): 1 and 2 differ in their tables (a table carries its
 own version in its footer); 3 adds the log file header, salted records with a sync watermark,
-sync marks and seals (WAL and MANIFEST), the checksums of CURRENT and OPTIONS, and ``lost/``.
+sync marks and seals (WAL and MANIFEST), the checksums of CURRENT and OPTIONS, and ``lost/``;
+4 seals a WAL segment after the next one started (``wal_async_seal_from``: from that file number
+on, a segment's predecessor may be unsealed after a crash; a sync mark in a segment says that
+its predecessors were sealed).
 A ShaleDB refuses a database whose version is newer than :data:`DB_FORMAT_VERSION`.
 
-Layout (format 3): the JSON object as ``json.dumps(info, indent=2, sort_keys=True)``, a
+Layout (formats 3 and 4): the JSON object as ``json.dumps(info, indent=2, sort_keys=True)``, a
 newline, then the line ``crc32c XXXXXXXX`` (the CRC32C of every byte before that line, as 8
 lowercase hex digits) and a newline. The checksum covers the bytes as they are, so a reader
 in any language checks it before parsing.
@@ -21,20 +24,24 @@ from ..errors import CorruptionError, IncompatibleFormatError
 from .logfile import LOG_VERSION, crc32c
 from .sstable import FORMAT_VERSION as TABLE_FORMAT_VERSION
 
-DB_FORMAT_VERSION = 3
+DB_FORMAT_VERSION = 4
 
 _CRC_PREFIX = b"crc32c "
 
 
-def encode_options(created_by: str, options: dict[str, Any], log_format_2_from: int) -> bytes:
+def encode_options(created_by: str, options: dict[str, Any], log_format_2_from: int,
+                   wal_async_seal_from: int) -> bytes:
     """The content of a new OPTIONS file. ``log_format_2_from``: the first file number that
-    may be a log of format 2 (0 for a database created in format 3; the next file number when
-    an older database is upgraded): every WAL segment and MANIFEST numbered from it has a
-    format-2 header, so one that does not start with a valid header is damaged."""
+    may be a log of format 2 (0 for a database created in format 3 or later; the next file
+    number when an older database is upgraded): every WAL segment and MANIFEST numbered from
+    it has a format-2 header, so one that does not start with a valid header is damaged.
+    ``wal_async_seal_from``: the first WAL segment number written by format 4 (0, or the next
+    file number at an upgrade), whose predecessor may have been left unsealed by a crash."""
     info: dict[str, Any] = {"format_version": DB_FORMAT_VERSION,
                             "table_format_version": TABLE_FORMAT_VERSION,
                             "log_format_version": LOG_VERSION,
                             "log_format_2_from": log_format_2_from,
+                            "wal_async_seal_from": wal_async_seal_from,
                             "created_by": created_by, "options": options}
     body = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     return body + b"%s%08x\n" % (_CRC_PREFIX, crc32c(body))
@@ -69,9 +76,10 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
     if version >= 3:
         if not checked:
             raise _damaged(dirpath, "its checksum line is missing")
-        since = info.get("log_format_2_from")
-        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-            raise _damaged(dirpath, "log_format_2_from is missing or not a file number")
+        for key in ("log_format_2_from", "wal_async_seal_from")[:1 + (version >= 4)]:
+            since = info.get(key)
+            if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+                raise _damaged(dirpath, f"{key} is missing or not a file number")
         for key, known in (("table_format_version", TABLE_FORMAT_VERSION),
                            ("log_format_version", LOG_VERSION)):
             part = info.get(key)
@@ -99,6 +107,17 @@ def log_format_2_from(info: dict[str, Any] | None) -> int | None:
     return NO_FORMAT_2_LOGS if int(info.get("format_version", 0)) < 3 else None
 
 
+def wal_async_seal_from(info: dict[str, Any] | None) -> int | None:
+    """From decoded OPTIONS: the first WAL segment number whose predecessor may be unsealed
+    after a crash (:data:`NO_FORMAT_2_LOGS`, never, before format 4; None when unknown)."""
+    if info is None:
+        return None
+    if int(info.get("format_version", 0)) < 4:
+        return NO_FORMAT_2_LOGS
+    since = info.get("wal_async_seal_from")
+    return since if isinstance(since, int) and not isinstance(since, bool) else None
+
+
 def expected_log_format(since: int | None, number: int) -> int | None:
     """The log format of file ``number``, as far as OPTIONS tells (None: unknown)."""
     if since is None:
@@ -107,4 +126,4 @@ def expected_log_format(since: int | None, number: int) -> int | None:
 
 
 __all__ = ["DB_FORMAT_VERSION", "NO_FORMAT_2_LOGS", "decode_options", "encode_options",
-           "expected_log_format", "log_format_2_from"]
+           "expected_log_format", "log_format_2_from", "wal_async_seal_from"]
