@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,6 +318,43 @@ def test_idle_connections_cannot_starve_health_probes(server_factory) -> None:
             assert reply.startswith(b"HTTP/1.1 200 "), reply
         assert st.call(lambda: len(st.server.metrics._active)) <= MAX_CONNECTIONS  # bounded
         assert _read_all(idle[0]).startswith(b"HTTP/1.1 408 ")  # the oldest were dropped
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_probe_that_arrived_before_a_flood_is_not_evicted(server_factory) -> None:
+    # The hostile soak's /health probe got 408 once: the loop accepts a burst of connections
+    # before it reads any, so a probe whose request was already in its socket could be "the
+    # oldest connection still waiting for its head" when the flood behind it made room.
+    # Now a connection whose request has arrived is never the one evicted.
+    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+
+    st = server_factory(metrics_port=0, metrics_header_timeout=60)
+    port = st.server.metrics_port
+    assert st.loop is not None
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        _wait(lambda: st.call(lambda: len(st.server.metrics._idle)) == MAX_CONNECTIONS)
+        for _ in range(3):
+            blocked = threading.Event()
+
+            def block(ev: threading.Event = blocked) -> None:
+                ev.set()
+                time.sleep(0.5)  # the loop is busy (a slow command, a stall)
+
+            st.loop.call_soon_threadsafe(block)
+            assert blocked.wait(5)
+            probe = socket.create_connection(("127.0.0.1", port), timeout=10)
+            probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(MAX_CONNECTIONS + 4):  # the flood right behind it
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            reply = _read_all(probe)
+            probe.close()
+            assert reply.startswith(b"HTTP/1.1 200 "), reply
+        assert st.call(lambda: len(st.server.metrics._active)) <= MAX_CONNECTIONS
     finally:
         for s in idle:
             s.close()
