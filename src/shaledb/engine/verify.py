@@ -504,6 +504,28 @@ def read_async_seal_since(fs: FileSystem, path: str) -> int | None:
         return None
 
 
+def may_hold_torn_writes(fs: FileSystem, path: str, numbers: list[int], idx: int,
+                         log_since: int | None, async_since: int | None) -> bool:
+    """Whether WAL segment ``numbers[idx]`` (of the live ones, ascending) may hold writes a
+    crash tore: the newest one, or (format 4) an older one no later segment vouches for
+    (nothing in a later segment is fsynced before its predecessors are sealed). The open's
+    recovery judges the same way. ``async_since`` None (OPTIONS unreadable): the stricter
+    judgement of format 3."""
+    if idx == len(numbers) - 1:
+        return True
+    later = numbers[idx + 1:]
+    if async_since is None or later[0] < async_since:
+        return False
+    for n in later:
+        try:
+            data = fs.read_file(join(path, f"{n:06d}.log"))
+        except StorageError:
+            return False
+        if scan_log(data, expected_log_format(log_since, n)).vouches_prior:
+            return False
+    return True
+
+
 def log_format_of(since: int | None, name: str) -> int | None:
     """The log format of the WAL segment or manifest ``name`` (None: unknown)."""
     parsed = parse(name)
@@ -1122,22 +1144,8 @@ class Checker:
             f.close()
 
     def _may_be_torn(self, numbers: list[int], idx: int) -> bool:
-        """Whether segment ``numbers[idx]`` may hold writes a crash tore: the newest one, or
-        (format 4) an older one no later segment vouches for (nothing in a later segment is
-        fsynced before its predecessors are sealed). Same rule as the open's recovery."""
-        if idx == len(numbers) - 1:
-            return True
-        later = numbers[idx + 1:]
-        if self.async_since is None or later[0] < self.async_since:
-            return False
-        for n in later:
-            try:
-                data = self.fs.read_file(join(self.path, f"{n:06d}.log"))
-            except StorageError:
-                return False
-            if scan_log(data, expected_log_format(self.log_since, n)).vouches_prior:
-                return False
-        return True
+        return may_hold_torn_writes(self.fs, self.path, numbers, idx, self.log_since,
+                                    self.async_since)
 
     def _wal_gap(self, name: str, data: bytes, scan: LogScan, gap: tuple[int, int],
                  prev_end: int | None, next_first: int | None, may_be_torn: bool) -> None:
