@@ -164,6 +164,28 @@ def test_power_loss_before_the_old_segment_is_sealed(tmp_path: Path,
     assert not [p for p in report.problems if p.severity.name == "DAMAGE"], report.problems
 
 
+@pytest.mark.soak
+def test_power_loss_before_the_old_segment_is_sealed_many_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make soak: the same with 300 random crash models (sectors kept at random)."""
+    failures = []
+    for seed in range(100, 400):
+        sub = tmp_path / str(seed)
+        sub.mkdir()
+        path, models, durable = _power_loss_with_an_unsealed_segment(
+            sub, monkeypatch, random.Random(seed))
+        try:
+            with shaledb.open(path, **SMALL) as db:
+                state = scan(db)
+        except shaledb.ShaleError as exc:
+            failures.append((seed, repr(exc)))
+            continue
+        prefixes = [p for p, m in enumerate(models) if m == state]
+        if not prefixes or max(prefixes) < durable:
+            failures.append((seed, f"prefixes {prefixes[-3:]}, durable {durable}"))
+    assert not failures, failures
+
+
 def test_verify_before_the_open_calls_the_unsealed_tail_a_crash(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """verify of the crashed directory, before any open, judges like the open: the old
