@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -75,6 +76,8 @@ from .filenames import (
     log_name,
     manifest_name,
     parse,
+    parse_prepared,
+    prepared_log_name,
     table_file,
     table_name,
 )
@@ -164,6 +167,9 @@ class Engine:
         #: Segments replaced at memtable switches, not yet sealed and closed (the flush
         #: thread does it, off the writer's thread).
         self._retired_wals: list[WriteAheadLog] = []
+        #: The next WAL segment, prepared ahead (created, header fsynced) so that a memtable
+        #: switch does no I/O but a rename on the writer's thread (the server's event loop).
+        self._next_wal: WriteAheadLog | None = None
         self._last_seq = 0
         self._snapshots: Counter[int] = Counter()
         self._pinned: dict[int, Version] = {}
@@ -207,6 +213,8 @@ class Engine:
         self._async_seal_since = 0
         #: Payloads of the WAL records replayed into the memtable (copied at open).
         self._replayed: list[bytes] = []
+        #: Prepared WAL segments a crash left (removed once recovery saved what they hold).
+        self._stale_prepared: list[int] = []
         #: What the last open's WAL recovery replayed and cut (see stats()["wal_recovery"]).
         self._cuts: list[dict[str, Any]] = []
         self._recovery: dict[str, Any] = {"segments": 0, "records": 0, "cut": self._cuts}
@@ -272,6 +280,8 @@ class Engine:
         recovered = self._recover_wal()
         if not opts.read_only:
             self._save_lost()
+            for n in self._stale_prepared:
+                fs.remove(prepared_log_name(self.path, n))
             # The recovered writes go to new files (fsyncgate: the pages the WAL was read
             # from may never have reached the disk, and a later fsync of the same file would
             # not tell): the records still only in the memtable are copied into a new WAL
@@ -300,6 +310,7 @@ class Engine:
             v.write_new_manifest()
             self._pending_outputs.clear()  # the recovered tables are in the manifest now
             self._delete_obsolete_files()
+            self._prepare_wal()
             self._start_threads()
         self.recovery_seconds = time.perf_counter() - start
 
@@ -384,10 +395,15 @@ class Engine:
         memtable filled up (not yet in any manifest: orphans if this open fails)."""
         opts = self.options
         versions = self._versions
-        found = [p for p in map(parse, self.fs.listdir(self.path)) if p is not None]
+        names = self.fs.listdir(self.path)
+        found = [p for p in map(parse, names) if p is not None]
+        prepared = [n for n in map(parse_prepared, names) if n is not None]
         # A crash can leave files numbered past the manifest's counter: never reuse a number.
-        for _, n in found:
+        for n in [n for _, n in found] + prepared:
             versions.next_file = max(versions.next_file, n + 1)
+        self._stale_prepared = prepared
+        for n in prepared:
+            self._check_prepared(n)
         logs = sorted(n for kind, n in found if kind == "log" and n >= versions.log_number)
         last_seq = versions.last_seq
         prev_end: int | None = None  # last sequence of the previous record replayed
@@ -454,6 +470,20 @@ class Engine:
         self._recovery = {"segments": len(logs) if cut_at is None else cut_at + 1,
                           "records": records, "cut": self._cuts}
         return tables
+
+    def _check_prepared(self, number: int) -> None:
+        """A prepared WAL segment left by a crash (removed after recovery). Records in it
+        mean its rename at a memtable switch was not durable; nothing in it was fsynced then
+        (its name is made durable first), so they are unsynced writes: cut, kept in lost/."""
+        path = prepared_log_name(self.path, number)
+        data = self.fs.read_file(path)
+        scan = scan_log(data, path, expect=expected_log_format(self._log_since, number))
+        end = content_end(data, expected_log_format(self._log_since, number))
+        if scan.records and end > scan.offsets[0]:
+            self._cuts.append({"file": os.path.basename(path), "offset": scan.offsets[0],
+                               "bytes": end - scan.offsets[0], "synced": False,
+                               "reason": "a prepared WAL segment whose new name a crash lost",
+                               "saved_to": None, "_data": data[scan.offsets[0]:end]})
 
     def _later_logs_vouch(self, numbers: list[int], first: SegmentScan | None) -> bool:
         """Whether the segment before ``numbers`` was sealed, as far as they tell: one of them
@@ -835,27 +865,30 @@ class Engine:
                 force = False
 
     def _locked_switch_memtable(self) -> None:
-        number = self._versions.new_file_number()
         old = self._wal
         assert old is not None
-        new: WriteAheadLog | None = None
+        new, self._next_wal = self._next_wal, None
+        number = new.number if new is not None else self._versions.new_file_number()
         error: BaseException | None = None
         retryable = False
         # The file operations below run without the mutex, so readers never wait for them;
         # this thread leads the writer queue, so nobody else appends to the WAL meanwhile.
-        # The old segment is not sealed here: its seal (an fsync that can take a second on a
-        # busy disk) would stall this thread, the server's event loop. The flush thread seals
-        # it (_seal_retired_wals), and the new segment seals it before any fsync of its own.
+        # No fsync here: each can take a second on a busy disk, on this thread (the server's
+        # event loop). The next segment was prepared ahead (_prepare_wal), so the switch only
+        # renames it; the flush thread seals the old one (_seal_retired_wals), and the new one
+        # seals it, and makes its own name durable, before any fsync of its own.
         self._mutex.release()
         try:
-            new = WriteAheadLog(self.fs, self.path, number, prior=old)
-            # The new segment's directory entry must be durable before its first fsync counts.
-            self.fs.sync_dir(self.path)
+            if new is not None:
+                new.activate(prior=old)
+            else:  # not prepared (it failed, or the first switch of a read-write open)
+                new = WriteAheadLog(self.fs, self.path, number, prior=old)
+                # Its directory entry must be durable before its first fsync counts.
+                self.fs.sync_dir(self.path)
         except BaseException as exc:  # noqa: BLE001 - recorded below, under the mutex
             error = exc
             if new is not None:
-                with contextlib.suppress(Exception):
-                    new.close()
+                new.discard()
             # No descriptor for the new segment: nothing is lost (the old one stays current,
             # untouched) once the half-made one is gone.
             retryable = (isinstance(exc, DescriptorsExhaustedError)
@@ -873,6 +906,36 @@ class Engine:
         self._retired_wals.append(old)
         self._locked_freeze_memtable(number)
 
+    def _prepare_wal(self) -> None:
+        """Create the next WAL segment ahead of its memtable switch (at open, and by the
+        flush thread after each switch): under a name recovery skips, its header fsynced.
+        Without a descriptor it is left for later (the switch then creates the segment
+        itself, as before); any other error is the disk failing, as on the switch itself."""
+        with self._mutex:
+            if (self._next_wal is not None or self._closing or self._closed
+                    or self._bg_error is not None):
+                return
+            number = self._versions.new_file_number()
+        try:
+            wal = WriteAheadLog(self.fs, self.path, number, prepared=True)
+        except ShaleError as exc:
+            with contextlib.suppress(ShaleError):
+                self.fs.remove(prepared_log_name(self.path, number))
+            if isinstance(exc, DescriptorsExhaustedError):
+                self.counters["descriptor_shortages"] += 1
+                return
+            raise self._fail(exc, "preparing a WAL segment") from None
+        with self._mutex:
+            # (close() may have begun meanwhile: then nobody would ever close it)
+            keep = not self._locked_stopping()
+            if keep:
+                self._next_wal = wal
+        if not keep:
+            wal.discard()
+
+    def _locked_stopping(self) -> bool:
+        return self._closing or self._closed
+
     def _seal_retired_wals(self) -> None:
         """Seal and close the WAL segments that memtable switches replaced (the flush thread,
         before it writes their memtable out; and close())."""
@@ -885,6 +948,10 @@ class Engine:
                 self._retired_wals.remove(old)
                 self.counters["wal_syncs_closed"] += old.syncs
         if retired:
+            with self._mutex:
+                wal = self._wal
+            if wal is not None:
+                wal.make_name_durable()  # the rename at the switch (a directory fsync)
             self._note_seal()
 
     def _note_seal(self) -> None:
@@ -1115,6 +1182,7 @@ class Engine:
                 smallest = self._locked_smallest_snapshot()
             try:
                 self._seal_retired_wals()
+                self._prepare_wal()  # for the next switch
                 self._flush_memtable(imm, next_log, last_seq, smallest)
             except DescriptorsExhaustedError as exc:
                 # Nothing was recorded (the tables it wrote are removed, or orphans the next
@@ -1514,6 +1582,9 @@ class Engine:
             with contextlib.suppress(ShaleError):
                 old.close()
         self._retired_wals.clear()
+        if self._next_wal is not None:
+            self._next_wal.discard()
+            self._next_wal = None
         with contextlib.suppress(ShaleError):
             self._versions.close()
         for reader in self._tables.clear():

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import CorruptionError, ShaleError
 from .batch import decode_batch
-from .filenames import log_name
+from .filenames import log_name, prepared_log_name
 from .logfile import HEADER_SIZE, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
@@ -42,9 +42,17 @@ class WriteAheadLog:
     come from the leader or the periodic syncer, so it is serialized by a small lock."""
 
     def __init__(self, fs: FileSystem, dirpath: str, number: int,
-                 prior: WriteAheadLog | None = None) -> None:
+                 prior: WriteAheadLog | None = None, *, prepared: bool = False) -> None:
         self.number = number
-        self.path = log_name(dirpath, number)
+        self._fs = fs
+        self._dirpath = dirpath
+        # A prepared segment is made ahead of its memtable switch under a name recovery does
+        # not replay (its header fsynced, off the writer's thread); :meth:`activate` renames
+        # it. Its new name becomes durable before anything in it is fsynced (_ensure_named).
+        self.path = prepared_log_name(dirpath, number) if prepared else log_name(dirpath, number)
+        #: The directory entry of :attr:`path` is durable (the creator fsyncs the directory
+        #: after creating an unprepared segment).
+        self._named = not prepared
         file = fs.create_mapped(self.path)
         try:
             self._writer = LogWriter(file, number)
@@ -106,6 +114,7 @@ class WriteAheadLog:
         it, so that a synced last record stays vouched for even if no record follows."""
         with self._sync_lock:
             self._seal_prior()
+            self._ensure_named()
             w = self._writer
             if w.size != w.synced:
                 w.sync(mark)
@@ -121,9 +130,38 @@ class WriteAheadLog:
             if self.sealed:
                 return
             self._seal_prior()
+            self._ensure_named()
             self._writer.seal()
             self.sealed = True
             self.syncs += 1
+
+    def activate(self, prior: WriteAheadLog | None) -> None:
+        """Give a prepared segment its real name (a rename, not yet durable) and the segment
+        it replaces. The caller is the one thread that appends; nothing was appended yet."""
+        final = log_name(self._dirpath, self.number)
+        self._fs.rename(self.path, final)
+        self.path = self._file.path = final
+        self._prior = prior
+        self.note_due = prior is not None
+
+    def discard(self) -> None:
+        """Close and remove a prepared segment that was never activated (best effort)."""
+        with contextlib.suppress(Exception):
+            self.close()
+        with contextlib.suppress(Exception):
+            self._fs.remove(self.path)
+
+    def _ensure_named(self) -> None:
+        """Make the segment's name durable before its first fsync counts (caller holds
+        ``_sync_lock``)."""
+        if not self._named:
+            self._fs.sync_dir(self._dirpath)
+            self._named = True
+
+    def make_name_durable(self) -> None:
+        """:meth:`_ensure_named` ahead of need (the flush thread, after a switch)."""
+        with self._sync_lock:
+            self._ensure_named()
 
     def note_prior_sealed(self) -> None:
         """Once the prior segment is sealed, append a sync mark (claiming only what this
