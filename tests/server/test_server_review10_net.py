@@ -566,8 +566,11 @@ def test_no_descriptor_for_a_new_wal_segment_or_table_is_retryable(tmp_path) -> 
                     break
             return replies
 
-        fs.inject("create", ".log", errno=errno.EMFILE, count=2)  # the next two segments
-        replies = write_until("a", lambda r: r == b"OK" and fs.faults[0].hits >= 3)
+        # The next three segment creations: the first is the flush thread preparing the
+        # next segment ahead (database format 4; it leaves the switch to create it), the
+        # other two the switches that then create it themselves.
+        fs.inject("create", ".log", errno=errno.EMFILE, count=3)
+        replies = write_until("a", lambda r: r == b"OK" and fs.faults[0].hits >= 4)
         tryagain = [r for r in replies if r != b"OK"]
         assert len(tryagain) == 2, replies[-5:]
         assert all(str(r).startswith("TRYAGAIN the server is out of file descriptors; "
@@ -755,7 +758,7 @@ def test_a_half_made_wal_segment_that_cannot_be_removed_stops_writes(tmp_path) -
 
         def _map_grow(self, f, fd, needed):  # type: ignore[no-untyped-def]
             super()._map_grow(f, fd, needed)
-            if f.size == 0 and f.path.endswith(".log") and self.fail_new_maps:
+            if f.size == 0 and f.path.endswith((".log", ".log.new")) and self.fail_new_maps:
                 self.fail_new_maps -= 1  # a new segment's first map: allocated, then EMFILE
                 self.doomed = f.path
                 raise _storage_error("write", f.path, OSError(errno.EMFILE, "no fd"))
@@ -769,7 +772,9 @@ def test_a_half_made_wal_segment_that_cannot_be_removed_stops_writes(tmp_path) -
     fs = Fs()
     db = shaledb.open(path, fs=fs, memtable_size=64 * 1024)
     acknowledged = []
-    fs.fail_new_maps = 1
+    # Two: the flush thread's preparation of the next segment (database format 4) meets
+    # the first and leaves the switch to create the segment itself, which meets the second.
+    fs.fail_new_maps = 2
     with pytest.raises(shaledb.StorageError) as info:
         for i in range(1000):
             db.put(b"k%d" % i, b"v" * 1000, sync=True)
