@@ -73,6 +73,20 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
     return t, out
 
 
+def _fill_across_a_switch(db: Any, path: Path) -> int:
+    """Plain writes until a memtable switch starts a new WAL segment, then 20 more into it;
+    returns how many."""
+    first = _logs(path)
+    n = 0
+    while _logs(path) == first:
+        db.put(key(n), value(n, size=1000))
+        n += 1
+    for _ in range(20):
+        db.put(key(n), value(n, size=1000))
+        n += 1
+    return n
+
+
 def test_a_slow_seal_of_the_old_segment_does_not_hold_up_writes(tmp_path: Path) -> None:
     """Fails before format 4: the switch sealed the old segment on the writer's thread, so
     the write that switched waited for the held fsync."""
@@ -82,22 +96,11 @@ def test_a_slow_seal_of_the_old_segment_does_not_hold_up_writes(tmp_path: Path) 
     try:
         (first,) = _logs(path)
         fs.hold = first
-        n = 0
-
-        def fill() -> int:
-            nonlocal n
-            while len(_logs(path)) < 2:  # until a memtable switch started a new segment
-                db.put(key(n), value(n, size=1000))
-                n += 1
-            for _ in range(20):  # and some writes into the new segment
-                db.put(key(n), value(n, size=1000))
-                n += 1
-            return n
-
-        t, out = _in_thread(fill)
+        t, out = _in_thread(lambda: _fill_across_a_switch(db, path))
         t.join(10)
         assert not t.is_alive(), "writes stalled behind the old WAL segment's seal"
-        assert out and out[0] == n, out
+        assert out and isinstance(out[0], int), out
+        n = out[0]
         assert fs.waiting.wait(5), "nobody sealed the old segment"
 
         # A durable write must not be acknowledged while the old segment is unsynced.
@@ -124,24 +127,12 @@ def test_a_memtable_switch_does_no_fsync_on_the_writers_thread(tmp_path: Path) -
     fs = SlowSealFS()
     db = shaledb.open(path, fs=fs, fsync_interval=None, **SMALL)
     try:
-        first = _logs(path)
         fs.hold_all = True
-        n = 0
-
-        def fill() -> int:
-            nonlocal n
-            while _logs(path) == first:  # until a memtable switch
-                db.put(key(n), value(n, size=1000))
-                n += 1
-            for _ in range(20):
-                db.put(key(n), value(n, size=1000))
-                n += 1
-            return n
-
-        t, out = _in_thread(fill)
+        t, out = _in_thread(lambda: _fill_across_a_switch(db, path))
         t.join(10)
         assert not t.is_alive(), "a write waited for an fsync at the memtable switch"
-        assert out == [n], out
+        assert out and isinstance(out[0], int), out
+        n = out[0]
     finally:
         fs.release.set()
         db.close()
