@@ -73,18 +73,25 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
     return t, out
 
 
-def _fill_across_a_switch(db: Any, path: Path) -> int:
-    """Plain writes until a memtable switch starts a new WAL segment, then 20 more into it;
-    returns how many."""
-    first = _logs(path)
-    n = 0
-    while _logs(path) == first:
-        db.put(key(n), value(n, size=1000))
-        n += 1
-    for _ in range(20):
-        db.put(key(n), value(n, size=1000))
-        n += 1
-    return n
+def _fill_across_a_switch(db: Any, path: Path, stalled: str) -> int:
+    """Plain writes (in a thread, given 10 s) until a memtable switch starts a new WAL
+    segment, then 20 more into it; returns how many."""
+    def fill() -> int:
+        first = _logs(path)
+        n = 0
+        while _logs(path) == first:
+            db.put(key(n), value(n, size=1000))
+            n += 1
+        for _ in range(20):
+            db.put(key(n), value(n, size=1000))
+            n += 1
+        return n
+
+    t, out = _in_thread(fill)
+    t.join(10)
+    assert not t.is_alive(), stalled
+    assert out and isinstance(out[0], int), out
+    return out[0]
 
 
 def test_a_slow_seal_of_the_old_segment_does_not_hold_up_writes(tmp_path: Path) -> None:
@@ -96,11 +103,7 @@ def test_a_slow_seal_of_the_old_segment_does_not_hold_up_writes(tmp_path: Path) 
     try:
         (first,) = _logs(path)
         fs.hold = first
-        t, out = _in_thread(lambda: _fill_across_a_switch(db, path))
-        t.join(10)
-        assert not t.is_alive(), "writes stalled behind the old WAL segment's seal"
-        assert out and isinstance(out[0], int), out
-        n = out[0]
+        n = _fill_across_a_switch(db, path, "writes stalled behind the old segment's seal")
         assert fs.waiting.wait(5), "nobody sealed the old segment"
 
         # A durable write must not be acknowledged while the old segment is unsynced.
@@ -128,11 +131,7 @@ def test_a_memtable_switch_does_no_fsync_on_the_writers_thread(tmp_path: Path) -
     db = shaledb.open(path, fs=fs, fsync_interval=None, **SMALL)
     try:
         fs.hold_all = True
-        t, out = _in_thread(lambda: _fill_across_a_switch(db, path))
-        t.join(10)
-        assert not t.is_alive(), "a write waited for an fsync at the memtable switch"
-        assert out and isinstance(out[0], int), out
-        n = out[0]
+        n = _fill_across_a_switch(db, path, "a write waited for an fsync at the switch")
     finally:
         fs.release.set()
         db.close()
