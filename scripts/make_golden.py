@@ -6,7 +6,7 @@
         versions it was made with in DEST/VERSIONS.json.
 
     python scripts/make_golden.py --encrypted [DEST]
-        The same steps in an encrypted database (database format 4; default
+        The same steps in an encrypted database (database format 5; default
         tests/data/format_v{ENCRYPTED_DB_FORMAT_VERSION}), under the master key
         :data:`GOLDEN_KEY`.
 
@@ -75,8 +75,8 @@ OPTIONS: dict[str, Any] = {
 #: Files of a golden directory that are not database files.
 NOT_DATABASE = {"VERSIONS.json", "README.md", "LOCK"}
 
-#: The master key of the encrypted golden database (format 4). Not a secret: it is here, in
-#: tests/data/format_v4/README.md and in the tests.
+#: The master key of the encrypted golden database (format 5). Not a secret: it is here, in
+#: tests/data/format_v5/README.md and in the tests.
 GOLDEN_KEY = hashlib.sha256(b"shaledb golden master key").digest()
 
 Step = tuple[Any, ...]
@@ -295,7 +295,7 @@ def versions(encrypted: bool = False) -> dict[str, int]:
 
 def generate(dest: str, encrypted: bool = False) -> None:
     """Write the golden database of the current format into ``dest`` (must not exist);
-    with ``encrypted``, encrypted under :data:`GOLDEN_KEY` (database format 4)."""
+    with ``encrypted``, encrypted under :data:`GOLDEN_KEY` (database format 5)."""
     import lz4
     import msgpack
     import xxhash

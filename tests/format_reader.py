@@ -73,8 +73,8 @@ def read_current(raw: bytes) -> tuple[str, bool]:
 
 
 def read_options(raw: bytes) -> dict[str, Any]:
-    """The OPTIONS object; for format 3 its last line is ``crc32c`` and the CRC32C of every
-    byte before that line."""
+    """The OPTIONS object; for formats 3 to 5 its last line is ``crc32c`` and the CRC32C of
+    every byte before that line."""
     body = raw
     crc_line = None
     cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
@@ -89,28 +89,31 @@ def read_options(raw: bytes) -> dict[str, Any]:
     if not isinstance(info, dict) or not isinstance(info.get("format_version"), int):
         raise FormatError("OPTIONS has no format_version")
     version = info["format_version"]
-    if version > 4:
+    if version > 5:
         raise NewerFormatError(f"OPTIONS format_version {version}")
-    if version == 4:
+    if version == 5:
         if info.get("encryption") != {"cipher": "AES-256-GCM", "keyring": "KEYRING"}:
-            raise FormatError("OPTIONS of format 4 without its encryption object")
+            raise FormatError("OPTIONS of format 5 without its encryption object")
         if (info.get("table_format_version"), info.get("log_format_version"),
-                info.get("log_format_2_from")) != (3, 3, 0):
-            raise FormatError("OPTIONS of format 4 with other part versions than 3, 3, 0")
+                info.get("log_format_2_from"), info.get("wal_async_seal_from")) != (3, 3, 0, 0):
+            raise FormatError("OPTIONS of format 5 with other part versions and starts than "
+                              "3, 3, 0, 0")
     elif "encryption" in info:
         raise FormatError(f"OPTIONS of format {version} with an encryption object")
     if version >= 3:
         if crc_line is None:
-            raise FormatError("OPTIONS of format 3 lacks its checksum line")
+            raise FormatError(f"OPTIONS of format {version} lacks its checksum line")
         if body != (json.dumps(info, indent=2, sort_keys=True) + "\n").encode():
             raise FormatError("OPTIONS is not laid out as json.dumps(indent=2, sort_keys)")
-        for key in ("table_format_version", "log_format_version", "created_by", "options"):
+        keys = ["table_format_version", "log_format_version", "created_by", "options",
+                "log_format_2_from"] + (["wal_async_seal_from"] if version >= 4 else [])
+        for key in keys:
             if key not in info:
                 raise FormatError(f"OPTIONS lacks {key}")
     return info
 
 
-# -- encryption (format 4) ------------------------------------------------------------------
+# -- encryption (format 5) ------------------------------------------------------------------
 
 WAL_FILE, MANIFEST_FILE, TABLE_FILE = 1, 2, 3
 SEALED = {"data": 3, "filter": 4, "index": 5, "properties": 6}  # table blocks' kind bytes
@@ -796,7 +799,7 @@ class Database:
 
 def read_database(path: str, master: bytes | None = None) -> Database:
     """Read every file of a (closed, or copied) database directory; an encrypted one (format
-    4) with its master key."""
+    5) with its master key."""
 
     def read(name: str) -> bytes:
         with open(os.path.join(path, name), "rb") as f:
@@ -806,7 +809,7 @@ def read_database(path: str, master: bytes | None = None) -> Database:
     current, checksummed = read_current(read("CURRENT"))
     options = read_options(read("OPTIONS"))
     keys = None
-    if options["format_version"] == 4:
+    if options["format_version"] == 5:
         if master is None:
             raise FormatError("an encrypted database: the reader needs the master key")
         keys = read_keyring(read("KEYRING"), master)

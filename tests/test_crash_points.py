@@ -283,8 +283,11 @@ def count_crash_points(tmp: Path) -> tuple[int, FaultInjectionFS, History]:
     assert len(fs.worker_ops) > 5, "no compaction in the worker"
     assert sum(op == "create" and p.startswith("MANIFEST-") for op, p in ops) >= 6, \
         "too few manifest rollovers"
-    assert sum(op == "create" and p.endswith(".log") for op, p in ops) >= 5, \
+    # WAL segments: created at the switch, or prepared ahead (".log.new") and renamed then
+    assert sum(op == "create" and p.endswith((".log", ".log.new")) for op, p in ops) >= 5, \
         "too few memtable switches"
+    assert any(op == "rename" and p.endswith(".log.new") for op, p in ops), \
+        "no prepared WAL segment was switched to"
     assert any(op == "truncate" and p.endswith(".log") for op, p in ops)  # a WAL closed
     assert any(op == "remove" and p.endswith(".sst") for op, p in ops)
     return fs.mutations, fs, h

@@ -209,9 +209,10 @@ def test_compaction_write_rate_limits_compaction_output(db_path, small_opts) -> 
 
 
 def test_a_full_memtable_starts_its_wal_writeback_before_the_switch(db_path) -> None:
-    """The write that fills the memtable wakes the background syncer at once, so the next
-    write's memtable switch, which seals the segment with an fsync on the writer's thread
-    (the server's event loop), finds it written back: under the hostile soak the seal's
+    """The write that fills the memtable wakes the background syncer at once, so that the
+    seal of the segment after the next write's memtable switch (by the flush thread since
+    database format 4; before, on the writer's thread, the server's event loop) finds it
+    written back: under the hostile soak the seal's
     fsync held the loop up to 1,057 ms, and 200 ms once the syncer starts early."""
     with shaledb.open(db_path, fsync_interval=30, memtable_size=1 << 20) as db:
         time.sleep(0.1)  # the syncer's first wait begins

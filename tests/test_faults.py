@@ -206,6 +206,7 @@ SCENARIOS = [
     ("wal-append-torn", "write", ".log", True, _act_put, True, True),
     ("wal-fsync", "fsync", ".log", False, _act_put_sync, True, True),
     ("wal-create-on-switch", "create", ".log", False, _act_flush, False, False),
+    ("wal-rename-on-switch", "rename", ".log.new", False, _act_flush, False, False),
     ("wal-fsync-on-switch", "fsync", ".log", False, _act_flush, False, False),
     ("flush-write", "write", ".sst", False, _act_flush, False, False),
     ("flush-write-torn", "write", ".sst", True, _act_flush, False, False),

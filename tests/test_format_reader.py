@@ -151,7 +151,7 @@ def test_independent_reader_reads_what_the_engine_writes(tmp_path) -> None:
     seg = rd.wal[max(rd.wal)]
     assert seg.zero_tail == 0 and seg.records[-1].type == fr.SEAL
     assert seg.records[-1].synced == seg.records[-1].offset
-    assert rd.current_checksummed and rd.options["format_version"] == 3
+    assert rd.current_checksummed and rd.options["format_version"] == 4
     assert rd.manifest_log.version == 2 and rd.manifest_log.records[-1].type == fr.SYNC
 
 
@@ -173,7 +173,7 @@ def test_independent_reader_reads_what_the_engine_writes_encrypted(tmp_path) -> 
     with shaledb.open(path, clock=lambda: NOW, read_only=True, encryption_key=KEY,
                       **OPTS) as db:
         rd = _check_against_engine(path, db, wal_ops, KEY)
-    assert rd.options["format_version"] == 4 and rd.manifest_log.version == 3
+    assert rd.options["format_version"] == 5 and rd.manifest_log.version == 3
     with pytest.raises(fr.FormatError):
         fr.read_database(str(path), bytes(32))  # another key: the reader refuses too
 
@@ -189,13 +189,14 @@ def _load_make_golden():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name,now", [("format_v1", 1_000_000.0),
                                       ("format_v2/clean", None), ("format_v2/crashed", None),
-                                      ("format_v3", None), ("format_v4", None)])
+                                      ("format_v3", None), ("format_v4", None),
+                                      ("format_v5", None)])
 def test_independent_reader_reads_every_committed_format(tmp_path, name, now) -> None:
     """The document describes the older formats too: the reader reads each committed
-    fixture to the state the engine returns for it (format 4 with its golden key)."""
+    fixture to the state the engine returns for it (format 5 with its golden key)."""
     mg = _load_make_golden()
     now = now if now is not None else float(mg.NOW)
-    key = mg.GOLDEN_KEY if name == "format_v4" else None
+    key = mg.GOLDEN_KEY if name == "format_v5" else None
     rd = fr.read_database(str(DATA / name), key)
     path = tmp_path / "db"
     shutil.copytree(DATA / name, path)
@@ -204,7 +205,7 @@ def test_independent_reader_reads_every_committed_format(tmp_path, name, now) ->
     versions = {t.version for t in rd.tables.values()}
     assert versions == ({1} if name == "format_v1" else {3} if key else {2})
     assert {log.version for log in rd.wal.values()} <= (
-        {3} if key else {2} if name == "format_v3" else {1})
+        {3} if key else {2} if name in ("format_v3", "format_v4") else {1})
 
 
 def test_reader_refuses_what_the_document_does_not_describe(tmp_path) -> None:

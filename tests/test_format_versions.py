@@ -213,7 +213,7 @@ def test_a_newer_log_format_is_refused_as_incompatible(tmp_path, what) -> None:
         db.put(b"k", b"v")
     name = (path / "CURRENT").read_text().split("\n")[0]
     target = path / name if what == "manifest" else next(path.glob("*.log"))
-    newer = ENCRYPTED_LOG_VERSION + 1  # (3 is the encrypted log format since format 4)
+    newer = ENCRYPTED_LOG_VERSION + 1  # (3 is the encrypted log format, database format 5)
     _rewrite_log_version(target, newer)
     with pytest.raises(IncompatibleFormatError, match=f"log format version {newer}"):
         shaledb.open(path, read_only=True)

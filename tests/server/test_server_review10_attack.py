@@ -263,3 +263,32 @@ def ping_new_connection(port: int) -> bytes:
     with socket.create_connection((HOST, port), timeout=10) as s:
         s.sendall(b"PING\r\n")
         return s.recv(64)
+
+
+def test_an_unexpected_error_in_the_turns_commit_still_answers_every_client(
+        server_factory: Any, monkeypatch: Any, caplog: Any) -> None:
+    """Found by the encryption branch: the turn's commit caught only ShaleError, so any
+    other exception (a bug) left every client of that turn without a reply, forever. Now
+    they get an error, the writes are not applied later with another turn's, and the
+    server goes on."""
+    from shaledb.server import keyspace
+
+    st = server_factory()
+    c = st.client()
+    assert c.set("before", "1")
+    real = keyspace.KeyspaceTxn.commit
+    calls = {"n": 0}
+
+    def once(self: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated bug")
+        real(self)
+
+    monkeypatch.setattr(keyspace.KeyspaceTxn, "commit", once)
+    c.connection_pool.connection_kwargs["socket_timeout"] = 5
+    with pytest.raises(redis.ResponseError, match="internal error while committing"):
+        c.set("lost", "x")
+    assert c.set("after", "2")
+    assert c.get("lost") is None and c.get("after") == b"2" and c.get("before") == b"1"
+    assert any("internal error committing" in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,6 +323,43 @@ def test_idle_connections_cannot_starve_health_probes(server_factory) -> None:
             s.close()
 
 
+def test_a_probe_that_arrived_before_a_flood_is_not_evicted(server_factory) -> None:
+    # The hostile soak's /health probe got 408 once: the loop accepts a burst of connections
+    # before it reads any, so a probe whose request was already in its socket could be "the
+    # oldest connection still waiting for its head" when the flood behind it made room.
+    # Now a connection whose request has arrived is never the one evicted.
+    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+
+    st = server_factory(metrics_port=0, metrics_header_timeout=60)
+    port = st.server.metrics_port
+    assert st.loop is not None
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        _wait(lambda: st.call(lambda: len(st.server.metrics._idle)) == MAX_CONNECTIONS)
+        for _ in range(3):
+            blocked = threading.Event()
+
+            def block(ev: threading.Event = blocked) -> None:
+                ev.set()
+                time.sleep(0.5)  # the loop is busy (a slow command, a stall)
+
+            st.loop.call_soon_threadsafe(block)
+            assert blocked.wait(5)
+            probe = socket.create_connection(("127.0.0.1", port), timeout=10)
+            probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(MAX_CONNECTIONS + 4):  # the flood right behind it
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            reply = _read_all(probe)
+            probe.close()
+            assert reply.startswith(b"HTTP/1.1 200 "), reply
+        assert st.call(lambda: len(st.server.metrics._active)) <= MAX_CONNECTIONS
+    finally:
+        for s in idle:
+            s.close()
+
+
 # -- 12. an ACL file's password-less default user replaced SHALEDB_REQUIREPASS silently;
 #        the failed-AUTH limit per IP could not spare a NAT or a local admin ---------------
 
@@ -528,8 +566,11 @@ def test_no_descriptor_for_a_new_wal_segment_or_table_is_retryable(tmp_path) -> 
                     break
             return replies
 
-        fs.inject("create", ".log", errno=errno.EMFILE, count=2)  # the next two segments
-        replies = write_until("a", lambda r: r == b"OK" and fs.faults[0].hits >= 3)
+        # The next three segment creations: the first is the flush thread preparing the
+        # next segment ahead (database format 4; it leaves the switch to create it), the
+        # other two the switches that then create it themselves.
+        fs.inject("create", ".log", errno=errno.EMFILE, count=3)
+        replies = write_until("a", lambda r: r == b"OK" and fs.faults[0].hits >= 4)
         tryagain = [r for r in replies if r != b"OK"]
         assert len(tryagain) == 2, replies[-5:]
         assert all(str(r).startswith("TRYAGAIN the server is out of file descriptors; "
@@ -717,7 +758,7 @@ def test_a_half_made_wal_segment_that_cannot_be_removed_stops_writes(tmp_path) -
 
         def _map_grow(self, f, fd, needed):  # type: ignore[no-untyped-def]
             super()._map_grow(f, fd, needed)
-            if f.size == 0 and f.path.endswith(".log") and self.fail_new_maps:
+            if f.size == 0 and f.path.endswith((".log", ".log.new")) and self.fail_new_maps:
                 self.fail_new_maps -= 1  # a new segment's first map: allocated, then EMFILE
                 self.doomed = f.path
                 raise _storage_error("write", f.path, OSError(errno.EMFILE, "no fd"))
@@ -731,7 +772,9 @@ def test_a_half_made_wal_segment_that_cannot_be_removed_stops_writes(tmp_path) -
     fs = Fs()
     db = shaledb.open(path, fs=fs, memtable_size=64 * 1024)
     acknowledged = []
-    fs.fail_new_maps = 1
+    # Two: the flush thread's preparation of the next segment (database format 4) meets
+    # the first and leaves the switch to create the segment itself, which meets the second.
+    fs.fail_new_maps = 2
     with pytest.raises(shaledb.StorageError) as info:
         for i in range(1000):
             db.put(b"k%d" % i, b"v" * 1000, sync=True)

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -86,11 +87,13 @@ from .filenames import (
     log_name,
     manifest_name,
     parse,
+    parse_prepared,
+    prepared_log_name,
     table_file,
     table_name,
 )
 from .iterator import concat, memtable_source, merge, visible
-from .logfile import content_end, lost_bytes
+from .logfile import content_end, lost_bytes, scan_log
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .optionsfile import (
@@ -100,6 +103,7 @@ from .optionsfile import (
     expected_log_format,
     is_encrypted,
     log_format_2_from,
+    wal_async_seal_from,
 )
 from .sstable import FileMeta, TableReader
 from .sstable.block import Block
@@ -173,6 +177,12 @@ class Engine:
         self._imm_next_log = 0  # WAL number the memtable after ``_imm`` started in
         self._mem_first_log = 0  # oldest WAL segment holding data of ``_mem``
         self._wal: WriteAheadLog | None = None
+        #: Segments replaced at memtable switches, not yet sealed and closed (the flush
+        #: thread does it, off the writer's thread).
+        self._retired_wals: list[WriteAheadLog] = []
+        #: The next WAL segment, prepared ahead (created, header fsynced) so that a memtable
+        #: switch does no I/O but a rename on the writer's thread (the server's event loop).
+        self._next_wal: WriteAheadLog | None = None
         self._last_seq = 0
         self._snapshots: Counter[int] = Counter()
         self._pinned: dict[int, Version] = {}
@@ -212,8 +222,12 @@ class Engine:
         self.recovery_seconds = 0.0
         #: The first file number whose logs are of log format 2 (OPTIONS).
         self._log_since = 0
+        #: The first WAL segment number whose predecessor may be unsealed (OPTIONS).
+        self._async_seal_since = 0
         #: Payloads of the WAL records replayed into the memtable (copied at open).
         self._replayed: list[bytes] = []
+        #: Prepared WAL segments a crash left (removed once recovery saved what they hold).
+        self._stale_prepared: list[int] = []
         #: What the last open's WAL recovery replayed and cut (see stats()["wal_recovery"]).
         self._cuts: list[dict[str, Any]] = []
         self._recovery: dict[str, Any] = {"segments": 0, "records": 0, "cut": self._cuts}
@@ -260,23 +274,28 @@ class Engine:
             info = self._check_options_file()
             self._use_keyring(self._load_keyring(info, master, rotate_data_key))
             since = log_format_2_from(info)
-            assert since is not None
+            async_since = wal_async_seal_from(info)
+            assert since is not None and async_since is not None
             self._log_since = since
+            self._async_seal_since = async_since
             self._versions.recover(since)
             self._check_tables_present()
             if int(info["format_version"]) < DB_FORMAT_VERSION and not opts.read_only:
                 # New files are written in the current format: say so first, so that an
                 # older ShaleDB refuses the directory instead of misreading them. Logs from
-                # the next number on are of format 2.
+                # the next number on are of format 2 (if older ones are not), and WAL
+                # segments from it on may leave their predecessor unsealed.
                 numbers = [n for _, n in filter(None, map(parse, fs.listdir(self.path)))]
-                self._log_since = max([self._versions.next_file, *[n + 1 for n in numbers]])
+                upgrade_from = max([self._versions.next_file, *[n + 1 for n in numbers]])
+                self._log_since = min(self._log_since, upgrade_from)
+                self._async_seal_since = min(self._async_seal_since, upgrade_from)
                 self._write_options_file()
         else:
             if not opts.create_if_missing or opts.read_only:
                 raise InvalidArgument(f"{self.path!r} holds no database (no CURRENT file); "
                                       "open it with create_if_missing=True to create one")
             self._clear_interrupted_creation()
-            self._log_since = 0
+            self._log_since = self._async_seal_since = 0
             if master is not None:
                 # KEYRING before OPTIONS: a database whose OPTIONS say "encrypted" always has
                 # its keys (a creation cut short before CURRENT is cleared on the next open).
@@ -288,6 +307,8 @@ class Engine:
         recovered = self._recover_wal()
         if not opts.read_only:
             self._save_lost()
+            for n in self._stale_prepared:
+                fs.remove(prepared_log_name(self.path, n))
             # The recovered writes go to new files (fsyncgate: the pages the WAL was read
             # from may never have reached the disk, and a later fsync of the same file would
             # not tell): the records still only in the memtable are copied into a new WAL
@@ -295,7 +316,7 @@ class Engine:
             # retires every old segment at once. (The memtable stays: reads after a reopen
             # are as fast as before it.)
             wal_number = self._versions.new_file_number()
-            wal = WriteAheadLog(fs, self.path, wal_number, self._keyring)
+            wal = WriteAheadLog(fs, self.path, wal_number, keyring=self._keyring)
             try:
                 for payload in self._replayed:
                     wal.append(payload)
@@ -316,6 +337,7 @@ class Engine:
             v.write_new_manifest()
             self._pending_outputs.clear()  # the recovered tables are in the manifest now
             self._delete_obsolete_files()
+            self._prepare_wal()
             self._start_threads()
         self.recovery_seconds = time.perf_counter() - start
 
@@ -395,7 +417,7 @@ class Engine:
     def _write_options_file(self) -> None:
         self.fs.write_file_atomic(vfs.join(self.path, OPTIONS), encode_options(
             f"shaledb {_pkg_version}", self.options.persistent(), self._log_since,
-            encrypted=self._keyring is not None))
+            self._async_seal_since, encrypted=self._keyring is not None))
 
     def _use_keyring(self, keyring: Keyring | None) -> None:
         self._keyring = keyring
@@ -444,10 +466,15 @@ class Engine:
         memtable filled up (not yet in any manifest: orphans if this open fails)."""
         opts = self.options
         versions = self._versions
-        found = [p for p in map(parse, self.fs.listdir(self.path)) if p is not None]
+        names = self.fs.listdir(self.path)
+        found = [p for p in map(parse, names) if p is not None]
+        prepared = [n for n in map(parse_prepared, names) if n is not None]
         # A crash can leave files numbered past the manifest's counter: never reuse a number.
-        for _, n in found:
+        for n in [n for _, n in found] + prepared:
             versions.next_file = max(versions.next_file, n + 1)
+        self._stale_prepared = prepared
+        for n in prepared:
+            self._check_prepared(n)
         logs = sorted(n for kind, n in found if kind == "log" and n >= versions.log_number)
         last_seq = versions.last_seq
         prev_end: int | None = None  # last sequence of the previous record replayed
@@ -455,6 +482,7 @@ class Engine:
         tables: list[FileMeta] = []
         records = 0
         cut_at: int | None = None  # index in ``logs`` of the segment where replay stopped
+        prev_sealed = True  # the previous segment ended in a seal (none: nothing to doubt)
         for idx, number in enumerate(logs):
             seg = scan_segment(self.fs, self.path, number,
                                expected_log_format(self._log_since, number, self.encrypted),
@@ -475,10 +503,14 @@ class Engine:
                     # new segment died before its manifest retired the old ones.
                     continue
                 if first_seq > expected or (prev_end is not None and first_seq != expected):
-                    # Checksums fine, numbers not: records are missing (or repeated).
+                    # Checksums fine, numbers not: records are missing (or repeated). Unless
+                    # the segment before this one was never sealed and its unsynced tail
+                    # did not reach the disk: a crash, when nothing later vouches for it.
                     del seg.batches[i:]
+                    synced = (first_seq <= expected or i > 0 or prev_sealed
+                              or self._later_logs_vouch(logs[idx:], seg))
                     problem = (seg.offsets[i], f"sequence {first_seq} where {expected} was "
-                               "expected: records are missing or repeated", True)
+                               "expected: records are missing or repeated", synced)
                     break
                 mem.apply(first_seq, ops)
                 if not opts.read_only:  # to be copied into the new segment
@@ -495,18 +527,60 @@ class Engine:
                 problem = (seg.malformed, "a record with a good checksum does not decode", True)
             damage = seg.scan.damage
             if problem is None and damage is not None:
-                # Only the newest segment can hold unsynced writes: an older one was sealed
-                # (synced) before the next one started.
-                synced = idx < len(logs) - 1 or damage.vouched
+                # An older segment can hold unsynced writes too: the flush thread seals it
+                # after the next one started. But nothing in a later segment is fsynced before
+                # it is sealed, so a sync there vouches for all of it.
+                synced = damage.vouched or (idx < len(logs) - 1 and self._later_logs_vouch(
+                    logs[idx + 1:], None))
                 problem = (damage.offset, damage.reason, synced)
             if problem is not None:
                 self._cut_wal(seg, problem, logs[idx + 1:])
                 cut_at = idx
                 break
+            prev_sealed = seg.scan.sealed
         self._last_seq = last_seq
         self._recovery = {"segments": len(logs) if cut_at is None else cut_at + 1,
                           "records": records, "cut": self._cuts}
         return tables
+
+    def _check_prepared(self, number: int) -> None:
+        """A prepared WAL segment left by a crash (removed after recovery). Records in it
+        mean its rename at a memtable switch was not durable; nothing in it was fsynced then
+        (its name is made durable first), so they are unsynced writes: cut, kept in lost/.
+        Encrypted, the records are judged by their framing (checksums), not decrypted: they
+        are kept with the file's header (lost_bytes), whose salt and data key id (in
+        KEYRING, durable before any file used it) decrypt them with the database's key."""
+        path = prepared_log_name(self.path, number)
+        data = self.fs.read_file(path)
+        expect = expected_log_format(self._log_since, number, self.encrypted)
+        scan = scan_log(data, path, expect=expect, keyring=self._keyring, framing_only=True)
+        end = content_end(data, expect)
+        if scan.records and end > scan.offsets[0]:
+            self._cuts.append({"file": os.path.basename(path), "offset": scan.offsets[0],
+                               "bytes": end - scan.offsets[0], "synced": False,
+                               "reason": "a prepared WAL segment whose new name a crash lost",
+                               "saved_to": None,
+                               "_data": lost_bytes(data, scan.offsets[0], end, scan.version)})
+
+    def _later_logs_vouch(self, numbers: list[int], first: SegmentScan | None) -> bool:
+        """Whether the segment before ``numbers`` was sealed, as far as they tell: one of them
+        was fsynced past its header (or says so with a sync mark), which happens only after
+        every older segment is sealed. A segment written before format 4 was always sealed
+        before the next one started: True."""
+        if numbers and numbers[0] < self._async_seal_since:
+            return True
+        for n in numbers:
+            if first is not None and n == first.number:
+                scan = first.scan
+            else:
+                data = self.fs.read_file(log_name(self.path, n))
+                # What a segment says about its fsyncs is framing: no need to decrypt it.
+                scan = scan_log(data, log_name(self.path, n),
+                                expect=expected_log_format(self._log_since, n, self.encrypted),
+                                keyring=self._keyring, framing_only=True)
+            if scan.vouches_prior:
+                return True
+        return False
 
     def _cut_wal(self, seg: SegmentScan, problem: tuple[int, str, bool],
                  later: list[int]) -> None:
@@ -717,8 +791,7 @@ class Engine:
                         or self.options.read_only:
                     self._locked_check_writable()
                 if (force_flush or self._mem.approximate_size >= self._memtable_size
-                        or len(self._versions.current.levels[0]) >= self._l0_slowdown
-                        or self._locked_wal_sealed()):
+                        or len(self._versions.current.levels[0]) >= self._l0_slowdown):
                     self._locked_make_room(force_flush, nbytes)
             except BaseException:
                 writers.popleft()
@@ -762,6 +835,8 @@ class Engine:
                     flat = [x for g in group for x in g.ops]  # type: ignore[union-attr]
                     any_sync = any(g.sync for g in group)
                 if flat:
+                    if wal.note_due:
+                        wal.note_prior_sealed()  # before the record: never lost with it
                     record = wal.frame(encode_batch(first_seq, flat))  # may refuse: harmless
                     try:
                         wal.reserve(len(record))  # the map it needs, before any byte
@@ -779,6 +854,7 @@ class Engine:
                         wal.sync(mark=True)
                     mem.apply(first_seq, flat)
                     last = first_seq + len(flat) // 4 - 1
+
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             error = exc
         with self._mutex:
@@ -794,9 +870,10 @@ class Engine:
                 if any_sync:
                     self._last_sync_group = len(group)
                 elif mem.approximate_size >= self._memtable_size:
-                    # The next write switches memtables and seals this segment with an
-                    # fsync on the writer's thread (the server's event loop): have the
-                    # background syncer (fsync_interval) start writing it back now.
+                    # The next write switches memtables, and the flush thread then seals
+                    # this segment (an fsync that a durable write in the next segment may
+                    # have to wait for): have the background syncer (fsync_interval) start
+                    # writing it back now.
                     self._bg_cv.notify_all()
             if len(group) == 1:
                 writers.popleft()
@@ -826,18 +903,12 @@ class Engine:
         elif self._closing:
             self._writer_cv.notify_all()  # close() waits for the queue to drain
 
-    def _locked_wal_sealed(self) -> bool:
-        """A memtable switch sealed the WAL segment but could not open the next one (no
-        descriptor left): nothing may be appended before a switch succeeds."""
-        return self._wal is not None and self._wal.sealed
-
     def _locked_make_room(self, force: bool, nbytes: int = 0) -> None:
         opts = self.options
         allow_delay = not force
         while True:
             if self._bg_error is not None:
                 self._locked_check_writable()
-            sealed = self._locked_wal_sealed()
             l0 = len(self._versions.current.levels[0])
             if allow_delay and l0 >= opts.l0_slowdown_trigger:
                 # Back-pressure: throttle writes to a rate that falls as L0 grows, so that
@@ -856,8 +927,8 @@ class Engine:
                         time.sleep(delay)
                     finally:
                         self._mutex.acquire()
-            elif not sealed and (self._mem.entries == 0 if force
-                                 else self._mem.approximate_size < opts.memtable_size):
+            elif (self._mem.entries == 0 if force
+                  else self._mem.approximate_size < opts.memtable_size):
                 return
             elif self._imm is not None or l0 >= opts.l0_stop_trigger:
                 if self._imm is not None and self._flush_shortage is not None:
@@ -877,50 +948,116 @@ class Engine:
                 force = False
 
     def _locked_switch_memtable(self) -> None:
-        number = self._versions.new_file_number()
         old = self._wal
         assert old is not None
-        new: WriteAheadLog | None = None
+        new, self._next_wal = self._next_wal, None
+        number = new.number if new is not None else self._versions.new_file_number()
         error: BaseException | None = None
         retryable = False
-        # The fsyncs below run without the mutex, so readers never wait for them; this thread
-        # leads the writer queue, so nobody else appends to the WAL meanwhile.
+        # The file operations below run without the mutex, so readers never wait for them;
+        # this thread leads the writer queue, so nobody else appends to the WAL meanwhile.
+        # No fsync here: each can take a second on a busy disk, on this thread (the server's
+        # event loop). The next segment was prepared ahead (_prepare_wal), so the switch only
+        # renames it; the flush thread seals the old one (_seal_retired_wals), and the new one
+        # seals it, and makes its own name durable, before any fsync of its own.
         self._mutex.release()
         try:
-            old.seal()  # the frozen memtable's log is complete and durable before a new one
-            new = WriteAheadLog(self.fs, self.path, number, self._keyring)
-            # The new segment's directory entry must be durable before its first fsync counts.
-            self.fs.sync_dir(self.path)
+            if new is not None:
+                new.activate(prior=old)
+            else:  # not prepared (it failed, or the first switch of a read-write open)
+                new = WriteAheadLog(self.fs, self.path, number, prior=old,
+                                    keyring=self._keyring)
+                # Its directory entry must be durable before its first fsync counts.
+                self.fs.sync_dir(self.path)
         except BaseException as exc:  # noqa: BLE001 - recorded below, under the mutex
             error = exc
             if new is not None:
-                with contextlib.suppress(Exception):
-                    new.close()
-            # No descriptor for the new segment: nothing is lost (the old one is sealed,
-            # complete and durable, and stays current) once the half-made one is gone.
+                new.discard()
+            # No descriptor for the new segment: nothing is lost (the old one stays current,
+            # untouched) once the half-made one is gone.
             retryable = (isinstance(exc, DescriptorsExhaustedError)
                          and self._remove_log(number))
         finally:
             self._mutex.acquire()
         if error is not None:
             if retryable:
-                # The next write switches again (a sealed segment forces it); the seal is
-                # not written twice.
                 self.counters["descriptor_shortages"] += 1
                 raise self._retryable(cast(DescriptorsExhaustedError, error)) from None
             raise self._locked_fail(error, "starting a new WAL segment") from None
         assert new is not None
-        # From here on the engine writes to the new segment, whatever happens to the old one.
+        # From here on the engine writes to the new segment; the old one waits for its seal.
         self._wal = new
-        self.counters["wal_syncs_closed"] += old.syncs
+        self._retired_wals.append(old)
+        self._locked_freeze_memtable(number)
+
+    def _prepare_wal(self) -> None:
+        """Create the next WAL segment ahead of its memtable switch (at open, and by the
+        flush thread after each switch): under a name recovery skips, its header fsynced.
+        Without a descriptor it is left for later (the switch then creates the segment
+        itself, as before); any other error is the disk failing, as on the switch itself."""
+        with self._mutex:
+            if (self._next_wal is not None or self._closing or self._closed
+                    or self._bg_error is not None):
+                return
+            number = self._versions.new_file_number()
         try:
+            wal = WriteAheadLog(self.fs, self.path, number, prepared=True,
+                                keyring=self._keyring)
+        except ShaleError as exc:
+            with contextlib.suppress(ShaleError):
+                self.fs.remove(prepared_log_name(self.path, number))
+            if isinstance(exc, DescriptorsExhaustedError):
+                self.counters["descriptor_shortages"] += 1
+                return
+            raise self._fail(exc, "preparing a WAL segment") from None
+        with self._mutex:
+            # (close() may have begun meanwhile: then nobody would ever close it)
+            keep = not self._locked_stopping()
+            if keep:
+                self._next_wal = wal
+        if not keep:
+            wal.discard()
+
+    def _locked_stopping(self) -> bool:
+        return self._closing or self._closed
+
+    def _seal_retired_wals(self) -> None:
+        """Seal and close the WAL segments that memtable switches replaced (the flush thread,
+        before it writes their memtable out; and close())."""
+        with self._mutex:
+            retired = list(self._retired_wals)
+        for old in retired:
+            old.seal()  # durable, and marked complete; a no-op if a later sync got there first
             old.close()
-        except BaseException as exc:
-            # The old segment is synced, so nothing written is at risk, but an I/O error on
-            # the write path stops writes all the same: the disk is misbehaving.
-            raise self._locked_fail(exc, "closing a WAL segment") from None
+            with self._mutex:
+                self._retired_wals.remove(old)
+                self.counters["wal_syncs_closed"] += old.syncs
+        if retired:
+            with self._mutex:
+                wal = self._wal
+            if wal is not None:
+                wal.make_name_durable()  # the rename at the switch (a directory fsync)
+            self._note_seal()
+
+    def _note_seal(self) -> None:
+        """Have the current WAL segment say (a sync mark) that the segments before it are
+        sealed: if one of them is damaged later, that mark tells recovery it is corruption,
+        not an unsynced tail, even when nothing in the new segment is ever synced. Only a
+        leader of the writer queue appends, so this leads it when the queue is empty;
+        otherwise the next leader writes the mark before its record (never waiting here:
+        the leader may be waiting for this very flush)."""
+        with self._mutex:
+            wal = self._wal
+            if (self._writers or wal is None or not wal.note_due or self._closing
+                    or self._bg_error is not None):
+                return
+            self._writers.append(_Writer(None, 0, False, None))
+        try:
+            wal.note_prior_sealed()
         finally:
-            self._locked_freeze_memtable(number)
+            with self._mutex:
+                self._writers.popleft()
+                self._locked_wake_next_leader()
 
     def _remove_log(self, number: int) -> bool:
         """Remove a WAL segment that failed to start; False if that failed too. It must go,
@@ -1160,6 +1297,8 @@ class Engine:
                 last_seq = self._imm_last_seq
                 smallest = self._locked_smallest_snapshot()
             try:
+                self._seal_retired_wals()
+                self._prepare_wal()  # for the next switch
                 self._flush_memtable(imm, next_log, last_seq, smallest)
             except DescriptorsExhaustedError as exc:
                 # Nothing was recorded (the tables it wrote are removed, or orphans the next
@@ -1551,11 +1690,20 @@ class Engine:
         if wal is not None:
             try:
                 if self._bg_error is None:
-                    wal.seal()  # durable, and marked complete: a clean close
+                    # Durable, and marked complete: a clean close (the seal seals the
+                    # retired segments the flush thread did not get to first).
+                    wal.seal()
             except ShaleError as exc:
                 first = exc
             with contextlib.suppress(ShaleError):
                 wal.close()
+        for old in self._retired_wals:
+            with contextlib.suppress(ShaleError):
+                old.close()
+        self._retired_wals.clear()
+        if self._next_wal is not None:
+            self._next_wal.discard()
+            self._next_wal = None
         with contextlib.suppress(ShaleError):
             self._versions.close()
         for reader in self._tables.clear():

@@ -30,6 +30,23 @@ def log_name(dirpath: str, number: int) -> str:
     return join(dirpath, log_file(number))
 
 
+def prepared_log_name(dirpath: str, number: int) -> str:
+    """Path of WAL segment ``number`` while it is prepared ahead of its memtable switch (the
+    switch renames it to :func:`log_name`)."""
+    return join(dirpath, log_file(number) + ".new")
+
+
+_PREPARED = re.compile(r"^([0-9]{6,})\.log\.new$")
+
+
+def parse_prepared(name: str) -> int | None:
+    """The number of a prepared WAL segment's file name, or None."""
+    m = _PREPARED.match(name)
+    if m and f"{int(m.group(1)):06d}" == m.group(1):
+        return int(m.group(1))
+    return None
+
+
 def table_file(number: int) -> str:
     """File name of table ``number``."""
     return f"{number:06d}.sst"

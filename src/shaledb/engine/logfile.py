@@ -31,7 +31,7 @@ later record vouches for lies in writes that were never confirmed durable: what 
 into the mapped file), whatever the torn bytes look like. The rules that decide what recovery
 keeps are in :mod:`shaledb.engine.wal` and the manifest.
 
-Log format 3 (encrypted databases, database format 4) is log format 2 with a 48-byte file
+Log format 3 (encrypted databases, database format 5) is log format 2 with a 48-byte file
 header (a 16-byte salt and the id of the data key the file's key derives from; see
 :mod:`shaledb.engine.crypto`) and the payload of every full record sealed with AES-256-GCM
 (ciphertext + 16-byte tag) under the file's key, at the record's offset. The checksums cover
@@ -57,7 +57,7 @@ from .vfs import AppendFile, FileSystem
 
 FILE_MAGIC = b"SHALElog"
 LOG_VERSION = 2
-#: Log format of encrypted databases (database format 4).
+#: Log format of encrypted databases (database format 5).
 ENCRYPTED_LOG_VERSION = 3
 FILE_HEADER = struct.Struct("<8sIQ8sI")  # magic, version, number, salt, crc
 FILE_HEADER_SIZE = FILE_HEADER.size  # 32
@@ -241,7 +241,7 @@ class LogScan:
     """What reading a whole log found."""
 
     __slots__ = ("version", "number", "records", "offsets", "good_end", "end", "sealed",
-                 "damage")
+                 "vouches_prior", "damage")
 
     def __init__(self, version: int, number: int | None) -> None:
         self.version = version
@@ -251,6 +251,10 @@ class LogScan:
         self.good_end = 0  # offset just past the last good record (or the file header)
         self.end = 0  # offset past the last non-zero byte of the file
         self.sealed = False  # a seal record was read before any damage
+        #: A valid record says this file was fsynced past its header (a ``synced`` claim, a
+        #: sync mark, a seal). A WAL segment is fsynced only after the one before it is
+        #: sealed, so this vouches for every older segment as a whole.
+        self.vouches_prior = False
         self.damage: Damage | None = None
 
     @property
@@ -326,7 +330,7 @@ def _file_cipher(keyring: Keyring | None, file_kind: int, number: int, key_id: i
 
 def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False,
              expect: int | None = None, keyring: Keyring | None = None,
-             file_kind: int = WAL_FILE) -> LogScan:
+             file_kind: int = WAL_FILE, framing_only: bool = False) -> LogScan:
     """Read a whole log file (format 1, 2 or 3), stopping the good records at the first damage
     and describing that damage (never raises for damage; see :class:`Damage`).
 
@@ -342,11 +346,13 @@ def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False,
     plain log in an encrypted database, or the reverse).
 
     Format 3 needs ``keyring`` (EncryptionError without it) and ``file_kind`` (whose key):
-    the records it returns are decrypted."""
+    the records it returns are decrypted. With ``framing_only``, format-3 records are read by
+    their framing alone and returned sealed (no key needed): enough to tell where the records
+    are and what they say about fsyncs (``sealed``, ``vouches_prior``)."""
     if expect == 1:
         return _scan_v1(data, legacy_resync)
     if data[:len(FILE_MAGIC)] == FILE_MAGIC:
-        return _scan_v2(data, path, expect, keyring, file_kind)
+        return _scan_v2(data, path, expect, keyring, file_kind, framing_only)
     if expect in (LOG_VERSION, ENCRYPTED_LOG_VERSION):
         if _nonzero_end(data, 0) == 0:
             return LogScan(expect, None)  # created, nothing ever written back
@@ -368,7 +374,8 @@ def scan_log(data: bytes, path: str = "", *, legacy_resync: bool = False,
 
 
 def _scan_v2(data: bytes, path: str, expect: int | None = None,
-             keyring: Keyring | None = None, file_kind: int = WAL_FILE) -> LogScan:
+             keyring: Keyring | None = None, file_kind: int = WAL_FILE,
+             framing_only: bool = False) -> LogScan:
     version = _header_version(data)
     encrypted = version == ENCRYPTED_LOG_VERSION
     header = FILE_HEADER_V3 if encrypted else FILE_HEADER
@@ -393,14 +400,15 @@ def _scan_v2(data: bytes, path: str, expect: int | None = None,
                              "a plain log in an encrypted database", True, None)
         return scan
     cipher = None
-    if encrypted:
+    if encrypted and not framing_only:
         cipher = _file_cipher(keyring, file_kind, number, fields[4], salt, path)
     pos = hsize
     n = len(data)
     records = scan.records
     offsets = scan.offsets
+    synced_max = 0
     while pos < n:
-        end, rtype, _ = _record_at(data, pos, salt)
+        end, rtype, synced = _record_at(data, pos, salt)
         if end < 0:
             break
         if rtype == RECORD_FULL:
@@ -415,12 +423,21 @@ def _scan_v2(data: bytes, path: str, expect: int | None = None,
                     scan.end = _nonzero_end(data, pos)
                     scan.damage = Damage(pos, "record fails authentication (changed after "
                                          "it was written, or moved from elsewhere)", True, None)
+                    # What the file says about its fsyncs is framing (checksummed, not
+                    # sealed): read it on, as a reader without the key would.
+                    scan.vouches_prior = (scan.vouches_prior or synced_max > hsize
+                                          or _framing_vouches_prior(data, pos, salt, hsize))
                     return scan
             records.append(payload)
             offsets.append(pos)
-        elif rtype == RECORD_SEAL:
-            scan.sealed = True
+            synced_max = max(synced_max, synced)
+        else:  # a seal or a sync mark: written only after an fsync
+            scan.vouches_prior = True
+            if rtype == RECORD_SEAL:
+                scan.sealed = True
         pos = end
+    if synced_max > hsize:
+        scan.vouches_prior = True
     scan.good_end = pos
     scan.end = _nonzero_end(data, pos)
     if scan.end == pos:
@@ -438,6 +455,8 @@ def _scan_v2(data: bytes, path: str, expect: int | None = None,
         if end >= 0:
             if resumes_at is None:
                 resumes_at = search
+            if rtype != RECORD_FULL or synced > hsize:
+                scan.vouches_prior = True
             if synced > pos:  # a record, mark or seal written after ``pos`` was durable
                 vouched = True
                 break
@@ -446,6 +465,24 @@ def _scan_v2(data: bytes, path: str, expect: int | None = None,
             search += 1
     scan.damage = Damage(pos, _reason(data, pos, _HEADER), vouched, resumes_at)
     return scan
+
+
+def _framing_vouches_prior(data: bytes, pos: int, salt: bytes, hsize: int) -> bool:
+    """Whether a valid record at or after ``pos`` (by its salted checksums alone) says the
+    file was fsynced past its ``hsize``-byte header: :attr:`LogScan.vouches_prior`."""
+    end_data = _nonzero_end(data, pos)
+    while pos < end_data:
+        pos = data.find(MAGIC, pos, end_data)
+        if pos < 0:
+            break
+        end, rtype, synced = _record_at(data, pos, salt)
+        if end < 0:
+            pos += 1
+            continue
+        if rtype != RECORD_FULL or synced > hsize:
+            return True
+        pos = end
+    return False
 
 
 def _damaged_start(data: bytes, header_size: int = FILE_HEADER_SIZE,

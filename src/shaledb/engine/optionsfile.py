@@ -4,13 +4,16 @@ the database was opened with then (JSON), followed by a checksum line since data
 Database format versions (docs/format.md): 1 and 2 differ in their tables (a table carries its
 own version in its footer); 3 adds the log file header, salted records with a sync watermark,
 sync marks and seals (WAL and MANIFEST), the checksums of CURRENT and OPTIONS, and ``lost/``;
-4 is format 3 encrypted (``KEYRING``, log format 3, table format 3, an ``encryption`` object
-here). A plain database is written in format 3 (:data:`DB_FORMAT_VERSION`), an encrypted one
-in format 4 (:data:`ENCRYPTED_DB_FORMAT_VERSION`): a database is encrypted exactly when its
-OPTIONS say format 4, and a ShaleDB that knows only format 3 refuses it rather than misread it.
-A ShaleDB refuses a database whose version is newer than :data:`MAX_DB_FORMAT_VERSION`.
+4 seals a WAL segment after the next one started (``wal_async_seal_from``: from that file number
+on, a segment's predecessor may be unsealed after a crash; a sync mark in a segment says that
+its predecessors were sealed); 5 is format 4 encrypted (``KEYRING``, log format 3, table format
+3, an ``encryption`` object here). A plain database is written in format 4
+(:data:`DB_FORMAT_VERSION`), an encrypted one in format 5 (:data:`ENCRYPTED_DB_FORMAT_VERSION`):
+a database is encrypted exactly when its OPTIONS say format 5, and a ShaleDB that knows only
+format 4 or older refuses it rather than misread it. A ShaleDB refuses a database whose
+version is newer than :data:`MAX_DB_FORMAT_VERSION`.
 
-Layout (format 3): the JSON object as ``json.dumps(info, indent=2, sort_keys=True)``, a
+Layout (formats 3 to 5): the JSON object as ``json.dumps(info, indent=2, sort_keys=True)``, a
 newline, then the line ``crc32c XXXXXXXX`` (the CRC32C of every byte before that line, as 8
 lowercase hex digits) and a newline. The checksum covers the bytes as they are, so a reader
 in any language checks it before parsing.
@@ -29,9 +32,9 @@ from .sstable.format import ENCRYPTED_FORMAT_VERSION as ENCRYPTED_TABLE_FORMAT_V
 from .sstable.format import FORMAT_VERSION as TABLE_FORMAT_VERSION
 
 #: The format a plain database is written in.
-DB_FORMAT_VERSION = 3
+DB_FORMAT_VERSION = 4
 #: The format an encrypted database is written in.
-ENCRYPTED_DB_FORMAT_VERSION = 4
+ENCRYPTED_DB_FORMAT_VERSION = 5
 #: The newest format this ShaleDB reads.
 MAX_DB_FORMAT_VERSION = ENCRYPTED_DB_FORMAT_VERSION
 
@@ -39,16 +42,19 @@ _CRC_PREFIX = b"crc32c "
 
 
 def encode_options(created_by: str, options: dict[str, Any], log_format_2_from: int,
-                   encrypted: bool = False) -> bytes:
+                   wal_async_seal_from: int, encrypted: bool = False) -> bytes:
     """The content of a new OPTIONS file. ``log_format_2_from``: the first file number that
-    may be a log of format 2 (0 for a database created in format 3; the next file number when
-    an older database is upgraded): every WAL segment and MANIFEST numbered from it has a
-    format-2 header, so one that does not start with a valid header is damaged. ``encrypted``:
-    database format 4 (every log of format 3, every table of format 3)."""
+    may be a log of format 2 (0 for a database created in format 3 or later; the next file
+    number when an older database is upgraded): every WAL segment and MANIFEST numbered from
+    it has a format-2 header, so one that does not start with a valid header is damaged.
+    ``wal_async_seal_from``: the first WAL segment number written by format 4 (0, or the next
+    file number at an upgrade), whose predecessor may have been left unsealed by a crash.
+    ``encrypted``: database format 5 (every log of format 3, every table of format 3)."""
     info: dict[str, Any] = {"format_version": DB_FORMAT_VERSION,
                             "table_format_version": TABLE_FORMAT_VERSION,
                             "log_format_version": LOG_VERSION,
                             "log_format_2_from": log_format_2_from,
+                            "wal_async_seal_from": wal_async_seal_from,
                             "created_by": created_by, "options": options}
     if encrypted:
         info.update({"format_version": ENCRYPTED_DB_FORMAT_VERSION,
@@ -88,9 +94,10 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
     if version >= 3:
         if not checked:
             raise _damaged(dirpath, "its checksum line is missing")
-        since = info.get("log_format_2_from")
-        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-            raise _damaged(dirpath, "log_format_2_from is missing or not a file number")
+        for key in ("log_format_2_from", "wal_async_seal_from")[:1 + (version >= 4)]:
+            since = info.get(key)
+            if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+                raise _damaged(dirpath, f"{key} is missing or not a file number")
         for key, known in (("table_format_version", ENCRYPTED_TABLE_FORMAT_VERSION),
                            ("log_format_version", ENCRYPTED_LOG_VERSION)):
             part = info.get(key)
@@ -110,7 +117,7 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
 
 
 def is_encrypted(info: dict[str, Any]) -> bool:
-    """Whether decoded OPTIONS describe an encrypted database (format 4)."""
+    """Whether decoded OPTIONS describe an encrypted database (format 5)."""
     return int(info.get("format_version", 0)) >= ENCRYPTED_DB_FORMAT_VERSION
 
 
@@ -129,6 +136,17 @@ def log_format_2_from(info: dict[str, Any] | None) -> int | None:
     return NO_FORMAT_2_LOGS if int(info.get("format_version", 0)) < 3 else None
 
 
+def wal_async_seal_from(info: dict[str, Any] | None) -> int | None:
+    """From decoded OPTIONS: the first WAL segment number whose predecessor may be unsealed
+    after a crash (:data:`NO_FORMAT_2_LOGS`, never, before format 4; None when unknown)."""
+    if info is None:
+        return None
+    if int(info.get("format_version", 0)) < 4:
+        return NO_FORMAT_2_LOGS
+    since = info.get("wal_async_seal_from")
+    return since if isinstance(since, int) and not isinstance(since, bool) else None
+
+
 def expected_log_format(since: int | None, number: int, encrypted: bool = False
                         ) -> int | None:
     """The log format of file ``number``, as far as OPTIONS tells (None: unknown); in an
@@ -142,4 +160,4 @@ def expected_log_format(since: int | None, number: int, encrypted: bool = False
 
 __all__ = ["DB_FORMAT_VERSION", "ENCRYPTED_DB_FORMAT_VERSION", "MAX_DB_FORMAT_VERSION",
            "NO_FORMAT_2_LOGS", "decode_options", "encode_options", "expected_log_format",
-           "is_encrypted", "log_format_2_from"]
+           "is_encrypted", "log_format_2_from", "wal_async_seal_from"]

@@ -89,7 +89,9 @@ from .verify import (
     load_keyring,
     lock_for_reading,
     log_format_of,
+    may_hold_torn_writes,
     num_levels_of,
+    read_async_seal_since,
     read_log_since,
     read_manifest,
     read_options,
@@ -214,6 +216,7 @@ class _Salvager:
         self.src = src
         self.log_since: int | None = None  # log_format_2_from of OPTIONS (None: unknown)
         self.keyring: Keyring | None = None  # the data keys of an encrypted source
+        self.async_since: int | None = None  # wal_async_seal_from of OPTIONS (None: unknown)
         self.r = report
         self._progress = progress
         self._total = 0
@@ -531,10 +534,13 @@ class _Salvager:
             if gap is not None:
                 self._wal_gap(name, gap, prev_end, None)
             if scan.tail is not None:
-                if idx == len(numbers) - 1 and scan.tail not in scan.vouched:
-                    r.notices.append(f"{name}: the newest WAL segment ends in a record torn by "
-                                     f"a crash at offset {scan.tail} ({len(data) - scan.tail} "
-                                     "bytes); like open, repair drops it")
+                if scan.tail not in scan.vouched and may_hold_torn_writes(
+                        self.fs, self.src, numbers, idx, self.log_since, self.async_since,
+                        self.keyring is not None):
+                    r.notices.append(f"{name}: the WAL segment (the newest, or one never "
+                                     "sealed) ends in a record torn by a crash at offset "
+                                     f"{scan.tail} ({len(data) - scan.tail} bytes); like open, "
+                                     "repair drops it")
                 else:
                     r.wal_records_lost += 1
                     self.lose(Loss(ProblemKind.CHECKSUM, name,
@@ -666,6 +672,7 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
         options = read_options(fs, src, problems.append)
         since = read_log_since(fs, src)
         s.log_since = since
+        s.async_since = read_async_seal_since(fs, src)
         manifest = read_manifest(fs, src, num_levels_of(options), problems.append,
                                  since=since, keyring=keyring)
         names = fs.listdir(src)

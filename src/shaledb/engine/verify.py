@@ -84,9 +84,22 @@ from .crypto import (
     open_keyring,
 )
 from .filenames import CURRENT, KEYRING, LOCK, OPTIONS, parse
-from .logfile import MAGIC, salvage_log
+from .logfile import (
+    MAGIC,
+    RECORD_FULL,
+    RECORD_SEAL,
+    Salvage,
+    file_header_size,
+    salvage_log,
+)
 from .manifest import Version, VersionEdit, decode_current
-from .optionsfile import decode_options, expected_log_format, is_encrypted, log_format_2_from
+from .optionsfile import (
+    decode_options,
+    expected_log_format,
+    is_encrypted,
+    log_format_2_from,
+    wal_async_seal_from,
+)
 from .sstable.block import decode_data_block, decode_index_block
 from .sstable.filter import KeyFilter
 from .sstable.format import (
@@ -445,6 +458,11 @@ class LogScan:
     number: int | None = None
     #: Starts of damaged ranges that pass their checksums but fail authentication.
     unauthentic: frozenset[int] = frozenset()
+    #: An intact seal record was read.
+    sealed: bool = False
+    #: An intact record says the file was fsynced past its header (a ``synced`` claim, a sync
+    #: mark, a seal): every older WAL segment had been sealed.
+    vouches_prior: bool = False
 
 
 def scan_log(data: bytes, expect: int | None = None, keyring: Keyring | None = None,
@@ -466,8 +484,17 @@ def scan_log(data: bytes, expect: int | None = None, keyring: Keyring | None = N
             tail = start  # damage no valid record follows: from here to the end
         if sal.vouched(start):
             vouched.add(start)
+    sealed = any(rtype == RECORD_SEAL for _, rtype, _, _ in sal.records)
+    vouches = _vouches_prior(sal)
     return LogScan(records, gaps, tail, vouched, sal.zeros_from, sal.header_size,
-                   sal.version, sal.number, frozenset(sal.unauthentic))
+                   sal.version, sal.number, frozenset(sal.unauthentic), sealed, vouches)
+
+
+def _vouches_prior(sal: Salvage) -> bool:
+    """:attr:`LogScan.vouches_prior` of what :func:`salvage_log` read."""
+    header = file_header_size(sal.version)
+    return any(rtype != RECORD_FULL or (synced or 0) > header
+               for _, rtype, synced, _ in sal.records if synced is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,6 +534,40 @@ def read_log_since(fs: FileSystem, path: str) -> int | None:
         return log_format_2_from(decode_options(fs.read_file(join(path, OPTIONS)), path))
     except ShaleError:
         return None
+
+
+def read_async_seal_since(fs: FileSystem, path: str) -> int | None:
+    """``wal_async_seal_from`` of the database's OPTIONS (None when it cannot be read: then
+    every older segment is taken to have been sealed, the stricter judgement)."""
+    try:
+        return wal_async_seal_from(decode_options(fs.read_file(join(path, OPTIONS)), path))
+    except ShaleError:
+        return None
+
+
+def may_hold_torn_writes(fs: FileSystem, path: str, numbers: list[int], idx: int,
+                         log_since: int | None, async_since: int | None,
+                         encrypted: bool = False) -> bool:
+    """Whether WAL segment ``numbers[idx]`` (of the live ones, ascending) may hold writes a
+    crash tore: the newest one, or (formats 4 and 5) an older one no later segment vouches
+    for (nothing in a later segment is fsynced before its predecessors are sealed). The open's
+    recovery judges the same way. ``async_since`` None (OPTIONS unreadable): the stricter
+    judgement of format 3. What a segment says about its fsyncs is framing (checksummed, not
+    sealed), so an encrypted one is judged without its key."""
+    if idx == len(numbers) - 1:
+        return True
+    later = numbers[idx + 1:]
+    if async_since is None or later[0] < async_since:
+        return False
+    for n in later:
+        try:
+            data = fs.read_file(join(path, f"{n:06d}.log"))
+        except StorageError:
+            return False
+        if _vouches_prior(salvage_log(data, expected_log_format(log_since, n, encrypted),
+                                      raw=True)):
+            return False
+    return True
 
 
 def log_format_of(since: int | None, name: str, encrypted: bool = False) -> int | None:
@@ -745,6 +806,8 @@ class Checker:
         self.budget = ReadBudget(rate, should_stop)
         #: ``log_format_2_from`` of OPTIONS (None: unknown), set when the check starts.
         self.log_since: int | None = None
+        #: ``wal_async_seal_from`` of OPTIONS (None: unknown), set when the check starts.
+        self.async_since: int | None = None
 
     def report(self, problem: Problem) -> None:
         self.problems.append(problem)
@@ -802,6 +865,7 @@ class Checker:
             return
         num_levels = num_levels_of(options)
         self.log_since = read_log_since(self.fs, self.path)
+        self.async_since = read_async_seal_since(self.fs, self.path)
         manifest = read_manifest(self.fs, self.path, num_levels, self.report,
                                  since=self.log_since, keyring=self.keyring)
         if manifest.name is not None:
@@ -886,6 +950,7 @@ class Checker:
         options = read_options(self.fs, self.path, self.report)
         num_levels = max(num_levels_of(options), len(state.levels))
         self.log_since = read_log_since(self.fs, self.path)
+        self.async_since = read_async_seal_since(self.fs, self.path)
         name = f"MANIFEST-{state.manifest_number:06d}"
         manifest = read_manifest(self.fs, self.path, num_levels, self.report,
                                  data=state.manifest, name=name, since=self.log_since,
@@ -1003,6 +1068,7 @@ class Checker:
         check_start = last_seq is not None and (live_limit is None or (
             bool(numbers) and numbers[0] == log_number))
         first_record = True
+        prev_sealed = True  # the segment before this one ended in a seal
         for idx, number in enumerate(numbers):
             name = f"{number:06d}.log"
             p = join(self.path, name)
@@ -1046,6 +1112,7 @@ class Checker:
                 + [(start, 0, end) for start, end in scan.gaps], key=lambda e: e[0])
             prev_end: int | None = None  # last sequence of the previous intact record
             pending_gap: tuple[int, int] | None = None
+            segment_start = True
             for offset, what, item in events:
                 if what == 0:
                     pending_gap = (offset, item)
@@ -1063,7 +1130,7 @@ class Checker:
                 end = first + len(ops) // 4 - 1
                 if pending_gap is not None:
                     self._wal_gap(name, data, scan, pending_gap, prev_end, first,
-                                  idx == len(numbers) - 1)
+                                  self._may_be_torn(numbers, idx))
                     pending_gap = None
                 elif first_record:
                     if check_start and last_seq is not None and first > last_seq + 1:
@@ -1071,6 +1138,15 @@ class Checker:
                                      f"the WAL starts at sequence {first} but the tables end at "
                                      f"{last_seq}: the writes between are missing (a segment "
                                      "was lost?)", offset=offset, seqs=(last_seq + 1, first - 1))
+                elif (segment_start and expected is not None and first > expected
+                      and not prev_sealed and self._may_be_torn(numbers, idx - 1)):
+                    self._notice(ProblemKind.TORN_TAIL, f"{numbers[idx - 1]:06d}.log",
+                                 "the WAL segment before "
+                                 f"{name} was never sealed and its last writes (sequences "
+                                 f"{expected}-{first - 1}) did not reach the disk before a "
+                                 "crash; none of them was confirmed durable: open keeps the "
+                                 "writes before them and saves the rest under lost/",
+                                 seqs=(expected, first - 1))
                 elif expected is not None and first != expected:
                     self._damage(ProblemKind.SEQUENCE, name,
                                  f"WAL record starts at sequence {first}, expected {expected} "
@@ -1080,18 +1156,21 @@ class Checker:
                                  seqs=(expected, first - 1) if first > expected
                                  else (first, expected - 1))
                 first_record = False
+                segment_start = False
                 expected = end + 1
                 prev_end = end
             if pending_gap is not None:
                 self._wal_gap(name, data, scan, pending_gap, prev_end, None,
-                              idx == len(numbers) - 1)
+                              self._may_be_torn(numbers, idx))
+            prev_sealed = scan.sealed
             if scan.tail is not None:
                 tail_len = len(data) - scan.tail
-                if idx == len(numbers) - 1 and scan.tail not in scan.vouched:
+                if self._may_be_torn(numbers, idx) and scan.tail not in scan.vouched:
                     self._notice(ProblemKind.TORN_TAIL, name,
-                                 "the newest WAL segment ends in writes torn by a crash "
-                                 f"({tail_len} bytes) that were never confirmed durable; open "
-                                 "cuts them and keeps the bytes under lost/",
+                                 "the WAL segment (the newest, or one never sealed) ends in "
+                                 f"writes torn by a crash ({tail_len} bytes) that were never "
+                                 "confirmed durable; open cuts them and keeps the bytes under "
+                                 "lost/",
                                  offset=scan.tail, length=tail_len)
                 else:
                     self._damage(_log_damage_kind(data, scan.tail, scan), name,
@@ -1123,15 +1202,20 @@ class Checker:
         finally:
             f.close()
 
+    def _may_be_torn(self, numbers: list[int], idx: int) -> bool:
+        return may_hold_torn_writes(self.fs, self.path, numbers, idx, self.log_since,
+                                    self.async_since, self.keyring is not None)
+
     def _wal_gap(self, name: str, data: bytes, scan: LogScan, gap: tuple[int, int],
-                 prev_end: int | None, next_first: int | None, newest: bool) -> None:
+                 prev_end: int | None, next_first: int | None, may_be_torn: bool) -> None:
         seqs = None
         if prev_end is not None and next_first is not None and next_first > prev_end + 1:
             seqs = (prev_end + 1, next_first - 1)
-        if newest and gap[0] not in scan.vouched:
+        if may_be_torn and gap[0] not in scan.vouched:
             self._notice(ProblemKind.TORN_TAIL, name,
-                         "a hole in the newest WAL segment's unsynced writes (a power loss "
-                         "kept some pages and not others): none of it was confirmed durable; "
+                         "a hole in a WAL segment's unsynced writes (the newest, or one never "
+                         "sealed: a power loss kept some pages and not others): none of it was "
+                         "confirmed durable; "
                          "open cuts the segment here, keeping the rest of it under lost/",
                          offset=gap[0], length=gap[1] - gap[0], seqs=seqs)
             return

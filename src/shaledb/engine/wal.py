@@ -3,14 +3,18 @@
 Every write group (one or more batches) becomes one record, copied into the segment's shared
 memory map (:class:`~shaledb.engine.vfs.MappedFile`: in the page cache at once, so it survives
 a process crash, without a system call that would give up the GIL). A segment is started
-whenever the memtable is frozen (the old one is sealed and fsynced first) and sealed at a clean
-close; it is deleted once the manifest records that every memtable it fed is in a table
-(``log_number`` moved past it). A segment that was open during a crash ends in zeros (space
-allocated but never written): the reader takes an all-zero tail as the end of the segment.
+whenever the memtable is frozen and sealed at a clean close; the segment it replaces is sealed
+(fsynced, with a seal record) by the flush thread, off the writer's thread, and always before
+anything in the new segment is fsynced: the new segment's :meth:`WriteAheadLog.sync` and
+:meth:`~WriteAheadLog.seal` seal their *prior* first. A segment is deleted once the manifest
+records that every memtable it fed is in a table (``log_number`` moved past it). A segment
+that was open during a crash ends in zeros (space allocated but never written): the reader
+takes an all-zero tail as the end of the segment.
 
 What recovery keeps (docs/format.md, "WAL recovery"): the records up to the first damage. The
-damage is *unsynced* (what a crash tears) when it is in the newest segment and no valid record
-after it vouches that it had been synced (a ``synced`` claim past it, a sync mark, a seal).
+damage is *unsynced* (what a crash tears) when no valid record after it vouches that it had been
+synced (a ``synced`` claim past it, a sync mark, a seal), in its segment or in a later one
+(any sync in a later segment came after this one's seal: :attr:`LogScan.vouches_prior`).
 Anything else is *synced* damage: corruption, which ``wal_recovery="strict"`` refuses to open
 and ``"point_in_time"`` cuts like unsynced damage. Cut bytes are never just dropped: the
 engine saves them under ``lost/``.
@@ -23,10 +27,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import CorruptionError
+from ..errors import CorruptionError, ShaleError
 from .batch import decode_batch
 from .crypto import WAL_FILE, Keyring
-from .filenames import log_name
+from .filenames import log_name, prepared_log_name
 from .logfile import HEADER_SIZE, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
@@ -39,9 +43,18 @@ class WriteAheadLog:
     come from the leader or the periodic syncer, so it is serialized by a small lock."""
 
     def __init__(self, fs: FileSystem, dirpath: str, number: int,
+                 prior: WriteAheadLog | None = None, *, prepared: bool = False,
                  keyring: Keyring | None = None) -> None:
         self.number = number
-        self.path = log_name(dirpath, number)
+        self._fs = fs
+        self._dirpath = dirpath
+        # A prepared segment is made ahead of its memtable switch under a name recovery does
+        # not replay (its header fsynced, off the writer's thread); :meth:`activate` renames
+        # it. Its new name becomes durable before anything in it is fsynced (_ensure_named).
+        self.path = prepared_log_name(dirpath, number) if prepared else log_name(dirpath, number)
+        #: The directory entry of :attr:`path` is durable (the creator fsyncs the directory
+        #: after creating an unprepared segment).
+        self._named = not prepared
         file = fs.create_mapped(self.path)
         try:
             # Encrypted: a new file key (fresh salt) for every segment, never reused.
@@ -64,6 +77,13 @@ class WriteAheadLog:
         self.syncs = 0
         #: A seal was written: nothing may be appended any more.
         self.sealed = False
+        #: The segment this one replaces, until it is known sealed. Nothing in this segment
+        #: is fsynced before it is: recovery may then take an unsealed older segment's torn
+        #: tail (and everything after it) for unsynced writes, unless a later segment holds
+        #: a sync (the new-order rule, docs/format.md "WAL recovery").
+        self._prior = prior
+        #: A sync mark should say that the prior segment was sealed (note_prior_sealed).
+        self.note_due = prior is not None
 
     @property
     def size(self) -> int:
@@ -111,6 +131,8 @@ class WriteAheadLog:
         (only the write-group leader, the one thread that appends), append a sync mark after
         it, so that a synced last record stays vouched for even if no record follows."""
         with self._sync_lock:
+            self._seal_prior()
+            self._ensure_named()
             w = self._writer
             if w.size != w.synced:
                 w.sync(mark)
@@ -125,9 +147,67 @@ class WriteAheadLog:
         with self._sync_lock:
             if self.sealed:
                 return
+            self._seal_prior()
+            self._ensure_named()
             self._writer.seal()
             self.sealed = True
             self.syncs += 1
+
+    def activate(self, prior: WriteAheadLog | None) -> None:
+        """Give a prepared segment its real name (a rename, not yet durable) and the segment
+        it replaces. The caller is the one thread that appends; nothing was appended yet."""
+        final = log_name(self._dirpath, self.number)
+        self._fs.rename(self.path, final)
+        self.path = self._file.path = final
+        self._prior = prior
+        self.note_due = prior is not None
+
+    def discard(self) -> None:
+        """Close and remove a prepared segment that was never activated (best effort)."""
+        with contextlib.suppress(Exception):
+            self.close()
+        with contextlib.suppress(Exception):
+            self._fs.remove(self.path)
+
+    def _ensure_named(self) -> None:
+        """Make the segment's name durable before its first fsync counts (caller holds
+        ``_sync_lock``)."""
+        if not self._named:
+            self._fs.sync_dir(self._dirpath)
+            self._named = True
+
+    def make_name_durable(self) -> None:
+        """:meth:`_ensure_named` ahead of need (the flush thread, after a switch)."""
+        with self._sync_lock:
+            self._ensure_named()
+
+    def note_prior_sealed(self) -> None:
+        """Once the prior segment is sealed, append a sync mark (claiming only what this
+        segment really has synced) as the evidence recovery needs to call later damage in
+        the prior segment corruption (:attr:`LogScan.vouches_prior`). Only the write-group
+        leader calls this; best effort: without room for the mark (no descriptor, disk
+        full) it is simply not written, and nothing else is."""
+        if not self.note_due or self.sealed:
+            return
+        prior = self._prior
+        if prior is not None and not prior.sealed:
+            return
+        with self._sync_lock:
+            try:
+                self._file.reserve(SYNC_MARK_SIZE)
+            except ShaleError:
+                return
+            self._writer.mark()
+            self.note_due = False
+
+    def _seal_prior(self) -> None:
+        """Seal the segment this one replaced, if that has not happened yet (the flush thread
+        usually got there first; the prior's own lock makes it happen once). Caller holds
+        ``_sync_lock``: lock order is always newer segment, then older."""
+        prior = self._prior
+        if prior is not None:
+            prior.seal()
+            self._prior = None  # _note_due stays: a sync mark of this segment may still be due
 
     def close(self) -> None:
         """Close the segment without syncing."""

@@ -133,6 +133,15 @@ class TurnCommit:
                 self.commits += 1
             except ShaleError as exc:
                 error = engine_error(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug: still answer every client
+                # Without this the parked replies were never released: the clients of the
+                # turn waited forever (met through a nonce check of the encryption branch).
+                log.error("internal error committing the writes of a turn", exc_info=exc)
+                self.txn.undo(0)  # never apply them later with another turn's writes
+                error = CommandError(
+                    f"internal error while committing the writes ({type(exc).__name__}); "
+                    "whether they were applied is unknown: read the keys back; see the "
+                    "server log")
         for group in groups:
             group.settle(error)
         waiting, self._waiting = self._waiting, []

@@ -10,17 +10,22 @@ within SEND_TIMEOUT is dropped. When a new connection finds the table full, the 
 connection still waiting for its request head is closed with 408 to make room (503 only
 when every connection is past its head, i.e. sending): connections that send nothing --
 no authentication is needed to open one -- can never keep a health probe out, which sends
-its request at once. Methods other than GET and HEAD get 405, other
-paths 404, and a failure while building the answer 500 (logged). The page is built on the
-loop, like any command, so a scrape costs the clients the time of one ``db.stats()`` and
-some string formatting.
+its request at once. A connection whose request has arrived but not been read yet (in the
+socket, or in its reader's buffer: the loop accepts a burst of connections before it reads
+any) is never the one evicted: a probe that came just before a flood was. Methods other
+than GET and HEAD get 405, other paths 404, and a failure while building the answer 500
+(logged). The page is built on the loop, like any command, so a scrape costs the clients the
+time of one ``db.stats()`` and some string formatting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 from typing import TYPE_CHECKING, Final
 
 from .metrics import CONTENT_TYPE, exposition, health
@@ -59,7 +64,8 @@ class MetricsEndpoint:
         self._listener: asyncio.Server | None = None
         self._active: set[asyncio.Task[None]] = set()
         #: The connections still waiting for their request head, oldest first.
-        self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._idle: dict[asyncio.Task[None],
+                         tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self.requests = 0
         #: Idle connections closed to make room for a new one.
         self.evicted = 0
@@ -90,7 +96,7 @@ class MetricsEndpoint:
                 await self._send(writer, response(503, b"too many metrics requests at once\n"))
                 return
             self._active.add(task)
-            self._idle[task] = writer
+            self._idle[task] = (reader, writer)
             try:
                 answer = await self._answer(reader)
             except (ConnectionError, asyncio.IncompleteReadError):
@@ -114,12 +120,12 @@ class MetricsEndpoint:
             writer.close()
 
     def _evict_idle(self) -> bool:
-        """Close the oldest connection still waiting for its request head (408); False when
-        there is none."""
-        if not self._idle:
+        """Close the oldest connection still waiting for its request head whose request has
+        not arrived (408); False when there is none."""
+        task = next((t for t, (r, w) in self._idle.items() if not _request_waiting(r, w)), None)
+        if task is None:
             return False
-        task, writer = next(iter(self._idle.items()))
-        del self._idle[task]
+        writer = self._idle.pop(task)[1]
         self._active.discard(task)
         self.evicted += 1
         with contextlib.suppress(Exception):
@@ -159,6 +165,21 @@ class MetricsEndpoint:
         writer.write(data)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
+
+
+def _request_waiting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether a request head has arrived on the connection and only waits to be read: bytes
+    in the socket (FIONREAD), or a whole head in the reader's buffer."""
+    if b"\r\n\r\n" in getattr(reader, "_buffer", b""):
+        return True
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return bool(struct.unpack("i", raw)[0])
 
 
 __all__ = ["MAX_CONNECTIONS", "MAX_REQUEST_BYTES", "MetricsEndpoint", "SEND_TIMEOUT",

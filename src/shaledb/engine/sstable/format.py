@@ -40,7 +40,7 @@ from ..crypto import DATA_BLOCK, FileCipher, Unauthentic
 
 #: The format of the tables of a plain database.
 FORMAT_VERSION = 2
-#: The format of the tables of an encrypted database (database format 4).
+#: The format of the tables of an encrypted database (database format 5).
 ENCRYPTED_FORMAT_VERSION = 3
 MAGIC = b"SHALEsst"
 FOOTER = struct.Struct("<QIQIQII12xI8s")
