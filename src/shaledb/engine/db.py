@@ -1661,6 +1661,19 @@ class Engine:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    def _record_prepared_number(self, number: int) -> None:
+        """Before close() removes the prepared WAL segment ``number``: when no manifest
+        records the file counter past it yet (an open that is closed before any flush), an
+        edit does, so that the next open never hands the number out again. (File numbers
+        are never reused: in an encrypted database each names a file key, docs/security.md.
+        The file held a header only, its salt fresh: no nonce was ever used under its key.)
+        Called by close() alone, with every other thread stopped."""
+        v = self._versions
+        if number < v.recorded_next:
+            return
+        edit = VersionEdit()
+        v.install(v.log_and_apply(edit), edit)
+
     def close(self) -> None:
         """Stop background work, sync the WAL, release files and the lock. Idempotent.
 
@@ -1702,6 +1715,11 @@ class Engine:
                 old.close()
         self._retired_wals.clear()
         if self._next_wal is not None:
+            if first is None and self._bg_error is None:
+                try:
+                    self._record_prepared_number(self._next_wal.number)
+                except ShaleError as exc:
+                    first = exc
             self._next_wal.discard()
             self._next_wal = None
         with contextlib.suppress(ShaleError):

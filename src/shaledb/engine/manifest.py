@@ -188,6 +188,9 @@ class VersionSet:
         self.log_number = 0
         self.compact_pointers: dict[int, bytes] = {}
         self.manifest_number = 0
+        #: The ``next`` the live manifest last recorded: numbers from it on may have been
+        #: handed out without any manifest saying so (see Engine.close).
+        self.recorded_next = 0
         self._log: LogWriter | None = None
         #: A torn last edit ignored by :meth:`recover`: (manifest file name, offset, bytes).
         self.cut: tuple[str, int, bytes] | None = None
@@ -271,6 +274,7 @@ class VersionSet:
             self.next_file = max(self.next_file, max(numbers) + 1)
         self.manifest_number = int(name.split("-", 1)[1])
         self.next_file = max(self.next_file, self.manifest_number + 1, self.log_number + 1)
+        self.recorded_next = self.next_file
         self.current = version
 
     def write_new_manifest(self) -> None:
@@ -307,6 +311,8 @@ class VersionSet:
             self._log.close()
         self._log = writer
         self.manifest_number = number
+        if snapshot.next_file is not None:
+            self.recorded_next = snapshot.next_file
         if old:
             self.fs.remove(manifest_name(self.dirpath, old))
 
@@ -355,6 +361,8 @@ class VersionSet:
         self._touched = True
         self._log.add(edit.encode())
         self._log.sync()
+        assert edit.next_file is not None
+        self.recorded_next = edit.next_file
         return new
 
     def install(self, version: Version, edit: VersionEdit) -> None:
