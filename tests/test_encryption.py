@@ -509,6 +509,38 @@ def test_a_changed_wal_record_is_corruption_not_a_torn_tail(tmp_path, fix_crc) -
         assert db.get(_key(3009)) == model[_key(3009)] and db.get(_key(3011)) is None
 
 
+def test_a_record_failing_authentication_hides_no_fsync_evidence_after_it(tmp_path) -> None:
+    """What a WAL segment says about its fsyncs (``vouches_prior``: whether the segments
+    before it had been sealed) is framing, checksummed, not sealed: the open reads it the
+    same whether or not a record fails authentication, as verify and a reader without the
+    key do. Failed before: the scan stopped at the changed record, so a sync mark after it
+    did not count (the open then judged an older segment's damage otherwise than verify)."""
+    from shaledb.engine import logfile
+
+    path = tmp_path / "db"
+    db = shaledb.open(path, encryption_key=KEY, **QUIET)
+    try:
+        for i in range(5):
+            db.put(_key(i), b"before the sync")
+        db.put(_key(5), b"durable", sync=True)  # an fsync, then a sync mark
+        for i in range(6, 10):
+            db.put(_key(i), b"after the sync")
+        copy = tmp_path / "copy"
+        shutil.copytree(path, copy, ignore=shutil.ignore_patterns("LOCK", "*.log.new"))
+    finally:
+        db.close()
+    (log,) = copy.glob("*.log")
+    _flip_log_record(log, 0, True, fr.WAL_FILE)  # checksums recomputed: only the tag fails
+    data = log.read_bytes()
+    ring = crypto.open_keyring((copy / "KEYRING").read_bytes(), crypto.MasterKey(KEY),
+                               str(copy))
+    full = logfile.scan_log(data, expect=3, keyring=ring)
+    framing = logfile.scan_log(data, expect=3, framing_only=True)
+    assert full.damage is not None and "authentication" in full.damage.reason
+    assert not full.records and framing.records  # (the first record is the changed one)
+    assert framing.vouches_prior and full.vouches_prior
+
+
 def test_a_changed_manifest_edit_is_refused(tmp_path) -> None:
     path = tmp_path / "db"
     _encrypted_db(path)
