@@ -287,6 +287,46 @@ def test_encrypted_golden_database_covers_the_format() -> None:
     assert not [s for s in secrets if len(s) >= 6 and any(s in b for b in blobs)]
 
 
+def _rewrite_options(path: Path, change: Any) -> None:
+    """OPTIONS with ``change(info)`` applied, laid out and checksummed as the engine does."""
+    import crc32c
+
+    raw = (path / "OPTIONS").read_bytes()
+    info = json.loads(raw[:raw.rindex(b"crc32c ")])
+    change(info)
+    body = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    (path / "OPTIONS").write_bytes(body + b"crc32c %08x\n" % crc32c.crc32c(body))
+
+
+def test_format_5_is_refused_by_a_format_4_shaledb_and_needs_its_encryption_object(
+        tmp_path, monkeypatch) -> None:
+    """A ShaleDB that reads up to format 4 (the rule of every ShaleDB: a version above the
+    newest it knows is IncompatibleFormatError; checked once against main's format-4 code)
+    refuses the encrypted golden database instead of reading it as plain. And the encryption
+    object belongs to format 5 alone: a format-5 OPTIONS without it, or one of format 4 with
+    it (what unreleased development builds wrote for "format 4, encrypted"), is damage."""
+    from shaledb.engine import optionsfile
+    from shaledb.errors import CorruptionError, IncompatibleFormatError
+
+    path = _copy(GOLDEN_ENCRYPTED, tmp_path / "db")
+    with monkeypatch.context() as m:
+        m.setattr(optionsfile, "MAX_DB_FORMAT_VERSION", 4)
+        with pytest.raises(IncompatibleFormatError, match="format version 5"):
+            shaledb.open(path, read_only=True, encryption_key=mg.GOLDEN_KEY)
+    _rewrite_options(path, lambda info: info.update(format_version=4))
+    with pytest.raises(CorruptionError, match="format 4 with an encryption object"):
+        shaledb.open(path, read_only=True, encryption_key=mg.GOLDEN_KEY)
+    _rewrite_options(path, lambda info: (info.update(format_version=5),
+                                         info.pop("encryption")))
+    with pytest.raises(CorruptionError, match="format 5 without its encryption object"):
+        shaledb.open(path, read_only=True, encryption_key=mg.GOLDEN_KEY)
+    _rewrite_options(path, lambda info: info.update(
+        encryption={"cipher": "AES-256-GCM", "keyring": "KEYRING"}))
+    with shaledb.open(path, clock=lambda: NOW, read_only=True,
+                      encryption_key=mg.GOLDEN_KEY) as db:
+        _check_content(db, mg.model(mg.steps()), NOW)
+
+
 # -- database format 2 ---------------------------------------------------------------------
 
 V2_STEPS = mg.steps(nk=200, nr=60, legacy=True)
