@@ -104,7 +104,6 @@ def _switch(db: shaledb.DB, path: Path, start: int = 0) -> int:
 # ---------------------------------------------------------------------------------------------
 # 1. A plain write waits for an fsync on the writer's thread after a switch (note_prior_sealed)
 
-@pytest.mark.xfail(strict=True, reason="finding 1: the prior-sealed mark waits on the sync lock")
 def test_a_plain_write_does_not_wait_for_the_flush_threads_directory_fsync(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a switch the flush thread seals the old segment, then makes the new segment's
@@ -136,7 +135,6 @@ def test_a_plain_write_does_not_wait_for_the_flush_threads_directory_fsync(
         db.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: the prior-sealed mark waits on the sync lock")
 def test_a_plain_write_does_not_wait_for_the_background_fsync_of_the_new_segment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same with the periodic syncer (fsync_interval, 1 s by default): right after a

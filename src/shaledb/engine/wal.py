@@ -168,19 +168,26 @@ class WriteAheadLog:
         segment really has synced) as the evidence recovery needs to call later damage in
         the prior segment corruption (:attr:`LogScan.vouches_prior`). Only the write-group
         leader calls this; best effort: without room for the mark (no descriptor, disk
-        full) it is simply not written, and nothing else is."""
+        full) it is simply not written, and nothing else is. Never waits: the lock may be
+        held across an fsync (the periodic syncer, ``DB.sync()``, the flush thread's
+        directory fsync), and the leader may be the server's event loop; the next leader
+        tries again."""
         if not self.note_due or self.sealed:
             return
         prior = self._prior
         if prior is not None and not prior.sealed:
             return
-        with self._sync_lock:
+        if not self._sync_lock.acquire(blocking=False):
+            return
+        try:
             try:
                 self._file.reserve(SYNC_MARK_SIZE)
             except ShaleError:
                 return
             self._writer.mark()
             self.note_due = False
+        finally:
+            self._sync_lock.release()
 
     def _seal_prior(self) -> None:
         """Seal the segment this one replaced, if that has not happened yet (the flush thread

@@ -1,0 +1,96 @@
+"""Review of database format 4 (the WAL seal moved off the writer's thread), as the server's
+clients see it: a memtable switch must never hold the event loop for an fsync. Real server on
+127.0.0.1, redis-py clients. Engine-level tests of the same review: tests/test_review_wal4.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+import shaledb
+from shaledb.engine.db import Engine
+from shaledb.engine.vfs import MappedFile, WritableFile
+from shaledb.server import ServerConfig
+from shaledb.testing import FaultInjectionFS
+
+from ._server_support import ServerThread
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class _SlowSyncerFS(FaultInjectionFS):
+    """fsyncs of the file named ``hold`` by the engine's periodic syncer wait for ``release``
+    (a disk so busy that one takes seconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: str | None = None
+        self.release = threading.Event()
+        self.waiting = threading.Event()
+
+    def _fsync(self, f: WritableFile | MappedFile, fd: int) -> None:
+        if (self.hold is not None and os.path.basename(f.path) == self.hold
+                and threading.current_thread().name == "shaledb-wal-sync"
+                and not self.release.is_set()):
+            self.waiting.set()
+            self.release.wait(30)
+        super()._fsync(f, fd)
+
+
+def _logs(path: Path) -> list[str]:
+    return sorted(n for n in os.listdir(path) if n.endswith(".log"))
+
+
+def test_a_set_after_a_memtable_switch_does_not_wait_for_a_background_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a memtable switch the engine's 1-second syncer (appendfsync everysec)
+    seals the old WAL segment and fsyncs the new one, holding the new segment's sync lock.
+    The next SET's write owed the "prior segment sealed" sync mark and took that lock to
+    write it: the event loop waited for the fsync, and every client with it (PING included).
+    Failed before the fix (the SET timed out after 2 s)."""
+    gate = threading.Event()
+    real = Engine._seal_retired_wals
+
+    def held(self: Engine) -> None:  # the flush thread leaves the seal to the syncer
+        gate.wait(30)
+        real(self)
+
+    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
+    path = tmp_path / "db"
+    fs = _SlowSyncerFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=0.05, memtable_size=64 * 1024)
+    st = ServerThread(ServerConfig(port=0, host="127.0.0.1", dir=str(path),
+                                   metrics_port=None), db)
+    try:
+        (prepared,) = [n for n in os.listdir(path) if n.endswith(".log.new")]
+        fs.hold = prepared.removesuffix(".new")  # the segment the next switch starts
+        c = st.client()
+        first = _logs(path)
+        i = 0
+        while _logs(path) == first:
+            assert c.set(f"k{i}", "v" * 1000)
+            i += 1
+        assert fs.waiting.wait(10), "the syncer did not fsync the new segment"
+        quick = st.client(socket_timeout=2)
+        try:
+            assert quick.set("after-switch", "1")
+            assert quick.ping()
+        except redis.TimeoutError:
+            pytest.fail("a SET waited for the background fsync of the new WAL segment")
+        finally:
+            quick.close()
+        fs.release.set()
+        assert c.get("after-switch") == b"1"
+        c.close()
+    finally:
+        gate.set()
+        fs.release.set()
+        st.stop()
+        with contextlib.suppress(shaledb.ShaleError):
+            db.close()
