@@ -167,7 +167,6 @@ def test_a_plain_write_does_not_wait_for_the_background_fsync_of_the_new_segment
 # ---------------------------------------------------------------------------------------------
 # 2. fsyncgate: a seal written after the old segment's fsync failed
 
-@pytest.mark.xfail(strict=True, reason="finding 2: a seal after a failed fsync")
 def test_no_seal_vouches_for_an_old_segment_whose_fsync_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The flush thread's seal of the old segment fails in its fsync (EIO): the database

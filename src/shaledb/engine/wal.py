@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import CorruptionError, ShaleError
+from ..errors import CorruptionError, ShaleError, StorageError
 from .batch import decode_batch
 from .filenames import log_name, prepared_log_name
 from .logfile import HEADER_SIZE, LogScan, LogWriter, encode_record_v2, scan_log
@@ -76,6 +76,11 @@ class WriteAheadLog:
         self._prior = prior
         #: A sync mark should say that the prior segment was sealed (note_prior_sealed).
         self.note_due = prior is not None
+        #: The error of a failed fsync of this segment. The kernel may have dropped the pages
+        #: it could not write, and a later fsync would not say so (fsyncgate): nothing may
+        #: vouch for them any more, no seal, no sync mark, no sync of a newer segment (which
+        #: seals this one first). Every later sync and seal raises.
+        self._sync_error: StorageError | None = None
 
     @property
     def size(self) -> int:
@@ -117,7 +122,7 @@ class WriteAheadLog:
             self._ensure_named()
             w = self._writer
             if w.size != w.synced:
-                w.sync(mark)
+                self._fsynced(lambda: w.sync(mark))
                 self.syncs += 1
             elif mark and w.marked != w.synced:
                 w.mark()  # the periodic syncer already made it durable: still say so
@@ -131,9 +136,25 @@ class WriteAheadLog:
                 return
             self._seal_prior()
             self._ensure_named()
-            self._writer.seal()
+            self._fsynced(self._writer.seal)
             self.sealed = True
             self.syncs += 1
+
+    def _fsynced(self, fsyncs: Callable[[], None]) -> None:
+        """Run ``fsyncs`` (the writer's sync or seal), refusing once an fsync of this segment
+        failed and remembering one that fails now. Caller holds ``_sync_lock``."""
+        failed = self._sync_error
+        if failed is not None:
+            raise StorageError(
+                f"WAL segment {self.path!r}: an earlier fsync of it failed ({failed}); the "
+                f"writes it held may not be durable and no later fsync can tell: reopen the "
+                f"database (recovery keeps what is durable)", failed.errno, "fsync")
+        try:
+            fsyncs()
+        except StorageError as exc:
+            if exc.op == "fsync":
+                self._sync_error = exc
+            raise
 
     def activate(self, prior: WriteAheadLog | None) -> None:
         """Give a prepared segment its real name (a rename, not yet durable) and the segment
