@@ -241,7 +241,6 @@ class GrowEmfileFS(FaultInjectionFS):
         super()._map_grow(f, fd, needed)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: EMFILE at the seal is fatal")
 def test_emfile_sealing_the_old_segment_from_a_durable_write_is_retryable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The old segment's last write was durable and its sync mark filled its map exactly, so

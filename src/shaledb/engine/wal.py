@@ -33,8 +33,12 @@ from .filenames import log_name, prepared_log_name
 from .logfile import HEADER_SIZE, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
-#: Bytes of a sync mark (an empty format-2 record), reserved behind each record.
+#: Bytes of a sync mark or a seal (an empty format-2 record).
 SYNC_MARK_SIZE = HEADER_SIZE
+#: Room kept mapped behind every append: a sync mark and the seal. The seal of a segment a
+#: memtable switch replaced may come from a sync of the next segment, after that one's record
+#: was appended, where an error is fatal: it must never need a new map (EMFILE).
+TAIL_ROOM = 2 * SYNC_MARK_SIZE
 
 
 class WriteAheadLog:
@@ -94,7 +98,9 @@ class WriteAheadLog:
 
     def append(self, payload: bytes) -> int:
         """Append one record; returns its size in bytes."""
-        return self.append_framed(self.frame(payload))
+        record = self.frame(payload)
+        self.reserve(len(record))
+        return self.append_framed(record)
 
     def frame(self, payload: bytes) -> bytes:
         """``payload`` framed as this segment's next record (InvalidArgument when too large;
@@ -102,10 +108,11 @@ class WriteAheadLog:
         return encode_record_v2(payload, self._salt, self._writer.synced)
 
     def reserve(self, nbytes: int) -> None:
-        """Make room for a record of ``nbytes`` and the sync mark that may follow it, so that
-        appending them maps nothing new. Raises before anything is written (an EMFILE from
-        the map is then harmless: DescriptorsExhaustedError, the write may be retried)."""
-        self._file.reserve(nbytes + SYNC_MARK_SIZE)
+        """Make room for a record of ``nbytes``, the sync mark that may follow it and the seal
+        (:data:`TAIL_ROOM`), so that appending them maps nothing new. Raises before anything
+        is written (an EMFILE from the map is then harmless: DescriptorsExhaustedError, the
+        write may be retried)."""
+        self._file.reserve(nbytes + TAIL_ROOM)
 
     def append_framed(self, record: bytes) -> int:
         """Append a record :meth:`frame` made; returns its size in bytes."""
@@ -202,7 +209,7 @@ class WriteAheadLog:
             return
         try:
             try:
-                self._file.reserve(SYNC_MARK_SIZE)
+                self._file.reserve(TAIL_ROOM)  # the mark, and the seal after it
             except ShaleError:
                 return
             self._writer.mark()
