@@ -288,6 +288,60 @@ def test_emfile_sealing_the_old_segment_from_a_durable_write_is_retryable(
         close_quietly(db)
 
 
+class DirEmfileFS(FaultInjectionFS):
+    """The next ``fail_dirs`` directory fsyncs fail with EMFILE, as the real one does when no
+    descriptor is left to open the directory with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_dirs = 0
+
+    def sync_dir(self, path: str) -> None:
+        if self.fail_dirs > 0:
+            self.fail_dirs -= 1
+            exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+            raise _storage_error("fsync directory", path, exc) from exc
+        super().sync_dir(path)
+
+
+@pytest.mark.parametrize("who", ["syncer", "sync_put", "db_sync"])
+def test_emfile_making_the_new_segments_name_durable_is_retryable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, who: str) -> None:
+    """The switch renames the prepared segment without a directory fsync; the first sync of
+    the new segment makes the name durable first, and a directory fsync opens the directory:
+    a descriptor. When the periodic syncer (on by default), DB.sync() or a sync=True write got
+    there before the flush thread, an EMFILE made the database read-only (the write's record
+    was already appended; the syncer and DB.sync() record every error as fatal). Format 3
+    fsynced the directory at the switch, where EMFILE was retryable. Found because
+    tests/server/test_server_review10_net.py::test_emfile_from_a_real_descriptor_limit_is_
+    retryable failed on main in 5 of 8 runs ("fsync directory ... Too many open files")."""
+    gate, _ = _gate_seal(monkeypatch)  # the flush thread does not name the segment first
+    path = tmp_path / "db"
+    fs = DirEmfileFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=0.05 if who == "syncer" else None, **SMALL)
+    try:
+        i = _switch(db, path)
+        fs.fail_dirs = 1
+        if who == "syncer":
+            for _ in range(100):
+                if fs.fail_dirs == 0:
+                    break
+                threading.Event().wait(0.01)
+            assert fs.fail_dirs == 0, "the syncer did not sync the new segment"
+        else:
+            act = ((lambda: db.put(key(i), value(i), sync=True)) if who == "sync_put"
+                   else db.sync)
+            try:
+                act()
+            except shaledb.DescriptorsExhaustedError:
+                act()  # retried, as the server's client would
+        assert db.stats()["background_error"] is None
+        db.put(b"after", b"1", sync=True)
+    finally:
+        gate.set()
+        close_quietly(db)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. A leftover .log.new whose first record is torn: its other records are dropped unsaved
 

@@ -6,6 +6,7 @@ clients see it: a memtable switch must never hold the event loop for an fsync. R
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from pathlib import Path
@@ -15,7 +16,7 @@ import redis
 
 import shaledb
 from shaledb.engine.db import Engine
-from shaledb.engine.vfs import MappedFile, WritableFile
+from shaledb.engine.vfs import MappedFile, WritableFile, _storage_error
 from shaledb.server import ServerConfig
 from shaledb.testing import FaultInjectionFS
 
@@ -91,6 +92,70 @@ def test_a_set_after_a_memtable_switch_does_not_wait_for_a_background_fsync(
     finally:
         gate.set()
         fs.release.set()
+        st.stop()
+        with contextlib.suppress(shaledb.ShaleError):
+            db.close()
+
+
+class _DirEmfileFS(FaultInjectionFS):
+    """The next ``fail_dirs`` directory fsyncs fail with EMFILE (no descriptor to open the
+    directory with: the server's clients hold them all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_dirs = 0
+
+    def sync_dir(self, path: str) -> None:
+        if self.fail_dirs > 0:
+            self.fail_dirs -= 1
+            exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+            raise _storage_error("fsync directory", path, exc) from exc
+        super().sync_dir(path)
+
+
+def test_emfile_on_the_new_segments_directory_fsync_does_not_stop_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """appendfsync always: the first fsync after a memtable switch makes the new WAL
+    segment's name durable first (the switch only renamed it), a directory fsync that needs a
+    descriptor. An EMFILE there made the database read-only: every later SET answered MISCONF
+    until a restart. Now the write whose fsync met it is not acknowledged (its connection
+    gets MISCONF "fsync failed" and is closed, as for any failed fsync) and the next SET works.
+    Failed before the fix (the SET on a new connection answered MISCONF)."""
+    gate = threading.Event()
+    real = Engine._seal_retired_wals
+
+    def held(self: Engine) -> None:  # the flush thread does not name the segment first
+        gate.wait(30)
+        real(self)
+
+    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
+    path = tmp_path / "db"
+    fs = _DirEmfileFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=None, memtable_size=64 * 1024)
+    st = ServerThread(ServerConfig(port=0, host="127.0.0.1", dir=str(path), metrics_port=None,
+                                   appendfsync="always"), db)
+    try:
+        c = st.client()
+        first = _logs(path)
+        fs.fail_dirs = 1  # the next directory fsync: the new segment's name, at its first sync
+        i = 0
+        while _logs(path) == first or fs.fail_dirs:
+            try:
+                assert c.set(f"k{i}", "v" * 1000)
+            except (redis.ResponseError, redis.ConnectionError) as exc:
+                assert "fsync failed" in str(exc) or isinstance(exc, redis.ConnectionError)
+                c.close()
+                c = st.client()
+            i += 1
+            assert i < 5000, "no directory fsync was attempted"
+        c.close()
+        again = st.client()
+        assert again.set("after", "1")
+        assert again.get("after") == b"1"
+        again.close()
+        assert st.call(db.stats)["background_error"] is None
+    finally:
+        gate.set()
         st.stop()
         with contextlib.suppress(shaledb.ShaleError):
             db.close()

@@ -757,6 +757,10 @@ class Engine:
                     record = wal.frame(encode_batch(first_seq, flat))  # may refuse: harmless
                     try:
                         wal.reserve(len(record))  # the map it needs, before any byte
+                        if any_sync:
+                            # The prior segment's seal and this segment's name (a directory
+                            # fsync: a descriptor), before any byte too: retryable here.
+                            wal.ready_for_sync()
                     except DescriptorsExhaustedError:
                         self.counters["descriptor_shortages"] += 1
                         raise  # nothing written: retryable
@@ -1007,6 +1011,12 @@ class Engine:
         if wal is not None:
             try:
                 wal.sync()
+            except DescriptorsExhaustedError as exc:
+                # Met opening the directory to make a new segment's name durable, before
+                # this segment was fsynced (the prior's seal, if done, is complete): retry.
+                with self._mutex:
+                    self.counters["descriptor_shortages"] += 1
+                raise self._retryable(exc) from None
             except BaseException as exc:
                 raise self._fail(exc, "WAL sync")  # noqa: B904 - the same error, or chained
 
@@ -1392,6 +1402,11 @@ class Engine:
                 continue
             try:
                 wal.sync()
+            except DescriptorsExhaustedError:
+                # No descriptor to open the directory (a new segment's name), before anything
+                # was fsynced: try again at the next interval.
+                with self._mutex:
+                    self.counters["descriptor_shortages"] += 1
             except BaseException as exc:
                 # After a failed fsync the state of the log is unknown: stop writes.
                 self._fail(exc, "WAL sync")

@@ -134,6 +134,15 @@ class WriteAheadLog:
             elif mark and w.marked != w.synced:
                 w.mark()  # the periodic syncer already made it durable: still say so
 
+    def ready_for_sync(self) -> None:
+        """What :meth:`sync` does before its fsync: seal the prior segment and make this
+        one's name durable. The write-group leader calls it before appending a durable
+        write's record, so that an EMFILE on the way (the directory fsync opens the
+        directory) fails the write before anything was written, retryable."""
+        with self._sync_lock:
+            self._seal_prior()
+            self._ensure_named()
+
     def seal(self) -> None:
         """Mark the segment complete (a seal record) and fsync it: recovery then knows that
         every record before the seal was durable. Once only: a memtable switch that could
