@@ -362,7 +362,6 @@ def _prepared_with_records(path: Path, number: int) -> tuple[Path, bytes]:
     return p, second
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: torn .log.new dropped unsaved")
 def test_a_leftover_prepared_segment_is_kept_in_lost_even_when_its_first_record_is_torn(
         tmp_path: Path) -> None:
     """Recovery removes a leftover NNNNNN.log.new and saves the records in it under lost/

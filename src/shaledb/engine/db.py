@@ -479,11 +479,16 @@ class Engine:
         data = self.fs.read_file(path)
         scan = scan_log(data, path, expect=expected_log_format(self._log_since, number))
         end = content_end(data, expected_log_format(self._log_since, number))
-        if scan.records and end > scan.offsets[0]:
-            self._cuts.append({"file": os.path.basename(path), "offset": scan.offsets[0],
-                               "bytes": end - scan.offsets[0], "synced": False,
+        # From the first record, or from the first damage when none is intact (a torn first
+        # record may have intact ones behind it): never drop bytes unsaved. Sync marks alone
+        # hold no writes.
+        start = (scan.offsets[0] if scan.records
+                 else scan.damage.offset if scan.damage is not None else end)
+        if end > start:
+            self._cuts.append({"file": os.path.basename(path), "offset": start,
+                               "bytes": end - start, "synced": False,
                                "reason": "a prepared WAL segment whose new name a crash lost",
-                               "saved_to": None, "_data": data[scan.offsets[0]:end]})
+                               "saved_to": None, "_data": data[start:end]})
 
     def _later_logs_vouch(self, numbers: list[int], first: SegmentScan | None) -> bool:
         """Whether the segment before ``numbers`` was sealed, as far as they tell: one of them
