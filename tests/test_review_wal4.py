@@ -383,7 +383,6 @@ def test_a_leftover_prepared_segment_is_kept_in_lost_even_when_its_first_record_
 # ---------------------------------------------------------------------------------------------
 # 5. verify says nothing of a leftover .log.new that the open cuts and removes
 
-@pytest.mark.xfail(strict=True, reason="finding 5: verify ignores .log.new")
 def test_verify_reports_a_leftover_prepared_segment_the_open_cuts(tmp_path: Path) -> None:
     """A leftover NNNNNN.log.new holding records: the open cuts them (saved under lost/) and
     removes the file; verify of the closed directory did not mention it at all (not a notice,
