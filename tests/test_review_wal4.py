@@ -392,3 +392,32 @@ def test_verify_reports_a_leftover_prepared_segment_the_open_cuts(tmp_path: Path
     _prepared_with_records(path, 900)
     report = shaledb.verify(path)
     assert any(p.file.endswith(".log.new") for p in report.problems), report.problems
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. An open that fails after preparing the next segment leaks its descriptors
+
+def test_an_open_that_fails_late_leaves_no_descriptor_of_the_prepared_segment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open prepares the next WAL segment just before it starts the background threads;
+    when starting them failed (RuntimeError "can't start new thread" under a process limit),
+    the abandoned open closed the current segment but not the prepared one: two descriptors
+    (the file and its map's dup) leaked per failed open."""
+    path = tmp_path / "db"
+    shaledb.open(path, **SMALL).close()
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def cannot_start(self: Engine) -> None:
+        raise RuntimeError("can't start new thread")
+
+    before = fds()
+    monkeypatch.setattr(Engine, "_start_threads", cannot_start)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            shaledb.open(path, **SMALL)
+    monkeypatch.undo()
+    assert fds() == before
+    with shaledb.open(path, **SMALL) as db:  # and the directory opens as before
+        db.put(b"k", b"v", sync=True)

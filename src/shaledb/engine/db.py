@@ -365,6 +365,9 @@ class Engine:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer()
+        if self._next_wal is not None:  # prepared at the end of the open
+            self._next_wal.discard()
+            self._next_wal = None
         self._release_locks()
 
     def _release_locks(self) -> None:
