@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from shaledb.engine.batch import encode_batch
 from shaledb.engine.db import Engine
 from shaledb.engine.dbformat import PUT
 from shaledb.engine.logfile import encode_file_header, encode_record_v2, scan_log
+from shaledb.engine.logfile import scan_log as shaledb_scan_log
 from shaledb.engine.vfs import MappedFile, WritableFile, _storage_error
 from shaledb.engine.wal import WriteAheadLog
 from shaledb.testing import FaultInjectionFS
@@ -421,3 +423,64 @@ def test_an_open_that_fails_late_leaves_no_descriptor_of_the_prepared_segment(
     assert fds() == before
     with shaledb.open(path, **SMALL) as db:  # and the directory opens as before
         db.put(b"k", b"v", sync=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. repair keeps writes after an unsealed segment's lost tail: not a prefix, "lossless"
+
+def _crashed_with_a_torn_unsealed_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          torn: bool) -> tuple[Path, list[dict[bytes, bytes]]]:
+    """A memtable switch whose old segment the flush thread has not sealed yet, 30 plain
+    writes in the new segment, then a power loss that wrote the new segment's pages back but
+    lost the old segment's last page (its last record cut short with ``torn``, gone whole
+    without). Returns the crashed directory (a copy, as the disk was) and the model after
+    each write."""
+    gate, _ = _gate_seal(monkeypatch)
+    path = tmp_path / "db"
+    db = shaledb.open(path, fsync_interval=None, **SMALL)
+    models: list[dict[bytes, bytes]] = [{}]
+    try:
+        first = _logs(path)
+        i = 0
+        while _logs(path) == first:
+            db.put(key(i % 40), value(i, size=1000))  # overwrites: a hole shows
+            models.append({**models[-1], key(i % 40): value(i, size=1000)})
+            i += 1
+        for _ in range(30):
+            db.put(key(i % 40), value(i, size=1000))
+            models.append({**models[-1], key(i % 40): value(i, size=1000)})
+            i += 1
+        crashed = tmp_path / "crashed"
+        shutil.copytree(path, crashed)  # the page cache, as a process crash leaves it
+    finally:
+        gate.set()
+        db.close()
+    (old, _new) = _logs(crashed)
+    data = (crashed / old).read_bytes()
+    offsets = shaledb_scan_log(data).offsets
+    cut = offsets[-1] + 10 if torn else offsets[-1]
+    with open(crashed / old, "r+b") as fh:
+        fh.truncate(cut)
+    return crashed, models
+
+
+@pytest.mark.parametrize("torn", [True, False])
+def test_repair_of_a_crash_with_an_unsealed_segment_keeps_a_prefix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn: bool) -> None:
+    """Format 4 lets the newer segment hold records while the older one's unsynced tail is
+    lost in a crash. The open keeps the writes up to the lost tail (a prefix) and saves the
+    newer segment under lost/. Repair called the tail "torn by a crash ... like open, repair
+    drops it" (or, with the tail's records gone whole, saw no gap at all), reported the
+    repair lossless, and then kept the newer segment's writes: a state that never existed
+    (later writes present, earlier ones missing), different from the open's."""
+    crashed, models = _crashed_with_a_torn_unsealed_segment(tmp_path, monkeypatch, torn)
+    opened = tmp_path / "opened"
+    shutil.copytree(crashed, opened)
+    with shaledb.open(opened, **SMALL) as db:
+        by_open = scan(db)
+    assert by_open in models
+    report = shaledb.repair(str(crashed), str(tmp_path / "dest"))
+    with shaledb.open(tmp_path / "dest") as db:
+        by_repair = scan(db)
+    assert by_repair in models or not report.lossless, "repair: no prefix, yet lossless"
+    assert by_repair == by_open
