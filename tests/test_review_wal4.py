@@ -474,6 +474,8 @@ def test_repair_of_a_crash_with_an_unsealed_segment_keeps_a_prefix(
     repair lossless, and then kept the newer segment's writes: a state that never existed
     (later writes present, earlier ones missing), different from the open's."""
     crashed, models = _crashed_with_a_torn_unsealed_segment(tmp_path, monkeypatch, torn)
+    checked = shaledb.verify(str(crashed))  # (agrees: a crash, not damage)
+    assert not [p for p in checked.problems if p.severity.name == "DAMAGE"], checked.problems
     opened = tmp_path / "opened"
     shutil.copytree(crashed, opened)
     with shaledb.open(opened, **SMALL) as db:
