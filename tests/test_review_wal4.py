@@ -486,3 +486,23 @@ def test_repair_of_a_crash_with_an_unsealed_segment_keeps_a_prefix(
         by_repair = scan(db)
     assert by_repair in models or not report.lossless, "repair: no prefix, yet lossless"
     assert by_repair == by_open
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. The open reports the segments after a crash cut as "damage in synced data"
+
+def test_segments_after_a_crash_cut_are_not_reported_as_synced_damage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After a legitimate crash (an unsealed segment's tail lost, the next segment's pages
+    written back) the strict open cuts at the lost tail and saves the next segment under
+    lost/. It reported that segment's bytes as ``"synced": True`` in
+    stats()["wal_recovery"]["cut"] and logged a WARNING "damage in synced data": before
+    format 4 only a cut in synced data (point_in_time) could have segments after it, now a
+    crash does, and those writes were never confirmed durable (nothing later vouches)."""
+    crashed, _ = _crashed_with_a_torn_unsealed_segment(tmp_path, monkeypatch, torn=True)
+    with caplog.at_level("INFO", logger="shaledb"), shaledb.open(crashed, **SMALL) as db:
+        cuts = db.stats()["wal_recovery"]["cut"]
+    assert len(cuts) == 2 and cuts[1]["reason"] == "follows a cut segment", cuts
+    assert [c["synced"] for c in cuts] == [False, False], cuts
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text

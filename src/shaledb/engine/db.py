@@ -532,8 +532,10 @@ class Engine:
         for number in later:
             whole = self.fs.read_file(log_name(self.path, number))
             whole = whole[:content_end(whole, expected_log_format(self._log_since, number))]
+            # As synced as the cut: after a crash's cut (format 4: an unsealed segment's lost
+            # tail) nothing later vouches for them, so they were never confirmed durable.
             self._cuts.append({"file": log_file(number), "offset": 0, "bytes": len(whole),
-                               "synced": True, "reason": "follows a cut segment",
+                               "synced": synced, "reason": "follows a cut segment",
                                "saved_to": None, "_data": whole})
 
     def _save_lost(self) -> None:
