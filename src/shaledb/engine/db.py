@@ -895,7 +895,7 @@ class Engine:
         try:
             if new is not None:
                 new.activate(prior=old)
-            else:  # not prepared (it failed, or the first switch of a read-write open)
+            else:  # not prepared (preparing it met EMFILE: the open's, or the flush thread's)
                 new = WriteAheadLog(self.fs, self.path, number, prior=old)
                 # Its directory entry must be durable before its first fsync counts.
                 self.fs.sync_dir(self.path)
