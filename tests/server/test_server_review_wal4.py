@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,54 @@ def test_emfile_on_the_new_segments_directory_fsync_does_not_stop_writes(
         assert again.get("after") == b"1"
         again.close()
         assert st.call(db.stats)["background_error"] is None
+    finally:
+        gate.set()
+        st.stop()
+        with contextlib.suppress(shaledb.ShaleError):
+            db.close()
+
+
+def test_the_servers_everysec_fsync_goes_on_after_a_descriptor_shortage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """appendfsync everysec on a database opened without the engine's own syncer: the server
+    calls DB.sync() every second. DB.sync() now raises DescriptorsExhaustedError (retryable)
+    when it cannot open the directory to make a new WAL segment's name durable; the server's
+    task took any error for a failed fsync and stopped for good, so the database was never
+    fsynced every second again (silently: writes went on). Failed before the fix (no fsync
+    of the WAL after the shortage)."""
+    gate = threading.Event()
+    real = Engine._seal_retired_wals
+
+    def held(self: Engine) -> None:  # the flush thread does not name the segment first
+        gate.wait(30)
+        real(self)
+
+    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
+    path = tmp_path / "db"
+    fs = _DirEmfileFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=None, memtable_size=64 * 1024)
+    st = ServerThread(ServerConfig(port=0, host="127.0.0.1", dir=str(path), metrics_port=None,
+                                   appendfsync="everysec"), db)
+    try:
+        c = st.client()
+        first = _logs(path)
+        i = 0
+        while _logs(path) == first:
+            assert c.set(f"k{i}", "v" * 1000)
+            i += 1
+        fs.fail_dirs = 1  # the periodic DB.sync(): the new segment's name first
+        deadline = time.monotonic() + 5
+        while fs.fail_dirs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fs.fail_dirs == 0, "no periodic sync"
+        assert c.set("after", "1")
+        (new,) = set(_logs(path)) - set(first)
+        before = fs.op_counts.get("fsync", 0)
+        time.sleep(2.5)  # two periods
+        assert db._engine._wal is not None and db._engine._wal.path.endswith(new)
+        assert fs.op_counts.get("fsync", 0) > before, "the server stopped fsyncing every second"
+        assert st.call(db.stats)["background_error"] is None
+        c.close()
     finally:
         gate.set()
         st.stop()
