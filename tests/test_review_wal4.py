@@ -506,3 +506,45 @@ def test_segments_after_a_crash_cut_are_not_reported_as_synced_damage(
     assert len(cuts) == 2 and cuts[1]["reason"] == "follows a cut segment", cuts
     assert [c["synced"] for c in cuts] == [False, False], cuts
     assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. A damaged header on the newer segment hides its vouching from the open (not verify)
+
+def test_a_newer_segment_with_a_damaged_header_still_vouches_for_the_older_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two damages to durable data: the older segment lost its seal and the end of its last
+    record, and a bit flipped in the newer segment's (durable) header, which holds a
+    `sync=True` write. The newer segment's records, found with the salt the damaged header
+    still holds, say it was fsynced, so the older one had been sealed: corruption. verify
+    said so (damage in both). The open's recovery read the newer segment with the strict
+    scan, which finds no record behind a damaged header, took the older segment's end for a
+    crash's torn tail, cut there and moved the newer segment (with the acknowledged durable
+    write) to lost/: the default strict open succeeded and lost an acknowledged write."""
+    gate, _ = _gate_seal(monkeypatch)  # no flush: both segments stay live
+    path = tmp_path / "db"
+    db = shaledb.open(path, fsync_interval=None, **SMALL)
+    try:
+        i = _switch(db, path)
+        db.put(b"durable", b"1", sync=True)  # seals the old segment first
+        db.put(key(i), value(i))
+        crashed = tmp_path / "crashed"
+        shutil.copytree(path, crashed)
+    finally:
+        gate.set()
+        db.close()
+    old, new = _logs(crashed)
+    scanned = shaledb_scan_log((crashed / old).read_bytes())
+    assert scanned.sealed
+    with open(crashed / old, "r+b") as fh:
+        fh.truncate(scanned.good_end - 40)  # the seal and part of the last record
+    with open(crashed / new, "r+b") as fh:
+        fh.seek(12)  # the file number in the header (the salt is intact)
+        b = fh.read(1)
+        fh.seek(12)
+        fh.write(bytes([b[0] ^ 0x40]))
+    report = shaledb.verify(str(crashed))
+    assert [p.file for p in report.problems if p.severity.name == "DAMAGE"] == [old, new], \
+        report.problems
+    with pytest.raises(shaledb.CorruptionError):
+        shaledb.open(crashed, **SMALL).close()
