@@ -1012,7 +1012,8 @@ class Engine:
     def sync_wal(self) -> None:
         """fsync the WAL now. After a background error it raises ReadOnlyError: a failed
         fsync may have lost pages a second fsync would not write, so it cannot vouch for
-        anything any more."""
+        anything any more. Without a descriptor to open the directory (a new segment's name
+        made durable first) it raises DescriptorsExhaustedError: retry."""
         with self._mutex:
             self.check_open()
             if self._bg_error is not None:
