@@ -358,6 +358,17 @@ def _damaged_start(data: bytes) -> LogScan:
     scan.end = _nonzero_end(data, 0)
     after = _nonzero_end(data, FILE_HEADER_SIZE) > FILE_HEADER_SIZE
     scan.damage = Damage(0, "damaged file header", after, None)
+    # The salt may have survived: records that pass their checksums with it are genuine, and
+    # say (as in an intact file) whether the file was fsynced past its header, which vouches
+    # for the WAL segments before it (verify and repair read them the same way: salvage_log).
+    salt = data[20:FILE_HEADER_SIZE - 4]
+    pos = data.find(MAGIC, FILE_HEADER_SIZE, scan.end) if len(salt) == 8 else -1
+    while pos >= 0:
+        end, rtype, synced = _record_at(data, pos, salt)
+        if end >= 0 and (rtype != RECORD_FULL or synced > FILE_HEADER_SIZE):
+            scan.vouches_prior = True
+            break
+        pos = data.find(MAGIC, end if end >= 0 else pos + 1, scan.end)
     return scan
 
 
