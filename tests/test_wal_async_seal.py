@@ -15,6 +15,7 @@ segment's too).
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -28,7 +29,8 @@ import format_reader as fr
 import shaledb
 from _helpers import SMALL, close_quietly, key, scan, value
 from shaledb.engine.db import Engine
-from shaledb.engine.vfs import MappedFile, PosixFileSystem, WritableFile
+from shaledb.engine.vfs import MappedFile, PosixFileSystem, WritableFile, _storage_error
+from shaledb.engine.wal import WriteAheadLog
 from shaledb.testing import FaultInjectionFS
 
 #: The master key of the encrypted variants.
@@ -527,3 +529,67 @@ def test_the_seal_note_makes_later_damage_in_the_old_segment_corruption(
         shaledb.open(after, **SMALL, **crypt)
     with shaledb.open(after, wal_recovery="point_in_time", **SMALL, **crypt) as db:
         assert len(scan(db)) < i
+
+
+class _DirEmfileFS(PosixFileSystem):
+    """The next ``fail_dirs`` directory fsyncs fail with EMFILE (no descriptor to open the
+    directory with)."""
+
+    fail_dirs = 0
+
+    def sync_dir(self, path: str) -> None:
+        if self.fail_dirs > 0:
+            self.fail_dirs -= 1
+            exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+            raise _storage_error("fsync directory", path, exc) from exc
+        super().sync_dir(path)
+
+
+def test_a_durable_write_refused_for_the_new_segments_name_can_be_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypt: dict[str, Any]) -> None:
+    """A ``sync=True`` write makes the new segment's name durable (a directory fsync: a
+    descriptor) after its record was framed and before any byte of it is copied; an EMFILE
+    there refuses the write, retryable. Encrypted, the record was sealed for its offset, and
+    the retry seals it for that offset again: the cipher's nonce guard refused that
+    (AssertionError, the write failed for good) unless the refused record was given back
+    (WriteAheadLog.unframe; the discarded ciphertext never reached the file). Here the old
+    segment is sealed and its "note" written before (the flush thread's own directory fsync
+    left out), so nothing else moves the offset between the two tries."""
+    seal_gate, flush_gate = threading.Event(), threading.Event()
+    real_seal, real_flush = Engine._seal_retired_wals, Engine._flush_memtable
+
+    def held_seal(self: Engine) -> None:
+        seal_gate.wait(30)
+        real_seal(self)
+
+    def held_flush(self: Engine, *args: Any) -> Any:
+        flush_gate.wait(30)
+        return real_flush(self, *args)
+
+    monkeypatch.setattr(Engine, "_seal_retired_wals", held_seal)
+    monkeypatch.setattr(Engine, "_flush_memtable", held_flush)
+    monkeypatch.setattr(WriteAheadLog, "make_name_durable", lambda self: None)
+    path = tmp_path / "db"
+    fs = _DirEmfileFS()
+    db = shaledb.open(path, fs=fs, fsync_interval=None, **SMALL, **crypt)
+    try:
+        n = _fill_across_a_switch(db, path, "the switch stalled")
+        seal_gate.set()
+        new = _logs(path)[-1]
+        for _ in range(200):  # the flush thread seals the old segment, then writes the note
+            log = fr.read_log((path / new).read_bytes(), None, _keys(path, crypt))
+            if fr.SYNC in [r.type for r in log.records]:
+                break
+            threading.Event().wait(0.05)
+        assert fr.SYNC in [r.type for r in log.records], "no note after the seal"
+        fs.fail_dirs = 1
+        with pytest.raises(shaledb.DescriptorsExhaustedError):
+            db.put(b"durable", b"1", sync=True)
+        db.put(b"durable", b"1", sync=True)  # retried, as the server's client would
+        assert db.stats()["background_error"] is None and db.get(b"durable") == b"1"
+    finally:
+        seal_gate.set()
+        flush_gate.set()
+        close_quietly(db)
+    with shaledb.open(path, **SMALL, **crypt) as db:
+        assert len(scan(db)) == n + 1 and db.get(b"durable") == b"1"

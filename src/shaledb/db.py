@@ -110,7 +110,8 @@ class DB(Reader):
         self._engine.compact_range(bound(start), bound(stop))
 
     def sync(self) -> None:
-        """fsync the write-ahead log: every write so far survives power loss."""
+        """fsync the write-ahead log: every write so far survives power loss.
+        ``DescriptorsExhaustedError`` (no descriptor left): nothing is lost, retry."""
         self._engine.sync_wal()
 
     def verify(self, *, progress: ProgressFn | None = None,

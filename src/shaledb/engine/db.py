@@ -393,6 +393,9 @@ class Engine:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer()
+        if self._next_wal is not None:  # prepared at the end of the open
+            self._next_wal.discard()
+            self._next_wal = None
         if self._keyring is not None:
             self._keyring.close()
         self._release_locks()
@@ -555,12 +558,17 @@ class Engine:
         expect = expected_log_format(self._log_since, number, self.encrypted)
         scan = scan_log(data, path, expect=expect, keyring=self._keyring, framing_only=True)
         end = content_end(data, expect)
-        if scan.records and end > scan.offsets[0]:
-            self._cuts.append({"file": os.path.basename(path), "offset": scan.offsets[0],
-                               "bytes": end - scan.offsets[0], "synced": False,
+        # From the first record, or from the first damage when none is intact (a torn first
+        # record may have intact ones behind it): never drop bytes unsaved. Sync marks alone
+        # hold no writes.
+        start = (scan.offsets[0] if scan.records
+                 else scan.damage.offset if scan.damage is not None else end)
+        if end > start:
+            self._cuts.append({"file": os.path.basename(path), "offset": start,
+                               "bytes": end - start, "synced": False,
                                "reason": "a prepared WAL segment whose new name a crash lost",
                                "saved_to": None,
-                               "_data": lost_bytes(data, scan.offsets[0], end, scan.version)})
+                               "_data": lost_bytes(data, start, end, scan.version)})
 
     def _later_logs_vouch(self, numbers: list[int], first: SegmentScan | None) -> bool:
         """Whether the segment before ``numbers`` was sealed, as far as they tell: one of them
@@ -605,8 +613,10 @@ class Engine:
             whole = self.fs.read_file(log_name(self.path, number))
             whole = whole[:content_end(whole, expected_log_format(self._log_since, number,
                                                                   self.encrypted))]
+            # As synced as the cut: after a crash's cut (format 4: an unsealed segment's lost
+            # tail) nothing later vouches for them, so they were never confirmed durable.
             self._cuts.append({"file": log_file(number), "offset": 0, "bytes": len(whole),
-                               "synced": True, "reason": "follows a cut segment",
+                               "synced": synced, "reason": "follows a cut segment",
                                "saved_to": None, "_data": whole})
 
     def _save_lost(self) -> None:
@@ -840,7 +850,12 @@ class Engine:
                     record = wal.frame(encode_batch(first_seq, flat))  # may refuse: harmless
                     try:
                         wal.reserve(len(record))  # the map it needs, before any byte
+                        if any_sync:
+                            # The prior segment's seal and this segment's name (a directory
+                            # fsync: a descriptor), before any byte too: retryable here.
+                            wal.ready_for_sync()
                     except DescriptorsExhaustedError:
+                        wal.unframe()  # encrypted: the retry seals this offset again
                         self.counters["descriptor_shortages"] += 1
                         raise  # nothing written: retryable
                     except BaseException:
@@ -964,7 +979,7 @@ class Engine:
         try:
             if new is not None:
                 new.activate(prior=old)
-            else:  # not prepared (it failed, or the first switch of a read-write open)
+            else:  # not prepared (preparing it met EMFILE: the open's, or the flush thread's)
                 new = WriteAheadLog(self.fs, self.path, number, prior=old,
                                     keyring=self._keyring)
                 # Its directory entry must be durable before its first fsync counts.
@@ -1083,7 +1098,8 @@ class Engine:
     def sync_wal(self) -> None:
         """fsync the WAL now. After a background error it raises ReadOnlyError: a failed
         fsync may have lost pages a second fsync would not write, so it cannot vouch for
-        anything any more."""
+        anything any more. Without a descriptor to open the directory (a new segment's name
+        made durable first) it raises DescriptorsExhaustedError: retry."""
         with self._mutex:
             self.check_open()
             if self._bg_error is not None:
@@ -1092,6 +1108,12 @@ class Engine:
         if wal is not None:
             try:
                 wal.sync()
+            except DescriptorsExhaustedError as exc:
+                # Met opening the directory to make a new segment's name durable, before
+                # this segment was fsynced (the prior's seal, if done, is complete): retry.
+                with self._mutex:
+                    self.counters["descriptor_shortages"] += 1
+                raise self._retryable(exc) from None
             except BaseException as exc:
                 raise self._fail(exc, "WAL sync")  # noqa: B904 - the same error, or chained
 
@@ -1509,6 +1531,11 @@ class Engine:
                 continue
             try:
                 wal.sync()
+            except DescriptorsExhaustedError:
+                # No descriptor to open the directory (a new segment's name), before anything
+                # was fsynced: try again at the next interval.
+                with self._mutex:
+                    self.counters["descriptor_shortages"] += 1
             except BaseException as exc:
                 # After a failed fsync the state of the log is unknown: stop writes.
                 self._fail(exc, "WAL sync")

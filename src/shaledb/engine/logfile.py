@@ -495,6 +495,14 @@ def _damaged_start(data: bytes, header_size: int = FILE_HEADER_SIZE,
     scan.end = _nonzero_end(data, 0)
     after = _nonzero_end(data, header_size) > header_size
     scan.damage = Damage(0, "damaged file header", after, None)
+    # The salt may have survived: records that pass their checksums with it are genuine, and
+    # say (as in an intact file) whether the file was fsynced past its header, which vouches
+    # for the WAL segments before it (verify and repair read them the same way: salvage_log).
+    # (Log format 3: a 16-byte salt, and a 48-byte header that a `synced` claim must pass.)
+    salt_size = 16 if version == ENCRYPTED_LOG_VERSION else 8
+    salt = data[20:20 + salt_size]
+    if len(salt) == salt_size:
+        scan.vouches_prior = _framing_vouches_prior(data, header_size, salt, header_size)
     return scan
 
 

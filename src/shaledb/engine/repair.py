@@ -20,7 +20,11 @@ What is read, and what is trusted:
   jump past a damaged block).
 - Every intact record of the WAL segments at or above the manifest's log number (all
   segments when the manifest is not used), resynchronizing at the next intact record after
-  damage (reported with the sequence numbers lost).
+  damage (reported with the sequence numbers lost). Except past a crash cut (database format
+  4): when a segment that may hold torn writes (``may_hold_torn_writes``: never sealed, no
+  later segment vouches) ends torn, or the next one starts after a sequence gap, the later
+  segments hold writes never confirmed durable, made after the lost ones: like open, repair
+  drops them (a notice), so that DEST holds a prefix of the writes.
 
 An encrypted database needs its key (as for an open); DEST is then encrypted with the same
 master key (fresh data keys). A block or record whose checksum passes but which fails
@@ -491,6 +495,8 @@ class _Salvager:
     def wal_entries(self, numbers: list[int]) -> list[Entry]:
         r = self.r
         out: list[Entry] = []
+        last_end: int | None = None  # last sequence of the previous segment's records
+        prev_sealed = True
         for idx, number in enumerate(numbers):
             name = f"{number:06d}.log"
             try:
@@ -522,6 +528,19 @@ class _Salvager:
                                    offset=offset))
                     prev_end = None
                     continue
+                if (prev_end is None and gap is None and last_end is not None
+                        and first > last_end + 1 and not prev_sealed
+                        and may_hold_torn_writes(self.fs, self.src, numbers, idx - 1,
+                                                 self.log_since, self.async_since,
+                                                 self.keyring is not None)):
+                    # The segment before was never sealed and its last writes did not reach
+                    # the disk: like open, keep the writes before them (a prefix), not these.
+                    r.notices.append(
+                        f"{numbers[idx - 1]:06d}.log: never sealed, and its last writes "
+                        f"(sequences {last_end + 1}-{first - 1}) did not reach the disk "
+                        "before a crash; like open, repair keeps the writes before them and "
+                        f"drops {name} and any later segment (never confirmed durable)")
+                    return self._sorted(out)
                 r.wal_records += 1
                 if gap is not None:
                     self._wal_gap(name, gap, prev_end, first)
@@ -541,6 +560,12 @@ class _Salvager:
                                      "sealed) ends in a record torn by a crash at offset "
                                      f"{scan.tail} ({len(data) - scan.tail} bytes); like open, "
                                      "repair drops it")
+                    if idx < len(numbers) - 1:
+                        r.notices.append(
+                            f"{name}: the WAL segments after it hold writes made after the "
+                            "torn ones, never confirmed durable; like open, repair drops "
+                            "them (keeping a prefix of the writes)")
+                        return self._sorted(out)
                 else:
                     r.wal_records_lost += 1
                     self.lose(Loss(ProblemKind.CHECKSUM, name,
@@ -551,6 +576,13 @@ class _Salvager:
                                    length=len(data) - scan.tail,
                                    seqs=None if prev_end is None else (prev_end + 1,
                                                                        prev_end + 1)))
+            if prev_end is not None:
+                last_end = prev_end
+            prev_sealed = scan.sealed
+        return self._sorted(out)
+
+    @staticmethod
+    def _sorted(out: list[Entry]) -> list[Entry]:
         out.sort()
         return out
 

@@ -83,12 +83,13 @@ from .crypto import (
     master_key,
     open_keyring,
 )
-from .filenames import CURRENT, KEYRING, LOCK, OPTIONS, parse
+from .filenames import CURRENT, KEYRING, LOCK, OPTIONS, parse, parse_prepared
 from .logfile import (
     MAGIC,
     RECORD_FULL,
     RECORD_SEAL,
     Salvage,
+    content_end,
     file_header_size,
     salvage_log,
 )
@@ -879,6 +880,9 @@ class Checker:
                     self._notice(ProblemKind.LEFTOVER_FILE, name,
                                  "a file an interrupted atomic replace left behind; harmless "
                                  "(delete it while the database is closed)")
+                prepared = parse_prepared(name)
+                if prepared is not None:
+                    self.check_prepared(name, prepared)
                 continue
             kind, number = parsed
             if kind == "sst":
@@ -1201,6 +1205,30 @@ class Checker:
             return b"".join(parts)
         finally:
             f.close()
+
+    def check_prepared(self, name: str, number: int) -> None:
+        """A WAL segment prepared ahead of a memtable switch (``NNNNNN.log.new``) that a crash
+        left: writes in it (from its first record, or its first damage) are what the open
+        cuts, saves under lost/ and removes with the file; an empty one is removed quietly."""
+        try:
+            data = self.fs.read_file(join(self.path, name))
+        except StorageError as exc:
+            self._damage(ProblemKind.IO_ERROR, name, f"cannot read: {exc}")
+            return
+        # (Encrypted: by the framing alone, as the open judges it.)
+        expect = expected_log_format(self.log_since, number, self.keyring is not None)
+        sal = salvage_log(data, expect, raw=True)
+        starts = [off for off, rtype, _, _ in sal.records if rtype == RECORD_FULL]
+        starts += [start for start, _ in sal.damaged]
+        end = content_end(data, expect)
+        start = min(starts, default=end)
+        if end > start:
+            self._notice(ProblemKind.TORN_TAIL, name,
+                         "a WAL segment prepared ahead of a memtable switch whose rename a "
+                         f"crash lost holds {end - start} bytes of writes never confirmed "
+                         "durable (nothing in a segment is fsynced before its name is): the "
+                         "next open saves them under lost/ and removes the file",
+                         offset=start, length=end - start)
 
     def _may_be_torn(self, numbers: list[int], idx: int) -> bool:
         return may_hold_torn_writes(self.fs, self.path, numbers, idx, self.log_since,

@@ -24,18 +24,22 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import CorruptionError, ShaleError
+from ..errors import CorruptionError, ShaleError, StorageError
 from .batch import decode_batch
 from .crypto import WAL_FILE, Keyring
 from .filenames import log_name, prepared_log_name
 from .logfile import HEADER_SIZE, LogScan, LogWriter, encode_record_v2, scan_log
 from .vfs import FileSystem
 
-#: Bytes of a sync mark (an empty format-2 record), reserved behind each record.
+#: Bytes of a sync mark or a seal (an empty format-2 record).
 SYNC_MARK_SIZE = HEADER_SIZE
+#: Room kept mapped behind every append: a sync mark and the seal. The seal of a segment a
+#: memtable switch replaced may come from a sync of the next segment, after that one's record
+#: was appended, where an error is fatal: it must never need a new map (EMFILE).
+TAIL_ROOM = 2 * SYNC_MARK_SIZE
 
 
 class WriteAheadLog:
@@ -84,6 +88,11 @@ class WriteAheadLog:
         self._prior = prior
         #: A sync mark should say that the prior segment was sealed (note_prior_sealed).
         self.note_due = prior is not None
+        #: The error of a failed fsync of this segment. The kernel may have dropped the pages
+        #: it could not write, and a later fsync would not say so (fsyncgate): nothing may
+        #: vouch for them any more, no seal, no sync mark, no sync of a newer segment (which
+        #: seals this one first). Every later sync and seal raises.
+        self._sync_error: StorageError | None = None
 
     @property
     def size(self) -> int:
@@ -97,7 +106,9 @@ class WriteAheadLog:
 
     def append(self, payload: bytes) -> int:
         """Append one record; returns its size in bytes."""
-        return self.append_framed(self.frame(payload))
+        record = self.frame(payload)
+        self.reserve(len(record))
+        return self.append_framed(record)
 
     def frame(self, payload: bytes) -> bytes:
         """``payload`` framed (and sealed, when encrypted, for the offset where the file ends
@@ -108,17 +119,21 @@ class WriteAheadLog:
         return encode_record_v2(payload, self._salt, self._writer.synced)
 
     def reserve(self, nbytes: int) -> None:
-        """Make room for a record of ``nbytes`` and the sync mark that may follow it, so that
-        appending them maps nothing new. Raises before anything is written (an EMFILE from
-        the map is then harmless: DescriptorsExhaustedError, the write may be retried)."""
-        try:
-            self._file.reserve(nbytes + SYNC_MARK_SIZE)
-        except BaseException:
-            if self._writer.cipher is not None:
-                # The record sealed for this offset is dropped unwritten; the retry seals its
-                # write group for the same offset again (the nonce guard would refuse it).
-                self._writer.cipher.discard(self._file.size)
-            raise
+        """Make room for a record of ``nbytes``, the sync mark that may follow it and the seal
+        (:data:`TAIL_ROOM`), so that appending them maps nothing new. Raises before anything
+        is written (an EMFILE from the map is then harmless: DescriptorsExhaustedError, the
+        write may be retried)."""
+        self._file.reserve(nbytes + TAIL_ROOM)
+
+    def unframe(self) -> None:
+        """The record :meth:`frame` made last is dropped unwritten (the write failed before
+        its first byte was copied, retryable: no descriptor for the map or for the directory
+        fsync of :meth:`ready_for_sync`). Encrypted, the retry seals its write group for the
+        same offset again, which the cipher's nonce guard allows only after this: only
+        ciphertext that reaches the file counts as a use of a nonce, and at most one record
+        sealed for an offset ever does."""
+        if self._writer.cipher is not None:
+            self._writer.cipher.discard(self._file.size)
 
     def append_framed(self, record: bytes) -> int:
         """Append a record :meth:`frame` made; returns its size in bytes."""
@@ -135,10 +150,19 @@ class WriteAheadLog:
             self._ensure_named()
             w = self._writer
             if w.size != w.synced:
-                w.sync(mark)
+                self._fsynced(lambda: w.sync(mark))
                 self.syncs += 1
             elif mark and w.marked != w.synced:
                 w.mark()  # the periodic syncer already made it durable: still say so
+
+    def ready_for_sync(self) -> None:
+        """What :meth:`sync` does before its fsync: seal the prior segment and make this
+        one's name durable. The write-group leader calls it before appending a durable
+        write's record, so that an EMFILE on the way (the directory fsync opens the
+        directory) fails the write before anything was written, retryable."""
+        with self._sync_lock:
+            self._seal_prior()
+            self._ensure_named()
 
     def seal(self) -> None:
         """Mark the segment complete (a seal record) and fsync it: recovery then knows that
@@ -149,9 +173,25 @@ class WriteAheadLog:
                 return
             self._seal_prior()
             self._ensure_named()
-            self._writer.seal()
+            self._fsynced(self._writer.seal)
             self.sealed = True
             self.syncs += 1
+
+    def _fsynced(self, fsyncs: Callable[[], None]) -> None:
+        """Run ``fsyncs`` (the writer's sync or seal), refusing once an fsync of this segment
+        failed and remembering one that fails now. Caller holds ``_sync_lock``."""
+        failed = self._sync_error
+        if failed is not None:
+            raise StorageError(
+                f"WAL segment {self.path!r}: an earlier fsync of it failed ({failed}); the "
+                f"writes it held may not be durable and no later fsync can tell: reopen the "
+                f"database (recovery keeps what is durable)", failed.errno, "fsync")
+        try:
+            fsyncs()
+        except StorageError as exc:
+            if exc.op == "fsync":
+                self._sync_error = exc
+            raise
 
     def activate(self, prior: WriteAheadLog | None) -> None:
         """Give a prepared segment its real name (a rename, not yet durable) and the segment
@@ -186,19 +226,26 @@ class WriteAheadLog:
         segment really has synced) as the evidence recovery needs to call later damage in
         the prior segment corruption (:attr:`LogScan.vouches_prior`). Only the write-group
         leader calls this; best effort: without room for the mark (no descriptor, disk
-        full) it is simply not written, and nothing else is."""
+        full) it is simply not written, and nothing else is. Never waits: the lock may be
+        held across an fsync (the periodic syncer, ``DB.sync()``, the flush thread's
+        directory fsync), and the leader may be the server's event loop; the next leader
+        tries again."""
         if not self.note_due or self.sealed:
             return
         prior = self._prior
         if prior is not None and not prior.sealed:
             return
-        with self._sync_lock:
+        if not self._sync_lock.acquire(blocking=False):
+            return
+        try:
             try:
-                self._file.reserve(SYNC_MARK_SIZE)
+                self._file.reserve(TAIL_ROOM)  # the mark, and the seal after it
             except ShaleError:
                 return
             self._writer.mark()
             self.note_due = False
+        finally:
+            self._sync_lock.release()
 
     def _seal_prior(self) -> None:
         """Seal the segment this one replaced, if that has not happened yet (the flush thread

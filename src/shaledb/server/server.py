@@ -378,6 +378,10 @@ class Server:
             await asyncio.sleep(1.0)
             try:
                 await loop.run_in_executor(self._executor, self.db.sync)
+            except shaledb.DescriptorsExhaustedError as exc:
+                # Retryable (no descriptor to open the directory with): the engine still
+                # takes writes, so they must still be fsynced every second.
+                log.warning("periodic WAL fsync postponed: %s", exc)
             except Exception as exc:  # noqa: BLE001 - the engine now refuses writes
                 log.error("periodic WAL fsync failed: %s", exc)
                 return
