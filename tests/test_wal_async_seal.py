@@ -444,9 +444,10 @@ def test_a_discarded_prepared_segment_leaves_its_number_unused(tmp_path: Path,
                                                                crypt: dict[str, Any]) -> None:
     """File numbers are never reused. An open prepares the next WAL segment (taking a
     number after the one its new manifest records) and a close removes it unused: the close
-    records the counter past it first. Failed before: every open-close without a flush gave
-    the prepared segment's number to the next open's WAL segment (a file created twice
-    under one number; encrypted, one number naming two file keys)."""
+    records the counter past it first, and so does an open that fails after preparing it.
+    Failed before: every open-close without a flush gave the prepared segment's number to
+    the next open's WAL segment (a file created twice under one number; encrypted, one
+    number naming two file keys)."""
     path = tmp_path / "db"
     created: list[str] = []
 
@@ -459,6 +460,9 @@ def test_a_discarded_prepared_segment_leaves_its_number_unused(tmp_path: Path,
             created.append(os.path.basename(p))
             return super().create(p, *a, **k)
 
+    def cannot_start(self: Engine) -> None:
+        raise RuntimeError("can't start new thread")
+
     fs = Recording()
     for round_ in range(4):
         with shaledb.open(path, fs=fs, fsync_interval=None, **SMALL, **crypt) as db:
@@ -466,6 +470,11 @@ def test_a_discarded_prepared_segment_leaves_its_number_unused(tmp_path: Path,
                 db.put(b"k", b"v")
         with shaledb.open(path, fs=fs, read_only=True, **SMALL, **crypt) as db:
             assert (db.get(b"k") is not None) == (round_ >= 2)
+        if round_ == 1:  # an open that fails after preparing the segment (abandoned)
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(Engine, "_start_threads", cannot_start)
+                with pytest.raises(RuntimeError):
+                    shaledb.open(path, fs=fs, **SMALL, **crypt)
     numbers = [int(n.split(".")[0].split("-")[-1]) for n in created
                if n[0].isdigit() or n.startswith("MANIFEST-")]
     assert any(n.endswith(".log.new") for n in created)

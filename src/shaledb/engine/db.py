@@ -389,6 +389,11 @@ class Engine:
             t.join()
         if self._worker is not None:
             self._worker.close()
+        if self._next_wal is not None:
+            # The open got as far as preparing the next segment (its manifest is written):
+            # record its number as close() does, so that the next open never reuses it.
+            with contextlib.suppress(Exception):
+                self._record_prepared_number(self._next_wal.number)
         for closer in (self._wal.close if self._wal else None, self._versions.close):
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -1694,7 +1699,7 @@ class Engine:
         edit does, so that the next open never hands the number out again. (File numbers
         are never reused: in an encrypted database each names a file key, docs/security.md.
         The file held a header only, its salt fresh: no nonce was ever used under its key.)
-        Called by close() alone, with every other thread stopped."""
+        Called by close() and a failed open alone, with every other thread stopped."""
         v = self._versions
         if number < v.recorded_next:
             return
