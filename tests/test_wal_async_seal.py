@@ -21,6 +21,8 @@ import pytest
 
 import shaledb
 from _helpers import SMALL, close_quietly, key, scan, value
+from _helpers import in_thread as _in_thread
+from _helpers import wal_logs as _logs
 from shaledb.engine.db import Engine
 from shaledb.engine.vfs import MappedFile, PosixFileSystem, WritableFile
 from shaledb.testing import FaultInjectionFS
@@ -53,24 +55,6 @@ class SlowSealFS(PosixFileSystem):
             self.waiting.set()
             self.release.wait(30)
         super().sync_dir(path)
-
-
-def _logs(path: Path) -> list[str]:
-    return sorted(n for n in os.listdir(path) if n.endswith(".log"))
-
-
-def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def _fill_across_a_switch(db: Any, path: Path, stalled: str) -> int:
