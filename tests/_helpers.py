@@ -336,3 +336,70 @@ def iter_child_lines(path: str) -> Iterator[str]:
         for line in fh:
             if line.endswith("\n"):
                 yield line.rstrip("\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# WAL segments at a memtable switch (database format 4: test_wal_async_seal, test_review_wal4,
+# server/test_server_review_wal4)
+
+def wal_logs(path: Any) -> list[str]:
+    """Names of the WAL segments in ``path`` (not the prepared ``.log.new`` one)."""
+    return sorted(n for n in os.listdir(path) if n.endswith(".log"))
+
+
+def in_thread(fn: Any) -> tuple[Any, list[Any]]:
+    """Run ``fn`` in a daemon thread; returns the thread and a list that gets its result
+    (or the exception it raised)."""
+    import threading
+
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def hold_seal(monkeypatch: Any) -> tuple[Any, Any]:
+    """Hold the flush thread at the start of its seal of the retired WAL segments: returns
+    (gate, entered): set ``gate`` to let it go on; ``entered`` is set once it got there."""
+    import threading
+
+    from shaledb.engine.db import Engine
+
+    gate, entered = threading.Event(), threading.Event()
+    real = Engine._seal_retired_wals
+
+    def held(self: Engine) -> None:
+        entered.set()
+        gate.wait(30)
+        real(self)
+
+    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
+    return gate, entered
+
+
+def dir_emfile_fs() -> Any:
+    """A FaultInjectionFS whose next ``fail_dirs`` directory fsyncs fail with EMFILE, as the
+    real one does when no descriptor is left to open the directory with."""
+    import errno
+
+    from shaledb.engine.vfs import _storage_error
+    from shaledb.testing import FaultInjectionFS
+
+    class DirEmfileFS(FaultInjectionFS):
+        fail_dirs = 0
+
+        def sync_dir(self, path: str) -> None:
+            if self.fail_dirs > 0:
+                self.fail_dirs -= 1
+                exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+                raise _storage_error("fsync directory", path, exc) from exc
+            super().sync_dir(path)
+
+    return DirEmfileFS()

@@ -25,7 +25,10 @@ from typing import Any
 import pytest
 
 import shaledb
-from _helpers import SMALL, close_quietly, key, scan, value
+from _helpers import SMALL, close_quietly, dir_emfile_fs, key, scan, value
+from _helpers import hold_seal as _gate_seal
+from _helpers import in_thread as _in_thread
+from _helpers import wal_logs as _logs
 from shaledb.engine import crypto
 from shaledb.engine.batch import encode_batch
 from shaledb.engine.db import Engine
@@ -58,24 +61,6 @@ def _offsets(data: bytes, crypt: dict[str, Any]) -> Any:
     return shaledb_scan_log(data, expect=3 if crypt else 2, framing_only=True)
 
 
-def _logs(path: Path) -> list[str]:
-    return sorted(n for n in os.listdir(path) if n.endswith(".log"))
-
-
-def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
 class HoldFS(FaultInjectionFS):
     """Directory fsyncs (``hold_dir``) and fsyncs of files whose name contains ``hold_file``
     wait for ``release`` when a thread named in ``threads`` makes them: a disk so busy that
@@ -103,19 +88,16 @@ class HoldFS(FaultInjectionFS):
         super()._fsync(f, fd)
 
 
-def _gate_seal(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Hold the flush thread at the start of its seal of the retired segments: returns (gate,
-    entered)."""
-    gate, entered = threading.Event(), threading.Event()
-    real = Engine._seal_retired_wals
-
-    def held(self: Engine) -> None:
-        entered.set()
-        gate.wait(30)
-        real(self)
-
-    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
-    return gate, entered
+def _assert_put_not_stalled(db: shaledb.DB, i: int, release: threading.Event,
+                            stalled_message: str) -> None:
+    """A plain put returns within 2 s while an fsync is held (then ``release`` it)."""
+    t, out = _in_thread(lambda: db.put(key(i), value(i)))
+    t.join(2)
+    stalled = t.is_alive()
+    release.set()
+    t.join(10)
+    assert out == [None], out
+    assert not stalled, stalled_message
 
 
 def _switch(db: shaledb.DB, path: Path, start: int = 0) -> int:
@@ -149,13 +131,8 @@ def test_a_plain_write_does_not_wait_for_the_flush_threads_directory_fsync(
         assert entered.wait(10)
         gate.set()  # the flush thread seals the old segment, then its directory fsync holds
         assert fs.waiting.wait(10), "the flush thread made no directory fsync"
-        t, out = _in_thread(lambda: db.put(key(i), value(i)))
-        t.join(2)
-        stalled = t.is_alive()
-        fs.release.set()
-        t.join(10)
-        assert out == [None], out
-        assert not stalled, "a plain write waited for the flush thread's directory fsync"
+        _assert_put_not_stalled(db, i, fs.release,
+                                "a plain write waited for the flush thread's directory fsync")
     finally:
         gate.set()
         fs.release.set()
@@ -178,13 +155,8 @@ def test_a_plain_write_does_not_wait_for_the_background_fsync_of_the_new_segment
         fs.hold_file = prepared.removesuffix(".new")  # the segment the switch starts
         i = _switch(db, path)
         assert fs.waiting.wait(10), "the syncer did not fsync the new segment"
-        t, out = _in_thread(lambda: db.put(key(i), value(i)))
-        t.join(2)
-        stalled = t.is_alive()
-        fs.release.set()
-        t.join(10)
-        assert out == [None], out
-        assert not stalled, "a plain write waited for the background fsync of the new segment"
+        _assert_put_not_stalled(db, i, fs.release,
+                                "a plain write waited for the background fsync of the new segment")
     finally:
         gate.set()
         fs.release.set()
@@ -315,22 +287,6 @@ def test_emfile_sealing_the_old_segment_from_a_durable_write_is_retryable(
         close_quietly(db)
 
 
-class DirEmfileFS(FaultInjectionFS):
-    """The next ``fail_dirs`` directory fsyncs fail with EMFILE, as the real one does when no
-    descriptor is left to open the directory with."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fail_dirs = 0
-
-    def sync_dir(self, path: str) -> None:
-        if self.fail_dirs > 0:
-            self.fail_dirs -= 1
-            exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
-            raise _storage_error("fsync directory", path, exc) from exc
-        super().sync_dir(path)
-
-
 @pytest.mark.parametrize("who", ["syncer", "sync_put", "db_sync"])
 def test_emfile_making_the_new_segments_name_durable_is_retryable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, who: str,
@@ -348,7 +304,7 @@ def test_emfile_making_the_new_segments_name_durable_is_retryable(
     (AssertionError) until the refused record was given back (WriteAheadLog.unframe)."""
     gate, _ = _gate_seal(monkeypatch)  # the flush thread does not name the segment first
     path = tmp_path / "db"
-    fs = DirEmfileFS()
+    fs = dir_emfile_fs()
     db = shaledb.open(path, fs=fs, fsync_interval=0.05 if who == "syncer" else None, **SMALL,
                       **crypt)
     try:

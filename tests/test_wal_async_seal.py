@@ -15,7 +15,6 @@ segment's too).
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import shutil
@@ -27,9 +26,11 @@ import pytest
 
 import format_reader as fr
 import shaledb
-from _helpers import SMALL, close_quietly, key, scan, value
+from _helpers import SMALL, close_quietly, dir_emfile_fs, hold_seal, key, scan, value
+from _helpers import in_thread as _in_thread
+from _helpers import wal_logs as _logs
 from shaledb.engine.db import Engine
-from shaledb.engine.vfs import MappedFile, PosixFileSystem, WritableFile, _storage_error
+from shaledb.engine.vfs import MappedFile, PosixFileSystem, WritableFile
 from shaledb.engine.wal import WriteAheadLog
 from shaledb.testing import FaultInjectionFS
 
@@ -70,24 +71,6 @@ class SlowSealFS(PosixFileSystem):
             self.waiting.set()
             self.release.wait(30)
         super().sync_dir(path)
-
-
-def _logs(path: Path) -> list[str]:
-    return sorted(n for n in os.listdir(path) if n.endswith(".log"))
-
-
-def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def _fill_across_a_switch(db: Any, path: Path, stalled: str) -> int:
@@ -379,14 +362,7 @@ def _rename_lost_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     name. The flush thread is held, so the old segment stays unsealed and live. Returns the
     copy, the model of the writes before the switch, the switched segment's number, its
     prepared name and its bytes."""
-    gate = threading.Event()
-    real = Engine._seal_retired_wals
-
-    def held(self: Engine) -> None:
-        gate.wait(30)
-        real(self)
-
-    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
+    gate, _ = hold_seal(monkeypatch)
     path = tmp_path / "db"
     db = shaledb.open(path, fsync_interval=None, **SMALL, **crypt)
     model: dict[bytes, bytes] = {}
@@ -405,7 +381,6 @@ def _rename_lost_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     finally:
         gate.set()
         close_quietly(db)
-    monkeypatch.setattr(Engine, "_seal_retired_wals", real)
     os.rename(copy / prep[:-4], copy / prep)
     data = (copy / prep).read_bytes()
     return copy, model, int(prep.split(".")[0]), prep, data
@@ -481,25 +456,41 @@ def test_a_discarded_prepared_segment_leaves_its_number_unused(tmp_path: Path,
     assert len(numbers) == len(set(numbers)), created
 
 
+def _hold_seal_and_flush(monkeypatch: pytest.MonkeyPatch
+                         ) -> tuple[threading.Event, threading.Event]:
+    """Hold the flush thread before its seal of the retired segments and, once that gate is
+    set, before it writes the memtable out (both segments stay live): (seal gate, flush
+    gate)."""
+    seal_gate, _ = hold_seal(monkeypatch)
+    flush_gate = threading.Event()
+    real_flush = Engine._flush_memtable
+
+    def held_flush(self: Engine, *args: Any) -> Any:
+        flush_gate.wait(30)
+        return real_flush(self, *args)
+
+    monkeypatch.setattr(Engine, "_flush_memtable", held_flush)
+    return seal_gate, flush_gate
+
+
+def _wait_for_the_note(segment: Path, crypt: dict[str, Any]) -> fr.LogFile:
+    """The segment, read (independent reader) once it holds a sync mark: the "note" the flush
+    thread writes after sealing the segment before it."""
+    for _ in range(200):
+        log = fr.read_log(segment.read_bytes(), None, _keys(segment.parent, crypt))
+        if fr.SYNC in [r.type for r in log.records]:
+            return log
+        threading.Event().wait(0.05)
+    raise AssertionError(f"no sync mark in {segment.name} after the seal: {log.records}")
+
+
 def test_the_seal_note_makes_later_damage_in_the_old_segment_corruption(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypt: dict[str, Any]) -> None:
     """Once the flush thread has sealed the segment a switch replaced, the new segment gets
     a sync mark (the "note") even if nothing in it is ever synced; its ``synced`` is the
     header's size (48 encrypted). Damage at the old segment's end is then corruption (strict
     refuses); before the note (seal held back) the same damage is a crash's torn tail."""
-    seal_gate, flush_gate = threading.Event(), threading.Event()
-    real_seal, real_flush = Engine._seal_retired_wals, Engine._flush_memtable
-
-    def held_seal(self: Engine) -> None:
-        seal_gate.wait(30)
-        real_seal(self)
-
-    def held_flush(self: Engine, *args: Any) -> Any:
-        flush_gate.wait(30)
-        return real_flush(self, *args)
-
-    monkeypatch.setattr(Engine, "_seal_retired_wals", held_seal)
-    monkeypatch.setattr(Engine, "_flush_memtable", held_flush)
+    seal_gate, flush_gate = _hold_seal_and_flush(monkeypatch)
     path = tmp_path / "db"
     db = shaledb.open(path, fsync_interval=None, **SMALL, **crypt)
     hsize = _header_size(crypt)
@@ -512,11 +503,7 @@ def test_the_seal_note_makes_later_damage_in_the_old_segment_corruption(
         before = tmp_path / "before"
         shutil.copytree(path, before, ignore=shutil.ignore_patterns("LOCK"))
         seal_gate.set()
-        for _ in range(200):
-            log = fr.read_log((path / new).read_bytes(), None, _keys(path, crypt))
-            if fr.SYNC in [r.type for r in log.records]:
-                break
-            threading.Event().wait(0.05)
+        log = _wait_for_the_note(path / new, crypt)
         notes = [r for r in log.records if r.type == fr.SYNC]
         assert notes and notes[0].synced == hsize, log.records
         assert fr.read_log((path / old).read_bytes(), None,
@@ -540,20 +527,6 @@ def test_the_seal_note_makes_later_damage_in_the_old_segment_corruption(
         assert len(scan(db)) < i
 
 
-class _DirEmfileFS(PosixFileSystem):
-    """The next ``fail_dirs`` directory fsyncs fail with EMFILE (no descriptor to open the
-    directory with)."""
-
-    fail_dirs = 0
-
-    def sync_dir(self, path: str) -> None:
-        if self.fail_dirs > 0:
-            self.fail_dirs -= 1
-            exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
-            raise _storage_error("fsync directory", path, exc) from exc
-        super().sync_dir(path)
-
-
 def test_a_durable_write_refused_for_the_new_segments_name_can_be_retried(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypt: dict[str, Any]) -> None:
     """A ``sync=True`` write makes the new segment's name durable (a directory fsync: a
@@ -564,33 +537,15 @@ def test_a_durable_write_refused_for_the_new_segments_name_can_be_retried(
     (WriteAheadLog.unframe; the discarded ciphertext never reached the file). Here the old
     segment is sealed and its "note" written before (the flush thread's own directory fsync
     left out), so nothing else moves the offset between the two tries."""
-    seal_gate, flush_gate = threading.Event(), threading.Event()
-    real_seal, real_flush = Engine._seal_retired_wals, Engine._flush_memtable
-
-    def held_seal(self: Engine) -> None:
-        seal_gate.wait(30)
-        real_seal(self)
-
-    def held_flush(self: Engine, *args: Any) -> Any:
-        flush_gate.wait(30)
-        return real_flush(self, *args)
-
-    monkeypatch.setattr(Engine, "_seal_retired_wals", held_seal)
-    monkeypatch.setattr(Engine, "_flush_memtable", held_flush)
+    seal_gate, flush_gate = _hold_seal_and_flush(monkeypatch)
     monkeypatch.setattr(WriteAheadLog, "make_name_durable", lambda self: None)
     path = tmp_path / "db"
-    fs = _DirEmfileFS()
+    fs = dir_emfile_fs()
     db = shaledb.open(path, fs=fs, fsync_interval=None, **SMALL, **crypt)
     try:
         n = _fill_across_a_switch(db, path, "the switch stalled")
         seal_gate.set()
-        new = _logs(path)[-1]
-        for _ in range(200):  # the flush thread seals the old segment, then writes the note
-            log = fr.read_log((path / new).read_bytes(), None, _keys(path, crypt))
-            if fr.SYNC in [r.type for r in log.records]:
-                break
-            threading.Event().wait(0.05)
-        assert fr.SYNC in [r.type for r in log.records], "no note after the seal"
+        _wait_for_the_note(path / _logs(path)[-1], crypt)
         fs.fail_dirs = 1
         with pytest.raises(shaledb.DescriptorsExhaustedError):
             db.put(b"durable", b"1", sync=True)

@@ -360,6 +360,42 @@ def test_a_probe_that_arrived_before_a_flood_is_not_evicted(server_factory) -> N
             s.close()
 
 
+def test_a_slowloris_flood_does_not_evict_a_probe_between_its_connect_and_its_send(
+        server_factory) -> None:
+    # The hostile soak's /health probe got 408 once more after the fix above: the probe
+    # was accepted before it had sent its request, and the httploris flood behind it
+    # evicted it as the oldest connection waiting for its head. A connection that sent
+    # part of a head (a probe sends its whole head at once) now goes before one that sent
+    # nothing yet.
+    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+
+    st = server_factory(metrics_port=0, metrics_header_timeout=60)
+    port = st.server.metrics_port
+    flood = []
+
+    def slowloris() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        return s
+
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            flood.append(slowloris())
+        _wait(lambda: st.call(lambda: len(st.server.metrics._idle)) == MAX_CONNECTIONS)
+        probe = socket.create_connection(("127.0.0.1", port), timeout=10)
+        _wait(lambda: st.call(lambda: st.server.metrics.evicted) >= 1)
+        for i in range(MAX_CONNECTIONS + 4):  # the flood goes on before the probe sends
+            flood.append(slowloris())
+            _wait(lambda i=i: st.call(lambda: st.server.metrics.evicted) >= i + 2)
+        probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = _read_all(probe)
+        probe.close()
+        assert reply.startswith(b"HTTP/1.1 200 "), reply
+    finally:
+        for s in flood:
+            s.close()
+
+
 # -- 12. an ACL file's password-less default user replaced SHALEDB_REQUIREPASS silently;
 #        the failed-AUTH limit per IP could not spare a NAT or a local admin ---------------
 

@@ -6,18 +6,19 @@ clients see it: a memtable switch must never hold the event loop for an fsync. R
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 import shaledb
-from shaledb.engine.db import Engine
-from shaledb.engine.vfs import MappedFile, WritableFile, _storage_error
+from _helpers import dir_emfile_fs, hold_seal
+from _helpers import wal_logs as _logs
+from shaledb.engine.vfs import MappedFile, WritableFile
 from shaledb.server import ServerConfig
 from shaledb.testing import FaultInjectionFS
 
@@ -45,10 +46,6 @@ class _SlowSyncerFS(FaultInjectionFS):
         super()._fsync(f, fd)
 
 
-def _logs(path: Path) -> list[str]:
-    return sorted(n for n in os.listdir(path) if n.endswith(".log"))
-
-
 def test_a_set_after_a_memtable_switch_does_not_wait_for_a_background_fsync(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Right after a memtable switch the engine's 1-second syncer (appendfsync everysec)
@@ -56,14 +53,7 @@ def test_a_set_after_a_memtable_switch_does_not_wait_for_a_background_fsync(
     The next SET's write owed the "prior segment sealed" sync mark and took that lock to
     write it: the event loop waited for the fsync, and every client with it (PING included).
     Failed before the fix (the SET timed out after 2 s)."""
-    gate = threading.Event()
-    real = Engine._seal_retired_wals
-
-    def held(self: Engine) -> None:  # the flush thread leaves the seal to the syncer
-        gate.wait(30)
-        real(self)
-
-    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
+    gate, _ = hold_seal(monkeypatch)  # the flush thread leaves the seal to the syncer
     path = tmp_path / "db"
     fs = _SlowSyncerFS()
     db = shaledb.open(path, fs=fs, fsync_interval=0.05, memtable_size=64 * 1024)
@@ -73,11 +63,7 @@ def test_a_set_after_a_memtable_switch_does_not_wait_for_a_background_fsync(
         (prepared,) = [n for n in os.listdir(path) if n.endswith(".log.new")]
         fs.hold = prepared.removesuffix(".new")  # the segment the next switch starts
         c = st.client()
-        first = _logs(path)
-        i = 0
-        while _logs(path) == first:
-            assert c.set(f"k{i}", "v" * 1000)
-            i += 1
+        _set_until_a_switch(c, path)
         assert fs.waiting.wait(10), "the syncer did not fsync the new segment"
         quick = st.client(socket_timeout=2)
         try:
@@ -98,20 +84,26 @@ def test_a_set_after_a_memtable_switch_does_not_wait_for_a_background_fsync(
             db.close()
 
 
-class _DirEmfileFS(FaultInjectionFS):
-    """The next ``fail_dirs`` directory fsyncs fail with EMFILE (no descriptor to open the
-    directory with: the server's clients hold them all)."""
+def _set_until_a_switch(c: Any, path: Path) -> int:
+    """SETs until a memtable switch starts a new WAL segment; returns how many."""
+    first = _logs(path)
+    i = 0
+    while _logs(path) == first:
+        assert c.set(f"k{i}", "v" * 1000)
+        i += 1
+    return i
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.fail_dirs = 0
 
-    def sync_dir(self, path: str) -> None:
-        if self.fail_dirs > 0:
-            self.fail_dirs -= 1
-            exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
-            raise _storage_error("fsync directory", path, exc) from exc
-        super().sync_dir(path)
+def _server_with_dir_emfile(path: Path, monkeypatch: pytest.MonkeyPatch, appendfsync: str
+                            ) -> tuple[threading.Event, Any, shaledb.DB, ServerThread]:
+    """A server on a database whose directory fsyncs can be made to fail with EMFILE, the
+    flush thread held before it seals (and names) anything: (gate, fs, db, server)."""
+    gate, _ = hold_seal(monkeypatch)
+    fs = dir_emfile_fs()
+    db = shaledb.open(path, fs=fs, fsync_interval=None, memtable_size=64 * 1024)
+    st = ServerThread(ServerConfig(port=0, host="127.0.0.1", dir=str(path), metrics_port=None,
+                                   appendfsync=appendfsync), db)
+    return gate, fs, db, st
 
 
 def test_emfile_on_the_new_segments_directory_fsync_does_not_stop_writes(
@@ -122,19 +114,8 @@ def test_emfile_on_the_new_segments_directory_fsync_does_not_stop_writes(
     until a restart. Now the write whose fsync met it is not acknowledged (its connection
     gets MISCONF "fsync failed" and is closed, as for any failed fsync) and the next SET works.
     Failed before the fix (the SET on a new connection answered MISCONF)."""
-    gate = threading.Event()
-    real = Engine._seal_retired_wals
-
-    def held(self: Engine) -> None:  # the flush thread does not name the segment first
-        gate.wait(30)
-        real(self)
-
-    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
     path = tmp_path / "db"
-    fs = _DirEmfileFS()
-    db = shaledb.open(path, fs=fs, fsync_interval=None, memtable_size=64 * 1024)
-    st = ServerThread(ServerConfig(port=0, host="127.0.0.1", dir=str(path), metrics_port=None,
-                                   appendfsync="always"), db)
+    gate, fs, db, st = _server_with_dir_emfile(path, monkeypatch, "always")
     try:
         c = st.client()
         first = _logs(path)
@@ -170,26 +151,12 @@ def test_the_servers_everysec_fsync_goes_on_after_a_descriptor_shortage(
     task took any error for a failed fsync and stopped for good, so the database was never
     fsynced every second again (silently: writes went on). Failed before the fix (no fsync
     of the WAL after the shortage)."""
-    gate = threading.Event()
-    real = Engine._seal_retired_wals
-
-    def held(self: Engine) -> None:  # the flush thread does not name the segment first
-        gate.wait(30)
-        real(self)
-
-    monkeypatch.setattr(Engine, "_seal_retired_wals", held)
     path = tmp_path / "db"
-    fs = _DirEmfileFS()
-    db = shaledb.open(path, fs=fs, fsync_interval=None, memtable_size=64 * 1024)
-    st = ServerThread(ServerConfig(port=0, host="127.0.0.1", dir=str(path), metrics_port=None,
-                                   appendfsync="everysec"), db)
+    gate, fs, db, st = _server_with_dir_emfile(path, monkeypatch, "everysec")
     try:
         c = st.client()
         first = _logs(path)
-        i = 0
-        while _logs(path) == first:
-            assert c.set(f"k{i}", "v" * 1000)
-            i += 1
+        _set_until_a_switch(c, path)
         fs.fail_dirs = 1  # the periodic DB.sync(): the new segment's name first
         deadline = time.monotonic() + 5
         while fs.fail_dirs and time.monotonic() < deadline:

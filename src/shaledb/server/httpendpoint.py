@@ -12,7 +12,8 @@ when every connection is past its head, i.e. sending): connections that send not
 no authentication is needed to open one -- can never keep a health probe out, which sends
 its request at once. A connection whose request has arrived but not been read yet (in the
 socket, or in its reader's buffer: the loop accepts a burst of connections before it reads
-any) is never the one evicted: a probe that came just before a flood was. Methods other
+any) is never the one evicted: a probe that came just before a flood was. Nor is one that sent
+nothing yet while one that sent part of a head (a slowloris) is waiting. Methods other
 than GET and HEAD get 405, other paths 404, and a failure while building the answer 500
 (logged). The page is built on the loop, like any command, so a scrape costs the clients the
 time of one ``db.stats()`` and some string formatting.
@@ -120,11 +121,23 @@ class MetricsEndpoint:
             writer.close()
 
     def _evict_idle(self) -> bool:
-        """Close the oldest connection still waiting for its request head whose request has
-        not arrived (408); False when there is none."""
-        task = next((t for t, (r, w) in self._idle.items() if not _request_waiting(r, w)), None)
-        if task is None:
-            return False
+        """Close a connection still waiting for its request head whose request has not
+        arrived (408): the oldest one that sent part of a head (a slowloris: a probe sends its
+        head at once), else the oldest one that sent nothing yet (it may be a probe between
+        its connect and its send, so it goes last); False when there is none."""
+        silent = None
+        for t, (r, w) in self._idle.items():
+            if _request_waiting(r, w):
+                continue
+            if getattr(r, "_buffer", b""):
+                task = t
+                break
+            if silent is None:
+                silent = t
+        else:
+            if silent is None:
+                return False
+            task = silent
         writer = self._idle.pop(task)[1]
         self._active.discard(task)
         self.evicted += 1
