@@ -71,3 +71,42 @@ def test_the_scrub_logs_no_user_key_of_an_encrypted_database(tmp_path, caplog) -
             assert not _leaks(text, b"confidential-user"), rec.getMessage()
     finally:
         st.stop()
+
+
+def test_chunked_values_of_an_encrypted_server_leave_no_plaintext(tmp_path) -> None:
+    """Checked sound: values over 64 KiB are stored by the server as chunks (separate engine
+    entries, some written by APPEND and SETRANGE in place); none of their bytes, nor the
+    key's, reach any file in plaintext, in the WAL (before SAVE) or in the tables (after),
+    and a plain control server does write them (so the search can fail)."""
+    for encrypted in (False, True):
+        data = tmp_path / ("enc" if encrypted else "plain")
+        st = ServerThread(ServerConfig(
+            port=0, dir=str(data), metrics_port=None,
+            encryption_key_file=_key_file(tmp_path / "key") if encrypted else None))
+        try:
+            r = st.client()
+            marker = b"chunked-secret-"
+            big = b"".join(marker + os.urandom(16).hex().encode() for _ in range(9000))
+            assert len(big) > 4 * 65536
+            r.set(b"big-secret-key", big)
+            r.append(b"big-secret-key", marker + b"appended")
+            r.setrange(b"big-secret-key", 200_000, marker + b"overwritten")
+            expected = bytearray(big + marker + b"appended")
+            expected[200_000:200_000 + len(marker) + 11] = marker + b"overwritten"
+            assert r.get(b"big-secret-key") == bytes(expected)
+            needles = (marker, b"big-secret-key")
+
+            def hits() -> list[str]:
+                return [str(p) for p in data.rglob("*") if p.is_file()
+                        and any(n in p.read_bytes() for n in needles)]
+
+            in_wal = hits()
+            assert r.save()
+            after_save = hits()
+            assert r.get(b"big-secret-key") == bytes(expected)
+        finally:
+            st.stop()
+        if encrypted:
+            assert in_wal == [] and after_save == [] and hits() == []
+        else:
+            assert in_wal and after_save  # the control finds them
