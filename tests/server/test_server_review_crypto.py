@@ -73,6 +73,12 @@ def test_the_scrub_logs_no_user_key_of_an_encrypted_database(tmp_path, caplog) -
         st.stop()
 
 
+def _hits(data: Path, needles: tuple[bytes, ...]) -> list[str]:
+    """The files under ``data`` that hold any of ``needles``."""
+    return [str(p) for p in data.rglob("*") if p.is_file()
+            and any(n in p.read_bytes() for n in needles)]
+
+
 def test_chunked_values_of_an_encrypted_server_leave_no_plaintext(tmp_path) -> None:
     """Checked sound: values over 64 KiB are stored by the server as chunks (separate engine
     entries, some written by APPEND and SETRANGE in place); none of their bytes, nor the
@@ -96,17 +102,13 @@ def test_chunked_values_of_an_encrypted_server_leave_no_plaintext(tmp_path) -> N
             assert r.get(b"big-secret-key") == bytes(expected)
             needles = (marker, b"big-secret-key")
 
-            def hits() -> list[str]:
-                return [str(p) for p in data.rglob("*") if p.is_file()
-                        and any(n in p.read_bytes() for n in needles)]
-
-            in_wal = hits()
+            in_wal = _hits(data, needles)
             assert r.save()
-            after_save = hits()
+            after_save = _hits(data, needles)
             assert r.get(b"big-secret-key") == bytes(expected)
         finally:
             st.stop()
         if encrypted:
-            assert in_wal == [] and after_save == [] and hits() == []
+            assert in_wal == [] and after_save == [] and _hits(data, needles) == []
         else:
             assert in_wal and after_save  # the control finds them
