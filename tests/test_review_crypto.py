@@ -17,7 +17,7 @@ import pytest
 
 import format_reader as fr
 import shaledb
-from shaledb.errors import CorruptionError
+from shaledb.errors import CorruptionError, EncryptionError
 from test_encryption import KEY, _encrypted_db, _flip_log_record, _keys_of, _write_key_file
 
 
@@ -164,3 +164,22 @@ def test_a_manifest_cut_after_an_edit_is_detected(tmp_path) -> None:
     manifest.write_bytes(data[:mark.offset + mark.size])
     with pytest.raises(CorruptionError), shaledb.open(path, encryption_key=KEY) as db:
         assert db.get(b"k1") == b"v"
+
+
+def test_a_key_file_of_32_text_characters_is_refused(tmp_path) -> None:
+    """Scenario: `openssl rand -hex 16 | tr -d '\\n' > key` (a 16-byte key in hex), or a
+    32-character passphrase, without a final newline: 32 bytes, which the key file reader
+    took as a raw 256-bit key. The database was then encrypted under a key of at most 128 bits
+    of entropy (hex digits), or a guessable passphrase, and nobody was told. 32 random bytes
+    are all printable ASCII with probability (95/256)^32, about 2^-46: such a file is text,
+    and is refused with what to do."""
+    path = tmp_path / "db"
+    for text in (os.urandom(16).hex().encode(), b"correct horse battery staple 123"):
+        assert len(text) == 32
+        kf = _write_key_file(tmp_path / "key", text, text=False)
+        with pytest.raises(EncryptionError, match="openssl rand -hex 32"):
+            shaledb.open(path, encryption_key_file=kf)
+        assert not path.exists()
+    raw = _write_key_file(tmp_path / "raw", bytes(range(224, 256)), text=False)
+    with shaledb.open(path, encryption_key_file=raw) as db:  # raw random bytes still work
+        db.put(b"k", b"v")
