@@ -151,8 +151,17 @@ _HEX.update({c: i + 10 for i, c in enumerate(b"ABCDEF")})
 def parse_key_bytes(raw: bytearray, where: str) -> bytearray:
     """A key file's content as the 32-byte key: exactly 32 raw bytes, or 64 hexadecimal
     characters (a final newline and surrounding blanks allowed). The result is a new
-    bytearray; ``raw`` is left for the caller to zero."""
+    bytearray; ``raw`` is left for the caller to zero.
+
+    32 bytes that are all printable ASCII are refused: that is text (32 hex digits of a
+    16-byte key, a passphrase), not a raw key; 32 random bytes are all printable with
+    probability (95/256)^32, about 2^-46."""
     if len(raw) == KEY_SIZE:
+        if all(0x20 <= b < 0x7F for b in raw):
+            raise EncryptionError(
+                f"{where} holds 32 characters of text (32 hexadecimal digits are a 16-byte "
+                "key; a passphrase is not a key), not 32 random bytes: make a key with "
+                "`openssl rand -hex 32 > FILE; chmod 600 FILE` (64 hexadecimal characters)")
         return bytearray(raw)
     start, end = 0, len(raw)
     while start < end and raw[start] in b" \t\r\n":

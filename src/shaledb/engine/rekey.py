@@ -6,7 +6,7 @@
 - :func:`reencrypt` makes every file use a fresh data key now: it opens the database with
   ``rotate_data_key``, compacts everything (every table is rewritten; the WAL segment and
   manifest an open writes are new anyway), and then drops from ``KEYRING`` the data keys no
-  file uses any more.
+  file uses any more (the files under ``lost/`` count: their bytes stay decryptable).
 - :func:`convert` copies every live key (with its expiry) into a new database at DEST, plain
   or encrypted: ``encrypt`` and ``decrypt`` are conversions. The source is opened read-only
   and never written; DEST must be new or empty.
@@ -32,7 +32,7 @@ from .crypto import (
     rewrap_keyring,
 )
 from .db import Engine
-from .filenames import KEYRING, LOCK, OPTIONS, parse
+from .filenames import KEYRING, LOCK, LOST_DIR, OPTIONS, parse
 from .optionsfile import decode_options, is_encrypted
 from .repair import _check_dest, _dest_options
 from .verify import check_database_dir
@@ -115,6 +115,25 @@ def _key_id_of(data: bytes) -> int | None:
     return int.from_bytes(data[20 + SALT_SIZE:24 + SALT_SIZE], "little")
 
 
+def _lost_key_ids(fs: FileSystem, path: str) -> set[int] | None:
+    """The data key ids the files under ``lost/`` start with (each holds the header of the
+    log it was cut from: docs/format.md, "lost/"); None when one has no readable header."""
+    lost = join(path, LOST_DIR)
+    if not fs.exists(lost):
+        return set()
+    ids: set[int] = set()
+    for name in fs.listdir(lost):
+        f = fs.open_read(join(lost, name))
+        try:
+            key_id = _key_id_of(f.pread(48, 0))
+        finally:
+            f.close()
+        if key_id is None:
+            return None
+        ids.add(key_id)
+    return ids
+
+
 def reencrypt(path: str, *, key: bytes | bytearray | None = None, key_file: str | None = None,
               fs: FileSystem | None = None, **options: Any) -> KeyChange:
     """Rewrite every file of the closed, encrypted database at ``path`` with a fresh data
@@ -152,6 +171,11 @@ def reencrypt(path: str, *, key: bytes | bytearray | None = None, key_file: str 
                                           "readable encryption header; KEYRING is left as "
                                           "it was")
                 used.add(key_id)
+            lost = _lost_key_ids(fs, path)
+            # Bytes a recovery kept under lost/ are sealed under the data key of the log
+            # they were cut from: dropping it would make them undecryptable for good. A
+            # lost file without a readable header (a cut inside it) could need any key.
+            used |= set(ring.ids) if lost is None else lost
             raw = ring.encode(master, keep=used)
             active = ring.active
         finally:

@@ -612,11 +612,13 @@ def read_secret_file(path: str, limit: int) -> bytearray:
     """The content of a small secret file outside the database (an encryption key file), at
     most ``limit`` bytes, into a bytearray the caller can zero. Like ssh with a private key,
     it refuses a file that anyone but its owner may read or write (any group or other
-    permission bit), and anything but a regular file; symbolic links are followed (secret
-    mounts use them) and the file they lead to is judged. Raises ``PermissionError`` with
-    the mode, ``ValueError`` for a file that is not regular or too long, ``OSError``
-    otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    permission bit), and anything but a regular file (a FIFO is refused, never waited
+    on); symbolic links are followed (secret mounts use them) and the file they lead to is
+    judged. Raises ``PermissionError`` with the mode, ``ValueError`` for a file that is not
+    regular or too long, ``OSError`` otherwise."""
+    # O_NONBLOCK: a FIFO put where the key file should be would block the open until a
+    # writer came (an open, or a server's start, hung forever); it is judged and refused.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):

@@ -356,7 +356,7 @@ class Scrubber:
             error = f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - t0
         if report is not None:
-            self._log_problems(report)
+            self._log_problems(report, redact=self._server.db.encrypted)
         result: PassResult | None = None
         if error:
             log.error("scrub pass failed after %.1f s: %s", duration, error,
@@ -407,15 +407,21 @@ class Scrubber:
             partial=partial)
 
     @staticmethod
-    def _log_problems(report: VerifyReport) -> None:
+    def _log_problems(report: VerifyReport, redact: bool = False) -> None:
+        """One log line per problem. ``redact`` (an encrypted database): without the key
+        range and the message, which name user keys; logs usually go to a disk of their own,
+        unencrypted (docs/security.md). SCRUB STATUS keeps the full lines for an admin."""
         for p in report.problems[:MAX_LOGGED_PROBLEMS]:
             damage = p.severity is Severity.DAMAGE
+            line = (f"{problem_summary(p)} (the database is encrypted: its keys are not "
+                    "logged; SCRUB STATUS, or `shaledb verify --encryption-key-file` on a "
+                    "copy, names them)") if redact else str(p)
             log.log(logging.ERROR if damage else logging.WARNING, "scrub found %s: %s",
-                    "damage" if damage else "a notice", p,
+                    "damage" if damage else "a notice", line,
                     extra={"event": "scrub_problem", "severity": p.severity.value,
                            "kind": p.kind.value, "file": p.file, "offset": p.offset,
                            "length": p.length, "table_level": p.level,
-                           "keys": None if p.keys is None else str(p.keys),
+                           "keys": None if p.keys is None or redact else str(p.keys),
                            "seqs": None if p.seqs is None else list(p.seqs)})
         more = len(report.problems) - MAX_LOGGED_PROBLEMS
         if more > 0:
