@@ -301,6 +301,35 @@ def test_a_writer_cipher_refuses_to_seal_an_offset_twice() -> None:
         (48).to_bytes(12, "little"), b"a", struct.pack("<QQBB", 7, 48, crypto.DATA_BLOCK, 0))
 
 
+def test_the_wal_framer_keeps_the_nonce_guard_and_reports_its_nonces(tmp_path, monkeypatch) -> None:
+    """``LogWriter.sealed_framer`` seals inline (FileCipher.seal_record's guard copied into
+    the put path): it too refuses an offset that does not grow, allows it again only after
+    ``discard`` (WriteAheadLog.unframe), and shows every nonce to the test hook."""
+    from shaledb.engine.logfile import LogWriter
+    from shaledb.engine.vfs import PosixFileSystem
+
+    seen: list[tuple[bytes, bytes]] = []
+    monkeypatch.setattr(crypto, "nonce_observer", lambda fp, nonce: seen.append((fp, nonce)))
+    ring, _ = crypto.new_keyring(crypto.MasterKey(KEY))
+    fs = PosixFileSystem()
+    file = fs.create(str(tmp_path / "000007.log"))
+    try:
+        writer = LogWriter(file, 7, cipher=ring.writer(crypto.WAL_FILE, 7))
+        frame = writer.sealed_framer()
+        first = frame(b"payload")
+        with pytest.raises(AssertionError, match="reuse a nonce"):
+            frame(b"again, same offset")  # nothing appended: the file did not grow
+        assert writer.cipher is not None
+        writer.cipher.discard(file.size)  # the record was dropped unwritten: may seal again
+        assert frame(b"payload") == first  # the same offset sealed again: allowed once
+        file.append(first)
+        frame(b"next")
+        assert [n for _, n in seen] == [(48).to_bytes(12, "little")] * 2 + [
+            (48 + len(first)).to_bytes(12, "little")]
+    finally:
+        file.close()
+
+
 # -- tampering -----------------------------------------------------------------------------
 
 def _encrypted_db(path: Path, n: int = 3000, **extra: Any) -> dict[bytes, bytes]:

@@ -213,13 +213,19 @@ def master_key(key: bytes | bytearray | memoryview | None,
 
 # -- per-file keys ----------------------------------------------------------------------------
 
+def nonce_reuse(cipher: FileCipher, offset: int) -> AssertionError:
+    """The error of sealing ``offset`` of ``cipher``'s file a second time (a bug)."""
+    return AssertionError(f"refusing to reuse a nonce: offset {offset} of file "
+                          f"{cipher.number} was sealed before (a bug)")
+
+
 class FileCipher:
     """The AES-256-GCM key of one file, sealing and opening its records or blocks by the
     offset where they start. A cipher made for writing refuses an offset that is not past the
     last one it sealed (a nonce is never used twice)."""
 
     __slots__ = ("_aead", "_encrypt", "_decrypt", "number", "file_kind", "key_id", "salt",
-                 "_next", "_fingerprint")
+                 "next_offset", "fingerprint", "encrypt_record")
 
     def __init__(self, file_key: bytes, file_kind: int, number: int, key_id: int,
                  salt: bytes) -> None:
@@ -231,21 +237,25 @@ class FileCipher:
         self.number = number
         self.key_id = key_id
         self.salt = salt
-        self._next = 0
-        self._fingerprint = (hashlib.sha256(file_key).digest()[:16]
-                             if nonce_observer is not None else b"")
+        #: The lowest offset that may still be sealed (the nonce guard).
+        self.next_offset = 0
+        self.fingerprint = (hashlib.sha256(file_key).digest()[:16]
+                            if nonce_observer is not None else b"")
+        #: ``encrypt(nonce, plain, None)`` without the nonce guard, for the one caller that
+        #: keeps the guard itself, inline, on the write path: ``LogWriter.sealed_framer``
+        #: (a call less per put). Everything else seals through :meth:`seal_record`.
+        self.encrypt_record = self._encrypt
 
     def seal(self, plain: bytes | bytearray | memoryview, offset: int, kind: int,
              code: int = 0) -> bytes:
         """``plain`` encrypted and authenticated as the bytes of ``kind`` starting at
         ``offset`` of this file: ciphertext followed by the 16-byte tag."""
-        if offset < self._next:
-            raise AssertionError(f"refusing to reuse a nonce: offset {offset} of file "
-                                 f"{self.number} was sealed before (a bug)")
-        self._next = offset + 1
+        if offset < self.next_offset:
+            raise nonce_reuse(self, offset)
+        self.next_offset = offset + 1
         nonce = offset.to_bytes(12, "little")
         if nonce_observer is not None:
-            nonce_observer(self._fingerprint, nonce)
+            nonce_observer(self.fingerprint, nonce)
         sealed: bytes = self._encrypt(nonce, plain, _pack_aad(self.number, offset, kind, code))
         return sealed
 
@@ -253,13 +263,12 @@ class FileCipher:
         """A log record's payload sealed for ``offset`` (no associated data: the file key
         binds the file, the nonce the offset); the same nonce rule as :meth:`seal`. The
         write path's one call per write."""
-        if offset < self._next:
-            raise AssertionError(f"refusing to reuse a nonce: offset {offset} of file "
-                                 f"{self.number} was sealed before (a bug)")
-        self._next = offset + 1
+        if offset < self.next_offset:
+            raise nonce_reuse(self, offset)
+        self.next_offset = offset + 1
         nonce = offset.to_bytes(12, "little")
         if nonce_observer is not None:
-            nonce_observer(self._fingerprint, nonce)
+            nonce_observer(self.fingerprint, nonce)
         sealed: bytes = self._encrypt(nonce, plain, None)
         return sealed
 
@@ -268,10 +277,10 @@ class FileCipher:
         (the write that framed them failed first: no descriptor for the map): that offset
         may be sealed again. Only ciphertext that reaches the file counts as a nonce's use,
         and at most one record sealed for an offset ever does."""
-        if offset != self._next - 1:
+        if offset != self.next_offset - 1:
             raise AssertionError(f"discarding offset {offset} of file {self.number}, but the "
-                                 f"last one sealed was {self._next - 1} (a bug)")
-        self._next = offset
+                                 f"last one sealed was {self.next_offset - 1} (a bug)")
+        self.next_offset = offset
 
     def open_record(self, sealed: bytes | bytearray | memoryview, offset: int) -> bytes:
         """The plain payload of what :meth:`seal_record` made (:class:`Unauthentic` when it

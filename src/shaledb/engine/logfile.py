@@ -52,7 +52,8 @@ from collections.abc import Callable, Iterator
 import crc32c as _crc32c
 
 from ..errors import CorruptionError, EncryptionError, IncompatibleFormatError, InvalidArgument
-from .crypto import TAG_SIZE, WAL_FILE, FileCipher, Keyring, Unauthentic
+from . import crypto
+from .crypto import TAG_SIZE, WAL_FILE, FileCipher, Keyring, Unauthentic, nonce_reuse
 from .vfs import AppendFile, FileSystem
 
 FILE_MAGIC = b"SHALElog"
@@ -164,13 +165,22 @@ class LogWriter:
         Like :meth:`frame`, it seals the record for the offset where the file ends now."""
         cipher = self.cipher
         assert cipher is not None, "sealed_framer of a plain log"
-        seal, file, salt_crc = cipher.seal_record, self.file, crc32c(self.salt)
+        # FileCipher.seal_record inlined (its nonce guard and observer hook included): a
+        # call frame less per put, ~3% of an encrypted put.
+        encrypt, file, salt_crc = cipher.encrypt_record, self.file, crc32c(self.salt)
         limit, pack, join = MAX_RECORD - TAG_SIZE, _TYPE_LEN_SYNCED.pack, b"".join
 
         def frame(payload: bytes) -> bytes:
             if len(payload) > limit:
                 raise _too_large(len(payload) + TAG_SIZE)  # nothing sealed
-            sealed = seal(payload, file.size)
+            offset = file.size
+            if offset < cipher.next_offset:
+                raise nonce_reuse(cipher, offset)
+            cipher.next_offset = offset + 1
+            nonce = offset.to_bytes(12, "little")
+            if crypto.nonce_observer is not None:
+                crypto.nonce_observer(cipher.fingerprint, nonce)
+            sealed: bytes = encrypt(nonce, payload, None)
             head = pack(RECORD_FULL, len(sealed), self.synced)
             hcrc = crc32c(head, salt_crc)  # = crc32c(salt + head), as encode_record_v2
             return join((MAGIC, head, hcrc.to_bytes(4, "little"),
