@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +184,65 @@ def test_a_key_file_of_32_text_characters_is_refused(tmp_path) -> None:
     raw = _write_key_file(tmp_path / "raw", bytes(range(224, 256)), text=False)
     with shaledb.open(path, encryption_key_file=raw) as db:  # raw random bytes still work
         db.put(b"k", b"v")
+
+
+class _Interrupted(BaseException):
+    """Stands for a Ctrl-C (or the process dying) in the middle of a copy."""
+
+
+def _interrupt_third_write(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
+    """The new database's third batch never comes: the copy stops there."""
+    from shaledb.engine.db import Engine
+
+    real_write, calls = Engine.write, []
+
+    def write(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise _Interrupted
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "write", write)
+    monkeypatch.setattr(module, "BATCH_BYTES", 4096)
+
+
+@pytest.mark.parametrize("tool", ["encrypt", "decrypt", "repair"])
+def test_an_interrupted_conversion_or_repair_leaves_no_database_at_dest(
+        tmp_path, monkeypatch, tool) -> None:
+    """`shaledb encrypt|decrypt|repair` stopped half way (Ctrl-C, a crash) left a valid
+    database at DEST holding part of the keys: it opened like a finished copy, and a re-run
+    only said "DEST is not empty". Now the new database is written into DEST.incomplete and
+    renamed to DEST when complete; a re-run names the leftover and says what to do."""
+    from shaledb.engine import rekey, repair
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    kf = _write_key_file(tmp_path / "key")
+    opts: dict[str, Any] = {} if tool == "encrypt" else {"encryption_key": KEY}
+    with shaledb.open(src, **opts) as db:
+        for i in range(2000):
+            db.put(b"key-%06d" % i, b"v" * 50)
+
+    def run() -> None:
+        if tool == "encrypt":
+            shaledb.encrypt(str(src), str(dest), key_file=kf)
+        elif tool == "decrypt":
+            shaledb.decrypt(str(src), str(dest), key_file=kf)
+        else:
+            shaledb.repair(str(src), str(dest), encryption_key=KEY)
+
+    with monkeypatch.context() as m:
+        _interrupt_third_write(m, repair if tool == "repair" else rekey)
+        with pytest.raises(_Interrupted):
+            run()
+    assert not dest.exists() or not any(dest.iterdir()), "a partial copy sits at DEST"
+    staging = tmp_path / "dest.incomplete"
+    assert staging.is_dir()
+    with pytest.raises(shaledb.InvalidArgument, match="interrupted.*remove that directory"):
+        run()
+    shutil.rmtree(staging)
+    dest.mkdir()  # an empty DEST is allowed too
+    run()
+    assert not staging.exists()
+    dest_opts = {"encryption_key": KEY} if tool != "decrypt" else {}
+    with shaledb.open(dest, **dest_opts) as db:
+        assert len(list(db.items())) == 2000

@@ -34,7 +34,7 @@ from .crypto import (
 from .db import Engine
 from .filenames import KEYRING, LOCK, LOST_DIR, OPTIONS, parse
 from .optionsfile import decode_options, is_encrypted
-from .repair import _check_dest, _dest_options
+from .repair import _check_dest, _dest_options, _staged
 from .verify import check_database_dir
 from .vfs import FileSystem, absolute, default_fs, join
 
@@ -196,13 +196,14 @@ def convert(path: str, dest: str, *, key: bytes | bytearray | None = None,
     ``key_file`` when it is encrypted) into a new database at ``dest`` (encrypted with
     ``dest_key`` / ``dest_key_file`` when given, plain otherwise), with its expiry; returns
     the number of keys copied (``clock`` decides what has expired). The source is opened
-    read-only; DEST must not exist or be empty. The copy is fsynced and flushed to tables
-    before this returns."""
+    read-only; DEST must not exist or be empty. The copy is written into ``DEST.incomplete``,
+    fsynced and flushed to tables, and only then renamed to DEST."""
     fs = fs or default_fs()
     src = absolute(path)
     dest = absolute(dest)
     check_database_dir(fs, src)
-    _check_dest(fs, src, dest)
+    _check_dest(fs, src, dest, "encrypt" if dest_key is not None or dest_key_file is not None
+                else "decrypt")
     recorded = _dest_options(decode_options(fs.read_file(join(src, OPTIONS)), src)
                              .get("options"))
     source = Engine(src, Options.from_kwargs(read_only=True, create_if_missing=False,
@@ -210,28 +211,29 @@ def convert(path: str, dest: str, *, key: bytes | bytearray | None = None,
                                              clock=clock))
     copied = 0
     try:
-        target = Engine(dest, Options.from_kwargs(**recorded, encryption_key=dest_key,
-                                                  encryption_key_file=dest_key_file,
-                                                  clock=clock))
-        try:
-            batch = WriteBatch()
-            nbytes = 0
-            for k, expire, value in source.live_records():
-                batch.put(k, value, expire_at_ms=expire or None)
-                nbytes += len(k) + len(value)
-                copied += 1
-                if nbytes >= BATCH_BYTES:
+        with _staged(fs, dest) as staging:
+            target = Engine(staging, Options.from_kwargs(**recorded, encryption_key=dest_key,
+                                                         encryption_key_file=dest_key_file,
+                                                         clock=clock))
+            try:
+                batch = WriteBatch()
+                nbytes = 0
+                for k, expire, value in source.live_records():
+                    batch.put(k, value, expire_at_ms=expire or None)
+                    nbytes += len(k) + len(value)
+                    copied += 1
+                    if nbytes >= BATCH_BYTES:
+                        target.write(batch.resolved_ops(target.options.clock),
+                                     batch.approximate_size, False)
+                        batch = WriteBatch()
+                        nbytes = 0
+                if len(batch):
                     target.write(batch.resolved_ops(target.options.clock),
                                  batch.approximate_size, False)
-                    batch = WriteBatch()
-                    nbytes = 0
-            if len(batch):
-                target.write(batch.resolved_ops(target.options.clock), batch.approximate_size,
-                             False)
-            target.sync_wal()
-            target.flush()
-        finally:
-            target.close()
+                target.sync_wal()
+                target.flush()
+            finally:
+                target.close()
     finally:
         source.close()
     return copied

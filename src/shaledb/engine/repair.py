@@ -41,8 +41,10 @@ WAL's entries, one table file while its blocks are searched without an index, on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -659,20 +661,42 @@ def _dest_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
-def _check_dest(fs: FileSystem, src: str, dest: str) -> None:
+def _check_dest(fs: FileSystem, src: str, dest: str, what: str = "repair") -> None:
     # Compare where the paths really lead: a symbolic link or a bind mount must not route
     # DEST into PATH (the same directory, by device and inode, anywhere above DEST).
     real_src, real_dest = resolved(src), resolved(dest)
     if (real_dest == real_src or real_dest.startswith(real_src.rstrip("/") + "/")
             or fs_inside(real_dest, real_src)):
-        raise InvalidArgument(f"DEST {dest!r} must be outside the database being repaired "
-                              f"({src!r}): repair never writes there")
+        raise InvalidArgument(f"DEST {dest!r} must be outside the database read by {what} "
+                              f"({src!r}): {what} never writes there")
     if fs.exists(dest):
         if not fs.is_dir(dest):
             raise InvalidArgument(f"DEST {dest!r} exists and is not a directory")
         if fs.listdir(dest):
-            raise InvalidArgument(f"DEST {dest!r} is not empty: repair writes a new database "
+            raise InvalidArgument(f"DEST {dest!r} is not empty: {what} writes a new database "
                                   "into a new or empty directory")
+    staging = _staging(dest)
+    if fs.exists(staging):
+        raise InvalidArgument(f"{staging!r} exists: an earlier {what} into {dest!r} was "
+                              "interrupted before it finished; remove that directory (it is "
+                              "not a complete database) and run again")
+
+
+def _staging(dest: str) -> str:
+    """Where a new database for ``dest`` is written before it is complete."""
+    return dest.rstrip("/") + ".incomplete"
+
+
+@contextlib.contextmanager
+def _staged(fs: FileSystem, dest: str) -> Iterator[str]:
+    """Write a new database into ``DEST.incomplete`` and rename it to ``dest`` (a new or
+    empty directory) only once it is complete: an interrupted repair or conversion never
+    leaves something at ``dest`` that opens like a whole database. On failure the staging
+    directory stays (the next run names it; it is never deleted for the user)."""
+    staging = _staging(dest)
+    yield staging
+    fs.rename(staging, dest)  # over an empty DEST too (rename(2) replaces an empty directory)
+    fs.sync_dir(os.path.dirname(dest) or ".")
 
 
 def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
@@ -763,12 +787,13 @@ def repair(path: str, dest: str, *, progress: ProgressFn | None = None,
         if keyring is not None:
             dest_options.update(encryption_key=encryption_key,
                                 encryption_key_file=encryption_key_file)
-        db = Engine(dest, Options.from_kwargs(**dest_options))
-        try:
-            _write_merged(db, heapq.merge(*streams), report, int(now() * 1000))
-            db.flush()
-        finally:
-            db.close()
+        with _staged(fs, dest) as staging:
+            db = Engine(staging, Options.from_kwargs(**dest_options))
+            try:
+                _write_merged(db, heapq.merge(*streams), report, int(now() * 1000))
+                db.flush()
+            finally:
+                db.close()
     finally:
         if keyring is not None:
             keyring.close()
