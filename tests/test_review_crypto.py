@@ -245,4 +245,4 @@ def test_an_interrupted_conversion_or_repair_leaves_no_database_at_dest(
     assert not staging.exists()
     dest_opts = {"encryption_key": KEY} if tool != "decrypt" else {}
     with shaledb.open(dest, **dest_opts) as db:
-        assert len(list(db.items())) == 2000
+        assert len(list(db.keys())) == 2000  # noqa: SIM118 (DB.keys is a range scan)
