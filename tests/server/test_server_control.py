@@ -436,6 +436,26 @@ def test_shutdown_in_process_server_stops_it(server_factory) -> None:
     raw.close()
 
 
+def test_a_second_shutdown_waits_for_the_first_and_returns(tmp_path) -> None:
+    """SHUTDOWN from a client and a second stop (SIGTERM, the test fixture) both ran the
+    whole shutdown: the second one's run_in_executor met the executor the first had shut
+    down (RuntimeError, seen as a teardown error of test_shutdown_in_process_server_stops_it).
+    Now later calls wait for the first to finish, concurrent or after it."""
+    import asyncio
+
+    from shaledb.server import Server
+
+    async def main() -> None:
+        server = Server(ServerConfig(host="127.0.0.1", port=0, dir=str(tmp_path / "db"),
+                                     metrics_port=None))
+        await server.start()
+        await asyncio.gather(server.shutdown(), server.shutdown())
+        await server.shutdown()
+        assert server._stopped.is_set()
+
+    asyncio.run(main())
+
+
 # -- shaledb cli ------------------------------------------------------------------------------
 
 def _shaledb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -115,6 +115,7 @@ class Server:
             max_workers=1, thread_name_prefix="shaledb-server-io")
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._shutdown_started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._idle_task: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -456,7 +457,12 @@ class Server:
         return result
 
     async def shutdown(self) -> None:
-        """Stop accepting, answer what was read, close connections and the database."""
+        """Stop accepting, answer what was read, close connections and the database. A
+        second call (SIGTERM after SHUTDOWN, a test's stop) waits for the first to finish."""
+        if self._shutdown_started:
+            await self._stopped.wait()
+            return
+        self._shutdown_started = True
         self._stopping = True
         self.accepting = False
         self.scrubber.close()  # a running pass stops at its next read (within 50 ms)
