@@ -17,7 +17,7 @@ Pure Python; with the ``server`` extra (``pip install shaledb[server]``) it runs
 
 from __future__ import annotations
 
-from .config import ServerConfig
+from .admin.config import ServerConfig
 from .server import Server, serve
 
 __all__ = ["Server", "ServerConfig", "serve"]

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import CommandError
-from ..keyspace import KeyspaceTxn
-from ..protocol import ArrayBuilder, Status
+from ..keyspace.keyspace import KeyspaceTxn
+from ..net.protocol import ArrayBuilder, Status
 
 if TYPE_CHECKING:
-    from ..connection import ClientState
+    from ..net.connection import ClientState
     from ..server import Server
 
 
@@ -35,7 +35,7 @@ class Context:
         self.server = server
         self.txn = txn
         #: The command runs inside EXEC: its reply must be ready when it returns (no
-        #: :class:`~shaledb.server.deferred.Deferred`).
+        #: :class:`~shaledb.server.exec.deferred.Deferred`).
         self.in_exec = in_exec
 
     @property

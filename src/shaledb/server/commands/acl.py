@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..acl import CATEGORIES, DEFAULT_USER, AclRuleError
+from ..admin.acl import CATEGORIES, DEFAULT_USER, AclRuleError
 from ..errors import CommandError
-from ..protocol import OK, SetReply
+from ..net.protocol import OK, SetReply
 from . import CommandFamily, Context, parse_int, wrong_arity
 
 FAMILY = CommandFamily()

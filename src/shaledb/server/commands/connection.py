@@ -8,14 +8,14 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from ..admin.info import REDIS_VERSION
 from ..errors import AuthRequiredError, CommandError
-from ..info import REDIS_VERSION
-from ..keyspace import DATABASES
-from ..protocol import OK, PONG, Status, Verbatim
+from ..keyspace.keyspace import DATABASES
+from ..net.protocol import OK, PONG, Status, Verbatim
 from . import SYNTAX, CommandFamily, Context, parse_int, wrong_arity
 
 if TYPE_CHECKING:
-    from ..connection import ClientState
+    from ..net.connection import ClientState
     from ..server import Server
 
 log = logging.getLogger("shaledb.server")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..admin.info import info_text
+from ..admin.slowlog import SLOWLOG_HELP
 from ..errors import CommandError
-from ..info import info_text
-from ..protocol import OK, Status, Verbatim
-from ..slowlog import SLOWLOG_HELP
+from ..net.protocol import OK, Status, Verbatim
 from . import CommandFamily, Context, parse_int, wrong_arity
 
 FAMILY = CommandFamily()

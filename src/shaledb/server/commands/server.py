@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..deferred import Deferred
+from ..admin.settings import config_get, config_set
 from ..errors import CommandError
-from ..protocol import OK, Status
-from ..settings import config_get, config_set
+from ..exec.deferred import Deferred
+from ..net.protocol import OK, Status
 from . import SYNTAX, CommandFamily, Context, wrong_arity
 
 FAMILY = CommandFamily()

@@ -15,7 +15,7 @@ from time import perf_counter
 from typing import Any
 
 from ..errors import CommandError
-from ..protocol import NULL_ARRAY, OK
+from ..net.protocol import NULL_ARRAY, OK
 from . import CommandFamily, Context
 
 FAMILY = CommandFamily()

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import shaledb
 
-from .keyspace import Keyspace
+from ..keyspace.keyspace import Keyspace
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import Server
 
 #: The Redis version whose commands, replies and INFO fields we emulate.
 REDIS_VERSION: Final = "7.2.0"

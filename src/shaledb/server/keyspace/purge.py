@@ -2,7 +2,7 @@
 nothing references any more.
 
 FLUSHDB and FLUSHALL do not delete keys: they point the logical database at a free physical
-id (:mod:`shaledb.server.dbmap`) and hand the old id to the :class:`Purger`, which deletes
+id (:mod:`shaledb.server.keyspace.dbmap`) and hand the old id to the :class:`Purger`, which deletes
 its entries in batches of at most ``PURGE_CHUNK`` keys, one batch per step of
 :func:`run_purger` on the event loop, so no client waits long behind it. A purged id becomes
 free again (reused oldest-first, which gives compaction time to drop its tombstones). A
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Final
 
 import shaledb
 
-from ..errors import ShaleError
+from ...errors import ShaleError
 from .dbmap import GARBAGE_PREFIX, PHYSICAL_DATABASES, count_key
 from .values import (
     GARBAGE_LIST_MAX,

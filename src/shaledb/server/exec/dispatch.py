@@ -15,8 +15,8 @@ may read buffered writes (SETNX, INCR), so every command run while writes are bu
 whether it wrote or not -- has its reply wait for their commit; if the commit fails, those
 replies, and only those, are turned into errors (:class:`WriteGroup`).
 
-Every command that runs is timed and counted (:mod:`shaledb.server.stats`, one call) and,
-when slow enough, logged (:mod:`shaledb.server.slowlog`); a refused one counts as rejected.
+Every command that runs is timed and counted (:mod:`shaledb.server.admin.stats`, one call) and,
+when slow enough, logged (:mod:`shaledb.server.admin.slowlog`); a refused one counts as rejected.
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ import logging
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import (
+from ...errors import (
     DescriptorsExhaustedError,
     InvalidArgument,
     ReadOnlyError,
     ShaleError,
     StorageError,
 )
-from .commands import Command, Context, build_table, wrong_arity
-from .errors import AuthRequiredError, CommandError
-from .keyspace import Keyspace
-from .protocol import QUEUED
-from .stats import ServerStats
+from ..admin.stats import ServerStats
+from ..commands import Command, Context, build_table, wrong_arity
+from ..errors import AuthRequiredError, CommandError
+from ..keyspace.keyspace import Keyspace
+from ..net.protocol import QUEUED
 
 if TYPE_CHECKING:
-    from .connection import ClientConnection, ClientState
-    from .server import Server
+    from ..net.connection import ClientConnection, ClientState
+    from ..server import Server
 
 log = logging.getLogger("shaledb.server")
 

@@ -1,7 +1,7 @@
 """Active expiry: a background sweeper that deletes expired keys.
 
 The server judges expiry itself (the engine is not told, see
-:mod:`shaledb.server.keyspace`): reads hide an expired key, and this sweeper deletes it.
+:mod:`shaledb.server.keyspace.keyspace`): reads hide an expired key, and this sweeper deletes it.
 Like Redis' active expire cycle, :func:`run_active_expire` runs ``hz`` times a second on the
 event loop; each tick (:meth:`ActiveExpiry.step`) continues a scan of the mapped physical
 databases from a cursor that goes round the whole keyspace, reads at most ``keys_per_tick``
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 
 import shaledb
 
-from ..errors import ShaleError
+from ...errors import ShaleError
 from .values import chunk_count, chunk_ref_of, encode_garbage, expiry_of, garbage_key, now_ms
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """The run-time view of the server settings: CONFIG GET and CONFIG SET.
 
 Every parameter is one :class:`Setting` line in :data:`SETTINGS`: its Redis name (dashes),
-the :class:`~shaledb.server.config.ServerConfig` field behind it, a parser that turns the
+the :class:`~shaledb.server.admin.config.ServerConfig` field behind it, a parser that turns the
 CONFIG SET argument into the field's value (None: the parameter is immutable at run time),
 and an optional apply hook for a change that needs more than the new config (appendfsync
 switches the durability mode, timeout restarts the idle sweeper, ...) and an optional check
@@ -25,7 +25,13 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import InvalidArgument
+from ...errors import InvalidArgument
+from ..errors import CommandError
+from ..glob import compile_glob
+from ..keyspace.keyspace import DATABASES
+from ..net.fdlimit import fit_maxclients
+from ..net.ratelimit import CommandRateLimits
+from ..net.security import parse_networks
 from .config import (
     APPENDFSYNC_MODES,
     MAX_TRACKED_HOSTS,
@@ -34,15 +40,9 @@ from .config import (
     MIN_COMMAND_RATE,
     MIN_TIMEOUT,
 )
-from .errors import CommandError
-from .fdlimit import fit_maxclients
-from .glob import compile_glob
-from .keyspace import DATABASES
-from .ratelimit import CommandRateLimits
-from .security import parse_networks
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import Server
 
 Parser = Callable[[bytes], Any]
 Hook = Callable[["Server", Any], None]

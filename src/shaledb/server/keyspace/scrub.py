@@ -39,10 +39,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from ..engine.verify import Problem, Severity, VerifyReport, VerifyStopped
+from ...engine.verify import Problem, Severity, VerifyReport, VerifyStopped
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import Server
 
 log = logging.getLogger("shaledb.server.scrub")
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 from .metrics import CONTENT_TYPE, exposition, health
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import Server
 
 log = logging.getLogger("shaledb.server.metrics")
 

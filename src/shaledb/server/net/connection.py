@@ -1,13 +1,13 @@
 """One client connection: its state and the asyncio protocol that serves it.
 
-Flow: bytes arrive -> :class:`~shaledb.server.protocol.RequestReader` cuts them into
+Flow: bytes arrive -> :class:`~shaledb.server.net.protocol.RequestReader` cuts them into
 requests -> they run in order (pipelining) on the event loop, the write commands among them
 buffered in the transaction shared by every client of this loop turn
-(:class:`~shaledb.server.dispatch.TurnCommit`) -> the replies are parked until the end of
+(:class:`~shaledb.server.exec.dispatch.TurnCommit`) -> the replies are parked until the end of
 the turn, when those writes are committed -> the replies go out, one ``write`` per batch of
 up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
 replies of a batch that wrote are held until an fsync covering those writes is done
-(:mod:`shaledb.server.durability`); later replies queue behind them, so a client always sees
+(:mod:`shaledb.server.exec.durability`); later replies queue behind them, so a client always sees
 its replies in order.
 
 Bounds: the reader limits the buffered request bytes; the requests of one read run until
@@ -19,16 +19,16 @@ requests and reading until they drain. So a pipelining client cannot make the se
 without limit. One reply can still ask for a lot (KEYS, MGET of many big values): every
 reply is charged to ``client_output_buffer_limit`` as it is produced (``output_budget``,
 set before each command; MGET, KRANGE, KEYS, SCAN and EXEC build theirs with an
-:class:`~shaledb.server.protocol.ArrayBuilder` and stop the moment it passes), and a client
+:class:`~shaledb.server.net.protocol.ArrayBuilder` and stop the moment it passes), and a client
 past the limit is disconnected at once, its pending output dropped, as Redis does at its
 hard limit. With command rate limits, a client without
 a token stops being run and read until one is due (no error). A handler may return a
-:class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
+:class:`~shaledb.server.exec.deferred.Deferred` reply (SAVE): the client's later requests wait
 for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
 request already read before closing (:meth:`ClientConnection.close_when_sent`). Until a
 client has authenticated, each request may have at most 10 arguments of at most 16 KiB
-each, as in Redis (:data:`~shaledb.server.security.UNAUTHENTICATED_LIMITS`): the reader
+each, as in Redis (:data:`~shaledb.server.net.security.UNAUTHENTICATED_LIMITS`): the reader
 checks them at every header, so a whole request that came in one read is refused as surely
 as one still arriving.
 """
@@ -44,16 +44,16 @@ import time
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from .deferred import CLOSE, Deferred
-from .dispatch import WriteGroup
-from .errors import CommandError, ProtocolError
-from .logs import CLIENT_LOG, printable
+from ..admin.logs import CLIENT_LOG, printable
+from ..errors import CommandError, ProtocolError
+from ..exec.deferred import CLOSE, Deferred
+from ..exec.dispatch import WriteGroup
 from .protocol import SPLIT_BULK, Encoded, RequestReader, encode
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
-    from .acl import User
-    from .server import Server
+    from ..admin.acl import User
+    from ..server import Server
 
 log = logging.getLogger("shaledb.server")
 

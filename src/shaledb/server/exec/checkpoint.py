@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import shaledb
 
-from .errors import CommandError
+from ..errors import CommandError
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import Server
 
 log = logging.getLogger("shaledb.server")
 

@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from .commands import Command
+    from ..commands import Command
 
 #: Upper bounds (inclusive) of the latency buckets in nanoseconds: 1 us * sqrt(2)**i. A last,
 #: unbounded bucket holds everything slower.

@@ -34,13 +34,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import CommandError, NoPermissionError
-from .glob import PatternError, compile_glob
-from .ratelimit import TokenBuckets
+from ..errors import CommandError, NoPermissionError
+from ..glob import PatternError, compile_glob
+from ..net.ratelimit import TokenBuckets
 
 if TYPE_CHECKING:
-    from .commands import Command
-    from .connection import ClientState
+    from ..commands import Command
+    from ..net.connection import ClientState
 
 #: Redis 7's command categories; ``ACL CAT`` lists them all, even those without commands
 #: here yet, so rules written for Redis parse unchanged.
