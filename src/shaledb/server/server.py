@@ -38,8 +38,10 @@ from .admin.httpendpoint import MetricsEndpoint
 from .admin.logs import CLIENT_LOG
 from .admin.slowlog import SlowLog
 from .admin.stats import ServerStats
+from .commands import build_table
 from .errors import CommandError, WrongPassError
 from .exec.checkpoint import Checkpointer
+from .exec.client import ClientState
 from .exec.cursors import ScanCursors
 from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
@@ -49,7 +51,7 @@ from .keyspace.expiry import run_active_expire
 from .keyspace.keyspace import Keyspace
 from .keyspace.purge import run_purger
 from .keyspace.scrub import Scrubber
-from .net.connection import ClientConnection, ClientState
+from .net.connection import ClientConnection
 from .net.fdlimit import fit_maxclients
 from .net.ratelimit import CommandRateLimits
 from .net.security import (
@@ -89,7 +91,7 @@ class Server:
         self.metrics_port: int | None = None
         self.watches = WatchRegistry()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
-        self.dispatcher = Dispatcher(self)
+        self.dispatcher = Dispatcher(self, build_table())
         self.acl = Acl(self.dispatcher.table, password_digest=config.password_digest(),
                        log_max_len=config.acllog_max_len,
                        auth_limiter=AuthRateLimiter(config.auth_fail_burst,

@@ -33,7 +33,7 @@ def acl(ctx: Context, argv: list[bytes]) -> Any:
     GENPASS"""
     sub = argv[1].lower()
     n = len(argv)
-    server = ctx.server
+    server = ctx.services
     store = server.acl
     if sub == b"setuser" and n >= 3:
         try:

@@ -87,7 +87,7 @@ def keys(ctx: Context, argv: list[bytes]) -> Any:
     prefix = literal_prefix(pattern)
     out = ctx.array()
     walk = ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None)
-    client, server = ctx.client, ctx.server
+    client, server = ctx.client, ctx.services
     if ctx.in_exec:
         for k, _ in walk:
             if match(k) and not out.add(k):
@@ -148,7 +148,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
         else:
             raise CommandError(SYNTAX)
         i += 2
-    cursors = ctx.server.scan_cursors
+    cursors = ctx.services.scan_cursors
     start = b""
     if cursor:
         position = cursors.get(cursor, ctx.db)

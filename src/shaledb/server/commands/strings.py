@@ -57,7 +57,7 @@ def expire_at(ctx: Context, unit: bytes, arg: bytes, command_name: str) -> int:
 
 def check_size(ctx: Context, size: int) -> None:
     """Refuse to build a string longer than proto-max-bulk-len."""
-    if size > ctx.server.config.proto_max_bulk_len:
+    if size > ctx.services.config.proto_max_bulk_len:
         raise CommandError("string exceeds maximum allowed size (proto-max-bulk-len)")
 
 
