@@ -256,3 +256,12 @@ def test_the_layering_check_refuses(source: str, target: str) -> None:
     graph, _ = _graph()
     graph = {**graph, source: [*graph[source], Edge(source, target, 1, False)]}
     assert any(v.startswith(source) for v in _violations(graph))
+
+
+def test_the_krange_helpers_keep_their_documented_name() -> None:
+    # README documented shaledb.server.krange before the helpers moved to shaledb.client.
+    import shaledb.client.krange as new
+    import shaledb.server.krange as old
+
+    assert (old.krange, old.iter_krange, old.kdelrange, old.kbatch) == (
+        new.krange, new.iter_krange, new.kdelrange, new.kbatch)
