@@ -4,6 +4,7 @@ grouping of ``appendfsync always`` in-process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -257,3 +258,47 @@ def test_serve_reads_config_file(tmp_path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     assert b"pw" not in proc.stderr.read()  # never logged
+
+
+def test_no_client_is_refused_while_the_server_is_still_starting(tmp_path, monkeypatch) -> None:
+    """A client connecting while ``Server.start`` still sets up its TLS port or metrics
+    endpoint was accepted by the already-listening plain port and then refused with "ERR
+    server is shutting down" (``accepting`` was still False): `make test`'s hostile mix met
+    this once under load, at its first AUTH after the port answered. Now no listener serves
+    before the server accepts: a client in that window is either not yet connected (refused
+    by the kernel, so it retries) or gets its answer."""
+    from shaledb.server.admin.httpendpoint import MetricsEndpoint
+
+    in_window = threading.Event()
+    real_start = MetricsEndpoint.start
+
+    async def slow_start(self: MetricsEndpoint, host: str, port: int) -> int:
+        in_window.set()
+        await asyncio.sleep(1.0)  # the window: the plain port is bound, metrics not yet
+        return await real_start(self, host, port)
+
+    monkeypatch.setattr(MetricsEndpoint, "start", slow_start)
+    port = free_port()
+    replies: list[bytes] = []
+
+    def probe() -> None:
+        in_window.wait(30)
+        try:
+            s = raw_connect(port)
+        except ConnectionRefusedError:
+            replies.append(b"refused")
+            return
+        with s:
+            s.sendall(b"PING\r\n")
+            replies.append(s.recv(100))
+
+    t = threading.Thread(target=probe)
+    t.start()
+    server = ServerThread(ServerConfig(host=HOST, port=port, dir=str(tmp_path / "db"),
+                                       metrics_port=0))
+    try:
+        t.join(30)
+        assert replies and replies[0] in (b"refused", b"+PONG\r\n"), replies
+        assert server.client().ping()
+    finally:
+        server.stop()

@@ -293,7 +293,7 @@ class Server:
             if not cfg.tls_only:
                 plain = await loop.create_server(
                     lambda: ClientConnection(self), cfg.host, cfg.port, reuse_address=True,
-                    backlog=cfg.tcp_backlog)
+                    backlog=cfg.tcp_backlog, start_serving=False)
                 self._listeners.append(plain)
                 self.port = plain.sockets[0].getsockname()[1]
             if ssl_context is not None:
@@ -302,7 +302,7 @@ class Server:
                 context = ssl_context
                 tls = await loop.create_server(
                     lambda: ClientConnection(self, context), cfg.host, cfg.tls_port,
-                    reuse_address=True, backlog=cfg.tcp_backlog)
+                    reuse_address=True, backlog=cfg.tcp_backlog, start_serving=False)
                 self._listeners.append(tls)
                 self.tls_port = tls.sockets[0].getsockname()[1]
         except BaseException:
@@ -323,6 +323,11 @@ class Server:
                     db.close()
                 raise
         self.accepting = True
+        # The listeners were bound without listening: a client connecting while the TLS
+        # port or the metrics endpoint was still being set up would have been accepted and
+        # refused as if the server were shutting down. Until here the kernel refuses it.
+        for listener in self._listeners:
+            await listener.start_serving()
         self.restart_idle_sweeper()
         self._tasks.append(loop.create_task(run_purger(self._keyspace)))
         self._tasks.append(loop.create_task(
