@@ -159,6 +159,17 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles(graph, "p") == []
 
 
+def test_an_import_inside_a_function_without_a_reason_is_found(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    x = 1\n\n    from shaledb.server import errors\n"
+                      "\n\ndef g():\n    # needed late: a reason\n"
+                      "    from shaledb.server import glob\n")
+    known = {"shaledb.server.errors", "shaledb.server.glob"}
+    edges, unexplained = _imports("shaledb.server.m", source, False, known)
+    assert unexplained == ["shaledb.server.m:4"]
+    assert all(e.lazy for e in edges) and len(edges) == 2
+
+
 def test_no_import_cycles_in_the_server() -> None:
     graph, _ = _graph()
     assert _cycles(graph, PACKAGE) == []
@@ -251,6 +262,7 @@ def test_the_layering_rules_hold() -> None:
     ("shaledb.server.admin.acl", "shaledb.server.exec.context"),
     ("shaledb.server.errors", "shaledb.server.keyspace.values"),
     ("shaledb.client.krange", "shaledb.server.errors"),
+    ("shaledb.server.exec.dispatch", "shaledb.client.krange"),
 ])
 def test_the_layering_check_refuses(source: str, target: str) -> None:
     graph, _ = _graph()
