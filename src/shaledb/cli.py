@@ -762,7 +762,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
     """
     from shaledb.server import ServerConfig
     from shaledb.server import serve as run_server
-    from shaledb.server.logs import configure_logging
+    from shaledb.server.admin.logs import configure_logging
 
     config = ServerConfig.load(config_path, {"host": host, "port": port, "dir": data_dir,
                                              "appendfsync": appendfsync,
@@ -793,7 +793,7 @@ def _byte_count(value: str | None, flag: str) -> int | None:
     """A byte count with Redis' optional unit (``32mb``), as CONFIG SET takes it."""
     if value is None:
         return None
-    from shaledb.server.settings import memory
+    from shaledb.server.admin.settings import memory
 
     try:
         return int(memory()(value.encode()))

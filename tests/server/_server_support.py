@@ -24,7 +24,7 @@ from redis.retry import Retry
 
 import shaledb
 from shaledb.server import Server, ServerConfig
-from shaledb.server.config import DEFAULT_METRICS_PORT
+from shaledb.server.admin.config import DEFAULT_METRICS_PORT
 
 HOST = "127.0.0.1"
 

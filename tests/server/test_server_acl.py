@@ -13,8 +13,8 @@ import redis
 
 from shaledb.errors import InvalidArgument
 from shaledb.server import ServerConfig
-from shaledb.server import connection as connection_module
-from shaledb.server.acl import LOG_FIELD_MAX, AuthRateLimiter
+from shaledb.server.admin.acl import LOG_FIELD_MAX, AuthRateLimiter
+from shaledb.server.net import connection as connection_module
 
 from ._server_support import RawClient, free_port, run_server_process
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shaledb.server.errors import ProtocolError
-from shaledb.server.protocol import RequestReader
+from shaledb.server.net.protocol import RequestReader
 
 from ._server_support import RawClient, raw_connect
 

@@ -11,9 +11,9 @@ import redis
 
 from shaledb.errors import InvalidArgument
 from shaledb.server import ServerConfig
-from shaledb.server.info import keyspace_fields, select_sections
-from shaledb.server.slowlog import redact, truncate
-from shaledb.server.stats import BUCKET_BOUNDS_NS, CommandStats, ServerStats
+from shaledb.server.admin.info import keyspace_fields, select_sections
+from shaledb.server.admin.slowlog import redact, truncate
+from shaledb.server.admin.stats import BUCKET_BOUNDS_NS, CommandStats, ServerStats
 
 from ._server_support import RawClient, raw_connect
 

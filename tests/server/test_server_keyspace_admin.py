@@ -18,16 +18,16 @@ import redis
 import shaledb
 from shaledb.errors import CorruptionError, IncompatibleFormatError, InvalidArgument
 from shaledb.server import ServerConfig
-from shaledb.server.dbmap import (
+from shaledb.server.keyspace.dbmap import (
     MAP_KEY,
     PHYSICAL_DATABASES,
     decode_map,
     encode_map,
     identity_map,
 )
-from shaledb.server.expiry import KEYS_PER_TICK, tick_budget
-from shaledb.server.keyspace import Keyspace, encode_value
-from shaledb.server.purge import PURGE_CHUNK
+from shaledb.server.keyspace.expiry import KEYS_PER_TICK, tick_budget
+from shaledb.server.keyspace.keyspace import Keyspace, encode_value
+from shaledb.server.keyspace.purge import PURGE_CHUNK
 
 from ._server_support import HOST, ServerThread, free_port, run_server_process
 

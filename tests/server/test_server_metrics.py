@@ -17,7 +17,7 @@ import pytest
 
 import shaledb
 from shaledb.server import ServerConfig
-from shaledb.server.httpendpoint import MAX_CONNECTIONS, MAX_REQUEST_BYTES
+from shaledb.server.admin.httpendpoint import MAX_CONNECTIONS, MAX_REQUEST_BYTES
 
 from ._server_support import HOST, ServerThread, free_port, raw_connect, run_server_process
 
@@ -138,7 +138,7 @@ def test_error_replies_and_label_escaping(server_factory) -> None:
     m = _scrape(st.server.metrics_port)
     assert m["shaledb_commands_failed_total"][(("cmd", "incr"),)] == 1
     assert m["shaledb_error_replies_total"][(("prefix", "ERR"),)] >= 1
-    from shaledb.server.metrics import escape_label
+    from shaledb.server.admin.metrics import escape_label
     assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     r.close()
 

@@ -9,7 +9,7 @@ import pytest
 
 from shaledb.errors import InvalidArgument
 from shaledb.server import ServerConfig
-from shaledb.server.ratelimit import CommandRateLimits
+from shaledb.server.net.ratelimit import CommandRateLimits
 
 from ._server_support import RawClient, raw_connect, read_until_closed
 

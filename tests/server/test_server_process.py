@@ -267,7 +267,7 @@ def test_no_client_is_refused_while_the_server_is_still_starting(tmp_path, monke
     this once under load, at its first AUTH after the port answered. Now no listener serves
     before the server accepts: a client in that window is either not yet connected (refused
     by the kernel, so it retries) or gets its answer."""
-    from shaledb.server.httpendpoint import MetricsEndpoint
+    from shaledb.server.admin.httpendpoint import MetricsEndpoint
 
     in_window = threading.Event()
     real_start = MetricsEndpoint.start

@@ -172,7 +172,7 @@ def test_a_flood_of_bad_clients_cannot_flood_the_log(server_factory: Any, caplog
     many it left out."""
     import logging
 
-    from shaledb.server.logs import CLIENT_LOG
+    from shaledb.server.admin.logs import CLIENT_LOG
 
     caplog.set_level(logging.INFO, logger="shaledb.server")
     st = server_factory()
@@ -202,7 +202,7 @@ def test_evicted_metrics_connections_end_quietly(server_factory: Any, caplog: An
     20 s): now an evicted connection ends without a log line."""
     import logging
 
-    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+    from shaledb.server.admin.httpendpoint import MAX_CONNECTIONS
 
     caplog.set_level(logging.INFO)
     st = server_factory(metrics_port=0, metrics_header_timeout=60)
@@ -271,7 +271,7 @@ def test_an_unexpected_error_in_the_turns_commit_still_answers_every_client(
     other exception (a bug) left every client of that turn without a reply, forever. Now
     they get an error, the writes are not applied later with another turn's, and the
     server goes on."""
-    from shaledb.server import keyspace
+    from shaledb.server.keyspace import keyspace
 
     st = server_factory()
     c = st.client()

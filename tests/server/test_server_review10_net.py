@@ -148,7 +148,7 @@ def test_unauthenticated_limits_hold_for_a_request_complete_in_one_read(server_f
     # limits, CVE-2021-32675). The check looked only at the request still incomplete after
     # a read: a whole request arriving in one read was parsed, buffered and answered. Now
     # the reader refuses it at its header.
-    from shaledb.server.security import UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK
+    from shaledb.server.net.security import UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK
 
     st = server_factory(requirepass="pw")
     too_many = _request(*[b"a"] * (UNAUTHENTICATED_MAX_ARGS + 1))
@@ -214,7 +214,7 @@ def test_rate_limits_cannot_lock_out_the_admin(server_factory) -> None:
     # recovered. Rates are now at least MIN_COMMAND_RATE commands per second, and a CONFIG
     # command of a user allowed to run it is never held back by a rate limit, so whoever
     # can undo a limit always can.
-    from shaledb.server.config import MIN_COMMAND_RATE
+    from shaledb.server.admin.config import MIN_COMMAND_RATE
 
     st = server_factory()
     admin = RawClient(st.port)
@@ -257,7 +257,7 @@ def test_numeric_settings_are_range_checked_so_no_value_locks_anyone_out(server_
     # in the TOML file (ServerConfig) and by CONFIG SET; the bounds themselves are accepted.
     from shaledb.errors import InvalidArgument
     from shaledb.server import ServerConfig
-    from shaledb.server.config import (
+    from shaledb.server.admin.config import (
         MAX_TRACKED_HOSTS,
         MIN_AUTH_FAIL_RATE,
         MIN_BULK_LEN,
@@ -303,7 +303,7 @@ def test_idle_connections_cannot_starve_health_probes(server_factory) -> None:
     # 503 for metrics-header-timeout each, again and again -- a liveness probe would have
     # restarted a healthy server. Now a new connection takes the place of the oldest one
     # still waiting for its request head (that one gets 408), so probes always get in.
-    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+    from shaledb.server.admin.httpendpoint import MAX_CONNECTIONS
 
     st = server_factory(metrics_port=0, metrics_header_timeout=60)
     port = st.server.metrics_port
@@ -328,7 +328,7 @@ def test_a_probe_that_arrived_before_a_flood_is_not_evicted(server_factory) -> N
     # before it reads any, so a probe whose request was already in its socket could be "the
     # oldest connection still waiting for its head" when the flood behind it made room.
     # Now a connection whose request has arrived is never the one evicted.
-    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+    from shaledb.server.admin.httpendpoint import MAX_CONNECTIONS
 
     st = server_factory(metrics_port=0, metrics_header_timeout=60)
     port = st.server.metrics_port
@@ -367,7 +367,7 @@ def test_a_slowloris_flood_does_not_evict_a_probe_between_its_connect_and_its_se
     # evicted it as the oldest connection waiting for its head. A connection that sent
     # part of a head (a probe sends its whole head at once) now goes before one that sent
     # nothing yet.
-    from shaledb.server.httpendpoint import MAX_CONNECTIONS
+    from shaledb.server.admin.httpendpoint import MAX_CONNECTIONS
 
     st = server_factory(metrics_port=0, metrics_header_timeout=60)
     port = st.server.metrics_port
@@ -435,7 +435,7 @@ def test_failed_auth_limit_exempts_the_configured_networks(server_factory) -> No
     # Exempt networks are validated: a typo must not exempt the wrong hosts.
     from shaledb.errors import InvalidArgument
     from shaledb.server import ServerConfig
-    from shaledb.server.security import MAX_EXEMPT_NETWORKS
+    from shaledb.server.net.security import MAX_EXEMPT_NETWORKS
 
     for bad in (["10.0.0.1/8"], ["nope"], "10.0.0.0/8",
                 [f"10.{i // 256}.{i % 256}.0/24" for i in range(MAX_EXEMPT_NETWORKS + 1)]):
@@ -750,7 +750,7 @@ def test_hello_client_info_and_acl_getuser_look_like_redis_7(server_factory) -> 
     # INFO / LIST were bulk strings in RESP3 (Redis 7 sends verbatim strings: `=N txt:`);
     # ACL GETUSER's flags were simple strings (Redis 7: bulk strings, a set in RESP3).
     # Compared with redis-server 7 over redis-cli -3 and a raw socket.
-    from shaledb.server.info import REDIS_VERSION
+    from shaledb.server.admin.info import REDIS_VERSION
 
     st = server_factory()
     c = RawClient(st.port)

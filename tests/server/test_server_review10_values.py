@@ -280,8 +280,8 @@ def _contents(client: redis.Redis) -> dict[int, dict[bytes, tuple[bytes, bool]]]
 def _chunk_audit(st: ServerThread) -> tuple[dict[int, int], dict[int, int], int]:
     """(chunk sets named by live headers: id -> chunks, chunk sets present in the chunk
     region: id -> chunks, garbage records), read on the server's loop."""
-    from shaledb.server.dbmap import CHUNK_PREFIX, GARBAGE_PREFIX, PHYSICAL_DATABASES
-    from shaledb.server.keyspace import chunk_count, chunk_key_parts, chunk_ref_of
+    from shaledb.server.keyspace.dbmap import CHUNK_PREFIX, GARBAGE_PREFIX, PHYSICAL_DATABASES
+    from shaledb.server.keyspace.keyspace import chunk_count, chunk_key_parts, chunk_ref_of
 
     assert st.server is not None
     ks = st.server.keyspace
@@ -516,8 +516,13 @@ def test_sigkill_during_appends_keeps_every_acknowledged_append(tmp_path: Path) 
 def _audit_directory(path: Path, expected: dict[bytes, bytes]) -> None:
     """Open a stopped server's directory: every header's chunks are all there with the
     lengths the header implies, and the chunk region holds nothing else."""
-    from shaledb.server.dbmap import CHUNK_PREFIX, GARBAGE_PREFIX, MAP_KEY, decode_map
-    from shaledb.server.keyspace import CHUNK_SIZE, chunk_count, chunk_key_parts, chunk_ref_of
+    from shaledb.server.keyspace.dbmap import CHUNK_PREFIX, GARBAGE_PREFIX, MAP_KEY, decode_map
+    from shaledb.server.keyspace.keyspace import (
+        CHUNK_SIZE,
+        chunk_count,
+        chunk_key_parts,
+        chunk_ref_of,
+    )
 
     with shaledb.open(path) as db:
         phys = decode_map(db.get(MAP_KEY))[0]
@@ -595,7 +600,7 @@ def test_sigkill_during_overwrites_leaks_no_chunk(tmp_path: Path) -> None:
 # -- the keyspace itself: encodings, garbage steps, counts, upgrade ----------------------------
 
 def test_value_and_record_layouts_are_the_documented_bytes() -> None:
-    from shaledb.server.keyspace import (
+    from shaledb.server.keyspace.keyspace import (
         CHUNK_SIZE,
         ChunkRef,
         chunk_count,
@@ -621,7 +626,7 @@ def test_value_and_record_layouts_are_the_documented_bytes() -> None:
 
 
 def test_garbage_is_deleted_from_the_top_in_bounded_crash_safe_steps(tmp_path: Path) -> None:
-    from shaledb.server.keyspace import (
+    from shaledb.server.keyspace.keyspace import (
         CHUNK_SIZE,
         Keyspace,
         chunk_key,
@@ -657,8 +662,8 @@ def test_the_purger_does_not_rescan_deleted_garbage_records(tmp_path: Path) -> N
     one skipped the tombstones of every record deleted before (until compaction), so each
     step got slower: 6,000 overwrites of chunked strings cost O(n^2). The purger now
     follows the ids the writes listed, with point reads."""
-    from shaledb.server.keyspace import Keyspace, encode_garbage, garbage_key
-    from shaledb.server.purge import PURGE_CHUNK
+    from shaledb.server.keyspace.keyspace import Keyspace, encode_garbage, garbage_key
+    from shaledb.server.keyspace.purge import PURGE_CHUNK
 
     with shaledb.open(tmp_path / "db") as db:
         ks = Keyspace(db)
@@ -676,9 +681,9 @@ def test_the_purger_does_not_rescan_deleted_garbage_records(tmp_path: Path) -> N
 def test_garbage_past_the_list_bound_is_found_by_a_scan(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
-    from shaledb.server import keyspace as keyspace_module
-    from shaledb.server import purge as purge_module
-    from shaledb.server.keyspace import CHUNK_SIZE, Keyspace
+    from shaledb.server.keyspace import keyspace as keyspace_module
+    from shaledb.server.keyspace import purge as purge_module
+    from shaledb.server.keyspace.keyspace import CHUNK_SIZE, Keyspace
 
     monkeypatch.setattr(keyspace_module, "GARBAGE_LIST_MAX", 2)
     monkeypatch.setattr(purge_module, "GARBAGE_LIST_MAX", 2)
@@ -706,8 +711,8 @@ def test_expired_keys_met_by_reads_are_bounded(tmp_path: Path,
     """Reads remember the expired keys they meet (DBSIZE leaves them out at once, as Redis,
     which deletes them on access), at most LAZY_EXPIRED_MAX of them; the sweeper deletes
     them, remembered or not."""
-    from shaledb.server import keyspace as keyspace_module
-    from shaledb.server.keyspace import Keyspace
+    from shaledb.server.keyspace import keyspace as keyspace_module
+    from shaledb.server.keyspace.keyspace import Keyspace
 
     monkeypatch.setattr(keyspace_module, "LAZY_EXPIRED_MAX", 2)
     with shaledb.open(tmp_path / "db") as db:
@@ -728,7 +733,7 @@ def test_expired_keys_met_by_reads_are_bounded(tmp_path: Path,
 
 
 def test_a_transaction_writes_no_chunk_nothing_names(tmp_path: Path) -> None:
-    from shaledb.server.keyspace import CHUNK_SIZE, Keyspace
+    from shaledb.server.keyspace.keyspace import CHUNK_SIZE, Keyspace
 
     with shaledb.open(tmp_path / "db") as db:
         ks = Keyspace(db)
@@ -747,8 +752,14 @@ def test_counts_stay_exact_under_random_writes(tmp_path: Path) -> None:
     """Random sets (inline and chunked, with and without expiry), deletes, renames, moves,
     copies, appends, flushes and swaps, some undone: after every commit the count records
     equal a full count of the raw entries, and the chunk region matches the headers."""
-    from shaledb.server.dbmap import CHUNK_PREFIX, count_key, decode_counts
-    from shaledb.server.keyspace import CHUNK_SIZE, Keyspace, chunk_count, chunk_ref_of, expiry_of
+    from shaledb.server.keyspace.dbmap import CHUNK_PREFIX, count_key, decode_counts
+    from shaledb.server.keyspace.keyspace import (
+        CHUNK_SIZE,
+        Keyspace,
+        chunk_count,
+        chunk_ref_of,
+        expiry_of,
+    )
 
     rng = random.Random(11)
     with shaledb.open(tmp_path / "db") as db:
@@ -837,7 +848,7 @@ def test_an_old_directory_opened_read_only_is_refused_with_a_reason(tmp_path: Pa
     """The upgrade writes; a read-only engine cannot, so the server says what to do rather
     than serve counts it does not have. A fresh directory needs no upgrade."""
     from shaledb.errors import IncompatibleFormatError
-    from shaledb.server.keyspace import Keyspace
+    from shaledb.server.keyspace.keyspace import Keyspace
 
     path = tmp_path / "old"
     with shaledb.open(path) as db:

@@ -192,7 +192,7 @@ def test_flush_cycles_reusing_every_physical_id_survive_sigkill(tmp_path) -> Non
 
     import redis
 
-    from shaledb.server.dbmap import MAP_KEY, PHYSICAL_DATABASES, decode_map
+    from shaledb.server.keyspace.dbmap import MAP_KEY, PHYSICAL_DATABASES, decode_map
 
     from ._server_support import free_port, run_server_process
 

@@ -18,8 +18,8 @@ import redis
 
 import shaledb
 from shaledb.server import ServerConfig
+from shaledb.server.admin.slowlog import SLOWLOG_MAX_STRING
 from shaledb.server.commands.connection import MAX_CLIENT_NAME
-from shaledb.server.slowlog import SLOWLOG_MAX_STRING
 
 from ._server_support import HOST, RawClient, ServerThread, free_port, wait_for_port
 

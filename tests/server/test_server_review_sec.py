@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from shaledb.server import connection as connection_module
-from shaledb.server.security import UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK
-from shaledb.server.slowlog import REDACTED
+from shaledb.server.admin.slowlog import REDACTED
+from shaledb.server.net import connection as connection_module
+from shaledb.server.net.security import UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK
 
 from ._server_support import RawClient, raw_connect, read_until_closed
 

@@ -26,7 +26,7 @@ from redis.retry import Retry
 
 import shaledb
 from _helpers import SstLayout, files, flip
-from shaledb.server.logs import JsonFormatter
+from shaledb.server.admin.logs import JsonFormatter
 
 from ._server_support import HOST, ServerThread, free_port, run_server_process
 

@@ -8,8 +8,8 @@ import redis
 
 from shaledb.errors import InvalidArgument
 from shaledb.server import ServerConfig
-from shaledb.server import connection as connection_module
-from shaledb.server.security import PROTECTED_MODE_DENIED, protected_mode_refuses
+from shaledb.server.net import connection as connection_module
+from shaledb.server.net.security import PROTECTED_MODE_DENIED, protected_mode_refuses
 
 from ._server_support import RawClient, raw_connect, read_until_closed
 

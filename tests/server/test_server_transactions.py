@@ -215,7 +215,7 @@ def test_krange_pages_and_sees_exec_writes(r: redis.Redis) -> None:
 
 
 def test_krange_helpers_for_redis_py(r: redis.Redis) -> None:
-    from shaledb.server.krange import iter_krange, krange
+    from shaledb.client.krange import iter_krange, krange
 
     r.mset({f"user:{i:03d}": f"name{i}" for i in range(25)})
     r.mset({"other": "x", "zzz": "y"})
@@ -265,7 +265,7 @@ def test_kdelrange(r: redis.Redis) -> None:
 
 
 def test_kdelrange_is_one_atomic_batch_and_pages_large_ranges(server, r: redis.Redis) -> None:
-    from shaledb.server.krange import kdelrange
+    from shaledb.client.krange import kdelrange
 
     r.mset({f"u:{i:05d}": "v" for i in range(2500)})
     r.set("w", "keep")
@@ -277,7 +277,7 @@ def test_kdelrange_is_one_atomic_batch_and_pages_large_ranges(server, r: redis.R
 
 
 def test_kbatch(server, r: redis.Redis) -> None:
-    from shaledb.server.krange import kbatch
+    from shaledb.client.krange import kbatch
 
     r.set("gone", "1")
     before = server.call(lambda: server.server.db.stats()["wal_records"])

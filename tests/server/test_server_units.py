@@ -14,8 +14,8 @@ from shaledb.server.commands import parse_float, parse_int
 from shaledb.server.commands.strings import format_float
 from shaledb.server.errors import CommandError, ProtocolError
 from shaledb.server.glob import compile_glob, literal_prefix
-from shaledb.server.keyspace import MAX_EXPIRE_MS, Entry, decode_value, encode_value
-from shaledb.server.protocol import split_inline
+from shaledb.server.keyspace.keyspace import MAX_EXPIRE_MS, Entry, decode_value, encode_value
+from shaledb.server.net.protocol import split_inline
 
 
 @given(st.integers(1, MAX_EXPIRE_MS))
@@ -132,7 +132,7 @@ def test_parse_and_format_float() -> None:
 
 
 def test_loopback_detection() -> None:
-    from shaledb.server.security import is_loopback_address as lo
+    from shaledb.server.net.security import is_loopback_address as lo
 
     assert lo("127.0.0.1") and lo("127.8.9.10") and lo("::1") and lo("localhost")
     assert lo("::ffff:127.0.0.1")  # IPv4-mapped, as a dual-stack socket reports it

@@ -58,10 +58,16 @@ class ProtocolError(CommandError):
         super().__init__(f"Protocol error: {message}")
 
 
+def wrong_arity(name: str) -> CommandError:
+    """The error Redis gives for a wrong number of arguments."""
+    return CommandError(f"wrong number of arguments for '{name}' command")
+
+
 __all__ = [
     "AuthRequiredError",
     "CommandError",
     "NoPermissionError",
     "ProtocolError",
     "WrongPassError",
+    "wrong_arity",
 ]

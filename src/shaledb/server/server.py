@@ -3,7 +3,7 @@
 Everything that touches the keyspace runs on the event loop thread, one command at a time;
 that is what makes each command, and each EXEC, atomic for other clients. Only fsyncs
 (``appendfsync always``), checkpoints, closing the database and the background scrub
-(:mod:`shaledb.server.scrub`) run in worker threads. uvloop is used
+(:mod:`shaledb.server.keyspace.scrub`) run in worker threads. uvloop is used
 when it is installed (``pip install shaledb[server]``).
 
 Shutdown (SIGTERM, SIGINT, :meth:`Server.shutdown`): stop accepting; every request already
@@ -32,34 +32,36 @@ from typing import Any
 import shaledb
 
 from ..errors import InvalidArgument
-from .acl import Acl, AclRuleError, AuthRateLimiter, User
-from .checkpoint import Checkpointer
-from .config import PASSWORD_ENV, ServerConfig
-from .connection import ClientConnection, ClientState
-from .cursors import ScanCursors
-from .deferred import CLOSE
-from .dispatch import Dispatcher, TurnCommit
-from .durability import SyncGroup
+from .admin.acl import Acl, AclRuleError, AuthRateLimiter, User
+from .admin.config import PASSWORD_ENV, ServerConfig
+from .admin.httpendpoint import MetricsEndpoint
+from .admin.logs import CLIENT_LOG
+from .admin.slowlog import SlowLog
+from .admin.stats import ServerStats
+from .commands import build_table
 from .errors import CommandError, WrongPassError
-from .expiry import run_active_expire
-from .fdlimit import fit_maxclients
-from .httpendpoint import MetricsEndpoint
-from .keyspace import Keyspace
-from .logs import CLIENT_LOG
-from .purge import run_purger
-from .ratelimit import CommandRateLimits
-from .scrub import Scrubber
-from .security import (
+from .exec.checkpoint import Checkpointer
+from .exec.client import ClientState
+from .exec.cursors import ScanCursors
+from .exec.deferred import CLOSE
+from .exec.dispatch import Dispatcher, TurnCommit
+from .exec.durability import SyncGroup
+from .exec.watch import WatchRegistry
+from .keyspace.expiry import run_active_expire
+from .keyspace.keyspace import Keyspace
+from .keyspace.purge import run_purger
+from .keyspace.scrub import Scrubber
+from .net.connection import ClientConnection
+from .net.fdlimit import fit_maxclients
+from .net.ratelimit import CommandRateLimits
+from .net.security import (
     auth_limit_key,
     in_networks,
     is_loopback_address,
     parse_networks,
     protected_mode_refuses,
 )
-from .slowlog import SlowLog
-from .stats import ServerStats
-from .tls import server_context
-from .watch import WatchRegistry
+from .net.tls import server_context
 
 log = logging.getLogger("shaledb.server")
 
@@ -89,7 +91,7 @@ class Server:
         self.metrics_port: int | None = None
         self.watches = WatchRegistry()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
-        self.dispatcher = Dispatcher(self)
+        self.dispatcher = Dispatcher(self, build_table())
         self.acl = Acl(self.dispatcher.table, password_digest=config.password_digest(),
                        log_max_len=config.acllog_max_len,
                        auth_limiter=AuthRateLimiter(config.auth_fail_burst,
@@ -433,7 +435,7 @@ class Server:
 
     def shutdown_on_request(self, save: bool, force: bool) -> asyncio.Future[Any]:
         """SHUTDOWN from a client: checkpoint first when ``save``, then shut down as
-        SIGTERM does. The future's result is :data:`~shaledb.server.deferred.CLOSE` (the
+        SIGTERM does. The future's result is :data:`~shaledb.server.exec.deferred.CLOSE` (the
         client gets no reply, as from Redis); it raises CommandError when the checkpoint
         failed and not ``force``, and the server then keeps running."""
         loop = asyncio.get_running_loop()

@@ -1,122 +1,29 @@
-"""The command table: name, arity, flags, ACL categories and key positions of every command,
-and the handler that runs it. One module per command family registers its commands; the
-dispatcher, ``COMMAND`` and the ACL checks all read this one table, as in Redis.
+"""The command table: one module per command family registers its commands (a
+:class:`~shaledb.server.exec.context.CommandFamily`), as Redis' t_string.c, t_hash.c each hold
+one family; :func:`build_table` collects them into the one table that the dispatcher, the ACL
+checks and ``COMMAND`` read. The server builds it and hands it to the
+:class:`~shaledb.server.exec.dispatch.Dispatcher`.
 
-Arity follows Redis: a positive number is the exact argument count (command name included),
-a negative one the minimum. Key positions are ``(first, last, step)`` with ``last = -1``
-meaning "up to the last argument" and ``(0, 0, 0)`` meaning "no keys".
+A handler is ``handler(ctx, argv) -> reply`` and reaches the server only through
+``ctx.services`` (:class:`~shaledb.server.exec.context.Services`), never the ``Server``
+object. This package also holds the argument helpers the families share (:func:`parse_int`,
+:func:`parse_float`, :func:`wrong_arity`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
-from ..errors import CommandError
-from ..keyspace import KeyspaceTxn
-from ..protocol import ArrayBuilder, Status
-
-if TYPE_CHECKING:
-    from ..connection import ClientState
-    from ..server import Server
-
-
-class Context:
-    """What a handler gets besides its arguments: the calling client, the server and the
-    keyspace transaction its reads and writes go through."""
-
-    __slots__ = ("client", "server", "txn", "in_exec")
-
-    def __init__(self, client: ClientState, server: Server, txn: KeyspaceTxn,
-                 in_exec: bool = False) -> None:
-        self.client = client
-        self.server = server
-        self.txn = txn
-        #: The command runs inside EXEC: its reply must be ready when it returns (no
-        #: :class:`~shaledb.server.deferred.Deferred`).
-        self.in_exec = in_exec
-
-    @property
-    def db(self) -> int:
-        """The client's selected logical database."""
-        return self.client.db
-
-    def array(self) -> ArrayBuilder:
-        """A builder for an array reply, charged to what is left of the client's output
-        buffer limit: when :meth:`ArrayBuilder.add` returns False, return
-        :meth:`overflow` at once."""
-        return ArrayBuilder(self.client.resp, self.client.output_budget)
-
-    def overflow(self) -> None:
-        """The reply being built passed the client's output buffer limit: the connection
-        disconnects the client after this command (its reply, None, is never sent)."""
-        self.client.output_overflow = True
-
-
-Handler = Callable[[Context, list[bytes]], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    """One entry of the command table."""
-
-    name: str
-    arity: int
-    flags: frozenset[str]
-    categories: tuple[str, ...]
-    first_key: int
-    last_key: int
-    step: int
-    handler: Handler = dataclasses.field(repr=False, compare=False)
-    #: Subcommands with categories of their own (``acl whoami`` is @slow, ``acl setuser``
-    #: @admin): ACL rules and checks treat them as ``name|sub``.
-    subcommands: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-    def arity_ok(self, argc: int) -> bool:
-        """Whether ``argc`` arguments (name included) fit the arity."""
-        return argc == self.arity if self.arity >= 0 else argc >= -self.arity
-
-    def keys(self, argv: list[bytes]) -> list[bytes]:
-        """The key arguments of ``argv``."""
-        if self.first_key == 0:
-            return []
-        last = self.last_key if self.last_key >= 0 else len(argv) + self.last_key
-        return argv[self.first_key:last + 1:self.step]
-
-    def info(self) -> list[Any]:
-        """This command's ``COMMAND INFO`` entry."""
-        return [self.name, self.arity, {Status(f.encode()) for f in sorted(self.flags)},
-                self.first_key, self.last_key, self.step,
-                {Status(b"@" + c.encode()) for c in self.categories}, [], [], []]
-
-
-class CommandFamily:
-    """The commands of one family module, collected by the :meth:`command` decorator."""
-
-    def __init__(self) -> None:
-        self.commands: list[Command] = []
-
-    def command(self, name: str, arity: int, flags: str, categories: str,
-                keys: tuple[int, int, int] = (0, 0, 0),
-                subcommands: dict[str, str] | None = None) -> Callable[[Handler], Handler]:
-        """Register the decorated function as the handler of ``name``. ``flags`` and
-        ``categories`` are space-separated words; ``subcommands`` maps a subcommand to its
-        own categories."""
-        subs = tuple((sub, tuple(cats.split())) for sub, cats in (subcommands or {}).items())
-
-        def register(fn: Handler) -> Handler:
-            self.commands.append(Command(name, arity, frozenset(flags.split()),
-                                         tuple(categories.split()), *keys, handler=fn,
-                                         subcommands=subs))
-            return fn
-
-        return register
+from ..errors import CommandError, wrong_arity
+from ..exec.context import Command, CommandFamily, Context, Handler
 
 
 def build_table() -> dict[bytes, Command]:
     """Every command by lower-case name."""
+    # The families import this package's helpers (parse_int, CommandFamily...): importing
+    # them at the top of the package would be a cycle; by the time the table is built the
+    # package is complete.
     from . import (
         acl,
         connection,
@@ -182,11 +89,6 @@ def parse_float(arg: bytes) -> float:
     if _HEX_FLOAT.fullmatch(arg):
         return float.fromhex(arg.decode("ascii"))
     raise CommandError("value is not a valid float")
-
-
-def wrong_arity(name: str) -> CommandError:
-    """The error Redis gives for a wrong number of arguments."""
-    return CommandError(f"wrong number of arguments for '{name}' command")
 
 
 __all__ = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..acl import CATEGORIES, DEFAULT_USER, AclRuleError
+from ..admin.acl import CATEGORIES, DEFAULT_USER, AclRuleError
 from ..errors import CommandError
-from ..protocol import OK, SetReply
+from ..net.protocol import OK, SetReply
 from . import CommandFamily, Context, parse_int, wrong_arity
 
 FAMILY = CommandFamily()
@@ -33,7 +33,7 @@ def acl(ctx: Context, argv: list[bytes]) -> Any:
     GENPASS"""
     sub = argv[1].lower()
     n = len(argv)
-    server = ctx.server
+    server = ctx.services
     store = server.acl
     if sub == b"setuser" and n >= 3:
         try:

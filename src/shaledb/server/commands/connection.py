@@ -8,15 +8,15 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from ..admin.info import REDIS_VERSION
 from ..errors import AuthRequiredError, CommandError
-from ..info import REDIS_VERSION
-from ..keyspace import DATABASES
-from ..protocol import OK, PONG, Status, Verbatim
+from ..keyspace.keyspace import DATABASES
+from ..net.protocol import OK, PONG, Status, Verbatim
 from . import SYNTAX, CommandFamily, Context, parse_int, wrong_arity
 
 if TYPE_CHECKING:
-    from ..connection import ClientState
-    from ..server import Server
+    from ..exec.client import ClientState
+    from ..exec.context import Services
 
 log = logging.getLogger("shaledb.server")
 
@@ -59,12 +59,12 @@ def reset(ctx: Context, argv: list[bytes]) -> Any:
     default user (logged out when it needs a password)"""
     client = ctx.client
     client.multi = None
-    ctx.server.watches.unwatch_all(client)
+    ctx.services.watches.unwatch_all(client)
     client.db = 0
     client.resp = 2
     client.name = b""
-    client.user = ctx.server.acl.default
-    client.authenticated = ctx.server.acl.default_open()
+    client.user = ctx.services.acl.default
+    client.authenticated = ctx.services.acl.default_open()
     return Status(b"RESET")
 
 
@@ -80,7 +80,7 @@ def _check_name(name: bytes) -> bytes:
 
 
 def _authenticate(ctx: Context, user: bytes, password: bytes) -> None:
-    ctx.server.authenticate(ctx.client, user, password)
+    ctx.services.authenticate(ctx.client, user, password)
 
 
 @command("hello", -1, _CONN + " no-auth sentinel allow-busy", "fast connection")
@@ -135,7 +135,7 @@ def auth(ctx: Context, argv: list[bytes]) -> Any:
     """AUTH [username] password"""
     if len(argv) > 3:
         raise CommandError(SYNTAX)
-    if len(argv) == 2 and ctx.server.acl.default.nopass:
+    if len(argv) == 2 and ctx.services.acl.default.nopass:
         raise CommandError(
             "AUTH <password> called without any password configured for the default user. "
             "Are you sure your configuration is correct?")
@@ -204,7 +204,7 @@ def _flags(c: ClientState) -> str:
     return flags or "N"
 
 
-def client_line(server: Server, c: ClientState) -> bytes:
+def client_line(server: Services, c: ClientState) -> bytes:
     """One CLIENT LIST line (Redis 7's fields, in Redis' order; without the newline).
     Fields ShaleDB has no counterpart for are 0 (or -1 for redir, as in Redis)."""
     conn = server.connections.get(c.id)
@@ -229,13 +229,13 @@ def client_line(server: Server, c: ClientState) -> bytes:
     return " ".join(f"{k}={v}" for k, v in fields).encode()
 
 
-def _clients(server: Server) -> list[ClientState]:
+def _clients(server: Services) -> list[ClientState]:
     return [conn.client for conn in server.connections.values()
             if conn.client is not None and not conn.closing]
 
 
 def _client_list(ctx: Context, argv: list[bytes]) -> bytes:
-    clients = _clients(ctx.server)
+    clients = _clients(ctx.services)
     i = 2
     while i < len(argv):
         opt = argv[i].lower()
@@ -258,11 +258,11 @@ def _client_list(ctx: Context, argv: list[bytes]) -> bytes:
             i = len(argv)
         else:
             raise CommandError(SYNTAX)
-    return b"".join(client_line(ctx.server, c) + b"\n" for c in clients)
+    return b"".join(client_line(ctx.services, c) + b"\n" for c in clients)
 
 
 def _client_kill(ctx: Context, argv: list[bytes]) -> Any:
-    server = ctx.server
+    server = ctx.services
     me = ctx.client
     if len(argv) == 3:  # the old form: CLIENT KILL addr:port
         for c in _clients(server):
@@ -296,7 +296,7 @@ class _KillFilter:
         self.user: object | None = None
         self.born_before: float | None = None
 
-    def add(self, server: Server, opt: bytes, value: bytes) -> None:
+    def add(self, server: Services, opt: bytes, value: bytes) -> None:
         if opt == b"id":
             try:
                 self.id = parse_int(value)
@@ -333,7 +333,7 @@ class _KillFilter:
                 and (self.born_before is None or c.created <= self.born_before))
 
 
-def _kill(server: Server, c: ClientState, me: ClientState) -> None:
+def _kill(server: Services, c: ClientState, me: ClientState) -> None:
     if c is me:
         c.close_after_reply = True  # after this reply, as in Redis
         return
@@ -370,7 +370,7 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
         client.lib[attr.decode()] = value
         return OK
     if sub == b"info" and n == 2:
-        return Verbatim(client_line(ctx.server, client) + b"\n")
+        return Verbatim(client_line(ctx.services, client) + b"\n")
     if sub == b"list":
         return Verbatim(_client_list(ctx, argv))  # verbatim in RESP3, as in Redis 7
     if sub == b"kill" and n >= 3:
@@ -393,7 +393,7 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
 @command("command", -1, "loading stale", "slow connection")
 def command_(ctx: Context, argv: list[bytes]) -> Any:
     """COMMAND [COUNT | LIST | INFO name... | DOCS [name...]]"""
-    table = ctx.server.dispatcher.table
+    table = ctx.services.dispatcher.table
     if len(argv) == 1:
         return [c.info() for c in table.values()]
     sub = argv[1].lower()

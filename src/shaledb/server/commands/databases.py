@@ -4,7 +4,7 @@ COPY and MOVE are ordinary reads and writes of the keyspace transaction (so WATC
 their writes, and inside EXEC they are part of the one batch). MOVE keeps a chunked
 string's chunks (only its header moves); COPY copies them to a new chunk set, as Redis
 copies the value. SWAPDB swaps two entries of
-the database map (:mod:`shaledb.server.dbmap`): one small write, atomic across a crash,
+the database map (:mod:`shaledb.server.keyspace.dbmap`): one small write, atomic across a crash,
 whatever the databases hold; clients that selected either database see the other's keys
 from their next command on, as in Redis. Error texts are Redis 7's.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ..errors import CommandError
-from ..keyspace import DATABASES, MAX_USER_KEY, KeyspaceTxn
-from ..protocol import OK
+from ..keyspace.keyspace import DATABASES, MAX_USER_KEY, KeyspaceTxn
+from ..net.protocol import OK
 from . import SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()

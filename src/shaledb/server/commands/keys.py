@@ -6,7 +6,7 @@ are chunks outside the database's range); KEYS with a pattern that starts with l
 walks only the keys with that prefix. DBSIZE is O(1): every write batch keeps the database's
 key count record. FLUSHDB and FLUSHALL are O(1) and atomic: they point the
 database at a fresh physical id and the old keys are purged in the background
-(:mod:`shaledb.server.purge`); ASYNC and SYNC are accepted and mean the same.
+(:mod:`shaledb.server.keyspace.purge`); ASYNC and SYNC are accepted and mean the same.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import asyncio
 from time import perf_counter
 from typing import Any, Final
 
-from ..deferred import Deferred
 from ..errors import CommandError
+from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
-from ..keyspace import MAX_EXPIRE_MS
-from ..protocol import OK, Status
+from ..keyspace.keyspace import MAX_EXPIRE_MS
+from ..net.protocol import OK, Status
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()
@@ -87,7 +87,7 @@ def keys(ctx: Context, argv: list[bytes]) -> Any:
     prefix = literal_prefix(pattern)
     out = ctx.array()
     walk = ctx.txn.scan(ctx.db, prefix or None, _prefix_end(prefix) if prefix else None)
-    client, server = ctx.client, ctx.server
+    client, server = ctx.client, ctx.services
     if ctx.in_exec:
         for k, _ in walk:
             if match(k) and not out.add(k):
@@ -119,7 +119,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     """SCAN cursor [MATCH pattern] [COUNT count] [TYPE type] -> [next cursor, keys]
 
     The cursor names a position in key order, kept by the server for the client that got
-    it (:mod:`shaledb.server.cursors`); 0 starts and ends an iteration. Every key present
+    it (:mod:`shaledb.server.exec.cursors`); 0 starts and ends an iteration. Every key present
     for the whole iteration is returned exactly once. A call
     walks at most COUNT keys, and stops after SCAN_TIME_BUDGET seconds of work (having
     walked at least one); inside EXEC, after SCAN_TIME_BUDGET seconds of the EXEC, so that
@@ -148,7 +148,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
         else:
             raise CommandError(SYNTAX)
         i += 2
-    cursors = ctx.server.scan_cursors
+    cursors = ctx.services.scan_cursors
     start = b""
     if cursor:
         position = cursors.get(cursor, ctx.db)

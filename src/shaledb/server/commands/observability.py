@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..admin.info import info_text
+from ..admin.slowlog import SLOWLOG_HELP
 from ..errors import CommandError
-from ..info import info_text
-from ..protocol import OK, Status, Verbatim
-from ..slowlog import SLOWLOG_HELP
+from ..net.protocol import OK, Status, Verbatim
 from . import CommandFamily, Context, parse_int, wrong_arity
 
 FAMILY = CommandFamily()
@@ -20,7 +20,7 @@ _SLOWLOG_CATEGORIES = "admin slow dangerous"
 def info(ctx: Context, argv: list[bytes]) -> Any:
     """INFO [section ...]"""
     sections = [a.decode("latin-1") for a in argv[1:]]
-    return Verbatim(info_text(ctx.server, sections).encode("utf-8", "replace"))
+    return Verbatim(info_text(ctx.services, sections).encode("utf-8", "replace"))
 
 
 @command("slowlog", -2, "admin loading stale", _SLOWLOG_CATEGORIES,
@@ -29,7 +29,7 @@ def slowlog(ctx: Context, argv: list[bytes]) -> Any:
     """SLOWLOG GET [count] | LEN | RESET | HELP"""
     sub = argv[1].lower()
     n = len(argv)
-    log = ctx.server.slowlog
+    log = ctx.services.slowlog
     if sub == b"get" and n <= 3:
         count = 10
         if n == 3:

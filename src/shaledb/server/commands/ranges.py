@@ -59,7 +59,7 @@ def scan_bounds(lo_arg: bytes, hi_arg: bytes) -> tuple[bytes | None, bytes | Non
 
 def parse_limit(ctx: Context, argv: list[bytes], i: int) -> int:
     """The count after ``LIMIT`` at ``argv[i]``, checked against krange-max-limit."""
-    max_limit = ctx.server.config.krange_max_limit
+    max_limit = ctx.services.config.krange_max_limit
     limit = parse_int(argv[i])
     if limit < 0:
         raise CommandError("LIMIT must be >= 0")
@@ -71,7 +71,7 @@ def parse_limit(ctx: Context, argv: list[bytes], i: int) -> int:
 @command("krange", -3, "readonly", "read keyspace slow")
 def krange(ctx: Context, argv: list[bytes]) -> Any:
     """KRANGE min max [LIMIT count] [REV] -> [key, value, ...]"""
-    max_limit = ctx.server.config.krange_max_limit
+    max_limit = ctx.services.config.krange_max_limit
     limit, reverse = max_limit, False
     i = 3
     while i < len(argv):
@@ -101,7 +101,7 @@ def krange(ctx: Context, argv: list[bytes]) -> Any:
 @command("kdelrange", -3, "write", "write keyspace slow")
 def kdelrange(ctx: Context, argv: list[bytes]) -> Any:
     """KDELRANGE min max [LIMIT count] -> number of keys deleted"""
-    limit = ctx.server.config.krange_max_limit
+    limit = ctx.services.config.krange_max_limit
     if len(argv) == 5 and argv[3].upper() == b"LIMIT":
         limit = parse_limit(ctx, argv, 4)
     elif len(argv) != 3:

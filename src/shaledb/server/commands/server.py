@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..deferred import Deferred
+from ..admin.settings import config_get, config_set
 from ..errors import CommandError
-from ..protocol import OK, Status
-from ..settings import config_get, config_set
+from ..exec.deferred import Deferred
+from ..net.protocol import OK, Status
 from . import SYNTAX, CommandFamily, Context, wrong_arity
 
 FAMILY = CommandFamily()
@@ -46,12 +46,12 @@ def config(ctx: Context, argv: list[bytes]) -> Any:
     sub = argv[1].lower()
     n = len(argv)
     if sub == b"get" and n >= 3:
-        return config_get(ctx.server, argv[2:])
+        return config_get(ctx.services, argv[2:])
     if sub == b"set" and n >= 4 and n % 2 == 0:
-        config_set(ctx.server, list(zip(argv[2::2], argv[3::2], strict=True)))
+        config_set(ctx.services, list(zip(argv[2::2], argv[3::2], strict=True)))
         return OK
     if sub == b"resetstat" and n == 2:
-        server = ctx.server
+        server = ctx.services
         server.stats.clear()
         server.command_stats.reset()
         ks = server.keyspace
@@ -71,7 +71,7 @@ def config(ctx: Context, argv: list[bytes]) -> Any:
 def save(ctx: Context, argv: list[bytes]) -> Any:
     """SAVE: checkpoint (memtable flushed to a table, WAL fsynced); the reply waits for it,
     other clients do not"""
-    server = ctx.server
+    server = ctx.services
     if server.bgsave_in_progress:
         raise CommandError("Background save already in progress")
     done = server.checkpoints.save()
@@ -93,13 +93,13 @@ def bgsave(ctx: Context, argv: list[bytes]) -> Any:
     """BGSAVE [SCHEDULE]: start a checkpoint in the background"""
     if len(argv) > 2 or (len(argv) == 2 and argv[1].lower() != b"schedule"):
         raise CommandError(SYNTAX)
-    return Status(ctx.server.checkpoints.bgsave(schedule=len(argv) == 2))
+    return Status(ctx.services.checkpoints.bgsave(schedule=len(argv) == 2))
 
 
 @command("lastsave", 1, "loading stale fast", "admin fast dangerous")
 def lastsave(ctx: Context, argv: list[bytes]) -> Any:
     """LASTSAVE -> unix time of the last successful checkpoint"""
-    return ctx.server.last_save_time
+    return ctx.services.last_save_time
 
 
 @command("shutdown", -1, "admin noscript loading stale no-multi allow-busy", _ADMIN)
@@ -120,7 +120,7 @@ def shutdown(ctx: Context, argv: list[bytes]) -> Any:
         raise CommandError(SYNTAX)
     # Without SAVE nothing is lost either: closing the database fsyncs the WAL (the
     # equivalent of Redis' AOF), so NOSAVE only skips the memtable flush.
-    return Deferred(ctx.server.shutdown_on_request(save=b"save" in opts,
+    return Deferred(ctx.services.shutdown_on_request(save=b"save" in opts,
                                                    force=b"force" in opts))
 
 
@@ -144,7 +144,7 @@ def scrub(ctx: Context, argv: list[bytes]) -> Any:
     """SCRUB NOW | STATUS | STOP | HELP: the background scrub (scrub.py)"""
     sub = argv[1].lower()
     n = len(argv)
-    scrubber = ctx.server.scrubber
+    scrubber = ctx.services.scrubber
     if sub == b"now" and n == 2:
         if not scrubber.alive:
             raise CommandError("the scrub thread is not running"

@@ -3,7 +3,7 @@ STRLEN INCR INCRBY DECR DECRBY INCRBYFLOAT GETRANGE SETRANGE.
 
 Replies and error messages are Redis 7's. Each command runs as one keyspace transaction on
 the event loop, so its read and its write are atomic with respect to every other client.
-Strings longer than 64 KiB are chunked (:mod:`shaledb.server.keyspace`): APPEND, SETRANGE,
+Strings longer than 64 KiB are chunked (:mod:`shaledb.server.keyspace.keyspace`): APPEND, SETRANGE,
 GETRANGE and STRLEN touch only the chunks they need, GETEX only the header.
 """
 
@@ -14,8 +14,8 @@ import math
 from typing import Any
 
 from ..errors import CommandError
-from ..keyspace import MAX_EXPIRE_MS, Entry
-from ..protocol import OK
+from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
+from ..net.protocol import OK
 from . import (
     INT64_MAX,
     INT64_MIN,
@@ -57,7 +57,7 @@ def expire_at(ctx: Context, unit: bytes, arg: bytes, command_name: str) -> int:
 
 def check_size(ctx: Context, size: int) -> None:
     """Refuse to build a string longer than proto-max-bulk-len."""
-    if size > ctx.server.config.proto_max_bulk_len:
+    if size > ctx.services.config.proto_max_bulk_len:
         raise CommandError("string exceeds maximum allowed size (proto-max-bulk-len)")
 
 

@@ -15,7 +15,7 @@ from time import perf_counter
 from typing import Any
 
 from ..errors import CommandError
-from ..protocol import NULL_ARRAY, OK
+from ..net.protocol import NULL_ARRAY, OK
 from . import CommandFamily, Context
 
 FAMILY = CommandFamily()
@@ -43,7 +43,7 @@ def discard(ctx: Context, argv: list[bytes]) -> Any:
     if client.multi is None:
         raise CommandError("DISCARD without MULTI")
     client.multi = None
-    ctx.server.watches.unwatch_all(client)
+    ctx.services.watches.unwatch_all(client)
     return OK
 
 
@@ -51,7 +51,7 @@ def discard(ctx: Context, argv: list[bytes]) -> Any:
 def exec_(ctx: Context, argv: list[bytes]) -> Any:
     """EXEC: run the queued commands atomically -> their replies, or null when a watched
     key changed"""
-    client, server = ctx.client, ctx.server
+    client, server = ctx.client, ctx.services
     queued = client.multi
     if queued is None:
         raise CommandError("EXEC without MULTI")
@@ -92,7 +92,7 @@ def exec_(ctx: Context, argv: list[bytes]) -> Any:
 @command("watch", -2, _FLAGS, "fast transaction", (1, -1, 1))
 def watch(ctx: Context, argv: list[bytes]) -> Any:
     """WATCH key [key ...]"""
-    client, server = ctx.client, ctx.server
+    client, server = ctx.client, ctx.services
     if client.multi is not None:
         raise CommandError("WATCH inside MULTI is not allowed")
     limit = server.config.max_watched_keys
@@ -108,5 +108,5 @@ def watch(ctx: Context, argv: list[bytes]) -> Any:
 @command("unwatch", 1, _FLAGS, "fast transaction")
 def unwatch(ctx: Context, argv: list[bytes]) -> Any:
     """UNWATCH: forget every watched key"""
-    ctx.server.watches.unwatch_all(ctx.client)
+    ctx.services.watches.unwatch_all(ctx.client)
     return OK

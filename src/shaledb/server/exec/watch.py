@@ -2,7 +2,7 @@
 
 As in Redis (``multi.c``), a write to a watched key flags every client watching it; that
 client's next EXEC then fails (null reply). Every write goes through
-:meth:`shaledb.server.keyspace.KeyspaceTxn.commit` on the event loop, which reports the
+:meth:`shaledb.server.keyspace.keyspace.KeyspaceTxn.commit` on the event loop, which reports the
 changed keys here, so no write can slip past. The map holds at most ``max_watched_keys``
 keys per connected client, and a client's entries are removed by EXEC, DISCARD, UNWATCH and
 disconnection.

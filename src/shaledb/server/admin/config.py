@@ -17,9 +17,9 @@ import os
 import tomllib
 from typing import Any, Final
 
-from ..errors import InvalidArgument
-from .keyspace import MAX_USER_VALUE
-from .security import parse_networks
+from ...errors import InvalidArgument
+from ..keyspace.keyspace import MAX_USER_VALUE
+from ..net.security import parse_networks
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB

@@ -41,7 +41,7 @@ import re
 from collections.abc import MutableSequence
 from typing import Any, Final
 
-from .errors import CommandError, ProtocolError
+from ..errors import CommandError, ProtocolError
 
 #: Longest inline command line accepted, in bytes (Redis' PROTO_INLINE_MAX_SIZE).
 MAX_INLINE: Final = 64 * 1024

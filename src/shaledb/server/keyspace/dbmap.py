@@ -6,7 +6,7 @@ is one engine entry (:data:`MAP_KEY`, under the metadata prefix ``0xFF`` that no
 uses), written in the same :class:`shaledb.WriteBatch` as the data change that needs it. That
 makes SWAPDB one small write (two entries of the map swap) and FLUSHDB one small write too
 (the logical database points at a fresh, empty physical id; the old id's keys are deleted
-later, in the background, see :mod:`shaledb.server.purge`). Both are therefore atomic, also
+later, in the background, see :mod:`shaledb.server.keyspace.purge`). Both are therefore atomic, also
 across a crash.
 
 A directory without a map entry (written before the map existed) uses the identity map,
@@ -23,7 +23,7 @@ then one physical id byte per logical database, in logical order. The map's vers
 server keyspace's: version 2 maps (server keyspace version 3) come with chunked strings and
 per-database key counts, so a server that knows only version 1 refuses the directory
 instead of writing keys its counts and chunk garbage collection would not see. A version 1
-map (or none) is read for the upgrade (:meth:`shaledb.server.keyspace.Keyspace`).
+map (or none) is read for the upgrade (:meth:`shaledb.server.keyspace.keyspace.Keyspace`).
 
 The other reserved first bytes (docs/format.md): ``0xF0`` chunks of large strings,
 ``0xF1`` garbage records (chunk sets to delete), and under ``0xFF`` one key-count record
@@ -35,7 +35,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from ..errors import CorruptionError, IncompatibleFormatError
+from ...errors import CorruptionError, IncompatibleFormatError
 
 #: Number of logical databases (SELECT 0-15).
 LOGICAL_DATABASES: Final = 16

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 from .metrics import CONTENT_TYPE, exposition, health
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..exec.context import Services
 
 log = logging.getLogger("shaledb.server.metrics")
 
@@ -60,7 +60,7 @@ def response(status: int, body: bytes, content_type: str = "text/plain; charset=
 class MetricsEndpoint:
     """The listening socket and the requests in progress."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Services) -> None:
         self.server = server
         self._listener: asyncio.Server | None = None
         self._active: set[asyncio.Task[None]] = set()

@@ -15,17 +15,27 @@ loaded at start is durable).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import shaledb
 
-from .errors import CommandError
+from ..errors import CommandError
 
-if TYPE_CHECKING:
-    from .server import Server
+
+class CheckpointHost(Protocol):
+    """What checkpoints use of the server: the database, LASTSAVE's time, whether a BGSAVE
+    runs, and the counters (a Protocol: the server imports this module)."""
+
+    @property
+    def db(self) -> shaledb.DB: ...
+
+    last_save_time: int
+    bgsave_in_progress: bool
+    stats: collections.Counter[str]
 
 log = logging.getLogger("shaledb.server")
 
@@ -39,7 +49,7 @@ def checkpoint(db: shaledb.DB) -> None:
 class Checkpointer:
     """Runs the checkpoints of one server."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: CheckpointHost) -> None:
         self._server = server
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="shaledb-save")

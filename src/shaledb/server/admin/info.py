@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import shaledb
 
-from .keyspace import Keyspace
+from ..keyspace.keyspace import Keyspace
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..exec.context import Services
 
 #: The Redis version whose commands, replies and INFO fields we emulate.
 REDIS_VERSION: Final = "7.2.0"
@@ -76,7 +76,7 @@ def keyspace_fields(counts: dict[int, tuple[int, int]]) -> Fields:
             for db, (keys, expires) in sorted(counts.items()) if keys]
 
 
-def _server(s: Server) -> Fields:
+def _server(s: Services) -> Fields:
     uptime = int(s.uptime)
     try:
         import uvloop  # noqa: F401
@@ -112,7 +112,7 @@ def _server(s: Server) -> Fields:
     ]
 
 
-def _clients(s: Server) -> Fields:
+def _clients(s: Services) -> Fields:
     return [
         ("connected_clients", len(s.connections)),
         ("cluster_connections", 0),
@@ -126,7 +126,7 @@ def _clients(s: Server) -> Fields:
     ]
 
 
-def _memory(s: Server, engine: dict[str, Any]) -> Fields:
+def _memory(s: Services, engine: dict[str, Any]) -> Fields:
     rss = rss_bytes()
     peak = max(peak_rss_bytes(), rss)
     cache = engine["block_cache"]
@@ -151,7 +151,7 @@ def _memory(s: Server, engine: dict[str, Any]) -> Fields:
     ]
 
 
-def _persistence(s: Server, engine: dict[str, Any]) -> Fields:
+def _persistence(s: Services, engine: dict[str, Any]) -> Fields:
     # The WAL plays the part of Redis' AOF: always on, fsynced per appendfsync.
     status = "ok" if engine["background_error"] is None else "err"
     return [
@@ -170,7 +170,7 @@ def _persistence(s: Server, engine: dict[str, Any]) -> Fields:
     ]
 
 
-def _stats(s: Server) -> Fields:
+def _stats(s: Services) -> Fields:
     st = s.stats
     ks = s.keyspace
     total = st["total_commands_processed"]
@@ -200,7 +200,7 @@ def _stats(s: Server) -> Fields:
     ]
 
 
-def _replication(s: Server) -> Fields:
+def _replication(s: Services) -> Fields:
     return [
         ("role", "master"),
         ("connected_slaves", 0),
@@ -211,7 +211,7 @@ def _replication(s: Server) -> Fields:
     ]
 
 
-def _cpu(s: Server) -> Fields:
+def _cpu(s: Services) -> Fields:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the compaction worker process
     fields: Fields = [
@@ -228,7 +228,7 @@ def _cpu(s: Server) -> Fields:
     return fields
 
 
-def _commandstats(s: Server) -> Fields:
+def _commandstats(s: Services) -> Fields:
     out: Fields = []
     for name, c in sorted(s.command_stats.commands.items()):
         per_call = c.usec / c.calls if c.calls else 0.0
@@ -238,12 +238,12 @@ def _commandstats(s: Server) -> Fields:
     return out
 
 
-def _errorstats(s: Server) -> Fields:
+def _errorstats(s: Services) -> Fields:
     return [(f"errorstat_{prefix}", f"count={n}")
             for prefix, n in sorted(s.command_stats.errors.items())]
 
 
-def _latencystats(s: Server) -> Fields:
+def _latencystats(s: Services) -> Fields:
     out: Fields = []
     for name, c in sorted(s.command_stats.commands.items()):
         if c.calls:
@@ -252,12 +252,12 @@ def _latencystats(s: Server) -> Fields:
     return out
 
 
-def _scrub(s: Server) -> Fields:
+def _scrub(s: Services) -> Fields:
     # The background scrub (scrub.py): settings, the running pass, the last completed one.
     return [(f"scrub_{name}", value) for name, value in s.scrubber.status().fields()]
 
 
-def _shaledb(s: Server, engine: dict[str, Any]) -> Fields:
+def _shaledb(s: Services, engine: dict[str, Any]) -> Fields:
     cache = engine["block_cache"]
     lookups = cache["hits"] + cache["misses"]
     fields: Fields = [
@@ -352,7 +352,7 @@ def select_sections(args: Iterable[str]) -> list[str]:
     return [name for name in ALL_SECTIONS if name in wanted]
 
 
-def info_text(server: Server, args: Iterable[str] = ()) -> str:
+def info_text(server: Services, args: Iterable[str] = ()) -> str:
     """The INFO reply for ``args`` (section names)."""
     parts: list[str] = []
     engine: dict[str, Any] | None = None

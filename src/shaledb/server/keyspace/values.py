@@ -19,10 +19,10 @@ import struct
 import time
 from typing import Final, NamedTuple
 
-from ..errors import CorruptionError
-from ..options import MAX_VALUE_SIZE
+from ...errors import CorruptionError
+from ...options import MAX_VALUE_SIZE
+from ..errors import CommandError
 from .dbmap import CHUNK_PREFIX, GARBAGE_PREFIX
-from .errors import CommandError
 
 #: Longest string value: the engine's value limit minus the largest inline header (kept when
 #: large strings became chunked, which would allow more; proto-max-bulk-len caps it anyway).

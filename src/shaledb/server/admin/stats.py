@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from .commands import Command
+    from ..exec.command import CommandSpec
 
 #: Upper bounds (inclusive) of the latency buckets in nanoseconds: 1 us * sqrt(2)**i. A last,
 #: unbounded bucket holds everything slower.
@@ -103,7 +103,7 @@ class ServerStats:
         self._by_command: dict[str, CommandStats] = {}
         self._subs: dict[str, frozenset[str]] = {}
 
-    def unit(self, cmd: Command, argv: list[bytes]) -> CommandStats:
+    def unit(self, cmd: CommandSpec, argv: list[bytes]) -> CommandStats:
         """The statistics of the unit ``argv`` runs as (created on first use)."""
         stats = self._by_command.get(cmd.name)
         if stats is not None:
@@ -125,7 +125,7 @@ class ServerStats:
                 self._by_command[name] = stats
         return stats
 
-    def record(self, cmd: Command, argv: list[bytes], nanos: int, error: str | None) -> None:
+    def record(self, cmd: CommandSpec, argv: list[bytes], nanos: int, error: str | None) -> None:
         """Count one call of ``cmd`` that took ``nanos``; ``error`` is the prefix of its error
         reply (None when it succeeded)."""
         stats = self._by_command.get(cmd.name) or self.unit(cmd, argv)
@@ -137,7 +137,7 @@ class ServerStats:
             self.errors[error] += 1
             self.total_error_replies += 1
 
-    def reject(self, cmd: Command | None, argv: list[bytes], error: str) -> None:
+    def reject(self, cmd: CommandSpec | None, argv: list[bytes], error: str) -> None:
         """Count a command refused before it ran (unknown, arity, auth, ACL) and its error
         reply."""
         if cmd is not None:

@@ -15,8 +15,8 @@ may read buffered writes (SETNX, INCR), so every command run while writes are bu
 whether it wrote or not -- has its reply wait for their commit; if the commit fails, those
 replies, and only those, are turned into errors (:class:`WriteGroup`).
 
-Every command that runs is timed and counted (:mod:`shaledb.server.stats`, one call) and,
-when slow enough, logged (:mod:`shaledb.server.slowlog`); a refused one counts as rejected.
+Every command that runs is timed and counted (:mod:`shaledb.server.admin.stats`, one call) and,
+when slow enough, logged (:mod:`shaledb.server.admin.slowlog`); a refused one counts as rejected.
 """
 
 from __future__ import annotations
@@ -24,24 +24,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from ..errors import (
+from ...errors import (
     DescriptorsExhaustedError,
     InvalidArgument,
     ReadOnlyError,
     ShaleError,
     StorageError,
 )
-from .commands import Command, Context, build_table, wrong_arity
-from .errors import AuthRequiredError, CommandError
-from .keyspace import Keyspace
-from .protocol import QUEUED
-from .stats import ServerStats
+from ..admin.stats import ServerStats
+from ..errors import AuthRequiredError, CommandError, wrong_arity
+from ..keyspace.keyspace import Keyspace
+from ..net.protocol import QUEUED
+from .client import ClientState
+from .context import Command, Context, Services
 
-if TYPE_CHECKING:
-    from .connection import ClientConnection, ClientState
-    from .server import Server
+
+class TurnWaiter(Protocol):
+    """A connection whose replies wait for the commit at the end of the turn."""
+
+    def turn_committed(self) -> None: ...
+
 
 log = logging.getLogger("shaledb.server")
 
@@ -104,7 +108,7 @@ class TurnCommit:
         #: Groups with writes buffered in ``txn`` (their pending replies await the commit).
         self._open: list[WriteGroup] = []
         #: Connections whose replies wait for the commit, in the order they parked them.
-        self._waiting: list[ClientConnection] = []
+        self._waiting: list[TurnWaiter] = []
         self._scheduled = False
         #: Commits that wrote (for tests and stats).
         self.commits = 0
@@ -113,7 +117,7 @@ class TurnCommit:
         """``group`` buffered its first write in the shared transaction."""
         self._open.append(group)
 
-    def hold(self, conn: ClientConnection) -> None:
+    def hold(self, conn: TurnWaiter) -> None:
         """Send ``conn``'s parked replies after the commit at the end of this turn."""
         self._waiting.append(conn)
         if not self._scheduled:
@@ -190,12 +194,13 @@ class WriteGroup:
 
 
 class Dispatcher:
-    """Runs requests for one server against its command table."""
+    """Runs requests against a command table (built by :mod:`shaledb.server.commands`, given
+    by the server); handlers get ``services``, not the server."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.table: dict[bytes, Command] = build_table()
-        self.stats = server.command_stats
+    def __init__(self, services: Services, table: dict[bytes, Command]) -> None:
+        self.services = services
+        self.table = table
+        self.stats = services.command_stats
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
@@ -212,7 +217,7 @@ class Dispatcher:
             if not client.authenticated:
                 error = AuthRequiredError("Authentication required.")
             elif not client.user.unrestricted:
-                error = self.server.acl.check(client, cmd, argv, "toplevel")
+                error = self.services.acl.check(client, cmd, argv, "toplevel")
         if error is not None:
             self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
@@ -221,7 +226,7 @@ class Dispatcher:
             group.protocols.append(client.resp)
             return
         assert cmd is not None
-        client.cmd = cmd.name if not cmd.subcommands else self.server.acl.index.unit(cmd, argv)
+        client.cmd = cmd.name if not cmd.subcommands else self.services.acl.index.unit(cmd, argv)
         if in_multi and cmd.name.encode() not in _NOT_QUEUED:
             queued = self._queue(client, cmd, argv)
             if queued is not QUEUED:
@@ -237,7 +242,7 @@ class Dispatcher:
         mark = txn.mark()
         start = perf_counter_ns()
         try:
-            reply = cmd.handler(Context(client, self.server, txn), argv)
+            reply = cmd.handler(Context(client, self.services, txn), argv)
         except CommandError as exc:
             txn.undo(mark)
             reply = exc
@@ -261,10 +266,10 @@ class Dispatcher:
         """Count one call; log it in the slow log when it took long enough."""
         self.stats.record(cmd, argv, nanos,
                           reply.prefix if isinstance(reply, CommandError) else None)
-        slower = self.server.config.slowlog_log_slower_than
+        slower = self.services.config.slowlog_log_slower_than
         if 0 <= slower <= nanos // 1000 and "skip-slowlog" not in cmd.flags:
-            self.server.slowlog.add(argv, nanos // 1000, client.addr, client.name,
-                                    self.server.config.slowlog_max_len)
+            self.services.slowlog.add(argv, nanos // 1000, client.addr, client.name,
+                                    self.services.config.slowlog_max_len)
 
     def _queue(self, client: ClientState, cmd: Command, argv: list[bytes]) -> Any:
         assert client.multi is not None
@@ -272,7 +277,7 @@ class Dispatcher:
             client.multi_error = True
             return CommandError("Command not allowed inside a transaction")
         client.multi_bytes += sum(len(a) for a in argv) + 32 * len(argv)
-        limit = self.server.config.max_multi_bytes
+        limit = self.services.config.max_multi_bytes
         if client.multi_bytes > limit:
             client.multi_error = True
             client.multi.clear()  # the transaction is aborted: free what it held
@@ -295,7 +300,7 @@ class Dispatcher:
         # command queued after the ACL DELUSER that logged this client out does not run.
         if "no-auth" not in cmd.flags and not (client.authenticated
                                                and client.user.unrestricted):
-            denied = (self.server.acl.check(client, cmd, argv, "multi")
+            denied = (self.services.acl.check(client, cmd, argv, "multi")
                       if client.authenticated
                       else AuthRequiredError("Authentication required."))
             if denied is not None:
@@ -304,7 +309,7 @@ class Dispatcher:
         mark = ctx.txn.mark()
         start = perf_counter_ns()
         try:
-            reply = cmd.handler(Context(ctx.client, self.server, ctx.txn, True), argv)
+            reply = cmd.handler(Context(ctx.client, self.services, ctx.txn, True), argv)
         except CommandError as exc:
             ctx.txn.undo(mark)
             reply = exc

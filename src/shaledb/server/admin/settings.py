@@ -1,7 +1,7 @@
 """The run-time view of the server settings: CONFIG GET and CONFIG SET.
 
 Every parameter is one :class:`Setting` line in :data:`SETTINGS`: its Redis name (dashes),
-the :class:`~shaledb.server.config.ServerConfig` field behind it, a parser that turns the
+the :class:`~shaledb.server.admin.config.ServerConfig` field behind it, a parser that turns the
 CONFIG SET argument into the field's value (None: the parameter is immutable at run time),
 and an optional apply hook for a change that needs more than the new config (appendfsync
 switches the durability mode, timeout restarts the idle sweeper, ...) and an optional check
@@ -25,7 +25,13 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import InvalidArgument
+from ...errors import InvalidArgument
+from ..errors import CommandError
+from ..glob import compile_glob
+from ..keyspace.keyspace import DATABASES
+from ..net.fdlimit import fit_maxclients
+from ..net.ratelimit import CommandRateLimits
+from ..net.security import parse_networks
 from .config import (
     APPENDFSYNC_MODES,
     MAX_TRACKED_HOSTS,
@@ -34,18 +40,12 @@ from .config import (
     MIN_COMMAND_RATE,
     MIN_TIMEOUT,
 )
-from .errors import CommandError
-from .fdlimit import fit_maxclients
-from .glob import compile_glob
-from .keyspace import DATABASES
-from .ratelimit import CommandRateLimits
-from .security import parse_networks
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..exec.context import Services
 
 Parser = Callable[[bytes], Any]
-Hook = Callable[["Server", Any], None]
+Hook = Callable[["Services", Any], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Setting:
     #: Run after the new config is installed, with the parsed value.
     apply: Hook | None = None
     #: The value for CONFIG GET when it is not simply the field's.
-    get: Callable[[Server], Any] | None = None
+    get: Callable[[Services], Any] | None = None
     #: A check of the parsed value against the running server, before anything changes
     #: (raises ValueError with the reason).
     check: Hook | None = None
@@ -72,7 +72,7 @@ class Setting:
         """Whether CONFIG SET may change it."""
         return self.parse is not None
 
-    def value(self, server: Server) -> bytes:
+    def value(self, server: Services) -> bytes:
         """The CONFIG GET value."""
         if self.get is not None:
             return show(self.get(server))
@@ -243,14 +243,14 @@ def password(raw: bytes) -> bytes:
 
 # -- apply hooks -------------------------------------------------------------------------------
 
-def _readers(server: Server, _: Any) -> None:
+def _readers(server: Services, _: Any) -> None:
     cfg = server.config
     for conn in server.connections.values():
         conn.reader.max_bulk_len = cfg.proto_max_bulk_len
         conn.reader.max_query_buffer = cfg.client_query_buffer_limit
 
 
-def _requirepass(server: Server, value: bytes) -> None:
+def _requirepass(server: Services, value: bytes) -> None:
     # As in Redis: the default user's password; existing connections stay logged in.
     user = server.acl.default
     index = server.acl.index
@@ -260,7 +260,7 @@ def _requirepass(server: Server, value: bytes) -> None:
     server.config = dataclasses.replace(server.config, requirepass=None)
 
 
-def _show_requirepass(server: Server) -> bytes:
+def _show_requirepass(server: Services) -> bytes:
     # Redis returns the password itself. ShaleDB keeps only its SHA-256, and shows that in
     # the form ACL GETUSER / ACL LIST already show it to the same admins.
     user = server.acl.default
@@ -269,63 +269,63 @@ def _show_requirepass(server: Server) -> bytes:
     return b"#" + user.passwords[0].hex().encode()
 
 
-def _acllog(server: Server, n: int) -> None:
+def _acllog(server: Services, n: int) -> None:
     server.acl.log = type(server.acl.log)(server.acl.log, maxlen=n)
 
 
-def _scan_cursors(server: Server, n: int) -> None:
+def _scan_cursors(server: Services, n: int) -> None:
     server.scan_cursors.limit = n
 
 
-def _auth_limiter(server: Server, _: Any) -> None:
+def _auth_limiter(server: Services, _: Any) -> None:
     cfg, limiter = server.config, server.acl.limiter
     limiter.burst, limiter.rate = cfg.auth_fail_burst, cfg.auth_fail_rate
     limiter.max_hosts = cfg.auth_fail_max_hosts
     server.auth_exempt = parse_networks(cfg.auth_fail_exempt_networks)
 
 
-def _rate_limits(server: Server, _: Any) -> None:
+def _rate_limits(server: Services, _: Any) -> None:
     cfg = server.config
     server.rate_limits = CommandRateLimits(cfg.rate_limit_per_ip, cfg.rate_limit_users,
                                            cfg.rate_limit_max_hosts)
 
 
-def _constant(value: Any) -> Callable[[Server], Any]:
+def _constant(value: Any) -> Callable[[Services], Any]:
     return lambda server: value
 
 
-def _port(server: Server) -> int:
+def _port(server: Services) -> int:
     return server.port if server.port is not None else server.config.port
 
 
-def _dir(server: Server) -> str:
+def _dir(server: Services) -> str:
     return os.path.abspath(server.config.dir)
 
 
-def _output_limit(server: Server) -> str:
+def _output_limit(server: Services) -> str:
     return f"normal {server.config.client_output_buffer_limit} 0 0"
 
 
-def _tls_port(server: Server) -> int:
+def _tls_port(server: Services) -> int:
     return server.tls_port or server.config.tls_port or 0
 
 
-def _maxclients_fit(server: Server, n: int) -> None:
+def _maxclients_fit(server: Services, n: int) -> None:
     fitted = fit_maxclients(n, server.db.options.max_open_files)
     if fitted < n:
         raise ValueError(f"The operating system is not able to handle the specified number "
                          f"of clients, try with {fitted}")
 
 
-def _appendfsync(server: Server, mode: str) -> None:
+def _appendfsync(server: Services, mode: str) -> None:
     server.set_appendfsync(mode)
 
 
-def _timeout(server: Server, _: Any) -> None:
+def _timeout(server: Services, _: Any) -> None:
     server.restart_idle_sweeper()
 
 
-def _scrub_interval(server: Server, interval: float) -> None:
+def _scrub_interval(server: Services, interval: float) -> None:
     server.scrubber.reschedule(interval)
 
 
@@ -393,7 +393,7 @@ BY_NAME: Final = {s.name: s for s in SETTINGS}
 
 # -- CONFIG GET / SET ----------------------------------------------------------------------
 
-def config_get(server: Server, patterns: list[bytes]) -> dict[bytes, bytes]:
+def config_get(server: Services, patterns: list[bytes]) -> dict[bytes, bytes]:
     """The parameters matching any of the glob ``patterns`` (case-insensitive), by name."""
     found: dict[bytes, bytes] = {}
     for pattern in patterns:
@@ -415,7 +415,7 @@ def _failed(name: bytes, reason: str) -> CommandError:
                         f"'{name.decode('utf-8', 'replace')}') - {reason}")
 
 
-def config_set(server: Server, pairs: list[tuple[bytes, bytes]]) -> None:
+def config_set(server: Services, pairs: list[tuple[bytes, bytes]]) -> None:
     """Set every ``(name, value)`` pair or none: all are parsed and the new config is
     validated as a whole before it is installed and the apply hooks run."""
     changes: dict[str, Any] = {}

@@ -1,13 +1,13 @@
 """One client connection: its state and the asyncio protocol that serves it.
 
-Flow: bytes arrive -> :class:`~shaledb.server.protocol.RequestReader` cuts them into
+Flow: bytes arrive -> :class:`~shaledb.server.net.protocol.RequestReader` cuts them into
 requests -> they run in order (pipelining) on the event loop, the write commands among them
 buffered in the transaction shared by every client of this loop turn
-(:class:`~shaledb.server.dispatch.TurnCommit`) -> the replies are parked until the end of
+(:class:`~shaledb.server.exec.dispatch.TurnCommit`) -> the replies are parked until the end of
 the turn, when those writes are committed -> the replies go out, one ``write`` per batch of
 up to OUTPUT_BATCH bytes. With ``appendfsync always`` the
 replies of a batch that wrote are held until an fsync covering those writes is done
-(:mod:`shaledb.server.durability`); later replies queue behind them, so a client always sees
+(:mod:`shaledb.server.exec.durability`); later replies queue behind them, so a client always sees
 its replies in order.
 
 Bounds: the reader limits the buffered request bytes; the requests of one read run until
@@ -19,16 +19,16 @@ requests and reading until they drain. So a pipelining client cannot make the se
 without limit. One reply can still ask for a lot (KEYS, MGET of many big values): every
 reply is charged to ``client_output_buffer_limit`` as it is produced (``output_budget``,
 set before each command; MGET, KRANGE, KEYS, SCAN and EXEC build theirs with an
-:class:`~shaledb.server.protocol.ArrayBuilder` and stop the moment it passes), and a client
+:class:`~shaledb.server.net.protocol.ArrayBuilder` and stop the moment it passes), and a client
 past the limit is disconnected at once, its pending output dropped, as Redis does at its
 hard limit. With command rate limits, a client without
 a token stops being run and read until one is due (no error). A handler may return a
-:class:`~shaledb.server.deferred.Deferred` reply (SAVE): the client's later requests wait
+:class:`~shaledb.server.exec.deferred.Deferred` reply (SAVE): the client's later requests wait
 for it, other clients do not. A malformed request gets ``-ERR Protocol error: ...`` after
 the replies to the requests before it, and the connection is closed. Shutdown answers every
 request already read before closing (:meth:`ClientConnection.close_when_sent`). Until a
 client has authenticated, each request may have at most 10 arguments of at most 16 KiB
-each, as in Redis (:data:`~shaledb.server.security.UNAUTHENTICATED_LIMITS`): the reader
+each, as in Redis (:data:`~shaledb.server.net.security.UNAUTHENTICATED_LIMITS`): the reader
 checks them at every header, so a whole request that came in one read is refused as surely
 as one still arriving.
 """
@@ -39,21 +39,22 @@ import asyncio
 import collections
 import logging
 import ssl
-import sys
 import time
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
-from .deferred import CLOSE, Deferred
-from .dispatch import WriteGroup
-from .errors import CommandError, ProtocolError
-from .logs import CLIENT_LOG, printable
+from ..admin.logs import CLIENT_LOG, printable
+from ..errors import CommandError, ProtocolError
+from ..exec.client import NO_LIMIT, ClientState
+from ..exec.context import Services
+from ..exec.deferred import CLOSE, Deferred
+from ..exec.dispatch import WriteGroup
 from .protocol import SPLIT_BULK, Encoded, RequestReader, encode
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
-    from .acl import User
-    from .server import Server
+    from ..exec.dispatch import Dispatcher, TurnCommit
+    from ..exec.durability import SyncGroup
 
 log = logging.getLogger("shaledb.server")
 
@@ -66,8 +67,6 @@ OUTPUT_BATCH: Final = 256 * 1024
 #: (each SCAN may take 50 ms) goes on after the turn's replies are sent, and the other
 #: clients are served in between.
 RUN_SLICE: Final = 0.05
-#: The output budget of a client when client_output_buffer_limit is 0 (no limit).
-NO_LIMIT: Final = sys.maxsize
 #: Pause reasons that stop running requests (the others only stop reading).
 _BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred"))
 
@@ -140,63 +139,31 @@ def reply_size(reply: Any) -> int:
     return 16
 
 
-class ClientState:
-    """Everything the server knows about one client: selected database, protocol version,
-    authentication, MULTI queue, watched keys, name."""
+class ConnectionHost(Services, Protocol):
+    """The server as its connections see it: the services plus the accept-time checks, the
+    event loop, the turn's shared transaction and the dispatcher (satisfied by
+    :class:`shaledb.server.server.Server`; a Protocol so that this module need not import
+    the server, which imports it)."""
 
-    __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
-                 "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
-                 "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "ever_authenticated", "output_budget", "exec_started", "__weakref__")
+    connections: dict[int, ClientConnection]
+    accepting: bool
+    #: True while a connection runs commands (guards against running two at once).
+    executing: bool
+    sync_group: SyncGroup | None
+    dispatcher: Dispatcher
 
-    def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
-                 host: str | None = None) -> None:
-        self.id = client_id
-        #: "ip:port" for display; ``host`` is the IP alone (None for a Unix socket).
-        self.addr = addr
-        self.host = host
-        self.name = b""
-        self.db = 0
-        self.resp = 2
-        #: The ACL user whose permissions apply; commands need ``authenticated`` too.
-        self.user = user
-        self.authenticated = authenticated
-        #: Authenticated at some point: auth-timeout no longer applies (RESET logs out a
-        #: client that has shown its password; it is not a silent connection).
-        self.ever_authenticated = authenticated
-        #: Queued requests between MULTI and EXEC; None outside MULTI.
-        self.multi: list[list[bytes]] | None = None
-        self.multi_bytes = 0
-        #: A command failed to queue: EXEC answers EXECABORT.
-        self.multi_error = False
-        self.watched: dict[tuple[int, bytes], int] = {}
-        self.dirty_cas = False
-        self.close_after_reply = False
-        self.lib: dict[str, bytes] = {}
-        self.created = time.monotonic()
-        self.last_active = self.created
-        #: Local "ip:port" and socket file descriptor (CLIENT LIST).
-        self.laddr = ""
-        self.fd = -1
-        #: The last command run, as CLIENT LIST shows it (``client|list``).
-        self.cmd = "NULL"
-        #: A reply passed client_output_buffer_limit while being built: disconnect.
-        self.output_overflow = False
-        #: Reply bytes the running command may still produce before the client passes
-        #: client_output_buffer_limit (set by the connection before each command).
-        self.output_budget = NO_LIMIT
-        #: perf_counter() when the running EXEC started (None outside EXEC): the SCANs it
-        #: queued share one time budget, counted from there.
-        self.exec_started: float | None = None
-
-    def __repr__(self) -> str:
-        return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def turn(self) -> TurnCommit: ...
+    def new_client_id(self) -> int: ...
+    def refuses_peer(self, host: str | None) -> bool: ...
 
 
 class ClientConnection(asyncio.Protocol):
     """The asyncio protocol of one client connection."""
 
-    def __init__(self, server: Server, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, server: ConnectionHost, tls: ssl.SSLContext | None = None) -> None:
         self.server = server
         #: The raw TCP transport until a TLS handshake is done, then the TLS one.
         self.transport: asyncio.Transport | None = None

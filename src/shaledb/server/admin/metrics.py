@@ -2,8 +2,8 @@
 
 :func:`exposition` renders the Prometheus text format (version 0.0.4): a ``# HELP`` and a
 ``# TYPE`` line per metric family, then its samples. Counters end in ``_total``; the command
-latency histogram reuses the buckets of :mod:`shaledb.server.stats`, every second bound (powers
-of two microseconds, 28 buckets) to keep the page small -- cumulative counts at a subset of
+latency histogram reuses the buckets of :mod:`shaledb.server.admin.stats`, every second bound
+(powers of two microseconds, 28 buckets) to keep the page small -- cumulative counts at a subset of
 the bounds are still exact. Engine metrics come from one ``db.stats()`` call per scrape.
 
 :func:`health` is what ``GET /health`` answers: 200 while the engine accepts writes, 503 once
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import shaledb
 
+from ..keyspace.scrub import RESULTS, ScrubStatus
 from .info import REDIS_VERSION, rss_bytes
-from .scrub import RESULTS, ScrubStatus
 from .stats import BUCKET_BOUNDS_NS
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..exec.context import Services
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Indexes into BUCKET_BOUNDS_NS exported as ``le`` buckets (1, 2, 4, ... us).
@@ -69,7 +69,7 @@ class _Page:
         return "\n".join(self.lines) + "\n"
 
 
-def _command_families(page: _Page, server: Server) -> None:
+def _command_families(page: _Page, server: Services) -> None:
     commands = sorted(server.command_stats.commands.items())
     page.family("shaledb_commands_total", "counter", "Commands run, by command.",
                 [("", {"cmd": n}, c.calls) for n, c in commands])
@@ -193,7 +193,7 @@ def _scrub_families(page: _Page, scrub: ScrubStatus) -> None:
                 last.bytes if last is not None else 0)
 
 
-def exposition(server: Server) -> str:
+def exposition(server: Services) -> str:
     """The Prometheus text page of ``server``."""
     page = _Page()
     st = server.stats
@@ -236,7 +236,7 @@ def exposition(server: Server) -> str:
     return page.text()
 
 
-def health(server: Server) -> tuple[int, bytes]:
+def health(server: Services) -> tuple[int, bytes]:
     """``(HTTP status, JSON body)`` of ``GET /health``."""
     body: dict[str, Any] = {"status": "ok", "uptime_seconds": round(server.uptime, 3),
                             "role": "master", "version": shaledb.__version__}

@@ -13,12 +13,24 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .security import UNKNOWN_PEER
 
-if TYPE_CHECKING:
-    from .connection import ClientState
+
+class _Named(Protocol):
+    @property
+    def name(self) -> bytes: ...
+
+
+class LimitedClient(Protocol):
+    """What the limits read of a client: its IP and its user's name (a Protocol: the client
+    state lives above this module)."""
+
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def user(self) -> _Named: ...
 
 
 class TokenBuckets:
@@ -94,7 +106,7 @@ class CommandRateLimits:
         """Whether any limit is set (the connection skips the check otherwise)."""
         return self.ip is not None or bool(self._users)
 
-    def wait(self, client: ClientState) -> float:
+    def wait(self, client: LimitedClient) -> float:
         """Take a token for one command of ``client`` from every bucket that applies: 0.0
         when it may run now, else the seconds to wait before trying again. A token taken
         from the IP bucket is given back when the user bucket refuses, so a wait costs

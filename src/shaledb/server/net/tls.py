@@ -15,8 +15,8 @@ from __future__ import annotations
 import ssl
 from typing import Final
 
-from ..errors import InvalidArgument
-from .config import ServerConfig
+from ...errors import InvalidArgument
+from ..admin.config import ServerConfig
 
 _VERIFY: Final = {"yes": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "no": ssl.CERT_NONE}
 

@@ -37,12 +37,30 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from ..engine.verify import Problem, Severity, VerifyReport, VerifyStopped
+import shaledb
 
-if TYPE_CHECKING:
-    from .server import Server
+from ...engine.verify import Problem, Severity, VerifyReport, VerifyStopped
+
+
+class ScrubSettings(Protocol):
+    """The settings a scrub reads, live (CONFIG SET changes them)."""
+
+    @property
+    def scrub_interval(self) -> float: ...
+    @property
+    def scrub_rate(self) -> int: ...
+
+
+class ScrubHost(Protocol):
+    """What the scrub uses of the server: its database and current settings (a Protocol:
+    the keyspace layer does not import the server or its configuration)."""
+
+    @property
+    def db(self) -> shaledb.DB: ...
+    @property
+    def config(self) -> ScrubSettings: ...
 
 log = logging.getLogger("shaledb.server.scrub")
 
@@ -185,7 +203,7 @@ class ScrubStatus:
 class Scrubber:
     """The scrub thread of one server and what its passes found."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ScrubHost) -> None:
         self._server = server
         self._lock = threading.Lock()
         #: Set to make the thread look at its state again (a request, a new interval, stop).

@@ -2,7 +2,7 @@
 nothing references any more.
 
 FLUSHDB and FLUSHALL do not delete keys: they point the logical database at a free physical
-id (:mod:`shaledb.server.dbmap`) and hand the old id to the :class:`Purger`, which deletes
+id (:mod:`shaledb.server.keyspace.dbmap`) and hand the old id to the :class:`Purger`, which deletes
 its entries in batches of at most ``PURGE_CHUNK`` keys, one batch per step of
 :func:`run_purger` on the event loop, so no client waits long behind it. A purged id becomes
 free again (reused oldest-first, which gives compaction time to drop its tombstones). A
@@ -37,11 +37,12 @@ import asyncio
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable, Iterator
+from typing import Final, Protocol
 
 import shaledb
 
-from ..errors import ShaleError
+from ...errors import ShaleError
 from .dbmap import GARBAGE_PREFIX, PHYSICAL_DATABASES, count_key
 from .values import (
     GARBAGE_LIST_MAX,
@@ -54,8 +55,25 @@ from .values import (
     garbage_key,
 )
 
-if TYPE_CHECKING:
-    from .keyspace import Keyspace
+
+class PurgedKeyspace(Protocol):
+    """What the purger uses of the keyspace (:class:`~.keyspace.Keyspace`). A Protocol:
+    the keyspace owns its purger, so naming the class here would be an import cycle."""
+
+    db: shaledb.DB
+    map: list[int]
+    counts: dict[int, tuple[int, int]]
+    garbage_ids: collections.deque[int]
+    garbage_unlisted: bool
+
+    @property
+    def purger(self) -> Purger: ...
+    @property
+    def garbage_pending(self) -> bool: ...
+    def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
+                  ) -> Iterator[tuple[bytes, bytes]]: ...
+    def physical_empty(self, phys: int) -> bool: ...
+    def write(self, batch: shaledb.WriteBatch, *, garbage: Iterable[int] = ()) -> None: ...
 
 log = logging.getLogger("shaledb.server")
 
@@ -70,7 +88,7 @@ PURGE_IDLE_SECONDS: Final = 0.05
 class Purger:
     """Free and queued physical ids of one keyspace, and the purge in progress."""
 
-    def __init__(self, keyspace: Keyspace) -> None:
+    def __init__(self, keyspace: PurgedKeyspace) -> None:
         self._ks = keyspace
         mapped = set(keyspace.map)
         #: Ids known to hold no entry, oldest-purged first.
@@ -182,7 +200,7 @@ class Purger:
         return ks.garbage_pending
 
 
-async def run_purger(keyspace: Keyspace) -> None:
+async def run_purger(keyspace: PurgedKeyspace) -> None:
     """Purge queued ids, then garbage chunk sets, step by step on the event loop until
     cancelled, pausing after each step so the purger takes a bounded share of the loop."""
     purger = keyspace.purger

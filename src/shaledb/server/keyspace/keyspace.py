@@ -3,7 +3,7 @@
 Mapping (documented byte by byte in docs/format.md, "Server keyspace", version 3):
 
 - engine key = one byte, the *physical* database id (0x00-0xEF) that the logical database
-  (SELECT 0-15) currently maps to (:mod:`shaledb.server.dbmap`), followed by the Redis key.
+  (SELECT 0-15) currently maps to (:mod:`shaledb.server.keyspace.dbmap`), followed by the Redis key.
   Callers speak logical numbers only; this module translates;
 - engine value = one tag byte, then, when the tag's bit 7 is set, the absolute expiry as an
   8-byte big-endian count of milliseconds since the epoch, then: for an *inline* string (tag
@@ -19,13 +19,13 @@ only the last, partial chunk and adds new ones, SETRANGE only the chunks it touc
 GETRANGE reads only the chunks it needs. Each chunk set belongs to exactly one header:
 RENAME and MOVE keep the id, COPY copies the chunks to a new one. A header that is
 overwritten, deleted, expired or purged leaves a *garbage* record (``0xF1`` + id -> number
-of chunks) in the same write batch, and the purger (:mod:`shaledb.server.purge`) deletes
+of chunks) in the same write batch, and the purger (:mod:`shaledb.server.keyspace.purge`) deletes
 those chunks in bounded steps, so nothing leaks, also across a crash.
 
 The server judges expiry itself, from the header, on every read and walk; the engine is
 *not* given the expiry. An entry the engine dropped by itself at compaction would leak a
 chunked string's chunks and make the key counts wrong; instead the active-expiry sweeper
-deletes expired keys (:mod:`shaledb.server.expiry`), with their garbage record.
+deletes expired keys (:mod:`shaledb.server.keyspace.expiry`), with their garbage record.
 
 Key counts: each physical id has a count record (keys present, and how many have an
 expiry) under the metadata prefix, updated in the same write batch as the writes that change
@@ -63,9 +63,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import shaledb
-from shaledb.errors import CorruptionError, IncompatibleFormatError
-from shaledb.options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE
 
+from ...errors import CorruptionError, IncompatibleFormatError
+from ...options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE
+from ..errors import CommandError
 from .dbmap import (
     CHUNK_PREFIX,
     GARBAGE_PREFIX,
@@ -79,7 +80,6 @@ from .dbmap import (
     encode_map,
     map_version,
 )
-from .errors import CommandError
 from .expiry import ActiveExpiry
 from .purge import Purger
 from .values import (

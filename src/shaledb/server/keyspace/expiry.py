@@ -1,7 +1,7 @@
 """Active expiry: a background sweeper that deletes expired keys.
 
 The server judges expiry itself (the engine is not told, see
-:mod:`shaledb.server.keyspace`): reads hide an expired key, and this sweeper deletes it.
+:mod:`shaledb.server.keyspace.keyspace`): reads hide an expired key, and this sweeper deletes it.
 Like Redis' active expire cycle, :func:`run_active_expire` runs ``hz`` times a second on the
 event loop; each tick (:meth:`ActiveExpiry.step`) continues a scan of the mapped physical
 databases from a cursor that goes round the whole keyspace, reads at most ``keys_per_tick``
@@ -38,15 +38,34 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Protocol
 
 import shaledb
 
-from ..errors import ShaleError
+from ...errors import ShaleError
 from .values import chunk_count, chunk_ref_of, encode_garbage, expiry_of, garbage_key, now_ms
 
-if TYPE_CHECKING:
-    from .keyspace import Keyspace
+
+class SweptKeyspace(Protocol):
+    """What the sweeper uses of the keyspace (:class:`~.keyspace.Keyspace`). A Protocol:
+    the keyspace owns its sweeper, so naming the class here would be an import cycle."""
+
+    map: list[int]
+    lazy_expired: set[bytes]
+    expiring_writes: int
+    expired_keys: int
+    #: Commits the writes buffered in the current turn (see the module docstring).
+    settle: Callable[[], None]
+
+    @property
+    def sweeper(self) -> ActiveExpiry: ...
+    def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
+                  ) -> Iterator[tuple[bytes, bytes]]: ...
+    def write(self, batch: shaledb.WriteBatch, deltas: dict[int, list[int]] | None = None, *,
+              garbage: Iterable[int] = ()) -> None: ...
+    def forget_expired(self, ek: bytes) -> None: ...
+    def expiring_keys(self) -> int: ...
 
 log = logging.getLogger("shaledb.server")
 
@@ -67,7 +86,7 @@ def tick_budget(hz: int, effort: int) -> tuple[int, float]:
 class ActiveExpiry:
     """The sweeper's cursor and what its passes met."""
 
-    def __init__(self, keyspace: Keyspace) -> None:
+    def __init__(self, keyspace: SweptKeyspace) -> None:
         self._ks = keyspace
         #: Engine key the scan continues after (b"": the start of a pass). When its first
         #: byte names no mapped id, the scan continues at the next mapped id.
@@ -171,7 +190,7 @@ class ActiveExpiry:
         self._quiet_mark = self._pass_mark
 
 
-async def run_active_expire(keyspace: Keyspace, hz: int, effort: int) -> None:
+async def run_active_expire(keyspace: SweptKeyspace, hz: int, effort: int) -> None:
     """Run a sweeper tick ``hz`` times a second until cancelled."""
     max_keys, budget = tick_budget(hz, effort)
     idle_budget = budget / IDLE_DIVISOR

@@ -31,16 +31,36 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .errors import CommandError, NoPermissionError
-from .glob import PatternError, compile_glob
-from .ratelimit import TokenBuckets
+from ..errors import CommandError, NoPermissionError
+from ..glob import PatternError, compile_glob
+from ..net.ratelimit import TokenBuckets
 
 if TYPE_CHECKING:
-    from .commands import Command
-    from .connection import ClientState
+    from ..exec.command import CommandSpec
+
+
+class AclClient(Protocol):
+    """What the ACL reads of a client (its user; the CLIENT LIST fields of a log entry):
+    a Protocol, so that the client state (:mod:`shaledb.server.exec.client`), which names
+    :class:`User`, is not imported back."""
+
+    @property
+    def user(self) -> User: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def addr(self) -> str: ...
+    @property
+    def created(self) -> float: ...
+    @property
+    def last_active(self) -> float: ...
+    @property
+    def db(self) -> int: ...
+    @property
+    def resp(self) -> int: ...
 
 #: Redis 7's command categories; ``ACL CAT`` lists them all, even those without commands
 #: here yet, so rules written for Redis parse unchanged.
@@ -76,7 +96,7 @@ def _check_token(token: bytes, what: str) -> None:
 class CommandIndex:
     """The units and categories of a command table, for building permission sets."""
 
-    def __init__(self, table: dict[bytes, Command]) -> None:
+    def __init__(self, table: Mapping[bytes, CommandSpec]) -> None:
         self.by_category: dict[str, set[str]] = {c: set() for c in CATEGORIES}
         self.by_command: dict[str, set[str]] = {}
         self.units: set[str] = set()
@@ -93,7 +113,7 @@ class CommandIndex:
             self.units |= units
 
     @staticmethod
-    def unit(cmd: Command, argv: list[bytes]) -> str:
+    def unit(cmd: CommandSpec, argv: list[bytes]) -> str:
         """The unit ``argv`` runs: ``name|sub`` for a known subcommand, else the name."""
         if cmd.subcommands and len(argv) > 1:
             sub = argv[1].lower().decode("latin-1")
@@ -320,7 +340,7 @@ class AuthRateLimiter(TokenBuckets):
 class Acl:
     """The users of one server, its ACL log and its failed-AUTH limiter."""
 
-    def __init__(self, table: dict[bytes, Command], *, password_digest: bytes | None,
+    def __init__(self, table: Mapping[bytes, CommandSpec], *, password_digest: bytes | None,
                  log_max_len: int, auth_limiter: AuthRateLimiter,
                  clock: Callable[[], float] = time.time) -> None:
         self.index = CommandIndex(table)
@@ -445,7 +465,7 @@ class Acl:
             return None
         return user if user.check_password(digest) else None
 
-    def check(self, client: ClientState, cmd: Command, argv: list[bytes],
+    def check(self, client: AclClient, cmd: CommandSpec, argv: list[bytes],
               context: str) -> NoPermissionError | None:
         """The NOPERM error (logged) when the client's user may not run ``argv``."""
         user = client.user
@@ -469,7 +489,7 @@ class Acl:
         return None
 
     def record(self, reason: str, context: str, obj: bytes, username: bytes,
-               client: ClientState) -> None:
+               client: AclClient) -> None:
         """Add a denial to the ACL log, or count it on a recent entry of the same kind."""
         now = self._clock()
         obj = obj[:LOG_FIELD_MAX]
@@ -492,7 +512,7 @@ class Acl:
         return [e.reply(now) for e in list(self.log)[:count]]
 
 
-def client_info(client: ClientState) -> bytes:
+def client_info(client: AclClient) -> bytes:
     """The ``client-info`` of an ACL log entry (``CLIENT LIST`` fields; no free text)."""
     now = time.monotonic()
     return (f"id={client.id} addr={client.addr} age={int(now - client.created)} "
@@ -505,6 +525,7 @@ __all__ = [
     "DEFAULT_USER",
     "LOG_FIELD_MAX",
     "Acl",
+    "AclClient",
     "AclRuleError",
     "AuthRateLimiter",
     "CommandIndex",
