@@ -102,6 +102,7 @@ def take_backup(engine: Engine, repo: Repository, *, progress: ProgressFn | None
             store(SourceFile(os.path.basename(path), path, size), size)
 
         now = dt.datetime.now(dt.UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored: ms
         src = engine.backup_source(copy_manifest)
         try:
             prog.total = (sum(t.size for t in src.tables) + sum(w.size for w in src.wal)
@@ -131,8 +132,8 @@ def take_backup(engine: Engine, repo: Repository, *, progress: ProgressFn | None
         return info
 
 
-def backup_db(db: DB, repo: str | Repository, *, progress: ProgressFn | None = None
-              ) -> BackupInfo:
+def backup_db(db: DB, repo: str | os.PathLike[str] | Repository, *,
+              progress: ProgressFn | None = None) -> BackupInfo:
     """``db.backup(repo)``: see :meth:`shaledb.DB.backup`."""
     engine = db._engine  # noqa: SLF001 - the public DB object's own engine
     r = open_repository(repo, fs=engine.fs)
@@ -190,10 +191,10 @@ def _choose(repo: Repository, backup_id: str | None, until_seq: int | None,
     return max(found, key=lambda b: (b.sequence, b.created_ms))
 
 
-def restore(repo: str | Repository, dest: str, *, backup_id: str | None = None,
-            until: dt.datetime | int | None = None, encryption_key: bytes | None = None,
-            encryption_key_file: str | None = None, fs: FileSystem | None = None,
-            progress: ProgressFn | None = None) -> RestoreInfo:
+def restore(repo: str | os.PathLike[str] | Repository, dest: str | os.PathLike[str], *,
+            backup_id: str | None = None, until: dt.datetime | int | None = None,
+            encryption_key: bytes | None = None, encryption_key_file: str | None = None,
+            fs: FileSystem | None = None, progress: ProgressFn | None = None) -> RestoreInfo:
     """Restore a backup into ``dest`` (which must not exist, or be an empty directory).
 
     ``backup_id=None`` takes the latest backup; ``until`` (an aware datetime, or a sequence
@@ -206,7 +207,7 @@ def restore(repo: str | Repository, dest: str, *, backup_id: str | None = None,
     r = open_repository(repo, fs=fs, create=False)
     until_seq, until_ms = _until(until)
     b = _choose(r, backup_id, until_seq, until_ms)
-    dest = vfs.absolute(dest)
+    dest = vfs.absolute(os.fspath(dest))
     if fs.exists(dest):
         if not fs.is_dir(dest) or fs.listdir(dest):
             raise InvalidArgument(f"restore destination {dest!r} exists and is not an empty "

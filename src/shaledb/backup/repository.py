@@ -31,6 +31,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -524,12 +525,12 @@ class _Locked:
         self._lock.release()
 
 
-def open_repository(repo: str | Repository, *, fs: FileSystem | None = None,
-                    create: bool = True) -> Repository:
+def open_repository(repo: str | os.PathLike[str] | Repository, *,
+                    fs: FileSystem | None = None, create: bool = True) -> Repository:
     """``repo`` as a :class:`Repository` (a path is opened, created when ``create``)."""
     if isinstance(repo, Repository):
         return repo
-    if not isinstance(repo, str):
+    if not isinstance(repo, (str, os.PathLike)):
         raise TypeError(f"a backup repository is a path or a Repository, not "
                         f"{type(repo).__name__}")
     return Repository(vfs.absolute(repo), fs=fs, create=create)

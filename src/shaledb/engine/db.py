@@ -1931,6 +1931,15 @@ class Engine:
                 "read_only": self.options.read_only or self._bg_error is not None,
                 "encrypted": self.encrypted,
                 "recovery_seconds": round(self.recovery_seconds, 6),
+                # WAL segments copied to the wal_archive repository; segments waiting (kept
+                # on disk until archived) and the last failure (None once one succeeds).
+                "wal_archive": {
+                    "enabled": self._archive is not None,
+                    "archived": self.counters["wal_segments_archived"],
+                    "waiting": len(self._archive_due),
+                    "errors": self.counters["wal_archive_errors"],
+                    "last_error": self._archive_error,
+                },
                 "wal_recovery": {**self._recovery, "cut": [
                     {k: v for k, v in c.items() if not k.startswith("_")}
                     for c in self._recovery["cut"]]},
