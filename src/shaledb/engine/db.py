@@ -12,11 +12,15 @@ of one you hold):
   creation of WAL segments at a memtable switch (the leader lets go of it for those;
   ``_locked_switch_memtable``). ``stats()`` and ``_delete_obsolete_files`` only list.
 - Exactly one thread, the leader of the writer queue, appends to the WAL and inserts into the
-  memtable, outside ``_mutex``; readers never wait for it.
+  memtable, outside ``_mutex``; readers never wait for it. An online backup's cut
+  (``_wal_cut``) leads the queue for a moment without writing (takes ``_mutex`` as a writer
+  does, after ``backup_source`` let go of ``_manifest_lock``), so no record is half written
+  when it reads the WAL's size.
 - Helpers named ``_locked_*`` expect ``_mutex`` held and never take it again.
-- Background threads (flusher, compactor, syncer) do their I/O without ``_mutex`` and take it
-  only to install results. Any I/O error on the write path is recorded once as the
-  background error: the database then refuses writes (ReadOnlyError) until reopened.
+- Background threads (flusher, compactor, syncer, WAL archiver) do their I/O without
+  ``_mutex`` and take it only to install results. Any I/O error on the write path is
+  recorded once as the background error: the database then refuses writes (ReadOnlyError)
+  until reopened.
 - Except running out of file descriptors (EMFILE/ENFILE: DescriptorsExhaustedError), which
   only ever happens while opening or mapping a file, before anything is written: a new WAL
   segment, a table, the map of a growing WAL segment (taken before the record is copied,
