@@ -120,6 +120,7 @@ def test_point_in_time_restore_between_two_write_phases(tmp_path) -> None:
         db.put(b"p2-%05d" % i, b"2" * 60)
     db.put(b"p1-00000", b"changed")
     final = _scan(db)
+    later = db.backup(repo)  # newer than the moment: never the base of that restore
     assert db.stats()["wal_archive"]["archived"] > 0
     db.close()
     by_time = shaledb.restore(repo, str(tmp_path / "t"), until=moment)
@@ -127,6 +128,7 @@ def test_point_in_time_restore_between_two_write_phases(tmp_path) -> None:
     latest = shaledb.restore(repo, str(tmp_path / "n"), until=dt.datetime.now(dt.UTC))
     assert by_time.reached_until and by_seq.reached_until and by_seq.sequence == seq1
     assert by_time.sequence == seq1 and by_time.replayed > 0
+    assert by_time.backup_id != later.id and latest.backup_id == later.id
     for r, want in ((by_time, phase1), (by_seq, phase1), (latest, final)):
         with shaledb.open(r.path) as rdb:
             assert _scan(rdb) == want

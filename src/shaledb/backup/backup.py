@@ -101,9 +101,11 @@ def take_backup(engine: Engine, repo: Repository, *, progress: ProgressFn | None
         def copy_manifest(path: str, size: int) -> None:
             store(SourceFile(os.path.basename(path), path, size), size)
 
+        src = engine.backup_source(copy_manifest)
+        # After the cut: every record in the backup was committed before this time (a
+        # point-in-time restore picks a backup by it), a record after it is in none.
         now = dt.datetime.now(dt.UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored: ms
-        src = engine.backup_source(copy_manifest)
         try:
             prog.total = (sum(t.size for t in src.tables) + sum(w.size for w in src.wal)
                           + prog.done)
@@ -169,12 +171,18 @@ def _until(until: dt.datetime | int | None) -> tuple[int | None, int | None]:
                           f"got {until!r}")
 
 
+def _newest_ms(b: BackupInfo) -> int:
+    """The commit time of the newest write in ``b`` (its records' own clock), or, when it
+    holds no timed record, the time it was taken."""
+    return b.last_commit_ms if b.last_commit_ms is not None else b.created_ms
+
+
 def _choose(repo: Repository, backup_id: str | None, until_seq: int | None,
             until_ms: int | None) -> BackupInfo:
     if backup_id is not None:
         b = repo.backup(backup_id)
         if (until_seq is not None and b.sequence > until_seq) or (
-                until_ms is not None and b.created_ms > until_ms):
+                until_ms is not None and _newest_ms(b) > until_ms):
             raise InvalidArgument(f"backup {backup_id} is newer than until: restore an "
                                   f"older one, or leave out --backup")
         return b
@@ -182,7 +190,7 @@ def _choose(repo: Repository, backup_id: str | None, until_seq: int | None,
     if until_seq is not None:
         found = [b for b in found if b.sequence <= until_seq]
     if until_ms is not None:
-        found = [b for b in found if b.created_ms <= until_ms]
+        found = [b for b in found if _newest_ms(b) <= until_ms]
     if not found:
         raise InvalidArgument(
             f"backup repository {repo.location!r} holds no backup "

@@ -918,7 +918,8 @@ class Engine:
                 error = self._locked_fail(error, "write")
             if error is None:
                 self._last_seq = last
-                self._last_commit_ms = commit_ms
+                if wal_bytes:
+                    self._last_commit_ms = commit_ms
                 self._writes += len(group)
                 self._wal_records += 1
                 self._wal_bytes_written += wal_bytes
