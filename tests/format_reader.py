@@ -73,8 +73,8 @@ def read_current(raw: bytes) -> tuple[str, bool]:
 
 
 def read_options(raw: bytes) -> dict[str, Any]:
-    """The OPTIONS object; for formats 3 to 5 its last line is ``crc32c`` and the CRC32C of
-    every byte before that line."""
+    """The OPTIONS object; for formats 3 to 7 its last line is ``crc32c`` and the CRC32C of
+    every byte before that line. Formats 5 and 7 are the encrypted ones."""
     body = raw
     crc_line = None
     cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
@@ -89,15 +89,15 @@ def read_options(raw: bytes) -> dict[str, Any]:
     if not isinstance(info, dict) or not isinstance(info.get("format_version"), int):
         raise FormatError("OPTIONS has no format_version")
     version = info["format_version"]
-    if version > 5:
+    if version > 7:
         raise NewerFormatError(f"OPTIONS format_version {version}")
-    if version == 5:
+    if version in (5, 7):
         if info.get("encryption") != {"cipher": "AES-256-GCM", "keyring": "KEYRING"}:
-            raise FormatError("OPTIONS of format 5 without its encryption object")
+            raise FormatError(f"OPTIONS of format {version} without its encryption object")
         if (info.get("table_format_version"), info.get("log_format_version"),
                 info.get("log_format_2_from"), info.get("wal_async_seal_from")) != (3, 3, 0, 0):
-            raise FormatError("OPTIONS of format 5 with other part versions and starts than "
-                              "3, 3, 0, 0")
+            raise FormatError(f"OPTIONS of format {version} with other part versions and "
+                              "starts than 3, 3, 0, 0")
     elif "encryption" in info:
         raise FormatError(f"OPTIONS of format {version} with an encryption object")
     if version >= 3:
@@ -347,15 +347,26 @@ class Op:
     key: bytes
     expire_at_ms: int
     value: bytes
+    #: The record's commit time (ms), formats 6 and 7; None in older records.
+    commit_ms: int | None = None
 
 
 def decode_wal_payload(payload: bytes) -> list[Op]:
-    """The operations of one WAL record, with their sequence numbers."""
+    """The operations of one WAL record, with their sequence numbers (and the record's
+    commit time when bit 31 of the count says one follows it)."""
     if len(payload) < 12:
         raise FormatError("WAL payload shorter than its 12-byte head")
     first, count = struct.unpack_from("<QI", payload, 0)
+    start = 12
+    commit_ms = None
+    if count & 0x80000000:
+        if len(payload) < 20:
+            raise FormatError("WAL payload shorter than its head with a commit time")
+        count &= 0x7FFFFFFF
+        (commit_ms,) = struct.unpack_from("<Q", payload, 12)
+        start = 20
     try:
-        items = msgpack.unpackb(payload[12:], raw=True, use_list=True)
+        items = msgpack.unpackb(payload[start:], raw=True, use_list=True)
     except (ValueError, msgpack.UnpackException) as exc:
         raise FormatError(f"WAL payload msgpack: {exc}") from exc
     if not isinstance(items, list) or len(items) != 4 * count:
@@ -368,7 +379,7 @@ def decode_wal_payload(payload: bytes) -> list[Op]:
             raise FormatError(f"WAL payload: malformed operation {i}")
         if kind == 0 and (value or exp):
             raise FormatError("WAL payload: a DELETE with a value or an expiry")
-        ops.append(Op(first + i, kind, key, exp, value))
+        ops.append(Op(first + i, kind, key, exp, value, commit_ms))
     return ops
 
 
@@ -799,7 +810,7 @@ class Database:
 
 def read_database(path: str, master: bytes | None = None) -> Database:
     """Read every file of a (closed, or copied) database directory; an encrypted one (format
-    5) with its master key."""
+    5 or 7) with its master key."""
 
     def read(name: str) -> bytes:
         with open(os.path.join(path, name), "rb") as f:
@@ -809,7 +820,7 @@ def read_database(path: str, master: bytes | None = None) -> Database:
     current, checksummed = read_current(read("CURRENT"))
     options = read_options(read("OPTIONS"))
     keys = None
-    if options["format_version"] == 5:
+    if options["format_version"] in (5, 7):
         if master is None:
             raise FormatError("an encrypted database: the reader needs the master key")
         keys = read_keyring(read("KEYRING"), master)

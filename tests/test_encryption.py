@@ -678,7 +678,7 @@ def test_encrypt_and_decrypt_copy_every_key_with_its_expiry(tmp_path) -> None:
     copied = shaledb.encrypt(str(plain), str(tmp_path / "enc"), key_file=kf,
                              clock=lambda: now[0])
     assert copied == 3000 - len(range(0, 3000, 7))
-    assert fr.read_options((tmp_path / "enc" / "OPTIONS").read_bytes())["format_version"] == 5
+    assert fr.read_options((tmp_path / "enc" / "OPTIONS").read_bytes())["format_version"] == 7
     assert not _plaintext_hits(tmp_path / "enc", [b"ukey-", b"value "])
     with shaledb.open(plain, read_only=True, clock=lambda: now[0]) as a, \
             shaledb.open(tmp_path / "enc", encryption_key_file=kf, read_only=True,
@@ -689,7 +689,7 @@ def test_encrypt_and_decrypt_copy_every_key_with_its_expiry(tmp_path) -> None:
         shaledb.decrypt(str(plain), str(tmp_path / "x"), key=KEY)
     assert shaledb.decrypt(str(tmp_path / "enc"), str(tmp_path / "dec"), key=KEY,
                            clock=lambda: now[0]) == copied
-    assert fr.read_options((tmp_path / "dec" / "OPTIONS").read_bytes())["format_version"] == 4
+    assert fr.read_options((tmp_path / "dec" / "OPTIONS").read_bytes())["format_version"] == 6
     with shaledb.open(tmp_path / "dec", read_only=True, clock=lambda: now[0]) as c:
         assert len(list(c.range())) == copied and not c.encrypted
 

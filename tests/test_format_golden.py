@@ -2,13 +2,15 @@
 byte for byte, and the golden files of older formats still read (docs/format.md, "How the
 contract is held").
 
-tests/data/format_v4 is written by scripts/make_golden.py (fixed keys, values, clock, salts and
+tests/data/format_v6 is written by scripts/make_golden.py (fixed keys, values, clock, salts and
 table creation time); VERSIONS.json next to it records the format versions it was made with.
+tests/data/format_v4 and format_v5 were written the same way before database formats 6 and 7
+added a commit time to every WAL record (the only bytes that changed: the WAL and OPTIONS).
 tests/data/format_v3 was written the same way by the code before database format 4 (which
 changed when a WAL segment is sealed, and adds a sync mark after a memtable switch).
 tests/data/format_v2 was written by commit 884e496 (database format 2: format-2 tables,
 log format 1, one-line CURRENT, OPTIONS without a checksum); see its README.md.
-tests/data/format_v5 is format_v4's database encrypted (database format 5), written by
+tests/data/format_v7 is format_v6's database encrypted (database format 7), written by
 scripts/make_golden.py --encrypted under its fixed GOLDEN_KEY.
 """
 
@@ -264,7 +266,7 @@ def test_encrypted_golden_database_covers_the_format() -> None:
     plain golden database appears in any of them."""
     rd = fr.read_database(str(GOLDEN_ENCRYPTED), mg.GOLDEN_KEY)
     plain = fr.read_database(str(GOLDEN))
-    assert rd.options["format_version"] == ENCRYPTED_VERSIONS["database_format"] == 5
+    assert rd.options["format_version"] == ENCRYPTED_VERSIONS["database_format"] == 7
     assert rd.options["encryption"]["cipher"] == "AES-256-GCM"
     assert {t.version for t in rd.tables.values()} == {ENCRYPTED_VERSIONS["table_format"]}
     assert {log.version for log in rd.wal.values()} == {ENCRYPTED_VERSIONS["log_format"]}
@@ -308,7 +310,7 @@ def test_format_5_is_refused_by_a_format_4_shaledb_and_needs_its_encryption_obje
     from shaledb.engine import optionsfile
     from shaledb.errors import CorruptionError, IncompatibleFormatError
 
-    path = _copy(GOLDEN_ENCRYPTED, tmp_path / "db")
+    path = _copy(DATA / "format_v5", tmp_path / "db")
     with monkeypatch.context() as m:
         m.setattr(optionsfile, "MAX_DB_FORMAT_VERSION", 4)
         with pytest.raises(IncompatibleFormatError, match="format version 5"):
@@ -396,7 +398,60 @@ def test_reads_and_upgrades_a_format_v3_database(tmp_path) -> None:
         db.put(b"after the upgrade", b"new", sync=True)
     state[b"after the upgrade"] = (b"new", 0)
     options = fr.read_options(_snapshot(path)["OPTIONS"])
-    assert options["format_version"] == 4 and options["log_format_2_from"] == 0
+    assert options["format_version"] == CURRENT_VERSIONS["database_format"]
+    assert options["log_format_2_from"] == 0
     assert options["wal_async_seal_from"] > max(numbers)
     with shaledb.open(path, clock=lambda: NOW, read_only=True) as db:
         _check_content(db, state, NOW)
+
+
+# -- database formats 4 and 5 (before WAL commit times) ------------------------------------
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_reads_and_upgrades_a_format_v4_or_v5_database(tmp_path, version) -> None:
+    """The golden files of database formats 4 and 5 (no commit time in the WAL): read as they
+    are (read-only changes no byte), and a writable open makes them format 6 and 7: OPTIONS
+    says so, the old records (copied unchanged into the new segment) keep no commit time,
+    the new ones carry one, and the content is the same."""
+    encrypted = version == 5
+    key = mg.GOLDEN_KEY if encrypted else None
+    path = _copy(DATA / f"format_v{version}", tmp_path / "db")
+    state = mg.model(mg.steps())
+    before = _snapshot(path)
+    old = fr.read_database(str(path), key)
+    assert old.options["format_version"] == version
+    assert all(op.commit_ms is None for log in old.wal.values() for p in log.payloads
+               for op in fr.decode_wal_payload(p))
+    with shaledb.open(path, clock=lambda: NOW, read_only=True, encryption_key=key) as db:
+        _check_content(db, state, NOW)
+    assert _snapshot(path) == before
+    with shaledb.open(path, clock=lambda: NOW, encryption_key=key) as db:
+        _check_content(db, state, NOW)
+        db.put(b"after the upgrade", b"new", sync=True)
+    state[b"after the upgrade"] = (b"new", 0)
+    rd = fr.read_database(str(path), key)
+    assert rd.options["format_version"] == version + 2
+    ops = [op for log in rd.wal.values() for p in log.payloads for op in fr.decode_wal_payload(p)]
+    assert ops[-1].key == b"after the upgrade" and ops[-1].commit_ms == int(NOW * 1000)
+    assert all(op.commit_ms is None for op in ops[:-1])  # copied unchanged at the upgrade
+    with shaledb.open(path, clock=lambda: NOW, read_only=True, encryption_key=key) as db:
+        _check_content(db, state, NOW)
+
+
+def test_formats_6_and_7_are_refused_by_a_format_5_shaledb(tmp_path, monkeypatch) -> None:
+    """A ShaleDB that reads up to format 5 (checked once against the crypto branch's code)
+    refuses the new formats instead of reading a commit time as operations; every WAL record
+    of the current golden files carries the fixed clock as its commit time."""
+    from shaledb.engine import optionsfile
+    from shaledb.errors import IncompatibleFormatError
+
+    for golden, key in ((GOLDEN, None), (GOLDEN_ENCRYPTED, mg.GOLDEN_KEY)):
+        path = _copy(golden, tmp_path / golden.name)
+        with monkeypatch.context() as m:
+            m.setattr(optionsfile, "MAX_DB_FORMAT_VERSION", 5)
+            with pytest.raises(IncompatibleFormatError, match="format version [67]"):
+                shaledb.open(path, read_only=True, encryption_key=key)
+        rd = fr.read_database(str(path), key)
+        ops = [op for log in rd.wal.values() for p in log.payloads
+               for op in fr.decode_wal_payload(p)]
+        assert ops and {op.commit_ms for op in ops} == {int(NOW * 1000)}

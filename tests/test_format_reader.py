@@ -151,7 +151,7 @@ def test_independent_reader_reads_what_the_engine_writes(tmp_path) -> None:
     seg = rd.wal[max(rd.wal)]
     assert seg.zero_tail == 0 and seg.records[-1].type == fr.SEAL
     assert seg.records[-1].synced == seg.records[-1].offset
-    assert rd.current_checksummed and rd.options["format_version"] == 4
+    assert rd.current_checksummed and rd.options["format_version"] == 6
     assert rd.manifest_log.version == 2 and rd.manifest_log.records[-1].type == fr.SYNC
 
 
@@ -173,7 +173,7 @@ def test_independent_reader_reads_what_the_engine_writes_encrypted(tmp_path) -> 
     with shaledb.open(path, clock=lambda: NOW, read_only=True, encryption_key=KEY,
                       **OPTS) as db:
         rd = _check_against_engine(path, db, wal_ops, KEY)
-    assert rd.options["format_version"] == 5 and rd.manifest_log.version == 3
+    assert rd.options["format_version"] == 7 and rd.manifest_log.version == 3
     with pytest.raises(fr.FormatError):
         fr.read_database(str(path), bytes(32))  # another key: the reader refuses too
 

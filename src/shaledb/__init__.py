@@ -9,6 +9,7 @@ b'v'
 
 from __future__ import annotations
 
+from .backup import BackupInfo, RestoreInfo, restore
 from .db import DB, open  # noqa: A004 - shaledb.open is the documented entry point
 from .engine.batch import WriteBatch
 from .engine.rekey import KeyChange, decrypt, encrypt, reencrypt, rotate_key
@@ -34,6 +35,7 @@ from .version import __version__
 
 __all__ = [
     "DB",
+    "BackupInfo",
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
     "ClosedError",
@@ -47,6 +49,7 @@ __all__ = [
     "Options",
     "ReadOnlyError",
     "RepairReport",
+    "RestoreInfo",
     "ShaleError",
     "Snapshot",
     "StorageError",
@@ -60,6 +63,7 @@ __all__ = [
     "open",
     "reencrypt",
     "repair",
+    "restore",
     "rotate_key",
     "verify",
 ]

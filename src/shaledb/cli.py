@@ -14,6 +14,11 @@ Subcommands::
     shaledb reencrypt PATH --key-file K
     shaledb encrypt PATH DEST --key-file K
     shaledb decrypt PATH DEST --key-file K
+    shaledb backup PATH REPO [--json]
+    shaledb restore REPO DEST [--backup ID] [--until TIME|SEQ] [--json]
+    shaledb backups list REPO [--json]
+    shaledb backups verify REPO [--backup ID] [--json]
+    shaledb backups prune REPO --keep-last N [--keep-daily D] [--keep-weekly W] [--dry-run]
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
                   [--aclfile FILE] [--[no-]protected-mode] [--tls-port P --tls-cert-file F
                   --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
@@ -30,11 +35,13 @@ a key by its id.
 Keys and values given on the command line are UTF-8 text, or hexadecimal with ``--hex``.
 Keys and values are printed as text when they are printable UTF-8, else as ``0x`` + hex.
 Every :class:`~shaledb.errors.ShaleError` is reported as one line on stderr with exit code 1.
-``verify`` exits 2 when it finds damage and ``repair`` exits 2 when something was lost.
+``verify`` and ``backups verify`` exit 2 when they find damage and ``repair`` exits 2 when
+something was lost. Progress bars are drawn only when the output is a terminal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -875,6 +882,164 @@ def cli_command(host: str | None, port: int | None, config_path: str | None,
     argv, env = redis_cli_command(config, path, tls=tls, user=user, cacert=cacert,
                                   cert=cert, key=key, args=args)
     os.execve(path, argv, env)
+
+
+# -- backups -------------------------------------------------------------------------------
+
+
+def _until_arg(value: str | None) -> Any:
+    """``--until``: a sequence number (digits) or an ISO 8601 time (UTC when no zone)."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--until {value!r} is neither a sequence number nor an ISO 8601 time (e.g. "
+             f"2026-12-01T21:30:00+00:00)")
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the backup as one JSON document.")
+@_key_file_option
+def backup(path: str, repo: str, as_json: bool, key_file: str | None) -> None:
+    """Back up the database at PATH into the repository REPO (a directory, created if
+    missing). Only files the repository does not hold yet are copied. An encrypted database
+    is backed up encrypted (its key is needed to open it, never stored). For a database open
+    in a server, back it up from inside that process (db.backup).
+    """
+    with shaledb.open(path, create_if_missing=False, encryption_key_file=key_file) as db:
+        info = _run_with_progress("backup", as_json, lambda progress: db.backup(
+            repo, progress=progress))
+    if as_json:
+        click.echo(json.dumps(info.summary(), indent=2))
+    else:
+        click.echo(f"backup {info.id}: sequence {info.sequence}, {info.files} files, "
+                   f"{human_bytes(info.bytes)} ({human_bytes(info.new_bytes)} new)")
+
+
+@cli.command()
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--backup", "backup_id", default=None, help="The backup's id (default: latest).")
+@click.option("--until", default=None,
+              help="Restore the state as of this time (ISO 8601; UTC without a zone) or "
+                   "sequence number, replaying the archived WAL past the newest backup before "
+                   "it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@_key_file_option
+def restore(repo: str, dest: str, backup_id: str | None, until: str | None, as_json: bool,
+            key_file: str | None) -> None:
+    """Restore a backup from REPO into DEST (which must not exist, or be empty). Every byte
+    is checked against its SHA-256 while it is copied. A point-in-time restore (--until) of
+    an encrypted database needs its key.
+    """
+    when = _until_arg(until)
+    info = _run_with_progress("restore", as_json, lambda progress: shaledb.restore(
+        repo, dest, backup_id=backup_id, until=when, encryption_key_file=key_file,
+        progress=progress))
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(info), indent=2))
+    else:
+        tail = ""
+        if info.reached_until is not None:
+            tail = (f"; {info.replayed} operations replayed from the archived WAL"
+                    + ("" if info.reached_until else
+                       " (the archive ends before --until: this is the newest state it holds)"))
+        click.echo(f"restored backup {info.backup_id} into {info.path}: sequence "
+                   f"{info.sequence}{tail}")
+
+
+@cli.group(cls=ShaleGroup)
+def backups() -> None:
+    """List, verify and prune the backups in a repository."""
+
+
+@backups.command("list")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the list as one JSON document.")
+def backups_list(repo: str, as_json: bool) -> None:
+    """The backups in REPO, oldest first."""
+    from shaledb.backup import Repository
+
+    found = Repository(repo, create=False).backups()
+    if as_json:
+        click.echo(json.dumps([b.summary() for b in found], indent=2))
+        return
+    table = Table(title=f"backups in {repo}")
+    for col in ("id", "created (UTC)", "sequence", "files", "size", "new"):
+        table.add_column(col, justify="left" if col in ("id", "created (UTC)") else "right")
+    for b in found:
+        table.add_row(b.id, f"{b.created_at:%Y-%m-%d %H:%M:%S}", f"{b.sequence:,}",
+                      f"{b.files:,}", human_bytes(b.bytes), human_bytes(b.new_bytes))
+    console.print(table)
+
+
+@backups.command("verify")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--backup", "backup_id", default=None,
+              help="Check this backup only (default: every file of the repository).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def backups_verify(repo: str, backup_id: str | None, as_json: bool) -> None:
+    """Check every byte of REPO (or of one backup) against its SHA-256. Exit status: 0 when
+    every byte checks out, 2 when something is damaged or missing (each file named), 1 when
+    the check could not run."""
+    from shaledb.backup import Repository
+
+    r = Repository(repo, create=False)
+    report = _run_with_progress("verify", as_json, lambda progress: r.verify(
+        backup_id, progress=progress))
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "files": report.files, "bytes": report.bytes,
+                               "backups": report.backups,
+                               "problems": [{"file": f, "problem": p}
+                                            for f, p in report.problems],
+                               "notices": report.notices}, indent=2))
+    else:
+        click.echo(f"{'OK' if report.ok else 'DAMAGED'}: {report.backups} backups, "
+                   f"{report.files} files, {human_bytes(report.bytes)} checked")
+        for f, p in report.problems:
+            err_console.print(Text(f"damaged: {f}: {p}", style="red"), soft_wrap=True)
+        for n in report.notices:
+            err_console.print(Text(f"notice: {n}", style="yellow"), soft_wrap=True)
+    if not report.ok:
+        raise SystemExit(EXIT_DAMAGE)
+
+
+@backups.command("prune")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--keep-last", type=click.IntRange(min=1), required=True,
+              help="Keep the N newest backups.")
+@click.option("--keep-daily", type=click.IntRange(min=0), default=0,
+              help="Also keep the newest backup of each of the D most recent days (UTC).")
+@click.option("--keep-weekly", type=click.IntRange(min=0), default=0,
+              help="Also keep the newest backup of each of the W most recent ISO weeks.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+def backups_prune(repo: str, keep_last: int, keep_daily: int, keep_weekly: int,
+                  dry_run: bool, as_json: bool) -> None:
+    """Remove the backups the rules do not keep, and the files only they needed (and the
+    archived WAL older than the oldest backup kept)."""
+    from shaledb.backup import Repository
+
+    report = Repository(repo, create=False).prune(keep_last, keep_daily, keep_weekly,
+                                                  dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"kept {len(report.kept)} backups, {verb} {len(report.removed)}"
+               + ("" if dry_run else f" ({report.objects_removed} files, "
+                  f"{human_bytes(report.bytes_freed)}; {report.wal_removed} archived WAL "
+                  f"segments)"))
+    for i in report.removed:
+        click.echo(f"  {verb}: {i}")
 
 
 def main() -> None:

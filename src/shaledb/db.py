@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .engine.batch import Bytesish, WriteBatch, check_expire_at_ms, to_key, to_value, ttl_to_ms
 from .engine.db import Engine
@@ -16,6 +18,9 @@ from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
 from .snapshot import Reader, Snapshot, bound
 from .transaction import Transaction
 
+if TYPE_CHECKING:
+    from .backup.repository import BackupInfo, Repository
+
 T = TypeVar("T")
 
 
@@ -23,9 +28,19 @@ class DB(Reader):
     """An open ShaleDB database. Safe to share between threads. Use :func:`open`."""
 
     def __init__(self, path: str | os.PathLike[str], options: Options | None = None) -> None:
-        self._engine = Engine(os.fspath(path), options or Options())
+        options = options or Options()
+        archive = options.wal_archive
+        if isinstance(archive, (str, os.PathLike)):
+            from .backup.repository import Repository
+
+            options = dataclasses.replace(options, wal_archive=Repository(
+                os.path.abspath(os.fspath(archive)), fs=options.fs))
+        self._engine = Engine(os.fspath(path), options)
         self.path = self._engine.path
         self.options = self._engine.options
+        #: SHA-256 of the tables this object already backed up, by (number, size).
+        self._backup_digests: dict[tuple[int, int], str] = {}
+        self._backup_lock = threading.Lock()
 
     # -- writes ---------------------------------------------------------------------------
     def put(self, key: Bytesish, value: Bytesish, *, sync: bool = False,
@@ -132,6 +147,21 @@ class DB(Reader):
         so far. The version read is pinned until the check ends, so tables compactions
         replace meanwhile stay on disk until then (as with a long-lived iterator)."""
         return self._engine.verify(progress, rate=rate, should_stop=should_stop)
+
+    def backup(self, repo: str | os.PathLike[str] | Repository, *,
+               progress: Callable[[int, int], None] | None = None) -> BackupInfo:
+        """An online backup into the repository ``repo`` (a directory, created if missing, or
+        a :class:`shaledb.backup.Repository`) while writes go on. The backup is a consistent
+        snapshot at ``info.sequence``: every write acknowledged before the call is in it,
+        nothing after that sequence number, and no batch is split. Tables already in the
+        repository are not stored again. ``progress(done, total)`` is called as bytes are
+        copied. An encrypted database's backup stays encrypted (its files are copied as
+        they are, with KEYRING; never the master key). See docs/operations.md."""
+        from .backup.backup import backup_db
+        from .backup.repository import Repository as _Repository
+
+        target = repo if isinstance(repo, _Repository) else os.fspath(repo)
+        return backup_db(self, target, progress=progress)
 
     def stats(self) -> dict[str, Any]:
         """Engine statistics (memtable, levels, compaction, cache, WAL, errors)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 #: Options never written to OPTIONS: callables, the file system, what only one open means,
 #: and everything about keys.
 NOT_PERSISTED = ("clock", "fs", "create_if_missing", "error_if_exists", "read_only",
-                 "encryption_key", "encryption_key_file", "rotate_data_key")
+                 "encryption_key", "encryption_key_file", "rotate_data_key", "wal_archive")
 WAL_RECOVERY_MODES = ("strict", "point_in_time")
 
 
@@ -114,6 +115,12 @@ class Options:
     #: flushes and compactions, WAL segments, manifests), so compaction re-encrypts the data
     #: as it rewrites it (``compact_range()`` rewrites all of it). Needs the master key.
     rotate_data_key: bool = False
+    #: A backup repository (its path, or a ``shaledb.backup.Repository``) that receives a
+    #: copy of every WAL segment before the engine deletes it, and of the live ones at
+    #: close, for point-in-time restore (``shaledb.restore(..., until=...)``). A segment
+    #: that cannot be archived stays on disk (stats()["wal_archive"] says why) and is
+    #: retried; writes go on.
+    wal_archive: object | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -175,6 +182,13 @@ class Options:
         if self.encryption_key_file is not None and (
                 not isinstance(self.encryption_key_file, str) or not self.encryption_key_file):
             raise InvalidArgument("option encryption_key_file must be a path")
+        if self.wal_archive is not None and not (
+                isinstance(self.wal_archive, (str, os.PathLike))
+                or callable(getattr(self.wal_archive, "archive_segment", None))):
+            raise InvalidArgument("option wal_archive must be a backup repository: its path "
+                                  "or a shaledb.backup.Repository")
+        if self.wal_archive is not None and self.read_only:
+            raise InvalidArgument("option wal_archive needs a database opened for writing")
         if self.rotate_data_key and (self.encryption_key is None
                                      and self.encryption_key_file is None):
             raise InvalidArgument("option rotate_data_key needs the master key "

@@ -4,7 +4,12 @@ A batch is a flat list ``[kind, key, expire_at_ms, value, kind, key, ...]`` so t
 payload is one ``msgpack.packb`` call and recovery one ``msgpack.unpackb`` call.
 
 WAL payload layout: ``first_seq`` (8 bytes LE) + ``count`` (4 bytes LE) + msgpack(flat list).
-Operation *i* of the batch gets sequence number ``first_seq + i``.
+Operation *i* of the batch gets sequence number ``first_seq + i``. Since database formats 6
+and 7 every record written also carries its commit time (for point-in-time restore): bit 31
+of ``count`` is set and ``commit_ms`` (8 bytes LE, ms since the Unix epoch) follows it, before
+the msgpack. A count never reaches 2^31 (a record is at most 4 GiB and an operation takes at
+least 5 bytes), so the bit is free; records without it (written by formats up to 5, or
+copied from them at an upgrade) are still read.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from ..options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE, MAX_VALUE_SIZE
 from .dbformat import DELETE, PUT, charge
 
 _HEAD = struct.Struct("<QI")
+_TIME = struct.Struct("<Q")
+#: Bit of the payload's count that says a commit time follows it (formats 6 and 7).
+TIMED = 1 << 31
 
 Bytesish = bytes | bytearray | memoryview | str
 
@@ -159,19 +167,36 @@ class WriteBatch:
         return f"WriteBatch({len(self)} ops)"
 
 
-def encode_batch(first_seq: int, flat_ops: list[Any]) -> bytes:
-    """The WAL payload for ``flat_ops`` starting at ``first_seq``."""
+def encode_batch(first_seq: int, flat_ops: list[Any], commit_ms: int | None = None) -> bytes:
+    """The WAL payload for ``flat_ops`` starting at ``first_seq``, stamped with ``commit_ms``
+    (ms since the Unix epoch) unless it is None."""
     packed: bytes = msgpack.packb(flat_ops, use_bin_type=True)
-    return _HEAD.pack(first_seq, len(flat_ops) // 4) + packed
+    if commit_ms is None:
+        return _HEAD.pack(first_seq, len(flat_ops) // 4) + packed
+    return _HEAD.pack(first_seq, len(flat_ops) // 4 | TIMED) + _TIME.pack(commit_ms) + packed
 
 
-def decode_batch(payload: bytes) -> tuple[int, list[Any]]:
-    """Inverse of :func:`encode_batch`; raises CorruptionError on a malformed payload."""
+def decode_batch_timed(payload: bytes) -> tuple[int, list[Any], int | None]:
+    """Inverse of :func:`encode_batch`: ``(first_seq, flat_ops, commit_ms or None)``; raises
+    CorruptionError on a malformed payload."""
     try:
         first_seq, count = _HEAD.unpack_from(payload, 0)
-        ops = msgpack.unpackb(payload[_HEAD.size:], raw=True, use_list=True)
+        start = _HEAD.size
+        commit_ms: int | None = None
+        if count & TIMED:
+            count &= ~TIMED
+            (commit_ms,) = _TIME.unpack_from(payload, start)
+            start += _TIME.size
+        ops = msgpack.unpackb(payload[start:], raw=True, use_list=True)
     except (struct.error, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise CorruptionError(f"malformed WAL batch: {exc}") from exc
     if not isinstance(ops, list) or len(ops) != count * 4:
         raise CorruptionError("malformed WAL batch: operation count does not match")
+    return first_seq, ops, commit_ms
+
+
+def decode_batch(payload: bytes) -> tuple[int, list[Any]]:
+    """Inverse of :func:`encode_batch` without the commit time; raises CorruptionError on a
+    malformed payload."""
+    first_seq, ops, _ = decode_batch_timed(payload)
     return first_seq, ops

@@ -12,11 +12,15 @@ of one you hold):
   creation of WAL segments at a memtable switch (the leader lets go of it for those;
   ``_locked_switch_memtable``). ``stats()`` and ``_delete_obsolete_files`` only list.
 - Exactly one thread, the leader of the writer queue, appends to the WAL and inserts into the
-  memtable, outside ``_mutex``; readers never wait for it.
+  memtable, outside ``_mutex``; readers never wait for it. An online backup's cut
+  (``_wal_cut``) leads the queue for a moment without writing (takes ``_mutex`` as a writer
+  does, after ``backup_source`` let go of ``_manifest_lock``), so no record is half written
+  when it reads the WAL's size.
 - Helpers named ``_locked_*`` expect ``_mutex`` held and never take it again.
-- Background threads (flusher, compactor, syncer) do their I/O without ``_mutex`` and take it
-  only to install results. Any I/O error on the write path is recorded once as the
-  background error: the database then refuses writes (ReadOnlyError) until reopened.
+- Background threads (flusher, compactor, syncer, WAL archiver) do their I/O without
+  ``_mutex`` and take it only to install results. Any I/O error on the write path is
+  recorded once as the background error: the database then refuses writes (ReadOnlyError)
+  until reopened.
 - Except running out of file descriptors (EMFILE/ENFILE: DescriptorsExhaustedError), which
   only ever happens while opening or mapping a file, before anything is written: a new WAL
   segment, a table, the map of a growing WAL segment (taken before the record is copied,
@@ -53,7 +57,8 @@ from ..errors import (
 from ..options import Options
 from ..version import __version__ as _pkg_version
 from . import vfs
-from .batch import encode_batch
+from .archive import ArchivedSegment, BackupSource, SourceFile, WalArchive
+from .batch import decode_batch_timed, encode_batch
 from .cache import LRUCache, TableCache
 from .compaction import (
     Compaction,
@@ -98,6 +103,7 @@ from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .optionsfile import (
     DB_FORMAT_VERSION,
+    ENCRYPTED_DB_FORMAT_VERSION,
     decode_options,
     encode_options,
     expected_log_format,
@@ -110,7 +116,7 @@ from .sstable.block import Block
 from .sstable.writer import TableWriter
 from .verify import LiveState, ProgressFn, VerifyReport, verify_live
 from .vfs import FileSystem, Lock, default_fs
-from .wal import SegmentScan, WriteAheadLog, scan_segment
+from .wal import SegmentScan, WriteAheadLog, scan_segment, scan_segment_bytes
 
 _log = logging.getLogger("shaledb")
 
@@ -140,14 +146,17 @@ class _Once:
 
 
 class _Writer:
-    __slots__ = ("ops", "nbytes", "sync", "check", "done", "error", "seq", "cv")
+    __slots__ = ("ops", "nbytes", "sync", "check", "done", "error", "seq", "cv", "commit_ms")
 
     def __init__(self, ops: list[Any] | None, nbytes: int, sync: bool,
-                 check: Callable[[], None] | None) -> None:
+                 check: Callable[[], None] | None, commit_ms: int | None = None) -> None:
         self.ops = ops
         self.nbytes = nbytes
         self.sync = sync
         self.check = check
+        #: The commit time to record instead of now (a point-in-time restore replaying
+        #: archived records); such a writer is never grouped with others.
+        self.commit_ms = commit_ms
         self.done = False
         self.error: BaseException | None = None
         self.seq = 0
@@ -184,6 +193,7 @@ class Engine:
         #: switch does no I/O but a rename on the writer's thread (the server's event loop).
         self._next_wal: WriteAheadLog | None = None
         self._last_seq = 0
+        self._last_commit_ms: int | None = None  # of the newest WAL record (backups)
         self._snapshots: Counter[int] = Counter()
         self._pinned: dict[int, Version] = {}
         self._deferred: deque[tuple[Callable[[Any], None], Any]] = deque()
@@ -233,6 +243,18 @@ class Engine:
         self._recovery: dict[str, Any] = {"segments": 0, "records": 0, "cut": self._cuts}
         #: The data keys of an encrypted database (None: a plain one); zeroed at close.
         self._keyring: Keyring | None = None
+        #: WAL segments from these numbers on are kept on disk (online backups copying them).
+        self._log_pins: Counter[int] = Counter()
+        archive = options.wal_archive
+        if archive is not None and not isinstance(archive, WalArchive):
+            raise InvalidArgument("option wal_archive must be opened as a repository first "
+                                  "(shaledb.open does it for a path)")
+        #: Where WAL segments go before they are deleted (None: nowhere).
+        self._archive: WalArchive | None = archive
+        #: Obsolete segments waiting for the archive thread; segments archived whole.
+        self._archive_due: set[int] = set()
+        self._archived: set[int] = set()
+        self._archive_error: str | None = None
         try:
             master = master_key(options.encryption_key, options.encryption_key_file)
             try:
@@ -694,6 +716,8 @@ class Engine:
             ("flush", self._flush_loop), ("compaction", self._compaction_loop)]
         if self.options.fsync_interval is not None:
             targets.append(("wal-sync", self._sync_loop))
+        if self._archive is not None:
+            targets.append(("wal-archive", self._archive_loop))
         for name, target in targets:
             t = threading.Thread(target=target, name=f"shaledb-{name}", daemon=True)
             self._threads.append(t)
@@ -706,6 +730,11 @@ class Engine:
     # Helpers
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    def _commit_ms(self) -> int:
+        """Now, as a WAL record's commit time (a test's odd clock cannot fail a write)."""
+        ms = self._now_ms()
+        return ms if 0 <= ms < 1 << 64 else max(0, min(ms, (1 << 64) - 1))
 
     def check_open(self) -> None:
         if self._closed:
@@ -782,13 +811,15 @@ class Engine:
     # ------------------------------------------------------------------------------------
     # Write path
     def write(self, ops: list[Any] | None, nbytes: int, sync: bool,
-              check: Callable[[], None] | None = None, force_flush: bool = False) -> int:
+              check: Callable[[], None] | None = None, force_flush: bool = False,
+              commit_ms: int | None = None) -> int:
         """Apply the flat op list atomically; returns the sequence of its last op.
 
         ``check`` runs with no other write in flight and may raise to cancel the write
         (optimistic transactions). ``ops=None`` with ``force_flush`` freezes the memtable.
+        ``commit_ms``: the commit time the WAL record carries (default: now).
         """
-        w = _Writer(ops, nbytes, sync, check)
+        w = _Writer(ops, nbytes, sync, check, commit_ms)
         with self._mutex:
             writers = self._writers
             writers.append(w)
@@ -822,10 +853,11 @@ class Engine:
                 finally:
                     self._mutex.acquire()
             group = [w]
-            if len(writers) > 1 and w.check is None and ops is not None:
+            if len(writers) > 1 and w.check is None and ops is not None and commit_ms is None:
                 size = nbytes
                 for other in itertools.islice(writers, 1, None):
-                    if other.check is not None or other.ops is None:
+                    if other.check is not None or other.ops is None \
+                            or other.commit_ms is not None:
                         break
                     size += other.nbytes
                     if size > MAX_GROUP_BYTES:
@@ -852,7 +884,11 @@ class Engine:
                 if flat:
                     if wal.note_due:
                         wal.note_prior_sealed()  # before the record: never lost with it
-                    record = wal.frame(encode_batch(first_seq, flat))  # may refuse: harmless
+                    # Formats 6 and 7: every record carries its commit time (PITR).
+                    if commit_ms is None:
+                        commit_ms = self._commit_ms()
+                    record = wal.frame(encode_batch(first_seq, flat, commit_ms))
+                    # (frame may refuse a too large group: harmless, nothing written)
                     try:
                         wal.reserve(len(record))  # the map it needs, before any byte
                         if any_sync:
@@ -882,6 +918,8 @@ class Engine:
                 error = self._locked_fail(error, "write")
             if error is None:
                 self._last_seq = last
+                if wal_bytes:
+                    self._last_commit_ms = commit_ms
                 self._writes += len(group)
                 self._wal_records += 1
                 self._wal_bytes_written += wal_bytes
@@ -1569,8 +1607,12 @@ class Engine:
                 live.update(f.number for _, f in v.files())
             live.update(self._pending_outputs)
             log_number = self._versions.log_number
+            if self._log_pins:
+                log_number = min(log_number, min(self._log_pins))  # an online backup copies
             keep_log = self._wal.number if self._wal is not None else -1
             manifest = self._versions.manifest_number
+            archived = self._archived
+            to_archive = False
         for name in names:
             parsed = parse(name)
             if parsed is None:
@@ -1580,6 +1622,14 @@ class Engine:
                         or (kind == "log" and number < log_number and number != keep_log)
                         # Never one newer than the live one: a rollover may be writing it.
                         or (kind == "manifest" and number < manifest))
+            if obsolete and kind == "log" and self._archive is not None \
+                    and number not in archived:
+                # Archived first (by the archive thread, which removes it then): never
+                # delete a segment point-in-time restore would need.
+                with self._mutex:
+                    self._archive_due.add(number)
+                to_archive = True
+                continue
             if obsolete:
                 if kind == "sst":
                     self._tables.evict(number)
@@ -1587,6 +1637,209 @@ class Engine:
                     self.fs.remove(vfs.join(self.path, name))
                 except StorageError:
                     pass  # retried after the next flush or compaction
+                if kind == "log":
+                    with self._mutex:
+                        self._archived.discard(number)
+        if to_archive:
+            with self._mutex:
+                self._bg_cv.notify_all()
+
+    # ------------------------------------------------------------------------------------
+    # WAL archive and online backups (engine/archive.py)
+    def _archive_loop(self) -> None:
+        """Copy obsolete WAL segments to the archive, then delete them. A failure is recorded
+        (stats()["wal_archive"]) and retried every few seconds; the segment stays."""
+        retry_at = 0.0
+        while True:
+            with self._mutex:
+                while not self._closing and (not self._archive_due
+                                             or time.monotonic() < retry_at):
+                    self._bg_cv.wait(timeout=max(0.05, retry_at - time.monotonic())
+                                     if self._archive_due else None)
+                if self._closing:
+                    return
+                due = sorted(self._archive_due)
+            failed = False
+            for number in due:
+                if not self._archive_log(number):
+                    failed = True
+                    break
+                with self._mutex:
+                    self._archive_due.discard(number)
+            retry_at = time.monotonic() + 2.0 if failed else 0.0
+            self._delete_obsolete_files()
+
+    def _archive_log(self, number: int) -> bool:
+        """Hand WAL segment ``number`` to the archive (its bytes up to the last non-zero one,
+        what its records cover); False (recorded, logged) when that failed."""
+        assert self._archive is not None
+        path = log_name(self.path, number)
+        try:
+            if not self.fs.exists(path):
+                # Removed by another pass of _delete_obsolete_files (which lists before it
+                # looks): only this engine removes WAL segments, and only archived ones.
+                return True
+            data = self.fs.read_file(path)  # one segment: about a memtable, as recovery reads
+            expect = expected_log_format(self._log_since, number, self.encrypted)
+            end = content_end(data, expect)
+            seg = scan_segment_bytes(data[:end], path, number, expect, self._keyring)
+            first_seq = last_seq = first_ms = last_ms = None
+            for payload in seg.scan.records:
+                try:
+                    first, ops, ms = decode_batch_timed(payload)
+                except CorruptionError:
+                    break
+                if first_seq is None:
+                    first_seq, first_ms = first, ms
+                last_seq, last_ms = first + len(ops) // 4 - 1, ms
+            self._archive.archive_segment(ArchivedSegment(
+                number, data[:end], first_seq, last_seq, first_ms, last_ms, self.encrypted))
+        except Exception as exc:  # noqa: BLE001 - recorded: the segment stays, retried
+            with self._mutex:
+                self.counters["wal_archive_errors"] += 1
+                self._archive_error = f"{log_file(number)}: {exc}"
+            _log.warning("WAL archive: %s could not be archived (kept, retried): %s",
+                         log_file(number), exc)
+            return False
+        with self._mutex:
+            self.counters["wal_segments_archived"] += 1
+            self._archived.add(number)
+            self._archive_error = None
+        return True
+
+    def _archive_at_close(self) -> None:
+        """At close (every segment sealed): archive the live segments and the obsolete ones
+        the archive thread did not get to, so point-in-time restore reaches the last commit.
+        Failures are logged; the segments stay and the next open archives them."""
+        try:
+            names = self.fs.listdir(self.path)
+        except StorageError as exc:
+            _log.warning("WAL archive at close: cannot list %r: %s", self.path, exc)
+            return
+        numbers = sorted(n for kind, n in filter(None, map(parse, names)) if kind == "log")
+        for number in numbers:
+            if number not in self._archived:
+                self._archive_log(number)
+
+    def backup_source(self, copy_manifest: Callable[[str, int], None]) -> BackupSource:
+        """Pin a consistent snapshot for an online backup (engine/archive.py): the current
+        version's tables stay on disk and so do the WAL segments from its ``log_number`` on,
+        until the source is released. ``copy_manifest(path, size)`` is called under the
+        manifest lock (no edit is appended meanwhile; flushes and compactions wait to install
+        theirs) and must copy those bytes of the MANIFEST. Then, with no write group in
+        flight (this thread leads the writer queue for a moment), the live WAL segment's
+        size and the last sequence number are taken: a record boundary."""
+        with self._manifest_lock:
+            with self._mutex:
+                self.check_open()
+                self._locked_drain()
+                v = self._versions.current
+                v.refs += 1
+                self._pinned[id(v)] = v
+                log_number = self._versions.log_number
+                self._log_pins[log_number] += 1
+                manifest_number = self._versions.manifest_number
+
+            def release() -> None:
+                with self._mutex:
+                    self._log_pins[log_number] -= 1
+                    if self._log_pins[log_number] <= 0:
+                        del self._log_pins[log_number]
+                self._unpin(v)
+                if not self.options.read_only:
+                    self._delete_obsolete_files()
+
+            try:
+                mpath = manifest_name(self.path, manifest_number)
+                copy_manifest(mpath, self.fs.file_size(mpath))
+            except BaseException:
+                release()
+                raise
+        try:
+            tables = [SourceFile(table_file(f.number), table_name(self.path, f.number), f.size)
+                      for _, f in v.files()]
+            wal, seq, last_ms = self._wal_cut(log_number)
+            other = [SourceFile(name, vfs.join(self.path, name), -1)
+                     for name in (OPTIONS, KEYRING) if name != KEYRING or self.encrypted]
+        except BaseException:
+            release()
+            raise
+        fmt = ENCRYPTED_DB_FORMAT_VERSION if self.encrypted else DB_FORMAT_VERSION
+        return BackupSource(sequence=seq, manifest=os.path.basename(mpath),
+                            manifest_number=manifest_number, tables=tables, wal=wal, other=other,
+                            encrypted=self.encrypted, format_version=fmt,
+                            last_commit_ms=last_ms, _release=release)
+
+    def _wal_cut(self, log_number: int) -> tuple[list[SourceFile], int, int | None]:
+        """The WAL segments from ``log_number`` on with the byte count of each that the
+        snapshot holds, the last sequence number and the newest record's commit time; taken
+        while this thread leads the writer queue (no record is half written, no segment is
+        switched)."""
+        w = _Writer(None, 0, False, None)
+        with self._mutex:
+            self.check_open()
+            writers = self._writers
+            writers.append(w)
+            if len(writers) > 1:
+                cv = w.cv = threading.Condition(self._mutex)
+                while writers[0] is not w:
+                    cv.wait()
+            seq = self._last_seq
+            sizes = {x.number: x.size for x in self._retired_wals}
+            if self._wal is not None:
+                sizes[self._wal.number] = self._wal.size
+            last_ms = self._last_commit_ms
+        try:
+            # Nothing is appended while this thread leads the queue, and segments closed
+            # since their switch were cut to their last record: their size is final.
+            numbers = sorted(n for kind, n in filter(None, map(parse, self.fs.listdir(self.path)))
+                             if kind == "log" and n >= log_number)
+            out: list[SourceFile] = []
+            for n in numbers:
+                path = log_name(self.path, n)
+                size = sizes[n] if n in sizes else self.fs.file_size(path)
+                out.append(SourceFile(log_file(n), path, size))
+            return out, seq, last_ms
+        finally:
+            with self._mutex:
+                writers.popleft()
+                self._locked_wake_next_leader()
+
+    def replay_archived(self, data: bytes, number: int, after_seq: int,
+                        until_seq: int | None, until_ms: int | None) -> tuple[int, bool]:
+        """Point-in-time restore: apply the records of an archived WAL segment (its bytes,
+        checked by the caller) whose operations all lie past ``after_seq`` (the database's
+        last sequence number), in order, each keeping its commit time, up to ``until_seq``
+        / ``until_ms``. Returns the last sequence number applied and whether the limit was
+        reached. Records are never split: a record past the limit stops the replay.
+        CorruptionError when records are missing (a gap) or the segment is damaged before
+        the limit."""
+        path = f"archived {log_file(number)}"
+        seg = scan_segment_bytes(data, path, number, None, self._keyring)
+        last = after_seq
+        for payload, offset in zip(seg.scan.records, seg.scan.offsets, strict=True):
+            try:
+                first, ops, ms = decode_batch_timed(payload)
+            except CorruptionError as exc:
+                raise CorruptionError(f"{path}: record at {offset}: {exc}") from exc
+            end = first + len(ops) // 4 - 1
+            if end <= last:
+                continue  # already in the backup, or a copy made by a recovery
+            if first != last + 1:
+                raise CorruptionError(
+                    f"{path}: sequence {first} where {last + 1} was expected: the archive is "
+                    f"missing WAL records (sequences {last + 1}-{first - 1})")
+            if (until_seq is not None and end > until_seq) or (
+                    until_ms is not None and ms is not None and ms > until_ms):
+                return last, True
+            self.write(ops, sum(len(ops[i + 1]) + len(ops[i + 3])
+                                for i in range(0, len(ops), 4)), False, commit_ms=ms)
+            last = end
+        if seg.scan.damage is not None:
+            raise CorruptionError(f"{path} is damaged at offset {seg.scan.damage.offset} "
+                                  f"({seg.scan.damage.reason}); the archive holds nothing "
+                                  f"after sequence {last} from it")
+        return last, False
 
     # ------------------------------------------------------------------------------------
     # Verification (the checks are in verify.py; this only pins what they read)
@@ -1683,6 +1936,15 @@ class Engine:
                 "read_only": self.options.read_only or self._bg_error is not None,
                 "encrypted": self.encrypted,
                 "recovery_seconds": round(self.recovery_seconds, 6),
+                # WAL segments copied to the wal_archive repository; segments waiting (kept
+                # on disk until archived) and the last failure (None once one succeeds).
+                "wal_archive": {
+                    "enabled": self._archive is not None,
+                    "archived": self.counters["wal_segments_archived"],
+                    "waiting": len(self._archive_due),
+                    "errors": self.counters["wal_archive_errors"],
+                    "last_error": self._archive_error,
+                },
                 "wal_recovery": {**self._recovery, "cut": [
                     {k: v for k, v in c.items() if not k.startswith("_")}
                     for c in self._recovery["cut"]]},
@@ -1746,6 +2008,8 @@ class Engine:
             with contextlib.suppress(ShaleError):
                 old.close()
         self._retired_wals.clear()
+        if self._archive is not None and first is None and self._bg_error is None:
+            self._archive_at_close()  # every segment is sealed now
         if self._next_wal is not None:
             if first is None and self._bg_error is None:
                 try:

@@ -7,11 +7,13 @@ sync marks and seals (WAL and MANIFEST), the checksums of CURRENT and OPTIONS, a
 4 seals a WAL segment after the next one started (``wal_async_seal_from``: from that file number
 on, a segment's predecessor may be unsealed after a crash; a sync mark in a segment says that
 its predecessors were sealed); 5 is format 4 encrypted (``KEYRING``, log format 3, table format
-3, an ``encryption`` object here). A plain database is written in format 4
-(:data:`DB_FORMAT_VERSION`), an encrypted one in format 5 (:data:`ENCRYPTED_DB_FORMAT_VERSION`):
-a database is encrypted exactly when its OPTIONS say format 5, and a ShaleDB that knows only
-format 4 or older refuses it rather than misread it. A ShaleDB refuses a database whose
-version is newer than :data:`MAX_DB_FORMAT_VERSION`.
+3, an ``encryption`` object here); 6 and 7 are formats 4 and 5 with a commit time in every
+WAL record written (for point-in-time restore; engine/batch.py). A plain database is written
+in format 6 (:data:`DB_FORMAT_VERSION`), an encrypted one in format 7
+(:data:`ENCRYPTED_DB_FORMAT_VERSION`): a database is encrypted exactly when its OPTIONS say
+format 5 or 7, and a ShaleDB that knows only an older format refuses it rather than misread
+it. Opening a format-4 database for writing makes it format 6, a format-5 one format 7. A
+ShaleDB refuses a database whose version is newer than :data:`MAX_DB_FORMAT_VERSION`.
 
 Layout (formats 3 to 5): the JSON object as ``json.dumps(info, indent=2, sort_keys=True)``, a
 newline, then the line ``crc32c XXXXXXXX`` (the CRC32C of every byte before that line, as 8
@@ -32,9 +34,11 @@ from .sstable.format import ENCRYPTED_FORMAT_VERSION as ENCRYPTED_TABLE_FORMAT_V
 from .sstable.format import FORMAT_VERSION as TABLE_FORMAT_VERSION
 
 #: The format a plain database is written in.
-DB_FORMAT_VERSION = 4
+DB_FORMAT_VERSION = 6
 #: The format an encrypted database is written in.
-ENCRYPTED_DB_FORMAT_VERSION = 5
+ENCRYPTED_DB_FORMAT_VERSION = 7
+#: Formats of encrypted databases (5: without WAL commit times).
+ENCRYPTED_DB_FORMATS = (5, 7)
 #: The newest format this ShaleDB reads.
 MAX_DB_FORMAT_VERSION = ENCRYPTED_DB_FORMAT_VERSION
 
@@ -49,7 +53,7 @@ def encode_options(created_by: str, options: dict[str, Any], log_format_2_from: 
     it has a format-2 header, so one that does not start with a valid header is damaged.
     ``wal_async_seal_from``: the first WAL segment number written by format 4 (0, or the next
     file number at an upgrade), whose predecessor may have been left unsealed by a crash.
-    ``encrypted``: database format 5 (every log of format 3, every table of format 3)."""
+    ``encrypted``: database format 7 (every log of format 3, every table of format 3)."""
     info: dict[str, Any] = {"format_version": DB_FORMAT_VERSION,
                             "table_format_version": TABLE_FORMAT_VERSION,
                             "log_format_version": LOG_VERSION,
@@ -107,7 +111,7 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
                 raise IncompatibleFormatError(
                     f"database {dirpath!r} uses {key.replace('_', ' ')} {part}; this "
                     f"ShaleDB supports up to {known}: upgrade ShaleDB")
-    if version >= ENCRYPTED_DB_FORMAT_VERSION:
+    if version in ENCRYPTED_DB_FORMATS:
         enc = info.get("encryption")
         if not isinstance(enc, dict) or enc.get("cipher") != CIPHER:
             raise _damaged(dirpath, f"format {version} without its encryption object")
@@ -117,8 +121,8 @@ def decode_options(raw: bytes, dirpath: str) -> dict[str, Any]:
 
 
 def is_encrypted(info: dict[str, Any]) -> bool:
-    """Whether decoded OPTIONS describe an encrypted database (format 5)."""
-    return int(info.get("format_version", 0)) >= ENCRYPTED_DB_FORMAT_VERSION
+    """Whether decoded OPTIONS describe an encrypted database (format 5 or 7)."""
+    return int(info.get("format_version", 0)) in ENCRYPTED_DB_FORMATS
 
 
 #: ``log_format_2_from`` of a database of format 1 or 2: none of its logs is of format 2.
@@ -158,6 +162,7 @@ def expected_log_format(since: int | None, number: int, encrypted: bool = False
     return ENCRYPTED_LOG_VERSION if encrypted else LOG_VERSION
 
 
-__all__ = ["DB_FORMAT_VERSION", "ENCRYPTED_DB_FORMAT_VERSION", "MAX_DB_FORMAT_VERSION",
+__all__ = ["DB_FORMAT_VERSION", "ENCRYPTED_DB_FORMATS", "ENCRYPTED_DB_FORMAT_VERSION",
+           "MAX_DB_FORMAT_VERSION",
            "NO_FORMAT_2_LOGS", "decode_options", "encode_options", "expected_log_format",
            "is_encrypted", "log_format_2_from", "wal_async_seal_from"]

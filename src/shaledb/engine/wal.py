@@ -294,5 +294,11 @@ def scan_segment(fs: FileSystem, dirpath: str, number: int,
     ``expect``: its log format, when the database knows it; ``keyring``: the database's
     data keys, when it is encrypted."""
     path = log_name(dirpath, number)
-    return SegmentScan(path, number, scan_log(fs.read_file(path), path, expect=expect,
-                                              keyring=keyring, file_kind=WAL_FILE))
+    return scan_segment_bytes(fs.read_file(path), path, number, expect, keyring)
+
+
+def scan_segment_bytes(data: bytes, path: str, number: int, expect: int | None = None,
+                       keyring: Keyring | None = None) -> SegmentScan:
+    """:func:`scan_segment` of bytes already read (an archived copy: ``path`` names it)."""
+    return SegmentScan(path, number, scan_log(data, path, expect=expect, keyring=keyring,
+                                              file_kind=WAL_FILE))

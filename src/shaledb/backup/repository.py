@@ -1,0 +1,540 @@
+"""A backup repository: content-addressed objects, one small manifest per backup, and the WAL
+archive (docs/format.md, "Backup repository", describes every byte).
+
+Layout (names relative to the repository's root)::
+
+    REPOSITORY                 what this is: {"format": 1, ...} + a sha256 line
+    LOCK                       flock: one backup, archive or prune at a time
+    objects/XX/<sha256>        file contents, named by the SHA-256 of their bytes (XX: the
+                               first two hex digits); stored once, whichever backup needs them
+    backups/<id>.json          one per backup: its files (name, size, sha256), sequence, time
+    wal/<number>-<sha16>.json  one per archived WAL segment: its object and what it covers
+    tmp/                       uploads in progress (a crash leaves them; the next writer
+                               removes them)
+
+Invariants:
+
+- An object's name is the SHA-256 of its bytes, and it is published (renamed into place)
+  only after its bytes are fsynced: an object that exists is whole.
+- A backup's manifest is published last, after every object it names: a backup that is
+  listed is complete; a crash before leaves unreferenced objects (reused by the next
+  backup, or removed by prune) and uploads (removed by the next backup).
+- Documents (REPOSITORY, manifests, WAL entries) end in a line ``sha256 <hex>`` of the bytes
+  before it, so ``verify`` finds a flipped byte in any file of the repository.
+- Checksums are computed while copying and while verifying, in chunks (never a whole table
+  in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..engine import vfs
+from ..engine.archive import ArchivedSegment
+from ..engine.vfs import FileSystem, Lock
+from ..errors import CorruptionError, IncompatibleFormatError, InvalidArgument, StorageError
+from ..version import __version__
+from .storage import CHUNK, LocalStorage, Storage
+
+#: Repository layout version (REPOSITORY's "format"); a higher one is refused.
+REPOSITORY_FORMAT = 1
+#: Version of backup manifests and WAL archive entries ("format" in each).
+MANIFEST_FORMAT = 1
+#: Seconds a writer waits for the repository's lock.
+LOCK_TIMEOUT = 600.0
+
+_SHA_LINE = b"sha256 "
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6}$")
+
+ProgressFn = Callable[[int, int], None]
+
+
+def encode_doc(info: dict[str, Any]) -> bytes:
+    """A repository document: sorted, indented JSON, a newline, then ``sha256 <hex>\\n`` of
+    every byte before that line."""
+    body = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    return body + _SHA_LINE + hashlib.sha256(body).hexdigest().encode() + b"\n"
+
+
+def decode_doc(raw: bytes, where: str) -> dict[str, Any]:
+    """Check and parse a repository document (CorruptionError naming ``where``)."""
+    cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
+    body, line = raw[:cut], raw[cut:]
+    if not line.startswith(_SHA_LINE) or not raw.endswith(b"\n"):
+        raise CorruptionError(f"{where}: its sha256 line is missing (damaged or truncated)")
+    if line[len(_SHA_LINE):-1] != hashlib.sha256(body).hexdigest().encode():
+        raise CorruptionError(f"{where}: its sha256 does not match its content (damaged)")
+    try:
+        info = json.loads(body)
+    except ValueError as exc:
+        raise CorruptionError(f"{where}: not JSON ({exc})") from exc
+    if not isinstance(info, dict):
+        raise CorruptionError(f"{where}: not a JSON object")
+    fmt = info.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise CorruptionError(f"{where}: no format version")
+    if fmt > MANIFEST_FORMAT:
+        raise IncompatibleFormatError(f"{where} has format {fmt}; this ShaleDB reads up to "
+                                      f"{MANIFEST_FORMAT}: upgrade ShaleDB")
+    return info
+
+
+def object_name(sha: str) -> str:
+    """Where the object with SHA-256 ``sha`` (64 hex digits) lives."""
+    return f"objects/{sha[:2]}/{sha}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """One file of a backup: its name in the database directory and its object."""
+
+    name: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupInfo:
+    """One backup in a repository (``db.backup(repo)`` returns it)."""
+
+    #: Sortable id: creation time (UTC, ms) and 6 random hex digits.
+    id: str
+    #: The last sequence number the backup holds: every write acknowledged before the
+    #: backup started is in it, none after this number.
+    sequence: int
+    created_at: dt.datetime
+    #: Number of files (tables, WAL segments, MANIFEST, OPTIONS, KEYRING).
+    files: int
+    #: Bytes of those files (what a restore writes).
+    bytes: int
+    #: Bytes this backup added to the repository (the rest was stored by earlier backups).
+    new_bytes: int
+    encrypted: bool
+    database_format: int
+    #: Commit time of the newest write in the backup (ms since the Unix epoch), if known.
+    last_commit_ms: int | None
+    entries: tuple[FileEntry, ...] = dataclasses.field(repr=False, default=())
+    manifest: str = ""
+
+    @property
+    def created_ms(self) -> int:
+        return int(self.created_at.timestamp() * 1000)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": MANIFEST_FORMAT, "id": self.id, "sequence": self.sequence,
+                "created_at": self.created_at.isoformat(), "created_ms": self.created_ms,
+                "files": [e.to_json() for e in self.entries], "bytes": self.bytes,
+                "new_bytes": self.new_bytes, "encrypted": self.encrypted,
+                "database_format": self.database_format, "manifest": self.manifest,
+                "last_commit_ms": self.last_commit_ms}
+
+    def summary(self) -> dict[str, Any]:
+        """What ``shaledb backups list --json`` prints for it."""
+        return {"id": self.id, "sequence": self.sequence,
+                "created_at": self.created_at.isoformat(), "files": self.files,
+                "bytes": self.bytes, "new_bytes": self.new_bytes,
+                "encrypted": self.encrypted}
+
+    @classmethod
+    def from_json(cls, info: dict[str, Any], where: str) -> BackupInfo:
+        try:
+            entries = tuple(FileEntry(str(f["name"]), int(f["size"]), str(f["sha256"]))
+                            for f in info["files"])
+            for e in entries:
+                if not _HEX64.match(e.sha256) or e.size < 0 or "/" in e.name:
+                    raise ValueError(f"bad file entry {e}")
+            created = dt.datetime.fromtimestamp(int(info["created_ms"]) / 1000, dt.UTC)
+            last = info.get("last_commit_ms")
+            return cls(id=str(info["id"]), sequence=int(info["sequence"]),
+                       created_at=created, files=len(entries), bytes=int(info["bytes"]),
+                       new_bytes=int(info["new_bytes"]), encrypted=bool(info["encrypted"]),
+                       database_format=int(info["database_format"]),
+                       last_commit_ms=None if last is None else int(last), entries=entries,
+                       manifest=str(info["manifest"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptionError(f"{where}: malformed backup manifest ({exc})") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveEntry:
+    """One archived WAL segment."""
+
+    name: str
+    number: int
+    size: int
+    sha256: str
+    first_seq: int | None
+    last_seq: int | None
+    first_ms: int | None
+    last_ms: int | None
+
+
+@dataclasses.dataclass
+class RepoVerifyReport:
+    """What ``Repository.verify`` found. ``ok`` when every byte checked out."""
+
+    files: int = 0
+    bytes: int = 0
+    backups: int = 0
+    #: (repository file, what is wrong)
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    notices: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclasses.dataclass
+class PruneReport:
+    """What ``Repository.prune`` kept and removed."""
+
+    kept: list[str]
+    removed: list[str]
+    objects_removed: int
+    bytes_freed: int
+    wal_removed: int
+
+
+class _Hashing:
+    """Copies chunks to an upload while hashing them (and counting)."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+
+class Repository:
+    """A backup repository (see the module docstring). Safe to share between threads; every
+    write takes the repository's lock (one writer at a time, across processes too).
+
+    It is also the WAL archive of ``shaledb.open(path, wal_archive=repo)``
+    (:meth:`archive_segment`)."""
+
+    def __init__(self, location: str | Storage, *, fs: FileSystem | None = None,
+                 create: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> None:
+        self.storage: Storage = (LocalStorage(location, fs) if isinstance(location, str)
+                                 else location)
+        self.location = self.storage.location
+        self.lock_timeout = lock_timeout
+        if not self.storage.exists("REPOSITORY"):
+            if not create:
+                raise InvalidArgument(f"{self.location!r} is not a backup repository (no "
+                                      f"REPOSITORY file); take a backup into it to create one")
+            with self.locked():
+                if not self.storage.exists("REPOSITORY"):
+                    self.storage.put("REPOSITORY", encode_doc({
+                        "format": REPOSITORY_FORMAT, "kind": "shaledb backup repository",
+                        "created_by": f"shaledb {__version__}",
+                        "created_at": dt.datetime.now(dt.UTC).isoformat()}))
+        self._check_repository_file()
+
+    def _check_repository_file(self) -> dict[str, Any]:
+        info = decode_doc(self.storage.read("REPOSITORY"), f"{self.location}/REPOSITORY")
+        if info.get("kind") != "shaledb backup repository":
+            raise CorruptionError(f"{self.location}/REPOSITORY does not describe a ShaleDB "
+                                  f"backup repository")
+        if int(info["format"]) > REPOSITORY_FORMAT:
+            raise IncompatibleFormatError(
+                f"backup repository {self.location!r} has format {info['format']}; this "
+                f"ShaleDB reads up to {REPOSITORY_FORMAT}: upgrade ShaleDB")
+        return info
+
+    def locked(self) -> _Locked:
+        """The repository's writer lock, as a context manager."""
+        return _Locked(self.storage.lock(self.lock_timeout))
+
+    # -- objects ---------------------------------------------------------------------------
+    def has_object(self, sha: str, size: int) -> bool:
+        name = object_name(sha)
+        return self.storage.exists(name) and self.storage.size(name) == size
+
+    def store_chunks(self, chunks: Iterable[bytes], *, progress: Callable[[int], None]
+                     | None = None) -> tuple[str, int, bool]:
+        """Store the bytes ``chunks`` yields as an object, hashing while copying; returns
+        (sha256, size, whether it was new). Caller holds the lock."""
+        h = _Hashing()
+        up = self.storage.upload()
+        try:
+            for chunk in chunks:
+                h.sha.update(chunk)
+                h.size += len(chunk)
+                up.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            sha = h.sha.hexdigest()
+            if self.has_object(sha, h.size):
+                up.abort()  # stored by an earlier backup: once is enough
+                return sha, h.size, False
+            up.publish(object_name(sha))
+            return sha, h.size, True
+        except BaseException:
+            up.abort()
+            raise
+
+    def object_chunks(self, sha: str, size: int, where: str) -> Iterator[bytes]:
+        """The object's bytes in chunks, checked while read: CorruptionError (naming the
+        object and ``where``) when its size or SHA-256 is not what its name says."""
+        name = object_name(sha)
+        if not self.storage.exists(name):
+            raise CorruptionError(f"{self.location}/{name} ({where}) is missing")
+        h = hashlib.sha256()
+        n = 0
+        for chunk in self.storage.read_chunks(name):
+            h.update(chunk)
+            n += len(chunk)
+            if n > size:
+                break
+            yield chunk
+        if n != size or h.hexdigest() != sha:
+            raise CorruptionError(f"{self.location}/{name} ({where}) is damaged: its bytes "
+                                  f"do not match its SHA-256 name or size")
+
+    # -- backups ---------------------------------------------------------------------------
+    def new_backup_id(self, now: dt.datetime) -> str:
+        return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+    def publish_backup(self, info: BackupInfo) -> None:
+        """Write the backup's manifest (atomically, last). Caller holds the lock."""
+        self.storage.put(f"backups/{info.id}.json", encode_doc(info.to_json()))
+
+    def backups(self) -> list[BackupInfo]:
+        """Every complete backup, oldest first (damaged manifests raise CorruptionError:
+        ``verify`` names them all)."""
+        out = []
+        for name in self.storage.list("backups"):
+            if not name.endswith(".json"):
+                continue
+            where = f"{self.location}/{name}"
+            out.append(BackupInfo.from_json(decode_doc(self.storage.read(name), where), where))
+        return sorted(out, key=lambda b: (b.sequence, b.created_at, b.id))
+
+    def backup(self, backup_id: str | None = None) -> BackupInfo:
+        """The backup ``backup_id`` (the latest when None); InvalidArgument when none."""
+        if backup_id is not None and not _BACKUP_ID.match(backup_id):
+            raise InvalidArgument(f"{backup_id!r} is not a backup id (shaledb backups list "
+                                  f"shows them)")
+        found = self.backups()
+        if backup_id is None:
+            if not found:
+                raise InvalidArgument(f"backup repository {self.location!r} holds no backup")
+            return found[-1]
+        for b in found:
+            if b.id == backup_id:
+                return b
+        raise InvalidArgument(f"backup {backup_id!r} is not in {self.location!r} (shaledb "
+                              f"backups list shows them)")
+
+    # -- WAL archive -----------------------------------------------------------------------
+    def archive_segment(self, segment: ArchivedSegment) -> None:
+        """Store an archived WAL segment (the engine calls this before deleting it)."""
+        data = segment.data
+        with self.locked():
+            sha, size, _ = self.store_chunks(
+                memoryview(data)[i:i + CHUNK].tobytes() for i in range(0, len(data), CHUNK))
+            name = f"wal/{segment.number:012d}-{sha[:16]}.json"
+            if self.storage.exists(name):
+                return
+            self.storage.put(name, encode_doc({
+                "format": MANIFEST_FORMAT, "number": segment.number, "sha256": sha,
+                "size": size, "first_seq": segment.first_seq, "last_seq": segment.last_seq,
+                "first_ms": segment.first_ms, "last_ms": segment.last_ms,
+                "encrypted": segment.encrypted,
+                "archived_at": dt.datetime.now(dt.UTC).isoformat()}))
+
+    def archived(self) -> list[ArchiveEntry]:
+        """Every archived WAL segment, by number."""
+        out = []
+        for name in self.storage.list("wal"):
+            if not name.endswith(".json"):
+                continue
+            where = f"{self.location}/{name}"
+            info = decode_doc(self.storage.read(name), where)
+            try:
+                out.append(ArchiveEntry(name, int(info["number"]), int(info["size"]),
+                                        str(info["sha256"]), _opt_int(info["first_seq"]),
+                                        _opt_int(info["last_seq"]), _opt_int(info["first_ms"]),
+                                        _opt_int(info["last_ms"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CorruptionError(f"{where}: malformed WAL archive entry ({exc})") from exc
+        return sorted(out, key=lambda e: (e.number, e.size))
+
+    # -- verify ----------------------------------------------------------------------------
+    def verify(self, backup_id: str | None = None, *,
+               progress: ProgressFn | None = None) -> RepoVerifyReport:
+        """Check every byte: the documents' checksums, and every object's size and SHA-256
+        (streamed). With ``backup_id``: that backup's manifest and objects only. Damage is
+        reported (``.problems`` names each damaged file), not raised."""
+        r = RepoVerifyReport()
+        try:
+            self._check_repository_file()
+            r.files += 1
+        except (CorruptionError, IncompatibleFormatError, StorageError) as exc:
+            r.problems.append(("REPOSITORY", str(exc)))
+        wanted: dict[str, int] = {}  # object name -> expected size
+        docs = [n for n in self.storage.list("backups") if n.endswith(".json")]
+        if backup_id is not None:
+            docs = [n for n in docs if n == f"backups/{backup_id}.json"]
+            if not docs:
+                raise InvalidArgument(f"backup {backup_id!r} is not in {self.location!r}")
+        for name in docs:
+            try:
+                b = BackupInfo.from_json(decode_doc(self.storage.read(name), name), name)
+            except (CorruptionError, IncompatibleFormatError, StorageError) as exc:
+                r.problems.append((name, str(exc)))
+                continue
+            r.files += 1
+            r.backups += 1
+            for e in b.entries:
+                wanted[object_name(e.sha256)] = e.size
+        if backup_id is None:
+            for name in self.storage.list("wal"):
+                try:
+                    info = decode_doc(self.storage.read(name), name)
+                    wanted[object_name(str(info["sha256"]))] = int(info["size"])
+                    r.files += 1
+                except (CorruptionError, IncompatibleFormatError, StorageError, KeyError,
+                        ValueError, TypeError) as exc:
+                    r.problems.append((name, f"damaged WAL archive entry: {exc}"))
+            for name in self.storage.list("objects"):
+                wanted.setdefault(name, -1)  # unreferenced: still checked against its name
+            leftovers = self.storage.list("tmp")
+            if leftovers:
+                r.notices.append(f"{len(leftovers)} upload(s) left by an interrupted backup "
+                                 f"in tmp/ (the next backup removes them)")
+        total = sum(max(0, s) for s in wanted.values())
+        done = 0
+        for name in sorted(wanted):
+            sha = name.rsplit("/", 1)[-1]
+            if not _HEX64.match(sha):
+                r.problems.append((name, "not an object name (64 hex digits)"))
+                continue
+            if not self.storage.exists(name):
+                r.problems.append((name, "missing (a backup or the WAL archive needs it)"))
+                continue
+            h = hashlib.sha256()
+            n = 0
+            try:
+                for chunk in self.storage.read_chunks(name):
+                    h.update(chunk)
+                    n += len(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+            except StorageError as exc:
+                r.problems.append((name, f"cannot be read: {exc}"))
+                continue
+            r.files += 1
+            r.bytes += n
+            if h.hexdigest() != sha:
+                r.problems.append((name, "damaged: its SHA-256 does not match its name"))
+            elif wanted[name] >= 0 and n != wanted[name]:
+                r.problems.append((name, f"has {n} bytes, {wanted[name]} expected"))
+        return r
+
+    # -- prune -----------------------------------------------------------------------------
+    def prune(self, keep_last: int, keep_daily: int = 0, keep_weekly: int = 0,
+              *, dry_run: bool = False) -> PruneReport:
+        """Remove the backups no rule keeps, then the objects and archived WAL segments no
+        remaining backup needs. Rules (restic's): the ``keep_last`` newest backups; the
+        newest backup of each of the ``keep_daily`` most recent days (UTC) that have one;
+        the newest of each of the ``keep_weekly`` most recent ISO weeks that have one.
+        Archived WAL older than the oldest kept backup is removed (point-in-time restore
+        starts from a backup)."""
+        for name, value in (("keep_last", keep_last), ("keep_daily", keep_daily),
+                            ("keep_weekly", keep_weekly)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(f"{name} must be an integer >= 0, got {value!r}")
+        if keep_last < 1:
+            raise InvalidArgument("keep_last must be at least 1: prune never removes the "
+                                  "newest backup")
+        with self.locked():
+            found = sorted(self.backups(), key=lambda b: (b.created_at, b.id), reverse=True)
+            keep = {b.id for b in found[:keep_last]}
+            for count, bucket in ((keep_daily, _day), (keep_weekly, _week)):
+                seen: list[str] = []
+                for b in found:
+                    key = bucket(b)
+                    if key in seen:
+                        continue
+                    if len(seen) >= count:
+                        break
+                    seen.append(key)
+                    keep.add(b.id)
+            kept = [b for b in found if b.id in keep]
+            removed = [b for b in found if b.id not in keep]
+            report = PruneReport(kept=[b.id for b in kept], removed=[b.id for b in removed],
+                                 objects_removed=0, bytes_freed=0, wal_removed=0)
+            if dry_run:
+                return report
+            for b in removed:
+                self.storage.delete(f"backups/{b.id}.json")
+            oldest = min(b.sequence for b in kept)
+            needed: set[str] = {object_name(e.sha256) for b in kept for e in b.entries}
+            for e in self.archived():
+                if e.last_seq is not None and e.last_seq <= oldest:
+                    self.storage.delete(e.name)
+                    report.wal_removed += 1
+                else:
+                    needed.add(object_name(e.sha256))
+            for name in self.storage.list("objects"):
+                if name not in needed:
+                    report.bytes_freed += self.storage.size(name)
+                    self.storage.delete(name)
+                    report.objects_removed += 1
+            self.storage.clean_uploads()
+            return report
+
+    def __repr__(self) -> str:
+        return f"Repository({self.location!r})"
+
+
+def _day(b: BackupInfo) -> str:
+    return b.created_at.date().isoformat()
+
+
+def _week(b: BackupInfo) -> str:
+    year, week, _ = b.created_at.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+class _Locked:
+    def __init__(self, lock: Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> _Locked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def open_repository(repo: str | os.PathLike[str] | Repository, *,
+                    fs: FileSystem | None = None, create: bool = True) -> Repository:
+    """``repo`` as a :class:`Repository` (a path is opened, created when ``create``)."""
+    if isinstance(repo, Repository):
+        return repo
+    if not isinstance(repo, (str, os.PathLike)):
+        raise TypeError(f"a backup repository is a path or a Repository, not "
+                        f"{type(repo).__name__}")
+    return Repository(vfs.absolute(repo), fs=fs, create=create)
+
+
+__all__ = ["ArchiveEntry", "BackupInfo", "FileEntry", "PruneReport", "RepoVerifyReport",
+           "Repository", "decode_doc", "encode_doc", "object_name", "open_repository"]
