@@ -50,6 +50,10 @@ REPOSITORY_FORMAT = 1
 MANIFEST_FORMAT = 1
 #: Seconds a writer waits for the repository's lock.
 LOCK_TIMEOUT = 600.0
+#: Largest repository document (REPOSITORY, a backup manifest, a WAL entry) read or written:
+#: a manifest takes about 150 bytes per file, so this is some 400,000 files. A larger one is
+#: damage (or crafted): refused before it is read, so memory stays bounded.
+MAX_DOCUMENT_SIZE = 64 << 20
 
 _SHA_LINE = b"sha256 "
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -75,8 +79,9 @@ def decode_doc(raw: bytes, where: str) -> dict[str, Any]:
         raise CorruptionError(f"{where}: its sha256 does not match its content (damaged)")
     try:
         info = json.loads(body)
-    except ValueError as exc:
-        raise CorruptionError(f"{where}: not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise CorruptionError(f"{where}: not JSON ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
     if not isinstance(info, dict):
         raise CorruptionError(f"{where}: not a JSON object")
     fmt = info.get("format")
@@ -86,6 +91,22 @@ def decode_doc(raw: bytes, where: str) -> dict[str, Any]:
         raise IncompatibleFormatError(f"{where} has format {fmt}; this ShaleDB reads up to "
                                       f"{MANIFEST_FORMAT}: upgrade ShaleDB")
     return info
+
+
+def _int(v: Any, *, optional: bool = False) -> Any:
+    """A JSON integer field, strictly (a float, string or bool is malformed: ValueError)."""
+    if v is None and optional:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"{v!r} is not an integer")
+    return v
+
+
+def _ms_time(ms: int) -> dt.datetime:
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"{ms} ms is not a time ({exc})") from exc
 
 
 def object_name(sha: str) -> str:
@@ -150,19 +171,18 @@ class BackupInfo:
     @classmethod
     def from_json(cls, info: dict[str, Any], where: str) -> BackupInfo:
         try:
-            entries = tuple(FileEntry(str(f["name"]), int(f["size"]), str(f["sha256"]))
+            entries = tuple(FileEntry(str(f["name"]), _int(f["size"]), str(f["sha256"]))
                             for f in info["files"])
             for e in entries:
                 if not _HEX64.match(e.sha256) or e.size < 0 or "/" in e.name:
                     raise ValueError(f"bad file entry {e}")
-            created = dt.datetime.fromtimestamp(int(info["created_ms"]) / 1000, dt.UTC)
-            last = info.get("last_commit_ms")
-            return cls(id=str(info["id"]), sequence=int(info["sequence"]),
-                       created_at=created, files=len(entries), bytes=int(info["bytes"]),
-                       new_bytes=int(info["new_bytes"]), encrypted=bool(info["encrypted"]),
-                       database_format=int(info["database_format"]),
-                       last_commit_ms=None if last is None else int(last), entries=entries,
-                       manifest=str(info["manifest"]))
+            created = _ms_time(_int(info["created_ms"]))
+            return cls(id=str(info["id"]), sequence=_int(info["sequence"]),
+                       created_at=created, files=len(entries), bytes=_int(info["bytes"]),
+                       new_bytes=_int(info["new_bytes"]), encrypted=bool(info["encrypted"]),
+                       database_format=_int(info["database_format"]),
+                       last_commit_ms=_int(info.get("last_commit_ms"), optional=True),
+                       entries=entries, manifest=str(info["manifest"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptionError(f"{where}: malformed backup manifest ({exc})") from exc
 
@@ -242,7 +262,7 @@ class Repository:
         self._check_repository_file()
 
     def _check_repository_file(self) -> dict[str, Any]:
-        info = decode_doc(self.storage.read("REPOSITORY"), f"{self.location}/REPOSITORY")
+        info = self._read_doc("REPOSITORY", f"{self.location}/REPOSITORY")
         if info.get("kind") != "shaledb backup repository":
             raise CorruptionError(f"{self.location}/REPOSITORY does not describe a ShaleDB "
                                   f"backup repository")
@@ -255,6 +275,25 @@ class Repository:
     def locked(self) -> _Locked:
         """The repository's writer lock, as a context manager."""
         return _Locked(self.storage.lock(self.lock_timeout))
+
+    def _read_doc(self, name: str, where: str) -> dict[str, Any]:
+        """Read and check a repository document, refusing one larger than
+        :data:`MAX_DOCUMENT_SIZE` before reading it (bounded memory)."""
+        size = self.storage.size(name)
+        if size > MAX_DOCUMENT_SIZE:
+            raise CorruptionError(f"{where}: too large for a repository document ({size} "
+                                  f"bytes; at most {MAX_DOCUMENT_SIZE}): damaged or not "
+                                  f"written by ShaleDB")
+        return decode_doc(self.storage.read(name), where)
+
+    def _put_doc(self, name: str, info: dict[str, Any]) -> None:
+        raw = encode_doc(info)
+        if len(raw) > MAX_DOCUMENT_SIZE:
+            raise InvalidArgument(
+                f"{self.location}/{name} would be {len(raw)} bytes, more than a repository "
+                f"document may hold ({MAX_DOCUMENT_SIZE}): the database has too many files "
+                f"for one backup manifest; raise target_file_size and compact")
+        self.storage.put(name, raw)
 
     # -- objects ---------------------------------------------------------------------------
     def has_object(self, sha: str, size: int) -> bool:
@@ -308,7 +347,7 @@ class Repository:
 
     def publish_backup(self, info: BackupInfo) -> None:
         """Write the backup's manifest (atomically, last). Caller holds the lock."""
-        self.storage.put(f"backups/{info.id}.json", encode_doc(info.to_json()))
+        self._put_doc(f"backups/{info.id}.json", info.to_json())
 
     def backups(self) -> list[BackupInfo]:
         """Every complete backup, oldest first (damaged manifests raise CorruptionError:
@@ -318,7 +357,7 @@ class Repository:
             if not name.endswith(".json"):
                 continue
             where = f"{self.location}/{name}"
-            out.append(BackupInfo.from_json(decode_doc(self.storage.read(name), where), where))
+            out.append(BackupInfo.from_json(self._read_doc(name, where), where))
         return sorted(out, key=lambda b: (b.sequence, b.created_at, b.id))
 
     def backup(self, backup_id: str | None = None) -> BackupInfo:
@@ -347,12 +386,12 @@ class Repository:
             name = f"wal/{segment.number:012d}-{sha[:16]}.json"
             if self.storage.exists(name):
                 return
-            self.storage.put(name, encode_doc({
+            self._put_doc(name, {
                 "format": MANIFEST_FORMAT, "number": segment.number, "sha256": sha,
                 "size": size, "first_seq": segment.first_seq, "last_seq": segment.last_seq,
                 "first_ms": segment.first_ms, "last_ms": segment.last_ms,
                 "encrypted": segment.encrypted,
-                "archived_at": dt.datetime.now(dt.UTC).isoformat()}))
+                "archived_at": dt.datetime.now(dt.UTC).isoformat()})
 
     def archived(self) -> list[ArchiveEntry]:
         """Every archived WAL segment, by number."""
@@ -361,14 +400,7 @@ class Repository:
             if not name.endswith(".json"):
                 continue
             where = f"{self.location}/{name}"
-            info = decode_doc(self.storage.read(name), where)
-            try:
-                out.append(ArchiveEntry(name, int(info["number"]), int(info["size"]),
-                                        str(info["sha256"]), _opt_int(info["first_seq"]),
-                                        _opt_int(info["last_seq"]), _opt_int(info["first_ms"]),
-                                        _opt_int(info["last_ms"])))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CorruptionError(f"{where}: malformed WAL archive entry ({exc})") from exc
+            out.append(_archive_entry(name, self._read_doc(name, where), where))
         return sorted(out, key=lambda e: (e.number, e.size))
 
     # -- verify ----------------------------------------------------------------------------
@@ -391,7 +423,7 @@ class Repository:
                 raise InvalidArgument(f"backup {backup_id!r} is not in {self.location!r}")
         for name in docs:
             try:
-                b = BackupInfo.from_json(decode_doc(self.storage.read(name), name), name)
+                b = BackupInfo.from_json(self._read_doc(name, name), name)
             except (CorruptionError, IncompatibleFormatError, StorageError) as exc:
                 r.problems.append((name, str(exc)))
                 continue
@@ -402,11 +434,10 @@ class Repository:
         if backup_id is None:
             for name in self.storage.list("wal"):
                 try:
-                    info = decode_doc(self.storage.read(name), name)
-                    wanted[object_name(str(info["sha256"]))] = int(info["size"])
+                    entry = _archive_entry(name, self._read_doc(name, name), name)
+                    wanted[object_name(entry.sha256)] = entry.size
                     r.files += 1
-                except (CorruptionError, IncompatibleFormatError, StorageError, KeyError,
-                        ValueError, TypeError) as exc:
+                except (CorruptionError, IncompatibleFormatError, StorageError) as exc:
                     r.problems.append((name, f"damaged WAL archive entry: {exc}"))
             for name in self.storage.list("objects"):
                 wanted.setdefault(name, -1)  # unreferenced: still checked against its name
@@ -510,8 +541,18 @@ def _week(b: BackupInfo) -> str:
     return f"{year}-W{week:02d}"
 
 
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
+def _archive_entry(name: str, info: dict[str, Any], where: str) -> ArchiveEntry:
+    try:
+        sha = str(info["sha256"])
+        if not _HEX64.match(sha):
+            raise ValueError(f"sha256 {sha!r} is not 64 hex digits")
+        return ArchiveEntry(name, _int(info["number"]), _int(info["size"]), sha,
+                            _int(info["first_seq"], optional=True),
+                            _int(info["last_seq"], optional=True),
+                            _int(info["first_ms"], optional=True),
+                            _int(info["last_ms"], optional=True))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptionError(f"{where}: malformed WAL archive entry ({exc})") from exc
 
 
 class _Locked:
