@@ -98,7 +98,7 @@ from .filenames import (
     table_name,
 )
 from .iterator import concat, memtable_source, merge, visible
-from .logfile import content_end, lost_bytes, scan_log
+from .logfile import content_end, file_header_size, lost_bytes, scan_log
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
 from .optionsfile import (
@@ -1682,6 +1682,21 @@ class Engine:
             data = self.fs.read_file(path)  # one segment: about a memtable, as recovery reads
             expect = expected_log_format(self._log_since, number, self.encrypted)
             end = content_end(data, expect)
+            cut = self._recovery_cut(number)
+            if cut is not None:
+                # A recovery cut this segment there (a crash's torn tail, or damage): what
+                # follows is in lost/, not in the database's history, and the sequence
+                # numbers it held were given to later writes. Archive what recovery kept,
+                # so that a point-in-time restore replays the history the database has.
+                if cut <= file_header_size(expect):
+                    # Nothing of it was kept (it followed a cut segment, or its header was
+                    # damaged): no record of it belongs to the history.
+                    _log.info("WAL archive: %s not archived: recovery kept none of it "
+                              "(it is in %s/)", log_file(number), LOST_DIR)
+                    with self._mutex:
+                        self._archived.add(number)
+                    return True
+                end = min(end, cut)
             seg = scan_segment_bytes(data[:end], path, number, expect, self._keyring)
             first_seq = last_seq = first_ms = last_ms = None
             for payload in seg.scan.records:
@@ -1706,6 +1721,23 @@ class Engine:
             self._archived.add(number)
             self._archive_error = None
         return True
+
+    def _recovery_cut(self, number: int) -> int | None:
+        """Where a recovery cut WAL segment ``number`` (the smallest offset of the
+        ``lost/NNNNNN.log.at-OFFSET`` files it saved), or None. Read from lost/, which is
+        durable before the segment can be deleted, so a crash between that recovery and
+        the archive still finds it."""
+        lost = vfs.join(self.path, LOST_DIR)
+        if not self.fs.is_dir(lost):
+            return None
+        prefix = f"{log_file(number)}.at-"
+        cuts = []
+        for name in self.fs.listdir(lost):
+            if name.startswith(prefix):
+                digits = name[len(prefix):].split(".", 1)[0]
+                if digits.isdigit():
+                    cuts.append(int(digits))
+        return min(cuts) if cuts else None
 
     def _archive_at_close(self) -> None:
         """At close (every segment sealed): archive the live segments and the obsolete ones
