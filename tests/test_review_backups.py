@@ -227,3 +227,46 @@ def test_point_in_time_restore_never_replays_what_recovery_cut_away(tmp_path) ->
     r = shaledb.restore(str(repo), str(tmp_path / "pitr"), until=dt.datetime.now(dt.UTC))
     with shaledb.open(r.path) as rdb:
         assert _scan(rdb) == want
+
+
+# -- prune, verify, restore of crafted manifests -------------------------------------------
+
+
+def test_prune_of_a_repository_with_only_a_wal_archive(tmp_path) -> None:
+    """A repository that holds archived WAL but no backup yet (shaledb.open(...,
+    wal_archive=repo) before the first backup): prune raised ValueError (min() of no kept
+    backup) instead of removing nothing. It must keep the archive whole. (Found: fixed.)"""
+    repo = tmp_path / "repo"
+    with shaledb.open(tmp_path / "db", wal_archive=str(repo), **SMALL_OPTS) as db:
+        for i in range(3000):
+            db.put(b"k%05d" % i, b"v" * 60)
+    r = Repository(str(repo), create=False)
+    before = r.archived()
+    assert before
+    report = r.prune(keep_last=1)
+    assert report.kept == [] and report.wal_removed == 0 and report.objects_removed == 0
+    assert r.archived() == before and r.verify().ok
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a\x00b", "CURRENT", "LOCK",
+                                  "000005.sst\n", "../x", "lost"])
+def test_a_crafted_file_name_never_writes_outside_dest(tmp_path, name) -> None:
+    """A backup manifest (valid sha256 line) naming a file ``..``, ``.``, the empty name, a
+    NUL byte, CURRENT, LOCK, a table name with a newline: restore must refuse it with a
+    typed error (CorruptionError naming the manifest) before writing anything, never write
+    outside DEST, and leave nothing behind. A NUL raised ValueError; CURRENT was written and
+    then overwritten, the restore "succeeded" and the database lacked its OPTIONS; the
+    newline name was accepted (``$`` matches before a final newline). (Found: fixed: a
+    manifest may only name the files of a database directory, each once.)"""
+    repo = tmp_path / "repo"
+    with shaledb.open(tmp_path / "db") as db:
+        db.put(b"k", b"v")
+        info = db.backup(repo)
+    _rewrite_doc(repo / "backups" / f"{info.id}.json",
+                 lambda d: d["files"].__setitem__(0, dict(d["files"][0], name=name)))
+    outside = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CorruptionError, match=info.id):
+        shaledb.restore(str(repo), str(tmp_path / "dest"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == outside
+    report = Repository(str(repo), create=False).verify()
+    assert any(f.endswith(f"{info.id}.json") for f, _ in report.problems)

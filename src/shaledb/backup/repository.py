@@ -39,6 +39,7 @@ from typing import Any
 
 from ..engine import vfs
 from ..engine.archive import ArchivedSegment
+from ..engine.filenames import KEYRING, OPTIONS, log_file, parse, table_file
 from ..engine.vfs import FileSystem, Lock
 from ..errors import CorruptionError, IncompatibleFormatError, InvalidArgument, StorageError
 from ..version import __version__
@@ -100,6 +101,21 @@ def _int(v: Any, *, optional: bool = False) -> Any:
     if not isinstance(v, int) or isinstance(v, bool):
         raise ValueError(f"{v!r} is not an integer")
     return v
+
+
+def _database_file(name: str) -> bool:
+    """Whether a backup may list ``name``: the files of a database directory a restore
+    writes (a table, a WAL segment, a MANIFEST, OPTIONS, KEYRING), spelt exactly as the
+    engine spells them. Anything else (``..``, a NUL, CURRENT, LOCK, a trailing newline)
+    is a crafted or damaged manifest: a restore never writes it."""
+    if name in (OPTIONS, KEYRING):
+        return True
+    parsed = parse(name)
+    if parsed is None:
+        return False
+    kind, number = parsed
+    canonical = {"sst": table_file, "log": log_file}.get(kind)
+    return name == (canonical(number) if canonical else f"MANIFEST-{number:06d}")
 
 
 def _ms_time(ms: int) -> dt.datetime:
@@ -174,8 +190,13 @@ class BackupInfo:
             entries = tuple(FileEntry(str(f["name"]), _int(f["size"]), str(f["sha256"]))
                             for f in info["files"])
             for e in entries:
-                if not _HEX64.match(e.sha256) or e.size < 0 or "/" in e.name:
+                if not _HEX64.match(e.sha256) or e.size < 0 or not _database_file(e.name):
                     raise ValueError(f"bad file entry {e}")
+            if len({e.name for e in entries}) != len(entries):
+                raise ValueError("a file is listed twice")
+            if str(info["manifest"]) not in {e.name for e in entries if e.name.startswith(
+                    "MANIFEST-")}:
+                raise ValueError(f"its manifest {info['manifest']!r} is not among its files")
             created = _ms_time(_int(info["created_ms"]))
             return cls(id=str(info["id"]), sequence=_int(info["sequence"]),
                        created_at=created, files=len(entries), bytes=_int(info["bytes"]),
@@ -512,8 +533,10 @@ class Repository:
                 return report
             for b in removed:
                 self.storage.delete(f"backups/{b.id}.json")
-            oldest = min(b.sequence for b in kept)
             needed: set[str] = {object_name(e.sha256) for b in kept for e in b.entries}
+            # No backup yet (only a WAL archive): every archived segment may still matter
+            # (the first backup's point-in-time restores start from it).
+            oldest = min((b.sequence for b in kept), default=-1)
             for e in self.archived():
                 if e.last_seq is not None and e.last_seq <= oldest:
                     self.storage.delete(e.name)
