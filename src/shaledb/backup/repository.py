@@ -460,6 +460,7 @@ class Repository:
                     r.files += 1
                 except (CorruptionError, IncompatibleFormatError, StorageError) as exc:
                     r.problems.append((name, f"damaged WAL archive entry: {exc}"))
+            self._check_archive_continuity(r)
             for name in self.storage.list("objects"):
                 wanted.setdefault(name, -1)  # unreferenced: still checked against its name
             leftovers = self.storage.list("tmp")
@@ -495,6 +496,30 @@ class Repository:
             elif wanted[name] >= 0 and n != wanted[name]:
                 r.problems.append((name, f"has {n} bytes, {wanted[name]} expected"))
         return r
+
+    def _check_archive_continuity(self, r: RepoVerifyReport) -> None:
+        """Report a gap in the archived WAL past the oldest backup: sequence numbers no
+        archived segment holds between two that are there. Every point-in-time restore
+        past it would fail, however well the bytes left check out. (Overlaps are normal: a
+        recovery copies the records it replays into its new segment.)"""
+        try:
+            backups = self.backups()
+            entries = self.archived()
+        except (CorruptionError, IncompatibleFormatError, StorageError):
+            return  # the damaged documents are reported on their own
+        oldest = min((b.sequence for b in backups), default=-1)
+        last: int | None = None
+        prev = ""
+        for e in entries:
+            if e.first_seq is None or e.last_seq is None or e.last_seq <= oldest:
+                continue
+            if last is not None and e.first_seq > last + 1:
+                r.problems.append((e.name, f"the WAL archive is missing sequences "
+                                           f"{last + 1}-{e.first_seq - 1} (between {prev} "
+                                           f"and this segment): a point-in-time restore "
+                                           f"cannot get past them"))
+            if last is None or e.last_seq > last:
+                last, prev = e.last_seq, e.name
 
     # -- prune -----------------------------------------------------------------------------
     def prune(self, keep_last: int, keep_daily: int = 0, keep_weekly: int = 0,
