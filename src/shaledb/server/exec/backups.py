@@ -74,7 +74,6 @@ class BackupHost(Protocol):
 
     last_save_time: int
     bgsave_in_progress: bool
-    stats: collections.Counter[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +281,6 @@ class BackupScheduler:
             result.set_exception(CommandError(f"backup stopped: {exc}"))
         elif exc is not None:
             self._results["err"] += 1
-            self._server.stats["backup_failures"] += 1
             error = f"{type(exc).__name__}: {exc}"
             self._last = BackupAttempt("err", trigger, self._current_started, duration,
                                        error=error)
