@@ -25,6 +25,7 @@ Subcommands::
                   [--metrics-host H] [--metrics-port P|off] [--log-format text|json]
                   [--log-level L] [--slowlog-log-slower-than US] [--slowlog-max-len N]
                   [--scrub-interval SECONDS] [--scrub-rate BYTES]
+                  [--backup-repo DIR] [--backup-interval SECONDS] [--no-backup-wal-archive]
     shaledb cli [--host H] [--port P] [--config FILE] [--user U] [--tls] [ARGS...]
 
 Every command that opens a database takes ``--encryption-key-file FILE`` (or the environment
@@ -749,6 +750,18 @@ def decrypt(path: str, dest: str, key_file: str) -> None:
               callback=lambda ctx, param, value: _byte_count(value, "--scrub-rate"),
               help="Most bytes per second a scrub pass reads, with Redis' units (32mb, 1gb; "
                    "default 16mb; 0: no limit).")
+@click.option("--backup-repo", default=None, type=click.Path(file_okay=False),
+              help="Backup repository (a directory, created when missing) that BGSAVE, SAVE "
+                   "and --backup-interval back up into, and the WAL is archived to (also "
+                   "backup_repo in the config, or $SHALEDB_BACKUP_REPO). Not settable by "
+                   "CONFIG SET.")
+@click.option("--backup-interval", type=click.FloatRange(min=0), default=None,
+              metavar="SECONDS",
+              help="Seconds between the starts of scheduled backups (default 0: none; "
+                   "BGSAVE takes one). Needs --backup-repo.")
+@click.option("--backup-wal-archive/--no-backup-wal-archive", default=None,
+              help="With --backup-repo: archive every WAL segment into it, for "
+                   "point-in-time restore (default on).")
 @click.option("--encryption-key-file", "key_file", default=None,
               type=click.Path(dir_okay=False),
               help="Key file of an encrypted database (32 raw bytes or 64 hex characters, "
@@ -759,7 +772,9 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
           tls_auth_clients: str | None, protected_mode: bool | None, log_level: str | None,
           log_format: str | None, metrics_host: str | None, metrics_port: str | None,
           slowlog_log_slower_than: int | None, slowlog_max_len: int | None,
-          scrub_interval: float | None, scrub_rate: int | None, key_file: str | None) -> None:
+          scrub_interval: float | None, scrub_rate: int | None, backup_repo: str | None,
+          backup_interval: float | None, backup_wal_archive: bool | None,
+          key_file: str | None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -788,6 +803,9 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                              "slowlog_max_len": slowlog_max_len,
                                              "scrub_interval": scrub_interval,
                                              "scrub_rate": scrub_rate,
+                                             "backup_repo": backup_repo,
+                                             "backup_interval": backup_interval,
+                                             "backup_wal_archive": backup_wal_archive,
                                              "encryption_key_file": key_file})
     configure_logging(config.log_format, config.log_level)
     try:
@@ -912,7 +930,7 @@ def backup(path: str, repo: str, as_json: bool, key_file: str | None) -> None:
     """Back up the database at PATH into the repository REPO (a directory, created if
     missing). Only files the repository does not hold yet are copied. An encrypted database
     is backed up encrypted (its key is needed to open it, never stored). For a database open
-    in a server, back it up from inside that process (db.backup).
+    in a server, use its BGSAVE (shaledb serve --backup-repo), or db.backup in that process.
     """
     with shaledb.open(path, create_if_missing=False, encryption_key_file=key_file) as db:
         info = _run_with_progress("backup", as_json, lambda progress: db.backup(

@@ -31,7 +31,8 @@ from typing import Any
 
 import shaledb
 
-from ..errors import InvalidArgument
+from ..backup.repository import BackupInfo, Repository
+from ..errors import InvalidArgument, ShaleError
 from .admin.acl import Acl, AclRuleError, AuthRateLimiter, User
 from .admin.config import PASSWORD_ENV, ServerConfig
 from .admin.httpendpoint import MetricsEndpoint
@@ -40,6 +41,7 @@ from .admin.slowlog import SlowLog
 from .admin.stats import ServerStats
 from .commands import build_table
 from .errors import CommandError, WrongPassError
+from .exec.backups import BackupScheduler
 from .exec.checkpoint import Checkpointer
 from .exec.client import ClientState
 from .exec.cursors import ScanCursors
@@ -124,11 +126,15 @@ class Server:
         #: Whether the engine fsyncs the WAL every second by itself (opened with an
         #: fsync_interval); if not, ``everysec`` is done by :meth:`_periodic_sync`.
         self._engine_fsyncs = False
-        #: Unix time of the last successful SAVE/BGSAVE (LASTSAVE); the start time at first.
+        #: Unix time of the last successful backup (SAVE, BGSAVE, schedule), or of the last
+        #: SAVE without a backup repository (LASTSAVE); at first the newest backup in the
+        #: repository, else the start time.
         self.last_save_time = int(time.time())
-        #: Whether a BGSAVE is running.
+        #: Whether a backup is running (BGSAVE, SAVE, schedule).
         self.bgsave_in_progress = False
         self.checkpoints = Checkpointer(self)
+        #: BGSAVE, SAVE's backup and the schedule (the repository is opened by start()).
+        self.backups = BackupScheduler(self, None)
         self.rate_limits = CommandRateLimits(config.rate_limit_per_ip, config.rate_limit_users,
                                              config.rate_limit_max_hosts)
         self.scrubber = Scrubber(self)
@@ -252,9 +258,16 @@ class Server:
                     log.warning("the ACL file %s defines the default user: its passwords "
                                 "replace requirepass / %s", cfg.aclfile, PASSWORD_ENV)
         ssl_context = server_context(cfg) if cfg.tls_port is not None else None
+        repository = None
+        if cfg.backup_repo is not None:
+            repository = await loop.run_in_executor(
+                self._executor, _open_repository, cfg.backup_repo, cfg.dir)
+            self.backups.repository = repository
         if self._db is None:
             options: dict[str, Any] = {
                 "fsync_interval": None if cfg.appendfsync == "no" else 1.0}
+            if repository is not None and cfg.backup_wal_archive:
+                options["wal_archive"] = repository
             if cfg.memtable_size is not None:
                 options["memtable_size"] = cfg.memtable_size
             if cfg.encryption_key_file is not None:
@@ -335,6 +348,10 @@ class Server:
             run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
         self._tasks.append(loop.create_task(self._sample_ops()))
         self.scrubber.start()
+        newest = None
+        if repository is not None:
+            newest = await loop.run_in_executor(self._executor, _newest_backup, repository)
+        self.backups.start(newest)
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
                  "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
                  self.tls_port, self.metrics_port, cfg.appendfsync)
@@ -468,6 +485,7 @@ class Server:
         self._stopping = True
         self.accepting = False
         self.scrubber.close()  # a running pass stops at its next read (within 50 ms)
+        self.backups.stop()  # a running backup stops at its next chunk (1 MiB)
         for listener in self._listeners:
             listener.close()
         if self.metrics is not None:
@@ -492,6 +510,7 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
         await self.checkpoints.close()
+        await self.backups.close()
         await asyncio.get_running_loop().run_in_executor(None, self.scrubber.join)
         if self._own_db and self._db is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
@@ -502,6 +521,35 @@ class Server:
     async def wait_stopped(self) -> None:
         """Wait until a shutdown has completed."""
         await self._stopped.wait()
+
+
+def _open_repository(path: str, data_dir: str) -> Repository:
+    """The configured backup repository, created when missing (blocking). Refused inside
+    the data directory, or around it: a backup would copy itself, or the database's
+    directory listing would hold the repository's files."""
+    repo = os.path.realpath(path)
+    data = os.path.realpath(data_dir)
+    if repo == data or repo.startswith(data + os.sep) or data.startswith(repo + os.sep):
+        raise InvalidArgument(f"backup_repo {path!r} and dir {data_dir!r} overlap: put the "
+                              f"backup repository outside the database directory (and "
+                              f"best on another disk)")
+    try:
+        return Repository(repo)
+    except ShaleError as exc:
+        raise InvalidArgument(f"cannot open the backup repository {path!r}: {exc}; fix the "
+                              f"path or its permissions, or start without backup_repo") from None
+
+
+def _newest_backup(repo: Repository) -> BackupInfo | None:
+    """The newest backup in ``repo`` (LASTSAVE after a restart), or None; a damaged manifest
+    is logged, not fatal (``shaledb backups verify`` names it)."""
+    try:
+        found = repo.backups()
+    except ShaleError as exc:
+        log.warning("cannot list the backups in %s (%s): LASTSAVE starts at the start time; "
+                    "run `shaledb backups verify %s`", repo.location, exc, repo.location)
+        return None
+    return found[-1] if found else None
 
 
 def _tighten_data_dir(path: str) -> None:

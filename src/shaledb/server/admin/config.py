@@ -36,6 +36,8 @@ METRICS_OFF: Final = (-1, "-1", "off", "no", "none")
 PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 #: Environment variable read for the encryption key file when the config sets none.
 KEY_FILE_ENV: Final = "SHALEDB_ENCRYPTION_KEY_FILE"
+#: Environment variable read for the backup repository when the config sets none.
+BACKUP_REPO_ENV: Final = "SHALEDB_BACKUP_REPO"
 #: Lowest command rate limit (per IP, per user), in commands per second: a lower one held a
 #: client (the admin among them) for up to 1/rate seconds per command -- 1e-300 for ever.
 MIN_COMMAND_RATE: Final = 1.0
@@ -187,6 +189,20 @@ class ServerConfig:
     #: Most bytes per second a scrub pass reads (0: no limit). 16 MiB/s: ~1.8 h per 100 GiB,
     #: about a tenth of a core (measured: README, "Operating the server").
     scrub_rate: int = 16 * MiB
+    #: Backup repository (a directory, created when missing; docs/operations.md) that
+    #: BGSAVE, SAVE and the schedule back up into. None: no backups (BGSAVE answers an
+    #: error). Only from the config file, the command line or ``SHALEDB_BACKUP_REPO``:
+    #: CONFIG SET cannot change it (a client could otherwise point it anywhere the server
+    #: may write, as Redis 7 protects ``dir``). It may not lie inside ``dir``, nor ``dir``
+    #: inside it.
+    backup_repo: str | None = None
+    #: Seconds between the starts of scheduled backups (0, the default: none scheduled;
+    #: BGSAVE still takes one). Needs backup_repo.
+    backup_interval: float = 0.0
+    #: With backup_repo: open the database with its WAL archived into the same repository
+    #: (every WAL segment is copied there before it is deleted), so a point-in-time restore
+    #: (``shaledb restore --until``) reaches any write after the first backup.
+    backup_wal_archive: bool = True
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -253,6 +269,7 @@ class ServerConfig:
                 not isinstance(self.encryption_key_file, str) or not self.encryption_key_file):
             raise InvalidArgument("server setting encryption_key_file must be a non-empty "
                                   "path (of a key file, never the key itself)")
+        self._check_backups()
         self._check_tls()
         self._check_observability()
         self._check_output_and_rates()
@@ -296,6 +313,23 @@ class ServerConfig:
             raise InvalidArgument(
                 f"server setting scrub_rate must be an integer number of bytes per second "
                 f">= 0 (0: no limit), got {self.scrub_rate!r}")
+
+    def _check_backups(self) -> None:
+        if self.backup_repo is not None and (
+                not isinstance(self.backup_repo, str) or not self.backup_repo):
+            raise InvalidArgument("server setting backup_repo must be a non-empty path (a "
+                                  "directory)")
+        if (isinstance(self.backup_interval, bool)
+                or not isinstance(self.backup_interval, (int, float))
+                or not 0 <= self.backup_interval < float("inf")):
+            raise InvalidArgument(
+                f"server setting backup_interval must be a number of seconds >= 0 (0: no "
+                f"scheduled backup), got {self.backup_interval!r}")
+        if self.backup_interval and self.backup_repo is None:
+            raise InvalidArgument("server setting backup_interval needs backup_repo (the "
+                                  "repository the scheduled backups go to)")
+        if not isinstance(self.backup_wal_archive, bool):
+            raise InvalidArgument("server setting backup_wal_archive must be true or false")
 
     def _check_observability(self) -> None:
         if (not isinstance(self.slowlog_log_slower_than, int)
@@ -390,6 +424,8 @@ class ServerConfig:
             clean["requirepass"] = os.environ[PASSWORD_ENV]
         if clean.get("encryption_key_file") is None and os.environ.get(KEY_FILE_ENV):
             clean["encryption_key_file"] = os.environ[KEY_FILE_ENV]
+        if clean.get("backup_repo") is None and os.environ.get(BACKUP_REPO_ENV):
+            clean["backup_repo"] = os.environ[BACKUP_REPO_ENV]
         return cls(**clean)
 
     @classmethod
@@ -415,7 +451,8 @@ class ServerConfig:
         return cls.from_mapping(values)
 
 
-__all__ = ["APPENDFSYNC_MODES", "DEFAULT_METRICS_PORT", "KEY_FILE_ENV", "LOG_FORMATS",
+__all__ = ["APPENDFSYNC_MODES", "BACKUP_REPO_ENV", "DEFAULT_METRICS_PORT", "KEY_FILE_ENV",
+           "LOG_FORMATS",
            "LOG_LEVELS", "MAX_TRACKED_HOSTS", "METRICS_OFF", "MIN_AUTH_FAIL_RATE",
            "MIN_BULK_LEN", "MIN_COMMAND_RATE", "MIN_TIMEOUT", "PASSWORD_ENV",
            "TLS_AUTH_CLIENTS_MODES",

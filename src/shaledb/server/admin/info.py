@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import shaledb
 
 from ..keyspace.keyspace import Keyspace
+from ..keyspace.scrub import info_safe
 
 if TYPE_CHECKING:
     from ..exec.context import Services
@@ -152,14 +153,28 @@ def _memory(s: Services, engine: dict[str, Any]) -> Fields:
 
 
 def _persistence(s: Services, engine: dict[str, Any]) -> Fields:
-    # The WAL plays the part of Redis' AOF: always on, fsynced per appendfsync.
+    # The WAL plays the part of Redis' AOF: always on, fsynced per appendfsync. Redis' RDB
+    # fields describe the backups (exec/backups.py): BGSAVE takes one.
     status = "ok" if engine["background_error"] is None else "err"
+    b = s.backups.status()
+    last, ok = b.last, b.last_ok
+    changes = max(0, engine["last_sequence"] - ok.sequence) if ok is not None else \
+        engine["last_sequence"]
+    archive = engine["wal_archive"]
+    now = time.time()
     return [
         ("loading", 0),
         ("async_loading", 0),
+        # Writes (sequence numbers) since the newest backup: what a restore would lose
+        # without the WAL archive. Without a repository: 0, as Redis with no saving.
+        ("rdb_changes_since_last_save", changes if b.configured else 0),
         ("rdb_bgsave_in_progress", int(s.bgsave_in_progress)),
         ("rdb_last_save_time", s.last_save_time),
-        ("rdb_last_bgsave_status", "ok"),
+        ("rdb_last_bgsave_status", "ok" if last is None else last.status),
+        ("rdb_last_bgsave_time_sec", -1 if last is None else round(last.duration)),
+        ("rdb_current_bgsave_time_sec",
+         round(now - b.current_started) if b.in_progress else -1),
+        ("rdb_saves", b.results["ok"]),
         ("aof_enabled", 1),
         ("aof_rewrite_in_progress", 0),
         ("aof_last_write_status", status),
@@ -167,7 +182,36 @@ def _persistence(s: Services, engine: dict[str, Any]) -> Fields:
         ("shaledb_wal_bytes", engine["wal_bytes"]),
         ("shaledb_wal_syncs", engine["wal_syncs"]),
         ("shaledb_read_only", int(engine["read_only"])),
+        ("shaledb_backup_repo_configured", int(b.configured)),
+        ("shaledb_backup_interval", _number(b.interval)),
+        ("shaledb_backup_current_trigger", b.current_trigger),
+        ("shaledb_backup_current_bytes", b.current_bytes),
+        ("shaledb_backup_current_total_bytes", b.current_total),
+        ("shaledb_backups_ok", b.results["ok"]),
+        ("shaledb_backups_failed", b.results["err"]),
+        ("shaledb_backups_stopped", b.results["stopped"]),
+        ("shaledb_backup_last_trigger", "" if last is None else last.trigger),
+        ("shaledb_backup_last_start_time", 0 if last is None else int(last.started)),
+        ("shaledb_backup_last_duration_sec", "0" if last is None else f"{last.duration:.3f}"),
+        ("shaledb_backup_last_error", "" if last is None else info_safe(last.error)),
+        # The newest successful backup (this run's, or the newest found in the repository).
+        ("shaledb_backup_last_id", "" if ok is None else ok.id),
+        ("shaledb_backup_last_sequence", 0 if ok is None else ok.sequence),
+        ("shaledb_backup_last_time", 0 if ok is None else int(ok.created_at.timestamp())),
+        ("shaledb_backup_last_files", 0 if ok is None else ok.files),
+        ("shaledb_backup_last_bytes", 0 if ok is None else ok.bytes),
+        ("shaledb_backup_last_new_bytes", 0 if ok is None else ok.new_bytes),
+        ("shaledb_wal_archive_enabled", int(archive["enabled"])),
+        ("shaledb_wal_archive_segments", archive["archived"]),
+        # Segments the engine is done with but the archive has not taken yet (kept on disk).
+        ("shaledb_wal_archive_waiting", archive["waiting"]),
+        ("shaledb_wal_archive_errors", archive["errors"]),
+        ("shaledb_wal_archive_last_error", info_safe(archive["last_error"] or "")),
     ]
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
 
 
 def _stats(s: Services) -> Fields:

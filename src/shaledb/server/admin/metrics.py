@@ -10,7 +10,9 @@ the bounds are still exact. Engine metrics come from one ``db.stats()`` call per
 it refuses them (a background I/O error, or a read-only database; ``db.stats()["read_only"]``
 and ``["background_error"]``), and 503 ``degraded`` while the last completed scrub pass found
 damage or failed, or the scrub thread died (:meth:`ScrubStatus.health_reason`); notices of a
-pass do not degrade it.
+pass do not degrade it; and 503 ``degraded`` while the last backup failed
+(:meth:`~shaledb.server.exec.backups.BackupStatus.health_reason`: until one succeeds) or the
+WAL archive is failing (its last attempt failed). ``reason`` names every cause.
 """
 
 from __future__ import annotations
@@ -193,6 +195,46 @@ def _scrub_families(page: _Page, scrub: ScrubStatus) -> None:
                 last.bytes if last is not None else 0)
 
 
+def _backup_families(page: _Page, server: Services, archive: dict[str, Any]) -> None:
+    b = server.backups.status()
+    last, ok = b.last, b.last_ok
+    page.simple("shaledb_backup_configured", "gauge",
+                "1 when a backup repository is configured (backup-repo).", int(b.configured))
+    page.simple("shaledb_backup_in_progress", "gauge", "1 while a backup runs.",
+                int(b.in_progress))
+    page.family("shaledb_backups_total", "counter",
+                "Backups since start (BGSAVE, SAVE, schedule) by result: ok, err (failed), "
+                "stopped (by shutdown).",
+                [("", {"result": r}, n) for r, n in b.results.items()])
+    page.simple("shaledb_backup_failures_total", "counter", "Backups that failed.",
+                b.results["err"])
+    page.simple("shaledb_backup_last_failed", "gauge",
+                "1 when the last backup failed (/health is degraded until one succeeds).",
+                int(last is not None and last.status == "err"))
+    page.simple("shaledb_backup_last_duration_seconds", "gauge",
+                "Length of the last backup (successful or not).",
+                0 if last is None else round(last.duration, 3))
+    page.simple("shaledb_backup_last_success_timestamp_seconds", "gauge",
+                "Time of the newest successful backup, seconds since the epoch (0: none).",
+                0 if ok is None else round(ok.created_at.timestamp(), 3))
+    page.simple("shaledb_backup_last_bytes", "gauge",
+                "Bytes of the newest successful backup (all its files).",
+                0 if ok is None else ok.bytes)
+    page.simple("shaledb_backup_last_new_bytes", "gauge",
+                "Bytes the newest successful backup added to the repository.",
+                0 if ok is None else ok.new_bytes)
+    page.simple("shaledb_backup_last_sequence", "gauge",
+                "Last sequence number in the newest successful backup.",
+                0 if ok is None else ok.sequence)
+    page.simple("shaledb_wal_archive_segments_total", "counter",
+                "WAL segments copied into the backup repository.", archive["archived"])
+    page.simple("shaledb_wal_archive_errors_total", "counter",
+                "Failed attempts to archive a WAL segment (each retried).", archive["errors"])
+    page.simple("shaledb_wal_archive_waiting_segments", "gauge",
+                "WAL segments waiting to be archived (kept on disk until then).",
+                archive["waiting"])
+
+
 def exposition(server: Services) -> str:
     """The Prometheus text page of ``server``."""
     page = _Page()
@@ -224,8 +266,10 @@ def exposition(server: Services) -> str:
     page.simple("shaledb_slowlog_length", "gauge", "Entries in the slow log.",
                 len(server.slowlog))
     _command_families(page, server)
-    _engine_families(page, server.db.stats())
+    engine = server.db.stats()
+    _engine_families(page, engine)
     _scrub_families(page, server.scrubber.status())
+    _backup_families(page, server, engine["wal_archive"])
     usage = resource.getrusage(resource.RUSAGE_SELF)
     page.simple("process_cpu_seconds_total", "counter", "User and system CPU time.",
                 usage.ru_utime + usage.ru_stime)
@@ -250,16 +294,34 @@ def health(server: Services) -> tuple[int, bytes]:
         body["reason"] = engine["background_error"] or "the database was opened read-only"
         return 503, json.dumps(body).encode()
     body["time"] = int(time.time())
+    reasons: list[str] = []
     scrub = server.scrubber.status()
     reason = scrub.health_reason()
     if reason is not None:
+        reasons.append(reason)
         last = scrub.last
-        body.update(status="degraded", reason=reason)
         if last is not None:
             body["scrub"] = {"status": last.status, "started": int(last.started),
                              "damage": last.damage, "notices": last.notices,
                              "damaged_files": list(last.damaged_files),
                              "first_problem": last.first_problem, "error": last.error}
+    backups = server.backups.status()
+    reason = backups.health_reason()
+    if reason is not None and backups.last is not None:
+        reasons.append(reason)
+        body["backup"] = {"status": backups.last.status, "trigger": backups.last.trigger,
+                          "started": int(backups.last.started), "error": backups.last.error}
+    archive = engine["wal_archive"]
+    if archive["enabled"] and archive["last_error"]:
+        # The engine keeps every segment it could not archive, and retries: the WAL grows
+        # on disk, and a point-in-time restore cannot reach past the gap until it works.
+        reasons.append(f"the WAL archive is failing ({archive['waiting']} segments wait on "
+                       f"disk): {archive['last_error']}; fix the backup repository (space, "
+                       f"permissions): the engine retries")
+        body["wal_archive"] = {"waiting": archive["waiting"], "errors": archive["errors"],
+                               "last_error": archive["last_error"]}
+    if reasons:
+        body.update(status="degraded", reason="; ".join(reasons))
         return 503, json.dumps(body).encode()
     return 200, json.dumps(body).encode()
 

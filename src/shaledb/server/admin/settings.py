@@ -329,6 +329,15 @@ def _scrub_interval(server: Services, interval: float) -> None:
     server.scrubber.reschedule(interval)
 
 
+def _backup_interval(server: Services, interval: float) -> None:
+    server.backups.reschedule(interval)
+
+
+def _backup_repo(server: Services) -> str:
+    repo = server.config.backup_repo
+    return "" if repo is None else os.path.abspath(repo)
+
+
 # -- the registry: one line per parameter ----------------------------------------------------
 
 SETTINGS: Final[tuple[Setting, ...]] = (
@@ -372,6 +381,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("slowlog-max-len", "slowlog_max_len", integer(0, 100_000)),
     Setting("scrub-interval", "scrub_interval", number, _scrub_interval),
     Setting("scrub-rate", "scrub_rate", memory(0)),  # read before every read of a pass
+    # Immutable, as Redis 7 protects dir: a client that could point it anywhere could make
+    # the server write the database's files (keys and values) there.
+    Setting("backup-repo", "backup_repo", get=_backup_repo),
+    Setting("backup-interval", "backup_interval", number, _backup_interval),
+    Setting("backup-wal-archive", "backup_wal_archive"),  # the database is opened with it
     Setting("hz", "hz"),  # the active-expiry task takes it at start
     Setting("active-expire-effort", "active_expire_effort"),
     Setting("metrics-host", "metrics_host"),

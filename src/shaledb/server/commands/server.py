@@ -1,4 +1,5 @@
-"""Server administration: CONFIG SAVE BGSAVE LASTSAVE SHUTDOWN (all @admin, as in Redis), and
+"""Server administration: CONFIG SAVE BGSAVE LASTSAVE SHUTDOWN (all @admin, as in Redis;
+SAVE and BGSAVE @slow @dangerous, LASTSAVE @fast @dangerous, as Redis 7 files them), and
 ShaleDB's SCRUB (@admin too: a pass reads the whole database)."""
 
 from __future__ import annotations
@@ -69,36 +70,53 @@ def config(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("save", 1, "noscript no-multi", _ADMIN)
 def save(ctx: Context, argv: list[bytes]) -> Any:
-    """SAVE: checkpoint (memtable flushed to a table, WAL fsynced); the reply waits for it,
-    other clients do not"""
+    """SAVE: checkpoint (memtable flushed to a table, WAL fsynced), then, when a backup
+    repository is configured, a backup into it (exec/backups.py). The reply waits for both;
+    other clients do not (unlike Redis' SAVE, which blocks the server)"""
     server = ctx.services
     if server.bgsave_in_progress:
         raise CommandError("Background save already in progress")
-    done = server.checkpoints.save()
-    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    backups = server.backups
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[Any] = loop.create_future()
+    done = server.checkpoints.save(lastsave=not backups.configured)
 
-    def finished(job: asyncio.Future[None]) -> None:
+    def backed_up(job: asyncio.Future[Any]) -> None:
         exc = job.exception()
         if exc is not None:
             result.set_exception(exc)
         else:
             result.set_result(OK)
 
-    done.add_done_callback(finished)
+    def checkpointed(job: asyncio.Future[None]) -> None:
+        exc = job.exception()
+        if exc is not None:
+            result.set_exception(exc)
+        elif not backups.configured:
+            result.set_result(OK)
+        else:
+            try:
+                backups.save().add_done_callback(backed_up)
+            except CommandError as err:  # a BGSAVE started meanwhile, or shutdown
+                result.set_exception(err)
+
+    done.add_done_callback(checkpointed)
     return Deferred(result)
 
 
 @command("bgsave", -1, "noscript", _ADMIN)
 def bgsave(ctx: Context, argv: list[bytes]) -> Any:
-    """BGSAVE [SCHEDULE]: start a checkpoint in the background"""
+    """BGSAVE [SCHEDULE]: start a backup into the configured repository in the background
+    (an error when none is configured)"""
     if len(argv) > 2 or (len(argv) == 2 and argv[1].lower() != b"schedule"):
         raise CommandError(SYNTAX)
-    return Status(ctx.services.checkpoints.bgsave(schedule=len(argv) == 2))
+    return Status(ctx.services.backups.bgsave(schedule=len(argv) == 2))
 
 
 @command("lastsave", 1, "loading stale fast", "admin fast dangerous")
 def lastsave(ctx: Context, argv: list[bytes]) -> Any:
-    """LASTSAVE -> unix time of the last successful checkpoint"""
+    """LASTSAVE -> unix time of the last successful backup (of the last checkpoint when no
+    backup repository is configured)"""
     return ctx.services.last_save_time
 
 

@@ -1,4 +1,4 @@
-"""SAVE and BGSAVE: durable checkpoints of the served database.
+"""SAVE (and SHUTDOWN SAVE): durable checkpoints of the served database.
 
 ShaleDB has no RDB snapshot: every write is already in the WAL. A checkpoint is what makes
 the database cheapest to reopen and safe from power loss at that point: the memtable is
@@ -6,10 +6,11 @@ flushed to a sorted table (``DB.flush``) and the WAL is fsynced (``DB.sync``). B
 one dedicated worker thread, so the event loop goes on serving every client meanwhile (even
 during SAVE, whose reply alone waits); fsyncs of ``appendfsync always`` run in another
 thread and never queue behind a flush. Checkpoints run one at a time in arrival order.
+BGSAVE takes a backup instead (:mod:`.backups`).
 
-The server's ``last_save_time`` (unix seconds, LASTSAVE) and ``bgsave_in_progress`` are
-updated here; ``last_save_time`` starts as the server's start time, as in Redis (the state
-loaded at start is durable).
+The server's ``last_save_time`` (unix seconds, LASTSAVE) is updated here when no backup
+repository is configured (with one, LASTSAVE is the time of the last backup); it starts as
+the server's start time, as in Redis (the state loaded at start is durable).
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from ..errors import CommandError
 
 
 class CheckpointHost(Protocol):
-    """What checkpoints use of the server: the database, LASTSAVE's time, whether a BGSAVE
-    runs, and the counters (a Protocol: the server imports this module)."""
+    """What checkpoints use of the server: the database, LASTSAVE's time and the counters
+    (a Protocol: the server imports this module)."""
 
     @property
     def db(self) -> shaledb.DB: ...
 
     last_save_time: int
-    bgsave_in_progress: bool
     stats: collections.Counter[str]
 
 log = logging.getLogger("shaledb.server")
@@ -54,12 +54,12 @@ class Checkpointer:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="shaledb-save")
         self._pending: set[asyncio.Future[None]] = set()
-        self._scheduled = False
         self._closed = False
 
-    def save(self) -> asyncio.Future[None]:
+    def save(self, lastsave: bool = True) -> asyncio.Future[None]:
         """Start a checkpoint after those already started; the future raises CommandError
-        when it failed (the cause is logged)."""
+        when it failed (the cause is logged). ``lastsave``: a success sets LASTSAVE's
+        time (not when a backup follows: then the backup's success does)."""
         if self._closed:
             raise CommandError("the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -71,40 +71,17 @@ class Checkpointer:
             self._pending.discard(result)
             exc = job.exception()
             if exc is None:
-                self._server.last_save_time = int(time.time())
+                if lastsave:
+                    self._server.last_save_time = int(time.time())
                 self._server.stats["checkpoints"] += 1
                 result.set_result(None)
             else:
                 self._server.stats["checkpoint_failures"] += 1
-                log.error("checkpoint (SAVE/BGSAVE) failed: %s", exc)
+                log.error("checkpoint (SAVE) failed: %s", exc)
                 result.set_exception(CommandError(f"checkpoint failed: {exc}"))
 
         job.add_done_callback(finished)
         return result
-
-    def bgsave(self, schedule: bool) -> bytes:
-        """BGSAVE: start a checkpoint and return at once. While one runs: with ``schedule``,
-        run another when it ends, else refuse."""
-        if self._server.bgsave_in_progress:
-            if schedule:
-                self._scheduled = True
-                return b"Background saving scheduled"
-            raise CommandError("Background save already in progress")
-        self._start_background()
-        return b"Background saving started"
-
-    def _start_background(self) -> None:
-        self._server.bgsave_in_progress = True
-        fut = self.save()
-
-        def done(fut: asyncio.Future[None]) -> None:
-            fut.exception()  # logged in save(); nobody else waits for it
-            self._server.bgsave_in_progress = False
-            if self._scheduled and not self._closed:
-                self._scheduled = False
-                self._start_background()
-
-        fut.add_done_callback(done)
 
     async def close(self) -> None:
         """Start no more checkpoints; wait for the running ones, then stop the thread."""

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..keyspace.scrub import Scrubber
     from ..net.ratelimit import CommandRateLimits
     from ..net.security import Network
+    from .backups import BackupScheduler
     from .checkpoint import Checkpointer
     from .cursors import ScanCursors
     from .watch import WatchRegistry
@@ -93,6 +94,7 @@ class Services(Protocol):
     watches: WatchRegistry
     scan_cursors: ScanCursors
     checkpoints: Checkpointer
+    backups: BackupScheduler
     scrubber: Scrubber
     last_save_time: int
     bgsave_in_progress: bool
