@@ -155,7 +155,9 @@ class DB(Reader):
         snapshot at ``info.sequence``: every write acknowledged before the call is in it,
         nothing after that sequence number, and no batch is split. Tables already in the
         repository are not stored again. ``progress(done, total)`` is called as bytes are
-        copied. An encrypted database's backup stays encrypted (its files are copied as
+        copied, and with (0, 0) while the backup waits for the repository's lock (another
+        backup, archive or prune holds it); an exception it raises stops the backup. An
+        encrypted database's backup stays encrypted (its files are copied as
         they are, with KEYRING; never the master key). See docs/operations.md."""
         from .backup.backup import backup_db
         from .backup.repository import Repository as _Repository

@@ -431,3 +431,26 @@ def test_backup_commands_acl_categories_as_redis(server_factory, tmp_path) -> No
     ops = st.client(username="ops", password="pw")
     assert ops.bgsave()
     _wait(lambda: _backup_done(r, 1))
+
+
+def test_shutdown_stops_a_backup_waiting_for_the_repository_lock(server_factory, tmp_path) -> None:
+    """A backup waiting for the repository's LOCK (a `shaledb backups prune` or another
+    backup holds it) kept SHUTDOWN waiting until the lock was free or the wait timed out
+    (10 minutes). The wait now asks the server whether to stop, every 50 ms."""
+    repo = tmp_path / "repo"
+    st = server_factory(backup_repo=str(repo), backup_wal_archive=False)
+    r = st.client()
+    r.set("k", "v")
+    held = Repository(str(repo)).locked()  # another process's prune, as far as flock knows
+    try:
+        assert r.bgsave()
+        _wait(lambda: _persistence(r)["rdb_bgsave_in_progress"] == 1, what="bgsave")
+        time.sleep(0.3)  # it is waiting for the lock now
+        t0 = time.monotonic()
+        with pytest.raises(redis.ConnectionError):
+            r.execute_command("SHUTDOWN")
+        st.stop()
+        assert time.monotonic() - t0 < 5.0, "shutdown waited for the repository's lock"
+        assert st.server.backups.status().results["stopped"] == 1
+    finally:
+        held.__exit__(None, None, None)

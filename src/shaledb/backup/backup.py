@@ -83,7 +83,10 @@ def take_backup(engine: Engine, repo: Repository, *, progress: ProgressFn | None
     backup need not read them again when the repository still has the object)."""
     fs = engine.fs
     digests = {} if digests is None else digests
-    with repo.locked():
+    # While another backup, archive or prune holds the lock, progress(0, 0) is called every
+    # 50 ms: a caller that must stop (a server shutting down) raises from it.
+    waiting = None if progress is None else (lambda: progress(0, 0))
+    with repo.locked(waiting):
         repo.storage.clean_uploads()  # what an interrupted backup left
         entries: list[FileEntry] = []
         new_bytes = 0

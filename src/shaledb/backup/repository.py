@@ -293,9 +293,10 @@ class Repository:
                 f"ShaleDB reads up to {REPOSITORY_FORMAT}: upgrade ShaleDB")
         return info
 
-    def locked(self) -> _Locked:
-        """The repository's writer lock, as a context manager."""
-        return _Locked(self.storage.lock(self.lock_timeout))
+    def locked(self, waiting: Callable[[], None] | None = None) -> _Locked:
+        """The repository's writer lock, as a context manager (``waiting``: see
+        :meth:`Storage.lock`)."""
+        return _Locked(self.storage.lock(self.lock_timeout, waiting))
 
     def _read_doc(self, name: str, where: str) -> dict[str, Any]:
         """Read and check a repository document, refusing one larger than

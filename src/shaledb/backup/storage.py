@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ..engine import vfs
@@ -74,9 +74,10 @@ class Storage(Protocol):
     def delete(self, name: str) -> None:
         """Remove object ``name`` (a missing one is not an error)."""
 
-    def lock(self, timeout: float) -> Lock:
+    def lock(self, timeout: float, waiting: Callable[[], None] | None = None) -> Lock:
         """The repository's writer lock (one backup, archive or prune at a time), waiting up
-        to ``timeout`` seconds; LockedError after that."""
+        to ``timeout`` seconds; LockedError after that. ``waiting()`` is called while it
+        waits (it may raise to give up: a server shutting down)."""
 
     def clean_uploads(self) -> int:
         """Remove uploads a crash left; returns how many. Call it holding the lock."""
@@ -184,7 +185,7 @@ class LocalStorage:
     def delete(self, name: str) -> None:
         self.fs.remove(self.path_of(name))
 
-    def lock(self, timeout: float) -> Lock:
+    def lock(self, timeout: float, waiting: Callable[[], None] | None = None) -> Lock:
         self.fs.mkdirs(self.root)
         path = vfs.join(self.root, "LOCK")
         deadline = time.monotonic() + timeout
@@ -197,6 +198,8 @@ class LocalStorage:
                         f"backup repository {self.root!r} is busy (another backup, WAL "
                         f"archive or prune holds its LOCK) for more than {timeout:g} s; "
                         f"try again when it is done") from None
+                if waiting is not None:
+                    waiting()
                 time.sleep(0.05)
 
     def clean_uploads(self) -> int:
