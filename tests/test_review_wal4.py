@@ -565,3 +565,36 @@ def test_a_newer_segment_with_a_damaged_header_still_vouches_for_the_older_one(
         report.problems
     with pytest.raises(shaledb.CorruptionError):
         shaledb.open(crashed, **SMALL, **crypt).close()
+
+
+def test_a_failed_sync_mark_before_a_record_is_fatal_like_a_failed_record(tmp_path) -> None:
+    """The write-group leader appends the "prior segment sealed" sync mark
+    (note_prior_sealed) before its record. An error from that append (past its reserve: the
+    log's state is then unknown) failed the write but left the engine writable, with no
+    background error: every later write met it again, and a partly written mark could be
+    followed by records. Seen as a rare failure of
+    test_faults.py::test_wal_fault_with_concurrent_writers[write] under load. Now it fails
+    the database as a failed record append does (read-only, background_error set), and
+    what was acknowledged before survives a reopen."""
+    path = tmp_path / "db"
+    db = shaledb.open(path, **SMALL)
+    try:
+        db.put(b"before", b"1", sync=True)
+        wal = db._engine._wal
+        assert wal is not None
+        wal.note_due = True  # as after the flush thread sealed the prior segment
+
+        def failing_mark() -> None:
+            raise _storage_error("write", str(path / "000000.log"), OSError(errno.EIO, "EIO"))
+
+        wal.note_prior_sealed = failing_mark  # type: ignore[method-assign]
+        with pytest.raises(shaledb.StorageError):
+            db.put(b"after", b"2")
+        assert db.stats()["background_error"] is not None
+        with pytest.raises((shaledb.ReadOnlyError, shaledb.StorageError)):
+            db.put(b"later", b"3")
+    finally:
+        close_quietly(db)
+    with shaledb.open(path, **SMALL) as again:
+        assert again.get(b"before") == b"1"
+        assert again.get(b"later") is None

@@ -883,7 +883,12 @@ class Engine:
                     any_sync = any(g.sync for g in group)
                 if flat:
                     if wal.note_due:
-                        wal.note_prior_sealed()  # before the record: never lost with it
+                        # Before the record: never lost with it. Best effort when there is
+                        # no room for it (nothing written); an error past that leaves the
+                        # log in an unknown state, as a failed record append: fatal.
+                        fatal = True
+                        wal.note_prior_sealed()
+                        fatal = False
                     # Formats 6 and 7: every record carries its commit time (PITR).
                     if commit_ms is None:
                         commit_ms = self._commit_ms()
