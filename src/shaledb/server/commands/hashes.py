@@ -165,6 +165,8 @@ def hincrby(ctx: Context, argv: list[bytes]) -> Any:
 def hincrbyfloat(ctx: Context, argv: list[bytes]) -> Any:
     """HINCRBYFLOAT key field increment -> the new value as a bulk string"""
     delta = parse_float(argv[3])
+    if math.isinf(delta) or math.isnan(delta):
+        raise CommandError("value is NaN or Infinity")
     e = _hash(ctx, argv[1])
     old = _field(ctx, e, argv[2])
     if old is None:
@@ -175,7 +177,7 @@ def hincrbyfloat(ctx: Context, argv: list[bytes]) -> Any:
         except CommandError:
             raise CommandError("hash value is not a float") from None
     new = current + delta
-    if math.isinf(new) or math.isnan(new) or math.isinf(delta):
+    if math.isinf(new) or math.isnan(new):
         raise CommandError("increment would produce NaN or Infinity")
     text = format_float(new)
     ctx.txn.put_members(ctx.db, argv[1], e, TAG_HASH, [(argv[2], text)])

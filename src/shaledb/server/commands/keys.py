@@ -387,3 +387,47 @@ def object_(ctx: Context, argv: list[bytes]) -> Any:
     if sub == b"refcount":
         return 1
     return b"hashtable" if e.coll is not None else _string_encoding(e)
+
+
+#: What MEMORY USAGE adds per key and per member: the header and the engine's per-entry
+#: cost, roughly (an estimate, as Redis' own is).
+_KEY_OVERHEAD: Final = 64
+_MEMBER_OVERHEAD: Final = 32
+
+
+@command("memory", -2, "readonly", "read slow", (2, 2, 1),
+         subcommands={"usage": "read slow", "help": "slow"})
+def memory(ctx: Context, argv: list[bytes]) -> Any:
+    """MEMORY USAGE key [SAMPLES count] -> an estimate of the bytes the key takes on disk
+    before compression (a hash or set: the header plus its size times the mean size of up
+    to ``count`` members, 5 by default, 0 for all, as Redis samples); MEMORY HELP"""
+    sub = argv[1].lower()
+    if sub == b"help" and len(argv) == 2:
+        return [b"MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                b"USAGE <key> [SAMPLES <count>]",
+                b"    Return memory in bytes used by <key> and its value.", b"HELP",
+                b"    Print this help."]
+    if sub != b"usage" or len(argv) not in (3, 5):
+        raise CommandError(f"unknown subcommand or wrong number of arguments for "
+                           f"'{argv[1].decode('utf-8', 'replace')}'. Try MEMORY HELP.")
+    samples = 5
+    if len(argv) == 5:
+        if argv[3].upper() != b"SAMPLES":
+            raise CommandError(SYNTAX)
+        samples = parse_int(argv[4])
+        if samples < 0:
+            raise CommandError(SYNTAX)
+    key = argv[2]
+    e = ctx.txn.lookup(ctx.db, key)
+    if e is None:
+        return None
+    base = _KEY_OVERHEAD + len(key)
+    if e.coll is None:
+        return base + e.length
+    seen = total = 0
+    for field, value in ctx.txn.members(e.coll):
+        total += len(field) + len(value) + _MEMBER_OVERHEAD
+        seen += 1
+        if samples and seen >= samples:
+            break
+    return base + (total * e.coll.size // seen if seen else 0)

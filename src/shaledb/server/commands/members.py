@@ -92,7 +92,9 @@ def random_reply(ctx: Context, e: Entry | None, count_arg: bytes, with_values: b
     for distinct members (at most all of them), a negative one for ``-count`` members with
     repeats. Replies are charged to the output limit as they are built."""
     n = parse_int(count_arg)
-    if with_values and n < -(2**62):  # Redis: the reply would have more than LONG_MAX items
+    # Redis takes -LONG_MAX..LONG_MAX, and with values at most LONG_MAX / 2 repeats (the
+    # reply's length must fit); anything else is an error, not a reply cut by the limit.
+    if n < -(2**63 - 1) or (with_values and n < -(2**62)):
         raise CommandError("value is out of range")
     out = ctx.array()
     if e is None or n == 0:

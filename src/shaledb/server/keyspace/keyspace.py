@@ -906,7 +906,8 @@ class KeyspaceTxn:
                     items: Iterable[tuple[bytes, bytes]], *, nx: bool = False) -> int:
         """Set members (field, value) of ``key``'s collection ``e`` (None: create one of
         ``kind``), keeping its expiry; the header is rewritten with the new size (so WATCH
-        sees every change). ``nx``: leave existing fields alone. How many were new."""
+        sees every change). ``nx``: leave existing fields alone (a set's members always).
+        How many were new."""
         if e is None:
             coll, expire = self.new_collection(kind), 0
         else:
@@ -919,8 +920,8 @@ class KeyspaceTxn:
             mk = member_key(coll.id, field)  # refuses a field longer than MAX_MEMBER
             if self.member(coll, field) is None:
                 added += 1
-            elif nx:
-                continue
+            elif nx or coll.kind == TAG_SET:
+                continue  # a set member that exists is not written (nor its key touched)
             self._put_member(mk, value)
             wrote += 1
         if wrote:
