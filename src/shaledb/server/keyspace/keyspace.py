@@ -435,6 +435,16 @@ class Keyspace:
         return cid
 
     @property
+    def chunk_garbage_pending(self) -> bool:
+        """Whether chunk garbage records may exist."""
+        return bool(self.garbage_ids) or self.garbage_unlisted
+
+    @property
+    def member_garbage_pending(self) -> bool:
+        """Whether member garbage records (dropped hashes and sets) may exist."""
+        return bool(self.member_garbage_ids) or self.member_garbage_unlisted
+
+    @property
     def garbage_pending(self) -> bool:
         """Whether garbage records may exist (the purger deletes their chunks or
         members)."""
