@@ -49,6 +49,11 @@ def test_set_commands_reply_as_redis(r: redis.Redis) -> None:
     assert r.smove("src", "src", "n") is True and r.smembers("src") == {b"n"}
     assert r.smove("src", "new", "n") is True and r.exists("src") == 0
     assert r.smembers("new") == {b"n"}
+    r.set("str", "x")
+    assert r.smove("missing", "str", "n") is False  # Redis: 0 before the destination's type
+    with pytest.raises(redis.ResponseError, match="^WRONGTYPE"):
+        r.smove("new", "str", "n")
+    assert r.smembers("new") == {b"n"}
 
 
 def test_set_algebra_and_store(r: redis.Redis) -> None:

@@ -143,6 +143,8 @@ def srandmember(ctx: Context, argv: list[bytes]) -> Any:
 def smove(ctx: Context, argv: list[bytes]) -> Any:
     """SMOVE source destination member -> 1 moved, 0 not a member of source"""
     src, dst, member = argv[1], argv[2], argv[3]
+    if not ctx.txn.exists(ctx.db, src):
+        return 0  # Redis answers 0 before it looks at the destination's type
     e_src = _set(ctx, src)
     e_dst = _set(ctx, dst)  # WRONGTYPE for a destination of another type, member or not
     src_coll = _coll(e_src)
