@@ -371,3 +371,42 @@ def test_a_version_3_directory_is_read_and_upgraded_by_its_first_write(
     st.stop()
     with shaledb.open(path) as db:
         assert db.get(MAP_KEY) == b"\x03\x10" + bytes(range(16))
+
+
+def test_member_garbage_is_deleted_in_bounded_steps_that_resume_after_a_crash(
+        tmp_path: Path) -> None:
+    """A dropped hash leaves one garbage record; each purge step deletes a bounded number of
+    its members and, in the same batch, records the last one deleted, so a restart resumes
+    there (and never walks the tombstones of the members already deleted)."""
+    from shaledb.server.keyspace.keyspace import Keyspace
+    from shaledb.server.keyspace.values import (
+        TAG_HASH,
+        member_garbage_key,
+        member_key,
+        member_prefix,
+    )
+
+    with shaledb.open(tmp_path / "db") as db:
+        ks = Keyspace(db)
+        txn = ks.begin()
+        txn.put_members(0, b"h", None, TAG_HASH, [(b"f%d" % i, b"v") for i in range(7)])
+        txn.commit()
+        e = ks.begin().get_coll(0, b"h", TAG_HASH)
+        assert e is not None and e.coll is not None and e.coll.size == 7
+        cid = e.coll.id
+        txn = ks.begin()
+        txn.delete(0, b"h")
+        txn.commit()
+        assert db.get(member_garbage_key(cid)) == b""  # nothing deleted yet
+        assert ks.purger.collect_members(3) is True   # f0, f1, f2 go
+        assert db.get(member_garbage_key(cid)) == b"\x01f2"
+        assert [db.get(member_key(cid, b"f%d" % i)) is not None for i in range(7)] == \
+            [False] * 3 + [True] * 4
+        ks2 = Keyspace(db)                            # a restart resumes from the record
+        assert ks2.member_garbage_pending and ks2.garbage_pending
+        assert ks2.purger.collect_members(10) is False
+        assert db.get(member_garbage_key(cid)) is None
+        assert next(db.range(member_prefix(0), b"\xf4"), None) is None
+        assert ks2.purger.purged_members == 4
+        # The next id is past every id in use, found again at open.
+        assert ks2.new_chunk_id() > cid
