@@ -410,3 +410,30 @@ def test_member_garbage_is_deleted_in_bounded_steps_that_resume_after_a_crash(
         assert ks2.purger.purged_members == 4
         # The next id is past every id in use, found again at open.
         assert ks2.new_chunk_id() > cid
+
+
+def test_hash_and_set_records_are_the_documented_bytes(tmp_path: Path) -> None:
+    """docs/format.md's example, byte for byte."""
+    from shaledb.server.keyspace.keyspace import Keyspace
+    from shaledb.server.keyspace.values import TAG_HASH, TAG_SET
+
+    with shaledb.open(tmp_path / "db") as db:
+        ks = Keyspace(db)
+        txn = ks.begin()
+        txn.put_members(0, b"h", None, TAG_HASH, [(b"name", b"ada")])
+        txn.put_members(0, b"s", None, TAG_SET, [(b"x", b"")])
+        txn.commit()
+        assert db.get(b"\x00h") == bytes.fromhex("02 0000000000000001 0000000000000001")
+        assert db.get(bytes.fromhex("F2 0000000000000001 6E616D65")) == b"ada"
+        assert db.get(b"\x00s") == bytes.fromhex("03 0000000000000002 0000000000000001")
+        assert db.get(bytes.fromhex("F2 0000000000000002 78")) == b""
+        assert db.get(b"\xffdbmap") == b"\x03\x10" + bytes(range(16))
+        txn = ks.begin()
+        e = txn.get_coll(0, b"h", TAG_HASH)
+        assert e is not None
+        txn.set_entry(0, b"h", e, 2**41)  # an expiry (in 2039): bit 7 and 8 bytes of ms
+        txn.delete(0, b"s")
+        txn.commit()
+        assert db.get(b"\x00h") == bytes.fromhex(
+            "82 0000020000000000 0000000000000001 0000000000000001")
+        assert db.get(bytes.fromhex("F3 0000000000000002")) == b""
