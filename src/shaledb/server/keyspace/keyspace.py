@@ -136,6 +136,9 @@ MAX_EXPIRE_MS: Final = MAX_EXPIRE_AT_MS
 _POINT_READS: Final = 4
 #: Entries rewritten per write batch while upgrading a version 2 directory.
 _UPGRADE_BATCH: Final = 2_000
+#: Most collections whose member deletions the keyspace counts (for random draws, see
+#: KeyspaceTxn.random_members); past it, the oldest counted is forgotten.
+MEMBER_DELETES_MAX: Final = 10_000
 #: Most expired keys remembered for deletion after a read met them (:meth:`Keyspace.
 #: note_expired`); past it, such keys count in DBSIZE until the sweeper reaches them.
 LAZY_EXPIRED_MAX: Final = 100_000
@@ -338,6 +341,14 @@ class Keyspace:
         self.random = random.Random()
         self.purger = Purger(self)
         self.sweeper = ActiveExpiry(self)
+        #: Collection id -> member records deleted since open (their tombstones stay in
+        #: the member range until compaction, and a walk of the range skips them).
+        self.member_deletes: dict[int, int] = {}
+        #: Collection id -> [floor, ceiling]: engine keys no committed member of it lies
+        #: below / above (None: unknown). A walk from either end starts there, past the
+        #: tombstones of the members deleted at that end (a set drained by SPOP). Learnt by
+        #: walks from an end, lowered / raised by the commit of a member outside them.
+        self.member_bounds: dict[int, list[bytes | None]] = {}
         #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
         self.hits = 0
         self.misses = 0
@@ -553,7 +564,7 @@ _NO_MEMBER: Final = object()
 #: Collections up to this many members are read whole to draw random members uniformly
 #: (HRANDFIELD, SRANDMEMBER, SPOP); larger ones are probed at random positions in member
 #: order, which is cheap but not uniform (see docs/design.md).
-RANDOM_EXACT_MAX: Final = 4_096
+RANDOM_EXACT_MAX: Final = 128
 
 
 def _logical_keys(ks: Keyspace, engine_keys: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -970,12 +981,29 @@ class KeyspaceTxn:
         lo, hi = prefix + start, member_prefix(coll.id + 1)
         own = sorted((k for k in self._members if lo <= k < hi), reverse=reverse) \
             if self._members else []
+        # The committed walk starts at the known bound of its end, if any.
+        all_bounds = self._ks.member_bounds
+        bounds = all_bounds.get(coll.id)
+        base_lo, base_hi = lo, hi
+        if bounds is not None:
+            if bounds[0] is not None and bounds[0] > base_lo:
+                base_lo = bounds[0]
+            if bounds[1] is not None and bounds[1] + b"\x00" < base_hi:
+                base_hi = bounds[1] + b"\x00"
+        from_end = reverse or not start
         base: Iterator[tuple[bytes, bytes]] = (
-            iter(()) if coll.id in self._new_ids
-            else self._ks.db.range(lo, hi, reverse=reverse))
+            iter(()) if coll.id in self._new_ids or base_lo >= base_hi
+            else self._ks.db.range(base_lo, base_hi, reverse=reverse))
         members = self._members
         i, n = 0, len(own)
         for mk, value in base:
+            if from_end:  # the first committed member from this end: a bound
+                from_end = False
+                if bounds is None:
+                    bounds = all_bounds[coll.id] = [None, None]
+                    while len(all_bounds) > MEMBER_DELETES_MAX:
+                        del all_bounds[next(iter(all_bounds))]
+                bounds[1 if reverse else 0] = mk
             while i < n and (own[i] > mk if reverse else own[i] < mk):
                 v = members[own[i]]
                 if v is not _NO_MEMBER:
@@ -1003,7 +1031,12 @@ class KeyspaceTxn:
         rng = self._ks.random
         if count <= 0:
             return
-        if coll.size <= RANDOM_EXACT_MAX:
+        # A small collection is read whole, unless many of its members were deleted since
+        # open: their tombstones (until compaction) would make every draw walk them all (a
+        # set drained by SPOP: 30,000 tombstones, 10 ms per SPOP); probing skips only the
+        # tombstones between a probe and the next member.
+        deletes = self._ks.member_deletes.get(coll.id, 0)
+        if coll.size <= RANDOM_EXACT_MAX and deletes <= 4 * RANDOM_EXACT_MAX:
             every = list(self.members(coll))
             if not every:
                 return
@@ -1205,6 +1238,7 @@ class KeyspaceTxn:
             # Chunks of sets no written header names were orphaned in this transaction.
             if length is not None and index < chunk_count(length):
                 batch.put(ck, data)
+        member_deletes: dict[int, int] = {}
         for mk, value in members.items():
             cid = id_of(mk)
             # Members of collections no written header names were dropped (deleted,
@@ -1212,8 +1246,15 @@ class KeyspaceTxn:
             if cid in named_colls:
                 if value is not _NO_MEMBER:
                     batch.put(mk, value)
+                    bounds = ks.member_bounds.get(cid)
+                    if bounds is not None:  # a member outside the known bounds moves them
+                        if bounds[0] is not None and mk < bounds[0]:
+                            bounds[0] = mk
+                        if bounds[1] is not None and mk > bounds[1]:
+                            bounds[1] = mk
                 elif cid not in new_ids:
                     batch.delete(mk)
+                    member_deletes[cid] = member_deletes.get(cid, 0) + 1
         if new_map is not None and new_map != ks.map:
             batch.put(MAP_KEY, encode_map(new_map))
         else:
@@ -1226,6 +1267,12 @@ class KeyspaceTxn:
             ks.expiring_writes += expiring
         for ek in writes:
             ks.forget_expired(ek)
+        if member_deletes:
+            counted = ks.member_deletes
+            for cid, n in member_deletes.items():
+                counted[cid] = counted.pop(cid, 0) + n  # most recent last
+            while len(counted) > MEMBER_DELETES_MAX:
+                del counted[next(iter(counted))]
         if new_map is not None:
             ks.map = new_map
             ks.purger.committed(taken, released)
