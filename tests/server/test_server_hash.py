@@ -452,3 +452,35 @@ def test_hash_and_set_records_are_the_documented_bytes(tmp_path: Path) -> None:
         assert db.get(b"\x00h") == bytes.fromhex(
             "82 0000020000000000 0000000000000001 0000000000000001")
         assert db.get(bytes.fromhex("F3 0000000000000002")) == b""
+
+
+def test_the_per_collection_hints_are_bounded(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deletion counts and end bounds the keyspace keeps per collection (for random
+    draws and walks past tombstones) hold at most MEMBER_DELETES_MAX collections, oldest
+    forgotten first; a forgotten hint only costs speed."""
+    from shaledb.server.keyspace import keyspace as ksmod
+    from shaledb.server.keyspace.values import TAG_SET
+
+    monkeypatch.setattr(ksmod, "MEMBER_DELETES_MAX", 3)
+    with shaledb.open(tmp_path / "db") as db:
+        ks = ksmod.Keyspace(db)
+        for i in range(6):
+            key = b"s%d" % i
+            txn = ks.begin()
+            txn.put_members(0, key, None, TAG_SET, [(b"a", b""), (b"b", b""), (b"c", b"")])
+            txn.commit()
+            txn = ks.begin()
+            e = txn.get_coll(0, key, TAG_SET)
+            assert e is not None and e.coll is not None
+            assert [m for m, _ in txn.members(e.coll)] == [b"a", b"b", b"c"]  # learns bounds
+            txn.remove_members(0, key, e, [b"a"])
+            txn.commit()
+            assert len(ks.member_deletes) <= 3 and len(ks.member_bounds) <= 3
+        assert len(ks.member_deletes) == 3 and len(ks.member_bounds) == 3
+        txn = ks.begin()
+        for i in range(6):
+            e = txn.get_coll(0, b"s%d" % i, TAG_SET)
+            assert e is not None and e.coll is not None
+            assert [m for m, _ in txn.members(e.coll)] == [b"b", b"c"]
+            assert [m for m, _ in txn.members(e.coll, reverse=True)] == [b"c", b"b"]
