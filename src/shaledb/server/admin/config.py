@@ -157,6 +157,16 @@ class ServerConfig:
     slowlog_log_slower_than: int = 10_000
     #: Most slow-log entries kept (the oldest are dropped); each is at most ~5 KiB.
     slowlog_max_len: int = 128
+    #: Redis' encoding thresholds (hash-max-listpack-entries and -value, set-max-intset-
+    #: entries, zset-max-listpack-entries and -value, list-max-listpack-size,
+    #: list-compress-depth and their ziplist aliases): accepted and shown by CONFIG so that
+    #: tools and tests that tune them work, with no effect: every hash or set has the one
+    #: encoding of docs/format.md, whatever its size.
+    encoding_hints: tuple[tuple[str, int], ...] = (
+        ("hash-max-listpack-entries", 128), ("hash-max-listpack-value", 64),
+        ("set-max-intset-entries", 512), ("zset-max-listpack-entries", 128),
+        ("zset-max-listpack-value", 64), ("list-max-listpack-size", -2),
+        ("list-compress-depth", 0))
     #: Address and port of the HTTP endpoint serving GET /metrics (Prometheus) and GET
     #: /health. Port None turns it off (-1 or "off" in the TOML file or on the command
     #: line); 0 picks a free port, which the server reports.

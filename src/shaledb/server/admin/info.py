@@ -317,7 +317,9 @@ def _shaledb(s: Services, engine: dict[str, Any]) -> Fields:
         # Chunks of large strings no key names any more, deleted by the purger; whether
         # some wait to be deleted.
         ("purged_chunks", s.keyspace.purger.purged_chunks),
-        ("chunk_garbage_pending", int(s.keyspace.garbage_pending)),
+        ("chunk_garbage_pending", int(s.keyspace.chunk_garbage_pending)),
+        ("purged_members", s.keyspace.purger.purged_members),
+        ("member_garbage_pending", int(s.keyspace.member_garbage_pending)),
     ]
     for level in engine["levels"]:
         fields.append((f"level{level['level']}",

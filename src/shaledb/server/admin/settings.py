@@ -340,12 +340,42 @@ def _backup_repo(server: Services) -> str:
 
 # -- the registry: one line per parameter ----------------------------------------------------
 
+def _no_snapshots(raw: bytes) -> None:
+    if raw.strip():
+        raise ValueError("can't set immutable config")
+
+
+def _hint(name: str) -> Setting:
+    """An encoding threshold of Redis (see ServerConfig.encoding_hints): kept and shown,
+    no effect. ``*-ziplist-*`` are Redis' older names of the ``*-listpack-*`` ones."""
+    stored = name.replace("ziplist", "listpack")
+
+    def get(server: Services) -> int:
+        return dict(server.config.encoding_hints)[stored]
+
+    def apply(server: Services, value: Any) -> None:
+        hints = dict(server.config.encoding_hints)
+        hints[stored] = value
+        server.config = dataclasses.replace(server.config,
+                                            encoding_hints=tuple(hints.items()))
+
+    return Setting(name, None, integer(-(2**63)), apply, get=get)
+
+
+_HINTS: Final = tuple(_hint(n) for n in (
+    "hash-max-listpack-entries", "hash-max-listpack-value", "hash-max-ziplist-entries",
+    "hash-max-ziplist-value", "set-max-intset-entries", "zset-max-listpack-entries",
+    "zset-max-listpack-value", "zset-max-ziplist-entries", "zset-max-ziplist-value",
+    "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth"))
+
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("bind", "host"),
     Setting("port", "port", get=_port),
     Setting("dir", "dir", get=_dir),
     Setting("databases", None, get=_constant(DATABASES)),
-    Setting("save", None, get=_constant("")),  # no snapshots: the WAL is always on
+    # No snapshots: the WAL is always on. Setting it to what it is ("") is accepted (test
+    # harnesses and tools that turn snapshots off do that); anything else is immutable.
+    Setting("save", None, _no_snapshots, get=_constant("")),
     Setting("appendonly", None, get=_constant(True)),
     Setting("maxmemory", None, get=_constant(0)),  # data lives on disk, not in memory
     Setting("appendfsync", "appendfsync", choice(*APPENDFSYNC_MODES), _appendfsync),
@@ -400,6 +430,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("tls-auth-clients", "tls_auth_clients"),
     Setting("tls-only", "tls_only"),
     Setting("tls-handshake-timeout", "tls_handshake_timeout"),
+    *_HINTS,
 )
 
 BY_NAME: Final = {s.name: s for s in SETTINGS}

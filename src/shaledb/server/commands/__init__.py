@@ -28,10 +28,12 @@ def build_table() -> dict[bytes, Command]:
         acl,
         connection,
         databases,
+        hashes,
         keys,
         observability,
         ranges,
         server,
+        sets,
         strings,
         transactions,
     )
@@ -39,7 +41,7 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -107,12 +107,12 @@ def copy(ctx: Context, argv: list[bytes]) -> Any:
     if dst_db == ctx.db and src == dst:
         raise CommandError(_SAME_OBJECT)
     txn = ctx.txn
-    e = txn.get(ctx.db, src)
+    e = txn.lookup(ctx.db, src)
     if e is None:
         return 0
     if not replace and txn.exists(dst_db, dst):
         return 0
-    txn.set_entry(dst_db, dst, e, e.expire_ms, copy=True)  # a chunked string: new chunks
+    txn.set_entry(dst_db, dst, e, e.expire_ms, copy=True)  # new chunks / members
     return 1
 
 
@@ -123,10 +123,10 @@ def move(ctx: Context, argv: list[bytes]) -> Any:
     if dst_db == ctx.db:
         raise CommandError(_SAME_OBJECT)
     txn, key = ctx.txn, argv[1]
-    e = txn.get(ctx.db, key)
+    e = txn.lookup(ctx.db, key)
     if e is None or txn.exists(dst_db, key):
         return 0
-    txn.set_entry(dst_db, key, e, e.expire_ms)  # a chunked string keeps its chunks
+    txn.set_entry(dst_db, key, e, e.expire_ms)  # the chunks / members stay
     txn.delete(ctx.db, key)
     return 1
 

@@ -1,5 +1,7 @@
-"""Generic key commands: DEL UNLINK EXISTS TYPE KEYS SCAN RENAME RENAMENX EXPIRE PEXPIRE
-EXPIREAT PEXPIREAT TTL PTTL EXPIRETIME PEXPIRETIME PERSIST TOUCH DBSIZE FLUSHDB FLUSHALL.
+"""Generic key commands, for every type: DEL UNLINK EXISTS TYPE KEYS SCAN RENAME RENAMENX
+EXPIRE PEXPIRE EXPIREAT PEXPIREAT TTL PTTL EXPIRETIME PEXPIRETIME PERSIST TOUCH DBSIZE
+FLUSHDB FLUSHALL OBJECT. A hash's or set's header moves, expires or goes in one write; its
+members are reclaimed in the background (:mod:`shaledb.server.keyspace.purge`).
 
 KEYS and SCAN walk the keys in order, reading only each key's header (a large value's bytes
 are chunks outside the database's range); KEYS with a pattern that starts with literal bytes
@@ -18,7 +20,7 @@ from typing import Any, Final
 from ..errors import CommandError
 from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
-from ..keyspace.keyspace import MAX_EXPIRE_MS
+from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
 from ..net.protocol import OK, Status
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
@@ -67,8 +69,9 @@ def touch(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("type", 2, "readonly fast", "keyspace read fast", (1, 1, 1))
 def type_(ctx: Context, argv: list[bytes]) -> Any:
-    """TYPE key -> string | none"""
-    return Status(b"string" if ctx.txn.exists(ctx.db, argv[1]) else b"none")
+    """TYPE key -> string | hash | set | none"""
+    e = ctx.txn.lookup(ctx.db, argv[1])
+    return Status(b"none" if e is None else e.type_name)
 
 
 @command("keys", 2, "readonly", "keyspace read slow dangerous")
@@ -162,11 +165,11 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
     if ctx.in_exec and ctx.client.exec_started is not None:
         started = min(started, ctx.client.exec_started)  # one budget for EXEC's SCANs
     deadline = started + SCAN_TIME_BUDGET
-    for seen, (k, _) in enumerate(ctx.txn.scan(ctx.db, start)):
+    for seen, (k, e) in enumerate(ctx.txn.scan(ctx.db, start)):
         if seen == count or (seen and perf_counter() > deadline):
             break
         last = k
-        if (match is None or match(k)) and want_type in (None, b"string") \
+        if (match is None or match(k)) and (want_type is None or want_type == e.type_name) \
                 and not found.add(k):
             return ctx.overflow()
     else:
@@ -177,7 +180,7 @@ def scan(ctx: Context, argv: list[bytes]) -> Any:
 
 def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
     src, dst = argv[1], argv[2]
-    e = ctx.txn.get(ctx.db, src)
+    e = ctx.txn.lookup(ctx.db, src)
     if e is None:
         raise CommandError("no such key")
     if src == dst:
@@ -185,7 +188,8 @@ def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
     if nx and ctx.txn.exists(ctx.db, dst):
         return 0
     ctx.txn.delete(ctx.db, src)
-    ctx.txn.set_entry(ctx.db, dst, e, e.expire_ms)  # a chunked string keeps its chunks
+    # A chunked string keeps its chunks, a hash or set its members (the header moves).
+    ctx.txn.set_entry(ctx.db, dst, e, e.expire_ms)
     return 1 if nx else OK
 
 
@@ -234,7 +238,7 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
     # The engine keeps expiries up to the year 33658 (MAX_EXPIRE_MS): a later one is kept as
     # that (Redis takes up to 2**63 - 1 ms), and compared as that by GT and LT.
     when = min(n + base, MAX_EXPIRE_MS)
-    e = ctx.txn.get(ctx.db, argv[1])
+    e = ctx.txn.lookup(ctx.db, argv[1])
     if e is None:
         return 0
     current = e.expire_ms  # 0: no expiry, which GT/LT treat as infinite
@@ -276,7 +280,7 @@ def pexpireat(ctx: Context, argv: list[bytes]) -> Any:
 
 
 def _ttl(ctx: Context, key: bytes, ms: bool, absolute: bool) -> int:
-    e = ctx.txn.get(ctx.db, key)
+    e = ctx.txn.lookup(ctx.db, key)
     if e is None:
         return -2
     if not e.expire_ms:
@@ -312,7 +316,7 @@ def pexpiretime(ctx: Context, argv: list[bytes]) -> Any:
 @command("persist", 2, "write fast", "keyspace write fast", (1, 1, 1))
 def persist(ctx: Context, argv: list[bytes]) -> Any:
     """PERSIST key -> 1 when an expiry was removed"""
-    e = ctx.txn.get(ctx.db, argv[1])
+    e = ctx.txn.lookup(ctx.db, argv[1])
     if e is None or not e.expire_ms:
         return 0
     ctx.txn.set_entry(ctx.db, argv[1], e, 0)
@@ -346,3 +350,84 @@ def flushall(ctx: Context, argv: list[bytes]) -> Any:
     ctx.txn.flush(None)
     return OK
 
+
+
+def _string_encoding(e: Entry) -> bytes:
+    """Redis' names for a string's encoding: ``int`` for a 64-bit integer in canonical
+    form, ``embstr`` up to 44 bytes, ``raw`` beyond (ShaleDB stores them all alike)."""
+    if e.length <= 20:
+        text = e.value
+        try:
+            parse_int(text)
+            return b"int"
+        except CommandError:
+            pass
+    return b"embstr" if e.length <= 44 else b"raw"
+
+
+@command("object", -2, "readonly", "keyspace read slow", (2, 2, 1),
+         subcommands={"encoding": "keyspace read slow", "refcount": "keyspace read slow",
+                      "help": "keyspace slow"})
+def object_(ctx: Context, argv: list[bytes]) -> Any:
+    """OBJECT ENCODING key | REFCOUNT key | HELP. A hash or set has one encoding here,
+    ``hashtable`` (Redis switches from ``listpack``/``intset`` as they grow)."""
+    sub = argv[1].lower()
+    if sub == b"help" and len(argv) == 2:
+        return [b"OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                b"ENCODING <key>", b"    Return the kind of internal representation used in "
+                b"order to store the value associated with a <key>.", b"REFCOUNT <key>",
+                b"    Return the number of references of the value associated with the "
+                b"specified <key>.", b"HELP", b"    Print this help."]
+    if sub not in (b"encoding", b"refcount") or len(argv) != 3:
+        raise CommandError(f"unknown subcommand or wrong number of arguments for "
+                           f"'{argv[1].decode('utf-8', 'replace')}'. Try OBJECT HELP.")
+    e = ctx.txn.lookup(ctx.db, argv[2])
+    if e is None:
+        return None
+    if sub == b"refcount":
+        return 1
+    return b"hashtable" if e.coll is not None else _string_encoding(e)
+
+
+#: What MEMORY USAGE adds per key and per member: the header and the engine's per-entry
+#: cost, roughly (an estimate, as Redis' own is).
+_KEY_OVERHEAD: Final = 64
+_MEMBER_OVERHEAD: Final = 32
+
+
+@command("memory", -2, "readonly", "read slow", (2, 2, 1),
+         subcommands={"usage": "read slow", "help": "slow"})
+def memory(ctx: Context, argv: list[bytes]) -> Any:
+    """MEMORY USAGE key [SAMPLES count] -> an estimate of the bytes the key takes on disk
+    before compression (a hash or set: the header plus its size times the mean size of up
+    to ``count`` members, 5 by default, 0 for all, as Redis samples); MEMORY HELP"""
+    sub = argv[1].lower()
+    if sub == b"help" and len(argv) == 2:
+        return [b"MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                b"USAGE <key> [SAMPLES <count>]",
+                b"    Return memory in bytes used by <key> and its value.", b"HELP",
+                b"    Print this help."]
+    if sub != b"usage" or len(argv) not in (3, 5):
+        raise CommandError(f"unknown subcommand or wrong number of arguments for "
+                           f"'{argv[1].decode('utf-8', 'replace')}'. Try MEMORY HELP.")
+    samples = 5
+    if len(argv) == 5:
+        if argv[3].upper() != b"SAMPLES":
+            raise CommandError(SYNTAX)
+        samples = parse_int(argv[4])
+        if samples < 0:
+            raise CommandError(SYNTAX)
+    key = argv[2]
+    e = ctx.txn.lookup(ctx.db, key)
+    if e is None:
+        return None
+    base = _KEY_OVERHEAD + len(key)
+    if e.coll is None:
+        return base + e.length
+    seen = total = 0
+    for field, value in ctx.txn.members(e.coll):
+        total += len(field) + len(value) + _MEMBER_OVERHEAD
+        seen += 1
+        if samples and seen >= samples:
+            break
+    return base + (total * e.coll.size // seen if seen else 0)

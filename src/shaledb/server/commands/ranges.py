@@ -90,6 +90,8 @@ def krange(ctx: Context, argv: list[bytes]) -> Any:
     lo, hi = bounds
     out = ctx.array()  # charged to the output limit pair by pair
     for key, entry in ctx.txn.scan(ctx.db, lo, hi, reverse=reverse):
+        if entry.coll is not None:
+            continue  # KRANGE lists strings; hashes and sets have their own commands
         out.add(key)
         if not out.add(entry.value):
             return ctx.overflow()

@@ -136,8 +136,8 @@ def mget(ctx: Context, argv: list[bytes]) -> Any:
     txn, db = ctx.txn, ctx.db
     out = ctx.array()
     for key in argv[1:]:
-        e = txn.get(db, key)
-        if not out.add(None if e is None else e.value):
+        e = txn.lookup(db, key)  # nil for a key of another type, as in Redis
+        if not out.add(None if e is None or e.coll is not None else e.value):
             return ctx.overflow()
     return out.done()
 

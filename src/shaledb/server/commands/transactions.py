@@ -100,7 +100,7 @@ def watch(ctx: Context, argv: list[bytes]) -> Any:
     if len(client.watched) + len(new) > limit:
         raise CommandError(f"too many watched keys (max-watched-keys is {limit})")
     for key in argv[1:]:
-        e = ctx.txn.get(ctx.db, key)
+        e = ctx.txn.lookup(ctx.db, key)
         server.watches.watch(client, ctx.db, key, 0 if e is None else e.expire_ms)
     return OK
 

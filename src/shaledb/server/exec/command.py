@@ -15,6 +15,7 @@ meaning "up to the last argument" and ``(0, 0, 0)`` meaning "no keys".
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from ..net.protocol import Status
@@ -34,6 +35,10 @@ class CommandSpec:
     #: Subcommands with categories of their own (``acl whoami`` is @slow, ``acl setuser``
     #: @admin): ACL rules and checks treat them as ``name|sub``.
     subcommands: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: For commands whose keys are found by a count argument (SINTERCARD numkeys key ...,
+    #: Redis' "movablekeys"): the key arguments of argv; first/last/step are then 0.
+    key_finder: Callable[[list[bytes]], list[bytes]] | None = dataclasses.field(
+        default=None, compare=False, repr=False)
 
     def arity_ok(self, argc: int) -> bool:
         """Whether ``argc`` arguments (name included) fit the arity."""
@@ -41,6 +46,8 @@ class CommandSpec:
 
     def keys(self, argv: list[bytes]) -> list[bytes]:
         """The key arguments of ``argv``."""
+        if self.key_finder is not None:
+            return self.key_finder(argv)
         if self.first_key == 0:
             return []
         last = self.last_key if self.last_key >= 0 else len(argv) + self.last_key

@@ -174,7 +174,9 @@ class CommandFamily:
 
     def command(self, name: str, arity: int, flags: str, categories: str,
                 keys: tuple[int, int, int] = (0, 0, 0),
-                subcommands: dict[str, str] | None = None) -> Callable[[Handler], Handler]:
+                subcommands: dict[str, str] | None = None,
+                key_finder: Callable[[list[bytes]], list[bytes]] | None = None
+                ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``name``. ``flags`` and
         ``categories`` are space-separated words; ``subcommands`` maps a subcommand to its
         own categories."""
@@ -183,7 +185,7 @@ class CommandFamily:
         def register(fn: Handler) -> Handler:
             self.commands.append(Command(name, arity, frozenset(flags.split()),
                                          tuple(categories.split()), *keys, handler=fn,
-                                         subcommands=subs))
+                                         subcommands=subs, key_finder=key_finder))
             return fn
 
         return register

@@ -18,15 +18,19 @@ purging (it may hold keys), or *free* (known to hold no entry). Only free ids ar
 flush. Free and queued are not stored: on open, every unmapped id is checked, and any that
 holds an entry is queued again, so a crash mid-purge loses nothing and resurrects nothing.
 
-Record layout (docs/format.md, "Server keyspace"): version byte ``0x02``, count byte (16),
+Record layout (docs/format.md, "Server keyspace"): version byte ``0x03``, count byte (16),
 then one physical id byte per logical database, in logical order. The map's version is the
 server keyspace's: version 2 maps (server keyspace version 3) come with chunked strings and
 per-database key counts, so a server that knows only version 1 refuses the directory
 instead of writing keys its counts and chunk garbage collection would not see. A version 1
 map (or none) is read for the upgrade (:meth:`shaledb.server.keyspace.keyspace.Keyspace`).
 
+A version 3 map (server keyspace version 4) comes with hashes and sets; a version 2 map
+(strings only) is read as is and rewritten as version 3 by the first write.
+
 The other reserved first bytes (docs/format.md): ``0xF0`` chunks of large strings,
-``0xF1`` garbage records (chunk sets to delete), and under ``0xFF`` one key-count record
+``0xF1`` garbage records (chunk sets to delete), ``0xF2`` the members of hashes and sets,
+``0xF3`` member garbage records (collections to delete), and under ``0xFF`` one key-count record
 per physical id (:func:`count_key`).
 """
 
@@ -46,8 +50,13 @@ PHYSICAL_DATABASES: Final = 240
 META_PREFIX: Final = 0xFF
 #: The engine key of the map record.
 MAP_KEY: Final = b"\xffdbmap"
-#: Version byte of the map record this code writes (server keyspace version 3).
-MAP_VERSION: Final = 2
+#: Version byte of the map record this code writes (server keyspace version 4: hashes and
+#: sets).
+MAP_VERSION: Final = 3
+#: The map version of server keyspace version 3 (strings only): read as is; the first write
+#: records MAP_VERSION (nothing else changes), so older servers refuse the directory from
+#: then on, before it can hold a type they do not know.
+STRINGS_MAP_VERSION: Final = 2
 #: The version written before chunked strings and key counts (server keyspace version 2, or
 #: 1 when no map record exists): read once, to upgrade the directory.
 LEGACY_MAP_VERSION: Final = 1
@@ -55,6 +64,10 @@ LEGACY_MAP_VERSION: Final = 1
 CHUNK_PREFIX: Final = 0xF0
 #: First byte of the garbage records: chunk sets no header references any more.
 GARBAGE_PREFIX: Final = 0xF1
+#: First byte of the member records of hashes and sets (docs/format.md, "Hashes and sets").
+MEMBER_PREFIX: Final = 0xF2
+#: First byte of the member garbage records: collections no header references any more.
+MEMBER_GARBAGE_PREFIX: Final = 0xF3
 #: Engine key prefix of the per-physical-id key count records.
 COUNT_PREFIX: Final = b"\xffcount"
 _COUNTS: Final = struct.Struct(">QQ")
@@ -85,10 +98,10 @@ def decode_map(raw: bytes | None) -> list[int]:
     record that breaks the invariants (so the server refuses to start rather than guess)."""
     if raw is None:
         return identity_map()
-    if map_version(raw) not in (MAP_VERSION, LEGACY_MAP_VERSION):
+    if map_version(raw) not in (MAP_VERSION, STRINGS_MAP_VERSION, LEGACY_MAP_VERSION):
         raise IncompatibleFormatError(
             f"the server's database map has version {raw[0]}; this ShaleDB reads versions "
-            f"{LEGACY_MAP_VERSION} and {MAP_VERSION} (open the directory with the ShaleDB "
+            f"{LEGACY_MAP_VERSION} to {MAP_VERSION} (open the directory with the ShaleDB "
             "that wrote it)")
     if len(raw) != 2 + LOGICAL_DATABASES or raw[1] != LOGICAL_DATABASES:
         raise CorruptionError(
@@ -130,6 +143,9 @@ __all__ = [
     "LEGACY_MAP_VERSION",
     "LOGICAL_DATABASES",
     "MAP_KEY",
+    "MEMBER_GARBAGE_PREFIX",
+    "MEMBER_PREFIX",
+    "STRINGS_MAP_VERSION",
     "MAP_VERSION",
     "META_PREFIX",
     "PHYSICAL_DATABASES",

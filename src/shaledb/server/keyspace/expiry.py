@@ -44,7 +44,7 @@ from typing import Final, Protocol
 import shaledb
 
 from ...errors import ShaleError
-from .values import chunk_count, chunk_ref_of, encode_garbage, expiry_of, garbage_key, now_ms
+from .values import expiry_of, now_ms, orphan
 
 
 class SweptKeyspace(Protocol):
@@ -63,7 +63,7 @@ class SweptKeyspace(Protocol):
     def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
                   ) -> Iterator[tuple[bytes, bytes]]: ...
     def write(self, batch: shaledb.WriteBatch, deltas: dict[int, list[int]] | None = None, *,
-              garbage: Iterable[int] = ()) -> None: ...
+              garbage: Iterable[int] = (), member_garbage: Iterable[int] = ()) -> None: ...
     def forget_expired(self, ek: bytes) -> None: ...
     def expiring_keys(self) -> int: ...
 
@@ -125,14 +125,13 @@ class ActiveExpiry:
         deltas: dict[int, list[int]] = {}
         deleted: set[bytes] = set()
         garbage: list[int] = []
+        member_garbage: list[int] = []
 
         def delete(ek: bytes, raw: bytes) -> None:
             batch.delete(ek)
             deleted.add(ek)
-            ref = chunk_ref_of(raw)
-            if ref is not None:
-                batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
-                garbage.append(ref.id)
+            # A chunked string's chunks, a hash's or set's members: a garbage record.
+            orphan(batch, raw, garbage, member_garbage)
             d = deltas.setdefault(ek[0], [0, 0])
             d[0] -= 1
             d[1] -= 1
@@ -176,7 +175,7 @@ class ActiveExpiry:
                 break
             self._cursor = bytes((phys + 1,))
         if len(batch):
-            ks.write(batch, deltas, garbage=garbage)
+            ks.write(batch, deltas, garbage=garbage, member_garbage=member_garbage)
             ks.expired_keys += len(deleted)
             for ek in deleted:
                 ks.forget_expired(ek)

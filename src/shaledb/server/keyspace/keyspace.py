@@ -73,6 +73,9 @@ from .dbmap import (
     LOGICAL_DATABASES,
     MAP_KEY,
     MAP_VERSION,
+    MEMBER_GARBAGE_PREFIX,
+    MEMBER_PREFIX,
+    STRINGS_MAP_VERSION,
     count_key,
     decode_counts,
     decode_map,
@@ -86,23 +89,35 @@ from .values import (
     CHUNK_SIZE,
     GARBAGE_LIST_MAX,
     INLINE_MAX,
+    MAX_MEMBER,
     MAX_STRING,
     TAG_CHUNKED,
     TAG_EXPIRES,
+    TAG_HASH,
+    TAG_SET,
     TAG_STRING,
+    TYPE_NAMES,
     ChunkRef,
+    CollRef,
     chunk_count,
     chunk_key,
     chunk_key_parts,
     chunk_ref_of,
+    coll_ref_of,
     decode_garbage,
+    encode_coll,
     encode_garbage,
     encode_header,
     encode_value,
     expiry_of,
     garbage_id,
     garbage_key,
+    id_of,
+    member_key,
+    member_prefix,
     now_ms,
+    orphan,
+    wrong_type,
 )
 
 log = logging.getLogger("shaledb.server")
@@ -121,6 +136,9 @@ MAX_EXPIRE_MS: Final = MAX_EXPIRE_AT_MS
 _POINT_READS: Final = 4
 #: Entries rewritten per write batch while upgrading a version 2 directory.
 _UPGRADE_BATCH: Final = 2_000
+#: Most collections whose member deletions the keyspace counts (for random draws, see
+#: KeyspaceTxn.random_members); past it, the oldest counted is forgotten.
+MEMBER_DELETES_MAX: Final = 10_000
 #: Most expired keys remembered for deletion after a read met them (:meth:`Keyspace.
 #: note_expired`); past it, such keys count in DBSIZE until the sweeper reaches them.
 LAZY_EXPIRED_MAX: Final = 100_000
@@ -149,19 +167,29 @@ class Entry:
     it was read from when :attr:`value` or :meth:`read` is called.
     """
 
-    __slots__ = ("_raw", "_start", "expire_ms", "chunks", "_txn")
+    __slots__ = ("_raw", "_start", "expire_ms", "chunks", "_txn", "coll")
 
     def __init__(self, value: bytes, expire_ms: int = 0, start: int = 0,
-                 chunks: ChunkRef | None = None, txn: KeyspaceTxn | None = None) -> None:
+                 chunks: ChunkRef | None = None, txn: KeyspaceTxn | None = None,
+                 coll: CollRef | None = None) -> None:
         self._raw = value
         self._start = start
         self.expire_ms = expire_ms
         self.chunks = chunks
         self._txn = txn
+        #: Set for a hash or a set (then there is no string: :attr:`value` is WRONGTYPE).
+        self.coll = coll
+
+    @property
+    def type_name(self) -> bytes:
+        """What TYPE answers: ``string``, ``hash`` or ``set``."""
+        return TYPE_NAMES[TAG_STRING if self.coll is None else self.coll.kind]
 
     @property
     def value(self) -> bytes:
         """The string's bytes (a chunked string is assembled from its chunks)."""
+        if self.coll is not None:
+            raise wrong_type()
         if self.chunks is None:
             return self._raw[self._start:] if self._start else self._raw
         return self._reader().read_chunks(self.chunks, 0, self.chunks.length)
@@ -169,6 +197,8 @@ class Entry:
     @property
     def length(self) -> int:
         """The string's length, without reading it."""
+        if self.coll is not None:
+            raise wrong_type()
         if self.chunks is None:
             return len(self._raw) - self._start
         return self.chunks.length
@@ -197,14 +227,18 @@ class Entry:
             return bool(self.expire_ms == other[1] and self.value == other[0])
         if not isinstance(other, Entry):
             return NotImplemented
-        if self.expire_ms != other.expire_ms or self.chunks != other.chunks:
+        if (self.expire_ms != other.expire_ms or self.chunks != other.chunks
+                or self.coll != other.coll):
             return False
+        if self.coll is not None:
+            return True
         return self.chunks is not None or self.value == other.value
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        what = (f"chunks={self.chunks}" if self.chunks is not None
+        what = (f"coll={self.coll}" if self.coll is not None
+                else f"chunks={self.chunks}" if self.chunks is not None
                 else f"{self.length} bytes")
         return f"Entry({what}, expire_ms={self.expire_ms})"
 
@@ -220,10 +254,14 @@ def decode_value(raw: bytes, txn: KeyspaceTxn | None = None) -> Entry:
     if tag & 0x7F == TAG_CHUNKED:
         ref = chunk_ref_of(raw)
         return Entry(b"", expiry_of(raw), 0, ref, txn)
+    if tag & 0x7F in (TAG_HASH, TAG_SET):
+        return Entry(b"", expiry_of(raw), 0, None, None, coll_ref_of(raw))
     raise CommandError("the stored value has an unknown encoding (written by a newer ShaleDB?)")
 
 
 def _encode_entry(e: Entry) -> bytes:
+    if e.coll is not None:
+        return encode_coll(e.coll, e.expire_ms)
     if e.chunks is not None:
         return encode_header(e.chunks, e.expire_ms)
     raw, start = e._raw, e._start
@@ -257,7 +295,12 @@ class Keyspace:
         #: server entry yet: the first write records it, so older servers refuse the
         #: directory from then on).
         self.map_pending = False
-        if map_version(raw_map) != MAP_VERSION:
+        version = map_version(raw_map)
+        if version == STRINGS_MAP_VERSION:
+            # Server keyspace version 3 has the same bytes minus hashes and sets: the first
+            # write records the new map version (see Keyspace.write).
+            self.map_pending = True
+        elif version != MAP_VERSION:
             if raw_map is None and self._first_server_key() is None:
                 self.map_pending = True
             else:
@@ -283,6 +326,9 @@ class Keyspace:
         #: Whether garbage records may exist that garbage_ids does not list (found at open,
         #: or the list was full): the purger then scans the garbage range for them.
         self.garbage_unlisted = self._first(GARBAGE_PREFIX) is not None
+        #: The same for collections (hashes, sets) whose member garbage record was written.
+        self.member_garbage_ids: collections.deque[int] = collections.deque()
+        self.member_garbage_unlisted = self._first(MEMBER_GARBAGE_PREFIX) is not None
         #: Commits pending writes of the turn's shared transaction (the server sets it);
         #: background writers call it first.
         self.settle: Callable[[], None] = _nothing
@@ -295,6 +341,14 @@ class Keyspace:
         self.random = random.Random()
         self.purger = Purger(self)
         self.sweeper = ActiveExpiry(self)
+        #: Collection id -> member records deleted since open (their tombstones stay in
+        #: the member range until compaction, and a walk of the range skips them).
+        self.member_deletes: dict[int, int] = {}
+        #: Collection id -> [floor, ceiling]: engine keys no committed member of it lies
+        #: below / above (None: unknown). A walk from either end starts there, past the
+        #: tombstones of the members deleted at that end (a set drained by SPOP). Learnt by
+        #: walks from an end, lowered / raised by the commit of a member outside them.
+        self.member_bounds: dict[int, list[bytes | None]] = {}
         #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
         self.hits = 0
         self.misses = 0
@@ -314,10 +368,15 @@ class Keyspace:
         return None
 
     def _largest_chunk_id(self) -> int:
-        last_chunk = self._first(CHUNK_PREFIX, reverse=True)
-        last_garbage = self._first(GARBAGE_PREFIX, reverse=True)
-        return max(chunk_key_parts(last_chunk)[0] if last_chunk else 0,
-                   garbage_id(last_garbage) if last_garbage else 0)
+        """The largest chunk-set or collection id in use (one counter names both): every
+        live chunk set has chunks, every live collection has members (an empty one is
+        deleted), and every dropped one its garbage record until it is gone."""
+        largest = 0
+        for prefix in (CHUNK_PREFIX, GARBAGE_PREFIX, MEMBER_PREFIX, MEMBER_GARBAGE_PREFIX):
+            last = self._first(prefix, reverse=True)
+            if last is not None:
+                largest = max(largest, id_of(last))
+        return largest
 
     def _upgrade(self) -> None:
         """Turn a directory of server keyspace version 1 or 2 into version 3, once: rewrite
@@ -381,24 +440,37 @@ class Keyspace:
         return {p: d for d, p in enumerate(self.map)}
 
     def new_chunk_id(self) -> int:
-        """A chunk-set id no header or garbage record uses."""
+        """A chunk-set or collection id no header or garbage record uses."""
         cid = self._next_chunk_id
         self._next_chunk_id += 1
         return cid
 
     @property
-    def garbage_pending(self) -> bool:
-        """Whether garbage records may exist (the purger deletes their chunks)."""
+    def chunk_garbage_pending(self) -> bool:
+        """Whether chunk garbage records may exist."""
         return bool(self.garbage_ids) or self.garbage_unlisted
+
+    @property
+    def member_garbage_pending(self) -> bool:
+        """Whether member garbage records (dropped hashes and sets) may exist."""
+        return bool(self.member_garbage_ids) or self.member_garbage_unlisted
+
+    @property
+    def garbage_pending(self) -> bool:
+        """Whether garbage records may exist (the purger deletes their chunks or
+        members)."""
+        return (bool(self.garbage_ids) or self.garbage_unlisted
+                or bool(self.member_garbage_ids) or self.member_garbage_unlisted)
 
     def write(self, batch: shaledb.WriteBatch,
               deltas: dict[int, list[int]] | None = None, *,
               reset: Iterable[int] = (), garbage: Iterable[int] = (),
-              map_written: bool = False) -> None:
+              member_garbage: Iterable[int] = (), map_written: bool = False) -> None:
         """Write ``batch`` plus the count records it changes: ids in ``reset`` start from
         zero, then ``deltas`` (physical id -> [keys, expires] change) apply; plus the map
         record while it is pending, unless ``batch`` writes it already; ``garbage`` lists
-        the chunk sets it writes garbage records for. Memory follows the durable write: the
+        the chunk sets it writes garbage records for, ``member_garbage`` the collections.
+        Memory follows the durable write: the
         counts change only once the batch is written."""
         pending_map = self.map_pending and not map_written
         if pending_map:
@@ -430,6 +502,12 @@ class Keyspace:
                 ids.append(cid)
             else:
                 self.garbage_unlisted = True
+        ids = self.member_garbage_ids
+        for cid in member_garbage:
+            if len(ids) < GARBAGE_LIST_MAX:
+                ids.append(cid)
+            else:
+                self.member_garbage_unlisted = True
 
     def note_expired(self, ek: bytes) -> None:
         """A read met ``ek`` expired (committed): leave it out of the counts from now on and
@@ -481,6 +559,12 @@ class Keyspace:
 
 _DELETED: Final = Entry(b"", -1)
 _MISSING: Final = object()
+#: A buffered member deletion (a member's value may be any bytes, the empty ones included).
+_NO_MEMBER: Final = object()
+#: Collections up to this many members are read whole to draw random members uniformly
+#: (HRANDFIELD, SRANDMEMBER, SPOP); larger ones are probed at random positions in member
+#: order, which is cheap but not uniform (see docs/design.md).
+RANDOM_EXACT_MAX: Final = 128
 
 
 def _logical_keys(ks: Keyspace, engine_keys: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -495,7 +579,7 @@ class KeyspaceTxn:
     loop owns it."""
 
     __slots__ = ("_ks", "_writes", "_chunks", "_base", "_base_gen", "_undo", "now", "_map",
-                 "_taken", "_released", "_touched")
+                 "_taken", "_released", "_touched", "_members", "_new_ids")
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
@@ -504,6 +588,10 @@ class KeyspaceTxn:
         self._writes: dict[bytes, Entry] = {}
         #: chunk key -> the chunk's new bytes.
         self._chunks: dict[bytes, bytes] = {}
+        #: member key (a hash's field, a set's member) -> its new value, or _NO_MEMBER.
+        self._members: dict[bytes, Any] = {}
+        #: Collections created by this transaction: nothing committed to read for them.
+        self._new_ids: set[int] = set()
         #: engine key -> its committed engine value (None: none), as read at generation
         #: ``_base_gen``: the commit needs the old entry of every key it writes.
         self._base: dict[bytes, bytes | None] = {}
@@ -545,7 +633,23 @@ class KeyspaceTxn:
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, db: int, key: bytes) -> Entry | None:
-        """The live entry of ``key``, or None when it is missing or expired."""
+        """The live string entry of ``key``, or None when it is missing or expired;
+        WRONGTYPE when it holds another type (the one place string commands are checked)."""
+        e = self.lookup(db, key)
+        if e is not None and e.coll is not None:
+            raise wrong_type()
+        return e
+
+    def get_coll(self, db: int, key: bytes, kind: int) -> Entry | None:
+        """The live hash (``kind`` TAG_HASH) or set (TAG_SET) entry of ``key`` (its
+        :attr:`Entry.coll` names the collection), or None; WRONGTYPE for another type."""
+        e = self.lookup(db, key)
+        if e is not None and (e.coll is None or e.coll.kind != kind):
+            raise wrong_type()
+        return e
+
+    def lookup(self, db: int, key: bytes) -> Entry | None:
+        """The live entry of ``key`` of any type, or None when it is missing or expired."""
         ek = engine_key(self._phys(db), key)
         e = self._writes.get(ek)
         ks = self._ks
@@ -572,7 +676,7 @@ class KeyspaceTxn:
 
     def exists(self, db: int, key: bytes) -> bool:
         """Whether ``key`` is live."""
-        return self.get(db, key) is not None
+        return self.lookup(db, key) is not None
 
     def scan(self, db: int, lo: bytes | None = None, hi: bytes | None = None, *,
              reverse: bool = False) -> Iterator[tuple[bytes, Entry]]:
@@ -720,6 +824,15 @@ class KeyspaceTxn:
             self.delete(db, key)
             return
         ek = engine_key(self._phys(db), key)
+        coll = e.coll
+        if coll is not None:
+            if copy:  # a new collection with the same members: O(members), as in Redis
+                new = self.new_collection(coll.kind)
+                for field, value in list(self.members(coll)):
+                    self._put_member(member_key(new.id, field), value)
+                coll = CollRef(coll.kind, new.id, coll.size)
+            self._put(ek, Entry(b"", expire_ms, 0, None, None, coll))
+            return
         ref = e.chunks
         if ref is None:
             self._put(ek, Entry(e._raw, expire_ms, e._start))
@@ -786,9 +899,190 @@ class KeyspaceTxn:
                   Entry(b"", e.expire_ms, 0, ChunkRef(ref.id, length)))
         return length
 
+    # -- hashes and sets -------------------------------------------------------------------
+    def new_collection(self, kind: int) -> CollRef:
+        """An empty collection with a fresh id (its header is written with its members)."""
+        cid = self._ks.new_chunk_id()
+        self._new_ids.add(cid)
+        return CollRef(kind, cid, 0)
+
+    def _put_member(self, mk: bytes, value: Any) -> None:
+        self._undo.append((mk, self._members.get(mk)))
+        self._members[mk] = value
+
+    def member(self, coll: CollRef, field: bytes) -> bytes | None:
+        """The value of hash field (set member) ``field`` of ``coll``, or None: one point
+        read (none for a collection this transaction created)."""
+        if len(field) > MAX_MEMBER:
+            return None  # could never have been stored
+        mk = member_key(coll.id, field)
+        v = self._members.get(mk)
+        if v is not None:
+            return None if v is _NO_MEMBER else v
+        if coll.id in self._new_ids:
+            return None
+        return self._ks.db.get(mk)
+
+    def put_members(self, db: int, key: bytes, e: Entry | None, kind: int,
+                    items: Iterable[tuple[bytes, bytes]], *, nx: bool = False) -> int:
+        """Set members (field, value) of ``key``'s collection ``e`` (None: create one of
+        ``kind``), keeping its expiry; the header is rewritten with the new size (so WATCH
+        sees every change). ``nx``: leave existing fields alone (a set's members always).
+        How many were new."""
+        if e is None:
+            coll, expire = self.new_collection(kind), 0
+        else:
+            assert e.coll is not None
+            coll, expire = e.coll, e.expire_ms
+        added = wrote = 0
+        for field, value in items:
+            if len(value) > MAX_USER_VALUE:
+                raise CommandError("string exceeds maximum allowed size")
+            mk = member_key(coll.id, field)  # refuses a field longer than MAX_MEMBER
+            if self.member(coll, field) is None:
+                added += 1
+            elif nx or coll.kind == TAG_SET:
+                continue  # a set member that exists is not written (nor its key touched)
+            self._put_member(mk, value)
+            wrote += 1
+        if wrote:
+            self._put(engine_key(self._phys(db), key),
+                      Entry(b"", expire, 0, None, None,
+                            CollRef(coll.kind, coll.id, coll.size + added)))
+        return added
+
+    def remove_members(self, db: int, key: bytes, e: Entry, fields: Iterable[bytes]) -> int:
+        """Delete members of ``key``'s collection ``e``; how many existed. The key goes
+        with its last member (Redis has no empty hash or set): its header is deleted and its
+        remaining members become garbage, so that is O(1) too."""
+        coll = e.coll
+        assert coll is not None
+        removed = 0
+        for field in fields:
+            if self.member(coll, field) is not None:
+                self._put_member(member_key(coll.id, field), _NO_MEMBER)
+                removed += 1
+        if removed:
+            ek = engine_key(self._phys(db), key)
+            size = coll.size - removed
+            if size <= 0:
+                self._put(ek, _DELETED)
+            else:
+                self._put(ek, Entry(b"", e.expire_ms, 0, None, None,
+                                    CollRef(coll.kind, coll.id, size)))
+        return removed
+
+    def members(self, coll: CollRef, start: bytes = b"", *, reverse: bool = False
+                ) -> Iterator[tuple[bytes, bytes]]:
+        """``(field, value)`` of ``coll`` in field order (bytewise) from ``start`` on (in
+        reverse: from the last one down), this transaction's own writes included. A walk
+        of the engine's member range: memory does not grow with the collection."""
+        prefix = member_prefix(coll.id)
+        lo, hi = prefix + start, member_prefix(coll.id + 1)
+        own = sorted((k for k in self._members if lo <= k < hi), reverse=reverse) \
+            if self._members else []
+        # The committed walk starts at the known bound of its end, if any.
+        all_bounds = self._ks.member_bounds
+        bounds = all_bounds.get(coll.id)
+        base_lo, base_hi = lo, hi
+        if bounds is not None:
+            if bounds[0] is not None and bounds[0] > base_lo:
+                base_lo = bounds[0]
+            if bounds[1] is not None and bounds[1] + b"\x00" < base_hi:
+                base_hi = bounds[1] + b"\x00"
+        from_end = reverse or not start
+        base: Iterator[tuple[bytes, bytes]] = (
+            iter(()) if coll.id in self._new_ids or base_lo >= base_hi
+            else self._ks.db.range(base_lo, base_hi, reverse=reverse))
+        members = self._members
+        i, n = 0, len(own)
+        for mk, value in base:
+            if from_end:  # the first committed member from this end: a bound
+                from_end = False
+                if bounds is None:
+                    bounds = all_bounds[coll.id] = [None, None]
+                    while len(all_bounds) > MEMBER_DELETES_MAX:
+                        del all_bounds[next(iter(all_bounds))]
+                bounds[1 if reverse else 0] = mk
+            while i < n and (own[i] > mk if reverse else own[i] < mk):
+                v = members[own[i]]
+                if v is not _NO_MEMBER:
+                    yield own[i][9:], v
+                i += 1
+            if i < n and own[i] == mk:
+                v = members[mk]
+                i += 1
+                if v is not _NO_MEMBER:
+                    yield mk[9:], v
+                continue
+            yield mk[9:], value
+        for k in own[i:]:
+            v = members[k]
+            if v is not _NO_MEMBER:
+                yield k[9:], v
+
+    def random_members(self, coll: CollRef, count: int, *, distinct: bool
+                       ) -> Iterator[tuple[bytes, bytes]]:
+        """``count`` members of ``coll`` drawn at random (``distinct``: no repeats, at most
+        its size), one at a time (a reply charged to the output limit stops drawing).
+        Uniform up to RANDOM_EXACT_MAX members (read whole); above it each draw is the
+        first member at or after a random probe (a seek per draw, not uniform: members
+        after a wide gap in member order are drawn more often)."""
+        rng = self._ks.random
+        if count <= 0:
+            return
+        # A small collection is read whole, unless many of its members were deleted since
+        # open: their tombstones (until compaction) would make every draw walk them all (a
+        # set drained by SPOP: 30,000 tombstones, 10 ms per SPOP); probing skips only the
+        # tombstones between a probe and the next member.
+        deletes = self._ks.member_deletes.get(coll.id, 0)
+        if coll.size <= RANDOM_EXACT_MAX and deletes <= 4 * RANDOM_EXACT_MAX:
+            every = list(self.members(coll))
+            if not every:
+                return
+            if distinct:
+                yield from rng.sample(every, min(count, len(every)))
+                return
+            for _ in range(count):
+                yield every[rng.randrange(len(every))]
+            return
+        first = next(self.members(coll), None)
+        last = next(self.members(coll, reverse=True), None)
+        if first is None or last is None:
+            return
+        lo, hi = first[0], last[0]
+        common = 0
+        while common < min(len(lo), len(hi)) and lo[common] == hi[common]:
+            common += 1
+        tail = lo[common:] + hi[common:] or b"\x00\xff"
+        smallest, largest = min(tail), max(tail)
+        seen: set[bytes] = set()
+        drawn = attempts = 0
+        while drawn < count and attempts < 3 * count + 16:
+            attempts += 1
+            head = rng.randint(lo[common] if common < len(lo) else smallest,
+                               hi[common] if common < len(hi) else largest)
+            probe = lo[:common] + bytes((head, *(rng.randint(smallest, largest)
+                                                 for _ in range(7))))
+            found = next(self.members(coll, probe[:MAX_MEMBER]), None) or first
+            if distinct:
+                if found[0] in seen:
+                    continue
+                seen.add(found[0])
+            drawn += 1
+            yield found
+        if drawn < count and distinct:  # probes kept colliding: take the next ones
+            for found in self.members(coll):
+                if drawn >= count:
+                    break
+                if found[0] not in seen:
+                    seen.add(found[0])
+                    drawn += 1
+                    yield found
+
     def delete(self, db: int, key: bytes) -> bool:
         """Buffer the deletion of ``key``; whether it was live."""
-        existed = self.get(db, key) is not None
+        existed = self.lookup(db, key) is not None
         ek = engine_key(self._phys(db), key)
         self._put(ek, _DELETED)
         return existed
@@ -858,6 +1152,11 @@ class KeyspaceTxn:
                     chunks.pop(ek, None)
                 else:
                     chunks[ek] = previous
+            elif ek[0] == MEMBER_PREFIX:
+                if previous is None:
+                    self._members.pop(ek, None)
+                else:
+                    self._members[ek] = previous
             elif previous is None:
                 writes.pop(ek, None)
             else:
@@ -866,8 +1165,8 @@ class KeyspaceTxn:
     @property
     def dirty(self) -> bool:
         """Whether writes are buffered."""
-        return (bool(self._writes) or bool(self._chunks) or self._map is not None
-                or bool(self._touched))
+        return (bool(self._writes) or bool(self._chunks) or bool(self._members)
+                or self._map is not None or bool(self._touched))
 
     def commit(self) -> None:
         """Apply the buffered writes, their chunks, the garbage records of the chunk sets
@@ -877,34 +1176,46 @@ class KeyspaceTxn:
             return
         ks = self._ks
         writes, chunks, new_map = self._writes, self._chunks, self._map
+        members, new_ids = self._members, self._new_ids
         taken, released, touched = self._taken, self._released, self._touched
         # The committed entry of every written key (read before the buffers are reset: the
         # cache lives in this transaction).
         old = {ek: self._committed(ek) for ek in writes}
         # Committed or failed, these writes are settled: never apply them twice.
         self._writes, self._chunks, self._map, self._undo = {}, {}, None, []
+        self._members, self._new_ids = {}, set()
         self._taken, self._released, self._touched = [], [], set()
         self._base = {}
         batch = shaledb.WriteBatch(_zero_clock)
         # Chunk sets named by the headers this batch writes (id -> length).
         named: dict[int, int] = {}
+        # Collections named by the headers this batch writes.
+        named_colls: set[int] = set()
         for e in writes.values():
-            if e.chunks is not None:
+            if e.coll is not None:
+                if e.coll.id in named_colls:
+                    raise CorruptionError(f"two keys would name collection {e.coll.id:#x}; "
+                                          "nothing was written (a bug: please report it)")
+                named_colls.add(e.coll.id)
+            elif e.chunks is not None:
                 if e.chunks.id in named:
                     raise CorruptionError(f"two keys would name chunk set {e.chunks.id:#x}; "
                                           "nothing was written (a bug: please report it)")
                 named[e.chunks.id] = e.chunks.length
         deltas: dict[int, list[int]] = {}
         garbage: list[int] = []
+        member_garbage: list[int] = []
         expiring = 0
         for ek, e in writes.items():
             raw = old[ek]
-            if raw is not None:
+            if raw is not None and raw[0] & 0x7F != TAG_STRING:
                 ref = chunk_ref_of(raw)
-                if ref is not None and ref.id not in named:
-                    # Its header goes; nothing else names it (a chunk set has one header).
-                    batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
-                    garbage.append(ref.id)
+                coll = coll_ref_of(raw)
+                if (ref is not None and ref.id not in named) or (
+                        coll is not None and coll.id not in named_colls):
+                    # Its header goes; nothing else names its chunk set or collection (each
+                    # has one header): a garbage record, the version bump of Kvrocks.
+                    orphan(batch, raw, garbage, member_garbage)
             if e is _DELETED:
                 if raw is None:
                     continue  # nothing to delete
@@ -927,17 +1238,41 @@ class KeyspaceTxn:
             # Chunks of sets no written header names were orphaned in this transaction.
             if length is not None and index < chunk_count(length):
                 batch.put(ck, data)
+        member_deletes: dict[int, int] = {}
+        for mk, value in members.items():
+            cid = id_of(mk)
+            # Members of collections no written header names were dropped (deleted,
+            # flushed or overwritten) in this transaction: their garbage record covers them.
+            if cid in named_colls:
+                if value is not _NO_MEMBER:
+                    batch.put(mk, value)
+                    bounds = ks.member_bounds.get(cid)
+                    if bounds is not None:  # a member outside the known bounds moves them
+                        if bounds[0] is not None and mk < bounds[0]:
+                            bounds[0] = mk
+                        if bounds[1] is not None and mk > bounds[1]:
+                            bounds[1] = mk
+                elif cid not in new_ids:
+                    batch.delete(mk)
+                    member_deletes[cid] = member_deletes.get(cid, 0) + 1
         if new_map is not None and new_map != ks.map:
             batch.put(MAP_KEY, encode_map(new_map))
         else:
             new_map = None
         if len(batch):
             ks.write(batch, deltas, reset=taken if new_map is not None else (),
-                     garbage=garbage, map_written=new_map is not None)
+                     garbage=garbage, member_garbage=member_garbage,
+                     map_written=new_map is not None)
             ks.writes += 1
             ks.expiring_writes += expiring
         for ek in writes:
             ks.forget_expired(ek)
+        if member_deletes:
+            counted = ks.member_deletes
+            for cid, n in member_deletes.items():
+                counted[cid] = counted.pop(cid, 0) + n  # most recent last
+            while len(counted) > MEMBER_DELETES_MAX:
+                del counted[next(iter(counted))]
         if new_map is not None:
             ks.map = new_map
             ks.purger.committed(taken, released)

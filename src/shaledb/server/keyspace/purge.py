@@ -43,16 +43,18 @@ from typing import Final, Protocol
 import shaledb
 
 from ...errors import ShaleError
-from .dbmap import GARBAGE_PREFIX, PHYSICAL_DATABASES, count_key
+from .dbmap import GARBAGE_PREFIX, MEMBER_GARBAGE_PREFIX, PHYSICAL_DATABASES, count_key
 from .values import (
     GARBAGE_LIST_MAX,
-    chunk_count,
     chunk_key,
-    chunk_ref_of,
     decode_garbage,
     encode_garbage,
     garbage_id,
     garbage_key,
+    id_of,
+    member_garbage_key,
+    member_prefix,
+    orphan,
 )
 
 
@@ -65,6 +67,8 @@ class PurgedKeyspace(Protocol):
     counts: dict[int, tuple[int, int]]
     garbage_ids: collections.deque[int]
     garbage_unlisted: bool
+    member_garbage_ids: collections.deque[int]
+    member_garbage_unlisted: bool
 
     @property
     def purger(self) -> Purger: ...
@@ -73,7 +77,8 @@ class PurgedKeyspace(Protocol):
     def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
                   ) -> Iterator[tuple[bytes, bytes]]: ...
     def physical_empty(self, phys: int) -> bool: ...
-    def write(self, batch: shaledb.WriteBatch, *, garbage: Iterable[int] = ()) -> None: ...
+    def write(self, batch: shaledb.WriteBatch, *, garbage: Iterable[int] = (),
+              member_garbage: Iterable[int] = ()) -> None: ...
 
 log = logging.getLogger("shaledb.server")
 
@@ -104,6 +109,8 @@ class Purger:
         self.purged_keys = 0
         #: Chunks of orphaned chunk sets deleted since start.
         self.purged_chunks = 0
+        #: Members of orphaned hashes and sets deleted since start.
+        self.purged_members = 0
 
     @property
     def busy(self) -> bool:
@@ -138,18 +145,16 @@ class Purger:
         last = None
         deleted = 0
         garbage: list[int] = []
+        member_garbage: list[int] = []
         for ek, raw in ks.raw_range(lo, bytes((phys + 1,)), limit=max_keys):
             batch.delete(ek)
-            ref = chunk_ref_of(raw)
-            if ref is not None:
-                batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
-                garbage.append(ref.id)
+            orphan(batch, raw, garbage, member_garbage)
             deleted += 1
             last = ek
         done = last is None or deleted < max_keys
         if done:
             batch.delete(count_key(phys))  # a free id has no count record
-        ks.write(batch, garbage=garbage)
+        ks.write(batch, garbage=garbage, member_garbage=member_garbage)
         self.purged_keys += deleted
         if done:
             self.queue.popleft()
@@ -164,7 +169,8 @@ class Purger:
         """Delete up to ``max_chunks`` chunks of orphaned chunk sets (one write batch, with
         the garbage records updated to match); whether garbage remains. Works through the
         ids the keyspace listed with point reads; scans the garbage range only for records
-        it did not list (found at open, or past the list's bound)."""
+        it did not list (found at open, or past the list's bound). Whether chunk garbage
+        remains (:meth:`collect_members` does the members of hashes and sets)."""
         ks = self._ks
         ids = ks.garbage_ids
         if not ids and ks.garbage_unlisted:
@@ -197,7 +203,53 @@ class Purger:
             self.purged_chunks += max_chunks - budget
         for _ in range(done):
             ids.popleft()
-        return ks.garbage_pending
+        return bool(ids) or ks.garbage_unlisted
+
+    def collect_members(self, max_members: int) -> bool:
+        """Delete up to ``max_members`` members of orphaned collections (hashes, sets
+        deleted, expired, overwritten or flushed: one write batch, with the member garbage
+        records updated to match); whether garbage remains. A record's value says where the
+        previous step stopped (``0x01`` + the last member it deleted), so a step never walks
+        the tombstones of the members deleted before it, and a crash resumes there: the
+        members before it are deleted in the same batch that records it."""
+        ks = self._ks
+        ids = ks.member_garbage_ids
+        if not ids and ks.member_garbage_unlisted:
+            for gk, _ in ks.raw_range(bytes((MEMBER_GARBAGE_PREFIX,)),
+                                      bytes((MEMBER_GARBAGE_PREFIX + 1,)),
+                                      limit=GARBAGE_LIST_MAX):
+                ids.append(id_of(gk))
+            ks.member_garbage_unlisted = len(ids) >= GARBAGE_LIST_MAX
+        batch = shaledb.WriteBatch()
+        budget = max_members
+        done = 0
+        while done < len(ids) and budget > 0:
+            cid = ids[done]
+            gk = member_garbage_key(cid)
+            raw = ks.db.get(gk)
+            if raw is None:
+                done += 1  # finished already (listed twice)
+                continue
+            prefix = member_prefix(cid)
+            lo = prefix + raw[1:] + b"\x00" if raw else prefix
+            last = None
+            n = 0
+            for mk, _ in ks.raw_range(lo, member_prefix(cid + 1), limit=budget):
+                batch.delete(mk)
+                last = mk
+                n += 1
+            budget -= n
+            if budget == 0 and last is not None:
+                batch.put(gk, b"\x01" + last[len(prefix):])  # maybe more: go on after it
+                break
+            batch.delete(gk)
+            done += 1
+        if len(batch):
+            ks.write(batch)
+            self.purged_members += max_members - budget
+        for _ in range(done):
+            ids.popleft()
+        return bool(ids) or ks.member_garbage_unlisted
 
 
 async def run_purger(keyspace: PurgedKeyspace) -> None:
@@ -213,8 +265,10 @@ async def run_purger(keyspace: PurgedKeyspace) -> None:
         try:
             if purger.queue:
                 purger.step(PURGE_CHUNK)
-            else:
+            elif keyspace.garbage_ids or keyspace.garbage_unlisted:
                 purger.collect(PURGE_CHUNK)
+            else:
+                purger.collect_members(PURGE_CHUNK)
             failed = False
         except ShaleError as exc:
             if not failed:  # a read-only database fails every step: say it once

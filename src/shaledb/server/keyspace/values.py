@@ -10,7 +10,16 @@ sweeper and the purger all build on them.
 - chunk: key ``0xF0`` + chunk-set id (8 bytes) + chunk index (4 bytes), value the chunk's
   bytes, :data:`CHUNK_SIZE` of them except in the last chunk;
 - garbage record: key ``0xF1`` + chunk-set id, value the number of chunks still to delete
-  (8 bytes): chunks ``0`` .. ``n - 1`` of that set.
+  (8 bytes): chunks ``0`` .. ``n - 1`` of that set;
+- hash / set header (the key's *metadata*): tag ``0x02`` (hash) or ``0x03`` (set), bit 7
+  again meaning an 8-byte expiry follows, then the collection's id (its *version*) and its
+  size, 8 bytes each, big-endian;
+- member: key ``0xF2`` + collection id (8 bytes) + the field or member's bytes, value the
+  hash field's value (empty for a set member);
+- member garbage record: key ``0xF3`` + collection id, value empty (no member deleted yet)
+  or ``0x01`` + the last member deleted so far (the purger goes on after it).
+
+Collection ids and chunk-set ids are drawn from one counter, so an id names one thing.
 """
 
 from __future__ import annotations
@@ -19,10 +28,12 @@ import struct
 import time
 from typing import Final, NamedTuple
 
+import shaledb
+
 from ...errors import CorruptionError
-from ...options import MAX_VALUE_SIZE
+from ...options import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from ..errors import CommandError
-from .dbmap import CHUNK_PREFIX, GARBAGE_PREFIX
+from .dbmap import CHUNK_PREFIX, GARBAGE_PREFIX, MEMBER_GARBAGE_PREFIX, MEMBER_PREFIX
 
 #: Longest string value: the engine's value limit minus the largest inline header (kept when
 #: large strings became chunked, which would allow more; proto-max-bulk-len caps it anyway).
@@ -40,12 +51,22 @@ GARBAGE_LIST_MAX: Final = 100_000
 TAG_STRING: Final = 0x00
 TAG_EXPIRES: Final = 0x80
 TAG_CHUNKED: Final = 0x01
+TAG_HASH: Final = 0x02
+TAG_SET: Final = 0x03
+#: Redis' TYPE name of each encoding.
+TYPE_NAMES: Final = {TAG_STRING: b"string", TAG_CHUNKED: b"string", TAG_HASH: b"hash",
+                     TAG_SET: b"set"}
+#: Longest hash field or set member: the engine's key limit minus the member key's prefix.
+MAX_MEMBER: Final = MAX_KEY_SIZE - 9
 _EXPIRY_BIT: Final = 0x80
 _EXP: Final = struct.Struct(">Q")
 _REF: Final = struct.Struct(">QQ")
 _CHUNK_KEY: Final = struct.Struct(">BQI")
 _GARBAGE_KEY: Final = struct.Struct(">BQ")
 _COUNT: Final = struct.Struct(">Q")
+_ID: Final = struct.Struct(">BQ")
+#: The reply Redis gives a command on a key of another type (after the WRONGTYPE prefix).
+WRONGTYPE: Final = "Operation against a key holding the wrong kind of value"
 
 
 class ChunkRef(NamedTuple):
@@ -53,6 +74,81 @@ class ChunkRef(NamedTuple):
 
     id: int
     length: int
+
+
+class CollRef(NamedTuple):
+    """A hash or a set: its encoding tag, its id (the prefix of its member records) and its
+    number of members."""
+
+    kind: int
+    id: int
+    size: int
+
+
+def wrong_type() -> CommandError:
+    """Redis' WRONGTYPE error (no ERR prefix)."""
+    return CommandError(WRONGTYPE, prefix="WRONGTYPE")
+
+
+def coll_ref_of(raw: bytes) -> CollRef | None:
+    """The collection a hash or set header names (None: not a collection)."""
+    if not raw or raw[0] & 0x7F not in (TAG_HASH, TAG_SET):
+        return None
+    off = 9 if raw[0] & _EXPIRY_BIT else 1
+    if len(raw) != off + _REF.size:
+        raise CorruptionError(f"a hash or set header has {len(raw)} bytes, expected "
+                              f"{off + _REF.size}")
+    cid, size = _REF.unpack_from(raw, off)
+    return CollRef(raw[0] & 0x7F, cid, size)
+
+
+def encode_coll(ref: CollRef, expire_ms: int) -> bytes:
+    """The engine value of a hash or set header with an absolute expiry (0 = none)."""
+    body = _REF.pack(ref.id, ref.size)
+    if expire_ms:
+        return bytes((ref.kind | _EXPIRY_BIT,)) + _EXP.pack(expire_ms) + body
+    return bytes((ref.kind,)) + body
+
+
+def member_prefix(cid: int) -> bytes:
+    """The first 9 bytes of every member key of collection ``cid``."""
+    return _ID.pack(MEMBER_PREFIX, cid)
+
+
+def member_key(cid: int, member: bytes) -> bytes:
+    """The engine key of ``member`` (a hash field, a set member) of collection ``cid``."""
+    if len(member) > MAX_MEMBER:
+        raise CommandError(f"a field or member of {len(member)} bytes exceeds the maximum "
+                           f"of {MAX_MEMBER}")
+    return _ID.pack(MEMBER_PREFIX, cid) + member
+
+
+def member_garbage_key(cid: int) -> bytes:
+    """The engine key of collection ``cid``'s member garbage record."""
+    return _ID.pack(MEMBER_GARBAGE_PREFIX, cid)
+
+
+def id_of(k: bytes) -> int:
+    """The id in a chunk, garbage, member or member garbage key (bytes 1 to 8)."""
+    return int(_ID.unpack_from(k)[1])
+
+
+def orphan(batch: shaledb.WriteBatch, raw: bytes, chunk_sets: list[int],
+           collections: list[int]) -> None:
+    """``raw``, a header being deleted or overwritten whose chunk set or collection nothing
+    else names, leaves a garbage record in ``batch`` (listed in ``chunk_sets`` or
+    ``collections`` for the purger)."""
+    if not raw or raw[0] & 0x7F == TAG_STRING:
+        return
+    ref = chunk_ref_of(raw)
+    if ref is not None:
+        batch.put(garbage_key(ref.id), encode_garbage(chunk_count(ref.length)))
+        chunk_sets.append(ref.id)
+        return
+    coll = coll_ref_of(raw)
+    if coll is not None:
+        batch.put(member_garbage_key(coll.id), b"")
+        collections.append(coll.id)
 
 
 def chunk_count(length: int) -> int:
@@ -138,6 +234,20 @@ def encode_header(ref: ChunkRef, expire_ms: int) -> bytes:
 
 
 __all__ = [
+    "MAX_MEMBER",
+    "TAG_HASH",
+    "TAG_SET",
+    "TYPE_NAMES",
+    "WRONGTYPE",
+    "CollRef",
+    "coll_ref_of",
+    "encode_coll",
+    "id_of",
+    "member_garbage_key",
+    "member_key",
+    "member_prefix",
+    "orphan",
+    "wrong_type",
     "CHUNK_SIZE",
     "GARBAGE_LIST_MAX",
     "INLINE_MAX",

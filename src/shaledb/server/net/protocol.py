@@ -430,10 +430,17 @@ class ArrayBuilder:
             self.parts.append(bytes(self._buf))
             self._buf.clear()
 
-    def done(self) -> Encoded:
-        """The encoded array."""
+    def done(self, kind: str = "array") -> Encoded:
+        """The encoded aggregate: an array, or (``kind``) a ``map`` of the pairs added
+        (key, value, key, value ...) or a ``set``, which RESP3 marks as such (``%``,
+        ``~``) and RESP2 sends as a flat array (HGETALL, SMEMBERS)."""
         self._flush()
-        header = b"*%d\r\n" % self.count
+        if self.resp == 3 and kind == "map":
+            header = b"%%%d\r\n" % (self.count // 2)
+        elif self.resp == 3 and kind == "set":
+            header = b"~%d\r\n" % self.count
+        else:
+            header = b"*%d\r\n" % self.count
         self.parts[0] = header
         return Encoded(self.parts, self.size + len(header))
 
