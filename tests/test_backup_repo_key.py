@@ -405,3 +405,24 @@ def test_cli_round_trip_with_a_repository_key(tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0
     res = run(cli, ["backups", "list", str(tmp_path / "plain"), *k])
     assert res.exit_code == 1 and "not encrypted" in res.output
+
+
+def test_the_sealed_layout_is_the_documented_one(monkeypatch) -> None:
+    """Golden bytes of repository format 2 (docs/format.md, "Encrypted repositories"): a
+    change to the sealed layout, the key derivations or the name HMAC fails here, and must
+    come with a new format version."""
+    from shaledb.backup import sealing
+
+    monkeypatch.setattr(sealing, "random_bytes", lambda n: bytes(range(n)))
+    key = RepositoryKey(MasterKey(REPO_KEY))
+    s = key.sealer(b"object")
+    out = s.header + b"".join(s.feed(b"ShaleDB repository object")) + s.finish()
+    assert out.hex() == (
+        "5348414c454f4201000102030405060708090a0b0c0d0e0f"  # SHALEOB, 1, salt
+        "e3ec28a9e29ce741d2757a898e675e44deb2e2f851a047f18d"  # the one (last) chunk
+        "9a9fc73449aa75b6d8e068578bf2bb16")  # its tag
+    assert s.name() == "d846e14747c1bb37fe42f079ed55c14a120412f065e59864b5919d947bd5e0f0"
+    assert key.encryption_info() == {
+        "cipher": "AES-256-GCM", "chunk_size": 1048576, "names": "HMAC-SHA256",
+        "object_format": 1, "key_id": "6e8777844abbcb2b",
+        "check": "a7cba10dc46b41869c413dd0905d5607"}
