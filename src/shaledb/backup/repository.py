@@ -3,10 +3,13 @@ archive (docs/format.md, "Backup repository", describes every byte).
 
 Layout (names relative to the repository's root)::
 
-    REPOSITORY                 what this is: {"format": 1, ...} + a sha256 line
+    REPOSITORY                 what this is: {"format": 1, ...} + a sha256 line (format 2:
+                               encrypted with a repository key, sealing.py; its key id
+                               and check value are here, every other file is sealed)
     LOCK                       flock: one backup, archive or prune at a time
     objects/XX/<sha256>        file contents, named by the SHA-256 of their bytes (XX: the
-                               first two hex digits); stored once, whichever backup needs them
+                               first two hex digits; encrypted: HMAC-SHA256 under the
+                               repository key); stored once, whichever backup needs them
     backups/<id>.json          one per backup: its files (name, size, sha256), sequence, time
     wal/<number>-<sha16>.json  one per archived WAL segment: its object and what it covers
     tmp/                       uploads in progress (a crash leaves them; the next writer
