@@ -14,11 +14,12 @@ Subcommands::
     shaledb reencrypt PATH --key-file K
     shaledb encrypt PATH DEST --key-file K
     shaledb decrypt PATH DEST --key-file K
-    shaledb backup PATH REPO [--json]
-    shaledb restore REPO DEST [--backup ID] [--until TIME|SEQ] [--json]
-    shaledb backups list REPO [--json]
-    shaledb backups verify REPO [--backup ID] [--json]
+    shaledb backup PATH REPO [--json] [--repo-key-file F]
+    shaledb restore REPO DEST [--backup ID] [--until TIME|SEQ] [--json] [--repo-key-file F]
+    shaledb backups list REPO [--json] [--repo-key-file F]
+    shaledb backups verify REPO [--backup ID] [--json] [--repo-key-file F]
     shaledb backups prune REPO --keep-last N [--keep-daily D] [--keep-weekly W] [--dry-run]
+                          [--repo-key-file F]
     shaledb serve [--host H] [--port P] [--dir PATH] [--appendfsync MODE] [--config FILE]
                   [--aclfile FILE] [--[no-]protected-mode] [--tls-port P --tls-cert-file F
                   --tls-key-file F [--tls-ca-cert-file F] [--tls-auth-clients yes|no|optional]]
@@ -26,6 +27,7 @@ Subcommands::
                   [--log-level L] [--slowlog-log-slower-than US] [--slowlog-max-len N]
                   [--scrub-interval SECONDS] [--scrub-rate BYTES]
                   [--backup-repo DIR] [--backup-interval SECONDS] [--no-backup-wal-archive]
+                  [--backup-repo-key-file F]
     shaledb cli [--host H] [--port P] [--config FILE] [--user U] [--tls] [ARGS...]
 
 Every command that opens a database takes ``--encryption-key-file FILE`` (or the environment
@@ -132,6 +134,25 @@ _key_file_option = click.option(
     type=click.Path(dir_okay=False),
     help="Key file of an encrypted database (32 raw bytes or 64 hex characters, mode 0600; "
          f"also ${KEY_FILE_ENV}). A new database is created encrypted with it.")
+
+
+#: Environment variable of a backup repository's own key file (backup, restore, backups
+#: list|verify|prune, and serve's backup-repo-key-file).
+REPO_KEY_FILE_ENV = "SHALEDB_BACKUP_REPO_KEY_FILE"
+
+_repo_key_option = click.option(
+    "--repo-key-file", "repo_key_file", envvar=REPO_KEY_FILE_ENV, default=None,
+    type=click.Path(dir_okay=False),
+    help="Key file of an encrypted backup repository (its own key, not the database's: 32 "
+         f"raw bytes or 64 hex characters, mode 0600; also ${REPO_KEY_FILE_ENV}). A new "
+         "repository is created encrypted with it; an existing one must have been.")
+
+
+def open_repo(repo: str, repo_key_file: str | None, *, create: bool) -> Any:
+    """The backup repository at ``repo``, opened with its key when given."""
+    from shaledb.backup import Repository
+
+    return Repository(repo, create=create, encryption_key_file=repo_key_file)
 
 
 def open_db(path: str, key_file: str | None = None, **options: Any) -> shaledb.DB:
@@ -762,6 +783,11 @@ def decrypt(path: str, dest: str, key_file: str) -> None:
 @click.option("--backup-wal-archive/--no-backup-wal-archive", default=None,
               help="With --backup-repo: archive every WAL segment into it, for "
                    "point-in-time restore (default on).")
+@click.option("--backup-repo-key-file", "--repo-key-file", "backup_repo_key_file",
+              default=None, type=click.Path(dir_okay=False),
+              help="With --backup-repo: the repository's own key file (mode 0600); the "
+                   "backups and the archived WAL are encrypted with it (also "
+                   f"backup_repo_key_file in the config, or ${REPO_KEY_FILE_ENV}).")
 @click.option("--encryption-key-file", "key_file", default=None,
               type=click.Path(dir_okay=False),
               help="Key file of an encrypted database (32 raw bytes or 64 hex characters, "
@@ -774,7 +800,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
           slowlog_log_slower_than: int | None, slowlog_max_len: int | None,
           scrub_interval: float | None, scrub_rate: int | None, backup_repo: str | None,
           backup_interval: float | None, backup_wal_archive: bool | None,
-          key_file: str | None) -> None:
+          backup_repo_key_file: str | None, key_file: str | None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -806,6 +832,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                              "backup_repo": backup_repo,
                                              "backup_interval": backup_interval,
                                              "backup_wal_archive": backup_wal_archive,
+                                             "backup_repo_key_file": backup_repo_key_file,
                                              "encryption_key_file": key_file})
     configure_logging(config.log_format, config.log_level)
     try:
@@ -926,15 +953,20 @@ def _until_arg(value: str | None) -> Any:
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the backup as one JSON document.")
 @_key_file_option
-def backup(path: str, repo: str, as_json: bool, key_file: str | None) -> None:
+@_repo_key_option
+def backup(path: str, repo: str, as_json: bool, key_file: str | None,
+           repo_key_file: str | None) -> None:
     """Back up the database at PATH into the repository REPO (a directory, created if
     missing). Only files the repository does not hold yet are copied. An encrypted database
-    is backed up encrypted (its key is needed to open it, never stored). For a database open
-    in a server, use its BGSAVE (shaledb serve --backup-repo), or db.backup in that process.
+    is backed up encrypted (its key is needed to open it, never stored); with
+    --repo-key-file the repository encrypts everything it stores under its own key. For a
+    database open in a server, use its BGSAVE (shaledb serve --backup-repo), or db.backup
+    in that process.
     """
+    target = open_repo(repo, repo_key_file, create=True)
     with shaledb.open(path, create_if_missing=False, encryption_key_file=key_file) as db:
         info = _run_with_progress("backup", as_json, lambda progress: db.backup(
-            repo, progress=progress))
+            target, progress=progress))
     if as_json:
         click.echo(json.dumps(info.summary(), indent=2))
     else:
@@ -952,15 +984,17 @@ def backup(path: str, repo: str, as_json: bool, key_file: str | None) -> None:
                    "it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @_key_file_option
+@_repo_key_option
 def restore(repo: str, dest: str, backup_id: str | None, until: str | None, as_json: bool,
-            key_file: str | None) -> None:
+            key_file: str | None, repo_key_file: str | None) -> None:
     """Restore a backup from REPO into DEST (which must not exist, or be empty). Every byte
     is checked against its SHA-256 while it is copied. A point-in-time restore (--until) of
-    an encrypted database needs its key.
+    an encrypted database needs its key; an encrypted repository needs --repo-key-file.
     """
     when = _until_arg(until)
+    source = open_repo(repo, repo_key_file, create=False)
     info = _run_with_progress("restore", as_json, lambda progress: shaledb.restore(
-        repo, dest, backup_id=backup_id, until=when, encryption_key_file=key_file,
+        source, dest, backup_id=backup_id, until=when, encryption_key_file=key_file,
         progress=progress))
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(info), indent=2))
@@ -982,11 +1016,10 @@ def backups() -> None:
 @backups.command("list")
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the list as one JSON document.")
-def backups_list(repo: str, as_json: bool) -> None:
+@_repo_key_option
+def backups_list(repo: str, as_json: bool, repo_key_file: str | None) -> None:
     """The backups in REPO, oldest first."""
-    from shaledb.backup import Repository
-
-    found = Repository(repo, create=False).backups()
+    found = open_repo(repo, repo_key_file, create=False).backups()
     if as_json:
         click.echo(json.dumps([b.summary() for b in found], indent=2))
         return
@@ -1004,13 +1037,15 @@ def backups_list(repo: str, as_json: bool) -> None:
 @click.option("--backup", "backup_id", default=None,
               help="Check this backup only (default: every file of the repository).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-def backups_verify(repo: str, backup_id: str | None, as_json: bool) -> None:
-    """Check every byte of REPO (or of one backup) against its SHA-256. Exit status: 0 when
-    every byte checks out, 2 when something is damaged or missing (each file named), 1 when
-    the check could not run."""
-    from shaledb.backup import Repository
-
-    r = Repository(repo, create=False)
+@_repo_key_option
+def backups_verify(repo: str, backup_id: str | None, as_json: bool,
+                   repo_key_file: str | None) -> None:
+    """Check every byte of REPO (or of one backup) against its SHA-256 (in an encrypted
+    repository: every chunk's authentication tag and every object's HMAC, which needs
+    --repo-key-file). Exit status: 0 when every byte checks out, 2 when something is damaged
+    or missing (each file named), 1 when the check could not run (an encrypted repository
+    without its key)."""
+    r = open_repo(repo, repo_key_file, create=False)
     report = _run_with_progress("verify", as_json, lambda progress: r.verify(
         backup_id, progress=progress))
     if as_json:
@@ -1040,13 +1075,12 @@ def backups_verify(repo: str, backup_id: str | None, as_json: bool) -> None:
               help="Also keep the newest backup of each of the W most recent ISO weeks.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@_repo_key_option
 def backups_prune(repo: str, keep_last: int, keep_daily: int, keep_weekly: int,
-                  dry_run: bool, as_json: bool) -> None:
+                  dry_run: bool, as_json: bool, repo_key_file: str | None) -> None:
     """Remove the backups the rules do not keep, and the files only they needed (and the
     archived WAL older than the oldest backup kept)."""
-    from shaledb.backup import Repository
-
-    report = Repository(repo, create=False).prune(keep_last, keep_daily, keep_weekly,
+    report = open_repo(repo, repo_key_file, create=False).prune(keep_last, keep_daily, keep_weekly,
                                                   dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))

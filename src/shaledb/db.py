@@ -38,8 +38,9 @@ class DB(Reader):
         self._engine = Engine(os.fspath(path), options)
         self.path = self._engine.path
         self.options = self._engine.options
-        #: SHA-256 of the tables this object already backed up, by (number, size).
-        self._backup_digests: dict[tuple[int, int], str] = {}
+        #: Object names of the tables this object already backed up, by (number, size),
+        #: per naming scheme (``Repository.naming``: SHA-256, or one repository key's HMAC).
+        self._backup_digests: dict[str, dict[tuple[int, int], str]] = {}
         self._backup_lock = threading.Lock()
 
     # -- writes ---------------------------------------------------------------------------
@@ -158,7 +159,9 @@ class DB(Reader):
         copied, and with (0, 0) while the backup waits for the repository's lock (another
         backup, archive or prune holds it); an exception it raises stops the backup. An
         encrypted database's backup stays encrypted (its files are copied as
-        they are, with KEYRING; never the master key). See docs/operations.md."""
+        they are, with KEYRING; never the master key). A plain database's backups are
+        encrypted by a repository with its own key:
+        ``db.backup(Repository(path, encryption_key_file=...))``. See docs/operations.md."""
         from .backup.backup import backup_db
         from .backup.repository import Repository as _Repository
 

@@ -6,7 +6,8 @@ taken with no write in flight), copies each file into the repository as a conten
 object (streaming, hashing while copying; a table already stored is not stored again), and
 publishes the backup's manifest last. Writes go on meanwhile. The files are copied as they
 are: an encrypted database's backup is its ciphertext and its KEYRING (the data keys wrapped
-under the master key, which is never written anywhere).
+under the master key, which is never written anywhere). A repository with its own key
+(sealing.py) encrypts whatever it stores, as it is stored.
 
 A restore writes the files of a backup into an empty directory, checking every object's
 SHA-256 while copying, and its CURRENT last (a restore cut short leaves a directory the
@@ -78,9 +79,10 @@ def take_backup(engine: Engine, repo: Repository, *, progress: ProgressFn | None
                 digests: dict[tuple[int, int], str] | None = None) -> BackupInfo:
     """An online, consistent backup of the open database ``engine`` into ``repo``.
 
-    ``digests`` maps (table number, size) to the SHA-256 of tables already hashed by this
-    database object (tables never change and their numbers are never reused, so a later
-    backup need not read them again when the repository still has the object)."""
+    ``digests`` maps (table number, size) to the object names (``repo``'s naming: SHA-256,
+    or the HMAC of an encrypted repository) of tables already hashed by this database
+    object (tables never change and their numbers are never reused, so a later backup need
+    not read them again when the repository still has the object)."""
     fs = engine.fs
     digests = {} if digests is None else digests
     # While another backup, archive or prune holds the lock, progress(0, 0) is called every
@@ -143,7 +145,8 @@ def backup_db(db: DB, repo: str | os.PathLike[str] | Repository, *,
     engine = db._engine  # noqa: SLF001 - the public DB object's own engine
     r = open_repository(repo, fs=engine.fs)
     with db._backup_lock:  # noqa: SLF001 - one backup of a database object at a time
-        return take_backup(engine, r, progress=progress, digests=db._backup_digests)  # noqa: SLF001
+        digests = db._backup_digests.setdefault(r.naming, {})  # noqa: SLF001
+        return take_backup(engine, r, progress=progress, digests=digests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +216,9 @@ def restore(repo: str | os.PathLike[str] | Repository, dest: str | os.PathLike[s
     archived WAL replayed up to it. Every object is checked against its SHA-256 while it is
     copied (CorruptionError names a damaged one; ``dest`` is then removed again). A
     point-in-time restore of an encrypted database needs its key (the archived WAL is
-    decrypted to find the records' sequence numbers and times)."""
+    decrypted to find the records' sequence numbers and times). An encrypted repository is
+    passed as ``Repository(path, encryption_key_file=...)`` (its own key, not the
+    database's)."""
     fs = fs or default_fs()
     r = open_repository(repo, fs=fs, create=False)
     until_seq, until_ms = _until(until)

@@ -3,10 +3,13 @@ archive (docs/format.md, "Backup repository", describes every byte).
 
 Layout (names relative to the repository's root)::
 
-    REPOSITORY                 what this is: {"format": 1, ...} + a sha256 line
+    REPOSITORY                 what this is: {"format": 1, ...} + a sha256 line (format 2:
+                               encrypted with a repository key, sealing.py; its key id
+                               and check value are here, every other file is sealed)
     LOCK                       flock: one backup, archive or prune at a time
     objects/XX/<sha256>        file contents, named by the SHA-256 of their bytes (XX: the
-                               first two hex digits); stored once, whichever backup needs them
+                               first two hex digits; encrypted: HMAC-SHA256 under the
+                               repository key); stored once, whichever backup needs them
     backups/<id>.json          one per backup: its files (name, size, sha256), sequence, time
     wal/<number>-<sha16>.json  one per archived WAL segment: its object and what it covers
     tmp/                       uploads in progress (a crash leaves them; the next writer
@@ -30,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -39,14 +43,25 @@ from typing import Any
 
 from ..engine import vfs
 from ..engine.archive import ArchivedSegment
+from ..engine.crypto import master_key
 from ..engine.filenames import KEYRING, OPTIONS, log_file, parse, table_file
 from ..engine.vfs import FileSystem, Lock
-from ..errors import CorruptionError, IncompatibleFormatError, InvalidArgument, StorageError
+from ..errors import (
+    CorruptionError,
+    EncryptionError,
+    IncompatibleFormatError,
+    InvalidArgument,
+    StorageError,
+)
 from ..version import __version__
+from .sealing import RepositoryKey, stored_size
 from .storage import CHUNK, LocalStorage, Storage
 
-#: Repository layout version (REPOSITORY's "format"); a higher one is refused.
-REPOSITORY_FORMAT = 1
+#: Repository layout version (REPOSITORY's "format"); a higher one is refused. A plain
+#: repository is still written as format 1 (its bytes did not change); format 2 is an
+#: encrypted one (sealing.py), which an older ShaleDB must refuse rather than misread.
+REPOSITORY_FORMAT = 2
+PLAIN_REPOSITORY_FORMAT = 1
 #: Version of backup manifests and WAL archive entries ("format" in each).
 MANIFEST_FORMAT = 1
 #: Seconds a writer waits for the repository's lock.
@@ -70,8 +85,9 @@ def encode_doc(info: dict[str, Any]) -> bytes:
     return body + _SHA_LINE + hashlib.sha256(body).hexdigest().encode() + b"\n"
 
 
-def decode_doc(raw: bytes, where: str) -> dict[str, Any]:
-    """Check and parse a repository document (CorruptionError naming ``where``)."""
+def decode_doc(raw: bytes, where: str, max_format: int = MANIFEST_FORMAT) -> dict[str, Any]:
+    """Check and parse a repository document (CorruptionError naming ``where``;
+    IncompatibleFormatError when its format is above ``max_format``)."""
     cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
     body, line = raw[:cut], raw[cut:]
     if not line.startswith(_SHA_LINE) or not raw.endswith(b"\n"):
@@ -88,9 +104,9 @@ def decode_doc(raw: bytes, where: str) -> dict[str, Any]:
     fmt = info.get("format")
     if not isinstance(fmt, int) or isinstance(fmt, bool):
         raise CorruptionError(f"{where}: no format version")
-    if fmt > MANIFEST_FORMAT:
+    if fmt > max_format:
         raise IncompatibleFormatError(f"{where} has format {fmt}; this ShaleDB reads up to "
-                                      f"{MANIFEST_FORMAT}: upgrade ShaleDB")
+                                      f"{max_format}: upgrade ShaleDB")
     return info
 
 
@@ -262,28 +278,77 @@ class Repository:
     write takes the repository's lock (one writer at a time, across processes too).
 
     It is also the WAL archive of ``shaledb.open(path, wal_archive=repo)``
-    (:meth:`archive_segment`)."""
+    (:meth:`archive_segment`).
+
+    **Encrypted repositories.** With ``encryption_key_file`` (or ``encryption_key``, 32
+    bytes), a new repository is created encrypted under that *repository key*, and an
+    existing one must be encrypted under it: every object, backup manifest and WAL archive
+    entry is then encrypted and authenticated, and objects are named by an HMAC of their
+    content (sealing.py). A repository is opened with its key, or without one when it is
+    plain; anything else is EncryptionError. This is the one way to use a repository key:
+    pass the Repository object where a path is accepted (``db.backup``, ``shaledb.restore``,
+    ``wal_archive=``). An encrypted database needs no repository key (its files are
+    ciphertext already), but may have one (the file list is then hidden too)."""
 
     def __init__(self, location: str | Storage, *, fs: FileSystem | None = None,
-                 create: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> None:
+                 create: bool = True, lock_timeout: float = LOCK_TIMEOUT,
+                 encryption_key: bytes | None = None,
+                 encryption_key_file: str | None = None) -> None:
         self.storage: Storage = (LocalStorage(location, fs) if isinstance(location, str)
                                  else location)
         self.location = self.storage.location
         self.lock_timeout = lock_timeout
+        #: The repository key's derived keys; None for a plain repository (and until
+        #: REPOSITORY says the key given is its key).
+        self._key: RepositoryKey | None = None
+        master = master_key(encryption_key, encryption_key_file)
+        key = None if master is None else RepositoryKey(master)
+        if master is not None:
+            master.close()  # only the derived keys are kept
         if not self.storage.exists("REPOSITORY"):
             if not create:
                 raise InvalidArgument(f"{self.location!r} is not a backup repository (no "
                                       f"REPOSITORY file); take a backup into it to create one")
             with self.locked():
                 if not self.storage.exists("REPOSITORY"):
-                    self.storage.put("REPOSITORY", encode_doc({
-                        "format": REPOSITORY_FORMAT, "kind": "shaledb backup repository",
+                    info: dict[str, Any] = {
+                        "format": PLAIN_REPOSITORY_FORMAT,
+                        "kind": "shaledb backup repository",
                         "created_by": f"shaledb {__version__}",
-                        "created_at": dt.datetime.now(dt.UTC).isoformat()}))
-        self._check_repository_file()
+                        "created_at": dt.datetime.now(dt.UTC).isoformat()}
+                    if key is not None:
+                        info["format"] = REPOSITORY_FORMAT
+                        info["encryption"] = key.encryption_info()
+                    self.storage.put("REPOSITORY", encode_doc(info))
+        enc = self._check_repository_file().get("encryption")
+        if enc is None and key is not None:
+            raise EncryptionError(
+                f"backup repository {self.location!r} is not encrypted (it was created "
+                f"without a key), but a repository key was given: leave the key out, or "
+                f"back up into a new repository to have the backups encrypted")
+        if enc is not None and key is None:
+            key_id = enc.get("key_id") if isinstance(enc, dict) else None
+            raise EncryptionError(
+                f"backup repository {self.location!r} is encrypted (key id {key_id}): pass "
+                f"its key (Repository(path, encryption_key_file=...), or --repo-key-file)")
+        if key is not None:
+            key.accept(enc, self.location)
+        self._key = key
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this repository is encrypted under a repository key."""
+        return self._key is not None
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the repository key (None when plain)."""
+        return None if self._key is None else self._key.key_id
 
     def _check_repository_file(self) -> dict[str, Any]:
-        info = self._read_doc("REPOSITORY", f"{self.location}/REPOSITORY")
+        # Never encrypted: it says whether the rest is, and under which key.
+        info = self._read_doc("REPOSITORY", f"{self.location}/REPOSITORY", sealed=False,
+                              max_format=REPOSITORY_FORMAT)
         if info.get("kind") != "shaledb backup repository":
             raise CorruptionError(f"{self.location}/REPOSITORY does not describe a ShaleDB "
                                   f"backup repository")
@@ -291,6 +356,10 @@ class Repository:
             raise IncompatibleFormatError(
                 f"backup repository {self.location!r} has format {info['format']}; this "
                 f"ShaleDB reads up to {REPOSITORY_FORMAT}: upgrade ShaleDB")
+        if ("encryption" in info) != (int(info["format"]) >= REPOSITORY_FORMAT):
+            raise CorruptionError(f"{self.location}/REPOSITORY: format {info['format']} "
+                                  f"{'with' if 'encryption' in info else 'without'} an "
+                                  f"encryption field (damaged or not written by ShaleDB)")
         return info
 
     def locked(self, waiting: Callable[[], None] | None = None) -> _Locked:
@@ -298,18 +367,25 @@ class Repository:
         :meth:`Storage.lock`)."""
         return _Locked(self.storage.lock(self.lock_timeout, waiting))
 
-    def _read_doc(self, name: str, where: str) -> dict[str, Any]:
-        """Read and check a repository document, refusing one larger than
-        :data:`MAX_DOCUMENT_SIZE` before reading it (bounded memory)."""
+    def _read_doc(self, name: str, where: str, *, sealed: bool = True,
+                  max_format: int = MANIFEST_FORMAT) -> dict[str, Any]:
+        """Read and check a repository document (decrypted in an encrypted repository,
+        unless ``sealed`` is False), refusing one larger than :data:`MAX_DOCUMENT_SIZE`
+        before reading it (bounded memory)."""
         size = self.storage.size(name)
         if size > MAX_DOCUMENT_SIZE:
             raise CorruptionError(f"{where}: too large for a repository document ({size} "
                                   f"bytes; at most {MAX_DOCUMENT_SIZE}): damaged or not "
                                   f"written by ShaleDB")
-        return decode_doc(self.storage.read(name), where)
+        raw = self.storage.read(name)
+        if sealed and self._key is not None:
+            raw = self._key.open_document(raw, name, where)
+        return decode_doc(raw, where, max_format)
 
     def _put_doc(self, name: str, info: dict[str, Any]) -> None:
         raw = encode_doc(info)
+        if self._key is not None:
+            raw = self._key.seal_document(raw, name)
         if len(raw) > MAX_DOCUMENT_SIZE:
             raise InvalidArgument(
                 f"{self.location}/{name} would be {len(raw)} bytes, more than a repository "
@@ -318,14 +394,26 @@ class Repository:
         self.storage.put(name, raw)
 
     # -- objects ---------------------------------------------------------------------------
+    @property
+    def naming(self) -> str:
+        """What object names are computed with: ``sha256``, or ``hmac:KEYID`` in an
+        encrypted repository (names computed for one repository hold in another only when
+        this is the same)."""
+        return "sha256" if self._key is None else f"hmac:{self._key.key_id}"
+
     def has_object(self, sha: str, size: int) -> bool:
+        """Whether the object named ``sha`` holding ``size`` bytes (of plaintext) is here."""
         name = object_name(sha)
-        return self.storage.exists(name) and self.storage.size(name) == size
+        stored = size if self._key is None else stored_size(size)
+        return self.storage.exists(name) and self.storage.size(name) == stored
 
     def store_chunks(self, chunks: Iterable[bytes], *, progress: Callable[[int], None]
                      | None = None) -> tuple[str, int, bool]:
         """Store the bytes ``chunks`` yields as an object, hashing while copying; returns
-        (sha256, size, whether it was new). Caller holds the lock."""
+        (its name: the SHA-256, or in an encrypted repository the HMAC-SHA256, of the
+        bytes; their size; whether it was new). Caller holds the lock."""
+        if self._key is not None:
+            return self._store_sealed(self._key, chunks, progress)
         h = _Hashing()
         up = self.storage.upload()
         try:
@@ -345,12 +433,39 @@ class Repository:
             up.abort()
             raise
 
+    def _store_sealed(self, key: RepositoryKey, chunks: Iterable[bytes],
+                      progress: Callable[[int], None] | None) -> tuple[str, int, bool]:
+        """store_chunks in an encrypted repository: sealed in chunks as they come."""
+        sealer = key.sealer(b"object")
+        up = self.storage.upload()
+        try:
+            up.write(sealer.header)
+            for chunk in chunks:
+                for sealed in sealer.feed(chunk):
+                    up.write(sealed)
+                if progress is not None:
+                    progress(len(chunk))
+            up.write(sealer.finish())
+            name = sealer.name()
+            if self.has_object(name, sealer.size):
+                up.abort()  # stored by an earlier backup: once is enough
+                return name, sealer.size, False
+            up.publish(object_name(name))
+            return name, sealer.size, True
+        except BaseException:
+            up.abort()
+            raise
+
     def object_chunks(self, sha: str, size: int, where: str) -> Iterator[bytes]:
-        """The object's bytes in chunks, checked while read: CorruptionError (naming the
-        object and ``where``) when its size or SHA-256 is not what its name says."""
+        """The object's bytes (decrypted, in an encrypted repository) in chunks, checked
+        while read: CorruptionError (naming the object and ``where``) when its size or
+        SHA-256 (HMAC) is not what its name says, or a chunk fails authentication."""
         name = object_name(sha)
         if not self.storage.exists(name):
             raise CorruptionError(f"{self.location}/{name} ({where}) is missing")
+        if self._key is not None:
+            yield from self._open_chunks(self._key, name, sha, size, where)
+            return
         h = hashlib.sha256()
         n = 0
         for chunk in self.storage.read_chunks(name):
@@ -362,6 +477,19 @@ class Repository:
         if n != size or h.hexdigest() != sha:
             raise CorruptionError(f"{self.location}/{name} ({where}) is damaged: its bytes "
                                   f"do not match its SHA-256 name or size")
+
+    def _open_chunks(self, key: RepositoryKey, name: str, sha: str, size: int,
+                     where: str) -> Iterator[bytes]:
+        opener = key.opener(b"object", f"{self.location}/{name} ({where})")
+        for stored in self.storage.read_chunks(name):
+            yield from opener.feed(stored)
+            if opener.size > size:
+                break
+        else:
+            yield opener.finish()
+        if opener.size != size or not hmac.compare_digest(opener.name(), sha):
+            raise CorruptionError(f"{self.location}/{name} ({where}) is damaged: its bytes "
+                                  f"do not match its name or size (another object's?)")
 
     # -- backups ---------------------------------------------------------------------------
     def new_backup_id(self, now: dt.datetime) -> str:
@@ -468,7 +596,8 @@ class Repository:
             if leftovers:
                 r.notices.append(f"{len(leftovers)} upload(s) left by an interrupted backup "
                                  f"in tmp/ (the next backup removes them)")
-        total = sum(max(0, s) for s in wanted.values())
+        total = sum(max(0, s) if self._key is None else stored_size(max(0, s))
+                    for s in wanted.values())
         done = 0
         for name in sorted(wanted):
             sha = name.rsplit("/", 1)[-1]
@@ -477,6 +606,10 @@ class Repository:
                 continue
             if not self.storage.exists(name):
                 r.problems.append((name, "missing (a backup or the WAL archive needs it)"))
+                continue
+            if self._key is not None:
+                done = self._verify_sealed(self._key, name, sha, wanted[name], r, done,
+                                           total, progress)
                 continue
             h = hashlib.sha256()
             n = 0
@@ -497,6 +630,38 @@ class Repository:
             elif wanted[name] >= 0 and n != wanted[name]:
                 r.problems.append((name, f"has {n} bytes, {wanted[name]} expected"))
         return r
+
+    def _verify_sealed(self, key: RepositoryKey, name: str, mac: str, want: int,
+                       r: RepoVerifyReport, done: int, total: int,
+                       progress: ProgressFn | None) -> int:
+        """verify one object of an encrypted repository: every chunk authenticated, the
+        plaintext's HMAC against the name, its size against what the documents say."""
+        opener = key.opener(b"object", name)
+        n = 0
+        try:
+            for chunk in self.storage.read_chunks(name):
+                opener.feed(chunk)
+                n += len(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            opener.finish()
+        except StorageError as exc:
+            r.problems.append((name, f"cannot be read: {exc}"))
+            return done
+        except CorruptionError as exc:
+            r.files += 1
+            r.bytes += n
+            r.problems.append((name, str(exc)))
+            return done
+        r.files += 1
+        r.bytes += n
+        if not hmac.compare_digest(opener.name(), mac):
+            r.problems.append((name, "damaged: its content does not match its name (another "
+                                     "object's bytes?)"))
+        elif want >= 0 and opener.size != want:
+            r.problems.append((name, f"has {opener.size} bytes, {want} expected"))
+        return done
 
     def _check_archive_continuity(self, r: RepoVerifyReport) -> None:
         """Report a gap in the archived WAL past the oldest backup: sequence numbers no

@@ -125,6 +125,17 @@ class MasterKey:
     def _wrapper(self) -> AESGCM:
         return AESGCM(_hkdf(self._key, b"shaledb key wrapping"))
 
+    def derive(self, info: bytes, *, salt: bytes | None = None,
+               length: int = KEY_SIZE) -> bytes:
+        """A key derived from this one with HKDF-SHA256 for the purpose ``info`` (a backup
+        repository's keys: backup/sealing.py). Distinct ``info`` values give independent
+        keys; none of the ones used here ("shaledb master key id", "shaledb key wrapping",
+        "shaledb keyring check") may be passed."""
+        if info in (b"shaledb master key id", b"shaledb key wrapping",
+                    b"shaledb keyring check"):
+            raise ValueError(f"{info!r} is reserved for the database's own keys")
+        return _hkdf(self._key, info, length, salt)
+
     def check(self, body: bytes) -> str:
         """The check value of a KEYRING body: HMAC-SHA256 under the check key, 16 bytes."""
         key = _hkdf(self._key, b"shaledb keyring check")

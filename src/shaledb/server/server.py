@@ -32,7 +32,7 @@ from typing import Any
 import shaledb
 
 from ..backup.repository import BackupInfo, Repository
-from ..errors import InvalidArgument, ShaleError
+from ..errors import EncryptionError, InvalidArgument, ShaleError
 from .admin.acl import Acl, AclRuleError, AuthRateLimiter, User
 from .admin.config import PASSWORD_ENV, ServerConfig
 from .admin.httpendpoint import MetricsEndpoint
@@ -261,7 +261,8 @@ class Server:
         repository = None
         if cfg.backup_repo is not None:
             repository = await loop.run_in_executor(
-                self._executor, _open_repository, cfg.backup_repo, cfg.dir)
+                self._executor, _open_repository, cfg.backup_repo, cfg.dir,
+                cfg.backup_repo_key_file)
             self.backups.repository = repository
         if self._db is None:
             options: dict[str, Any] = {
@@ -523,10 +524,11 @@ class Server:
         await self._stopped.wait()
 
 
-def _open_repository(path: str, data_dir: str) -> Repository:
-    """The configured backup repository, created when missing (blocking). Refused inside
-    the data directory, or around it: a backup would copy itself, or the database's
-    directory listing would hold the repository's files."""
+def _open_repository(path: str, data_dir: str, key_file: str | None = None) -> Repository:
+    """The configured backup repository, created when missing (encrypted with its own key
+    when ``key_file`` is given; blocking). Refused inside the data directory, or around it:
+    a backup would copy itself, or the database's directory listing would hold the
+    repository's files."""
     repo = os.path.realpath(path)
     data = os.path.realpath(data_dir)
     if repo == data or repo.startswith(data + os.sep) or data.startswith(repo + os.sep):
@@ -534,7 +536,9 @@ def _open_repository(path: str, data_dir: str) -> Repository:
                               f"backup repository outside the database directory (and "
                               f"best on another disk)")
     try:
-        return Repository(repo)
+        return Repository(repo, encryption_key_file=key_file)
+    except EncryptionError:
+        raise  # its message says which key the repository needs, or that it has none
     except ShaleError as exc:
         raise InvalidArgument(f"cannot open the backup repository {path!r}: {exc}; fix the "
                               f"path or its permissions, or start without backup_repo") from None

@@ -38,6 +38,9 @@ PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 KEY_FILE_ENV: Final = "SHALEDB_ENCRYPTION_KEY_FILE"
 #: Environment variable read for the backup repository when the config sets none.
 BACKUP_REPO_ENV: Final = "SHALEDB_BACKUP_REPO"
+#: Environment variable read for the backup repository's own key file when the config sets
+#: none.
+BACKUP_REPO_KEY_FILE_ENV: Final = "SHALEDB_BACKUP_REPO_KEY_FILE"
 #: Lowest command rate limit (per IP, per user), in commands per second: a lower one held a
 #: client (the admin among them) for up to 1/rate seconds per command -- 1e-300 for ever.
 MIN_COMMAND_RATE: Final = 1.0
@@ -213,6 +216,11 @@ class ServerConfig:
     #: (every WAL segment is copied there before it is deleted), so a point-in-time restore
     #: (``shaledb restore --until``) reaches any write after the first backup.
     backup_wal_archive: bool = True
+    #: With backup_repo: the repository's own key file (docs/security.md, "Backup
+    #: repositories"). A new repository is created encrypted with it; an existing one must
+    #: be encrypted with it (and one that is needs it). Read at start; CONFIG GET shows the
+    #: path, never the key, and CONFIG SET cannot change it.
+    backup_repo_key_file: str | None = None
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -340,6 +348,13 @@ class ServerConfig:
                                   "repository the scheduled backups go to)")
         if not isinstance(self.backup_wal_archive, bool):
             raise InvalidArgument("server setting backup_wal_archive must be true or false")
+        if self.backup_repo_key_file is not None and (
+                not isinstance(self.backup_repo_key_file, str) or not self.backup_repo_key_file):
+            raise InvalidArgument("server setting backup_repo_key_file must be a non-empty "
+                                  "path (a key file)")
+        if self.backup_repo_key_file is not None and self.backup_repo is None:
+            raise InvalidArgument("server setting backup_repo_key_file needs backup_repo (the "
+                                  "repository it encrypts)")
 
     def _check_observability(self) -> None:
         if (not isinstance(self.slowlog_log_slower_than, int)
@@ -436,6 +451,9 @@ class ServerConfig:
             clean["encryption_key_file"] = os.environ[KEY_FILE_ENV]
         if clean.get("backup_repo") is None and os.environ.get(BACKUP_REPO_ENV):
             clean["backup_repo"] = os.environ[BACKUP_REPO_ENV]
+        if clean.get("backup_repo_key_file") is None and os.environ.get(
+                BACKUP_REPO_KEY_FILE_ENV):
+            clean["backup_repo_key_file"] = os.environ[BACKUP_REPO_KEY_FILE_ENV]
         return cls(**clean)
 
     @classmethod
@@ -461,7 +479,8 @@ class ServerConfig:
         return cls.from_mapping(values)
 
 
-__all__ = ["APPENDFSYNC_MODES", "BACKUP_REPO_ENV", "DEFAULT_METRICS_PORT", "KEY_FILE_ENV",
+__all__ = ["APPENDFSYNC_MODES", "BACKUP_REPO_ENV", "BACKUP_REPO_KEY_FILE_ENV",
+           "DEFAULT_METRICS_PORT", "KEY_FILE_ENV",
            "LOG_FORMATS",
            "LOG_LEVELS", "MAX_TRACKED_HOSTS", "METRICS_OFF", "MIN_AUTH_FAIL_RATE",
            "MIN_BULK_LEN", "MIN_COMMAND_RATE", "MIN_TIMEOUT", "PASSWORD_ENV",

@@ -416,6 +416,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("backup-repo", "backup_repo", get=_backup_repo),
     Setting("backup-interval", "backup_interval", number, _backup_interval),
     Setting("backup-wal-archive", "backup_wal_archive"),  # the database is opened with it
+    Setting("backup-repo-key-file", "backup_repo_key_file"),  # the path; never the key
     Setting("hz", "hz"),  # the active-expiry task takes it at start
     Setting("active-expire-effort", "active_expire_effort"),
     Setting("metrics-host", "metrics_host"),
