@@ -206,6 +206,11 @@ async def run_active_expire(keyspace: SweptKeyspace, hz: int, effort: int) -> No
             if not failed:  # a read-only database fails every tick: say it once
                 log.warning("active expiry could not delete expired keys: %s", exc)
             failed = True
+        except Exception:  # noqa: BLE001 - a bug must not end expiry for the server's life
+            # An exception left to the task would end it silently (nobody awaits it): keys
+            # nobody reads would never expire again. Say so loudly, go on after a pause.
+            log.exception("active expiry tick failed (a bug: please report it); retrying")
+            await asyncio.sleep(1.0)
 
 
 __all__ = ["KEYS_PER_TICK", "ActiveExpiry", "run_active_expire", "tick_budget"]

@@ -276,6 +276,11 @@ async def run_purger(keyspace: PurgedKeyspace) -> None:
             failed = True
             await asyncio.sleep(1.0)
             continue
+        except Exception:  # noqa: BLE001 - a bug must not end purging for the server's life
+            # Left to the task, it would end it silently: garbage would pile up unseen.
+            log.exception("purge step failed (a bug: please report it); retrying")
+            await asyncio.sleep(1.0)
+            continue
         await asyncio.sleep(min(0.1, PURGE_PAUSE_FACTOR * (time.perf_counter() - t0)))
 
 
