@@ -348,8 +348,8 @@ def linsert(ctx: Context, argv: list[bytes]) -> Any:
 @command("lrem", 4, "write", "write list slow", (1, 1, 1))
 def lrem(ctx: Context, argv: list[bytes]) -> Any:
     """LREM key count element -> how many were removed: the first count (from the tail
-    when negative, all when 0). The elements past the first removed one (from the end it
-    starts at) move to close the gaps."""
+    when negative, all when 0). The kept elements on the shorter side of the removed ones
+    move to close the gaps."""
     count = parse_int(argv[2])
     e = _list(ctx.txn, ctx.db, argv[1])
     if e is None:
@@ -357,33 +357,39 @@ def lrem(ctx: Context, argv: list[bytes]) -> Any:
     coll = _coll(e)
     txn = ctx.txn
     want, limit = argv[3], abs(count)
-    from_tail = count < 0
-    # (old position, value) of the elements kept from the first removed one on, walking
-    # from the end LREM starts at: they close the gaps.
-    kept: list[bytes] = []
-    first = -1
-    removed = 0
-    for pos, value in txn.list_walk(coll, reverse=from_tail):
-        if value == want and (not limit or removed < limit):
-            if not removed:
-                first = pos
-            removed += 1
-        elif removed:
-            kept.append(value)
-            _rewrite_limit(len(kept), "LREM")
-    if not removed:
+    # First the positions to remove (a walk from the end LREM starts at, up to the last
+    # match it takes), then the cheaper side moves to close the gaps.
+    gone: list[int] = []
+    for pos, value in txn.list_walk(coll, reverse=count < 0):
+        if value == want:
+            gone.append(pos)
+            _rewrite_limit(len(gone), "LREM")
+            if limit and len(gone) >= limit:
+                break
+    if not gone:
         return 0
+    n, lo, hi = len(gone), min(gone), max(gone)
+    dropped = set(gone)
     head, size = coll.head, coll.size
-    if from_tail:  # the kept ones fill down from the highest removed position
-        puts = [(head + first - j, v) for j, v in enumerate(kept)]
-        new = coll._replace(head=head + removed, size=size - removed)
-        drops = [head + p for p in range(removed)]
-    else:  # the kept ones fill up from the lowest removed position
-        puts = [(head + first + j, v) for j, v in enumerate(kept)]
-        new = coll._replace(size=size - removed)
-        drops = [head + p for p in range(size - removed, size)]
+    if size - lo - n <= hi + 1 - n:  # the kept ones above the lowest move down
+        _rewrite_limit(size - lo - n, "LREM")
+        kept = [v for p, v in txn.list_walk(coll, lo) if p not in dropped]
+        puts = [(head + lo + j, v) for j, v in enumerate(kept)]
+        new = coll._replace(size=size - n)
+        drops = [head + p for p in range(size - n, size)]
+    else:  # the kept ones below the highest move up
+        _rewrite_limit(hi + 1 - n, "LREM")
+        kept = []
+        for p, v in txn.list_walk(coll):
+            if p > hi:
+                break
+            if p not in dropped:
+                kept.append(v)
+        puts = [(head + n + j, v) for j, v in enumerate(kept)]
+        new = coll._replace(head=head + n, size=size - n)
+        drops = [head + p for p in range(n)]
     txn.list_write(ctx.db, argv[1], e, new, puts, drops)
-    return removed
+    return n
 
 
 @command("ltrim", 4, "write", "write list slow", (1, 1, 1))
