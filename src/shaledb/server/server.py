@@ -26,7 +26,7 @@ import secrets
 import signal
 import stat
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import shaledb
@@ -42,6 +42,7 @@ from .admin.stats import ServerStats
 from .commands import build_table
 from .errors import CommandError, WrongPassError
 from .exec.backups import BackupScheduler
+from .exec.blocking import BlockingQueue
 from .exec.checkpoint import Checkpointer
 from .exec.client import ClientState
 from .exec.cursors import ScanCursors
@@ -92,6 +93,8 @@ class Server:
         #: The metrics endpoint's port (None when off; 0 in the config picks one).
         self.metrics_port: int | None = None
         self.watches = WatchRegistry()
+        #: Clients blocked on keys (BLPOP ...), woken by the turn's commit.
+        self.blocking = BlockingQueue()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
         self.dispatcher = Dispatcher(self, build_table())
         self.acl = Acl(self.dispatcher.table, password_digest=config.password_digest(),
@@ -145,6 +148,18 @@ class Server:
         if self._keyspace is None:
             raise RuntimeError("the server is not started")
         return self._keyspace
+
+    def _on_write(self, keys: Iterable[tuple[int, bytes]]) -> None:
+        """A commit changed ``keys`` (a generator, read only when someone waits on keys):
+        WATCH flags its watchers, the blocking queue marks its keys ready."""
+        if len(self.blocking):
+            keys = list(keys)
+            self.blocking.touch(keys)
+        self.watches.touch(keys)
+
+    def _on_flush(self, db: int | None) -> None:
+        self.watches.touch_db(db)
+        self.blocking.touch_db(db)
 
     @property
     def turn(self) -> TurnCommit:
@@ -286,14 +301,14 @@ class Server:
                         db.options.max_open_files)
             self.config = cfg = dataclasses.replace(cfg, maxclients=fitted)
         try:
-            self._keyspace = Keyspace(db, on_write=self.watches.touch,
-                                      on_flush=self.watches.touch_db)
+            self._keyspace = Keyspace(db, on_write=self._on_write,
+                                      on_flush=self._on_flush)
         except BaseException:
             if self._own_db:
                 db.close()
             raise
         self._loop = loop
-        self._turn = TurnCommit(self._keyspace, loop, self.command_stats)
+        self._turn = TurnCommit(self._keyspace, loop, self.command_stats, self.blocking)
         turn = self._turn
 
         def settle() -> None:

@@ -118,7 +118,7 @@ def _clients(s: Services) -> Fields:
         ("connected_clients", len(s.connections)),
         ("cluster_connections", 0),
         ("maxclients", s.config.maxclients),
-        ("blocked_clients", 0),
+        ("blocked_clients", len(s.blocking)),
         ("tracking_clients", 0),
         ("pubsub_clients", 0),
         ("watching_clients", sum(1 for c in s.connections.values()

@@ -30,6 +30,7 @@ def build_table() -> dict[bytes, Command]:
         databases,
         hashes,
         keys,
+        lists,
         observability,
         ranges,
         server,
@@ -41,7 +42,7 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -165,8 +165,8 @@ _CLIENT_ADMIN = "admin slow dangerous connection"
 _CLIENT_SUBCOMMANDS = {
     "id": "slow connection", "getname": "slow connection", "setname": "slow connection",
     "setinfo": "slow connection", "info": "slow connection", "list": _CLIENT_ADMIN,
-    "kill": _CLIENT_ADMIN, "no-evict": _CLIENT_ADMIN, "no-touch": "slow connection",
-    "help": "slow connection",
+    "kill": _CLIENT_ADMIN, "unblock": _CLIENT_ADMIN, "no-evict": _CLIENT_ADMIN,
+    "no-touch": "slow connection", "help": "slow connection",
 }
 
 CLIENT_HELP = (
@@ -192,6 +192,8 @@ CLIENT_HELP = (
     "SETINFO <option> <value>", "    Set client meta attr. Options are:",
     "    * LIB-NAME: the client lib name.", "    * LIB-VER: the client lib version.",
     "SETNAME <name>", "    Assign the name <name> to the current connection.",
+    "UNBLOCK <clientid> [TIMEOUT|ERROR]",
+    "    Unblock the specified blocked client.",
     "HELP", "    Print this help.",
 )
 
@@ -375,6 +377,14 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
         return Verbatim(_client_list(ctx, argv))  # verbatim in RESP3, as in Redis 7
     if sub == b"kill" and n >= 3:
         return _client_kill(ctx, argv)
+    if sub == b"unblock" and n in (3, 4):
+        target = parse_int(argv[2])
+        how = argv[3].upper() if n == 4 else b"TIMEOUT"
+        if how not in (b"TIMEOUT", b"ERROR"):
+            raise CommandError("CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+        error = (CommandError("client unblocked via CLIENT UNBLOCK", prefix="UNBLOCKED")
+                 if how == b"ERROR" else None)
+        return int(ctx.services.blocking.unblock(target, error))
     if sub in (b"no-evict", b"no-touch") and n == 3:
         # Accepted for clients that send them: ShaleDB never evicts clients (no maxmemory)
         # and keeps no access times (nothing for NO-TOUCH to preserve).
@@ -383,7 +393,8 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
         return OK
     if sub == b"help" and n == 2:
         return [Status(line.encode()) for line in CLIENT_HELP]
-    if sub in (b"id", b"getname", b"setname", b"setinfo", b"info", b"kill", b"no-evict",
+    if sub in (b"id", b"getname", b"setname", b"setinfo", b"info", b"kill", b"unblock",
+               b"no-evict",
                b"no-touch", b"help"):
         raise wrong_arity("client|" + sub.decode())
     raise CommandError(f"unknown subcommand '{argv[1].decode('utf-8', 'replace')}'. "

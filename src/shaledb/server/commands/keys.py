@@ -21,6 +21,7 @@ from ..errors import CommandError
 from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
 from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
+from ..keyspace.values import TAG_LIST
 from ..net.protocol import OK, Status
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
@@ -386,7 +387,9 @@ def object_(ctx: Context, argv: list[bytes]) -> Any:
         return None
     if sub == b"refcount":
         return 1
-    return b"hashtable" if e.coll is not None else _string_encoding(e)
+    if e.coll is None:
+        return _string_encoding(e)
+    return b"quicklist" if e.coll.kind == TAG_LIST else b"hashtable"
 
 
 #: What MEMORY USAGE adds per key and per member: the header and the engine's per-entry

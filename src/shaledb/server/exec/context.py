@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..net.ratelimit import CommandRateLimits
     from ..net.security import Network
     from .backups import BackupScheduler
+    from .blocking import BlockingQueue
     from .checkpoint import Checkpointer
     from .cursors import ScanCursors
     from .watch import WatchRegistry
@@ -92,6 +93,7 @@ class Services(Protocol):
     def db(self) -> shaledb.DB: ...
 
     watches: WatchRegistry
+    blocking: BlockingQueue
     scan_cursors: ScanCursors
     checkpoints: Checkpointer
     backups: BackupScheduler

@@ -18,13 +18,30 @@ class Deferred:
     """A reply that ``future`` will produce: its result is the reply (or :data:`CLOSE`); an
     exception becomes an error reply."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "blocking")
 
-    def __init__(self, future: asyncio.Future[Any]) -> None:
+    def __init__(self, future: asyncio.Future[Any], blocking: bool = False) -> None:
         self.future = future
+        #: A client blocked on keys (BLPOP): the connection keeps reading meanwhile, so a
+        #: disconnect takes it out of the wait queue at once.
+        self.blocking = blocking
 
     def __repr__(self) -> str:
         return f"<Deferred {self.future!r}>"
+
+
+class Written:
+    """A deferred result that acknowledges a write (a blocked BLPOP woken by a push): the
+    connection sends ``reply`` behind an fsync under ``appendfsync always``, as it does the
+    replies of the writes it ran itself."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+
+    def __repr__(self) -> str:
+        return f"<Written {self.reply!r}>"
 
 
 class _Close:
@@ -36,4 +53,4 @@ class _Close:
 #: Redis answers nothing and the client sees the connection close).
 CLOSE: Final = _Close()
 
-__all__ = ["CLOSE", "Deferred"]
+__all__ = ["CLOSE", "Deferred", "Written"]

@@ -37,6 +37,7 @@ from ..admin.stats import ServerStats
 from ..errors import AuthRequiredError, CommandError, wrong_arity
 from ..keyspace.keyspace import Keyspace
 from ..net.protocol import QUEUED
+from .blocking import BlockingQueue
 from .client import ClientState
 from .context import Command, Context, Services
 
@@ -97,11 +98,15 @@ class TurnCommit:
     ``write`` flag) commits the turn first, at once.
     """
 
-    __slots__ = ("txn", "stats", "_loop", "_open", "_waiting", "_scheduled", "commits")
+    __slots__ = ("txn", "stats", "_loop", "_open", "_waiting", "_scheduled", "commits",
+                 "blocking")
 
     def __init__(self, keyspace: Keyspace, loop: asyncio.AbstractEventLoop,
-                 stats: ServerStats | None = None) -> None:
+                 stats: ServerStats | None = None,
+                 blocking: BlockingQueue | None = None) -> None:
         self.txn = keyspace.begin()
+        #: Clients blocked on keys: served once a commit made their keys ready.
+        self.blocking = blocking
         #: Where the error replies of a failed commit are counted.
         self.stats = stats
         self._loop = loop
@@ -130,27 +135,43 @@ class TurnCommit:
         release the parked replies."""
         self._scheduled = False
         groups, self._open = self._open, []
-        error: CommandError | None = None
-        if self.txn.dirty:
-            try:
-                self.txn.commit()
-                self.commits += 1
-            except ShaleError as exc:
-                error = engine_error(exc)
-            except Exception as exc:  # noqa: BLE001 - a bug: still answer every client
-                # Without this the parked replies were never released: the clients of the
-                # turn waited forever (met through a nonce check of the encryption branch).
-                log.error("internal error committing the writes of a turn", exc_info=exc)
-                self.txn.undo(0)  # never apply them later with another turn's writes
-                error = CommandError(
-                    f"internal error while committing the writes ({type(exc).__name__}); "
-                    "whether they were applied is unknown: read the keys back; see the "
-                    "server log")
+        error = self._commit_txn()
         for group in groups:
             group.settle(error)
+        blocking = self.blocking
+        if error is None and blocking is not None:
+            # Clients blocked on keys this commit wrote pop now, in the order they blocked,
+            # and their writes commit as one more batch before their replies go. A woken
+            # BLMOVE's push may wake others: each round serves at least one waiter or
+            # ends, so this ends.
+            while blocking.ready:
+                served = blocking.serve(self.txn)
+                blocking.resolve(served, self._commit_txn())
         waiting, self._waiting = self._waiting, []
         for conn in waiting:
             conn.turn_committed()
+
+
+    def _commit_txn(self) -> CommandError | None:
+        """Commit the shared transaction (when dirty); the error its commands answer when
+        that fails."""
+        if not self.txn.dirty:
+            return None
+        try:
+            self.txn.commit()
+            self.commits += 1
+        except ShaleError as exc:
+            return engine_error(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: still answer every client
+            # Without this the parked replies were never released: the clients of the
+            # turn waited forever (met through a nonce check of the encryption branch).
+            log.error("internal error committing the writes of a turn", exc_info=exc)
+            self.txn.undo(0)  # never apply them later with another turn's writes
+            return CommandError(
+                f"internal error while committing the writes ({type(exc).__name__}); "
+                "whether they were applied is unknown: read the keys back; see the "
+                "server log")
+        return None
 
 
 class WriteGroup:

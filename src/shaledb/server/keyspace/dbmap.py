@@ -50,9 +50,13 @@ PHYSICAL_DATABASES: Final = 240
 META_PREFIX: Final = 0xFF
 #: The engine key of the map record.
 MAP_KEY: Final = b"\xffdbmap"
-#: Version byte of the map record this code writes (server keyspace version 4: hashes and
-#: sets).
-MAP_VERSION: Final = 3
+#: Version byte of the map record this code writes (server keyspace version 5: lists).
+MAP_VERSION: Final = 4
+#: The map version of server keyspace version 4 (strings, hashes and sets): read as is; the
+#: first write records MAP_VERSION (nothing else changes), so a version 4 server, which
+#: would not see a list's element records when it drops the list (they would leak), refuses
+#: the directory from then on.
+HASHES_MAP_VERSION: Final = 3
 #: The map version of server keyspace version 3 (strings only): read as is; the first write
 #: records MAP_VERSION (nothing else changes), so older servers refuse the directory from
 #: then on, before it can hold a type they do not know.
@@ -98,7 +102,8 @@ def decode_map(raw: bytes | None) -> list[int]:
     record that breaks the invariants (so the server refuses to start rather than guess)."""
     if raw is None:
         return identity_map()
-    if map_version(raw) not in (MAP_VERSION, STRINGS_MAP_VERSION, LEGACY_MAP_VERSION):
+    if map_version(raw) not in (MAP_VERSION, HASHES_MAP_VERSION, STRINGS_MAP_VERSION,
+                                LEGACY_MAP_VERSION):
         raise IncompatibleFormatError(
             f"the server's database map has version {raw[0]}; this ShaleDB reads versions "
             f"{LEGACY_MAP_VERSION} to {MAP_VERSION} (open the directory with the ShaleDB "
@@ -146,6 +151,7 @@ __all__ = [
     "MEMBER_GARBAGE_PREFIX",
     "MEMBER_PREFIX",
     "STRINGS_MAP_VERSION",
+    "HASHES_MAP_VERSION",
     "MAP_VERSION",
     "META_PREFIX",
     "PHYSICAL_DATABASES",

@@ -70,6 +70,7 @@ from ..errors import CommandError
 from .dbmap import (
     CHUNK_PREFIX,
     GARBAGE_PREFIX,
+    HASHES_MAP_VERSION,
     LOGICAL_DATABASES,
     MAP_KEY,
     MAP_VERSION,
@@ -87,13 +88,16 @@ from .expiry import ActiveExpiry
 from .purge import Purger
 from .values import (
     CHUNK_SIZE,
+    COLL_TAGS,
     GARBAGE_LIST_MAX,
     INLINE_MAX,
+    LIST_BIAS,
+    LIST_INDEX_MAX,
     MAX_MEMBER,
     MAX_STRING,
     TAG_CHUNKED,
     TAG_EXPIRES,
-    TAG_HASH,
+    TAG_LIST,
     TAG_SET,
     TAG_STRING,
     TYPE_NAMES,
@@ -113,6 +117,8 @@ from .values import (
     garbage_id,
     garbage_key,
     id_of,
+    list_index,
+    list_index_of,
     member_key,
     member_prefix,
     now_ms,
@@ -254,7 +260,7 @@ def decode_value(raw: bytes, txn: KeyspaceTxn | None = None) -> Entry:
     if tag & 0x7F == TAG_CHUNKED:
         ref = chunk_ref_of(raw)
         return Entry(b"", expiry_of(raw), 0, ref, txn)
-    if tag & 0x7F in (TAG_HASH, TAG_SET):
+    if tag & 0x7F in COLL_TAGS:
         return Entry(b"", expiry_of(raw), 0, None, None, coll_ref_of(raw))
     raise CommandError("the stored value has an unknown encoding (written by a newer ShaleDB?)")
 
@@ -296,9 +302,10 @@ class Keyspace:
         #: directory from then on).
         self.map_pending = False
         version = map_version(raw_map)
-        if version == STRINGS_MAP_VERSION:
-            # Server keyspace version 3 has the same bytes minus hashes and sets: the first
-            # write records the new map version (see Keyspace.write).
+        if version in (STRINGS_MAP_VERSION, HASHES_MAP_VERSION):
+            # Server keyspace versions 3 and 4 have the same bytes minus hashes and sets
+            # (3) and lists (3, 4): the first write records the new map version (see
+            # Keyspace.write), before the directory can hold what they would misread.
             self.map_pending = True
         elif version != MAP_VERSION:
             if raw_map is None and self._first_server_key() is None:
@@ -830,7 +837,7 @@ class KeyspaceTxn:
                 new = self.new_collection(coll.kind)
                 for field, value in list(self.members(coll)):
                     self._put_member(member_key(new.id, field), value)
-                coll = CollRef(coll.kind, new.id, coll.size)
+                coll = coll._replace(id=new.id)  # a list keeps its head
             self._put(ek, Entry(b"", expire_ms, 0, None, None, coll))
             return
         ref = e.chunks
@@ -971,6 +978,59 @@ class KeyspaceTxn:
                 self._put(ek, Entry(b"", e.expire_ms, 0, None, None,
                                     CollRef(coll.kind, coll.id, size)))
         return removed
+
+    # -- lists ---------------------------------------------------------------------------
+    def new_list(self) -> CollRef:
+        """An empty list with a fresh id, its head at LIST_BIAS (written with its first
+        elements by :meth:`list_write`)."""
+        return self.new_collection(TAG_LIST)._replace(head=LIST_BIAS)
+
+    def list_element(self, coll: CollRef, pos: int) -> bytes | None:
+        """Element ``pos`` (0 = the head, ``0 <= pos < size``) of list ``coll``: one point
+        read."""
+        return self.member(coll, list_index(coll.head + pos))
+
+    def list_walk(self, coll: CollRef, start: int = 0, *, reverse: bool = False
+                  ) -> Iterator[tuple[int, bytes]]:
+        """``(position, element)`` of list ``coll`` from position ``start`` to the tail (in
+        reverse: from the tail down to ``start``): a walk of its element records, so memory
+        does not grow with the list."""
+        head, size = coll.head, coll.size
+        for m, value in self.members(coll, list_index(head + max(start, 0)),
+                                     reverse=reverse):
+            pos = list_index_of(m) - head
+            if pos >= size:
+                if reverse:
+                    continue  # cannot be (the header's size bounds them): never shown
+                return
+            yield pos, value
+
+    def list_write(self, db: int, key: bytes, e: Entry | None, coll: CollRef,
+                   puts: Iterable[tuple[int, bytes]] = (),
+                   drops: Iterable[int] = ()) -> None:
+        """Buffer element writes (``(absolute index, value)``) and deletions (absolute
+        indexes) of list ``key`` and its new header ``coll`` (size and head already
+        updated), keeping ``e``'s expiry. A size of 0 deletes the key (Redis has no empty
+        list): its remaining elements become garbage, so that is O(1) too. Raises before
+        buffering anything when an index would leave the 64-bit range."""
+        puts = list(puts)
+        if coll.head < 0 or coll.head + coll.size > LIST_INDEX_MAX + 1 or any(
+                not 0 <= i <= LIST_INDEX_MAX for i, _ in puts):
+            raise CommandError("the list's element indexes would leave the 64-bit range "
+                               "(2^63 more pushes at one end than at the other): copy it "
+                               "to a new key (LRANGE + RPUSH) to recentre it")
+        for _, value in puts:
+            if len(value) > MAX_USER_VALUE:
+                raise CommandError("string exceeds maximum allowed size")
+        for i, value in puts:
+            self._put_member(member_key(coll.id, list_index(i)), value)
+        for i in drops:
+            self._put_member(member_key(coll.id, list_index(i)), _NO_MEMBER)
+        ek = engine_key(self._phys(db), key)
+        if coll.size <= 0:
+            self._put(ek, _DELETED)
+        else:
+            self._put(ek, Entry(b"", 0 if e is None else e.expire_ms, 0, None, None, coll))
 
     def members(self, coll: CollRef, start: bytes = b"", *, reverse: bool = False
                 ) -> Iterator[tuple[bytes, bytes]]:

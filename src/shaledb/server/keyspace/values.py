@@ -17,7 +17,11 @@ sweeper and the purger all build on them.
 - member: key ``0xF2`` + collection id (8 bytes) + the field or member's bytes, value the
   hash field's value (empty for a set member);
 - member garbage record: key ``0xF3`` + collection id, value empty (no member deleted yet)
-  or ``0x01`` + the last member deleted so far (the purger goes on after it).
+  or ``0x01`` + the last member deleted so far (the purger goes on after it);
+- list header: tag ``0x04`` (``0x84`` with an expiry), then the collection id, the size and
+  the index of the first element (8 bytes each, big-endian); element ``i`` (0-based) is the
+  member record whose member bytes are ``head + i`` as 8 big-endian bytes. The first list's
+  head is :data:`LIST_BIAS` (2^63), so pushes at either end for 2^63 elements never wrap.
 
 Collection ids and chunk-set ids are drawn from one counter, so an id names one thing.
 """
@@ -53,14 +57,24 @@ TAG_EXPIRES: Final = 0x80
 TAG_CHUNKED: Final = 0x01
 TAG_HASH: Final = 0x02
 TAG_SET: Final = 0x03
+TAG_LIST: Final = 0x04
 #: Redis' TYPE name of each encoding.
 TYPE_NAMES: Final = {TAG_STRING: b"string", TAG_CHUNKED: b"string", TAG_HASH: b"hash",
-                     TAG_SET: b"set"}
+                     TAG_SET: b"set", TAG_LIST: b"list"}
+#: Collection encodings: a header naming a collection id, and member records.
+COLL_TAGS: Final = frozenset((TAG_HASH, TAG_SET, TAG_LIST))
+#: The index of the first element of a new list: the middle of the unsigned 64-bit range,
+#: so LPUSH and RPUSH both have 2^63 indexes to go (Kvrocks' bias).
+LIST_BIAS: Final = 2**63
+#: Index limits of list elements (the 8 bytes of an element's member suffix).
+LIST_INDEX_MAX: Final = 2**64 - 1
 #: Longest hash field or set member: the engine's key limit minus the member key's prefix.
 MAX_MEMBER: Final = MAX_KEY_SIZE - 9
 _EXPIRY_BIT: Final = 0x80
 _EXP: Final = struct.Struct(">Q")
 _REF: Final = struct.Struct(">QQ")
+_LIST_REF: Final = struct.Struct(">QQQ")
+_INDEX: Final = struct.Struct(">Q")
 _CHUNK_KEY: Final = struct.Struct(">BQI")
 _GARBAGE_KEY: Final = struct.Struct(">BQ")
 _COUNT: Final = struct.Struct(">Q")
@@ -77,12 +91,14 @@ class ChunkRef(NamedTuple):
 
 
 class CollRef(NamedTuple):
-    """A hash or a set: its encoding tag, its id (the prefix of its member records) and its
-    number of members."""
+    """A hash, a set or a list: its encoding tag, its id (the prefix of its member records),
+    its number of members, and for a list the index of its first element (see
+    :func:`list_index`)."""
 
     kind: int
     id: int
     size: int
+    head: int = 0
 
 
 def wrong_type() -> CommandError:
@@ -91,10 +107,16 @@ def wrong_type() -> CommandError:
 
 
 def coll_ref_of(raw: bytes) -> CollRef | None:
-    """The collection a hash or set header names (None: not a collection)."""
-    if not raw or raw[0] & 0x7F not in (TAG_HASH, TAG_SET):
+    """The collection a hash, set or list header names (None: not a collection)."""
+    if not raw or raw[0] & 0x7F not in COLL_TAGS:
         return None
     off = 9 if raw[0] & _EXPIRY_BIT else 1
+    if raw[0] & 0x7F == TAG_LIST:
+        if len(raw) != off + _LIST_REF.size:
+            raise CorruptionError(f"a list header has {len(raw)} bytes, expected "
+                                  f"{off + _LIST_REF.size}")
+        cid, size, head = _LIST_REF.unpack_from(raw, off)
+        return CollRef(TAG_LIST, cid, size, head)
     if len(raw) != off + _REF.size:
         raise CorruptionError(f"a hash or set header has {len(raw)} bytes, expected "
                               f"{off + _REF.size}")
@@ -103,8 +125,9 @@ def coll_ref_of(raw: bytes) -> CollRef | None:
 
 
 def encode_coll(ref: CollRef, expire_ms: int) -> bytes:
-    """The engine value of a hash or set header with an absolute expiry (0 = none)."""
-    body = _REF.pack(ref.id, ref.size)
+    """The engine value of a hash, set or list header with an absolute expiry (0 = none)."""
+    body = (_LIST_REF.pack(ref.id, ref.size, ref.head) if ref.kind == TAG_LIST
+            else _REF.pack(ref.id, ref.size))
     if expire_ms:
         return bytes((ref.kind | _EXPIRY_BIT,)) + _EXP.pack(expire_ms) + body
     return bytes((ref.kind,)) + body
@@ -121,6 +144,16 @@ def member_key(cid: int, member: bytes) -> bytes:
         raise CommandError(f"a field or member of {len(member)} bytes exceeds the maximum "
                            f"of {MAX_MEMBER}")
     return _ID.pack(MEMBER_PREFIX, cid) + member
+
+
+def list_index(index: int) -> bytes:
+    """The member bytes of list element index ``index`` (the header's head + position)."""
+    return _INDEX.pack(index)
+
+
+def list_index_of(member: bytes) -> int:
+    """Inverse of :func:`list_index`."""
+    return int(_INDEX.unpack(member)[0])
 
 
 def member_garbage_key(cid: int) -> bytes:
@@ -234,6 +267,12 @@ def encode_header(ref: ChunkRef, expire_ms: int) -> bytes:
 
 
 __all__ = [
+    "COLL_TAGS",
+    "LIST_BIAS",
+    "LIST_INDEX_MAX",
+    "TAG_LIST",
+    "list_index",
+    "list_index_of",
     "MAX_MEMBER",
     "TAG_HASH",
     "TAG_SET",

@@ -47,7 +47,7 @@ from ..admin.logs import CLIENT_LOG, printable
 from ..errors import CommandError, ProtocolError
 from ..exec.client import NO_LIMIT, ClientState
 from ..exec.context import Services
-from ..exec.deferred import CLOSE, Deferred
+from ..exec.deferred import CLOSE, Deferred, Written
 from ..exec.dispatch import WriteGroup
 from .protocol import SPLIT_BULK, Encoded, RequestReader, encode
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
@@ -68,7 +68,11 @@ OUTPUT_BATCH: Final = 256 * 1024
 #: clients are served in between.
 RUN_SLICE: Final = 0.05
 #: Pause reasons that stop running requests (the others only stop reading).
-_BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred"))
+_BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred", "blocked"))
+#: Pauses that run nothing but keep reading: a client blocked on keys (BLPOP) must be seen
+#: to disconnect, as Redis sees it, or it would stay in the wait queue and take a pushed
+#: element that nobody reads. What it sends meanwhile queues up to the backlog bound.
+_READING: Final = frozenset(("blocked",))
 
 
 #: Reply bytes for the transport: one string, or several (big values kept apart).
@@ -298,6 +302,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         if self.client is not None:
             self.server.watches.unwatch_all(self.client)
+            self.server.blocking.cancel(self.client)
             self.server.connections.pop(self.client.id, None)
             self.server.scan_cursors.release(self.client.id)
 
@@ -425,7 +430,7 @@ class ClientConnection(asyncio.Protocol):
                 self._process()
                 return
         if self._error is not None and not client.close_after_reply and (
-                "deferred" not in self._pause):
+                "deferred" not in self._pause and "blocked" not in self._pause):
             CLIENT_LOG.log(log, logging.INFO, "protocol-error", "closing client %s: %s",
                            client.addr, printable(str(self._error)), extra={"client": client.addr})
             server.command_stats.error_reply(self._error.prefix)
@@ -443,7 +448,8 @@ class ClientConnection(asyncio.Protocol):
     def _await(self, deferred: Deferred, resp: int) -> None:
         """Send ``deferred``'s reply when it is ready; run nothing of this client until
         then."""
-        self._set_paused("deferred", True)
+        reason = "blocked" if deferred.blocking else "deferred"
+        self._set_paused(reason, True)
 
         def done(fut: asyncio.Future[Any]) -> None:
             client = self.client
@@ -456,14 +462,17 @@ class ClientConnection(asyncio.Protocol):
                     f"{type(exc).__name__}: {exc}")
             else:
                 reply = fut.result()
+            wrote = type(reply) is Written
+            if wrote:
+                reply = reply.reply
             if reply is CLOSE:
                 client.close_after_reply = True
                 self._requests.clear()
             elif self.transport is not None and not self.transport.is_closing():
                 out: list[bytes] = []
                 encode(reply, resp, out)
-                self._send(_coalesce(out), False)
-            self._set_paused("deferred", False)
+                self._send(_coalesce(out), wrote)
+            self._set_paused(reason, False)
             if self._error is not None and not self._requests:
                 self._process()  # the protocol error read after this request
             elif client.close_after_reply or self.closing:
@@ -604,17 +613,19 @@ class ClientConnection(asyncio.Protocol):
     def _set_paused(self, reason: str, paused: bool) -> None:
         """Reading stops while any reason holds: "write" (send buffer full), "fsync"
         (held replies), "backlog" (requests read but not run), "throttle" (rate limit),
-        "deferred" (a reply being prepared)."""
+        "deferred" (a reply being prepared). "blocked" (waiting on keys) runs nothing
+        but keeps reading, to see the client go."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        before = bool(self._pause)
+        before = not self._pause <= _READING
         if paused:
             self._pause.add(reason)
         else:
             self._pause.discard(reason)
-        if bool(self._pause) != before:
-            if self._pause:
+        stop = not self._pause <= _READING
+        if stop != before:
+            if stop:
                 transport.pause_reading()
             else:
                 transport.resume_reading()
@@ -632,7 +643,8 @@ class ClientConnection(asyncio.Protocol):
         closing."""
         self.closing = True
         if (self.transport is not None and not self._held and not self._parked
-                and "deferred" not in self._pause and (not self._requests or self._quitting())):
+                and "deferred" not in self._pause and "blocked" not in self._pause
+                and (not self._requests or self._quitting())):
             self.transport.close()
 
     def abort(self, message: bytes | None = None) -> None:
