@@ -92,6 +92,17 @@ class ServerThread:
         self._thread.join(30)
 
 
+def wait_until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+               interval: float = 0.02) -> None:
+    """Poll ``cond`` every ``interval`` seconds until it is true; AssertionError naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as s:

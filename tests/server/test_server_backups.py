@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,18 @@ import shaledb
 from shaledb.backup import Repository
 from shaledb.server import ServerConfig
 
-from ._server_support import HOST, RawClient, ServerThread, free_port, run_server_process
+from ._server_support import (
+    HOST,
+    RawClient,
+    ServerThread,
+    free_port,
+    run_server_process,
+    wait_until,
+)
 
 
-def _wait(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached"
-        time.sleep(0.02)
+def _wait(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
+    wait_until(cond, timeout, what, 0.02)
 
 
 def _persistence(r: redis.Redis) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -24,14 +26,12 @@ from ._server_support import (
     read_until_closed,
     redis_cli,
     run_server_process,
+    wait_until,
 )
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+def _wait(cond: Callable[[], Any], timeout: float = 10.0) -> None:
+    wait_until(cond, timeout, "condition", 0.01)
 
 
 # -- CONFIG ----------------------------------------------------------------------------------

@@ -16,17 +16,13 @@ import redis
 
 import shaledb
 
-from ._server_support import RawClient, ServerThread
+from ._server_support import RawClient, ServerThread, wait_until
 
 KiB = 1024
 
 
 def _wait(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    wait_until(cond, timeout, what, 0.02)
 
 
 def _members_on_disk(st: ServerThread) -> int:

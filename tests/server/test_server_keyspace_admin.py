@@ -29,7 +29,7 @@ from shaledb.server.keyspace.expiry import KEYS_PER_TICK, tick_budget
 from shaledb.server.keyspace.keyspace import Keyspace, encode_value
 from shaledb.server.keyspace.purge import PURGE_CHUNK
 
-from ._server_support import HOST, ServerThread, free_port, run_server_process
+from ._server_support import HOST, ServerThread, free_port, run_server_process, wait_until
 
 
 def _client(port: int, db: int = 0) -> redis.Redis:
@@ -43,11 +43,7 @@ def _raw_keys(st: ServerThread, phys: int) -> list[bytes]:
 
 
 def _wait(cond: Callable[[], Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+    wait_until(cond, timeout, "condition", 0.02)
 
 
 def _purged(st: ServerThread) -> bool:

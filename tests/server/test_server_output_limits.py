@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -11,16 +13,13 @@ from shaledb.errors import InvalidArgument
 from shaledb.server import ServerConfig
 from shaledb.server.net.ratelimit import CommandRateLimits
 
-from ._server_support import RawClient, raw_connect, read_until_closed
+from ._server_support import RawClient, raw_connect, read_until_closed, wait_until
 
 KiB = 1024
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+def _wait(cond: Callable[[], Any], timeout: float = 10.0) -> None:
+    wait_until(cond, timeout, "condition", 0.01)
 
 
 def _stat(st, name: str) -> int:

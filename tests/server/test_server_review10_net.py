@@ -15,22 +15,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 import shaledb
 
-from ._server_support import RawClient, wait_for_port
+from ._server_support import RawClient, wait_for_port, wait_until
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+def _wait(cond: Callable[[], Any], timeout: float = 10.0) -> None:
+    wait_until(cond, timeout, "condition", 0.01)
 
 
 def own_address() -> str:

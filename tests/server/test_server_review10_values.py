@@ -33,7 +33,14 @@ import redis
 
 import shaledb
 
-from ._server_support import HOST, ServerThread, free_port, run_server_process, wait_for_port
+from ._server_support import (
+    HOST,
+    ServerThread,
+    free_port,
+    run_server_process,
+    wait_for_port,
+    wait_until,
+)
 
 MiB = 1 << 20
 #: The chunk size of the layout under test (a module constant of keyspace.py; repeated
@@ -42,11 +49,7 @@ CHUNK = 64 * 1024
 
 
 def _wait(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    wait_until(cond, timeout, what, 0.02)
 
 
 def _client(port: int, db: int = 0) -> redis.Redis:

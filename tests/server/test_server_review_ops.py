@@ -12,7 +12,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -21,14 +23,11 @@ from shaledb.server import ServerConfig
 from shaledb.server.admin.slowlog import SLOWLOG_MAX_STRING
 from shaledb.server.commands.connection import MAX_CLIENT_NAME
 
-from ._server_support import HOST, RawClient, ServerThread, free_port, wait_for_port
+from ._server_support import HOST, RawClient, ServerThread, free_port, wait_for_port, wait_until
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+def _wait(cond: Callable[[], Any], timeout: float = 10.0) -> None:
+    wait_until(cond, timeout, "condition", 0.01)
 
 
 def _held_replies(admin: redis.Redis, client_id: int) -> int:

@@ -5,7 +5,8 @@ replacing ``connection.peer_address``; no traffic leaves the loopback interface)
 from __future__ import annotations
 
 import socket
-import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -13,14 +14,11 @@ from shaledb.server.admin.slowlog import REDACTED
 from shaledb.server.net import connection as connection_module
 from shaledb.server.net.security import UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK
 
-from ._server_support import RawClient, raw_connect, read_until_closed
+from ._server_support import RawClient, raw_connect, read_until_closed, wait_until
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+def _wait(cond: Callable[[], Any], timeout: float = 10.0) -> None:
+    wait_until(cond, timeout, "condition", 0.01)
 
 
 def _bulk(arg: bytes) -> bytes:

@@ -28,16 +28,13 @@ import shaledb
 from _helpers import SstLayout, files, flip
 from shaledb.server.admin.logs import JsonFormatter
 
-from ._server_support import HOST, ServerThread, free_port, run_server_process
+from ._server_support import HOST, ServerThread, free_port, run_server_process, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
+def _wait(cond: Callable[[], Any], timeout: float = 15.0) -> None:
+    wait_until(cond, timeout, "condition", 0.02)
 
 
 def _scrub(r: redis.Redis) -> dict[str, Any]:

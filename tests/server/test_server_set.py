@@ -5,22 +5,17 @@ SSCAN, and the O(1) removal of a whole set."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
-from ._server_support import RawClient, ServerThread
+from ._server_support import RawClient, ServerThread, wait_until
 
 
 def _wait(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    wait_until(cond, timeout, what, 0.02)
 
 
 def test_set_commands_reply_as_redis(r: redis.Redis) -> None:

@@ -8,7 +8,6 @@ header counts it, no garbage is left once the purger ran, and the key counts are
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from ._server_support import ServerThread
+from ._server_support import ServerThread, wait_until
 
 KEYS = [f"k{i}" for i in range(6)]
 FIELDS = [f"f{i}" for i in range(8)]
@@ -26,10 +25,7 @@ Model = dict[str, tuple[str, Any]]
 
 
 def _wait(cond: Callable[[], Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    wait_until(cond, timeout, "condition", 0.02)
 
 
 class Checker:
