@@ -394,6 +394,42 @@ def test_a_slowloris_flood_does_not_evict_a_probe_between_its_connect_and_its_se
             s.close()
 
 
+def test_a_slowloris_byte_still_in_the_socket_is_not_a_request_that_arrived() -> None:
+    # CI's hostile mix (2-core machine, loaded): one /health probe got 503. Every one of the
+    # 16 slots held an httploris connection whose latest byte was still in its socket (the
+    # loop had not read it yet), and "bytes in the socket" counted as "a request has
+    # arrived", so none could be evicted. Only a whole head (in the reader's buffer and the
+    # socket together) protects a connection now.
+    import asyncio
+
+    from shaledb.server.admin.httpendpoint import _request_waiting
+
+    async def check() -> list[bool]:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        writer.transport.pause_reading()  # what arrives stays in the socket
+        seen = []
+        try:
+            theirs.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+            await asyncio.sleep(0.05)
+            seen.append(_request_waiting(reader, writer))  # part of a head: not arrived
+            writer.transport.resume_reading()
+            theirs.sendall(b"aaaa\r\n")
+            while not reader._buffer.endswith(b"\r\n"):  # read into the buffer ...
+                await asyncio.sleep(0.01)
+            writer.transport.pause_reading()
+            seen.append(_request_waiting(reader, writer))
+            theirs.sendall(b"\r\n")  # ... and the end of the head still in the socket
+            await asyncio.sleep(0.05)
+            seen.append(_request_waiting(reader, writer))
+        finally:
+            writer.close()
+            theirs.close()
+        return seen
+
+    assert asyncio.run(check()) == [False, False, True]
+
+
 # -- 12. an ACL file's password-less default user replaced SHALEDB_REQUIREPASS silently;
 #        the failed-AUTH limit per IP could not spare a NAT or a local admin ---------------
 

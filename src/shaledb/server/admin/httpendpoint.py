@@ -10,23 +10,22 @@ within SEND_TIMEOUT is dropped. When a new connection finds the table full, the 
 connection still waiting for its request head is closed with 408 to make room (503 only
 when every connection is past its head, i.e. sending): connections that send nothing --
 no authentication is needed to open one -- can never keep a health probe out, which sends
-its request at once. A connection whose request has arrived but not been read yet (in the
-socket, or in its reader's buffer: the loop accepts a burst of connections before it reads
-any) is never the one evicted: a probe that came just before a flood was. Nor is one that sent
-nothing yet while one that sent part of a head (a slowloris) is waiting. Methods other
-than GET and HEAD get 405, other paths 404, and a failure while building the answer 500
-(logged). The page is built on the loop, like any command, so a scrape costs the clients the
-time of one ``db.stats()`` and some string formatting.
+its request at once. A connection whose whole request head has arrived but not been read
+yet (in the socket, in its reader's buffer, or split between them: the loop accepts a burst of
+connections before it reads any) is never the one evicted: a probe that came just before a
+flood was. Nor is one that sent nothing yet while one that sent part of a head (a
+slowloris) is waiting. Methods other than GET and HEAD get 405, other paths 404, and a
+failure while building the answer 500 (logged). The page is built on the loop, like any
+command, so a scrape costs the clients the time of one ``db.stats()`` and some string
+formatting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import struct
-import termios
+import socket
 from typing import TYPE_CHECKING, Final
 
 from .metrics import CONTENT_TYPE, exposition, health
@@ -181,18 +180,25 @@ class MetricsEndpoint:
 
 
 def _request_waiting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """Whether a request head has arrived on the connection and only waits to be read: bytes
-    in the socket (FIONREAD), or a whole head in the reader's buffer."""
-    if b"\r\n\r\n" in getattr(reader, "_buffer", b""):
+    """Whether a whole request head has arrived on the connection and only waits to be read:
+    its end is in the reader's buffer and the bytes still in the socket (peeked, not taken)
+    together. Bytes in the socket alone prove nothing: a slowloris's latest byte waits there
+    too whenever the loop is busy."""
+    buffered = bytes(getattr(reader, "_buffer", b""))
+    if b"\r\n\r\n" in buffered:
         return True
     sock = writer.get_extra_info("socket")
     if sock is None:
         return False
+    # asyncio's TransportSocket has no recv(): wrap the descriptor without taking it over.
+    peeker = socket.socket(fileno=sock.fileno())
     try:
-        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
+        pending = peeker.recv(MAX_REQUEST_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing there (EAGAIN), or the connection is gone
         return False
-    return bool(struct.unpack("i", raw)[0])
+    finally:
+        peeker.detach()
+    return b"\r\n\r\n" in buffered[-3:] + pending
 
 
 __all__ = ["MAX_CONNECTIONS", "MAX_REQUEST_BYTES", "MetricsEndpoint", "SEND_TIMEOUT",
