@@ -55,7 +55,7 @@ from ..errors import (
 )
 from ..version import __version__
 from .sealing import RepositoryKey, stored_size
-from .storage import CHUNK, LocalStorage, Storage
+from .storage import CHUNK, LocalStorage, Storage, Upload
 
 #: Repository layout version (REPOSITORY's "format"); a higher one is refused. A plain
 #: repository is still written as format 1 (its bytes did not change); format 2 is an
@@ -423,12 +423,7 @@ class Repository:
                 up.write(chunk)
                 if progress is not None:
                     progress(len(chunk))
-            sha = h.sha.hexdigest()
-            if self.has_object(sha, h.size):
-                up.abort()  # stored by an earlier backup: once is enough
-                return sha, h.size, False
-            up.publish(object_name(sha))
-            return sha, h.size, True
+            return self._publish(up, h.sha.hexdigest(), h.size)
         except BaseException:
             up.abort()
             raise
@@ -446,15 +441,19 @@ class Repository:
                 if progress is not None:
                     progress(len(chunk))
             up.write(sealer.finish())
-            name = sealer.name()
-            if self.has_object(name, sealer.size):
-                up.abort()  # stored by an earlier backup: once is enough
-                return name, sealer.size, False
-            up.publish(object_name(name))
-            return name, sealer.size, True
+            return self._publish(up, sealer.name(), sealer.size)
         except BaseException:
             up.abort()
             raise
+
+    def _publish(self, up: Upload, name: str, size: int) -> tuple[str, int, bool]:
+        """Publish a finished upload as object ``name`` unless an earlier backup stored it
+        (then the upload is dropped): ``(name, size, stored now)``."""
+        if self.has_object(name, size):
+            up.abort()  # stored by an earlier backup: once is enough
+            return name, size, False
+        up.publish(object_name(name))
+        return name, size, True
 
     def object_chunks(self, sha: str, size: int, where: str) -> Iterator[bytes]:
         """The object's bytes (decrypted, in an encrypted repository) in chunks, checked
