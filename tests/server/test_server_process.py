@@ -218,7 +218,9 @@ def test_serve_refuses_a_taken_port_and_a_locked_directory(tmp_path) -> None:
     port = free_port()
     proc = run_server_process(tmp_path / "db", port)
     try:
-        base = [sys.executable, "-m", "shaledb.cli", "serve", "--host", HOST]
+        # No metrics endpoint: its default port may be another server's on a shared machine.
+        base = [sys.executable, "-m", "shaledb.cli", "serve", "--host", HOST,
+                "--metrics-port", "off"]
         taken = subprocess.run([*base, "--port", str(port), "--dir", str(tmp_path / "other")],
                                capture_output=True, timeout=30)
         assert taken.returncode == 1
@@ -235,7 +237,7 @@ def test_serve_refuses_a_taken_port_and_a_locked_directory(tmp_path) -> None:
 def test_serve_reads_config_file(tmp_path) -> None:
     port = free_port()
     cfg = tmp_path / "shaledb.toml"
-    cfg.write_text(f'[server]\nport = {port}\nrequirepass = "pw"\n')
+    cfg.write_text(f'[server]\nport = {port}\nrequirepass = "pw"\nmetrics-port = "off"\n')
     cmd = [sys.executable, "-m", "shaledb.cli", "serve", "--config", str(cfg),
            "--dir", str(tmp_path / "db"), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -247,7 +249,8 @@ def test_serve_reads_config_file(tmp_path) -> None:
                 socket.create_connection((HOST, port), timeout=0.5).close()
                 break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
+                assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")
+                assert time.monotonic() < deadline
                 time.sleep(0.05)
         with pytest.raises(redis.AuthenticationError):
             _client(port).ping()
