@@ -501,6 +501,7 @@ def test_verify_open_database_sees_damage(pristine: dict[str, str], tmp_path: Pa
         assert p.kind is ProblemKind.CHECKSUM and p.offset == off
 
 
+@pytest.mark.timing
 def test_verify_does_not_block_writes(tmp_path: Path) -> None:
     """In the middle of db.verify() (inside its progress callback, so its version is pinned)
     another thread's puts, a flush (memtable switch + manifest write) complete quickly."""

@@ -28,7 +28,8 @@ from shaledb.engine.verify import (
     VerifyStopped,
 )
 
-pytestmark = pytest.mark.timeout(120)
+# Latency and wall-clock bounds: `make test` runs these alone, after the parallel run.
+pytestmark = [pytest.mark.timing, pytest.mark.timeout(120)]
 
 
 def _db(path: str, n: int = 3000, size: int = 200, flush: bool = True) -> shaledb.DB:

@@ -323,6 +323,7 @@ def test_a_failing_wal_archive_degrades_health(server_factory, tmp_path) -> None
 
 # -- SHUTDOWN during a backup ----------------------------------------------------------------
 
+@pytest.mark.timing
 def test_shutdown_stops_a_running_backup(server_factory, tmp_path) -> None:
     repo = tmp_path / "repo"
     st = server_factory(backup_repo=str(repo), backup_wal_archive=False)
@@ -438,6 +439,7 @@ def test_backup_commands_acl_categories_as_redis(server_factory, tmp_path) -> No
     _wait(lambda: _backup_done(r, 1))
 
 
+@pytest.mark.timing
 def test_shutdown_stops_a_backup_waiting_for_the_repository_lock(server_factory, tmp_path) -> None:
     """A backup waiting for the repository's LOCK (a `shaledb backups prune` or another
     backup holds it) kept SHUTDOWN waiting until the lock was free or the wait timed out

@@ -40,6 +40,9 @@ from bench.hostile import (
     verdict,
 )
 
+# Latency and wall-clock bounds: `make test` runs these alone, after the parallel run.
+pytestmark = pytest.mark.timing
+
 SHORT_SECONDS = float(os.environ.get("SHALEDB_HOSTILE_SHORT_SECONDS", "20"))
 SOAK_SECONDS = float(os.environ.get("SHALEDB_HOSTILE_SOAK_SECONDS", "300"))
 MAX_PING = float(os.environ.get("SHALEDB_HOSTILE_MAX_PING_MS", str(MAX_PING_MS)))

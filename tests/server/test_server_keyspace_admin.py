@@ -503,6 +503,7 @@ def test_swapdb_and_flushdb_survive_sigkill(tmp_path: Path) -> None:
 
 # -- active expiry --------------------------------------------------------------------------
 
+@pytest.mark.timing
 def test_active_expiry_deletes_keys_nobody_reads(server_factory: Callable[..., ServerThread]
                                                  ) -> None:
     st = server_factory(hz=50)

@@ -19,6 +19,9 @@ from shaledb.server import ServerConfig
 from ._server_support import HOST
 from .test_server_review10_bounds import Pinger, server_process, timed
 
+# Latency and wall-clock bounds: `make test` runs these alone, after the parallel run.
+pytestmark = pytest.mark.timing
+
 KiB = 1024
 
 

@@ -22,6 +22,9 @@ from shaledb.server.glob import MAX_PATTERN, MAX_WILDCARD_SPAN, PatternError, co
 
 from ._server_support import HOST, RawClient, free_port, run_server_process
 
+# Latency and wall-clock bounds: `make test` runs these alone, after the parallel run.
+pytestmark = pytest.mark.timing
+
 # -- helpers ---------------------------------------------------------------------------------
 
 

@@ -42,6 +42,9 @@ from ._server_support import (
     wait_until,
 )
 
+# Latency and wall-clock bounds: `make test` runs these alone, after the parallel run.
+pytestmark = pytest.mark.timing
+
 MiB = 1 << 20
 #: The chunk size of the layout under test (a module constant of keyspace.py; repeated
 #: here so that the protocol-only tests also run against the code before chunking).
