@@ -1003,11 +1003,11 @@ def zdiffstore(ctx: Context, argv: list[bytes]) -> Any:
 def zintercard(ctx: Context, argv: list[bytes]) -> Any:
     """ZINTERCARD numkeys key [key ...] [LIMIT limit] -> the intersection's size (at most
     limit; 0: no limit)"""
-    n = parse_int(argv[1], "numkeys should be greater than 0")
-    if n <= 0:
-        raise CommandError("numkeys should be greater than 0")
+    n = parse_int(argv[1])
+    if n < 1:
+        raise CommandError("at least 1 input key is needed for 'zintercard' command")
     if n > len(argv) - 2:
-        raise CommandError("Number of keys can't be greater than number of args")
+        raise CommandError(SYNTAX)
     limit = 0
     j = 2 + n
     while j < len(argv):
