@@ -221,20 +221,21 @@ def _rank_entries(txn: KeyspaceTxn, coll: CollRef, start: int, stop: int, revers
     if start > stop or start >= size:
         return
     stop = min(stop, size - 1)
+    # The entries skipped are only counted, never decoded.
     if start > size - 1 - stop:  # nearer the other end: walk from there and turn around
         got = []
-        for i, item in enumerate(_entries(txn, coll, reverse=not reverse)):
+        for i, entry in enumerate(txn.score_walk(coll, reverse=not reverse)):
             if i > size - 1 - start:
                 break
             if i >= size - 1 - stop:
-                got.append(item)
+                got.append((entry[8:], score_of_bytes(entry)))
         yield from reversed(got)
         return
-    for i, item in enumerate(_entries(txn, coll, reverse=reverse)):
+    for i, entry in enumerate(txn.score_walk(coll, reverse=reverse)):
         if i > stop:
             return
         if i >= start:
-            yield item
+            yield entry[8:], score_of_bytes(entry)
 
 
 def _score_entries(txn: KeyspaceTxn, coll: CollRef, r: ScoreRange, reverse: bool
@@ -451,9 +452,10 @@ def zcount(ctx: Context, argv: list[bytes]) -> Any:
     """ZCOUNT key min max -> members with a score in the range (a walk of the range)"""
     r = ScoreRange(argv[2], argv[3])
     coll = _coll(_zset(ctx.txn, ctx.db, argv[1]))
-    if coll is None:
+    if coll is None or r.empty():
         return 0
-    return sum(1 for _ in _score_entries(ctx.txn, coll, r, False))
+    lo, hi = r.bounds()
+    return sum(1 for _ in ctx.txn.score_walk(coll, lo, hi))
 
 
 @command("zlexcount", 4, "readonly fast", "read sortedset fast", (1, 1, 1))
