@@ -590,3 +590,39 @@ def test_resp3_replies_are_doubles_and_pairs(server: ServerThread) -> None:
             got += raw.sock.recv(65536)
         assert got == want, args
     raw.close()
+
+
+def test_the_purger_deletes_members_then_the_score_index_and_resumes_where_it_stopped(
+        tmp_path: Path) -> None:
+    """A dropped sorted set's garbage record says where the purge is: ``01`` + the last
+    member deleted, then ``02`` + the last score index entry deleted; each step deletes at
+    most its budget, and a purger that starts over (a restart) goes on from the record."""
+    from shaledb.server.keyspace.keyspace import Keyspace
+    from shaledb.server.keyspace.values import TAG_ZSET, member_garbage_key, score_bytes
+
+    path = tmp_path / "db"
+    with shaledb.open(path) as db:
+        ks = Keyspace(db)
+        txn = ks.begin()
+        coll = txn.new_collection(TAG_ZSET)
+        txn.zset_write(0, b"z", None, coll._replace(size=5),
+                       [(b"m%d" % i, float(i), None) for i in range(5)])
+        txn.commit()
+        txn = ks.begin()
+        txn.delete(0, b"z")
+        txn.commit()
+        gk = member_garbage_key(coll.id)
+        assert db.get(gk) == b""
+        assert ks.purger.collect_members(3)
+        assert db.get(gk) == b"\x01m2"  # three members gone
+        assert ks.purger.collect_members(3)
+        # The last two members and the first index entry (m0's, score 0).
+        assert db.get(gk) == b"\x02" + score_bytes(0.0) + b"m0"
+    with shaledb.open(path) as db:  # a restart: the record is found by its range
+        ks = Keyspace(db)
+        assert ks.member_garbage_unlisted
+        assert ks.purger.collect_members(2)
+        assert db.get(gk) == b"\x02" + score_bytes(2.0) + b"m2"
+        assert not ks.purger.collect_members(10)
+        assert db.get(gk) is None
+        assert next(db.range(b"\xf2", b"\xf5"), None) is None
