@@ -530,6 +530,8 @@ def test_blocking_commands_time_out_and_answer_nil(server: ServerThread) -> None
         r.bzpopmin(["none"], -1)
     with pytest.raises(redis.ResponseError, match="timeout is not a float"):
         r.execute_command("BZPOPMIN", "none", "soon")
+    with pytest.raises(redis.ResponseError, match="timeout is out of range"):
+        r.execute_command("BZMPOP", "1e300", "1", "none", "MIN")
 
 
 def test_blocking_commands_never_block_inside_multi(r: redis.Redis) -> None:
@@ -626,3 +628,19 @@ def test_the_purger_deletes_members_then_the_score_index_and_resumes_where_it_st
         assert not ks.purger.collect_members(10)
         assert db.get(gk) is None
         assert next(db.range(b"\xf2", b"\xf5"), None) is None
+
+
+def test_the_learnt_index_bounds_are_bounded(server: ServerThread,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score index bounds the walks learn (one entry per sorted set walked from an
+    end) are capped like the member bounds: past MEMBER_DELETES_MAX the oldest goes."""
+    from shaledb.server.keyspace import keyspace
+
+    monkeypatch.setattr(keyspace, "MEMBER_DELETES_MAX", 3)
+    r = server.client()
+    for i in range(8):
+        r.zadd(f"z{i}", {"a": 1, "b": 2})
+        assert r.zpopmin(f"z{i}") == [(b"a", 1.0)]
+        assert r.zrange(f"z{i}", 0, -1) == [b"b"]
+    ks = server.server.keyspace  # type: ignore[union-attr]
+    assert 0 < server.call(lambda: len(ks.score_bounds)) <= 3
