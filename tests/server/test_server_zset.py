@@ -278,6 +278,12 @@ def test_zset_commands_reply_as_redis(r: redis.Redis) -> None:
     assert r.zrange("z", 0, -1, withscores=True) == [(b"a", 1.0), (b"b", 2.0), (b"c", 3.0)]
     assert r.zscore("z", "b") == 2.0 and r.zscore("z", "nope") is None
     assert r.zincrby("z", 10, "a") == 11.0 and r.zrank("z", "a") == 2
+    # WITHSCORE, as Redis 7.2 (HELLO says 7.2.0): [rank, score], nil for a missing member.
+    assert r.execute_command("ZRANK", "z", "a", "WITHSCORE") == [2, 11.0]  # redis-py parses
+    assert r.execute_command("ZREVRANK", "z", "a", "withscore") == [0, 11.0]
+    assert r.execute_command("ZRANK", "z", "nope", "WITHSCORE") is None
+    with pytest.raises(redis.ResponseError, match="syntax error"):
+        r.execute_command("ZRANK", "z", "a", "WITHSCORES")
     assert r.zadd("z", {"b": 5}, gt=True, ch=True) == 1 and r.zscore("z", "b") == 5.0
     assert r.zadd("z", {"b": 1}, gt=True, ch=True) == 0 and r.zscore("z", "b") == 5.0
     assert r.zadd("z", {"b": 1}, incr=True, nx=True) is None

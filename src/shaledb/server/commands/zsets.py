@@ -411,13 +411,14 @@ def zmscore(ctx: Context, argv: list[bytes]) -> Any:
 
 
 def _rank(ctx: Context, argv: list[bytes], reverse: bool) -> Any:
-    if len(argv) != 3:
+    if len(argv) > 4 or (len(argv) == 4 and argv[3].upper() != b"WITHSCORE"):
         raise CommandError(SYNTAX)
+    withscore = len(argv) == 4
     txn = ctx.txn
     coll = _coll(_zset(txn, ctx.db, argv[1]))
     s = _score_of(txn, coll, argv[2])
     if coll is None or s is None:
-        return None
+        return NULL_ARRAY if withscore else None
     entry = score_bytes(s) + argv[2]
     # Count the entries on the nearer side of the member's: O(min(rank, size - rank)),
     # guessed from where the score lies between the first and last scores.
@@ -432,18 +433,20 @@ def _rank(ctx: Context, argv: list[bytes], reverse: bool) -> Any:
     else:
         above = sum(1 for _ in txn.score_walk(coll, entry + b"\x00"))
         below = coll.size - 1 - above
-    return above if reverse else below
+    rank = above if reverse else below
+    return [rank, _score(ctx, s)] if withscore else rank
 
 
-@command("zrank", 3, "readonly fast", "read sortedset fast", (1, 1, 1))
+@command("zrank", -3, "readonly fast", "read sortedset fast", (1, 1, 1))
 def zrank(ctx: Context, argv: list[bytes]) -> Any:
-    """ZRANK key member -> the member's rank by ascending score, or nil"""
+    """ZRANK key member [WITHSCORE] -> the member's rank by ascending score (and its
+    score: Redis 7.2), or nil"""
     return _rank(ctx, argv, False)
 
 
-@command("zrevrank", 3, "readonly fast", "read sortedset fast", (1, 1, 1))
+@command("zrevrank", -3, "readonly fast", "read sortedset fast", (1, 1, 1))
 def zrevrank(ctx: Context, argv: list[bytes]) -> Any:
-    """ZREVRANK key member -> the member's rank by descending score, or nil"""
+    """ZREVRANK key member [WITHSCORE] -> the member's rank by descending score, or nil"""
     return _rank(ctx, argv, True)
 
 
