@@ -1,12 +1,15 @@
-"""Model-based test of hashes, sets and strings (issue 13 section 1): random commands
-against a real server and a Python model side by side, with DEL, EXPIRE, RENAME, COPY,
-MOVE, the set algebra, MULTI/EXEC and restarts of the server in between. Every reply is
-compared, the whole keyspace is compared after every step and after each restart, and at
-the end the directory is audited: every member record belongs to a live hash or set whose
-header counts it, no garbage is left once the purger ran, and the key counts are exact."""
+"""Model-based test of hashes, sets, lists, sorted sets and strings (issue 13 section 1):
+random commands against a real server and a Python model side by side, with DEL, EXPIRE,
+RENAME, COPY, MOVE, the set algebra, MULTI/EXEC and restarts of the server in between.
+Every reply is compared, the whole keyspace is compared after every step and after each
+restart, and at the end the directory is audited: every member record belongs to a live
+collection whose header counts it, a sorted set has exactly one score index record per
+member (with its score), no garbage is left once the purger ran, and the key counts are
+exact."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,8 @@ FIELDS = [f"f{i}" for i in range(8)]
 WRONG = "WRONGTYPE"
 
 Model = dict[str, tuple[str, Any]]
+#: A model step that expects an error reply (None is a reply: LPOP of a missing key).
+_ERROR = object()
 
 
 def _wait(cond: Callable[[], Any], timeout: float = 30.0) -> None:
@@ -40,7 +45,9 @@ class Checker:
         rng = self.rng
         k, k2 = rng.choice(KEYS), rng.choice(KEYS)
         fields = rng.sample(FIELDS, rng.randint(1, 3))
-        choice = rng.randrange(22)
+        choice = rng.randrange(34)
+        if choice >= 22:
+            return self.op_zset_or_list(k, k2, choice - 22)
         if choice >= 20:  # SPOP: which member is random; checked against the model after
             def spop(m: Model, _: Model) -> Any:
                 return _get(m, k, "set")  # the candidates (WRONGTYPE on another type)
@@ -166,6 +173,129 @@ class Checker:
             return int(k in m)
         return ["EXPIRE", k, 1000], expire_later
 
+    def op_zset_or_list(self, k: str, k2: str, choice: int
+                        ) -> tuple[list[Any], Callable[[Model, Model], Any]]:
+        """Sorted set and list commands (``choice`` 0-11)."""
+        rng = self.rng
+        members = [f"m{rng.randrange(8)}" for _ in range(rng.randint(1, 3))]
+        if choice < 3:
+            opts = rng.choice([[], [], ["NX"], ["XX"], ["GT"], ["LT"], ["CH"], ["XX", "GT"],
+                               ["LT", "CH"]])
+            pairs = [(rng.choice([rng.randrange(-5, 6), rng.randrange(-5, 6), "inf", "-inf",
+                                  "1.5"]), mem) for mem in members]
+
+            def zadd(m: Model, _: Model) -> Any:
+                z = _get(m, k, "zset")
+                new = {} if z is None else dict(z)
+                added = changed = 0
+                for sc, mem in pairs:
+                    score = float(sc)
+                    cur = new.get(mem)
+                    if cur is None:
+                        if "XX" in opts:
+                            continue
+                        new[mem] = score
+                        added += 1
+                    elif "NX" in opts or ("GT" in opts and score <= cur) or (
+                            "LT" in opts and score >= cur):
+                        continue
+                    elif score != cur:
+                        new[mem] = score
+                        changed += 1
+                _store(m, k, "zset", new)
+                return added + changed if "CH" in opts else added
+            return ["ZADD", k, *opts, *[x for p in pairs for x in p]], zadd
+        if choice < 4:
+            n = rng.randrange(-3, 4)
+
+            def zincrby(m: Model, _: Model) -> Any:
+                z = _get(m, k, "zset")
+                new = {} if z is None else dict(z)
+                score = new.get(members[0], 0.0) + n
+                if math.isnan(score):
+                    raise ValueError("resulting score is not a number (NaN)")
+                new[members[0]] = score
+                m[k] = ("zset", new)
+                return score  # redis-py's float
+            return ["ZINCRBY", k, n, members[0]], zincrby
+        if choice < 5:
+            def zrem(m: Model, _: Model) -> Any:
+                z = _get(m, k, "zset")
+                if z is None:
+                    return 0
+                new = {mem: sc for mem, sc in z.items() if mem not in members}
+                _store(m, k, "zset", new)
+                return len(z) - len(new)
+            return ["ZREM", k, *members], zrem
+        if choice < 7:
+            top = choice == 6
+            count = rng.randint(1, 3)
+
+            def zpop(m: Model, _: Model) -> Any:
+                z = _get(m, k, "zset")
+                if z is None:
+                    return []
+                order = sorted(z.items(), key=lambda item: (item[1], item[0]), reverse=top)
+                got = order[:count]
+                _store(m, k, "zset", dict(order[count:]))
+                return [(mem, sc) for mem, sc in got]  # redis-py's pairs
+            return ["ZPOPMAX" if top else "ZPOPMIN", k, count], zpop
+        if choice < 8:
+            lo, hi = sorted((rng.randrange(-5, 6), rng.randrange(-5, 6)))
+
+            def zremrangebyscore(m: Model, _: Model) -> Any:
+                z = _get(m, k, "zset")
+                if z is None:
+                    return 0
+                new = {mem: sc for mem, sc in z.items() if not lo <= sc <= hi}
+                _store(m, k, "zset", new)
+                return len(z) - len(new)
+            return ["ZREMRANGEBYSCORE", k, lo, hi], zremrangebyscore
+        if choice < 9:
+            def zunionstore(m: Model, _: Model) -> Any:
+                result: dict[str, float] = {}
+                for key in (k, k2):
+                    got = m.get(key)
+                    if got is not None and got[0] not in ("zset", "set"):
+                        raise TypeError(WRONG)
+                for key in (k, k2):
+                    got = m.get(key)
+                    if got is None:
+                        continue
+                    items = got[1].items() if got[0] == "zset" else ((x, 1.0) for x in got[1])
+                    for mem, sc in items:
+                        total = result.get(mem, 0.0) + sc
+                        result[mem] = 0.0 if math.isnan(total) else total
+                m.pop("dst", None)
+                _store(m, "dst", "zset", result)
+                return len(result)
+            return ["ZUNIONSTORE", "dst", 2, k, k2], zunionstore
+        if choice < 11:
+            left = choice == 9
+
+            def push(m: Model, _: Model) -> Any:
+                lst = _get(m, k, "list")
+                new = [] if lst is None else list(lst)
+                for mem in members:
+                    if left:
+                        new.insert(0, mem)
+                    else:
+                        new.append(mem)
+                m[k] = ("list", new)
+                return len(new)
+            return ["LPUSH" if left else "RPUSH", k, *members], push
+        count = rng.randint(1, 3)
+        left = rng.random() < 0.5
+
+        def pop(m: Model, _: Model) -> Any:
+            lst = _get(m, k, "list")
+            if lst is None:
+                return None
+            got = lst[:count] if left else lst[::-1][:count]
+            _store(m, k, "list", lst[count:] if left else lst[:len(lst) - count])
+            return got
+        return ["LPOP" if left else "RPOP", k, count], pop
+
 
 def _get(m: Model, key: str, kind: str) -> Any:
     got = m.get(key)
@@ -186,6 +316,10 @@ def _store(m: Model, key: str, kind: str, value: Any) -> None:
 def _norm(reply: Any) -> Any:
     if isinstance(reply, bytes):
         return reply.decode()
+    if isinstance(reply, list):
+        return [_norm(x) for x in reply]
+    if isinstance(reply, tuple):
+        return tuple(_norm(x) for x in reply)
     return reply
 
 
@@ -239,6 +373,13 @@ def _snapshot(r: redis.Redis) -> Model:
             out[key] = ("hash", {f.decode(): v.decode() for f, v in r.hgetall(key).items()})
         elif kind == "set":
             out[key] = ("set", {m.decode() for m in r.smembers(key)})
+        elif kind == "list":
+            out[key] = ("list", [v.decode() for v in r.lrange(key, 0, -1)])
+        elif kind == "zset":
+            items = [(m.decode(), s) for m, s in r.zrange(key, 0, -1, withscores=True)]
+            # ZRANGE's order is Redis' (score, then member bytes).
+            assert items == sorted(items, key=lambda item: (item[1], item[0].encode()))
+            out[key] = ("zset", dict(items))
         else:
             out[key] = ("string", r.get(key).decode())  # type: ignore[union-attr]
     assert r.dbsize() == len(out)
@@ -247,25 +388,40 @@ def _snapshot(r: redis.Redis) -> Model:
 
 def _audit(st: ServerThread) -> None:
     """Member records belong to live collections, exactly as many as their headers say."""
-    from shaledb.server.keyspace.values import coll_ref_of, id_of
+    from shaledb.server.keyspace.values import (
+        TAG_ZSET,
+        coll_ref_of,
+        id_of,
+        score_key,
+        unpack_score,
+    )
 
-    def walk() -> tuple[dict[int, int], dict[int, int], int]:
+    def walk() -> tuple[dict[int, int], dict[int, int], int, set[bytes], set[bytes]]:
         ks = st.server.keyspace  # type: ignore[union-attr]
         sizes: dict[int, int] = {}
+        zsets: set[int] = set()
         for phys in ks.map:
             for _, raw in ks.raw_range(bytes((phys,)), bytes((phys + 1,))):
                 ref = coll_ref_of(raw)
                 if ref is not None:
                     assert ref.id not in sizes, "two headers name one collection"
                     sizes[ref.id] = ref.size
+                    if ref.kind == TAG_ZSET:
+                        zsets.add(ref.id)
         present: dict[int, int] = {}
-        for mk, _ in ks.raw_range(b"\xf2", b"\xf3"):
-            present[id_of(mk)] = present.get(id_of(mk), 0) + 1
+        expected_index: set[bytes] = set()
+        for mk, value in ks.raw_range(b"\xf2", b"\xf3"):
+            cid = id_of(mk)
+            present[cid] = present.get(cid, 0) + 1
+            if cid in zsets:
+                expected_index.add(score_key(cid, unpack_score(value), mk[9:]))
         garbage = sum(1 for _ in ks.raw_range(b"\xf3", b"\xf4"))
-        return sizes, present, garbage
+        index = {k for k, _ in ks.raw_range(b"\xf4", b"\xf5")}
+        return sizes, present, garbage, expected_index, index
 
-    sizes, present, garbage = st.call(walk)
+    sizes, present, garbage, expected_index, index = st.call(walk)
     assert present == sizes and garbage == 0
+    assert index == expected_index, "the score index and the member records disagree"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -289,11 +445,11 @@ def test_random_commands_match_the_model_across_restarts(
                     try:
                         wants.append(fn(model[0], model[1]))
                     except (TypeError, ValueError):
-                        wants.append(None)  # checked below as an error reply
+                        wants.append(_ERROR)  # checked below as an error reply
                     pipe.execute_command(*argv)
                 results = pipe.execute(raise_on_error=False)
                 for (argv, _), got, want in zip(ops, results, wants, strict=True):
-                    if want is None:
+                    if want is _ERROR:
                         assert isinstance(got, redis.ResponseError), (argv, got)
                     elif want is True:
                         assert got in (True, b"OK"), (argv, got)

@@ -37,12 +37,13 @@ def build_table() -> dict[bytes, Command]:
         sets,
         strings,
         transactions,
+        zsets,
     )
 
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

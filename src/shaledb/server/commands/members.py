@@ -10,6 +10,7 @@ HSCAN and the other way round; COUNT and the time budget bound each call as SCAN
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final
 
@@ -27,10 +28,12 @@ def scan_cursor_db(db: int) -> int:
     return -1 - db
 
 
-def member_scan(ctx: Context, argv: list[bytes], e: Entry | None, with_values: bool) -> Any:
-    """HSCAN / SSCAN key cursor [MATCH pattern] [COUNT count] -> [next cursor, items]:
-    every member present for the whole iteration is returned exactly once; a call walks at
-    most COUNT members and stops after SCAN_TIME_BUDGET seconds of work."""
+def member_scan(ctx: Context, argv: list[bytes], e: Entry | None, with_values: bool,
+                value_of: Callable[[bytes], bytes] | None = None) -> Any:
+    """HSCAN / SSCAN / ZSCAN key cursor [MATCH pattern] [COUNT count] -> [next cursor,
+    items]: every member present for the whole iteration is returned exactly once; a call
+    walks at most COUNT members and stops after SCAN_TIME_BUDGET seconds of work.
+    ``value_of`` turns a stored value into the one replied (ZSCAN: a score)."""
     try:
         cursor = int(argv[2])
         if cursor < 0 or argv[2] != b"%d" % cursor:
@@ -77,7 +80,8 @@ def member_scan(ctx: Context, argv: list[bytes], e: Entry | None, with_values: b
             break
         last = field
         if (match is None or match(field)) and (
-                not found.add(field) or (with_values and not found.add(value))):
+                not found.add(field) or (with_values and not found.add(
+                    value if value_of is None else value_of(value)))):
             return ctx.overflow()
     else:
         return [b"0", found.done()]

@@ -1,5 +1,5 @@
-"""Clients blocked on keys (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BLMPOP; later BZPOPMIN and
-XREAD BLOCK), and waking them when a committed write makes a key ready.
+"""Clients blocked on keys (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BLMPOP, BZPOPMIN, BZPOPMAX,
+BZMPOP; later XREAD BLOCK), and waking them when a committed write makes a key ready.
 
 A blocking command that finds nothing to pop registers its client here with an *attempt*
 (a closure that runs the command again, on one key, in a given keyspace transaction) and

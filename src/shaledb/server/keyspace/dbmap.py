@@ -25,12 +25,14 @@ per-database key counts, so a server that knows only version 1 refuses the direc
 instead of writing keys its counts and chunk garbage collection would not see. A version 1
 map (or none) is read for the upgrade (:meth:`shaledb.server.keyspace.keyspace.Keyspace`).
 
-A version 3 map (server keyspace version 4) comes with hashes and sets; a version 2 map
-(strings only) is read as is and rewritten as version 3 by the first write.
+A version 3 map (server keyspace version 4) comes with hashes and sets, version 4 (server
+keyspace 5) with lists, version 5 (server keyspace 6) with sorted sets; an older map
+(version 2 to 4) is read as is and rewritten as version 5 by the first write.
 
 The other reserved first bytes (docs/format.md): ``0xF0`` chunks of large strings,
 ``0xF1`` garbage records (chunk sets to delete), ``0xF2`` the members of hashes and sets,
-``0xF3`` member garbage records (collections to delete), and under ``0xFF`` one key-count record
+``0xF3`` member garbage records (collections to delete), ``0xF4`` the score index of sorted
+sets, and under ``0xFF`` one key-count record
 per physical id (:func:`count_key`).
 """
 
@@ -50,8 +52,14 @@ PHYSICAL_DATABASES: Final = 240
 META_PREFIX: Final = 0xFF
 #: The engine key of the map record.
 MAP_KEY: Final = b"\xffdbmap"
-#: Version byte of the map record this code writes (server keyspace version 5: lists).
-MAP_VERSION: Final = 4
+#: Version byte of the map record this code writes (server keyspace version 6: sorted
+#: sets).
+MAP_VERSION: Final = 5
+#: The map version of server keyspace version 5 (strings, hashes, sets, lists): read as is;
+#: the first write records MAP_VERSION (nothing else changes), so a version 5 server, which
+#: would not see a sorted set's score index when it drops the set (it would leak), refuses
+#: the directory from then on.
+LISTS_MAP_VERSION: Final = 4
 #: The map version of server keyspace version 4 (strings, hashes and sets): read as is; the
 #: first write records MAP_VERSION (nothing else changes), so a version 4 server, which
 #: would not see a list's element records when it drops the list (they would leak), refuses
@@ -72,6 +80,8 @@ GARBAGE_PREFIX: Final = 0xF1
 MEMBER_PREFIX: Final = 0xF2
 #: First byte of the member garbage records: collections no header references any more.
 MEMBER_GARBAGE_PREFIX: Final = 0xF3
+#: First byte of the score index records of sorted sets (docs/format.md, "Sorted sets").
+SCORE_PREFIX: Final = 0xF4
 #: Engine key prefix of the per-physical-id key count records.
 COUNT_PREFIX: Final = b"\xffcount"
 _COUNTS: Final = struct.Struct(">QQ")
@@ -102,8 +112,8 @@ def decode_map(raw: bytes | None) -> list[int]:
     record that breaks the invariants (so the server refuses to start rather than guess)."""
     if raw is None:
         return identity_map()
-    if map_version(raw) not in (MAP_VERSION, HASHES_MAP_VERSION, STRINGS_MAP_VERSION,
-                                LEGACY_MAP_VERSION):
+    if map_version(raw) not in (MAP_VERSION, LISTS_MAP_VERSION, HASHES_MAP_VERSION,
+                                STRINGS_MAP_VERSION, LEGACY_MAP_VERSION):
         raise IncompatibleFormatError(
             f"the server's database map has version {raw[0]}; this ShaleDB reads versions "
             f"{LEGACY_MAP_VERSION} to {MAP_VERSION} (open the directory with the ShaleDB "
@@ -152,6 +162,8 @@ __all__ = [
     "MEMBER_PREFIX",
     "STRINGS_MAP_VERSION",
     "HASHES_MAP_VERSION",
+    "LISTS_MAP_VERSION",
+    "SCORE_PREFIX",
     "MAP_VERSION",
     "META_PREFIX",
     "PHYSICAL_DATABASES",

@@ -71,11 +71,13 @@ from .dbmap import (
     CHUNK_PREFIX,
     GARBAGE_PREFIX,
     HASHES_MAP_VERSION,
+    LISTS_MAP_VERSION,
     LOGICAL_DATABASES,
     MAP_KEY,
     MAP_VERSION,
     MEMBER_GARBAGE_PREFIX,
     MEMBER_PREFIX,
+    SCORE_PREFIX,
     STRINGS_MAP_VERSION,
     count_key,
     decode_counts,
@@ -100,6 +102,7 @@ from .values import (
     TAG_LIST,
     TAG_SET,
     TAG_STRING,
+    TAG_ZSET,
     TYPE_NAMES,
     ChunkRef,
     CollRef,
@@ -123,6 +126,10 @@ from .values import (
     member_prefix,
     now_ms,
     orphan,
+    pack_score,
+    score_key,
+    score_prefix,
+    unpack_score,
     wrong_type,
 )
 
@@ -302,10 +309,11 @@ class Keyspace:
         #: directory from then on).
         self.map_pending = False
         version = map_version(raw_map)
-        if version in (STRINGS_MAP_VERSION, HASHES_MAP_VERSION):
-            # Server keyspace versions 3 and 4 have the same bytes minus hashes and sets
-            # (3) and lists (3, 4): the first write records the new map version (see
-            # Keyspace.write), before the directory can hold what they would misread.
+        if version in (STRINGS_MAP_VERSION, HASHES_MAP_VERSION, LISTS_MAP_VERSION):
+            # Server keyspace versions 3 to 5 have the same bytes minus hashes and sets
+            # (3), lists (3, 4) and sorted sets (3 to 5): the first write records the new
+            # map version (see Keyspace.write), before the directory can hold what they
+            # would misread.
             self.map_pending = True
         elif version != MAP_VERSION:
             if raw_map is None and self._first_server_key() is None:
@@ -356,6 +364,8 @@ class Keyspace:
         #: tombstones of the members deleted at that end (a set drained by SPOP). Learnt by
         #: walks from an end, lowered / raised by the commit of a member outside them.
         self.member_bounds: dict[int, list[bytes | None]] = {}
+        #: The same for the score index of sorted sets (ZPOPMIN drains it from one end).
+        self.score_bounds: dict[int, list[bytes | None]] = {}
         #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
         self.hits = 0
         self.misses = 0
@@ -837,6 +847,8 @@ class KeyspaceTxn:
                 new = self.new_collection(coll.kind)
                 for field, value in list(self.members(coll)):
                     self._put_member(member_key(new.id, field), value)
+                    if coll.kind == TAG_ZSET:
+                        self._put_member(score_key(new.id, unpack_score(value), field), b"")
                 coll = coll._replace(id=new.id)  # a list keeps its head
             self._put(ek, Entry(b"", expire_ms, 0, None, None, coll))
             return
@@ -1081,6 +1093,79 @@ class KeyspaceTxn:
             if v is not _NO_MEMBER:
                 yield k[9:], v
 
+    def score_walk(self, coll: CollRef, lo: bytes = b"", hi: bytes | None = None, *,
+                   reverse: bool = False) -> Iterator[bytes]:
+        """The score index entries (:func:`score_bytes` of the score + member) of sorted
+        set ``coll`` with ``lo <= entry < hi`` (None: no upper bound), in (score, member)
+        order (in reverse: from the highest down), this transaction's own writes included.
+        A walk of the engine's index range: memory does not grow with the set. As
+        :meth:`members` does, a walk from either end starts at the bound learnt for that
+        end, past the tombstones of the entries ZPOPMIN / ZPOPMAX deleted there."""
+        prefix = score_prefix(coll.id)
+        end = score_prefix(coll.id + 1)
+        lo_k = prefix + lo
+        hi_k = end if hi is None else prefix + hi
+        if lo_k >= hi_k:
+            return
+        idx = self._members
+        own = sorted((k for k in idx if lo_k <= k < hi_k), reverse=reverse) if idx else []
+        all_bounds = self._ks.score_bounds
+        bounds = all_bounds.get(coll.id)
+        base_lo, base_hi = lo_k, hi_k
+        if bounds is not None:
+            if bounds[0] is not None and bounds[0] > base_lo:
+                base_lo = bounds[0]
+            if bounds[1] is not None and bounds[1] + b"\x00" < base_hi:
+                base_hi = bounds[1] + b"\x00"
+        from_end = (hi is None) if reverse else not lo
+        base: Iterator[tuple[bytes, bytes]] = (
+            iter(()) if coll.id in self._new_ids or base_lo >= base_hi
+            else self._ks.db.range(base_lo, base_hi, reverse=reverse))
+        i, n = 0, len(own)
+        for k, _ in base:
+            if from_end:  # the first committed entry from this end: a bound
+                from_end = False
+                if bounds is None:
+                    bounds = all_bounds[coll.id] = [None, None]
+                    while len(all_bounds) > MEMBER_DELETES_MAX:
+                        del all_bounds[next(iter(all_bounds))]
+                bounds[1 if reverse else 0] = k
+            while i < n and (own[i] > k if reverse else own[i] < k):
+                if idx[own[i]] is not _NO_MEMBER:
+                    yield own[i][9:]
+                i += 1
+            if i < n and own[i] == k:
+                i += 1
+                if idx[k] is _NO_MEMBER:
+                    continue
+            yield k[9:]
+        for k in own[i:]:
+            if idx[k] is not _NO_MEMBER:
+                yield k[9:]
+
+    def zset_write(self, db: int, key: bytes, e: Entry | None, coll: CollRef,
+                   puts: Iterable[tuple[bytes, float, float | None]] = (),
+                   drops: Iterable[tuple[bytes, float]] = ()) -> None:
+        """Buffer sorted set member writes (``(member, new score, old score or None)``)
+        and removals (``(member, score)``) of ``key`` with its new header ``coll`` (size
+        already updated), keeping ``e``'s expiry: the member record and its score index
+        record change together. A size of 0 deletes the key (its remaining records become
+        garbage: O(1))."""
+        cid = coll.id
+        for member, score, old in puts:
+            if old is not None:
+                self._put_member(score_key(cid, old, member), _NO_MEMBER)
+            self._put_member(member_key(cid, member), pack_score(score))
+            self._put_member(score_key(cid, score, member), b"")
+        for member, score in drops:
+            self._put_member(member_key(cid, member), _NO_MEMBER)
+            self._put_member(score_key(cid, score, member), _NO_MEMBER)
+        ek = engine_key(self._phys(db), key)
+        if coll.size <= 0:
+            self._put(ek, _DELETED)
+        else:
+            self._put(ek, Entry(b"", 0 if e is None else e.expire_ms, 0, None, None, coll))
+
     def random_members(self, coll: CollRef, count: int, *, distinct: bool
                        ) -> Iterator[tuple[bytes, bytes]]:
         """``count`` members of ``coll`` drawn at random (``distinct``: no repeats, at most
@@ -1212,7 +1297,7 @@ class KeyspaceTxn:
                     chunks.pop(ek, None)
                 else:
                     chunks[ek] = previous
-            elif ek[0] == MEMBER_PREFIX:
+            elif ek[0] == MEMBER_PREFIX or ek[0] == SCORE_PREFIX:
                 if previous is None:
                     self._members.pop(ek, None)
                 else:
@@ -1304,9 +1389,10 @@ class KeyspaceTxn:
             # Members of collections no written header names were dropped (deleted,
             # flushed or overwritten) in this transaction: their garbage record covers them.
             if cid in named_colls:
+                index = mk[0] == SCORE_PREFIX  # a sorted set's score index record
                 if value is not _NO_MEMBER:
                     batch.put(mk, value)
-                    bounds = ks.member_bounds.get(cid)
+                    bounds = (ks.score_bounds if index else ks.member_bounds).get(cid)
                     if bounds is not None:  # a member outside the known bounds moves them
                         if bounds[0] is not None and mk < bounds[0]:
                             bounds[0] = mk
@@ -1314,7 +1400,8 @@ class KeyspaceTxn:
                             bounds[1] = mk
                 elif cid not in new_ids:
                     batch.delete(mk)
-                    member_deletes[cid] = member_deletes.get(cid, 0) + 1
+                    if not index:
+                        member_deletes[cid] = member_deletes.get(cid, 0) + 1
         if new_map is not None and new_map != ks.map:
             batch.put(MAP_KEY, encode_map(new_map))
         else:

@@ -55,6 +55,7 @@ from .values import (
     member_garbage_key,
     member_prefix,
     orphan,
+    score_prefix,
 )
 
 
@@ -209,9 +210,11 @@ class Purger:
         """Delete up to ``max_members`` members of orphaned collections (hashes, sets
         deleted, expired, overwritten or flushed: one write batch, with the member garbage
         records updated to match); whether garbage remains. A record's value says where the
-        previous step stopped (``0x01`` + the last member it deleted), so a step never walks
-        the tombstones of the members deleted before it, and a crash resumes there: the
-        members before it are deleted in the same batch that records it."""
+        previous step stopped (``0x01`` + the last member it deleted; ``0x02`` + the last
+        score index entry it deleted once the members are gone: a sorted set's index goes
+        after its members), so a step never walks the tombstones of the records deleted
+        before it, and a crash resumes there: the records before it are deleted in the same
+        batch that records it."""
         ks = self._ks
         ids = ks.member_garbage_ids
         if not ids and ks.member_garbage_unlisted:
@@ -230,17 +233,32 @@ class Purger:
             if raw is None:
                 done += 1  # finished already (listed twice)
                 continue
-            prefix = member_prefix(cid)
-            lo = prefix + raw[1:] + b"\x00" if raw else prefix
+            if not raw or raw[0] == 0x01:  # the member records first
+                prefix = member_prefix(cid)
+                lo = prefix + raw[1:] + b"\x00" if raw else prefix
+                last = None
+                n = 0
+                for mk, _ in ks.raw_range(lo, member_prefix(cid + 1), limit=budget):
+                    batch.delete(mk)
+                    last = mk
+                    n += 1
+                budget -= n
+                if budget == 0 and last is not None:
+                    batch.put(gk, b"\x01" + last[len(prefix):])  # maybe more: go on after it
+                    break
+                raw = b"\x02"
+            # Then a sorted set's score index records (none for another type: one seek).
+            prefix = score_prefix(cid)
+            lo = prefix + raw[1:] + b"\x00" if len(raw) > 1 else prefix
             last = None
             n = 0
-            for mk, _ in ks.raw_range(lo, member_prefix(cid + 1), limit=budget):
-                batch.delete(mk)
-                last = mk
+            for sk, _ in ks.raw_range(lo, score_prefix(cid + 1), limit=budget):
+                batch.delete(sk)
+                last = sk
                 n += 1
             budget -= n
             if budget == 0 and last is not None:
-                batch.put(gk, b"\x01" + last[len(prefix):])  # maybe more: go on after it
+                batch.put(gk, b"\x02" + last[len(prefix):])  # maybe more: go on after it
                 break
             batch.delete(gk)
             done += 1

@@ -21,7 +21,12 @@ sweeper and the purger all build on them.
 - list header: tag ``0x04`` (``0x84`` with an expiry), then the collection id, the size and
   the index of the first element (8 bytes each, big-endian); element ``i`` (0-based) is the
   member record whose member bytes are ``head + i`` as 8 big-endian bytes. The first list's
-  head is :data:`LIST_BIAS` (2^63), so pushes at either end for 2^63 elements never wrap.
+  head is :data:`LIST_BIAS` (2^63), so pushes at either end for 2^63 elements never wrap;
+- sorted set header: tag ``0x05`` (``0x85`` with an expiry), then the collection id and its
+  size, as a hash's; member record: ``0xF2`` + id + member -> the score as an 8-byte
+  big-endian IEEE 754 double; score index record: ``0xF4`` + id + the score in
+  order-preserving form (:func:`score_bytes`, 8 bytes) + member -> empty, so the index
+  walks in (score, member) order, Redis' order.
 
 Collection ids and chunk-set ids are drawn from one counter, so an id names one thing.
 """
@@ -37,7 +42,13 @@ import shaledb
 from ...errors import CorruptionError
 from ...options import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from ..errors import CommandError
-from .dbmap import CHUNK_PREFIX, GARBAGE_PREFIX, MEMBER_GARBAGE_PREFIX, MEMBER_PREFIX
+from .dbmap import (
+    CHUNK_PREFIX,
+    GARBAGE_PREFIX,
+    MEMBER_GARBAGE_PREFIX,
+    MEMBER_PREFIX,
+    SCORE_PREFIX,
+)
 
 #: Longest string value: the engine's value limit minus the largest inline header (kept when
 #: large strings became chunked, which would allow more; proto-max-bulk-len caps it anyway).
@@ -58,11 +69,12 @@ TAG_CHUNKED: Final = 0x01
 TAG_HASH: Final = 0x02
 TAG_SET: Final = 0x03
 TAG_LIST: Final = 0x04
+TAG_ZSET: Final = 0x05
 #: Redis' TYPE name of each encoding.
 TYPE_NAMES: Final = {TAG_STRING: b"string", TAG_CHUNKED: b"string", TAG_HASH: b"hash",
-                     TAG_SET: b"set", TAG_LIST: b"list"}
+                     TAG_SET: b"set", TAG_LIST: b"list", TAG_ZSET: b"zset"}
 #: Collection encodings: a header naming a collection id, and member records.
-COLL_TAGS: Final = frozenset((TAG_HASH, TAG_SET, TAG_LIST))
+COLL_TAGS: Final = frozenset((TAG_HASH, TAG_SET, TAG_LIST, TAG_ZSET))
 #: The index of the first element of a new list: the middle of the unsigned 64-bit range,
 #: so LPUSH and RPUSH both have 2^63 indexes to go (Kvrocks' bias).
 LIST_BIAS: Final = 2**63
@@ -70,6 +82,8 @@ LIST_BIAS: Final = 2**63
 LIST_INDEX_MAX: Final = 2**64 - 1
 #: Longest hash field or set member: the engine's key limit minus the member key's prefix.
 MAX_MEMBER: Final = MAX_KEY_SIZE - 9
+#: Longest sorted set member: its score index key also holds the 8 score bytes.
+MAX_ZMEMBER: Final = MAX_KEY_SIZE - 17
 _EXPIRY_BIT: Final = 0x80
 _EXP: Final = struct.Struct(">Q")
 _REF: Final = struct.Struct(">QQ")
@@ -154,6 +168,49 @@ def list_index(index: int) -> bytes:
 def list_index_of(member: bytes) -> int:
     """Inverse of :func:`list_index`."""
     return int(_INDEX.unpack(member)[0])
+
+
+_DOUBLE: Final = struct.Struct(">d")
+_SIGN: Final = 1 << 63
+_ALL: Final = (1 << 64) - 1
+
+
+def pack_score(score: float) -> bytes:
+    """A sorted set member's value: its score as an 8-byte big-endian double."""
+    return _DOUBLE.pack(score)
+
+
+def unpack_score(raw: bytes) -> float:
+    """Inverse of :func:`pack_score`."""
+    if len(raw) != 8:
+        raise CorruptionError(f"a sorted set member's score has {len(raw)} bytes, expected 8")
+    return float(_DOUBLE.unpack(raw)[0])
+
+
+def score_bytes(score: float) -> bytes:
+    """The score in order-preserving form: the double's bits with the sign bit flipped for
+    a positive number and every bit flipped for a negative one, so bytewise order is
+    numeric order, -inf first, +inf last. -0.0 is written as 0.0 (they compare equal, so
+    members scored either way sort by member, as in Redis)."""
+    (bits,) = _INDEX.unpack(_DOUBLE.pack(score + 0.0))
+    return _INDEX.pack(bits ^ _ALL if bits & _SIGN else bits | _SIGN)
+
+
+def score_of_bytes(raw: bytes) -> float:
+    """Inverse of :func:`score_bytes` (the first 8 bytes of ``raw``)."""
+    (bits,) = _INDEX.unpack_from(raw)
+    bits = bits ^ _SIGN if bits & _SIGN else bits ^ _ALL
+    return float(_DOUBLE.unpack(_INDEX.pack(bits))[0])
+
+
+def score_prefix(cid: int) -> bytes:
+    """The first 9 bytes of every score index key of sorted set ``cid``."""
+    return _ID.pack(SCORE_PREFIX, cid)
+
+
+def score_key(cid: int, score: float, member: bytes) -> bytes:
+    """The score index key of ``member`` with ``score`` in sorted set ``cid``."""
+    return _ID.pack(SCORE_PREFIX, cid) + score_bytes(score) + member
 
 
 def member_garbage_key(cid: int) -> bytes:
@@ -267,6 +324,14 @@ def encode_header(ref: ChunkRef, expire_ms: int) -> bytes:
 
 
 __all__ = [
+    "MAX_ZMEMBER",
+    "TAG_ZSET",
+    "pack_score",
+    "score_bytes",
+    "score_key",
+    "score_of_bytes",
+    "score_prefix",
+    "unpack_score",
     "COLL_TAGS",
     "LIST_BIAS",
     "LIST_INDEX_MAX",
