@@ -71,6 +71,11 @@ CATEGORIES: Final = (
 #: Commands that read or write keys outside their key positions (ranges, KBATCH's op list):
 #: only ``allkeys`` users.
 NEEDS_ALL_KEYS: Final = frozenset(("krange", "kdelrange", "kbatch"))
+#: The channel arguments of the pub/sub commands, for the ``&pattern`` checks: (first,
+#: last (-1: to the end), whether they are patterns).
+CHANNEL_ARGS: Final = {
+    "publish": (1, 1, False), "spublish": (1, 1, False), "subscribe": (1, -1, False),
+    "ssubscribe": (1, -1, False), "psubscribe": (1, -1, True)}
 #: Longest ``object``/``username`` kept in an ACL log entry (they come from clients).
 LOG_FIELD_MAX: Final = 128
 #: Denials of the same kind within this many seconds are one log entry with a count.
@@ -140,6 +145,8 @@ class User:
     unrestricted: bool = dataclasses.field(default=False, repr=False)
     _key_matchers: list[Callable[[bytes], bool]] = dataclasses.field(
         default_factory=list, repr=False)
+    _channel_matchers: list[Callable[[bytes], bool]] = dataclasses.field(
+        default_factory=list, repr=False)
 
     def copy(self) -> User:
         """An independent copy to apply changes to."""
@@ -147,7 +154,8 @@ class User:
             self, passwords=list(self.passwords), allowed=set(self.allowed),
             command_rules=list(self.command_rules), key_patterns=list(self.key_patterns),
             channel_patterns=list(self.channel_patterns),
-            _key_matchers=list(self._key_matchers))
+            _key_matchers=list(self._key_matchers),
+            _channel_matchers=list(self._channel_matchers))
 
     # -- rules -----------------------------------------------------------------------------
     def apply(self, rule: bytes, index: CommandIndex) -> None:
@@ -201,13 +209,22 @@ class User:
         elif low == b"allchannels" or rule == b"&*":
             self.allchannels = True
             self.channel_patterns = [b"*"]
+            self._channel_matchers = []
         elif low == b"resetchannels":
             self.allchannels = False
             self.channel_patterns = []
+            self._channel_matchers = []
         elif head == b"&":
             _check_token(rule[1:], "A channel pattern")
             if not self.allchannels and rule[1:] not in self.channel_patterns:
+                # Bounded like key patterns: every PUBLISH / SUBSCRIBE of the user is
+                # matched against them on the event loop.
+                try:
+                    matcher = compile_glob(rule[1:], bounded=True)
+                except PatternError as exc:
+                    raise AclRuleError(f"A channel pattern is {exc}") from None
                 self.channel_patterns.append(rule[1:])
+                self._channel_matchers.append(matcher)
         elif low in (b"allcommands", b"+@all"):
             self.allowed = set(index.units)
             self.command_rules = ["+@all"]
@@ -247,7 +264,7 @@ class User:
         self.command_rules.append(rule)
 
     def _refresh(self, index: CommandIndex) -> None:
-        self.unrestricted = self.allkeys and self.allowed >= index.units
+        self.unrestricted = self.allkeys and self.allchannels and self.allowed >= index.units
 
     # -- checks ----------------------------------------------------------------------------
     def check_password(self, digest: bytes) -> bool:
@@ -260,6 +277,16 @@ class User:
     def key_allowed(self, key: bytes) -> bool:
         """Whether one of the user's key patterns matches ``key``."""
         return self.allkeys or any(match(key) for match in self._key_matchers)
+
+    def channel_allowed(self, channel: bytes, pattern: bool = False) -> bool:
+        """Whether the user may use ``channel`` (PUBLISH, SUBSCRIBE: one of its ``&``
+        patterns matches it) or, ``pattern``, subscribe to the pattern ``channel``
+        (PSUBSCRIBE: it must be one of its ``&`` patterns, literally, as in Redis 7)."""
+        if self.allchannels:
+            return True
+        if pattern:
+            return channel in self.channel_patterns
+        return any(match(channel) for match in self._channel_matchers)
 
     # -- description -----------------------------------------------------------------------
     def flags(self) -> list[str]:
@@ -477,15 +504,20 @@ class Acl:
             return NoPermissionError(
                 f"User {user.name.decode('utf-8', 'replace')} has no permissions to run "
                 f"the '{unit}' command")
-        if user.allkeys:
-            return None
-        if cmd.name in NEEDS_ALL_KEYS:
-            self.record("key", context, cmd.name.encode(), user.name, client)
-            return NoPermissionError("No permissions to access a key")
-        for key in cmd.keys(argv):
-            if not user.key_allowed(key):
-                self.record("key", context, key, user.name, client)
+        if not user.allkeys:
+            if cmd.name in NEEDS_ALL_KEYS:
+                self.record("key", context, cmd.name.encode(), user.name, client)
                 return NoPermissionError("No permissions to access a key")
+            for key in cmd.keys(argv):
+                if not user.key_allowed(key):
+                    self.record("key", context, key, user.name, client)
+                    return NoPermissionError("No permissions to access a key")
+        if not user.allchannels and cmd.name in CHANNEL_ARGS:
+            first, last, pattern = CHANNEL_ARGS[cmd.name]
+            for channel in argv[first:len(argv) if last < 0 else last + 1]:
+                if not user.channel_allowed(channel, pattern):
+                    self.record("channel", context, channel, user.name, client)
+                    return NoPermissionError("No permissions to access a channel")
         return None
 
     def record(self, reason: str, context: str, obj: bytes, username: bytes,
@@ -522,6 +554,7 @@ def client_info(client: AclClient) -> bytes:
 
 __all__ = [
     "CATEGORIES",
+    "CHANNEL_ARGS",
     "DEFAULT_USER",
     "LOG_FIELD_MAX",
     "Acl",

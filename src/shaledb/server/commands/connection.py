@@ -37,6 +37,8 @@ def ping(ctx: Context, argv: list[bytes]) -> Any:
     """PING [message]"""
     if len(argv) > 2:
         raise wrong_arity("ping")
+    if ctx.client.resp == 2 and ctx.client.subscriptions:
+        return [b"pong", argv[1] if len(argv) == 2 else b""]  # subscribed mode, as Redis
     return PONG if len(argv) == 1 else argv[1]
 
 
@@ -60,6 +62,7 @@ def reset(ctx: Context, argv: list[bytes]) -> Any:
     client = ctx.client
     client.multi = None
     ctx.services.watches.unwatch_all(client)
+    ctx.services.pubsub.forget(client)  # subscriptions and MONITOR end, as in Redis
     client.db = 0
     client.resp = 2
     client.name = b""
@@ -201,7 +204,8 @@ _CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
 
 
 def _flags(c: ClientState) -> str:
-    flags = ("x" if c.multi is not None else "") + ("d" if c.dirty_cas else "") + (
+    flags = ("O" if c.monitor else "") + ("P" if c.subscriptions else "") + (
+        "x" if c.multi is not None else "") + ("d" if c.dirty_cas else "") + (
         "c" if c.close_after_reply else "")
     return flags or "N"
 
@@ -219,7 +223,8 @@ def client_line(server: Services, c: ClientState) -> bytes:
         ("id", c.id), ("addr", c.addr), ("laddr", c.laddr), ("fd", c.fd),
         ("name", c.name.decode("utf-8", "replace")), ("age", int(now - c.created)),
         ("idle", int(now - c.last_active)), ("flags", _flags(c)), ("db", c.db),
-        ("sub", 0), ("psub", 0), ("ssub", 0),
+        ("sub", len(c.channels)), ("psub", len(c.patterns)),
+        ("ssub", len(c.shard_channels)),
         ("multi", len(c.multi) if c.multi is not None else -1), ("qbuf", mem["qbuf"]),
         ("qbuf-free", 0), ("argv-mem", mem["argv-mem"]), ("multi-mem", multi_mem),
         ("obl", 0), ("oll", mem["oll"]), ("omem", mem["omem"]), ("tot-mem", tot),
@@ -246,8 +251,12 @@ def _client_list(ctx: Context, argv: list[bytes]) -> bytes:
             if kind not in _CLIENT_TYPES:
                 raise CommandError(
                     f"Unknown client type '{argv[i + 1].decode('utf-8', 'replace')}'")
-            if kind != b"normal":
-                clients = []  # no replicas, masters or pub/sub clients
+            if kind == b"pubsub":
+                clients = [c for c in clients if c.subscriptions]
+            elif kind == b"normal":
+                clients = [c for c in clients if not c.subscriptions]
+            else:
+                clients = []  # no replicas or masters
             i += 2
         elif opt == b"id" and i + 1 < len(argv):
             ids = set()

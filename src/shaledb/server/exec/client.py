@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from ..admin.acl import User
@@ -27,7 +28,8 @@ class ClientState:
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "ever_authenticated", "output_budget", "exec_started", "__weakref__")
+                 "ever_authenticated", "output_budget", "exec_started", "channels", "patterns",
+                 "shard_channels", "monitor", "push", "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -68,6 +70,20 @@ class ClientState:
         #: perf_counter() when the running EXEC started (None outside EXEC): the SCANs it
         #: queued share one time budget, counted from there.
         self.exec_started: float | None = None
+        #: Pub/sub subscriptions (:mod:`shaledb.server.exec.pubsub`), in the order made.
+        self.channels: dict[bytes, None] = {}
+        self.patterns: dict[bytes, None] = {}
+        self.shard_channels: dict[bytes, None] = {}
+        #: In MONITOR mode: sent every command the server runs.
+        self.monitor = False
+        #: Sends an out-of-band message (a pub/sub message, a MONITOR line) to the client,
+        #: charged to its output buffer limit; set by the connection (None: nowhere).
+        self.push: Callable[[Any], None] | None = None
+
+    @property
+    def subscriptions(self) -> int:
+        """How many channels, patterns and shard channels the client is subscribed to."""
+        return len(self.channels) + len(self.patterns) + len(self.shard_channels)
 
     def __repr__(self) -> str:
         return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"

@@ -195,6 +195,11 @@ class ClientConnection(asyncio.Protocol):
         self._parked: list[WriteGroup | Output] = []
         self._parked_bytes = 0
         self.closing = False
+        #: When the output went above the soft limit of the pubsub class (None: it is not).
+        self._soft_since: float | None = None
+        #: The batch of replies being produced by this connection's commands right now: a
+        #: message it publishes to itself goes there, after the replies before it.
+        self._group: WriteGroup | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -240,6 +245,7 @@ class ClientConnection(asyncio.Protocol):
         if sock is not None:
             self.client.fd = sock.fileno()
         server.connections[self.client.id] = self
+        self.client.push = self.push
         server.stats["total_connections_received"] += 1
         if self._tls is not None:
             transport.pause_reading()  # start_tls takes the transport over
@@ -303,6 +309,8 @@ class ClientConnection(asyncio.Protocol):
         if self.client is not None:
             self.server.watches.unwatch_all(self.client)
             self.server.blocking.cancel(self.client)
+            self.server.pubsub.forget(self.client)
+            self.client.push = None
             self.server.connections.pop(self.client.id, None)
             self.server.scan_cursors.release(self.client.id)
 
@@ -374,7 +382,7 @@ class ClientConnection(asyncio.Protocol):
                 # What the client may still be sent before client_output_buffer_limit: every
                 # reply is charged to it as it is produced (by an ArrayBuilder while it is
                 # being built), so no request makes the server hold more than the limit.
-                limit = server.config.client_output_buffer_limit
+                limit = self._hard_limit()
                 room = (limit - self.output_bytes - self._parked_bytes) if limit > 0 \
                     else NO_LIMIT
                 while requests and size < OUTPUT_BATCH:
@@ -384,7 +392,9 @@ class ClientConnection(asyncio.Protocol):
                             self._throttle(wait)
                             break
                     client.output_budget = room - size
+                    self._group = group
                     execute(client, requests.popleft(), group)
+                    self._group = None
                     reply = replies[-1]
                     server.stats["total_commands_processed"] += 1
                     if type(reply) is Deferred:
@@ -419,6 +429,7 @@ class ClientConnection(asyncio.Protocol):
                     self._await(deferred, deferred_resp)
         finally:
             server.executing = False
+            self._group = None
         if requests and not client.close_after_reply:
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
@@ -521,11 +532,51 @@ class ClientConnection(asyncio.Protocol):
         """Whether the client was disconnected for passing the output buffer limit."""
         return self.client is not None and self.client.output_overflow
 
-    def _over_limit(self, size: int) -> bool:
-        limit = self.server.config.client_output_buffer_limit
+    def _hard_limit(self) -> int:
+        """The hard output limit of the client's class: ``pubsub`` while it is subscribed
+        (as Redis' getClientType), else ``normal`` (0: none)."""
         client = self.client
-        return (client is not None and client.output_overflow) or (
-            limit > 0 and self.output_bytes + size > limit)
+        if client is not None and client.subscriptions:
+            return self.server.config.client_output_buffer_limit_pubsub[0]
+        return self.server.config.client_output_buffer_limit
+
+    def _over_limit(self, size: int) -> bool:
+        client = self.client
+        if client is None:
+            return False
+        if client.output_overflow:
+            return True
+        pending = self.output_bytes + size
+        limit = self._hard_limit()
+        if limit > 0 and pending > limit:
+            return True
+        if not client.subscriptions:
+            return False
+        # The soft limit of the pubsub class: above it for longer than its seconds.
+        _, soft, seconds = self.server.config.client_output_buffer_limit_pubsub
+        if soft <= 0 or pending <= soft:
+            self._soft_since = None
+            return False
+        now = time.monotonic()
+        if self._soft_since is None:
+            self._soft_since = now
+        return now - self._soft_since > seconds
+
+    def push(self, message: Any) -> None:
+        """Send an out-of-band message (pub/sub, MONITOR) in the client's protocol, behind
+        the replies already waiting; past the output limit the client is disconnected."""
+        client = self.client
+        transport = self.transport
+        if client is None or transport is None or transport.is_closing() or self.closing:
+            return
+        out: list[bytes] = []
+        encode(message, client.resp, out)
+        group = self._group
+        if group is not None:  # published by its own command: behind the earlier replies
+            group.replies.append(Encoded(out, sum(map(len, out))))
+            group.protocols.append(client.resp)
+            return
+        self._send(_coalesce(out), False)
 
     def _disconnect_overflow(self, size: int) -> None:
         """The client's output passed client_output_buffer_limit: drop everything it has
@@ -535,7 +586,7 @@ class ClientConnection(asyncio.Protocol):
         CLIENT_LOG.log(log, logging.WARNING, "output-limit",
                        "closing client %s (id %d, cmd %s): output buffer limit of %d bytes "
                        "exceeded (%d bytes pending, reply of %d)", client.addr, client.id,
-                       client.cmd, self.server.config.client_output_buffer_limit,
+                       client.cmd, self._hard_limit(),
                        self.output_bytes, size)
         self.server.stats["client_output_buffer_limit_disconnections"] += 1
         client.output_overflow = True
