@@ -169,7 +169,7 @@ _CLIENT_SUBCOMMANDS = {
     "id": "slow connection", "getname": "slow connection", "setname": "slow connection",
     "setinfo": "slow connection", "info": "slow connection", "list": _CLIENT_ADMIN,
     "kill": _CLIENT_ADMIN, "unblock": _CLIENT_ADMIN, "no-evict": _CLIENT_ADMIN,
-    "no-touch": "slow connection", "help": "slow connection",
+    "no-touch": "slow connection", "help": "slow connection", "reply": "slow connection",
 }
 
 CLIENT_HELP = (
@@ -194,6 +194,8 @@ CLIENT_HELP = (
     "NO-TOUCH (ON|OFF)", "    Accepted; ShaleDB keeps no access times (no LRU/LFU).",
     "SETINFO <option> <value>", "    Set client meta attr. Options are:",
     "    * LIB-NAME: the client lib name.", "    * LIB-VER: the client lib version.",
+    "REPLY (ON|OFF|SKIP)",
+    "    Control the replies sent to the current connection.",
     "SETNAME <name>", "    Assign the name <name> to the current connection.",
     "UNBLOCK <clientid> [TIMEOUT|ERROR]",
     "    Unblock the specified blocked client.",
@@ -367,6 +369,20 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
     n = len(argv)
     if sub == b"id" and n == 2:
         return client.id
+    if sub == b"reply" and n == 3:
+        # As Redis: OFF and SKIP are not answered (the connection drops the replies while
+        # reply_off / skip_replies say so); pub/sub messages still go out.
+        mode = argv[2].lower()
+        if mode == b"on":
+            client.reply_off, client.skip_replies = False, 0
+        elif mode == b"off":
+            client.reply_off = True
+        elif mode == b"skip":
+            if not client.reply_off:
+                client.skip_replies = 2  # this command's reply and the next one's
+        else:
+            raise CommandError(SYNTAX)
+        return OK
     if sub == b"getname" and n == 2:
         return client.name or None
     if sub == b"setname" and n == 3:

@@ -29,7 +29,8 @@ class ClientState:
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
                  "ever_authenticated", "output_budget", "exec_started", "channels", "patterns",
-                 "shard_channels", "monitor", "push", "__weakref__")
+                 "shard_channels", "monitor", "push", "reply_off", "skip_replies",
+                 "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -76,6 +77,10 @@ class ClientState:
         self.shard_channels: dict[bytes, None] = {}
         #: In MONITOR mode: sent every command the server runs.
         self.monitor = False
+        #: CLIENT REPLY OFF: replies are dropped; SKIP: the replies of this many commands
+        #: (the SKIP and the next) are. Pub/sub messages are sent all the same.
+        self.reply_off = False
+        self.skip_replies = 0
         #: Sends an out-of-band message (a pub/sub message, a MONITOR line) to the client,
         #: charged to its output buffer limit; set by the connection (None: nowhere).
         self.push: Callable[[Any], None] | None = None

@@ -75,6 +75,12 @@ _BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred", "blocked
 _READING: Final = frozenset(("blocked",))
 
 
+#: Commands whose replies are pub/sub messages (sent even under CLIENT REPLY OFF).
+_SUBSCRIBING: Final = frozenset((
+    "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"))
+#: A reply that sends nothing (CLIENT REPLY OFF / SKIP).
+_SILENT: Final = Encoded([], 0)
+
 #: Reply bytes for the transport: one string, or several (big values kept apart).
 Output = bytes | list[bytes]
 
@@ -397,6 +403,8 @@ class ClientConnection(asyncio.Protocol):
                     self._group = None
                     reply = replies[-1]
                     server.stats["total_commands_processed"] += 1
+                    if (client.reply_off or client.skip_replies) and type(reply) is not Deferred:
+                        reply = self._silence(replies, group)
                     if type(reply) is Deferred:
                         deferred = replies.pop()
                         deferred_resp = group.protocols.pop()
@@ -561,6 +569,21 @@ class ClientConnection(asyncio.Protocol):
         if self._soft_since is None:
             self._soft_since = now
         return now - self._soft_since > seconds
+
+    def _silence(self, replies: list[Any], group: WriteGroup) -> Any:
+        """CLIENT REPLY OFF / SKIP: drop the reply just produced -- not the messages of a
+        (un)subscribe, which Redis sends as pushes whatever the reply mode."""
+        client = self.client
+        assert client is not None
+        if client.skip_replies:
+            client.skip_replies -= 1
+        if client.cmd in _SUBSCRIBING:
+            return replies[-1]
+        replies[-1] = _SILENT
+        index = len(replies) - 1
+        if index in group.pending:  # a failed commit must not make it reappear either
+            group.pending.remove(index)
+        return _SILENT
 
     def push(self, message: Any) -> None:
         """Send an out-of-band message (pub/sub, MONITOR) in the client's protocol, behind
