@@ -106,6 +106,7 @@ class Server:
                        auth_limiter=AuthRateLimiter(config.auth_fail_burst,
                                                     config.auth_fail_rate,
                                                     config.auth_fail_max_hosts))
+        self.acl.pubsub_default = config.acl_pubsub_default.encode()
         #: Networks the failed-AUTH limit spares (auth-fail-exempt-networks).
         self.auth_exempt = parse_networks(config.auth_fail_exempt_networks)
         self.connections: dict[int, ClientConnection] = {}

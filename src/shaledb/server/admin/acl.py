@@ -216,7 +216,12 @@ class User:
             self._channel_matchers = []
         elif head == b"&":
             _check_token(rule[1:], "A channel pattern")
-            if not self.allchannels and rule[1:] not in self.channel_patterns:
+            if self.allchannels:
+                raise AclRuleError(
+                    "Adding a pattern after the * pattern (or the 'allchannels' flag) is not "
+                    "valid and does not have any effect. Try 'resetchannels' to start with an "
+                    "empty list of channels")
+            if rule[1:] not in self.channel_patterns:
                 # Bounded like key patterns: every PUBLISH / SUBSCRIBE of the user is
                 # matched against them on the event loop.
                 try:
@@ -376,6 +381,9 @@ class Acl:
         self._clock = clock
         self._next_entry = 0
         self.users: dict[bytes, User] = {DEFAULT_USER: self.default_user(password_digest)}
+        #: acl-pubsub-default: the channel rule a new user starts with (Redis 7's default
+        #: is resetchannels: no channel until granted).
+        self.pubsub_default = b"resetchannels"
 
     def default_user(self, password_digest: bytes | None) -> User:
         """Redis' ``default`` user: every command and key; ``requirepass`` is its password."""
@@ -411,11 +419,18 @@ class Acl:
                     f"Error in ACL SETUSER modifier '{_rule_for_error(rule)}': {exc}") from None
         return user
 
+    def new_user(self, name: bytes) -> User:
+        """A user as it starts: off, no password, no keys or commands, the channels of
+        acl-pubsub-default."""
+        user = User(name)
+        user.apply(self.pubsub_default, self.index)
+        return user
+
     def set_user(self, name: bytes, rules: list[bytes]) -> User:
         """ACL SETUSER: create or change ``name``; all rules or none take effect."""
         _check_token(name, "A user name")
         current = self.users.get(name)
-        user = self.build_user(current or User(name), rules)
+        user = self.build_user(current or self.new_user(name), rules)
         if current is None:
             self.users[name] = user
             return user
@@ -440,7 +455,7 @@ class Acl:
                 _check_token(name, "A user name")
                 if name in users:
                     raise AclRuleError(f"Duplicate user '{name.decode('latin-1')}' found")
-                users[name] = self.build_user(User(name), words[2:])
+                users[name] = self.build_user(self.new_user(name), words[2:])
             except AclRuleError as exc:
                 raise AclRuleError(f"{path}:{number}: {exc}") from None
         users.setdefault(DEFAULT_USER, self.default)
@@ -517,7 +532,8 @@ class Acl:
             for channel in argv[first:len(argv) if last < 0 else last + 1]:
                 if not user.channel_allowed(channel, pattern):
                     self.record("channel", context, channel, user.name, client)
-                    return NoPermissionError("No permissions to access a channel")
+                    return NoPermissionError("this user has no permissions to access one of "
+                                             "the channels used as arguments")
         return None
 
     def record(self, reason: str, context: str, obj: bytes, username: bytes,

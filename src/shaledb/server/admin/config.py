@@ -195,6 +195,9 @@ class ServerConfig:
     client_output_buffer_limit_pubsub: tuple[int, int, int] = (32 * MiB, 8 * MiB, 60)
     #: Keyspace notifications (Redis' notify-keyspace-events flag letters; "" = off).
     notify_keyspace_events: str = ""
+    #: The channel permissions a new ACL user starts with: "resetchannels" (none, Redis 7's
+    #: default) or "allchannels".
+    acl_pubsub_default: str = "resetchannels"
     #: Commands per second per client IP (None: no limit). A client over it is slowed down
     #: (the server stops reading from it until a token is due), never sent an error.
     rate_limit_per_ip: float | None = None
@@ -314,6 +317,9 @@ class ServerConfig:
                 f"server setting client_output_buffer_limit_pubsub must be three integers "
                 f">= 0 (hard bytes, soft bytes, soft seconds), got {pubsub!r}")
         object.__setattr__(self, "client_output_buffer_limit_pubsub", tuple(pubsub))
+        if self.acl_pubsub_default not in ("resetchannels", "allchannels"):
+            raise InvalidArgument("server setting acl_pubsub_default must be resetchannels "
+                                  f"or allchannels, got {self.acl_pubsub_default!r}")
         try:
             parse_flags(self.notify_keyspace_events)
         except (NotifyFlagsError, TypeError):

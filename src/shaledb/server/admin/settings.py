@@ -336,6 +336,10 @@ def _output_limit(server: Services) -> str:
             f"pubsub {hard} {soft} {seconds}")
 
 
+def _pubsub_default(server: Services, value: str) -> None:
+    server.acl.pubsub_default = value.encode()
+
+
 def _notify_flags(server: Services, _: Any) -> None:
     server.keyspace.notify_flags = parse_flags(server.config.notify_keyspace_events)
 
@@ -420,6 +424,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(MIN_BULK_LEN), _readers),
     Setting("client-query-buffer-limit", "client_query_buffer_limit", memory(1024), _readers),
     Setting("client-output-buffer-limit", None, output_buffer_limit, get=_output_limit),
+    Setting("acl-pubsub-default", "acl_pubsub_default",
+            choice("resetchannels", "allchannels"), _pubsub_default),
     Setting("notify-keyspace-events", None, notify_events, _notify_flags,
             get=lambda server: server.config.notify_keyspace_events),
     Setting("requirepass", None, password, _requirepass, get=_show_requirepass),
