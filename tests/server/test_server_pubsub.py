@@ -450,3 +450,37 @@ def test_monitor_format_and_redaction(server_factory: Callable[..., ServerThread
     assert len(client) == 1
     m.close()
     c.close()
+
+
+def test_client_reply_off_and_skip_keep_pubsub_messages(server: ServerThread) -> None:
+    c = RawClient(server.port)
+    c.send("CLIENT", "REPLY", "OFF")
+    c.send("SET", "k", "v")  # no reply
+    c.send("SUBSCRIBE", "ch")  # its message is sent all the same (Redis 7)
+    assert c.read() == [b"subscribe", b"ch", 1]
+    r = server.client()
+    assert r.publish("ch", "m") == 1
+    assert c.read() == [b"message", b"ch", b"m"]
+    c.send("RESET")  # RESET turns replies back on (and unsubscribes)
+    assert c.read() == b"RESET"
+    c.send("CLIENT", "REPLY", "SKIP")
+    c.send("GET", "k")  # skipped
+    assert c("GET", "k") == b"v"
+    assert c("CLIENT", "REPLY", "ON") == b"OK"
+    c.close()
+
+
+def test_blocked_pop_served_by_a_push_announces_both_in_order(server: ServerThread) -> None:
+    r = server.client()
+    r.config_set("notify-keyspace-events", "El")
+    p = r.pubsub()
+    p.psubscribe("__keyevent@0__:*")
+    p.get_message(timeout=2)
+    b = RawClient(server.port)
+    b.send("BLPOP", "q", "5")
+    wait_until(lambda: int(r.info("clients")["blocked_clients"]) == 1, 5, "BLPOP to block")
+    r.rpush("q", "job")
+    assert b.read() == [b"q", b"job"]
+    assert _events(p, 2) == [(b"__keyevent@0__:rpush", b"q"), (b"__keyevent@0__:lpop", b"q")]
+    p.close()
+    b.close()

@@ -63,6 +63,7 @@ def reset(ctx: Context, argv: list[bytes]) -> Any:
     client.multi = None
     ctx.services.watches.unwatch_all(client)
     ctx.services.pubsub.forget(client)  # subscriptions and MONITOR end, as in Redis
+    client.reply_off, client.skip_replies = False, 0  # CLIENT REPLY ON
     client.db = 0
     client.resp = 2
     client.name = b""
