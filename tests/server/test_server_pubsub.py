@@ -484,3 +484,25 @@ def test_blocked_pop_served_by_a_push_announces_both_in_order(server: ServerThre
     assert _events(p, 2) == [(b"__keyevent@0__:rpush", b"q"), (b"__keyevent@0__:lpop", b"q")]
     p.close()
     b.close()
+
+
+def test_subscriptions_per_client_are_bounded(server: ServerThread) -> None:
+    r = server.client()
+    r.config_set("max-subscriptions", "3")
+    c = RawClient(server.port)
+    c.send("SUBSCRIBE", "a", "b")
+    assert [c.read(), c.read()] == [[b"subscribe", b"a", 1], [b"subscribe", b"b", 2]]
+    err = c("PSUBSCRIBE", "x*", "y*")  # 4 > 3: refused, nothing subscribed
+    assert isinstance(err, Exception) and "max-subscriptions (3)" in str(err)
+    assert r.pubsub_numpat() == 0
+    c.send("SUBSCRIBE", "a", "b", "c")  # already subscribed ones do not count twice
+    assert [c.read()[2] for _ in range(3)] == [2, 2, 3]
+    err = c("SSUBSCRIBE", "s")
+    assert isinstance(err, Exception) and "max-subscriptions" in str(err)
+    # A pattern too complex to match cheaply refuses the whole PSUBSCRIBE.
+    c2 = RawClient(server.port)
+    err = c2("PSUBSCRIBE", "ok*", "?" * 5000)
+    assert isinstance(err, Exception) and "pattern" in str(err)
+    assert r.pubsub_numpat() == 0
+    c.close()
+    c2.close()

@@ -97,6 +97,10 @@ class ServerConfig:
     client_query_buffer_limit: int = 64 * MiB
     #: Most keys one client may WATCH at once (``-ERR`` beyond it).
     max_watched_keys: int = 10_000
+    #: Most channels, patterns and shard channels one client may be subscribed to at once
+    #: (``-ERR`` beyond it, nothing subscribed; Redis has no limit). Each costs the server
+    #: memory for as long as the client stays connected.
+    max_subscriptions: int = 100_000
     #: Most bytes of commands queued by one MULTI (the transaction is aborted beyond it).
     max_multi_bytes: int = 64 * MiB
     #: Most SCAN cursors remembered per client (and for the clients that disconnected,
@@ -254,6 +258,7 @@ class ServerConfig:
         integer("proto_max_bulk_len", MIN_BULK_LEN, MAX_USER_VALUE)
         integer("client_query_buffer_limit", 1024)
         integer("max_watched_keys", 1, MAX_TRACKED_HOSTS)
+        integer("max_subscriptions", 1, 10_000_000)
         integer("max_multi_bytes", 1)
         integer("max_scan_cursors", 1)
         integer("krange_max_limit", 1)

@@ -431,6 +431,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("requirepass", None, password, _requirepass, get=_show_requirepass),
     Setting("protected-mode", "protected_mode", yes_no),
     Setting("max-watched-keys", "max_watched_keys", integer(1, MAX_TRACKED_HOSTS)),
+    Setting("max-subscriptions", "max_subscriptions", integer(1, 10_000_000)),
     Setting("max-multi-bytes", "max_multi_bytes", memory(1)),
     Setting("max-scan-cursors", "max_scan_cursors", integer(1), _scan_cursors),
     Setting("krange-max-limit", "krange_max_limit", integer(1)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import CommandError
+from ..glob import compile_glob
 from ..net.protocol import OK, Encoded, Push, encode
 from . import CommandFamily, Context, wrong_arity
 
@@ -55,8 +56,24 @@ def ssubscribe(ctx: Context, argv: list[bytes]) -> Any:
     return _subscribe(ctx, argv, b"ssubscribe", shard=True)
 
 
+def _check_room(ctx: Context, new: list[bytes], mine: dict[bytes, None]) -> None:
+    """Refuse, before subscribing to any, what would take the client past
+    max-subscriptions."""
+    limit = ctx.services.config.max_subscriptions
+    have = ctx.client.subscriptions
+    if have + len(new) <= limit:
+        return  # the common case: no need to count what is already subscribed
+    adding = sum(1 for c in dict.fromkeys(new) if c not in mine)
+    if have + adding > limit:
+        raise CommandError(
+            f"max-subscriptions ({limit}) would be exceeded: this client is subscribed to "
+            f"{have} channels and patterns and asked for {adding} more; unsubscribe some "
+            f"first (or raise max-subscriptions)")
+
+
 def _subscribe(ctx: Context, argv: list[bytes], kind: bytes, shard: bool) -> Any:
     client, registry = ctx.client, ctx.services.pubsub
+    _check_room(ctx, argv[1:], client.shard_channels if shard else client.channels)
     frames = []
     for channel in argv[1:]:
         registry.subscribe(client, channel, shard)
@@ -68,9 +85,13 @@ def _subscribe(ctx: Context, argv: list[bytes], kind: bytes, shard: bool) -> Any
 def psubscribe(ctx: Context, argv: list[bytes]) -> Any:
     """PSUBSCRIBE pattern [pattern ...]"""
     client, registry = ctx.client, ctx.services.pubsub
+    _check_room(ctx, argv[1:], client.patterns)
+    for pattern in argv[1:]:  # a pattern too complex to match refuses them all
+        if pattern not in registry.patterns:
+            compile_glob(pattern, bounded=True)
     frames = []
     for pattern in argv[1:]:
-        registry.psubscribe(client, pattern)  # PatternError before any frame of it
+        registry.psubscribe(client, pattern)
         frames.append(Push((b"psubscribe", pattern, _count(client, False))))
     return _frames(ctx, frames)
 
