@@ -29,7 +29,7 @@ class ClientState:
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
                  "ever_authenticated", "output_budget", "exec_started", "channels", "patterns",
-                 "shard_channels", "monitor", "push", "reply_off", "skip_replies",
+                 "shard_channels", "monitor", "push", "reply_off", "skip_replies", "subscribed",
                  "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
@@ -75,6 +75,8 @@ class ClientState:
         self.channels: dict[bytes, None] = {}
         self.patterns: dict[bytes, None] = {}
         self.shard_channels: dict[bytes, None] = {}
+        #: Whether any of the three is non-empty (kept by PubSub; read for every command).
+        self.subscribed = False
         #: In MONITOR mode: sent every command the server runs.
         self.monitor = False
         #: CLIENT REPLY OFF: replies are dropped; SKIP: the replies of this many commands

@@ -233,6 +233,7 @@ class Dispatcher:
         self.services = services
         self.table = table
         self.stats = services.command_stats
+        self.pubsub = services.pubsub
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
@@ -250,7 +251,7 @@ class Dispatcher:
                 error = AuthRequiredError("Authentication required.")
             elif not client.user.unrestricted:
                 error = self.services.acl.check(client, cmd, argv, "toplevel")
-        if (error is None and client.resp == 2 and cmd is not None and client.subscriptions
+        if (client.subscribed and error is None and client.resp == 2 and cmd is not None
                 and cmd.name not in SUBSCRIBED_OK):
             error = subscribed_mode_error(cmd.name)
         if error is not None:
@@ -288,8 +289,8 @@ class Dispatcher:
             txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
         self._account(client, cmd, argv, perf_counter_ns() - start, reply)
-        if self.services.pubsub.monitors and "admin" not in cmd.categories:
-            self.services.pubsub.feed_monitors(client, client.db, argv)
+        if self.pubsub.monitors and "admin" not in cmd.categories:
+            self.pubsub.feed_monitors(client, client.db, argv)
         # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
         # may still have read writes of other clients buffered in the turn: its reply waits
         # for their commit (and fsync) like theirs, and turns into the commit's error.
@@ -356,6 +357,6 @@ class Dispatcher:
             ctx.txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
         self._account(ctx.client, cmd, argv, perf_counter_ns() - start, reply)
-        if self.services.pubsub.monitors and "admin" not in cmd.categories:
-            self.services.pubsub.feed_monitors(client, client.db, argv)
+        if self.pubsub.monitors and "admin" not in cmd.categories:
+            self.pubsub.feed_monitors(client, client.db, argv)
         return reply

@@ -57,6 +57,7 @@ class PubSub:
         if channel in mine:
             return False
         mine[channel] = None
+        client.subscribed = True
         table = self.shard_channels if shard else self.channels
         table.setdefault(channel, {})[client.id] = client
         return True
@@ -67,6 +68,7 @@ class PubSub:
         if channel not in mine:
             return False
         del mine[channel]
+        client.subscribed = client.subscriptions > 0
         table = self.shard_channels if shard else self.channels
         subs = table.get(channel)
         if subs is not None:
@@ -84,6 +86,7 @@ class PubSub:
         if entry is None:
             entry = self.patterns[pattern] = (compile_glob(pattern, bounded=True), {})
         client.patterns[pattern] = None
+        client.subscribed = True
         entry[1][client.id] = client
         return True
 
@@ -92,6 +95,7 @@ class PubSub:
         if pattern not in client.patterns:
             return False
         del client.patterns[pattern]
+        client.subscribed = client.subscriptions > 0
         entry = self.patterns.get(pattern)
         if entry is not None:
             entry[1].pop(client.id, None)

@@ -158,6 +158,9 @@ def _nothing() -> None:
     return None
 
 
+_NEW: Final = notify.NEW
+
+
 def _discard_events(events: list[notify.Event]) -> None:
     return None
 
@@ -812,7 +815,7 @@ class KeyspaceTxn:
 
     # -- writes --------------------------------------------------------------------------
     def _put(self, ek: bytes, e: Entry) -> None:
-        if self._ks.notify_flags & notify.NEW and e is not _DELETED and not self._live(ek):
+        if self._ks.notify_flags & _NEW and e is not _DELETED and not self._live(ek):
             self._undo.append((ek, self._writes.get(ek)))
             self._writes[ek] = e
             self.notify(notify.NEW, b"new", ek[1:], self._logical(ek[0]))
@@ -842,7 +845,8 @@ class KeyspaceTxn:
         ``key`` of database ``db`` calls it right after buffering the write, with the type
         class of the command (``notify.LIST`` ...) and Redis' event name (``b"lpush"``).
         Published after this transaction commits; taken back with the write by undo()."""
-        if notify.wanted(self._ks.notify_flags, kind):
+        flags = self._ks.notify_flags
+        if flags and notify.wanted(flags, kind):  # off (0) by default: one test per write
             self._events.append((len(self._undo), db, event, key))
 
     def _put_chunk(self, cid: int, index: int, data: bytes) -> None:

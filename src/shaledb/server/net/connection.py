@@ -544,7 +544,7 @@ class ClientConnection(asyncio.Protocol):
         """The hard output limit of the client's class: ``pubsub`` while it is subscribed
         (as Redis' getClientType), else ``normal`` (0: none)."""
         client = self.client
-        if client is not None and client.subscriptions:
+        if client is not None and client.subscribed:
             return self.server.config.client_output_buffer_limit_pubsub[0]
         return self.server.config.client_output_buffer_limit
 
@@ -558,7 +558,7 @@ class ClientConnection(asyncio.Protocol):
         limit = self._hard_limit()
         if limit > 0 and pending > limit:
             return True
-        if not client.subscriptions:
+        if not client.subscribed:
             return False
         # The soft limit of the pubsub class: above it for longer than its seconds.
         _, soft, seconds = self.server.config.client_output_buffer_limit_pubsub
