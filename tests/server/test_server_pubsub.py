@@ -506,3 +506,18 @@ def test_subscriptions_per_client_are_bounded(server: ServerThread) -> None:
     assert r.pubsub_numpat() == 0
     c.close()
     c2.close()
+
+
+def test_client_kill_type_pubsub(server: ServerThread) -> None:
+    r = server.client()
+    sub = RawClient(server.port)
+    assert sub("SUBSCRIBE", "ch") == [b"subscribe", b"ch", 1]
+    other = RawClient(server.port)
+    assert other("PING") == b"PONG"
+    assert r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") == 1  # other
+    assert r.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+    with pytest.raises(ConnectionError):
+        sub.read()
+    wait_until(lambda: r.pubsub_channels() == [], 5, "the subscriber to go")
+    sub.close()
+    other.close()

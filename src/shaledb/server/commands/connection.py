@@ -304,7 +304,9 @@ class _KillFilter:
     def __init__(self) -> None:
         self.skipme = True
         self.id: int | None = None
-        self.normal = True
+        #: TYPE: None (any), b"normal", b"pubsub" (a client with a subscription, as Redis'
+        #: getClientType) or another class ShaleDB has no client of.
+        self.kind: bytes | None = None
         self.addr: bytes | None = None
         self.laddr: bytes | None = None
         self.user: object | None = None
@@ -321,7 +323,7 @@ class _KillFilter:
         elif opt == b"type":
             if value.lower() not in _CLIENT_TYPES:
                 raise CommandError(f"Unknown client type '{value.decode('utf-8', 'replace')}'")
-            self.normal = value.lower() == b"normal"
+            self.kind = value.lower()
         elif opt == b"addr":
             self.addr = value
         elif opt == b"laddr":
@@ -340,7 +342,9 @@ class _KillFilter:
             raise CommandError(SYNTAX)
 
     def matches(self, c: ClientState) -> bool:
-        return (self.normal and (self.id is None or c.id == self.id)
+        kind = self.kind
+        return ((kind is None or kind == (b"pubsub" if c.subscribed else b"normal"))
+                and (self.id is None or c.id == self.id)
                 and (self.addr is None or c.addr.encode() == self.addr)
                 and (self.laddr is None or c.laddr.encode() == self.laddr)
                 and (self.user is None or c.user is self.user)
