@@ -521,3 +521,37 @@ def test_client_kill_type_pubsub(server: ServerThread) -> None:
     wait_until(lambda: r.pubsub_channels() == [], 5, "the subscriber to go")
     sub.close()
     other.close()
+
+
+def _hold_loop(st: ServerThread, seconds: float) -> None:
+    """Block the server's event loop (requests sent meanwhile are served by one turn)."""
+    assert st.loop is not None
+    st.loop.call_soon_threadsafe(time.sleep, seconds)
+    time.sleep(0.05)
+
+
+def test_messages_queued_behind_a_subscribers_own_reply_are_charged_at_once(
+        server: ServerThread) -> None:
+    """A subscriber that ran a command in the same turn as a publisher's pipeline: its
+    messages wait behind that reply until the turn ends, and used to be charged to the
+    output limit only then (a whole turn of them was held, whatever the limit)."""
+    r = server.client()
+    r.config_set("client-output-buffer-limit", "pubsub 256kb 0 0")
+    sub = _stalled_subscriber(server.port, b"burst")
+    publisher = RawClient(server.port)
+    message = b"m" * (64 * KiB)
+    assert publisher("MULTI") == b"OK"
+    for _ in range(100):
+        assert publisher("PUBLISH", "burst", message) == b"QUEUED"
+    # One turn: the subscriber's PING parks its reply, then EXEC publishes 100 messages
+    # (6.4 MB) behind it.
+    _hold_loop(server, 0.5)
+    sub.sendall(_cmd(b"PING"))
+    time.sleep(0.05)
+    publisher.send("EXEC")
+    counts = publisher.read()
+    assert len(counts) == 100
+    assert sum(counts) <= 8, f"{sum(counts)} messages of 64 KiB taken past a 256 KiB limit"
+    assert _stat(r, "client_output_buffer_limit_disconnections") == 1
+    sub.close()
+    publisher.close()

@@ -84,8 +84,9 @@ class ClientState:
         self.reply_off = False
         self.skip_replies = 0
         #: Sends an out-of-band message (a pub/sub message, a MONITOR line) to the client,
-        #: charged to its output buffer limit; set by the connection (None: nowhere).
-        self.push: Callable[[Any], None] | None = None
+        #: charged to its output buffer limit; set by the connection (None: nowhere). False
+        #: when the client is gone or was just disconnected for it.
+        self.push: Callable[[Any], bool] | None = None
 
     @property
     def subscriptions(self) -> int:

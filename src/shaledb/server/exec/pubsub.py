@@ -179,8 +179,7 @@ def _deliver(client: ClientState, frame: object) -> int:
     push = client.push
     if push is None:
         return 0
-    push(frame)
-    return 1
+    return 1 if push(frame) else 0
 
 
 def redact(argv: list[bytes]) -> list[bytes]:

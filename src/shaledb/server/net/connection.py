@@ -585,21 +585,23 @@ class ClientConnection(asyncio.Protocol):
             group.pending.remove(index)
         return _SILENT
 
-    def push(self, message: Any) -> None:
+    def push(self, message: Any) -> bool:
         """Send an out-of-band message (pub/sub, MONITOR) in the client's protocol, behind
-        the replies already waiting; past the output limit the client is disconnected."""
+        the replies already waiting; past the output limit the client is disconnected.
+        Whether the message was taken (not when the client is gone or going)."""
         client = self.client
         transport = self.transport
         if client is None or transport is None or transport.is_closing() or self.closing:
-            return
+            return False
         out: list[bytes] = []
         encode(message, client.resp, out)
         group = self._group
         if group is not None:  # published by its own command: behind the earlier replies
             group.replies.append(Encoded(out, sum(map(len, out))))
             group.protocols.append(client.resp)
-            return
+            return True
         self._send(_coalesce(out), False)
+        return not client.output_overflow
 
     def _disconnect_overflow(self, size: int) -> None:
         """The client's output passed client_output_buffer_limit: drop everything it has
@@ -626,6 +628,12 @@ class ClientConnection(asyncio.Protocol):
     def _send(self, data: Output, wrote: bool) -> None:
         size = len(data) if isinstance(data, bytes) else sum(map(len, data))
         if self._parked:  # behind replies that wait for the end of the turn
+            # Charged now, not when the turn ends: a publisher's pipeline could otherwise
+            # park a whole turn of messages (hundreds of MB) for a subscriber that had just
+            # run a command of its own.
+            if self._over_limit(size + self._parked_bytes):
+                self._disconnect_overflow(size)
+                return
             self._parked.append(data)
             self._parked_bytes += size
             return
