@@ -49,9 +49,11 @@ from .exec.cursors import ScanCursors
 from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
 from .exec.durability import SyncGroup
+from .exec.pubsub import PubSub
 from .exec.watch import WatchRegistry
 from .keyspace.expiry import run_active_expire
 from .keyspace.keyspace import Keyspace
+from .keyspace.notify import Event, parse_flags
 from .keyspace.purge import run_purger
 from .keyspace.scrub import Scrubber
 from .net.connection import ClientConnection
@@ -93,6 +95,8 @@ class Server:
         #: The metrics endpoint's port (None when off; 0 in the config picks one).
         self.metrics_port: int | None = None
         self.watches = WatchRegistry()
+        #: Channel subscriptions and MONITOR clients.
+        self.pubsub = PubSub()
         #: Clients blocked on keys (BLPOP ...), woken by the turn's commit.
         self.blocking = BlockingQueue()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
@@ -102,6 +106,7 @@ class Server:
                        auth_limiter=AuthRateLimiter(config.auth_fail_burst,
                                                     config.auth_fail_rate,
                                                     config.auth_fail_max_hosts))
+        self.acl.pubsub_default = config.acl_pubsub_default.encode()
         #: Networks the failed-AUTH limit spares (auth-fail-exempt-networks).
         self.auth_exempt = parse_networks(config.auth_fail_exempt_networks)
         self.connections: dict[int, ClientConnection] = {}
@@ -156,6 +161,10 @@ class Server:
             keys = list(keys)
             self.blocking.touch(keys)
         self.watches.touch(keys)
+
+    def _publish_events(self, events: list[Event]) -> None:
+        """Committed keyspace notifications: to the subscribers of their channels."""
+        self.pubsub.publish_events(events, self.keyspace.notify_flags)
 
     def _on_flush(self, db: int | None) -> None:
         self.watches.touch_db(db)
@@ -303,6 +312,8 @@ class Server:
         try:
             self._keyspace = Keyspace(db, on_write=self._on_write,
                                       on_flush=self._on_flush)
+            self._keyspace.notify_flags = parse_flags(cfg.notify_keyspace_events)
+            self._keyspace.publish_events = self._publish_events
         except BaseException:
             if self._own_db:
                 db.close()

@@ -32,6 +32,7 @@ def build_table() -> dict[bytes, Command]:
         keys,
         lists,
         observability,
+        pubsub,
         ranges,
         server,
         sets,
@@ -43,7 +44,8 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
+                   pubsub.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

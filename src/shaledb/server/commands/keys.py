@@ -20,6 +20,7 @@ from typing import Any, Final
 from ..errors import CommandError
 from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
 from ..keyspace.values import TAG_LIST, TAG_ZSET
 from ..net.protocol import OK, Status
@@ -47,7 +48,12 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 @command("del", -2, "write", "keyspace write slow", (1, -1, 1))
 def del_(ctx: Context, argv: list[bytes]) -> Any:
     """DEL key [key ...] -> keys removed (atomic: one write batch)"""
-    return sum(ctx.txn.delete(ctx.db, key) for key in dict.fromkeys(argv[1:]))
+    deleted = 0
+    for key in dict.fromkeys(argv[1:]):
+        if ctx.txn.delete(ctx.db, key):
+            deleted += 1
+            ctx.txn.notify(ev.GENERIC, b"del", key, ctx.db)
+    return deleted
 
 
 @command("unlink", -2, "write fast", "keyspace write fast", (1, -1, 1))
@@ -191,6 +197,8 @@ def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
     ctx.txn.delete(ctx.db, src)
     # A chunked string keeps its chunks, a hash or set its members (the header moves).
     ctx.txn.set_entry(ctx.db, dst, e, e.expire_ms)
+    ctx.txn.notify(ev.GENERIC, b"rename_from", src, ctx.db)
+    ctx.txn.notify(ev.GENERIC, b"rename_to", dst, ctx.db)
     return 1 if nx else OK
 
 
@@ -251,8 +259,10 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
         return 0
     if when <= ctx.txn.now:
         ctx.txn.delete(ctx.db, argv[1])
+        ctx.txn.notify(ev.GENERIC, b"del", argv[1], ctx.db)
     else:
         ctx.txn.set_entry(ctx.db, argv[1], e, when)
+        ctx.txn.notify(ev.GENERIC, b"expire", argv[1], ctx.db)
     return 1
 
 
@@ -321,6 +331,7 @@ def persist(ctx: Context, argv: list[bytes]) -> Any:
     if e is None or not e.expire_ms:
         return 0
     ctx.txn.set_entry(ctx.db, argv[1], e, 0)
+    ctx.txn.notify(ev.GENERIC, b"persist", argv[1], ctx.db)
     return 1
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .blocking import BlockingQueue
     from .checkpoint import Checkpointer
     from .cursors import ScanCursors
+    from .pubsub import PubSub
     from .watch import WatchRegistry
 
 
@@ -94,6 +95,7 @@ class Services(Protocol):
 
     watches: WatchRegistry
     blocking: BlockingQueue
+    pubsub: PubSub
     scan_cursors: ScanCursors
     checkpoints: Checkpointer
     backups: BackupScheduler

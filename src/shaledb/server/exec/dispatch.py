@@ -41,6 +41,17 @@ from .blocking import BlockingQueue
 from .client import ClientState
 from .context import Command, Context, Services
 
+#: Commands a RESP2 client may run while subscribed (Redis' processCommand).
+SUBSCRIBED_OK: Final = frozenset((
+    "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
+    "ping", "quit", "reset"))
+
+
+def subscribed_mode_error(name: str) -> CommandError:
+    """Redis 7's error for another command from a RESP2 client in subscribed mode."""
+    return CommandError(f"Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
+                        f"PING / QUIT / RESET are allowed in this context")
+
 
 class TurnWaiter(Protocol):
     """A connection whose replies wait for the commit at the end of the turn."""
@@ -222,6 +233,7 @@ class Dispatcher:
         self.services = services
         self.table = table
         self.stats = services.command_stats
+        self.pubsub = services.pubsub
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
@@ -239,6 +251,9 @@ class Dispatcher:
                 error = AuthRequiredError("Authentication required.")
             elif not client.user.unrestricted:
                 error = self.services.acl.check(client, cmd, argv, "toplevel")
+        if (client.subscribed and error is None and client.resp == 2 and cmd is not None
+                and cmd.name not in SUBSCRIBED_OK):
+            error = subscribed_mode_error(cmd.name)
         if error is not None:
             self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
@@ -274,6 +289,8 @@ class Dispatcher:
             txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
         self._account(client, cmd, argv, perf_counter_ns() - start, reply)
+        if self.pubsub.monitors and "admin" not in cmd.categories:
+            self.pubsub.feed_monitors(client, client.db, argv)
         # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
         # may still have read writes of other clients buffered in the turn: its reply waits
         # for their commit (and fsync) like theirs, and turns into the commit's error.
@@ -340,4 +357,6 @@ class Dispatcher:
             ctx.txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
         self._account(ctx.client, cmd, argv, perf_counter_ns() - start, reply)
+        if self.pubsub.monitors and "admin" not in cmd.categories:
+            self.pubsub.feed_monitors(client, client.db, argv)
         return reply

@@ -65,6 +65,7 @@ class SweptKeyspace(Protocol):
     def write(self, batch: shaledb.WriteBatch, deltas: dict[int, list[int]] | None = None, *,
               garbage: Iterable[int] = (), member_garbage: Iterable[int] = ()) -> None: ...
     def forget_expired(self, ek: bytes) -> None: ...
+    def expired_event(self, ek: bytes) -> None: ...
     def expiring_keys(self) -> int: ...
 
 log = logging.getLogger("shaledb.server")
@@ -126,6 +127,8 @@ class ActiveExpiry:
         deleted: set[bytes] = set()
         garbage: list[int] = []
         member_garbage: list[int] = []
+        #: Deleted keys whose ``expired`` notification is published after the write.
+        announce: list[bytes] = []
 
         def delete(ek: bytes, raw: bytes) -> None:
             batch.delete(ek)
@@ -169,6 +172,8 @@ class ActiveExpiry:
                     self._pass_expiring = True
                     if expire <= now and ek not in deleted:
                         delete(ek, raw)
+                        if ek not in ks.lazy_expired:  # those were announced when read
+                            announce.append(ek)
             if out_of_budget:
                 if last is not None:
                     self._cursor = last
@@ -179,6 +184,8 @@ class ActiveExpiry:
             ks.expired_keys += len(deleted)
             for ek in deleted:
                 ks.forget_expired(ek)
+            for ek in announce:
+                ks.expired_event(ek)
         return scanned
 
     def _finish_pass(self) -> None:

@@ -67,6 +67,7 @@ import shaledb
 from ...errors import CorruptionError, IncompatibleFormatError
 from ...options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE
 from ..errors import CommandError
+from . import notify
 from .dbmap import (
     CHUNK_PREFIX,
     GARBAGE_PREFIX,
@@ -161,6 +162,13 @@ def _zero_clock() -> float:
 
 
 def _nothing() -> None:
+    return None
+
+
+_NEW: Final = notify.NEW
+
+
+def _discard_events(events: list[notify.Event]) -> None:
     return None
 
 
@@ -366,6 +374,10 @@ class Keyspace:
         self.member_bounds: dict[int, list[bytes | None]] = {}
         #: The same for the score index of sorted sets (ZPOPMIN drains it from one end).
         self.score_bounds: dict[int, list[bytes | None]] = {}
+        #: notify-keyspace-events (:mod:`.notify` flags; 0: off) and where the events of
+        #: a successful commit go (the server's pub/sub; nowhere until it sets it).
+        self.notify_flags = 0
+        self.publish_events: Callable[[list[notify.Event]], None] = _discard_events
         #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
         self.hits = 0
         self.misses = 0
@@ -533,6 +545,14 @@ class Keyspace:
         if ek not in lazy and len(lazy) < LAZY_EXPIRED_MAX:
             lazy.add(ek)
             self._lazy_per_phys[ek[0]] = self._lazy_per_phys.get(ek[0], 0) + 1
+            # Redis deletes (and announces) the key at this lookup; the sweeper deletes it
+            # soon and does not announce it again.
+            self.expired_event(ek)
+
+    def expired_event(self, ek: bytes) -> None:
+        """Publish the ``expired`` notification of engine key ``ek`` (when asked for)."""
+        if notify.wanted(self.notify_flags, notify.EXPIRED) and ek[0] in self.map:
+            self.publish_events([(self.map.index(ek[0]), b"expired", ek[1:])])
 
     def forget_expired(self, ek: bytes) -> None:
         """``ek`` was written or deleted: no longer a remembered expired key."""
@@ -596,7 +616,7 @@ class KeyspaceTxn:
     loop owns it."""
 
     __slots__ = ("_ks", "_writes", "_chunks", "_base", "_base_gen", "_undo", "now", "_map",
-                 "_taken", "_released", "_touched", "_members", "_new_ids")
+                 "_taken", "_released", "_touched", "_members", "_new_ids", "_events")
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
@@ -626,6 +646,9 @@ class KeyspaceTxn:
         self._released: list[int] = []
         #: Logical databases flushed or swapped (their watchers are told after the commit).
         self._touched: set[int] = set()
+        #: Keyspace notifications raised by the buffered writes: (undo-log length when
+        #: raised, db, event, key); published after the commit, dropped by undo().
+        self._events: list[tuple[int, int, bytes, bytes]] = []
 
     @property
     def random(self) -> random.Random:
@@ -802,8 +825,39 @@ class KeyspaceTxn:
 
     # -- writes --------------------------------------------------------------------------
     def _put(self, ek: bytes, e: Entry) -> None:
+        if self._ks.notify_flags & _NEW and e is not _DELETED and not self._live(ek):
+            self._undo.append((ek, self._writes.get(ek)))
+            self._writes[ek] = e
+            self.notify(notify.NEW, b"new", ek[1:], self._logical(ek[0]))
+            return
         self._undo.append((ek, self._writes.get(ek)))
         self._writes[ek] = e
+
+    def _live(self, ek: bytes) -> bool:
+        """Whether engine key ``ek`` holds a live key now (buffered writes included)."""
+        e = self._writes.get(ek)
+        if e is None:
+            raw = self._committed(ek)
+            if raw is None:
+                return False
+            expire = expiry_of(raw)
+            return not (expire and expire <= self.now)
+        return e is not _DELETED and not (e.expire_ms and e.expire_ms <= self.now)
+
+    def _logical(self, phys: int) -> int:
+        """The logical database physical id ``phys`` is mapped to now."""
+        m = self._map if self._map is not None else self._ks.map
+        return m.index(phys) if phys in m else -1
+
+    # -- keyspace notifications ------------------------------------------------------------
+    def notify(self, kind: int, event: bytes, key: bytes, db: int) -> None:
+        """THE hook of keyspace notifications (:mod:`.notify`): a command that changed
+        ``key`` of database ``db`` calls it right after buffering the write, with the type
+        class of the command (``notify.LIST`` ...) and Redis' event name (``b"lpush"``).
+        Published after this transaction commits; taken back with the write by undo()."""
+        flags = self._ks.notify_flags
+        if flags and notify.wanted(flags, kind):  # off (0) by default: one test per write
+            self._events.append((len(self._undo), db, event, key))
 
     def _put_chunk(self, cid: int, index: int, data: bytes) -> None:
         ck = chunk_key(cid, index)
@@ -1284,6 +1338,9 @@ class KeyspaceTxn:
         """Take back the writes buffered since ``mark`` (a failed command leaves no trace,
         as in Redis)."""
         undo, writes, chunks = self._undo, self._writes, self._chunks
+        events = self._events
+        while events and events[-1][0] > mark:
+            events.pop()
         while len(undo) > mark:
             ek, previous = undo.pop()
             if not ek:
@@ -1316,8 +1373,11 @@ class KeyspaceTxn:
     def commit(self) -> None:
         """Apply the buffered writes, their chunks, the garbage records of the chunk sets
         they orphan, the key counts they change and the database map when it changed, as
-        one atomic batch, then tell the watchers."""
+        one atomic batch, then tell the watchers and publish the keyspace notifications."""
         if not self.dirty:
+            if self._events:  # raised without a write (none do today): not kept forever
+                events, self._events = self._events, []
+                self._ks.publish_events([e[1:] for e in events])
             return
         ks = self._ks
         writes, chunks, new_map = self._writes, self._chunks, self._map
@@ -1331,6 +1391,7 @@ class KeyspaceTxn:
         self._members, self._new_ids = {}, set()
         self._taken, self._released, self._touched = [], [], set()
         self._base = {}
+        events, self._events = self._events, []
         batch = shaledb.WriteBatch(_zero_clock)
         # Chunk sets named by the headers this batch writes (id -> length).
         named: dict[int, int] = {}
@@ -1434,6 +1495,8 @@ class KeyspaceTxn:
             else:
                 for db in sorted(touched):
                     ks._on_flush(db)
+        if events:
+            ks.publish_events([e[1:] for e in events])
 
 
 __all__ = [
