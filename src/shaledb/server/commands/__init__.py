@@ -26,9 +26,11 @@ def build_table() -> dict[bytes, Command]:
     # package is complete.
     from . import (
         acl,
+        bits,
         connection,
         databases,
         hashes,
+        hyperloglog,
         keys,
         lists,
         observability,
@@ -42,7 +44,8 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY,
+                   bits.FAMILY, hyperloglog.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table
