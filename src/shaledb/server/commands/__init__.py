@@ -29,6 +29,7 @@ def build_table() -> dict[bytes, Command]:
         bits,
         connection,
         databases,
+        dump,
         hashes,
         hyperloglog,
         keys,
@@ -37,6 +38,7 @@ def build_table() -> dict[bytes, Command]:
         ranges,
         server,
         sets,
+        sort,
         strings,
         transactions,
     )
@@ -45,7 +47,7 @@ def build_table() -> dict[bytes, Command]:
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY,
-                   bits.FAMILY, hyperloglog.FAMILY):
+                   bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY, sort.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table
