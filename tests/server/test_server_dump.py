@@ -137,6 +137,12 @@ def test_sort_and_sort_ro(r: redis.Redis) -> None:
     r.set("str", "x")
     with pytest.raises(redis.ResponseError, match="^WRONGTYPE"):
         r.sort("str")
+    # The STORE destination is a key (ACL checks it; COMMAND GETKEYS shows it).
+    assert r.command_getkeys("SORT", "abc", "STORE", "bad", "GET", "store", "STORE",
+                             "def") == ["abc", "def"]
+    assert r.command_getkeys("SORT_RO", "abc") == ["abc"]
+    with pytest.raises(redis.ResponseError, match="Invalid command specified"):
+        r.command_getkeys("NOSUCH", "abc")
 
 
 def test_sort_is_bounded(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -207,7 +207,25 @@ def _ordered(ctx: Context, elements: list[bytes], sortby: bytes | None, alpha: b
     return [el for _, el in scored]
 
 
-@command("sort", -2, "write denyoom", "write set sortedset list slow dangerous", (1, 1, 1))
+def _sort_keys(argv: list[bytes]) -> list[bytes]:
+    """The key and the last STORE destination (Redis' sortGetKeys: LIMIT's, BY's and GET's
+    arguments are skipped, so ``GET store`` names no key)."""
+    store: bytes | None = None
+    skip = {b"limit": 2, b"get": 1, b"by": 1}
+    i = 2
+    while i < len(argv):
+        word = argv[i].lower()
+        if word in skip:
+            i += skip[word]
+        elif word == b"store" and i + 1 < len(argv):
+            store = argv[i + 1]
+            i += 1
+        i += 1
+    return [argv[1]] if store is None else [argv[1], store]
+
+
+@command("sort", -2, "write denyoom", "write set sortedset list slow dangerous",
+         key_finder=_sort_keys)
 def sort(ctx: Context, argv: list[bytes]) -> Any:
     """SORT key [BY pattern] [LIMIT offset count] [GET pattern ...] [ASC | DESC] [ALPHA]
     [STORE destination]"""
