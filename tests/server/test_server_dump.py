@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from shaledb.server.commands import dump as dump_module
 from shaledb.server.commands import sort as sort_module
 from shaledb.server.keyspace import rdb
 
@@ -108,6 +109,24 @@ def test_restore_options_and_errors_are_redis(r: redis.Redis) -> None:
     assert r.object("idletime", "idle") == 0 and r.object("refcount", "idle") == 1
     with pytest.raises(redis.ResponseError, match="An LFU maxmemory policy is not selected"):
         r.object("freq", "idle")
+
+
+def test_dump_and_restore_payloads_are_bounded(
+        r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checksum is computed on the event loop: payloads over PAYLOAD_MAX are refused
+    before any checksum work (made small here to test it cheaply)."""
+    monkeypatch.setattr(dump_module, "PAYLOAD_MAX", 1000)
+    r.set("fits", "x" * 900)
+    payload = r.dump("fits")
+    r.set("big", "x" * 1001)
+    with pytest.raises(redis.ResponseError, match="payload would be larger than 1000 bytes"):
+        r.dump("big")
+    r.rpush("list", *["y" * 100] * 11)
+    with pytest.raises(redis.ResponseError, match="payload would be larger than 1000 bytes"):
+        r.dump("list")
+    with pytest.raises(redis.ResponseError, match="payload is larger than 1000 bytes"):
+        r.restore("new", 0, payload + b"z" * 200)
+    assert r.restore("new", 0, payload) == b"OK" and r.strlen("new") == 900
 
 
 def test_sort_and_sort_ro(r: redis.Redis) -> None:
