@@ -164,6 +164,19 @@ def test_sort_and_sort_ro(r: redis.Redis) -> None:
         r.command_getkeys("NOSUCH", "abc")
 
 
+def test_sort_by_and_get_need_access_to_all_keys(server: Any, r: redis.Redis) -> None:
+    r.rpush("l", 2, 1)
+    r.acl_setuser("some", enabled=True, passwords=["+pw"], keys=["l*"], commands=["+@all"])
+    c = server.client(username="some", password="pw")
+    assert c.sort("l") == [b"1", b"2"] and c.sort("l", by="nosort") == [b"2", b"1"]
+    with pytest.raises(redis.ResponseError, match="BY option of SORT denied due to insuff"):
+        c.sort("l", by="w_*")
+    with pytest.raises(redis.ResponseError, match="GET option of SORT denied due to insuff"):
+        c.sort("l", get="#")
+    assert r.sort("l", by="w_*", get="#") == [b"1", b"2"]
+    c.close()
+
+
 def test_sort_is_bounded(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sort_module, "SORT_MAX_ELEMENTS", 100)
     r.rpush("l", *range(101))

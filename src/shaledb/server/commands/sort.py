@@ -9,8 +9,8 @@ whatever its size); the reply is charged to the client's output limit as it is b
 BY and GET pattern is one point read per element. Ties in a numeric sort are ordered by
 the elements' bytes, as in Redis; ALPHA compares bytes (Redis' ``strcoll`` in the C
 locale). Sorted sets are not stored by this server yet (their SORT comes with them).
-ACL: the keys BY and GET read are not checked against the user's key patterns (Redis 7
-refuses BY/GET to a user without access to every key); documented in the README.
+ACL: as Redis 7, a user without access to every key may not use GET, nor BY with a ``*``
+pattern (the keys they read are only known while SORT runs).
 """
 
 from __future__ import annotations
@@ -113,8 +113,15 @@ def _sort(ctx: Context, argv: list[bytes], readonly: bool) -> Any:
             sortby = argv[j + 1]
             # A pattern with no '*' names one key for every element: no sorting.
             dontsort = b"*" not in sortby
+            if not dontsort and not ctx.client.user.allkeys:
+                # The keys it reads are unknown before it runs: Redis 7 asks for all keys.
+                raise CommandError("BY option of SORT denied due to insufficient ACL "
+                                   "permissions.")
             j += 1
         elif opt == b"GET" and more >= 1:
+            if not ctx.client.user.allkeys:
+                raise CommandError("GET option of SORT denied due to insufficient ACL "
+                                   "permissions.")
             gets.append(argv[j + 1])
             j += 1
         else:
