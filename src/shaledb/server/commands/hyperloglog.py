@@ -25,6 +25,7 @@ A value is at most 12,304 bytes, so every command works on whole values.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -83,83 +84,106 @@ def pattern(element: bytes) -> tuple[int, int]:
     return index, (h & -h).bit_length()
 
 
-def _decode_dense(body: bytes) -> list[int]:
-    regs: list[int] = []
-    append = regs.append
-    for i in range(0, DENSE_BYTES, 3):
-        b0, b1, b2 = body[i], body[i + 1], body[i + 2]
-        append(b0 & 63)
-        append((b0 >> 6) | ((b1 & 15) << 2))
-        append((b1 >> 4) | ((b2 & 3) << 4))
-        append(b2 >> 2)
+def _table(fn: Any) -> bytes:
+    return bytes(fn(v) & 0xFF for v in range(256))
+
+
+_LOW6, _HIGH2 = _table(lambda v: v & 63), _table(lambda v: v >> 6)
+_LOW4_UP2, _HIGH4 = _table(lambda v: (v & 15) << 2), _table(lambda v: v >> 4)
+_LOW2_UP4, _HIGH6 = _table(lambda v: (v & 3) << 4), _table(lambda v: v >> 2)
+_R_LOW2_UP6, _R_HIGH4 = _table(lambda v: (v & 3) << 6), _table(lambda v: v >> 2)
+_R_LOW4_UP4, _R_HIGH2 = _table(lambda v: (v & 15) << 4), _table(lambda v: v >> 4)
+_R_UP2 = _table(lambda v: v << 2)
+
+
+def _add(a: bytes, b: bytes) -> bytes:
+    """Byte-wise ``a + b`` where no byte sum passes 255 (so one big-integer addition has no
+    carry between bytes): how the 6-bit fields are packed and unpacked at C speed."""
+    n = len(a)
+    return (int.from_bytes(a, "big") + int.from_bytes(b, "big")).to_bytes(n, "big")
+
+
+def _decode_dense(body: bytes) -> bytearray:
+    """The 16384 registers (one byte each) of a dense body: every 3 bytes hold 4."""
+    b0, b1, b2 = body[0::3], body[1::3], body[2::3]
+    regs = bytearray(REGISTERS)
+    regs[0::4] = b0.translate(_LOW6)
+    regs[1::4] = _add(b0.translate(_HIGH2), b1.translate(_LOW4_UP2))
+    regs[2::4] = _add(b1.translate(_HIGH4), b2.translate(_LOW2_UP4))
+    regs[3::4] = b2.translate(_HIGH6)
     return regs
 
 
-def _encode_dense(regs: list[int]) -> bytes:
+def _encode_dense(regs: bytearray) -> bytes:
+    r0, r1, r2, r3 = (bytes(regs[k::4]) for k in range(4))
     out = bytearray(DENSE_BYTES)
-    j = 0
-    for i in range(0, REGISTERS, 4):
-        r0, r1, r2, r3 = regs[i], regs[i + 1], regs[i + 2], regs[i + 3]
-        out[j] = r0 | ((r1 & 3) << 6)
-        out[j + 1] = (r1 >> 2) | ((r2 & 15) << 4)
-        out[j + 2] = (r2 >> 4) | (r3 << 2)
-        j += 3
+    out[0::3] = _add(r0, r1.translate(_R_LOW2_UP6))
+    out[1::3] = _add(r1.translate(_R_HIGH4), r2.translate(_R_LOW4_UP4))
+    out[2::3] = _add(r2.translate(_R_HIGH2), r3.translate(_R_UP2))
     return bytes(out)
 
 
-def _decode_sparse(body: bytes) -> list[int] | None:
+def _decode_sparse(body: bytes) -> bytearray | None:
     """The registers of a sparse body, or None when its runs do not cover exactly the
     16384 registers (a corrupt value)."""
-    regs: list[int] = []
+    regs = bytearray()
     i, n = 0, len(body)
     while i < n:
         op = body[i]
         if op & 0x80:
-            regs.extend([((op >> 2) & 31) + 1] * ((op & 3) + 1))
+            regs += bytes((((op >> 2) & 31) + 1,)) * ((op & 3) + 1)
             i += 1
         elif op & 0x40:
             if i + 1 >= n:
                 return None
-            regs.extend([0] * ((((op & 63) << 8) | body[i + 1]) + 1))
+            regs += bytes((((op & 63) << 8) | body[i + 1]) + 1)
             i += 2
         else:
-            regs.extend([0] * ((op & 63) + 1))
+            regs += bytes((op & 63) + 1)
             i += 1
         if len(regs) > REGISTERS:
             return None
     return regs if len(regs) == REGISTERS else None
 
 
-def _encode_sparse(regs: list[int]) -> bytes | None:
-    """The canonical sparse body of ``regs``, or None when a register is over 32 or the
-    body would pass SPARSE_MAX_BYTES."""
-    out = bytearray()
-    i = 0
-    while i < REGISTERS:
-        v = regs[i]
-        j = i + 1
-        while j < REGISTERS and regs[j] == v:
-            j += 1
-        run = j - i
-        if v == 0:
-            while run > 0:
-                take = min(run, 16384)
-                if take > 64:
-                    out += bytes((0x40 | ((take - 1) >> 8), (take - 1) & 0xFF))
-                else:
-                    out.append(take - 1)
-                run -= take
+#: Stretches of non-zero registers, found at C speed (the zero runs are the gaps).
+_NONZERO: Final = re.compile(rb"[^\x00]+")
+
+
+def _zeros(out: bytearray, run: int) -> None:
+    while run > 0:
+        take = min(run, 16384)
+        if take > 64:
+            out += bytes((0x40 | ((take - 1) >> 8), (take - 1) & 0xFF))
         else:
-            if v > SPARSE_VAL_MAX:
-                return None
-            while run > 0:
-                take = min(run, 4)
-                out.append(0x80 | ((v - 1) << 2) | (take - 1))
-                run -= take
-        if len(out) > SPARSE_MAX_BYTES - HEADER:
+            out.append(take - 1)
+        run -= take
+
+
+def _encode_sparse(regs: bytearray) -> bytes | None:
+    """The canonical sparse body of ``regs``, or None when a register is over 32 or the
+    body would pass SPARSE_MAX_BYTES. Python steps only over the non-zero registers."""
+    if max(regs) > SPARSE_VAL_MAX:
+        return None
+    out = bytearray()
+    limit = SPARSE_MAX_BYTES - HEADER
+    pos = 0
+    for m in _NONZERO.finditer(regs):
+        a, b = m.span()
+        _zeros(out, a - pos)
+        i = a
+        while i < b:
+            v = regs[i]
+            j = i + 1
+            while j < b and j - i < 4 and regs[j] == v:
+                j += 1
+            out.append(0x80 | ((v - 1) << 2) | (j - i - 1))
+            i = j
+        if len(out) > limit:
             return None
-        i = j
-    return bytes(out)
+        pos = b
+    _zeros(out, REGISTERS - pos)
+    return None if len(out) > limit else bytes(out)
 
 
 class Sketch:
@@ -168,16 +192,16 @@ class Sketch:
 
     __slots__ = ("regs", "encoding", "card")
 
-    regs: list[int] | None
+    regs: bytearray | None
 
-    def __init__(self, regs: list[int] | None, encoding: int, card: bytes) -> None:
+    def __init__(self, regs: bytearray | None, encoding: int, card: bytes) -> None:
         self.regs = regs
         self.encoding = encoding
         self.card = card
 
     @classmethod
     def new(cls) -> Sketch:
-        return cls([0] * REGISTERS, SPARSE, bytes(8))
+        return cls(bytearray(REGISTERS), SPARSE, bytes(8))
 
     @classmethod
     def parse(cls, value: bytes) -> Sketch:
@@ -187,7 +211,7 @@ class Sketch:
             raise NOT_HLL
         encoding = value[4]
         body = value[HEADER:]
-        regs: list[int] | None
+        regs: bytearray | None
         if encoding == DENSE:
             if len(body) != DENSE_BYTES:
                 raise NOT_HLL
@@ -197,7 +221,7 @@ class Sketch:
             regs = _decode_sparse(body)
         return cls(regs, encoding, value[8:16])
 
-    def registers(self) -> list[int]:
+    def registers(self) -> bytearray:
         """The registers; INVALIDOBJ when the sparse runs were corrupt."""
         if self.regs is None:
             raise CommandError(CORRUPT, "INVALIDOBJ")
@@ -258,11 +282,20 @@ def _tau(x: float) -> float:
             return z / 3
 
 
-def cardinality(regs: list[int]) -> int:
+def _max(a: bytearray, b: bytearray) -> bytearray:
+    """Register-wise maximum (a Python loop only over the registers ``b`` raises)."""
+    if not any(b):
+        return a
+    out = bytearray(a)
+    for i, v in enumerate(b):
+        if v > out[i]:
+            out[i] = v
+    return out
+
+
+def cardinality(regs: bytearray) -> int:
     """Redis 7's hllCount: Ertl's estimator over the register histogram."""
-    histo = [0] * 64
-    for v in regs:
-        histo[v] += 1
+    histo = [regs.count(v) for v in range(64)]
     m = float(REGISTERS)
     z = m * _tau((m - histo[Q + 1]) / m)
     for j in range(Q, 0, -1):
@@ -314,19 +347,19 @@ def pfcount(ctx: Context, argv: list[bytes]) -> Any:
             sketch.card = count.to_bytes(8, "little")
             ctx.txn.set(ctx.db, argv[1], sketch.encode(), e.expire_ms)
         return count
-    union = [0] * REGISTERS
+    union = bytearray(REGISTERS)
     for key in argv[1:]:
         found = _read(ctx, key)
         if found is None:
             continue
-        union = [a if a > b else b for a, b in zip(union, found[1].registers(), strict=True)]
+        union = _max(union, found[1].registers())
     return cardinality(union)
 
 
 @command("pfmerge", -2, "write denyoom", "write hyperloglog slow", (1, -1, 1))
 def pfmerge(ctx: Context, argv: list[bytes]) -> Any:
     """PFMERGE destkey [sourcekey ...]: destkey = the union (destkey included)"""
-    union = [0] * REGISTERS
+    union = bytearray(REGISTERS)
     dense = False
     dest: Any = None
     for i, key in enumerate(argv[1:]):
@@ -336,7 +369,7 @@ def pfmerge(ctx: Context, argv: list[bytes]) -> Any:
         if i == 0:
             dest = found
         dense = dense or found[1].encoding == DENSE
-        union = [a if a > b else b for a, b in zip(union, found[1].registers(), strict=True)]
+        union = _max(union, found[1].registers())
     if dest is None:
         sketch, expire = Sketch.new(), 0
     else:
