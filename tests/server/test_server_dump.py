@@ -154,8 +154,10 @@ def test_sort_and_sort_ro(r: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError, match="syntax error"):
         r.execute_command("SORT_RO", "l", "STORE", "x")
     r.set("str", "x")
-    with pytest.raises(redis.ResponseError, match="^WRONGTYPE"):
-        r.sort("str")
+    r.hset("hash", "f", "v")
+    for key in ("str", "hash"):
+        with pytest.raises(redis.ResponseError, match="^WRONGTYPE"):
+            r.sort(key)
     # The STORE destination is a key (ACL checks it; COMMAND GETKEYS shows it).
     assert r.command_getkeys("SORT", "abc", "STORE", "bad", "GET", "store", "STORE",
                              "def") == ["abc", "def"]

@@ -62,7 +62,10 @@ def dump(ctx: Context, argv: list[bytes]) -> Any:
         if e.length + 20 > limit:
             raise too_big()
         return seal(encode_string(e.value))
-    kind = _KINDS[coll.kind]
+    kind = _KINDS.get(coll.kind)
+    if kind is None:  # sorted sets and streams come from other branches
+        raise CommandError(f"DUMP of a {e.type_name.decode()} is not supported by this "
+                           f"server yet")
     parts = [encode_header(kind, coll.size)]
     size = len(parts[0])
     if coll.kind == TAG_LIST:

@@ -130,9 +130,13 @@ def _sort(ctx: Context, argv: list[bytes], readonly: bool) -> Any:
     txn, db = ctx.txn, ctx.db
     e: Entry | None = txn.lookup(db, argv[1])
     coll = None if e is None else e.coll
-    if e is not None and (coll is None or coll.kind not in (TAG_LIST, TAG_SET)):
+    if e is not None and (coll is None or coll.kind == TAG_HASH):
         raise CommandError("Operation against a key holding the wrong kind of value",
                            "WRONGTYPE")
+    if e is not None and coll is not None and coll.kind not in (TAG_LIST, TAG_SET):
+        # Redis sorts sorted sets too; they come from another branch.
+        raise CommandError(f"SORT of a {e.type_name.decode()} is not supported by this "
+                           f"server yet")
     if dontsort and coll is not None and coll.kind == TAG_SET and store is not None:
         # Redis sorts a set anyway when storing, so the stored order is deterministic.
         dontsort, alpha, sortby = False, True, None
