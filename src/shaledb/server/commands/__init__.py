@@ -26,9 +26,12 @@ def build_table() -> dict[bytes, Command]:
     # package is complete.
     from . import (
         acl,
+        bits,
         connection,
         databases,
+        dump,
         hashes,
+        hyperloglog,
         keys,
         lists,
         observability,
@@ -36,6 +39,7 @@ def build_table() -> dict[bytes, Command]:
         ranges,
         server,
         sets,
+        sort,
         strings,
         transactions,
         zsets,
@@ -45,7 +49,8 @@ def build_table() -> dict[bytes, Command]:
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
-                   pubsub.FAMILY):
+                   pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
+                   sort.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -433,7 +433,7 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("command", -1, "loading stale", "slow connection")
 def command_(ctx: Context, argv: list[bytes]) -> Any:
-    """COMMAND [COUNT | LIST | INFO name... | DOCS [name...]]"""
+    """COMMAND [COUNT | LIST | INFO name... | DOCS [name...] | GETKEYS command [arg ...]]"""
     table = ctx.services.dispatcher.table
     if len(argv) == 1:
         return [c.info() for c in table.values()]
@@ -449,6 +449,16 @@ def command_(ctx: Context, argv: list[bytes]) -> Any:
             cmd = table.get(name.lower())
             out.append(None if cmd is None else cmd.info())
         return out
+    if sub == b"getkeys" and len(argv) >= 3:
+        cmd = table.get(argv[2].lower())
+        if cmd is None:
+            raise CommandError("Invalid command specified")
+        if not cmd.arity_ok(len(argv) - 2):
+            raise CommandError("Invalid number of arguments specified for command")
+        keys = cmd.keys(argv[2:])
+        if not keys:
+            raise CommandError("The command has no key arguments")
+        return keys
     if sub == b"docs":
         names = [n.lower() for n in argv[2:]] or list(table)
         return {name: {} for name in names if name in table}

@@ -379,18 +379,24 @@ def _string_encoding(e: Entry) -> bytes:
 
 @command("object", -2, "readonly", "keyspace read slow", (2, 2, 1),
          subcommands={"encoding": "keyspace read slow", "refcount": "keyspace read slow",
+                      "freq": "keyspace read slow", "idletime": "keyspace read slow",
                       "help": "keyspace slow"})
 def object_(ctx: Context, argv: list[bytes]) -> Any:
-    """OBJECT ENCODING key | REFCOUNT key | HELP. A hash or set has one encoding here,
-    ``hashtable`` (Redis switches from ``listpack``/``intset`` as they grow)."""
+    """OBJECT ENCODING key | REFCOUNT key | IDLETIME key | FREQ key | HELP. A hash or set
+    has one encoding here, ``hashtable`` (Redis switches from ``listpack``/``intset`` as
+    they grow). No access times or counters are kept: IDLETIME is always 0 (the key looks
+    just used), and FREQ answers Redis' error for a server without an LFU policy (there is
+    no eviction here)."""
     sub = argv[1].lower()
     if sub == b"help" and len(argv) == 2:
         return [b"OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 b"ENCODING <key>", b"    Return the kind of internal representation used in "
                 b"order to store the value associated with a <key>.", b"REFCOUNT <key>",
                 b"    Return the number of references of the value associated with the "
-                b"specified <key>.", b"HELP", b"    Print this help."]
-    if sub not in (b"encoding", b"refcount") or len(argv) != 3:
+                b"specified <key>.", b"FREQ <key>", b"    Return the access frequency index "
+                b"of the key <key>.", b"IDLETIME <key>", b"    Return the idle time of the key "
+                b"<key>.", b"HELP", b"    Print this help."]
+    if sub not in (b"encoding", b"refcount", b"freq", b"idletime") or len(argv) != 3:
         raise CommandError(f"unknown subcommand or wrong number of arguments for "
                            f"'{argv[1].decode('utf-8', 'replace')}'. Try OBJECT HELP.")
     e = ctx.txn.lookup(ctx.db, argv[2])
@@ -398,6 +404,12 @@ def object_(ctx: Context, argv: list[bytes]) -> Any:
         return None
     if sub == b"refcount":
         return 1
+    if sub == b"idletime":
+        return 0  # not tracked (docs/design.md)
+    if sub == b"freq":
+        raise CommandError("An LFU maxmemory policy is not selected, access frequency not "
+                           "tracked. Please note that when switching between policies at "
+                           "runtime LRU and LFU data will take some time to adjust.")
     if e.coll is None:
         return _string_encoding(e)
     if e.coll.kind == TAG_ZSET:
