@@ -35,6 +35,7 @@ def build_table() -> dict[bytes, Command]:
         ranges,
         server,
         sets,
+        streams,
         strings,
         transactions,
     )
@@ -42,7 +43,8 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY,
+                   streams.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

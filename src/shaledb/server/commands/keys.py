@@ -21,7 +21,7 @@ from ..errors import CommandError
 from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
 from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
-from ..keyspace.values import TAG_LIST
+from ..keyspace.values import TAG_LIST, TAG_STREAM
 from ..net.protocol import OK, Status
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
@@ -389,6 +389,8 @@ def object_(ctx: Context, argv: list[bytes]) -> Any:
         return 1
     if e.coll is None:
         return _string_encoding(e)
+    if e.coll.kind == TAG_STREAM:
+        return b"stream"
     return b"quicklist" if e.coll.kind == TAG_LIST else b"hashtable"
 
 

@@ -26,11 +26,14 @@ instead of writing keys its counts and chunk garbage collection would not see. A
 map (or none) is read for the upgrade (:meth:`shaledb.server.keyspace.keyspace.Keyspace`).
 
 A version 3 map (server keyspace version 4) comes with hashes and sets; a version 2 map
-(strings only) is read as is and rewritten as version 3 by the first write.
+(strings only) is read as is and rewritten as version 3 by the first write. Version 4 maps
+(lists), 5 (sorted sets) and 6 (streams) follow the same rule: an older map is served and
+rewritten as :data:`MAP_VERSION` by the first write.
 
 The other reserved first bytes (docs/format.md): ``0xF0`` chunks of large strings,
 ``0xF1`` garbage records (chunk sets to delete), ``0xF2`` the members of hashes and sets,
-``0xF3`` member garbage records (collections to delete), and under ``0xFF`` one key-count record
+``0xF3`` member garbage records (collections to delete), ``0xF5`` the consumer groups of
+streams, and under ``0xFF`` one key-count record
 per physical id (:func:`count_key`).
 """
 
@@ -50,8 +53,14 @@ PHYSICAL_DATABASES: Final = 240
 META_PREFIX: Final = 0xFF
 #: The engine key of the map record.
 MAP_KEY: Final = b"\xffdbmap"
-#: Version byte of the map record this code writes (server keyspace version 5: lists).
-MAP_VERSION: Final = 4
+#: Version byte of the map record this code writes (server keyspace version 7: streams).
+MAP_VERSION: Final = 6
+#: The map version of server keyspace version 6 (sorted sets, written by another branch of
+#: the code): read as is; the first write records MAP_VERSION, so a version 6 server, which
+#: would leak a dropped stream's consumer-group records (0xF5), refuses it from then on.
+ZSETS_MAP_VERSION: Final = 5
+#: The map version of server keyspace version 5 (lists): read as is, upgraded the same way.
+LISTS_MAP_VERSION: Final = 4
 #: The map version of server keyspace version 4 (strings, hashes and sets): read as is; the
 #: first write records MAP_VERSION (nothing else changes), so a version 4 server, which
 #: would not see a list's element records when it drops the list (they would leak), refuses
@@ -72,6 +81,9 @@ GARBAGE_PREFIX: Final = 0xF1
 MEMBER_PREFIX: Final = 0xF2
 #: First byte of the member garbage records: collections no header references any more.
 MEMBER_GARBAGE_PREFIX: Final = 0xF3
+#: First byte of the consumer-group records of streams (docs/format.md, "Streams"): a
+#: stream's anchor, its groups, their pending entries and consumers.
+GROUP_PREFIX: Final = 0xF5
 #: Engine key prefix of the per-physical-id key count records.
 COUNT_PREFIX: Final = b"\xffcount"
 _COUNTS: Final = struct.Struct(">QQ")
@@ -102,8 +114,8 @@ def decode_map(raw: bytes | None) -> list[int]:
     record that breaks the invariants (so the server refuses to start rather than guess)."""
     if raw is None:
         return identity_map()
-    if map_version(raw) not in (MAP_VERSION, HASHES_MAP_VERSION, STRINGS_MAP_VERSION,
-                                LEGACY_MAP_VERSION):
+    if map_version(raw) not in (MAP_VERSION, ZSETS_MAP_VERSION, LISTS_MAP_VERSION,
+                                HASHES_MAP_VERSION, STRINGS_MAP_VERSION, LEGACY_MAP_VERSION):
         raise IncompatibleFormatError(
             f"the server's database map has version {raw[0]}; this ShaleDB reads versions "
             f"{LEGACY_MAP_VERSION} to {MAP_VERSION} (open the directory with the ShaleDB "
@@ -150,6 +162,9 @@ __all__ = [
     "MAP_KEY",
     "MEMBER_GARBAGE_PREFIX",
     "MEMBER_PREFIX",
+    "GROUP_PREFIX",
+    "LISTS_MAP_VERSION",
+    "ZSETS_MAP_VERSION",
     "STRINGS_MAP_VERSION",
     "HASHES_MAP_VERSION",
     "MAP_VERSION",

@@ -43,7 +43,14 @@ from typing import Final, Protocol
 import shaledb
 
 from ...errors import ShaleError
-from .dbmap import GARBAGE_PREFIX, MEMBER_GARBAGE_PREFIX, PHYSICAL_DATABASES, count_key
+from .dbmap import (
+    GARBAGE_PREFIX,
+    GROUP_PREFIX,
+    MEMBER_GARBAGE_PREFIX,
+    MEMBER_PREFIX,
+    PHYSICAL_DATABASES,
+    count_key,
+)
 from .values import (
     GARBAGE_LIST_MAX,
     chunk_key,
@@ -209,9 +216,11 @@ class Purger:
         """Delete up to ``max_members`` members of orphaned collections (hashes, sets
         deleted, expired, overwritten or flushed: one write batch, with the member garbage
         records updated to match); whether garbage remains. A record's value says where the
-        previous step stopped (``0x01`` + the last member it deleted), so a step never walks
-        the tombstones of the members deleted before it, and a crash resumes there: the
-        members before it are deleted in the same batch that records it."""
+        previous step stopped (``0x01`` + the last member it deleted; ``0x02`` + the last
+        key suffix deleted in the stream group range ``0xF5``, walked after the members), so
+        a step never walks the tombstones of the records deleted before it, and a crash
+        resumes there: the records before it are deleted in the same batch that records
+        it."""
         ks = self._ks
         ids = ks.member_garbage_ids
         if not ids and ks.member_garbage_unlisted:
@@ -230,17 +239,27 @@ class Purger:
             if raw is None:
                 done += 1  # finished already (listed twice)
                 continue
-            prefix = member_prefix(cid)
-            lo = prefix + raw[1:] + b"\x00" if raw else prefix
-            last = None
-            n = 0
-            for mk, _ in ks.raw_range(lo, member_prefix(cid + 1), limit=budget):
-                batch.delete(mk)
-                last = mk
-                n += 1
-            budget -= n
-            if budget == 0 and last is not None:
-                batch.put(gk, b"\x01" + last[len(prefix):])  # maybe more: go on after it
+            # Two ranges: the members (0xF2), then a stream's group records (0xF5; none for
+            # other types: one seek). The record says which one a step stopped in.
+            stopped = False
+            for marker, first in ((1, MEMBER_PREFIX), (2, GROUP_PREFIX)):
+                if raw and raw[0] > marker:
+                    continue  # that range is done already
+                prefix = bytes((first,)) + member_prefix(cid)[1:]
+                lo = prefix + raw[1:] + b"\x00" if raw and raw[0] == marker else prefix
+                last = None
+                n = 0
+                for mk, _ in ks.raw_range(lo, bytes((first,)) + member_prefix(cid + 1)[1:],
+                                          limit=budget):
+                    batch.delete(mk)
+                    last = mk
+                    n += 1
+                budget -= n
+                if budget == 0 and last is not None:  # maybe more: go on after it
+                    batch.put(gk, bytes((marker,)) + last[len(prefix):])
+                    stopped = True
+                    break
+            if stopped:
                 break
             batch.delete(gk)
             done += 1
