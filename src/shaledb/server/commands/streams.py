@@ -231,22 +231,42 @@ class Stream:
         return True
 
     def trim(self, maxlen: int | None, minid: StreamId | None, approx: bool,
-             limit: int) -> int:
-        """Delete entries from the start down to ``maxlen`` or below ``minid``; ``approx``:
-        only whole multiples of NODE_ENTRIES, at most ``limit`` (0: no limit). How many."""
-        if maxlen is not None:
-            want = max(self.size - maxlen, 0)
+             limit: int, node: int = NODE_ENTRIES) -> int:
+        """Delete entries from the start down to ``maxlen`` or below ``minid``. ``approx``:
+        only whole nodes of ``node`` entries, at most ``limit`` entries (0: no limit), as
+        Redis removes whole radix-tree nodes: entry number ``k`` (in the order added, the
+        first live one being number ``added - length``) lies in node ``k // node``. How
+        many were deleted."""
+        if not approx:
+            if maxlen is not None:
+                want = max(self.size - maxlen, 0)
+            else:
+                assert minid is not None
+                want = 0
+                for want, (sid, _) in enumerate(self.entries(), 1):  # noqa: B007
+                    if sid >= minid or want > STREAM_DELETE_MAX + 1:
+                        want -= 1
+                        break
         else:
-            assert minid is not None
+            node = max(node, 1)
             want = 0
-            for sid, _ in self.entries():
-                if sid >= minid or want > STREAM_DELETE_MAX:
+            chunk = node - max(self.meta.added - self.size, 0) % node
+            walk = self.entries()
+            while want < self.size:
+                chunk = min(chunk, self.size - want)  # the last node may not be full
+                if maxlen is not None and self.size - want - chunk < maxlen:
                     break
-                want += 1
-        if approx:
-            if limit:
-                want = min(want, limit)
-            want -= want % NODE_ENTRIES
+                if limit and want + chunk > limit:
+                    break
+                if minid is not None:
+                    taken = [item for _, item in zip(range(chunk), walk, strict=False)]
+                    if not taken or taken[-1][0] >= minid:
+                        break
+                want += chunk
+                chunk = node
+                if want > STREAM_DELETE_MAX:
+                    break
+            want = min(want, self.size)
         if not want:
             return 0
         if want > STREAM_DELETE_MAX:
@@ -458,8 +478,21 @@ def _trim_args(argv: list[bytes], xadd: bool) -> _TrimArgs:
             raise CommandError("syntax error, LIMIT cannot be used without the special ~ "
                                "option")
     else:
-        a.limit = NODE_ENTRIES * NODE_ENTRIES if a.approx else 0
+        a.limit = -1 if a.approx else 0  # -1: 100 nodes (the caller knows the node size)
     return a
+
+
+def _node_entries(ctx: Context) -> int:
+    """stream-node-max-entries (CONFIG SET changes it)."""
+    return int(dict(ctx.services.config.encoding_hints).get("stream-node-max-entries",
+                                                           NODE_ENTRIES))
+
+
+def _trim_limit(a: _TrimArgs, node: int) -> int:
+    if a.limit != -1:
+        return a.limit
+    limit = NODE_ENTRIES * node
+    return 10_000 if limit <= 0 else min(limit, 1_000_000)
 
 
 def _next_auto_id(last: StreamId, now: int) -> StreamId | None:
@@ -504,7 +537,8 @@ def xadd(ctx: Context, argv: list[bytes]) -> Any:
                            "stream top item")
     s.add(sid, fields)
     if a.maxlen is not None or a.minid is not None:
-        s.trim(a.maxlen, a.minid, a.approx, a.limit)
+        node = _node_entries(ctx)
+        s.trim(a.maxlen, a.minid, a.approx, _trim_limit(a, node), node)
     s.save()
     return format_id(sid)
 
@@ -518,7 +552,8 @@ def xtrim(ctx: Context, argv: list[bytes]) -> Any:
     a = _trim_args(argv, False)
     if a.next != len(argv):
         raise CommandError(SYNTAX)
-    n = s.trim(a.maxlen, a.minid, a.approx, a.limit)
+    node = _node_entries(ctx)
+    n = s.trim(a.maxlen, a.minid, a.approx, _trim_limit(a, node), node)
     if n:
         s.save()
     return n
@@ -859,10 +894,12 @@ def xreadgroup(ctx: Context, argv: list[bytes]) -> Any:
     count, noack = a.count, a.noack
 
     def attempt(t: KeyspaceTxn, key: bytes) -> Any:
+        # Redis 7 answers a group reader whose stream went (DEL, FLUSHDB, another type)
+        # at once; an XREAD waiter stays blocked.
         try:
             s = Stream.get(t, db, key)
         except CommandError:
-            return NOT_READY
+            s = None
         if s is None:
             raise CommandError("the stream key no longer exists", prefix="UNBLOCKED")
         g = s.group(gname)
@@ -1246,6 +1283,7 @@ def xautoclaim(ctx: Context, argv: list[bytes]) -> Any:
         if raw is None:
             s.put_pending(g, sid, None)
             deleted.append(format_id(sid))
+            count -= 1  # Redis 7.0 counts a deleted entry it drops as one claimed
             continue
         if now - p.delivered_ms < min_idle:
             continue
