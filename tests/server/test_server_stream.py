@@ -473,17 +473,22 @@ def test_a_trim_past_the_delete_bound_fails_and_changes_nothing(
     assert r.xtrim("s", maxlen=0, approximate=True, limit=50) == 0  # LIMIT: whole nodes
 
 
-def test_xrange_is_charged_to_the_output_limit_as_it_is_built(
+def test_xrange_and_xread_are_charged_to_the_output_limit_as_they_are_built(
         server_factory: Callable[..., ServerThread]) -> None:
     st = server_factory(client_output_buffer_limit=256 * KiB)
     r = st.client()
     for i in range(40):
         r.xadd("big", {"v": b"x" * (20 * KiB)}, id=f"{i + 1}-0")  # 800 KiB of entries
-    raw = RawClient(st.port)
-    raw.send("XRANGE", "big", "-", "+")
-    with pytest.raises(ConnectionError):
-        raw.read()
-    raw.close()
+    r.xgroup_create("big", "g", id="0")
+    for request in (("XRANGE", "big", "-", "+"), ("XREAD", "STREAMS", "big", "0"),
+                    ("XREADGROUP", "GROUP", "g", "c", "STREAMS", "big", ">")):
+        raw = RawClient(st.port)
+        raw.send(*request)
+        with pytest.raises(ConnectionError):
+            raw.read()
+        raw.close()
+    assert int(st.call(
+        lambda: st.server.stats["client_output_buffer_limit_disconnections"])) == 3
     assert r.xlen("big") == 40 and len(r.xrange("big", count=5)) == 5
 
 

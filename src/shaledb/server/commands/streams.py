@@ -48,7 +48,7 @@ from ..keyspace.streams import (
     prefix_end,
 )
 from ..keyspace.values import MAX_STRING, TAG_STREAM, CollRef, member_key, member_prefix
-from ..net.protocol import NULL_ARRAY, OK
+from ..net.protocol import NULL_ARRAY, OK, ArrayBuilder
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()
@@ -734,19 +734,26 @@ def _read_args(argv: list[bytes], group: bool) -> _ReadArgs:
     return a
 
 
-def _read_new(s: Stream, after: StreamId, count: int) -> list[Any]:
-    got: list[Any] = []
+def _read_new(s: Stream, after: StreamId, count: int, out: ArrayBuilder) -> bool:
+    """XREAD's entries of ``s`` after ``after`` (at most ``count``, 0: all) into ``out``,
+    charged to the client's output limit as they are added; False once over it."""
     start = _incr(after)
     if start is None:
-        return got
+        return True
     for sid, raw in s.entries(start):
-        got.append(_entry_reply(sid, raw))
-        if count and len(got) >= count:
+        if not out.add(_entry_reply(sid, raw)):
+            return False
+        if count and out.count >= count:
             break
-    return got
+    return True
 
 
-def _xread_reply(ctx: Context, results: list[tuple[bytes, list[Any]]]) -> Any:
+def _builder(ctx: Context, used: int) -> ArrayBuilder:
+    """An array charged to what is left of the output limit after ``used`` bytes."""
+    return ArrayBuilder(ctx.client.resp, ctx.client.output_budget - used)
+
+
+def _xread_reply(ctx: Context, results: list[tuple[bytes, Any]]) -> Any:
     if not results:
         return NULL_ARRAY
     if ctx.client.resp == 3:
@@ -773,11 +780,16 @@ def xread(ctx: Context, argv: list[bytes]) -> Any:
                                "using the GROUP <group> <consumer> option.")
         else:
             after.append(parse_id(arg, 0, strict=True)[0])
-    results: list[tuple[bytes, list[Any]]] = []
+    results: list[tuple[bytes, Any]] = []
+    used = 0
     for key, s, sid in zip(a.keys, streams, after, strict=True):
         if s is not None:
-            got = _read_new(s, sid, a.count)
-            if got:
+            out = _builder(ctx, used)
+            if not _read_new(s, sid, a.count, out):
+                return ctx.overflow()
+            if out.count:
+                got = out.done()
+                used += got.size
                 results.append((key, got))
     if results or a.block is None:
         return _xread_reply(ctx, results)
@@ -791,8 +803,10 @@ def xread(ctx: Context, argv: list[bytes]) -> Any:
             return NOT_READY
         if s is None:
             return NOT_READY
-        got = _read_new(s, wants[key], count)
-        return _xread_reply(ctx, [(key, got)]) if got else NOT_READY
+        # Only entries added since it blocked: a write's worth, not charged.
+        out = ArrayBuilder(ctx.client.resp, INT64_MAX)
+        _read_new(s, wants[key], count, out)
+        return _xread_reply(ctx, [(key, out.done())]) if out.count else NOT_READY
 
     return _block(ctx, a.keys, a.block, attempt)
 
@@ -813,41 +827,44 @@ def _stream_keys(argv: list[bytes]) -> list[bytes]:
 
 
 def _deliver(s: Stream, gname: bytes, g: GroupRecord, consumer: bytes, count: int,
-             noack: bool, now: int) -> list[Any]:
-    """XREADGROUP ``>``: entries after the group's last id, added to its PEL (unless
-    ``noack``) for ``consumer``; the group's record updated."""
-    got: list[Any] = []
+             noack: bool, now: int, out: ArrayBuilder) -> bool:
+    """XREADGROUP ``>``: entries after the group's last id into ``out``, added to its PEL
+    (unless ``noack``) for ``consumer``; the group's record updated. False once ``out`` is
+    over the output limit (the client is disconnected, as by Redis' limit)."""
+    fits = True
     start = _incr(g.last)
     if start is not None:
         for sid, raw in s.entries(start):
             g = s.advance(g, sid)
             if not noack:
                 s.put_pending(g, sid, PendingRecord(now, 1, consumer))
-            got.append(_entry_reply(sid, raw))
-            if count and len(got) >= count:
+            if not out.add(_entry_reply(sid, raw)):
+                fits = False
                 break
-    if got:
+            if count and out.count >= count:
+                break
+    if out.count:
         s.put_group(gname, g)
         s.touch_consumer(g, consumer, now, active=True)
-    return got
+    return fits
 
 
-def _history(s: Stream, g: GroupRecord, consumer: bytes, after: StreamId, count: int
-             ) -> list[Any]:
+def _history(s: Stream, g: GroupRecord, consumer: bytes, after: StreamId, count: int,
+             out: ArrayBuilder) -> bool:
     """XREADGROUP with an id: ``consumer``'s pending entries after it (a deleted entry
-    as [id, nil])."""
-    got: list[Any] = []
+    as [id, nil]) into ``out``; False once over the output limit."""
     start = _incr(after)
     if start is None:
-        return got
+        return True
     for sid, p in s.pending(g, start):
         if p.consumer != consumer:
             continue
         raw = s.entry(sid)
-        got.append([format_id(sid), None] if raw is None else _entry_reply(sid, raw))
-        if count and len(got) >= count:
+        if not out.add([format_id(sid), None] if raw is None else _entry_reply(sid, raw)):
+            return False
+        if count and out.count >= count:
             break
-    return got
+    return True
 
 
 @command("xreadgroup", -7, "write blocking", "write stream slow blocking",
@@ -874,21 +891,27 @@ def xreadgroup(ctx: Context, argv: list[bytes]) -> Any:
                                "return an empty result set.")
         else:
             plan.append((key, s, g, parse_id(arg, 0, strict=True)[0]))
-    results: list[tuple[bytes, list[Any]]] = []
+    results: list[tuple[bytes, Any]] = []
     history = False
+    used = 0
     for key, s, g, after in plan:
         # Streams may repeat a key: read the group again from the transaction.
         s = Stream.get(txn, db, key) or s
         g = s.group(gname) or g
         s.touch_consumer(g, consumer, now)
+        out = _builder(ctx, used)
         if after is None:
-            got = _deliver(s, gname, g, consumer, a.count, a.noack, now)
-            if got:
-                results.append((key, got))
+            fits = _deliver(s, gname, g, consumer, a.count, a.noack, now, out)
         else:
             history = True
-            results.append((key, _history(s, g, consumer, after, a.count)))
+            fits = _history(s, g, consumer, after, a.count, out)
         s.save()
+        if not fits:
+            return ctx.overflow()
+        if out.count or after is not None:
+            got = out.done()
+            used += got.size
+            results.append((key, got))
     if results or history or a.block is None:
         return _xread_reply(ctx, results)
     count, noack = a.count, a.noack
@@ -906,11 +929,12 @@ def xreadgroup(ctx: Context, argv: list[bytes]) -> Any:
         if g is None:
             raise CommandError("the consumer group this client was blocked on no longer "
                                "exists", prefix="NOGROUP")
-        got = _deliver(s, gname, g, consumer, count, noack, t.now)
-        if not got:
+        out = ArrayBuilder(ctx.client.resp, INT64_MAX)  # entries added since it blocked
+        _deliver(s, gname, g, consumer, count, noack, t.now, out)
+        if not out.count:
             return NOT_READY
         s.save()
-        return _xread_reply(ctx, [(key, got)])
+        return _xread_reply(ctx, [(key, out.done())])
 
     return _block(ctx, a.keys, a.block, attempt)
 
