@@ -553,3 +553,17 @@ def test_xreadgroup_block_delivers_to_one_consumer_and_fails_when_the_stream_goe
     r.delete("s")
     with pytest.raises(redis.ResponseError, match="UNBLOCKED the stream key no longer exists"):
         gone.result()
+
+
+def test_an_error_a_woken_client_gets_is_counted_in_errorstats(server: ServerThread) -> None:
+    """XGROUP DESTROY answers a blocked XREADGROUP -NOGROUP; like every error reply it is
+    counted in INFO errorstats (Redis' TCL stream-cgroups checks it)."""
+    r = server.client()
+    r.xgroup_create("s", "g", id="$", mkstream=True)
+    waiter = server.client()
+    call = _Call(lambda: waiter.xreadgroup("g", "c", {"s": ">"}, block=0))
+    wait_until(lambda: _blocked(r) == 1, 10, "the XREADGROUP to block")
+    r.xgroup_destroy("s", "g")
+    with pytest.raises(redis.ResponseError, match="NOGROUP the consumer group this client was"):
+        call.result()
+    assert r.info("errorstats").get("errorstat_NOGROUP") == {"count": 1}

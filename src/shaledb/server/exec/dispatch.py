@@ -146,6 +146,10 @@ class TurnCommit:
             # ends, so this ends.
             while blocking.ready:
                 served = blocking.serve(self.txn)
+                if self.stats is not None:  # an attempt's error is an error reply too
+                    for _, reply in served:
+                        if isinstance(reply, CommandError):
+                            self.stats.error_reply(reply.prefix)
                 blocking.resolve(served, self._commit_txn())
         waiting, self._waiting = self._waiting, []
         for conn in waiting:
