@@ -567,3 +567,5 @@ def test_an_error_a_woken_client_gets_is_counted_in_errorstats(server: ServerThr
     with pytest.raises(redis.ResponseError, match="NOGROUP the consumer group this client was"):
         call.result()
     assert r.info("errorstats").get("errorstat_NOGROUP") == {"count": 1}
+    stats = r.info("commandstats")["cmdstat_xreadgroup"]
+    assert stats["calls"] == 1 and stats["failed_calls"] == 1
