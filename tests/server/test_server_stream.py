@@ -569,3 +569,20 @@ def test_an_error_a_woken_client_gets_is_counted_in_errorstats(server: ServerThr
     assert r.info("errorstats").get("errorstat_NOGROUP") == {"count": 1}
     stats = r.info("commandstats")["cmdstat_xreadgroup"]
     assert stats["calls"] == 1 and stats["failed_calls"] == 1
+
+
+def test_acl_key_patterns_cover_the_keys_after_streams(server: ServerThread) -> None:
+    """XREAD and XREADGROUP name their keys after STREAMS: the ACL checks those."""
+    r = server.client()
+    r.xadd("a1", {"f": "v"}, id="1-0")
+    r.xadd("b1", {"f": "v"}, id="1-0")
+    r.xgroup_create("b1", "g", id="0")
+    r.acl_setuser("u", enabled=True, passwords=["+p"], keys=["a*"], commands=["+@all"])
+    u = server.client(username="u", password="p")
+    assert u.xread({"a1": 0}) == [[b"a1", [(b"1-0", {b"f": b"v"})]]]
+    for call in (lambda: u.xread({"a1": 0, "b1": 0}), lambda: u.xread({"b1": 0}),
+                 lambda: u.xreadgroup("g", "c", {"b1": ">"}),
+                 lambda: u.xgroup_create("b1", "h"), lambda: u.xinfo_stream("b1")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            call()
+    assert r.xpending("b1", "g")["pending"] == 0
