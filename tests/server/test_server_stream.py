@@ -586,3 +586,27 @@ def test_acl_key_patterns_cover_the_keys_after_streams(server: ServerThread) -> 
         with pytest.raises(redis.exceptions.NoPermissionError):
             call()
     assert r.xpending("b1", "g")["pending"] == 0
+
+
+def test_watch_sees_stream_changes_and_multi_runs_group_reads(r: redis.Redis,
+                                                              server: ServerThread) -> None:
+    r.xadd("s", {"f": "v"}, id="1-0")
+    r.xgroup_create("s", "g", id="0")
+    other = server.client()
+    for change in (lambda: other.xadd("s", {"f": "w"}, id="3-0"),
+                   lambda: other.xdel("s", "3-0"),
+                   lambda: other.xadd("s", {"f": "w"}, id="4-0")):
+        with r.pipeline() as pipe:
+            pipe.watch("s")
+            change()
+            pipe.multi()
+            pipe.xlen("s")
+            with pytest.raises(redis.WatchError):
+                pipe.execute()
+    with r.pipeline() as pipe:  # XREADGROUP inside MULTI delivers and writes the PEL
+        pipe.xreadgroup("g", "c", {"s": ">"})
+        pipe.xpending("s", "g")
+        got, pending = pipe.execute()
+    assert got == [[b"s", [(b"1-0", {b"f": b"v"}), (b"4-0", {b"f": b"w"})]]]
+    assert pending["pending"] == 2
+    assert other.xack("s", "g", "9-0") == 0  # nothing acknowledged: nothing written
