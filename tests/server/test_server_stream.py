@@ -487,8 +487,13 @@ def test_xrange_and_xread_are_charged_to_the_output_limit_as_they_are_built(
         with pytest.raises(ConnectionError):
             raw.read()
         raw.close()
+    raw = RawClient(st.port)
+    raw.send("XINFO", "STREAM", "big", "FULL", "COUNT", "0")
+    with pytest.raises(ConnectionError):
+        raw.read()
+    raw.close()
     assert int(st.call(
-        lambda: st.server.stats["client_output_buffer_limit_disconnections"])) == 3
+        lambda: st.server.stats["client_output_buffer_limit_disconnections"])) == 4
     assert r.xlen("big") == 40 and len(r.xrange("big", count=5)) == 5
 
 

@@ -1402,19 +1402,28 @@ def xinfo(ctx: Context, argv: list[bytes]) -> Any:
         info[b"first-entry"] = None if first is None else _entry_reply(*first)
         info[b"last-entry"] = None if last is None else _entry_reply(*last)
         return info
+    # FULL COUNT 0 shows everything: charge what it builds to the output limit (a rough
+    # size: the bytes plus RESP's framing) and stop at it, as the array replies do.
+    budget = ctx.client.output_budget
+    size = 0
     entries: list[Any] = []
     for sid, raw in s.entries():
         if count and len(entries) >= count:
             break
         entries.append(_entry_reply(sid, raw))
+        size += len(raw) + 64
+        if size > budget:
+            return ctx.overflow()
     info[b"entries"] = entries
     groups: list[Any] = []
     for name, g in s.groups():
-        pel = list(s.pending(g))
-        if count:
-            shown = pel[:count]
-        else:
-            shown = pel
+        pel = []
+        for item in s.pending(g):
+            pel.append(item)
+            size += len(item[1].consumer) + 80
+            if size > budget:
+                return ctx.overflow()
+        shown = pel[:count] if count else pel
         per_consumer: dict[bytes, list[Any]] = {}
         for sid, p in pel:
             per_consumer.setdefault(p.consumer, []).append((sid, p))
