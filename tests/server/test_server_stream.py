@@ -615,3 +615,26 @@ def test_watch_sees_stream_changes_and_multi_runs_group_reads(r: redis.Redis,
     assert got == [[b"s", [(b"1-0", {b"f": b"v"}), (b"4-0", {b"f": b"w"})]]]
     assert pending["pending"] == 2
     assert other.xack("s", "g", "9-0") == 0  # nothing acknowledged: nothing written
+
+
+def test_a_job_result_round_trip_as_rq_2_makes_it(server: ServerThread) -> None:
+    """RQ 2.x keeps job results in a stream (rq is not a dependency here, so its calls are
+    made directly, as rq.results.Result makes them): a worker XADDs a result with a short
+    MAXLEN and a TTL in one MULTI, the enqueuer waits with XREAD BLOCK from 0 and reads
+    the latest with XREVRANGE + - COUNT 1."""
+    r = server.client()
+    key = "rq:results:job-1"
+    waiter = server.client()
+    call = _Call(lambda: waiter.xread({key: 0}, count=1, block=5_000))
+    wait_until(lambda: _blocked(r) == 1, 10, "the enqueuer's XREAD to block")
+    for attempt in range(12):
+        with r.pipeline() as pipe:
+            pipe.xadd(key, {"type": 1 if attempt < 11 else 2, "return_value": b"x" * 10,
+                            "created_at": "2026-12-02T00:00:00"}, maxlen=10)
+            pipe.expire(key, 500)
+            pipe.execute()
+    got = call.result()
+    assert got[0][0] == key.encode() and got[0][1][0][1][b"type"] == b"1"
+    latest = r.xrevrange(key, "+", "-", count=1)
+    assert latest[0][1][b"type"] == b"2"
+    assert 10 <= r.xlen(key) <= 12 and 0 < r.ttl(key) <= 500
