@@ -380,15 +380,15 @@ def test_zset_records_are_the_documented_bytes(tmp_path: Path) -> None:
         assert index == [bytes.fromhex("F4 0000000000000001 3FFFFFFFFFFFFFFF 62"),
                          bytes.fromhex("F4 0000000000000001 BFF8000000000000 61")]
         assert db.get(index[0]) == b""
-        assert db.get(b"\xffdbmap") == b"\x05\x10" + bytes(range(16))
+        assert db.get(b"\xffdbmap") == b"\x06\x10" + bytes(range(16))
 
 
 def test_a_version_5_directory_is_served_and_upgraded_by_its_first_write(
         tmp_path: Path, server_factory: Callable[..., ServerThread]) -> None:
     """Server keyspace version 5 (map record 0x04) has the bytes of version 6 minus sorted
-    sets: served as it is (its lists and hashes too); the first write records map version
-    0x05, so a version 5 server (which would leak a dropped set's score index) refuses it
-    from then on."""
+    sets (and version 7's streams): served as it is (its lists and hashes too); the first
+    write records the current map version (0x06 since streams), so a version 5 server (which
+    would leak a dropped set's score index) refuses it from then on."""
     from shaledb.server.keyspace.dbmap import MAP_KEY, count_key, encode_counts
 
     path = tmp_path / "v5"
@@ -405,7 +405,7 @@ def test_a_version_5_directory_is_served_and_upgraded_by_its_first_write(
     assert st.call(lambda: st.server.db.get(MAP_KEY))[0] == 4  # type: ignore[union-attr]
     r.zadd("z", {"m": 1})
     assert st.call(lambda: st.server.db.get(MAP_KEY)) == (  # type: ignore[union-attr]
-        b"\x05\x10" + bytes(range(16)))
+        b"\x06\x10" + bytes(range(16)))
     assert r.zrange("z", 0, -1, withscores=True) == [(b"m", 1.0)]
     st.stop()
     st2 = server_factory(dir=str(path))
@@ -417,8 +417,8 @@ def test_a_newer_map_version_is_refused(tmp_path: Path) -> None:
     from shaledb.errors import IncompatibleFormatError
     from shaledb.server.keyspace.dbmap import decode_map
 
-    with pytest.raises(IncompatibleFormatError, match="reads versions 1 to 5"):
-        decode_map(b"\x06\x10" + bytes(range(16)))
+    with pytest.raises(IncompatibleFormatError, match="reads versions 1 to 6"):
+        decode_map(b"\x07\x10" + bytes(range(16)))
 
 
 def test_del_of_a_large_zset_is_one_write_and_its_records_are_reclaimed(

@@ -174,7 +174,10 @@ class ServerConfig:
         ("hash-max-listpack-entries", 128), ("hash-max-listpack-value", 64),
         ("set-max-intset-entries", 512), ("zset-max-listpack-entries", 128),
         ("zset-max-listpack-value", 64), ("list-max-listpack-size", -2),
-        ("list-compress-depth", 0))
+        ("list-compress-depth", 0),
+        # Streams: stream-node-max-entries does act, on approximate trimming (see
+        # commands/streams.py); the byte bound is only shown.
+        ("stream-node-max-entries", 100), ("stream-node-max-bytes", 4096))
     #: Address and port of the HTTP endpoint serving GET /metrics (Prometheus) and GET
     #: /health. Port None turns it off (-1 or "off" in the TOML file or on the command
     #: line); 0 picks a free port, which the server reports.

@@ -404,7 +404,8 @@ _HINTS: Final = tuple(_hint(n) for n in (
     "hash-max-listpack-entries", "hash-max-listpack-value", "hash-max-ziplist-entries",
     "hash-max-ziplist-value", "set-max-intset-entries", "zset-max-listpack-entries",
     "zset-max-listpack-value", "zset-max-ziplist-entries", "zset-max-ziplist-value",
-    "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth"))
+    "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth",
+    "stream-node-max-entries", "stream-node-max-bytes"))
 
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("bind", "host"),

@@ -40,6 +40,7 @@ def build_table() -> dict[bytes, Command]:
         server,
         sets,
         sort,
+        streams,
         strings,
         transactions,
         zsets,
@@ -50,7 +51,7 @@ def build_table() -> dict[bytes, Command]:
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
-                   sort.FAMILY):
+                   sort.FAMILY, streams.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -22,7 +22,7 @@ from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
 from ..keyspace import notify as ev
 from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
-from ..keyspace.values import TAG_LIST, TAG_ZSET
+from ..keyspace.values import TAG_LIST, TAG_STREAM, TAG_ZSET
 from ..net.protocol import OK, Status
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
@@ -414,6 +414,8 @@ def object_(ctx: Context, argv: list[bytes]) -> Any:
         return _string_encoding(e)
     if e.coll.kind == TAG_ZSET:
         return b"skiplist"
+    if e.coll.kind == TAG_STREAM:
+        return b"stream"
     return b"quicklist" if e.coll.kind == TAG_LIST else b"hashtable"
 
 

@@ -157,6 +157,15 @@ class TurnCommit:
             # ends, so this ends.
             while blocking.ready:
                 served = blocking.serve(self.txn)
+                if self.stats is not None:  # an attempt's error is an error reply too
+                    for w, reply in served:
+                        if isinstance(reply, CommandError):
+                            self.stats.error_reply(reply.prefix)
+                            # ... and a failed call of the blocked command (client.cmd:
+                            # a blocked client ran nothing since).
+                            unit = self.stats.commands.get(w.client.cmd)
+                            if unit is not None:
+                                unit.failed += 1
                 blocking.resolve(served, self._commit_txn())
         waiting, self._waiting = self._waiting, []
         for conn in waiting:

@@ -71,6 +71,7 @@ from . import notify
 from .dbmap import (
     CHUNK_PREFIX,
     GARBAGE_PREFIX,
+    GROUP_PREFIX,
     HASHES_MAP_VERSION,
     LISTS_MAP_VERSION,
     LOGICAL_DATABASES,
@@ -80,6 +81,7 @@ from .dbmap import (
     MEMBER_PREFIX,
     SCORE_PREFIX,
     STRINGS_MAP_VERSION,
+    ZSETS_MAP_VERSION,
     count_key,
     decode_counts,
     decode_map,
@@ -102,6 +104,7 @@ from .values import (
     TAG_EXPIRES,
     TAG_LIST,
     TAG_SET,
+    TAG_STREAM,
     TAG_STRING,
     TAG_ZSET,
     TYPE_NAMES,
@@ -317,11 +320,12 @@ class Keyspace:
         #: directory from then on).
         self.map_pending = False
         version = map_version(raw_map)
-        if version in (STRINGS_MAP_VERSION, HASHES_MAP_VERSION, LISTS_MAP_VERSION):
-            # Server keyspace versions 3 to 5 have the same bytes minus hashes and sets
-            # (3), lists (3, 4) and sorted sets (3 to 5): the first write records the new
-            # map version (see Keyspace.write), before the directory can hold what they
-            # would misread.
+        if version in (STRINGS_MAP_VERSION, HASHES_MAP_VERSION, LISTS_MAP_VERSION,
+                       ZSETS_MAP_VERSION):
+            # Server keyspace versions 3 to 6 have the same bytes minus hashes and sets
+            # (3), lists (3, 4), sorted sets (3 to 5) and streams (3 to 6): the first write
+            # records the new map version (see Keyspace.write), before the directory can
+            # hold what they would misread.
             self.map_pending = True
         elif version != MAP_VERSION:
             if raw_map is None and self._first_server_key() is None:
@@ -399,9 +403,11 @@ class Keyspace:
     def _largest_chunk_id(self) -> int:
         """The largest chunk-set or collection id in use (one counter names both): every
         live chunk set has chunks, every live collection has members (an empty one is
-        deleted), and every dropped one its garbage record until it is gone."""
+        deleted; a stream, which may be empty, always has its anchor record in the group
+        range), and every dropped one its garbage record until it is gone."""
         largest = 0
-        for prefix in (CHUNK_PREFIX, GARBAGE_PREFIX, MEMBER_PREFIX, MEMBER_GARBAGE_PREFIX):
+        for prefix in (CHUNK_PREFIX, GARBAGE_PREFIX, MEMBER_PREFIX, MEMBER_GARBAGE_PREFIX,
+                       GROUP_PREFIX):
             last = self._first(prefix, reverse=True)
             if last is not None:
                 largest = max(largest, id_of(last))
@@ -602,6 +608,12 @@ _NO_MEMBER: Final = object()
 #: (HRANDFIELD, SRANDMEMBER, SPOP); larger ones are probed at random positions in member
 #: order, which is cheap but not uniform (see docs/design.md).
 RANDOM_EXACT_MAX: Final = 128
+
+
+def _next_id_key(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix`` (9 bytes: a first byte and
+    a collection id)."""
+    return prefix[:1] + member_prefix(id_of(prefix) + 1)[1:]
 
 
 def _logical_keys(ks: Keyspace, engine_keys: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -903,6 +915,10 @@ class KeyspaceTxn:
                     self._put_member(member_key(new.id, field), value)
                     if coll.kind == TAG_ZSET:
                         self._put_member(score_key(new.id, unpack_score(value), field), b"")
+                if coll.kind == TAG_STREAM:  # and its anchor, groups, PELs and consumers
+                    lo = bytes((GROUP_PREFIX,)) + member_prefix(coll.id)[1:]
+                    for gk, value in list(self.records(lo, _next_id_key(lo), coll.id)):
+                        self._put_member(lo[:1] + member_prefix(new.id)[1:] + gk[9:], value)
                 coll = coll._replace(id=new.id)  # a list keeps its head
             self._put(ek, Entry(b"", expire_ms, 0, None, None, coll))
             return
@@ -1044,6 +1060,57 @@ class KeyspaceTxn:
                 self._put(ek, Entry(b"", e.expire_ms, 0, None, None,
                                     CollRef(coll.kind, coll.id, size)))
         return removed
+
+    # -- any record of a collection (streams) ------------------------------------------------
+    def put_coll(self, db: int, key: bytes, expire_ms: int, coll: CollRef) -> None:
+        """Buffer ``key``'s collection header ``coll`` as it is (a stream may be empty:
+        nothing is deleted at size 0)."""
+        self._put(engine_key(self._phys(db), key),
+                  Entry(b"", expire_ms, 0, None, None, coll))
+
+    def record(self, rk: bytes, cid: int) -> bytes | None:
+        """The value of record ``rk`` (a member key, or a key of the group range, of
+        collection ``cid``), or None: one point read (none for a new collection)."""
+        v = self._members.get(rk)
+        if v is not None:
+            return None if v is _NO_MEMBER else v
+        if cid in self._new_ids:
+            return None
+        return self._ks.db.get(rk)
+
+    def put_record(self, rk: bytes, value: bytes | None) -> None:
+        """Buffer record ``rk`` = ``value`` (None: delete it); written by the commit only
+        when its collection's header is written too, as members are."""
+        self._put_member(rk, _NO_MEMBER if value is None else value)
+
+    def records(self, lo: bytes, hi: bytes, cid: int, *, reverse: bool = False
+                ) -> Iterator[tuple[bytes, bytes]]:
+        """``(record key, value)`` with ``lo <= key < hi`` (a range of collection
+        ``cid``'s records), in key order, this transaction's own writes included; memory
+        does not grow with the range."""
+        own = sorted((k for k in self._members if lo <= k < hi), reverse=reverse) \
+            if self._members else []
+        base: Iterator[tuple[bytes, bytes]] = (
+            iter(()) if cid in self._new_ids else self._ks.db.range(lo, hi, reverse=reverse))
+        members = self._members
+        i, n = 0, len(own)
+        for k, value in base:
+            while i < n and (own[i] > k if reverse else own[i] < k):
+                v = members[own[i]]
+                if v is not _NO_MEMBER:
+                    yield own[i], v
+                i += 1
+            if i < n and own[i] == k:
+                v = members[k]
+                i += 1
+                if v is not _NO_MEMBER:
+                    yield k, v
+                continue
+            yield k, value
+        for k in own[i:]:
+            v = members[k]
+            if v is not _NO_MEMBER:
+                yield k, v
 
     # -- lists ---------------------------------------------------------------------------
     def new_list(self) -> CollRef:
@@ -1354,7 +1421,7 @@ class KeyspaceTxn:
                     chunks.pop(ek, None)
                 else:
                     chunks[ek] = previous
-            elif ek[0] == MEMBER_PREFIX or ek[0] == SCORE_PREFIX:
+            elif ek[0] == MEMBER_PREFIX or ek[0] == SCORE_PREFIX or ek[0] == GROUP_PREFIX:
                 if previous is None:
                     self._members.pop(ek, None)
                 else:
@@ -1450,10 +1517,12 @@ class KeyspaceTxn:
             # Members of collections no written header names were dropped (deleted,
             # flushed or overwritten) in this transaction: their garbage record covers them.
             if cid in named_colls:
-                index = mk[0] == SCORE_PREFIX  # a sorted set's score index record
+                # A member, a sorted set's score index record or a stream's group record.
+                member = mk[0] == MEMBER_PREFIX
                 if value is not _NO_MEMBER:
                     batch.put(mk, value)
-                    bounds = (ks.score_bounds if index else ks.member_bounds).get(cid)
+                    bounds = (ks.member_bounds.get(cid) if member else
+                              ks.score_bounds.get(cid) if mk[0] == SCORE_PREFIX else None)
                     if bounds is not None:  # a member outside the known bounds moves them
                         if bounds[0] is not None and mk < bounds[0]:
                             bounds[0] = mk
@@ -1461,7 +1530,7 @@ class KeyspaceTxn:
                             bounds[1] = mk
                 elif cid not in new_ids:
                     batch.delete(mk)
-                    if not index:
+                    if member:
                         member_deletes[cid] = member_deletes.get(cid, 0) + 1
         if new_map is not None and new_map != ks.map:
             batch.put(MAP_KEY, encode_map(new_map))
