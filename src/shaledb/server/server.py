@@ -48,6 +48,7 @@ from .exec.client import ClientState
 from .exec.cursors import ScanCursors
 from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
+from .exec.scripting import ScriptEngine
 from .exec.durability import SyncGroup
 from .exec.watch import WatchRegistry
 from .keyspace.expiry import run_active_expire
@@ -141,6 +142,8 @@ class Server:
         self.rate_limits = CommandRateLimits(config.rate_limit_per_ip, config.rate_limit_users,
                                              config.rate_limit_max_hosts)
         self.scrubber = Scrubber(self)
+        #: EVAL / FCALL: the Lua state and script cache (its thread starts at the first).
+        self.scripts = ScriptEngine()
 
     @property
     def keyspace(self) -> Keyspace:
@@ -510,7 +513,13 @@ class Server:
         for task in (*self._tasks, self._idle_task, self._sync_task):
             if task is not None and task is not current:
                 task.cancel()
+        # A script still running (SHUTDOWN NOSAVE while BUSY) stops here; its writes were
+        # never committed, and are not now.
+        self.scripts.close()
         if self._turn is not None:
+            if self._turn.frozen:
+                self._turn.txn.undo(0)
+                self._turn.frozen = False
             self._turn.commit()  # writes parked for the end of this turn
         if self.sync_group is not None:
             with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ def build_table() -> dict[bytes, Command]:
         lists,
         observability,
         ranges,
+        scripting,
         server,
         sets,
         strings,
@@ -42,7 +43,8 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY,
+                   scripting.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table
