@@ -16,8 +16,8 @@ local pycall, pycall_raise, pylog, pysha1, pyhook, pyjson_encode, pyjson_decode,
       pybit, pystruct_pack, pystruct_unpack, pystruct_size, pysetresp, pyacl_check,
       null_key = ...
 
-local error, type, tostring, setmetatable, rawset, select, unpack, pairs =
-      error, type, tostring, setmetatable, rawset, select, unpack, pairs
+local error, type, tostring, setmetatable, rawset, select, unpack, pairs, pcall =
+      error, type, tostring, setmetatable, rawset, select, unpack, pairs, pcall
 local sethook, getinfo, setfenv, xpcall = debug.sethook, debug.getinfo, setfenv, xpcall
 local loadstring, tconcat, getfenv, strbyte = loadstring, table.concat, getfenv, string.byte
 local sandbox_source = getinfo(1, "S").source
@@ -240,14 +240,19 @@ local function handler(e)
     return e
 end
 
--- The count hook: Python answers whether SCRIPT KILL asked to stop (and tracks the time).
-local killed = false
+-- The count hook: Python answers whether SCRIPT KILL (or a load's deadline) stops the run.
+-- From then on it fires at every instruction, so a pcall in the script cannot hold it;
+-- Python stops answering yes once the run is over (the error may then escape the sandbox's
+-- own code: Python catches it).
 local function hook()
-    if killed or pyhook() then
-        killed = true
-        sethook(hook, "", 1)  -- stop at every instruction from now on: pcall cannot hold it
+    if pyhook() then
+        sethook(hook, "", 1)
         error({err = "ERR Script killed by user with SCRIPT KILL..."})
     end
+end
+
+local function clear_hook()
+    sethook()
 end
 
 -- Compile a script body into a function (nil, message on a syntax error).
@@ -258,7 +263,6 @@ end
 
 -- Run a compiled script with KEYS and ARGV -> ok, result-or-error-table.
 local function run(f, keys, argv, hook_every)
-    killed = false
     setfenv(f, new_env(keys, argv))
     sethook(hook, "", hook_every)
     local ok, res = xpcall(f, handler)
@@ -296,7 +300,6 @@ local function load_library(body, name, register)
         __metatable = false,
     })
     setfenv(f, env)
-    killed = false
     loading = true
     sethook(hook, "", 100000)
     local ok, res = xpcall(f, handler)
@@ -307,11 +310,10 @@ end
 
 -- Run a registered function with the keys and arguments tables.
 local function run_function(f, keys, argv, hook_every)
-    killed = false
     sethook(hook, "", hook_every)
     local ok, res = xpcall(function() return f(keys, argv) end, handler)
     sethook()
     return ok, res
 end
 
-return compile, run, load_library, run_function
+return compile, run, load_library, run_function, clear_hook

@@ -437,5 +437,18 @@ def bound(fn: Callable[..., Result], first: Any) -> Callable[..., Result]:
     return lambda *args: fn(first, *args)
 
 
+def for_lua(fn: Callable[..., Result]) -> Callable[..., Result]:
+    """``fn`` with its error message as bytes: a Python str would reach Lua as a userdata
+    (the runtime has no encoding), not a string."""
+
+    def call(*args: Any) -> Result:
+        result = fn(*args)
+        if result[0] is False and isinstance(result[1], str):
+            return (False, result[1].encode("utf-8", "replace"))
+        return result
+
+    return call
+
+
 __all__ = ["MAX_DEPTH", "bit_op", "bound", "json_decode", "json_encode", "msgpack_pack",
-           "msgpack_unpack", "struct_pack", "struct_size", "struct_unpack"]
+           "msgpack_unpack", "for_lua", "struct_pack", "struct_size", "struct_unpack"]

@@ -124,7 +124,8 @@ class Library:
 class _Call:
     """One script or function run, handed to the worker thread."""
 
-    __slots__ = ("ctx", "work", "read_only", "name", "kind", "wrote", "kill", "deadline",
+    __slots__ = ("ctx", "work", "read_only", "name", "kind", "wrote", "kill", "stopped",
+                 "deadline",
                  "outcome", "finished", "on_done", "done", "lock", "resp", "started")
 
     def __init__(self, ctx: Context | None, work: Any, read_only: bool, name: str,
@@ -136,6 +137,8 @@ class _Call:
         self.kind = kind  # "script" | "function" | "load"
         self.wrote = False
         self.kill = False
+        #: The run is over after a kill or a deadline: the hook stops failing.
+        self.stopped = False
         self.deadline: float | None = None
         self.outcome: Any = None
         self.finished = False
@@ -162,6 +165,7 @@ class ScriptEngine:
         self._jobs: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._memory_limit = 0
+        self._rawget: Any = None
         #: Scripts evicted from the cache by its byte bound (INFO, tests).
         self.evicted = 0
         self.calls = 0
@@ -184,13 +188,18 @@ class ScriptEngine:
                                        attribute_filter=deny, max_memory=max_memory or None)
             glob = runtime.globals()
             glob.python = None
+            # Reading a script's tables from Python must not run their metamethods (a
+            # returned _G's __index raises; a crafted __index could call redis).
+            self._rawget = glob.rawget
             source = importlib.resources.files(__package__).joinpath(
                 "lua_sandbox.lua").read_bytes()
             self._lua = tuple(runtime.execute(
                 source, self._redis_call, self._redis_call_raise, self._log, self._sha1, self._hook,
-                lualib.json_encode, lualib.bound(lualib.json_decode, runtime),
-                lualib.msgpack_pack, lualib.bound(lualib.msgpack_unpack, runtime),
-                lualib.bit_op, lualib.struct_pack, lualib.struct_unpack, lualib.struct_size,
+                *(lualib.for_lua(fn) for fn in (
+                    lualib.json_encode, lualib.bound(lualib.json_decode, runtime),
+                    lualib.msgpack_pack, lualib.bound(lualib.msgpack_unpack, runtime),
+                    lualib.bit_op, lualib.struct_pack, lualib.struct_unpack,
+                    lualib.struct_size)),
                 self._setresp, self._acl_check, lualib.NULL_KEY))
             # What the bootstrap chunk could reach stays out of every script's reach: the
             # sandbox closed over what it needs, and scripts see only their own globals.
@@ -212,7 +221,7 @@ class ScriptEngine:
             if call is None:
                 return
             try:
-                call.outcome = call.work(call)
+                call.outcome = self._run_call(call)
             except CommandError as exc:
                 call.outcome = exc
             except BaseException as exc:  # noqa: BLE001 - a bug: answer, keep the worker
@@ -226,6 +235,16 @@ class ScriptEngine:
             call.done.set()
             if callback is not None:
                 callback()
+
+    def _run_call(self, call: _Call) -> Any:
+        """Run ``call`` (on the worker); a SELECT inside the script does not outlive it."""
+        client = call.ctx.client if call.ctx is not None else None
+        db = client.db if client is not None else 0
+        try:
+            return call.work(call)
+        finally:
+            if client is not None:
+                client.db = db
 
     def _start(self, call: _Call) -> None:
         if self._thread is None:
@@ -262,10 +281,7 @@ class ScriptEngine:
                 self.busy = False
                 turn.frozen = False
                 keyspace.frozen = False
-                try:
-                    reply = self._outcome(call)
-                except CommandError as exc:
-                    reply = exc
+                reply = self._outcome(call)
                 wrote = turn.txn.dirty
                 if wrote:
                     from .dispatch import WriteGroup  # (dispatch imports this module's users)
@@ -284,9 +300,12 @@ class ScriptEngine:
         return Deferred(future)
 
     def _outcome(self, call: _Call) -> Any:
+        """The reply of a finished call. A script's error is *returned*: raised, the
+        dispatcher would take back the writes the script made before it failed, and Redis
+        keeps them (a script is atomic, not transactional). A load's error is raised."""
         if self.current is call:
             self.current = None
-        if isinstance(call.outcome, CommandError):
+        if isinstance(call.outcome, CommandError) and call.kind == "load":
             raise call.outcome
         return call.outcome
 
@@ -326,11 +345,28 @@ class ScriptEngine:
     # -- callbacks from Lua (on the worker) -------------------------------------------------
     def _hook(self) -> bool:
         call = self.current
-        if call is None:
+        if call is None or call.stopped:
             return False
         if call.deadline is not None and time.monotonic() > call.deadline:
             return True
         return call.kill
+
+    def _invoke(self, call: _Call, fn: Any, *args: Any) -> tuple[Any, Any]:
+        """Call a sandbox function -> (ok, result). After a kill the hook raises at every
+        instruction, also in the sandbox's code around the script: that error reaches
+        here, and counts as the kill."""
+        from lupa.lua51 import LuaError
+
+        try:
+            result = fn(*args)
+        except LuaError:
+            if not (call.kill or call.deadline is not None):
+                raise
+            result = (False, None)
+        if call.kill or call.deadline is not None:
+            call.stopped = True
+            self._lua[4]()  # clear_hook
+        return result[0], result[1]
 
     def _log(self, level: int, message: bytes) -> None:
         levels = {0: logging.DEBUG, 1: logging.INFO, 2: logging.INFO, 3: logging.WARNING}
@@ -373,11 +409,11 @@ class ScriptEngine:
     def _acl_check(self, *args: Any) -> tuple[Any, ...]:
         call = self.current
         if call is None or call.ctx is None:
-            return (None, "redis.acl_check_cmd() called outside a script")
+            return (None, b"redis.acl_check_cmd() called outside a script")
         try:
             argv, cmd = self._command(call, args)
         except CommandError:
-            return (None, "Invalid command passed to redis.acl_check_cmd()")
+            return (None, b"Invalid command passed to redis.acl_check_cmd()")
         client = call.ctx.client
         if client.user.unrestricted:
             return (True,)
@@ -392,7 +428,7 @@ class ScriptEngine:
         """redis.call: the reply, or raise its error (a Lua error in the script)."""
         ok, value = self._redis_call(*args)
         if not ok:
-            raise _CallError(ERROR_MARK + value)
+            raise _CallError(ERROR_MARK + value.decode("utf-8", "replace"))
         return value
 
     def _redis_call(self, *args: Any) -> tuple[bool, Any]:
@@ -400,7 +436,7 @@ class ScriptEngine:
         text)."""
         call = self.current
         if call is None or call.ctx is None:
-            return False, "ERR redis.call() called outside a script"
+            return False, b"ERR redis.call() called outside a script"
         ctx = call.ctx
         try:
             argv, cmd = self._command(call, args)
@@ -432,13 +468,13 @@ class ScriptEngine:
             finally:
                 client.resp = saved
         except CommandError as exc:
-            return False, error_text(exc)
+            return False, error_text(exc).encode()
         except ShaleError as exc:
             from .dispatch import engine_error
 
-            return False, error_text(engine_error(exc))
+            return False, error_text(engine_error(exc)).encode()
         if isinstance(reply, CommandError):
-            return False, error_text(reply)
+            return False, error_text(reply).encode()
         return True, self._to_lua(reply, call.resp)
 
     # -- conversions ------------------------------------------------------------------------
@@ -514,19 +550,20 @@ class ScriptEngine:
             return None
         if lua_type(value) != "table":
             return None
-        err = value[b"err"]
+        rawget = self._rawget
+        err = rawget(value, b"err")
         if err is not None:
             return RawError(_as_text(err))
-        ok = value[b"ok"]
+        ok = rawget(value, b"ok")
         if ok is not None:
             return Status(ok if isinstance(ok, bytes) else _as_text(ok).encode())
-        double = value[b"double"]
+        double = rawget(value, b"double")
         if double is not None and isinstance(double, (int, float)):
             return float(double)
         items: list[Any] = []
         i = 1
         while True:
-            item = value[i]
+            item = rawget(value, i)
             if item is None:
                 break
             items.append(self._to_reply(item, budget, depth + 1))
@@ -592,7 +629,8 @@ class ScriptEngine:
 
         def work(call: _Call) -> Any:
             rt = self._runtime
-            ok, res = run(script.fn, rt.table_from(keys), rt.table_from(args), HOOK_EVERY)
+            ok, res = self._invoke(call, run, script.fn, rt.table_from(keys),
+                                   rt.table_from(args), HOOK_EVERY)
             return self._result(call, ok, res, script.sha)
 
         return self._submit(ctx, work, read_only, script.sha, "script")
@@ -613,9 +651,10 @@ class ScriptEngine:
             from lupa.lua51 import lua_type
 
             if lua_type(res) == "table":
-                err = res[b"err"]
+                rawget = self._rawget
+                err = rawget(res, b"err")
                 text = _as_text(err) if err is not None else "ERR unknown error"
-                source, line = res[b"source"], res[b"line"]
+                source, line = rawget(res, b"source"), rawget(res, b"line")
                 if source is not None and line is not None:
                     text += (f" script: {name}, on {_as_text(source)}:"
                              f"{int(line) if isinstance(line, (int, float)) else line}.")
@@ -653,13 +692,13 @@ class ScriptEngine:
                     raise_lua("Function names can only contain letters, numbers, or "
                               "underscores(_) and must be at least one character long")
             except _LuaRaise as exc:
-                return (False, str(exc))
+                return (False, str(exc).encode())
             registered[fname] = Function(fname, fn, name, flags, desc)
             return (True,)
 
         def work(call: _Call) -> Any:
             call.deadline = time.monotonic() + LOAD_TIMEOUT
-            ok, res = load_library(body, b"@user_function", register)
+            ok, res = self._invoke(call, load_library, body, b"@user_function", register)
             if not ok:
                 from lupa.lua51 import lua_type
 
@@ -712,7 +751,8 @@ class ScriptEngine:
 
         def work(call: _Call) -> Any:
             rt = self._runtime
-            ok, res = run_function(fn.fn, rt.table_from(keys), rt.table_from(args), HOOK_EVERY)
+            ok, res = self._invoke(call, run_function, fn.fn, rt.table_from(keys),
+                                   rt.table_from(args), HOOK_EVERY)
             return self._result(call, ok, res, fn.name)
 
         return self._submit(ctx, work, read_only or "no-writes" in fn.flags, fn.name,
