@@ -20,6 +20,7 @@ local error, type, tostring, setmetatable, rawset, select, unpack, pairs, pcall 
       error, type, tostring, setmetatable, rawset, select, unpack, pairs, pcall
 local sethook, getinfo, setfenv, xpcall = debug.sethook, debug.getinfo, setfenv, xpcall
 local loadstring, tconcat, getfenv, strbyte = loadstring, table.concat, getfenv, string.byte
+local strsub, strfind, getmetatable = string.sub, string.find, getmetatable
 local sandbox_source = getinfo(1, "S").source
 -- (The bootstrap's globals are cleared once it ran: everything used later is a local.)
 
@@ -28,6 +29,11 @@ local protected = setmetatable({}, {__mode = "k"})
 local function readonly_error()
     error("Attempt to modify a readonly table", 2)
 end
+
+-- What getmetatable answers for a protected table: a read-only stand-in, so that
+-- `getmetatable(_G).__index = ...` fails as Redis' does.
+local readonly_meta = setmetatable({}, {__newindex = readonly_error, __metatable = false})
+protected[readonly_meta] = true
 
 local function readonly(t)
     local proxy = {}
@@ -47,7 +53,7 @@ end
 -- exception (a userdata here) whose text starts with error_mark; to_error_table turns it
 -- into Redis' {err=...} wherever the script or the sandbox catches it.
 local call = pycall_raise
-local strsub, error_mark = string.sub, "\0redis.call:"
+local error_mark = "\0redis.call:"
 local function to_error_table(e)
     if type(e) == "userdata" then
         local text = tostring(e)
@@ -68,17 +74,21 @@ end
 local redis = {
     call = call,
     pcall = pcall_,
+    -- As Redis' luaPushErrorBuff: "-CODE msg" / "CODE msg" keep their code; a message of
+    -- one word gets the generic ERR code.
     error_reply = function(msg)
         if type(msg) ~= "string" then error("wrong number or type of arguments", 2) end
+        if strsub(msg, 1, 1) == "-" then msg = strsub(msg, 2) end
+        if not strfind(msg, " ", 1, true) then msg = "ERR " .. msg end
         return {err = msg}
     end,
     status_reply = function(msg)
         if type(msg) ~= "string" then error("wrong number or type of arguments", 2) end
         return {ok = msg}
     end,
-    sha1hex = function(s)
-        if select("#", s) ~= 1 then error("wrong number of arguments", 2) end
-        return pysha1(tostring(s))
+    sha1hex = function(...)
+        if select("#", ...) ~= 1 then error("wrong number of arguments", 2) end
+        return pysha1(tostring((...)))
     end,
     log = function(level, ...)
         if type(level) ~= "number" or select("#", ...) == 0 then
@@ -134,23 +144,45 @@ local cjson_null = setmetatable({}, {
 })
 protected[cjson_null] = true
 local json_encode, json_decode = wrap(pyjson_encode), wrap(pyjson_decode)
+-- cjson's settings: reset before every run (lua-cjson keeps them in the state: one script
+-- would change the next one's JSON).
+local json_cfg = {}
+local function json_defaults()
+    json_cfg.encode_depth, json_cfg.decode_depth, json_cfg.invalid = 1000, 1000, false
+end
+json_defaults()
+local function setting(key)
+    return function(v)
+        if v ~= nil then json_cfg[key] = v end
+        return json_cfg[key]
+    end
+end
 local cjson = {
-    encode = function(v) return json_encode(v, cjson_null) end,
+    encode = function(v)
+        return json_encode(v, cjson_null, json_cfg.encode_depth, json_cfg.invalid)
+    end,
     decode = function(s)
         if type(s) ~= "string" then error("bad argument #1 to 'decode' (string expected)", 2) end
-        return json_decode(s, cjson_null)
+        return json_decode(s, cjson_null, json_cfg.decode_depth)
     end,
     null = cjson_null,
     encode_keep_buffer = function() end,
-    encode_max_depth = function() end,
-    decode_max_depth = function() end,
-    encode_invalid_numbers = function() end,
+    encode_max_depth = setting("encode_depth"),
+    decode_max_depth = setting("decode_depth"),
+    encode_invalid_numbers = setting("invalid"),
     decode_invalid_numbers = function() end,
 }
 
+local mp_unpack = wrap(pymp_unpack)
 local cmsgpack = {
     pack = wrap(pymp_pack, cjson_null),
-    unpack = function(s) return wrap(pymp_unpack)(s, cjson_null) end,
+    unpack = function(s) return mp_unpack(s, cjson_null, 0, -1, false) end,
+    -- unpack_one(s, offset) / unpack_limit(s, limit, offset) -> next offset (-1 at the
+    -- end), objects...
+    unpack_one = function(s, offset) return mp_unpack(s, cjson_null, offset or 0, 1, true) end,
+    unpack_limit = function(s, limit, offset)
+        return mp_unpack(s, cjson_null, offset or 0, limit or 0, true)
+    end,
 }
 
 local struct = {
@@ -159,8 +191,7 @@ local struct = {
     size = wrap(pystruct_size),
 }
 
-local string_ = copy(string)
-string_.dump = nil  -- bytecode is useless without loadstring; keep it out anyway
+local string_ = copy(string)  -- (string.dump stays: the sandbox's loadstring refuses bytecode)
 
 local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
@@ -172,9 +203,16 @@ local base = {
     xpcall = function(f, h)
         return xpcall(f, function(e) return h(to_error_table(e)) end)
     end,
+    setmetatable = function(t, mt)
+        if protected[t] then error("Attempt to modify a readonly table", 2) end
+        return setmetatable(t, mt)
+    end,
+    getmetatable = function(t)
+        if protected[t] then return readonly_meta end
+        return getmetatable(t)
+    end,
     rawequal = rawequal, rawget = rawget, select = select,
     tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
-    getmetatable = getmetatable, setmetatable = setmetatable,
     _VERSION = _VERSION,
     -- loadstring compiles into the caller's globals (not the real ones), and never
     -- bytecode: Lua 5.1 does not verify it, a crafted chunk corrupts the VM.
@@ -263,6 +301,7 @@ end
 
 -- Run a compiled script with KEYS and ARGV -> ok, result-or-error-table.
 local function run(f, keys, argv, hook_every)
+    json_defaults()
     setfenv(f, new_env(keys, argv))
     sethook(hook, "", hook_every)
     local ok, res = xpcall(f, handler)
@@ -310,6 +349,7 @@ end
 
 -- Run a registered function with the keys and arguments tables.
 local function run_function(f, keys, argv, hook_every)
+    json_defaults()
     sethook(hook, "", hook_every)
     local ok, res = xpcall(function() return f(keys, argv) end, handler)
     sethook()

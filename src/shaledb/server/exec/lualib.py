@@ -21,8 +21,11 @@ from typing import Any, Final
 
 import msgpack
 
-#: Deepest nesting cjson and cmsgpack encode or decode (Redis' cjson stops at 1000).
+#: Deepest nesting cjson encodes or decodes (Redis' cjson stops at 1000).
 MAX_DEPTH: Final = 1000
+#: Deepest nesting cmsgpack encodes (lua_cmsgpack's LUACMSGPACK_MAX_NESTING): deeper
+#: values, as a table that holds itself, are encoded as nil.
+MSGPACK_MAX_NESTING: Final = 16
 
 Result = tuple[Any, ...]
 
@@ -148,12 +151,15 @@ def _table_items(table: Any) -> tuple[bool, list[tuple[Any, Any]]]:
     return False, items
 
 
-def json_encode(value: Any, null: Any) -> Result:
-    """cjson.encode."""
+def json_encode(value: Any, null: Any, max_depth: Any = MAX_DEPTH,
+                invalid_numbers: Any = False) -> Result:
+    """cjson.encode (``max_depth``: cjson.encode_max_depth; ``invalid_numbers``: NaN and
+    infinities allowed)."""
     out: list[bytes] = []
+    limit = min(int(max_depth), MAX_DEPTH) if isinstance(max_depth, (int, float)) else MAX_DEPTH
 
     def enc(v: Any, depth: int) -> None:
-        if depth > MAX_DEPTH:
+        if depth > limit:
             raise ValueError(f"Cannot serialise, excessive nesting ({depth})")
         if v is None:
             out.append(b"null")
@@ -163,7 +169,10 @@ def json_encode(value: Any, null: Any) -> Result:
             out.append(b"false")
         elif isinstance(v, (int, float)):
             if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError("Cannot serialise number: must not be NaN or Inf")
+                if not invalid_numbers:
+                    raise ValueError("Cannot serialise number: must not be NaN or Inf")
+                out.append(b"nan" if v != v else b"inf" if v > 0 else b"-inf")
+                return
             out.append(_number_text(v))
         elif isinstance(v, bytes):
             _json_string(v, out)
@@ -206,11 +215,12 @@ def json_encode(value: Any, null: Any) -> Result:
     return True, b"".join(out)
 
 
-def json_decode(runtime: Any, data: bytes, null: Any) -> Result:
+def json_decode(runtime: Any, data: bytes, null: Any, max_depth: Any = MAX_DEPTH) -> Result:
     """cjson.decode: objects and arrays become tables, null becomes cjson.null."""
+    limit = min(int(max_depth), MAX_DEPTH) if isinstance(max_depth, (int, float)) else MAX_DEPTH
 
     def conv(v: Any, depth: int) -> Any:
-        if depth > MAX_DEPTH:
+        if isinstance(v, (list, dict)) and depth > limit:
             raise ValueError(f"Found too many nested data structures ({depth})")
         if v is None:
             return null
@@ -241,7 +251,7 @@ def msgpack_pack(null: Any, *values: Any) -> Result:
         return False, "MessagePack pack needs input."
 
     def conv(v: Any, depth: int) -> Any:
-        if depth > MAX_DEPTH or v is None:
+        if depth > MSGPACK_MAX_NESTING or v is None:
             return None
         if isinstance(v, (bool, int, bytes)):
             return v
@@ -262,8 +272,11 @@ def msgpack_pack(null: Any, *values: Any) -> Result:
     return True, b"".join(packer.pack(conv(v, 1)) for v in values)
 
 
-def msgpack_unpack(runtime: Any, data: bytes, null: Any) -> Result:
-    """cmsgpack.unpack(s): every object in ``s``, as Lua values."""
+def msgpack_unpack(runtime: Any, data: bytes, null: Any, offset: Any = 0, limit: Any = 0,
+                   with_offset: Any = False) -> Result:
+    """cmsgpack.unpack(s): every object in ``s``, as Lua values; with ``with_offset``
+    (unpack_one, unpack_limit) at most ``limit`` objects (0: all) from ``offset``, the
+    offset after them first (-1 once ``s`` is consumed)."""
 
     def conv(v: Any) -> Any:
         if v is None:
@@ -277,9 +290,22 @@ def msgpack_unpack(runtime: Any, data: bytes, null: Any) -> Result:
         return v
 
     try:
-        unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=len(data) + 1)
-        unpacker.feed(data)
-        return (True, *[conv(v) for v in unpacker])
+        start = int(offset)
+        if start < 0 or start > len(data):
+            return False, "Start offset greater than input length"
+        count = int(limit)
+        unpacker = msgpack.Unpacker(raw=True, strict_map_key=False,
+                                    max_buffer_size=len(data) + 1)
+        unpacker.feed(data[start:])
+        values = []
+        for v in unpacker:
+            values.append(conv(v))
+            if 0 < count <= len(values):
+                break
+        if not with_offset:
+            return (True, *values)
+        end = start + unpacker.tell()
+        return (True, -1 if end >= len(data) else end, *values)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         return False, f"Bad data format in input ({exc})"
 

@@ -524,7 +524,7 @@ class ScriptEngine:
             return rt.table_from({b"err": bytes(reply)})
         return False
 
-    def _to_reply(self, value: Any, budget: list[int], depth: int = 0) -> Any:
+    def _to_reply(self, value: Any, budget: list[int], depth: int = 0, resp: int = 2) -> Any:
         """A script's Lua return value as a reply (Redis' conversion: numbers truncated to
         integers, true -> 1, false/nil -> null, {ok}/{err}, tables as arrays up to the
         first nil). ``budget`` is what is left of the client's output limit."""
@@ -545,8 +545,10 @@ class ScriptEngine:
                 return -(2**63)
             return max(-(2**63), min(2**63 - 1, int(value)))
         if value is True:
-            return 1
-        if value is None or value is False:
+            return True if resp == 3 else 1
+        if value is False:
+            return False if resp == 3 else None
+        if value is None:
             return None
         if lua_type(value) != "table":
             return None
@@ -560,13 +562,26 @@ class ScriptEngine:
         double = rawget(value, b"double")
         if double is not None and isinstance(double, (int, float)):
             return float(double)
+        # RESP3 types a script built (redis.setresp(3)): {map={...}}, {set={...}}; the
+        # client gets them in its own protocol (a RESP2 client a flat array).
+        for kind in (b"map", b"set"):
+            inner = rawget(value, kind)
+            if inner is not None and lua_type(inner) == "table":
+                pairs = list(inner.items())
+                budget[0] -= 32 * len(pairs)
+                if budget[0] < 0:
+                    raise _Overflow
+                if kind == b"map":
+                    return {self._to_reply(k, budget, depth + 1, resp):
+                            self._to_reply(v, budget, depth + 1, resp) for k, v in pairs}
+                return SetReply(self._to_reply(k, budget, depth + 1, resp) for k, _ in pairs)
         items: list[Any] = []
         i = 1
         while True:
             item = rawget(value, i)
             if item is None:
                 break
-            items.append(self._to_reply(item, budget, depth + 1))
+            items.append(self._to_reply(item, budget, depth + 1, resp))
             if budget[0] < 0:
                 raise _Overflow
             i += 1
@@ -663,7 +678,7 @@ class ScriptEngine:
         assert call.ctx is not None
         budget = [max(call.ctx.client.output_budget, 0)]
         try:
-            return self._to_reply(res, budget)
+            return self._to_reply(res, budget, 0, call.resp)
         except _Overflow:
             call.ctx.overflow()
             return None
