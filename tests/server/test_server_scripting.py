@@ -135,15 +135,16 @@ def test_libraries(r: redis.Redis) -> None:
     ("return package.loaded", "nonexistent global variable 'package'"),
     ("return python.eval('1')", "nonexistent global variable 'python'"),
     ("return coroutine.create(print)", "nonexistent global variable 'coroutine'"),
-    ("return loadstring(string.dump(function() end))", "nonexistent global variable 'print'|"
-                                                        "attempt to call field 'dump'"),
+    # Lua 5.1 does not verify bytecode: loading a crafted chunk corrupts the VM.
+    ("return loadstring(string.dump(function() end))()", "attempt to call a nil value"),
     ("x = 1", "Attempt to modify a readonly table"),
     ("_G.x = 1", "Attempt to modify a readonly table"),
     ("rawset(_G, 'x', 1)", "Attempt to modify a readonly table"),
     ("string.upper = nil", "Attempt to modify a readonly table"),
     ("rawset(string, 'upper', nil)", "Attempt to modify a readonly table"),
     ("redis.call = function() end", "Attempt to modify a readonly table"),
-    ("setmetatable(_G, {})", "cannot change a protected metatable"),
+    ("setmetatable(_G, {})", "Attempt to modify a readonly table"),
+    ("getmetatable(_G).__index = {}", "Attempt to modify a readonly table"),
     ("getmetatable('').__index.upper = nil", "attempt to index a boolean value"),
     ("return redis.call.__class__", "not accessible from a script|attempt to index"),
 ])

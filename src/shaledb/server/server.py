@@ -48,8 +48,8 @@ from .exec.client import ClientState
 from .exec.cursors import ScanCursors
 from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
-from .exec.scripting import ScriptEngine
 from .exec.durability import SyncGroup
+from .exec.scripting import ScriptEngine
 from .exec.watch import WatchRegistry
 from .keyspace.expiry import run_active_expire
 from .keyspace.keyspace import Keyspace

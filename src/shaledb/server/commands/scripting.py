@@ -9,6 +9,7 @@ key positions are found from numkeys), and again, with every other permission, o
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..errors import CommandError
@@ -122,14 +123,14 @@ def script(ctx: Context, argv: list[bytes]) -> Any:
 def fcall(ctx: Context, argv: list[bytes]) -> Any:
     """FCALL function numkeys [key ...] [arg ...]"""
     keys, args = _split(argv)
-    return ctx.services.scripts.fcall(ctx, argv[1], keys, args, False)
+    return ctx.services.scripts.fcall(ctx, argv[1], keys, args, False, argv)
 
 
 @command("fcall_ro", -3, _EVAL_FLAGS + " readonly", "slow scripting", key_finder=_numkeys_keys)
 def fcall_ro(ctx: Context, argv: list[bytes]) -> Any:
     """FCALL_RO function numkeys [key ...] [arg ...]"""
     keys, args = _split(argv)
-    return ctx.services.scripts.fcall(ctx, argv[1], keys, args, True)
+    return ctx.services.scripts.fcall(ctx, argv[1], keys, args, True, argv)
 
 
 @command("function", -2, "noscript", "slow scripting",
@@ -166,7 +167,8 @@ def function(ctx: Context, argv: list[bytes]) -> Any:
     if sub == b"stats" and len(argv) == 2:
         call = engine.current if engine.busy else None
         running = None if call is None or call.kind != "function" else {
-            b"name": call.name.encode(), b"command": [], b"duration_ms": 0}
+            b"name": call.name.encode(), b"command": list(call.argv),
+            b"duration_ms": int((time.monotonic() - call.started) * 1000)}
         return {b"running_script": running,
                 b"engines": {b"LUA": {b"libraries_count": len(engine.libraries),
                                       b"functions_count": len(engine.functions)}}}

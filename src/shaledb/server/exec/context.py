@@ -41,8 +41,7 @@ if TYPE_CHECKING:
     from .blocking import BlockingQueue
     from .checkpoint import Checkpointer
     from .cursors import ScanCursors
-    from .dispatch import TurnCommit
-    from .scripting import ScriptEngine
+    from .scripting import ScriptEngine, ScriptTurn
     from .watch import WatchRegistry
 
 
@@ -110,7 +109,7 @@ class Services(Protocol):
     scripts: ScriptEngine
 
     @property
-    def turn(self) -> TurnCommit: ...
+    def turn(self) -> ScriptTurn: ...
 
     # -- clients and security ------------------------------------------------------------
     acl: Acl

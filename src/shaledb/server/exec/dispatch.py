@@ -92,7 +92,7 @@ def _allowed_while_busy(cmd: Command, argv: list[bytes]) -> bool:
     MULTI ...). Everything else gets ``-BUSY``."""
     name = cmd.name
     if name in ("script", "function"):
-        return len(argv) > 1 and argv[1].lower() == b"kill"
+        return len(argv) > 1 and argv[1].lower() in (b"kill", b"stats")
     if name == "shutdown":
         return any(a.lower() == b"nosave" for a in argv[1:])
     return "allow-busy" in cmd.flags and cmd.first_key == 0 and cmd.key_finder is None
@@ -173,6 +173,16 @@ class TurnCommit:
         for conn in waiting:
             conn.turn_committed()
 
+
+    def settle_reply(self, reply: Any) -> Any:
+        """Commit the buffered writes now; ``reply`` (of the command that made them: a
+        script that ran past the busy threshold), or the commit's error."""
+        group = WriteGroup(self)
+        group.replies.append(reply)
+        if self.txn.dirty:
+            group.add_pending(0)
+        self.commit()
+        return group.replies[0]
 
     def _commit_txn(self) -> CommandError | None:
         """Commit the shared transaction (when dirty); the error its commands answer when

@@ -62,8 +62,8 @@ def _tobit(x: Any) -> int:
         if not math.isfinite(x):
             return 0
         x = math.floor(x + 0.5)
-    x &= 0xFFFFFFFF
-    return x - (1 << 32) if x & 0x80000000 else x
+    n = int(x) & 0xFFFFFFFF
+    return n - (1 << 32) if n & 0x80000000 else n
 
 
 def bit_op(name: bytes, *args: Any) -> Result:

@@ -43,16 +43,72 @@ import math
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
-from ...errors import ShaleError
+from ...errors import ReadOnlyError, ShaleError, StorageError
 from ..errors import CommandError
 from ..net.protocol import NULL_ARRAY, Encoded, SetReply, Status, Verbatim, format_double
 from . import lualib
+from .client import ClientState
+from .command import CommandSpec
 from .deferred import Deferred, Written
 
+try:  # the `server` extra; without it EVAL answers how to install it
+    from lupa import lua51
+except ImportError:  # pragma: no cover
+    lua51 = None
+
 if TYPE_CHECKING:
-    from .context import Context, Services
+    from ..admin.acl import Acl
+    from ..admin.config import ServerConfig
+    from ..keyspace.keyspace import Keyspace, KeyspaceTxn
+
+
+class ScriptTurn(Protocol):
+    """The turn's commit (:class:`~.dispatch.TurnCommit`) as a script past the busy threshold
+    uses it. (Protocols here, not the dispatcher's and context's classes: those name this
+    engine, that would be an import cycle.)"""
+
+    frozen: bool
+
+    @property
+    def txn(self) -> KeyspaceTxn: ...
+    def settle_reply(self, reply: Any) -> Any: ...
+
+
+class ScriptRunner(Protocol):
+    """The dispatcher as ``redis.call`` uses it."""
+
+    @property
+    def table(self) -> Mapping[bytes, CommandSpec]: ...
+    def run_in_exec(self, ctx: Any, argv: list[bytes], acl_context: str = "multi"
+                    ) -> Any: ...
+
+
+class ScriptServices(Protocol):
+    """What the engine uses of the server (a part of :class:`~.context.Services`)."""
+
+    config: ServerConfig
+    acl: Acl
+
+    @property
+    def keyspace(self) -> Keyspace: ...
+    @property
+    def turn(self) -> ScriptTurn: ...
+    @property
+    def dispatcher(self) -> ScriptRunner: ...
+
+
+class ScriptContext(Protocol):
+    """The EVAL / FCALL command's context (:class:`~.context.Context`)."""
+
+    client: ClientState
+    in_exec: bool
+
+    @property
+    def services(self) -> ScriptServices: ...
+    def overflow(self) -> None: ...
 
 log = logging.getLogger("shaledb.server.scripting")
 
@@ -126,9 +182,9 @@ class _Call:
 
     __slots__ = ("ctx", "work", "read_only", "name", "kind", "wrote", "kill", "stopped",
                  "deadline",
-                 "outcome", "finished", "on_done", "done", "lock", "resp", "started")
+                 "outcome", "finished", "on_done", "done", "lock", "resp", "started", "argv")
 
-    def __init__(self, ctx: Context | None, work: Any, read_only: bool, name: str,
+    def __init__(self, ctx: ScriptContext | None, work: Any, read_only: bool, name: str,
                  kind: str) -> None:
         self.ctx = ctx
         self.work = work  # a callable run on the worker -> the reply
@@ -147,6 +203,8 @@ class _Call:
         self.lock = threading.Lock()
         self.resp = 2
         self.started = time.monotonic()
+        #: The EVAL / FCALL request (FUNCTION STATS shows it).
+        self.argv: list[bytes] = []
 
 
 class ScriptEngine:
@@ -173,11 +231,9 @@ class ScriptEngine:
     # -- the Lua state ----------------------------------------------------------------------
     def _ensure(self, max_memory: int) -> None:
         if self._runtime is None:
-            try:
-                from lupa import lua51
-            except ImportError as exc:  # pragma: no cover - lupa is in the server extra
+            if lua51 is None:  # pragma: no cover - lupa is in the server extra
                 raise CommandError("scripting needs the lupa package: pip install "
-                                   "'shaledb[server]'") from exc
+                                   "'shaledb[server]'")
 
             def deny(obj: Any, name: Any, setting: bool) -> Any:
                 # No Python attribute is reachable from Lua (a function's __globals__ ...).
@@ -254,7 +310,7 @@ class ScriptEngine:
         self.current = call
         self._jobs.put(call)
 
-    def _wait(self, call: _Call, services: Services, allow_busy: bool) -> Any:
+    def _wait(self, call: _Call, services: ScriptServices, allow_busy: bool) -> Any:
         """Wait for ``call``; past the busy threshold (when allowed) return a Deferred and
         let the loop answer BUSY meanwhile."""
         threshold = services.config.busy_reply_threshold / 1000
@@ -283,16 +339,9 @@ class ScriptEngine:
                 keyspace.frozen = False
                 reply = self._outcome(call)
                 wrote = turn.txn.dirty
-                if wrote:
-                    from .dispatch import WriteGroup  # (dispatch imports this module's users)
-
-                    group = WriteGroup(turn)
-                    group.replies.append(reply)
-                    group.add_pending(0)
-                    turn.commit()
-                    reply = group.replies[0]
-                else:
-                    turn.commit()  # releases replies parked while frozen
+                # Commit the script's writes now (and release the replies parked while
+                # frozen); a failed commit turns the reply into its error.
+                reply = turn.settle_reply(reply)
                 if not future.done():
                     future.set_result(Written(reply) if wrote else reply)
 
@@ -355,11 +404,9 @@ class ScriptEngine:
         """Call a sandbox function -> (ok, result). After a kill the hook raises at every
         instruction, also in the sandbox's code around the script: that error reaches
         here, and counts as the kill."""
-        from lupa.lua51 import LuaError
-
         try:
             result = fn(*args)
-        except LuaError:
+        except lua51.LuaError:
             if not (call.kill or call.deadline is not None):
                 raise
             result = (False, None)
@@ -447,10 +494,8 @@ class ScriptEngine:
                                                            for a in argv[1:]):
                 raise CommandError(f"{cmd.name} command is not allowed with BLOCK option "
                                    "from scripts")
-            if "write" in cmd.flags or "may-write" in cmd.flags:
-                if call.read_only:
-                    raise CommandError("Write commands are not allowed from read-only "
-                                       "scripts.")
+            if call.read_only and ("write" in cmd.flags or "may-write" in cmd.flags):
+                raise CommandError("Write commands are not allowed from read-only scripts.")
             services = ctx.services
             client = ctx.client
             if not client.user.unrestricted:
@@ -469,10 +514,10 @@ class ScriptEngine:
                 client.resp = saved
         except CommandError as exc:
             return False, error_text(exc).encode()
+        except (ReadOnlyError, StorageError) as exc:
+            return False, f"MISCONF the database refuses writes: {exc}".encode()
         except ShaleError as exc:
-            from .dispatch import engine_error
-
-            return False, error_text(engine_error(exc)).encode()
+            return False, f"ERR {type(exc).__name__}: {exc}".encode()
         if isinstance(reply, CommandError):
             return False, error_text(reply).encode()
         return True, self._to_lua(reply, call.resp)
@@ -528,8 +573,6 @@ class ScriptEngine:
         """A script's Lua return value as a reply (Redis' conversion: numbers truncated to
         integers, true -> 1, false/nil -> null, {ok}/{err}, tables as arrays up to the
         first nil). ``budget`` is what is left of the client's output limit."""
-        from lupa.lua51 import lua_type
-
         if depth > MAX_REPLY_DEPTH:
             return CommandError("reached lua stack limit")
         t = type(value)
@@ -550,7 +593,7 @@ class ScriptEngine:
             return False if resp == 3 else None
         if value is None:
             return None
-        if lua_type(value) != "table":
+        if lua51.lua_type(value) != "table":
             return None
         rawget = self._rawget
         err = rawget(value, b"err")
@@ -566,7 +609,7 @@ class ScriptEngine:
         # client gets them in its own protocol (a RESP2 client a flat array).
         for kind in (b"map", b"set"):
             inner = rawget(value, kind)
-            if inner is not None and lua_type(inner) == "table":
+            if inner is not None and lua51.lua_type(inner) == "table":
                 pairs = list(inner.items())
                 budget[0] -= 32 * len(pairs)
                 if budget[0] < 0:
@@ -589,7 +632,7 @@ class ScriptEngine:
         return items
 
     # -- scripts ------------------------------------------------------------------------------
-    def load(self, services: Services, body: bytes, pinned: bool) -> Script:
+    def load(self, services: ScriptServices, body: bytes, pinned: bool) -> Script:
         """Compile ``body`` (cached by SHA1) -> the script; ``-ERR Error compiling script``
         on a syntax error."""
         limit = services.config.lua_max_script_bytes
@@ -636,7 +679,7 @@ class ScriptEngine:
         self.scripts.clear()
         self.cache_bytes = 0
 
-    def run_script(self, ctx: Context, script: Script, keys: list[bytes], args: list[bytes],
+    def run_script(self, ctx: ScriptContext, script: Script, keys: list[bytes], args: list[bytes],
                    read_only: bool) -> Any:
         """EVAL / EVALSHA: run ``script`` -> its reply (or a Deferred past the threshold)."""
         run = self._lua[1]
@@ -650,10 +693,12 @@ class ScriptEngine:
 
         return self._submit(ctx, work, read_only, script.sha, "script")
 
-    def _submit(self, ctx: Context, work: Any, read_only: bool, name: str, kind: str) -> Any:
+    def _submit(self, ctx: ScriptContext, work: Any, read_only: bool, name: str, kind: str,
+                argv: list[bytes] | None = None) -> Any:
         services = ctx.services
         self._ensure(services.config.lua_max_memory)
         call = _Call(ctx, work, read_only, name, kind)
+        call.argv = argv or []
         self.calls += 1
         self._start(call)
         return self._wait(call, services, not ctx.in_exec)
@@ -663,9 +708,7 @@ class ScriptEngine:
         if call.kill and not call.wrote:
             raise CommandError("Script killed by user with SCRIPT KILL...")
         if not ok:
-            from lupa.lua51 import lua_type
-
-            if lua_type(res) == "table":
+            if lua51.lua_type(res) == "table":
                 rawget = self._rawget
                 err = rawget(res, b"err")
                 text = _as_text(err) if err is not None else "ERR unknown error"
@@ -684,7 +727,7 @@ class ScriptEngine:
             return None
 
     # -- functions ----------------------------------------------------------------------------
-    def function_load(self, ctx: Context, code: bytes, replace: bool) -> str:
+    def function_load(self, ctx: ScriptContext, code: bytes, replace: bool) -> str:
         """FUNCTION LOAD [REPLACE] code -> the library name."""
         services = ctx.services
         limit = services.config.lua_max_script_bytes
@@ -715,11 +758,9 @@ class ScriptEngine:
             call.deadline = time.monotonic() + LOAD_TIMEOUT
             ok, res = self._invoke(call, load_library, body, b"@user_function", register)
             if not ok:
-                from lupa.lua51 import lua_type
-
                 if call.deadline is not None and time.monotonic() > call.deadline:
                     raise CommandError("FUNCTION LOAD timeout")
-                if lua_type(res) == "table":
+                if lua51.lua_type(res) == "table":
                     err = _as_text(res[b"err"])
                     raise RawError(err if err.startswith("ERR Error compiling") else
                                    f"ERR Error registering functions: {err.removeprefix('ERR ')}")
@@ -755,8 +796,8 @@ class ScriptEngine:
         self.libraries.clear()
         self.functions.clear()
 
-    def fcall(self, ctx: Context, name: bytes, keys: list[bytes], args: list[bytes],
-              read_only: bool) -> Any:
+    def fcall(self, ctx: ScriptContext, name: bytes, keys: list[bytes], args: list[bytes],
+              read_only: bool, argv: list[bytes] | None = None) -> Any:
         fn = self.functions.get(name.decode("utf-8", "replace"))
         if fn is None:
             raise CommandError("Function not found")
@@ -771,7 +812,7 @@ class ScriptEngine:
             return self._result(call, ok, res, fn.name)
 
         return self._submit(ctx, work, read_only or "no-writes" in fn.flags, fn.name,
-                            "function")
+                            "function", argv)
 
 
 #: How a redis.call error is told from other Python exceptions in Lua (lua_sandbox.lua).
@@ -860,19 +901,17 @@ def _library_header(code: bytes) -> tuple[str, bytes]:
 
 
 def _register_args(args: tuple[Any, ...]) -> tuple[str, Any, frozenset[str], bytes | None]:
-    from lupa.lua51 import lua_type
-
-    if len(args) == 1 and lua_type(args[0]) == "table":
+    if len(args) == 1 and lua51.lua_type(args[0]) == "table":
         t = args[0]
         allowed = {b"function_name", b"callback", b"flags", b"description"}
-        for key in t.keys():
+        for key in t:  # a LuaTable iterates its keys
             if key not in allowed:
                 raise_lua("unknown argument given to redis.register_function")
         name, fn, flags_t, desc = t[b"function_name"], t[b"callback"], t[b"flags"], \
             t[b"description"]
         flags: set[str] = set()
         if flags_t is not None:
-            if lua_type(flags_t) != "table":
+            if lua51.lua_type(flags_t) != "table":
                 raise_lua("flags argument to redis.register_function must be a table "
                           "representing function flags")
             for f in flags_t.values():
@@ -888,7 +927,7 @@ def _register_args(args: tuple[Any, ...]) -> tuple[str, Any, frozenset[str], byt
         raise_lua("wrong number of arguments to redis.register_function")
     if not isinstance(name, bytes):
         raise_lua("function_name argument given to redis.register_function must be a string")
-    if lua_type(fn) != "function":
+    if lua51.lua_type(fn) != "function":
         raise_lua("callback argument given to redis.register_function must be a function")
     return name.decode("utf-8", "replace"), fn, frozenset(flags), desc
 
