@@ -143,12 +143,11 @@ def function(ctx: Context, argv: list[bytes]) -> Any:
     [LIBRARYNAME pattern] | STATS"""
     sub = argv[1].lower()
     engine = ctx.services.scripts
-    if sub == b"load" and len(argv) in (3, 4):
+    if sub == b"load" and len(argv) >= 3:
         replace = False
-        if len(argv) == 4:
-            if argv[2].lower() != b"replace":
-                raise CommandError(f"Unknown option given: "
-                                   f"{argv[2].decode('utf-8', 'replace')}")
+        for opt in argv[2:-1]:
+            if opt.lower() != b"replace":
+                raise CommandError(f"Unknown option given: {opt.decode('utf-8', 'replace')}")
             replace = True
         return engine.function_load(ctx, argv[-1], replace).encode()
     if sub == b"delete" and len(argv) == 3:

@@ -364,9 +364,8 @@ class ScriptEngine:
         if call is None or not self.busy or call.kind == "load":
             raise CommandError("No scripts in execution right now.", prefix="NOTBUSY")
         if (call.kind == "script") != (kind == "script"):
-            raise CommandError(
-                "No scripts in execution right now." if kind == "script" else
-                "No scripts in execution right now.", prefix="NOTBUSY")
+            # SCRIPT KILL does not stop a function (nor FUNCTION KILL a script): BUSY, as Redis.
+            raise self.busy_error()
         if call.wrote:
             raise CommandError(
                 "Sorry the script already executed write commands against the dataset. You "
@@ -883,7 +882,7 @@ def _library_header(code: bytes) -> tuple[str, bytes]:
     if not line.startswith(b"#!"):
         raise CommandError("Missing library metadata")
     words = line[2:].split()
-    if not words or words[0] != b"lua":
+    if not words or words[0].lower() != b"lua":
         raise CommandError(f"Engine '{(words[0] if words else b'').decode('utf-8', 'replace')}'"
                            " not found")
     name = None
