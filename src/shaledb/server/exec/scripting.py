@@ -182,7 +182,8 @@ class _Call:
 
     __slots__ = ("ctx", "work", "read_only", "name", "kind", "wrote", "kill", "stopped",
                  "deadline",
-                 "outcome", "finished", "on_done", "done", "lock", "resp", "started", "argv")
+                 "outcome", "finished", "on_done", "done", "lock", "resp", "started", "argv",
+                 "max_memory")
 
     def __init__(self, ctx: ScriptContext | None, work: Any, read_only: bool, name: str,
                  kind: str) -> None:
@@ -205,6 +206,8 @@ class _Call:
         self.started = time.monotonic()
         #: The EVAL / FCALL request (FUNCTION STATS shows it).
         self.argv: list[bytes] = []
+        #: lua-max-memory when the call was made (the worker applies it).
+        self.max_memory = 0
 
 
 class ScriptEngine:
@@ -224,6 +227,7 @@ class ScriptEngine:
         self._thread: threading.Thread | None = None
         self._memory_limit = 0
         self._rawget: Any = None
+        self._memory_used = 0
         #: Scripts evicted from the cache by its byte bound (INFO, tests).
         self.evicted = 0
         self.calls = 0
@@ -268,7 +272,8 @@ class ScriptEngine:
             self._memory_limit = max_memory
 
     def memory_used(self) -> int:
-        return int(self._runtime.get_memory_used()) if self._runtime is not None else 0
+        """Bytes used by the Lua state after the last run (INFO used_memory_lua)."""
+        return self._memory_used
 
     # -- the worker ---------------------------------------------------------------------------
     def _worker(self) -> None:
@@ -293,14 +298,20 @@ class ScriptEngine:
                 callback()
 
     def _run_call(self, call: _Call) -> Any:
-        """Run ``call`` (on the worker); a SELECT inside the script does not outlive it."""
+        """Run ``call`` (on the worker); a SELECT inside the script does not outlive it.
+
+        Only this thread ever calls into the Lua state (it is built here too): the loop
+        thread never waits on lupa's lock while holding the GIL."""
         client = call.ctx.client if call.ctx is not None else None
         db = client.db if client is not None else 0
         try:
+            self._ensure(call.max_memory)
             return call.work(call)
         finally:
             if client is not None:
                 client.db = db
+            if self._runtime is not None:
+                self._memory_used = int(self._runtime.get_memory_used())
 
     def _start(self, call: _Call) -> None:
         if self._thread is None:
@@ -644,19 +655,30 @@ class ScriptEngine:
             self.scripts.move_to_end(sha)
             script.pinned = script.pinned or pinned
             return script
-        self._ensure(services.config.lua_max_memory)
         flags, code = _shebang(body)
-        compile_ = self._lua[0]
-        fn, message = compile_(code, b"@user_script")
-        if fn is None:
-            text = message.decode("utf-8", "replace") if isinstance(message, bytes) else \
-                str(message)
-            raise CommandError(f"Error compiling script (new function): {text}")
+
+        def work(call: _Call) -> Any:
+            fn, message = self._lua[0](code, b"@user_script")
+            if fn is None:
+                text = message.decode("utf-8", "replace") if isinstance(message, bytes) else \
+                    str(message)
+                raise CommandError(f"Error compiling script (new function): {text}")
+            return fn
+
+        fn = self._on_worker(work, services.config.lua_max_memory)
         script = Script(sha, body, fn, pinned, read_only="no-writes" in flags)
         self.scripts[sha] = script
         self.cache_bytes += len(body)
         self._evict(services.config.lua_script_cache_bytes)
         return script
+
+    def _on_worker(self, work: Any, max_memory: int) -> Any:
+        """Run ``work`` on the Lua thread and wait for it (compiling: no script code runs)."""
+        call = _Call(None, work, False, "", "load")
+        call.max_memory = max_memory
+        self._start(call)
+        call.done.wait()
+        return self._outcome(call)
 
     def _evict(self, limit: int) -> None:
         """Drop the least recently used EVAL scripts past ``limit`` bytes (SCRIPT LOAD's are
@@ -681,12 +703,11 @@ class ScriptEngine:
     def run_script(self, ctx: ScriptContext, script: Script, keys: list[bytes], args: list[bytes],
                    read_only: bool) -> Any:
         """EVAL / EVALSHA: run ``script`` -> its reply (or a Deferred past the threshold)."""
-        run = self._lua[1]
         read_only = read_only or script.read_only
 
         def work(call: _Call) -> Any:
             rt = self._runtime
-            ok, res = self._invoke(call, run, script.fn, rt.table_from(keys),
+            ok, res = self._invoke(call, self._lua[1], script.fn, rt.table_from(keys),
                                    rt.table_from(args), HOOK_EVERY)
             return self._result(call, ok, res, script.sha)
 
@@ -695,9 +716,9 @@ class ScriptEngine:
     def _submit(self, ctx: ScriptContext, work: Any, read_only: bool, name: str, kind: str,
                 argv: list[bytes] | None = None) -> Any:
         services = ctx.services
-        self._ensure(services.config.lua_max_memory)
         call = _Call(ctx, work, read_only, name, kind)
         call.argv = argv or []
+        call.max_memory = services.config.lua_max_memory
         self.calls += 1
         self._start(call)
         return self._wait(call, services, not ctx.in_exec)
@@ -736,9 +757,7 @@ class ScriptEngine:
         name, body = _library_header(code)
         if name in self.libraries and not replace:
             raise CommandError(f"Library '{name}' already exists")
-        self._ensure(services.config.lua_max_memory)
         registered: dict[str, Function] = {}
-        load_library = self._lua[2]
 
         def register(*args: Any) -> tuple[Any, ...]:
             try:
@@ -755,7 +774,7 @@ class ScriptEngine:
 
         def work(call: _Call) -> Any:
             call.deadline = time.monotonic() + LOAD_TIMEOUT
-            ok, res = self._invoke(call, load_library, body, b"@user_function", register)
+            ok, res = self._invoke(call, self._lua[2], body, b"@user_function", register)
             if not ok:
                 if call.deadline is not None and time.monotonic() > call.deadline:
                     raise CommandError("FUNCTION LOAD timeout")
@@ -767,6 +786,7 @@ class ScriptEngine:
             return None
 
         call = _Call(ctx, work, False, name, "load")
+        call.max_memory = services.config.lua_max_memory
         self._start(call)
         call.done.wait()
         self._outcome(call)
@@ -802,11 +822,9 @@ class ScriptEngine:
             raise CommandError("Function not found")
         if read_only and "no-writes" not in fn.flags:
             raise CommandError("Can not execute a script with write flag using *_ro command.")
-        run_function = self._lua[3]
-
         def work(call: _Call) -> Any:
             rt = self._runtime
-            ok, res = self._invoke(call, run_function, fn.fn, rt.table_from(keys),
+            ok, res = self._invoke(call, self._lua[3], fn.fn, rt.table_from(keys),
                                    rt.table_from(args), HOOK_EVERY)
             return self._result(call, ok, res, fn.name)
 
