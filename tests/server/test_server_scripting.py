@@ -385,3 +385,14 @@ def test_raw_resp3_conversions(server) -> None:
     assert c("EVAL", "redis.setresp(3) return redis.call('hgetall', 'nohash')", "0") in \
         ([], {})
     c.close()
+
+
+def test_many_redis_calls_past_the_threshold(server_factory) -> None:
+    """A script that calls redis 100,000 times past busy-reply-threshold (the Lua thread and
+    the loop thread both busy with Python) ends, and its connection is usable after."""
+    st = server_factory(busy_reply_threshold=10)
+    c = st.client(socket_timeout=60)
+    for _ in range(3):
+        assert c.eval("for i = 1, 100000 do redis.call('ping') end return 'ok'", 0) == b"ok"
+        assert c.ping()
+    assert c.info("memory")["used_memory_lua"] > 0
