@@ -50,6 +50,7 @@ from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
 from .exec.durability import SyncGroup
 from .exec.pubsub import PubSub
+from .exec.scripting import ScriptEngine
 from .exec.watch import WatchRegistry
 from .keyspace.expiry import run_active_expire
 from .keyspace.keyspace import Keyspace
@@ -146,6 +147,8 @@ class Server:
         self.rate_limits = CommandRateLimits(config.rate_limit_per_ip, config.rate_limit_users,
                                              config.rate_limit_max_hosts)
         self.scrubber = Scrubber(self)
+        #: EVAL / FCALL: the Lua state and script cache (its thread starts at the first).
+        self.scripts = ScriptEngine()
 
     @property
     def keyspace(self) -> Keyspace:
@@ -521,7 +524,13 @@ class Server:
         for task in (*self._tasks, self._idle_task, self._sync_task):
             if task is not None and task is not current:
                 task.cancel()
+        # A script still running (SHUTDOWN NOSAVE while BUSY) stops here; its writes were
+        # never committed, and are not now.
+        self.scripts.close()
         if self._turn is not None:
+            if self._turn.frozen:
+                self._turn.txn.undo(0)
+                self._turn.frozen = False
             self._turn.commit()  # writes parked for the end of this turn
         if self.sync_group is not None:
             with contextlib.suppress(Exception):

@@ -109,6 +109,16 @@ class ServerConfig:
     max_scan_cursors: int = 10_000
     #: Largest and default LIMIT of KRANGE (bounds the size of one reply).
     krange_max_limit: int = 10_000
+    #: Milliseconds a Lua script runs before other clients get ``-BUSY`` (and SCRIPT KILL
+    #: may stop it); Redis' busy-reply-threshold / lua-time-limit. 0: never BUSY.
+    busy_reply_threshold: int = 5000
+    #: Most memory of the Lua state, in bytes (an allocation past it fails the script).
+    lua_max_memory: int = 64 * MiB
+    #: Largest script body or function library accepted (EVAL, SCRIPT LOAD, FUNCTION LOAD).
+    lua_max_script_bytes: int = 4 * MiB
+    #: Most bytes of script bodies cached for EVALSHA; past it the least recently used
+    #: scripts cached by EVAL are dropped (SCRIPT LOAD's stay).
+    lua_script_cache_bytes: int = 64 * MiB
     #: "always": every reply to a write waits for the WAL fsync (one fsync for all writes
     #: of one event-loop turn); "everysec": the engine fsyncs at least once a second;
     #: "no": the OS decides. Writes always reach the OS before the reply, so all three
@@ -265,6 +275,10 @@ class ServerConfig:
         integer("max_multi_bytes", 1)
         integer("max_scan_cursors", 1)
         integer("krange_max_limit", 1)
+        integer("busy_reply_threshold", 0)
+        integer("lua_max_memory", 1 * MiB)
+        integer("lua_max_script_bytes", 1)
+        integer("lua_script_cache_bytes", 0)
         integer("hz", 1, 500)
         integer("active_expire_effort", 1, 10)
         if self.memtable_size is not None:

@@ -150,6 +150,10 @@ def _memory(s: Services, engine: dict[str, Any]) -> Fields:
         ("shaledb_block_cache_bytes", cache["bytes"]),
         ("shaledb_block_cache_pinned_bytes", cache["pinned_bytes"]),
         ("shaledb_block_cache_capacity", cache["capacity"]),
+        # Lua scripting (exec/scripting.py), as Redis names them.
+        ("used_memory_lua", s.scripts.memory_used()),
+        ("number_of_cached_scripts", len(s.scripts.scripts)),
+        ("used_memory_scripts", s.scripts.cache_bytes),
     ]
 
 

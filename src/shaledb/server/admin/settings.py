@@ -436,6 +436,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("max-multi-bytes", "max_multi_bytes", memory(1)),
     Setting("max-scan-cursors", "max_scan_cursors", integer(1), _scan_cursors),
     Setting("krange-max-limit", "krange_max_limit", integer(1)),
+    Setting("busy-reply-threshold", "busy_reply_threshold", integer(0)),
+    Setting("lua-time-limit", "busy_reply_threshold", integer(0)),  # Redis' old name
+    Setting("lua-max-memory", "lua_max_memory", memory(1024 * 1024)),
+    Setting("lua-max-script-bytes", "lua_max_script_bytes", memory(1)),
+    Setting("lua-script-cache-bytes", "lua_script_cache_bytes", memory(0)),
     Setting("memtable-size", "memtable_size"),
     Setting("encryption-key-file", "encryption_key_file"),  # the path; never the key
     Setting("aclfile", "aclfile"),

@@ -37,6 +37,7 @@ def build_table() -> dict[bytes, Command]:
         observability,
         pubsub,
         ranges,
+        scripting,
         server,
         sets,
         sort,
@@ -51,7 +52,7 @@ def build_table() -> dict[bytes, Command]:
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
-                   sort.FAMILY, streams.FAMILY):
+                   sort.FAMILY, streams.FAMILY, scripting.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

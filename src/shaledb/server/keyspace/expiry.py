@@ -55,6 +55,8 @@ class SweptKeyspace(Protocol):
     lazy_expired: set[bytes]
     expiring_writes: int
     expired_keys: int
+    #: A script is running past busy-reply-threshold: no tick until it ends.
+    frozen: bool
     #: Commits the writes buffered in the current turn (see the module docstring).
     settle: Callable[[], None]
 
@@ -204,6 +206,8 @@ async def run_active_expire(keyspace: SweptKeyspace, hz: int, effort: int) -> No
     sweeper = keyspace.sweeper
     while True:
         await asyncio.sleep(1 / hz)
+        if keyspace.frozen:
+            continue
         if sweeper.idle() and not keyspace.expiring_keys():
             continue  # nothing can expire: no tick at all (the counts are exact)
         try:

@@ -359,6 +359,9 @@ class Keyspace:
         #: Commits pending writes of the turn's shared transaction (the server sets it);
         #: background writers call it first.
         self.settle: Callable[[], None] = _nothing
+        #: A Lua script past busy-reply-threshold is writing from its thread
+        #: (exec/scripting.py): the background writers (expiry, purge) wait.
+        self.frozen = False
         #: Writes committed since the server last waited for an fsync (appendfsync always).
         self.writes = 0
         #: Keys written with an expiry (the active-expiry sweeper slows down without any).

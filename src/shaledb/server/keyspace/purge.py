@@ -77,6 +77,8 @@ class PurgedKeyspace(Protocol):
     garbage_unlisted: bool
     member_garbage_ids: collections.deque[int]
     member_garbage_unlisted: bool
+    #: A script is running past busy-reply-threshold: no step until it ends.
+    frozen: bool
 
     @property
     def purger(self) -> Purger: ...
@@ -280,7 +282,7 @@ async def run_purger(keyspace: PurgedKeyspace) -> None:
     purger = keyspace.purger
     failed = False
     while True:
-        if not purger.busy:
+        if not purger.busy or keyspace.frozen:
             await asyncio.sleep(PURGE_IDLE_SECONDS)
             continue
         t0 = time.perf_counter()
