@@ -28,6 +28,7 @@ def build_table() -> dict[bytes, Command]:
         acl,
         connection,
         databases,
+        geo,
         hashes,
         keys,
         lists,
@@ -43,7 +44,8 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
+                   geo.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table
