@@ -615,7 +615,8 @@ def _radius_keys(base: int) -> Any:
     return keys
 
 
-@command("georadius", -6, "write denyoom", "write geo slow", key_finder=_radius_keys(6))
+@command("georadius", -6, "write denyoom movablekeys", "write geo slow", (1, 1, 1),
+         key_finder=_radius_keys(6))
 def georadius(ctx: Context, argv: list[bytes]) -> Any:
     """GEORADIUS key longitude latitude radius M|KM|FT|MI [WITHCOORD] [WITHDIST]
     [WITHHASH] [COUNT count [ANY]] [ASC|DESC] [STORE key | STOREDIST key]"""
@@ -628,7 +629,7 @@ def georadius_ro(ctx: Context, argv: list[bytes]) -> Any:
     return _search(ctx, argv, 1, COORDS, nostore=True)
 
 
-@command("georadiusbymember", -5, "write denyoom", "write geo slow",
+@command("georadiusbymember", -5, "write denyoom movablekeys", "write geo slow", (1, 1, 1),
          key_finder=_radius_keys(5))
 def georadiusbymember(ctx: Context, argv: list[bytes]) -> Any:
     """GEORADIUSBYMEMBER key member radius M|KM|FT|MI [options as GEORADIUS]"""
