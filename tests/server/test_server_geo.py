@@ -80,6 +80,8 @@ geosearch Sicily frommember Palermo bybox a 2 km
 geosearch Sicily frommember Palermo bybox 1 a km
 geosearch Sicily frommember nope byradius 1 km
 geosearch Sicily byradius 1 km foo
+GEOSEARCH Sicily BYRADIUS 1 km ASC WITHDIST
+GeoSearch Sicily FROMLONLAT 15 37 ASC WITHDIST
 geosearch Sicily frommember Palermo foo bar
 geosearch Sicily frommember Palermo fromlonlat 1 2 byradius 1 km
 geosearch Sicily frommember Palermo byradius 1 km bybox 1 1 km

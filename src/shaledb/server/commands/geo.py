@@ -561,7 +561,7 @@ def _search(ctx: Context, argv: list[bytes], src: int, kind: str, nostore: bool 
         else:
             raise CommandError(SYNTAX)
         i += 1
-    name = argv[0].decode("utf-8", "replace").lower()
+    name = argv[0].decode("utf-8", "replace")  # as the client spelt it, as Redis
     if store is not None and (withdist or withhash or withcoord):
         what = "GEOSEARCHSTORE" if store_into is not None else "STORE option in GEORADIUS"
         raise CommandError(f"{what} is not compatible with WITHDIST, WITHHASH and WITHCOORD "
