@@ -81,6 +81,12 @@ geosearch Sicily frommember Palermo bybox 1 a km
 geosearch Sicily frommember nope byradius 1 km
 geosearch Sicily byradius 1 km foo
 GEOSEARCH Sicily BYRADIUS 1 km ASC WITHDIST
+geosearch Sicily fromlonlat 0 0 byradius inf m withdist
+geosearch Sicily fromlonlat 0 0 bybox inf inf m withdist
+geosearch Sicily fromlonlat 0 0 bybox inf 1 km withdist
+geosearch Sicily fromlonlat 0 0 byradius 1e400 m
+geosearch Sicily fromlonlat 0 0 byradius 0 m
+geosearch Sicily frommember Palermo bybox 0 0 m withdist
 GeoSearch Sicily FROMLONLAT 15 37 ASC WITHDIST
 geosearch Sicily frommember Palermo foo bar
 geosearch Sicily frommember Palermo fromlonlat 1 2 byradius 1 km
@@ -112,6 +118,51 @@ geopos str a
 geodist str a b
 georadius str 1 1 1 km
 geosearch str frommember a byradius 1 km
+geoadd g 13.361389 38.115556 Palermo 15.087269 37.502669 Catania 180 85.05112878 ne
+geoadd g -180 -85.05112878 sw 0 0 zero 179.9999 0 e -180 0 w 2.35 48.85 paris
+geoadd g -0.12 51.5 london 151.2 -33.86 sydney -70.6 -33.4 santiago
+geosearch g fromlonlat 0 0 byradius 0 m withdist
+geosearch g frommember Palermo byradius 0 m withdist
+geosearch g frommember Palermo bybox 0 0 m withdist
+geosearch g fromlonlat 0 0 byradius inf m withdist
+geosearch g fromlonlat 0 0 byradius 1e30 m withdist
+geosearch g fromlonlat 0 0 byradius 1e400 m withdist
+geosearch g fromlonlat 0 0 bybox inf inf m withdist
+geosearch g fromlonlat 0 0 bybox 40000 20000 km withdist
+geosearch g fromlonlat 0 0 byradius 20000 km withdist count 9223372036854775807
+geosearch g fromlonlat 0 0 byradius 20000 km withdist count 9223372036854775808
+geosearch g fromlonlat 180 85.05112878 byradius 500 km withdist
+geosearch g fromlonlat -180 -85.05112878 byradius 500 km withdist
+geosearch g fromlonlat 180 85.05112879 byradius 500 km withdist
+geosearch g fromlonlat 0 0 byradius nan km
+geosearch g fromlonlat nan 0 byradius 1 km
+geosearch g fromlonlat 0x10 0 byradius 1 km
+geosearch g fromlonlat " 1" 0 byradius 1 km
+geosearch g fromlonlat 1 0 byradius -0 km
+geosearch g fromlonlat 140 -35 bybox 3000 2000 km withdist withcoord asc
+geosearch g fromlonlat -75 -30 byradius 1000 mi withdist desc
+georadius g 2 50 500 km withdist count 2 desc
+georadius g 2 50 500 km count 1 any desc withdist
+georadius g 2 50 5000 km count 2 any asc withdist
+georadius g 2 50 500 km store
+georadius g 2 50 500 km STORE dst STOREDIST dst2
+zrange dst2 0 -1 withscores
+exists dst
+georadius g 2 50 500 km count 1 count 2
+georadius g 2 50 500 km asc desc
+geosearch g frommember Palermo frommember Catania byradius 1 km
+geosearch g fromlonlat 1 1 fromlonlat 2 2 byradius 1 km
+geosearch g fromlonlat 1 1 byradius 1 km byradius 2 km withdist
+geosearchstore dst g fromlonlat 1 1 byradius 1 km store x
+geosearchstore dst g fromlonlat 1 1 byradius 1 km withcoord
+geoadd g 1 2 Palermo xx
+geoadd g XX CH 1 2 Palermo
+geopos g Palermo
+geoadd g 1.0000001 2 p2 1 2.0000001 p3
+geodist g Palermo p2
+geodist g Palermo p3 ft
+geodist g Palermo Palermo
+geohash g p2 p3
 """
 
 

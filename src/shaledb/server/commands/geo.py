@@ -188,13 +188,22 @@ def _rad(deg: float) -> float:
     return deg * _D_R
 
 
+def _cos(x: float) -> float:
+    """C's cos: NaN for an infinity (math.cos raises; an infinite radius or box is valid
+    and makes the bounding box NaN, which every comparison of the cell choice then
+    ignores, as in Redis)."""
+    return math.cos(x) if math.isfinite(x) else math.nan
+
+
 def distance(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     """Meters between two points: haversine on Redis' sphere (geohashGetDistance)."""
     lat1r, lon1r, lat2r, lon2r = _rad(lat1), _rad(lon1), _rad(lat2), _rad(lon2)
     u = math.sin((lat2r - lat1r) / 2)
     v = math.sin((lon2r - lon1r) / 2)
-    return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(u * u + math.cos(lat1r)
-                                                      * math.cos(lat2r) * v * v))
+    a = math.sqrt(u * u + math.cos(lat1r) * math.cos(lat2r) * v * v)
+    # Rounding can take a just past 1 for nearly antipodal points: C's asin answers NaN
+    # where math.asin raises.
+    return 2.0 * EARTH_RADIUS_M * (math.asin(a) if a <= 1.0 else math.nan)
 
 
 def estimate_steps(range_m: float, lat: float) -> int:
@@ -230,8 +239,8 @@ class Shape:
         height = self.conversion * (self.height / 2 if self.box else self.radius)
         width = self.conversion * (self.width / 2 if self.box else self.radius)
         lat_delta = height / EARTH_RADIUS_M / _D_R
-        top = width / EARTH_RADIUS_M / math.cos(_rad(self.lat + lat_delta)) / _D_R
-        bottom = width / EARTH_RADIUS_M / math.cos(_rad(self.lat - lat_delta)) / _D_R
+        top = width / EARTH_RADIUS_M / _cos(_rad(self.lat + lat_delta)) / _D_R
+        bottom = width / EARTH_RADIUS_M / _cos(_rad(self.lat - lat_delta)) / _D_R
         delta = bottom if self.lat < 0 else top
         return (self.lon - delta, self.lat - lat_delta, self.lon + delta,
                 self.lat + lat_delta)
