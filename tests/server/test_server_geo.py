@@ -163,6 +163,11 @@ geodist g Palermo p2
 geodist g Palermo p3 ft
 geodist g Palermo Palermo
 geohash g p2 p3
+geoadd rnd 6.8295 -1.6474 a1 4.36 2.6539 b1 3.2271 -1.7226 a2 -2.1201 -8.7218 b2
+geodist rnd a1 b1 ft
+geodist rnd a2 b2 ft
+geosearch rnd frommember a1 byradius 2000 km withdist asc
+geosearch rnd frommember a2 byradius 3000000 ft withdist asc
 """
 
 

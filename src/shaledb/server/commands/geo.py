@@ -344,7 +344,17 @@ def points(txn: KeyspaceTxn, coll: CollRef, shape: Shape, limit: int = 0) -> Ite
 # -- replies -----------------------------------------------------------------------------
 
 def fmt_distance(d: float) -> bytes:
-    return b"%.4f" % d
+    """A distance as Redis 7.0's fixedpoint_d2string(d, 4): ``llrint(d * 10000)`` (the
+    product rounded to an even neighbour on a tie), then the point put back. Not
+    ``%.4f``, which rounds d's exact decimal value: they differ on about one distance in
+    a few thousand (1809786.8014 ft here and in Redis, 1809786.8013 by ``%.4f``)."""
+    if d == 0:
+        return b"0.0000"
+    x = d * 10000.0
+    # llrint's answer for NaN, infinities and overflows on x86-64: LLONG_MIN
+    v = round(x) if math.isfinite(x) and abs(x) < 2.0**63 else -(2**63)
+    digits = b"%05d" % abs(v)
+    return (b"-" if v < 0 else b"") + digits[:-4] + b"." + digits[-4:]
 
 
 def _human(ctx: Context, d: float) -> Any:
