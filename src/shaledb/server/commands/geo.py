@@ -8,8 +8,9 @@ every sorted set command works on a geo set. The math is Redis 7.0's, rewritten 
 (geohash.c, geohash_helper.c): the same encoding and decoding, the same estimate of the
 cell size for a radius, the same 9 cells (the centre's and its 8 neighbours, the useless
 ones dropped), each searched as one score range [min, max) of the score index, the same
-haversine with Redis' earth radius, the same distance formatting (``%.4f``) and the same
-coordinates (``%.17Lf``, trailing zeros cut), so replies equal Redis' byte for byte.
+haversine with Redis' earth radius, distances rounded to 4 decimals as Redis rounds them
+(:func:`fmt_distance`) and the same coordinates (``%.17Lf``, trailing zeros cut), so replies
+equal Redis' byte for byte.
 
 Work of a search: one score index walk per cell (at most 9), so at most the members in
 the cells, each decoded once (ANY stops at COUNT found). Without COUNT the points found
