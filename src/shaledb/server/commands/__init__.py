@@ -30,6 +30,7 @@ def build_table() -> dict[bytes, Command]:
         connection,
         databases,
         dump,
+        geo,
         hashes,
         hyperloglog,
         keys,
@@ -52,7 +53,7 @@ def build_table() -> dict[bytes, Command]:
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
-                   sort.FAMILY, streams.FAMILY, scripting.FAMILY):
+                   sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table
