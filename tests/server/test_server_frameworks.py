@@ -437,7 +437,7 @@ def test_cashews_lock(target: Target) -> None:
 def test_dogpile_region_redis_backend(target: Target) -> None:
     from dogpile.cache import make_region
 
-    region = make_region(key_mangler=lambda k: f"dp-{uuid.uuid4().hex[:0]}{k}").configure(
+    region = make_region().configure(
         "dogpile.cache.redis",
         arguments={"host": HOST, "port": target.port, "db": 0, "redis_expiration_time": 60,
                    "socket_timeout": 10})
