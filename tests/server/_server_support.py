@@ -5,6 +5,7 @@ sockets, redis-cli. All traffic stays on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,24 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextlib.contextmanager
+def real_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A real redis-server (7, no persistence) on a free loopback port, for byte-level
+    comparisons; skips the test when it is not installed."""
+    path = shutil.which("redis-server")
+    if path is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([path, "--port", str(port), "--bind", HOST, "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        client = redis.Redis(host=HOST, port=port)
+        yield client
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -52,7 +52,8 @@ def test_config_get_patterns_and_fixed_values(server) -> None:
     assert r.config_get("port") == {"port": str(server.port)}  # the port really listened on
     assert r.config_get("dir")["dir"] == os.path.abspath(server.config.dir)
     assert r.config_get("client-output-buffer-limit") == {
-        "client-output-buffer-limit": f"normal {256 * 1024 * 1024} 0 0"}
+        "client-output-buffer-limit":
+            f"normal {256 * 1024 * 1024} 0 0 pubsub {32 * 1024 * 1024} {8 * 1024 * 1024} 60"}
     assert r.config_get("no-such-thing") == {}
     # RESP3 gets a map, RESP2 a flat array (redis-py turns both into a dict).
     r3 = server.client(protocol=3, decode_responses=True)

@@ -378,10 +378,10 @@ def test_a_version_3_directory_is_read_and_upgraded_by_its_first_write(
     assert st.call(lambda: st.server.db.get(MAP_KEY))[0] == 2  # type: ignore[union-attr]
     r.hset("h", "a", "1")
     assert st.call(lambda: st.server.db.get(MAP_KEY)) == (  # type: ignore[union-attr]
-        b"\x05\x10" + bytes(range(16)))
+        b"\x06\x10" + bytes(range(16)))
     st.stop()
     with shaledb.open(path) as db:
-        assert db.get(MAP_KEY) == b"\x05\x10" + bytes(range(16))
+        assert db.get(MAP_KEY) == b"\x06\x10" + bytes(range(16))
 
 
 def test_member_garbage_is_deleted_in_bounded_steps_that_resume_after_a_crash(
@@ -438,7 +438,7 @@ def test_hash_and_set_records_are_the_documented_bytes(tmp_path: Path) -> None:
         assert db.get(bytes.fromhex("F2 0000000000000001 6E616D65")) == b"ada"
         assert db.get(b"\x00s") == bytes.fromhex("03 0000000000000002 0000000000000001")
         assert db.get(bytes.fromhex("F2 0000000000000002 78")) == b""
-        assert db.get(b"\xffdbmap") == b"\x05\x10" + bytes(range(16))
+        assert db.get(b"\xffdbmap") == b"\x06\x10" + bytes(range(16))
         txn = ks.begin()
         e = txn.get_coll(0, b"h", TAG_HASH)
         assert e is not None

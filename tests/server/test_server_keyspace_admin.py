@@ -405,10 +405,10 @@ def test_directory_without_a_map_opens_with_the_identity_layout(
     assert r.get("edge") == b"last db"
     ks = st.server.keyspace  # type: ignore[union-attr]
     assert st.call(lambda: ks.map) == identity_map()
-    # Upgraded at open (to server keyspace version 6 since sorted sets): the identity map, now
-    # written down (version 4 map), so an older server refuses the directory.
+    # Upgraded at open (to server keyspace version 7 since streams): the identity map, now
+    # written down (version 6 map), so an older server refuses the directory.
     assert st.call(lambda: st.server.db.get(MAP_KEY)) == (  # type: ignore[union-attr]
-        b"\x05\x10" + bytes(range(16)))
+        b"\x06\x10" + bytes(range(16)))
     r.swapdb(0, 15)
     r.select(3)
     r.flushdb()
@@ -424,7 +424,7 @@ def test_directory_without_a_map_opens_with_the_identity_layout(
 
 def test_map_record_encoding_and_damage(tmp_path: Path,
                                         server_factory: Callable[..., ServerThread]) -> None:
-    assert encode_map(identity_map()) == b"\x05\x10" + bytes(range(16))
+    assert encode_map(identity_map()) == b"\x06\x10" + bytes(range(16))
     assert decode_map(None) == identity_map()
     m = identity_map()
     m[0], m[5] = 200, 0
@@ -435,18 +435,19 @@ def test_map_record_encoding_and_damage(tmp_path: Path,
     assert decode_map(b"\x02\x10" + bytes(range(16))) == identity_map()
     # Version 3 (server keyspace version 4, hashes and sets) as it is too.
     assert decode_map(b"\x03\x10" + bytes(range(16))) == identity_map()
-    # Version 4 (server keyspace version 5, lists) as it is too.
+    # Versions 4 (lists) and 5 (sorted sets) as they are too; 7 is unknown.
     assert decode_map(b"\x04\x10" + bytes(range(16))) == identity_map()
-    with pytest.raises(IncompatibleFormatError, match="version 6"):
-        decode_map(b"\x06\x10" + bytes(range(16)))
+    assert decode_map(b"\x05\x10" + bytes(range(16))) == identity_map()
+    with pytest.raises(IncompatibleFormatError, match="version 7"):
+        decode_map(b"\x07\x10" + bytes(range(16)))
     for bad in (b"", b"\x01\x10" + bytes(range(15)), b"\x01\x10" + bytes(15) + b"\x01",
                 b"\x01\x10" + bytes(range(15)) + b"\xf0", b"\x02\x10" + bytes(range(15)),
                 b"\x02\x10" + bytes(15) + b"\x01", b"\x02\x10" + bytes(range(15)) + b"\xf0",
                 b"\x03\x10" + bytes(range(15)), b"\x03\x10" + bytes(15) + b"\x01",
                 b"\x03\x10" + bytes(range(15)) + b"\xf0", b"\x04\x10" + bytes(range(15)),
                 b"\x04\x10" + bytes(15) + b"\x01", b"\x04\x10" + bytes(range(15)) + b"\xf0",
-                b"\x05\x10" + bytes(range(15)), b"\x05\x10" + bytes(15) + b"\x01",
-                b"\x05\x10" + bytes(range(15)) + b"\xf0"):
+                b"\x06\x10" + bytes(range(15)), b"\x06\x10" + bytes(15) + b"\x01",
+                b"\x06\x10" + bytes(range(15)) + b"\xf0"):
         with pytest.raises(CorruptionError):
             decode_map(bad)
     path = tmp_path / "damaged"

@@ -151,7 +151,7 @@ def test_list_records_are_the_documented_bytes(tmp_path: Path) -> None:
             "04 0000000000000001 0000000000000002 7FFFFFFFFFFFFFFF")
         assert db.get(bytes.fromhex("F2 0000000000000001 8000000000000000")) == b"a"
         assert db.get(bytes.fromhex("F2 0000000000000001 7FFFFFFFFFFFFFFF")) == b"b"
-        assert db.get(b"\xffdbmap") == b"\x05\x10" + bytes(range(16))
+        assert db.get(b"\xffdbmap") == b"\x06\x10" + bytes(range(16))
         # The index range is a limit: past either end of 64 bits the write is refused.
         txn = ks.begin()
         e = txn.lookup(0, b"l")
@@ -183,7 +183,7 @@ def test_a_version_4_directory_is_served_and_upgraded_by_its_first_write(
     assert st.call(lambda: st.server.db.get(MAP_KEY))[0] == 3  # type: ignore[union-attr]
     r.rpush("l", "a")
     assert st.call(lambda: st.server.db.get(MAP_KEY)) == (  # type: ignore[union-attr]
-        b"\x05\x10" + bytes(range(16)))
+        b"\x06\x10" + bytes(range(16)))
 
 
 def test_del_of_a_large_list_is_one_write_and_its_elements_are_reclaimed(

@@ -103,9 +103,10 @@ def test_keys_stops_building_its_reply_at_the_limit(server_factory) -> None:
     r.config_set("client-output-buffer-limit", "normal 1mb 0 0")
     assert len(r.keys("*")) == 5000
     r.config_set("client-output-buffer-limit", "0")  # 0: no limit
+    pubsub = f"pubsub {32 * 1024 * 1024} {8 * 1024 * 1024} 60"
     assert r.config_get("client-output-buffer-limit") == {
-        b"client-output-buffer-limit": b"normal 0 0 0"} or r.config_get(
-        "client-output-buffer-limit") == {"client-output-buffer-limit": "normal 0 0 0"}
+        b"client-output-buffer-limit": f"normal 0 0 0 {pubsub}".encode()} or r.config_get(
+        "client-output-buffer-limit") == {"client-output-buffer-limit": f"normal 0 0 0 {pubsub}"}
 
 
 def test_output_limit_setting_is_validated() -> None:

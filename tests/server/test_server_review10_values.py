@@ -847,7 +847,7 @@ def test_a_version_2_directory_is_upgraded_once(tmp_path: Path,
     _wait(lambda: r.dbsize() == 50, what="the sweeper deleting the expired key")
     st.stop()
     with shaledb.open(path) as db:
-        assert db.get(b"\xffdbmap") == b"\x05\x10" + bytes(range(16))
+        assert db.get(b"\xffdbmap") == b"\x06\x10" + bytes(range(16))
 
 
 def test_an_old_directory_opened_read_only_is_refused_with_a_reason(tmp_path: Path) -> None:

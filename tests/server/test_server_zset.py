@@ -380,15 +380,15 @@ def test_zset_records_are_the_documented_bytes(tmp_path: Path) -> None:
         assert index == [bytes.fromhex("F4 0000000000000001 3FFFFFFFFFFFFFFF 62"),
                          bytes.fromhex("F4 0000000000000001 BFF8000000000000 61")]
         assert db.get(index[0]) == b""
-        assert db.get(b"\xffdbmap") == b"\x05\x10" + bytes(range(16))
+        assert db.get(b"\xffdbmap") == b"\x06\x10" + bytes(range(16))
 
 
 def test_a_version_5_directory_is_served_and_upgraded_by_its_first_write(
         tmp_path: Path, server_factory: Callable[..., ServerThread]) -> None:
     """Server keyspace version 5 (map record 0x04) has the bytes of version 6 minus sorted
-    sets: served as it is (its lists and hashes too); the first write records map version
-    0x05, so a version 5 server (which would leak a dropped set's score index) refuses it
-    from then on."""
+    sets (and version 7's streams): served as it is (its lists and hashes too); the first
+    write records the current map version (0x06 since streams), so a version 5 server (which
+    would leak a dropped set's score index) refuses it from then on."""
     from shaledb.server.keyspace.dbmap import MAP_KEY, count_key, encode_counts
 
     path = tmp_path / "v5"
@@ -405,7 +405,7 @@ def test_a_version_5_directory_is_served_and_upgraded_by_its_first_write(
     assert st.call(lambda: st.server.db.get(MAP_KEY))[0] == 4  # type: ignore[union-attr]
     r.zadd("z", {"m": 1})
     assert st.call(lambda: st.server.db.get(MAP_KEY)) == (  # type: ignore[union-attr]
-        b"\x05\x10" + bytes(range(16)))
+        b"\x06\x10" + bytes(range(16)))
     assert r.zrange("z", 0, -1, withscores=True) == [(b"m", 1.0)]
     st.stop()
     st2 = server_factory(dir=str(path))
@@ -417,8 +417,8 @@ def test_a_newer_map_version_is_refused(tmp_path: Path) -> None:
     from shaledb.errors import IncompatibleFormatError
     from shaledb.server.keyspace.dbmap import decode_map
 
-    with pytest.raises(IncompatibleFormatError, match="reads versions 1 to 5"):
-        decode_map(b"\x06\x10" + bytes(range(16)))
+    with pytest.raises(IncompatibleFormatError, match="reads versions 1 to 6"):
+        decode_map(b"\x07\x10" + bytes(range(16)))
 
 
 def test_del_of_a_large_zset_is_one_write_and_its_records_are_reclaimed(
@@ -650,3 +650,36 @@ def test_the_learnt_index_bounds_are_bounded(server: ServerThread,
         assert r.zrange(f"z{i}", 0, -1) == [b"b"]
     ks = server.server.keyspace  # type: ignore[union-attr]
     assert 0 < server.call(lambda: len(ks.score_bounds)) <= 3
+
+
+def test_sorted_set_commands_raise_redis_keyspace_events(server_factory) -> None:
+    # Sorted sets landed beside keyspace notifications (branch pubsub) without calling its
+    # hook: a subscriber to __keyevent@0__:* heard nothing of ZADD or ZPOPMIN.
+    st = server_factory()
+    r = st.client()
+    r.config_set("notify-keyspace-events", "KEA")
+    p = r.pubsub()
+    p.psubscribe("__keyevent@0__:*")
+    assert p.get_message(timeout=5)["type"] == "psubscribe"
+    r.zadd("z", {"a": 1, "b": 2})
+    r.zadd("z", {"a": 1})  # nothing changed: no event
+    r.zincrby("z", 5, "a")
+    r.zadd("z", {"c": 1}, incr=True)
+    r.zrem("z", "c")
+    r.zpopmin("z")
+    r.zadd("y", {"q": 1})
+    r.zunionstore("u", ["z", "y"])
+    r.zrangestore("rs", "u", 0, 0)
+    r.zinterstore("u", ["z", "missing"])  # empty result: the destination is deleted
+    r.zremrangebyscore("z", "-inf", "+inf")  # the last member: the key goes
+    got = []
+    while True:
+        m = p.get_message(timeout=2)
+        if m is None:
+            break
+        got.append((m["channel"].split(b":", 1)[1].decode(), m["data"].decode()))
+    assert got == [("zadd", "z"), ("zincr", "z"), ("zincr", "z"), ("zrem", "z"),
+                   ("zpopmin", "z"), ("zadd", "y"), ("zunionstore", "u"),
+                   ("zrangestore", "rs"), ("del", "u"), ("zremrangebyscore", "z"),
+                   ("del", "z")]
+    p.close()

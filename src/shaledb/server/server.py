@@ -49,9 +49,12 @@ from .exec.cursors import ScanCursors
 from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
 from .exec.durability import SyncGroup
+from .exec.pubsub import PubSub
+from .exec.scripting import ScriptEngine
 from .exec.watch import WatchRegistry
 from .keyspace.expiry import run_active_expire
 from .keyspace.keyspace import Keyspace
+from .keyspace.notify import Event, parse_flags
 from .keyspace.purge import run_purger
 from .keyspace.scrub import Scrubber
 from .net.connection import ClientConnection
@@ -93,6 +96,8 @@ class Server:
         #: The metrics endpoint's port (None when off; 0 in the config picks one).
         self.metrics_port: int | None = None
         self.watches = WatchRegistry()
+        #: Channel subscriptions and MONITOR clients.
+        self.pubsub = PubSub()
         #: Clients blocked on keys (BLPOP ...), woken by the turn's commit.
         self.blocking = BlockingQueue()
         self.scan_cursors = ScanCursors(config.max_scan_cursors)
@@ -102,6 +107,7 @@ class Server:
                        auth_limiter=AuthRateLimiter(config.auth_fail_burst,
                                                     config.auth_fail_rate,
                                                     config.auth_fail_max_hosts))
+        self.acl.pubsub_default = config.acl_pubsub_default.encode()
         #: Networks the failed-AUTH limit spares (auth-fail-exempt-networks).
         self.auth_exempt = parse_networks(config.auth_fail_exempt_networks)
         self.connections: dict[int, ClientConnection] = {}
@@ -141,6 +147,8 @@ class Server:
         self.rate_limits = CommandRateLimits(config.rate_limit_per_ip, config.rate_limit_users,
                                              config.rate_limit_max_hosts)
         self.scrubber = Scrubber(self)
+        #: EVAL / FCALL: the Lua state and script cache (its thread starts at the first).
+        self.scripts = ScriptEngine()
 
     @property
     def keyspace(self) -> Keyspace:
@@ -156,6 +164,10 @@ class Server:
             keys = list(keys)
             self.blocking.touch(keys)
         self.watches.touch(keys)
+
+    def _publish_events(self, events: list[Event]) -> None:
+        """Committed keyspace notifications: to the subscribers of their channels."""
+        self.pubsub.publish_events(events, self.keyspace.notify_flags)
 
     def _on_flush(self, db: int | None) -> None:
         self.watches.touch_db(db)
@@ -303,6 +315,8 @@ class Server:
         try:
             self._keyspace = Keyspace(db, on_write=self._on_write,
                                       on_flush=self._on_flush)
+            self._keyspace.notify_flags = parse_flags(cfg.notify_keyspace_events)
+            self._keyspace.publish_events = self._publish_events
         except BaseException:
             if self._own_db:
                 db.close()
@@ -510,7 +524,13 @@ class Server:
         for task in (*self._tasks, self._idle_task, self._sync_task):
             if task is not None and task is not current:
                 task.cancel()
+        # A script still running (SHUTDOWN NOSAVE while BUSY) stops here; its writes were
+        # never committed, and are not now.
+        self.scripts.close()
         if self._turn is not None:
+            if self._turn.frozen:
+                self._turn.txn.undo(0)
+                self._turn.frozen = False
             self._turn.commit()  # writes parked for the end of this turn
         if self.sync_group is not None:
             with contextlib.suppress(Exception):

@@ -71,6 +71,11 @@ CATEGORIES: Final = (
 #: Commands that read or write keys outside their key positions (ranges, KBATCH's op list):
 #: only ``allkeys`` users.
 NEEDS_ALL_KEYS: Final = frozenset(("krange", "kdelrange", "kbatch"))
+#: The channel arguments of the pub/sub commands, for the ``&pattern`` checks: (first,
+#: last (-1: to the end), whether they are patterns).
+CHANNEL_ARGS: Final = {
+    "publish": (1, 1, False), "spublish": (1, 1, False), "subscribe": (1, -1, False),
+    "ssubscribe": (1, -1, False), "psubscribe": (1, -1, True)}
 #: Longest ``object``/``username`` kept in an ACL log entry (they come from clients).
 LOG_FIELD_MAX: Final = 128
 #: Denials of the same kind within this many seconds are one log entry with a count.
@@ -140,6 +145,8 @@ class User:
     unrestricted: bool = dataclasses.field(default=False, repr=False)
     _key_matchers: list[Callable[[bytes], bool]] = dataclasses.field(
         default_factory=list, repr=False)
+    _channel_matchers: list[Callable[[bytes], bool]] = dataclasses.field(
+        default_factory=list, repr=False)
 
     def copy(self) -> User:
         """An independent copy to apply changes to."""
@@ -147,7 +154,8 @@ class User:
             self, passwords=list(self.passwords), allowed=set(self.allowed),
             command_rules=list(self.command_rules), key_patterns=list(self.key_patterns),
             channel_patterns=list(self.channel_patterns),
-            _key_matchers=list(self._key_matchers))
+            _key_matchers=list(self._key_matchers),
+            _channel_matchers=list(self._channel_matchers))
 
     # -- rules -----------------------------------------------------------------------------
     def apply(self, rule: bytes, index: CommandIndex) -> None:
@@ -201,13 +209,27 @@ class User:
         elif low == b"allchannels" or rule == b"&*":
             self.allchannels = True
             self.channel_patterns = [b"*"]
+            self._channel_matchers = []
         elif low == b"resetchannels":
             self.allchannels = False
             self.channel_patterns = []
+            self._channel_matchers = []
         elif head == b"&":
             _check_token(rule[1:], "A channel pattern")
-            if not self.allchannels and rule[1:] not in self.channel_patterns:
+            if self.allchannels:
+                raise AclRuleError(
+                    "Adding a pattern after the * pattern (or the 'allchannels' flag) is not "
+                    "valid and does not have any effect. Try 'resetchannels' to start with an "
+                    "empty list of channels")
+            if rule[1:] not in self.channel_patterns:
+                # Bounded like key patterns: every PUBLISH / SUBSCRIBE of the user is
+                # matched against them on the event loop.
+                try:
+                    matcher = compile_glob(rule[1:], bounded=True)
+                except PatternError as exc:
+                    raise AclRuleError(f"A channel pattern is {exc}") from None
                 self.channel_patterns.append(rule[1:])
+                self._channel_matchers.append(matcher)
         elif low in (b"allcommands", b"+@all"):
             self.allowed = set(index.units)
             self.command_rules = ["+@all"]
@@ -247,7 +269,7 @@ class User:
         self.command_rules.append(rule)
 
     def _refresh(self, index: CommandIndex) -> None:
-        self.unrestricted = self.allkeys and self.allowed >= index.units
+        self.unrestricted = self.allkeys and self.allchannels and self.allowed >= index.units
 
     # -- checks ----------------------------------------------------------------------------
     def check_password(self, digest: bytes) -> bool:
@@ -260,6 +282,16 @@ class User:
     def key_allowed(self, key: bytes) -> bool:
         """Whether one of the user's key patterns matches ``key``."""
         return self.allkeys or any(match(key) for match in self._key_matchers)
+
+    def channel_allowed(self, channel: bytes, pattern: bool = False) -> bool:
+        """Whether the user may use ``channel`` (PUBLISH, SUBSCRIBE: one of its ``&``
+        patterns matches it) or, ``pattern``, subscribe to the pattern ``channel``
+        (PSUBSCRIBE: it must be one of its ``&`` patterns, literally, as in Redis 7)."""
+        if self.allchannels:
+            return True
+        if pattern:
+            return channel in self.channel_patterns
+        return any(match(channel) for match in self._channel_matchers)
 
     # -- description -----------------------------------------------------------------------
     def flags(self) -> list[str]:
@@ -349,6 +381,9 @@ class Acl:
         self._clock = clock
         self._next_entry = 0
         self.users: dict[bytes, User] = {DEFAULT_USER: self.default_user(password_digest)}
+        #: acl-pubsub-default: the channel rule a new user starts with (Redis 7's default
+        #: is resetchannels: no channel until granted).
+        self.pubsub_default = b"resetchannels"
 
     def default_user(self, password_digest: bytes | None) -> User:
         """Redis' ``default`` user: every command and key; ``requirepass`` is its password."""
@@ -384,11 +419,18 @@ class Acl:
                     f"Error in ACL SETUSER modifier '{_rule_for_error(rule)}': {exc}") from None
         return user
 
+    def new_user(self, name: bytes) -> User:
+        """A user as it starts: off, no password, no keys or commands, the channels of
+        acl-pubsub-default."""
+        user = User(name)
+        user.apply(self.pubsub_default, self.index)
+        return user
+
     def set_user(self, name: bytes, rules: list[bytes]) -> User:
         """ACL SETUSER: create or change ``name``; all rules or none take effect."""
         _check_token(name, "A user name")
         current = self.users.get(name)
-        user = self.build_user(current or User(name), rules)
+        user = self.build_user(current or self.new_user(name), rules)
         if current is None:
             self.users[name] = user
             return user
@@ -413,7 +455,7 @@ class Acl:
                 _check_token(name, "A user name")
                 if name in users:
                     raise AclRuleError(f"Duplicate user '{name.decode('latin-1')}' found")
-                users[name] = self.build_user(User(name), words[2:])
+                users[name] = self.build_user(self.new_user(name), words[2:])
             except AclRuleError as exc:
                 raise AclRuleError(f"{path}:{number}: {exc}") from None
         users.setdefault(DEFAULT_USER, self.default)
@@ -477,15 +519,21 @@ class Acl:
             return NoPermissionError(
                 f"User {user.name.decode('utf-8', 'replace')} has no permissions to run "
                 f"the '{unit}' command")
-        if user.allkeys:
-            return None
-        if cmd.name in NEEDS_ALL_KEYS:
-            self.record("key", context, cmd.name.encode(), user.name, client)
-            return NoPermissionError("No permissions to access a key")
-        for key in cmd.keys(argv):
-            if not user.key_allowed(key):
-                self.record("key", context, key, user.name, client)
+        if not user.allkeys:
+            if cmd.name in NEEDS_ALL_KEYS:
+                self.record("key", context, cmd.name.encode(), user.name, client)
                 return NoPermissionError("No permissions to access a key")
+            for key in cmd.keys(argv):
+                if not user.key_allowed(key):
+                    self.record("key", context, key, user.name, client)
+                    return NoPermissionError("No permissions to access a key")
+        if not user.allchannels and cmd.name in CHANNEL_ARGS:
+            first, last, pattern = CHANNEL_ARGS[cmd.name]
+            for channel in argv[first:len(argv) if last < 0 else last + 1]:
+                if not user.channel_allowed(channel, pattern):
+                    self.record("channel", context, channel, user.name, client)
+                    return NoPermissionError("this user has no permissions to access one of "
+                                             "the channels used as arguments")
         return None
 
     def record(self, reason: str, context: str, obj: bytes, username: bytes,
@@ -522,6 +570,7 @@ def client_info(client: AclClient) -> bytes:
 
 __all__ = [
     "CATEGORIES",
+    "CHANNEL_ARGS",
     "DEFAULT_USER",
     "LOG_FIELD_MAX",
     "Acl",

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from ...errors import InvalidArgument
 from ..keyspace.keyspace import MAX_USER_VALUE
+from ..keyspace.notify import NotifyFlagsError, parse_flags
 from ..net.security import parse_networks
 
 KiB: Final = 1024
@@ -96,6 +97,10 @@ class ServerConfig:
     client_query_buffer_limit: int = 64 * MiB
     #: Most keys one client may WATCH at once (``-ERR`` beyond it).
     max_watched_keys: int = 10_000
+    #: Most channels, patterns and shard channels one client may be subscribed to at once
+    #: (``-ERR`` beyond it, nothing subscribed; Redis has no limit). Each costs the server
+    #: memory for as long as the client stays connected.
+    max_subscriptions: int = 100_000
     #: Most bytes of commands queued by one MULTI (the transaction is aborted beyond it).
     max_multi_bytes: int = 64 * MiB
     #: Most SCAN cursors remembered per client (and for the clients that disconnected,
@@ -104,6 +109,16 @@ class ServerConfig:
     max_scan_cursors: int = 10_000
     #: Largest and default LIMIT of KRANGE (bounds the size of one reply).
     krange_max_limit: int = 10_000
+    #: Milliseconds a Lua script runs before other clients get ``-BUSY`` (and SCRIPT KILL
+    #: may stop it); Redis' busy-reply-threshold / lua-time-limit. 0: never BUSY.
+    busy_reply_threshold: int = 5000
+    #: Most memory of the Lua state, in bytes (an allocation past it fails the script).
+    lua_max_memory: int = 64 * MiB
+    #: Largest script body or function library accepted (EVAL, SCRIPT LOAD, FUNCTION LOAD).
+    lua_max_script_bytes: int = 4 * MiB
+    #: Most bytes of script bodies cached for EVALSHA; past it the least recently used
+    #: scripts cached by EVAL are dropped (SCRIPT LOAD's stay).
+    lua_script_cache_bytes: int = 64 * MiB
     #: "always": every reply to a write waits for the WAL fsync (one fsync for all writes
     #: of one event-loop turn); "everysec": the engine fsyncs at least once a second;
     #: "no": the OS decides. Writes always reach the OS before the reply, so all three
@@ -169,7 +184,10 @@ class ServerConfig:
         ("hash-max-listpack-entries", 128), ("hash-max-listpack-value", 64),
         ("set-max-intset-entries", 512), ("zset-max-listpack-entries", 128),
         ("zset-max-listpack-value", 64), ("list-max-listpack-size", -2),
-        ("list-compress-depth", 0))
+        ("list-compress-depth", 0),
+        # Streams: stream-node-max-entries does act, on approximate trimming (see
+        # commands/streams.py); the byte bound is only shown.
+        ("stream-node-max-entries", 100), ("stream-node-max-bytes", 4096))
     #: Address and port of the HTTP endpoint serving GET /metrics (Prometheus) and GET
     #: /health. Port None turns it off (-1 or "off" in the TOML file or on the command
     #: line); 0 picks a free port, which the server reports.
@@ -186,6 +204,17 @@ class ServerConfig:
     #: ``client-output-buffer-limit`` hard limit. KEYS stops building its reply at this size.
     #: 0 disables it. 256 MiB: eight replies of the largest value (proto_max_bulk_len).
     client_output_buffer_limit: int = 256 * MiB
+    #: The ``pubsub`` class of client-output-buffer-limit: (hard, soft, soft seconds) for a
+    #: client with a subscription, as Redis' default ``pubsub 32mb 8mb 60``: past the hard
+    #: limit, or above the soft one for longer than the seconds, the subscriber is
+    #: disconnected (a subscriber that stops reading cannot grow the server's memory).
+    #: 0 turns a limit off.
+    client_output_buffer_limit_pubsub: tuple[int, int, int] = (32 * MiB, 8 * MiB, 60)
+    #: Keyspace notifications (Redis' notify-keyspace-events flag letters; "" = off).
+    notify_keyspace_events: str = ""
+    #: The channel permissions a new ACL user starts with: "resetchannels" (none, Redis 7's
+    #: default) or "allchannels".
+    acl_pubsub_default: str = "resetchannels"
     #: Commands per second per client IP (None: no limit). A client over it is slowed down
     #: (the server stops reading from it until a token is due), never sent an error.
     rate_limit_per_ip: float | None = None
@@ -242,9 +271,14 @@ class ServerConfig:
         integer("proto_max_bulk_len", MIN_BULK_LEN, MAX_USER_VALUE)
         integer("client_query_buffer_limit", 1024)
         integer("max_watched_keys", 1, MAX_TRACKED_HOSTS)
+        integer("max_subscriptions", 1, 10_000_000)
         integer("max_multi_bytes", 1)
         integer("max_scan_cursors", 1)
         integer("krange_max_limit", 1)
+        integer("busy_reply_threshold", 0)
+        integer("lua_max_memory", 1 * MiB)
+        integer("lua_max_script_bytes", 1)
+        integer("lua_script_cache_bytes", 0)
         integer("hz", 1, 500)
         integer("active_expire_effort", 1, 10)
         if self.memtable_size is not None:
@@ -298,6 +332,22 @@ class ServerConfig:
             raise InvalidArgument("server setting requirepass must be a non-empty string")
 
     def _check_output_and_rates(self) -> None:
+        pubsub: object = self.client_output_buffer_limit_pubsub
+        if (not isinstance(pubsub, (tuple, list)) or len(pubsub) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pubsub)):
+            raise InvalidArgument(
+                f"server setting client_output_buffer_limit_pubsub must be three integers "
+                f">= 0 (hard bytes, soft bytes, soft seconds), got {pubsub!r}")
+        object.__setattr__(self, "client_output_buffer_limit_pubsub", tuple(pubsub))
+        if self.acl_pubsub_default not in ("resetchannels", "allchannels"):
+            raise InvalidArgument("server setting acl_pubsub_default must be resetchannels "
+                                  f"or allchannels, got {self.acl_pubsub_default!r}")
+        try:
+            parse_flags(self.notify_keyspace_events)
+        except (NotifyFlagsError, TypeError):
+            raise InvalidArgument(
+                f"server setting notify_keyspace_events must be Redis' flag letters "
+                f"(Ag$lshzxeKEtmdn), got {self.notify_keyspace_events!r}") from None
         limit = self.client_output_buffer_limit
         if (not isinstance(limit, int) or isinstance(limit, bool)
                 or not (limit == 0 or limit >= KiB)):

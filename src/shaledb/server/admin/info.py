@@ -120,7 +120,8 @@ def _clients(s: Services) -> Fields:
         ("maxclients", s.config.maxclients),
         ("blocked_clients", len(s.blocking)),
         ("tracking_clients", 0),
-        ("pubsub_clients", 0),
+        ("pubsub_clients", sum(1 for c in s.connections.values()
+                               if c.client is not None and c.client.subscriptions)),
         ("watching_clients", sum(1 for c in s.connections.values()
                                  if c.client is not None and c.client.watched)),
         ("total_watched_keys", len(s.watches)),
@@ -149,6 +150,10 @@ def _memory(s: Services, engine: dict[str, Any]) -> Fields:
         ("shaledb_block_cache_bytes", cache["bytes"]),
         ("shaledb_block_cache_pinned_bytes", cache["pinned_bytes"]),
         ("shaledb_block_cache_capacity", cache["capacity"]),
+        # Lua scripting (exec/scripting.py), as Redis names them.
+        ("used_memory_lua", s.scripts.memory_used()),
+        ("number_of_cached_scripts", len(s.scripts.scripts)),
+        ("used_memory_scripts", s.scripts.cache_bytes),
     ]
 
 
@@ -229,8 +234,9 @@ def _stats(s: Services) -> Fields:
         ("evicted_keys", 0),
         ("keyspace_hits", ks.hits),
         ("keyspace_misses", ks.misses),
-        ("pubsub_channels", 0),
-        ("pubsub_patterns", 0),
+        ("pubsub_channels", len(s.pubsub.channels)),
+        ("pubsub_patterns", len(s.pubsub.patterns)),
+        ("pubsubshard_channels", len(s.pubsub.shard_channels)),
         ("total_error_replies", s.command_stats.total_error_replies),
         ("acl_access_denied_auth", st["auth_failures"]),
         ("shaledb_auth_rate_limited", st["auth_rate_limited"]),

@@ -29,6 +29,7 @@ from ...errors import InvalidArgument
 from ..errors import CommandError
 from ..glob import compile_glob
 from ..keyspace.keyspace import DATABASES
+from ..keyspace.notify import NotifyFlagsError, format_flags, parse_flags
 from ..net.fdlimit import fit_maxclients
 from ..net.ratelimit import CommandRateLimits
 from ..net.security import parse_networks
@@ -222,18 +223,45 @@ def choice(*values: str) -> Parser:
     return parse
 
 
-def output_buffer_limit(raw: bytes) -> int:
-    """A byte count, or Redis' ``normal <hard> <soft> <seconds>`` form for the normal
-    client class (soft limits are not implemented: they must be 0)."""
+class FieldChanges(dict[str, Any]):
+    """What a parser returns when one parameter sets several ServerConfig fields."""
+
+
+def output_buffer_limit(raw: bytes) -> FieldChanges:
+    """A byte count (the normal class's hard limit), or Redis' ``<class> <hard> <soft>
+    <seconds>`` groups for the ``normal`` class (no soft limit: it must be ``0 0``) and
+    the ``pubsub`` class (hard, soft, seconds)."""
     words = raw.split()
     if len(words) == 1:
-        return int(memory()(words[0]))
-    if len(words) == 4 and words[0].lower() == b"normal":
-        if memory()(words[2]) or integer(0)(words[3]):
-            raise ValueError("only a hard limit is supported: soft limit and seconds must be 0")
-        return int(memory()(words[1]))
-    raise ValueError("argument must be a byte count or 'normal <hard> 0 0' (ShaleDB has no "
-                     "replica or pubsub clients)")
+        return FieldChanges(client_output_buffer_limit=int(memory()(words[0])))
+    if not words or len(words) % 4:
+        raise ValueError("Wrong number of arguments in buffer limit configuration.")
+    out = FieldChanges()
+    for i in range(0, len(words), 4):
+        kind = words[i].lower()
+        hard, soft = int(memory()(words[i + 1])), int(memory()(words[i + 2]))
+        seconds = int(integer(0)(words[i + 3]))
+        if kind == b"normal":
+            if soft or seconds:
+                raise ValueError("the normal class has only a hard limit: soft limit and "
+                                 "seconds must be 0")
+            out["client_output_buffer_limit"] = hard
+        elif kind == b"pubsub":
+            out["client_output_buffer_limit_pubsub"] = (hard, soft, seconds)
+        elif kind in (b"replica", b"slave"):
+            raise ValueError("ShaleDB has no replicas: set the normal or pubsub class")
+        else:
+            raise ValueError("Invalid client class specified in buffer limit configuration.")
+    return out
+
+
+def notify_events(raw: bytes) -> FieldChanges:
+    """notify-keyspace-events: Redis' flag letters, stored in Redis' spelling."""
+    try:
+        flags = parse_flags(raw.decode("latin-1"))
+    except NotifyFlagsError as exc:
+        raise ValueError(str(exc)) from None
+    return FieldChanges(notify_keyspace_events=format_flags(flags))
 
 
 def password(raw: bytes) -> bytes:
@@ -303,7 +331,17 @@ def _dir(server: Services) -> str:
 
 
 def _output_limit(server: Services) -> str:
-    return f"normal {server.config.client_output_buffer_limit} 0 0"
+    hard, soft, seconds = server.config.client_output_buffer_limit_pubsub
+    return (f"normal {server.config.client_output_buffer_limit} 0 0 "
+            f"pubsub {hard} {soft} {seconds}")
+
+
+def _pubsub_default(server: Services, value: str) -> None:
+    server.acl.pubsub_default = value.encode()
+
+
+def _notify_flags(server: Services, _: Any) -> None:
+    server.keyspace.notify_flags = parse_flags(server.config.notify_keyspace_events)
 
 
 def _tls_port(server: Services) -> int:
@@ -366,7 +404,8 @@ _HINTS: Final = tuple(_hint(n) for n in (
     "hash-max-listpack-entries", "hash-max-listpack-value", "hash-max-ziplist-entries",
     "hash-max-ziplist-value", "set-max-intset-entries", "zset-max-listpack-entries",
     "zset-max-listpack-value", "zset-max-ziplist-entries", "zset-max-ziplist-value",
-    "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth"))
+    "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth",
+    "stream-node-max-entries", "stream-node-max-bytes"))
 
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("bind", "host"),
@@ -385,14 +424,23 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("auth-timeout", "auth_timeout", _timeout_seconds, _timeout),
     Setting("proto-max-bulk-len", "proto_max_bulk_len", memory(MIN_BULK_LEN), _readers),
     Setting("client-query-buffer-limit", "client_query_buffer_limit", memory(1024), _readers),
-    Setting("client-output-buffer-limit", "client_output_buffer_limit", output_buffer_limit,
-            get=_output_limit),
+    Setting("client-output-buffer-limit", None, output_buffer_limit, get=_output_limit),
+    Setting("acl-pubsub-default", "acl_pubsub_default",
+            choice("resetchannels", "allchannels"), _pubsub_default),
+    Setting("notify-keyspace-events", None, notify_events, _notify_flags,
+            get=lambda server: server.config.notify_keyspace_events),
     Setting("requirepass", None, password, _requirepass, get=_show_requirepass),
     Setting("protected-mode", "protected_mode", yes_no),
     Setting("max-watched-keys", "max_watched_keys", integer(1, MAX_TRACKED_HOSTS)),
+    Setting("max-subscriptions", "max_subscriptions", integer(1, 10_000_000)),
     Setting("max-multi-bytes", "max_multi_bytes", memory(1)),
     Setting("max-scan-cursors", "max_scan_cursors", integer(1), _scan_cursors),
     Setting("krange-max-limit", "krange_max_limit", integer(1)),
+    Setting("busy-reply-threshold", "busy_reply_threshold", integer(0)),
+    Setting("lua-time-limit", "busy_reply_threshold", integer(0)),  # Redis' old name
+    Setting("lua-max-memory", "lua_max_memory", memory(1024 * 1024)),
+    Setting("lua-max-script-bytes", "lua_max_script_bytes", memory(1)),
+    Setting("lua-script-cache-bytes", "lua_script_cache_bytes", memory(0)),
     Setting("memtable-size", "memtable_size"),
     Setting("encryption-key-file", "encryption_key_file"),  # the path; never the key
     Setting("aclfile", "aclfile"),
@@ -485,6 +533,8 @@ def config_set(server: Services, pairs: list[tuple[bytes, bytes]]) -> None:
             raise _failed(raw_name, str(exc)) from None
         if setting.field is not None:
             changes[setting.field] = value
+        elif isinstance(value, FieldChanges):
+            changes.update(value)
         hooks.append((setting, value))
     try:
         new = dataclasses.replace(server.config, **changes)

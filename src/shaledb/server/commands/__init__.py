@@ -26,15 +26,22 @@ def build_table() -> dict[bytes, Command]:
     # package is complete.
     from . import (
         acl,
+        bits,
         connection,
         databases,
+        dump,
         hashes,
+        hyperloglog,
         keys,
         lists,
         observability,
+        pubsub,
         ranges,
+        scripting,
         server,
         sets,
+        sort,
+        streams,
         strings,
         transactions,
         zsets,
@@ -43,7 +50,9 @@ def build_table() -> dict[bytes, Command]:
     table: dict[bytes, Command] = {}
     for family in (connection.FAMILY, keys.FAMILY, strings.FAMILY, transactions.FAMILY,
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
-                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY):
+                   server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
+                   pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
+                   sort.FAMILY, streams.FAMILY, scripting.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -9,6 +9,7 @@ from ..admin.acl import CATEGORIES, DEFAULT_USER, AclRuleError
 from ..errors import CommandError
 from ..net.protocol import OK, SetReply
 from . import CommandFamily, Context, parse_int, wrong_arity
+from .pubsub import kill_unpermitted
 
 FAMILY = CommandFamily()
 
@@ -37,9 +38,10 @@ def acl(ctx: Context, argv: list[bytes]) -> Any:
     store = server.acl
     if sub == b"setuser" and n >= 3:
         try:
-            store.set_user(argv[2], argv[3:])
+            changed = store.set_user(argv[2], argv[3:])
         except AclRuleError as exc:
             raise CommandError(str(exc)) from None
+        kill_unpermitted(server, changed, ctx.client)  # as Redis 7: lost channels end them
         return OK
     if sub == b"getuser" and n == 3:
         user = store.users.get(argv[2])

@@ -37,6 +37,8 @@ def ping(ctx: Context, argv: list[bytes]) -> Any:
     """PING [message]"""
     if len(argv) > 2:
         raise wrong_arity("ping")
+    if ctx.client.resp == 2 and ctx.client.subscriptions:
+        return [b"pong", argv[1] if len(argv) == 2 else b""]  # subscribed mode, as Redis
     return PONG if len(argv) == 1 else argv[1]
 
 
@@ -60,6 +62,8 @@ def reset(ctx: Context, argv: list[bytes]) -> Any:
     client = ctx.client
     client.multi = None
     ctx.services.watches.unwatch_all(client)
+    ctx.services.pubsub.forget(client)  # subscriptions and MONITOR end, as in Redis
+    client.reply_off, client.skip_replies = False, 0  # CLIENT REPLY ON
     client.db = 0
     client.resp = 2
     client.name = b""
@@ -166,7 +170,7 @@ _CLIENT_SUBCOMMANDS = {
     "id": "slow connection", "getname": "slow connection", "setname": "slow connection",
     "setinfo": "slow connection", "info": "slow connection", "list": _CLIENT_ADMIN,
     "kill": _CLIENT_ADMIN, "unblock": _CLIENT_ADMIN, "no-evict": _CLIENT_ADMIN,
-    "no-touch": "slow connection", "help": "slow connection",
+    "no-touch": "slow connection", "help": "slow connection", "reply": "slow connection",
 }
 
 CLIENT_HELP = (
@@ -191,6 +195,8 @@ CLIENT_HELP = (
     "NO-TOUCH (ON|OFF)", "    Accepted; ShaleDB keeps no access times (no LRU/LFU).",
     "SETINFO <option> <value>", "    Set client meta attr. Options are:",
     "    * LIB-NAME: the client lib name.", "    * LIB-VER: the client lib version.",
+    "REPLY (ON|OFF|SKIP)",
+    "    Control the replies sent to the current connection.",
     "SETNAME <name>", "    Assign the name <name> to the current connection.",
     "UNBLOCK <clientid> [TIMEOUT|ERROR]",
     "    Unblock the specified blocked client.",
@@ -201,7 +207,8 @@ _CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
 
 
 def _flags(c: ClientState) -> str:
-    flags = ("x" if c.multi is not None else "") + ("d" if c.dirty_cas else "") + (
+    flags = ("O" if c.monitor else "") + ("P" if c.subscriptions else "") + (
+        "x" if c.multi is not None else "") + ("d" if c.dirty_cas else "") + (
         "c" if c.close_after_reply else "")
     return flags or "N"
 
@@ -219,7 +226,8 @@ def client_line(server: Services, c: ClientState) -> bytes:
         ("id", c.id), ("addr", c.addr), ("laddr", c.laddr), ("fd", c.fd),
         ("name", c.name.decode("utf-8", "replace")), ("age", int(now - c.created)),
         ("idle", int(now - c.last_active)), ("flags", _flags(c)), ("db", c.db),
-        ("sub", 0), ("psub", 0), ("ssub", 0),
+        ("sub", len(c.channels)), ("psub", len(c.patterns)),
+        ("ssub", len(c.shard_channels)),
         ("multi", len(c.multi) if c.multi is not None else -1), ("qbuf", mem["qbuf"]),
         ("qbuf-free", 0), ("argv-mem", mem["argv-mem"]), ("multi-mem", multi_mem),
         ("obl", 0), ("oll", mem["oll"]), ("omem", mem["omem"]), ("tot-mem", tot),
@@ -246,8 +254,12 @@ def _client_list(ctx: Context, argv: list[bytes]) -> bytes:
             if kind not in _CLIENT_TYPES:
                 raise CommandError(
                     f"Unknown client type '{argv[i + 1].decode('utf-8', 'replace')}'")
-            if kind != b"normal":
-                clients = []  # no replicas, masters or pub/sub clients
+            if kind == b"pubsub":
+                clients = [c for c in clients if c.subscriptions]
+            elif kind == b"normal":
+                clients = [c for c in clients if not c.subscriptions]
+            else:
+                clients = []  # no replicas or masters
             i += 2
         elif opt == b"id" and i + 1 < len(argv):
             ids = set()
@@ -292,7 +304,9 @@ class _KillFilter:
     def __init__(self) -> None:
         self.skipme = True
         self.id: int | None = None
-        self.normal = True
+        #: TYPE: None (any), b"normal", b"pubsub" (a client with a subscription, as Redis'
+        #: getClientType) or another class ShaleDB has no client of.
+        self.kind: bytes | None = None
         self.addr: bytes | None = None
         self.laddr: bytes | None = None
         self.user: object | None = None
@@ -309,7 +323,7 @@ class _KillFilter:
         elif opt == b"type":
             if value.lower() not in _CLIENT_TYPES:
                 raise CommandError(f"Unknown client type '{value.decode('utf-8', 'replace')}'")
-            self.normal = value.lower() == b"normal"
+            self.kind = value.lower()
         elif opt == b"addr":
             self.addr = value
         elif opt == b"laddr":
@@ -328,7 +342,9 @@ class _KillFilter:
             raise CommandError(SYNTAX)
 
     def matches(self, c: ClientState) -> bool:
-        return (self.normal and (self.id is None or c.id == self.id)
+        kind = self.kind
+        return ((kind is None or kind == (b"pubsub" if c.subscribed else b"normal"))
+                and (self.id is None or c.id == self.id)
                 and (self.addr is None or c.addr.encode() == self.addr)
                 and (self.laddr is None or c.laddr.encode() == self.laddr)
                 and (self.user is None or c.user is self.user)
@@ -358,6 +374,20 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
     n = len(argv)
     if sub == b"id" and n == 2:
         return client.id
+    if sub == b"reply" and n == 3:
+        # As Redis: OFF and SKIP are not answered (the connection drops the replies while
+        # reply_off / skip_replies say so); pub/sub messages still go out.
+        mode = argv[2].lower()
+        if mode == b"on":
+            client.reply_off, client.skip_replies = False, 0
+        elif mode == b"off":
+            client.reply_off = True
+        elif mode == b"skip":
+            if not client.reply_off:
+                client.skip_replies = 2  # this command's reply and the next one's
+        else:
+            raise CommandError(SYNTAX)
+        return OK
     if sub == b"getname" and n == 2:
         return client.name or None
     if sub == b"setname" and n == 3:
@@ -403,7 +433,7 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("command", -1, "loading stale", "slow connection")
 def command_(ctx: Context, argv: list[bytes]) -> Any:
-    """COMMAND [COUNT | LIST | INFO name... | DOCS [name...]]"""
+    """COMMAND [COUNT | LIST | INFO name... | DOCS [name...] | GETKEYS command [arg ...]]"""
     table = ctx.services.dispatcher.table
     if len(argv) == 1:
         return [c.info() for c in table.values()]
@@ -419,6 +449,16 @@ def command_(ctx: Context, argv: list[bytes]) -> Any:
             cmd = table.get(name.lower())
             out.append(None if cmd is None else cmd.info())
         return out
+    if sub == b"getkeys" and len(argv) >= 3:
+        cmd = table.get(argv[2].lower())
+        if cmd is None:
+            raise CommandError("Invalid command specified")
+        if not cmd.arity_ok(len(argv) - 2):
+            raise CommandError("Invalid number of arguments specified for command")
+        keys = cmd.keys(argv[2:])
+        if not keys:
+            raise CommandError("The command has no key arguments")
+        return keys
     if sub == b"docs":
         names = [n.lower() for n in argv[2:]] or list(table)
         return {name: {} for name in names if name in table}

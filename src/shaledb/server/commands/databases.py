@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ..errors import CommandError
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import DATABASES, MAX_USER_KEY, KeyspaceTxn
 from ..net.protocol import OK
 from . import SYNTAX, CommandFamily, Context, parse_int
@@ -113,6 +114,7 @@ def copy(ctx: Context, argv: list[bytes]) -> Any:
     if not replace and txn.exists(dst_db, dst):
         return 0
     txn.set_entry(dst_db, dst, e, e.expire_ms, copy=True)  # new chunks / members
+    txn.notify(ev.GENERIC, b"copy_to", dst, dst_db)
     return 1
 
 
@@ -128,6 +130,8 @@ def move(ctx: Context, argv: list[bytes]) -> Any:
         return 0
     txn.set_entry(dst_db, key, e, e.expire_ms)  # the chunks / members stay
     txn.delete(ctx.db, key)
+    txn.notify(ev.GENERIC, b"move_from", key, ctx.db)
+    txn.notify(ev.GENERIC, b"move_to", key, dst_db)
     return 1
 
 

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from ..errors import CommandError
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import Entry
 from ..keyspace.values import TAG_HASH
 from ..net.protocol import OK
@@ -50,7 +51,9 @@ def _pairs(argv: list[bytes], name: str) -> list[tuple[bytes, bytes]]:
 def hset(ctx: Context, argv: list[bytes]) -> Any:
     """HSET key field value [field value ...] -> fields added"""
     pairs = _pairs(argv, "hset")
-    return ctx.txn.put_members(ctx.db, argv[1], _hash(ctx, argv[1]), TAG_HASH, pairs)
+    added = ctx.txn.put_members(ctx.db, argv[1], _hash(ctx, argv[1]), TAG_HASH, pairs)
+    ctx.txn.notify(ev.HASH, b"hset", argv[1], ctx.db)
+    return added
 
 
 @command("hmset", -4, _W, "write hash fast", (1, 1, 1))
@@ -58,14 +61,18 @@ def hmset(ctx: Context, argv: list[bytes]) -> Any:
     """HMSET key field value [field value ...] -> OK"""
     pairs = _pairs(argv, "hmset")
     ctx.txn.put_members(ctx.db, argv[1], _hash(ctx, argv[1]), TAG_HASH, pairs)
+    ctx.txn.notify(ev.HASH, b"hset", argv[1], ctx.db)
     return OK
 
 
 @command("hsetnx", 4, _W, "write hash fast", (1, 1, 1))
 def hsetnx(ctx: Context, argv: list[bytes]) -> Any:
     """HSETNX key field value -> 1 set, 0 the field exists"""
-    return ctx.txn.put_members(ctx.db, argv[1], _hash(ctx, argv[1]), TAG_HASH,
-                               [(argv[2], argv[3])], nx=True)
+    added = ctx.txn.put_members(ctx.db, argv[1], _hash(ctx, argv[1]), TAG_HASH,
+                                [(argv[2], argv[3])], nx=True)
+    if added:
+        ctx.txn.notify(ev.HASH, b"hset", argv[1], ctx.db)
+    return added
 
 
 @command("hget", 3, "readonly fast", "read hash fast", (1, 1, 1))
@@ -122,7 +129,12 @@ def hdel(ctx: Context, argv: list[bytes]) -> Any:
     e = _hash(ctx, argv[1])
     if e is None:
         return 0
-    return ctx.txn.remove_members(ctx.db, argv[1], e, dict.fromkeys(argv[2:]))
+    removed = ctx.txn.remove_members(ctx.db, argv[1], e, dict.fromkeys(argv[2:]))
+    if removed:
+        ctx.txn.notify(ev.HASH, b"hdel", argv[1], ctx.db)
+        if e.coll is not None and removed >= e.coll.size:
+            ctx.txn.notify(ev.GENERIC, b"del", argv[1], ctx.db)
+    return removed
 
 
 @command("hlen", 2, "readonly fast", "read hash fast", (1, 1, 1))
@@ -158,6 +170,7 @@ def hincrby(ctx: Context, argv: list[bytes]) -> Any:
     if not INT64_MIN <= new <= INT64_MAX:
         raise CommandError("increment or decrement would overflow")
     ctx.txn.put_members(ctx.db, argv[1], e, TAG_HASH, [(argv[2], b"%d" % new)])
+    ctx.txn.notify(ev.HASH, b"hincrby", argv[1], ctx.db)
     return new
 
 
@@ -181,6 +194,7 @@ def hincrbyfloat(ctx: Context, argv: list[bytes]) -> Any:
         raise CommandError("increment would produce NaN or Infinity")
     text = format_float(new)
     ctx.txn.put_members(ctx.db, argv[1], e, TAG_HASH, [(argv[2], text)])
+    ctx.txn.notify(ev.HASH, b"hincrbyfloat", argv[1], ctx.db)
     return text
 
 

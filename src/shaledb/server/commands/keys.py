@@ -20,8 +20,9 @@ from typing import Any, Final
 from ..errors import CommandError
 from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
-from ..keyspace.values import TAG_LIST, TAG_ZSET
+from ..keyspace.values import TAG_LIST, TAG_STREAM, TAG_ZSET
 from ..net.protocol import OK, Status
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
 
@@ -47,7 +48,12 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 @command("del", -2, "write", "keyspace write slow", (1, -1, 1))
 def del_(ctx: Context, argv: list[bytes]) -> Any:
     """DEL key [key ...] -> keys removed (atomic: one write batch)"""
-    return sum(ctx.txn.delete(ctx.db, key) for key in dict.fromkeys(argv[1:]))
+    deleted = 0
+    for key in dict.fromkeys(argv[1:]):
+        if ctx.txn.delete(ctx.db, key):
+            deleted += 1
+            ctx.txn.notify(ev.GENERIC, b"del", key, ctx.db)
+    return deleted
 
 
 @command("unlink", -2, "write fast", "keyspace write fast", (1, -1, 1))
@@ -191,6 +197,8 @@ def _rename(ctx: Context, argv: list[bytes], nx: bool) -> Any:
     ctx.txn.delete(ctx.db, src)
     # A chunked string keeps its chunks, a hash or set its members (the header moves).
     ctx.txn.set_entry(ctx.db, dst, e, e.expire_ms)
+    ctx.txn.notify(ev.GENERIC, b"rename_from", src, ctx.db)
+    ctx.txn.notify(ev.GENERIC, b"rename_to", dst, ctx.db)
     return 1 if nx else OK
 
 
@@ -251,8 +259,10 @@ def _expire(ctx: Context, argv: list[bytes], unit_ms: int, absolute: bool) -> An
         return 0
     if when <= ctx.txn.now:
         ctx.txn.delete(ctx.db, argv[1])
+        ctx.txn.notify(ev.GENERIC, b"del", argv[1], ctx.db)
     else:
         ctx.txn.set_entry(ctx.db, argv[1], e, when)
+        ctx.txn.notify(ev.GENERIC, b"expire", argv[1], ctx.db)
     return 1
 
 
@@ -321,6 +331,7 @@ def persist(ctx: Context, argv: list[bytes]) -> Any:
     if e is None or not e.expire_ms:
         return 0
     ctx.txn.set_entry(ctx.db, argv[1], e, 0)
+    ctx.txn.notify(ev.GENERIC, b"persist", argv[1], ctx.db)
     return 1
 
 
@@ -368,18 +379,24 @@ def _string_encoding(e: Entry) -> bytes:
 
 @command("object", -2, "readonly", "keyspace read slow", (2, 2, 1),
          subcommands={"encoding": "keyspace read slow", "refcount": "keyspace read slow",
+                      "freq": "keyspace read slow", "idletime": "keyspace read slow",
                       "help": "keyspace slow"})
 def object_(ctx: Context, argv: list[bytes]) -> Any:
-    """OBJECT ENCODING key | REFCOUNT key | HELP. A hash or set has one encoding here,
-    ``hashtable`` (Redis switches from ``listpack``/``intset`` as they grow)."""
+    """OBJECT ENCODING key | REFCOUNT key | IDLETIME key | FREQ key | HELP. A hash or set
+    has one encoding here, ``hashtable`` (Redis switches from ``listpack``/``intset`` as
+    they grow). No access times or counters are kept: IDLETIME is always 0 (the key looks
+    just used), and FREQ answers Redis' error for a server without an LFU policy (there is
+    no eviction here)."""
     sub = argv[1].lower()
     if sub == b"help" and len(argv) == 2:
         return [b"OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 b"ENCODING <key>", b"    Return the kind of internal representation used in "
                 b"order to store the value associated with a <key>.", b"REFCOUNT <key>",
                 b"    Return the number of references of the value associated with the "
-                b"specified <key>.", b"HELP", b"    Print this help."]
-    if sub not in (b"encoding", b"refcount") or len(argv) != 3:
+                b"specified <key>.", b"FREQ <key>", b"    Return the access frequency index "
+                b"of the key <key>.", b"IDLETIME <key>", b"    Return the idle time of the key "
+                b"<key>.", b"HELP", b"    Print this help."]
+    if sub not in (b"encoding", b"refcount", b"freq", b"idletime") or len(argv) != 3:
         raise CommandError(f"unknown subcommand or wrong number of arguments for "
                            f"'{argv[1].decode('utf-8', 'replace')}'. Try OBJECT HELP.")
     e = ctx.txn.lookup(ctx.db, argv[2])
@@ -387,10 +404,18 @@ def object_(ctx: Context, argv: list[bytes]) -> Any:
         return None
     if sub == b"refcount":
         return 1
+    if sub == b"idletime":
+        return 0  # not tracked (docs/design.md)
+    if sub == b"freq":
+        raise CommandError("An LFU maxmemory policy is not selected, access frequency not "
+                           "tracked. Please note that when switching between policies at "
+                           "runtime LRU and LFU data will take some time to adjust.")
     if e.coll is None:
         return _string_encoding(e)
     if e.coll.kind == TAG_ZSET:
         return b"skiplist"
+    if e.coll.kind == TAG_STREAM:
+        return b"stream"
     return b"quicklist" if e.coll.kind == TAG_LIST else b"hashtable"
 
 

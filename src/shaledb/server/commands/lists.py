@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from ..errors import CommandError, wrong_arity
 from ..exec.blocking import NOT_READY
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import Entry, KeyspaceTxn
 from ..keyspace.values import TAG_LIST, CollRef
 from ..net.protocol import NULL_ARRAY, OK
@@ -61,11 +62,12 @@ def _push(txn: KeyspaceTxn, db: int, key: bytes, e: Entry | None, values: list[b
         puts = [(head + size + i, v) for i, v in enumerate(values)]
     coll = coll._replace(head=head, size=size + len(values))
     txn.list_write(db, key, e, coll, puts)
+    txn.notify(ev.LIST, b"lpush" if left else b"rpush", key, db)
     return coll.size
 
 
 def _pop(txn: KeyspaceTxn, db: int, key: bytes, e: Entry, count: int,
-         left: bool) -> list[bytes]:
+         left: bool, announce: bool = True) -> list[bytes]:
     """Pop up to ``count`` elements from the head (``left``) or the tail of ``key``; the
     key goes with its last element."""
     coll = _coll(e)
@@ -87,7 +89,17 @@ def _pop(txn: KeyspaceTxn, db: int, key: bytes, e: Entry, count: int,
     head = coll.head + n if left else coll.head
     txn.list_write(db, key, e, coll._replace(head=head, size=coll.size - n),
                    drops=[coll.head + p for p, _ in got])
+    if announce:
+        _changed(txn, db, key, b"lpop" if left else b"rpop", coll.size - n)
     return [v for _, v in got]
+
+
+def _changed(txn: KeyspaceTxn, db: int, key: bytes, event: bytes, size: int) -> None:
+    """The events of a list change: ``event``, and ``del`` when the list is gone (as
+    Redis)."""
+    txn.notify(ev.LIST, event, key, db)
+    if size <= 0:
+        txn.notify(ev.GENERIC, b"del", key, db)
 
 
 def _where(arg: bytes) -> bool:
@@ -296,6 +308,7 @@ def lset(ctx: Context, argv: list[bytes]) -> Any:
     if not 0 <= index < coll.size:
         raise CommandError("index out of range")
     ctx.txn.list_write(ctx.db, argv[1], e, coll, [(coll.head + index, argv[3])])
+    ctx.txn.notify(ev.LIST, b"lset", argv[1], ctx.db)
     return OK
 
 
@@ -342,6 +355,7 @@ def linsert(ctx: Context, argv: list[bytes]) -> Any:
         puts = [*moved, (head + at, argv[4])]
         new = coll._replace(size=size + 1)
     txn.list_write(ctx.db, argv[1], e, new, puts)
+    txn.notify(ev.LIST, b"linsert", argv[1], ctx.db)
     return new.size
 
 
@@ -389,6 +403,7 @@ def lrem(ctx: Context, argv: list[bytes]) -> Any:
         new = coll._replace(head=head + n, size=size - n)
         drops = [head + p for p in range(n)]
     txn.list_write(ctx.db, argv[1], e, new, puts, drops)
+    _changed(txn, ctx.db, argv[1], b"lrem", new.size)
     return n
 
 
@@ -406,6 +421,7 @@ def ltrim(ctx: Context, argv: list[bytes]) -> Any:
     span = _range(start, stop, coll.size)
     if span is None:
         txn.list_write(ctx.db, argv[1], e, coll._replace(size=0))
+        _changed(txn, ctx.db, argv[1], b"ltrim", 0)
         return OK
     lo, hi = span
     keep = hi - lo + 1
@@ -418,6 +434,7 @@ def ltrim(ctx: Context, argv: list[bytes]) -> Any:
         drops = [head + p for p in range(lo)] + [head + p for p in range(hi + 1, coll.size)]
         txn.list_write(ctx.db, argv[1], e, coll._replace(head=head + lo, size=keep),
                        drops=drops)
+        _changed(txn, ctx.db, argv[1], b"ltrim", keep)
         return OK
     _rewrite_limit(keep, "LTRIM")
     new = txn.new_list()
@@ -427,6 +444,7 @@ def ltrim(ctx: Context, argv: list[bytes]) -> Any:
             break
         puts.append((new.head + pos - lo, value))
     txn.list_write(ctx.db, argv[1], e, new._replace(size=keep), puts)
+    _changed(txn, ctx.db, argv[1], b"ltrim", keep)
     return OK
 
 
@@ -440,8 +458,10 @@ def _move(txn: KeyspaceTxn, db: int, src: bytes, dst: bytes, src_left: bool,
     if e is None:
         return None
     _list(txn, db, dst)  # WRONGTYPE before the pop
-    value = _pop(txn, db, src, e, 1, src_left)[0]
+    value = _pop(txn, db, src, e, 1, src_left, announce=False)[0]
     _push(txn, db, dst, _list(txn, db, dst), [value], dst_left)
+    # Redis' order: the push, then the pop (and the source's del).
+    _changed(txn, db, src, b"lpop" if src_left else b"rpop", _coll(e).size - 1)
     return value
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import CommandError
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import Entry
 from ..keyspace.values import TAG_SET, CollRef
 from . import CommandFamily, Context, parse_int
@@ -38,8 +39,20 @@ def _coll(e: Entry | None) -> CollRef | None:
 def sadd(ctx: Context, argv: list[bytes]) -> Any:
     """SADD key member [member ...] -> members added"""
     members = dict.fromkeys(argv[2:])
-    return ctx.txn.put_members(ctx.db, argv[1], _set(ctx, argv[1]), TAG_SET,
-                               [(m, b"") for m in members])
+    added = ctx.txn.put_members(ctx.db, argv[1], _set(ctx, argv[1]), TAG_SET,
+                                [(m, b"") for m in members])
+    if added:
+        ctx.txn.notify(ev.SET, b"sadd", argv[1], ctx.db)
+    return added
+
+
+def _removed(ctx: Context, key: bytes, e: Entry, removed: int, event: bytes) -> None:
+    """The events of members removed from set ``e``: ``event``, and ``del`` when the key
+    went with its last member."""
+    if removed:
+        ctx.txn.notify(ev.SET, event, key, ctx.db)
+        if e.coll is not None and removed >= e.coll.size:
+            ctx.txn.notify(ev.GENERIC, b"del", key, ctx.db)
 
 
 @command("srem", -3, "write fast", "write set fast", (1, 1, 1))
@@ -48,7 +61,9 @@ def srem(ctx: Context, argv: list[bytes]) -> Any:
     e = _set(ctx, argv[1])
     if e is None:
         return 0
-    return ctx.txn.remove_members(ctx.db, argv[1], e, dict.fromkeys(argv[2:]))
+    removed = ctx.txn.remove_members(ctx.db, argv[1], e, dict.fromkeys(argv[2:]))
+    _removed(ctx, argv[1], e, removed, b"srem")
+    return removed
 
 
 @command("smembers", 2, "readonly", "read set slow", (1, 1, 1))
@@ -107,6 +122,7 @@ def spop(ctx: Context, argv: list[bytes]) -> Any:
         if picked is None:
             return None
         ctx.txn.remove_members(ctx.db, argv[1], e, [picked[0]])
+        _removed(ctx, argv[1], e, 1, b"spop")
         return picked[0]
     out = ctx.array()
     if e is None or coll is None or count == 0:
@@ -122,6 +138,7 @@ def spop(ctx: Context, argv: list[bytes]) -> Any:
         ctx.txn.delete(ctx.db, argv[1])  # the whole set: O(1), members reclaimed later
     else:
         ctx.txn.remove_members(ctx.db, argv[1], e, members)
+    _removed(ctx, argv[1], e, len(members), b"spop")
     return out.done("set")
 
 
@@ -153,7 +170,9 @@ def smove(ctx: Context, argv: list[bytes]) -> Any:
     if src == dst:
         return 1
     ctx.txn.remove_members(ctx.db, src, e_src, [member])
-    ctx.txn.put_members(ctx.db, dst, e_dst, TAG_SET, [(member, b"")])
+    _removed(ctx, src, e_src, 1, b"srem")
+    if ctx.txn.put_members(ctx.db, dst, e_dst, TAG_SET, [(member, b"")]):
+        ctx.txn.notify(ev.SET, b"sadd", dst, ctx.db)
     return 1
 
 
@@ -209,9 +228,12 @@ def _store(ctx: Context, argv: list[bytes], op: str) -> Any:
     sets = _sources(ctx, argv[2:])
     result = list(_OPS[op](ctx, sets))  # read whole before the destination is replaced
     dst = argv[1]
-    ctx.txn.delete(ctx.db, dst)  # any type: overwritten, as in Redis
+    existed = ctx.txn.delete(ctx.db, dst)  # any type: overwritten, as in Redis
     if result:
         ctx.txn.put_members(ctx.db, dst, None, TAG_SET, [(m, b"") for m in result])
+        ctx.txn.notify(ev.SET, op.encode() + b"store", dst, ctx.db)
+    elif existed:
+        ctx.txn.notify(ev.GENERIC, b"del", dst, ctx.db)
     return len(result)
 
 

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from ..errors import CommandError
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import MAX_EXPIRE_MS, Entry
 from ..net.protocol import OK
 from . import (
@@ -95,6 +96,7 @@ def set_(ctx: Context, argv: list[bytes]) -> Any:
     if not (nx or xx or want_get or keepttl):
         # A plain SET needs no read: it was 13% of the server's time under redis-benchmark.
         txn.set(db, key, argv[2], expire or 0)
+        _set_events(ctx, key, expire)
         return OK
     old = txn.get(db, key)
     if (nx and old is not None) or (xx and old is None):
@@ -102,9 +104,17 @@ def set_(ctx: Context, argv: list[bytes]) -> Any:
     if expire is None:
         expire = old.expire_ms if keepttl and old is not None else 0
     txn.set(db, key, argv[2], expire)
+    _set_events(ctx, key, expire if not keepttl else None)
     if want_get:
         return None if old is None else old.value
     return OK
+
+
+def _set_events(ctx: Context, key: bytes, expire: int | None) -> None:
+    """``set``, and ``expire`` when the command gave the key an expiry (as Redis)."""
+    ctx.txn.notify(ev.STRING, b"set", key, ctx.db)
+    if expire:
+        ctx.txn.notify(ev.GENERIC, b"expire", key, ctx.db)
 
 
 @command("setnx", 3, _W + " fast", "write string fast", (1, 1, 1))
@@ -113,6 +123,7 @@ def setnx(ctx: Context, argv: list[bytes]) -> Any:
     if ctx.txn.exists(ctx.db, argv[1]):
         return 0
     ctx.txn.set(ctx.db, argv[1], argv[2])
+    _set_events(ctx, argv[1], None)
     return 1
 
 
@@ -120,6 +131,7 @@ def setnx(ctx: Context, argv: list[bytes]) -> Any:
 def setex(ctx: Context, argv: list[bytes]) -> Any:
     """SETEX key seconds value"""
     ctx.txn.set(ctx.db, argv[1], argv[3], expire_at(ctx, b"EX", argv[2], "setex"))
+    _set_events(ctx, argv[1], 1)
     return OK
 
 
@@ -127,6 +139,7 @@ def setex(ctx: Context, argv: list[bytes]) -> Any:
 def psetex(ctx: Context, argv: list[bytes]) -> Any:
     """PSETEX key milliseconds value"""
     ctx.txn.set(ctx.db, argv[1], argv[3], expire_at(ctx, b"PX", argv[2], "psetex"))
+    _set_events(ctx, argv[1], 1)
     return OK
 
 
@@ -149,6 +162,7 @@ def mset(ctx: Context, argv: list[bytes]) -> Any:
         raise wrong_arity("mset")
     for i in range(1, len(argv), 2):
         ctx.txn.set(ctx.db, argv[i], argv[i + 1])
+        _set_events(ctx, argv[i], None)
     return OK
 
 
@@ -161,6 +175,7 @@ def msetnx(ctx: Context, argv: list[bytes]) -> Any:
         return 0
     for i in range(1, len(argv), 2):
         ctx.txn.set(ctx.db, argv[i], argv[i + 1])
+        _set_events(ctx, argv[i], None)
     return 1
 
 
@@ -169,6 +184,7 @@ def getset(ctx: Context, argv: list[bytes]) -> Any:
     """GETSET key value (clears the TTL, like SET)"""
     old = ctx.txn.get(ctx.db, argv[1])
     ctx.txn.set(ctx.db, argv[1], argv[2])
+    _set_events(ctx, argv[1], None)
     return None if old is None else old.value
 
 
@@ -179,6 +195,7 @@ def getdel(ctx: Context, argv: list[bytes]) -> Any:
     if old is None:
         return None
     ctx.txn.delete(ctx.db, argv[1])
+    ctx.txn.notify(ev.GENERIC, b"del", argv[1], ctx.db)
     return old.value
 
 
@@ -205,8 +222,11 @@ def getex(ctx: Context, argv: list[bytes]) -> Any:
     value = e.value
     if expire is not None:
         ctx.txn.set_entry(ctx.db, argv[1], e, expire)
+        ctx.txn.notify(ev.GENERIC, b"expire" if expire > ctx.txn.now else b"del", argv[1],
+                       ctx.db)
     elif persist and e.expire_ms:
         ctx.txn.set_entry(ctx.db, argv[1], e, 0)
+        ctx.txn.notify(ev.GENERIC, b"persist", argv[1], ctx.db)
     return value
 
 
@@ -216,7 +236,9 @@ def append(ctx: Context, argv: list[bytes]) -> Any:
     e = ctx.txn.get(ctx.db, argv[1])
     if e is not None:
         check_size(ctx, e.length + len(argv[2]))
-    return ctx.txn.append(ctx.db, argv[1], e, argv[2])
+    n = ctx.txn.append(ctx.db, argv[1], e, argv[2])
+    ctx.txn.notify(ev.STRING, b"append", argv[1], ctx.db)
+    return n
 
 
 @command("strlen", 2, _R, "read string fast", (1, 1, 1))
@@ -241,6 +263,7 @@ def _incr(ctx: Context, key: bytes, delta: int) -> int:
     if not INT64_MIN <= new <= INT64_MAX:
         raise CommandError("increment or decrement would overflow")
     ctx.txn.set(ctx.db, key, b"%d" % new, 0 if e is None else e.expire_ms)
+    ctx.txn.notify(ev.STRING, b"incrby", key, ctx.db)
     return new
 
 
@@ -291,6 +314,7 @@ def incrbyfloat(ctx: Context, argv: list[bytes]) -> Any:
         raise CommandError("increment would produce NaN or Infinity")
     text = format_float(new)
     ctx.txn.set(ctx.db, argv[1], text, 0 if e is None else e.expire_ms)
+    ctx.txn.notify(ev.STRING, b"incrbyfloat", argv[1], ctx.db)
     return text
 
 
@@ -323,4 +347,6 @@ def setrange(ctx: Context, argv: list[bytes]) -> Any:
     if not patch:
         return 0 if e is None else e.length
     check_size(ctx, offset + len(patch))
-    return ctx.txn.setrange(ctx.db, argv[1], e, offset, patch)
+    n = ctx.txn.setrange(ctx.db, argv[1], e, offset, patch)
+    ctx.txn.notify(ev.STRING, b"setrange", argv[1], ctx.db)
+    return n

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from ..errors import CommandError
 from ..exec.blocking import NOT_READY
+from ..keyspace import notify as ev
 from ..keyspace.keyspace import Entry, KeyspaceTxn
 from ..keyspace.values import (
     MAX_ZMEMBER,
@@ -249,9 +250,11 @@ def _score_entries(txn: KeyspaceTxn, coll: CollRef, r: ScoreRange, reverse: bool
 # -- writing ---------------------------------------------------------------------------------
 
 def _write(txn: KeyspaceTxn, db: int, key: bytes, e: Entry | None,
-           puts: dict[bytes, tuple[float, float | None]], drops: dict[bytes, float]) -> None:
+           puts: dict[bytes, tuple[float, float | None]], drops: dict[bytes, float],
+           event: bytes) -> None:
     """Buffer new scores (member -> (score, committed score or None)) and removals
-    (member -> score) of ``key``'s sorted set ``e`` (None: a new one)."""
+    (member -> score) of ``key``'s sorted set ``e`` (None: a new one); notify ``event``
+    (and ``del`` when the last member went), as Redis does."""
     if not puts and not drops:
         return
     coll = txn.new_collection(TAG_ZSET) if e is None or e.coll is None else e.coll
@@ -259,12 +262,15 @@ def _write(txn: KeyspaceTxn, db: int, key: bytes, e: Entry | None,
     coll = coll._replace(size=coll.size + added - len(drops))
     txn.zset_write(db, key, e, coll, [(m, s, old) for m, (s, old) in puts.items()],
                    drops.items())
+    txn.notify(ev.ZSET, event, key, db)
+    if coll.size == 0:
+        txn.notify(ev.GENERIC, b"del", key, db)
 
 
 def _remove(txn: KeyspaceTxn, db: int, key: bytes, e: Entry,
-            items: Iterable[tuple[bytes, float]]) -> int:
+            items: Iterable[tuple[bytes, float]], event: bytes) -> int:
     drops = dict(items)
-    _write(txn, db, key, e, {}, drops)
+    _write(txn, db, key, e, {}, drops, event)
     return len(drops)
 
 
@@ -318,7 +324,7 @@ def _zadd(ctx: Context, key: bytes, pairs: list[tuple[float, bytes]], nx: bool, 
             added += 1
             result = score
     _write(txn, db, key, e, {m: (s + 0.0, old) for m, (s, old) in puts.items()
-                             if s != old or old is None}, {})
+                             if s != old or old is None}, {}, b"zincr" if incr else b"zadd")
     return added, updated, result
 
 
@@ -381,7 +387,7 @@ def zrem(ctx: Context, argv: list[bytes]) -> Any:
         s = _score_of(txn, coll, m)
         if s is not None:
             drops[m] = s
-    return _remove(txn, ctx.db, argv[1], e, drops.items())
+    return _remove(txn, ctx.db, argv[1], e, drops.items(), b"zrem")
 
 
 @command("zcard", 2, "readonly fast", "read sortedset fast", (1, 1, 1))
@@ -559,14 +565,16 @@ def _zrange(ctx: Context, argv: list[bytes], first: int, kind: str | None,
     if dst is None:
         return _emit(ctx, items, withscores)
     result = list(items)  # read whole before the destination is replaced
-    return _store(ctx, dst, result)
+    return _store(ctx, dst, result, b"zrangestore")
 
 
-def _store(ctx: Context, dst: bytes, result: list[tuple[bytes, float]]) -> int:
+def _store(ctx: Context, dst: bytes, result: list[tuple[bytes, float]], event: bytes) -> int:
     txn = ctx.txn
-    txn.delete(ctx.db, dst)  # any type: overwritten, as in Redis
+    existed = txn.delete(ctx.db, dst)  # any type: overwritten, as in Redis
     if result:
-        _write(txn, ctx.db, dst, None, {m: (s, None) for m, s in result}, {})
+        _write(txn, ctx.db, dst, None, {m: (s, None) for m, s in result}, {}, event)
+    elif existed:
+        txn.notify(ev.GENERIC, b"del", dst, ctx.db)
     return len(result)
 
 
@@ -630,7 +638,7 @@ def _remrange(ctx: Context, argv: list[bytes], kind: str) -> Any:
         items = list(_score_entries(txn, coll, sr, False))
     else:
         items = list(_lex_entries(txn, coll, lr, False))
-    return _remove(txn, ctx.db, argv[1], e, items)
+    return _remove(txn, ctx.db, argv[1], e, items, b"zremrangeby" + kind.encode())
 
 
 @command("zremrangebyrank", 4, "write", "write sortedset slow", (1, 1, 1))
@@ -662,7 +670,7 @@ def _pop(txn: KeyspaceTxn, db: int, key: bytes, e: Entry, count: int, top: bool
         if len(got) >= count:
             break
         got.append(item)
-    _remove(txn, db, key, e, got)
+    _remove(txn, db, key, e, got, b"zpopmax" if top else b"zpopmin")
     return got
 
 
@@ -962,7 +970,7 @@ def _setop_reply(ctx: Context, argv: list[bytes], op: str, name: str) -> Any:
 
 def _setop_store(ctx: Context, argv: list[bytes], op: str, name: str) -> Any:
     result, _ = _setop(ctx, argv, 2, op, name, True)
-    return _store(ctx, argv[1], result)
+    return _store(ctx, argv[1], result, name.encode())
 
 
 @command("zunion", -3, "readonly", "read sortedset slow", key_finder=_setop_keys(1))

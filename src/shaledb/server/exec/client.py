@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from ..admin.acl import User
@@ -27,7 +28,9 @@ class ClientState:
     __slots__ = ("id", "addr", "host", "name", "db", "resp", "user", "authenticated", "multi",
                  "multi_bytes", "multi_error", "watched", "dirty_cas", "close_after_reply", "lib",
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
-                 "ever_authenticated", "output_budget", "exec_started", "__weakref__")
+                 "ever_authenticated", "output_budget", "exec_started", "channels", "patterns",
+                 "shard_channels", "monitor", "push", "reply_off", "skip_replies", "subscribed",
+                 "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -68,6 +71,27 @@ class ClientState:
         #: perf_counter() when the running EXEC started (None outside EXEC): the SCANs it
         #: queued share one time budget, counted from there.
         self.exec_started: float | None = None
+        #: Pub/sub subscriptions (:mod:`shaledb.server.exec.pubsub`), in the order made.
+        self.channels: dict[bytes, None] = {}
+        self.patterns: dict[bytes, None] = {}
+        self.shard_channels: dict[bytes, None] = {}
+        #: Whether any of the three is non-empty (kept by PubSub; read for every command).
+        self.subscribed = False
+        #: In MONITOR mode: sent every command the server runs.
+        self.monitor = False
+        #: CLIENT REPLY OFF: replies are dropped; SKIP: the replies of this many commands
+        #: (the SKIP and the next) are. Pub/sub messages are sent all the same.
+        self.reply_off = False
+        self.skip_replies = 0
+        #: Sends an out-of-band message (a pub/sub message, a MONITOR line) to the client,
+        #: charged to its output buffer limit; set by the connection (None: nowhere). False
+        #: when the client is gone or was just disconnected for it.
+        self.push: Callable[[Any], bool] | None = None
+
+    @property
+    def subscriptions(self) -> int:
+        """How many channels, patterns and shard channels the client is subscribed to."""
+        return len(self.channels) + len(self.patterns) + len(self.shard_channels)
 
     def __repr__(self) -> str:
         return f"<ClientState id={self.id} addr={self.addr} db={self.db}>"

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from .blocking import BlockingQueue
     from .checkpoint import Checkpointer
     from .cursors import ScanCursors
+    from .pubsub import PubSub
+    from .scripting import ScriptEngine, ScriptTurn
     from .watch import WatchRegistry
 
 
@@ -67,7 +69,8 @@ class CommandRunner(Protocol):
     @property
     def table(self) -> Mapping[bytes, Command]: ...
     def writes(self, argv: list[bytes]) -> bool: ...
-    def run_in_exec(self, ctx: Context, argv: list[bytes]) -> Any: ...
+    def run_in_exec(self, ctx: Context, argv: list[bytes], acl_context: str = "multi"
+                    ) -> Any: ...
 
 
 class Services(Protocol):
@@ -94,6 +97,7 @@ class Services(Protocol):
 
     watches: WatchRegistry
     blocking: BlockingQueue
+    pubsub: PubSub
     scan_cursors: ScanCursors
     checkpoints: Checkpointer
     backups: BackupScheduler
@@ -103,6 +107,11 @@ class Services(Protocol):
 
     @property
     def dispatcher(self) -> CommandRunner: ...
+    #: Lua scripts and functions (EVAL, FCALL): the cache and the Lua state.
+    scripts: ScriptEngine
+
+    @property
+    def turn(self) -> ScriptTurn: ...
 
     # -- clients and security ------------------------------------------------------------
     acl: Acl

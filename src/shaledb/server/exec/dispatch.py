@@ -40,6 +40,18 @@ from ..net.protocol import QUEUED
 from .blocking import BlockingQueue
 from .client import ClientState
 from .context import Command, Context, Services
+from .deferred import Deferred
+
+#: Commands a RESP2 client may run while subscribed (Redis' processCommand).
+SUBSCRIBED_OK: Final = frozenset((
+    "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
+    "ping", "quit", "reset"))
+
+
+def subscribed_mode_error(name: str) -> CommandError:
+    """Redis 7's error for another command from a RESP2 client in subscribed mode."""
+    return CommandError(f"Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
+                        f"PING / QUIT / RESET are allowed in this context")
 
 
 class TurnWaiter(Protocol):
@@ -85,6 +97,18 @@ def internal_error(cmd: Command, argv: list[bytes], exc: Exception) -> CommandEr
                         "command had no effect, see the server log")
 
 
+def _allowed_while_busy(cmd: Command, argv: list[bytes]) -> bool:
+    """What runs while a script is past busy-reply-threshold: SCRIPT KILL, FUNCTION KILL,
+    SHUTDOWN NOSAVE, and the keyless commands Redis flags ``allow-busy`` (AUTH, HELLO,
+    MULTI ...). Everything else gets ``-BUSY``."""
+    name = cmd.name
+    if name in ("script", "function"):
+        return len(argv) > 1 and argv[1].lower() in (b"kill", b"stats")
+    if name == "shutdown":
+        return any(a.lower() == b"nosave" for a in argv[1:])
+    return "allow-busy" in cmd.flags and cmd.first_key == 0 and cmd.key_finder is None
+
+
 class TurnCommit:
     """The writes of one event-loop turn, from every client, as one keyspace transaction.
 
@@ -99,7 +123,7 @@ class TurnCommit:
     """
 
     __slots__ = ("txn", "stats", "_loop", "_open", "_waiting", "_scheduled", "commits",
-                 "blocking")
+                 "blocking", "frozen")
 
     def __init__(self, keyspace: Keyspace, loop: asyncio.AbstractEventLoop,
                  stats: ServerStats | None = None,
@@ -117,6 +141,10 @@ class TurnCommit:
         self._scheduled = False
         #: Commits that wrote (for tests and stats).
         self.commits = 0
+        #: A script past busy-reply-threshold is still writing into ``txn`` from the Lua
+        #: thread (exec/scripting.py): nothing is committed until it ends (the other
+        #: clients' replies meanwhile, all -BUSY, are still released).
+        self.frozen = False
 
     def opened(self, group: WriteGroup) -> None:
         """``group`` buffered its first write in the shared transaction."""
@@ -134,6 +162,11 @@ class TurnCommit:
         commands that made them answer the engine's error instead of their reply. Then
         release the parked replies."""
         self._scheduled = False
+        if self.frozen:
+            waiting, self._waiting = self._waiting, []
+            for conn in waiting:
+                conn.turn_committed()
+            return
         groups, self._open = self._open, []
         error = self._commit_txn()
         for group in groups:
@@ -146,11 +179,30 @@ class TurnCommit:
             # ends, so this ends.
             while blocking.ready:
                 served = blocking.serve(self.txn)
+                if self.stats is not None:  # an attempt's error is an error reply too
+                    for w, reply in served:
+                        if isinstance(reply, CommandError):
+                            self.stats.error_reply(reply.prefix)
+                            # ... and a failed call of the blocked command (client.cmd:
+                            # a blocked client ran nothing since).
+                            unit = self.stats.commands.get(w.client.cmd)
+                            if unit is not None:
+                                unit.failed += 1
                 blocking.resolve(served, self._commit_txn())
         waiting, self._waiting = self._waiting, []
         for conn in waiting:
             conn.turn_committed()
 
+
+    def settle_reply(self, reply: Any) -> Any:
+        """Commit the buffered writes now; ``reply`` (of the command that made them: a
+        script that ran past the busy threshold), or the commit's error."""
+        group = WriteGroup(self)
+        group.replies.append(reply)
+        if self.txn.dirty:
+            group.add_pending(0)
+        self.commit()
+        return group.replies[0]
 
     def _commit_txn(self) -> CommandError | None:
         """Commit the shared transaction (when dirty); the error its commands answer when
@@ -222,6 +274,7 @@ class Dispatcher:
         self.services = services
         self.table = table
         self.stats = services.command_stats
+        self.pubsub = services.pubsub
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
@@ -234,11 +287,16 @@ class Dispatcher:
             error = unknown_command(argv)
         elif not cmd.arity_ok(len(argv)):
             error = wrong_arity(cmd.name)
+        elif self.services.scripts.busy and not _allowed_while_busy(cmd, argv):
+            error = self.services.scripts.busy_error()
         elif "no-auth" not in cmd.flags:
             if not client.authenticated:
                 error = AuthRequiredError("Authentication required.")
             elif not client.user.unrestricted:
                 error = self.services.acl.check(client, cmd, argv, "toplevel")
+        if (client.subscribed and error is None and client.resp == 2 and cmd is not None
+                and cmd.name not in SUBSCRIBED_OK):
+            error = subscribed_mode_error(cmd.name)
         if error is not None:
             self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
@@ -274,10 +332,14 @@ class Dispatcher:
             txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
         self._account(client, cmd, argv, perf_counter_ns() - start, reply)
+        if self.pubsub.monitors and "admin" not in cmd.categories:
+            self.pubsub.feed_monitors(client, client.db, argv)
         # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
         # may still have read writes of other clients buffered in the turn: its reply waits
         # for their commit (and fsync) like theirs, and turns into the commit's error.
-        if txn.dirty:
+        if txn.dirty and not group.turn.frozen and type(reply) is not Deferred:
+            # (A script past busy-reply-threshold returns a Deferred while its writes are
+            # still buffered: it commits them itself when it ends.)
             group.add_pending(len(replies))
         replies.append(reply)
         group.protocols.append(client.resp)
@@ -312,7 +374,8 @@ class Dispatcher:
         """Whether the (queued, so known) command ``argv`` may write."""
         return "write" in self.table[argv[0].lower()].flags
 
-    def run_in_exec(self, ctx: Context, argv: list[bytes]) -> Any:
+    def run_in_exec(self, ctx: Context, argv: list[bytes], acl_context: str = "multi"
+                    ) -> Any:
         """Run one queued command inside EXEC, in EXEC's keyspace transaction. A failing
         command's own buffered writes are dropped; the others' stay."""
         cmd = self.table[argv[0].lower()]
@@ -321,7 +384,7 @@ class Dispatcher:
         # command queued after the ACL DELUSER that logged this client out does not run.
         if "no-auth" not in cmd.flags and not (client.authenticated
                                                and client.user.unrestricted):
-            denied = (self.services.acl.check(client, cmd, argv, "multi")
+            denied = (self.services.acl.check(client, cmd, argv, acl_context)
                       if client.authenticated
                       else AuthRequiredError("Authentication required."))
             if denied is not None:
@@ -340,4 +403,6 @@ class Dispatcher:
             ctx.txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
         self._account(ctx.client, cmd, argv, perf_counter_ns() - start, reply)
+        if self.pubsub.monitors and "admin" not in cmd.categories:
+            self.pubsub.feed_monitors(client, client.db, argv)
         return reply

@@ -26,13 +26,14 @@ instead of writing keys its counts and chunk garbage collection would not see. A
 map (or none) is read for the upgrade (:meth:`shaledb.server.keyspace.keyspace.Keyspace`).
 
 A version 3 map (server keyspace version 4) comes with hashes and sets, version 4 (server
-keyspace 5) with lists, version 5 (server keyspace 6) with sorted sets; an older map
-(version 2 to 4) is read as is and rewritten as version 5 by the first write.
+keyspace 5) with lists, version 5 (server keyspace 6) with sorted sets, version 6 (server
+keyspace 7) with streams; an older map (version 2 to 5) is read as is and rewritten as
+:data:`MAP_VERSION` by the first write.
 
 The other reserved first bytes (docs/format.md): ``0xF0`` chunks of large strings,
 ``0xF1`` garbage records (chunk sets to delete), ``0xF2`` the members of hashes and sets,
 ``0xF3`` member garbage records (collections to delete), ``0xF4`` the score index of sorted
-sets, and under ``0xFF`` one key-count record
+sets, ``0xF5`` the consumer groups of streams, and under ``0xFF`` one key-count record
 per physical id (:func:`count_key`).
 """
 
@@ -52,13 +53,15 @@ PHYSICAL_DATABASES: Final = 240
 META_PREFIX: Final = 0xFF
 #: The engine key of the map record.
 MAP_KEY: Final = b"\xffdbmap"
-#: Version byte of the map record this code writes (server keyspace version 6: sorted
-#: sets).
-MAP_VERSION: Final = 5
-#: The map version of server keyspace version 5 (strings, hashes, sets, lists): read as is;
-#: the first write records MAP_VERSION (nothing else changes), so a version 5 server, which
-#: would not see a sorted set's score index when it drops the set (it would leak), refuses
-#: the directory from then on.
+#: Version byte of the map record this code writes (server keyspace version 7: streams).
+MAP_VERSION: Final = 6
+#: The map version of server keyspace version 6 (sorted sets): read as is; the first write
+#: records MAP_VERSION, so a version 6 server, which would leak a dropped stream's
+#: consumer-group records (0xF5), refuses the directory from then on.
+ZSETS_MAP_VERSION: Final = 5
+#: The map version of server keyspace version 5 (strings, hashes, sets, lists): read as is,
+#: upgraded the same way (a version 5 server would not see a sorted set's score index when
+#: it drops the set: it would leak).
 LISTS_MAP_VERSION: Final = 4
 #: The map version of server keyspace version 4 (strings, hashes and sets): read as is; the
 #: first write records MAP_VERSION (nothing else changes), so a version 4 server, which
@@ -82,6 +85,9 @@ MEMBER_PREFIX: Final = 0xF2
 MEMBER_GARBAGE_PREFIX: Final = 0xF3
 #: First byte of the score index records of sorted sets (docs/format.md, "Sorted sets").
 SCORE_PREFIX: Final = 0xF4
+#: First byte of the consumer-group records of streams (docs/format.md, "Streams"): a
+#: stream's anchor, its groups, their pending entries and consumers.
+GROUP_PREFIX: Final = 0xF5
 #: Engine key prefix of the per-physical-id key count records.
 COUNT_PREFIX: Final = b"\xffcount"
 _COUNTS: Final = struct.Struct(">QQ")
@@ -112,8 +118,8 @@ def decode_map(raw: bytes | None) -> list[int]:
     record that breaks the invariants (so the server refuses to start rather than guess)."""
     if raw is None:
         return identity_map()
-    if map_version(raw) not in (MAP_VERSION, LISTS_MAP_VERSION, HASHES_MAP_VERSION,
-                                STRINGS_MAP_VERSION, LEGACY_MAP_VERSION):
+    if map_version(raw) not in (MAP_VERSION, ZSETS_MAP_VERSION, LISTS_MAP_VERSION,
+                                HASHES_MAP_VERSION, STRINGS_MAP_VERSION, LEGACY_MAP_VERSION):
         raise IncompatibleFormatError(
             f"the server's database map has version {raw[0]}; this ShaleDB reads versions "
             f"{LEGACY_MAP_VERSION} to {MAP_VERSION} (open the directory with the ShaleDB "
@@ -160,6 +166,8 @@ __all__ = [
     "MAP_KEY",
     "MEMBER_GARBAGE_PREFIX",
     "MEMBER_PREFIX",
+    "GROUP_PREFIX",
+    "ZSETS_MAP_VERSION",
     "STRINGS_MAP_VERSION",
     "HASHES_MAP_VERSION",
     "LISTS_MAP_VERSION",

@@ -55,6 +55,8 @@ class SweptKeyspace(Protocol):
     lazy_expired: set[bytes]
     expiring_writes: int
     expired_keys: int
+    #: A script is running past busy-reply-threshold: no tick until it ends.
+    frozen: bool
     #: Commits the writes buffered in the current turn (see the module docstring).
     settle: Callable[[], None]
 
@@ -65,6 +67,7 @@ class SweptKeyspace(Protocol):
     def write(self, batch: shaledb.WriteBatch, deltas: dict[int, list[int]] | None = None, *,
               garbage: Iterable[int] = (), member_garbage: Iterable[int] = ()) -> None: ...
     def forget_expired(self, ek: bytes) -> None: ...
+    def expired_event(self, ek: bytes) -> None: ...
     def expiring_keys(self) -> int: ...
 
 log = logging.getLogger("shaledb.server")
@@ -126,6 +129,8 @@ class ActiveExpiry:
         deleted: set[bytes] = set()
         garbage: list[int] = []
         member_garbage: list[int] = []
+        #: Deleted keys whose ``expired`` notification is published after the write.
+        announce: list[bytes] = []
 
         def delete(ek: bytes, raw: bytes) -> None:
             batch.delete(ek)
@@ -169,6 +174,8 @@ class ActiveExpiry:
                     self._pass_expiring = True
                     if expire <= now and ek not in deleted:
                         delete(ek, raw)
+                        if ek not in ks.lazy_expired:  # those were announced when read
+                            announce.append(ek)
             if out_of_budget:
                 if last is not None:
                     self._cursor = last
@@ -179,6 +186,8 @@ class ActiveExpiry:
             ks.expired_keys += len(deleted)
             for ek in deleted:
                 ks.forget_expired(ek)
+            for ek in announce:
+                ks.expired_event(ek)
         return scanned
 
     def _finish_pass(self) -> None:
@@ -197,6 +206,8 @@ async def run_active_expire(keyspace: SweptKeyspace, hz: int, effort: int) -> No
     sweeper = keyspace.sweeper
     while True:
         await asyncio.sleep(1 / hz)
+        if keyspace.frozen:
+            continue
         if sweeper.idle() and not keyspace.expiring_keys():
             continue  # nothing can expire: no tick at all (the counts are exact)
         try:

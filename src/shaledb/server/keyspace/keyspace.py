@@ -67,9 +67,11 @@ import shaledb
 from ...errors import CorruptionError, IncompatibleFormatError
 from ...options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE
 from ..errors import CommandError
+from . import notify
 from .dbmap import (
     CHUNK_PREFIX,
     GARBAGE_PREFIX,
+    GROUP_PREFIX,
     HASHES_MAP_VERSION,
     LISTS_MAP_VERSION,
     LOGICAL_DATABASES,
@@ -79,6 +81,7 @@ from .dbmap import (
     MEMBER_PREFIX,
     SCORE_PREFIX,
     STRINGS_MAP_VERSION,
+    ZSETS_MAP_VERSION,
     count_key,
     decode_counts,
     decode_map,
@@ -101,6 +104,7 @@ from .values import (
     TAG_EXPIRES,
     TAG_LIST,
     TAG_SET,
+    TAG_STREAM,
     TAG_STRING,
     TAG_ZSET,
     TYPE_NAMES,
@@ -161,6 +165,13 @@ def _zero_clock() -> float:
 
 
 def _nothing() -> None:
+    return None
+
+
+_NEW: Final = notify.NEW
+
+
+def _discard_events(events: list[notify.Event]) -> None:
     return None
 
 
@@ -309,11 +320,12 @@ class Keyspace:
         #: directory from then on).
         self.map_pending = False
         version = map_version(raw_map)
-        if version in (STRINGS_MAP_VERSION, HASHES_MAP_VERSION, LISTS_MAP_VERSION):
-            # Server keyspace versions 3 to 5 have the same bytes minus hashes and sets
-            # (3), lists (3, 4) and sorted sets (3 to 5): the first write records the new
-            # map version (see Keyspace.write), before the directory can hold what they
-            # would misread.
+        if version in (STRINGS_MAP_VERSION, HASHES_MAP_VERSION, LISTS_MAP_VERSION,
+                       ZSETS_MAP_VERSION):
+            # Server keyspace versions 3 to 6 have the same bytes minus hashes and sets
+            # (3), lists (3, 4), sorted sets (3 to 5) and streams (3 to 6): the first write
+            # records the new map version (see Keyspace.write), before the directory can
+            # hold what they would misread.
             self.map_pending = True
         elif version != MAP_VERSION:
             if raw_map is None and self._first_server_key() is None:
@@ -347,6 +359,9 @@ class Keyspace:
         #: Commits pending writes of the turn's shared transaction (the server sets it);
         #: background writers call it first.
         self.settle: Callable[[], None] = _nothing
+        #: A Lua script past busy-reply-threshold is writing from its thread
+        #: (exec/scripting.py): the background writers (expiry, purge) wait.
+        self.frozen = False
         #: Writes committed since the server last waited for an fsync (appendfsync always).
         self.writes = 0
         #: Keys written with an expiry (the active-expiry sweeper slows down without any).
@@ -366,6 +381,10 @@ class Keyspace:
         self.member_bounds: dict[int, list[bytes | None]] = {}
         #: The same for the score index of sorted sets (ZPOPMIN drains it from one end).
         self.score_bounds: dict[int, list[bytes | None]] = {}
+        #: notify-keyspace-events (:mod:`.notify` flags; 0: off) and where the events of
+        #: a successful commit go (the server's pub/sub; nowhere until it sets it).
+        self.notify_flags = 0
+        self.publish_events: Callable[[list[notify.Event]], None] = _discard_events
         #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
         self.hits = 0
         self.misses = 0
@@ -387,9 +406,11 @@ class Keyspace:
     def _largest_chunk_id(self) -> int:
         """The largest chunk-set or collection id in use (one counter names both): every
         live chunk set has chunks, every live collection has members (an empty one is
-        deleted), and every dropped one its garbage record until it is gone."""
+        deleted; a stream, which may be empty, always has its anchor record in the group
+        range), and every dropped one its garbage record until it is gone."""
         largest = 0
-        for prefix in (CHUNK_PREFIX, GARBAGE_PREFIX, MEMBER_PREFIX, MEMBER_GARBAGE_PREFIX):
+        for prefix in (CHUNK_PREFIX, GARBAGE_PREFIX, MEMBER_PREFIX, MEMBER_GARBAGE_PREFIX,
+                       GROUP_PREFIX):
             last = self._first(prefix, reverse=True)
             if last is not None:
                 largest = max(largest, id_of(last))
@@ -533,6 +554,14 @@ class Keyspace:
         if ek not in lazy and len(lazy) < LAZY_EXPIRED_MAX:
             lazy.add(ek)
             self._lazy_per_phys[ek[0]] = self._lazy_per_phys.get(ek[0], 0) + 1
+            # Redis deletes (and announces) the key at this lookup; the sweeper deletes it
+            # soon and does not announce it again.
+            self.expired_event(ek)
+
+    def expired_event(self, ek: bytes) -> None:
+        """Publish the ``expired`` notification of engine key ``ek`` (when asked for)."""
+        if notify.wanted(self.notify_flags, notify.EXPIRED) and ek[0] in self.map:
+            self.publish_events([(self.map.index(ek[0]), b"expired", ek[1:])])
 
     def forget_expired(self, ek: bytes) -> None:
         """``ek`` was written or deleted: no longer a remembered expired key."""
@@ -584,6 +613,12 @@ _NO_MEMBER: Final = object()
 RANDOM_EXACT_MAX: Final = 128
 
 
+def _next_id_key(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix`` (9 bytes: a first byte and
+    a collection id)."""
+    return prefix[:1] + member_prefix(id_of(prefix) + 1)[1:]
+
+
 def _logical_keys(ks: Keyspace, engine_keys: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     logical = ks.logical_of()
     for ek in engine_keys:
@@ -596,7 +631,7 @@ class KeyspaceTxn:
     loop owns it."""
 
     __slots__ = ("_ks", "_writes", "_chunks", "_base", "_base_gen", "_undo", "now", "_map",
-                 "_taken", "_released", "_touched", "_members", "_new_ids")
+                 "_taken", "_released", "_touched", "_members", "_new_ids", "_events")
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
@@ -626,6 +661,9 @@ class KeyspaceTxn:
         self._released: list[int] = []
         #: Logical databases flushed or swapped (their watchers are told after the commit).
         self._touched: set[int] = set()
+        #: Keyspace notifications raised by the buffered writes: (undo-log length when
+        #: raised, db, event, key); published after the commit, dropped by undo().
+        self._events: list[tuple[int, int, bytes, bytes]] = []
 
     @property
     def random(self) -> random.Random:
@@ -802,8 +840,39 @@ class KeyspaceTxn:
 
     # -- writes --------------------------------------------------------------------------
     def _put(self, ek: bytes, e: Entry) -> None:
+        if self._ks.notify_flags & _NEW and e is not _DELETED and not self._live(ek):
+            self._undo.append((ek, self._writes.get(ek)))
+            self._writes[ek] = e
+            self.notify(notify.NEW, b"new", ek[1:], self._logical(ek[0]))
+            return
         self._undo.append((ek, self._writes.get(ek)))
         self._writes[ek] = e
+
+    def _live(self, ek: bytes) -> bool:
+        """Whether engine key ``ek`` holds a live key now (buffered writes included)."""
+        e = self._writes.get(ek)
+        if e is None:
+            raw = self._committed(ek)
+            if raw is None:
+                return False
+            expire = expiry_of(raw)
+            return not (expire and expire <= self.now)
+        return e is not _DELETED and not (e.expire_ms and e.expire_ms <= self.now)
+
+    def _logical(self, phys: int) -> int:
+        """The logical database physical id ``phys`` is mapped to now."""
+        m = self._map if self._map is not None else self._ks.map
+        return m.index(phys) if phys in m else -1
+
+    # -- keyspace notifications ------------------------------------------------------------
+    def notify(self, kind: int, event: bytes, key: bytes, db: int) -> None:
+        """THE hook of keyspace notifications (:mod:`.notify`): a command that changed
+        ``key`` of database ``db`` calls it right after buffering the write, with the type
+        class of the command (``notify.LIST`` ...) and Redis' event name (``b"lpush"``).
+        Published after this transaction commits; taken back with the write by undo()."""
+        flags = self._ks.notify_flags
+        if flags and notify.wanted(flags, kind):  # off (0) by default: one test per write
+            self._events.append((len(self._undo), db, event, key))
 
     def _put_chunk(self, cid: int, index: int, data: bytes) -> None:
         ck = chunk_key(cid, index)
@@ -849,6 +918,10 @@ class KeyspaceTxn:
                     self._put_member(member_key(new.id, field), value)
                     if coll.kind == TAG_ZSET:
                         self._put_member(score_key(new.id, unpack_score(value), field), b"")
+                if coll.kind == TAG_STREAM:  # and its anchor, groups, PELs and consumers
+                    lo = bytes((GROUP_PREFIX,)) + member_prefix(coll.id)[1:]
+                    for gk, value in list(self.records(lo, _next_id_key(lo), coll.id)):
+                        self._put_member(lo[:1] + member_prefix(new.id)[1:] + gk[9:], value)
                 coll = coll._replace(id=new.id)  # a list keeps its head
             self._put(ek, Entry(b"", expire_ms, 0, None, None, coll))
             return
@@ -990,6 +1063,57 @@ class KeyspaceTxn:
                 self._put(ek, Entry(b"", e.expire_ms, 0, None, None,
                                     CollRef(coll.kind, coll.id, size)))
         return removed
+
+    # -- any record of a collection (streams) ------------------------------------------------
+    def put_coll(self, db: int, key: bytes, expire_ms: int, coll: CollRef) -> None:
+        """Buffer ``key``'s collection header ``coll`` as it is (a stream may be empty:
+        nothing is deleted at size 0)."""
+        self._put(engine_key(self._phys(db), key),
+                  Entry(b"", expire_ms, 0, None, None, coll))
+
+    def record(self, rk: bytes, cid: int) -> bytes | None:
+        """The value of record ``rk`` (a member key, or a key of the group range, of
+        collection ``cid``), or None: one point read (none for a new collection)."""
+        v = self._members.get(rk)
+        if v is not None:
+            return None if v is _NO_MEMBER else v
+        if cid in self._new_ids:
+            return None
+        return self._ks.db.get(rk)
+
+    def put_record(self, rk: bytes, value: bytes | None) -> None:
+        """Buffer record ``rk`` = ``value`` (None: delete it); written by the commit only
+        when its collection's header is written too, as members are."""
+        self._put_member(rk, _NO_MEMBER if value is None else value)
+
+    def records(self, lo: bytes, hi: bytes, cid: int, *, reverse: bool = False
+                ) -> Iterator[tuple[bytes, bytes]]:
+        """``(record key, value)`` with ``lo <= key < hi`` (a range of collection
+        ``cid``'s records), in key order, this transaction's own writes included; memory
+        does not grow with the range."""
+        own = sorted((k for k in self._members if lo <= k < hi), reverse=reverse) \
+            if self._members else []
+        base: Iterator[tuple[bytes, bytes]] = (
+            iter(()) if cid in self._new_ids else self._ks.db.range(lo, hi, reverse=reverse))
+        members = self._members
+        i, n = 0, len(own)
+        for k, value in base:
+            while i < n and (own[i] > k if reverse else own[i] < k):
+                v = members[own[i]]
+                if v is not _NO_MEMBER:
+                    yield own[i], v
+                i += 1
+            if i < n and own[i] == k:
+                v = members[k]
+                i += 1
+                if v is not _NO_MEMBER:
+                    yield k, v
+                continue
+            yield k, value
+        for k in own[i:]:
+            v = members[k]
+            if v is not _NO_MEMBER:
+                yield k, v
 
     # -- lists ---------------------------------------------------------------------------
     def new_list(self) -> CollRef:
@@ -1284,6 +1408,9 @@ class KeyspaceTxn:
         """Take back the writes buffered since ``mark`` (a failed command leaves no trace,
         as in Redis)."""
         undo, writes, chunks = self._undo, self._writes, self._chunks
+        events = self._events
+        while events and events[-1][0] > mark:
+            events.pop()
         while len(undo) > mark:
             ek, previous = undo.pop()
             if not ek:
@@ -1297,7 +1424,7 @@ class KeyspaceTxn:
                     chunks.pop(ek, None)
                 else:
                     chunks[ek] = previous
-            elif ek[0] == MEMBER_PREFIX or ek[0] == SCORE_PREFIX:
+            elif ek[0] == MEMBER_PREFIX or ek[0] == SCORE_PREFIX or ek[0] == GROUP_PREFIX:
                 if previous is None:
                     self._members.pop(ek, None)
                 else:
@@ -1316,8 +1443,11 @@ class KeyspaceTxn:
     def commit(self) -> None:
         """Apply the buffered writes, their chunks, the garbage records of the chunk sets
         they orphan, the key counts they change and the database map when it changed, as
-        one atomic batch, then tell the watchers."""
+        one atomic batch, then tell the watchers and publish the keyspace notifications."""
         if not self.dirty:
+            if self._events:  # raised without a write (none do today): not kept forever
+                events, self._events = self._events, []
+                self._ks.publish_events([e[1:] for e in events])
             return
         ks = self._ks
         writes, chunks, new_map = self._writes, self._chunks, self._map
@@ -1331,6 +1461,7 @@ class KeyspaceTxn:
         self._members, self._new_ids = {}, set()
         self._taken, self._released, self._touched = [], [], set()
         self._base = {}
+        events, self._events = self._events, []
         batch = shaledb.WriteBatch(_zero_clock)
         # Chunk sets named by the headers this batch writes (id -> length).
         named: dict[int, int] = {}
@@ -1389,10 +1520,12 @@ class KeyspaceTxn:
             # Members of collections no written header names were dropped (deleted,
             # flushed or overwritten) in this transaction: their garbage record covers them.
             if cid in named_colls:
-                index = mk[0] == SCORE_PREFIX  # a sorted set's score index record
+                # A member, a sorted set's score index record or a stream's group record.
+                member = mk[0] == MEMBER_PREFIX
                 if value is not _NO_MEMBER:
                     batch.put(mk, value)
-                    bounds = (ks.score_bounds if index else ks.member_bounds).get(cid)
+                    bounds = (ks.member_bounds.get(cid) if member else
+                              ks.score_bounds.get(cid) if mk[0] == SCORE_PREFIX else None)
                     if bounds is not None:  # a member outside the known bounds moves them
                         if bounds[0] is not None and mk < bounds[0]:
                             bounds[0] = mk
@@ -1400,7 +1533,7 @@ class KeyspaceTxn:
                             bounds[1] = mk
                 elif cid not in new_ids:
                     batch.delete(mk)
-                    if not index:
+                    if member:
                         member_deletes[cid] = member_deletes.get(cid, 0) + 1
         if new_map is not None and new_map != ks.map:
             batch.put(MAP_KEY, encode_map(new_map))
@@ -1434,6 +1567,8 @@ class KeyspaceTxn:
             else:
                 for db in sorted(touched):
                     ks._on_flush(db)
+        if events:
+            ks.publish_events([e[1:] for e in events])
 
 
 __all__ = [

@@ -43,7 +43,15 @@ from typing import Final, Protocol
 import shaledb
 
 from ...errors import ShaleError
-from .dbmap import GARBAGE_PREFIX, MEMBER_GARBAGE_PREFIX, PHYSICAL_DATABASES, count_key
+from .dbmap import (
+    GARBAGE_PREFIX,
+    GROUP_PREFIX,
+    MEMBER_GARBAGE_PREFIX,
+    MEMBER_PREFIX,
+    PHYSICAL_DATABASES,
+    SCORE_PREFIX,
+    count_key,
+)
 from .values import (
     GARBAGE_LIST_MAX,
     chunk_key,
@@ -55,7 +63,6 @@ from .values import (
     member_garbage_key,
     member_prefix,
     orphan,
-    score_prefix,
 )
 
 
@@ -70,6 +77,8 @@ class PurgedKeyspace(Protocol):
     garbage_unlisted: bool
     member_garbage_ids: collections.deque[int]
     member_garbage_unlisted: bool
+    #: A script is running past busy-reply-threshold: no step until it ends.
+    frozen: bool
 
     @property
     def purger(self) -> Purger: ...
@@ -212,7 +221,8 @@ class Purger:
         records updated to match); whether garbage remains. A record's value says where the
         previous step stopped (``0x01`` + the last member it deleted; ``0x02`` + the last
         score index entry it deleted once the members are gone: a sorted set's index goes
-        after its members), so a step never walks the tombstones of the records deleted
+        after its members; ``0x03`` + the last key suffix deleted in a stream's group range
+        ``0xF5``, walked last), so a step never walks the tombstones of the records deleted
         before it, and a crash resumes there: the records before it are deleted in the same
         batch that records it."""
         ks = self._ks
@@ -233,32 +243,28 @@ class Purger:
             if raw is None:
                 done += 1  # finished already (listed twice)
                 continue
-            if not raw or raw[0] == 0x01:  # the member records first
-                prefix = member_prefix(cid)
-                lo = prefix + raw[1:] + b"\x00" if raw else prefix
+            # Three ranges: the members (0xF2), then a sorted set's score index (0xF4), then
+            # a stream's group records (0xF5; none for other types: one seek each). The
+            # record says which one a step stopped in.
+            stopped = False
+            for marker, first in ((1, MEMBER_PREFIX), (2, SCORE_PREFIX), (3, GROUP_PREFIX)):
+                if raw and raw[0] > marker:
+                    continue  # that range is done already
+                prefix = bytes((first,)) + member_prefix(cid)[1:]
+                lo = prefix + raw[1:] + b"\x00" if raw and raw[0] == marker else prefix
                 last = None
                 n = 0
-                for mk, _ in ks.raw_range(lo, member_prefix(cid + 1), limit=budget):
+                for mk, _ in ks.raw_range(lo, bytes((first,)) + member_prefix(cid + 1)[1:],
+                                          limit=budget):
                     batch.delete(mk)
                     last = mk
                     n += 1
                 budget -= n
-                if budget == 0 and last is not None:
-                    batch.put(gk, b"\x01" + last[len(prefix):])  # maybe more: go on after it
+                if budget == 0 and last is not None:  # maybe more: go on after it
+                    batch.put(gk, bytes((marker,)) + last[len(prefix):])
+                    stopped = True
                     break
-                raw = b"\x02"
-            # Then a sorted set's score index records (none for another type: one seek).
-            prefix = score_prefix(cid)
-            lo = prefix + raw[1:] + b"\x00" if len(raw) > 1 else prefix
-            last = None
-            n = 0
-            for sk, _ in ks.raw_range(lo, score_prefix(cid + 1), limit=budget):
-                batch.delete(sk)
-                last = sk
-                n += 1
-            budget -= n
-            if budget == 0 and last is not None:
-                batch.put(gk, b"\x02" + last[len(prefix):])  # maybe more: go on after it
+            if stopped:
                 break
             batch.delete(gk)
             done += 1
@@ -276,7 +282,7 @@ async def run_purger(keyspace: PurgedKeyspace) -> None:
     purger = keyspace.purger
     failed = False
     while True:
-        if not purger.busy:
+        if not purger.busy or keyspace.frozen:
             await asyncio.sleep(PURGE_IDLE_SECONDS)
             continue
         t0 = time.perf_counter()

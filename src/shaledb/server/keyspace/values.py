@@ -26,7 +26,12 @@ sweeper and the purger all build on them.
   size, as a hash's; member record: ``0xF2`` + id + member -> the score as an 8-byte
   big-endian IEEE 754 double; score index record: ``0xF4`` + id + the score in
   order-preserving form (:func:`score_bytes`, 8 bytes) + member -> empty, so the index
-  walks in (score, member) order, Redis' order.
+  walks in (score, member) order, Redis' order;
+- stream header: tag ``0x06`` (``0x86`` with an expiry), then the collection id and the
+  number of entries (8 bytes each), then :data:`STREAM_META_SIZE` bytes of stream state
+  (last id, entries added, max deleted id, next group number: see
+  :mod:`shaledb.server.keyspace.streams`, which also owns the entries' and consumer groups'
+  bytes).
 
 Collection ids and chunk-set ids are drawn from one counter, so an id names one thing.
 """
@@ -70,11 +75,16 @@ TAG_HASH: Final = 0x02
 TAG_SET: Final = 0x03
 TAG_LIST: Final = 0x04
 TAG_ZSET: Final = 0x05
+TAG_STREAM: Final = 0x06
 #: Redis' TYPE name of each encoding.
 TYPE_NAMES: Final = {TAG_STRING: b"string", TAG_CHUNKED: b"string", TAG_HASH: b"hash",
-                     TAG_SET: b"set", TAG_LIST: b"list", TAG_ZSET: b"zset"}
+                     TAG_SET: b"set", TAG_LIST: b"list", TAG_ZSET: b"zset",
+                     TAG_STREAM: b"stream"}
 #: Collection encodings: a header naming a collection id, and member records.
-COLL_TAGS: Final = frozenset((TAG_HASH, TAG_SET, TAG_LIST, TAG_ZSET))
+COLL_TAGS: Final = frozenset((TAG_HASH, TAG_SET, TAG_LIST, TAG_ZSET, TAG_STREAM))
+#: Bytes of a stream header after its id and size: last id (16), entries added (8), max
+#: deleted id (16), next consumer-group number (8).
+STREAM_META_SIZE: Final = 48
 #: The index of the first element of a new list: the middle of the unsigned 64-bit range,
 #: so LPUSH and RPUSH both have 2^63 indexes to go (Kvrocks' bias).
 LIST_BIAS: Final = 2**63
@@ -105,14 +115,16 @@ class ChunkRef(NamedTuple):
 
 
 class CollRef(NamedTuple):
-    """A hash, a set or a list: its encoding tag, its id (the prefix of its member records),
-    its number of members, and for a list the index of its first element (see
-    :func:`list_index`)."""
+    """A hash, a set, a list or a stream: its encoding tag, its id (the prefix of its member
+    records), its number of members, for a list the index of its first element (see
+    :func:`list_index`), for a stream its state (:data:`STREAM_META_SIZE` bytes, decoded by
+    :mod:`shaledb.server.keyspace.streams`)."""
 
     kind: int
     id: int
     size: int
     head: int = 0
+    meta: bytes = b""
 
 
 def wrong_type() -> CommandError:
@@ -131,6 +143,12 @@ def coll_ref_of(raw: bytes) -> CollRef | None:
                                   f"{off + _LIST_REF.size}")
         cid, size, head = _LIST_REF.unpack_from(raw, off)
         return CollRef(TAG_LIST, cid, size, head)
+    if raw[0] & 0x7F == TAG_STREAM:
+        if len(raw) != off + _REF.size + STREAM_META_SIZE:
+            raise CorruptionError(f"a stream header has {len(raw)} bytes, expected "
+                                  f"{off + _REF.size + STREAM_META_SIZE}")
+        cid, size = _REF.unpack_from(raw, off)
+        return CollRef(TAG_STREAM, cid, size, 0, raw[off + _REF.size:])
     if len(raw) != off + _REF.size:
         raise CorruptionError(f"a hash or set header has {len(raw)} bytes, expected "
                               f"{off + _REF.size}")
@@ -140,8 +158,11 @@ def coll_ref_of(raw: bytes) -> CollRef | None:
 
 def encode_coll(ref: CollRef, expire_ms: int) -> bytes:
     """The engine value of a hash, set or list header with an absolute expiry (0 = none)."""
+    if ref.kind == TAG_STREAM and len(ref.meta) != STREAM_META_SIZE:
+        raise ValueError(f"a stream header's state is {len(ref.meta)} bytes, expected "
+                         f"{STREAM_META_SIZE} (a bug)")
     body = (_LIST_REF.pack(ref.id, ref.size, ref.head) if ref.kind == TAG_LIST
-            else _REF.pack(ref.id, ref.size))
+            else _REF.pack(ref.id, ref.size) + ref.meta)
     if expire_ms:
         return bytes((ref.kind | _EXPIRY_BIT,)) + _EXP.pack(expire_ms) + body
     return bytes((ref.kind,)) + body
@@ -336,6 +357,8 @@ __all__ = [
     "LIST_BIAS",
     "LIST_INDEX_MAX",
     "TAG_LIST",
+    "TAG_STREAM",
+    "STREAM_META_SIZE",
     "list_index",
     "list_index_of",
     "MAX_MEMBER",

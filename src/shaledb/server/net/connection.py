@@ -75,6 +75,12 @@ _BLOCKING: Final = frozenset(("write", "fsync", "throttle", "deferred", "blocked
 _READING: Final = frozenset(("blocked",))
 
 
+#: Commands whose replies are pub/sub messages (sent even under CLIENT REPLY OFF).
+_SUBSCRIBING: Final = frozenset((
+    "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"))
+#: A reply that sends nothing (CLIENT REPLY OFF / SKIP).
+_SILENT: Final = Encoded([], 0)
+
 #: Reply bytes for the transport: one string, or several (big values kept apart).
 Output = bytes | list[bytes]
 
@@ -195,6 +201,11 @@ class ClientConnection(asyncio.Protocol):
         self._parked: list[WriteGroup | Output] = []
         self._parked_bytes = 0
         self.closing = False
+        #: When the output went above the soft limit of the pubsub class (None: it is not).
+        self._soft_since: float | None = None
+        #: The batch of replies being produced by this connection's commands right now: a
+        #: message it publishes to itself goes there, after the replies before it.
+        self._group: WriteGroup | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -240,6 +251,7 @@ class ClientConnection(asyncio.Protocol):
         if sock is not None:
             self.client.fd = sock.fileno()
         server.connections[self.client.id] = self
+        self.client.push = self.push
         server.stats["total_connections_received"] += 1
         if self._tls is not None:
             transport.pause_reading()  # start_tls takes the transport over
@@ -303,6 +315,8 @@ class ClientConnection(asyncio.Protocol):
         if self.client is not None:
             self.server.watches.unwatch_all(self.client)
             self.server.blocking.cancel(self.client)
+            self.server.pubsub.forget(self.client)
+            self.client.push = None
             self.server.connections.pop(self.client.id, None)
             self.server.scan_cursors.release(self.client.id)
 
@@ -374,7 +388,7 @@ class ClientConnection(asyncio.Protocol):
                 # What the client may still be sent before client_output_buffer_limit: every
                 # reply is charged to it as it is produced (by an ArrayBuilder while it is
                 # being built), so no request makes the server hold more than the limit.
-                limit = server.config.client_output_buffer_limit
+                limit = self._hard_limit()
                 room = (limit - self.output_bytes - self._parked_bytes) if limit > 0 \
                     else NO_LIMIT
                 while requests and size < OUTPUT_BATCH:
@@ -384,9 +398,13 @@ class ClientConnection(asyncio.Protocol):
                             self._throttle(wait)
                             break
                     client.output_budget = room - size
+                    self._group = group
                     execute(client, requests.popleft(), group)
+                    self._group = None
                     reply = replies[-1]
                     server.stats["total_commands_processed"] += 1
+                    if (client.reply_off or client.skip_replies) and type(reply) is not Deferred:
+                        reply = self._silence(replies, group)
                     if type(reply) is Deferred:
                         deferred = replies.pop()
                         deferred_resp = group.protocols.pop()
@@ -419,6 +437,7 @@ class ClientConnection(asyncio.Protocol):
                     self._await(deferred, deferred_resp)
         finally:
             server.executing = False
+            self._group = None
         if requests and not client.close_after_reply:
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
@@ -521,11 +540,68 @@ class ClientConnection(asyncio.Protocol):
         """Whether the client was disconnected for passing the output buffer limit."""
         return self.client is not None and self.client.output_overflow
 
-    def _over_limit(self, size: int) -> bool:
-        limit = self.server.config.client_output_buffer_limit
+    def _hard_limit(self) -> int:
+        """The hard output limit of the client's class: ``pubsub`` while it is subscribed
+        (as Redis' getClientType), else ``normal`` (0: none)."""
         client = self.client
-        return (client is not None and client.output_overflow) or (
-            limit > 0 and self.output_bytes + size > limit)
+        if client is not None and client.subscribed:
+            return self.server.config.client_output_buffer_limit_pubsub[0]
+        return self.server.config.client_output_buffer_limit
+
+    def _over_limit(self, size: int) -> bool:
+        client = self.client
+        if client is None:
+            return False
+        if client.output_overflow:
+            return True
+        pending = self.output_bytes + size
+        limit = self._hard_limit()
+        if limit > 0 and pending > limit:
+            return True
+        if not client.subscribed:
+            return False
+        # The soft limit of the pubsub class: above it for longer than its seconds.
+        _, soft, seconds = self.server.config.client_output_buffer_limit_pubsub
+        if soft <= 0 or pending <= soft:
+            self._soft_since = None
+            return False
+        now = time.monotonic()
+        if self._soft_since is None:
+            self._soft_since = now
+        return now - self._soft_since > seconds
+
+    def _silence(self, replies: list[Any], group: WriteGroup) -> Any:
+        """CLIENT REPLY OFF / SKIP: drop the reply just produced -- not the messages of a
+        (un)subscribe, which Redis sends as pushes whatever the reply mode."""
+        client = self.client
+        assert client is not None
+        if client.skip_replies:
+            client.skip_replies -= 1
+        if client.cmd in _SUBSCRIBING:
+            return replies[-1]
+        replies[-1] = _SILENT
+        index = len(replies) - 1
+        if index in group.pending:  # a failed commit must not make it reappear either
+            group.pending.remove(index)
+        return _SILENT
+
+    def push(self, message: Any) -> bool:
+        """Send an out-of-band message (pub/sub, MONITOR) in the client's protocol, behind
+        the replies already waiting; past the output limit the client is disconnected.
+        Whether the message was taken (not when the client is gone or going)."""
+        client = self.client
+        transport = self.transport
+        if client is None or transport is None or transport.is_closing() or self.closing:
+            return False
+        out: list[bytes] = []
+        encode(message, client.resp, out)
+        group = self._group
+        if group is not None:  # published by its own command: behind the earlier replies
+            group.replies.append(Encoded(out, sum(map(len, out))))
+            group.protocols.append(client.resp)
+            return True
+        self._send(_coalesce(out), False)
+        return not client.output_overflow
 
     def _disconnect_overflow(self, size: int) -> None:
         """The client's output passed client_output_buffer_limit: drop everything it has
@@ -535,7 +611,7 @@ class ClientConnection(asyncio.Protocol):
         CLIENT_LOG.log(log, logging.WARNING, "output-limit",
                        "closing client %s (id %d, cmd %s): output buffer limit of %d bytes "
                        "exceeded (%d bytes pending, reply of %d)", client.addr, client.id,
-                       client.cmd, self.server.config.client_output_buffer_limit,
+                       client.cmd, self._hard_limit(),
                        self.output_bytes, size)
         self.server.stats["client_output_buffer_limit_disconnections"] += 1
         client.output_overflow = True
@@ -552,6 +628,12 @@ class ClientConnection(asyncio.Protocol):
     def _send(self, data: Output, wrote: bool) -> None:
         size = len(data) if isinstance(data, bytes) else sum(map(len, data))
         if self._parked:  # behind replies that wait for the end of the turn
+            # Charged now, not when the turn ends: a publisher's pipeline could otherwise
+            # park a whole turn of messages (hundreds of MB) for a subscriber that had just
+            # run a command of its own.
+            if self._over_limit(size + self._parked_bytes):
+                self._disconnect_overflow(size)
+                return
             self._parked.append(data)
             self._parked_bytes += size
             return

@@ -30,8 +30,8 @@ string, ``int`` -> integer, ``None`` -> null, ``list``/``tuple`` -> array, ``dic
 (bulk string in RESP2), :class:`Status` -> simple string, :class:`CommandError` -> error,
 ``NULL_ARRAY`` -> null array (``*-1`` in RESP2), :class:`Verbatim` -> verbatim string
 (bulk string in RESP2), :class:`SetReply` -> set in its own order (array in RESP2),
-:class:`Encoded` -> itself (a reply encoded as it was built, by an
-:class:`ArrayBuilder` charging it to the client's output budget).
+:class:`Push` -> push (array in RESP2), :class:`Encoded` -> itself (a reply encoded as it
+was built, by an :class:`ArrayBuilder` charging it to the client's output budget).
 """
 
 from __future__ import annotations
@@ -66,6 +66,12 @@ class Verbatim(bytes):
 
 class SetReply(tuple[Any, ...]):
     """A set reply in a fixed order (ACL GETUSER's flags): a RESP3 set, an array in RESP2."""
+
+    __slots__ = ()
+
+
+class Push(tuple[Any, ...]):
+    """An out-of-band message (pub/sub): a RESP3 push (``>``), an array in RESP2."""
 
     __slots__ = ()
 
@@ -478,6 +484,10 @@ def encode(value: Any, resp: int, out: list[bytes]) -> None:
         for k, v in value.items():
             encode(k, resp, out)
             encode(v, resp, out)
+    elif t is Push:
+        out.append(b"%c%d\r\n" % (62 if resp == 3 else 42, len(value)))
+        for item in value:
+            encode(item, resp, out)
     elif t is set or t is frozenset or t is SetReply:
         out.append(b"%c%d\r\n" % (126 if resp == 3 else 42, len(value)))
         for item in value:
@@ -513,6 +523,7 @@ __all__ = [
     "NULL_ARRAY",
     "OK",
     "PONG",
+    "Push",
     "QUEUED",
     "RequestReader",
     "SetReply",
