@@ -10,9 +10,12 @@ DATA    ?= ./data
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+# arq (tests/server/test_server_frameworks.py) pins redis<6 while Celery's transport needs
+# redis>=6.1: no resolver can install both, and arq runs on the newer redis-py unchanged.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps 'arq>=0.26'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -4,6 +4,10 @@ same run, on loopback ports, printing requests/s and the ShaleDB/Redis ratio.
 Workload (issue 4): SET and GET, 50 clients, 100-byte values, random keys from 100,000,
 one request per round trip and pipelines of 16. Redis runs with AOF and
 `appendfsync everysec`, ShaleDB with its default `appendfsync everysec`: the same durability.
+Then (issue 13) the data-type tests of redis-benchmark's default list, same clients and
+values: INCR, LPUSH, RPUSH, LPOP, RPOP, SADD, HSET, SPOP, ZADD, ZPOPMIN, MSET (10 keys) and
+LRANGE_100 / LRANGE_300 (the first 100 / 300 elements of a list its LPUSH filled), with fewer
+requests (``--type-requests``, ``--lrange-requests``) since they are slower.
 Then SET again with `appendfsync always` on both (every reply waits for an fsync; both
 servers share one fsync among the writes of an event-loop iteration).
 Both servers get fresh data directories in a temporary folder and are stopped at the end.
@@ -73,7 +77,13 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     sys.exit(f"bench-server: nothing listens on {HOST}:{port}")
 
 
+# (tests, requests) per redis-benchmark run; the data-type tests are slower, so fewer requests.
+Group = tuple[str, int]
+
+
 def bench(tool: str, port: int, tests: str, requests: int, pipeline: int) -> dict[str, float]:
+    """requests/s of each test, by its short name ("MSET (10 keys)" -> "MSET"); the LPUSH
+    that only fills the list of the LRANGE tests is left out."""
     out = subprocess.run(
         [tool, "-h", HOST, "-p", str(port), "-t", tests, "-n", str(requests), "-c", "50",
          "-d", "100", "-r", "100000", "-P", str(pipeline), "--csv"],
@@ -81,8 +91,12 @@ def bench(tool: str, port: int, tests: str, requests: int, pipeline: int) -> dic
     rows = csv.reader(io.StringIO(out))
     result: dict[str, float] = {}
     for row in rows:
-        if len(row) >= 2 and row[0] in ("SET", "GET"):
-            result[row[0]] = float(row[1])
+        if len(row) < 2 or row[0] == "test" or "needed to benchmark" in row[0]:
+            continue
+        result[row[0].split(" (")[0]] = float(row[1])
+    missing = {t.upper() for t in tests.split(",")} - result.keys()
+    if missing:
+        sys.exit(f"bench-server: redis-benchmark reported no {sorted(missing)} on port {port}")
     return result
 
 
@@ -104,11 +118,12 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def run_mode(benchmark: str, redis_server: str, mode: str, tests: str, requests: int,
+def run_mode(benchmark: str, redis_server: str, mode: str, groups: list[Group],
              repeat: int) -> list[dict[str, object]]:
-    """Start ShaleDB and Redis with ``appendfsync mode`` on fresh directories, run
-    redis-benchmark ``tests`` against both (alternating, ``repeat`` times, pipelines of 1
-    and 16), stop them; one row per (test, pipeline) with the medians."""
+    """Start ShaleDB and Redis with ``appendfsync mode`` on fresh directories, run each
+    redis-benchmark group of ``(tests, requests)`` against both (alternating, ``repeat``
+    times, pipelines of 1 and 16), stop them; one row per (test, pipeline) with the
+    medians."""
     tmp = tempfile.mkdtemp(prefix="bench-server-")
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, object]] = []
@@ -126,19 +141,19 @@ def run_mode(benchmark: str, redis_server: str, mode: str, tests: str, requests:
             stdout=subprocess.DEVNULL))
         wait_port(shale_port, procs[0])
         wait_port(redis_port, procs[1])
-        for pipeline in (1, 16):
+        for (tests, requests), pipeline in [(g, p) for g in groups for p in (1, 16)]:
             runs: dict[str, dict[str, list[float]]] = {"shaledb": {}, "redis": {}}
             for _ in range(repeat):
                 for name, port in (("shaledb", shale_port), ("redis", redis_port)):
                     for test, rate in bench(benchmark, port, tests, requests,
                                             pipeline).items():
                         runs[name].setdefault(test, []).append(rate)
-            for test in tests.upper().split(","):
+            for test in runs["shaledb"]:
                 shale = statistics.median(runs["shaledb"][test])
                 redis = statistics.median(runs["redis"][test])
                 ratio = shale / redis if redis else float("nan")
-                print(f"{test:<6} {pipeline:>8} {mode:>10} {shale:>14,.0f} {redis:>12,.0f} "
-                      f"{ratio:>6.2f}", flush=True)
+                print(f"{test:<10} {pipeline:>8} {mode:>11} {requests:>8} {shale:>14,.0f} "
+                      f"{redis:>12,.0f} {ratio:>6.2f}", flush=True)
                 rows.append({"test": test, "pipeline": pipeline, "appendfsync": mode,
                              "requests": requests, "shaledb": shale, "redis": redis,
                              "ratio": ratio, "shaledb_runs": runs["shaledb"][test],
@@ -160,6 +175,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100_000,
                         help="requests per test (default 100000)")
+    parser.add_argument("--type-requests", type=int, default=20_000,
+                        help="requests per data-type test: INCR, LPUSH, RPUSH, LPOP, RPOP, "
+                             "SADD, HSET, SPOP, ZADD, ZPOPMIN, MSET (default 20000; 0 skips "
+                             "them)")
+    parser.add_argument("--lrange-requests", type=int, default=2_000,
+                        help="requests per LRANGE_100 / LRANGE_300 test (default 2000; 0 "
+                             "skips them)")
     parser.add_argument("--always-requests", type=int, default=20_000,
                         help="requests per SET test with appendfsync always (default 20000; "
                              "0 skips those tests)")
@@ -174,12 +196,17 @@ def main() -> None:
     print(f"redis-benchmark -c 50 -d 100 -r 100000, loopback, {os.cpu_count()} cores; "
           f"ShaleDB and redis-server {redis_server} (AOF) with the same appendfsync; "
           f"medians of {args.repeat} runs")
-    print(f"{'test':<6} {'pipeline':>8} {'appendfsync':>10} {'ShaleDB req/s':>14} "
-          f"{'Redis req/s':>12} {'ratio':>6}")
-    rows = run_mode(benchmark, redis_server, "everysec", "set,get", args.requests,
-                    args.repeat)
+    print(f"{'test':<10} {'pipeline':>8} {'appendfsync':>11} {'requests':>8} "
+          f"{'ShaleDB req/s':>14} {'Redis req/s':>12} {'ratio':>6}")
+    groups: list[Group] = [("set,get", args.requests)]
+    if args.type_requests:
+        groups.append(("incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,zpopmin,mset",
+                       args.type_requests))
+    if args.lrange_requests:
+        groups.append(("lrange_100,lrange_300", args.lrange_requests))
+    rows = run_mode(benchmark, redis_server, "everysec", groups, args.repeat)
     if args.always_requests:
-        rows += run_mode(benchmark, redis_server, "always", "set", args.always_requests,
+        rows += run_mode(benchmark, redis_server, "always", [("set", args.always_requests)],
                          args.repeat)
     data = {
         "meta": {
