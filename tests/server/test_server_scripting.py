@@ -293,6 +293,36 @@ def _busy(c: redis.Redis) -> bool:
     return False
 
 
+def test_exec_refused_while_busy_discards_the_transaction(server_factory) -> None:
+    # Redis' TCL unit/multi "EXEC and script timeout": EXEC refused with BUSY answered
+    # plain BUSY and left the client in MULTI; Redis answers EXECABORT (naming BUSY), runs
+    # none of the queued commands and ends the transaction. (The TCL test then never
+    # reached its SCRIPT KILL and every later unit of the run got BUSY.)
+    st = server_factory(busy_reply_threshold=100)
+    c = st.client()
+    c.set("xx", 1)
+    tx = RawClient(st.port)
+    assert tx("MULTI") == b"OK"
+    assert tx("INCR", "xx") == b"QUEUED"
+    t = threading.Thread(target=lambda: _eval_until_killed(st))
+    t.start()
+    wait_until(lambda: _busy(c), timeout=10, what="BUSY")
+    reply = str(tx("EXEC"))
+    assert reply.startswith("EXECABORT Transaction discarded because of: BUSY"), reply
+    assert c.script_kill() is True
+    t.join(10)
+    assert c.get("xx") == b"1"  # none of it ran
+    assert tx("PING", "asdf") == b"asdf"  # out of MULTI
+    tx.close()
+
+
+def _eval_until_killed(st) -> None:
+    try:
+        st.client(socket_timeout=30).eval("while true do end", 0)
+    except redis.ResponseError:
+        pass
+
+
 def test_script_that_wrote_is_unkillable_and_commits_when_done(server_factory) -> None:
     st = server_factory(busy_reply_threshold=100)
     c = st.client()

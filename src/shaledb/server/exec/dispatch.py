@@ -301,6 +301,14 @@ class Dispatcher:
             self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
                 client.multi_error = True
+                if cmd is not None and cmd.name == "exec":
+                    # Redis' execCommandAbort: a refused EXEC (BUSY, NOPERM ...) discards
+                    # the transaction and says why; the client leaves MULTI.
+                    client.multi = None
+                    client.multi_error = False
+                    self.services.watches.unwatch_all(client)
+                    error = CommandError("Transaction discarded because of: "
+                                         f"{error.prefix} {error}", prefix="EXECABORT")
             replies.append(error)
             group.protocols.append(client.resp)
             return
