@@ -256,13 +256,21 @@ def test_watch_sees_copy_move_swapdb_and_flush(server: ServerThread) -> None:
     assert _exec_after(w1, ["x"], lambda: other.swapdb(0, 1)) is None
     assert _exec_after(w2, ["x"], lambda: other.swapdb(0, 1)) == [b"PONG"]
     assert _exec_after(w0, ["x"], lambda: other.swapdb(0, 0)) == [b"PONG"]
-    # FLUSHDB on the watched database, also when it is empty; another database: no effect.
+    # FLUSHDB touches the watched keys it deletes; a watched key that did not exist is not
+    # changed by it and its watcher is spared, as in Redis 7.0 (TCL unit/multi "FLUSHDB
+    # does not touch non affected keys"); another database: no effect.
     other.select(2)
+    other.set("x", "1")
     assert _exec_after(w2, ["x"], lambda: other.flushdb()) is None
-    # (Redis would spare a watcher of a key that exists in neither: docs/design.md.)
-    assert _exec_after(w2, ["x"], lambda: other.flushdb()) is None
+    assert _exec_after(w2, ["x"], lambda: other.flushdb()) == [b"PONG"]
     assert _exec_after(w0, ["x"], lambda: other.flushdb()) == [b"PONG"]
+    assert _exec_after(w0, ["x"], lambda: other.flushall()) == [b"PONG"]
+    other.select(0)
+    other.set("x", "1")
     assert _exec_after(w0, ["x"], lambda: other.flushall()) is None
+    # A key the flushing transaction itself wrote first is touched too.
+    assert _exec_after(w0, ["y"], lambda: other.pipeline().set("y", 1).flushall().execute()
+                       ) is None
 
 
 # -- FLUSHDB through the map, and the purge ------------------------------------------------

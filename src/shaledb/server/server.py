@@ -169,8 +169,13 @@ class Server:
         """Committed keyspace notifications: to the subscribers of their channels."""
         self.pubsub.publish_events(events, self.keyspace.notify_flags)
 
-    def _on_flush(self, db: int | None) -> None:
-        self.watches.touch_db(db)
+    def _on_flush(self, db: int, keys: list[bytes] | None) -> None:
+        """Database ``db`` was flushed (``keys``: its watched keys that existed) or swapped
+        (None)."""
+        if keys is None:
+            self.watches.touch_db(db)
+        else:
+            self.watches.touch((db, k) for k in keys)
         self.blocking.touch_db(db)
 
     @property
@@ -314,7 +319,8 @@ class Server:
             self.config = cfg = dataclasses.replace(cfg, maxclients=fitted)
         try:
             self._keyspace = Keyspace(db, on_write=self._on_write,
-                                      on_flush=self._on_flush)
+                                      on_flush=self._on_flush,
+                                      watched_keys=self.watches.keys_in)
             self._keyspace.notify_flags = parse_flags(cfg.notify_keyspace_events)
             self._keyspace.publish_events = self._publish_events
         except BaseException:

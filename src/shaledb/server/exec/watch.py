@@ -65,5 +65,9 @@ class WatchRegistry:
                 for c in clients:
                     c.dirty_cas = True
 
+    def keys_in(self, db: int) -> list[bytes]:
+        """The keys of database ``db`` that some client watches."""
+        return [k for d, k in self._watchers if d == db] if self._watchers else []
+
     def __len__(self) -> int:
         return len(self._watchers)

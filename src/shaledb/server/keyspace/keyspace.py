@@ -300,18 +300,23 @@ class Keyspace:
     """The logical databases of one open :class:`shaledb.DB`.
 
     ``on_write(keys)`` is called after every successful commit with the ``(db, key)`` pairs
-    it changed (WATCH uses it); ``on_flush(db)`` after a database was emptied or swapped
-    (``None``: all). Opening reads the database map (upgrading a directory of server
-    keyspace version 1 or 2 first), the key counts of the mapped ids, and queues for purging
-    every unmapped physical id that still holds entries.
+    it changed (WATCH uses it); ``on_flush(db, keys)`` after database ``db`` was emptied
+    (``keys``: its watched keys that existed, the only ones a flush changes, as Redis' touch
+    of a flushed database) or swapped (``keys`` None: any watched key of it may change).
+    Opening reads the database map (upgrading a directory of server keyspace version 1 or 2
+    first), the key counts of the mapped ids, and queues for purging every unmapped physical
+    id that still holds entries.
     """
 
     def __init__(self, db: shaledb.DB,
                  on_write: Callable[[Iterable[tuple[int, bytes]]], None] | None = None,
-                 on_flush: Callable[[int | None], None] | None = None) -> None:
+                 on_flush: Callable[[int, list[bytes] | None], None] | None = None,
+                 watched_keys: Callable[[int], Iterable[bytes]] | None = None) -> None:
         self.db = db
         self._on_write = on_write
         self._on_flush = on_flush
+        #: The keys of a logical database that clients WATCH (a flush checks which exist).
+        self.watched_keys: Callable[[int], Iterable[bytes]] = watched_keys or (lambda d: ())
         raw_map = db.get(MAP_KEY)
         #: Logical database -> physical id (committed state).
         self.map: list[int] = decode_map(raw_map)
@@ -660,7 +665,8 @@ class KeyspaceTxn:
         #: Physical ids this transaction unmaps; queued for purging after the commit.
         self._released: list[int] = []
         #: Logical databases flushed or swapped (their watchers are told after the commit).
-        self._touched: set[int] = set()
+        #: Logical databases flushed (-> their watched keys that existed) or swapped (-> None).
+        self._touched: dict[int, list[bytes] | None] = {}
         #: Keyspace notifications raised by the buffered writes: (undo-log length when
         #: raised, db, event, key); published after the commit, dropped by undo().
         self._events: list[tuple[int, int, bytes, bytes]] = []
@@ -1360,7 +1366,7 @@ class KeyspaceTxn:
         """Push the map state on the undo log and return the map to change."""
         m = self._map
         self._undo.append((b"", (None if m is None else list(m), len(self._taken),
-                                 len(self._released), set(self._touched))))
+                                 len(self._released), dict(self._touched))))
         if m is None:
             m = self._map = list(self._ks.map)
         return m
@@ -1374,7 +1380,9 @@ class KeyspaceTxn:
         m = self._save_map_state()
         purger = self._ks.purger
         for d in range(DATABASES) if db is None else (db,):
-            self._touched.add(d)
+            if d not in self._touched or self._touched[d] is not None:
+                live = [k for k in self._ks.watched_keys(d) if self.lookup(d, k) is not None]
+                self._touched[d] = [*(self._touched.get(d) or ()), *live]
             phys = m[d]
             for ek in [k for k in self._writes if k[0] == phys]:
                 self._undo.append((ek, self._writes.pop(ek)))
@@ -1391,7 +1399,7 @@ class KeyspaceTxn:
             return
         m = self._save_map_state()
         m[a], m[b] = m[b], m[a]
-        self._touched.update((a, b))
+        self._touched.update({a: None, b: None})
 
     def mark(self) -> int:
         """Start a command: refresh the clock and return a mark to :meth:`undo` to."""
@@ -1459,7 +1467,7 @@ class KeyspaceTxn:
         # Committed or failed, these writes are settled: never apply them twice.
         self._writes, self._chunks, self._map, self._undo = {}, {}, None, []
         self._members, self._new_ids = {}, set()
-        self._taken, self._released, self._touched = [], [], set()
+        self._taken, self._released, self._touched = [], [], {}
         self._base = {}
         events, self._events = self._events, []
         batch = shaledb.WriteBatch(_zero_clock)
@@ -1562,11 +1570,8 @@ class KeyspaceTxn:
             # A generator: WATCH's registry looks at it only when someone watches.
             ks._on_write(_logical_keys(ks, writes))
         if ks._on_flush is not None and touched:
-            if len(touched) == DATABASES:
-                ks._on_flush(None)
-            else:
-                for db in sorted(touched):
-                    ks._on_flush(db)
+            for db in sorted(touched):
+                ks._on_flush(db, touched[db])
         if events:
             ks.publish_events([e[1:] for e in events])
 
