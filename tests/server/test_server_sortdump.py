@@ -202,3 +202,49 @@ def test_restore_of_a_sorted_set_and_a_stream_raises_the_restore_event(
         got.append((m["channel"].split(b":", 1)[1], m["data"]))
     p.close()
     assert got == [(b"restore", b"z2"), (b"restore", b"s2"), (b"restore", b"s2")]
+
+
+# -- OBJECT ENCODING ---------------------------------------------------------------------------
+
+def test_object_encoding_of_sorted_sets_and_streams_is_redis(
+        r: redis.Redis, tmp_path: Path) -> None:
+    """``listpack`` up to zset-max-listpack-entries members of at most
+    zset-max-listpack-value bytes, ``skiplist`` beyond (as a real Redis 7 names them when
+    the set is built at that size; a set that grew past the bounds and shrank is a
+    skiplist in Redis, which this answer does not know), ``stream`` for a stream."""
+    def build(c: redis.Redis) -> list[bytes]:
+        c.zadd("small", {f"m{i}": i for i in range(128)})
+        c.zadd("many", {f"m{i}": i for i in range(129)})
+        c.zadd("wide", {"a": 1, "x" * 65: 2})
+        c.zadd("edge", {"x" * 64: 2})
+        c.xadd("st", {"a": "1"})
+        got = [c.object("encoding", k) for k in ("small", "many", "wide", "edge", "st")]
+        c.config_set("zset-max-listpack-entries", 3)
+        c.zadd("tuned", {"a": 1, "b": 2, "c": 3, "d": 4})
+        c.zadd("tuned-3", {"a": 1, "b": 2, "c": 3})
+        got += [c.object("encoding", "tuned"), c.object("encoding", "tuned-3")]
+        c.config_set("zset-max-listpack-value", 2)
+        c.zadd("tuned-value", {"abc": 1})
+        got.append(c.object("encoding", "tuned-value"))
+        c.config_set("zset-max-listpack-entries", 128)
+        c.config_set("zset-max-listpack-value", 64)
+        return got
+
+    with real_redis(tmp_path) as real:
+        want = build(real)
+    assert want == [b"listpack", b"skiplist", b"skiplist", b"listpack", b"stream",
+                    b"skiplist", b"listpack", b"skiplist"]
+    got = build(r)
+    assert got == want, got
+
+
+def test_object_encoding_reads_a_bounded_number_of_members(r: redis.Redis) -> None:
+    """With zset-max-listpack-entries above ENCODING_WALK_MAX, a set larger than that is
+    named ``skiplist`` without reading its members."""
+    from shaledb.server.commands.keys import ENCODING_WALK_MAX
+
+    r.config_set("zset-max-listpack-entries", ENCODING_WALK_MAX * 4)
+    r.zadd("at", {f"m{i}": i for i in range(ENCODING_WALK_MAX)})
+    r.zadd("over", {f"m{i}": i for i in range(ENCODING_WALK_MAX + 1)})
+    assert r.object("encoding", "at") == b"listpack"
+    assert r.object("encoding", "over") == b"skiplist"
