@@ -248,3 +248,34 @@ def test_object_encoding_reads_a_bounded_number_of_members(r: redis.Redis) -> No
     r.zadd("over", {f"m{i}": i for i in range(ENCODING_WALK_MAX + 1)})
     assert r.object("encoding", "at") == b"listpack"
     assert r.object("encoding", "over") == b"skiplist"
+
+
+#: A stream DUMPed by Redis 5 (STREAM_LISTPACKS, RDB 9; the vector of Redis' own
+#: tests/unit/type/stream-cgroups.tcl) after XADD x 1-0..6-0 data a..f, XDEL x 3-0, XGROUP
+#: CREATE x g1 0 and g2 0, XREADGROUP GROUP g1 c11 COUNT 4, XTRIM x MAXLEN = 2.
+_LEGACY_STREAM = bytes.fromhex(
+    "0f011000000000000000010000000000000000c3404a405716570000002300020104010101846461"
+    "746105000103010020010381610204200a0001400a0062600a0002400a0063600a4022018164200a"
+    "4039200a0065600a0005400a0066200a00ff02060002026731050004000000000000000100000000"
+    "000000003ef783437a01000001000000000000000200000000000000003ef783437a010000010000"
+    "00000000000400000000000000003ef783437a01000001000000000000000500000000000000003e"
+    "f783437a0100000101036331313ef783437a01000004000000000000000100000000000000000000"
+    "00000000000200000000000000000000000000000004000000000000000000000000000000050000"
+    "0000000000000267320000000009003d52ef6867521dfa")
+
+
+def test_restore_of_a_redis_5_stream_estimates_entries_read_as_redis(
+        r: redis.Redis, tmp_path: Path) -> None:
+    """A payload from before the entries-read counter gets the counts Redis 7.0 estimates
+    (entries added = length; a group at the first entry has read 1, before it 0)."""
+    def state(c: redis.Redis) -> object:
+        c.restore("x", 0, _LEGACY_STREAM)
+        info = c.xinfo_stream("x", full=True)
+        return (info["max-deleted-entry-id"], info["entries-added"],
+                [(g["name"], g["entries-read"], g["lag"], g["pel-count"])
+                 for g in info["groups"]], c.xrange("x"))
+
+    ours = state(r)
+    assert ours[:3] == (b"0-0", 2, [(b"g1", 1, 1, 4), (b"g2", 0, 2, 0)])
+    with real_redis(tmp_path) as real:
+        assert state(real) == ours

@@ -646,6 +646,20 @@ def _stream_id(r: _Reader) -> StreamId:
     return r.count(), r.count()
 
 
+def _legacy_entries_read(sid: StreamId, ids: list[StreamId], last: StreamId) -> int:
+    """A group's entries read when the payload predates the counter (STREAM_LISTPACKS):
+    Redis' streamEstimateDistanceFromFirstEverEntry with the entries added taken as the
+    length and no deleted id, as Redis 7.0 loads such a stream; -1 when unknown."""
+    added = len(ids)
+    if not added:
+        return 0
+    if sid == last:
+        return added
+    if sid > last:
+        return -1
+    return 0 if sid < ids[0] else 1 if sid == ids[0] else -1
+
+
 def _stream(r: _Reader, v2: bool) -> StreamValue:
     """A stream (STREAM_LISTPACKS, or _2 as Redis 7.0 writes: with the first id, the
     largest deleted id, the entries added and each group's entries read). Its ids must
@@ -674,7 +688,7 @@ def _stream(r: _Reader, v2: bool) -> StreamValue:
     for _ in range(_bounded(r.count(), r)):
         name = r.string()
         glast = _stream_id(r)
-        entries_read = r.count() if v2 else -1
+        entries_read = r.count() if v2 else _legacy_entries_read(glast, ids, last)
         if entries_read >= 1 << 63:
             entries_read = -1  # Redis writes its -1 (not known) as 2**64 - 1
         pel: dict[StreamId, list[Any]] = {}
