@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
+
+from shaledb.server.commands import dump as dump_module
 
 from ._server_support import real_redis
 
@@ -279,3 +282,28 @@ def test_restore_of_a_redis_5_stream_estimates_entries_read_as_redis(
     assert ours[:3] == (b"0-0", 2, [(b"g1", 1, 1, 4), (b"g2", 0, 2, 0)])
     with real_redis(tmp_path) as real:
         assert state(real) == ours
+
+
+def test_dump_of_sorted_sets_and_streams_keeps_the_payload_bound(
+        r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUMP of a sorted set or a stream is refused once its payload would pass PAYLOAD_MAX
+    (made small here): counted as it is built, a stream's open node and a group's PEL
+    included, before any checksum."""
+    monkeypatch.setattr(dump_module, "PAYLOAD_MAX", 1000)
+    too_big = "payload would be larger than 1000 bytes"
+    r.zadd("z-fits", {"m" * 80 + str(i): i for i in range(10)})
+    assert r.restore("z-copy", 0, r.dump("z-fits")) == b"OK"
+    r.zadd("z-big", {"m" * 100 + str(i): i for i in range(10)})
+    with pytest.raises(redis.ResponseError, match=too_big):
+        r.dump("z-big")
+    r.xadd("s-one", {"f": "v" * 1001}, id="1-1")  # one entry: the node is still open
+    with pytest.raises(redis.ResponseError, match=too_big):
+        r.dump("s-one")
+    r.xadd("s-pel", {"f": "v"}, id="1-1")
+    for i in range(2, 40):
+        r.xadd("s-pel", {"f": "v"}, id=f"{i}-1")
+    assert len(r.dump("s-pel")) < 1000
+    r.xgroup_create("s-pel", "g", id="0")
+    r.xreadgroup("g", "c", {"s-pel": ">"})  # 39 pending entries: 39 x 42 bytes
+    with pytest.raises(redis.ResponseError, match=too_big):
+        r.dump("s-pel")
