@@ -1,4 +1,4 @@
-"""SORT and SORT_RO on lists and sets (Redis' sort.c): BY pattern (``*`` replaced by the
+"""SORT and SORT_RO on lists, sets and sorted sets (Redis' sort.c): BY pattern (``*`` replaced
 element, ``->field`` reads a hash field; a pattern without ``*`` means no sorting), LIMIT,
 GET pattern / ``#`` (repeatable), ASC/DESC, ALPHA, STORE (SORT only).
 
@@ -8,21 +8,25 @@ Bounded work: SORT holds the elements it sorts in memory, so it refuses a key of
 whatever its size); the reply is charged to the client's output limit as it is built. Each
 BY and GET pattern is one point read per element. Ties in a numeric sort are ordered by
 the elements' bytes, as in Redis; ALPHA compares bytes (Redis' ``strcoll`` in the C
-locale). Sorted sets are not stored by this server yet (their SORT comes with them).
+locale). A sorted set sorts its members as a set's (their scores play no part), except
+with no sorting (BY without ``*``): then, as a list keeps its order, a sorted set gives its
+members in score order, reversed by DESC, reading only the LIMIT range.
 ACL: as Redis 7, a user without access to every key may not use GET, nor BY with a ``*``
 pattern (the keys they read are only known while SORT runs).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+from collections.abc import Iterator
 from typing import Any, Final
 
 from ..errors import CommandError
 from ..keyspace import notify as ev
-from ..keyspace.keyspace import Entry
-from ..keyspace.values import TAG_HASH, TAG_LIST, TAG_SET
+from ..keyspace.keyspace import Entry, KeyspaceTxn
+from ..keyspace.values import TAG_HASH, TAG_LIST, TAG_SET, TAG_ZSET, CollRef
 from . import SYNTAX, CommandFamily, Context, parse_int
 
 FAMILY = CommandFamily()
@@ -134,10 +138,9 @@ def _sort(ctx: Context, argv: list[bytes], readonly: bool) -> Any:
     if e is not None and (coll is None or coll.kind == TAG_HASH):
         raise CommandError("Operation against a key holding the wrong kind of value",
                            "WRONGTYPE")
-    if e is not None and coll is not None and coll.kind not in (TAG_LIST, TAG_SET):
-        # Redis sorts sorted sets too; they come from another branch.
-        raise CommandError(f"SORT of a {e.type_name.decode()} is not supported by this "
-                           f"server yet")
+    if e is not None and coll is not None and coll.kind not in (TAG_LIST, TAG_SET, TAG_ZSET):
+        raise CommandError("Operation against a key holding the wrong kind of value",
+                           "WRONGTYPE")
     if dontsort and coll is not None and coll.kind == TAG_SET and store is not None:
         # Redis sorts a set anyway when storing, so the stored order is deterministic.
         dontsort, alpha, sortby = False, True, None
@@ -148,10 +151,11 @@ def _sort(ctx: Context, argv: list[bytes], readonly: bool) -> Any:
         start, end = size - 1, size - 2
     end = min(end, size - 1)
     elements: list[bytes] = []
-    if coll is not None and coll.kind == TAG_LIST and dontsort:
-        # No sorting: only the LIMIT range is read.
+    if coll is not None and coll.kind in (TAG_LIST, TAG_ZSET) and dontsort:
+        # No sorting: a list keeps its order and a sorted set its score order, reversed
+        # by DESC (Redis' sort.c), and only the LIMIT range is read.
         if end >= start:
-            for _, v in txn.list_walk(coll, start):
+            for v in _native(txn, coll, start, desc):
                 elements.append(v)
                 if len(elements) > end - start:
                     break
@@ -161,7 +165,7 @@ def _sort(ctx: Context, argv: list[bytes], readonly: bool) -> Any:
             raise _too_big(f"{SORT_MAX_ELEMENTS} elements")
         held = 0
         walk = ((v for _, v in txn.list_walk(coll)) if coll.kind == TAG_LIST
-                else (m for m, _ in txn.members(coll)))
+                else (m for m, _ in txn.members(coll)))  # a set's or sorted set's members
         for v in walk:
             held += len(v)
             if held > SORT_MAX_BYTES:
@@ -193,6 +197,19 @@ def _sort(ctx: Context, argv: list[bytes], readonly: bool) -> Any:
             if not reply.add(item):
                 return ctx.overflow()
     return reply.done()
+
+
+def _native(txn: KeyspaceTxn, coll: CollRef, start: int, desc: bool) -> Iterator[bytes]:
+    """The elements of list or sorted set ``coll`` in their own order (a sorted set's:
+    score, then member) from position ``start`` on, or from the end back with ``desc``."""
+    if coll.kind == TAG_LIST:
+        if desc:
+            # Positions size-1-start down to 0.
+            walk = txn.list_walk(coll, 0, reverse=True)
+            return (v for pos, v in walk if pos <= coll.size - 1 - start)
+        return (v for _, v in txn.list_walk(coll, start))
+    entries = (entry[8:] for entry in txn.score_walk(coll, reverse=desc))
+    return itertools.islice(entries, start, None)
 
 
 def _ordered(ctx: Context, elements: list[bytes], sortby: bytes | None, alpha: bool,
