@@ -17,8 +17,6 @@ inside MULTI they answer at once, as for a timeout. Replies and errors are Redis
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any, Final
 
 from ..errors import CommandError, wrong_arity
@@ -27,7 +25,8 @@ from ..keyspace import notify as ev
 from ..keyspace.keyspace import Entry, KeyspaceTxn
 from ..keyspace.values import TAG_LIST, CollRef
 from ..net.protocol import NULL_ARRAY, OK
-from . import INT64_MAX, INT64_MIN, SYNTAX, CommandFamily, Context, parse_float, parse_int
+from . import INT64_MAX, INT64_MIN, SYNTAX, CommandFamily, Context, parse_int
+from .popping import block, block_timeout, mpop_args, numkeys_finder
 
 FAMILY = CommandFamily()
 command = FAMILY.command
@@ -37,7 +36,6 @@ command = FAMILY.command
 LIST_REWRITE_MAX: Final = 1_000_000
 #: Longest timeout a blocking command takes, in seconds (Redis refuses one whose deadline
 #: would overflow its millisecond clock; asyncio's timers need a finite float).
-TIMEOUT_MAX: Final = 10**10
 
 
 def _list(txn: KeyspaceTxn, db: int, key: bytes) -> Entry | None:
@@ -478,41 +476,6 @@ def rpoplpush(ctx: Context, argv: list[bytes]) -> Any:
     return _move(ctx.txn, ctx.db, argv[1], argv[2], False, True)
 
 
-def _mpop_args(argv: list[bytes], first: int) -> tuple[list[bytes], bool, int]:
-    """numkeys key... LEFT|RIGHT [COUNT count] from ``argv[first]``: (keys, left, count)."""
-    numkeys = parse_int(argv[first], "numkeys should be greater than 0")
-    if numkeys <= 0:
-        raise CommandError("numkeys should be greater than 0")
-    where_at = first + 1 + numkeys
-    if numkeys > len(argv) - first - 2 or where_at >= len(argv):
-        raise CommandError(SYNTAX)
-    keys = argv[first + 1:where_at]
-    left = _where(argv[where_at])
-    count = 1
-    i = where_at + 1
-    seen_count = False
-    while i < len(argv):
-        if argv[i].upper() == b"COUNT" and i + 1 < len(argv) and not seen_count:
-            count = parse_int(argv[i + 1], "count should be greater than 0")
-            if count <= 0:
-                raise CommandError("count should be greater than 0")
-            seen_count = True
-            i += 2
-        else:
-            raise CommandError(SYNTAX)
-    return keys, left, count
-
-
-def _mpop_keys(first: int) -> Callable[[list[bytes]], list[bytes]]:
-    def keys(argv: list[bytes]) -> list[bytes]:
-        try:
-            n = int(argv[first])
-        except (ValueError, IndexError):
-            return []
-        return argv[first + 1:first + 1 + n] if n > 0 else []
-    return keys
-
-
 def _mpop_one(txn: KeyspaceTxn, db: int, key: bytes, left: bool, count: int) -> Any:
     e = _list(txn, db, key)
     if e is None:
@@ -520,11 +483,11 @@ def _mpop_one(txn: KeyspaceTxn, db: int, key: bytes, left: bool, count: int) -> 
     return [key, _pop(txn, db, key, e, count, left)]
 
 
-@command("lmpop", -4, "write", "write list slow", key_finder=_mpop_keys(1))
+@command("lmpop", -4, "write", "write list slow", key_finder=numkeys_finder(1))
 def lmpop(ctx: Context, argv: list[bytes]) -> Any:
     """LMPOP numkeys key [key ...] LEFT|RIGHT [COUNT count] -> [key, elements] of the
     first non-empty list, or nil"""
-    keys, left, count = _mpop_args(argv, 1)
+    keys, left, count = mpop_args(argv, 1, (b"LEFT", b"RIGHT"))
     for key in keys:
         got = _mpop_one(ctx.txn, ctx.db, key, left, count)
         if got is not None:
@@ -534,31 +497,9 @@ def lmpop(ctx: Context, argv: list[bytes]) -> Any:
 
 # -- blocking -----------------------------------------------------------------------------
 
-def _timeout(arg: bytes) -> float:
-    """A blocking command's timeout in seconds (0: forever), as Redis reads it."""
-    try:
-        t = parse_float(arg)
-    except CommandError:
-        raise CommandError("timeout is not a float or out of range") from None
-    if t < 0:
-        raise CommandError("timeout is negative")
-    if not math.isfinite(t) or t > TIMEOUT_MAX:
-        raise CommandError("timeout is out of range")
-    return t
-
-
-def _block(ctx: Context, keys: list[bytes], timeout: float,
-           attempt: Callable[[KeyspaceTxn, bytes], Any], timeout_reply: Any) -> Any:
-    """Nothing to pop now: block (or, inside MULTI, answer as a timeout would)."""
-    if ctx.in_exec:
-        return timeout_reply
-    return ctx.services.blocking.block(ctx.client, ctx.db, keys, timeout, attempt,
-                                       timeout_reply)
-
-
 def _bpop(ctx: Context, argv: list[bytes], left: bool) -> Any:
     keys = argv[1:-1]
-    timeout = _timeout(argv[-1])
+    timeout = block_timeout(argv[-1])
     db = ctx.db
     for key in keys:
         e = _list(ctx.txn, db, key)
@@ -574,7 +515,7 @@ def _bpop(ctx: Context, argv: list[bytes], left: bool) -> Any:
             return NOT_READY
         return [key, _pop(txn, db, key, e, 1, left)[0]]
 
-    return _block(ctx, keys, timeout, attempt, NULL_ARRAY)
+    return block(ctx, keys, timeout, attempt, NULL_ARRAY)
 
 
 @command("blpop", -3, "write", "write list slow blocking", (1, -2, 1))
@@ -591,7 +532,7 @@ def brpop(ctx: Context, argv: list[bytes]) -> Any:
 
 def _bmove(ctx: Context, src: bytes, dst: bytes, src_left: bool, dst_left: bool,
            timeout_arg: bytes) -> Any:
-    timeout = _timeout(timeout_arg)
+    timeout = block_timeout(timeout_arg)
     db = ctx.db
     got = _move(ctx.txn, db, src, dst, src_left, dst_left)
     if got is not None:
@@ -605,7 +546,7 @@ def _bmove(ctx: Context, src: bytes, dst: bytes, src_left: bool, dst_left: bool,
             return NOT_READY
         return _move(txn, db, src, dst, src_left, dst_left)  # WRONGTYPE on dst: the reply
 
-    return _block(ctx, [src], timeout, attempt, None)
+    return block(ctx, [src], timeout, attempt, None)
 
 
 @command("blmove", 6, "write denyoom", "write list slow blocking", (1, 2, 1))
@@ -620,12 +561,12 @@ def brpoplpush(ctx: Context, argv: list[bytes]) -> Any:
     return _bmove(ctx, argv[1], argv[2], False, True, argv[3])
 
 
-@command("blmpop", -5, "write", "write list slow blocking", key_finder=_mpop_keys(2))
+@command("blmpop", -5, "write", "write list slow blocking", key_finder=numkeys_finder(2))
 def blmpop(ctx: Context, argv: list[bytes]) -> Any:
     """BLMPOP timeout numkeys key [key ...] LEFT|RIGHT [COUNT count] -> [key, elements],
     or nil after the timeout"""
-    timeout = _timeout(argv[1])
-    keys, left, count = _mpop_args(argv, 2)
+    timeout = block_timeout(argv[1])
+    keys, left, count = mpop_args(argv, 2, (b"LEFT", b"RIGHT"))
     db = ctx.db
     for key in keys:
         got = _mpop_one(ctx.txn, db, key, left, count)
@@ -639,7 +580,7 @@ def blmpop(ctx: Context, argv: list[bytes]) -> Any:
             return NOT_READY
         return NOT_READY if got is None else got
 
-    return _block(ctx, keys, timeout, attempt, NULL_ARRAY)
+    return block(ctx, keys, timeout, attempt, NULL_ARRAY)
 
 
 __all__ = ["FAMILY", "LIST_REWRITE_MAX"]

@@ -51,6 +51,7 @@ from ..keyspace.streams import (
 from ..keyspace.values import MAX_STRING, TAG_STREAM, CollRef, member_key, member_prefix
 from ..net.protocol import NULL_ARRAY, OK, ArrayBuilder
 from . import INT64_MAX, SYNTAX, CommandFamily, Context, parse_int
+from .popping import block
 
 FAMILY = CommandFamily()
 command = FAMILY.command
@@ -821,13 +822,7 @@ def xread(ctx: Context, argv: list[bytes]) -> Any:
         _read_new(s, wants[key], count, out)
         return _xread_reply(ctx, [(key, out.done())]) if out.count else NOT_READY
 
-    return _block(ctx, a.keys, a.block, attempt)
-
-
-def _block(ctx: Context, keys: list[bytes], timeout: float, attempt: Any) -> Any:
-    if ctx.in_exec:
-        return NULL_ARRAY
-    return ctx.services.blocking.block(ctx.client, ctx.db, keys, timeout, attempt, NULL_ARRAY)
+    return block(ctx, a.keys, a.block, attempt, NULL_ARRAY)
 
 
 def _stream_keys(argv: list[bytes]) -> list[bytes]:
@@ -949,7 +944,7 @@ def xreadgroup(ctx: Context, argv: list[bytes]) -> Any:
         s.save()
         return _xread_reply(ctx, [(key, out.done())])
 
-    return _block(ctx, a.keys, a.block, attempt)
+    return block(ctx, a.keys, a.block, attempt, NULL_ARRAY)
 
 
 # -- XGROUP ---------------------------------------------------------------------------------

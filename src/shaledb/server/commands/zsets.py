@@ -41,12 +41,12 @@ from ..keyspace.values import (
 from ..net.protocol import NULL_ARRAY, Encoded
 from . import SYNTAX, CommandFamily, Context, parse_float, parse_int
 from .members import member_scan
+from .popping import block, block_timeout, mpop_args, numkeys_finder
 
 FAMILY = CommandFamily()
 command = FAMILY.command
 
 #: Longest timeout a blocking command takes, in seconds (as the list commands).
-TIMEOUT_MAX: Final = 10**10
 NOT_FLOAT: Final = "value is not a valid float"
 _INF: Final = math.inf
 
@@ -708,42 +708,6 @@ def zpopmax(ctx: Context, argv: list[bytes]) -> Any:
     return _zpop(ctx, argv, True)
 
 
-def _mpop_keys(first: int) -> Callable[[list[bytes]], list[bytes]]:
-    def keys(argv: list[bytes]) -> list[bytes]:
-        try:
-            n = int(argv[first])
-        except (ValueError, IndexError):
-            return []
-        return argv[first + 1:first + 1 + n] if n > 0 else []
-    return keys
-
-
-def _mpop_args(argv: list[bytes], first: int) -> tuple[list[bytes], bool, int]:
-    """numkeys key [key ...] MIN|MAX [COUNT count] from ``argv[first]`` on."""
-    n = parse_int(argv[first], "numkeys should be greater than 0")
-    if n <= 0:
-        raise CommandError("numkeys should be greater than 0")
-    keys = argv[first + 1:first + 1 + n]
-    j = first + 1 + n
-    if len(keys) < n or j >= len(argv):
-        raise CommandError(SYNTAX)
-    where = argv[j].upper()
-    if where not in (b"MIN", b"MAX"):
-        raise CommandError(SYNTAX)
-    count, counted = 1, False
-    j += 1
-    while j < len(argv):
-        if argv[j].upper() == b"COUNT" and j + 1 < len(argv) and not counted:
-            count = parse_int(argv[j + 1], "count should be greater than 0")
-            if count <= 0:
-                raise CommandError("count should be greater than 0")
-            counted = True
-            j += 2
-        else:
-            raise CommandError(SYNTAX)
-    return keys, where == b"MAX", count
-
-
 def _mpop_one(ctx: Context, txn: KeyspaceTxn, key: bytes, top: bool, count: int) -> Any:
     e = _zset(txn, ctx.db, key)
     if e is None:
@@ -752,11 +716,11 @@ def _mpop_one(ctx: Context, txn: KeyspaceTxn, key: bytes, top: bool, count: int)
     return [key, [[m, _score(ctx, s)] for m, s in got]]
 
 
-@command("zmpop", -4, "write", "write sortedset slow", key_finder=_mpop_keys(1))
+@command("zmpop", -4, "write", "write sortedset slow", key_finder=numkeys_finder(1))
 def zmpop(ctx: Context, argv: list[bytes]) -> Any:
     """ZMPOP numkeys key [key ...] MIN|MAX [COUNT count] -> [key, [[member, score] ...]]
     of the first non-empty sorted set, or nil"""
-    keys, top, count = _mpop_args(argv, 1)
+    keys, top, count = mpop_args(argv, 1, (b"MAX", b"MIN"))
     for key in keys:
         got = _mpop_one(ctx, ctx.txn, key, top, count)
         if got is not None:
@@ -764,31 +728,9 @@ def zmpop(ctx: Context, argv: list[bytes]) -> Any:
     return NULL_ARRAY
 
 
-def _timeout(arg: bytes) -> float:
-    """A blocking command's timeout in seconds (0: forever), as Redis reads it."""
-    try:
-        t = parse_float(arg)
-    except CommandError:
-        raise CommandError("timeout is not a float or out of range") from None
-    if t < 0:
-        raise CommandError("timeout is negative")
-    if not math.isfinite(t) or t > TIMEOUT_MAX:
-        raise CommandError("timeout is out of range")
-    return t
-
-
-def _block(ctx: Context, keys: list[bytes], timeout: float,
-           attempt: Callable[[KeyspaceTxn, bytes], Any]) -> Any:
-    """Nothing to pop now: block (inside MULTI: answer as a timeout would, as Redis)."""
-    if ctx.in_exec:
-        return NULL_ARRAY
-    return ctx.services.blocking.block(ctx.client, ctx.db, keys, timeout, attempt,
-                                       NULL_ARRAY)
-
-
 def _bzpop(ctx: Context, argv: list[bytes], top: bool) -> Any:
     keys = argv[1:-1]
-    timeout = _timeout(argv[-1])
+    timeout = block_timeout(argv[-1])
     db = ctx.db
     for key in keys:  # every key's type first, as Redis
         _zset(ctx.txn, db, key)
@@ -808,7 +750,7 @@ def _bzpop(ctx: Context, argv: list[bytes], top: bool) -> Any:
         m, s = _pop(txn, db, key, e, 1, top)[0]
         return [key, m, _score(ctx, s)]
 
-    return _block(ctx, keys, timeout, attempt)
+    return block(ctx, keys, timeout, attempt, NULL_ARRAY)
 
 
 @command("bzpopmin", -3, "write", "write sortedset fast blocking", (1, -2, 1))
@@ -823,12 +765,12 @@ def bzpopmax(ctx: Context, argv: list[bytes]) -> Any:
     return _bzpop(ctx, argv, True)
 
 
-@command("bzmpop", -5, "write", "write sortedset slow blocking", key_finder=_mpop_keys(2))
+@command("bzmpop", -5, "write", "write sortedset slow blocking", key_finder=numkeys_finder(2))
 def bzmpop(ctx: Context, argv: list[bytes]) -> Any:
     """BZMPOP timeout numkeys key [key ...] MIN|MAX [COUNT count] -> as ZMPOP, or nil after
     the timeout"""
-    timeout = _timeout(argv[1])
-    keys, top, count = _mpop_args(argv, 2)
+    timeout = block_timeout(argv[1])
+    keys, top, count = mpop_args(argv, 2, (b"MAX", b"MIN"))
     for key in keys:
         got = _mpop_one(ctx, ctx.txn, key, top, count)
         if got is not None:
@@ -841,7 +783,7 @@ def bzmpop(ctx: Context, argv: list[bytes]) -> Any:
             return NOT_READY
         return NOT_READY if got is None else got
 
-    return _block(ctx, keys, timeout, attempt)
+    return block(ctx, keys, timeout, attempt, NULL_ARRAY)
 
 
 # -- ZUNION, ZINTER, ZDIFF and their STORE and CARD variants ------------------------------
@@ -1012,7 +954,7 @@ def zdiffstore(ctx: Context, argv: list[bytes]) -> Any:
     return _setop_store(ctx, argv, "diff", "zdiffstore")
 
 
-@command("zintercard", -3, "readonly", "read sortedset slow", key_finder=_mpop_keys(1))
+@command("zintercard", -3, "readonly", "read sortedset slow", key_finder=numkeys_finder(1))
 def zintercard(ctx: Context, argv: list[bytes]) -> Any:
     """ZINTERCARD numkeys key [key ...] [LIMIT limit] -> the intersection's size (at most
     limit; 0: no limit)"""
