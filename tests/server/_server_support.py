@@ -218,21 +218,36 @@ class RawClient:
 
 
 @contextlib.contextmanager
-def real_redis(tmp_path: Path) -> Iterator[redis.Redis]:
-    """A real redis-server (7, no persistence) on a free loopback port, for byte-level
-    comparisons; skips the test when it is not installed."""
+def redis_server(tmp_path: Path) -> Iterator[int]:
+    """A real redis-server (7, no persistence, its own directory under ``tmp_path``) on a
+    free loopback port, for comparisons: its port. Skips the test when it is not
+    installed."""
     path = shutil.which("redis-server")
     if path is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
+        pytest.skip("redis-server is not installed (Debian package redis-server): the "
+                    "reference run of this test needs it")
     port = free_port()
+    home = tmp_path / f"redis-{port}"
+    home.mkdir()
     proc = subprocess.Popen([path, "--port", str(port), "--bind", HOST, "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
+                             "--appendonly", "no", "--protected-mode", "yes", "--logfile",
+                             "", "--dir", str(home)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc)
-        client = redis.Redis(host=HOST, port=port)
-        yield client
-        client.close()
+        yield port
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def real_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A client of :func:`redis_server` (one connection, 60 s socket timeout)."""
+    with redis_server(tmp_path) as port:
+        client = redis.Redis(host=HOST, port=port, socket_timeout=60,
+                             single_connection_client=True)
+        try:
+            yield client
+        finally:
+            client.close()

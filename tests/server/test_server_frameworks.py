@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -30,7 +28,7 @@ from typing import Any
 import pytest
 import redis
 
-from ._server_support import HOST, ServerThread, free_port, wait_for_port
+from ._server_support import HOST, ServerThread, redis_server
 
 
 @dataclass
@@ -64,22 +62,8 @@ def target(request: pytest.FixtureRequest, tmp_path: Path,
     if request.param == "shaledb":
         yield Target("shaledb", server_factory().port)
         return
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server): the "
-                    "reference run of this test needs it")
-    port = free_port()
-    (tmp_path / "redis").mkdir()
-    proc = subprocess.Popen(
-        [exe, "--bind", HOST, "--port", str(port), "--dir", str(tmp_path / "redis"),
-         "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--logfile", ""],
-        stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, None)
+    with redis_server(tmp_path) as port:
         yield Target("redis", port)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def add(a: int, b: int) -> int:

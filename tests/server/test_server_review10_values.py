@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import statistics
 import subprocess
@@ -37,8 +36,8 @@ from ._server_support import (
     HOST,
     ServerThread,
     free_port,
+    real_redis,
     run_server_process,
-    wait_for_port,
     wait_until,
 )
 
@@ -197,26 +196,10 @@ def test_dbsize_is_constant_time_and_exact(server) -> None:
 # -- exact semantics on chunked values, against a real redis-server ----------------------------
 
 @pytest.fixture
-def real_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+def redis7(tmp_path: Path) -> Iterator[redis.Redis]:
     """A real redis-server on loopback (skips when it is not installed)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    port = free_port()
-    (tmp_path / "redis").mkdir()
-    proc = subprocess.Popen(
-        [exe, "--bind", HOST, "--port", str(port), "--dir", str(tmp_path / "redis"),
-         "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--logfile", ""],
-        stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, None)
-        client = redis.Redis(host=HOST, port=port, socket_timeout=60,
-                             single_connection_client=True)
+    with real_redis(tmp_path) as client:
         yield client
-        client.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _reply(client: redis.Redis, args: tuple[Any, ...]) -> Any:
@@ -322,7 +305,7 @@ def _assert_no_leak(st: ServerThread) -> None:
     assert present == named
 
 
-def test_string_commands_on_chunked_values_match_redis(server, real_redis) -> None:
+def test_string_commands_on_chunked_values_match_redis(server, redis7) -> None:
     """A random mix of every string command (and the key commands that move values) on
     values around and far past the chunking threshold, against redis-server 7: every reply
     and the final contents are the same, and no chunk leaks."""
@@ -333,17 +316,17 @@ def test_string_commands_on_chunked_values_match_redis(server, real_redis) -> No
         args = _random_command(rng, keys)
         if rng.random() < 0.05:
             db = rng.randrange(2)
-            assert _reply(ours, ("SELECT", db)) == _reply(real_redis, ("SELECT", db))
-        got, want = _reply(ours, args), _reply(real_redis, args)
+            assert _reply(ours, ("SELECT", db)) == _reply(redis7, ("SELECT", db))
+        got, want = _reply(ours, args), _reply(redis7, args)
         assert _normalize(args, got) == _normalize(args, want), \
             (step, args[:2], str(got)[:200], str(want)[:200])
-    assert _contents(ours) == _contents(real_redis)
+    assert _contents(ours) == _contents(redis7)
     ours.execute_command("SELECT", 0)
     _assert_no_leak(server)
 
 
 def test_multi_exec_sees_its_own_chunks_and_undoes_a_failed_command(server,
-                                                                     real_redis) -> None:
+                                                                     redis7) -> None:
     big = random.Random(7).randbytes(300_000)
     script: list[tuple[Any, ...]] = [
         ("SET", "k", big), ("APPEND", "k", b"tail"), ("GETRANGE", "k", 299_990, -1),
@@ -351,14 +334,14 @@ def test_multi_exec_sees_its_own_chunks_and_undoes_a_failed_command(server,
         ("RENAME", "k", "r"), ("COPY", "r", "c"), ("APPEND", "c", b"!"), ("GET", "r"),
         ("GETRANGE", "c", -3, -1), ("SET", "k", b"small"), ("DBSIZE",), ("GETDEL", "c")]
     replies = []
-    for client in (server.client(), real_redis):
+    for client in (server.client(), redis7):
         with client.pipeline(transaction=True) as p:
             for args in script:
                 p.execute_command(*args)
             replies.append(p.execute(raise_on_error=False))
     ours, theirs = ([str(x) if isinstance(x, Exception) else x for x in rs] for rs in replies)
     assert ours == theirs
-    assert server.client().get("r") == real_redis.get("r")
+    assert server.client().get("r") == redis7.get("r")
     _assert_no_leak(server)
 
 

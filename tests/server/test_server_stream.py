@@ -7,8 +7,6 @@ XREAD / XREADGROUP BLOCK (woken at the commit only, timeouts, MULTI, disconnects
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +19,9 @@ import redis
 import shaledb
 
 from ._server_support import (
-    HOST,
     RawClient,
     ServerThread,
-    free_port,
-    wait_for_port,
+    real_redis,
     wait_until,
 )
 
@@ -70,26 +66,10 @@ class _Call:
 # -- replies compared with Redis 7 ---------------------------------------------------------------
 
 @pytest.fixture
-def real_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+def redis7(tmp_path: Path) -> Iterator[redis.Redis]:
     """A real redis-server on loopback (skips when it is not installed)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    port = free_port()
-    (tmp_path / "redis").mkdir()
-    proc = subprocess.Popen(
-        [exe, "--bind", HOST, "--port", str(port), "--dir", str(tmp_path / "redis"),
-         "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--logfile", ""],
-        stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, None)
-        client = redis.Redis(host=HOST, port=port, socket_timeout=60,
-                             single_connection_client=True)
+    with real_redis(tmp_path) as client:
         yield client
-        client.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 #: Commands whose replies do not depend on the clock (explicit ids; idle times left out).
@@ -251,25 +231,25 @@ def _reply(client: redis.Redis, args: list[str]) -> Any:
         return ("error", str(exc))
 
 
-def test_stream_replies_match_redis_7(r: redis.Redis, real_redis: redis.Redis) -> None:
-    for client in (r, real_redis):  # the raw replies, not redis-py's reading of them
+def test_stream_replies_match_redis_7(r: redis.Redis, redis7: redis.Redis) -> None:
+    for client in (r, redis7):  # the raw replies, not redis-py's reading of them
         client.response_callbacks.clear()  # type: ignore[attr-defined]
     diffs = []
     for line in SCRIPT.strip().splitlines():
         args = line.split()
-        ours, theirs = _reply(r, args), _reply(real_redis, args)
+        ours, theirs = _reply(r, args), _reply(redis7, args)
         if ours != theirs:
             diffs.append((line, ours, theirs))
     assert diffs == []
 
 
 def test_trimming_by_whole_nodes_matches_redis_7(r: redis.Redis,
-                                                 real_redis: redis.Redis) -> None:
+                                                 redis7: redis.Redis) -> None:
     """Approximate trimming (~) removes whole nodes of stream-node-max-entries, with the
     default LIMIT of 100 nodes, exactly as Redis' radix tree does after appends and exact
     trims."""
     def both(*args: Any) -> Any:
-        ours, theirs = _reply(r, list(args)), _reply(real_redis, list(args))
+        ours, theirs = _reply(r, list(args)), _reply(redis7, list(args))
         assert ours == theirs, args
         return ours
 
@@ -648,7 +628,7 @@ def test_a_job_result_round_trip_as_rq_2_makes_it(server: ServerThread) -> None:
 
 
 def test_stream_commands_raise_the_keyspace_events_redis_does(server_factory,
-                                                             real_redis) -> None:
+                                                             redis7) -> None:
     # Streams landed beside keyspace notifications (branch pubsub) without calling its hook:
     # a subscriber heard nothing of XADD, XGROUP or XDEL (Redis' TCL unit/pubsub "stream
     # events test" failed).
@@ -678,6 +658,6 @@ def test_stream_commands_raise_the_keyspace_events_redis_does(server_factory,
 
     st = server_factory()
     ours = events(st.client())
-    theirs = events(real_redis)
+    theirs = events(redis7)
     assert ours == theirs, (ours, theirs)
     assert ("xgroup-createconsumer", "s") in ours and ("xtrim", "s") in ours
