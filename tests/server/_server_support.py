@@ -251,3 +251,18 @@ def real_redis(tmp_path: Path) -> Iterator[redis.Redis]:
             yield client
         finally:
             client.close()
+
+
+def keyevents(r: redis.Redis, run: Callable[[redis.Redis], Any]) -> list[tuple[str, str]]:
+    """The keyspace events (``__keyevent@0__:<event>``, key) ``run(r)`` raises, in order
+    (notify-keyspace-events KEA)."""
+    r.config_set("notify-keyspace-events", "KEA")
+    p = r.pubsub()
+    p.psubscribe("__keyevent@0__:*")
+    assert p.get_message(timeout=5)["type"] == "psubscribe"
+    run(r)
+    got = []
+    while (m := p.get_message(timeout=1)) is not None:
+        got.append((m["channel"].split(b":", 1)[1].decode(), m["data"].decode()))
+    p.close()
+    return got

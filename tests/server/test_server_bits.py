@@ -14,7 +14,7 @@ import redis
 from shaledb.server.commands import bits
 from shaledb.server.keyspace.keyspace import KeyspaceTxn
 
-from ._server_support import ServerThread, real_redis
+from ._server_support import ServerThread, keyevents, real_redis
 
 
 def test_setbit_getbit_bitcount_bitpos_reply_as_redis(r: redis.Redis) -> None:
@@ -210,11 +210,7 @@ def test_bit_hll_sort_and_restore_raise_the_keyspace_events_redis_does(server_fa
                                                                         tmp_path) -> None:
     # These commands landed beside keyspace notifications (branch pubsub) without calling
     # its hook: a subscriber heard nothing of SETBIT, BITOP, PFADD, SORT STORE or RESTORE.
-    def events(r: redis.Redis) -> list[tuple[str, str]]:
-        r.config_set("notify-keyspace-events", "KEA")
-        p = r.pubsub()
-        p.psubscribe("__keyevent@0__:*")
-        assert p.get_message(timeout=5)["type"] == "psubscribe"
+    def run(r: redis.Redis) -> None:
         r.setbit("b", 7, 1)
         r.setbit("b", 7, 1)  # unchanged: no event (Redis 7.0)
         r.bitop("OR", "d", "b")
@@ -230,15 +226,10 @@ def test_bit_hll_sort_and_restore_raise_the_keyspace_events_redis_does(server_fa
         payload = r.dump("l")
         r.restore("l2", 0, payload)
         r.restore("l2", 0, payload, replace=True)
-        got = []
-        while (m := p.get_message(timeout=1)) is not None:
-            got.append((m["channel"].split(b":", 1)[1].decode(), m["data"].decode()))
-        p.close()
-        return got
 
     st = server_factory()
-    ours = events(st.client())
+    ours = keyevents(st.client(), run)
     with real_redis(tmp_path) as ref:
-        theirs = events(ref)
+        theirs = keyevents(ref, run)
     assert ours == theirs, (ours, theirs)
     assert ("sortstore", "s") in ours and ("restore", "l2") in ours

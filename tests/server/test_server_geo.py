@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from ._server_support import HOST, RawClient, ServerThread, free_port, wait_for_port
+from ._server_support import HOST, RawClient, ServerThread, free_port, keyevents, wait_for_port
 
 KiB = 1024
 
@@ -384,26 +384,17 @@ def test_geo_commands_raise_the_keyspace_events_redis_does(server_factory, tmp_p
     # forms raise georadiusstore / geosearchstore, as Redis 7.0's georadiusGeneric.
     from ._server_support import real_redis
 
-    def events(r: redis.Redis) -> list[tuple[str, str]]:
-        r.config_set("notify-keyspace-events", "KEA")
-        p = r.pubsub()
-        p.psubscribe("__keyevent@0__:*")
-        assert p.get_message(timeout=5)["type"] == "psubscribe"
+    def run(r: redis.Redis) -> None:
         r.geoadd("g", [13.361389, 38.115556, "Palermo", 15.087269, 37.502669, "Catania"])
         r.execute_command("GEORADIUS", "g", "15", "37", "200", "km", "STORE", "r1")
         r.execute_command("GEOSEARCHSTORE", "r2", "g", "FROMLONLAT", "15", "37", "BYRADIUS",
                           "200", "km")
         r.execute_command("GEOSEARCHSTORE", "r2", "g", "FROMLONLAT", "0", "0", "BYRADIUS",
                           "1", "km")  # nothing found: the destination is deleted
-        got = []
-        while (m := p.get_message(timeout=1)) is not None:
-            got.append((m["channel"].split(b":", 1)[1].decode(), m["data"].decode()))
-        p.close()
-        return got
 
     st = server_factory()
-    ours = events(st.client())
+    ours = keyevents(st.client(), run)
     with real_redis(tmp_path) as ref:
-        theirs = events(ref)
+        theirs = keyevents(ref, run)
     assert ours == theirs, (ours, theirs)
     assert ("georadiusstore", "r1") in ours and ("geosearchstore", "r2") in ours

@@ -21,6 +21,7 @@ import shaledb
 from ._server_support import (
     RawClient,
     ServerThread,
+    keyevents,
     real_redis,
     wait_until,
 )
@@ -632,11 +633,7 @@ def test_stream_commands_raise_the_keyspace_events_redis_does(server_factory,
     # Streams landed beside keyspace notifications (branch pubsub) without calling its hook:
     # a subscriber heard nothing of XADD, XGROUP or XDEL (Redis' TCL unit/pubsub "stream
     # events test" failed).
-    def events(r: redis.Redis) -> list[tuple[str, str]]:
-        r.config_set("notify-keyspace-events", "KEA")
-        p = r.pubsub()
-        p.psubscribe("__keyevent@0__:*")
-        assert p.get_message(timeout=5)["type"] == "psubscribe"
+    def run(r: redis.Redis) -> None:
         r.xgroup_create("s", "g", "$", mkstream=True)
         r.xgroup_createconsumer("s", "g", "bob")
         r.xadd("s", {"f": "v"}, id="1-1")
@@ -650,14 +647,9 @@ def test_stream_commands_raise_the_keyspace_events_redis_does(server_factory,
         r.xdel("s", "2-1")
         r.xdel("s", "9-9")  # nothing deleted: no event
         r.execute_command("XSETID", "s", "5-0")
-        got = []
-        while (m := p.get_message(timeout=1)) is not None:
-            got.append((m["channel"].split(b":", 1)[1].decode(), m["data"].decode()))
-        p.close()
-        return got
 
     st = server_factory()
-    ours = events(st.client())
-    theirs = events(redis7)
+    ours = keyevents(st.client(), run)
+    theirs = keyevents(redis7, run)
     assert ours == theirs, (ours, theirs)
     assert ("xgroup-createconsumer", "s") in ours and ("xtrim", "s") in ours
