@@ -337,11 +337,25 @@ local function load_library(body, name, register)
         pyunlimit()
         return false, {err = "ERR Error compiling function: " .. msg}
     end
-    local lib_redis = readonly({
+    -- What a library's top level sees of redis (Redis 7.0: no call, setresp, set_repl ...;
+    -- reading them fails as an unknown global does).
+    local lib_api = {
         register_function = wrap(register),
         log = redis.log, LOG_DEBUG = 0, LOG_VERBOSE = 1, LOG_NOTICE = 2, LOG_WARNING = 3,
-        setresp = redis.setresp, REDIS_VERSION = redis.REDIS_VERSION,
-        REDIS_VERSION_NUM = redis.REDIS_VERSION_NUM,
+        REDIS_VERSION = redis.REDIS_VERSION, REDIS_VERSION_NUM = redis.REDIS_VERSION_NUM,
+    }
+    local lib_redis = {}
+    protected[lib_redis] = true
+    setmetatable(lib_redis, {
+        __index = function(_, k)
+            local v = lib_api[k]
+            if v == nil then
+                error("Script attempted to access nonexistent global variable '"
+                      .. tostring(k) .. "'", 2)
+            end
+            return v
+        end,
+        __newindex = readonly_error, __metatable = false,
     })
     local env = {}
     protected[env] = true

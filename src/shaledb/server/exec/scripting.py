@@ -862,10 +862,11 @@ class ScriptEngine:
         def register(*args: Any) -> tuple[Any, ...]:
             try:
                 fname, fn, flags, desc = _register_args(args, self._rawget)
-                if fname in registered:
-                    raise_lua(f"Function {fname} already exists")
+                if fname.lower() in (n.lower() for n in registered):
+                    raise_lua("Function already exists in the library")
                 if not _valid_name(fname):
-                    raise_lua("Function names can only contain letters, numbers, or "
+                    # (Redis 7.0 words it so for function names too)
+                    raise_lua("Library names can only contain letters, numbers, or "
                               "underscores(_) and must be at least one character long")
             except _LuaRaise as exc:
                 return (False, str(exc).encode())
@@ -895,16 +896,16 @@ class ScriptEngine:
         self._outcome(call)
         if not registered:
             raise CommandError("No functions registered")
-        for fname in registered:
-            owner = self.functions.get(fname)
+        for fname in registered:  # function names are case-insensitive, as Redis'
+            owner = self.functions.get(fname.lower())
             if owner is not None and owner.library != name:
                 raise CommandError(f"Function {fname} already exists")
         old = self.libraries.pop(name, None)
         if old is not None:
             for fname in old.functions:
-                self.functions.pop(fname, None)
+                self.functions.pop(fname.lower(), None)
         self.libraries[name] = Library(name, code, registered)
-        self.functions.update(registered)
+        self.functions.update((fname.lower(), f) for fname, f in registered.items())
         return name
 
     def function_delete(self, name: str) -> None:
@@ -912,7 +913,7 @@ class ScriptEngine:
         if lib is None:
             raise CommandError("Library not found")
         for fname in lib.functions:
-            self.functions.pop(fname, None)
+            self.functions.pop(fname.lower(), None)
 
     def function_flush(self) -> None:
         self.libraries.clear()
@@ -920,7 +921,7 @@ class ScriptEngine:
 
     def fcall(self, ctx: ScriptContext, name: bytes, keys: list[bytes], args: list[bytes],
               read_only: bool, argv: list[bytes] | None = None) -> Any:
-        fn = self.functions.get(name.decode("utf-8", "replace"))
+        fn = self.functions.get(name.decode("utf-8", "replace").lower())
         if fn is None:
             raise CommandError("Function not found")
         if read_only and "no-writes" not in fn.flags:
@@ -1023,15 +1024,21 @@ def _library_header(code: bytes) -> tuple[str, bytes]:
     line, nl, rest = code.partition(b"\n")
     if not line.startswith(b"#!"):
         raise CommandError("Missing library metadata")
-    words = line[2:].split()
-    if not words or words[0].lower() != b"lua":
-        raise CommandError(f"Engine '{(words[0] if words else b'').decode('utf-8', 'replace')}'"
-                           " not found")
+    # The engine is what follows "#!" up to the first space ("#! name=x": engine '').
+    engine, *words = line[2:].split(b" ")
+    if engine.lower() != b"lua":
+        raise CommandError(f"Engine '{engine.decode('utf-8', 'replace')}' not found")
     name = None
-    for word in words[1:]:
+    for word in words:
+        if not word:
+            continue
         key, _, value = word.partition(b"=")
         if key != b"name":
             raise CommandError(f"Invalid metadata value given: {word.decode('utf-8', 'replace')}")
+        if name is not None:
+            raise CommandError("Invalid metadata value, name argument was given multiple times")
+        if len(value) >= 2 and value[:1] == value[-1:] and value[:1] in (b'"', b"'"):
+            value = value[1:-1]  # name="foo", as Redis' sdssplitargs reads it
         name = value.decode("utf-8", "replace")
     if name is None:
         raise CommandError("Library name was not given")
@@ -1043,8 +1050,14 @@ def _library_header(code: bytes) -> tuple[str, bytes]:
 
 def _register_args(args: tuple[Any, ...], rawget: Any
                    ) -> tuple[str, Any, frozenset[str], bytes | None]:
-    if len(args) == 1 and lua51.lua_type(args[0]) == "table":
+    """redis.register_function's arguments, checked with Redis 7.0's error texts."""
+    desc: Any = None
+    flags: set[str] = set()
+    if len(args) == 1:
         t = args[0]
+        if lua51.lua_type(t) != "table":
+            raise_lua("calling redis.register_function with a single argument is only "
+                      "applicable to Lua table (representing named arguments).")
         allowed = {b"function_name", b"callback", b"flags", b"description"}
         for key in t:  # a LuaTable iterates its keys
             if key not in allowed:
@@ -1052,7 +1065,19 @@ def _register_args(args: tuple[Any, ...], rawget: Any
         # (rawget: a metamethod would run Lua code, unprotected, inside this callback)
         name, fn, flags_t, desc = (rawget(t, k) for k in (b"function_name", b"callback",
                                                            b"flags", b"description"))
-        flags: set[str] = set()
+        if name is None:
+            raise_lua("redis.register_function must get a function name argument")
+        if fn is None:
+            raise_lua("redis.register_function must get a callback argument")
+        if not isinstance(name, bytes):
+            raise_lua("function_name argument given to redis.register_function must be a "
+                      "string")
+        if lua51.lua_type(fn) != "function":
+            raise_lua("callback argument given to redis.register_function must be a "
+                      "function")
+        if desc is not None and not isinstance(desc, bytes):
+            raise_lua("description argument given to redis.register_function must be a "
+                      "string")
         if flags_t is not None:
             if lua51.lua_type(flags_t) != "table":
                 raise_lua("flags argument to redis.register_function must be a table "
@@ -1065,13 +1090,12 @@ def _register_args(args: tuple[Any, ...], rawget: Any
                 flags.add(text)
     elif len(args) == 2:
         name, fn = args
-        flags, desc = set(), None
+        if not isinstance(name, bytes):
+            raise_lua("first argument to redis.register_function must be a string")
+        if lua51.lua_type(fn) != "function":
+            raise_lua("second argument to redis.register_function must be a function")
     else:
         raise_lua("wrong number of arguments to redis.register_function")
-    if not isinstance(name, bytes):
-        raise_lua("function_name argument given to redis.register_function must be a string")
-    if lua51.lua_type(fn) != "function":
-        raise_lua("callback argument given to redis.register_function must be a function")
     return name.decode("utf-8", "replace"), fn, frozenset(flags), desc
 
 
