@@ -14,7 +14,7 @@
 -- The arguments are the Python functions the library is built on (see scripting.py).
 local pycall, pycall_raise, pylog, pysha1, pyhook, pyjson_encode, pyjson_decode, pymp_pack, pymp_unpack,
       pybit, pystruct_pack, pystruct_unpack, pystruct_size, pysetresp, pyacl_check,
-      null_key = ...
+      null_key, pyunlimit, pystr = ...
 
 local error, type, tostring, setmetatable, rawset, select, unpack, pairs, pcall =
       error, type, tostring, setmetatable, rawset, select, unpack, pairs, pcall
@@ -22,6 +22,23 @@ local sethook, getinfo, setfenv, xpcall = debug.sethook, debug.getinfo, setfenv,
 local loadstring, tconcat, getfenv, strbyte = loadstring, table.concat, getfenv, string.byte
 local strsub, strfind, getmetatable = string.sub, string.find, getmetatable
 local sandbox_source = getinfo(1, "S").source
+
+-- Python objects (redis.call, a redis.call error) share lupa's metatable. Its __index,
+-- __newindex and __tostring are C functions that convert values while holding the GIL,
+-- outside any protected call: at lua-max-memory a refused allocation there hangs the server
+-- (scripting.py, "the Lua state's memory"). Scripts have no use for Python attributes
+-- (the attribute filter refuses them all): index and assignment fail in Lua, and tostring
+-- goes through a guarded Python callback. __call and __gc stay lupa's.
+do
+    local pymeta = debug.getmetatable(pycall)
+    local function no_attributes()
+        error("Python attributes are not accessible from a script", 2)
+    end
+    pymeta.__index = no_attributes
+    pymeta.__newindex = no_attributes
+    pymeta.__tostring = function(o) return pystr(o) end
+    pymeta.__metatable = false
+end
 -- (The bootstrap's globals are cleared once it ran: everything used later is a local.)
 
 local protected = setmetatable({}, {__mode = "k"})
@@ -306,6 +323,7 @@ local function run(f, keys, argv, hook_every)
     sethook(hook, "", hook_every)
     local ok, res = xpcall(f, handler)
     sethook()
+    pyunlimit()  -- lupa converts the results next (scripting.py: _room)
     return ok, res
 end
 
@@ -315,12 +333,29 @@ end
 local loading = false
 local function load_library(body, name, register)
     local f, msg = loadstring(body, name)
-    if not f then return false, {err = "ERR Error compiling function: " .. msg} end
-    local lib_redis = readonly({
+    if not f then
+        pyunlimit()
+        return false, {err = "ERR Error compiling function: " .. msg}
+    end
+    -- What a library's top level sees of redis (Redis 7.0: no call, setresp, set_repl ...;
+    -- reading them fails as an unknown global does).
+    local lib_api = {
         register_function = wrap(register),
         log = redis.log, LOG_DEBUG = 0, LOG_VERBOSE = 1, LOG_NOTICE = 2, LOG_WARNING = 3,
-        setresp = redis.setresp, REDIS_VERSION = redis.REDIS_VERSION,
-        REDIS_VERSION_NUM = redis.REDIS_VERSION_NUM,
+        REDIS_VERSION = redis.REDIS_VERSION, REDIS_VERSION_NUM = redis.REDIS_VERSION_NUM,
+    }
+    local lib_redis = {}
+    protected[lib_redis] = true
+    setmetatable(lib_redis, {
+        __index = function(_, k)
+            local v = lib_api[k]
+            if v == nil then
+                error("Script attempted to access nonexistent global variable '"
+                      .. tostring(k) .. "'", 2)
+            end
+            return v
+        end,
+        __newindex = readonly_error, __metatable = false,
     })
     local env = {}
     protected[env] = true
@@ -344,6 +379,7 @@ local function load_library(body, name, register)
     local ok, res = xpcall(f, handler)
     sethook()
     loading = false
+    pyunlimit()
     return ok, res
 end
 
@@ -353,6 +389,7 @@ local function run_function(f, keys, argv, hook_every)
     sethook(hook, "", hook_every)
     local ok, res = xpcall(function() return f(keys, argv) end, handler)
     sethook()
+    pyunlimit()
     return ok, res
 end
 

@@ -118,6 +118,12 @@ HOOK_EVERY: Final = 100_000
 MAX_REPLY_DEPTH: Final = 200
 #: Longest a FUNCTION LOAD may run its library's top-level code (Redis: 500 ms).
 LOAD_TIMEOUT: Final = 0.5
+#: Bytes kept free in the Lua state, past what a Python callback returns, whenever Lua runs
+#: on from Python: lupa converts the values (and grows the Lua stack) in C code holding the
+#: GIL outside any protected call, where a refused allocation is fatal (see _room).
+MEMORY_SLACK: Final = 64 * 1024
+#: What a Python exception raised into Lua costs the state (its userdata), with margin.
+ERROR_BYTES: Final = 1024
 
 BUSY_SCRIPT: Final = ("Redis is busy running a script. You can only call SCRIPT KILL or "
                       "SHUTDOWN NOSAVE.")
@@ -183,7 +189,7 @@ class _Call:
     __slots__ = ("ctx", "work", "read_only", "name", "kind", "wrote", "kill", "stopped",
                  "deadline",
                  "outcome", "finished", "on_done", "done", "lock", "resp", "started", "argv",
-                 "max_memory")
+                 "max_memory", "oom")
 
     def __init__(self, ctx: ScriptContext | None, work: Any, read_only: bool, name: str,
                  kind: str) -> None:
@@ -208,6 +214,9 @@ class _Call:
         self.argv: list[bytes] = []
         #: lua-max-memory when the call was made (the worker applies it).
         self.max_memory = 0
+        #: A Python callback found no room in the Lua state for its result: the run is
+        #: stopped at the next hook as by a kill, its callbacks do nothing meanwhile.
+        self.oom = False
 
 
 class ScriptEngine:
@@ -241,35 +250,116 @@ class ScriptEngine:
 
             def deny(obj: Any, name: Any, setting: bool) -> Any:
                 # No Python attribute is reachable from Lua (a function's __globals__ ...).
+                # (The sandbox never lets a script index a Python object: its metatable's
+                # __index is Lua's; this stays as a second wall.)
                 raise AttributeError("not accessible from a script")
 
+            # Built with a limit so that lupa counts the state's memory; the limit itself
+            # is set by _room around each run (lifted while Python code runs: see _room).
             runtime = lua51.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                        register_eval=False, register_builtins=False,
                                        attribute_filter=deny, max_memory=max_memory or None)
+            self._runtime = runtime
+            runtime.set_max_memory(0)
             glob = runtime.globals()
             glob.python = None
-            # Reading a script's tables from Python must not run their metamethods (a
+            # Reading a script's tables from Python must not run their metatables (a
             # returned _G's __index raises; a crafted __index could call redis).
             self._rawget = glob.rawget
             source = importlib.resources.files(__package__).joinpath(
                 "lua_sandbox.lua").read_bytes()
+            guard = self._guarded
             self._lua = tuple(runtime.execute(
-                source, self._redis_call, self._redis_call_raise, self._log, self._sha1, self._hook,
-                *(lualib.for_lua(fn) for fn in (
+                source, guard(self._redis_call), guard(self._redis_call_raise),
+                guard(self._log), guard(self._sha1), self._guarded_hook,
+                *(guard(lualib.for_lua(fn)) for fn in (
                     lualib.json_encode, lualib.bound(lualib.json_decode, runtime),
                     lualib.msgpack_pack, lualib.bound(lualib.msgpack_unpack, runtime),
                     lualib.bit_op, lualib.struct_pack, lualib.struct_unpack,
                     lualib.struct_size)),
-                self._setresp, self._acl_check, lualib.NULL_KEY))
+                guard(self._setresp), guard(self._acl_check), lualib.NULL_KEY,
+                self._unlimit, guard(_py_str)))
             # What the bootstrap chunk could reach stays out of every script's reach: the
             # sandbox closed over what it needs, and scripts see only their own globals.
             for name in list(glob):
                 glob[name] = None
-            self._runtime = runtime
-            self._memory_limit = max_memory
-        elif max_memory != self._memory_limit:
-            self._runtime.set_max_memory(max_memory or 0)
-            self._memory_limit = max_memory
+        self._memory_limit = max_memory
+
+    # -- the Lua state's memory ---------------------------------------------------------------
+    # lua-max-memory is lupa's allocation limit. lupa converts values between Python and Lua
+    # (a callback's arguments and results, a table_from, a call's arguments) in C code that
+    # holds the GIL *outside* any protected call: an allocation refused there longjmps past
+    # lupa's GIL release (the Lua thread then waits for the GIL it holds, and with it the
+    # whole server: the hang of Redis' TCL scripting group), or, with no Lua call around,
+    # panics and aborts the process. Lua 5.1 has no emergency collection either: a state
+    # whose garbage reaches the limit fails even when little of it is alive. So the limit is
+    # set only while Lua code runs, and always with room for what lupa converts next:
+    #   * every Python callable handed to Lua is _guarded: the limit is lifted on entry, and
+    #     before the result goes back _room collects garbage if needed and sets the limit
+    #     to lua-max-memory (with MEMORY_SLACK + the result's size free below it);
+    #   * a run sets it (_room) before its Lua function is called and the sandbox lifts it
+    #     (_unlimit) before the results come back; Python code around runs unlimited.
+    # When even a collection leaves no room, the callback returns nil (no allocation), the
+    # call is marked ``oom`` and the hook stops it as a kill would ("not enough memory").
+    def _room(self, need: int) -> bool:
+        """Set the limit for Lua code that goes on after a Python callback returns ``need``
+        bytes of values: True when they fit under lua-max-memory with MEMORY_SLACK."""
+        rt = self._runtime
+        limit = self._memory_limit
+        if not limit:
+            return True
+        need += MEMORY_SLACK
+        used = rt.get_memory_used()
+        if used + need > limit:
+            rt.gccollect()
+            used = rt.get_memory_used()
+        if used + need <= limit:
+            rt.set_max_memory(limit)
+            return True
+        # No room: Lua code may not grow the state any more; what is pushed next (nil)
+        # allocates nothing.
+        rt.set_max_memory(max(limit, used + MEMORY_SLACK))
+        call = self.current
+        if call is not None:
+            call.oom = True
+        return False
+
+    def _oom_text(self) -> str:
+        return (f"not enough memory: the Lua state is at lua-max-memory "
+                f"({self._memory_limit} bytes); raise it with CONFIG SET")
+
+    def _unlimit(self) -> None:
+        """Lift the limit (the sandbox, before its results go back to Python)."""
+        self._runtime.set_max_memory(0)
+
+    def _guarded(self, fn: Any) -> Any:
+        """``fn`` as Lua may call it: runs unlimited, returns only what fits (see _room)."""
+        def guarded(*args: Any) -> Any:
+            call = self.current
+            if call is not None and call.oom:
+                return None  # the hook stops the run; nothing is converted meanwhile
+            self._runtime.set_max_memory(0)
+            try:
+                result = fn(*args)
+            except BaseException:
+                if self._room(ERROR_BYTES):
+                    raise
+                return None
+            if self._room(_push_size(result)):
+                return result
+            return None
+
+        return guarded
+
+    def _guarded_hook(self) -> bool:
+        """The count hook: once it stops the run (kill, deadline, no memory), the limit stays
+        lifted: every later instruction raises, the error escapes the sandbox's own code and
+        lupa converts it."""
+        self._runtime.set_max_memory(0)
+        stop = self._hook()
+        if not stop:
+            self._room(0)
+        return stop
 
     def memory_used(self) -> int:
         """Bytes used by the Lua state after the last run (INFO used_memory_lua)."""
@@ -306,11 +396,13 @@ class ScriptEngine:
         db = client.db if client is not None else 0
         try:
             self._ensure(call.max_memory)
+            self._runtime.set_max_memory(0)
             return call.work(call)
         finally:
             if client is not None:
                 client.db = db
             if self._runtime is not None:
+                self._runtime.set_max_memory(0)
                 self._memory_used = int(self._runtime.get_memory_used())
 
     def _start(self, call: _Call) -> None:
@@ -408,19 +500,25 @@ class ScriptEngine:
             return False
         if call.deadline is not None and time.monotonic() > call.deadline:
             return True
-        return call.kill
+        return call.kill or call.oom
 
     def _invoke(self, call: _Call, fn: Any, *args: Any) -> tuple[Any, Any]:
         """Call a sandbox function -> (ok, result). After a kill the hook raises at every
         instruction, also in the sandbox's code around the script: that error reaches
         here, and counts as the kill."""
+        if not self._room(0):
+            # Even a collection leaves no room: the state's live data is at lua-max-memory.
+            call.oom = False
+            raise CommandError(self._oom_text())
         try:
             result = fn(*args)
         except lua51.LuaError:
-            if not (call.kill or call.deadline is not None):
+            self._runtime.set_max_memory(0)
+            if not (call.kill or call.oom or call.deadline is not None):
                 raise
             result = (False, None)
-        if call.kill or call.deadline is not None:
+        self._runtime.set_max_memory(0)
+        if call.kill or call.oom or call.deadline is not None:
             call.stopped = True
             self._lua[4]()  # clear_hook
         return result[0], result[1]
@@ -725,6 +823,8 @@ class ScriptEngine:
 
     def _result(self, call: _Call, ok: Any, res: Any, name: str) -> Any:
         """The reply of a finished run: its value, or its error with Redis' suffix."""
+        if call.oom:
+            raise RawError(f"ERR Error running script {name}, {self._oom_text()}")
         if call.kill and not call.wrote:
             raise CommandError("Script killed by user with SCRIPT KILL...")
         if not ok:
@@ -761,11 +861,12 @@ class ScriptEngine:
 
         def register(*args: Any) -> tuple[Any, ...]:
             try:
-                fname, fn, flags, desc = _register_args(args)
-                if fname in registered:
-                    raise_lua(f"Function {fname} already exists")
+                fname, fn, flags, desc = _register_args(args, self._rawget)
+                if fname.lower() in (n.lower() for n in registered):
+                    raise_lua("Function already exists in the library")
                 if not _valid_name(fname):
-                    raise_lua("Function names can only contain letters, numbers, or "
+                    # (Redis 7.0 words it so for function names too)
+                    raise_lua("Library names can only contain letters, numbers, or "
                               "underscores(_) and must be at least one character long")
             except _LuaRaise as exc:
                 return (False, str(exc).encode())
@@ -774,12 +875,15 @@ class ScriptEngine:
 
         def work(call: _Call) -> Any:
             call.deadline = time.monotonic() + LOAD_TIMEOUT
-            ok, res = self._invoke(call, self._lua[2], body, b"@user_function", register)
+            ok, res = self._invoke(call, self._lua[2], body, b"@user_function",
+                                   self._guarded(register))
             if not ok:
                 if call.deadline is not None and time.monotonic() > call.deadline:
                     raise CommandError("FUNCTION LOAD timeout")
+                if call.oom:
+                    raise CommandError(f"Error registering functions: {self._oom_text()}")
                 if lua51.lua_type(res) == "table":
-                    err = _as_text(res[b"err"])
+                    err = _as_text(self._rawget(res, b"err"))
                     raise RawError(err if err.startswith("ERR Error compiling") else
                                    f"ERR Error registering functions: {err.removeprefix('ERR ')}")
                 raise CommandError(f"Error registering functions: {_as_text(res)}")
@@ -792,16 +896,16 @@ class ScriptEngine:
         self._outcome(call)
         if not registered:
             raise CommandError("No functions registered")
-        for fname in registered:
-            owner = self.functions.get(fname)
+        for fname in registered:  # function names are case-insensitive, as Redis'
+            owner = self.functions.get(fname.lower())
             if owner is not None and owner.library != name:
                 raise CommandError(f"Function {fname} already exists")
         old = self.libraries.pop(name, None)
         if old is not None:
             for fname in old.functions:
-                self.functions.pop(fname, None)
+                self.functions.pop(fname.lower(), None)
         self.libraries[name] = Library(name, code, registered)
-        self.functions.update(registered)
+        self.functions.update((fname.lower(), f) for fname, f in registered.items())
         return name
 
     def function_delete(self, name: str) -> None:
@@ -809,7 +913,7 @@ class ScriptEngine:
         if lib is None:
             raise CommandError("Library not found")
         for fname in lib.functions:
-            self.functions.pop(fname, None)
+            self.functions.pop(fname.lower(), None)
 
     def function_flush(self) -> None:
         self.libraries.clear()
@@ -817,7 +921,7 @@ class ScriptEngine:
 
     def fcall(self, ctx: ScriptContext, name: bytes, keys: list[bytes], args: list[bytes],
               read_only: bool, argv: list[bytes] | None = None) -> Any:
-        fn = self.functions.get(name.decode("utf-8", "replace"))
+        fn = self.functions.get(name.decode("utf-8", "replace").lower())
         if fn is None:
             raise CommandError("Function not found")
         if read_only and "no-writes" not in fn.flags:
@@ -855,6 +959,27 @@ class _LuaRaise(Exception):
 def raise_lua(message: str) -> NoReturn:
     """Fail the Python helper with ``message`` (a Lua error at the caller's line)."""
     raise _LuaRaise(message)
+
+
+def _py_str(obj: Any) -> bytes:
+    """tostring() of a Python object in a script (a redis.call error): bytes, since the
+    runtime has no encoding (a str would reach Lua as a userdata)."""
+    return str(obj).encode("utf-8", "replace")
+
+
+def _push_size(value: Any) -> int:
+    """About what lupa allocates in the Lua state to return ``value`` from Python: new
+    strings (and tuple items unpacked onto the stack); Lua objects already exist."""
+    t = type(value)
+    if t is bytes:
+        return len(value) + 64
+    if t is str:
+        return len(value) * 4 + 64
+    if t is tuple:
+        return sum(_push_size(v) for v in value) + 16 * len(value)
+    if value is None or t in (bool, int, float) or lua51.lua_type(value) is not None:
+        return 16
+    return ERROR_BYTES  # any other Python object becomes a userdata
 
 
 def _as_text(value: Any) -> str:
@@ -899,15 +1024,21 @@ def _library_header(code: bytes) -> tuple[str, bytes]:
     line, nl, rest = code.partition(b"\n")
     if not line.startswith(b"#!"):
         raise CommandError("Missing library metadata")
-    words = line[2:].split()
-    if not words or words[0].lower() != b"lua":
-        raise CommandError(f"Engine '{(words[0] if words else b'').decode('utf-8', 'replace')}'"
-                           " not found")
+    # The engine is what follows "#!" up to the first space ("#! name=x": engine '').
+    engine, *words = line[2:].split(b" ")
+    if engine.lower() != b"lua":
+        raise CommandError(f"Engine '{engine.decode('utf-8', 'replace')}' not found")
     name = None
-    for word in words[1:]:
+    for word in words:
+        if not word:
+            continue
         key, _, value = word.partition(b"=")
         if key != b"name":
             raise CommandError(f"Invalid metadata value given: {word.decode('utf-8', 'replace')}")
+        if name is not None:
+            raise CommandError("Invalid metadata value, name argument was given multiple times")
+        if len(value) >= 2 and value[:1] == value[-1:] and value[:1] in (b'"', b"'"):
+            value = value[1:-1]  # name="foo", as Redis' sdssplitargs reads it
         name = value.decode("utf-8", "replace")
     if name is None:
         raise CommandError("Library name was not given")
@@ -917,16 +1048,36 @@ def _library_header(code: bytes) -> tuple[str, bytes]:
     return name, b"--" + line + nl + rest
 
 
-def _register_args(args: tuple[Any, ...]) -> tuple[str, Any, frozenset[str], bytes | None]:
-    if len(args) == 1 and lua51.lua_type(args[0]) == "table":
+def _register_args(args: tuple[Any, ...], rawget: Any
+                   ) -> tuple[str, Any, frozenset[str], bytes | None]:
+    """redis.register_function's arguments, checked with Redis 7.0's error texts."""
+    desc: Any = None
+    flags: set[str] = set()
+    if len(args) == 1:
         t = args[0]
+        if lua51.lua_type(t) != "table":
+            raise_lua("calling redis.register_function with a single argument is only "
+                      "applicable to Lua table (representing named arguments).")
         allowed = {b"function_name", b"callback", b"flags", b"description"}
         for key in t:  # a LuaTable iterates its keys
             if key not in allowed:
                 raise_lua("unknown argument given to redis.register_function")
-        name, fn, flags_t, desc = t[b"function_name"], t[b"callback"], t[b"flags"], \
-            t[b"description"]
-        flags: set[str] = set()
+        # (rawget: a metamethod would run Lua code, unprotected, inside this callback)
+        name, fn, flags_t, desc = (rawget(t, k) for k in (b"function_name", b"callback",
+                                                           b"flags", b"description"))
+        if name is None:
+            raise_lua("redis.register_function must get a function name argument")
+        if fn is None:
+            raise_lua("redis.register_function must get a callback argument")
+        if not isinstance(name, bytes):
+            raise_lua("function_name argument given to redis.register_function must be a "
+                      "string")
+        if lua51.lua_type(fn) != "function":
+            raise_lua("callback argument given to redis.register_function must be a "
+                      "function")
+        if desc is not None and not isinstance(desc, bytes):
+            raise_lua("description argument given to redis.register_function must be a "
+                      "string")
         if flags_t is not None:
             if lua51.lua_type(flags_t) != "table":
                 raise_lua("flags argument to redis.register_function must be a table "
@@ -939,13 +1090,12 @@ def _register_args(args: tuple[Any, ...]) -> tuple[str, Any, frozenset[str], byt
                 flags.add(text)
     elif len(args) == 2:
         name, fn = args
-        flags, desc = set(), None
+        if not isinstance(name, bytes):
+            raise_lua("first argument to redis.register_function must be a string")
+        if lua51.lua_type(fn) != "function":
+            raise_lua("second argument to redis.register_function must be a function")
     else:
         raise_lua("wrong number of arguments to redis.register_function")
-    if not isinstance(name, bytes):
-        raise_lua("function_name argument given to redis.register_function must be a string")
-    if lua51.lua_type(fn) != "function":
-        raise_lua("callback argument given to redis.register_function must be a function")
     return name.decode("utf-8", "replace"), fn, frozenset(flags), desc
 
 
