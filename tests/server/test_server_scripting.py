@@ -426,3 +426,22 @@ def test_many_redis_calls_past_the_threshold(server_factory) -> None:
         assert c.eval("for i = 1, 100000 do redis.call('ping') end return 'ok'", 0) == b"ok"
         assert c.ping()
     assert c.info("memory")["used_memory_lua"] > 0
+
+
+def test_scripts_read_streams_but_never_block_on_them(server_factory) -> None:
+    # Redis' TCL unit/scripting: XREAD and XREADGROUP run from a script (answering at once),
+    # only their BLOCK option is refused; every blocking command was refused here.
+    r = server_factory().client()
+    r.xgroup_create("s", "g", "$", mkstream=True)
+    assert r.eval("return redis.pcall('xread','STREAMS','s','$')", 1, "s") is None
+    assert r.eval("return redis.pcall('xreadgroup','group','g','c','STREAMS','s','>')",
+                  1, "s") is None
+    for script, name in (("redis.call('xread','BLOCK',0,'STREAMS','s','$')", "xread"),
+                         ("redis.call('xreadgroup','group','g','c','BLOCK',0,'STREAMS','s',"
+                          "'>')", "xreadgroup")):
+        with pytest.raises(redis.ResponseError,
+                           match=f"{name} command is not allowed with BLOCK option from "
+                                 "scripts"):
+            r.eval(script, 1, "s")
+    with pytest.raises(redis.ResponseError, match="not allowed from script"):
+        r.eval("return redis.call('blpop','l',0)", 1, "l")

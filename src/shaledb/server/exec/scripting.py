@@ -595,7 +595,14 @@ class ScriptEngine:
         ctx = call.ctx
         try:
             argv, cmd = self._command(call, args)
-            if "noscript" in cmd.flags or "blocking" in cmd.categories:
+            if cmd.name in ("xread", "xreadgroup"):
+                # Redis 7.0 lets scripts read streams, only not wait on them.
+                opts = [a.lower() for a in argv[1:]]
+                opts = opts[:opts.index(b"streams")] if b"streams" in opts else opts
+                if b"block" in opts:
+                    raise CommandError(f"{cmd.name} command is not allowed with BLOCK "
+                                       "option from scripts")
+            elif "noscript" in cmd.flags or "blocking" in cmd.categories:
                 # (Redis 7.0 flags its blocking commands noscript too.)
                 raise CommandError("This Redis command is not allowed from script")
             if cmd.name in ("xread", "xreadgroup") and any(a.lower() == b"block"
