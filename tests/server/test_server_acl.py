@@ -555,3 +555,38 @@ def test_acl_help_and_argument_errors(admin) -> None:
         admin.execute_command("ACL", "HELP", "x")
     with pytest.raises(redis.ResponseError, match="unknown subcommand or wrong number"):
         admin.execute_command("ACL", "CAT", "a", "b")
+
+
+def test_rules_may_name_debug_and_readonly_which_always_refuse(server, admin) -> None:
+    admin.execute_command("ACL", "SETUSER", "dbg", "reset", "+@all", "-debug", "+debug|digest",
+                          "+readonly")
+    assert b"-debug +debug|digest" in _getuser(server, "dbg")["commands"]
+    assert admin.execute_command("ACL", "DRYRUN", "dbg", "EVAL_RO", "", "0") == "OK"
+    admin.execute_command("ACL", "SETUSER", "ro", "on", "nopass", "+readonly")
+    assert admin.execute_command("ACL", "DRYRUN", "ro", "EVAL_RO", "", "0") == (
+        "This user has no permissions to run the 'eval_ro' command")
+    with pytest.raises(redis.ResponseError, match="DEBUG is not supported"):
+        admin.execute_command("DEBUG", "DIGEST")
+    with pytest.raises(redis.ResponseError, match="cluster support disabled"):
+        admin.execute_command("READONLY")
+    with pytest.raises(redis.ResponseError, match="Unknown command or category"):
+        admin.execute_command("ACL", "SETUSER", "dbg", "+get|key1|key2")
+
+
+def test_denial_queued_in_multi_is_logged_with_multi_context(server, admin) -> None:
+    admin.execute_command("ACL", "SETUSER", "tx", "on", ">pw", "+multi", "+exec", "~*")
+    u = _as(server, "tx", "pw")
+    admin.acl_log_reset()
+    pipe = u.pipeline(transaction=True)
+    pipe.execute_command("INCR", "foo")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        pipe.execute()
+    entry = admin.acl_log()[0]
+    assert (entry["context"], entry["object"], entry["reason"]) == ("multi", "incr", "command")
+    u.close()
+
+
+def test_acl_load_without_aclfile_uses_redis_words(admin) -> None:
+    with pytest.raises(redis.ResponseError,
+                       match="^This Redis instance is not configured to use an ACL file"):
+        admin.acl_load()

@@ -271,7 +271,9 @@ class Selector:
         elif "|" in name:
             base, _, arg = name.partition("|")
             if "|" in arg:
-                raise AclRuleError("Allowing first-arg of a subcommand is not supported")
+                if f"{base}|{arg.partition('|')[0]}" in index.units:
+                    raise AclRuleError("Allowing first-arg of a subcommand is not supported")
+                raise AclRuleError("Unknown command or category name in ACL")
             units = {name} if name in index.units else None
             if units is None and base in index.by_command and len(index.by_command[base]) == 1:
                 # Redis 7's (deprecated) first-arg rule of a command without subcommands

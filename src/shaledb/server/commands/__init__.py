@@ -45,6 +45,7 @@ def build_table() -> dict[bytes, Command]:
         streams,
         strings,
         transactions,
+        unsupported,
         zsets,
     )
 
@@ -53,7 +54,8 @@ def build_table() -> dict[bytes, Command]:
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
-                   sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY):
+                   sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY,
+                   unsupported.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

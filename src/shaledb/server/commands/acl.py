@@ -59,8 +59,10 @@ GENPASS_MAX_BITS = 4096
 
 
 def _no_aclfile() -> CommandError:
-    return CommandError("This ShaleDB server is not configured to use an ACL file. Set "
-                        "aclfile in the config file (or --aclfile) to save and load users.")
+    # Redis' words first (clients match them), then how to configure one here.
+    return CommandError("This Redis instance is not configured to use an ACL file. Set "
+                        "aclfile in ShaleDB's config file (or --aclfile) to save and load "
+                        "users.")
 
 
 @FAMILY.command("acl", -2, "noscript loading stale", _ADMIN, subcommands=_SUBCOMMANDS)

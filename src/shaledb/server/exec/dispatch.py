@@ -293,7 +293,9 @@ class Dispatcher:
             if not client.authenticated:
                 error = AuthRequiredError("Authentication required.")
             elif not client.user.unrestricted:
-                error = self.services.acl.check(client, cmd, argv, "toplevel")
+                # Redis logs a denial queued inside MULTI with the multi context.
+                error = self.services.acl.check(
+                    client, cmd, argv, "toplevel" if client.multi is None else "multi")
         if (client.subscribed and error is None and client.resp == 2 and cmd is not None
                 and cmd.name not in SUBSCRIBED_OK):
             error = subscribed_mode_error(cmd.name)
