@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..net.protocol import Status
+from . import keyspecs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,10 @@ class CommandSpec:
 
     def info(self) -> list[Any]:
         """This command's ``COMMAND INFO`` entry."""
-        return [self.name, self.arity, {Status(f.encode()) for f in sorted(self.flags)},
+        flags = set(self.flags)
+        if self.key_finder is not None or keyspecs.movablekeys(self.name):
+            flags.add("movablekeys")  # the keys depend on the arguments (Redis' flag)
+        return [self.name, self.arity, {Status(f.encode()) for f in sorted(flags)},
                 self.first_key, self.last_key, self.step,
                 {Status(b"@" + c.encode()) for c in self.categories}, [], [], []]
 
