@@ -34,6 +34,7 @@ def build_table() -> dict[bytes, Command]:
         hashes,
         hyperloglog,
         keys,
+        latency,
         lists,
         observability,
         pubsub,
@@ -55,7 +56,7 @@ def build_table() -> dict[bytes, Command]:
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
                    sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY,
-                   unsupported.FAMILY):
+                   unsupported.FAMILY, latency.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -355,6 +355,10 @@ class Dispatcher:
         if 0 <= slower <= nanos // 1000 and "skip-slowlog" not in cmd.flags:
             self.services.slowlog.add(argv, nanos // 1000, client.addr, client.name,
                                     self.services.config.slowlog_max_len)
+        threshold = self.services.config.latency_monitor_threshold
+        if 0 < threshold <= nanos // 1_000_000:
+            self.stats.latency.add("fast-command" if "fast" in cmd.flags else "command",
+                                   nanos // 1_000_000)
 
     def _queue(self, client: ClientState, cmd: Command, argv: list[bytes]) -> Any:
         assert client.multi is not None
