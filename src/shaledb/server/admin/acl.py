@@ -775,9 +775,13 @@ class Acl:
                 name = sub
         found = keyspecs.keys_and_flags(name, argv, cmd.arity) or []
         out = [(i, keyspecs.needed(flags)) for i, flags in found]
-        seen = {argv[i] for i, _ in out}
+        # Counted, not a set: a key named twice by our table but once by the specs has its
+        # second use unaccounted for, so it needs both bits too.
+        covered = collections.Counter(argv[i] for i, _ in out)
         for key in cmd.keys(argv):
-            if key not in seen:
+            if covered[key] > 0:
+                covered[key] -= 1
+            else:
                 out.append((argv.index(key, 1), KEY_ALL))
         return out
 
