@@ -590,3 +590,18 @@ def test_acl_load_without_aclfile_uses_redis_words(admin) -> None:
     with pytest.raises(redis.ResponseError,
                        match="^This Redis instance is not configured to use an ACL file"):
         admin.acl_load()
+
+
+def test_memory_subcommand_rules_and_stats(server, admin) -> None:
+    admin.execute_command("ACL", "SETUSER", "mem", "on", ">pw", "+memory|doctor")
+    assert _getuser(server, "mem")["commands"] == b"-@all +memory|doctor"
+    admin.execute_command("ACL", "SETUSER", "mem", "+memory")  # engulfs the subcommand
+    assert _getuser(server, "mem")["commands"] == b"-@all +memory"
+    admin.execute_command("ACL", "SETUSER", "mem", "+@all", "-memory|doctor")
+    u = _as(server, "mem", "pw")
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'memory|doctor' command"):
+        u.execute_command("MEMORY", "DOCTOR")
+    stats = u.execute_command("MEMORY", "STATS")
+    assert stats["total.allocated"] > 0  # redis-py makes the flat pairs a dict
+    assert "Resident memory" in admin.execute_command("MEMORY", "DOCTOR")
+    u.close()
