@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..errors import CommandError, NoPermissionError
-from ..exec import keyspecs
 from ..glob import PatternError, compile_glob
 from ..net.ratelimit import TokenBuckets
+from . import keyspecs
 
 if TYPE_CHECKING:
     from ..exec.command import CommandSpec

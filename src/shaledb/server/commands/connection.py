@@ -8,9 +8,9 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from ..admin import keyspecs
 from ..admin.info import REDIS_VERSION
 from ..errors import AuthRequiredError, CommandError
-from ..exec import keyspecs
 from ..glob import PatternError, compile_glob
 from ..keyspace.keyspace import DATABASES
 from ..net.protocol import OK, PONG, Status, Verbatim
@@ -454,6 +454,15 @@ def _keys_and_flags(cmd: Command, argv: list[bytes]) -> list[tuple[int, frozense
     return [(argv.index(k, 1), keyspecs.WORST) for k in keys]
 
 
+def _info(cmd: Command) -> list[Any]:
+    """COMMAND INFO's entry, with Redis' ``movablekeys`` flag where the keys depend on the
+    arguments (Redis 7's key specs say so, or our table finds them by a function)."""
+    info = cmd.info()
+    if cmd.key_finder is not None or keyspecs.movablekeys(cmd.name):
+        info[2] = info[2] | {Status(b"movablekeys")}
+    return info
+
+
 def _command_list(ctx: Context, argv: list[bytes]) -> list[bytes]:
     """COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN pattern]: every
     command and subcommand (``name|sub``) name."""
@@ -482,7 +491,7 @@ def command_(ctx: Context, argv: list[bytes]) -> Any:
     """COMMAND [COUNT | LIST | INFO name... | DOCS [name...] | GETKEYS command [arg ...]]"""
     table = ctx.services.dispatcher.table
     if len(argv) == 1:
-        return [c.info() for c in table.values()]
+        return [_info(c) for c in table.values()]
     sub = argv[1].lower()
     if sub == b"count" and len(argv) == 2:
         return len(table)
@@ -493,7 +502,7 @@ def command_(ctx: Context, argv: list[bytes]) -> Any:
         out: list[Any] = []
         for name in names:
             cmd = table.get(name.lower())
-            out.append(None if cmd is None else cmd.info())
+            out.append(None if cmd is None else _info(cmd))
         return out
     if sub == b"getkeys" and len(argv) >= 3:
         cmd = table.get(argv[2].lower())

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..net.protocol import Status
-from . import keyspecs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +55,7 @@ class CommandSpec:
 
     def info(self) -> list[Any]:
         """This command's ``COMMAND INFO`` entry."""
-        flags = set(self.flags)
-        if self.key_finder is not None or keyspecs.movablekeys(self.name):
-            flags.add("movablekeys")  # the keys depend on the arguments (Redis' flag)
-        return [self.name, self.arity, {Status(f.encode()) for f in sorted(flags)},
+        return [self.name, self.arity, {Status(f.encode()) for f in sorted(self.flags)},
                 self.first_key, self.last_key, self.step,
                 {Status(b"@" + c.encode()) for c in self.categories}, [], [], []]
 
