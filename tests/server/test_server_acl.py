@@ -605,3 +605,24 @@ def test_memory_subcommand_rules_and_stats(server, admin) -> None:
     assert stats["total.allocated"] > 0  # redis-py makes the flat pairs a dict
     assert "Resident memory" in admin.execute_command("MEMORY", "DOCTOR")
     u.close()
+
+
+def test_migrate_and_cluster_exist_by_name_only(server, admin) -> None:
+    admin.set("rw", "v")
+    with pytest.raises(redis.ResponseError, match="MIGRATE is not supported"):
+        admin.execute_command("MIGRATE", "127.0.0.1", "1", "rw", "0", "500")
+    assert admin.get("rw") == "v"  # nothing moved, nothing deleted
+    with pytest.raises(redis.ResponseError, match="cluster support disabled"):
+        admin.execute_command("CLUSTER", "INFO")
+    admin.execute_command("ACL", "SETUSER", "mig", "+@all", "%R~read*", "%RW~rw*")
+    dry = ["ACL", "DRYRUN", "mig", "MIGRATE", "h", "p"]
+    assert admin.execute_command(*dry, "rw", "0", "500") == "OK"
+    assert admin.execute_command(*dry, "read", "0", "500") == (
+        "This user has no permissions to access the 'read' key")  # MIGRATE deletes it
+    assert admin.execute_command(*dry, "", "0", "5000", "AUTH2", "KEYS", "123", "KEYS",
+                                 "read") == (
+        "This user has no permissions to access the 'read' key")
+    raw = RawClient(server.port)
+    assert b"movablekeys" in raw("COMMAND", "INFO", "migrate")[0][2]
+    assert b"cluster|help" in raw("COMMAND", "LIST", "FILTERBY", "PATTERN", "cl*help")
+    raw.close()
