@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from ..errors import CommandError, NoPermissionError
 from ..glob import PatternError, compile_glob
 from ..net.ratelimit import TokenBuckets
+from . import keyspecs
 
 if TYPE_CHECKING:
     from ..exec.command import CommandSpec
@@ -127,88 +128,60 @@ class CommandIndex:
         return cmd.name
 
 
-@dataclasses.dataclass
-class User:
-    """One ACL user. New users are off, have no password, no keys and no commands."""
+#: Key permission bits of a key pattern: ``%R~`` read, ``%W~`` write, ``~`` (or ``%RW~``) both.
+KEY_READ: Final = keyspecs.READ
+KEY_WRITE: Final = keyspecs.WRITE
+KEY_ALL: Final = KEY_READ | KEY_WRITE
 
-    name: bytes
-    enabled: bool = False
-    nopass: bool = False
-    passwords: list[bytes] = dataclasses.field(default_factory=list, repr=False)
+_ALLKEYS_AFTER = ("Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid "
+                  "and does not have any effect. Try 'resetkeys' to start with an empty list "
+                  "of patterns")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Selector:
+    """One set of permissions: commands, key patterns (each with read/write bits) and
+    channel patterns. A user has a root selector (its own fields) and any number of extra
+    ``(...)`` selectors; a command runs when one selector allows the command *and* all its
+    keys *and* all its channels (Redis 7: selectors are not additive)."""
+
     allowed: set[str] = dataclasses.field(default_factory=set, repr=False)
     command_rules: list[str] = dataclasses.field(default_factory=lambda: ["-@all"])
     allkeys: bool = False
-    key_patterns: list[bytes] = dataclasses.field(default_factory=list)
+    #: (pattern, KEY_READ | KEY_WRITE bits), in the order first given.
+    key_patterns: list[tuple[bytes, int]] = dataclasses.field(default_factory=list)
     allchannels: bool = False
     channel_patterns: list[bytes] = dataclasses.field(default_factory=list)
-    #: Every command on every key: the dispatcher skips the checks (kept by _refresh).
-    unrestricted: bool = dataclasses.field(default=False, repr=False)
     _key_matchers: list[Callable[[bytes], bool]] = dataclasses.field(
         default_factory=list, repr=False)
     _channel_matchers: list[Callable[[bytes], bool]] = dataclasses.field(
         default_factory=list, repr=False)
 
-    def copy(self) -> User:
-        """An independent copy to apply changes to."""
-        return dataclasses.replace(
-            self, passwords=list(self.passwords), allowed=set(self.allowed),
-            command_rules=list(self.command_rules), key_patterns=list(self.key_patterns),
-            channel_patterns=list(self.channel_patterns),
+    def copy_selector(self) -> Selector:
+        """An independent copy of this selector's permissions."""
+        return Selector(
+            allowed=set(self.allowed), command_rules=list(self.command_rules),
+            allkeys=self.allkeys, key_patterns=list(self.key_patterns),
+            allchannels=self.allchannels, channel_patterns=list(self.channel_patterns),
             _key_matchers=list(self._key_matchers),
             _channel_matchers=list(self._channel_matchers))
 
-    # -- rules -----------------------------------------------------------------------------
-    def apply(self, rule: bytes, index: CommandIndex) -> None:
-        """Apply one ACL rule (``on``, ``>pass``, ``+@read``, ``~key:*``, ...)."""
+    def apply_selector_rule(self, rule: bytes, index: CommandIndex) -> bool:
+        """Apply a permission rule (commands, keys, channels); False when ``rule`` is not
+        one (the caller decides whether it is a user rule or a syntax error)."""
         low = rule.lower()
         head = rule[:1]
-        if low == b"on":
-            self.enabled = True
-        elif low == b"off":
-            self.enabled = False
-        elif low == b"nopass":
-            self.nopass = True
-            self.passwords.clear()
-        elif low == b"resetpass":
-            self.nopass = False
-            self.passwords.clear()
-        elif head == b">":
-            self._add_password(hash_password(rule[1:]))
-        elif head == b"#":
-            self._add_password(_parse_hash(rule[1:]))
-        elif head in (b"<", b"!"):
-            digest = hash_password(rule[1:]) if head == b"<" else _parse_hash(rule[1:])
-            if digest not in self.passwords:
-                raise AclRuleError(
-                    "The password you are trying to remove from the user does not exist")
-            self.passwords.remove(digest)
-        elif low == b"allkeys" or rule == b"~*":
-            self.allkeys = True
-            self.key_patterns = [b"*"]
-            self._key_matchers = []
+        if low == b"allkeys":
+            self._set_allkeys()
         elif low == b"resetkeys":
             self.allkeys = False
             self.key_patterns = []
             self._key_matchers = []
-        elif head == b"~":
-            _check_token(rule[1:], "A key pattern")
-            if self.allkeys:
-                raise AclRuleError(
-                    "Adding a pattern after the * pattern (or the 'allkeys' flag) is not "
-                    "valid and does not have any effect. Try 'resetkeys' to start with an "
-                    "empty list of patterns")
-            if rule[1:] not in self.key_patterns:
-                # Bounded like KEYS patterns: each key a user touches is matched against
-                # them on the event loop (an unbounded 64 KiB pattern cost 3.4 s a match).
-                try:
-                    matcher = compile_glob(rule[1:], bounded=True)
-                except PatternError as exc:
-                    raise AclRuleError(f"A key pattern is {exc}") from None
-                self.key_patterns.append(rule[1:])
-                self._key_matchers.append(matcher)
+        elif head in (b"~", b"%"):
+            self._key_rule(rule)
         elif low == b"allchannels" or rule == b"&*":
             self.allchannels = True
-            self.channel_patterns = [b"*"]
+            self.channel_patterns = []
             self._channel_matchers = []
         elif low == b"resetchannels":
             self.allchannels = False
@@ -238,11 +211,228 @@ class User:
             self.command_rules = ["-@all"]
         elif head in (b"+", b"-") and len(rule) > 1:
             self._command_rule(low.decode("latin-1"), index)
+        else:
+            return False
+        return True
+
+    def _set_allkeys(self) -> None:
+        self.allkeys = True
+        self.key_patterns = []
+        self._key_matchers = []
+
+    def _key_rule(self, rule: bytes) -> None:
+        # As Redis' ACLSetSelector: ``~pat`` is read+write; ``%R~``, ``%W~``, ``%RW~`` name
+        # the bits (each at most once); anything else before the ``~`` is a syntax error.
+        if rule[:1] == b"~":
+            bits, pattern = KEY_ALL, rule[1:]
+        else:
+            bits, offset = 0, 1
+            while offset < len(rule):
+                c = rule[offset:offset + 1].upper()
+                if c == b"R" and not bits & KEY_READ:
+                    bits |= KEY_READ
+                elif c == b"W" and not bits & KEY_WRITE:
+                    bits |= KEY_WRITE
+                elif c == b"~":
+                    offset += 1
+                    break
+                else:
+                    raise AclRuleError("Syntax error")
+                offset += 1
+            else:
+                raise AclRuleError("Syntax error")
+            if not bits or rule[offset - 1:offset] != b"~":
+                raise AclRuleError("Syntax error")
+            pattern = rule[offset:]
+        if self.allkeys:
+            raise AclRuleError(_ALLKEYS_AFTER)
+        _check_token(pattern, "A key pattern")
+        if pattern == b"*" and bits == KEY_ALL:
+            self._set_allkeys()
+            return
+        for i, (existing, old) in enumerate(self.key_patterns):
+            if existing == pattern:
+                self.key_patterns[i] = (pattern, old | bits)
+                return
+        # Bounded like KEYS patterns: each key a user touches is matched against them on
+        # the event loop (an unbounded 64 KiB pattern cost 3.4 s a match).
+        try:
+            matcher = compile_glob(pattern, bounded=True)
+        except PatternError as exc:
+            raise AclRuleError(f"A key pattern is {exc}") from None
+        self.key_patterns.append((pattern, bits))
+        self._key_matchers.append(matcher)
+
+    def _command_rule(self, rule: str, index: CommandIndex) -> None:
+        add = rule[0] == "+"
+        name = rule[1:]
+        if name.startswith("@"):
+            units = index.by_category.get(name[1:])
+        elif "|" in name:
+            base, _, arg = name.partition("|")
+            if "|" in arg:
+                if f"{base}|{arg.partition('|')[0]}" in index.units:
+                    raise AclRuleError("Allowing first-arg of a subcommand is not supported")
+                raise AclRuleError("Unknown command or category name in ACL")
+            units = {name} if name in index.units else None
+            if units is None and base in index.by_command and len(index.by_command[base]) == 1:
+                # Redis 7's (deprecated) first-arg rule of a command without subcommands
+                # (+select|0): only granting, as Redis.
+                if not add or not arg:
+                    raise AclRuleError("Syntax error")
+                units = {name}
+        else:
+            units = index.by_command.get(name)
+        if units is None:
+            raise AclRuleError("Unknown command or category name in ACL")
+        before = set(self.allowed)
+        if add:
+            self.allowed |= units
+        else:
+            self.allowed -= units
+            # Removing a command removes its first-arg grants too.
+            gone = {u for u in units if "|" not in u}
+            self.allowed -= {u for u in self.allowed if u.partition("|")[0] in gone
+                             and u not in index.units}
+        if self.allowed == before:
+            return  # changes nothing: not kept, so GETUSER shows what matters (as Redis)
+        if "|" not in name and not name.startswith("@"):
+            # A whole-command rule makes earlier rules on its subcommands moot.
+            self.command_rules = [r for r in self.command_rules
+                                  if r[1:].partition("|")[0] != name or "|" not in r]
+        self.command_rules.append(rule)
+
+    # -- checks ----------------------------------------------------------------------------
+    def allows_key(self, key: bytes, bits: int) -> bool:
+        """Whether a pattern with (at least) permission ``bits`` matches ``key``; a key the
+        command only tests for existence (``bits`` 0) needs any pattern."""
+        if self.allkeys:
+            return True
+        return any((have & bits) == bits and match(key)
+                   for (_, have), match in zip(self.key_patterns, self._key_matchers,
+                                                   strict=True))
+
+    def allows_all_keys(self, bits: int) -> bool:
+        """Whether every key is allowed with ``bits`` (``allkeys``, or a ``*`` pattern with
+        those bits, as Redis' ACLSelectorHasUnrestrictedKeyAccess)."""
+        return self.allkeys or any(p == b"*" and (have & bits) == bits
+                                   for p, have in self.key_patterns)
+
+    def allows_channel(self, channel: bytes, pattern: bool = False) -> bool:
+        """Whether this selector allows ``channel`` (PUBLISH, SUBSCRIBE: a ``&`` pattern
+        matches it) or, ``pattern``, subscribing to it as a pattern (PSUBSCRIBE: it must be
+        one of the ``&`` patterns, literally, as in Redis 7)."""
+        if self.allchannels:
+            return True
+        if pattern:
+            return channel in self.channel_patterns
+        return any(match(channel) for match in self._channel_matchers)
+
+    # -- description -----------------------------------------------------------------------
+    def keys_text(self) -> str:
+        """The key patterns as Redis writes them (``%R~a %W~b ~c``; ``~*`` for allkeys)."""
+        return b" ".join(self._key_words()).decode("latin-1")
+
+    def _key_words(self) -> list[bytes]:
+        if self.allkeys:
+            return [b"~*"]
+        prefix = {KEY_ALL: b"~", KEY_READ: b"%R~", KEY_WRITE: b"%W~"}
+        return [prefix[bits] + p for p, bits in self.key_patterns]
+
+    def channels_text(self) -> str:
+        """The channel patterns as Redis writes them (``&a &b``; empty when none)."""
+        if self.allchannels:
+            return "&*"
+        return " ".join("&" + p.decode("latin-1") for p in self.channel_patterns)
+
+    def describe_words(self) -> list[bytes]:
+        """The selector as rules that rebuild it (keys, channels, commands)."""
+        words = self._key_words()
+        if self.allchannels:
+            words.append(b"&*")
+        else:
+            # resetchannels first, as Redis: replayed under any acl-pubsub-default it gives
+            # exactly these channels.
+            words.append(b"resetchannels")
+            words += [b"&" + p for p in self.channel_patterns]
+        return words + [r.encode("latin-1") for r in self.command_rules]
+
+    def reply(self) -> dict[str, bytes]:
+        """The selector as ``ACL GETUSER`` shows it."""
+        return {"commands": " ".join(self.command_rules).encode(),
+                "keys": self.keys_text().encode("latin-1"),
+                "channels": self.channels_text().encode("latin-1")}
+
+
+@dataclasses.dataclass
+class User(Selector):
+    """One ACL user: its login (on/off, passwords) and its permissions, the root selector
+    (the inherited fields) and the extra ``(...)`` selectors. New users are off, have no
+    password, no keys and no commands."""
+
+    name: bytes
+    enabled: bool = False
+    nopass: bool = False
+    passwords: list[bytes] = dataclasses.field(default_factory=list, repr=False)
+    selectors: list[Selector] = dataclasses.field(default_factory=list)
+    #: Every command on every key: the dispatcher skips the checks (kept by _refresh).
+    unrestricted: bool = dataclasses.field(default=False, repr=False)
+
+    def copy(self) -> User:
+        """An independent copy to apply changes to."""
+        root = self.copy_selector()
+        return User(self.name, enabled=self.enabled, nopass=self.nopass,
+                    passwords=list(self.passwords),
+                    selectors=[s.copy_selector() for s in self.selectors],
+                    unrestricted=self.unrestricted,
+                    **{f.name: getattr(root, f.name) for f in dataclasses.fields(Selector)})
+
+    def all_selectors(self) -> list[Selector]:
+        """The root selector first, then the extra ones (the order checks report in)."""
+        return [self, *self.selectors]
+
+    # -- rules -----------------------------------------------------------------------------
+    def apply(self, rule: bytes, index: CommandIndex,
+              new_selector_channels: bytes = b"resetchannels") -> None:
+        """Apply one ACL rule (``on``, ``>pass``, ``+@read``, ``%R~key:*``, ``(~k +get)``)."""
+        low = rule.lower()
+        head = rule[:1]
+        if low == b"on":
+            self.enabled = True
+        elif low == b"off":
+            self.enabled = False
+        elif low == b"nopass":
+            self.nopass = True
+            self.passwords.clear()
+        elif low == b"resetpass":
+            self.nopass = False
+            self.passwords.clear()
+        elif head == b">":
+            self._add_password(hash_password(rule[1:]))
+        elif head == b"#":
+            self._add_password(_parse_hash(rule[1:]))
+        elif head in (b"<", b"!"):
+            digest = hash_password(rule[1:]) if head == b"<" else _parse_hash(rule[1:])
+            if digest not in self.passwords:
+                raise AclRuleError(
+                    "The password you are trying to remove from the user does not exist")
+            self.passwords.remove(digest)
+        elif low == b"clearselectors":
+            self.selectors = []
+        elif head == b"(" and rule[-1:] == b")":
+            selector = Selector()
+            selector.apply_selector_rule(new_selector_channels, index)
+            for word in rule[1:-1].split():
+                if not selector.apply_selector_rule(word, index):
+                    raise AclRuleError("Syntax error")
+            self.selectors.append(selector)
         elif low == b"reset":
             fresh = User(self.name)
             for field in dataclasses.fields(User):
                 setattr(self, field.name, getattr(fresh, field.name))
-        else:
+            fresh.apply_selector_rule(new_selector_channels, index)
+            self.allchannels = fresh.allchannels
+        elif not self.apply_selector_rule(rule, index):
             raise AclRuleError("Syntax error")
         self._refresh(index)
 
@@ -251,25 +441,10 @@ class User:
         if digest not in self.passwords:
             self.passwords.append(digest)
 
-    def _command_rule(self, rule: str, index: CommandIndex) -> None:
-        add = rule[0] == "+"
-        name = rule[1:]
-        if name.startswith("@"):
-            units = index.by_category.get(name[1:])
-        elif "|" in name:
-            units = {name} if name in index.units else None
-        else:
-            units = index.by_command.get(name)
-        if units is None:
-            raise AclRuleError("Unknown command or category name in ACL")
-        if add:
-            self.allowed |= units
-        else:
-            self.allowed -= units
-        self.command_rules.append(rule)
-
     def _refresh(self, index: CommandIndex) -> None:
-        self.unrestricted = self.allkeys and self.allchannels and self.allowed >= index.units
+        # One selector allowing everything lets every command through.
+        self.unrestricted = any(s.allkeys and s.allchannels and s.allowed >= index.units
+                                for s in self.all_selectors())
 
     # -- checks ----------------------------------------------------------------------------
     def check_password(self, digest: bytes) -> bool:
@@ -279,44 +454,29 @@ class User:
             ok = hmac.compare_digest(stored, digest) or ok  # no early exit
         return ok and self.enabled
 
-    def key_allowed(self, key: bytes) -> bool:
-        """Whether one of the user's key patterns matches ``key``."""
-        return self.allkeys or any(match(key) for match in self._key_matchers)
+    def command_allowed(self, unit: str) -> bool:
+        """Whether one of the user's selectors allows the command unit (keys unchecked)."""
+        return any(unit in s.allowed for s in self.all_selectors())
 
     def channel_allowed(self, channel: bytes, pattern: bool = False) -> bool:
-        """Whether the user may use ``channel`` (PUBLISH, SUBSCRIBE: one of its ``&``
-        patterns matches it) or, ``pattern``, subscribe to the pattern ``channel``
-        (PSUBSCRIBE: it must be one of its ``&`` patterns, literally, as in Redis 7)."""
-        if self.allchannels:
-            return True
-        if pattern:
-            return channel in self.channel_patterns
-        return any(match(channel) for match in self._channel_matchers)
+        """Whether one of the user's selectors allows ``channel`` (see
+        :meth:`Selector.allows_channel`)."""
+        return any(s.allows_channel(channel, pattern) for s in self.all_selectors())
 
     # -- description -----------------------------------------------------------------------
     def flags(self) -> list[str]:
         """``ACL GETUSER``'s flags."""
         return ["on" if self.enabled else "off"] + (["nopass"] if self.nopass else [])
 
-    def keys_text(self) -> str:
-        """The key patterns as Redis writes them (``~a ~b``)."""
-        return " ".join("~" + p.decode("latin-1") for p in self.key_patterns)
-
-    def channels_text(self) -> str:
-        """The channel patterns as Redis writes them (``&a &b``; empty when none)."""
-        if not self.channel_patterns:
-            return ""
-        return " ".join("&" + p.decode("latin-1") for p in self.channel_patterns)
-
     def describe(self) -> bytes:
-        """The user as one ``ACL LIST`` / ACL file line; passwords appear as hashes."""
+        """The user as one ``ACL LIST`` / ACL file line; passwords appear as hashes, extra
+        selectors in parentheses after the root's rules."""
         parts = [b"user", self.name, b"on" if self.enabled else b"off"]
         if self.nopass:
             parts.append(b"nopass")
         parts += [b"#" + d.hex().encode() for d in self.passwords]
-        parts += [b"~" + p for p in self.key_patterns] or [b"resetkeys"]
-        parts += [b"&" + p for p in self.channel_patterns] or [b"resetchannels"]
-        parts += [r.encode("latin-1") for r in self.command_rules]
+        parts += self.describe_words()
+        parts += [b"(" + b" ".join(s.describe_words()) + b")" for s in self.selectors]
         return b" ".join(parts)
 
 
@@ -328,10 +488,67 @@ def _parse_hash(text: bytes) -> bytes:
 
 
 def _rule_for_error(rule: bytes) -> str:
-    """The rule as an error may quote it: password rules are never echoed."""
+    """The rule as an error may quote it: password rules are never echoed (nor a selector
+    holding one, though a selector refuses them)."""
     if rule[:1] in (b">", b"<", b"#", b"!"):
         return rule[:1].decode() + "..."
+    if rule[:1] == b"(" and any(w[:1] in (b">", b"<", b"#", b"!")
+                                for w in rule.strip(b"()").split()):
+        return "(...)"
     return rule[:128].decode("utf-8", "replace")
+
+
+@dataclasses.dataclass(frozen=True)
+class Denial:
+    """Why a user may not run a command: ``code`` orders the kinds as Redis (1 command,
+    2 key, 4 channel), ``index`` is the argument denied."""
+
+    code: int
+    index: int
+    reason: str  # "command", "key" or "channel" (the ACL LOG reason)
+    object: bytes
+
+    def noperm(self) -> str:
+        """The NOPERM error text (Redis 7's)."""
+        if self.reason == "command":
+            return (f"this user has no permissions to run the "
+                    f"'{self.object.decode('latin-1')}' command")
+        if self.reason == "key":
+            return "this user has no permissions to access one of the keys used as arguments"
+        return "this user has no permissions to access one of the channels used as arguments"
+
+    def dryrun(self) -> str:
+        """The ACL DRYRUN answer (Redis 7's, naming the key or channel)."""
+        text = self.object.decode("utf-8", "replace")
+        if self.reason == "command":
+            return f"This user has no permissions to run the '{text}' command"
+        return f"This user has no permissions to access the '{text}' {self.reason}"
+
+
+def merge_selectors(args: list[bytes]) -> list[bytes]:
+    """Join the words of a ``(...)`` selector split over several arguments (``(~k`` ``+get)``
+    is one rule ``(~k +get)``), as Redis' ACLMergeSelectorArguments."""
+    out: list[bytes] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg[:1] == b"(" and arg[-1:] != b")":
+            j = i + 1
+            parts = [arg]
+            while j < len(args) and args[j][-1:] != b")":
+                parts.append(args[j])
+                j += 1
+            if j == len(args):
+                raise AclRuleError(
+                    f"Unmatched parenthesis in acl selector starting at "
+                    f"'{_rule_for_error(arg)}'.")
+            parts.append(args[j])
+            out.append(b" ".join(parts))
+            i = j + 1
+        else:
+            out.append(arg)
+            i += 1
+    return out
 
 
 @dataclasses.dataclass
@@ -411,9 +628,9 @@ class Acl:
         """``base`` with ``rules`` applied, as a new object; raise AclRuleError naming the
         failing rule (passwords never quoted)."""
         user = base.copy()
-        for rule in rules:
+        for rule in merge_selectors(list(rules)):
             try:
-                user.apply(rule, self.index)
+                user.apply(rule, self.index, self.pubsub_default)
             except AclRuleError as exc:
                 raise AclRuleError(
                     f"Error in ACL SETUSER modifier '{_rule_for_error(rule)}': {exc}") from None
@@ -428,7 +645,9 @@ class Acl:
 
     def set_user(self, name: bytes, rules: list[bytes]) -> User:
         """ACL SETUSER: create or change ``name``; all rules or none take effect."""
-        _check_token(name, "A user name")
+        if not name or any(c <= 32 or c == 127 for c in name):
+            # Stricter than Redis (spaces, NUL): the ACL file is one user per line.
+            raise AclRuleError("Usernames can't contain spaces or null characters")
         current = self.users.get(name)
         user = self.build_user(current or self.new_user(name), rules)
         if current is None:
@@ -513,28 +732,93 @@ class Acl:
         user = client.user
         if user.unrestricted:
             return None
+        denial = self.evaluate(user, cmd, argv)
+        if denial is None:
+            return None
+        self.record(denial.reason, context, denial.object, user.name, client)
+        return NoPermissionError(denial.noperm())
+
+    def evaluate(self, user: User, cmd: CommandSpec, argv: list[bytes]) -> Denial | None:
+        """Why ``user`` may not run ``argv`` (None: it may). One selector must allow the
+        command, every key with the access the command needs, and every channel; when
+        none does, the reported denial is Redis': the worst kind (command < key <
+        channel), then the one furthest in the arguments."""
         unit = self.index.unit(cmd, argv)
-        if unit not in user.allowed:
-            self.record("command", context, unit.encode(), user.name, client)
-            return NoPermissionError(
-                f"User {user.name.decode('utf-8', 'replace')} has no permissions to run "
-                f"the '{unit}' command")
-        if not user.allkeys:
+        keys: list[tuple[int, int]] | None = None
+        worst: Denial | None = None
+        first_arg = (f"{cmd.name}|{argv[1].lower().decode('latin-1')}"
+                     if not cmd.subcommands and len(argv) > 1 else None)
+        for selector in user.all_selectors():
+            if unit not in selector.allowed and (first_arg is None
+                                                 or first_arg not in selector.allowed):
+                denial = Denial(1, 0, "command", unit.encode())
+            else:
+                if keys is None and not selector.allkeys:
+                    keys = self.key_permissions(cmd, argv)
+                found = self._check_selector(selector, cmd, argv, keys or [])
+                if found is None:
+                    return None
+                denial = found
+            if worst is None or (denial.code, denial.index) > (worst.code, worst.index):
+                worst = denial
+        return worst
+
+    @staticmethod
+    def key_permissions(cmd: CommandSpec, argv: list[bytes]) -> list[tuple[int, int]]:
+        """(argument index, KEY_READ | KEY_WRITE bits needed) of every key of ``argv``:
+        Redis' key specs; any key the command table names beyond them (and every key of a
+        command Redis does not have) needs both read and write."""
+        name = cmd.name
+        if len(argv) > 1:
+            sub = f"{cmd.name}|{argv[1].lower().decode('latin-1')}"
+            if keyspecs.known(sub):
+                name = sub
+        found = keyspecs.keys_and_flags(name, argv, cmd.arity) or []
+        out = [(i, keyspecs.needed(flags)) for i, flags in found]
+        # Counted, not a set: a key named twice by our table but once by the specs has its
+        # second use unaccounted for, so it needs both bits too.
+        covered = collections.Counter(argv[i] for i, _ in out)
+        for key in cmd.keys(argv):
+            if covered[key] > 0:
+                covered[key] -= 1
+            else:
+                out.append((argv.index(key, 1), KEY_ALL))
+        return out
+
+    @staticmethod
+    def _check_selector(selector: Selector, cmd: CommandSpec, argv: list[bytes],
+                        keys: list[tuple[int, int]]) -> Denial | None:
+        if not selector.allkeys:
             if cmd.name in NEEDS_ALL_KEYS:
-                self.record("key", context, cmd.name.encode(), user.name, client)
-                return NoPermissionError("No permissions to access a key")
-            for key in cmd.keys(argv):
-                if not user.key_allowed(key):
-                    self.record("key", context, key, user.name, client)
-                    return NoPermissionError("No permissions to access a key")
-        if not user.allchannels and cmd.name in CHANNEL_ARGS:
+                return Denial(2, 0, "key", cmd.name.encode())
+            for i, bits in keys:
+                if not selector.allows_key(argv[i], bits):
+                    return Denial(2, i, "key", argv[i])
+        if not selector.allchannels and cmd.name in CHANNEL_ARGS:
             first, last, pattern = CHANNEL_ARGS[cmd.name]
-            for channel in argv[first:len(argv) if last < 0 else last + 1]:
-                if not user.channel_allowed(channel, pattern):
-                    self.record("channel", context, channel, user.name, client)
-                    return NoPermissionError("this user has no permissions to access one of "
-                                             "the channels used as arguments")
+            stop = len(argv) if last < 0 else min(last + 1, len(argv))
+            for i in range(first, stop):
+                if not selector.allows_channel(argv[i], pattern):
+                    return Denial(4, i, "channel", argv[i])
         return None
+
+    def full_key_access(self, user: User, cmd: CommandSpec, argv: list[bytes],
+                        bits: int) -> bool:
+        """Whether a selector that allows ``argv`` also allows every key with ``bits``
+        (SORT BY/GET read keys it cannot name in advance: Redis'
+        ACLUserCheckCmdWithUnrestrictedKeyAccess)."""
+        if user.unrestricted:
+            return True
+        unit = self.index.unit(cmd, argv)
+        keys: list[tuple[int, int]] | None = None
+        for selector in user.all_selectors():
+            if unit not in selector.allowed or not selector.allows_all_keys(bits):
+                continue
+            if keys is None and not selector.allkeys:
+                keys = self.key_permissions(cmd, argv)
+            if self._check_selector(selector, cmd, argv, keys or []) is None:
+                return True
+        return False
 
     def record(self, reason: str, context: str, obj: bytes, username: bytes,
                client: AclClient) -> None:
@@ -578,8 +862,14 @@ __all__ = [
     "AclRuleError",
     "AuthRateLimiter",
     "CommandIndex",
+    "Denial",
+    "KEY_ALL",
+    "KEY_READ",
+    "KEY_WRITE",
     "LogEntry",
+    "Selector",
     "User",
     "client_info",
     "hash_password",
+    "merge_selectors",
 ]

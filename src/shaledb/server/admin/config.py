@@ -175,6 +175,9 @@ class ServerConfig:
     slowlog_log_slower_than: int = 10_000
     #: Most slow-log entries kept (the oldest are dropped); each is at most ~5 KiB.
     slowlog_max_len: int = 128
+    #: Commands that take at least this many milliseconds are latency events (LATENCY
+    #: LATEST / HISTORY); 0, the default as in Redis, records none.
+    latency_monitor_threshold: int = 0
     #: Redis' encoding thresholds (hash-max-listpack-entries and -value, set-max-intset-
     #: entries, zset-max-listpack-entries and -value, list-max-listpack-size,
     #: list-compress-depth and their ziplist aliases): accepted and shown by CONFIG so that
@@ -418,6 +421,13 @@ class ServerConfig:
             raise InvalidArgument(
                 f"server setting slowlog_max_len must be an integer >= 0 and <= 100000, "
                 f"got {self.slowlog_max_len!r}")
+        if (not isinstance(self.latency_monitor_threshold, int)
+                or isinstance(self.latency_monitor_threshold, bool)
+                or self.latency_monitor_threshold < 0):
+            raise InvalidArgument(
+                f"server setting latency_monitor_threshold must be an integer >= 0 "
+                f"(milliseconds; 0 disables the latency monitor), got "
+                f"{self.latency_monitor_threshold!r}")
         if not isinstance(self.metrics_host, str) or not self.metrics_host:
             raise InvalidArgument("server setting metrics_host must be a non-empty string")
         if self.metrics_port is not None and (

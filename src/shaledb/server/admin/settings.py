@@ -457,6 +457,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             _rate_limits),
     Setting("slowlog-log-slower-than", "slowlog_log_slower_than", integer(-1)),
     Setting("slowlog-max-len", "slowlog_max_len", integer(0, 100_000)),
+    Setting("latency-monitor-threshold", "latency_monitor_threshold", integer(0)),
     Setting("scrub-interval", "scrub_interval", number, _scrub_interval),
     Setting("scrub-rate", "scrub_rate", memory(0)),  # read before every read of a pass
     # Immutable, as Redis 7 protects dir: a client that could point it anywhere could make

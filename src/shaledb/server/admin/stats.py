@@ -21,6 +21,8 @@ import collections
 import time
 from typing import TYPE_CHECKING, Final
 
+from .latency import LatencyMonitor
+
 if TYPE_CHECKING:
     from ..exec.command import CommandSpec
 
@@ -102,6 +104,8 @@ class ServerStats:
         #: Cache of command -> its stats, for commands without subcommands.
         self._by_command: dict[str, CommandStats] = {}
         self._subs: dict[str, frozenset[str]] = {}
+        #: LATENCY LATEST/HISTORY's events (CONFIG RESETSTAT keeps them, as Redis).
+        self.latency = LatencyMonitor()
 
     def unit(self, cmd: CommandSpec, argv: list[bytes]) -> CommandStats:
         """The statistics of the unit ``argv`` runs as (created on first use)."""

@@ -34,6 +34,7 @@ def build_table() -> dict[bytes, Command]:
         hashes,
         hyperloglog,
         keys,
+        latency,
         lists,
         observability,
         pubsub,
@@ -45,6 +46,7 @@ def build_table() -> dict[bytes, Command]:
         streams,
         strings,
         transactions,
+        unsupported,
         zsets,
     )
 
@@ -53,7 +55,8 @@ def build_table() -> dict[bytes, Command]:
                    ranges.FAMILY, acl.FAMILY, databases.FAMILY, observability.FAMILY,
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
-                   sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY):
+                   sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY,
+                   unsupported.FAMILY, latency.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

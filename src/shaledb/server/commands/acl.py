@@ -1,4 +1,5 @@
-"""ACL: SETUSER GETUSER DELUSER LIST USERS WHOAMI CAT LOG SAVE LOAD GENPASS (Redis 7)."""
+"""ACL: SETUSER GETUSER DELUSER LIST USERS WHOAMI CAT LOG SAVE LOAD GENPASS DRYRUN HELP
+(Redis 7)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from ..admin.acl import CATEGORIES, DEFAULT_USER, AclRuleError
 from ..errors import CommandError
-from ..net.protocol import OK, SetReply
+from ..net.protocol import OK, SetReply, Status
 from . import CommandFamily, Context, parse_int, wrong_arity
 from .pubsub import kill_unpermitted
 
@@ -17,15 +18,51 @@ _ADMIN = "admin slow dangerous"
 _SUBCOMMANDS = {
     "cat": "slow", "deluser": _ADMIN, "genpass": "slow", "getuser": _ADMIN, "list": _ADMIN,
     "load": _ADMIN, "log": _ADMIN, "save": _ADMIN, "setuser": _ADMIN, "users": _ADMIN,
-    "whoami": "slow",
+    "whoami": "slow", "dryrun": _ADMIN, "help": "slow",
 }
+#: Subcommands Redis gives a minimum arity: too many arguments is a syntax error, not an
+#: arity error (as Redis' replies differ).
+_VARIADIC = frozenset((b"cat", b"genpass", b"log"))
+ACL_HELP = (
+    "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "CAT [<category>]",
+    "    List all commands that belong to <category>, or all command categories",
+    "    when no category is specified.",
+    "DELUSER <username> [<username> ...]",
+    "    Delete a list of users.",
+    "DRYRUN <username> <command> [<arg> ...]",
+    "    Returns whether the user can execute the given command without executing the command.",
+    "GETUSER <username>",
+    "    Get the user's details.",
+    "GENPASS [<bits>]",
+    "    Generate a secure 256-bit user password. The optional `bits` argument can",
+    "    be used to specify a different size.",
+    "LIST",
+    "    Show users details in config file format.",
+    "LOAD",
+    "    Reload users from the ACL file.",
+    "LOG [<count> | RESET]",
+    "    Show the ACL log entries.",
+    "SAVE",
+    "    Save the current config to the ACL file.",
+    "SETUSER <username> <attribute> [<attribute> ...]",
+    "    Create or modify a user with the specified attributes.",
+    "USERS",
+    "    List all the registered usernames.",
+    "WHOAMI",
+    "    Return the current connection username.",
+    "HELP",
+    "    Print this help.",
+)
 #: Most bits ACL GENPASS hands out at once.
 GENPASS_MAX_BITS = 4096
 
 
 def _no_aclfile() -> CommandError:
-    return CommandError("This ShaleDB server is not configured to use an ACL file. Set "
-                        "aclfile in the config file (or --aclfile) to save and load users.")
+    # Redis' words first (clients match them), then how to configure one here.
+    return CommandError("This Redis instance is not configured to use an ACL file. Set "
+                        "aclfile in ShaleDB's config file (or --aclfile) to save and load "
+                        "users.")
 
 
 @FAMILY.command("acl", -2, "noscript loading stale", _ADMIN, subcommands=_SUBCOMMANDS)
@@ -50,11 +87,13 @@ def acl(ctx: Context, argv: list[bytes]) -> Any:
         return {
             "flags": SetReply(f.encode() for f in user.flags()),  # as Redis 7 sends them
             "passwords": [d.hex().encode() for d in user.passwords],
-            "commands": " ".join(user.command_rules).encode(),
-            "keys": user.keys_text().encode("latin-1"),
-            "channels": user.channels_text().encode("latin-1"),
-            "selectors": [],
+            **user.reply(),
+            "selectors": [s.reply() for s in user.selectors],
         }
+    if sub == b"dryrun" and n >= 4:
+        return _dryrun(ctx, argv)
+    if sub == b"help" and n == 2:
+        return [Status(line.encode()) for line in ACL_HELP]
     if sub == b"deluser" and n >= 3:
         if DEFAULT_USER in argv[2:]:
             raise CommandError("The 'default' user cannot be removed")
@@ -107,7 +146,26 @@ def acl(ctx: Context, argv: list[bytes]) -> Any:
             raise CommandError(f"ACL GENPASS argument must be the number of bits for the "
                                f"output password, a positive number up to {GENPASS_MAX_BITS}")
         return secrets.token_hex((bits + 7) // 8)[:(bits + 3) // 4].encode()
-    if sub.decode("latin-1") in _SUBCOMMANDS:
+    if sub.decode("latin-1") in _SUBCOMMANDS and sub not in _VARIADIC:
         raise wrong_arity("acl|" + sub.decode("latin-1"))
+    if sub in _VARIADIC:
+        raise CommandError(f"unknown subcommand or wrong number of arguments for "
+                           f"'{argv[1][:128].decode('utf-8', 'replace')}'. Try ACL HELP.")
     raise CommandError(f"unknown subcommand '{argv[1][:128].decode('utf-8', 'replace')}'. "
                        "Try ACL HELP.")
+
+
+def _dryrun(ctx: Context, argv: list[bytes]) -> Any:
+    """ACL DRYRUN user command [arg ...]: OK, or why the user may not run it (a bulk
+    string, as Redis), without running it or writing the ACL log."""
+    user = ctx.services.acl.users.get(argv[2])
+    if user is None:
+        raise CommandError(f"User '{argv[2][:128].decode('utf-8', 'replace')}' not found")
+    cmd = ctx.services.dispatcher.table.get(argv[3].lower())
+    if cmd is None:
+        raise CommandError(f"Command '{argv[3][:128].decode('utf-8', 'replace')}' not found")
+    call = argv[3:]
+    if not cmd.arity_ok(len(call)):
+        raise wrong_arity(ctx.services.acl.index.unit(cmd, call))
+    denial = ctx.services.acl.evaluate(user, cmd, call)
+    return OK if denial is None else denial.dryrun().encode()

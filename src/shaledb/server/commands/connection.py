@@ -8,11 +8,13 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from ..admin import keyspecs
 from ..admin.info import REDIS_VERSION
 from ..errors import AuthRequiredError, CommandError
+from ..glob import PatternError, compile_glob
 from ..keyspace.keyspace import DATABASES
 from ..net.protocol import OK, PONG, Status, Verbatim
-from . import SYNTAX, CommandFamily, Context, parse_int, wrong_arity
+from . import SYNTAX, Command, CommandFamily, Context, parse_int, wrong_arity
 
 if TYPE_CHECKING:
     from ..exec.client import ClientState
@@ -431,23 +433,76 @@ def client_(ctx: Context, argv: list[bytes]) -> Any:
                        "Try CLIENT HELP.")
 
 
+#: Commands whose keys may be none (Redis' no_mandatory_keys): COMMAND GETKEYS answers [].
+_NO_MANDATORY_KEYS: Final = frozenset(
+    ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"))
+#: Key spec flags in Redis' order (COMMAND GETKEYSANDFLAGS lists them so).
+_FLAG_ORDER: Final = ("RO", "RW", "OW", "RM", "access", "update", "insert", "delete",
+                      "not_key", "incomplete", "variable_flags")
+
+
+def _keys_and_flags(cmd: Command, argv: list[bytes]) -> list[tuple[int, frozenset[str]]]:
+    """The key positions of ``argv`` with Redis 7's key spec flags (our own key positions,
+    flagged read+write, for a command Redis does not have)."""
+    name = cmd.name
+    if len(argv) > 1 and keyspecs.known(f"{name}|{argv[1].lower().decode('latin-1')}"):
+        name = f"{name}|{argv[1].lower().decode('latin-1')}"
+    found = keyspecs.keys_and_flags(name, argv, cmd.arity)
+    if found is not None:
+        return found
+    keys = cmd.keys(argv)
+    return [(argv.index(k, 1), keyspecs.WORST) for k in keys]
+
+
+def _info(cmd: Command) -> list[Any]:
+    """COMMAND INFO's entry, with Redis' ``movablekeys`` flag where the keys depend on the
+    arguments (Redis 7's key specs say so, or our table finds them by a function)."""
+    info = cmd.info()
+    if cmd.key_finder is not None or keyspecs.movablekeys(cmd.name):
+        info[2] = info[2] | {Status(b"movablekeys")}
+    return info
+
+
+def _command_list(ctx: Context, argv: list[bytes]) -> list[bytes]:
+    """COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN pattern]: every
+    command and subcommand (``name|sub``) name."""
+    units = sorted(ctx.services.acl.index.units)
+    if len(argv) == 2:
+        return [u.encode() for u in units]
+    if len(argv) != 5 or argv[2].lower() != b"filterby":
+        raise CommandError(SYNTAX)
+    kind, arg = argv[3].lower(), argv[4]
+    if kind == b"module":
+        return []  # no modules
+    if kind == b"aclcat":
+        members = ctx.services.acl.index.by_category.get(arg.lower().decode("latin-1"), set())
+        return [u.encode() for u in units if u in members]
+    if kind == b"pattern":
+        try:
+            match = compile_glob(arg.lower(), bounded=True)
+        except PatternError as exc:
+            raise CommandError(str(exc)) from None
+        return [u.encode() for u in units if match(u.encode())]
+    raise CommandError(SYNTAX)
+
+
 @command("command", -1, "loading stale", "slow connection")
 def command_(ctx: Context, argv: list[bytes]) -> Any:
     """COMMAND [COUNT | LIST | INFO name... | DOCS [name...] | GETKEYS command [arg ...]]"""
     table = ctx.services.dispatcher.table
     if len(argv) == 1:
-        return [c.info() for c in table.values()]
+        return [_info(c) for c in table.values()]
     sub = argv[1].lower()
     if sub == b"count" and len(argv) == 2:
         return len(table)
-    if sub == b"list" and len(argv) == 2:
-        return [name for name in table]
+    if sub == b"list":
+        return _command_list(ctx, argv)
     if sub == b"info":
         names = argv[2:] or list(table)
         out: list[Any] = []
         for name in names:
             cmd = table.get(name.lower())
-            out.append(None if cmd is None else cmd.info())
+            out.append(None if cmd is None else _info(cmd))
         return out
     if sub == b"getkeys" and len(argv) >= 3:
         cmd = table.get(argv[2].lower())
@@ -455,10 +510,25 @@ def command_(ctx: Context, argv: list[bytes]) -> Any:
             raise CommandError("Invalid command specified")
         if not cmd.arity_ok(len(argv) - 2):
             raise CommandError("Invalid number of arguments specified for command")
-        keys = cmd.keys(argv[2:])
-        if not keys:
+        found = _keys_and_flags(cmd, argv[2:])
+        if not found:
+            if cmd.name in _NO_MANDATORY_KEYS:
+                return []
             raise CommandError("The command has no key arguments")
-        return keys
+        return [argv[2 + i] for i, _ in found]
+    if sub == b"getkeysandflags" and len(argv) >= 3:
+        cmd = table.get(argv[2].lower())
+        if cmd is None:
+            raise CommandError("Invalid command specified")
+        if not cmd.arity_ok(len(argv) - 2):
+            raise CommandError("Invalid number of arguments specified for command")
+        found = _keys_and_flags(cmd, argv[2:])
+        if not found:
+            if cmd.name in _NO_MANDATORY_KEYS:
+                return []
+            raise CommandError("The command has no key arguments")
+        return [[argv[2 + i], [Status(f.encode()) for f in sorted(flags, key=_FLAG_ORDER.index)]]
+                for i, flags in found]
     if sub == b"docs":
         names = [n.lower() for n in argv[2:]] or list(table)
         return {name: {} for name in names if name in table}

@@ -17,6 +17,7 @@ import asyncio
 from time import perf_counter
 from typing import Any, Final
 
+from ..admin.info import human_bytes, peak_rss_bytes, rss_bytes
 from ..errors import CommandError
 from ..exec.deferred import Deferred
 from ..glob import compile_glob, literal_prefix
@@ -441,6 +442,20 @@ def object_(ctx: Context, argv: list[bytes]) -> Any:
     return b"quicklist" if e.coll.kind == TAG_LIST else b"hashtable"
 
 
+def _memory_report(ctx: Context, stats: bool) -> Any:
+    # MEMORY STATS / DOCTOR: the process's resident memory (a Python process has no
+    # allocator totals; INFO memory says the same) and the Lua scripts' share.
+    rss = rss_bytes()
+    peak = max(peak_rss_bytes(), rss)
+    scripts = ctx.services.scripts
+    if stats:
+        return {"peak.allocated": peak, "total.allocated": rss,
+                "lua.caches": scripts.cache_bytes, "lua.memory": scripts.memory_used()}
+    return (f"Resident memory {human_bytes(rss)} (peak {human_bytes(peak)}); ShaleDB keeps its "
+            "data on disk, so memory grows with the memtable, the block cache and the "
+            "clients' buffers: see INFO memory and INFO clients.\n").encode()
+
+
 #: What MEMORY USAGE adds per key and per member: the header and the engine's per-entry
 #: cost, roughly (an estimate, as Redis' own is).
 _KEY_OVERHEAD: Final = 64
@@ -448,7 +463,8 @@ _MEMBER_OVERHEAD: Final = 32
 
 
 @command("memory", -2, "readonly", "read slow", (2, 2, 1),
-         subcommands={"usage": "read slow", "help": "slow"})
+         subcommands={"usage": "read slow", "help": "slow", "doctor": "slow",
+                      "stats": "slow"})
 def memory(ctx: Context, argv: list[bytes]) -> Any:
     """MEMORY USAGE key [SAMPLES count] -> an estimate of the bytes the key takes on disk
     before compression (a hash or set: the header plus its size times the mean size of up
@@ -457,8 +473,12 @@ def memory(ctx: Context, argv: list[bytes]) -> Any:
     if sub == b"help" and len(argv) == 2:
         return [b"MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 b"USAGE <key> [SAMPLES <count>]",
-                b"    Return memory in bytes used by <key> and its value.", b"HELP",
+                b"    Return memory in bytes used by <key> and its value.",
+                b"STATS", b"    Return information about the memory usage of the server.",
+                b"DOCTOR", b"    Return memory problems reports.", b"HELP",
                 b"    Print this help."]
+    if sub in (b"stats", b"doctor") and len(argv) == 2:
+        return _memory_report(ctx, sub == b"stats")
     if sub != b"usage" or len(argv) not in (3, 5):
         raise CommandError(f"unknown subcommand or wrong number of arguments for "
                            f"'{argv[1].decode('utf-8', 'replace')}'. Try MEMORY HELP.")

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, Final
 
+from ..admin.acl import KEY_READ
 from ..errors import CommandError
 from ..keyspace import notify as ev
 from ..keyspace.keyspace import Entry, KeyspaceTxn
@@ -118,13 +119,13 @@ def _sort(ctx: Context, argv: list[bytes], readonly: bool) -> Any:
             sortby = argv[j + 1]
             # A pattern with no '*' names one key for every element: no sorting.
             dontsort = b"*" not in sortby
-            if not dontsort and not ctx.client.user.allkeys:
+            if not dontsort and not _reads_any_key(ctx, argv):
                 # The keys it reads are unknown before it runs: Redis 7 asks for all keys.
                 raise CommandError("BY option of SORT denied due to insufficient ACL "
                                    "permissions.")
             j += 1
         elif opt == b"GET" and more >= 1:
-            if not ctx.client.user.allkeys:
+            if not _reads_any_key(ctx, argv):
                 raise CommandError("GET option of SORT denied due to insufficient ACL "
                                    "permissions.")
             gets.append(argv[j + 1])
@@ -237,6 +238,15 @@ def _ordered(ctx: Context, elements: list[bytes], sortby: bytes | None, alpha: b
         scored.append((score, el))
     scored.sort(reverse=desc)
     return [el for _, el in scored]
+
+
+def _reads_any_key(ctx: Context, argv: list[bytes]) -> bool:
+    # BY and GET read keys named by the data: Redis 7 asks for read access to every key in
+    # a selector that allows this SORT.
+    services = ctx.services
+    table = services.dispatcher.table
+    cmd = table[argv[0].lower()]
+    return services.acl.full_key_access(ctx.client.user, cmd, argv, KEY_READ)
 
 
 def _sort_keys(argv: list[bytes]) -> list[bytes]:

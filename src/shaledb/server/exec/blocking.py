@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -55,7 +56,7 @@ Attempt = Callable[[KeyspaceTxn, bytes], Any]
 class Waiter:
     """One blocked client."""
 
-    __slots__ = ("client", "db", "keys", "attempt", "future", "timer", "timeout_reply")
+    __slots__ = ("client", "db", "keys", "attempt", "future", "timer", "timeout_reply", "argv")
 
     def __init__(self, client: ClientState, db: int, keys: list[bytes], attempt: Attempt,
                  future: asyncio.Future[Any], timeout_reply: Any) -> None:
@@ -66,6 +67,8 @@ class Waiter:
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
         self.timeout_reply = timeout_reply
+        #: The blocked command as the client sent it (the slow log names it when served).
+        self.argv: list[bytes] = []
 
     def __repr__(self) -> str:
         return f"<Waiter client={self.client.id} db={self.db} keys={len(self.keys)}>"
@@ -82,6 +85,15 @@ class BlockingQueue:
         #: Clients served, timed out (for INFO and tests).
         self.served = 0
         self.timeouts = 0
+        #: Called with each served waiter and how long its attempt ran (ns): the dispatcher
+        #: logs the original command in the slow log then, as Redis does on unblocking.
+        self.on_served: Callable[[Waiter, int], None] | None = None
+
+    def name_command(self, client: ClientState, argv: list[bytes]) -> None:
+        """Remember the command ``client`` is blocked in (for :attr:`on_served`)."""
+        w = self._by_client.get(client.id)
+        if w is not None:
+            w.argv = argv
 
     def __len__(self) -> int:
         """Blocked clients."""
@@ -181,6 +193,7 @@ class BlockingQueue:
             while q:
                 w = q[0]
                 mark = txn.mark()
+                start = time.perf_counter_ns()
                 try:
                     reply = w.attempt(txn, k[1])
                 except CommandError as exc:
@@ -198,6 +211,8 @@ class BlockingQueue:
                 self._remove(w)
                 self.served += 1
                 served.append((w, reply))
+                if self.on_served is not None:
+                    self.on_served(w, time.perf_counter_ns() - start)
         return served
 
     @staticmethod

@@ -37,7 +37,7 @@ from ..admin.stats import ServerStats
 from ..errors import AuthRequiredError, CommandError, wrong_arity
 from ..keyspace.keyspace import Keyspace
 from ..net.protocol import QUEUED
-from .blocking import BlockingQueue
+from .blocking import BlockingQueue, Waiter
 from .client import ClientState
 from .context import Command, Context, Services
 from .deferred import Deferred
@@ -275,6 +275,7 @@ class Dispatcher:
         self.table = table
         self.stats = services.command_stats
         self.pubsub = services.pubsub
+        services.blocking.on_served = self._served
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
@@ -293,7 +294,9 @@ class Dispatcher:
             if not client.authenticated:
                 error = AuthRequiredError("Authentication required.")
             elif not client.user.unrestricted:
-                error = self.services.acl.check(client, cmd, argv, "toplevel")
+                # Redis logs a denial queued inside MULTI with the multi context.
+                error = self.services.acl.check(
+                    client, cmd, argv, "toplevel" if client.multi is None else "multi")
         if (client.subscribed and error is None and client.resp == 2 and cmd is not None
                 and cmd.name not in SUBSCRIBED_OK):
             error = subscribed_mode_error(cmd.name)
@@ -340,6 +343,8 @@ class Dispatcher:
             txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
         self._account(client, cmd, argv, perf_counter_ns() - start, reply)
+        if type(reply) is Deferred and reply.blocking:
+            self.services.blocking.name_command(client, argv)
         if self.pubsub.monitors and "admin" not in cmd.categories:
             self.pubsub.feed_monitors(client, client.db, argv)
         # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
@@ -358,9 +363,24 @@ class Dispatcher:
         self.stats.record(cmd, argv, nanos,
                           reply.prefix if isinstance(reply, CommandError) else None)
         slower = self.services.config.slowlog_log_slower_than
-        if 0 <= slower <= nanos // 1000 and "skip-slowlog" not in cmd.flags:
+        # A command that blocked is logged when it is served (_served), as Redis.
+        blocked = type(reply) is Deferred and reply.blocking
+        if 0 <= slower <= nanos // 1000 and "skip-slowlog" not in cmd.flags and not blocked:
             self.services.slowlog.add(argv, nanos // 1000, client.addr, client.name,
                                     self.services.config.slowlog_max_len)
+        threshold = self.services.config.latency_monitor_threshold
+        if 0 < threshold <= nanos // 1_000_000:
+            self.stats.latency.add("fast-command" if "fast" in cmd.flags else "command",
+                                   nanos // 1_000_000)
+
+    def _served(self, waiter: Waiter, nanos: int) -> None:
+        """A blocked command was served: the slow log names it as sent (BLPOP, not the LPOP
+        it became), with the time its serving took."""
+        slower = self.services.config.slowlog_log_slower_than
+        if waiter.argv and 0 <= slower <= nanos // 1000:
+            client = waiter.client
+            self.services.slowlog.add(waiter.argv, nanos // 1000, client.addr, client.name,
+                                      self.services.config.slowlog_max_len)
 
     def _queue(self, client: ClientState, cmd: Command, argv: list[bytes]) -> Any:
         assert client.multi is not None

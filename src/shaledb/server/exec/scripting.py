@@ -572,12 +572,8 @@ class ScriptEngine:
         client = call.ctx.client
         if client.user.unrestricted:
             return (True,)
-        acl = call.ctx.services.acl
-        unit = acl.index.unit(cmd, argv)
-        if unit not in client.user.allowed:
-            return (False,)
-        return (client.user.allkeys or all(client.user.key_allowed(k)
-                                           for k in cmd.keys(argv)),)
+        # The same rules as running it: one selector must allow the command and its keys.
+        return (call.ctx.services.acl.evaluate(client.user, cmd, argv) is None,)
 
     def _redis_call_raise(self, *args: Any) -> Any:
         """redis.call: the reply, or raise its error (a Lua error in the script)."""

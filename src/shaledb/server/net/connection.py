@@ -132,7 +132,8 @@ def may_reconfigure(client: ClientState, argv: list[bytes]) -> bool:
     if argv[0].lower() != b"config" or not client.authenticated or len(argv) < 2:
         return False
     user = client.user
-    return user.unrestricted or "config|" + argv[1].lower().decode("latin-1") in user.allowed
+    return user.unrestricted or user.command_allowed(
+        "config|" + argv[1].lower().decode("latin-1"))
 
 
 def reply_size(reply: Any) -> int:
