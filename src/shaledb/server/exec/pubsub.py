@@ -27,13 +27,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from ..admin.slowlog import redact  # one list of secrets for SLOWLOG and MONITOR
 from ..glob import compile_glob
 from ..keyspace import notify
 from ..net.protocol import Push, Status
 from .client import ClientState
 
 #: What replaces a secret in a MONITOR line (Redis' shared.redacted).
-REDACTED: Final = b"(redacted)"
 
 _Subscribers = dict[int, ClientState]
 
@@ -182,36 +182,6 @@ def _deliver(client: ClientState, frame: object) -> int:
     return 1 if push(frame) else 0
 
 
-def redact(argv: list[bytes]) -> list[bytes]:
-    """``argv`` with its secrets replaced, as Redis' redactClientCommandArgument: every
-    argument of AUTH, the AUTH pair of HELLO, ACL SETUSER's user and rules, the value of
-    CONFIG SET requirepass / masterauth."""
-    name = argv[0].lower()
-    if name == b"auth":
-        return argv[:1] + [REDACTED] * (len(argv) - 1)
-    if name == b"hello":
-        out = list(argv)
-        i = 2
-        while i < len(out):
-            if out[i].lower() == b"auth" and i + 2 < len(out):
-                out[i + 1] = out[i + 2] = REDACTED
-                i += 3
-            elif out[i].lower() == b"setname":
-                i += 2
-            else:
-                i += 1
-        return out
-    if name == b"acl" and len(argv) > 2 and argv[1].lower() == b"setuser":
-        return argv[:2] + [REDACTED] * (len(argv) - 2)
-    if name == b"config" and len(argv) > 2 and argv[1].lower() == b"set":
-        out = list(argv)
-        for i in range(2, len(out) - 1, 2):
-            if out[i].lower() in (b"requirepass", b"masterauth"):
-                out[i + 1] = REDACTED
-        return out
-    return argv
-
-
 _PLAIN: Final = re.compile(rb'[ !#-\[\]-~]*')
 _ESCAPES: Final = {ord("\\"): b"\\\\", ord('"'): b'\\"', ord("\n"): b"\\n",
                    ord("\r"): b"\\r", ord("\t"): b"\\t", 7: b"\\a", 8: b"\\b"}
@@ -235,4 +205,4 @@ def quote(arg: bytes) -> bytes:
     return bytes(out)
 
 
-__all__ = ["REDACTED", "PubSub", "quote", "redact"]
+__all__ = ["PubSub", "quote", "redact"]
