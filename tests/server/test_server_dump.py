@@ -214,3 +214,47 @@ def test_type_rename_copy_move_on_every_type(r: redis.Redis) -> None:
         r.execute_command("SELECT", 0)
     assert r.pfcount("hll") == 1 and r.getbit("bits", 9) == 1
     assert r.object("encoding", "list") == b"quicklist"
+
+
+def _lzf_run_of(size: int) -> bytes:
+    """LZF for ``size`` bytes of b"x": one literal, then back-references of distance 1."""
+    comp = bytearray(b"\x00x")
+    produced = 1
+    while produced < size:
+        run = min(264, size - produced)
+        if run < 3:
+            comp += bytes([run - 1]) + b"x" * run
+        elif run - 2 >= 7:
+            comp += bytes([7 << 5, run - 2 - 7, 0])
+        else:
+            comp += bytes([(run - 2) << 5, 0])
+        produced += run
+    return bytes(comp)
+
+
+def _lzf_list_payload(n: int, size: int) -> bytes:
+    from shaledb.server.keyspace.rdb import crc64
+
+    def length(v: int) -> bytes:
+        return b"\x80" + v.to_bytes(4, "big")
+
+    c = _lzf_run_of(size)
+    item = b"\xc3" + length(len(c)) + length(size) + c
+    body = b"\x01" + length(n) + item * n + (10).to_bytes(2, "little")
+    return body + crc64(body).to_bytes(8, "little")
+
+
+def test_restore_bounds_what_a_payload_expands_to_in_total(server_factory) -> None:
+    # Review: each LZF string was bounded by proto-max-bulk-len, the payload's total was not:
+    # a 1.1 MB payload restored a list of 3 x 33 MB strings (a 32 MB one could name 2.8 GB),
+    # decoded by a byte-at-a-time Python loop. Now the total is bounded by proto-max-bulk-len.
+    st = server_factory(proto_max_bulk_len=1 << 20)
+    r = st.client()
+    ok = _lzf_list_payload(3, 300_000)  # 900 KB in all: within the 1 MiB
+    assert r.restore("fits", 0, ok) == b"OK"
+    assert r.llen("fits") == 3 and r.lindex("fits", 2) == b"x" * 300_000
+    bomb = _lzf_list_payload(3, 600_000)  # each within the limit, 1.8 MB in all
+    assert len(bomb) < 25_000
+    with pytest.raises(redis.ResponseError, match="expands past proto-max-bulk-len"):
+        r.restore("bomb", 0, bomb)
+    assert r.exists("bomb") == 0

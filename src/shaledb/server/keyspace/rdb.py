@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
 
 from .streams import ID_MAX, StreamId, decode_id
@@ -309,15 +309,34 @@ def check(payload: bytes) -> bytes:
     return payload[:-10]
 
 
+#: What one element parsed out of a ziplist or listpack is charged against a payload's
+#: decoding budget (about what the element costs in memory as a Python object).
+ENTRY_COST: Final = 32
+
+
 class _Reader:
     __slots__ = ("data", "pos", "limit")
 
     def __init__(self, data: bytes, limit: int) -> None:
         self.data = data
         self.pos = 0
-        #: The largest string a length may name (the payload cannot hold more, but an LZF
-        #: string's stated length could otherwise claim any size).
+        #: What the payload may still expand to, in bytes (proto-max-bulk-len in all): the
+        #: payload cannot hold more than its length in plain strings, but LZF strings and
+        #: the elements packed in listpacks could otherwise expand a small payload without
+        #: bound (a 375 KB payload named a 33 MB string).
         self.limit = limit
+
+    def charge(self, n: int) -> None:
+        if n > self.limit:
+            raise PayloadError(f"Bad data format: the DUMP payload expands past "
+                               f"proto-max-bulk-len ({self.limit} bytes left of it)")
+        self.limit -= n
+
+    def entries(self, parse: Callable[[bytes, int], list[bytes]]) -> list[bytes]:
+        """The elements of a ziplist or listpack string, charged to the budget."""
+        out = parse(self.string(), self.limit // ENTRY_COST)
+        self.charge(len(out) * ENTRY_COST)
+        return out
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -363,8 +382,7 @@ class _Reader:
             return b"%d" % struct.unpack("<i", self.take(4))[0]
         if n == 3:
             clen, ulen = self.count(), self.count()
-            if ulen > self.limit:
-                raise PayloadError("Bad data format")
+            self.charge(ulen)
             return lzf_decompress(self.take(clen), ulen)
         raise PayloadError("Bad data format")
 
@@ -396,8 +414,11 @@ def lzf_decompress(data: bytes, size: int) -> bytes:
             run += 2
             if ref < 0:
                 raise PayloadError("Bad data format")
-            for k in range(run):  # may overlap what it writes
-                out.append(out[ref + k])
+            dist = len(out) - ref
+            if run <= dist:
+                out += out[ref:ref + run]
+            else:  # overlaps what it writes: the last ``dist`` bytes, repeated
+                out += (out[ref:] * (run // dist + 1))[:run]
         if len(out) > size:
             raise PayloadError("Bad data format")
     if len(out) != size:
@@ -416,7 +437,7 @@ def _intset(blob: bytes) -> list[bytes]:
     return [b"%d" % v for (v,) in struct.iter_unpack(fmt, blob[8:])]
 
 
-def _ziplist(blob: bytes) -> list[bytes]:
+def _ziplist(blob: bytes, cap: int) -> list[bytes]:
     """The entries of a ziplist (Redis' ziplist.c)."""
     if len(blob) < 11 or blob[-1] != 0xFF:
         raise PayloadError("Bad data format")
@@ -452,10 +473,16 @@ def _ziplist(blob: bytes) -> list[bytes]:
                 if i > end:
                     raise PayloadError("Bad data format")
                 out.append(b"%d" % v)
+                if len(out) > cap:
+                    raise PayloadError("Bad data format: the DUMP payload expands past "
+                                       "proto-max-bulk-len")
                 continue
             if i + n > end:
                 raise PayloadError("Bad data format")
             out.append(blob[i:i + n])
+            if len(out) > cap:
+                raise PayloadError("Bad data format: the DUMP payload expands past "
+                                   "proto-max-bulk-len")
             i += n
     except IndexError:
         raise PayloadError("Bad data format") from None
@@ -464,7 +491,7 @@ def _ziplist(blob: bytes) -> list[bytes]:
     return out
 
 
-def _listpack(blob: bytes) -> list[bytes]:
+def _listpack(blob: bytes, cap: int) -> list[bytes]:
     """The entries of a listpack (Redis' listpack.c)."""
     if len(blob) < 7 or blob[-1] != 0xFF or int.from_bytes(blob[:4], "little") != len(blob):
         raise PayloadError("Bad data format")
@@ -500,6 +527,9 @@ def _listpack(blob: bytes) -> list[bytes]:
             if i > end:
                 raise PayloadError("Bad data format")
             out.append(value)
+            if len(out) > cap:
+                raise PayloadError("Bad data format: the DUMP payload expands past "
+                                   "proto-max-bulk-len")
     except IndexError:
         raise PayloadError("Bad data format") from None
     if i != end:
@@ -525,15 +555,15 @@ def decode(obj: bytes, limit: int) -> Value:
     elif tag == T_SET_INTSET:
         value = Value("set", _intset(r.string()))
     elif tag == T_LIST_ZIPLIST:
-        value = Value("list", _ziplist(r.string()))
+        value = Value("list", r.entries(_ziplist))
     elif tag == T_HASH_ZIPLIST:
-        value = Value("hash", _even(_ziplist(r.string())))
+        value = Value("hash", _even(r.entries(_ziplist)))
     elif tag == T_HASH_LISTPACK:
-        value = Value("hash", _even(_listpack(r.string())))
+        value = Value("hash", _even(r.entries(_listpack)))
     elif tag == T_LIST_QUICKLIST:
         items = []
         for _ in range(_bounded(r.count(), r)):
-            items += _ziplist(r.string())
+            items += r.entries(_ziplist)
         value = Value("list", items)
     elif tag == T_LIST_QUICKLIST_2:
         items = []
@@ -542,7 +572,7 @@ def decode(obj: bytes, limit: int) -> Value:
             if container == 1:
                 items.append(r.string())
             elif container == 2:
-                items += _listpack(r.string())
+                items += r.entries(_listpack)
             else:
                 raise PayloadError("Bad data format")
         value = Value("list", items)
@@ -589,7 +619,7 @@ def _zset(r: _Reader, tag: int) -> Value:
             scores.append(math.nan if n == 253 else math.inf if n == 254
                           else -math.inf if n == 255 else _score(r.take(n)))
     else:
-        items = _even((_ziplist if tag == T_ZSET_ZIPLIST else _listpack)(r.string()))
+        items = _even(r.entries(_ziplist if tag == T_ZSET_ZIPLIST else _listpack))
         members = items[::2]
         scores = [_score(t) for t in items[1::2]]
     if any(math.isnan(x) for x in scores) or len(set(members)) != len(members):
@@ -670,7 +700,7 @@ def _stream(r: _Reader, v2: bool) -> StreamValue:
         key = r.string()
         if len(key) != 16:
             raise PayloadError("Bad data format")
-        _stream_node(decode_id(key), _listpack(r.string()), entries)
+        _stream_node(decode_id(key), r.entries(_listpack), entries)
     length = r.count()
     last = _stream_id(r)
     if v2:
