@@ -445,3 +445,20 @@ def test_scripts_read_streams_but_never_block_on_them(server_factory) -> None:
             r.eval(script, 1, "s")
     with pytest.raises(redis.ResponseError, match="not allowed from script"):
         r.eval("return redis.call('blpop','l',0)", 1, "l")
+
+
+def test_cjson_encode_output_is_bounded(server_factory) -> None:
+    # Review: cjson.encode ran outside the Lua memory limit, byte by byte in Python: one 4 MB
+    # string referenced 50 times took 12.7 s and 190 MB before Lua refused the result, and
+    # SCRIPT KILL could not stop it. The encoder now refuses past JSON_MAX_OUTPUT, at once.
+    from shaledb.server.exec.lualib import JSON_MAX_OUTPUT
+
+    r = server_factory().client()
+    script = ("local s = string.rep('x', 4000000) local t = {} "
+              "for i = 1, 50 do t[i] = s end return #cjson.encode(t)")
+    assert JSON_MAX_OUTPUT < 50 * 4_000_000
+    with pytest.raises(redis.ResponseError, match="encoded text would exceed"):
+        r.eval(script, 0)
+    assert r.eval("return cjson.encode({a='x/\"y', b={1,2}})", 0) in (
+        b'{"a":"x\\/\\"y","b":[1,2]}', b'{"b":[1,2],"a":"x\\/\\"y"}')
+    assert r.ping() is True

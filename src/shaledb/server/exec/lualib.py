@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct as pystruct
 from collections.abc import Callable
 from typing import Any, Final
@@ -124,16 +125,18 @@ _JSON_ESCAPES.update({8: b"\\b", 9: b"\\t", 10: b"\\n", 12: b"\\f", 13: b"\\r",
                       34: b'\\"', 92: b"\\\\", 47: b"\\/"})
 
 
+#: The most cjson.encode writes (the text must fit in the Lua state anyway, whose default
+#: lua-max-memory is as much): the encoder runs outside the Lua memory limit, where a script
+#: could otherwise build hundreds of MB of Python objects out of one string referenced 50
+#: times, and SCRIPT KILL reaches it only when it returns.
+JSON_MAX_OUTPUT: Final = 64 * 1024 * 1024
+_JSON_SPECIAL: Final = re.compile(rb'[\x00-\x1f"\\/]')
+
+
 def _json_string(data: bytes, out: list[bytes]) -> None:
     out.append(b'"')
-    start = 0
-    for i, byte in enumerate(data):
-        esc = _JSON_ESCAPES.get(byte)
-        if esc is not None:
-            out.append(data[start:i])
-            out.append(esc)
-            start = i + 1
-    out.append(data[start:])
+    # The bytes between escapes are found and copied by the regex engine, not byte by byte.
+    out.append(_JSON_SPECIAL.sub(lambda m: _JSON_ESCAPES[m.group()[0]], data))
     out.append(b'"')
 
 
@@ -157,10 +160,16 @@ def json_encode(value: Any, null: Any, max_depth: Any = MAX_DEPTH,
     infinities allowed)."""
     out: list[bytes] = []
     limit = min(int(max_depth), MAX_DEPTH) if isinstance(max_depth, (int, float)) else MAX_DEPTH
+    used = 0
 
     def enc(v: Any, depth: int) -> None:
+        nonlocal used
         if depth > limit:
             raise ValueError(f"Cannot serialise, excessive nesting ({depth})")
+        used += len(v) + 2 if isinstance(v, bytes) else 8
+        if used > JSON_MAX_OUTPUT:
+            raise ValueError(f"not enough memory: the encoded text would exceed "
+                             f"{JSON_MAX_OUTPUT} bytes")
         if v is None:
             out.append(b"null")
         elif v is True:
