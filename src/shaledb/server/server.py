@@ -372,6 +372,12 @@ class Server:
                 if self._own_db:
                     db.close()
                 raise
+        # LASTSAVE and INFO start from the newest backup: read before any client is served
+        # (a client connecting at once was answered the start time under load).
+        newest = None
+        if repository is not None:
+            newest = await loop.run_in_executor(self._executor, _newest_backup, repository)
+        self.backups.start(newest)
         self.accepting = True
         # The listeners were bound without listening: a client connecting while the TLS
         # port or the metrics endpoint was still being set up would have been accepted and
@@ -384,10 +390,6 @@ class Server:
             run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
         self._tasks.append(loop.create_task(self._sample_ops()))
         self.scrubber.start()
-        newest = None
-        if repository is not None:
-            newest = await loop.run_in_executor(self._executor, _newest_backup, repository)
-        self.backups.start(newest)
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
                  "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
                  self.tls_port, self.metrics_port, cfg.appendfsync)
