@@ -120,6 +120,11 @@ def run_child(spec: dict[str, Any], log_path: Path, timeout: float) -> dict[str,
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONHASHSEED", "0")
+    # Each ShaleDB column runs the build it names (compiled unless it is "shaledb-pure").
+    env.pop("SHALEDB_PURE_PYTHON", None)
+    store_cls = STORES.get(spec["store"])
+    if store_cls is not None and getattr(store_cls, "BUILD", "") == "pure":
+        env["SHALEDB_PURE_PYTHON"] = "1"
     cmd = [sys.executable, "-m", "bench.worker", str(spec_path)]
     t0 = time.perf_counter()
     with open(log_path, "w") as log:

@@ -128,11 +128,20 @@ class ShaleDBStore(Store):
     MODULES = ("shaledb",)
     SETTINGS = "defaults (memtable_size 32 MiB, block_cache_size 64 MiB, lz4)"
 
+    #: Which build this store must run (bench/runner.py sets SHALEDB_PURE_PYTHON for "pure").
+    BUILD = "compiled"
+
     @classmethod
     def version(cls) -> str:
         import shaledb
 
-        return str(shaledb.__version__)
+        return f"{shaledb.__version__} ({cls.build_name()})"
+
+    @classmethod
+    def build_name(cls) -> str:
+        import shaledb
+
+        return "compiled" if shaledb.build.info()["compiled"] else "pure Python"
 
     @classmethod
     def _fsync_interval(cls, cfg: dict[str, Any] | None) -> float | None:
@@ -191,6 +200,22 @@ class ShaleDBStore(Store):
     def l0_files(self) -> int | None:
         levels = self.db.stats().get("levels") or []
         return int(levels[0]["files"]) if levels else 0
+
+
+class ShaleDBPureStore(ShaleDBStore):
+    """The same ShaleDB, its pure-Python source (SHALEDB_PURE_PYTHON=1): the column next to
+    the compiled one, from the same run, is what mypyc buys (issue 14)."""
+
+    NAME = "shaledb-pure"
+    LABEL = "ShaleDB, pure Python"
+    BUILD = "pure"
+
+    def open(self, path: str, mode: str) -> None:
+        import shaledb
+
+        if shaledb.build.info()["compiled"]:
+            raise RuntimeError("shaledb-pure loaded the compiled build")
+        super().open(path, mode)
 
 
 class ShaleDBEncryptedStore(ShaleDBStore):
@@ -641,7 +666,7 @@ class Serialized(Store):
 
 STORES: dict[str, type[Store]] = {
     cls.NAME: cls
-    for cls in (ShaleDBStore, ShaleDBEncryptedStore, LMDBStore, RocksDBStore, LevelDBStore,
+    for cls in (ShaleDBStore, ShaleDBPureStore, ShaleDBEncryptedStore, LMDBStore, RocksDBStore, LevelDBStore,
                 SQLiteStore, DiskCacheStore, SqliteDictStore, GDBMStore)
 }
 ALL_STORES = list(STORES)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgpack
+import pytest
 
 import shaledb
 
@@ -367,8 +368,15 @@ def in_thread(fn: Any) -> tuple[Any, list[Any]]:
 
 def hold_seal(monkeypatch: Any) -> tuple[Any, Any]:
     """Hold the flush thread at the start of its seal of the retired WAL segments: returns
-    (gate, entered): set ``gate`` to let it go on; ``entered`` is set once it got there."""
+    (gate, entered): set ``gate`` to let it go on; ``entered`` is set once it got there.
+    It patches the engine, so a test that uses it runs in the pure build only."""
     import threading
+
+    from conftest import compiled_build
+
+    if compiled_build():
+        pytest.skip("holds the seal by patching compiled code; runs in the pure build "
+                    "(make test-pure)")
 
     from shaledb.engine.db import Engine
 

@@ -57,3 +57,78 @@ def db_path(tmp_path):
 def small_opts() -> dict[str, int]:
     """A copy of :data:`SMALL_OPTS` (tests may add keys to it)."""
     return dict(SMALL_OPTS)
+
+
+# -- which build runs (issue 14) ------------------------------------------------------------
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """`make test` sets SHALEDB_EXPECT_BUILD=compiled, `make test-pure` =pure: a suite that
+    silently ran the other build would prove nothing about the one it claims to test."""
+    import os
+
+    import shaledb.build
+
+    expect = os.environ.get("SHALEDB_EXPECT_BUILD", "")
+    info = shaledb.build.choose()
+    got = "compiled" if info["compiled"] else "pure"
+    if expect and expect != got:
+        pytest.exit(f"SHALEDB_EXPECT_BUILD={expect} but ShaleDB runs {got}"
+                    f" ({info['reason'] or 'compiled'}); run `make build`", returncode=3)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import shaledb.build
+
+    info = shaledb.build.choose()
+    if info["compiled"]:
+        return f"shaledb: compiled build ({len(info['modules'])} modules by mypyc)"
+    return f"shaledb: pure Python ({info['reason']})"
+
+
+def compiled_build() -> bool:
+    import shaledb.build
+
+    return bool(shaledb.build.choose()["compiled"])
+
+
+def _guard_monkeypatch() -> None:
+    """In the compiled build, make ``monkeypatch.setattr`` refuse to replace a function, a
+    class attribute or an instance attribute of compiled code: compiled callers would never
+    see the replacement, and the test would pass without testing anything. (Module
+    variables are fine: compiled code reads them at run time.)"""
+    import types
+
+    import shaledb.build
+
+    compiled = set(shaledb.build.info()["modules"])
+    real = pytest.MonkeyPatch.setattr
+
+    def guarded(self: pytest.MonkeyPatch, target: object, name: object = None,
+                *args: object, **kwargs: object) -> None:
+        if isinstance(target, types.ModuleType):
+            module = target.__name__
+            attr = getattr(target, str(name), None)
+            hit = module in compiled and (isinstance(attr, type) or callable(attr))
+        elif isinstance(target, type):
+            module = target.__module__
+            hit = module in compiled
+        else:
+            module = type(target).__module__
+            hit = module in compiled
+        if hit:
+            pytest.fail(f"monkeypatch.setattr({module}..., {name!r}): compiled code would not "
+                        "see the replacement; mark the test pure_only (conftest.py)")
+        real(self, target, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    pytest.MonkeyPatch.setattr = guarded  # type: ignore[method-assign]
+
+
+if compiled_build():
+    _guard_monkeypatch()
+
+
+#: For a test that replaces a method or function of a compiled module at run time (pytest's
+#: monkeypatch): compiled code binds calls early, and a compiled class refuses new
+#: attributes, so such a test runs in the pure build (`make test-pure`, .ci/run) only.
+pure_only = pytest.mark.skipif(
+    compiled_build(),
+    reason="patches a compiled module at run time; runs in the pure build (make test-pure)")

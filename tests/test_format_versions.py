@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shaledb
+from conftest import pure_only
 from shaledb.engine.logfile import ENCRYPTED_LOG_VERSION
 from shaledb.engine.optionsfile import DB_FORMAT_VERSION, decode_options
 from shaledb.engine.sstable import TableBuilder, TableReader
@@ -170,6 +171,7 @@ def test_a_packed_filter_never_passes_for_a_bucketed_one(keys) -> None:
         KeyFilter(_packed_filter(keys), 2, "t")
 
 
+@pure_only
 def test_a_table_with_the_packed_filter_is_refused(tmp_path, monkeypatch) -> None:
     """A table written between commits 14e7eca and 8197b5e (footer version 2, packed filter)
     raises CorruptionError, as a table and through the database: never a wrong answer."""

@@ -18,6 +18,7 @@ import pytest
 
 import format_reader as fr
 import shaledb
+from conftest import pure_only
 from shaledb.errors import CorruptionError, EncryptionError
 from test_encryption import KEY, _encrypted_db, _flip_log_record, _keys_of, _write_key_file
 
@@ -206,6 +207,7 @@ def _interrupt_third_write(monkeypatch: pytest.MonkeyPatch, module: Any) -> None
     monkeypatch.setattr(module, "BATCH_BYTES", 4096)
 
 
+@pure_only
 @pytest.mark.parametrize("tool", ["encrypt", "decrypt", "repair"])
 def test_an_interrupted_conversion_or_repair_leaves_no_database_at_dest(
         tmp_path, monkeypatch, tool) -> None:

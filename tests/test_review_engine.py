@@ -19,6 +19,7 @@ import pytest
 
 import shaledb
 from _helpers import SMALL, close_quietly, key, value
+from conftest import pure_only
 from shaledb.testing import FaultInjectionFS
 
 pytestmark = pytest.mark.timeout(120)
@@ -266,6 +267,7 @@ def test_error_closing_the_old_wal_segment_is_the_background_error(tmp_path: Pat
     _check(path, model)
 
 
+@pure_only
 def test_unexpected_error_after_the_wal_append_is_the_typed_background_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """4. Any failure once a write group's record may be in the WAL (here a MemoryError while

@@ -29,6 +29,7 @@ from _helpers import SMALL, close_quietly, dir_emfile_fs, key, scan, value
 from _helpers import hold_seal as _gate_seal
 from _helpers import in_thread as _in_thread
 from _helpers import wal_logs as _logs
+from conftest import pure_only
 from shaledb.engine import crypto
 from shaledb.engine.batch import encode_batch
 from shaledb.engine.db import Engine
@@ -113,6 +114,7 @@ def _switch(db: shaledb.DB, path: Path, start: int = 0) -> int:
 # ---------------------------------------------------------------------------------------------
 # 1. A plain write waits for an fsync on the writer's thread after a switch (note_prior_sealed)
 
+@pure_only
 def test_a_plain_write_does_not_wait_for_the_flush_threads_directory_fsync(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a switch the flush thread seals the old segment, then makes the new segment's
@@ -166,6 +168,7 @@ def test_a_plain_write_does_not_wait_for_the_background_fsync_of_the_new_segment
 # ---------------------------------------------------------------------------------------------
 # 2. fsyncgate: a seal written after the old segment's fsync failed
 
+@pure_only
 def test_no_seal_vouches_for_an_old_segment_whose_fsync_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The flush thread's seal of the old segment fails in its fsync (EIO): the database
@@ -410,6 +413,7 @@ def test_verify_reports_a_leftover_prepared_segment_the_open_cuts(
 # ---------------------------------------------------------------------------------------------
 # 7. An open that fails after preparing the next segment leaks its descriptors
 
+@pure_only
 def test_an_open_that_fails_late_leaves_no_descriptor_of_the_prepared_segment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The open prepares the next WAL segment just before it starts the background threads;
@@ -567,6 +571,7 @@ def test_a_newer_segment_with_a_damaged_header_still_vouches_for_the_older_one(
         shaledb.open(crashed, **SMALL, **crypt).close()
 
 
+@pure_only
 def test_a_failed_sync_mark_before_a_record_is_fatal_like_a_failed_record(tmp_path) -> None:
     """The write-group leader appends the "prior segment sealed" sync mark
     (note_prior_sealed) before its record. An error from that append (past its reserve: the

@@ -29,6 +29,7 @@ import shaledb
 from _helpers import SMALL, close_quietly, dir_emfile_fs, hold_seal, key, scan, value
 from _helpers import in_thread as _in_thread
 from _helpers import wal_logs as _logs
+from conftest import pure_only
 from shaledb.engine.db import Engine
 from shaledb.engine.vfs import MappedFile, PosixFileSystem, WritableFile
 from shaledb.engine.wal import WriteAheadLog
@@ -191,6 +192,7 @@ def _power_loss_with_an_unsealed_segment(tmp_path: Path, monkeypatch: pytest.Mon
     return path, models, durable
 
 
+@pure_only
 @pytest.mark.parametrize("seed", [None, 1, 2, 3, 4, 5])
 def test_power_loss_before_the_old_segment_is_sealed(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
@@ -214,6 +216,7 @@ def test_power_loss_before_the_old_segment_is_sealed(tmp_path: Path,
     assert not [p for p in report.problems if p.severity.name == "DAMAGE"], report.problems
 
 
+@pure_only
 @pytest.mark.parametrize("seed", [None, 1, 2, 3, 4, 5, 6, 7, 8])
 def test_power_loss_before_the_old_segment_is_sealed_with_both_names_durable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int | None,
@@ -257,6 +260,7 @@ def test_power_loss_before_the_old_segment_is_sealed_many_models(
     assert not failures, failures
 
 
+@pure_only
 def test_verify_before_the_open_calls_the_unsealed_tail_a_crash(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypt: dict[str, Any]) -> None:
     """verify of the crashed directory, before any open, judges like the open: the old
@@ -415,6 +419,7 @@ def test_a_prepared_segment_whose_rename_a_crash_lost_is_kept_in_lost(
     assert len(ops) == 11 and ops[-1].value == value(ops[-1].seq - 1, size=1000)
 
 
+@pure_only
 def test_a_discarded_prepared_segment_leaves_its_number_unused(tmp_path: Path,
                                                                crypt: dict[str, Any]) -> None:
     """File numbers are never reused. An open prepares the next WAL segment (taking a
@@ -484,6 +489,7 @@ def _wait_for_the_note(segment: Path, crypt: dict[str, Any]) -> fr.LogFile:
     raise AssertionError(f"no sync mark in {segment.name} after the seal: {log.records}")
 
 
+@pure_only
 def test_the_seal_note_makes_later_damage_in_the_old_segment_corruption(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypt: dict[str, Any]) -> None:
     """Once the flush thread has sealed the segment a switch replaced, the new segment gets
@@ -527,6 +533,7 @@ def test_the_seal_note_makes_later_damage_in_the_old_segment_corruption(
         assert len(scan(db)) < i
 
 
+@pure_only
 def test_a_durable_write_refused_for_the_new_segments_name_can_be_retried(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypt: dict[str, Any]) -> None:
     """A ``sync=True`` write makes the new segment's name durable (a directory fsync: a

@@ -9,6 +9,8 @@ b'v'
 
 from __future__ import annotations
 
+# First: it decides whether the mypyc-compiled modules or their pure-Python source load.
+from . import build  # noqa: F401
 from .backup import BackupInfo, RestoreInfo, restore
 from .db import DB, open  # noqa: A004 - shaledb.open is the documented entry point
 from .engine.batch import WriteBatch

@@ -228,7 +228,10 @@ class ShaleGroup(click.Group):
 
 
 @click.group(cls=ShaleGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(shaledb.__version__, prog_name="shaledb")
+@click.version_option(
+    shaledb.__version__, prog_name="shaledb",
+    message="%(prog)s %(version)s (" + ("compiled by mypyc" if shaledb.build.info()["compiled"]
+                                        else "pure Python") + ")")
 def cli() -> None:
     """ShaleDB: an embedded LSM-tree key-value store. Administration and demo commands."""
 

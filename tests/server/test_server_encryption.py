@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from conftest import pure_only
 from shaledb.server import ServerConfig
 
 from ._server_support import HOST, ServerThread, free_port, run_server_process
@@ -216,6 +217,7 @@ def test_restarts_of_an_encrypted_server_never_create_a_file_number_twice(tmp_pa
     assert len(numbers) == len(set(numbers)), created
 
 
+@pure_only
 def test_writes_in_a_prepared_segment_whose_rename_was_lost_are_kept_decryptable(
         tmp_path, monkeypatch) -> None:
     # A crash right after a memtable switch whose rename (NNNNNN.log.new -> NNNNNN.log) did
@@ -283,6 +285,7 @@ def test_writes_in_a_prepared_segment_whose_rename_was_lost_are_kept_decryptable
     assert b"\x00after-00009" in written
 
 
+@pure_only
 def test_an_encrypted_server_restarts_after_a_power_loss_before_the_old_segment_is_sealed(
         tmp_path, monkeypatch) -> None:
     # A memtable switch, then a power loss before the flush thread sealed the old segment;

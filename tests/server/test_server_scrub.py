@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 import shaledb
 from _helpers import SstLayout, files, flip
+from conftest import pure_only
 from shaledb.server.admin.logs import JsonFormatter
 
 from ._server_support import HOST, ServerThread, free_port, run_server_process, wait_until
@@ -197,6 +198,7 @@ def test_notices_show_but_do_not_degrade_health(server_factory) -> None:
     assert _health(st)[0] == 200
 
 
+@pure_only
 def test_a_failed_pass_and_a_dead_thread_degrade_health(server_factory, monkeypatch) -> None:
     st = server_factory(metrics_port=0)
     r = st.client()

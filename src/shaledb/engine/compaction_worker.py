@@ -20,6 +20,7 @@ command line or in its environment, and the worker zeroes its copy after each jo
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_mod
 import os
 import pickle
@@ -143,7 +144,8 @@ class CompactionWorker:
                                        exc.errno, "worker") from exc
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                _send(proc.stdin, (job, state, None if keyring is None else keyring.export()))
+                _send(proc.stdin, (dataclasses.astuple(job), state,
+                                       None if keyring is None else keyring.export()))
                 aborted = False
                 while not select.select([proc.stdout], [], [], 0.05)[0]:
                     if not aborted and closing():
@@ -284,7 +286,10 @@ def _serve(parent_pid: int) -> None:
             return
         if not isinstance(message, tuple):
             continue  # a late "abort" for a job that already finished
-        job, state, keys = message
+        # The job travels as a plain tuple: a compiled (mypyc) frozen dataclass cannot be
+        # unpickled, and plain data is all the worker needs.
+        fields, state, keys = message
+        job = MergeJob(*fields)
         keyring = None if keys is None else Keyring.imported(keys)
         del keys, message
         try:

@@ -39,7 +39,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -97,7 +96,7 @@ from .filenames import (
     table_file,
     table_name,
 )
-from .iterator import concat, memtable_source, merge, visible
+from .iterator import Pinned, concat, memtable_source, merge, visible
 from .logfile import content_end, file_header_size, lost_bytes, scan_log
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
@@ -1250,10 +1249,8 @@ class Engine:
         mem, imm, v, seq = self._pin(seq)
         now_ms = 0 if include_expired else self._now_ms()
         release = _Once(self._unpin, v)
-        gen = self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit, release)
-        # A generator that is never started never runs its finally: unpin on collection too.
-        weakref.finalize(gen, release)
-        return gen
+        return Pinned(self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit, release),
+                      release)
 
     def _sources(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool) -> list[Iterator[Any]]:
@@ -1295,9 +1292,7 @@ class Engine:
             finally:
                 release()
 
-        it = gen()
-        weakref.finalize(it, release)
-        return it
+        return Pinned(gen(), release)
 
     def _iterate(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,

@@ -86,3 +86,39 @@ def concat(files: list[T], open_iter: Callable[[T], Iterator[Entry]]) -> Iterato
     """Chain the iterators of disjoint, ordered tables, opening each only when reached."""
     for f in files:
         yield from open_iter(f)
+
+
+class Pinned(Iterator[T]):
+    """Iterates ``it`` and calls ``release`` once: when ``it`` ends, on :meth:`close`, or when
+    this object is collected, whichever comes first.
+
+    A pinned version must be released even if the caller drops an iterator it never
+    finished (or never started). A generator's ``finally`` cannot promise that: Python runs
+    it only for a started generator, and a mypyc-compiled generator never runs it on
+    collection (nor can it carry a weak reference for ``weakref.finalize``). ``__del__`` on
+    this small object works in both builds.
+    """
+
+    __slots__ = ("_it", "_release")
+
+    def __init__(self, it: Iterator[T], release: Callable[[], None]) -> None:
+        self._it = it
+        self._release = release
+
+    def __iter__(self) -> Pinned[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            return next(self._it)
+        except BaseException:
+            self._release()
+            raise
+
+    def close(self) -> None:
+        """Stop early and release now (iteration afterwards ends at once)."""
+        self._it = iter(())
+        self._release()
+
+    def __del__(self) -> None:
+        self._release()

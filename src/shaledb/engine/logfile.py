@@ -83,9 +83,15 @@ _TYPE_LEN_V1 = struct.Struct("<BI")
 crc32c = _crc32c.crc32c
 
 
-def new_salt() -> bytes:
+def random_salt() -> bytes:
     """A fresh random salt for a new log file."""
     return os.urandom(8)
+
+
+#: Where new log files get their salt. A variable, not a function that a script replaces:
+#: scripts/make_golden.py sets it for reproducible files, and compiled code (mypyc) binds
+#: calls to functions at build time but reads module variables at run time.
+new_salt: Callable[[], bytes] = random_salt
 
 
 def encode_file_header(number: int, salt: bytes) -> bytes:

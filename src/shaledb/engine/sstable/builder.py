@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgpack
 
@@ -31,6 +31,11 @@ from .format import (
 )
 
 _WRITE_CHUNK = 1 << 20
+
+#: The clock of a table's ``created_at`` property: a variable, so that scripts/make_golden.py
+#: can fix it for reproducible files in the compiled build too (mypyc binds function calls
+#: at build time but reads module variables at run time).
+clock: Callable[[], float] = time.time
 
 
 class TableBuilder:
@@ -161,7 +166,7 @@ class TableBuilder:
             "smallest_seq": self._smallest_seq,
             "largest_seq": self._largest_seq,
             "raw_bytes": self.raw_bytes,
-            "created_at": int(time.time()),
+            "created_at": int(clock()),
         }
         props_h = self._add_block(msgpack.packb(props, use_bin_type=True), 0, PROPERTIES_BLOCK)
         self._write(Footer(filter_h, index_h, props_h, self._version).encode())

@@ -91,6 +91,7 @@ def _server(s: Services) -> Fields:
         ("redis_git_dirty", 0),
         ("redis_mode", "standalone"),
         ("shaledb_version", shaledb.__version__),
+        ("shaledb_build", "compiled" if shaledb.build.info()["compiled"] else "pure"),
         ("python_version", platform.python_version()),
         ("os", f"{uname.system} {uname.release} {uname.machine}"),
         ("arch_bits", 64 if sys.maxsize > 2**32 else 32),
