@@ -43,6 +43,13 @@ class DB(Reader):
         self._backup_digests: dict[str, dict[tuple[int, int], str]] = {}
         self._backup_lock = threading.Lock()
 
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, key: Bytesish, default: bytes | None = None) -> bytes | None:
+        """The value of ``key``, or ``default`` when it is missing or expired."""
+        k = key if type(key) is bytes and len(key) <= MAX_KEY_SIZE else to_key(key)
+        value = self._engine.get_live(k)
+        return default if value is None else value
+
     # -- writes ---------------------------------------------------------------------------
     def put(self, key: Bytesish, value: Bytesish, *, sync: bool = False,
             ttl: float | None = None, expire_at_ms: int | None = None) -> None:

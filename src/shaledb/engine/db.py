@@ -40,6 +40,7 @@ import os
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -783,6 +784,8 @@ class Engine:
             return self._locked_fail(exc, what)
 
     def _open_table(self, number: int, meta: FileMeta | None) -> TableReader:
+        if self._closed:  # (a lock-free get racing close(): never open a table after it)
+            raise ClosedError(f"database {self.path!r} is closed")
         reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache,
                              self._keyring)
         if meta is not None:
@@ -1207,20 +1210,75 @@ class Engine:
             fn(arg)
 
     def get_record(self, key: bytes, seq: int | None = None) -> Record | None:
-        """The newest version of ``key`` visible at ``seq`` (default: latest), or None."""
+        """The newest version of ``key`` visible at ``seq`` (default: latest), or None.
+
+        One flat loop over the memtables and the candidate tables, without the mutex: the
+        sequence is read first, then the memtable, the immutable one and the version, in the
+        order the engine publishes them (a switch sets ``_imm`` before ``_mem``; a flush
+        installs its version before it clears ``_imm``), so every write at or below the
+        sequence is in what is read. The version is not pinned: a table that a compaction
+        deleted meanwhile fails to open, and the lookup is then repeated, pinned
+        (:meth:`_get_pinned`; so is any other error, which that one raises again)."""
+        if self._closed:
+            raise ClosedError(f"database {self.path!r} is closed")
+        s = self._last_seq if seq is None else seq
+        mem = self._mem
+        imm = self._imm
+        v = self._versions.current
+        r = mem.get(key, s)
+        if r is not None:
+            return r
+        if imm is not None:
+            r = imm.get(key, s)
+            if r is not None:
+                return r
+        try:
+            return self._tables_get(v, key, s)
+        except Exception:  # noqa: BLE001 - retried pinned, which raises what persists
+            self.counters["unpinned_get_retries"] += 1
+            return self._get_pinned(key, seq)
+
+    def _tables_get(self, v: Version, key: bytes, seq: int) -> Record | None:
+        """The newest version of ``key`` at ``seq`` in the tables of ``v`` (L0 newest first,
+        then the one candidate of each deeper level)."""
+        tables = self._tables
+        r: Record | None
+        for f in v.levels[0]:
+            if f.smallest <= key <= f.largest:
+                r = tables.get(f.number, f).get(key, seq)
+                if r is not None:
+                    return r
+        for files, largest in v.deep:
+            i = bisect_left(largest, key)
+            if i < len(files):
+                f = files[i]
+                if f.smallest <= key:
+                    r = tables.get(f.number, f).get(key, seq)
+                    if r is not None:
+                        return r
+        return None
+
+    def _get_pinned(self, key: bytes, seq: int | None) -> Record | None:
         mem, imm, v, seq = self._pin(seq)
         try:
             r = mem.get(key, seq)
             if r is None and imm is not None:
                 r = imm.get(key, seq)
             if r is None:
-                for f in v.candidates(key):
-                    r = self._table(f).get(key, seq)
-                    if r is not None:
-                        break
+                r = self._tables_get(v, key, seq)
             return r
         finally:
             self._unpin(v)
+
+    def get_live(self, key: bytes) -> bytes | None:
+        """The value of ``key`` now, or None when it is missing, deleted or expired."""
+        r = self.get_record(key)
+        if r is None or r[1] != PUT:
+            return None
+        exp = r[2]
+        if exp and exp <= int(self._clock() * 1000):
+            return None
+        return r[3]
 
     def latest_seq(self, key: bytes) -> int:
         """Sequence of the newest version of ``key`` (0 if none)."""

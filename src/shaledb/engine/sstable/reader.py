@@ -151,6 +151,11 @@ class TableReader:
             block = cache.get((self.number, i))
             if block is not None:
                 return block
+        return self._load_block(i, fill_cache)
+
+    def _load_block(self, i: int, fill_cache: bool = True) -> Block:
+        """Read, verify and decode data block ``i`` (and cache it)."""
+        cache = self._cache
         block = decode_data_block(self._read_raw(self._offsets[i], self._sizes[i]), self.path,
                                   self.format_version)
         if cache is not None and fill_cache:
@@ -168,7 +173,11 @@ class TableReader:
         i = bisect_left(self._last_keys, key)
         if i >= self.nblocks:
             return None
-        return self._block(i).get(key, seq)
+        cache = self._cache
+        block = None if cache is None else cache.get((self.number, i))
+        if block is None:
+            block = self._load_block(i)
+        return block.get(key, seq)
 
     def latest_seq(self, key: bytes) -> int | None:
         """Sequence of the newest version of ``key`` in this table, or None."""
