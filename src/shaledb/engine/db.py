@@ -39,11 +39,10 @@ import logging
 import os
 import threading
 import time
-import weakref
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..errors import (
     ClosedError,
@@ -82,7 +81,7 @@ from .crypto import (
     open_keyring,
     rewrap_keyring,
 )
-from .dbformat import DELETE, PUT, Record, record_is_live
+from .dbformat import DELETE, PUT, Entry, Record, record_is_live
 from .filenames import (
     CURRENT,
     KEYRING,
@@ -98,7 +97,15 @@ from .filenames import (
     table_file,
     table_name,
 )
-from .iterator import concat, memtable_source, merge, visible
+from .iterator import (
+    concat,
+    concat_chunks,
+    memtable_chunks,
+    memtable_source,
+    merge,
+    merge_chunks,
+    visible_chunks,
+)
 from .logfile import content_end, file_header_size, lost_bytes, scan_log
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
@@ -129,10 +136,14 @@ _COMPACTION_RETRY_SECONDS = 1.0
 
 #: Largest write group (bytes of memtable charge) the leader builds from queued writers.
 MAX_GROUP_BYTES = 1 << 20
+#: Ranges with a limit up to this are read at once (a seek and a few next calls), unpinned.
+EAGER_RANGE_LIMIT: Final = 32
 
 
 class _Once:
-    """Calls ``fn(arg)`` on the first call only."""
+    """Calls ``fn(arg)`` on the first call only, or when collected if it never was (the
+    release of an iterator's version pin: a generator never started never runs its
+    ``finally``, but frees its arguments when it is collected)."""
 
     __slots__ = ("_fn", "_arg")
 
@@ -144,6 +155,9 @@ class _Once:
         fn, self._fn = self._fn, None
         if fn is not None:
             fn(self._arg)
+
+    def __del__(self) -> None:
+        self()
 
 
 class _Writer:
@@ -1304,14 +1318,52 @@ class Engine:
                 seq: int | None = None, include_expired: bool = False
                 ) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs with ``lo <= key < hi`` at ``seq``, consistent for its life;
-        with ``include_expired``, also PUTs whose expiry has passed (not yet compacted)."""
-        mem, imm, v, seq = self._pin(seq)
+        with ``include_expired``, also PUTs whose expiry has passed (not yet compacted).
+
+        A short range (``limit`` up to ``EAGER_RANGE_LIMIT``, a seek and a few next calls)
+        is read at once, unpinned as a point lookup is (:meth:`_range_now`); a longer one
+        lazily, chunk by chunk, pinning its version for its life."""
         now_ms = 0 if include_expired else self._now_ms()
-        release = _Once(self._unpin, v)
-        gen = self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit, release)
-        # A generator that is never started never runs its finally: unpin on collection too.
-        weakref.finalize(gen, release)
-        return gen
+        if limit is not None and limit <= EAGER_RANGE_LIMIT:
+            return iter(self._range_now(lo, hi, reverse, limit, seq, now_ms))
+        mem, imm, v, seq = self._pin(seq)
+        # The generator holds the only reference to the release: one never started (whose
+        # finally never runs) unpins when it is collected (_Once.__del__).
+        return self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit,
+                             _Once(self._unpin, v))
+
+    def _range_now(self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int,
+                   seq: int | None, now_ms: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` pairs of the range, read now: first without the mutex or a pin
+        (the memtables and version read in publication order, see :meth:`get_record`), and
+        if a table it needs was deleted meanwhile (or anything else fails), pinned."""
+        if self._closed:
+            raise ClosedError(f"database {self.path!r} is closed")
+        if limit <= 0:
+            return []
+        s = self._last_seq if seq is None else seq
+        mem = self._mem
+        imm = self._imm
+        v = self._versions.current
+        try:
+            return self._collect(mem, imm, v, s, now_ms, lo, hi, reverse, limit)
+        except Exception:  # noqa: BLE001 - retried pinned, which raises what persists
+            self.counters["unpinned_get_retries"] += 1
+        mem, imm, v, s = self._pin(seq)
+        try:
+            return self._collect(mem, imm, v, s, now_ms, lo, hi, reverse, limit)
+        finally:
+            self._unpin(v)
+
+    def _collect(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
+                 lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
+                 ) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        for part in visible_chunks(merge_chunks(self._chunk_sources(
+                mem, imm, v, seq, lo, hi, reverse, limit), reverse), seq, now_ms, reverse,
+                limit):
+            out += part
+        return out
 
     def _sources(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool) -> list[Iterator[Any]]:
@@ -1331,31 +1383,51 @@ class Engine:
                                                                              reverse)))
         return sources
 
+    def _chunk_sources(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
+                       lo: bytes | None, hi: bytes | None, reverse: bool, first: int = 16
+                       ) -> list[Iterator[list[Entry]]]:
+        """:meth:`_sources` as sources of chunks (for :func:`merge_chunks`), each starting
+        with a chunk of about ``first`` entries (a seek wants a few)."""
+        sources = [memtable_chunks(mem, lo, hi, reverse, seq, first)]
+        if imm is not None:
+            sources.append(memtable_chunks(imm, lo, hi, reverse, seq, first))
+        for f in v.levels[0]:
+            if f.overlaps(lo, hi):
+                sources.append(self._table(f).iter_chunks(lo, hi, reverse, True, first))
+        for lvl in range(1, len(v.levels)):
+            files = [f for f in v.levels[lvl] if f.overlaps(lo, hi)]
+            if not files:
+                continue
+            if reverse:
+                files.reverse()
+            if len(files) == 1:
+                sources.append(self._table(files[0]).iter_chunks(lo, hi, reverse, True, first))
+            else:
+                sources.append(concat_chunks(
+                    files, lambda f: self._table(f).iter_chunks(lo, hi, reverse, True, first)))
+        return sources
+
     def live_records(self) -> Iterator[tuple[bytes, int, bytes]]:
         """``(key, expire_at_ms, value)`` of every live key, in key order, at the moment of
         the call (for copying a database: ``shaledb encrypt`` and ``decrypt``)."""
         mem, imm, v, seq = self._pin(None)
-        release = _Once(self._unpin, v)
-        now_ms = self._now_ms()
+        return self._live_records(mem, imm, v, seq, self._now_ms(), _Once(self._unpin, v))
 
-        def gen() -> Iterator[tuple[bytes, int, bytes]]:
-            try:
-                last = None
-                for key, negseq, kind, expire, value in merge(
-                        self._sources(mem, imm, v, seq, None, None, False), False):
-                    if key == last or -negseq > seq:
-                        continue
-                    last = key
-                    if self._closed:
-                        raise ClosedError(f"database {self.path!r} was closed during a copy")
-                    if kind == PUT and (expire == 0 or expire > now_ms):
-                        yield key, expire, value
-            finally:
-                release()
-
-        it = gen()
-        weakref.finalize(it, release)
-        return it
+    def _live_records(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
+                      now_ms: int, release: _Once) -> Iterator[tuple[bytes, int, bytes]]:
+        try:
+            last = None
+            for key, negseq, kind, expire, value in merge(
+                    self._sources(mem, imm, v, seq, None, None, False), False):
+                if key == last or -negseq > seq:
+                    continue
+                last = key
+                if self._closed:
+                    raise ClosedError(f"database {self.path!r} was closed during a copy")
+                if kind == PUT and (expire == 0 or expire > now_ms):
+                    yield key, expire, value
+        finally:
+            release()
 
     def _iterate(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,
@@ -1363,15 +1435,14 @@ class Engine:
         try:
             if limit is not None and limit <= 0:
                 return
-            sources = self._sources(mem, imm, v, seq, lo, hi, reverse)
-            it: Iterator[tuple[bytes, bytes]] = visible(merge(sources, reverse), seq, now_ms,
-                                                        reverse)
-            if limit is not None:
-                it = itertools.islice(it, limit)
-            for kv in it:
-                if self._closed:
-                    raise ClosedError(f"database {self.path!r} was closed during iteration")
-                yield kv
+            chunks = visible_chunks(merge_chunks(self._chunk_sources(
+                mem, imm, v, seq, lo, hi, reverse), reverse), seq, now_ms, reverse, limit)
+            for part in chunks:
+                for kv in part:
+                    if self._closed:
+                        raise ClosedError(
+                            f"database {self.path!r} was closed during iteration")
+                    yield kv
         finally:
             release()
 

@@ -223,5 +223,39 @@ class TableReader:
                 yield from _entries(b.columns(a, e))
             head = False
 
+    def iter_chunks(self, lo: bytes | None, hi: bytes | None, reverse: bool = False,
+                    fill_cache: bool = True, head_run: int = _HEAD_RUN
+                    ) -> Iterator[list[Entry]]:
+        """:meth:`iter_range` as lists of entries: a run of ``head_run`` first, then the
+        rest block by block."""
+        head_run = max(1, head_run)
+        last_keys = self._last_keys
+        nblocks = self.nblocks
+        if nblocks == 0:
+            return
+        first = 0 if lo is None else bisect_left(last_keys, lo)
+        last = nblocks - 1 if hi is None else min(bisect_left(last_keys, hi), nblocks - 1)
+        if first > last:
+            return
+        order = range(last, first - 1, -1) if reverse else range(first, last + 1)
+        head = True
+        for i in order:
+            b = self._block(i, fill_cache)
+            a = 0 if lo is None or i != first else b.lower_bound(lo)
+            e = b.n if hi is None or i != last else b.lower_bound(hi)
+            if a >= e:
+                continue
+            if reverse:
+                if head and e - a > head_run:
+                    yield list(_reversed_entries(b.columns(e - head_run, e)))
+                    e -= head_run
+                yield list(_reversed_entries(b.columns(a, e)))
+            else:
+                if head and e - a > head_run:
+                    yield list(_entries(b.columns(a, a + head_run)))
+                    a += head_run
+                yield list(_entries(b.columns(a, e)))
+            head = False
+
     def __repr__(self) -> str:
         return f"TableReader({self.path!r}, blocks={self.nblocks})"
