@@ -2,6 +2,7 @@
 
 - Point lookups run without the mutex and without pinning a version; a table that a
   compaction deleted meanwhile makes the lookup repeat itself pinned.
+- Compaction merges chunks and writes them with TableBuilder.add_run: the same tables.
 - Range reads merge chunks (lists of entries) instead of single entries; short ranges are
   read at once, unpinned; a lazy iterator releases its pin without a weak reference.
 """
@@ -18,10 +19,14 @@ from collections.abc import Iterator
 import pytest
 
 import shaledb
+from shaledb.engine.compaction import drop_obsolete, drop_obsolete_chunks
 from shaledb.engine.db import EAGER_RANGE_LIMIT
-from shaledb.engine.dbformat import Entry
+from shaledb.engine.dbformat import DELETE, PUT, Entry
 from shaledb.engine.iterator import merge_chunks, visible, visible_chunks
 from shaledb.engine.memtable import MemTable
+from shaledb.engine.sstable import TableReader
+from shaledb.engine.sstable.writer import TableWriter
+from shaledb.engine.vfs import default_fs
 from shaledb.errors import ShaleError
 
 
@@ -222,3 +227,54 @@ def test_memtable_forward_chunks_match_a_model() -> None:
             if len(want) == limit:
                 break
         assert mem.scan_chunk(lo, lo_inc, hi, False, False, at, limit) == want
+
+
+@pytest.mark.parametrize("target", [None, 1, 3000, 20000])
+def test_write_chunks_cuts_tables_as_write_does(tmp_path, target) -> None:
+    """TableWriter.write_chunks (TableBuilder.add_run per chunk, as compaction writes) cuts
+    blocks and tables at the same places as write (add per entry), with the same
+    properties; drop_obsolete_chunks keeps what drop_obsolete keeps."""
+    rng = random.Random(target or 0)
+    fs = default_fs()
+    entries: list[Entry] = []
+    seq = 10_000
+    for i in range(3000):
+        key = b"w%05d" % (i // 3 if rng.random() < 0.3 else i)
+        if entries and entries[-1][0] == key:
+            seq -= 1
+        kind = rng.choice([PUT, PUT, PUT, DELETE])
+        entries.append((key, -seq, kind, rng.choice([0, 0, 5]),
+                        b"" if kind == DELETE else rng.randbytes(rng.randrange(0, 300))))
+        seq -= 1
+    entries.sort()
+    kept = list(drop_obsolete(iter(entries), 9_000, 10, True))
+
+    def chunked() -> Iterator[list[Entry]]:
+        i = 0
+        while i < len(entries):
+            n = rng.randint(1, 90)
+            yield entries[i:i + n]
+            i += n
+
+    assert [e for c in drop_obsolete_chunks(chunked(), 9_000, 10, True) for e in c] == kept
+    results = []
+    for mode in ("write", "write_chunks"):
+        d = tmp_path / mode
+        d.mkdir()
+        numbers = iter(range(1, 1000))
+        w = TableWriter(fs, lambda n, d=d: str(d / f"{n:06d}.sst"), numbers.__next__,
+                        block_size=512, compression="lz4", target_size=target, max_outputs=40)
+        if mode == "write":
+            metas = w.write(iter(kept))
+        else:
+            metas = w.write_chunks(c for c in [kept[i:i + 77] for i in range(0, len(kept), 77)])
+        tables = []
+        for m in metas:
+            r = TableReader(fs, str(d / f"{m.number:06d}.sst"), m.number, None)
+            props = {k: v for k, v in r.properties.items() if k != "created_at"}
+            tables.append((m.size, m.smallest, m.largest, m.smallest_seq, m.largest_seq,
+                           m.entries, r.nblocks, props, list(r.iter_range(None, None))))
+            r.close()
+        results.append(tables)
+    assert results[0] == results[1]
+    assert len(results[0]) > (1 if target else 0)
