@@ -278,3 +278,49 @@ def test_write_chunks_cuts_tables_as_write_does(tmp_path, target) -> None:
         results.append(tables)
     assert results[0] == results[1]
     assert len(results[0]) > (1 if target else 0)
+
+
+def test_lone_and_concurrent_writers_share_one_sequence(db_path, small_opts) -> None:
+    """The single-writer fast path (no queue, no group) and the group-commit path interleave
+    without losing or reusing a sequence number: lone puts, concurrent puts, durable puts,
+    batches and deletes all land, and the last sequence counts every operation."""
+    db = shaledb.open(db_path, **small_opts)
+    try:
+        ops = 0
+        for i in range(500):  # alone: the fast path
+            db.put(b"a%04d" % i, b"x")
+            ops += 1
+        assert db._engine._last_seq == ops
+
+        def worker(t: int) -> None:
+            for i in range(300):
+                if i % 50 == 0:
+                    db.put(b"t%d/%04d" % (t, i), b"s", sync=True)
+                elif i % 7 == 0:
+                    with db.batch() as b:
+                        b.put(b"t%d/%04d" % (t, i), b"b")
+                        b.put(b"t%d/%04db" % (t, i), b"b")
+                else:
+                    db.put(b"t%d/%04d" % (t, i), b"p")
+                if i % 11 == 0:
+                    db.delete(b"a%04d" % (t * 100 + i % 100))
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        per_thread = sum(2 if i % 7 == 0 and i % 50 else 1 for i in range(300)) + sum(
+            1 for i in range(300) if i % 11 == 0)
+        ops += 4 * per_thread
+        assert db._engine._last_seq == ops
+        assert all(db.get(b"t%d/%04d" % (t, i)) is not None for t in range(4)
+                   for i in range(300))
+    finally:
+        db.close()
+    db = shaledb.open(db_path, **small_opts)
+    try:
+        assert db.get(b"t3/0299") == b"p"
+        assert db._engine._last_seq == ops
+    finally:
+        db.close()

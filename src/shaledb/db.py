@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .engine.batch import Bytesish, WriteBatch, check_expire_at_ms, to_key, to_value, ttl_to_ms
 from .engine.db import Engine
-from .engine.dbformat import DELETE, PUT, charge
+from .engine.dbformat import DELETE, ENTRY_OVERHEAD, PUT, charge
 from .engine.verify import ProgressFn, VerifyReport
 from .errors import InvalidArgument, TransactionConflict
 from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
@@ -64,7 +64,7 @@ class DB(Reader):
             exp = check_expire_at_ms(expire_at_ms)
         else:
             exp = 0 if ttl is None else ttl_to_ms(ttl, self.options.clock)
-        self._engine.write([PUT, k, exp, v], charge(k, v), sync)
+        self._engine.write([PUT, k, exp, v], len(k) + len(v) + ENTRY_OVERHEAD, sync)
 
     def delete(self, key: Bytesish, *, sync: bool = False) -> None:
         """Remove ``key`` (no error when it is missing)."""

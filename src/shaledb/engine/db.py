@@ -180,6 +180,10 @@ class _Writer:
         self.cv: threading.Condition | None = None
 
 
+#: What :meth:`Engine._write_alone` queues while it writes: it leads, so no field is read.
+_ALONE: Final = _Writer(None, 0, False, None)
+
+
 class Engine:
     """The storage engine behind :class:`shaledb.DB` (which adds the user-facing API)."""
 
@@ -836,6 +840,10 @@ class Engine:
         (optimistic transactions). ``ops=None`` with ``force_flush`` freezes the memtable.
         ``commit_ms``: the commit time the WAL record carries (default: now).
         """
+        if ops and not sync and check is None and commit_ms is None and not force_flush:
+            last = self._write_alone(ops)
+            if last:
+                return last
         w = _Writer(ops, nbytes, sync, check, commit_ms)
         with self._mutex:
             writers = self._writers
@@ -971,6 +979,70 @@ class Engine:
                 for g in group:
                     if g.cv is not None:
                         g.cv.notify()
+        if error is not None:
+            raise error
+        return last
+
+    def _write_alone(self, ops: list[Any]) -> int:
+        """The single-writer fast path of :meth:`write` (a non-durable write, no check, no
+        flush): when no other writer is queued and nothing needs attention (memtable room,
+        L0 below the slowdown trigger, the database writable), lead the queue without a
+        _Writer or a group and apply ``ops`` alone, exactly as a group of one would be.
+        Returns the sequence of its last op, or 0 when it did nothing (the caller then takes
+        the general path)."""
+        with self._mutex:
+            writers = self._writers
+            if (writers or self._closed or self._closing or self._bg_error is not None
+                    or self.options.read_only
+                    or self._mem.approximate_size >= self._memtable_size
+                    or len(self._versions.current.levels[0]) >= self._l0_slowdown):
+                return 0
+            # Queued as a writer would be: later writers wait behind it (their own cv), and
+            # close() waits for it. Nobody ever groups it or waits on its cv (it leads).
+            writers.append(_ALONE)
+            first_seq = self._last_seq + 1
+            wal = self._wal
+            mem = self._mem
+        error: BaseException | None = None
+        fatal = False
+        wal_bytes = 0
+        commit_ms = 0
+        last = first_seq + len(ops) // 4 - 1
+        try:
+            assert wal is not None
+            if wal.note_due:  # see write(): before the record, fatal past its start
+                fatal = True
+                wal.note_prior_sealed()
+                fatal = False
+            commit_ms = self._commit_ms()
+            record = wal.frame(encode_batch(first_seq, ops, commit_ms))
+            try:
+                wal.reserve(len(record))
+            except DescriptorsExhaustedError:
+                wal.unframe()
+                self.counters["descriptor_shortages"] += 1
+                raise
+            except BaseException:
+                fatal = True
+                raise
+            fatal = True
+            wal_bytes = wal.append_framed(record)
+            mem.apply(first_seq, ops)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            error = exc
+        with self._mutex:
+            if error is not None and fatal:
+                error = self._locked_fail(error, "write")
+            if error is None:
+                self._last_seq = last
+                self._last_commit_ms = commit_ms
+                self._writes += 1
+                self._wal_records += 1
+                self._wal_bytes_written += wal_bytes
+                if mem.approximate_size >= self._memtable_size:
+                    self._bg_cv.notify_all()  # see write(): the syncer starts on the segment
+            writers.popleft()
+            self._locked_wake_next_leader()
         if error is not None:
             raise error
         return last

@@ -17,7 +17,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from .dbformat import Entry, Record, charge
+from .dbformat import ENTRY_OVERHEAD, Entry, Record, charge
 
 
 class MemTable:
@@ -38,6 +38,19 @@ class MemTable:
         """Insert the flat ``[kind, key, expire, value, ...]`` list with sequences from
         ``first_seq`` on."""
         data = self._data
+        if len(ops) == 4:  # one put or delete: no loop
+            key = ops[1]
+            value = ops[3]
+            with self._lock:
+                versions = data.get(key)
+                if versions is None:
+                    data[key] = [(first_seq, ops[0], ops[2], value)]
+                    self._keys.add(key)
+                else:
+                    versions.append((first_seq, ops[0], ops[2], value))
+                self.approximate_size += len(key) + len(value) + ENTRY_OVERHEAD
+                self.entries += 1
+            return
         add_key = self._keys.add
         size = 0
         seq = first_seq
