@@ -135,7 +135,7 @@ _DESCRIPTOR_RETRY_SECONDS = 0.2
 _COMPACTION_RETRY_SECONDS = 1.0
 
 #: Largest write group (bytes of memtable charge) the leader builds from queued writers.
-MAX_GROUP_BYTES = 1 << 20
+MAX_GROUP_BYTES: Final = 1 << 20
 #: Ranges with a limit up to this are read at once (a seek and a few next calls), unpinned.
 EAGER_RANGE_LIMIT: Final = 32
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from .dbformat import PUT, Entry
 from .memtable import MemTable
@@ -27,8 +27,8 @@ from .memtable import MemTable
 T = TypeVar("T")
 
 # Memtable chunks start small (a short seek reads a few keys) and grow for long scans.
-_FIRST_CHUNK = 16
-_MAX_CHUNK = 1024
+_FIRST_CHUNK: Final = 16
+_MAX_CHUNK: Final = 1024
 
 
 def memtable_source(mem: MemTable, lo: bytes | None, hi: bytes | None, reverse: bool,

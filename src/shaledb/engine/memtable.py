@@ -23,13 +23,15 @@ from .dbformat import ENTRY_OVERHEAD, Entry, Record, charge
 class MemTable:
     """An in-memory, multi-version sorted map. Bounded by :attr:`approximate_size`."""
 
+    __slots__ = ("_data", "_keys", "_lock", "approximate_size", "entries", "frozen")
+
     def __init__(self) -> None:
         self._data: dict[bytes, list[Record]] = {}
         self._keys = SortedList()
         self._lock = threading.Lock()
-        self.approximate_size = 0
-        self.entries = 0
-        self.frozen = False
+        self.approximate_size: int = 0
+        self.entries: int = 0
+        self.frozen: bool = False
 
     def __len__(self) -> int:
         return self.entries

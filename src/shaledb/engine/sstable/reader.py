@@ -7,7 +7,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from operator import neg
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -38,9 +38,9 @@ from .format import (
 )
 
 #: Python memory per index key beyond its bytes (the bytes object header and a list slot).
-_KEY_OVERHEAD = 41
+_KEY_OVERHEAD: Final = 41
 #: Entries decoded first when a range scan enters its first block.
-_HEAD_RUN = 16
+_HEAD_RUN: Final = 16
 
 
 def _entries(cols: Columns) -> Iterator[Entry]:
@@ -72,6 +72,10 @@ def table_cipher(f: ReadFile, path: str, number: int, footer: Footer,
 
 class TableReader:
     """An open table. Thread-safe: reads use ``pread`` and the block cache locks itself."""
+
+    __slots__ = ("path", "number", "_cache", "_cipher", "_file", "format_version",
+                 "_last_keys", "_offsets", "_sizes", "_filter", "properties", "nblocks",
+                 "meta_bytes")
 
     def __init__(self, fs: FileSystem, path: str, number: int,
                  block_cache: LRUCache[tuple[int, int], Block] | None,
