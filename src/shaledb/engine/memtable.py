@@ -17,7 +17,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from .dbformat import ENTRY_OVERHEAD, Entry, Record, charge
+from .dbformat import ENTRY_OVERHEAD, Entry, Record
 
 
 class MemTable:
@@ -66,9 +66,9 @@ class MemTable:
                     add_key(key)
                 else:
                     versions.append((seq, ops[i], ops[i + 2], value))
-                size += charge(key, value)
+                size += len(key) + len(value)
                 seq += 1
-            self.approximate_size += size
+            self.approximate_size += size + ENTRY_OVERHEAD * (len(ops) // 4)
             self.entries += len(ops) // 4
 
     def get(self, key: bytes, seq: int) -> Record | None:
