@@ -112,3 +112,27 @@ def test_build_record_matches_source() -> None:
     assert set(record["modules"]) == set(shaledb.build.listed_modules())
     for m, rec in record["modules"].items():
         assert rec["sha256"] == shaledb.build.source_hash(shaledb.build.source_path(m))
+
+
+def test_abandoned_iterators_release_their_version_pins(tmp_path: Path) -> None:
+    """A range iterator pins a version (its tables stay on disk) until it ends. One dropped
+    unfinished, or never started, must release it: Python runs a started generator's
+    ``finally`` on collection, a mypyc-compiled generator does not (and cannot be weakly
+    referenced), so the release rides on an object whose ``__del__`` works in both builds."""
+    import gc
+
+    with shaledb.open(tmp_path / "db") as db:
+        for i in range(2000):
+            db.put(b"k%05d" % i, b"v" * 50)
+        engine = db._engine
+        assert not engine._pinned
+        started = db.range()
+        next(started)
+        never_started = db.range(b"k00100")
+        live = db.live_records() if hasattr(db, "live_records") else None
+        assert engine._pinned
+        del started, never_started, live
+        gc.collect()
+        assert not engine._pinned, "an abandoned iterator kept its version pinned"
+        finished = list(db.range())
+        assert len(finished) == 2000 and not engine._pinned

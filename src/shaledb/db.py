@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .engine.batch import Bytesish, WriteBatch, check_expire_at_ms, to_key, to_value, ttl_to_ms
 from .engine.db import Engine
-from .engine.dbformat import DELETE, PUT, charge
+from .engine.dbformat import DELETE, ENTRY_OVERHEAD, PUT, charge
 from .engine.verify import ProgressFn, VerifyReport
 from .errors import InvalidArgument, TransactionConflict
 from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
@@ -43,6 +43,13 @@ class DB(Reader):
         self._backup_digests: dict[str, dict[tuple[int, int], str]] = {}
         self._backup_lock = threading.Lock()
 
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, key: Bytesish, default: bytes | None = None) -> bytes | None:
+        """The value of ``key``, or ``default`` when it is missing or expired."""
+        k = key if type(key) is bytes and len(key) <= MAX_KEY_SIZE else to_key(key)
+        value = self._engine.get_live(k)
+        return default if value is None else value
+
     # -- writes ---------------------------------------------------------------------------
     def put(self, key: Bytesish, value: Bytesish, *, sync: bool = False,
             ttl: float | None = None, expire_at_ms: int | None = None) -> None:
@@ -57,7 +64,7 @@ class DB(Reader):
             exp = check_expire_at_ms(expire_at_ms)
         else:
             exp = 0 if ttl is None else ttl_to_ms(ttl, self.options.clock)
-        self._engine.write([PUT, k, exp, v], charge(k, v), sync)
+        self._engine.write([PUT, k, exp, v], len(k) + len(v) + ENTRY_OVERHEAD, sync)
 
     def delete(self, key: Bytesish, *, sync: bool = False) -> None:
         """Remove ``key`` (no error when it is missing)."""

@@ -23,7 +23,7 @@ import msgpack
 
 from ..errors import CorruptionError, InvalidArgument
 from ..options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE, MAX_VALUE_SIZE
-from .dbformat import DELETE, PUT, charge
+from .dbformat import DELETE, ENTRY_OVERHEAD, PUT, charge
 
 _HEAD = struct.Struct("<QI")
 _TIME = struct.Struct("<Q")
@@ -115,8 +115,9 @@ class WriteBatch:
             expire_at_ms: int | None = None) -> None:
         """Add ``key = value``, expiring after ``ttl`` seconds, or at the absolute time
         ``expire_at_ms`` (milliseconds since the Unix epoch), when given (not both)."""
-        k = to_key(key)
-        v = to_value(value)
+        # (the common case, bytes within the limits, without the two validating calls)
+        k = key if type(key) is bytes and len(key) <= MAX_KEY_SIZE else to_key(key)
+        v = value if type(value) is bytes and len(value) <= MAX_VALUE_SIZE else to_value(value)
         exp = 0
         if expire_at_ms is not None:
             if ttl is not None:
@@ -129,7 +130,7 @@ class WriteBatch:
                 ttl_to_ms(ttl, _zero_clock)  # validate now, resolve at write time
                 self._ttls.append((len(self._ops) + 2, ttl))
         self._ops += (PUT, k, exp, v)
-        self._bytes += charge(k, v)
+        self._bytes += len(k) + len(v) + ENTRY_OVERHEAD
 
     def delete(self, key: Bytesish) -> None:
         """Add a deletion of ``key``."""

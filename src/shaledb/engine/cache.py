@@ -20,6 +20,8 @@ V = TypeVar("V")
 class LRUCache(Generic[K, V]):
     """A thread-safe LRU map bounded by the sum of its entries' charges."""
 
+    __slots__ = ("capacity", "_map", "_lock", "usage", "pinned", "hits", "misses")
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._map: OrderedDict[K, tuple[V, int]] = OrderedDict()
@@ -99,6 +101,8 @@ class TableCache(Generic[V]):
     """Open table readers by file number, at most ``capacity`` at once. Evicted readers are
     closed when the last user drops them (their file descriptors close on collection), so an
     iterator never loses a file it is reading."""
+
+    __slots__ = ("_lru", "_opener", "_on_drop", "_open_lock")
 
     def __init__(self, capacity: int, opener: Callable[[int, Any], V],
                  on_drop: Callable[[V], None] | None = None) -> None:

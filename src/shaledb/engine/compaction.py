@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..options import Options
 from .crypto import Keyring
 from .dbformat import DELETE, PUT, Entry
 from .filenames import table_name
-from .iterator import merge
+from .iterator import merge_chunks
 from .manifest import Version
 from .ratelimit import RateLimiter
 from .sstable import FileMeta, TableReader
@@ -159,6 +159,35 @@ def drop_obsolete(entries: Iterator[Entry], smallest_snapshot: int, now_ms: int,
         yield e
 
 
+def drop_obsolete_chunks(chunks: Iterable[list[Entry]], smallest_snapshot: int, now_ms: int,
+                         drop_tombstones: bool) -> Iterator[list[Entry]]:
+    """:func:`drop_obsolete` over a stream of chunks, yielding what each chunk keeps."""
+    last_key: bytes | None = None
+    newer_seq = 0
+    for chunk in chunks:
+        out: list[Entry] = []
+        for e in chunk:
+            key, negseq, kind, expire, _ = e
+            seq = -negseq
+            if key != last_key:
+                last_key = key
+                newer_seq = 1 << 64
+            elif newer_seq == seq:
+                continue
+            if newer_seq <= smallest_snapshot:
+                newer_seq = seq
+                continue
+            newer_seq = seq
+            if kind == PUT and expire and expire <= now_ms:
+                kind = DELETE
+                e = (key, negseq, DELETE, 0, b"")
+            if kind == DELETE and drop_tombstones and seq <= smallest_snapshot:
+                continue
+            out.append(e)
+        if out:
+            yield out
+
+
 @dataclasses.dataclass(frozen=True)
 class MergeJob:
     """Everything a merge needs, as plain data (it may be sent to a worker process)."""
@@ -215,18 +244,22 @@ def run_merge(job: MergeJob, open_table: Callable[[int], TableReader], writer: T
               should_stop: Callable[[], bool]) -> None:
     """Merge the job's tables into ``writer``. On error the caller removes the files in
     ``writer.created`` that no manifest edit names."""
-    def run_of(numbers: tuple[int, ...]) -> Iterator[Entry]:
+    def run_of(numbers: tuple[int, ...]) -> Iterator[list[Entry]]:
         for n in numbers:
-            yield from open_table(n).iter_range(None, None, fill_cache=False)
+            yield from open_table(n).iter_chunks(None, None, fill_cache=False)
 
-    sources = [open_table(n).iter_range(None, None, fill_cache=False) for n in job.l0_inputs]
+    # Whole blocks merged by merge_chunks (bisect and list.sort, in C) and written by
+    # TableBuilder.add_run: the entries go through one Python loop each, in
+    # drop_obsolete_chunks and add_run, instead of heapq.merge's and a generator's per entry.
+    sources = [open_table(n).iter_chunks(None, None, fill_cache=False)
+               for n in job.l0_inputs]
     for run in (job.level_inputs, job.below):
         if run:
             sources.append(run_of(run))
     try:
-        entries = drop_obsolete(merge(sources, False), job.smallest_snapshot, job.now_ms,
-                                job.drop_tombstones)
-        writer.write(entries, should_stop)
+        chunks = drop_obsolete_chunks(merge_chunks(sources, False), job.smallest_snapshot,
+                                      job.now_ms, job.drop_tombstones)
+        writer.write_chunks(chunks, should_stop)
     except BaseException:
         writer.abandon()
         raise

@@ -39,9 +39,10 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..errors import (
     ClosedError,
@@ -80,7 +81,7 @@ from .crypto import (
     open_keyring,
     rewrap_keyring,
 )
-from .dbformat import DELETE, PUT, Record, record_is_live
+from .dbformat import DELETE, PUT, Entry, Record, record_is_live
 from .filenames import (
     CURRENT,
     KEYRING,
@@ -96,7 +97,15 @@ from .filenames import (
     table_file,
     table_name,
 )
-from .iterator import Pinned, concat, memtable_source, merge, visible
+from .iterator import (
+    concat,
+    concat_chunks,
+    memtable_chunks,
+    memtable_source,
+    merge,
+    merge_chunks,
+    visible_chunks,
+)
 from .logfile import content_end, file_header_size, lost_bytes, scan_log
 from .manifest import Version, VersionEdit, VersionSet
 from .memtable import MemTable
@@ -126,11 +135,15 @@ _DESCRIPTOR_RETRY_SECONDS = 0.2
 _COMPACTION_RETRY_SECONDS = 1.0
 
 #: Largest write group (bytes of memtable charge) the leader builds from queued writers.
-MAX_GROUP_BYTES = 1 << 20
+MAX_GROUP_BYTES: Final = 1 << 20
+#: Ranges with a limit up to this are read at once (a seek and a few next calls), unpinned.
+EAGER_RANGE_LIMIT: Final = 32
 
 
 class _Once:
-    """Calls ``fn(arg)`` on the first call only."""
+    """Calls ``fn(arg)`` on the first call only, or when collected if it never was (the
+    release of an iterator's version pin: a generator never started never runs its
+    ``finally``, but frees its arguments when it is collected)."""
 
     __slots__ = ("_fn", "_arg")
 
@@ -142,6 +155,9 @@ class _Once:
         fn, self._fn = self._fn, None
         if fn is not None:
             fn(self._arg)
+
+    def __del__(self) -> None:
+        self()
 
 
 class _Writer:
@@ -162,6 +178,10 @@ class _Writer:
         # Created (on the DB mutex) only when this writer has to wait: each waiting writer
         # is woken by name, the next leader first, instead of all of them contending.
         self.cv: threading.Condition | None = None
+
+
+#: What :meth:`Engine._write_alone` queues while it writes: it leads, so no field is read.
+_ALONE: Final = _Writer(None, 0, False, None)
 
 
 class Engine:
@@ -782,6 +802,8 @@ class Engine:
             return self._locked_fail(exc, what)
 
     def _open_table(self, number: int, meta: FileMeta | None) -> TableReader:
+        if self._closed:  # (a lock-free get racing close(): never open a table after it)
+            raise ClosedError(f"database {self.path!r} is closed")
         reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache,
                              self._keyring)
         if meta is not None:
@@ -818,6 +840,10 @@ class Engine:
         (optimistic transactions). ``ops=None`` with ``force_flush`` freezes the memtable.
         ``commit_ms``: the commit time the WAL record carries (default: now).
         """
+        if ops and not sync and check is None and commit_ms is None and not force_flush:
+            last = self._write_alone(ops)
+            if last:
+                return last
         w = _Writer(ops, nbytes, sync, check, commit_ms)
         with self._mutex:
             writers = self._writers
@@ -953,6 +979,70 @@ class Engine:
                 for g in group:
                     if g.cv is not None:
                         g.cv.notify()
+        if error is not None:
+            raise error
+        return last
+
+    def _write_alone(self, ops: list[Any]) -> int:
+        """The single-writer fast path of :meth:`write` (a non-durable write, no check, no
+        flush): when no other writer is queued and nothing needs attention (memtable room,
+        L0 below the slowdown trigger, the database writable), lead the queue without a
+        _Writer or a group and apply ``ops`` alone, exactly as a group of one would be.
+        Returns the sequence of its last op, or 0 when it did nothing (the caller then takes
+        the general path)."""
+        with self._mutex:
+            writers = self._writers
+            if (writers or self._closed or self._closing or self._bg_error is not None
+                    or self.options.read_only
+                    or self._mem.approximate_size >= self._memtable_size
+                    or len(self._versions.current.levels[0]) >= self._l0_slowdown):
+                return 0
+            # Queued as a writer would be: later writers wait behind it (their own cv), and
+            # close() waits for it. Nobody ever groups it or waits on its cv (it leads).
+            writers.append(_ALONE)
+            first_seq = self._last_seq + 1
+            wal = self._wal
+            mem = self._mem
+        error: BaseException | None = None
+        fatal = False
+        wal_bytes = 0
+        commit_ms = 0
+        last = first_seq + len(ops) // 4 - 1
+        try:
+            assert wal is not None
+            if wal.note_due:  # see write(): before the record, fatal past its start
+                fatal = True
+                wal.note_prior_sealed()
+                fatal = False
+            commit_ms = self._commit_ms()
+            record = wal.frame(encode_batch(first_seq, ops, commit_ms))
+            try:
+                wal.reserve(len(record))
+            except DescriptorsExhaustedError:
+                wal.unframe()
+                self.counters["descriptor_shortages"] += 1
+                raise
+            except BaseException:
+                fatal = True
+                raise
+            fatal = True
+            wal_bytes = wal.append_framed(record)
+            mem.apply(first_seq, ops)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            error = exc
+        with self._mutex:
+            if error is not None and fatal:
+                error = self._locked_fail(error, "write")
+            if error is None:
+                self._last_seq = last
+                self._last_commit_ms = commit_ms
+                self._writes += 1
+                self._wal_records += 1
+                self._wal_bytes_written += wal_bytes
+                if mem.approximate_size >= self._memtable_size:
+                    self._bg_cv.notify_all()  # see write(): the syncer starts on the segment
+            writers.popleft()
+            self._locked_wake_next_leader()
         if error is not None:
             raise error
         return last
@@ -1206,20 +1296,75 @@ class Engine:
             fn(arg)
 
     def get_record(self, key: bytes, seq: int | None = None) -> Record | None:
-        """The newest version of ``key`` visible at ``seq`` (default: latest), or None."""
+        """The newest version of ``key`` visible at ``seq`` (default: latest), or None.
+
+        One flat loop over the memtables and the candidate tables, without the mutex: the
+        sequence is read first, then the memtable, the immutable one and the version, in the
+        order the engine publishes them (a switch sets ``_imm`` before ``_mem``; a flush
+        installs its version before it clears ``_imm``), so every write at or below the
+        sequence is in what is read. The version is not pinned: a table that a compaction
+        deleted meanwhile fails to open, and the lookup is then repeated, pinned
+        (:meth:`_get_pinned`; so is any other error, which that one raises again)."""
+        if self._closed:
+            raise ClosedError(f"database {self.path!r} is closed")
+        s = self._last_seq if seq is None else seq
+        mem = self._mem
+        imm = self._imm
+        v = self._versions.current
+        r = mem.get(key, s)
+        if r is not None:
+            return r
+        if imm is not None:
+            r = imm.get(key, s)
+            if r is not None:
+                return r
+        try:
+            return self._tables_get(v, key, s)
+        except Exception:  # noqa: BLE001 - retried pinned, which raises what persists
+            self.counters["unpinned_get_retries"] += 1
+            return self._get_pinned(key, seq)
+
+    def _tables_get(self, v: Version, key: bytes, seq: int) -> Record | None:
+        """The newest version of ``key`` at ``seq`` in the tables of ``v`` (L0 newest first,
+        then the one candidate of each deeper level)."""
+        tables = self._tables
+        r: Record | None
+        for f in v.levels[0]:
+            if f.smallest <= key <= f.largest:
+                r = tables.get(f.number, f).get(key, seq)
+                if r is not None:
+                    return r
+        for files, largest in v.deep:
+            i = bisect_left(largest, key)
+            if i < len(files):
+                f = files[i]
+                if f.smallest <= key:
+                    r = tables.get(f.number, f).get(key, seq)
+                    if r is not None:
+                        return r
+        return None
+
+    def _get_pinned(self, key: bytes, seq: int | None) -> Record | None:
         mem, imm, v, seq = self._pin(seq)
         try:
             r = mem.get(key, seq)
             if r is None and imm is not None:
                 r = imm.get(key, seq)
             if r is None:
-                for f in v.candidates(key):
-                    r = self._table(f).get(key, seq)
-                    if r is not None:
-                        break
+                r = self._tables_get(v, key, seq)
             return r
         finally:
             self._unpin(v)
+
+    def get_live(self, key: bytes) -> bytes | None:
+        """The value of ``key`` now, or None when it is missing, deleted or expired."""
+        r = self.get_record(key)
+        if r is None or r[1] != PUT:
+            return None
+        exp = r[2]
+        if exp and exp <= int(self._clock() * 1000):
+            return None
+        return r[3]
 
     def latest_seq(self, key: bytes) -> int:
         """Sequence of the newest version of ``key`` (0 if none)."""
@@ -1245,12 +1390,52 @@ class Engine:
                 seq: int | None = None, include_expired: bool = False
                 ) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs with ``lo <= key < hi`` at ``seq``, consistent for its life;
-        with ``include_expired``, also PUTs whose expiry has passed (not yet compacted)."""
-        mem, imm, v, seq = self._pin(seq)
+        with ``include_expired``, also PUTs whose expiry has passed (not yet compacted).
+
+        A short range (``limit`` up to ``EAGER_RANGE_LIMIT``, a seek and a few next calls)
+        is read at once, unpinned as a point lookup is (:meth:`_range_now`); a longer one
+        lazily, chunk by chunk, pinning its version for its life."""
         now_ms = 0 if include_expired else self._now_ms()
-        release = _Once(self._unpin, v)
-        return Pinned(self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit, release),
-                      release)
+        if limit is not None and limit <= EAGER_RANGE_LIMIT:
+            return iter(self._range_now(lo, hi, reverse, limit, seq, now_ms))
+        mem, imm, v, seq = self._pin(seq)
+        # The generator holds the only reference to the release: one never started (whose
+        # finally never runs) unpins when it is collected (_Once.__del__).
+        return self._iterate(mem, imm, v, seq, now_ms, lo, hi, reverse, limit,
+                             _Once(self._unpin, v))
+
+    def _range_now(self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int,
+                   seq: int | None, now_ms: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` pairs of the range, read now: first without the mutex or a pin
+        (the memtables and version read in publication order, see :meth:`get_record`), and
+        if a table it needs was deleted meanwhile (or anything else fails), pinned."""
+        if self._closed:
+            raise ClosedError(f"database {self.path!r} is closed")
+        if limit <= 0:
+            return []
+        s = self._last_seq if seq is None else seq
+        mem = self._mem
+        imm = self._imm
+        v = self._versions.current
+        try:
+            return self._collect(mem, imm, v, s, now_ms, lo, hi, reverse, limit)
+        except Exception:  # noqa: BLE001 - retried pinned, which raises what persists
+            self.counters["unpinned_get_retries"] += 1
+        mem, imm, v, s = self._pin(seq)
+        try:
+            return self._collect(mem, imm, v, s, now_ms, lo, hi, reverse, limit)
+        finally:
+            self._unpin(v)
+
+    def _collect(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
+                 lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
+                 ) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        for part in visible_chunks(merge_chunks(self._chunk_sources(
+                mem, imm, v, seq, lo, hi, reverse, limit), reverse), seq, now_ms, reverse,
+                limit):
+            out += part
+        return out
 
     def _sources(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool) -> list[Iterator[Any]]:
@@ -1270,29 +1455,51 @@ class Engine:
                                                                              reverse)))
         return sources
 
+    def _chunk_sources(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
+                       lo: bytes | None, hi: bytes | None, reverse: bool, first: int = 16
+                       ) -> list[Iterator[list[Entry]]]:
+        """:meth:`_sources` as sources of chunks (for :func:`merge_chunks`), each starting
+        with a chunk of about ``first`` entries (a seek wants a few)."""
+        sources = [memtable_chunks(mem, lo, hi, reverse, seq, first)]
+        if imm is not None:
+            sources.append(memtable_chunks(imm, lo, hi, reverse, seq, first))
+        for f in v.levels[0]:
+            if f.overlaps(lo, hi):
+                sources.append(self._table(f).iter_chunks(lo, hi, reverse, True, first))
+        for lvl in range(1, len(v.levels)):
+            files = [f for f in v.levels[lvl] if f.overlaps(lo, hi)]
+            if not files:
+                continue
+            if reverse:
+                files.reverse()
+            if len(files) == 1:
+                sources.append(self._table(files[0]).iter_chunks(lo, hi, reverse, True, first))
+            else:
+                sources.append(concat_chunks(
+                    files, lambda f: self._table(f).iter_chunks(lo, hi, reverse, True, first)))
+        return sources
+
     def live_records(self) -> Iterator[tuple[bytes, int, bytes]]:
         """``(key, expire_at_ms, value)`` of every live key, in key order, at the moment of
         the call (for copying a database: ``shaledb encrypt`` and ``decrypt``)."""
         mem, imm, v, seq = self._pin(None)
-        release = _Once(self._unpin, v)
-        now_ms = self._now_ms()
+        return self._live_records(mem, imm, v, seq, self._now_ms(), _Once(self._unpin, v))
 
-        def gen() -> Iterator[tuple[bytes, int, bytes]]:
-            try:
-                last = None
-                for key, negseq, kind, expire, value in merge(
-                        self._sources(mem, imm, v, seq, None, None, False), False):
-                    if key == last or -negseq > seq:
-                        continue
-                    last = key
-                    if self._closed:
-                        raise ClosedError(f"database {self.path!r} was closed during a copy")
-                    if kind == PUT and (expire == 0 or expire > now_ms):
-                        yield key, expire, value
-            finally:
-                release()
-
-        return Pinned(gen(), release)
+    def _live_records(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
+                      now_ms: int, release: _Once) -> Iterator[tuple[bytes, int, bytes]]:
+        try:
+            last = None
+            for key, negseq, kind, expire, value in merge(
+                    self._sources(mem, imm, v, seq, None, None, False), False):
+                if key == last or -negseq > seq:
+                    continue
+                last = key
+                if self._closed:
+                    raise ClosedError(f"database {self.path!r} was closed during a copy")
+                if kind == PUT and (expire == 0 or expire > now_ms):
+                    yield key, expire, value
+        finally:
+            release()
 
     def _iterate(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None,
@@ -1300,15 +1507,14 @@ class Engine:
         try:
             if limit is not None and limit <= 0:
                 return
-            sources = self._sources(mem, imm, v, seq, lo, hi, reverse)
-            it: Iterator[tuple[bytes, bytes]] = visible(merge(sources, reverse), seq, now_ms,
-                                                        reverse)
-            if limit is not None:
-                it = itertools.islice(it, limit)
-            for kv in it:
-                if self._closed:
-                    raise ClosedError(f"database {self.path!r} was closed during iteration")
-                yield kv
+            chunks = visible_chunks(merge_chunks(self._chunk_sources(
+                mem, imm, v, seq, lo, hi, reverse), reverse), seq, now_ms, reverse, limit)
+            for part in chunks:
+                for kv in part:
+                    if self._closed:
+                        raise ClosedError(
+                            f"database {self.path!r} was closed during iteration")
+                    yield kv
         finally:
             release()
 

@@ -117,14 +117,15 @@ class Version:
     """An immutable set of tables: ``levels[0]`` newest first (may overlap), deeper levels
     sorted by key and disjoint."""
 
-    __slots__ = ("levels", "refs", "_largest", "_deep")
+    __slots__ = ("levels", "refs", "_largest", "deep")
 
     def __init__(self, levels: list[list[FileMeta]]) -> None:
         self.levels = levels
         self.refs = 0
         self._largest = [[f.largest for f in lvl] for lvl in levels]
         # The non-empty sorted levels with their search keys: a point lookup visits only these.
-        self._deep = [(lvl, self._largest[i]) for i, lvl in enumerate(levels) if i and lvl]
+        self.deep: list[tuple[list[FileMeta], list[bytes]]] = [
+            (lvl, self._largest[i]) for i, lvl in enumerate(levels) if i and lvl]
 
     def files(self) -> list[tuple[int, FileMeta]]:
         """Every (level, table)."""
@@ -137,7 +138,7 @@ class Version:
     def candidates(self, key: bytes) -> list[FileMeta]:
         """Tables that may hold ``key``, newest data first."""
         out = [f for f in self.levels[0] if f.smallest <= key <= f.largest]
-        for files, largest in self._deep:
+        for files, largest in self.deep:
             i = bisect_left(largest, key)
             if i < len(files) and files[i].smallest <= key:
                 out.append(files[i])

@@ -204,18 +204,30 @@ class RawBlock:
 
     def get(self, key: bytes, seq: int) -> Record | None:
         """The newest version of ``key`` with sequence <= ``seq``: (seq, kind, expire, value)."""
-        j = self.lower_bound(key)
+        # lower_bound and key_at inlined: this is the innermost loop of every point read.
+        p = self.payload
+        ko = self._koffs
+        hdr = _BIN_HDR
+        lo, hi = 0, self.n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            a = ko[mid]
+            if p[a + hdr[p[a]]:ko[mid + 1]] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        j = lo
         n = self.n
         seqs = self._seqs
-        key_at = self.key_at
-        while j < n and key_at(j) == key:
+        while j < n:
+            a = ko[j]
+            if p[a + hdr[p[a]]:ko[j + 1]] != key:
+                return None
             s = seqs[j]
             if s <= seq:
-                p = self.payload
                 a = self._voffs[j]
                 exp = self._expires[j] if self._expires is not None else 0
-                return (s, p[self._kinds + j], exp,
-                        p[a + _BIN_HDR[p[a]]:self._voffs[j + 1]])
+                return (s, p[self._kinds + j], exp, p[a + hdr[p[a]]:self._voffs[j + 1]])
             j += 1
         return None
 

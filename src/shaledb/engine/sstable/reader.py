@@ -7,7 +7,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from operator import neg
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -38,9 +38,9 @@ from .format import (
 )
 
 #: Python memory per index key beyond its bytes (the bytes object header and a list slot).
-_KEY_OVERHEAD = 41
+_KEY_OVERHEAD: Final = 41
 #: Entries decoded first when a range scan enters its first block.
-_HEAD_RUN = 16
+_HEAD_RUN: Final = 16
 
 
 def _entries(cols: Columns) -> Iterator[Entry]:
@@ -72,6 +72,10 @@ def table_cipher(f: ReadFile, path: str, number: int, footer: Footer,
 
 class TableReader:
     """An open table. Thread-safe: reads use ``pread`` and the block cache locks itself."""
+
+    __slots__ = ("path", "number", "_cache", "_cipher", "_file", "format_version",
+                 "_last_keys", "_offsets", "_sizes", "_filter", "properties", "nblocks",
+                 "meta_bytes")
 
     def __init__(self, fs: FileSystem, path: str, number: int,
                  block_cache: LRUCache[tuple[int, int], Block] | None,
@@ -151,6 +155,11 @@ class TableReader:
             block = cache.get((self.number, i))
             if block is not None:
                 return block
+        return self._load_block(i, fill_cache)
+
+    def _load_block(self, i: int, fill_cache: bool = True) -> Block:
+        """Read, verify and decode data block ``i`` (and cache it)."""
+        cache = self._cache
         block = decode_data_block(self._read_raw(self._offsets[i], self._sizes[i]), self.path,
                                   self.format_version)
         if cache is not None and fill_cache:
@@ -168,7 +177,11 @@ class TableReader:
         i = bisect_left(self._last_keys, key)
         if i >= self.nblocks:
             return None
-        return self._block(i).get(key, seq)
+        cache = self._cache
+        block = None if cache is None else cache.get((self.number, i))
+        if block is None:
+            block = self._load_block(i)
+        return block.get(key, seq)
 
     def latest_seq(self, key: bytes) -> int | None:
         """Sequence of the newest version of ``key`` in this table, or None."""
@@ -212,6 +225,40 @@ class TableReader:
                     yield from _entries(b.columns(a, a + _HEAD_RUN))
                     a += _HEAD_RUN
                 yield from _entries(b.columns(a, e))
+            head = False
+
+    def iter_chunks(self, lo: bytes | None, hi: bytes | None, reverse: bool = False,
+                    fill_cache: bool = True, head_run: int = _HEAD_RUN
+                    ) -> Iterator[list[Entry]]:
+        """:meth:`iter_range` as lists of entries: a run of ``head_run`` first, then the
+        rest block by block."""
+        head_run = max(1, head_run)
+        last_keys = self._last_keys
+        nblocks = self.nblocks
+        if nblocks == 0:
+            return
+        first = 0 if lo is None else bisect_left(last_keys, lo)
+        last = nblocks - 1 if hi is None else min(bisect_left(last_keys, hi), nblocks - 1)
+        if first > last:
+            return
+        order = range(last, first - 1, -1) if reverse else range(first, last + 1)
+        head = True
+        for i in order:
+            b = self._block(i, fill_cache)
+            a = 0 if lo is None or i != first else b.lower_bound(lo)
+            e = b.n if hi is None or i != last else b.lower_bound(hi)
+            if a >= e:
+                continue
+            if reverse:
+                if head and e - a > head_run:
+                    yield list(_reversed_entries(b.columns(e - head_run, e)))
+                    e -= head_run
+                yield list(_reversed_entries(b.columns(a, e)))
+            else:
+                if head and e - a > head_run:
+                    yield list(_entries(b.columns(a, a + head_run)))
+                    a += head_run
+                yield list(_entries(b.columns(a, e)))
             head = False
 
     def __repr__(self) -> str:

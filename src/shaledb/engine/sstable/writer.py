@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ..crypto import Keyring
 from ..dbformat import Entry
@@ -56,6 +56,38 @@ class TableWriter:
             builder.add(key, -negseq, kind, expire, value)
             if should_stop is not None and count % 4096 == 0 and should_stop():
                 raise WriteAborted()
+        if builder is not None:
+            self._finish(builder)
+        self._builder = None
+        return self.outputs
+
+    def write_chunks(self, chunks: Iterable[list[Entry]],
+                     should_stop: Callable[[], bool] | None = None) -> list[FileMeta]:
+        """:meth:`write` for a stream of chunks (lists of entries in table order): the same
+        tables, cut at the same places, with one :meth:`TableBuilder.add_run` per chunk."""
+        target = self._target
+        builder = self._builder
+        since_check = 0
+        for chunk in chunks:
+            i = 0
+            n = len(chunk)
+            while i < n:
+                if builder is None:
+                    builder = self._open()
+                can_cut = (target is not None and (self._max_outputs is None
+                                                   or len(self.created) < self._max_outputs))
+                j = builder.add_run(chunk, i, target if can_cut else None)
+                if j < n:
+                    self._finish(builder)
+                    builder = self._open()
+                    # (the entry it stopped at starts the new table: add_run never stops
+                    # before a table's first entry)
+                since_check += j - i
+                i = j
+            if should_stop is not None and since_check >= 4096:
+                since_check = 0
+                if should_stop():
+                    raise WriteAborted()
         if builder is not None:
             self._finish(builder)
         self._builder = None
