@@ -666,7 +666,7 @@ class Serialized(Store):
 
 STORES: dict[str, type[Store]] = {
     cls.NAME: cls
-    for cls in (ShaleDBStore, ShaleDBPureStore, ShaleDBEncryptedStore, LMDBStore, RocksDBStore, LevelDBStore,
-                SQLiteStore, DiskCacheStore, SqliteDictStore, GDBMStore)
+    for cls in (ShaleDBStore, ShaleDBPureStore, ShaleDBEncryptedStore, LMDBStore, RocksDBStore,
+                LevelDBStore, SQLiteStore, DiskCacheStore, SqliteDictStore, GDBMStore)
 }
 ALL_STORES = list(STORES)

@@ -26,8 +26,9 @@ clean close. :func:`model` is what a reader must see, for the tests.
 
 Reproducibility: the clock is fixed (:data:`NOW`); the salts of new log files come from a
 counter instead of ``os.urandom`` (``shaledb.engine.logfile.new_salt`` is replaced while the
-script runs); the tables' ``created_at`` comes from a fixed clock (the ``time`` module the
-table builder reads, ``shaledb.engine.sstable.builder.clock``, is replaced); encrypted: the master key is :data:`GOLDEN_KEY`, and the
+script runs); the tables' ``created_at`` comes from a fixed clock (the clock the table
+builder reads, ``shaledb.engine.sstable.builder.clock``, is replaced); encrypted: the master
+key is :data:`GOLDEN_KEY`, and the
 data key, the files' salts and the key-wrapping nonces come from a counter too
 (``shaledb.engine.crypto.random_bytes`` is replaced); background WAL fsyncs are off (their
 timing would show in the records' ``synced`` field) and compactions run only when asked, in
