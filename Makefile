@@ -59,7 +59,7 @@ soak: build
 	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider --timeout=3600
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts setup.py
 	$(BIN)/mypy
 
 typecheck: $(STAMP)
