@@ -1569,8 +1569,8 @@ class KeyspaceTxn:
     @property
     def dirty(self) -> bool:
         """Whether writes are buffered."""
-        return (bool(self._writes) or bool(self._chunks) or bool(self._members)
-                or self._map is not None or bool(self._touched))
+        return (bool(self._writes or self._members or self._chunks or self._touched)
+                or self._map is not None)
 
     def commit(self) -> None:
         """Apply the buffered writes, their chunks, the garbage records of the chunk sets

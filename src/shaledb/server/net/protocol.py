@@ -403,7 +403,8 @@ class RequestReader:
 _CRLF: Final = b"\r\n"
 _NULL2: Final = b"$-1\r\n"
 _NULL3: Final = b"_\r\n"
-_SMALL_INTS: Final = [b":%d\r\n" % i for i in range(1024)]
+#: The integer replies 0-1023, encoded once.
+SMALL_INTS: Final = tuple(b":%d\r\n" % i for i in range(1024))
 
 
 def format_double(value: float) -> bytes:
@@ -521,7 +522,7 @@ def encode(value: Any, resp: int, out: list[bytes]) -> None:
     elif t is Status:
         out.append(b"+%s\r\n" % value)
     elif t is int:
-        out.append(_SMALL_INTS[value] if 0 <= value < 1024 else b":%d\r\n" % value)
+        out.append(SMALL_INTS[value] if 0 <= value < 1024 else b":%d\r\n" % value)
     elif value is None:
         out.append(_NULL3 if resp == 3 else _NULL2)
     elif t is list or t is tuple:
@@ -573,6 +574,7 @@ def encode_one(value: Any, resp: int) -> bytes:
 
 
 __all__ = [
+    "SMALL_INTS",
     "SPLIT_BULK",
     "ArrayBuilder",
     "Encoded",
