@@ -69,3 +69,24 @@ def test_pops_around_a_failing_script_in_one_pipeline(r: redis.Redis) -> None:
     assert replies[0] == [(b"a", 1.0)]
     assert isinstance(replies[1], redis.ResponseError)
     assert replies[2:] == [[(b"c", 3.0)], [b"d"]]
+
+
+def test_lrange_reads_the_committed_range_or_the_transactions_own(r: redis.Redis) -> None:
+    """LRANGE walks the committed elements in one bounded engine range, or, inside a
+    transaction that changed the list, the merged walk; both give Redis' answers."""
+    r.rpush("l", *[b"v%03d" % i for i in range(300)])
+    assert r.lrange("l", 0, 99) == [b"v%03d" % i for i in range(100)]
+    assert r.lrange("l", 250, 1000) == [b"v%03d" % i for i in range(250, 300)]
+    assert r.lrange("l", -3, -1) == [b"v297", b"v298", b"v299"]
+    pipe = r.pipeline(transaction=True)
+    pipe.lpop("l", 2)
+    pipe.lpush("l", b"new")
+    pipe.rpop("l")
+    pipe.lrange("l", 0, 3)
+    pipe.lrange("l", -2, -1)
+    assert pipe.execute() == [[b"v000", b"v001"], 299, b"v299",
+                              [b"new", b"v002", b"v003", b"v004"], [b"v297", b"v298"]]
+    assert r.lrange("l", 0, 2) == [b"new", b"v002", b"v003"]
+    big = b"x" * 70_000  # over SPLIT_BULK: encoded apart, not joined
+    r.rpush("b", b"a", big, b"c")
+    assert r.lrange("b", 0, -1) == [b"a", big, b"c"]

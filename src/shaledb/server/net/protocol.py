@@ -36,6 +36,7 @@ was built, by an :class:`ArrayBuilder` charging it to the client's output budget
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import MutableSequence
@@ -463,8 +464,10 @@ def format_double(value: float) -> bytes:
 SPLIT_BULK: Final = 16 * 1024
 
 
-#: Bytes of small elements an ArrayBuilder packs into one part.
-_CHUNK: Final = 64 * 1024
+#: Bytes of small elements an ArrayBuilder packs into one part (and hands to
+#: :meth:`ArrayBuilder.extend` at a time).
+CHUNK: Final = 64 * 1024
+_CHUNK: Final = CHUNK
 
 
 class Encoded:
@@ -527,6 +530,25 @@ class ArrayBuilder:
         if len(buf) >= _CHUNK:
             self._flush()
         self.count += 1
+        return self.size <= self.budget
+
+    def extend(self, values: list[bytes]) -> bool:
+        """Append byte strings, encoded together in C (LRANGE); False when the array is
+        now over its budget. The caller hands over at most about _CHUNK bytes at a time,
+        so the budget is checked as often as :meth:`add` would for small values."""
+        if not values:
+            return self.size <= self.budget
+        if max(map(len, values)) >= SPLIT_BULK:
+            return all(self.add(value) for value in values)  # stops at the first False
+        data = b"\r\n".join(itertools.chain.from_iterable(
+            zip(map(_BULK_HEADER_LINE, map(len, values)), values, strict=True)))
+        buf = self._buf
+        buf += data
+        buf += _CRLF
+        self.size += len(data) + 2
+        self.count += len(values)
+        if len(buf) >= _CHUNK:
+            self._flush()
         return self.size <= self.budget
 
     def _flush(self) -> None:
