@@ -49,7 +49,7 @@ from ..exec.client import NO_LIMIT, ClientState
 from ..exec.context import Services
 from ..exec.deferred import CLOSE, Deferred, Written
 from ..exec.dispatch import WriteGroup
-from .protocol import OK, SMALL_INTS, SPLIT_BULK, Encoded, RequestReader, encode
+from .protocol import OK, SMALL_INTS, SPLIT_BULK, Encoded, RequestReader, Status, encode
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ _READING: Final = frozenset(("blocked",))
 #: Commands whose replies are pub/sub messages (sent even under CLIENT REPLY OFF).
 _SUBSCRIBING: Final = frozenset((
     "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"))
+#: Reply types reply_size() counts as 16 bytes whatever their value (OK, integers, nil).
+_SMALL_REPLIES: Final = frozenset((Status, int, type(None), bool, float))
 #: A reply that sends nothing (CLIENT REPLY OFF / SKIP).
 _SILENT: Final = Encoded([], 0)
 
@@ -413,7 +415,8 @@ class ClientConnection(asyncio.Protocol):
                         deferred = replies.pop()
                         deferred_resp = group.protocols.pop()
                         break
-                    reply_bytes = len(reply) + 16 if t is bytes else reply_size(reply)
+                    reply_bytes = len(reply) + 16 if t is bytes else \
+                        16 if t in _SMALL_REPLIES else reply_size(reply)
                     if reply_bytes > client.output_budget:
                         client.output_overflow = True
                     size += reply_bytes
@@ -447,7 +450,8 @@ class ClientConnection(asyncio.Protocol):
         if requests and not client.close_after_reply:
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
-        self._set_paused("backlog", False)
+        if "backlog" in self._pause:
+            self._set_paused("backlog", False)
         if self.reader.held and self._error is None and not self.closing \
                 and not client.close_after_reply:
             self._feed(b"")  # the requests before a large one ran: parse on
