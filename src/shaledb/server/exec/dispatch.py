@@ -271,10 +271,12 @@ class Route:
     from its flags and categories when the table is given (sets and tuples of words are
     not searched per request)."""
 
-    __slots__ = ("cmd", "min_args", "max_args", "open", "reads", "monitored", "subscribed_ok",
-                 "queued", "skip_slowlog", "fast", "plain")
+    __slots__ = ("key", "cmd", "min_args", "max_args", "open", "reads", "monitored",
+                 "subscribed_ok", "queued", "skip_slowlog", "fast", "plain")
 
-    def __init__(self, cmd: Command) -> None:
+    def __init__(self, key: bytes, cmd: Command) -> None:
+        #: The command's key in the table (its lower-case name).
+        self.key = key
         self.cmd = cmd
         #: Arity as a range of argument counts (name included).
         self.min_args = cmd.arity if cmd.arity >= 0 else -cmd.arity
@@ -308,21 +310,34 @@ class Dispatcher:
         self.stats = services.command_stats
         self.pubsub = services.pubsub
         services.blocking.on_served = self._served
-        #: The routes by name as sent most often (lower and upper case), the others by
-        #: their lower-case name: most requests then need no ``lower()`` copy.
+        #: Routes by the command name as sent (built on first use from the table, at most
+        #: two spellings a command up front: lower and upper case, so most requests need no
+        #: ``lower()`` copy); checked against the table on every use, which may change.
         self._routes: dict[bytes, Route] = {}
         for name, cmd in table.items():
-            route = Route(cmd)
+            route = Route(name, cmd)
             self._routes[name] = route
             self._routes[name.upper()] = route
+
+    def _route(self, name: bytes) -> Route | None:
+        """The route of command ``name`` (any case) as the table says now, or None."""
+        key = name.lower()
+        cmd = self.table.get(key)
+        if cmd is None:
+            return None
+        route = self._routes.get(key)
+        if route is None or route.cmd is not cmd:  # (other spellings are not cached)
+            route = Route(key, cmd)
+            self._routes[key] = self._routes[key.upper()] = route
+        return route
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
         CommandError instance)."""
         replies = group.replies
         route = self._routes.get(argv[0])
-        if route is None:
-            route = self._routes.get(argv[0].lower())
+        if route is None or self.table.get(route.key) is not route.cmd:
+            route = self._route(argv[0])
         in_multi = client.multi is not None
         error: CommandError | None = None
         cmd: Command | None = None
