@@ -24,7 +24,7 @@ from ..exec.blocking import NOT_READY
 from ..keyspace import notify as ev
 from ..keyspace.keyspace import Entry, KeyspaceTxn
 from ..keyspace.values import TAG_LIST, CollRef
-from ..net.protocol import NULL_ARRAY, OK
+from ..net.protocol import CHUNK, NULL_ARRAY, OK
 from . import INT64_MAX, INT64_MIN, SYNTAX, CommandFamily, Context, parse_int
 from .popping import block, block_timeout, mpop_args, numkeys_finder
 
@@ -211,11 +211,19 @@ def lrange(ctx: Context, argv: list[bytes]) -> Any:
     span = _range(start, stop, coll.size)
     if span is None:
         return out.done()
-    for pos, value in ctx.txn.list_walk(coll, span[0]):
-        if pos > span[1]:
-            break
-        if not out.add(value):
-            return ctx.overflow()
+    # Encoded in batches of up to CHUNK bytes (one C join each), charged as they go.
+    batch: list[bytes] = []
+    pending = 0
+    for value in ctx.txn.list_values(coll, span[0], span[1]):
+        batch.append(value)
+        pending += len(value)
+        if pending >= CHUNK or len(batch) >= 1024:
+            if not out.extend(batch):
+                return ctx.overflow()
+            batch = []
+            pending = 0
+    if not out.extend(batch):
+        return ctx.overflow()
     return out.done()
 
 

@@ -266,6 +266,40 @@ class WriteGroup:
         self.pending.clear()
 
 
+class Route:
+    """What :meth:`Dispatcher.execute` asks of a command on every call, worked out once
+    from its flags and categories when the table is given (sets and tuples of words are
+    not searched per request)."""
+
+    __slots__ = ("key", "cmd", "min_args", "max_args", "open", "reads", "monitored",
+                 "subscribed_ok", "queued", "skip_slowlog", "fast", "plain")
+
+    def __init__(self, key: bytes, cmd: Command) -> None:
+        #: The command's key in the table (its lower-case name).
+        self.key = key
+        self.cmd = cmd
+        #: Arity as a range of argument counts (name included).
+        self.min_args = cmd.arity if cmd.arity >= 0 else -cmd.arity
+        self.max_args = cmd.arity if cmd.arity >= 0 else MAX_ARGS
+        #: Flagged ``no-auth``: open to every client, logged in or not.
+        self.open = "no-auth" in cmd.flags
+        #: Must see committed state: settles the turn's buffered writes first.
+        self.reads = "write" not in cmd.flags or "dangerous" in cmd.categories
+        #: Shown to MONITOR.
+        self.monitored = "admin" not in cmd.categories
+        self.subscribed_ok = cmd.name in SUBSCRIBED_OK
+        #: Queued inside MULTI (all but the commands that control the transaction).
+        self.queued = cmd.name.encode() not in _NOT_QUEUED
+        self.skip_slowlog = "skip-slowlog" in cmd.flags
+        self.fast = "fast" in cmd.flags
+        #: No subcommands: the command's name is its statistics and ACL unit.
+        self.plain = not cmd.subcommands
+
+
+#: More arguments than any request can have (the reader's MAX_MULTIBULK is 1,048,576).
+MAX_ARGS: Final = 1 << 62
+
+
 class Dispatcher:
     """Runs requests against a command table (built by :mod:`shaledb.server.commands`, given
     by the server); handlers get ``services``, not the server."""
@@ -276,30 +310,55 @@ class Dispatcher:
         self.stats = services.command_stats
         self.pubsub = services.pubsub
         services.blocking.on_served = self._served
+        #: Routes by the command name as sent (built on first use from the table, at most
+        #: two spellings a command up front: lower and upper case, so most requests need no
+        #: ``lower()`` copy); checked against the table on every use, which may change.
+        self._routes: dict[bytes, Route] = {}
+        for name, cmd in table.items():
+            route = Route(name, cmd)
+            self._routes[name] = route
+            self._routes[name.upper()] = route
+
+    def _route(self, name: bytes) -> Route | None:
+        """The route of command ``name`` (any case) as the table says now, or None."""
+        key = name.lower()
+        cmd = self.table.get(key)
+        if cmd is None:
+            return None
+        route = self._routes.get(key)
+        if route is None or route.cmd is not cmd:  # (other spellings are not cached)
+            route = Route(key, cmd)
+            self._routes[key] = self._routes[key.upper()] = route
+        return route
 
     def execute(self, client: ClientState, argv: list[bytes], group: WriteGroup) -> None:
         """Run ``argv`` and append its reply to ``group.replies`` (an error reply is a
         CommandError instance)."""
         replies = group.replies
-        cmd = self.table.get(argv[0].lower())
+        route = self._routes.get(argv[0])
+        if route is None or self.table.get(route.key) is not route.cmd:
+            route = self._route(argv[0])
         in_multi = client.multi is not None
         error: CommandError | None = None
-        if cmd is None:
+        cmd: Command | None = None
+        if route is None:
             error = unknown_command(argv)
-        elif not cmd.arity_ok(len(argv)):
-            error = wrong_arity(cmd.name)
-        elif self.services.scripts.busy and not _allowed_while_busy(cmd, argv):
-            error = self.services.scripts.busy_error()
-        elif "no-auth" not in cmd.flags:
-            if not client.authenticated:
-                error = AuthRequiredError("Authentication required.")
-            elif not client.user.unrestricted:
-                # Redis logs a denial queued inside MULTI with the multi context.
-                error = self.services.acl.check(
-                    client, cmd, argv, "toplevel" if client.multi is None else "multi")
-        if (client.subscribed and error is None and client.resp == 2 and cmd is not None
-                and cmd.name not in SUBSCRIBED_OK):
-            error = subscribed_mode_error(cmd.name)
+        else:
+            cmd = route.cmd
+            if not route.min_args <= len(argv) <= route.max_args:
+                error = wrong_arity(cmd.name)
+            elif self.services.scripts.busy and not _allowed_while_busy(cmd, argv):
+                error = self.services.scripts.busy_error()
+            elif not route.open:
+                if not client.authenticated:
+                    error = AuthRequiredError("Authentication required.")
+                elif not client.user.unrestricted:
+                    # Redis logs a denial queued inside MULTI with the multi context.
+                    error = self.services.acl.check(
+                        client, cmd, argv, "toplevel" if client.multi is None else "multi")
+            if (client.subscribed and error is None and client.resp == 2
+                    and not route.subscribed_ok):
+                error = subscribed_mode_error(cmd.name)
         if error is not None:
             self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
@@ -315,9 +374,9 @@ class Dispatcher:
             replies.append(error)
             group.protocols.append(client.resp)
             return
-        assert cmd is not None
-        client.cmd = cmd.name if not cmd.subcommands else self.services.acl.index.unit(cmd, argv)
-        if in_multi and cmd.name.encode() not in _NOT_QUEUED:
+        assert route is not None and cmd is not None
+        client.cmd = cmd.name if route.plain else self.services.acl.index.unit(cmd, argv)
+        if in_multi and route.queued:
             queued = self._queue(client, cmd, argv)
             if queued is not QUEUED:
                 self.stats.error_reply(queued.prefix)
@@ -327,7 +386,7 @@ class Dispatcher:
         txn = group.txn
         # Reads see only committed state, and FLUSHDB/FLUSHALL (@dangerous) commit by
         # themselves: settle the buffered writes (of every client) before them.
-        if txn.dirty and ("write" not in cmd.flags or "dangerous" in cmd.categories):
+        if route.reads and txn.dirty:
             group.commit()
         mark = txn.mark()
         start = perf_counter_ns()
@@ -342,15 +401,27 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - see internal_error
             txn.undo(mark)
             reply = internal_error(cmd, argv, exc)
-        self._account(client, cmd, argv, perf_counter_ns() - start, reply)
-        if type(reply) is Deferred and reply.blocking:
+        nanos = perf_counter_ns() - start
+        deferred = type(reply) is Deferred
+        self.stats.record(cmd, argv, nanos,
+                          reply.prefix if isinstance(reply, CommandError) else None)
+        config = self.services.config
+        # Logged (and timed) unless it blocked: then when it is served (_served), as Redis.
+        if (0 <= config.slowlog_log_slower_than <= nanos // 1000 and not route.skip_slowlog
+                and not (deferred and reply.blocking)):
+            self.services.slowlog.add(argv, nanos // 1000, client.addr, client.name,
+                                      config.slowlog_max_len)
+        if 0 < config.latency_monitor_threshold <= nanos // 1_000_000:
+            self.stats.latency.add("fast-command" if route.fast else "command",
+                                   nanos // 1_000_000)
+        if deferred and reply.blocking:
             self.services.blocking.name_command(client, argv)
-        if self.pubsub.monitors and "admin" not in cmd.categories:
+        if self.pubsub.monitors and route.monitored:
             self.pubsub.feed_monitors(client, client.db, argv)
         # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
         # may still have read writes of other clients buffered in the turn: its reply waits
         # for their commit (and fsync) like theirs, and turns into the commit's error.
-        if txn.dirty and not group.turn.frozen and type(reply) is not Deferred:
+        if not deferred and txn.dirty and not group.turn.frozen:
             # (A script past busy-reply-threshold returns a Deferred while its writes are
             # still buffered: it commits them itself when it ends.)
             group.add_pending(len(replies))

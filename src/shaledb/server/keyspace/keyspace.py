@@ -55,8 +55,10 @@ for the background purger once the commit succeeded.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
+import operator
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -609,6 +611,7 @@ class Keyspace:
 
 
 _DELETED: Final = Entry(b"", -1)
+_SECOND: Final = operator.itemgetter(1)
 _MISSING: Final = object()
 #: A buffered member deletion (a member's value may be any bytes, the empty ones included).
 _NO_MEMBER: Final = object()
@@ -616,6 +619,10 @@ _NO_MEMBER: Final = object()
 #: (HRANDFIELD, SRANDMEMBER, SPOP); larger ones are probed at random positions in member
 #: order, which is cheap but not uniform (see docs/design.md).
 RANDOM_EXACT_MAX: Final = 128
+#: A transaction's buffered records of one collection are kept sorted as they are buffered
+#: (bisect.insort) up to this many; past it they are appended and sorted when next walked
+#: (one HSET of a million fields must not cost a million memmoves of a growing list).
+_OWN_INSORT_MAX: Final = 4096
 
 
 def _next_id_key(prefix: bytes) -> bytes:
@@ -636,7 +643,8 @@ class KeyspaceTxn:
     loop owns it."""
 
     __slots__ = ("_ks", "_writes", "_chunks", "_base", "_base_gen", "_undo", "now", "_map",
-                 "_taken", "_released", "_touched", "_members", "_new_ids", "_events")
+                 "_taken", "_released", "_touched", "_members", "_new_ids", "_events",
+                 "_own", "_own_unsorted", "_skip", "_skip_gen")
 
     def __init__(self, keyspace: Keyspace) -> None:
         self._ks = keyspace
@@ -647,6 +655,22 @@ class KeyspaceTxn:
         self._chunks: dict[bytes, bytes] = {}
         #: member key (a hash's field, a set's member) -> its new value, or _NO_MEMBER.
         self._members: dict[bytes, Any] = {}
+        #: The keys of ``_members`` by their first 9 bytes (record type + collection id),
+        #: sorted (except the lists named in ``_own_unsorted``): a walk of one collection
+        #: merges in its own buffered records by bisection, not by a pass over every record
+        #: the turn buffered. (That pass made a pipeline of pops quadratic: with 50 clients
+        #: sending 16 SPOPs each, 800 pops shared one transaction and each walked all the
+        #: others' deletions; SPOP -P 16 ran at 1k/s, slower than one per round trip.)
+        self._own: dict[bytes, list[bytes]] = {}
+        self._own_unsorted: set[bytes] = set()
+        #: (first 9 bytes, reverse) -> a record key: every record of that collection from
+        #: the walk's end up to it, committed or buffered, is deleted in ``_members``, so a
+        #: walk from that end starts past it (ZPOPMIN after ZPOPMIN in one transaction
+        #: otherwise re-walked every entry the transaction had already popped). Valid while
+        #: nothing is committed (``_skip_gen``) or undone, and dropped when a record is
+        #: buffered on the skipped side.
+        self._skip: dict[tuple[bytes, bool], bytes] = {}
+        self._skip_gen = keyspace.generation
         #: Collections created by this transaction: nothing committed to read for them.
         self._new_ids: set[int] = set()
         #: engine key -> its committed engine value (None: none), as read at generation
@@ -1005,8 +1029,73 @@ class KeyspaceTxn:
         return CollRef(kind, cid, 0)
 
     def _put_member(self, mk: bytes, value: Any) -> None:
-        self._undo.append((mk, self._members.get(mk)))
-        self._members[mk] = value
+        members = self._members
+        previous = members.get(mk)
+        self._undo.append((mk, previous))
+        members[mk] = value
+        if self._skip and value is not _NO_MEMBER:
+            self._unskip(mk)
+        if previous is None:
+            head = mk[:9]
+            keys = self._own.get(head)
+            if keys is None:
+                self._own[head] = [mk]
+            elif len(keys) < _OWN_INSORT_MAX and head not in self._own_unsorted:
+                bisect.insort(keys, mk)
+            else:
+                keys.append(mk)
+                self._own_unsorted.add(head)
+
+    def _own_keys(self, lo: bytes, hi: bytes, reverse: bool) -> list[bytes]:
+        """The buffered record keys ``k`` with ``lo <= k < hi``, in key order (reversed
+        when ``reverse``): a slice of the collection's sorted keys when the range lies
+        within one collection's records, else (never today) a pass over them all."""
+        members = self._members
+        if not members:
+            return []
+        head = lo[:9]
+        if len(lo) >= 9 and (hi[:9] == head or (
+                len(hi) == 9 and hi[0] == head[0] and id_of(hi) == id_of(head) + 1)):
+            keys = self._own.get(head)
+            if not keys:
+                return []
+            if head in self._own_unsorted:
+                keys.sort()
+                self._own_unsorted.discard(head)
+            own = keys[bisect.bisect_left(keys, lo):bisect.bisect_left(keys, hi)]
+        else:
+            own = sorted(k for k in members if lo <= k < hi)
+        if reverse:
+            own.reverse()
+        return own
+
+    def _skip_from(self, head: bytes, reverse: bool) -> bytes | None:
+        """The record key a walk of ``head``'s records from its low end (high end:
+        ``reverse``) may start past (see ``_skip``), or None."""
+        if not self._skip:
+            return None
+        if self._skip_gen != self._ks.generation:
+            self._skip.clear()
+            return None
+        return self._skip.get((head, reverse))
+
+    def _unskip(self, mk: bytes) -> None:
+        """Record ``mk`` was buffered: walks from an end must see it again."""
+        head = mk[:9]
+        low = self._skip.get((head, False))
+        if low is not None and mk <= low:
+            del self._skip[(head, False)]
+        high = self._skip.get((head, True))
+        if high is not None and mk >= high:
+            del self._skip[(head, True)]
+
+    def _skipped(self, head: bytes, reverse: bool, k: bytes) -> None:
+        """Record ``k``, met by a walk from an end past only deleted records, is deleted
+        in this transaction too: later walks from that end start past it."""
+        if self._skip_gen != self._ks.generation:
+            self._skip.clear()
+            self._skip_gen = self._ks.generation
+        self._skip[(head, reverse)] = k
 
     def member(self, coll: CollRef, field: bytes) -> bytes | None:
         """The value of hash field (set member) ``field`` of ``coll``, or None: one point
@@ -1097,8 +1186,7 @@ class KeyspaceTxn:
         """``(record key, value)`` with ``lo <= key < hi`` (a range of collection
         ``cid``'s records), in key order, this transaction's own writes included; memory
         does not grow with the range."""
-        own = sorted((k for k in self._members if lo <= k < hi), reverse=reverse) \
-            if self._members else []
+        own = self._own_keys(lo, hi, reverse)
         base: Iterator[tuple[bytes, bytes]] = (
             iter(()) if cid in self._new_ids else self._ks.db.range(lo, hi, reverse=reverse))
         members = self._members
@@ -1147,6 +1235,25 @@ class KeyspaceTxn:
                 return
             yield pos, value
 
+    def list_values(self, coll: CollRef, first: int, last: int) -> Iterator[bytes]:
+        """The elements at positions ``first`` to ``last`` (``0 <= first <= last <
+        size``) of list ``coll``, in order. When this transaction buffered nothing of the
+        list, one bounded walk of the engine whose values are the elements as they are
+        (no Python step per element: LRANGE's walk was ~60 opcodes an element through
+        list_walk and members); else :meth:`list_walk`."""
+        prefix = member_prefix(coll.id)
+        if prefix in self._own or coll.id in self._new_ids:
+            return self._list_values_walked(coll, first, last)
+        end = coll.head + last + 1
+        hi = prefix + list_index(end) if end <= LIST_INDEX_MAX else member_prefix(coll.id + 1)
+        return map(_SECOND, self._ks.db.range(prefix + list_index(coll.head + first), hi))
+
+    def _list_values_walked(self, coll: CollRef, first: int, last: int) -> Iterator[bytes]:
+        for pos, value in self.list_walk(coll, first):
+            if pos > last:
+                return
+            yield value
+
     def list_write(self, db: int, key: bytes, e: Entry | None, coll: CollRef,
                    puts: Iterable[tuple[int, bytes]] = (),
                    drops: Iterable[int] = ()) -> None:
@@ -1181,8 +1288,18 @@ class KeyspaceTxn:
         of the engine's member range: memory does not grow with the collection."""
         prefix = member_prefix(coll.id)
         lo, hi = prefix + start, member_prefix(coll.id + 1)
-        own = sorted((k for k in self._members if lo <= k < hi), reverse=reverse) \
-            if self._members else []
+        from_end = reverse or not start
+        # A walk from an end starts past the members this transaction deleted there; the
+        # first committed member met is then no bound (those deletions are not committed).
+        passing = from_end and prefix in self._own
+        skip = self._skip_from(prefix, reverse) if passing else None
+        if skip is not None:
+            from_end = False
+            if reverse:
+                hi = min(hi, skip)
+            else:
+                lo = max(lo, skip + b"\x00")
+        own = self._own_keys(lo, hi, reverse)
         # The committed walk starts at the known bound of its end, if any.
         all_bounds = self._ks.member_bounds
         bounds = all_bounds.get(coll.id)
@@ -1192,7 +1309,6 @@ class KeyspaceTxn:
                 base_lo = bounds[0]
             if bounds[1] is not None and bounds[1] + b"\x00" < base_hi:
                 base_hi = bounds[1] + b"\x00"
-        from_end = reverse or not start
         base: Iterator[tuple[bytes, bytes]] = (
             iter(()) if coll.id in self._new_ids or base_lo >= base_hi
             else self._ks.db.range(base_lo, base_hi, reverse=reverse))
@@ -1209,14 +1325,21 @@ class KeyspaceTxn:
             while i < n and (own[i] > mk if reverse else own[i] < mk):
                 v = members[own[i]]
                 if v is not _NO_MEMBER:
+                    passing = False
                     yield own[i][9:], v
+                elif passing:
+                    self._skipped(prefix, reverse, own[i])
                 i += 1
             if i < n and own[i] == mk:
                 v = members[mk]
                 i += 1
                 if v is not _NO_MEMBER:
+                    passing = False
                     yield mk[9:], v
+                elif passing:
+                    self._skipped(prefix, reverse, mk)
                 continue
+            passing = False
             yield mk[9:], value
         for k in own[i:]:
             v = members[k]
@@ -1238,7 +1361,17 @@ class KeyspaceTxn:
         if lo_k >= hi_k:
             return
         idx = self._members
-        own = sorted((k for k in idx if lo_k <= k < hi_k), reverse=reverse) if idx else []
+        from_end = (hi is None) if reverse else not lo
+        # Past the entries this transaction popped at that end (see members()).
+        passing = from_end and prefix in self._own
+        skip = self._skip_from(prefix, reverse) if passing else None
+        if skip is not None:
+            from_end = False
+            if reverse:
+                hi_k = min(hi_k, skip)
+            else:
+                lo_k = max(lo_k, skip + b"\x00")
+        own = self._own_keys(lo_k, hi_k, reverse)
         all_bounds = self._ks.score_bounds
         bounds = all_bounds.get(coll.id)
         base_lo, base_hi = lo_k, hi_k
@@ -1247,7 +1380,6 @@ class KeyspaceTxn:
                 base_lo = bounds[0]
             if bounds[1] is not None and bounds[1] + b"\x00" < base_hi:
                 base_hi = bounds[1] + b"\x00"
-        from_end = (hi is None) if reverse else not lo
         base: Iterator[tuple[bytes, bytes]] = (
             iter(()) if coll.id in self._new_ids or base_lo >= base_hi
             else self._ks.db.range(base_lo, base_hi, reverse=reverse))
@@ -1262,12 +1394,18 @@ class KeyspaceTxn:
                 bounds[1 if reverse else 0] = k
             while i < n and (own[i] > k if reverse else own[i] < k):
                 if idx[own[i]] is not _NO_MEMBER:
+                    passing = False
                     yield own[i][9:]
+                elif passing:
+                    self._skipped(prefix, reverse, own[i])
                 i += 1
             if i < n and own[i] == k:
                 i += 1
                 if idx[k] is _NO_MEMBER:
+                    if passing:
+                        self._skipped(prefix, reverse, k)
                     continue
+            passing = False
             yield k[9:]
         for k in own[i:]:
             if idx[k] is not _NO_MEMBER:
@@ -1419,6 +1557,8 @@ class KeyspaceTxn:
         events = self._events
         while events and events[-1][0] > mark:
             events.pop()
+        if len(undo) > mark:
+            self._skip.clear()  # a deletion it passed may come back
         while len(undo) > mark:
             ek, previous = undo.pop()
             if not ek:
@@ -1434,7 +1574,12 @@ class KeyspaceTxn:
                     chunks[ek] = previous
             elif ek[0] == MEMBER_PREFIX or ek[0] == SCORE_PREFIX or ek[0] == GROUP_PREFIX:
                 if previous is None:
-                    self._members.pop(ek, None)
+                    if self._members.pop(ek, None) is not None:
+                        keys = self._own[ek[:9]]
+                        if ek[:9] in self._own_unsorted:
+                            keys.remove(ek)
+                        else:
+                            del keys[bisect.bisect_left(keys, ek)]
                 else:
                     self._members[ek] = previous
             elif previous is None:
@@ -1445,8 +1590,8 @@ class KeyspaceTxn:
     @property
     def dirty(self) -> bool:
         """Whether writes are buffered."""
-        return (bool(self._writes) or bool(self._chunks) or bool(self._members)
-                or self._map is not None or bool(self._touched))
+        return (bool(self._writes or self._members or self._chunks or self._touched)
+                or self._map is not None)
 
     def commit(self) -> None:
         """Apply the buffered writes, their chunks, the garbage records of the chunk sets
@@ -1467,6 +1612,7 @@ class KeyspaceTxn:
         # Committed or failed, these writes are settled: never apply them twice.
         self._writes, self._chunks, self._map, self._undo = {}, {}, None, []
         self._members, self._new_ids = {}, set()
+        self._own, self._own_unsorted, self._skip = {}, set(), {}
         self._taken, self._released, self._touched = [], [], {}
         self._base = {}
         events, self._events = self._events, []

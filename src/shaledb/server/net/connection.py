@@ -49,7 +49,7 @@ from ..exec.client import NO_LIMIT, ClientState
 from ..exec.context import Services
 from ..exec.deferred import CLOSE, Deferred, Written
 from ..exec.dispatch import WriteGroup
-from .protocol import SPLIT_BULK, Encoded, RequestReader, encode
+from .protocol import OK, SMALL_INTS, SPLIT_BULK, Encoded, RequestReader, Status, encode
 from .security import PROTECTED_MODE_DENIED, UNAUTHENTICATED_LIMITS
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ _READING: Final = frozenset(("blocked",))
 #: Commands whose replies are pub/sub messages (sent even under CLIENT REPLY OFF).
 _SUBSCRIBING: Final = frozenset((
     "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"))
+#: Reply types reply_size() counts as 16 bytes whatever their value (OK, integers, nil).
+_SMALL_REPLIES: Final = frozenset((Status, int, type(None), bool, float))
 #: A reply that sends nothing (CLIENT REPLY OFF / SKIP).
 _SILENT: Final = Encoded([], 0)
 
@@ -374,6 +376,7 @@ class ClientConnection(asyncio.Protocol):
         ks = server.keyspace
         turn = server.turn
         execute = server.dispatcher.execute
+        stats = server.stats
         limits = server.rate_limits if server.rate_limits.active else None
         server.executing = True
         deadline = perf_counter() + RUN_SLICE
@@ -392,6 +395,8 @@ class ClientConnection(asyncio.Protocol):
                 limit = self._hard_limit()
                 room = (limit - self.output_bytes - self._parked_bytes) if limit > 0 \
                     else NO_LIMIT
+                # A message the client publishes to itself goes into this batch.
+                self._group = group
                 while requests and size < OUTPUT_BATCH:
                     if limits is not None and not may_reconfigure(client, requests[0]):
                         wait = limits.wait(client)
@@ -399,25 +404,28 @@ class ClientConnection(asyncio.Protocol):
                             self._throttle(wait)
                             break
                     client.output_budget = room - size
-                    self._group = group
                     execute(client, requests.popleft(), group)
-                    self._group = None
                     reply = replies[-1]
-                    server.stats["total_commands_processed"] += 1
-                    if (client.reply_off or client.skip_replies) and type(reply) is not Deferred:
+                    stats["total_commands_processed"] += 1
+                    t = type(reply)
+                    if (client.reply_off or client.skip_replies) and t is not Deferred:
                         reply = self._silence(replies, group)
-                    if type(reply) is Deferred:
+                        t = type(reply)
+                    if t is Deferred:
                         deferred = replies.pop()
                         deferred_resp = group.protocols.pop()
                         break
-                    reply_bytes = reply_size(reply)
+                    reply_bytes = len(reply) + 16 if t is bytes else \
+                        16 if t in _SMALL_REPLIES else reply_size(reply)
                     if reply_bytes > client.output_budget:
                         client.output_overflow = True
                     size += reply_bytes
                     # QUIT, or a reply passed the output limit (the client is disconnected):
                     # nothing after it runs, as in Redis.
-                    if self._quitting() or client.output_overflow or perf_counter() > deadline:
+                    if client.close_after_reply or client.output_overflow \
+                            or perf_counter() > deadline:
                         break
+                self._group = None
                 if client.output_overflow:
                     waiting = bool(self._parked)
                     self._disconnect_overflow(size)
@@ -442,7 +450,8 @@ class ClientConnection(asyncio.Protocol):
         if requests and not client.close_after_reply:
             self._set_paused("backlog", True)  # a bounded backlog: stop reading more
             return
-        self._set_paused("backlog", False)
+        if "backlog" in self._pause:
+            self._set_paused("backlog", False)
         if self.reader.held and self._error is None and not self.closing \
                 and not client.close_after_reply:
             self._feed(b"")  # the requests before a large one ran: parse on
@@ -502,9 +511,27 @@ class ClientConnection(asyncio.Protocol):
 
     @staticmethod
     def _encode(group: WriteGroup) -> Output:
+        """The batch's replies as one byte string (or several, big values apart). The
+        replies most commands give -- a short bulk string, OK, nil, a small integer -- are
+        encoded here without a call each."""
         out: list[bytes] = []
+        append = out.append
+        small = True  # only parts shorter than SPLIT_BULK + 32 so far: one join
         for reply, resp in zip(group.replies, group.protocols, strict=True):
-            encode(reply, resp, out)
+            t = type(reply)
+            if t is bytes and len(reply) < SPLIT_BULK:
+                append(b"$%d\r\n%s\r\n" % (len(reply), reply))
+            elif reply is OK:
+                append(b"+OK\r\n")
+            elif reply is None:
+                append(b"_\r\n" if resp == 3 else b"$-1\r\n")
+            elif t is int and 0 <= reply < len(SMALL_INTS):
+                append(SMALL_INTS[reply])
+            else:
+                encode(reply, resp, out)
+                small = False
+        if small:
+            return out[0] if len(out) == 1 else b"".join(out)
         return _coalesce(out)
 
     def turn_committed(self) -> None:

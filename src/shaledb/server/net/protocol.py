@@ -36,6 +36,7 @@ was built, by an :class:`ArrayBuilder` charging it to the client's output budget
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import MutableSequence
@@ -174,6 +175,92 @@ def split_inline(line: bytes) -> list[bytes]:
         args.append(bytes(cur))
 
 
+#: Reads up to this size are cut into lines with one ``split`` (a list of at most half as many
+#: lines as bytes: 1 MiB of pointers at worst); larger ones header by header.
+_SPLIT_MAX: Final = 256 * 1024
+#: ``_BULK_HEADER_LINE(n)`` is the canonical header line of an n-byte argument, without its CRLF.
+_BULK_HEADER_LINE: Final = b"$%d".__mod__
+
+
+def parse_requests(data: bytes, out: MutableSequence[list[bytes]], max_count: int,
+                   max_bulk: int) -> int:
+    """The fast path of :class:`RequestReader`: append the whole, well-formed multibulk
+    requests at the start of ``data`` to ``out``, with at most ``max_count`` arguments of
+    at most ``max_bulk`` bytes each, headers in canonical form (digits, no sign, no
+    leading zero); return where the first other one starts (an incomplete, inline,
+    malformed or oversized request, or ``*0``), which the byte-by-byte reader then
+    handles -- and explains.
+
+    ``data`` is split into lines once (in C); a request is then its ``*<n>`` line and the
+    next 2n lines, taken as they are when every ``$<len>`` line is exactly the canonical
+    header of the line after it (compared as two lists, in C): the arguments are the
+    split's own byte strings, no further copy, no Python work per argument. An argument
+    that contains CRLF fails that comparison and the request goes the careful way."""
+    if len(data) > _SPLIT_MAX:
+        return _parse_requests_by_header(data, out, max_count, max_bulk)
+    lines = data.split(b"\r\n")
+    last = len(lines) - 1  # lines[last] did not end with CRLF: never a whole line
+    i = pos = 0
+    while i < last:
+        line = lines[i]
+        digits = line[1:]
+        if line[:1] != b"*" or not digits.isdigit() or digits[0] == 48 or len(digits) > 7:
+            break
+        count = int(digits)
+        end = i + 1 + 2 * count
+        if count > max_count or end > last:
+            break
+        args = lines[i + 2:end:2]
+        if lines[i + 1:end:2] != list(map(_BULK_HEADER_LINE, map(len, args))) \
+                or max(map(len, args)) > max_bulk:
+            break
+        pos += len(line) + sum(map(len, lines[i + 1:end])) + 2 * (end - i)
+        out.append(args)
+        i = end
+    return pos
+
+
+def _parse_requests_by_header(data: bytes, out: MutableSequence[list[bytes]], max_count: int,
+                              max_bulk: int) -> int:
+    """:func:`parse_requests` for a large read: one ``find`` per header, one slice per
+    argument."""
+    n = len(data)
+    pos = 0
+    find = data.find
+    while pos < n and data[pos] == 42:  # '*'
+        nl = find(b"\r\n", pos + 1, pos + 10)
+        if nl < 0:
+            return pos
+        head = data[pos + 1:nl]
+        if not head.isdigit() or head[0] == 48:
+            return pos
+        count = int(head)
+        if count > max_count:
+            return pos
+        p = nl + 2
+        args: list[bytes] = []
+        while count:
+            if p >= n or data[p] != 36:  # '$'
+                return pos
+            nl = find(b"\r\n", p + 1, p + 21)
+            if nl < 0:
+                return pos
+            head = data[p + 1:nl]
+            if not head.isdigit() or (head[0] == 48 and nl - p > 2):
+                return pos
+            size = int(head)
+            start = nl + 2
+            end = start + size
+            if size > max_bulk or end + 2 > n or data[end] != 13 or data[end + 1] != 10:
+                return pos
+            args.append(data[start:end])
+            p = end + 2
+            count -= 1
+        out.append(args)
+        pos = p
+    return pos
+
+
 class RequestReader:
     """Turns the bytes a client sends into requests (lists of bytes arguments).
 
@@ -216,9 +303,20 @@ class RequestReader:
         """Append the requests completed by ``data`` to ``out`` (an empty request is skipped,
         as in Redis)."""
         buf = self._buf
-        buf += data
-        pos = 0
         self.held = False
+        if not buf and self._args is None:
+            # Nothing held from before (the usual case): whole requests are cut straight
+            # out of ``data``, one copy per argument; only what is left is buffered.
+            guest = self.unauthenticated
+            pos = parse_requests(data, out, MAX_MULTIBULK if guest is None else guest[0],
+                                 self.max_bulk_len if guest is None
+                                 else min(self.max_bulk_len, guest[1]))
+            if pos == len(data):
+                return
+            buf += memoryview(data)[pos:]
+        else:
+            buf += data
+        pos = 0
         try:
             pos = self._parse(buf, out)
         finally:
@@ -346,7 +444,8 @@ class RequestReader:
 _CRLF: Final = b"\r\n"
 _NULL2: Final = b"$-1\r\n"
 _NULL3: Final = b"_\r\n"
-_SMALL_INTS: Final = [b":%d\r\n" % i for i in range(1024)]
+#: The integer replies 0-1023, encoded once.
+SMALL_INTS: Final = tuple(b":%d\r\n" % i for i in range(1024))
 
 
 def format_double(value: float) -> bytes:
@@ -365,8 +464,10 @@ def format_double(value: float) -> bytes:
 SPLIT_BULK: Final = 16 * 1024
 
 
-#: Bytes of small elements an ArrayBuilder packs into one part.
-_CHUNK: Final = 64 * 1024
+#: Bytes of small elements an ArrayBuilder packs into one part (and hands to
+#: :meth:`ArrayBuilder.extend` at a time).
+CHUNK: Final = 64 * 1024
+_CHUNK: Final = CHUNK
 
 
 class Encoded:
@@ -431,6 +532,25 @@ class ArrayBuilder:
         self.count += 1
         return self.size <= self.budget
 
+    def extend(self, values: list[bytes]) -> bool:
+        """Append byte strings, encoded together in C (LRANGE); False when the array is
+        now over its budget. The caller hands over at most about _CHUNK bytes at a time,
+        so the budget is checked as often as :meth:`add` would for small values."""
+        if not values:
+            return self.size <= self.budget
+        if max(map(len, values)) >= SPLIT_BULK:
+            return all(self.add(value) for value in values)  # stops at the first False
+        data = b"\r\n".join(itertools.chain.from_iterable(
+            zip(map(_BULK_HEADER_LINE, map(len, values)), values, strict=True)))
+        buf = self._buf
+        buf += data
+        buf += _CRLF
+        self.size += len(data) + 2
+        self.count += len(values)
+        if len(buf) >= _CHUNK:
+            self._flush()
+        return self.size <= self.budget
+
     def _flush(self) -> None:
         if self._buf:
             self.parts.append(bytes(self._buf))
@@ -464,7 +584,7 @@ def encode(value: Any, resp: int, out: list[bytes]) -> None:
     elif t is Status:
         out.append(b"+%s\r\n" % value)
     elif t is int:
-        out.append(_SMALL_INTS[value] if 0 <= value < 1024 else b":%d\r\n" % value)
+        out.append(SMALL_INTS[value] if 0 <= value < 1024 else b":%d\r\n" % value)
     elif value is None:
         out.append(_NULL3 if resp == 3 else _NULL2)
     elif t is list or t is tuple:
@@ -516,6 +636,7 @@ def encode_one(value: Any, resp: int) -> bytes:
 
 
 __all__ = [
+    "SMALL_INTS",
     "SPLIT_BULK",
     "ArrayBuilder",
     "Encoded",
@@ -532,5 +653,6 @@ __all__ = [
     "encode",
     "encode_one",
     "format_double",
+    "parse_requests",
     "split_inline",
 ]
