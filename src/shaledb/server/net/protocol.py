@@ -43,6 +43,7 @@ from collections.abc import MutableSequence
 from typing import Any, Final
 
 from ..errors import CommandError, ProtocolError
+from .replytypes import Push, SetReply, Status, Verbatim
 
 #: Longest inline command line accepted, in bytes (Redis' PROTO_INLINE_MAX_SIZE).
 MAX_INLINE: Final = 64 * 1024
@@ -50,31 +51,6 @@ MAX_INLINE: Final = 64 * 1024
 MAX_MULTIBULK: Final = 1024 * 1024
 #: Longest ``*<n>`` or ``$<len>`` header line.
 _MAX_HEADER: Final = 32
-
-
-class Status(bytes):
-    """A RESP simple string reply (``+OK``)."""
-
-    __slots__ = ()
-
-
-class Verbatim(bytes):
-    """A text reply: a RESP3 verbatim string of format ``txt`` (INFO), a bulk string in
-    RESP2, as Redis sends it."""
-
-    __slots__ = ()
-
-
-class SetReply(tuple[Any, ...]):
-    """A set reply in a fixed order (ACL GETUSER's flags): a RESP3 set, an array in RESP2."""
-
-    __slots__ = ()
-
-
-class Push(tuple[Any, ...]):
-    """An out-of-band message (pub/sub): a RESP3 push (``>``), an array in RESP2."""
-
-    __slots__ = ()
 
 
 class _NullArray:
