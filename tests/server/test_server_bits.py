@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from conftest import pure_only
 from shaledb.server.commands import bits
 from shaledb.server.keyspace.keyspace import KeyspaceTxn
 
@@ -88,6 +89,7 @@ def test_bit_offsets_past_the_string_limit_are_refused(server_factory: Any) -> N
     assert c.setbit("k", (8 << 20) - 1, 1) == 0 and c.strlen("k") == 1 << 20
 
 
+@pure_only
 def test_setbit_on_a_chunked_string_works_on_one_chunk(
         server: ServerThread, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SETBIT or GETBIT deep inside a 2 MiB string reads and rewrites one 64 KiB chunk,

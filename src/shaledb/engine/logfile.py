@@ -92,6 +92,8 @@ def random_salt() -> bytes:
 #: scripts/make_golden.py sets it for reproducible files, and compiled code (mypyc) binds
 #: calls to functions at build time but reads module variables at run time.
 new_salt: Callable[[], bytes] = random_salt
+#: Module attributes tests and scripts may replace in the compiled build (tests/conftest.py).
+__test_seams__ = ("new_salt",)
 
 
 def encode_file_header(number: int, salt: bytes) -> bytes:

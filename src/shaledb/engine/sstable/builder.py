@@ -37,6 +37,8 @@ _WRITE_CHUNK = 1 << 20
 #: can fix it for reproducible files in the compiled build too (mypyc binds function calls
 #: at build time but reads module variables at run time).
 clock: Callable[[], float] = time.time
+#: Module attributes tests and scripts may replace in the compiled build (tests/conftest.py).
+__test_seams__ = ("clock",)
 
 
 class TableBuilder:

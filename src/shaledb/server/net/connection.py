@@ -40,6 +40,7 @@ import collections
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
@@ -117,15 +118,23 @@ def _coalesce(parts: list[bytes]) -> Output:
     return chunks
 
 
-def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
+def socket_peer(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
     """The client's (IP, port), or None when it is unknown: uvloop asks the socket
     (getpeername) only now, and a client that reset its connection before it was accepted
     has none any more. The server listens only on TCP, so None never means "local": such a
-    connection is refused. Tests replace this function to play a remote peer."""
+    connection is refused."""
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return str(peer[0]), int(peer[1])
     return None
+
+
+#: How a connection learns its peer: tests replace it to play a remote client. A variable, not
+#: a function: compiled code (mypyc) binds calls to functions at build time but reads module
+#: variables at run time, so the replacement reaches the compiled build too.
+peer_address: Callable[[asyncio.BaseTransport], tuple[str, int] | None] = socket_peer
+#: Module attributes tests may replace in the compiled build (tests/conftest.py checks).
+__test_seams__ = ("peer_address",)
 
 
 def may_reconfigure(client: ClientState, argv: list[bytes]) -> bool:
