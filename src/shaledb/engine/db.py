@@ -111,6 +111,7 @@ from .optionsfile import (
     log_format_2_from,
     wal_async_seal_from,
 )
+from .replication import ReplicationBacklog
 from .sstable import FileMeta, TableReader
 from .sstable.block import Block
 from .sstable.writer import TableWriter
@@ -255,6 +256,10 @@ class Engine:
         self._archive_due: set[int] = set()
         self._archived: set[int] = set()
         self._archive_error: str | None = None
+        #: Committed write groups for replication (None: this database feeds no replica),
+        #: and who is told the last sequence number after each commit (the server's feeders).
+        self._repl_backlog: ReplicationBacklog | None = None
+        self._commit_listener: Callable[[int], None] | None = None
         try:
             master = master_key(options.encryption_key, options.encryption_key_file)
             try:
@@ -871,6 +876,7 @@ class Engine:
         any_sync = False
         last = first_seq - 1
         wal_bytes = 0
+        payload = b""
         try:
             if ops is not None:
                 assert wal is not None
@@ -892,7 +898,8 @@ class Engine:
                     # Formats 6 and 7: every record carries its commit time (PITR).
                     if commit_ms is None:
                         commit_ms = self._commit_ms()
-                    record = wal.frame(encode_batch(first_seq, flat, commit_ms))
+                    payload = encode_batch(first_seq, flat, commit_ms)
+                    record = wal.frame(payload)
                     # (frame may refuse a too large group: harmless, nothing written)
                     try:
                         wal.reserve(len(record))  # the map it needs, before any byte
@@ -925,6 +932,8 @@ class Engine:
                 self._last_seq = last
                 if wal_bytes:
                     self._last_commit_ms = commit_ms
+                    if self._repl_backlog is not None:
+                        self._repl_backlog.append(first_seq, last, payload)
                 self._writes += len(group)
                 self._wal_records += 1
                 self._wal_bytes_written += wal_bytes
@@ -956,7 +965,40 @@ class Engine:
                         g.cv.notify()
         if error is not None:
             raise error
+        listener = self._commit_listener
+        if listener is not None and wal_bytes:
+            listener(last)
         return last
+
+    def attach_replication(self, backlog_bytes: int | None,
+                           listener: Callable[[int], None] | None) -> ReplicationBacklog | None:
+        """Keep the committed write groups in a new backlog of ``backlog_bytes`` (None: stop
+        keeping them) and call ``listener(last_seq)`` after every committed group (outside
+        every lock, on the writer's thread). Returns the backlog. The backlog starts at the
+        current last sequence number: it is attached with no write group in flight."""
+        w = _Writer(None, 0, False, None)
+        with self._mutex:
+            self.check_open()
+            writers = self._writers
+            writers.append(w)
+            if len(writers) > 1:
+                cv = w.cv = threading.Condition(self._mutex)
+                while writers[0] is not w:
+                    cv.wait()
+            try:
+                backlog = (ReplicationBacklog(backlog_bytes, self._last_seq)
+                           if backlog_bytes is not None else None)
+                self._repl_backlog = backlog
+                self._commit_listener = listener
+            finally:
+                writers.popleft()
+                self._locked_wake_next_leader()
+        return backlog
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the last committed operation."""
+        return self._last_seq
 
     def _locked_wake_next_leader(self) -> None:
         if self._writers:
