@@ -27,6 +27,15 @@ import bisect
 import threading
 from collections import deque
 
+from .batch import decode_batch_timed
+from .dbformat import DELETE, PUT
+
+#: The kinds of a replicated group's operations (``[kind, key, expire_at_ms, value]``).
+OP_PUT = PUT
+OP_DELETE = DELETE
+#: Decodes one backlog payload into ``(first_seq, flat ops, commit_ms)``.
+decode_group = decode_batch_timed
+
 #: The default size of the replication backlog (bytes of WAL payloads), Redis' default
 #: ``repl-backlog-size`` is 1 MiB; ours holds write groups, which group many commands.
 DEFAULT_BACKLOG_BYTES = 16 << 20
@@ -118,4 +127,5 @@ class ReplicationBacklog:
             return out
 
 
-__all__ = ["DEFAULT_BACKLOG_BYTES", "MIN_BACKLOG_BYTES", "ReplicationBacklog"]
+__all__ = ["DEFAULT_BACKLOG_BYTES", "MIN_BACKLOG_BYTES", "OP_DELETE", "OP_PUT",
+           "ReplicationBacklog", "decode_group"]

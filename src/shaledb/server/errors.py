@@ -58,12 +58,20 @@ class ProtocolError(CommandError):
         super().__init__(f"Protocol error: {message}")
 
 
+#: Redis' reply to a write sent to a replica (prefix READONLY).
+READONLY_MESSAGE = "You can't write against a read only replica."
+#: Redis' reply when min-replicas is not met (prefix NOREPLICAS); ShaleDB's sync-replicas.
+NOREPLICAS_MESSAGE = "Not enough good replicas to write."
+
+
 def wrong_arity(name: str) -> CommandError:
     """The error Redis gives for a wrong number of arguments."""
     return CommandError(f"wrong number of arguments for '{name}' command")
 
 
 __all__ = [
+    "NOREPLICAS_MESSAGE",
+    "READONLY_MESSAGE",
     "AuthRequiredError",
     "CommandError",
     "NoPermissionError",

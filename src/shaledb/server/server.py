@@ -49,6 +49,7 @@ from .exec.cursors import ScanCursors
 from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
 from .exec.durability import SyncGroup
+from .exec.replication import ReplicaSyncGroup, Replication
 from .exec.pubsub import PubSub
 from .exec.scripting import ScriptEngine
 from .exec.watch import WatchRegistry
@@ -149,6 +150,8 @@ class Server:
         self.scrubber = Scrubber(self)
         #: EVAL / FCALL: the Lua state and script cache (its thread starts at the first).
         self.scripts = ScriptEngine()
+        #: Replication (both sides); started once the keyspace is open.
+        self.replication = Replication(self)
 
     @property
     def keyspace(self) -> Keyspace:
@@ -338,6 +341,12 @@ class Server:
                 turn.commit()
 
         self._keyspace.settle = settle
+        try:
+            self.replication.start()
+        except BaseException:
+            if self._own_db:
+                db.close()
+            raise
         self.set_appendfsync(cfg.appendfsync)
         try:
             if not cfg.tls_only:
@@ -423,8 +432,13 @@ class Server:
         cannot be stopped without reopening), which only makes ``no`` safer.
         """
         loop = asyncio.get_running_loop()
-        if mode == "always":
-            if self.sync_group is None:
+        if self.config.sync_replicas:
+            # sync-replicas: every write's reply waits for the replicas' acknowledgements
+            # (and for the local fsync too under ``always``).
+            self.sync_group = ReplicaSyncGroup(self.db, loop, self._executor,
+                                               self.replication, mode == "always")
+        elif mode == "always":
+            if self.sync_group is None or isinstance(self.sync_group, ReplicaSyncGroup):
                 self.sync_group = SyncGroup(self.db, loop, self._executor)
         else:
             self.sync_group = None
@@ -528,6 +542,7 @@ class Server:
             listener.close()
         if self.metrics is not None:
             self.metrics.close()
+        await self.replication.stop()
         current = asyncio.current_task()
         for task in (*self._tasks, self._idle_task, self._sync_task):
             if task is not None and task is not current:

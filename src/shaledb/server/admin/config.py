@@ -39,6 +39,8 @@ PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 KEY_FILE_ENV: Final = "SHALEDB_ENCRYPTION_KEY_FILE"
 #: Environment variable read for the backup repository when the config sets none.
 BACKUP_REPO_ENV: Final = "SHALEDB_BACKUP_REPO"
+#: Environment variable holding the password a replica gives its primary (masterauth).
+MASTERAUTH_ENV: Final = "SHALEDB_MASTERAUTH"
 #: Environment variable read for the backup repository's own key file when the config sets
 #: none.
 BACKUP_REPO_KEY_FILE_ENV: Final = "SHALEDB_BACKUP_REPO_KEY_FILE"
@@ -253,6 +255,32 @@ class ServerConfig:
     #: be encrypted with it (and one that is needs it). Read at start; CONFIG GET shows the
     #: path, never the key, and CONFIG SET cannot change it.
     backup_repo_key_file: str | None = None
+    #: Replication (docs/operations.md, "Replication"): ``"host port"`` of the primary this
+    #: server replicates at start (REPLICAOF changes it at run time); None: a primary.
+    replicaof: str | None = None
+    #: The ACL user and password a replica authenticates to its primary with (Redis'
+    #: masteruser / masterauth); the password is never shown by CONFIG GET.
+    masteruser: str | None = None
+    masterauth: str | None = dataclasses.field(default=None, repr=False)
+    #: Connect to the primary with TLS (its tls-port), checking its certificate against
+    #: tls_ca_cert_file and presenting tls_cert_file / tls_key_file when set.
+    master_tls: bool = False
+    #: Bytes of recent write groups a primary keeps for partial resyncs (a replica that
+    #: falls further behind resyncs fully).
+    repl_backlog_size: int = 16 * MiB
+    #: Seconds without a byte from the other side after which a replication link is
+    #: dropped (both ends; the primary sends a heartbeat every second).
+    repl_timeout: float = 60.0
+    #: Synchronous replication: a write is acknowledged only once this many replicas have
+    #: it durably (0: asynchronous replication).
+    sync_replicas: int = 0
+    #: Seconds a write waits for the sync_replicas acknowledgements before its client is
+    #: answered -NOREPLICAS (the write is applied on the primary: it may be lost in a
+    #: failover, and the client is told so).
+    sync_replicas_timeout: float = 10.0
+    #: With sync_replicas: refuse writes (-NOREPLICAS) while fewer replicas are connected
+    #: (yes, the default), or accept them and let them wait for the timeout (no).
+    sync_replicas_refuse: bool = True
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -273,6 +301,16 @@ class ServerConfig:
         integer("tcp_backlog", 1, 65535)
         integer("proto_max_bulk_len", MIN_BULK_LEN, MAX_USER_VALUE)
         integer("client_query_buffer_limit", 1024)
+        integer("repl_backlog_size", 16 * KiB)
+        integer("sync_replicas", 0, 1000)
+        for name in ("repl_timeout", "sync_replicas_timeout"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 < value < float("inf")):
+                raise InvalidArgument(f"server setting {name} must be a number of seconds "
+                                      f"> 0, got {value!r}")
+        if self.replicaof is not None:
+            parse_replicaof(self.replicaof)
         integer("max_watched_keys", 1, MAX_TRACKED_HOSTS)
         integer("max_subscriptions", 1, 10_000_000)
         integer("max_multi_bytes", 1)
@@ -511,6 +549,8 @@ class ServerConfig:
             clean["encryption_key_file"] = os.environ[KEY_FILE_ENV]
         if clean.get("backup_repo") is None and os.environ.get(BACKUP_REPO_ENV):
             clean["backup_repo"] = os.environ[BACKUP_REPO_ENV]
+        if clean.get("masterauth") is None and os.environ.get(MASTERAUTH_ENV):
+            clean["masterauth"] = os.environ[MASTERAUTH_ENV]
         if clean.get("backup_repo_key_file") is None and os.environ.get(
                 BACKUP_REPO_KEY_FILE_ENV):
             clean["backup_repo_key_file"] = os.environ[BACKUP_REPO_KEY_FILE_ENV]
@@ -539,7 +579,15 @@ class ServerConfig:
         return cls.from_mapping(values)
 
 
-__all__ = ["APPENDFSYNC_MODES", "BACKUP_REPO_ENV", "BACKUP_REPO_KEY_FILE_ENV",
+def parse_replicaof(value: str) -> tuple[str, int]:
+    """``"host port"`` (the replicaof setting) as (host, port); InvalidArgument otherwise."""
+    parts = value.split()
+    if len(parts) != 2 or not parts[1].isdigit() or not 0 < int(parts[1]) < 65536:
+        raise InvalidArgument(f"server setting replicaof must be \"host port\", got {value!r}")
+    return parts[0], int(parts[1])
+
+
+__all__ = ["APPENDFSYNC_MODES", "MASTERAUTH_ENV", "parse_replicaof", "BACKUP_REPO_ENV", "BACKUP_REPO_KEY_FILE_ENV",
            "DEFAULT_METRICS_PORT", "KEY_FILE_ENV",
            "LOG_FORMATS",
            "LOG_LEVELS", "MAX_TRACKED_HOSTS", "METRICS_OFF", "MIN_AUTH_FAIL_RATE",

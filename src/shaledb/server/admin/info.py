@@ -251,14 +251,7 @@ def _stats(s: Services) -> Fields:
 
 
 def _replication(s: Services) -> Fields:
-    return [
-        ("role", "master"),
-        ("connected_slaves", 0),
-        ("master_failover_state", "no-failover"),
-        ("master_replid", s.run_id),
-        ("master_repl_offset", 0),
-        ("repl_backlog_active", 0),
-    ]
+    return s.replication.info_fields()
 
 
 def _cpu(s: Services) -> Fields:

@@ -39,6 +39,7 @@ def build_table() -> dict[bytes, Command]:
         observability,
         pubsub,
         ranges,
+        replication,
         scripting,
         server,
         sets,
@@ -56,7 +57,7 @@ def build_table() -> dict[bytes, Command]:
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
                    sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY,
-                   unsupported.FAMILY, latency.FAMILY):
+                   unsupported.FAMILY, latency.FAMILY, replication.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpointer
     from .cursors import ScanCursors
     from .pubsub import PubSub
+    from .replication import Replication
     from .scripting import ScriptEngine, ScriptTurn
     from .watch import WatchRegistry
 
@@ -60,6 +61,9 @@ class ClientHandle(Protocol):
     def memory(self) -> dict[str, int]: ...
     def events(self) -> str: ...
     def abort(self, message: bytes | None = None) -> None: ...
+    @property
+    def output_bytes(self) -> int: ...
+    def send_raw(self, data: bytes) -> bool: ...
 
 
 class CommandRunner(Protocol):
@@ -99,6 +103,8 @@ class Services(Protocol):
     blocking: BlockingQueue
     pubsub: PubSub
     scan_cursors: ScanCursors
+    #: Replication: role, replicas, the replica link (REPLICAOF, ROLE, WAIT, INFO).
+    replication: Replication
     checkpoints: Checkpointer
     backups: BackupScheduler
     scrubber: Scrubber

@@ -75,6 +75,8 @@ def unknown_command(argv: list[bytes]) -> CommandError:
 
 def engine_error(exc: ShaleError) -> CommandError:
     """The reply for an engine error met while running a command."""
+    if isinstance(exc, CommandError):
+        return exc  # the keyspace's own refusal (READONLY on a replica): as it is
     if isinstance(exc, DescriptorsExhaustedError):
         # Nothing was written and the database stays writable: the client may retry.
         return CommandError(f"the server is out of file descriptors; nothing was written, "
@@ -300,6 +302,10 @@ class Dispatcher:
         if (client.subscribed and error is None and client.resp == 2 and cmd is not None
                 and cmd.name not in SUBSCRIBED_OK):
             error = subscribed_mode_error(cmd.name)
+        if error is not None or cmd is None:
+            pass
+        elif self.services.replication.restricted:
+            error = self._replication_refusal(cmd)
         if error is not None:
             self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
@@ -356,6 +362,18 @@ class Dispatcher:
             group.add_pending(len(replies))
         replies.append(reply)
         group.protocols.append(client.resp)
+
+    def _replication_refusal(self, cmd: Command) -> CommandError | None:
+        """-LOADING during a replica's full resync (but for the commands Redis flags
+        ``loading``), -READONLY for a write on a replica, -NOREPLICAS for a write while
+        fewer than sync-replicas replicas are connected."""
+        repl = self.services.replication
+        if repl.loading and "loading" not in cmd.flags:
+            return CommandError("ShaleDB is loading the dataset from its primary (full "
+                                "resync); retry shortly", prefix="LOADING")
+        if "write" in cmd.flags:
+            return repl.write_refusal()
+        return None
 
     def _account(self, client: ClientState, cmd: Command, argv: list[bytes], nanos: int,
                  reply: Any) -> None:
@@ -418,6 +436,11 @@ class Dispatcher:
             if denied is not None:
                 self.stats.reject(cmd, argv, denied.prefix)
                 return denied
+        if self.services.replication.restricted:
+            refused = self._replication_refusal(cmd)
+            if refused is not None:
+                self.stats.reject(cmd, argv, refused.prefix)
+                return refused
         mark = ctx.txn.mark()
         start = perf_counter_ns()
         try:
