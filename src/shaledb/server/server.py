@@ -49,8 +49,8 @@ from .exec.cursors import ScanCursors
 from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
 from .exec.durability import SyncGroup
-from .exec.replication import ReplicaSyncGroup, Replication
 from .exec.pubsub import PubSub
+from .exec.replication import ReplicaSyncGroup, Replication
 from .exec.scripting import ScriptEngine
 from .exec.watch import WatchRegistry
 from .keyspace.expiry import run_active_expire

@@ -587,7 +587,8 @@ def parse_replicaof(value: str) -> tuple[str, int]:
     return parts[0], int(parts[1])
 
 
-__all__ = ["APPENDFSYNC_MODES", "MASTERAUTH_ENV", "parse_replicaof", "BACKUP_REPO_ENV", "BACKUP_REPO_KEY_FILE_ENV",
+__all__ = ["APPENDFSYNC_MODES", "BACKUP_REPO_ENV", "BACKUP_REPO_KEY_FILE_ENV",
+           "MASTERAUTH_ENV", "parse_replicaof",
            "DEFAULT_METRICS_PORT", "KEY_FILE_ENV",
            "LOG_FORMATS",
            "LOG_LEVELS", "MAX_TRACKED_HOSTS", "METRICS_OFF", "MIN_AUTH_FAIL_RATE",

@@ -809,9 +809,9 @@ class Replication:
                 raise ReplicationError(f"unexpected frame {kind:#x} in the stream")
 
     def _schedule_ack(self, writer: asyncio.StreamWriter, force: bool = False) -> None:
-        if self._ack_task is None or self._ack_task.done():
-            if force or self.offset != self._acked:
-                self._ack_task = self.host.loop.create_task(self._ack(writer))
+        if (self._ack_task is None or self._ack_task.done()) and (
+                force or self.offset != self._acked):
+            self._ack_task = self.host.loop.create_task(self._ack(writer))
 
     async def _ack(self, writer: asyncio.StreamWriter) -> None:
         """fsync what was applied, then acknowledge it (the primary's WAIT and sync mode
