@@ -792,6 +792,23 @@ def decrypt(path: str, dest: str, key_file: str) -> None:
               type=click.Path(dir_okay=False),
               help="Key file of an encrypted database (32 raw bytes or 64 hex characters, "
                    f"mode 0600; also encryption_key_file in the config, or ${KEY_FILE_ENV}).")
+@click.option("--replicaof", nargs=2, default=None, metavar="HOST PORT",
+              help="Replicate the ShaleDB primary at HOST PORT (read-only replica; "
+                   "REPLICAOF NO ONE promotes it). Its password: masterauth in the config "
+                   "or $SHALEDB_MASTERAUTH.")
+@click.option("--masteruser", default=None,
+              help="The ACL user a replica authenticates to its primary as.")
+@click.option("--master-tls/--no-master-tls", default=None,
+              help="Connect to the primary with TLS (checked against --tls-ca-cert-file).")
+@click.option("--repl-backlog-size", default=None, metavar="BYTES",
+              callback=lambda ctx, param, value: _byte_count(value, "--repl-backlog-size"),
+              help="Bytes of recent writes kept for replicas' partial resyncs (16mb).")
+@click.option("--sync-replicas", type=click.IntRange(0, 1000), default=None,
+              help="Acknowledge a write only once this many replicas have it durably "
+                   "(default 0: asynchronous replication).")
+@click.option("--sync-replicas-timeout", type=click.FloatRange(min=0.001), default=None,
+              metavar="SECONDS",
+              help="How long a write waits for --sync-replicas acknowledgements (10).")
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
           config_path: str | None, aclfile: str | None, tls_port: int | None,
           tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None,
@@ -800,7 +817,11 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
           slowlog_log_slower_than: int | None, slowlog_max_len: int | None,
           scrub_interval: float | None, scrub_rate: int | None, backup_repo: str | None,
           backup_interval: float | None, backup_wal_archive: bool | None,
-          backup_repo_key_file: str | None, key_file: str | None) -> None:
+          backup_repo_key_file: str | None, key_file: str | None,
+          replicaof: tuple[str, str] | None = None, masteruser: str | None = None,
+          master_tls: bool | None = None, repl_backlog_size: int | None = None,
+          sync_replicas: int | None = None,
+          sync_replicas_timeout: float | None = None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -828,6 +849,13 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                                  slowlog_log_slower_than,
                                              "slowlog_max_len": slowlog_max_len,
                                              "scrub_interval": scrub_interval,
+                                             "replicaof": " ".join(replicaof)
+                                             if replicaof else None,
+                                             "masteruser": masteruser,
+                                             "master_tls": master_tls,
+                                             "repl_backlog_size": repl_backlog_size,
+                                             "sync_replicas": sync_replicas,
+                                             "sync_replicas_timeout": sync_replicas_timeout,
                                              "scrub_rate": scrub_rate,
                                              "backup_repo": backup_repo,
                                              "backup_interval": backup_interval,

@@ -539,11 +539,13 @@ class Replication:
         cfg = self.host.config
         last_send = time.monotonic()
         while not conn.closing:
-            if conn.output_bytes > TAIL_WINDOW:
-                # A slow replica: wait for it; the backlog holds what it has not been sent.
+            slow = conn.output_bytes > TAIL_WINDOW
+            # A slow replica: wait for it while the backlog holds what it was not sent.
+            groups = None if slow and pos < backlog.first_seq else (
+                [] if slow else backlog.read(pos, TAIL_READ))
+            if slow and groups is not None:
                 await asyncio.sleep(0.01)
             else:
-                groups = backlog.read(pos, TAIL_READ)
                 if groups is None:
                     self.slow_replica_disconnections += 1
                     log.warning("replica %s needs write groups after sequence %d that the "
