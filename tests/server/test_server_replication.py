@@ -40,14 +40,20 @@ def wait_synced(p: redis.Redis, r: redis.Redis, timeout: float = 30) -> None:
     wait_until(lambda: _synced(p, r), timeout, "the replica to catch up")
 
 
-def dump_all(c: redis.Redis) -> dict[tuple[int, bytes], bytes | None]:
+def dump_all(client: redis.Redis) -> dict[tuple[int, bytes], bytes | None]:
     """DUMP of every key of every logical database (and its TTL presence)."""
     out: dict[tuple[int, bytes], Any] = {}
     for db in range(16):
-        c.execute_command("SELECT", db)
-        for k in c.scan_iter(count=1000):
-            out[(db, k)] = (c.dump(k), c.pttl(k) > 0)
-    c.execute_command("SELECT", 0)
+        c = redis.Redis(**{**client.connection_pool.connection_kwargs, "db": db})
+        keys = list(c.scan_iter(count=1000))
+        for i in range(0, len(keys), 1000):
+            pipe = c.pipeline(transaction=False)
+            for k in keys[i:i + 1000]:
+                pipe.dump(k).pttl(k)
+            res = pipe.execute()
+            for j, k in enumerate(keys[i:i + 1000]):
+                out[(db, k)] = (res[2 * j], res[2 * j + 1] > 0)
+        c.close()
     return out
 
 
@@ -502,3 +508,40 @@ def test_sigkill_of_replica_and_primary_keeps_the_copy_exact(
 @pytest.mark.soak
 def test_sigkill_loop_soak(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     _crash_round(tmp_path, procs, rounds=40, seed=int(time.time()))
+
+
+def test_sigkill_during_a_full_resync_leaves_nothing_half_visible(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """The replica dies while it loads the snapshot: restarted on its own, it holds neither
+    a part of the primary's data nor its old data (a copy of which is under lost/), and the
+    next sync loads everything."""
+    pport, rport = free_port(), free_port()
+    pdir, rdir = tmp_path / "primary", tmp_path / "replica"
+    # The replica first has data of its own (a standalone node).
+    replica = _proc(rdir, rport)
+    procs.append(replica)
+    _client(rport).mset({f"old{i}": i for i in range(100)})
+    replica.terminate()
+    replica.wait(20)
+    primary = _proc(pdir, pport)
+    procs.append(primary)
+    pc = _client(pport)
+    value = os.urandom(1000)
+    for i in range(0, 20_000, 1000):
+        pc.mset({f"p{j}": value for j in range(i, i + 1000)})
+    replica = _proc(rdir, rport, "--replicaof", HOST, str(pport))
+    procs.append(replica)
+    rc = _client(rport)
+    wait_until(lambda: _info(rc).get("master_sync_in_progress") == 1, 30, "the full sync",
+               interval=0.005)
+    time.sleep(0.05)
+    _kill(replica)
+    replica = _proc(rdir, rport)  # on its own: no primary to finish the sync
+    procs.append(replica)
+    rc = _client(rport)
+    assert rc.dbsize() == 0
+    assert list((rdir / "lost").glob("replication-discarded-*.msgpack"))
+    _kill(replica)
+    replica = _proc(rdir, rport, "--replicaof", HOST, str(pport))
+    procs.append(replica)
+    assert_same_data(pc, _client(rport))

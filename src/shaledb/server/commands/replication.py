@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import CommandError
 from ..exec.deferred import Deferred
+from ..exec.replication import STREAM_VERSION
 from ..net.protocol import OK, Status
 from . import SYNTAX, CommandFamily, Context, parse_int
 
@@ -106,8 +107,6 @@ def replconf(ctx: Context, argv: list[bytes]) -> Any:
 @command("shaledb.psync", 5, "admin noscript stale no-multi", _ADMIN)
 def shaledb_psync(ctx: Context, argv: list[bytes]) -> Any:
     """SHALEDB.PSYNC replid offset term stream-version: start streaming to this replica."""
-    from ..exec.replication import STREAM_VERSION
-
     version = parse_int(argv[4])
     if version != STREAM_VERSION:
         raise CommandError(f"replication stream version {version} is not supported by this "

@@ -53,6 +53,7 @@ import msgpack
 import shaledb
 
 from ...engine.replication import OP_DELETE, OP_PUT, ReplicationBacklog, decode_group
+from ..admin.config import parse_replicaof
 from ..errors import NOREPLICAS_MESSAGE, READONLY_MESSAGE, CommandError
 from .durability import SyncGroup
 
@@ -270,8 +271,6 @@ class Replication:
         elif status == STATUS_REPLICA:
             self.master_replid, self.offset = replid, offset
         if cfg.replicaof is not None:
-            from ..admin.config import parse_replicaof
-
             h, p = parse_replicaof(cfg.replicaof)
             self.become_replica(h, p, None)
         elif status != STATUS_PRIMARY:
