@@ -44,7 +44,9 @@ def dump_all(client: redis.Redis) -> dict[tuple[int, bytes], bytes | None]:
     """DUMP of every key of every logical database (and its TTL presence)."""
     out: dict[tuple[int, bytes], Any] = {}
     for db in range(16):
-        c = redis.Redis(**{**client.connection_pool.connection_kwargs, "db": db})
+        kw = client.connection_pool.connection_kwargs
+        c = redis.Redis(host=kw["host"], port=kw["port"], password=kw.get("password"),
+                        db=db, socket_timeout=10)
         keys = list(c.scan_iter(count=1000))
         for i in range(0, len(keys), 1000):
             pipe = c.pipeline(transaction=False)
