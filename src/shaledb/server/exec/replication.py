@@ -880,6 +880,18 @@ class Replication:
         ]
         return fields
 
+    def health_reason(self) -> str | None:
+        """Why /health is degraded by replication: a replica without a working link to its
+        primary (for longer than a reconnect), or loading a full resync."""
+        if self.role != "slave":
+            return None
+        if self.loading:
+            return "replica: loading a full resync from its primary"
+        if self.link_state != "connected" and self.link_error:
+            return (f"replica: no link to its primary {self.master_host}:{self.master_port}: "
+                    f"{self.link_error}")
+        return None
+
     def role_reply(self) -> list[Any]:
         if self.role == "slave":
             state = {"connect": "connect", "connecting": "connecting", "sync": "sync",
