@@ -4,6 +4,7 @@ them; every comparison is DUMP of every key, byte for byte."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -11,6 +12,8 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -363,17 +366,26 @@ def test_replica_authenticates_and_reports_a_failure(server_factory: Factory,
     p = server_factory(requirepass="s3cret")
     pc = p.client(password="s3cret")
     pc.set("k", "v")
-    r = replica_of(server_factory, p, masterauth="wrong")
+    r = replica_of(server_factory, p, masterauth="wrong", metrics_port=0)
     rc = r.client()
     wait_until(lambda: "authentication" in _info(rc)["shaledb_master_link_error"], 10,
                "the auth failure in INFO")
     assert _info(rc)["master_link_status"] == "down"
+    assert r.server is not None
+    health = f"http://{HOST}:{r.server.metrics_port}/health"
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(health, timeout=10)
+    body = json.loads(failed.value.read())
+    assert body["status"] == "degraded" and "authentication" in body["reason"]
+    assert body["role"] == "slave"
     assert "authentication to the primary failed" in caplog.text
     assert "wrong" not in _info(rc)["shaledb_master_link_error"]
     assert rc.config_get("masterauth") == {"masterauth": "(set)"}
     rc.config_set("masterauth", "s3cret")
     wait_synced(pc, rc)
     assert rc.get("k") == b"v"
+    with urllib.request.urlopen(health, timeout=10) as ok:
+        assert json.loads(ok.read())["status"] == "ok"
 
 
 def test_replica_over_tls(server_factory: Factory, tmp_path: Path) -> None:
@@ -413,6 +425,14 @@ def test_terms_refuse_stale_orders_and_stale_primaries(server_factory: Factory) 
     wait_until(lambda: "term" in _info(sc)["shaledb_master_link_error"], 10,
                "the stale term in INFO")
     assert _info(sc)["master_link_status"] == "down"
+    # ... and the primary learnt that a newer leader exists: it fences itself.
+    assert _info(pc)["shaledb_fenced_by_term"] == 3
+    with pytest.raises(redis.ReadOnlyError, match="stale"):
+        pc.set("k", "split-brain")
+    with pytest.raises(redis.ResponseError, match="STALETERM|term >= 3"):
+        pc.execute_command("SHALEDB.ROLE", "PRIMARY", 2)
+    assert pc.execute_command("SHALEDB.ROLE", "PRIMARY", 3) == b"OK"  # re-elected
+    assert pc.set("k", "v3")
     # The term survives a restart: it is stored with the data.
     assert r.server is not None
     assert r.server.db.get(STATE_KEY) is not None

@@ -221,6 +221,9 @@ class Replication:
         self.last_io = 0.0
         #: A full resync is loading: commands answer -LOADING.
         self.loading = False
+        #: A newer term than this primary's was seen (a replica of a newer leader asked to
+        #: sync): this node is a stale primary and takes no writes (0: not fenced).
+        self.fenced_by = 0
         self.feeds: dict[int, ReplicaFeed] = {}
         #: REPLCONF listening-port of clients that have not sent SHALEDB.PSYNC yet
         #: (bounded: the oldest entries go first).
@@ -317,6 +320,7 @@ class Replication:
             self._save_state(STATUS_REPLICA if self.role == "slave" else STATUS_PRIMARY)
         ks.replica = True
         self.role = "slave"
+        self.fenced_by = 0
         self.master_host, self.master_port = host, port
         for feed in list(self.feeds.values()):
             feed.conn.abort()
@@ -334,6 +338,11 @@ class Replication:
         self._check_term(term)
         if term is not None:
             self.term = term
+        if self.fenced_by and (term is None or term < self.fenced_by):
+            raise CommandError(f"a node of term {self.fenced_by} exists: promote this node "
+                               f"with SHALEDB.ROLE PRIMARY and a term >= {self.fenced_by}",
+                               prefix="STALETERM")
+        self.fenced_by = 0
         was_replica = self.role == "slave"
         if self._link_task is not None:
             self._link_task.cancel()
@@ -351,8 +360,9 @@ class Replication:
             self.replid = secrets.token_hex(20)
         self._save_state(STATUS_PRIMARY)
         ks = self.host.keyspace
+        fenced = ks.replica and not was_replica
         ks.replica = False
-        if was_replica:
+        if was_replica or fenced:
             ks.reload()  # its purger and chunk ids take over from the old primary's
         log.info("now a primary (term %d, replid %s)", self.term, self.replid)
 
@@ -368,6 +378,10 @@ class Replication:
         """Why a write command must be refused now, or None."""
         if self.role == "slave":
             return CommandError(READONLY_MESSAGE, prefix="READONLY")
+        if self.fenced_by:
+            return CommandError(f"this primary's term {self.term} is stale (a node of term "
+                                f"{self.fenced_by} exists): it takes no writes",
+                                prefix="READONLY")
         cfg = self.host.config
         if cfg.sync_replicas and cfg.sync_replicas_refuse \
                 and self.good_replicas() < cfg.sync_replicas:
@@ -377,7 +391,8 @@ class Replication:
     @property
     def restricted(self) -> bool:
         """Whether the dispatcher must ask :meth:`write_refusal` / check loading."""
-        return self.role == "slave" or self.loading or self.host.config.sync_replicas > 0
+        return (self.role == "slave" or self.loading or self.fenced_by > 0
+                or self.host.config.sync_replicas > 0)
 
     def good_replicas(self) -> int:
         now = time.monotonic()
@@ -407,6 +422,15 @@ class Replication:
             raise CommandError("this node is a replica; replicate its primary "
                                f"({self.master_host}:{self.master_port}) instead")
         if term > self.term:
+            if term > self.fenced_by:
+                self.fenced_by = term
+                ks = self.host.keyspace
+                ks.settle()
+                ks.replica = True  # the same fence as a replica's: no write path is open
+                log.warning("a replica at term %d asked to sync from this primary (term %d): "
+                            "a newer leader exists; this node refuses writes until it is "
+                            "made a replica (SHALEDB.ROLE REPLICA) or a primary of a newer "
+                            "term", term, self.term)
             raise CommandError(f"the replica's term {term} is newer than this primary's "
                                f"({self.term}): this node is a stale primary and must not "
                                "lead", prefix="STALETERM")
@@ -875,6 +899,7 @@ class Replication:
             ("sync_partial_err", self.sync_partial_err),
             ("shaledb_slow_replica_disconnections", self.slow_replica_disconnections),
             ("shaledb_term", self.term),
+            ("shaledb_fenced_by_term", self.fenced_by),
             ("shaledb_sync_replicas", self.host.config.sync_replicas),
             ("shaledb_good_replicas", self.good_replicas()),
         ]
