@@ -567,3 +567,38 @@ def test_sigkill_during_a_full_resync_leaves_nothing_half_visible(
     replica = _proc(rdir, rport, "--replicaof", HOST, str(pport))
     procs.append(replica)
     assert_same_data(pc, _client(rport))
+
+
+def test_replication_settings_from_toml_and_their_bounds(tmp_path: Path) -> None:
+    from shaledb.errors import InvalidArgument
+    from shaledb.server import ServerConfig
+
+    path = tmp_path / "shaledb.toml"
+    path.write_text('replicaof = "127.0.0.1 6380"\nsync-replicas = 2\n'
+                    'sync-replicas-timeout = 2.5\nrepl-backlog-size = 1048576\n'
+                    'masteruser = "repl"\nmaster-tls = true\n')
+    cfg = ServerConfig.load(str(path))
+    assert (cfg.replicaof, cfg.sync_replicas, cfg.sync_replicas_timeout,
+            cfg.repl_backlog_size, cfg.masteruser, cfg.master_tls) == (
+        "127.0.0.1 6380", 2, 2.5, 1 << 20, "repl", True)
+    for bad in ({"replicaof": "nohost"}, {"replicaof": "h 70000"}, {"sync_replicas": -1},
+                {"repl_backlog_size": 1024}, {"sync_replicas_timeout": 0},
+                {"repl_timeout": float("inf")}):
+        with pytest.raises(InvalidArgument):
+            ServerConfig.from_mapping(bad)
+
+
+def test_config_set_of_replication_settings(server: ServerThread) -> None:
+    c = server.client()
+    with pytest.raises(redis.ResponseError, match="immutable"):
+        c.config_set("repl-backlog-size", 1 << 20)
+    with pytest.raises(redis.ResponseError, match="immutable"):
+        c.config_set("replicaof", "127.0.0.1 1")
+    c.config_set("masterauth", "pw")
+    assert c.config_get("masterauth") == {"masterauth": "(set)"}
+    c.config_set("sync-replicas", 1)
+    with pytest.raises(redis.ResponseError, match="NOREPLICAS"):
+        c.set("k", "v")
+    c.config_set("sync-replicas", 0)
+    assert c.set("k", "v")
+    assert c.config_get("replicaof") == {"replicaof": ""}

@@ -611,10 +611,17 @@ class Replication:
                 backoff = BACKOFF_MIN
             except asyncio.CancelledError:
                 raise
-            except (OSError, EOFError, asyncio.IncompleteReadError, ReplicationError,
-                    ssl.SSLError, TimeoutError, shaledb.ShaleError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the link must outlive any failure
+                expected = isinstance(exc, (OSError, EOFError, asyncio.IncompleteReadError,
+                                            ReplicationError, ssl.SSLError, TimeoutError,
+                                            shaledb.ShaleError))
                 message = str(exc) or type(exc).__name__
-                if message != self.link_error:
+                if not expected:
+                    # Bad bytes that passed the checksum, or a bug: the link starts over.
+                    message = f"{type(exc).__name__}: {message}"
+                    log.error("replication link to %s:%d failed unexpectedly",
+                              self.master_host, self.master_port, exc_info=exc)
+                elif message != self.link_error:
                     log.warning("replication link to %s:%d: %s", self.master_host,
                                 self.master_port, message)
                 self.link_error = message
