@@ -39,7 +39,7 @@ def _term(arg: bytes) -> int:
     return term
 
 
-@command("replicaof", 3, "admin noscript stale no-multi", _ADMIN)
+@command("replicaof", 3, "admin noscript loading stale no-multi", _ADMIN)
 def replicaof(ctx: Context, argv: list[bytes]) -> Any:
     """REPLICAOF host port | REPLICAOF NO ONE"""
     repl = ctx.services.replication
@@ -56,7 +56,7 @@ def replicaof(ctx: Context, argv: list[bytes]) -> Any:
     return OK
 
 
-@command("slaveof", 3, "admin noscript stale no-multi", _ADMIN)
+@command("slaveof", 3, "admin noscript loading stale no-multi", _ADMIN)
 def slaveof(ctx: Context, argv: list[bytes]) -> Any:
     """SLAVEOF host port | SLAVEOF NO ONE (Redis' old name)"""
     return replicaof(ctx, argv)
@@ -121,7 +121,7 @@ def shaledb_psync(ctx: Context, argv: list[bytes]) -> Any:
     return None  # the feeder answers (+FULLRESYNC / +CONTINUE), then streams
 
 
-@command("shaledb.role", -3, "admin noscript stale no-multi", _ADMIN)
+@command("shaledb.role", -3, "admin noscript loading stale no-multi", _ADMIN)
 def shaledb_role(ctx: Context, argv: list[bytes]) -> Any:
     """SHALEDB.ROLE PRIMARY term | SHALEDB.ROLE REPLICA host port term: what the failover
     controller calls; a term older than the node's is refused (-STALETERM)."""

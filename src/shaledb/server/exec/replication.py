@@ -350,6 +350,13 @@ class Replication:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.loading:
+            # Promoted in the middle of a full resync: what was loaded is part of the
+            # primary's data, which must never be served as a whole database.
+            log.warning("promoted while loading a full resync: the partly loaded data is "
+                        "removed; this primary starts empty")
+            self._wipe_sync()
+            self.master_replid, self.offset = "", 0
         self.loading = False
         self.role = "master"
         self.master_host = None
