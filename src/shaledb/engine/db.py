@@ -4,7 +4,8 @@ Lock order (always acquire left to right; never call a method that takes a lock 
 of one you hold):
 
     _compaction_lock  ->  _manifest_lock  ->  _mutex  ->  leaf locks
-    (one compaction)      (manifest writes)    (DB state)   (memtable, WAL sync, caches)
+    (one compaction)      (manifest writes)    (DB state)   (memtable, WAL sync, caches,
+                                                             the replication backlog)
 
 - ``_mutex`` guards the mutable state: the memtables, the current WAL, the writer queue,
   ``_last_seq``, snapshots, version pins, pending outputs and the background error. It is
@@ -17,6 +18,9 @@ of one you hold):
   does, after ``backup_source`` let go of ``_manifest_lock``), so no record is half written
   when it reads the WAL's size.
 - Helpers named ``_locked_*`` expect ``_mutex`` held and never take it again.
+- Replication (engine/replication.py): the leader appends each committed group to the
+  backlog under ``_mutex`` (the backlog's own lock is a leaf), and calls the commit
+  listener after letting go of every lock.
 - Background threads (flusher, compactor, syncer, WAL archiver) do their I/O without
   ``_mutex`` and take it only to install results. Any I/O error on the write path is
   recorded once as the background error: the database then refuses writes (ReadOnlyError)
