@@ -587,9 +587,11 @@ class Replication:
                     return
                 if groups:
                     term = _U64.pack(self.term)
+                    out: list[bytes] = []
                     for payload in groups:
-                        conn.send_raw(frame(FRAME_GROUP, term + payload))
+                        out.append(frame(FRAME_GROUP, term + payload))
                         pos = group_span(payload)[1]
+                    conn.send_raw(b"".join(out))  # one write per wake-up
                     feed.sent = pos
                     last_send = time.monotonic()
                     continue
@@ -604,10 +606,8 @@ class Replication:
                     return
                 fut = self._commit_fut
                 assert fut is not None
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), HEARTBEAT)
-                except TimeoutError:
-                    pass
+                # (asyncio.wait never cancels the shared future on its timeout)
+                await asyncio.wait((fut,), timeout=HEARTBEAT)
 
     # -- replica: the link to the primary --------------------------------------------------------
     async def _link_loop(self) -> None:
