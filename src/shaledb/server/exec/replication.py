@@ -295,12 +295,13 @@ class Replication:
             await asyncio.gather(*tasks, return_exceptions=True)
         for w in self._waiters:
             if not w.future.done():
-                w.future.set_result(self._count_acked(w.target))
+                w.future.set_result(0)
         self._waiters.clear()
-        try:
-            self.host.db.attach_replication(None, None)
-        except shaledb.ShaleError:
-            pass
+        if self.backlog is not None:  # started: the database is open
+            try:
+                self.host.db.attach_replication(None, None)
+            except shaledb.ShaleError:
+                pass
         self._executor.shutdown(wait=True)
 
     # -- role changes ------------------------------------------------------------------------
