@@ -295,7 +295,7 @@ class Replication:
             await asyncio.gather(*tasks, return_exceptions=True)
         for w in self._waiters:
             if not w.future.done():
-                w.future.set_result(0)
+                w.future.set_result(self._count_acked(w.target))
         self._waiters.clear()
         if self.backlog is not None:  # started: the database is open
             try:
