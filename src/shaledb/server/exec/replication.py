@@ -243,6 +243,9 @@ class Replication:
         self._commit_fut: asyncio.Future[None] | None = None
         self._loop_thread = 0
         self._link_task: asyncio.Task[None] | None = None
+        #: Incremented by every role change: a link task of an older epoch applies nothing
+        #: more (a cancellation can be lost in asyncio.wait_for, Python < 3.12).
+        self._link_epoch = 0
         self._ack_task: asyncio.Task[None] | None = None
         self._acked = 0
         self._writer: asyncio.StreamWriter | None = None
@@ -331,7 +334,8 @@ class Replication:
             self._link_task.cancel()
         self.link_state = "connect"
         self.link_error = ""
-        self._link_task = self.host.loop.create_task(self._link_loop())
+        self._link_epoch += 1
+        self._link_task = self.host.loop.create_task(self._link_loop(self._link_epoch))
         log.info("replicating %s:%d (term %d)", host, port, self.term)
 
     def become_primary(self, term: int | None) -> None:
@@ -345,6 +349,7 @@ class Replication:
                                prefix="STALETERM")
         self.fenced_by = 0
         was_replica = self.role == "slave"
+        self._link_epoch += 1
         if self._link_task is not None:
             self._link_task.cancel()
             self._link_task = None
@@ -611,11 +616,16 @@ class Replication:
                 await asyncio.wait((fut,), timeout=HEARTBEAT)
 
     # -- replica: the link to the primary --------------------------------------------------------
-    async def _link_loop(self) -> None:
+    def _current(self, epoch: int) -> None:
+        """Raise CancelledError when the link task of ``epoch`` was superseded."""
+        if epoch != self._link_epoch or self.role != "slave" or self._stopping:
+            raise asyncio.CancelledError()
+
+    async def _link_loop(self, epoch: int) -> None:
         backoff = BACKOFF_MIN
-        while self.role == "slave" and not self._stopping:
+        while self.role == "slave" and not self._stopping and epoch == self._link_epoch:
             try:
-                await self._sync_once()
+                await self._sync_once(epoch)
                 backoff = BACKOFF_MIN
             except asyncio.CancelledError:
                 raise
@@ -655,7 +665,7 @@ class Replication:
             ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
         return ctx
 
-    async def _sync_once(self) -> None:
+    async def _sync_once(self, epoch: int) -> None:
         cfg = self.host.config
         host, port = self.master_host, self.master_port
         assert host is not None
@@ -687,8 +697,9 @@ class Replication:
             term = int(parts[3])
             self._check_link_term(term)
             self.link_state = "sync"
+            self._current(epoch)
             await self._full_sync(reader, parts[1].decode("ascii", "replace"),
-                                  int(parts[2]), term)
+                                  int(parts[2]), term, epoch)
         elif parts and parts[0] == b"+CONTINUE" and len(parts) == 3:
             term = int(parts[2])
             self._check_link_term(term)
@@ -699,7 +710,7 @@ class Replication:
         self.link_state = "connected"
         self.link_error = ""
         log.info("replication link to %s:%d up at offset %d", host, port, self.offset)
-        await self._tail_primary(reader, writer)
+        await self._tail_primary(reader, writer, epoch)
 
     def _check_link_term(self, term: int) -> None:
         if term < self.term:
@@ -715,7 +726,7 @@ class Replication:
         self.last_io = time.monotonic()
         return line.rstrip(b"\r\n")
 
-    async def _frame(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    async def _frame(self, reader: asyncio.StreamReader, epoch: int) -> tuple[int, bytes]:
         head = await self._line(reader)
         if not head.startswith(b"$") or not head[1:].isdigit():
             raise ReplicationError("the primary sent something that is not a stream frame: "
@@ -724,6 +735,7 @@ class Replication:
         if not 5 <= n <= MAX_FRAME:
             raise ReplicationError(f"stream frame of {n} bytes is out of bounds")
         data = await asyncio.wait_for(reader.readexactly(n + 2), self.host.config.repl_timeout)
+        self._current(epoch)  # nothing is applied for a superseded link
         self.last_io = time.monotonic()
         body = data[:n - 4]
         if crc32c(body) != int.from_bytes(data[n - 4:n], "little"):
@@ -778,19 +790,20 @@ class Replication:
                     "%d entries is in %s", count, path)
 
     async def _full_sync(self, reader: asyncio.StreamReader, replid: str, seq: int,
-                         term: int) -> None:
+                         term: int, epoch: int) -> None:
         db = self.host.db
         ks = self.host.keyspace
         status, _, _, _ = decode_state(db.get(STATE_KEY))
         self.loading = True
         if status == STATUS_PRIMARY:
             await self.host.loop.run_in_executor(self._executor, self._keep_discarded)
+            self._current(epoch)
         db.put(STATE_KEY, encode_state(STATUS_SYNCING, self.term, 0, ""), sync=True)
         self.master_replid, self.offset = "", 0
         self._wipe_sync()
         entries = 0
         while True:
-            kind, body = await self._frame(reader)
+            kind, body = await self._frame(reader, epoch)
             if kind == FRAME_SNAPSHOT:
                 flat = msgpack.unpackb(body, raw=True, use_list=True)
                 ops: list[Any] = []
@@ -801,6 +814,7 @@ class Replication:
                     db.apply_replicated(ops, None)
                     entries += len(ops) // 4
                 await asyncio.sleep(0)  # other clients (answered -LOADING) get a turn
+                self._current(epoch)
             elif kind == FRAME_END:
                 (end,) = _U64.unpack(body)
                 if end != seq:
@@ -819,11 +833,11 @@ class Replication:
         log.info("full resync done: %d entries at sequence %d", entries, seq)
 
     async def _tail_primary(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+                            writer: asyncio.StreamWriter, epoch: int) -> None:
         db = self.host.db
         ks = self.host.keyspace
         while True:
-            kind, body = await self._frame(reader)
+            kind, body = await self._frame(reader, epoch)
             if kind == FRAME_GROUP:
                 (term,) = _U64.unpack_from(body)
                 self._check_link_term(term)
