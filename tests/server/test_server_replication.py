@@ -624,3 +624,21 @@ def test_promoting_a_replica_in_the_middle_of_a_full_resync_serves_nothing_of_it
     assert rc.keys() == [] and rc.get("p1") is None and rc.dbsize() == 0
     assert rc.set("fresh", 1)
     assert rc.keys() == [b"fresh"]
+
+
+def test_a_replica_that_never_acknowledges_is_dropped_after_repl_timeout(
+        server_factory: Factory) -> None:
+    p = server_factory(repl_timeout=1.0)
+    pc = p.client()
+    s = socket.create_connection((HOST, p.port))
+    s.sendall(b"*5\r\n$13\r\nSHALEDB.PSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n$1\r\n0\r\n$1\r\n1\r\n")
+    wait_until(lambda: _info(pc)["connected_slaves"] == 1, 10, "the silent replica")
+    # Writes keep the feeder busy all along: the timeout must apply anyway.
+    deadline = time.monotonic() + 6
+    i = 0
+    while _info(pc)["connected_slaves"] and time.monotonic() < deadline:
+        pc.set(f"k{i % 10}", i)
+        i += 1
+        time.sleep(0.01)
+    assert _info(pc)["connected_slaves"] == 0
+    s.close()

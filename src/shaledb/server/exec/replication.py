@@ -573,8 +573,14 @@ class Replication:
         backlog = self.backlog
         assert backlog is not None
         cfg = self.host.config
-        last_send = time.monotonic()
+        last_send = feed.ack_time = time.monotonic()  # its first ACK comes after its load
         while not conn.closing:
+            if time.monotonic() - feed.ack_time > cfg.repl_timeout:
+                # Gone without closing (a partition): whether it is sent to or not.
+                log.warning("replica %s acknowledged nothing for %.0f s (repl-timeout): "
+                            "disconnecting it", feed.addr, time.monotonic() - feed.ack_time)
+                conn.abort()
+                return
             slow = conn.output_bytes > TAIL_WINDOW
             # A slow replica: wait for it while the backlog holds what it was not sent.
             groups = None if slow and pos < backlog.first_seq else (
@@ -605,11 +611,6 @@ class Replication:
                 if now - last_send >= HEARTBEAT:
                     conn.send_raw(frame(FRAME_HEARTBEAT, _U64.pack(pos)))
                     last_send = now
-                if now - feed.ack_time > cfg.repl_timeout:
-                    log.warning("replica %s sent nothing for %.0f s (repl-timeout): "
-                                "disconnecting it", feed.addr, now - feed.ack_time)
-                    conn.abort()
-                    return
                 fut = self._commit_fut
                 assert fut is not None
                 # (asyncio.wait never cancels the shared future on its timeout)
