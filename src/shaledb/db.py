@@ -102,6 +102,12 @@ class DB(Reader):
         (:class:`shaledb.engine.replication.ReplicationBacklog`)."""
         return self._engine.attach_replication(backlog_bytes, listener)
 
+    def wal_groups_after(self, after: int, max_bytes: int) -> list[bytes] | None:
+        """Committed write groups past sequence number ``after`` from the WAL segments
+        still on disk (see :meth:`attach_replication`); None when they are gone. Reads
+        whole segments: call it from a worker thread."""
+        return self._engine.wal_groups_after(after, max_bytes)
+
     @property
     def last_sequence(self) -> int:
         """The sequence number of the last committed operation."""

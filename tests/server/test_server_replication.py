@@ -275,11 +275,32 @@ def test_full_resync_after_the_backlog_overflowed(server_factory: Factory, tmp_p
     r.stop()
     for i in range(200):
         pc.set(f"while-down{i}", "x" * 500)  # 100 KB: past the 16 KiB backlog
+    pc.save()  # the memtable flushed: the WAL segments that held those writes are gone
     r2 = replica_of(server_factory, p, dir=rdir)
     rc2 = r2.client()
     assert_same_data(pc, rc2)
     info = _info(pc)
     assert info["sync_full"] == 2 and info["sync_partial_err"] == 1, info
+
+
+def test_partial_resync_past_the_backlog_from_the_wal_on_disk(server_factory: Factory,
+                                                               tmp_path: Path) -> None:
+    p = server_factory(repl_backlog_size=16 * 1024)
+    pc = p.client()
+    rdir = str(tmp_path / "replica")
+    r = replica_of(server_factory, p, dir=rdir)
+    rc = r.client()
+    pc.set("first", 1)
+    wait_synced(pc, rc)
+    r.stop()
+    for i in range(200):
+        pc.set(f"while-down{i}", "x" * 500)  # 100 KB: past the backlog, not flushed
+    r2 = replica_of(server_factory, p, dir=rdir)
+    rc2 = r2.client()
+    assert_same_data(pc, rc2)
+    info = _info(pc)
+    assert info["sync_full"] == 1 and info["sync_partial_ok"] == 1, info
+    assert info["shaledb_repl_wal_reads"] >= 1
 
 
 def test_a_replica_that_does_not_read_is_disconnected(server_factory: Factory,

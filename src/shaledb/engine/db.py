@@ -115,7 +115,7 @@ from .optionsfile import (
     log_format_2_from,
     wal_async_seal_from,
 )
-from .replication import ReplicationBacklog
+from .replication import ReplicationBacklog, group_span
 from .sstable import FileMeta, TableReader
 from .sstable.block import Block
 from .sstable.writer import TableWriter
@@ -998,6 +998,58 @@ class Engine:
                 writers.popleft()
                 self._locked_wake_next_leader()
         return backlog
+
+    def wal_groups_after(self, after: int, max_bytes: int) -> list[bytes] | None:
+        """The committed write groups past sequence number ``after`` read back from the WAL
+        segments still on disk (those not flushed yet), oldest first, at least one and then
+        up to ``max_bytes``; ``[]`` when ``after`` is the last sequence number; None when
+        the group right after ``after`` is no longer on disk, or ``after`` is not the end
+        of a group. For a replica further behind than the in-memory backlog (engine/
+        replication.py). Reads whole segments (about a memtable each, as recovery does):
+        call it from a worker thread. The segments are pinned while they are read."""
+        with self._mutex:
+            self.check_open()
+            log_number = self._versions.log_number
+            self._log_pins[log_number] += 1
+        try:
+            segments, last, _ = self._wal_cut(log_number)
+            if after == last:
+                return []
+            if after > last:
+                return None
+            out: list[bytes] = []
+            total = 0
+            expecting = after + 1
+            for sf in segments:
+                parsed = parse(sf.name)
+                if parsed is None or sf.size <= 0:
+                    continue
+                number = parsed[1]
+                data = self.fs.read_file(sf.path)[:sf.size]
+                expect = expected_log_format(self._log_since, number, self.encrypted)
+                cut = self._recovery_cut(number)
+                if cut is not None:
+                    data = data[:max(cut, 0)]
+                seg = scan_segment_bytes(data, sf.path, number, expect, self._keyring)
+                for payload in seg.scan.records:
+                    first, end = group_span(payload)
+                    if end <= after:
+                        continue  # before the reader's position (or a recovered copy)
+                    if first != expecting:
+                        return None  # older groups are gone, or a position inside one
+                    out.append(payload)
+                    total += len(payload)
+                    expecting = end + 1
+                    if total >= max_bytes or end >= last:
+                        return out
+            return out or None
+        finally:
+            with self._mutex:
+                self._log_pins[log_number] -= 1
+                if self._log_pins[log_number] <= 0:
+                    del self._log_pins[log_number]
+            if not self.options.read_only:
+                self._delete_obsolete_files()
 
     @property
     def last_sequence(self) -> int:

@@ -24,6 +24,7 @@ alone by readers, and nothing is called while it is held.
 from __future__ import annotations
 
 import bisect
+import struct
 import threading
 from collections import deque
 
@@ -35,6 +36,14 @@ OP_PUT = PUT
 OP_DELETE = DELETE
 #: Decodes one backlog payload into ``(first_seq, flat ops, commit_ms)``.
 decode_group = decode_batch_timed
+_HEAD = struct.Struct("<QI")
+_TIMED = 1 << 31
+
+
+def group_span(payload: bytes) -> tuple[int, int]:
+    """First and last sequence number of one write group payload (its header only)."""
+    first, count = _HEAD.unpack_from(payload)
+    return first, first + (count & ~_TIMED) - 1
 
 #: The default size of the replication backlog (bytes of WAL payloads), Redis' default
 #: ``repl-backlog-size`` is 1 MiB; ours holds write groups, which group many commands.
@@ -128,4 +137,4 @@ class ReplicationBacklog:
 
 
 __all__ = ["DEFAULT_BACKLOG_BYTES", "MIN_BACKLOG_BYTES", "OP_DELETE", "OP_PUT",
-           "ReplicationBacklog", "decode_group"]
+           "ReplicationBacklog", "decode_group", "group_span"]

@@ -52,7 +52,13 @@ import msgpack
 
 import shaledb
 
-from ...engine.replication import OP_DELETE, OP_PUT, ReplicationBacklog, decode_group
+from ...engine.replication import (
+    OP_DELETE,
+    OP_PUT,
+    ReplicationBacklog,
+    decode_group,
+    group_span,
+)
 from ..admin.config import parse_replicaof
 from ..errors import NOREPLICAS_MESSAGE, READONLY_MESSAGE, CommandError
 from .durability import SyncGroup
@@ -81,8 +87,6 @@ FRAME_END: Final = 0x45  # "E": the snapshot is complete: u64 sequence
 FRAME_GROUP: Final = 0x47  # "G": u64 term + one engine write group payload
 FRAME_HEARTBEAT: Final = 0x48  # "H": u64 the primary's last sequence
 _U64: Final = struct.Struct(">Q")
-_GROUP_HEAD: Final = struct.Struct("<QI")  # the engine payload's first_seq and count
-_TIMED: Final = 1 << 31
 
 #: Snapshot bytes per frame, and most snapshot bytes unsent to one replica at a time.
 SNAPSHOT_CHUNK: Final = 256 * 1024
@@ -134,12 +138,6 @@ def frame(kind: int, body: bytes) -> bytes:
     head = bytes((kind,)) + body
     data = head + crc32c(head).to_bytes(4, "little")
     return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def group_span(payload: bytes) -> tuple[int, int]:
-    """First and last sequence number of one engine write group payload."""
-    first, count = _GROUP_HEAD.unpack_from(payload)
-    return first, first + (count & ~_TIMED) - 1
 
 
 class FeedConnection(Protocol):
@@ -235,6 +233,8 @@ class Replication:
         self.sync_partial_ok = 0
         self.sync_partial_err = 0
         self.slow_replica_disconnections = 0
+        #: Times a feeder read groups back from the WAL on disk (past the backlog).
+        self.wal_reads = 0
         #: Replica-side counters.
         self.full_syncs_done = 0
         self.partial_syncs_done = 0
@@ -455,14 +455,9 @@ class Replication:
             old.task.cancel()
         feed = ReplicaFeed(client.id, client.addr, conn, port)
         self.feeds[client.id] = feed
-        backlog = self.backlog
-        partial = (replid == self.replid and backlog is not None
-                   and backlog.read(offset, 0) is not None)
-        if not partial and replid not in ("?", ""):
-            self.sync_partial_err += 1
         # The stream replaces replies on this connection; ACKs are answered with nothing.
         client.reply_off = True
-        feed.task = self.host.loop.create_task(self._feed(feed, partial, offset))
+        feed.task = self.host.loop.create_task(self._feed(feed, replid, offset))
 
     def note_ack(self, client_id: int, offset: int) -> None:
         """REPLCONF ACK from a replica."""
@@ -516,10 +511,25 @@ class Replication:
             fut.add_done_callback(lambda _: handle.cancel())
         return fut
 
-    async def _feed(self, feed: ReplicaFeed, partial: bool, offset: int) -> None:
+    async def _can_continue(self, replid: str, offset: int) -> bool:
+        """Whether a replica at ``offset`` of ``replid`` can be fed from the backlog, or
+        else from the WAL segments still on disk (read in the worker thread)."""
+        backlog = self.backlog
+        if replid != self.replid or backlog is None or offset < 0:
+            return False
+        if backlog.read(offset, 0) is not None:
+            return True
+        groups = await self.host.loop.run_in_executor(
+            self._executor, self.host.db.wal_groups_after, offset, 1)
+        return groups is not None
+
+    async def _feed(self, feed: ReplicaFeed, replid: str, offset: int) -> None:
         conn = feed.conn
         snap: shaledb.Snapshot | None = None
         try:
+            partial = await self._can_continue(replid, offset)
+            if not partial and replid not in ("?", ""):
+                self.sync_partial_err += 1
             if partial:
                 self.sync_partial_ok += 1
                 conn.send_raw(b"+CONTINUE %s %d\r\n" % (self.replid.encode(), self.term))
@@ -588,13 +598,21 @@ class Replication:
             if slow and groups is not None:
                 await asyncio.sleep(0.01)
             else:
+                if groups is None and not slow:
+                    # Further behind than the backlog: the WAL segments still on disk may
+                    # hold the groups (read in the worker thread, bounded by TAIL_READ).
+                    groups = await self.host.loop.run_in_executor(
+                        self._executor, self.host.db.wal_groups_after, pos, TAIL_READ)
+                    if groups is not None:
+                        self.wal_reads += 1
                 if groups is None:
                     self.slow_replica_disconnections += 1
                     log.warning("replica %s needs write groups after sequence %d that the "
-                                "backlog (repl-backlog-size %d bytes) no longer holds: "
+                                "backlog (repl-backlog-size %d bytes) no longer holds%s: "
                                 "disconnecting it; it will resync fully (raise "
                                 "repl-backlog-size if this repeats)", feed.addr, pos,
-                                backlog.limit)
+                                backlog.limit,
+                                "" if slow else " (nor the WAL segments on disk)")
                     conn.abort()
                     return
                 if groups:
@@ -928,6 +946,7 @@ class Replication:
             ("sync_partial_ok", self.sync_partial_ok),
             ("sync_partial_err", self.sync_partial_err),
             ("shaledb_slow_replica_disconnections", self.slow_replica_disconnections),
+            ("shaledb_repl_wal_reads", self.wal_reads),
             ("shaledb_term", self.term),
             ("shaledb_fenced_by_term", self.fenced_by),
             ("shaledb_sync_replicas", self.host.config.sync_replicas),
