@@ -663,3 +663,20 @@ def test_a_replica_that_never_acknowledges_is_dropped_after_repl_timeout(
         time.sleep(0.01)
     assert _info(pc)["connected_slaves"] == 0
     s.close()
+
+
+def test_wait_of_clients_that_left_is_forgotten(server: ServerThread) -> None:
+    c = server.client()
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection((HOST, server.port))
+        s.sendall(b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$1\r\n0\r\n")  # forever: no replica
+        socks.append(s)
+    wait_until(lambda: _info(c)["shaledb_repl_waiters"] == 20, 10, "20 waiting clients")
+    for s in socks:
+        s.close()
+    assert server.server is not None
+    connections = server.server.connections
+    wait_until(lambda: len(connections) == 1, 10, "the clients gone")
+    assert c.execute_command("WAIT", 1, 10) == 0  # the next WAIT forgets the others
+    assert _info(c)["shaledb_repl_waiters"] == 0

@@ -79,10 +79,12 @@ def wait(ctx: Context, argv: list[bytes]) -> Any:
     if repl.role == "slave":
         raise CommandError("WAIT cannot be used with replica instances. Please also note "
                            "that writes to replicas are just local and are not propagated.")
-    fut = repl.wait_acks(count, None if ms == 0 else ms / 1000,)
+    fut = repl.wait_acks(count, None if ms == 0 else ms / 1000, client_id=ctx.client.id)
     if fut.done() or ctx.in_exec:
         return fut.result() if fut.done() else repl.acked_now()
-    return Deferred(fut)
+    # Blocking, as Redis blocks a WAITing client: its connection keeps reading, so a client
+    # that leaves is seen at once and its waiter forgotten.
+    return Deferred(fut, blocking=True)
 
 
 @command("replconf", -1, "admin noscript loading stale allow-busy", _ADMIN)

@@ -189,12 +189,15 @@ class ReplicaFeed:
 
 
 class _AckWaiter:
-    __slots__ = ("target", "count", "future")
+    __slots__ = ("target", "count", "future", "client_id")
 
-    def __init__(self, target: int, count: int, future: asyncio.Future[int]) -> None:
+    def __init__(self, target: int, count: int, future: asyncio.Future[int],
+                 client_id: int | None) -> None:
         self.target = target
         self.count = count
         self.future = future
+        #: The WAITing client (None: a sync-replicas barrier, which always has a timeout).
+        self.client_id = client_id
 
 
 class Replication:
@@ -489,11 +492,19 @@ class Replication:
                 keep.append(w)
         self._waiters = keep
 
-    def wait_acks(self, count: int, timeout: float | None,
-                  target: int | None = None) -> asyncio.Future[int]:
+    def wait_acks(self, count: int, timeout: float | None, target: int | None = None,
+                  client_id: int | None = None) -> asyncio.Future[int]:
         """A future of how many replicas acknowledged ``target`` (default: every write so
-        far), done once ``count`` did or after ``timeout`` seconds (None: never)."""
+        far), done once ``count`` did or after ``timeout`` seconds (None: never).
+        ``client_id``: the WAITing client; its waiter goes when it disconnects, so there
+        are never more WAIT waiters than clients."""
         loop = self.host.loop
+        conns = self.host.connections
+        if any(w.client_id is not None and w.client_id not in conns for w in self._waiters):
+            for w in self._waiters:
+                if w.client_id is not None and w.client_id not in conns:
+                    w.future.cancel()
+            self._waiters = [w for w in self._waiters if not w.future.done()]
         if target is None:
             target = self.host.db.last_sequence
         fut: asyncio.Future[int] = loop.create_future()
@@ -501,7 +512,7 @@ class Replication:
         if n >= count or timeout == 0:
             fut.set_result(n)
             return fut
-        waiter = _AckWaiter(target, count, fut)
+        waiter = _AckWaiter(target, count, fut, client_id)
         self._waiters.append(waiter)
         if timeout is not None:
             def expire() -> None:
@@ -946,6 +957,7 @@ class Replication:
             ("sync_partial_ok", self.sync_partial_ok),
             ("sync_partial_err", self.sync_partial_err),
             ("shaledb_slow_replica_disconnections", self.slow_replica_disconnections),
+            ("shaledb_repl_waiters", sum(1 for w in self._waiters if not w.future.done())),
             ("shaledb_repl_wal_reads", self.wal_reads),
             ("shaledb_term", self.term),
             ("shaledb_fenced_by_term", self.fenced_by),
