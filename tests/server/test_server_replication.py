@@ -680,3 +680,44 @@ def test_wait_of_clients_that_left_is_forgotten(server: ServerThread) -> None:
     wait_until(lambda: len(connections) == 1, 10, "the clients gone")
     assert c.execute_command("WAIT", 1, 10) == 0  # the next WAIT forgets the others
     assert _info(c)["shaledb_repl_waiters"] == 0
+
+
+def test_sync_mode_acknowledged_writes_survive_the_primary_being_killed(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """sync-replicas 1: every write acknowledged before the primary is SIGKILLed is on the
+    replica (which fsynced it before acknowledging), and the replica, promoted, serves
+    them."""
+    pport, rport = free_port(), free_port()
+    primary = _proc(tmp_path / "primary", pport, "--sync-replicas", "1")
+    procs.append(primary)
+    replica = _proc(tmp_path / "replica", rport, "--replicaof", HOST, str(pport))
+    procs.append(replica)
+    pc, rc = _client(pport), _client(rport)
+    wait_until(lambda: _info(pc)["shaledb_good_replicas"] == 1, 30, "a good replica")
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def writer(base: int) -> None:
+        c = _client(pport)
+        i = base
+        while not stop.is_set():
+            try:
+                c.set(f"w{i}", i)
+            except (redis.ConnectionError, redis.ResponseError):
+                return
+            acknowledged.append(i)
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(n * 1_000_000,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    _kill(primary)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert len(acknowledged) > 50
+    assert rc.execute_command("REPLICAOF", "NO", "ONE") == b"OK"
+    missing = [i for i, v in zip(acknowledged, rc.mget([f"w{i}" for i in acknowledged]),
+                                 strict=True) if v != str(i).encode()]
+    assert missing == []
