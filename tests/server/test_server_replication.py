@@ -481,6 +481,8 @@ def test_returning_old_primary_resyncs_and_keeps_what_it_discards(
     assert len(files) == 1
     assert b"lost-write" in files[0].read_bytes()
     assert oct(files[0].stat().st_mode & 0o777) == "0o600"
+    report = p.server.db.verify()
+    assert report.ok and any("full resync" in n.message for n in report.notices)
 
 
 # -- crashes (subprocesses) ------------------------------------------------------------------
