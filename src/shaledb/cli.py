@@ -799,6 +799,9 @@ def decrypt(path: str, dest: str, key_file: str) -> None:
 @click.option("--announce-host", "failover_announce_host", default=None,
               help="With --etcd: the address other nodes and clients reach this node at "
                    "(default: --host).")
+@click.option("--announce-port", "failover_announce_port", type=click.IntRange(1, 65535),
+              default=None, help="With --etcd: the port published for this node (default: "
+                                 "--port).")
 @click.option("--encryption-key-file", "key_file", default=None,
               type=click.Path(dir_okay=False),
               help="Key file of an encrypted database (32 raw bytes or 64 hex characters, "
@@ -813,7 +816,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
           backup_interval: float | None, backup_wal_archive: bool | None,
           backup_repo_key_file: str | None, etcd: str | None, group: str | None,
           node_name: str | None, failover_ttl: int | None,
-          failover_announce_host: str | None, key_file: str | None) -> None:
+          failover_announce_host: str | None, failover_announce_port: int | None,
+          key_file: str | None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -851,6 +855,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                              "failover_ttl": failover_ttl,
                                              "failover_announce_host":
                                                  failover_announce_host,
+                                             "failover_announce_port":
+                                                 failover_announce_port,
                                              "encryption_key_file": key_file})
     configure_logging(config.log_format, config.log_level)
     try:

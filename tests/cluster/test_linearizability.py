@@ -93,6 +93,20 @@ def test_info_writes_may_or_may_not_take_effect() -> None:
     assert lin(w(0, 1, 0, 1), r(1, 99, 2, None, INFO)) == LINEARIZABLE
 
 
+def test_unobserved_info_writes_do_not_blow_up_the_search() -> None:
+    # 200 timed-out writes, never read: each stays "concurrent" with everything after it.
+    ops = [w(p % 7, f"lost{p}", p, None, INFO) for p in range(200)]
+    ops += [w(9, f"v{i}", 1000 + 2 * i, 1001 + 2 * i) for i in range(50)]
+    ops += [r(8, f"v{i}", 1001.5 + 2 * i, 1001.6 + 2 * i) for i in range(50)]
+    res = check_key(ops, max_steps=100_000)
+    assert res.result == LINEARIZABLE
+    # One of them observed: kept, and placed where it was seen.
+    ops.append(r(8, "lost7", 5000, 5001))
+    assert check_key(ops, max_steps=100_000).result == LINEARIZABLE
+    ops.append(r(8, "v3", 5002, 5003))  # an older value after it: impossible
+    assert check_key(ops, max_steps=1_000_000).result == NOT_LINEARIZABLE
+
+
 def test_cas() -> None:
     assert lin(w(0, 1, 0, 1), cas(1, 1, 2, True, 2, 3), r(0, 2, 4, 5)) == LINEARIZABLE
     assert lin(w(0, 1, 0, 1), cas(1, 5, 2, False, 2, 3), r(0, 1, 4, 5)) == LINEARIZABLE

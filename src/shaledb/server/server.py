@@ -534,7 +534,8 @@ class Server:
             return
         assert cfg.group is not None and cfg.node_name is not None
         election = ElectionConfig(cfg.group, cfg.node_name,
-                                  cfg.failover_announce_host or cfg.host, self.port,
+                                  cfg.failover_announce_host or cfg.host,
+                                  cfg.failover_announce_port or self.port,
                                   ttl=cfg.failover_ttl,
                                   safety_margin=cfg.failover_safety_margin,
                                   # TODO(repl): sync mode and K from sync-replicas.

@@ -268,6 +268,9 @@ class ServerConfig:
     #: The address published in etcd for clients and replicas (default: host, which must
     #: then be a specific address, not 0.0.0.0 or ::).
     failover_announce_host: str | None = None
+    #: The port published in etcd (default: the port listened on). Set when clients and
+    #: replicas reach this node through a forwarder (the Jepsen-style harness's proxies).
+    failover_announce_port: int | None = None
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -456,6 +459,11 @@ class ServerConfig:
             raise InvalidArgument("server setting failover_safety_margin must be a number of "
                                   "seconds above 0 and below half of failover_ttl, got "
                                   f"{margin!r}")
+        ap = self.failover_announce_port
+        if ap is not None and (not isinstance(ap, int) or isinstance(ap, bool)
+                               or not 1 <= ap <= 65535):
+            raise InvalidArgument("server setting failover_announce_port must be a port "
+                                  f"(1-65535), got {ap!r}")
         announce = self.failover_announce_host or self.host
         if announce in ("0.0.0.0", "::", ""):
             raise InvalidArgument("server setting failover_announce_host is needed when host "

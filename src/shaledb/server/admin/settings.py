@@ -474,6 +474,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("failover-ttl", "failover_ttl"),
     Setting("failover-safety-margin", "failover_safety_margin"),
     Setting("failover-announce-host", "failover_announce_host"),
+    Setting("failover-announce-port", "failover_announce_port"),
     Setting("active-expire-effort", "active_expire_effort"),
     Setting("metrics-host", "metrics_host"),
     Setting("metrics-port", "metrics_port"),

@@ -91,9 +91,32 @@ class _Entry:
         self.index = index
 
 
+def _written(op: Op) -> Value:
+    if op.kind == CAS:
+        assert isinstance(op.value, tuple)
+        new: Value = op.value[1]
+        return new
+    return op.value
+
+
 def _relevant(ops: Iterable[Op]) -> list[Op]:
-    return [op for op in ops if op.status != FAIL and not (op.kind == READ
+    """The operations the search needs. Dropped: ``fail`` ops; ``info`` reads; and
+    ``info`` writes/cas whose value nobody observed (no ok read returned it, no cas
+    expected it). With unique written values the last is sound: such a write can always be
+    placed last (its return is at infinity), and removing it from any linearization leaves
+    one (no read sat between it and the next write). Without it, every timed-out write
+    would stay concurrent with the rest of the history and the search would explode."""
+    kept = [op for op in ops if op.status != FAIL and not (op.kind == READ
                                                           and op.status == INFO)]
+    observed: set[Value] = set()
+    for op in kept:
+        if op.kind == READ:
+            observed.add(op.output)
+        elif op.kind == CAS:
+            assert isinstance(op.value, tuple)
+            observed.add(op.value[0])
+    return [op for op in kept if op.status != INFO or op.kind == READ
+            or _written(op) in observed]
 
 
 def check_key(ops: list[Op], initial: Value = None, max_steps: int = DEFAULT_MAX_STEPS,
