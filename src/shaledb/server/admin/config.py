@@ -18,6 +18,8 @@ import tomllib
 from typing import Any, Final
 
 from ...errors import InvalidArgument
+from ..cluster.etcd import parse_endpoints
+from ..cluster.group import check_name
 from ..keyspace.keyspace import MAX_USER_VALUE
 from ..keyspace.notify import NotifyFlagsError, parse_flags
 from ..net.security import parse_networks
@@ -442,10 +444,6 @@ class ServerConfig:
         if self.group is None or self.node_name is None:
             raise InvalidArgument("server setting etcd needs group and node_name (which "
                                   "replication group this node joins, under which name)")
-        # Validated in full (names, URL, TTL vs margin) by the failover code itself.
-        from ..cluster.etcd import parse_endpoints
-        from ..cluster.group import check_name
-
         parse_endpoints(self.etcd)
         check_name("group", self.group)
         check_name("node", self.node_name)
