@@ -7,7 +7,17 @@ import random
 
 import pytest
 
-from shaledb.testing.jepsen.history import CAS, FAIL, INFO, OK, READ, WRITE, History, Op
+from shaledb.testing.jepsen.history import (
+    ADD,
+    CAS,
+    FAIL,
+    INFO,
+    OK,
+    READ,
+    WRITE,
+    History,
+    Op,
+)
 from shaledb.testing.jepsen.linearizability import (
     LINEARIZABLE,
     NOT_LINEARIZABLE,
@@ -15,7 +25,7 @@ from shaledb.testing.jepsen.linearizability import (
     check,
     check_key,
 )
-from shaledb.testing.jepsen.lostwrites import check_lost_writes
+from shaledb.testing.jepsen.lostwrites import check_lost_adds, check_lost_writes
 
 _ids = iter(range(1_000_000))
 
@@ -224,3 +234,16 @@ def test_lost_writes() -> None:
     h = w(0, "h", 32, 33, key="y")
     assert check_lost_writes([g, h], {"x": "g", "y": "h"}).ok
     assert check_lost_writes([g, h], {"x": "g"}).lost == (h,)
+
+
+def test_lost_adds() -> None:
+    a = Op(0, ADD, "s", "a", 0, 1, OK, None, next(_ids))
+    b = Op(1, ADD, "s", "b", 0, 1, OK, None, next(_ids))
+    c = Op(1, ADD, "s", "c", 2, None, INFO, None, next(_ids))
+    d = Op(1, ADD, "s", "d", 2, 3, FAIL, None, next(_ids))
+    assert check_lost_adds([a, b, c, d], {"s": {"a", "b"}}).ok
+    res = check_lost_adds([a, b, c, d], {"s": {"b", "c"}})
+    assert res.lost == (a,) and res.acknowledged == 2
+    assert check_lost_adds([a], {}).lost == (a,)
+    # Set adds are not register operations: the linearizability check leaves them out.
+    assert check([a, b, w(0, 1, 0, 1), r(1, 1, 2, 3)]).result == LINEARIZABLE

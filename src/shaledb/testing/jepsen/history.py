@@ -1,6 +1,8 @@
 """Operations and histories of a Jepsen-style test.
 
-An :class:`Op` is one client operation on one key: a read, a write or a compare-and-set,
+An :class:`Op` is one client operation on one key: a read, a write or a compare-and-set of a
+register, or an ``add`` of a unique element to a set (Jepsen's set workload: an add can
+never be hidden by a later one, so every lost acknowledged add shows in the final set),
 with the time it was invoked and completed (monotonic seconds) and its outcome:
 
 - ``ok``: it took effect (a write was acknowledged; a read returned ``output``);
@@ -23,6 +25,7 @@ from typing import Final
 READ: Final = "read"
 WRITE: Final = "write"
 CAS: Final = "cas"
+ADD: Final = "add"
 OK: Final = "ok"
 FAIL: Final = "fail"
 INFO: Final = "info"
@@ -47,7 +50,7 @@ class Op:
     id: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in (READ, WRITE, CAS):
+        if self.kind not in (READ, WRITE, CAS, ADD):
             raise ValueError(f"unknown op kind {self.kind!r}")
         if self.status not in (OK, FAIL, INFO):
             raise ValueError(f"unknown op status {self.status!r}")

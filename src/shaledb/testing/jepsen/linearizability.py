@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Final
 
-from .history import CAS, FAIL, INFO, READ, WRITE, Op, Value
+from .history import ADD, CAS, FAIL, INFO, READ, WRITE, Op, Value
 
 LINEARIZABLE: Final = "ok"
 NOT_LINEARIZABLE: Final = "fail"
@@ -209,12 +209,15 @@ def check_key(ops: list[Op], initial: Value = None, max_steps: int = DEFAULT_MAX
 
 def check(ops: Iterable[Op], initial: Value = None, max_steps: int = DEFAULT_MAX_STEPS,
           timeout: float | None = None) -> CheckResult:
-    """Check a multi-key history, key by key. ``max_steps`` bounds each key's search;
+    """Check the register operations of a multi-key history, key by key (set ``add``
+    operations are the lost-write check's). ``max_steps`` bounds each key's search;
     ``timeout`` (seconds) the whole check."""
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     by_key: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
+        if op.kind == ADD:
+            continue
         if op.kind not in (READ, WRITE, CAS):
             raise ValueError(f"unknown op kind {op.kind!r}")
         by_key[op.key].append(op)

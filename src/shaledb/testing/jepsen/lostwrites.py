@@ -5,6 +5,10 @@ Every write carries a unique value. An acknowledged (``ok``) write ``w`` of key 
 ``k`` that may have come after ``w``: one that was not completed before ``w`` was invoked
 (``ok`` or ``info``: an unknown write may have taken effect). Otherwise ``w`` is lost: a
 later state shows neither it nor anything that could have overwritten it.
+
+A register's later writes hide most losses (the final state only shows the last write), so
+the harness also runs Jepsen's set workload: each ``add`` puts a unique element into a set,
+and every acknowledged add must be in the final set (:func:`check_lost_adds`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from .history import CAS, FAIL, OK, WRITE, Op, Value
+from .history import ADD, CAS, FAIL, OK, WRITE, Op, Value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,4 +59,17 @@ def check_lost_writes(ops: Iterable[Op], final: Mapping[str, Value]) -> LostWrit
             if any(h is w or h.end >= w.invoke for h in holders):
                 continue
             lost.append(w)
+    return LostWrites(acked, tuple(sorted(lost, key=lambda o: o.id)))
+
+
+def check_lost_adds(ops: Iterable[Op], final: Mapping[str, set[Value]]) -> LostWrites:
+    """Acknowledged adds whose element is missing from the final set of their key."""
+    lost: list[Op] = []
+    acked = 0
+    for op in ops:
+        if op.kind != ADD or op.status != OK:
+            continue
+        acked += 1
+        if op.value not in final.get(op.key, set()):
+            lost.append(op)
     return LostWrites(acked, tuple(sorted(lost, key=lambda o: o.id)))

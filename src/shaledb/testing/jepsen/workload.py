@@ -2,7 +2,8 @@
 them to the checkers.
 
 Clients find the primary as any Redis application would: redis-py's ``Sentinel`` asked
-through the nodes' proxies. Every write sets a unique value; every read is a *fenced read*
+through the nodes' proxies. Register keys ``k<i>``: every write sets a unique value; set keys
+``s<i>``: every add (SADD) a unique element; every read is a *fenced read*
 (``MULTI; GET k; SET __jepsen_fence__ p; EXEC``): its reply comes only if the node could
 commit a write at that moment -- it held the lease (and, in sync mode, the write reached its
 replicas), so a deposed primary cannot answer a stale read. Outcomes: a reply is ``ok``;
@@ -31,9 +32,9 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .cluster import Cluster, ClusterConfig
-from .history import FAIL, INFO, OK, READ, WRITE, History, Value
+from .history import ADD, FAIL, INFO, OK, READ, WRITE, History, Value
 from .linearizability import check
-from .lostwrites import check_lost_writes
+from .lostwrites import check_lost_adds, check_lost_writes
 
 FENCE_KEY = "__jepsen_fence__"
 NEMESES = ("kill", "pause", "partition")
@@ -78,6 +79,8 @@ class Report:
     linearizable: str
     acknowledged_writes: int
     lost_writes: list[dict[str, Any]]
+    acknowledged_adds: int
+    lost_adds: list[dict[str, Any]]
     final: dict[str, Value]
     seconds: float
 
@@ -110,14 +113,19 @@ class Client(threading.Thread):
         hist = self.run_.history
         cfg = self.run_.config
         while not self.run_.stop.is_set():
-            key = f"k{self.rng.randrange(cfg.keys)}"
-            kind = READ if self.rng.random() < 0.5 else WRITE
+            roll = self.rng.random()
+            kind = READ if roll < 0.4 else WRITE if roll < 0.8 else ADD
+            key = f"{'s' if kind == ADD else 'k'}{self.rng.randrange(cfg.keys)}"
             self.counter += 1
-            value = f"{self.index}-{self.counter}" if kind == WRITE else None
+            value = f"{self.index}-{self.counter}" if kind != READ else None
             invoke = hist.clock()
             try:
                 r = self._redis()
-                if kind == WRITE:
+                if kind == ADD:
+                    assert value is not None
+                    r.sadd(key, value)
+                    hist.record(self.index, ADD, key, value, invoke, OK)
+                elif kind == WRITE:
                     assert value is not None
                     r.set(key, value)
                     hist.record(self.index, WRITE, key, value, invoke, OK)
@@ -156,6 +164,7 @@ class JepsenRun:
             [], socket_timeout=config.op_timeout)
         self.events: list[NemesisEvent] = []
         self.rng = random.Random(config.seed)
+        self.final_sets: dict[str, set[Value]] = {}
 
     def _fault(self, kind: str) -> NemesisEvent:
         cl = self.cluster
@@ -203,14 +212,19 @@ class JepsenRun:
                 r = self.sentinel.master_for(  # type: ignore[no-untyped-call]
                     cl.config.group, socket_timeout=5,
                                              retry=Retry(NoBackoff(), 0))
+                n = self.config.keys
                 pipe = r.pipeline(transaction=True)
-                for i in range(self.config.keys):
+                for i in range(n):
                     pipe.get(f"k{i}")
+                for i in range(n):
+                    pipe.smembers(f"s{i}")
                 pipe.set(FENCE_KEY, "final")
                 got = pipe.execute()
                 r.close()
-                return {f"k{i}": _decode(got[i]) for i in range(self.config.keys)
-                        if got[i] is not None}
+                regs = {f"k{i}": _decode(got[i]) for i in range(n) if got[i] is not None}
+                self.final_sets = {f"s{i}": {_decode(m) for m in got[n + i]}
+                                   for i in range(n)}
+                return regs
             except (redis.RedisError, OSError) as exc:
                 last = exc
                 time.sleep(0.2)
@@ -245,9 +259,12 @@ class JepsenRun:
         ops = self.history.ops
         lin = check(ops, timeout=self.config.check_timeout)
         lost = check_lost_writes(ops, final)
+        lost_adds = check_lost_adds(ops, self.final_sets)
         return Report(self.history.counts(), self.events,
                       sum(1 for e in self.events if e.new_term is not None), lin.result,
                       lost.acknowledged, [dataclasses.asdict(op) for op in lost.lost],
+                      lost_adds.acknowledged,
+                      [dataclasses.asdict(op) for op in lost_adds.lost],
                       final, time.monotonic() - start)
 
 
