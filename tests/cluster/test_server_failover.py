@@ -75,6 +75,11 @@ def test_single_node_group_elects_itself_and_accepts_writes(
     assert r.config_get("failover-ttl") == {"failover-ttl": "3"}
     with pytest.raises(redis.ResponseError):
         r.config_set("etcd", "http://127.0.0.1:1")
+    info = r.info("failover")
+    assert info["failover_enabled"] == 1 and info["failover_role"] == "primary"
+    assert info["failover_writable"] == 1 and info["failover_leader"] == "n1"
+    assert info["failover_term"] == 1 and 0 < info["failover_write_deadline_in_ms"] <= 2000
+    assert "failover_enabled" in r.info("all") and "failover_enabled" not in r.info()
     assert r.execute_command("SENTINEL", "MYID") == b"n1"
     assert r.execute_command("SENTINEL", "SENTINELS", group) == []
     masters = r.execute_command("SENTINEL", "MASTERS")
@@ -193,6 +198,7 @@ def test_sentinel_errors(servers: Callable[..., ServerThread], etcd_url: str,
     r = plain.client()
     with pytest.raises(redis.ResponseError, match="start the server with --etcd"):
         r.execute_command("SENTINEL", "MASTERS")
+    assert r.info("failover") == {"failover_enabled": 0}
     assert len(r.execute_command("SENTINEL", "HELP")) > 5
     r.close()
     s = servers(etcd=etcd_url, group=group, node_name="n1", failover_ttl=3,

@@ -368,8 +368,12 @@ class Election:
     # -- status and the thread ---------------------------------------------------------------
 
     def status(self) -> ElectionStatus:
-        leader = self.last_state.leader.node if self.last_state and self.last_state.leader \
-            else None
+        if self.role == PRIMARY:
+            leader: str | None = self.config.node
+        elif self.following is not None:
+            leader = self.following[0]
+        else:
+            leader = None
         left = self.deadline - self.clock() if self.role == PRIMARY else None
         return ElectionStatus(self.role, self.term, leader, self.lease, left,
                               self.last_error, tuple(sorted(self.sync_members)))
