@@ -173,12 +173,10 @@ class Cluster:
 
     def close(self) -> None:
         for n in self.nodes:
-            with_errors = []
             try:
                 n.heal()
-            except Exception as exc:  # noqa: BLE001 - tear down the rest anyway
-                with_errors.append(exc)
-            n.stop()
+            finally:
+                n.stop()
         self.proxies.close()
         if self.client is not None:
             self.client.close()
