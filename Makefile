@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    ?= ./data
 
-.PHONY: run demo test soak lint typecheck clean venv redis-tools
+.PHONY: run demo test soak lint typecheck clean venv redis-tools etcd
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,14 +32,19 @@ demo: $(STAMP)
 redis-tools:
 	@scripts/ensure-redis-tools.sh
 
+# etcd for the failover tests (tests/cluster/; apt-get install etcd-server as root;
+# otherwise those tests skip, saying why). The tests start their own etcd on loopback.
+etcd:
+	@scripts/ensure-etcd.sh
+
 # Two processes for everything but the tests that assert latency or wall-clock bounds
 # (marked `timing`), which then run alone so that a neighbour's load cannot fail them.
 TEST_WORKERS ?= 2
-test: $(STAMP) lint redis-tools
+test: $(STAMP) lint redis-tools etcd
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m 'not soak and not timing'
 	$(BIN)/python -m pytest -q -m 'timing and not soak'
 
-soak: $(STAMP)
+soak: $(STAMP) etcd
 	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider --timeout=3600
 
 lint: $(STAMP)

@@ -39,6 +39,8 @@ from .admin.httpendpoint import MetricsEndpoint
 from .admin.logs import CLIENT_LOG
 from .admin.slowlog import SlowLog
 from .admin.stats import ServerStats
+from .cluster.election import ElectionConfig
+from .cluster.runner import FailoverRunner, ServerNodeControl
 from .commands import build_table
 from .errors import CommandError, WrongPassError
 from .exec.backups import BackupScheduler
@@ -152,6 +154,12 @@ class Server:
         self.scripts = ScriptEngine()
         #: Replication (both sides); started once the keyspace is open.
         self.replication = Replication(self)
+        #: Automatic failover (--etcd): the election beside the server, and the fence every
+        #: commit asks (cluster/runner.py). None without etcd.
+        self.failover: FailoverRunner | None = None
+        self.node_control: ServerNodeControl | None = None
+        if config.etcd is not None:
+            self.node_control = ServerNodeControl(self._last_sequence)
 
     @property
     def keyspace(self) -> Keyspace:
@@ -332,6 +340,9 @@ class Server:
             raise
         self._loop = loop
         self._turn = TurnCommit(self._keyspace, loop, self.command_stats, self.blocking)
+        if self.node_control is not None:
+            # Until elected (and whenever fenced) this node refuses writes.
+            self._turn.fence = self.node_control.is_writable
         turn = self._turn
 
         def settle() -> None:
@@ -399,6 +410,7 @@ class Server:
             run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
         self._tasks.append(loop.create_task(self._sample_ops()))
         self.scrubber.start()
+        self._start_failover()
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
                  "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
                  self.tls_port, self.metrics_port, cfg.appendfsync)
@@ -527,6 +539,26 @@ class Server:
         self._tasks.append(loop.create_task(run()))
         return result
 
+    def _last_sequence(self) -> int:
+        return int(self.db.stats().get("last_sequence", 0)) if self._db is not None else 0
+
+    def _start_failover(self) -> None:
+        cfg = self.config
+        if self.node_control is None or cfg.etcd is None or self.port is None:
+            return
+        assert cfg.group is not None and cfg.node_name is not None
+        election = ElectionConfig(cfg.group, cfg.node_name,
+                                  cfg.failover_announce_host or cfg.host,
+                                  cfg.failover_announce_port or self.port,
+                                  ttl=cfg.failover_ttl,
+                                  safety_margin=cfg.failover_safety_margin,
+                                  # TODO(repl): sync mode and K from sync-replicas.
+                                  sync_mode=False)
+        self.failover = FailoverRunner(cfg.etcd, election, self.node_control)
+        self.failover.start()
+        log.info("failover: node %s joined group %s through etcd %s", cfg.node_name,
+                 cfg.group, cfg.etcd)
+
     async def shutdown(self) -> None:
         """Stop accepting, answer what was read, close connections and the database. A
         second call (SIGTERM after SHUTDOWN, a test's stop) waits for the first to finish."""
@@ -536,6 +568,10 @@ class Server:
         self._shutdown_started = True
         self._stopping = True
         self.accepting = False
+        if self.failover is not None:
+            # Fence and resign first: another node can take over while we drain.
+            failover, self.failover = self.failover, None
+            await asyncio.get_running_loop().run_in_executor(None, failover.close)
         self.scrubber.close()  # a running pass stops at its next read (within 50 ms)
         self.backups.stop()  # a running backup stops at its next chunk (1 MiB)
         for listener in self._listeners:

@@ -18,6 +18,8 @@ import tomllib
 from typing import Any, Final
 
 from ...errors import InvalidArgument
+from ..cluster.etcd import parse_endpoints
+from ..cluster.group import check_name
 from ..keyspace.keyspace import MAX_USER_VALUE
 from ..keyspace.notify import NotifyFlagsError, parse_flags
 from ..net.security import parse_networks
@@ -281,6 +283,24 @@ class ServerConfig:
     #: With sync_replicas: refuse writes (-NOREPLICAS) while fewer replicas are connected
     #: (yes, the default), or accept them and let them wait for the timeout (no).
     sync_replicas_refuse: bool = True
+    #: Automatic failover (docs/operations.md, "Failover with etcd"): etcd client URL(s),
+    #: comma-separated (http://127.0.0.1:2379). None: no failover. With it, this node joins
+    #: ``group`` as ``node_name`` and writes only while it holds the group's leader lease.
+    etcd: str | None = None
+    #: The replication group (with etcd): also the Sentinel master name clients ask for.
+    group: str | None = None
+    #: This node's name in the group (with etcd; unique in the group).
+    node_name: str | None = None
+    #: Seconds of the leader lease: a dead primary is replaced after about this long, and a
+    #: primary that cannot renew stops writing failover_safety_margin seconds before it.
+    failover_ttl: int = 10
+    failover_safety_margin: float = 2.0
+    #: The address published in etcd for clients and replicas (default: host, which must
+    #: then be a specific address, not 0.0.0.0 or ::).
+    failover_announce_host: str | None = None
+    #: The port published in etcd (default: the port listened on). Set when clients and
+    #: replicas reach this node through a forwarder (the Jepsen-style harness's proxies).
+    failover_announce_port: int | None = None
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -363,6 +383,7 @@ class ServerConfig:
             raise InvalidArgument("server setting encryption_key_file must be a non-empty "
                                   "path (of a key file, never the key itself)")
         self._check_backups()
+        self._check_failover()
         self._check_tls()
         self._check_observability()
         self._check_output_and_rates()
@@ -446,6 +467,44 @@ class ServerConfig:
         if self.backup_repo_key_file is not None and self.backup_repo is None:
             raise InvalidArgument("server setting backup_repo_key_file needs backup_repo (the "
                                   "repository it encrypts)")
+
+    def _check_failover(self) -> None:
+        fields = {"etcd": self.etcd, "group": self.group, "node_name": self.node_name}
+        for name, value in fields.items():
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidArgument(f"server setting {name} must be a non-empty string")
+        if self.etcd is None:
+            extra = [n for n in ("group", "node_name") if fields[n] is not None]
+            if extra:
+                raise InvalidArgument(f"server setting(s) {', '.join(extra)} need etcd (the "
+                                      "etcd URL of the failover group)")
+            return
+        if self.group is None or self.node_name is None:
+            raise InvalidArgument("server setting etcd needs group and node_name (which "
+                                  "replication group this node joins, under which name)")
+        parse_endpoints(self.etcd)
+        check_name("group", self.group)
+        check_name("node", self.node_name)
+        if (not isinstance(self.failover_ttl, int) or isinstance(self.failover_ttl, bool)
+                or not 2 <= self.failover_ttl <= 3600):
+            raise InvalidArgument("server setting failover_ttl must be an integer number of "
+                                  f"seconds from 2 to 3600, got {self.failover_ttl!r}")
+        margin = self.failover_safety_margin
+        if (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                or not 0 < margin < self.failover_ttl / 2):
+            raise InvalidArgument("server setting failover_safety_margin must be a number of "
+                                  "seconds above 0 and below half of failover_ttl, got "
+                                  f"{margin!r}")
+        ap = self.failover_announce_port
+        if ap is not None and (not isinstance(ap, int) or isinstance(ap, bool)
+                               or not 1 <= ap <= 65535):
+            raise InvalidArgument("server setting failover_announce_port must be a port "
+                                  f"(1-65535), got {ap!r}")
+        announce = self.failover_announce_host or self.host
+        if announce in ("0.0.0.0", "::", ""):
+            raise InvalidArgument("server setting failover_announce_host is needed when host "
+                                  f"is {self.host!r}: the address other nodes and clients "
+                                  "reach this node at")
 
     def _check_observability(self) -> None:
         if (not isinstance(self.slowlog_log_slower_than, int)

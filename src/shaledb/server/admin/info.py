@@ -300,6 +300,29 @@ def _scrub(s: Services) -> Fields:
     return [(f"scrub_{name}", value) for name, value in s.scrubber.status().fields()]
 
 
+def _failover(s: Services) -> Fields:
+    # Automatic failover (cluster/election.py): what this node's election last saw.
+    runner = s.failover
+    if runner is None:
+        return [("failover_enabled", 0)]
+    st = runner.election.status()
+    cfg = runner.election.config
+    left = "" if st.deadline_in is None else int(max(st.deadline_in, 0.0) * 1000)
+    return [
+        ("failover_enabled", 1),
+        ("failover_group", cfg.group),
+        ("failover_node", cfg.node),
+        ("failover_role", st.role),
+        ("failover_writable", int(runner.control.is_writable())),
+        ("failover_term", st.term),
+        ("failover_leader", st.leader or ""),
+        ("failover_write_deadline_in_ms", left),
+        ("failover_lease_ttl", cfg.ttl),
+        ("failover_sync_members", ",".join(st.sync_members)),
+        ("failover_last_error", st.last_error or ""),
+    ]
+
+
 def _shaledb(s: Services, engine: dict[str, Any]) -> Fields:
     cache = engine["block_cache"]
     lookups = cache["hits"] + cache["misses"]
@@ -372,6 +395,7 @@ _SECTIONS: Final[dict[str, tuple[str, Callable[..., Fields], bool]]] = {
     "cluster": ("Cluster", lambda s: [("cluster_enabled", 0)], False),
     "keyspace": ("Keyspace", lambda s: keyspace_fields(key_counts(s.keyspace)), False),
     "scrub": ("Scrub", _scrub, False),
+    "failover": ("Failover", _failover, False),
     "shaledb": ("Shaledb", _shaledb, True),
 }
 DEFAULT_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats",
@@ -379,7 +403,7 @@ DEFAULT_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats"
                            "keyspace", "scrub", "shaledb")
 ALL_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats", "replication",
                        "cpu", "modules", "commandstats", "errorstats", "latencystats",
-                       "cluster", "keyspace", "scrub", "shaledb")
+                       "cluster", "keyspace", "scrub", "failover", "shaledb")
 
 
 def select_sections(args: Iterable[str]) -> list[str]:

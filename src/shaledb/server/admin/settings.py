@@ -488,6 +488,14 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("backup-wal-archive", "backup_wal_archive"),  # the database is opened with it
     Setting("backup-repo-key-file", "backup_repo_key_file"),  # the path; never the key
     Setting("hz", "hz"),  # the active-expiry task takes it at start
+    # Failover (read-only: the election runs with what it started with).
+    Setting("etcd", "etcd"),
+    Setting("group", "group"),
+    Setting("node-name", "node_name"),
+    Setting("failover-ttl", "failover_ttl"),
+    Setting("failover-safety-margin", "failover_safety_margin"),
+    Setting("failover-announce-host", "failover_announce_host"),
+    Setting("failover-announce-port", "failover_announce_port"),
     Setting("active-expire-effort", "active_expire_effort"),
     Setting("metrics-host", "metrics_host"),
     Setting("metrics-port", "metrics_port"),

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..admin.config import ServerConfig
     from ..admin.slowlog import SlowLog
     from ..admin.stats import ServerStats
+    from ..cluster.runner import FailoverRunner
     from ..keyspace.scrub import Scrubber
     from ..net.ratelimit import CommandRateLimits
     from ..net.security import Network
@@ -115,6 +116,8 @@ class Services(Protocol):
     def dispatcher(self) -> CommandRunner: ...
     #: Lua scripts and functions (EVAL, FCALL): the cache and the Lua state.
     scripts: ScriptEngine
+    #: Automatic failover (SENTINEL), when started with --etcd.
+    failover: FailoverRunner | None
 
     @property
     def turn(self) -> ScriptTurn: ...

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any, Final, Protocol
 
@@ -111,6 +112,13 @@ def _allowed_while_busy(cmd: Command, argv: list[bytes]) -> bool:
     return "allow-busy" in cmd.flags and cmd.first_key == 0 and cmd.key_finder is None
 
 
+#: The error of writes refused by the failover fence (Redis' READONLY: clients that follow
+#: a Sentinel, like redis-py's, reconnect to the primary on it).
+FENCED_MESSAGE: Final = ("You can't write against a read only replica. (this node is not "
+                         "the primary of its failover group, or its lease was not renewed "
+                         "in time: ask SENTINEL get-master-addr-by-name for the primary)")
+
+
 class TurnCommit:
     """The writes of one event-loop turn, from every client, as one keyspace transaction.
 
@@ -125,7 +133,7 @@ class TurnCommit:
     """
 
     __slots__ = ("txn", "stats", "_loop", "_open", "_waiting", "_scheduled", "commits",
-                 "blocking", "frozen")
+                 "blocking", "frozen", "fence")
 
     def __init__(self, keyspace: Keyspace, loop: asyncio.AbstractEventLoop,
                  stats: ServerStats | None = None,
@@ -147,6 +155,10 @@ class TurnCommit:
         #: thread (exec/scripting.py): nothing is committed until it ends (the other
         #: clients' replies meanwhile, all -BUSY, are still released).
         self.frozen = False
+        #: Automatic failover: whether this node may write now (it holds the leader lease
+        #: and its deadline has not passed). Asked right before every commit, so no write
+        #: becomes durable on a fenced primary, whatever command or script buffered it.
+        self.fence: Callable[[], bool] | None = None
 
     def opened(self, group: WriteGroup) -> None:
         """``group`` buffered its first write in the shared transaction."""
@@ -211,6 +223,10 @@ class TurnCommit:
         that fails."""
         if not self.txn.dirty:
             return None
+        fence = self.fence
+        if fence is not None and not fence():
+            self.txn.undo(0)
+            return CommandError(FENCED_MESSAGE, prefix="READONLY")
         try:
             self.txn.commit()
             self.commits += 1
