@@ -62,6 +62,11 @@ class ProtocolError(CommandError):
 READONLY_MESSAGE = "You can't write against a read only replica."
 #: Redis' reply when min-replicas is not met (prefix NOREPLICAS); ShaleDB's sync-replicas.
 NOREPLICAS_MESSAGE = "Not enough good replicas to write."
+#: A write refused by the failover fence (automatic failover: not the elected primary, or
+#: its lease not renewed in time).
+FENCED_MESSAGE = ("You can't write against a read only replica. (this node is not the "
+                  "primary of its failover group, or its lease was not renewed in time: "
+                  "ask SENTINEL get-master-addr-by-name for the primary)")
 
 
 def wrong_arity(name: str) -> CommandError:

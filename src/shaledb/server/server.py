@@ -158,8 +158,6 @@ class Server:
         #: commit asks (cluster/runner.py). None without etcd.
         self.failover: FailoverRunner | None = None
         self.node_control: ServerNodeControl | None = None
-        if config.etcd is not None:
-            self.node_control = ServerNodeControl(self._last_sequence)
 
     @property
     def keyspace(self) -> Keyspace:
@@ -340,9 +338,13 @@ class Server:
             raise
         self._loop = loop
         self._turn = TurnCommit(self._keyspace, loop, self.command_stats, self.blocking)
-        if self.node_control is not None:
-            # Until elected (and whenever fenced) this node refuses writes.
-            self._turn.fence = self.node_control.is_writable
+        if cfg.etcd is not None:
+            # Automatic failover: the write fence is replication's (role, term and lease
+            # deadline; until elected, and whenever fenced, this node refuses writes),
+            # asked right before every commit and by the background writers.
+            self.node_control = ServerNodeControl(self.replication, loop)
+            self._turn.fence = self.replication.can_write
+            self._keyspace.write_fence = self.replication.can_write
         turn = self._turn
 
         def settle() -> None:
@@ -539,9 +541,6 @@ class Server:
         self._tasks.append(loop.create_task(run()))
         return result
 
-    def _last_sequence(self) -> int:
-        return int(self.db.stats().get("last_sequence", 0)) if self._db is not None else 0
-
     def _start_failover(self) -> None:
         cfg = self.config
         if self.node_control is None or cfg.etcd is None or self.port is None:
@@ -552,8 +551,9 @@ class Server:
                                   cfg.failover_announce_port or self.port,
                                   ttl=cfg.failover_ttl,
                                   safety_margin=cfg.failover_safety_margin,
-                                  # TODO(repl): sync mode and K from sync-replicas.
-                                  sync_mode=False)
+                                  # Sync mode and its K are replication's settings.
+                                  sync_mode=cfg.sync_replicas > 0,
+                                  sync_replicas=max(cfg.sync_replicas, 1))
         self.failover = FailoverRunner(cfg.etcd, election, self.node_control)
         self.failover.start()
         log.info("failover: node %s joined group %s through etcd %s", cfg.node_name,

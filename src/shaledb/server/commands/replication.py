@@ -100,7 +100,9 @@ def replconf(ctx: Context, argv: list[bytes]) -> Any:
         opt = argv[i].lower()
         if opt == b"listening-port":
             repl.listening_ports[ctx.client.id] = _port(argv[i + 1])
-        elif opt not in (b"capa", b"ip-address"):
+        elif opt == b"ip-address":
+            repl.announced_ips[ctx.client.id] = argv[i + 1].decode("utf-8", "replace")[:255]
+        elif opt != b"capa":
             raise CommandError(f"Unrecognized REPLCONF option: "
                                f"{argv[i].decode('utf-8', 'replace')}")
     return OK

@@ -35,7 +35,7 @@ from ...errors import (
     StorageError,
 )
 from ..admin.stats import ServerStats
-from ..errors import AuthRequiredError, CommandError, wrong_arity
+from ..errors import FENCED_MESSAGE, AuthRequiredError, CommandError, wrong_arity
 from ..keyspace.keyspace import Keyspace
 from ..net.protocol import QUEUED
 from .blocking import BlockingQueue, Waiter
@@ -114,11 +114,6 @@ def _allowed_while_busy(cmd: Command, argv: list[bytes]) -> bool:
 
 #: The error of writes refused by the failover fence (Redis' READONLY: clients that follow
 #: a Sentinel, like redis-py's, reconnect to the primary on it).
-FENCED_MESSAGE: Final = ("You can't write against a read only replica. (this node is not "
-                         "the primary of its failover group, or its lease was not renewed "
-                         "in time: ask SENTINEL get-master-addr-by-name for the primary)")
-
-
 class TurnCommit:
     """The writes of one event-loop turn, from every client, as one keyspace transaction.
 

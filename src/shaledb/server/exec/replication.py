@@ -60,7 +60,7 @@ from ...engine.replication import (
     group_span,
 )
 from ..admin.config import parse_replicaof
-from ..errors import NOREPLICAS_MESSAGE, READONLY_MESSAGE, CommandError
+from ..errors import FENCED_MESSAGE, NOREPLICAS_MESSAGE, READONLY_MESSAGE, CommandError
 from .durability import SyncGroup
 
 if TYPE_CHECKING:
@@ -72,9 +72,10 @@ log = logging.getLogger("shaledb.server.replication")
 
 #: The engine key of this node's replication state (under the server's metadata prefix).
 STATE_KEY: Final = b"\xffrepl"
-#: Version byte of the state record.
-STATE_VERSION: Final = 1
-_STATE: Final = struct.Struct(">BBQQ")
+#: Version byte of the state record (2 added the data term; version 1 is still read).
+STATE_VERSION: Final = 2
+_STATE_V1: Final = struct.Struct(">BBQQ")
+_STATE: Final = struct.Struct(">BBQQQ")
 #: Status byte of the state record.
 STATUS_PRIMARY: Final = 0
 STATUS_REPLICA: Final = 1
@@ -117,20 +118,28 @@ class ReplicationError(Exception):
     """The replication link failed (the message says why; it is shown in INFO)."""
 
 
-def encode_state(status: int, term: int, offset: int, replid: str) -> bytes:
-    return _STATE.pack(STATE_VERSION, status, term, offset) + replid.encode("ascii")
+def encode_state(status: int, term: int, offset: int, replid: str,
+                 data_term: int | None = None) -> bytes:
+    """The state record. ``data_term``: the term of the primary whose stream ``offset``
+    counts in (default ``term``); failover compares nodes by (data_term, offset)."""
+    return (_STATE.pack(STATE_VERSION, status, term, offset,
+                        term if data_term is None else data_term) + replid.encode("ascii"))
 
 
-def decode_state(raw: bytes | None) -> tuple[int, int, int, str]:
-    """(status, term, offset, replid) of a state record; a node without one is a primary
-    of term 0."""
+def decode_state(raw: bytes | None) -> tuple[int, int, int, str, int]:
+    """(status, term, offset, replid, data_term) of a state record; a node without one is
+    a primary of term 0. A version 1 record (no data term) reads its term as the data
+    term."""
     if raw is None:
-        return STATUS_PRIMARY, 0, 0, ""
-    if len(raw) < _STATE.size or raw[0] != STATE_VERSION:
-        raise shaledb.CorruptionError(f"the replication state record ({len(raw)} bytes) is "
-                                      f"not of version {STATE_VERSION}")
-    _, status, term, offset = _STATE.unpack_from(raw)
-    return status, term, offset, raw[_STATE.size:].decode("ascii", "replace")
+        return STATUS_PRIMARY, 0, 0, "", 0
+    if len(raw) >= _STATE.size and raw[0] == STATE_VERSION:
+        _, status, term, offset, data_term = _STATE.unpack_from(raw)
+        return status, term, offset, raw[_STATE.size:].decode("ascii", "replace"), data_term
+    if len(raw) >= _STATE_V1.size and raw[0] == 1:
+        _, status, term, offset = _STATE_V1.unpack_from(raw)
+        return status, term, offset, raw[_STATE_V1.size:].decode("ascii", "replace"), term
+    raise shaledb.CorruptionError(f"the replication state record ({len(raw)} bytes) is "
+                                  f"not of version 1 or {STATE_VERSION}")
 
 
 def frame(kind: int, body: bytes) -> bytes:
@@ -171,13 +180,17 @@ class ReplicaFeed:
     """One connected replica, on the primary."""
 
     __slots__ = ("client_id", "addr", "conn", "port", "ack", "ack_time", "state", "task",
-                 "sent")
+                 "sent", "ip")
 
-    def __init__(self, client_id: int, addr: str, conn: FeedConnection, port: int) -> None:
+    def __init__(self, client_id: int, addr: str, conn: FeedConnection, port: int,
+                 ip: str | None = None) -> None:
         self.client_id = client_id
         self.addr = addr
         self.conn = conn
         self.port = port
+        #: The address the replica announced (REPLCONF ip-address), else its peer address:
+        #: with ``port`` (its listening port), how a failover group's sync set names it.
+        self.ip = ip if ip else addr.rsplit(":", 1)[0]
         #: The last offset the replica acknowledged durably, and when (monotonic).
         self.ack = -1
         self.ack_time = time.monotonic()
@@ -189,13 +202,15 @@ class ReplicaFeed:
 
 
 class _AckWaiter:
-    __slots__ = ("target", "count", "future", "client_id")
+    __slots__ = ("target", "count", "future", "client_id", "standbys_only")
 
     def __init__(self, target: int, count: int, future: asyncio.Future[int],
-                 client_id: int | None) -> None:
+                 client_id: int | None, standbys_only: bool = False) -> None:
         self.target = target
         self.count = count
         self.future = future
+        #: Count only the failover group's sync standbys (a sync-replicas barrier).
+        self.standbys_only = standbys_only
         #: The WAITing client (None: a sync-replicas barrier, which always has a timeout).
         self.client_id = client_id
 
@@ -225,10 +240,25 @@ class Replication:
         #: A newer term than this primary's was seen (a replica of a newer leader asked to
         #: sync): this node is a stale primary and takes no writes (0: not fenced).
         self.fenced_by = 0
+        #: Automatic failover (cluster/runner.py): writes are allowed only before this
+        #: ``time.monotonic()`` deadline, set from the election's lease renewals (0: not
+        #: the elected primary). None: no failover, no lease. Part of the one write fence
+        #: (:meth:`can_write`), with the role and the term.
+        self.lease_deadline: float | None = None
+        #: Automatic failover in sync mode: only acknowledgements of these replicas
+        #: (announced host, listening port) count towards sync-replicas; the election
+        #: publishes them in etcd first. None: every replica counts.
+        self.sync_standbys: frozenset[tuple[str, int]] | None = None
+        #: The term of the primary whose stream this node's data and offset belong to (a
+        #: primary: its own term; a replica loading a full resync: 0, it holds nothing).
+        #: With the offset, what failover compares to choose whom to promote.
+        self.data_term = 0
         self.feeds: dict[int, ReplicaFeed] = {}
         #: REPLCONF listening-port of clients that have not sent SHALEDB.PSYNC yet
         #: (bounded: the oldest entries go first).
         self.listening_ports: dict[int, int] = _BoundedPorts()
+        #: REPLCONF ip-address of the same clients (bounded the same way).
+        self.announced_ips: dict[int, str] = _BoundedIps()
         self.backlog: ReplicationBacklog | None = None
         #: Primary-side counters (INFO): full syncs served, partial resyncs accepted and
         #: refused, replicas disconnected for falling behind.
@@ -266,8 +296,16 @@ class Replication:
         self._loop_thread = threading.get_ident()
         self._commit_fut = host.loop.create_future()
         self.backlog = db.attach_replication(cfg.repl_backlog_size, self._on_commit)
-        status, term, offset, replid = decode_state(db.get(STATE_KEY))
+        status, term, offset, replid, data_term = decode_state(db.get(STATE_KEY))
         self.term = term
+        self.data_term = data_term if status == STATUS_REPLICA else term
+        if cfg.etcd is not None:
+            # Automatic failover: no write before the election grants a lease.
+            self.lease_deadline = 0.0
+            if cfg.sync_replicas > 0:
+                # Sync mode: only the sync set's standbys count, and none until the
+                # election has published them.
+                self.sync_standbys = frozenset()
         if status == STATUS_SYNCING:
             # A full resync did not finish: what it loaded is neither the old data nor the
             # primary's. Nothing half-visible: wipe it (the next sync loads it all again).
@@ -275,14 +313,21 @@ class Replication:
                         "removing the partly loaded data; it is loaded again from the "
                         "primary")
             self._wipe_sync()
-            db.put(STATE_KEY, encode_state(STATUS_REPLICA, term, 0, ""), sync=True)
+            db.put(STATE_KEY, encode_state(STATUS_REPLICA, term, 0, "", 0), sync=True)
             host.keyspace.reload()
+            self.data_term = 0
+            status = STATUS_REPLICA
         elif status == STATUS_REPLICA:
             self.master_replid, self.offset = replid, offset
-        if cfg.replicaof is not None:
+        if cfg.etcd is not None and status == STATUS_REPLICA and cfg.replicaof is None:
+            # Failover: a replica stays one (keeping its offset and the term it counts in,
+            # which the election compares) until the election names its primary.
+            self.role = "slave"
+            host.keyspace.replica = True
+        elif cfg.replicaof is not None:
             h, p = parse_replicaof(cfg.replicaof)
             self.become_replica(h, p, None)
-        elif status != STATUS_PRIMARY:
+        elif status != STATUS_PRIMARY and cfg.etcd is None:
             log.warning("this node was a replica (of primary %s at offset %d) and starts as "
                         "a primary: give --replicaof to keep it a replica", replid or "?",
                         offset)
@@ -368,6 +413,7 @@ class Replication:
             self.master_replid, self.offset = "", 0
         self.loading = False
         self.role = "master"
+        self.data_term = self.term
         self.master_host = None
         self.link_state = "connect"
         if was_replica:
@@ -386,8 +432,9 @@ class Replication:
         db = self.host.db
         offset = self.offset if status != STATUS_PRIMARY else 0
         replid = self.master_replid if status != STATUS_PRIMARY else self.replid
-        db.apply_replicated([OP_PUT, STATE_KEY, 0, encode_state(status, self.term, offset,
-                                                                replid)], None, sync=True)
+        db.apply_replicated([OP_PUT, STATE_KEY, 0, encode_state(
+            status, self.term, offset, replid,
+            self.data_term if status != STATUS_PRIMARY else self.term)], None, sync=True)
 
     # -- the write gate (dispatcher) ---------------------------------------------------------
     def write_refusal(self) -> CommandError | None:
@@ -398,22 +445,52 @@ class Replication:
             return CommandError(f"this primary's term {self.term} is stale (a node of term "
                                 f"{self.fenced_by} exists): it takes no writes",
                                 prefix="READONLY")
+        deadline = self.lease_deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return CommandError(FENCED_MESSAGE, prefix="READONLY")
         cfg = self.host.config
         if cfg.sync_replicas and cfg.sync_replicas_refuse \
                 and self.good_replicas() < cfg.sync_replicas:
             return CommandError(NOREPLICAS_MESSAGE, prefix="NOREPLICAS")
         return None
 
+    def can_write(self) -> bool:
+        """The write fence: a primary, not fenced by a newer term, and (with automatic
+        failover) before its lease deadline. The dispatcher (:meth:`write_refusal`), the
+        turn's commit (``TurnCommit.fence``), the keyspace's background writers and the
+        failover election all ask this one predicate. Any thread (plain reads)."""
+        if self.role != "master" or self.fenced_by:
+            return False
+        deadline = self.lease_deadline
+        return deadline is None or time.monotonic() < deadline
+
+    def position(self) -> tuple[int, int]:
+        """(data term, offset): how far this node's copy of its group's history goes, as
+        failover compares nodes (offsets count in the data term's primary's sequence
+        numbers). A primary: its term and last sequence number. Any thread."""
+        if self.role == "master":
+            return self.term, self.host.db.last_sequence
+        if self.loading:
+            return 0, 0
+        return self.data_term, self.offset
+
     @property
     def restricted(self) -> bool:
         """Whether the dispatcher must ask :meth:`write_refusal` / check loading."""
         return (self.role == "slave" or self.loading or self.fenced_by > 0
-                or self.host.config.sync_replicas > 0)
+                or self.lease_deadline is not None or self.host.config.sync_replicas > 0)
+
+    def _counts(self, feed: ReplicaFeed, standbys_only: bool) -> bool:
+        standbys = self.sync_standbys
+        return not standbys_only or standbys is None or (feed.ip, feed.port) in standbys
 
     def good_replicas(self) -> int:
+        """Replicas that acknowledged within MAX_LAG (with failover in sync mode: of the
+        sync standbys only, as only theirs count for sync-replicas)."""
         now = time.monotonic()
         return sum(1 for f in self.feeds.values()
-                   if f.state == "online" and now - f.ack_time <= MAX_LAG)
+                   if f.state == "online" and now - f.ack_time <= MAX_LAG
+                   and self._counts(f, True))
 
     # -- primary: feeding replicas -------------------------------------------------------------
     def _on_commit(self, last: int) -> None:
@@ -456,7 +533,8 @@ class Replication:
         old = self.feeds.pop(client.id, None)
         if old is not None and old.task is not None:
             old.task.cancel()
-        feed = ReplicaFeed(client.id, client.addr, conn, port)
+        feed = ReplicaFeed(client.id, client.addr, conn, port,
+                           self.announced_ips.pop(client.id, None))
         self.feeds[client.id] = feed
         # The stream replaces replies on this connection; ACKs are answered with nothing.
         client.reply_off = True
@@ -477,15 +555,16 @@ class Replication:
         """How many replicas acknowledged every write so far."""
         return self._count_acked(self.host.db.last_sequence)
 
-    def _count_acked(self, target: int) -> int:
-        return sum(1 for f in self.feeds.values() if f.ack >= target)
+    def _count_acked(self, target: int, standbys_only: bool = False) -> int:
+        return sum(1 for f in self.feeds.values()
+                   if f.ack >= target and self._counts(f, standbys_only))
 
     def _check_waiters(self) -> None:
         keep: list[_AckWaiter] = []
         for w in self._waiters:
             if w.future.done():
                 continue
-            n = self._count_acked(w.target)
+            n = self._count_acked(w.target, w.standbys_only)
             if n >= w.count:
                 w.future.set_result(n)
             else:
@@ -493,7 +572,8 @@ class Replication:
         self._waiters = keep
 
     def wait_acks(self, count: int, timeout: float | None, target: int | None = None,
-                  client_id: int | None = None) -> asyncio.Future[int]:
+                  client_id: int | None = None,
+                  standbys_only: bool = False) -> asyncio.Future[int]:
         """A future of how many replicas acknowledged ``target`` (default: every write so
         far), done once ``count`` did or after ``timeout`` seconds (None: never).
         ``client_id``: the WAITing client; its waiter goes when it disconnects, so there
@@ -508,16 +588,16 @@ class Replication:
         if target is None:
             target = self.host.db.last_sequence
         fut: asyncio.Future[int] = loop.create_future()
-        n = self._count_acked(target)
+        n = self._count_acked(target, standbys_only)
         if n >= count or timeout == 0:
             fut.set_result(n)
             return fut
-        waiter = _AckWaiter(target, count, fut, client_id)
+        waiter = _AckWaiter(target, count, fut, client_id, standbys_only)
         self._waiters.append(waiter)
         if timeout is not None:
             def expire() -> None:
                 if not fut.done():
-                    fut.set_result(self._count_acked(target))
+                    fut.set_result(self._count_acked(target, standbys_only))
             handle = loop.call_later(timeout, expire)
             fut.add_done_callback(lambda _: handle.cancel())
         return fut
@@ -712,8 +792,15 @@ class Replication:
             if not line.startswith(b"+"):
                 raise ReplicationError("authentication to the primary failed: "
                                        + line.decode("utf-8", "replace"))
-        writer.write(_command([b"REPLCONF", b"listening-port",
-                               b"%d" % (self.host.port or 0)]))
+        # With failover, the address published in etcd: the primary's sync set names its
+        # standbys by it (a replica behind a forwarder is reached at another port).
+        announce = [b"REPLCONF", b"listening-port",
+                    b"%d" % (cfg.failover_announce_port or self.host.port or 0)]
+        if cfg.etcd is not None and cfg.failover_announce_host:
+            announce += [b"ip-address", cfg.failover_announce_host.encode()]
+        elif cfg.etcd is not None:
+            announce += [b"ip-address", cfg.host.encode()]
+        writer.write(_command(announce))
         line = await self._line(reader)
         if not line.startswith(b"+"):
             raise ReplicationError("the primary refused REPLCONF: "
@@ -823,13 +910,13 @@ class Replication:
                          term: int, epoch: int) -> None:
         db = self.host.db
         ks = self.host.keyspace
-        status, _, _, _ = decode_state(db.get(STATE_KEY))
+        status = decode_state(db.get(STATE_KEY))[0]
         self.loading = True
         if status == STATUS_PRIMARY:
             await self.host.loop.run_in_executor(self._executor, self._keep_discarded)
             self._current(epoch)
-        db.put(STATE_KEY, encode_state(STATUS_SYNCING, self.term, 0, ""), sync=True)
-        self.master_replid, self.offset = "", 0
+        db.put(STATE_KEY, encode_state(STATUS_SYNCING, self.term, 0, "", 0), sync=True)
+        self.master_replid, self.offset, self.data_term = "", 0, 0
         self._wipe_sync()
         entries = 0
         while True:
@@ -853,10 +940,10 @@ class Replication:
             else:
                 raise ReplicationError(f"unexpected frame {kind:#x} during the snapshot")
         self.term = max(self.term, term)
-        self.master_replid, self.offset = replid, seq
         db.apply_replicated([OP_PUT, STATE_KEY, 0,
-                             encode_state(STATUS_REPLICA, self.term, seq, replid)],
+                             encode_state(STATUS_REPLICA, self.term, seq, replid, term)],
                             None, sync=True)
+        self.master_replid, self.offset, self.data_term = replid, seq, term
         ks.reload()
         self.loading = False
         self.full_syncs_done += 1
@@ -880,10 +967,11 @@ class Replication:
                 mine = [x for i in range(0, len(ops), 4) if ops[i + 1] != STATE_KEY
                         for x in ops[i:i + 4]]
                 mine += (OP_PUT, STATE_KEY, 0,
-                         encode_state(STATUS_REPLICA, self.term, last, self.master_replid))
+                         encode_state(STATUS_REPLICA, self.term, last, self.master_replid,
+                                      term))
                 ks.settle()
                 db.apply_replicated(mine, ms)
-                self.offset = last
+                self.offset, self.data_term = last, term
                 self.groups_applied += 1
                 ks.note_replicated(mine)
                 self._schedule_ack(writer)
@@ -1006,7 +1094,7 @@ class ReplicaSyncGroup(SyncGroup):
         cfg = repl.host.config
         need = cfg.sync_replicas
         timeout = cfg.sync_replicas_timeout
-        acks = repl.wait_acks(need, timeout)
+        acks = repl.wait_acks(need, timeout, standbys_only=True)
         local = super().barrier() if self._fsync else None
         out: asyncio.Future[None] = self._loop.create_future()
 
@@ -1035,6 +1123,15 @@ class _BoundedPorts(dict[int, int]):
     """A dict of at most MAX_PENDING_PORTS entries (oldest dropped)."""
 
     def __setitem__(self, key: int, value: int) -> None:
+        if key not in self and len(self) >= MAX_PENDING_PORTS:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+
+class _BoundedIps(dict[int, str]):
+    """REPLCONF ip-address values: at most MAX_PENDING_PORTS entries (oldest dropped)."""
+
+    def __setitem__(self, key: int, value: str) -> None:
         if key not in self and len(self) >= MAX_PENDING_PORTS:
             del self[next(iter(self))]
         super().__setitem__(key, value)

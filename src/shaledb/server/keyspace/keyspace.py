@@ -401,6 +401,16 @@ class Keyspace:
         #: (:meth:`write`), and the background writers (expiry, purge) stand still: the
         #: primary's deletions arrive through the stream.
         self.replica = False
+        #: Automatic failover: whether this node may write now (its lease is current;
+        #: ``Replication.can_write``, the same predicate the dispatcher and the turn's
+        #: commit ask). None: no failover.
+        self.write_fence: Callable[[], bool] | None = None
+
+    def fenced(self) -> bool:
+        """No write may be made now: a replica, or a failover primary past its lease (the
+        background writers wait; :meth:`write` refuses)."""
+        fence = self.write_fence
+        return self.replica or (fence is not None and not fence())
 
     def note_replicated(self, ops: list[Any]) -> None:
         """A replicated write group (flat engine ops) was applied to the database behind
@@ -612,7 +622,7 @@ class Keyspace:
             new[phys] = (keys, expires)
         for phys, (keys, expires) in new.items():
             batch.put(count_key(phys), encode_counts(keys, expires))
-        if self.replica:
+        if self.fenced():
             # The fence of a replica (and of a demoted primary): its data changes only
             # through the replication stream (note_replicated), never through a command, a
             # script or a background writer that slipped past the dispatcher's check.

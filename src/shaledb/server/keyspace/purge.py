@@ -79,7 +79,8 @@ class PurgedKeyspace(Protocol):
     member_garbage_unlisted: bool
     #: A script is running past busy-reply-threshold: no step until it ends.
     frozen: bool
-    replica: bool
+
+    def fenced(self) -> bool: ...
 
     @property
     def purger(self) -> Purger: ...
@@ -291,7 +292,7 @@ async def run_purger(keyspace: PurgedKeyspace) -> None:
     purger = keyspace.purger
     failed = False
     while True:
-        if not purger.busy or keyspace.frozen or keyspace.replica:
+        if not purger.busy or keyspace.frozen or keyspace.fenced():
             await asyncio.sleep(PURGE_IDLE_SECONDS)
             continue
         t0 = time.perf_counter()
