@@ -111,3 +111,17 @@ def test_sync_mode_counts_only_the_sync_sets_acknowledgements(
     wait_until(lambda: r2.get("b") == b"2", 5, "n2 to hold the write")
     for c in (r1, r2, ro):
         c.close()
+
+
+def test_sync_replicas_cannot_change_under_a_running_election(
+        servers: Callable[..., ServerThread], etcd_server: EtcdProcess, group: str) -> None:
+    """The election's promotion rule (sync mode, K) is fixed at start: CONFIG SET must not
+    change K under it."""
+    s = servers(etcd=etcd_server.url, group=group, node_name="n1", failover_ttl=3,
+                failover_safety_margin=1.0)
+    r = s.client()
+    with pytest.raises(redis.ResponseError, match="automatic failover"):
+        r.config_set("sync-replicas", 1)
+    assert r.config_get("sync-replicas") == {"sync-replicas": "0"}
+    r.config_set("sync-replicas", 0)  # the same value is fine
+    r.close()

@@ -380,6 +380,14 @@ def _replicaof(server: Services) -> bytes:
     return f"{repl.master_host} {repl.master_port}".encode()
 
 
+def _sync_replicas_fixed_with_failover(server: Services, value: Any) -> None:
+    # The election chose its promotion rule (sync mode, K) at start: a K changed under it
+    # would acknowledge writes that the rule does not protect.
+    if server.config.etcd is not None and value != server.config.sync_replicas:
+        raise ValueError("sync-replicas cannot change while automatic failover (--etcd) "
+                         "runs: restart the group's nodes with the new value")
+
+
 def _sync_replicas(server: Services, _: Any) -> None:
     server.set_appendfsync(server.config.appendfsync)  # installs or removes the ack wait
 
@@ -516,7 +524,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("master-tls", "master_tls", yes_no),
     Setting("repl-backlog-size", "repl_backlog_size"),  # the backlog is sized at start
     Setting("repl-timeout", "repl_timeout", number),
-    Setting("sync-replicas", "sync_replicas", integer(0, 1000), _sync_replicas),
+    Setting("sync-replicas", "sync_replicas", integer(0, 1000), _sync_replicas,
+            check=_sync_replicas_fixed_with_failover),
     Setting("sync-replicas-timeout", "sync_replicas_timeout", number),
     Setting("sync-replicas-refuse", "sync_replicas_refuse", yes_no),
     *_HINTS,
