@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 import redis
-from tests.server._server_support import HOST, ServerThread, wait_until
+from tests.server._server_support import HOST, ServerThread, free_port, wait_until
 
 from shaledb.server import ServerConfig
+from shaledb.server.cluster.etcd import EtcdClient
+from shaledb.server.cluster.group import GroupKeys, LeaderInfo, MemberInfo, read_group
 from shaledb.testing.etcdproc import EtcdProcess
 from shaledb.testing.jepsen.proxy import ProxyLoop
 
@@ -124,4 +126,38 @@ def test_sync_replicas_cannot_change_under_a_running_election(
         r.config_set("sync-replicas", 1)
     assert r.config_get("sync-replicas") == {"sync-replicas": "0"}
     r.config_set("sync-replicas", 0)  # the same value is fine
+    r.close()
+
+
+def test_a_demoted_primary_publishes_its_whole_history_as_its_position(
+        servers: Callable[..., ServerThread], etcd_server: EtcdProcess, group: str,
+        etcd: EtcdClient) -> None:
+    """A primary told to follow a new leader still holds every write it made until a full
+    resync replaces them: its published position is (the term it led, its last sequence
+    number), so that it ranks above its own replicas if the new leader dies first (in sync
+    mode it may be the only node holding the last acknowledged writes)."""
+    s = servers(etcd=etcd_server.url, group=group, node_name="n1", failover_ttl=3,
+                failover_safety_margin=1.0)
+    r = s.client()
+    wait_until(lambda: _writable(r), 15, "the node to be elected")
+    for i in range(20):
+        r.set(f"k{i}", "v")
+    last = s.server.db.last_sequence if s.server is not None else 0
+    assert last >= 20
+    # A node n9 (at a port where nothing listens) takes over under term 5.
+    keys = GroupKeys(group)
+    lease = etcd.lease_grant(30)
+    etcd.put(keys.term, b"5")
+    etcd.put(keys.leader, LeaderInfo("n9", HOST, free_port(), 5).to_json(), lease=lease)
+
+    def published() -> MemberInfo | None:
+        m = read_group(etcd, group).members.get("n1")
+        return m if m is not None and m.following == "n9" else None
+
+    wait_until(lambda: published() is not None, 15, "n1 to follow n9")
+    wait_until(lambda: r.info("replication")["role"] == "slave", 5, "n1 to be a replica")
+    m = published()
+    assert m is not None and m.role == "replica"
+    # (Its own state record, written at the demotion, is one more sequence number.)
+    assert m.term == 1 and m.offset >= last
     r.close()

@@ -250,9 +250,14 @@ class Replication:
         #: publishes them in etcd first. None: every replica counts.
         self.sync_standbys: frozenset[tuple[str, int]] | None = None
         #: The term of the primary whose stream this node's data and offset belong to (a
-        #: primary: its own term; a replica loading a full resync: 0, it holds nothing).
-        #: With the offset, what failover compares to choose whom to promote.
+        #: primary: the term it was promoted in; a replica loading a full resync: 0, it
+        #: holds nothing). With the offset, what failover compares to choose whom to
+        #: promote.
         self.data_term = 0
+        #: The data is this node's own history (it was a primary, or never replicated), not
+        #: yet replaced by a full resync: its position is its own last sequence number,
+        #: also after it was made a replica.
+        self.own_history = True
         self.feeds: dict[int, ReplicaFeed] = {}
         #: REPLCONF listening-port of clients that have not sent SHALEDB.PSYNC yet
         #: (bounded: the oldest entries go first).
@@ -298,7 +303,8 @@ class Replication:
         self.backlog = db.attach_replication(cfg.repl_backlog_size, self._on_commit)
         status, term, offset, replid, data_term = decode_state(db.get(STATE_KEY))
         self.term = term
-        self.data_term = data_term if status == STATUS_REPLICA else term
+        self.data_term = data_term
+        self.own_history = status == STATUS_PRIMARY
         if cfg.etcd is not None:
             # Automatic failover: no write before the election grants a lease.
             self.lease_deadline = 0.0
@@ -414,6 +420,7 @@ class Replication:
         self.loading = False
         self.role = "master"
         self.data_term = self.term
+        self.own_history = True
         self.master_host = None
         self.link_state = "connect"
         if was_replica:
@@ -433,8 +440,7 @@ class Replication:
         offset = self.offset if status != STATUS_PRIMARY else 0
         replid = self.master_replid if status != STATUS_PRIMARY else self.replid
         db.apply_replicated([OP_PUT, STATE_KEY, 0, encode_state(
-            status, self.term, offset, replid,
-            self.data_term if status != STATUS_PRIMARY else self.term)], None, sync=True)
+            status, self.term, offset, replid, self.data_term)], None, sync=True)
 
     # -- the write gate (dispatcher) ---------------------------------------------------------
     def write_refusal(self) -> CommandError | None:
@@ -467,11 +473,16 @@ class Replication:
     def position(self) -> tuple[int, int]:
         """(data term, offset): how far this node's copy of its group's history goes, as
         failover compares nodes (offsets count in the data term's primary's sequence
-        numbers). A primary: its term and last sequence number. Any thread."""
-        if self.role == "master":
-            return self.term, self.host.db.last_sequence
+        numbers). A primary, or a demoted one not yet resynced: the term it led and its
+        last sequence number; a replica: the term of the stream it applied and its offset;
+        loading a full resync: (0, 0). Any thread."""
         if self.loading:
             return 0, 0
+        if self.role == "master" or self.own_history:
+            # A demoted primary not yet resynced still holds its whole history, up to its
+            # last sequence number in the term it led (more than its replicas: it must
+            # rank above them).
+            return self.data_term, self.host.db.last_sequence
         return self.data_term, self.offset
 
     @property
@@ -917,6 +928,7 @@ class Replication:
             self._current(epoch)
         db.put(STATE_KEY, encode_state(STATUS_SYNCING, self.term, 0, "", 0), sync=True)
         self.master_replid, self.offset, self.data_term = "", 0, 0
+        self.own_history = False
         self._wipe_sync()
         entries = 0
         while True:
