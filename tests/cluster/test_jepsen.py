@@ -21,8 +21,6 @@ from shaledb.testing.jepsen.cluster import ClusterConfig
 from shaledb.testing.jepsen.linearizability import LINEARIZABLE
 from shaledb.testing.jepsen.workload import Report, RunConfig, run
 
-NEEDS_REPL = "needs replication (branch repl)"
-
 pytestmark = pytest.mark.skipif(etcd_binary() is None, reason=ETCD_MISSING)
 
 
@@ -67,7 +65,6 @@ def test_jepsen_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.skip(reason=NEEDS_REPL)
 @pytest.mark.timeout(3600)
 def test_jepsen_soak_sync_100_failovers(tmp_path: Path) -> None:
     """make soak: sync mode, 100 forced failovers: no acknowledged write lost, reads
@@ -77,7 +74,6 @@ def test_jepsen_soak_sync_100_failovers(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.skip(reason=NEEDS_REPL)
 @pytest.mark.timeout(3600)
 def test_jepsen_soak_async_loss_window(tmp_path: Path) -> None:
     """make soak: async mode loses acknowledged writes at failovers; measured, not
