@@ -905,15 +905,21 @@ class Replication:
         path = os.path.join(lost, f"replication-discarded-{int(time.time() * 1000)}.msgpack")
         count = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            packer = msgpack.Packer()
-            with db.snapshot() as snap:
-                for k, v in snap.range(None, None, include_expired=True):
-                    if k != STATE_KEY:
-                        f.write(packer.pack([k, v]))
-                        count += 1
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                packer = msgpack.Packer()
+                with db.snapshot() as snap:
+                    for k, v in snap.range(None, None, include_expired=True):
+                        if k != STATE_KEY:
+                            f.write(packer.pack([k, v]))
+                            count += 1
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            # (a full disk): no partial copy is left behind -- the sync is retried, and
+            # nothing was deleted, since the copy comes first.
+            os.unlink(path)
+            raise
         log.warning("full resync from the primary discards this node's data: a copy of its "
                     "%d entries is in %s", count, path)
 
