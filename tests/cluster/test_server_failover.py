@@ -161,6 +161,12 @@ def test_redis_py_sentinel_finds_the_primary_and_follows_a_failover(
     # set by hand. The node with --etcd is only asked, as a Sentinel.
     old = servers()
     new = servers()
+    # They lead their terms as the replication layer sees it too: n1 replicates from the
+    # leader it is shown (and a primary of an older term would be fenced by its term).
+    for st, term in ((old, 1), (new, 2)):
+        c = st.client()
+        c.execute_command("SHALEDB.ROLE", "PRIMARY", term)
+        c.close()
     keys = GroupKeys(group)
     lease = etcd.lease_grant(60)
     etcd.put(keys.term, b"1")
