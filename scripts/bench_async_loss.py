@@ -23,6 +23,27 @@ import redis
 from shaledb.testing.jepsen.cluster import Cluster, ClusterConfig
 
 
+def _write(address: tuple[str, int], key: str, prefix: str, pipeline: int,
+           stop: threading.Event, acked: set[str]) -> None:
+    """One client: pipelines of unique SADDs until ``stop`` or an error; every member of
+    an answered pipeline goes into ``acked``."""
+    r = redis.Redis(host=address[0], port=address[1], socket_timeout=2)
+    n = 0
+    try:
+        while not stop.is_set():
+            batch = [f"{prefix}{n + j}" for j in range(pipeline)]
+            n += pipeline
+            pipe = r.pipeline(transaction=False)
+            for m in batch:
+                pipe.sadd(key, m)
+            pipe.execute()
+            acked.update(batch)
+    except (redis.RedisError, OSError):
+        pass
+    finally:
+        r.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -50,23 +71,9 @@ def main() -> None:
                 acked: list[set[str]] = [set() for _ in range(args.clients)]
                 stop = threading.Event()
 
-                def write(i: int) -> None:
-                    r = redis.Redis(host=node.address[0], port=node.address[1],
-                                    socket_timeout=2)
-                    n = 0
-                    try:
-                        while not stop.is_set():
-                            batch = [f"{i}-{n + j}" for j in range(args.pipeline)]
-                            n += args.pipeline
-                            pipe = r.pipeline(transaction=False)
-                            for m in batch:
-                                pipe.sadd(key, m)
-                            pipe.execute()
-                            acked[i].update(batch)
-                    except (redis.RedisError, OSError):
-                        pass
-
-                threads = [threading.Thread(target=write, args=(i,)) for i in range(args.clients)]
+                threads = [threading.Thread(target=_write, args=(
+                    node.address, key, f"{i}-", args.pipeline, stop, acked[i]))
+                    for i in range(args.clients)]
                 for t in threads:
                     t.start()
                 time.sleep(args.seconds)
@@ -79,7 +86,7 @@ def main() -> None:
                 took = time.monotonic() - t0
                 assert new is not None and new.leader is not None
                 r = redis.Redis(host=new.leader.host, port=new.leader.port, socket_timeout=10)
-                present = {m.decode() for m in r.smembers(key)}
+                present = {m.decode() if isinstance(m, bytes) else m for m in r.smembers(key)}
                 r.close()
                 all_acked = set().union(*acked)
                 lost = len(all_acked - present)
