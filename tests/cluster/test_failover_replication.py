@@ -161,3 +161,20 @@ def test_a_demoted_primary_publishes_its_whole_history_as_its_position(
     # (Its own state record, written at the demotion, is one more sequence number.)
     assert m.term == 1 and m.offset >= last
     r.close()
+
+
+def test_role_commands_are_refused_while_failover_manages_the_role(
+        servers: Callable[..., ServerThread], etcd_server: EtcdProcess, group: str) -> None:
+    """REPLICAOF NO ONE on a failover replica made it a primary that never got a lease nor
+    a new primary to follow; REPLICAOF on the primary left the group without a writer while
+    the election kept renewing its key."""
+    s = servers(etcd=etcd_server.url, group=group, node_name="n1", failover_ttl=3,
+                failover_safety_margin=1.0)
+    r = s.client()
+    wait_until(lambda: _writable(r), 15, "the node to be elected")
+    for cmd in (("REPLICAOF", "NO", "ONE"), ("REPLICAOF", HOST, "1"), ("SLAVEOF", "NO", "ONE"),
+                ("SHALEDB.ROLE", "REPLICA", HOST, "1", "9")):
+        with pytest.raises(redis.ResponseError, match="automatic failover"):
+            r.execute_command(*cmd)
+    assert r.info("replication")["role"] == "master" and _writable(r)
+    r.close()

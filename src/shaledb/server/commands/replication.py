@@ -32,6 +32,16 @@ def _port(arg: bytes) -> int:
     return port
 
 
+def _not_under_failover(ctx: Context, name: str) -> None:
+    """Automatic failover owns the role: a change behind the election's back would leave a
+    primary it keeps the lease of but that takes no writes, or a fenced primary nobody
+    re-points (the election only acts when the group changes)."""
+    if ctx.services.config.etcd is not None:
+        raise CommandError(f"{name} is refused: automatic failover (--etcd) manages this "
+                           "node's role; stop the node (a primary resigns) to move the "
+                           "primary elsewhere")
+
+
 def _term(arg: bytes) -> int:
     term = parse_int(arg, "term must be an integer >= 0")
     if term < 0:
@@ -42,6 +52,7 @@ def _term(arg: bytes) -> int:
 @command("replicaof", 3, "admin noscript loading stale no-multi", _ADMIN)
 def replicaof(ctx: Context, argv: list[bytes]) -> Any:
     """REPLICAOF host port | REPLICAOF NO ONE"""
+    _not_under_failover(ctx, argv[0].decode("utf-8", "replace").upper())
     repl = ctx.services.replication
     if argv[1].lower() == b"no" and argv[2].lower() == b"one":
         if repl.role == "master":
@@ -129,6 +140,7 @@ def shaledb_psync(ctx: Context, argv: list[bytes]) -> Any:
 def shaledb_role(ctx: Context, argv: list[bytes]) -> Any:
     """SHALEDB.ROLE PRIMARY term | SHALEDB.ROLE REPLICA host port term: what the failover
     controller calls; a term older than the node's is refused (-STALETERM)."""
+    _not_under_failover(ctx, "SHALEDB.ROLE")
     repl = ctx.services.replication
     what = argv[1].lower()
     if what == b"primary" and len(argv) == 3:
