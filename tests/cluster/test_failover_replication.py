@@ -178,3 +178,11 @@ def test_role_commands_are_refused_while_failover_manages_the_role(
             r.execute_command(*cmd)
     assert r.info("replication")["role"] == "master" and _writable(r)
     r.close()
+
+
+def test_replicaof_and_etcd_exclude_each_other() -> None:
+    from shaledb.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="etcd and replicaof exclude each other"):
+        ServerConfig.from_mapping({"etcd": "http://127.0.0.1:2379", "group": "g",
+                                   "node_name": "n", "replicaof": "127.0.0.1 6380"})

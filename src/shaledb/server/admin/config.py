@@ -482,6 +482,9 @@ class ServerConfig:
         if self.group is None or self.node_name is None:
             raise InvalidArgument("server setting etcd needs group and node_name (which "
                                   "replication group this node joins, under which name)")
+        if self.replicaof is not None:
+            raise InvalidArgument("server settings etcd and replicaof exclude each other: "
+                                  "automatic failover chooses whom each node replicates")
         parse_endpoints(self.etcd)
         check_name("group", self.group)
         check_name("node", self.node_name)
