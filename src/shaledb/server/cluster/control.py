@@ -1,9 +1,9 @@
 """What the failover code needs from a node: the :class:`NodeControl` protocol.
 
 The election (:mod:`.election`) drives replication only through these calls, so it can be
-tested against :class:`MemoryNodeControl` and wired to the real replication (branch
-``repl``: ``SHALEDB.ROLE PRIMARY term`` / ``SHALEDB.ROLE REPLICA host port term``) by a thin
-adapter (``server.cluster.adapter``).
+tested against :class:`MemoryNodeControl`; the server's adapter
+(:class:`~.runner.ServerNodeControl`) runs them on the replication layer in-process (what
+``SHALEDB.ROLE PRIMARY term`` / ``SHALEDB.ROLE REPLICA host port term`` run).
 
 Fencing contract (docs/design.md, "Failover with etcd"): a primary accepts a write only while
 ``time.monotonic()`` is below the last deadline given to :meth:`NodeControl.renew_lease`; the
