@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    ?= ./data
 
-.PHONY: run demo test test-pure soak lint typecheck clean venv build redis-tools
+.PHONY: run demo test test-pure soak lint typecheck clean venv build redis-tools etcd
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ demo: build
 redis-tools:
 	@scripts/ensure-redis-tools.sh
 
+# etcd for the failover tests (tests/cluster/; apt-get install etcd-server as root;
+# otherwise those tests skip, saying why). The tests start their own etcd on loopback.
+etcd:
+	@scripts/ensure-etcd.sh
+
 # Two processes for everything but the tests that assert latency or wall-clock bounds
 # (marked `timing`), which then run alone so that a neighbour's load cannot fail them.
 # `make test` runs the compiled build (and fails if the modules did not compile while a C
@@ -47,15 +52,15 @@ redis-tools:
 # same suite on the pure-Python source. .ci/run runs both.
 TEST_WORKERS ?= 2
 EXPECT_BUILD ?= $(if $(shell command -v cc),compiled,)
-test: build lint redis-tools
+test: build lint redis-tools etcd
 	SHALEDB_EXPECT_BUILD=$(EXPECT_BUILD) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m 'not soak and not timing'
 	SHALEDB_EXPECT_BUILD=$(EXPECT_BUILD) $(BIN)/python -m pytest -q -m 'timing and not soak'
 
-test-pure: $(STAMP) redis-tools
+test-pure: $(STAMP) redis-tools etcd
 	SHALEDB_PURE_PYTHON=1 SHALEDB_EXPECT_BUILD=pure $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m 'not soak and not timing'
 	SHALEDB_PURE_PYTHON=1 SHALEDB_EXPECT_BUILD=pure $(BIN)/python -m pytest -q -m 'timing and not soak'
 
-soak: build
+soak: build etcd
 	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider --timeout=3600
 
 lint: $(STAMP)

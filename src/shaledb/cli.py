@@ -791,10 +791,41 @@ def decrypt(path: str, dest: str, key_file: str) -> None:
               help="With --backup-repo: the repository's own key file (mode 0600); the "
                    "backups and the archived WAL are encrypted with it (also "
                    f"backup_repo_key_file in the config, or ${REPO_KEY_FILE_ENV}).")
+@click.option("--etcd", default=None, metavar="URL[,URL...]",
+              help="Automatic failover: etcd client URL(s) of the group's coordination "
+                   "(with --group and --node-name; docs/operations.md).")
+@click.option("--group", default=None, help="With --etcd: the replication group to join "
+                                            "(also the Sentinel master name).")
+@click.option("--node-name", default=None, help="With --etcd: this node's name in the group.")
+@click.option("--failover-ttl", type=click.IntRange(2, 3600), default=None,
+              help="With --etcd: seconds of the leader lease (default 10).")
+@click.option("--announce-host", "failover_announce_host", default=None,
+              help="With --etcd: the address other nodes and clients reach this node at "
+                   "(default: --host).")
+@click.option("--announce-port", "failover_announce_port", type=click.IntRange(1, 65535),
+              default=None, help="With --etcd: the port published for this node (default: "
+                                 "--port).")
 @click.option("--encryption-key-file", "key_file", default=None,
               type=click.Path(dir_okay=False),
               help="Key file of an encrypted database (32 raw bytes or 64 hex characters, "
                    f"mode 0600; also encryption_key_file in the config, or ${KEY_FILE_ENV}).")
+@click.option("--replicaof", nargs=2, default=None, metavar="HOST PORT",
+              help="Replicate the ShaleDB primary at HOST PORT (read-only replica; "
+                   "REPLICAOF NO ONE promotes it). Its password: masterauth in the config "
+                   "or $SHALEDB_MASTERAUTH.")
+@click.option("--masteruser", default=None,
+              help="The ACL user a replica authenticates to its primary as.")
+@click.option("--master-tls/--no-master-tls", default=None,
+              help="Connect to the primary with TLS (checked against --tls-ca-cert-file).")
+@click.option("--repl-backlog-size", default=None, metavar="BYTES",
+              callback=lambda ctx, param, value: _byte_count(value, "--repl-backlog-size"),
+              help="Bytes of recent writes kept for replicas' partial resyncs (16mb).")
+@click.option("--sync-replicas", type=click.IntRange(0, 1000), default=None,
+              help="Acknowledge a write only once this many replicas have it durably "
+                   "(default 0: asynchronous replication).")
+@click.option("--sync-replicas-timeout", type=click.FloatRange(min=0.001), default=None,
+              metavar="SECONDS",
+              help="How long a write waits for --sync-replicas acknowledgements (10).")
 def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync: str | None,
           config_path: str | None, aclfile: str | None, tls_port: int | None,
           tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None,
@@ -803,7 +834,15 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
           slowlog_log_slower_than: int | None, slowlog_max_len: int | None,
           scrub_interval: float | None, scrub_rate: int | None, backup_repo: str | None,
           backup_interval: float | None, backup_wal_archive: bool | None,
-          backup_repo_key_file: str | None, key_file: str | None) -> None:
+          backup_repo_key_file: str | None, key_file: str | None,
+          etcd: str | None = None, group: str | None = None,
+          node_name: str | None = None, failover_ttl: int | None = None,
+          failover_announce_host: str | None = None,
+          failover_announce_port: int | None = None,
+          replicaof: tuple[str, str] | None = None, masteruser: str | None = None,
+          master_tls: bool | None = None, repl_backlog_size: int | None = None,
+          sync_replicas: int | None = None,
+          sync_replicas_timeout: float | None = None) -> None:
     """Serve a database over the Redis protocol until SIGTERM or SIGINT.
 
     Any Redis client works (redis-cli -p 6380, redis-py). The password, if any, is read from
@@ -831,11 +870,25 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                                  slowlog_log_slower_than,
                                              "slowlog_max_len": slowlog_max_len,
                                              "scrub_interval": scrub_interval,
+                                             "replicaof": " ".join(replicaof)
+                                             if replicaof else None,
+                                             "masteruser": masteruser,
+                                             "master_tls": master_tls,
+                                             "repl_backlog_size": repl_backlog_size,
+                                             "sync_replicas": sync_replicas,
+                                             "sync_replicas_timeout": sync_replicas_timeout,
                                              "scrub_rate": scrub_rate,
                                              "backup_repo": backup_repo,
                                              "backup_interval": backup_interval,
                                              "backup_wal_archive": backup_wal_archive,
                                              "backup_repo_key_file": backup_repo_key_file,
+                                             "etcd": etcd, "group": group,
+                                             "node_name": node_name,
+                                             "failover_ttl": failover_ttl,
+                                             "failover_announce_host":
+                                                 failover_announce_host,
+                                             "failover_announce_port":
+                                                 failover_announce_port,
                                              "encryption_key_file": key_file})
     configure_logging(config.log_format, config.log_level)
     try:
@@ -1097,6 +1150,49 @@ def backups_prune(repo: str, keep_last: int, keep_daily: int, keep_weekly: int,
         click.echo(f"  {verb}: {i}")
 
 
+# -- cluster (automatic failover) ------------------------------------------------------------
+
+
+@cli.group()
+def cluster() -> None:
+    """Failover groups coordinated through etcd (docs/operations.md, "Failover with etcd")."""
+
+
+@cluster.command("status")
+@click.option("--etcd", required=True, metavar="URL[,URL...]", help="etcd client URL(s).")
+@click.option("--group", required=True, help="The replication group.")
+@click.option("--json", "as_json", is_flag=True, help="Print the group as one JSON document.")
+def cluster_status(etcd: str, group: str, as_json: bool) -> None:
+    """Show a group: its primary and term, the sync set, and every member's address, role,
+    replication offset and whom it follows (read from etcd; no node is contacted)."""
+    import json as _json
+
+    from shaledb.server.cluster.etcd import EtcdClient, EtcdError
+    from shaledb.server.cluster.group import read_group
+
+    try:
+        with EtcdClient(etcd) as client:
+            state = read_group(client, group)
+    except (EtcdError, ShaleError) as exc:
+        fail(f"cannot read group {group!r} from etcd: {exc}")
+    if as_json:
+        click.echo(_json.dumps(state.describe(), indent=2, sort_keys=True))
+        return
+    lead = state.leader
+    click.echo(f"group {group}: term {state.term}, primary "
+               + (f"{lead.node} at {lead.host}:{lead.port}" if lead else "NONE (no leader key)"))
+    if state.sync is not None:
+        click.echo(f"sync set (K={state.sync.k}, term {state.sync.term}): "
+                   + (", ".join(state.sync.members) or "(empty)"))
+    if not state.members:
+        click.echo("no live members")
+    for name, m in sorted(state.members.items()):
+        role = "primary" if lead is not None and name == lead.node else m.role
+        click.echo(f"  {name:<16} {m.host}:{m.port:<6} {role:<8} offset {m.offset:<12} "
+                   f"term {m.term:<5} following {m.following or '-'}"
+                   + ("" if m.healthy else "  UNHEALTHY"))
+
+
 def main() -> None:
     """Entry point of the ``shaledb`` console script."""
     cli(prog_name="shaledb", auto_envvar_prefix="SHALEDB")
@@ -1104,3 +1200,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

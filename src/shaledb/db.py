@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .engine.batch import Bytesish, WriteBatch, check_expire_at_ms, to_key, to_value, ttl_to_ms
 from .engine.db import Engine
 from .engine.dbformat import DELETE, ENTRY_OVERHEAD, PUT, charge
+from .engine.replication import ReplicationBacklog
 from .engine.verify import ProgressFn, VerifyReport
 from .errors import InvalidArgument, TransactionConflict
 from .options import MAX_KEY_SIZE, MAX_VALUE_SIZE, Options
@@ -80,6 +81,44 @@ class DB(Reader):
                                sync)
         elif sync:
             self._engine.sync_wal()  # an empty durable batch still makes earlier writes durable
+
+    def apply_replicated(self, ops: list[Any], commit_ms: int | None, *,
+                         sync: bool = False) -> int:
+        """Apply one replicated write group (the flat ``[kind, key, expire_at_ms, value, ...]``
+        list of a primary's WAL record, see :mod:`shaledb.engine.replication`) atomically,
+        keeping its commit time; returns the sequence number of its last operation here.
+        Every operation is checked as a local write's would be."""
+        if len(ops) % 4 or not ops:
+            raise InvalidArgument("a replicated group is a non-empty flat list of "
+                                  "[kind, key, expire_at_ms, value] operations")
+        nbytes = 0
+        for i in range(0, len(ops), 4):
+            kind, key, exp, value = ops[i], ops[i + 1], ops[i + 2], ops[i + 3]
+            if kind not in (PUT, DELETE) or type(key) is not bytes or type(value) is not bytes \
+                    or type(exp) is not int or len(key) > MAX_KEY_SIZE \
+                    or len(value) > MAX_VALUE_SIZE or exp < 0:
+                raise InvalidArgument(f"replicated operation {i // 4} is malformed")
+            nbytes += charge(key, value)
+        return self._engine.write(ops, nbytes, sync, commit_ms=commit_ms)
+
+    def attach_replication(self, backlog_bytes: int | None,
+                           listener: Callable[[int], None] | None = None
+                           ) -> ReplicationBacklog | None:
+        """Keep the committed write groups in a replication backlog of ``backlog_bytes``
+        (None: stop) and call ``listener(last_seq)`` after each commit; returns the backlog
+        (:class:`shaledb.engine.replication.ReplicationBacklog`)."""
+        return self._engine.attach_replication(backlog_bytes, listener)
+
+    def wal_groups_after(self, after: int, max_bytes: int) -> list[bytes] | None:
+        """Committed write groups past sequence number ``after`` from the WAL segments
+        still on disk (see :meth:`attach_replication`); None when they are gone. Reads
+        whole segments: call it from a worker thread."""
+        return self._engine.wal_groups_after(after, max_bytes)
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the last committed operation."""
+        return self._engine.last_sequence
 
     def batch(self, *, sync: bool = False) -> BatchContext:
         """A write batch committed atomically when the ``with`` block ends without an

@@ -184,7 +184,7 @@ def test_imports_inside_functions_say_why() -> None:
 def _layer(module: str) -> str:
     rest = module[len(PACKAGE) + 1:] if module != PACKAGE else ""
     head = rest.split(".")[0]
-    if head in ("net", "exec", "keyspace", "admin", "commands"):
+    if head in ("net", "exec", "keyspace", "admin", "commands", "cluster"):
         return head
     if head in ("errors", "glob"):
         return "shared"
@@ -199,12 +199,15 @@ _ALLOWED: dict[str, tuple[str, ...]] = {
     # The state of administration (ACL, config, stats, slowlog, logs) sits below exec; its
     # reports (INFO, metrics, CONFIG) see the server only through exec.context.Services.
     "admin": ("keyspace.", "net.security", "net.fdlimit", "net.ratelimit", "exec.context",
-              "exec.command", "exec.client"),
+              "exec.command", "exec.client", "cluster.etcd", "cluster.group"),
     "exec": ("keyspace.", "admin.acl", "admin.config", "admin.stats", "admin.slowlog",
-             "net.protocol", "net.ratelimit", "net.security"),
+             "net.protocol", "net.ratelimit", "net.security", "cluster.runner"),
     # Handlers reach the server only through exec.context.Services; from the network they
     # know only the reply types.
-    "commands": ("exec.", "keyspace.", "admin.", "net.protocol"),
+    "commands": ("exec.", "keyspace.", "admin.", "net.protocol", "cluster."),
+    # Failover (etcd, the election) drives the node through NodeControl: it imports no
+    # other layer of the server.
+    "cluster": (),
     # The network runs requests through exec; it never runs a command or reads a key itself.
     "net": ("exec.client", "exec.context", "exec.deferred", "exec.dispatch",
             "exec.durability", "admin.config", "admin.logs", "admin.acl"),
@@ -262,6 +265,8 @@ def test_the_layering_rules_hold() -> None:
     ("shaledb.server.admin.acl", "shaledb.server.exec.context"),
     ("shaledb.server.errors", "shaledb.server.keyspace.values"),
     ("shaledb.client.krange", "shaledb.server.errors"),
+    ("shaledb.server.cluster.election", "shaledb.server.exec.dispatch"),
+    ("shaledb.server.net.connection", "shaledb.server.cluster.runner"),
     ("shaledb.server.exec.dispatch", "shaledb.client.krange"),
 ])
 def test_the_layering_check_refuses(source: str, target: str) -> None:

@@ -4,7 +4,8 @@ Lock order (always acquire left to right; never call a method that takes a lock 
 of one you hold):
 
     _compaction_lock  ->  _manifest_lock  ->  _mutex  ->  leaf locks
-    (one compaction)      (manifest writes)    (DB state)   (memtable, WAL sync, caches)
+    (one compaction)      (manifest writes)    (DB state)   (memtable, WAL sync, caches,
+                                                             the replication backlog)
 
 - ``_mutex`` guards the mutable state: the memtables, the current WAL, the writer queue,
   ``_last_seq``, snapshots, version pins, pending outputs and the background error. It is
@@ -17,6 +18,9 @@ of one you hold):
   does, after ``backup_source`` let go of ``_manifest_lock``), so no record is half written
   when it reads the WAL's size.
 - Helpers named ``_locked_*`` expect ``_mutex`` held and never take it again.
+- Replication (engine/replication.py): the leader appends each committed group to the
+  backlog under ``_mutex`` (the backlog's own lock is a leaf), and calls the commit
+  listener after letting go of every lock.
 - Background threads (flusher, compactor, syncer, WAL archiver) do their I/O without
   ``_mutex`` and take it only to install results. Any I/O error on the write path is
   recorded once as the background error: the database then refuses writes (ReadOnlyError)
@@ -119,6 +123,7 @@ from .optionsfile import (
     log_format_2_from,
     wal_async_seal_from,
 )
+from .replication import ReplicationBacklog, group_span
 from .sstable import FileMeta, TableReader
 from .sstable.block import Block
 from .sstable.writer import TableWriter
@@ -274,6 +279,10 @@ class Engine:
         self._archive_due: set[int] = set()
         self._archived: set[int] = set()
         self._archive_error: str | None = None
+        #: Committed write groups for replication (None: this database feeds no replica),
+        #: and who is told the last sequence number after each commit (the server's feeders).
+        self._repl_backlog: ReplicationBacklog | None = None
+        self._commit_listener: Callable[[int], None] | None = None
         try:
             master = master_key(options.encryption_key, options.encryption_key_file)
             try:
@@ -896,6 +905,7 @@ class Engine:
         any_sync = False
         last = first_seq - 1
         wal_bytes = 0
+        payload = b""
         try:
             if ops is not None:
                 assert wal is not None
@@ -917,7 +927,8 @@ class Engine:
                     # Formats 6 and 7: every record carries its commit time (PITR).
                     if commit_ms is None:
                         commit_ms = self._commit_ms()
-                    record = wal.frame(encode_batch(first_seq, flat, commit_ms))
+                    payload = encode_batch(first_seq, flat, commit_ms)
+                    record = wal.frame(payload)
                     # (frame may refuse a too large group: harmless, nothing written)
                     try:
                         wal.reserve(len(record))  # the map it needs, before any byte
@@ -950,6 +961,8 @@ class Engine:
                 self._last_seq = last
                 if wal_bytes:
                     self._last_commit_ms = commit_ms
+                    if self._repl_backlog is not None:
+                        self._repl_backlog.append(first_seq, last, payload)
                 self._writes += len(group)
                 self._wal_records += 1
                 self._wal_bytes_written += wal_bytes
@@ -981,6 +994,9 @@ class Engine:
                         g.cv.notify()
         if error is not None:
             raise error
+        listener = self._commit_listener
+        if listener is not None and wal_bytes:
+            listener(last)
         return last
 
     def _write_alone(self, ops: list[Any]) -> int:
@@ -1007,6 +1023,7 @@ class Engine:
         fatal = False
         wal_bytes = 0
         commit_ms = 0
+        payload = b""
         last = first_seq + len(ops) // 4 - 1
         try:
             assert wal is not None
@@ -1015,7 +1032,8 @@ class Engine:
                 wal.note_prior_sealed()
                 fatal = False
             commit_ms = self._commit_ms()
-            record = wal.frame(encode_batch(first_seq, ops, commit_ms))
+            payload = encode_batch(first_seq, ops, commit_ms)
+            record = wal.frame(payload)
             try:
                 wal.reserve(len(record))
             except DescriptorsExhaustedError:
@@ -1036,6 +1054,8 @@ class Engine:
             if error is None:
                 self._last_seq = last
                 self._last_commit_ms = commit_ms
+                if self._repl_backlog is not None:  # as write() does: replicas get it too
+                    self._repl_backlog.append(first_seq, last, payload)
                 self._writes += 1
                 self._wal_records += 1
                 self._wal_bytes_written += wal_bytes
@@ -1045,7 +1065,92 @@ class Engine:
             self._locked_wake_next_leader()
         if error is not None:
             raise error
+        listener = self._commit_listener
+        if listener is not None:
+            listener(last)
         return last
+
+    def attach_replication(self, backlog_bytes: int | None,
+                           listener: Callable[[int], None] | None) -> ReplicationBacklog | None:
+        """Keep the committed write groups in a new backlog of ``backlog_bytes`` (None: stop
+        keeping them) and call ``listener(last_seq)`` after every committed group (outside
+        every lock, on the writer's thread). Returns the backlog. The backlog starts at the
+        current last sequence number: it is attached with no write group in flight."""
+        w = _Writer(None, 0, False, None)
+        with self._mutex:
+            self.check_open()
+            writers = self._writers
+            writers.append(w)
+            if len(writers) > 1:
+                cv = w.cv = threading.Condition(self._mutex)
+                while writers[0] is not w:
+                    cv.wait()
+            try:
+                backlog = (ReplicationBacklog(backlog_bytes, self._last_seq)
+                           if backlog_bytes is not None else None)
+                self._repl_backlog = backlog
+                self._commit_listener = listener
+            finally:
+                writers.popleft()
+                self._locked_wake_next_leader()
+        return backlog
+
+    def wal_groups_after(self, after: int, max_bytes: int) -> list[bytes] | None:
+        """The committed write groups past sequence number ``after`` read back from the WAL
+        segments still on disk (those not flushed yet), oldest first, at least one and then
+        up to ``max_bytes``; ``[]`` when ``after`` is the last sequence number; None when
+        the group right after ``after`` is no longer on disk, or ``after`` is not the end
+        of a group. For a replica further behind than the in-memory backlog (engine/
+        replication.py). Reads whole segments (about a memtable each, as recovery does):
+        call it from a worker thread. The segments are pinned while they are read."""
+        with self._mutex:
+            self.check_open()
+            log_number = self._versions.log_number
+            self._log_pins[log_number] += 1
+        try:
+            segments, last, _ = self._wal_cut(log_number)
+            if after == last:
+                return []
+            if after > last:
+                return None
+            out: list[bytes] = []
+            total = 0
+            expecting = after + 1
+            for sf in segments:
+                parsed = parse(sf.name)
+                if parsed is None or sf.size <= 0:
+                    continue
+                number = parsed[1]
+                data = self.fs.read_file(sf.path)[:sf.size]
+                expect = expected_log_format(self._log_since, number, self.encrypted)
+                cut = self._recovery_cut(number)
+                if cut is not None:
+                    data = data[:max(cut, 0)]
+                seg = scan_segment_bytes(data, sf.path, number, expect, self._keyring)
+                for payload in seg.scan.records:
+                    first, end = group_span(payload)
+                    if end <= after:
+                        continue  # before the reader's position (or a recovered copy)
+                    if first != expecting:
+                        return None  # older groups are gone, or a position inside one
+                    out.append(payload)
+                    total += len(payload)
+                    expecting = end + 1
+                    if total >= max_bytes or end >= last:
+                        return out
+            return out or None
+        finally:
+            with self._mutex:
+                self._log_pins[log_number] -= 1
+                if self._log_pins[log_number] <= 0:
+                    del self._log_pins[log_number]
+            if not self.options.read_only:
+                self._delete_obsolete_files()
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the last committed operation."""
+        return self._last_seq
 
     def _locked_wake_next_leader(self) -> None:
         if self._writers:

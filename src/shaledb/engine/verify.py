@@ -1272,6 +1272,13 @@ class Checker:
                 size: int | None = self.fs.file_size(join(lost, n))
             except StorageError:
                 size = None
+            if n.startswith("replication-discarded-"):
+                # Written by the server's replication (server/exec/replication.py).
+                self._notice(ProblemKind.LOST_FILE, rel,
+                             "the entries a full resync from a primary replaced (this node "
+                             "had data of its own): inspect them, then delete the file",
+                             length=size)
+                continue
             self._notice(ProblemKind.LOST_FILE, rel,
                          "bytes recovery cut from a damaged log and saved here; they may hold "
                          "writes that were not replayed: inspect them, then delete the file",

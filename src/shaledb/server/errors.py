@@ -58,12 +58,25 @@ class ProtocolError(CommandError):
         super().__init__(f"Protocol error: {message}")
 
 
+#: Redis' reply to a write sent to a replica (prefix READONLY).
+READONLY_MESSAGE = "You can't write against a read only replica."
+#: Redis' reply when min-replicas is not met (prefix NOREPLICAS); ShaleDB's sync-replicas.
+NOREPLICAS_MESSAGE = "Not enough good replicas to write."
+#: A write refused by the failover fence (automatic failover: not the elected primary, or
+#: its lease not renewed in time).
+FENCED_MESSAGE = ("You can't write against a read only replica. (this node is not the "
+                  "primary of its failover group, or its lease was not renewed in time: "
+                  "ask SENTINEL get-master-addr-by-name for the primary)")
+
+
 def wrong_arity(name: str) -> CommandError:
     """The error Redis gives for a wrong number of arguments."""
     return CommandError(f"wrong number of arguments for '{name}' command")
 
 
 __all__ = [
+    "NOREPLICAS_MESSAGE",
+    "READONLY_MESSAGE",
     "AuthRequiredError",
     "CommandError",
     "NoPermissionError",

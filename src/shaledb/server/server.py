@@ -39,6 +39,8 @@ from .admin.httpendpoint import MetricsEndpoint
 from .admin.logs import CLIENT_LOG
 from .admin.slowlog import SlowLog
 from .admin.stats import ServerStats
+from .cluster.election import ElectionConfig
+from .cluster.runner import FailoverRunner, ServerNodeControl
 from .commands import build_table
 from .errors import CommandError, WrongPassError
 from .exec.backups import BackupScheduler
@@ -50,6 +52,7 @@ from .exec.deferred import CLOSE
 from .exec.dispatch import Dispatcher, TurnCommit
 from .exec.durability import SyncGroup
 from .exec.pubsub import PubSub
+from .exec.replication import ReplicaSyncGroup, Replication
 from .exec.scripting import ScriptEngine
 from .exec.watch import WatchRegistry
 from .keyspace.expiry import run_active_expire
@@ -149,6 +152,12 @@ class Server:
         self.scrubber = Scrubber(self)
         #: EVAL / FCALL: the Lua state and script cache (its thread starts at the first).
         self.scripts = ScriptEngine()
+        #: Replication (both sides); started once the keyspace is open.
+        self.replication = Replication(self)
+        #: Automatic failover (--etcd): the election beside the server, and the fence every
+        #: commit asks (cluster/runner.py). None without etcd.
+        self.failover: FailoverRunner | None = None
+        self.node_control: ServerNodeControl | None = None
 
     @property
     def keyspace(self) -> Keyspace:
@@ -329,6 +338,13 @@ class Server:
             raise
         self._loop = loop
         self._turn = TurnCommit(self._keyspace, loop, self.command_stats, self.blocking)
+        if cfg.etcd is not None:
+            # Automatic failover: the write fence is replication's (role, term and lease
+            # deadline; until elected, and whenever fenced, this node refuses writes),
+            # asked right before every commit and by the background writers.
+            self.node_control = ServerNodeControl(self.replication, loop)
+            self._turn.fence = self.replication.can_write
+            self._keyspace.write_fence = self.replication.can_write
         turn = self._turn
 
         def settle() -> None:
@@ -338,6 +354,12 @@ class Server:
                 turn.commit()
 
         self._keyspace.settle = settle
+        try:
+            self.replication.start()
+        except BaseException:
+            if self._own_db:
+                db.close()
+            raise
         self.set_appendfsync(cfg.appendfsync)
         try:
             if not cfg.tls_only:
@@ -390,6 +412,7 @@ class Server:
             run_active_expire(self._keyspace, cfg.hz, cfg.active_expire_effort)))
         self._tasks.append(loop.create_task(self._sample_ops()))
         self.scrubber.start()
+        self._start_failover()
         log.info("ShaleDB %s serving %s on %s port %s, TLS port %s, metrics port %s "
                  "(appendfsync %s)", shaledb.__version__, db.path, cfg.host, self.port,
                  self.tls_port, self.metrics_port, cfg.appendfsync)
@@ -423,8 +446,13 @@ class Server:
         cannot be stopped without reopening), which only makes ``no`` safer.
         """
         loop = asyncio.get_running_loop()
-        if mode == "always":
-            if self.sync_group is None:
+        if self.config.sync_replicas:
+            # sync-replicas: every write's reply waits for the replicas' acknowledgements
+            # (and for the local fsync too under ``always``).
+            self.sync_group = ReplicaSyncGroup(self.db, loop, self._executor,
+                                               self.replication, mode == "always")
+        elif mode == "always":
+            if self.sync_group is None or isinstance(self.sync_group, ReplicaSyncGroup):
                 self.sync_group = SyncGroup(self.db, loop, self._executor)
         else:
             self.sync_group = None
@@ -513,6 +541,24 @@ class Server:
         self._tasks.append(loop.create_task(run()))
         return result
 
+    def _start_failover(self) -> None:
+        cfg = self.config
+        if self.node_control is None or cfg.etcd is None or self.port is None:
+            return
+        assert cfg.group is not None and cfg.node_name is not None
+        election = ElectionConfig(cfg.group, cfg.node_name,
+                                  cfg.failover_announce_host or cfg.host,
+                                  cfg.failover_announce_port or self.port,
+                                  ttl=cfg.failover_ttl,
+                                  safety_margin=cfg.failover_safety_margin,
+                                  # Sync mode and its K are replication's settings.
+                                  sync_mode=cfg.sync_replicas > 0,
+                                  sync_replicas=max(cfg.sync_replicas, 1))
+        self.failover = FailoverRunner(cfg.etcd, election, self.node_control)
+        self.failover.start()
+        log.info("failover: node %s joined group %s through etcd %s", cfg.node_name,
+                 cfg.group, cfg.etcd)
+
     async def shutdown(self) -> None:
         """Stop accepting, answer what was read, close connections and the database. A
         second call (SIGTERM after SHUTDOWN, a test's stop) waits for the first to finish."""
@@ -522,12 +568,17 @@ class Server:
         self._shutdown_started = True
         self._stopping = True
         self.accepting = False
+        if self.failover is not None:
+            # Fence and resign first: another node can take over while we drain.
+            failover, self.failover = self.failover, None
+            await asyncio.get_running_loop().run_in_executor(None, failover.close)
         self.scrubber.close()  # a running pass stops at its next read (within 50 ms)
         self.backups.stop()  # a running backup stops at its next chunk (1 MiB)
         for listener in self._listeners:
             listener.close()
         if self.metrics is not None:
             self.metrics.close()
+        await self.replication.stop()
         current = asyncio.current_task()
         for task in (*self._tasks, self._idle_task, self._sync_task):
             if task is not None and task is not current:

@@ -18,6 +18,8 @@ import tomllib
 from typing import Any, Final
 
 from ...errors import InvalidArgument
+from ..cluster.etcd import parse_endpoints
+from ..cluster.group import check_name
 from ..keyspace.keyspace import MAX_USER_VALUE
 from ..keyspace.notify import NotifyFlagsError, parse_flags
 from ..net.security import parse_networks
@@ -39,6 +41,8 @@ PASSWORD_ENV: Final = "SHALEDB_REQUIREPASS"
 KEY_FILE_ENV: Final = "SHALEDB_ENCRYPTION_KEY_FILE"
 #: Environment variable read for the backup repository when the config sets none.
 BACKUP_REPO_ENV: Final = "SHALEDB_BACKUP_REPO"
+#: Environment variable holding the password a replica gives its primary (masterauth).
+MASTERAUTH_ENV: Final = "SHALEDB_MASTERAUTH"
 #: Environment variable read for the backup repository's own key file when the config sets
 #: none.
 BACKUP_REPO_KEY_FILE_ENV: Final = "SHALEDB_BACKUP_REPO_KEY_FILE"
@@ -253,6 +257,50 @@ class ServerConfig:
     #: be encrypted with it (and one that is needs it). Read at start; CONFIG GET shows the
     #: path, never the key, and CONFIG SET cannot change it.
     backup_repo_key_file: str | None = None
+    #: Replication (docs/operations.md, "Replication"): ``"host port"`` of the primary this
+    #: server replicates at start (REPLICAOF changes it at run time); None: a primary.
+    replicaof: str | None = None
+    #: The ACL user and password a replica authenticates to its primary with (Redis'
+    #: masteruser / masterauth); the password is never shown by CONFIG GET.
+    masteruser: str | None = None
+    masterauth: str | None = dataclasses.field(default=None, repr=False)
+    #: Connect to the primary with TLS (its tls-port), checking its certificate against
+    #: tls_ca_cert_file and presenting tls_cert_file / tls_key_file when set.
+    master_tls: bool = False
+    #: Bytes of recent write groups a primary keeps for partial resyncs (a replica that
+    #: falls further behind resyncs fully).
+    repl_backlog_size: int = 16 * MiB
+    #: Seconds without a byte from the other side after which a replication link is
+    #: dropped (both ends; the primary sends a heartbeat every second).
+    repl_timeout: float = 60.0
+    #: Synchronous replication: a write is acknowledged only once this many replicas have
+    #: it durably (0: asynchronous replication).
+    sync_replicas: int = 0
+    #: Seconds a write waits for the sync_replicas acknowledgements before its client is
+    #: answered -NOREPLICAS (the write is applied on the primary: it may be lost in a
+    #: failover, and the client is told so).
+    sync_replicas_timeout: float = 10.0
+    #: With sync_replicas: refuse writes (-NOREPLICAS) while fewer replicas are connected
+    #: (yes, the default), or accept them and let them wait for the timeout (no).
+    sync_replicas_refuse: bool = True
+    #: Automatic failover (docs/operations.md, "Failover with etcd"): etcd client URL(s),
+    #: comma-separated (http://127.0.0.1:2379). None: no failover. With it, this node joins
+    #: ``group`` as ``node_name`` and writes only while it holds the group's leader lease.
+    etcd: str | None = None
+    #: The replication group (with etcd): also the Sentinel master name clients ask for.
+    group: str | None = None
+    #: This node's name in the group (with etcd; unique in the group).
+    node_name: str | None = None
+    #: Seconds of the leader lease: a dead primary is replaced after about this long, and a
+    #: primary that cannot renew stops writing failover_safety_margin seconds before it.
+    failover_ttl: int = 10
+    failover_safety_margin: float = 2.0
+    #: The address published in etcd for clients and replicas (default: host, which must
+    #: then be a specific address, not 0.0.0.0 or ::).
+    failover_announce_host: str | None = None
+    #: The port published in etcd (default: the port listened on). Set when clients and
+    #: replicas reach this node through a forwarder (the Jepsen-style harness's proxies).
+    failover_announce_port: int | None = None
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int, maximum: int | None = None) -> None:
@@ -273,6 +321,16 @@ class ServerConfig:
         integer("tcp_backlog", 1, 65535)
         integer("proto_max_bulk_len", MIN_BULK_LEN, MAX_USER_VALUE)
         integer("client_query_buffer_limit", 1024)
+        integer("repl_backlog_size", 16 * KiB)
+        integer("sync_replicas", 0, 1000)
+        for name in ("repl_timeout", "sync_replicas_timeout"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 < value < float("inf")):
+                raise InvalidArgument(f"server setting {name} must be a number of seconds "
+                                      f"> 0, got {value!r}")
+        if self.replicaof is not None:
+            parse_replicaof(self.replicaof)
         integer("max_watched_keys", 1, MAX_TRACKED_HOSTS)
         integer("max_subscriptions", 1, 10_000_000)
         integer("max_multi_bytes", 1)
@@ -325,6 +383,7 @@ class ServerConfig:
             raise InvalidArgument("server setting encryption_key_file must be a non-empty "
                                   "path (of a key file, never the key itself)")
         self._check_backups()
+        self._check_failover()
         self._check_tls()
         self._check_observability()
         self._check_output_and_rates()
@@ -408,6 +467,47 @@ class ServerConfig:
         if self.backup_repo_key_file is not None and self.backup_repo is None:
             raise InvalidArgument("server setting backup_repo_key_file needs backup_repo (the "
                                   "repository it encrypts)")
+
+    def _check_failover(self) -> None:
+        fields = {"etcd": self.etcd, "group": self.group, "node_name": self.node_name}
+        for name, value in fields.items():
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidArgument(f"server setting {name} must be a non-empty string")
+        if self.etcd is None:
+            extra = [n for n in ("group", "node_name") if fields[n] is not None]
+            if extra:
+                raise InvalidArgument(f"server setting(s) {', '.join(extra)} need etcd (the "
+                                      "etcd URL of the failover group)")
+            return
+        if self.group is None or self.node_name is None:
+            raise InvalidArgument("server setting etcd needs group and node_name (which "
+                                  "replication group this node joins, under which name)")
+        if self.replicaof is not None:
+            raise InvalidArgument("server settings etcd and replicaof exclude each other: "
+                                  "automatic failover chooses whom each node replicates")
+        parse_endpoints(self.etcd)
+        check_name("group", self.group)
+        check_name("node", self.node_name)
+        if (not isinstance(self.failover_ttl, int) or isinstance(self.failover_ttl, bool)
+                or not 2 <= self.failover_ttl <= 3600):
+            raise InvalidArgument("server setting failover_ttl must be an integer number of "
+                                  f"seconds from 2 to 3600, got {self.failover_ttl!r}")
+        margin = self.failover_safety_margin
+        if (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                or not 0 < margin < self.failover_ttl / 2):
+            raise InvalidArgument("server setting failover_safety_margin must be a number of "
+                                  "seconds above 0 and below half of failover_ttl, got "
+                                  f"{margin!r}")
+        ap = self.failover_announce_port
+        if ap is not None and (not isinstance(ap, int) or isinstance(ap, bool)
+                               or not 1 <= ap <= 65535):
+            raise InvalidArgument("server setting failover_announce_port must be a port "
+                                  f"(1-65535), got {ap!r}")
+        announce = self.failover_announce_host or self.host
+        if announce in ("0.0.0.0", "::", ""):
+            raise InvalidArgument("server setting failover_announce_host is needed when host "
+                                  f"is {self.host!r}: the address other nodes and clients "
+                                  "reach this node at")
 
     def _check_observability(self) -> None:
         if (not isinstance(self.slowlog_log_slower_than, int)
@@ -511,6 +611,8 @@ class ServerConfig:
             clean["encryption_key_file"] = os.environ[KEY_FILE_ENV]
         if clean.get("backup_repo") is None and os.environ.get(BACKUP_REPO_ENV):
             clean["backup_repo"] = os.environ[BACKUP_REPO_ENV]
+        if clean.get("masterauth") is None and os.environ.get(MASTERAUTH_ENV):
+            clean["masterauth"] = os.environ[MASTERAUTH_ENV]
         if clean.get("backup_repo_key_file") is None and os.environ.get(
                 BACKUP_REPO_KEY_FILE_ENV):
             clean["backup_repo_key_file"] = os.environ[BACKUP_REPO_KEY_FILE_ENV]
@@ -539,7 +641,16 @@ class ServerConfig:
         return cls.from_mapping(values)
 
 
+def parse_replicaof(value: str) -> tuple[str, int]:
+    """``"host port"`` (the replicaof setting) as (host, port); InvalidArgument otherwise."""
+    parts = value.split()
+    if len(parts) != 2 or not parts[1].isdigit() or not 0 < int(parts[1]) < 65536:
+        raise InvalidArgument(f"server setting replicaof must be \"host port\", got {value!r}")
+    return parts[0], int(parts[1])
+
+
 __all__ = ["APPENDFSYNC_MODES", "BACKUP_REPO_ENV", "BACKUP_REPO_KEY_FILE_ENV",
+           "MASTERAUTH_ENV", "parse_replicaof",
            "DEFAULT_METRICS_PORT", "KEY_FILE_ENV",
            "LOG_FORMATS",
            "LOG_LEVELS", "MAX_TRACKED_HOSTS", "METRICS_OFF", "MIN_AUTH_FAIL_RATE",

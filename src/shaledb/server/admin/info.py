@@ -252,14 +252,7 @@ def _stats(s: Services) -> Fields:
 
 
 def _replication(s: Services) -> Fields:
-    return [
-        ("role", "master"),
-        ("connected_slaves", 0),
-        ("master_failover_state", "no-failover"),
-        ("master_replid", s.run_id),
-        ("master_repl_offset", 0),
-        ("repl_backlog_active", 0),
-    ]
+    return s.replication.info_fields()
 
 
 def _cpu(s: Services) -> Fields:
@@ -306,6 +299,29 @@ def _latencystats(s: Services) -> Fields:
 def _scrub(s: Services) -> Fields:
     # The background scrub (scrub.py): settings, the running pass, the last completed one.
     return [(f"scrub_{name}", value) for name, value in s.scrubber.status().fields()]
+
+
+def _failover(s: Services) -> Fields:
+    # Automatic failover (cluster/election.py): what this node's election last saw.
+    runner = s.failover
+    if runner is None:
+        return [("failover_enabled", 0)]
+    st = runner.election.status()
+    cfg = runner.election.config
+    left = "" if st.deadline_in is None else int(max(st.deadline_in, 0.0) * 1000)
+    return [
+        ("failover_enabled", 1),
+        ("failover_group", cfg.group),
+        ("failover_node", cfg.node),
+        ("failover_role", st.role),
+        ("failover_writable", int(runner.control.is_writable())),
+        ("failover_term", st.term),
+        ("failover_leader", st.leader or ""),
+        ("failover_write_deadline_in_ms", left),
+        ("failover_lease_ttl", cfg.ttl),
+        ("failover_sync_members", ",".join(st.sync_members)),
+        ("failover_last_error", st.last_error or ""),
+    ]
 
 
 def _shaledb(s: Services, engine: dict[str, Any]) -> Fields:
@@ -380,6 +396,7 @@ _SECTIONS: Final[dict[str, tuple[str, Callable[..., Fields], bool]]] = {
     "cluster": ("Cluster", lambda s: [("cluster_enabled", 0)], False),
     "keyspace": ("Keyspace", lambda s: keyspace_fields(key_counts(s.keyspace)), False),
     "scrub": ("Scrub", _scrub, False),
+    "failover": ("Failover", _failover, False),
     "shaledb": ("Shaledb", _shaledb, True),
 }
 DEFAULT_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats",
@@ -387,7 +404,7 @@ DEFAULT_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats"
                            "keyspace", "scrub", "shaledb")
 ALL_SECTIONS: Final = ("server", "clients", "memory", "persistence", "stats", "replication",
                        "cpu", "modules", "commandstats", "errorstats", "latencystats",
-                       "cluster", "keyspace", "scrub", "shaledb")
+                       "cluster", "keyspace", "scrub", "failover", "shaledb")
 
 
 def select_sections(args: Iterable[str]) -> list[str]:

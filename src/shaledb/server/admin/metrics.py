@@ -283,7 +283,7 @@ def exposition(server: Services) -> str:
 def health(server: Services) -> tuple[int, bytes]:
     """``(HTTP status, JSON body)`` of ``GET /health``."""
     body: dict[str, Any] = {"status": "ok", "uptime_seconds": round(server.uptime, 3),
-                            "role": "master", "version": shaledb.__version__}
+                            "role": server.replication.role, "version": shaledb.__version__}
     try:
         engine = server.db.stats()
     except shaledb.ShaleError as exc:  # closed while shutting down
@@ -320,6 +320,9 @@ def health(server: Services) -> tuple[int, bytes]:
                        f"permissions): the engine retries")
         body["wal_archive"] = {"waiting": archive["waiting"], "errors": archive["errors"],
                                "last_error": archive["last_error"]}
+    reason = server.replication.health_reason()
+    if reason is not None:
+        reasons.append(reason)
     if reasons:
         body.update(status="degraded", reason="; ".join(reasons))
         return 503, json.dumps(body).encode()

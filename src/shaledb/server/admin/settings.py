@@ -363,6 +363,35 @@ def _timeout(server: Services, _: Any) -> None:
     server.restart_idle_sweeper()
 
 
+def _optional_text(raw: bytes) -> str | None:
+    """Any text; ``""`` unsets it."""
+    return raw.decode("utf-8", "replace") or None
+
+
+def _show_masterauth(server: Services) -> bytes:
+    # Never the password itself (Redis shows it): whether one is set.
+    return b"" if server.config.masterauth is None else b"(set)"
+
+
+def _replicaof(server: Services) -> bytes:
+    repl = server.replication
+    if repl.role != "slave" or repl.master_host is None:
+        return b""
+    return f"{repl.master_host} {repl.master_port}".encode()
+
+
+def _sync_replicas_fixed_with_failover(server: Services, value: Any) -> None:
+    # The election chose its promotion rule (sync mode, K) at start: a K changed under it
+    # would acknowledge writes that the rule does not protect.
+    if server.config.etcd is not None and value != server.config.sync_replicas:
+        raise ValueError("sync-replicas cannot change while automatic failover (--etcd) "
+                         "runs: restart the group's nodes with the new value")
+
+
+def _sync_replicas(server: Services, _: Any) -> None:
+    server.set_appendfsync(server.config.appendfsync)  # installs or removes the ack wait
+
+
 def _scrub_interval(server: Services, interval: float) -> None:
     server.scrubber.reschedule(interval)
 
@@ -467,6 +496,14 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("backup-wal-archive", "backup_wal_archive"),  # the database is opened with it
     Setting("backup-repo-key-file", "backup_repo_key_file"),  # the path; never the key
     Setting("hz", "hz"),  # the active-expiry task takes it at start
+    # Failover (read-only: the election runs with what it started with).
+    Setting("etcd", "etcd"),
+    Setting("group", "group"),
+    Setting("node-name", "node_name"),
+    Setting("failover-ttl", "failover_ttl"),
+    Setting("failover-safety-margin", "failover_safety_margin"),
+    Setting("failover-announce-host", "failover_announce_host"),
+    Setting("failover-announce-port", "failover_announce_port"),
     Setting("active-expire-effort", "active_expire_effort"),
     Setting("metrics-host", "metrics_host"),
     Setting("metrics-port", "metrics_port"),
@@ -480,6 +517,17 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("tls-auth-clients", "tls_auth_clients"),
     Setting("tls-only", "tls_only"),
     Setting("tls-handshake-timeout", "tls_handshake_timeout"),
+    # Replication (REPLICAOF changes the primary; CONFIG GET shows the current one).
+    Setting("replicaof", None, get=_replicaof),
+    Setting("masteruser", "masteruser", _optional_text),
+    Setting("masterauth", "masterauth", _optional_text, get=_show_masterauth),
+    Setting("master-tls", "master_tls", yes_no),
+    Setting("repl-backlog-size", "repl_backlog_size"),  # the backlog is sized at start
+    Setting("repl-timeout", "repl_timeout", number),
+    Setting("sync-replicas", "sync_replicas", integer(0, 1000), _sync_replicas,
+            check=_sync_replicas_fixed_with_failover),
+    Setting("sync-replicas-timeout", "sync_replicas_timeout", number),
+    Setting("sync-replicas-refuse", "sync_replicas_refuse", yes_no),
     *_HINTS,
 )
 

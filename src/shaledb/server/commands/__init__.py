@@ -39,7 +39,9 @@ def build_table() -> dict[bytes, Command]:
         observability,
         pubsub,
         ranges,
+        replication,
         scripting,
+        sentinel,
         server,
         sets,
         sort,
@@ -56,7 +58,8 @@ def build_table() -> dict[bytes, Command]:
                    server.FAMILY, hashes.FAMILY, sets.FAMILY, lists.FAMILY, zsets.FAMILY,
                    pubsub.FAMILY, bits.FAMILY, hyperloglog.FAMILY, dump.FAMILY,
                    sort.FAMILY, streams.FAMILY, scripting.FAMILY, geo.FAMILY,
-                   unsupported.FAMILY, latency.FAMILY):
+                   unsupported.FAMILY, latency.FAMILY, replication.FAMILY,
+                   sentinel.FAMILY):
         for cmd in family.commands:
             table[cmd.name.encode()] = cmd
     return table

@@ -131,7 +131,7 @@ def hello(ctx: Context, argv: list[bytes]) -> Any:
         "proto": version,
         "id": client.id,
         "mode": "standalone",
-        "role": "master",
+        "role": "replica" if ctx.services.replication.role == "slave" else "master",
         "modules": [],
     }
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..admin.config import ServerConfig
     from ..admin.slowlog import SlowLog
     from ..admin.stats import ServerStats
+    from ..cluster.runner import FailoverRunner
     from ..keyspace.scrub import Scrubber
     from ..net.ratelimit import CommandRateLimits
     from ..net.security import Network
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpointer
     from .cursors import ScanCursors
     from .pubsub import PubSub
+    from .replication import Replication
     from .scripting import ScriptEngine, ScriptTurn
     from .watch import WatchRegistry
 
@@ -60,6 +62,9 @@ class ClientHandle(Protocol):
     def memory(self) -> dict[str, int]: ...
     def events(self) -> str: ...
     def abort(self, message: bytes | None = None) -> None: ...
+    @property
+    def output_bytes(self) -> int: ...
+    def send_raw(self, data: bytes) -> bool: ...
 
 
 class CommandRunner(Protocol):
@@ -99,6 +104,8 @@ class Services(Protocol):
     blocking: BlockingQueue
     pubsub: PubSub
     scan_cursors: ScanCursors
+    #: Replication: role, replicas, the replica link (REPLICAOF, ROLE, WAIT, INFO).
+    replication: Replication
     checkpoints: Checkpointer
     backups: BackupScheduler
     scrubber: Scrubber
@@ -109,6 +116,8 @@ class Services(Protocol):
     def dispatcher(self) -> CommandRunner: ...
     #: Lua scripts and functions (EVAL, FCALL): the cache and the Lua state.
     scripts: ScriptEngine
+    #: Automatic failover (SENTINEL), when started with --etcd.
+    failover: FailoverRunner | None
 
     @property
     def turn(self) -> ScriptTurn: ...

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any, Final, Protocol
 
@@ -34,7 +35,7 @@ from ...errors import (
     StorageError,
 )
 from ..admin.stats import ServerStats
-from ..errors import AuthRequiredError, CommandError, wrong_arity
+from ..errors import FENCED_MESSAGE, AuthRequiredError, CommandError, wrong_arity
 from ..keyspace.keyspace import Keyspace
 from ..net.protocol import QUEUED
 from .blocking import BlockingQueue, Waiter
@@ -75,6 +76,8 @@ def unknown_command(argv: list[bytes]) -> CommandError:
 
 def engine_error(exc: ShaleError) -> CommandError:
     """The reply for an engine error met while running a command."""
+    if isinstance(exc, CommandError):
+        return exc  # the keyspace's own refusal (READONLY on a replica): as it is
     if isinstance(exc, DescriptorsExhaustedError):
         # Nothing was written and the database stays writable: the client may retry.
         return CommandError(f"the server is out of file descriptors; nothing was written, "
@@ -109,6 +112,8 @@ def _allowed_while_busy(cmd: Command, argv: list[bytes]) -> bool:
     return "allow-busy" in cmd.flags and cmd.first_key == 0 and cmd.key_finder is None
 
 
+#: The error of writes refused by the failover fence (Redis' READONLY: clients that follow
+#: a Sentinel, like redis-py's, reconnect to the primary on it).
 class TurnCommit:
     """The writes of one event-loop turn, from every client, as one keyspace transaction.
 
@@ -123,7 +128,7 @@ class TurnCommit:
     """
 
     __slots__ = ("txn", "stats", "_loop", "_open", "_waiting", "_scheduled", "commits",
-                 "blocking", "frozen")
+                 "blocking", "frozen", "fence")
 
     def __init__(self, keyspace: Keyspace, loop: asyncio.AbstractEventLoop,
                  stats: ServerStats | None = None,
@@ -145,6 +150,10 @@ class TurnCommit:
         #: thread (exec/scripting.py): nothing is committed until it ends (the other
         #: clients' replies meanwhile, all -BUSY, are still released).
         self.frozen = False
+        #: Automatic failover: whether this node may write now (it holds the leader lease
+        #: and its deadline has not passed). Asked right before every commit, so no write
+        #: becomes durable on a fenced primary, whatever command or script buffered it.
+        self.fence: Callable[[], bool] | None = None
 
     def opened(self, group: WriteGroup) -> None:
         """``group`` buffered its first write in the shared transaction."""
@@ -209,6 +218,10 @@ class TurnCommit:
         that fails."""
         if not self.txn.dirty:
             return None
+        fence = self.fence
+        if fence is not None and not fence():
+            self.txn.undo(0)
+            return CommandError(FENCED_MESSAGE, prefix="READONLY")
         try:
             self.txn.commit()
             self.commits += 1
@@ -359,6 +372,10 @@ class Dispatcher:
             if (client.subscribed and error is None and client.resp == 2
                     and not route.subscribed_ok):
                 error = subscribed_mode_error(cmd.name)
+        if error is not None or cmd is None:
+            pass
+        elif self.services.replication.restricted:
+            error = self._replication_refusal(cmd)
         if error is not None:
             self.stats.reject(cmd, argv, error.prefix)
             if in_multi:
@@ -428,6 +445,18 @@ class Dispatcher:
         replies.append(reply)
         group.protocols.append(client.resp)
 
+    def _replication_refusal(self, cmd: Command) -> CommandError | None:
+        """-LOADING during a replica's full resync (but for the commands Redis flags
+        ``loading``), -READONLY for a write on a replica, -NOREPLICAS for a write while
+        fewer than sync-replicas replicas are connected."""
+        repl = self.services.replication
+        if repl.loading and "loading" not in cmd.flags:
+            return CommandError("ShaleDB is loading the dataset from its primary (full "
+                                "resync); retry shortly", prefix="LOADING")
+        if "write" in cmd.flags:
+            return repl.write_refusal()
+        return None
+
     def _account(self, client: ClientState, cmd: Command, argv: list[bytes], nanos: int,
                  reply: Any) -> None:
         """Count one call; log it in the slow log when it took long enough."""
@@ -489,6 +518,11 @@ class Dispatcher:
             if denied is not None:
                 self.stats.reject(cmd, argv, denied.prefix)
                 return denied
+        if self.services.replication.restricted:
+            refused = self._replication_refusal(cmd)
+            if refused is not None:
+                self.stats.reject(cmd, argv, refused.prefix)
+                return refused
         mark = ctx.txn.mark()
         start = perf_counter_ns()
         try:

@@ -60,6 +60,8 @@ class SweptKeyspace(Protocol):
     #: Commits the writes buffered in the current turn (see the module docstring).
     settle: Callable[[], None]
 
+    def fenced(self) -> bool: ...
+
     @property
     def sweeper(self) -> ActiveExpiry: ...
     def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
@@ -206,7 +208,7 @@ async def run_active_expire(keyspace: SweptKeyspace, hz: int, effort: int) -> No
     sweeper = keyspace.sweeper
     while True:
         await asyncio.sleep(1 / hz)
-        if keyspace.frozen:
+        if keyspace.frozen or keyspace.fenced():  # a replica's deletions come from its primary
             continue
         if sweeper.idle() and not keyspace.expiring_keys():
             continue  # nothing can expire: no tick at all (the counts are exact)

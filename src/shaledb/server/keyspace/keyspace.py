@@ -66,12 +66,14 @@ from typing import Any, Final
 
 import shaledb
 
+from ...engine.replication import OP_PUT
 from ...errors import CorruptionError, IncompatibleFormatError
 from ...options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE
-from ..errors import CommandError
+from ..errors import READONLY_MESSAGE, CommandError
 from . import notify
 from .dbmap import (
     CHUNK_PREFIX,
+    COUNT_PREFIX,
     GARBAGE_PREFIX,
     GROUP_PREFIX,
     HASHES_MAP_VERSION,
@@ -81,6 +83,8 @@ from .dbmap import (
     MAP_VERSION,
     MEMBER_GARBAGE_PREFIX,
     MEMBER_PREFIX,
+    META_PREFIX,
+    PHYSICAL_DATABASES,
     SCORE_PREFIX,
     STRINGS_MAP_VERSION,
     ZSETS_MAP_VERSION,
@@ -397,6 +401,90 @@ class Keyspace:
         #: Key lookups that found a live key / found none (INFO keyspace_hits, _misses).
         self.hits = 0
         self.misses = 0
+        #: This node is a replica: every write but the replication stream's is refused
+        #: (:meth:`write`), and the background writers (expiry, purge) stand still: the
+        #: primary's deletions arrive through the stream.
+        self.replica = False
+        #: Automatic failover: whether this node may write now (its lease is current;
+        #: ``Replication.can_write``, the same predicate the dispatcher and the turn's
+        #: commit ask). None: no failover.
+        self.write_fence: Callable[[], bool] | None = None
+
+    def fenced(self) -> bool:
+        """No write may be made now: a replica, or a failover primary past its lease (the
+        background writers wait; :meth:`write` refuses)."""
+        fence = self.write_fence
+        return self.replica or (fence is not None and not fence())
+
+    def note_replicated(self, ops: list[Any]) -> None:
+        """A replicated write group (flat engine ops) was applied to the database behind
+        this keyspace's back: bring what memory caches of it up to date. Cheap for the
+        common case (data keys): cached reads are invalidated by the generation, watchers
+        of the touched databases are told; the map and the counts are read again only when
+        the group wrote them."""
+        self.generation += 1
+        map_changed = False
+        touched: set[int] = set()
+        lazy = self.lazy_expired
+        counts = self.counts
+        for i in range(0, len(ops), 4):
+            ek = ops[i + 1]
+            first = ek[0] if ek else META_PREFIX
+            if first == META_PREFIX:
+                if ek == MAP_KEY:
+                    map_changed = True
+                elif len(ek) == len(COUNT_PREFIX) + 1 and ek.startswith(COUNT_PREFIX):
+                    # The count record travels in the same group as the writes it counts.
+                    counts[ek[-1]] = decode_counts(ops[i + 3] if ops[i] == OP_PUT
+                                                   else None)
+            elif first < PHYSICAL_DATABASES:
+                touched.add(first)
+                if lazy and ek in lazy:
+                    self.forget_expired(ek)
+            else:
+                # Members, score index, groups: walks' learnt bounds may be wrong now.
+                self.member_bounds.clear()
+                self.score_bounds.clear()
+        if map_changed:
+            old = self.map
+            self.map = decode_map(self.db.get(MAP_KEY))
+            self.map_pending = map_version(self.db.get(MAP_KEY)) != MAP_VERSION
+            for p in self.map:
+                if p not in counts:
+                    counts[p] = decode_counts(self.db.get(count_key(p)))
+            if self._on_flush is not None:
+                for db in range(len(self.map)):
+                    if self.map[db] != old[db]:
+                        self._on_flush(db, None)
+        if self._on_flush is not None and touched:
+            for db, phys in enumerate(self.map):
+                if phys in touched:
+                    self._on_flush(db, None)  # any watched key of it may have changed
+
+    def reload(self) -> None:
+        """Read every cached fact about the database again (after a full resync replaced
+        its contents, and when a replica becomes a primary and its background writers and
+        chunk-id counter take over)."""
+        raw_map = self.db.get(MAP_KEY)
+        self.map = decode_map(raw_map)
+        version = map_version(raw_map)
+        self.map_pending = version != MAP_VERSION
+        self.counts = {p: decode_counts(self.db.get(count_key(p))) for p in self.map}
+        self.generation += 1
+        self.lazy_expired.clear()
+        self._lazy_per_phys.clear()
+        self._next_chunk_id = self._largest_chunk_id() + 1
+        self.garbage_ids.clear()
+        self.garbage_unlisted = self._first(GARBAGE_PREFIX) is not None
+        self.member_garbage_ids.clear()
+        self.member_garbage_unlisted = self._first(MEMBER_GARBAGE_PREFIX) is not None
+        self.member_deletes.clear()
+        self.member_bounds.clear()
+        self.score_bounds.clear()
+        self.purger.rescan()
+        if self._on_flush is not None:
+            for db in range(len(self.map)):
+                self._on_flush(db, None)
 
     def _first(self, prefix: int, reverse: bool = False) -> bytes | None:
         """The first (last) engine key starting with byte ``prefix``."""
@@ -538,6 +626,11 @@ class Keyspace:
             new[phys] = (keys, expires)
         for phys, (keys, expires) in new.items():
             batch.put(count_key(phys), encode_counts(keys, expires))
+        if self.fenced():
+            # The fence of a replica (and of a demoted primary): its data changes only
+            # through the replication stream (note_replicated), never through a command, a
+            # script or a background writer that slipped past the dispatcher's check.
+            raise CommandError(READONLY_MESSAGE, prefix="READONLY")
         self.db.write(batch)
         self.generation += 1
         self.counts.update(new)

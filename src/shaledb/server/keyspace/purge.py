@@ -80,6 +80,8 @@ class PurgedKeyspace(Protocol):
     #: A script is running past busy-reply-threshold: no step until it ends.
     frozen: bool
 
+    def fenced(self) -> bool: ...
+
     @property
     def purger(self) -> Purger: ...
     @property
@@ -105,22 +107,30 @@ class Purger:
 
     def __init__(self, keyspace: PurgedKeyspace) -> None:
         self._ks = keyspace
-        mapped = set(keyspace.map)
         #: Ids known to hold no entry, oldest-purged first.
         self.free: collections.deque[int] = collections.deque()
         #: Ids that may hold entries, purged in this order.
         self.queue: collections.deque[int] = collections.deque()
-        for phys in range(PHYSICAL_DATABASES):
-            if phys not in mapped:
-                (self.free if keyspace.physical_empty(phys) else self.queue).append(phys)
         #: Last key deleted in queue[0] (the next step starts there; it is gone already).
         self._cursor: bytes | None = None
+        self.rescan()
         #: Entries deleted by purging since start.
         self.purged_keys = 0
         #: Chunks of orphaned chunk sets deleted since start.
         self.purged_chunks = 0
         #: Members of orphaned hashes and sets deleted since start.
         self.purged_members = 0
+
+    def rescan(self) -> None:
+        """Find the free and the queued ids again from the database (at open, and after a
+        replica's data was replaced or it became a primary)."""
+        mapped = set(self._ks.map)
+        self.free.clear()
+        self.queue.clear()
+        self._cursor = None
+        for phys in range(PHYSICAL_DATABASES):
+            if phys not in mapped:
+                (self.free if self._ks.physical_empty(phys) else self.queue).append(phys)
 
     @property
     def busy(self) -> bool:
@@ -282,7 +292,7 @@ async def run_purger(keyspace: PurgedKeyspace) -> None:
     purger = keyspace.purger
     failed = False
     while True:
-        if not purger.busy or keyspace.frozen:
+        if not purger.busy or keyspace.frozen or keyspace.fenced():
             await asyncio.sleep(PURGE_IDLE_SECONDS)
             continue
         t0 = time.perf_counter()

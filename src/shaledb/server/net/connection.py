@@ -640,6 +640,18 @@ class ClientConnection(asyncio.Protocol):
         self._send(_coalesce(out), False)
         return not client.output_overflow
 
+    def send_raw(self, data: bytes) -> bool:
+        """Write bytes as they are (a replication stream to a replica, which has replies
+        off); whether they were taken. The feeder bounds what it leaves unsent."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.closing:
+            return False
+        self.server.stats["total_net_output_bytes"] += len(data)
+        if self.client is not None:
+            self.client.last_active = time.monotonic()
+        transport.write(data)
+        return True
+
     def _disconnect_overflow(self, size: int) -> None:
         """The client's output passed client_output_buffer_limit: drop everything it has
         pending and close, as Redis does at the hard limit."""
@@ -708,7 +720,9 @@ class ClientConnection(asyncio.Protocol):
                     self._held.clear()
                     self._held_bytes = 0
                     if not transport.is_closing():
-                        transport.write(CommandError(
+                        # sync-replicas: too few replicas acknowledged (its own error).
+                        transport.write(exc.reply() if isinstance(exc, CommandError)
+                                        else CommandError(
                             f"fsync failed, writes not acknowledged: {exc}",
                             prefix="MISCONF").reply())
                         transport.close()

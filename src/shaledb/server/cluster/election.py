@@ -1,0 +1,413 @@
+"""Leader election with self-fencing, on etcd (Patroni-like).
+
+Every node runs one :class:`Election`. Each :meth:`Election.step` (every ``interval``
+seconds, on the election's own thread):
+
+1. renews the node's lease (granting one if it has none), noting the monotonic time the
+   renewal was *sent*: etcd counts the TTL from when it received it, which is later, so
+   ``sent + TTL`` is never after the moment etcd may expire the lease;
+2. publishes ``members/<node>`` (address, replication position, role) on that lease;
+3. reads the group (one range request) and acts:
+
+   - it holds the leader key: the lease renewal extends the write deadline to
+     ``sent + TTL - safety_margin`` (:meth:`NodeControl.renew_lease`); in sync mode it
+     grows the ``sync`` set with the replicas now following it (published *before* their
+     acknowledgements may count, :meth:`NodeControl.set_sync_standbys`);
+   - another node holds it: a primary fences itself and demotes; a replica that follows
+     someone else (or an older term) re-points with :meth:`NodeControl.demote_to`;
+   - nobody holds it: a primary fences itself at once; a node that may be promoted (below)
+     tries one transaction: *leader absent and term unchanged* -> create the leader key on its
+     lease, bump the term (and write the new ``sync`` set). Only one node can win it.
+
+Invariants:
+
+- **Fencing.** A primary accepts writes only before its deadline, checked by the write path
+  against the monotonic clock (:mod:`.control`), so a stalled primary (SIGSTOP, partition
+  from etcd, a pause of the election thread) is read-only before its lease can expire and
+  before any other node can take over. A failed renewal never extends the deadline.
+- **Terms only grow**: the term counter is bumped by compare-and-swap in the same
+  transaction that creates the leader key; a node never accepts a role change with an older
+  term than it has seen (:class:`~.control.StaleTermError`).
+- **Promotion (async mode)**: only the member with the highest position (term of its newest
+  record, then offset; ties: the smallest name) among the live members.
+- **Promotion (sync mode)**: let ``S`` and ``K`` be the last ``sync`` key. The leader
+  acknowledges a write only after K members of S hold it durably, and S only grows during a
+  term (a member is added to the key before its acknowledgements count). So any
+  ``|S| - K + 1`` members of S include one that holds every acknowledged write. A node may
+  be promoted only if it is in S, at least ``|S| - K + 1`` members of S are live (their
+  member keys exist), and it has the highest position among them. A new leader starts its
+  ``sync`` set as the old one plus the old leader, minus itself: everyone who may hold
+  writes acknowledged before stays a candidate. Without a ``sync`` key no write was ever
+  acknowledged in sync mode, and the async rule applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+from ...errors import InvalidArgument
+from .control import NodeControl, StaleTermError
+from .etcd import (
+    Compare,
+    EtcdClient,
+    EtcdError,
+    LeaseExpired,
+    Put,
+)
+from .group import (
+    GroupKeys,
+    GroupState,
+    LeaderInfo,
+    MemberInfo,
+    SyncInfo,
+    check_name,
+    read_group,
+)
+
+log = logging.getLogger("shaledb.failover")
+
+#: Roles an election reports.
+PRIMARY: Final = "primary"
+REPLICA: Final = "replica"
+
+
+@dataclasses.dataclass(frozen=True)
+class ElectionConfig:
+    """One node's part in a group."""
+
+    group: str
+    node: str
+    #: The address clients and replicas reach this node at (published in etcd).
+    host: str
+    port: int
+    #: Lease TTL in seconds: a dead primary is replaced after at most about this long.
+    ttl: int = 10
+    #: Seconds before the lease's earliest possible expiry at which the primary stops
+    #: writing; covers clock-rate drift between this node and etcd, and the time to stop.
+    safety_margin: float = 2.0
+    #: Seconds between steps (None: a third of ``ttl - safety_margin``).
+    interval: float | None = None
+    #: Sync mode: promotion follows the ``sync`` key's rule (module docstring).
+    sync_mode: bool = False
+    #: K of sync mode: how many replicas must hold a write before it is acknowledged.
+    sync_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        check_name("group", self.group)
+        check_name("node", self.node)
+        if self.ttl < 2:
+            raise InvalidArgument("failover lease TTL must be at least 2 seconds")
+        if not 0 < self.safety_margin < self.ttl:
+            raise InvalidArgument("failover safety margin must be between 0 and the TTL")
+        if self.step_interval <= 0 or self.step_interval * 2 > self.ttl - self.safety_margin:
+            raise InvalidArgument("failover interval must be positive and at most half of "
+                                  "TTL minus the safety margin (two renewals per lease)")
+        if self.sync_replicas < 1:
+            raise InvalidArgument("sync replicas must be at least 1 in sync mode")
+        if not 0 < self.port < 65536:
+            raise InvalidArgument("failover port must be 1-65535 (the advertised port)")
+
+    @property
+    def step_interval(self) -> float:
+        if self.interval is not None:
+            return self.interval
+        return (self.ttl - self.safety_margin) / 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ElectionStatus:
+    role: str
+    term: int
+    leader: str | None
+    lease: int | None
+    #: Seconds left before the primary's write deadline (None unless primary).
+    deadline_in: float | None
+    last_error: str | None
+    sync_members: tuple[str, ...]
+
+
+class Election:
+    """The election state machine of one node (``step()`` by hand, or ``start()`` a
+    thread that steps every ``config.step_interval`` seconds until ``close()``)."""
+
+    def __init__(self, client: EtcdClient, control: NodeControl, config: ElectionConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.control = control
+        self.config = config
+        self.keys = GroupKeys(config.group)
+        self.clock = clock
+        self.role: str = REPLICA
+        #: The highest term this node has seen (led or followed).
+        self.term = 0
+        self.lease: int | None = None
+        #: Monotonic time before which etcd cannot have expired the lease.
+        self.lease_valid_until = 0.0
+        #: The primary's write deadline (0: not writable).
+        self.deadline = 0.0
+        #: (node, term) of the leader this node replicates from.
+        self.following: tuple[str, int] | None = None
+        self.sync_members: frozenset[str] = frozenset()
+        self._standbys: list[tuple[str, int]] | None = None
+        self.last_error: str | None = None
+        self.last_state: GroupState | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return (f"Election(group={self.config.group!r}, node={self.config.node!r}, "
+                f"role={self.role}, term={self.term})")
+
+    # -- the step ------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One round: renew, publish, read, act. Never raises for etcd trouble (recorded in
+        ``last_error``; the fence deadline keeps running)."""
+        with self._lock:
+            try:
+                self._step()
+            except EtcdError as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("failover %s/%s: %s", self.config.group, self.config.node,
+                            self.last_error)
+            self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        if self.role == PRIMARY and self.clock() >= self.deadline:
+            # The renewal did not come back in time: the lease may be about to expire.
+            self._lose("lease not renewed within TTL minus the safety margin")
+
+    def _renew(self) -> bool:
+        sent = self.clock()
+        try:
+            if self.lease is None:
+                self.lease = self.client.lease_grant(self.config.ttl)
+                granted = self.config.ttl
+            else:
+                granted = self.client.lease_keepalive(self.lease)
+        except LeaseExpired:
+            self.lease = None
+            if self.role == PRIMARY:
+                self._lose("lease expired in etcd")
+            self.last_error = "lease expired in etcd"
+            return False
+        self.lease_valid_until = sent + granted
+        return True
+
+    def _my_member(self) -> MemberInfo:
+        following = self.following[0] if self.following else None
+        return MemberInfo(self.config.node, self.config.host, self.config.port,
+                          self.control.replication_offset(), self.control.last_term(),
+                          self.role, following, self.last_error is None)
+
+    def _step(self) -> None:
+        if not self._renew():
+            return
+        assert self.lease is not None
+        published = self._my_member()
+        self.client.put(self.keys.member(self.config.node), published.to_json(),
+                        lease=self.lease)
+        self._act()
+        mine = self._my_member()
+        if mine != published:
+            # Role or leader changed: tell the group now rather than a step later.
+            self.client.put(self.keys.member(self.config.node), mine.to_json(),
+                            lease=self.lease)
+
+    def _act(self) -> None:
+        state = read_group(self.client, self.config.group)
+        self.last_state = state
+        self.last_error = None
+        leader = state.leader
+        if state.term > self.term and not (leader and leader.node == self.config.node
+                                           and leader.lease == self.lease):
+            self.term = max(self.term, state.term)
+        if leader is not None and leader.node == self.config.node \
+                and leader.lease == self.lease:
+            self._lead(state, leader)
+        elif leader is not None:
+            if self.role == PRIMARY:
+                self._lose(f"{leader.node} leads term {leader.term}")
+            if leader.node != self.config.node:
+                self._follow(leader)
+            # else: our own key from an earlier run, on its old lease: it expires by itself.
+        else:
+            if self.role == PRIMARY:
+                self._lose("the leader key is gone")
+            if self._may_take_over(state):
+                self._take_over(state)
+
+    def _lead(self, state: GroupState, leader: LeaderInfo) -> None:
+        if state.term != leader.term:
+            # Someone bumped the term while our key stands: treat ourselves as stale.
+            self._lose(f"term {state.term} is newer than ours ({leader.term})")
+            return
+        self.deadline = self.lease_valid_until - self.config.safety_margin
+        if self.role != PRIMARY:
+            self.control.promote(leader.term)
+            self.role = PRIMARY
+        self.control.renew_lease(self.deadline)
+        if self.config.sync_mode:
+            self._grow_sync(state, leader)
+
+    def _grow_sync(self, state: GroupState, leader: LeaderInfo) -> None:
+        followers = {m.node for m in state.members.values()
+                     if m.following == self.config.node and m.node != self.config.node}
+        new = self.sync_members | followers
+        if state.sync is not None and state.sync.term == leader.term \
+                and state.sync.leader == self.config.node:
+            # Never shrink the published set within a term (after a fence and re-promotion
+            # our memory of it was cleared).
+            new |= set(state.sync.members)
+        if new != self.sync_members:
+            # Published before the new members' acknowledgements may count.
+            info = SyncInfo(leader.term, self.config.node, self.config.sync_replicas,
+                            tuple(sorted(new)))
+            res = self.client.txn([Compare.value_is(self.keys.leader, leader.to_json()),
+                                   Compare(self.keys.leader, "LEASE", "EQUAL",
+                                           self.lease or 0)],
+                                  [Put(self.keys.sync, info.to_json())])
+            if not res.succeeded:
+                self._lose("lost the leader key while publishing the sync set")
+                return
+            self.sync_members = frozenset(new)
+        standbys = sorted((m.host, m.port) for m in state.members.values()
+                          if m.node in self.sync_members)
+        if standbys != self._standbys:
+            self.control.set_sync_standbys(standbys)
+            self._standbys = standbys
+
+    def _follow(self, leader: LeaderInfo) -> None:
+        if self.following == (leader.node, leader.term):
+            return
+        try:
+            self.control.demote_to(leader.host, leader.port, leader.term)
+        except StaleTermError as exc:
+            self.last_error = str(exc)
+            return
+        self.following = (leader.node, leader.term)
+        self.term = max(self.term, leader.term)
+
+    def _lose(self, reason: str) -> None:
+        log.warning("failover %s/%s: stepping down as primary: %s", self.config.group,
+                    self.config.node, reason)
+        self.control.fence()
+        self.role = REPLICA
+        self.deadline = 0.0
+        self.following = None
+        self.sync_members = frozenset()
+        self._standbys = None
+
+    def candidates(self, state: GroupState) -> list[MemberInfo] | None:
+        """The members promotion chooses among (None: nobody may be promoted now)."""
+        live = [m for m in state.members.values() if m.healthy]
+        if self.config.sync_mode and state.sync is not None:
+            s = set(state.sync.members)
+            pool = [m for m in live if m.node in s]
+            if len(pool) < len(s) - state.sync.k + 1:
+                return None
+            return pool
+        return live
+
+    def _may_take_over(self, state: GroupState) -> bool:
+        pool = self.candidates(state)
+        if not pool:
+            return False
+        best = min(pool, key=lambda m: (-m.term, -m.offset, m.node))
+        return best.node == self.config.node
+
+    def _take_over(self, state: GroupState) -> None:
+        assert self.lease is not None
+        new_term = max(state.term, self.term) + 1
+        me = LeaderInfo(self.config.node, self.config.host, self.config.port, new_term)
+        term_cmp = (Compare.absent(self.keys.term) if state.term_raw is None
+                    else Compare.value_is(self.keys.term, state.term_raw))
+        ops: list[Put] = [Put(self.keys.leader, me.to_json(), self.lease),
+                          Put(self.keys.term, str(new_term).encode())]
+        sync_members: frozenset[str] = frozenset()
+        if self.config.sync_mode:
+            old = set(state.sync.members) if state.sync else set()
+            if state.sync is not None:
+                old.add(state.sync.leader)
+            old.discard(self.config.node)
+            sync_members = frozenset(old)
+            ops.append(Put(self.keys.sync, SyncInfo(new_term, self.config.node,
+                                                    self.config.sync_replicas,
+                                                    tuple(sorted(old))).to_json()))
+        res = self.client.txn([Compare.absent(self.keys.leader), term_cmp], ops)
+        if not res.succeeded:
+            return  # another node won; the next step follows it
+        self.term = new_term
+        self.sync_members = sync_members
+        self._standbys = None
+        self.following = None
+        self.deadline = self.lease_valid_until - self.config.safety_margin
+        try:
+            self.control.promote(new_term)
+        except StaleTermError as exc:
+            # Cannot happen with growing terms; never write under a term we do not hold.
+            self.last_error = str(exc)
+            self.client.delete(self.keys.leader)
+            return
+        self.role = PRIMARY
+        self.control.renew_lease(self.deadline)
+        if self.config.sync_mode:
+            standbys = sorted((m.host, m.port) for m in state.members.values()
+                              if m.node in sync_members)
+            self.control.set_sync_standbys(standbys)
+            self._standbys = standbys
+        log.warning("failover %s/%s: promoted to primary of term %d", self.config.group,
+                    self.config.node, new_term)
+
+    # -- status and the thread ---------------------------------------------------------------
+
+    def status(self) -> ElectionStatus:
+        if self.role == PRIMARY:
+            leader: str | None = self.config.node
+        elif self.following is not None:
+            leader = self.following[0]
+        else:
+            leader = None
+        left = self.deadline - self.clock() if self.role == PRIMARY else None
+        return ElectionStatus(self.role, self.term, leader, self.lease, left,
+                              self.last_error, tuple(sorted(self.sync_members)))
+
+    def start(self) -> None:
+        """Step every ``config.step_interval`` seconds on a thread until :meth:`close`."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"shaledb-failover-{self.config.node}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # recorded: the thread must not die silently
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("failover step failed")
+            self._stop.wait(self.config.step_interval)
+
+    def close(self, resign: bool = True) -> None:
+        """Stop stepping; with ``resign``, fence and revoke the lease so another node can
+        take over at once instead of after the TTL."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.client.timeout * 4 + self.config.ttl)
+            self._thread = None
+        with self._lock:
+            if self.role == PRIMARY:
+                self._lose("shutting down")
+            if resign and self.lease is not None:
+                try:
+                    self.client.lease_revoke(self.lease)
+                except EtcdError as exc:
+                    log.warning("failover: could not revoke the lease: %s", exc)
+                self.lease = None
