@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from conftest import pure_only
 from shaledb.errors import InvalidArgument
 from shaledb.server import ServerConfig
 
@@ -268,6 +269,7 @@ def ping_new_connection(port: int) -> bytes:
         return s.recv(64)
 
 
+@pure_only
 def test_an_unexpected_error_in_the_turns_commit_still_answers_every_client(
         server_factory: Any, monkeypatch: Any, caplog: Any) -> None:
     """Found by the encryption branch: the turn's commit caught only ShaleError, so any
