@@ -237,6 +237,9 @@ class Replication:
         self.last_io = 0.0
         #: A full resync is loading: commands answer -LOADING.
         self.loading = False
+        #: Bytes of the snapshot applied by the running (or last) full resync: past 0, this
+        #: node's own data is gone and a crash leaves nothing of either (INFO, tests).
+        self.sync_read_bytes = 0
         #: A newer term than this primary's was seen (a replica of a newer leader asked to
         #: sync): this node is a stale primary and takes no writes (0: not fenced).
         self.fenced_by = 0
@@ -935,6 +938,7 @@ class Replication:
         db.put(STATE_KEY, encode_state(STATUS_SYNCING, self.term, 0, "", 0), sync=True)
         self.master_replid, self.offset, self.data_term = "", 0, 0
         self.own_history = False
+        self.sync_read_bytes = 0
         self._wipe_sync()
         entries = 0
         while True:
@@ -948,6 +952,7 @@ class Replication:
                 if ops:
                     db.apply_replicated(ops, None)
                     entries += len(ops) // 4
+                self.sync_read_bytes += len(body)
                 await asyncio.sleep(0)  # other clients (answered -LOADING) get a turn
                 self._current(epoch)
             elif kind == FRAME_END:
@@ -1031,6 +1036,7 @@ class Replication:
                 ("master_last_io_seconds_ago",
                  int(now - self.last_io) if self.last_io else -1),
                 ("master_sync_in_progress", int(self.loading)),
+                ("master_sync_read_bytes", self.sync_read_bytes if self.loading else 0),
                 ("slave_read_repl_offset", self.offset),
                 ("slave_repl_offset", self.offset),
                 ("slave_priority", 100),
