@@ -14,6 +14,11 @@ import redis
 from tests.server._server_support import HOST, ServerThread, wait_until
 
 from shaledb.server import ServerConfig
+from shaledb.server.cluster.election import PRIMARY, REPLICA
+from shaledb.server.cluster.etcd import EtcdClient
+from shaledb.server.cluster.group import read_group
+
+from .test_election import Group
 
 
 @pytest.fixture
@@ -64,3 +69,44 @@ def test_a_forged_term_in_psync_does_not_leave_the_group_without_a_writable_prim
             f"{r.info('failover')}, fenced_by={r.info('replication')['shaledb_fenced_by_term']}")
         time.sleep(0.2)
     r.close()
+
+
+@pytest.mark.xfail(strict=True, reason="review15: promotion compares the positions members "
+                   "published at their last step, not their positions now: a sync standby "
+                   "that acknowledged the last writes but has not stepped since loses to "
+                   "one that lacks them (acknowledged writes lost)")
+def test_sync_mode_promotion_does_not_use_a_stale_published_position(
+        etcd_url: str, group: str, etcd: EtcdClient) -> None:
+    """Timeline with the defaults (TTL 10 s, margin 2 s, step every (10 - 2) / 3 = 2.67 s):
+    the primary is cut off from etcd but not from its replicas (or its election thread is
+    stuck in a slow etcd call) and keeps acknowledging writes until ``sent + TTL - 2 s``;
+    etcd drops its key at ``sent + TTL``. Standby c acknowledged the last writes, but its
+    member key still holds the offset of its last step, up to 2.67 s old -- longer than
+    the 2 s between the last acknowledgement and the leader key's expiry. Standby b steps
+    first, sees both standbys live (|S| - K + 1 = 2) and compares its own fresh offset with
+    c's stale one. Here the lease is revoked at once instead of expiring: the same order of
+    events, without waiting."""
+    g = Group(etcd_url, group, ttl=4, safety_margin=1.0, sync_mode=True, sync_replicas=1)
+    try:
+        g.add("a")
+        g.add("b", offset=10)
+        g.add("c", offset=10)
+        g.step("a")
+        g.step("b", "c")
+        g.step("a")  # S = {b, c}, K = 1
+        st = read_group(etcd, group)
+        assert st.sync is not None and st.sync.members == ("b", "c")
+        # The primary goes on: b gets up to 15; c acknowledges a write at 20 (b does not
+        # hold it), then the leader key goes before c's next step.
+        g.ctl("b").offset = 15
+        g.ctl("c").offset = 20
+        g.step("b")
+        g.kill("a")
+        g.step("b")
+        # c, live and in S, holds an acknowledged write b lacks: b must not win yet.
+        assert g.nodes["b"].role == REPLICA, "b promoted over c's acknowledged write"
+        g.step("c")
+        g.step("b", "c")
+        assert g.nodes["c"].role == PRIMARY
+    finally:
+        g.close()
