@@ -110,3 +110,47 @@ def test_sync_mode_promotion_does_not_use_a_stale_published_position(
         assert g.nodes["c"].role == PRIMARY
     finally:
         g.close()
+
+
+def _cmd(*args: object) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = str(a).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+def _info_repl(c: redis.Redis) -> dict[str, Any]:
+    return c.info("replication")
+
+
+@pytest.mark.xfail(strict=True, reason="review15: sync-mode acknowledgements are attributed "
+                   "by the address a replica announces (REPLCONF ip-address / "
+                   "listening-port), not by who it is: any @admin client announcing a "
+                   "standby's address counts as that standby, twice if the standby is "
+                   "connected too")
+def test_a_client_announcing_a_standbys_address_does_not_count_as_that_standby(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    n1 = servers(etcd=etcd_url, group=group, node_name="n1", failover_ttl=3,
+                 failover_safety_margin=1.0, sync_replicas=1, sync_replicas_timeout=2.0)
+    r1 = n1.client()
+    wait_until(lambda: r1.info("failover")["failover_role"] == "primary", 15, "n1 elected")
+    n2 = servers(etcd=etcd_url, group=group, node_name="n2", failover_ttl=3,
+                 failover_safety_margin=1.0, sync_replicas=1)
+    wait_until(lambda: r1.info("all")["failover_sync_members"] == "n2", 30, "n2 in S")
+    wait_until(lambda: _info_repl(r1)["shaledb_good_replicas"] == 1, 15, "n2 acknowledging")
+    # An impostor: announces n2's address, takes the stream and acknowledges what it got.
+    term = r1.info("failover")["failover_term"]
+    sock = socket.create_connection((HOST, n1.port))
+    sock.sendall(_cmd("REPLCONF", "listening-port", n2.port, "ip-address", HOST))
+    assert sock.recv(100).startswith(b"+OK")
+    sock.sendall(_cmd("SHALEDB.PSYNC", "?", -1, term, 1))
+    time.sleep(0.5)
+    sock.sendall(_cmd("REPLCONF", "ACK", _info_repl(r1)["master_repl_offset"]))
+    time.sleep(0.5)
+    try:
+        # One standby in S: at most one good replica may count for sync-replicas.
+        assert _info_repl(r1)["shaledb_good_replicas"] <= 1, _info_repl(r1)
+    finally:
+        sock.close()
+        r1.close()
