@@ -49,8 +49,11 @@ def test_an_ack_past_what_was_sent_does_not_acknowledge_later_writes(
         # The fake replica never reads: it holds nothing of this write.
         with pytest.raises(redis.ResponseError, match="only 0 of the 1 replicas"):
             pc.set("k", "v")
-        assert pc.execute_command("WAIT", 1, 50) == 0
-        assert _info(pc)["slave0"]["offset"] <= _info(pc)["master_repl_offset"]
+        pc.close()  # the server closes a connection whose write timed out
+        c = p.client()
+        assert c.execute_command("WAIT", 1, 50) == 0
+        assert _info(c)["slave0"]["offset"] <= _info(c)["master_repl_offset"]
+        c.close()
     finally:
         s.close()
 
@@ -85,7 +88,8 @@ def test_a_read_on_a_sync_primary_does_not_see_an_unacknowledged_write(
 
         t = threading.Thread(target=write)
         t.start()
-        time.sleep(0.5)  # the SET is applied and waits for an ACK that never comes
+        # The SET is applied and waits for an ACK that never comes.
+        wait_until(lambda: _info(pc)["shaledb_repl_waiters"] >= 1, 5, "the SET to wait")
         seen = pc.get("x")
         t.join(10)
         assert isinstance(outcome[0], redis.ResponseError)  # never acknowledged
