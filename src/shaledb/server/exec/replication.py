@@ -559,6 +559,9 @@ class Replication:
         feed = self.feeds.get(client_id)
         if feed is None:
             return
+        # Never more than was sent on this link: a forged or confused ACK must not count
+        # the replica as holding writes it was never given (WAIT, sync-replicas).
+        offset = min(offset, feed.sent)
         if offset > feed.ack:
             feed.ack = offset
         feed.ack_time = time.monotonic()

@@ -1,0 +1,156 @@
+"""Review of issue 15 (failover): attacks on a real `--etcd` server over loopback. Tests
+marked ``xfail(strict=True)`` prove a defect not fixed yet (they fail without it)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from tests.server._server_support import HOST, ServerThread, wait_until
+
+from shaledb.server import ServerConfig
+from shaledb.server.cluster.election import PRIMARY, REPLICA
+from shaledb.server.cluster.etcd import EtcdClient
+from shaledb.server.cluster.group import read_group
+
+from .test_election import Group
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
+    started: list[ServerThread] = []
+
+    def start(**settings: Any) -> ServerThread:
+        settings.setdefault("port", 0)
+        settings.setdefault("host", HOST)
+        settings.setdefault("dir", str(tmp_path / f"db{len(started)}"))
+        st = ServerThread(ServerConfig(**settings))
+        started.append(st)
+        return st
+
+    yield start
+    for st in started:
+        st.stop()
+
+
+def _set_ok(client: redis.Redis, key: str, value: str) -> bool:
+    try:
+        return bool(client.set(key, value))
+    except redis.ReadOnlyError:
+        return False
+
+
+@pytest.mark.xfail(strict=True, reason="review15: one SHALEDB.PSYNC with a made-up term "
+                   "fences the elected primary forever: it keeps the etcd lease and the "
+                   "leader key but refuses every write, and nothing re-elects")
+def test_a_forged_term_in_psync_does_not_leave_the_group_without_a_writable_primary(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    s = servers(etcd=etcd_url, group=group, node_name="n1", failover_ttl=3,
+                failover_safety_margin=1.0)
+    r = s.client()
+    wait_until(lambda: _set_ok(r, "k", "v"), 15, "a write to be accepted")
+    # A client (any user with @admin) claims a term no leader ever had.
+    sock = socket.create_connection((HOST, s.port))
+    sock.sendall(b"*5\r\n$13\r\nSHALEDB.PSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n$6\r\n999999\r\n"
+                 b"$1\r\n1\r\n")
+    assert b"STALETERM" in sock.recv(4096)
+    sock.close()
+    assert r.info("failover")["failover_term"] == 1  # etcd's term: no newer leader exists
+    # Several lease renewals later, the group must have a writable primary again.
+    deadline = time.monotonic() + 10
+    while not _set_ok(r, "k2", "v"):
+        assert time.monotonic() < deadline, (
+            "no writable primary 10 s after a forged term: "
+            f"{r.info('failover')}, fenced_by={r.info('replication')['shaledb_fenced_by_term']}")
+        time.sleep(0.2)
+    r.close()
+
+
+@pytest.mark.xfail(strict=True, reason="review15: promotion compares the positions members "
+                   "published at their last step, not their positions now: a sync standby "
+                   "that acknowledged the last writes but has not stepped since loses to "
+                   "one that lacks them (acknowledged writes lost)")
+def test_sync_mode_promotion_does_not_use_a_stale_published_position(
+        etcd_url: str, group: str, etcd: EtcdClient) -> None:
+    """Timeline with the defaults (TTL 10 s, margin 2 s, step every (10 - 2) / 3 = 2.67 s):
+    the primary is cut off from etcd but not from its replicas (or its election thread is
+    stuck in a slow etcd call) and keeps acknowledging writes until ``sent + TTL - 2 s``;
+    etcd drops its key at ``sent + TTL``. Standby c acknowledged the last writes, but its
+    member key still holds the offset of its last step, up to 2.67 s old -- longer than
+    the 2 s between the last acknowledgement and the leader key's expiry. Standby b steps
+    first, sees both standbys live (|S| - K + 1 = 2) and compares its own fresh offset with
+    c's stale one. Here the lease is revoked at once instead of expiring: the same order of
+    events, without waiting."""
+    g = Group(etcd_url, group, ttl=4, safety_margin=1.0, sync_mode=True, sync_replicas=1)
+    try:
+        g.add("a")
+        g.add("b", offset=10)
+        g.add("c", offset=10)
+        g.step("a")
+        g.step("b", "c")
+        g.step("a")  # S = {b, c}, K = 1
+        st = read_group(etcd, group)
+        assert st.sync is not None and st.sync.members == ("b", "c")
+        # The primary goes on: b gets up to 15; c acknowledges a write at 20 (b does not
+        # hold it), then the leader key goes before c's next step.
+        g.ctl("b").offset = 15
+        g.ctl("c").offset = 20
+        g.step("b")
+        g.kill("a")
+        g.step("b")
+        # c, live and in S, holds an acknowledged write b lacks: b must not win yet.
+        assert g.nodes["b"].role == REPLICA, "b promoted over c's acknowledged write"
+        g.step("c")
+        g.step("b", "c")
+        assert g.nodes["c"].role == PRIMARY
+    finally:
+        g.close()
+
+
+def _cmd(*args: object) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = str(a).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+def _info_repl(c: redis.Redis) -> dict[str, Any]:
+    return c.info("replication")
+
+
+@pytest.mark.xfail(strict=True, reason="review15: sync-mode acknowledgements are attributed "
+                   "by the address a replica announces (REPLCONF ip-address / "
+                   "listening-port), not by who it is: any @admin client announcing a "
+                   "standby's address counts as that standby, twice if the standby is "
+                   "connected too")
+def test_a_client_announcing_a_standbys_address_does_not_count_as_that_standby(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    n1 = servers(etcd=etcd_url, group=group, node_name="n1", failover_ttl=3,
+                 failover_safety_margin=1.0, sync_replicas=1, sync_replicas_timeout=2.0)
+    r1 = n1.client()
+    wait_until(lambda: r1.info("failover")["failover_role"] == "primary", 15, "n1 elected")
+    n2 = servers(etcd=etcd_url, group=group, node_name="n2", failover_ttl=3,
+                 failover_safety_margin=1.0, sync_replicas=1)
+    wait_until(lambda: r1.info("all")["failover_sync_members"] == "n2", 30, "n2 in S")
+    wait_until(lambda: _info_repl(r1)["shaledb_good_replicas"] == 1, 15, "n2 acknowledging")
+    # An impostor: announces n2's address, takes the stream and acknowledges what it got.
+    term = r1.info("failover")["failover_term"]
+    sock = socket.create_connection((HOST, n1.port))
+    sock.sendall(_cmd("REPLCONF", "listening-port", n2.port, "ip-address", HOST))
+    assert sock.recv(100).startswith(b"+OK")
+    sock.sendall(_cmd("SHALEDB.PSYNC", "?", -1, term, 1))
+    time.sleep(0.5)
+    sock.sendall(_cmd("REPLCONF", "ACK", _info_repl(r1)["master_repl_offset"]))
+    time.sleep(0.5)
+    try:
+        # One standby in S: at most one good replica may count for sync-replicas.
+        assert _info_repl(r1)["shaledb_good_replicas"] <= 1, _info_repl(r1)
+    finally:
+        sock.close()
+        r1.close()
