@@ -85,6 +85,9 @@ geosearch Sicily fromlonlat 0 0 byradius inf m withdist
 geosearch Sicily fromlonlat 0 0 bybox inf inf m withdist
 geosearch Sicily fromlonlat 0 0 bybox inf 1 km withdist
 geosearch Sicily fromlonlat 0 0 byradius 1e400 m
+geosearch Sicily fromlonlat 15 37 bybox 1e300 1e300 km withdist
+geosearch Sicily fromlonlat 15 37 bybox 1e200 1 km
+geosearch Sicily fromlonlat 15 37 bybox 1 1e308 m withdist
 geosearch Sicily fromlonlat 0 0 byradius 0 m
 geosearch Sicily frommember Palermo bybox 0 0 m withdist
 GeoSearch Sicily FROMLONLAT 15 37 ASC WITHDIST

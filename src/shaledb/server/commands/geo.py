@@ -264,7 +264,10 @@ class Shape:
         (geohashCalculateAreasByShapeWGS84)."""
         min_lon, min_lat, max_lon, max_lat = self.bounds()
         if self.box:
-            r = math.sqrt((self.width / 2) ** 2 + (self.height / 2) ** 2)
+            # Products, not `** 2`: a huge box overflows to inf as in C's pow, where
+            # float.__pow__ raises OverflowError.
+            half_w, half_h = self.width / 2, self.height / 2
+            r = math.sqrt(half_w * half_w + half_h * half_h)
         else:
             r = self.radius
         steps = estimate_steps(r * self.conversion, self.lat)
