@@ -529,7 +529,17 @@ class Replication:
             raise CommandError("this node is a replica; replicate its primary "
                                f"({self.master_host}:{self.master_port}) instead")
         if term > self.term:
-            if term > self.fenced_by:
+            if self.host.config.etcd is not None:
+                # Under --etcd the term authority is etcd and the lease is the fence: a term
+                # a connection claims proves nothing (any @admin client can send one), so
+                # it must not fence the elected primary. Its election re-reads etcd at
+                # every step and steps down itself if a newer leader really exists.
+                log.warning("a replica claiming term %d asked to sync from this primary "
+                            "(term %d): refused; etcd decides who leads", term, self.term)
+            elif term > self.fenced_by:
+                # Without etcd the operator's SHALEDB.ROLE is the term authority, and this
+                # is the only guard against two primaries: fence, until SHALEDB.ROLE
+                # PRIMARY with a term >= this one (or REPLICA) lifts it.
                 self.fenced_by = term
                 ks = self.host.keyspace
                 ks.settle()
@@ -538,6 +548,10 @@ class Replication:
                             "a newer leader exists; this node refuses writes until it is "
                             "made a replica (SHALEDB.ROLE REPLICA) or a primary of a newer "
                             "term", term, self.term)
+            if self.host.config.etcd is not None:
+                raise CommandError(f"the replica's term {term} is newer than this primary's "
+                                   f"({self.term}): refused; replicate the primary named by "
+                                   "the group's leader key in etcd", prefix="STALETERM")
             raise CommandError(f"the replica's term {term} is newer than this primary's "
                                f"({self.term}): this node is a stale primary and must not "
                                "lead", prefix="STALETERM")
