@@ -124,11 +124,6 @@ def _info_repl(c: redis.Redis) -> dict[str, Any]:
     return c.info("replication")
 
 
-@pytest.mark.xfail(strict=True, reason="review15: sync-mode acknowledgements are attributed "
-                   "by the address a replica announces (REPLCONF ip-address / "
-                   "listening-port), not by who it is: any @admin client announcing a "
-                   "standby's address counts as that standby, twice if the standby is "
-                   "connected too")
 def test_a_client_announcing_a_standbys_address_does_not_count_as_that_standby(
         servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
     n1 = servers(etcd=etcd_url, group=group, node_name="n1", failover_ttl=3,
@@ -151,6 +146,24 @@ def test_a_client_announcing_a_standbys_address_does_not_count_as_that_standby(
     try:
         # One standby in S: at most one good replica may count for sync-replicas.
         assert _info_repl(r1)["shaledb_good_replicas"] <= 1, _info_repl(r1)
+        # An impostor that also claims n2's node name replaces n2's link (one link per
+        # node): n2 still counts once, never twice.
+        imp2 = socket.create_connection((HOST, n1.port))
+        try:
+            imp2.sendall(_cmd("REPLCONF", "listening-port", n2.port, "ip-address", HOST,
+                              "node-name", "n2"))
+            assert imp2.recv(100).startswith(b"+OK")
+            imp2.sendall(_cmd("SHALEDB.PSYNC", "?", -1, term, 1))
+            time.sleep(0.5)
+            imp2.sendall(_cmd("REPLCONF", "ACK", _info_repl(r1)["master_repl_offset"]))
+            for _ in range(10):
+                assert _info_repl(r1)["shaledb_good_replicas"] <= 1, _info_repl(r1)
+                time.sleep(0.1)
+        finally:
+            imp2.close()
+        # n2 reconnects (replacing the closed impostor) and acknowledges again.
+        wait_until(lambda: _set_ok(r1, "after", "1"), 20, "n2 to acknowledge again")
+        assert _info_repl(r1)["shaledb_good_replicas"] == 1
     finally:
         sock.close()
         r1.close()

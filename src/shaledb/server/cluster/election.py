@@ -153,7 +153,7 @@ class Election:
         #: (node, term) of the leader this node replicates from.
         self.following: tuple[str, int] | None = None
         self.sync_members: frozenset[str] = frozenset()
-        self._standbys: list[tuple[str, int]] | None = None
+        self._standbys: list[str] | None = None
         self.last_error: str | None = None
         self.last_state: GroupState | None = None
         self._lock = threading.Lock()
@@ -277,8 +277,7 @@ class Election:
                 self._lose("lost the leader key while publishing the sync set")
                 return
             self.sync_members = frozenset(new)
-        standbys = sorted((m.host, m.port) for m in state.members.values()
-                          if m.node in self.sync_members)
+        standbys = sorted(self.sync_members)
         if standbys != self._standbys:
             self.control.set_sync_standbys(standbys)
             self._standbys = standbys
@@ -358,8 +357,7 @@ class Election:
         self.role = PRIMARY
         self.control.renew_lease(self.deadline)
         if self.config.sync_mode:
-            standbys = sorted((m.host, m.port) for m in state.members.values()
-                              if m.node in sync_members)
+            standbys = sorted(sync_members)
             self.control.set_sync_standbys(standbys)
             self._standbys = standbys
         log.warning("failover %s/%s: promoted to primary of term %d", self.config.group,

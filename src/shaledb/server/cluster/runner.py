@@ -38,7 +38,7 @@ class ReplicationControl(Protocol):
     """What the adapter drives of the server's replication (``exec/replication.py``)."""
 
     lease_deadline: float | None
-    sync_standbys: frozenset[tuple[str, int]] | None
+    sync_standbys: frozenset[str] | None
 
     def become_primary(self, term: int | None) -> None: ...
     def become_replica(self, host: str, port: int, term: int | None) -> None: ...
@@ -62,7 +62,7 @@ class ServerNodeControl:
         self.role = "replica"
         self.term = 0
         self.primary: tuple[str, int] | None = None
-        self.standbys: list[tuple[str, int]] = []
+        self.standbys: list[str] = []
 
     @property
     def deadline(self) -> float:
@@ -120,7 +120,7 @@ class ServerNodeControl:
             self.role, self.term, self.primary = "replica", term, (host, port)
         log.warning("failover: replicating from %s:%d (term %d)", host, port, term)
 
-    def set_sync_standbys(self, standbys: list[tuple[str, int]]) -> None:
+    def set_sync_standbys(self, standbys: list[str]) -> None:
         with self._lock:
             self.standbys = list(standbys)
             # One reference store, read on the event loop by the sync-replicas barrier.
