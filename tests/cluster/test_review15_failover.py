@@ -4,6 +4,8 @@ marked ``xfail(strict=True)`` prove a defect not fixed yet (they fail without it
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,10 +73,6 @@ def test_a_forged_term_in_psync_does_not_leave_the_group_without_a_writable_prim
     r.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review15: promotion compares the positions members "
-                   "published at their last step, not their positions now: a sync standby "
-                   "that acknowledged the last writes but has not stepped since loses to "
-                   "one that lacks them (acknowledged writes lost)")
 def test_sync_mode_promotion_does_not_use_a_stale_published_position(
         etcd_url: str, group: str, etcd: EtcdClient) -> None:
     """Timeline with the defaults (TTL 10 s, margin 2 s, step every (10 - 2) / 3 = 2.67 s):
@@ -167,3 +165,75 @@ def test_a_client_announcing_a_standbys_address_does_not_count_as_that_standby(
     finally:
         sock.close()
         r1.close()
+
+
+def _offset(c: redis.Redis) -> int:
+    return int(_info_repl(c).get("slave_repl_offset", -1))
+
+
+def test_a_standby_without_the_last_acknowledged_write_is_not_promoted_end_to_end(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    """Three servers and etcd, sync mode, K = 1. n3's member key keeps the position of its
+    last step (the test seam ``hold_published_position``: its next step has not come yet)
+    while it acknowledges a write n2 never receives (n2's replication user is switched
+    off). The primary goes. n2's own position is then at least n3's published one, and n2
+    is first by name: before the fix n2 was promoted and n3, the only holder of the
+    acknowledged write, resynced from it -- the write lost. Now the takeover waits for
+    n3's position read after the leader key went, and n3, which holds the write, wins."""
+    common: dict[str, Any] = dict(etcd=etcd_url, group=group, failover_ttl=4,
+                                  failover_safety_margin=1.0, sync_replicas=1,
+                                  sync_replicas_timeout=5.0)
+    n1 = servers(node_name="n1", **common)
+    r1 = n1.client()
+    wait_until(lambda: r1.info("failover")["failover_role"] == "primary", 15, "n1 elected")
+    r1.execute_command("ACL", "SETUSER", "repl2", "on", ">pw2", "~*", "&*", "+@all")
+    n2 = servers(node_name="n2", masteruser="repl2", masterauth="pw2", **common)
+    n3 = servers(node_name="n3", **common)
+    r2, r3 = n2.client(), n3.client()
+    wait_until(lambda: r1.info("failover")["failover_sync_members"] == ["n2", "n3"], 30,
+               "n2 and n3 in the sync set")
+
+    def acknowledged(key: str) -> bool:
+        try:
+            return bool(r1.set(key, "1"))
+        except redis.ResponseError as exc:
+            assert "NOREPLICAS" in str(exc)
+            return False
+
+    wait_until(lambda: acknowledged("w1"), 30, "a write acknowledged")
+    top = _info_repl(r1)["master_repl_offset"]
+    wait_until(lambda: _offset(r2) == top and _offset(r3) == top, 15,
+               "both standbys to hold w1")
+    # From here n3's member key keeps what it published last (at most w1's position).
+    assert n3.server is not None and n3.server.failover is not None
+    n3.server.failover.election.hold_published_position(True)
+    # n2 is cut off: its replication user is switched off and its link closed.
+    r1.execute_command("ACL", "SETUSER", "repl2", "off")
+    r1.execute_command("CLIENT", "KILL", "USER", "repl2")
+    wait_until(lambda: _info_repl(r2)["master_link_status"] == "down", 15, "n2's link down")
+    assert r1.set("w2", "acknowledged by n3 only")  # K = 1: n3 acknowledged it
+    assert r3.get("w2") == b"acknowledged by n3 only" and r2.get("w2") is None
+    r1.close()
+    n1.stop()  # resigns: fenced, then the lease (and the leader key) revoked at once
+    # n3 has not published a position read after the leader key went: nobody may win.
+    until = time.monotonic() + 4 * 1.5  # past the TTL, after which fresh positions suffice
+    while time.monotonic() < until:
+        for name, c in (("n2", r2), ("n3", r3)):
+            assert c.info("failover")["failover_role"] == "replica", (
+                f"{name} promoted without n3's fresh position")
+        time.sleep(0.2)
+    blocked = r2.info("failover")["failover_promotion_blocked"]
+    assert "waiting for n3" in blocked, blocked
+    # ... and so does `shaledb cluster status`, from etcd alone.
+    out = subprocess.run([sys.executable, "-m", "shaledb.cli", "cluster", "status", "--etcd",
+                          etcd_url, "--group", group], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "NONE (no leader key)" in out and "promotion blocked: waiting for n3" in out, out
+    # n3's next step publishes its fresh position: it holds w2 and takes over.
+    n3.server.failover.election.hold_published_position(False)
+    wait_until(lambda: r3.info("failover")["failover_role"] == "primary", 20, "n3 elected")
+    assert r3.get("w2") == b"acknowledged by n3 only"
+    wait_until(lambda: r2.info("failover")["failover_leader"] == "n3", 15, "n2 to follow n3")
+    assert r2.info("failover")["failover_promotion_blocked"] == ""
+    r2.close()
+    r3.close()
