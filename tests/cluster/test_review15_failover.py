@@ -237,3 +237,85 @@ def test_a_standby_without_the_last_acknowledged_write_is_not_promoted_end_to_en
     assert r2.info("failover")["failover_promotion_blocked"] == ""
     r2.close()
     r3.close()
+
+
+def test_a_dead_sync_standby_leaves_the_set_once_the_others_hold_every_write(
+        etcd_url: str, group: str, etcd: EtcdClient) -> None:
+    """S = {b, c}, K = 1. c dies while a leads: with S kept whole, a's death later needs
+    |S| - K + 1 = 2 live members of S, and b alone could never take over although it holds
+    every write a acknowledged after c died. a drops c from S, but only once b (K of the
+    rest) acknowledged every write made before a stopped counting c; until then S stays
+    whole and a failover is refused, saying why."""
+    g = Group(etcd_url, group, ttl=4, safety_margin=1.0, sync_mode=True, sync_replicas=1)
+    try:
+        g.add("a")
+        g.add("b", offset=10)
+        g.add("c", offset=10)
+        g.step("a")
+        g.step("b", "c")
+        g.step("a")
+        assert read_group(etcd, group).sync.members == ("b", "c")  # type: ignore[union-attr]
+        g.kill("c")
+        g.step("a")  # c is gone but b has not acknowledged everything: S stays whole
+        st = read_group(etcd, group)
+        assert st.sync is not None and st.sync.members == ("b", "c")
+        assert g.ctl("a").calls[-1] == ("narrow_sync_standbys", ("b",))
+        assert g.ctl("a").standbys == ["b"]  # c's acknowledgements no longer count
+        g.ctl("a").caught_up = {"b"}
+        g.step("a")
+        st = read_group(etcd, group)
+        assert st.sync is not None and st.sync.members == ("b",)
+        assert g.nodes["a"].sync_members == {"b"}
+        g.kill("a")
+        g.step("b")
+        assert g.nodes["b"].role == PRIMARY
+    finally:
+        g.close()
+
+
+def test_no_promotion_when_no_live_member_provably_holds_every_acknowledged_write(
+        etcd_url: str, group: str, etcd: EtcdClient) -> None:
+    g = Group(etcd_url, group, ttl=4, safety_margin=1.0, sync_mode=True, sync_replicas=1)
+    try:
+        g.add("a")
+        g.add("b", offset=10)
+        g.add("c", offset=10)
+        g.step("a")
+        g.step("b", "c")
+        g.step("a")
+        g.kill("a")
+        g.kill("c")  # the primary and a standby at once: b may lack what c acknowledged
+        g.step("b")
+        g.step("b")
+        assert g.nodes["b"].role == REPLICA
+        why = g.nodes["b"].status().promotion_blocked
+        assert why is not None and "1 of the 2 members of the sync set" in why, why
+    finally:
+        g.close()
+
+
+def test_the_group_fails_over_after_a_sync_standby_died_end_to_end(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    """Three servers, sync mode, K = 1: a standby stops, then the primary. The survivor
+    holds every acknowledged write (it was the only standby counting since), so it must
+    take over instead of waiting for the dead standby forever."""
+    common: dict[str, Any] = dict(etcd=etcd_url, group=group, failover_ttl=4,
+                                  failover_safety_margin=1.0, sync_replicas=1,
+                                  sync_replicas_timeout=5.0)
+    n1 = servers(node_name="n1", **common)
+    r1 = n1.client()
+    wait_until(lambda: r1.info("failover")["failover_role"] == "primary", 15, "n1 elected")
+    n2 = servers(node_name="n2", **common)
+    n3 = servers(node_name="n3", **common)
+    r2 = n2.client()
+    wait_until(lambda: r1.info("failover")["failover_sync_members"] == ["n2", "n3"], 30,
+               "n2 and n3 in the sync set")
+    n3.stop()  # resigns: its member key goes at once
+    wait_until(lambda: r1.info("failover")["failover_sync_members"] == "n2", 30,
+               "n3 dropped from the sync set")
+    assert r1.set("after", "acknowledged by n2")
+    r1.close()
+    n1.stop()
+    wait_until(lambda: r2.info("failover")["failover_role"] == "primary", 20, "n2 elected")
+    assert r2.get("after") == b"acknowledged by n2"
+    r2.close()

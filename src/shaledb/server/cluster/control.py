@@ -48,6 +48,12 @@ class NodeControl(Protocol):
         announced itself in its replication handshake, one link per name) may count towards
         the K a write waits for (the election published them in etcd first)."""
 
+    def narrow_sync_standbys(self, standbys: list[str]) -> int:
+        """Sync mode, before members leave the sync set: from now on only these standbys'
+        acknowledgements count (as :meth:`set_sync_standbys`); returns how many of them
+        have durably acknowledged every write made before the first call that narrowed
+        to this set (every write acknowledged before counted the old set)."""
+
     def replication_offset(self) -> int:
         """How far this node's copy of the replication stream goes."""
 
@@ -72,6 +78,8 @@ class MemoryNodeControl:
     deadline: float = 0.0
     primary: tuple[str, int] | None = None
     standbys: list[str] = dataclasses.field(default_factory=list)
+    #: The standbys that hold every write so far (what narrow_sync_standbys counts).
+    caught_up: set[str] = dataclasses.field(default_factory=set)
     calls: list[tuple[object, ...]] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -105,6 +113,12 @@ class MemoryNodeControl:
         with self.lock:
             self.calls.append(("set_sync_standbys", tuple(standbys)))
             self.standbys = list(standbys)
+
+    def narrow_sync_standbys(self, standbys: list[str]) -> int:
+        with self.lock:
+            self.calls.append(("narrow_sync_standbys", tuple(standbys)))
+            self.standbys = list(standbys)
+            return len(self.caught_up & set(standbys))
 
     def replication_offset(self) -> int:
         return self.offset

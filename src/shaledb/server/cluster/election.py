@@ -366,22 +366,49 @@ class Election:
             # Never shrink the published set within a term (after a fence and re-promotion
             # our memory of it was cleared).
             new |= set(state.sync.members)
+        counted = self.sync_members
         if new != self.sync_members:
             # Published before the new members' acknowledgements may count.
-            info = SyncInfo(leader.term, self.config.node, self.config.sync_replicas,
-                            tuple(sorted(new)))
-            res = self.client.txn([Compare.value_is(self.keys.leader, leader.to_json()),
-                                   Compare(self.keys.leader, "LEASE", "EQUAL",
-                                           self.lease or 0)],
-                                  [Put(self.keys.sync, info.to_json())])
-            if not res.succeeded:
-                self._lose("lost the leader key while publishing the sync set")
+            if not self._publish_sync(leader, new):
                 return
             self.sync_members = frozenset(new)
-        standbys = sorted(self.sync_members)
+            counted = self.sync_members
+        else:
+            # Shrink: drop the members that are gone (no member key) once the rest still
+            # hold every acknowledged write on K of them -- otherwise a dead standby would
+            # block every later failover (|S| - K + 1 live members of S needed).
+            dead = frozenset(n for n in self.sync_members if n not in state.members)
+            keep = self.sync_members - dead
+            if dead and len(keep) >= self.config.sync_replicas:
+                # First locally: from now on only ``keep``'s acknowledgements count, so a
+                # write acknowledged later is on K of ``keep``; the answer says whether K of
+                # them durably hold every write before. Only then is the smaller set
+                # published (etcd's set stays a superset of the truth meanwhile).
+                counted = keep
+                self._standbys = sorted(keep)
+                held = self.control.narrow_sync_standbys(sorted(keep))
+                if held >= self.config.sync_replicas:
+                    if not self._publish_sync(leader, keep):
+                        return
+                    log.warning("failover %s/%s: sync set without %s (gone): %s",
+                                self.config.group, self.config.node, " ".join(sorted(dead)),
+                                " ".join(sorted(keep)) or "(empty)")
+                    self.sync_members = keep
+        standbys = sorted(counted)
         if standbys != self._standbys:
             self.control.set_sync_standbys(standbys)
             self._standbys = standbys
+
+    def _publish_sync(self, leader: LeaderInfo, members: set[str] | frozenset[str]) -> bool:
+        """Write the ``sync`` key while our leader key stands (False: lost it, fenced)."""
+        info = SyncInfo(leader.term, self.config.node, self.config.sync_replicas,
+                        tuple(sorted(members)))
+        res = self.client.txn([Compare.value_is(self.keys.leader, leader.to_json()),
+                               Compare(self.keys.leader, "LEASE", "EQUAL", self.lease or 0)],
+                              [Put(self.keys.sync, info.to_json())])
+        if not res.succeeded:
+            self._lose("lost the leader key while publishing the sync set")
+        return res.succeeded
 
     def _follow(self, leader: LeaderInfo) -> None:
         if self.following == (leader.node, leader.term):

@@ -606,6 +606,10 @@ class Replication:
         """How many replicas acknowledged every write so far."""
         return self._count_acked(self.host.db.last_sequence)
 
+    def standbys_acked(self, target: int) -> int:
+        """How many sync standbys acknowledged every write up to ``target`` (the loop)."""
+        return self._count_acked(target, standbys_only=True)
+
     def _count_acked(self, target: int, standbys_only: bool = False) -> int:
         return sum(1 for f in self.feeds.values()
                    if f.ack >= target and self._counts(f, standbys_only))
