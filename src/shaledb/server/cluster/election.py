@@ -31,8 +31,10 @@ Invariants:
 - **Promotion (async mode)**: only the member with the highest position (term of its newest
   record, then offset; ties: the smallest name) among the live members.
 - **Promotion (sync mode)**: let ``S`` and ``K`` be the last ``sync`` key. The leader
-  acknowledges a write only after K members of S hold it durably, and S only grows during a
-  term (a member is added to the key before its acknowledgements count). So any
+  acknowledges a write only after K members of S hold it durably; a member is added to the
+  key before its acknowledgements count, and removed (it has no member key any more) only
+  after the leader stopped counting it and K of the rest acknowledged every write up to
+  the last sequence at that moment (:meth:`NodeControl.narrow_sync_standbys`). So any
   ``|S| - K + 1`` members of S include one that holds every acknowledged write. A node may
   be promoted only if it is in S, at least ``|S| - K + 1`` members of S are live (their
   member keys exist), and it has the highest *fresh* position among them. A new leader
