@@ -502,9 +502,10 @@ class Replication:
     def _counts(self, feed: ReplicaFeed, standbys_only: bool) -> bool:
         standbys = self.sync_standbys
         # A sync standby is who the link announced in its handshake (start_feed keeps one
-        # link per node name), never the address it claims: any client can claim one.
+        # link per node name), never the address it claims: any client can claim one; and
+        # only a link that is streaming (its snapshot sent) counts.
         return not standbys_only or standbys is None or (
-            feed.node is not None and feed.node in standbys)
+            feed.node is not None and feed.node in standbys and feed.state == "online")
 
     def good_replicas(self) -> int:
         """Replicas that acknowledged within MAX_LAG (with failover in sync mode: of the
