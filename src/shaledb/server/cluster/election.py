@@ -365,8 +365,8 @@ class Election:
         new = self.sync_members | followers
         if state.sync is not None and state.sync.term == leader.term \
                 and state.sync.leader == self.config.node:
-            # Never shrink the published set within a term (after a fence and re-promotion
-            # our memory of it was cleared).
+            # Keep what etcd holds (after a fence and re-promotion our memory of it was
+            # cleared): the set shrinks only through the guarded step below.
             new |= set(state.sync.members)
         counted = self.sync_members
         if new != self.sync_members:
