@@ -319,3 +319,51 @@ def test_the_group_fails_over_after_a_sync_standby_died_end_to_end(
     wait_until(lambda: r2.info("failover")["failover_role"] == "primary", 20, "n2 elected")
     assert r2.get("after") == b"acknowledged by n2"
     r2.close()
+
+
+def test_no_write_is_acknowledged_after_the_primarys_lease_deadline(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    """Promotion trusts that nothing is acknowledged after the old primary's write deadline
+    (positions read after the leader key went cover every acknowledged write). A write
+    committed before the deadline whose K-th acknowledgement arrives after it must not be
+    answered OK: the standby may have published the position that decides the failover
+    before it applied the write. Here the standby is a raw socket holding n2's name (n2
+    itself stopped), so the test chooses when it acknowledges; the deadline passing is
+    the adapter's fence(), what the election calls when a renewal comes too late."""
+    common: dict[str, Any] = dict(etcd=etcd_url, group=group, failover_ttl=10,
+                                  failover_safety_margin=2.0, sync_replicas=1,
+                                  sync_replicas_timeout=10.0)
+    n1 = servers(node_name="n1", **common)
+    r1 = n1.client()
+    wait_until(lambda: r1.info("failover")["failover_role"] == "primary", 15, "n1 elected")
+    n2 = servers(node_name="n2", **common)
+    wait_until(lambda: r1.info("failover")["failover_sync_members"] == "n2", 30, "n2 in S")
+    n2.stop()
+    term = r1.info("failover")["failover_term"]
+    standby = socket.create_connection((HOST, n1.port))
+    writer = socket.create_connection((HOST, n1.port))
+    try:
+        standby.sendall(_cmd("REPLCONF", "listening-port", 1, "node-name", "n2"))
+        assert standby.recv(100).startswith(b"+OK")
+        standby.sendall(_cmd("SHALEDB.PSYNC", "?", -1, term, 1))
+        wait_until(lambda: _info_repl(r1)["shaledb_good_replicas"] == 1, 10,
+                   "the stand-in streaming")
+        writer.sendall(_cmd("SET", "w", "unacknowledged-value"))
+        # The stream carries the write: it is committed, its reply waits for the ACK.
+        got = b""
+        standby.settimeout(10)
+        while b"unacknowledged-value" not in got:
+            chunk = standby.recv(65536)
+            assert chunk, "the primary closed the stand-in's link"
+            got += chunk
+        assert n1.server is not None and n1.server.node_control is not None
+        n1.server.node_control.fence()  # the write deadline has passed
+        standby.sendall(_cmd("REPLCONF", "ACK", 1 << 40))  # (clamped to what was sent)
+        writer.settimeout(10)
+        reply = writer.recv(4096)
+        assert reply.startswith(b"-NOREPLICAS"), reply
+        assert b"lease" in reply, reply
+    finally:
+        standby.close()
+        writer.close()
+        r1.close()

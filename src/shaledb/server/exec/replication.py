@@ -1174,7 +1174,16 @@ class ReplicaSyncGroup(SyncGroup):
                 out.set_exception(local.exception())  # type: ignore[arg-type]
                 return
             got = acks.result()
-            if got < need:
+            deadline = repl.lease_deadline
+            if got >= need and deadline is not None and time.monotonic() >= deadline:
+                # Failover: past its write deadline this primary may be replaced already,
+                # the new one chosen by positions read once the lease was gone -- maybe
+                # before a standby applied this write. Never acknowledge it now.
+                out.set_exception(CommandError(
+                    f"{NOREPLICAS_MESSAGE} The write was applied on this primary but its "
+                    "failover lease ended before the replicas acknowledged it: it may be "
+                    "lost in a failover", prefix="NOREPLICAS"))
+            elif got < need:
                 out.set_exception(CommandError(
                     f"{NOREPLICAS_MESSAGE} The write was applied on this primary but only "
                     f"{got} of the {need} replicas (sync-replicas) acknowledged it within "
