@@ -1167,6 +1167,7 @@ def cluster_status(etcd: str, group: str, as_json: bool) -> None:
     replication offset and whom it follows (read from etcd; no node is contacted)."""
     import json as _json
 
+    from shaledb.server.cluster.election import best_candidate, promotion_pool
     from shaledb.server.cluster.etcd import EtcdClient, EtcdError
     from shaledb.server.cluster.group import read_group
 
@@ -1184,12 +1185,18 @@ def cluster_status(etcd: str, group: str, as_json: bool) -> None:
     if state.sync is not None:
         click.echo(f"sync set (K={state.sync.k}, term {state.sync.term}): "
                    + (", ".join(state.sync.members) or "(empty)"))
+    if lead is None:
+        # The election's own rule (sync mode when a sync key exists), as etcd shows it now.
+        pool, why = promotion_pool(state, state.sync is not None)
+        click.echo(f"promotion: {best_candidate(pool).node} may take over" if pool
+                   else f"promotion blocked: {why}")
     if not state.members:
         click.echo("no live members")
     for name, m in sorted(state.members.items()):
         role = "primary" if lead is not None and name == lead.node else m.role
         click.echo(f"  {name:<16} {m.host}:{m.port:<6} {role:<8} offset {m.offset:<12} "
                    f"term {m.term:<5} following {m.following or '-'}"
+                   + (f"  (saw no leader at term {m.vacant})" if m.vacant else "")
                    + ("" if m.healthy else "  UNHEALTHY"))
 
 

@@ -320,6 +320,7 @@ def _failover(s: Services) -> Fields:
         ("failover_write_deadline_in_ms", left),
         ("failover_lease_ttl", cfg.ttl),
         ("failover_sync_members", ",".join(st.sync_members)),
+        ("failover_promotion_blocked", st.promotion_blocked or ""),
         ("failover_last_error", st.last_error or ""),
     ]
 

@@ -43,10 +43,16 @@ class NodeControl(Protocol):
         """Stop accepting writes and replicate from ``host:port``, the primary of ``term``.
         Raises StaleTermError if the node has seen a newer term."""
 
-    def set_sync_standbys(self, standbys: list[tuple[str, int]]) -> None:
-        """Sync mode: only acknowledgements of these replicas (listening host, port) may
-        count towards the K a write waits for (the election published them in etcd
-        first)."""
+    def set_sync_standbys(self, standbys: list[str]) -> None:
+        """Sync mode: only acknowledgements of the replicas of these node names (as each
+        announced itself in its replication handshake, one link per name) may count towards
+        the K a write waits for (the election published them in etcd first)."""
+
+    def narrow_sync_standbys(self, standbys: list[str]) -> int:
+        """Sync mode, before members leave the sync set: from now on only these standbys'
+        acknowledgements count (as :meth:`set_sync_standbys`); returns how many of them
+        have durably acknowledged every write made before the first call that narrowed
+        to this set (every write acknowledged before counted the old set)."""
 
     def replication_offset(self) -> int:
         """How far this node's copy of the replication stream goes."""
@@ -71,7 +77,9 @@ class MemoryNodeControl:
     term: int = 0
     deadline: float = 0.0
     primary: tuple[str, int] | None = None
-    standbys: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    standbys: list[str] = dataclasses.field(default_factory=list)
+    #: The standbys that hold every write so far (what narrow_sync_standbys counts).
+    caught_up: set[str] = dataclasses.field(default_factory=set)
     calls: list[tuple[object, ...]] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -101,10 +109,16 @@ class MemoryNodeControl:
             self.role, self.term, self.primary = "replica", term, (host, port)
             self.deadline = 0.0
 
-    def set_sync_standbys(self, standbys: list[tuple[str, int]]) -> None:
+    def set_sync_standbys(self, standbys: list[str]) -> None:
         with self.lock:
             self.calls.append(("set_sync_standbys", tuple(standbys)))
             self.standbys = list(standbys)
+
+    def narrow_sync_standbys(self, standbys: list[str]) -> int:
+        with self.lock:
+            self.calls.append(("narrow_sync_standbys", tuple(standbys)))
+            self.standbys = list(standbys)
+            return len(self.caught_up & set(standbys))
 
     def replication_offset(self) -> int:
         return self.offset

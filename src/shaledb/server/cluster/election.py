@@ -31,14 +31,31 @@ Invariants:
 - **Promotion (async mode)**: only the member with the highest position (term of its newest
   record, then offset; ties: the smallest name) among the live members.
 - **Promotion (sync mode)**: let ``S`` and ``K`` be the last ``sync`` key. The leader
-  acknowledges a write only after K members of S hold it durably, and S only grows during a
-  term (a member is added to the key before its acknowledgements count). So any
+  acknowledges a write only after K members of S hold it durably; a member is added to the
+  key before its acknowledgements count, and removed (it has no member key any more) only
+  after the leader stopped counting it and K of the rest acknowledged every write up to
+  the last sequence at that moment (:meth:`NodeControl.narrow_sync_standbys`). So any
   ``|S| - K + 1`` members of S include one that holds every acknowledged write. A node may
   be promoted only if it is in S, at least ``|S| - K + 1`` members of S are live (their
-  member keys exist), and it has the highest position among them. A new leader starts its
-  ``sync`` set as the old one plus the old leader, minus itself: everyone who may hold
-  writes acknowledged before stays a candidate. Without a ``sync`` key no write was ever
-  acknowledged in sync mode, and the async rule applies.
+  member keys exist), and it has the highest *fresh* position among them. A new leader
+  starts its ``sync`` set as the old one plus the old leader, minus itself: everyone who
+  may hold writes acknowledged before stays a candidate. Without a ``sync`` key no write
+  was ever acknowledged in sync mode, and the async rule applies.
+- **Fresh positions** (sync mode). A position published at a member's last step can be
+  older than writes the member acknowledged since: a primary cut off from etcd acknowledges
+  until its deadline, up to ``safety_margin`` before its key expires, and a step comes
+  every ``interval`` (> margin with the defaults). So a node that sees the leader key
+  absent at term counter T records ``vacant = T`` and publishes its position read *after*
+  that read (then reads the group again). The leader key is gone only after the old
+  primary's write deadline (fencing above; a resigning primary fences first), so no write
+  is acknowledged after it: a position with ``vacant`` = the current term covers every write
+  its member acknowledged. Promotion compares fresh positions only, and waits until every
+  live member of S has published one; after one TTL of waiting (a member that stopped
+  stepping has lost its key by then) it decides among the fresh ones if there are at least
+  ``|S| - K + 1``. Otherwise nobody is promoted, and the reason is in
+  :attr:`Election.promotion_blocked` (INFO ``failover_promotion_blocked``, the log, and
+  ``shaledb cluster status``). While the leader key is absent a node steps four times as
+  often, so the wait costs a fraction of an interval.
 """
 
 from __future__ import annotations
@@ -129,6 +146,40 @@ class ElectionStatus:
     deadline_in: float | None
     last_error: str | None
     sync_members: tuple[str, ...]
+    #: Why no member may be promoted now (None: a leader exists or one may be promoted).
+    promotion_blocked: str | None = None
+
+
+def best_candidate(pool: list[MemberInfo]) -> MemberInfo:
+    """The highest position (term, then offset); ties: the smallest name."""
+    return min(pool, key=lambda m: (-m.term, -m.offset, m.node))
+
+
+def promotion_pool(state: GroupState, sync_mode: bool,
+                   waited: bool = False) -> tuple[list[MemberInfo], str | None]:
+    """The members promotion chooses among while the leader key is absent, or ``([],
+    why)`` nobody may be promoted now (module docstring). ``waited``: the vacancy has
+    lasted a TTL, so members that published no fresh position are not waited for any
+    more. ``shaledb cluster status`` asks the same (sync mode = a ``sync`` key exists)."""
+    live = [m for m in state.members.values() if m.healthy]
+    if not (sync_mode and state.sync is not None):
+        return live, None if live else "no live, healthy member"
+    sync = state.sync
+    need = len(sync.members) - sync.k + 1
+    pool = [m for m in live if m.node in sync.members]
+    if not pool or len(pool) < need:
+        # (No commas: INFO clients split values at them.)
+        return [], (f"{len(pool)} of the {len(sync.members)} members of the sync set "
+                    f"[{' '.join(sync.members)}] are live and healthy but {max(need, 1)} "
+                    f"are needed (K={sync.k}) for one of them to provably hold every "
+                    "acknowledged write: bring a member of the sync set back")
+    fresh = [m for m in pool if m.vacant == state.term]
+    if len(fresh) < len(pool) and not (waited and len(fresh) >= need):
+        stale = sorted(m.node for m in pool if m.vacant != state.term)
+        return [], (f"waiting for {' '.join(stale)} (sync set) to publish a position read "
+                    f"after the leader key went (term {state.term}): the last published one "
+                    "may miss writes it acknowledged")
+    return fresh, None
 
 
 class Election:
@@ -153,7 +204,17 @@ class Election:
         #: (node, term) of the leader this node replicates from.
         self.following: tuple[str, int] | None = None
         self.sync_members: frozenset[str] = frozenset()
-        self._standbys: list[tuple[str, int]] | None = None
+        self._standbys: list[str] | None = None
+        #: The term counter at which this node last saw the leader key absent (0: never),
+        #: and when (monotonic): every position it publishes since was read after that.
+        self.vacant_term = 0
+        self._vacant_since = 0.0
+        #: Why nobody may be promoted now (None: a leader exists, or someone may take over).
+        self.promotion_blocked: str | None = None
+        #: Test seam (:meth:`hold_published_position`): the (offset, term, vacant) the
+        #: member key keeps while held.
+        self._held: tuple[int, int, int] | None = None
+        self._published: MemberInfo | None = None
         self.last_error: str | None = None
         self.last_state: GroupState | None = None
         self._lock = threading.Lock()
@@ -202,23 +263,41 @@ class Election:
 
     def _my_member(self) -> MemberInfo:
         following = self.following[0] if self.following else None
+        offset, term, vacant = (self.control.replication_offset(), self.control.last_term(),
+                                self.vacant_term)
+        if self._held is not None:
+            offset, term, vacant = self._held
         return MemberInfo(self.config.node, self.config.host, self.config.port,
-                          self.control.replication_offset(), self.control.last_term(),
-                          self.role, following, self.last_error is None)
+                          offset, term, self.role, following, self.last_error is None,
+                          vacant=vacant)
+
+    def _publish(self, member: MemberInfo) -> None:
+        assert self.lease is not None
+        self.client.put(self.keys.member(self.config.node), member.to_json(),
+                        lease=self.lease)
+        self._published = member
+
+    def hold_published_position(self, hold: bool) -> None:
+        """Test seam: while held, the member key keeps the position (and ``vacant``) it
+        published last, as if this node's next step had not come yet; the lease, role and
+        leader it publishes still change."""
+        with self._lock:
+            if not hold:
+                self._held = None
+            elif self._held is None:
+                last = self._published or self._my_member()
+                self._held = (last.offset, last.term, last.vacant)
 
     def _step(self) -> None:
         if not self._renew():
             return
-        assert self.lease is not None
         published = self._my_member()
-        self.client.put(self.keys.member(self.config.node), published.to_json(),
-                        lease=self.lease)
+        self._publish(published)
         self._act()
         mine = self._my_member()
         if mine != published:
-            # Role or leader changed: tell the group now rather than a step later.
-            self.client.put(self.keys.member(self.config.node), mine.to_json(),
-                            lease=self.lease)
+            # Role, leader or vacancy changed: tell the group now rather than a step later.
+            self._publish(mine)
 
     def _act(self) -> None:
         state = read_group(self.client, self.config.group)
@@ -228,6 +307,8 @@ class Election:
         if state.term > self.term and not (leader and leader.node == self.config.node
                                            and leader.lease == self.lease):
             self.term = max(self.term, state.term)
+        if leader is not None:
+            self._set_blocked(None)
         if leader is not None and leader.node == self.config.node \
                 and leader.lease == self.lease:
             self._lead(state, leader)
@@ -240,8 +321,30 @@ class Election:
         else:
             if self.role == PRIMARY:
                 self._lose("the leader key is gone")
-            if self._may_take_over(state):
+            state = self._note_vacancy(state)
+            if state.leader is None and self._may_take_over(state):
                 self._take_over(state)
+
+    def _note_vacancy(self, state: GroupState) -> GroupState:
+        """The leader key is absent at ``state.term``: from now on this node's published
+        positions are fresh for that term. In sync mode, publish one at once and read the
+        group again (the module docstring's "Fresh positions")."""
+        if self.vacant_term == state.term:
+            return state
+        self.vacant_term = state.term
+        self._vacant_since = self.clock()
+        if not (self.config.sync_mode and state.sync is not None):
+            return state
+        self._publish(self._my_member())
+        state = read_group(self.client, self.config.group)
+        self.last_state = state
+        return state
+
+    def _set_blocked(self, reason: str | None) -> None:
+        if reason != self.promotion_blocked and reason is not None:
+            log.warning("failover %s/%s: no member may be promoted: %s", self.config.group,
+                        self.config.node, reason)
+        self.promotion_blocked = reason
 
     def _lead(self, state: GroupState, leader: LeaderInfo) -> None:
         if state.term != leader.term:
@@ -262,26 +365,52 @@ class Election:
         new = self.sync_members | followers
         if state.sync is not None and state.sync.term == leader.term \
                 and state.sync.leader == self.config.node:
-            # Never shrink the published set within a term (after a fence and re-promotion
-            # our memory of it was cleared).
+            # Keep what etcd holds (after a fence and re-promotion our memory of it was
+            # cleared): the set shrinks only through the guarded step below.
             new |= set(state.sync.members)
+        counted = self.sync_members
         if new != self.sync_members:
             # Published before the new members' acknowledgements may count.
-            info = SyncInfo(leader.term, self.config.node, self.config.sync_replicas,
-                            tuple(sorted(new)))
-            res = self.client.txn([Compare.value_is(self.keys.leader, leader.to_json()),
-                                   Compare(self.keys.leader, "LEASE", "EQUAL",
-                                           self.lease or 0)],
-                                  [Put(self.keys.sync, info.to_json())])
-            if not res.succeeded:
-                self._lose("lost the leader key while publishing the sync set")
+            if not self._publish_sync(leader, new):
                 return
             self.sync_members = frozenset(new)
-        standbys = sorted((m.host, m.port) for m in state.members.values()
-                          if m.node in self.sync_members)
+            counted = self.sync_members
+        else:
+            # Shrink: drop the members that are gone (no member key) once the rest still
+            # hold every acknowledged write on K of them -- otherwise a dead standby would
+            # block every later failover (|S| - K + 1 live members of S needed).
+            dead = frozenset(n for n in self.sync_members if n not in state.members)
+            keep = self.sync_members - dead
+            if dead and len(keep) >= self.config.sync_replicas:
+                # First locally: from now on only ``keep``'s acknowledgements count, so a
+                # write acknowledged later is on K of ``keep``; the answer says whether K of
+                # them durably hold every write before. Only then is the smaller set
+                # published (etcd's set stays a superset of the truth meanwhile).
+                counted = keep
+                self._standbys = sorted(keep)
+                held = self.control.narrow_sync_standbys(sorted(keep))
+                if held >= self.config.sync_replicas:
+                    if not self._publish_sync(leader, keep):
+                        return
+                    log.warning("failover %s/%s: sync set without %s (gone): %s",
+                                self.config.group, self.config.node, " ".join(sorted(dead)),
+                                " ".join(sorted(keep)) or "(empty)")
+                    self.sync_members = keep
+        standbys = sorted(counted)
         if standbys != self._standbys:
             self.control.set_sync_standbys(standbys)
             self._standbys = standbys
+
+    def _publish_sync(self, leader: LeaderInfo, members: set[str] | frozenset[str]) -> bool:
+        """Write the ``sync`` key while our leader key stands (False: lost it, fenced)."""
+        info = SyncInfo(leader.term, self.config.node, self.config.sync_replicas,
+                        tuple(sorted(members)))
+        res = self.client.txn([Compare.value_is(self.keys.leader, leader.to_json()),
+                               Compare(self.keys.leader, "LEASE", "EQUAL", self.lease or 0)],
+                              [Put(self.keys.sync, info.to_json())])
+        if not res.succeeded:
+            self._lose("lost the leader key while publishing the sync set")
+        return res.succeeded
 
     def _follow(self, leader: LeaderInfo) -> None:
         if self.following == (leader.node, leader.term):
@@ -306,21 +435,17 @@ class Election:
 
     def candidates(self, state: GroupState) -> list[MemberInfo] | None:
         """The members promotion chooses among (None: nobody may be promoted now)."""
-        live = [m for m in state.members.values() if m.healthy]
-        if self.config.sync_mode and state.sync is not None:
-            s = set(state.sync.members)
-            pool = [m for m in live if m.node in s]
-            if len(pool) < len(s) - state.sync.k + 1:
-                return None
-            return pool
-        return live
+        waited = (self.vacant_term == state.term
+                  and self.clock() - self._vacant_since >= self.config.ttl)
+        pool, reason = promotion_pool(state, self.config.sync_mode, waited)
+        self._set_blocked(reason)
+        return pool or None
 
     def _may_take_over(self, state: GroupState) -> bool:
         pool = self.candidates(state)
         if not pool:
             return False
-        best = min(pool, key=lambda m: (-m.term, -m.offset, m.node))
-        return best.node == self.config.node
+        return best_candidate(pool).node == self.config.node
 
     def _take_over(self, state: GroupState) -> None:
         assert self.lease is not None
@@ -358,8 +483,7 @@ class Election:
         self.role = PRIMARY
         self.control.renew_lease(self.deadline)
         if self.config.sync_mode:
-            standbys = sorted((m.host, m.port) for m in state.members.values()
-                              if m.node in sync_members)
+            standbys = sorted(sync_members)
             self.control.set_sync_standbys(standbys)
             self._standbys = standbys
         log.warning("failover %s/%s: promoted to primary of term %d", self.config.group,
@@ -376,7 +500,8 @@ class Election:
             leader = None
         left = self.deadline - self.clock() if self.role == PRIMARY else None
         return ElectionStatus(self.role, self.term, leader, self.lease, left,
-                              self.last_error, tuple(sorted(self.sync_members)))
+                              self.last_error, tuple(sorted(self.sync_members)),
+                              self.promotion_blocked)
 
     def start(self) -> None:
         """Step every ``config.step_interval`` seconds on a thread until :meth:`close`."""
@@ -393,7 +518,11 @@ class Election:
             except Exception as exc:  # recorded: the thread must not die silently
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("failover step failed")
-            self._stop.wait(self.config.step_interval)
+            # Without a leader, step four times as often: a takeover waits for the sync
+            # set's fresh positions, and every node publishes its own at its next step.
+            leaderless = (self.role != PRIMARY and self.last_state is not None
+                          and self.last_state.leader is None)
+            self._stop.wait(self.config.step_interval / (4 if leaderless else 1))
 
     def close(self, resign: bool = True) -> None:
         """Stop stepping; with ``resign``, fence and revoke the lease so another node can

@@ -9,7 +9,10 @@ Under ``/shaledb/<group>/`` (values are JSON, docs/format.md "Failover keys in e
 - ``sync``: ``{"term", "leader", "k", "members"}``, written by the leader (sync mode):
   the replicas whose acknowledgements may count towards a write's K.
 - ``members/<node>``: ``{"host", "port", "offset", "term", "role", "following",
-  "healthy"}`` on each node's lease, refreshed every election step.
+  "healthy", "vacant"}`` on each node's lease, refreshed every election step. ``vacant``:
+  the term counter at which the node last saw the leader key absent (0: never); the
+  position (``term``, ``offset``) was read after that, so it covers every write the node
+  acknowledged to that term's primary (sync-mode promotion waits for such positions).
 
 :func:`read_group` reads them all with one range request; SENTINEL and ``shaledb cluster
 status`` answer from it.
@@ -94,11 +97,15 @@ class MemberInfo:
     following: str | None
     healthy: bool
     lease: int = 0
+    #: The term counter at which this node saw the leader key absent (0: never); its
+    #: position was read after that (module docstring).
+    vacant: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps({"host": self.host, "port": self.port, "offset": self.offset,
                            "term": self.term, "role": self.role,
-                           "following": self.following, "healthy": self.healthy}).encode()
+                           "following": self.following, "healthy": self.healthy,
+                           "vacant": self.vacant}).encode()
 
     @property
     def position(self) -> tuple[int, int]:
@@ -146,7 +153,7 @@ def parse_member(node: str, kv: KeyValue) -> MemberInfo | None:
         return MemberInfo(node, str(v["host"]), int(v["port"]), int(v["offset"]),
                           int(v["term"]), str(v["role"]),
                           None if following is None else str(following),
-                          bool(v["healthy"]), kv.lease)
+                          bool(v["healthy"]), kv.lease, int(v.get("vacant", 0)))
     except (KeyError, TypeError, ValueError):
         return None
 

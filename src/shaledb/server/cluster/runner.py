@@ -38,12 +38,13 @@ class ReplicationControl(Protocol):
     """What the adapter drives of the server's replication (``exec/replication.py``)."""
 
     lease_deadline: float | None
-    sync_standbys: frozenset[tuple[str, int]] | None
+    sync_standbys: frozenset[str] | None
 
     def become_primary(self, term: int | None) -> None: ...
     def become_replica(self, host: str, port: int, term: int | None) -> None: ...
     def can_write(self) -> bool: ...
     def position(self) -> tuple[int, int]: ...
+    def standbys_acked(self, target: int) -> int: ...
 
 
 #: Seconds the election thread waits for a role change on the event loop.
@@ -62,7 +63,10 @@ class ServerNodeControl:
         self.role = "replica"
         self.term = 0
         self.primary: tuple[str, int] | None = None
-        self.standbys: list[tuple[str, int]] = []
+        self.standbys: list[str] = []
+        #: The set the sync standbys were narrowed to, and the last sequence then: every
+        #: write acknowledged before the narrowing is at or below it.
+        self._narrowed: tuple[frozenset[str], int] | None = None
 
     @property
     def deadline(self) -> float:
@@ -120,11 +124,35 @@ class ServerNodeControl:
             self.role, self.term, self.primary = "replica", term, (host, port)
         log.warning("failover: replicating from %s:%d (term %d)", host, port, term)
 
-    def set_sync_standbys(self, standbys: list[tuple[str, int]]) -> None:
+    def set_sync_standbys(self, standbys: list[str]) -> None:
         with self._lock:
             self.standbys = list(standbys)
             # One reference store, read on the event loop by the sync-replicas barrier.
             self._repl.sync_standbys = frozenset(standbys)
+
+    def narrow_sync_standbys(self, standbys: list[str]) -> int:
+        with self._lock:
+            self.standbys = list(standbys)
+            counted: concurrent.futures.Future[int] = concurrent.futures.Future()
+            repl = self._repl
+
+            def run() -> None:
+                # On the loop, where barriers resolve: every barrier resolved after the
+                # narrowing counts only ``standbys``, and every write acknowledged before
+                # it is at or below the last sequence then (kept while the set stays
+                # narrowed: under a steady load no standby is ever at the newest sequence).
+                try:
+                    narrowed = frozenset(standbys)
+                    if self._narrowed is None or self._narrowed[0] != narrowed \
+                            or repl.sync_standbys != narrowed:
+                        repl.sync_standbys = narrowed
+                        self._narrowed = (narrowed, repl.position()[1])
+                    counted.set_result(repl.standbys_acked(self._narrowed[1]))
+                except BaseException as exc:  # noqa: BLE001 - handed to the election thread
+                    counted.set_exception(exc)
+
+            self._loop.call_soon_threadsafe(run)
+            return counted.result(ROLE_CHANGE_TIMEOUT)
 
     def replication_offset(self) -> int:
         return self._repl.position()[1]

@@ -100,7 +100,8 @@ def wait(ctx: Context, argv: list[bytes]) -> Any:
 
 @command("replconf", -1, "admin noscript loading stale allow-busy", _ADMIN)
 def replconf(ctx: Context, argv: list[bytes]) -> Any:
-    """REPLCONF ACK offset | REPLCONF listening-port port | REPLCONF option value..."""
+    """REPLCONF ACK offset | REPLCONF listening-port port | REPLCONF ip-address addr |
+    REPLCONF node-name name | REPLCONF option value..."""
     if len(argv) % 2 == 0:
         raise CommandError(SYNTAX)
     repl = ctx.services.replication
@@ -113,6 +114,10 @@ def replconf(ctx: Context, argv: list[bytes]) -> Any:
             repl.listening_ports[ctx.client.id] = _port(argv[i + 1])
         elif opt == b"ip-address":
             repl.announced_ips[ctx.client.id] = argv[i + 1].decode("utf-8", "replace")[:255]
+        elif opt == b"node-name":
+            # A failover replica's node name (ShaleDB's own option): sync mode counts
+            # acknowledgements per node, one link each.
+            repl.announced_nodes[ctx.client.id] = argv[i + 1].decode("utf-8", "replace")[:64]
         elif opt != b"capa":
             raise CommandError(f"Unrecognized REPLCONF option: "
                                f"{argv[i].decode('utf-8', 'replace')}")

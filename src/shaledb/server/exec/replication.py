@@ -180,10 +180,10 @@ class ReplicaFeed:
     """One connected replica, on the primary."""
 
     __slots__ = ("client_id", "addr", "conn", "port", "ack", "ack_time", "state", "task",
-                 "sent", "ip")
+                 "sent", "ip", "node")
 
     def __init__(self, client_id: int, addr: str, conn: FeedConnection, port: int,
-                 ip: str | None = None) -> None:
+                 ip: str | None = None, node: str | None = None) -> None:
         self.client_id = client_id
         self.addr = addr
         self.conn = conn
@@ -191,6 +191,9 @@ class ReplicaFeed:
         #: The address the replica announced (REPLCONF ip-address), else its peer address:
         #: with ``port`` (its listening port), how a failover group's sync set names it.
         self.ip = ip if ip else addr.rsplit(":", 1)[0]
+        #: The failover node name the replica announced (REPLCONF node-name): how a sync
+        #: set names its standbys. One link per name (a newer link replaces an older one).
+        self.node = node
         #: The last offset the replica acknowledged durably, and when (monotonic).
         self.ack = -1
         self.ack_time = time.monotonic()
@@ -248,10 +251,10 @@ class Replication:
         #: the elected primary). None: no failover, no lease. Part of the one write fence
         #: (:meth:`can_write`), with the role and the term.
         self.lease_deadline: float | None = None
-        #: Automatic failover in sync mode: only acknowledgements of these replicas
-        #: (announced host, listening port) count towards sync-replicas; the election
-        #: publishes them in etcd first. None: every replica counts.
-        self.sync_standbys: frozenset[tuple[str, int]] | None = None
+        #: Automatic failover in sync mode: only acknowledgements of the replicas that
+        #: announced these node names (one link per name) count towards sync-replicas; the
+        #: election publishes them in etcd first. None: every replica counts.
+        self.sync_standbys: frozenset[str] | None = None
         #: The term of the primary whose stream this node's data and offset belong to (a
         #: primary: the term it was promoted in; a replica loading a full resync: 0, it
         #: holds nothing). With the offset, what failover compares to choose whom to
@@ -267,6 +270,8 @@ class Replication:
         self.listening_ports: dict[int, int] = _BoundedPorts()
         #: REPLCONF ip-address of the same clients (bounded the same way).
         self.announced_ips: dict[int, str] = _BoundedIps()
+        #: REPLCONF node-name of the same clients (bounded the same way).
+        self.announced_nodes: dict[int, str] = _BoundedIps()
         self.backlog: ReplicationBacklog | None = None
         #: Primary-side counters (INFO): full syncs served, partial resyncs accepted and
         #: refused, replicas disconnected for falling behind.
@@ -496,7 +501,11 @@ class Replication:
 
     def _counts(self, feed: ReplicaFeed, standbys_only: bool) -> bool:
         standbys = self.sync_standbys
-        return not standbys_only or standbys is None or (feed.ip, feed.port) in standbys
+        # A sync standby is who the link announced in its handshake (start_feed keeps one
+        # link per node name), never the address it claims: any client can claim one; and
+        # only a link that is streaming (its snapshot sent) counts.
+        return not standbys_only or standbys is None or (
+            feed.node is not None and feed.node in standbys and feed.state == "online")
 
     def good_replicas(self) -> int:
         """Replicas that acknowledged within MAX_LAG (with failover in sync mode: of the
@@ -529,7 +538,17 @@ class Replication:
             raise CommandError("this node is a replica; replicate its primary "
                                f"({self.master_host}:{self.master_port}) instead")
         if term > self.term:
-            if term > self.fenced_by:
+            if self.host.config.etcd is not None:
+                # Under --etcd the term authority is etcd and the lease is the fence: a term
+                # a connection claims proves nothing (any @admin client can send one), so
+                # it must not fence the elected primary. Its election re-reads etcd at
+                # every step and steps down itself if a newer leader really exists.
+                log.warning("a replica claiming term %d asked to sync from this primary "
+                            "(term %d): refused; etcd decides who leads", term, self.term)
+            elif term > self.fenced_by:
+                # Without etcd the operator's SHALEDB.ROLE is the term authority, and this
+                # is the only guard against two primaries: fence, until SHALEDB.ROLE
+                # PRIMARY with a term >= this one (or REPLICA) lifts it.
                 self.fenced_by = term
                 ks = self.host.keyspace
                 ks.settle()
@@ -538,6 +557,10 @@ class Replication:
                             "a newer leader exists; this node refuses writes until it is "
                             "made a replica (SHALEDB.ROLE REPLICA) or a primary of a newer "
                             "term", term, self.term)
+            if self.host.config.etcd is not None:
+                raise CommandError(f"the replica's term {term} is newer than this primary's "
+                                   f"({self.term}): refused; replicate the primary named by "
+                                   "the group's leader key in etcd", prefix="STALETERM")
             raise CommandError(f"the replica's term {term} is newer than this primary's "
                                f"({self.term}): this node is a stale primary and must not "
                                "lead", prefix="STALETERM")
@@ -547,8 +570,20 @@ class Replication:
         old = self.feeds.pop(client.id, None)
         if old is not None and old.task is not None:
             old.task.cancel()
+        node = self.announced_nodes.pop(client.id, None)
+        if node is not None:
+            # One link per node: a node counts once towards sync-replicas however many
+            # links claim its name. The newest replaces the older (a standby that restarts
+            # or reconnects must not wait for its half-open old link to time out).
+            for other in [f for f in self.feeds.values() if f.node == node]:
+                log.warning("replica %s announced node name %r, which link %s had: closing "
+                            "the older link", client.addr, node, other.addr)
+                del self.feeds[other.client_id]
+                other.conn.abort()
+                if other.task is not None:
+                    other.task.cancel()
         feed = ReplicaFeed(client.id, client.addr, conn, port,
-                           self.announced_ips.pop(client.id, None))
+                           self.announced_ips.pop(client.id, None), node)
         self.feeds[client.id] = feed
         # The stream replaces replies on this connection; ACKs are answered with nothing.
         client.reply_off = True
@@ -571,6 +606,10 @@ class Replication:
     def acked_now(self) -> int:
         """How many replicas acknowledged every write so far."""
         return self._count_acked(self.host.db.last_sequence)
+
+    def standbys_acked(self, target: int) -> int:
+        """How many sync standbys acknowledged every write up to ``target`` (the loop)."""
+        return self._count_acked(target, standbys_only=True)
 
     def _count_acked(self, target: int, standbys_only: bool = False) -> int:
         return sum(1 for f in self.feeds.values()
@@ -817,6 +856,9 @@ class Replication:
             announce += [b"ip-address", cfg.failover_announce_host.encode()]
         elif cfg.etcd is not None:
             announce += [b"ip-address", cfg.host.encode()]
+        if cfg.etcd is not None and cfg.node_name is not None:
+            # Who this replica is: the primary's sync set names its standbys by node name.
+            announce += [b"node-name", cfg.node_name.encode()]
         writer.write(_command(announce))
         line = await self._line(reader)
         if not line.startswith(b"+"):
@@ -1132,7 +1174,16 @@ class ReplicaSyncGroup(SyncGroup):
                 out.set_exception(local.exception())  # type: ignore[arg-type]
                 return
             got = acks.result()
-            if got < need:
+            deadline = repl.lease_deadline
+            if got >= need and deadline is not None and time.monotonic() >= deadline:
+                # Failover: past its write deadline this primary may be replaced already,
+                # the new one chosen by positions read once the lease was gone -- maybe
+                # before a standby applied this write. Never acknowledge it now.
+                out.set_exception(CommandError(
+                    f"{NOREPLICAS_MESSAGE} The write was applied on this primary but its "
+                    "failover lease ended before the replicas acknowledged it: it may be "
+                    "lost in a failover", prefix="NOREPLICAS"))
+            elif got < need:
                 out.set_exception(CommandError(
                     f"{NOREPLICAS_MESSAGE} The write was applied on this primary but only "
                     f"{got} of the {need} replicas (sync-replicas) acknowledged it within "
