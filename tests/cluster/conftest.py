@@ -5,10 +5,12 @@ one per test module; each test gets its own key prefix (group name)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.server._server_support import ServerThread
+from tests.server.conftest import server_factory  # noqa: F401 (a fixture, used below)
 
 from shaledb.server.cluster.etcd import EtcdClient
 from shaledb.testing.etcdproc import ETCD_MISSING, EtcdProcess, etcd_binary
@@ -44,3 +46,10 @@ def etcd(etcd_url: str) -> Iterator[EtcdClient]:
 def group() -> str:
     """A replication group name no other test of the module uses."""
     return f"g{next(_groups)}"
+
+
+@pytest.fixture
+def servers(server_factory: Callable[..., ServerThread]) -> Callable[..., ServerThread]:  # noqa: F811
+    """``servers(**settings)`` starts a server in this process on a free loopback port
+    (tests/server's ``server_factory``), stopped at the end of the test."""
+    return server_factory

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -18,23 +16,6 @@ from shaledb.server.cluster.etcd import EtcdClient
 from shaledb.server.cluster.group import GroupKeys, LeaderInfo, MemberInfo, read_group
 from shaledb.testing.etcdproc import EtcdProcess
 from shaledb.testing.jepsen.proxy import ProxyLoop
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
-    started: list[ServerThread] = []
-
-    def start(**settings: Any) -> ServerThread:
-        settings.setdefault("port", 0)
-        settings.setdefault("host", HOST)
-        settings.setdefault("dir", str(tmp_path / f"db{len(started)}"))
-        st = ServerThread(ServerConfig(**settings))
-        started.append(st)
-        return st
-
-    yield start
-    for st in reversed(started):
-        st.stop()
 
 
 @pytest.fixture

@@ -7,37 +7,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 from tests.server._server_support import HOST, ServerThread, wait_until
 
-from shaledb.server import ServerConfig
 from shaledb.server.cluster.election import PRIMARY, REPLICA
 from shaledb.server.cluster.etcd import EtcdClient
 from shaledb.server.cluster.group import read_group
 
 from .test_election import Group
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
-    started: list[ServerThread] = []
-
-    def start(**settings: Any) -> ServerThread:
-        settings.setdefault("port", 0)
-        settings.setdefault("host", HOST)
-        settings.setdefault("dir", str(tmp_path / f"db{len(started)}"))
-        st = ServerThread(ServerConfig(**settings))
-        started.append(st)
-        return st
-
-    yield start
-    for st in started:
-        st.stop()
 
 
 def _set_ok(client: redis.Redis, key: str, value: str) -> bool:

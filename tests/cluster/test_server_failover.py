@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,6 @@ from shaledb.server.cluster.control import MemoryNodeControl
 from shaledb.server.cluster.election import PRIMARY, Election, ElectionConfig
 from shaledb.server.cluster.etcd import EtcdClient
 from shaledb.server.cluster.group import GroupKeys, LeaderInfo, read_group
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
-    started: list[ServerThread] = []
-
-    def start(**settings: Any) -> ServerThread:
-        settings.setdefault("port", 0)
-        settings.setdefault("host", HOST)
-        settings.setdefault("dir", str(tmp_path / f"db{len(started)}"))
-        st = ServerThread(ServerConfig(**settings))
-        started.append(st)
-        return st
-
-    yield start
-    for st in started:
-        st.stop()
 
 
 def _set_ok(client: redis.Redis, key: str, value: str) -> bool:

@@ -32,7 +32,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
         return st
 
     yield start
-    for st in started:
+    for st in reversed(started):  # the last started first: replicas before their primary
         st.stop()
 
 
