@@ -98,15 +98,14 @@ def test_a_read_on_a_sync_primary_does_not_see_an_unacknowledged_write(
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review15: unsent replication stream has a bound "
-                   "per replica (about 4-9 MiB) but none in total: N fake replicas that "
-                   "never read hold N times that on the primary")
 def test_the_unsent_stream_of_all_replicas_together_is_bounded(
         server_factory: Factory) -> None:
     """Any client with @admin (the default user without ACLs) can PSYNC and never read.
     Each such feed keeps up to SNAPSHOT_WINDOW + a chunk (and a pinned snapshot) on the
     primary; there is no cap on the number of feeds but maxclients. Measured here: 20
-    fake replicas of a 20 MB database hold about 85 MB of unsent output."""
+    fake replicas of a 20 MB database hold about 85 MB of unsent output. Fixed:
+    repl-total-output-limit (16 MiB) drops the links furthest behind and max-replicas (16)
+    refuses the rest (test_server_repl_limits.py)."""
     p = server_factory()
     pc = p.client()
     value = os.urandom(100_000)

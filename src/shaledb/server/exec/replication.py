@@ -12,8 +12,11 @@ has) when this primary's replid matches and its backlog still holds every group 
 or starts a full resync: a snapshot of the whole database is streamed in bounded chunks
 (read in a worker thread, at most :data:`SNAPSHOT_WINDOW` bytes unsent at a time), then the
 groups committed after the snapshot's sequence number. A replica that falls behind the
-backlog, or whose unsent output passes ``repl-buffer`` bounds, is disconnected with a log
-line; it reconnects and resyncs. The replica acknowledges (``REPLCONF ACK offset``) after
+backlog is disconnected with a log line; it reconnects and resyncs. Unsent output is
+bounded per link (the feeder waits at :data:`SNAPSHOT_WINDOW` / :data:`TAIL_WINDOW`; a
+giant group goes out in :data:`TAIL_READ` slices) and for all links together
+(``repl-total-output-limit``: the link furthest behind is dropped); at most
+``max-replicas`` links are fed. The replica acknowledges (``REPLCONF ACK offset``) after
 an fsync of what it applied: WAIT and ``sync-replicas`` count those.
 
 Replica side (:class:`Replication`'s link task): connect (TLS when ``master-tls``),
@@ -118,6 +121,10 @@ class ReplicationError(Exception):
     """The replication link failed (the message says why; it is shown in INFO)."""
 
 
+class _Dropped(Exception):
+    """A feeder's link was dropped to stay under repl-total-output-limit (logged)."""
+
+
 def encode_state(status: int, term: int, offset: int, replid: str,
                  data_term: int | None = None) -> bytes:
     """The state record. ``data_term``: the term of the primary whose stream ``offset``
@@ -158,6 +165,7 @@ class FeedConnection(Protocol):
     def output_bytes(self) -> int: ...
     def send_raw(self, data: bytes) -> bool: ...
     def abort(self, message: bytes | None = None) -> None: ...
+    def drop(self) -> None: ...
 
 
 class ReplicationHost(Protocol):
@@ -180,7 +188,7 @@ class ReplicaFeed:
     """One connected replica, on the primary."""
 
     __slots__ = ("client_id", "addr", "conn", "port", "ack", "ack_time", "state", "task",
-                 "sent", "ip")
+                 "sent", "ip", "bytes_out")
 
     def __init__(self, client_id: int, addr: str, conn: FeedConnection, port: int,
                  ip: str | None = None) -> None:
@@ -199,6 +207,25 @@ class ReplicaFeed:
         self.task: asyncio.Task[None] | None = None
         #: The last sequence number sent.
         self.sent = 0
+        #: Bytes of stream handed to the connection (minus its unsent output: how much of
+        #: a snapshot the replica has read).
+        self.bytes_out = 0
+
+    def send(self, data: bytes) -> bool:
+        """Hand ``data`` to the connection; whether it was taken."""
+        self.bytes_out += len(data)
+        return self.conn.send_raw(data)
+
+    def behind(self) -> tuple[int, int, int]:
+        """How far behind the replica is, comparable between links (larger: further):
+        first by the stream it was handed and has not read (so a replica that stopped
+        reading ranks above one that just connected), then a replica loading a snapshot
+        above one tailing, then by how little it read (snapshot bytes, or the offset it
+        acknowledged)."""
+        unsent = self.conn.output_bytes
+        if self.state == "online":
+            return unsent, 0, -self.ack
+        return unsent, 1, unsent - self.bytes_out
 
 
 class _AckWaiter:
@@ -274,6 +301,10 @@ class Replication:
         self.sync_partial_ok = 0
         self.sync_partial_err = 0
         self.slow_replica_disconnections = 0
+        #: Replicas dropped because the stream unsent to all of them together would have
+        #: passed repl-total-output-limit, and PSYNCs refused past max-replicas.
+        self.output_limit_disconnections = 0
+        self.max_replicas_refused = 0
         #: Times a feeder read groups back from the WAL on disk (past the backlog).
         self.wal_reads = 0
         #: Replica-side counters.
@@ -544,6 +575,13 @@ class Replication:
         conn = self.host.connections.get(client.id)
         if conn is None:
             raise CommandError("the connection is gone")
+        limit = self.host.config.max_replicas
+        if client.id not in self.feeds and len(self.feeds) >= limit:
+            self.max_replicas_refused += 1
+            log.warning("refused replica %s: %d replicas are connected (max-replicas %d)",
+                        client.addr, len(self.feeds), limit)
+            raise CommandError(f"max number of replicas reached (max-replicas {limit}): "
+                               "remove a replica or raise max-replicas")
         old = self.feeds.pop(client.id, None)
         if old is not None and old.task is not None:
             old.task.cancel()
@@ -640,29 +678,34 @@ class Replication:
                 self.sync_partial_err += 1
             if partial:
                 self.sync_partial_ok += 1
-                conn.send_raw(b"+CONTINUE %s %d\r\n" % (self.replid.encode(), self.term))
+                feed.send(b"+CONTINUE %s %d\r\n" % (self.replid.encode(), self.term))
                 pos = offset
             else:
                 self.sync_full += 1
                 snap = self.host.db.snapshot()
                 seq = snap.sequence
                 assert seq is not None
-                conn.send_raw(b"+FULLRESYNC %s %d %d\r\n"
-                              % (self.replid.encode(), seq, self.term))
+                feed.send(b"+FULLRESYNC %s %d %d\r\n"
+                          % (self.replid.encode(), seq, self.term))
                 log.info("full resync of replica %s from sequence %d", feed.addr, seq)
                 await self._send_snapshot(feed, snap)
                 snap.close()
                 snap = None
-                conn.send_raw(frame(FRAME_END, _U64.pack(seq)))
+                feed.send(frame(FRAME_END, _U64.pack(seq)))
                 pos = seq
             feed.state = "online"
             feed.sent = pos
             await self._tail(feed, pos)
         except asyncio.CancelledError:
             raise
+        except _Dropped:
+            pass  # logged and counted by _room
+        except ReplicationError as exc:
+            log.warning("replica %s: %s; disconnecting it", feed.addr, exc)
+            conn.drop()
         except Exception:
             log.exception("feeding replica %s failed; disconnecting it", feed.addr)
-            conn.abort()
+            conn.drop()
         finally:
             if snap is not None:
                 snap.close()
@@ -676,15 +719,61 @@ class Replication:
         it = snap.range(None, None, include_expired=True)
         conn = feed.conn
         while True:
-            while conn.output_bytes > SNAPSHOT_WINDOW:
-                if conn.closing:
-                    raise ReplicationError("the replica disconnected during the snapshot")
-                await asyncio.sleep(0.005)
+            await self._wait_drained(feed, SNAPSHOT_WINDOW)
             data = await loop.run_in_executor(self._executor, _snapshot_chunk, it)
             if data is None:
                 return
-            if conn.closing or not conn.send_raw(frame(FRAME_SNAPSHOT, data)):
+            out = frame(FRAME_SNAPSHOT, data)
+            if not self._room(feed, len(out)):
+                raise _Dropped()
+            if conn.closing or not feed.send(out):
                 raise ReplicationError("the replica disconnected during the snapshot")
+
+    async def _wait_drained(self, feed: ReplicaFeed, window: int) -> None:
+        """Wait until at most ``window`` bytes are unsent to ``feed``'s replica. A replica
+        that reads nothing for repl-timeout seconds meanwhile is given up on."""
+        conn = feed.conn
+        timeout = self.host.config.repl_timeout
+        last = conn.output_bytes
+        since = time.monotonic()
+        while last > window:
+            if conn.closing:
+                raise ReplicationError("the replica disconnected")
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            unsent = conn.output_bytes
+            if unsent < last:
+                since = now
+            elif now - since > timeout:
+                raise ReplicationError(f"it read nothing of the stream for {timeout:g} s "
+                                       "(repl-timeout)")
+            last = unsent
+
+    def unsent_bytes(self) -> int:
+        """Stream bytes handed to the replicas' connections and not sent yet, in total."""
+        return sum(f.conn.output_bytes for f in self.feeds.values())
+
+    def _room(self, feed: ReplicaFeed, size: int) -> bool:
+        """Make room for ``size`` more bytes to ``feed`` under repl-total-output-limit: while
+        the total unsent to all replicas would pass it, drop the link furthest behind
+        (:meth:`ReplicaFeed.behind`; it resyncs when it reconnects). False when that was
+        ``feed`` itself (its task must end: it is no longer fed)."""
+        limit = self.host.config.repl_total_output_limit
+        while True:
+            total = self.unsent_bytes()
+            if total + size <= limit or feed.client_id not in self.feeds:
+                return feed.client_id in self.feeds
+            victim = max(self.feeds.values(), key=ReplicaFeed.behind)
+            self.output_limit_disconnections += 1
+            log.warning("replica %s dropped: the replication stream unsent to all replicas "
+                        "would pass repl-total-output-limit (%d bytes: %d unsent, %d more to "
+                        "send), and it is the furthest behind; it resyncs when it "
+                        "reconnects (raise repl-total-output-limit if this repeats)",
+                        victim.addr, limit, total, size)
+            del self.feeds[victim.client_id]
+            victim.conn.drop()
+            if victim is not feed and victim.task is not None:
+                victim.task.cancel()
 
     async def _tail(self, feed: ReplicaFeed, pos: int) -> None:
         conn = feed.conn
@@ -697,7 +786,7 @@ class Replication:
                 # Gone without closing (a partition): whether it is sent to or not.
                 log.warning("replica %s acknowledged nothing for %.0f s (repl-timeout): "
                             "disconnecting it", feed.addr, time.monotonic() - feed.ack_time)
-                conn.abort()
+                conn.drop()
                 return
             slow = conn.output_bytes > TAIL_WINDOW
             # A slow replica: wait for it while the backlog holds what it was not sent.
@@ -721,15 +810,26 @@ class Replication:
                                 "repl-backlog-size if this repeats)", feed.addr, pos,
                                 backlog.limit,
                                 "" if slow else " (nor the WAL segments on disk)")
-                    conn.abort()
+                    conn.drop()
                     return
                 if groups:
                     term = _U64.pack(self.term)
                     out: list[bytes] = []
                     for payload in groups:
-                        out.append(frame(FRAME_GROUP, term + payload))
+                        if len(payload) > TAIL_READ:
+                            # A giant group (one 100 MB SET): streamed in TAIL_READ slices,
+                            # each once the link drained to TAIL_WINDOW, never buffered
+                            # whole per replica.
+                            if out and not self._send_groups(feed, out):
+                                return
+                            out = []
+                            if not await self._send_large(feed, term, payload):
+                                return
+                        else:
+                            out.append(frame(FRAME_GROUP, term + payload))
                         pos = group_span(payload)[1]
-                    conn.send_raw(b"".join(out))  # one write per wake-up
+                    if out and not self._send_groups(feed, out):
+                        return
                     feed.sent = pos
                     last_send = time.monotonic()
                     continue
@@ -741,6 +841,34 @@ class Replication:
                 assert fut is not None
                 # (asyncio.wait never cancels the shared future on its timeout)
                 await asyncio.wait((fut,), timeout=HEARTBEAT)
+
+    def _send_groups(self, feed: ReplicaFeed, frames: list[bytes]) -> bool:
+        """Send whole group frames in one write; False when the link was dropped to stay
+        under repl-total-output-limit."""
+        data = b"".join(frames)
+        if not self._room(feed, len(data)):
+            return False
+        feed.send(data)
+        return True
+
+    async def _send_large(self, feed: ReplicaFeed, term: bytes, payload: bytes) -> bool:
+        """One group frame in TAIL_READ slices, each after the link drained to TAIL_WINDOW
+        (the frame's bytes are the same as :func:`frame`'s); False when the link was
+        dropped."""
+        head = bytes((FRAME_GROUP,)) + term
+        crc = crc32c(payload, crc32c(head))
+        n = len(head) + len(payload) + 4
+        view = memoryview(payload)
+        pieces: list[bytes | memoryview] = [b"$%d\r\n%s" % (n, head)]
+        pieces += [view[i:i + TAIL_READ] for i in range(0, len(payload), TAIL_READ)]
+        pieces.append(crc.to_bytes(4, "little") + b"\r\n")
+        for piece in pieces:
+            await self._wait_drained(feed, TAIL_WINDOW)
+            if not self._room(feed, len(piece)):
+                return False
+            if not feed.send(bytes(piece)):
+                return False
+        return True
 
     # -- replica: the link to the primary --------------------------------------------------------
     def _current(self, epoch: int) -> None:
@@ -1072,6 +1200,9 @@ class Replication:
             ("sync_partial_ok", self.sync_partial_ok),
             ("sync_partial_err", self.sync_partial_err),
             ("shaledb_slow_replica_disconnections", self.slow_replica_disconnections),
+            ("shaledb_repl_output_bytes", self.unsent_bytes()),
+            ("shaledb_repl_output_limit_disconnections", self.output_limit_disconnections),
+            ("shaledb_max_replicas_refused", self.max_replicas_refused),
             ("shaledb_repl_waiters", sum(1 for w in self._waiters if not w.future.done())),
             ("shaledb_repl_wal_reads", self.wal_reads),
             ("shaledb_term", self.term),
