@@ -392,6 +392,7 @@ def _sync_replicas_fixed_with_failover(server: Services, value: Any) -> None:
 
 def _sync_replicas(server: Services, _: Any) -> None:
     server.set_appendfsync(server.config.appendfsync)  # installs or removes the ack wait
+    server.replication.sync_mode_changed()  # pins or releases the snapshot reads use
 
 
 def _scrub_interval(server: Services, interval: float) -> None:

@@ -68,8 +68,9 @@ from .durability import SyncGroup
 
 if TYPE_CHECKING:
     from ..admin.config import ServerConfig
-    from ..keyspace.keyspace import Keyspace
+    from ..keyspace.keyspace import Keyspace, KeyspaceTxn
     from .client import ClientState
+    from .command import CommandSpec
 
 log = logging.getLogger("shaledb.server.replication")
 
@@ -111,6 +112,23 @@ BACKOFF_MIN: Final = 0.05
 BACKOFF_MAX: Final = 5.0
 #: Most REPLCONF listening-port values kept for clients yet to send SHALEDB.PSYNC.
 MAX_PENDING_PORTS: Final = 1024
+#: sync_read's answers (see there).
+READ_LATEST: Final = 0
+READ_VIEW: Final = 1
+READ_HELD: Final = 2
+#: The reads a sync-replicas primary serves from the visible snapshot: point reads of a
+#: key's entry, a string's bytes, a hash field, a set member, a list element or a sorted
+#: set score (KeyspaceView reads them at a snapshot; every other read command holds its
+#: reply until what it read is acknowledged instead).
+VIEW_COMMANDS: Final = frozenset((
+    "get", "mget", "strlen", "getrange", "getbit", "bitcount", "bitpos",
+    "exists", "type", "ttl", "pttl", "expiretime", "pexpiretime",
+    "hget", "hmget", "hexists", "hstrlen", "hlen", "sismember", "smismember", "scard",
+    "llen", "lindex", "zscore", "zmscore", "zcard"))
+#: Commands without the write flag that may read and write data: a sync-replicas primary
+#: holds their reply until what they read is acknowledged, like a @read command's.
+SCRIPTS_AND_EXEC: Final = frozenset((
+    "exec", "eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"))
 #: Keys deleted per write while a full resync wipes a replica's old data.
 WIPE_BATCH: Final = 1000
 
@@ -311,6 +329,14 @@ class Replication:
         self.full_syncs_done = 0
         self.partial_syncs_done = 0
         self.groups_applied = 0
+        #: sync-replicas: the highest sequence number sync-replicas replicas acknowledged
+        #: (or committed before sync mode started), and a snapshot pinned there: the reads
+        #: of :meth:`sync_read` see nothing past it (None: not in sync mode).
+        self.visible = 0
+        self._visible_snap: shaledb.Snapshot | None = None
+        #: Reads served from that snapshot, and read replies held for acknowledgements.
+        self.view_reads = 0
+        self.held_reads = 0
         self._waiters: list[_AckWaiter] = []
         self._commit_fut: asyncio.Future[None] | None = None
         self._loop_thread = 0
@@ -371,6 +397,7 @@ class Replication:
             log.warning("this node was a replica (of primary %s at offset %d) and starts as "
                         "a primary: give --replicaof to keep it a replica", replid or "?",
                         offset)
+        self.sync_mode_changed()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -388,6 +415,9 @@ class Replication:
             if not w.future.done():
                 w.future.set_result(self._count_acked(w.target))
         self._waiters.clear()
+        if self._visible_snap is not None:
+            self._visible_snap.close()
+            self._visible_snap = None
         if self.backlog is not None:  # started: the database is open
             try:
                 self.host.db.attach_replication(None, None)
@@ -424,6 +454,7 @@ class Replication:
         self.link_error = ""
         self._link_epoch += 1
         self._link_task = self.host.loop.create_task(self._link_loop(self._link_epoch))
+        self.sync_mode_changed()
         log.info("replicating %s:%d (term %d)", host, port, self.term)
 
     def become_primary(self, term: int | None) -> None:
@@ -467,6 +498,7 @@ class Replication:
         ks.replica = False
         if was_replica or fenced:
             ks.reload()  # its purger and chunk ids take over from the old primary's
+        self.sync_mode_changed()
         log.info("now a primary (term %d, replid %s)", self.term, self.replid)
 
     def _save_state(self, status: int) -> None:
@@ -603,8 +635,87 @@ class Replication:
         if offset > feed.ack:
             feed.ack = offset
         feed.ack_time = time.monotonic()
+        if self._visible_snap is not None:
+            self._advance_visible()
         if self._waiters:
             self._check_waiters()
+
+    # -- sync-replicas reads ---------------------------------------------------------------------
+    def sync_mode_changed(self) -> None:
+        """sync-replicas or the role changed: a primary in sync mode pins the visible
+        snapshot at its last sequence number (what was committed before sync mode began
+        was acknowledged without replicas), anything else releases it."""
+        want = self.host.config.sync_replicas > 0 and self.role == "master"
+        snap = self._visible_snap
+        if want and snap is None:
+            snap = self._visible_snap = self.host.db.snapshot()
+            assert snap.sequence is not None
+            self.visible = snap.sequence
+        elif not want and snap is not None:
+            self._visible_snap = None
+            snap.close()
+
+    def _advance_visible(self) -> None:
+        """Move the visible snapshot to the highest sequence number sync-replicas counting
+        replicas acknowledged (never back): a new snapshot there before the old one is
+        released, so every version it reads is kept."""
+        snap = self._visible_snap
+        need = self.host.config.sync_replicas
+        if snap is None or need <= 0:
+            return
+        acks = sorted((f.ack for f in self.feeds.values() if self._counts(f, True)),
+                      reverse=True)
+        if len(acks) < need:
+            return
+        seq = min(acks[need - 1], self.host.db.last_sequence)
+        if seq <= self.visible:
+            return
+        self._visible_snap = self.host.db.snapshot_at(seq)
+        self.visible = seq
+        snap.close()
+
+    def sync_read(self, client: ClientState, cmd: CommandSpec) -> int:
+        """How the command ``name`` of ``client`` runs on a sync-replicas primary, so that
+        no reply shows a write sync-replicas replicas have not acknowledged:
+        :data:`READ_LATEST` (as usual: a write, whose reply waits for its own
+        acknowledgements; or nothing is unacknowledged), :data:`READ_VIEW` (a plain read:
+        at the visible snapshot, :meth:`view_txn`, without waiting), :data:`READ_HELD` (a
+        read of the latest state -- EXEC, a script, a walk, or a client whose own write is
+        not acknowledged yet, which must see it -- whose reply waits until everything
+        committed so far is acknowledged, as a write's does)."""
+        if self._visible_snap is None:
+            return READ_LATEST
+        name = cmd.name
+        if "write" in cmd.flags:
+            client.sync_wrote = True
+            return READ_LATEST
+        last = self.host.db.last_sequence
+        if name not in VIEW_COMMANDS:
+            if name in SCRIPTS_AND_EXEC:
+                client.sync_wrote = True  # they may write too
+            elif "read" not in cmd.categories:
+                return READ_LATEST  # PING, INFO, CONFIG, REPLCONF ...: no data
+            if self.visible >= last:
+                return READ_LATEST
+            self.held_reads += 1
+            return READ_HELD
+        if client.sync_wrote:
+            # Its writes are committed (a read commits the turn first): at or before now.
+            client.sync_wrote = False
+            client.sync_last_write = last
+        if self.visible >= last:
+            return READ_LATEST
+        if name in VIEW_COMMANDS and self.visible >= client.sync_last_write:
+            self.view_reads += 1
+            return READ_VIEW
+        self.held_reads += 1
+        return READ_HELD
+
+    def view_txn(self) -> KeyspaceTxn:
+        """A read-only keyspace transaction at the visible snapshot."""
+        snap = self._visible_snap
+        assert snap is not None
+        return self.host.keyspace.view(snap)
 
     def acked_now(self) -> int:
         """How many replicas acknowledged every write so far."""
@@ -1209,6 +1320,9 @@ class Replication:
             ("shaledb_fenced_by_term", self.fenced_by),
             ("shaledb_sync_replicas", self.host.config.sync_replicas),
             ("shaledb_good_replicas", self.good_replicas()),
+            ("shaledb_sync_visible_offset", self.visible),
+            ("shaledb_sync_view_reads", self.view_reads),
+            ("shaledb_sync_held_reads", self.held_reads),
         ]
         return fields
 
