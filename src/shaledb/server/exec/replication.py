@@ -334,6 +334,8 @@ class Replication:
         #: of :meth:`sync_read` see nothing past it (None: not in sync mode).
         self.visible = 0
         self._visible_snap: shaledb.Snapshot | None = None
+        #: The read-only keyspace transaction at that snapshot, reused until it moves.
+        self._view: KeyspaceTxn | None = None
         #: Reads served from that snapshot, and read replies held for acknowledgements.
         self.view_reads = 0
         self.held_reads = 0
@@ -418,6 +420,7 @@ class Replication:
         if self._visible_snap is not None:
             self._visible_snap.close()
             self._visible_snap = None
+            self._view = None
         if self.backlog is not None:  # started: the database is open
             try:
                 self.host.db.attach_replication(None, None)
@@ -647,6 +650,7 @@ class Replication:
         was acknowledged without replicas), anything else releases it."""
         want = self.host.config.sync_replicas > 0 and self.role == "master"
         snap = self._visible_snap
+        self._view = None
         if want and snap is None:
             snap = self._visible_snap = self.host.db.snapshot()
             assert snap.sequence is not None
@@ -671,6 +675,7 @@ class Replication:
         if seq <= self.visible:
             return
         self._visible_snap = self.host.db.snapshot_at(seq)
+        self._view = None
         self.visible = seq
         snap.close()
 
@@ -712,10 +717,16 @@ class Replication:
         return READ_HELD
 
     def view_txn(self) -> KeyspaceTxn:
-        """A read-only keyspace transaction at the visible snapshot."""
-        snap = self._visible_snap
-        assert snap is not None
-        return self.host.keyspace.view(snap)
+        """A read-only keyspace transaction at the visible snapshot (one per snapshot: its
+        clock is set again for each command, as the shared transaction's)."""
+        view = self._view
+        if view is None:
+            snap = self._visible_snap
+            assert snap is not None
+            view = self._view = self.host.keyspace.view(snap)
+        else:
+            view.mark()
+        return view
 
     def acked_now(self) -> int:
         """How many replicas acknowledged every write so far."""
