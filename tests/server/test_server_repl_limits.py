@@ -161,3 +161,32 @@ def test_a_giant_write_group_is_streamed_to_each_replica_in_bounded_slices(
             s.close()
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+def test_a_full_resync_of_a_giant_value_is_sent_in_bounded_slices(
+        server_factory: Factory) -> None:
+    """A list element (or hash value) may be a 40 MiB engine value, and a snapshot chunk
+    holds at least one value: sent as one frame, each loading replica held all of it
+    unsent. Sliced, a link holds at most the snapshot window and a slice; a real replica
+    loads the same bytes."""
+    p = server_factory(proto_max_bulk_len=60 * MiB, client_query_buffer_limit=256 * MiB,
+                       repl_total_output_limit=1 << 30)
+    pc = p.client()
+    value = os.urandom(40 * MiB)
+    pc.rpush("big", value, b"small")
+    socks = [_psync(p.port) for _ in range(2)]
+    try:
+        wait_until(lambda: len(_replica_omem(pc)) == 2 and min(_replica_omem(pc)) > 0, 20,
+                   "the snapshots to be sent")
+        time.sleep(1.0)
+        omem = _replica_omem(pc)
+        assert max(omem) <= 5 * MiB + 64 * 1024, omem
+        r = server_factory(replicaof=f"{HOST} {p.port}")
+        rc = r.client()
+        wait_until(lambda: _info(rc).get("master_link_status") == "up", 60,
+                   "the real replica's full resync")
+        assert rc.lrange("big", 0, -1) == [value, b"small"]
+        rc.close()
+    finally:
+        for s in socks:
+            s.close()

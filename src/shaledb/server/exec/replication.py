@@ -845,6 +845,13 @@ class Replication:
             data = await loop.run_in_executor(self._executor, _snapshot_chunk, it)
             if data is None:
                 return
+            if len(data) > TAIL_READ:
+                # A chunk holding one large value (a list element or a hash field of up
+                # to 64 MiB): in slices, as a giant group is.
+                if not await self._send_large(feed, FRAME_SNAPSHOT, b"", data,
+                                              SNAPSHOT_WINDOW):
+                    raise _Dropped()
+                continue
             out = frame(FRAME_SNAPSHOT, data)
             if not self._room(feed, len(out)):
                 raise _Dropped()
@@ -945,7 +952,8 @@ class Replication:
                             if out and not self._send_groups(feed, out):
                                 return
                             out = []
-                            if not await self._send_large(feed, term, payload):
+                            if not await self._send_large(feed, FRAME_GROUP, term,
+                                                          payload, TAIL_WINDOW):
                                 return
                         else:
                             out.append(frame(FRAME_GROUP, term + payload))
@@ -973,11 +981,12 @@ class Replication:
         feed.send(data)
         return True
 
-    async def _send_large(self, feed: ReplicaFeed, term: bytes, payload: bytes) -> bool:
-        """One group frame in TAIL_READ slices, each after the link drained to TAIL_WINDOW
-        (the frame's bytes are the same as :func:`frame`'s); False when the link was
-        dropped."""
-        head = bytes((FRAME_GROUP,)) + term
+    async def _send_large(self, feed: ReplicaFeed, kind: int, prefix: bytes,
+                          payload: bytes, window: int) -> bool:
+        """One frame of ``kind`` (body ``prefix + payload``) in TAIL_READ slices, each once
+        the link drained to ``window`` (the bytes are :func:`frame`'s, without building
+        them whole); False when the link was dropped."""
+        head = bytes((kind,)) + prefix
         crc = crc32c(payload, crc32c(head))
         n = len(head) + len(payload) + 4
         view = memoryview(payload)
@@ -985,7 +994,7 @@ class Replication:
         pieces += [view[i:i + TAIL_READ] for i in range(0, len(payload), TAIL_READ)]
         pieces.append(crc.to_bytes(4, "little") + b"\r\n")
         for piece in pieces:
-            await self._wait_drained(feed, TAIL_WINDOW)
+            await self._wait_drained(feed, window)
             if not self._room(feed, len(piece)):
                 return False
             if not feed.send(bytes(piece)):
