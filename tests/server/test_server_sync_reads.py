@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 
 from ._server_support import HOST, ServerThread, wait_until
@@ -210,5 +211,27 @@ def test_config_set_sync_replicas_starts_and_ends_the_acknowledged_view(
         assert isinstance(Pending(p, lambda c: c.set("y", "later")).get(),
                           redis.ResponseError)
         assert pc.get("y") is None and pc.get("x") == b"maybe"
+    finally:
+        fake.close()
+
+
+def test_a_held_read_fails_like_a_write_when_nothing_is_acknowledged(
+        server_factory: Factory) -> None:
+    """A read that is not a point read (HGETALL) reads the latest state and holds its
+    reply until that is acknowledged: with no acknowledgement within
+    sync-replicas-timeout it gets -NOREPLICAS, never the unacknowledged field."""
+    p = server_factory(sync_replicas=1, sync_replicas_timeout=0.5)
+    pc = p.client()
+    fake = FakeReplica(p.port, pc)
+    try:
+        assert isinstance(Pending(p, lambda c: c.hset("h", "f", "maybe")).get(),
+                          redis.ResponseError)
+        reader = p.client()
+        with pytest.raises(redis.ResponseError, match="or a write this reply read"):
+            reader.hgetall("h")
+        reader.close()
+        assert pc.hget("h", "f") is None  # a point read answers at once, without it
+        fake.ack()
+        wait_until(lambda: pc.hgetall("h") == {b"f": b"maybe"}, 10, "the acknowledged field")
     finally:
         fake.close()

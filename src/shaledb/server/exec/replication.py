@@ -1398,10 +1398,12 @@ class ReplicaSyncGroup(SyncGroup):
                 return
             got = acks.result()
             if got < need:
+                # (A held read's reply too: the writes it read are the ones waited for.)
                 out.set_exception(CommandError(
-                    f"{NOREPLICAS_MESSAGE} The write was applied on this primary but only "
-                    f"{got} of the {need} replicas (sync-replicas) acknowledged it within "
-                    f"{timeout:g} s: it may be lost in a failover", prefix="NOREPLICAS"))
+                    f"{NOREPLICAS_MESSAGE} The write (or a write this reply read) was "
+                    f"applied on this primary but only {got} of the {need} replicas "
+                    f"(sync-replicas) acknowledged it within {timeout:g} s: it may be lost "
+                    "in a failover", prefix="NOREPLICAS"))
             else:
                 out.set_result(None)
 
