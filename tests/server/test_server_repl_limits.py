@@ -190,3 +190,19 @@ def test_a_full_resync_of_a_giant_value_is_sent_in_bounded_slices(
     finally:
         for s in socks:
             s.close()
+
+
+def test_the_limits_load_from_toml_and_are_validated(tmp_path: Path) -> None:
+    from shaledb.errors import InvalidArgument
+    from shaledb.server import ServerConfig
+
+    path = tmp_path / "shaledb.toml"
+    path.write_text("max_replicas = 3\nrepl_total_output_limit = 20971520\n")
+    config = ServerConfig.load(str(path))
+    assert (config.max_replicas, config.repl_total_output_limit) == (3, 20 * MiB)
+    assert (ServerConfig().max_replicas, ServerConfig().repl_total_output_limit) == (16,
+                                                                                    16 * MiB)
+    with pytest.raises(InvalidArgument, match="repl_total_output_limit must be an integer"):
+        ServerConfig(repl_total_output_limit=MiB)  # below one link's own bound
+    with pytest.raises(InvalidArgument, match="max_replicas"):
+        ServerConfig(max_replicas=0)
