@@ -680,7 +680,7 @@ class Replication:
         snap.close()
 
     def sync_read(self, client: ClientState, cmd: CommandSpec) -> int:
-        """How the command ``name`` of ``client`` runs on a sync-replicas primary, so that
+        """How ``cmd`` of ``client`` runs on a sync-replicas primary, so that
         no reply shows a write sync-replicas replicas have not acknowledged:
         :data:`READ_LATEST` (as usual: a write, whose reply waits for its own
         acknowledgements; or nothing is unacknowledged), :data:`READ_VIEW` (a plain read:
@@ -710,7 +710,7 @@ class Replication:
             client.sync_last_write = last
         if self.visible >= last:
             return READ_LATEST
-        if name in VIEW_COMMANDS and self.visible >= client.sync_last_write:
+        if self.visible >= client.sync_last_write:
             self.view_reads += 1
             return READ_VIEW
         self.held_reads += 1
