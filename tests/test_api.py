@@ -594,6 +594,33 @@ def test_snapshot_sees_many_overwrites_after_compaction(db_path, small_opts):
         assert db.get(b"k0003") is None
 
 
+def test_snapshot_at_an_older_sequence_reads_its_versions_after_compaction(
+        db_path, small_opts):
+    """DB.snapshot_at moves a view forward (the server's sync-replicas reads): a snapshot
+    at a sequence between an open snapshot and now reads exactly that moment's versions,
+    even after the versions in between were overwritten, flushed and compacted; without
+    an open snapshot at or below it, it is refused (those versions may be gone)."""
+    with shaledb.open(db_path, **small_opts) as db:
+        fill(db, [(b"k%04d" % i, b"gen0-%04d" % i) for i in range(500)])
+        pin = db.snapshot()
+        with pytest.raises(InvalidArgument, match="needs an open snapshot"):
+            db.snapshot_at(pin.sequence - 1)
+        fill(db, [(b"k%04d" % i, b"gen1-%04d" % i) for i in range(500)])
+        middle = db.last_sequence
+        for gen in range(2, 4):
+            fill(db, [(b"k%04d" % i, b"gen%d-%04d" % (gen, i) + b"x" * 100)
+                      for i in range(500)])
+        db.flush()
+        db.compact_range()
+        moved = db.snapshot_at(middle)
+        pin.close()  # the older view goes once the newer one is open
+        db.compact_range()
+        assert list(moved.range()) == [(b"k%04d" % i, b"gen1-%04d" % i) for i in range(500)]
+        with pytest.raises(InvalidArgument):
+            db.snapshot_at(db.last_sequence + 1)
+        moved.close()
+
+
 def test_snapshot_ttl_judged_at_read_time(cdb, clock):
     """A snapshot hides a key once it expires, even if it was live when the snapshot was taken."""
     cdb.put(b"t", b"v", ttl=10)

@@ -140,6 +140,12 @@ class DB(Reader):
         so compaction can reclaim the versions it keeps alive."""
         return Snapshot(self._engine)
 
+    def snapshot_at(self, sequence: int) -> Snapshot:
+        """A snapshot at an older ``sequence``, which needs a snapshot at or below it to be
+        open (the versions it reads are kept only for open snapshots; InvalidArgument
+        otherwise): moves a view forward without ever losing what it sees."""
+        return Snapshot(self._engine, sequence)
+
     def transaction(self) -> Transaction:
         """An optimistic transaction (see :class:`shaledb.Transaction`)."""
         return Transaction(self._engine)

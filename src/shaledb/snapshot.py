@@ -99,9 +99,10 @@ class Snapshot(Reader):
     """A read-only view fixed at one sequence number. TTLs are still judged by the clock at
     read time. Thread-safe; close it when done."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sequence: int | None = None) -> None:
         self._engine = engine
-        self.sequence: int | None = engine.acquire_snapshot()
+        self.sequence: int | None = (engine.acquire_snapshot() if sequence is None
+                                     else engine.acquire_snapshot_at(sequence))
 
     def _seq(self) -> int | None:
         seq = self.sequence

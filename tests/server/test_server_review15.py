@@ -58,16 +58,14 @@ def test_an_ack_past_what_was_sent_does_not_acknowledge_later_writes(
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review15: a plain read on a sync-mode primary "
-                   "returns a write no replica has acknowledged (dirty read: lost in a "
-                   "failover although a client saw it)")
 def test_a_read_on_a_sync_primary_does_not_see_an_unacknowledged_write(
         server_factory: Factory) -> None:
     """sync-replicas 1: a write is acknowledged only once a replica holds it, because
     otherwise a failover may lose it. A concurrent plain GET on the primary must not
     return such a write either: a client that read it would see it vanish after the
     failover (Jepsen: a read of a value that was never committed). The Jepsen harness
-    only issues fenced reads (MULTI GET + SET), so it cannot see this."""
+    only issues fenced reads (MULTI GET + SET), so it cannot see this. Fixed: plain reads
+    run at the snapshot replicas acknowledged (test_server_sync_reads.py)."""
     p = server_factory(sync_replicas=1, sync_replicas_timeout=3.0)
     pc = p.client()
     s = _fake_replica(p.port)
@@ -98,15 +96,14 @@ def test_a_read_on_a_sync_primary_does_not_see_an_unacknowledged_write(
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review15: unsent replication stream has a bound "
-                   "per replica (about 4-9 MiB) but none in total: N fake replicas that "
-                   "never read hold N times that on the primary")
 def test_the_unsent_stream_of_all_replicas_together_is_bounded(
         server_factory: Factory) -> None:
     """Any client with @admin (the default user without ACLs) can PSYNC and never read.
     Each such feed keeps up to SNAPSHOT_WINDOW + a chunk (and a pinned snapshot) on the
     primary; there is no cap on the number of feeds but maxclients. Measured here: 20
-    fake replicas of a 20 MB database hold about 85 MB of unsent output."""
+    fake replicas of a 20 MB database hold about 85 MB of unsent output. Fixed:
+    repl-total-output-limit (16 MiB) drops the links furthest behind and max-replicas (16)
+    refuses the rest (test_server_repl_limits.py)."""
     p = server_factory()
     pc = p.client()
     value = os.urandom(100_000)

@@ -1633,6 +1633,22 @@ class Engine:
             self._snapshots[seq] += 1
             return seq
 
+    def acquire_snapshot_at(self, seq: int) -> int:
+        """Register a snapshot at ``seq``, older than the latest sequence: allowed only
+        while a snapshot at or below ``seq`` is registered. Flush and compaction drop a
+        version only when a newer one of its key is at or below the oldest snapshot, so
+        every version ``seq`` sees is still there (the server's sync-replicas reads move
+        such a snapshot forward as replicas acknowledge)."""
+        with self._mutex:
+            self.check_open()
+            if not (self._snapshots and min(self._snapshots) <= seq <= self._last_seq):
+                raise InvalidArgument(
+                    f"a snapshot at sequence {seq} needs an open snapshot at or below it "
+                    f"(oldest open: {min(self._snapshots) if self._snapshots else None}, "
+                    f"last sequence {self._last_seq}): older versions may be gone")
+            self._snapshots[seq] += 1
+            return seq
+
     def release_snapshot(self, seq: int) -> None:
         """Forget a snapshot so compaction may drop what only it could see."""
         self._release(self._locked_release_snapshot, seq)

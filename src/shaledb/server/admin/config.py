@@ -26,6 +26,12 @@ from ..net.security import parse_networks
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
+#: The least repl-total-output-limit: one link's own bound (an 8 MiB window plus a 1 MiB
+#: read, exec/replication.py) and a frame header, so that one replica alone is never
+#: dropped by the total.
+MIN_REPL_TOTAL_OUTPUT: Final = 10 * MiB
+#: The most max-replicas.
+MAX_REPLICAS: Final = 10_000
 
 APPENDFSYNC_MODES: Final = ("always", "everysec", "no")
 TLS_AUTH_CLIENTS_MODES: Final = ("yes", "no", "optional")
@@ -273,6 +279,15 @@ class ServerConfig:
     #: Seconds without a byte from the other side after which a replication link is
     #: dropped (both ends; the primary sends a heartbeat every second).
     repl_timeout: float = 60.0
+    #: Most replicas a primary feeds at once: SHALEDB.PSYNC past it is refused (-ERR max
+    #: number of replicas reached), so fake or forgotten replicas cannot each pin a snapshot
+    #: and a window of unsent stream.
+    max_replicas: int = 16
+    #: Most bytes of replication stream unsent to all replicas together (each link also
+    #: has its own bound, about 9 MiB): a send that would pass it first drops the link
+    #: furthest behind, which resyncs later (Redis' client-output-buffer-limit replica
+    #: class, but for all replicas together).
+    repl_total_output_limit: int = 16 * MiB
     #: Synchronous replication: a write is acknowledged only once this many replicas have
     #: it durably (0: asynchronous replication).
     sync_replicas: int = 0
@@ -323,6 +338,8 @@ class ServerConfig:
         integer("client_query_buffer_limit", 1024)
         integer("repl_backlog_size", 16 * KiB)
         integer("sync_replicas", 0, 1000)
+        integer("max_replicas", 1, MAX_REPLICAS)
+        integer("repl_total_output_limit", MIN_REPL_TOTAL_OUTPUT)
         for name in ("repl_timeout", "sync_replicas_timeout"):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -35,10 +35,12 @@ from ..net.ratelimit import CommandRateLimits
 from ..net.security import parse_networks
 from .config import (
     APPENDFSYNC_MODES,
+    MAX_REPLICAS,
     MAX_TRACKED_HOSTS,
     MIN_AUTH_FAIL_RATE,
     MIN_BULK_LEN,
     MIN_COMMAND_RATE,
+    MIN_REPL_TOTAL_OUTPUT,
     MIN_TIMEOUT,
 )
 
@@ -390,6 +392,7 @@ def _sync_replicas_fixed_with_failover(server: Services, value: Any) -> None:
 
 def _sync_replicas(server: Services, _: Any) -> None:
     server.set_appendfsync(server.config.appendfsync)  # installs or removes the ack wait
+    server.replication.sync_mode_changed()  # pins or releases the snapshot reads use
 
 
 def _scrub_interval(server: Services, interval: float) -> None:
@@ -524,6 +527,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("master-tls", "master_tls", yes_no),
     Setting("repl-backlog-size", "repl_backlog_size"),  # the backlog is sized at start
     Setting("repl-timeout", "repl_timeout", number),
+    # Checked at every SHALEDB.PSYNC and every send (links already fed stay when lowered).
+    Setting("max-replicas", "max_replicas", integer(1, MAX_REPLICAS)),
+    Setting("repl-total-output-limit", "repl_total_output_limit",
+            memory(MIN_REPL_TOTAL_OUTPUT)),
     Setting("sync-replicas", "sync_replicas", integer(0, 1000), _sync_replicas,
             check=_sync_replicas_fixed_with_failover),
     Setting("sync-replicas-timeout", "sync_replicas_timeout", number),

@@ -30,7 +30,7 @@ class ClientState:
                  "created", "last_active", "laddr", "fd", "cmd", "output_overflow",
                  "ever_authenticated", "output_budget", "exec_started", "channels", "patterns",
                  "shard_channels", "monitor", "push", "reply_off", "skip_replies", "subscribed",
-                 "__weakref__")
+                 "sync_wrote", "sync_last_write", "__weakref__")
 
     def __init__(self, client_id: int, addr: str, user: User, authenticated: bool,
                  host: str | None = None) -> None:
@@ -87,6 +87,12 @@ class ClientState:
         #: charged to its output buffer limit; set by the connection (None: nowhere). False
         #: when the client is gone or was just disconnected for it.
         self.push: Callable[[Any], bool] | None = None
+        #: sync-replicas (exec/replication.py, ``Replication.sync_read``): a write command
+        #: ran since ``sync_last_write`` was set, and a sequence number at or past that of
+        #: this client's last write: its reads wait for that write's acknowledgements
+        #: rather than read a view without it.
+        self.sync_wrote = False
+        self.sync_last_write = 0
 
     @property
     def subscriptions(self) -> int:

@@ -42,6 +42,7 @@ from .blocking import BlockingQueue, Waiter
 from .client import ClientState
 from .context import Command, Context, Services
 from .deferred import Deferred
+from .replication import READ_HELD, READ_VIEW
 
 #: Commands a RESP2 client may run while subscribed (Redis' processCommand).
 SUBSCRIBED_OK: Final = frozenset((
@@ -372,9 +373,11 @@ class Dispatcher:
             if (client.subscribed and error is None and client.resp == 2
                     and not route.subscribed_ok):
                 error = subscribed_mode_error(cmd.name)
+        restricted = False
         if error is not None or cmd is None:
             pass
         elif self.services.replication.restricted:
+            restricted = True
             error = self._replication_refusal(cmd)
         if error is not None:
             self.stats.reject(cmd, argv, error.prefix)
@@ -405,10 +408,20 @@ class Dispatcher:
         # themselves: settle the buffered writes (of every client) before them.
         if route.reads and txn.dirty:
             group.commit()
+        run = txn
+        if restricted:
+            # sync-replicas: no reply may show a write the replicas have not acknowledged
+            # (Replication.sync_read): a plain read runs at the acknowledged snapshot, other
+            # reads hold their reply until what they read is acknowledged.
+            how = self.services.replication.sync_read(client, cmd)
+            if how == READ_VIEW:
+                run = self.services.replication.view_txn()
+            elif how == READ_HELD:
+                group.wrote = True
         mark = txn.mark()
         start = perf_counter_ns()
         try:
-            reply = cmd.handler(Context(client, self.services, txn), argv)
+            reply = cmd.handler(Context(client, self.services, run), argv)
         except CommandError as exc:
             txn.undo(mark)
             reply = exc

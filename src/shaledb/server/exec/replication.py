@@ -12,8 +12,11 @@ has) when this primary's replid matches and its backlog still holds every group 
 or starts a full resync: a snapshot of the whole database is streamed in bounded chunks
 (read in a worker thread, at most :data:`SNAPSHOT_WINDOW` bytes unsent at a time), then the
 groups committed after the snapshot's sequence number. A replica that falls behind the
-backlog, or whose unsent output passes ``repl-buffer`` bounds, is disconnected with a log
-line; it reconnects and resyncs. The replica acknowledges (``REPLCONF ACK offset``) after
+backlog is disconnected with a log line; it reconnects and resyncs. Unsent output is
+bounded per link (the feeder waits at :data:`SNAPSHOT_WINDOW` / :data:`TAIL_WINDOW`; a
+giant group goes out in :data:`TAIL_READ` slices) and for all links together
+(``repl-total-output-limit``: the link furthest behind is dropped); at most
+``max-replicas`` links are fed. The replica acknowledges (``REPLCONF ACK offset``) after
 an fsync of what it applied: WAIT and ``sync-replicas`` count those.
 
 Replica side (:class:`Replication`'s link task): connect (TLS when ``master-tls``),
@@ -65,8 +68,9 @@ from .durability import SyncGroup
 
 if TYPE_CHECKING:
     from ..admin.config import ServerConfig
-    from ..keyspace.keyspace import Keyspace
+    from ..keyspace.keyspace import Keyspace, KeyspaceTxn
     from .client import ClientState
+    from .command import CommandSpec
 
 log = logging.getLogger("shaledb.server.replication")
 
@@ -108,6 +112,23 @@ BACKOFF_MIN: Final = 0.05
 BACKOFF_MAX: Final = 5.0
 #: Most REPLCONF listening-port values kept for clients yet to send SHALEDB.PSYNC.
 MAX_PENDING_PORTS: Final = 1024
+#: sync_read's answers (see there).
+READ_LATEST: Final = 0
+READ_VIEW: Final = 1
+READ_HELD: Final = 2
+#: The reads a sync-replicas primary serves from the visible snapshot: point reads of a
+#: key's entry, a string's bytes, a hash field, a set member, a list element or a sorted
+#: set score (KeyspaceView reads them at a snapshot; every other read command holds its
+#: reply until what it read is acknowledged instead).
+VIEW_COMMANDS: Final = frozenset((
+    "get", "mget", "strlen", "getrange", "getbit", "bitcount", "bitpos",
+    "exists", "type", "ttl", "pttl", "expiretime", "pexpiretime",
+    "hget", "hmget", "hexists", "hstrlen", "hlen", "sismember", "smismember", "scard",
+    "llen", "lindex", "zscore", "zmscore", "zcard"))
+#: Commands without the write flag that may read and write data: a sync-replicas primary
+#: holds their reply until what they read is acknowledged, like a @read command's.
+SCRIPTS_AND_EXEC: Final = frozenset((
+    "exec", "eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"))
 #: Keys deleted per write while a full resync wipes a replica's old data.
 WIPE_BATCH: Final = 1000
 
@@ -116,6 +137,10 @@ crc32c = _crc32c.crc32c
 
 class ReplicationError(Exception):
     """The replication link failed (the message says why; it is shown in INFO)."""
+
+
+class _Dropped(Exception):
+    """A feeder's link was dropped to stay under repl-total-output-limit (logged)."""
 
 
 def encode_state(status: int, term: int, offset: int, replid: str,
@@ -158,6 +183,7 @@ class FeedConnection(Protocol):
     def output_bytes(self) -> int: ...
     def send_raw(self, data: bytes) -> bool: ...
     def abort(self, message: bytes | None = None) -> None: ...
+    def drop(self) -> None: ...
 
 
 class ReplicationHost(Protocol):
@@ -180,7 +206,7 @@ class ReplicaFeed:
     """One connected replica, on the primary."""
 
     __slots__ = ("client_id", "addr", "conn", "port", "ack", "ack_time", "state", "task",
-                 "sent", "ip", "node")
+                 "sent", "ip", "node", "bytes_out")
 
     def __init__(self, client_id: int, addr: str, conn: FeedConnection, port: int,
                  ip: str | None = None, node: str | None = None) -> None:
@@ -202,6 +228,25 @@ class ReplicaFeed:
         self.task: asyncio.Task[None] | None = None
         #: The last sequence number sent.
         self.sent = 0
+        #: Bytes of stream handed to the connection (minus its unsent output: how much of
+        #: a snapshot the replica has read).
+        self.bytes_out = 0
+
+    def send(self, data: bytes) -> bool:
+        """Hand ``data`` to the connection; whether it was taken."""
+        self.bytes_out += len(data)
+        return self.conn.send_raw(data)
+
+    def behind(self) -> tuple[int, int, int]:
+        """How far behind the replica is, comparable between links (larger: further):
+        first by the stream it was handed and has not read (so a replica that stopped
+        reading ranks above one that just connected), then a replica loading a snapshot
+        above one tailing, then by how little it read (snapshot bytes, or the offset it
+        acknowledged)."""
+        unsent = self.conn.output_bytes
+        if self.state == "online":
+            return unsent, 0, -self.ack
+        return unsent, 1, unsent - self.bytes_out
 
 
 class _AckWaiter:
@@ -279,12 +324,26 @@ class Replication:
         self.sync_partial_ok = 0
         self.sync_partial_err = 0
         self.slow_replica_disconnections = 0
+        #: Replicas dropped because the stream unsent to all of them together would have
+        #: passed repl-total-output-limit, and PSYNCs refused past max-replicas.
+        self.output_limit_disconnections = 0
+        self.max_replicas_refused = 0
         #: Times a feeder read groups back from the WAL on disk (past the backlog).
         self.wal_reads = 0
         #: Replica-side counters.
         self.full_syncs_done = 0
         self.partial_syncs_done = 0
         self.groups_applied = 0
+        #: sync-replicas: the highest sequence number sync-replicas replicas acknowledged
+        #: (or committed before sync mode started), and a snapshot pinned there: the reads
+        #: of :meth:`sync_read` see nothing past it (None: not in sync mode).
+        self.visible = 0
+        self._visible_snap: shaledb.Snapshot | None = None
+        #: The read-only keyspace transaction at that snapshot, reused until it moves.
+        self._view: KeyspaceTxn | None = None
+        #: Reads served from that snapshot, and read replies held for acknowledgements.
+        self.view_reads = 0
+        self.held_reads = 0
         self._waiters: list[_AckWaiter] = []
         self._commit_fut: asyncio.Future[None] | None = None
         self._loop_thread = 0
@@ -345,6 +404,7 @@ class Replication:
             log.warning("this node was a replica (of primary %s at offset %d) and starts as "
                         "a primary: give --replicaof to keep it a replica", replid or "?",
                         offset)
+        self.sync_mode_changed()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -362,6 +422,10 @@ class Replication:
             if not w.future.done():
                 w.future.set_result(self._count_acked(w.target))
         self._waiters.clear()
+        if self._visible_snap is not None:
+            self._visible_snap.close()
+            self._visible_snap = None
+            self._view = None
         if self.backlog is not None:  # started: the database is open
             try:
                 self.host.db.attach_replication(None, None)
@@ -398,6 +462,7 @@ class Replication:
         self.link_error = ""
         self._link_epoch += 1
         self._link_task = self.host.loop.create_task(self._link_loop(self._link_epoch))
+        self.sync_mode_changed()
         log.info("replicating %s:%d (term %d)", host, port, self.term)
 
     def become_primary(self, term: int | None) -> None:
@@ -441,6 +506,7 @@ class Replication:
         ks.replica = False
         if was_replica or fenced:
             ks.reload()  # its purger and chunk ids take over from the old primary's
+        self.sync_mode_changed()
         log.info("now a primary (term %d, replid %s)", self.term, self.replid)
 
     def _save_state(self, status: int) -> None:
@@ -567,6 +633,13 @@ class Replication:
         conn = self.host.connections.get(client.id)
         if conn is None:
             raise CommandError("the connection is gone")
+        limit = self.host.config.max_replicas
+        if client.id not in self.feeds and len(self.feeds) >= limit:
+            self.max_replicas_refused += 1
+            log.warning("refused replica %s: %d replicas are connected (max-replicas %d)",
+                        client.addr, len(self.feeds), limit)
+            raise CommandError(f"max number of replicas reached (max-replicas {limit}): "
+                               "remove a replica or raise max-replicas")
         old = self.feeds.pop(client.id, None)
         if old is not None and old.task is not None:
             old.task.cancel()
@@ -600,8 +673,95 @@ class Replication:
         if offset > feed.ack:
             feed.ack = offset
         feed.ack_time = time.monotonic()
+        if self._visible_snap is not None:
+            self._advance_visible()
         if self._waiters:
             self._check_waiters()
+
+    # -- sync-replicas reads ---------------------------------------------------------------------
+    def sync_mode_changed(self) -> None:
+        """sync-replicas or the role changed: a primary in sync mode pins the visible
+        snapshot at its last sequence number (what was committed before sync mode began
+        was acknowledged without replicas), anything else releases it."""
+        want = self.host.config.sync_replicas > 0 and self.role == "master"
+        snap = self._visible_snap
+        self._view = None
+        if want and snap is None:
+            snap = self._visible_snap = self.host.db.snapshot()
+            assert snap.sequence is not None
+            self.visible = snap.sequence
+        elif not want and snap is not None:
+            self._visible_snap = None
+            snap.close()
+
+    def _advance_visible(self) -> None:
+        """Move the visible snapshot to the highest sequence number sync-replicas counting
+        replicas acknowledged (never back): a new snapshot there before the old one is
+        released, so every version it reads is kept."""
+        snap = self._visible_snap
+        need = self.host.config.sync_replicas
+        if snap is None or need <= 0:
+            return
+        acks = sorted((f.ack for f in self.feeds.values() if self._counts(f, True)),
+                      reverse=True)
+        if len(acks) < need:
+            return
+        seq = min(acks[need - 1], self.host.db.last_sequence)
+        if seq <= self.visible:
+            return
+        self._visible_snap = self.host.db.snapshot_at(seq)
+        self._view = None
+        self.visible = seq
+        snap.close()
+
+    def sync_read(self, client: ClientState, cmd: CommandSpec) -> int:
+        """How ``cmd`` of ``client`` runs on a sync-replicas primary, so that
+        no reply shows a write sync-replicas replicas have not acknowledged:
+        :data:`READ_LATEST` (as usual: a write, whose reply waits for its own
+        acknowledgements; or nothing is unacknowledged), :data:`READ_VIEW` (a plain read:
+        at the visible snapshot, :meth:`view_txn`, without waiting), :data:`READ_HELD` (a
+        read of the latest state -- EXEC, a script, a walk, or a client whose own write is
+        not acknowledged yet, which must see it -- whose reply waits until everything
+        committed so far is acknowledged, as a write's does)."""
+        if self._visible_snap is None:
+            return READ_LATEST
+        name = cmd.name
+        if "write" in cmd.flags:
+            client.sync_wrote = True
+            return READ_LATEST
+        last = self.host.db.last_sequence
+        if name not in VIEW_COMMANDS:
+            if name in SCRIPTS_AND_EXEC:
+                client.sync_wrote = True  # they may write too
+            elif "read" not in cmd.categories:
+                return READ_LATEST  # PING, INFO, CONFIG, REPLCONF ...: no data
+            if self.visible >= last:
+                return READ_LATEST
+            self.held_reads += 1
+            return READ_HELD
+        if client.sync_wrote:
+            # Its writes are committed (a read commits the turn first): at or before now.
+            client.sync_wrote = False
+            client.sync_last_write = last
+        if self.visible >= last:
+            return READ_LATEST
+        if self.visible >= client.sync_last_write:
+            self.view_reads += 1
+            return READ_VIEW
+        self.held_reads += 1
+        return READ_HELD
+
+    def view_txn(self) -> KeyspaceTxn:
+        """A read-only keyspace transaction at the visible snapshot (one per snapshot: its
+        clock is set again for each command, as the shared transaction's)."""
+        view = self._view
+        if view is None:
+            snap = self._visible_snap
+            assert snap is not None
+            view = self._view = self.host.keyspace.view(snap)
+        else:
+            view.mark()
+        return view
 
     def acked_now(self) -> int:
         """How many replicas acknowledged every write so far."""
@@ -679,29 +839,34 @@ class Replication:
                 self.sync_partial_err += 1
             if partial:
                 self.sync_partial_ok += 1
-                conn.send_raw(b"+CONTINUE %s %d\r\n" % (self.replid.encode(), self.term))
+                feed.send(b"+CONTINUE %s %d\r\n" % (self.replid.encode(), self.term))
                 pos = offset
             else:
                 self.sync_full += 1
                 snap = self.host.db.snapshot()
                 seq = snap.sequence
                 assert seq is not None
-                conn.send_raw(b"+FULLRESYNC %s %d %d\r\n"
-                              % (self.replid.encode(), seq, self.term))
+                feed.send(b"+FULLRESYNC %s %d %d\r\n"
+                          % (self.replid.encode(), seq, self.term))
                 log.info("full resync of replica %s from sequence %d", feed.addr, seq)
                 await self._send_snapshot(feed, snap)
                 snap.close()
                 snap = None
-                conn.send_raw(frame(FRAME_END, _U64.pack(seq)))
+                feed.send(frame(FRAME_END, _U64.pack(seq)))
                 pos = seq
             feed.state = "online"
             feed.sent = pos
             await self._tail(feed, pos)
         except asyncio.CancelledError:
             raise
+        except _Dropped:
+            pass  # logged and counted by _room
+        except ReplicationError as exc:
+            log.warning("replica %s: %s; disconnecting it", feed.addr, exc)
+            conn.drop()
         except Exception:
             log.exception("feeding replica %s failed; disconnecting it", feed.addr)
-            conn.abort()
+            conn.drop()
         finally:
             if snap is not None:
                 snap.close()
@@ -715,15 +880,68 @@ class Replication:
         it = snap.range(None, None, include_expired=True)
         conn = feed.conn
         while True:
-            while conn.output_bytes > SNAPSHOT_WINDOW:
-                if conn.closing:
-                    raise ReplicationError("the replica disconnected during the snapshot")
-                await asyncio.sleep(0.005)
+            await self._wait_drained(feed, SNAPSHOT_WINDOW)
             data = await loop.run_in_executor(self._executor, _snapshot_chunk, it)
             if data is None:
                 return
-            if conn.closing or not conn.send_raw(frame(FRAME_SNAPSHOT, data)):
+            if len(data) > TAIL_READ:
+                # A chunk holding one large value (a list element or a hash field of up
+                # to 64 MiB): in slices, as a giant group is.
+                if not await self._send_large(feed, FRAME_SNAPSHOT, b"", data,
+                                              SNAPSHOT_WINDOW):
+                    raise _Dropped()
+                continue
+            out = frame(FRAME_SNAPSHOT, data)
+            if not self._room(feed, len(out)):
+                raise _Dropped()
+            if conn.closing or not feed.send(out):
                 raise ReplicationError("the replica disconnected during the snapshot")
+
+    async def _wait_drained(self, feed: ReplicaFeed, window: int) -> None:
+        """Wait until at most ``window`` bytes are unsent to ``feed``'s replica. A replica
+        that reads nothing for repl-timeout seconds meanwhile is given up on."""
+        conn = feed.conn
+        timeout = self.host.config.repl_timeout
+        last = conn.output_bytes
+        since = time.monotonic()
+        while last > window:
+            if conn.closing:
+                raise ReplicationError("the replica disconnected")
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            unsent = conn.output_bytes
+            if unsent < last:
+                since = now
+            elif now - since > timeout:
+                raise ReplicationError(f"it read nothing of the stream for {timeout:g} s "
+                                       "(repl-timeout)")
+            last = unsent
+
+    def unsent_bytes(self) -> int:
+        """Stream bytes handed to the replicas' connections and not sent yet, in total."""
+        return sum(f.conn.output_bytes for f in self.feeds.values())
+
+    def _room(self, feed: ReplicaFeed, size: int) -> bool:
+        """Make room for ``size`` more bytes to ``feed`` under repl-total-output-limit: while
+        the total unsent to all replicas would pass it, drop the link furthest behind
+        (:meth:`ReplicaFeed.behind`; it resyncs when it reconnects). False when that was
+        ``feed`` itself (its task must end: it is no longer fed)."""
+        limit = self.host.config.repl_total_output_limit
+        while True:
+            total = self.unsent_bytes()
+            if total + size <= limit or feed.client_id not in self.feeds:
+                return feed.client_id in self.feeds
+            victim = max(self.feeds.values(), key=ReplicaFeed.behind)
+            self.output_limit_disconnections += 1
+            log.warning("replica %s dropped: the replication stream unsent to all replicas "
+                        "would pass repl-total-output-limit (%d bytes: %d unsent, %d more to "
+                        "send), and it is the furthest behind; it resyncs when it "
+                        "reconnects (raise repl-total-output-limit if this repeats)",
+                        victim.addr, limit, total, size)
+            del self.feeds[victim.client_id]
+            victim.conn.drop()
+            if victim is not feed and victim.task is not None:
+                victim.task.cancel()
 
     async def _tail(self, feed: ReplicaFeed, pos: int) -> None:
         conn = feed.conn
@@ -736,7 +954,7 @@ class Replication:
                 # Gone without closing (a partition): whether it is sent to or not.
                 log.warning("replica %s acknowledged nothing for %.0f s (repl-timeout): "
                             "disconnecting it", feed.addr, time.monotonic() - feed.ack_time)
-                conn.abort()
+                conn.drop()
                 return
             slow = conn.output_bytes > TAIL_WINDOW
             # A slow replica: wait for it while the backlog holds what it was not sent.
@@ -760,15 +978,27 @@ class Replication:
                                 "repl-backlog-size if this repeats)", feed.addr, pos,
                                 backlog.limit,
                                 "" if slow else " (nor the WAL segments on disk)")
-                    conn.abort()
+                    conn.drop()
                     return
                 if groups:
                     term = _U64.pack(self.term)
                     out: list[bytes] = []
                     for payload in groups:
-                        out.append(frame(FRAME_GROUP, term + payload))
+                        if len(payload) > TAIL_READ:
+                            # A giant group (one 100 MB SET): streamed in TAIL_READ slices,
+                            # each once the link drained to TAIL_WINDOW, never buffered
+                            # whole per replica.
+                            if out and not self._send_groups(feed, out):
+                                return
+                            out = []
+                            if not await self._send_large(feed, FRAME_GROUP, term,
+                                                          payload, TAIL_WINDOW):
+                                return
+                        else:
+                            out.append(frame(FRAME_GROUP, term + payload))
                         pos = group_span(payload)[1]
-                    conn.send_raw(b"".join(out))  # one write per wake-up
+                    if out and not self._send_groups(feed, out):
+                        return
                     feed.sent = pos
                     last_send = time.monotonic()
                     continue
@@ -780,6 +1010,35 @@ class Replication:
                 assert fut is not None
                 # (asyncio.wait never cancels the shared future on its timeout)
                 await asyncio.wait((fut,), timeout=HEARTBEAT)
+
+    def _send_groups(self, feed: ReplicaFeed, frames: list[bytes]) -> bool:
+        """Send whole group frames in one write; False when the link was dropped to stay
+        under repl-total-output-limit."""
+        data = b"".join(frames)
+        if not self._room(feed, len(data)):
+            return False
+        feed.send(data)
+        return True
+
+    async def _send_large(self, feed: ReplicaFeed, kind: int, prefix: bytes,
+                          payload: bytes, window: int) -> bool:
+        """One frame of ``kind`` (body ``prefix + payload``) in TAIL_READ slices, each once
+        the link drained to ``window`` (the bytes are :func:`frame`'s, without building
+        them whole); False when the link was dropped."""
+        head = bytes((kind,)) + prefix
+        crc = crc32c(payload, crc32c(head))
+        n = len(head) + len(payload) + 4
+        view = memoryview(payload)
+        pieces: list[bytes | memoryview] = [b"$%d\r\n%s" % (n, head)]
+        pieces += [view[i:i + TAIL_READ] for i in range(0, len(payload), TAIL_READ)]
+        pieces.append(crc.to_bytes(4, "little") + b"\r\n")
+        for piece in pieces:
+            await self._wait_drained(feed, window)
+            if not self._room(feed, len(piece)):
+                return False
+            if not feed.send(bytes(piece)):
+                return False
+        return True
 
     # -- replica: the link to the primary --------------------------------------------------------
     def _current(self, epoch: int) -> None:
@@ -1114,12 +1373,18 @@ class Replication:
             ("sync_partial_ok", self.sync_partial_ok),
             ("sync_partial_err", self.sync_partial_err),
             ("shaledb_slow_replica_disconnections", self.slow_replica_disconnections),
+            ("shaledb_repl_output_bytes", self.unsent_bytes()),
+            ("shaledb_repl_output_limit_disconnections", self.output_limit_disconnections),
+            ("shaledb_max_replicas_refused", self.max_replicas_refused),
             ("shaledb_repl_waiters", sum(1 for w in self._waiters if not w.future.done())),
             ("shaledb_repl_wal_reads", self.wal_reads),
             ("shaledb_term", self.term),
             ("shaledb_fenced_by_term", self.fenced_by),
             ("shaledb_sync_replicas", self.host.config.sync_replicas),
             ("shaledb_good_replicas", self.good_replicas()),
+            ("shaledb_sync_visible_offset", self.visible),
+            ("shaledb_sync_view_reads", self.view_reads),
+            ("shaledb_sync_held_reads", self.held_reads),
         ]
         return fields
 
@@ -1180,14 +1445,16 @@ class ReplicaSyncGroup(SyncGroup):
                 # the new one chosen by positions read once the lease was gone -- maybe
                 # before a standby applied this write. Never acknowledge it now.
                 out.set_exception(CommandError(
-                    f"{NOREPLICAS_MESSAGE} The write was applied on this primary but its "
-                    "failover lease ended before the replicas acknowledged it: it may be "
-                    "lost in a failover", prefix="NOREPLICAS"))
+                    f"{NOREPLICAS_MESSAGE} The write (or a write this reply read) was applied "
+                    "on this primary but its failover lease ended before the replicas "
+                    "acknowledged it: it may be lost in a failover", prefix="NOREPLICAS"))
             elif got < need:
+                # (A held read's reply too: the writes it read are the ones waited for.)
                 out.set_exception(CommandError(
-                    f"{NOREPLICAS_MESSAGE} The write was applied on this primary but only "
-                    f"{got} of the {need} replicas (sync-replicas) acknowledged it within "
-                    f"{timeout:g} s: it may be lost in a failover", prefix="NOREPLICAS"))
+                    f"{NOREPLICAS_MESSAGE} The write (or a write this reply read) was "
+                    f"applied on this primary but only {got} of the {need} replicas "
+                    f"(sync-replicas) acknowledged it within {timeout:g} s: it may be lost "
+                    "in a failover", prefix="NOREPLICAS"))
             else:
                 out.set_result(None)
 

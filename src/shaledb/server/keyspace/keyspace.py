@@ -69,6 +69,7 @@ import shaledb
 from ...engine.replication import OP_PUT
 from ...errors import CorruptionError, IncompatibleFormatError
 from ...options import MAX_EXPIRE_AT_MS, MAX_KEY_SIZE
+from ...snapshot import Reader
 from ..errors import READONLY_MESSAGE, CommandError
 from . import notify
 from .dbmap import (
@@ -560,6 +561,11 @@ class Keyspace:
         """A new buffered transaction (commit it, or drop it to discard its writes)."""
         return KeyspaceTxn(self)
 
+    def view(self, snapshot: Reader) -> KeyspaceTxn:
+        """A read-only transaction that sees the database as of ``snapshot`` (its map of
+        logical databases included): :class:`KeyspaceView`."""
+        return KeyspaceView(self, snapshot)
+
     def raw_range(self, lo: bytes, hi: bytes, *, limit: int | None = None
                   ) -> Iterator[tuple[bytes, bytes]]:
         """Engine entries with ``lo <= key < hi``, expired ones included (deleted ones
@@ -739,10 +745,18 @@ class KeyspaceTxn:
 
     __slots__ = ("_ks", "_writes", "_chunks", "_base", "_base_gen", "_undo", "now", "_map",
                  "_taken", "_released", "_touched", "_members", "_new_ids", "_events",
-                 "_own", "_own_unsorted", "_skip", "_skip_gen")
+                 "_own", "_own_unsorted", "_skip", "_skip_gen", "_db", "view")
 
-    def __init__(self, keyspace: Keyspace) -> None:
+    def __init__(self, keyspace: Keyspace, view: Reader | None = None) -> None:
         self._ks = keyspace
+        #: Where committed state is read: the database, or for a *view* (``view``) a
+        #: snapshot: a read-only transaction that sees the database as of that snapshot
+        #: (sync-replicas reads, at the sequence replicas acknowledged: exec/replication.py).
+        #: A view never writes, never tells the keyspace that a key expired (an old
+        #: version's expiry says nothing of the latest), and walks collections without the
+        #: keyspace's walk bounds (learnt from, and valid for, the latest state only).
+        self._db: Reader = keyspace.db if view is None else view
+        self.view = view is not None
         #: engine key -> new entry, or _DELETED (entries of chunked strings are stored
         #: without a transaction and bound to one when read).
         self._writes: dict[bytes, Entry] = {}
@@ -808,7 +822,7 @@ class KeyspaceTxn:
             self._base_gen = gen
         raw = base.get(ek, _MISSING)
         if raw is _MISSING:
-            raw = base[ek] = self._ks.db.get(ek)
+            raw = base[ek] = self._db.get(ek)
         return raw  # type: ignore[return-value]
 
     # -- reads ---------------------------------------------------------------------------
@@ -841,7 +855,8 @@ class KeyspaceTxn:
             e = decode_value(raw, self)
             if e.expire_ms and e.expire_ms <= self.now:
                 ks.misses += 1
-                ks.note_expired(ek)
+                if not self.view:
+                    ks.note_expired(ek)
                 return None
         elif e is _DELETED:
             ks.misses += 1
@@ -869,7 +884,7 @@ class KeyspaceTxn:
         if start >= stop:
             return iter(())
         own = sorted((k for k in self._writes if start <= k < stop), reverse=reverse)
-        return self._merged(self._ks.db.range(start, stop, reverse=reverse), own, reverse)
+        return self._merged(self._db.range(start, stop, reverse=reverse), own, reverse)
 
     def _merged(self, base: Iterator[tuple[bytes, bytes]], own: list[bytes],
                 reverse: bool) -> Iterator[tuple[bytes, Entry]]:
@@ -894,7 +909,8 @@ class KeyspaceTxn:
             else:
                 e = decode_value(raw, self)
                 if e.expire_ms and e.expire_ms <= now:
-                    self._ks.note_expired(ek)
+                    if not self.view:
+                        self._ks.note_expired(ek)
                     continue
             found = live(e)
             if found is not None:
@@ -940,7 +956,7 @@ class KeyspaceTxn:
                 missing.append(i - first)
             parts.append(data)
         if missing:
-            db = self._ks.db
+            db = self._db
             if len(missing) <= _POINT_READS:
                 for j in missing:
                     parts[j] = db.get(chunk_key(ref.id, first + j))
@@ -1203,7 +1219,7 @@ class KeyspaceTxn:
             return None if v is _NO_MEMBER else v
         if coll.id in self._new_ids:
             return None
-        return self._ks.db.get(mk)
+        return self._db.get(mk)
 
     def put_members(self, db: int, key: bytes, e: Entry | None, kind: int,
                     items: Iterable[tuple[bytes, bytes]], *, nx: bool = False) -> int:
@@ -1269,7 +1285,7 @@ class KeyspaceTxn:
             return None if v is _NO_MEMBER else v
         if cid in self._new_ids:
             return None
-        return self._ks.db.get(rk)
+        return self._db.get(rk)
 
     def put_record(self, rk: bytes, value: bytes | None) -> None:
         """Buffer record ``rk`` = ``value`` (None: delete it); written by the commit only
@@ -1283,7 +1299,7 @@ class KeyspaceTxn:
         does not grow with the range."""
         own = self._own_keys(lo, hi, reverse)
         base: Iterator[tuple[bytes, bytes]] = (
-            iter(()) if cid in self._new_ids else self._ks.db.range(lo, hi, reverse=reverse))
+            iter(()) if cid in self._new_ids else self._db.range(lo, hi, reverse=reverse))
         members = self._members
         i, n = 0, len(own)
         for k, value in base:
@@ -1341,7 +1357,7 @@ class KeyspaceTxn:
             return self._list_values_walked(coll, first, last)
         end = coll.head + last + 1
         hi = prefix + list_index(end) if end <= LIST_INDEX_MAX else member_prefix(coll.id + 1)
-        return map(_SECOND, self._ks.db.range(prefix + list_index(coll.head + first), hi))
+        return map(_SECOND, self._db.range(prefix + list_index(coll.head + first), hi))
 
     def _list_values_walked(self, coll: CollRef, first: int, last: int) -> Iterator[bytes]:
         for pos, value in self.list_walk(coll, first):
@@ -1383,7 +1399,7 @@ class KeyspaceTxn:
         of the engine's member range: memory does not grow with the collection."""
         prefix = member_prefix(coll.id)
         lo, hi = prefix + start, member_prefix(coll.id + 1)
-        from_end = reverse or not start
+        from_end = (reverse or not start) and not self.view
         # A walk from an end starts past the members this transaction deleted there; the
         # first committed member met is then no bound (those deletions are not committed).
         passing = from_end and prefix in self._own
@@ -1397,7 +1413,7 @@ class KeyspaceTxn:
         own = self._own_keys(lo, hi, reverse)
         # The committed walk starts at the known bound of its end, if any.
         all_bounds = self._ks.member_bounds
-        bounds = all_bounds.get(coll.id)
+        bounds = None if self.view else all_bounds.get(coll.id)
         base_lo, base_hi = lo, hi
         if bounds is not None:
             if bounds[0] is not None and bounds[0] > base_lo:
@@ -1406,7 +1422,7 @@ class KeyspaceTxn:
                 base_hi = bounds[1] + b"\x00"
         base: Iterator[tuple[bytes, bytes]] = (
             iter(()) if coll.id in self._new_ids or base_lo >= base_hi
-            else self._ks.db.range(base_lo, base_hi, reverse=reverse))
+            else self._db.range(base_lo, base_hi, reverse=reverse))
         members = self._members
         i, n = 0, len(own)
         for mk, value in base:
@@ -1456,7 +1472,7 @@ class KeyspaceTxn:
         if lo_k >= hi_k:
             return
         idx = self._members
-        from_end = (hi is None) if reverse else not lo
+        from_end = ((hi is None) if reverse else not lo) and not self.view
         # Past the entries this transaction popped at that end (see members()).
         passing = from_end and prefix in self._own
         skip = self._skip_from(prefix, reverse) if passing else None
@@ -1468,7 +1484,7 @@ class KeyspaceTxn:
                 lo_k = max(lo_k, skip + b"\x00")
         own = self._own_keys(lo_k, hi_k, reverse)
         all_bounds = self._ks.score_bounds
-        bounds = all_bounds.get(coll.id)
+        bounds = None if self.view else all_bounds.get(coll.id)
         base_lo, base_hi = lo_k, hi_k
         if bounds is not None:
             if bounds[0] is not None and bounds[0] > base_lo:
@@ -1477,7 +1493,7 @@ class KeyspaceTxn:
                 base_hi = bounds[1] + b"\x00"
         base: Iterator[tuple[bytes, bytes]] = (
             iter(()) if coll.id in self._new_ids or base_lo >= base_hi
-            else self._ks.db.range(base_lo, base_hi, reverse=reverse))
+            else self._db.range(base_lo, base_hi, reverse=reverse))
         i, n = 0, len(own)
         for k, _ in base:
             if from_end:  # the first committed entry from this end: a bound
@@ -1817,6 +1833,23 @@ class KeyspaceTxn:
             ks.publish_events([e[1:] for e in events])
 
 
+
+class KeyspaceView(KeyspaceTxn):
+    """A read-only :class:`KeyspaceTxn` at a snapshot: committed state as of the snapshot's
+    sequence number, with the map of logical databases of that moment (a FLUSHDB or SWAPDB
+    committed after it is not seen either). Never written to (commands that write never
+    get one)."""
+
+    __slots__ = ("_view_map",)
+
+    def __init__(self, keyspace: Keyspace, snapshot: Reader) -> None:
+        super().__init__(keyspace, snapshot)
+        self._view_map = decode_map(snapshot.get(MAP_KEY))
+
+    def _phys(self, db: int) -> int:
+        return self._view_map[db]
+
+
 __all__ = [
     "CHUNK_SIZE",
     "DATABASES",
@@ -1830,6 +1863,7 @@ __all__ = [
     "Entry",
     "Keyspace",
     "KeyspaceTxn",
+    "KeyspaceView",
     "chunk_count",
     "chunk_key",
     "chunk_key_parts",

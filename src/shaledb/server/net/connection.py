@@ -789,6 +789,15 @@ class ClientConnection(asyncio.Protocol):
                 transport.write(message)
             transport.close()
 
+    def drop(self) -> None:
+        """Close now and discard the output not yet sent (a replica link dropped for its
+        unsent stream: close() would keep that buffer until the peer read it, which a
+        replica that stopped reading never does)."""
+        self.closing = True
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+
     def memory(self) -> dict[str, int]:
         """The CLIENT LIST sizes this connection knows: query buffer (qbuf), requests read
         but not run (argv-mem), held replies (oll) and reply bytes not yet sent (omem)."""
