@@ -14,6 +14,7 @@ errorstats cluster keyspace scrub shaledb; ``all`` adds commandstats and latency
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import resource
@@ -376,6 +377,9 @@ def _shaledb(s: Services, engine: dict[str, Any]) -> Fields:
         ("descriptor_shortages", engine["descriptor_shortages"]),
         ("read_only", int(engine["read_only"])),
         ("background_error", engine["background_error"] or ""),
+        # The cyclic garbage collector as `shaledb serve` tunes it (server.tune_gc).
+        ("gc_young_threshold", gc.get_threshold()[0]),
+        ("gc_frozen_objects", gc.get_freeze_count()),
     ]
     return fields
 

@@ -96,7 +96,11 @@ def set_(ctx: Context, argv: list[bytes]) -> Any:
     if not (nx or xx or want_get or keepttl):
         # A plain SET needs no read: it was 13% of the server's time under redis-benchmark.
         txn.set(db, key, argv[2], expire or 0)
-        _set_events(ctx, key, expire)
+        # _set_events inlined: with ``db`` at hand, no second call of ctx.db (a property
+        # of the interpreted Context) per SET.
+        txn.notify(ev.STRING, b"set", key, db)
+        if expire:
+            txn.notify(ev.GENERIC, b"expire", key, db)
         return OK
     old = txn.get(db, key)
     if (nx and old is not None) or (xx and old is None):

@@ -12,8 +12,9 @@ Why not hiredis' C reader here: it is a reply parser. It accepts any RESP type i
 request (integers, nested arrays, maps) and allocates an array of the announced element count
 before any element arrives: ``*2000000000\r\n`` costs it 16 GB of address space and seconds of
 CPU to free, and a nested array header cannot be refused before hiredis allocates it. Parsing
-requests in Python (about 2 us per argument) keeps every limit enforceable. Clients still
-parse *replies* with hiredis (redis-py uses it when installed).
+requests in Python (about 0.07 us per argument compiled, 0.8 us as pure Python) keeps every
+limit enforceable. Clients still parse *replies* with hiredis (redis-py uses it when
+installed).
 
 Limits (all enforced here, before a request reaches a command):
 
@@ -151,9 +152,6 @@ def split_inline(line: bytes) -> list[bytes]:
         args.append(bytes(cur))
 
 
-#: Reads up to this size are cut into lines with one ``split`` (a list of at most half as many
-#: lines as bytes: 1 MiB of pointers at worst); larger ones header by header.
-_SPLIT_MAX: Final = 256 * 1024
 #: ``_BULK_HEADER_LINE(n)`` is the canonical header line of an n-byte argument, without its CRLF.
 _BULK_HEADER_LINE: Final = b"$%d".__mod__
 
@@ -167,67 +165,50 @@ def parse_requests(data: bytes, out: MutableSequence[list[bytes]], max_count: in
     malformed or oversized request, or ``*0``), which the byte-by-byte reader then
     handles -- and explains.
 
-    ``data`` is split into lines once (in C); a request is then its ``*<n>`` line and the
-    next 2n lines, taken as they are when every ``$<len>`` line is exactly the canonical
-    header of the line after it (compared as two lists, in C): the arguments are the
-    split's own byte strings, no further copy, no Python work per argument. An argument
-    that contains CRLF fails that comparison and the request goes the careful way."""
-    if len(data) > _SPLIT_MAX:
-        return _parse_requests_by_header(data, out, max_count, max_bulk)
-    lines = data.split(b"\r\n")
-    last = len(lines) - 1  # lines[last] did not end with CRLF: never a whole line
-    i = pos = 0
-    while i < last:
-        line = lines[i]
-        digits = line[1:]
-        if line[:1] != b"*" or not digits.isdigit() or digits[0] == 48 or len(digits) > 7:
-            break
-        count = int(digits)
-        end = i + 1 + 2 * count
-        if count > max_count or end > last:
-            break
-        args = lines[i + 2:end:2]
-        if lines[i + 1:end:2] != list(map(_BULK_HEADER_LINE, map(len, args))) \
-                or max(map(len, args)) > max_bulk:
-            break
-        pos += len(line) + sum(map(len, lines[i + 1:end])) + 2 * (end - i)
-        out.append(args)
-        i = end
-    return pos
-
-
-def _parse_requests_by_header(data: bytes, out: MutableSequence[list[bytes]], max_count: int,
-                              max_bulk: int) -> int:
-    """:func:`parse_requests` for a large read: one ``find`` per header, one slice per
-    argument."""
+    One pass over the header bytes, their digits summed as they are read, and one slice
+    per argument: compiled (mypyc) the loops run on unboxed integers, 0.2 us a pipelined
+    SET where splitting the read into lines (one string per header too, compared with the
+    canonical headers built again) took 2.7 us; as pure Python it costs about what the
+    split did. A header is canonical when it has 1-7 (``*``) or 1-18 (``$``) digits and no
+    leading zero (``$0`` is the empty argument)."""
     n = len(data)
     pos = 0
-    find = data.find
     while pos < n and data[pos] == 42:  # '*'
-        nl = find(b"\r\n", pos + 1, pos + 10)
-        if nl < 0:
+        p = pos + 1
+        count = 0
+        while p < n:
+            c = data[p]
+            if c < 48 or c > 57:
+                break
+            count = count * 10 + (c - 48)
+            p += 1
+        digits = p - pos - 1
+        # (Each test before an index guards it: p + 1 < n before data[p] and data[p + 1].)
+        if digits == 0 or digits > 7 or data[pos + 1] == 48 or p + 1 >= n \
+                or data[p] != 13 or data[p + 1] != 10 or count > max_count:
             return pos
-        head = data[pos + 1:nl]
-        if not head.isdigit() or head[0] == 48:
-            return pos
-        count = int(head)
-        if count > max_count:
-            return pos
-        p = nl + 2
+        p += 2
         args: list[bytes] = []
         while count:
             if p >= n or data[p] != 36:  # '$'
                 return pos
-            nl = find(b"\r\n", p + 1, p + 21)
-            if nl < 0:
+            q = p + 1
+            size = 0
+            while q < n:
+                c = data[q]
+                if c < 48 or c > 57:
+                    break
+                size = size * 10 + (c - 48)
+                q += 1
+            digits = q - p - 1
+            if digits == 0 or digits > 18 or (digits > 1 and data[p + 1] == 48) \
+                    or size > max_bulk:
                 return pos
-            head = data[p + 1:nl]
-            if not head.isdigit() or (head[0] == 48 and nl - p > 2):
-                return pos
-            size = int(head)
-            start = nl + 2
+            start = q + 2
             end = start + size
-            if size > max_bulk or end + 2 > n or data[end] != 13 or data[end + 1] != 10:
+            # end + 2 <= n first: it also guarantees q + 1 < n.
+            if end + 2 > n or data[q] != 13 or data[q + 1] != 10 or data[end] != 13 \
+                    or data[end + 1] != 10:
                 return pos
             args.append(data[start:end])
             p = end + 2
