@@ -1076,22 +1076,16 @@ class Engine:
         keeping them) and call ``listener(last_seq)`` after every committed group (outside
         every lock, on the writer's thread). Returns the backlog. The backlog starts at the
         current last sequence number: it is attached with no write group in flight."""
-        w = _Writer(None, 0, False, None)
         with self._mutex:
             self.check_open()
-            writers = self._writers
-            writers.append(w)
-            if len(writers) > 1:
-                cv = w.cv = threading.Condition(self._mutex)
-                while writers[0] is not w:
-                    cv.wait()
+            self._locked_lead_queue()
             try:
                 backlog = (ReplicationBacklog(backlog_bytes, self._last_seq)
                            if backlog_bytes is not None else None)
                 self._repl_backlog = backlog
                 self._commit_listener = listener
             finally:
-                writers.popleft()
+                self._writers.popleft()
                 self._locked_wake_next_leader()
         return backlog
 
@@ -1151,6 +1145,19 @@ class Engine:
     def last_sequence(self) -> int:
         """The sequence number of the last committed operation."""
         return self._last_seq
+
+    def _locked_lead_queue(self) -> None:
+        """Queue an empty writer and wait (releasing the mutex) until it leads the writer
+        queue: then no write group is in flight and none starts, so the caller may read or
+        change what writers touch. The caller must pop it (``self._writers.popleft()``) and
+        call :meth:`_locked_wake_next_leader` under the mutex when done, even on error."""
+        w = _Writer(None, 0, False, None)
+        writers = self._writers
+        writers.append(w)
+        if len(writers) > 1:
+            cv = w.cv = threading.Condition(self._mutex)
+            while writers[0] is not w:
+                cv.wait()
 
     def _locked_wake_next_leader(self) -> None:
         if self._writers:
@@ -2118,15 +2125,9 @@ class Engine:
         snapshot holds, the last sequence number and the newest record's commit time; taken
         while this thread leads the writer queue (no record is half written, no segment is
         switched)."""
-        w = _Writer(None, 0, False, None)
         with self._mutex:
             self.check_open()
-            writers = self._writers
-            writers.append(w)
-            if len(writers) > 1:
-                cv = w.cv = threading.Condition(self._mutex)
-                while writers[0] is not w:
-                    cv.wait()
+            self._locked_lead_queue()
             seq = self._last_seq
             sizes = {x.number: x.size for x in self._retired_wals}
             if self._wal is not None:
@@ -2145,7 +2146,7 @@ class Engine:
             return out, seq, last_ms
         finally:
             with self._mutex:
-                writers.popleft()
+                self._writers.popleft()
                 self._locked_wake_next_leader()
 
     def replay_archived(self, data: bytes, number: int, after_seq: int,
