@@ -3,8 +3,9 @@
 Every version is stored as the :data:`Entry` ``(key, -seq, kind, expire_at_ms, value)`` that
 readers and the flush consume, built once when it is written. Two structures index them:
 
-- a dict maps each user key to its versions, a list in ascending sequence order (appends
-  only), so a point read is one dict lookup and, almost always, a look at the last version;
+- a dict maps each user key to its entry, or, once it has several versions, to the list of
+  them in ascending sequence order (appends only): a point read is one dict lookup and,
+  almost always, one entry (most keys have one version, and then no list is allocated);
 - the sorted user keys, kept as a list of sorted *sublists* (at most ``_SPLIT`` keys each,
   with ``_maxes`` holding each sublist's last key, the layout of sortedcontainers'
   ``SortedList``), with a parallel list of sublists holding each key's *newest* entry.
@@ -42,7 +43,7 @@ class MemTable:
         # Entries are held as ``Any``: mypyc keeps a value typed as a fixed-length tuple
         # unboxed and would box it again (a new tuple) every time it is stored or returned;
         # as objects the same tuple is shared by both structures and every scan.
-        self._data: dict[bytes, list[Any]] = {}
+        self._data: dict[bytes, Any] = {}  # key -> Entry, or list of 2+ Entry
         self._klists: list[list[bytes]] = []
         self._vlists: list[list[Any]] = []
         self._maxes: list[bytes] = []
@@ -69,12 +70,15 @@ class MemTable:
                 key: bytes = ops[i + 1]
                 value: bytes = ops[i + 3]
                 e: Any = (key, -seq, ops[i], ops[i + 2], value)
-                versions = data.get(key)
-                if versions is None:
-                    data[key] = [e]
+                old = data.get(key)
+                if old is None:
+                    data[key] = e
                     self._locked_insert(key, e)
                 else:
-                    versions.append(e)
+                    if isinstance(old, list):
+                        old.append(e)
+                    else:
+                        data[key] = [old, e]
                     self._locked_replace(key, e)
                 size += len(key) + len(value)
                 seq += 1
@@ -121,10 +125,16 @@ class MemTable:
 
     def get(self, key: bytes, seq: int) -> Record | None:
         """The newest version of ``key`` with sequence <= ``seq``, or None."""
-        versions = self._data.get(key)
-        if versions is None:
+        x = self._data.get(key)
+        if x is None:
             return None
-        e: Entry = versions[-1]
+        e: Entry
+        if not isinstance(x, list):
+            e = x
+            s = -e[1]
+            return (s, e[2], e[3], e[4]) if s <= seq else None
+        versions: list[Any] = x
+        e = versions[-1]
         s = -e[1]
         if s <= seq:
             return (s, e[2], e[3], e[4])
@@ -139,10 +149,10 @@ class MemTable:
 
     def latest_seq(self, key: bytes) -> int | None:
         """Sequence of the newest version of ``key`` here, or None."""
-        versions = self._data.get(key)
-        if versions is None:
+        x = self._data.get(key)
+        if x is None:
             return None
-        e: Entry = versions[-1]
+        e: Entry = x[-1] if isinstance(x, list) else x
         return -e[1]
 
     def _visible(self, e: Any, seq: int) -> Any:
@@ -151,7 +161,10 @@ class MemTable:
         newest: Entry = e
         if -newest[1] <= seq:
             return e
-        versions = self._data[newest[0]]
+        x = self._data[newest[0]]
+        if not isinstance(x, list):
+            return None  # its one version is ``e``
+        versions: list[Any] = x
         j = len(versions) - 2
         while j >= 0:
             older: Entry = versions[j]
@@ -273,7 +286,11 @@ class MemTable:
         data = self._data
         for sub in self._klists:
             for key in sub:
-                versions = data[key]
+                x = data[key]
+                if not isinstance(x, list):
+                    yield x
+                    continue
+                versions: list[Any] = x
                 j = len(versions) - 1
                 while j >= 0:
                     yield versions[j]
