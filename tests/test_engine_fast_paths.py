@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import itertools
 import random
 import threading
 import time
@@ -175,6 +176,61 @@ def test_short_and_long_ranges_agree(db_path, small_opts) -> None:
         db.close()
 
 
+def test_short_forward_ranges_match_a_model_across_levels_and_snapshots(db_path,
+                                                                         small_opts) -> None:
+    """The one-round short forward range (Engine._collect_forward: a run per source, one
+    sort, a bound past which it gives up) against a model and against the lazy chunked
+    path: bounded and unbounded ranges over the memtable, L0 and sorted levels of several
+    files each, with deletions, overwrites, expired values (so the round often falls short
+    and falls back) and snapshots older than the newest writes."""
+    now = [1_000_000.0]
+    db = shaledb.open(db_path, clock=lambda: now[0], **small_opts)
+    try:
+        rng = random.Random(17)
+        model: dict[bytes, bytes] = {}
+        snaps: list[tuple[shaledb.Snapshot, dict[bytes, bytes]]] = []
+        for step in range(6000):
+            k = b"r%04d" % rng.randrange(1500)
+            r = rng.random()
+            if r < 0.25:
+                db.delete(k)
+                model.pop(k, None)
+            elif r < 0.3:
+                db.put(k, b"gone", ttl=1)  # expired below, before any read
+                model.pop(k, None)
+            else:
+                v = b"%d" % step + b"." * 120
+                db.put(k, v)
+                model[k] = v
+            if step == 2000:
+                db.compact_range()  # sorted levels of several files
+            if step % 1500 == 1499:
+                db.flush()
+            if step in (3000, 5900):
+                now[0] += 5
+                snaps.append((db.snapshot(), dict(model)))
+        now[0] += 5
+        assert any(lvl["files"] > 1 for lvl in db.stats()["levels"][1:])
+        views: list[tuple[shaledb.DB | shaledb.Snapshot, dict[bytes, bytes]]] = [
+            (db, model), *snaps]
+        for view, want_map in views:
+            keys = sorted(want_map)
+            for _ in range(300):
+                start = rng.choice([None, b"r%04d" % rng.randrange(1600)])
+                stop = rng.choice([None, None, b"r%04d" % rng.randrange(1600)])
+                limit = rng.choice([1, 3, 10, EAGER_RANGE_LIMIT])
+                want = [(k, want_map[k]) for k in keys
+                        if (start is None or k >= start) and (stop is None or k < stop)]
+                got = list(view.range(start=start, stop=stop, limit=limit))
+                assert got == want[:limit], (start, stop, limit)
+                assert list(itertools.islice(view.range(start=start, stop=stop),
+                                             limit)) == got
+        for snap, _ in snaps:
+            snap.close()
+    finally:
+        db.close()
+
+
 def test_unstarted_iterator_unpins_its_version(db_path, small_opts) -> None:
     """A range iterator dropped before its first next() releases its version pin (without
     a weak reference to the generator)."""
@@ -227,6 +283,69 @@ def test_memtable_forward_chunks_match_a_model() -> None:
             if len(want) == limit:
                 break
         assert mem.scan_chunk(lo, lo_inc, hi, False, False, at, limit) == want
+
+
+def test_memtable_chunks_in_both_directions_match_a_model() -> None:
+    """scan_chunk on the sorted sublists and their parallel newest entries, in both
+    directions, with every bound inclusive or not, against a plain sorted model: keys in
+    many sublists (split at 1024), deletions, overwrites, readers at older sequences (the
+    per-key check) and at the newest (the slice path); iter_all and point reads too."""
+    rng = random.Random(11)
+    mem = MemTable()
+    versions: dict[bytes, list[tuple[int, int, bytes]]] = {}
+    seq = 0
+    for _ in range(9000):
+        k = b"m%05d" % rng.randrange(6000)
+        kind = DELETE if rng.random() < 0.1 else PUT
+        value = b"" if kind == DELETE else b"%d" % (seq + 1)
+        ops: list[object] = [kind, k, 0, value]
+        if rng.random() < 0.2:  # a batch of a few ops, some on the same key
+            k2 = rng.choice([k, b"m%05d" % rng.randrange(6000)])
+            ops += [PUT, k2, 0, b"b%d" % (seq + 2)]
+        mem.apply(seq + 1, ops)
+        for j in range(0, len(ops), 4):
+            seq += 1
+            versions.setdefault(ops[j + 1], []).append(  # type: ignore[arg-type]
+                (seq, ops[j], ops[j + 3]))  # type: ignore[arg-type]
+    assert mem.last_seq == seq
+    keys = sorted(versions)
+
+    def model(lo, lo_inc, hi, hi_inc, reverse, at, limit):
+        out: list[Entry] = []
+        if limit <= 0:
+            return out
+        for k in (reversed(keys) if reverse else keys):
+            if lo is not None and (k < lo or (k == lo and not lo_inc)):
+                continue
+            if hi is not None and (k > hi or (k == hi and not hi_inc)):
+                continue
+            vis = [v for v in versions[k] if v[0] <= at]
+            if vis:
+                s, kind, value = vis[-1]
+                out.append((k, -s, kind, 0, value))
+            if len(out) == limit:
+                break
+        return out
+
+    for _ in range(1500):
+        lo = rng.choice([None, b"m%05d" % rng.randrange(6100)])
+        hi = rng.choice([None, b"m%05d" % rng.randrange(6100)])
+        lo_inc, hi_inc, reverse = (rng.random() < 0.5 for _ in range(3))
+        at = rng.choice([seq, seq + 5, rng.randrange(1, seq + 1)])
+        limit = rng.choice([0, 1, 2, 10, 16, 64, 1024, 1500, 9000])
+        assert mem.scan_chunk(lo, lo_inc, hi, hi_inc, reverse, at, limit) == model(
+            lo, lo_inc, hi, hi_inc, reverse, at, limit), (lo, lo_inc, hi, hi_inc, reverse, at,
+                                                            limit)
+    for k in rng.sample(keys, 300):
+        at = rng.randrange(1, seq + 1)
+        vis = [v for v in versions[k] if v[0] <= at]
+        want = (vis[-1][0], vis[-1][1], 0, vis[-1][2]) if vis else None
+        assert mem.get(k, at) == want
+        assert mem.latest_seq(k) == versions[k][-1][0]
+    assert mem.get(b"absent", seq) is None and mem.latest_seq(b"absent") is None
+    mem.frozen = True
+    assert list(mem.iter_all()) == [(k, -s, kind, 0, value) for k in keys
+                                    for s, kind, value in reversed(versions[k])]
 
 
 @pytest.mark.parametrize("target", [None, 1, 3000, 20000])

@@ -1076,22 +1076,16 @@ class Engine:
         keeping them) and call ``listener(last_seq)`` after every committed group (outside
         every lock, on the writer's thread). Returns the backlog. The backlog starts at the
         current last sequence number: it is attached with no write group in flight."""
-        w = _Writer(None, 0, False, None)
         with self._mutex:
             self.check_open()
-            writers = self._writers
-            writers.append(w)
-            if len(writers) > 1:
-                cv = w.cv = threading.Condition(self._mutex)
-                while writers[0] is not w:
-                    cv.wait()
+            self._locked_lead_queue()
             try:
                 backlog = (ReplicationBacklog(backlog_bytes, self._last_seq)
                            if backlog_bytes is not None else None)
                 self._repl_backlog = backlog
                 self._commit_listener = listener
             finally:
-                writers.popleft()
+                self._writers.popleft()
                 self._locked_wake_next_leader()
         return backlog
 
@@ -1151,6 +1145,19 @@ class Engine:
     def last_sequence(self) -> int:
         """The sequence number of the last committed operation."""
         return self._last_seq
+
+    def _locked_lead_queue(self) -> None:
+        """Queue an empty writer and wait (releasing the mutex) until it leads the writer
+        queue: then no write group is in flight and none starts, so the caller may read or
+        change what writers touch. The caller must pop it (``self._writers.popleft()``) and
+        call :meth:`_locked_wake_next_leader` under the mutex when done, even on error."""
+        w = _Writer(None, 0, False, None)
+        writers = self._writers
+        writers.append(w)
+        if len(writers) > 1:
+            cv = w.cv = threading.Condition(self._mutex)
+            while writers[0] is not w:
+                cv.wait()
 
     def _locked_wake_next_leader(self) -> None:
         if self._writers:
@@ -1535,12 +1542,82 @@ class Engine:
     def _collect(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int, now_ms: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
                  ) -> list[tuple[bytes, bytes]]:
+        if not reverse:
+            # Runs of ``limit`` entries a source answer most seeks; deletions and older
+            # versions in the way need longer runs (4x, 16x), and past that the chunks.
+            run_size = limit
+            while run_size <= 16 * limit:
+                short = self._collect_forward(mem, imm, v, seq, now_ms, lo, hi, limit,
+                                              run_size)
+                if short is not None:
+                    return short
+                run_size *= 4
         out: list[tuple[bytes, bytes]] = []
         for part in visible_chunks(merge_chunks(self._chunk_sources(
                 mem, imm, v, seq, lo, hi, reverse, limit), reverse), seq, now_ms, reverse,
                 limit):
             out += part
         return out
+
+    def _collect_forward(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
+                         now_ms: int, lo: bytes | None, hi: bytes | None, limit: int,
+                         run_size: int) -> list[tuple[bytes, bytes]] | None:
+        """A short forward range in one round, or None when one round cannot answer it.
+
+        Every source hands over its first ``run_size`` entries at once (a memtable slice;
+        per table :meth:`TableReader.first_run`; per sorted level one bisect for its first
+        file, then the next files only if the run continues past it), one ``list.sort``
+        merges them, and the pairs are read off in one loop. A source cut at ``run_size``
+        has shown everything up to its last entry, so the smallest such last entry
+        (``bound``) is as far as the merge is complete. If ``limit`` live pairs come before
+        it, or no source was cut, that is the answer; otherwise (deletions, expired or
+        too-new versions) the caller tries longer runs, then reads the range in chunks."""
+        bound: Entry | None = None
+        merged = mem.scan_chunk(lo, True, hi, False, False, seq, run_size)
+        if len(merged) >= run_size:
+            bound = merged[-1]
+        if imm is not None:
+            run = imm.scan_chunk(lo, True, hi, False, False, seq, run_size)
+            if len(run) >= run_size and (bound is None or run[-1] < bound):
+                bound = run[-1]
+            merged += run
+        for f in v.levels[0]:
+            if f.overlaps(lo, hi):
+                run = self._table(f).first_run(lo, hi, run_size)
+                if len(run) >= run_size and (bound is None or run[-1] < bound):
+                    bound = run[-1]
+                merged += run
+        for files, largest in v.deep:
+            i = 0 if lo is None else bisect_left(largest, lo)
+            run = []
+            while i < len(files) and len(run) < run_size:
+                f = files[i]
+                if hi is not None and f.smallest >= hi:
+                    break
+                run += self._table(f).first_run(lo, hi, run_size - len(run))
+                i += 1
+            if len(run) >= run_size and (bound is None or run[-1] < bound):
+                bound = run[-1]
+            merged += run
+        merged.sort()
+        out: list[tuple[bytes, bytes]] = []
+        last: bytes | None = None
+        # The bound's (key, -seq), compared field by field: a compiled tuple comparison
+        # would box both tuples anew for every entry.
+        bkey = b"" if bound is None else bound[0]
+        bneg = 0 if bound is None else bound[1]
+        for e in merged:
+            key = e[0]
+            if bound is not None and (key > bkey or key == bkey and e[1] > bneg):
+                return None
+            if key == last or -e[1] > seq:
+                continue
+            last = key
+            if e[2] == PUT and (e[3] == 0 or e[3] > now_ms):
+                out.append((key, e[4]))
+                if len(out) >= limit:
+                    return out
+        return out if bound is None else None
 
     def _sources(self, mem: MemTable, imm: MemTable | None, v: Version, seq: int,
                  lo: bytes | None, hi: bytes | None, reverse: bool) -> list[Iterator[Any]]:
@@ -2134,15 +2211,9 @@ class Engine:
         snapshot holds, the last sequence number and the newest record's commit time; taken
         while this thread leads the writer queue (no record is half written, no segment is
         switched)."""
-        w = _Writer(None, 0, False, None)
         with self._mutex:
             self.check_open()
-            writers = self._writers
-            writers.append(w)
-            if len(writers) > 1:
-                cv = w.cv = threading.Condition(self._mutex)
-                while writers[0] is not w:
-                    cv.wait()
+            self._locked_lead_queue()
             seq = self._last_seq
             sizes = {x.number: x.size for x in self._retired_wals}
             if self._wal is not None:
@@ -2161,7 +2232,7 @@ class Engine:
             return out, seq, last_ms
         finally:
             with self._mutex:
-                writers.popleft()
+                self._writers.popleft()
                 self._locked_wake_next_leader()
 
     def replay_archived(self, data: bytes, number: int, after_seq: int,

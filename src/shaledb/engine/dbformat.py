@@ -34,9 +34,12 @@ Entry = tuple[bytes, int, int, int, bytes]
 Record = tuple[int, int, int, bytes]
 
 #: Per-entry estimate of the memory Python objects cost beyond the raw key and value bytes
-#: (bytes object headers, the version tuple and list, dict and sorted-list slots). Measured
-#: with tracemalloc for 16-byte keys and 100-byte values: about 295 bytes.
-ENTRY_OVERHEAD: Final = 300
+#: (bytes object headers, the version's Entry tuple, dict and sorted-sublist slots; a list
+#: only for a key with several versions). Measured with tracemalloc for 16-byte keys and
+#: 100-byte values: about 248 bytes (295 while every key had a list of versions and
+#: SortedList's slot). A later version of a key costs less than this (no key, dict or
+#: sorted slot), the list its second version creates included.
+ENTRY_OVERHEAD: Final = 250
 
 
 def charge(key: bytes, value: bytes) -> int:
