@@ -9,9 +9,13 @@ stream goes; "w acknowledged by X only" means the primary counted X's acknowledg
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import redis
+from tests.server._server_support import ServerThread, wait_until
 
 from shaledb.server.cluster.election import PRIMARY, REPLICA
 from shaledb.server.cluster.etcd import EtcdClient
@@ -141,3 +145,62 @@ def test_the_old_primary_that_holds_every_acknowledged_write_may_take_back_the_l
     for _ in range(4):
         g.step("a")
     assert a.role == PRIMARY, a.status().promotion_blocked
+
+
+def _role(c: redis.Redis) -> str:
+    return str(c.info("failover")["failover_role"])
+
+
+@pytest.mark.xfail(strict=True, reason="review15b: a failover during the full resync that "
+                   "follows a failover promotes a wiped standby: every write is lost")
+def test_a_standby_wiped_by_its_full_resync_is_not_promoted_end_to_end(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    """Three servers, K = 2: every acknowledged write is on all three. n1 (primary) stops;
+    P (n2 or n3) takes over with S = {n1, Q}, K = 2, so one live member of S suffices. The
+    other standby Q follows P and, P having a new replication id, resyncs fully: it wipes
+    its data (SYNCING) and loads P's snapshot, publishing (0, 0). P stops during that load.
+    Q is live, fresh, and alone enough (|S| - K + 1 = 1): it is promoted with nothing --
+    the writes acknowledged by all three nodes are gone from the group (n1's and P's disks
+    hold them; returning, they resync from Q, their data copied to lost/)."""
+    common: dict[str, Any] = dict(etcd=etcd_url, group=group, failover_ttl=4,
+                                  failover_safety_margin=1.0, sync_replicas=2,
+                                  sync_replicas_timeout=10.0)
+    n1 = servers(node_name="n1", **common)
+    r1 = n1.client()
+    wait_until(lambda: _role(r1) == "primary", 15, "n1 elected")
+    n2 = servers(node_name="n2", **common)
+    n3 = servers(node_name="n3", **common)
+    wait_until(lambda: r1.info("failover")["failover_sync_members"] == ["n2", "n3"], 30,
+               "n2 and n3 in the sync set")
+    wait_until(lambda: r1.info("replication")["shaledb_good_replicas"] == 2, 30,
+               "both standbys acknowledging")
+    keys = 20000
+    value = "v" * 500  # about 10 MB: Q's load of P's snapshot takes a while
+    for start in range(0, keys, 1000):
+        with r1.pipeline(transaction=False) as p:
+            for i in range(start, start + 1000):
+                p.set(f"k{i}", value)
+            assert all(p.execute()), "a write was not acknowledged by K = 2 standbys"
+    assert r1.dbsize() == keys
+    r1.close()
+    n1.stop()  # resigns
+    r2, r3 = n2.client(), n3.client()
+    wait_until(lambda: "primary" in (_role(r2), _role(r3)), 30, "n2 or n3 elected")
+    (p_srv, p_cli), (q_srv, q_cli) = (((n2, r2), (n3, r3)) if _role(r2) == "primary"
+                                      else ((n3, r3), (n2, r2)))
+    assert q_srv.server is not None
+    repl = q_srv.server.replication
+    until = time.monotonic() + 30
+    while not repl.loading:  # Q resyncs fully from P (a new replication id)
+        assert time.monotonic() < until, "Q never started a full resync from P"
+        time.sleep(0.001)
+    p_cli.close()
+    p_srv.stop()  # resigns during Q's load
+    assert repl.loading, "the load finished before P stopped: the window was missed"
+    until = time.monotonic() + 12  # three TTLs
+    while time.monotonic() < until:
+        if _role(q_cli) == "primary":
+            assert q_cli.dbsize() == keys, (
+                f"Q was promoted with {q_cli.dbsize()} of the {keys} acknowledged keys")
+        time.sleep(0.2)
+    q_cli.close()
