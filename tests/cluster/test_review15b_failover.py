@@ -129,8 +129,9 @@ def test_the_old_primary_that_holds_every_acknowledged_write_may_take_back_the_l
     etcd unreachable for a moment): a fences itself and the leader key goes. a is live,
     healthy and holds every write it ever acknowledged (sync.leader of the current term),
     yet it is not in S, so 0 of the 1 members of S are live and the group stays without a
-    primary until b comes back -- for ever if b's machine is lost. (Patroni keeps the old
-    leader a candidate in synchronous mode for this reason.)"""
+    primary until b comes back -- for ever if b's machine is lost. (Every write of the
+    current term is on the term's leader plus K of S, so S + {sync.leader} with K + 1 keeps
+    the |S| - K + 1 rule sound.)"""
     g = sync1
     a = g.add("a", offset=30)
     g.add("b", offset=30)
