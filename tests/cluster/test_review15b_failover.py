@@ -1,0 +1,235 @@
+"""Review 15b: attacks on the sync-mode failover rules (fresh positions, the shrinking sync
+set, node names). Tests marked ``xfail(strict=True)`` prove a defect not fixed yet: each
+fails without the marker.
+
+Election-level tests use test_election's ``Group`` (in-memory nodes, real etcd, steps by
+hand). A node's ``MemoryNodeControl.offset`` stands for how far its copy of the primary's
+stream goes; "w acknowledged by X only" means the primary counted X's acknowledgement (K =
+1) for the write at that offset."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from tests.server._server_support import ServerThread, wait_until
+
+from shaledb.server.cluster.election import PRIMARY, REPLICA
+from shaledb.server.cluster.etcd import EtcdClient
+from shaledb.server.cluster.group import read_group
+
+from .test_election import Group
+
+
+@pytest.fixture
+def sync1(etcd_url: str, group: str) -> Iterator[Group]:
+    g = Group(etcd_url, group, ttl=4, safety_margin=1.0, sync_mode=True, sync_replicas=1)
+    yield g
+    g.close()
+
+
+def _lead_with_standbys(g: Group, leader: str, *standbys: str) -> None:
+    g.step(leader)
+    g.step(*standbys)
+    g.step(leader)  # the leader sees them following: S = standbys
+
+
+@pytest.mark.xfail(strict=True, reason="review15b: a standby replaced under its old name "
+                   "(empty directory) still counts as holding what the old one acknowledged")
+def test_a_replacement_under_a_dead_standbys_name_does_not_inherit_its_acknowledgements(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """S = {b, c}, K = 1. Write w (offset 20) is acknowledged by b only; c is at 15. b's
+    machine is lost; the operator starts a new b on an empty directory before the primary's
+    next step noticed b's member key missing (or the old key had not expired yet: a crash
+    leaves it for up to a TTL). Nothing changes in S: the name b is live again, so the
+    primary never narrows S, and promotion counts the new b as a member of S. The primary
+    dies: b (empty) and c are both live and fresh, |S| - K + 1 = 2 -- c wins at 15 and w,
+    acknowledged, is gone from the group."""
+    g = sync1
+    g.add("a", offset=20)
+    g.add("b", offset=10)
+    g.add("c", offset=10)
+    _lead_with_standbys(g, "a", "b", "c")
+    st = read_group(etcd, g.group)
+    assert st.sync is not None and st.sync.members == ("b", "c")
+    g.ctl("b").offset = 20  # b acknowledged w
+    g.ctl("c").offset = 15
+    g.step("b", "c")
+    g.kill("b")  # lost for good
+    g.add("b", offset=0, port=7001)  # its replacement: an empty directory, the same name
+    g.step("b")  # it follows a (and would full-resync; a dies first)
+    g.step("a")
+    st = read_group(etcd, g.group)
+    assert st.sync is not None and st.sync.members == ("b", "c")  # the name stayed in S
+    g.kill("a")
+    for _ in range(3):
+        g.step("b", "c")
+    promoted = [n for n, e in g.nodes.items() if e.role == PRIMARY]
+    assert promoted == [], (
+        f"{promoted} promoted although only the lost b held the acknowledged write w "
+        f"(offsets: b={g.ctl('b').offset}, c={g.ctl('c').offset}, w at 20)")
+
+
+@pytest.mark.xfail(strict=True, reason="review15b: the sync key's K is the new leader's "
+                   "--sync-replicas, not the K the old writes were acknowledged with")
+def test_raising_sync_replicas_one_node_at_a_time_never_promotes_a_node_without_a_write(
+        etcd_url: str, group: str, etcd: EtcdClient) -> None:
+    """The runbook changes K by restarting the nodes one by one, replicas first. Three
+    nodes, K = 1 -> 2. S = {b, c}; w (offset 20) is acknowledged by c only (K = 1). b and
+    c are restarted with K = 2 (their data intact), then the primary a (still K = 1) goes:
+    c (fresh, highest) takes over and writes the sync key {a, b} with *its* K = 2, so a
+    failover now needs |S| - K + 1 = 1 live member. c dies before b loaded c's data: b alone
+    is promoted at 15 -- w is lost. With the K the writes were acknowledged with (1), 2
+    live members would be needed, and the group would wait for a or c."""
+    g = Group(etcd_url, group, ttl=4, safety_margin=1.0, sync_mode=True, sync_replicas=1)
+    try:
+        g.add("a", offset=20)
+        g.add("b", offset=10)
+        g.add("c", offset=10)
+        _lead_with_standbys(g, "a", "b", "c")
+        g.ctl("b").offset = 15
+        g.ctl("c").offset = 20  # c acknowledged w; b did not get it
+        g.step("b", "c")
+        # Replicas first: b and c restart with --sync-replicas 2 (same data, same names),
+        # quickly enough that the primary's steps never see their member keys missing.
+        g.cfg = {**g.cfg, "sync_replicas": 2}
+        for name, offset, port in (("b", 15, 7001), ("c", 20, 7002)):
+            g.kill(name)
+            g.add(name, offset=offset, port=port)
+            g.step(name)
+        g.step("a")
+        st = read_group(etcd, g.group)
+        assert st.sync is not None and st.sync.members == ("b", "c") and st.sync.k == 1
+        g.kill("a")  # the primary is restarted last: it goes
+        g.step("b", "c")
+        g.step("b", "c")
+        assert g.nodes["c"].role == PRIMARY  # the right choice: c holds w
+        st = read_group(etcd, g.group)
+        assert st.sync is not None and st.sync.members == ("a", "b")
+        g.kill("c")  # before b followed c and loaded its data
+        for _ in range(3):
+            g.step("b")
+        assert g.nodes["b"].role == REPLICA, (
+            f"b promoted at offset {g.ctl('b').offset} without w (offset 20), acknowledged "
+            f"by c under K = 1; the sync key says K = {st.sync.k}")
+    finally:
+        g.close()
+
+
+@pytest.mark.xfail(strict=True, reason="review15b: the old primary of the current term is "
+                   "never a candidate, though it holds every write it acknowledged")
+def test_the_old_primary_that_holds_every_acknowledged_write_may_take_back_the_lead(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """Two nodes, K = 1 (a primary and its sync standby). The standby b dies: S = {b} cannot
+    shrink below K, so from then on a acknowledges nothing -- every acknowledged write is
+    on a. a's lease then lapses once (a pause of its election thread past the TTL, or
+    etcd unreachable for a moment): a fences itself and the leader key goes. a is live,
+    healthy and holds every write it ever acknowledged (sync.leader of the current term),
+    yet it is not in S, so 0 of the 1 members of S are live and the group stays without a
+    primary until b comes back -- for ever if b's machine is lost. (Every write of the
+    current term is on the term's leader plus K of S, so S + {sync.leader} with K + 1 keeps
+    the |S| - K + 1 rule sound.)"""
+    g = sync1
+    a = g.add("a", offset=30)
+    g.add("b", offset=30)
+    _lead_with_standbys(g, "a", "b")
+    st = read_group(etcd, g.group)
+    assert st.sync is not None and st.sync.members == ("b",) and st.sync.leader == "a"
+    g.kill("b")
+    g.step("a")
+    assert a.role == PRIMARY
+    assert a.lease is not None
+    etcd.lease_revoke(a.lease)  # the lease lapsed (expiry, done at once here)
+    for _ in range(4):
+        g.step("a")
+    assert a.role == PRIMARY, a.status().promotion_blocked
+
+
+def _role(c: redis.Redis) -> str:
+    return str(c.info("failover")["failover_role"])
+
+
+@pytest.mark.xfail(strict=True, reason="review15b: a failover during the full resync that "
+                   "follows a failover promotes a wiped standby: every write is lost")
+def test_a_standby_wiped_by_its_full_resync_is_not_promoted_end_to_end(
+        servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
+    """Three servers, K = 2: every acknowledged write is on all three. n1 (primary) stops;
+    P (n2 or n3) takes over with S = {n1, Q}, K = 2, so one live member of S suffices. The
+    other standby Q follows P and, P having a new replication id, resyncs fully: it wipes
+    its data (SYNCING) and loads P's snapshot, publishing (0, 0). P stops during that load.
+    Q is live, fresh, and alone enough (|S| - K + 1 = 1): it is promoted with nothing --
+    the writes acknowledged by all three nodes are gone from the group (n1's and P's disks
+    hold them; returning, they resync from Q, their data copied to lost/)."""
+    common: dict[str, Any] = dict(etcd=etcd_url, group=group, failover_ttl=4,
+                                  failover_safety_margin=1.0, sync_replicas=2,
+                                  sync_replicas_timeout=10.0)
+    n1 = servers(node_name="n1", **common)
+    r1 = n1.client()
+    wait_until(lambda: _role(r1) == "primary", 15, "n1 elected")
+    n2 = servers(node_name="n2", **common)
+    n3 = servers(node_name="n3", **common)
+    wait_until(lambda: r1.info("failover")["failover_sync_members"] == ["n2", "n3"], 30,
+               "n2 and n3 in the sync set")
+    wait_until(lambda: r1.info("replication")["shaledb_good_replicas"] == 2, 30,
+               "both standbys acknowledging")
+    keys = 20000
+    value = "v" * 500  # about 10 MB: Q's load of P's snapshot takes a while
+    for start in range(0, keys, 1000):
+        with r1.pipeline(transaction=False) as p:
+            for i in range(start, start + 1000):
+                p.set(f"k{i}", value)
+            assert all(p.execute()), "a write was not acknowledged by K = 2 standbys"
+    assert r1.dbsize() == keys
+    r1.close()
+    n1.stop()  # resigns
+    r2, r3 = n2.client(), n3.client()
+    wait_until(lambda: "primary" in (_role(r2), _role(r3)), 30, "n2 or n3 elected")
+    (p_srv, p_cli), (q_srv, q_cli) = (((n2, r2), (n3, r3)) if _role(r2) == "primary"
+                                      else ((n3, r3), (n2, r2)))
+    assert q_srv.server is not None
+    repl = q_srv.server.replication
+    until = time.monotonic() + 30
+    while not repl.loading:  # Q resyncs fully from P (a new replication id)
+        assert time.monotonic() < until, "Q never started a full resync from P"
+        time.sleep(0.001)
+    p_cli.close()
+    p_srv.stop()  # resigns during Q's load
+    assert repl.loading, "the load finished before P stopped: the window was missed"
+    until = time.monotonic() + 12  # three TTLs
+    while time.monotonic() < until:
+        if _role(q_cli) == "primary":
+            assert q_cli.dbsize() == keys, (
+                f"Q was promoted with {q_cli.dbsize()} of the {keys} acknowledged keys")
+        time.sleep(0.2)
+    q_cli.close()
+
+
+@pytest.mark.xfail(strict=True, reason="review15b: read_group's MAX_MEMBERS limit cuts off "
+                   "the sync and term keys (they sort after members/): the leader steps down")
+def test_many_member_keys_do_not_hide_the_term_and_sync_keys(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """read_group reads the group's prefix with one range of MAX_MEMBERS + 3 keys, in key
+    order: leader, members/..., sync, term. With more than MAX_MEMBERS member keys (stale
+    keys of crashed processes last a TTL; a misconfigured fleet sharing a group name) the
+    sync and term keys are silently cut off: the leader reads term 0, decides that someone
+    bumped the term ("term 0 is newer than ours"), fences and steps down, and no node can
+    take over (its compare on the term key fails): no primary until the keys go."""
+    from shaledb.server.cluster.group import MAX_MEMBERS, GroupKeys
+
+    g = sync1
+    a = g.add("a")
+    g.add("b")
+    _lead_with_standbys(g, "a", "b")
+    assert a.role == PRIMARY
+    lease = etcd.lease_grant(30)
+    try:
+        keys = GroupKeys(g.group)
+        for i in range(MAX_MEMBERS):
+            etcd.put(keys.member(f"stale{i:03d}"), b"{}", lease=lease)
+        g.step("a", "b")
+        assert a.role == PRIMARY, a.last_error
+    finally:
+        etcd.lease_revoke(lease)
