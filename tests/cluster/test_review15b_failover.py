@@ -37,8 +37,6 @@ def _lead_with_standbys(g: Group, leader: str, *standbys: str) -> None:
     g.step(leader)  # the leader sees them following: S = standbys
 
 
-@pytest.mark.xfail(strict=True, reason="review15b: a standby replaced under its old name "
-                   "(empty directory) still counts as holding what the old one acknowledged")
 def test_a_replacement_under_a_dead_standbys_name_does_not_inherit_its_acknowledgements(
         sync1: Group, etcd: EtcdClient) -> None:
     """S = {b, c}, K = 1. Write w (offset 20) is acknowledged by b only; c is at 15. b's
@@ -152,8 +150,6 @@ def _role(c: redis.Redis) -> str:
     return str(c.info("failover")["failover_role"])
 
 
-@pytest.mark.xfail(strict=True, reason="review15b: a failover during the full resync that "
-                   "follows a failover promotes a wiped standby: every write is lost")
 def test_a_standby_wiped_by_its_full_resync_is_not_promoted_end_to_end(
         servers: Callable[..., ServerThread], etcd_url: str, group: str) -> None:
     """Three servers, K = 2: every acknowledged write is on all three. n1 (primary) stops;

@@ -179,7 +179,17 @@ def promotion_pool(state: GroupState, sync_mode: bool,
         return [], (f"waiting for {' '.join(stale)} (sync set) to publish a position read "
                     f"after the leader key went (term {state.term}): the last published one "
                     "may miss writes it acknowledged")
-    return fresh, None
+    # A member at (0, 0) holds nothing now: it is loading a full resync (which wiped what it
+    # acknowledged) or its directory is new (a replacement under an old name). It counts
+    # like a dead member: the |S| - K + 1 rule holds for members that keep their data.
+    holding = [m for m in fresh if m.position != (0, 0)]
+    if len(holding) < need:
+        empty = sorted(m.node for m in fresh if m.position == (0, 0))
+        return [], (f"{' '.join(empty)} (sync set) hold nothing (loading a full resync or a "
+                    f"new directory): {len(holding)} members hold data but {max(need, 1)} are "
+                    f"needed (K={sync.k}) for one of them to provably hold every acknowledged "
+                    "write: bring a member of the sync set back")
+    return holding, None
 
 
 class Election:
