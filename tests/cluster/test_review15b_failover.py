@@ -71,8 +71,6 @@ def test_a_replacement_under_a_dead_standbys_name_does_not_inherit_its_acknowled
         f"(offsets: b={g.ctl('b').offset}, c={g.ctl('c').offset}, w at 20)")
 
 
-@pytest.mark.xfail(strict=True, reason="review15b: the sync key's K is the new leader's "
-                   "--sync-replicas, not the K the old writes were acknowledged with")
 def test_raising_sync_replicas_one_node_at_a_time_never_promotes_a_node_without_a_write(
         etcd_url: str, group: str, etcd: EtcdClient) -> None:
     """The runbook changes K by restarting the nodes one by one, replicas first. Three
@@ -113,6 +111,56 @@ def test_raising_sync_replicas_one_node_at_a_time_never_promotes_a_node_without_
         assert g.nodes["b"].role == REPLICA, (
             f"b promoted at offset {g.ctl('b').offset} without w (offset 20), acknowledged "
             f"by c under K = 1; the sync key says K = {st.sync.k}")
+    finally:
+        g.close()
+
+
+@pytest.mark.parametrize("returns", [True, False], ids=["old-primary-returns", "replaced"])
+def test_a_leader_raises_the_sync_keys_k_to_its_own_once_k_standbys_hold_every_write(
+        etcd_url: str, group: str, etcd: EtcdClient, returns: bool) -> None:
+    """The other side of the previous test: a leader with K = 2 that took over a key of
+    K = 1 keeps K = 1 (more members needed) only until two standbys hold every write made
+    so far; then the key says K = 2, and one live member of S is enough again."""
+    g = Group(etcd_url, group, ttl=4, safety_margin=1.0, sync_mode=True, sync_replicas=1)
+    try:
+        g.add("a", offset=20)
+        g.add("b", offset=10)
+        g.add("c", offset=10)
+        _lead_with_standbys(g, "a", "b", "c")
+        g.cfg = {**g.cfg, "sync_replicas": 2}
+        for name, port in (("b", 7001), ("c", 7002)):  # restarted with K = 2
+            g.kill(name)
+            g.add(name, offset=20 if name == "b" else 10, port=port)
+            g.step(name)
+        g.step("a")
+        g.kill("a")
+        for _ in range(3):
+            g.step("b", "c")
+        leader = next(n for n in ("b", "c") if g.nodes[n].role == PRIMARY)
+        st = read_group(etcd, g.group)
+        assert st.sync is not None and st.sync.k == 1, "took over a K = 1 key: keeps K = 1"
+        other = "c" if leader == "b" else "b"
+        if returns:
+            # The old primary comes back (K = 2 too) and follows: nobody in S is gone.
+            g.add("a", offset=20, port=7000)
+            g.step("a", other)
+            g.step(leader)
+            third = "a"
+        else:
+            # The old primary is lost (S drops it) and a new node d joins.
+            g.add("d", offset=20)
+            g.step("d", other)
+            g.step(leader)
+            third = "d"
+        g.ctl(leader).caught_up = {other}
+        g.step(leader)
+        st = read_group(etcd, g.group)
+        assert st.sync is not None and st.sync.k == 1, "one standby holding everything: K = 1"
+        g.ctl(leader).caught_up = {other, third}
+        g.step(leader)
+        st = read_group(etcd, g.group)
+        assert st.sync is not None and st.sync.k == 2, st.sync
+        assert sorted(st.sync.members) == sorted([other, third])
     finally:
         g.close()
 

@@ -214,6 +214,9 @@ class Election:
         #: (node, term) of the leader this node replicates from.
         self.following: tuple[str, int] | None = None
         self.sync_members: frozenset[str] = frozenset()
+        #: The K this term's ``sync`` key states: at most the K older writes were
+        #: acknowledged with (the old key's), raised to ours once K of S hold them all.
+        self._sync_k = config.sync_replicas
         self._standbys: list[str] | None = None
         #: The term counter at which this node last saw the leader key absent (0: never),
         #: and when (monotonic): every position it publishes since was read after that.
@@ -378,6 +381,7 @@ class Election:
             # Keep what etcd holds (after a fence and re-promotion our memory of it was
             # cleared): the set shrinks only through the guarded step below.
             new |= set(state.sync.members)
+            self._sync_k = state.sync.k
         counted = self.sync_members
         if new != self.sync_members:
             # Published before the new members' acknowledgements may count.
@@ -400,12 +404,25 @@ class Election:
                 self._standbys = sorted(keep)
                 held = self.control.narrow_sync_standbys(sorted(keep))
                 if held >= self.config.sync_replicas:
+                    # K of ``keep`` hold every write: the key may state our K (below).
+                    self._sync_k = self.config.sync_replicas
                     if not self._publish_sync(leader, keep):
                         return
                     log.warning("failover %s/%s: sync set without %s (gone): %s",
                                 self.config.group, self.config.node, " ".join(sorted(dead)),
                                 " ".join(sorted(keep)) or "(empty)")
                     self.sync_members = keep
+            elif not dead and self._sync_k < self.config.sync_replicas:
+                # Raise the key's K to ours once K members of S hold every write so far
+                # (later ones are acknowledged by K of S): any |S| - K + 1 then suffice.
+                held = self.control.narrow_sync_standbys(sorted(self.sync_members))
+                if held >= self.config.sync_replicas:
+                    old_k = self._sync_k
+                    self._sync_k = self.config.sync_replicas
+                    if not self._publish_sync(leader, self.sync_members):
+                        return
+                    log.warning("failover %s/%s: sync set K %d -> %d", self.config.group,
+                                self.config.node, old_k, self._sync_k)
         standbys = sorted(counted)
         if standbys != self._standbys:
             self.control.set_sync_standbys(standbys)
@@ -413,8 +430,7 @@ class Election:
 
     def _publish_sync(self, leader: LeaderInfo, members: set[str] | frozenset[str]) -> bool:
         """Write the ``sync`` key while our leader key stands (False: lost it, fenced)."""
-        info = SyncInfo(leader.term, self.config.node, self.config.sync_replicas,
-                        tuple(sorted(members)))
+        info = SyncInfo(leader.term, self.config.node, self._sync_k, tuple(sorted(members)))
         res = self.client.txn([Compare.value_is(self.keys.leader, leader.to_json()),
                                Compare(self.keys.leader, "LEASE", "EQUAL", self.lease or 0)],
                               [Put(self.keys.sync, info.to_json())])
@@ -472,14 +488,20 @@ class Election:
                 old.add(state.sync.leader)
             old.discard(self.config.node)
             sync_members = frozenset(old)
-            ops.append(Put(self.keys.sync, SyncInfo(new_term, self.config.node,
-                                                    self.config.sync_replicas,
+            # Writes of older terms were acknowledged by the old key's K: a smaller K
+            # than ours means more members are needed to be sure one holds them
+            # (review15b: K raised node by node).
+            sync_k = self.config.sync_replicas if state.sync is None \
+                else min(state.sync.k, self.config.sync_replicas)
+            ops.append(Put(self.keys.sync, SyncInfo(new_term, self.config.node, sync_k,
                                                     tuple(sorted(old))).to_json()))
         res = self.client.txn([Compare.absent(self.keys.leader), term_cmp], ops)
         if not res.succeeded:
             return  # another node won; the next step follows it
         self.term = new_term
         self.sync_members = sync_members
+        if self.config.sync_mode:
+            self._sync_k = sync_k
         self._standbys = None
         self.following = None
         self.deadline = self.lease_valid_until - self.config.safety_margin
