@@ -829,6 +829,8 @@ class Report:
     good_errors: list[str] = dataclasses.field(default_factory=list)
     good_refusals: int = 0
     scans_completed: int = 0
+    # ShaleDB only: INFO's gc_* fields at the end (each collection stops every client).
+    server_gc: dict[str, Any] = dataclasses.field(default_factory=dict)
     attack_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     attack_examples: dict[str, str] = dataclasses.field(default_factory=dict)
     server_log_tail: str = ""
@@ -1154,6 +1156,22 @@ def check_writable(target: Target, wait: float = 15.0) -> str:
 ALL_ATTACKS = ("reset", "slowloris", "amplify", "pattern", "cursor", "flood", "unauth")
 
 
+def server_gc(target: Target) -> dict[str, Any]:
+    """The garbage collector's INFO fields of a ShaleDB target ({} if INFO fails)."""
+    try:
+        client = SyncClient(target.port, target.password, timeout=10)
+        try:
+            text = client.call("INFO", "shaledb")
+        finally:
+            client.close()
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(text, bytes):
+        return {}
+    fields = dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+    return {k: v for k, v in fields.items() if k.startswith("gc_")}
+
+
 def run_mix(target: Target, duration: float, mix: Mix | None = None,
             attacks: tuple[str, ...] = ALL_ATTACKS, safety_rss: int = 3 << 30,
             safety_disk: int = 8 << 30) -> Report:
@@ -1203,6 +1221,8 @@ def run_mix(target: Target, duration: float, mix: Mix | None = None,
     report.alive = target.alive()
     report.writable_error = check_writable(target) if report.alive else "server died"
     report.writable = report.writable_error == ""
+    if report.alive and target.kind == "shaledb":
+        report.server_gc = server_gc(target)
     status = read_status(target.pid)
     report.peak_rss = status.get("VmHWM", probes.max_rss)
     report.max_sampled_rss = probes.max_rss
@@ -1324,7 +1344,13 @@ def table(reports: list[Report]) -> str:
              *(f"{r.attack_counts.get('mget.disconnected', 0)}/"
                f"{r.attack_counts.get('mget.sent', 0)}" for r in reports)),
             ("slowest KEYS/SCAN pattern (ms)",
-             *(str(r.attack_counts.get("pattern.max_ms", 0)) for r in reports))]
+             *(str(r.attack_counts.get("pattern.max_ms", 0)) for r in reports)),
+            ("GC collections gen0/1/2", *(
+                "/".join(str(r.server_gc.get(f"gc_gen{g}_collections", "-")) for g in range(3))
+                for r in reports)),
+            ("GC longest pause gen0/1/2 (ms)", *(
+                "/".join(str(r.server_gc.get(f"gc_gen{g}_max_pause_ms", "-")) for g in range(3))
+                for r in reports))]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
                      for row in rows)

@@ -36,6 +36,7 @@ from ..backup.repository import BackupInfo, Repository
 from ..errors import EncryptionError, InvalidArgument, ShaleError
 from .admin.acl import Acl, AclRuleError, AuthRateLimiter, User
 from .admin.config import PASSWORD_ENV, ServerConfig
+from .admin.gcpauses import PAUSES
 from .admin.httpendpoint import MetricsEndpoint
 from .admin.logs import CLIENT_LOG
 from .admin.slowlog import SlowLog
@@ -695,7 +696,9 @@ def tune_gc() -> None:
     allocations (a cycle of garbage lives longer, bounded by that count: a few MB), and
     full ones far more rarely (none in a 400,000-request run that had six);
     ``gc.freeze`` takes what start-up built (modules, the command table, the
-    configuration) out of every later collection."""
+    configuration) out of every later collection. Each collection is timed (INFO
+    ``gc_gen*_max_pause_ms``; admin/gcpauses.py)."""
+    PAUSES.install()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)

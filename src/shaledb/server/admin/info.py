@@ -27,6 +27,7 @@ import shaledb
 
 from ..keyspace.keyspace import Keyspace
 from ..keyspace.scrub import info_safe
+from .gcpauses import PAUSES
 
 if TYPE_CHECKING:
     from ..exec.context import Services
@@ -380,6 +381,7 @@ def _shaledb(s: Services, engine: dict[str, Any]) -> Fields:
         # The cyclic garbage collector as `shaledb serve` tunes it (server.tune_gc).
         ("gc_young_threshold", gc.get_threshold()[0]),
         ("gc_frozen_objects", gc.get_freeze_count()),
+        *PAUSES.fields(),
     ]
     return fields
 
