@@ -178,26 +178,41 @@ def ops_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 #: ShaleDB's own variants: not peers (compared with plain ShaleDB in their own table).
-VARIANTS = ("shaledb-enc",)
+VARIANTS = ("shaledb-pure", "shaledb-enc")
 
 
 def _peers(stores: list[str]) -> list[str]:
     return [s for s in stores if s != "shaledb" and s not in VARIANTS]
 
 
-def encryption_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Encrypted ShaleDB against plain ShaleDB, workload by workload (same run)."""
+def variant_rows(data: dict[str, Any], variant: str, title: str
+                 ) -> tuple[list[str], list[list[str]]]:
+    """Plain compiled ShaleDB against ``variant`` (the pure build, the encrypted store),
+    workload by workload, same run: the factor is shaledb ops/s / variant ops/s."""
     stores = _stores(data)
-    header = ["workload", "shaledb ops/s", "shaledb-enc ops/s", "encryption overhead"]
+    header = ["workload", "shaledb ops/s", f"{variant} ops/s", title]
     rows: list[list[str]] = []
-    if "shaledb" not in stores or "shaledb-enc" not in stores:
+    if "shaledb" not in stores or variant not in stores:
         return header, rows
+    logs = []
     for w in _workloads(data):
         a = _ops(data["results"]["shaledb"].get(w))
-        b = _ops(data["results"]["shaledb-enc"].get(w))
+        b = _ops(data["results"][variant].get(w))
         if a and b:
-            rows.append([w, fmt_rate(a), fmt_rate(b), f"{(a / b - 1) * 100:+.1f}%"])
+            rows.append([w, fmt_rate(a), fmt_rate(b), f"{a / b:.2f}x"])
+            logs.append(math.log(a / b))
+    if logs:
+        rows.append(["geo. mean", "", "", f"{math.exp(sum(logs) / len(logs)):.2f}x"])
     return header, rows
+
+
+def _geo_mean(data: dict[str, Any], mine: str, peer: str) -> str:
+    rs = []
+    for w in _workloads(data):
+        a, b = _ops(data["results"][mine].get(w)), _ops(data["results"][peer].get(w))
+        if a and b:
+            rs.append(math.log(a / b))
+    return f"{math.exp(sum(rs) / len(rs)):.2f}x" if rs else "-"
 
 
 def ratio_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -214,15 +229,10 @@ def ratio_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             theirs = _ops(data["results"][p].get(w))
             row.append("-" if mine is None or theirs is None else f"{mine / theirs:.2f}x")
         rows.append(row)
-    gm = ["geo. mean"]
-    for p in peers:
-        rs = []
-        for w in _workloads(data):
-            a, b = _ops(data["results"]["shaledb"].get(w)), _ops(data["results"][p].get(w))
-            if a and b:
-                rs.append(math.log(a / b))
-        gm.append(f"{math.exp(sum(rs) / len(rs)):.2f}x" if rs else "-")
-    rows.append(gm)
+    rows.append(["geo. mean", *(_geo_mean(data, "shaledb", p) for p in peers)])
+    if "shaledb-pure" in stores:
+        rows.append(["geo. mean, pure build",
+                     *(_geo_mean(data, "shaledb-pure", p) for p in peers)])
     return header, rows
 
 
@@ -235,10 +245,11 @@ def stdout_tables(data: dict[str, Any]) -> str:
     h, rows = ratio_rows(data)
     if rows:
         out.append("\n" + _table(h, rows))
-    h, rows = encryption_rows(data)
-    if rows:
-        out.append("\nencryption overhead = (plain ops/s / encrypted ops/s) - 1, same run:\n"
-                   + _table(h, rows))
+    for variant, title in (("shaledb-pure", "compiled / pure"),
+                           ("shaledb-enc", "plain / encrypted")):
+        h, rows = variant_rows(data, variant, title)
+        if rows:
+            out.append(f"\n{title} (ops/s divided, same run):\n" + _table(h, rows))
     out.append("\nn/a: the store has no ordered iteration; ERR / '!': the workload failed or "
                "returned wrong data (see the JSON). fillsync/fillsync8 are power-loss durable; "
                "everything else process-crash durable:")
@@ -670,12 +681,18 @@ def write_docs(suite_json: Path | None, scale_json: Path | None, docs_dir: Path,
         if rows:
             md += ["ShaleDB's rate divided by each peer's (above 1: ShaleDB is faster):", "",
                    _table(h, rows, md=True), ""]
-        h, rows = encryption_rows(suite)
+        h, rows = variant_rows(suite, "shaledb-pure", "compiled / pure")
+        if rows:
+            md += ["What the compiled build buys (issue 14; docs/design.md, \"Compiled "
+                   "build\"): ShaleDB compiled with mypyc against the same source run as pure "
+                   "Python (`SHALEDB_PURE_PYTHON=1`) in the same run.", "",
+                   _table(h, rows, md=True), ""]
+        h, rows = variant_rows(suite, "shaledb-enc", "plain / encrypted")
         if rows:
             md += ["The cost of encryption at rest: ShaleDB with `encryption_key` (AES-256-GCM "
                    "on every WAL record, manifest edit and table block) against plain ShaleDB "
-                   "in the same run; overhead = plain ops/s / encrypted ops/s - 1 (a negative "
-                   "value is noise in the encrypted store's favour). readrandom is the cold "
+                   "in the same run; the factor is plain ops/s / encrypted ops/s (below 1: "
+                   "noise in the encrypted store's favour). readrandom is the cold "
                    "random read (new process, page cache dropped).", "",
                    _table(h, rows, md=True), ""]
         if _have_matplotlib():
