@@ -15,6 +15,7 @@ from shaledb.server.cluster.etcd import (
     EtcdRequestError,
     EtcdUnavailable,
     Get,
+    GetPrefix,
     LeaseExpired,
     Put,
     parse_endpoints,
@@ -36,6 +37,20 @@ def test_put_get_delete_prefix(etcd: EtcdClient, group: str) -> None:
     assert etcd.delete(p, prefix=True) == 2
     assert etcd.get_prefix(p) == []
     assert etcd.get(p[:-1] + b"X") is not None
+
+
+def test_a_transaction_reads_keys_and_bounded_prefixes_at_one_revision(
+        etcd: EtcdClient, group: str) -> None:
+    p = f"/t/{group}/".encode()
+    for name in (b"m/a", b"m/b", b"m/c", b"z"):
+        etcd.put(p + name, name)
+    res = etcd.txn([], [Get(p + b"z"), GetPrefix(p + b"m/", 2), Get(p + b"absent")])
+    assert res.succeeded
+    assert [[kv.key for kv in r] for r in res.ranges] == [
+        [p + b"z"], [p + b"m/a", p + b"m/b"], []]
+    assert res.reads[0] is not None and res.reads[0].value == b"z"
+    assert res.reads[2] is None
+    etcd.delete(p, prefix=True)
 
 
 def test_prefix_end() -> None:

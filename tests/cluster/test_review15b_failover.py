@@ -251,16 +251,15 @@ def test_a_standby_wiped_by_its_full_resync_is_not_promoted_end_to_end(
     q_cli.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review15b: read_group's MAX_MEMBERS limit cuts off "
-                   "the sync and term keys (they sort after members/): the leader steps down")
 def test_many_member_keys_do_not_hide_the_term_and_sync_keys(
         sync1: Group, etcd: EtcdClient) -> None:
-    """read_group reads the group's prefix with one range of MAX_MEMBERS + 3 keys, in key
+    """read_group read the group's prefix with one range of MAX_MEMBERS + 3 keys, in key
     order: leader, members/..., sync, term. With more than MAX_MEMBERS member keys (stale
     keys of crashed processes last a TTL; a misconfigured fleet sharing a group name) the
     sync and term keys are silently cut off: the leader reads term 0, decides that someone
     bumped the term ("term 0 is newer than ours"), fences and steps down, and no node can
-    take over (its compare on the term key fails): no primary until the keys go."""
+    take over (its compare on the term key fails): no primary until the keys go. Now one
+    transaction reads those three keys by name and the members in a bounded range."""
     from shaledb.server.cluster.group import MAX_MEMBERS, GroupKeys
 
     g = sync1

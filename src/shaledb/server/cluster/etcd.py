@@ -162,6 +162,20 @@ class Get:
 
 
 @dataclasses.dataclass(frozen=True)
+class GetPrefix:
+    """A range of the keys starting with ``prefix`` (at most ``limit``, in key order)
+    inside a transaction."""
+
+    prefix: bytes
+    limit: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_range": {"key": _b64(self.prefix),
+                                  "range_end": _b64(prefix_end(self.prefix)),
+                                  "limit": str(self.limit)}}
+
+
+@dataclasses.dataclass(frozen=True)
 class Delete:
     """A single-key delete inside a transaction."""
 
@@ -171,17 +185,20 @@ class Delete:
         return {"request_delete_range": {"key": _b64(self.key)}}
 
 
-TxnOp = Put | Get | Delete
+TxnOp = Put | Get | GetPrefix | Delete
 
 
 @dataclasses.dataclass(frozen=True)
 class TxnResult:
     """What a transaction did: whether the compares held, the revision after it, and the
-    keys its ``Get`` operations read (in order; None where the key did not exist)."""
+    keys its ``Get`` operations read (in order; None where the key did not exist; a
+    ``GetPrefix`` gives its first key there) and, in ``ranges``, every key each ``Get`` or
+    ``GetPrefix`` read (in order)."""
 
     succeeded: bool
     revision: int
     reads: tuple[KeyValue | None, ...]
+    ranges: tuple[tuple[KeyValue, ...], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,13 +365,15 @@ class EtcdClient:
             "failure": [op.to_json() for op in failure]})
         succeeded = bool(reply.get("succeeded", False))
         reads: list[KeyValue | None] = []
+        ranges: list[tuple[KeyValue, ...]] = []
         for r in reply.get("responses") or []:
             rr = r.get("response_range")
             if rr is not None:
-                kvs = rr.get("kvs") or []
-                reads.append(KeyValue.from_json(kvs[0]) if kvs else None)
+                kvs = tuple(KeyValue.from_json(kv) for kv in rr.get("kvs") or [])
+                reads.append(kvs[0] if kvs else None)
+                ranges.append(kvs)
         return TxnResult(succeeded, int(reply.get("header", {}).get("revision", 0)),
-                         tuple(reads))
+                         tuple(reads), tuple(ranges))
 
     def create(self, key: bytes, value: bytes, lease: int = 0) -> tuple[bool, KeyValue | None]:
         """Create ``key`` if absent. (True, None) when created; (False, the existing key)

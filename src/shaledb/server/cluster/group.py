@@ -26,7 +26,7 @@ import re
 from typing import Any, Final
 
 from ...errors import InvalidArgument
-from .etcd import EtcdClient, KeyValue
+from .etcd import EtcdClient, Get, GetPrefix, KeyValue
 
 ROOT: Final = "/shaledb"
 #: Group and node names: what fits a key segment and a Sentinel master name.
@@ -202,9 +202,15 @@ MAX_MEMBERS: Final = 256
 
 
 def read_group(client: EtcdClient, group: str) -> GroupState:
-    """The group's keys, read in one request (one consistent revision)."""
+    """The group's keys, read in one request (one consistent revision): the leader, sync
+    and term keys each by name, and at most MAX_MEMBERS member keys. One bounded range over
+    the whole prefix let more member keys than that (stale keys of crashed processes, or a
+    misconfigured fleet sharing the group's name) push the sync and term keys, which sort
+    after ``members/``, out of the read: the leader then saw term 0 and stepped down."""
     keys = GroupKeys(group)
-    kvs = client.get_prefix(keys.prefix, limit=MAX_MEMBERS + 3)
+    res = client.txn([], [Get(keys.leader), Get(keys.sync), Get(keys.term),
+                          GetPrefix(keys.members_prefix, MAX_MEMBERS)])
+    kvs = [kv for r in res.ranges for kv in r]
     leader: LeaderInfo | None = None
     term = 0
     term_raw: bytes | None = None
