@@ -165,8 +165,6 @@ def test_a_leader_raises_the_sync_keys_k_to_its_own_once_k_standbys_hold_every_w
         g.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review15b: the old primary of the current term is "
-                   "never a candidate, though it holds every write it acknowledged")
 def test_the_old_primary_that_holds_every_acknowledged_write_may_take_back_the_lead(
         sync1: Group, etcd: EtcdClient) -> None:
     """Two nodes, K = 1 (a primary and its sync standby). The standby b dies: S = {b} cannot
@@ -192,6 +190,31 @@ def test_the_old_primary_that_holds_every_acknowledged_write_may_take_back_the_l
     for _ in range(4):
         g.step("a")
     assert a.role == PRIMARY, a.status().promotion_blocked
+
+
+def test_a_restarted_old_primary_is_not_taken_for_one_that_holds_every_write(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """The rule above counts the old primary only while its process lives: what it
+    acknowledged may have been in its page cache only (appendfsync everysec) and gone with a
+    machine crash, while its sync standby has it durably. Two nodes, K = 1: b dies, then a's
+    process restarts on its directory (same position, a new process): a must wait for b."""
+    g = sync1
+    a = g.add("a", offset=30)
+    g.add("b", offset=30)
+    _lead_with_standbys(g, "a", "b")
+    term = a.term
+    assert read_group(etcd, g.group).members["a"].led == term
+    g.kill("b")
+    g.kill("a")
+    a2 = g.add("a", offset=30)
+    g.ctl("a").record_term = term  # its records survive the restart
+    for _ in range(4):
+        g.step("a")
+    assert a2.role != PRIMARY
+    st = read_group(etcd, g.group)
+    assert st.members["a"].led == 0
+    why = a2.status().promotion_blocked
+    assert why is not None and "0 of the 1 members of the sync set [b] are live" in why, why
 
 
 def _role(c: redis.Redis) -> str:

@@ -35,9 +35,14 @@ Invariants:
   key before its acknowledgements count, and removed (it has no member key any more) only
   after the leader stopped counting it and K of the rest acknowledged every write up to
   the last sequence at that moment (:meth:`NodeControl.narrow_sync_standbys`). So any
-  ``|S| - K + 1`` members of S include one that holds every acknowledged write. A node may
-  be promoted only if it is in S, at least ``|S| - K + 1`` members of S are live (their
-  member keys exist), and it has the highest *fresh* position among them. A new leader
+  ``|S| - K + 1`` members of S include one that holds every acknowledged write. The leader
+  of the key's term holds every one of them too (it made this term's, and was promoted
+  holding the earlier ones), so any ``|S| - K + 1`` members of ``S + {leader}`` also
+  include one -- if its process has run since it led (``led`` in its member key: its own
+  copy may be in the page cache only, lost with a machine). A node may be promoted only if
+  it is in ``S + {leader}``, at least
+  ``|S| - K + 1`` members of that set are live (their member keys exist), and it has the
+  highest *fresh* position among them. A new leader
   starts its ``sync`` set as the old one plus the old leader, minus itself: everyone who
   may hold writes acknowledged before stays a candidate. Without a ``sync`` key no write
   was ever acknowledged in sync mode, and the async rule applies.
@@ -166,13 +171,25 @@ def promotion_pool(state: GroupState, sync_mode: bool,
         return live, None if live else "no live, healthy member"
     sync = state.sync
     need = len(sync.members) - sync.k + 1
-    pool = [m for m in live if m.node in sync.members]
+    # The leader of the sync key's term made every write acknowledged in it, and held every
+    # earlier one when it was promoted: with it, each acknowledged write is on K + 1 members
+    # of S + {leader}, and any |S| - K + 1 of those include one that holds it. So the old
+    # primary is a candidate too (review15b: with 2 nodes and K = 1 a primary whose lease
+    # lapsed once waited for its dead standby for ever) -- while its process lives.
+    # Only the process that led it: a restart may have lost its unsynced tail (``led``).
+    eligible = set(sync.members)
+    leader_note = ""
+    old = state.members.get(sync.leader)
+    if sync.term == state.term and old is not None and old.led == sync.term:
+        eligible.add(sync.leader)
+        leader_note = f" and its leader {sync.leader}"
+    pool = [m for m in live if m.node in eligible]
     if not pool or len(pool) < need:
         # (No commas: INFO clients split values at them.)
-        return [], (f"{len(pool)} of the {len(sync.members)} members of the sync set "
-                    f"[{' '.join(sync.members)}] are live and healthy but {max(need, 1)} "
-                    f"are needed (K={sync.k}) for one of them to provably hold every "
-                    "acknowledged write: bring a member of the sync set back")
+        return [], (f"{len(pool)} of the {len(eligible)} members of the sync set "
+                    f"[{' '.join(sync.members)}]{leader_note} are live and healthy but "
+                    f"{max(need, 1)} are needed (K={sync.k}) for one of them to provably "
+                    "hold every acknowledged write: bring a member of the sync set back")
     fresh = [m for m in pool if m.vacant == state.term]
     if len(fresh) < len(pool) and not (waited and len(fresh) >= need):
         stale = sorted(m.node for m in pool if m.vacant != state.term)
@@ -214,6 +231,8 @@ class Election:
         #: (node, term) of the leader this node replicates from.
         self.following: tuple[str, int] | None = None
         self.sync_members: frozenset[str] = frozenset()
+        #: The term this process took the leader key in, last (0: never): MemberInfo.led.
+        self.led_term = 0
         #: The K this term's ``sync`` key states: at most the K older writes were
         #: acknowledged with (the old key's), raised to ours once K of S hold them all.
         self._sync_k = config.sync_replicas
@@ -282,7 +301,7 @@ class Election:
             offset, term, vacant = self._held
         return MemberInfo(self.config.node, self.config.host, self.config.port,
                           offset, term, self.role, following, self.last_error is None,
-                          vacant=vacant)
+                          vacant=vacant, led=self.led_term)
 
     def _publish(self, member: MemberInfo) -> None:
         assert self.lease is not None
@@ -499,6 +518,7 @@ class Election:
         if not res.succeeded:
             return  # another node won; the next step follows it
         self.term = new_term
+        self.led_term = new_term
         self.sync_members = sync_members
         if self.config.sync_mode:
             self._sync_k = sync_k

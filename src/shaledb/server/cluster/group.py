@@ -9,12 +9,14 @@ Under ``/shaledb/<group>/`` (values are JSON, docs/format.md "Failover keys in e
 - ``sync``: ``{"term", "leader", "k", "members"}``, written by the leader (sync mode):
   the replicas whose acknowledgements may count towards a write's K.
 - ``members/<node>``: ``{"host", "port", "offset", "term", "role", "following",
-  "healthy", "vacant"}`` on each node's lease, refreshed every election step. ``vacant``:
-  the term counter at which the node last saw the leader key absent (0: never); the
-  position (``term``, ``offset``) was read after that, so it covers every write the node
-  acknowledged to that term's primary (sync-mode promotion waits for such positions).
+  "healthy", "vacant", "led"}`` on each node's lease, refreshed every election step.
+  ``vacant``: the term counter at which the node last saw the leader key absent (0:
+  never); the position (``term``, ``offset``) was read after that, so it covers every
+  write the node acknowledged to that term's primary (sync-mode promotion waits for such
+  positions). ``led``: the term this process took the leader key in (0: none since it
+  started).
 
-:func:`read_group` reads them all with one range request; SENTINEL and ``shaledb cluster
+:func:`read_group` reads them all with one transaction; SENTINEL and ``shaledb cluster
 status`` answer from it.
 """
 
@@ -100,12 +102,17 @@ class MemberInfo:
     #: The term counter at which this node saw the leader key absent (0: never); its
     #: position was read after that (module docstring).
     vacant: int = 0
+    #: The term this process led (took the leader key in) since it started (0: none).
+    #: A leader's own copy of what it acknowledged can be in the page cache only
+    #: (appendfsync everysec); a restarted process may have lost it, so only a process that
+    #: led the sync key's term and never restarted counts as holding that term's writes.
+    led: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps({"host": self.host, "port": self.port, "offset": self.offset,
                            "term": self.term, "role": self.role,
                            "following": self.following, "healthy": self.healthy,
-                           "vacant": self.vacant}).encode()
+                           "vacant": self.vacant, "led": self.led}).encode()
 
     @property
     def position(self) -> tuple[int, int]:
@@ -153,7 +160,8 @@ def parse_member(node: str, kv: KeyValue) -> MemberInfo | None:
         return MemberInfo(node, str(v["host"]), int(v["port"]), int(v["offset"]),
                           int(v["term"]), str(v["role"]),
                           None if following is None else str(following),
-                          bool(v["healthy"]), kv.lease, int(v.get("vacant", 0)))
+                          bool(v["healthy"]), kv.lease, int(v.get("vacant", 0)),
+                          int(v.get("led", 0)))
     except (KeyError, TypeError, ValueError):
         return None
 
