@@ -17,9 +17,10 @@ import pytest
 import redis
 from tests.server._server_support import ServerThread, wait_until
 
-from shaledb.server.cluster.election import PRIMARY, REPLICA
-from shaledb.server.cluster.etcd import EtcdClient
-from shaledb.server.cluster.group import read_group
+from shaledb.server.cluster.control import MemoryNodeControl
+from shaledb.server.cluster.election import PRIMARY, REPLICA, Election, ElectionConfig
+from shaledb.server.cluster.etcd import EtcdClient, EtcdUnavailable, Put
+from shaledb.server.cluster.group import GroupKeys, read_group
 
 from .test_election import Group
 
@@ -215,6 +216,92 @@ def test_a_restarted_old_primary_is_not_taken_for_one_that_holds_every_write(
     assert st.members["a"].led == 0
     why = a2.status().promotion_blocked
     assert why is not None and "0 of the 1 members of the sync set [b] are live" in why, why
+
+
+def test_a_takeover_whose_reply_was_lost_still_sets_led(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """(Adversarial review of the `led` rule.) The takeover txn commits but its reply is lost
+    (EtcdUnavailable: 'whether the request took effect is unknown'). The next step finds our
+    own leader key on our lease and _lead() promotes -- but led_term is set only in _take_over,
+    so led stays 0. Then the review15b scenario (2 nodes, K = 1, standby dies, lease lapses
+    once) blocked for ever. _lead() now sets led when it finds our key on our lease."""
+    g = sync1
+    a = g.add("a", offset=30)
+    g.add("b", offset=30)
+    real_txn = a.client.txn
+    keys = GroupKeys(g.group)
+    lost = []
+
+    def txn(compare, success, failure=()):  # type: ignore[no-untyped-def]
+        res = real_txn(compare, success, failure)
+        if not lost and any(isinstance(op, Put) and op.key == keys.leader for op in success):
+            lost.append(res)
+            raise EtcdUnavailable("reply lost (the txn committed)")
+        return res
+
+    a.client.txn = txn  # type: ignore[method-assign]
+    g.step("a")  # takeover commits, reply lost
+    assert lost and lost[0].succeeded
+    assert a.role != PRIMARY
+    _lead_with_standbys(g, "a", "b")
+    assert a.role == PRIMARY
+    assert a.led_term == 1
+    st = read_group(etcd, g.group)
+    assert st.sync is not None and st.sync.members == ("b",) and st.sync.leader == "a"
+    assert st.members["a"].led == st.sync.term == 1
+    g.kill("b")
+    g.step("a")
+    assert a.role == PRIMARY
+    assert a.lease is not None
+    etcd.lease_revoke(a.lease)
+    for _ in range(4):
+        g.step("a")
+    assert a.role == PRIMARY, a.status().promotion_blocked
+
+
+def test_a_second_process_under_the_old_primarys_name_does_not_use_its_led(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """(Adversarial review of the `led` rule.) 2 nodes, K = 1, S = {b}. a1 leads term 1; w (offset
+    30) acked by b; b dies. a1 is paused (VM freeze) past its lease; the orchestrator,
+    seeing a dead, starts a2 under the same name on a's directory from another machine
+    (unsynced tail lost: offset 25). a1 resumes, re-grants a lease and publishes members/a
+    with led = 1 (offset 30, fresh). Interleaving: a2 publishes its own key (led = 0), a1's
+    put lands, a2 reads the group: 'a' is eligible (led == sync.term == term) and best ->
+    a2, whose name is 'a', takes over at offset 25. The member key is per name, led is per
+    process: a node that is a candidate only as the sync key's leader takes over only if its
+    own process led."""
+    g = sync1
+    a1 = g.add("a", offset=30)
+    g.add("b", offset=30)
+    _lead_with_standbys(g, "a", "b")
+    g.ctl("a").record_term = 1
+    g.kill("b")
+    g.step("a")
+    assert a1.role == PRIMARY and a1.led_term == 1
+    assert a1.lease is not None
+    etcd.lease_revoke(a1.lease)  # paused past its lease
+    a2 = g.add("a2-process", offset=25, port=7000)  # placeholder, replaced below
+    g.nodes.pop("a2-process").client.close()
+    a2 = Election(EtcdClient(g.url), MemoryNodeControl(offset=25, record_term=1),
+                  ElectionConfig(g.group, "a", "127.0.0.1", 7000, **g.cfg))
+    g.nodes["a#2"] = a2
+    for _ in range(2):
+        a2.step()
+    assert a2.role == REPLICA
+    a1.step()  # LeaseExpired: fenced
+    # a1's step: new lease; sees vacancy at term 1; publishes fresh (led = 1); decides it
+    # is best; its takeover txn is in flight (deferred here) while a2 steps.
+    deferred = []
+    real_take_over = a1._take_over
+    a1._take_over = lambda st: deferred.append(st)  # type: ignore[method-assign]
+    a1.step()
+    assert deferred, a1.status().promotion_blocked
+    a2._renew()
+    a2._publish(a2._my_member())
+    a1._publish(a1._my_member())  # a1's member put (its next step) lands in between
+    a2._act()
+    real_take_over(deferred[0])  # a1's txn arrives: the term moved, it fails
+    assert a2.role != PRIMARY, "a2 (offset 25, no w) promoted on a1's led"
 
 
 def _role(c: redis.Redis) -> str:

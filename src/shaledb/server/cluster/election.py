@@ -387,6 +387,8 @@ class Election:
         if self.role != PRIMARY:
             self.control.promote(leader.term)
             self.role = PRIMARY
+            # Our key on our lease: this process took it (a takeover whose reply was lost).
+            self.led_term = leader.term
         self.control.renew_lease(self.deadline)
         if self.config.sync_mode:
             self._grow_sync(state, leader)
@@ -490,7 +492,13 @@ class Election:
         pool = self.candidates(state)
         if not pool:
             return False
-        return best_candidate(pool).node == self.config.node
+        if best_candidate(pool).node != self.config.node:
+            return False
+        # A candidate only as the sync key's leader, by a `led` this process never had:
+        # another process under our name published it (a misconfiguration). Not us.
+        sync = state.sync
+        return not (self.config.sync_mode and sync is not None
+                    and self.config.node not in sync.members and self.led_term != sync.term)
 
     def _take_over(self, state: GroupState) -> None:
         assert self.lease is not None
