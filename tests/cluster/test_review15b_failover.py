@@ -304,6 +304,45 @@ def test_a_second_process_under_the_old_primarys_name_does_not_use_its_led(
     assert a2.role != PRIMARY, "a2 (offset 25, no w) promoted on a1's led"
 
 
+@pytest.mark.xfail(strict=True, reason="a takeover adds the old leader to the sync set as an "
+                   "ordinary member though its copy may have been in the page cache only")
+def test_a_restarted_former_leader_in_the_next_sync_set_is_not_counted_as_holding_w(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """(Adversarial review, 2026-12-02; HIGH, not fixed: docs/design.md.) S = {b, c}, K = 1. w
+    (offset 20) acknowledged by b (durable) and a (primary, page cache only). a's machine
+    crashes. b (fresh, highest) takes term 2 with S2 = {a, c} (old S + old leader a, minus
+    b). a restarts having lost its unsynced tail (offset 15), follows b. b dies before
+    anyone copied w. Pool {a, c}: 2 live, need |S2|-K+1 = 2: a node at 15 is promoted and w
+    is lost. (a enters S2 as a plain member: no 'led' check there, although 51b5b95's own
+    argument says a restarted old primary's copy is not trusted.)"""
+    g = sync1
+    g.add("a", offset=20)
+    g.add("b", offset=10)
+    g.add("c", offset=10)
+    _lead_with_standbys(g, "a", "b", "c")
+    for n in ("a", "b", "c"):
+        g.ctl(n).record_term = 1
+    g.ctl("b").offset = 20  # b acknowledged w
+    g.ctl("c").offset = 15
+    g.step("b", "c")
+    g.kill("a")  # machine crash
+    for _ in range(3):
+        g.step("b", "c")
+    assert g.nodes["b"].role == PRIMARY  # the right choice
+    st = read_group(etcd, g.group)
+    assert st.sync is not None and st.sync.members == ("a", "c") and st.sync.term == 2
+    g.add("a", offset=15, port=7000)  # restarted: tail (w) lost with the page cache
+    g.ctl("a").record_term = 1
+    g.step("a", "c")
+    g.kill("b")  # before a or c got w
+    for _ in range(4):
+        g.step("a", "c")
+    promoted = [n for n, e in g.nodes.items() if e.role == PRIMARY]
+    assert promoted == [], (
+        f"{promoted} promoted at offset 15 although w (offset 20), acknowledged, is held "
+        "only by the dead b")
+
+
 def _role(c: redis.Redis) -> str:
     return str(c.info("failover")["failover_role"])
 
