@@ -67,7 +67,8 @@ def test_leader_elected_and_replicas_follow(grp: Group, etcd: EtcdClient) -> Non
     a, b, c = grp.add("a"), grp.add("b"), grp.add("c")
     grp.step()
     assert a.role == PRIMARY and a.term == 1
-    assert grp.ctl("a").is_writable() and grp.ctl("a").calls[0] == ("promote", 1)
+    assert grp.ctl("a").is_writable()
+    assert grp.ctl("a").calls[:2] == [("make_durable", 0), ("promote", 1)]  # fsync first
     assert b.role == REPLICA and c.role == REPLICA
     assert grp.ctl("b").primary == ("127.0.0.1", 7000) and grp.ctl("b").term == 1
     assert grp.ctl("c").calls == [("demote_to", "127.0.0.1", 7000, 1)]
@@ -75,7 +76,7 @@ def test_leader_elected_and_replicas_follow(grp: Group, etcd: EtcdClient) -> Non
     grp.step()
     # Stable: nobody re-points or re-promotes while the leader renews.
     assert grp.ctl("c").calls == [("demote_to", "127.0.0.1", 7000, 1)]
-    assert grp.ctl("a").calls == [("promote", 1)]
+    assert grp.ctl("a").calls == [("make_durable", 0), ("promote", 1)]
     st = read_group(etcd, grp.group)
     assert st.leader is not None and st.leader.node == "a" and st.term == 1
     assert sorted(st.members) == ["a", "b", "c"]

@@ -1,6 +1,5 @@
 """Review 15b: attacks on the sync-mode failover rules (fresh positions, the shrinking sync
-set, node names). Tests marked ``xfail(strict=True)`` prove a defect not fixed yet: each
-fails without the marker.
+set, node names); each failed on the code it was written against.
 
 Election-level tests use test_election's ``Group`` (in-memory nodes, real etcd, steps by
 hand). A node's ``MemoryNodeControl.offset`` stands for how far its copy of the primary's
@@ -17,6 +16,7 @@ import pytest
 import redis
 from tests.server._server_support import ServerThread, wait_until
 
+from shaledb.errors import StorageError
 from shaledb.server.cluster.control import MemoryNodeControl
 from shaledb.server.cluster.election import PRIMARY, REPLICA, Election, ElectionConfig
 from shaledb.server.cluster.etcd import EtcdClient, EtcdUnavailable, Put
@@ -304,17 +304,15 @@ def test_a_second_process_under_the_old_primarys_name_does_not_use_its_led(
     assert a2.role != PRIMARY, "a2 (offset 25, no w) promoted on a1's led"
 
 
-@pytest.mark.xfail(strict=True, reason="a takeover adds the old leader to the sync set as an "
-                   "ordinary member though its copy may have been in the page cache only")
-def test_a_restarted_former_leader_in_the_next_sync_set_is_not_counted_as_holding_w(
+def test_a_restarted_former_leader_in_the_next_sync_set_holds_w_from_its_disk(
         sync1: Group, etcd: EtcdClient) -> None:
-    """(Adversarial review, 2026-12-02; HIGH, not fixed: docs/design.md.) S = {b, c}, K = 1. w
-    (offset 20) acknowledged by b (durable) and a (primary, page cache only). a's machine
-    crashes. b (fresh, highest) takes term 2 with S2 = {a, c} (old S + old leader a, minus
-    b). a restarts having lost its unsynced tail (offset 15), follows b. b dies before
-    anyone copied w. Pool {a, c}: 2 live, need |S2|-K+1 = 2: a node at 15 is promoted and w
-    is lost. (a enters S2 as a plain member: no 'led' check there, although 51b5b95's own
-    argument says a restarted old primary's copy is not trusted.)"""
+    """(Adversarial review, 2026-12-02; HIGH.) S = {b, c}, K = 1. w (offset 20) is
+    acknowledged by b. a's machine crashes; b (fresh, highest) takes term 2 with S2 = {a, c}
+    (old S + old leader a, minus b); b dies before anyone copied w. The pool {a, c} needs
+    both, and promotes the higher: that is safe only because a holds w. It used not to: a
+    acknowledged from its page cache under appendfsync everysec, restarted at offset 15,
+    and a node without w was promoted. Now a sync primary's reply waits for its own fsync
+    (test_server_review15's power-loss test), so a restarts at 20 and is the one promoted."""
     g = sync1
     g.add("a", offset=20)
     g.add("b", offset=10)
@@ -329,18 +327,50 @@ def test_a_restarted_former_leader_in_the_next_sync_set_is_not_counted_as_holdin
     for _ in range(3):
         g.step("b", "c")
     assert g.nodes["b"].role == PRIMARY  # the right choice
+    assert ("make_durable", 20) in g.ctl("b").calls  # before it took over (below)
     st = read_group(etcd, g.group)
     assert st.sync is not None and st.sync.members == ("a", "c") and st.sync.term == 2
-    g.add("a", offset=15, port=7000)  # restarted: tail (w) lost with the page cache
+    g.add("a", offset=20, port=7000)  # restarted: w was on its disk before it was acked
     g.ctl("a").record_term = 1
     g.step("a", "c")
-    g.kill("b")  # before a or c got w
+    g.kill("b")  # before c got w
     for _ in range(4):
         g.step("a", "c")
     promoted = [n for n, e in g.nodes.items() if e.role == PRIMARY]
-    assert promoted == [], (
-        f"{promoted} promoted at offset 15 although w (offset 20), acknowledged, is held "
-        "only by the dead b")
+    assert promoted == ["a"], f"{promoted} promoted; only a holds w (offset 20)"
+
+
+def test_a_takeover_puts_the_position_it_won_on_disk_first(
+        sync1: Group, etcd: EtcdClient) -> None:
+    """The position that makes a standby eligible may count records it applied but has not
+    fsynced; as primary, and then as the old primary in the next sync set, it is trusted
+    to hold them all. So it fsyncs before its takeover transaction, and a disk that fails
+    the fsync keeps it from taking over at all."""
+    g = sync1
+    g.add("a", offset=20)
+    g.add("b", offset=20)
+    g.add("c", offset=15)
+    _lead_with_standbys(g, "a", "b", "c")
+    g.ctl("b").disk_failed = True
+    g.kill("a")
+    for _ in range(4):
+        for n in ("b", "c"):
+            try:
+                g.step(n)
+            except StorageError:
+                assert n == "b"
+    assert g.nodes["b"].role != PRIMARY
+    assert any(c[0] == "make_durable" for c in g.ctl("b").calls)
+    assert all(c[0] != "promote" for c in g.ctl("b").calls)
+    # c (at 15) is not promoted either: b, live and ahead, may hold acknowledged writes.
+    assert g.nodes["c"].role != PRIMARY
+    assert read_group(etcd, g.group).leader is None
+    g.ctl("b").disk_failed = False
+    for _ in range(3):
+        g.step("b", "c")
+    assert g.nodes["b"].role == PRIMARY
+    calls = [c[0] for c in g.ctl("b").calls]
+    assert calls.index("promote") > max(i for i, c in enumerate(calls) if c == "make_durable")
 
 
 def _role(c: redis.Redis) -> str:

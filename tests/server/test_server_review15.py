@@ -4,6 +4,7 @@ fails without the marker); the others guard a fix."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -122,3 +123,50 @@ def test_the_unsent_stream_of_all_replicas_together_is_bounded(
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("mode", ["no", "everysec"])
+def test_a_sync_primary_acknowledges_only_writes_on_its_own_disk(
+        server_factory: Factory, tmp_path: Any, mode: str) -> None:
+    """(Review 15b, HIGH.) A takeover puts the old primary in the next sync set as a holder
+    of every write it acknowledged; with appendfsync everysec or no those writes could be
+    in its page cache only, lost with its machine -- and then a node without them could be
+    promoted (test_review15b_failover). In sync mode a reply now waits for the primary's
+    own fsync too: after a power loss of the primary, every acknowledged write is on its
+    disk, whatever appendfsync says."""
+    import shaledb
+    from shaledb.server import ServerConfig
+    from shaledb.testing import FaultInjectionFS
+
+    path = str(tmp_path / "primary")
+    fs = FaultInjectionFS()
+    # No engine sync thread: only what the server asks for reaches the disk.
+    db = shaledb.open(path, fs=fs, fsync_interval=None)
+    p = ServerThread(ServerConfig(port=0, host=HOST, dir=path, metrics_port=None,
+                                  appendfsync=mode, sync_replicas=1,
+                                  sync_replicas_timeout=10.0), db)
+    acked: list[str] = []
+    try:
+        r = server_factory(replicaof=f"{HOST} {p.port}")
+        pc = p.client()
+        wait_until(lambda: _info(pc)["shaledb_good_replicas"] == 1, 30, "a good replica")
+        for i in range(50):
+            assert pc.set(f"k{i}", f"v{i}")
+            acked.append(f"k{i}")
+        with pc.pipeline(transaction=False) as pipe:
+            for i in range(50, 300):
+                pipe.set(f"k{i}", f"v{i}")
+            assert all(pipe.execute())
+        acked += [f"k{i}" for i in range(50, 300)]
+        fs.crash()  # the primary's machine loses power: unsynced bytes are gone
+        pc.close()
+        r.stop()
+    finally:
+        p.stop()
+        with contextlib.suppress(shaledb.ShaleError):
+            db.close()
+    after = server_factory(dir=path)  # the primary restarted on what its disk kept
+    c = after.client()
+    missing = [k for k, v in zip(acked, c.mget(acked), strict=True) if v is None]
+    assert missing == [], f"{len(missing)} acknowledged writes lost with the page cache"
+    assert c.mget(acked) == [f"v{k[1:]}".encode() for k in acked]

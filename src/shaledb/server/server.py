@@ -450,9 +450,9 @@ class Server:
         loop = asyncio.get_running_loop()
         if self.config.sync_replicas:
             # sync-replicas: every write's reply waits for the replicas' acknowledgements
-            # (and for the local fsync too under ``always``).
+            # and for the local fsync, in every appendfsync mode (ReplicaSyncGroup says why).
             self.sync_group = ReplicaSyncGroup(self.db, loop, self._executor,
-                                               self.replication, mode == "always")
+                                               self.replication)
         elif mode == "always":
             if self.sync_group is None or isinstance(self.sync_group, ReplicaSyncGroup):
                 self.sync_group = SyncGroup(self.db, loop, self._executor)

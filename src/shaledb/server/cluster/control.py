@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from shaledb.errors import StorageError
+
 
 class StaleTermError(Exception):
     """A role change named a term older than one the node has already seen."""
@@ -57,6 +59,10 @@ class NodeControl(Protocol):
     def replication_offset(self) -> int:
         """How far this node's copy of the replication stream goes."""
 
+    def make_durable(self) -> None:
+        """fsync everything this node holds (its position may count applied, unsynced
+        records). Raises the engine's error when the disk fails."""
+
     def last_term(self) -> int:
         """The term of the newest record this node holds (0: none). Offsets of two nodes
         compare only within one history, so promotion compares (last_term, offset)."""
@@ -81,6 +87,8 @@ class MemoryNodeControl:
     #: The standbys that hold every write so far (what narrow_sync_standbys counts).
     caught_up: set[str] = dataclasses.field(default_factory=set)
     calls: list[tuple[object, ...]] = dataclasses.field(default_factory=list)
+    #: make_durable raises (a disk that fails its fsync).
+    disk_failed: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def _check_term(self, term: int) -> None:
@@ -122,6 +130,12 @@ class MemoryNodeControl:
 
     def replication_offset(self) -> int:
         return self.offset
+
+    def make_durable(self) -> None:
+        with self.lock:
+            self.calls.append(("make_durable", self.offset))
+            if self.disk_failed:
+                raise StorageError("fsync failed (MemoryNodeControl.disk_failed)")
 
     def last_term(self) -> int:
         return self.record_term

@@ -522,6 +522,10 @@ class Election:
                 else min(state.sync.k, self.config.sync_replicas)
             ops.append(Put(self.keys.sync, SyncInfo(new_term, self.config.node, sync_k,
                                                     tuple(sorted(old))).to_json()))
+        # The position that made this node eligible may count records applied but not yet
+        # on disk; as primary (and later as the old primary in the next sync set) it is
+        # trusted to hold them all: on disk first, or no takeover (review 15b).
+        self.control.make_durable()
         res = self.client.txn([Compare.absent(self.keys.leader), term_cmp], ops)
         if not res.succeeded:
             return  # another node won; the next step follows it

@@ -44,6 +44,7 @@ class ReplicationControl(Protocol):
     def become_replica(self, host: str, port: int, term: int | None) -> None: ...
     def can_write(self) -> bool: ...
     def position(self) -> tuple[int, int]: ...
+    def make_durable(self) -> None: ...
     def standbys_acked(self, target: int) -> int: ...
 
 
@@ -156,6 +157,9 @@ class ServerNodeControl:
 
     def replication_offset(self) -> int:
         return self._repl.position()[1]
+
+    def make_durable(self) -> None:
+        self._repl.make_durable()
 
     def last_term(self) -> int:
         return self._repl.position()[0]

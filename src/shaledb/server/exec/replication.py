@@ -559,6 +559,11 @@ class Replication:
             return self.data_term, self.host.db.last_sequence
         return self.data_term, self.offset
 
+    def make_durable(self) -> None:
+        """fsync everything this node applied, so :meth:`position` is on its disk (a
+        takeover asks before it leads). Any thread."""
+        self.host.db.sync()
+
     @property
     def restricted(self) -> bool:
         """Whether the dispatcher must ask :meth:`write_refusal` / check loading."""
@@ -1413,15 +1418,19 @@ class Replication:
 
 class ReplicaSyncGroup(SyncGroup):
     """``sync-replicas K``: a write's reply waits until K replicas acknowledged it durably
-    (and for the local fsync too under ``appendfsync always``). A reply that waits longer
-    than ``sync-replicas-timeout`` becomes -NOREPLICAS (the write is applied here)."""
+    and this node's own fsync covers it, whatever ``appendfsync`` says (as PostgreSQL's
+    synchronous_commit=on flushes locally, then waits for the standbys). Failover counts on
+    it: a takeover puts the old primary in the next sync set, as a holder of every write it
+    acknowledged -- true after a power loss only if those writes were on its disk (review
+    15b: a primary acknowledging from its page cache lost them with its machine, and a node
+    without them was promoted). The fsync runs while the replicas apply, so it costs little
+    latency. A reply that waits longer than ``sync-replicas-timeout`` becomes -NOREPLICAS
+    (the write is applied here)."""
 
     def __init__(self, db: shaledb.DB, loop: asyncio.AbstractEventLoop,
-                 executor: concurrent.futures.Executor, replication: Replication,
-                 fsync: bool) -> None:
+                 executor: concurrent.futures.Executor, replication: Replication) -> None:
         super().__init__(db, loop, executor)
         self._replication = replication
-        self._fsync = fsync
 
     def barrier(self) -> asyncio.Future[None]:
         repl = self._replication
@@ -1429,13 +1438,13 @@ class ReplicaSyncGroup(SyncGroup):
         need = cfg.sync_replicas
         timeout = cfg.sync_replicas_timeout
         acks = repl.wait_acks(need, timeout, standbys_only=True)
-        local = super().barrier() if self._fsync else None
+        local = super().barrier()
         out: asyncio.Future[None] = self._loop.create_future()
 
         def check(_: object = None) -> None:
-            if out.done() or not acks.done() or (local is not None and not local.done()):
+            if out.done() or not acks.done() or not local.done():
                 return
-            if local is not None and local.exception() is not None:
+            if local.exception() is not None:
                 out.set_exception(local.exception())  # type: ignore[arg-type]
                 return
             got = acks.result()
@@ -1459,8 +1468,7 @@ class ReplicaSyncGroup(SyncGroup):
                 out.set_result(None)
 
         acks.add_done_callback(check)
-        if local is not None:
-            local.add_done_callback(check)
+        local.add_done_callback(check)
         return out
 
 
