@@ -1572,33 +1572,45 @@ class Engine:
         (``bound``) is as far as the merge is complete. If ``limit`` live pairs come before
         it, or no source was cut, that is the answer; otherwise (deletions, expired or
         too-new versions) the caller tries longer runs, then reads the range in chunks."""
+        # Sources are read deepest level first, and each one only up to the bound so far:
+        # an entry past the bound cannot be part of the answer, so a source need not
+        # decode it. The deepest level holds most keys, so its run (usually cut at
+        # run_size) makes the bound tight, and the smaller levels above it and the
+        # memtables hand over a key or two each instead of run_size (a seek at 1M keys
+        # decoded 5 x 10 entries to keep 10). ``top`` is the smallest key past the bound's
+        # key (every version of the bound's key stays below it).
         bound: Entry | None = None
-        merged = mem.scan_chunk(lo, True, hi, False, False, seq, run_size)
-        if len(merged) >= run_size:
-            bound = merged[-1]
-        if imm is not None:
-            run = imm.scan_chunk(lo, True, hi, False, False, seq, run_size)
-            if len(run) >= run_size and (bound is None or run[-1] < bound):
-                bound = run[-1]
-            merged += run
-        for f in v.levels[0]:
-            if f.overlaps(lo, hi):
-                run = self._table(f).first_run(lo, hi, run_size)
-                if len(run) >= run_size and (bound is None or run[-1] < bound):
-                    bound = run[-1]
-                merged += run
-        for files, largest in v.deep:
+        top = hi
+        merged: list[Entry] = []
+        deep = v.deep
+        for d in range(len(deep) - 1, -1, -1):
+            files, largest = deep[d]
             i = 0 if lo is None else bisect_left(largest, lo)
-            run = []
+            run: list[Entry] = []
             while i < len(files) and len(run) < run_size:
                 f = files[i]
-                if hi is not None and f.smallest >= hi:
+                if top is not None and f.smallest >= top:
                     break
-                run += self._table(f).first_run(lo, hi, run_size - len(run))
+                run += self._table(f).first_run(lo, top, run_size - len(run))
                 i += 1
             if len(run) >= run_size and (bound is None or run[-1] < bound):
                 bound = run[-1]
+                top = bound[0] + b"\x00"
             merged += run
+        for f in v.levels[0]:
+            if f.overlaps(lo, top):
+                run = self._table(f).first_run(lo, top, run_size)
+                if len(run) >= run_size and (bound is None or run[-1] < bound):
+                    bound = run[-1]
+                    top = bound[0] + b"\x00"
+                merged += run
+        for m in (imm, mem):
+            if m is not None:
+                run = m.scan_chunk(lo, True, top, False, False, seq, run_size)
+                if len(run) >= run_size and (bound is None or run[-1] < bound):
+                    bound = run[-1]
+                    top = bound[0] + b"\x00"
+                merged += run
         merged.sort()
         out: list[tuple[bytes, bytes]] = []
         last: bytes | None = None

@@ -29,6 +29,8 @@ class SyncGroup:
         self._next: asyncio.Future[None] | None = None
         #: fsyncs done (for tests and stats).
         self.syncs = 0
+        #: The last sequence number when the running fsync started.
+        self._covers = 0
 
     def barrier(self) -> asyncio.Future[None]:
         """A future done once an fsync that started after this call has finished (it
@@ -44,6 +46,8 @@ class SyncGroup:
             return
         fut, self._next = self._next, None
         self._running = fut
+        # Every write committed by now is in the WAL the fsync covers.
+        self._covers = self._db.last_sequence
         job = self._loop.run_in_executor(self._executor, self._db.sync)
         job.add_done_callback(self._done)
 
@@ -55,9 +59,13 @@ class SyncGroup:
         if exc is not None:
             fut.set_exception(exc)
         else:
+            self.synced(self._covers)
             fut.set_result(None)
         if self._next is not None:
             self._kick()
+
+    def synced(self, seq: int) -> None:
+        """An fsync succeeded: every write up to ``seq`` is durable (a hook)."""
 
     @property
     def idle(self) -> bool:

@@ -335,9 +335,14 @@ class Replication:
         self.partial_syncs_done = 0
         self.groups_applied = 0
         #: sync-replicas: the highest sequence number sync-replicas replicas acknowledged
-        #: (or committed before sync mode started), and a snapshot pinned there: the reads
-        #: of :meth:`sync_read` see nothing past it (None: not in sync mode).
+        #: and this node's own fsync covers (or committed before sync mode started), and a
+        #: snapshot pinned there: the reads of :meth:`sync_read` see nothing past it (None:
+        #: not in sync mode).
         self.visible = 0
+        #: The sequence number the last successful fsync of the sync-replicas barrier
+        #: covered (ReplicaSyncGroup): a read must not show a write the primary's disk may
+        #: not hold (review 15c), nor one whose fsync failed.
+        self.durable = 0
         self._visible_snap: shaledb.Snapshot | None = None
         #: The read-only keyspace transaction at that snapshot, reused until it moves.
         self._view: KeyspaceTxn | None = None
@@ -695,14 +700,23 @@ class Replication:
             snap = self._visible_snap = self.host.db.snapshot()
             assert snap.sequence is not None
             self.visible = snap.sequence
+            self.durable = max(self.durable, snap.sequence)
         elif not want and snap is not None:
             self._visible_snap = None
             snap.close()
 
+    def local_synced(self, seq: int) -> None:
+        """The sync-replicas barrier's fsync succeeded, covering every write up to ``seq``
+        (the loop)."""
+        if seq > self.durable:
+            self.durable = seq
+            if self._visible_snap is not None:
+                self._advance_visible()
+
     def _advance_visible(self) -> None:
         """Move the visible snapshot to the highest sequence number sync-replicas counting
-        replicas acknowledged (never back): a new snapshot there before the old one is
-        released, so every version it reads is kept."""
+        replicas acknowledged and the local fsync covers (never back): a new snapshot
+        there before the old one is released, so every version it reads is kept."""
         snap = self._visible_snap
         need = self.host.config.sync_replicas
         if snap is None or need <= 0:
@@ -711,7 +725,7 @@ class Replication:
                       reverse=True)
         if len(acks) < need:
             return
-        seq = min(acks[need - 1], self.host.db.last_sequence)
+        seq = min(acks[need - 1], self.host.db.last_sequence, self.durable)
         if seq <= self.visible:
             return
         self._visible_snap = self.host.db.snapshot_at(seq)
@@ -731,10 +745,13 @@ class Replication:
         if self._visible_snap is None:
             return READ_LATEST
         name = cmd.name
+        last = self.host.db.last_sequence
         if "write" in cmd.flags:
             client.sync_wrote = True
-            return READ_LATEST
-        last = self.host.db.last_sequence
+            # Its reply waits for what it read, as a held read's: a write that writes
+            # nothing (SETNX finding the key, SADD of a member, EXPIRE of a missing key)
+            # tells what it found with no write of its own to wait for (review 15c).
+            return READ_LATEST if self.visible >= last else READ_HELD
         if name not in VIEW_COMMANDS:
             if name in SCRIPTS_AND_EXEC:
                 client.sync_wrote = True  # they may write too
@@ -1431,6 +1448,9 @@ class ReplicaSyncGroup(SyncGroup):
                  executor: concurrent.futures.Executor, replication: Replication) -> None:
         super().__init__(db, loop, executor)
         self._replication = replication
+
+    def synced(self, seq: int) -> None:
+        self._replication.local_synced(seq)
 
     def barrier(self) -> asyncio.Future[None]:
         repl = self._replication
