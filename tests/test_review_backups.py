@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,64 @@ def test_backups_racing_manifest_rollovers_and_compactions_are_snapshots(tmp_pat
         assert zs == [b"z%07d" % i for i in range(len(ws))]
         assert len(ws) >= before and 2 * len(ws) == info.sequence
     assert Repository(str(tmp_path / "repo"), create=False).verify().ok
+
+
+def test_a_compaction_ending_during_close_does_not_stop_the_archive_at_close(
+        tmp_path) -> None:
+    """A compaction that finished its merge just as close() began met "database is
+    closing" when it installed its edit, and that ClosedError was recorded as the engine's
+    background error: close() then skipped the archive of the live WAL segments (and the
+    WAL's clean seal), so a point-in-time restore right after close stopped short of the
+    last commit (CI: `test_point_in_time_restore_from_an_encrypted_repository`, 1 run in 4
+    under load). Here the compaction is held, by the file system seam, just before its
+    install until close() has begun."""
+    import threading
+
+    from shaledb.testing import FaultInjectionFS
+
+    class HeldCompaction(FaultInjectionFS):
+        def __init__(self) -> None:
+            super().__init__()
+            self.armed = False
+            self.holding = threading.Event()
+            self.release = threading.Event()
+
+        def sync_dir(self, path: str) -> None:
+            if self.armed and threading.current_thread().name == "shaledb-compaction":
+                self.armed = False
+                self.holding.set()
+                self.release.wait(30)
+            super().sync_dir(path)
+
+    fs = HeldCompaction()
+    repo = Repository(str(tmp_path / "repo"))
+    db = shaledb.open(tmp_path / "db", fs=fs, wal_archive=repo, **SMALL_OPTS)
+    for i in range(1000):
+        db.put(b"a%05d" % i, b"phase1")
+    db.backup(repo)
+    fs.armed = True
+    i = 0
+    while not fs.holding.is_set():  # until a compaction is held before its install
+        db.put(b"b%06d" % i, b"phase2")
+        i += 1
+        assert i < 200_000, "no compaction started"
+    mid = db.stats()["last_sequence"]
+    for j in range(300):  # more commits, in the live WAL segment
+        db.put(b"c%05d" % j, b"phase3")
+    closer = threading.Thread(target=db.close)
+    closer.start()
+    engine = db._engine
+    deadline = time.monotonic() + 10
+    while not engine._closing:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    fs.release.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    assert engine._bg_error is None, engine._bg_error
+    # (A restore reaches ``until`` when it meets a later record: phase 3 is that record.)
+    r = shaledb.restore(Repository(str(tmp_path / "repo")), str(tmp_path / "pitr"),
+                        until=mid)
+    assert r.reached_until and r.sequence == mid, r
+    with shaledb.open(r.path) as rdb:
+        assert rdb.get(b"b%06d" % (i - 1)) == b"phase2" and rdb.get(b"c00000") is None

@@ -785,6 +785,14 @@ class Engine:
         is reopened, wake everyone who waits on the engine, and return the typed error to
         raise. A ShaleError is kept as it is; anything else (a bug, MemoryError) becomes a
         StorageError chained to it: after it the state of the files is unknown."""
+        if isinstance(exc, ClosedError) and self._closing:
+            # Not a failure: a flush or compaction that ended as close() began found the
+            # database closing (``_install`` refuses the edit) and stops. Recorded, it made
+            # close() skip the WAL's clean seal and the archive of the live segments, so a
+            # point-in-time restore right after close() stopped short of the last commit.
+            self._bg_cv.notify_all()
+            self._writer_cv.notify_all()
+            return exc
         err = exc if isinstance(exc, ShaleError) else StorageError(
             f"{what} failed unexpectedly: {exc!r}", None, "internal")
         if isinstance(exc, DescriptorsExhaustedError):
