@@ -36,7 +36,7 @@ def test_a_write_that_changes_nothing_does_not_reveal_an_unacknowledged_write(
     fake = FakeReplica(p.port, pc)
     try:
         w = Pending(p, lambda c: c.set("x", "unacked"))
-        _waiting(pc, 1)
+        _waiting(p, 1)
         assert pc.get("x") is None  # the acknowledged view hides it
         probe = Pending(p, lambda c: c.setnx("x", "other"))
         early = _answered_within(probe, 2.0)
@@ -97,7 +97,7 @@ def test_a_read_does_not_show_a_write_the_primarys_disk_does_not_hold(
         fake = FakeReplica(p.port, pc)
         fs.hold.set()  # the primary's disk is slow from now on
         w = Pending(p, lambda c: c.set("x", "only-in-page-cache"))
-        _waiting(pc, 1)
+        _waiting(p, 1)
         fake.ack()  # the replica holds it durably
         wait_until(lambda: fs.waiting >= 1, 10, "the primary's fsync under way")
         reader = p.client()
@@ -145,7 +145,7 @@ def test_a_write_whose_fsync_failed_is_not_shown_by_reads(
         fake = FakeReplica(p.port, pc)
         fs.inject("fsync", count=None)  # the primary's disk fails every fsync from now on
         w = Pending(p, lambda c: c.set("x", "fsync-failed"))
-        _waiting(pc, 1)
+        _waiting(p, 1)
         fake.ack()
         writer_got = w.get()
         assert isinstance(writer_got, redis.ResponseError) and "MISCONF" in str(writer_got)
