@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 
 from ._server_support import HOST, ServerThread, wait_until
@@ -158,3 +160,38 @@ def test_a_write_whose_fsync_failed_is_not_shown_by_reads(
         p.stop()
         with contextlib.suppress(shaledb.ShaleError):
             db.close()
+
+
+def test_ping_and_info_in_the_turn_of_unacknowledged_writes_are_answered_at_once(
+        server_factory: Factory) -> None:
+    """A command that reads no data settled the turn's buffered writes before it ran, and
+    a batch that committed holds its replies: a PING or INFO arriving in the same turn as
+    another client's write waited for that write's acknowledgement and, past
+    sync-replicas-timeout, answered -NOREPLICAS (a monitoring INFO failing exactly when
+    the replicas are slow; found by CI through a test's INFO poll)."""
+    from .test_server_review_data import _cmd, _connected, _hold_loop, _line
+
+    p = server_factory(sync_replicas=1, sync_replicas_timeout=5.0)
+    pc = p.client()
+    fake = FakeReplica(p.port, pc)
+    try:
+        writer, pinger, informer = _connected(p, 3)
+        _hold_loop(p, 0.4)
+        writer.sendall(_cmd(b"SET", b"k", b"unacked"))
+        time.sleep(0.1)  # served first in the turn: its write is buffered
+        pinger.sendall(_cmd(b"PING"))
+        informer.sendall(_cmd(b"INFO", b"replication"))
+        for s in (pinger, informer):
+            s.settimeout(3.0)
+        t0 = time.monotonic()
+        assert _line(pinger) == b"+PONG\r\n"
+        assert _line(informer).startswith(b"$")
+        assert time.monotonic() - t0 < 2.5, "PING/INFO waited for another client's ACK"
+        writer.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            writer.recv(1)  # the SET itself still waits for its acknowledgement
+        fake.ack()
+        writer.settimeout(5.0)
+        assert _line(writer) == b"+OK\r\n"
+    finally:
+        fake.close()

@@ -45,6 +45,10 @@ from .deferred import Deferred
 from .replication import READ_HELD, READ_VIEW
 
 #: Commands a RESP2 client may run while subscribed (Redis' processCommand).
+#: Commands that read no keys: they run without settling the turn's buffered writes (INFO's
+#: keyspace and replication figures are those of the committed state).
+NO_DATA: Final = frozenset(("ping", "echo", "info", "time"))
+
 SUBSCRIBED_OK: Final = frozenset((
     "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
     "ping", "quit", "reset"))
@@ -285,8 +289,8 @@ class Route:
     from its flags and categories when the table is given (sets and tuples of words are
     not searched per request)."""
 
-    __slots__ = ("key", "cmd", "min_args", "max_args", "open", "reads", "monitored",
-                 "subscribed_ok", "queued", "skip_slowlog", "fast", "plain")
+    __slots__ = ("key", "cmd", "min_args", "max_args", "open", "reads", "no_data",
+                 "monitored", "subscribed_ok", "queued", "skip_slowlog", "fast", "plain")
 
     def __init__(self, key: bytes, cmd: Command) -> None:
         #: The command's key in the table (its lower-case name).
@@ -297,8 +301,13 @@ class Route:
         self.max_args = cmd.arity if cmd.arity >= 0 else MAX_ARGS
         #: Flagged ``no-auth``: open to every client, logged in or not.
         self.open = "no-auth" in cmd.flags
-        #: Must see committed state: settles the turn's buffered writes first.
-        self.reads = "write" not in cmd.flags or "dangerous" in cmd.categories
+        #: Must see committed state: settles the turn's buffered writes first. Not the
+        #: commands that read no data: a batch that committed holds its replies, so a PING
+        #: or INFO in the turn of another client's write waited for its fsync, and in sync
+        #: mode for its acknowledgements (-NOREPLICAS past the timeout; review 15c).
+        self.no_data = cmd.name in NO_DATA
+        self.reads = ("write" not in cmd.flags or "dangerous" in cmd.categories) \
+            and not self.no_data
         #: Shown to MONITOR.
         self.monitored = "admin" not in cmd.categories
         self.subscribed_ok = cmd.name in SUBSCRIBED_OK
@@ -451,7 +460,7 @@ class Dispatcher:
         # A write command that wrote nothing (SETNX finding the key, GETEX, INCR failing)
         # may still have read writes of other clients buffered in the turn: its reply waits
         # for their commit (and fsync) like theirs, and turns into the commit's error.
-        if not deferred and txn.dirty and not group.turn.frozen:
+        if not deferred and txn.dirty and not group.turn.frozen and not route.no_data:
             # (A script past busy-reply-threshold returns a Deferred while its writes are
             # still buffered: it commits them itself when it ends.)
             group.add_pending(len(replies))
