@@ -27,7 +27,7 @@ Subcommands::
                   [--log-level L] [--slowlog-log-slower-than US] [--slowlog-max-len N]
                   [--scrub-interval SECONDS] [--scrub-rate BYTES]
                   [--backup-repo DIR] [--backup-interval SECONDS] [--no-backup-wal-archive]
-                  [--backup-repo-key-file F]
+                  [--backup-repo-key-file F] [--no-mmap-reads]
     shaledb cli [--host H] [--port P] [--config FILE] [--user U] [--tls] [ARGS...]
 
 Every command that opens a database takes ``--encryption-key-file FILE`` (or the environment
@@ -786,6 +786,10 @@ def decrypt(path: str, dest: str, key_file: str) -> None:
 @click.option("--backup-wal-archive/--no-backup-wal-archive", default=None,
               help="With --backup-repo: archive every WAL segment into it, for "
                    "point-in-time restore (default on).")
+@click.option("--mmap-reads/--no-mmap-reads", default=None,
+              help="Read tables through read-only memory maps (default on); with "
+                   "--no-mmap-reads, with pread: a disk read error is then an error reply, "
+                   "not a SIGBUS that ends the server.")
 @click.option("--backup-repo-key-file", "--repo-key-file", "backup_repo_key_file",
               default=None, type=click.Path(dir_okay=False),
               help="With --backup-repo: the repository's own key file (mode 0600); the "
@@ -834,6 +838,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
           slowlog_log_slower_than: int | None, slowlog_max_len: int | None,
           scrub_interval: float | None, scrub_rate: int | None, backup_repo: str | None,
           backup_interval: float | None, backup_wal_archive: bool | None,
+          mmap_reads: bool | None,
           backup_repo_key_file: str | None, key_file: str | None,
           etcd: str | None = None, group: str | None = None,
           node_name: str | None = None, failover_ttl: int | None = None,
@@ -881,6 +886,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, appendfsync:
                                              "backup_repo": backup_repo,
                                              "backup_interval": backup_interval,
                                              "backup_wal_archive": backup_wal_archive,
+                                             "mmap_reads": mmap_reads,
                                              "backup_repo_key_file": backup_repo_key_file,
                                              "etcd": etcd, "group": group,
                                              "node_name": node_name,

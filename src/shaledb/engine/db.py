@@ -822,7 +822,7 @@ class Engine:
         if self._closed:  # (a lock-free get racing close(): never open a table after it)
             raise ClosedError(f"database {self.path!r} is closed")
         reader = TableReader(self.fs, table_name(self.path, number), number, self._block_cache,
-                             self._keyring)
+                             self._keyring, self.options.mmap_reads)
         if meta is not None:
             try:
                 reader.check_identity(meta)

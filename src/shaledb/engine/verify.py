@@ -430,6 +430,9 @@ class _PacedFile:
         self._budget.charge(max(0, min(length, self.size - offset)))
         return self._f.pread(length, offset)
 
+    def readahead(self, offset: int, length: int) -> None:
+        self._f.readahead(offset, length)
+
     def close(self) -> None:
         self._f.close()
 

@@ -314,6 +314,7 @@ class Server:
                 options["wal_archive"] = repository
             if cfg.memtable_size is not None:
                 options["memtable_size"] = cfg.memtable_size
+            options["mmap_reads"] = cfg.mmap_reads
             if cfg.encryption_key_file is not None:
                 options["encryption_key_file"] = cfg.encryption_key_file
             self._db = await loop.run_in_executor(

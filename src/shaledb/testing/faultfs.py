@@ -601,9 +601,9 @@ class FaultInjectionFS(PosixFileSystem):
             return self._tracked(("create", ap, True, False),
                                  lambda: super(FaultInjectionFS, self).create_mapped(path))
 
-    def open_read(self, path: str) -> RandomAccessFile:
+    def open_read(self, path: str, *, mapped: bool = False) -> RandomAccessFile:
         self._check_alive("open", path)
-        return super().open_read(path)
+        return super().open_read(path, mapped=mapped)
 
     def exists(self, path: str) -> bool:
         self._check_alive("stat", path)

@@ -39,6 +39,9 @@ from .format import (
 
 #: Python memory per index key beyond its bytes (the bytes object header and a list slot).
 _KEY_OVERHEAD: Final = 41
+#: Bytes an iterator asks to have read ahead of it at a time (RocksDB's iterators grow
+#: their read-ahead up to the same 256 KiB).
+_READAHEAD: Final = 256 * 1024
 #: Entries decoded first when a range scan enters its first block.
 _HEAD_RUN: Final = 16
 
@@ -71,7 +74,8 @@ def table_cipher(f: ReadFile, path: str, number: int, footer: Footer,
 
 
 class TableReader:
-    """An open table. Thread-safe: reads use ``pread`` and the block cache locks itself."""
+    """An open table. Thread-safe: reads use ``pread`` (or copy from a read-only map) and the
+    block cache locks itself."""
 
     __slots__ = ("path", "number", "_cache", "_cipher", "_file", "format_version",
                  "_last_keys", "_offsets", "_sizes", "_filter", "properties", "nblocks",
@@ -79,12 +83,12 @@ class TableReader:
 
     def __init__(self, fs: FileSystem, path: str, number: int,
                  block_cache: LRUCache[tuple[int, int], Block] | None,
-                 keyring: Keyring | None = None) -> None:
+                 keyring: Keyring | None = None, mapped: bool = False) -> None:
         self.path = path
         self.number = number
         self._cache = block_cache
         self._cipher: FileCipher | None = None
-        self._file: ReadFile = fs.open_read(path)
+        self._file: ReadFile = fs.open_read(path, mapped=mapped)
         try:
             size = self._file.size
             if size < FOOTER_SIZE:
@@ -166,6 +170,36 @@ class TableReader:
             cache.put((self.number, i), block, block.charge)
         return block
 
+    def _readahead(self, i: int, stop: int, reverse: bool) -> int:
+        """Ask for blocks ``i`` onwards (towards ``stop``, inclusive) up to about
+        ``_READAHEAD`` bytes to be read in, and return the block at which to ask again: a
+        mapped file gets no read-ahead from the kernel (MADV_RANDOM), so a cold scan would
+        otherwise fault its pages in one at a time."""
+        offsets = self._offsets
+        sizes = self._sizes
+        j = i
+        if reverse:
+            end = offsets[i] + sizes[i] + TRAILER_SIZE
+            while j > stop and end - offsets[j - 1] <= _READAHEAD:
+                j -= 1
+            self._file.readahead(offsets[j], end - offsets[j])
+            return j - 1
+        start = offsets[i]
+        while j < stop and offsets[j + 1] + sizes[j + 1] + TRAILER_SIZE - start <= _READAHEAD:
+            j += 1
+        self._file.readahead(start, offsets[j] + sizes[j] + TRAILER_SIZE - start)
+        return j + 1
+
+    def _read_ahead(self, i: int, fetch: int, stop: int, reverse: bool) -> tuple[int, int]:
+        """At block ``i``, where an iterator enters a window it asked for (or the first one):
+        ask for the window after it too, so its I/O runs while this one is decoded. Returns
+        the block at which to ask again and the first block not asked for yet."""
+        if fetch == i:
+            fetch = self._readahead(i, stop, reverse)
+        if fetch < stop if reverse else fetch > stop:
+            return fetch, fetch
+        return fetch, self._readahead(fetch, stop, reverse)
+
     def may_contain(self, key: bytes) -> bool:
         """Filter check: False means certainly absent."""
         return self._filter.may_contain(key)
@@ -209,7 +243,12 @@ class TableReader:
             return
         order = range(last, first - 1, -1) if reverse else range(first, last + 1)
         head = True
+        # Read-ahead from the second block on (a seek reads one or two blocks, no more).
+        ahead = fetch = last - 1 if reverse else first + 1
+        stop = first if reverse else last
         for i in order:
+            if i == ahead:
+                ahead, fetch = self._read_ahead(i, fetch, stop, reverse)
             b = self._block(i, fill_cache)
             a = 0 if lo is None or i != first else b.lower_bound(lo)
             e = b.n if hi is None or i != last else b.lower_bound(hi)
@@ -266,7 +305,12 @@ class TableReader:
             return
         order = range(last, first - 1, -1) if reverse else range(first, last + 1)
         head = True
+        # Read-ahead from the second block on (a seek reads one or two blocks, no more).
+        ahead = fetch = last - 1 if reverse else first + 1
+        stop = first if reverse else last
         for i in order:
+            if i == ahead:
+                ahead, fetch = self._read_ahead(i, fetch, stop, reverse)
             b = self._block(i, fill_cache)
             a = 0 if lo is None or i != first else b.lower_bound(lo)
             e = b.n if hi is None or i != last else b.lower_bound(hi)

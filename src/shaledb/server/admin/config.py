@@ -138,6 +138,10 @@ class ServerConfig:
     requirepass: str | None = dataclasses.field(default=None, repr=False)
     #: Memtable size handed to the engine (None: the engine's default).
     memtable_size: int | None = None
+    #: The engine's ``mmap_reads``: tables read through read-only maps (the event loop keeps
+    #: the GIL while a flush or compaction thread runs). False: ``pread``, so a device read
+    #: error is an error reply instead of a SIGBUS that ends the server (docs/design.md).
+    mmap_reads: bool = True
     #: Key file of an encrypted database (32 raw bytes or 64 hex characters, mode 0600):
     #: ``dir`` is opened, or created, encrypted with it (docs/security.md). None: a plain
     #: database (an encrypted one then refuses to open). The key is read once at start.
@@ -475,6 +479,8 @@ class ServerConfig:
         if self.backup_interval and self.backup_repo is None:
             raise InvalidArgument("server setting backup_interval needs backup_repo (the "
                                   "repository the scheduled backups go to)")
+        if not isinstance(self.mmap_reads, bool):
+            raise InvalidArgument("server setting mmap_reads must be true or false")
         if not isinstance(self.backup_wal_archive, bool):
             raise InvalidArgument("server setting backup_wal_archive must be true or false")
         if self.backup_repo_key_file is not None and (

@@ -474,6 +474,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("lua-max-script-bytes", "lua_max_script_bytes", memory(1)),
     Setting("lua-script-cache-bytes", "lua_script_cache_bytes", memory(0)),
     Setting("memtable-size", "memtable_size"),
+    Setting("mmap-reads", "mmap_reads"),  # the database is opened with it
     Setting("encryption-key-file", "encryption_key_file"),  # the path; never the key
     Setting("aclfile", "aclfile"),
     Setting("acllog-max-len", "acllog_max_len", integer(1, 100_000), _acllog),
