@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import resource
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 
 import shaledb
 from _helpers import SstLayout, files, flip
-from shaledb.engine.sstable.reader import _READAHEAD, TableReader
+from shaledb.engine.sstable.reader import _READAHEAD, _READAHEAD_START, TableReader
 from shaledb.engine.vfs import PosixFileSystem, RandomAccessFile
 from shaledb.testing import FaultInjectionFS
 
@@ -176,6 +178,8 @@ def test_an_empty_file_is_read_without_a_map(tmp_path: Path) -> None:
 
 
 def test_injected_read_errors_reach_reads_of_mapped_tables(tmp_path: Path) -> None:
+    """The fault seam still covers reads of mapped tables (as the StorageError pread would
+    raise; a real EIO on a mapped page is a SIGBUS, docs/design.md)."""
     path = str(tmp_path / "db")
     fs = FaultInjectionFS()
     db = _table_db(path, fs=fs, block_cache_size=0)
@@ -216,8 +220,8 @@ class _Recorder:
 def test_iterators_read_ahead_over_every_block_they_read(tmp_path: Path, reverse: bool,
                                                          how: str) -> None:
     """The map gets no read-ahead from the kernel (MADV_RANDOM), so an iterator asks for
-    it: windows of at most _READAHEAD bytes that together cover every block after the
-    first it reads, each asked for before the block is read."""
+    it: from its third block on (a seek reads one or two), in windows growing from
+    _READAHEAD_START to _READAHEAD bytes that together cover every later block."""
     path = str(tmp_path / "db")
     _table_db(path, n=40000, block_cache_size=0, compression="none").close()
     sst = max(files(path, ".sst"), key=os.path.getsize)
@@ -240,11 +244,91 @@ def test_iterators_read_ahead_over_every_block_they_read(tmp_path: Path, reverse
             for i, (o, s) in enumerate(blocks):
                 if off <= o and o + s <= off + length:
                     covered.add(i)
-        read_first = len(blocks) - 1 if reverse else 0
-        assert covered >= set(range(len(blocks))) - {read_first}
-        assert len(rec.windows) <= 2 * (sum(s for _o, s in blocks) // _READAHEAD + 1)
+        # Every block from the third read on, in windows that grow to _READAHEAD.
+        read_first = {len(blocks) - 1, len(blocks) - 2} if reverse else {0, 1}
+        assert covered >= set(range(len(blocks))) - read_first
+        assert not covered & read_first
+        assert rec.windows[0][1] <= _READAHEAD_START + max(s for _o, s in blocks) + 64
+        assert len(rec.windows) <= sum(s for _o, s in blocks) // _READAHEAD + 6
     finally:
         r.close()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_short_range_asks_for_no_read_ahead(tmp_path: Path, reverse: bool) -> None:
+    """A seek and a few next calls (here up to two blocks' worth of entries) must not make
+    the kernel read hundreds of KiB: on data larger than RAM that evicts what is cached."""
+    path = str(tmp_path / "db")
+    _table_db(path, n=40000, block_cache_size=0, compression="none").close()
+    sst = max(files(path, ".sst"), key=os.path.getsize)
+    number = int(os.path.basename(sst).split(".")[0])
+    r = TableReader(PosixFileSystem(), sst, number, None, None, mapped=True)
+    rec = _Recorder(r._file)  # type: ignore[arg-type]
+    r._file = rec
+    try:
+        per_block = r.properties["entries"] // r.nblocks
+        for start in range(0, 40000, 997):
+            lo = None if reverse else _key(start)
+            hi = _key(start) if reverse else None
+            it = r.iter_range(lo, hi, reverse)
+            for _ in range(per_block):  # at most two blocks
+                if next(it, None) is None:
+                    break
+            it.close()
+        assert rec.windows == []
+    finally:
+        r.close()
+
+
+def test_read_ahead_outside_the_file_is_ignored(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 10000)
+    f = PosixFileSystem().open_read(str(p), mapped=True)
+    try:
+        for offset, length in ((2**63, 10), (10000, 10), (-5, 10), (0, 2**63), (5, -1)):
+            f.readahead(offset, length)  # a hint: never raises
+        assert f.pread(3, 2**40) == b""
+    finally:
+        f.close()
+
+
+def _drop_from_page_cache(path: str) -> None:
+    for name in os.listdir(path):
+        fd = os.open(os.path.join(path, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_a_cold_block_is_one_read_request_not_one_per_page(tmp_path: Path) -> None:
+    """MADV_RANDOM alone faults a 16 KiB block in page by page (4 serial reads, each a
+    major fault: cold gets were 2.6-5x slower than pread); each read asks for its whole
+    range first, so the copy finds the pages in the page cache (minor faults)."""
+    path = str(tmp_path / "db")
+    big = (b"%01000d" % 7)[:1000]
+    db = shaledb.open(path, block_cache_size=0, compression="none")
+    for start in range(0, 20000, 500):
+        with db.batch() as b:
+            for i in range(start, start + 500):
+                b.put(_key(i), big)
+    db.compact_range()
+    db.close()
+    _drop_from_page_cache(path)
+    db = shaledb.open(path, block_cache_size=0)
+    try:
+        rng = __import__("random").Random(5)
+        keys = [_key(rng.randrange(20000)) for _ in range(300)]
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+        for k in keys:
+            assert db.get(k) == big
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - before
+    finally:
+        db.close()
+    # Without the request: ~3.6 major faults a get; with it ~0 (the index and filter were
+    # read at open; a page of the block may still fault if its read is not done yet).
+    assert faults <= 0.5 * len(keys), faults
 
 
 def test_mmap_reads_must_be_a_bool(tmp_path: Path) -> None:
@@ -291,14 +375,21 @@ def _readers_beside_a_writer(path: str, mmap_reads: bool, seconds: float) -> flo
 @pytest.mark.timeout(300)
 def test_readers_beside_a_busy_writer_are_faster_through_maps(tmp_path: Path) -> None:
     """Each ``pread`` gives the GIL up, and getting it back from a thread running Python
-    code takes a switch interval (5 ms): readers that miss the block cache beside a busy
-    writer mostly wait. Through the map they keep the GIL. Incompressible values: LZ4's
-    decompress gives the GIL up as well (docs/design.md). Measured alternately, best of
-    three each (the machine is shared)."""
+    code takes a switch interval: readers that miss the block cache beside a busy writer
+    mostly wait. Through the map they keep the GIL. The switch interval is raised from
+    5 ms to 50 ms here, which multiplies what each release costs and leaves the fair
+    rotation of busy threads alone, so the comparison holds on a loaded machine (compiled:
+    17-21x, pure: 3-16x; 1.3-10x at 5 ms). Incompressible values: LZ4's decompress gives
+    the GIL up as well (docs/design.md). Alternating runs, best of three each."""
     path = str(tmp_path / "db")
     _table_db(path, n=60000, value=_random_value).close()
     mapped, pread = [], []
-    for _ in range(3):
-        pread.append(_readers_beside_a_writer(path, False, 1.5))
-        mapped.append(_readers_beside_a_writer(path, True, 1.5))
-    assert max(mapped) >= 1.5 * max(pread), (mapped, pread)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    try:
+        for _ in range(3):
+            pread.append(_readers_beside_a_writer(path, False, 1.5))
+            mapped.append(_readers_beside_a_writer(path, True, 1.5))
+    finally:
+        sys.setswitchinterval(old)
+    assert max(mapped) >= 2 * max(pread), (mapped, pread)

@@ -40,5 +40,9 @@ def test_mmap_reads_setting_reaches_the_engine(server_factory: Callable[..., Ser
     assert all(r.get(f"k{i}") == b"x" * 100 for i in range(0, 2000, 7))
     assert bool(_mapped_tables(path)) is mmap_reads
     assert r.config_get("mmap-reads") == {"mmap-reads": "yes" if mmap_reads else "no"}
+    # used_memory leaves out the pages of mapped files (the tables', the libraries'): page
+    # cache, not the server's memory; used_memory_rss is all of it.
+    memory: Any = r.info("memory")
+    assert 0 < memory["used_memory"] < memory["used_memory_rss"]
     with pytest.raises(redis.ResponseError):
         r.config_set("mmap-reads", "no" if mmap_reads else "yes")

@@ -569,6 +569,8 @@ class FaultInjectionFS(PosixFileSystem):
             raise
 
     def _pread(self, f: RandomAccessFile, fd: int, length: int, offset: int) -> bytes:
+        # A read error injected here is a StorageError even for a mapped file (mmap_reads):
+        # what pread would raise, not the SIGBUS a real EIO on a mapped page is.
         with self._op("read", f.path, mutating=False) as fault:
             if fault is not None:
                 self._raise(fault, "read", f.path)

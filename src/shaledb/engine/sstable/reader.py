@@ -39,8 +39,9 @@ from .format import (
 
 #: Python memory per index key beyond its bytes (the bytes object header and a list slot).
 _KEY_OVERHEAD: Final = 41
-#: Bytes an iterator asks to have read ahead of it at a time (RocksDB's iterators grow
-#: their read-ahead up to the same 256 KiB).
+#: An iterator's read-ahead: the first window's bytes, doubled at each window up to the
+#: last (as RocksDB's iterators grow theirs from 8 KiB to 256 KiB).
+_READAHEAD_START: Final = 32 * 1024
 _READAHEAD: Final = 256 * 1024
 #: Entries decoded first when a range scan enters its first block.
 _HEAD_RUN: Final = 16
@@ -88,7 +89,8 @@ class TableReader:
         self.number = number
         self._cache = block_cache
         self._cipher: FileCipher | None = None
-        self._file: ReadFile = fs.open_read(path, mapped=mapped)
+        # (``mapped`` only when asked: a FileSystem written before it keeps working unmapped)
+        self._file: ReadFile = fs.open_read(path, mapped=True) if mapped else fs.open_read(path)
         try:
             size = self._file.size
             if size < FOOTER_SIZE:
@@ -170,35 +172,46 @@ class TableReader:
             cache.put((self.number, i), block, block.charge)
         return block
 
-    def _readahead(self, i: int, stop: int, reverse: bool) -> int:
-        """Ask for blocks ``i`` onwards (towards ``stop``, inclusive) up to about
-        ``_READAHEAD`` bytes to be read in, and return the block at which to ask again: a
-        mapped file gets no read-ahead from the kernel (MADV_RANDOM), so a cold scan would
-        otherwise fault its pages in one at a time."""
+    def _readahead(self, i: int, stop: int, reverse: bool, window: int) -> int:
+        """Ask for blocks ``i`` onwards (towards ``stop``, inclusive) up to about ``window``
+        bytes (at least block ``i``) to be read in; returns the first block after them (before
+        them, ``reverse``). A mapped file gets no read-ahead from the kernel (MADV_RANDOM), so
+        a cold scan would otherwise wait for its blocks one at a time."""
         offsets = self._offsets
         sizes = self._sizes
         j = i
         if reverse:
             end = offsets[i] + sizes[i] + TRAILER_SIZE
-            while j > stop and end - offsets[j - 1] <= _READAHEAD:
+            while j > stop and end - offsets[j - 1] <= window:
                 j -= 1
             self._file.readahead(offsets[j], end - offsets[j])
             return j - 1
         start = offsets[i]
-        while j < stop and offsets[j + 1] + sizes[j + 1] + TRAILER_SIZE - start <= _READAHEAD:
+        while j < stop and offsets[j + 1] + sizes[j + 1] + TRAILER_SIZE - start <= window:
             j += 1
         self._file.readahead(start, offsets[j] + sizes[j] + TRAILER_SIZE - start)
         return j + 1
 
-    def _read_ahead(self, i: int, fetch: int, stop: int, reverse: bool) -> tuple[int, int]:
-        """At block ``i``, where an iterator enters a window it asked for (or the first one):
-        ask for the window after it too, so its I/O runs while this one is decoded. Returns
-        the block at which to ask again and the first block not asked for yet."""
-        if fetch == i:
-            fetch = self._readahead(i, stop, reverse)
-        if fetch < stop if reverse else fetch > stop:
-            return fetch, fetch
-        return fetch, self._readahead(fetch, stop, reverse)
+    def _read_ahead(self, i: int, fetch: int, window: int, stop: int, reverse: bool
+                    ) -> tuple[int, int, int]:
+        """At block ``i`` (an iterator's third block, or the middle of the last window it
+        asked for): ask for the next ``window`` bytes of blocks from ``fetch``, the first not
+        asked for yet, so their I/O runs while the blocks before them are decoded. Returns
+        the block at which to ask again (the middle of this window; -1: never), the first
+        block after the window, and the next window's size (doubled up to _READAHEAD)."""
+        if reverse:
+            fetch = min(fetch, i)
+            if fetch < stop:
+                return -1, fetch, window
+            nxt = self._readahead(fetch, stop, reverse, window)
+            ahead = min((fetch + nxt + 1) // 2, i - 1)
+        else:
+            fetch = max(fetch, i)
+            if fetch > stop:
+                return -1, fetch, window
+            nxt = self._readahead(fetch, stop, reverse, window)
+            ahead = max((fetch + nxt) // 2, i + 1)
+        return ahead, nxt, min(2 * window, _READAHEAD)
 
     def may_contain(self, key: bytes) -> bool:
         """Filter check: False means certainly absent."""
@@ -243,12 +256,13 @@ class TableReader:
             return
         order = range(last, first - 1, -1) if reverse else range(first, last + 1)
         head = True
-        # Read-ahead from the second block on (a seek reads one or two blocks, no more).
-        ahead = fetch = last - 1 if reverse else first + 1
+        # Read-ahead from the third block on: a seek and a few next calls read one or two.
+        ahead = fetch = last - 2 if reverse else first + 2
+        window = _READAHEAD_START
         stop = first if reverse else last
         for i in order:
             if i == ahead:
-                ahead, fetch = self._read_ahead(i, fetch, stop, reverse)
+                ahead, fetch, window = self._read_ahead(i, fetch, window, stop, reverse)
             b = self._block(i, fill_cache)
             a = 0 if lo is None or i != first else b.lower_bound(lo)
             e = b.n if hi is None or i != last else b.lower_bound(hi)
@@ -305,12 +319,13 @@ class TableReader:
             return
         order = range(last, first - 1, -1) if reverse else range(first, last + 1)
         head = True
-        # Read-ahead from the second block on (a seek reads one or two blocks, no more).
-        ahead = fetch = last - 1 if reverse else first + 1
+        # Read-ahead from the third block on: a seek and a few next calls read one or two.
+        ahead = fetch = last - 2 if reverse else first + 2
+        window = _READAHEAD_START
         stop = first if reverse else last
         for i in order:
             if i == ahead:
-                ahead, fetch = self._read_ahead(i, fetch, stop, reverse)
+                ahead, fetch, window = self._read_ahead(i, fetch, window, stop, reverse)
             b = self._block(i, fill_cache)
             a = 0 if lo is None or i != first else b.lower_bound(lo)
             e = b.n if hi is None or i != last else b.lower_bound(hi)
