@@ -215,13 +215,8 @@ class _Recorder:
         self.f.close()
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("how", ["iter_range", "iter_chunks"])
-def test_iterators_read_ahead_over_every_block_they_read(tmp_path: Path, reverse: bool,
-                                                         how: str) -> None:
-    """The map gets no read-ahead from the kernel (MADV_RANDOM), so an iterator asks for
-    it: from its third block on (a seek reads one or two), in windows growing from
-    _READAHEAD_START to _READAHEAD bytes that together cover every later block."""
+def _recorded_table(tmp_path: Path) -> tuple[TableReader, _Recorder]:
+    """The biggest table of a 40k-key database, mapped, its read-ahead requests recorded."""
     path = str(tmp_path / "db")
     _table_db(path, n=40000, block_cache_size=0, compression="none").close()
     sst = max(files(path, ".sst"), key=os.path.getsize)
@@ -229,6 +224,17 @@ def test_iterators_read_ahead_over_every_block_they_read(tmp_path: Path, reverse
     r = TableReader(PosixFileSystem(), sst, number, None, None, mapped=True)
     rec = _Recorder(r._file)  # type: ignore[arg-type]
     r._file = rec
+    return r, rec
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("how", ["iter_range", "iter_chunks"])
+def test_iterators_read_ahead_over_every_block_they_read(tmp_path: Path, reverse: bool,
+                                                         how: str) -> None:
+    """The map gets no read-ahead from the kernel (MADV_RANDOM), so an iterator asks for
+    it: from its third block on (a seek reads one or two), in windows growing from
+    _READAHEAD_START to _READAHEAD bytes that together cover every later block."""
+    r, rec = _recorded_table(tmp_path)
     try:
         blocks = [(int(r._offsets[i]), int(r._sizes[i])) for i in range(r.nblocks)]
         assert len(blocks) > 40  # several windows
@@ -258,13 +264,7 @@ def test_iterators_read_ahead_over_every_block_they_read(tmp_path: Path, reverse
 def test_a_short_range_asks_for_no_read_ahead(tmp_path: Path, reverse: bool) -> None:
     """A seek and a few next calls (here up to two blocks' worth of entries) must not make
     the kernel read hundreds of KiB: on data larger than RAM that evicts what is cached."""
-    path = str(tmp_path / "db")
-    _table_db(path, n=40000, block_cache_size=0, compression="none").close()
-    sst = max(files(path, ".sst"), key=os.path.getsize)
-    number = int(os.path.basename(sst).split(".")[0])
-    r = TableReader(PosixFileSystem(), sst, number, None, None, mapped=True)
-    rec = _Recorder(r._file)  # type: ignore[arg-type]
-    r._file = rec
+    r, rec = _recorded_table(tmp_path)
     try:
         per_block = r.properties["entries"] // r.nblocks
         for start in range(0, 40000, 997):
