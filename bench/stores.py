@@ -210,6 +210,12 @@ class ShaleDBPureStore(ShaleDBStore):
     LABEL = "ShaleDB, pure Python"
     BUILD = "pure"
 
+    @classmethod
+    def build_name(cls) -> str:
+        # The runner asks in its own (compiled) process; the worker runs this store with
+        # SHALEDB_PURE_PYTHON=1 and open() refuses the compiled build.
+        return "pure Python"
+
     def open(self, path: str, mode: str) -> None:
         import shaledb
 
