@@ -324,9 +324,9 @@ def test_a_range_is_asked_for_once(tmp_path: Path) -> None:
     cm = _CountingMap(f.map)
     f.map = cm  # type: ignore[assignment]
     try:
-        assert f.pread(5000, 100) == data[100:5100]
-        assert cm.asked == [(0, 5100)]
-        assert f.pread(5000, 100) == data[100:5100]
+        assert f.pread(page + 100, 100) == data[100:page + 200]
+        assert cm.asked == [(0, page + 200)]
+        assert f.pread(page + 100, 100) == data[100:page + 200]
         assert f.pread(100, page + 7) == data[page + 7:page + 107]
         assert len(cm.asked) == 1  # pages 0 and 1 were asked for
         assert f.pread(10, 3 * page + 1) == data[3 * page + 1:3 * page + 11]
@@ -339,11 +339,13 @@ def test_a_range_is_asked_for_once(tmp_path: Path) -> None:
         assert cm.asked[-1] == (5 * page, 3 * page)
         assert f.pread(3 * page, 5 * page) == data[5 * page:8 * page]
         assert len(cm.asked) == n + 1  # read ahead before
+        f.readahead(5 * page, 3 * page)  # read-ahead always asks
+        assert len(cm.asked) == n + 2
         # The last page, cut at the end of the file.
         assert f.pread(500, 10 * page) == data[10 * page:]
         assert cm.asked[-1] == (10 * page, 100)
         assert f.pread(500, 10 * page) == data[10 * page:]
-        assert len(cm.asked) == n + 2
+        assert len(cm.asked) == n + 3
     finally:
         f.close()
 
@@ -385,6 +387,50 @@ def test_a_cold_block_is_one_read_request_not_one_per_page(tmp_path: Path) -> No
     # Without the request: ~3.6 major faults a get; with it ~0 (the index and filter were
     # read at open; a page of the block may still fault if its read is not done yet).
     assert faults <= 0.5 * len(keys), faults
+
+
+def test_blocks_evicted_while_open_are_asked_for_again(tmp_path: Path) -> None:
+    """Pages asked for once and evicted later (memory pressure, data larger than RAM) must
+    not be faulted in page by page from then on: a copy that faulted forgets what its file
+    asked for, so the next reads ask again (before: 4.4 major faults a get after eviction,
+    3.3x slower gets, 7-11x slower scans; found by review)."""
+    path = str(tmp_path / "db")
+    big = (b"%01000d" % 7)[:1000]
+    db = shaledb.open(path, block_cache_size=0, compression="none")
+    for start in range(0, 20000, 500):
+        with db.batch() as b:
+            for i in range(start, start + 500):
+                b.put(_key(i), big)
+    db.compact_range()
+    db.close()
+    db = shaledb.open(path, block_cache_size=0)
+    try:
+        rng = __import__("random").Random(5)
+        keys = [_key(rng.randrange(20000)) for _ in range(300)]
+        for k in keys:  # every block read once: its pages are asked for
+            assert db.get(k) == big
+        maps = [o.map for o in __import__("gc").get_objects()
+                if isinstance(o, RandomAccessFile) and o.map is not None]
+        assert maps
+        for m in maps:  # what reclaim does to clean mapped pages
+            m.madvise(mmap.MADV_DONTNEED)
+        _drop_from_page_cache(path)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+        for k in keys:
+            assert db.get(k) == big
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - before
+        n = sum(1 for _ in db.range())  # and a scan after another eviction
+        assert n == 20000
+        for m in maps:
+            m.madvise(mmap.MADV_DONTNEED)
+        _drop_from_page_cache(path)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+        assert sum(1 for _ in db.range()) == 20000
+        scan_faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - before
+    finally:
+        db.close()
+    assert faults <= 0.5 * len(keys), faults
+    assert scan_faults <= 200, scan_faults  # ~5,000 pages: page by page was 5,017
 
 
 def test_mmap_reads_must_be_a_bool(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import mmap
 import os
 import stat as stat_mod
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import Any, Protocol
 
 from ..errors import ClosedError, DescriptorsExhaustedError, LockedError, StorageError
@@ -35,6 +36,9 @@ _WILLNEED: int | None = getattr(mmap, "MADV_WILLNEED", None)
 _PAGE_SHIFT = mmap.PAGESIZE.bit_length() - 1
 #: Ones to mark a run of pages of RandomAccessFile.asked with (a view: no copy per read).
 _ASKED = memoryview(b"\x01" * 4096)
+#: A copy out of the map that took this long faulted (a cached 16 KiB block copies in ~1 us,
+#: a page from the disk takes 50 us or more): pages it had asked for were evicted since.
+_FAULTED_NS = 20_000
 
 
 def join(dirpath: str, name: str) -> str:
@@ -319,8 +323,9 @@ class RandomAccessFile:
     is not in the page cache, not one per page); iterators ask for read-ahead
     (:meth:`readahead`). ``asked`` records, one byte per page, which pages were asked for:
     the advice is a system call (~1.5 us, twice the copy of a 16 KiB block from the page
-    cache), so a range asked for before is copied without it. A page the kernel evicted
-    since is then faulted in alone (MADV_RANDOM): slower, never wrong.
+    cache), so a range asked for before is copied without it. A copy that was slow anyway
+    (it faulted: the kernel evicted pages asked for before, under memory pressure) forgets
+    what was asked, so the reads after it ask again; read-ahead always asks.
     A fault on a page not in the page cache waits for the disk holding the GIL, so cold
     reads from several threads do not overlap as ``pread``'s do (docs/design.md).
     """
@@ -350,7 +355,7 @@ class RandomAccessFile:
         if m is None or length <= 0 or _WILLNEED is None or not 0 <= offset < self.size:
             return
         try:
-            self.fs._will_need(self, m, offset, length)
+            self.fs._will_need(self, m, offset, length, force=True)
         except (OSError, ValueError, OverflowError):
             pass  # a hint: a closed map or a refused advice costs nothing but speed
 
@@ -459,11 +464,18 @@ class PosixFileSystem:
         m = f.map
         if m is not None:
             try:
-                if _WILLNEED is not None and 0 <= offset < f.size and length > 0:
-                    # One read request for the whole range if it is not in the page cache
-                    # (MADV_RANDOM would fault it in a page at a time: 4 serial reads for
-                    # a 16 KiB block, 2.6-5x slower cold reads); once per range.
-                    self._will_need(f, m, offset, length)
+                if _WILLNEED is not None and 0 <= offset < f.size and length > 0 \
+                        and not self._will_need(f, m, offset, length):
+                    # Asked for before: copied without asking. If the copy faulted, pages
+                    # were evicted since: forget what was asked (the next reads ask again).
+                    t = perf_counter_ns()
+                    data = m[offset:offset + length]
+                    if perf_counter_ns() - t >= _FAULTED_NS and f.asked is not None:
+                        f.asked = bytearray(len(f.asked))
+                    return data
+                # One read request for the whole range if it is not in the page cache
+                # (MADV_RANDOM would fault it in a page at a time: 4 serial reads for a
+                # 16 KiB block, 2.6-5x slower cold reads); once per range.
                 return m[offset:offset + length]
             except ValueError as exc:  # closed by another thread since ``pread`` checked
                 raise ClosedError(f"file {f.path!r} is closed (was the database closed?)"
@@ -482,15 +494,17 @@ class PosixFileSystem:
             raise _storage_error("read", f.path, exc) from exc
 
     @staticmethod
-    def _will_need(f: RandomAccessFile, m: mmap.mmap, offset: int, length: int) -> None:
+    def _will_need(f: RandomAccessFile, m: mmap.mmap, offset: int, length: int,
+                   force: bool = False) -> bool:
         """MADV_WILLNEED over the pages of ``[offset, offset + length)`` (``offset`` inside
-        the file) unless each was asked for before; records them as asked."""
+        the file) unless each was asked for before (``force``: even then); records them as
+        asked. Whether it asked."""
         end = min(offset + length, f.size)
         first = offset >> _PAGE_SHIFT
         last = (end - 1) >> _PAGE_SHIFT
         asked = f.asked
-        if asked is not None and asked.find(0, first, last + 1) < 0:
-            return
+        if not force and asked is not None and asked.find(0, first, last + 1) < 0:
+            return False
         assert _WILLNEED is not None
         start = first << _PAGE_SHIFT
         m.madvise(_WILLNEED, start, end - start)
@@ -499,6 +513,7 @@ class PosixFileSystem:
                 n = min(last + 1 - first, len(_ASKED))
                 asked[first:first + n] = _ASKED[:n]
                 first += n
+        return True
 
     # -- public operations -------------------------------------------------------------------
     def create(self, path: str, *, exclusive: bool = False) -> WritableFile:
