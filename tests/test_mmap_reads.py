@@ -360,19 +360,28 @@ def _drop_from_page_cache(path: str) -> None:
             os.close(fd)
 
 
+_BIG = (b"%01000d" % 7)[:1000]
+
+
+def _big_values_db(path: str) -> bytes:
+    """A closed, compacted database of 20,000 keys of 1 KB (uncompressed): about four
+    pages a block. Returns the value every key holds."""
+    db = shaledb.open(path, block_cache_size=0, compression="none")
+    for start in range(0, 20000, 500):
+        with db.batch() as b:
+            for i in range(start, start + 500):
+                b.put(_key(i), _BIG)
+    db.compact_range()
+    db.close()
+    return _BIG
+
+
 def test_a_cold_block_is_one_read_request_not_one_per_page(tmp_path: Path) -> None:
     """MADV_RANDOM alone faults a 16 KiB block in page by page (4 serial reads, each a
     major fault: cold gets were 2.6-5x slower than pread); each read asks for its whole
     range first, so the copy finds the pages in the page cache (minor faults)."""
     path = str(tmp_path / "db")
-    big = (b"%01000d" % 7)[:1000]
-    db = shaledb.open(path, block_cache_size=0, compression="none")
-    for start in range(0, 20000, 500):
-        with db.batch() as b:
-            for i in range(start, start + 500):
-                b.put(_key(i), big)
-    db.compact_range()
-    db.close()
+    big = _big_values_db(path)
     _drop_from_page_cache(path)
     db = shaledb.open(path, block_cache_size=0)
     try:
@@ -395,14 +404,7 @@ def test_blocks_evicted_while_open_are_asked_for_again(tmp_path: Path) -> None:
     asked for, so the next reads ask again (before: 4.4 major faults a get after eviction,
     3.3x slower gets, 7-11x slower scans; found by review)."""
     path = str(tmp_path / "db")
-    big = (b"%01000d" % 7)[:1000]
-    db = shaledb.open(path, block_cache_size=0, compression="none")
-    for start in range(0, 20000, 500):
-        with db.batch() as b:
-            for i in range(start, start + 500):
-                b.put(_key(i), big)
-    db.compact_range()
-    db.close()
+    big = _big_values_db(path)
     db = shaledb.open(path, block_cache_size=0)
     try:
         rng = __import__("random").Random(5)
